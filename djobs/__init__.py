@@ -1,0 +1,88 @@
+"""djobs: durable background jobs for Trio applications.
+
+Jobs keep their state, alarms and queue in one SQLite file; they are written
+as typed programs in the style of ``returns``; their services (storage,
+clock, tracker, ...) are layers a test swaps for fakes.
+"""
+
+from ._clock import Clock as Clock
+from ._clock import VirtualClock as VirtualClock
+from ._clock import WallClock as WallClock
+from ._durations import DurationLike as DurationLike
+from ._durations import parse_duration as parse_duration
+from ._engine import Engine as Engine
+from ._engine import open_engine as open_engine
+from ._errors import DuplicateEventError as DuplicateEventError
+from ._errors import ExecutionError as ExecutionError
+from ._errors import InstanceNotFoundError as InstanceNotFoundError
+from ._errors import InvalidStateError as InvalidStateError
+from ._errors import JobCancelledError as JobCancelledError
+from ._errors import JobError as JobError
+from ._errors import JobNotFoundError as JobNotFoundError
+from ._errors import RetryExhaustedError as RetryExhaustedError
+from ._errors import SchedulerError as SchedulerError
+from ._errors import StorageError as StorageError
+from ._errors import TenantError as TenantError
+from ._errors import ValidationError as ValidationError
+from ._retry import Backoff as Backoff
+from ._retry import Retry as Retry
+from ._schedule import Cron as Cron
+from ._schedule import Every as Every
+from ._schedule import Schedule as Schedule
+from ._schedule import cron as cron
+from ._schedule import every as every
+from .kinds._common import StateResult as StateResult
+from .kinds._common import TerminateResult as TerminateResult
+from .kinds._continuous import Continuous as Continuous
+from .kinds._continuous import ContinuousContext as ContinuousContext
+from .kinds._continuous import ContinuousStatus as ContinuousStatus
+from .kinds._continuous import StartResult as StartResult
+from .kinds._continuous import TriggerResult as TriggerResult
+from .storage import memory as memory
+from .storage import sqlite as sqlite
+from .tracking import InMemoryTracker as InMemoryTracker
+from .tracking import NoopTracker as NoopTracker
+from .tracking import TrackedEvent as TrackedEvent
+from .tracking import Tracker as Tracker
+
+__all__ = [
+    "Backoff",
+    "Clock",
+    "Continuous",
+    "ContinuousContext",
+    "ContinuousStatus",
+    "Cron",
+    "DuplicateEventError",
+    "DurationLike",
+    "Engine",
+    "Every",
+    "ExecutionError",
+    "InMemoryTracker",
+    "InstanceNotFoundError",
+    "InvalidStateError",
+    "JobCancelledError",
+    "JobError",
+    "JobNotFoundError",
+    "NoopTracker",
+    "Retry",
+    "RetryExhaustedError",
+    "Schedule",
+    "SchedulerError",
+    "StartResult",
+    "StateResult",
+    "StorageError",
+    "TenantError",
+    "TerminateResult",
+    "TrackedEvent",
+    "Tracker",
+    "TriggerResult",
+    "ValidationError",
+    "VirtualClock",
+    "WallClock",
+    "cron",
+    "every",
+    "memory",
+    "open_engine",
+    "parse_duration",
+    "sqlite",
+]

@@ -1,0 +1,102 @@
+"""The clock layer: every "now" and every wait in djobs goes through it.
+
+Two implementations share one contract. `WallClock` reads the system clock;
+`VirtualClock` maps Trio's clock to epoch time, so under
+``trio.testing.MockClock(autojump_threshold=0)`` a month of schedules, cron
+included, runs in milliseconds of real time.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Protocol, final
+
+import trio
+
+
+class Clock(Protocol):
+    """What djobs needs from time: the current epoch time and a way to wait for one."""
+
+    def now_ms(self) -> int:
+        """The current time in whole milliseconds since the Unix epoch (UTC)."""
+        ...
+
+    async def sleep_until(self, epoch_ms: int) -> None:
+        """Return once `now_ms()` has reached `epoch_ms` (at once if it has)."""
+        ...
+
+
+def to_datetime(epoch_ms: int) -> datetime:
+    """An aware UTC datetime for epoch milliseconds."""
+    return datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
+
+
+def to_epoch_ms(moment: datetime) -> int:
+    """Epoch milliseconds for an aware datetime."""
+    return round(moment.timestamp() * 1000)
+
+
+@final
+class WallClock:
+    """The production clock: the system's wall time.
+
+    Waits are computed as a delay from now and re-checked on waking, so a wall
+    clock that jumps while djobs sleeps delays a wake-up rather than losing it.
+    """
+
+    def now_ms(self) -> int:
+        return time.time_ns() // 1_000_000
+
+    async def sleep_until(self, epoch_ms: int) -> None:
+        while True:
+            delay = epoch_ms - self.now_ms()
+            if delay <= 0:
+                return
+            await trio.sleep(delay / 1000)
+
+
+@final
+class VirtualClock:
+    """A clock that follows Trio's clock, starting at a chosen epoch time.
+
+    Under ``MockClock(autojump_threshold=0)`` Trio's clock jumps to the next
+    deadline whenever every task is blocked, so waiting a virtual day costs
+    nothing. Outside a mock clock it simply runs at real speed from `start`.
+
+    Args:
+        start: The epoch time that the first reading maps to (aware datetime).
+
+    Example:
+        >>> from datetime import datetime, UTC
+        >>> VirtualClock(datetime(2026, 1, 1, tzinfo=UTC)).start_ms
+        1767225600000
+    """
+
+    def __init__(self, start: datetime | None = None) -> None:
+        start = start or datetime(2026, 1, 1, tzinfo=UTC)
+        if start.tzinfo is None:
+            raise ValueError("VirtualClock(start=...) needs a timezone-aware datetime")
+        self.start_ms = to_epoch_ms(start)
+        self._anchor: float | None = None
+
+    def _trio_anchor(self) -> float:
+        # The anchor is taken on first use, inside trio.run, where the Trio
+        # clock exists; until then the clock reads as `start`.
+        if self._anchor is None:
+            self._anchor = trio.current_time()
+        return self._anchor
+
+    def now_ms(self) -> int:
+        try:
+            elapsed = trio.current_time() - self._trio_anchor()
+        except RuntimeError:  # outside trio.run: time stands still at the last reading
+            return self.start_ms
+        return self.start_ms + int(elapsed * 1000)
+
+    async def sleep_until(self, epoch_ms: int) -> None:
+        target = self._trio_anchor() + (epoch_ms - self.start_ms) / 1000
+        await trio.sleep_until(target)
+        # Float rounding can leave us a hair early; never fire early.
+        if self.now_ms() < epoch_ms:
+            await trio.sleep_until(target + 0.001)

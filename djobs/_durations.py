@@ -1,0 +1,205 @@
+"""One parser for every duration djobs accepts.
+
+A duration is a `timedelta`, a non-negative ``int`` of milliseconds, or a
+string such as ``"30 minutes"``, ``"5s"``, ``"1.5 hours"`` or ``"1h30m"``.
+Floats are refused: in a Trio program a bare ``0.5`` usually means seconds,
+and guessing wrong by a factor of a thousand is worse than asking.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from fractions import Fraction
+from typing import TypeAlias
+
+from returns.result import Failure, Result, Success
+
+from ._errors import ValidationError
+
+__all__ = ["DurationLike", "duration", "format_duration", "parse_duration", "to_ms"]
+
+#: What a duration may be written as; an ``int`` counts milliseconds.
+DurationLike: TypeAlias = str | timedelta | int
+
+_EXPECTED = 'expected a timedelta, milliseconds as an int, or a string like "30 minutes", "5s", "1h30m"'
+
+_UNIT_US = {
+    "ms": 1_000,
+    "s": 1_000_000,
+    "m": 60_000_000,
+    "h": 3_600_000_000,
+    "d": 86_400_000_000,
+    "w": 604_800_000_000,
+}
+_UNIT_NAMES = {
+    "ms": ("ms", "msec", "msecs", "millisecond", "milliseconds"),
+    "s": ("s", "sec", "secs", "second", "seconds"),
+    "m": ("m", "min", "mins", "minute", "minutes"),
+    "h": ("h", "hr", "hrs", "hour", "hours"),
+    "d": ("d", "day", "days"),
+    "w": ("w", "week", "weeks"),
+}
+_UNIT_OF = {name: unit for unit, names in _UNIT_NAMES.items() for name in names}
+
+# Longest names first and no letter after the unit, so "5min" is never read as "5m" + "in"
+# and "500ms" never as "500m" + "s".
+_UNIT_PATTERN = "|".join(sorted(_UNIT_OF, key=len, reverse=True))
+_PART = r"(\d+(?:\.\d*)?|\.\d+)\s*(" + _UNIT_PATTERN + r")(?![a-z])"
+# ASCII only: int() would happily read Arabic-Indic or full-width digits.
+_PART_RE = re.compile(_PART, re.ASCII)
+_DURATION_RE = re.compile(r"(?:" + _PART + r"\s*)+", re.ASCII)
+
+# Reprs of arbitrary user text go into messages and logs; keep them readable.
+_MAX_REPR = 80
+
+
+def _invalid(value: object, what: str, reason: str | None = None) -> ValidationError:
+    try:
+        shown = repr(value)
+    except Exception:
+        # parse_duration promises not to raise; a broken __repr__ (or an int too long to
+        # print) must not break that.
+        shown = f"<{type(value).__name__} object>"
+    if len(shown) > _MAX_REPR:
+        shown = shown[: _MAX_REPR - 3] + "..."
+    why = f"{reason}; " if reason else ""
+    return ValidationError(f"invalid {what} {shown}: {why}{_EXPECTED}")
+
+
+def _parse_text(value: str, what: str) -> Result[timedelta, ValidationError]:
+    text = value.strip().lower()
+    if not _DURATION_RE.fullmatch(text):
+        return Failure(_invalid(value, what))
+    try:
+        # Fractions keep "1.5 hours" and "0.1s" exact; timedelta only rounds once, at the end.
+        total = sum(
+            (Fraction(number) * _UNIT_US[_UNIT_OF[unit]] for number, unit in _PART_RE.findall(text)),
+            Fraction(0),
+        )
+        return Success(timedelta(microseconds=round(total)))
+    except (OverflowError, ValueError):  # ValueError: more digits than int() will read
+        return Failure(_invalid(value, what, "too large"))
+
+
+def parse_duration(value: object, *, what: str = "duration") -> Result[timedelta, ValidationError]:
+    """Read a duration from run-time input, without raising.
+
+    Accepted: a `timedelta`; a non-negative ``int`` of milliseconds (not
+    ``bool``, not ``float``); or a string of one or more ``<number><unit>``
+    parts, case-insensitive, with optional spaces, where the number may have
+    a decimal point and the unit is one of ``ms``/``msec``/``millisecond(s)``,
+    ``s``/``sec(s)``/``second(s)``, ``m``/``min(s)``/``minute(s)``,
+    ``h``/``hr(s)``/``hour(s)``, ``d``/``day(s)``, ``w``/``week(s)``. Parts
+    add up (``"1h30m"``, ``"1 hour 30 minutes"``). Zero is allowed; negative
+    values, bare numbers in strings, unknown units, NaN and infinity are not.
+
+    Args:
+        value: The input to read.
+        what: The name of the setting, used in the error message in place of
+            the word "duration".
+
+    Returns:
+        ``Success(timedelta)``, or ``Failure(ValidationError)`` whose message
+        names the input and lists the accepted forms.
+
+    Example:
+        >>> parse_duration("1h30m")
+        <Success: 1:30:00>
+        >>> parse_duration(1500)
+        <Success: 0:00:01.500000>
+        >>> parse_duration("thirty", what="flush_after").failure().message.startswith(
+        ...     "invalid flush_after 'thirty': expected a timedelta, milliseconds as an int")
+        True
+    """
+    if isinstance(value, timedelta):
+        if value < timedelta(0):
+            return Failure(_invalid(value, what, "must not be negative"))
+        return Success(value)
+    if isinstance(value, bool):
+        return Failure(_invalid(value, what))
+    if isinstance(value, int):
+        if value < 0:
+            return Failure(_invalid(value, what, "must not be negative"))
+        try:
+            return Success(timedelta(milliseconds=value))
+        except OverflowError:
+            return Failure(_invalid(value, what, "too large"))
+    if isinstance(value, str):
+        return _parse_text(value, what)
+    return Failure(_invalid(value, what))
+
+
+def duration(value: DurationLike, *, what: str = "duration") -> timedelta:
+    """Read a duration written in the program, raising if it is malformed.
+
+    For definition-time literals (``Continuous.make(..., timeout="5s")``),
+    where a bad value is a bug to fix rather than an outcome to handle. Takes
+    the same forms as `parse_duration`.
+
+    Args:
+        value: The duration literal.
+        what: The name of the setting, for the error message.
+
+    Returns:
+        The duration as a `timedelta`.
+
+    Raises:
+        ValidationError: The value is not a valid duration.
+
+    Example:
+        >>> duration("1 week")
+        datetime.timedelta(days=7)
+    """
+    result = parse_duration(value, what=what)
+    if isinstance(result, Failure):
+        raise result.failure()
+    return result.unwrap()
+
+
+def to_ms(value: timedelta) -> int:
+    """Whole milliseconds in a `timedelta`, rounding half a millisecond up.
+
+    Integer arithmetic throughout, so long durations do not lose precision.
+
+    Args:
+        value: The duration.
+
+    Returns:
+        The number of milliseconds.
+
+    Example:
+        >>> to_ms(timedelta(seconds=1, microseconds=1500))
+        1002
+    """
+    whole, rest = divmod(value // timedelta(microseconds=1), 1_000)
+    return whole + (rest >= 500)
+
+
+def format_duration(value: timedelta) -> str:
+    """Write a `timedelta` the way a person would, in a form `parse_duration` reads back.
+
+    Sub-millisecond parts are written as fractional milliseconds.
+
+    Args:
+        value: A non-negative duration.
+
+    Returns:
+        Text such as ``"1 hour 30 minutes"`` or ``"500 milliseconds"``.
+
+    Example:
+        >>> format_duration(timedelta(days=1, minutes=30))
+        '1 day 30 minutes'
+    """
+    us = value // timedelta(microseconds=1)
+    if us == 0:
+        return "0 milliseconds"
+    parts: list[str] = []
+    for name, size in (("day", 86_400_000_000), ("hour", 3_600_000_000), ("minute", 60_000_000), ("second", 1_000_000)):
+        count, us = divmod(us, size)
+        if count:
+            parts.append(f"{count} {name}" + ("" if count == 1 else "s"))
+    if us:
+        ms = f"{us // 1_000}.{us % 1_000:03d}".rstrip("0").rstrip(".")
+        parts.append(f"{ms} millisecond" + ("" if ms == "1" else "s"))
+    return " ".join(parts)

@@ -1,0 +1,253 @@
+"""The execution service: the one place user code runs.
+
+A kind handler loads an instance (checkout), builds a context over a
+`Checkout`, and hands the user's function to `execute`. `execute` runs the
+program in whichever of the accepted forms it comes in, maps what happened
+to an `Outcome` (success, typed failure, exception, terminate, retry
+scheduled, retries exhausted) and prepares the telemetry events. The handler
+turns the outcome into one `Checkin`; `Env.commit` writes it atomically and
+only then emits the events.
+
+Accepted forms of a job body's return value:
+
+- ``None`` or a plain value (success), a ``Result``;
+- an awaitable of any of those (``async def``);
+- a ``FutureResult`` or ``IOResult``;
+- a ``RequiresContextFutureResult``, called with the engine's ``services``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, NoReturn, TypeVar, cast
+
+from returns.context import RequiresContextFutureResult
+from returns.future import FutureResult
+from returns.io import IOResult
+from returns.result import Failure, Result, Success
+
+from ._clock import Clock, to_datetime
+from ._errors import ExecutionError, JobError
+from ._logging import JobLog, LoggingOption, threshold
+from ._retry import Retry
+from .storage import Checkin, SetAlarm, Storage
+from .tracking import TrackedEvent, Tracker
+
+S = TypeVar("S")
+
+
+class TerminateSignal(BaseException):
+    """Raised by ``ctx.terminate()`` to end a run; caught by `execute`.
+
+    A `BaseException`, so a user's ``except Exception`` does not swallow it;
+    the checkout also records the request, so even a swallowed signal ends
+    the instance.
+    """
+
+    def __init__(self, reason: str | None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(slots=True, eq=False)
+class Checkout(Generic[S]):
+    """The working copy of an instance during one run; committed only with its outcome."""
+
+    state: S
+    dirty: bool = False
+    terminated: bool = False
+    terminate_reason: str | None = None
+    alarm: SetAlarm | Literal["cancel"] | None = None
+    schedule_touched: bool = False
+
+    def set_state(self, state: S) -> None:
+        self.state = state
+        self.dirty = True
+
+    def terminate(self, reason: str | None) -> NoReturn:
+        self.terminated = True
+        self.terminate_reason = reason
+        raise TerminateSignal(reason)
+
+
+OutcomeKind = Literal["succeeded", "retrying", "failed", "exhausted", "terminated"]
+
+
+@dataclass(slots=True, frozen=True)
+class Outcome:
+    """What a run came to.
+
+    Attributes:
+        kind: ``succeeded``; ``retrying`` (a retry is due at `retry_at`);
+            ``failed`` (no retry: none configured, or the error is not
+            retryable); ``exhausted`` (the last allowed attempt failed);
+            ``terminated`` (the body called ``ctx.terminate``).
+        value: The body's success value (a Job's result, a reducer's state).
+    """
+
+    kind: OutcomeKind
+    value: object = None
+    error: JobError | None = None
+    retry_at: int | None = None
+    reason: str | None = None
+    duration_ms: float = 0.0
+
+
+@dataclass(slots=True, eq=False)
+class Env:
+    """The services a run and a handler use, built once per engine."""
+
+    storage: Storage
+    clock: Clock
+    tracker: Tracker
+    services: Any
+    rng: random.Random
+    logger: logging.Logger
+    on_alarm_set: Callable[[int], None] = field(default=lambda _ms: None)
+
+    def now_ms(self) -> int:
+        return self.clock.now_ms()
+
+    def event(self, type: str, key: str, kind: str, name: str, **data: Any) -> TrackedEvent:
+        """A telemetry event stamped with the clock's time."""
+        return TrackedEvent(
+            type=type, instance_id=key, job_type=kind, job_name=name,
+            at=to_datetime(self.clock.now_ms()), data=data,
+        )  # fmt: skip
+
+    def job_log(self, kind: str, name: str, option: LoggingOption, **extra: Any) -> JobLog:
+        """The ``ctx.log`` for one run of the job `name`."""
+        logger = self.logger.getChild(f"{kind}.{name}")
+        return JobLog(logger, threshold(option), {"job": name, **extra})
+
+    async def commit(self, checkin: Checkin, events: list[TrackedEvent] | None = None) -> None:
+        """Write `checkin` atomically, then wake the alarm sleeper and emit `events`.
+
+        Raises `StorageError` or `DuplicateEventError`; on either nothing was
+        written and no event is emitted.
+        """
+        await self.storage.commit(checkin)
+        if isinstance(checkin.alarm, SetAlarm):
+            self.on_alarm_set(checkin.alarm.fire_at)
+        if events:
+            self.emit(events)
+
+    def emit(self, events: list[TrackedEvent]) -> None:
+        """Hand events to the tracker; a tracker failure never reaches the job."""
+        for event in events:
+            try:
+                self.tracker.emit(event)
+            except Exception:  # a tracker bug must not fail a job
+                self.logger.exception("tracker %r failed to accept %s", self.tracker, event.type)
+
+
+def _as_job_error(error: object) -> JobError:
+    if isinstance(error, JobError):
+        return error
+    if isinstance(error, BaseException):
+        return ExecutionError(f"{type(error).__name__}: {error}", error)
+    return ExecutionError(f"job returned a failure: {error!r}", error)
+
+
+async def run_body(call: Callable[[], object], services: Any) -> Result[object, JobError]:
+    """Run one call of user code in any accepted form; never raises but for cancellation."""
+    try:
+        value = call()
+        if inspect.isawaitable(value) and not isinstance(value, FutureResult):
+            value = await value
+        if isinstance(value, RequiresContextFutureResult):
+            value = value(services)
+        if isinstance(value, FutureResult):
+            value = await value
+        if isinstance(value, IOResult):
+            value = value._inner_value
+        if isinstance(value, Result):
+            result = cast(Result[object, object], value)
+            return result.alt(_as_job_error)
+        return Success(value)
+    except Exception as exc:
+        return Failure(_as_job_error(exc))
+
+
+def _only_terminate(group: BaseExceptionGroup[BaseException]) -> TerminateSignal | None:
+    matched, rest = group.split(TerminateSignal)
+    if rest is not None or matched is None:
+        return None
+    first = matched.exceptions[0]
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first if isinstance(first, TerminateSignal) else None
+
+
+@dataclass(slots=True, frozen=True)
+class RunInfo:
+    """Who is running: the identity stamped on events and log lines."""
+
+    key: str
+    kind: str
+    name: str
+    run_count: int
+    attempt: int
+
+
+async def execute(
+    env: Env,
+    info: RunInfo,
+    checkout: Checkout[Any],
+    call: Callable[[], object],
+    retry: Retry | None,
+    events: list[TrackedEvent],
+    log: JobLog,
+) -> Outcome:
+    """Run `call` and decide what its result means; appends the run's events to `events`."""
+    started = time.perf_counter()
+    terminated: TerminateSignal | None = None
+    try:
+        result = await run_body(call, env.services)
+    except TerminateSignal as signal:
+        terminated, result = signal, Success(None)
+    except BaseExceptionGroup as group:
+        terminated = _only_terminate(group)
+        if terminated is None:
+            raise
+        result = Success(None)
+    duration_ms = round((time.perf_counter() - started) * 1000, 3)
+
+    def ev(type: str, **data: Any) -> None:
+        events.append(env.event(type, info.key, info.kind, info.name, **data))
+
+    if terminated is not None or checkout.terminated:
+        reason = checkout.terminate_reason if terminated is None else terminated.reason
+        log.info("terminated: %s", reason or "no reason given")
+        ev("job.terminated", reason=reason, run_count=info.run_count)
+        return Outcome("terminated", reason=reason, duration_ms=duration_ms)
+
+    if isinstance(result, Success):
+        log.debug("executed in %.1f ms", duration_ms)
+        ev("job.executed", run_count=info.run_count, duration_ms=duration_ms, attempt=info.attempt)
+        return Outcome("succeeded", value=result.unwrap(), duration_ms=duration_ms)
+
+    error = result.failure()
+    failed = {"error": {"tag": error.tag, "message": error.message}, "run_count": info.run_count,
+              "attempt": info.attempt}  # fmt: skip
+    if retry is None or not retry.should_retry(error):
+        log.error("failed (no retry): %s", error.message)
+        ev("job.failed", **failed, will_retry=False)
+        return Outcome("failed", error=error, duration_ms=duration_ms)
+    if info.attempt >= retry.max_attempts:
+        log.error("failed on attempt %d of %d, giving up: %s", info.attempt, retry.max_attempts, error.message)
+        ev("job.failed", **failed, will_retry=False)
+        ev("job.retry_exhausted", attempts=info.attempt, reason=error.message)
+        return Outcome("exhausted", error=error, duration_ms=duration_ms)
+    delay = retry.delay_before(info.attempt + 1, env.rng)
+    retry_at = env.now_ms() + max(0, round(delay.total_seconds() * 1000))
+    log.warning("failed on attempt %d of %d, retrying in %s: %s", info.attempt, retry.max_attempts,
+                delay, error.message)  # fmt: skip
+    ev("job.failed", **failed, will_retry=True, retry_at=to_datetime(retry_at).isoformat())
+    return Outcome("retrying", error=error, retry_at=retry_at, duration_ms=duration_ms)
+

@@ -1,0 +1,66 @@
+"""Per-job logging on the standard library's `logging` module.
+
+A job's ``logging=`` option sets its threshold: ``True`` logs everything
+(DEBUG), ``False`` only errors (the default), an int is a `logging` level,
+``None`` silences the job. Loggers are named ``djobs.<kind>.<job name>``; each
+line carries the instance id, job name, run count and attempt in its `extra`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, final
+
+LoggingOption = bool | int | None
+
+_SILENT = logging.CRITICAL + 10
+
+
+def threshold(option: LoggingOption) -> int:
+    """The minimum level a job with this ``logging=`` option emits."""
+    if option is None:
+        return _SILENT
+    if option is True:
+        return logging.DEBUG
+    if option is False:
+        return logging.ERROR
+    return int(option)
+
+
+@final
+class JobLog:
+    """The ``ctx.log`` of a run: a stdlib logger with the run's identity attached.
+
+    The per-job threshold is applied here rather than on the shared stdlib
+    logger, so two jobs with different settings never affect each other.
+    """
+
+    __slots__ = ("_extra", "_logger", "_threshold")
+
+    def __init__(self, logger: logging.Logger, level: int, extra: dict[str, Any]) -> None:
+        self._logger = logger
+        self._threshold = level
+        self._extra = extra
+
+    def _log(self, level: int, message: str, args: tuple[object, ...], fields: dict[str, Any]) -> None:
+        if level < self._threshold or not self._logger.isEnabledFor(level):
+            return
+        prefix = " ".join(f"{k}={v}" for k, v in self._extra.items())
+        extra = {**self._extra, **fields}
+        self._logger.log(level, f"[{prefix}] {message}", *args, extra={"djobs": extra}, stacklevel=3)
+
+    def debug(self, message: str, *args: object, **fields: Any) -> None:
+        """Log at DEBUG; shown only for jobs with ``logging=True`` or a DEBUG level."""
+        self._log(logging.DEBUG, message, args, fields)
+
+    def info(self, message: str, *args: object, **fields: Any) -> None:
+        """Log at INFO."""
+        self._log(logging.INFO, message, args, fields)
+
+    def warning(self, message: str, *args: object, **fields: Any) -> None:
+        """Log at WARNING."""
+        self._log(logging.WARNING, message, args, fields)
+
+    def error(self, message: str, *args: object, **fields: Any) -> None:
+        """Log at ERROR; shown unless the job's ``logging=None``."""
+        self._log(logging.ERROR, message, args, fields)

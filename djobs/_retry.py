@@ -1,0 +1,134 @@
+"""The retry layer: how long to wait before trying a failed run again, and whether to.
+
+Retries are alarms, so a pending retry survives a restart. Which failures are
+retried is decided by the error's type: an error whose ``retryable`` is
+false (for example an `ExecutionError(..., retryable=False)` or a
+`ValidationError`) fails at once, and ``retry_on`` narrows retries to the
+error or cause types listed.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import timedelta
+from typing import final
+
+from ._durations import DurationLike, duration
+from ._errors import ExecutionError, JobError, ValidationError
+
+
+@final
+class Backoff:
+    """A delay policy: the wait before retry number ``n`` (1 = the first retry).
+
+    Example:
+        >>> [Backoff.exponential(base="1 second", max="30 seconds").delay(n).seconds for n in range(1, 7)]
+        [1, 2, 4, 8, 16, 30]
+        >>> [Backoff.linear(base="1 second", increment="1 second").delay(n).seconds for n in (1, 2, 3)]
+        [1, 2, 3]
+        >>> Backoff.fixed("5 seconds").delay(9).seconds
+        5
+    """
+
+    __slots__ = ("_base", "_increment", "_kind", "_max")
+
+    def __init__(self, kind: str, base: timedelta, increment: timedelta, max: timedelta | None) -> None:
+        self._kind = kind
+        self._base = base
+        self._increment = increment
+        self._max = max
+
+    @staticmethod
+    def exponential(base: DurationLike = "1 second", max: DurationLike = "30 seconds") -> Backoff:
+        """``base``, ``2 * base``, ``4 * base``, ... capped at ``max``."""
+        return Backoff("exponential", duration(base, what="base"), timedelta(0), duration(max, what="max"))
+
+    @staticmethod
+    def linear(base: DurationLike = "1 second", increment: DurationLike = "1 second") -> Backoff:
+        """``base``, ``base + increment``, ``base + 2 * increment``, ..."""
+        return Backoff("linear", duration(base, what="base"), duration(increment, what="increment"), None)
+
+    @staticmethod
+    def fixed(delay: DurationLike) -> Backoff:
+        """The same delay before every retry."""
+        return Backoff("fixed", duration(delay, what="delay"), timedelta(0), None)
+
+    def delay(self, retry: int) -> timedelta:
+        """The wait before retry number `retry` (1-indexed)."""
+        n = max(retry, 1)
+        if self._kind == "exponential":
+            assert self._max is not None
+            # Cap the exponent before multiplying: 2**n for a large n is huge.
+            d = self._base * (1 << min(n - 1, 40))
+            return min(d, self._max)
+        if self._kind == "linear":
+            return self._base + self._increment * (n - 1)
+        return self._base
+
+    def __repr__(self) -> str:
+        if self._kind == "exponential":
+            return f"Backoff.exponential(base={self._base!r}, max={self._max!r})"
+        if self._kind == "linear":
+            return f"Backoff.linear(base={self._base!r}, increment={self._increment!r})"
+        return f"Backoff.fixed({self._base!r})"
+
+
+@final
+class Retry:
+    """A retry policy for a job.
+
+    Args:
+        max_attempts: Total tries of one run, the first included (``3`` = one
+            try and two retries). At least 1.
+        delay: A `Backoff`, or one duration for a fixed delay.
+        jitter: Full jitter: wait a uniformly random time between zero and
+            the backoff delay, so many failing instances do not retry in step.
+        retry_on: Retry only failures whose error, or the error's ``cause``,
+            is an instance of one of these types. ``None`` retries every
+            retryable error.
+
+    Example:
+        >>> Retry(max_attempts=3, delay=Backoff.fixed("2 seconds")).max_attempts
+        3
+    """
+
+    __slots__ = ("delay", "jitter", "max_attempts", "retry_on")
+
+    def __init__(
+        self,
+        max_attempts: int = 3,
+        delay: Backoff | DurationLike | None = None,
+        *,
+        jitter: bool = False,
+        retry_on: tuple[type[BaseException], ...] | None = None,
+    ) -> None:
+        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+            raise ValidationError(f"Retry(max_attempts={max_attempts!r}): expected an int of at least 1")
+        self.max_attempts = max_attempts
+        if delay is None:
+            self.delay = Backoff.exponential()
+        elif isinstance(delay, Backoff):
+            self.delay = delay
+        else:
+            self.delay = Backoff.fixed(delay)
+        self.jitter = jitter
+        self.retry_on = retry_on
+
+    def should_retry(self, error: JobError) -> bool:
+        """Whether `error` is the kind of failure this policy retries."""
+        if not error.retryable:
+            return False
+        if self.retry_on is None:
+            return True
+        cause = error.cause if isinstance(error, ExecutionError) else None
+        return isinstance(error, self.retry_on) or isinstance(cause, self.retry_on)
+
+    def delay_before(self, attempt: int, rng: random.Random) -> timedelta:
+        """The wait before attempt number `attempt` (2 = the first retry)."""
+        base = self.delay.delay(attempt - 1)
+        if not self.jitter:
+            return base
+        return timedelta(microseconds=rng.uniform(0, base / timedelta(microseconds=1)))
+
+    def __repr__(self) -> str:
+        return f"Retry(max_attempts={self.max_attempts}, delay={self.delay!r}, jitter={self.jitter})"

@@ -1,0 +1,209 @@
+"""The engine's moving parts: instance actors and the alarm sleeper.
+
+- An *actor* is one task per active instance that runs that instance's
+  handlers one at a time, in arrival order (client calls and alarms alike),
+  like a Durable Object. It exits as soon as its queue is empty, so memory
+  grows with active instances, not stored ones. A client call waits for its
+  handler, but a cancelled caller does not cancel a handler already queued:
+  what was asked for is done.
+- The *alarm sleeper* is one task that claims due alarms in batches (each
+  claim is a lease: an alarm whose handler never finished fires again after
+  the lease), dispatches them to actors, and sleeps until the earliest alarm
+  is due or a commit sets an earlier one. There is no task per stored alarm.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar
+
+import trio
+
+from ._errors import StorageError
+from ._execution import Env
+from .storage import Alarm
+
+T = TypeVar("T")
+
+Handler = Callable[[], Awaitable[None]]
+_log = logging.getLogger("djobs.engine")
+
+
+class AlarmTarget(Protocol):
+    """What an alarm is dispatched to: a job kind's handler for one definition."""
+
+    async def on_alarm(self, alarm: Alarm) -> None: ...
+
+
+class Runtime:
+    """Actors, the alarm sleeper and the claimed-alarm bookkeeping of one engine."""
+
+    def __init__(
+        self,
+        env: Env,
+        nursery: trio.Nursery,
+        *,
+        max_concurrency: int,
+        alarm_lease_ms: int,
+        alarm_poll_ms: int | None,
+        alarm_batch: int = 200,
+    ) -> None:
+        self.env = env
+        self._nursery = nursery
+        self._actors: dict[str, trio.MemorySendChannel[Handler]] = {}
+        self._limiter = trio.CapacityLimiter(max_concurrency)
+        self._lease_ms = alarm_lease_ms
+        self._poll_ms = alarm_poll_ms
+        self._batch = alarm_batch
+        self._targets: dict[str, AlarmTarget] = {}
+        self._claimed: set[int] = set()
+        self._sleep_scope: trio.CancelScope | None = None
+        self._sleeping_until: float = math.inf
+        self._idle = trio.Event()
+        self._idle.set()
+        self._closing = False
+        env.on_alarm_set = self.poke
+
+    # -- actors -----------------------------------------------------------------------
+
+    @property
+    def active_instances(self) -> int:
+        """How many instances have an actor right now."""
+        return len(self._actors)
+
+    def post(self, key: str, handler: Handler) -> None:
+        """Queue `handler` on the actor of instance `key`, starting the actor if needed."""
+        send = self._actors.get(key)
+        if send is None:
+            send, receive = trio.open_memory_channel[Handler](math.inf)
+            self._actors[key] = send
+            if self._idle.is_set():
+                self._idle = trio.Event()
+            self._nursery.start_soon(self._actor, key, receive)
+        send.send_nowait(handler)
+
+    async def call(self, key: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run `fn` on instance `key`'s actor and return its value (or raise its error)."""
+        if self._closing:
+            raise StorageError("the engine is closing; no new calls are accepted")
+        done = trio.Event()
+        box: list[T] = []
+        failure: list[BaseException] = []
+
+        async def handler() -> None:
+            try:
+                box.append(await fn())
+            except Exception as exc:
+                failure.append(exc)
+            finally:
+                done.set()
+
+        self.post(key, handler)
+        await done.wait()
+        if failure:
+            raise failure[0]
+        if not box:
+            raise StorageError("the engine closed before the call completed; it may not have been applied")
+        return box[0]
+
+    async def _actor(self, key: str, receive: trio.MemoryReceiveChannel[Handler]) -> None:
+        while True:
+            try:
+                handler = receive.receive_nowait()
+            except trio.WouldBlock:
+                # Nothing queued: evict. No await lies between this check and
+                # the delete, so a post cannot slip in and be lost.
+                del self._actors[key]
+                if not self._actors:
+                    self._idle.set()
+                return
+            async with self._limiter:
+                try:
+                    await handler()
+                except Exception:
+                    _log.exception("bug: a handler for %s raised; the instance's actor continues", key)
+
+    async def wait_idle(self) -> None:
+        """Return once no actor has work queued or running."""
+        while not self._idle.is_set():
+            await self._idle.wait()
+
+    # -- alarms ----------------------------------------------------------------------
+
+    def register(self, prefix: str, target: AlarmTarget) -> None:
+        """Route alarms whose key starts with `prefix` (``"continuous:name:"``) to `target`."""
+        self._targets[prefix] = target
+
+    def poke(self, fire_at: int) -> None:
+        """A commit set an alarm at `fire_at`: wake the sleeper if that is earlier than its wait."""
+        if self._sleep_scope is not None and fire_at < self._sleeping_until:
+            self._sleep_scope.cancel()
+
+    def done_with(self, alarm: Alarm) -> None:
+        """The handler of a claimed alarm finished (committed or gave up)."""
+        self._claimed.discard(alarm.id)
+
+    def _target_for(self, key: str) -> AlarmTarget | None:
+        kind, _, rest = key.partition(":")
+        name, _, _ = rest.partition(":")
+        return self._targets.get(f"{kind}:{name}:")
+
+    def _dispatch(self, alarm: Alarm) -> None:
+        target = self._target_for(alarm.key)
+        if target is None:
+            # A job removed from the code: leave the alarm leased; it is looked
+            # at again after the lease, when the job may be back.
+            _log.warning("alarm for %s has no registered job; it will be retried after its lease", alarm.key)
+            return
+        self._claimed.add(alarm.id)
+
+        async def fire() -> None:
+            try:
+                await target.on_alarm(alarm)
+            finally:
+                self.done_with(alarm)
+
+        self.post(alarm.key, fire)
+
+    async def alarm_loop(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Claim and dispatch due alarms forever; the engine's single alarm task."""
+        storage, clock = self.env.storage, self.env.clock
+        task_status.started()
+        while True:
+            try:
+                alarms = await storage.claim_alarms(clock.now_ms(), self._lease_ms, self._batch)
+                for alarm in alarms:
+                    self._dispatch(alarm)
+                if len(alarms) == self._batch:
+                    await trio.lowlevel.checkpoint()
+                    continue
+                next_at = await storage.next_alarm_at()
+            except StorageError as exc:
+                _log.error("alarm sleeper: %s; trying again in 1 s", exc.message)
+                await trio.sleep(1)
+                continue
+            self._sleep_scope = trio.CancelScope()
+            self._sleeping_until = math.inf if next_at is None else next_at
+            with self._sleep_scope:
+                if self._poll_ms is not None:
+                    # Other processes may add alarms we are not told about.
+                    self._sleep_scope.deadline = trio.current_time() + self._poll_ms / 1000
+                if next_at is None:
+                    await trio.sleep_forever()
+                else:
+                    await clock.sleep_until(next_at)
+            self._sleep_scope = None
+
+    async def close(self, grace_seconds: float) -> None:
+        """Stop taking work, let queued handlers finish for up to `grace_seconds`,
+        then release the alarms still claimed so a restart fires them at once."""
+        self._closing = True
+        with trio.move_on_after(grace_seconds):
+            await self.wait_idle()
+        if self._claimed:
+            try:
+                await self.env.storage.release_alarms(sorted(self._claimed))
+            except StorageError as exc:
+                _log.warning("could not release claimed alarms on close: %s", exc.message)

@@ -1,0 +1,314 @@
+"""Recurring schedules: a fixed interval, or a cron expression in a time zone.
+
+Every time in this module is an ``int`` of milliseconds since the Unix epoch,
+in UTC.
+
+Cron expressions are matched against the wall clock of their zone, and each
+wall-clock time the expression names fires exactly once, whatever daylight
+saving does: a time that happens twice when the clocks go back fires at its
+first occurrence only, and a time skipped when they go forward fires at the
+same instant it would have had before the change (02:30 in a one-hour gap
+fires at 03:30), so a daily job still runs once that day. croniter's own
+time-zone handling fires twice in a repeated hour, so it only ever sees naive
+wall-clock times here and `zoneinfo` maps them to instants.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Protocol, final, runtime_checkable
+from zoneinfo import ZoneInfo
+
+from croniter import CroniterBadDateError, CroniterError, croniter
+from returns.result import Failure, Result, Success
+
+from ._durations import DurationLike, duration, format_duration, to_ms
+from ._errors import SchedulerError, ValidationError
+
+__all__ = ["Cron", "Every", "Schedule", "cron", "every", "parse_cron"]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_DAY = timedelta(days=1)
+_FIELDS = "minute hour day-of-month month day-of-week"
+# Candidates skipped on the way are at most the wall times of one repeated hour (60 for a
+# minutely job), so this bound is only reached if the expression never matches, which the
+# constructor rules out.
+_MAX_STEPS = 10_000
+
+
+@runtime_checkable
+class Schedule(Protocol):
+    """When a recurring job runs next.
+
+    Example:
+        >>> every("1 minute").next_after(0)
+        60000
+    """
+
+    def next_after(self, after_ms: int) -> int:
+        """The first run time strictly later than ``after_ms`` (epoch milliseconds, UTC)."""
+        ...
+
+    def describe(self) -> str:
+        """The schedule in words, for logs and status pages."""
+        ...
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Every:
+    """Run at a fixed interval, measured from the previous run.
+
+    Build it with `every`. An interval that is not a whole number of
+    milliseconds is rounded to the nearest one.
+
+    Attributes:
+        interval: The time between runs; at least one millisecond.
+
+    Example:
+        >>> Every(timedelta(minutes=30)).next_after(0)
+        1800000
+    """
+
+    interval: timedelta
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.interval, timedelta):
+            raise ValidationError(f"interval must be a timedelta, got {self.interval!r}")
+        if self.interval <= timedelta(0):
+            raise ValidationError(f"interval must be positive, got {self.interval!r}")
+        if to_ms(self.interval) < 1:
+            raise ValidationError(f"interval must be at least 1 millisecond, got {self.interval!r}")
+
+    def next_after(self, after_ms: int) -> int:
+        """``after_ms`` plus the interval.
+
+        Example:
+            >>> every("5s").next_after(1_000)
+            6000
+        """
+        return after_ms + to_ms(self.interval)
+
+    def describe(self) -> str:
+        """The schedule in words.
+
+        Example:
+            >>> every("1h30m").describe()
+            'every 1 hour 30 minutes'
+        """
+        return f"every {format_duration(self.interval)}"
+
+    def __repr__(self) -> str:
+        if self.interval % timedelta(milliseconds=1):
+            return f"Every({self.interval!r})"
+        return f"Every({format_duration(self.interval)!r})"
+
+
+def every(interval: DurationLike) -> Every:
+    """A schedule that runs every ``interval``.
+
+    Args:
+        interval: A duration such as ``"30 minutes"``, a `timedelta`, or
+            milliseconds as an ``int``; it must be positive.
+
+    Returns:
+        The schedule.
+
+    Raises:
+        ValidationError: The interval is malformed, zero or negative.
+
+    Example:
+        >>> every("30 minutes")
+        Every('30 minutes')
+    """
+    return Every(duration(interval, what="interval"))
+
+
+def _parse_zone(tz: object) -> Result[ZoneInfo, ValidationError]:
+    if not isinstance(tz, str):
+        return Failure(ValidationError(f"time zone must be an IANA name such as 'Europe/Berlin', got {tz!r}"))
+    try:
+        return Success(ZoneInfo(tz))
+    except (KeyError, ValueError, OSError):
+        # KeyError is ZoneInfoNotFoundError; ValueError and OSError come from keys that are
+        # paths, directories ("America") or otherwise not a zone file.
+        return Failure(ValidationError(f"unknown time zone {tz!r}"))
+
+
+def _parse_expression(expression: object) -> Result[str, ValidationError]:
+    if not isinstance(expression, str):
+        return Failure(ValidationError(f"cron expression must be a string, got {expression!r}"))
+    fields = expression.split()
+    if len(fields) != 5:
+        return Failure(
+            ValidationError(f"invalid cron expression {expression!r}: expected 5 fields ({_FIELDS}), got {len(fields)}")
+        )
+    normal = " ".join(fields)
+    try:
+        # An expression can parse yet never match ("0 0 30 2 *"); a match from any start
+        # means it matches forever, since without a year field the calendar repeats.
+        croniter(normal, datetime(2000, 1, 1)).get_next(datetime)
+    except CroniterBadDateError:
+        return Failure(ValidationError(f"invalid cron expression {expression!r}: it never matches a date"))
+    except (CroniterError, ValueError, KeyError, IndexError, TypeError) as exc:
+        return Failure(ValidationError(f"invalid cron expression {expression!r}: {exc}"))
+    return Success(normal)
+
+
+def _from_ms(ms: int) -> datetime:
+    return _EPOCH + timedelta(milliseconds=ms)
+
+
+def _offset(instant: datetime, zone: ZoneInfo) -> timedelta:
+    offset = zone.utcoffset(instant.astimezone(zone))
+    assert offset is not None  # a ZoneInfo always knows its offset at an aware instant
+    return offset
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Cron:
+    """Run at the wall-clock times a five-field cron expression names, in a time zone.
+
+    Build it with `cron` (or `parse_cron` for run-time input). Each wall time
+    fires once across daylight-saving changes; see the module notes.
+
+    Attributes:
+        expression: ``minute hour day-of-month month day-of-week``, with
+            whitespace normalised to single spaces.
+        tz: The IANA zone name. Kept as text so it survives serialisation
+            (a ``ZoneInfo`` would be turned into a fixed offset).
+
+    Example:
+        >>> Cron("0 9 * * 1-5", tz="Europe/Berlin").describe()
+        "cron '0 9 * * 1-5' in Europe/Berlin"
+    """
+
+    expression: str
+    tz: str = "UTC"
+
+    def __post_init__(self) -> None:
+        normal = _parse_expression(self.expression)
+        zone = _parse_zone(self.tz)
+        if isinstance(normal, Failure):
+            raise normal.failure()
+        if isinstance(zone, Failure):
+            raise zone.failure()
+        object.__setattr__(self, "expression", normal.unwrap())
+
+    def next_after(self, after_ms: int) -> int:
+        """The first run time strictly later than ``after_ms``.
+
+        Args:
+            after_ms: Epoch milliseconds, UTC.
+
+        Returns:
+            Epoch milliseconds, UTC.
+
+        Example:
+            >>> cron("30 1 * * *", tz="America/New_York").next_after(0)  # 1970-01-01 06:30 UTC
+            23400000
+        """
+        # Not cached on the instance, where msgspec would try to encode it; ZoneInfo keeps
+        # its own cache of recently used zones.
+        zone = ZoneInfo(self.tz)
+        after = _from_ms(after_ms)
+        # A wall time inside a spring-forward gap maps (fold=0, the pre-change offset) to an
+        # instant up to one shift after its face value, so just after a gap the search starts
+        # that much earlier on the wall clock to still see it.
+        start = after + min(_offset(after, zone), _offset(after - _DAY, zone))
+        walls = croniter(self.expression, start.replace(tzinfo=None))
+        best: datetime | None = None
+        horizon: datetime | None = None
+        for _ in range(_MAX_STEPS):
+            wall: datetime = walls.get_next(datetime)
+            if horizon is not None and wall >= horizon:
+                break
+            instant = wall.replace(tzinfo=zone).astimezone(UTC)
+            if instant <= after or (best is not None and instant >= best):
+                continue
+            best = instant
+            # Wall times that exist map to instants in order, so only a gap wall time (moved
+            # forward) can be beaten, and only by a later wall time read before the clock
+            # shows `best`; an existing wall time is its own horizon and ends the search.
+            horizon = instant.astimezone(zone).replace(tzinfo=None)
+            if wall >= horizon:
+                break
+        else:
+            raise SchedulerError(f"cron {self.expression!r} in {self.tz}: no run time found after {after}")
+        assert best is not None
+        return (best - _EPOCH) // timedelta(milliseconds=1)
+
+    def next_runs(self, after_ms: int, n: int) -> list[int]:
+        """The next ``n`` run times after ``after_ms``, in order.
+
+        Example:
+            >>> cron("0 * * * *").next_runs(0, 3)
+            [3600000, 7200000, 10800000]
+        """
+        runs: list[int] = []
+        for _ in range(n):
+            after_ms = self.next_after(after_ms)
+            runs.append(after_ms)
+        return runs
+
+    def describe(self) -> str:
+        """The schedule in words.
+
+        Example:
+            >>> cron("*/15 * * * *").describe()
+            "cron '*/15 * * * *' in UTC"
+        """
+        return f"cron {self.expression!r} in {self.tz}"
+
+    def __repr__(self) -> str:
+        return f"Cron({self.expression!r}, tz={self.tz!r})"
+
+
+def cron(expression: str, tz: str = "UTC") -> Cron:
+    """A schedule from a five-field cron expression, read on the wall clock of ``tz``.
+
+    Args:
+        expression: ``minute hour day-of-month month day-of-week``, as
+            croniter reads it (ranges, steps, lists, ``L``, ``1#2``); the
+            ``@daily`` shorthands and seconds or year fields are not accepted.
+        tz: An IANA zone name such as ``"America/New_York"``.
+
+    Returns:
+        The schedule.
+
+    Raises:
+        ValidationError: The expression is malformed or never matches a date,
+            or the zone is unknown.
+
+    Example:
+        >>> cron("30 2 * * *", tz="Europe/Berlin")
+        Cron('30 2 * * *', tz='Europe/Berlin')
+    """
+    return Cron(expression, tz)
+
+
+def parse_cron(expression: object, tz: object = "UTC") -> Result[Cron, ValidationError]:
+    """Read a cron schedule from run-time input, without raising.
+
+    Args:
+        expression: The cron expression; anything else is a failure.
+        tz: The IANA zone name.
+
+    Returns:
+        ``Success(Cron)``, or ``Failure(ValidationError)`` saying what is wrong.
+
+    Example:
+        >>> parse_cron("0 9 * * 1-5", "Europe/Berlin")
+        <Success: Cron('0 9 * * 1-5', tz='Europe/Berlin')>
+        >>> parse_cron("61 * * * *")
+        <Failure: invalid cron expression '61 * * * *': [61 * * * *] is not acceptable, out of range>
+    """
+    normal = _parse_expression(expression)
+    if isinstance(normal, Failure):
+        return Failure(normal.failure())
+    zone = _parse_zone(tz)
+    if isinstance(zone, Failure):
+        return Failure(zone.failure())
+    return Success(Cron(normal.unwrap(), str(tz)))

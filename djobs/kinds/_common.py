@@ -1,0 +1,99 @@
+"""Plumbing shared by the job kinds: ids and keys, the effect wrapper, shared results."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+import msgspec
+from returns.future import FutureResult
+from returns.result import Failure, Result, Success
+
+from .._errors import JobError, JobNotFoundError, ValidationError
+
+T = TypeVar("T")
+E = TypeVar("E", bound=JobError)
+S = TypeVar("S")
+
+#: Longest instance id accepted, in characters.
+MAX_ID_LENGTH = 512
+
+
+def check_name(name: object, kind: str) -> str:
+    """Validate a job name at definition time (raises: a bad name is a bug in the program)."""
+    if not isinstance(name, str) or not name or ":" in name or len(name) > 200:
+        raise ValidationError(
+            f"{kind} job name {name!r} is not valid: use a non-empty string of at most 200 characters without ':'"
+        )
+    return name
+
+
+def check_id(instance_id: object) -> Result[str, ValidationError]:
+    """Validate a user-supplied instance id."""
+    if not isinstance(instance_id, str):
+        return Failure(ValidationError(f"instance id must be a str, got {type(instance_id).__name__}"))
+    if not instance_id:
+        return Failure(ValidationError("instance id must not be empty"))
+    if len(instance_id) > MAX_ID_LENGTH:
+        return Failure(
+            ValidationError(f"instance id is {len(instance_id)} characters long; at most {MAX_ID_LENGTH} are allowed")
+        )
+    if "\x00" in instance_id:
+        return Failure(ValidationError(f"instance id {instance_id!r} contains a NUL character"))
+    return Success(instance_id)
+
+
+async def with_id(
+    instance_id: object, fn: Callable[[str], Awaitable[Result[T, Any]]]
+) -> Result[T, Any]:
+    """Validate `instance_id`, then run ``fn(instance_id)``; a bad id is a `ValidationError`."""
+    checked = check_id(instance_id)
+    if isinstance(checked, Failure):
+        return checked
+    return await fn(checked.unwrap())
+
+
+def instance_key(kind: str, name: str, instance_id: str) -> str:
+    """The storage key of an instance: ``{kind}:{name}:{id}``."""
+    return f"{kind}:{name}:{instance_id}"
+
+
+def effect(fn: Callable[[], Awaitable[Result[T, Any]]]) -> FutureResult[T, Any]:
+    """A client verb as a `FutureResult`: `fn` runs when the result is awaited.
+
+    A `JobError` raised below (storage, duplicate events) becomes a failure
+    value here, at the client's edge.
+    """
+
+    async def run() -> Result[T, Any]:
+        try:
+            return await fn()
+        except JobError as exc:
+            return Failure(exc)
+
+    return FutureResult(run())
+
+
+def not_registered(name: str) -> FutureResult[Any, JobNotFoundError]:
+    """The result of every verb of a client for a job the engine does not know."""
+    return FutureResult.from_failure(JobNotFoundError(name))
+
+
+class StateResult(msgspec.Struct, Generic[S], frozen=True):
+    """An instance's state, as returned by ``get_state``.
+
+    Attributes:
+        state: The state (``None`` for a Task before its first ``set_state``).
+        scheduled_at: When the instance's alarm is next due, if it has one.
+    """
+
+    state: S
+    scheduled_at: datetime | None = None
+
+
+class TerminateResult(msgspec.Struct, frozen=True):
+    """The result of ``terminate``: whether an instance existed and was deleted."""
+
+    terminated: bool
+    instance_id: str

@@ -1,0 +1,350 @@
+"""Continuous jobs: recurring work with typed, persistent state.
+
+An instance runs ``execute(ctx)`` on its schedule (``every(...)`` or
+``cron(...)``), starting at once by default. A run's state changes are
+committed with its outcome. A failed run retries by the job's `Retry`
+policy; when the retries are exhausted the instance is terminated (state and
+alarm purged) and ``job.retry_exhausted`` is emitted. A failure that is not
+retried (no policy, or a non-retryable error) leaves the instance on its
+schedule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
+
+import msgspec
+from returns.future import FutureResult
+from returns.result import Failure, Result, Success
+
+from .._clock import to_datetime
+from .._codec import decode, encode
+from .._context import StatefulContext
+from .._errors import InstanceNotFoundError, JobNotFoundError, StorageError, ValidationError
+from .._execution import Checkout, Env, RunInfo, execute
+from .._logging import JobLog, LoggingOption
+from .._retry import Retry
+from .._schedule import Schedule
+from ..storage import Alarm, Checkin, InstanceRecord, SetAlarm
+from ._common import StateResult, TerminateResult, check_name, effect, instance_key, not_registered, with_id
+
+if TYPE_CHECKING:
+    from .._runtime import Runtime
+
+S = TypeVar("S")
+
+KIND = "continuous"
+
+
+class ContinuousContext(StatefulContext[S]):
+    """The context of one run of a continuous job.
+
+    Attributes:
+        run_count: Which run this is (1 for the first); a retry keeps its run's number.
+        attempt: Which try of this run (1 = the first).
+    """
+
+    __slots__ = ("attempt", "run_count")
+
+    def __init__(
+        self, env: Env, job_name: str, instance_id: str, log: JobLog, checkout: Checkout[S],
+        state_type: type[Any], run_count: int, attempt: int,
+    ) -> None:  # fmt: skip
+        super().__init__(env, job_name, instance_id, log, checkout, state_type)
+        self.run_count = run_count
+        self.attempt = attempt
+
+    @property
+    def is_retry(self) -> bool:
+        """Whether this run is a retry of a failed try."""
+        return self.attempt > 1
+
+
+@dataclass(frozen=True, eq=False)
+class Continuous(Generic[S]):
+    """A recurring job with typed, persistent state. Make one with `Continuous.make`.
+
+    Example:
+        >>> import msgspec, djobs
+        >>> class Beat(msgspec.Struct):
+        ...     count: int = 0
+        >>> def tick(ctx: djobs.ContinuousContext[Beat]) -> None:
+        ...     ctx.update_state(lambda s: Beat(s.count + 1))
+        >>> heartbeat = djobs.Continuous.make("heartbeat", state=Beat, schedule=djobs.every("1 minute"),
+        ...                                   execute=tick)
+        >>> heartbeat.name
+        'heartbeat'
+    """
+
+    kind: ClassVar[str] = KIND
+    name: str
+    state: type[S]
+    schedule: Schedule
+    execute: Callable[[ContinuousContext[S]], object]
+    start_immediately: bool = True
+    retry: Retry | None = None
+    logging: LoggingOption = False
+
+    @classmethod
+    def make(
+        cls,
+        name: str,
+        *,
+        state: type[S],
+        schedule: Schedule,
+        execute: Callable[[ContinuousContext[S]], object],
+        start_immediately: bool = True,
+        retry: Retry | None = None,
+        logging: LoggingOption = False,
+    ) -> Continuous[S]:
+        """Define a continuous job.
+
+        Args:
+            name: The job's unique name (no ``:``).
+            state: The ``msgspec.Struct`` type of the instance's state.
+            schedule: ``djobs.every("30 minutes")`` or ``djobs.cron("0 */5 * * *", tz=...)``.
+            execute: The body: ``execute(ctx)``, in any form the execution service accepts.
+            start_immediately: Run once as soon as an instance starts (default),
+                rather than at the first scheduled time.
+            retry: How a failed run is retried; ``None`` does not retry.
+            logging: ``True`` (debug), ``False`` (errors only), a level, or ``None`` (silent).
+        """
+        check_name(name, KIND)
+        if not (isinstance(state, type) and issubclass(state, msgspec.Struct)):
+            raise ValidationError(f"Continuous {name!r}: state must be a msgspec.Struct type, got {state!r}")
+        if not hasattr(schedule, "next_after"):
+            raise ValidationError(f"Continuous {name!r}: schedule must come from djobs.every() or djobs.cron()")
+        return cls(name, state, schedule, execute, start_immediately, retry, logging)
+
+    def bind(self, runtime: Runtime) -> ContinuousHandler[S]:
+        """The handler that runs this job inside an engine (used by the engine)."""
+        return ContinuousHandler(self, runtime)
+
+
+class StartResult(msgspec.Struct, frozen=True):
+    """The result of ``start``: ``created`` is false when the id was already running."""
+
+    created: bool
+    instance_id: str
+    status: Literal["running", "stopped"]
+
+
+class ContinuousStatus(msgspec.Struct, frozen=True):
+    """The result of ``status``."""
+
+    status: Literal["running", "stopped", "not_found"]
+    run_count: int | None = None
+    next_run_at: datetime | None = None
+
+
+class TriggerResult(msgspec.Struct, frozen=True):
+    """The result of ``trigger``: how the run it caused ended.
+
+    ``outcome`` is ``succeeded``, ``failed`` (not retried), ``retrying``,
+    ``exhausted`` or ``terminated``; a failed run is not a failed call.
+    """
+
+    instance_id: str
+    run_count: int
+    outcome: str
+
+
+class ContinuousHandler(Generic[S]):
+    """Runs one continuous job's instances on an engine's runtime."""
+
+    def __init__(self, job: Continuous[S], runtime: Runtime) -> None:
+        self.job = job
+        self.runtime = runtime
+        self.env = runtime.env
+
+    def key(self, instance_id: str) -> str:
+        return instance_key(KIND, self.job.name, instance_id)
+
+    # -- verbs (each runs on the instance's actor) -------------------------------------
+
+    async def start(self, instance_id: str, input: S) -> Result[StartResult, ValidationError | StorageError]:
+        encoded = encode(self.job.state, input, what=f"input of {self.job.name!r}")
+        if isinstance(encoded, Failure):
+            return encoded
+        key = self.key(instance_id)
+
+        async def run() -> Result[StartResult, ValidationError | StorageError]:
+            if await self.env.storage.load(key) is not None:
+                return Success(StartResult(False, instance_id, "running"))
+            now = self.env.now_ms()
+            first = now if self.job.start_immediately else self.job.schedule.next_after(now)
+            record = InstanceRecord(
+                key=key, kind=KIND, name=self.job.name, instance_id=instance_id, status="running",
+                state=encoded.unwrap(), created_at=now, updated_at=now,
+            )  # fmt: skip
+            next_run_at = to_datetime(first).isoformat()
+            started = self.env.event("job.started", key, KIND, self.job.name, next_run_at=next_run_at)
+            await self.env.commit(Checkin(key=key, record=record, alarm=SetAlarm(first, "run")), [started])
+            return Success(StartResult(True, instance_id, "running"))
+
+        return await self.runtime.call(key, run)
+
+    async def trigger(self, instance_id: str) -> Result[TriggerResult, InstanceNotFoundError | StorageError]:
+        key = self.key(instance_id)
+
+        async def run() -> Result[TriggerResult, InstanceNotFoundError | StorageError]:
+            loaded = await self.env.storage.load(key)
+            if loaded is None:
+                return Failure(InstanceNotFoundError(self.job.name, instance_id))
+            record, alarm = loaded
+            run_count, outcome = await self._run(record, alarm, triggered=True)
+            return Success(TriggerResult(instance_id, run_count, outcome))
+
+        return await self.runtime.call(key, run)
+
+    async def status(self, instance_id: str) -> Result[ContinuousStatus, StorageError]:
+        loaded = await self.env.storage.load(self.key(instance_id))
+        if loaded is None:
+            return Success(ContinuousStatus("not_found"))
+        record, alarm = loaded
+        next_run = to_datetime(alarm.fire_at) if alarm else None
+        return Success(ContinuousStatus("running" if alarm else "stopped", record.run_count, next_run))
+
+    async def get_state(
+        self, instance_id: str
+    ) -> Result[StateResult[S], InstanceNotFoundError | ValidationError | StorageError]:
+        loaded = await self.env.storage.load(self.key(instance_id))
+        if loaded is None or loaded[0].state is None:
+            return Failure(InstanceNotFoundError(self.job.name, instance_id))
+        record, alarm = loaded
+        assert record.state is not None
+        return decode(self.job.state, record.state, what="state").map(
+            lambda state: StateResult(state, to_datetime(alarm.fire_at) if alarm else None)
+        )
+
+    async def terminate(self, instance_id: str, reason: str | None) -> Result[TerminateResult, StorageError]:
+        key = self.key(instance_id)
+
+        async def run() -> Result[TerminateResult, StorageError]:
+            if await self.env.storage.load(key) is None:
+                return Success(TerminateResult(False, instance_id))
+            event = self.env.event("job.terminated", key, KIND, self.job.name, reason=reason)
+            await self.env.commit(Checkin(key=key, record=None), [event])
+            return Success(TerminateResult(True, instance_id))
+
+        return await self.runtime.call(key, run)
+
+    # -- alarms and runs ---------------------------------------------------------------
+
+    async def on_alarm(self, alarm: Alarm) -> None:
+        loaded = await self.env.storage.load(alarm.key)
+        if loaded is None or loaded[1] is None or loaded[1].id != alarm.id:
+            return  # terminated, or the alarm was replaced after it was claimed
+        record, current = loaded
+        try:
+            await self._run(record, current, triggered=False)
+        except StorageError as exc:
+            # The alarm stays claimed and fires again after its lease.
+            self.env.logger.error("continuous %s: could not record a run: %s", alarm.key, exc.message)
+
+    def _next_run(self, alarm: Alarm | None, now: int) -> int:
+        # Keep the schedule's phase: the next run follows the one that was due,
+        # unless that is already past (after downtime), then it follows now.
+        base = alarm.fire_at if alarm is not None and alarm.purpose == "run" else now
+        nxt = self.job.schedule.next_after(base)
+        return nxt if nxt > now else self.job.schedule.next_after(now)
+
+    async def _run(self, record: InstanceRecord, alarm: Alarm | None, *, triggered: bool) -> tuple[int, str]:
+        job, env = self.job, self.env
+        retrying = not triggered and alarm is not None and alarm.purpose == "retry"
+        run_count = record.run_count if retrying else record.run_count + 1
+        attempt = record.attempt if retrying else 1
+        log = env.job_log(KIND, job.name, job.logging, instance=record.instance_id, run=run_count, attempt=attempt)
+        info = RunInfo(record.key, KIND, job.name, run_count, attempt)
+        events = []
+        assert record.state is not None
+        state = decode(job.state, record.state, what="state")
+        if isinstance(state, Failure):
+            outcome_kind, error = "failed", state.failure()
+            log.error("%s", error.message)
+            events.append(env.event("job.failed", record.key, KIND, job.name, run_count=run_count, attempt=attempt,
+                                    error={"tag": error.tag, "message": error.message}, will_retry=False))  # fmt: skip
+            checkout: Checkout[Any] = Checkout(None)
+        else:
+            checkout = Checkout(state.unwrap())
+            ctx = ContinuousContext(env, job.name, record.instance_id, log, checkout, job.state, run_count, attempt)
+            outcome = await execute(env, info, checkout, lambda: job.execute(ctx), job.retry, events, log)
+            outcome_kind = outcome.kind
+        now = env.now_ms()
+        record.run_count, record.updated_at = run_count, now
+        if outcome_kind in ("terminated", "exhausted"):
+            if outcome_kind == "exhausted":
+                events.append(env.event("job.terminated", record.key, KIND, job.name, reason="retry_exhausted"))
+            await env.commit(Checkin(key=record.key, record=None), events)
+        elif outcome_kind == "retrying":
+            record.attempt = attempt + 1
+            assert outcome.retry_at is not None
+            await env.commit(Checkin(key=record.key, record=record, alarm=SetAlarm(outcome.retry_at, "retry")), events)
+        else:
+            record.attempt = 1
+            if outcome_kind == "succeeded" and checkout.dirty:
+                record.state = encode(job.state, checkout.state, what="state").unwrap()  # validated by set_state
+            keep = triggered and alarm is not None and alarm.purpose == "run"
+            next_alarm = None if keep else SetAlarm(self._next_run(alarm, now), "run")
+            await env.commit(Checkin(key=record.key, record=record, alarm=next_alarm), events)
+        return run_count, outcome_kind
+
+
+class ContinuousClient(Generic[S]):
+    """The client verbs of one continuous job; get one with ``engine.client.continuous(job)``.
+
+    Every verb returns a `FutureResult` that does its work when awaited and
+    gives an ``IOSuccess`` or an ``IOFailure`` with one of the errors its
+    type names. A verb returns only after what it changed is committed.
+    """
+
+    def __init__(self, name: str, handler: ContinuousHandler[S] | None) -> None:
+        self._name = name
+        self._handler = handler
+
+    def start(
+        self, *, id: str, input: S
+    ) -> FutureResult[StartResult, JobNotFoundError | ValidationError | StorageError]:
+        """Start instance `id` with `input` as its state; a running id is left as it is (``created=False``)."""
+        h = self._handler
+        if h is None:
+            return not_registered(self._name)
+        return effect(lambda: with_id(id, lambda i: h.start(i, input)))
+
+    def trigger(
+        self, id: str
+    ) -> FutureResult[TriggerResult, JobNotFoundError | InstanceNotFoundError | ValidationError | StorageError]:
+        """Run instance `id` now, outside its schedule; returns once the run is committed."""
+        h = self._handler
+        if h is None:
+            return not_registered(self._name)
+        return effect(lambda: with_id(id, h.trigger))
+
+    def status(self, id: str) -> FutureResult[ContinuousStatus, JobNotFoundError | ValidationError | StorageError]:
+        """``running`` (with ``run_count`` and ``next_run_at``), ``stopped`` or ``not_found``."""
+        h = self._handler
+        if h is None:
+            return not_registered(self._name)
+        return effect(lambda: with_id(id, h.status))
+
+    def get_state(
+        self, id: str
+    ) -> FutureResult[StateResult[S], JobNotFoundError | InstanceNotFoundError | ValidationError | StorageError]:
+        """The instance's state and when it next runs."""
+        h = self._handler
+        if h is None:
+            return not_registered(self._name)
+        return effect(lambda: with_id(id, h.get_state))
+
+    def terminate(
+        self, id: str, *, reason: str | None = None
+    ) -> FutureResult[TerminateResult, JobNotFoundError | ValidationError | StorageError]:
+        """Delete the instance's state and alarm; the id can be started again."""
+        h = self._handler
+        if h is None:
+            return not_registered(self._name)
+        return effect(lambda: with_id(id, lambda i: h.terminate(i, reason)))
+

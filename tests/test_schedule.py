@@ -1,0 +1,369 @@
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from datetime import UTC, date, datetime, timedelta
+from functools import cache
+from itertools import pairwise
+from zoneinfo import ZoneInfo
+
+import msgspec
+import pytest
+from croniter import croniter
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from returns.result import Failure, Success
+
+from djobs._errors import ValidationError
+from djobs._schedule import Cron, Every, Schedule, cron, every, parse_cron
+
+NEW_YORK = ZoneInfo("America/New_York")
+BERLIN = ZoneInfo("Europe/Berlin")
+MINUTE = 60_000
+HOUR = 60 * MINUTE
+
+
+def ms(dt: datetime) -> int:
+    return int(dt.timestamp()) * 1000 + dt.microsecond // 1000
+
+
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> int:
+    return ms(datetime(year, month, day, hour, minute, tzinfo=UTC))
+
+
+def local(instant_ms: int, zone: ZoneInfo) -> datetime:
+    return datetime.fromtimestamp(instant_ms / 1000, UTC).astimezone(zone)
+
+
+def fires(schedule: Schedule, start: datetime, end: datetime) -> list[int]:
+    """Every run time in [start, end), checking each is strictly later than the last."""
+    times: list[int] = []
+    t = ms(start) - 1
+    while (t_next := schedule.next_after(t)) < ms(end):
+        assert t_next > t
+        times.append(t_next)
+        t = t_next
+    return times
+
+
+# --- every ---------------------------------------------------------------------------------
+
+
+def test_every_adds_the_interval() -> None:
+    schedule = every("30 minutes")
+    assert schedule.next_after(0) == 30 * MINUTE
+    assert schedule.next_after(1_234) == 1_234 + 30 * MINUTE
+    times = [utc(2026, 1, 1)]
+    for _ in range(4):
+        times.append(schedule.next_after(times[-1]))
+    assert times == [
+        utc(2026, 1, 1),
+        utc(2026, 1, 1, 0, 30),
+        utc(2026, 1, 1, 1),
+        utc(2026, 1, 1, 1, 30),
+        utc(2026, 1, 1, 2),
+    ]
+
+
+def test_every_forms_equality_and_repr() -> None:
+    assert every("30 minutes") == every("30m") == every(timedelta(minutes=30)) == every(1_800_000)
+    assert hash(every("1h")) == hash(Every(timedelta(hours=1)))
+    assert every("30 minutes").interval == timedelta(minutes=30)
+    assert repr(every("30m")) == "Every('30 minutes')"
+    assert repr(every("1h30m")) == "Every('1 hour 30 minutes')"
+    assert repr(Every(timedelta(microseconds=1500))) == "Every(datetime.timedelta(microseconds=1500))"
+    assert every("1h30m").describe() == "every 1 hour 30 minutes"
+    assert isinstance(every("1s"), Schedule)
+
+
+@pytest.mark.parametrize("interval", ["0s", 0, timedelta(0), "0.0001ms", "0.4ms"])
+def test_every_rejects_a_zero_interval(interval: str | int | timedelta) -> None:
+    with pytest.raises(ValidationError, match="interval must be"):
+        every(interval)
+
+
+@pytest.mark.parametrize("interval", ["-5s", -5, timedelta(seconds=-1), "soon", "30", "", None, 1.5])
+def test_every_rejects_bad_intervals(interval: object) -> None:
+    with pytest.raises(ValidationError, match="invalid interval"):
+        every(interval)  # type: ignore[arg-type]
+
+
+def test_every_direct_construction_is_checked() -> None:
+    with pytest.raises(ValidationError, match="interval must be positive"):
+        Every(timedelta(seconds=-1))
+
+
+def test_every_survives_msgspec() -> None:
+    schedule = every("90s")
+    assert msgspec.json.decode(msgspec.json.encode(schedule), type=Every) == schedule
+
+
+# --- cron: daylight saving in New York -------------------------------------------------------
+
+
+def per_local_day(times: list[int], zone: ZoneInfo) -> Counter[date]:
+    return Counter(local(t, zone).date() for t in times)
+
+
+@pytest.mark.parametrize("expression", ["30 1 * * *", "30 2 * * *"])
+def test_new_york_spring_forward_fires_once_a_day(expression: str) -> None:
+    schedule = cron(expression, tz="America/New_York")
+    times = fires(schedule, datetime(2026, 3, 6, tzinfo=NEW_YORK), datetime(2026, 3, 11, tzinfo=NEW_YORK))
+    assert per_local_day(times, NEW_YORK) == {date(2026, 3, day): 1 for day in range(6, 11)}
+    assert times == sorted(set(times))
+    on_the_day = [t for t in times if local(t, NEW_YORK).date() == date(2026, 3, 8)]
+    if expression == "30 1 * * *":
+        assert on_the_day == [utc(2026, 3, 8, 6, 30)]  # 01:30 EST
+    else:
+        # 02:30 does not exist that day; it fires at 02:30 EST = 03:30 EDT.
+        assert on_the_day == [utc(2026, 3, 8, 7, 30)]
+        assert local(on_the_day[0], NEW_YORK).hour == 3
+
+
+@pytest.mark.parametrize("expression", ["30 1 * * *", "30 2 * * *"])
+def test_new_york_fall_back_fires_once_a_day(expression: str) -> None:
+    schedule = cron(expression, tz="America/New_York")
+    times = fires(schedule, datetime(2026, 10, 30, tzinfo=NEW_YORK), datetime(2026, 11, 4, tzinfo=NEW_YORK))
+    assert per_local_day(times, NEW_YORK) == {
+        **{date(2026, 10, day): 1 for day in (30, 31)},
+        **{date(2026, 11, day): 1 for day in (1, 2, 3)},
+    }
+    assert times == sorted(set(times))
+    on_the_day = [t for t in times if local(t, NEW_YORK).date() == date(2026, 11, 1)]
+    if expression == "30 1 * * *":
+        assert on_the_day == [utc(2026, 11, 1, 5, 30)]  # 01:30 EDT, the first of the two
+    else:
+        assert on_the_day == [utc(2026, 11, 1, 7, 30)]  # 02:30 EST
+
+
+def test_inside_the_repeated_hour_the_time_does_not_fire_again() -> None:
+    schedule = cron("30 1 * * *", tz="America/New_York")
+    first = utc(2026, 11, 1, 5, 30)  # 01:30 EDT
+    for after in (
+        first,
+        utc(2026, 11, 1, 6, 0),
+        utc(2026, 11, 1, 6, 10),
+        utc(2026, 11, 1, 6, 30),
+        utc(2026, 11, 1, 6, 45),
+    ):  # the last four are in the second 01:xx (EST)
+        assert schedule.next_after(after) == utc(2026, 11, 2, 6, 30)
+    assert schedule.next_after(first - 1) == first
+
+
+def test_inside_the_repeated_hour_later_times_still_fire() -> None:
+    schedule = cron("*/15 * * * *", tz="America/New_York")
+    after = utc(2026, 11, 1, 6, 10)  # 01:10 EST, second pass: 01:15..01:45 already ran in EDT
+    assert schedule.next_after(after) == utc(2026, 11, 1, 7, 0)  # 02:00 EST
+
+
+def test_just_after_the_gap_the_moved_time_is_not_missed() -> None:
+    schedule = cron("30 2 * * *", tz="America/New_York")
+    # 03:10 EDT: the wall clock is past 02:30, but the moved 02:30 (03:30 EDT) is still ahead.
+    assert schedule.next_after(utc(2026, 3, 8, 7, 10)) == utc(2026, 3, 8, 7, 30)
+    assert schedule.next_after(utc(2026, 3, 8, 7, 30)) == utc(2026, 3, 9, 6, 30)
+
+
+def test_half_hourly_in_new_york_across_both_changes() -> None:
+    schedule = cron("*/30 * * * *", tz="America/New_York")
+    spring = fires(schedule, datetime(2026, 3, 8, tzinfo=NEW_YORK), datetime(2026, 3, 9, tzinfo=NEW_YORK))
+    fall = fires(schedule, datetime(2026, 11, 1, tzinfo=NEW_YORK), datetime(2026, 11, 2, tzinfo=NEW_YORK))
+    assert len(spring) == 46
+    assert len(fall) == 48
+    assert all(b - a == 30 * MINUTE for a, b in pairwise(spring))
+    assert fall[3:6] == [utc(2026, 11, 1, 5, 30), utc(2026, 11, 1, 7, 0), utc(2026, 11, 1, 7, 30)]
+
+
+# --- cron: UTC and Berlin ------------------------------------------------------------------------
+
+
+def test_every_quarter_hour_for_a_week_in_utc() -> None:
+    times = fires(cron("*/15 * * * *"), datetime(2026, 3, 2, tzinfo=UTC), datetime(2026, 3, 9, tzinfo=UTC))
+    assert len(times) == 672
+    assert times[0] == utc(2026, 3, 2)
+    assert all(b - a == 15 * MINUTE for a, b in pairwise(times))
+
+
+def wall_strings(times: list[int], zone: ZoneInfo) -> list[str]:
+    return [local(t, zone).strftime("%Y-%m-%d %H:%M") for t in times]
+
+
+@pytest.mark.parametrize(
+    ("day", "expression", "count", "expected"),
+    [
+        (date(2026, 3, 29), "30 2 * * *", 1, [utc(2026, 3, 29, 1, 30)]),  # 02:30 CET = 03:30 CEST
+        (date(2026, 10, 25), "30 2 * * *", 1, [utc(2026, 10, 25, 0, 30)]),  # 02:30 CEST, first one
+        (date(2026, 3, 29), "*/30 * * * *", 46, None),
+        (date(2026, 10, 25), "*/30 * * * *", 48, None),
+    ],
+)
+def test_berlin_no_wall_time_fires_twice(day: date, expression: str, count: int, expected: list[int] | None) -> None:
+    schedule = cron(expression, tz="Europe/Berlin")
+    start = datetime(day.year, day.month, day.day, tzinfo=BERLIN)
+    times = fires(schedule, start, start + timedelta(days=1))
+    walls = wall_strings(times, BERLIN)
+    assert len(walls) == len(set(walls)) == count
+    assert times == sorted(set(times))
+    if expected is not None:
+        assert times == expected
+
+
+def test_berlin_fall_back_skips_the_second_pass_of_the_hour() -> None:
+    schedule = cron("*/30 * * * *", tz="Europe/Berlin")
+    start = datetime(2026, 10, 25, tzinfo=BERLIN)
+    times = fires(schedule, start, start + timedelta(days=1))
+    assert wall_strings(times, BERLIN)[3:8] == [
+        "2026-10-25 01:30",
+        "2026-10-25 02:00",
+        "2026-10-25 02:30",
+        "2026-10-25 03:00",
+        "2026-10-25 03:30",
+    ]
+    # 02:30 CEST (00:30 UTC) is followed by 03:00 CET (02:00 UTC): the CET 02:xx pass is skipped.
+    assert times[6] - times[5] == 90 * MINUTE
+
+
+# --- cron: against a brute-force model ---------------------------------------------------------
+
+# Lord Howe moves its clocks by 30 minutes, so a time in its gap can land after a real time.
+MODEL_CASES = [
+    ("America/New_York", datetime(2026, 3, 7), datetime(2026, 3, 10)),
+    ("America/New_York", datetime(2026, 10, 31), datetime(2026, 11, 3)),
+    ("Europe/Berlin", datetime(2026, 3, 28), datetime(2026, 3, 31)),
+    ("Europe/Berlin", datetime(2026, 10, 24), datetime(2026, 10, 27)),
+    ("Australia/Lord_Howe", datetime(2026, 4, 4), datetime(2026, 4, 7)),
+    ("Australia/Lord_Howe", datetime(2026, 10, 3), datetime(2026, 10, 6)),
+]
+MODEL_EXPRESSIONS = ["*/15 * * * *", "30 1 * * *", "30 2 * * *", "20,40 2 * * *", "0,45 1-3 * * *", "5 */2 * * *"]
+
+
+@cache
+def model_fires(tz: str, expression: str, first: datetime, last: datetime) -> list[int]:
+    """Every matching wall time in the window, mapped to an instant with fold=0, deduplicated."""
+    zone = ZoneInfo(tz)
+    walls = croniter(expression, first - timedelta(minutes=1))
+    instants: set[int] = set()
+    while (wall := walls.get_next(datetime)) < last:
+        instants.add(ms(wall.replace(tzinfo=zone)))
+    return sorted(instants)
+
+
+@settings(deadline=None, max_examples=300)
+@given(
+    case=st.sampled_from(MODEL_CASES),
+    expression=st.sampled_from(MODEL_EXPRESSIONS),
+    offset_ms=st.integers(min_value=0, max_value=36 * HOUR),
+)
+def test_next_after_is_the_earliest_later_fire(
+    case: tuple[str, datetime, datetime], expression: str, offset_ms: int
+) -> None:
+    tz, first, last = case
+    model = model_fires(tz, expression, first, last)
+    after = ms(first.replace(tzinfo=ZoneInfo(tz))) + 6 * HOUR + offset_ms
+    expected = model[bisect.bisect_right(model, after)]
+    assert cron(expression, tz=tz).next_after(after) == expected
+
+
+def test_lord_howe_half_hour_gap() -> None:
+    lord_howe = ZoneInfo("Australia/Lord_Howe")
+    schedule = cron("20,40 2 * * *", tz="Australia/Lord_Howe")
+    start = datetime(2026, 10, 4, tzinfo=lord_howe)
+    times = fires(schedule, start, start + timedelta(days=1))
+    # 02:00-02:30 is skipped: 02:20 moves to 02:50, after the real 02:40.
+    assert wall_strings(times, lord_howe) == ["2026-10-04 02:40", "2026-10-04 02:50"]
+
+
+# --- cron: construction and helpers ------------------------------------------------------------
+
+
+def test_next_runs() -> None:
+    schedule = cron("0 9 * * 1-5", tz="Europe/Berlin")
+    runs = schedule.next_runs(utc(2026, 1, 1), 5)  # a Thursday
+    assert len(runs) == 5
+    assert runs == sorted(set(runs))
+    assert runs[0] > utc(2026, 1, 1)
+    assert wall_strings(runs, BERLIN) == [
+        "2026-01-01 09:00",
+        "2026-01-02 09:00",
+        "2026-01-05 09:00",
+        "2026-01-06 09:00",
+        "2026-01-07 09:00",
+    ]
+    assert schedule.next_runs(0, 0) == []
+
+
+def test_cron_value_semantics() -> None:
+    schedule = cron(" 30  1 * * * ", tz="America/New_York")
+    assert schedule.expression == "30 1 * * *"
+    assert schedule.tz == "America/New_York"
+    assert schedule == Cron("30 1 * * *", "America/New_York")
+    assert hash(schedule) == hash(Cron("30 1 * * *", "America/New_York"))
+    assert schedule != cron("30 1 * * *")
+    assert repr(schedule) == "Cron('30 1 * * *', tz='America/New_York')"
+    assert schedule.describe() == "cron '30 1 * * *' in America/New_York"
+    assert isinstance(schedule, Schedule)
+    assert cron("0 0 * * *").tz == "UTC"
+
+
+def test_cron_survives_msgspec() -> None:
+    schedule = cron("30 1 * * *", tz="America/New_York")
+    encoded = msgspec.json.encode(schedule)
+    assert msgspec.json.decode(encoded) == {"expression": "30 1 * * *", "tz": "America/New_York"}
+    assert msgspec.json.decode(encoded, type=Cron) == schedule
+
+
+@pytest.mark.parametrize(
+    ("expression", "reason"),
+    [
+        ("* * *", "expected 5 fields"),
+        ("61 * * * *", "out of range"),
+        ("nonsense", "expected 5 fields"),
+        ("", "expected 5 fields"),
+        ("* * * * * *", "expected 5 fields"),
+        ("@daily", "expected 5 fields"),
+        ("*/0 * * * *", "step"),
+        ("0 0 30 2 *", "never matches"),
+        ("0 0 31 4 *", "never matches"),
+        ("H * * * *", "hash"),
+    ],
+)
+def test_bad_expressions(expression: str, reason: str) -> None:
+    with pytest.raises(ValidationError, match=reason) as caught:
+        cron(expression)
+    assert repr(expression) in caught.value.message
+    assert parse_cron(expression) == Failure(caught.value)
+
+
+@pytest.mark.parametrize("expression", [42, None, ["* * * * *"], b"* * * * *"])
+def test_non_string_expressions(expression: object) -> None:
+    result = parse_cron(expression)
+    assert isinstance(result, Failure)
+    assert "cron expression must be a string" in result.failure().message
+    with pytest.raises(ValidationError):
+        cron(expression)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("tz", ["Mars/Base", "", "America", "../etc/passwd", "/etc/localtime", "x" * 300, "a\0b"])
+def test_unknown_zones(tz: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        cron("* * * * *", tz=tz)
+    assert caught.value.message == f"unknown time zone {tz!r}"
+    assert parse_cron("* * * * *", tz) == Failure(caught.value)
+
+
+def test_unknown_zone_message() -> None:
+    assert parse_cron("0 0 * * *", "Mars/Base") == Failure(ValidationError("unknown time zone 'Mars/Base'"))
+
+
+def test_non_string_zone() -> None:
+    result = parse_cron("* * * * *", NEW_YORK)
+    assert isinstance(result, Failure)
+    assert "IANA name" in result.failure().message
+
+
+def test_parse_cron_success() -> None:
+    assert parse_cron("0 0 29 2 *", "Europe/Berlin") == Success(Cron("0 0 29 2 *", "Europe/Berlin"))
+
+
+def test_leap_day_only_schedule() -> None:
+    schedule = cron("0 0 29 2 *")
+    assert schedule.next_after(utc(2026, 1, 1)) == utc(2028, 2, 29)

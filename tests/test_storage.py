@@ -1,0 +1,183 @@
+"""The SQLite storage layer: opening files safely, migrations, alarms and atomic check-ins."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import apsw
+import msgspec
+import pytest
+import trio
+
+import djobs
+from djobs.storage import SCHEMA_VERSION, Checkin, ClearAlarm, InstanceRecord, SetAlarm, SqliteStorage
+from djobs.testing import open_test_engine
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def record(key: str = "continuous:j:a", **kw: object) -> InstanceRecord:
+    return InstanceRecord(key=key, kind="continuous", name="j", instance_id="a", status="running", **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.trio
+async def test_a_new_file_gets_the_schema_in_wal_mode(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    async with djobs.sqlite(path).open() as storage:
+        assert isinstance(storage, SqliteStorage)
+        db = storage.connection
+        assert next(iter(db.execute("PRAGMA journal_mode")))[0] == "wal"
+        assert next(iter(db.execute("PRAGMA synchronous")))[0] == 1  # NORMAL
+        assert next(iter(db.execute("PRAGMA user_version")))[0] == SCHEMA_VERSION
+        assert await storage.healthcheck()
+    # Reopening an up-to-date file changes nothing.
+    async with djobs.sqlite(path).open() as storage:
+        assert await storage.load("nothing") is None
+
+
+@pytest.mark.trio
+async def test_full_synchronous_is_an_option(tmp_path: Path) -> None:
+    async with djobs.sqlite(tmp_path / "f.db", synchronous="FULL").open() as storage:
+        assert isinstance(storage, SqliteStorage)
+        assert next(iter(storage.connection.execute("PRAGMA synchronous")))[0] == 2
+
+
+@pytest.mark.trio
+async def test_a_file_that_is_not_a_database_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "notes.db"
+    path.write_bytes(b"these are my notes, not a database " * 200)
+    before = digest(path)
+    with pytest.raises(djobs.StorageError, match="not a database"):
+        async with djobs.sqlite(path).open():
+            pass  # pragma: no cover
+    assert digest(path) == before
+
+
+@pytest.mark.trio
+async def test_another_programs_database_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    other = apsw.Connection(str(path))
+    other.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+    other.execute("INSERT INTO customers (name) VALUES ('Ada')")
+    other.close()
+    before = digest(path)
+    with pytest.raises(djobs.StorageError, match="not a djobs database"):
+        async with djobs.sqlite(path).open():
+            pass  # pragma: no cover
+    assert digest(path) == before
+
+
+@pytest.mark.trio
+async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "future.db"
+    async with djobs.sqlite(path).open():
+        pass
+    db = apsw.Connection(str(path))
+    db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    db.close()
+    with pytest.raises(djobs.StorageError, match="newer than this djobs understands"):
+        async with djobs.sqlite(path).open():
+            pass  # pragma: no cover
+
+
+@pytest.mark.trio
+async def test_a_directory_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(djobs.StorageError, match="directory"):
+        async with djobs.sqlite(tmp_path).open():
+            pass  # pragma: no cover
+
+
+@pytest.mark.trio
+async def test_open_engine_reports_a_bad_file_as_storage_error(tmp_path: Path) -> None:
+    path = tmp_path / "bad.db"
+    path.write_bytes(b"\x00garbage" * 100)
+    with pytest.raises(djobs.StorageError):
+        async with djobs.open_engine([], storage=djobs.sqlite(path)):
+            pass  # pragma: no cover
+
+
+@pytest.mark.trio
+async def test_checkin_is_atomic_with_its_idempotency_key() -> None:
+    async with djobs.memory().open() as storage:
+        await storage.commit(Checkin(key="continuous:j:a", record=record(state=b"1"), event_id="e1"))
+        with pytest.raises(djobs.DuplicateEventError):
+            await storage.commit(
+                Checkin(key="continuous:j:a", record=record(state=b"2"), alarm=SetAlarm(5, "run"), event_id="e1")
+            )
+        loaded = await storage.load("continuous:j:a")
+        assert loaded is not None
+        assert loaded[0].state == b"1" and loaded[1] is None  # nothing of the refused check-in was written
+        assert await storage.has_event_id("continuous:j:a", "e1")
+
+
+@pytest.mark.trio
+async def test_alarms_are_claimed_with_a_lease_and_fire_again_if_not_handled() -> None:
+    async with djobs.memory().open() as storage:
+        await storage.commit(Checkin(key="k1", record=record("k1"), alarm=SetAlarm(100, "run")))
+        await storage.commit(Checkin(key="k2", record=record("k2"), alarm=SetAlarm(300, "run")))
+        assert await storage.next_alarm_at() == 100
+        [claimed] = await storage.claim_alarms(now_ms=150, lease_ms=1000, limit=10)
+        assert (claimed.key, claimed.fire_at) == ("k1", 100)
+        assert await storage.claim_alarms(now_ms=200, lease_ms=1000, limit=10) == []  # leased
+        assert await storage.next_alarm_at() == 300
+        again = await storage.claim_alarms(now_ms=1200, lease_ms=1000, limit=10)
+        assert sorted(a.key for a in again) == ["k1", "k2"]  # k1's lease ran out
+        await storage.commit(Checkin(key="k1", record=record("k1"), alarm=ClearAlarm()))
+        await storage.release_alarms([a.id for a in again])
+        assert await storage.next_alarm_at() == 300
+        # Setting an alarm gives it a new id, so an old claim can be told from it.
+        await storage.commit(Checkin(key="k2", record=record("k2"), alarm=SetAlarm(300, "run")))
+        loaded = await storage.load("k2")
+        assert loaded is not None and loaded[1] is not None
+        assert loaded[1].id not in {a.id for a in again}
+
+
+@pytest.mark.trio
+async def test_deleting_an_instance_removes_its_alarm_and_event_ids() -> None:
+    async with djobs.memory().open() as storage:
+        await storage.commit(Checkin(key="k", record=record("k"), alarm=SetAlarm(1, "run"), event_id="e"))
+        await storage.commit(Checkin(key="k", record=None))
+        assert await storage.load("k") is None
+        assert await storage.next_alarm_at() is None
+        assert not await storage.has_event_id("k", "e")
+
+
+class S(msgspec.Struct):
+    n: int = 0
+
+
+@pytest.mark.trio
+async def test_per_job_logging_levels(autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="djobs")
+
+    def body(ctx: djobs.ContinuousContext[S]) -> None:
+        ctx.log.debug("debug line")
+        ctx.log.info("info line")
+        ctx.log.error("error line")
+
+    jobs = [
+        djobs.Continuous.make("chatty", state=S, schedule=djobs.every("1 hour"), execute=body, logging=True),
+        djobs.Continuous.make("quiet", state=S, schedule=djobs.every("1 hour"), execute=body),
+        djobs.Continuous.make("mute", state=S, schedule=djobs.every("1 hour"), execute=body, logging=None),
+        djobs.Continuous.make("info", state=S, schedule=djobs.every("1 hour"), execute=body, logging=logging.INFO),
+    ]
+    async with open_test_engine(jobs) as engine:
+        for job in jobs:
+            await engine.client.continuous(job).start(id="i-1", input=S())
+        await engine.wait_idle()
+
+    def lines(name: str) -> list[str]:
+        return [r.getMessage().split("] ", 1)[1] for r in caplog.records if r.name == f"djobs.continuous.{name}"]
+
+    assert lines("chatty")[:3] == ["debug line", "info line", "error line"]
+    assert lines("chatty")[3].startswith("executed in")
+    assert lines("quiet") == ["error line"]
+    assert lines("mute") == []
+    assert lines("info") == ["info line", "error line"]
+    chatty = next(r for r in caplog.records if r.name == "djobs.continuous.chatty")
+    assert "instance=i-1" in chatty.getMessage() and "run=1" in chatty.getMessage()
+    assert "attempt=1" in chatty.getMessage()
