@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from contextlib import AbstractAsyncContextManager
 
 import pytest
-import trio.testing
 
-from ._engine import open_test_engine
+from ._engine import TestEngine, open_test_engine
 
 
 @pytest.fixture
-def djobs_test_engine(autojump_clock: trio.testing.MockClock) -> Callable[..., Any]:
-    """`open_test_engine`, with the test put on a virtual clock that jumps ahead.
+def djobs_test_engine() -> Callable[..., AbstractAsyncContextManager[TestEngine]]:
+    """`open_test_engine`, as a fixture.
+
+    pytest-trio runs a test on a mock clock only when the test itself
+    receives the clock, so request ``autojump_clock`` too to run on
+    virtual time:
 
     Example:
         ```python
         @pytest.mark.trio
-        async def test_it(djobs_test_engine):
+        async def test_it(djobs_test_engine, autojump_clock):
             async with djobs_test_engine([my_job]) as engine:
-                ...
+                await trio.sleep(7 * 24 * 3600)   # a virtual week
         ```
     """
-    return open_test_engine
+    factory: Callable[..., AbstractAsyncContextManager[TestEngine]] = open_test_engine
+    return factory

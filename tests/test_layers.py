@@ -1,0 +1,139 @@
+"""The small layers: retry policies, clocks, trackers, and the public namespace."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+import pytest
+import trio
+import trio.testing
+
+import djobs
+from djobs import Backoff, Retry
+from djobs._errors import ExecutionError, ValidationError
+
+
+def test_backoff_delays() -> None:
+    exp = Backoff.exponential(base="1 second", max="30 seconds")
+    assert [exp.delay(n) / timedelta(seconds=1) for n in range(1, 8)] == [1, 2, 4, 8, 16, 30, 30]
+    assert exp.delay(10_000) == timedelta(seconds=30)  # no overflow for huge retry counts
+    lin = Backoff.linear(base="2 seconds", increment="500ms")
+    assert [lin.delay(n) / timedelta(seconds=1) for n in (1, 2, 3)] == [2, 2.5, 3]
+    assert Backoff.fixed(timedelta(minutes=1)).delay(7) == timedelta(minutes=1)
+
+
+def test_jitter_stays_within_the_delay_and_repeats_with_a_seed() -> None:
+    policy = Retry(max_attempts=5, delay=Backoff.fixed("10 seconds"), jitter=True)
+    first = [policy.delay_before(2, random.Random(7)) for _ in range(3)]
+    again = [policy.delay_before(2, random.Random(7)) for _ in range(3)]
+    assert first == again
+    rng = random.Random(1)
+    samples = [policy.delay_before(2, rng) for _ in range(200)]
+    assert all(timedelta(0) <= s <= timedelta(seconds=10) for s in samples)
+    assert len(set(samples)) > 150  # actually random, not a constant
+
+
+def test_retry_policy_decides_by_error_type() -> None:
+    policy = Retry(max_attempts=3)
+    assert policy.should_retry(ExecutionError("flaky"))
+    assert not policy.should_retry(ExecutionError("bad request", retryable=False))
+    assert not policy.should_retry(ValidationError("bad state"))
+    only_timeouts = Retry(max_attempts=3, retry_on=(TimeoutError,))
+    assert only_timeouts.should_retry(ExecutionError("t", cause=TimeoutError()))
+    assert not only_timeouts.should_retry(ExecutionError("k", cause=KeyError("x")))
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "3"])
+def test_retry_rejects_bad_max_attempts(bad: Any) -> None:
+    with pytest.raises(ValidationError, match="max_attempts"):
+        Retry(max_attempts=bad)
+
+
+def test_bad_backoff_durations_name_the_input() -> None:
+    with pytest.raises(ValidationError, match="eventually"):
+        Backoff.fixed("eventually")
+
+
+@pytest.mark.trio
+async def test_virtual_clock_follows_trio_mock_time(autojump_clock: trio.testing.MockClock) -> None:
+    clock = djobs.VirtualClock(datetime(2026, 3, 8, 6, 0, tzinfo=UTC))
+    start = clock.now_ms()
+    assert start == round(datetime(2026, 3, 8, 6, 0, tzinfo=UTC).timestamp() * 1000)
+    await trio.sleep(3600)
+    assert clock.now_ms() - start == 3_600_000
+    await clock.sleep_until(start + 7_200_500)
+    assert clock.now_ms() >= start + 7_200_500  # never early
+    assert clock.now_ms() - (start + 7_200_500) < 5
+
+
+def test_virtual_clock_needs_an_aware_start() -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        djobs.VirtualClock(datetime(2026, 1, 1))
+
+
+@pytest.mark.trio
+async def test_wall_clock_reads_system_time() -> None:
+    clock = djobs.WallClock()
+    now = datetime.now(UTC).timestamp() * 1000
+    assert abs(clock.now_ms() - now) < 1000
+    target = clock.now_ms() + 20
+    await clock.sleep_until(target)
+    assert clock.now_ms() >= target
+
+
+class Beat(msgspec.Struct):
+    n: int = 0
+
+
+def bump(ctx: djobs.ContinuousContext[Beat]) -> None:
+    ctx.update_state(lambda s: Beat(s.n + 1))
+
+
+beat = djobs.Continuous.make("beat", state=Beat, schedule=djobs.every("1 minute"), execute=bump)
+
+
+@pytest.mark.trio
+async def test_the_pytest_fixture_opens_a_test_engine(
+    djobs_test_engine: Any, autojump_clock: trio.testing.MockClock
+) -> None:
+    real_start = trio.current_time()
+    async with djobs_test_engine([beat]) as engine:
+        await engine.client.continuous(beat).start(id="x", input=Beat())
+        await trio.sleep(7 * 24 * 3600 + 1)  # a virtual week
+        assert engine.tracker.count("job.executed") == 7 * 24 * 60 + 1
+    assert trio.current_time() - real_start >= 7 * 24 * 3600  # the mock clock moved, not the wall
+
+
+@pytest.mark.trio
+async def test_a_tracker_that_raises_never_fails_a_job(autojump_clock: trio.testing.MockClock) -> None:
+    class Broken:
+        def emit(self, event: djobs.TrackedEvent) -> None:
+            raise RuntimeError("tracker down")
+
+        async def aclose(self) -> None:
+            pass
+
+    async with djobs.open_engine([beat], storage=djobs.memory(), clock=djobs.VirtualClock(),
+                                 tracker=Broken(), alarm_poll_interval=None) as engine:  # fmt: skip
+        await engine.client.continuous(beat).start(id="x", input=Beat())
+        await trio.sleep(10 * 60 + 1)
+        state = djobs.testing.success(await engine.client.continuous(beat).get_state("x")).state
+        assert state.n == 11
+
+
+def test_public_names_are_sorted_and_importable() -> None:
+    assert djobs.__all__ == sorted(djobs.__all__)
+    for name in djobs.__all__:
+        assert getattr(djobs, name) is not None
+    public = {n for n in dir(djobs) if not n.startswith("_")} - {"kinds", "storage", "testing", "tracking"}
+    assert public == set(djobs.__all__)
+
+
+def test_every_public_name_has_a_docstring() -> None:
+    for name in djobs.__all__:
+        obj = getattr(djobs, name)
+        if callable(obj) and not isinstance(obj, type(int | str)):
+            assert (obj.__doc__ or "").strip(), f"djobs.{name} has no docstring"
