@@ -38,6 +38,20 @@ from .kinds._continuous import ContinuousContext as ContinuousContext
 from .kinds._continuous import ContinuousStatus as ContinuousStatus
 from .kinds._continuous import StartResult as StartResult
 from .kinds._continuous import TriggerResult as TriggerResult
+from .kinds._debounce import AddResult as AddResult
+from .kinds._debounce import ClearResult as ClearResult
+from .kinds._debounce import Debounce as Debounce
+from .kinds._debounce import DebounceContext as DebounceContext
+from .kinds._debounce import DebounceEventContext as DebounceEventContext
+from .kinds._debounce import DebounceStatus as DebounceStatus
+from .kinds._debounce import FlushResult as FlushResult
+from .kinds._task import SendResult as SendResult
+from .kinds._task import Task as Task
+from .kinds._task import TaskContext as TaskContext
+from .kinds._task import TaskEventContext as TaskEventContext
+from .kinds._task import TaskStatus as TaskStatus
+from .kinds._task import TaskTriggerResult as TaskTriggerResult
+from .kinds._task import When as When
 from .storage import memory as memory
 from .storage import sqlite as sqlite
 from .tracking import InMemoryTracker as InMemoryTracker
@@ -46,17 +60,24 @@ from .tracking import TrackedEvent as TrackedEvent
 from .tracking import Tracker as Tracker
 
 __all__ = [
+    "AddResult",
     "Backoff",
+    "ClearResult",
     "Clock",
     "Continuous",
     "ContinuousContext",
     "ContinuousStatus",
     "Cron",
+    "Debounce",
+    "DebounceContext",
+    "DebounceEventContext",
+    "DebounceStatus",
     "DuplicateEventError",
     "DurationLike",
     "Engine",
     "Every",
     "ExecutionError",
+    "FlushResult",
     "InMemoryTracker",
     "InstanceNotFoundError",
     "InvalidStateError",
@@ -68,9 +89,15 @@ __all__ = [
     "RetryExhaustedError",
     "Schedule",
     "SchedulerError",
+    "SendResult",
     "StartResult",
     "StateResult",
     "StorageError",
+    "Task",
+    "TaskContext",
+    "TaskEventContext",
+    "TaskStatus",
+    "TaskTriggerResult",
     "TenantError",
     "TerminateResult",
     "TrackedEvent",
@@ -79,6 +106,7 @@ __all__ = [
     "ValidationError",
     "VirtualClock",
     "WallClock",
+    "When",
     "cron",
     "every",
     "memory",

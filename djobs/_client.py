@@ -4,9 +4,20 @@ from __future__ import annotations
 
 from typing import Any, TypeVar, overload
 
+from returns.future import FutureResult
+
+from ._errors import StorageError, TenantError, ValidationError
+from .kinds._common import effect
 from .kinds._continuous import Continuous, ContinuousClient, ContinuousHandler
+from .kinds._cron import CronScheduler, CronsClient
+from .kinds._debounce import Debounce, DebounceClient, DebounceHandler
+from .kinds._job import EventResult, Job, JobClient, JobQueue, JobsClient
+from .kinds._task import Task, TaskClient, TaskHandler
 
 S = TypeVar("S")
+E = TypeVar("E")
+P = TypeVar("P")
+R = TypeVar("R")
 
 
 class Client:
@@ -15,11 +26,99 @@ class Client:
     ``client.continuous(token_refresher)`` is typed by the definition;
     ``client.continuous("tokenRefresher")`` works by name (untyped state). A
     name the engine does not know gives a client whose every verb fails with
-    `JobNotFoundError`.
+    `JobNotFoundError`. The queue's verbs are ``client.job(job)``,
+    ``client.jobs``, ``client.send_event`` and ``client.crons``;
+    ``client.for_tenant(t)`` is a client for one tenant.
     """
 
-    def __init__(self, handlers: dict[str, Any]) -> None:
+    def __init__(
+        self, handlers: dict[str, Any], *, queue: JobQueue | None = None, crons: CronScheduler | None = None,
+        tenant_id: str | None = None,
+    ) -> None:  # fmt: skip
         self._handlers = handlers
+        self._queue = queue
+        self._crons = crons
+        self._tenant_id = tenant_id
+
+    @property
+    def tenant_id(self) -> str | None:
+        """The tenant this client acts for (see `for_tenant`), or ``None`` for every tenant."""
+        return self._tenant_id
+
+    def for_tenant(self, tenant_id: str) -> Client:
+        """A client that acts for one tenant only.
+
+        What it enqueues belongs to `tenant_id`; it reads and changes only
+        that tenant's queued jobs and cron jobs (another tenant's gives
+        `TenantError`).
+
+        Example:
+            ```python
+            acme = engine.client.for_tenant("acme")
+            job_id = (await acme.job(send_email).later(Email("a@acme.test"))).unwrap()
+            ```
+        """
+        return Client(self._handlers, queue=self._queue, crons=self._crons, tenant_id=tenant_id)
+
+    def _job_queue(self) -> JobQueue:
+        if self._queue is None:
+            raise StorageError("this engine's storage layer does not hold a job queue")
+        return self._queue
+
+    @overload
+    def job(self, job: Job[P, R]) -> JobClient[P, R]: ...
+    @overload
+    def job(self, job: str) -> JobClient[Any, Any]: ...
+    def job(self, job: Job[Any, Any] | str) -> JobClient[Any, Any]:
+        """The verbs of a one-off job: now, later, batch."""
+        if self._queue is None:
+            name = job if isinstance(job, str) else job.name
+            return JobClient(name, None, None)
+        return JobClient(*self._queue.handler(job), self._queue, self._tenant_id)
+
+    @property
+    def jobs(self) -> JobsClient:
+        """The verbs on queued jobs by id: status, cancel, retry, list.
+
+        Raises:
+            StorageError: The storage layer has no job queue (a custom layer
+                that does not implement `QueueStorage`).
+        """
+        return JobsClient(self._job_queue(), self._tenant_id)
+
+    @property
+    def crons(self) -> CronsClient:
+        """The verbs on cron jobs: list, get, enable, disable, next_runs.
+
+        Raises:
+            StorageError: The storage layer has no job queue.
+        """
+        if self._crons is None:
+            raise StorageError("this engine's storage layer does not hold cron jobs")
+        return CronsClient(self._crons, self._tenant_id)
+
+    def send_event(
+        self, event: str, payload: object, *, tenant_id: str | None = None, correlation_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> FutureResult[EventResult, ValidationError | TenantError | StorageError]:  # fmt: skip
+        """Enqueue one job per definition listening to `event` (``Job.make(..., on=event)``).
+
+        The payload is validated against every listener's params before
+        anything is stored; the jobs are stored in one transaction. No
+        listener is not an error: the result says ``delivered=False``.
+
+        Example:
+            ```python
+            sent = await engine.client.send_event("order.created", {"order_id": "o-1"})
+            ```
+        """
+        queue, scope = self._queue, self._tenant_id
+        if queue is None:
+            return FutureResult.from_failure(StorageError("this engine's storage layer does not hold a job queue"))
+        return effect(
+            lambda: queue.send_event(scope, event, payload, tenant_id=tenant_id, correlation_id=correlation_id,
+                                     idempotency_key=idempotency_key)
+        )  # fmt: skip
 
     def _handler(self, job: object, kind: type[Any]) -> tuple[str, Any]:
         name = job if isinstance(job, str) else getattr(job, "name", repr(job))
@@ -37,3 +136,19 @@ class Client:
     def continuous(self, job: Continuous[Any] | str) -> ContinuousClient[Any]:
         """The verbs of a continuous job: start, trigger, status, get_state, terminate."""
         return ContinuousClient(*self._handler(job, ContinuousHandler))
+
+    @overload
+    def debounce(self, job: Debounce[E, S]) -> DebounceClient[E, S]: ...
+    @overload
+    def debounce(self, job: str) -> DebounceClient[Any, Any]: ...
+    def debounce(self, job: Debounce[Any, Any] | str) -> DebounceClient[Any, Any]:
+        """The verbs of a debounce job: add, flush, clear, status, get_state."""
+        return DebounceClient(*self._handler(job, DebounceHandler))
+
+    @overload
+    def task(self, job: Task[S, E]) -> TaskClient[S, E]: ...
+    @overload
+    def task(self, job: str) -> TaskClient[Any, Any]: ...
+    def task(self, job: Task[Any, Any] | str) -> TaskClient[Any, Any]:
+        """The verbs of a task job: send, trigger, status, get_state, terminate."""
+        return TaskClient(*self._handler(job, TaskHandler))

@@ -185,6 +185,48 @@ def _only_terminate(group: BaseExceptionGroup[BaseException]) -> TerminateSignal
 
 
 @dataclass(slots=True, frozen=True)
+class Ran:
+    """What one call of user code came to, before any retry decision.
+
+    Attributes:
+        result: The body's value, or the typed error it failed with.
+        terminated: Whether the body called ``ctx.terminate`` (its result is then ``Success(None)``).
+        reason: The reason given to ``ctx.terminate``.
+        duration_ms: How long the call took, in (real) milliseconds.
+    """
+
+    result: Result[object, JobError]
+    terminated: bool = False
+    reason: str | None = None
+    duration_ms: float = 0.0
+
+
+async def run_call(services: Any, checkout: Checkout[Any], call: Callable[[], object]) -> Ran:
+    """Run `call` like `run_body`, also catching ``ctx.terminate`` (a signal, not a failure).
+
+    For handlers whose outcome the caller maps itself (a Task's ``on_event``,
+    ``on_idle``, ``on_error``); `execute` builds on it for job bodies.
+    """
+    started = time.perf_counter()
+    terminated: TerminateSignal | None = None
+    try:
+        result = await run_body(call, services)
+    except TerminateSignal as signal:
+        terminated, result = signal, Success(None)
+    except BaseExceptionGroup as group:
+        terminated = _only_terminate(group)
+        if terminated is None:
+            raise
+        result = Success(None)
+    duration_ms = round((time.perf_counter() - started) * 1000, 3)
+    if terminated is not None or checkout.terminated:
+        # A swallowed signal still ends the run: the checkout recorded the request.
+        reason = checkout.terminate_reason if terminated is None else terminated.reason
+        return Ran(Success(None), terminated=True, reason=reason, duration_ms=duration_ms)
+    return Ran(result, duration_ms=duration_ms)
+
+
+@dataclass(slots=True, frozen=True)
 class RunInfo:
     """Who is running: the identity stamped on events and log lines."""
 
@@ -205,26 +247,16 @@ async def execute(
     log: JobLog,
 ) -> Outcome:
     """Run `call` and decide what its result means; appends the run's events to `events`."""
-    started = time.perf_counter()
-    terminated: TerminateSignal | None = None
-    try:
-        result = await run_body(call, env.services)
-    except TerminateSignal as signal:
-        terminated, result = signal, Success(None)
-    except BaseExceptionGroup as group:
-        terminated = _only_terminate(group)
-        if terminated is None:
-            raise
-        result = Success(None)
-    duration_ms = round((time.perf_counter() - started) * 1000, 3)
+    ran = await run_call(env.services, checkout, call)
+    result, duration_ms = ran.result, ran.duration_ms
 
     def ev(type: str, **data: Any) -> None:
         events.append(env.event(type, info.key, info.kind, info.name, **data))
 
-    if terminated is not None or checkout.terminated:
-        reason = checkout.terminate_reason if terminated is None else terminated.reason
+    if ran.terminated:
+        reason = ran.reason
         log.info("terminated: %s", reason or "no reason given")
-        ev("job.terminated", reason=reason, run_count=info.run_count)
+        ev("job.terminated", reason=reason, run_count=info.run_count, attempt=info.attempt, duration_ms=duration_ms)
         return Outcome("terminated", reason=reason, duration_ms=duration_ms)
 
     if isinstance(result, Success):
@@ -234,7 +266,7 @@ async def execute(
 
     error = result.failure()
     failed = {"error": {"tag": error.tag, "message": error.message}, "run_count": info.run_count,
-              "attempt": info.attempt}  # fmt: skip
+              "attempt": info.attempt, "duration_ms": duration_ms}  # fmt: skip
     if retry is None or not retry.should_retry(error):
         log.error("failed (no retry): %s", error.message)
         ev("job.failed", **failed, will_retry=False)

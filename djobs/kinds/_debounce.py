@@ -1,0 +1,654 @@
+"""Debounce jobs: collect events per instance, process them as one batch.
+
+``add`` runs the job's ``on_event`` reducer, which folds the event into the
+batch's state. The batch is flushed (``execute(ctx)`` runs once with the
+state) ``flush_after`` the batch's *first* event, or at once when the batch
+reaches ``max_events``, or when the client calls ``flush``. A successful
+flush leaves the instance empty and ``idle``.
+
+How a batch is kept:
+
+- The instance row holds the batch: its state, ``event_count`` and
+  ``started_at`` (the first event's time). An idle instance keeps its row
+  with no state, so the event ids it accepted stay remembered.
+- One alarm per instance says when the batch flushes, and why: purpose
+  ``flush_after`` (set by the first event, never pushed back), ``max_events``
+  (set, due now, by the event that fills the batch) or ``retry`` (a failed
+  flush; the original reason is kept in the row's ``data``).
+- The add that fills the batch commits a ``max_events`` alarm due now and
+  posts the flush to the instance's actor. The next handler on the actor
+  that sees that alarm flushes first, so the flush happens exactly at the
+  Nth event even when more adds are already queued; the durable alarm covers
+  a crash between the add and the flush.
+- A failed flush retries by the job's `Retry` policy and keeps its batch;
+  events added meanwhile join it. Exhausted retries purge the instance
+  (state, alarm and event ids). A failure that is not retried (no policy,
+  or an error that is not retryable) drops the batch: it is logged and
+  emitted as ``job.failed``, and the instance goes idle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, NoReturn, TypeVar, overload
+
+import msgspec
+from returns.future import FutureResult
+from returns.result import Failure, Result, Success
+
+from .._clock import to_datetime
+from .._codec import decode, encode, validate
+from .._context import BaseContext
+from .._durations import DurationLike, duration, to_ms
+from .._errors import (
+    DuplicateEventError,
+    ExecutionError,
+    InstanceNotFoundError,
+    JobNotFoundError,
+    StorageError,
+    ValidationError,
+)
+from .._execution import Checkout, Env, OutcomeKind, RunInfo, execute, run_body
+from .._logging import JobLog, LoggingOption
+from .._retry import Retry
+from ..storage import Alarm, Checkin, ClearAlarm, InstanceRecord, SetAlarm
+from ..tracking import TrackedEvent
+from ._common import MAX_ID_LENGTH, StateResult, check_name, effect, instance_key, not_registered, with_id
+
+if TYPE_CHECKING:
+    from .._runtime import Runtime
+
+E = TypeVar("E")
+S = TypeVar("S")
+
+KIND = "debounce"
+
+FlushReason = Literal["max_events", "flush_after", "manual"]
+
+_REASONS: tuple[FlushReason, ...] = ("max_events", "flush_after", "manual")
+
+
+class DebounceEventContext(BaseContext, Generic[E, S]):
+    """The context of one ``on_event(ctx)`` call: fold `event` into `state`, return the new state.
+
+    Attributes:
+        event: The event being added, validated against the job's event type.
+        state: The batch's state so far, or ``None`` for the first event of a batch.
+        event_count: How many events the batch holds with this one (1 for the first).
+    """
+
+    __slots__ = ("event", "event_count", "state")
+
+    def __init__(
+        self, env: Env, job_name: str, instance_id: str, log: JobLog, event: E, state: S | None, event_count: int
+    ) -> None:
+        super().__init__(env, job_name, instance_id, log)
+        self.event = event
+        self.state = state
+        self.event_count = event_count
+
+
+class DebounceContext(BaseContext, Generic[S]):
+    """The context of one flush: ``execute(ctx)`` processes the batch.
+
+    Attributes:
+        state: The batch's accumulated state.
+        event_count: How many events the batch holds.
+        flush_reason: Why it flushes: ``"max_events"``, ``"flush_after"`` or
+            ``"manual"`` (a client ``flush``). A retry keeps the reason of the
+            flush it retries.
+        debounce_started_at: When the batch's first event was added (aware UTC).
+        run_count: Which flush of this instance this is (1 for the first);
+            a retry keeps its flush's number.
+        attempt: Which try of this flush (1 = the first).
+    """
+
+    __slots__ = ("_checkout", "attempt", "debounce_started_at", "event_count", "flush_reason", "run_count")
+
+    def __init__(
+        self, env: Env, job_name: str, instance_id: str, log: JobLog, checkout: Checkout[S], event_count: int,
+        flush_reason: FlushReason, debounce_started_at: datetime, run_count: int, attempt: int,
+    ) -> None:  # fmt: skip
+        super().__init__(env, job_name, instance_id, log)
+        self._checkout = checkout
+        self.event_count = event_count
+        self.flush_reason: FlushReason = flush_reason
+        self.debounce_started_at = debounce_started_at
+        self.run_count = run_count
+        self.attempt = attempt
+
+    @property
+    def state(self) -> S:
+        """The batch's accumulated state."""
+        return self._checkout.state
+
+    @property
+    def is_retry(self) -> bool:
+        """Whether this flush is a retry of a failed try."""
+        return self.attempt > 1
+
+    def terminate(self, reason: str | None = None) -> NoReturn:
+        """End this flush now and delete the instance: its batch, alarm and remembered event ids.
+
+        The next ``add`` for the id starts a new instance.
+        """
+        self._checkout.terminate(reason)
+
+
+def _keep_latest(ctx: DebounceEventContext[Any, Any]) -> Any:
+    return ctx.event
+
+
+@dataclass(frozen=True, eq=False)
+class Debounce(Generic[E, S]):
+    """A job that batches events per instance. Make one with `Debounce.make`.
+
+    Examples:
+        >>> import msgspec, djobs
+        >>> class Ping(msgspec.Struct):
+        ...     source: str
+        >>> def send(ctx: djobs.DebounceContext[Ping]) -> None:
+        ...     print(ctx.event_count, ctx.state.source)
+        >>> latest_ping = djobs.Debounce.make("latestPing", event=Ping, flush_after="10 seconds", execute=send)
+        >>> latest_ping.flush_after_ms, latest_ping.max_events
+        (10000, None)
+    """
+
+    kind: ClassVar[str] = KIND
+    name: str
+    event: type[E]
+    state: type[S]
+    flush_after_ms: int
+    max_events: int | None
+    on_event: Callable[[DebounceEventContext[E, S]], object]
+    execute: Callable[[DebounceContext[S]], object]
+    retry: Retry | None = None
+    logging: LoggingOption = False
+
+    @overload
+    @classmethod
+    def make(
+        cls,
+        name: str,
+        *,
+        event: type[E],
+        state: None = None,
+        flush_after: DurationLike = "5 seconds",
+        max_events: int | None = None,
+        on_event: Callable[[DebounceEventContext[E, E]], object] | None = None,
+        execute: Callable[[DebounceContext[E]], object],
+        retry: Retry | None = None,
+        logging: LoggingOption = False,
+    ) -> Debounce[E, E]: ...
+
+    @overload
+    @classmethod
+    def make(
+        cls,
+        name: str,
+        *,
+        event: type[E],
+        state: type[S],
+        flush_after: DurationLike = "5 seconds",
+        max_events: int | None = None,
+        on_event: Callable[[DebounceEventContext[E, S]], object] | None = None,
+        execute: Callable[[DebounceContext[S]], object],
+        retry: Retry | None = None,
+        logging: LoggingOption = False,
+    ) -> Debounce[E, S]: ...
+
+    @classmethod
+    def make(
+        cls,
+        name: str,
+        *,
+        event: type[Any],
+        state: type[Any] | None = None,
+        flush_after: DurationLike = "5 seconds",
+        max_events: int | None = None,
+        on_event: Callable[[DebounceEventContext[Any, Any]], object] | None = None,
+        execute: Callable[[DebounceContext[Any]], object],
+        retry: Retry | None = None,
+        logging: LoggingOption = False,
+    ) -> Debounce[Any, Any]:
+        """Define a debounce job.
+
+        Args:
+            name: The job's unique name (no ``:``).
+            event: The ``msgspec.Struct`` type of an event; ``add`` validates against it.
+            state: The ``msgspec.Struct`` type of a batch's state; defaults to `event`.
+            flush_after: How long after a batch's first event it flushes (later
+                events do not push it back). Must be more than zero.
+            max_events: Flush at once when a batch holds this many events (at
+                least 1); ``None`` flushes only after `flush_after`.
+            on_event: The reducer: ``on_event(ctx)`` returns the new state from
+                ``ctx.state`` (``None`` for a batch's first event) and
+                ``ctx.event``, as a plain value, a ``Result`` or a
+                ``FutureResult``. Default: keep the latest event, which needs
+                `state` to be the event type.
+            execute: The flush: ``execute(ctx)``, in any form the execution service accepts.
+            retry: How a failed flush is retried; ``None`` does not retry (the
+                batch is dropped and ``job.failed`` emitted).
+            logging: ``True`` (debug), ``False`` (errors only), a level, or ``None`` (silent).
+
+        Raises:
+            ValidationError: The definition is malformed (a bug in the program).
+        """
+        check_name(name, KIND)
+        state_type = event if state is None else state
+        for what, tp in (("event", event), ("state", state_type)):
+            if not (isinstance(tp, type) and issubclass(tp, msgspec.Struct)):
+                raise ValidationError(f"Debounce {name!r}: {what} must be a msgspec.Struct type, got {tp!r}")
+        if on_event is None and state_type is not event:
+            raise ValidationError(
+                f"Debounce {name!r}: the default on_event keeps the latest event, so state must be the event type "
+                f"({event.__name__}); pass on_event= to fold events into a {state_type.__name__}"
+            )
+        flush_after_ms = to_ms(duration(flush_after, what="flush_after"))
+        if flush_after_ms <= 0:
+            raise ValidationError(f"Debounce {name!r}: flush_after must be more than zero, got {flush_after!r}")
+        if max_events is not None and (isinstance(max_events, bool) or not isinstance(max_events, int)
+                                       or max_events < 1):  # fmt: skip
+            raise ValidationError(f"Debounce {name!r}: max_events must be None or an int of at least 1, "
+                                  f"got {max_events!r}")  # fmt: skip
+        if not callable(execute):
+            raise ValidationError(f"Debounce {name!r}: execute must be callable, got {execute!r}")
+        reducer = _keep_latest if on_event is None else on_event
+        return cls(name, event, state_type, flush_after_ms, max_events, reducer, execute, retry, logging)
+
+    def bind(self, runtime: Runtime) -> DebounceHandler[E, S]:
+        """The handler that runs this job inside an engine (used by the engine)."""
+        return DebounceHandler(self, runtime)
+
+
+class AddResult(msgspec.Struct, frozen=True):
+    """The result of ``add``.
+
+    Attributes:
+        created: Whether this event started a new batch (the instance was
+            new or idle); ``debounce.started`` was emitted.
+        event_count: How many events the batch holds, this one included.
+        will_flush_at: When the batch flushes: ``flush_after`` its first event,
+            now if this event filled it to ``max_events``, or the time of a
+            pending retry.
+    """
+
+    created: bool
+    event_count: int
+    will_flush_at: datetime | None
+
+
+class DebounceStatus(msgspec.Struct, frozen=True):
+    """The result of ``status``.
+
+    Attributes:
+        status: ``debouncing`` (a batch is waiting), ``idle`` (flushed or
+            cleared; the instance remembers its event ids) or ``not_found``.
+        event_count: Events in the waiting batch (0 when idle; ``None`` when not found).
+        will_flush_at: When the waiting batch flushes (or retries its flush).
+    """
+
+    status: Literal["debouncing", "idle", "not_found"]
+    event_count: int | None = None
+    will_flush_at: datetime | None = None
+
+
+class FlushResult(msgspec.Struct, frozen=True):
+    """The result of ``flush``: whether a batch was flushed and how the flush ended.
+
+    ``outcome`` is ``succeeded``, ``failed`` (not retried: the batch was
+    dropped), ``retrying`` (the batch is kept for a retry), ``exhausted`` or
+    ``terminated`` (the instance was purged); ``None`` when the instance was
+    idle and there was nothing to flush. A failed flush is not a failed call.
+    """
+
+    instance_id: str
+    flushed: bool
+    event_count: int
+    outcome: OutcomeKind | None = None
+
+
+class ClearResult(msgspec.Struct, frozen=True):
+    """The result of ``clear``: whether a batch was dropped, and how many events it held."""
+
+    instance_id: str
+    cleared: bool
+    event_count: int
+
+
+class _Pending(msgspec.Struct, frozen=True):
+    """What the row's ``data`` holds while a failed flush waits for its retry."""
+
+    flush_reason: str
+
+
+def _check_event_id(event_id: object) -> Result[str | None, ValidationError]:
+    if event_id is None:
+        return Success(None)
+    if not isinstance(event_id, str) or not event_id or len(event_id) > MAX_ID_LENGTH:
+        return Failure(ValidationError(
+            f"event_id must be None or a non-empty str of at most {MAX_ID_LENGTH} characters, got {event_id!r:.80}"
+        ))  # fmt: skip
+    return Success(event_id)
+
+
+def _make_idle(record: InstanceRecord, now: int) -> None:
+    """Empty the batch; the row stays, so its event ids stay remembered."""
+    record.status, record.state, record.event_count, record.started_at = "idle", None, 0, None
+    record.attempt, record.data, record.updated_at = 1, None, now
+
+
+class DebounceHandler(Generic[E, S]):
+    """Runs one debounce job's instances on an engine's runtime."""
+
+    def __init__(self, job: Debounce[E, S], runtime: Runtime) -> None:
+        self.job = job
+        self.runtime = runtime
+        self.env = runtime.env
+
+    def key(self, instance_id: str) -> str:
+        return instance_key(KIND, self.job.name, instance_id)
+
+    # -- verbs -------------------------------------------------------------------------
+
+    async def add(
+        self, instance_id: str, event: object, event_id: object
+    ) -> Result[AddResult, ValidationError | ExecutionError | DuplicateEventError | StorageError]:
+        checked_id = _check_event_id(event_id)
+        if isinstance(checked_id, Failure):
+            return checked_id
+        the_event_id = checked_id.unwrap()
+        validated = validate(self.job.event, event, what=f"event of {self.job.name!r}")
+        if isinstance(validated, Failure):
+            return validated
+        key = self.key(instance_id)
+
+        async def run() -> Result[AddResult, ValidationError | ExecutionError | DuplicateEventError | StorageError]:
+            if the_event_id is not None and await self.env.storage.has_event_id(key, the_event_id):
+                return Failure(DuplicateEventError(instance_id, the_event_id))
+            loaded = await self._flush_if_full(await self.env.storage.load(key))
+            return await self._add(key, instance_id, loaded, validated.unwrap(), the_event_id)
+
+        return await self.runtime.call(key, run)
+
+    async def flush(self, instance_id: str) -> Result[FlushResult, InstanceNotFoundError | StorageError]:
+        key = self.key(instance_id)
+
+        async def run() -> Result[FlushResult, InstanceNotFoundError | StorageError]:
+            loaded = await self.env.storage.load(key)
+            if loaded is None:
+                return Failure(InstanceNotFoundError(self.job.name, instance_id))
+            record, _ = loaded
+            if record.state is None:
+                return Success(FlushResult(instance_id, flushed=False, event_count=0))
+            count = record.event_count
+            outcome = await self._flush(record, "manual")
+            return Success(FlushResult(instance_id, flushed=True, event_count=count, outcome=outcome))
+
+        return await self.runtime.call(key, run)
+
+    async def clear(self, instance_id: str) -> Result[ClearResult, StorageError]:
+        key = self.key(instance_id)
+
+        async def run() -> Result[ClearResult, StorageError]:
+            loaded = await self.env.storage.load(key)
+            if loaded is None or loaded[0].state is None:
+                return Success(ClearResult(instance_id, cleared=False, event_count=0))
+            record = loaded[0]
+            count = record.event_count
+            _make_idle(record, self.env.now_ms())
+            await self.env.commit(Checkin(key=key, record=record, alarm=ClearAlarm()))
+            return Success(ClearResult(instance_id, cleared=True, event_count=count))
+
+        return await self.runtime.call(key, run)
+
+    async def status(self, instance_id: str) -> Result[DebounceStatus, StorageError]:
+        loaded = await self.env.storage.load(self.key(instance_id))
+        if loaded is None:
+            return Success(DebounceStatus("not_found"))
+        record, alarm = loaded
+        if record.state is None:
+            return Success(DebounceStatus("idle", event_count=0))
+        return Success(DebounceStatus("debouncing", record.event_count, to_datetime(alarm.fire_at) if alarm else None))
+
+    async def get_state(
+        self, instance_id: str
+    ) -> Result[StateResult[S | None], InstanceNotFoundError | ValidationError | StorageError]:
+        loaded = await self.env.storage.load(self.key(instance_id))
+        if loaded is None:
+            return Failure(InstanceNotFoundError(self.job.name, instance_id))
+        record, alarm = loaded
+        if record.state is None:
+            return Success(StateResult(None))
+        flush_at = to_datetime(alarm.fire_at) if alarm else None
+        return decode(self.job.state, record.state, what="state").map(lambda state: StateResult(state, flush_at))
+
+    # -- adding an event -----------------------------------------------------------------
+
+    async def _reduce(
+        self, instance_id: str, event: E, state: S | None, count: int
+    ) -> Result[bytes, ValidationError | ExecutionError]:
+        job, env = self.job, self.env
+        log = env.job_log(KIND, job.name, job.logging, instance=instance_id, event=count)
+        ctx = DebounceEventContext(env, job.name, instance_id, log, event, state, count)
+        result = await run_body(lambda: job.on_event(ctx), env.services)
+        if isinstance(result, Failure):
+            error = result.failure()
+            log.error("on_event failed: %s", error.message)
+            if isinstance(error, ValidationError | ExecutionError):
+                return Failure(error)
+            return Failure(ExecutionError(f"on_event failed: {error.message}", error))
+        new_state = result.unwrap()
+        if new_state is None:
+            return Failure(ValidationError(
+                f"on_event of {job.name!r} returned None; it must return the new state (a {job.state.__name__})"
+            ))  # fmt: skip
+        return encode(job.state, new_state, what=f"state returned by on_event of {job.name!r}")
+
+    async def _add(
+        self, key: str, instance_id: str, loaded: tuple[InstanceRecord, Alarm | None] | None, event: E,
+        event_id: str | None,
+    ) -> Result[AddResult, ValidationError | ExecutionError | DuplicateEventError | StorageError]:  # fmt: skip
+        job, env = self.job, self.env
+        now = env.now_ms()
+        record, alarm = loaded if loaded is not None else (None, None)
+        current: S | None = None
+        if record is not None and record.state is not None:
+            decoded = decode(job.state, record.state, what="state")
+            if isinstance(decoded, Failure):
+                return decoded
+            current = decoded.unwrap()
+        created = current is None
+        count = 1 if created else (record.event_count if record else 0) + 1
+        reduced = await self._reduce(instance_id, event, current, count)
+        if isinstance(reduced, Failure):
+            return reduced
+        events: list[TrackedEvent] = []
+        if record is None:
+            record = InstanceRecord(key=key, kind=KIND, name=job.name, instance_id=instance_id, status="idle",
+                                    created_at=now)  # fmt: skip
+            events.append(env.event("job.started", key, KIND, job.name))
+        # While a failed flush waits for its retry, new events join its batch
+        # and the retry's backoff is kept, even past max_events.
+        retrying = not created and alarm is not None and alarm.purpose == "retry"
+        full = job.max_events is not None and count >= job.max_events and not retrying
+        new_alarm: SetAlarm | None = None
+        if full:
+            # Due now, and durable: should the process stop before the posted
+            # flush runs, the alarm flushes the batch after a restart.
+            new_alarm = SetAlarm(now, "max_events")
+        elif created:
+            new_alarm = SetAlarm(now + job.flush_after_ms, "flush_after")
+        if created:
+            record.started_at, record.attempt, record.data = now, 1, None
+            assert new_alarm is not None
+            events.append(env.event("debounce.started", key, KIND, job.name,
+                                    flush_at=to_datetime(new_alarm.fire_at).isoformat()))  # fmt: skip
+        record.status, record.state, record.event_count, record.updated_at = "debouncing", reduced.unwrap(), count, now
+        try:
+            await env.commit(Checkin(key=key, record=record, alarm=new_alarm, event_id=event_id), events)
+        except DuplicateEventError:  # another process accepted the id since the check above
+            assert event_id is not None
+            return Failure(DuplicateEventError(instance_id, event_id))
+        if full:
+            self.runtime.post(key, lambda: self._flush_posted(key))
+        flush_at = new_alarm.fire_at if new_alarm is not None else alarm.fire_at if alarm is not None else None
+        return Success(AddResult(created, count, None if flush_at is None else to_datetime(flush_at)))
+
+    async def _flush_if_full(
+        self, loaded: tuple[InstanceRecord, Alarm | None] | None
+    ) -> tuple[InstanceRecord, Alarm | None] | None:
+        """Flush a batch that reached ``max_events`` and is still waiting; return the instance after it."""
+        if loaded is None or loaded[1] is None or loaded[1].purpose != "max_events" or loaded[0].state is None:
+            return loaded
+        await self._flush(loaded[0], "max_events")
+        return await self.env.storage.load(loaded[0].key)
+
+    async def _flush_posted(self, key: str) -> None:
+        try:
+            await self._flush_if_full(await self.env.storage.load(key))
+        except StorageError as exc:
+            # The max_events alarm is still set: it fires and flushes later.
+            self.env.logger.error("debounce %s: could not flush a full batch: %s", key, exc.message)
+
+    # -- alarms and flushes --------------------------------------------------------------
+
+    async def on_alarm(self, alarm: Alarm) -> None:
+        loaded = await self.env.storage.load(alarm.key)
+        if loaded is None or loaded[1] is None or loaded[1].id != alarm.id or loaded[0].state is None:
+            return  # flushed, cleared or purged since, or the alarm was replaced after it was claimed
+        record = loaded[0]
+        reason: FlushReason = "flush_after"
+        if alarm.purpose == "max_events":
+            reason = "max_events"
+        elif alarm.purpose == "retry" and record.data is not None:
+            try:
+                stored = msgspec.json.decode(record.data, type=_Pending).flush_reason
+            except msgspec.DecodeError:
+                stored = "flush_after"
+            reason = next((r for r in _REASONS if r == stored), "flush_after")
+        try:
+            await self._flush(record, reason)
+        except StorageError as exc:
+            # The alarm stays claimed and fires again after its lease.
+            self.env.logger.error("debounce %s: could not record a flush: %s", alarm.key, exc.message)
+
+    async def _flush(self, record: InstanceRecord, reason: FlushReason) -> OutcomeKind:
+        """Run ``execute`` on the batch in `record` and commit what came of it."""
+        job, env = self.job, self.env
+        # attempt > 1 means a failed flush of this batch is waiting for its retry;
+        # any flush of the batch (the retry alarm or a manual one) is the next try.
+        attempt = record.attempt
+        run_count = record.run_count if attempt > 1 else record.run_count + 1
+        count = record.event_count
+        log = env.job_log(KIND, job.name, job.logging, instance=record.instance_id, run=run_count, attempt=attempt)
+        info = RunInfo(record.key, KIND, job.name, run_count, attempt)
+        events: list[TrackedEvent] = []
+        assert record.state is not None
+        state = decode(job.state, record.state, what="state")
+        outcome_kind: OutcomeKind
+        if isinstance(state, Failure):
+            outcome_kind, error = "failed", state.failure()
+            log.error("%s", error.message)
+            events.append(env.event("job.failed", record.key, KIND, job.name, run_count=run_count, attempt=attempt,
+                                    error={"tag": error.tag, "message": error.message}, will_retry=False))  # fmt: skip
+            retry_at, duration_ms = None, 0.0
+        else:
+            checkout = Checkout(state.unwrap())
+            started_at = to_datetime(record.started_at if record.started_at is not None else record.updated_at)
+            ctx = DebounceContext(env, job.name, record.instance_id, log, checkout, count, reason, started_at,
+                                  run_count, attempt)  # fmt: skip
+            outcome = await execute(env, info, checkout, lambda: job.execute(ctx), job.retry, events, log)
+            outcome_kind, retry_at, duration_ms = outcome.kind, outcome.retry_at, outcome.duration_ms
+        now = env.now_ms()
+        record.run_count = run_count
+        if outcome_kind in ("terminated", "exhausted"):
+            if outcome_kind == "exhausted":
+                events.append(env.event("job.terminated", record.key, KIND, job.name, reason="retry_exhausted"))
+            await env.commit(Checkin(key=record.key, record=None), events)
+        elif outcome_kind == "retrying":
+            assert retry_at is not None
+            record.attempt, record.updated_at = attempt + 1, now
+            record.data = msgspec.json.encode(_Pending(reason))
+            await env.commit(Checkin(key=record.key, record=record, alarm=SetAlarm(retry_at, "retry")), events)
+        else:
+            if outcome_kind == "succeeded":
+                events.append(env.event("debounce.flushed", record.key, KIND, job.name, event_count=count,
+                                        reason=reason, duration_ms=duration_ms))  # fmt: skip
+            else:
+                log.error("flush failed and is not retried; its batch of %d event(s) is dropped", count)
+            _make_idle(record, now)
+            await env.commit(Checkin(key=record.key, record=record, alarm=ClearAlarm()), events)
+        return outcome_kind
+
+
+class DebounceClient(Generic[E, S]):
+    """The client verbs of one debounce job; get one with ``engine.client.debounce(job)``.
+
+    Every verb returns a `FutureResult` that does its work when awaited and
+    gives an ``IOSuccess`` or an ``IOFailure`` with one of the errors its
+    type names. A verb returns only after what it changed is committed.
+    """
+
+    def __init__(self, name: str, handler: DebounceHandler[E, S] | None) -> None:
+        self._name = name
+        self._handler = handler
+
+    def add(
+        self, *, id: str, event: E, event_id: str | None = None
+    ) -> FutureResult[
+        AddResult, JobNotFoundError | ValidationError | ExecutionError | DuplicateEventError | StorageError
+    ]:
+        """Add `event` to instance `id`'s batch, creating the instance if needed.
+
+        The event is validated and folded into the batch by ``on_event``; a
+        reducer that fails gives its `ExecutionError` (or `ValidationError`)
+        and nothing is stored. With `event_id`, an id the instance accepted
+        before gives `DuplicateEventError` and changes nothing.
+        """
+        h = self._handler
+        if h is None:
+            return not_registered(self._name)
+        return effect(lambda: with_id(id, lambda i: h.add(i, event, event_id)))
+
+    def flush(
+        self, id: str
+    ) -> FutureResult[FlushResult, JobNotFoundError | InstanceNotFoundError | ValidationError | StorageError]:
+        """Flush instance `id`'s batch now (``flush_reason="manual"``); returns once the flush is committed.
+
+        An idle instance has nothing to flush: ``flushed=False``.
+        """
+        h = self._handler
+        if h is None:
+            return not_registered(self._name)
+        return effect(lambda: with_id(id, h.flush))
+
+    def clear(self, id: str) -> FutureResult[ClearResult, JobNotFoundError | ValidationError | StorageError]:
+        """Drop instance `id`'s batch without processing it; the instance goes idle.
+
+        Clearing an idle or unknown id changes nothing (``cleared=False``).
+        """
+        h = self._handler
+        if h is None:
+            return not_registered(self._name)
+        return effect(lambda: with_id(id, h.clear))
+
+    def status(self, id: str) -> FutureResult[DebounceStatus, JobNotFoundError | ValidationError | StorageError]:
+        """``debouncing`` (with ``event_count`` and ``will_flush_at``), ``idle`` or ``not_found``."""
+        h = self._handler
+        if h is None:
+            return not_registered(self._name)
+        return effect(lambda: with_id(id, h.status))
+
+    def get_state(
+        self, id: str
+    ) -> FutureResult[
+        StateResult[S | None], JobNotFoundError | InstanceNotFoundError | ValidationError | StorageError
+    ]:
+        """The waiting batch's state and when it flushes (``scheduled_at``); ``state=None`` when idle."""
+        h = self._handler
+        if h is None:
+            return not_registered(self._name)
+        return effect(lambda: with_id(id, h.get_state))

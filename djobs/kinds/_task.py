@@ -1,0 +1,766 @@
+"""Task jobs: event-driven state machines that schedule themselves.
+
+An instance is created by its first event. ``on_event(event, ctx)`` handles
+each event sent to it; ``execute(ctx)`` runs when the alarm it set with
+``ctx.schedule(when)`` fires (or when a client calls ``trigger``). An
+instance has at most one alarm: scheduling again replaces it, and the alarm
+that fired is consumed, so a task that wants to run again schedules again.
+
+Every handler's changes (state and alarm) are buffered and committed in one
+`Checkin` with its outcome; a handler that fails keeps none of them.
+
+- ``on_idle(ctx)`` runs when a step (an event, or an execute) takes the task
+  from having an alarm (or from not existing) to having none, in the same
+  commit; it may schedule. It runs once per such transition, never for its
+  own outcome, so it cannot loop on its own.
+- A failed execute is retried first by the job's `Retry` policy (the retry
+  is an alarm, so it survives a restart). When no retry is scheduled (no
+  policy, an error that is not retryable, or the last attempt failed),
+  ``on_error(error, ctx)`` runs with the state as it was before the failed
+  execute; it may change the state, schedule, or terminate. Without
+  ``on_error`` the failure is logged and emitted and the state is kept.
+- A failing ``on_event`` is returned to the sender (``send`` fails with it)
+  and nothing is stored.
+"""
+
+from __future__ import annotations
+
+import reprlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, NoReturn, TypeAlias, TypeVar
+
+import msgspec
+from returns.future import FutureResult
+from returns.result import Failure, Result, Success
+
+from .._clock import to_datetime, to_epoch_ms
+from .._codec import decode, encode, validate
+from .._context import BaseContext
+from .._durations import parse_duration, to_ms
+from .._errors import (
+    DuplicateEventError,
+    ExecutionError,
+    InstanceNotFoundError,
+    InvalidStateError,
+    JobError,
+    JobNotFoundError,
+    StorageError,
+    ValidationError,
+)
+from .._execution import Checkout, Env, RunInfo, execute, run_call
+from .._logging import JobLog, LoggingOption
+from .._retry import Retry
+from ..storage import Alarm, Checkin, ClearAlarm, InstanceRecord, SetAlarm
+from ..tracking import TrackedEvent
+from ._common import (
+    MAX_ID_LENGTH,
+    StateResult,
+    TerminateResult,
+    check_name,
+    effect,
+    instance_key,
+    not_registered,
+    with_id,
+)
+
+if TYPE_CHECKING:
+    from .._runtime import Runtime
+
+S = TypeVar("S")
+Ev = TypeVar("Ev")
+
+KIND = "task"
+
+# Alarm purposes: a scheduled execute, and a retry set by the job's Retry policy
+# (a retry keeps its execute's number and counts attempts; a scheduled execute starts afresh).
+_EXECUTE = "execute"
+_RETRY = "retry"
+
+#: What ``ctx.schedule(when)`` accepts: a delay from now, or an aware point in time.
+When: TypeAlias = timedelta | str | datetime
+
+_ACCEPTED = 'expected a timedelta, a duration string like "5 minutes", or a timezone-aware datetime'
+# Times past this cannot be shown as a datetime (scheduled_at); refuse them when scheduled.
+_LATEST_MS = to_epoch_ms(datetime(9999, 12, 31, tzinfo=UTC))
+_short = reprlib.Repr()
+_short.maxstring = _short.maxother = 60
+
+Trigger = Literal["event", "execute", "idle", "error"]
+Outcome = Literal["succeeded", "failed", "retrying", "exhausted", "terminated"]
+
+
+def _bad_when(when: object, why: str | None = None) -> ValidationError:
+    reason = f"; {why}" if why else ""
+    return ValidationError(f"ctx.schedule() got {_short.repr(when)}: {_ACCEPTED}{reason}")
+
+
+def resolve_when(when: object, now_ms: int) -> Result[int, ValidationError]:
+    """When ``ctx.schedule(when)`` is due, in epoch milliseconds (never before `now_ms`).
+
+    Args:
+        when: A `timedelta` or a duration string (a delay from now), or an
+            aware `datetime`. A time in the past is due at once.
+        now_ms: The current time, in epoch milliseconds.
+
+    Returns:
+        The due time, or a `ValidationError` naming the accepted forms. A
+        naive datetime and a bare number (seconds or milliseconds?) are
+        refused rather than guessed at.
+
+    Examples:
+        >>> resolve_when("5 minutes", 0)
+        <Success: 300000>
+        >>> print(resolve_when(300, 0).failure())  # doctest: +ELLIPSIS
+        ctx.schedule() got 300: expected a timedelta, ...; a bare number is ambiguous (seconds or milliseconds?)...
+    """
+    if isinstance(when, datetime):
+        if when.tzinfo is None or when.utcoffset() is None:
+            return Failure(_bad_when(when, "this datetime is naive (it has no time zone); "
+                                           "use datetime(..., tzinfo=UTC) or ctx.now() + timedelta(...)"))  # fmt: skip
+        fire_at = max(now_ms, to_epoch_ms(when))
+    elif isinstance(when, bool | int | float):
+        return Failure(_bad_when(when, "a bare number is ambiguous (seconds or milliseconds?); "
+                                       'write timedelta(seconds=...) or a string like "30 seconds"'))  # fmt: skip
+    elif isinstance(when, timedelta):
+        if when < timedelta(0):
+            return Failure(_bad_when(when, "a delay must not be negative"))
+        fire_at = now_ms + to_ms(when)
+    elif isinstance(when, str):
+        parsed = parse_duration(when)
+        if isinstance(parsed, Failure):
+            return Failure(_bad_when(when, "the string is not a duration"))
+        fire_at = now_ms + to_ms(parsed.unwrap())
+    else:
+        return Failure(_bad_when(when))
+    if fire_at > _LATEST_MS:
+        return Failure(_bad_when(when, "that is after the year 9999"))
+    return Success(fire_at)
+
+
+@dataclass(slots=True, eq=False)
+class _Draft(Checkout[S]):
+    """A handler's working copy; `encoded` is the state as validated by its last ``set_state``."""
+
+    encoded: bytes | None = None
+
+
+class _TaskContextBase(BaseContext, Generic[S]):
+    """What every Task handler's context has: state, scheduling, terminate, ``event_count``."""
+
+    __slots__ = ("_draft", "_scheduled_ms", "_state_type", "event_count")
+
+    def __init__(
+        self, env: Env, job_name: str, instance_id: str, log: JobLog, draft: _Draft[S | None],
+        state_type: type[S], scheduled_ms: int | None, event_count: int,
+    ) -> None:  # fmt: skip
+        super().__init__(env, job_name, instance_id, log)
+        self._draft = draft
+        self._state_type = state_type
+        self._scheduled_ms = scheduled_ms
+        self.event_count = event_count
+
+    @property
+    def state(self) -> S | None:
+        """The task's state with this handler's changes; ``None`` before the first ``set_state``."""
+        return self._draft.state
+
+    def set_state(self, state: S) -> None:
+        """Replace the state. It is validated now and committed with the handler's outcome.
+
+        Raises:
+            ValidationError: `state` does not match the job's state type; the
+                handler fails with this error and nothing is written.
+        """
+        checked = encode(self._state_type, state, what="state")
+        if isinstance(checked, Failure):
+            raise checked.failure()
+        self._draft.set_state(state)
+        self._draft.encoded = checked.unwrap()
+
+    def update_state(self, fn: Callable[[S], S]) -> None:
+        """Replace the state with ``fn(state)``.
+
+        Raises:
+            InvalidStateError: The task has no state yet (use `set_state` first).
+            ValidationError: The new state does not match the state type.
+        """
+        current = self._draft.state
+        if current is None:
+            raise InvalidStateError(
+                f"update_state needs a state, but task {self.job_name!r} instance {self.instance_id!r} "
+                "has none yet; call set_state first"
+            )
+        self.set_state(fn(current))
+
+    def schedule(self, when: When) -> None:
+        """Run ``execute`` at `when`, replacing any alarm the task has.
+
+        Args:
+            when: A `timedelta` or a duration string such as ``"5 minutes"``
+                (from now), or a timezone-aware `datetime`. A time in the past
+                is due at once.
+
+        Raises:
+            ValidationError: `when` is none of these (a naive datetime, a bare
+                number, a negative delay, unreadable text); the handler fails
+                with this error and nothing is written.
+        """
+        fire_at = resolve_when(when, self._env.now_ms())
+        if isinstance(fire_at, Failure):
+            raise fire_at.failure()
+        self._draft.alarm = SetAlarm(fire_at.unwrap(), _EXECUTE)
+        self._draft.schedule_touched = True
+
+    def cancel_schedule(self) -> None:
+        """Remove the task's alarm (committed with the handler's outcome)."""
+        self._draft.alarm = "cancel"
+        self._draft.schedule_touched = True
+
+    @property
+    def scheduled_at(self) -> datetime | None:
+        """When ``execute`` is next due, including this handler's ``schedule``/``cancel_schedule``."""
+        alarm = self._draft.alarm
+        if isinstance(alarm, SetAlarm):
+            return to_datetime(alarm.fire_at)
+        if alarm == "cancel" or self._scheduled_ms is None:
+            return None
+        return to_datetime(self._scheduled_ms)
+
+    def terminate(self, reason: str | None = None) -> NoReturn:
+        """End this handler now and delete the task with its state, alarm and event ids.
+
+        The id can be used again afterwards. Nothing else this handler changed is kept.
+        """
+        self._draft.terminate(reason)
+
+
+class TaskEventContext(_TaskContextBase[S]):
+    """The context of ``on_event(event, ctx)``.
+
+    Attributes:
+        event_count: Events this task has accepted, this one included (1 on the first).
+        is_first_event: Whether this event created the task.
+    """
+
+    __slots__ = ("is_first_event",)
+
+    def __init__(
+        self, env: Env, job_name: str, instance_id: str, log: JobLog, draft: _Draft[S | None],
+        state_type: type[S], scheduled_ms: int | None, event_count: int, is_first_event: bool,
+    ) -> None:  # fmt: skip
+        super().__init__(env, job_name, instance_id, log, draft, state_type, scheduled_ms, event_count)
+        self.is_first_event = is_first_event
+
+
+class TaskContext(_TaskContextBase[S]):
+    """The context of ``execute(ctx)``, ``on_idle(ctx)`` and ``on_error(error, ctx)``.
+
+    In ``execute`` the alarm that fired is already consumed: `scheduled_at`
+    is ``None`` until the handler schedules again.
+
+    Attributes:
+        execute_count: Which execute this is (1 for the first); a retry keeps
+            its execute's number. In ``on_idle``, the executes so far.
+        event_count: Events this task has accepted.
+        created_at: When the task was created (its first event), aware UTC.
+        attempt: Which try of this execute (1 = the first).
+    """
+
+    __slots__ = ("attempt", "created_at", "execute_count")
+
+    def __init__(
+        self, env: Env, job_name: str, instance_id: str, log: JobLog, draft: _Draft[S | None],
+        state_type: type[S], scheduled_ms: int | None, event_count: int, execute_count: int,
+        created_at: int, attempt: int,
+    ) -> None:  # fmt: skip
+        super().__init__(env, job_name, instance_id, log, draft, state_type, scheduled_ms, event_count)
+        self.execute_count = execute_count
+        self.created_at = to_datetime(created_at)
+        self.attempt = attempt
+
+    @property
+    def is_retry(self) -> bool:
+        """Whether this execute is a retry (by the job's `Retry` policy) of a failed try."""
+        return self.attempt > 1
+
+
+@dataclass(frozen=True, eq=False)
+class Task(Generic[S, Ev]):
+    """An event-driven state machine that schedules itself. Make one with `Task.make`.
+
+    Examples:
+        >>> import msgspec, djobs
+        >>> class Ping(msgspec.Struct, tag=True):
+        ...     pass
+        >>> class Seen(msgspec.Struct):
+        ...     pings: int = 0
+        >>> def on_event(event: Ping, ctx: djobs.TaskEventContext[Seen]) -> None:
+        ...     ctx.set_state(Seen((ctx.state or Seen()).pings + 1))
+        ...     ctx.schedule("1 hour")
+        >>> def expire(ctx: djobs.TaskContext[Seen]) -> None:
+        ...     ctx.terminate(reason="quiet for an hour")
+        >>> watcher = djobs.Task.make("watcher", state=Seen, event=Ping, on_event=on_event, execute=expire)
+        >>> watcher.name
+        'watcher'
+    """
+
+    kind: ClassVar[str] = KIND
+    name: str
+    state: type[S]
+    event: Any
+    on_event: Callable[[Ev, TaskEventContext[S]], object]
+    execute: Callable[[TaskContext[S]], object]
+    on_idle: Callable[[TaskContext[S]], object] | None = None
+    on_error: Callable[[JobError, TaskContext[S]], object] | None = None
+    retry: Retry | None = None
+    logging: LoggingOption = False
+
+    @classmethod
+    def make(
+        cls,
+        name: str,
+        *,
+        state: type[S],
+        event: Any,
+        on_event: Callable[[Ev, TaskEventContext[S]], object],
+        execute: Callable[[TaskContext[S]], object],
+        on_idle: Callable[[TaskContext[S]], object] | None = None,
+        on_error: Callable[[JobError, TaskContext[S]], object] | None = None,
+        retry: Retry | None = None,
+        logging: LoggingOption = False,
+    ) -> Task[S, Ev]:
+        """Define a task job.
+
+        Args:
+            name: The job's unique name (no ``:``).
+            state: The ``msgspec.Struct`` type of the task's state.
+            event: The type of the events it accepts: a ``msgspec.Struct``, or
+                a union of structs made with ``tag=True``
+                (``OrderPlaced | PaymentReceived | Shipped``).
+            on_event: ``on_event(event, ctx)``, called for each event sent
+                (`TaskEventContext`); a failure is returned to the sender.
+            execute: ``execute(ctx)``, called when the task's alarm fires (`TaskContext`).
+            on_idle: ``on_idle(ctx)``, called when a step leaves the task with no alarm.
+            on_error: ``on_error(error, ctx)``, called with the typed error when an
+                execute failed and no retry is scheduled.
+            retry: How a failed execute is retried before ``on_error``; ``None`` does not retry.
+            logging: ``True`` (debug), ``False`` (errors only), a level, or ``None`` (silent).
+
+        Every handler may take any body form the execution service accepts
+        (plain or ``async`` function, ``Result``, ``FutureResult``,
+        ``RequiresContextFutureResult``).
+        """
+        check_name(name, KIND)
+        if not (isinstance(state, type) and issubclass(state, msgspec.Struct)):
+            raise ValidationError(f"Task {name!r}: state must be a msgspec.Struct type, got {state!r}")
+        try:
+            msgspec.json.Decoder(event)
+        except TypeError as exc:
+            raise ValidationError(
+                f"Task {name!r}: event must be a msgspec.Struct type or a union of structs made with tag=True ({exc})"
+            ) from None
+        for what, fn in (("on_event", on_event), ("execute", execute), ("on_idle", on_idle), ("on_error", on_error)):
+            if fn is not None and not callable(fn):
+                raise ValidationError(f"Task {name!r}: {what} must be callable, got {fn!r}")
+        return cls(name, state, event, on_event, execute, on_idle, on_error, retry, logging)
+
+    def bind(self, runtime: Runtime) -> TaskHandler[S, Ev]:
+        """The handler that runs this job inside an engine (used by the engine)."""
+        return TaskHandler(self, runtime)
+
+
+class SendResult(msgspec.Struct, frozen=True):
+    """The result of ``send``.
+
+    Attributes:
+        created: Whether this event created the task.
+        instance_id: The task's id.
+        scheduled_at: When ``execute`` is next due after this event (with
+            ``on_idle``'s schedule, if it ran), or ``None``.
+    """
+
+    created: bool
+    instance_id: str
+    scheduled_at: datetime | None = None
+
+
+class TaskStatus(msgspec.Struct, frozen=True):
+    """The result of ``status``: ``active`` when an alarm is scheduled, else ``idle``, or ``not_found``."""
+
+    status: Literal["active", "idle", "not_found"]
+    scheduled_at: datetime | None = None
+    event_count: int | None = None
+
+
+class TaskTriggerResult(msgspec.Struct, frozen=True):
+    """The result of ``trigger``: how the execute it caused ended.
+
+    ``outcome`` is ``succeeded``, ``failed`` (no retry scheduled; ``on_error``
+    ran if the job has one), ``retrying``, ``exhausted`` or ``terminated``; a
+    failed execute is not a failed call. ``scheduled_at`` is when ``execute``
+    is next due.
+    """
+
+    instance_id: str
+    execute_count: int
+    outcome: Outcome
+    scheduled_at: datetime | None = None
+
+
+def _rejection(error: JobError) -> ValidationError | InvalidStateError | ExecutionError:
+    # Keep the error union of `send` precise: other JobErrors an on_event returns are wrapped.
+    if isinstance(error, ValidationError | InvalidStateError | ExecutionError):
+        return error
+    return ExecutionError(f"on_event failed: {error.message}", error)
+
+
+def _check_event_id(event_id: object) -> Result[str | None, ValidationError]:
+    if event_id is None:
+        return Success(None)
+    if not isinstance(event_id, str) or not event_id or len(event_id) > MAX_ID_LENGTH:
+        return Failure(ValidationError(
+            f"event_id must be a non-empty str of at most {MAX_ID_LENGTH} characters, got {_short.repr(event_id)}"
+        ))  # fmt: skip
+    return Success(event_id)
+
+
+def _at(ms: int | None) -> datetime | None:
+    return None if ms is None else to_datetime(ms)
+
+
+SendError: TypeAlias = ValidationError | InvalidStateError | ExecutionError | DuplicateEventError | StorageError
+
+
+class TaskHandler(Generic[S, Ev]):
+    """Runs one task job's instances on an engine's runtime."""
+
+    def __init__(self, job: Task[S, Ev], runtime: Runtime) -> None:
+        self.job = job
+        self.runtime = runtime
+        self.env = runtime.env
+
+    def key(self, instance_id: str) -> str:
+        return instance_key(KIND, self.job.name, instance_id)
+
+    def _state(self, record: InstanceRecord) -> Result[S | None, ValidationError]:
+        if record.state is None:
+            return Success(None)
+        return decode(self.job.state, record.state, what="state")
+
+    def _log(self, record: InstanceRecord, **extra: Any) -> JobLog:
+        return self.env.job_log(KIND, self.job.name, self.job.logging, instance=record.instance_id, **extra)
+
+    def _event(self, record: InstanceRecord, type: str, **data: Any) -> TrackedEvent:
+        return self.env.event(type, record.key, KIND, self.job.name, **data)
+
+    def _context(self, record: InstanceRecord, draft: _Draft[S | None], log: JobLog, attempt: int) -> TaskContext[S]:
+        return TaskContext(self.env, self.job.name, record.instance_id, log, draft, self.job.state, None,
+                           record.event_count, record.execute_count, record.created_at, attempt)  # fmt: skip
+
+    # -- verbs (each runs on the instance's actor) -------------------------------------
+
+    async def send(self, instance_id: str, event: object, event_id: object) -> Result[SendResult, SendError]:
+        job, env = self.job, self.env
+        checked_id = _check_event_id(event_id)
+        if isinstance(checked_id, Failure):
+            return checked_id
+        eid = checked_id.unwrap()
+        validated = validate(job.event, event, what=f"event for task {job.name!r}")
+        if isinstance(validated, Failure):
+            return validated
+        the_event = validated.unwrap()
+        key = self.key(instance_id)
+
+        async def run() -> Result[SendResult, SendError]:
+            loaded = await env.storage.load(key)
+            # Checked before on_event runs, so a repeated event never reaches user code.
+            if loaded is not None and eid is not None and await env.storage.has_event_id(key, eid):
+                return Failure(DuplicateEventError(instance_id, eid))
+            created = loaded is None
+            if loaded is None:
+                now = env.now_ms()
+                record = InstanceRecord(key=key, kind=KIND, name=job.name, instance_id=instance_id, status="idle",
+                                        created_at=now, updated_at=now)  # fmt: skip
+                alarm = None
+            else:
+                record, alarm = loaded
+            state = self._state(record)
+            if isinstance(state, Failure):
+                return state
+            count = record.event_count + 1
+            log = self._log(record, event=count)
+            draft: _Draft[S | None] = _Draft(state.unwrap())
+            keep_ms = alarm.fire_at if alarm is not None else None
+            ctx = TaskEventContext(env, job.name, instance_id, log, draft, job.state, keep_ms, count, created)
+            ran = await run_call(env.services, draft, lambda: job.on_event(the_event, ctx))
+            if isinstance(ran.result, Failure):
+                error = _rejection(ran.result.failure())
+                log.info("event rejected: %s", error.message)
+                return Failure(error)
+            record.event_count = count
+            events = [self._event(record, "job.started")] if created else []
+            try:
+                if ran.terminated:
+                    await self._purge(record, ran.reason, events, log)
+                    return Success(SendResult(created, instance_id, None))
+                _, fire = await self._settle(record, draft, keep_ms=keep_ms, was_active=created or alarm is not None,
+                                             trigger="event", events=events, event_id=eid)  # fmt: skip
+            except DuplicateEventError:
+                # Another process accepted the same id between our check and our commit.
+                assert eid is not None
+                return Failure(DuplicateEventError(instance_id, eid))
+            return Success(SendResult(created, instance_id, _at(fire)))
+
+        return await self.runtime.call(key, run)
+
+    async def trigger(self, instance_id: str) -> Result[TaskTriggerResult, InstanceNotFoundError | StorageError]:
+        key = self.key(instance_id)
+
+        async def run() -> Result[TaskTriggerResult, InstanceNotFoundError | StorageError]:
+            loaded = await self.env.storage.load(key)
+            if loaded is None:
+                return Failure(InstanceNotFoundError(self.job.name, instance_id))
+            record, alarm = loaded
+            count, outcome, fire = await self._execute(record, alarm, triggered=True)
+            return Success(TaskTriggerResult(instance_id, count, outcome, _at(fire)))
+
+        return await self.runtime.call(key, run)
+
+    async def status(self, instance_id: str) -> Result[TaskStatus, StorageError]:
+        loaded = await self.env.storage.load(self.key(instance_id))
+        if loaded is None:
+            return Success(TaskStatus("not_found"))
+        record, alarm = loaded
+        if alarm is None:
+            return Success(TaskStatus("idle", None, record.event_count))
+        return Success(TaskStatus("active", to_datetime(alarm.fire_at), record.event_count))
+
+    async def get_state(
+        self, instance_id: str
+    ) -> Result[StateResult[S | None], InstanceNotFoundError | ValidationError | StorageError]:
+        loaded = await self.env.storage.load(self.key(instance_id))
+        if loaded is None:
+            return Failure(InstanceNotFoundError(self.job.name, instance_id))
+        record, alarm = loaded
+        return self._state(record).map(lambda state: StateResult(state, _at(alarm.fire_at if alarm else None)))
+
+    async def terminate(self, instance_id: str, reason: str | None) -> Result[TerminateResult, StorageError]:
+        key = self.key(instance_id)
+
+        async def run() -> Result[TerminateResult, StorageError]:
+            if await self.env.storage.load(key) is None:
+                return Success(TerminateResult(False, instance_id))
+            event = self.env.event("job.terminated", key, KIND, self.job.name, reason=reason)
+            await self.env.commit(Checkin(key=key, record=None), [event])
+            return Success(TerminateResult(True, instance_id))
+
+        return await self.runtime.call(key, run)
+
+    # -- alarms, executes and the shared end of every step ---------------------------------
+
+    async def on_alarm(self, alarm: Alarm) -> None:
+        try:
+            loaded = await self.env.storage.load(alarm.key)
+            if loaded is None or loaded[1] is None or loaded[1].id != alarm.id:
+                return  # terminated, or the alarm was replaced after it was claimed
+            record, current = loaded
+            await self._execute(record, current, triggered=False)
+        except StorageError as exc:
+            # The alarm stays claimed and fires again after its lease.
+            self.env.logger.error("task %s: could not record an execute: %s", alarm.key, exc.message)
+
+    async def _execute(
+        self, record: InstanceRecord, alarm: Alarm | None, *, triggered: bool
+    ) -> tuple[int, Outcome, int | None]:
+        """Run ``execute`` (then ``on_error`` if it failed for good) and commit; the alarm is consumed."""
+        job, env = self.job, self.env
+        retrying = not triggered and alarm is not None and alarm.purpose == _RETRY
+        execute_count = record.execute_count if retrying else record.execute_count + 1
+        attempt = record.attempt if retrying else 1
+        record.execute_count = execute_count
+        log = self._log(record, execute=execute_count, attempt=attempt)
+        events: list[TrackedEvent] = []
+        loaded_state = self._state(record)
+        if isinstance(loaded_state, Failure):
+            error = loaded_state.failure()
+            log.error("%s", error.message)
+            events.append(self._event(record, "job.failed", error={"tag": error.tag, "message": error.message},
+                                      run_count=execute_count, attempt=attempt, will_retry=False))  # fmt: skip
+            record.attempt, record.status, record.updated_at = 1, "idle", env.now_ms()
+            await env.commit(Checkin(key=record.key, record=record, alarm=ClearAlarm()), events)
+            return execute_count, "failed", None
+        before = loaded_state.unwrap()
+        draft: _Draft[S | None] = _Draft(before)
+        ctx = self._context(record, draft, log, attempt)
+        info = RunInfo(record.key, KIND, job.name, execute_count, attempt)
+        outcome = await execute(env, info, draft, lambda: job.execute(ctx), job.retry, events, log)
+        kind: Outcome = outcome.kind
+        if kind == "terminated":
+            await env.commit(Checkin(key=record.key, record=None), events)
+            return execute_count, kind, None
+        if kind == "retrying":
+            assert outcome.retry_at is not None
+            record.attempt, record.status, record.updated_at = attempt + 1, "active", env.now_ms()
+            events.append(self._scheduled(record, outcome.retry_at, "error"))
+            await env.commit(Checkin(key=record.key, record=record, alarm=SetAlarm(outcome.retry_at, _RETRY)), events)
+            return execute_count, kind, outcome.retry_at
+        record.attempt = 1
+        trigger: Trigger = "execute"
+        if kind != "succeeded":
+            draft = _Draft(before)  # nothing the failed execute changed is kept
+            on_error = job.on_error
+            if on_error is not None:
+                assert outcome.error is not None
+                error = outcome.error
+                trigger = "error"
+                err_log = self._log(record, execute=execute_count, attempt=attempt, handler="on_error")
+                err_ctx = self._context(record, draft, err_log, attempt)
+                ran = await run_call(env.services, draft, lambda: on_error(error, err_ctx))
+                if ran.terminated:
+                    await self._purge(record, ran.reason, events, err_log)
+                    return execute_count, "terminated", None
+                if isinstance(ran.result, Failure):
+                    self._handler_failed(record, "on_error", ran.result.failure(), events, err_log)
+                    draft = _Draft(before)
+        alive, fire = await self._settle(record, draft, keep_ms=None, was_active=alarm is not None,
+                                         trigger=trigger, events=events)  # fmt: skip
+        return execute_count, kind if alive else "terminated", fire
+
+    async def _settle(
+        self, record: InstanceRecord, draft: _Draft[S | None], *, keep_ms: int | None, was_active: bool,
+        trigger: Trigger, events: list[TrackedEvent], event_id: str | None = None,
+    ) -> tuple[bool, int | None]:  # fmt: skip
+        """Commit a step's successful changes, running ``on_idle`` first if the task goes idle.
+
+        `keep_ms` is the alarm the task keeps if the step did not touch it
+        (``None``: there is none, or it was consumed). Returns whether the
+        task still exists, and when its alarm is due.
+        """
+        job, env = self.job, self.env
+        change = draft.alarm
+        alarm: SetAlarm | ClearAlarm | None
+        if isinstance(change, SetAlarm):
+            alarm, fire, by = change, change.fire_at, trigger
+        elif change == "cancel" or keep_ms is None:
+            alarm, fire, by = ClearAlarm(), None, trigger
+        else:
+            alarm, fire, by = None, keep_ms, trigger  # untouched: keep the stored alarm as it is
+        encoded = draft.encoded
+        on_idle = job.on_idle
+        if fire is None and was_active and on_idle is not None:
+            idle: _Draft[S | None] = _Draft(draft.state)
+            log = self._log(record, handler="on_idle")
+            ctx = self._context(record, idle, log, 1)
+            ran = await run_call(env.services, idle, lambda: on_idle(ctx))
+            if ran.terminated:
+                await self._purge(record, ran.reason, events, log)
+                return False, None
+            if isinstance(ran.result, Failure):
+                # The step itself succeeded and is kept; only on_idle's changes are dropped.
+                self._handler_failed(record, "on_idle", ran.result.failure(), events, log)
+            else:
+                encoded = idle.encoded if idle.encoded is not None else encoded
+                if isinstance(idle.alarm, SetAlarm):
+                    alarm, fire, by = idle.alarm, idle.alarm.fire_at, "idle"
+        if encoded is not None:
+            record.state = encoded
+        record.status = "active" if fire is not None else "idle"
+        record.updated_at = env.now_ms()
+        if isinstance(alarm, SetAlarm):
+            events.append(self._scheduled(record, alarm.fire_at, by))
+        await env.commit(Checkin(key=record.key, record=record, alarm=alarm, event_id=event_id), events)
+        return True, fire
+
+    def _scheduled(self, record: InstanceRecord, fire_at: int, trigger: Trigger) -> TrackedEvent:
+        return self._event(record, "task.scheduled", scheduled_at=to_datetime(fire_at).isoformat(), trigger=trigger)
+
+    def _handler_failed(
+        self, record: InstanceRecord, handler: str, error: JobError, events: list[TrackedEvent], log: JobLog
+    ) -> None:
+        log.error("%s failed: %s", handler, error.message)
+        events.append(self._event(record, "job.failed", error={"tag": error.tag, "message": error.message},
+                                  handler=handler, run_count=record.execute_count, attempt=record.attempt,
+                                  will_retry=False))  # fmt: skip
+
+    async def _purge(self, record: InstanceRecord, reason: str | None, events: list[TrackedEvent], log: JobLog) -> None:
+        log.info("terminated: %s", reason or "no reason given")
+        events.append(self._event(record, "job.terminated", reason=reason))
+        await self.env.commit(Checkin(key=record.key, record=None), events)
+
+
+class TaskClient(Generic[S, Ev]):
+    """The client verbs of one task job; get one with ``engine.client.task(job)``.
+
+    Every verb returns a `FutureResult` that does its work when awaited and
+    gives an ``IOSuccess`` or an ``IOFailure`` with one of the errors its
+    type names. A verb returns only after what it changed is committed.
+    """
+
+    def __init__(self, name: str, handler: TaskHandler[S, Ev] | None) -> None:
+        self._name = name
+        self._handler = handler
+
+    def send(
+        self, *, id: str, event: Ev, event_id: str | None = None
+    ) -> FutureResult[
+        SendResult,
+        JobNotFoundError | ValidationError | InvalidStateError | ExecutionError | DuplicateEventError | StorageError,
+    ]:
+        """Send `event` to task `id`, creating the task if it does not exist.
+
+        The event is validated against the job's event type, then handed to
+        ``on_event``; what it changed is committed before this returns.
+
+        Args:
+            id: The task's id.
+            event: The event (an instance of the job's event type).
+            event_id: An idempotency key: sending it again while the task
+                exists is a `DuplicateEventError` and changes nothing. Keys are
+                kept until the task is terminated.
+
+        Returns:
+            `SendResult`; or a `ValidationError` (bad id, event or state), the
+            error ``on_event`` failed with (`ValidationError`,
+            `InvalidStateError` or `ExecutionError`; nothing is stored),
+            `DuplicateEventError`, `StorageError` or `JobNotFoundError`.
+        """
+        h = self._handler
+        if h is None:
+            return not_registered(self._name)
+        return effect(lambda: with_id(id, lambda i: h.send(i, event, event_id)))
+
+    def trigger(
+        self, id: str
+    ) -> FutureResult[TaskTriggerResult, JobNotFoundError | InstanceNotFoundError | ValidationError | StorageError]:
+        """Run ``execute`` now, as if the task's alarm had fired early (a pending alarm is consumed)."""
+        h = self._handler
+        if h is None:
+            return not_registered(self._name)
+        return effect(lambda: with_id(id, h.trigger))
+
+    def status(self, id: str) -> FutureResult[TaskStatus, JobNotFoundError | ValidationError | StorageError]:
+        """``active`` (an alarm is scheduled, with ``scheduled_at``), ``idle`` or ``not_found``."""
+        h = self._handler
+        if h is None:
+            return not_registered(self._name)
+        return effect(lambda: with_id(id, h.status))
+
+    def get_state(
+        self, id: str
+    ) -> FutureResult[StateResult[S | None], JobNotFoundError | InstanceNotFoundError | ValidationError | StorageError]:
+        """The task's state (``None`` before its first ``set_state``) and when ``execute`` is next due."""
+        h = self._handler
+        if h is None:
+            return not_registered(self._name)
+        return effect(lambda: with_id(id, h.get_state))
+
+    def terminate(
+        self, id: str, *, reason: str | None = None
+    ) -> FutureResult[TerminateResult, JobNotFoundError | ValidationError | StorageError]:
+        """Delete the task's state, alarm and event ids; the id can be used again."""
+        h = self._handler
+        if h is None:
+            return not_registered(self._name)
+        return effect(lambda: with_id(id, lambda i: h.terminate(i, reason)))

@@ -1,0 +1,640 @@
+"""Debounce jobs: the seed's webhook batcher, retries, concurrency, restarts and bad input, under a virtual clock."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import trio
+from returns.future import FutureResult
+from returns.io import IOFailure
+from returns.result import Failure, Result, Success
+
+import djobs
+from djobs.storage import Checkin, InstanceRecord, SetAlarm
+from djobs.testing import failure, open_test_engine, success
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+class Webhook(msgspec.Struct):
+    type: str
+    contact_id: str
+    data: dict[str, Any] = {}
+
+
+class Batch(msgspec.Struct):
+    events: list[Webhook]
+    count: int
+
+
+def append(ctx: djobs.DebounceEventContext[Webhook, Batch]) -> Batch:
+    """The seed's reducer: append the event to the batch's list and count it."""
+    batch = ctx.state or Batch(events=[], count=0)
+    return Batch(events=[*batch.events, ctx.event], count=batch.count + 1)
+
+
+class Flushed(msgspec.Struct):
+    """What one execute saw."""
+
+    events: list[Webhook]
+    count: int
+    event_count: int
+    reason: str
+    started_at: datetime
+    at: datetime
+    attempt: int
+    is_retry: bool
+    run_count: int
+
+
+def make_batcher(
+    flushed: list[Flushed],
+    *,
+    fail_times: int = 0,
+    retry: djobs.Retry | None = None,
+    max_events: int | None = 100,
+    name: str = "webhookBatcher",
+) -> djobs.Debounce[Webhook, Batch]:
+    """The seed's webhook batcher; its first `fail_times` flushes fail."""
+    failures = [fail_times]
+
+    async def send_batch(ctx: djobs.DebounceContext[Batch]) -> Result[None, djobs.ExecutionError]:
+        flushed.append(Flushed(
+            ctx.state.events, ctx.state.count, ctx.event_count, ctx.flush_reason, ctx.debounce_started_at,
+            ctx.now(), ctx.attempt, ctx.is_retry, ctx.run_count,
+        ))  # fmt: skip
+        if failures[0]:
+            failures[0] -= 1
+            return Failure(djobs.ExecutionError("webhook endpoint returned 503"))
+        return Success(None)
+
+    return djobs.Debounce.make(
+        name, event=Webhook, state=Batch, flush_after="5 seconds", max_events=max_events,
+        on_event=append, execute=send_batch, retry=retry,
+    )  # fmt: skip
+
+
+def hook(i: int) -> Webhook:
+    return Webhook("contact.updated", "456", {"n": i})
+
+
+@pytest.mark.trio
+async def test_a_burst_of_250_flushes_100_100_then_50_after_flush_after(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    flushed: list[Flushed] = []
+    batcher = make_batcher(flushed)
+    async with open_test_engine([batcher]) as engine:
+        client = engine.client.debounce(batcher)
+        results = [success(await client.add(id="contact-456", event=hook(i))) for i in range(250)]
+        # The first event starts a batch due 5 s later; the 100th fills it and flushes it now.
+        assert results[0] == djobs.AddResult(created=True, event_count=1, will_flush_at=T0 + timedelta(seconds=5))
+        assert results[1] == djobs.AddResult(created=False, event_count=2, will_flush_at=T0 + timedelta(seconds=5))
+        assert results[99] == djobs.AddResult(created=False, event_count=100, will_flush_at=T0)
+        assert results[100] == djobs.AddResult(created=True, event_count=1, will_flush_at=T0 + timedelta(seconds=5))
+        assert [r.event_count for r in results[200:]] == list(range(1, 51))
+        await engine.wait_idle()
+        assert [(f.event_count, f.reason) for f in flushed] == [(100, "max_events"), (100, "max_events")]
+        assert success(await client.status("contact-456")) == djobs.DebounceStatus(
+            "debouncing", event_count=50, will_flush_at=T0 + timedelta(seconds=5)
+        )
+        await trio.sleep(4.9)
+        assert len(flushed) == 2
+        await trio.sleep(0.2)
+        assert [(f.event_count, f.count, f.reason) for f in flushed] == [
+            (100, 100, "max_events"), (100, 100, "max_events"), (50, 50, "flush_after"),
+        ]  # fmt: skip
+        assert flushed[2].at == T0 + timedelta(seconds=5)
+        assert flushed[2].started_at == T0
+        assert [f.run_count for f in flushed] == [1, 2, 3]
+        # Every event was processed once, in order.
+        assert [e.data["n"] for f in flushed for e in f.events] == list(range(250))
+        assert success(await client.status("contact-456")) == djobs.DebounceStatus("idle", event_count=0)
+        assert success(await client.get_state("contact-456")) == djobs.StateResult(None)
+        flushed_events = engine.tracker.of_type("debounce.flushed")
+        assert [(e.data["event_count"], e.data["reason"]) for e in flushed_events] == [
+            (100, "max_events"), (100, "max_events"), (50, "flush_after"),
+        ]  # fmt: skip
+        started = engine.tracker.of_type("debounce.started")
+        assert [e.data["flush_at"] for e in started] == [(T0 + timedelta(seconds=5)).isoformat()] * 3
+        assert engine.tracker.count("job.executed") == 3
+        assert engine.tracker.count("job.started") == 1  # the instance was created once
+
+
+@pytest.mark.trio
+async def test_flush_after_counts_from_the_first_event(autojump_clock: trio.testing.MockClock) -> None:
+    flushed: list[Flushed] = []
+    batcher = make_batcher(flushed)
+    async with open_test_engine([batcher]) as engine:
+        client = engine.client.debounce(batcher)
+        for _ in range(4):  # an event every 1.5 s: a sliding window would never flush
+            added = success(await client.add(id="c", event=hook(0)))
+            assert added.will_flush_at == T0 + timedelta(seconds=5)
+            await trio.sleep(1.5)
+        await trio.sleep(0.6)
+        assert [(f.event_count, f.at) for f in flushed] == [(4, T0 + timedelta(seconds=5))]
+        # The next event starts a new batch, 5 s from itself.
+        added = success(await client.add(id="c", event=hook(1)))
+        assert added == djobs.AddResult(True, 1, T0 + timedelta(seconds=11.6))
+
+
+@pytest.mark.trio
+async def test_manual_flush_and_clear(autojump_clock: trio.testing.MockClock) -> None:
+    flushed: list[Flushed] = []
+    batcher = make_batcher(flushed)
+    async with open_test_engine([batcher]) as engine:
+        client = engine.client.debounce(batcher)
+        for i in range(3):
+            await client.add(id="c", event=hook(i))
+        await trio.sleep(1)
+        result = success(await client.flush("c"))
+        assert result == djobs.FlushResult(instance_id="c", flushed=True, event_count=3, outcome="succeeded")
+        assert [(f.event_count, f.reason, f.at) for f in flushed] == [(3, "manual", T0 + timedelta(seconds=1))]
+        # Idle now: nothing to flush, and the old flush_after alarm is gone.
+        assert success(await client.flush("c")) == djobs.FlushResult("c", flushed=False, event_count=0)
+        await trio.sleep(10)
+        assert len(flushed) == 1
+        assert failure(await client.flush("nobody")) == djobs.InstanceNotFoundError("webhookBatcher", "nobody")
+
+        # clear drops a batch without executing it.
+        await client.add(id="c", event=hook(3))
+        await client.add(id="c", event=hook(4))
+        assert success(await client.clear("c")) == djobs.ClearResult(instance_id="c", cleared=True, event_count=2)
+        assert success(await client.status("c")) == djobs.DebounceStatus("idle", event_count=0)
+        await trio.sleep(10)
+        assert len(flushed) == 1
+        assert success(await client.clear("c")) == djobs.ClearResult("c", cleared=False, event_count=0)
+        assert success(await client.clear("nobody")) == djobs.ClearResult("nobody", cleared=False, event_count=0)
+        # After a clear the next event starts a fresh batch.
+        added = success(await client.add(id="c", event=hook(5)))
+        assert added.created and added.event_count == 1
+        await trio.sleep(5)
+        await engine.wait_idle()
+        assert [[e.data["n"] for e in f.events] for f in flushed] == [[0, 1, 2], [5]]
+
+
+@pytest.mark.trio
+async def test_a_flush_that_fails_twice_keeps_every_event(autojump_clock: trio.testing.MockClock) -> None:
+    flushed: list[Flushed] = []
+    retry = djobs.Retry(max_attempts=3, delay=djobs.Backoff.fixed("1 second"))
+    batcher = make_batcher(flushed, fail_times=2, retry=retry)
+    async with open_test_engine([batcher]) as engine:
+        client = engine.client.debounce(batcher)
+        for i in range(3):
+            await client.add(id="c", event=hook(i))
+        await trio.sleep(5.5)  # the flush at +5 s failed; its retry is due at +6 s
+        assert success(await client.status("c")) == djobs.DebounceStatus(
+            "debouncing", event_count=3, will_flush_at=T0 + timedelta(seconds=6)
+        )
+        added = success(await client.add(id="c", event=hook(3)))  # joins the batch being retried
+        assert added == djobs.AddResult(created=False, event_count=4, will_flush_at=T0 + timedelta(seconds=6))
+        await trio.sleep(1)  # the retry at +6 s failed too; the next is due at +7 s
+        await client.add(id="c", event=hook(4))
+        await trio.sleep(1)
+        assert [(f.event_count, f.attempt, f.is_retry, f.reason, f.at) for f in flushed] == [
+            (3, 1, False, "flush_after", T0 + timedelta(seconds=5)),
+            (4, 2, True, "flush_after", T0 + timedelta(seconds=6)),
+            (5, 3, True, "flush_after", T0 + timedelta(seconds=7)),
+        ]  # fmt: skip
+        assert [e.data["n"] for e in flushed[-1].events] == [0, 1, 2, 3, 4]
+        assert {f.run_count for f in flushed} == {1}
+        assert [e.data["will_retry"] for e in engine.tracker.of_type("job.failed")] == [True, True]
+        [done] = engine.tracker.of_type("debounce.flushed")
+        assert done.data["event_count"] == 5 and done.data["reason"] == "flush_after"
+        assert success(await client.status("c")) == djobs.DebounceStatus("idle", event_count=0)
+        # The next batch starts from attempt 1 and is flush number 2.
+        await client.add(id="c", event=hook(5))
+        await trio.sleep(5)
+        await engine.wait_idle()
+        assert (flushed[-1].attempt, flushed[-1].run_count) == (1, 2)
+
+
+@pytest.mark.trio
+async def test_a_retry_keeps_the_max_events_reason(autojump_clock: trio.testing.MockClock) -> None:
+    flushed: list[Flushed] = []
+    retry = djobs.Retry(max_attempts=2, delay=djobs.Backoff.fixed("1 second"))
+    batcher = make_batcher(flushed, fail_times=1, retry=retry, max_events=2)
+    async with open_test_engine([batcher]) as engine:
+        client = engine.client.debounce(batcher)
+        await client.add(id="c", event=hook(0))
+        await client.add(id="c", event=hook(1))
+        await engine.wait_idle()
+        # While the retry waits, more events join the batch without flushing it early.
+        for i in range(2, 5):
+            added = success(await client.add(id="c", event=hook(i)))
+            assert added.will_flush_at == T0 + timedelta(seconds=1)
+        await trio.sleep(1)
+        await engine.wait_idle()
+        assert [(f.event_count, f.reason, f.attempt) for f in flushed] == [(2, "max_events", 1), (5, "max_events", 2)]
+
+
+@pytest.mark.trio
+async def test_flush_and_clear_while_a_retry_waits(autojump_clock: trio.testing.MockClock) -> None:
+    flushed: list[Flushed] = []
+    retry = djobs.Retry(max_attempts=5, delay=djobs.Backoff.fixed("1 minute"))
+    batcher = make_batcher(flushed, fail_times=2, retry=retry)
+    async with open_test_engine([batcher]) as engine:
+        client = engine.client.debounce(batcher)
+        for instance in ("a", "b"):
+            await client.add(id=instance, event=hook(0))
+        await trio.sleep(6)  # both flushes failed; their retries are due a minute later
+        assert [f.attempt for f in flushed] == [1, 1]
+        # A manual flush runs the waiting retry now, as its next attempt.
+        result = success(await client.flush("a"))
+        assert result == djobs.FlushResult("a", flushed=True, event_count=1, outcome="succeeded")
+        assert (flushed[-1].attempt, flushed[-1].is_retry, flushed[-1].reason) == (2, True, "manual")
+        # clear drops the other batch and its pending retry.
+        assert success(await client.clear("b")) == djobs.ClearResult("b", cleared=True, event_count=1)
+        await trio.sleep(600)
+        assert len(flushed) == 3
+        assert [success(await client.status(i)).status for i in ("a", "b")] == ["idle", "idle"]
+
+
+@pytest.mark.trio
+async def test_exhausted_retries_purge_the_instance(autojump_clock: trio.testing.MockClock) -> None:
+    flushed: list[Flushed] = []
+    retry = djobs.Retry(max_attempts=3, delay=djobs.Backoff.fixed("1 second"))
+    batcher = make_batcher(flushed, fail_times=99, retry=retry)
+    async with open_test_engine([batcher]) as engine:
+        client = engine.client.debounce(batcher)
+        await client.add(id="c", event=hook(0), event_id="evt-1")
+        await trio.sleep(60)
+        assert [f.attempt for f in flushed] == [1, 2, 3]
+        [exhausted] = engine.tracker.of_type("job.retry_exhausted")
+        assert exhausted.data["attempts"] == 3
+        assert "503" in exhausted.data["reason"]
+        assert engine.tracker.count("debounce.flushed") == 0
+        assert success(await client.status("c")) == djobs.DebounceStatus("not_found")
+        assert failure(await client.get_state("c")) == djobs.InstanceNotFoundError("webhookBatcher", "c")
+        # The purge forgot the event ids too: the same id is accepted by the new instance.
+        again = success(await client.add(id="c", event=hook(1), event_id="evt-1"))
+        assert again.created and again.event_count == 1
+
+
+@pytest.mark.trio
+async def test_a_failed_flush_without_retry_drops_its_batch(autojump_clock: trio.testing.MockClock) -> None:
+    flushed: list[Flushed] = []
+    batcher = make_batcher(flushed, fail_times=1)
+    async with open_test_engine([batcher]) as engine:
+        client = engine.client.debounce(batcher)
+        await client.add(id="c", event=hook(0), event_id="e0")
+        await client.add(id="c", event=hook(1))
+        await trio.sleep(5)
+        await engine.wait_idle()
+        [failed] = engine.tracker.of_type("job.failed")
+        assert failed.data["will_retry"] is False
+        assert engine.tracker.count("debounce.flushed") == 0
+        assert success(await client.status("c")) == djobs.DebounceStatus("idle", event_count=0)
+        await trio.sleep(60)
+        assert len(flushed) == 1  # not tried again
+        # The instance takes new events; it still remembers the ids it accepted.
+        assert isinstance(failure(await client.add(id="c", event=hook(2), event_id="e0")), djobs.DuplicateEventError)
+        await client.add(id="c", event=hook(3))
+        await trio.sleep(5)
+        await engine.wait_idle()
+        assert [e.data["n"] for e in flushed[-1].events] == [3]
+        assert engine.tracker.count("debounce.flushed") == 1
+
+
+@pytest.mark.trio
+async def test_terminate_in_execute_purges(autojump_clock: trio.testing.MockClock) -> None:
+    def stop(ctx: djobs.DebounceContext[Webhook]) -> None:
+        ctx.terminate(reason="contact deleted")
+
+    job = djobs.Debounce.make("stopper", event=Webhook, execute=stop)
+    async with open_test_engine([job]) as engine:
+        client = engine.client.debounce(job)
+        await client.add(id="c", event=hook(0), event_id="x")
+        result = success(await client.flush("c"))
+        assert result == djobs.FlushResult("c", flushed=True, event_count=1, outcome="terminated")
+        assert success(await client.status("c")).status == "not_found"
+        assert [e.data["reason"] for e in engine.tracker.of_type("job.terminated")] == ["contact deleted"]
+        assert success(await client.add(id="c", event=hook(0), event_id="x")).created
+
+
+@pytest.mark.trio
+async def test_concurrent_adds_are_all_counted_and_handlers_never_interleave(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    inside = 0
+    overlaps = 0
+    batches: list[tuple[int, list[int]]] = []
+
+    async def enter_and_leave() -> None:
+        nonlocal inside, overlaps
+        inside += 1
+        if inside > 1:
+            overlaps += 1
+        await trio.sleep(0.01)  # give another handler of the instance a chance to run, were it allowed to
+        inside -= 1
+
+    async def reduce(ctx: djobs.DebounceEventContext[Webhook, Batch]) -> Batch:
+        await enter_and_leave()
+        return append(ctx)
+
+    async def send(ctx: djobs.DebounceContext[Batch]) -> None:
+        await enter_and_leave()
+        batches.append((ctx.event_count, [e.data["n"] for e in ctx.state.events]))
+
+    job = djobs.Debounce.make(
+        "concurrent", event=Webhook, state=Batch, max_events=50, flush_after="1 minute", on_event=reduce,
+        execute=send,
+    )  # fmt: skip
+    async with open_test_engine([job]) as engine:
+        client = engine.client.debounce(job)
+        results: list[djobs.AddResult] = []
+
+        async def add(i: int) -> None:
+            results.append(success(await client.add(id="one", event=hook(i))))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(230):
+                nursery.start_soon(add, i)
+        await engine.wait_idle()
+        assert overlaps == 0
+        assert sorted(r.event_count for r in results) == sorted([*range(1, 51)] * 4 + [*range(1, 31)])
+        assert [count for count, _ in batches] == [50, 50, 50, 50]
+        status = success(await client.status("one"))
+        assert status.event_count == 30
+        await trio.sleep(60)
+        assert [count for count, _ in batches] == [50, 50, 50, 50, 30]
+        # No event was lost or processed twice.
+        assert sorted(n for _, ns in batches for n in ns) == list(range(230))
+
+
+@pytest.mark.trio
+async def test_events_added_during_a_flush_go_to_the_next_batch(autojump_clock: trio.testing.MockClock) -> None:
+    seen: list[list[int]] = []
+
+    async def slow_send(ctx: djobs.DebounceContext[Batch]) -> None:
+        await trio.sleep(2)  # a slow webhook endpoint
+        seen.append([e.data["n"] for e in ctx.state.events])
+
+    job = djobs.Debounce.make("slow", event=Webhook, state=Batch, on_event=append, execute=slow_send)
+    async with open_test_engine([job]) as engine:
+        client = engine.client.debounce(job)
+        await client.add(id="c", event=hook(0))
+        await trio.sleep(5.5)  # the flush started at +5 s and runs until +7 s
+        added = success(await client.add(id="c", event=hook(1)))  # waits for the flush, then starts a new batch
+        assert added == djobs.AddResult(created=True, event_count=1, will_flush_at=T0 + timedelta(seconds=12))
+        await trio.sleep(10)
+        assert seen == [[0], [1]]
+
+
+@pytest.mark.trio
+async def test_restart_in_the_middle_of_a_window(autojump_clock: trio.testing.MockClock, tmp_path: Path) -> None:
+    flushed: list[Flushed] = []
+    batcher = make_batcher(flushed)
+    db = djobs.sqlite(tmp_path / "jobs.db")
+    async with open_test_engine([batcher], storage=db) as engine:
+        for i in range(3):
+            await engine.client.debounce(batcher).add(id="c", event=hook(i), event_id=f"e{i}")
+        await trio.sleep(2)
+    assert flushed == []
+    # A new engine (a new process, in real life) on the same file, two seconds later.
+    async with open_test_engine([batcher], storage=db, start=T0 + timedelta(seconds=2)) as engine:
+        client = engine.client.debounce(batcher)
+        assert success(await client.status("c")) == djobs.DebounceStatus(
+            "debouncing", event_count=3, will_flush_at=T0 + timedelta(seconds=5)
+        )
+        assert isinstance(failure(await client.add(id="c", event=hook(0), event_id="e0")), djobs.DuplicateEventError)
+        await client.add(id="c", event=hook(3), event_id="e3")
+        await trio.sleep(2.9)
+        assert flushed == []
+        await trio.sleep(0.2)
+        assert [[e.data["n"] for e in f.events] for f in flushed] == [[0, 1, 2, 3]]
+        assert flushed[0].at == T0 + timedelta(seconds=5)
+        assert flushed[0].started_at == T0
+        await trio.sleep(60)
+        assert len(flushed) == 1  # the alarm fired once
+        assert engine.tracker.count("debounce.flushed") == 1
+
+
+@pytest.mark.trio
+async def test_a_full_batch_flushes_after_a_restart(autojump_clock: trio.testing.MockClock, tmp_path: Path) -> None:
+    """The max_events flush is a durable alarm: a crash between the add and the flush loses nothing."""
+    flushed: list[Flushed] = []
+    batcher = make_batcher(flushed, max_events=2)
+    db = djobs.sqlite(tmp_path / "jobs.db")
+    # Simulate the crash: the rows the filling add commits, without the engine that would flush them.
+    async with db.open() as storage:
+        key = "debounce:webhookBatcher:c"
+        state = msgspec.json.encode(Batch(events=[hook(0), hook(1)], count=2))
+        now = int(T0.timestamp() * 1000)
+        record = InstanceRecord(
+            key=key, kind="debounce", name="webhookBatcher", instance_id="c", status="debouncing", state=state,
+            event_count=2, started_at=now,
+        )  # fmt: skip
+        await storage.commit(Checkin(key=key, record=record, alarm=SetAlarm(now, "max_events")))
+    async with open_test_engine([batcher], storage=db, start=T0 + timedelta(seconds=1)) as engine:
+        await engine.wait_idle()
+        assert [(f.event_count, f.reason) for f in flushed] == [(2, "max_events")]
+        assert success(await engine.client.debounce(batcher).status("c")).status == "idle"
+
+
+@pytest.mark.trio
+async def test_default_reducer_keeps_the_latest_event(autojump_clock: trio.testing.MockClock) -> None:
+    seen: list[tuple[Webhook, int]] = []
+
+    def send(ctx: djobs.DebounceContext[Webhook]) -> None:
+        seen.append((ctx.state, ctx.event_count))
+
+    job = djobs.Debounce.make("latest", event=Webhook, flush_after="10 seconds", execute=send)
+    async with open_test_engine([job]) as engine:
+        client = engine.client.debounce(job)
+        await client.add(id="c", event=Webhook("a", "1"))
+        await trio.sleep(1)
+        await client.add(id="c", event=Webhook("b", "1"))
+        state = success(await client.get_state("c"))
+        assert state == djobs.StateResult(Webhook("b", "1"), scheduled_at=T0 + timedelta(seconds=10))
+        assert success(await client.status("c")) == djobs.DebounceStatus(
+            "debouncing", event_count=2, will_flush_at=T0 + timedelta(seconds=10)
+        )
+        await trio.sleep(10)
+        assert seen == [(Webhook("b", "1"), 2)]
+
+
+@pytest.mark.trio
+async def test_the_event_context(autojump_clock: trio.testing.MockClock) -> None:
+    seen: list[tuple[int, str, str, datetime, bool]] = []
+
+    def reduce(ctx: djobs.DebounceEventContext[Webhook, Batch]) -> Batch:
+        seen.append((ctx.event_count, ctx.instance_id, ctx.job_name, ctx.now(), ctx.state is None))
+        return append(ctx)
+
+    def send(ctx: djobs.DebounceContext[Batch]) -> None:
+        pass
+
+    job = djobs.Debounce.make("ctx", event=Webhook, state=Batch, on_event=reduce, execute=send)
+    async with open_test_engine([job]) as engine:
+        client = engine.client.debounce(job)
+        await client.add(id="c", event=hook(0))
+        await trio.sleep(1)
+        await client.add(id="c", event=hook(1))
+        await trio.sleep(5)
+        await client.add(id="c", event=hook(2))
+        assert seen == [
+            (1, "c", "ctx", T0, True),
+            (2, "c", "ctx", T0 + timedelta(seconds=1), False),
+            (1, "c", "ctx", T0 + timedelta(seconds=6), True),  # a new batch starts from nothing
+        ]
+
+
+@pytest.mark.trio
+async def test_reducer_forms_and_failures(autojump_clock: trio.testing.MockClock) -> None:
+    def as_result(ctx: djobs.DebounceEventContext[Webhook, Batch]) -> Result[Batch, djobs.ExecutionError]:
+        if ctx.event.type == "bad":
+            return Failure(djobs.ExecutionError("refused"))
+        return Success(append(ctx))
+
+    def as_future(ctx: djobs.DebounceEventContext[Webhook, Batch]) -> FutureResult[Batch, djobs.ExecutionError]:
+        return FutureResult.from_value(append(ctx))
+
+    def raising(ctx: djobs.DebounceEventContext[Webhook, Batch]) -> Batch:
+        raise KeyError("oops")
+
+    def wrong_type(ctx: djobs.DebounceEventContext[Webhook, Batch]) -> Any:
+        return {"events": "not a list", "count": 1}
+
+    def forgot_return(ctx: djobs.DebounceEventContext[Webhook, Batch]) -> None:
+        append(ctx)
+
+    def send(ctx: djobs.DebounceContext[Batch]) -> None:
+        pass
+
+    def make(name: str, reducer: Any) -> djobs.Debounce[Webhook, Batch]:
+        return djobs.Debounce.make(name, event=Webhook, state=Batch, on_event=reducer, execute=send)
+
+    jobs = {f.__name__: make(f.__name__, f) for f in (as_result, as_future, raising, wrong_type, forgot_return)}
+    async with open_test_engine(list(jobs.values())) as engine:
+        for name in ("as_result", "as_future"):
+            assert success(await engine.client.debounce(jobs[name]).add(id="c", event=hook(0))).event_count == 1
+        client = engine.client.debounce(jobs["as_result"])
+        refused = failure(await client.add(id="c", event=Webhook("bad", "1")))
+        assert refused == djobs.ExecutionError("refused")
+        assert success(await client.status("c")).event_count == 1  # nothing stored
+        raised = failure(await engine.client.debounce(jobs["raising"]).add(id="c", event=hook(0)))
+        assert isinstance(raised, djobs.ExecutionError) and isinstance(raised.cause, KeyError)
+        invalid = failure(await engine.client.debounce(jobs["wrong_type"]).add(id="c", event=hook(0)))
+        assert isinstance(invalid, djobs.ValidationError) and "Batch" in invalid.message
+        none = failure(await engine.client.debounce(jobs["forgot_return"]).add(id="c", event=hook(0)))
+        assert isinstance(none, djobs.ValidationError) and "returned None" in none.message
+        for name in ("raising", "wrong_type", "forgot_return"):
+            assert success(await engine.client.debounce(jobs[name]).status("c")).status == "not_found"
+
+
+@pytest.mark.trio
+async def test_bad_input_changes_nothing(autojump_clock: trio.testing.MockClock) -> None:
+    flushed: list[Flushed] = []
+    batcher = make_batcher(flushed)
+    async with open_test_engine([batcher]) as engine:
+        client = engine.client.debounce(batcher)
+        # An event that does not match its struct, as a dict or as an unchecked instance.
+        for bad in ({"type": "x"}, {"type": 1, "contact_id": "c"}, Webhook(type=5, contact_id="c")):  # type: ignore[arg-type]
+            err = failure(await client.add(id="c", event=bad))  # type: ignore[arg-type]
+            assert isinstance(err, djobs.ValidationError) and "Webhook" in err.message
+        assert success(await client.status("c")) == djobs.DebounceStatus("not_found")
+        # A dict that matches is accepted and validated into the struct.
+        await client.add(id="c", event={"type": "t", "contact_id": "c"})  # type: ignore[arg-type]
+        # Unknown jobs, by name and by a definition the engine was not opened with.
+        assert await engine.client.debounce("nope").add(id="c", event=hook(0)) == IOFailure(
+            djobs.JobNotFoundError("nope")
+        )
+        stranger = make_batcher([], name="stranger")
+        for verb in (
+            engine.client.debounce(stranger).add(id="c", event=hook(0)),
+            engine.client.debounce(stranger).flush("c"),
+            engine.client.debounce(stranger).clear("c"),
+            engine.client.debounce(stranger).status("c"),
+            engine.client.debounce(stranger).get_state("c"),
+        ):
+            assert await verb == IOFailure(djobs.JobNotFoundError("stranger"))
+        # A continuous client does not reach a debounce job of the same name.
+        assert await engine.client.continuous("webhookBatcher").status("c") == IOFailure(
+            djobs.JobNotFoundError("webhookBatcher")
+        )
+        # Bad instance ids and event ids.
+        for bad_id in ["", "x" * 10_000, "nul\x00byte", 42]:
+            assert isinstance(failure(await client.add(id=bad_id, event=hook(0))), djobs.ValidationError)  # type: ignore[arg-type]
+            assert isinstance(failure(await client.flush(bad_id)), djobs.ValidationError)  # type: ignore[arg-type]
+            assert isinstance(failure(await client.status(bad_id)), djobs.ValidationError)  # type: ignore[arg-type]
+        for bad_event_id in ["", 7, "e" * 10_000]:
+            err = failure(await client.add(id="c", event=hook(0), event_id=bad_event_id))  # type: ignore[arg-type]
+            assert isinstance(err, djobs.ValidationError) and "event_id" in err.message
+        state = success(await client.get_state("c")).state
+        assert state is not None and state.count == 1
+
+
+@pytest.mark.trio
+async def test_a_duplicate_event_id_changes_nothing(autojump_clock: trio.testing.MockClock) -> None:
+    flushed: list[Flushed] = []
+    reduced: list[int] = []
+
+    def counting(ctx: djobs.DebounceEventContext[Webhook, Batch]) -> Batch:
+        reduced.append(ctx.event.data["n"])
+        return append(ctx)
+
+    batcher = make_batcher(flushed)
+    job = djobs.Debounce.make("dedup", event=Webhook, state=Batch, on_event=counting, execute=batcher.execute)
+    async with open_test_engine([job]) as engine:
+        client = engine.client.debounce(job)
+        first = success(await client.add(id="c", event=hook(0), event_id="delivery-1"))
+        before = success(await client.get_state("c"))
+        dup = failure(await client.add(id="c", event=hook(1), event_id="delivery-1"))
+        assert dup == djobs.DuplicateEventError("c", "delivery-1")
+        assert reduced == [0]  # the reducer did not run
+        assert success(await client.get_state("c")) == before
+        assert success(await client.status("c")).event_count == first.event_count == 1
+        # Another instance has its own ids.
+        assert success(await engine.client.debounce(job).add(id="d", event=hook(2), event_id="delivery-1")).created
+        # Ids outlive the batch: after the flush the instance still refuses a seen id.
+        await trio.sleep(5)
+        await engine.wait_idle()
+        assert len(flushed) == 2
+        assert isinstance(failure(await client.add(id="c", event=hook(3), event_id="delivery-1")),
+                          djobs.DuplicateEventError)  # fmt: skip
+        assert success(await client.status("c")) == djobs.DebounceStatus("idle", event_count=0)
+
+
+@pytest.mark.trio
+async def test_max_events_of_one_flushes_every_event(autojump_clock: trio.testing.MockClock) -> None:
+    flushed: list[Flushed] = []
+    batcher = make_batcher(flushed, max_events=1)
+    async with open_test_engine([batcher]) as engine:
+        client = engine.client.debounce(batcher)
+        for i in range(3):
+            assert success(await client.add(id="c", event=hook(i))) == djobs.AddResult(True, 1, T0)
+        await engine.wait_idle()
+        assert [(f.event_count, f.reason) for f in flushed] == [(1, "max_events")] * 3
+        [started, *_] = engine.tracker.of_type("debounce.started")
+        assert started.data["flush_at"] == T0.isoformat()
+
+
+def test_bad_definitions_raise_at_make() -> None:
+    def send(ctx: djobs.DebounceContext[Any]) -> None:
+        pass
+
+    bad: list[dict[str, Any]] = [
+        {"name": "has:colon"},
+        {"name": ""},
+        {"flush_after": 0},
+        {"flush_after": "0 seconds"},
+        {"flush_after": "-5 seconds"},
+        {"flush_after": "soon"},
+        {"max_events": 0},
+        {"max_events": True},
+        {"max_events": 2.5},
+        {"state": Batch},  # the default reducer keeps the latest Webhook, which is not a Batch
+        {"event": dict},
+    ]
+    for override in bad:
+        args: dict[str, Any] = {"name": "ok", "event": Webhook, "execute": send, **override}
+        name = args.pop("name")
+        with pytest.raises(djobs.ValidationError):
+            djobs.Debounce.make(name, **args)
+    ok = djobs.Debounce.make("ok", event=Webhook, state=Batch, on_event=append, execute=send, max_events=1)
+    assert (ok.flush_after_ms, ok.max_events, ok.state) == (5000, 1, Batch)
