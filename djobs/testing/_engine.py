@@ -9,8 +9,9 @@ from returns.io import IOFailure, IOResult, IOSuccess
 
 from .._clock import VirtualClock
 from .._engine import Definition, Engine, open_engine_as
+from .._worker import WorkerOptions
 from ..storage import StorageLayer, memory
-from ..tracking import InMemoryTracker
+from ..tracking import InMemoryTracker, Tracker
 
 V = TypeVar("V")
 E = TypeVar("E")
@@ -32,6 +33,7 @@ async def open_test_engine(
     services: Any = None,
     storage: StorageLayer | None = None,
     seed: int = 0,
+    tracker: Tracker | None = None,
     **options: Any,
 ) -> AsyncIterator[TestEngine]:
     """An engine for tests: in-memory storage, virtual clock, recording tracker.
@@ -42,13 +44,19 @@ async def open_test_engine(
         services: Fakes for the application's services.
         storage: Another storage layer (e.g. ``djobs.sqlite(tmp_path / "t.db")``).
         seed: Seed for retry jitter, so jittered delays repeat from run to run.
-        options: Passed on to `open_engine`.
+        tracker: Another tracker to test (e.g. an ``HttpBatchTracker`` against a
+            local server); ``engine.tracker`` is then that tracker, not an
+            `InMemoryTracker` as its type says. Default: a new `InMemoryTracker`.
+        options: Passed on to `open_engine` (``worker=`` defaults to
+            ``WorkerOptions(poll_interval=None)``: one process needs no polling).
     """
-    tracker = InMemoryTracker()
+    tracker = tracker if tracker is not None else InMemoryTracker()
     clock = VirtualClock(start)
     settings: dict[str, Any] = {
         "max_concurrency": 100, "alarm_lease": "5 minutes", "alarm_poll_interval": None,
-        "shutdown_grace": "10 seconds", "logger": None, **options,
+        "shutdown_grace": "10 seconds", "logger": None,
+        # Like the alarm sleeper: one process, so the worker need not poll.
+        "worker": WorkerOptions(poll_interval=None), **options,
     }  # fmt: skip
     async with open_engine_as(
         TestEngine, definitions, storage=storage or memory(), clock=clock, tracker=tracker, services=services,
@@ -60,7 +68,7 @@ async def open_test_engine(
 def success(result: IOResult[V, E]) -> V:
     """The value of an ``IOSuccess``; fails the test with the error otherwise.
 
-    Example:
+    Examples:
         >>> from returns.io import IOSuccess
         >>> success(IOSuccess(3))
         3
@@ -74,7 +82,7 @@ def success(result: IOResult[V, E]) -> V:
 def failure(result: IOResult[V, E]) -> E:
     """The error of an ``IOFailure``; fails the test otherwise.
 
-    Example:
+    Examples:
         >>> from returns.io import IOFailure
         >>> failure(IOFailure("boom"))
         'boom'

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+from contextvars import Context, ContextVar
 from datetime import datetime
-from typing import Any, Protocol, final
+from typing import Any, Protocol, final, runtime_checkable
 
 import msgspec
+import trio
 
 
 class TrackedEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -27,7 +29,13 @@ class TrackedEvent(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Tracker(Protocol):
-    """Where telemetry goes. `emit` is called after the commit it describes."""
+    """Where telemetry goes. `emit` is called after the commit it describes.
+
+    A tracker that does I/O (sending batches over the network) also has a
+    ``run`` method, described by `BackgroundTracker`: the engine starts it in
+    its own nursery when it opens. `NoopTracker` and `InMemoryTracker` need
+    nothing of the kind.
+    """
 
     def emit(self, event: TrackedEvent) -> None:
         """Accept one event. Must not block, raise, or wait on I/O."""
@@ -47,3 +55,40 @@ class NoopTracker:
 
     async def aclose(self) -> None:
         pass
+
+
+@runtime_checkable
+class BackgroundTracker(Tracker, Protocol):
+    """A `Tracker` with a task of its own, such as `HttpBatchTracker`'s sender.
+
+    When the engine opens it runs ``await nursery.start(tracker.run)`` in its
+    nursery; when it closes it awaits ``tracker.aclose()`` (shielded), which
+    must make ``run`` return and deliver what is buffered within a bound of
+    its own, and only then cancels the nursery. Once started, ``run`` must
+    not raise: a tracker failure never reaches the engine or a job.
+    """
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Do the tracker's background work until `aclose` asks it to stop."""
+        ...
+
+
+# Set by the runtime around a handler that a client call queued: the caller's contextvars,
+# copied when the verb was called, so a tracker can read the caller's trace context.
+CALLER_CONTEXT: ContextVar[Context | None] = ContextVar("djobs_caller_context", default=None)
+
+
+def current_caller_context() -> Context | None:
+    """The ``contextvars.Context`` of the client call that caused the code running now.
+
+    Inside a tracker's ``emit``, this is a copy of the caller's context (taken
+    when the client verb was awaited) if the event comes from a handler that a
+    client call ran, e.g. ``trigger``; it is ``None`` for work an alarm
+    started (a scheduled run, a retry) or code running outside the engine.
+    `OpenTelemetryTracker` uses it to parent a run's span on the caller's span.
+
+    Examples:
+        >>> current_caller_context() is None
+        True
+    """
+    return CALLER_CONTEXT.get()

@@ -9,7 +9,7 @@ from ._base import TrackedEvent
 class InMemoryTracker:
     """A tracker that records every event, for tests.
 
-    Example:
+    Examples:
         >>> t = InMemoryTracker()
         >>> t.count("job.executed")
         0
