@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol, TypeVar
 
@@ -13,11 +13,14 @@ import trio
 from ._client import Client
 from ._clock import Clock, WallClock
 from ._durations import DurationLike, duration, to_ms
-from ._errors import ValidationError
+from ._errors import StorageError, ValidationError
 from ._execution import Env
 from ._runtime import AlarmTarget, Runtime
-from .storage import Storage, StorageLayer, sqlite
-from .tracking import NoopTracker, Tracker
+from ._worker import Worker, WorkerOptions
+from .kinds._cron import CronHandler, CronScheduler
+from .kinds._job import JobHandler, JobQueue, Tenancy
+from .storage import QueueStorage, Storage, StorageLayer, sqlite
+from .tracking import BackgroundTracker, NoopTracker, Tracker
 
 
 class Definition(Protocol):
@@ -43,8 +46,12 @@ class Engine:
         services: The application's services given to every job context.
     """
 
-    def __init__(self, runtime: Runtime, client: Client) -> None:
+    def __init__(
+        self, runtime: Runtime, client: Client, worker: Worker | None = None, crons: CronScheduler | None = None
+    ) -> None:
         self._runtime = runtime
+        self._worker = worker
+        self._crons = crons
         self.client = client
         env = runtime.env
         self.storage: Storage = env.storage
@@ -57,12 +64,21 @@ class Engine:
         return await self.storage.healthcheck()
 
     async def wait_idle(self) -> None:
-        """Wait until no handler is queued or running and no alarm is due (useful in tests)."""
+        """Wait until no handler is queued or running and no alarm, queued job or cron job is due (useful in tests).
+
+        Queued jobs count only in an engine with a worker, and only those it runs.
+        """
         spins = 0
+        worker = self._worker if self._worker is not None and self._worker.claiming else None
         while True:
             await self._runtime.wait_idle()
+            if worker is not None:
+                await worker.wait_idle()
             next_at = await self.storage.next_alarm_at()
-            if next_at is None or next_at > self.clock.now_ms():
+            due = next_at is not None and next_at <= self.clock.now_ms()
+            if not due and worker is not None:
+                due = await worker.has_due() or (self._crons is not None and await self._crons.has_due())
+            if not due:
                 return
             # A due alarm the sleeper has not claimed yet: let it run.
             spins += 1
@@ -76,8 +92,16 @@ class Engine:
         """How many instances are in memory right now (those with work in flight)."""
         return self._runtime.active_instances
 
+    @property
+    def worker_id(self) -> str | None:
+        """The id this engine's worker leases queued jobs under (``host:pid:random``), if it has a queue."""
+        return None if self._worker is None else self._worker.id
+
 
 EngineT = TypeVar("EngineT", bound=Engine)
+
+#: The worker an engine runs unless told otherwise.
+DEFAULT_WORKER = WorkerOptions()
 
 
 def check_definitions(definitions: Sequence[Definition]) -> None:
@@ -105,6 +129,8 @@ def open_engine(
     shutdown_grace: DurationLike = "10 seconds",
     seed: int | None = None,
     logger: logging.Logger | None = None,
+    worker: WorkerOptions | None = DEFAULT_WORKER,
+    tenancy: Tenancy = "optional",
 ) -> AbstractAsyncContextManager[Engine]:
     """Open an engine in the current Trio task; it runs until the block exits.
 
@@ -122,6 +148,12 @@ def open_engine(
         shutdown_grace: How long closing waits for running handlers.
         seed: Seed for retry jitter (tests); ``None`` is random.
         logger: The parent logger (default ``logging.getLogger("djobs")``).
+        worker: How this engine runs the job queue and cron jobs
+            (`WorkerOptions`); ``None`` for a client-only process that
+            enqueues and reads jobs but runs none (``now`` still runs in the
+            caller's task).
+        tenancy: ``"required"`` refuses to enqueue a job without a tenant id
+            (`TenantError`); ``"optional"`` (default) allows it.
 
     Example:
         ```python
@@ -132,7 +164,7 @@ def open_engine(
     return open_engine_as(
         Engine, definitions, storage=storage, clock=clock, tracker=tracker, services=services,
         max_concurrency=max_concurrency, alarm_lease=alarm_lease, alarm_poll_interval=alarm_poll_interval,
-        shutdown_grace=shutdown_grace, seed=seed, logger=logger,
+        shutdown_grace=shutdown_grace, seed=seed, logger=logger, worker=worker, tenancy=tenancy,
     )  # fmt: skip
 
 
@@ -151,6 +183,8 @@ async def open_engine_as(
     shutdown_grace: DurationLike,
     seed: int | None,
     logger: logging.Logger | None,
+    worker: WorkerOptions | None = DEFAULT_WORKER,
+    tenancy: Tenancy = "optional",
 ) -> AsyncIterator[EngineT]:
     """`open_engine`, yielding an `Engine` subclass (the test engine's typed attributes)."""
     check_definitions(definitions)
@@ -179,19 +213,72 @@ async def open_engine_as(
             with alarm_scope:
                 await runtime.alarm_loop()
 
+        if isinstance(the_tracker, BackgroundTracker):
+            # A tracker's own task (HttpBatchTracker's sender) lives in this nursery; aclose below stops it.
+            await nursery.start(the_tracker.run)
         nursery.start_soon(alarms)
+        nursery.start_soon(runtime.lease_keeper)
         body_error: BaseException | None = None
+        queue_worker: Worker | None = None
+        queue_scopes: list[trio.CancelScope] = []
         try:
-            yield engine_type(runtime, Client(handlers))
+            # Inside the try: a bad queue definition or a storage error here reaches
+            # the caller as itself (below), like an error in the caller's block.
+            queue, crons, queue_worker = await _open_queue(env, store, nursery, handlers, worker, tenancy)
+            if queue_worker is not None:
+                await nursery.start(queue_worker.lease_loop)
+                await nursery.start(queue_worker.settle_loop)
+                if queue_worker.claiming and crons is not None:
+                    await nursery.start(_scoped, queue_scopes, queue_worker.claim_loop)
+                    await nursery.start(_scoped, queue_scopes, crons.loop)
+            client = Client(handlers, queue=queue, crons=crons)
+            yield engine_type(runtime, client, queue_worker, crons)
         except BaseException as exc:
             # Re-raised below, outside the nursery, so an error in the caller's
             # block reaches the caller as itself, not wrapped in an ExceptionGroup.
             body_error = exc
         finally:
             alarm_scope.cancel()
+            for scope in queue_scopes:
+                scope.cancel()  # stop claiming and firing cron jobs before anything closes
             with trio.CancelScope(shield=True):
-                await runtime.close(grace)
+                async with trio.open_nursery() as closing:
+                    closing.start_soon(runtime.close, grace)
+                    if queue_worker is not None:
+                        closing.start_soon(queue_worker.close, grace)
                 await the_tracker.aclose()
             nursery.cancel_scope.cancel()
     if body_error is not None:
         raise body_error
+
+
+async def _scoped(
+    scopes: list[trio.CancelScope], loop: Callable[..., Awaitable[None]], task_status: trio.TaskStatus[None]
+) -> None:
+    with trio.CancelScope() as scope:
+        scopes.append(scope)
+        await loop(task_status=task_status)
+
+
+async def _open_queue(
+    env: Env, store: Storage, nursery: trio.Nursery, handlers: dict[str, Any], options: WorkerOptions | None,
+    tenancy: Tenancy,
+) -> tuple[JobQueue | None, CronScheduler | None, Worker | None]:  # fmt: skip
+    """The job queue, cron jobs and worker of an engine (none if the storage layer holds no queue)."""
+    jobs = [h for h in handlers.values() if isinstance(h, JobHandler)]
+    cron_jobs = [h for h in handlers.values() if isinstance(h, CronHandler)]
+    if not isinstance(store, QueueStorage):
+        if jobs or cron_jobs:
+            raise StorageError(f"the storage layer {store!r} holds no job queue (it does not implement QueueStorage)")
+        return None, None, None
+    queue_worker = Worker(env, store, nursery, options or DEFAULT_WORKER, claiming=options is not None)
+    queue = JobQueue(env, store, queue_worker, tenancy)
+    for handler in jobs:
+        queue.add(handler)
+    for cron in cron_jobs:
+        # A cron job's job runs here even if it is not among the definitions.
+        known = queue.handlers.get(cron.job.job.name)
+        queue.add(known if known is not None and known.job is cron.job.job else JobHandler(cron.job.job, env))
+    crons = CronScheduler(env, store, queue, cron_jobs, None if options is None else options.poll_interval_ms)
+    await crons.sync()
+    return queue, crons, queue_worker

@@ -14,8 +14,10 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
@@ -24,10 +26,13 @@ import trio
 from ._errors import StorageError
 from ._execution import Env
 from .storage import Alarm
+from .tracking._base import CALLER_CONTEXT
 
 T = TypeVar("T")
 
 Handler = Callable[[], Awaitable[None]]
+OnError = Callable[[StorageError], None]
+Message = tuple[Handler, OnError | None]
 _log = logging.getLogger("djobs.engine")
 
 
@@ -48,11 +53,16 @@ class Runtime:
         max_concurrency: int,
         alarm_lease_ms: int,
         alarm_poll_ms: int | None,
+        instance_lease_ms: int = 30_000,
         alarm_batch: int = 200,
     ) -> None:
         self.env = env
         self._nursery = nursery
-        self._actors: dict[str, trio.MemorySendChannel[Handler]] = {}
+        self._actors: dict[str, trio.MemorySendChannel[Message]] = {}
+        self.owner = uuid.uuid4().hex
+        self._instance_lease_ms = instance_lease_ms
+        self._held: set[str] = set()
+        self._leases_held = trio.Event()
         self._limiter = trio.CapacityLimiter(max_concurrency)
         self._lease_ms = alarm_lease_ms
         self._poll_ms = alarm_poll_ms
@@ -73,16 +83,20 @@ class Runtime:
         """How many instances have an actor right now."""
         return len(self._actors)
 
-    def post(self, key: str, handler: Handler) -> None:
-        """Queue `handler` on the actor of instance `key`, starting the actor if needed."""
+    def post(self, key: str, handler: Handler, on_error: OnError | None = None) -> None:
+        """Queue `handler` on the actor of instance `key`, starting the actor if needed.
+
+        `on_error` is told if the handler cannot run at all (the instance's
+        lease could not be taken because storage failed).
+        """
         send = self._actors.get(key)
         if send is None:
-            send, receive = trio.open_memory_channel[Handler](math.inf)
+            send, receive = trio.open_memory_channel[Message](math.inf)
             self._actors[key] = send
             if self._idle.is_set():
                 self._idle = trio.Event()
             self._nursery.start_soon(self._actor, key, receive)
-        send.send_nowait(handler)
+        send.send_nowait((handler, on_error))
 
     async def call(self, key: str, fn: Callable[[], Awaitable[T]]) -> T:
         """Run `fn` on instance `key`'s actor and return its value (or raise its error)."""
@@ -91,16 +105,24 @@ class Runtime:
         done = trio.Event()
         box: list[T] = []
         failure: list[BaseException] = []
+        # The caller's contextvars (its trace context): a tracker reads them via current_caller_context().
+        caller = contextvars.copy_context()
 
         async def handler() -> None:
+            token = CALLER_CONTEXT.set(caller)
             try:
                 box.append(await fn())
             except Exception as exc:
                 failure.append(exc)
             finally:
+                CALLER_CONTEXT.reset(token)
                 done.set()
 
-        self.post(key, handler)
+        def cannot_run(exc: StorageError) -> None:
+            failure.append(exc)
+            done.set()
+
+        self.post(key, handler, cannot_run)
         await done.wait()
         if failure:
             raise failure[0]
@@ -108,10 +130,34 @@ class Runtime:
             raise StorageError("the engine closed before the call completed; it may not have been applied")
         return box[0]
 
-    async def _actor(self, key: str, receive: trio.MemoryReceiveChannel[Handler]) -> None:
+    async def _actor(self, key: str, receive: trio.MemoryReceiveChannel[Message]) -> None:
+        first: Message | None = None
         while True:
+            # Only the holder of the instance's lease runs its handlers, so two
+            # engine processes on one database never run one instance at once.
             try:
-                handler = receive.receive_nowait()
+                await self._take_lease(key)
+            except StorageError as exc:
+                self._fail_queued(key, receive, first, exc)
+                return
+            while True:
+                if first is not None:
+                    message, first = first, None
+                else:
+                    try:
+                        message = receive.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                handler, _ = message
+                async with self._limiter:
+                    try:
+                        await handler()
+                    except Exception:
+                        _log.exception("bug: a handler for %s raised; the instance's actor continues", key)
+            await self._give_up_lease(key)
+            try:
+                # Work may have arrived while the lease was given up: take it again.
+                first = receive.receive_nowait()
             except trio.WouldBlock:
                 # Nothing queued: evict. No await lies between this check and
                 # the delete, so a post cannot slip in and be lost.
@@ -119,11 +165,56 @@ class Runtime:
                 if not self._actors:
                     self._idle.set()
                 return
-            async with self._limiter:
+
+    def _fail_queued(
+        self, key: str, receive: trio.MemoryReceiveChannel[Message], first: Message | None, exc: StorageError
+    ) -> None:
+        del self._actors[key]
+        if not self._actors:
+            self._idle.set()
+        messages = [first] if first is not None else []
+        while True:
+            try:
+                messages.append(receive.receive_nowait())
+            except trio.WouldBlock:
+                break
+        _log.error("could not take the lease of %s: %s", key, exc.message)
+        for _, on_error in messages:
+            if on_error is not None:
+                on_error(exc)
+
+    async def _take_lease(self, key: str) -> None:
+        storage, clock = self.env.storage, self.env.clock
+        delay = 0.005
+        while not await storage.acquire_instance_lease(key, self.owner, clock.now_ms(), self._instance_lease_ms):
+            # Another process runs this instance now; its lease ends when it is done or dead.
+            await trio.sleep(delay)
+            delay = min(delay * 2, 0.25)
+        self._held.add(key)
+        if len(self._held) == 1:
+            self._leases_held.set()
+
+    async def _give_up_lease(self, key: str) -> None:
+        self._held.discard(key)
+        if not self._held:
+            self._leases_held = trio.Event()
+        try:
+            await self.env.storage.release_instance_leases([key], self.owner)
+        except StorageError as exc:  # it expires by itself
+            _log.warning("could not release the lease of %s: %s", key, exc.message)
+
+    async def lease_keeper(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Renew the leases of instances whose handlers run long; the engine's one renewal task."""
+        task_status.started()
+        while True:
+            await self._leases_held.wait()
+            await trio.sleep(self._instance_lease_ms / 3000)
+            if self._held:
+                until = self.env.clock.now_ms() + self._instance_lease_ms
                 try:
-                    await handler()
-                except Exception:
-                    _log.exception("bug: a handler for %s raised; the instance's actor continues", key)
+                    await self.env.storage.renew_instance_leases(sorted(self._held), self.owner, until)
+                except StorageError as exc:
+                    _log.warning("could not renew instance leases: %s", exc.message)
 
     async def wait_idle(self) -> None:
         """Return once no actor has work queued or running."""
@@ -173,13 +264,15 @@ class Runtime:
         task_status.started()
         while True:
             try:
-                alarms = await storage.claim_alarms(clock.now_ms(), self._lease_ms, self._batch)
-                for alarm in alarms:
-                    self._dispatch(alarm)
-                if len(alarms) == self._batch:
+                # Read first: a wake-up with nothing due costs one read, not a write transaction.
+                next_at = await storage.next_alarm_at()
+                now = clock.now_ms()
+                if next_at is not None and next_at <= now:
+                    alarms = await storage.claim_alarms(now, self._lease_ms, self._batch)
+                    for alarm in alarms:
+                        self._dispatch(alarm)
                     await trio.lowlevel.checkpoint()
                     continue
-                next_at = await storage.next_alarm_at()
             except StorageError as exc:
                 _log.error("alarm sleeper: %s; trying again in 1 s", exc.message)
                 await trio.sleep(1)

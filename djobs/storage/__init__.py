@@ -1,6 +1,7 @@
 """The storage layer: where instances, alarms and the queue live.
 
-`Storage` is the protocol every implementation provides; `sqlite(path)`
+`Storage` is the protocol every implementation provides (`QueueStorage`
+adds the job queue and cron jobs); `sqlite(path)`
 opens an APSW SQLite file (WAL), `memory()` an in-memory SQLite database
 for tests. Storage methods raise `StorageError` (and `DuplicateEventError`
 from `commit`); the client and the execution service turn those into
@@ -9,11 +10,24 @@ values at their edge.
 
 from ._base import Alarm as Alarm
 from ._base import Checkin as Checkin
+from ._base import ClaimedJob as ClaimedJob
 from ._base import ClearAlarm as ClearAlarm
+from ._base import CronRecord as CronRecord
+from ._base import CronSpec as CronSpec
+from ._base import ExpiredLease as ExpiredLease
 from ._base import InstanceRecord as InstanceRecord
+from ._base import JobFilter as JobFilter
+from ._base import JobRecord as JobRecord
+from ._base import JobSettlement as JobSettlement
+from ._base import JobStatusName as JobStatusName
+from ._base import NewJob as NewJob
+from ._base import QueueStorage as QueueStorage
 from ._base import SetAlarm as SetAlarm
 from ._base import Storage as Storage
 from ._base import StorageLayer as StorageLayer
+from ._faults import FaultyLayer as FaultyLayer
+from ._faults import FaultyStorage as FaultyStorage
+from ._faults import faulty as faulty
 from ._sqlite import SCHEMA_VERSION as SCHEMA_VERSION
 from ._sqlite import SqliteStorage as SqliteStorage
 from ._sqlite import memory as memory
@@ -24,11 +38,14 @@ __all__ = [
     "Alarm",
     "Checkin",
     "ClearAlarm",
+    "FaultyLayer",
+    "FaultyStorage",
     "InstanceRecord",
     "SetAlarm",
     "SqliteStorage",
     "Storage",
     "StorageLayer",
+    "faulty",
     "memory",
     "sqlite",
 ]

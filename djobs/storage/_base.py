@@ -1,7 +1,8 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 import msgspec
 
@@ -94,6 +95,20 @@ class Storage(Protocol):
         after the lease unless its handler replaced or cleared it)."""
         ...
 
+    async def acquire_instance_lease(self, key: str, owner: str, now_ms: int, ttl_ms: int) -> bool:
+        """Take instance `key`'s lease for `owner` until ``now_ms + ttl_ms`` if it is free,
+        expired or already `owner`'s; whether it was taken. Only the lease holder runs
+        the instance's handlers, so two processes never run one instance at once."""
+        ...
+
+    async def renew_instance_leases(self, keys: list[str], owner: str, until_ms: int) -> None:
+        """Extend `owner`'s leases on `keys` to `until_ms`."""
+        ...
+
+    async def release_instance_leases(self, keys: list[str], owner: str) -> None:
+        """Give up `owner`'s leases on `keys`."""
+        ...
+
     async def release_alarms(self, ids: list[int]) -> None:
         """Make claimed alarms due again at their fire time (their handlers will not run here)."""
         ...
@@ -112,4 +127,264 @@ class StorageLayer(Protocol):
 
     def open(self) -> AbstractAsyncContextManager[Storage]:
         """Open the database (creating or migrating its schema) for one engine."""
+        ...
+
+
+# -- the job queue ----------------------------------------------------------------------
+
+#: A queued job's status. ``pending`` rows wait for `scheduled_for`; ``running``
+#: rows are leased by a worker until `worker_expires_at`; the rest are final
+#: (``retry`` moves a failed or cancelled row back to pending).
+JobStatusName = Literal["pending", "running", "completed", "failed", "cancelled"]
+
+
+class NewJob(msgspec.Struct, kw_only=True):
+    """A row to enqueue. `params` is the validated JSON of the job's params struct.
+
+    `idempotency_key`, if given, is remembered per ``(tenant_id, name)``: a
+    second enqueue with the same key writes nothing and gets the first job's id.
+    """
+
+    id: str
+    name: str
+    params: bytes
+    max_attempts: int
+    scheduled_for: int
+    created_at: int
+    priority: int = 0
+    correlation_id: str | None = None
+    tenant_id: str | None = None
+    idempotency_key: str | None = None
+
+
+class ClaimedJob(msgspec.Struct, kw_only=True):
+    """A row a worker holds a lease on. `attempt` is this try's number (1 = first);
+    together with the worker id it fences every later write to the row."""
+
+    id: str
+    name: str
+    params: bytes
+    attempt: int
+    max_attempts: int
+    scheduled_for: int
+    priority: int = 0
+    correlation_id: str | None = None
+    tenant_id: str | None = None
+
+
+class ExpiredLease(msgspec.Struct, frozen=True, kw_only=True):
+    """A running row whose worker stopped renewing its lease, as it was reclaimed.
+
+    `status` is what the row became: ``pending`` (it runs again), ``failed``
+    (that was its last attempt) or ``cancelled`` (a cancel was requested).
+    """
+
+    id: str
+    name: str
+    worker_id: str | None
+    attempt: int
+    status: JobStatusName
+
+
+class JobSettlement(msgspec.Struct, kw_only=True):
+    """How one leased attempt ended; applied only while the lease is still this
+    attempt's (same worker, same attempt number, still running).
+
+    `status`:
+
+    - ``completed`` with `result`; ``failed`` or ``cancelled`` with `error`;
+    - ``pending`` with `scheduled_for`: a retry later (the attempt counts), or
+      with `release`: handed back unstarted or interrupted by a shutdown (the
+      attempt does not count);
+    - ``running`` with `lease_until`: the attempt failed with `error` and the
+      same holder starts the next one at once (``now``'s retries in the
+      caller's task); the attempt count goes up by one.
+
+    A ``pending`` settlement of a row whose cancel was requested makes it ``cancelled``.
+    """
+
+    job_id: str
+    worker_id: str
+    attempt: int
+    status: JobStatusName
+    at: int
+    result: bytes | None = None
+    error: bytes | None = None
+    scheduled_for: int | None = None
+    release: bool = False
+    lease_until: int | None = None
+
+
+class JobRecord(msgspec.Struct, kw_only=True):
+    """One stored queue job, as ``status`` and ``list`` read it. Times are epoch ms.
+
+    `error` is JSON ``{"tag": ..., "message": ...}``; `params` and `result` are
+    the JSON of the job's structs.
+    """
+
+    id: str
+    name: str
+    status: JobStatusName
+    params: bytes
+    result: bytes | None = None
+    error: bytes | None = None
+    progress: int = 0
+    progress_message: str | None = None
+    worker_id: str | None = None
+    worker_started_at: int | None = None
+    worker_expires_at: int | None = None
+    attempt_count: int = 0
+    max_attempts: int = 1
+    scheduled_for: int = 0
+    priority: int = 0
+    correlation_id: str | None = None
+    tenant_id: str | None = None
+    cancel_requested: bool = False
+    created_at: int = 0
+    updated_at: int = 0
+    completed_at: int | None = None
+
+
+class JobFilter(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``list_jobs`` selects: every given field must match; rows come in id
+    (that is, creation) order, starting after the id `after`."""
+
+    status: JobStatusName | None = None
+    name: str | None = None
+    correlation_id: str | None = None
+    tenant_id: str | None = None
+    after: str | None = None
+    limit: int = 100
+
+
+class CronSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """A cron job as the code defines it, written to storage when an engine opens.
+
+    `first_run_at` is used when the row is new or its schedule changed; an
+    unchanged schedule keeps the stored `next_run_at`, so fire times missed
+    while no engine ran are still seen.
+    """
+
+    name: str
+    job_name: str
+    expression: str
+    tz: str
+    params: bytes
+    tenant_id: str | None
+    first_run_at: int
+    now: int
+
+
+class CronRecord(msgspec.Struct, kw_only=True):
+    """One stored cron job. Times are epoch ms."""
+
+    name: str
+    job_name: str
+    expression: str
+    tz: str
+    params: bytes
+    enabled: bool
+    tenant_id: str | None = None
+    last_run_at: int | None = None
+    next_run_at: int | None = None
+    last_job_id: str | None = None
+    created_at: int = 0
+    updated_at: int = 0
+
+
+@runtime_checkable
+class QueueStorage(Protocol):
+    """What the job queue needs from a database, on top of `Storage`.
+
+    Every method is one transaction. Writes to a leased row are fenced by
+    ``(worker_id, attempt)``: a worker whose lease was reclaimed cannot
+    overwrite what the row's new holder does.
+    """
+
+    async def enqueue_jobs(self, jobs: Sequence[NewJob]) -> list[tuple[str, bool]]:
+        """Insert `jobs` as ``pending``, all or none; per job its id and whether it
+        was created (``False``: its idempotency key was seen, the id is the first job's)."""
+        ...
+
+    async def start_job(self, job: NewJob, worker_id: str, lease_until: int) -> None:
+        """Insert `job` already ``running`` (attempt 1) under `worker_id`'s lease."""
+        ...
+
+    async def claim_jobs(
+        self, now: int, lease_until: int, worker_id: str, names: Sequence[str], limit: int
+    ) -> list[ClaimedJob]:
+        """Lease up to `limit` due ``pending`` rows named one of `names`: higher
+        `priority` first, then earliest `scheduled_for`; counts an attempt on each."""
+        ...
+
+    async def reclaim_expired(
+        self, now: int, cancel_error: bytes, lease_error: bytes, limit: int
+    ) -> list[ExpiredLease]:
+        """Take back ``running`` rows whose lease ended before `now`: pending again,
+        ``failed`` with `lease_error` if that was the last attempt, ``cancelled``
+        with `cancel_error` if a cancel was requested."""
+        ...
+
+    async def renew_leases(self, worker_id: str, lease_until: int) -> list[tuple[str, bool]]:
+        """Extend every lease `worker_id` holds; per row its id and whether a cancel was requested."""
+        ...
+
+    async def settle_jobs(self, settlements: Sequence[JobSettlement]) -> list[bool]:
+        """Apply how attempts ended; per settlement whether it still held the lease and was applied."""
+        ...
+
+    async def set_progress(self, job_id: str, worker_id: str, attempt: int, progress: int, message: str | None,
+                           now: int) -> bool:  # fmt: skip
+        """Record a running attempt's progress (0-100); whether it still held the lease."""
+        ...
+
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        """The job with this id, or ``None``."""
+        ...
+
+    async def list_jobs(self, where: JobFilter) -> list[JobRecord]:
+        """The jobs `where` selects, in id order."""
+        ...
+
+    async def cancel_job(self, job_id: str, now: int, error: bytes) -> JobRecord | None:
+        """Cancel a ``pending`` row (it never runs) or mark a ``running`` one
+        cancel-requested (its worker cancels it); the row afterwards, or ``None``."""
+        ...
+
+    async def retry_job(self, job_id: str, now: int) -> JobRecord | None:
+        """Put a ``failed`` or ``cancelled`` row back to pending, due now, with a fresh
+        attempt budget; the row afterwards (unchanged if it was in another status), or ``None``."""
+        ...
+
+    async def next_job_wakeup(self, names: Sequence[str]) -> int | None:
+        """The earliest time a worker for `names` has something to do: a pending row
+        falls due, or any running row's lease ends. ``None`` if neither exists."""
+        ...
+
+    async def sync_cron_jobs(self, specs: Sequence[CronSpec]) -> None:
+        """Create or update the stored cron jobs for `specs` (an engine opening)."""
+        ...
+
+    async def due_cron_jobs(self, names: Sequence[str], now: int) -> list[CronRecord]:
+        """Enabled cron jobs named one of `names` whose next run is at or before `now`."""
+        ...
+
+    async def next_cron_at(self, names: Sequence[str]) -> int | None:
+        """The earliest next run of the enabled cron jobs named one of `names`."""
+        ...
+
+    async def fire_cron(
+        self, name: str, expected_next_run_at: int, next_run_at: int, now: int, job: NewJob | None
+    ) -> bool:
+        """Advance cron `name` from `expected_next_run_at` to `next_run_at` and
+        enqueue `job`, in one transaction, only if no one advanced it first;
+        whether this call did."""
+        ...
+
+    async def list_cron_jobs(self) -> list[CronRecord]:
+        """Every stored cron job, by name."""
+        ...
+
+    async def set_cron_enabled(self, name: str, enabled: bool, next_run_at: int | None, now: int) -> CronRecord | None:
+        """Enable (with a new `next_run_at`) or disable cron `name`; the row afterwards, or ``None``."""
         ...

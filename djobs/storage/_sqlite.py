@@ -10,14 +10,29 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Final, Literal, TypeVar, final
 
 import apsw
+import msgspec
 
 from .._errors import DuplicateEventError, StorageError
-from ._base import Alarm, Checkin, ClearAlarm, InstanceRecord, SetAlarm
+from ._base import (
+    Alarm,
+    Checkin,
+    ClaimedJob,
+    ClearAlarm,
+    CronRecord,
+    CronSpec,
+    ExpiredLease,
+    InstanceRecord,
+    JobFilter,
+    JobRecord,
+    JobSettlement,
+    NewJob,
+    SetAlarm,
+)
 
 #: ``PRAGMA application_id`` of a djobs database ("djob" in ASCII).
 APPLICATION_ID: Final = 0x646A6F62
@@ -60,6 +75,71 @@ MIGRATIONS: list[str] = [
         created_at INTEGER NOT NULL,
         PRIMARY KEY (key, event_id)
     ) WITHOUT ROWID;
+    CREATE TABLE instance_leases (
+        key TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        expires_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    """,
+    # 2: the job queue, its idempotency keys, and cron jobs
+    """
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'pending'
+            CHECK (status IN ('pending', 'running', 'completed', 'failed', 'cancelled')),
+        params BLOB NOT NULL,
+        result BLOB,
+        error BLOB,
+        progress INTEGER NOT NULL DEFAULT 0 CHECK (progress BETWEEN 0 AND 100),
+        progress_message TEXT,
+        worker_id TEXT,
+        worker_started_at INTEGER,
+        worker_expires_at INTEGER,
+        attempt_count INTEGER NOT NULL DEFAULT 0,
+        max_attempts INTEGER NOT NULL DEFAULT 3,
+        scheduled_for INTEGER NOT NULL,
+        priority INTEGER NOT NULL DEFAULT 0,
+        correlation_id TEXT,
+        tenant_id TEXT,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        completed_at INTEGER
+    ) WITHOUT ROWID;
+    -- Claims of priority-0 rows and status filters; priority is in the index so a
+    -- claim never reads the table to check it.
+    CREATE INDEX jobs_status_scheduled ON jobs(status, scheduled_for, priority);
+    -- Leases to renew or reclaim: running rows only, so finished rows cost nothing here.
+    CREATE INDEX jobs_status_expires ON jobs(status, worker_expires_at) WHERE status = 'running';
+    -- Rows with a priority other than 0 (rare): claimed before (or after) the rest.
+    CREATE INDEX jobs_priority ON jobs(priority DESC, scheduled_for) WHERE status = 'pending' AND priority <> 0;
+    CREATE INDEX jobs_name ON jobs(name);
+    CREATE INDEX jobs_correlation ON jobs(correlation_id) WHERE correlation_id IS NOT NULL;
+    CREATE INDEX jobs_tenant ON jobs(tenant_id) WHERE tenant_id IS NOT NULL;
+    CREATE TABLE job_keys (
+        tenant_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        key TEXT NOT NULL,
+        job_id TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (tenant_id, name, key)
+    ) WITHOUT ROWID;
+    CREATE TABLE cron_jobs (
+        name TEXT PRIMARY KEY,
+        job_name TEXT NOT NULL,
+        expression TEXT NOT NULL,
+        tz TEXT NOT NULL,
+        params BLOB NOT NULL,
+        tenant_id TEXT,
+        enabled INTEGER NOT NULL DEFAULT 1,
+        last_run_at INTEGER,
+        next_run_at INTEGER,
+        last_job_id TEXT,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX cron_jobs_next_run ON cron_jobs(next_run_at) WHERE enabled = 1;
     """,
 ]
 
@@ -86,11 +166,196 @@ _LOAD = f"""
     FROM instances AS i LEFT JOIN alarms AS a ON a.key = i.key
     WHERE i.key = ?
 """
+_ACQUIRE_LEASE = """
+    INSERT INTO instance_leases (key, owner, expires_at) VALUES (?1, ?2, ?3)
+    ON CONFLICT(key) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
+    WHERE instance_leases.owner = excluded.owner OR instance_leases.expires_at <= ?4
+    RETURNING owner
+"""
 _CLAIM_ALARMS = """
     UPDATE alarms SET due_at = ?
     WHERE id IN (SELECT id FROM alarms WHERE due_at <= ? ORDER BY due_at LIMIT ?)
     RETURNING id, key, fire_at, purpose
 """
+
+# -- queue statements -------------------------------------------------------------------
+#
+# Job names are bound as one JSON array (``json_each``) so each statement has
+# one text and APSW's statement cache prepares it once. ``+name`` keeps the
+# planner on the status indexes: a claim walks due rows in order, it must
+# never start from every row ever stored under a name.
+
+_JOB_COLUMNS = (
+    "id, name, status, params, result, error, progress, progress_message, worker_id, worker_started_at,"
+    " worker_expires_at, attempt_count, max_attempts, scheduled_for, priority, correlation_id, tenant_id,"
+    " cancel_requested, created_at, updated_at, completed_at"
+)
+_INSERT_JOB = """
+    INSERT INTO jobs (id, name, params, max_attempts, scheduled_for, priority, correlation_id, tenant_id,
+                      created_at, updated_at)
+    VALUES (?,?,?,?,?,?,?,?,?,?)
+"""
+_INSERT_RUNNING_JOB = """
+    INSERT INTO jobs (id, name, status, params, max_attempts, scheduled_for, priority, correlation_id, tenant_id,
+                      worker_id, worker_started_at, worker_expires_at, attempt_count, created_at, updated_at)
+    VALUES (?,?,'running',?,?,?,?,?,?,?,?,?,1,?,?)
+"""
+_INSERT_KEY = """
+    INSERT INTO job_keys (tenant_id, name, key, job_id, created_at) VALUES (?,?,?,?,?)
+    ON CONFLICT DO NOTHING RETURNING job_id
+"""
+_NAMES = "+name IN (SELECT value FROM json_each(?4))"
+# Rows with a positive priority first, then priority 0 (nearly always all of
+# them), then negative ones; each part walks its own index in claim order. The
+# planner, without statistics, would rather sort every due row by priority.
+_CLAIM_JOBS = f"""
+    UPDATE jobs SET status = 'running', worker_id = ?3, worker_started_at = ?1, worker_expires_at = ?2,
+                    attempt_count = attempt_count + 1, updated_at = ?1
+    WHERE id IN (
+        SELECT id FROM (SELECT id FROM jobs INDEXED BY jobs_priority
+                        WHERE status = 'pending' AND priority <> 0 AND priority > 0 AND scheduled_for <= ?1
+                              AND {_NAMES}
+                        ORDER BY priority DESC, scheduled_for LIMIT ?5)
+        UNION ALL
+        SELECT id FROM (SELECT id FROM jobs
+                        WHERE status = 'pending' AND scheduled_for <= ?1 AND priority = 0 AND {_NAMES}
+                        ORDER BY scheduled_for LIMIT ?5)
+        UNION ALL
+        SELECT id FROM (SELECT id FROM jobs INDEXED BY jobs_priority
+                        WHERE status = 'pending' AND priority <> 0 AND priority < 0 AND scheduled_for <= ?1
+                              AND {_NAMES}
+                        ORDER BY priority DESC, scheduled_for LIMIT ?5)
+        LIMIT ?5)
+    RETURNING id, name, params, attempt_count, max_attempts, scheduled_for, priority, correlation_id, tenant_id
+"""
+# A reclaimed row keeps its scheduled_for (long past), so it is claimed again first.
+_RECLAIM = """
+    UPDATE jobs SET
+        status = CASE WHEN cancel_requested THEN 'cancelled'
+                      WHEN attempt_count >= max_attempts THEN 'failed' ELSE 'pending' END,
+        error = CASE WHEN cancel_requested THEN ?2 WHEN attempt_count >= max_attempts THEN ?3 ELSE error END,
+        completed_at = CASE WHEN cancel_requested OR attempt_count >= max_attempts THEN ?1 END,
+        worker_expires_at = NULL, updated_at = ?1
+    WHERE id IN (SELECT id FROM jobs WHERE status = 'running' AND worker_expires_at < ?1 LIMIT ?4)
+    RETURNING id, name, worker_id, attempt_count, status
+"""
+_RENEW = """
+    UPDATE jobs SET worker_expires_at = ?2 WHERE status = 'running' AND worker_id = ?1
+    RETURNING id, cancel_requested
+"""
+_FENCE = "WHERE id = ? AND worker_id = ? AND attempt_count = ? AND status = 'running'"
+_SETTLE_COMPLETED = f"""
+    UPDATE jobs SET status = 'completed', result = ?, error = NULL, completed_at = ?, updated_at = ?,
+                    worker_expires_at = NULL
+    {_FENCE}
+"""
+_SETTLE_FINAL = f"""
+    UPDATE jobs SET status = ?, error = ?, completed_at = ?, updated_at = ?, worker_expires_at = NULL
+    {_FENCE}
+"""
+_SETTLE_RETRY = f"""
+    UPDATE jobs SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'pending' END,
+                    error = ?, scheduled_for = ?, completed_at = CASE WHEN cancel_requested THEN ? END,
+                    updated_at = ?, worker_expires_at = NULL
+    {_FENCE}
+"""
+_SETTLE_RELEASE = f"""
+    UPDATE jobs SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'pending' END,
+                    error = CASE WHEN cancel_requested THEN ? ELSE error END,
+                    completed_at = CASE WHEN cancel_requested THEN ? END, updated_at = ?,
+                    attempt_count = attempt_count - 1, worker_started_at = NULL, worker_expires_at = NULL
+    {_FENCE}
+"""
+_SETTLE_AGAIN = f"""
+    UPDATE jobs SET attempt_count = attempt_count + 1, error = ?, worker_expires_at = ?, updated_at = ?
+    {_FENCE}
+"""
+_SET_PROGRESS = f"UPDATE jobs SET progress = ?, progress_message = ?, updated_at = ? {_FENCE}"
+_CANCEL = """
+    UPDATE jobs SET
+        status = CASE WHEN status = 'pending' THEN 'cancelled' ELSE status END,
+        error = CASE WHEN status = 'pending' THEN ?3 ELSE error END,
+        completed_at = CASE WHEN status = 'pending' THEN ?2 ELSE completed_at END,
+        cancel_requested = CASE WHEN status = 'running' THEN 1 ELSE cancel_requested END,
+        updated_at = ?2
+    WHERE id = ?1 AND status IN ('pending', 'running')
+"""
+_RETRY = """
+    UPDATE jobs SET status = 'pending', attempt_count = 0, result = NULL, error = NULL, progress = 0,
+                    progress_message = NULL, cancel_requested = 0, scheduled_for = ?2, completed_at = NULL,
+                    worker_id = NULL, worker_started_at = NULL, worker_expires_at = NULL, updated_at = ?2
+    WHERE id = ?1 AND status IN ('failed', 'cancelled')
+"""
+_NEXT_DUE = (
+    "SELECT scheduled_for FROM jobs WHERE status = 'pending' AND +name IN (SELECT value FROM json_each(?))"
+    " ORDER BY scheduled_for LIMIT 1"
+)
+_NEXT_EXPIRY = "SELECT worker_expires_at FROM jobs WHERE status = 'running' ORDER BY worker_expires_at LIMIT 1"
+
+_CRON_COLUMNS = (
+    "name, job_name, expression, tz, params, enabled, tenant_id, last_run_at, next_run_at, last_job_id,"
+    " created_at, updated_at"
+)
+# An unchanged schedule keeps next_run_at (fires missed while no engine ran are
+# still due); a changed one starts from the new schedule's first run.
+_SYNC_CRON = """
+    INSERT INTO cron_jobs (name, job_name, expression, tz, params, tenant_id, next_run_at, created_at, updated_at)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
+    ON CONFLICT(name) DO UPDATE SET
+        job_name = excluded.job_name, params = excluded.params, tenant_id = excluded.tenant_id,
+        next_run_at = CASE WHEN expression = excluded.expression AND tz = excluded.tz AND next_run_at IS NOT NULL
+                           THEN next_run_at ELSE excluded.next_run_at END,
+        expression = excluded.expression, tz = excluded.tz, updated_at = excluded.updated_at
+"""
+_CRON_NAMES = "+name IN (SELECT value FROM json_each(?))"
+_DUE_CRONS = (
+    f"SELECT {_CRON_COLUMNS} FROM cron_jobs WHERE enabled = 1 AND next_run_at <= ? AND {_CRON_NAMES}"
+    " ORDER BY next_run_at"
+)
+_NEXT_CRON = (
+    f"SELECT next_run_at FROM cron_jobs WHERE enabled = 1 AND next_run_at IS NOT NULL AND {_CRON_NAMES}"
+    " ORDER BY next_run_at LIMIT 1"
+)
+_FIRE_CRON = """
+    UPDATE cron_jobs SET next_run_at = ?1, last_run_at = ?2, last_job_id = coalesce(?3, last_job_id), updated_at = ?2
+    WHERE name = ?4 AND next_run_at = ?5 AND enabled = 1
+"""
+
+_names_encoder = msgspec.json.Encoder()
+
+
+def _job_record(r: Any) -> JobRecord:
+    return JobRecord(
+        id=r[0], name=r[1], status=r[2], params=r[3], result=r[4], error=r[5], progress=r[6],
+        progress_message=r[7], worker_id=r[8], worker_started_at=r[9], worker_expires_at=r[10],
+        attempt_count=r[11], max_attempts=r[12], scheduled_for=r[13], priority=r[14], correlation_id=r[15],
+        tenant_id=r[16], cancel_requested=bool(r[17]), created_at=r[18], updated_at=r[19], completed_at=r[20],
+    )  # fmt: skip
+
+
+def _cron_record(r: Any) -> CronRecord:
+    return CronRecord(
+        name=r[0], job_name=r[1], expression=r[2], tz=r[3], params=r[4], enabled=bool(r[5]), tenant_id=r[6],
+        last_run_at=r[7], next_run_at=r[8], last_job_id=r[9], created_at=r[10], updated_at=r[11],
+    )  # fmt: skip
+
+
+def _insert_jobs(db: apsw.Connection, jobs: Sequence[NewJob]) -> list[tuple[str, bool]]:
+    out: list[tuple[str, bool]] = []
+    for job in jobs:
+        if job.idempotency_key is not None:
+            key = (job.tenant_id or "", job.name, job.idempotency_key)
+            if not list(db.execute(_INSERT_KEY, (*key, job.id, job.created_at))):
+                sql = "SELECT job_id FROM job_keys WHERE tenant_id = ? AND name = ? AND key = ?"
+                out.append((next(iter(db.execute(sql, key)))[0], False))
+                continue
+        db.execute(
+            _INSERT_JOB,
+            (job.id, job.name, job.params, job.max_attempts, job.scheduled_for, job.priority, job.correlation_id,
+             job.tenant_id, job.created_at, job.created_at),
+        )  # fmt: skip
+        out.append((job.id, True))
+    return out
 
 
 def _describe(exc: apsw.Error) -> str:
@@ -208,10 +473,10 @@ class SqliteStorage:
             )  # fmt: skip
             alarm = checkin.alarm
             if isinstance(alarm, SetAlarm):
-                # Delete + insert (not an upsert) so the alarm gets a fresh id.
-                db.execute("DELETE FROM alarms WHERE key = ?", (key,))
+                # REPLACE deletes the old row and inserts a new one: the alarm gets a
+                # fresh id (AUTOINCREMENT never reuses one), unlike an upsert.
                 db.execute(
-                    "INSERT INTO alarms (key, fire_at, due_at, purpose) VALUES (?, ?, ?, ?)",
+                    "INSERT OR REPLACE INTO alarms (key, fire_at, due_at, purpose) VALUES (?, ?, ?, ?)",
                     (key, alarm.fire_at, alarm.fire_at, alarm.purpose),
                 )
             elif isinstance(alarm, ClearAlarm):
@@ -235,6 +500,29 @@ class SqliteStorage:
 
         return self.write(run)
 
+    async def acquire_instance_lease(self, key: str, owner: str, now_ms: int, ttl_ms: int) -> bool:
+        def run(db: apsw.Connection) -> bool:
+            # Take the lease if it is free, expired, or already ours; RETURNING tells whether we did.
+            rows = list(db.execute(_ACQUIRE_LEASE, (key, owner, now_ms + ttl_ms, now_ms)))
+            return bool(rows)
+
+        return self.write(run)
+
+    async def renew_instance_leases(self, keys: list[str], owner: str, until_ms: int) -> None:
+        def run(db: apsw.Connection) -> None:
+            db.executemany(
+                "UPDATE instance_leases SET expires_at = ? WHERE key = ? AND owner = ?",
+                [(until_ms, key, owner) for key in keys],
+            )
+
+        self.write(run)
+
+    async def release_instance_leases(self, keys: list[str], owner: str) -> None:
+        def run(db: apsw.Connection) -> None:
+            db.executemany("DELETE FROM instance_leases WHERE key = ? AND owner = ?", [(k, owner) for k in keys])
+
+        self.write(run)
+
     async def release_alarms(self, ids: list[int]) -> None:
         def run(db: apsw.Connection) -> None:
             db.executemany("UPDATE alarms SET due_at = fire_at WHERE id = ?", [(i,) for i in ids])
@@ -254,6 +542,176 @@ class SqliteStorage:
             return self.read(lambda db: list(db.execute("SELECT 1")) == [(1,)])
         except StorageError:
             return False
+
+    # -- the job queue (QueueStorage) -------------------------------------------------
+
+    async def enqueue_jobs(self, jobs: Sequence[NewJob]) -> list[tuple[str, bool]]:
+        return self.write(lambda db: _insert_jobs(db, jobs))
+
+    async def start_job(self, job: NewJob, worker_id: str, lease_until: int) -> None:
+        now = job.created_at
+        row = (
+            job.id, job.name, job.params, job.max_attempts, job.scheduled_for, job.priority, job.correlation_id,
+            job.tenant_id, worker_id, now, lease_until, now, now,
+        )  # fmt: skip
+        self.write(lambda db: db.execute(_INSERT_RUNNING_JOB, row))
+
+    async def claim_jobs(
+        self, now: int, lease_until: int, worker_id: str, names: Sequence[str], limit: int
+    ) -> list[ClaimedJob]:
+        args = (now, lease_until, worker_id, _names_encoder.encode(list(names)), limit)
+
+        def run(db: apsw.Connection) -> list[ClaimedJob]:
+            # Exhaust the RETURNING cursor inside the transaction: an unfinished
+            # one would keep the write lock.
+            return [
+                ClaimedJob(id=r[0], name=r[1], params=r[2], attempt=r[3], max_attempts=r[4], scheduled_for=r[5],
+                           priority=r[6], correlation_id=r[7], tenant_id=r[8])
+                for r in db.execute(_CLAIM_JOBS, args)
+            ]  # fmt: skip
+
+        return self.write(run)
+
+    async def reclaim_expired(
+        self, now: int, cancel_error: bytes, lease_error: bytes, limit: int
+    ) -> list[ExpiredLease]:
+        def run(db: apsw.Connection) -> list[ExpiredLease]:
+            return [
+                ExpiredLease(id=r[0], name=r[1], worker_id=r[2], attempt=r[3], status=r[4])
+                for r in db.execute(_RECLAIM, (now, cancel_error, lease_error, limit))
+            ]
+
+        return self.write(run)
+
+    async def renew_leases(self, worker_id: str, lease_until: int) -> list[tuple[str, bool]]:
+        return self.write(lambda db: [(r[0], bool(r[1])) for r in db.execute(_RENEW, (worker_id, lease_until))])
+
+    async def settle_jobs(self, settlements: Sequence[JobSettlement]) -> list[bool]:
+        def run(db: apsw.Connection) -> list[bool]:
+            applied: list[bool] = []
+            for s in settlements:
+                fence = (s.job_id, s.worker_id, s.attempt)
+                if s.status == "completed":
+                    db.execute(_SETTLE_COMPLETED, (s.result, s.at, s.at, *fence))
+                elif s.status == "pending" and s.release:
+                    db.execute(_SETTLE_RELEASE, (s.error, s.at, s.at, *fence))
+                elif s.status == "pending":
+                    db.execute(_SETTLE_RETRY, (s.error, s.scheduled_for, s.at, s.at, *fence))
+                elif s.status == "running":
+                    db.execute(_SETTLE_AGAIN, (s.error, s.lease_until, s.at, *fence))
+                else:
+                    db.execute(_SETTLE_FINAL, (s.status, s.error, s.at, s.at, *fence))
+                applied.append(db.changes() > 0)
+            return applied
+
+        return self.write(run)
+
+    async def set_progress(self, job_id: str, worker_id: str, attempt: int, progress: int, message: str | None,
+                           now: int) -> bool:  # fmt: skip
+        def run(db: apsw.Connection) -> bool:
+            db.execute(_SET_PROGRESS, (progress, message, now, job_id, worker_id, attempt))
+            return db.changes() > 0
+
+        return self.write(run)
+
+    def _get_job(self, db: apsw.Connection, job_id: str) -> JobRecord | None:
+        for r in db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)):
+            return _job_record(r)
+        return None
+
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        return self.read(lambda db: self._get_job(db, job_id))
+
+    async def list_jobs(self, where: JobFilter) -> list[JobRecord]:
+        terms: list[str] = []
+        args: list[object] = []
+        for column, value in (("status", where.status), ("name", where.name),
+                              ("correlation_id", where.correlation_id), ("tenant_id", where.tenant_id)):  # fmt: skip
+            if value is not None:
+                terms.append(f"{column} = ?")
+                args.append(value)
+        if where.after is not None:
+            terms.append("id > ?")
+            args.append(where.after)
+        sql = f"SELECT {_JOB_COLUMNS} FROM jobs"
+        if terms:
+            sql += " WHERE " + " AND ".join(terms)
+        sql += " ORDER BY id LIMIT ?"
+        args.append(where.limit)
+        return self.read(lambda db: [_job_record(r) for r in db.execute(sql, args)])
+
+    async def cancel_job(self, job_id: str, now: int, error: bytes) -> JobRecord | None:
+        def run(db: apsw.Connection) -> JobRecord | None:
+            db.execute(_CANCEL, (job_id, now, error))
+            return self._get_job(db, job_id)
+
+        return self.write(run)
+
+    async def retry_job(self, job_id: str, now: int) -> JobRecord | None:
+        def run(db: apsw.Connection) -> JobRecord | None:
+            db.execute(_RETRY, (job_id, now))
+            return self._get_job(db, job_id)
+
+        return self.write(run)
+
+    async def next_job_wakeup(self, names: Sequence[str]) -> int | None:
+        def run(db: apsw.Connection) -> int | None:
+            times = [r[0] for r in db.execute(_NEXT_DUE, (_names_encoder.encode(list(names)),))]
+            times += [r[0] for r in db.execute(_NEXT_EXPIRY)]
+            return min(times) if times else None
+
+        return self.read(run)
+
+    # -- cron jobs --------------------------------------------------------------------
+
+    async def sync_cron_jobs(self, specs: Sequence[CronSpec]) -> None:
+        rows = [(c.name, c.job_name, c.expression, c.tz, c.params, c.tenant_id, c.first_run_at, c.now) for c in specs]
+        self.write(lambda db: db.executemany(_SYNC_CRON, rows) if rows else None)
+
+    async def due_cron_jobs(self, names: Sequence[str], now: int) -> list[CronRecord]:
+        args = (now, _names_encoder.encode(list(names)))
+        return self.read(lambda db: [_cron_record(r) for r in db.execute(_DUE_CRONS, args)])
+
+    async def next_cron_at(self, names: Sequence[str]) -> int | None:
+        def run(db: apsw.Connection) -> int | None:
+            for (at,) in db.execute(_NEXT_CRON, (_names_encoder.encode(list(names)),)):
+                return int(at)
+            return None
+
+        return self.read(run)
+
+    async def fire_cron(
+        self, name: str, expected_next_run_at: int, next_run_at: int, now: int, job: NewJob | None
+    ) -> bool:
+        def run(db: apsw.Connection) -> bool:
+            # The compare-and-set and the enqueue share one transaction: the
+            # engine that moves next_run_at on is the one whose job is stored.
+            job_id = job.id if job is not None else None
+            db.execute(_FIRE_CRON, (next_run_at, now, job_id, name, expected_next_run_at))
+            if db.changes() == 0:
+                return False
+            if job is not None:
+                _insert_jobs(db, [job])
+            return True
+
+        return self.write(run)
+
+    async def list_cron_jobs(self) -> list[CronRecord]:
+        sql = f"SELECT {_CRON_COLUMNS} FROM cron_jobs ORDER BY name"
+        return self.read(lambda db: [_cron_record(r) for r in db.execute(sql)])
+
+    async def set_cron_enabled(self, name: str, enabled: bool, next_run_at: int | None, now: int) -> CronRecord | None:
+        def run(db: apsw.Connection) -> CronRecord | None:
+            if enabled:
+                sql = "UPDATE cron_jobs SET enabled = 1, next_run_at = ?, updated_at = ? WHERE name = ?"
+                db.execute(sql, (next_run_at, now, name))
+            else:
+                db.execute("UPDATE cron_jobs SET enabled = 0, updated_at = ? WHERE name = ?", (now, name))
+            for r in db.execute(f"SELECT {_CRON_COLUMNS} FROM cron_jobs WHERE name = ?", (name,)):
+                return _cron_record(r)
+            return None
+
+        return self.write(run)
 
     def close(self) -> None:
         self._db.close()
@@ -365,7 +823,7 @@ def sqlite(
             ``"FULL"`` (also across power loss, slower).
         busy_timeout: Milliseconds to wait for another process's write lock.
 
-    Example:
+    Examples:
         >>> layer = sqlite("jobs.db")
         >>> layer
         sqlite('jobs.db')
@@ -376,7 +834,7 @@ def sqlite(
 def memory() -> _SqliteLayer:
     """A storage layer on a private in-memory SQLite database, for tests.
 
-    Example:
+    Examples:
         >>> memory()
         sqlite(':memory:')
     """

@@ -1,0 +1,77 @@
+"""Several engines on one database file (as several processes would be): an instance's handlers
+never run in two engines at once, and no update is lost."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+import pytest
+import trio
+
+import djobs
+from djobs.testing import open_test_engine, success
+
+
+class Click(msgspec.Struct):
+    n: int
+
+
+class Clicks(msgspec.Struct):
+    seen: list[int] = []
+
+
+running = 0
+overlaps = 0
+
+
+async def collect(ctx: djobs.DebounceEventContext[Click, Clicks]) -> Clicks:
+    global running, overlaps
+    running += 1
+    overlaps += running > 1
+    await trio.sleep(0.01)  # a reducer that awaits: a window for another engine to barge in
+    running -= 1
+    return Clicks([*(ctx.state.seen if ctx.state else []), ctx.event.n])
+
+
+flushed: list[list[int]] = []
+
+
+async def flush(ctx: djobs.DebounceContext[Clicks]) -> None:
+    global running, overlaps
+    running += 1
+    overlaps += running > 1
+    await trio.sleep(0.5)  # a slow flush, while events keep arriving from the other engine
+    flushed.append(ctx.state.seen)
+    running -= 1
+
+
+clicks = djobs.Debounce.make(
+    "clicks", event=Click, state=Clicks, on_event=collect, execute=flush, flush_after="1 second", max_events=50
+)
+
+
+@pytest.mark.trio
+async def test_two_engines_never_run_one_instance_at_once(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    global overlaps
+    overlaps = 0
+    flushed.clear()
+    db = djobs.sqlite(tmp_path / "shared.db")
+    async with open_test_engine([clicks], storage=db) as a, open_test_engine([clicks], storage=db) as b:
+
+        async def send(engine: djobs.Engine, n: int) -> None:
+            success(await engine.client.debounce(clicks).add(id="page", event=Click(n)))
+
+        async with trio.open_nursery() as nursery:
+            for n in range(300):
+                nursery.start_soon(send, a if n % 2 else b, n)
+        await trio.sleep(5)
+        await a.wait_idle()
+        await b.wait_idle()
+        assert success(await a.client.debounce(clicks).status("page")).status == "idle"
+    assert overlaps == 0
+    # Every event was flushed exactly once, whichever engine took it.
+    everything = sorted(n for batch in flushed for n in batch)
+    assert everything == list(range(300))
