@@ -67,7 +67,7 @@ class VirtualClock:
     Args:
         start: The epoch time that the first reading maps to (aware datetime).
 
-    Example:
+    Examples:
         >>> from datetime import datetime, UTC
         >>> VirtualClock(datetime(2026, 1, 1, tzinfo=UTC)).start_ms
         1767225600000

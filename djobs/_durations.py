@@ -103,7 +103,7 @@ def parse_duration(value: object, *, what: str = "duration") -> Result[timedelta
         ``Success(timedelta)``, or ``Failure(ValidationError)`` whose message
         names the input and lists the accepted forms.
 
-    Example:
+    Examples:
         >>> parse_duration("1h30m")
         <Success: 1:30:00>
         >>> parse_duration(1500)
@@ -147,7 +147,7 @@ def duration(value: DurationLike, *, what: str = "duration") -> timedelta:
     Raises:
         ValidationError: The value is not a valid duration.
 
-    Example:
+    Examples:
         >>> duration("1 week")
         datetime.timedelta(days=7)
     """
@@ -168,7 +168,7 @@ def to_ms(value: timedelta) -> int:
     Returns:
         The number of milliseconds.
 
-    Example:
+    Examples:
         >>> to_ms(timedelta(seconds=1, microseconds=1500))
         1002
     """
@@ -187,7 +187,7 @@ def format_duration(value: timedelta) -> str:
     Returns:
         Text such as ``"1 hour 30 minutes"`` or ``"500 milliseconds"``.
 
-    Example:
+    Examples:
         >>> format_duration(timedelta(days=1, minutes=30))
         '1 day 30 minutes'
     """

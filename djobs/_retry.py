@@ -21,7 +21,7 @@ from ._errors import ExecutionError, JobError, ValidationError
 class Backoff:
     """A delay policy: the wait before retry number ``n`` (1 = the first retry).
 
-    Example:
+    Examples:
         >>> [Backoff.exponential(base="1 second", max="30 seconds").delay(n).seconds for n in range(1, 7)]
         [1, 2, 4, 8, 16, 30]
         >>> [Backoff.linear(base="1 second", increment="1 second").delay(n).seconds for n in (1, 2, 3)]
@@ -87,7 +87,7 @@ class Retry:
             is an instance of one of these types. ``None`` retries every
             retryable error.
 
-    Example:
+    Examples:
         >>> Retry(max_attempts=3, delay=Backoff.fixed("2 seconds")).max_attempts
         3
     """

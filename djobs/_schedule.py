@@ -41,7 +41,7 @@ _MAX_STEPS = 10_000
 class Schedule(Protocol):
     """When a recurring job runs next.
 
-    Example:
+    Examples:
         >>> every("1 minute").next_after(0)
         60000
     """
@@ -66,7 +66,7 @@ class Every:
     Attributes:
         interval: The time between runs; at least one millisecond.
 
-    Example:
+    Examples:
         >>> Every(timedelta(minutes=30)).next_after(0)
         1800000
     """
@@ -84,7 +84,7 @@ class Every:
     def next_after(self, after_ms: int) -> int:
         """``after_ms`` plus the interval.
 
-        Example:
+        Examples:
             >>> every("5s").next_after(1_000)
             6000
         """
@@ -93,7 +93,7 @@ class Every:
     def describe(self) -> str:
         """The schedule in words.
 
-        Example:
+        Examples:
             >>> every("1h30m").describe()
             'every 1 hour 30 minutes'
         """
@@ -118,7 +118,7 @@ def every(interval: DurationLike) -> Every:
     Raises:
         ValidationError: The interval is malformed, zero or negative.
 
-    Example:
+    Examples:
         >>> every("30 minutes")
         Every('30 minutes')
     """
@@ -180,7 +180,7 @@ class Cron:
         tz: The IANA zone name. Kept as text so it survives serialisation
             (a ``ZoneInfo`` would be turned into a fixed offset).
 
-    Example:
+    Examples:
         >>> Cron("0 9 * * 1-5", tz="Europe/Berlin").describe()
         "cron '0 9 * * 1-5' in Europe/Berlin"
     """
@@ -206,7 +206,7 @@ class Cron:
         Returns:
             Epoch milliseconds, UTC.
 
-        Example:
+        Examples:
             >>> cron("30 1 * * *", tz="America/New_York").next_after(0)  # 1970-01-01 06:30 UTC
             23400000
         """
@@ -243,7 +243,7 @@ class Cron:
     def next_runs(self, after_ms: int, n: int) -> list[int]:
         """The next ``n`` run times after ``after_ms``, in order.
 
-        Example:
+        Examples:
             >>> cron("0 * * * *").next_runs(0, 3)
             [3600000, 7200000, 10800000]
         """
@@ -256,7 +256,7 @@ class Cron:
     def describe(self) -> str:
         """The schedule in words.
 
-        Example:
+        Examples:
             >>> cron("*/15 * * * *").describe()
             "cron '*/15 * * * *' in UTC"
         """
@@ -282,7 +282,7 @@ def cron(expression: str, tz: str = "UTC") -> Cron:
         ValidationError: The expression is malformed or never matches a date,
             or the zone is unknown.
 
-    Example:
+    Examples:
         >>> cron("30 2 * * *", tz="Europe/Berlin")
         Cron('30 2 * * *', tz='Europe/Berlin')
     """
@@ -299,7 +299,7 @@ def parse_cron(expression: object, tz: object = "UTC") -> Result[Cron, Validatio
     Returns:
         ``Success(Cron)``, or ``Failure(ValidationError)`` saying what is wrong.
 
-    Example:
+    Examples:
         >>> parse_cron("0 9 * * 1-5", "Europe/Berlin")
         <Success: Cron('0 9 * * 1-5', tz='Europe/Berlin')>
         >>> parse_cron("61 * * * *")

@@ -67,7 +67,7 @@ class ContinuousContext(StatefulContext[S]):
 class Continuous(Generic[S]):
     """A recurring job with typed, persistent state. Make one with `Continuous.make`.
 
-    Example:
+    Examples:
         >>> import msgspec, djobs
         >>> class Beat(msgspec.Struct):
         ...     count: int = 0
