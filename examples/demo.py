@@ -58,6 +58,110 @@ async def continuous_demo() -> None:
         say(f"  terminated; status is now {success(await client.status('demo')).status!r}")
 
 
+# -- Debounce: a webhook batcher --------------------------------------------------------
+
+
+class Webhook(msgspec.Struct):
+    contact_id: str
+    kind: str
+
+
+class Batch(msgspec.Struct):
+    events: list[Webhook] = []
+
+
+def collect(ctx: djobs.DebounceEventContext[Webhook, Batch]) -> Batch:
+    return Batch([*(ctx.state.events if ctx.state else []), ctx.event])
+
+
+def send_batch(ctx: djobs.DebounceContext[Batch]) -> None:
+    say(f"  flush of {ctx.event_count} webhooks for {ctx.instance_id!r} (reason: {ctx.flush_reason})")
+
+
+webhooks = djobs.Debounce.make(
+    "webhookBatcher", event=Webhook, state=Batch, flush_after="1 second", max_events=100,
+    on_event=collect, execute=send_batch,
+)  # fmt: skip
+
+
+async def debounce_demo() -> None:
+    say("Debounce: 250 webhooks in a burst, max_events=100, flush_after=1 second")
+    async with djobs.open_engine([webhooks], storage=djobs.sqlite(DB)) as engine:
+        client = engine.client.debounce(webhooks)
+        for i in range(250):
+            success(await client.add(id="contact-456", event=Webhook("456", f"update-{i}")))
+        status = success(await client.status("contact-456"))
+        say(f"  after the burst: {status.status}, {status.event_count} waiting, flush at {status.will_flush_at}")
+        await trio.sleep(1.3)
+        say(f"  then: {success(await client.status('contact-456')).status}")
+
+
+# -- Task: an order workflow as a state machine -------------------------------------------
+
+
+class OrderPlaced(msgspec.Struct, tag=True):
+    order_id: str
+
+
+class PaymentReceived(msgspec.Struct, tag=True):
+    pass
+
+
+class Shipped(msgspec.Struct, tag=True):
+    tracking: str
+
+
+class Order(msgspec.Struct):
+    order_id: str
+    status: str
+    reminders: int = 0
+
+
+OrderEvent = OrderPlaced | PaymentReceived | Shipped
+
+
+def on_order_event(event: OrderEvent, ctx: djobs.TaskEventContext[Order]) -> None:
+    match event:
+        case OrderPlaced(order_id=order_id):
+            ctx.set_state(Order(order_id, "pending"))
+            ctx.schedule("1 second")  # check for payment soon
+        case PaymentReceived():
+            ctx.update_state(lambda s: msgspec.structs.replace(s, status="paid"))
+            ctx.cancel_schedule()
+        case Shipped():
+            ctx.update_state(lambda s: msgspec.structs.replace(s, status="shipped"))
+            ctx.schedule("1 second")  # check delivery
+
+
+def check_order(ctx: djobs.TaskContext[Order]) -> None:
+    state = ctx.state
+    assert state is not None
+    if state.status == "pending":
+        say(f"  order {state.order_id}: still unpaid, sending reminder")
+        ctx.set_state(msgspec.structs.replace(state, reminders=state.reminders + 1))
+    elif state.status == "shipped":
+        say(f"  order {state.order_id}: delivered, task done")
+        ctx.terminate(reason="delivered")
+
+
+orders = djobs.Task.make("orderProcessor", state=Order, event=OrderEvent, on_event=on_order_event,
+                         execute=check_order)  # fmt: skip
+
+
+async def task_demo() -> None:
+    say("Task: placed -> reminder -> paid -> shipped -> delivered")
+    async with djobs.open_engine([orders], storage=djobs.sqlite(DB)) as engine:
+        client = engine.client.task(orders)
+        success(await client.send(id="order-789", event=OrderPlaced("order-789")))
+        say(f"  placed: {success(await client.status('order-789'))}")
+        await trio.sleep(1.2)
+        success(await client.send(id="order-789", event=PaymentReceived()))
+        say(f"  paid: {success(await client.get_state('order-789')).state}")
+        success(await client.send(id="order-789", event=Shipped("1Z999")))
+        await trio.sleep(1.2)
+        say(f"  finally: {success(await client.status('order-789')).status}")
+
+
 def remove_old_database() -> None:
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(DB + suffix):
@@ -68,6 +172,8 @@ async def main() -> None:
     remove_old_database()
     say(f"djobs demo on {DB}")
     await continuous_demo()
+    await debounce_demo()
+    await task_demo()
     say("demo finished")
 
 
