@@ -218,6 +218,7 @@ async def open_engine_as(
             await nursery.start(the_tracker.run)
         nursery.start_soon(alarms)
         nursery.start_soon(runtime.lease_keeper)
+        nursery.start_soon(runtime.lease_releaser)
         body_error: BaseException | None = None
         queue_worker: Worker | None = None
         queue_scopes: list[trio.CancelScope] = []

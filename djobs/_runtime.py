@@ -63,6 +63,10 @@ class Runtime:
         self._instance_lease_ms = instance_lease_ms
         self._held: set[str] = set()
         self._leases_held = trio.Event()
+        self._idle_leases: dict[str, float] = {}
+        self._leases_idle = trio.Event()
+        self._releasing: dict[str, trio.Event] = {}
+        self._lease_linger = 0.05
         self._limiter = trio.CapacityLimiter(max_concurrency)
         self._lease_ms = alarm_lease_ms
         self._poll_ms = alarm_poll_ms
@@ -131,48 +135,38 @@ class Runtime:
         return box[0]
 
     async def _actor(self, key: str, receive: trio.MemoryReceiveChannel[Message]) -> None:
-        first: Message | None = None
+        # Only the holder of the instance's lease runs its handlers, so two
+        # engine processes on one database never run one instance at once.
+        try:
+            await self._take_lease(key)
+        except StorageError as exc:
+            self._fail_queued(key, receive, exc)
+            return
         while True:
-            # Only the holder of the instance's lease runs its handlers, so two
-            # engine processes on one database never run one instance at once.
             try:
-                await self._take_lease(key)
-            except StorageError as exc:
-                self._fail_queued(key, receive, first, exc)
-                return
-            while True:
-                if first is not None:
-                    message, first = first, None
-                else:
-                    try:
-                        message = receive.receive_nowait()
-                    except trio.WouldBlock:
-                        break
-                handler, _ = message
-                async with self._limiter:
-                    try:
-                        await handler()
-                    except Exception:
-                        _log.exception("bug: a handler for %s raised; the instance's actor continues", key)
-            await self._give_up_lease(key)
-            try:
-                # Work may have arrived while the lease was given up: take it again.
-                first = receive.receive_nowait()
+                handler, _ = receive.receive_nowait()
             except trio.WouldBlock:
                 # Nothing queued: evict. No await lies between this check and
-                # the delete, so a post cannot slip in and be lost.
+                # the delete, so a post cannot slip in and be lost. The lease is
+                # kept a moment, so a busy instance does not pay for it per call;
+                # the lease keeper gives idle leases up in batches.
                 del self._actors[key]
+                self._idle_leases[key] = trio.current_time()
+                self._leases_idle.set()
                 if not self._actors:
                     self._idle.set()
                 return
+            async with self._limiter:
+                try:
+                    await handler()
+                except Exception:
+                    _log.exception("bug: a handler for %s raised; the instance's actor continues", key)
 
-    def _fail_queued(
-        self, key: str, receive: trio.MemoryReceiveChannel[Message], first: Message | None, exc: StorageError
-    ) -> None:
+    def _fail_queued(self, key: str, receive: trio.MemoryReceiveChannel[Message], exc: StorageError) -> None:
         del self._actors[key]
         if not self._actors:
             self._idle.set()
-        messages = [first] if first is not None else []
+        messages = []
         while True:
             try:
                 messages.append(receive.receive_nowait())
@@ -184,6 +178,12 @@ class Runtime:
                 on_error(exc)
 
     async def _take_lease(self, key: str) -> None:
+        releasing = self._releasing.get(key)
+        if releasing is not None:
+            await releasing.wait()  # our own release of it is in flight; take it afresh after
+        if key in self._held:
+            self._idle_leases.pop(key, None)
+            return
         storage, clock = self.env.storage, self.env.clock
         delay = 0.005
         while not await storage.acquire_instance_lease(key, self.owner, clock.now_ms(), self._instance_lease_ms):
@@ -191,17 +191,28 @@ class Runtime:
             await trio.sleep(delay)
             delay = min(delay * 2, 0.25)
         self._held.add(key)
-        if len(self._held) == 1:
-            self._leases_held.set()
+        self._leases_held.set()
 
-    async def _give_up_lease(self, key: str) -> None:
-        self._held.discard(key)
-        if not self._held:
-            self._leases_held = trio.Event()
+    async def _release_idle_leases(self, older_than: float) -> None:
+        now = trio.current_time()
+        keys = [k for k, idle_since in self._idle_leases.items() if now - idle_since >= older_than]
+        if not keys:
+            return
+        done = trio.Event()
+        for k in keys:
+            del self._idle_leases[k]
+            self._held.discard(k)
+            self._releasing[k] = done
         try:
-            await self.env.storage.release_instance_leases([key], self.owner)
-        except StorageError as exc:  # it expires by itself
-            _log.warning("could not release the lease of %s: %s", key, exc.message)
+            await self.env.storage.release_instance_leases(keys, self.owner)
+        except StorageError as exc:  # they expire by themselves
+            _log.warning("could not release %d instance leases: %s", len(keys), exc.message)
+        finally:
+            for k in keys:
+                del self._releasing[k]
+            done.set()
+        if not self._idle_leases:
+            self._leases_idle = trio.Event()
 
     async def lease_keeper(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Renew the leases of instances whose handlers run long; the engine's one renewal task."""
@@ -215,6 +226,16 @@ class Runtime:
                     await self.env.storage.renew_instance_leases(sorted(self._held), self.owner, until)
                 except StorageError as exc:
                     _log.warning("could not renew instance leases: %s", exc.message)
+            else:
+                self._leases_held = trio.Event()
+
+    async def lease_releaser(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Give up the leases of instances that went idle, in batches, a moment after."""
+        task_status.started()
+        while True:
+            await self._leases_idle.wait()
+            await trio.sleep(self._lease_linger)
+            await self._release_idle_leases(self._lease_linger)
 
     async def wait_idle(self) -> None:
         """Return once no actor has work queued or running."""
@@ -295,6 +316,7 @@ class Runtime:
         self._closing = True
         with trio.move_on_after(grace_seconds):
             await self.wait_idle()
+        await self._release_idle_leases(0)
         if self._claimed:
             try:
                 await self.env.storage.release_alarms(sorted(self._claimed))

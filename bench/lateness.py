@@ -1,0 +1,91 @@
+"""lateness: 10,000 task alarms due over 10 s on the real clock (target: p99 <= 5 ms late, never early).
+
+Each alarm's lateness is the wall time at which its ``execute`` starts minus
+the time it was scheduled for. Floor: one Trio task sleeping until each due
+time in turn (what any Trio program gets from the same clock).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import msgspec
+import trio
+
+import djobs
+
+from _common import median, parse_args, peak_rss_mb, report, temp_db
+
+
+class Due(msgspec.Struct):
+    at_ms: int
+
+
+late_ms: list[float] = []
+
+
+def on_event(event: Due, ctx: djobs.TaskEventContext[Due]) -> None:
+    ctx.set_state(event)
+    ctx.schedule(datetime.fromtimestamp(event.at_ms / 1000, tz=UTC))
+
+
+def execute(ctx: djobs.TaskContext[Due]) -> None:
+    assert ctx.state is not None
+    late_ms.append(time.time() * 1000 - ctx.state.at_ms)
+
+
+alarm = djobs.Task.make("alarm", state=Due, event=Due, on_event=on_event, execute=execute)
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+async def djobs_run(path: str, alarms: int, span_s: float) -> list[float]:
+    late_ms.clear()
+    async with djobs.open_engine([alarm], storage=djobs.sqlite(path)) as engine:
+        client = engine.client.task(alarm)
+        base = int(time.time() * 1000) + 8000  # leave room for the sends
+        for i in range(alarms):
+            await client.send(id=f"a{i}", event=Due(base + int(i * span_s * 1000 / alarms)))
+        if time.time() * 1000 > base:
+            raise SystemExit("sending took longer than the lead time; raise it")
+        while len(late_ms) < alarms:
+            await trio.sleep(0.1)
+    return list(late_ms)
+
+
+async def floor_run(alarms: int, span_s: float) -> list[float]:
+    base = time.time() * 1000 + 500
+    late = []
+    offset = time.time() - trio.current_time()  # map wall time to Trio's clock once
+    for i in range(alarms):
+        due_ms = base + i * span_s * 1000 / alarms
+        await trio.sleep_until(due_ms / 1000 - offset)
+        late.append(time.time() * 1000 - due_ms)
+    return late
+
+
+def main() -> None:
+    args = parse_args(__doc__ or "", alarms=10_000, span_s=10.0)
+    p99s, p50s, maxes, early, floor_p99s = [], [], [], 0, []
+    for _ in range(args.runs):
+        with temp_db() as path:
+            late = trio.run(djobs_run, path, args.alarms, args.span_s)
+        p99s.append(percentile(late, 99))
+        p50s.append(percentile(late, 50))
+        maxes.append(max(late))
+        early += sum(1 for x in late if x < 0)
+        floor_p99s.append(percentile(trio.run(floor_run, args.alarms, args.span_s), 99))
+    p99, floor = median(p99s), median(floor_p99s)
+    report(
+        "lateness", p50_ms=round(median(p50s), 3), p99_ms=round(p99, 3), max_ms=round(median(maxes), 3),
+        early=early, floor_p99_ms=round(floor, 3), target_p99_ms=5, met=p99 <= 5 and early == 0,
+        alarms=args.alarms, span_s=args.span_s, runs=args.runs, peak_rss_mb=round(peak_rss_mb(), 1),
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
