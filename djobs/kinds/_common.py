@@ -75,6 +75,27 @@ def effect(fn: Callable[[], Awaitable[Result[T, Any]]]) -> FutureResult[T, Any]:
     return FutureResult(run())
 
 
+H = TypeVar("H")
+
+
+class InstanceClient(Generic[H]):
+    """Base of the per-kind clients: every verb validates the id, then runs on the kind's handler.
+
+    A client made for a job the engine does not know has no handler; each of
+    its verbs then fails with `JobNotFoundError`.
+    """
+
+    def __init__(self, name: str, handler: H | None) -> None:
+        self._name = name
+        self._handler = handler
+
+    def _verb(self, instance_id: object, fn: Callable[[H, str], Awaitable[Result[T, Any]]]) -> FutureResult[T, Any]:
+        handler = self._handler
+        if handler is None:
+            return not_registered(self._name)
+        return effect(lambda: with_id(instance_id, lambda i: fn(handler, i)))
+
+
 def not_registered(name: str) -> FutureResult[Any, JobNotFoundError]:
     """The result of every verb of a client for a job the engine does not know."""
     return FutureResult.from_failure(JobNotFoundError(name))

@@ -29,7 +29,13 @@ from .._logging import JobLog, LoggingOption
 from .._retry import Retry
 from .._schedule import Schedule
 from ..storage import Alarm, Checkin, InstanceRecord, SetAlarm
-from ._common import StateResult, TerminateResult, check_name, effect, instance_key, not_registered, with_id
+from ._common import (
+    InstanceClient,
+    StateResult,
+    TerminateResult,
+    check_name,
+    instance_key,
+)
 
 if TYPE_CHECKING:
     from .._runtime import Runtime
@@ -293,7 +299,7 @@ class ContinuousHandler(Generic[S]):
         return run_count, outcome_kind
 
 
-class ContinuousClient(Generic[S]):
+class ContinuousClient(InstanceClient[ContinuousHandler[S]], Generic[S]):
     """The client verbs of one continuous job; get one with ``engine.client.continuous(job)``.
 
     Every verb returns a `FutureResult` that does its work when awaited and
@@ -301,50 +307,31 @@ class ContinuousClient(Generic[S]):
     type names. A verb returns only after what it changed is committed.
     """
 
-    def __init__(self, name: str, handler: ContinuousHandler[S] | None) -> None:
-        self._name = name
-        self._handler = handler
-
     def start(
         self, *, id: str, input: S
     ) -> FutureResult[StartResult, JobNotFoundError | ValidationError | StorageError]:
         """Start instance `id` with `input` as its state; a running id is left as it is (``created=False``)."""
-        h = self._handler
-        if h is None:
-            return not_registered(self._name)
-        return effect(lambda: with_id(id, lambda i: h.start(i, input)))
+        return self._verb(id, lambda h, i: h.start(i, input))
 
     def trigger(
         self, id: str
     ) -> FutureResult[TriggerResult, JobNotFoundError | InstanceNotFoundError | ValidationError | StorageError]:
         """Run instance `id` now, outside its schedule; returns once the run is committed."""
-        h = self._handler
-        if h is None:
-            return not_registered(self._name)
-        return effect(lambda: with_id(id, h.trigger))
+        return self._verb(id, lambda h, i: h.trigger(i))
 
     def status(self, id: str) -> FutureResult[ContinuousStatus, JobNotFoundError | ValidationError | StorageError]:
         """``running`` (with ``run_count`` and ``next_run_at``), ``stopped`` or ``not_found``."""
-        h = self._handler
-        if h is None:
-            return not_registered(self._name)
-        return effect(lambda: with_id(id, h.status))
+        return self._verb(id, lambda h, i: h.status(i))
 
     def get_state(
         self, id: str
     ) -> FutureResult[StateResult[S], JobNotFoundError | InstanceNotFoundError | ValidationError | StorageError]:
         """The instance's state and when it next runs."""
-        h = self._handler
-        if h is None:
-            return not_registered(self._name)
-        return effect(lambda: with_id(id, h.get_state))
+        return self._verb(id, lambda h, i: h.get_state(i))
 
     def terminate(
         self, id: str, *, reason: str | None = None
     ) -> FutureResult[TerminateResult, JobNotFoundError | ValidationError | StorageError]:
         """Delete the instance's state and alarm; the id can be started again."""
-        h = self._handler
-        if h is None:
-            return not_registered(self._name)
-        return effect(lambda: with_id(id, lambda i: h.terminate(i, reason)))
+        return self._verb(id, lambda h, i: h.terminate(i, reason))
 

@@ -55,7 +55,13 @@ from .._logging import JobLog, LoggingOption
 from .._retry import Retry
 from ..storage import Alarm, Checkin, ClearAlarm, InstanceRecord, SetAlarm
 from ..tracking import TrackedEvent
-from ._common import MAX_ID_LENGTH, StateResult, check_name, effect, instance_key, not_registered, with_id
+from ._common import (
+    MAX_ID_LENGTH,
+    InstanceClient,
+    StateResult,
+    check_name,
+    instance_key,
+)
 
 if TYPE_CHECKING:
     from .._runtime import Runtime
@@ -584,17 +590,13 @@ class DebounceHandler(Generic[E, S]):
         return outcome_kind
 
 
-class DebounceClient(Generic[E, S]):
+class DebounceClient(InstanceClient[DebounceHandler[E, S]], Generic[E, S]):
     """The client verbs of one debounce job; get one with ``engine.client.debounce(job)``.
 
     Every verb returns a `FutureResult` that does its work when awaited and
     gives an ``IOSuccess`` or an ``IOFailure`` with one of the errors its
     type names. A verb returns only after what it changed is committed.
     """
-
-    def __init__(self, name: str, handler: DebounceHandler[E, S] | None) -> None:
-        self._name = name
-        self._handler = handler
 
     def add(
         self, *, id: str, event: E, event_id: str | None = None
@@ -608,10 +610,7 @@ class DebounceClient(Generic[E, S]):
         and nothing is stored. With `event_id`, an id the instance accepted
         before gives `DuplicateEventError` and changes nothing.
         """
-        h = self._handler
-        if h is None:
-            return not_registered(self._name)
-        return effect(lambda: with_id(id, lambda i: h.add(i, event, event_id)))
+        return self._verb(id, lambda h, i: h.add(i, event, event_id))
 
     def flush(
         self, id: str
@@ -620,27 +619,18 @@ class DebounceClient(Generic[E, S]):
 
         An idle instance has nothing to flush: ``flushed=False``.
         """
-        h = self._handler
-        if h is None:
-            return not_registered(self._name)
-        return effect(lambda: with_id(id, h.flush))
+        return self._verb(id, lambda h, i: h.flush(i))
 
     def clear(self, id: str) -> FutureResult[ClearResult, JobNotFoundError | ValidationError | StorageError]:
         """Drop instance `id`'s batch without processing it; the instance goes idle.
 
         Clearing an idle or unknown id changes nothing (``cleared=False``).
         """
-        h = self._handler
-        if h is None:
-            return not_registered(self._name)
-        return effect(lambda: with_id(id, h.clear))
+        return self._verb(id, lambda h, i: h.clear(i))
 
     def status(self, id: str) -> FutureResult[DebounceStatus, JobNotFoundError | ValidationError | StorageError]:
         """``debouncing`` (with ``event_count`` and ``will_flush_at``), ``idle`` or ``not_found``."""
-        h = self._handler
-        if h is None:
-            return not_registered(self._name)
-        return effect(lambda: with_id(id, h.status))
+        return self._verb(id, lambda h, i: h.status(i))
 
     def get_state(
         self, id: str
@@ -648,7 +638,4 @@ class DebounceClient(Generic[E, S]):
         StateResult[S | None], JobNotFoundError | InstanceNotFoundError | ValidationError | StorageError
     ]:
         """The waiting batch's state and when it flushes (``scheduled_at``); ``state=None`` when idle."""
-        h = self._handler
-        if h is None:
-            return not_registered(self._name)
-        return effect(lambda: with_id(id, h.get_state))
+        return self._verb(id, lambda h, i: h.get_state(i))

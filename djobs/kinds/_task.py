@@ -56,13 +56,11 @@ from ..storage import Alarm, Checkin, ClearAlarm, InstanceRecord, SetAlarm
 from ..tracking import TrackedEvent
 from ._common import (
     MAX_ID_LENGTH,
+    InstanceClient,
     StateResult,
     TerminateResult,
     check_name,
-    effect,
     instance_key,
-    not_registered,
-    with_id,
 )
 
 if TYPE_CHECKING:
@@ -690,17 +688,13 @@ class TaskHandler(Generic[S, Ev]):
         await self.env.commit(Checkin(key=record.key, record=None), events)
 
 
-class TaskClient(Generic[S, Ev]):
+class TaskClient(InstanceClient[TaskHandler[S, Ev]], Generic[S, Ev]):
     """The client verbs of one task job; get one with ``engine.client.task(job)``.
 
     Every verb returns a `FutureResult` that does its work when awaited and
     gives an ``IOSuccess`` or an ``IOFailure`` with one of the errors its
     type names. A verb returns only after what it changed is committed.
     """
-
-    def __init__(self, name: str, handler: TaskHandler[S, Ev] | None) -> None:
-        self._name = name
-        self._handler = handler
 
     def send(
         self, *, id: str, event: Ev, event_id: str | None = None
@@ -726,41 +720,26 @@ class TaskClient(Generic[S, Ev]):
             `InvalidStateError` or `ExecutionError`; nothing is stored),
             `DuplicateEventError`, `StorageError` or `JobNotFoundError`.
         """
-        h = self._handler
-        if h is None:
-            return not_registered(self._name)
-        return effect(lambda: with_id(id, lambda i: h.send(i, event, event_id)))
+        return self._verb(id, lambda h, i: h.send(i, event, event_id))
 
     def trigger(
         self, id: str
     ) -> FutureResult[TaskTriggerResult, JobNotFoundError | InstanceNotFoundError | ValidationError | StorageError]:
         """Run ``execute`` now, as if the task's alarm had fired early (a pending alarm is consumed)."""
-        h = self._handler
-        if h is None:
-            return not_registered(self._name)
-        return effect(lambda: with_id(id, h.trigger))
+        return self._verb(id, lambda h, i: h.trigger(i))
 
     def status(self, id: str) -> FutureResult[TaskStatus, JobNotFoundError | ValidationError | StorageError]:
         """``active`` (an alarm is scheduled, with ``scheduled_at``), ``idle`` or ``not_found``."""
-        h = self._handler
-        if h is None:
-            return not_registered(self._name)
-        return effect(lambda: with_id(id, h.status))
+        return self._verb(id, lambda h, i: h.status(i))
 
     def get_state(
         self, id: str
     ) -> FutureResult[StateResult[S | None], JobNotFoundError | InstanceNotFoundError | ValidationError | StorageError]:
         """The task's state (``None`` before its first ``set_state``) and when ``execute`` is next due."""
-        h = self._handler
-        if h is None:
-            return not_registered(self._name)
-        return effect(lambda: with_id(id, h.get_state))
+        return self._verb(id, lambda h, i: h.get_state(i))
 
     def terminate(
         self, id: str, *, reason: str | None = None
     ) -> FutureResult[TerminateResult, JobNotFoundError | ValidationError | StorageError]:
         """Delete the task's state, alarm and event ids; the id can be used again."""
-        h = self._handler
-        if h is None:
-            return not_registered(self._name)
-        return effect(lambda: with_id(id, lambda i: h.terminate(i, reason)))
+        return self._verb(id, lambda h, i: h.terminate(i, reason))
