@@ -37,6 +37,11 @@ def to_epoch_ms(moment: datetime) -> int:
     return round(moment.timestamp() * 1000)
 
 
+#: The latest time djobs schedules anything for (the start of 9999-12-31 UTC): a
+#: later one could not be turned back into a `datetime`.
+LATEST_MS = 253_402_214_400_000
+
+
 @final
 class WallClock:
     """The production clock: the system's wall time.

@@ -28,14 +28,14 @@ from __future__ import annotations
 import reprlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, NoReturn, TypeAlias, TypeVar
 
 import msgspec
 from returns.future import FutureResult
 from returns.result import Failure, Result, Success
 
-from .._clock import to_datetime, to_epoch_ms
+from .._clock import LATEST_MS, to_datetime, to_epoch_ms
 from .._codec import decode, encode, validate
 from .._context import BaseContext
 from .._durations import parse_duration, to_ms
@@ -81,7 +81,6 @@ When: TypeAlias = timedelta | str | datetime
 
 _ACCEPTED = 'expected a timedelta, a duration string like "5 minutes", or a timezone-aware datetime'
 # Times past this cannot be shown as a datetime (scheduled_at); refuse them when scheduled.
-_LATEST_MS = to_epoch_ms(datetime(9999, 12, 31, tzinfo=UTC))
 _short = reprlib.Repr()
 _short.maxstring = _short.maxother = 60
 
@@ -132,7 +131,7 @@ def resolve_when(when: object, now_ms: int) -> Result[int, ValidationError]:
         fire_at = now_ms + to_ms(parsed.unwrap())
     else:
         return Failure(_bad_when(when))
-    if fire_at > _LATEST_MS:
+    if fire_at > LATEST_MS:
         return Failure(_bad_when(when, "that is after the year 9999"))
     return Success(fire_at)
 
@@ -385,7 +384,14 @@ class SendResult(msgspec.Struct, frozen=True):
 
 
 class TaskStatus(msgspec.Struct, frozen=True):
-    """The result of ``status``: ``active`` when an alarm is scheduled, else ``idle``, or ``not_found``."""
+    """The result of ``status``.
+
+    Attributes:
+        status: ``active`` when ``execute`` is scheduled, ``idle`` when it is
+            not, or ``not_found``.
+        scheduled_at: When ``execute`` is next due (``None`` when idle).
+        event_count: Events the task has accepted (``None`` when not found).
+    """
 
     status: Literal["active", "idle", "not_found"]
     scheduled_at: datetime | None = None

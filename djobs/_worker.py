@@ -1,0 +1,561 @@
+"""The queue worker: one claim loop per engine that leases due jobs and runs them.
+
+- The *claim loop* reclaims rows whose lease ran out (their worker crashed),
+  leases due rows in batches (``UPDATE … RETURNING``), and starts them as
+  slots under ``max_concurrency`` free up; it holds at most twice that many
+  rows, so a busy process does not hoard work another could do. Then it
+  sleeps until the earliest due row or lease end, or until an enqueue in this
+  process pokes it (the alarm sleeper's pattern); ``poll_interval`` caps the
+  sleep for rows other processes add.
+- The *settle task* writes how attempts ended in batches: jobs that finish
+  together share one transaction.
+- The *lease loop* renews every lease this process holds in one statement,
+  three times per ``lock_timeout``. The same statement reports cancels
+  requested by other processes, and rows lost to a reclaim.
+- Every running job has a cancel scope here, so ``client.jobs.cancel`` of a
+  job running in this process cancels it through Trio.
+- Closing stops claiming, hands back rows claimed but not started, lets
+  running jobs finish within the grace period, and then interrupts and hands
+  back the rest (their attempt does not count).
+
+The worker runs each job body on the Trio thread, in the engine's nursery: a
+job that blocks the thread blocks the engine, as any Trio code would.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import secrets
+import socket
+from collections import deque
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import msgspec
+import trio
+
+from ._durations import DurationLike, duration, to_ms
+from ._errors import StorageError, ValidationError
+from ._execution import Env
+from .storage import ClaimedJob, ExpiredLease, JobSettlement, QueueStorage
+from .tracking import NoopTracker, TrackedEvent
+
+__all__ = ["RunHandle", "Uuid7", "Worker", "WorkerOptions"]
+
+_error_encoder = msgspec.json.Encoder()
+
+
+def error_json(tag: str, message: str) -> bytes:
+    """The stored form of a job's error: ``{"tag": ..., "message": ...}``."""
+    return _error_encoder.encode({"tag": tag, "message": message})
+
+
+#: What a cancelled row stores as its error.
+CANCELLED_ERROR = error_json("job_cancelled", "the job was cancelled")
+_LEASE_ERROR = error_json(
+    "execution", "the worker running the job's last attempt stopped renewing its lease (it crashed or hung)"
+)
+
+
+class Uuid7:
+    """UUIDv7 job ids from the clock layer's milliseconds and random bits.
+
+    Ids from one generator strictly increase, even within a millisecond or if
+    the wall clock steps back (the 74 random bits then count up from the last
+    id), so ordering by id is ordering by creation within a process.
+
+    Examples:
+        >>> ids = Uuid7()
+        >>> a, b = ids(1_767_225_600_000), ids(1_767_225_600_000)
+        >>> a < b and a[:15] == "019b76da-a800-7"
+        True
+    """
+
+    __slots__ = ("_last_ms", "_random", "_seq")
+
+    _SEQ_BITS = 74
+
+    def __init__(self) -> None:
+        # Seeded from the OS, not the engine's seeded rng: two test engines on one
+        # file, seeded alike, must not mint the same ids.
+        self._random = random.Random()
+        self._last_ms = -1
+        self._seq = 0
+
+    def __call__(self, ms: int) -> str:
+        if ms > self._last_ms:
+            self._last_ms = ms
+            # Start in the lower half so a millisecond has room to count up.
+            self._seq = self._random.getrandbits(self._SEQ_BITS - 1)
+        else:
+            self._seq += 1
+            if self._seq >> self._SEQ_BITS:
+                self._last_ms += 1
+                self._seq = self._random.getrandbits(self._SEQ_BITS - 1)
+        seq = self._seq
+        value = (self._last_ms & 0xFFFFFFFFFFFF) << 80 | 0x7 << 76 | (seq >> 62) << 64 | 0b10 << 62 | seq & (2**62 - 1)
+        h = f"{value:032x}"
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerOptions:
+    """How an engine's worker runs the job queue; pass it as ``open_engine(worker=...)``.
+
+    Args:
+        max_concurrency: How many queued jobs run at once in this process.
+        lock_timeout: How long a claimed job's lease lasts without renewal; a
+            crashed worker's jobs run again after this. Leases are renewed
+            three times per timeout while a job runs.
+        poll_interval: The longest the worker sleeps before looking for jobs
+            that other processes enqueued (jobs enqueued in this process wake
+            it at once). ``None`` trusts this process alone.
+        batch_size: The most rows one claim leases.
+
+    Raises:
+        ValidationError: An option is out of range or not a duration.
+
+    Examples:
+        >>> WorkerOptions(max_concurrency=10, lock_timeout="1 minute").lock_timeout_ms
+        60000
+    """
+
+    max_concurrency: int = 5
+    lock_timeout: DurationLike = "5 minutes"
+    poll_interval: DurationLike | None = "1 second"
+    batch_size: int = 200
+    lock_timeout_ms: int = field(init=False, repr=False)
+    poll_interval_ms: int | None = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for name in ("max_concurrency", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValidationError(f"WorkerOptions({name}={value!r}): expected an int of at least 1")
+        lock_ms = to_ms(duration(self.lock_timeout, what="lock_timeout"))
+        if lock_ms < 3:
+            raise ValidationError(f"WorkerOptions(lock_timeout={self.lock_timeout!r}): must be at least 3 milliseconds")
+        poll_ms = None if self.poll_interval is None else to_ms(duration(self.poll_interval, what="poll_interval"))
+        if poll_ms is not None and poll_ms < 1:
+            raise ValidationError(
+                f"WorkerOptions(poll_interval={self.poll_interval!r}): must be at least 1 millisecond"
+            )
+        object.__setattr__(self, "lock_timeout_ms", lock_ms)
+        object.__setattr__(self, "poll_interval_ms", poll_ms)
+
+
+class Runner(Protocol):
+    """What runs a claimed row: the handler of one job definition."""
+
+    async def run_claimed(self, job: ClaimedJob, worker: Worker) -> None:
+        """Run the leased attempt `job` and settle its row (under ``worker.running``)."""
+        ...
+
+
+@dataclass(slots=True, eq=False)
+class RunHandle:
+    """A job running in this process: its cancel scope and why it was cancelled."""
+
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    done: trio.Event = field(default_factory=trio.Event)
+    #: Another worker reclaimed the row: whatever this run ends with is not written.
+    lost: bool = False
+    #: Claimed by the worker (not a ``now`` run in a caller's task).
+    claimed: bool = False
+    #: Its settlement waits in the worker's batch; `done` is set once it is written.
+    settling: bool = False
+    #: Its hold: (job id, attempt), or (job id, 0) for a ``now`` run.
+    key: tuple[str, int] = ("", 0)
+
+
+class Worker:
+    """The queue side of one engine: leases, running jobs, and (if enabled) the claim loop.
+
+    Exists in every engine, also a client-only one (``worker=None``), because
+    ``now`` runs jobs in the caller's task under a lease this renews.
+    """
+
+    def __init__(
+        self, env: Env, storage: QueueStorage, nursery: trio.Nursery, options: WorkerOptions, *, claiming: bool
+    ) -> None:
+        self.env = env
+        self.storage = storage
+        self.options = options
+        self.claiming = claiming
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._ids = Uuid7()
+        self.lease_ms = options.lock_timeout_ms
+        #: Whether events are worth building (not with the `NoopTracker`).
+        self.tracking = not isinstance(env.tracker, NoopTracker)
+        self.closing = False
+        self._log = env.logger.getChild("worker")
+        self._nursery = nursery
+        self._runners: dict[str, Runner] = {}
+        self._names: list[str] = []
+        self._running: dict[str, RunHandle] = {}
+        # Rows this process holds a lease on: claimed (started or not) and ``now`` runs.
+        # Keyed by (job id, attempt): a row this worker lost and then claimed again is a new hold.
+        # A ``now`` run holds (job id, 0) for all its attempts.
+        self._held: set[tuple[str, int]] = set()
+        self._held_changed = trio.Event()
+        self._ready: deque[ClaimedJob] = deque()
+        self._claimed_runs = 0
+        self._limiter = trio.CapacityLimiter(options.max_concurrency)
+        self._max_held = 2 * options.max_concurrency
+        self._capacity = trio.Event()
+        self._idle = trio.Event()
+        self._idle.set()
+        self._sleep_scope: trio.CancelScope | None = None
+        self._sleeping_until: float = math.inf
+        self._settling: list[tuple[JobSettlement, list[TrackedEvent], RunHandle, int | None]] = []
+        self._unsettled: set[tuple[str, int]] = set()
+        self._settle_wanted = trio.Event()
+
+    # -- registration and pokes ---------------------------------------------------------
+
+    def register(self, name: str, runner: Runner) -> None:
+        """Claim and run rows named `name` with `runner`."""
+        self._runners[name] = runner
+        self._names = sorted(self._runners)
+
+    @property
+    def names(self) -> Sequence[str]:
+        """The job names this worker runs."""
+        return self._names
+
+    def new_id(self) -> str:
+        """A fresh UUIDv7 (job and run ids) at the clock layer's current time."""
+        return self._ids(self.env.clock.now_ms())
+
+    def poke(self, at_ms: int) -> None:
+        """A job was enqueued due at `at_ms`: wake the claim loop if it sleeps past that."""
+        if self._sleep_scope is not None and at_ms < self._sleeping_until:
+            self._sleep_scope.cancel()
+
+    def emit(self, events: list[TrackedEvent]) -> None:
+        """Hand events to the tracker (after the commit they describe)."""
+        if events:
+            self.env.emit(events)
+
+    def event(self, type: str, job_id: str, name: str, **data: object) -> TrackedEvent:
+        """A queue event: the instance id is the job id, the job type ``job``."""
+        return self.env.event(type, job_id, "job", name, **data)
+
+    # -- running jobs -------------------------------------------------------------------
+
+    @contextmanager
+    def running(self, job_id: str, *, attempt: int | None = None) -> Iterator[RunHandle]:
+        """Register a run of `job_id` in this process: its lease is renewed and
+        ``cancel`` reaches its scope until the block exits.
+
+        `attempt` is a claimed attempt's number; ``None`` for a ``now`` run.
+        """
+        key = (job_id, 0 if attempt is None else attempt)
+        handle = RunHandle(claimed=attempt is not None, key=key)
+        self._running[job_id] = handle
+        self._hold(key)
+        try:
+            yield handle
+        finally:
+            if self._running.get(job_id) is handle:  # not replaced by a later claim of a lost row
+                del self._running[job_id]
+            if not handle.settling:
+                self._held.discard(key)
+                handle.done.set()
+
+    def cancel_local(self, job_id: str) -> trio.Event | None:
+        """Cancel `job_id` if it runs (or waits to run) here; the event is set once its row is settled."""
+        handle = self._running.get(job_id)
+        if handle is not None:
+            handle.scope.cancel()
+            return handle.done
+        for job in self._ready:
+            if job.id == job_id:
+                self._ready.remove(job)
+                done = trio.Event()
+                self._nursery.start_soon(self._hand_back, [job], done)
+                return done
+        return None
+
+    def _hold(self, key: tuple[str, int]) -> None:
+        self._held.add(key)
+        self._held_changed.set()
+
+    def _start_ready(self) -> None:
+        while self._ready and not self.closing:
+            job = self._ready[0]
+            try:
+                self._limiter.acquire_on_behalf_of_nowait((job.id, job.attempt))
+            except trio.WouldBlock:
+                return
+            self._ready.popleft()
+            self._nursery.start_soon(self._run, job, self._runners[job.name])
+
+    async def _run(self, job: ClaimedJob, runner: Runner) -> None:
+        try:
+            await runner.run_claimed(job, self)
+        except Exception:
+            self._log.exception("bug: the handler of job %s (%s) raised; its lease will expire", job.id, job.name)
+        finally:
+            key = (job.id, job.attempt)
+            self._limiter.release_on_behalf_of(key)
+            if key not in self._unsettled:  # else the row stays held (renewed) until its batch is written
+                self._held.discard(key)
+            self._claimed_runs -= 1
+            self._start_ready()
+            self._capacity.set()
+            self._check_idle()
+
+    def _check_idle(self) -> None:
+        if self._claimed_runs == 0 and not self._settling:
+            self._idle.set()
+
+    # -- settling claimed runs ----------------------------------------------------------
+
+    def settle(
+        self, settlement: JobSettlement, events: list[TrackedEvent], handle: RunHandle, *, poke_at: int | None = None
+    ) -> None:
+        """Write how a claimed attempt ended, batched with others ending about now.
+
+        The batch is written by the settle task in one transaction as soon as
+        the finished jobs yield to it; until then the row stays leased here
+        (a crash before the write runs the attempt again, as any crash after
+        the body and before its commit would). Events are emitted, and
+        `poke_at` (a retry's due time) wakes the claim loop, after the write.
+        """
+        handle.settling = True
+        self._unsettled.add(handle.key)
+        self._settling.append((settlement, events, handle, poke_at))
+        self._settle_wanted.set()
+
+    async def settle_loop(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Write batched settlements whenever there are some; the engine's single settle task."""
+        task_status.started()
+        while True:
+            await self._settle_wanted.wait()
+            self._settle_wanted = trio.Event()
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write the settlements waiting now, in one transaction."""
+        batch, self._settling = self._settling, []
+        if not batch:
+            return
+        applied: Sequence[bool | None]
+        try:
+            applied = await self.storage.settle_jobs([item[0] for item in batch])
+        except StorageError as exc:
+            # The rows stay as they are: their leases lapse and they run again.
+            self._log.error("could not record how %d job attempt(s) ended; they run again after their lease: %s",
+                            len(batch), exc.message)  # fmt: skip
+            applied = [None] * len(batch)
+        events: list[TrackedEvent] = []
+        for (settlement, job_events, handle, poke_at), ok in zip(batch, applied, strict=True):
+            self._unsettled.discard(handle.key)
+            self._held.discard(handle.key)
+            handle.done.set()
+            if ok:
+                events.extend(job_events)
+                if poke_at is not None:
+                    self.poke(poke_at)
+            elif ok is not None:
+                self._log.warning("job %s: attempt %d lost its lease before it ended; its outcome is dropped",
+                                  settlement.job_id, settlement.attempt)  # fmt: skip
+        self.emit(events)
+        self._check_idle()
+
+    async def _hand_back(self, jobs: list[ClaimedJob], done: trio.Event | None = None) -> None:
+        """Release claimed rows that never started (their attempt does not count); with
+        `done`, they are handed back because a cancel was requested, so they end cancelled."""
+        now = self.env.now_ms()
+        settlements = [
+            JobSettlement(job_id=j.id, worker_id=self.id, attempt=j.attempt, status="pending", at=now,
+                          release=True, error=CANCELLED_ERROR)
+            for j in jobs
+        ]  # fmt: skip
+        try:
+            applied = await self.storage.settle_jobs(settlements)
+            if done is not None:  # handed back because it was cancelled: the row ends cancelled
+                self.emit([self.event("job.cancelled", j.id, j.name, attempt=j.attempt)
+                           for j, ok in zip(jobs, applied, strict=True) if ok])  # fmt: skip
+        except StorageError as exc:
+            self._log.warning("could not hand back %d claimed job(s); they run after their lease: %s", len(jobs),
+                              exc.message)  # fmt: skip
+        finally:
+            for j in jobs:
+                self._held.discard((j.id, j.attempt))
+            self._claimed_runs -= len(jobs)
+            self._capacity.set()
+            self._check_idle()
+            if done is not None:
+                done.set()
+
+    # -- the claim loop ---------------------------------------------------------------
+
+    async def claim_loop(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Reclaim, claim, start, sleep; forever. The engine's single claim task."""
+        storage, clock, batch = self.storage, self.env.clock, self.options.batch_size
+        poll_ms = self.options.poll_interval_ms
+        task_status.started()
+        while True:
+            free = min(batch, self._max_held - self._claimed_runs)
+            if free <= 0 or not self._names:
+                if not self._names:
+                    await trio.sleep_forever()  # nothing registered to run here
+                self._capacity = trio.Event()
+                await self._capacity.wait()
+                continue
+            now = clock.now_ms()
+            try:
+                expired = await storage.reclaim_expired(now, CANCELLED_ERROR, _LEASE_ERROR, batch)
+                claimed = await storage.claim_jobs(now, now + self.lease_ms, self.id, self._names, free)
+            except StorageError as exc:
+                self._log.error("claim loop: %s; trying again in 1 s", exc.message)
+                await trio.sleep(1)
+                continue
+            if expired:
+                self._report_expired(expired)
+            if claimed:
+                self._accept(claimed)
+            if len(claimed) == free or len(expired) == batch:
+                await trio.lowlevel.checkpoint()
+                continue
+            try:
+                next_at = await storage.next_job_wakeup(self._names)
+            except StorageError as exc:
+                self._log.error("claim loop: %s; trying again in 1 s", exc.message)
+                await trio.sleep(1)
+                continue
+            if next_at is not None:
+                # A row due now was added after the claim (another process): look again
+                # in a millisecond rather than spin without letting time pass.
+                next_at = max(next_at, now + 1)
+            self._sleep_scope = trio.CancelScope()
+            self._sleeping_until = math.inf if next_at is None else next_at
+            with self._sleep_scope:
+                if poll_ms is not None:
+                    self._sleep_scope.deadline = trio.current_time() + poll_ms / 1000
+                if next_at is None:
+                    await trio.sleep_forever()
+                else:
+                    await clock.sleep_until(next_at)
+            self._sleep_scope = None
+
+    def _accept(self, claimed: list[ClaimedJob]) -> None:
+        if any(j.priority for j in claimed):
+            claimed.sort(key=lambda j: (-j.priority, j.scheduled_for))  # RETURNING comes in storage order
+        self._claimed_runs += len(claimed)
+        self._idle = trio.Event() if self._idle.is_set() else self._idle
+        for job in claimed:
+            self._hold((job.id, job.attempt))
+            self._ready.append(job)
+        if self.tracking:
+            self.emit([self.event("job.claimed", j.id, j.name, attempt=j.attempt, worker_id=self.id) for j in claimed])
+        self._start_ready()
+
+    def _report_expired(self, expired: Sequence[ExpiredLease]) -> None:
+        events: list[TrackedEvent] = []
+        for lease in expired:
+            self._log.warning("job %s (%s): the lease of attempt %d by %s expired; it is now %s", lease.id, lease.name,
+                              lease.attempt, lease.worker_id, lease.status)  # fmt: skip
+            events.append(self.event("job.lease_expired", lease.id, lease.name, attempt=lease.attempt,
+                                     worker_id=lease.worker_id, status=lease.status))  # fmt: skip
+            if lease.status == "failed":
+                error = {"tag": "execution", "message": "the lease of its last attempt expired"}
+                events.append(self.event("job.failed", lease.id, lease.name, attempt=lease.attempt, will_retry=False,
+                                         error=error))  # fmt: skip
+            elif lease.status == "cancelled":
+                events.append(self.event("job.cancelled", lease.id, lease.name, attempt=lease.attempt))
+        self.emit(events)
+
+    # -- leases -----------------------------------------------------------------------
+
+    async def lease_loop(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Renew the leases this process holds, three times per lock timeout."""
+        clock = self.env.clock
+        interval = max(self.lease_ms // 3, 1)
+        task_status.started()
+        while True:
+            if not self._held:
+                self._held_changed = trio.Event()
+                await self._held_changed.wait()
+            await clock.sleep_until(clock.now_ms() + interval)
+            if self._held:
+                await self.renew()
+
+    async def renew(self) -> None:
+        """Renew every lease held now; cancel runs whose cancel was requested or whose row was lost."""
+        before = set(self._held)
+        try:
+            rows = await self.storage.renew_leases(self.id, self.env.now_ms() + self.lease_ms)
+        except StorageError as exc:
+            self._log.error("could not renew %d lease(s): %s", len(before), exc.message)
+            return
+        seen: set[str] = set()
+        for job_id, cancel_requested in rows:
+            seen.add(job_id)
+            if cancel_requested:
+                self.cancel_local(job_id)
+        lost = {key for key in before & self._held if key[0] not in seen}
+        for key in lost:
+            # Reclaimed by another worker (this process stalled past its lease):
+            # stop the run; the row's new holder owns it now.
+            handle = self._running.get(key[0])
+            if handle is not None and handle.key == key:
+                self._log.warning("job %s: lease lost to a reclaim; cancelling the run here", key[0])
+                handle.lost = True
+                handle.scope.cancel()
+        if lost:
+            self.poke(self.env.now_ms())  # the rows may be pending again already; look at once
+        waiting = [job for job in self._ready if (job.id, job.attempt) in lost]
+        for job in waiting:  # claimed here but not started: forget them
+            self._ready.remove(job)
+            self._held.discard((job.id, job.attempt))
+            self._claimed_runs -= 1
+        if waiting:
+            self._capacity.set()
+            self._check_idle()
+
+    # -- idle and shutdown ------------------------------------------------------------
+
+    async def wait_idle(self) -> None:
+        """Return once no claimed job waits or runs in this process."""
+        while not self._idle.is_set():
+            await self._idle.wait()
+
+    async def has_due(self) -> bool:
+        """Whether a row this worker would take is due now (or a lease has run out)."""
+        if not self.claiming or not self._names:
+            return False
+        now = self.env.now_ms()
+        next_at = await self.storage.next_job_wakeup(self._names)
+        if next_at is None or next_at > now:
+            return False
+        self.poke(now)  # written by another engine or behind this one's back: it was not told
+        return True
+
+    async def close(self, grace_seconds: float) -> None:
+        """Hand back unstarted rows, let running jobs finish for up to `grace_seconds`,
+        then interrupt the rest and hand their rows back."""
+        self.closing = True
+        if self._ready:
+            ready, self._ready = list(self._ready), deque()
+            await self._hand_back(ready)
+        with trio.move_on_after(grace_seconds):
+            await self._wait_runs()
+        if self._claimed_runs:
+            for handle in list(self._running.values()):
+                if handle.claimed:  # a ``now`` run belongs to its caller's task
+                    handle.scope.cancel()
+            with trio.move_on_after(max(grace_seconds, 1.0)):
+                await self._wait_runs()
+        await self.flush()
+
+    async def _wait_runs(self) -> None:
+        while self._claimed_runs:
+            self._capacity = trio.Event()
+            await self._capacity.wait()

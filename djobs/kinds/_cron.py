@@ -1,0 +1,432 @@
+"""Cron jobs: a schedule that enqueues one job per fire time, however many engines run.
+
+Each cron job is a row in ``cron_jobs`` holding its ``next_run_at``. The
+engine's cron task sleeps until the earliest one, then advances the row with
+a compare-and-set on ``next_run_at`` *in the same transaction* as the
+enqueue: of two engines on one database that wake for the same fire time,
+exactly one moves the row on, and only that one's job is stored.
+
+A fire time is *on time* when it is the only one that has passed and it is at
+most a minute late. Otherwise fire times were missed (no engine ran, or the
+cron was disabled), and the cron job's ``missed`` policy decides:
+
+- ``"once"`` (default): one run for the whole missed span, then on schedule;
+- ``"all"``: one run per missed fire time (beware long outages of frequent crons);
+- ``"skip"``: no run for the missed span; the next run is the next fire time after now.
+
+Daylight-saving changes are handled by the schedule (`djobs.cron`): each
+wall-clock time fires once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
+
+import msgspec
+import trio
+from returns.future import FutureResult
+from returns.result import Failure, Result, Success
+
+from .._clock import to_datetime
+from .._codec import encode
+from .._errors import JobNotFoundError, StorageError, TenantError, ValidationError
+from .._execution import Env
+from .._logging import LoggingOption
+from .._retry import Retry
+from .._schedule import Cron, Schedule, parse_cron
+from ..storage import CronRecord, CronSpec, QueueStorage
+from ._common import check_name, effect
+from ._job import Job, JobContext, JobQueue
+
+if TYPE_CHECKING:
+    from .._runtime import Runtime
+    from ..storage import Alarm
+
+P = TypeVar("P")
+
+KIND = "cron"
+
+#: What a cron job does about fire times that passed while it could not run.
+MissedFires = Literal["once", "all", "skip"]
+
+#: How late a fire may be and still count as on time (not missed).
+MISFIRE_GRACE_MS = 60_000
+
+
+
+class CronFire(msgspec.Struct, frozen=True):
+    """The params of a cron job's own body: which cron fired, for which fire time."""
+
+    cron: str
+    scheduled_at: datetime
+
+
+def _stored_schedule(schedule: Schedule) -> tuple[str, str]:
+    if isinstance(schedule, Cron):
+        return schedule.expression, schedule.tz
+    return schedule.describe(), "UTC"
+
+
+@dataclass(frozen=True, eq=False)
+class CronJob:
+    """A schedule that enqueues a job once per fire time. Make one with `CronJob.make`.
+
+    Examples:
+        >>> import msgspec, djobs
+        >>> class Report(msgspec.Struct):
+        ...     kind: str
+        >>> def build(params: Report, ctx: djobs.JobContext) -> None: ...
+        >>> report = djobs.Job.make("report", params=Report, execute=build)
+        >>> nightly = djobs.CronJob.make("nightlyReport", schedule=djobs.cron("0 3 * * *", tz="Europe/Berlin"),
+        ...                              job=report, params=Report("daily"))
+        >>> nightly.job.name
+        'report'
+    """
+
+    kind: ClassVar[str] = KIND
+    name: str
+    schedule: Schedule
+    job: Job[Any, Any]
+    #: The JSON params every fire enqueues; ``None`` when the job is the cron's
+    #: own body, which gets a `CronFire` per fire.
+    params: bytes | None
+    missed: MissedFires = "once"
+    tenant_id: str | None = None
+
+    @classmethod
+    def make(
+        cls,
+        name: str,
+        *,
+        schedule: Schedule | str,
+        job: Job[P, Any] | None = None,
+        params: P | None = None,
+        execute: Callable[[CronFire, JobContext], object] | None = None,
+        missed: MissedFires = "once",
+        tenant_id: str | None = None,
+        retry: Retry | None = None,
+        max_attempts: int | None = None,
+        logging: LoggingOption = False,
+    ) -> CronJob:
+        """Define a cron job: either a `Job` with its `params`, or its own `execute`.
+
+        Args:
+            name: The cron job's unique name (no ``:``).
+            schedule: ``djobs.cron("0 9 * * *", tz="Europe/Berlin")``, a cron
+                expression (read in UTC), or ``djobs.every(...)``.
+            job: The job each fire enqueues. It is registered with the engine
+                if it is not among the definitions already.
+            params: The params each fire enqueues `job` with (validated now);
+                default the params struct built with no arguments.
+            execute: Instead of `job`: a body ``execute(fire, ctx)`` taking a
+                `CronFire`; it becomes a job named like the cron job.
+            missed: What to do about fire times missed while no engine ran:
+                ``"once"``, ``"all"`` or ``"skip"`` (see the module notes).
+            tenant_id: The tenant the enqueued jobs belong to.
+            retry: With `execute`: the job's retry policy.
+            max_attempts: With `execute`: the job's attempt budget.
+            logging: With `execute`: the job's logging option.
+
+        Raises:
+            ValidationError: A bad name, schedule, params or option.
+        """
+        check_name(name, "CronJob")
+        if isinstance(schedule, str):
+            parsed = parse_cron(schedule)
+            if isinstance(parsed, Failure):
+                raise parsed.failure()
+            schedule = parsed.unwrap()
+        if not hasattr(schedule, "next_after"):
+            raise ValidationError(f"CronJob {name!r}: schedule must come from djobs.cron() or djobs.every()")
+        if missed not in ("once", "all", "skip"):
+            raise ValidationError(f"CronJob {name!r}: missed must be 'once', 'all' or 'skip', got {missed!r}")
+        if tenant_id is not None and (not isinstance(tenant_id, str) or not tenant_id):
+            raise ValidationError(f"CronJob {name!r}: tenant_id must be a non-empty string, got {tenant_id!r}")
+        if (job is None) == (execute is None):
+            raise ValidationError(f"CronJob {name!r}: give either job= (with params=) or execute=, not both or neither")
+        if job is not None:
+            if not isinstance(job, Job):
+                raise ValidationError(f"CronJob {name!r}: job must be a djobs.Job, got {job!r}")
+            try:
+                value = params if params is not None else job.params()
+            except TypeError as exc:
+                raise ValidationError(f"CronJob {name!r}: params= is required for job {job.name!r}: {exc}") from None
+            raw = encode(job.params, value, what=f"params of cron job {name!r}")
+            if isinstance(raw, Failure):
+                raise raw.failure()
+            return cls(name, schedule, job, raw.unwrap(), missed, tenant_id)
+        assert execute is not None
+        own = Job.make(name, params=CronFire, execute=execute, retry=retry, max_attempts=max_attempts, logging=logging)
+        return cls(name, schedule, own, None, missed, tenant_id)
+
+    def bind(self, runtime: Runtime) -> CronHandler:
+        """The handler of this cron job inside an engine (used by the engine)."""
+        return CronHandler(self)
+
+
+class CronHandler:
+    """A cron job as registered with an engine; the engine's `CronScheduler` fires it."""
+
+    def __init__(self, cron: CronJob) -> None:
+        self.job = cron
+
+    async def on_alarm(self, alarm: Alarm) -> None:
+        """Cron jobs use no alarms; the engine routes none here."""
+
+
+class CronInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A stored cron job, as ``client.crons`` reports it.
+
+    Attributes:
+        name: The cron job's name.
+        job_name: The job each fire enqueues.
+        schedule: The cron expression (or interval) as stored.
+        tz: The time zone its expression is read in.
+        enabled: Whether it fires.
+        next_run_at: The next fire time (kept while disabled, recomputed on enable).
+        last_run_at: When it last fired.
+        last_job_id: The job its last fire enqueued.
+    """
+
+    name: str
+    job_name: str
+    schedule: str
+    tz: str
+    enabled: bool
+    next_run_at: datetime | None = None
+    last_run_at: datetime | None = None
+    last_job_id: str | None = None
+    tenant_id: str | None = None
+
+
+def _info(record: CronRecord) -> CronInfo:
+    return CronInfo(
+        name=record.name, job_name=record.job_name, schedule=record.expression, tz=record.tz,
+        enabled=record.enabled, tenant_id=record.tenant_id, last_job_id=record.last_job_id,
+        next_run_at=None if record.next_run_at is None else to_datetime(record.next_run_at),
+        last_run_at=None if record.last_run_at is None else to_datetime(record.last_run_at),
+    )  # fmt: skip
+
+
+class CronScheduler:
+    """The cron jobs of one engine: stored at open, fired by one task sleeping until the earliest."""
+
+    def __init__(
+        self, env: Env, storage: QueueStorage, queue: JobQueue, handlers: list[CronHandler], poll_ms: int | None
+    ) -> None:
+        self.env = env
+        self.storage = storage
+        self.queue = queue
+        self.crons: dict[str, CronJob] = {h.job.name: h.job for h in handlers}
+        self._names = sorted(self.crons)
+        self._log = env.logger.getChild("cron")
+        self._poll_ms = poll_ms
+        self._sleep_scope: trio.CancelScope | None = None
+        self._sleeping_until: float = math.inf
+        for cron in self.crons.values():
+            if cron.tenant_id is None and queue.tenancy == "required":
+                raise TenantError(f"cron job {cron.name!r} has no tenant_id, and this engine requires one")
+
+    async def sync(self) -> None:
+        """Write the definitions to storage; an unchanged schedule keeps its stored next run."""
+        now = self.env.now_ms()
+        specs = []
+        for cron in self.crons.values():
+            expression, tz = _stored_schedule(cron.schedule)
+            params = cron.params if cron.params is not None else b"null"
+            specs.append(CronSpec(
+                name=cron.name, job_name=cron.job.name, expression=expression, tz=tz, params=params,
+                tenant_id=cron.tenant_id, first_run_at=cron.schedule.next_after(now), now=now,
+            ))  # fmt: skip
+        if specs:
+            await self.storage.sync_cron_jobs(specs)
+
+    def poke(self, at_ms: int) -> None:
+        """Wake the cron task if it sleeps past `at_ms` (a cron job was enabled)."""
+        if self._sleep_scope is not None and at_ms < self._sleeping_until:
+            self._sleep_scope.cancel()
+
+    async def has_due(self) -> bool:
+        """Whether a cron job of this engine is due now."""
+        if not self._names:
+            return False
+        now = self.env.now_ms()
+        if not await self.storage.due_cron_jobs(self._names, now):
+            return False
+        self.poke(now)
+        return True
+
+    async def loop(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Fire due cron jobs, then sleep until the next; the engine's single cron task."""
+        storage, clock = self.storage, self.env.clock
+        task_status.started()
+        if not self._names:
+            return
+        while True:
+            now = clock.now_ms()
+            try:
+                due = await storage.due_cron_jobs(self._names, now)
+                while due:
+                    for record in due:
+                        await self._fire(record, now)
+                    due = await storage.due_cron_jobs(self._names, now)
+                next_at = await storage.next_cron_at(self._names)
+            except StorageError as exc:
+                self._log.error("cron task: %s; trying again in 1 s", exc.message)
+                await trio.sleep(1)
+                continue
+            if next_at is not None:
+                next_at = max(next_at, now + 1)
+            self._sleep_scope = trio.CancelScope()
+            self._sleeping_until = math.inf if next_at is None else next_at
+            with self._sleep_scope:
+                if self._poll_ms is not None:
+                    # Another process may enable a cron job or change a schedule.
+                    self._sleep_scope.deadline = trio.current_time() + self._poll_ms / 1000
+                if next_at is None:
+                    await trio.sleep_forever()
+                else:
+                    await clock.sleep_until(next_at)
+            self._sleep_scope = None
+
+    async def _fire(self, record: CronRecord, now: int) -> None:
+        cron = self.crons[record.name]
+        due = record.next_run_at
+        assert due is not None
+        following = cron.schedule.next_after(due)
+        on_time = following > now and now - due <= MISFIRE_GRACE_MS
+        if on_time or cron.missed == "all":
+            run, next_run_at = True, following
+        elif cron.missed == "once":
+            run, next_run_at = True, cron.schedule.next_after(now)
+        else:
+            run, next_run_at = False, cron.schedule.next_after(now)
+        queue = self.queue
+        row = None
+        if run:
+            handler = queue.handlers[cron.job.name]
+            params = cron.params
+            if params is None:
+                params = encode(CronFire, CronFire(cron.name, to_datetime(due)), what="cron fire").unwrap()
+            row = queue.row(handler, params, scheduled_for=due, now=now, correlation_id=f"cron:{cron.name}",
+                            tenant_id=cron.tenant_id)  # fmt: skip
+        if not await self.storage.fire_cron(cron.name, due, next_run_at, now, row):
+            return  # another engine fired this time first
+        worker = queue.worker
+        fired_at = to_datetime(due).isoformat()
+        if row is None:
+            self._log.info("cron %s: skipped the missed fire time %s", cron.name, fired_at)
+            worker.emit([self.env.event("cron.skipped", cron.name, KIND, cron.name, fire_at=fired_at,
+                                        next_run_at=to_datetime(next_run_at).isoformat())])  # fmt: skip
+            return
+        worker.poke(now)
+        if worker.tracking:
+            worker.emit([
+                self.env.event("cron.fired", cron.name, KIND, cron.name, job_id=row.id, fire_at=fired_at,
+                               on_time=on_time),
+                worker.event("job.enqueued", row.id, row.name, scheduled_for=fired_at, tenant_id=row.tenant_id,
+                             correlation_id=row.correlation_id),
+            ])  # fmt: skip
+
+    # -- client operations -------------------------------------------------------------
+
+    def _cron(self, scope: str | None, cron: object) -> Result[CronJob, JobNotFoundError | TenantError]:
+        name = cron if isinstance(cron, str) else getattr(cron, "name", repr(cron))
+        found = self.crons.get(name)
+        if found is None or (not isinstance(cron, str) and found is not cron):
+            return Failure(JobNotFoundError(name, f"no cron job named {name!r} is registered with this engine"))
+        if scope is not None and found.tenant_id != scope:
+            return Failure(TenantError(f"cron job {name!r} belongs to another tenant than {scope!r}"))
+        return Success(found)
+
+    async def _record(self, name: str) -> CronRecord:
+        for record in await self.storage.list_cron_jobs():
+            if record.name == name:
+                return record
+        raise StorageError(f"cron job {name!r} is missing from storage; reopen the engine to store it again")
+
+    async def list_crons(self, scope: str | None) -> Result[list[CronInfo], StorageError]:
+        records = await self.storage.list_cron_jobs()
+        return Success([_info(r) for r in records if r.name in self.crons and (scope is None or r.tenant_id == scope)])
+
+    async def get(self, scope: str | None, cron: object) -> Result[CronInfo, Any]:
+        found = self._cron(scope, cron)
+        if isinstance(found, Failure):
+            return found
+        return Success(_info(await self._record(found.unwrap().name)))
+
+    async def set_enabled(self, scope: str | None, cron: object, enabled: bool) -> Result[CronInfo, Any]:
+        found = self._cron(scope, cron)
+        if isinstance(found, Failure):
+            return found
+        job = found.unwrap()
+        now = self.env.now_ms()
+        # Enabling starts from now: fire times that passed while disabled are not "missed".
+        next_run_at = job.schedule.next_after(now) if enabled else None
+        record = await self.storage.set_cron_enabled(job.name, enabled, next_run_at, now)
+        if record is None:
+            raise StorageError(f"cron job {job.name!r} is missing from storage; reopen the engine to store it again")
+        if enabled and next_run_at is not None:
+            self.poke(next_run_at)
+        return Success(_info(record))
+
+    async def next_runs(self, scope: str | None, cron: object, n: object) -> Result[list[datetime], Any]:
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 1000:
+            return Failure(ValidationError(f"n must be an int from 1 to 1000, got {n!r}"))
+        found = self._cron(scope, cron)
+        if isinstance(found, Failure):
+            return found
+        job = found.unwrap()
+        record = await self._record(job.name)
+        if record.enabled and record.next_run_at is not None:
+            first = record.next_run_at
+        else:
+            first = job.schedule.next_after(self.env.now_ms())
+        times = [first]
+        for _ in range(n - 1):
+            times.append(job.schedule.next_after(times[-1]))
+        return Success([to_datetime(t) for t in times])
+
+
+class CronsClient:
+    """The verbs on an engine's cron jobs; get it as ``engine.client.crons``.
+
+    A cron job is named by its definition or its name; one the engine does
+    not register gives `JobNotFoundError`. A tenant-scoped client sees only
+    that tenant's cron jobs.
+    """
+
+    def __init__(self, scheduler: CronScheduler, tenant: str | None = None) -> None:
+        self._scheduler = scheduler
+        self._tenant = tenant
+
+    def get(self, cron: CronJob | str) -> FutureResult[CronInfo, JobNotFoundError | TenantError | StorageError]:
+        """One cron job: schedule, enabled, next and last run."""
+        s, scope = self._scheduler, self._tenant
+        return effect(lambda: s.get(scope, cron))
+
+    def enable(self, cron: CronJob | str) -> FutureResult[CronInfo, JobNotFoundError | TenantError | StorageError]:
+        """Fire again, from the next fire time after now (times missed while disabled are not run)."""
+        s, scope = self._scheduler, self._tenant
+        return effect(lambda: s.set_enabled(scope, cron, True))
+
+    def disable(self, cron: CronJob | str) -> FutureResult[CronInfo, JobNotFoundError | TenantError | StorageError]:
+        """Stop firing (in every engine on this database) until enabled again."""
+        s, scope = self._scheduler, self._tenant
+        return effect(lambda: s.set_enabled(scope, cron, False))
+
+    def next_runs(
+        self, cron: CronJob | str, n: int = 5
+    ) -> FutureResult[list[datetime], JobNotFoundError | TenantError | ValidationError | StorageError]:
+        """The next `n` fire times (from the stored next run; from now if disabled)."""
+        s, scope = self._scheduler, self._tenant
+        return effect(lambda: s.next_runs(scope, cron, n))
+
+    def list(self) -> FutureResult[list[CronInfo], StorageError]:
+        """Every cron job of this engine, by name."""
+        s, scope = self._scheduler, self._tenant
+        return effect(lambda: s.list_crons(scope))

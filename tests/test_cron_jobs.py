@@ -1,0 +1,208 @@
+"""Cron jobs: one run per fire time, across engines, restarts and daylight-saving changes."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import msgspec
+import pytest
+import trio
+import trio.testing
+
+import djobs
+from djobs.storage import QueueStorage
+from djobs.testing import failure, open_test_engine, success
+
+START = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+class Report(msgspec.Struct):
+    kind: str = "daily"
+
+
+def report_job(fires: list[tuple[str, datetime]]) -> djobs.Job[Report, None]:
+    def build(params: Report, ctx: djobs.JobContext) -> None:
+        fires.append((params.kind, ctx.now()))
+
+    return djobs.Job.make("report", params=Report, execute=build)
+
+
+def own_body_cron(name: str, schedule: djobs.Schedule, fires: list[datetime], **options: object) -> djobs.CronJob:
+    def tick(fire: djobs.CronFire, ctx: djobs.JobContext) -> None:
+        assert fire.cron == name
+        fires.append(fire.scheduled_at)
+
+    return djobs.CronJob.make(name, schedule=schedule, execute=tick, **options)  # type: ignore[arg-type]
+
+
+@pytest.mark.trio
+async def test_a_week_of_every_15_minutes_is_672_runs(autojump_clock: trio.testing.MockClock) -> None:
+    fires: list[tuple[str, datetime]] = []
+    report = report_job(fires)
+    quarterly = djobs.CronJob.make("quarterHour", schedule=djobs.cron("*/15 * * * *"), job=report,
+                                   params=Report("quarter"))  # fmt: skip
+    async with open_test_engine([quarterly]) as engine:  # the job comes with the cron job
+        await trio.sleep(7 * 24 * 3600 + 60)
+        assert len(fires) == 672
+        assert fires[0] == ("quarter", START + timedelta(minutes=15))
+        assert fires[-1] == ("quarter", START + timedelta(days=7))
+        assert len({when for _, when in fires}) == 672
+        assert engine.tracker.count("cron.fired") == 672
+        [info] = success(await engine.client.crons.list())
+        assert info.next_run_at == START + timedelta(days=7, minutes=15)
+        assert info.last_run_at == START + timedelta(days=7)
+        assert info.last_job_id is not None
+        runs = success(await engine.client.jobs.list(correlation_id="cron:quarterHour", limit=1000))
+        assert len(runs) == 672 and {r.status for r in runs} == {"completed"}
+
+
+@pytest.mark.trio
+async def test_two_engines_on_one_file_fire_each_time_once(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    fires: list[datetime] = []
+    db = djobs.sqlite(tmp_path / "jobs.db")
+    worker = djobs.WorkerOptions(poll_interval="5 minutes")
+    every_5 = own_body_cron("every5", djobs.cron("*/5 * * * *"), fires)
+    async with open_test_engine([every_5], storage=db, worker=worker) as one, \
+            open_test_engine([every_5], storage=db, worker=worker) as two:  # fmt: skip
+        await trio.sleep(24 * 3600 + 30)
+        assert len(fires) == 288
+        assert Counter(fires).most_common(1)[0][1] == 1  # no fire time twice
+        fired = one.tracker.count("cron.fired") + two.tracker.count("cron.fired")
+        assert fired == 288
+        assert one.tracker.count("cron.fired") > 0 and two.tracker.count("cron.fired") > 0
+        runs = success(await one.client.jobs.list(limit=1000))
+        assert len(runs) == 288 and {r.status for r in runs} == {"completed"}
+
+
+def local_wall_times(fires: list[datetime], zone: str) -> list[str]:
+    return [f.astimezone(ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M") for f in fires]
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("start", [datetime(2026, 3, 26, tzinfo=UTC), datetime(2026, 10, 22, tzinfo=UTC)])
+async def test_dst_in_berlin_fires_once_per_wall_time(autojump_clock: trio.testing.MockClock, start: datetime) -> None:
+    nightly_fires: list[datetime] = []
+    hourly_fires: list[datetime] = []
+    nightly = own_body_cron("nightly", djobs.cron("30 2 * * *", tz="Europe/Berlin"), nightly_fires)
+    hourly = own_body_cron("hourly", djobs.cron("0 * * * *", tz="Europe/Berlin"), hourly_fires)
+    async with open_test_engine([nightly, hourly], start=start):
+        await trio.sleep(7 * 24 * 3600)
+    days = Counter(w[:10] for w in local_wall_times(nightly_fires, "Europe/Berlin"))
+    assert len(nightly_fires) == 7 and set(days.values()) == {1}
+    walls = local_wall_times(hourly_fires, "Europe/Berlin")
+    assert len(walls) == len(set(walls))  # no wall time twice
+    if start.month == 10:
+        # 02:30 happens twice on 25 October; it fires at the first (CEST) one only.
+        assert datetime(2026, 10, 25, 0, 30, tzinfo=UTC) in nightly_fires
+        assert datetime(2026, 10, 25, 1, 30, tzinfo=UTC) not in nightly_fires
+        assert Counter(w[:10] for w in walls)["2026-10-25"] == 24
+    else:
+        # 02:30 does not exist on 29 March; it fires at 03:30 CEST, once.
+        assert datetime(2026, 3, 29, 1, 30, tzinfo=UTC) in nightly_fires
+        assert Counter(w[:10] for w in walls)["2026-03-29"] == 23
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize(("missed", "catch_up"), [("once", 1), ("all", 5), ("skip", 0)])
+async def test_fire_times_missed_while_no_engine_ran(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, missed: str, catch_up: int
+) -> None:
+    fires: list[datetime] = []
+    db = djobs.sqlite(tmp_path / "jobs.db")
+    hourly = own_body_cron("hourly", djobs.cron("0 * * * *"), fires, missed=missed)
+    async with open_test_engine([hourly], storage=db):
+        await trio.sleep(3600 + 1)
+        assert fires == [START + timedelta(hours=1)]
+    # Down from 01:00:01 to 06:30: the fires of 02:00 to 06:00 were missed.
+    async with open_test_engine([hourly], storage=db, start=START + timedelta(hours=6, minutes=30)) as engine:
+        await engine.wait_idle()
+        assert len(fires) == 1 + catch_up
+        if missed == "all":
+            assert sorted(fires[1:]) == [START + timedelta(hours=h) for h in range(2, 7)]  # run concurrently
+        await trio.sleep(30 * 60 + 1)
+        assert fires[-1] == START + timedelta(hours=7)  # then on schedule
+        assert len(fires) == 2 + catch_up
+        skipped = engine.tracker.count("cron.skipped")
+        assert skipped == (1 if missed == "skip" else 0)
+
+
+@pytest.mark.trio
+async def test_enable_disable_list_and_next_runs(autojump_clock: trio.testing.MockClock) -> None:
+    fires: list[tuple[str, datetime]] = []
+    report = report_job(fires)
+    nine = djobs.CronJob.make("morning", schedule=djobs.cron("0 9 * * *", tz="Europe/Berlin"), job=report)
+    async with open_test_engine([report, nine]) as engine:
+        crons = engine.client.crons
+        [info] = success(await crons.list())
+        assert (info.name, info.job_name, info.schedule, info.tz, info.enabled) == (
+            "morning", "report", "0 9 * * *", "Europe/Berlin", True)  # fmt: skip
+        assert success(await crons.next_runs(nine, 3)) == [
+            datetime(2026, 1, d, 8, tzinfo=UTC) for d in (1, 2, 3)]  # fmt: skip
+        assert not success(await crons.disable("morning")).enabled
+        await trio.sleep(3 * 24 * 3600)
+        assert fires == []
+        enabled = success(await crons.enable(nine))
+        assert enabled.enabled and enabled.next_run_at == datetime(2026, 1, 4, 8, tzinfo=UTC)
+        await trio.sleep(24 * 3600)
+        assert fires == [("daily", datetime(2026, 1, 4, 8, tzinfo=UTC))]  # no catch-up for days it was off
+        assert success(await crons.get("morning")).last_run_at == datetime(2026, 1, 4, 8, tzinfo=UTC)
+        unknown = failure(await crons.enable("evening"))
+        assert unknown == djobs.JobNotFoundError(
+            "evening", "no cron job named 'evening' is registered with this engine"
+        )
+        assert isinstance(failure(await crons.next_runs(nine, 0)), djobs.ValidationError)
+
+
+@pytest.mark.trio
+async def test_a_changed_schedule_replaces_the_stored_next_run(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    fires: list[datetime] = []
+    db = djobs.sqlite(tmp_path / "jobs.db")
+    async with open_test_engine([own_body_cron("c", djobs.cron("0 12 * * *"), fires)], storage=db) as engine:
+        assert success(await engine.client.crons.get("c")).next_run_at == datetime(2026, 1, 1, 12, tzinfo=UTC)
+    async with open_test_engine([own_body_cron("c", djobs.cron("0 6 * * *"), fires)], storage=db) as engine:
+        assert success(await engine.client.crons.get("c")).next_run_at == datetime(2026, 1, 1, 6, tzinfo=UTC)
+        await trio.sleep(7 * 3600)
+        assert fires == [datetime(2026, 1, 1, 6, tzinfo=UTC)]
+
+
+@pytest.mark.trio
+async def test_a_client_only_engine_fires_nothing(autojump_clock: trio.testing.MockClock) -> None:
+    fires: list[datetime] = []
+    async with open_test_engine([own_body_cron("c", djobs.every("1 minute"), fires)], worker=None) as engine:
+        await trio.sleep(600)
+        assert fires == []
+        assert len(success(await engine.client.crons.list())) == 1
+
+
+@pytest.mark.trio
+async def test_bad_cron_definitions_fail_and_store_nothing(autojump_clock: trio.testing.MockClock) -> None:
+    fires: list[tuple[str, datetime]] = []
+    report = report_job(fires)
+    for expression in ("61 * * * *", "every day", "* * * *", "0 0 30 2 *"):
+        with pytest.raises(djobs.ValidationError, match="cron expression"):
+            djobs.cron(expression)
+        with pytest.raises(djobs.ValidationError, match="cron expression"):
+            djobs.CronJob.make("bad", schedule=expression, job=report)
+    with pytest.raises(djobs.ValidationError, match="unknown time zone"):
+        djobs.cron("0 9 * * *", tz="Mars/Olympus")
+    with pytest.raises(djobs.ValidationError, match="Report"):
+        djobs.CronJob.make("bad", schedule="0 9 * * *", job=report, params={"kind": 5})
+    with pytest.raises(djobs.ValidationError, match="either job"):
+        djobs.CronJob.make("bad", schedule="0 9 * * *")
+    with pytest.raises(djobs.ValidationError, match="missed"):
+        djobs.CronJob.make("bad", schedule="0 9 * * *", job=report, missed="sometimes")  # type: ignore[arg-type]
+    other_report = djobs.Job.make("report", params=Report, execute=lambda p, c: None)
+    clash = djobs.CronJob.make("clash", schedule="0 9 * * *", job=other_report)
+    with pytest.raises(djobs.ValidationError, match="report"):
+        async with open_test_engine([report, clash]):
+            pass  # pragma: no cover
+    async with open_test_engine([report]) as engine:
+        assert isinstance(engine.storage, QueueStorage)
+        assert await engine.storage.list_cron_jobs() == []

@@ -1,0 +1,190 @@
+"""Typed events fanned out to the jobs that listen, and tenant isolation of the queue."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+import trio
+import trio.testing
+
+import djobs
+from djobs.testing import failure, open_test_engine, success
+
+
+class OrderCreated(msgspec.Struct):
+    order_id: str
+    total: int
+
+
+class OrderRef(msgspec.Struct):
+    order_id: str
+
+
+class Seen:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, object, str | None]] = []
+
+
+def listeners(seen: Seen) -> list[djobs.Job[object, None]]:
+    def email(params: OrderCreated, ctx: djobs.JobContext) -> None:
+        seen.calls.append(("email", params, ctx.tenant_id))
+
+    def stock(params: OrderRef, ctx: djobs.JobContext) -> None:
+        seen.calls.append(("stock", params, ctx.tenant_id))
+
+    def refund(params: OrderRef, ctx: djobs.JobContext) -> None:
+        seen.calls.append(("refund", params, ctx.tenant_id))
+
+    return [
+        djobs.Job.make("confirmationEmail", params=OrderCreated, execute=email, on="order.created"),
+        djobs.Job.make("reserveStock", params=OrderRef, execute=stock, on="order.created"),
+        djobs.Job.make("refund", params=OrderRef, execute=refund, on="order.cancelled"),
+    ]  # type: ignore[list-item]
+
+
+# -- events ------------------------------------------------------------------------------
+
+
+@pytest.mark.trio
+async def test_an_event_enqueues_one_job_per_listener(autojump_clock: trio.testing.MockClock) -> None:
+    seen = Seen()
+    async with open_test_engine(listeners(seen)) as engine:
+        sent = success(await engine.client.send_event("order.created", {"order_id": "o-1", "total": 30},
+                                                      correlation_id="checkout-1"))  # fmt: skip
+        assert sent.delivered and sent.event == "order.created"
+        assert sent.job_names == ["confirmationEmail", "reserveStock"]
+        assert len(sent.job_ids) == 2
+        await engine.wait_idle()
+        assert sorted((name, params) for name, params, _ in seen.calls) == [
+            ("email", OrderCreated("o-1", 30)), ("stock", OrderRef("o-1"))]  # fmt: skip
+        for job_id, name in zip(sent.job_ids, sent.job_names, strict=True):
+            info = success(await engine.client.jobs.status(job_id))
+            assert (info.name, info.status, info.correlation_id) == (name, "completed", "checkout-1")
+        # A typed struct works as well as a dict.
+        again = success(await engine.client.send_event("order.cancelled", OrderRef("o-1")))
+        assert again.job_names == ["refund"]
+
+
+@pytest.mark.trio
+async def test_an_event_nobody_listens_to_is_not_an_error(autojump_clock: trio.testing.MockClock) -> None:
+    seen = Seen()
+    async with open_test_engine(listeners(seen)) as engine:
+        sent = success(await engine.client.send_event("user.signed_up", {"anything": 1}))
+        assert sent == djobs.EventResult(event="user.signed_up", job_ids=[], job_names=[], delivered=False)
+        assert success(await engine.client.jobs.list()) == []
+
+
+@pytest.mark.trio
+async def test_a_payload_one_listener_rejects_enqueues_nothing(autojump_clock: trio.testing.MockClock) -> None:
+    seen = Seen()
+    async with open_test_engine(listeners(seen)) as engine:
+        # reserveStock would take it (it only needs order_id); confirmationEmail needs a total.
+        error = failure(await engine.client.send_event("order.created", {"order_id": "o-1"}))
+        assert isinstance(error, djobs.ValidationError)
+        assert "confirmationEmail" in error.message and "OrderCreated" in error.message
+        for bad_name in ("", "   ", 42):
+            assert isinstance(failure(await engine.client.send_event(bad_name, {})), djobs.ValidationError)  # type: ignore[arg-type]
+        await engine.wait_idle()
+        assert success(await engine.client.jobs.list()) == [] and seen.calls == []
+
+
+@pytest.mark.trio
+async def test_a_repeated_event_with_an_idempotency_key_enqueues_once(autojump_clock: trio.testing.MockClock) -> None:
+    seen = Seen()
+    async with open_test_engine(listeners(seen)) as engine:
+        payload = {"order_id": "o-1", "total": 1}
+        first = success(await engine.client.send_event("order.created", payload, idempotency_key="webhook-77"))
+        again = success(await engine.client.send_event("order.created", payload, idempotency_key="webhook-77"))
+        assert again.job_ids == first.job_ids
+        await engine.wait_idle()
+        assert len(seen.calls) == 2
+
+
+# -- tenants -----------------------------------------------------------------------------
+
+
+@pytest.mark.trio
+async def test_required_tenancy_refuses_jobs_without_a_tenant(autojump_clock: trio.testing.MockClock) -> None:
+    seen = Seen()
+    jobs = listeners(seen)
+    async with open_test_engine(jobs, tenancy="required") as engine:
+        ref = OrderRef("o-1")
+        stock = engine.client.job(jobs[1])
+        calls = (stock.later(ref), stock.now(ref), stock.batch([ref]), engine.client.send_event("order.cancelled", ref))
+        for call in calls:
+            error = failure(await call)
+            assert isinstance(error, djobs.TenantError) and "tenant" in error.message
+        assert success(await engine.client.jobs.list()) == []
+        job_id = success(await engine.client.job(jobs[1]).later(ref, tenant_id="acme"))
+        acme = success(await engine.client.for_tenant("acme").send_event("order.cancelled", ref))
+        await engine.wait_idle()
+        assert sorted((name, tenant) for name, _, tenant in seen.calls) == [("refund", "acme"), ("stock", "acme")]
+        assert success(await engine.client.jobs.status(job_id)).tenant_id == "acme"
+        assert success(await engine.client.jobs.status(acme.job_ids[0])).tenant_id == "acme"
+    with pytest.raises(djobs.ValidationError, match="tenancy"):
+        async with open_test_engine(jobs, tenancy="sometimes"):  # type: ignore[arg-type]
+            pass  # pragma: no cover
+
+
+@pytest.mark.trio
+async def test_a_tenant_client_sees_and_changes_only_its_own_jobs(autojump_clock: trio.testing.MockClock) -> None:
+    seen = Seen()
+    jobs = listeners(seen)
+    stock = jobs[1]
+    async with open_test_engine(jobs, worker=None) as engine:
+        acme, globex = engine.client.for_tenant("acme"), engine.client.for_tenant("globex")
+        assert acme.tenant_id == "acme"
+        acme_ids = [success(await acme.job(stock).later(OrderRef(f"a{i}"))) for i in range(2)]
+        globex_id = success(await globex.job(stock).later(OrderRef("g")))
+        assert [j.id for j in success(await acme.jobs.list())] == acme_ids
+        assert [j.id for j in success(await globex.jobs.list())] == [globex_id]
+        assert len(success(await engine.client.jobs.list())) == 3  # the unscoped client sees every tenant
+        assert [j.id for j in success(await engine.client.jobs.list(tenant_id="globex"))] == [globex_id]
+        assert success(await acme.jobs.status(acme_ids[0])).tenant_id == "acme"
+        for verb in (acme.jobs.status, acme.jobs.cancel, acme.jobs.retry):
+            error = failure(await verb(globex_id))
+            assert isinstance(error, djobs.TenantError) and "another tenant" in error.message
+        assert isinstance(failure(await acme.jobs.list(tenant_id="globex")), djobs.TenantError)
+        assert isinstance(failure(await acme.job(stock).later(OrderRef("x"), tenant_id="globex")), djobs.TenantError)
+        assert success(await acme.job(stock).later(OrderRef("x"), tenant_id="acme"))  # naming itself is fine
+        assert success(await globex.jobs.status(globex_id)).status == "pending"  # untouched
+        for bad in ("", "x" * 600):
+            assert isinstance(failure(await engine.client.for_tenant(bad).jobs.list()), djobs.ValidationError)
+            assert isinstance(failure(await engine.client.for_tenant(bad).job(stock).later(OrderRef("x"))),
+                              djobs.ValidationError)  # fmt: skip
+        # Idempotency keys are per tenant: the same key in two tenants is two jobs.
+        a = success(await acme.job(stock).later(OrderRef("k"), idempotency_key="k1"))
+        g = success(await globex.job(stock).later(OrderRef("k"), idempotency_key="k1"))
+        assert a != g
+
+
+@pytest.mark.trio
+async def test_a_tenant_client_runs_now_jobs_as_that_tenant(autojump_clock: trio.testing.MockClock) -> None:
+    seen = Seen()
+    jobs = listeners(seen)
+    async with open_test_engine(jobs) as engine:
+        run = success(await engine.client.for_tenant("acme").job(jobs[1]).now(OrderRef("o")))
+        assert seen.calls == [("stock", OrderRef("o"), "acme")]
+        assert run.job_id is not None
+        assert isinstance(failure(await engine.client.for_tenant("globex").jobs.status(run.job_id)), djobs.TenantError)
+        bad = failure(await engine.client.job(jobs[1]).later(OrderRef("o"), tenant_id=""))
+        assert isinstance(bad, djobs.ValidationError)
+
+
+@pytest.mark.trio
+async def test_cron_jobs_under_required_tenancy_need_a_tenant(autojump_clock: trio.testing.MockClock) -> None:
+    def tick(fire: djobs.CronFire, ctx: djobs.JobContext) -> None:
+        ticks.append(ctx.tenant_id)
+
+    ticks: list[str | None] = []
+    anonymous = djobs.CronJob.make("tick", schedule=djobs.every("1 hour"), execute=tick)
+    with pytest.raises(djobs.TenantError, match="tick"):
+        async with open_test_engine([anonymous], tenancy="required"):
+            pass  # pragma: no cover
+    owned = djobs.CronJob.make("tick", schedule=djobs.every("1 hour"), execute=tick, tenant_id="acme")
+    async with open_test_engine([owned], tenancy="required") as engine:
+        await trio.sleep(3601)
+        assert ticks == ["acme"]
+        assert len(success(await engine.client.for_tenant("acme").crons.list())) == 1
+        assert success(await engine.client.for_tenant("globex").crons.list()) == []
+        assert isinstance(failure(await engine.client.for_tenant("globex").crons.disable("tick")), djobs.TenantError)
