@@ -1,0 +1,12 @@
+"""The ``djobs`` command line: run a worker, inspect a database, enqueue and batch jobs.
+
+Install it with ``pip install 'djobs[cli]'`` (it needs nothing beyond djobs
+itself) and run ``djobs --help``, or ``python -m djobs.cli``. The guide is
+``docs/guides/cli.md``; `main` is the entry point, `ExitCode` what it
+returns.
+"""
+
+from ._exit import ExitCode as ExitCode
+from ._main import main as main
+
+__all__ = ["ExitCode", "main"]

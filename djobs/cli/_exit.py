@@ -1,0 +1,70 @@
+"""Exit codes, and the one exception a command raises to end with one.
+
+A command returns an `ExitCode`, or raises `CommandError` with a message
+for stderr and the code; `main` prints the message (never a traceback for
+an expected failure) and returns the code.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+from .._errors import (
+    InstanceNotFoundError,
+    JobError,
+    JobNotFoundError,
+    StorageError,
+    TenantError,
+    ValidationError,
+)
+
+
+class ExitCode(IntEnum):
+    """What a ``djobs`` command exits with; scripts may rely on these values.
+
+    Attributes:
+        OK: The command did what it was asked.
+        FAILED: The command ran but what it did failed: a job in a batch
+            failed, a retry of a job that is not failed, a cancel of a job
+            that had already finished, a worker's engine crashed.
+        USAGE: Bad arguments: an unknown option, params that do not match
+            the job's struct, a ``module:attribute`` that cannot be loaded.
+        DATABASE: The database cannot be used: missing (read-only commands
+            never create one), not a djobs database, a schema of another
+            version, locked or unreadable.
+        NOT_FOUND: No instance or job with the given key or id.
+        INTERRUPTED: Stopped by Ctrl-C before it finished (not used by
+            ``djobs worker``, for which Ctrl-C is the normal way to stop).
+    """
+
+    OK = 0
+    FAILED = 1
+    USAGE = 2
+    DATABASE = 3
+    NOT_FOUND = 4
+    INTERRUPTED = 130
+
+
+class CommandError(Exception):
+    """Ends a command with `message` on stderr and exit `code`."""
+
+    def __init__(self, message: str, code: ExitCode) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+def exit_code(error: JobError) -> ExitCode:
+    """The exit code a djobs error value ends a command with."""
+    if isinstance(error, StorageError):
+        return ExitCode.DATABASE
+    if isinstance(error, InstanceNotFoundError):
+        return ExitCode.NOT_FOUND
+    if isinstance(error, ValidationError | JobNotFoundError | TenantError):
+        return ExitCode.USAGE
+    return ExitCode.FAILED
+
+
+def command_error(error: JobError) -> CommandError:
+    """A `CommandError` for a djobs error value, with its exit code."""
+    return CommandError(error.message, exit_code(error))

@@ -1,0 +1,189 @@
+"""The ``djobs`` command: argument parsing and dispatch to the commands."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
+
+import trio
+
+from .._clock import Clock, WallClock
+from .._errors import JobError
+from ..storage._inspect import JOB_STATUSES
+from . import _read, _run
+from ._exit import CommandError, ExitCode, exit_code
+
+Command = Callable[[argparse.Namespace, Clock], Awaitable[ExitCode]]
+
+_DESCRIPTION = """\
+Run and inspect djobs: durable background jobs for Trio applications.
+
+  djobs worker jobs_app:make_engine        run your engine until Ctrl-C
+  djobs status --db jobs.db                what is stored, due, queued and leased
+  djobs enqueue jobs_app:send_email --params '{"to": "a@example.com"}'
+"""
+
+_EPILOG = """\
+exit codes: 0 ok, 1 failed, 2 usage, 3 database unusable or missing, 4 not found, 130 interrupted.
+--db defaults to $DJOBS_DB, else djobs.db; commands other than `worker` never create a database."""
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 1 <= value <= 10_000:
+        raise argparse.ArgumentTypeError(f"expected a number from 1 to 10000, got {value}")
+    return value
+
+
+def _djobs_version() -> str:
+    try:
+        return version("djobs")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``djobs`` argument parser (every command and option)."""
+    db = argparse.ArgumentParser(add_help=False)
+    db.add_argument("--db", metavar="PATH", default=os.environ.get("DJOBS_DB", "djobs.db"),
+                    help="the SQLite database file (default: $DJOBS_DB, else djobs.db)")  # fmt: skip
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+    common = [db, as_json]
+
+    parser = argparse.ArgumentParser(
+        prog="djobs", description=_DESCRIPTION, epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"djobs {_djobs_version()}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    def command(
+        name: str,
+        run: Command | None,
+        help: str,
+        parents: Sequence[argparse.ArgumentParser] = (),
+        group: argparse._SubParsersAction[argparse.ArgumentParser] = commands,
+    ) -> argparse.ArgumentParser:
+        sub = group.add_parser(name, help=help, description=help, parents=list(parents))
+        sub.set_defaults(run=run)
+        return sub
+
+    p = command("worker", _run.worker, "run the engine your factory opens until SIGINT/SIGTERM (Ctrl-C)")
+    p.add_argument("target", metavar="MODULE:FACTORY",
+                   help="a callable returning an async context manager that opens a djobs.Engine")  # fmt: skip
+    p.add_argument("--log-level", default="INFO", type=str.upper,
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+                   help="level of the stderr log handler set up if your code sets none (default INFO)")  # fmt: skip
+
+    command("status", _read.status, "instances, alarms, queue, oldest pending job and leases", common)
+
+    instances = command("instances", None, "list or show stateful instances (continuous, debounce, task)")
+    sub = instances.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    p = command("list", _read.instances_list, "list instances in key order", common, sub)
+    p.add_argument("--kind", choices=_read.INSTANCE_KINDS)
+    p.add_argument("--name", help="only this job's instances")
+    p.add_argument("--after", metavar="KEY", help="start after this key (the next page)")
+    p.add_argument("--limit", type=_positive, default=50, help="at most this many (default 50)")
+    p = command("show", _read.instances_show, "one instance: state, alarm, lease, counters", common, sub)
+    p.add_argument("key", metavar="KEY", help="kind:name:id, or name:id when only one kind has it")
+
+    jobs = command("jobs", None, "list, show, cancel or retry queued jobs")
+    sub = jobs.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    p = command("list", _read.jobs_list, "list queued jobs, oldest first", common, sub)
+    p.add_argument("--status", choices=JOB_STATUSES)
+    p.add_argument("--name", help="only this job")
+    p.add_argument("--correlation-id", help="only jobs with this correlation id (a batch's is printed when it starts)")
+    p.add_argument("--tenant", help="only this tenant's jobs")
+    p.add_argument("--after", metavar="ID", help="start after this job id (the next page)")
+    p.add_argument("--limit", type=_positive, default=50, help="at most this many (default 50)")
+    for name, run, help in (
+        ("show", _read.jobs_show, "one job: status, attempts, params, result or error"),
+        ("cancel", _read.jobs_cancel, "cancel a pending job, or ask the worker running it to stop it"),
+        ("retry", _read.jobs_retry, "run a failed or cancelled job again, with a fresh attempt budget"),
+    ):
+        command(name, run, help, common, sub).add_argument("id", metavar="ID")
+
+    crons = command("cron", None, "list cron jobs")
+    sub = crons.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    command("list", _read.cron_list, "every stored cron job with its next and last run", common, sub)
+
+    def job_options(p: argparse.ArgumentParser, *, own_engine: bool) -> None:
+        p.add_argument("target", metavar="MODULE:JOB", help="the djobs.Job, e.g. jobs_app:send_greeting")
+        where = p.add_mutually_exclusive_group()
+        where.add_argument("--db", metavar="PATH", default=os.environ.get("DJOBS_DB", "djobs.db"),
+                           help="the database, opened by a client-only engine (default: $DJOBS_DB, else djobs.db)")
+        if own_engine:
+            where.add_argument("--engine", metavar="MODULE:FACTORY",
+                               help="open your own engine instead (your storage and services; it also works as "
+                                    "your worker does while the batch runs); it must register the job")
+        p.add_argument("--tenant", help="the tenant the job(s) belong to")
+        p.add_argument("--json", action="store_true", help="print one JSON document instead of text")  # fmt: skip
+
+    p = command("enqueue", _run.enqueue, "enqueue one job; prints its id")
+    job_options(p, own_engine=False)
+    p.add_argument("--params", default="{}", metavar="JSON", help="the job's params as a JSON object (default {})")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--delay", metavar="DURATION", help='run after this long, e.g. "10 minutes"')
+    when.add_argument("--at", metavar="TIME", help="run at this ISO 8601 time with an offset, e.g. 2026-05-01T09:00Z")
+    p.add_argument("--priority", type=int, default=0, help="among due jobs, higher runs first (default 0)")
+    p.add_argument("--correlation-id")
+    p.add_argument("--idempotency-key", help="a repeat of the key enqueues nothing and prints the first job's id")
+
+    p = command("batch", _run.batch, "run a job once per line of a JSON Lines file, in this process")
+    job_options(p, own_engine=True)
+    p.add_argument("--params-file", required=True, metavar="FILE", help="one JSON params object per line; - is stdin")
+    p.add_argument("--concurrency", type=_positive, default=3, help="jobs running at once (default 3)")
+    p.add_argument("--stop-on-error", action="store_true", help="start no new job once one has failed")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> int:
+    """Run the ``djobs`` command line; returns the exit code (see `ExitCode`).
+
+    Args:
+        argv: The arguments after the program name; default ``sys.argv[1:]``.
+        clock: The clock layer commands read "now" from and engines run on;
+            default the wall clock (tests pass a fixed or virtual one).
+
+    Example:
+        ```python
+        from djobs.cli import main
+        assert main(["status", "--db", "jobs.db", "--json"]) == 0
+        ```
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits on --help, --version and usage errors
+        return exc.code if isinstance(exc.code, int) else ExitCode.USAGE
+    run: Command | None = args.run
+    if run is None:  # pragma: no cover - every group requires a subcommand
+        parser.print_help()
+        return ExitCode.USAGE
+    try:
+        return int(trio.run(run, args, clock or WallClock()))
+    except CommandError as exc:
+        print(f"djobs: {exc.message}", file=sys.stderr)
+        return exc.code
+    except JobError as exc:
+        # A djobs error raised rather than returned: a definition problem at engine open,
+        # or a StorageError from a database that could not be opened or read.
+        print(f"djobs: {exc.message}", file=sys.stderr)
+        return exit_code(exc)
+    except KeyboardInterrupt:
+        print("djobs: interrupted", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    except Exception as exc:
+        # Raised by the user's code (a factory, an engine that crashed) or a bug here: the
+        # traceback is what whoever reads this needs.
+        traceback.print_exc()
+        print(f"djobs: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return ExitCode.FAILED

@@ -1,0 +1,282 @@
+"""The commands that open an engine: worker, enqueue, batch.
+
+``djobs worker`` opens the engine the user's factory describes and runs it
+until SIGINT or SIGTERM. ``enqueue`` opens a client-only engine on ``--db``
+that registers just the one job, runs no queue worker and fires no alarms;
+``batch`` opens the same, or the user's own engine (``--engine
+module:factory``) when its jobs need the application's services.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import logging
+import os
+import secrets
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any, TypeVar, cast
+
+import msgspec
+import trio
+from returns.io import IOFailure, IOResult
+from returns.unsafe import unsafe_perform_io
+
+from .._clock import Clock
+from .._engine import Engine, open_engine
+from .._errors import JobError
+from ..kinds._job import Job, JobRun
+from ..storage import Alarm, QueueStorage, Storage, StorageLayer, sqlite
+from ..storage._inspect import Inspector, inspector, open_existing
+from ._exit import CommandError, ExitCode, command_error
+from ._output import ProgressBar, note, print_json, table
+from ._targets import check_engine, load_factory, load_job, open_factory
+
+T = TypeVar("T")
+
+# -- worker ------------------------------------------------------------------------------
+
+
+async def worker(args: argparse.Namespace, clock: Clock) -> ExitCode:
+    """``djobs worker module:factory``: run the user's engine until SIGINT or SIGTERM.
+
+    The first signal closes the engine gracefully: it stops claiming, lets
+    running handlers and jobs finish within its ``shutdown_grace``, hands
+    back what it did not finish and releases claimed alarms. A second signal
+    exits at once (what is leased then runs again after its lease).
+    """
+    factory = load_factory(args.target)
+    if args.log_level is not None:
+        # Does nothing if the application configured logging itself (a root handler exists).
+        logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = trio.Event()
+    error: Exception | None = None
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_watch_signals, signals, stop)
+            try:
+                async with open_factory(factory, args.target) as opened:
+                    engine = check_engine(opened, args.target)
+                    who = f" as {engine.worker_id}" if engine.worker_id else ""
+                    note(f"djobs worker: {args.target} running{who}; press Ctrl-C to stop")
+                    await stop.wait()
+                    note("djobs worker: stopping; running jobs get the engine's shutdown grace to finish "
+                         "(Ctrl-C again to quit at once)")  # fmt: skip
+            except Exception as exc:
+                # Kept, not raised: inside the nursery it would arrive wrapped in an ExceptionGroup.
+                error = exc
+            nursery.cancel_scope.cancel()
+    if error is not None:
+        raise error
+    note("djobs worker: stopped")
+    return ExitCode.OK
+
+
+async def _watch_signals(signals: AsyncIterator[int], stop: trio.Event) -> None:
+    async for signum in signals:
+        if not stop.is_set():
+            stop.set()
+            continue
+        # The engine's close is shielded from cancellation, so a second signal can only end the process.
+        note(f"djobs worker: {signal.Signals(signum).name} again; exiting now without waiting")
+        sys.stderr.flush()
+        os._exit(128 + signum)
+
+
+# -- the engine enqueue and batch use ------------------------------------------------------
+
+
+class _NoAlarmStorage:
+    """A storage that shows its engine no alarms.
+
+    The client-only engine of ``enqueue`` and ``batch`` registers one job,
+    but an engine's alarm sleeper claims every due alarm in the database;
+    one it has no handler for stays claimed for the alarm lease (minutes),
+    delaying the instance it belongs to. Hiding alarms keeps the CLI's engine
+    from ever claiming one. Every other method is the wrapped storage's.
+    """
+
+    def __init__(self, inner: Storage) -> None:
+        self.inner = inner
+
+    async def next_alarm_at(self) -> int | None:
+        return None
+
+    async def claim_alarms(self, now_ms: int, lease_ms: int, limit: int) -> list[Alarm]:
+        return []
+
+
+def _forward(name: str) -> Callable[..., Any]:
+    async def forward(self: _NoAlarmStorage, *args: Any, **kwargs: Any) -> Any:
+        return await getattr(self.inner, name)(*args, **kwargs)
+
+    forward.__name__ = name
+    return forward
+
+
+# Real methods on the class (not __getattr__), so `isinstance(s, QueueStorage)` holds on every Python.
+for _protocol in (Storage, QueueStorage):
+    for _name, _member in vars(_protocol).items():
+        if inspect.iscoroutinefunction(_member) and _name not in vars(_NoAlarmStorage):
+            setattr(_NoAlarmStorage, _name, _forward(_name))
+
+
+class _ClientOnlyLayer:
+    """`djobs.sqlite(path)` opened as a `_NoAlarmStorage`; keeps the real storage for inspection."""
+
+    def __init__(self, inner: StorageLayer) -> None:
+        self._inner = inner
+        self.storage: Storage | None = None
+
+    @asynccontextmanager
+    async def open(self) -> AsyncIterator[Storage]:
+        async with self._inner.open() as storage:
+            self.storage = storage
+            yield cast(Storage, _NoAlarmStorage(storage))
+
+
+@asynccontextmanager
+async def _engine_for(args: argparse.Namespace, job: Job[Any, Any], clock: Clock) -> AsyncIterator[
+    tuple[Engine, Inspector | None]
+]:  # fmt: skip
+    """The engine to enqueue or run `job` with, and an inspector of its storage if it has one."""
+    if getattr(args, "engine", None) is not None:
+        factory = load_factory(args.engine)
+        async with open_factory(factory, args.engine) as opened:
+            engine = check_engine(opened, args.engine)
+            try:
+                inspect_ = inspector(engine.storage)
+            except JobError:
+                inspect_ = None
+            yield engine, inspect_
+        return
+    with open_existing(args.db):
+        pass  # refuse a missing, foreign or other-version file before an engine would create or migrate it
+    layer = _ClientOnlyLayer(sqlite(args.db))
+    async with open_engine([job], storage=layer, clock=clock, worker=None, alarm_poll_interval=None) as engine:
+        assert layer.storage is not None
+        yield engine, inspector(layer.storage)
+
+
+def _params(decoder: msgspec.json.Decoder[Any], raw: bytes, what: str) -> Any:
+    """`raw` JSON validated as a job's params struct (`decoder` is for that struct)."""
+    try:
+        return decoder.decode(raw)
+    except msgspec.DecodeError as exc:  # ValidationError is a DecodeError: both are bad input
+        raise CommandError(f"{what} does not match {decoder.type.__name__}: {exc}", ExitCode.USAGE) from None
+
+
+# -- enqueue -----------------------------------------------------------------------------
+
+
+async def enqueue(args: argparse.Namespace, clock: Clock) -> ExitCode:
+    """``djobs enqueue module:job``: store one pending job; prints its id."""
+    job = load_job(args.target)
+    params = _params(msgspec.json.Decoder(job.params), args.params.encode(), f"--params of job {job.name!r}")
+    at = None
+    if args.at is not None:
+        try:
+            at = datetime.fromisoformat(args.at)
+        except ValueError:
+            raise CommandError(f"--at must be an ISO 8601 time with a UTC offset, got {args.at!r}",
+                               ExitCode.USAGE) from None  # fmt: skip
+        if at.tzinfo is None:
+            raise CommandError(f"--at needs a UTC offset (e.g. {args.at}Z or {args.at}+02:00)", ExitCode.USAGE)
+    async with _engine_for(args, job, clock) as (engine, _):
+        enqueued = await engine.client.job(job).later(
+            params, at=at, delay=args.delay, priority=args.priority, correlation_id=args.correlation_id,
+            tenant_id=args.tenant, idempotency_key=args.idempotency_key,
+        )  # fmt: skip
+        job_id = _unwrap(enqueued)
+        info = _unwrap(await engine.client.jobs.status(job_id))
+    if args.json:
+        print_json(info)
+    else:
+        print(job_id)
+        due = info.scheduled_for.strftime("%Y-%m-%d %H:%M:%SZ") if info.scheduled_for else "now"
+        note(f"enqueued {job.name} as {job_id}, due {due}")
+    return ExitCode.OK
+
+
+def _unwrap(result: IOResult[T, JobError]) -> T:
+    """The value of an awaited client verb, or its error as a `CommandError`."""
+    # The command line is the edge of the program: this is where effects end.
+    if isinstance(result, IOFailure):
+        raise command_error(unsafe_perform_io(result.failure()))
+    return unsafe_perform_io(result.unwrap())
+
+
+# -- batch -------------------------------------------------------------------------------
+
+
+def _read_params_file(path: str, job: Job[Any, Any]) -> list[Any]:
+    """One params struct per non-blank line of a JSON Lines file (``-`` is stdin)."""
+    try:
+        if path == "-":
+            lines = sys.stdin.buffer.read().splitlines()
+        else:
+            with open(path, "rb") as f:
+                lines = f.read().splitlines()
+    except OSError as exc:
+        raise CommandError(f"cannot read --params-file {path!r}: {exc.strerror}", ExitCode.USAGE) from None
+    decoder = msgspec.json.Decoder(job.params)
+    return [_params(decoder, line, f"{path}, line {n},") for n, line in enumerate(lines, 1) if line.strip()]
+
+
+async def batch(args: argparse.Namespace, clock: Clock) -> ExitCode:
+    """``djobs batch module:job --params-file F``: run the job for each line, with a progress bar."""
+    job = load_job(args.target)
+    params = _read_params_file(args.params_file, job)
+    correlation = f"batch-{secrets.token_hex(6)}"
+    async with _engine_for(args, job, clock) as (engine, inspect_):
+        live = sys.stderr.isatty() and not args.no_progress
+        bar = ProgressBar(job.name, len(params), sys.stderr, live=live)
+        note(f"running {len(params)} {job.name} job(s), {args.concurrency} at a time "
+             f"(correlation id {correlation})")  # fmt: skip
+        runs: Sequence[JobRun[Any]] = []
+        async with trio.open_nursery() as nursery:
+            if live and inspect_ is not None:
+                nursery.start_soon(_follow, inspect_, correlation, bar)
+            result = await engine.client.job(job).batch(
+                params, concurrency=args.concurrency, stop_on_error=args.stop_on_error, correlation_id=correlation,
+                tenant_id=args.tenant,
+            )  # fmt: skip
+            nursery.cancel_scope.cancel()
+        runs = _unwrap(result)
+    failed = [r for r in runs if not r.ok]
+    if not args.no_progress:
+        bar.finish(len(runs), len(failed))
+    if args.json:
+        print_json([_run_json(r) for r in runs])
+    else:
+        counts = {s: sum(1 for r in runs if r.status == s) for s in ("completed", "failed", "cancelled")}
+        skipped = len(params) - len(runs)
+        summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+        print(f"{len(runs)} job(s): {summary or 'none ran'}" + (f"; {skipped} not started" if skipped else ""))
+        if failed:
+            print(table(["ID", "STATUS", "ATTEMPTS", "ERROR"],
+                        [[r.job_id, r.status, r.attempts, _run_error(r)] for r in failed], right=[2]))  # fmt: skip
+    return ExitCode.OK if not failed and len(runs) == len(params) else ExitCode.FAILED
+
+
+async def _follow(inspect_: Inspector, correlation: str, bar: ProgressBar) -> None:
+    """Redraw the bar from the batch's rows (they share a correlation id) until cancelled."""
+    while True:
+        counts = await inspect_.job_counts(correlation)
+        bar.update(counts["completed"] + counts["failed"] + counts["cancelled"], counts["failed"] + counts["cancelled"])
+        await trio.sleep(0.2)
+
+
+def _run_error(run: JobRun[Any]) -> str | None:
+    return None if run.error is None else f"{run.error.tag}: {run.error.message}"
+
+
+def _run_json(run: JobRun[Any]) -> dict[str, Any]:
+    error = None if run.error is None else {"tag": run.error.tag, "message": run.error.message}
+    return {"job_id": run.job_id, "status": run.status, "result": run.result, "error": error,
+            "attempts": run.attempts, "duration_ms": run.duration_ms}  # fmt: skip
+

@@ -1,0 +1,684 @@
+"""The ``djobs`` command line, run in-process with ``main([...])`` against databases a test engine built,
+plus one real worker process that runs a job and stops on SIGINT."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import apsw
+import msgspec
+import pytest
+import trio
+import trio.testing
+
+import djobs
+from djobs.cli import ExitCode, _output, main
+from djobs.storage import NewJob, SqliteStorage
+from djobs.testing import open_test_engine, success
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+T0_MS = 1_767_225_600_000
+MINUTE = 60_000
+OTHER_WORKER = "worker-b:4242:9f3c"
+GUIDE = Path(__file__).parent.parent / "docs" / "guides" / "cli.md"
+HERE = f"{__name__}:"  # this module, as a ``module:attribute`` target for the CLI
+
+
+class FixedClock:
+    """A clock stopped at one moment: what "now" the commands read."""
+
+    def __init__(self, at_ms: int) -> None:
+        self.at_ms = at_ms
+
+    def now_ms(self) -> int:
+        return self.at_ms
+
+    async def sleep_until(self, epoch_ms: int) -> None:
+        if epoch_ms > self.at_ms:
+            await trio.sleep_forever()  # time never comes; the engine's close cancels the wait
+
+
+AT_5M = FixedClock(T0_MS + 5 * MINUTE)
+
+
+# -- the jobs the test databases hold --------------------------------------------------------
+
+
+class Tokens(msgspec.Struct):
+    token: str
+    runs: int = 0
+
+
+def refresh(ctx: djobs.ContinuousContext[Tokens]) -> None:
+    ctx.set_state(Tokens(ctx.state.token, ctx.state.runs + 1))
+
+
+class Hook(msgspec.Struct):
+    id: str
+
+
+def flush(ctx: djobs.DebounceContext[Hook]) -> None:
+    pass
+
+
+class Greet(msgspec.Struct):
+    name: str
+
+
+class Greeting(msgspec.Struct):
+    text: str
+
+
+def greet(params: Greet, ctx: djobs.JobContext) -> Greeting:
+    if params.name == "fail":
+        raise RuntimeError("no greeting for fail")
+    return Greeting(f"Hello, {params.name}!")
+
+
+refresher = djobs.Continuous.make("refresher", state=Tokens, schedule=djobs.every("30 minutes"), execute=refresh)
+webhooks = djobs.Debounce.make("webhooks", event=Hook, flush_after="10 minutes", execute=flush)
+greeter = djobs.Job.make("greet", params=Greet, result=Greeting, execute=greet, max_attempts=1)
+nightly = djobs.CronJob.make("nightly", schedule=djobs.cron("0 3 * * *"), job=greeter, params=Greet("night"))
+not_a_job = "just a string"
+
+
+def not_a_factory() -> str:
+    return "not an engine"
+
+
+class Built(msgspec.Struct):
+    path: Path
+    completed: str
+    failed: str
+    due: str
+    later: str
+    cancelled: str
+    running: str
+
+
+def build(path: Path) -> Built:
+    """A database at 2026-01-01 00:00 UTC holding a bit of everything."""
+
+    async def run() -> Built:
+        storage = djobs.sqlite(path)
+        async with open_test_engine([refresher, webhooks, greeter, nightly], storage=storage, worker=None) as engine:
+            c = engine.client
+            for user in ("user-1", "user-2"):
+                success(await c.continuous(refresher).start(id=user, input=Tokens(f"t-{user[-1]}")))
+            success(await c.debounce(webhooks).add(id="acct-1", event=Hook("h1")))
+            await engine.wait_idle()
+            completed = success(await c.job(greeter).now(Greet("Ada"))).job_id
+            failed = success(await c.job(greeter).now(Greet("fail"))).job_id
+            due = success(await c.job(greeter).later(Greet("Bob")))
+            later = success(await c.job(greeter).later(Greet("Cy"), delay="2 hours"))
+            cancelled = success(await c.job(greeter).later(Greet("Di")))
+            success(await c.jobs.cancel(cancelled))
+        # Another worker holds an instance and runs a job: leases until 00:05 + 5 minutes.
+        async with storage.open() as store:
+            assert isinstance(store, SqliteStorage)
+            now = T0_MS + 5 * MINUTE
+            running = "019b76da-0000-7000-8000-000000000001"
+            row = NewJob(id=running, name="greet", params=b'{"name":"Eve"}', max_attempts=3, scheduled_for=now,
+                         created_at=now)  # fmt: skip
+            await store.start_job(row, OTHER_WORKER, now + 5 * MINUTE)
+            assert await store.acquire_instance_lease("continuous:refresher:user-1", OTHER_WORKER, now, 5 * MINUTE)
+        assert completed is not None and failed is not None
+        return Built(path, completed, failed, due, later, cancelled, running)
+
+    return trio.run(run, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Built:
+    return build(tmp_path / "jobs.db")
+
+
+@pytest.fixture(autouse=True)
+def _keep_sys_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The CLI makes the current directory importable; keep that from leaking into other tests.
+    monkeypatch.setattr(sys, "path", list(sys.path))
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str, clock: Any = AT_5M) -> tuple[int, str, str]:
+    code = main(list(argv), clock=clock)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str, clock: Any = AT_5M) -> Any:
+    code, out, err = run(capsys, *argv, "--json", clock=clock)
+    assert code == 0, err
+    return json.loads(out)  # exactly one document: anything else on stdout would fail here
+
+
+def job_row(path: Path, job_id: str) -> dict[str, Any]:
+    db = apsw.Connection(str(path))
+    try:
+        cursor = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        names = [d[0] for d in cursor.getdescription()]
+        return dict(zip(names, next(cursor), strict=True))
+    finally:
+        db.close()
+
+
+# -- status ------------------------------------------------------------------------------------
+
+
+def test_status_counts_instances_alarms_queue_and_leases(capsys: pytest.CaptureFixture[str], db: Built) -> None:
+    s = run_json(capsys, "status", "--db", str(db.path))
+    assert s["now"] == "2026-01-01T00:05:00.000Z"
+    assert s["instances"] == [
+        {"kind": "continuous", "name": "refresher", "status": "running", "count": 2},
+        {"kind": "debounce", "name": "webhooks", "status": "debouncing", "count": 1},
+    ]
+    # Two refreshes at 00:30, the debounce flush at 00:10: all later.
+    assert s["alarms"] == {"due": 0, "claimed": 0, "later": 3, "next_at": "2026-01-01T00:10:00.000Z"}
+    assert s["jobs"] == {"pending": 2, "running": 1, "completed": 1, "failed": 1, "cancelled": 1}
+    assert s["jobs_due"] == 1
+    assert s["oldest_pending"] == {"id": db.due, "name": "greet", "scheduled_for": "2026-01-01T00:00:00.000Z",
+                                   "waiting_ms": 5 * MINUTE}  # fmt: skip
+    assert s["leases"] == [{"owner": OTHER_WORKER, "instances": 1, "jobs": 1, "expired": 0}]
+
+
+def test_status_later_sees_due_alarms_and_expired_leases(capsys: pytest.CaptureFixture[str], db: Built) -> None:
+    s = run_json(capsys, "status", "--db", str(db.path), clock=FixedClock(T0_MS + 60 * MINUTE))
+    assert s["alarms"] == {"due": 3, "claimed": 0, "later": 0, "next_at": None}
+    assert s["jobs_due"] == 1  # the two-hour one is not due yet
+    assert s["oldest_pending"]["waiting_ms"] == 60 * MINUTE
+    assert s["leases"] == [{"owner": OTHER_WORKER, "instances": 0, "jobs": 0, "expired": 2}]
+
+
+def test_status_table_for_people(capsys: pytest.CaptureFixture[str], db: Built) -> None:
+    code, out, err = run(capsys, "status", "--db", str(db.path))
+    assert code == 0 and err == ""
+    assert re.search(r"continuous\s+refresher\s+running\s+2\n", out)
+    assert re.search(r"debounce\s+webhooks\s+debouncing\s+1\n", out)
+    assert "0 due, 0 being handled, 3 later, next 2026-01-01 00:10:00Z (in 5m)" in out
+    assert "pending 2 (1 due), running 1, completed 1, failed 1, cancelled 1" in out
+    assert f"{db.due} (greet), due 2026-01-01 00:00:00Z, waiting 5m" in out
+    assert re.search(rf"{OTHER_WORKER}\s+1\s+1\s+0\n", out)
+
+
+# -- databases that must not be used (or created) -----------------------------------------------
+
+
+READ_COMMANDS = [
+    ["status"], ["instances", "list"], ["instances", "show", "continuous:refresher:user-1"], ["jobs", "list"],
+    ["jobs", "show", "x"], ["jobs", "cancel", "x"], ["jobs", "retry", "x"], ["cron", "list"],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", READ_COMMANDS, ids=" ".join)
+def test_a_missing_database_is_reported_not_created(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, command: list[str]
+) -> None:
+    path = tmp_path / "typo.db"
+    code, out, err = run(capsys, *command, "--db", str(path))
+    assert code == ExitCode.DATABASE == 3
+    assert out == ""
+    assert err.startswith(f"djobs: no database at {str(path)!r}") and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_enqueue_does_not_create_a_database_either(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, err = run(capsys, "enqueue", HERE + "greeter", "--params", '{"name": "a"}', "--db", str(tmp_path / "n.db"))
+    assert code == 3 and "no database at" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_foreign_files_and_other_schema_versions_are_refused_untouched(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, db: Built
+) -> None:
+    text = tmp_path / "notes.db"
+    text.write_bytes(b"not a database at all " * 100)
+    other = tmp_path / "other.db"
+    conn = apsw.Connection(str(other))
+    conn.execute("CREATE TABLE invoices (id INTEGER)")
+    conn.close()
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    cases = {text: "the file is not a database", other: "is not a djobs database (it holds other data)",
+             empty: "is not a djobs database (an empty file)"}  # fmt: skip
+    for path, message in cases.items():
+        before = path.read_bytes()
+        code, out, err = run(capsys, "status", "--db", str(path))
+        assert (code, out) == (3, ""), err
+        assert message in err and "Traceback" not in err
+        assert path.read_bytes() == before
+    for version, word in ((99, "newer"), (1, "older")):
+        conn = apsw.Connection(str(db.path))
+        conn.execute(f"PRAGMA user_version={version}")
+        conn.close()
+        code, _, err = run(capsys, "jobs", "list", "--db", str(db.path))
+        assert code == 3 and f"has schema version {version}, {word} than" in err
+        conn = apsw.Connection(str(db.path))
+        assert next(iter(conn.execute("PRAGMA user_version")))[0] == version  # not migrated
+        conn.close()
+
+
+def test_read_only_commands_do_not_write(capsys: pytest.CaptureFixture[str], db: Built) -> None:
+    before = db.path.read_bytes()
+    for command in (["status"], ["instances", "list"], ["jobs", "list"], ["cron", "list"], ["jobs", "show", db.due]):
+        assert run(capsys, *command, "--db", str(db.path))[0] == 0
+    assert db.path.read_bytes() == before
+
+
+# -- instances -----------------------------------------------------------------------------------
+
+
+def test_instances_list_filters_and_pages(capsys: pytest.CaptureFixture[str], db: Built) -> None:
+    code, out, err = run(capsys, "instances", "list", "--db", str(db.path))
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["KEY", "STATUS", "RUNS", "EVENTS", "ALARM", "UPDATED"]
+    assert [line.split()[0] for line in lines[1:]] == [
+        "continuous:refresher:user-1", "continuous:refresher:user-2", "debounce:webhooks:acct-1"]  # fmt: skip
+    assert "2026-01-01 00:30:00Z" in lines[1]
+    only = run_json(capsys, "instances", "list", "--kind", "debounce", "--db", str(db.path))
+    assert [i["key"] for i in only] == ["debounce:webhooks:acct-1"]
+    assert only[0]["event_count"] == 1 and only[0]["alarm"]["fire_at"] == "2026-01-01T00:10:00.000Z"
+    code, out, err = run(capsys, "instances", "list", "--limit", "1", "--db", str(db.path))
+    assert len(out.splitlines()) == 2
+    assert "--after 'continuous:refresher:user-1'" in err
+    page = run_json(capsys, "instances", "list", "--after", "continuous:refresher:user-1", "--name", "refresher",
+                    "--db", str(db.path))  # fmt: skip
+    assert [i["key"] for i in page] == ["continuous:refresher:user-2"]
+    nobody = run(capsys, "instances", "list", "--name", "nobody", "--db", str(db.path))
+    assert nobody == (0, "", "no instances match\n")
+
+
+def test_instances_show_state_alarm_lease_and_counters(capsys: pytest.CaptureFixture[str], db: Built) -> None:
+    shown = run_json(capsys, "instances", "show", "continuous:refresher:user-1", "--db", str(db.path))
+    assert shown["state"] == {"token": "t-1", "runs": 1}
+    assert shown["run_count"] == 1 and shown["status"] == "running"
+    assert shown["alarm"] == {"fire_at": "2026-01-01T00:30:00.000Z", "purpose": "run", "due": False,
+                              "claimed_until": None}  # fmt: skip
+    assert shown["lease"] == {"owner": OTHER_WORKER, "expires_at": "2026-01-01T00:10:00.000Z", "expired": False}
+    # name:id finds the one kind that has it.
+    assert run_json(capsys, "instances", "show", "refresher:user-2", "--db", str(db.path))["lease"] is None
+    code, out, _ = run(capsys, "instances", "show", "webhooks:acct-1", "--db", str(db.path))
+    assert code == 0
+    assert re.search(r"^events\s+1$", out, re.M)
+    assert re.search(r"^alarm\s+2026-01-01 00:10:00Z \(in 5m\), flush_after$", out, re.M)
+    assert re.search(r"^lease\s+-$", out, re.M)
+    assert out.endswith('state\n  {\n    "id": "h1"\n  }\n')
+    code, out, err = run(capsys, "instances", "show", "refresher:nobody", "--db", str(db.path))
+    assert (code, out) == (ExitCode.NOT_FOUND, "")
+    assert "no instance with key 'refresher:nobody'" in err
+
+
+# -- jobs ----------------------------------------------------------------------------------------
+
+
+def test_jobs_list_in_creation_order_with_filters(capsys: pytest.CaptureFixture[str], db: Built) -> None:
+    listed = run_json(capsys, "jobs", "list", "--db", str(db.path))
+    assert [j["id"] for j in listed] == [db.running, db.completed, db.failed, db.due, db.later, db.cancelled]
+    assert [j["status"] for j in listed] == ["running", "completed", "failed", "pending", "pending", "cancelled"]
+    failed = run_json(capsys, "jobs", "list", "--status", "failed", "--db", str(db.path))
+    assert [j["id"] for j in failed] == [db.failed]
+    assert failed[0]["error"]["tag"] == "retry_exhausted" and "no greeting for fail" in failed[0]["error"]["message"]
+    code, out, _ = run(capsys, "jobs", "list", "--status", "pending", "--db", str(db.path))
+    assert code == 0
+    rows = out.splitlines()
+    assert rows[0].split()[:4] == ["ID", "NAME", "STATUS", "ATTEMPTS"]
+    assert [r.split()[0] for r in rows[1:]] == [db.due, db.later]
+    code, out, _ = run(capsys, "jobs", "list", "--status", "failed", "--db", str(db.path))
+    assert re.search(r"retry_exhausted: gave up after 1 attempt\(s\): RuntimeError: …$", out, re.M)  # clipped
+    assert run_json(capsys, "jobs", "list", "--name", "other", "--db", str(db.path)) == []
+    code, _, err = run(capsys, "jobs", "list", "--status", "bogus", "--db", str(db.path))
+    assert code == ExitCode.USAGE and "invalid choice: 'bogus'" in err
+
+
+def test_jobs_show_params_result_and_error(capsys: pytest.CaptureFixture[str], db: Built) -> None:
+    done = run_json(capsys, "jobs", "show", db.completed, "--db", str(db.path))
+    assert (done["status"], done["params"], done["result"]) == ("completed", {"name": "Ada"}, {"text": "Hello, Ada!"})
+    running = run_json(capsys, "jobs", "show", db.running, "--db", str(db.path))
+    assert running["worker_id"] == OTHER_WORKER and running["lease_expires_at"] == "2026-01-01T00:10:00.000Z"
+    code, out, _ = run(capsys, "jobs", "show", db.failed, "--db", str(db.path))
+    assert code == 0
+    assert re.search(r"^status\s+failed$", out, re.M)
+    assert re.search(r"^attempts\s+1 of 1$", out, re.M)
+    assert re.search(r'^params\s+\{"name":"fail"\}$', out, re.M)
+    assert re.search(r"^error\s+retry_exhausted: .*no greeting for fail", out, re.M)
+    code, out, err = run(capsys, "jobs", "show", "no-such-id", "--db", str(db.path))
+    assert (code, out, err) == (ExitCode.NOT_FOUND, "", "djobs: no job with id 'no-such-id' is stored\n")
+
+
+def test_jobs_cancel(capsys: pytest.CaptureFixture[str], db: Built) -> None:
+    path = str(db.path)
+    code, out, _ = run(capsys, "jobs", "cancel", db.due, "--db", path)
+    assert (code, out) == (0, f"job {db.due} (greet): cancelled\n")
+    assert job_row(db.path, db.due)["status"] == "cancelled"
+    # Running in another process: its worker stops it at the next renewal.
+    assert run_json(capsys, "jobs", "cancel", db.running, "--db", path) == {
+        "job_id": db.running, "status": "running", "cancel_requested": True, "cancelled": True}  # fmt: skip
+    assert job_row(db.path, db.running)["cancel_requested"] == 1
+    code, out, _ = run(capsys, "jobs", "cancel", db.cancelled, "--db", path)
+    assert (code, out) == (0, f"job {db.cancelled} (greet): already cancelled\n")
+    code, out, _ = run(capsys, "jobs", "cancel", db.completed, "--db", path)
+    assert (code, out) == (ExitCode.FAILED, f"job {db.completed} (greet): not cancelled: it had already completed\n")
+    assert job_row(db.path, db.completed)["status"] == "completed"
+    assert run(capsys, "jobs", "cancel", "nope", "--db", path)[0] == ExitCode.NOT_FOUND
+
+
+def test_jobs_retry(capsys: pytest.CaptureFixture[str], db: Built) -> None:
+    path = str(db.path)
+    code, out, _ = run(capsys, "jobs", "retry", db.failed, "--db", path)
+    assert (code, out) == (0, f"job {db.failed} (greet): pending again, due now, 1 attempt(s)\n")
+    row = job_row(db.path, db.failed)
+    assert (row["status"], row["attempt_count"], row["error"], row["scheduled_for"]) == ("pending", 0, None,
+                                                                                          AT_5M.at_ms)  # fmt: skip
+    code, out, err = run(capsys, "jobs", "retry", db.due, "--db", path)
+    assert (code, out) == (ExitCode.FAILED, "")
+    assert "is pending; only a failed or cancelled job can be retried" in err
+    assert run_json(capsys, "jobs", "retry", db.cancelled, "--db", path)["status"] == "pending"
+    assert run(capsys, "jobs", "retry", "nope", "--db", path)[0] == ExitCode.NOT_FOUND
+
+
+def test_cron_list(capsys: pytest.CaptureFixture[str], db: Built) -> None:
+    [cron] = run_json(capsys, "cron", "list", "--db", str(db.path))
+    assert cron == {"name": "nightly", "job_name": "greet", "schedule": "0 3 * * *", "tz": "UTC", "enabled": True,
+                    "next_run_at": "2026-01-01T03:00:00Z", "last_run_at": None, "last_job_id": None,
+                    "tenant_id": None}  # fmt: skip
+    code, out, _ = run(capsys, "cron", "list", "--db", str(db.path))
+    assert code == 0 and re.search(r"nightly\s+greet\s+0 3 \* \* \*\s+UTC\s+yes\s+2026-01-01 03:00:00Z", out)
+
+
+# -- enqueue ---------------------------------------------------------------------------------------
+
+
+def test_enqueue_validates_and_prints_the_id(capsys: pytest.CaptureFixture[str], db: Built) -> None:
+    path = str(db.path)
+    code, out, err = run(capsys, "enqueue", HERE + "greeter", "--params", '{"name": "Zoe"}', "--delay", "1 hour",
+                         "--priority", "5", "--db", path)  # fmt: skip
+    assert code == 0, err
+    job_id = out.strip()
+    assert re.fullmatch(r"[0-9a-f-]{36}", job_id)
+    assert "due 2026-01-01 01:05:00Z" in err
+    row = job_row(db.path, job_id)
+    assert (row["status"], row["params"], row["scheduled_for"], row["priority"]) == (
+        "pending", b'{"name":"Zoe"}', AT_5M.at_ms + 60 * MINUTE, 5)  # fmt: skip
+    info = run_json(capsys, "enqueue", HERE + "greeter", "--params", '{"name": "Al"}', "--at", "2026-02-01T09:00Z",
+                    "--tenant", "acme", "--db", path)  # fmt: skip
+    assert (info["status"], info["tenant_id"], info["scheduled_for"]) == ("pending", "acme", "2026-02-01T09:00:00Z")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--params", '{"name": 3}'], "--params of job 'greet' does not match Greet: Expected `str`, got `int`"),
+        (["--params", "{name"], "--params of job 'greet' does not match Greet: JSON is malformed"),
+        (["--params", "{}"], "Object missing required field `name`"),
+        (["--at", "2026-02-01T09:00"], "--at needs a UTC offset"),
+        (["--delay", "soon"], "invalid delay 'soon'"),
+    ],
+)
+def test_enqueue_refuses_bad_input(
+    capsys: pytest.CaptureFixture[str], db: Built, argv: list[str], message: str
+) -> None:
+    argv = ["--params", '{"name": "x"}', *argv] if argv[0] != "--params" else argv
+    code, out, err = run(capsys, "enqueue", HERE + "greeter", *argv, "--db", str(db.path))
+    assert (code, out) == (ExitCode.USAGE, "")
+    assert message in err and "Traceback" not in err
+    assert run_json(capsys, "status", "--db", str(db.path))["jobs"]["pending"] == 2  # nothing stored
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("greeter", "must be given as module:attribute"),
+        ("no_such_module_xyz:job", "cannot import 'no_such_module_xyz'"),
+        (HERE + "missing", "has no attribute 'missing'"),
+        (HERE + "not_a_job", "is a str, not a djobs.Job"),
+    ],
+)
+def test_enqueue_refuses_bad_targets(capsys: pytest.CaptureFixture[str], db: Built, target: str, message: str) -> None:
+    code, _, err = run(capsys, "enqueue", target, "--db", str(db.path))
+    assert code == ExitCode.USAGE and message in err
+
+
+def test_enqueue_never_claims_an_alarm(capsys: pytest.CaptureFixture[str], db: Built) -> None:
+    # At 01:00 every alarm is due; an engine's sleeper would claim them (and, without a
+    # handler, leave them claimed for minutes). The CLI's client-only engine must not.
+    later = FixedClock(T0_MS + 60 * MINUTE)
+    code, _, err = run(capsys, "enqueue", HERE + "greeter", "--params", '{"name": "x"}', "--db", str(db.path),
+                       clock=later)  # fmt: skip
+    assert code == 0, err
+    assert run_json(capsys, "status", "--db", str(db.path), clock=later)["alarms"]["due"] == 3
+
+
+# -- batch -------------------------------------------------------------------------------------------
+
+
+def test_batch_runs_each_line_and_reports_failures(capsys: pytest.CaptureFixture[str], db: Built) -> None:
+    params = db.path.parent / "people.jsonl"
+    params.write_text('{"name": "Ann"}\n\n{"name": "fail"}\n{"name": "Ben"}\n')
+    code, out, err = run(capsys, "batch", HERE + "greeter", "--params-file", str(params), "--concurrency", "2",
+                         "--db", str(db.path))  # fmt: skip
+    assert code == ExitCode.FAILED
+    assert out.startswith("3 job(s): 2 completed, 1 failed\n")
+    assert re.search(r"failed\s+1\s+retry_exhausted: .*no greeting for fail", out)
+    assert "running 3 greet job(s), 2 at a time (correlation id batch-" in err
+    assert err.endswith("greet [" + "#" * 30 + "] 3/3 100% (1 failed)\n")  # stderr is no terminal: final line only
+    correlation = re.search(r"correlation id (batch-[0-9a-f]+)", err)
+    assert correlation is not None
+    rows = run_json(capsys, "jobs", "list", "--correlation-id", correlation.group(1), "--db", str(db.path))
+    assert sorted(r["status"] for r in rows) == ["completed", "completed", "failed"]
+
+
+def test_batch_json_and_all_completed(capsys: pytest.CaptureFixture[str], db: Built) -> None:
+    params = db.path.parent / "two.jsonl"
+    params.write_text('{"name": "Ann"}\n{"name": "Ben"}\n')
+    code, out, err = run(capsys, "batch", HERE + "greeter", "--params-file", str(params), "--json", "--no-progress",
+                         "--db", str(db.path))  # fmt: skip
+    assert code == 0, err
+    runs = json.loads(out)
+    assert [(r["status"], r["result"], r["error"], r["attempts"]) for r in runs] == [
+        ("completed", {"text": "Hello, Ann!"}, None, 1), ("completed", {"text": "Hello, Ben!"}, None, 1)]  # fmt: skip
+    assert "[" not in err  # no bar
+
+
+def test_batch_refuses_a_bad_line_before_running_anything(capsys: pytest.CaptureFixture[str], db: Built) -> None:
+    params = db.path.parent / "bad.jsonl"
+    params.write_text('{"name": "Ann"}\n{"nom": "Ben"}\n')
+    code, out, err = run(capsys, "batch", HERE + "greeter", "--params-file", str(params), "--db", str(db.path))
+    assert (code, out) == (ExitCode.USAGE, "")
+    assert "bad.jsonl, line 2, does not match Greet: Object missing required field `name`" in err
+    assert run_json(capsys, "status", "--db", str(db.path))["jobs"]["completed"] == 1  # nothing ran
+    code, _, err = run(capsys, "batch", HERE + "greeter", "--params-file", str(params.parent / "missing.jsonl"),
+                       "--db", str(db.path))  # fmt: skip
+    assert code == ExitCode.USAGE and "cannot read --params-file" in err
+
+
+def test_batch_on_a_terminal_follows_its_rows_live(
+    capsys: pytest.CaptureFixture[str], db: Built, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    params = db.path.parent / "many.jsonl"
+    params.write_text("".join(f'{{"name": "p{i}"}}\n' for i in range(20)))
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    code, out, err = run(capsys, "batch", HERE + "greeter", "--params-file", str(params), "--concurrency", "4",
+                         "--db", str(db.path))  # fmt: skip
+    assert code == 0, err
+    assert out == "20 job(s): 20 completed\n"
+    draws = err.split("\r")
+    assert len(draws) >= 3  # drawn while running (from the rows' counts), then the final line
+    assert draws[-1] == "greet [" + "#" * 30 + "] 20/20 100%\n"
+
+
+def test_progress_bar_redraws_in_place_on_a_terminal() -> None:
+    out = io.StringIO()
+    bar = _output.ProgressBar("greet", 3, out, live=True, width=6)
+    bar.update(0, 0)
+    bar.update(1, 0)
+    bar.update(1, 0)  # unchanged: not redrawn
+    bar.update(2, 1)
+    bar.finish(3, 1)
+    assert out.getvalue() == (
+        "\rgreet [......] 0/3 0%\rgreet [##....] 1/3 33%\rgreet [####..] 2/3 67% (1 failed)"
+        "\rgreet [######] 3/3 100% (1 failed)\n"
+    )
+
+
+def test_inspector_is_found_for_sqlite_and_for_storages_that_implement_it() -> None:
+    from djobs.storage._inspect import Inspector, SqliteInspector, inspector
+
+    class Own:
+        async def summary(self, now: int) -> Any: ...
+        async def instances(self, where: Any) -> Any: ...
+        async def job_counts(self, correlation_id: str | None = None) -> Any: ...
+
+    own = Own()
+    assert isinstance(own, Inspector) and inspector(own) is own  # type: ignore[arg-type]
+    with pytest.raises(djobs.StorageError, match="cannot be inspected"):
+        inspector(object())  # type: ignore[arg-type]
+
+    async def check() -> None:
+        async with djobs.memory().open() as storage:
+            assert isinstance(storage, SqliteStorage)
+            found = inspector(storage)
+            assert isinstance(found, SqliteInspector)
+            assert await found.job_counts() == dict.fromkeys(["pending", "running", "completed", "failed",
+                                                              "cancelled"], 0)  # fmt: skip
+
+    trio.run(check)
+
+
+# -- the guide's example module: --engine, and a real worker process -----------------------------------
+
+
+def guide_module() -> str:
+    match = re.search(r'```python title="jobs_app.py"\n(.*?)```', GUIDE.read_text(), re.S)
+    assert match is not None, "the CLI guide lost its jobs_app.py example"
+    return match.group(1)
+
+
+@pytest.fixture
+def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The guide's jobs_app.py in a directory of its own, which is the current one, with an empty database."""
+    (tmp_path / "jobs_app.py").write_text(guide_module())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("JOBS_DB", str(tmp_path / "jobs.db"))
+    monkeypatch.delitem(sys.modules, "jobs_app", raising=False)
+
+    async def create() -> None:
+        async with djobs.sqlite(tmp_path / "jobs.db").open():
+            pass
+
+    trio.run(create)
+    yield tmp_path / "jobs.db"
+    sys.modules.pop("jobs_app", None)
+
+
+def test_batch_in_your_own_engine_gets_your_services(capsys: pytest.CaptureFixture[str], app: Path) -> None:
+    (app.parent / "people.jsonl").write_text('{"name": "Ada"}\n')
+    code, out, err = run(capsys, "batch", "jobs_app:send_greeting", "--params-file", "people.jsonl", "--engine",
+                         "jobs_app:make_engine", "--json", clock=None)  # fmt: skip
+    assert code == 0, err
+    assert [r["result"] for r in json.loads(out)] == [{"text": "Hello, Ada!"}]  # "Hello" is the factory's service
+
+
+@pytest.mark.parametrize(
+    ("target", "code", "message"),
+    [
+        ("jobs_app", ExitCode.USAGE, "must be given as module:attribute"),
+        ("jobs_app:send_greeting", ExitCode.USAGE, "is a Job, not a callable that opens an engine"),
+        ("jobs_app:Greeting", ExitCode.FAILED, "TypeError"),  # a class is callable; Greeting() raises
+        (HERE + "not_a_factory", ExitCode.USAGE, "returned str, not an async context manager"),
+    ],
+)
+def test_worker_refuses_what_is_not_an_engine_factory(
+    capsys: pytest.CaptureFixture[str], app: Path, target: str, code: ExitCode, message: str
+) -> None:
+    got, out, err = run(capsys, "worker", target)
+    assert (got, out) == (code, "")
+    assert message in err
+
+
+def test_worker_reports_an_unusable_database(
+    capsys: pytest.CaptureFixture[str], app: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    foreign = app.parent / "foreign.db"
+    foreign.write_bytes(b"definitely not sqlite " * 100)
+    monkeypatch.setenv("JOBS_DB", str(foreign))
+    code, out, err = run(capsys, "worker", "jobs_app:make_engine", clock=None)
+    assert (code, out) == (ExitCode.DATABASE, "")
+    assert "the file is not a database" in err and "Traceback" not in err
+
+
+def test_worker_process_runs_jobs_and_stops_gracefully_on_sigint(
+    capsys: pytest.CaptureFixture[str], app: Path
+) -> None:
+    code, out, err = run(capsys, "enqueue", "jobs_app:send_greeting", "--params", '{"name": "Ada"}', "--db", str(app),
+                         clock=None)  # fmt: skip
+    assert code == 0, err
+    job_id = out.strip()
+    env = {**os.environ, "JOBS_DB": str(app), "PYTHONUNBUFFERED": "1"}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "djobs.cli", "worker", "jobs_app:make_engine"],
+        cwd=app.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 15
+        status = None
+        while time.monotonic() < deadline:
+            status = run_json(capsys, "jobs", "show", job_id, "--db", str(app), clock=None)["status"]
+            if status == "completed" or worker.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert status == "completed", worker.stderr.read() if worker.poll() is not None else status
+        result = run_json(capsys, "jobs", "show", job_id, "--db", str(app), clock=None)["result"]
+        assert result == {"text": "Hello, Ada!"}  # the factory's services reached the job
+        started = time.monotonic()
+        worker.send_signal(signal.SIGINT)
+        stdout, stderr = worker.communicate(timeout=10)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.communicate()
+    assert worker.returncode == 0, stderr
+    assert time.monotonic() - started < 5
+    assert "jobs_app:make_engine running as " in stderr
+    assert "stopping" in stderr and stderr.rstrip().endswith("djobs worker: stopped")
+    assert "Traceback" not in stderr and stdout == ""
+    # The engine released what it held: no lease of the stopped worker is left.
+    assert run_json(capsys, "status", "--db", str(app), clock=None)["leases"] == []
+
+
+# -- usage -----------------------------------------------------------------------------------------------
+
+
+def test_usage_errors_and_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys)[0] == ExitCode.USAGE
+    assert run(capsys, "jobs")[0] == ExitCode.USAGE
+    code, _, err = run(capsys, "jobs", "list", "--limit", "0")
+    assert code == ExitCode.USAGE and "expected a number from 1 to 10000" in err
+    assert run(capsys, "status", "--bogus")[0] == ExitCode.USAGE
+    code, out, _ = run(capsys, "--help")
+    assert code == 0 and "exit codes: 0 ok" in out
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and out.startswith("djobs ")
+
+
+def test_the_guide_documents_every_exit_code() -> None:
+    table = re.search(r"## Exit codes\n\n(.*?)\n\n", GUIDE.read_text(), re.S)
+    assert table is not None
+    documented = {int(m) for m in re.findall(r"^\| (\d+) \|", table.group(1), re.M)}
+    assert documented == {int(c) for c in ExitCode}
+
+
+def test_the_default_db_comes_from_the_environment(
+    capsys: pytest.CaptureFixture[str], db: Built, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DJOBS_DB", str(db.path))
+    assert run_json(capsys, "jobs", "show", db.due)["id"] == db.due
