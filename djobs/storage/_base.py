@@ -320,7 +320,7 @@ class QueueStorage(Protocol):
     async def reclaim_expired(
         self, now: int, cancel_error: bytes, lease_error: bytes, limit: int
     ) -> list[ExpiredLease]:
-        """Take back ``running`` rows whose lease ended before `now`: pending again,
+        """Take back ``running`` rows whose lease ended by `now`: pending again,
         ``failed`` with `lease_error` if that was the last attempt, ``cancelled``
         with `cancel_error` if a cancel was requested."""
         ...

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Final, Literal, TypeVar, final
@@ -236,7 +237,7 @@ _RECLAIM = """
         error = CASE WHEN cancel_requested THEN ?2 WHEN attempt_count >= max_attempts THEN ?3 ELSE error END,
         completed_at = CASE WHEN cancel_requested OR attempt_count >= max_attempts THEN ?1 END,
         worker_expires_at = NULL, updated_at = ?1
-    WHERE id IN (SELECT id FROM jobs WHERE status = 'running' AND worker_expires_at < ?1 LIMIT ?4)
+    WHERE id IN (SELECT id FROM jobs WHERE status = 'running' AND worker_expires_at <= ?1 LIMIT ?4)
     RETURNING id, name, worker_id, attempt_count, status
 """
 _RENEW = """
@@ -730,6 +731,14 @@ def _open_connection(path: str, synchronous: Synchronous, busy_timeout_ms: int) 
         raise StorageError(f"cannot open {where}: {_describe(exc)}", exc) from exc
     try:
         db.setbusytimeout(busy_timeout_ms)
+        if db.readonly("main"):
+            # SQLite opens a file it may not write read-only without a word, and every
+            # write would fail later. Refuse it now, before a read of a WAL database
+            # leaves -wal and -shm files beside it.
+            raise StorageError(
+                f"{where} is read-only (file permissions, an immutable file or a read-only file system); "
+                "djobs needs to write to its database"
+            )
         app_id, version, tables = _inspect(db)
         if app_id not in (0, APPLICATION_ID) or (app_id == 0 and tables):
             raise StorageError(
@@ -743,7 +752,9 @@ def _open_connection(path: str, synchronous: Synchronous, busy_timeout_ms: int) 
             )
         if path != ":memory:":
             # WAL lets readers (the CLI, other processes) run beside the writer.
-            mode = _scalar(db, "PRAGMA journal_mode=WAL")
+            # Switching needs a moment alone with the file, and SQLite answers "busy" at
+            # once rather than calling the busy handler: another process may be opening it too.
+            mode = _retry_busy(lambda: _scalar(db, "PRAGMA journal_mode=WAL"), busy_timeout_ms)
             if str(mode).lower() != "wal":
                 raise StorageError(f"could not switch {where} to WAL journal mode (got {mode!r})")
         # The bundled default on WAL is FULL; NORMAL is durable across process
@@ -752,6 +763,12 @@ def _open_connection(path: str, synchronous: Synchronous, busy_timeout_ms: int) 
         db.execute("PRAGMA foreign_keys=ON")
         if version < SCHEMA_VERSION:
             _migrate(db, version)
+        else:
+            # Take the write lock once, as a migration does: a file another program
+            # keeps locked (a long BEGIN EXCLUSIVE) is refused here, after busy_timeout,
+            # rather than failing every write of a running engine.
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("ROLLBACK")
     except StorageError:
         db.close()
         raise
@@ -761,10 +778,34 @@ def _open_connection(path: str, synchronous: Synchronous, busy_timeout_ms: int) 
     return SqliteStorage(db, path)
 
 
+def _retry_busy(fn: Callable[[], T], timeout_ms: int) -> T:
+    """`fn()`, tried again while SQLite says busy, for up to `timeout_ms` (used only at open)."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    delay = 0.002
+    while True:
+        try:
+            return fn()
+        except apsw.BusyError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(delay)  # opening is synchronous already: busy_timeout blocks the same way
+            delay = min(delay * 2, 0.1)
+
+
 def _inspect(db: apsw.Connection) -> tuple[int, int, int]:
-    app_id = _scalar(db, "PRAGMA application_id")
-    version = _scalar(db, "PRAGMA user_version")
-    tables = _scalar(db, "SELECT count(*) FROM sqlite_master")
+    # One read transaction, so the three reads see one snapshot: another process
+    # may be creating the schema meanwhile, and tables without the application id
+    # would look like another program's database.
+    own = not db.in_transaction
+    if own:
+        db.execute("BEGIN")
+    try:
+        app_id = _scalar(db, "PRAGMA application_id")
+        version = _scalar(db, "PRAGMA user_version")
+        tables = _scalar(db, "SELECT count(*) FROM sqlite_master")
+    finally:
+        if own and db.in_transaction:
+            db.execute("COMMIT")
     return int(app_id), int(version), int(tables)
 
 
