@@ -162,6 +162,54 @@ async def task_demo() -> None:
         say(f"  finally: {success(await client.status('order-789')).status}")
 
 
+# -- The queue: one-off jobs now, later and in a batch; a cron job; an event --------------
+
+
+class Image(msgspec.Struct):
+    name: str
+
+
+class Thumbnail(msgspec.Struct):
+    path: str
+
+
+async def make_thumbnail(params: Image, ctx: djobs.JobContext) -> Thumbnail:
+    await trio.sleep(0.05)  # the "work"
+    say(f"  thumbnail of {params.name!r} (job {ctx.job_id or 'not persisted'}, attempt {ctx.attempt})")
+    return Thumbnail(f"thumbs/{params.name}")
+
+
+thumbnail = djobs.Job.make("thumbnail", params=Image, result=Thumbnail, execute=make_thumbnail, on="image.uploaded")
+
+
+def tick(fire: djobs.CronFire, ctx: djobs.JobContext) -> None:
+    say(f"  cron job {fire.cron!r} fired for {fire.scheduled_at:%H:%M:%S}")
+
+
+ticker = djobs.CronJob.make("ticker", schedule=djobs.every("1 second"), execute=tick)
+
+
+async def queue_demo() -> None:
+    say("Queue: three jobs for later, one now, a batch, an event, and a cron job every second")
+    worker = djobs.WorkerOptions(max_concurrency=3, poll_interval="200ms")
+    async with djobs.open_engine([thumbnail, ticker], storage=djobs.sqlite(DB), worker=worker) as engine:
+        jobs = engine.client.job(thumbnail)
+        ids = [success(await jobs.later(Image(f"later-{i}.png"), delay=f"{300 * i}ms")) for i in (1, 2, 3)]
+        say(f"  enqueued {len(ids)} jobs for 0.3, 0.6 and 0.9 s from now")
+        run = success(await jobs.now(Image("now.png")))
+        say(f"  now: {run.status}, result {run.result}, {run.duration_ms:.0f} ms")
+        runs = success(await jobs.batch([Image(f"batch-{i}.png") for i in range(4)], concurrency=2))
+        say(f"  batch: {[r.result.path for r in runs if r.result]}")
+        sent = success(await engine.client.send_event("image.uploaded", {"name": "uploaded.png"}))
+        say(f"  event image.uploaded enqueued {sent.job_names}")
+        await trio.sleep(2.1)
+        statuses = [success(await engine.client.jobs.status(i)).status for i in ids]
+        say(f"  the later jobs are now {statuses}")
+        [cron] = success(await engine.client.crons.list())
+        say(f"  cron job {cron.name!r} next runs at {cron.next_run_at:%H:%M:%S}")
+        success(await engine.client.crons.disable(ticker))
+
+
 def remove_old_database() -> None:
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(DB + suffix):
@@ -174,6 +222,7 @@ async def main() -> None:
     await continuous_demo()
     await debounce_demo()
     await task_demo()
+    await queue_demo()
     say("demo finished")
 
 

@@ -139,7 +139,14 @@ class StartResult(msgspec.Struct, frozen=True):
 
 
 class ContinuousStatus(msgspec.Struct, frozen=True):
-    """The result of ``status``."""
+    """The result of ``status``.
+
+    Attributes:
+        status: ``running`` (the instance has a next run), ``stopped`` (it is
+            stored without an alarm) or ``not_found``.
+        run_count: Runs so far (``None`` when not found).
+        next_run_at: When the next run (or a pending retry) is due.
+    """
 
     status: Literal["running", "stopped", "not_found"]
     run_count: int | None = None
