@@ -135,7 +135,7 @@ class Client:
     def continuous(self, job: str) -> ContinuousClient[Any]: ...
     def continuous(self, job: Continuous[Any] | str) -> ContinuousClient[Any]:
         """The verbs of a continuous job: start, trigger, status, get_state, terminate."""
-        return ContinuousClient(*self._handler(job, ContinuousHandler))
+        return ContinuousClient(*self._handler(job, ContinuousHandler), self._tenant_id)
 
     @overload
     def debounce(self, job: Debounce[E, S]) -> DebounceClient[E, S]: ...
@@ -143,7 +143,7 @@ class Client:
     def debounce(self, job: str) -> DebounceClient[Any, Any]: ...
     def debounce(self, job: Debounce[Any, Any] | str) -> DebounceClient[Any, Any]:
         """The verbs of a debounce job: add, flush, clear, status, get_state."""
-        return DebounceClient(*self._handler(job, DebounceHandler))
+        return DebounceClient(*self._handler(job, DebounceHandler), self._tenant_id)
 
     @overload
     def task(self, job: Task[S, E]) -> TaskClient[S, E]: ...
@@ -151,4 +151,4 @@ class Client:
     def task(self, job: str) -> TaskClient[Any, Any]: ...
     def task(self, job: Task[Any, Any] | str) -> TaskClient[Any, Any]:
         """The verbs of a task job: send, trigger, status, get_state, terminate."""
-        return TaskClient(*self._handler(job, TaskHandler))
+        return TaskClient(*self._handler(job, TaskHandler), self._tenant_id)

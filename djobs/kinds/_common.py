@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 import msgspec
 from returns.future import FutureResult
@@ -39,8 +40,10 @@ def check_id(instance_id: object) -> Result[str, ValidationError]:
         return Failure(
             ValidationError(f"instance id is {len(instance_id)} characters long; at most {MAX_ID_LENGTH} are allowed")
         )
-    if "\x00" in instance_id:
-        return Failure(ValidationError(f"instance id {instance_id!r} contains a NUL character"))
+    if "\x00" in instance_id or TENANT_SEPARATOR in instance_id:
+        return Failure(
+            ValidationError(f"instance id {instance_id!r} contains a NUL or unit-separator (\\x1f) character")
+        )
     return Success(instance_id)
 
 
@@ -54,9 +57,35 @@ async def with_id(
     return await fn(checked.unwrap())
 
 
-def instance_key(kind: str, name: str, instance_id: str) -> str:
-    """The storage key of an instance: ``{kind}:{name}:{id}``."""
-    return f"{kind}:{name}:{instance_id}"
+#: Separates a tenant from an instance id in a storage key. Ids may not contain
+#: it, so no plain id can reach into a tenant's namespace.
+TENANT_SEPARATOR = "\x1f"
+
+
+def instance_key(kind: str, name: str, instance_id: str, tenant: str | None = None) -> str:
+    """The storage key of an instance: ``{kind}:{name}:{id}``, or, for a tenant's
+    instance, ``{kind}:{name}:{tenant}\x1f{id}``."""
+    if tenant is None:
+        return f"{kind}:{name}:{instance_id}"
+    return f"{kind}:{name}:{tenant}{TENANT_SEPARATOR}{instance_id}"
+
+
+class TenantScoped:
+    """Mixin of the stateful kinds' handlers: a copy of a handler can act for one tenant.
+
+    The copy shares everything with the engine's handler but computes keys in
+    the tenant's namespace and stamps new instances with the tenant id.
+    """
+
+    tenant: str | None = None
+
+    def scoped(self, tenant: str | None) -> Self:
+        """This handler, acting for `tenant` (itself when `tenant` is ``None``)."""
+        if tenant is None:
+            return self
+        clone = copy.copy(self)
+        clone.tenant = tenant
+        return clone
 
 
 def effect(fn: Callable[[], Awaitable[Result[T, Any]]]) -> FutureResult[T, Any]:
@@ -85,9 +114,9 @@ class InstanceClient(Generic[H]):
     its verbs then fails with `JobNotFoundError`.
     """
 
-    def __init__(self, name: str, handler: H | None) -> None:
+    def __init__(self, name: str, handler: H | None, tenant: str | None = None) -> None:
         self._name = name
-        self._handler = handler
+        self._handler = handler.scoped(tenant) if isinstance(handler, TenantScoped) else handler
 
     def _verb(self, instance_id: object, fn: Callable[[H, str], Awaitable[Result[T, Any]]]) -> FutureResult[T, Any]:
         handler = self._handler

@@ -32,6 +32,7 @@ from ..storage import Alarm, Checkin, InstanceRecord, SetAlarm
 from ._common import (
     InstanceClient,
     StateResult,
+    TenantScoped,
     TerminateResult,
     check_name,
     instance_key,
@@ -165,7 +166,7 @@ class TriggerResult(msgspec.Struct, frozen=True):
     outcome: str
 
 
-class ContinuousHandler(Generic[S]):
+class ContinuousHandler(TenantScoped, Generic[S]):
     """Runs one continuous job's instances on an engine's runtime."""
 
     def __init__(self, job: Continuous[S], runtime: Runtime) -> None:
@@ -174,7 +175,7 @@ class ContinuousHandler(Generic[S]):
         self.env = runtime.env
 
     def key(self, instance_id: str) -> str:
-        return instance_key(KIND, self.job.name, instance_id)
+        return instance_key(KIND, self.job.name, instance_id, self.tenant)
 
     # -- verbs (each runs on the instance's actor) -------------------------------------
 
@@ -190,7 +191,8 @@ class ContinuousHandler(Generic[S]):
             now = self.env.now_ms()
             first = now if self.job.start_immediately else self.job.schedule.next_after(now)
             record = InstanceRecord(
-                key=key, kind=KIND, name=self.job.name, instance_id=instance_id, status="running",
+                key=key, kind=KIND, name=self.job.name, instance_id=instance_id,
+                tenant_id=self.tenant, status="running",
                 state=encoded.unwrap(), created_at=now, updated_at=now,
             )  # fmt: skip
             next_run_at = to_datetime(first).isoformat()

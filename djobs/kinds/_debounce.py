@@ -59,6 +59,7 @@ from ._common import (
     MAX_ID_LENGTH,
     InstanceClient,
     StateResult,
+    TenantScoped,
     check_name,
     instance_key,
 )
@@ -346,7 +347,7 @@ def _make_idle(record: InstanceRecord, now: int) -> None:
     record.attempt, record.data, record.updated_at = 1, None, now
 
 
-class DebounceHandler(Generic[E, S]):
+class DebounceHandler(TenantScoped, Generic[E, S]):
     """Runs one debounce job's instances on an engine's runtime."""
 
     def __init__(self, job: Debounce[E, S], runtime: Runtime) -> None:
@@ -355,7 +356,7 @@ class DebounceHandler(Generic[E, S]):
         self.env = runtime.env
 
     def key(self, instance_id: str) -> str:
-        return instance_key(KIND, self.job.name, instance_id)
+        return instance_key(KIND, self.job.name, instance_id, self.tenant)
 
     # -- verbs -------------------------------------------------------------------------
 
@@ -473,8 +474,8 @@ class DebounceHandler(Generic[E, S]):
             return reduced
         events: list[TrackedEvent] = []
         if record is None:
-            record = InstanceRecord(key=key, kind=KIND, name=job.name, instance_id=instance_id, status="idle",
-                                    created_at=now)  # fmt: skip
+            record = InstanceRecord(key=key, kind=KIND, name=job.name, instance_id=instance_id,
+                                    tenant_id=self.tenant, status="idle", created_at=now)  # fmt: skip
             events.append(env.event("job.started", key, KIND, job.name))
         # While a failed flush waits for its retry, new events join its batch
         # and the retry's backoff is kept, even past max_events.

@@ -58,6 +58,7 @@ from ._common import (
     MAX_ID_LENGTH,
     InstanceClient,
     StateResult,
+    TenantScoped,
     TerminateResult,
     check_name,
     instance_key,
@@ -437,7 +438,7 @@ def _at(ms: int | None) -> datetime | None:
 SendError: TypeAlias = ValidationError | InvalidStateError | ExecutionError | DuplicateEventError | StorageError
 
 
-class TaskHandler(Generic[S, Ev]):
+class TaskHandler(TenantScoped, Generic[S, Ev]):
     """Runs one task job's instances on an engine's runtime."""
 
     def __init__(self, job: Task[S, Ev], runtime: Runtime) -> None:
@@ -446,7 +447,7 @@ class TaskHandler(Generic[S, Ev]):
         self.env = runtime.env
 
     def key(self, instance_id: str) -> str:
-        return instance_key(KIND, self.job.name, instance_id)
+        return instance_key(KIND, self.job.name, instance_id, self.tenant)
 
     def _state(self, record: InstanceRecord) -> Result[S | None, ValidationError]:
         if record.state is None:
@@ -485,8 +486,9 @@ class TaskHandler(Generic[S, Ev]):
             created = loaded is None
             if loaded is None:
                 now = env.now_ms()
-                record = InstanceRecord(key=key, kind=KIND, name=job.name, instance_id=instance_id, status="idle",
-                                        created_at=now, updated_at=now)  # fmt: skip
+                record = InstanceRecord(key=key, kind=KIND, name=job.name, instance_id=instance_id,
+                                        tenant_id=self.tenant, status="idle", created_at=now,
+                                        updated_at=now)  # fmt: skip
                 alarm = None
             else:
                 record, alarm = loaded

@@ -1,0 +1,82 @@
+"""Tenant isolation of stateful instances: client.for_tenant(t) sees and changes only t's instances."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+import trio
+
+import djobs
+from djobs.testing import failure, open_test_engine, success
+
+
+class Count(msgspec.Struct):
+    n: int = 0
+
+
+def bump(ctx: djobs.ContinuousContext[Count]) -> None:
+    ctx.update_state(lambda s: Count(s.n + 1))
+
+
+counter = djobs.Continuous.make("counter", state=Count, schedule=djobs.every("1 hour"), execute=bump)
+
+
+def fold(ctx: djobs.DebounceEventContext[Count, Count]) -> Count:
+    return Count((ctx.state.n if ctx.state else 0) + ctx.event.n)
+
+
+def flush(ctx: djobs.DebounceContext[Count]) -> None:
+    pass
+
+
+adder = djobs.Debounce.make("adder", event=Count, state=Count, on_event=fold, execute=flush, flush_after="1 hour")
+
+
+def remember(event: Count, ctx: djobs.TaskEventContext[Count]) -> None:
+    ctx.set_state(event)
+
+
+def nothing(ctx: djobs.TaskContext[Count]) -> None:
+    pass
+
+
+keeper = djobs.Task.make("keeper", state=Count, event=Count, on_event=remember, execute=nothing)
+
+
+@pytest.mark.trio
+async def test_tenants_share_ids_without_seeing_each_other(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_test_engine([counter, adder, keeper]) as engine:
+        t1, t2 = engine.client.for_tenant("t1"), engine.client.for_tenant("t2")
+        # The same id in two tenants is two instances.
+        assert success(await t1.continuous(counter).start(id="u", input=Count(10))).created
+        assert success(await t2.continuous(counter).start(id="u", input=Count(20))).created
+        await engine.wait_idle()
+        assert success(await t1.continuous(counter).get_state("u")).state.n == 11
+        assert success(await t2.continuous(counter).get_state("u")).state.n == 21
+        # Neither is visible without the tenant, nor to the other tenant after it is gone.
+        assert success(await engine.client.continuous(counter).status("u")).status == "not_found"
+        assert success(await t1.continuous(counter).terminate("u")).terminated
+        assert success(await t2.continuous(counter).status("u")).status == "running"
+
+        await t1.debounce(adder).add(id="b", event=Count(1))
+        await t2.debounce(adder).add(id="b", event=Count(5))
+        await t2.debounce(adder).add(id="b", event=Count(5))
+        assert success(await t1.debounce(adder).status("b")).event_count == 1
+        assert success(await t2.debounce(adder).get_state("b")).state == Count(10)
+        assert success(await engine.client.debounce(adder).status("b")).status == "not_found"
+
+        await t1.task(keeper).send(id="k", event=Count(7))
+        assert success(await t1.task(keeper).get_state("k")).state == Count(7)
+        assert isinstance(failure(await t2.task(keeper).get_state("k")), djobs.InstanceNotFoundError)
+
+        # Stored rows carry their tenant.
+        loaded = await engine.storage.load(djobs.kinds._common.instance_key("task", "keeper", "k", "t1"))
+        assert loaded is not None and loaded[0].tenant_id == "t1"
+
+
+@pytest.mark.trio
+async def test_a_plain_id_cannot_reach_into_a_tenant(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_test_engine([counter]) as engine:
+        await engine.client.for_tenant("t1").continuous(counter).start(id="u", input=Count())
+        sneaky = "t1\x1fu"
+        assert isinstance(failure(await engine.client.continuous(counter).status(sneaky)), djobs.ValidationError)
