@@ -74,8 +74,10 @@ class Engine:
             await self._runtime.wait_idle()
             if worker is not None:
                 await worker.wait_idle()
-            next_at = await self.storage.next_alarm_at()
-            due = next_at is not None and next_at <= self.clock.now_ms()
+            due = False
+            if self._runtime.fires_alarms:  # a client-only engine leaves due alarms to another process
+                next_at = await self.storage.next_alarm_at()
+                due = next_at is not None and next_at <= self.clock.now_ms()
             if not due and worker is not None:
                 due = await worker.has_due() or (self._crons is not None and await self._crons.has_due())
             if not due:
@@ -151,7 +153,8 @@ def open_engine(
         worker: How this engine runs the job queue and cron jobs
             (`WorkerOptions`); ``None`` for a client-only process that
             enqueues and reads jobs but runs none (``now`` still runs in the
-            caller's task).
+            caller's task), and fires no alarms: the instances it starts or
+            sends events to run their scheduled work in a worker process.
         tenancy: ``"required"`` refuses to enqueue a job without a tenant id
             (`TenantError`); ``"optional"`` (default) allows it.
 
@@ -216,7 +219,11 @@ async def open_engine_as(
         if isinstance(the_tracker, BackgroundTracker):
             # A tracker's own task (HttpBatchTracker's sender) lives in this nursery; aclose below stops it.
             await nursery.start(the_tracker.run)
-        nursery.start_soon(alarms)
+        if worker is not None:
+            # A client-only engine (worker=None) runs no background work: another
+            # process's engine fires the alarms its calls set.
+            runtime.fires_alarms = True
+            nursery.start_soon(alarms)
         nursery.start_soon(runtime.lease_keeper)
         nursery.start_soon(runtime.lease_releaser)
         body_error: BaseException | None = None

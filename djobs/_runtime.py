@@ -78,6 +78,8 @@ class Runtime:
         self._idle = trio.Event()
         self._idle.set()
         self._closing = False
+        #: Whether this engine's alarm sleeper runs (not in a client-only engine).
+        self.fires_alarms = False
         env.on_alarm_set = self.poke
 
     # -- actors -----------------------------------------------------------------------

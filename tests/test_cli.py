@@ -112,12 +112,17 @@ def build(path: Path) -> Built:
 
     async def run() -> Built:
         storage = djobs.sqlite(path)
-        async with open_test_engine([refresher, webhooks, greeter, nightly], storage=storage, worker=None) as engine:
+        definitions = [refresher, webhooks, greeter, nightly]
+        async with open_test_engine(definitions, storage=storage) as engine:
+            # An engine with a worker fires the instances' first runs...
             c = engine.client
             for user in ("user-1", "user-2"):
                 success(await c.continuous(refresher).start(id=user, input=Tokens(f"t-{user[-1]}")))
             success(await c.debounce(webhooks).add(id="acct-1", event=Hook("h1")))
             await engine.wait_idle()
+        # ...and a client-only one leaves the queued jobs pending.
+        async with open_test_engine(definitions, storage=storage, worker=None) as engine:
+            c = engine.client
             completed = success(await c.job(greeter).now(Greet("Ada"))).job_id
             failed = success(await c.job(greeter).now(Greet("fail"))).job_id
             due = success(await c.job(greeter).later(Greet("Bob")))

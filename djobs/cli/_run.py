@@ -10,16 +10,15 @@ module:factory``) when its jobs need the application's services.
 from __future__ import annotations
 
 import argparse
-import inspect
 import logging
 import os
 import secrets
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import msgspec
 import trio
@@ -30,7 +29,7 @@ from .._clock import Clock
 from .._engine import Engine, open_engine
 from .._errors import JobError
 from ..kinds._job import Job, JobRun
-from ..storage import Alarm, QueueStorage, Storage, StorageLayer, sqlite
+from ..storage import sqlite
 from ..storage._inspect import Inspector, inspector, open_existing
 from ._exit import CommandError, ExitCode, command_error
 from ._output import ProgressBar, note, print_json, table
@@ -90,55 +89,6 @@ async def _watch_signals(signals: AsyncIterator[int], stop: trio.Event) -> None:
 # -- the engine enqueue and batch use ------------------------------------------------------
 
 
-class _NoAlarmStorage:
-    """A storage that shows its engine no alarms.
-
-    The client-only engine of ``enqueue`` and ``batch`` registers one job,
-    but an engine's alarm sleeper claims every due alarm in the database;
-    one it has no handler for stays claimed for the alarm lease (minutes),
-    delaying the instance it belongs to. Hiding alarms keeps the CLI's engine
-    from ever claiming one. Every other method is the wrapped storage's.
-    """
-
-    def __init__(self, inner: Storage) -> None:
-        self.inner = inner
-
-    async def next_alarm_at(self) -> int | None:
-        return None
-
-    async def claim_alarms(self, now_ms: int, lease_ms: int, limit: int) -> list[Alarm]:
-        return []
-
-
-def _forward(name: str) -> Callable[..., Any]:
-    async def forward(self: _NoAlarmStorage, *args: Any, **kwargs: Any) -> Any:
-        return await getattr(self.inner, name)(*args, **kwargs)
-
-    forward.__name__ = name
-    return forward
-
-
-# Real methods on the class (not __getattr__), so `isinstance(s, QueueStorage)` holds on every Python.
-for _protocol in (Storage, QueueStorage):
-    for _name, _member in vars(_protocol).items():
-        if inspect.iscoroutinefunction(_member) and _name not in vars(_NoAlarmStorage):
-            setattr(_NoAlarmStorage, _name, _forward(_name))
-
-
-class _ClientOnlyLayer:
-    """`djobs.sqlite(path)` opened as a `_NoAlarmStorage`; keeps the real storage for inspection."""
-
-    def __init__(self, inner: StorageLayer) -> None:
-        self._inner = inner
-        self.storage: Storage | None = None
-
-    @asynccontextmanager
-    async def open(self) -> AsyncIterator[Storage]:
-        async with self._inner.open() as storage:
-            self.storage = storage
-            yield cast(Storage, _NoAlarmStorage(storage))
-
-
 @asynccontextmanager
 async def _engine_for(args: argparse.Namespace, job: Job[Any, Any], clock: Clock) -> AsyncIterator[
     tuple[Engine, Inspector | None]
@@ -156,10 +106,9 @@ async def _engine_for(args: argparse.Namespace, job: Job[Any, Any], clock: Clock
         return
     with open_existing(args.db):
         pass  # refuse a missing, foreign or other-version file before an engine would create or migrate it
-    layer = _ClientOnlyLayer(sqlite(args.db))
-    async with open_engine([job], storage=layer, clock=clock, worker=None, alarm_poll_interval=None) as engine:
-        assert layer.storage is not None
-        yield engine, inspector(layer.storage)
+    # worker=None: a client-only engine; it claims no job and fires no alarm.
+    async with open_engine([job], storage=sqlite(args.db), clock=clock, worker=None) as engine:
+        yield engine, inspector(engine.storage)
 
 
 def _params(decoder: msgspec.json.Decoder[Any], raw: bytes, what: str) -> Any:
