@@ -713,3 +713,18 @@ async def test_bad_input_is_a_typed_error_and_enqueues_nothing(autojump_clock: t
         assert success(await engine.client.jobs.list()) == []
         assert rec.calls == []
         assert engine.tracker.count("job.enqueued") == 0
+
+
+@pytest.mark.trio
+async def test_later_many_enqueues_all_or_nothing(autojump_clock: trio.testing.MockClock) -> None:
+    charge, _, _ = make_jobs(Recorder())
+    async with open_test_engine([charge], worker=None) as engine:
+        job = engine.client.job(charge)
+        ids = success(await job.later_many([Order(f"o{i}", i + 1) for i in range(50)], correlation_id="bulk"))
+        assert len(ids) == len(set(ids)) == 50
+        listed = success(await engine.client.jobs.list(correlation_id="bulk", limit=100))
+        assert sorted(j.id for j in listed) == sorted(ids)
+        assert success(await job.later_many([])) == []
+        bad = failure(await job.later_many([Order("ok", 1), {"order_id": 5}]))  # type: ignore[list-item]
+        assert isinstance(bad, djobs.ValidationError) and "params[1]" in bad.message
+        assert len(success(await engine.client.jobs.list(limit=100))) == 50  # nothing of the bad batch

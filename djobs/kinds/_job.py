@@ -961,6 +961,49 @@ class JobClient(Generic[P, R]):
 
         return effect(run)
 
+    def later_many(
+        self, params_list: Sequence[P], *, at: datetime | None = None, delay: DurationLike | None = None,
+        correlation_id: str | None = None, tenant_id: str | None = None, priority: int = 0,
+    ) -> FutureResult[list[str], JobNotFoundError | ValidationError | TenantError | StorageError]:  # fmt: skip
+        """Enqueue one job per params in one transaction (all or none); returns their ids in order.
+
+        Every params is validated before anything is stored: one that does not
+        match gives a `ValidationError` naming its index, and nothing is enqueued.
+        The other arguments are those of `later` and apply to every job.
+        """
+        h, q = self._handler, self._queue
+        if h is None or q is None:
+            return not_registered(self._name)
+
+        async def run() -> Result[list[str], Any]:
+            if isinstance(params_list, str | bytes) or not isinstance(params_list, Sequence):
+                kind = type(params_list).__name__
+                return Failure(ValidationError(f"later_many takes a sequence of params, got {kind}"))
+            tenant = q.tenant_for(self._tenant, tenant_id)
+            if isinstance(tenant, Failure):
+                return tenant
+            correlation = _check_text(correlation_id, "correlation_id")
+            if isinstance(correlation, Failure):
+                return correlation
+            if isinstance(priority, bool) or not isinstance(priority, int) or not -(2**31) <= priority < 2**31:
+                return Failure(ValidationError(f"priority must be a 32-bit int, got {priority!r}"))
+            now = q.env.now_ms()
+            when = _when(at, delay, now)
+            if isinstance(when, Failure):
+                return when
+            rows = []
+            for index, params in enumerate(params_list):
+                raw = encode(h.job.params, params, what=f"params[{index}] of job {h.job.name!r}")
+                if isinstance(raw, Failure):
+                    return raw
+                rows.append(q.row(h, raw.unwrap(), scheduled_for=when.unwrap(), now=now, priority=priority,
+                                  correlation_id=correlation.unwrap(), tenant_id=tenant.unwrap()))  # fmt: skip
+            if not rows:
+                return Success([])
+            return Success([job_id for job_id, _ in await q.enqueue(rows)])
+
+        return effect(run)
+
     def batch(
         self, params_list: Sequence[P], *, concurrency: int = 3, persist: bool = True, stop_on_error: bool = False,
         correlation_id: str | None = None, tenant_id: str | None = None,
