@@ -31,6 +31,7 @@ from ._schedule import Every as Every
 from ._schedule import Schedule as Schedule
 from ._schedule import cron as cron
 from ._schedule import every as every
+from ._worker import WorkerOptions as WorkerOptions
 from .kinds._common import StateResult as StateResult
 from .kinds._common import TerminateResult as TerminateResult
 from .kinds._continuous import Continuous as Continuous
@@ -38,6 +39,9 @@ from .kinds._continuous import ContinuousContext as ContinuousContext
 from .kinds._continuous import ContinuousStatus as ContinuousStatus
 from .kinds._continuous import StartResult as StartResult
 from .kinds._continuous import TriggerResult as TriggerResult
+from .kinds._cron import CronFire as CronFire
+from .kinds._cron import CronInfo as CronInfo
+from .kinds._cron import CronJob as CronJob
 from .kinds._debounce import AddResult as AddResult
 from .kinds._debounce import ClearResult as ClearResult
 from .kinds._debounce import Debounce as Debounce
@@ -45,6 +49,14 @@ from .kinds._debounce import DebounceContext as DebounceContext
 from .kinds._debounce import DebounceEventContext as DebounceEventContext
 from .kinds._debounce import DebounceStatus as DebounceStatus
 from .kinds._debounce import FlushResult as FlushResult
+from .kinds._job import CancelResult as CancelResult
+from .kinds._job import EventResult as EventResult
+from .kinds._job import Job as Job
+from .kinds._job import JobContext as JobContext
+from .kinds._job import JobErrorInfo as JobErrorInfo
+from .kinds._job import JobInfo as JobInfo
+from .kinds._job import JobRun as JobRun
+from .kinds._job import RetryResult as RetryResult
 from .kinds._task import SendResult as SendResult
 from .kinds._task import Task as Task
 from .kinds._task import TaskContext as TaskContext
@@ -53,6 +65,7 @@ from .kinds._task import TaskStatus as TaskStatus
 from .kinds._task import TaskTriggerResult as TaskTriggerResult
 from .kinds._task import When as When
 from .storage import memory as memory
+from .storage import postgres as postgres
 from .storage import sqlite as sqlite
 from .tracking import InMemoryTracker as InMemoryTracker
 from .tracking import NoopTracker as NoopTracker
@@ -62,12 +75,16 @@ from .tracking import Tracker as Tracker
 __all__ = [
     "AddResult",
     "Backoff",
+    "CancelResult",
     "ClearResult",
     "Clock",
     "Continuous",
     "ContinuousContext",
     "ContinuousStatus",
     "Cron",
+    "CronFire",
+    "CronInfo",
+    "CronJob",
     "Debounce",
     "DebounceContext",
     "DebounceEventContext",
@@ -75,18 +92,25 @@ __all__ = [
     "DuplicateEventError",
     "DurationLike",
     "Engine",
+    "EventResult",
     "Every",
     "ExecutionError",
     "FlushResult",
     "InMemoryTracker",
     "InstanceNotFoundError",
     "InvalidStateError",
+    "Job",
     "JobCancelledError",
+    "JobContext",
     "JobError",
+    "JobErrorInfo",
+    "JobInfo",
     "JobNotFoundError",
+    "JobRun",
     "NoopTracker",
     "Retry",
     "RetryExhaustedError",
+    "RetryResult",
     "Schedule",
     "SchedulerError",
     "SendResult",
@@ -107,10 +131,12 @@ __all__ = [
     "VirtualClock",
     "WallClock",
     "When",
+    "WorkerOptions",
     "cron",
     "every",
     "memory",
     "open_engine",
     "parse_duration",
+    "postgres",
     "sqlite",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -236,6 +237,11 @@ async def open_engine_as(
             if queue_worker is not None:
                 await nursery.start(queue_worker.lease_loop)
                 await nursery.start(queue_worker.settle_loop)
+                watch = getattr(store, "watch_enqueues", None)
+                if queue_worker.claiming and watch is not None:
+                    # A storage that hears other processes' enqueues (PostgreSQL's
+                    # LISTEN/NOTIFY) wakes the worker instead of its poll interval.
+                    await nursery.start(_scoped, queue_scopes, functools.partial(watch, queue_worker.poke))
                 if queue_worker.claiming and crons is not None:
                     await nursery.start(_scoped, queue_scopes, queue_worker.claim_loop)
                     await nursery.start(_scoped, queue_scopes, crons.loop)

@@ -1,4 +1,8 @@
-"""The SQLite storage layer: opening files safely, migrations, alarms and atomic check-ins."""
+"""The SQLite storage layer: opening files safely and migrations.
+
+What every storage guarantees (check-ins, alarms, leases, the queue) is tested
+once for all of them in ``tests/conformance/``.
+"""
 
 from __future__ import annotations
 
@@ -12,16 +16,12 @@ import pytest
 import trio
 
 import djobs
-from djobs.storage import SCHEMA_VERSION, Checkin, ClearAlarm, InstanceRecord, SetAlarm, SqliteStorage
+from djobs.storage import SCHEMA_VERSION, SqliteStorage
 from djobs.testing import open_test_engine
 
 
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def record(key: str = "continuous:j:a", **kw: object) -> InstanceRecord:
-    return InstanceRecord(key=key, kind="continuous", name="j", instance_id="a", status="running", **kw)  # type: ignore[arg-type]
 
 
 @pytest.mark.trio
@@ -98,52 +98,6 @@ async def test_open_engine_reports_a_bad_file_as_storage_error(tmp_path: Path) -
     with pytest.raises(djobs.StorageError):
         async with djobs.open_engine([], storage=djobs.sqlite(path)):
             pass  # pragma: no cover
-
-
-@pytest.mark.trio
-async def test_checkin_is_atomic_with_its_idempotency_key() -> None:
-    async with djobs.memory().open() as storage:
-        await storage.commit(Checkin(key="continuous:j:a", record=record(state=b"1"), event_id="e1"))
-        with pytest.raises(djobs.DuplicateEventError):
-            await storage.commit(
-                Checkin(key="continuous:j:a", record=record(state=b"2"), alarm=SetAlarm(5, "run"), event_id="e1")
-            )
-        loaded = await storage.load("continuous:j:a")
-        assert loaded is not None
-        assert loaded[0].state == b"1" and loaded[1] is None  # nothing of the refused check-in was written
-        assert await storage.has_event_id("continuous:j:a", "e1")
-
-
-@pytest.mark.trio
-async def test_alarms_are_claimed_with_a_lease_and_fire_again_if_not_handled() -> None:
-    async with djobs.memory().open() as storage:
-        await storage.commit(Checkin(key="k1", record=record("k1"), alarm=SetAlarm(100, "run")))
-        await storage.commit(Checkin(key="k2", record=record("k2"), alarm=SetAlarm(300, "run")))
-        assert await storage.next_alarm_at() == 100
-        [claimed] = await storage.claim_alarms(now_ms=150, lease_ms=1000, limit=10)
-        assert (claimed.key, claimed.fire_at) == ("k1", 100)
-        assert await storage.claim_alarms(now_ms=200, lease_ms=1000, limit=10) == []  # leased
-        assert await storage.next_alarm_at() == 300
-        again = await storage.claim_alarms(now_ms=1200, lease_ms=1000, limit=10)
-        assert sorted(a.key for a in again) == ["k1", "k2"]  # k1's lease ran out
-        await storage.commit(Checkin(key="k1", record=record("k1"), alarm=ClearAlarm()))
-        await storage.release_alarms([a.id for a in again])
-        assert await storage.next_alarm_at() == 300
-        # Setting an alarm gives it a new id, so an old claim can be told from it.
-        await storage.commit(Checkin(key="k2", record=record("k2"), alarm=SetAlarm(300, "run")))
-        loaded = await storage.load("k2")
-        assert loaded is not None and loaded[1] is not None
-        assert loaded[1].id not in {a.id for a in again}
-
-
-@pytest.mark.trio
-async def test_deleting_an_instance_removes_its_alarm_and_event_ids() -> None:
-    async with djobs.memory().open() as storage:
-        await storage.commit(Checkin(key="k", record=record("k"), alarm=SetAlarm(1, "run"), event_id="e"))
-        await storage.commit(Checkin(key="k", record=None))
-        assert await storage.load("k") is None
-        assert await storage.next_alarm_at() is None
-        assert not await storage.has_event_id("k", "e")
 
 
 class S(msgspec.Struct):

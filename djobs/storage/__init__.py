@@ -3,9 +3,10 @@
 `Storage` is the protocol every implementation provides (`QueueStorage`
 adds the job queue and cron jobs); `sqlite(path)`
 opens an APSW SQLite file (WAL), `memory()` an in-memory SQLite database
-for tests. Storage methods raise `StorageError` (and `DuplicateEventError`
-from `commit`); the client and the execution service turn those into
-values at their edge.
+for tests, `postgres(dsn)` a PostgreSQL schema shared by many processes.
+Storage methods raise `StorageError` (and `DuplicateEventError` from
+`commit`); the client and the execution service turn those into values at
+their edge.
 """
 
 from ._base import Alarm as Alarm
@@ -28,6 +29,8 @@ from ._base import StorageLayer as StorageLayer
 from ._faults import FaultyLayer as FaultyLayer
 from ._faults import FaultyStorage as FaultyStorage
 from ._faults import faulty as faulty
+from ._postgres import PostgresLayer as PostgresLayer
+from ._postgres import postgres as postgres
 from ._sqlite import SCHEMA_VERSION as SCHEMA_VERSION
 from ._sqlite import SqliteStorage as SqliteStorage
 from ._sqlite import memory as memory
@@ -41,11 +44,13 @@ __all__ = [
     "FaultyLayer",
     "FaultyStorage",
     "InstanceRecord",
+    "PostgresLayer",
     "SetAlarm",
     "SqliteStorage",
     "Storage",
     "StorageLayer",
     "faulty",
     "memory",
+    "postgres",
     "sqlite",
 ]

@@ -1,0 +1,324 @@
+"""Connections to PostgreSQL for Trio: a bounded pool of synchronous psycopg 3
+connections used from worker threads, the errors they raise as `StorageError`,
+and the one connection that LISTENs.
+
+Why threads (the design page argues it at length): no PostgreSQL driver runs on
+Trio, and psycopg's non-blocking API is either asyncio's (`AsyncConnection`) or
+private generators. A blocking connection on a worker thread is psycopg's most
+used, best tested path; the hop costs about 100 µs, small beside a round trip
+and a commit's fsync. Each call takes a slot of a `trio.CapacityLimiter` and an
+idle connection, runs one whole transaction in a thread, and gives the
+connection back, so one connection is never used by two threads at once and the
+event loop never waits for the database.
+
+The listening connection is different: it never sends a query after ``LISTEN``,
+so it is read without a thread, from Trio's own readiness wait on its socket
+(``wait_readable`` then libpq's ``consume_input``/``notifies``, neither of
+which blocks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Final, TypeVar
+
+import outcome
+import psycopg
+import psycopg.errors
+import trio
+import trio.testing
+from psycopg import conninfo, sql
+
+from .._errors import StorageError
+
+T = TypeVar("T")
+Connection = psycopg.Connection[tuple[Any, ...]]
+
+_log = logging.getLogger("djobs.storage")
+
+#: SQLSTATEs that mean "the whole transaction was rolled back; running it again may succeed".
+_TRANSIENT: Final = frozenset({"40001", "40P01"})  # serialization failure, deadlock detected
+_ATTEMPTS: Final = 3
+
+
+# -- where, and what went wrong ---------------------------------------------------------
+
+
+def server_name(dsn: str) -> str:
+    """The server a DSN points at, for messages: ``user@host:port/dbname``, never the password.
+
+    Examples:
+        >>> server_name("postgresql://app:secret@db.internal:6432/jobs")
+        'app@db.internal:6432/jobs'
+    """
+    try:
+        params = conninfo.conninfo_to_dict(dsn)
+    except psycopg.Error:
+        return "an unparsable DSN"
+    host = str(params.get("host") or "localhost")
+    port = str(params.get("port") or "5432")
+    user = params.get("user")
+    where = f"{host}:{port}"
+    if params.get("dbname"):
+        where += f"/{params['dbname']}"
+    return f"{user}@{where}" if user else where
+
+
+def connect_error(exc: psycopg.Error, where: str) -> StorageError:
+    """A `StorageError` a person can act on, from a failed connection attempt."""
+    text = str(exc).strip()
+    # libpq says where, then why ("connection to server at ..., port 1 failed: Connection refused");
+    # the where is in our message already, and its hints ("Is the server running ...") in our advice.
+    if "FATAL:" in text:
+        detail = text.rsplit("FATAL:", 1)[-1].strip().splitlines()[0]
+    else:
+        first = text.splitlines()[0] if text else type(exc).__name__
+        detail = first.rsplit(" failed: ", 1)[-1]
+    detail = " ".join(detail.split())
+    lowered = text.lower()
+    if isinstance(exc, psycopg.ProgrammingError) and not isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        message = f"the PostgreSQL DSN is not valid ({detail}); expected e.g. postgresql://user:password@host:5432/db"
+    elif (
+        "password authentication failed" in lowered
+        or "no password supplied" in lowered
+        or ("role" in lowered and "does not exist" in lowered)
+        or "pg_hba.conf" in lowered
+    ):
+        message = (
+            f"PostgreSQL at {where} refused the credentials ({detail}); "
+            "check the user and password in the DSN (or PGPASSWORD, ~/.pgpass)"
+        )
+    elif "database" in lowered and "does not exist" in lowered:
+        message = f"cannot open {where}: {detail}; create it (createdb) or fix the database name in the DSN"
+    elif (
+        "connection refused" in lowered
+        or "timeout expired" in lowered
+        or "could not translate host name" in lowered
+        or "failed to resolve host" in lowered
+        or "no route to host" in lowered
+        or "network is unreachable" in lowered
+        or "no such file or directory" in lowered
+    ):
+        message = (
+            f"cannot reach the PostgreSQL server at {where} ({detail}); "
+            "is it running, and are the host and port in the DSN right?"
+        )
+    else:
+        message = f"cannot connect to PostgreSQL at {where}: {detail}"
+    return StorageError(message, exc)
+
+
+def query_error(exc: psycopg.Error, where: str, what: str) -> StorageError:
+    """A `StorageError` for a statement that failed on an open connection."""
+    detail = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        return StorageError(f"{what} on {where} was refused: {detail}; grant the DSN's user the privilege", exc)
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        # The connection broke: whether a COMMIT in flight was applied is unknown.
+        return StorageError(f"{what} on {where} failed: the connection to the server was lost ({detail})", exc)
+    return StorageError(f"{what} on {where} failed: {detail}", exc)
+
+
+# -- virtual time ---------------------------------------------------------------------
+
+# MockClocks whose autojump is held off while queries run: clock -> [queries in flight, saved threshold].
+_held: weakref.WeakKeyDictionary[trio.testing.MockClock, list[float]] = weakref.WeakKeyDictionary()
+
+
+@contextmanager
+def database_time() -> Iterator[None]:
+    """Under an autojumping `trio.testing.MockClock`, keep virtual time still while a query runs.
+
+    A test engine waits for a worker thread exactly as for any I/O, so the
+    autojump would skip to the next timer while the database works, and a
+    one-millisecond commit could cost minutes of virtual time. With SQLite on
+    the Trio thread a transaction takes no virtual time; this keeps that true
+    here. On any other clock it does nothing.
+    """
+    clock = trio.lowlevel.current_clock()
+    if not isinstance(clock, trio.testing.MockClock):
+        yield
+        return
+    entry = _held.get(clock)
+    if entry is None:
+        entry = _held[clock] = [0, clock.autojump_threshold]
+        clock.autojump_threshold = math.inf
+    entry[0] += 1
+    try:
+        yield
+    finally:
+        entry[0] -= 1
+        if entry[0] == 0:
+            del _held[clock]
+            clock.autojump_threshold = entry[1]
+
+
+# -- the pool --------------------------------------------------------------------------
+
+
+class Pool:
+    """At most `size` connections; each call borrows one for one transaction on a worker thread.
+
+    A connection that broke (server restart, network) is dropped, and the next
+    call opens a new one, so the pool heals once the server is back.
+    """
+
+    def __init__(self, connect: Callable[[], Connection], size: int, where: str) -> None:
+        self._connect = connect
+        self._limiter = trio.CapacityLimiter(size)
+        self._idle: list[Connection] = []
+        self._closed = False
+        self.where = where
+        #: Backend pids of this pool's connections: notifications they sent are this process's own.
+        self.backend_pids: set[int] = set()
+        self._pid_of: dict[int, int] = {}  # id(connection) -> its backend pid
+
+    def _open(self) -> Connection:
+        try:
+            conn = self._connect()
+        except psycopg.Error as exc:
+            raise connect_error(exc, self.where) from exc
+        pid = conn.info.backend_pid
+        self._pid_of[id(conn)] = pid
+        self.backend_pids.add(pid)
+        return conn
+
+    def _discard(self, conn: Connection) -> None:
+        self.backend_pids.discard(self._pid_of.pop(id(conn), -1))
+        with contextlib.suppress(Exception):  # it may be broken already; closing is a courtesy
+            conn.close()
+
+    def _call(
+        self, conn: Connection | None, fn: Callable[[Connection], T]
+    ) -> tuple[Connection | None, outcome.Outcome[T]]:
+        # Runs on a worker thread: the connection is this thread's alone until it returns.
+        if conn is None:
+            try:
+                conn = self._open()
+            except StorageError as exc:
+                return None, outcome.Error(exc)
+        result = outcome.capture(fn, conn)
+        if conn.broken or conn.closed:
+            self._discard(conn)
+            return None, result
+        return conn, result
+
+    async def run(self, fn: Callable[[Connection], T], what: str) -> T:
+        """Run `fn` with a connection of its own on a worker thread; driver errors become `StorageError`.
+
+        `fn` is one transaction. One rolled back for a deadlock or a
+        serialization failure runs again (up to three times in all).
+        """
+        if self._closed:
+            raise StorageError(f"{what} on {self.where} failed: the storage is closed")
+        async with self._limiter:
+            for attempt in range(1, _ATTEMPTS + 1):
+                conn = self._idle.pop() if self._idle else None
+                with database_time():
+                    # Not abandoned on cancel: the thread finishes its transaction and
+                    # returns the connection before anyone else can take it.
+                    conn, result = await trio.to_thread.run_sync(self._call, conn, fn)
+                if conn is not None:
+                    if self._closed:
+                        self._discard(conn)
+                    else:
+                        self._idle.append(conn)
+                if isinstance(result, outcome.Error):
+                    error = result.error
+                    if isinstance(error, psycopg.Error):
+                        if error.sqlstate in _TRANSIENT and attempt < _ATTEMPTS:
+                            continue
+                        raise query_error(error, self.where, what) from error
+                return result.unwrap()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        """Close the idle connections; those in use are closed when their call returns."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            self._discard(conn)
+
+
+def configure(conn: Connection, schema: str) -> None:
+    """Point a fresh connection at djobs's schema: every statement names tables unqualified."""
+    conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+
+
+# -- LISTEN ----------------------------------------------------------------------------
+
+
+async def listen(
+    connect: Callable[[], Connection],
+    channel: str,
+    own_pids: set[int],
+    wake: Callable[[int], None],
+    where: str,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """LISTEN on `channel` forever, calling ``wake(payload as int)`` for each notification
+    not sent by a connection in `own_pids`; reconnects (with backoff) when the connection breaks.
+
+    After every (re)connection `wake(0)` is called once: notifications sent
+    while no one listened are lost, so the worker looks for work at once.
+    """
+    delay = 0.1
+    started = False
+    while True:
+        try:
+            with database_time():
+                conn = await trio.to_thread.run_sync(_connect_listening, connect, channel)
+        except psycopg.Error as exc:
+            error = connect_error(exc, where)
+            _log.warning("cannot LISTEN for enqueued jobs (%s); trying again in %.1f s", error.message, delay)
+            if not started:
+                started = True
+                task_status.started()
+            await trio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+            continue
+        delay = 0.1
+        try:
+            if not started:
+                started = True
+                task_status.started()
+            wake(0)
+            await _receive(conn, own_pids, wake)
+        except psycopg.Error as exc:
+            _log.warning("lost the LISTEN connection to %s (%s); reconnecting", where, " ".join(str(exc).split()))
+        finally:
+            fd = conn.pgconn.socket if not conn.closed else -1
+            if fd >= 0:
+                trio.lowlevel.notify_closing(fd)
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+def _connect_listening(connect: Callable[[], Connection], channel: str) -> Connection:
+    conn = connect()
+    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+    return conn
+
+
+async def _receive(conn: Connection, own_pids: set[int], wake: Callable[[int], None]) -> None:
+    pgconn = conn.pgconn
+    fd = pgconn.socket
+    while True:
+        await trio.lowlevel.wait_readable(fd)
+        # Reads only what the socket already holds: never blocks the event loop.
+        pgconn.consume_input()
+        if pgconn.status != psycopg.pq.ConnStatus.OK:
+            raise psycopg.OperationalError("the server closed the connection")
+        while (note := pgconn.notifies()) is not None:
+            if note.be_pid in own_pids:
+                continue  # this process's own enqueue: its worker was poked already
+            try:
+                at = int(note.extra)
+            except ValueError:
+                at = 0
+            wake(at)

@@ -1,0 +1,109 @@
+"""`djobs.postgres(dsn)`: the storage layer for several processes and machines on one PostgreSQL database.
+
+This module is importable without psycopg: the driver is imported when the
+layer opens (``pip install "djobs[postgres]"`` brings it).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TYPE_CHECKING, final
+
+from .._durations import DurationLike, duration
+from .._errors import StorageError, ValidationError
+
+if TYPE_CHECKING:
+    from ._pgstore import PostgresStorage
+
+# An unquoted PostgreSQL identifier: the schema name appears in logs, channels and
+# operators' psql sessions, where anything fancier needs quoting at every use.
+_SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}", re.ASCII)
+
+
+@final
+class PostgresLayer:
+    """A storage layer on a PostgreSQL schema. Made by `postgres`."""
+
+    def __init__(self, dsn: str, schema: str, pool_size: int, connect_timeout_s: int) -> None:
+        self.dsn = dsn
+        self.schema = schema
+        self.pool_size = pool_size
+        self.connect_timeout_s = connect_timeout_s
+
+    @asynccontextmanager
+    async def _open(self) -> AsyncIterator[PostgresStorage]:
+        if importlib.util.find_spec("psycopg") is None:
+            raise StorageError(
+                'djobs.postgres needs the psycopg driver: pip install "djobs[postgres]" (or "psycopg[binary]>=3.1")'
+            )
+        from ._pgstore import open_postgres
+
+        storage = await open_postgres(self.dsn, self.schema, self.pool_size, self.connect_timeout_s)
+        try:
+            yield storage
+        finally:
+            storage.close()
+
+    def open(self) -> AbstractAsyncContextManager[PostgresStorage]:
+        """Connect, create or migrate the schema, and open a pool of connections for one engine.
+
+        Raises:
+            StorageError: The server is unreachable, refused the credentials,
+                the schema holds other tables, or its djobs version is newer
+                than this code.
+        """
+        return self._open()
+
+    def __repr__(self) -> str:
+        try:
+            from ._pgconn import server_name
+        except ImportError:  # no driver: never show the DSN, it may hold a password
+            return f"postgres(schema={self.schema!r})"
+        return f"postgres({server_name(self.dsn)!r}, schema={self.schema!r})"
+
+
+def postgres(
+    dsn: str,
+    *,
+    schema: str = "djobs",
+    pool_size: int = 5,
+    connect_timeout: DurationLike = "10 seconds",
+) -> PostgresLayer:
+    """A storage layer on a PostgreSQL database, shared by any number of engine processes.
+
+    The one line that changes when an application outgrows one SQLite file:
+    every engine process, on any machine, opens the same DSN and schema. The
+    schema is created (or migrated) on first use, under an advisory lock.
+    Claims use ``FOR UPDATE SKIP LOCKED``; idle workers ``LISTEN`` for
+    enqueues in other processes. Needs ``pip install "djobs[postgres]"``.
+
+    Args:
+        dsn: A libpq connection string or URL, e.g.
+            ``"postgresql://app:secret@db:5432/app"``; libpq's environment
+            variables (``PGPASSWORD``, ...) and ``~/.pgpass`` apply.
+        schema: The schema that holds djobs's tables (created if missing). It
+            must hold nothing else; a separate schema per application or per
+            test keeps their rows apart. Lower-case letters, digits and ``_``.
+        pool_size: How many connections (and worker threads) one engine uses
+            at most, besides the one that listens.
+        connect_timeout: How long to wait for the server when connecting
+            (unless the DSN sets ``connect_timeout``).
+
+    Raises:
+        ValidationError: A bad schema name, pool size or timeout.
+
+    Examples:
+        >>> postgres("postgresql://app:secret@db.internal/app")
+        postgres('app@db.internal:5432/app', schema='djobs')
+    """
+    if not isinstance(schema, str) or not _SCHEMA_RE.fullmatch(schema) or schema.startswith("pg_"):
+        raise ValidationError(
+            f"postgres(schema={schema!r}): expected a lower-case identifier (letters, digits, _), not starting with pg_"
+        )
+    if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
+        raise ValidationError(f"postgres(pool_size={pool_size!r}): expected an int of at least 1")
+    timeout_s = max(1, round(duration(connect_timeout, what="connect_timeout").total_seconds()))
+    return PostgresLayer(dsn, schema, pool_size, timeout_s)

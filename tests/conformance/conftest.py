@@ -1,0 +1,57 @@
+"""The storage layers every conformance test runs against.
+
+`storage_layer` is each production storage in turn: SQLite in memory, SQLite
+in a file, and PostgreSQL (on a fresh schema per test, dropped afterwards).
+`shared_layer` is those that several processes can open at once: each
+``open()`` is another connection to the same database, as another engine
+process would have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from postgres_support import postgres_dsn, require_postgres, throwaway_schema
+
+import djobs
+from djobs.storage import QueueStorage, StorageLayer
+
+from . import FullStorage
+
+
+def _layer(kind: str, tmp_path: Path) -> Iterator[StorageLayer]:
+    if kind == "sqlite-memory":
+        yield djobs.memory()
+    elif kind == "sqlite-file":
+        yield djobs.sqlite(tmp_path / "conformance.db")
+    else:
+        dsn = require_postgres()
+        with throwaway_schema(dsn) as schema:
+            yield djobs.postgres(dsn, schema=schema)
+
+
+# Without a server the PostgreSQL cases are not generated at all: test_postgres.py
+# reports the one skip line that says why.
+_POSTGRES = ["postgres"] if postgres_dsn() else []
+
+
+@pytest.fixture(params=["sqlite-memory", "sqlite-file", *_POSTGRES])
+def storage_layer(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StorageLayer]:
+    """Each storage implementation in turn."""
+    yield from _layer(request.param, tmp_path)
+
+
+@pytest.fixture(params=["sqlite-file", *_POSTGRES])
+def shared_layer(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StorageLayer]:
+    """Each storage that several engine processes can share."""
+    yield from _layer(request.param, tmp_path)
+
+
+@pytest.fixture
+async def storage(storage_layer: StorageLayer) -> AsyncIterator[FullStorage]:
+    """`storage_layer`, opened."""
+    async with storage_layer.open() as opened:
+        assert isinstance(opened, QueueStorage)
+        yield opened  # type: ignore[misc]  # a Storage that, as asserted, is also a QueueStorage

@@ -1,0 +1,57 @@
+"""Finding the test PostgreSQL server, and a throwaway schema per test.
+
+The tests find the server through ``DJOBS_TEST_POSTGRES_DSN`` (CI sets it in
+``.ci/run``). Without it every PostgreSQL test is skipped from the one line in
+`require_postgres`, so pytest's summary shows one line saying why.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+DSN_VARIABLE = "DJOBS_TEST_POSTGRES_DSN"
+
+
+def postgres_dsn() -> str | None:
+    """The test server's DSN, or ``None`` if none is configured."""
+    return os.environ.get(DSN_VARIABLE, "").strip() or None
+
+
+def require_postgres() -> str:
+    """The test server's DSN; skips the calling test (or module) if none is configured."""
+    dsn = postgres_dsn()
+    if dsn is None:
+        pytest.skip(
+            f"PostgreSQL tests skipped: {DSN_VARIABLE} is not set (e.g. postgresql://postgres@127.0.0.1:5432/test)",
+            allow_module_level=True,
+        )
+    return dsn
+
+
+def new_schema_name() -> str:
+    """A schema name no other run (parallel or earlier) uses."""
+    return f"djobs_test_{uuid.uuid4().hex[:16]}"
+
+
+def drop_schema(dsn: str, schema: str) -> None:
+    """Drop `schema` and everything in it (the end of a test)."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+@contextmanager
+def throwaway_schema(dsn: str) -> Iterator[str]:
+    """A fresh schema name, dropped with its tables when the block exits."""
+    schema = new_schema_name()
+    try:
+        yield schema
+    finally:
+        drop_schema(dsn, schema)

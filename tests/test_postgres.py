@@ -1,0 +1,577 @@
+"""PostgreSQL storage: what is particular to it (opening, errors, migrations, LISTEN/NOTIFY, threads),
+and every job kind running on it under the virtual clock.
+
+What both storages guarantee alike is in ``tests/conformance/``. Each test
+gets a schema of its own, dropped afterwards.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+import psycopg
+import pytest
+import trio
+import trio.testing
+from postgres_support import require_postgres, throwaway_schema
+from psycopg import sql
+from returns.result import Failure, Result, Success
+
+import djobs
+from djobs.storage import Checkin, InstanceRecord, NewJob, QueueStorage, SetAlarm
+from djobs.storage._pgstore import MIGRATIONS, SCHEMA_VERSION, PostgresStorage
+from djobs.testing import open_test_engine, success
+
+DSN = require_postgres()
+START = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+def schema() -> Iterator[str]:
+    with throwaway_schema(DSN) as name:
+        yield name
+
+
+@pytest.fixture
+def layer(schema: str) -> djobs.storage.PostgresLayer:
+    return djobs.postgres(DSN, schema=schema)
+
+
+def admin() -> psycopg.Connection[tuple[object, ...]]:
+    return psycopg.connect(DSN, autocommit=True)
+
+
+def record(key: str) -> InstanceRecord:
+    return InstanceRecord(key=key, kind="continuous", name="j", instance_id="a", status="running")
+
+
+# -- opening and errors ------------------------------------------------------------------
+
+
+async def open_and_close(layer: djobs.storage.StorageLayer) -> None:
+    async with layer.open():
+        pass  # pragma: no cover
+
+
+@pytest.mark.trio
+async def test_an_unreachable_server_is_a_storage_error_that_says_so() -> None:
+    # Port 1 on localhost: nothing listens there, the connection is refused at once.
+    expected = r"cannot reach the PostgreSQL server at postgres@127\.0\.0\.1:1/test \(Connection refused\); is it"
+    with pytest.raises(djobs.StorageError, match=expected):
+        await open_and_close(djobs.postgres("postgresql://postgres@127.0.0.1:1/test"))
+
+
+@pytest.mark.trio
+async def test_wrong_credentials_are_a_storage_error_that_says_so() -> None:
+    bad = psycopg.conninfo.make_conninfo(DSN, user="no_such_djobs_user", password="wrong")
+    with pytest.raises(djobs.StorageError, match="refused the credentials") as caught:
+        await open_and_close(djobs.postgres(bad))
+    assert "wrong" not in caught.value.message  # the password is never repeated
+
+
+@pytest.mark.trio
+async def test_a_missing_database_and_a_bad_dsn_are_storage_errors() -> None:
+    missing = psycopg.conninfo.make_conninfo(DSN, dbname="no_such_djobs_database")
+    with pytest.raises(djobs.StorageError, match=r"does not exist.*createdb"):
+        await open_and_close(djobs.postgres(missing))
+    with pytest.raises(djobs.StorageError, match="DSN is not valid"):
+        await open_and_close(djobs.postgres("this is = not a dsn"))
+
+
+@pytest.mark.trio
+async def test_open_engine_reports_an_unreachable_server_as_storage_error() -> None:
+    with pytest.raises(djobs.StorageError, match="cannot reach"):
+        async with djobs.open_engine([], storage=djobs.postgres("postgresql://postgres@127.0.0.1:1/test")):
+            pass  # pragma: no cover
+
+
+def test_bad_options_fail_when_the_layer_is_made() -> None:
+    for bad in ("Upper", "has-dash", "pg_catalog", "", "x" * 64):
+        with pytest.raises(djobs.ValidationError, match="schema"):
+            djobs.postgres(DSN, schema=bad)
+    with pytest.raises(djobs.ValidationError, match="pool_size"):
+        djobs.postgres(DSN, pool_size=0)
+    with pytest.raises(djobs.ValidationError, match="connect_timeout"):
+        djobs.postgres(DSN, connect_timeout="soon")
+    # The layer's repr names the server, never the password.
+    assert repr(djobs.postgres("postgresql://app:hunter2@db:6432/jobs", schema="app_jobs")) == (
+        "postgres('app@db:6432/jobs', schema='app_jobs')"
+    )
+
+
+# -- schema and migrations ---------------------------------------------------------------
+
+
+@pytest.mark.trio
+async def test_a_new_schema_is_created_at_the_current_version(layer: djobs.storage.PostgresLayer, schema: str) -> None:
+    async with layer.open() as storage:
+        assert isinstance(storage, PostgresStorage) and isinstance(storage, QueueStorage)
+        assert await storage.healthcheck()
+    with admin() as conn:
+        [(version,)] = conn.execute(sql.SQL("SELECT version FROM {}.djobs_schema").format(sql.Identifier(schema)))
+        tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,))}
+    assert version == SCHEMA_VERSION
+    assert {"instances", "alarms", "event_ids", "instance_leases", "jobs", "job_keys", "cron_jobs"} <= tables
+    # Nothing lands in the default schema.
+    with admin() as conn:
+        assert conn.execute("SELECT to_regclass('public.instances')").fetchone() == (None,)
+
+
+@pytest.mark.trio
+async def test_an_older_schema_is_migrated_and_keeps_its_rows(schema: str) -> None:
+    with admin() as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+        conn.execute("CREATE TABLE djobs_schema (version integer NOT NULL, migrated_at timestamptz NOT NULL)")
+        conn.execute("INSERT INTO djobs_schema VALUES (1, now())")
+        conn.execute(MIGRATIONS[0].encode())
+        conn.execute("INSERT INTO instances (key, kind, name, instance_id, status, created_at, updated_at)"
+                     " VALUES ('continuous:j:old', 'continuous', 'j', 'old', 'running', 1, 1)")  # fmt: skip
+    async with djobs.postgres(DSN, schema=schema).open() as storage:
+        loaded = await storage.load("continuous:j:old")
+        assert loaded is not None and loaded[0].instance_id == "old"
+        assert isinstance(storage, QueueStorage)
+        assert await storage.next_job_wakeup(["any"]) is None  # the queue's tables exist now
+    with admin() as conn:
+        query = sql.SQL("SELECT version FROM {}.djobs_schema").format(sql.Identifier(schema))
+        assert conn.execute(query).fetchone() == (SCHEMA_VERSION,)
+
+
+@pytest.mark.trio
+async def test_a_newer_schema_is_refused(layer: djobs.storage.PostgresLayer, schema: str) -> None:
+    await open_and_close_quietly(layer)
+    with admin() as conn:
+        conn.execute(sql.SQL("UPDATE {}.djobs_schema SET version = %s").format(sql.Identifier(schema)),
+                     (SCHEMA_VERSION + 1,))  # fmt: skip
+    with pytest.raises(djobs.StorageError, match=r"newer than this djobs understands.*upgrade djobs"):
+        await open_and_close(layer)
+
+
+async def open_and_close_quietly(layer: djobs.storage.StorageLayer) -> None:
+    async with layer.open():
+        pass
+
+
+@pytest.mark.trio
+async def test_a_schema_holding_other_tables_is_refused_and_left_untouched(schema: str) -> None:
+    with admin() as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        conn.execute(sql.SQL("CREATE TABLE {}.customers (id int)").format(sql.Identifier(schema)))
+    with pytest.raises(djobs.StorageError, match=r"not a djobs schema.*customers"):
+        await open_and_close(djobs.postgres(DSN, schema=schema))
+    with admin() as conn:
+        tables = [r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,))]
+    assert tables == ["customers"]
+
+
+@pytest.mark.trio
+async def test_processes_opening_together_migrate_once(layer: djobs.storage.PostgresLayer, schema: str) -> None:
+    opened: list[bool] = []
+
+    async def open_one() -> None:
+        async with layer.open() as storage:
+            opened.append(await storage.healthcheck())
+
+    # Each open is a connection of its own, as another process's would be; without
+    # the advisory lock, two would race to CREATE the same tables and one would fail.
+    async with trio.open_nursery() as nursery:
+        for _ in range(6):
+            nursery.start_soon(open_one)
+    assert opened == [True] * 6
+
+
+# -- connections and threads -------------------------------------------------------------
+
+
+@pytest.mark.trio
+async def test_a_query_waiting_on_a_lock_does_not_block_the_event_loop(
+    layer: djobs.storage.PostgresLayer, schema: str
+) -> None:
+    async with layer.open() as storage:
+        assert await storage.acquire_instance_lease("k", "a", now_ms=0, ttl_ms=10)
+        blocker = admin()
+        blocker.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+        blocker.execute("BEGIN")
+        blocker.execute("SELECT * FROM instance_leases WHERE key = 'k' FOR UPDATE")
+        done = trio.Event()
+
+        async def blocked_call() -> None:
+            assert await storage.acquire_instance_lease("k", "b", now_ms=100, ttl_ms=10)
+            done.set()
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(blocked_call)
+                # While that call waits in the database, other tasks and other calls go on.
+                with trio.fail_after(10):
+                    while not await blocked_by(storage, blocker.info.backend_pid):
+                        await trio.lowlevel.checkpoint()
+                assert not done.is_set()
+                assert await storage.load("nothing") is None
+                await trio.to_thread.run_sync(blocker.rollback)
+                with trio.fail_after(10):
+                    await done.wait()
+        finally:
+            blocker.close()
+
+
+async def blocked_by(storage: djobs.storage.Storage, blocker_pid: int) -> bool:
+    """Whether one of `storage`'s connections waits for a lock `blocker_pid` holds."""
+    assert isinstance(storage, PostgresStorage)
+
+    def run(conn: psycopg.Connection[tuple[object, ...]]) -> bool:
+        query = "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))"
+        row = conn.execute(query, (blocker_pid,)).fetchone()
+        return row is not None and row[0] == 1
+
+    return await storage._run(run, "test")
+
+
+@pytest.mark.trio
+async def test_a_broken_connection_fails_one_call_then_the_pool_reconnects(layer: djobs.storage.PostgresLayer) -> None:
+    async with layer.open() as storage:
+        assert await storage.load("x") is None
+        assert isinstance(storage, PostgresStorage)
+        with admin() as conn:  # the server restarts, or a proxy drops idle connections
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = ANY(%s)",
+                         (list(storage._pool.backend_pids),))  # fmt: skip
+        with pytest.raises(djobs.StorageError, match="connection"):
+            await storage.load("x")
+        assert not await storage.healthcheck() or await storage.load("x") is None
+        assert await storage.load("x") is None
+
+
+# -- LISTEN / NOTIFY ---------------------------------------------------------------------
+
+
+@pytest.mark.trio
+async def test_an_enqueue_in_another_process_wakes_a_listening_worker(layer: djobs.storage.PostgresLayer) -> None:
+    async with layer.open() as here, layer.open() as elsewhere:
+        assert isinstance(here, PostgresStorage) and isinstance(elsewhere, PostgresStorage)
+        woken: list[int] = []
+        arrived = trio.Event()
+
+        def wake(at_ms: int) -> None:
+            woken.append(at_ms)
+            if at_ms == 222:
+                arrived.set()
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(here.watch_enqueues, wake)
+            # Our own enqueue is not reported (this process pokes its worker directly);
+            # notifications arrive in commit order, so it would come before the other one.
+            await here.enqueue_jobs([new_job("own", at=111)])
+            await elsewhere.enqueue_jobs([new_job("theirs", at=222), new_job("theirs-2", at=333)])
+            with trio.fail_after(10):
+                await arrived.wait()
+            nursery.cancel_scope.cancel()
+        assert woken == [0, 222]  # 0: "look now", once LISTEN is in place
+
+
+@pytest.mark.trio
+async def test_the_listener_reconnects_and_says_look_now(layer: djobs.storage.PostgresLayer) -> None:
+    async with layer.open() as here:
+        assert isinstance(here, PostgresStorage)
+        woken: list[int] = []
+        changed = trio.Event()
+
+        def wake(at_ms: int) -> None:
+            woken.append(at_ms)
+            changed.set()
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(here.watch_enqueues, wake)
+            assert woken == [0]
+            changed = trio.Event()
+            with admin() as conn:  # this test's listener only: parallel runs have their own
+                listening = sql.SQL("LISTEN {}").format(sql.Identifier(here.channel)).as_string(conn)
+                conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = %s", (listening,))
+            with trio.fail_after(10):
+                await changed.wait()
+            nursery.cancel_scope.cancel()
+        assert woken == [0, 0]
+
+
+def new_job(job_id: str, *, at: int = 0, name: str = "send") -> NewJob:
+    return NewJob(id=job_id, name=name, params=b"{}", max_attempts=3, scheduled_for=at, created_at=0)
+
+
+class Tick(msgspec.Struct):
+    n: int = 0
+
+
+@pytest.mark.trio
+async def test_a_worker_sleeping_until_its_poll_runs_a_job_enqueued_elsewhere_at_once(
+    layer: djobs.storage.PostgresLayer,
+) -> None:
+    # Wall-clock time: a wake-up that arrives over a socket cannot race an autojumping clock.
+    ran = trio.Event()
+
+    def body(params: Tick, ctx: djobs.JobContext) -> None:
+        ran.set()
+
+    job = djobs.Job.make("tick", params=Tick, execute=body)
+    sleepy = djobs.WorkerOptions(poll_interval="1 hour")
+    async with djobs.open_engine([job], storage=layer, worker=sleepy) as worker_engine:
+        await worker_engine.wait_idle()
+        async with djobs.open_engine([job], storage=layer, worker=None) as client_only:
+            success(await client_only.client.job(job).later(Tick(1)))
+            with trio.fail_after(5):  # far less than the hour the worker would otherwise sleep
+                await ran.wait()
+
+
+# -- every job kind on PostgreSQL, under the virtual clock ---------------------------------
+
+
+class Tokens(msgspec.Struct):
+    access_token: str
+    refresh_token: str
+
+
+async def refresh(ctx: djobs.ContinuousContext[Tokens]) -> None:
+    ctx.set_state(msgspec.structs.replace(ctx.state, access_token=f"at-{ctx.run_count}"))
+
+
+token_refresher = djobs.Continuous.make("tokenRefresher", state=Tokens, schedule=djobs.every("30 minutes"),
+                                        execute=refresh)  # fmt: skip
+
+
+@pytest.mark.trio
+async def test_continuous_a_day_of_every_30_minutes_is_49_runs(
+    autojump_clock: trio.testing.MockClock, layer: djobs.storage.PostgresLayer
+) -> None:
+    async with open_test_engine([token_refresher], storage=layer) as engine:
+        client = engine.client.continuous(token_refresher)
+        success(await client.start(id="user-123", input=Tokens("", "rt")))
+        await trio.sleep(24 * 3600 + 1)
+        assert engine.tracker.count("job.executed") == 49
+        status = success(await client.status("user-123"))
+        assert (status.status, status.run_count) == ("running", 49)
+        # Database time is not virtual time: 49 runs' worth of queries cost no virtual seconds.
+        assert status.next_run_at == datetime(2026, 1, 2, 0, 30, tzinfo=UTC)
+    # A restart continues from what is stored.
+    async with open_test_engine([token_refresher], storage=layer, start=START + timedelta(days=1, seconds=1)) as again:
+        await trio.sleep(30 * 60)
+        state = success(await again.client.continuous(token_refresher).get_state("user-123")).state
+        assert state == Tokens("at-50", "rt")
+
+
+class Click(msgspec.Struct):
+    n: int
+
+
+class Clicks(msgspec.Struct):
+    seen: list[int] = []
+
+
+@pytest.mark.trio
+async def test_debounce_a_burst_flushes_by_count_then_by_time(
+    autojump_clock: trio.testing.MockClock, layer: djobs.storage.PostgresLayer
+) -> None:
+    flushed: list[tuple[list[int], str, datetime]] = []
+
+    def collect(ctx: djobs.DebounceEventContext[Click, Clicks]) -> Clicks:
+        return Clicks([*(ctx.state.seen if ctx.state else []), ctx.event.n])
+
+    def flush(ctx: djobs.DebounceContext[Clicks]) -> None:
+        flushed.append((ctx.state.seen, ctx.flush_reason, ctx.now()))
+
+    clicks = djobs.Debounce.make("clicks", event=Click, state=Clicks, on_event=collect, execute=flush,
+                                 flush_after="5 seconds", max_events=20)  # fmt: skip
+    async with open_test_engine([clicks], storage=layer) as engine:
+        client = engine.client.debounce(clicks)
+        for n in range(50):
+            success(await client.add(id="page", event=Click(n)))
+        await engine.wait_idle()
+        assert [(len(seen), reason) for seen, reason, _ in flushed] == [(20, "max_events"), (20, "max_events")]
+        await trio.sleep(5.1)
+        assert [(len(seen), reason) for seen, reason, _ in flushed][2:] == [(10, "flush_after")]
+        assert flushed[2][2] == START + timedelta(seconds=5)
+        assert [n for seen, _, _ in flushed for n in seen] == list(range(50))
+
+
+class Ping(msgspec.Struct, tag=True):
+    pass
+
+
+class Count(msgspec.Struct):
+    pings: int = 0
+    checks: int = 0
+
+
+@pytest.mark.trio
+async def test_task_schedules_itself_and_terminates(
+    autojump_clock: trio.testing.MockClock, layer: djobs.storage.PostgresLayer
+) -> None:
+    checks: list[datetime] = []
+
+    def on_event(event: Ping, ctx: djobs.TaskEventContext[Count]) -> None:
+        ctx.set_state(Count(pings=(ctx.state.pings if ctx.state else 0) + 1))
+        ctx.schedule("10 minutes")
+
+    def execute(ctx: djobs.TaskContext[Count]) -> None:
+        assert ctx.state is not None
+        checks.append(ctx.now())
+        if len(checks) == 3:
+            ctx.terminate(reason="done")
+        else:
+            ctx.schedule(timedelta(hours=1))
+
+    task = djobs.Task.make("checker", state=Count, event=Ping, on_event=on_event, execute=execute)
+    async with open_test_engine([task], storage=layer) as engine:
+        client = engine.client.task(task)
+        sent = success(await client.send(id="t", event=Ping()))
+        assert sent.scheduled_at == START + timedelta(minutes=10)
+        await trio.sleep(3 * 3600)
+        assert checks == [START + timedelta(minutes=10), START + timedelta(minutes=70),
+                          START + timedelta(minutes=130)]  # fmt: skip
+        assert success(await client.status("t")).status == "not_found"  # terminated: purged
+
+
+class Order(msgspec.Struct):
+    order_id: str
+    fail_until: int = 0
+
+
+class Receipt(msgspec.Struct):
+    order_id: str
+    attempt: int
+
+
+@pytest.mark.trio
+async def test_queued_jobs_run_at_their_time_by_priority_with_retries(
+    autojump_clock: trio.testing.MockClock, layer: djobs.storage.PostgresLayer
+) -> None:
+    calls: list[tuple[str, int, datetime]] = []
+
+    async def charge(params: Order, ctx: djobs.JobContext) -> Result[Receipt, djobs.ExecutionError]:
+        calls.append((params.order_id, ctx.attempt, ctx.now()))
+        await ctx.update_progress(50, "charging")
+        if ctx.attempt <= params.fail_until:
+            return Failure(djobs.ExecutionError(f"try {ctx.attempt} failed"))
+        return Success(Receipt(params.order_id, ctx.attempt))
+
+    job = djobs.Job.make("charge", params=Order, result=Receipt, execute=charge,
+                         retry=djobs.Retry(max_attempts=3, delay=djobs.Backoff.fixed("10 seconds")))  # fmt: skip
+    worker = djobs.WorkerOptions(max_concurrency=1, poll_interval=None)
+    async with open_test_engine([job], storage=layer, worker=worker) as engine:
+        client = engine.client.job(job)
+        later = success(await client.later(Order("in-10-min"), delay="10 minutes"))
+        # Due together a minute from now, so that all three wait when the worker claims.
+        for name, priority in [("low", -1), ("normal", 0), ("urgent", 10)]:
+            success(await client.later(Order(name), priority=priority, delay="1 minute"))
+        flaky = success(await client.later(Order("flaky", fail_until=2), delay="1 hour"))
+        await trio.sleep(2 * 3600)
+        assert [(oid, t - START) for oid, _, t in calls] == [
+            ("urgent", timedelta(minutes=1)), ("normal", timedelta(minutes=1)), ("low", timedelta(minutes=1)),
+            ("in-10-min", timedelta(minutes=10)),
+            ("flaky", timedelta(hours=1)), ("flaky", timedelta(hours=1, seconds=10)),
+            ("flaky", timedelta(hours=1, seconds=20)),
+        ]  # fmt: skip
+        info = success(await engine.client.jobs.status(flaky))
+        assert (info.status, info.attempts, info.result) == ("completed", 3, Receipt("flaky", 3))
+        assert success(await engine.client.jobs.status(later)).progress == 50
+        # now() runs in the caller's task, on the same rows.
+        run = success(await client.now(Order("right-now")))
+        assert run.ok and success(await engine.client.jobs.status(run.job_id)).status == "completed"
+
+
+def recording_cron(name: str, expression: str) -> tuple[djobs.CronJob, list[datetime]]:
+    """A cron job whose body records each fire time it ran for."""
+    fires: list[datetime] = []
+
+    def tick(fire: djobs.CronFire, ctx: djobs.JobContext) -> None:
+        fires.append(fire.scheduled_at)
+
+    return djobs.CronJob.make(name, schedule=djobs.cron(expression), execute=tick), fires
+
+
+@pytest.mark.trio
+async def test_cron_every_15_minutes_for_a_day_is_96_runs(
+    autojump_clock: trio.testing.MockClock, layer: djobs.storage.PostgresLayer
+) -> None:
+    quarterly, fires = recording_cron("quarterHour", "*/15 * * * *")
+    async with open_test_engine([quarterly], storage=layer) as engine:
+        await trio.sleep(24 * 3600 + 60)
+        assert fires == [START + timedelta(minutes=15 * n) for n in range(1, 97)]
+        [info] = success(await engine.client.crons.list())
+        assert info.next_run_at == START + timedelta(days=1, minutes=15)
+
+
+# -- several engines on one database, as several processes would be -----------------------
+
+
+@pytest.mark.trio
+async def test_two_engines_never_run_one_instance_at_once(
+    autojump_clock: trio.testing.MockClock, layer: djobs.storage.PostgresLayer
+) -> None:
+    running = 0
+    overlaps = 0
+    flushed: list[list[int]] = []
+
+    async def collect(ctx: djobs.DebounceEventContext[Click, Clicks]) -> Clicks:
+        nonlocal running, overlaps
+        running += 1
+        overlaps += running > 1
+        await trio.sleep(0.01)  # a reducer that awaits: a window for another engine to barge in
+        running -= 1
+        return Clicks([*(ctx.state.seen if ctx.state else []), ctx.event.n])
+
+    async def flush(ctx: djobs.DebounceContext[Clicks]) -> None:
+        nonlocal running, overlaps
+        running += 1
+        overlaps += running > 1
+        await trio.sleep(0.5)
+        flushed.append(ctx.state.seen)
+        running -= 1
+
+    clicks = djobs.Debounce.make("clicks", event=Click, state=Clicks, on_event=collect, execute=flush,
+                                 flush_after="1 second", max_events=25)  # fmt: skip
+    async with open_test_engine([clicks], storage=layer) as a, open_test_engine([clicks], storage=layer) as b:
+
+        async def send(engine: djobs.Engine, n: int) -> None:
+            success(await engine.client.debounce(clicks).add(id="page", event=Click(n)))
+
+        async with trio.open_nursery() as nursery:
+            for n in range(100):
+                nursery.start_soon(send, a if n % 2 else b, n)
+        await trio.sleep(5)
+        await a.wait_idle()
+        await b.wait_idle()
+    assert overlaps == 0
+    assert sorted(n for batch in flushed for n in batch) == list(range(100))
+
+
+@pytest.mark.trio
+async def test_two_engines_fire_each_cron_time_once_and_share_the_queue(
+    autojump_clock: trio.testing.MockClock, layer: djobs.storage.PostgresLayer
+) -> None:
+    every_5, fires = recording_cron("every5", "*/5 * * * *")
+    worker = djobs.WorkerOptions(poll_interval="5 minutes")
+    async with open_test_engine([every_5], storage=layer, worker=worker) as one, \
+            open_test_engine([every_5], storage=layer, worker=worker) as two:  # fmt: skip
+        await trio.sleep(6 * 3600 + 30)
+        assert len(fires) == 72
+        assert Counter(fires).most_common(1)[0][1] == 1  # no fire time twice
+        assert one.tracker.count("cron.fired") + two.tracker.count("cron.fired") == 72
+        runs = success(await one.client.jobs.list(limit=1000))
+        assert len(runs) == 72 and {r.status for r in runs} == {"completed"}
+
+
+@pytest.mark.trio
+async def test_an_alarm_set_in_one_process_fires_in_another(
+    autojump_clock: trio.testing.MockClock, layer: djobs.storage.PostgresLayer
+) -> None:
+    async with layer.open() as storage:
+        key = "continuous:tokenRefresher:from-elsewhere"
+        row = InstanceRecord(key=key, kind="continuous", name="tokenRefresher", instance_id="from-elsewhere",
+                             status="running", state=msgspec.json.encode(Tokens("", "rt")),
+                             created_at=1, updated_at=1)  # fmt: skip
+        await storage.commit(Checkin(key=key, record=row, alarm=SetAlarm(1, "run")))
+    async with open_test_engine([token_refresher], storage=layer, alarm_poll_interval="1 second") as engine:
+        await trio.sleep(2)
+        state = success(await engine.client.continuous(token_refresher).get_state("from-elsewhere")).state
+        assert state.access_token == "at-1"
