@@ -109,6 +109,10 @@ class Env:
     rng: random.Random
     logger: logging.Logger
     on_alarm_set: Callable[[int], None] = field(default=lambda _ms: None)
+    #: How many hand-offs are in flight: work claimed in storage (alarms, queued
+    #: jobs, cron fires) whose handler has not been started yet. `Engine.wait_idle`
+    #: waits for it to reach zero, since storage already shows such work as taken.
+    handoffs: int = 0
 
     def now_ms(self) -> int:
         return self.clock.now_ms()

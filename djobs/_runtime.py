@@ -240,9 +240,12 @@ class Runtime:
             await self._release_idle_leases(self._lease_linger)
 
     async def wait_idle(self) -> None:
-        """Return once no actor has work queued or running."""
-        while not self._idle.is_set():
-            await self._idle.wait()
+        """Return once no actor has work queued or running and no claimed work awaits its hand-off."""
+        while not self._idle.is_set() or self.env.handoffs:
+            if self.env.handoffs:
+                await trio.lowlevel.checkpoint()
+            else:
+                await self._idle.wait()
 
     # -- alarms ----------------------------------------------------------------------
 
@@ -291,9 +294,14 @@ class Runtime:
                 next_at = await storage.next_alarm_at()
                 now = clock.now_ms()
                 if next_at is not None and next_at <= now:
-                    alarms = await storage.claim_alarms(now, self._lease_ms, self._batch)
-                    for alarm in alarms:
-                        self._dispatch(alarm)
+                    # Busy until dispatched: the claim hides the alarms before their actors exist.
+                    self.env.handoffs += 1
+                    try:
+                        alarms = await storage.claim_alarms(now, self._lease_ms, self._batch)
+                        for alarm in alarms:
+                            self._dispatch(alarm)
+                    finally:
+                        self.env.handoffs -= 1
                     await trio.lowlevel.checkpoint()
                     continue
             except StorageError as exc:

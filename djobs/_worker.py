@@ -410,17 +410,22 @@ class Worker:
                 await self._capacity.wait()
                 continue
             now = clock.now_ms()
+            self.env.handoffs += 1  # claimed rows are running in storage before _accept starts them
             try:
                 expired = await storage.reclaim_expired(now, CANCELLED_ERROR, _LEASE_ERROR, batch)
                 claimed = await storage.claim_jobs(now, now + self.lease_ms, self.id, self._names, free)
             except StorageError as exc:
+                self.env.handoffs -= 1
                 self._log.error("claim loop: %s; trying again in 1 s", exc.message)
                 await trio.sleep(1)
                 continue
-            if expired:
-                self._report_expired(expired)
-            if claimed:
-                self._accept(claimed)
+            try:
+                if expired:
+                    self._report_expired(expired)
+                if claimed:
+                    self._accept(claimed)
+            finally:
+                self.env.handoffs -= 1
             if len(claimed) == free or len(expired) == batch:
                 await trio.lowlevel.checkpoint()
                 continue

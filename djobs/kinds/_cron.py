@@ -314,7 +314,12 @@ class CronScheduler:
                 params = encode(CronFire, CronFire(cron.name, to_datetime(due)), what="cron fire").unwrap()
             row = queue.row(handler, params, scheduled_for=due, now=now, correlation_id=f"cron:{cron.name}",
                             tenant_id=cron.tenant_id)  # fmt: skip
-        if not await self.storage.fire_cron(cron.name, due, next_run_at, now, row):
+        queue.env.handoffs += 1  # the job row exists before the worker is poked to run it
+        try:
+            fired = await self.storage.fire_cron(cron.name, due, next_run_at, now, row)
+        finally:
+            queue.env.handoffs -= 1
+        if not fired:
             return  # another engine fired this time first
         worker = queue.worker
         fired_at = to_datetime(due).isoformat()

@@ -11,12 +11,13 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any, Final, Literal, TypeVar, final
 
 import apsw
 import msgspec
+import trio
 
 from .._errors import DuplicateEventError, StorageError
 from ._base import (
@@ -374,12 +375,25 @@ def _describe(exc: apsw.Error) -> str:
 
 
 @final
+class _Batch:
+    """One group commit: writers wait on `done`; `error` says if the commit failed."""
+
+    __slots__ = ("done", "error")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.error: StorageError | None = None
+
+
+@final
 class SqliteStorage:
     """The `Storage` protocol on one APSW connection. Open it with `sqlite()` or `memory()`."""
 
-    def __init__(self, connection: apsw.Connection, path: str) -> None:
+    def __init__(self, connection: apsw.Connection, path: str, busy_timeout_ms: int = 5000) -> None:
         self._db = connection
         self.path = path
+        self._batch: _Batch | None = None
+        self._busy_timeout_ms = busy_timeout_ms
 
     # -- plumbing -----------------------------------------------------------------
 
@@ -388,40 +402,91 @@ class SqliteStorage:
         """The APSW connection, for storage extensions within djobs."""
         return self._db
 
-    @contextmanager
-    def transaction(self) -> Iterator[apsw.Connection]:
-        """One write transaction (``BEGIN IMMEDIATE``); rolled back if the body raises.
+    async def write(self, fn: Callable[[apsw.Connection], T]) -> T:
+        """Run `fn` in a write transaction shared with concurrent writers (group commit).
 
-        The body must not ``await``: nothing else may use the connection
-        while the transaction is open.
+        The first writer opens the transaction and leads a batch; each writer's
+        statements run in a savepoint of their own, so a writer whose `fn`
+        raises rolls back its own work only. The leader lets every task that is
+        ready run once, so their writes join the batch, then commits. Every
+        caller returns (or raises `StorageError`) only after the commit that
+        holds its writes: durability is per call, the cost of a commit is
+        shared. `fn` must not ``await``.
         """
         db = self._db
+        batch = self._batch
+        leader = batch is None
+        if batch is None:
+            await self._begin()
+            batch = self._batch
+            if batch is None:
+                batch = self._batch = _Batch()
+            else:  # another task opened a batch while we waited for the lock: join it
+                leader = False
+        outcome: T | BaseException
         try:
-            db.execute("BEGIN IMMEDIATE")
-        except apsw.Error as exc:
-            raise StorageError(f"could not start a transaction on {self.path}: {_describe(exc)}", exc) from exc
-        try:
-            yield db
-        except BaseException:
-            if not db.in_transaction:
-                raise
-            with contextlib.suppress(apsw.Error):  # the original error is the one worth reporting
-                db.execute("ROLLBACK")
-            raise
-        try:
-            db.execute("COMMIT")
-        except apsw.Error as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise StorageError(f"could not commit to {self.path}: {_describe(exc)}", exc) from exc
+            db.execute("SAVEPOINT djobs_write")
+            try:
+                outcome = fn(db)
+            except BaseException as exc:
+                db.execute("ROLLBACK TO djobs_write")
+                outcome = exc
+            db.execute("RELEASE djobs_write")
+        except apsw.Error as exc:  # the savepoint itself failed: the transaction is unusable
+            outcome = StorageError(f"write to {self.path} failed: {_describe(exc)}", exc)
+        # Shielded: the writes are in the batch, and the caller must learn whether they committed.
+        with trio.CancelScope(shield=True):
+            if leader:
+                await trio.lowlevel.checkpoint()  # let the ready tasks add their writes
+                self._batch = None
+                try:
+                    db.execute("COMMIT")
+                except apsw.Error as exc:
+                    if db.in_transaction:
+                        with contextlib.suppress(apsw.Error):
+                            db.execute("ROLLBACK")
+                    batch.error = StorageError(f"could not commit to {self.path}: {_describe(exc)}", exc)
+                batch.done.set()
+            else:
+                await batch.done.wait()
+        if batch.error is not None:
+            raise batch.error
+        if isinstance(outcome, apsw.Error):
+            raise StorageError(f"write to {self.path} failed: {_describe(outcome)}", outcome) from outcome
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
 
-    def write(self, fn: Callable[[apsw.Connection], T]) -> T:
-        """Run `fn` in one write transaction, turning driver errors into `StorageError`."""
-        try:
-            with self.transaction() as db:
-                return fn(db)
-        except apsw.Error as exc:
-            raise StorageError(f"write to {self.path} failed: {_describe(exc)}", exc) from exc
+    async def _begin(self) -> None:
+        """``BEGIN IMMEDIATE``, waiting for another connection's write lock without blocking Trio.
+
+        SQLite's own busy handler sleeps in the calling thread: a lock held by
+        another connection of this very thread (two engines in one process)
+        could never be released, and another process's lock would stall the
+        event loop. So the handler is off for this statement and the wait is
+        a Trio sleep, up to the busy timeout.
+        """
+        db = self._db
+        deadline = trio.current_time() + self._busy_timeout_ms / 1000
+        delay = 0.001
+        while True:
+            if self._batch is not None:
+                return  # a batch opened meanwhile (by a task that ran while we slept)
+            db.setbusytimeout(0)
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                return
+            except apsw.BusyError as exc:
+                if trio.current_time() >= deadline:
+                    raise StorageError(
+                        f"could not start a transaction on {self.path}: {_describe(exc)}", exc
+                    ) from exc
+            except apsw.Error as exc:
+                raise StorageError(f"could not start a transaction on {self.path}: {_describe(exc)}", exc) from exc
+            finally:
+                db.setbusytimeout(self._busy_timeout_ms)
+            await trio.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
     def read(self, fn: Callable[[apsw.Connection], T]) -> T:
         """Run `fn` outside an explicit transaction (each statement sees a snapshot)."""
@@ -483,7 +548,7 @@ class SqliteStorage:
             elif isinstance(alarm, ClearAlarm):
                 db.execute("DELETE FROM alarms WHERE key = ?", (key,))
 
-        self.write(run)
+        await self.write(run)
 
     async def has_event_id(self, key: str, event_id: str) -> bool:
         def run(db: apsw.Connection) -> bool:
@@ -499,7 +564,7 @@ class SqliteStorage:
             rows = list(db.execute(_CLAIM_ALARMS, (now_ms + lease_ms, now_ms, limit)))
             return [Alarm(id=r[0], key=r[1], fire_at=r[2], purpose=r[3]) for r in rows]
 
-        return self.write(run)
+        return await self.write(run)
 
     async def acquire_instance_lease(self, key: str, owner: str, now_ms: int, ttl_ms: int) -> bool:
         def run(db: apsw.Connection) -> bool:
@@ -507,7 +572,7 @@ class SqliteStorage:
             rows = list(db.execute(_ACQUIRE_LEASE, (key, owner, now_ms + ttl_ms, now_ms)))
             return bool(rows)
 
-        return self.write(run)
+        return await self.write(run)
 
     async def renew_instance_leases(self, keys: list[str], owner: str, until_ms: int) -> None:
         def run(db: apsw.Connection) -> None:
@@ -516,19 +581,19 @@ class SqliteStorage:
                 [(until_ms, key, owner) for key in keys],
             )
 
-        self.write(run)
+        await self.write(run)
 
     async def release_instance_leases(self, keys: list[str], owner: str) -> None:
         def run(db: apsw.Connection) -> None:
             db.executemany("DELETE FROM instance_leases WHERE key = ? AND owner = ?", [(k, owner) for k in keys])
 
-        self.write(run)
+        await self.write(run)
 
     async def release_alarms(self, ids: list[int]) -> None:
         def run(db: apsw.Connection) -> None:
             db.executemany("UPDATE alarms SET due_at = fire_at WHERE id = ?", [(i,) for i in ids])
 
-        self.write(run)
+        await self.write(run)
 
     async def next_alarm_at(self) -> int | None:
         def run(db: apsw.Connection) -> int | None:
@@ -547,7 +612,7 @@ class SqliteStorage:
     # -- the job queue (QueueStorage) -------------------------------------------------
 
     async def enqueue_jobs(self, jobs: Sequence[NewJob]) -> list[tuple[str, bool]]:
-        return self.write(lambda db: _insert_jobs(db, jobs))
+        return await self.write(lambda db: _insert_jobs(db, jobs))
 
     async def start_job(self, job: NewJob, worker_id: str, lease_until: int) -> None:
         now = job.created_at
@@ -555,7 +620,7 @@ class SqliteStorage:
             job.id, job.name, job.params, job.max_attempts, job.scheduled_for, job.priority, job.correlation_id,
             job.tenant_id, worker_id, now, lease_until, now, now,
         )  # fmt: skip
-        self.write(lambda db: db.execute(_INSERT_RUNNING_JOB, row))
+        await self.write(lambda db: db.execute(_INSERT_RUNNING_JOB, row))
 
     async def claim_jobs(
         self, now: int, lease_until: int, worker_id: str, names: Sequence[str], limit: int
@@ -571,7 +636,7 @@ class SqliteStorage:
                 for r in db.execute(_CLAIM_JOBS, args)
             ]  # fmt: skip
 
-        return self.write(run)
+        return await self.write(run)
 
     async def reclaim_expired(
         self, now: int, cancel_error: bytes, lease_error: bytes, limit: int
@@ -582,10 +647,10 @@ class SqliteStorage:
                 for r in db.execute(_RECLAIM, (now, cancel_error, lease_error, limit))
             ]
 
-        return self.write(run)
+        return await self.write(run)
 
     async def renew_leases(self, worker_id: str, lease_until: int) -> list[tuple[str, bool]]:
-        return self.write(lambda db: [(r[0], bool(r[1])) for r in db.execute(_RENEW, (worker_id, lease_until))])
+        return await self.write(lambda db: [(r[0], bool(r[1])) for r in db.execute(_RENEW, (worker_id, lease_until))])
 
     async def settle_jobs(self, settlements: Sequence[JobSettlement]) -> list[bool]:
         def run(db: apsw.Connection) -> list[bool]:
@@ -605,7 +670,7 @@ class SqliteStorage:
                 applied.append(db.changes() > 0)
             return applied
 
-        return self.write(run)
+        return await self.write(run)
 
     async def set_progress(self, job_id: str, worker_id: str, attempt: int, progress: int, message: str | None,
                            now: int) -> bool:  # fmt: skip
@@ -613,7 +678,7 @@ class SqliteStorage:
             db.execute(_SET_PROGRESS, (progress, message, now, job_id, worker_id, attempt))
             return db.changes() > 0
 
-        return self.write(run)
+        return await self.write(run)
 
     def _get_job(self, db: apsw.Connection, job_id: str) -> JobRecord | None:
         for r in db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)):
@@ -646,14 +711,14 @@ class SqliteStorage:
             db.execute(_CANCEL, (job_id, now, error))
             return self._get_job(db, job_id)
 
-        return self.write(run)
+        return await self.write(run)
 
     async def retry_job(self, job_id: str, now: int) -> JobRecord | None:
         def run(db: apsw.Connection) -> JobRecord | None:
             db.execute(_RETRY, (job_id, now))
             return self._get_job(db, job_id)
 
-        return self.write(run)
+        return await self.write(run)
 
     async def next_job_wakeup(self, names: Sequence[str]) -> int | None:
         def run(db: apsw.Connection) -> int | None:
@@ -667,7 +732,7 @@ class SqliteStorage:
 
     async def sync_cron_jobs(self, specs: Sequence[CronSpec]) -> None:
         rows = [(c.name, c.job_name, c.expression, c.tz, c.params, c.tenant_id, c.first_run_at, c.now) for c in specs]
-        self.write(lambda db: db.executemany(_SYNC_CRON, rows) if rows else None)
+        await self.write(lambda db: db.executemany(_SYNC_CRON, rows) if rows else None)
 
     async def due_cron_jobs(self, names: Sequence[str], now: int) -> list[CronRecord]:
         args = (now, _names_encoder.encode(list(names)))
@@ -695,7 +760,7 @@ class SqliteStorage:
                 _insert_jobs(db, [job])
             return True
 
-        return self.write(run)
+        return await self.write(run)
 
     async def list_cron_jobs(self) -> list[CronRecord]:
         sql = f"SELECT {_CRON_COLUMNS} FROM cron_jobs ORDER BY name"
@@ -712,7 +777,7 @@ class SqliteStorage:
                 return _cron_record(r)
             return None
 
-        return self.write(run)
+        return await self.write(run)
 
     def close(self) -> None:
         self._db.close()
@@ -775,7 +840,7 @@ def _open_connection(path: str, synchronous: Synchronous, busy_timeout_ms: int) 
     except apsw.Error as exc:
         db.close()
         raise StorageError(f"cannot use {where}: {_describe(exc)}", exc) from exc
-    return SqliteStorage(db, path)
+    return SqliteStorage(db, path, busy_timeout_ms)
 
 
 def _retry_busy(fn: Callable[[], T], timeout_ms: int) -> T:
