@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck docs pytest clean
+.PHONY: demo test lint typecheck docs pytest soak bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,28 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/pytest -q
+
+# The crash harness, as long as asked: `make soak CYCLES=1000 [SEED=42]` kills the workload
+# CYCLES times, then checks that nothing acknowledged was lost. Not part of `make test`.
+CYCLES ?= 200
+SEED ?=
+soak: $(STAMP)
+	PYTHONPATH=tests $(BIN)/python -m crash --cycles $(CYCLES) $(if $(SEED),--seed $(SEED))
+
+# The benchmarks (docs/performance.md): each bench/*.py prints one JSON line. Not part of `make test`.
+# `make bench BENCH_ARGS="--runs 1"` passes flags to every script. The PostgreSQL ones run only
+# when a server is named in DJOBS_TEST_POSTGRES_DSN (or DJOBS_BENCH_POSTGRES_DSN).
+BENCH_ARGS ?=
+bench: $(STAMP)
+	@set -e; for script in bench/[!_]*.py; do \
+		case "$${script##*/}" in postgres_*) \
+			if [ -z "$$DJOBS_TEST_POSTGRES_DSN$$DJOBS_BENCH_POSTGRES_DSN" ]; then \
+				echo "skipping $$script: set DJOBS_TEST_POSTGRES_DSN to run it" >&2; continue; \
+			fi;; \
+		esac; \
+		echo "running $$script" >&2; \
+		$(BIN)/python $$script $(BENCH_ARGS); \
+	done
 
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict --site-dir .site

@@ -3,17 +3,20 @@ and storage stays consistent."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta, timezone
+from types import UnionType
+from typing import Any, get_args, get_origin, get_type_hints
 
 import msgspec
 import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from returns.future import FutureResult
 from returns.io import IOFailure, IOSuccess
 
 import djobs
+import djobs.storage
 from djobs.testing import open_test_engine, success
 
 
@@ -121,3 +124,396 @@ async def test_huge_state_round_trips(autojump_clock: trio.testing.MockClock) ->
         big = Profile("big", tags=["t" * 100] * 10_000)
         assert success(await client.start(id="big", input=big)).created
         assert success(await client.get_state("big")).state == big
+
+
+# -- every kind's verbs: the typed error each one declares, or success --------------------------
+
+
+def declared_errors(verb: Any) -> tuple[type[BaseException], ...]:
+    """The error types a client verb's signature declares: ``FutureResult[T, E1 | E2 | ...]``."""
+    returned = get_type_hints(verb)["return"]
+    assert get_origin(returned) is FutureResult, returned
+    errors = get_args(returned)[1]
+    return tuple(get_args(errors)) if isinstance(errors, UnionType) else (errors,)
+
+
+async def call(verb: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call a client verb; it must succeed or fail with an error its signature names, with a message."""
+    result = await verb(*args, **kwargs)
+    assert isinstance(result, IOSuccess | IOFailure), result
+    if isinstance(result, IOFailure):
+        error = djobs.testing.failure(result)
+        assert isinstance(error, declared_errors(verb)), f"{verb.__qualname__} gave {error!r}"
+        assert isinstance(error.message, str) and error.message
+    return result
+
+
+def acked(result: Any) -> bool:
+    return isinstance(result, IOSuccess)
+
+
+async def assert_consistent(engine: Any, definitions: list[Any]) -> None:
+    """The database passes its integrity check and every stored row decodes as its job's types."""
+    storage = engine.storage
+    assert isinstance(storage, djobs.storage.SqliteStorage)
+    db = storage.connection
+    assert [r[0] for r in db.execute("PRAGMA integrity_check")] == ["ok"]
+    by_key = {(d.kind, d.name): d for d in definitions}
+    for key, kind, name, state in db.execute("SELECT key, kind, name, state FROM instances"):
+        definition = by_key[(kind, name)]
+        assert key.startswith(f"{kind}:{name}:")
+        if state is not None:
+            msgspec.json.decode(state, type=definition.state)
+    jobs = {d.name: d for d in definitions if isinstance(d, djobs.Job)}
+    jobs.update({d.job.name: d.job for d in definitions if isinstance(d, djobs.CronJob)})
+    for name, params, result, error, status in db.execute("SELECT name, params, result, error, status FROM jobs"):
+        job = jobs[name]
+        msgspec.json.decode(params, type=job.params)
+        if result is not None:
+            msgspec.json.decode(result, type=job.result)
+        if error is not None:
+            decoded = msgspec.json.decode(error, type=dict[str, str])
+            assert set(decoded) == {"tag", "message"}
+        assert status in ("pending", "running", "completed", "failed", "cancelled")
+    # Nothing dangles: alarms and idempotency keys belong to stored instances.
+    dangling = ("SELECT key FROM alarms WHERE key NOT IN (SELECT key FROM instances) "
+                "UNION SELECT key FROM event_ids WHERE key NOT IN (SELECT key FROM instances)")
+    orphans = list(db.execute(dangling))
+    assert orphans == []
+
+
+def mostly(valid: st.SearchStrategy[Any], hostile: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Valid values three times in four: hostile ones early in a scenario must not hide the paths after them."""
+    return st.one_of(valid, valid, valid, hostile)
+
+
+usable_ids = mostly(st.text(min_size=1, max_size=20).filter(lambda s: "\x00" not in s), hostile_ids)
+
+
+def run_scenario(scenario: Any) -> None:
+    trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+class Tree(msgspec.Struct):
+    label: str
+    kids: list[Tree] = []
+
+
+class Sample(msgspec.Struct):
+    sensor: str
+    value: float
+    tree: Tree | None = None
+
+
+class Samples(msgspec.Struct):
+    sensors: list[str] = []
+    total: float = 0.0
+
+
+def fold(ctx: djobs.DebounceEventContext[Sample, Samples]) -> Samples:
+    state = ctx.state or Samples()
+    return Samples([*state.sensors, ctx.event.sensor], state.total + ctx.event.value)
+
+
+def store_samples(ctx: djobs.DebounceContext[Samples]) -> None:
+    pass
+
+
+samples = djobs.Debounce.make("samples", event=Sample, state=Samples, on_event=fold, execute=store_samples,
+                              flush_after="1 minute", max_events=3)  # fmt: skip
+
+
+def tree(depth: int) -> Any:
+    value: Any = {"label": "leaf"}
+    for _ in range(depth):
+        value = {"label": "node", "kids": [value]}
+    return value
+
+
+hostile_samples = mostly(st.builds(Sample, sensor=st.text(max_size=10), value=st.floats(allow_nan=False,
+                                                                                        allow_infinity=False)),
+                         st.one_of(
+    st.builds(Sample, sensor=st.just("big"), value=st.just(1.0), tree=st.just(Tree("x" * 1_000_000))),
+    st.just({"sensor": "deep", "value": 1, "tree": tree(5_000)}),
+    st.just({"sensor": "s", "value": "NaN"}),
+    st.just({"sensor": "s", "value": float("inf")}),
+    st.just({"sensor": "s"}),
+    st.just({"sensor": 1, "value": 1}),
+    st.just(Sample(sensor=None, value=1.0)),  # type: ignore[arg-type]  # msgspec does not check at construction
+    st.just(Samples()),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
+    st.none(),
+    st.just(object()),
+))  # fmt: skip
+hostile_event_ids = mostly(st.one_of(st.none(), st.uuids().map(str)),
+                           st.one_of(st.text(max_size=12), st.just(""), st.just("e" * 10_000), st.integers(),
+                                     st.just("nul\x00")))  # fmt: skip
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_debounce_verbs_never_raise(data: st.DataObject) -> None:
+    async def scenario() -> None:
+        async with open_test_engine([samples]) as engine:
+            client = engine.client.debounce(samples)
+            for instance_id in data.draw(st.lists(usable_ids, min_size=1, max_size=3)):
+                added = 0
+                for _ in range(data.draw(st.integers(1, 5))):
+                    event, event_id = data.draw(hostile_samples), data.draw(hostile_event_ids)
+                    added += acked(await call(client.add, id=instance_id, event=event, event_id=event_id))
+                status = await call(client.status, instance_id)
+                if acked(status) and added:
+                    assert success(status).status in ("debouncing", "idle")
+                await call(client.get_state, instance_id)
+                await call(client.flush, instance_id)
+                await call(client.add, id=instance_id, event=Sample("after", 1.0))
+                await call(client.clear, instance_id)
+                await call(engine.client.debounce("no such job").add, id=instance_id, event=Sample("s", 1.0))
+            await trio.sleep(3600)  # every flush_after alarm fires
+            await engine.wait_idle()
+            await assert_consistent(engine, [samples])
+
+    run_scenario(scenario)
+
+
+class Note(msgspec.Struct, tag=True):
+    text: str
+
+
+class Plan(msgspec.Struct, tag=True):
+    """Schedule ``execute``: after ``seconds``, at ``at``, or at ``when`` as given (whatever it is)."""
+
+    when: str | int | None = None
+    at: datetime | None = None
+    seconds: float | None = None
+
+
+class Agenda(msgspec.Struct):
+    notes: list[str] = []
+    executed: int = 0
+
+
+def on_agenda(event: Note | Plan, ctx: djobs.TaskEventContext[Agenda]) -> None:
+    state = ctx.state or Agenda()
+    if isinstance(event, Note):
+        ctx.set_state(Agenda([*state.notes, event.text], state.executed))
+        return
+    ctx.set_state(state)
+    if event.seconds is not None:
+        ctx.schedule(timedelta(seconds=event.seconds))  # may overflow: the sender gets an ExecutionError
+    elif event.at is not None:
+        ctx.schedule(event.at)
+    else:
+        ctx.schedule(event.when)  # type: ignore[arg-type]  # a bare number or bad text: a ValidationError
+
+
+def run_agenda(ctx: djobs.TaskContext[Agenda]) -> None:
+    state = ctx.state or Agenda()
+    ctx.set_state(Agenda(state.notes, state.executed + 1))
+
+
+agenda = djobs.Task.make("agenda", state=Agenda, event=Note | Plan, on_event=on_agenda, execute=run_agenda)
+
+far_times = st.one_of(
+    st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=14)), timezone(timedelta(hours=-12))])),
+    st.sampled_from([datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC),
+                     datetime(9999, 12, 30, tzinfo=UTC), datetime(1970, 1, 1, tzinfo=UTC)]),
+    st.datetimes(),  # naive: refused
+)  # fmt: skip
+hostile_durations = st.one_of(
+    st.sampled_from(["5 minutes", "0 s", "-5 minutes", "1e400 seconds", "99999999999999 weeks", "", "five minutes",
+                     "5", "\x00", "10 fortnights", "1h30m", "nan s", "∞ s", "\u0665 minutes"]),
+    st.text(max_size=12),
+    st.integers(min_value=-(2**70), max_value=2**70),
+)  # fmt: skip
+hostile_task_events = mostly(st.one_of(st.builds(Note, text=st.text(max_size=20)),
+                                        st.builds(Plan, when=st.sampled_from(["1 minute", "2 hours", "1 day"]))),
+                              st.one_of(
+    st.just(Note("x" * 1_000_000)),
+    st.builds(Plan, when=hostile_durations),
+    st.builds(Plan, at=far_times),
+    st.builds(Plan, seconds=st.floats()),
+    st.just({"type": "Note", "text": "from a dict"}),
+    st.just({"type": "Nope"}),
+    st.just({"text": "no tag"}),
+    st.just(tree(5_000)),
+    st.none(),
+))  # fmt: skip
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_task_verbs_never_raise(data: st.DataObject) -> None:
+    async def scenario() -> None:
+        async with open_test_engine([agenda]) as engine:
+            client = engine.client.task(agenda)
+            ids = data.draw(st.lists(usable_ids, min_size=1, max_size=3))
+            for instance_id in ids:
+                for _ in range(data.draw(st.integers(1, 5))):
+                    event, event_id = data.draw(hostile_task_events), data.draw(hostile_event_ids)
+                    before = await call(client.get_state, instance_id)
+                    sent = await call(client.send, id=instance_id, event=event, event_id=event_id)
+                    if not acked(sent) and acked(before):
+                        # A refused event changes nothing (an execute may have run meanwhile: notes only).
+                        after = success(await call(client.get_state, instance_id))
+                        assert after.state.notes == success(before).state.notes
+                await call(client.status, instance_id)
+                await call(client.trigger, instance_id)
+                await call(client.get_state, instance_id)
+                await call(engine.client.task("no such job").send, id=instance_id, event=Note("n"))
+            await trio.sleep(7 * 24 * 3600)  # alarms within a week fire
+            await engine.wait_idle()
+            await assert_consistent(engine, [agenda])
+            for instance_id in ids:
+                await call(client.terminate, instance_id, reason="done")
+
+    run_scenario(scenario)
+
+
+class Order(msgspec.Struct):
+    id: str
+    qty: int
+    tree: Tree | None = None
+
+
+class Receipt(msgspec.Struct):
+    id: str
+    total: int
+
+
+def place_order(params: Order, ctx: djobs.JobContext) -> Receipt:
+    if params.qty < 0:
+        raise ValueError("negative quantity")
+    return Receipt(params.id, params.qty * 2**40)  # may not fit: the result fails validation, the call does not
+
+
+place = djobs.Job.make("place", params=Order, result=Receipt, execute=place_order, on="order.created",
+                       retry=djobs.Retry(max_attempts=2, delay="1 second"))  # fmt: skip
+nightly = djobs.CronJob.make("nightly", schedule=djobs.cron("0 3 * * *"), job=place, params=Order("nightly", 1))
+queue_jobs: list[Any] = [place, nightly]
+
+hostile_orders = mostly(st.builds(Order, id=st.text(max_size=10), qty=st.integers(min_value=-(2**63),
+                                                                                  max_value=2**63 - 1)),
+                        st.one_of(
+    st.just({"id": "deep", "qty": 1, "tree": tree(5_000)}),
+    st.just(Order("huge", 1, Tree("x" * 1_000_000))),
+    st.just({"id": "x", "qty": 2**64}),
+    st.just({"id": "x", "qty": "1"}),
+    st.just({"id": None, "qty": 1}),
+    st.just(Receipt("wrong", 1)),
+    st.none(),
+    st.just(object()),
+))  # fmt: skip
+hostile_texts = mostly(st.one_of(st.none(), st.text(min_size=1, max_size=10).filter(lambda s: "\x00" not in s)),
+                       st.one_of(st.just(""), st.just("t" * 10_000), st.just("nul\x00"), st.integers(),
+                                 st.just("'; DROP TABLE jobs; --")))  # fmt: skip
+hostile_ats = mostly(st.none(), st.one_of(far_times, st.just(datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)),
+                                          st.just("tomorrow"), st.integers()))  # fmt: skip
+queue_delays = st.one_of(hostile_durations, st.just(timedelta(days=3_000_000)), st.just(timedelta.max))
+hostile_ints = mostly(st.integers(min_value=1, max_value=5),
+                      st.one_of(st.integers(min_value=-(2**70), max_value=2**70), st.booleans(), st.just("3"),
+                                st.none(), st.just(0)))  # fmt: skip
+hostile_statuses = st.one_of(st.none(), st.sampled_from(["pending", "running", "done", "", "PENDING"]), st.integers())
+hostile_crons = mostly(st.sampled_from(["nightly", nightly]), st.one_of(hostile_texts, st.just(place)))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_queue_verbs_never_raise(data: st.DataObject) -> None:
+    def draw(strategy: st.SearchStrategy[Any]) -> Any:
+        return data.draw(strategy)
+
+    async def scenario() -> None:
+        async with open_test_engine(queue_jobs) as engine:
+            client = engine.client
+            job = client.job(place)
+            orders = draw(st.lists(hostile_orders, min_size=1, max_size=3))
+            ids: list[Any] = [draw(hostile_texts), "0190b7a4-0000-7000-8000-000000000000"]
+            for order in orders:
+                await call(job.now, order, correlation_id=draw(hostile_texts), tenant_id=draw(hostile_texts))
+                await call(job.now, order, persist=False)
+                at, delay = draw(st.one_of(st.tuples(hostile_ats, st.none()), st.tuples(st.none(), queue_delays),
+                                           st.tuples(hostile_ats, queue_delays)))  # fmt: skip
+                enqueued = await call(job.later, order, at=at, delay=delay, correlation_id=draw(hostile_texts),
+                                      tenant_id=draw(hostile_texts), priority=draw(hostile_ints),
+                                      idempotency_key=draw(hostile_texts))  # fmt: skip
+                if acked(enqueued):
+                    ids.append(success(enqueued))
+                event = draw(mostly(st.just("order.created"), hostile_texts))
+                await call(client.send_event, event, order, tenant_id=draw(hostile_texts),
+                           correlation_id=draw(hostile_texts), idempotency_key=draw(hostile_texts))  # fmt: skip
+            await call(job.batch, orders, concurrency=draw(hostile_ints), stop_on_error=draw(st.booleans()),
+                       correlation_id=draw(hostile_texts))  # fmt: skip
+            await call(client.job("no such job").later, orders[0])
+            for job_id in ids:
+                await call(client.jobs.status, job_id)
+                await call(client.jobs.cancel, job_id)
+                await call(client.jobs.retry, job_id)
+            await call(client.jobs.list, status=draw(hostile_statuses), name=draw(hostile_texts),
+                       correlation_id=draw(hostile_texts), tenant_id=draw(hostile_texts), limit=draw(hostile_ints),
+                       after=draw(hostile_texts))  # fmt: skip
+            tenant = draw(hostile_texts)
+            for crons in (client.crons, client.for_tenant(tenant).crons):
+                cron = draw(hostile_crons)
+                await call(crons.get, cron)
+                await call(crons.next_runs, cron, draw(hostile_ints))
+                await call(crons.disable, cron)
+                await call(crons.enable, cron)
+                await call(crons.list)
+            scoped = client.for_tenant(tenant)
+            await call(scoped.job(place).later, orders[0])
+            await call(scoped.jobs.list)
+            for job_id in ids:
+                await call(scoped.jobs.status, job_id)
+            await trio.sleep(2 * 24 * 3600)  # later jobs, retries and two nightly runs
+            await engine.wait_idle()
+            await assert_consistent(engine, queue_jobs)
+
+    run_scenario(scenario)
+
+
+cron_tokens = st.sampled_from(["*", "0", "59", "60", "*/5", "1-5", "5-1", "L", "1#2", "MON", "jan", "?", "-1", "3,",
+                               ",", "/", "*/0", "0-59/15", "31", "2", "30", "@daily", "\x00", "\u0663"])  # fmt: skip
+cron_expressions = st.one_of(
+    st.lists(cron_tokens, min_size=0, max_size=7).map(" ".join),
+    st.text(max_size=30),
+    st.integers(),
+    st.none(),
+)
+zones = st.one_of(st.sampled_from(["UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "America",
+                                   "../../etc/passwd", "", "Mars/Olympus_Mons", "utc"]), st.text(max_size=20),
+                  st.none(), st.integers())  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    expression=cron_expressions,
+    tz=zones,
+    after=st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9000, 1, 1), timezones=st.just(UTC)),
+)
+def test_cron_expressions_parse_or_give_a_validation_error(expression: Any, tz: Any, after: datetime) -> None:
+    try:
+        schedule = djobs.cron(expression, tz=tz)
+    except djobs.ValidationError as exc:
+        assert exc.message
+        with pytest.raises(djobs.ValidationError):
+            djobs.CronJob.make("c", schedule=djobs.cron(expression, tz=tz), job=place, params=Order("c", 1))
+        return
+    # A schedule that parses has a next fire time after any moment, far past or far future.
+    start = round(after.timestamp() * 1000)
+    nxt = schedule.next_after(start)
+    assert nxt > start
+    assert djobs.CronJob.make("c", schedule=schedule, job=place, params=Order("c", 1)).schedule == schedule
+
+
+@pytest.mark.trio
+async def test_later_refuses_times_after_the_year_9999(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_test_engine(queue_jobs) as engine:
+        job = engine.client.job(place)
+        last_instant = datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)
+        assert isinstance(djobs.testing.failure(await job.later(Order("o", 1), at=last_instant)),
+                          djobs.ValidationError)  # fmt: skip
+        in_8000_years = timedelta(days=3_000_000)
+        assert isinstance(djobs.testing.failure(await job.later(Order("o", 1), delay=in_8000_years)),
+                          djobs.ValidationError)  # fmt: skip
+        assert success(await engine.client.jobs.list()) == []

@@ -1,0 +1,461 @@
+"""What must hold after any number of crashes: the journals of the workload against the database.
+
+`History` gathers the journals of every incarnation of the workload, in the
+order they ran. `check` compares them with the database file and returns one
+line per broken promise (an empty list when all is well):
+
+- the file passes ``PRAGMA integrity_check``, and every stored row decodes;
+- every acknowledged client call is reflected in storage: a started
+  continuous instance exists (unless a later terminate may have run), an
+  added debounce event is in the pending batch or in a flush that succeeded
+  (unless a later clear may have dropped it), a task event is in the task's
+  state, an enqueued job's row exists;
+- nothing is stored that no call asked for, and no state is half written
+  (a run's state and its run count, a batch and its alarm, move together);
+- a queued job: each attempt starts once (unless a shutdown handed it back),
+  a completed job never runs again, an interrupted one runs again later;
+- with ``final=True`` (after the workload ran undisturbed): every due alarm
+  fired after the last restart, every batch was flushed, every job completed.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import apsw
+import msgspec
+
+from . import journal
+from .workload import PULSE_EVERY_MS, Batch, Done, Seen, Tick, Work
+
+TICKER, PILE, POKER = "continuous:ticker:", "debounce:pile:", "task:poker:"
+#: Failures a healthy single-process run may see (the instance was never created or was terminated).
+EXPECTED_FAILURES = {("trigger", "InstanceNotFoundError"), ("flush", "InstanceNotFoundError"),
+                     ("task_trigger", "InstanceNotFoundError"), ("read", "InstanceNotFoundError")}  # fmt: skip
+_KIND_OF_OP = {"start": "c", "terminate": "c", "trigger": "c", "add": "d", "flush": "d", "clear": "d", "send": "t",
+               "task_trigger": "t"}  # fmt: skip
+
+
+@dataclass
+class Op:
+    """One client call: its intent and, if the process lived to see it, its outcome."""
+
+    op: str
+    id: str | None
+    seq: int | None
+    tag: str
+    outcome: str = "unknown"  # "ack", "fail", or "unknown" (the process died during the call)
+    result: Any = None
+    error: str | None = None
+
+
+@dataclass
+class History:
+    """Everything the workload's incarnations journaled, in the order they ran."""
+
+    tags: list[str] = field(default_factory=list)
+    #: Calls per (kind letter, instance id), in order.
+    by_instance: dict[tuple[str, str], list[Op]] = field(default_factory=lambda: defaultdict(list))
+    #: ``later`` calls by seq.
+    enqueues: dict[int, Op] = field(default_factory=dict)
+    failures: list[Op] = field(default_factory=list)
+    #: Seqs of ``add``/``send`` intents per instance id (anything stored must be among them).
+    intended: dict[tuple[str, str], set[int]] = field(default_factory=lambda: defaultdict(set))
+    #: Exec records of user code, in order.
+    ticks: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
+    #: (run_count, n) of every successful tick, per continuous id.
+    tick_pairs: dict[str, set[tuple[int, int]]] = field(default_factory=lambda: defaultdict(set))
+    ticked_in: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    flushed: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
+    job_runs: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+    #: How often each (id, seq) was in a successful flush, each (id, seq) reached a task's on_event,
+    #: and each (id, run) of a continuous instance succeeded: exactly once each when nothing crashes.
+    flush_counts: Counter[tuple[str, int]] = field(default_factory=Counter)
+    poke_counts: Counter[tuple[str, int]] = field(default_factory=Counter)
+    tick_counts: Counter[tuple[str, int]] = field(default_factory=Counter)
+    #: The incarnations in which the cron job's body ran.
+    pulsed_in: set[str] = field(default_factory=set)
+    #: Handler intervals per instance key, for the overlap check.
+    intervals: dict[str, list[tuple[int, int, int, str]]] = field(default_factory=lambda: defaultdict(list))
+
+    def ingest(self, directory: Path, tag: str) -> None:
+        """Read the journals of the incarnation `tag` (once it has ended)."""
+        self.tags.append(tag)
+        acks = directory / f"acks-{tag}.jsonl"
+        open_calls: dict[int, Op] = {}
+        if acks.exists():
+            for r in journal.read(acks):
+                if r["i"] == "intent":
+                    op = Op(r["op"], r["id"], r["seq"], tag)
+                    open_calls[r["n"]] = op
+                    kind = _KIND_OF_OP.get(op.op)
+                    if kind is not None and op.id is not None:
+                        self.by_instance[(kind, op.id)].append(op)
+                        if op.seq is not None:
+                            self.intended[(kind, op.id)].add(op.seq)
+                    elif op.op == "later" and op.seq is not None:
+                        self.enqueues[op.seq] = op
+                    continue
+                op = open_calls.pop(r["n"])
+                op.outcome = r["i"]
+                op.result = r.get("result")
+                if op.outcome == "fail":
+                    op.error = r["error"]
+                    if (op.op, op.error) not in EXPECTED_FAILURES:
+                        self.failures.append(op)
+        execs = directory / f"exec-{tag}.jsonl"
+        if execs.exists():
+            for r in journal.read(execs):
+                self._exec(r, tag)
+
+    def _exec(self, r: dict[str, Any], tag: str) -> None:
+        k = r["k"]
+        if "t1" in r:
+            self.intervals[r["key"]].append((r["t0"], r["t1"], r["pid"], k))
+        if k == "tick" and r["ok"]:
+            self.ticks[r["id"]].add(r["n"])
+            self.tick_pairs[r["id"]].add((r["run"], r["n"]))
+            self.tick_counts[(r["id"], r["run"])] += 1
+            self.ticked_in[r["id"]].add(tag)
+        elif k == "flush" and r["ok"]:
+            self.flushed[r["id"]].update(r["seqs"])
+            self.flush_counts.update((r["id"], seq) for seq in r["seqs"])
+        elif k == "poke":
+            self.poke_counts[(r["id"], r["seq"])] += 1
+        elif k == "pulse":
+            self.pulsed_in.add(tag)
+        elif k.startswith("job_"):
+            self.job_runs[r["job"]].append(r)
+
+
+@dataclass
+class Snapshot:
+    """The database, read once."""
+
+    integrity: list[str]
+    instances: dict[str, dict[str, Any]]
+    alarms: dict[str, tuple[int, int, str]]
+    event_ids: set[tuple[str, str]]
+    jobs: dict[str, dict[str, Any]]
+
+
+def read_db(path: Path) -> Snapshot:
+    """Read the database at `path`; a file the workload never got to create reads as empty."""
+    if not path.exists():
+        return Snapshot(["ok"], {}, {}, set(), {})
+    db = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READWRITE)
+    try:
+        # Leave the WAL as the crash left it: the next incarnation, not this check, recovers it.
+        db.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
+        db.setbusytimeout(5000)
+        integrity = [row[0] for row in db.execute("PRAGMA integrity_check")]
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not {"instances", "jobs"} <= tables:
+            return Snapshot(integrity, {}, {}, set(), {})  # killed before the schema was committed
+        cols = ["key", "kind", "name", "instance_id", "status", "state", "run_count", "attempt", "event_count",
+                "execute_count", "data"]  # fmt: skip
+        rows = db.execute(f"SELECT {', '.join(cols)} FROM instances")
+        instances = {r[0]: dict(zip(cols, r, strict=True)) for r in rows}
+        alarms = {r[0]: (r[1], r[2], r[3]) for r in db.execute("SELECT key, fire_at, due_at, purpose FROM alarms")}
+        event_ids = {(r[0], r[1]) for r in db.execute("SELECT key, event_id FROM event_ids")}
+        jcols = ["id", "name", "status", "params", "result", "error", "attempt_count", "max_attempts", "worker_id",
+                 "worker_expires_at", "completed_at", "scheduled_for"]  # fmt: skip
+        jobs = {r[0]: dict(zip(jcols, r, strict=True)) for r in db.execute(f"SELECT {', '.join(jcols)} FROM jobs")}
+    finally:
+        db.close()
+    return Snapshot(integrity, instances, alarms, event_ids, jobs)
+
+
+def _decode(raw: bytes | None, tp: type[Any], what: str, problems: list[str]) -> Any:
+    if raw is None:
+        problems.append(f"{what}: no stored value")
+        return None
+    try:
+        return msgspec.json.decode(raw, type=tp)
+    except msgspec.DecodeError as exc:
+        problems.append(f"{what}: stored value does not decode as {tp.__name__}: {exc}")
+        return None
+
+
+def _possible(ops: list[Op], create: str, delete: str | None) -> set[bool]:
+    """Whether the instance may exist after `ops`: acknowledged calls decide, unknown outcomes add a possibility."""
+    states = {False}
+    for op in ops:
+        if op.op not in (create, delete) or op.outcome == "fail":
+            continue
+        exists = op.op == create
+        states = {exists} if op.outcome == "ack" else states | {exists}
+    return states
+
+
+def check(
+    path: Path, history: History, *, final_tags: set[str] | None = None, clean_worker: str | None = None
+) -> list[str]:
+    """Every invariant that `history` and the database at `path` break.
+
+    Args:
+        path: The database file (no process may be writing to it).
+        history: The journals of every incarnation so far.
+        final_tags: The incarnations that ran last, undisturbed, until everything due
+            was done: also check that it was (and that they ran every instance).
+        clean_worker: The worker id of an incarnation that shut down cleanly: none
+            of its job leases may be left.
+    """
+    problems: list[str] = []
+    final = final_tags is not None
+    snap = read_db(path)
+    if snap.integrity != ["ok"]:
+        problems.append(f"PRAGMA integrity_check: {snap.integrity[:5]}")
+    for op in history.failures:
+        problems.append(f"unexpected failure of {op.op}({op.id!r}, seq={op.seq}) in {op.tag}: {op.error}")
+    _check_continuous(snap, history, problems, final_tags)
+    _check_debounce(snap, history, problems, final)
+    _check_tasks(snap, history, problems, final)
+    _check_jobs(snap, history, problems, final, clean_worker)
+    _check_cron(snap, history, problems, final_tags)
+    problems.extend(overlaps(history))
+    if final:
+        claimed = [k for k, (fire_at, due_at, _) in snap.alarms.items() if due_at != fire_at]
+        if claimed:
+            problems.append(f"after a clean shutdown, alarms are still claimed: {claimed[:5]}")
+    for key, row in snap.instances.items():
+        if not key.startswith((TICKER, PILE, POKER)):
+            problems.append(f"an instance no call created: {key}")
+        elif row["instance_id"] != key.split(":", 2)[2]:
+            problems.append(f"{key}: instance_id {row['instance_id']!r} does not match its key")
+    return problems
+
+
+def _check_continuous(snap: Snapshot, history: History, problems: list[str], final_tags: set[str] | None) -> None:
+    ids = {i for (kind, i) in history.by_instance if kind == "c"}
+    for key in snap.instances:
+        if key.startswith(TICKER):
+            ids.add(key[len(TICKER):])
+    for cid in sorted(ids):
+        key = TICKER + cid
+        ops = history.by_instance.get(("c", cid), [])
+        row = snap.instances.get(key)
+        if (row is not None) not in _possible(ops, "start", "terminate"):
+            problems.append(f"{key}: {'exists' if row else 'is missing'} after calls {_show(ops)}")
+        if row is None:
+            continue
+        alarm = snap.alarms.get(key)
+        state = _decode(row["state"], Tick, f"{key} state", problems)
+        if alarm is None:
+            problems.append(f"{key}: a running continuous instance has no alarm")
+        if state is None:
+            continue
+        n, runs = state.n, row["run_count"]
+        # The state is the one the last successful run computed, committed with that run's number.
+        # While a failed run waits for its retry, the count is that run's and the state an earlier one's.
+        # (A trigger while a retry waits starts a new run: the failed one is never retried, so the
+        # count may stay ahead of the state for good; it is never behind.)
+        pairs = history.tick_pairs.get(cid, set())
+        if alarm is not None and alarm[2] == "retry":
+            consistent = row["attempt"] > 1 and (n == 0 or any(pn == n and pr < runs for pr, pn in pairs))
+        else:
+            consistent = (runs, n) in pairs or runs == n == 0
+        if n > runs or not consistent:
+            problems.append(f"{key}: state n={n} with run_count={runs} (attempt {row['attempt']}, alarm {alarm}) "
+                            "is not what any run committed: a run's state and count were not written together")
+        missing = set(range(1, n + 1)) - history.ticks.get(cid, set())
+        if missing:
+            problems.append(f"{key}: stored n={n}, but no journaled run computed {sorted(missing)[:5]}")
+        # An acknowledged trigger's run is in the run count, unless the instance may have been replaced since.
+        for i, op in enumerate(ops):
+            if op.op == "trigger" and op.outcome == "ack":
+                later = [o for o in ops[i + 1:] if o.op in ("start", "terminate") and o.outcome != "fail"]
+                acked_run = op.result["run_count"]
+                if not later and runs < acked_run:
+                    problems.append(f"{key}: trigger acknowledged run {acked_run}, stored run_count={runs}")
+        if final_tags is not None and not final_tags & history.ticked_in.get(cid, set()):
+            problems.append(f"{key}: did not run after the last restart (alarm {alarm})")
+
+
+def _check_debounce(snap: Snapshot, history: History, problems: list[str], final: bool) -> None:
+    ids = {i for (kind, i) in history.by_instance if kind == "d"}
+    for key in snap.instances:
+        if key.startswith(PILE):
+            ids.add(key[len(PILE):])
+    for did in sorted(ids):
+        key = PILE + did
+        ops = history.by_instance.get(("d", did), [])
+        row = snap.instances.get(key)
+        alarm = snap.alarms.get(key)
+        acked = [(i, op) for i, op in enumerate(ops) if op.op == "add" and op.outcome == "ack"]
+        if row is None:
+            if acked:
+                problems.append(f"{key}: missing, but {len(acked)} add(s) were acknowledged")
+            continue
+        pending: list[int] = []
+        if row["state"] is not None:
+            batch = _decode(row["state"], Batch, f"{key} state", problems)
+            pending = batch.seqs if batch is not None else []
+            if alarm is None:
+                problems.append(f"{key}: a waiting batch of {len(pending)} event(s) has no alarm: it would never flush")
+            if row["event_count"] != len(pending):
+                problems.append(f"{key}: event_count={row['event_count']} but the batch holds {len(pending)}")
+            if final:
+                problems.append(f"{key}: a batch of {len(pending)} event(s) was not flushed after the last restart")
+        elif alarm is not None:
+            problems.append(f"{key}: idle, but has an alarm {alarm}")
+        if len(set(pending)) != len(pending):
+            problems.append(f"{key}: the batch holds an event twice: {pending}")
+        phantom = set(pending) - history.intended.get(("d", did), set())
+        if phantom:
+            problems.append(f"{key}: the batch holds events no call added: {sorted(phantom)[:5]}")
+        flushed = history.flushed.get(did, set())
+        for i, op in acked:
+            assert op.seq is not None
+            dropped = any(o.op == "clear" and o.outcome != "fail" for o in ops[i + 1:])
+            if not dropped and op.seq not in pending and op.seq not in flushed:
+                problems.append(f"{key}: acknowledged event {op.seq} is neither pending nor flushed")
+            if (key, f"e{op.seq}") not in snap.event_ids:
+                problems.append(f"{key}: forgot the event id of acknowledged event {op.seq}")
+
+
+def _check_tasks(snap: Snapshot, history: History, problems: list[str], final: bool) -> None:
+    ids = {i for (kind, i) in history.by_instance if kind == "t"}
+    for key in snap.instances:
+        if key.startswith(POKER):
+            ids.add(key[len(POKER):])
+    for tid in sorted(ids):
+        key = POKER + tid
+        ops = history.by_instance.get(("t", tid), [])
+        row = snap.instances.get(key)
+        acked = [op for op in ops if op.op == "send" and op.outcome == "ack"]
+        if row is None:
+            if acked:
+                problems.append(f"{key}: missing, but {len(acked)} event(s) were acknowledged")
+            continue
+        state = _decode(row["state"], Seen, f"{key} state", problems)
+        if state is None:
+            continue
+        seqs = set(state.seqs)
+        if len(seqs) != len(state.seqs):
+            problems.append(f"{key}: an event was applied twice")
+        if row["event_count"] != len(state.seqs):
+            problems.append(f"{key}: event_count={row['event_count']} but the state holds {len(state.seqs)} event(s)")
+        phantom = seqs - history.intended.get(("t", tid), set())
+        if phantom:
+            problems.append(f"{key}: the state holds events no call sent: {sorted(phantom)[:5]}")
+        for op in acked:
+            if op.seq not in seqs:
+                problems.append(f"{key}: acknowledged event {op.seq} is not in the task's state")
+            if (key, f"p{op.seq}") not in snap.event_ids:
+                problems.append(f"{key}: forgot the event id of acknowledged event {op.seq}")
+        alarm = snap.alarms.get(key)
+        if (alarm is None) == (row["status"] == "active"):
+            problems.append(f"{key}: status {row['status']!r} but alarm {alarm}")
+        if alarm is None and state.executed != len(state.seqs):
+            problems.append(f"{key}: no alarm, but only {state.executed} of {len(state.seqs)} event(s) were executed")
+        if final and alarm is not None:
+            problems.append(f"{key}: its alarm {alarm} did not fire after the last restart")
+
+
+def _check_jobs(
+    snap: Snapshot, history: History, problems: list[str], final: bool, clean_worker: str | None
+) -> None:
+    by_seq: dict[int, str] = {}
+    for job_id, row in snap.jobs.items():
+        if row["name"] == "pulse":
+            continue  # the cron job's own jobs: _check_cron
+        if row["name"] != "chore":
+            problems.append(f"job {job_id}: a job named {row['name']!r}, which nothing enqueues")
+            continue
+        params = _decode(row["params"], Work, f"job {job_id} params", problems)
+        if params is None:
+            continue
+        if params.seq in by_seq:
+            problems.append(f"job seq {params.seq} is stored twice: {by_seq[params.seq]} and {job_id}")
+        by_seq[params.seq] = job_id
+        if params.seq not in history.enqueues:
+            problems.append(f"job {job_id} (seq {params.seq}) was stored, but no call enqueued it")
+        _check_job(job_id, row, params.seq, history.job_runs.get(job_id, []), problems, final)
+        if clean_worker is not None and row["status"] == "running" and row["worker_id"] == clean_worker:
+            problems.append(f"job {job_id}: still leased by {clean_worker}, which shut down cleanly")
+    for seq, op in history.enqueues.items():
+        if op.outcome != "ack":
+            continue
+        job_id = op.result
+        if job_id not in snap.jobs:
+            problems.append(f"acknowledged job {job_id} (seq {seq}) is lost")
+        elif by_seq.get(seq) != job_id:
+            problems.append(f"acknowledged job {job_id} is stored with other params")
+
+
+def _check_job(job_id: str, row: dict[str, Any], seq: int, runs: list[dict[str, Any]], problems: list[str],
+               final: bool) -> None:  # fmt: skip
+    what = f"job {job_id} (seq {seq})"
+    # In time order: with several processes, journal order is not (a system-wide monotonic clock is).
+    runs = sorted(runs, key=lambda r: r["at"])
+    attempts = row["attempt_count"]
+    starts = [(i, r["attempt"]) for i, r in enumerate(runs) if r["k"] == "job_start"]
+    interrupted = {(i, r["attempt"]) for i, r in enumerate(runs) if r["k"] == "job_interrupted"}
+
+    def was_interrupted(index: int, attempt: int) -> bool:
+        return any(i > index and a == attempt for i, a in interrupted)
+
+    seen: dict[int, int] = {}
+    for i, attempt in starts:
+        if attempt in seen and not was_interrupted(seen[attempt], attempt):
+            problems.append(f"{what}: attempt {attempt} started twice (it was not handed back in between)")
+        seen[attempt] = i
+        if attempt > attempts and not was_interrupted(i, attempt):
+            problems.append(f"{what}: attempt {attempt} ran, but the row counts {attempts} attempt(s)")
+    status = row["status"]
+    if status == "completed":
+        result = _decode(row["result"], Done, f"{what} result", problems)
+        if result is not None and result.seq != seq:
+            problems.append(f"{what}: result {result} is not this job's")
+        if not starts:
+            problems.append(f"{what}: completed, but no run of it was journaled")
+        else:
+            last_index, last_attempt = starts[-1]
+            ended = any(r["k"] == "job_end" and r["ok"] and r["attempt"] == last_attempt for r in runs[last_index:])
+            if last_attempt != attempts or not ended:
+                problems.append(f"{what}: completed in attempt {attempts}, but its last run was attempt "
+                                f"{last_attempt} (ended: {ended}): it ran again after completing")  # fmt: skip
+            # Every run that died midway (no end, not handed back) was followed by another.
+            for i, attempt in starts[:-1]:
+                finished = any(r["k"] == "job_end" and r["attempt"] == attempt for r in runs[i:])
+                if not finished and not was_interrupted(i, attempt) and attempt >= last_attempt:
+                    problems.append(f"{what}: attempt {attempt} died midway and no later attempt ran")
+    elif final:
+        problems.append(f"{what}: {status} after the workload settled (attempts {attempts}, error {row['error']!r})")
+    if status == "running" and row["worker_expires_at"] is None:
+        problems.append(f"{what}: running without a lease")
+
+
+def _check_cron(snap: Snapshot, history: History, problems: list[str], final_tags: set[str] | None) -> None:
+    """The cron job (every second, missed fires all run) enqueued each fire time once: no repeats, no gaps."""
+    fires = Counter(row["scheduled_for"] for row in snap.jobs.values() if row["name"] == "pulse")
+    repeated = sorted(t for t, n in fires.items() if n > 1)
+    if repeated:
+        problems.append(f"cron fire times enqueued more than once: {repeated[:5]}")
+    times = sorted(fires)
+    gaps = [(a, b) for a, b in itertools.pairwise(times) if b - a != PULSE_EVERY_MS]
+    if gaps:
+        problems.append(f"cron fire times missing or off schedule between {gaps[:3]}")
+    if final_tags is not None and not final_tags & history.pulsed_in:
+        problems.append("the cron job did not fire after the last restart")
+
+
+def overlaps(history: History) -> list[str]:
+    """Handlers of one instance (or one queued job) whose runs overlapped in time, in any processes."""
+    problems: list[str] = []
+    for key, spans in history.intervals.items():
+        spans.sort()
+        for (_, a1, apid, akind), (b0, _, bpid, bkind) in itertools.pairwise(spans):
+            if b0 < a1:
+                problems.append(f"{key}: {akind} in pid {apid} and {bkind} in pid {bpid} ran at once "
+                                f"({(a1 - b0) / 1e6:.1f} ms overlap)")  # fmt: skip
+    return problems
+
+
+def _show(ops: list[Op]) -> str:
+    return ", ".join(f"{o.op}:{o.outcome}@{o.tag}" for o in ops[-6:])
