@@ -35,7 +35,7 @@ from ._clock import Clock, to_datetime
 from ._errors import ExecutionError, JobError
 from ._logging import JobLog, LoggingOption, threshold
 from ._retry import Retry
-from .storage import Checkin, SetAlarm, Storage
+from .storage import Checkin, LeaseLostError, SetAlarm, Storage
 from .tracking import TrackedEvent, Tracker
 
 S = TypeVar("S")
@@ -113,6 +113,9 @@ class Env:
     #: jobs, cron fires) whose handler has not been started yet. `Engine.wait_idle`
     #: waits for it to reach zero, since storage already shows such work as taken.
     handoffs: int = 0
+    #: The engine's instance-lease owner id: check-ins are fenced by it.
+    lease_owner: str | None = None
+    on_lease_lost: Callable[[str], None] = field(default=lambda _key: None)
 
     def now_ms(self) -> int:
         return self.clock.now_ms()
@@ -135,7 +138,13 @@ class Env:
         Raises `StorageError` or `DuplicateEventError`; on either nothing was
         written and no event is emitted.
         """
-        await self.storage.commit(checkin)
+        if checkin.lease_owner is None:
+            checkin.lease_owner = self.lease_owner
+        try:
+            await self.storage.commit(checkin)
+        except LeaseLostError:
+            self.on_lease_lost(checkin.key)
+            raise
         if isinstance(checkin.alarm, SetAlarm):
             self.on_alarm_set(checkin.alarm.fire_at)
         if events:

@@ -81,6 +81,8 @@ class Runtime:
         #: Whether this engine's alarm sleeper runs (not in a client-only engine).
         self.fires_alarms = False
         env.on_alarm_set = self.poke
+        env.lease_owner = self.owner
+        env.on_lease_lost = self._held.discard  # take it afresh next time
 
     # -- actors -----------------------------------------------------------------------
 

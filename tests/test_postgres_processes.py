@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
+import psycopg.conninfo
 import pytest
 import trio
 from postgres_process import Item, definitions
@@ -55,7 +56,9 @@ async def enqueue(schema: str, n: int) -> None:
 
 
 def start(schema: str, out: Path, name: str, *, sleep_ms: int) -> subprocess.Popen[bytes]:
-    args = [sys.executable, str(HELPER), DSN, schema, str(out), name, "50", "3 seconds", str(sleep_ms)]
+    # Each process's sessions carry its name, so the test can tell when the server has closed them.
+    dsn = psycopg.conninfo.make_conninfo(DSN, application_name=f"djobs-test-{schema}-{name}")
+    args = [sys.executable, str(HELPER), dsn, schema, str(out), name, "50", "3 seconds", str(sleep_ms)]
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
@@ -104,6 +107,11 @@ def test_four_processes_drain_20000_jobs_once_reclaim_a_killed_ones_and_fire_cro
         wait_for(lambda: len(lines(tmp_path, "victim", "job")) >= 500, 60, "the victim to get going")
         os.kill(procs["victim"].pid, signal.SIGKILL)
         procs["victim"].wait()
+        # A COMMIT the victim sent just before it died still lands on the server: read what it
+        # held only once the server has closed its sessions.
+        victim_app = f"djobs-test-{schema}-victim"
+        wait_for(lambda: not query(schema, "SELECT 1 FROM pg_stat_activity WHERE application_name = %s", victim_app),
+                 30, "the server to close the victim's sessions")  # fmt: skip
         victim_id = (tmp_path / "victim.id").read_text()
         held = {row[0] for row in query(schema, "SELECT id FROM jobs WHERE status = 'running' AND worker_id = %s",
                                         victim_id)}  # fmt: skip

@@ -129,15 +129,6 @@ class Count(msgspec.Struct):
 
 
 @pytest.mark.trio
-@pytest.mark.xfail(
-    strict=True,
-    reason="An instance's check-in is not fenced by its lease. If an engine cannot renew the lease while a handler "
-    "runs (renewals failing for longer than the 30 s lease, or the process stalled), another engine takes the "
-    "lease over and commits; then the first handler finishes and commits its own outcome over it, computed from "
-    "the older state: a lost update, and both callers were told their run succeeded. Fix: make the commit "
-    "conditional on the lease (owner and expiry checked in the check-in's transaction) or on the record's "
-    "version (InstanceRecord.version is stored but never compared), failing the stale handler's commit.",
-)
 async def test_a_handler_whose_lease_lapsed_cannot_overwrite_the_next_holder(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:

@@ -21,6 +21,7 @@ from ._base import JobFilter as JobFilter
 from ._base import JobRecord as JobRecord
 from ._base import JobSettlement as JobSettlement
 from ._base import JobStatusName as JobStatusName
+from ._base import LeaseLostError as LeaseLostError
 from ._base import NewJob as NewJob
 from ._base import QueueStorage as QueueStorage
 from ._base import SetAlarm as SetAlarm
@@ -44,6 +45,7 @@ __all__ = [
     "FaultyLayer",
     "FaultyStorage",
     "InstanceRecord",
+    "LeaseLostError",
     "PostgresLayer",
     "SetAlarm",
     "SqliteStorage",

@@ -6,6 +6,8 @@ from typing import Literal, Protocol, runtime_checkable
 
 import msgspec
 
+from .._errors import StorageError
+
 
 class InstanceRecord(msgspec.Struct, kw_only=True):
     """One stored instance of a Continuous, Debounce or Task job.
@@ -73,6 +75,25 @@ class Checkin(msgspec.Struct, kw_only=True):
     record: InstanceRecord | None
     alarm: SetAlarm | ClearAlarm | None = None
     event_id: str | None = None
+    #: If set, the commit happens only while `lease_owner` still holds the
+    #: instance's lease; otherwise it fails with `LeaseLostError` and writes nothing.
+    lease_owner: str | None = None
+
+
+class LeaseLostError(StorageError):
+    """A check-in's instance lease is held by another engine: the run's outcome was not stored.
+
+    The handler ran while this engine's lease had lapsed (renewals failed, or the
+    process stalled) and another engine took the instance over; storing this
+    outcome would overwrite that engine's newer state.
+    """
+
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            f"the lease of instance {key!r} passed to another engine while this run was going on; "
+            "its outcome was not stored (the other engine's state stands)"
+        )
+        self.key = key
 
 
 class Storage(Protocol):

@@ -47,6 +47,7 @@ from ._base import (
     JobFilter,
     JobRecord,
     JobSettlement,
+    LeaseLostError,
     NewJob,
     SetAlarm,
 )
@@ -466,6 +467,11 @@ class PostgresStorage:
         def run(conn: Connection) -> None:
             key = checkin.key
             record = checkin.record
+            if checkin.lease_owner is not None:
+                # FOR SHARE: the lease cannot change hands until this check-in commits.
+                row = conn.execute("SELECT owner FROM instance_leases WHERE key = %s FOR SHARE", (key,)).fetchone()
+                if row is None or row[0] != checkin.lease_owner:
+                    raise LeaseLostError(key)
             if checkin.event_id is not None:
                 created = record.updated_at if record is not None else 0
                 inserted = conn.execute(

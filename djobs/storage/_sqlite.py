@@ -32,6 +32,7 @@ from ._base import (
     JobFilter,
     JobRecord,
     JobSettlement,
+    LeaseLostError,
     NewJob,
     SetAlarm,
 )
@@ -515,6 +516,11 @@ class SqliteStorage:
     async def commit(self, checkin: Checkin) -> None:
         def run(db: apsw.Connection) -> None:
             key = checkin.key
+            if checkin.lease_owner is not None:
+                # Fenced by the lease: in this transaction no other engine can take it over.
+                holder = _scalar_args(db, "SELECT owner FROM instance_leases WHERE key = ?", (key,))
+                if holder != checkin.lease_owner:
+                    raise LeaseLostError(key)
             if checkin.event_id is not None:
                 try:
                     db.execute(
@@ -872,6 +878,12 @@ def _inspect(db: apsw.Connection) -> tuple[int, int, int]:
         if own and db.in_transaction:
             db.execute("COMMIT")
     return int(app_id), int(version), int(tables)
+
+
+def _scalar_args(db: apsw.Connection, sql: str, args: tuple[Any, ...]) -> Any:
+    for row in db.execute(sql, args):
+        return row[0]
+    return None
 
 
 def _scalar(db: apsw.Connection, sql: str) -> Any:
