@@ -203,6 +203,8 @@ class Worker:
         self._held: set[tuple[str, int]] = set()
         self._held_changed = trio.Event()
         self._ready: deque[ClaimedJob] = deque()
+        #: Re-claimed rows waiting for an earlier attempt of theirs, still running here, to end.
+        self._deferred: dict[str, ClaimedJob] = {}
         self._claimed_runs = 0
         self._limiter = trio.CapacityLimiter(options.max_concurrency)
         self._max_held = 2 * options.max_concurrency
@@ -457,10 +459,25 @@ class Worker:
         self._idle = trio.Event() if self._idle.is_set() else self._idle
         for job in claimed:
             self._hold((job.id, job.attempt))
-            self._ready.append(job)
+            earlier = self._running.get(job.id)
+            if earlier is not None and earlier.claimed:
+                # An earlier attempt still runs here, its lease lapsed (renewals failed):
+                # stop it, its outcome unwritten, and start this attempt only once it has ended.
+                earlier.lost = True
+                earlier.scope.cancel()
+                self._deferred[job.id] = job
+                self._nursery.start_soon(self._start_after, earlier.done, job)
+            else:
+                self._ready.append(job)
         if self.tracking:
             self.emit([self.event("job.claimed", j.id, j.name, attempt=j.attempt, worker_id=self.id) for j in claimed])
         self._start_ready()
+
+    async def _start_after(self, ended: trio.Event, job: ClaimedJob) -> None:
+        await ended.wait()
+        if self._deferred.pop(job.id, None) is job:  # else close() handed it back meanwhile
+            self._ready.append(job)
+            self._start_ready()
 
     def _report_expired(self, expired: Sequence[ExpiredLease]) -> None:
         events: list[TrackedEvent] = []
@@ -547,8 +564,9 @@ class Worker:
         """Hand back unstarted rows, let running jobs finish for up to `grace_seconds`,
         then interrupt the rest and hand their rows back."""
         self.closing = True
-        if self._ready:
-            ready, self._ready = list(self._ready), deque()
+        if self._ready or self._deferred:
+            ready = [*self._ready, *self._deferred.values()]
+            self._ready, self._deferred = deque(), {}
             await self._hand_back(ready)
         with trio.move_on_after(grace_seconds):
             await self._wait_runs()

@@ -63,15 +63,6 @@ class Step(msgspec.Struct):
 
 
 @pytest.mark.trio
-@pytest.mark.xfail(
-    strict=True,
-    reason="When a worker cannot renew a running job's lease for longer than lock_timeout (storage busy, or the "
-    "engine's thread stalled), its own claim loop reclaims the row and starts the next attempt in the same "
-    "process while the first attempt is still running; the first is cancelled only at the next successful "
-    "renewal. Across processes a lapsed lease can always overlap with the new holder; within one process the "
-    "worker knows the row runs here (Worker._running) and should stop that run before starting the row again. "
-    "Found by the crash harness (a process frozen at a kill point the driver had missed).",
-)
 async def test_a_worker_does_not_run_its_own_job_twice_at_once(autojump_clock: trio.testing.MockClock) -> None:
     running = most = 0
 
