@@ -25,6 +25,7 @@ import trio
 
 from ._errors import StorageError
 from ._execution import Env
+from ._wakeup import Wakeup
 from .storage import Alarm
 from .tracking._base import CALLER_CONTEXT
 
@@ -69,12 +70,10 @@ class Runtime:
         self._lease_linger = 0.05
         self._limiter = trio.CapacityLimiter(max_concurrency)
         self._lease_ms = alarm_lease_ms
-        self._poll_ms = alarm_poll_ms
         self._batch = alarm_batch
         self._targets: dict[str, AlarmTarget] = {}
         self._claimed: set[int] = set()
-        self._sleep_scope: trio.CancelScope | None = None
-        self._sleeping_until: float = math.inf
+        self._wakeup = Wakeup(env.clock, alarm_poll_ms)
         self._idle = trio.Event()
         self._idle.set()
         self._closing = False
@@ -257,8 +256,7 @@ class Runtime:
 
     def poke(self, fire_at: int) -> None:
         """A commit set an alarm at `fire_at`: wake the sleeper if that is earlier than its wait."""
-        if self._sleep_scope is not None and fire_at < self._sleeping_until:
-            self._sleep_scope.cancel()
+        self._wakeup.poke(fire_at)
 
     def done_with(self, alarm: Alarm) -> None:
         """The handler of a claimed alarm finished (committed or gave up)."""
@@ -310,17 +308,7 @@ class Runtime:
                 _log.error("alarm sleeper: %s; trying again in 1 s", exc.message)
                 await trio.sleep(1)
                 continue
-            self._sleep_scope = trio.CancelScope()
-            self._sleeping_until = math.inf if next_at is None else next_at
-            with self._sleep_scope:
-                if self._poll_ms is not None:
-                    # Other processes may add alarms we are not told about.
-                    self._sleep_scope.deadline = trio.current_time() + self._poll_ms / 1000
-                if next_at is None:
-                    await trio.sleep_forever()
-                else:
-                    await clock.sleep_until(next_at)
-            self._sleep_scope = None
+            await self._wakeup.sleep_until(next_at)
 
     async def close(self, grace_seconds: float) -> None:
         """Stop taking work, let queued handlers finish for up to `grace_seconds`,

@@ -24,7 +24,6 @@ job that blocks the thread blocks the engine, as any Trio code would.
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import secrets
@@ -41,6 +40,7 @@ import trio
 from ._durations import DurationLike, duration, to_ms
 from ._errors import StorageError, ValidationError
 from ._execution import Env
+from ._wakeup import Wakeup
 from .storage import ClaimedJob, ExpiredLease, JobSettlement, QueueStorage
 from .tracking import NoopTracker, TrackedEvent
 
@@ -211,8 +211,7 @@ class Worker:
         self._capacity = trio.Event()
         self._idle = trio.Event()
         self._idle.set()
-        self._sleep_scope: trio.CancelScope | None = None
-        self._sleeping_until: float = math.inf
+        self._wakeup = Wakeup(env.clock, options.poll_interval_ms)
         self._settling: list[tuple[JobSettlement, list[TrackedEvent], RunHandle, int | None]] = []
         self._unsettled: set[tuple[str, int]] = set()
         self._settle_wanted = trio.Event()
@@ -235,8 +234,7 @@ class Worker:
 
     def poke(self, at_ms: int) -> None:
         """A job was enqueued due at `at_ms`: wake the claim loop if it sleeps past that."""
-        if self._sleep_scope is not None and at_ms < self._sleeping_until:
-            self._sleep_scope.cancel()
+        self._wakeup.poke(at_ms)
 
     def emit(self, events: list[TrackedEvent]) -> None:
         """Hand events to the tracker (after the commit they describe)."""
@@ -401,7 +399,6 @@ class Worker:
     async def claim_loop(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Reclaim, claim, start, sleep; forever. The engine's single claim task."""
         storage, clock, batch = self.storage, self.env.clock, self.options.batch_size
-        poll_ms = self.options.poll_interval_ms
         task_status.started()
         while True:
             free = min(batch, self._max_held - self._claimed_runs)
@@ -441,16 +438,7 @@ class Worker:
                 # A row due now was added after the claim (another process): look again
                 # in a millisecond rather than spin without letting time pass.
                 next_at = max(next_at, now + 1)
-            self._sleep_scope = trio.CancelScope()
-            self._sleeping_until = math.inf if next_at is None else next_at
-            with self._sleep_scope:
-                if poll_ms is not None:
-                    self._sleep_scope.deadline = trio.current_time() + poll_ms / 1000
-                if next_at is None:
-                    await trio.sleep_forever()
-                else:
-                    await clock.sleep_until(next_at)
-            self._sleep_scope = None
+            await self._wakeup.sleep_until(next_at)
 
     def _accept(self, claimed: list[ClaimedJob]) -> None:
         if any(j.priority for j in claimed):

@@ -20,7 +20,6 @@ wall-clock time fires once.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,6 +37,7 @@ from .._execution import Env
 from .._logging import LoggingOption
 from .._retry import Retry
 from .._schedule import Cron, Schedule, parse_cron
+from .._wakeup import Wakeup
 from ..storage import CronRecord, CronSpec, QueueStorage
 from ._common import check_name, effect
 from ._job import Job, JobContext, JobQueue
@@ -224,9 +224,8 @@ class CronScheduler:
         self.crons: dict[str, CronJob] = {h.job.name: h.job for h in handlers}
         self._names = sorted(self.crons)
         self._log = env.logger.getChild("cron")
-        self._poll_ms = poll_ms
-        self._sleep_scope: trio.CancelScope | None = None
-        self._sleeping_until: float = math.inf
+        # Another process may enable a cron job or change a schedule: poll_ms bounds the sleep.
+        self._wakeup = Wakeup(env.clock, poll_ms)
         for cron in self.crons.values():
             if cron.tenant_id is None and queue.tenancy == "required":
                 raise TenantError(f"cron job {cron.name!r} has no tenant_id, and this engine requires one")
@@ -247,8 +246,7 @@ class CronScheduler:
 
     def poke(self, at_ms: int) -> None:
         """Wake the cron task if it sleeps past `at_ms` (a cron job was enabled)."""
-        if self._sleep_scope is not None and at_ms < self._sleeping_until:
-            self._sleep_scope.cancel()
+        self._wakeup.poke(at_ms)
 
     async def has_due(self) -> bool:
         """Whether a cron job of this engine is due now."""
@@ -281,17 +279,7 @@ class CronScheduler:
                 continue
             if next_at is not None:
                 next_at = max(next_at, now + 1)
-            self._sleep_scope = trio.CancelScope()
-            self._sleeping_until = math.inf if next_at is None else next_at
-            with self._sleep_scope:
-                if self._poll_ms is not None:
-                    # Another process may enable a cron job or change a schedule.
-                    self._sleep_scope.deadline = trio.current_time() + self._poll_ms / 1000
-                if next_at is None:
-                    await trio.sleep_forever()
-                else:
-                    await clock.sleep_until(next_at)
-            self._sleep_scope = None
+            await self._wakeup.sleep_until(next_at)
 
     async def _fire(self, record: CronRecord, now: int) -> None:
         cron = self.crons[record.name]

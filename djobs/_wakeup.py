@@ -1,0 +1,53 @@
+"""`Wakeup`: how the engine's background loops wait.
+
+The alarm sleeper, the queue's claim loop and the cron scheduler each sleep
+until their earliest due time, wake early when this process adds something
+due sooner (a poke), and, when other processes share the database, look
+again after a poll interval at the latest.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import final
+
+import trio
+
+from ._clock import Clock
+
+
+@final
+class Wakeup:
+    """A sleep until an epoch time that `poke` can cut short.
+
+    Args:
+        clock: The clock layer the due times are read on.
+        poll_ms: Wake at least this often (other processes' work is not poked
+            here); ``None`` trusts pokes alone.
+    """
+
+    __slots__ = ("_clock", "_poll_ms", "_scope", "_until")
+
+    def __init__(self, clock: Clock, poll_ms: int | None) -> None:
+        self._clock = clock
+        self._poll_ms = poll_ms
+        self._scope: trio.CancelScope | None = None
+        self._until: float = math.inf
+
+    async def sleep_until(self, at_ms: int | None) -> None:
+        """Sleep until `at_ms` (forever for ``None``), a poke for an earlier time, or the poll interval."""
+        scope = self._scope = trio.CancelScope()
+        self._until = math.inf if at_ms is None else at_ms
+        with scope:
+            if self._poll_ms is not None:
+                scope.deadline = trio.current_time() + self._poll_ms / 1000
+            if at_ms is None:
+                await trio.sleep_forever()
+            else:
+                await self._clock.sleep_until(at_ms)
+        self._scope = None
+
+    def poke(self, at_ms: int) -> None:
+        """Something is due at `at_ms`: wake the sleeper if it sleeps past that."""
+        if self._scope is not None and at_ms < self._until:
+            self._scope.cancel()
