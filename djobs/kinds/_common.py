@@ -5,13 +5,17 @@ from __future__ import annotations
 import copy
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any, Generic, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
 import msgspec
 from returns.future import FutureResult
 from returns.result import Failure, Result, Success
 
-from .._errors import JobError, JobNotFoundError, ValidationError
+from .._errors import JobError, JobNotFoundError, StorageError, ValidationError
+from ..storage import Checkin
+
+if TYPE_CHECKING:
+    from .._runtime import Runtime
 
 T = TypeVar("T")
 E = TypeVar("E", bound=JobError)
@@ -147,3 +151,19 @@ class TerminateResult(msgspec.Struct, frozen=True):
 
     terminated: bool
     instance_id: str
+
+
+async def terminate_instance(
+    runtime: Runtime, kind: str, name: str, key: str, instance_id: str, reason: str | None
+) -> Result[TerminateResult, StorageError]:
+    """The ``terminate`` verb of the stateful kinds: delete the instance with its alarm and event ids."""
+    env = runtime.env
+
+    async def run() -> Result[TerminateResult, StorageError]:
+        if await env.storage.load(key) is None:
+            return Success(TerminateResult(False, instance_id))
+        event = env.event("job.terminated", key, kind, name, reason=reason)
+        await env.commit(Checkin(key=key, record=None), [event])
+        return Success(TerminateResult(True, instance_id))
+
+    return await runtime.call(key, run)

@@ -36,6 +36,7 @@ from ._common import (
     TerminateResult,
     check_name,
     instance_key,
+    terminate_instance,
 )
 
 if TYPE_CHECKING:
@@ -236,16 +237,7 @@ class ContinuousHandler(TenantScoped, Generic[S]):
         )
 
     async def terminate(self, instance_id: str, reason: str | None) -> Result[TerminateResult, StorageError]:
-        key = self.key(instance_id)
-
-        async def run() -> Result[TerminateResult, StorageError]:
-            if await self.env.storage.load(key) is None:
-                return Success(TerminateResult(False, instance_id))
-            event = self.env.event("job.terminated", key, KIND, self.job.name, reason=reason)
-            await self.env.commit(Checkin(key=key, record=None), [event])
-            return Success(TerminateResult(True, instance_id))
-
-        return await self.runtime.call(key, run)
+        return await terminate_instance(self.runtime, KIND, self.job.name, self.key(instance_id), instance_id, reason)
 
     # -- alarms and runs ---------------------------------------------------------------
 
