@@ -19,13 +19,13 @@ demo: $(STAMP)
 	$(BIN)/python -m examples.demo
 
 test: $(STAMP)
-	$(BIN)/ruff check djobs tests examples
+	$(BIN)/ruff check djobs tests examples bench
 	$(BIN)/mypy djobs
 	$(BIN)/pytest -q
 	$(BIN)/mkdocs build --strict --quiet --site-dir .site
 
 lint: $(STAMP)
-	$(BIN)/ruff check djobs tests examples
+	$(BIN)/ruff check djobs tests examples bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy djobs

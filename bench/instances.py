@@ -87,8 +87,9 @@ def floor_run(path: str, due: int) -> float:
     while left:
         db.execute("BEGIN IMMEDIATE")
         rows = list(db.execute(
-            "UPDATE alarms SET due_at = ? WHERE id IN (SELECT id FROM alarms WHERE due_at <= ? ORDER BY due_at LIMIT 200)"
-            " RETURNING id, key", (now + 86_400_000, now)))  # fmt: skip
+            "UPDATE alarms SET due_at = ? WHERE id IN"
+            " (SELECT id FROM alarms WHERE due_at <= ? ORDER BY due_at LIMIT 200) RETURNING id, key",
+            (now + 86_400_000, now)))  # fmt: skip
         for _, key in rows:
             db.execute("UPDATE instances SET state = ?, run_count = run_count + 1 WHERE key = ?", (b'{"n":1}', key))
         db.execute("COMMIT")
