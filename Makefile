@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck docs pytest soak bench clean
+.PHONY: demo test lint format typecheck docs pytest soak bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,12 +20,18 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check djobs tests examples bench
+	$(BIN)/ruff format --check djobs tests examples bench
 	$(BIN)/mypy djobs
 	$(BIN)/pytest -q
 	$(BIN)/mkdocs build --strict --quiet --site-dir .site
 
 lint: $(STAMP)
 	$(BIN)/ruff check djobs tests examples bench
+	$(BIN)/ruff format --check djobs tests examples bench
+
+# Rewrites the tree in the project's one style (`make test` checks it with --check).
+format: $(STAMP)
+	$(BIN)/ruff format djobs tests examples bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy djobs

@@ -78,11 +78,19 @@ def main() -> None:
     cpu = cpu_seconds() - cpu0
     rate, floor = median(rates), median(floors)
     report(
-        "debounce", events_per_s=round(rate), floor_events_per_s=round(floor), ratio_to_floor=round(rate / floor, 3),
-        target_events_per_s=50_000, met=rate >= 50_000, events=args.events, instances=args.instances,
-        tasks=args.tasks, runs=args.runs, peak_rss_mb=round(peak_rss_mb(), 1),
+        "debounce",
+        events_per_s=round(rate),
+        floor_events_per_s=round(floor),
+        ratio_to_floor=round(rate / floor, 3),
+        target_events_per_s=50_000,
+        met=rate >= 50_000,
+        events=args.events,
+        instances=args.instances,
+        tasks=args.tasks,
+        runs=args.runs,
+        peak_rss_mb=round(peak_rss_mb(), 1),
         cpu_s_per_1000=round(cpu / (2 * args.runs * args.events) * 1000, 4),
-    )  # fmt: skip
+    )
 
 
 if __name__ == "__main__":

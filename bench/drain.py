@@ -99,15 +99,26 @@ def main() -> None:
                 floors.append(args.jobs / floor_run(path, args.jobs, args.batch))
                 remove(path)
         rate, floor = median(rates), median(floors)
-        by_stored[stored] = {"jobs_per_s": round(rate), "floor_jobs_per_s": round(floor),
-                             "ratio_to_floor": round(rate / floor, 3)}  # fmt: skip
+        by_stored[stored] = {
+            "jobs_per_s": round(rate),
+            "floor_jobs_per_s": round(floor),
+            "ratio_to_floor": round(rate / floor, 3),
+        }
     head = by_stored[stored_sizes[0]]
     report(
-        "drain", **head, target_jobs_per_s=TARGET, met=head["jobs_per_s"] >= TARGET, stored=stored_sizes[0],
-        jobs=args.jobs, concurrency=args.concurrency, batch=args.batch, by_stored=by_stored, runs=args.runs,
+        "drain",
+        **head,
+        target_jobs_per_s=TARGET,
+        met=head["jobs_per_s"] >= TARGET,
+        stored=stored_sizes[0],
+        jobs=args.jobs,
+        concurrency=args.concurrency,
+        batch=args.batch,
+        by_stored=by_stored,
+        runs=args.runs,
         peak_rss_mb=round(peak_rss_mb(), 1),
         cpu_s_per_1000=round(cpu / (len(stored_sizes) * args.runs * args.jobs) * 1000, 4),
-    )  # fmt: skip
+    )
 
 
 if __name__ == "__main__":

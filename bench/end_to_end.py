@@ -101,11 +101,21 @@ def main() -> None:
             remove(path)
     rate, floor = median(rates), median(floors)
     report(
-        "end_to_end", jobs_per_s=round(rate), floor_jobs_per_s=round(floor), ratio_to_floor=round(rate / floor, 3),
-        target_jobs_per_s=TARGET, met=rate >= TARGET, stored=args.stored, jobs=args.jobs, tasks=args.tasks,
-        concurrency=args.concurrency, batch=args.batch, runs=args.runs, peak_rss_mb=round(peak_rss_mb(), 1),
+        "end_to_end",
+        jobs_per_s=round(rate),
+        floor_jobs_per_s=round(floor),
+        ratio_to_floor=round(rate / floor, 3),
+        target_jobs_per_s=TARGET,
+        met=rate >= TARGET,
+        stored=args.stored,
+        jobs=args.jobs,
+        tasks=args.tasks,
+        concurrency=args.concurrency,
+        batch=args.batch,
+        runs=args.runs,
+        peak_rss_mb=round(peak_rss_mb(), 1),
         cpu_s_per_1000=round(cpu / (args.runs * args.jobs) * 1000, 4),
-    )  # fmt: skip
+    )
 
 
 if __name__ == "__main__":

@@ -137,21 +137,34 @@ def main() -> None:
                     remove(path)
         rate, floor, group = median(rates), median(floors), median(groups)
         by_stored[stored] = {
-            "jobs_per_s": round(rate), "floor_jobs_per_s": round(floor), "ratio_to_floor": round(rate / floor, 3),
-            "group_floor_jobs_per_s": round(group), "ratio_to_group_floor": round(rate / group, 3),
-        }  # fmt: skip
+            "jobs_per_s": round(rate),
+            "floor_jobs_per_s": round(floor),
+            "ratio_to_floor": round(rate / floor, 3),
+            "group_floor_jobs_per_s": round(group),
+            "ratio_to_group_floor": round(rate / group, 3),
+        }
     head = by_stored[stored_sizes[0]]
     full, full_floor = median(full_rates), median(full_floors)
     report(
-        "enqueue", jobs_per_s=head["jobs_per_s"], floor_jobs_per_s=head["floor_jobs_per_s"],
-        ratio_to_floor=head["ratio_to_floor"], group_floor_jobs_per_s=head["group_floor_jobs_per_s"],
-        ratio_to_group_floor=head["ratio_to_group_floor"], target_jobs_per_s=TARGET,
-        met=head["jobs_per_s"] >= TARGET, stored=stored_sizes[0], jobs=args.jobs, tasks=args.tasks,
-        full_jobs_per_s=round(full), full_floor_jobs_per_s=round(full_floor),
-        full_ratio_to_floor=round(full / full_floor, 3), by_stored=by_stored, runs=args.runs,
+        "enqueue",
+        jobs_per_s=head["jobs_per_s"],
+        floor_jobs_per_s=head["floor_jobs_per_s"],
+        ratio_to_floor=head["ratio_to_floor"],
+        group_floor_jobs_per_s=head["group_floor_jobs_per_s"],
+        ratio_to_group_floor=head["ratio_to_group_floor"],
+        target_jobs_per_s=TARGET,
+        met=head["jobs_per_s"] >= TARGET,
+        stored=stored_sizes[0],
+        jobs=args.jobs,
+        tasks=args.tasks,
+        full_jobs_per_s=round(full),
+        full_floor_jobs_per_s=round(full_floor),
+        full_ratio_to_floor=round(full / full_floor, 3),
+        by_stored=by_stored,
+        runs=args.runs,
         peak_rss_mb=round(peak_rss_mb(), 1),
         cpu_s_per_1000=round(cpu_djobs / (len(stored_sizes) * args.runs * args.jobs) * 1000, 4),
-    )  # fmt: skip
+    )
 
 
 if __name__ == "__main__":

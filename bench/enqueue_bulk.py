@@ -80,18 +80,29 @@ def main() -> None:
                 rate, floor, spent = measure(fresh, size, args.runs)
                 cpu += spent
                 jobs_run += size * args.runs
-                figures = {"jobs_per_s": round(rate), "floor_jobs_per_s": round(floor),
-                           "ratio_to_floor": round(rate / floor, 3)}  # fmt: skip
+                figures = {
+                    "jobs_per_s": round(rate),
+                    "floor_jobs_per_s": round(floor),
+                    "ratio_to_floor": round(rate / floor, 3),
+                }
                 if index == 0:
                     by_size[size] = figures
                 if size == biggest:
                     by_stored[stored] = figures
     head = by_size[biggest]
     report(
-        "enqueue_bulk", **head, target_jobs_per_s=TARGET, met=head["jobs_per_s"] >= TARGET, list_size=biggest,
-        stored=stored_sizes[0], by_list_size=by_size, by_stored=by_stored, runs=args.runs,
-        peak_rss_mb=round(peak_rss_mb(), 1), cpu_s_per_1000=round(cpu / jobs_run * 1000, 4),
-    )  # fmt: skip
+        "enqueue_bulk",
+        **head,
+        target_jobs_per_s=TARGET,
+        met=head["jobs_per_s"] >= TARGET,
+        list_size=biggest,
+        stored=stored_sizes[0],
+        by_list_size=by_size,
+        by_stored=by_stored,
+        runs=args.runs,
+        peak_rss_mb=round(peak_rss_mb(), 1),
+        cpu_s_per_1000=round(cpu / jobs_run * 1000, 4),
+    )
 
 
 if __name__ == "__main__":

@@ -86,10 +86,13 @@ def floor_run(path: str, due: int) -> float:
     left = due
     while left:
         db.execute("BEGIN IMMEDIATE")
-        rows = list(db.execute(
-            "UPDATE alarms SET due_at = ? WHERE id IN"
-            " (SELECT id FROM alarms WHERE due_at <= ? ORDER BY due_at LIMIT 200) RETURNING id, key",
-            (now + 86_400_000, now)))  # fmt: skip
+        rows = list(
+            db.execute(
+                "UPDATE alarms SET due_at = ? WHERE id IN"
+                " (SELECT id FROM alarms WHERE due_at <= ? ORDER BY due_at LIMIT 200) RETURNING id, key",
+                (now + 86_400_000, now),
+            )
+        )
         for _, key in rows:
             db.execute("UPDATE instances SET state = ?, run_count = run_count + 1 WHERE key = ?", (b'{"n":1}', key))
         db.execute("COMMIT")
@@ -127,11 +130,17 @@ def main() -> None:
     top = by_size[args.stored]
     rss = peak_rss_mb()
     report(
-        "instances", stored=args.stored, due=args.due, **top, peak_rss_mb=round(rss, 1),
+        "instances",
+        stored=args.stored,
+        due=args.due,
+        **top,
+        peak_rss_mb=round(rss, 1),
         targets={"open_to_first_alarm_s": 1, "alarms_fired_per_s": 20_000, "peak_rss_mb": 300},
         met=top["open_to_first_alarm_s"] <= 1 and top["alarms_fired_per_s"] >= 20_000 and rss <= 300,
-        by_stored=by_size, runs=args.runs, cpu_s=round(cpu_seconds() - cpu0, 2),
-    )  # fmt: skip
+        by_stored=by_size,
+        runs=args.runs,
+        cpu_s=round(cpu_seconds() - cpu0, 2),
+    )
 
 
 if __name__ == "__main__":

@@ -86,10 +86,19 @@ def main() -> None:
         floor_p99s.append(percentile(trio.run(floor_run, args.alarms, args.span_s), 99))
     p99, floor = median(p99s), median(floor_p99s)
     report(
-        "lateness", p50_ms=round(median(p50s), 3), p99_ms=round(p99, 3), max_ms=round(median(maxes), 3),
-        early=early, floor_p99_ms=round(floor, 3), target_p99_ms=5, met=p99 <= 5 and early == 0,
-        alarms=args.alarms, span_s=args.span_s, runs=args.runs, peak_rss_mb=round(peak_rss_mb(), 1),
-    )  # fmt: skip
+        "lateness",
+        p50_ms=round(median(p50s), 3),
+        p99_ms=round(p99, 3),
+        max_ms=round(median(maxes), 3),
+        early=early,
+        floor_p99_ms=round(floor, 3),
+        target_p99_ms=5,
+        met=p99 <= 5 and early == 0,
+        alarms=args.alarms,
+        span_s=args.span_s,
+        runs=args.runs,
+        peak_rss_mb=round(peak_rss_mb(), 1),
+    )
 
 
 if __name__ == "__main__":

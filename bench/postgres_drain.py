@@ -51,8 +51,9 @@ item = djobs.Job.make("item", params=Item, execute=noop, max_attempts=1)
 
 async def worker_main(dsn: str, schema: str, folder: Path, name: str, concurrency: int) -> None:
     options = djobs.WorkerOptions(max_concurrency=concurrency, poll_interval="20ms", batch_size=200)
-    async with djobs.open_engine([item], storage=djobs.postgres(dsn, schema=schema), worker=options,
-                                 alarm_poll_interval=None) as engine:  # fmt: skip
+    async with djobs.open_engine(
+        [item], storage=djobs.postgres(dsn, schema=schema), worker=options, alarm_poll_interval=None
+    ) as engine:
         (folder / f"{name}.ready").touch()
         while not (folder / "go").exists():  # noqa: ASYNC110 - the parent makes the file; no event to wait on
             await trio.sleep(0.005)
@@ -72,10 +73,11 @@ async def fill(dsn: str, schema: str, jobs: int) -> None:
     async with djobs.postgres(dsn, schema=schema).open() as storage:
         assert isinstance(storage, djobs.storage.QueueStorage)
         rows = [
-            NewJob(id=str(uuid.uuid4()), name="item", params=b'{"n":%d}' % n, max_attempts=1, scheduled_for=0,
-                   created_at=0)
+            NewJob(
+                id=str(uuid.uuid4()), name="item", params=b'{"n":%d}' % n, max_attempts=1, scheduled_for=0, created_at=0
+            )
             for n in range(jobs)
-        ]  # fmt: skip
+        ]
         for start in range(0, jobs, 5000):
             await storage.enqueue_jobs(rows[start : start + 5000])
 
@@ -143,16 +145,23 @@ def main() -> None:
     rates: dict[str, int] = {}
     floors: dict[str, int] = {}
     for p in counts:
-        rates[str(p)] = round(median([args.jobs / djobs_run(dsn, args.jobs, p, args.concurrency)
-                                      for _ in range(args.runs)]))  # fmt: skip
+        rates[str(p)] = round(
+            median([args.jobs / djobs_run(dsn, args.jobs, p, args.concurrency) for _ in range(args.runs)])
+        )
         floors[str(p)] = round(median([args.jobs / floor_run(dsn, args.jobs, p) for _ in range(args.runs)]))
     first, last = str(counts[0]), str(counts[-1])
     report(
-        "postgres_drain", jobs_per_s=rates, floor_jobs_per_s=floors,
-        speedup=round(rates[last] / rates[first], 2), ideal_speedup=counts[-1] / counts[0],
-        ratio_to_floor={p: round(rates[p] / floors[p], 3) for p in rates}, jobs=args.jobs,
-        concurrency_per_process=args.concurrency, runs=args.runs, postgres=server_version(dsn),
-    )  # fmt: skip
+        "postgres_drain",
+        jobs_per_s=rates,
+        floor_jobs_per_s=floors,
+        speedup=round(rates[last] / rates[first], 2),
+        ideal_speedup=counts[-1] / counts[0],
+        ratio_to_floor={p: round(rates[p] / floors[p], 3) for p in rates},
+        jobs=args.jobs,
+        concurrency_per_process=args.concurrency,
+        runs=args.runs,
+        postgres=server_version(dsn),
+    )
 
 
 if __name__ == "__main__":

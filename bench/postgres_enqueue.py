@@ -90,11 +90,18 @@ def main() -> None:
     cpu = cpu_seconds() - cpu0
     rate, floor = median(rates), median(floors)
     report(
-        "postgres_enqueue", jobs_per_s=round(rate), floor_jobs_per_s=round(floor),
-        ratio_to_floor=round(rate / floor, 3), jobs=args.jobs, tasks=args.tasks, pool=args.pool, runs=args.runs,
-        postgres=server_version(dsn), peak_rss_mb=round(peak_rss_mb(), 1),
+        "postgres_enqueue",
+        jobs_per_s=round(rate),
+        floor_jobs_per_s=round(floor),
+        ratio_to_floor=round(rate / floor, 3),
+        jobs=args.jobs,
+        tasks=args.tasks,
+        pool=args.pool,
+        runs=args.runs,
+        postgres=server_version(dsn),
+        peak_rss_mb=round(peak_rss_mb(), 1),
         cpu_s_per_1000=round(cpu / (args.runs * args.jobs) * 1000, 4),
-    )  # fmt: skip
+    )
 
 
 if __name__ == "__main__":

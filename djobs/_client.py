@@ -32,9 +32,13 @@ class Client:
     """
 
     def __init__(
-        self, handlers: dict[str, Any], *, queue: JobQueue | None = None, crons: CronScheduler | None = None,
+        self,
+        handlers: dict[str, Any],
+        *,
+        queue: JobQueue | None = None,
+        crons: CronScheduler | None = None,
         tenant_id: str | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self._handlers = handlers
         self._queue = queue
         self._crons = crons
@@ -98,9 +102,14 @@ class Client:
         return CronsClient(self._crons, self._tenant_id)
 
     def send_event(
-        self, event: str, payload: object, *, tenant_id: str | None = None, correlation_id: str | None = None,
+        self,
+        event: str,
+        payload: object,
+        *,
+        tenant_id: str | None = None,
+        correlation_id: str | None = None,
         idempotency_key: str | None = None,
-    ) -> FutureResult[EventResult, ValidationError | TenantError | StorageError]:  # fmt: skip
+    ) -> FutureResult[EventResult, ValidationError | TenantError | StorageError]:
         """Enqueue one job per definition listening to `event` (``Job.make(..., on=event)``).
 
         The payload is validated against every listener's params before
@@ -116,9 +125,15 @@ class Client:
         if queue is None:
             return FutureResult.from_failure(StorageError("this engine's storage layer does not hold a job queue"))
         return effect(
-            lambda: queue.send_event(scope, event, payload, tenant_id=tenant_id, correlation_id=correlation_id,
-                                     idempotency_key=idempotency_key)
-        )  # fmt: skip
+            lambda: queue.send_event(
+                scope,
+                event,
+                payload,
+                tenant_id=tenant_id,
+                correlation_id=correlation_id,
+                idempotency_key=idempotency_key,
+            )
+        )
 
     def _handler(self, job: object, kind: type[Any]) -> tuple[str, Any]:
         name = job if isinstance(job, str) else getattr(job, "name", repr(job))

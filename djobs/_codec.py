@@ -56,9 +56,11 @@ def decode(tp: type[T], raw: bytes, *, what: str) -> Result[T, ValidationError]:
         return Success(_decoder(tp).decode(raw))
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         return Failure(
-            ValidationError(f"stored {what} no longer matches {_type_name(tp)}: {exc}; "
-                            "change the struct compatibly (new fields need defaults)")
-        )  # fmt: skip
+            ValidationError(
+                f"stored {what} no longer matches {_type_name(tp)}: {exc}; "
+                "change the struct compatibly (new fields need defaults)"
+            )
+        )
 
 
 def validate(tp: type[T], value: object, *, what: str) -> Result[T, ValidationError]:

@@ -166,10 +166,21 @@ def open_engine(
         ```
     """
     return open_engine_as(
-        Engine, definitions, storage=storage, clock=clock, tracker=tracker, services=services,
-        max_concurrency=max_concurrency, alarm_lease=alarm_lease, alarm_poll_interval=alarm_poll_interval,
-        shutdown_grace=shutdown_grace, seed=seed, logger=logger, worker=worker, tenancy=tenancy,
-    )  # fmt: skip
+        Engine,
+        definitions,
+        storage=storage,
+        clock=clock,
+        tracker=tracker,
+        services=services,
+        max_concurrency=max_concurrency,
+        alarm_lease=alarm_lease,
+        alarm_poll_interval=alarm_poll_interval,
+        shutdown_grace=shutdown_grace,
+        seed=seed,
+        logger=logger,
+        worker=worker,
+        tenancy=tenancy,
+    )
 
 
 @asynccontextmanager
@@ -201,11 +212,14 @@ async def open_engine_as(
     the_tracker: Tracker = tracker if tracker is not None else NoopTracker()
     async with layer.open() as store, trio.open_nursery() as nursery:
         env = Env(
-            storage=store, clock=clock or WallClock(), tracker=the_tracker, services=services,
-            rng=random.Random(seed), logger=logger or logging.getLogger("djobs"),
-        )  # fmt: skip
-        runtime = Runtime(env, nursery, max_concurrency=max_concurrency, alarm_lease_ms=lease_ms,
-                          alarm_poll_ms=poll_ms)  # fmt: skip
+            storage=store,
+            clock=clock or WallClock(),
+            tracker=the_tracker,
+            services=services,
+            rng=random.Random(seed),
+            logger=logger or logging.getLogger("djobs"),
+        )
+        runtime = Runtime(env, nursery, max_concurrency=max_concurrency, alarm_lease_ms=lease_ms, alarm_poll_ms=poll_ms)
         handlers: dict[str, Any] = {}
         for d in definitions:
             handler = d.bind(runtime)
@@ -275,9 +289,13 @@ async def _scoped(
 
 
 async def _open_queue(
-    env: Env, store: Storage, nursery: trio.Nursery, handlers: dict[str, Any], options: WorkerOptions | None,
+    env: Env,
+    store: Storage,
+    nursery: trio.Nursery,
+    handlers: dict[str, Any],
+    options: WorkerOptions | None,
     tenancy: Tenancy,
-) -> tuple[JobQueue | None, CronScheduler | None, Worker | None]:  # fmt: skip
+) -> tuple[JobQueue | None, CronScheduler | None, Worker | None]:
     """The job queue, cron jobs and worker of an engine (none if the storage layer holds no queue)."""
     jobs = [h for h in handlers.values() if isinstance(h, JobHandler)]
     cron_jobs = [h for h in handlers.values() if isinstance(h, CronHandler)]

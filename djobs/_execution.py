@@ -123,9 +123,13 @@ class Env:
     def event(self, type: str, key: str, kind: str, name: str, **data: Any) -> TrackedEvent:
         """A telemetry event stamped with the clock's time."""
         return TrackedEvent(
-            type=type, instance_id=key, job_type=kind, job_name=name,
-            at=to_datetime(self.clock.now_ms()), data=data,
-        )  # fmt: skip
+            type=type,
+            instance_id=key,
+            job_type=kind,
+            job_name=name,
+            at=to_datetime(self.clock.now_ms()),
+            data=data,
+        )
 
     def job_log(self, kind: str, name: str, option: LoggingOption, **extra: Any) -> JobLog:
         """The ``ctx.log`` for one run of the job `name`."""
@@ -278,8 +282,12 @@ async def execute(
         return Outcome("succeeded", value=result.unwrap(), duration_ms=duration_ms)
 
     error = result.failure()
-    failed = {"error": {"tag": error.tag, "message": error.message}, "run_count": info.run_count,
-              "attempt": info.attempt, "duration_ms": duration_ms}  # fmt: skip
+    failed = {
+        "error": {"tag": error.tag, "message": error.message},
+        "run_count": info.run_count,
+        "attempt": info.attempt,
+        "duration_ms": duration_ms,
+    }
     if retry is None or not retry.should_retry(error):
         log.error("failed (no retry): %s", error.message)
         ev("job.failed", **failed, will_retry=False)
@@ -291,8 +299,8 @@ async def execute(
         return Outcome("exhausted", error=error, duration_ms=duration_ms)
     delay = retry.delay_before(info.attempt + 1, env.rng)
     retry_at = env.now_ms() + max(0, round(delay.total_seconds() * 1000))
-    log.warning("failed on attempt %d of %d, retrying in %s: %s", info.attempt, retry.max_attempts,
-                delay, error.message)  # fmt: skip
+    log.warning(
+        "failed on attempt %d of %d, retrying in %s: %s", info.attempt, retry.max_attempts, delay, error.message
+    )
     ev("job.failed", **failed, will_retry=True, retry_at=to_datetime(retry_at).isoformat())
     return Outcome("retrying", error=error, retry_at=retry_at, duration_ms=duration_ms)
-

@@ -350,8 +350,11 @@ class Worker:
             applied = await self.storage.settle_jobs([item[0] for item in batch])
         except StorageError as exc:
             # The rows stay as they are: their leases lapse and they run again.
-            self._log.error("could not record how %d job attempt(s) ended; they run again after their lease: %s",
-                            len(batch), exc.message)  # fmt: skip
+            self._log.error(
+                "could not record how %d job attempt(s) ended; they run again after their lease: %s",
+                len(batch),
+                exc.message,
+            )
             applied = [None] * len(batch)
         events: list[TrackedEvent] = []
         for (settlement, job_events, handle, poke_at), ok in zip(batch, applied, strict=True):
@@ -363,8 +366,11 @@ class Worker:
                 if poke_at is not None:
                     self.poke(poke_at)
             elif ok is not None:
-                self._log.warning("job %s: attempt %d lost its lease before it ended; its outcome is dropped",
-                                  settlement.job_id, settlement.attempt)  # fmt: skip
+                self._log.warning(
+                    "job %s: attempt %d lost its lease before it ended; its outcome is dropped",
+                    settlement.job_id,
+                    settlement.attempt,
+                )
         self.emit(events)
         self._check_idle()
 
@@ -373,18 +379,31 @@ class Worker:
         `done`, they are handed back because a cancel was requested, so they end cancelled."""
         now = self.env.now_ms()
         settlements = [
-            JobSettlement(job_id=j.id, worker_id=self.id, attempt=j.attempt, status="pending", at=now,
-                          release=True, error=CANCELLED_ERROR)
+            JobSettlement(
+                job_id=j.id,
+                worker_id=self.id,
+                attempt=j.attempt,
+                status="pending",
+                at=now,
+                release=True,
+                error=CANCELLED_ERROR,
+            )
             for j in jobs
-        ]  # fmt: skip
+        ]
         try:
             applied = await self.storage.settle_jobs(settlements)
             if done is not None:  # handed back because it was cancelled: the row ends cancelled
-                self.emit([self.event("job.cancelled", j.id, j.name, attempt=j.attempt)
-                           for j, ok in zip(jobs, applied, strict=True) if ok])  # fmt: skip
+                self.emit(
+                    [
+                        self.event("job.cancelled", j.id, j.name, attempt=j.attempt)
+                        for j, ok in zip(jobs, applied, strict=True)
+                        if ok
+                    ]
+                )
         except StorageError as exc:
-            self._log.warning("could not hand back %d claimed job(s); they run after their lease: %s", len(jobs),
-                              exc.message)  # fmt: skip
+            self._log.warning(
+                "could not hand back %d claimed job(s); they run after their lease: %s", len(jobs), exc.message
+            )
         finally:
             for j in jobs:
                 self._held.discard((j.id, j.attempt))
@@ -470,14 +489,29 @@ class Worker:
     def _report_expired(self, expired: Sequence[ExpiredLease]) -> None:
         events: list[TrackedEvent] = []
         for lease in expired:
-            self._log.warning("job %s (%s): the lease of attempt %d by %s expired; it is now %s", lease.id, lease.name,
-                              lease.attempt, lease.worker_id, lease.status)  # fmt: skip
-            events.append(self.event("job.lease_expired", lease.id, lease.name, attempt=lease.attempt,
-                                     worker_id=lease.worker_id, status=lease.status))  # fmt: skip
+            self._log.warning(
+                "job %s (%s): the lease of attempt %d by %s expired; it is now %s",
+                lease.id,
+                lease.name,
+                lease.attempt,
+                lease.worker_id,
+                lease.status,
+            )
+            events.append(
+                self.event(
+                    "job.lease_expired",
+                    lease.id,
+                    lease.name,
+                    attempt=lease.attempt,
+                    worker_id=lease.worker_id,
+                    status=lease.status,
+                )
+            )
             if lease.status == "failed":
                 error = {"tag": "execution", "message": "the lease of its last attempt expired"}
-                events.append(self.event("job.failed", lease.id, lease.name, attempt=lease.attempt, will_retry=False,
-                                         error=error))  # fmt: skip
+                events.append(
+                    self.event("job.failed", lease.id, lease.name, attempt=lease.attempt, will_retry=False, error=error)
+                )
             elif lease.status == "cancelled":
                 events.append(self.event("job.cancelled", lease.id, lease.name, attempt=lease.attempt))
         self.emit(events)

@@ -79,9 +79,14 @@ def send_batch(ctx: djobs.DebounceContext[Batch]) -> None:
 
 
 webhooks = djobs.Debounce.make(
-    "webhookBatcher", event=Webhook, state=Batch, flush_after="1 second", max_events=100,
-    on_event=collect, execute=send_batch,
-)  # fmt: skip
+    "webhookBatcher",
+    event=Webhook,
+    state=Batch,
+    flush_after="1 second",
+    max_events=100,
+    on_event=collect,
+    execute=send_batch,
+)
 
 
 async def debounce_demo() -> None:
@@ -144,8 +149,7 @@ def check_order(ctx: djobs.TaskContext[Order]) -> None:
         ctx.terminate(reason="delivered")
 
 
-orders = djobs.Task.make("orderProcessor", state=Order, event=OrderEvent, on_event=on_order_event,
-                         execute=check_order)  # fmt: skip
+orders = djobs.Task.make("orderProcessor", state=Order, event=OrderEvent, on_event=on_order_event, execute=check_order)
 
 
 async def task_demo() -> None:

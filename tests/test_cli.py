@@ -134,8 +134,9 @@ def build(path: Path) -> Built:
             assert isinstance(store, SqliteStorage)
             now = T0_MS + 5 * MINUTE
             running = "019b76da-0000-7000-8000-000000000001"
-            row = NewJob(id=running, name="greet", params=b'{"name":"Eve"}', max_attempts=3, scheduled_for=now,
-                         created_at=now)  # fmt: skip
+            row = NewJob(
+                id=running, name="greet", params=b'{"name":"Eve"}', max_attempts=3, scheduled_for=now, created_at=now
+            )
             await store.start_job(row, OTHER_WORKER, now + 5 * MINUTE)
             assert await store.acquire_instance_lease("continuous:refresher:user-1", OTHER_WORKER, now, 5 * MINUTE)
         assert completed is not None and failed is not None
@@ -191,8 +192,12 @@ def test_status_counts_instances_alarms_queue_and_leases(capsys: pytest.CaptureF
     assert s["alarms"] == {"due": 0, "claimed": 0, "later": 3, "next_at": "2026-01-01T00:10:00.000Z"}
     assert s["jobs"] == {"pending": 2, "running": 1, "completed": 1, "failed": 1, "cancelled": 1}
     assert s["jobs_due"] == 1
-    assert s["oldest_pending"] == {"id": db.due, "name": "greet", "scheduled_for": "2026-01-01T00:00:00.000Z",
-                                   "waiting_ms": 5 * MINUTE}  # fmt: skip
+    assert s["oldest_pending"] == {
+        "id": db.due,
+        "name": "greet",
+        "scheduled_for": "2026-01-01T00:00:00.000Z",
+        "waiting_ms": 5 * MINUTE,
+    }
     assert s["leases"] == [{"owner": OTHER_WORKER, "instances": 1, "jobs": 1, "expired": 0}]
 
 
@@ -219,9 +224,15 @@ def test_status_table_for_people(capsys: pytest.CaptureFixture[str], db: Built) 
 
 
 READ_COMMANDS = [
-    ["status"], ["instances", "list"], ["instances", "show", "continuous:refresher:user-1"], ["jobs", "list"],
-    ["jobs", "show", "x"], ["jobs", "cancel", "x"], ["jobs", "retry", "x"], ["cron", "list"],
-]  # fmt: skip
+    ["status"],
+    ["instances", "list"],
+    ["instances", "show", "continuous:refresher:user-1"],
+    ["jobs", "list"],
+    ["jobs", "show", "x"],
+    ["jobs", "cancel", "x"],
+    ["jobs", "retry", "x"],
+    ["cron", "list"],
+]
 
 
 @pytest.mark.parametrize("command", READ_COMMANDS, ids=" ".join)
@@ -253,8 +264,11 @@ def test_foreign_files_and_other_schema_versions_are_refused_untouched(
     conn.close()
     empty = tmp_path / "empty.db"
     empty.touch()
-    cases = {text: "the file is not a database", other: "is not a djobs database (it holds other data)",
-             empty: "is not a djobs database (an empty file)"}  # fmt: skip
+    cases = {
+        text: "the file is not a database",
+        other: "is not a djobs database (it holds other data)",
+        empty: "is not a djobs database (an empty file)",
+    }
     for path, message in cases.items():
         before = path.read_bytes()
         code, out, err = run(capsys, "status", "--db", str(path))
@@ -288,7 +302,10 @@ def test_instances_list_filters_and_pages(capsys: pytest.CaptureFixture[str], db
     lines = out.splitlines()
     assert lines[0].split() == ["KEY", "STATUS", "RUNS", "EVENTS", "ALARM", "UPDATED"]
     assert [line.split()[0] for line in lines[1:]] == [
-        "continuous:refresher:user-1", "continuous:refresher:user-2", "debounce:webhooks:acct-1"]  # fmt: skip
+        "continuous:refresher:user-1",
+        "continuous:refresher:user-2",
+        "debounce:webhooks:acct-1",
+    ]
     assert "2026-01-01 00:30:00Z" in lines[1]
     only = run_json(capsys, "instances", "list", "--kind", "debounce", "--db", str(db.path))
     assert [i["key"] for i in only] == ["debounce:webhooks:acct-1"]
@@ -296,8 +313,17 @@ def test_instances_list_filters_and_pages(capsys: pytest.CaptureFixture[str], db
     code, out, err = run(capsys, "instances", "list", "--limit", "1", "--db", str(db.path))
     assert len(out.splitlines()) == 2
     assert "--after 'continuous:refresher:user-1'" in err
-    page = run_json(capsys, "instances", "list", "--after", "continuous:refresher:user-1", "--name", "refresher",
-                    "--db", str(db.path))  # fmt: skip
+    page = run_json(
+        capsys,
+        "instances",
+        "list",
+        "--after",
+        "continuous:refresher:user-1",
+        "--name",
+        "refresher",
+        "--db",
+        str(db.path),
+    )
     assert [i["key"] for i in page] == ["continuous:refresher:user-2"]
     nobody = run(capsys, "instances", "list", "--name", "nobody", "--db", str(db.path))
     assert nobody == (0, "", "no instances match\n")
@@ -307,8 +333,12 @@ def test_instances_show_state_alarm_lease_and_counters(capsys: pytest.CaptureFix
     shown = run_json(capsys, "instances", "show", "continuous:refresher:user-1", "--db", str(db.path))
     assert shown["state"] == {"token": "t-1", "runs": 1}
     assert shown["run_count"] == 1 and shown["status"] == "running"
-    assert shown["alarm"] == {"fire_at": "2026-01-01T00:30:00.000Z", "purpose": "run", "due": False,
-                              "claimed_until": None}  # fmt: skip
+    assert shown["alarm"] == {
+        "fire_at": "2026-01-01T00:30:00.000Z",
+        "purpose": "run",
+        "due": False,
+        "claimed_until": None,
+    }
     assert shown["lease"] == {"owner": OTHER_WORKER, "expires_at": "2026-01-01T00:10:00.000Z", "expired": False}
     # name:id finds the one kind that has it.
     assert run_json(capsys, "instances", "show", "refresher:user-2", "--db", str(db.path))["lease"] is None
@@ -367,7 +397,11 @@ def test_jobs_cancel(capsys: pytest.CaptureFixture[str], db: Built) -> None:
     assert job_row(db.path, db.due)["status"] == "cancelled"
     # Running in another process: its worker stops it at the next renewal.
     assert run_json(capsys, "jobs", "cancel", db.running, "--db", path) == {
-        "job_id": db.running, "status": "running", "cancel_requested": True, "cancelled": True}  # fmt: skip
+        "job_id": db.running,
+        "status": "running",
+        "cancel_requested": True,
+        "cancelled": True,
+    }
     assert job_row(db.path, db.running)["cancel_requested"] == 1
     code, out, _ = run(capsys, "jobs", "cancel", db.cancelled, "--db", path)
     assert (code, out) == (0, f"job {db.cancelled} (greet): already cancelled\n")
@@ -382,8 +416,12 @@ def test_jobs_retry(capsys: pytest.CaptureFixture[str], db: Built) -> None:
     code, out, _ = run(capsys, "jobs", "retry", db.failed, "--db", path)
     assert (code, out) == (0, f"job {db.failed} (greet): pending again, due now, 1 attempt(s)\n")
     row = job_row(db.path, db.failed)
-    assert (row["status"], row["attempt_count"], row["error"], row["scheduled_for"]) == ("pending", 0, None,
-                                                                                          AT_5M.at_ms)  # fmt: skip
+    assert (row["status"], row["attempt_count"], row["error"], row["scheduled_for"]) == (
+        "pending",
+        0,
+        None,
+        AT_5M.at_ms,
+    )
     code, out, err = run(capsys, "jobs", "retry", db.due, "--db", path)
     assert (code, out) == (ExitCode.FAILED, "")
     assert "is pending; only a failed or cancelled job can be retried" in err
@@ -393,9 +431,17 @@ def test_jobs_retry(capsys: pytest.CaptureFixture[str], db: Built) -> None:
 
 def test_cron_list(capsys: pytest.CaptureFixture[str], db: Built) -> None:
     [cron] = run_json(capsys, "cron", "list", "--db", str(db.path))
-    assert cron == {"name": "nightly", "job_name": "greet", "schedule": "0 3 * * *", "tz": "UTC", "enabled": True,
-                    "next_run_at": "2026-01-01T03:00:00Z", "last_run_at": None, "last_job_id": None,
-                    "tenant_id": None}  # fmt: skip
+    assert cron == {
+        "name": "nightly",
+        "job_name": "greet",
+        "schedule": "0 3 * * *",
+        "tz": "UTC",
+        "enabled": True,
+        "next_run_at": "2026-01-01T03:00:00Z",
+        "last_run_at": None,
+        "last_job_id": None,
+        "tenant_id": None,
+    }
     code, out, _ = run(capsys, "cron", "list", "--db", str(db.path))
     assert code == 0 and re.search(r"nightly\s+greet\s+0 3 \* \* \*\s+UTC\s+yes\s+2026-01-01 03:00:00Z", out)
 
@@ -405,17 +451,43 @@ def test_cron_list(capsys: pytest.CaptureFixture[str], db: Built) -> None:
 
 def test_enqueue_validates_and_prints_the_id(capsys: pytest.CaptureFixture[str], db: Built) -> None:
     path = str(db.path)
-    code, out, err = run(capsys, "enqueue", HERE + "greeter", "--params", '{"name": "Zoe"}', "--delay", "1 hour",
-                         "--priority", "5", "--db", path)  # fmt: skip
+    code, out, err = run(
+        capsys,
+        "enqueue",
+        HERE + "greeter",
+        "--params",
+        '{"name": "Zoe"}',
+        "--delay",
+        "1 hour",
+        "--priority",
+        "5",
+        "--db",
+        path,
+    )
     assert code == 0, err
     job_id = out.strip()
     assert re.fullmatch(r"[0-9a-f-]{36}", job_id)
     assert "due 2026-01-01 01:05:00Z" in err
     row = job_row(db.path, job_id)
     assert (row["status"], row["params"], row["scheduled_for"], row["priority"]) == (
-        "pending", b'{"name":"Zoe"}', AT_5M.at_ms + 60 * MINUTE, 5)  # fmt: skip
-    info = run_json(capsys, "enqueue", HERE + "greeter", "--params", '{"name": "Al"}', "--at", "2026-02-01T09:00Z",
-                    "--tenant", "acme", "--db", path)  # fmt: skip
+        "pending",
+        b'{"name":"Zoe"}',
+        AT_5M.at_ms + 60 * MINUTE,
+        5,
+    )
+    info = run_json(
+        capsys,
+        "enqueue",
+        HERE + "greeter",
+        "--params",
+        '{"name": "Al"}',
+        "--at",
+        "2026-02-01T09:00Z",
+        "--tenant",
+        "acme",
+        "--db",
+        path,
+    )
     assert (info["status"], info["tenant_id"], info["scheduled_for"]) == ("pending", "acme", "2026-02-01T09:00:00Z")
 
 
@@ -457,8 +529,9 @@ def test_enqueue_never_claims_an_alarm(capsys: pytest.CaptureFixture[str], db: B
     # At 01:00 every alarm is due; an engine's sleeper would claim them (and, without a
     # handler, leave them claimed for minutes). The CLI's client-only engine must not.
     later = FixedClock(T0_MS + 60 * MINUTE)
-    code, _, err = run(capsys, "enqueue", HERE + "greeter", "--params", '{"name": "x"}', "--db", str(db.path),
-                       clock=later)  # fmt: skip
+    code, _, err = run(
+        capsys, "enqueue", HERE + "greeter", "--params", '{"name": "x"}', "--db", str(db.path), clock=later
+    )
     assert code == 0, err
     assert run_json(capsys, "status", "--db", str(db.path), clock=later)["alarms"]["due"] == 3
 
@@ -469,8 +542,9 @@ def test_enqueue_never_claims_an_alarm(capsys: pytest.CaptureFixture[str], db: B
 def test_batch_runs_each_line_and_reports_failures(capsys: pytest.CaptureFixture[str], db: Built) -> None:
     params = db.path.parent / "people.jsonl"
     params.write_text('{"name": "Ann"}\n\n{"name": "fail"}\n{"name": "Ben"}\n')
-    code, out, err = run(capsys, "batch", HERE + "greeter", "--params-file", str(params), "--concurrency", "2",
-                         "--db", str(db.path))  # fmt: skip
+    code, out, err = run(
+        capsys, "batch", HERE + "greeter", "--params-file", str(params), "--concurrency", "2", "--db", str(db.path)
+    )
     assert code == ExitCode.FAILED
     assert out.startswith("3 job(s): 2 completed, 1 failed\n")
     assert re.search(r"failed\s+1\s+retry_exhausted: .*no greeting for fail", out)
@@ -485,12 +559,15 @@ def test_batch_runs_each_line_and_reports_failures(capsys: pytest.CaptureFixture
 def test_batch_json_and_all_completed(capsys: pytest.CaptureFixture[str], db: Built) -> None:
     params = db.path.parent / "two.jsonl"
     params.write_text('{"name": "Ann"}\n{"name": "Ben"}\n')
-    code, out, err = run(capsys, "batch", HERE + "greeter", "--params-file", str(params), "--json", "--no-progress",
-                         "--db", str(db.path))  # fmt: skip
+    code, out, err = run(
+        capsys, "batch", HERE + "greeter", "--params-file", str(params), "--json", "--no-progress", "--db", str(db.path)
+    )
     assert code == 0, err
     runs = json.loads(out)
     assert [(r["status"], r["result"], r["error"], r["attempts"]) for r in runs] == [
-        ("completed", {"text": "Hello, Ann!"}, None, 1), ("completed", {"text": "Hello, Ben!"}, None, 1)]  # fmt: skip
+        ("completed", {"text": "Hello, Ann!"}, None, 1),
+        ("completed", {"text": "Hello, Ben!"}, None, 1),
+    ]
     assert "[" not in err  # no bar
 
 
@@ -501,8 +578,9 @@ def test_batch_refuses_a_bad_line_before_running_anything(capsys: pytest.Capture
     assert (code, out) == (ExitCode.USAGE, "")
     assert "bad.jsonl, line 2, does not match Greet: Object missing required field `name`" in err
     assert run_json(capsys, "status", "--db", str(db.path))["jobs"]["completed"] == 1  # nothing ran
-    code, _, err = run(capsys, "batch", HERE + "greeter", "--params-file", str(params.parent / "missing.jsonl"),
-                       "--db", str(db.path))  # fmt: skip
+    code, _, err = run(
+        capsys, "batch", HERE + "greeter", "--params-file", str(params.parent / "missing.jsonl"), "--db", str(db.path)
+    )
     assert code == ExitCode.USAGE and "cannot read --params-file" in err
 
 
@@ -512,8 +590,9 @@ def test_batch_on_a_terminal_follows_its_rows_live(
     params = db.path.parent / "many.jsonl"
     params.write_text("".join(f'{{"name": "p{i}"}}\n' for i in range(20)))
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
-    code, out, err = run(capsys, "batch", HERE + "greeter", "--params-file", str(params), "--concurrency", "4",
-                         "--db", str(db.path))  # fmt: skip
+    code, out, err = run(
+        capsys, "batch", HERE + "greeter", "--params-file", str(params), "--concurrency", "4", "--db", str(db.path)
+    )
     assert code == 0, err
     assert out == "20 job(s): 20 completed\n"
     draws = err.split("\r")
@@ -553,8 +632,9 @@ def test_inspector_is_found_for_sqlite_and_for_storages_that_implement_it() -> N
             assert isinstance(storage, SqliteStorage)
             found = inspector(storage)
             assert isinstance(found, SqliteInspector)
-            assert await found.job_counts() == dict.fromkeys(["pending", "running", "completed", "failed",
-                                                              "cancelled"], 0)  # fmt: skip
+            assert await found.job_counts() == dict.fromkeys(
+                ["pending", "running", "completed", "failed", "cancelled"], 0
+            )
 
     trio.run(check)
 
@@ -587,8 +667,17 @@ def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 def test_batch_in_your_own_engine_gets_your_services(capsys: pytest.CaptureFixture[str], app: Path) -> None:
     (app.parent / "people.jsonl").write_text('{"name": "Ada"}\n')
-    code, out, err = run(capsys, "batch", "jobs_app:send_greeting", "--params-file", "people.jsonl", "--engine",
-                         "jobs_app:make_engine", "--json", clock=None)  # fmt: skip
+    code, out, err = run(
+        capsys,
+        "batch",
+        "jobs_app:send_greeting",
+        "--params-file",
+        "people.jsonl",
+        "--engine",
+        "jobs_app:make_engine",
+        "--json",
+        clock=None,
+    )
     assert code == 0, err
     assert [r["result"] for r in json.loads(out)] == [{"text": "Hello, Ada!"}]  # "Hello" is the factory's service
 
@@ -621,18 +710,21 @@ def test_worker_reports_an_unusable_database(
     assert "the file is not a database" in err and "Traceback" not in err
 
 
-def test_worker_process_runs_jobs_and_stops_gracefully_on_sigint(
-    capsys: pytest.CaptureFixture[str], app: Path
-) -> None:
-    code, out, err = run(capsys, "enqueue", "jobs_app:send_greeting", "--params", '{"name": "Ada"}', "--db", str(app),
-                         clock=None)  # fmt: skip
+def test_worker_process_runs_jobs_and_stops_gracefully_on_sigint(capsys: pytest.CaptureFixture[str], app: Path) -> None:
+    code, out, err = run(
+        capsys, "enqueue", "jobs_app:send_greeting", "--params", '{"name": "Ada"}', "--db", str(app), clock=None
+    )
     assert code == 0, err
     job_id = out.strip()
     env = {**os.environ, "JOBS_DB": str(app), "PYTHONUNBUFFERED": "1"}
     worker = subprocess.Popen(
         [sys.executable, "-m", "djobs.cli", "worker", "jobs_app:make_engine"],
-        cwd=app.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        cwd=app.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 15
         status = None

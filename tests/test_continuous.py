@@ -23,9 +23,7 @@ class Tokens(msgspec.Struct):
 
 async def refresh(ctx: djobs.ContinuousContext[Tokens]) -> Result[None, djobs.ExecutionError]:
     token = f"at-{ctx.run_count}"
-    ctx.set_state(
-        msgspec.structs.replace(ctx.state, access_token=token, expires_at=ctx.now() + timedelta(minutes=30))
-    )
+    ctx.set_state(msgspec.structs.replace(ctx.state, access_token=token, expires_at=ctx.now() + timedelta(minutes=30)))
     return Success(None)
 
 
@@ -93,9 +91,7 @@ def make_health_checker(results: list[bool], seen: list[tuple[int, int, bool]]) 
         healthy = results.pop(0) if results else True
         if not healthy and ctx.state.consecutive_failures >= 2:
             ctx.terminate(reason="Too many failures")
-        ctx.update_state(
-            lambda s: Health(ctx.now(), 0 if healthy else s.consecutive_failures + 1)
-        )
+        ctx.update_state(lambda s: Health(ctx.now(), 0 if healthy else s.consecutive_failures + 1))
 
     return djobs.Continuous.make("healthChecker", state=Health, schedule=djobs.every("5 minutes"), execute=check)
 
@@ -138,9 +134,12 @@ async def test_retries_follow_the_backoff_and_report_attempts(autojump_clock: tr
         return Success(None)
 
     job = djobs.Continuous.make(
-        "flaky", state=Health, schedule=djobs.every("1 hour"), execute=flaky,
+        "flaky",
+        state=Health,
+        schedule=djobs.every("1 hour"),
+        execute=flaky,
         retry=djobs.Retry(max_attempts=3, delay=djobs.Backoff.exponential(base="1 second", max="30 seconds")),
-    )  # fmt: skip
+    )
     async with open_test_engine([job]) as engine:
         t0 = engine.clock.now_ms()
         await engine.client.continuous(job).start(id="x", input=Health())
@@ -162,9 +161,12 @@ async def test_exhausted_retries_terminate_the_instance(autojump_clock: trio.tes
         raise RuntimeError("boom")
 
     job = djobs.Continuous.make(
-        "doomed", state=Health, schedule=djobs.every("1 minute"), execute=always_fails,
+        "doomed",
+        state=Health,
+        schedule=djobs.every("1 minute"),
+        execute=always_fails,
         retry=djobs.Retry(max_attempts=3, delay=djobs.Backoff.fixed("1 second")),
-    )  # fmt: skip
+    )
     async with open_test_engine([job]) as engine:
         await engine.client.continuous(job).start(id="x", input=Health())
         await trio.sleep(60)
@@ -261,8 +263,10 @@ async def test_bad_input(autojump_clock: trio.testing.MockClock) -> None:
         assert isinstance(bad, djobs.ValidationError)
         assert "Tokens" in bad.message
         wrong_type = Tokens(access_token=123, refresh_token="r")  # type: ignore[arg-type]
-        assert isinstance(failure(await engine.client.continuous(token_refresher).start(id="y", input=wrong_type)),
-                          djobs.ValidationError)  # fmt: skip
+        assert isinstance(
+            failure(await engine.client.continuous(token_refresher).start(id="y", input=wrong_type)),
+            djobs.ValidationError,
+        )
         for bad_id in ["", "x" * 10_000, "nul\x00byte", 42]:
             err = failure(await engine.client.continuous(token_refresher).start(id=bad_id, input=Tokens("", "r")))  # type: ignore[arg-type]
             assert isinstance(err, djobs.ValidationError), bad_id

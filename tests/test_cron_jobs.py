@@ -42,8 +42,9 @@ def own_body_cron(name: str, schedule: djobs.Schedule, fires: list[datetime], **
 async def test_a_week_of_every_15_minutes_is_672_runs(autojump_clock: trio.testing.MockClock) -> None:
     fires: list[tuple[str, datetime]] = []
     report = report_job(fires)
-    quarterly = djobs.CronJob.make("quarterHour", schedule=djobs.cron("*/15 * * * *"), job=report,
-                                   params=Report("quarter"))  # fmt: skip
+    quarterly = djobs.CronJob.make(
+        "quarterHour", schedule=djobs.cron("*/15 * * * *"), job=report, params=Report("quarter")
+    )
     async with open_test_engine([quarterly]) as engine:  # the job comes with the cron job
         await trio.sleep(7 * 24 * 3600 + 60)
         assert len(fires) == 672
@@ -67,8 +68,10 @@ async def test_two_engines_on_one_file_fire_each_time_once(
     db = djobs.sqlite(tmp_path / "jobs.db")
     worker = djobs.WorkerOptions(poll_interval="5 minutes")
     every_5 = own_body_cron("every5", djobs.cron("*/5 * * * *"), fires)
-    async with open_test_engine([every_5], storage=db, worker=worker) as one, \
-            open_test_engine([every_5], storage=db, worker=worker) as two:  # fmt: skip
+    async with (
+        open_test_engine([every_5], storage=db, worker=worker) as one,
+        open_test_engine([every_5], storage=db, worker=worker) as two,
+    ):
         await trio.sleep(24 * 3600 + 30)
         assert len(fires) == 288
         assert Counter(fires).most_common(1)[0][1] == 1  # no fire time twice
@@ -140,9 +143,13 @@ async def test_enable_disable_list_and_next_runs(autojump_clock: trio.testing.Mo
         crons = engine.client.crons
         [info] = success(await crons.list())
         assert (info.name, info.job_name, info.schedule, info.tz, info.enabled) == (
-            "morning", "report", "0 9 * * *", "Europe/Berlin", True)  # fmt: skip
-        assert success(await crons.next_runs(nine, 3)) == [
-            datetime(2026, 1, d, 8, tzinfo=UTC) for d in (1, 2, 3)]  # fmt: skip
+            "morning",
+            "report",
+            "0 9 * * *",
+            "Europe/Berlin",
+            True,
+        )
+        assert success(await crons.next_runs(nine, 3)) == [datetime(2026, 1, d, 8, tzinfo=UTC) for d in (1, 2, 3)]
         assert not success(await crons.disable("morning")).enabled
         await trio.sleep(3 * 24 * 3600)
         assert fires == []

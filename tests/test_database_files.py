@@ -37,8 +37,9 @@ async def make_djobs_file(path: Path) -> None:
     async with djobs.sqlite(path).open() as storage:
         for i in range(50):
             key = f"continuous:j:{i}"
-            record = InstanceRecord(key=key, kind="continuous", name="j", instance_id=str(i), status="running",
-                                    state=b'{"n":1}' * 50)  # fmt: skip
+            record = InstanceRecord(
+                key=key, kind="continuous", name="j", instance_id=str(i), status="running", state=b'{"n":1}' * 50
+            )
             await storage.commit(Checkin(key=key, record=record))
 
 
@@ -117,8 +118,10 @@ def read_only(path: Path) -> Iterator[str]:
     chattr = shutil.which("chattr")
     made = chattr is not None and subprocess.run([chattr, "+i", str(path)], capture_output=True).returncode == 0
     if not made:
-        pytest.skip("running as root, where chmod does not stop writes, and chattr +i is not available here; "
-                    "test_a_read_only_file_system_is_refused covers read-only files")  # fmt: skip
+        pytest.skip(
+            "running as root, where chmod does not stop writes, and chattr +i is not available here; "
+            "test_a_read_only_file_system_is_refused covers read-only files"
+        )
     try:
         yield "chattr +i"
     finally:

@@ -63,19 +63,34 @@ def make_batcher(
     failures = [fail_times]
 
     async def send_batch(ctx: djobs.DebounceContext[Batch]) -> Result[None, djobs.ExecutionError]:
-        flushed.append(Flushed(
-            ctx.state.events, ctx.state.count, ctx.event_count, ctx.flush_reason, ctx.debounce_started_at,
-            ctx.now(), ctx.attempt, ctx.is_retry, ctx.run_count,
-        ))  # fmt: skip
+        flushed.append(
+            Flushed(
+                ctx.state.events,
+                ctx.state.count,
+                ctx.event_count,
+                ctx.flush_reason,
+                ctx.debounce_started_at,
+                ctx.now(),
+                ctx.attempt,
+                ctx.is_retry,
+                ctx.run_count,
+            )
+        )
         if failures[0]:
             failures[0] -= 1
             return Failure(djobs.ExecutionError("webhook endpoint returned 503"))
         return Success(None)
 
     return djobs.Debounce.make(
-        name, event=Webhook, state=Batch, flush_after="5 seconds", max_events=max_events,
-        on_event=append, execute=send_batch, retry=retry,
-    )  # fmt: skip
+        name,
+        event=Webhook,
+        state=Batch,
+        flush_after="5 seconds",
+        max_events=max_events,
+        on_event=append,
+        execute=send_batch,
+        retry=retry,
+    )
 
 
 def hook(i: int) -> Webhook:
@@ -106,8 +121,10 @@ async def test_a_burst_of_250_flushes_100_100_then_50_after_flush_after(
         assert len(flushed) == 2
         await trio.sleep(0.2)
         assert [(f.event_count, f.count, f.reason) for f in flushed] == [
-            (100, 100, "max_events"), (100, 100, "max_events"), (50, 50, "flush_after"),
-        ]  # fmt: skip
+            (100, 100, "max_events"),
+            (100, 100, "max_events"),
+            (50, 50, "flush_after"),
+        ]
         assert flushed[2].at == T0 + timedelta(seconds=5)
         assert flushed[2].started_at == T0
         assert [f.run_count for f in flushed] == [1, 2, 3]
@@ -117,8 +134,10 @@ async def test_a_burst_of_250_flushes_100_100_then_50_after_flush_after(
         assert success(await client.get_state("contact-456")) == djobs.StateResult(None)
         flushed_events = engine.tracker.of_type("debounce.flushed")
         assert [(e.data["event_count"], e.data["reason"]) for e in flushed_events] == [
-            (100, "max_events"), (100, "max_events"), (50, "flush_after"),
-        ]  # fmt: skip
+            (100, "max_events"),
+            (100, "max_events"),
+            (50, "flush_after"),
+        ]
         started = engine.tracker.of_type("debounce.started")
         assert [e.data["flush_at"] for e in started] == [(T0 + timedelta(seconds=5)).isoformat()] * 3
         assert engine.tracker.count("job.executed") == 3
@@ -199,7 +218,7 @@ async def test_a_flush_that_fails_twice_keeps_every_event(autojump_clock: trio.t
             (3, 1, False, "flush_after", T0 + timedelta(seconds=5)),
             (4, 2, True, "flush_after", T0 + timedelta(seconds=6)),
             (5, 3, True, "flush_after", T0 + timedelta(seconds=7)),
-        ]  # fmt: skip
+        ]
         assert [e.data["n"] for e in flushed[-1].events] == [0, 1, 2, 3, 4]
         assert {f.run_count for f in flushed} == {1}
         assert [e.data["will_retry"] for e in engine.tracker.of_type("job.failed")] == [True, True]
@@ -341,9 +360,14 @@ async def test_concurrent_adds_are_all_counted_and_handlers_never_interleave(
         batches.append((ctx.event_count, [e.data["n"] for e in ctx.state.events]))
 
     job = djobs.Debounce.make(
-        "concurrent", event=Webhook, state=Batch, max_events=50, flush_after="1 minute", on_event=reduce,
+        "concurrent",
+        event=Webhook,
+        state=Batch,
+        max_events=50,
+        flush_after="1 minute",
+        on_event=reduce,
         execute=send,
-    )  # fmt: skip
+    )
     async with open_test_engine([job]) as engine:
         client = engine.client.debounce(job)
         results: list[djobs.AddResult] = []
@@ -426,9 +450,15 @@ async def test_a_full_batch_flushes_after_a_restart(autojump_clock: trio.testing
         state = msgspec.json.encode(Batch(events=[hook(0), hook(1)], count=2))
         now = int(T0.timestamp() * 1000)
         record = InstanceRecord(
-            key=key, kind="debounce", name="webhookBatcher", instance_id="c", status="debouncing", state=state,
-            event_count=2, started_at=now,
-        )  # fmt: skip
+            key=key,
+            kind="debounce",
+            name="webhookBatcher",
+            instance_id="c",
+            status="debouncing",
+            state=state,
+            event_count=2,
+            started_at=now,
+        )
         await storage.commit(Checkin(key=key, record=record, alarm=SetAlarm(now, "max_events")))
     async with open_test_engine([batcher], storage=db, start=T0 + timedelta(seconds=1)) as engine:
         await engine.wait_idle()
@@ -595,8 +625,9 @@ async def test_a_duplicate_event_id_changes_nothing(autojump_clock: trio.testing
         await trio.sleep(5)
         await engine.wait_idle()
         assert len(flushed) == 2
-        assert isinstance(failure(await client.add(id="c", event=hook(3), event_id="delivery-1")),
-                          djobs.DuplicateEventError)  # fmt: skip
+        assert isinstance(
+            failure(await client.add(id="c", event=hook(3), event_id="delivery-1")), djobs.DuplicateEventError
+        )
         assert success(await client.status("c")) == djobs.DebounceStatus("idle", event_count=0)
 
 

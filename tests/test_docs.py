@@ -109,9 +109,7 @@ def parse(page: Path) -> list[Block]:
             continue
         indent, marker, info = fence["indent"], fence["fence"], fence["info"].strip()
         end = i + 1
-        while end < len(lines) and not (
-            lines[end].startswith(indent) and lines[end][len(indent) :].rstrip() == marker
-        ):
+        while end < len(lines) and not (lines[end].startswith(indent) and lines[end][len(indent) :].rstrip() == marker):
             end += 1
         language = info.split(maxsplit=1)[0] if info else ""
         if language == "python":
@@ -171,8 +169,9 @@ def _run_entry(block: Block, name: str, fn: Callable[..., Any], tmp_path: Path) 
         trio.run(runner, clock=clock)
     except BaseExceptionGroup as group:
         if group.subgroup(KeyboardInterrupt) is not None:
-            pytest.fail(f"{block.where}: {name}() did not return within {budget} virtual seconds "
-                        "and did not handle Ctrl-C")  # fmt: skip
+            pytest.fail(
+                f"{block.where}: {name}() did not return within {budget} virtual seconds and did not handle Ctrl-C"
+            )
         only = _only_exception(group)
         if only is None:
             raise
@@ -292,8 +291,9 @@ def test_the_api_reference_names_every_public_name() -> None:
     import djobs.testing
     import djobs.tracking
 
-    reference = "".join((ROOT / "docs" / "reference" / page).read_text(encoding="utf-8")
-                        for page in ("api.md", "errors.md"))  # fmt: skip
+    reference = "".join(
+        (ROOT / "docs" / "reference" / page).read_text(encoding="utf-8") for page in ("api.md", "errors.md")
+    )
     documented = set(re.findall(r"^::: ([\w.]+)", reference, re.MULTILINE))
     missing = []
     for module in (djobs, djobs.testing, djobs.storage, djobs.tracking):

@@ -49,14 +49,19 @@ def listeners(seen: Seen) -> list[djobs.Job[object, None]]:
 async def test_an_event_enqueues_one_job_per_listener(autojump_clock: trio.testing.MockClock) -> None:
     seen = Seen()
     async with open_test_engine(listeners(seen)) as engine:
-        sent = success(await engine.client.send_event("order.created", {"order_id": "o-1", "total": 30},
-                                                      correlation_id="checkout-1"))  # fmt: skip
+        sent = success(
+            await engine.client.send_event(
+                "order.created", {"order_id": "o-1", "total": 30}, correlation_id="checkout-1"
+            )
+        )
         assert sent.delivered and sent.event == "order.created"
         assert sent.job_names == ["confirmationEmail", "reserveStock"]
         assert len(sent.job_ids) == 2
         await engine.wait_idle()
         assert sorted((name, params) for name, params, _ in seen.calls) == [
-            ("email", OrderCreated("o-1", 30)), ("stock", OrderRef("o-1"))]  # fmt: skip
+            ("email", OrderCreated("o-1", 30)),
+            ("stock", OrderRef("o-1")),
+        ]
         for job_id, name in zip(sent.job_ids, sent.job_names, strict=True):
             info = success(await engine.client.jobs.status(job_id))
             assert (info.name, info.status, info.correlation_id) == (name, "completed", "checkout-1")
@@ -150,8 +155,9 @@ async def test_a_tenant_client_sees_and_changes_only_its_own_jobs(autojump_clock
         assert success(await globex.jobs.status(globex_id)).status == "pending"  # untouched
         for bad in ("", "x" * 600):
             assert isinstance(failure(await engine.client.for_tenant(bad).jobs.list()), djobs.ValidationError)
-            assert isinstance(failure(await engine.client.for_tenant(bad).job(stock).later(OrderRef("x"))),
-                              djobs.ValidationError)  # fmt: skip
+            assert isinstance(
+                failure(await engine.client.for_tenant(bad).job(stock).later(OrderRef("x"))), djobs.ValidationError
+            )
         # Idempotency keys are per tenant: the same key in two tenants is two jobs.
         a = success(await acme.job(stock).later(OrderRef("k"), idempotency_key="k1"))
         g = success(await globex.job(stock).later(OrderRef("k"), idempotency_key="k1"))

@@ -176,8 +176,10 @@ async def assert_consistent(engine: Any, definitions: list[Any]) -> None:
             assert set(decoded) == {"tag", "message"}
         assert status in ("pending", "running", "completed", "failed", "cancelled")
     # Nothing dangles: alarms and idempotency keys belong to stored instances.
-    dangling = ("SELECT key FROM alarms WHERE key NOT IN (SELECT key FROM instances) "
-                "UNION SELECT key FROM event_ids WHERE key NOT IN (SELECT key FROM instances)")
+    dangling = (
+        "SELECT key FROM alarms WHERE key NOT IN (SELECT key FROM instances) "
+        "UNION SELECT key FROM event_ids WHERE key NOT IN (SELECT key FROM instances)"
+    )
     orphans = list(db.execute(dangling))
     assert orphans == []
 
@@ -219,8 +221,9 @@ def store_samples(ctx: djobs.DebounceContext[Samples]) -> None:
     pass
 
 
-samples = djobs.Debounce.make("samples", event=Sample, state=Samples, on_event=fold, execute=store_samples,
-                              flush_after="1 minute", max_events=3)  # fmt: skip
+samples = djobs.Debounce.make(
+    "samples", event=Sample, state=Samples, on_event=fold, execute=store_samples, flush_after="1 minute", max_events=3
+)
 
 
 def tree(depth: int) -> Any:
@@ -230,24 +233,26 @@ def tree(depth: int) -> Any:
     return value
 
 
-hostile_samples = mostly(st.builds(Sample, sensor=st.text(max_size=10), value=st.floats(allow_nan=False,
-                                                                                        allow_infinity=False)),
-                         st.one_of(
-    st.builds(Sample, sensor=st.just("big"), value=st.just(1.0), tree=st.just(Tree("x" * 1_000_000))),
-    st.just({"sensor": "deep", "value": 1, "tree": tree(5_000)}),
-    st.just({"sensor": "s", "value": "NaN"}),
-    st.just({"sensor": "s", "value": float("inf")}),
-    st.just({"sensor": "s"}),
-    st.just({"sensor": 1, "value": 1}),
-    st.just(Sample(sensor=None, value=1.0)),  # type: ignore[arg-type]  # msgspec does not check at construction
-    st.just(Samples()),
-    st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
-    st.none(),
-    st.just(object()),
-))  # fmt: skip
-hostile_event_ids = mostly(st.one_of(st.none(), st.uuids().map(str)),
-                           st.one_of(st.text(max_size=12), st.just(""), st.just("e" * 10_000), st.integers(),
-                                     st.just("nul\x00")))  # fmt: skip
+hostile_samples = mostly(
+    st.builds(Sample, sensor=st.text(max_size=10), value=st.floats(allow_nan=False, allow_infinity=False)),
+    st.one_of(
+        st.builds(Sample, sensor=st.just("big"), value=st.just(1.0), tree=st.just(Tree("x" * 1_000_000))),
+        st.just({"sensor": "deep", "value": 1, "tree": tree(5_000)}),
+        st.just({"sensor": "s", "value": "NaN"}),
+        st.just({"sensor": "s", "value": float("inf")}),
+        st.just({"sensor": "s"}),
+        st.just({"sensor": 1, "value": 1}),
+        st.just(Sample(sensor=None, value=1.0)),  # type: ignore[arg-type]  # msgspec does not check at construction
+        st.just(Samples()),
+        st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
+        st.none(),
+        st.just(object()),
+    ),
+)
+hostile_event_ids = mostly(
+    st.one_of(st.none(), st.uuids().map(str)),
+    st.one_of(st.text(max_size=12), st.just(""), st.just("e" * 10_000), st.integers(), st.just("nul\x00")),
+)
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -316,29 +321,55 @@ agenda = djobs.Task.make("agenda", state=Agenda, event=Note | Plan, on_event=on_
 
 far_times = st.one_of(
     st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=14)), timezone(timedelta(hours=-12))])),
-    st.sampled_from([datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC),
-                     datetime(9999, 12, 30, tzinfo=UTC), datetime(1970, 1, 1, tzinfo=UTC)]),
+    st.sampled_from(
+        [
+            datetime.min.replace(tzinfo=UTC),
+            datetime.max.replace(tzinfo=UTC),
+            datetime(9999, 12, 30, tzinfo=UTC),
+            datetime(1970, 1, 1, tzinfo=UTC),
+        ]
+    ),
     st.datetimes(),  # naive: refused
-)  # fmt: skip
+)
 hostile_durations = st.one_of(
-    st.sampled_from(["5 minutes", "0 s", "-5 minutes", "1e400 seconds", "99999999999999 weeks", "", "five minutes",
-                     "5", "\x00", "10 fortnights", "1h30m", "nan s", "∞ s", "\u0665 minutes"]),
+    st.sampled_from(
+        [
+            "5 minutes",
+            "0 s",
+            "-5 minutes",
+            "1e400 seconds",
+            "99999999999999 weeks",
+            "",
+            "five minutes",
+            "5",
+            "\x00",
+            "10 fortnights",
+            "1h30m",
+            "nan s",
+            "∞ s",
+            "\u0665 minutes",
+        ]
+    ),
     st.text(max_size=12),
     st.integers(min_value=-(2**70), max_value=2**70),
-)  # fmt: skip
-hostile_task_events = mostly(st.one_of(st.builds(Note, text=st.text(max_size=20)),
-                                        st.builds(Plan, when=st.sampled_from(["1 minute", "2 hours", "1 day"]))),
-                              st.one_of(
-    st.just(Note("x" * 1_000_000)),
-    st.builds(Plan, when=hostile_durations),
-    st.builds(Plan, at=far_times),
-    st.builds(Plan, seconds=st.floats()),
-    st.just({"type": "Note", "text": "from a dict"}),
-    st.just({"type": "Nope"}),
-    st.just({"text": "no tag"}),
-    st.just(tree(5_000)),
-    st.none(),
-))  # fmt: skip
+)
+hostile_task_events = mostly(
+    st.one_of(
+        st.builds(Note, text=st.text(max_size=20)),
+        st.builds(Plan, when=st.sampled_from(["1 minute", "2 hours", "1 day"])),
+    ),
+    st.one_of(
+        st.just(Note("x" * 1_000_000)),
+        st.builds(Plan, when=hostile_durations),
+        st.builds(Plan, at=far_times),
+        st.builds(Plan, seconds=st.floats()),
+        st.just({"type": "Note", "text": "from a dict"}),
+        st.just({"type": "Nope"}),
+        st.just({"text": "no tag"}),
+        st.just(tree(5_000)),
+        st.none(),
+    ),
+)
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -387,32 +418,45 @@ def place_order(params: Order, ctx: djobs.JobContext) -> Receipt:
     return Receipt(params.id, params.qty * 2**40)  # may not fit: the result fails validation, the call does not
 
 
-place = djobs.Job.make("place", params=Order, result=Receipt, execute=place_order, on="order.created",
-                       retry=djobs.Retry(max_attempts=2, delay="1 second"))  # fmt: skip
+place = djobs.Job.make(
+    "place",
+    params=Order,
+    result=Receipt,
+    execute=place_order,
+    on="order.created",
+    retry=djobs.Retry(max_attempts=2, delay="1 second"),
+)
 nightly = djobs.CronJob.make("nightly", schedule=djobs.cron("0 3 * * *"), job=place, params=Order("nightly", 1))
 queue_jobs: list[Any] = [place, nightly]
 
-hostile_orders = mostly(st.builds(Order, id=st.text(max_size=10), qty=st.integers(min_value=-(2**63),
-                                                                                  max_value=2**63 - 1)),
-                        st.one_of(
-    st.just({"id": "deep", "qty": 1, "tree": tree(5_000)}),
-    st.just(Order("huge", 1, Tree("x" * 1_000_000))),
-    st.just({"id": "x", "qty": 2**64}),
-    st.just({"id": "x", "qty": "1"}),
-    st.just({"id": None, "qty": 1}),
-    st.just(Receipt("wrong", 1)),
+hostile_orders = mostly(
+    st.builds(Order, id=st.text(max_size=10), qty=st.integers(min_value=-(2**63), max_value=2**63 - 1)),
+    st.one_of(
+        st.just({"id": "deep", "qty": 1, "tree": tree(5_000)}),
+        st.just(Order("huge", 1, Tree("x" * 1_000_000))),
+        st.just({"id": "x", "qty": 2**64}),
+        st.just({"id": "x", "qty": "1"}),
+        st.just({"id": None, "qty": 1}),
+        st.just(Receipt("wrong", 1)),
+        st.none(),
+        st.just(object()),
+    ),
+)
+hostile_texts = mostly(
+    st.one_of(st.none(), st.text(min_size=1, max_size=10).filter(lambda s: "\x00" not in s)),
+    st.one_of(st.just(""), st.just("t" * 10_000), st.just("nul\x00"), st.integers(), st.just("'; DROP TABLE jobs; --")),
+)
+hostile_ats = mostly(
     st.none(),
-    st.just(object()),
-))  # fmt: skip
-hostile_texts = mostly(st.one_of(st.none(), st.text(min_size=1, max_size=10).filter(lambda s: "\x00" not in s)),
-                       st.one_of(st.just(""), st.just("t" * 10_000), st.just("nul\x00"), st.integers(),
-                                 st.just("'; DROP TABLE jobs; --")))  # fmt: skip
-hostile_ats = mostly(st.none(), st.one_of(far_times, st.just(datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)),
-                                          st.just("tomorrow"), st.integers()))  # fmt: skip
+    st.one_of(
+        far_times, st.just(datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)), st.just("tomorrow"), st.integers()
+    ),
+)
 queue_delays = st.one_of(hostile_durations, st.just(timedelta(days=3_000_000)), st.just(timedelta.max))
-hostile_ints = mostly(st.integers(min_value=1, max_value=5),
-                      st.one_of(st.integers(min_value=-(2**70), max_value=2**70), st.booleans(), st.just("3"),
-                                st.none(), st.just(0)))  # fmt: skip
+hostile_ints = mostly(
+    st.integers(min_value=1, max_value=5),
+    st.one_of(st.integers(min_value=-(2**70), max_value=2**70), st.booleans(), st.just("3"), st.none(), st.just(0)),
+)
 hostile_statuses = st.one_of(st.none(), st.sampled_from(["pending", "running", "done", "", "PENDING"]), st.integers())
 hostile_crons = mostly(st.sampled_from(["nightly", nightly]), st.one_of(hostile_texts, st.just(place)))
 
@@ -432,26 +476,55 @@ def test_queue_verbs_never_raise(data: st.DataObject) -> None:
             for order in orders:
                 await call(job.now, order, correlation_id=draw(hostile_texts), tenant_id=draw(hostile_texts))
                 await call(job.now, order, persist=False)
-                at, delay = draw(st.one_of(st.tuples(hostile_ats, st.none()), st.tuples(st.none(), queue_delays),
-                                           st.tuples(hostile_ats, queue_delays)))  # fmt: skip
-                enqueued = await call(job.later, order, at=at, delay=delay, correlation_id=draw(hostile_texts),
-                                      tenant_id=draw(hostile_texts), priority=draw(hostile_ints),
-                                      idempotency_key=draw(hostile_texts))  # fmt: skip
+                at, delay = draw(
+                    st.one_of(
+                        st.tuples(hostile_ats, st.none()),
+                        st.tuples(st.none(), queue_delays),
+                        st.tuples(hostile_ats, queue_delays),
+                    )
+                )
+                enqueued = await call(
+                    job.later,
+                    order,
+                    at=at,
+                    delay=delay,
+                    correlation_id=draw(hostile_texts),
+                    tenant_id=draw(hostile_texts),
+                    priority=draw(hostile_ints),
+                    idempotency_key=draw(hostile_texts),
+                )
                 if acked(enqueued):
                     ids.append(success(enqueued))
                 event = draw(mostly(st.just("order.created"), hostile_texts))
-                await call(client.send_event, event, order, tenant_id=draw(hostile_texts),
-                           correlation_id=draw(hostile_texts), idempotency_key=draw(hostile_texts))  # fmt: skip
-            await call(job.batch, orders, concurrency=draw(hostile_ints), stop_on_error=draw(st.booleans()),
-                       correlation_id=draw(hostile_texts))  # fmt: skip
+                await call(
+                    client.send_event,
+                    event,
+                    order,
+                    tenant_id=draw(hostile_texts),
+                    correlation_id=draw(hostile_texts),
+                    idempotency_key=draw(hostile_texts),
+                )
+            await call(
+                job.batch,
+                orders,
+                concurrency=draw(hostile_ints),
+                stop_on_error=draw(st.booleans()),
+                correlation_id=draw(hostile_texts),
+            )
             await call(client.job("no such job").later, orders[0])
             for job_id in ids:
                 await call(client.jobs.status, job_id)
                 await call(client.jobs.cancel, job_id)
                 await call(client.jobs.retry, job_id)
-            await call(client.jobs.list, status=draw(hostile_statuses), name=draw(hostile_texts),
-                       correlation_id=draw(hostile_texts), tenant_id=draw(hostile_texts), limit=draw(hostile_ints),
-                       after=draw(hostile_texts))  # fmt: skip
+            await call(
+                client.jobs.list,
+                status=draw(hostile_statuses),
+                name=draw(hostile_texts),
+                correlation_id=draw(hostile_texts),
+                tenant_id=draw(hostile_texts),
+                limit=draw(hostile_ints),
+                after=draw(hostile_texts),
+            )
             tenant = draw(hostile_texts)
             for crons in (client.crons, client.for_tenant(tenant).crons):
                 cron = draw(hostile_crons)
@@ -472,17 +545,58 @@ def test_queue_verbs_never_raise(data: st.DataObject) -> None:
     run_scenario(scenario)
 
 
-cron_tokens = st.sampled_from(["*", "0", "59", "60", "*/5", "1-5", "5-1", "L", "1#2", "MON", "jan", "?", "-1", "3,",
-                               ",", "/", "*/0", "0-59/15", "31", "2", "30", "@daily", "\x00", "\u0663"])  # fmt: skip
+cron_tokens = st.sampled_from(
+    [
+        "*",
+        "0",
+        "59",
+        "60",
+        "*/5",
+        "1-5",
+        "5-1",
+        "L",
+        "1#2",
+        "MON",
+        "jan",
+        "?",
+        "-1",
+        "3,",
+        ",",
+        "/",
+        "*/0",
+        "0-59/15",
+        "31",
+        "2",
+        "30",
+        "@daily",
+        "\x00",
+        "\u0663",
+    ]
+)
 cron_expressions = st.one_of(
     st.lists(cron_tokens, min_size=0, max_size=7).map(" ".join),
     st.text(max_size=30),
     st.integers(),
     st.none(),
 )
-zones = st.one_of(st.sampled_from(["UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "America",
-                                   "../../etc/passwd", "", "Mars/Olympus_Mons", "utc"]), st.text(max_size=20),
-                  st.none(), st.integers())  # fmt: skip
+zones = st.one_of(
+    st.sampled_from(
+        [
+            "UTC",
+            "Europe/Berlin",
+            "America/New_York",
+            "Australia/Lord_Howe",
+            "America",
+            "../../etc/passwd",
+            "",
+            "Mars/Olympus_Mons",
+            "utc",
+        ]
+    ),
+    st.text(max_size=20),
+    st.none(),
+    st.integers(),
+)
 
 
 @settings(max_examples=200, deadline=None)
@@ -511,9 +625,9 @@ async def test_later_refuses_times_after_the_year_9999(autojump_clock: trio.test
     async with open_test_engine(queue_jobs) as engine:
         job = engine.client.job(place)
         last_instant = datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)
-        assert isinstance(djobs.testing.failure(await job.later(Order("o", 1), at=last_instant)),
-                          djobs.ValidationError)  # fmt: skip
+        assert isinstance(djobs.testing.failure(await job.later(Order("o", 1), at=last_instant)), djobs.ValidationError)
         in_8000_years = timedelta(days=3_000_000)
-        assert isinstance(djobs.testing.failure(await job.later(Order("o", 1), delay=in_8000_years)),
-                          djobs.ValidationError)  # fmt: skip
+        assert isinstance(
+            djobs.testing.failure(await job.later(Order("o", 1), delay=in_8000_years)), djobs.ValidationError
+        )
         assert success(await engine.client.jobs.list()) == []

@@ -116,8 +116,9 @@ async def test_a_tracker_that_raises_never_fails_a_job(autojump_clock: trio.test
         async def aclose(self) -> None:
             pass
 
-    async with djobs.open_engine([beat], storage=djobs.memory(), clock=djobs.VirtualClock(),
-                                 tracker=Broken(), alarm_poll_interval=None) as engine:  # fmt: skip
+    async with djobs.open_engine(
+        [beat], storage=djobs.memory(), clock=djobs.VirtualClock(), tracker=Broken(), alarm_poll_interval=None
+    ) as engine:
         await engine.client.continuous(beat).start(id="x", input=Beat())
         await trio.sleep(10 * 60 + 1)
         state = djobs.testing.success(await engine.client.continuous(beat).get_state("x")).state

@@ -128,8 +128,10 @@ async def test_an_older_schema_is_migrated_and_keeps_its_rows(schema: str) -> No
         conn.execute("CREATE TABLE djobs_schema (version integer NOT NULL, migrated_at timestamptz NOT NULL)")
         conn.execute("INSERT INTO djobs_schema VALUES (1, now())")
         conn.execute(MIGRATIONS[0].encode())
-        conn.execute("INSERT INTO instances (key, kind, name, instance_id, status, created_at, updated_at)"
-                     " VALUES ('continuous:j:old', 'continuous', 'j', 'old', 'running', 1, 1)")  # fmt: skip
+        conn.execute(
+            "INSERT INTO instances (key, kind, name, instance_id, status, created_at, updated_at)"
+            " VALUES ('continuous:j:old', 'continuous', 'j', 'old', 'running', 1, 1)"
+        )
     async with djobs.postgres(DSN, schema=schema).open() as storage:
         loaded = await storage.load("continuous:j:old")
         assert loaded is not None and loaded[0].instance_id == "old"
@@ -144,8 +146,9 @@ async def test_an_older_schema_is_migrated_and_keeps_its_rows(schema: str) -> No
 async def test_a_newer_schema_is_refused(layer: djobs.storage.PostgresLayer, schema: str) -> None:
     await open_and_close_quietly(layer)
     with admin() as conn:
-        conn.execute(sql.SQL("UPDATE {}.djobs_schema SET version = %s").format(sql.Identifier(schema)),
-                     (SCHEMA_VERSION + 1,))  # fmt: skip
+        conn.execute(
+            sql.SQL("UPDATE {}.djobs_schema SET version = %s").format(sql.Identifier(schema)), (SCHEMA_VERSION + 1,)
+        )
     with pytest.raises(djobs.StorageError, match=r"newer than this djobs understands.*upgrade djobs"):
         await open_and_close(layer)
 
@@ -236,8 +239,10 @@ async def test_a_broken_connection_fails_one_call_then_the_pool_reconnects(layer
         assert await storage.load("x") is None
         assert isinstance(storage, PostgresStorage)
         with admin() as conn:  # the server restarts, or a proxy drops idle connections
-            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = ANY(%s)",
-                         (list(storage._pool.backend_pids),))  # fmt: skip
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = ANY(%s)",
+                (list(storage._pool.backend_pids),),
+            )
         with pytest.raises(djobs.StorageError, match="connection"):
             await storage.load("x")
         assert not await storage.healthcheck() or await storage.load("x") is None
@@ -335,8 +340,9 @@ async def refresh(ctx: djobs.ContinuousContext[Tokens]) -> None:
     ctx.set_state(msgspec.structs.replace(ctx.state, access_token=f"at-{ctx.run_count}"))
 
 
-token_refresher = djobs.Continuous.make("tokenRefresher", state=Tokens, schedule=djobs.every("30 minutes"),
-                                        execute=refresh)  # fmt: skip
+token_refresher = djobs.Continuous.make(
+    "tokenRefresher", state=Tokens, schedule=djobs.every("30 minutes"), execute=refresh
+)
 
 
 @pytest.mark.trio
@@ -379,8 +385,9 @@ async def test_debounce_a_burst_flushes_by_count_then_by_time(
     def flush(ctx: djobs.DebounceContext[Clicks]) -> None:
         flushed.append((ctx.state.seen, ctx.flush_reason, ctx.now()))
 
-    clicks = djobs.Debounce.make("clicks", event=Click, state=Clicks, on_event=collect, execute=flush,
-                                 flush_after="5 seconds", max_events=20)  # fmt: skip
+    clicks = djobs.Debounce.make(
+        "clicks", event=Click, state=Clicks, on_event=collect, execute=flush, flush_after="5 seconds", max_events=20
+    )
     async with open_test_engine([clicks], storage=layer) as engine:
         client = engine.client.debounce(clicks)
         for n in range(50):
@@ -426,8 +433,7 @@ async def test_task_schedules_itself_and_terminates(
         sent = success(await client.send(id="t", event=Ping()))
         assert sent.scheduled_at == START + timedelta(minutes=10)
         await trio.sleep(3 * 3600)
-        assert checks == [START + timedelta(minutes=10), START + timedelta(minutes=70),
-                          START + timedelta(minutes=130)]  # fmt: skip
+        assert checks == [START + timedelta(minutes=10), START + timedelta(minutes=70), START + timedelta(minutes=130)]
         assert success(await client.status("t")).status == "not_found"  # terminated: purged
 
 
@@ -454,8 +460,13 @@ async def test_queued_jobs_run_at_their_time_by_priority_with_retries(
             return Failure(djobs.ExecutionError(f"try {ctx.attempt} failed"))
         return Success(Receipt(params.order_id, ctx.attempt))
 
-    job = djobs.Job.make("charge", params=Order, result=Receipt, execute=charge,
-                         retry=djobs.Retry(max_attempts=3, delay=djobs.Backoff.fixed("10 seconds")))  # fmt: skip
+    job = djobs.Job.make(
+        "charge",
+        params=Order,
+        result=Receipt,
+        execute=charge,
+        retry=djobs.Retry(max_attempts=3, delay=djobs.Backoff.fixed("10 seconds")),
+    )
     worker = djobs.WorkerOptions(max_concurrency=1, poll_interval=None)
     async with open_test_engine([job], storage=layer, worker=worker) as engine:
         client = engine.client.job(job)
@@ -466,11 +477,14 @@ async def test_queued_jobs_run_at_their_time_by_priority_with_retries(
         flaky = success(await client.later(Order("flaky", fail_until=2), delay="1 hour"))
         await trio.sleep(2 * 3600)
         assert [(oid, t - START) for oid, _, t in calls] == [
-            ("urgent", timedelta(minutes=1)), ("normal", timedelta(minutes=1)), ("low", timedelta(minutes=1)),
+            ("urgent", timedelta(minutes=1)),
+            ("normal", timedelta(minutes=1)),
+            ("low", timedelta(minutes=1)),
             ("in-10-min", timedelta(minutes=10)),
-            ("flaky", timedelta(hours=1)), ("flaky", timedelta(hours=1, seconds=10)),
+            ("flaky", timedelta(hours=1)),
+            ("flaky", timedelta(hours=1, seconds=10)),
             ("flaky", timedelta(hours=1, seconds=20)),
-        ]  # fmt: skip
+        ]
         info = success(await engine.client.jobs.status(flaky))
         assert (info.status, info.attempts, info.result) == ("completed", 3, Receipt("flaky", 3))
         assert success(await engine.client.jobs.status(later)).progress == 50
@@ -528,8 +542,9 @@ async def test_two_engines_never_run_one_instance_at_once(
         flushed.append(ctx.state.seen)
         running -= 1
 
-    clicks = djobs.Debounce.make("clicks", event=Click, state=Clicks, on_event=collect, execute=flush,
-                                 flush_after="1 second", max_events=25)  # fmt: skip
+    clicks = djobs.Debounce.make(
+        "clicks", event=Click, state=Clicks, on_event=collect, execute=flush, flush_after="1 second", max_events=25
+    )
     async with open_test_engine([clicks], storage=layer) as a, open_test_engine([clicks], storage=layer) as b:
 
         async def send(engine: djobs.Engine, n: int) -> None:
@@ -551,8 +566,10 @@ async def test_two_engines_fire_each_cron_time_once_and_share_the_queue(
 ) -> None:
     every_5, fires = recording_cron("every5", "*/5 * * * *")
     worker = djobs.WorkerOptions(poll_interval="5 minutes")
-    async with open_test_engine([every_5], storage=layer, worker=worker) as one, \
-            open_test_engine([every_5], storage=layer, worker=worker) as two:  # fmt: skip
+    async with (
+        open_test_engine([every_5], storage=layer, worker=worker) as one,
+        open_test_engine([every_5], storage=layer, worker=worker) as two,
+    ):
         await trio.sleep(6 * 3600 + 30)
         assert len(fires) == 72
         assert Counter(fires).most_common(1)[0][1] == 1  # no fire time twice
@@ -567,9 +584,16 @@ async def test_an_alarm_set_in_one_process_fires_in_another(
 ) -> None:
     async with layer.open() as storage:
         key = "continuous:tokenRefresher:from-elsewhere"
-        row = InstanceRecord(key=key, kind="continuous", name="tokenRefresher", instance_id="from-elsewhere",
-                             status="running", state=msgspec.json.encode(Tokens("", "rt")),
-                             created_at=1, updated_at=1)  # fmt: skip
+        row = InstanceRecord(
+            key=key,
+            kind="continuous",
+            name="tokenRefresher",
+            instance_id="from-elsewhere",
+            status="running",
+            state=msgspec.json.encode(Tokens("", "rt")),
+            created_at=1,
+            updated_at=1,
+        )
         await storage.commit(Checkin(key=key, record=row, alarm=SetAlarm(1, "run")))
     async with open_test_engine([token_refresher], storage=layer, alarm_poll_interval="1 second") as engine:
         await trio.sleep(2)

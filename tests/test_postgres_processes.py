@@ -110,11 +110,16 @@ def test_four_processes_drain_20000_jobs_once_reclaim_a_killed_ones_and_fire_cro
         # A COMMIT the victim sent just before it died still lands on the server: read what it
         # held only once the server has closed its sessions.
         victim_app = f"djobs-test-{schema}-victim"
-        wait_for(lambda: not query(schema, "SELECT 1 FROM pg_stat_activity WHERE application_name = %s", victim_app),
-                 30, "the server to close the victim's sessions")  # fmt: skip
+        wait_for(
+            lambda: not query(schema, "SELECT 1 FROM pg_stat_activity WHERE application_name = %s", victim_app),
+            30,
+            "the server to close the victim's sessions",
+        )
         victim_id = (tmp_path / "victim.id").read_text()
-        held = {row[0] for row in query(schema, "SELECT id FROM jobs WHERE status = 'running' AND worker_id = %s",
-                                        victim_id)}  # fmt: skip
+        held = {
+            row[0]
+            for row in query(schema, "SELECT id FROM jobs WHERE status = 'running' AND worker_id = %s", victim_id)
+        }
         assert held, "the victim died holding leases"
         for name in NAMES[1:]:
             finish(procs[name], 180)

@@ -45,8 +45,10 @@ def run_peers(workdir: Path, peers: int, *, mutant: str = "", settle_timeout: fl
     extra = ["--profile", "peer", "--clients", "2", "--load-seconds", str(LOAD_SECONDS)]
     tags = [f"p{i}" for i in range(peers)]
     # All at once, on a file that does not exist yet: they race to create and migrate it.
-    incs = [Incarnation(harness, tag, "run", seed=i, seq_base=(i + 1) * 1_000_000, extra=extra)
-            for i, tag in enumerate(tags)]  # fmt: skip
+    incs = [
+        Incarnation(harness, tag, "run", seed=i, seq_base=(i + 1) * 1_000_000, extra=extra)
+        for i, tag in enumerate(tags)
+    ]
     problems: list[str] = []
     try:
         for inc in incs:
@@ -96,8 +98,11 @@ def exactly_once_problems(history: History) -> list[str]:
 def spread(history: History) -> tuple[int, int]:
     """How many processes ran queued jobs, and how many instances had handlers in more than one process."""
     job_pids = {r["pid"] for runs in history.job_runs.values() for r in runs}
-    shared = sum(1 for key, spans in history.intervals.items()
-                 if not key.startswith("job:") and len({pid for _, _, pid, _ in spans}) > 1)  # fmt: skip
+    shared = sum(
+        1
+        for key, spans in history.intervals.items()
+        if not key.startswith("job:") and len({pid for _, _, pid, _ in spans}) > 1
+    )
     return len(job_pids), shared
 
 
@@ -142,12 +147,15 @@ async def test_a_handler_whose_lease_lapsed_cannot_overwrite_the_next_holder(
             await trio.sleep(60)  # engine a's run takes a minute; its lease renewals fail meanwhile
         ctx.set_state(Count(n + 1))
 
-    counter = djobs.Continuous.make("counter", state=Count, schedule=djobs.every("1 day"), execute=bump,
-                                    start_immediately=False)  # fmt: skip
+    counter = djobs.Continuous.make(
+        "counter", state=Count, schedule=djobs.every("1 day"), execute=bump, start_immediately=False
+    )
     path = tmp_path / "shared.db"
     a_storage = djobs.storage.faulty(djobs.sqlite(path))
-    async with open_test_engine([counter], storage=a_storage) as a, \
-            open_test_engine([counter], storage=djobs.sqlite(path)) as b:  # fmt: skip
+    async with (
+        open_test_engine([counter], storage=a_storage) as a,
+        open_test_engine([counter], storage=djobs.sqlite(path)) as b,
+    ):
         success(await a.client.continuous(counter).start(id="x", input=Count()))
         a_storage.fail("renew_instance_leases", kind="busy")
         acknowledged = 0  # runs a caller was told succeeded

@@ -59,10 +59,15 @@ def make_jobs(rec: Recorder) -> tuple[djobs.Job[Order, Receipt], djobs.Job[Order
 
     return (
         djobs.Job.make("charge", params=Order, result=Receipt, execute=charge),
-        djobs.Job.make("flaky", params=Order, result=Receipt, execute=flaky,
-                       retry=djobs.Retry(max_attempts=3, delay=djobs.Backoff.fixed("10 seconds"))),
+        djobs.Job.make(
+            "flaky",
+            params=Order,
+            result=Receipt,
+            execute=flaky,
+            retry=djobs.Retry(max_attempts=3, delay=djobs.Backoff.fixed("10 seconds")),
+        ),
         djobs.Job.make("slow", params=Order, execute=slow, max_attempts=2),
-    )  # fmt: skip
+    )
 
 
 # -- now ---------------------------------------------------------------------------------
@@ -331,7 +336,9 @@ async def test_batch_stop_on_error_starts_nothing_after_a_failure(autojump_clock
         params = [Order("a", 1), Order("bad", -1), Order("c", 1), Order("d", 1)]
         runs = success(await engine.client.job(flaky).batch(params, concurrency=1, stop_on_error=True))
         assert [(r.status, r.result.order_id if r.result else None) for r in runs] == [
-            ("completed", "a"), ("failed", None)]  # fmt: skip
+            ("completed", "a"),
+            ("failed", None),
+        ]
         assert "c" not in {oid for oid, _, _ in rec.calls}
         everything = success(await engine.client.job(flaky).batch(params, concurrency=2))
         assert [r.status for r in everything] == ["completed", "failed", "completed", "completed"]
@@ -345,8 +352,9 @@ async def test_list_filters_and_pages(autojump_clock: trio.testing.MockClock) ->
     rec = Recorder()
     charge, flaky, _ = make_jobs(rec)
     async with open_test_engine([charge, flaky], worker=None) as engine:
-        ids = [success(await engine.client.job(charge).later(Order(f"o{i}"), correlation_id=f"c{i % 2}"))
-               for i in range(5)]  # fmt: skip
+        ids = [
+            success(await engine.client.job(charge).later(Order(f"o{i}"), correlation_id=f"c{i % 2}")) for i in range(5)
+        ]
         flaky_id = success(await engine.client.job(flaky).later(Order("f")))
         jobs = engine.client.jobs
         assert [j.id for j in success(await jobs.list())] == [*ids, flaky_id]  # creation order
@@ -448,8 +456,13 @@ async def test_retry_a_failed_job_with_a_fresh_attempt_budget(autojump_clock: tr
             raise RuntimeError("upstream down")
         return Receipt(params.order_id, 1)
 
-    job = djobs.Job.make("sometimes", params=Order, result=Receipt, execute=sometimes,
-                         retry=djobs.Retry(2, djobs.Backoff.fixed("1 second")))  # fmt: skip
+    job = djobs.Job.make(
+        "sometimes",
+        params=Order,
+        result=Receipt,
+        execute=sometimes,
+        retry=djobs.Retry(2, djobs.Backoff.fixed("1 second")),
+    )
     async with open_test_engine([job]) as engine:
         job_id = success(await engine.client.job(job).later(Order("o")))
         await trio.sleep(10)
@@ -517,8 +530,14 @@ async def test_a_lease_lost_on_the_last_attempt_fails_the_job(autojump_clock: tr
         # worker polls, since its claims by another process do not wake this one.
         storage = queue_storage(engine)
         now = engine.clock.now_ms()
-        row = NewJob(id="0190e7c0-0000-7000-8000-000000000001", name="elsewhere", params=b'{"order_id":"o"}',
-                     max_attempts=2, scheduled_for=now, created_at=now)  # fmt: skip
+        row = NewJob(
+            id="0190e7c0-0000-7000-8000-000000000001",
+            name="elsewhere",
+            params=b'{"order_id":"o"}',
+            max_attempts=2,
+            scheduled_for=now,
+            created_at=now,
+        )
         await storage.enqueue_jobs([row])
         for attempt in (1, 2):
             now = engine.clock.now_ms()

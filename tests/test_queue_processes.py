@@ -59,8 +59,9 @@ def runs(out: Path, name: str) -> list[int]:
 def statuses(db: Path) -> Counter[str]:
     conn = apsw.Connection(str(db))
     try:
-        return Counter({status: count for status, count in conn.execute(
-            "SELECT status, count(*) FROM jobs GROUP BY status")})  # fmt: skip
+        return Counter(
+            {status: count for status, count in conn.execute("SELECT status, count(*) FROM jobs GROUP BY status")}
+        )
     finally:
         conn.close()
 
@@ -113,8 +114,10 @@ def test_a_killed_processs_leased_jobs_are_reclaimed_and_complete(tmp_path: Path
         procs["victim"].wait()
         victim_id = (tmp_path / "victim.id").read_text()
         conn = apsw.Connection(str(db))
-        held = {row[0] for row in conn.execute("SELECT id FROM jobs WHERE status = 'running' AND worker_id = ?",
-                                               (victim_id,))}  # fmt: skip
+        held = {
+            row[0]
+            for row in conn.execute("SELECT id FROM jobs WHERE status = 'running' AND worker_id = ?", (victim_id,))
+        }
         conn.close()
         assert held, "the victim died holding leases"
         finish(procs["survivor"], 60)

@@ -70,9 +70,12 @@ async def test_a_pending_retry_fires_after_a_restart(autojump_clock: trio.testin
         return Failure("not yet") if ctx.attempt == 1 else Success(None)
 
     job = djobs.Continuous.make(
-        "flaky", state=Counter_, schedule=djobs.every("1 day"), execute=fails_first,
+        "flaky",
+        state=Counter_,
+        schedule=djobs.every("1 day"),
+        execute=fails_first,
         retry=djobs.Retry(max_attempts=3, delay=djobs.Backoff.fixed("1 minute")),
-    )  # fmt: skip
+    )
     db = djobs.sqlite(tmp_path / "jobs.db")
     async with open_test_engine([job], storage=db) as engine:
         await engine.client.continuous(job).start(id="u", input=Counter_())
@@ -100,9 +103,12 @@ async def test_cron_fires_once_a_day_across_dst(
         fires.append(ctx.now())
 
     job = djobs.Continuous.make(
-        "nightly", state=Counter_, schedule=djobs.cron(expression, tz="America/New_York"),
-        start_immediately=False, execute=fire,
-    )  # fmt: skip
+        "nightly",
+        state=Counter_,
+        schedule=djobs.cron(expression, tz="America/New_York"),
+        start_immediately=False,
+        execute=fire,
+    )
     async with open_test_engine([job], start=start) as engine:
         await engine.client.continuous(job).start(id="x", input=Counter_())
         await trio.sleep(7 * 24 * 3600)

@@ -312,8 +312,14 @@ async def test_cancel_schedule_and_scheduled_at_inside_handlers(autojump_clock: 
         assert success(await tasks.send(id="a", event=Go("cancel"))).scheduled_at is None
         assert success(await tasks.status("a")) == djobs.TaskStatus("idle", None, 3)
         ten = T0 + timedelta(minutes=10)
-        assert seen == [("before", None), ("after", ten), ("before", ten), ("after", ten),
-                        ("before", ten), ("after", None)]  # fmt: skip
+        assert seen == [
+            ("before", None),
+            ("after", ten),
+            ("before", ten),
+            ("after", ten),
+            ("before", ten),
+            ("after", None),
+        ]
         await trio.sleep(3600)
         assert engine.tracker.count("job.executed") == 0
 
@@ -340,8 +346,9 @@ async def test_context_counters(autojump_clock: trio.testing.MockClock) -> None:
         ctx.schedule("1 minute")
 
     def execute(ctx: djobs.TaskContext[Count]) -> None:
-        executes.append((ctx.execute_count, ctx.event_count, ctx.created_at, ctx.attempt, ctx.is_retry,
-                         ctx.scheduled_at))  # fmt: skip
+        executes.append(
+            (ctx.execute_count, ctx.event_count, ctx.created_at, ctx.attempt, ctx.is_retry, ctx.scheduled_at)
+        )
 
     job = djobs.Task.make("counter", state=Count, event=Tick, on_event=on_event, execute=execute)
     async with open_test_engine([job]) as engine:
@@ -364,9 +371,12 @@ async def test_update_state_before_any_state_is_an_invalid_state_error(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     job: djobs.Task[Count, Tick] = djobs.Task.make(
-        "early", state=Count, event=Tick, execute=lambda ctx: None,
+        "early",
+        state=Count,
+        event=Tick,
+        execute=lambda ctx: None,
         on_event=lambda event, ctx: ctx.update_state(lambda s: Count(s.n + 1)),
-    )  # fmt: skip
+    )
     async with open_test_engine([job]) as engine:
         error = failure(await engine.client.task(job).send(id="a", event=Tick()))
         assert isinstance(error, djobs.InvalidStateError)
@@ -430,9 +440,13 @@ async def test_a_failing_on_idle_keeps_the_step(autojump_clock: trio.testing.Moc
         raise RuntimeError("idle broke")
 
     job: djobs.Task[Count, Tick] = djobs.Task.make(
-        "idlefail", state=Count, event=Tick, execute=lambda ctx: None, on_idle=on_idle,
+        "idlefail",
+        state=Count,
+        event=Tick,
+        execute=lambda ctx: None,
+        on_idle=on_idle,
         on_event=lambda event, ctx: ctx.set_state(Count(7)),
-    )  # fmt: skip
+    )
     async with open_test_engine([job]) as engine:
         sent = success(await engine.client.task(job).send(id="a", event=Tick()))
         assert sent == djobs.SendResult(True, "a", None)
@@ -468,8 +482,7 @@ async def test_on_error_gets_the_typed_error_and_schedules_a_retry(autojump_cloc
         ctx.update_state(lambda s: msgspec.structs.replace(s, attempts=s.attempts + 1))
         ctx.schedule(timedelta(seconds=30))  # retry
 
-    job = djobs.Task.make("shipper", state=Attempts, event=Tick, on_event=on_event, execute=execute,
-                          on_error=on_error)  # fmt: skip
+    job = djobs.Task.make("shipper", state=Attempts, event=Tick, on_event=on_event, execute=execute, on_error=on_error)
     async with open_test_engine([job]) as engine:
         tasks = engine.client.task(job)
         await tasks.send(id="a", event=Tick())
@@ -501,10 +514,14 @@ async def test_the_retry_policy_comes_first_then_on_error(autojump_clock: trio.t
         raise RuntimeError("still down")
 
     job = djobs.Task.make(
-        "retrier", state=Attempts, event=Tick, on_event=on_event, execute=execute,
+        "retrier",
+        state=Attempts,
+        event=Tick,
+        on_event=on_event,
+        execute=execute,
         on_error=lambda error, ctx: errors.append(error),
         retry=djobs.Retry(max_attempts=3, delay=djobs.Backoff.fixed("10 seconds")),
-    )  # fmt: skip
+    )
     async with open_test_engine([job]) as engine:
         tasks = engine.client.task(job)
         await tasks.send(id="a", event=Tick())
@@ -513,8 +530,11 @@ async def test_the_retry_policy_comes_first_then_on_error(autojump_clock: trio.t
         assert success(await tasks.status("a")) == djobs.TaskStatus("active", T0 + timedelta(minutes=1, seconds=10), 1)
         await advance_to(engine, T0 + timedelta(minutes=5))
         minute = T0 + timedelta(minutes=1)
-        assert tries == [(1, 1, False, minute), (1, 2, True, minute + timedelta(seconds=10)),
-                         (1, 3, True, minute + timedelta(seconds=20))]  # fmt: skip
+        assert tries == [
+            (1, 1, False, minute),
+            (1, 2, True, minute + timedelta(seconds=10)),
+            (1, 3, True, minute + timedelta(seconds=20)),
+        ]
         [error] = errors
         assert isinstance(error, djobs.ExecutionError) and isinstance(error.cause, RuntimeError)
         assert engine.tracker.count("job.retry_exhausted") == 1
@@ -589,9 +609,12 @@ async def test_trigger_runs_execute_now_and_consumes_the_alarm(autojump_clock: t
         ran.append(ctx.now())
 
     job: djobs.Task[Count, Tick] = djobs.Task.make(
-        "trig", state=Count, event=Tick, execute=execute,
+        "trig",
+        state=Count,
+        event=Tick,
+        execute=execute,
         on_event=lambda event, ctx: ctx.schedule("1 hour"),
-    )  # fmt: skip
+    )
     async with open_test_engine([job]) as engine:
         tasks = engine.client.task(job)
         await tasks.send(id="a", event=Tick())
@@ -639,8 +662,7 @@ async def test_terminate_inside_on_event(autojump_clock: trio.testing.MockClock)
         ctx.set_state(Count(1))
         ctx.schedule("1 hour")
 
-    job = djobs.Task.make("cancellable", state=Count, event=Tick | Cancel, on_event=on_event,
-                          execute=lambda ctx: None)  # fmt: skip
+    job = djobs.Task.make("cancellable", state=Count, event=Tick | Cancel, on_event=on_event, execute=lambda ctx: None)
     async with open_test_engine([job]) as engine:
         tasks = engine.client.task(job)
         await tasks.send(id="a", event=Tick())
@@ -781,8 +803,9 @@ def test_definition_mistakes_raise_at_make() -> None:
         b: int
 
     with pytest.raises(djobs.ValidationError, match="union of structs made with tag=True"):
-        djobs.Task.make("t", state=Count, event=Untagged | Untagged2, on_event=lambda e, c: None,
-                        execute=lambda c: None)  # fmt: skip
+        djobs.Task.make(
+            "t", state=Count, event=Untagged | Untagged2, on_event=lambda e, c: None, execute=lambda c: None
+        )
     with pytest.raises(djobs.ValidationError, match="job name"):
         djobs.Task.make("a:b", state=Count, event=Tick, on_event=lambda e, c: None, execute=lambda c: None)
 

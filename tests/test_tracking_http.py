@@ -109,16 +109,27 @@ class Collector:
                         return
                 assert request is not None
                 status = self.statuses.pop(0) if self.statuses else self.status
-                self.requests.append(Request(
-                    request.method.decode(), request.target.decode(),
-                    {k.decode(): v.decode() for k, v in request.headers}, json.loads(body), status,
-                ))  # fmt: skip
+                self.requests.append(
+                    Request(
+                        request.method.decode(),
+                        request.target.decode(),
+                        {k.decode(): v.decode() for k, v in request.headers},
+                        json.loads(body),
+                        status,
+                    )
+                )
                 if self.hang:
                     self.hanging += 1
                     await trio.sleep_forever()
                 payload = b"{}"
-                await stream.send_all(conn.send(h11.Response(status_code=status, headers=[
-                    ("content-type", "application/json"), ("content-length", str(len(payload)))])))  # fmt: skip
+                await stream.send_all(
+                    conn.send(
+                        h11.Response(
+                            status_code=status,
+                            headers=[("content-type", "application/json"), ("content-length", str(len(payload)))],
+                        )
+                    )
+                )
                 await stream.send_all(conn.send(h11.Data(data=payload)))
                 await stream.send_all(conn.send(h11.EndOfMessage()))
                 if conn.our_state is h11.MUST_CLOSE:
@@ -153,15 +164,25 @@ def beat_job(runs: list[float], every: str = "50 ms") -> djobs.Continuous[Beat]:
 
 def tracker_for(collector: Collector, **options: Any) -> HttpBatchTracker:
     settings: dict[str, Any] = {
-        "batch_size": 5, "flush_interval": "20 ms", "timeout": "500 ms",
-        "backoff": djobs.Backoff.fixed("20 ms"), "close_timeout": "2 seconds", **options,
-    }  # fmt: skip
+        "batch_size": 5,
+        "flush_interval": "20 ms",
+        "timeout": "500 ms",
+        "backoff": djobs.Backoff.fixed("20 ms"),
+        "close_timeout": "2 seconds",
+        **options,
+    }
     return HttpBatchTracker(collector.url, env="test", service_key=KEY, **settings)
 
 
 def event(n: int) -> TrackedEvent:
-    return TrackedEvent(type="job.executed", instance_id=f"continuous:beat:{n}", job_type="continuous",
-                        job_name="beat", at=datetime(2026, 1, 1, tzinfo=UTC), data={"run_count": n})  # fmt: skip
+    return TrackedEvent(
+        type="job.executed",
+        instance_id=f"continuous:beat:{n}",
+        job_type="continuous",
+        job_name="beat",
+        at=datetime(2026, 1, 1, tzinfo=UTC),
+        data={"run_count": n},
+    )
 
 
 @pytest.mark.trio

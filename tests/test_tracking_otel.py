@@ -75,13 +75,28 @@ async def test_one_span_per_execution_with_the_runs_identity_and_outcome(
     # job.started and the terminate verb's job.terminated are not executions: no span.
     assert [s.name for s in spans] == ["continuous counter"] * 4
     assert [dict(s.attributes or {}) for s in spans] == [
-        {"djobs.job.type": "continuous", "djobs.job.name": "counter", "djobs.instance.id": "continuous:counter:u1",
-         "djobs.outcome": outcome, "djobs.run_count": run, "djobs.attempt": 1, **extra}
-        for run, outcome, extra in [(1, "succeeded", {}), (2, "failed", {"error.type": "execution"}),
-                                    (3, "succeeded", {}), (4, "succeeded", {})]
-    ]  # fmt: skip
-    assert [s.status.status_code for s in spans] == [StatusCode.UNSET, StatusCode.ERROR, StatusCode.UNSET,
-                                                     StatusCode.UNSET]  # fmt: skip
+        {
+            "djobs.job.type": "continuous",
+            "djobs.job.name": "counter",
+            "djobs.instance.id": "continuous:counter:u1",
+            "djobs.outcome": outcome,
+            "djobs.run_count": run,
+            "djobs.attempt": 1,
+            **extra,
+        }
+        for run, outcome, extra in [
+            (1, "succeeded", {}),
+            (2, "failed", {"error.type": "execution"}),
+            (3, "succeeded", {}),
+            (4, "succeeded", {}),
+        ]
+    ]
+    assert [s.status.status_code for s in spans] == [
+        StatusCode.UNSET,
+        StatusCode.ERROR,
+        StatusCode.UNSET,
+        StatusCode.UNSET,
+    ]
     assert spans[1].status.description == "upstream said no"
     # Each span ends at its event's time and lasts the run's duration_ms (job.failed carries none yet: 0).
     ends = [e for e in tracker.recorded.events if e.type in ("job.executed", "job.failed")]
@@ -103,8 +118,13 @@ async def test_a_retried_failure_and_a_terminate_have_their_outcomes(
             return Failure(djobs.ExecutionError("try again"))
         ctx.terminate(reason="done")
 
-    job = djobs.Continuous.make("flaky", state=Count, schedule=djobs.every("1 hour"), execute=flaky_then_done,
-                                retry=djobs.Retry(max_attempts=3, delay="1 second"))  # fmt: skip
+    job = djobs.Continuous.make(
+        "flaky",
+        state=Count,
+        schedule=djobs.every("1 hour"),
+        execute=flaky_then_done,
+        retry=djobs.Retry(max_attempts=3, delay="1 second"),
+    )
     async with open_test_engine([job], tracker=OpenTelemetryTracker(tracer_provider=provider)) as engine:
         await engine.client.continuous(job).start(id="u1", input=Count())
         await trio.sleep(5)
@@ -133,8 +153,11 @@ async def test_a_triggered_run_is_a_child_of_the_callers_span_and_scheduled_runs
                 triggered = success(await client.trigger("u1"))
             await trio.sleep(60)  # the next scheduled run
 
-    runs = {(s.attributes or {}).get("djobs.run_count"): s for s in exporter.get_finished_spans()
-            if s.name == "continuous counter"}  # fmt: skip
+    runs = {
+        (s.attributes or {}).get("djobs.run_count"): s
+        for s in exporter.get_finished_spans()
+        if s.name == "continuous counter"
+    }
     assert set(runs) == {1, 2, 3}
     assert triggered.run_count == 2
     child = runs[2]

@@ -52,8 +52,12 @@ def _djobs_version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The ``djobs`` argument parser (every command and option)."""
     db = argparse.ArgumentParser(add_help=False)
-    db.add_argument("--db", metavar="PATH", default=os.environ.get("DJOBS_DB", "djobs.db"),
-                    help="the SQLite database file (default: $DJOBS_DB, else djobs.db)")  # fmt: skip
+    db.add_argument(
+        "--db",
+        metavar="PATH",
+        default=os.environ.get("DJOBS_DB", "djobs.db"),
+        help="the SQLite database file (default: $DJOBS_DB, else djobs.db)",
+    )
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     common = [db, as_json]
@@ -76,11 +80,18 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     p = command("worker", _run.worker, "run the engine your factory opens until SIGINT/SIGTERM (Ctrl-C)")
-    p.add_argument("target", metavar="MODULE:FACTORY",
-                   help="a callable returning an async context manager that opens a djobs.Engine")  # fmt: skip
-    p.add_argument("--log-level", default="INFO", type=str.upper,
-                   choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
-                   help="level of the stderr log handler set up if your code sets none (default INFO)")  # fmt: skip
+    p.add_argument(
+        "target",
+        metavar="MODULE:FACTORY",
+        help="a callable returning an async context manager that opens a djobs.Engine",
+    )
+    p.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+        help="level of the stderr log handler set up if your code sets none (default INFO)",
+    )
 
     command("status", _read.status, "instances, alarms, queue, oldest pending job and leases", common)
 
@@ -117,14 +128,21 @@ def build_parser() -> argparse.ArgumentParser:
     def job_options(p: argparse.ArgumentParser, *, own_engine: bool) -> None:
         p.add_argument("target", metavar="MODULE:JOB", help="the djobs.Job, e.g. jobs_app:send_greeting")
         where = p.add_mutually_exclusive_group()
-        where.add_argument("--db", metavar="PATH", default=os.environ.get("DJOBS_DB", "djobs.db"),
-                           help="the database, opened by a client-only engine (default: $DJOBS_DB, else djobs.db)")
+        where.add_argument(
+            "--db",
+            metavar="PATH",
+            default=os.environ.get("DJOBS_DB", "djobs.db"),
+            help="the database, opened by a client-only engine (default: $DJOBS_DB, else djobs.db)",
+        )
         if own_engine:
-            where.add_argument("--engine", metavar="MODULE:FACTORY",
-                               help="open your own engine instead (your storage and services; it also works as "
-                                    "your worker does while the batch runs); it must register the job")
+            where.add_argument(
+                "--engine",
+                metavar="MODULE:FACTORY",
+                help="open your own engine instead (your storage and services; it also works as "
+                "your worker does while the batch runs); it must register the job",
+            )
         p.add_argument("--tenant", help="the tenant the job(s) belong to")
-        p.add_argument("--json", action="store_true", help="print one JSON document instead of text")  # fmt: skip
+        p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
 
     p = command("enqueue", _run.enqueue, "enqueue one job; prints its id")
     job_options(p, own_engine=False)

@@ -62,17 +62,31 @@ async def status(args: argparse.Namespace, clock: Clock) -> ExitCode:
         s = await inspector(storage).summary(now)
     oldest = s.oldest_pending
     if args.json:
-        print_json({
-            "database": storage.path, "schema_version": SCHEMA_VERSION, "now": iso(now),
-            "instances": s.instances,
-            "alarms": {"due": s.alarms.due, "claimed": s.alarms.claimed, "later": s.alarms.later,
-                       "next_at": iso(s.alarms.next_at)},
-            "jobs": s.jobs, "jobs_due": s.jobs_due,
-            "oldest_pending": None if oldest is None else {
-                "id": oldest.id, "name": oldest.name, "scheduled_for": iso(oldest.scheduled_for),
-                "waiting_ms": now - oldest.scheduled_for},
-            "leases": s.leases,
-        })  # fmt: skip
+        print_json(
+            {
+                "database": storage.path,
+                "schema_version": SCHEMA_VERSION,
+                "now": iso(now),
+                "instances": s.instances,
+                "alarms": {
+                    "due": s.alarms.due,
+                    "claimed": s.alarms.claimed,
+                    "later": s.alarms.later,
+                    "next_at": iso(s.alarms.next_at),
+                },
+                "jobs": s.jobs,
+                "jobs_due": s.jobs_due,
+                "oldest_pending": None
+                if oldest is None
+                else {
+                    "id": oldest.id,
+                    "name": oldest.name,
+                    "scheduled_for": iso(oldest.scheduled_for),
+                    "waiting_ms": now - oldest.scheduled_for,
+                },
+                "leases": s.leases,
+            }
+        )
         return ExitCode.OK
     out = [fields([("database", f"{storage.path} (schema {SCHEMA_VERSION})"), ("now", when(now))]), ""]
     out.append("Instances")
@@ -83,12 +97,26 @@ async def status(args: argparse.Namespace, clock: Clock) -> ExitCode:
         out.append("  none stored")
     a = s.alarms
     later = f"{a.later} later" + (f", next {when_relative(a.next_at, now)}" if a.next_at is not None else "")
-    queue = ", ".join(f"{name} {n}" + (f" ({s.jobs_due} due)" if name == "pending" and n else "")
-                      for name, n in s.jobs.items())  # fmt: skip
-    waiting = "none due" if oldest is None else (
-        f"{oldest.id} ({oldest.name}), due {when(oldest.scheduled_for)}, waiting {span(now - oldest.scheduled_for)}")
-    out += ["", fields([("Alarms", f"{a.due} due, {a.claimed} being handled, {later}"), ("Queue", queue),
-                        ("Oldest pending", waiting)])]  # fmt: skip
+    queue = ", ".join(
+        f"{name} {n}" + (f" ({s.jobs_due} due)" if name == "pending" and n else "") for name, n in s.jobs.items()
+    )
+    waiting = (
+        "none due"
+        if oldest is None
+        else (
+            f"{oldest.id} ({oldest.name}), due {when(oldest.scheduled_for)}, waiting {span(now - oldest.scheduled_for)}"
+        )
+    )
+    out += [
+        "",
+        fields(
+            [
+                ("Alarms", f"{a.due} due, {a.claimed} being handled, {later}"),
+                ("Queue", queue),
+                ("Oldest pending", waiting),
+            ]
+        ),
+    ]
     out += ["", "Leases"]
     if s.leases:
         rows = [[h.owner, h.instances, h.jobs, h.expired] for h in s.leases]
@@ -105,18 +133,38 @@ async def status(args: argparse.Namespace, clock: Clock) -> ExitCode:
 def _instance_json(view: InstanceView, now: int) -> dict[str, Any]:
     r, alarm = view.record, view.alarm
     return {
-        "key": r.key, "kind": r.kind, "name": r.name, "instance_id": r.instance_id, "status": r.status,
-        "tenant_id": r.tenant_id, "run_count": r.run_count, "attempt": r.attempt, "event_count": r.event_count,
-        "execute_count": r.execute_count, "started_at": iso(r.started_at), "created_at": iso(r.created_at),
-        "updated_at": iso(r.updated_at), "version": r.version,
-        "alarm": None if alarm is None else {
-            "fire_at": iso(alarm.fire_at), "purpose": alarm.purpose, "due": alarm.fire_at <= now,
-            "claimed_until": iso(view.alarm_claimed_until)},
-        "lease": None if view.lease_owner is None else {
-            "owner": view.lease_owner, "expires_at": iso(view.lease_expires_at),
-            "expired": view.lease_expires_at is not None and view.lease_expires_at <= now},
-        "state": _json_value(r.state), "data": _json_value(r.data),
-    }  # fmt: skip
+        "key": r.key,
+        "kind": r.kind,
+        "name": r.name,
+        "instance_id": r.instance_id,
+        "status": r.status,
+        "tenant_id": r.tenant_id,
+        "run_count": r.run_count,
+        "attempt": r.attempt,
+        "event_count": r.event_count,
+        "execute_count": r.execute_count,
+        "started_at": iso(r.started_at),
+        "created_at": iso(r.created_at),
+        "updated_at": iso(r.updated_at),
+        "version": r.version,
+        "alarm": None
+        if alarm is None
+        else {
+            "fire_at": iso(alarm.fire_at),
+            "purpose": alarm.purpose,
+            "due": alarm.fire_at <= now,
+            "claimed_until": iso(view.alarm_claimed_until),
+        },
+        "lease": None
+        if view.lease_owner is None
+        else {
+            "owner": view.lease_owner,
+            "expires_at": iso(view.lease_expires_at),
+            "expired": view.lease_expires_at is not None and view.lease_expires_at <= now,
+        },
+        "state": _json_value(r.state),
+        "data": _json_value(r.data),
+    }
 
 
 async def instances_list(args: argparse.Namespace, clock: Clock) -> ExitCode:
@@ -131,8 +179,17 @@ async def instances_list(args: argparse.Namespace, clock: Clock) -> ExitCode:
     if not views:
         note("no instances match")
         return ExitCode.OK
-    rows = [[v.record.key, v.record.status, v.record.run_count, v.record.event_count,
-             when(v.alarm.fire_at) if v.alarm else None, when(v.record.updated_at)] for v in views]  # fmt: skip
+    rows = [
+        [
+            v.record.key,
+            v.record.status,
+            v.record.run_count,
+            v.record.event_count,
+            when(v.alarm.fire_at) if v.alarm else None,
+            when(v.record.updated_at),
+        ]
+        for v in views
+    ]
     print(table(["KEY", "STATUS", "RUNS", "EVENTS", "ALARM", "UPDATED"], rows, right=[2, 3]))
     if len(views) == args.limit:
         note(f"showing the first {args.limit}; see more with --after {views[-1].record.key!r}")
@@ -157,12 +214,28 @@ async def instances_show(args: argparse.Namespace, clock: Clock) -> ExitCode:
     if view.lease_owner is not None and view.lease_expires_at is not None:
         state = "expired" if view.lease_expires_at <= now else "until"
         lease_text = f"{view.lease_owner}, {state} {when(view.lease_expires_at)}"
-    print(fields([
-        ("key", r.key), ("kind", r.kind), ("name", r.name), ("id", r.instance_id), ("status", r.status),
-        ("tenant", r.tenant_id), ("runs", r.run_count), ("attempt", r.attempt), ("events", r.event_count),
-        ("executions", r.execute_count), ("started", when(r.started_at)), ("created", when(r.created_at)),
-        ("updated", when(r.updated_at)), ("version", r.version), ("alarm", alarm_text), ("lease", lease_text),
-    ]))  # fmt: skip
+    print(
+        fields(
+            [
+                ("key", r.key),
+                ("kind", r.kind),
+                ("name", r.name),
+                ("id", r.instance_id),
+                ("status", r.status),
+                ("tenant", r.tenant_id),
+                ("runs", r.run_count),
+                ("attempt", r.attempt),
+                ("events", r.event_count),
+                ("executions", r.execute_count),
+                ("started", when(r.started_at)),
+                ("created", when(r.created_at)),
+                ("updated", when(r.updated_at)),
+                ("version", r.version),
+                ("alarm", alarm_text),
+                ("lease", lease_text),
+            ]
+        )
+    )
     print("state")
     print(_indented(_pretty(_json_value(r.state))))
     if r.data is not None:
@@ -178,15 +251,18 @@ async def _find_instance(storage: SqliteStorage, key: str) -> InstanceView:
     if found:
         return found[0]
     if key.partition(":")[0] not in INSTANCE_KINDS:
-        candidates = [v for kind in INSTANCE_KINDS for v in await inspect.instances(
-            InstanceFilter(key=f"{kind}:{key}", limit=1))]  # fmt: skip
+        candidates = [
+            v for kind in INSTANCE_KINDS for v in await inspect.instances(InstanceFilter(key=f"{kind}:{key}", limit=1))
+        ]
         if len(candidates) == 1:
             return candidates[0]
         if len(candidates) > 1:
             keys = ", ".join(v.record.key for v in candidates)
             raise CommandError(f"{key!r} is ambiguous: it matches {keys}; give the whole key", ExitCode.USAGE)
-    raise CommandError(f"no instance with key {key!r} is stored (a key is kind:name:id, "
-                       "e.g. continuous:tokenRefresher:user-123)", ExitCode.NOT_FOUND)  # fmt: skip
+    raise CommandError(
+        f"no instance with key {key!r} is stored (a key is kind:name:id, e.g. continuous:tokenRefresher:user-123)",
+        ExitCode.NOT_FOUND,
+    )
 
 
 # -- jobs --------------------------------------------------------------------------------
@@ -215,8 +291,14 @@ def _clip(text: str | None, width: int) -> str | None:
 
 async def jobs_list(args: argparse.Namespace, clock: Clock) -> ExitCode:
     """``djobs jobs list``: queued jobs in id (creation) order."""
-    where = JobFilter(status=args.status, name=args.name, correlation_id=args.correlation_id, tenant_id=args.tenant,
-                      after=args.after, limit=args.limit)  # fmt: skip
+    where = JobFilter(
+        status=args.status,
+        name=args.name,
+        correlation_id=args.correlation_id,
+        tenant_id=args.tenant,
+        after=args.after,
+        limit=args.limit,
+    )
     with open_existing(args.db) as storage:
         records = await storage.list_jobs(where)
     if args.json:
@@ -225,8 +307,19 @@ async def jobs_list(args: argparse.Namespace, clock: Clock) -> ExitCode:
     if not records:
         note("no jobs match")
         return ExitCode.OK
-    rows = [[r.id, r.name, r.status, f"{r.attempt_count}/{r.max_attempts}", f"{r.progress}%", when(r.scheduled_for),
-             when(r.updated_at), _clip(_error_text(r), 60)] for r in records]  # fmt: skip
+    rows = [
+        [
+            r.id,
+            r.name,
+            r.status,
+            f"{r.attempt_count}/{r.max_attempts}",
+            f"{r.progress}%",
+            when(r.scheduled_for),
+            when(r.updated_at),
+            _clip(_error_text(r), 60),
+        ]
+        for r in records
+    ]
     print(table(["ID", "NAME", "STATUS", "ATTEMPTS", "PROGRESS", "SCHEDULED", "UPDATED", "ERROR"], rows, right=[3, 4]))
     if len(records) == args.limit:
         note(f"showing the first {args.limit}; see more with --after {records[-1].id}")
@@ -251,16 +344,31 @@ async def jobs_show(args: argparse.Namespace, clock: Clock) -> ExitCode:
     progress = f"{r.progress}%" + (f" {r.progress_message}" if r.progress_message else "")
     worker = None
     if r.status == "running" and r.worker_id is not None and r.worker_expires_at is not None:
-        worker = f"{r.worker_id}, lease {'expired' if r.worker_expires_at <= now else 'until'} " \
-                 f"{when(r.worker_expires_at)}"  # fmt: skip
-    print(fields([
-        ("id", r.id), ("name", r.name), ("status", r.status + (" (cancel requested)" if r.cancel_requested else "")),
-        ("attempts", f"{r.attempt_count} of {r.max_attempts}"), ("progress", progress), ("priority", r.priority),
-        ("tenant", r.tenant_id), ("correlation", r.correlation_id), ("scheduled", when_relative(r.scheduled_for, now)),
-        ("created", when(r.created_at)), ("started", when(r.worker_started_at)),
-        ("completed", when(r.completed_at)), ("worker", worker), ("params", _compact(_json_value(r.params))),
-        ("result", None if r.result is None else _compact(_json_value(r.result))), ("error", _error_text(r)),
-    ]))  # fmt: skip
+        worker = (
+            f"{r.worker_id}, lease {'expired' if r.worker_expires_at <= now else 'until'} {when(r.worker_expires_at)}"
+        )
+    print(
+        fields(
+            [
+                ("id", r.id),
+                ("name", r.name),
+                ("status", r.status + (" (cancel requested)" if r.cancel_requested else "")),
+                ("attempts", f"{r.attempt_count} of {r.max_attempts}"),
+                ("progress", progress),
+                ("priority", r.priority),
+                ("tenant", r.tenant_id),
+                ("correlation", r.correlation_id),
+                ("scheduled", when_relative(r.scheduled_for, now)),
+                ("created", when(r.created_at)),
+                ("started", when(r.worker_started_at)),
+                ("completed", when(r.completed_at)),
+                ("worker", worker),
+                ("params", _compact(_json_value(r.params))),
+                ("result", None if r.result is None else _compact(_json_value(r.result))),
+                ("error", _error_text(r)),
+            ]
+        )
+    )
     return ExitCode.OK
 
 
@@ -279,8 +387,14 @@ async def jobs_cancel(args: argparse.Namespace, clock: Clock) -> ExitCode:
     else:
         outcome, code = f"not cancelled: it had already {after.status}", ExitCode.FAILED
     if args.json:
-        print_json({"job_id": after.id, "status": after.status, "cancel_requested": after.cancel_requested,
-                    "cancelled": code == ExitCode.OK})  # fmt: skip
+        print_json(
+            {
+                "job_id": after.id,
+                "status": after.status,
+                "cancel_requested": after.cancel_requested,
+                "cancelled": code == ExitCode.OK,
+            }
+        )
     else:
         print(f"job {after.id} ({after.name}): {outcome}")
     return code
@@ -291,8 +405,10 @@ async def jobs_retry(args: argparse.Namespace, clock: Clock) -> ExitCode:
     with open_existing(args.db, write=True) as storage:
         before = await _get_job(storage, args.id)
         if before.status not in ("failed", "cancelled"):
-            raise CommandError(f"job {before.id} ({before.name}) is {before.status}; "
-                               "only a failed or cancelled job can be retried", ExitCode.FAILED)  # fmt: skip
+            raise CommandError(
+                f"job {before.id} ({before.name}) is {before.status}; only a failed or cancelled job can be retried",
+                ExitCode.FAILED,
+            )
         after = await storage.retry_job(before.id, clock.now_ms())
     if after is None or after.status != "pending":
         now_status = "gone" if after is None else after.status
@@ -318,9 +434,18 @@ async def cron_list(args: argparse.Namespace, clock: Clock) -> ExitCode:
     if not records:
         note("no cron jobs are stored (an engine stores its cron jobs when it opens)")
         return ExitCode.OK
-    rows = [[r.name, r.job_name, r.expression, r.tz, "yes" if r.enabled else "no",
-             when(r.next_run_at) if r.enabled else None,
-             None if r.last_run_at is None else f"{when(r.last_run_at)} ({relative(r.last_run_at, now)})",
-             r.last_job_id] for r in records]  # fmt: skip
+    rows = [
+        [
+            r.name,
+            r.job_name,
+            r.expression,
+            r.tz,
+            "yes" if r.enabled else "no",
+            when(r.next_run_at) if r.enabled else None,
+            None if r.last_run_at is None else f"{when(r.last_run_at)} ({relative(r.last_run_at, now)})",
+            r.last_job_id,
+        ]
+        for r in records
+    ]
     print(table(["NAME", "JOB", "SCHEDULE", "TZ", "ENABLED", "NEXT RUN", "LAST RUN", "LAST JOB"], rows))
     return ExitCode.OK

@@ -63,8 +63,10 @@ async def worker(args: argparse.Namespace, clock: Clock) -> ExitCode:
                     who = f" as {engine.worker_id}" if engine.worker_id else ""
                     note(f"djobs worker: {args.target} running{who}; press Ctrl-C to stop")
                     await stop.wait()
-                    note("djobs worker: stopping; running jobs get the engine's shutdown grace to finish "
-                         "(Ctrl-C again to quit at once)")  # fmt: skip
+                    note(
+                        "djobs worker: stopping; running jobs get the engine's shutdown grace to finish "
+                        "(Ctrl-C again to quit at once)"
+                    )
             except Exception as exc:
                 # Kept, not raised: inside the nursery it would arrive wrapped in an ExceptionGroup.
                 error = exc
@@ -90,9 +92,9 @@ async def _watch_signals(signals: AsyncIterator[int], stop: trio.Event) -> None:
 
 
 @asynccontextmanager
-async def _engine_for(args: argparse.Namespace, job: Job[Any, Any], clock: Clock) -> AsyncIterator[
-    tuple[Engine, Inspector | None]
-]:  # fmt: skip
+async def _engine_for(
+    args: argparse.Namespace, job: Job[Any, Any], clock: Clock
+) -> AsyncIterator[tuple[Engine, Inspector | None]]:
     """The engine to enqueue or run `job` with, and an inspector of its storage if it has one."""
     if getattr(args, "engine", None) is not None:
         factory = load_factory(args.engine)
@@ -131,15 +133,21 @@ async def enqueue(args: argparse.Namespace, clock: Clock) -> ExitCode:
         try:
             at = datetime.fromisoformat(args.at)
         except ValueError:
-            raise CommandError(f"--at must be an ISO 8601 time with a UTC offset, got {args.at!r}",
-                               ExitCode.USAGE) from None  # fmt: skip
+            raise CommandError(
+                f"--at must be an ISO 8601 time with a UTC offset, got {args.at!r}", ExitCode.USAGE
+            ) from None
         if at.tzinfo is None:
             raise CommandError(f"--at needs a UTC offset (e.g. {args.at}Z or {args.at}+02:00)", ExitCode.USAGE)
     async with _engine_for(args, job, clock) as (engine, _):
         enqueued = await engine.client.job(job).later(
-            params, at=at, delay=args.delay, priority=args.priority, correlation_id=args.correlation_id,
-            tenant_id=args.tenant, idempotency_key=args.idempotency_key,
-        )  # fmt: skip
+            params,
+            at=at,
+            delay=args.delay,
+            priority=args.priority,
+            correlation_id=args.correlation_id,
+            tenant_id=args.tenant,
+            idempotency_key=args.idempotency_key,
+        )
         job_id = _unwrap(enqueued)
         info = _unwrap(await engine.client.jobs.status(job_id))
     if args.json:
@@ -184,16 +192,18 @@ async def batch(args: argparse.Namespace, clock: Clock) -> ExitCode:
     async with _engine_for(args, job, clock) as (engine, inspect_):
         live = sys.stderr.isatty() and not args.no_progress
         bar = ProgressBar(job.name, len(params), sys.stderr, live=live)
-        note(f"running {len(params)} {job.name} job(s), {args.concurrency} at a time "
-             f"(correlation id {correlation})")  # fmt: skip
+        note(f"running {len(params)} {job.name} job(s), {args.concurrency} at a time (correlation id {correlation})")
         runs: Sequence[JobRun[Any]] = []
         async with trio.open_nursery() as nursery:
             if live and inspect_ is not None:
                 nursery.start_soon(_follow, inspect_, correlation, bar)
             result = await engine.client.job(job).batch(
-                params, concurrency=args.concurrency, stop_on_error=args.stop_on_error, correlation_id=correlation,
+                params,
+                concurrency=args.concurrency,
+                stop_on_error=args.stop_on_error,
+                correlation_id=correlation,
                 tenant_id=args.tenant,
-            )  # fmt: skip
+            )
             nursery.cancel_scope.cancel()
         runs = _unwrap(result)
     failed = [r for r in runs if not r.ok]
@@ -207,8 +217,13 @@ async def batch(args: argparse.Namespace, clock: Clock) -> ExitCode:
         summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
         print(f"{len(runs)} job(s): {summary or 'none ran'}" + (f"; {skipped} not started" if skipped else ""))
         if failed:
-            print(table(["ID", "STATUS", "ATTEMPTS", "ERROR"],
-                        [[r.job_id, r.status, r.attempts, _run_error(r)] for r in failed], right=[2]))  # fmt: skip
+            print(
+                table(
+                    ["ID", "STATUS", "ATTEMPTS", "ERROR"],
+                    [[r.job_id, r.status, r.attempts, _run_error(r)] for r in failed],
+                    right=[2],
+                )
+            )
     return ExitCode.OK if not failed and len(runs) == len(params) else ExitCode.FAILED
 
 
@@ -226,6 +241,11 @@ def _run_error(run: JobRun[Any]) -> str | None:
 
 def _run_json(run: JobRun[Any]) -> dict[str, Any]:
     error = None if run.error is None else {"tag": run.error.tag, "message": run.error.message}
-    return {"job_id": run.job_id, "status": run.status, "result": run.result, "error": error,
-            "attempts": run.attempts, "duration_ms": run.duration_ms}  # fmt: skip
-
+    return {
+        "job_id": run.job_id,
+        "status": run.status,
+        "result": run.result,
+        "error": error,
+        "attempts": run.attempts,
+        "duration_ms": run.duration_ms,
+    }

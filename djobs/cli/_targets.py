@@ -31,8 +31,9 @@ def load(reference: str, what: str) -> object:
     """
     module_name, sep, attribute = reference.partition(":")
     if not sep or not module_name or not attribute:
-        raise CommandError(f"{what} must be given as module:attribute (e.g. jobs_app:make_engine), got {reference!r}",
-                           ExitCode.USAGE)  # fmt: skip
+        raise CommandError(
+            f"{what} must be given as module:attribute (e.g. jobs_app:make_engine), got {reference!r}", ExitCode.USAGE
+        )
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
@@ -62,8 +63,11 @@ def load_factory(reference: str) -> EngineFactory:
     """
     factory = load(reference, "engine factory")
     if not callable(factory):
-        raise CommandError(f"{reference} is a {type(factory).__name__}, not a callable that opens an engine "
-                           "(def make_engine() -> AbstractAsyncContextManager[Engine])", ExitCode.USAGE)  # fmt: skip
+        raise CommandError(
+            f"{reference} is a {type(factory).__name__}, not a callable that opens an engine "
+            "(def make_engine() -> AbstractAsyncContextManager[Engine])",
+            ExitCode.USAGE,
+        )
     return cast(EngineFactory, factory)
 
 

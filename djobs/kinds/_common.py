@@ -51,9 +51,7 @@ def check_id(instance_id: object) -> Result[str, ValidationError]:
     return Success(instance_id)
 
 
-async def with_id(
-    instance_id: object, fn: Callable[[str], Awaitable[Result[T, Any]]]
-) -> Result[T, Any]:
+async def with_id(instance_id: object, fn: Callable[[str], Awaitable[Result[T, Any]]]) -> Result[T, Any]:
     """Validate `instance_id`, then run ``fn(instance_id)``; a bad id is a `ValidationError`."""
     checked = check_id(instance_id)
     if isinstance(checked, Failure):

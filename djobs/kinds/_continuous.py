@@ -58,9 +58,16 @@ class ContinuousContext(StatefulContext[S]):
     __slots__ = ("attempt", "run_count")
 
     def __init__(
-        self, env: Env, job_name: str, instance_id: str, log: JobLog, checkout: Checkout[S],
-        state_type: type[Any], run_count: int, attempt: int,
-    ) -> None:  # fmt: skip
+        self,
+        env: Env,
+        job_name: str,
+        instance_id: str,
+        log: JobLog,
+        checkout: Checkout[S],
+        state_type: type[Any],
+        run_count: int,
+        attempt: int,
+    ) -> None:
         super().__init__(env, job_name, instance_id, log, checkout, state_type)
         self.run_count = run_count
         self.attempt = attempt
@@ -192,10 +199,16 @@ class ContinuousHandler(TenantScoped, Generic[S]):
             now = self.env.now_ms()
             first = now if self.job.start_immediately else self.job.schedule.next_after(now)
             record = InstanceRecord(
-                key=key, kind=KIND, name=self.job.name, instance_id=instance_id,
-                tenant_id=self.tenant, status="running",
-                state=encoded.unwrap(), created_at=now, updated_at=now,
-            )  # fmt: skip
+                key=key,
+                kind=KIND,
+                name=self.job.name,
+                instance_id=instance_id,
+                tenant_id=self.tenant,
+                status="running",
+                state=encoded.unwrap(),
+                created_at=now,
+                updated_at=now,
+            )
             next_run_at = to_datetime(first).isoformat()
             started = self.env.event("job.started", key, KIND, self.job.name, next_run_at=next_run_at)
             await self.env.commit(Checkin(key=key, record=record, alarm=SetAlarm(first, "run")), [started])
@@ -272,8 +285,18 @@ class ContinuousHandler(TenantScoped, Generic[S]):
         if isinstance(state, Failure):
             outcome_kind, error = "failed", state.failure()
             log.error("%s", error.message)
-            events.append(env.event("job.failed", record.key, KIND, job.name, run_count=run_count, attempt=attempt,
-                                    error={"tag": error.tag, "message": error.message}, will_retry=False))  # fmt: skip
+            events.append(
+                env.event(
+                    "job.failed",
+                    record.key,
+                    KIND,
+                    job.name,
+                    run_count=run_count,
+                    attempt=attempt,
+                    error={"tag": error.tag, "message": error.message},
+                    will_retry=False,
+                )
+            )
             checkout: Checkout[Any] = Checkout(None)
         else:
             checkout = Checkout(state.unwrap())
@@ -335,4 +358,3 @@ class ContinuousClient(InstanceClient[ContinuousHandler[S]], Generic[S]):
     ) -> FutureResult[TerminateResult, JobNotFoundError | ValidationError | StorageError]:
         """Delete the instance's state and alarm; the id can be started again."""
         return self._verb(id, lambda h, i: h.terminate(i, reason))
-

@@ -57,7 +57,6 @@ MissedFires = Literal["once", "all", "skip"]
 MISFIRE_GRACE_MS = 60_000
 
 
-
 class CronFire(msgspec.Struct, frozen=True):
     """The params of a cron job's own body: which cron fired, for which fire time."""
 
@@ -205,11 +204,16 @@ class CronInfo(msgspec.Struct, frozen=True, kw_only=True):
 
 def _info(record: CronRecord) -> CronInfo:
     return CronInfo(
-        name=record.name, job_name=record.job_name, schedule=record.expression, tz=record.tz,
-        enabled=record.enabled, tenant_id=record.tenant_id, last_job_id=record.last_job_id,
+        name=record.name,
+        job_name=record.job_name,
+        schedule=record.expression,
+        tz=record.tz,
+        enabled=record.enabled,
+        tenant_id=record.tenant_id,
+        last_job_id=record.last_job_id,
         next_run_at=None if record.next_run_at is None else to_datetime(record.next_run_at),
         last_run_at=None if record.last_run_at is None else to_datetime(record.last_run_at),
-    )  # fmt: skip
+    )
 
 
 class CronScheduler:
@@ -237,10 +241,18 @@ class CronScheduler:
         for cron in self.crons.values():
             expression, tz = _stored_schedule(cron.schedule)
             params = cron.params if cron.params is not None else b"null"
-            specs.append(CronSpec(
-                name=cron.name, job_name=cron.job.name, expression=expression, tz=tz, params=params,
-                tenant_id=cron.tenant_id, first_run_at=cron.schedule.next_after(now), now=now,
-            ))  # fmt: skip
+            specs.append(
+                CronSpec(
+                    name=cron.name,
+                    job_name=cron.job.name,
+                    expression=expression,
+                    tz=tz,
+                    params=params,
+                    tenant_id=cron.tenant_id,
+                    first_run_at=cron.schedule.next_after(now),
+                    now=now,
+                )
+            )
         if specs:
             await self.storage.sync_cron_jobs(specs)
 
@@ -300,8 +312,14 @@ class CronScheduler:
             params = cron.params
             if params is None:
                 params = encode(CronFire, CronFire(cron.name, to_datetime(due)), what="cron fire").unwrap()
-            row = queue.row(handler, params, scheduled_for=due, now=now, correlation_id=f"cron:{cron.name}",
-                            tenant_id=cron.tenant_id)  # fmt: skip
+            row = queue.row(
+                handler,
+                params,
+                scheduled_for=due,
+                now=now,
+                correlation_id=f"cron:{cron.name}",
+                tenant_id=cron.tenant_id,
+            )
         queue.env.handoffs += 1  # the job row exists before the worker is poked to run it
         try:
             fired = await self.storage.fire_cron(cron.name, due, next_run_at, now, row)
@@ -313,17 +331,36 @@ class CronScheduler:
         fired_at = to_datetime(due).isoformat()
         if row is None:
             self._log.info("cron %s: skipped the missed fire time %s", cron.name, fired_at)
-            worker.emit([self.env.event("cron.skipped", cron.name, KIND, cron.name, fire_at=fired_at,
-                                        next_run_at=to_datetime(next_run_at).isoformat())])  # fmt: skip
+            worker.emit(
+                [
+                    self.env.event(
+                        "cron.skipped",
+                        cron.name,
+                        KIND,
+                        cron.name,
+                        fire_at=fired_at,
+                        next_run_at=to_datetime(next_run_at).isoformat(),
+                    )
+                ]
+            )
             return
         worker.poke(now)
         if worker.tracking:
-            worker.emit([
-                self.env.event("cron.fired", cron.name, KIND, cron.name, job_id=row.id, fire_at=fired_at,
-                               on_time=on_time),
-                worker.event("job.enqueued", row.id, row.name, scheduled_for=fired_at, tenant_id=row.tenant_id,
-                             correlation_id=row.correlation_id),
-            ])  # fmt: skip
+            worker.emit(
+                [
+                    self.env.event(
+                        "cron.fired", cron.name, KIND, cron.name, job_id=row.id, fire_at=fired_at, on_time=on_time
+                    ),
+                    worker.event(
+                        "job.enqueued",
+                        row.id,
+                        row.name,
+                        scheduled_for=fired_at,
+                        tenant_id=row.tenant_id,
+                        correlation_id=row.correlation_id,
+                    ),
+                ]
+            )
 
     # -- client operations -------------------------------------------------------------
 

@@ -115,9 +115,18 @@ class DebounceContext(BaseContext, Generic[S]):
     __slots__ = ("_checkout", "attempt", "debounce_started_at", "event_count", "flush_reason", "run_count")
 
     def __init__(
-        self, env: Env, job_name: str, instance_id: str, log: JobLog, checkout: Checkout[S], event_count: int,
-        flush_reason: FlushReason, debounce_started_at: datetime, run_count: int, attempt: int,
-    ) -> None:  # fmt: skip
+        self,
+        env: Env,
+        job_name: str,
+        instance_id: str,
+        log: JobLog,
+        checkout: Checkout[S],
+        event_count: int,
+        flush_reason: FlushReason,
+        debounce_started_at: datetime,
+        run_count: int,
+        attempt: int,
+    ) -> None:
         super().__init__(env, job_name, instance_id, log)
         self._checkout = checkout
         self.event_count = event_count
@@ -256,10 +265,12 @@ class Debounce(Generic[E, S]):
         flush_after_ms = to_ms(duration(flush_after, what="flush_after"))
         if flush_after_ms <= 0:
             raise ValidationError(f"Debounce {name!r}: flush_after must be more than zero, got {flush_after!r}")
-        if max_events is not None and (isinstance(max_events, bool) or not isinstance(max_events, int)
-                                       or max_events < 1):  # fmt: skip
-            raise ValidationError(f"Debounce {name!r}: max_events must be None or an int of at least 1, "
-                                  f"got {max_events!r}")  # fmt: skip
+        if max_events is not None and (
+            isinstance(max_events, bool) or not isinstance(max_events, int) or max_events < 1
+        ):
+            raise ValidationError(
+                f"Debounce {name!r}: max_events must be None or an int of at least 1, got {max_events!r}"
+            )
         if not callable(execute):
             raise ValidationError(f"Debounce {name!r}: execute must be callable, got {execute!r}")
         reducer = _keep_latest if on_event is None else on_event
@@ -335,9 +346,11 @@ def _check_event_id(event_id: object) -> Result[str | None, ValidationError]:
     if event_id is None:
         return Success(None)
     if not isinstance(event_id, str) or not event_id or len(event_id) > MAX_ID_LENGTH:
-        return Failure(ValidationError(
-            f"event_id must be None or a non-empty str of at most {MAX_ID_LENGTH} characters, got {event_id!r:.80}"
-        ))  # fmt: skip
+        return Failure(
+            ValidationError(
+                f"event_id must be None or a non-empty str of at most {MAX_ID_LENGTH} characters, got {event_id!r:.80}"
+            )
+        )
     return Success(event_id)
 
 
@@ -449,15 +462,21 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
             return Failure(ExecutionError(f"on_event failed: {error.message}", error))
         new_state = result.unwrap()
         if new_state is None:
-            return Failure(ValidationError(
-                f"on_event of {job.name!r} returned None; it must return the new state (a {job.state.__name__})"
-            ))  # fmt: skip
+            return Failure(
+                ValidationError(
+                    f"on_event of {job.name!r} returned None; it must return the new state (a {job.state.__name__})"
+                )
+            )
         return encode(job.state, new_state, what=f"state returned by on_event of {job.name!r}")
 
     async def _add(
-        self, key: str, instance_id: str, loaded: tuple[InstanceRecord, Alarm | None] | None, event: E,
+        self,
+        key: str,
+        instance_id: str,
+        loaded: tuple[InstanceRecord, Alarm | None] | None,
+        event: E,
         event_id: str | None,
-    ) -> Result[AddResult, ValidationError | ExecutionError | DuplicateEventError | StorageError]:  # fmt: skip
+    ) -> Result[AddResult, ValidationError | ExecutionError | DuplicateEventError | StorageError]:
         job, env = self.job, self.env
         now = env.now_ms()
         record, alarm = loaded if loaded is not None else (None, None)
@@ -474,8 +493,15 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
             return reduced
         events: list[TrackedEvent] = []
         if record is None:
-            record = InstanceRecord(key=key, kind=KIND, name=job.name, instance_id=instance_id,
-                                    tenant_id=self.tenant, status="idle", created_at=now)  # fmt: skip
+            record = InstanceRecord(
+                key=key,
+                kind=KIND,
+                name=job.name,
+                instance_id=instance_id,
+                tenant_id=self.tenant,
+                status="idle",
+                created_at=now,
+            )
             events.append(env.event("job.started", key, KIND, job.name))
         # While a failed flush waits for its retry, new events join its batch
         # and the retry's backoff is kept, even past max_events.
@@ -491,8 +517,9 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         if created:
             record.started_at, record.attempt, record.data = now, 1, None
             assert new_alarm is not None
-            events.append(env.event("debounce.started", key, KIND, job.name,
-                                    flush_at=to_datetime(new_alarm.fire_at).isoformat()))  # fmt: skip
+            events.append(
+                env.event("debounce.started", key, KIND, job.name, flush_at=to_datetime(new_alarm.fire_at).isoformat())
+            )
         record.status, record.state, record.event_count, record.updated_at = "debouncing", reduced.unwrap(), count, now
         try:
             await env.commit(Checkin(key=key, record=record, alarm=new_alarm, event_id=event_id), events)
@@ -559,14 +586,25 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         if isinstance(state, Failure):
             outcome_kind, error = "failed", state.failure()
             log.error("%s", error.message)
-            events.append(env.event("job.failed", record.key, KIND, job.name, run_count=run_count, attempt=attempt,
-                                    error={"tag": error.tag, "message": error.message}, will_retry=False))  # fmt: skip
+            events.append(
+                env.event(
+                    "job.failed",
+                    record.key,
+                    KIND,
+                    job.name,
+                    run_count=run_count,
+                    attempt=attempt,
+                    error={"tag": error.tag, "message": error.message},
+                    will_retry=False,
+                )
+            )
             retry_at, duration_ms = None, 0.0
         else:
             checkout = Checkout(state.unwrap())
             started_at = to_datetime(record.started_at if record.started_at is not None else record.updated_at)
-            ctx = DebounceContext(env, job.name, record.instance_id, log, checkout, count, reason, started_at,
-                                  run_count, attempt)  # fmt: skip
+            ctx = DebounceContext(
+                env, job.name, record.instance_id, log, checkout, count, reason, started_at, run_count, attempt
+            )
             outcome = await execute(env, info, checkout, lambda: job.execute(ctx), job.retry, events, log)
             outcome_kind, retry_at, duration_ms = outcome.kind, outcome.retry_at, outcome.duration_ms
         now = env.now_ms()
@@ -582,8 +620,17 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
             await env.commit(Checkin(key=record.key, record=record, alarm=SetAlarm(retry_at, "retry")), events)
         else:
             if outcome_kind == "succeeded":
-                events.append(env.event("debounce.flushed", record.key, KIND, job.name, event_count=count,
-                                        reason=reason, duration_ms=duration_ms))  # fmt: skip
+                events.append(
+                    env.event(
+                        "debounce.flushed",
+                        record.key,
+                        KIND,
+                        job.name,
+                        event_count=count,
+                        reason=reason,
+                        duration_ms=duration_ms,
+                    )
+                )
             else:
                 log.error("flush failed and is not retried; its batch of %d event(s) is dropped", count)
             _make_idle(record, now)
@@ -635,8 +682,6 @@ class DebounceClient(InstanceClient[DebounceHandler[E, S]], Generic[E, S]):
 
     def get_state(
         self, id: str
-    ) -> FutureResult[
-        StateResult[S | None], JobNotFoundError | InstanceNotFoundError | ValidationError | StorageError
-    ]:
+    ) -> FutureResult[StateResult[S | None], JobNotFoundError | InstanceNotFoundError | ValidationError | StorageError]:
         """The waiting batch's state and when it flushes (``scheduled_at``); ``state=None`` when idle."""
         return self._verb(id, lambda h, i: h.get_state(i))

@@ -111,10 +111,19 @@ class JobContext(BaseContext):
     __slots__ = ("_lease", "attempt", "correlation_id", "job_id", "max_attempts", "run_id", "tenant_id")
 
     def __init__(
-        self, env: Env, job_name: str, log: JobLog, *, job_id: str | None, run_id: str, attempt: int,
-        max_attempts: int, tenant_id: str | None, correlation_id: str | None,
+        self,
+        env: Env,
+        job_name: str,
+        log: JobLog,
+        *,
+        job_id: str | None,
+        run_id: str,
+        attempt: int,
+        max_attempts: int,
+        tenant_id: str | None,
+        correlation_id: str | None,
         lease: tuple[QueueStorage, str] | None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__(env, job_name, job_id or run_id, log)
         self.job_id = job_id
         self.run_id = run_id
@@ -146,8 +155,7 @@ class JobContext(BaseContext):
             return
         storage, worker_id = self._lease
         try:
-            held = await storage.set_progress(self.job_id, worker_id, self.attempt, value, message,
-                                              self._env.now_ms())  # fmt: skip
+            held = await storage.set_progress(self.job_id, worker_id, self.attempt, value, message, self._env.now_ms())
         except StorageError as exc:
             self.log.warning("could not store progress: %s", exc.message)
             return
@@ -188,15 +196,29 @@ class Job(Generic[P, R]):
     @overload
     @classmethod
     def make(
-        cls, name: str, *, params: type[P], result: type[R], execute: Callable[[P, JobContext], object],
-        retry: Retry | None = None, max_attempts: int | None = None, on: str | None = None,
+        cls,
+        name: str,
+        *,
+        params: type[P],
+        result: type[R],
+        execute: Callable[[P, JobContext], object],
+        retry: Retry | None = None,
+        max_attempts: int | None = None,
+        on: str | None = None,
         logging: LoggingOption = False,
     ) -> Job[P, R]: ...
     @overload
     @classmethod
     def make(
-        cls, name: str, *, params: type[P], result: None = None, execute: Callable[[P, JobContext], object],
-        retry: Retry | None = None, max_attempts: int | None = None, on: str | None = None,
+        cls,
+        name: str,
+        *,
+        params: type[P],
+        result: None = None,
+        execute: Callable[[P, JobContext], object],
+        retry: Retry | None = None,
+        max_attempts: int | None = None,
+        on: str | None = None,
         logging: LoggingOption = False,
     ) -> Job[P, None]: ...
     @classmethod
@@ -394,16 +416,26 @@ def job_info(record: JobRecord, handler: JobHandler[Any, Any] | None) -> JobInfo
         return None if ms is None else to_datetime(ms)
 
     return JobInfo(
-        id=record.id, name=record.name, status=record.status,
+        id=record.id,
+        name=record.name,
+        status=record.status,
         params=value(record.params, handler.job.params if handler else None),
         result=value(record.result, handler.job.result if handler else None),
-        error=error, progress=record.progress, progress_message=record.progress_message,
-        attempts=record.attempt_count, max_attempts=record.max_attempts, priority=record.priority,
-        correlation_id=record.correlation_id, tenant_id=record.tenant_id,
-        scheduled_for=to_datetime(record.scheduled_for), created_at=to_datetime(record.created_at),
-        updated_at=to_datetime(record.updated_at), started_at=opt(record.worker_started_at),
-        completed_at=opt(record.completed_at), cancel_requested=record.cancel_requested,
-    )  # fmt: skip
+        error=error,
+        progress=record.progress,
+        progress_message=record.progress_message,
+        attempts=record.attempt_count,
+        max_attempts=record.max_attempts,
+        priority=record.priority,
+        correlation_id=record.correlation_id,
+        tenant_id=record.tenant_id,
+        scheduled_for=to_datetime(record.scheduled_for),
+        created_at=to_datetime(record.created_at),
+        updated_at=to_datetime(record.updated_at),
+        started_at=opt(record.worker_started_at),
+        completed_at=opt(record.completed_at),
+        cancel_requested=record.cancel_requested,
+    )
 
 
 # -- handler ---------------------------------------------------------------------------
@@ -439,8 +471,9 @@ class JobHandler(Generic[P, R]):
         policy = self._retries.get(max_attempts)
         if policy is None:
             base = self.job.retry
-            policy = self._retries[max_attempts] = Retry(max_attempts, base.delay, jitter=base.jitter,
-                                                         retry_on=base.retry_on)  # fmt: skip
+            policy = self._retries[max_attempts] = Retry(
+                max_attempts, base.delay, jitter=base.jitter, retry_on=base.retry_on
+            )
         return policy
 
     async def _call(self, params: P, ctx: JobContext) -> Result[bytes, JobError]:
@@ -460,13 +493,22 @@ class JobHandler(Generic[P, R]):
         log = JobLog(self._logger, self._threshold, {"job": job.name, "job_id": key, "attempt": who.attempt})
         lease = (storage, who.worker_id) if storage is not None and who.worker_id is not None else None
         ctx = JobContext(
-            env, job.name, log, job_id=who.job_id, run_id=run_id, attempt=who.attempt,
-            max_attempts=who.max_attempts, tenant_id=who.tenant_id, correlation_id=who.correlation_id, lease=lease,
-        )  # fmt: skip
+            env,
+            job.name,
+            log,
+            job_id=who.job_id,
+            run_id=run_id,
+            attempt=who.attempt,
+            max_attempts=who.max_attempts,
+            tenant_id=who.tenant_id,
+            correlation_id=who.correlation_id,
+            lease=lease,
+        )
         events: list[TrackedEvent] = []
         info = RunInfo(key, KIND, job.name, 1, who.attempt)
-        outcome = await execute(env, info, Checkout(None), lambda: self._call(params, ctx),
-                                self.retry_for(who.max_attempts), events, log)  # fmt: skip
+        outcome = await execute(
+            env, info, Checkout(None), lambda: self._call(params, ctx), self.retry_for(who.max_attempts), events, log
+        )
         return outcome, events
 
     def final_error(self, outcome: Outcome, attempt: int) -> JobError:
@@ -484,8 +526,11 @@ class JobHandler(Generic[P, R]):
         with worker.running(job.id, attempt=job.attempt) as run:
             if isinstance(params, Failure):
                 error = params.failure()
-                events = [worker.event("job.failed", job.id, job.name, attempt=job.attempt, will_retry=False,
-                                       error=_error_event(error))]  # fmt: skip
+                events = [
+                    worker.event(
+                        "job.failed", job.id, job.name, attempt=job.attempt, will_retry=False, error=_error_event(error)
+                    )
+                ]
                 self._settle(worker, run, job, "failed", None, error, events)
                 return
             try:
@@ -508,26 +553,46 @@ class JobHandler(Generic[P, R]):
                 return
             if outcome.kind == "succeeded":
                 if worker.tracking:
-                    events.append(worker.event("job.completed", job.id, job.name, attempt=job.attempt,
-                                               duration_ms=outcome.duration_ms))  # fmt: skip
+                    events.append(
+                        worker.event(
+                            "job.completed", job.id, job.name, attempt=job.attempt, duration_ms=outcome.duration_ms
+                        )
+                    )
                 self._settle(worker, run, job, "completed", cast(bytes, outcome.value), None, events)
             elif outcome.kind == "retrying":
                 assert outcome.retry_at is not None and outcome.error is not None
                 settlement = JobSettlement(
-                    job_id=job.id, worker_id=worker.id, attempt=job.attempt, status="pending", at=env.now_ms(),
-                    error=_error_json(outcome.error), scheduled_for=outcome.retry_at,
-                )  # fmt: skip
+                    job_id=job.id,
+                    worker_id=worker.id,
+                    attempt=job.attempt,
+                    status="pending",
+                    at=env.now_ms(),
+                    error=_error_json(outcome.error),
+                    scheduled_for=outcome.retry_at,
+                )
                 worker.settle(settlement, events, run, poke_at=outcome.retry_at)
             else:
                 self._settle(worker, run, job, "failed", None, self.final_error(outcome, job.attempt), events)
 
     def _settle(
-        self, worker: Worker, run: RunHandle, job: ClaimedJob, status: JobStatusName, result: bytes | None,
-        error: JobError | None, events: list[TrackedEvent],
-    ) -> None:  # fmt: skip
-        settlement = JobSettlement(job_id=job.id, worker_id=worker.id, attempt=job.attempt, status=status,
-                                   at=self.env.now_ms(), result=result,
-                                   error=None if error is None else _error_json(error))  # fmt: skip
+        self,
+        worker: Worker,
+        run: RunHandle,
+        job: ClaimedJob,
+        status: JobStatusName,
+        result: bytes | None,
+        error: JobError | None,
+        events: list[TrackedEvent],
+    ) -> None:
+        settlement = JobSettlement(
+            job_id=job.id,
+            worker_id=worker.id,
+            attempt=job.attempt,
+            status=status,
+            at=self.env.now_ms(),
+            result=result,
+            error=None if error is None else _error_json(error),
+        )
         worker.settle(settlement, events, run)
 
     async def _apply(self, worker: Worker, settlement: JobSettlement, events: list[TrackedEvent]) -> bool:
@@ -535,31 +600,49 @@ class JobHandler(Generic[P, R]):
             [applied] = await worker.storage.settle_jobs([settlement])
         except StorageError as exc:
             # The row stays leased; once the lease runs out it is reclaimed and runs again.
-            self._logger.error("job %s: could not record how attempt %d ended: %s", settlement.job_id,
-                               settlement.attempt, exc.message)  # fmt: skip
+            self._logger.error(
+                "job %s: could not record how attempt %d ended: %s", settlement.job_id, settlement.attempt, exc.message
+            )
             return False
         if not applied:
-            self._logger.warning("job %s: attempt %d lost its lease before it ended; its outcome is dropped",
-                                 settlement.job_id, settlement.attempt)  # fmt: skip
+            self._logger.warning(
+                "job %s: attempt %d lost its lease before it ended; its outcome is dropped",
+                settlement.job_id,
+                settlement.attempt,
+            )
             return False
         worker.emit(events)
         return True
 
     async def _release(self, worker: Worker, job: ClaimedJob) -> None:
-        settlement = JobSettlement(job_id=job.id, worker_id=worker.id, attempt=job.attempt, status="pending",
-                                   at=self.env.now_ms(), release=True, error=CANCELLED_ERROR)  # fmt: skip
+        settlement = JobSettlement(
+            job_id=job.id,
+            worker_id=worker.id,
+            attempt=job.attempt,
+            status="pending",
+            at=self.env.now_ms(),
+            release=True,
+            error=CANCELLED_ERROR,
+        )
         try:
             await worker.storage.settle_jobs([settlement])
         except StorageError as exc:
-            self._logger.warning("job %s: could not hand back an interrupted attempt; it runs after its lease: %s",
-                                 job.id, exc.message)  # fmt: skip
+            self._logger.warning(
+                "job %s: could not hand back an interrupted attempt; it runs after its lease: %s", job.id, exc.message
+            )
 
     # -- now ---------------------------------------------------------------------------
 
     async def run_now(
-        self, queue: JobQueue, params: P, raw: bytes, *, persist: bool, tenant_id: str | None,
+        self,
+        queue: JobQueue,
+        params: P,
+        raw: bytes,
+        *,
+        persist: bool,
+        tenant_id: str | None,
         correlation_id: str | None,
-    ) -> JobRun[R]:  # fmt: skip
+    ) -> JobRun[R]:
         """Run the job in the caller's task, retrying by its policy; raises `StorageError`."""
         env, worker, job = self.env, queue.worker, self.job
         started = time.perf_counter()
@@ -568,33 +651,56 @@ class JobHandler(Generic[P, R]):
             storage = queue.storage
             job_id = worker.new_id()
             now = env.now_ms()
-            row = NewJob(id=job_id, name=job.name, params=raw, max_attempts=job.max_attempts, scheduled_for=now,
-                         created_at=now, correlation_id=correlation_id, tenant_id=tenant_id)  # fmt: skip
+            row = NewJob(
+                id=job_id,
+                name=job.name,
+                params=raw,
+                max_attempts=job.max_attempts,
+                scheduled_for=now,
+                created_at=now,
+                correlation_id=correlation_id,
+                tenant_id=tenant_id,
+            )
             await storage.start_job(row, worker.id, now + worker.lease_ms)
             if worker.tracking:
-                worker.emit([
-                    worker.event("job.enqueued", job_id, job.name, now=True, tenant_id=tenant_id),
-                    worker.event("job.claimed", job_id, job.name, attempt=1, worker_id=worker.id),
-                ])  # fmt: skip
+                worker.emit(
+                    [
+                        worker.event("job.enqueued", job_id, job.name, now=True, tenant_id=tenant_id),
+                        worker.event("job.claimed", job_id, job.name, attempt=1, worker_id=worker.id),
+                    ]
+                )
         who = _Attempt(job_id, 1, job.max_attempts, tenant_id, correlation_id, worker.id if persist else None)
         cm = worker.running(job_id) if job_id is not None else nullcontext(RunHandle())
         settled = False
 
         def done(status: JobRunStatus, result: R | None, error: JobError | None) -> JobRun[R]:
             duration = round((time.perf_counter() - started) * 1000, 3)
-            return JobRun(job_id=job_id, status=status, result=result, error=error, duration_ms=duration,
-                          attempts=who.attempt)  # fmt: skip
+            return JobRun(
+                job_id=job_id, status=status, result=result, error=error, duration_ms=duration, attempts=who.attempt
+            )
 
-        async def settle(status: JobStatusName, result: bytes | None, error: JobError | None,
-                         events: list[TrackedEvent], lease_until: int | None = None) -> None:  # fmt: skip
+        async def settle(
+            status: JobStatusName,
+            result: bytes | None,
+            error: JobError | None,
+            events: list[TrackedEvent],
+            lease_until: int | None = None,
+        ) -> None:
             nonlocal settled
             if job_id is None:
                 worker.emit(events)
                 return
             settled = status != "running"
-            settlement = JobSettlement(job_id=job_id, worker_id=worker.id, attempt=who.attempt, status=status,
-                                       at=env.now_ms(), result=result, lease_until=lease_until,
-                                       error=None if error is None else _error_json(error))  # fmt: skip
+            settlement = JobSettlement(
+                job_id=job_id,
+                worker_id=worker.id,
+                attempt=who.attempt,
+                status=status,
+                at=env.now_ms(),
+                result=result,
+                lease_until=lease_until,
+                error=None if error is None else _error_json(error),
+            )
             await self._apply(worker, settlement, events)
 
         with cm as run:
@@ -605,8 +711,9 @@ class JobHandler(Generic[P, R]):
                         if outcome.kind != "retrying":
                             break
                         assert outcome.retry_at is not None and outcome.error is not None
-                        await settle("running", None, outcome.error, events,
-                                     lease_until=outcome.retry_at + worker.lease_ms)  # fmt: skip
+                        await settle(
+                            "running", None, outcome.error, events, lease_until=outcome.retry_at + worker.lease_ms
+                        )
                         who.attempt += 1  # the row counts the next attempt from here (its fence)
                         await env.clock.sleep_until(outcome.retry_at)
             except BaseException:
@@ -619,15 +726,26 @@ class JobHandler(Generic[P, R]):
             # Settled inside the run's block: a `cancel` waiting for this run reads the final row.
             if run.scope.cancelled_caught:
                 stopped = JobCancelledError(job_id or "")
-                await settle("cancelled", None, stopped,
-                             [worker.event("job.cancelled", job_id or "", job.name, attempt=who.attempt)])  # fmt: skip
+                await settle(
+                    "cancelled",
+                    None,
+                    stopped,
+                    [worker.event("job.cancelled", job_id or "", job.name, attempt=who.attempt)],
+                )
                 return done("cancelled", None, stopped)
             if outcome.kind == "succeeded":
                 raw_result = cast(bytes, outcome.value)
                 value = decode(job.result, raw_result, what=f"result of job {job.name!r}").unwrap()  # just encoded
                 if worker.tracking:
-                    events.append(worker.event("job.completed", job_id or "", job.name, attempt=who.attempt,
-                                               duration_ms=outcome.duration_ms))  # fmt: skip
+                    events.append(
+                        worker.event(
+                            "job.completed",
+                            job_id or "",
+                            job.name,
+                            attempt=who.attempt,
+                            duration_ms=outcome.duration_ms,
+                        )
+                    )
                 await settle("completed", raw_result, None, events)
                 return done("completed", value, None)
             error = self.final_error(outcome, who.attempt)
@@ -689,9 +807,11 @@ class JobQueue:
             return Success(scope)
         if tenant is None and self.tenancy == "required":
             return Failure(
-                TenantError("this engine requires a tenant id on every job (tenancy='required'): pass tenant_id=... "
-                            "or use client.for_tenant(...)")
-            )  # fmt: skip
+                TenantError(
+                    "this engine requires a tenant id on every job (tenancy='required'): pass tenant_id=... "
+                    "or use client.for_tenant(...)"
+                )
+            )
         return Success(tenant)
 
     @staticmethod
@@ -711,33 +831,66 @@ class JobQueue:
         if due is not None:
             worker.poke(due)
             if worker.tracking:
-                worker.emit([
-                    worker.event("job.enqueued", row.id, row.name, scheduled_for=to_datetime(row.scheduled_for)
-                                 .isoformat(), tenant_id=row.tenant_id, correlation_id=row.correlation_id)
-                    for row, (_, new) in zip(rows, created, strict=True) if new
-                ])  # fmt: skip
+                worker.emit(
+                    [
+                        worker.event(
+                            "job.enqueued",
+                            row.id,
+                            row.name,
+                            scheduled_for=to_datetime(row.scheduled_for).isoformat(),
+                            tenant_id=row.tenant_id,
+                            correlation_id=row.correlation_id,
+                        )
+                        for row, (_, new) in zip(rows, created, strict=True)
+                        if new
+                    ]
+                )
         return created
 
     def row(
-        self, handler: JobHandler[Any, Any], raw: bytes, *, scheduled_for: int, now: int, priority: int = 0,
-        correlation_id: str | None = None, tenant_id: str | None = None, idempotency_key: str | None = None,
-    ) -> NewJob:  # fmt: skip
+        self,
+        handler: JobHandler[Any, Any],
+        raw: bytes,
+        *,
+        scheduled_for: int,
+        now: int,
+        priority: int = 0,
+        correlation_id: str | None = None,
+        tenant_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> NewJob:
         """A new pending row for `handler`'s job."""
         return NewJob(
-            id=self.worker.new_id(), name=handler.job.name, params=raw, max_attempts=handler.job.max_attempts,
-            scheduled_for=scheduled_for, created_at=now, priority=priority, correlation_id=correlation_id,
-            tenant_id=tenant_id, idempotency_key=idempotency_key,
-        )  # fmt: skip
+            id=self.worker.new_id(),
+            name=handler.job.name,
+            params=raw,
+            max_attempts=handler.job.max_attempts,
+            scheduled_for=scheduled_for,
+            created_at=now,
+            priority=priority,
+            correlation_id=correlation_id,
+            tenant_id=tenant_id,
+            idempotency_key=idempotency_key,
+        )
 
     async def send_event(
-        self, scope: str | None, event: object, payload: object, *, tenant_id: object, correlation_id: object,
+        self,
+        scope: str | None,
+        event: object,
+        payload: object,
+        *,
+        tenant_id: object,
+        correlation_id: object,
         idempotency_key: object,
-    ) -> Result[EventResult, ValidationError | TenantError | StorageError]:  # fmt: skip
+    ) -> Result[EventResult, ValidationError | TenantError | StorageError]:
         """Validate `payload` for every listener of `event`, then enqueue one job each, all or none."""
         if not isinstance(event, str) or not event.strip():
             return Failure(ValidationError(f"event name must be a non-empty string, got {event!r}"))
-        checks = (self.tenant_for(scope, tenant_id), _check_text(correlation_id, "correlation_id"),
-                  _check_text(idempotency_key, "idempotency_key"))  # fmt: skip
+        checks = (
+            self.tenant_for(scope, tenant_id),
+            _check_text(correlation_id, "correlation_id"),
+            _check_text(idempotency_key, "idempotency_key"),
+        )
         for check in checks:
             if isinstance(check, Failure):
                 return check
@@ -752,8 +905,12 @@ class JobQueue:
         if not listeners:
             return Success(EventResult(event=event, job_ids=[], job_names=[], delivered=False))
         now = self.env.now_ms()
-        rows = [self.row(h, raw, scheduled_for=now, now=now, correlation_id=correlation, tenant_id=tenant,
-                         idempotency_key=key) for h, raw in zip(listeners, encoded, strict=True)]  # fmt: skip
+        rows = [
+            self.row(
+                h, raw, scheduled_for=now, now=now, correlation_id=correlation, tenant_id=tenant, idempotency_key=key
+            )
+            for h, raw in zip(listeners, encoded, strict=True)
+        ]
         ids = [job_id for job_id, _ in await self.enqueue(rows)]
         return Success(EventResult(event=event, job_ids=ids, job_names=[h.job.name for h in listeners], delivered=True))
 
@@ -807,30 +964,47 @@ class JobQueue:
             return loaded
         record = loaded.unwrap()
         if record.status not in ("failed", "cancelled"):
-            return Failure(InvalidStateError(
-                f"job {record.id} is {record.status}; only a failed or cancelled job can be retried"))  # fmt: skip
+            return Failure(
+                InvalidStateError(f"job {record.id} is {record.status}; only a failed or cancelled job can be retried")
+            )
         now = self.env.now_ms()
         changed = await self.storage.retry_job(record.id, now)
         if changed is None or changed.status != "pending":
             status = changed.status if changed else "gone"
             return Failure(InvalidStateError(f"job {record.id} changed to {status} meanwhile; it was not retried"))
         self.worker.poke(now)
-        self.worker.emit([self.worker.event("job.enqueued", record.id, record.name, retry=True,
-                                            tenant_id=record.tenant_id)])  # fmt: skip
+        self.worker.emit(
+            [self.worker.event("job.enqueued", record.id, record.name, retry=True, tenant_id=record.tenant_id)]
+        )
         return Success(RetryResult(record.id))
 
     async def list(
-        self, scope: str | None, *, status: object, name: object, correlation_id: object, tenant_id: object,
-        limit: object, after: object,
-    ) -> Result[list[JobInfo], Any]:  # fmt: skip
+        self,
+        scope: str | None,
+        *,
+        status: object,
+        name: object,
+        correlation_id: object,
+        tenant_id: object,
+        limit: object,
+        after: object,
+    ) -> Result[list[JobInfo], Any]:
         """The jobs matching every given filter, oldest first, at most `limit`."""
         if status is not None and status not in ("pending", "running", "completed", "failed", "cancelled"):
-            return Failure(ValidationError(
-                f"status must be pending, running, completed, failed or cancelled, got {status!r}"))  # fmt: skip
+            return Failure(
+                ValidationError(f"status must be pending, running, completed, failed or cancelled, got {status!r}")
+            )
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
             return Failure(ValidationError(f"limit must be an int from 1 to 10000, got {limit!r}"))
-        texts = [_check_text(v, what) for v, what in ((name, "name"), (correlation_id, "correlation_id"),
-                                                      (tenant_id, "tenant_id"), (after, "after"))]  # fmt: skip
+        texts = [
+            _check_text(v, what)
+            for v, what in (
+                (name, "name"),
+                (correlation_id, "correlation_id"),
+                (tenant_id, "tenant_id"),
+                (after, "after"),
+            )
+        ]
         for check in texts:
             if isinstance(check, Failure):
                 return check
@@ -842,8 +1016,14 @@ class JobQueue:
             if tenant is not None and tenant != scope:
                 return Failure(TenantError(f"this client acts for tenant {scope!r}; it cannot list {tenant!r}'s jobs"))
             tenant = scope
-        where = JobFilter(status=status, name=texts[0].unwrap(), correlation_id=texts[1].unwrap(), tenant_id=tenant,
-                          after=texts[3].unwrap(), limit=limit)  # fmt: skip
+        where = JobFilter(
+            status=status,
+            name=texts[0].unwrap(),
+            correlation_id=texts[1].unwrap(),
+            tenant_id=tenant,
+            after=texts[3].unwrap(),
+            limit=limit,
+        )
         return Success([self.info(r) for r in await self.storage.list_jobs(where)])
 
 
@@ -914,16 +1094,23 @@ class JobClient(Generic[P, R]):
                 return checked
             raw, tenant, correlation = checked.unwrap()
             value = decode(h.job.params, raw, what=f"params of job {h.job.name!r}").unwrap()  # just validated
-            return Success(await h.run_now(q, value, raw, persist=persist, tenant_id=tenant,
-                                           correlation_id=correlation))  # fmt: skip
+            return Success(
+                await h.run_now(q, value, raw, persist=persist, tenant_id=tenant, correlation_id=correlation)
+            )
 
         return effect(run)
 
     def later(
-        self, params: P, *, at: datetime | None = None, delay: DurationLike | None = None,
-        correlation_id: str | None = None, tenant_id: str | None = None, priority: int = 0,
+        self,
+        params: P,
+        *,
+        at: datetime | None = None,
+        delay: DurationLike | None = None,
+        correlation_id: str | None = None,
+        tenant_id: str | None = None,
+        priority: int = 0,
         idempotency_key: str | None = None,
-    ) -> FutureResult[str, JobNotFoundError | ValidationError | TenantError | StorageError]:  # fmt: skip
+    ) -> FutureResult[str, JobNotFoundError | ValidationError | TenantError | StorageError]:
         """Enqueue the job to run at `at`, after `delay`, or as soon as a worker is free; returns its id.
 
         Args:
@@ -954,17 +1141,31 @@ class JobClient(Generic[P, R]):
             key = _check_text(idempotency_key, "idempotency_key")
             if isinstance(key, Failure):
                 return key
-            row = q.row(h, raw, scheduled_for=when.unwrap(), now=now, priority=priority, correlation_id=correlation,
-                        tenant_id=tenant, idempotency_key=key.unwrap())  # fmt: skip
+            row = q.row(
+                h,
+                raw,
+                scheduled_for=when.unwrap(),
+                now=now,
+                priority=priority,
+                correlation_id=correlation,
+                tenant_id=tenant,
+                idempotency_key=key.unwrap(),
+            )
             [(job_id, _)] = await q.enqueue([row])
             return Success(job_id)
 
         return effect(run)
 
     def later_many(
-        self, params_list: Sequence[P], *, at: datetime | None = None, delay: DurationLike | None = None,
-        correlation_id: str | None = None, tenant_id: str | None = None, priority: int = 0,
-    ) -> FutureResult[list[str], JobNotFoundError | ValidationError | TenantError | StorageError]:  # fmt: skip
+        self,
+        params_list: Sequence[P],
+        *,
+        at: datetime | None = None,
+        delay: DurationLike | None = None,
+        correlation_id: str | None = None,
+        tenant_id: str | None = None,
+        priority: int = 0,
+    ) -> FutureResult[list[str], JobNotFoundError | ValidationError | TenantError | StorageError]:
         """Enqueue one job per params in one transaction (all or none); returns their ids in order.
 
         Every params is validated before anything is stored: one that does not
@@ -996,8 +1197,17 @@ class JobClient(Generic[P, R]):
                 raw = encode(h.job.params, params, what=f"params[{index}] of job {h.job.name!r}")
                 if isinstance(raw, Failure):
                     return raw
-                rows.append(q.row(h, raw.unwrap(), scheduled_for=when.unwrap(), now=now, priority=priority,
-                                  correlation_id=correlation.unwrap(), tenant_id=tenant.unwrap()))  # fmt: skip
+                rows.append(
+                    q.row(
+                        h,
+                        raw.unwrap(),
+                        scheduled_for=when.unwrap(),
+                        now=now,
+                        priority=priority,
+                        correlation_id=correlation.unwrap(),
+                        tenant_id=tenant.unwrap(),
+                    )
+                )
             if not rows:
                 return Success([])
             return Success([job_id for job_id, _ in await q.enqueue(rows)])
@@ -1005,9 +1215,15 @@ class JobClient(Generic[P, R]):
         return effect(run)
 
     def batch(
-        self, params_list: Sequence[P], *, concurrency: int = 3, persist: bool = True, stop_on_error: bool = False,
-        correlation_id: str | None = None, tenant_id: str | None = None,
-    ) -> FutureResult[list[JobRun[R]], JobNotFoundError | ValidationError | TenantError | StorageError]:  # fmt: skip
+        self,
+        params_list: Sequence[P],
+        *,
+        concurrency: int = 3,
+        persist: bool = True,
+        stop_on_error: bool = False,
+        correlation_id: str | None = None,
+        tenant_id: str | None = None,
+    ) -> FutureResult[list[JobRun[R]], JobNotFoundError | ValidationError | TenantError | StorageError]:
         """Run ``now`` for each params, at most `concurrency` at once; the runs come in input order.
 
         Every params is validated before any job starts. With
@@ -1042,8 +1258,9 @@ class JobClient(Generic[P, R]):
             async def one(i: int, value: P, raw: bytes) -> None:
                 nonlocal stop
                 try:
-                    runs[i] = r = await h.run_now(q, value, raw, persist=persist, tenant_id=tenant,
-                                                  correlation_id=correlation)  # fmt: skip
+                    runs[i] = r = await h.run_now(
+                        q, value, raw, persist=persist, tenant_id=tenant, correlation_id=correlation
+                    )
                     stop = stop or (stop_on_error and not r.ok)
                 except JobError as exc:
                     errors.append(exc)
@@ -1117,13 +1334,28 @@ class JobsClient:
         return effect(lambda: q.retry(scope, job_id))
 
     def list(
-        self, *, status: JobStatusName | None = None, name: str | None = None, correlation_id: str | None = None,
-        tenant_id: str | None = None, limit: int = 100, after: str | None = None,
-    ) -> FutureResult[list[JobInfo], TenantError | ValidationError | StorageError]:  # fmt: skip
+        self,
+        *,
+        status: JobStatusName | None = None,
+        name: str | None = None,
+        correlation_id: str | None = None,
+        tenant_id: str | None = None,
+        limit: int = 100,
+        after: str | None = None,
+    ) -> FutureResult[list[JobInfo], TenantError | ValidationError | StorageError]:
         """Jobs matching every given filter, oldest first; page with ``after=<last id>``."""
         q, scope = self._queue, self._tenant
-        return effect(lambda: q.list(scope, status=status, name=name, correlation_id=correlation_id,
-                                     tenant_id=tenant_id, limit=limit, after=after))  # fmt: skip
+        return effect(
+            lambda: q.list(
+                scope,
+                status=status,
+                name=name,
+                correlation_id=correlation_id,
+                tenant_id=tenant_id,
+                limit=limit,
+                after=after,
+            )
+        )
 
 
 async def _map(loaded: Any, fn: Callable[[JobRecord], JobInfo]) -> Result[JobInfo, Any]:

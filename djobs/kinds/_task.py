@@ -116,12 +116,22 @@ def resolve_when(when: object, now_ms: int) -> Result[int, ValidationError]:
     """
     if isinstance(when, datetime):
         if when.tzinfo is None or when.utcoffset() is None:
-            return Failure(_bad_when(when, "this datetime is naive (it has no time zone); "
-                                           "use datetime(..., tzinfo=UTC) or ctx.now() + timedelta(...)"))  # fmt: skip
+            return Failure(
+                _bad_when(
+                    when,
+                    "this datetime is naive (it has no time zone); "
+                    "use datetime(..., tzinfo=UTC) or ctx.now() + timedelta(...)",
+                )
+            )
         fire_at = max(now_ms, to_epoch_ms(when))
     elif isinstance(when, bool | int | float):
-        return Failure(_bad_when(when, "a bare number is ambiguous (seconds or milliseconds?); "
-                                       'write timedelta(seconds=...) or a string like "30 seconds"'))  # fmt: skip
+        return Failure(
+            _bad_when(
+                when,
+                "a bare number is ambiguous (seconds or milliseconds?); "
+                'write timedelta(seconds=...) or a string like "30 seconds"',
+            )
+        )
     elif isinstance(when, timedelta):
         if when < timedelta(0):
             return Failure(_bad_when(when, "a delay must not be negative"))
@@ -151,9 +161,16 @@ class _TaskContextBase(BaseContext, Generic[S]):
     __slots__ = ("_draft", "_scheduled_ms", "_state_type", "event_count")
 
     def __init__(
-        self, env: Env, job_name: str, instance_id: str, log: JobLog, draft: _Draft[S | None],
-        state_type: type[S], scheduled_ms: int | None, event_count: int,
-    ) -> None:  # fmt: skip
+        self,
+        env: Env,
+        job_name: str,
+        instance_id: str,
+        log: JobLog,
+        draft: _Draft[S | None],
+        state_type: type[S],
+        scheduled_ms: int | None,
+        event_count: int,
+    ) -> None:
         super().__init__(env, job_name, instance_id, log)
         self._draft = draft
         self._state_type = state_type
@@ -246,9 +263,17 @@ class TaskEventContext(_TaskContextBase[S]):
     __slots__ = ("is_first_event",)
 
     def __init__(
-        self, env: Env, job_name: str, instance_id: str, log: JobLog, draft: _Draft[S | None],
-        state_type: type[S], scheduled_ms: int | None, event_count: int, is_first_event: bool,
-    ) -> None:  # fmt: skip
+        self,
+        env: Env,
+        job_name: str,
+        instance_id: str,
+        log: JobLog,
+        draft: _Draft[S | None],
+        state_type: type[S],
+        scheduled_ms: int | None,
+        event_count: int,
+        is_first_event: bool,
+    ) -> None:
         super().__init__(env, job_name, instance_id, log, draft, state_type, scheduled_ms, event_count)
         self.is_first_event = is_first_event
 
@@ -270,10 +295,19 @@ class TaskContext(_TaskContextBase[S]):
     __slots__ = ("attempt", "created_at", "execute_count")
 
     def __init__(
-        self, env: Env, job_name: str, instance_id: str, log: JobLog, draft: _Draft[S | None],
-        state_type: type[S], scheduled_ms: int | None, event_count: int, execute_count: int,
-        created_at: int, attempt: int,
-    ) -> None:  # fmt: skip
+        self,
+        env: Env,
+        job_name: str,
+        instance_id: str,
+        log: JobLog,
+        draft: _Draft[S | None],
+        state_type: type[S],
+        scheduled_ms: int | None,
+        event_count: int,
+        execute_count: int,
+        created_at: int,
+        attempt: int,
+    ) -> None:
         super().__init__(env, job_name, instance_id, log, draft, state_type, scheduled_ms, event_count)
         self.execute_count = execute_count
         self.created_at = to_datetime(created_at)
@@ -426,9 +460,11 @@ def _check_event_id(event_id: object) -> Result[str | None, ValidationError]:
     if event_id is None:
         return Success(None)
     if not isinstance(event_id, str) or not event_id or len(event_id) > MAX_ID_LENGTH:
-        return Failure(ValidationError(
-            f"event_id must be a non-empty str of at most {MAX_ID_LENGTH} characters, got {_short.repr(event_id)}"
-        ))  # fmt: skip
+        return Failure(
+            ValidationError(
+                f"event_id must be a non-empty str of at most {MAX_ID_LENGTH} characters, got {_short.repr(event_id)}"
+            )
+        )
     return Success(event_id)
 
 
@@ -462,8 +498,19 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
         return self.env.event(type, record.key, KIND, self.job.name, **data)
 
     def _context(self, record: InstanceRecord, draft: _Draft[S | None], log: JobLog, attempt: int) -> TaskContext[S]:
-        return TaskContext(self.env, self.job.name, record.instance_id, log, draft, self.job.state, None,
-                           record.event_count, record.execute_count, record.created_at, attempt)  # fmt: skip
+        return TaskContext(
+            self.env,
+            self.job.name,
+            record.instance_id,
+            log,
+            draft,
+            self.job.state,
+            None,
+            record.event_count,
+            record.execute_count,
+            record.created_at,
+            attempt,
+        )
 
     # -- verbs (each runs on the instance's actor) -------------------------------------
 
@@ -487,9 +534,16 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
             created = loaded is None
             if loaded is None:
                 now = env.now_ms()
-                record = InstanceRecord(key=key, kind=KIND, name=job.name, instance_id=instance_id,
-                                        tenant_id=self.tenant, status="idle", created_at=now,
-                                        updated_at=now)  # fmt: skip
+                record = InstanceRecord(
+                    key=key,
+                    kind=KIND,
+                    name=job.name,
+                    instance_id=instance_id,
+                    tenant_id=self.tenant,
+                    status="idle",
+                    created_at=now,
+                    updated_at=now,
+                )
                 alarm = None
             else:
                 record, alarm = loaded
@@ -512,8 +566,15 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
                 if ran.terminated:
                     await self._purge(record, ran.reason, events, log)
                     return Success(SendResult(created, instance_id, None))
-                _, fire = await self._settle(record, draft, keep_ms=keep_ms, was_active=created or alarm is not None,
-                                             trigger="event", events=events, event_id=eid)  # fmt: skip
+                _, fire = await self._settle(
+                    record,
+                    draft,
+                    keep_ms=keep_ms,
+                    was_active=created or alarm is not None,
+                    trigger="event",
+                    events=events,
+                    event_id=eid,
+                )
             except DuplicateEventError:
                 # Another process accepted the same id between our check and our commit.
                 assert eid is not None
@@ -584,8 +645,16 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
         if isinstance(loaded_state, Failure):
             error = loaded_state.failure()
             log.error("%s", error.message)
-            events.append(self._event(record, "job.failed", error={"tag": error.tag, "message": error.message},
-                                      run_count=execute_count, attempt=attempt, will_retry=False))  # fmt: skip
+            events.append(
+                self._event(
+                    record,
+                    "job.failed",
+                    error={"tag": error.tag, "message": error.message},
+                    run_count=execute_count,
+                    attempt=attempt,
+                    will_retry=False,
+                )
+            )
             record.attempt, record.status, record.updated_at = 1, "idle", env.now_ms()
             await env.commit(Checkin(key=record.key, record=record, alarm=ClearAlarm()), events)
             return execute_count, "failed", None
@@ -622,14 +691,22 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
                 if isinstance(ran.result, Failure):
                     self._handler_failed(record, "on_error", ran.result.failure(), events, err_log)
                     draft = _Draft(before)
-        alive, fire = await self._settle(record, draft, keep_ms=None, was_active=alarm is not None,
-                                         trigger=trigger, events=events)  # fmt: skip
+        alive, fire = await self._settle(
+            record, draft, keep_ms=None, was_active=alarm is not None, trigger=trigger, events=events
+        )
         return execute_count, kind if alive else "terminated", fire
 
     async def _settle(
-        self, record: InstanceRecord, draft: _Draft[S | None], *, keep_ms: int | None, was_active: bool,
-        trigger: Trigger, events: list[TrackedEvent], event_id: str | None = None,
-    ) -> tuple[bool, int | None]:  # fmt: skip
+        self,
+        record: InstanceRecord,
+        draft: _Draft[S | None],
+        *,
+        keep_ms: int | None,
+        was_active: bool,
+        trigger: Trigger,
+        events: list[TrackedEvent],
+        event_id: str | None = None,
+    ) -> tuple[bool, int | None]:
         """Commit a step's successful changes, running ``on_idle`` first if the task goes idle.
 
         `keep_ms` is the alarm the task keeps if the step did not touch it
@@ -678,9 +755,17 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
         self, record: InstanceRecord, handler: str, error: JobError, events: list[TrackedEvent], log: JobLog
     ) -> None:
         log.error("%s failed: %s", handler, error.message)
-        events.append(self._event(record, "job.failed", error={"tag": error.tag, "message": error.message},
-                                  handler=handler, run_count=record.execute_count, attempt=record.attempt,
-                                  will_retry=False))  # fmt: skip
+        events.append(
+            self._event(
+                record,
+                "job.failed",
+                error={"tag": error.tag, "message": error.message},
+                handler=handler,
+                run_count=record.execute_count,
+                attempt=record.attempt,
+                will_retry=False,
+            )
+        )
 
     async def _purge(self, record: InstanceRecord, reason: str | None, events: list[TrackedEvent], log: JobLog) -> None:
         log.info("terminated: %s", reason or "no reason given")

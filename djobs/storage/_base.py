@@ -354,8 +354,9 @@ class QueueStorage(Protocol):
         """Apply how attempts ended; per settlement whether it still held the lease and was applied."""
         ...
 
-    async def set_progress(self, job_id: str, worker_id: str, attempt: int, progress: int, message: str | None,
-                           now: int) -> bool:  # fmt: skip
+    async def set_progress(
+        self, job_id: str, worker_id: str, attempt: int, progress: int, message: str | None, now: int
+    ) -> bool:
         """Record a running attempt's progress (0-100); whether it still held the lease."""
         ...
 

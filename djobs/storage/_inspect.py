@@ -230,8 +230,9 @@ class SqliteInspector:
                 due, claimed, later, next_at = _row(db, _ALARMS, (now,))
                 alarms = AlarmCounts(due=due or 0, claimed=claimed or 0, later=later or 0, next_at=next_at)
                 jobs = _counts(list(db.execute("SELECT status, count(*) FROM jobs GROUP BY status")))
-                (jobs_due,) = _row(db, "SELECT count(*) FROM jobs WHERE status = 'pending' AND scheduled_for <= ?",
-                                   (now,))  # fmt: skip
+                (jobs_due,) = _row(
+                    db, "SELECT count(*) FROM jobs WHERE status = 'pending' AND scheduled_for <= ?", (now,)
+                )
                 oldest = None
                 for r in db.execute(_OLDEST_PENDING, (now,)):
                     oldest = PendingJob(id=r[0], name=r[1], scheduled_for=r[2], created_at=r[3])
@@ -245,8 +246,15 @@ class SqliteInspector:
             finally:
                 db.execute("COMMIT")
             leases = [LeaseHolder(owner=o, instances=c[0], jobs=c[1], expired=c[2]) for o, c in sorted(held.items())]
-            return StorageSummary(now=now, instances=instances, alarms=alarms, jobs=jobs, jobs_due=jobs_due,
-                                  oldest_pending=oldest, leases=leases)  # fmt: skip
+            return StorageSummary(
+                now=now,
+                instances=instances,
+                alarms=alarms,
+                jobs=jobs,
+                jobs_due=jobs_due,
+                oldest_pending=oldest,
+                leases=leases,
+            )
 
         return self._storage.read(run)
 
@@ -267,14 +275,34 @@ class SqliteInspector:
             views = []
             for r in db.execute(sql, args):
                 record = InstanceRecord(
-                    key=r[0], kind=r[1], name=r[2], instance_id=r[3], tenant_id=r[4], status=r[5], state=r[6],
-                    run_count=r[7], attempt=r[8], event_count=r[9], execute_count=r[10], started_at=r[11],
-                    data=r[12], created_at=r[13], updated_at=r[14], version=r[15],
-                )  # fmt: skip
+                    key=r[0],
+                    kind=r[1],
+                    name=r[2],
+                    instance_id=r[3],
+                    tenant_id=r[4],
+                    status=r[5],
+                    state=r[6],
+                    run_count=r[7],
+                    attempt=r[8],
+                    event_count=r[9],
+                    execute_count=r[10],
+                    started_at=r[11],
+                    data=r[12],
+                    created_at=r[13],
+                    updated_at=r[14],
+                    version=r[15],
+                )
                 alarm = None if r[16] is None else Alarm(id=r[16], key=r[0], fire_at=r[17], purpose=r[19])
                 claimed_until = r[18] if alarm is not None and r[18] > r[17] else None
-                views.append(InstanceView(record=record, alarm=alarm, alarm_claimed_until=claimed_until,
-                                          lease_owner=r[20], lease_expires_at=r[21]))  # fmt: skip
+                views.append(
+                    InstanceView(
+                        record=record,
+                        alarm=alarm,
+                        alarm_claimed_until=claimed_until,
+                        lease_owner=r[20],
+                        lease_expires_at=r[21],
+                    )
+                )
             return views
 
         return self._storage.read(run)

@@ -367,18 +367,45 @@ _FIRE_CRON = """
 
 def _job_record(r: Sequence[Any]) -> JobRecord:
     return JobRecord(
-        id=r[0], name=r[1], status=r[2], params=r[3], result=r[4], error=r[5], progress=r[6],
-        progress_message=r[7], worker_id=r[8], worker_started_at=r[9], worker_expires_at=r[10],
-        attempt_count=r[11], max_attempts=r[12], scheduled_for=r[13], priority=r[14], correlation_id=r[15],
-        tenant_id=r[16], cancel_requested=r[17], created_at=r[18], updated_at=r[19], completed_at=r[20],
-    )  # fmt: skip
+        id=r[0],
+        name=r[1],
+        status=r[2],
+        params=r[3],
+        result=r[4],
+        error=r[5],
+        progress=r[6],
+        progress_message=r[7],
+        worker_id=r[8],
+        worker_started_at=r[9],
+        worker_expires_at=r[10],
+        attempt_count=r[11],
+        max_attempts=r[12],
+        scheduled_for=r[13],
+        priority=r[14],
+        correlation_id=r[15],
+        tenant_id=r[16],
+        cancel_requested=r[17],
+        created_at=r[18],
+        updated_at=r[19],
+        completed_at=r[20],
+    )
 
 
 def _cron_record(r: Sequence[Any]) -> CronRecord:
     return CronRecord(
-        name=r[0], job_name=r[1], expression=r[2], tz=r[3], params=r[4], enabled=r[5], tenant_id=r[6],
-        last_run_at=r[7], next_run_at=r[8], last_job_id=r[9], created_at=r[10], updated_at=r[11],
-    )  # fmt: skip
+        name=r[0],
+        job_name=r[1],
+        expression=r[2],
+        tz=r[3],
+        params=r[4],
+        enabled=r[5],
+        tenant_id=r[6],
+        last_run_at=r[7],
+        next_run_at=r[8],
+        last_job_id=r[9],
+        created_at=r[10],
+        updated_at=r[11],
+    )
 
 
 def channel_name(schema: str) -> str:
@@ -453,11 +480,23 @@ class PostgresStorage:
             if row is None:
                 return None
             record = InstanceRecord(
-                key=row[0], kind=row[1], name=row[2], instance_id=row[3], tenant_id=row[4],
-                status=row[5], state=row[6], run_count=row[7], attempt=row[8], event_count=row[9],
-                execute_count=row[10], started_at=row[11], data=row[12], created_at=row[13],
-                updated_at=row[14], version=row[15],
-            )  # fmt: skip
+                key=row[0],
+                kind=row[1],
+                name=row[2],
+                instance_id=row[3],
+                tenant_id=row[4],
+                status=row[5],
+                state=row[6],
+                run_count=row[7],
+                attempt=row[8],
+                event_count=row[9],
+                execute_count=row[10],
+                started_at=row[11],
+                data=row[12],
+                created_at=row[13],
+                updated_at=row[14],
+                version=row[15],
+            )
             alarm = None if row[16] is None else Alarm(id=row[16], key=key, fire_at=row[17], purpose=row[18])
             return record, alarm
 
@@ -489,11 +528,24 @@ class PostgresStorage:
             conn.execute(
                 _UPSERT_INSTANCE,
                 (
-                    key, record.kind, record.name, record.instance_id, record.tenant_id, record.status,
-                    record.state, record.run_count, record.attempt, record.event_count, record.execute_count,
-                    record.started_at, record.data, record.created_at, record.updated_at, record.version,
+                    key,
+                    record.kind,
+                    record.name,
+                    record.instance_id,
+                    record.tenant_id,
+                    record.status,
+                    record.state,
+                    record.run_count,
+                    record.attempt,
+                    record.event_count,
+                    record.execute_count,
+                    record.started_at,
+                    record.data,
+                    record.created_at,
+                    record.updated_at,
+                    record.version,
                 ),
-            )  # fmt: skip
+            )
             alarm = checkin.alarm
             if isinstance(alarm, SetAlarm):
                 conn.execute(_SET_ALARM, (key, alarm.fire_at, alarm.fire_at, alarm.purpose))
@@ -561,12 +613,20 @@ class PostgresStorage:
     def _insert_plain(conn: Connection, jobs: Sequence[NewJob]) -> int | None:
         """Insert rows without an idempotency key; when the earliest is due (``None``: no rows)."""
         if jobs:
-            conn.execute(_INSERT_JOBS, {
-                "id": [j.id for j in jobs], "name": [j.name for j in jobs], "params": [j.params for j in jobs],
-                "max_attempts": [j.max_attempts for j in jobs], "scheduled_for": [j.scheduled_for for j in jobs],
-                "priority": [j.priority for j in jobs], "correlation_id": [j.correlation_id for j in jobs],
-                "tenant_id": [j.tenant_id for j in jobs], "created_at": [j.created_at for j in jobs],
-            })  # fmt: skip
+            conn.execute(
+                _INSERT_JOBS,
+                {
+                    "id": [j.id for j in jobs],
+                    "name": [j.name for j in jobs],
+                    "params": [j.params for j in jobs],
+                    "max_attempts": [j.max_attempts for j in jobs],
+                    "scheduled_for": [j.scheduled_for for j in jobs],
+                    "priority": [j.priority for j in jobs],
+                    "correlation_id": [j.correlation_id for j in jobs],
+                    "tenant_id": [j.tenant_id for j in jobs],
+                    "created_at": [j.created_at for j in jobs],
+                },
+            )
         return min((j.scheduled_for for j in jobs), default=None)
 
     def _insert_jobs(self, conn: Connection, jobs: Sequence[NewJob]) -> tuple[list[tuple[str, bool]], int | None]:
@@ -593,16 +653,28 @@ class PostgresStorage:
         if all(j.idempotency_key is None for j in jobs):
             # The common case: one statement, which is a transaction by itself.
             created = [(j.id, True) for j in jobs]
-            return await self._write_and_notify(lambda conn: (created, self._insert_plain(conn, jobs)),
-                                                "enqueue_jobs", transaction=False)  # fmt: skip
+            return await self._write_and_notify(
+                lambda conn: (created, self._insert_plain(conn, jobs)), "enqueue_jobs", transaction=False
+            )
         return await self._write_and_notify(lambda conn: self._insert_jobs(conn, jobs), "enqueue_jobs")
 
     async def start_job(self, job: NewJob, worker_id: str, lease_until: int) -> None:
         now = job.created_at
         row = (
-            job.id, job.name, job.params, job.max_attempts, job.scheduled_for, job.priority, job.correlation_id,
-            job.tenant_id, worker_id, now, lease_until, now, now,
-        )  # fmt: skip
+            job.id,
+            job.name,
+            job.params,
+            job.max_attempts,
+            job.scheduled_for,
+            job.priority,
+            job.correlation_id,
+            job.tenant_id,
+            worker_id,
+            now,
+            lease_until,
+            now,
+            now,
+        )
 
         def run(conn: Connection) -> None:
             conn.execute(_INSERT_RUNNING_JOB, row)
@@ -619,10 +691,19 @@ class PostgresStorage:
             # RETURNING has no order: give them back in claim order, as SQLite does.
             rows.sort(key=lambda r: (-r[6], r[5], r[0]))
             return [
-                ClaimedJob(id=r[0], name=r[1], params=r[2], attempt=r[3], max_attempts=r[4], scheduled_for=r[5],
-                           priority=r[6], correlation_id=r[7], tenant_id=r[8])
+                ClaimedJob(
+                    id=r[0],
+                    name=r[1],
+                    params=r[2],
+                    attempt=r[3],
+                    max_attempts=r[4],
+                    scheduled_for=r[5],
+                    priority=r[6],
+                    correlation_id=r[7],
+                    tenant_id=r[8],
+                )
                 for r in rows
-            ]  # fmt: skip
+            ]
 
         return await self._run(run, "claim_jobs")
 
@@ -677,8 +758,9 @@ class PostgresStorage:
 
         return await self._run(run, "settle_jobs")
 
-    async def set_progress(self, job_id: str, worker_id: str, attempt: int, progress: int, message: str | None,
-                           now: int) -> bool:  # fmt: skip
+    async def set_progress(
+        self, job_id: str, worker_id: str, attempt: int, progress: int, message: str | None, now: int
+    ) -> bool:
         def run(conn: Connection) -> bool:
             cur = conn.execute(_SET_PROGRESS, (progress, message, now, job_id, worker_id, attempt))
             return cur.rowcount > 0
@@ -696,8 +778,12 @@ class PostgresStorage:
     async def list_jobs(self, where: JobFilter) -> list[JobRecord]:
         terms: list[sql.Composable] = []
         args: list[object] = []
-        for column, value in (("status", where.status), ("name", where.name),
-                              ("correlation_id", where.correlation_id), ("tenant_id", where.tenant_id)):  # fmt: skip
+        for column, value in (
+            ("status", where.status),
+            ("name", where.name),
+            ("correlation_id", where.correlation_id),
+            ("tenant_id", where.tenant_id),
+        ):
             if value is not None:
                 terms.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
                 args.append(value)
@@ -738,10 +824,18 @@ class PostgresStorage:
         if not specs:
             return
         rows = [
-            {"name": c.name, "job_name": c.job_name, "expression": c.expression, "tz": c.tz, "params": c.params,
-             "tenant_id": c.tenant_id, "first": c.first_run_at, "now": c.now}
+            {
+                "name": c.name,
+                "job_name": c.job_name,
+                "expression": c.expression,
+                "tz": c.tz,
+                "params": c.params,
+                "tenant_id": c.tenant_id,
+                "first": c.first_run_at,
+                "now": c.now,
+            }
             for c in specs
-        ]  # fmt: skip
+        ]
 
         def run(conn: Connection) -> None:
             with conn.cursor() as cur:
@@ -768,8 +862,13 @@ class PostgresStorage:
         def run(conn: Connection) -> tuple[bool, int | None]:
             # The compare-and-set and the enqueue share one transaction: the
             # process that moves next_run_at on is the one whose job is stored.
-            args = {"next": next_run_at, "now": now, "job_id": job.id if job is not None else None, "name": name,
-                    "expected": expected_next_run_at}  # fmt: skip
+            args = {
+                "next": next_run_at,
+                "now": now,
+                "job_id": job.id if job is not None else None,
+                "name": name,
+                "expected": expected_next_run_at,
+            }
             if conn.execute(_FIRE_CRON, args).rowcount == 0:
                 return False, None
             if job is None:
@@ -832,9 +931,14 @@ def _migrate(conn: Connection, schema: str, where: str) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"djobs migrate {schema}",))
         if conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone() is None:
             conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-        tables = [r[0] for r in conn.execute(
-            "SELECT c.relname FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace"
-            " WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'v', 'm', 'f')", (schema,))]  # fmt: skip
+        tables = [
+            r[0]
+            for r in conn.execute(
+                "SELECT c.relname FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace"
+                " WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'v', 'm', 'f')",
+                (schema,),
+            )
+        ]
         if "djobs_schema" not in tables:
             if tables:
                 raise StorageError(

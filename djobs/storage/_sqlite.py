@@ -329,18 +329,45 @@ _names_encoder = msgspec.json.Encoder()
 
 def _job_record(r: Any) -> JobRecord:
     return JobRecord(
-        id=r[0], name=r[1], status=r[2], params=r[3], result=r[4], error=r[5], progress=r[6],
-        progress_message=r[7], worker_id=r[8], worker_started_at=r[9], worker_expires_at=r[10],
-        attempt_count=r[11], max_attempts=r[12], scheduled_for=r[13], priority=r[14], correlation_id=r[15],
-        tenant_id=r[16], cancel_requested=bool(r[17]), created_at=r[18], updated_at=r[19], completed_at=r[20],
-    )  # fmt: skip
+        id=r[0],
+        name=r[1],
+        status=r[2],
+        params=r[3],
+        result=r[4],
+        error=r[5],
+        progress=r[6],
+        progress_message=r[7],
+        worker_id=r[8],
+        worker_started_at=r[9],
+        worker_expires_at=r[10],
+        attempt_count=r[11],
+        max_attempts=r[12],
+        scheduled_for=r[13],
+        priority=r[14],
+        correlation_id=r[15],
+        tenant_id=r[16],
+        cancel_requested=bool(r[17]),
+        created_at=r[18],
+        updated_at=r[19],
+        completed_at=r[20],
+    )
 
 
 def _cron_record(r: Any) -> CronRecord:
     return CronRecord(
-        name=r[0], job_name=r[1], expression=r[2], tz=r[3], params=r[4], enabled=bool(r[5]), tenant_id=r[6],
-        last_run_at=r[7], next_run_at=r[8], last_job_id=r[9], created_at=r[10], updated_at=r[11],
-    )  # fmt: skip
+        name=r[0],
+        job_name=r[1],
+        expression=r[2],
+        tz=r[3],
+        params=r[4],
+        enabled=bool(r[5]),
+        tenant_id=r[6],
+        last_run_at=r[7],
+        next_run_at=r[8],
+        last_job_id=r[9],
+        created_at=r[10],
+        updated_at=r[11],
+    )
 
 
 def _insert_jobs(db: apsw.Connection, jobs: Sequence[NewJob]) -> list[tuple[str, bool]]:
@@ -354,9 +381,19 @@ def _insert_jobs(db: apsw.Connection, jobs: Sequence[NewJob]) -> list[tuple[str,
                 continue
         db.execute(
             _INSERT_JOB,
-            (job.id, job.name, job.params, job.max_attempts, job.scheduled_for, job.priority, job.correlation_id,
-             job.tenant_id, job.created_at, job.created_at),
-        )  # fmt: skip
+            (
+                job.id,
+                job.name,
+                job.params,
+                job.max_attempts,
+                job.scheduled_for,
+                job.priority,
+                job.correlation_id,
+                job.tenant_id,
+                job.created_at,
+                job.created_at,
+            ),
+        )
         out.append((job.id, True))
     return out
 
@@ -479,9 +516,7 @@ class SqliteStorage:
                 return
             except apsw.BusyError as exc:
                 if trio.current_time() >= deadline:
-                    raise StorageError(
-                        f"could not start a transaction on {self.path}: {_describe(exc)}", exc
-                    ) from exc
+                    raise StorageError(f"could not start a transaction on {self.path}: {_describe(exc)}", exc) from exc
             except apsw.Error as exc:
                 raise StorageError(f"could not start a transaction on {self.path}: {_describe(exc)}", exc) from exc
             finally:
@@ -502,11 +537,23 @@ class SqliteStorage:
         def run(db: apsw.Connection) -> tuple[InstanceRecord, Alarm | None] | None:
             for row in db.execute(_LOAD, (key,)):
                 record = InstanceRecord(
-                    key=row[0], kind=row[1], name=row[2], instance_id=row[3], tenant_id=row[4],
-                    status=row[5], state=row[6], run_count=row[7], attempt=row[8], event_count=row[9],
-                    execute_count=row[10], started_at=row[11], data=row[12], created_at=row[13],
-                    updated_at=row[14], version=row[15],
-                )  # fmt: skip
+                    key=row[0],
+                    kind=row[1],
+                    name=row[2],
+                    instance_id=row[3],
+                    tenant_id=row[4],
+                    status=row[5],
+                    state=row[6],
+                    run_count=row[7],
+                    attempt=row[8],
+                    event_count=row[9],
+                    execute_count=row[10],
+                    started_at=row[11],
+                    data=row[12],
+                    created_at=row[13],
+                    updated_at=row[14],
+                    version=row[15],
+                )
                 alarm = None if row[16] is None else Alarm(id=row[16], key=key, fire_at=row[17], purpose=row[18])
                 return record, alarm
             return None
@@ -538,11 +585,24 @@ class SqliteStorage:
             db.execute(
                 _UPSERT_INSTANCE,
                 (
-                    key, record.kind, record.name, record.instance_id, record.tenant_id, record.status,
-                    record.state, record.run_count, record.attempt, record.event_count, record.execute_count,
-                    record.started_at, record.data, record.created_at, record.updated_at, record.version,
+                    key,
+                    record.kind,
+                    record.name,
+                    record.instance_id,
+                    record.tenant_id,
+                    record.status,
+                    record.state,
+                    record.run_count,
+                    record.attempt,
+                    record.event_count,
+                    record.execute_count,
+                    record.started_at,
+                    record.data,
+                    record.created_at,
+                    record.updated_at,
+                    record.version,
                 ),
-            )  # fmt: skip
+            )
             alarm = checkin.alarm
             if isinstance(alarm, SetAlarm):
                 # REPLACE deletes the old row and inserts a new one: the alarm gets a
@@ -623,9 +683,20 @@ class SqliteStorage:
     async def start_job(self, job: NewJob, worker_id: str, lease_until: int) -> None:
         now = job.created_at
         row = (
-            job.id, job.name, job.params, job.max_attempts, job.scheduled_for, job.priority, job.correlation_id,
-            job.tenant_id, worker_id, now, lease_until, now, now,
-        )  # fmt: skip
+            job.id,
+            job.name,
+            job.params,
+            job.max_attempts,
+            job.scheduled_for,
+            job.priority,
+            job.correlation_id,
+            job.tenant_id,
+            worker_id,
+            now,
+            lease_until,
+            now,
+            now,
+        )
         await self.write(lambda db: db.execute(_INSERT_RUNNING_JOB, row))
 
     async def claim_jobs(
@@ -637,10 +708,19 @@ class SqliteStorage:
             # Exhaust the RETURNING cursor inside the transaction: an unfinished
             # one would keep the write lock.
             return [
-                ClaimedJob(id=r[0], name=r[1], params=r[2], attempt=r[3], max_attempts=r[4], scheduled_for=r[5],
-                           priority=r[6], correlation_id=r[7], tenant_id=r[8])
+                ClaimedJob(
+                    id=r[0],
+                    name=r[1],
+                    params=r[2],
+                    attempt=r[3],
+                    max_attempts=r[4],
+                    scheduled_for=r[5],
+                    priority=r[6],
+                    correlation_id=r[7],
+                    tenant_id=r[8],
+                )
                 for r in db.execute(_CLAIM_JOBS, args)
-            ]  # fmt: skip
+            ]
 
         return await self.write(run)
 
@@ -678,8 +758,9 @@ class SqliteStorage:
 
         return await self.write(run)
 
-    async def set_progress(self, job_id: str, worker_id: str, attempt: int, progress: int, message: str | None,
-                           now: int) -> bool:  # fmt: skip
+    async def set_progress(
+        self, job_id: str, worker_id: str, attempt: int, progress: int, message: str | None, now: int
+    ) -> bool:
         def run(db: apsw.Connection) -> bool:
             db.execute(_SET_PROGRESS, (progress, message, now, job_id, worker_id, attempt))
             return db.changes() > 0
@@ -697,8 +778,12 @@ class SqliteStorage:
     async def list_jobs(self, where: JobFilter) -> list[JobRecord]:
         terms: list[str] = []
         args: list[object] = []
-        for column, value in (("status", where.status), ("name", where.name),
-                              ("correlation_id", where.correlation_id), ("tenant_id", where.tenant_id)):  # fmt: skip
+        for column, value in (
+            ("status", where.status),
+            ("name", where.name),
+            ("correlation_id", where.correlation_id),
+            ("tenant_id", where.tenant_id),
+        ):
             if value is not None:
                 terms.append(f"{column} = ?")
                 args.append(value)

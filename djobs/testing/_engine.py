@@ -53,15 +53,25 @@ async def open_test_engine(
     tracker = tracker if tracker is not None else InMemoryTracker()
     clock = VirtualClock(start)
     settings: dict[str, Any] = {
-        "max_concurrency": 100, "alarm_lease": "5 minutes", "alarm_poll_interval": None,
-        "shutdown_grace": "10 seconds", "logger": None,
+        "max_concurrency": 100,
+        "alarm_lease": "5 minutes",
+        "alarm_poll_interval": None,
+        "shutdown_grace": "10 seconds",
+        "logger": None,
         # Like the alarm sleeper: one process, so the worker need not poll.
-        "worker": WorkerOptions(poll_interval=None), **options,
-    }  # fmt: skip
+        "worker": WorkerOptions(poll_interval=None),
+        **options,
+    }
     async with open_engine_as(
-        TestEngine, definitions, storage=storage or memory(), clock=clock, tracker=tracker, services=services,
-        seed=seed, **settings,
-    ) as engine:  # fmt: skip
+        TestEngine,
+        definitions,
+        storage=storage or memory(),
+        clock=clock,
+        tracker=tracker,
+        services=services,
+        seed=seed,
+        **settings,
+    ) as engine:
         yield engine
 
 

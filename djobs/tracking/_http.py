@@ -132,8 +132,9 @@ class HttpBatchTracker:
         self._service_key = service_key
         self._batch_size = _positive_int(batch_size, "batch_size")
         self._max_buffer = _positive_int(max_buffer, "max_buffer")
-        if max_retries is not None and (isinstance(max_retries, bool) or not isinstance(max_retries, int)
-                                        or max_retries < 0):  # fmt: skip
+        if max_retries is not None and (
+            isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0
+        ):
             raise ValidationError(f"HttpBatchTracker(max_retries={max_retries!r}): expected None or an int >= 0")
         self._max_retries = max_retries
         self._flush_interval = duration(flush_interval, what="flush_interval").total_seconds()
@@ -155,8 +156,10 @@ class HttpBatchTracker:
 
     def __repr__(self) -> str:
         # The service key is a credential: never part of the repr (reprs end up in logs).
-        return (f"HttpBatchTracker(endpoint={self.endpoint!r}, env={self.env!r}, pending={len(self._buffer)}, "
-                f"dropped={self._dropped})")  # fmt: skip
+        return (
+            f"HttpBatchTracker(endpoint={self.endpoint!r}, env={self.env!r}, pending={len(self._buffer)}, "
+            f"dropped={self._dropped})"
+        )
 
     @property
     def dropped(self) -> int:
@@ -179,8 +182,10 @@ class HttpBatchTracker:
                 self._full_warned = True
                 _log.warning(
                     "telemetry buffer for %s is full (%d events): new events are dropped until it drains "
-                    "(HttpBatchTracker.dropped counts them)", self.endpoint, self._max_buffer,
-                )  # fmt: skip
+                    "(HttpBatchTracker.dropped counts them)",
+                    self.endpoint,
+                    self._max_buffer,
+                )
             return
         self._buffer.append(event)
         if len(self._buffer) >= self._batch_size:
@@ -231,8 +236,12 @@ class HttpBatchTracker:
                 lost = len(self._buffer)
                 self._buffer.clear()
                 self._dropped += lost
-                _log.warning("closing: %d telemetry event(s) could not be delivered to %s in %.1f s",
-                             lost, self.endpoint, self._close_timeout)  # fmt: skip
+                _log.warning(
+                    "closing: %d telemetry event(s) could not be delivered to %s in %.1f s",
+                    lost,
+                    self.endpoint,
+                    self._close_timeout,
+                )
         finally:
             own, self._own_client = self._own_client, None
             if own is not None:
@@ -295,8 +304,13 @@ class HttpBatchTracker:
             return True
         if 400 <= status < 500 and status not in _RETRIED_CLIENT_ERRORS:
             # Only the status line: a response body may echo the request, key included.
-            _log.error("%s rejected %d telemetry event(s) with HTTP %d %s; they are dropped",
-                       self.endpoint, len(batch), status, response.reason_phrase)  # fmt: skip
+            _log.error(
+                "%s rejected %d telemetry event(s) with HTTP %d %s; they are dropped",
+                self.endpoint,
+                len(batch),
+                status,
+                response.reason_phrase,
+            )
             self._discard(len(batch))
             return True
         return self._failed(len(batch), f"HTTP {status} {response.reason_phrase}")
@@ -304,14 +318,25 @@ class HttpBatchTracker:
     def _failed(self, count: int, reason: str) -> bool:
         self._failing += 1
         if self._max_retries is not None and self._failing > self._max_retries:
-            _log.error("giving up on %d telemetry event(s) after %d tries to %s (%s); they are dropped",
-                       count, self._failing, self.endpoint, reason)  # fmt: skip
+            _log.error(
+                "giving up on %d telemetry event(s) after %d tries to %s (%s); they are dropped",
+                count,
+                self._failing,
+                self.endpoint,
+                reason,
+            )
             self._discard(count)
             return True
         # Warn when an outage starts; every further try of it is debug, or an outage floods the log.
         level = logging.WARNING if self._failing == 1 else logging.DEBUG
-        _log.log(level, "could not deliver %d telemetry event(s) to %s (%s); retrying with backoff, "
-                 "%d event(s) buffered", count, self.endpoint, reason, len(self._buffer))  # fmt: skip
+        _log.log(
+            level,
+            "could not deliver %d telemetry event(s) to %s (%s); retrying with backoff, %d event(s) buffered",
+            count,
+            self.endpoint,
+            reason,
+            len(self._buffer),
+        )
         return False
 
     def _discard(self, count: int) -> None:
@@ -327,6 +352,11 @@ class HttpBatchTracker:
     def _wire(self, event: TrackedEvent) -> dict[str, Any]:
         # The event's own fields first, so a data field can never overwrite an identifying one.
         return {
-            **event.data, "type": event.type, "instance_id": event.instance_id, "job_type": event.job_type,
-            "job_name": event.job_name, "at": event.at, "env": self.env,
-        }  # fmt: skip
+            **event.data,
+            "type": event.type,
+            "instance_id": event.instance_id,
+            "job_type": event.job_type,
+            "job_name": event.job_name,
+            "at": event.at,
+            "env": self.env,
+        }

@@ -74,8 +74,7 @@ class OpenTelemetryTracker:
             from opentelemetry import trace
         except ImportError as exc:
             raise ImportError(
-                "OpenTelemetryTracker needs opentelemetry-api, which the otel extra installs: "
-                "pip install 'djobs[otel]'"
+                "OpenTelemetryTracker needs opentelemetry-api, which the otel extra installs: pip install 'djobs[otel]'"
             ) from exc
         self._tracer = trace.get_tracer("djobs", tracer_provider=tracer_provider)
 

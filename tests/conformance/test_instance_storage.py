@@ -28,11 +28,23 @@ async def test_a_missing_instance_loads_as_none_and_the_database_answers(storage
 
 async def test_every_field_of_an_instance_round_trips(storage: FullStorage) -> None:
     full = InstanceRecord(
-        key="task:t:x", kind="task", name="t", instance_id="x", status="active", state=b'{"n":1}',
-        tenant_id="acme", run_count=7, attempt=3, event_count=2**40, execute_count=5,
-        started_at=1_767_225_600_123, data=b"\x00\xffbinary", created_at=1_767_225_600_000,
-        updated_at=1_767_225_601_000, version=9,
-    )  # fmt: skip
+        key="task:t:x",
+        kind="task",
+        name="t",
+        instance_id="x",
+        status="active",
+        state=b'{"n":1}',
+        tenant_id="acme",
+        run_count=7,
+        attempt=3,
+        event_count=2**40,
+        execute_count=5,
+        started_at=1_767_225_600_123,
+        data=b"\x00\xffbinary",
+        created_at=1_767_225_600_000,
+        updated_at=1_767_225_601_000,
+        version=9,
+    )
     await storage.commit(Checkin(key=full.key, record=full))
     loaded = await storage.load(full.key)
     assert loaded == (full, None)
@@ -44,9 +56,17 @@ async def test_every_field_of_an_instance_round_trips(storage: FullStorage) -> N
 async def test_a_second_commit_updates_the_row_but_keeps_what_never_changes(storage: FullStorage) -> None:
     await storage.commit(Checkin(key="k", record=record("k", state=b"1", created_at=10, updated_at=10)))
     changed = InstanceRecord(
-        key="k", kind="other", name="other", instance_id="other", status="stopped", state=b"2", run_count=1,
-        created_at=99, updated_at=20, version=1,
-    )  # fmt: skip
+        key="k",
+        kind="other",
+        name="other",
+        instance_id="other",
+        status="stopped",
+        state=b"2",
+        run_count=1,
+        created_at=99,
+        updated_at=20,
+        version=1,
+    )
     await storage.commit(Checkin(key="k", record=changed))
     loaded = await storage.load("k")
     assert loaded is not None

@@ -26,8 +26,9 @@ def job(n: int, *, name: str = "send", at: int = 0, **kw: object) -> NewJob:
     return NewJob(id=f"job-{n:04d}", name=name, params=b'{"n":%d}' % n, scheduled_for=at, **fields)  # type: ignore[arg-type]
 
 
-def settle(job_id: str, status: str, *, worker: str = "w", attempt: int = 1, at: int = 50,
-           **kw: object) -> JobSettlement:  # fmt: skip
+def settle(
+    job_id: str, status: str, *, worker: str = "w", attempt: int = 1, at: int = 50, **kw: object
+) -> JobSettlement:
     return JobSettlement(job_id=job_id, worker_id=worker, attempt=attempt, status=status, at=at, **kw)  # type: ignore[arg-type]
 
 
@@ -37,10 +38,20 @@ async def test_an_enqueued_job_is_pending_with_what_was_given(storage: FullStora
     stored = await storage.get_job("job-0001")
     assert stored is not None
     assert (stored.status, stored.params, stored.max_attempts, stored.scheduled_for, stored.priority) == (
-        "pending", b'{"n":1}', 4, 10, 2)  # fmt: skip
+        "pending",
+        b'{"n":1}',
+        4,
+        10,
+        2,
+    )
     assert (stored.correlation_id, stored.tenant_id, stored.created_at, stored.updated_at) == ("order-7", "acme", 5, 5)
-    assert (stored.attempt_count, stored.progress, stored.worker_id, stored.result, stored.error) == (0, 0, None, None,
-                                                                                                      None)  # fmt: skip
+    assert (stored.attempt_count, stored.progress, stored.worker_id, stored.result, stored.error) == (
+        0,
+        0,
+        None,
+        None,
+        None,
+    )
     assert not stored.cancel_requested and stored.completed_at is None
     assert await storage.get_job("job-9999") is None
     assert await storage.enqueue_jobs([]) == []
@@ -55,17 +66,28 @@ async def test_an_idempotency_key_enqueues_once_per_tenant_and_name(storage: Ful
         job(5),
     ]
     assert await storage.enqueue_jobs(rows) == [
-        ("job-0001", True), ("job-0001", False), ("job-0003", True), ("job-0004", True), ("job-0005", True),
-    ]  # fmt: skip
+        ("job-0001", True),
+        ("job-0001", False),
+        ("job-0003", True),
+        ("job-0004", True),
+        ("job-0005", True),
+    ]
     assert await storage.enqueue_jobs([job(6, idempotency_key="k")]) == [("job-0001", False)]
     assert await storage.get_job("job-0002") is None and await storage.get_job("job-0006") is None
 
 
 async def test_claims_take_due_rows_by_priority_then_time_and_count_an_attempt(storage: FullStorage) -> None:
-    await storage.enqueue_jobs([
-        job(1, at=30), job(2, at=10), job(3, at=20, priority=5), job(4, at=5, priority=-1), job(5, at=999),
-        job(6, at=0, name="elsewhere"), job(7, at=40),
-    ])  # fmt: skip
+    await storage.enqueue_jobs(
+        [
+            job(1, at=30),
+            job(2, at=10),
+            job(3, at=20, priority=5),
+            job(4, at=5, priority=-1),
+            job(5, at=999),
+            job(6, at=0, name="elsewhere"),
+            job(7, at=40),
+        ]
+    )
     [top] = await storage.claim_jobs(100, 60_100, "w", ["send"], 1)
     assert top.id == "job-0003"  # the highest priority, though not the earliest
     [earliest] = await storage.claim_jobs(100, 60_100, "w", ["send"], 1)
@@ -78,7 +100,11 @@ async def test_claims_take_due_rows_by_priority_then_time_and_count_an_attempt(s
     stored = await storage.get_job("job-0003")
     assert stored is not None
     assert (stored.status, stored.worker_id, stored.worker_started_at, stored.worker_expires_at) == (
-        "running", "w", 100, 60_100)  # fmt: skip
+        "running",
+        "w",
+        100,
+        60_100,
+    )
     assert stored.attempt_count == 1
     # Then the rest of priority 0, then the negative priority; never the row due later or another name's.
     assert sorted(c.id for c in await storage.claim_jobs(100, 60_100, "w", ["send"], 10)) == ["job-0004", "job-0007"]
@@ -94,18 +120,24 @@ async def test_a_job_can_start_running_in_the_callers_task(storage: FullStorage)
     stored = await storage.get_job("job-0001")
     assert stored is not None
     assert (stored.status, stored.worker_id, stored.attempt_count, stored.worker_expires_at) == (
-        "running", "caller", 1, 60_007)  # fmt: skip
+        "running",
+        "caller",
+        1,
+        60_007,
+    )
     assert await storage.claim_jobs(100, 200, "w", ["send"], 10) == []
 
 
 async def test_settling_is_fenced_by_worker_and_attempt(storage: FullStorage) -> None:
     await storage.enqueue_jobs([job(1), job(2), job(3)])
     await storage.claim_jobs(0, 1000, "w", ["send"], 10)
-    applied = await storage.settle_jobs([
-        settle("job-0001", "completed", result=b"1"),
-        settle("job-0002", "completed", worker="impostor", result=b"2"),
-        settle("job-0003", "completed", attempt=2, result=b"3"),
-    ])  # fmt: skip
+    applied = await storage.settle_jobs(
+        [
+            settle("job-0001", "completed", result=b"1"),
+            settle("job-0002", "completed", worker="impostor", result=b"2"),
+            settle("job-0003", "completed", attempt=2, result=b"3"),
+        ]
+    )
     assert applied == [True, False, False]
     done = await storage.get_job("job-0001")
     assert done is not None
@@ -121,13 +153,18 @@ async def test_settling_is_fenced_by_worker_and_attempt(storage: FullStorage) ->
 async def test_each_way_an_attempt_can_end(storage: FullStorage) -> None:
     await storage.enqueue_jobs([job(n) for n in range(1, 6)])
     await storage.claim_jobs(0, 1000, "w", ["send"], 10)
-    assert await storage.settle_jobs([
-        settle("job-0001", "failed", error=b"boom"),
-        settle("job-0002", "cancelled", error=CANCELLED),
-        settle("job-0003", "pending", error=b"flaky", scheduled_for=5000),  # a retry later: the attempt counts
-        settle("job-0004", "pending", release=True, error=CANCELLED),  # handed back: it does not
-        settle("job-0005", "running", error=b"again", lease_until=9000),  # the next attempt, at once
-    ]) == [True] * 5  # fmt: skip
+    assert (
+        await storage.settle_jobs(
+            [
+                settle("job-0001", "failed", error=b"boom"),
+                settle("job-0002", "cancelled", error=CANCELLED),
+                settle("job-0003", "pending", error=b"flaky", scheduled_for=5000),  # a retry later: the attempt counts
+                settle("job-0004", "pending", release=True, error=CANCELLED),  # handed back: it does not
+                settle("job-0005", "running", error=b"again", lease_until=9000),  # the next attempt, at once
+            ]
+        )
+        == [True] * 5
+    )
     rows = {r.id: r for r in await storage.list_jobs(JobFilter())}
     assert (rows["job-0001"].status, rows["job-0001"].error, rows["job-0001"].completed_at) == ("failed", b"boom", 50)
     assert (rows["job-0002"].status, rows["job-0002"].error) == ("cancelled", CANCELLED)
@@ -151,10 +188,12 @@ async def test_a_requested_cancel_wins_over_a_retry_or_a_hand_back(storage: Full
         running = await storage.cancel_job(job_id, 10, CANCELLED)
         assert running is not None and running.status == "running" and running.cancel_requested
     assert await storage.renew_leases("w", 2000) == [("job-0001", True), ("job-0002", True)]
-    assert await storage.settle_jobs([
-        settle("job-0001", "pending", error=b"flaky", scheduled_for=5000),
-        settle("job-0002", "pending", release=True, error=CANCELLED),
-    ]) == [True, True]  # fmt: skip
+    assert await storage.settle_jobs(
+        [
+            settle("job-0001", "pending", error=b"flaky", scheduled_for=5000),
+            settle("job-0002", "pending", release=True, error=CANCELLED),
+        ]
+    ) == [True, True]
     for job_id in ("job-0001", "job-0002"):
         row = await storage.get_job(job_id)
         assert row is not None and row.status == "cancelled" and row.completed_at == 50
@@ -167,7 +206,11 @@ async def test_cancel_and_retry(storage: FullStorage) -> None:
     cancelled = await storage.cancel_job("job-0001", 10, CANCELLED)
     assert cancelled is not None
     assert (cancelled.status, cancelled.error, cancelled.completed_at, cancelled.cancel_requested) == (
-        "cancelled", CANCELLED, 10, False)  # fmt: skip
+        "cancelled",
+        CANCELLED,
+        10,
+        False,
+    )
     assert await storage.claim_jobs(20, 1000, "w", ["send"], 10) != []  # job 2 only
     again = await storage.cancel_job("job-0001", 30, b"other")  # already final: unchanged
     assert again == cancelled
@@ -175,7 +218,12 @@ async def test_cancel_and_retry(storage: FullStorage) -> None:
     retried = await storage.retry_job("job-0001", 40)
     assert retried is not None
     assert (retried.status, retried.scheduled_for, retried.attempt_count, retried.error, retried.completed_at) == (
-        "pending", 40, 0, None, None)  # fmt: skip
+        "pending",
+        40,
+        0,
+        None,
+        None,
+    )
     # Retrying a row that is not failed or cancelled changes nothing.
     running = await storage.get_job("job-0002")
     assert await storage.retry_job("job-0002", 50) == running
@@ -190,8 +238,10 @@ async def test_expired_leases_are_reclaimed_as_pending_failed_or_cancelled(stora
     assert await storage.reclaim_expired(999, CANCELLED, LEASE_LOST, 10) == []
     reclaimed = await storage.reclaim_expired(1000, CANCELLED, LEASE_LOST, 10)
     assert sorted((r.id, r.status, r.worker_id, r.attempt) for r in reclaimed) == [
-        ("job-0001", "pending", "dead", 1), ("job-0002", "failed", "dead", 1), ("job-0003", "cancelled", "dead", 1),
-    ]  # fmt: skip
+        ("job-0001", "pending", "dead", 1),
+        ("job-0002", "failed", "dead", 1),
+        ("job-0003", "cancelled", "dead", 1),
+    ]
     rows = {r.id: r for r in await storage.list_jobs(JobFilter())}
     assert rows["job-0001"].scheduled_for == 1 and rows["job-0001"].completed_at is None
     assert (rows["job-0002"].error, rows["job-0002"].completed_at) == (LEASE_LOST, 1000)
@@ -226,9 +276,14 @@ async def test_progress_is_fenced_and_stays_within_0_to_100(storage: FullStorage
 
 
 async def test_listing_filters_and_pages_in_id_order(storage: FullStorage) -> None:
-    await storage.enqueue_jobs([
-        job(3, correlation_id="c"), job(1, tenant_id="t"), job(2, name="other", correlation_id="c"), job(4),
-    ])  # fmt: skip
+    await storage.enqueue_jobs(
+        [
+            job(3, correlation_id="c"),
+            job(1, tenant_id="t"),
+            job(2, name="other", correlation_id="c"),
+            job(4),
+        ]
+    )
     await storage.claim_jobs(0, 1000, "w", ["other"], 10)
     assert [r.id for r in await storage.list_jobs(JobFilter())] == ["job-0001", "job-0002", "job-0003", "job-0004"]
     assert [r.id for r in await storage.list_jobs(JobFilter(status="pending"))] == ["job-0001", "job-0003", "job-0004"]
@@ -253,8 +308,16 @@ async def test_the_next_wakeup_is_the_earliest_due_row_or_lease_end(storage: Ful
 
 
 def cron_spec(name: str = "nightly", *, expression: str = "0 3 * * *", first: int = 1000, now: int = 0) -> CronSpec:
-    return CronSpec(name=name, job_name="send", expression=expression, tz="UTC", params=b"{}", tenant_id=None,
-                    first_run_at=first, now=now)  # fmt: skip
+    return CronSpec(
+        name=name,
+        job_name="send",
+        expression=expression,
+        tz="UTC",
+        params=b"{}",
+        tenant_id=None,
+        first_run_at=first,
+        now=now,
+    )
 
 
 async def test_cron_jobs_are_synced_fired_once_and_listed(storage: FullStorage) -> None:
@@ -268,7 +331,10 @@ async def test_cron_jobs_are_synced_fired_once_and_listed(storage: FullStorage) 
     await storage.sync_cron_jobs([cron_spec(first=7777), cron_spec("hourly", expression="30 * * * *", first=800)])
     rows = {c.name: c for c in await storage.list_cron_jobs()}
     assert (rows["nightly"].next_run_at, rows["hourly"].next_run_at, rows["hourly"].expression) == (
-        1000, 800, "30 * * * *")  # fmt: skip
+        1000,
+        800,
+        "30 * * * *",
+    )
     fired = job(1, at=1000)
     assert await storage.fire_cron("nightly", 1000, 2000, 1001, fired)
     assert not await storage.fire_cron("nightly", 1000, 2000, 1002, job(2, at=1000))  # someone was first

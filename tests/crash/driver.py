@@ -34,8 +34,15 @@ from .invariants import History
 
 TESTS_DIR = Path(__file__).resolve().parent.parent
 #: How a cycle ends, and how often.
-ENDINGS = [("random", 34), ("user", 16), ("commit_hook", 10), ("wal_hook", 8), ("wal_write", 10), ("shutdown", 14),
-           ("clean", 8)]  # fmt: skip
+ENDINGS = [
+    ("random", 34),
+    ("user", 16),
+    ("commit_hook", 10),
+    ("wal_hook", 8),
+    ("wal_write", 10),
+    ("shutdown", 14),
+    ("clean", 8),
+]
 #: How long the final incarnation may take to catch up.
 SETTLE_TIMEOUT = 40.0
 
@@ -74,14 +81,36 @@ class Incarnation:
     ) -> None:
         self.tag = tag
         self.stderr_path = harness.logs / f"{tag}.err"
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]),
-               "CRASH_MUTANT": harness.mutant}  # fmt: skip
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]),
+            "CRASH_MUTANT": harness.mutant,
+        }
         with self.stderr_path.open("wb") as stderr:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "crash.workload", "--db", str(harness.db), "--journals", str(harness.journals),
-                 "--tag", tag, "--seed", str(seed), "--seq-base", str(seq_base), "--mode", mode, *extra],
-                stdout=subprocess.PIPE, stderr=stderr, env=env, cwd=TESTS_DIR,
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "crash.workload",
+                    "--db",
+                    str(harness.db),
+                    "--journals",
+                    str(harness.journals),
+                    "--tag",
+                    tag,
+                    "--seed",
+                    str(seed),
+                    "--seq-base",
+                    str(seq_base),
+                    "--mode",
+                    mode,
+                    *extra,
+                ],
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                env=env,
+                cwd=TESTS_DIR,
+            )
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.worker_id: str | None = None
         threading.Thread(target=self._read, daemon=True).start()
@@ -136,9 +165,15 @@ class Harness:
     """A crash run on one database file in `workdir`."""
 
     def __init__(
-        self, workdir: Path, seed: int, log: Callable[[str], None] | None = None, *, endings: Sequence[str] = (),
-        mutant: str = "", settle_timeout: float = SETTLE_TIMEOUT,
-    ) -> None:  # fmt: skip
+        self,
+        workdir: Path,
+        seed: int,
+        log: Callable[[str], None] | None = None,
+        *,
+        endings: Sequence[str] = (),
+        mutant: str = "",
+        settle_timeout: float = SETTLE_TIMEOUT,
+    ) -> None:
         self.db = workdir / "crash.db"
         self.journals = workdir / "journals"
         self.logs = workdir / "logs"
@@ -294,10 +329,17 @@ def close(incarnations: Sequence[Incarnation], timeout: float = 20) -> list[str]
 
 
 def run(
-    cycles: int, seed: int, workdir: Path, *, check_every: int = 1, log: Callable[[str], None] | None = None,
-    endings: Sequence[str] = (), mutant: str = "", settle_timeout: float = SETTLE_TIMEOUT,
+    cycles: int,
+    seed: int,
+    workdir: Path,
+    *,
+    check_every: int = 1,
+    log: Callable[[str], None] | None = None,
+    endings: Sequence[str] = (),
+    mutant: str = "",
+    settle_timeout: float = SETTLE_TIMEOUT,
     stop_on_problem: bool = False,
-) -> Report:  # fmt: skip
+) -> Report:
     """Run `cycles` kill cycles and the final settle on a fresh database in `workdir`.
 
     Args:

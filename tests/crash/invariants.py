@@ -34,10 +34,22 @@ from .workload import PULSE_EVERY_MS, Batch, Done, Seen, Tick, Work
 
 TICKER, PILE, POKER = "continuous:ticker:", "debounce:pile:", "task:poker:"
 #: Failures a healthy single-process run may see (the instance was never created or was terminated).
-EXPECTED_FAILURES = {("trigger", "InstanceNotFoundError"), ("flush", "InstanceNotFoundError"),
-                     ("task_trigger", "InstanceNotFoundError"), ("read", "InstanceNotFoundError")}  # fmt: skip
-_KIND_OF_OP = {"start": "c", "terminate": "c", "trigger": "c", "add": "d", "flush": "d", "clear": "d", "send": "t",
-               "task_trigger": "t"}  # fmt: skip
+EXPECTED_FAILURES = {
+    ("trigger", "InstanceNotFoundError"),
+    ("flush", "InstanceNotFoundError"),
+    ("task_trigger", "InstanceNotFoundError"),
+    ("read", "InstanceNotFoundError"),
+}
+_KIND_OF_OP = {
+    "start": "c",
+    "terminate": "c",
+    "trigger": "c",
+    "add": "d",
+    "flush": "d",
+    "clear": "d",
+    "send": "t",
+    "task_trigger": "t",
+}
 
 
 @dataclass
@@ -156,14 +168,37 @@ def read_db(path: Path) -> Snapshot:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if not {"instances", "jobs"} <= tables:
             return Snapshot(integrity, {}, {}, set(), {})  # killed before the schema was committed
-        cols = ["key", "kind", "name", "instance_id", "status", "state", "run_count", "attempt", "event_count",
-                "execute_count", "data"]  # fmt: skip
+        cols = [
+            "key",
+            "kind",
+            "name",
+            "instance_id",
+            "status",
+            "state",
+            "run_count",
+            "attempt",
+            "event_count",
+            "execute_count",
+            "data",
+        ]
         rows = db.execute(f"SELECT {', '.join(cols)} FROM instances")
         instances = {r[0]: dict(zip(cols, r, strict=True)) for r in rows}
         alarms = {r[0]: (r[1], r[2], r[3]) for r in db.execute("SELECT key, fire_at, due_at, purpose FROM alarms")}
         event_ids = {(r[0], r[1]) for r in db.execute("SELECT key, event_id FROM event_ids")}
-        jcols = ["id", "name", "status", "params", "result", "error", "attempt_count", "max_attempts", "worker_id",
-                 "worker_expires_at", "completed_at", "scheduled_for"]  # fmt: skip
+        jcols = [
+            "id",
+            "name",
+            "status",
+            "params",
+            "result",
+            "error",
+            "attempt_count",
+            "max_attempts",
+            "worker_id",
+            "worker_expires_at",
+            "completed_at",
+            "scheduled_for",
+        ]
         jobs = {r[0]: dict(zip(jcols, r, strict=True)) for r in db.execute(f"SELECT {', '.join(jcols)} FROM jobs")}
     finally:
         db.close()
@@ -234,7 +269,7 @@ def _check_continuous(snap: Snapshot, history: History, problems: list[str], fin
     ids = {i for (kind, i) in history.by_instance if kind == "c"}
     for key in snap.instances:
         if key.startswith(TICKER):
-            ids.add(key[len(TICKER):])
+            ids.add(key[len(TICKER) :])
     for cid in sorted(ids):
         key = TICKER + cid
         ops = history.by_instance.get(("c", cid), [])
@@ -260,15 +295,17 @@ def _check_continuous(snap: Snapshot, history: History, problems: list[str], fin
         else:
             consistent = (runs, n) in pairs or runs == n == 0
         if n > runs or not consistent:
-            problems.append(f"{key}: state n={n} with run_count={runs} (attempt {row['attempt']}, alarm {alarm}) "
-                            "is not what any run committed: a run's state and count were not written together")
+            problems.append(
+                f"{key}: state n={n} with run_count={runs} (attempt {row['attempt']}, alarm {alarm}) "
+                "is not what any run committed: a run's state and count were not written together"
+            )
         missing = set(range(1, n + 1)) - history.ticks.get(cid, set())
         if missing:
             problems.append(f"{key}: stored n={n}, but no journaled run computed {sorted(missing)[:5]}")
         # An acknowledged trigger's run is in the run count, unless the instance may have been replaced since.
         for i, op in enumerate(ops):
             if op.op == "trigger" and op.outcome == "ack":
-                later = [o for o in ops[i + 1:] if o.op in ("start", "terminate") and o.outcome != "fail"]
+                later = [o for o in ops[i + 1 :] if o.op in ("start", "terminate") and o.outcome != "fail"]
                 acked_run = op.result["run_count"]
                 if not later and runs < acked_run:
                     problems.append(f"{key}: trigger acknowledged run {acked_run}, stored run_count={runs}")
@@ -280,7 +317,7 @@ def _check_debounce(snap: Snapshot, history: History, problems: list[str], final
     ids = {i for (kind, i) in history.by_instance if kind == "d"}
     for key in snap.instances:
         if key.startswith(PILE):
-            ids.add(key[len(PILE):])
+            ids.add(key[len(PILE) :])
     for did in sorted(ids):
         key = PILE + did
         ops = history.by_instance.get(("d", did), [])
@@ -311,7 +348,7 @@ def _check_debounce(snap: Snapshot, history: History, problems: list[str], final
         flushed = history.flushed.get(did, set())
         for i, op in acked:
             assert op.seq is not None
-            dropped = any(o.op == "clear" and o.outcome != "fail" for o in ops[i + 1:])
+            dropped = any(o.op == "clear" and o.outcome != "fail" for o in ops[i + 1 :])
             if not dropped and op.seq not in pending and op.seq not in flushed:
                 problems.append(f"{key}: acknowledged event {op.seq} is neither pending nor flushed")
             if (key, f"e{op.seq}") not in snap.event_ids:
@@ -322,7 +359,7 @@ def _check_tasks(snap: Snapshot, history: History, problems: list[str], final: b
     ids = {i for (kind, i) in history.by_instance if kind == "t"}
     for key in snap.instances:
         if key.startswith(POKER):
-            ids.add(key[len(POKER):])
+            ids.add(key[len(POKER) :])
     for tid in sorted(ids):
         key = POKER + tid
         ops = history.by_instance.get(("t", tid), [])
@@ -357,9 +394,7 @@ def _check_tasks(snap: Snapshot, history: History, problems: list[str], final: b
             problems.append(f"{key}: its alarm {alarm} did not fire after the last restart")
 
 
-def _check_jobs(
-    snap: Snapshot, history: History, problems: list[str], final: bool, clean_worker: str | None
-) -> None:
+def _check_jobs(snap: Snapshot, history: History, problems: list[str], final: bool, clean_worker: str | None) -> None:
     by_seq: dict[int, str] = {}
     for job_id, row in snap.jobs.items():
         if row["name"] == "pulse":
@@ -388,8 +423,9 @@ def _check_jobs(
             problems.append(f"acknowledged job {job_id} is stored with other params")
 
 
-def _check_job(job_id: str, row: dict[str, Any], seq: int, runs: list[dict[str, Any]], problems: list[str],
-               final: bool) -> None:  # fmt: skip
+def _check_job(
+    job_id: str, row: dict[str, Any], seq: int, runs: list[dict[str, Any]], problems: list[str], final: bool
+) -> None:
     what = f"job {job_id} (seq {seq})"
     # In time order: with several processes, journal order is not (a system-wide monotonic clock is).
     runs = sorted(runs, key=lambda r: r["at"])
@@ -418,8 +454,10 @@ def _check_job(job_id: str, row: dict[str, Any], seq: int, runs: list[dict[str, 
             last_index, last_attempt = starts[-1]
             ended = any(r["k"] == "job_end" and r["ok"] and r["attempt"] == last_attempt for r in runs[last_index:])
             if last_attempt != attempts or not ended:
-                problems.append(f"{what}: completed in attempt {attempts}, but its last run was attempt "
-                                f"{last_attempt} (ended: {ended}): it ran again after completing")  # fmt: skip
+                problems.append(
+                    f"{what}: completed in attempt {attempts}, but its last run was attempt "
+                    f"{last_attempt} (ended: {ended}): it ran again after completing"
+                )
             # Every run that died midway (no end, not handed back) was followed by another.
             for i, attempt in starts[:-1]:
                 finished = any(r["k"] == "job_end" and r["attempt"] == attempt for r in runs[i:])
@@ -452,8 +490,10 @@ def overlaps(history: History) -> list[str]:
         spans.sort()
         for (_, a1, apid, akind), (b0, _, bpid, bkind) in itertools.pairwise(spans):
             if b0 < a1:
-                problems.append(f"{key}: {akind} in pid {apid} and {bkind} in pid {bpid} ran at once "
-                                f"({(a1 - b0) / 1e6:.1f} ms overlap)")  # fmt: skip
+                problems.append(
+                    f"{key}: {akind} in pid {apid} and {bkind} in pid {bpid} ran at once "
+                    f"({(a1 - b0) / 1e6:.1f} ms overlap)"
+                )
     return problems
 
 

@@ -151,8 +151,17 @@ async def tick(ctx: djobs.ContinuousContext[Tick]) -> None:
     await WORLD.nap()
     n = ctx.state.n + 1
     ok = not (n % 7 == 0 and ctx.attempt == 1)  # a flaky run, retried with the same run number
-    WORLD.record("tick", key=f"continuous:{ctx.instance_id}", id=ctx.instance_id, n=n, run=ctx.run_count,
-                 attempt=ctx.attempt, ok=ok, t0=t0, t1=now_ns())  # fmt: skip
+    WORLD.record(
+        "tick",
+        key=f"continuous:{ctx.instance_id}",
+        id=ctx.instance_id,
+        n=n,
+        run=ctx.run_count,
+        attempt=ctx.attempt,
+        ok=ok,
+        t0=t0,
+        t1=now_ns(),
+    )
     WORLD.reached("user")
     if not ok:
         raise RuntimeError("a flaky tick")
@@ -171,8 +180,9 @@ async def collect(ctx: djobs.DebounceEventContext[Ev, Batch]) -> Batch:
     t0 = now_ns()
     await WORLD.nap()
     seqs = [*(ctx.state.seqs if ctx.state is not None else []), ctx.event.seq]
-    WORLD.record("collect", key=f"debounce:{ctx.instance_id}", id=ctx.instance_id, seq=ctx.event.seq, t0=t0,
-                 t1=now_ns())  # fmt: skip
+    WORLD.record(
+        "collect", key=f"debounce:{ctx.instance_id}", id=ctx.instance_id, seq=ctx.event.seq, t0=t0, t1=now_ns()
+    )
     WORLD.reached("user")
     return Batch(seqs)
 
@@ -182,8 +192,17 @@ async def flush(ctx: djobs.DebounceContext[Batch]) -> None:
     await WORLD.nap()
     seqs = ctx.state.seqs
     ok = not (min(seqs) % 5 == 0 and ctx.attempt == 1)
-    WORLD.record("flush", key=f"debounce:{ctx.instance_id}", id=ctx.instance_id, seqs=seqs, attempt=ctx.attempt,
-                 reason=ctx.flush_reason, ok=ok, t0=t0, t1=now_ns())  # fmt: skip
+    WORLD.record(
+        "flush",
+        key=f"debounce:{ctx.instance_id}",
+        id=ctx.instance_id,
+        seqs=seqs,
+        attempt=ctx.attempt,
+        reason=ctx.flush_reason,
+        ok=ok,
+        t0=t0,
+        t1=now_ns(),
+    )
     WORLD.reached("user")
     if not ok:
         raise RuntimeError("a flaky flush")
@@ -215,8 +234,16 @@ async def run_task(ctx: djobs.TaskContext[Seen]) -> None:
     state = ctx.state or Seen()
     upto = len(state.seqs)
     ok = not (upto % 5 == 0 and ctx.attempt == 1)
-    WORLD.record("task", key=f"task:{ctx.instance_id}", id=ctx.instance_id, upto=upto, attempt=ctx.attempt, ok=ok,
-                 t0=t0, t1=now_ns())  # fmt: skip
+    WORLD.record(
+        "task",
+        key=f"task:{ctx.instance_id}",
+        id=ctx.instance_id,
+        upto=upto,
+        attempt=ctx.attempt,
+        ok=ok,
+        t0=t0,
+        t1=now_ns(),
+    )
     WORLD.reached("user")
     if not ok:
         raise RuntimeError("a flaky execute")
@@ -245,8 +272,16 @@ async def work(params: Work, ctx: djobs.JobContext) -> Done:
     if MUTANT == "no_reclaim":
         WORLD.now()  # die while a job runs: without reclaims it never runs again
     ok = not (params.seq % 4 == 0 and ctx.attempt == 1)
-    WORLD.record("job_end", key=f"job:{ctx.job_id}", job=ctx.job_id, seq=params.seq, attempt=ctx.attempt, ok=ok,
-                 t0=t0, t1=now_ns())  # fmt: skip
+    WORLD.record(
+        "job_end",
+        key=f"job:{ctx.job_id}",
+        job=ctx.job_id,
+        seq=params.seq,
+        attempt=ctx.attempt,
+        ok=ok,
+        t0=t0,
+        t1=now_ns(),
+    )
     WORLD.reached("user")
     if not ok:
         raise RuntimeError("a flaky job")
@@ -255,28 +290,41 @@ async def work(params: Work, ctx: djobs.JobContext) -> Done:
 
 async def pulse(fire: djobs.CronFire, ctx: djobs.JobContext) -> None:
     # One job per fire time, whatever crashed when: the cron's advance and its job commit together.
-    WORLD.record("pulse", key=f"job:{ctx.job_id}", job=ctx.job_id, fire=fire.scheduled_at.isoformat(),
-                 attempt=ctx.attempt)  # fmt: skip
+    WORLD.record(
+        "pulse", key=f"job:{ctx.job_id}", job=ctx.job_id, fire=fire.scheduled_at.isoformat(), attempt=ctx.attempt
+    )
 
 
 def definitions(profile: str) -> list[Any]:
     retry = Retry(max_attempts=20, delay=Backoff.fixed("100 ms"))
     return [
-        djobs.Continuous.make("ticker", state=Tick, schedule=djobs.every(TICK_EVERY[profile]), execute=tick,
-                              retry=retry, logging=None),
-        djobs.Debounce.make("pile", event=Ev, state=Batch, on_event=collect, execute=flush, flush_after=FLUSH_AFTER,
-                            max_events=6, retry=retry, logging=None),
-        djobs.Task.make("poker", state=Seen, event=Poke, on_event=on_poke, execute=run_task, retry=retry,
-                        logging=None),
-        djobs.Job.make("chore", params=Work, result=Done, execute=work, retry=Retry(max_attempts=50, delay="100 ms"),
-                       logging=None),
+        djobs.Continuous.make(
+            "ticker", state=Tick, schedule=djobs.every(TICK_EVERY[profile]), execute=tick, retry=retry, logging=None
+        ),
+        djobs.Debounce.make(
+            "pile",
+            event=Ev,
+            state=Batch,
+            on_event=collect,
+            execute=flush,
+            flush_after=FLUSH_AFTER,
+            max_events=6,
+            retry=retry,
+            logging=None,
+        ),
+        djobs.Task.make("poker", state=Seen, event=Poke, on_event=on_poke, execute=run_task, retry=retry, logging=None),
+        djobs.Job.make(
+            "chore", params=Work, result=Done, execute=work, retry=Retry(max_attempts=50, delay="100 ms"), logging=None
+        ),
         # "all": every fire time runs once, also those that passed while the process was dead.
-        djobs.CronJob.make("pulse", schedule=djobs.every(PULSE_EVERY), execute=pulse, missed="all", max_attempts=50,
-                           logging=None),
-    ]  # fmt: skip
+        djobs.CronJob.make(
+            "pulse", schedule=djobs.every(PULSE_EVERY), execute=pulse, missed="all", max_attempts=50, logging=None
+        ),
+    ]
 
 
 # -- the client side ---------------------------------------------------------------------
+
 
 @dataclass
 class Ids:
@@ -289,10 +337,20 @@ class Ids:
 
 #: (operation, weight) per profile.
 OPS = {
-    "crash": [("add", 28), ("send", 22), ("later", 20), ("start", 8), ("trigger", 5), ("flush", 5),
-              ("terminate", 3), ("clear", 2), ("task_trigger", 3), ("read", 4)],
+    "crash": [
+        ("add", 28),
+        ("send", 22),
+        ("later", 20),
+        ("start", 8),
+        ("trigger", 5),
+        ("flush", 5),
+        ("terminate", 3),
+        ("clear", 2),
+        ("task_trigger", 3),
+        ("read", 4),
+    ],
     "peer": [("add", 30), ("send", 20), ("later", 25), ("trigger", 10), ("flush", 5), ("read", 10)],
-}  # fmt: skip
+}
 
 
 class Client:
@@ -423,6 +481,7 @@ def arm(engine: djobs.Engine, world: World) -> None:
 
 # -- mutants: deliberately broken engines, to show the checks catch what they claim to ----------
 
+
 def plant_mutant(name: str) -> None:
     """Break the engine the way `name` says (see `MUTANTS`)."""
     sqlite_storage = djobs.storage.SqliteStorage
@@ -473,9 +532,12 @@ async def amain(args: argparse.Namespace) -> None:
     rng = random.Random(args.seed)
     pause = (0.0, 0.01) if args.profile == "crash" else (0.005, 0.015)
     WORLD = world = World(
-        args.tag, Journal(journals / f"acks-{args.tag}.jsonl", sync=True),
-        Journal(journals / f"exec-{args.tag}.jsonl", sync=False), rng, pause,
-    )  # fmt: skip
+        args.tag,
+        Journal(journals / f"acks-{args.tag}.jsonl", sync=True),
+        Journal(journals / f"exec-{args.tag}.jsonl", sync=False),
+        rng,
+        pause,
+    )
     if args.mode in KILL_MODES:
         world.killpoint = args.mode
         world.countdown = rng.randint(1, 80 if args.mode == "wal_write" else 25)
@@ -488,18 +550,25 @@ async def amain(args: argparse.Namespace) -> None:
 
     with trio.open_signal_receiver(signal.SIGTERM) as signals:
         async with djobs.open_engine(
-            definitions(args.profile), storage=djobs.sqlite(args.db), alarm_lease=ALARM_LEASE,
-            alarm_poll_interval=POLL, shutdown_grace="1 second", seed=args.seed,
+            definitions(args.profile),
+            storage=djobs.sqlite(args.db),
+            alarm_lease=ALARM_LEASE,
+            alarm_poll_interval=POLL,
+            shutdown_grace="1 second",
+            seed=args.seed,
             worker=djobs.WorkerOptions(max_concurrency=4, lock_timeout=JOB_LOCK, poll_interval=POLL),
-        ) as engine:  # fmt: skip
+        ) as engine:
             arm(engine, world)
             print(f"READY {engine.worker_id}", flush=True)
             clients = []
             if args.mode != "quiet":
                 for i in range(args.clients):
                     if args.profile == "crash":
-                        ids = Ids([f"c{i}{k}" for k in range(2)], [f"d{i}{k}" for k in range(2)],
-                                  [f"t{i}{k}" for k in range(2)])  # fmt: skip
+                        ids = Ids(
+                            [f"c{i}{k}" for k in range(2)],
+                            [f"d{i}{k}" for k in range(2)],
+                            [f"t{i}{k}" for k in range(2)],
+                        )
                     else:  # every peer process uses the same few instances: contention is the point
                         ids = Ids([f"c{k}" for k in range(4)], ["d0", "d1"], ["t0", "t1"])
                     clients.append(Client(engine, world, ids, lambda: next(counter), args.profile))
