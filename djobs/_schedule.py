@@ -3,20 +3,36 @@
 Every time in this module is an ``int`` of milliseconds since the Unix epoch,
 in UTC.
 
-Cron expressions are matched against the wall clock of their zone, and each
-wall-clock time the expression names fires exactly once, whatever daylight
-saving does: a time that happens twice when the clocks go back fires at its
-first occurrence only, and a time skipped when they go forward fires at the
-same instant it would have had before the change (02:30 in a one-hour gap
-fires at 03:30), so a daily job still runs once that day. croniter's own
-time-zone handling fires twice in a repeated hour, so it only ever sees naive
+Cron expressions are matched against the wall clock of their zone. The
+semantics are djobs's own (croniter only parses fields and walks the
+calendar), chosen to match what cronie (Vixie cron) users expect:
+
+- **Days.** When both day-of-month and day-of-week are restricted (neither
+  starts with ``*`` or is ``?``), a day matches when *either* does, for every
+  extension (``L``, ``15W``, ``1#2``, ``L5``): each half is walked on its own
+  and the earlier match wins. When either starts with ``*`` (``*/2``
+  included), both must match. This is cronie's rule (``man 5 crontab``).
+- **Daylight saving.** A *fixed-time* expression (minute and hour fields
+  made only of numbers, ranges and lists) fires once per wall time: a time
+  that happens twice when the clocks go back fires at its first occurrence,
+  and a time skipped when they go forward fires at the same instant it would
+  have had before the change (02:30 in a one-hour gap fires at 03:30), so a
+  daily job still runs that day. An *interval* expression (a ``*`` or a
+  ``/`` step in the minute or hour field: ``0 * * * *``, ``*/5 * * * *``,
+  ``@hourly``) keeps firing in elapsed time: through a repeated hour it fires
+  in both passes, so an hourly job has no two-hour gap. This is Vixie
+  cron's rule (cronie's ``cron.c``: "wildcard" and "fixed-time" jobs).
+
+croniter's own time-zone handling differs, so it only ever sees naive
 wall-clock times here and `zoneinfo` maps them to instants.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Protocol, final, runtime_checkable
 from zoneinfo import ZoneInfo
 
@@ -136,24 +152,117 @@ def _parse_zone(tz: object) -> Result[ZoneInfo, ValidationError]:
         return Failure(ValidationError(f"unknown time zone {tz!r}"))
 
 
+#: cronie's nicknames (``man 5 crontab``), as the five fields they stand for.
+NICKNAMES = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """How to walk one expression: one or two croniter walks, and its daylight-saving rule.
+
+    Attributes:
+        walks: ``(expression, day_or)`` pairs whose matches, merged, are the
+            expression's wall times: two halves (day-of-month, day-of-week) for
+            cronie's either-day rule, else the expression with both days required.
+        elapsed: Whether the minute or hour field is an interval (``*`` or a
+            ``/`` step), so the expression fires in both passes of a repeated hour.
+    """
+
+    walks: tuple[tuple[str, bool], ...]
+    elapsed: bool
+
+
+def _unrestricted(day_field: str) -> bool:
+    # cronie sets DOM_STAR / DOW_STAR when the field's first character is '*' ("*/2" too).
+    return day_field.startswith("*") or day_field == "?"
+
+
+def _never_matches(expression: str, day_or: bool) -> bool:
+    try:
+        # A match from any start means it matches forever: without a year field the
+        # calendar repeats (every 400 years, and croniter searches far enough).
+        croniter(expression, datetime(2000, 1, 1), day_or=day_or).get_next(datetime)
+    except CroniterBadDateError:
+        return True
+    return False
+
+
+@lru_cache(maxsize=512)
+def _plan(normal: str) -> Result[_Plan, str]:
+    """The walks of a normalised expression, or why it is refused (a message tail)."""
+    fields = NICKNAMES.get(normal, normal).split()
+    if len(fields) == 6:
+        return Failure(
+            "a seconds field is not supported: cron fires to the minute (djobs.every('30 seconds') runs more often)"
+        )
+    if len(fields) == 7:
+        return Failure("seconds and year fields (Quartz) are not supported")
+    if len(fields) != 5:
+        return Failure(f"expected 5 fields ({_FIELDS}) or a nickname such as @daily, got {len(fields)}")
+    minute, hour, dom, month, dow = fields
+    for field in (minute, hour, month):
+        if "?" in field:
+            return Failure("'?' is only allowed as the whole day-of-month or day-of-week field")
+    for field, what in ((dom, "day-of-month"), (dow, "day-of-week")):
+        if "?" in field and field != "?":
+            return Failure(f"'?' must be the whole {what} field")
+    if dow.upper().endswith("L") and dow.upper() != "L":
+        return Failure(f"{dow!r}: the last weekday of the month is written L5 (last Friday), not 5L (Quartz)")
+    dom_star, dow_star = _unrestricted(dom), _unrestricted(dow)
+    dom, dow = ("*" if dom == "?" else dom), ("*" if dow == "?" else dow)
+    if dom_star or dow_star:
+        walks: list[tuple[str, bool]] = [(" ".join((minute, hour, dom, month, dow)), False)]
+    else:
+        walks = [(" ".join((minute, hour, dom, month, "*")), True), (" ".join((minute, hour, "*", month, dow)), True)]
+    try:
+        for walk, day_or in walks:
+            croniter(walk, datetime(2000, 1, 1), day_or=day_or)  # syntax of every half first
+        alive = tuple(w for w in walks if not _never_matches(*w))
+    except (CroniterError, ValueError, KeyError, IndexError, TypeError) as exc:
+        return Failure(str(exc))
+    if not alive:
+        return Failure("it never matches a date")
+    elapsed = any(c in field for field in (minute, hour) for c in "*/")
+    return Success(_Plan(alive, elapsed))
+
+
 def _parse_expression(expression: object) -> Result[str, ValidationError]:
     if not isinstance(expression, str):
         return Failure(ValidationError(f"cron expression must be a string, got {expression!r}"))
-    fields = expression.split()
-    if len(fields) != 5:
-        return Failure(
-            ValidationError(f"invalid cron expression {expression!r}: expected 5 fields ({_FIELDS}), got {len(fields)}")
-        )
-    normal = " ".join(fields)
-    try:
-        # An expression can parse yet never match ("0 0 30 2 *"); a match from any start
-        # means it matches forever, since without a year field the calendar repeats.
-        croniter(normal, datetime(2000, 1, 1)).get_next(datetime)
-    except CroniterBadDateError:
-        return Failure(ValidationError(f"invalid cron expression {expression!r}: it never matches a date"))
-    except (CroniterError, ValueError, KeyError, IndexError, TypeError) as exc:
-        return Failure(ValidationError(f"invalid cron expression {expression!r}: {exc}"))
+    normal = " ".join(expression.split())
+    if normal.startswith("@"):
+        normal = normal.lower()
+        if normal not in NICKNAMES:
+            known = ", ".join(NICKNAMES)
+            return Failure(
+                ValidationError(f"invalid cron expression {expression!r}: unknown nickname (known: {known})")
+            )
+    plan = _plan(normal)
+    if isinstance(plan, Failure):
+        return Failure(ValidationError(f"invalid cron expression {expression!r}: {plan.failure()}"))
     return Success(normal)
+
+
+def _walls(plan: _Plan, start: datetime) -> Iterator[datetime]:
+    """The matching wall times strictly after `start`, ascending, each once."""
+    walks = [croniter(walk, start, day_or=day_or) for walk, day_or in plan.walks]
+    heads: list[datetime] = [w.get_next(datetime) for w in walks]
+    last: datetime | None = None
+    while True:
+        i = min(range(len(heads)), key=heads.__getitem__)
+        wall = heads[i]
+        heads[i] = walks[i].get_next(datetime)
+        if wall != last:
+            last = wall
+            yield wall
 
 
 def _from_ms(ms: int) -> datetime:
@@ -211,18 +320,26 @@ class Cron:
             23400000
         """
         # Not cached on the instance, where msgspec would try to encode it; ZoneInfo keeps
-        # its own cache of recently used zones.
+        # its own cache of recently used zones, _plan its own of expressions.
         zone = ZoneInfo(self.tz)
+        plan = _plan(self.expression).unwrap()  # the constructor checked it
         after = _from_ms(after_ms)
+        best = self._first_pass(plan, zone, after)
+        if plan.elapsed:
+            second = self._second_pass(plan, zone, after, best)
+            if second is not None and second < best:
+                best = second
+        return (best - _EPOCH) // timedelta(milliseconds=1)
+
+    def _first_pass(self, plan: _Plan, zone: ZoneInfo, after: datetime) -> datetime:
+        """The earliest matching wall time later than `after`, each wall time read with fold=0."""
         # A wall time inside a spring-forward gap maps (fold=0, the pre-change offset) to an
         # instant up to one shift after its face value, so just after a gap the search starts
         # that much earlier on the wall clock to still see it.
         start = after + min(_offset(after, zone), _offset(after - _DAY, zone))
-        walls = croniter(self.expression, start.replace(tzinfo=None))
         best: datetime | None = None
         horizon: datetime | None = None
-        for _ in range(_MAX_STEPS):
-            wall: datetime = walls.get_next(datetime)
+        for _, wall in zip(range(_MAX_STEPS), _walls(plan, start.replace(tzinfo=None)), strict=False):
             if horizon is not None and wall >= horizon:
                 break
             instant = wall.replace(tzinfo=zone).astimezone(UTC)
@@ -238,7 +355,24 @@ class Cron:
         else:
             raise SchedulerError(f"cron {self.expression!r} in {self.tz}: no run time found after {after}")
         assert best is not None
-        return (best - _EPOCH) // timedelta(milliseconds=1)
+        return best
+
+    def _second_pass(self, plan: _Plan, zone: ZoneInfo, after: datetime, bound: datetime) -> datetime | None:
+        """The earliest matching wall time later than `after` and before `bound`, read with fold=1.
+
+        fold=1 differs from fold=0 only for the second pass of a repeated hour (and for gap
+        times, which are skipped here: they have no second reading). On existing wall times
+        fold=1 maps to instants in order, so the first one later than `after` is the earliest.
+        """
+        start = after + min(_offset(after, zone), _offset(after - _DAY, zone), _offset(after + _DAY, zone))
+        for _, wall in zip(range(_MAX_STEPS), _walls(plan, start.replace(tzinfo=None)), strict=False):
+            instant = wall.replace(tzinfo=zone, fold=1).astimezone(UTC)
+            if instant >= bound:
+                return None
+            if instant <= after or instant.astimezone(zone).replace(tzinfo=None) != wall:
+                continue  # already past, or a wall time in a gap
+            return instant
+        return None
 
     def next_runs(self, after_ms: int, n: int) -> list[int]:
         """The next ``n`` run times after ``after_ms``, in order.

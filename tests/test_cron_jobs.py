@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -88,7 +89,9 @@ def local_wall_times(fires: list[datetime], zone: str) -> list[str]:
 
 @pytest.mark.trio
 @pytest.mark.parametrize("start", [datetime(2026, 3, 26, tzinfo=UTC), datetime(2026, 10, 22, tzinfo=UTC)])
-async def test_dst_in_berlin_fires_once_per_wall_time(autojump_clock: trio.testing.MockClock, start: datetime) -> None:
+async def test_dst_in_berlin_a_fixed_time_fires_once_and_hourly_keeps_the_hours(
+    autojump_clock: trio.testing.MockClock, start: datetime
+) -> None:
     nightly_fires: list[datetime] = []
     hourly_fires: list[datetime] = []
     nightly = own_body_cron("nightly", djobs.cron("30 2 * * *", tz="Europe/Berlin"), nightly_fires)
@@ -97,17 +100,66 @@ async def test_dst_in_berlin_fires_once_per_wall_time(autojump_clock: trio.testi
         await trio.sleep(7 * 24 * 3600)
     days = Counter(w[:10] for w in local_wall_times(nightly_fires, "Europe/Berlin"))
     assert len(nightly_fires) == 7 and set(days.values()) == {1}
-    walls = local_wall_times(hourly_fires, "Europe/Berlin")
-    assert len(walls) == len(set(walls))  # no wall time twice
+    # An hourly cron runs every hour of elapsed time, whatever the wall clock does.
+    assert {b - a for a, b in pairwise(hourly_fires)} == {timedelta(hours=1)}
+    walls = Counter(w[:10] for w in local_wall_times(hourly_fires, "Europe/Berlin"))
     if start.month == 10:
-        # 02:30 happens twice on 25 October; it fires at the first (CEST) one only.
+        # 02:30 happens twice on 25 October; the fixed-time job fires at the first (CEST) one only.
         assert datetime(2026, 10, 25, 0, 30, tzinfo=UTC) in nightly_fires
         assert datetime(2026, 10, 25, 1, 30, tzinfo=UTC) not in nightly_fires
-        assert Counter(w[:10] for w in walls)["2026-10-25"] == 24
+        assert walls["2026-10-25"] == 25  # 02:00 CEST and 02:00 CET
     else:
         # 02:30 does not exist on 29 March; it fires at 03:30 CEST, once.
         assert datetime(2026, 3, 29, 1, 30, tzinfo=UTC) in nightly_fires
-        assert Counter(w[:10] for w in walls)["2026-03-29"] == 23
+        assert walls["2026-03-29"] == 23
+
+
+# The two cases of the Vixie/cronie rule the issue names, in both directions: (zone, expression,
+# start, the local day, fires that day, the one gap between consecutive fires).
+REPEATED_HOUR_CASES = [
+    ("US/Pacific", "0 * * * *", datetime(2026, 11, 1, 6, tzinfo=UTC), "2026-11-01", 25, timedelta(hours=1)),
+    ("US/Pacific", "0 * * * *", datetime(2026, 3, 8, 7, tzinfo=UTC), "2026-03-08", 23, timedelta(hours=1)),
+    (
+        "Europe/Paris",
+        "*/5 * * * *",
+        datetime(2026, 10, 24, 21, 55, tzinfo=UTC),
+        "2026-10-25",
+        300,
+        timedelta(minutes=5),
+    ),
+    ("Europe/Paris", "*/5 * * * *", datetime(2026, 3, 28, 22, 55, tzinfo=UTC), "2026-03-29", 276, timedelta(minutes=5)),
+]
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize(("zone", "expression", "start", "day", "count", "gap"), REPEATED_HOUR_CASES)
+async def test_an_interval_cron_keeps_elapsed_time_across_dst(
+    autojump_clock: trio.testing.MockClock,
+    zone: str,
+    expression: str,
+    start: datetime,
+    day: str,
+    count: int,
+    gap: timedelta,
+) -> None:
+    fires: list[datetime] = []
+    frequent = own_body_cron("frequent", djobs.cron(expression, tz=zone), fires)
+    async with open_test_engine([frequent], start=start, worker=djobs.WorkerOptions(poll_interval="1 hour")):
+        await trio.sleep(26 * 3600)
+    assert {b - a for a, b in pairwise(fires)} == {gap}  # no 65-minute (or two-hour) hole, nothing twice
+    assert Counter(w[:10] for w in local_wall_times(fires, zone))[day] == count
+
+
+@pytest.mark.trio
+async def test_a_fixed_time_cron_fires_once_in_the_repeated_hour_of_us_pacific(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fires: list[datetime] = []
+    job = own_body_cron("at0130", djobs.cron("30 1 * * *", tz="US/Pacific"), fires)
+    async with open_test_engine([job], start=datetime(2026, 10, 31, 12, tzinfo=UTC)):
+        await trio.sleep(2 * 24 * 3600)
+    # 01:30 PDT on 1 November, then 01:30 PST on 2 November; not 01:30 PST on 1 November.
+    assert fires == [datetime(2026, 11, 1, 8, 30, tzinfo=UTC), datetime(2026, 11, 2, 9, 30, tzinfo=UTC)]
 
 
 @pytest.mark.trio

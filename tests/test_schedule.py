@@ -150,10 +150,11 @@ def test_inside_the_repeated_hour_the_time_does_not_fire_again() -> None:
     assert schedule.next_after(first - 1) == first
 
 
-def test_inside_the_repeated_hour_later_times_still_fire() -> None:
+def test_inside_the_repeated_hour_an_interval_cron_fires_in_elapsed_time() -> None:
     schedule = cron("*/15 * * * *", tz="America/New_York")
-    after = utc(2026, 11, 1, 6, 10)  # 01:10 EST, second pass: 01:15..01:45 already ran in EDT
-    assert schedule.next_after(after) == utc(2026, 11, 1, 7, 0)  # 02:00 EST
+    after = utc(2026, 11, 1, 6, 10)  # 01:10 EST, the second pass of 01:xx
+    assert schedule.next_after(after) == utc(2026, 11, 1, 6, 15)  # 01:15 EST, a quarter hour of elapsed time
+    assert schedule.next_after(utc(2026, 11, 1, 5, 50)) == utc(2026, 11, 1, 6, 0)  # 01:45 EDT -> 01:00 EST
 
 
 def test_just_after_the_gap_the_moved_time_is_not_missed() -> None:
@@ -167,10 +168,11 @@ def test_half_hourly_in_new_york_across_both_changes() -> None:
     schedule = cron("*/30 * * * *", tz="America/New_York")
     spring = fires(schedule, datetime(2026, 3, 8, tzinfo=NEW_YORK), datetime(2026, 3, 9, tzinfo=NEW_YORK))
     fall = fires(schedule, datetime(2026, 11, 1, tzinfo=NEW_YORK), datetime(2026, 11, 2, tzinfo=NEW_YORK))
+    # A 23-hour day and a 25-hour day, every half hour of elapsed time in each.
     assert len(spring) == 46
-    assert len(fall) == 48
+    assert len(fall) == 50
     assert all(b - a == 30 * MINUTE for a, b in pairwise(spring))
-    assert fall[3:6] == [utc(2026, 11, 1, 5, 30), utc(2026, 11, 1, 7, 0), utc(2026, 11, 1, 7, 30)]
+    assert all(b - a == 30 * MINUTE for a, b in pairwise(fall))
 
 
 # --- cron: UTC and Berlin ------------------------------------------------------------------------
@@ -192,11 +194,13 @@ def wall_strings(times: list[int], zone: ZoneInfo) -> list[str]:
     [
         (date(2026, 3, 29), "30 2 * * *", 1, [utc(2026, 3, 29, 1, 30)]),  # 02:30 CET = 03:30 CEST
         (date(2026, 10, 25), "30 2 * * *", 1, [utc(2026, 10, 25, 0, 30)]),  # 02:30 CEST, first one
-        (date(2026, 3, 29), "*/30 * * * *", 46, None),
-        (date(2026, 10, 25), "*/30 * * * *", 48, None),
+        (date(2026, 3, 29), "0,30 0-23 * * *", 46, None),  # fixed times: each wall time once
+        (date(2026, 10, 25), "0,30 0-23 * * *", 48, None),
     ],
 )
-def test_berlin_no_wall_time_fires_twice(day: date, expression: str, count: int, expected: list[int] | None) -> None:
+def test_berlin_no_fixed_wall_time_fires_twice(
+    day: date, expression: str, count: int, expected: list[int] | None
+) -> None:
     schedule = cron(expression, tz="Europe/Berlin")
     start = datetime(day.year, day.month, day.day, tzinfo=BERLIN)
     times = fires(schedule, start, start + timedelta(days=1))
@@ -207,8 +211,8 @@ def test_berlin_no_wall_time_fires_twice(day: date, expression: str, count: int,
         assert times == expected
 
 
-def test_berlin_fall_back_skips_the_second_pass_of_the_hour() -> None:
-    schedule = cron("*/30 * * * *", tz="Europe/Berlin")
+def test_berlin_fall_back_a_fixed_time_skips_the_second_pass_of_the_hour() -> None:
+    schedule = cron("0,30 0-23 * * *", tz="Europe/Berlin")
     start = datetime(2026, 10, 25, tzinfo=BERLIN)
     times = fires(schedule, start, start + timedelta(days=1))
     assert wall_strings(times, BERLIN)[3:8] == [
@@ -236,14 +240,23 @@ MODEL_CASES = [
 MODEL_EXPRESSIONS = ["*/15 * * * *", "30 1 * * *", "30 2 * * *", "20,40 2 * * *", "0,45 1-3 * * *", "5 */2 * * *"]
 
 
+def is_interval(expression: str) -> bool:
+    minute, hour = expression.split()[:2]
+    return any(c in minute + hour for c in "*/")
+
+
 @cache
 def model_fires(tz: str, expression: str, first: datetime, last: datetime) -> list[int]:
-    """Every matching wall time in the window, mapped to an instant with fold=0, deduplicated."""
+    """Every matching wall time in the window mapped with fold=0, deduplicated; an interval
+    expression also fires at the second reading (fold=1) of each repeated wall time."""
     zone = ZoneInfo(tz)
     walls = croniter(expression, first - timedelta(minutes=1))
     instants: set[int] = set()
     while (wall := walls.get_next(datetime)) < last:
         instants.add(ms(wall.replace(tzinfo=zone)))
+        second = wall.replace(tzinfo=zone, fold=1)
+        if is_interval(expression) and second.astimezone(UTC).astimezone(zone).replace(tzinfo=None) == wall:
+            instants.add(ms(second))
     return sorted(instants)
 
 
@@ -318,8 +331,17 @@ def test_cron_survives_msgspec() -> None:
         ("61 * * * *", "out of range"),
         ("nonsense", "expected 5 fields"),
         ("", "expected 5 fields"),
-        ("* * * * * *", "expected 5 fields"),
-        ("@daily", "expected 5 fields"),
+        ("* * * * * *", "seconds field is not supported"),
+        ("0 0 0 * * ? *", "seconds and year fields"),
+        ("@reboot", "unknown nickname"),
+        ("@every 5m", "unknown nickname"),
+        ("0 0 * * 5L", "written L5"),
+        ("0 ? * * *", "only allowed as the whole day"),
+        ("0 0 1? * *", "must be the whole day-of-month"),
+        ("0 0 LW * *", "not acceptable"),
+        ("0 0 L-2 * *", "not acceptable"),
+        ("0 0 * * 1#6", "day_of_week"),
+        ("0 0 30 2 ?", "never matches"),
         ("*/0 * * * *", "step"),
         ("0 0 30 2 *", "never matches"),
         ("0 0 31 4 *", "never matches"),
@@ -367,3 +389,139 @@ def test_parse_cron_success() -> None:
 def test_leap_day_only_schedule() -> None:
     schedule = cron("0 0 29 2 *")
     assert schedule.next_after(utc(2026, 1, 1)) == utc(2028, 2, 29)
+
+
+# --- cron: day-of-month and day-of-week, against an independent model ---------------------------
+
+WEEKDAYS = {"SUN": 0, "MON": 1, "TUE": 2, "WED": 3, "THU": 4, "FRI": 5, "SAT": 6}
+
+
+def cron_weekday(day: date) -> int:
+    return (day.weekday() + 1) % 7  # cron counts from Sunday = 0
+
+
+def last_day(day: date) -> int:
+    following = (day.replace(day=28) + timedelta(days=4)).replace(day=1)
+    return (following - timedelta(days=1)).day
+
+
+def nearest_weekday(day: date, n: int) -> int:
+    """Quartz's nW: the weekday nearest the nth, not leaving the month."""
+    target = day.replace(day=min(n, last_day(day)))
+    if target.weekday() == 5:  # Saturday: the Friday before, or the Monday after on the 1st
+        return target.day - 1 if target.day > 1 else target.day + 2
+    if target.weekday() == 6:  # Sunday: the Monday after, or the Friday before on the last day
+        return target.day + 1 if target.day < last_day(day) else target.day - 2
+    return target.day
+
+
+def dom_item(item: str, day: date) -> bool:
+    if item == "L":
+        return day.day == last_day(day)
+    if item.endswith("W"):
+        return day.day == nearest_weekday(day, int(item[:-1]))
+    if item.startswith("*/"):
+        return (day.day - 1) % int(item[2:]) == 0
+    if "-" in item:
+        low, high = map(int, item.split("-"))
+        return low <= day.day <= high
+    return day.day == int(item)
+
+
+def dow_value(text: str) -> int:
+    return WEEKDAYS[text] if text in WEEKDAYS else int(text) % 7
+
+
+def dow_item(item: str, day: date) -> bool:
+    if "#" in item:
+        weekday, nth = item.split("#")
+        return cron_weekday(day) == dow_value(weekday) and (day.day - 1) // 7 + 1 == int(nth)
+    if item.startswith("L"):
+        return cron_weekday(day) == dow_value(item[1:]) and day.day + 7 > last_day(day)
+    if item.startswith("*/"):
+        return cron_weekday(day) % int(item[2:]) == 0
+    if "-" in item:
+        low, high = map(dow_value, item.split("-"))
+        return low <= cron_weekday(day) <= high
+    return cron_weekday(day) == dow_value(item)
+
+
+def model_day_matches(dom: str, dow: str, day: date) -> bool:
+    """cronie's rule: either day field matches when both are restricted, else both must."""
+    dom_ok = dom in ("*", "?") or any(dom_item(i, day) for i in dom.split(","))
+    dow_ok = dow in ("*", "?") or any(dow_item(i, day) for i in dow.split(","))
+    if dom.startswith("*") or dom == "?" or dow.startswith("*") or dow == "?":
+        return dom_ok and dow_ok
+    return dom_ok or dow_ok
+
+
+DAY_EXPRESSIONS = [
+    # (day-of-month, day-of-week): both restricted is a union, for every extension.
+    ("8-9", "0#2"),
+    ("15", "1#1"),
+    ("1", "L5"),
+    ("15W", "1"),
+    ("1W", "SAT#3"),
+    ("L", "5"),
+    ("L", "L0"),
+    ("1,15", "1-5"),
+    ("1", "1"),
+    ("30", "1#2,3#4"),
+    # One side unrestricted ('*', '*/n' or '?'): both must match, as in cronie.
+    ("*/2", "1"),
+    ("1-7", "*/2"),
+    ("*/2", "0#2"),
+    ("?", "1#1"),
+    ("15W", "?"),
+    ("L", "*"),
+    ("*", "L5"),
+]
+
+
+@pytest.mark.parametrize(("dom", "dow"), DAY_EXPRESSIONS)
+def test_day_fields_match_cronie_semantics_for_two_years(dom: str, dow: str) -> None:
+    schedule = cron(f"0 12 {dom} * {dow}")
+    fired = [
+        local(t, ZoneInfo("UTC")).date()
+        for t in fires(schedule, datetime(2026, 1, 1, tzinfo=UTC), datetime(2028, 1, 1, tzinfo=UTC))
+    ]
+    expected = [day for n in range(730) if model_day_matches(dom, dow, day := date(2026, 1, 1) + timedelta(days=n))]
+    assert fired == expected
+    assert expected  # every case here fires at least once in two years
+
+
+def test_the_issue_examples_fire_on_either_day() -> None:
+    def walls(expression: str, n: int) -> list[str]:
+        return [local(t, ZoneInfo("UTC")).strftime("%a %m-%d") for t in cron(expression).next_runs(utc(2026, 1, 1), n)]
+
+    # The 8th, the 9th, and every second Sunday (the 11th in January 2026).
+    assert walls("0 0 8-9 * 0#2", 4) == ["Thu 01-08", "Fri 01-09", "Sun 01-11", "Sun 02-08"]
+    assert walls("0 0 15 * 1#1", 3) == ["Mon 01-05", "Thu 01-15", "Mon 02-02"]  # was refused
+    assert walls("0 0 1 * L5", 3) == ["Fri 01-30", "Sun 02-01", "Fri 02-27"]  # was refused
+    assert walls("0 0 15W * 1", 4) == ["Mon 01-05", "Mon 01-12", "Thu 01-15", "Mon 01-19"]
+
+
+@pytest.mark.parametrize(
+    ("nickname", "fields"),
+    [
+        ("@yearly", "0 0 1 1 *"),
+        ("@annually", "0 0 1 1 *"),
+        ("@monthly", "0 0 1 * *"),
+        ("@weekly", "0 0 * * 0"),
+        ("@daily", "0 0 * * *"),
+        ("@midnight", "0 0 * * *"),
+        ("@hourly", "0 * * * *"),
+    ],
+)
+def test_nicknames_are_their_five_fields(nickname: str, fields: str) -> None:
+    schedule = cron(nickname.upper(), tz="America/New_York")
+    assert schedule.expression == nickname
+    start = datetime(2026, 10, 25, tzinfo=NEW_YORK)
+    end = start + timedelta(days=400)
+    assert fires(schedule, start, end) == fires(cron(fields, tz="America/New_York"), start, end)
+
+
+def test_question_mark_is_an_unrestricted_day_field() -> None:
+    start, end = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 6, 1, tzinfo=UTC)
+    assert fires(cron("0 0 ? * 1#1"), start, end) == fires(cron("0 0 * * 1#1"), start, end)
+    assert fires(cron("0 0 15 * ?"), start, end) == fires(cron("0 0 15 * *"), start, end)
