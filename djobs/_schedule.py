@@ -47,8 +47,8 @@ __all__ = ["Cron", "Every", "Schedule", "cron", "every", "parse_cron"]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DAY = timedelta(days=1)
 _FIELDS = "minute hour day-of-month month day-of-week"
-# Candidates skipped on the way are at most the wall times of one repeated hour (60 for a
-# minutely job), so this bound is only reached if the expression never matches, which the
+# Candidates skipped on the way are at most the wall times of a day (1440 for a minutely
+# job), so this bound is only reached if the expression never matches, which the
 # constructor rules out.
 _MAX_STEPS = 10_000
 
@@ -280,12 +280,14 @@ def _offset(instant: datetime, zone: ZoneInfo) -> timedelta:
 class Cron:
     """Run at the wall-clock times a five-field cron expression names, in a time zone.
 
-    Build it with `cron` (or `parse_cron` for run-time input). Each wall time
-    fires once across daylight-saving changes; see the module notes.
+    Build it with `cron` (or `parse_cron` for run-time input). Both day fields
+    restricted fire on either day (cronie's rule); a fixed-time expression
+    fires once per wall time across daylight-saving changes, an interval one
+    in elapsed time; see the module notes.
 
     Attributes:
-        expression: ``minute hour day-of-month month day-of-week``, with
-            whitespace normalised to single spaces.
+        expression: ``minute hour day-of-month month day-of-week`` (or a
+            nickname, lower-cased), with whitespace normalised to single spaces.
         tz: The IANA zone name. Kept as text so it survives serialisation
             (a ``ZoneInfo`` would be turned into a fixed offset).
 
@@ -403,10 +405,16 @@ class Cron:
 def cron(expression: str, tz: str = "UTC") -> Cron:
     """A schedule from a five-field cron expression, read on the wall clock of ``tz``.
 
+    The syntax, and how it compares with cronie's and Quartz's, is the table
+    in the cron guide; the day and daylight-saving rules are in the module notes.
+
     Args:
-        expression: ``minute hour day-of-month month day-of-week``, as
-            croniter reads it (ranges, steps, lists, ``L``, ``1#2``); the
-            ``@daily`` shorthands and seconds or year fields are not accepted.
+        expression: ``minute hour day-of-month month day-of-week``: ranges,
+            steps, lists, names, ``L`` and ``15W`` (day-of-month), ``1#2`` and
+            ``L5`` (day-of-week), ``?`` for a whole day field, or a nickname
+            (``@hourly``, ``@daily``, ``@weekly``, ``@monthly``, ``@yearly``).
+            Seconds and year fields, ``@reboot``, ``LW``, ``L-3`` and Quartz's
+            ``5L`` are refused.
         tz: An IANA zone name such as ``"America/New_York"``.
 
     Returns:

@@ -14,8 +14,9 @@ cron was disabled), and the cron job's ``missed`` policy decides:
 - ``"all"``: one run per missed fire time (beware long outages of frequent crons);
 - ``"skip"``: no run for the missed span; the next run is the next fire time after now.
 
-Daylight-saving changes are handled by the schedule (`djobs.cron`): each
-wall-clock time fires once.
+Daylight-saving changes are handled by the schedule (`djobs.cron`): a
+fixed-time expression fires once per wall time, an interval one (``*/5``,
+``@hourly``) in elapsed time through a repeated hour.
 """
 
 from __future__ import annotations
