@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import random
 from datetime import timedelta
-from typing import final
+from typing import Literal, final
 
 from ._durations import DurationLike, duration
 from ._errors import ExecutionError, JobError, ValidationError
+
+#: The backoff strategies by name, as the seed platform's retry configuration spells them.
+BackoffName = Literal["exponential", "linear", "fixed"]
 
 
 @final
@@ -26,6 +29,9 @@ class Backoff:
         [1, 2, 4, 8, 16, 30]
         >>> [Backoff.linear(base="1 second", increment="1 second").delay(n).seconds for n in (1, 2, 3)]
         [1, 2, 3]
+        >>> capped = Backoff.linear(base="10 seconds", increment="10 seconds", max="25 seconds")
+        >>> [capped.delay(n).seconds for n in (1, 2, 3)]
+        [10, 20, 25]
         >>> Backoff.fixed("5 seconds").delay(9).seconds
         5
     """
@@ -44,9 +50,19 @@ class Backoff:
         return Backoff("exponential", duration(base, what="base"), timedelta(0), duration(max, what="max"))
 
     @staticmethod
-    def linear(base: DurationLike = "1 second", increment: DurationLike = "1 second") -> Backoff:
-        """``base``, ``base + increment``, ``base + 2 * increment``, ..."""
-        return Backoff("linear", duration(base, what="base"), duration(increment, what="increment"), None)
+    def linear(
+        base: DurationLike = "1 second", increment: DurationLike = "1 second", max: DurationLike | None = None
+    ) -> Backoff:
+        """``base``, ``base + increment``, ``base + 2 * increment``, ... capped at ``max`` (default: no cap).
+
+        Raises:
+            ValidationError: A malformed duration, or ``max`` shorter than ``base``.
+        """
+        first = duration(base, what="base")
+        cap = None if max is None else duration(max, what="max")
+        if cap is not None and cap < first:
+            raise ValidationError(f"Backoff.linear: max ({cap}) is shorter than base ({first})")
+        return Backoff("linear", first, duration(increment, what="increment"), cap)
 
     @staticmethod
     def fixed(delay: DurationLike) -> Backoff:
@@ -62,14 +78,16 @@ class Backoff:
             d = self._base * (1 << min(n - 1, 40))
             return min(d, self._max)
         if self._kind == "linear":
-            return self._base + self._increment * (n - 1)
+            d = self._base + self._increment * (n - 1)
+            return d if self._max is None else min(d, self._max)
         return self._base
 
     def __repr__(self) -> str:
         if self._kind == "exponential":
             return f"Backoff.exponential(base={self._base!r}, max={self._max!r})"
         if self._kind == "linear":
-            return f"Backoff.linear(base={self._base!r}, increment={self._increment!r})"
+            cap = "" if self._max is None else f", max={self._max!r}"
+            return f"Backoff.linear(base={self._base!r}, increment={self._increment!r}{cap})"
         return f"Backoff.fixed({self._base!r})"
 
 
@@ -81,15 +99,32 @@ class Retry:
         max_attempts: Total tries of one run, the first included (``3`` = one
             try and two retries). At least 1.
         delay: A `Backoff`, or one duration for a fixed delay.
+        backoff: Instead of `delay`, the strategy by name, as the seed
+            platform's retry configuration spells it (``backoff="exponential"``,
+            ``initialDelay``, ``maxDelay``): ``"exponential"`` doubles from
+            `initial_delay` up to `max_delay` (default 1 second to 30 seconds,
+            or to `initial_delay` if that is longer); ``"linear"`` waits
+            `initial_delay` times the retry number, capped at `max_delay`
+            (default no cap); ``"fixed"`` waits `initial_delay` every time.
+        initial_delay: With `backoff`: the first delay (default 1 second).
+        max_delay: With `backoff`: the longest delay.
         jitter: Full jitter: wait a uniformly random time between zero and
             the backoff delay, so many failing instances do not retry in step.
         retry_on: Retry only failures whose error, or the error's ``cause``,
             is an instance of one of these types. ``None`` retries every
             retryable error.
 
+    Raises:
+        ValidationError: A bad `max_attempts`, duration or backoff name; both
+            `delay` and `backoff` (or its delays); `max_delay` shorter than
+            `initial_delay`.
+
     Examples:
         >>> Retry(max_attempts=3, delay=Backoff.fixed("2 seconds")).max_attempts
         3
+        >>> linear = Retry(backoff="linear", initial_delay="1 second", max_delay="3 seconds").delay
+        >>> [linear.delay(n).seconds for n in (1, 2, 3, 4)]
+        [1, 2, 3, 3]
     """
 
     __slots__ = ("delay", "jitter", "max_attempts", "retry_on")
@@ -99,13 +134,21 @@ class Retry:
         max_attempts: int = 3,
         delay: Backoff | DurationLike | None = None,
         *,
+        backoff: BackoffName | None = None,
+        initial_delay: DurationLike | None = None,
+        max_delay: DurationLike | None = None,
         jitter: bool = False,
         retry_on: tuple[type[BaseException], ...] | None = None,
     ) -> None:
         if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
             raise ValidationError(f"Retry(max_attempts={max_attempts!r}): expected an int of at least 1")
         self.max_attempts = max_attempts
-        if delay is None:
+        named = backoff is not None or initial_delay is not None or max_delay is not None
+        if named and delay is not None:
+            raise ValidationError("Retry: give delay= or backoff= (with initial_delay=, max_delay=), not both")
+        if named:
+            self.delay = _named_backoff(backoff or "exponential", initial_delay, max_delay)
+        elif delay is None:
             self.delay = Backoff.exponential()
         elif isinstance(delay, Backoff):
             self.delay = delay
@@ -132,3 +175,18 @@ class Retry:
 
     def __repr__(self) -> str:
         return f"Retry(max_attempts={self.max_attempts}, delay={self.delay!r}, jitter={self.jitter})"
+
+
+def _named_backoff(name: object, initial: DurationLike | None, cap: DurationLike | None) -> Backoff:
+    """The `Backoff` the seed's ``{backoff, initialDelay, maxDelay}`` spelling names."""
+    first = duration(initial if initial is not None else "1 second", what="initial_delay")
+    most = None if cap is None else duration(cap, what="max_delay")
+    if most is not None and most < first:
+        raise ValidationError(f"Retry: max_delay ({most}) is shorter than initial_delay ({first})")
+    if name == "exponential":
+        return Backoff.exponential(base=first, max=most if most is not None else max(first, timedelta(seconds=30)))
+    if name == "linear":
+        return Backoff.linear(base=first, increment=first, max=most)
+    if name == "fixed":
+        return Backoff.fixed(first)
+    raise ValidationError(f"Retry: backoff must be 'exponential', 'linear' or 'fixed', got {name!r}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from typing import Any
 
 import msgspec
@@ -14,6 +15,7 @@ import trio.testing
 import djobs
 from djobs import Backoff, Retry
 from djobs._errors import ExecutionError, ValidationError
+from djobs.testing import open_test_engine
 
 
 def test_backoff_delays() -> None:
@@ -55,6 +57,72 @@ def test_retry_rejects_bad_max_attempts(bad: Any) -> None:
 def test_bad_backoff_durations_name_the_input() -> None:
     with pytest.raises(ValidationError, match="eventually"):
         Backoff.fixed("eventually")
+
+
+def test_linear_backoff_has_a_maximum() -> None:
+    capped = Backoff.linear(base="10 seconds", increment="5 seconds", max="30 seconds")
+    assert [capped.delay(n) / timedelta(seconds=1) for n in (1, 2, 3, 4, 5, 6, 100)] == [10, 15, 20, 25, 30, 30, 30]
+    assert "max=" in repr(capped) and "max=" not in repr(Backoff.linear())
+    with pytest.raises(ValidationError, match="shorter than base"):
+        Backoff.linear(base="1 minute", max="10 seconds")
+
+
+@pytest.mark.parametrize(
+    ("options", "seconds"),
+    [
+        ({"backoff": "exponential", "initial_delay": "2s", "max_delay": "20s"}, [2, 4, 8, 16, 20, 20]),
+        ({"backoff": "exponential"}, [1, 2, 4, 8, 16, 30]),
+        ({"initial_delay": "500ms"}, [0.5, 1, 2, 4, 8, 16]),  # the strategy defaults to exponential
+        ({"backoff": "exponential", "initial_delay": "1 minute"}, [60, 60, 60, 60, 60, 60]),
+        ({"backoff": "linear", "initial_delay": "5s", "max_delay": "12s"}, [5, 10, 12, 12, 12, 12]),
+        ({"backoff": "linear", "initial_delay": "5s"}, [5, 10, 15, 20, 25, 30]),
+        ({"backoff": "fixed", "initial_delay": "3s"}, [3, 3, 3, 3, 3, 3]),
+        ({"backoff": "fixed", "initial_delay": 3000, "max_delay": "1 minute"}, [3, 3, 3, 3, 3, 3]),
+    ],
+)
+def test_the_seed_spelling_of_a_backoff(options: dict[str, Any], seconds: list[float]) -> None:
+    policy = Retry(max_attempts=7, **options)
+    assert [policy.delay.delay(n) / timedelta(seconds=1) for n in range(1, 7)] == seconds
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"backoff": "exponential", "delay": "1s"}, "not both"),
+        ({"max_delay": "5s", "delay": Backoff.fixed("1s")}, "not both"),
+        ({"backoff": "random"}, "must be 'exponential', 'linear' or 'fixed'"),
+        ({"backoff": "linear", "initial_delay": "10s", "max_delay": "5s"}, "shorter than initial_delay"),
+        ({"backoff": "fixed", "initial_delay": "soon"}, "initial_delay"),
+        ({"backoff": "fixed", "max_delay": -5}, "max_delay"),
+    ],
+)
+def test_the_seed_spelling_refuses_what_it_cannot_mean(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        Retry(**options)
+
+
+@pytest.mark.trio
+async def test_a_job_retries_on_the_seed_spelled_backoff(autojump_clock: trio.testing.MockClock) -> None:
+    class Try(msgspec.Struct):
+        label: str
+
+    tries: list[datetime] = []
+
+    def always_fails(params: Try, ctx: djobs.JobContext) -> None:
+        tries.append(ctx.now())
+        raise RuntimeError("down")
+
+    policy = Retry(max_attempts=5, backoff="linear", initial_delay="10 seconds", max_delay="25 seconds")
+    job = djobs.Job.make("flaky", params=Try, execute=always_fails, retry=policy)
+    async with open_test_engine([job]) as engine:
+        run = djobs.testing.success(await engine.client.job(job).now(Try("x")))
+    assert run.status == "failed" and run.attempts == 5
+    assert [b - a for a, b in pairwise(tries)] == [
+        timedelta(seconds=10),
+        timedelta(seconds=20),
+        timedelta(seconds=25),
+        timedelta(seconds=25),
+    ]
 
 
 @pytest.mark.trio
