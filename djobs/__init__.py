@@ -24,6 +24,7 @@ from ._errors import SchedulerError as SchedulerError
 from ._errors import StorageError as StorageError
 from ._errors import TenantError as TenantError
 from ._errors import ValidationError as ValidationError
+from ._event import Event as Event
 from ._retry import Backoff as Backoff
 from ._retry import Retry as Retry
 from ._schedule import Cron as Cron
@@ -92,6 +93,7 @@ __all__ = [
     "DuplicateEventError",
     "DurationLike",
     "Engine",
+    "Event",
     "EventResult",
     "Every",
     "ExecutionError",

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, TypeVar, overload
 
 from returns.future import FutureResult
 
+from ._durations import DurationLike
 from ._errors import StorageError, TenantError, ValidationError
+from ._event import Event
 from .kinds._common import effect
 from .kinds._continuous import Continuous, ContinuousClient, ContinuousHandler
 from .kinds._cron import CronScheduler, CronsClient
@@ -101,6 +104,19 @@ class Client:
             raise StorageError("this engine's storage layer does not hold cron jobs")
         return CronsClient(self._crons, self._tenant_id)
 
+    @overload
+    def send_event(
+        self,
+        event: Event[P],
+        payload: P,
+        *,
+        tenant_id: str | None = None,
+        correlation_id: str | None = None,
+        idempotency_key: str | None = None,
+        at: datetime | None = None,
+        delay: DurationLike | None = None,
+    ) -> FutureResult[EventResult, ValidationError | TenantError | StorageError]: ...
+    @overload
     def send_event(
         self,
         event: str,
@@ -109,12 +125,41 @@ class Client:
         tenant_id: str | None = None,
         correlation_id: str | None = None,
         idempotency_key: str | None = None,
+        at: datetime | None = None,
+        delay: DurationLike | None = None,
+    ) -> FutureResult[EventResult, ValidationError | TenantError | StorageError]: ...
+    def send_event(
+        self,
+        event: Event[Any] | str,
+        payload: object,
+        *,
+        tenant_id: str | None = None,
+        correlation_id: str | None = None,
+        idempotency_key: str | None = None,
+        at: datetime | None = None,
+        delay: DurationLike | None = None,
     ) -> FutureResult[EventResult, ValidationError | TenantError | StorageError]:
         """Enqueue one job per definition listening to `event` (``Job.make(..., on=event)``).
+
+        Sent as a typed `Event` (``send_event(order_created, OrderCreated(...))``),
+        the payload must be of the event's type (or a subtype), which mypy
+        checks and the call checks again at run time. Sent by name, any
+        payload type-checks and is validated at run time.
 
         The payload is validated against every listener's params before
         anything is stored; the jobs are stored in one transaction. No
         listener is not an error: the result says ``delivered=False``.
+
+        Args:
+            event: The event: a typed `Event`, or its name.
+            payload: What every listener's params are built from.
+            tenant_id: The tenant the jobs belong to (a tenant-scoped client sets it).
+            correlation_id: Given to every job.
+            idempotency_key: A repeat of the key enqueues nothing and returns the first jobs' ids.
+            at: Run the jobs at this aware datetime (a past one means now), as ``later`` does.
+            delay: Or after this duration (``"10 minutes"``, a timedelta, ms as an int).
+                The jobs are stored now, due later, so a delayed event survives a
+                restart; giving both `at` and `delay` is a `ValidationError`.
 
         Example:
             ```python
@@ -132,6 +177,8 @@ class Client:
                 tenant_id=tenant_id,
                 correlation_id=correlation_id,
                 idempotency_key=idempotency_key,
+                at=at,
+                delay=delay,
             )
         )
 

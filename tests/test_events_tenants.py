@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
 import msgspec
 import pytest
 import trio
@@ -194,3 +197,75 @@ async def test_cron_jobs_under_required_tenancy_need_a_tenant(autojump_clock: tr
         assert len(success(await engine.client.for_tenant("acme").crons.list())) == 1
         assert success(await engine.client.for_tenant("globex").crons.list()) == []
         assert isinstance(failure(await engine.client.for_tenant("globex").crons.disable("tick")), djobs.TenantError)
+
+
+# -- typed events and delayed events -----------------------------------------------------
+
+order_created = djobs.Event("order.created", OrderCreated)
+
+
+@pytest.mark.trio
+async def test_a_typed_event_reaches_the_listeners_of_its_name(autojump_clock: trio.testing.MockClock) -> None:
+    seen = Seen()
+
+    def audit(params: OrderCreated, ctx: djobs.JobContext) -> None:
+        seen.calls.append(("audit", params, ctx.tenant_id))
+
+    typed_listener = djobs.Job.make("audit", params=OrderCreated, execute=audit, on=order_created)
+    assert typed_listener.on == "order.created"
+    async with open_test_engine([*listeners(seen), typed_listener]) as engine:
+        sent = success(await engine.client.send_event(order_created, OrderCreated("o-1", 30)))
+        assert sent.event == "order.created"
+        assert sent.job_names == ["confirmationEmail", "reserveStock", "audit"]  # by name and by Event alike
+        await engine.wait_idle()
+        assert sorted(name for name, _, _ in seen.calls) == ["audit", "email", "stock"]
+        # The event's own type is checked at run time too (for callers mypy does not see).
+        wrong = failure(await engine.client.send_event(order_created, OrderRef("o-2")))  # type: ignore[misc]
+        assert isinstance(wrong, djobs.ValidationError) and "payload of event 'order.created'" in wrong.message
+
+
+def test_an_event_definition_is_checked() -> None:
+    with pytest.raises(djobs.ValidationError, match="event name"):
+        djobs.Event("", OrderCreated)
+    with pytest.raises(djobs.ValidationError, match=r"msgspec\.Struct"):
+        djobs.Event("order.created", dict)
+    assert repr(order_created) == "Event('order.created', OrderCreated)"
+    assert order_created == djobs.Event("order.created", OrderCreated)
+
+
+@pytest.mark.trio
+async def test_a_delayed_event_runs_its_jobs_when_due(autojump_clock: trio.testing.MockClock) -> None:
+    seen = Seen()
+    async with open_test_engine(listeners(seen)) as engine:
+        start = engine.clock.now_ms()
+        later = success(await engine.client.send_event("order.cancelled", OrderRef("o-1"), delay="10 minutes"))
+        at = datetime.fromtimestamp(start / 1000 + 3600, UTC)
+        at_hour = success(await engine.client.send_event(order_created, OrderCreated("o-2", 5), at=at))
+        await trio.sleep(9 * 60)
+        assert seen.calls == []
+        [pending] = later.job_ids
+        info = success(await engine.client.jobs.status(pending))
+        assert info.status == "pending" and info.scheduled_for == datetime.fromtimestamp(start / 1000 + 600, UTC)
+        await trio.sleep(2 * 60)
+        assert [name for name, _, _ in seen.calls] == ["refund"]
+        await trio.sleep(3600)
+        assert sorted(name for name, _, _ in seen.calls) == ["email", "refund", "stock"]
+        for job_id in at_hour.job_ids:
+            assert success(await engine.client.jobs.status(job_id)).started_at == at
+
+
+@pytest.mark.trio
+async def test_a_delayed_event_refuses_what_later_refuses(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_test_engine(listeners(Seen())) as engine:
+        now = datetime(2026, 1, 1, tzinfo=UTC)
+        cases: list[dict[str, Any]] = [
+            {"delay": "10 minutes", "at": now},
+            {"delay": "-5 minutes"},
+            {"delay": 1.5},
+            {"at": datetime(2026, 1, 1)},  # naive
+            {"delay": timedelta(days=3_000_000)},  # after the year 9999
+        ]
+        for options in cases:
+            error = failure(await engine.client.send_event("order.cancelled", OrderRef("o"), **options))
+            assert isinstance(error, djobs.ValidationError), options
+        assert success(await engine.client.jobs.list()) == []

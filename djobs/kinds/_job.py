@@ -48,6 +48,7 @@ from .._errors import (
     TenantError,
     ValidationError,
 )
+from .._event import Event
 from .._execution import Checkout, Env, Outcome, RunInfo, execute, run_body
 from .._logging import JobLog, LoggingOption, threshold
 from .._retry import Retry
@@ -204,7 +205,7 @@ class Job(Generic[P, R]):
         execute: Callable[[P, JobContext], object],
         retry: Retry | None = None,
         max_attempts: int | None = None,
-        on: str | None = None,
+        on: str | Event[Any] | None = None,
         logging: LoggingOption = False,
     ) -> Job[P, R]: ...
     @overload
@@ -218,7 +219,7 @@ class Job(Generic[P, R]):
         execute: Callable[[P, JobContext], object],
         retry: Retry | None = None,
         max_attempts: int | None = None,
-        on: str | None = None,
+        on: str | Event[Any] | None = None,
         logging: LoggingOption = False,
     ) -> Job[P, None]: ...
     @classmethod
@@ -231,7 +232,7 @@ class Job(Generic[P, R]):
         execute: Callable[[P, JobContext], object],
         retry: Retry | None = None,
         max_attempts: int | None = None,
-        on: str | None = None,
+        on: str | Event[Any] | None = None,
         logging: LoggingOption = False,
     ) -> Job[P, Any]:
         """Define a job.
@@ -249,7 +250,8 @@ class Job(Generic[P, R]):
                 default exponential from 1 second to 30 seconds.
             max_attempts: Tries per job, the first included; default the
                 retry's ``max_attempts`` if `retry` is given, else 3.
-            on: An event name: ``client.send_event(on, payload)`` enqueues this job.
+            on: An event, as a typed `Event` or its name:
+                ``client.send_event(on, payload)`` enqueues this job.
             logging: ``True`` (debug), ``False`` (errors only), a level, or ``None`` (silent).
 
         Raises:
@@ -265,6 +267,8 @@ class Job(Generic[P, R]):
         attempts = max_attempts if max_attempts is not None else (retry.max_attempts if retry is not None else 3)
         if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
             raise ValidationError(f"Job {name!r}: max_attempts must be an int of at least 1, got {attempts!r}")
+        if isinstance(on, Event):
+            on = on.name
         if on is not None and (not isinstance(on, str) or not on.strip() or len(on) > 200):
             raise ValidationError(f"Job {name!r}: on must be an event name (a non-empty string), got {on!r}")
         base = retry or Retry()
@@ -882,8 +886,21 @@ class JobQueue:
         tenant_id: object,
         correlation_id: object,
         idempotency_key: object,
+        at: object = None,
+        delay: object = None,
     ) -> Result[EventResult, ValidationError | TenantError | StorageError]:
-        """Validate `payload` for every listener of `event`, then enqueue one job each, all or none."""
+        """Validate `payload` for every listener of `event`, then enqueue one job each, all or none.
+
+        A typed `Event` also checks the payload against its own type first.
+
+        The jobs are stored at once, due at `at` or after `delay` (as ``later``
+        reads them), so a delayed event survives a restart like any queued job.
+        """
+        if isinstance(event, Event):
+            typed = encode(event.payload, payload, what=f"payload of event {event.name!r}")
+            if isinstance(typed, Failure):
+                return typed
+            event = event.name
         if not isinstance(event, str) or not event.strip():
             return Failure(ValidationError(f"event name must be a non-empty string, got {event!r}"))
         checks = (
@@ -895,6 +912,10 @@ class JobQueue:
             if isinstance(check, Failure):
                 return check
         tenant, correlation, key = (c.unwrap() for c in checks)
+        now = self.env.now_ms()
+        when = _when(at, delay, now)
+        if isinstance(when, Failure):
+            return when
         listeners = self.listeners.get(event, [])
         encoded: list[bytes] = []
         for handler in listeners:
@@ -904,10 +925,10 @@ class JobQueue:
             encoded.append(raw.unwrap())
         if not listeners:
             return Success(EventResult(event=event, job_ids=[], job_names=[], delivered=False))
-        now = self.env.now_ms()
+        due = when.unwrap()
         rows = [
             self.row(
-                h, raw, scheduled_for=now, now=now, correlation_id=correlation, tenant_id=tenant, idempotency_key=key
+                h, raw, scheduled_for=due, now=now, correlation_id=correlation, tenant_id=tenant, idempotency_key=key
             )
             for h, raw in zip(listeners, encoded, strict=True)
         ]
