@@ -296,3 +296,37 @@ async def test_two_jobs_with_one_name_fail_at_open() -> None:
     with pytest.raises(djobs.ValidationError, match="tokenRefresher"):
         async with open_test_engine([token_refresher, twin]):
             pass  # pragma: no cover
+
+
+@pytest.mark.trio
+async def test_pause_drops_a_pending_retry_and_resume_starts_a_fresh_run(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    seen: list[tuple[int, int, datetime]] = []
+
+    async def flaky(ctx: djobs.ContinuousContext[Health]) -> Result[None, djobs.ExecutionError]:
+        seen.append((ctx.run_count, ctx.attempt, ctx.now()))
+        if len(seen) == 1:
+            return Failure(djobs.ExecutionError("upstream down"))
+        return Success(None)
+
+    job = djobs.Continuous.make(
+        "flaky",
+        state=Health,
+        schedule=djobs.cron("0 * * * *"),
+        execute=flaky,
+        retry=djobs.Retry(max_attempts=3, delay="1 minute"),
+    )
+    async with open_test_engine([job]) as engine:
+        start = datetime.fromtimestamp(engine.clock.now_ms() / 1000, UTC)
+        client = engine.client.continuous(job)
+        success(await client.start(id="x", input=Health()))
+        await trio.sleep(10)  # the first try failed; its retry is due at 00:01
+        assert success(await client.status("x")).next_run_at == start + timedelta(minutes=1)
+        assert success(await client.pause("x")).next_run_at is None
+        await trio.sleep(3 * 3600)  # neither the retry nor the hourly runs happen
+        assert len(seen) == 1
+        resumed = success(await client.resume("x"))
+        assert resumed.next_run_at == start + timedelta(hours=4)  # the next fire time after 03:00:10
+        await trio.sleep(3600)
+        assert seen[1:] == [(2, 1, start + timedelta(hours=4))]  # a new run, first attempt

@@ -2,7 +2,10 @@
 
 An instance runs ``execute(ctx)`` on its schedule (``every(...)`` or
 ``cron(...)``), starting at once by default. A run's state changes are
-committed with its outcome. A failed run retries by the job's `Retry`
+committed with its outcome. ``pause`` takes an instance off its schedule
+(status ``stopped``: state kept, no alarm) until ``resume`` puts it back on at
+the next fire time after now; fire times that passed while paused are not
+run, as APScheduler's ``pause_job``/``resume_job`` behave. A failed run retries by the job's `Retry`
 policy; when the retries are exhausted the instance is terminated (state and
 alarm purged) and ``job.retry_exhausted`` is emitted. A failure that is not
 retried (no policy, or a non-retryable error) leaves the instance on its
@@ -23,12 +26,12 @@ from returns.result import Failure, Result, Success
 from .._clock import to_datetime
 from .._codec import decode, encode
 from .._context import StatefulContext
-from .._errors import InstanceNotFoundError, JobNotFoundError, StorageError, ValidationError
+from .._errors import InstanceNotFoundError, InvalidStateError, JobNotFoundError, StorageError, ValidationError
 from .._execution import Checkout, Env, RunInfo, execute
 from .._logging import JobLog, LoggingOption
 from .._retry import Retry
 from .._schedule import Schedule
-from ..storage import Alarm, Checkin, InstanceRecord, SetAlarm
+from ..storage import Alarm, Checkin, ClearAlarm, InstanceRecord, SetAlarm
 from ._common import (
     InstanceClient,
     StateResult,
@@ -45,6 +48,9 @@ if TYPE_CHECKING:
 S = TypeVar("S")
 
 KIND = "continuous"
+
+#: The stored status of a paused instance (a running one is ``"running"``).
+PAUSED: Literal["stopped"] = "stopped"
 
 
 class ContinuousContext(StatefulContext[S]):
@@ -140,7 +146,11 @@ class Continuous(Generic[S]):
 
 
 class StartResult(msgspec.Struct, frozen=True):
-    """The result of ``start``: ``created`` is false when the id was already running."""
+    """The result of ``start``: ``created`` is false when the id already existed.
+
+    ``status`` is the instance's: ``stopped`` when an existing id is paused
+    (``start`` does not resume it).
+    """
 
     created: bool
     instance_id: str
@@ -151,10 +161,10 @@ class ContinuousStatus(msgspec.Struct, frozen=True):
     """The result of ``status``.
 
     Attributes:
-        status: ``running`` (the instance has a next run), ``stopped`` (it is
-            stored without an alarm) or ``not_found``.
+        status: ``running`` (on its schedule), ``stopped`` (paused: state
+            kept, no run until ``resume``) or ``not_found``.
         run_count: Runs so far (``None`` when not found).
-        next_run_at: When the next run (or a pending retry) is due.
+        next_run_at: When the next run (or a pending retry) is due; ``None`` while stopped.
     """
 
     status: Literal["running", "stopped", "not_found"]
@@ -172,6 +182,11 @@ class TriggerResult(msgspec.Struct, frozen=True):
     instance_id: str
     run_count: int
     outcome: str
+
+
+def _status(record: InstanceRecord, alarm: Alarm | None) -> Literal["running", "stopped"]:
+    # "stopped" is a paused instance; one stored without an alarm otherwise has none to wait for.
+    return "stopped" if record.status == PAUSED or alarm is None else "running"
 
 
 class ContinuousHandler(TenantScoped, Generic[S]):
@@ -194,8 +209,9 @@ class ContinuousHandler(TenantScoped, Generic[S]):
         key = self.key(instance_id)
 
         async def run() -> Result[StartResult, ValidationError | StorageError]:
-            if await self.env.storage.load(key) is not None:
-                return Success(StartResult(False, instance_id, "running"))
+            existing = await self.env.storage.load(key)
+            if existing is not None:
+                return Success(StartResult(False, instance_id, _status(existing[0], existing[1])))
             now = self.env.now_ms()
             first = now if self.job.start_immediately else self.job.schedule.next_after(now)
             record = InstanceRecord(
@@ -216,14 +232,20 @@ class ContinuousHandler(TenantScoped, Generic[S]):
 
         return await self.runtime.call(key, run)
 
-    async def trigger(self, instance_id: str) -> Result[TriggerResult, InstanceNotFoundError | StorageError]:
+    async def trigger(
+        self, instance_id: str
+    ) -> Result[TriggerResult, InstanceNotFoundError | InvalidStateError | StorageError]:
         key = self.key(instance_id)
 
-        async def run() -> Result[TriggerResult, InstanceNotFoundError | StorageError]:
+        async def run() -> Result[TriggerResult, InstanceNotFoundError | InvalidStateError | StorageError]:
             loaded = await self.env.storage.load(key)
             if loaded is None:
                 return Failure(InstanceNotFoundError(self.job.name, instance_id))
             record, alarm = loaded
+            if record.status == PAUSED:
+                return Failure(
+                    InvalidStateError(f"{self.job.name!r} instance {instance_id!r} is paused; resume it first")
+                )
             run_count, outcome = await self._run(record, alarm, triggered=True)
             return Success(TriggerResult(instance_id, run_count, outcome))
 
@@ -235,7 +257,47 @@ class ContinuousHandler(TenantScoped, Generic[S]):
             return Success(ContinuousStatus("not_found"))
         record, alarm = loaded
         next_run = to_datetime(alarm.fire_at) if alarm else None
-        return Success(ContinuousStatus("running" if alarm else "stopped", record.run_count, next_run))
+        return Success(ContinuousStatus(_status(record, alarm), record.run_count, next_run))
+
+    async def pause(self, instance_id: str) -> Result[ContinuousStatus, InstanceNotFoundError | StorageError]:
+        key = self.key(instance_id)
+
+        async def run() -> Result[ContinuousStatus, InstanceNotFoundError | StorageError]:
+            loaded = await self.env.storage.load(key)
+            if loaded is None:
+                return Failure(InstanceNotFoundError(self.job.name, instance_id))
+            record, _ = loaded
+            if record.status != PAUSED:
+                record.status, record.updated_at, record.attempt = PAUSED, self.env.now_ms(), 1
+                paused = self.env.event("job.paused", key, KIND, self.job.name)
+                # The alarm goes with the pause (a pending retry too): nothing runs until resume.
+                await self.env.commit(Checkin(key=key, record=record, alarm=ClearAlarm()), [paused])
+            return Success(ContinuousStatus(PAUSED, record.run_count, None))
+
+        return await self.runtime.call(key, run)
+
+    async def resume(self, instance_id: str) -> Result[ContinuousStatus, InstanceNotFoundError | StorageError]:
+        key = self.key(instance_id)
+
+        async def run() -> Result[ContinuousStatus, InstanceNotFoundError | StorageError]:
+            loaded = await self.env.storage.load(key)
+            if loaded is None:
+                return Failure(InstanceNotFoundError(self.job.name, instance_id))
+            record, alarm = loaded
+            if record.status != PAUSED:
+                next_run = to_datetime(alarm.fire_at) if alarm else None
+                return Success(ContinuousStatus(_status(record, alarm), record.run_count, next_run))
+            now = self.env.now_ms()
+            # The next fire time after now: times that passed while paused are not run.
+            first = self.job.schedule.next_after(now)
+            record.status, record.updated_at = "running", now
+            resumed = self.env.event(
+                "job.resumed", key, KIND, self.job.name, next_run_at=to_datetime(first).isoformat()
+            )
+            await self.env.commit(Checkin(key=key, record=record, alarm=SetAlarm(first, "run")), [resumed])
+            return Success(ContinuousStatus("running", record.run_count, to_datetime(first)))
+
+        return await self.runtime.call(key, run)
 
     async def get_state(
         self, instance_id: str
@@ -257,8 +319,10 @@ class ContinuousHandler(TenantScoped, Generic[S]):
     async def on_alarm(self, alarm: Alarm) -> None:
         loaded = await self.env.storage.load(alarm.key)
         if loaded is None or loaded[1] is None or loaded[1].id != alarm.id:
-            return  # terminated, or the alarm was replaced after it was claimed
+            return  # terminated or paused, or the alarm was replaced after it was claimed
         record, current = loaded
+        if record.status == PAUSED:
+            return  # paused after this alarm was claimed (the pause cleared it)
         try:
             await self._run(record, current, triggered=False)
         except StorageError as exc:
@@ -339,9 +403,35 @@ class ContinuousClient(InstanceClient[ContinuousHandler[S]], Generic[S]):
 
     def trigger(
         self, id: str
-    ) -> FutureResult[TriggerResult, JobNotFoundError | InstanceNotFoundError | ValidationError | StorageError]:
-        """Run instance `id` now, outside its schedule; returns once the run is committed."""
+    ) -> FutureResult[
+        TriggerResult, JobNotFoundError | InstanceNotFoundError | InvalidStateError | ValidationError | StorageError
+    ]:
+        """Run instance `id` now, outside its schedule; returns once the run is committed.
+
+        A paused instance is not run: `InvalidStateError` (resume it first).
+        """
         return self._verb(id, lambda h, i: h.trigger(i))
+
+    def pause(
+        self, id: str
+    ) -> FutureResult[ContinuousStatus, JobNotFoundError | InstanceNotFoundError | ValidationError | StorageError]:
+        """Take instance `id` off its schedule: status ``stopped``, state kept, no run until `resume`.
+
+        A pending retry is dropped with the schedule. Pausing a paused
+        instance changes nothing. Emits ``job.paused``.
+        """
+        return self._verb(id, lambda h, i: h.pause(i))
+
+    def resume(
+        self, id: str
+    ) -> FutureResult[ContinuousStatus, JobNotFoundError | InstanceNotFoundError | ValidationError | StorageError]:
+        """Put a paused instance back on its schedule, at the schedule's next fire time after now.
+
+        Fire times that passed while paused are not run (nor is
+        ``start_immediately`` applied again). Resuming a running instance
+        changes nothing. Emits ``job.resumed`` with ``next_run_at``.
+        """
+        return self._verb(id, lambda h, i: h.resume(i))
 
     def status(self, id: str) -> FutureResult[ContinuousStatus, JobNotFoundError | ValidationError | StorageError]:
         """``running`` (with ``run_count`` and ``next_run_at``), ``stopped`` or ``not_found``."""
