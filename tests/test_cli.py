@@ -779,3 +779,28 @@ def test_the_default_db_comes_from_the_environment(
 ) -> None:
     monkeypatch.setenv("DJOBS_DB", str(db.path))
     assert run_json(capsys, "jobs", "show", db.due)["id"] == db.due
+
+
+# -- instances pause / resume --------------------------------------------------------------------
+
+
+def test_instances_pause_and_resume_a_continuous_instance(capsys: pytest.CaptureFixture[str], db: Built) -> None:
+    path = str(db.path)
+    paused = run_json(capsys, "instances", "pause", HERE + "refresher", "user-2", "--db", path)
+    assert paused == {"status": "stopped", "run_count": 1, "next_run_at": None}
+    shown = run_json(capsys, "instances", "show", "refresher:user-2", "--db", path)
+    assert shown["status"] == "stopped" and shown["alarm"] is None
+    # Resumed at 00:05: the next fire time of every 30 minutes after now.
+    code, out, err = run(capsys, "instances", "resume", HERE + "refresher", "user-2", "--db", path)
+    assert code == 0, err
+    assert out == "refresher:user-2 running, next run 2026-01-01 00:35:00Z\n"
+    shown = run_json(capsys, "instances", "show", "refresher:user-2", "--db", path)
+    assert shown["status"] == "running" and shown["alarm"]["fire_at"] == "2026-01-01T00:35:00.000Z"
+
+
+def test_instances_pause_refuses_what_it_cannot_find(capsys: pytest.CaptureFixture[str], db: Built) -> None:
+    path = str(db.path)
+    code, out, err = run(capsys, "instances", "pause", HERE + "refresher", "nobody", "--db", path)
+    assert (code, out) == (ExitCode.NOT_FOUND, "") and "nobody" in err
+    code, _, err = run(capsys, "instances", "pause", HERE + "greeter", "user-2", "--db", path)
+    assert code == ExitCode.USAGE and "not a djobs.Continuous" in err

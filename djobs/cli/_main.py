@@ -95,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("status", _read.status, "instances, alarms, queue, oldest pending job and leases", common)
 
-    instances = command("instances", None, "list or show stateful instances (continuous, debounce, task)")
+    instances = command(
+        "instances", None, "list or show stateful instances (continuous, debounce, task); pause or resume one"
+    )
     sub = instances.add_subparsers(title="commands", metavar="COMMAND", required=True)
     p = command("list", _read.instances_list, "list instances in key order", common, sub)
     p.add_argument("--kind", choices=_read.INSTANCE_KINDS)
@@ -104,6 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive, default=50, help="at most this many (default 50)")
     p = command("show", _read.instances_show, "one instance: state, alarm, lease, counters", common, sub)
     p.add_argument("key", metavar="KEY", help="kind:name:id, or name:id when only one kind has it")
+    for name, run, help in (
+        ("pause", _run.pause, "take a continuous instance off its schedule (status stopped, state kept)"),
+        ("resume", _run.resume, "put a paused continuous instance back on, at its next fire time after now"),
+    ):
+        p = command(name, run, help, common, sub)
+        p.add_argument("target", metavar="MODULE:JOB", help="the djobs.Continuous, e.g. jobs_app:token_refresher")
+        p.add_argument("id", metavar="ID", help="the instance id")
+        p.add_argument("--tenant", help="the tenant the instance belongs to")
 
     jobs = command("jobs", None, "list, show, cancel or retry queued jobs")
     sub = jobs.add_subparsers(title="commands", metavar="COMMAND", required=True)

@@ -1,10 +1,12 @@
-"""The commands that open an engine: worker, enqueue, batch.
+"""The commands that open an engine: worker, enqueue, batch, instances pause and resume.
 
 ``djobs worker`` opens the engine the user's factory describes and runs it
 until SIGINT or SIGTERM. ``enqueue`` opens a client-only engine on ``--db``
 that registers just the one job, runs no queue worker and fires no alarms;
 ``batch`` opens the same, or the user's own engine (``--engine
 module:factory``) when its jobs need the application's services.
+``instances pause`` and ``resume`` open a client-only engine that registers
+the one continuous job (resume needs its schedule).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from ..storage import sqlite
 from ..storage._inspect import Inspector, inspector, open_existing
 from ._exit import CommandError, ExitCode, command_error
 from ._output import ProgressBar, note, print_json, table
-from ._targets import check_engine, load_factory, load_job, open_factory
+from ._targets import check_engine, load_continuous, load_factory, load_job, open_factory
 
 T = TypeVar("T")
 
@@ -165,6 +167,35 @@ def _unwrap(result: IOResult[T, JobError]) -> T:
     if isinstance(result, IOFailure):
         raise command_error(unsafe_perform_io(result.failure()))
     return unsafe_perform_io(result.unwrap())
+
+
+# -- instances pause / resume ----------------------------------------------------------
+
+
+async def pause(args: argparse.Namespace, clock: Clock) -> ExitCode:
+    """``djobs instances pause module:job ID``: take a continuous instance off its schedule."""
+    return await _pause_or_resume(args, clock, resume=False)
+
+
+async def resume(args: argparse.Namespace, clock: Clock) -> ExitCode:
+    """``djobs instances resume module:job ID``: put it back on, at the next fire time after now."""
+    return await _pause_or_resume(args, clock, resume=True)
+
+
+async def _pause_or_resume(args: argparse.Namespace, clock: Clock, *, resume: bool) -> ExitCode:
+    job = load_continuous(args.target)
+    with open_existing(args.db):
+        pass  # refuse a missing, foreign or other-version file before an engine would create or migrate it
+    async with open_engine([job], storage=sqlite(args.db), clock=clock, worker=None) as engine:
+        client = engine.client if args.tenant is None else engine.client.for_tenant(args.tenant)
+        verbs = client.continuous(job)
+        status = _unwrap(await (verbs.resume(args.id) if resume else verbs.pause(args.id)))
+    if args.json:
+        print_json(status)
+    else:
+        due = status.next_run_at.strftime("%Y-%m-%d %H:%M:%SZ") if status.next_run_at else "-"
+        print(f"{job.name}:{args.id} {status.status}, next run {due}")
+    return ExitCode.OK
 
 
 # -- batch -------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, cast
 
 from .._engine import Engine
+from ..kinds._continuous import Continuous
 from ..kinds._job import Job
 from ._exit import CommandError, ExitCode
 
@@ -107,4 +108,16 @@ def load_job(reference: str) -> Job[Any, Any]:
     job = load(reference, "job")
     if not isinstance(job, Job):
         raise CommandError(f"{reference} is a {type(job).__name__}, not a djobs.Job", ExitCode.USAGE)
+    return job
+
+
+def load_continuous(reference: str) -> Continuous[Any]:
+    """The `djobs.Continuous` ``module:attribute`` names.
+
+    Raises:
+        CommandError: It cannot be loaded or is not a `Continuous`.
+    """
+    job = load(reference, "continuous job")
+    if not isinstance(job, Continuous):
+        raise CommandError(f"{reference} is a {type(job).__name__}, not a djobs.Continuous", ExitCode.USAGE)
     return job
