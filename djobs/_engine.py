@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol, TypeVar
 
+import sniffio
 import trio
 
 from ._client import Client
@@ -97,7 +98,11 @@ class Engine:
 
     @property
     def worker_id(self) -> str | None:
-        """The id this engine's worker leases queued jobs under (``host:pid:random``), if it has a queue."""
+        """The id this engine's worker leases queued jobs under (``host:pid:random``), if it has a queue.
+
+        The engine's instance leases are held under the same id, so ``djobs
+        status`` shows one lease holder per engine.
+        """
         return None if self._worker is None else self._worker.id
 
 
@@ -105,6 +110,28 @@ EngineT = TypeVar("EngineT", bound=Engine)
 
 #: The worker an engine runs unless told otherwise.
 DEFAULT_WORKER = WorkerOptions()
+
+
+def require_trio(what: str) -> None:
+    """Raise `RuntimeError` saying djobs runs on Trio unless the caller runs inside ``trio.run``.
+
+    Without it, ``open_engine`` under asyncio fails deep inside Trio with
+    ``AttributeError: 'RunContext' object has no attribute 'runner'``. The
+    running library is named by ``sniffio``, as Trio and AnyIO detect it.
+    """
+    try:
+        trio.lowlevel.current_trio_token()
+    except RuntimeError:
+        try:
+            library: str | None = sniffio.current_async_library()
+        except sniffio.AsyncLibraryNotFoundError:
+            library = None
+        where = f"under {library}" if library else "outside trio.run"
+        instead = {"asyncio": " instead of asyncio.run(main)"}.get(library or "", "")
+        raise RuntimeError(
+            f"djobs runs on Trio, but {what} was called {where}: start the program with trio.run(main){instead}"
+            " (an application on another event loop can run djobs in a thread of its own with trio.run)"
+        ) from None
 
 
 def check_definitions(definitions: Sequence[Definition]) -> None:
@@ -159,6 +186,13 @@ def open_engine(
         tenancy: ``"required"`` refuses to enqueue a job without a tenant id
             (`TenantError`); ``"optional"`` (default) allows it.
 
+    Raises:
+        RuntimeError: Entered outside ``trio.run`` (under asyncio, say):
+            djobs runs on Trio.
+        ValidationError: Two definitions share a name, or an option is malformed.
+        StorageError: The storage cannot be opened (a file that is not a
+            djobs database, a newer schema, an unreachable server).
+
     Example:
         ```python
         async with djobs.open_engine([token_refresher], storage=djobs.sqlite("jobs.db")) as engine:
@@ -202,6 +236,7 @@ async def open_engine_as(
     tenancy: Tenancy = "optional",
 ) -> AsyncIterator[EngineT]:
     """`open_engine`, yielding an `Engine` subclass (the test engine's typed attributes)."""
+    require_trio("open_engine")
     check_definitions(definitions)
     if max_concurrency < 1:
         raise ValidationError(f"max_concurrency must be at least 1, got {max_concurrency}")
@@ -247,7 +282,9 @@ async def open_engine_as(
         try:
             # Inside the try: a bad queue definition or a storage error here reaches
             # the caller as itself (below), like an error in the caller's block.
-            queue, crons, queue_worker = await _open_queue(env, store, nursery, handlers, worker, tenancy)
+            queue, crons, queue_worker = await _open_queue(
+                env, store, nursery, handlers, worker, tenancy, runtime.owner
+            )
             if queue_worker is not None:
                 await nursery.start(queue_worker.lease_loop)
                 await nursery.start(queue_worker.settle_loop)
@@ -295,6 +332,7 @@ async def _open_queue(
     handlers: dict[str, Any],
     options: WorkerOptions | None,
     tenancy: Tenancy,
+    engine_id: str,
 ) -> tuple[JobQueue | None, CronScheduler | None, Worker | None]:
     """The job queue, cron jobs and worker of an engine (none if the storage layer holds no queue)."""
     jobs = [h for h in handlers.values() if isinstance(h, JobHandler)]
@@ -303,7 +341,9 @@ async def _open_queue(
         if jobs or cron_jobs:
             raise StorageError(f"the storage layer {store!r} holds no job queue (it does not implement QueueStorage)")
         return None, None, None
-    queue_worker = Worker(env, store, nursery, options or DEFAULT_WORKER, claiming=options is not None)
+    queue_worker = Worker(
+        env, store, nursery, options or DEFAULT_WORKER, claiming=options is not None, worker_id=engine_id
+    )
     queue = JobQueue(env, store, queue_worker, tenancy)
     for handler in jobs:
         queue.add(handler)

@@ -17,7 +17,9 @@ from __future__ import annotations
 import contextvars
 import logging
 import math
-import uuid
+import os
+import secrets
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
@@ -43,6 +45,15 @@ class AlarmTarget(Protocol):
     async def on_alarm(self, alarm: Alarm) -> None: ...
 
 
+def engine_id() -> str:
+    """A new engine's id, ``host:pid:random`` (8 hex digits): the owner of every lease it holds.
+
+    Readable, so ``djobs status`` and the lease columns say which machine and
+    process hold a lease; the random part tells apart engines of one process.
+    """
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
 class Runtime:
     """Actors, the alarm sleeper and the claimed-alarm bookkeeping of one engine."""
 
@@ -60,7 +71,8 @@ class Runtime:
         self.env = env
         self._nursery = nursery
         self._actors: dict[str, trio.MemorySendChannel[Message]] = {}
-        self.owner = uuid.uuid4().hex
+        #: This engine's id (`engine_id`): its instance leases and its worker's job leases are held under it.
+        self.owner = engine_id()
         self._instance_lease_ms = instance_lease_ms
         self._held: set[str] = set()
         self._leases_held = trio.Event()

@@ -24,10 +24,7 @@ job that blocks the thread blocks the engine, as any Trio code would.
 
 from __future__ import annotations
 
-import os
 import random
-import secrets
-import socket
 from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -180,13 +177,21 @@ class Worker:
     """
 
     def __init__(
-        self, env: Env, storage: QueueStorage, nursery: trio.Nursery, options: WorkerOptions, *, claiming: bool
+        self,
+        env: Env,
+        storage: QueueStorage,
+        nursery: trio.Nursery,
+        options: WorkerOptions,
+        *,
+        claiming: bool,
+        worker_id: str,
     ) -> None:
         self.env = env
         self.storage = storage
         self.options = options
         self.claiming = claiming
-        self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        #: The engine's id (``host:pid:random``), the owner of the job leases it holds.
+        self.id = worker_id
         self._ids = Uuid7()
         self.lease_ms = options.lock_timeout_ms
         #: Whether events are worth building (not with the `NoopTracker`).

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import sys
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from types import CoroutineType, FrameType
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
 import msgspec
@@ -94,7 +96,9 @@ def effect(fn: Callable[[], Awaitable[Result[T, Any]]]) -> FutureResult[T, Any]:
     """A client verb as a `FutureResult`: `fn` runs when the result is awaited.
 
     A `JobError` raised below (storage, duplicate events) becomes a failure
-    value here, at the client's edge.
+    value here, at the client's edge. The coroutine is named after the verb,
+    so a verb never awaited warns ``coroutine 'djobs.JobClient.later' was
+    never awaited`` rather than naming this helper.
     """
 
     async def run() -> Result[T, Any]:
@@ -103,7 +107,17 @@ def effect(fn: Callable[[], Awaitable[Result[T, Any]]]) -> FutureResult[T, Any]:
         except JobError as exc:
             return Failure(exc)
 
-    return FutureResult(run())
+    coroutine = run()
+    if isinstance(coroutine, CoroutineType):  # always: `run` is an async def
+        coroutine.__qualname__ = _verb_name(sys._getframe(1))
+    return FutureResult(coroutine)
+
+
+def _verb_name(frame: FrameType | None) -> str:
+    """The qualified name of the client verb running in `frame` or, past these helpers, its caller."""
+    while frame is not None and frame.f_code in _HELPERS:
+        frame = frame.f_back
+    return "djobs." + frame.f_code.co_qualname if frame is not None else "djobs client verb"
 
 
 H = TypeVar("H")
@@ -129,7 +143,15 @@ class InstanceClient(Generic[H]):
 
 def not_registered(name: str) -> FutureResult[Any, JobNotFoundError]:
     """The result of every verb of a client for a job the engine does not know."""
-    return FutureResult.from_failure(JobNotFoundError(name))
+
+    async def fail() -> Result[Any, JobNotFoundError]:
+        return Failure(JobNotFoundError(name))
+
+    return effect(fail)
+
+
+#: What `effect` looks past to name the verb.
+_HELPERS = frozenset({InstanceClient._verb.__code__, not_registered.__code__})
 
 
 class StateResult(msgspec.Struct, Generic[S], frozen=True):

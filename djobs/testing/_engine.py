@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 from returns.io import IOFailure, IOResult, IOSuccess
 
 from .._clock import VirtualClock
-from .._engine import Definition, Engine, open_engine_as
+from .._engine import Definition, Engine, open_engine_as, require_trio
 from .._worker import WorkerOptions
 from ..storage import StorageLayer, memory
 from ..tracking import InMemoryTracker, Tracker
@@ -50,6 +50,7 @@ async def open_test_engine(
         options: Passed on to `open_engine` (``worker=`` defaults to
             ``WorkerOptions(poll_interval=None)``: one process needs no polling).
     """
+    require_trio("open_test_engine")
     tracker = tracker if tracker is not None else InMemoryTracker()
     clock = VirtualClock(start)
     settings: dict[str, Any] = {

@@ -1,0 +1,132 @@
+"""What a newcomer meets first: the wrong event loop, who holds a lease, a verb never awaited."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import re
+import socket
+import warnings
+from pathlib import Path
+
+import msgspec
+import pytest
+import trio
+import trio.testing
+
+import djobs
+from djobs.storage._inspect import LeaseHolder, inspector
+from djobs.testing import open_test_engine, success
+
+
+class Beat(msgspec.Struct):
+    n: int = 0
+
+
+class Ping(msgspec.Struct):
+    text: str
+
+
+# -- djobs runs on Trio --------------------------------------------------------------------------
+
+
+def test_open_engine_under_asyncio_says_djobs_runs_on_trio(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with djobs.open_engine([], storage=djobs.sqlite(tmp_path / "jobs.db")):
+            raise AssertionError("the engine must not open under asyncio")
+
+    with pytest.raises(RuntimeError, match=r"djobs runs on Trio.*open_engine.*under asyncio.*trio\.run\(main\)"):
+        asyncio.run(main())
+    assert not (tmp_path / "jobs.db").exists()  # refused before anything was touched
+
+
+def test_open_test_engine_under_asyncio_says_djobs_runs_on_trio() -> None:
+    async def main() -> None:
+        async with open_test_engine([]):
+            raise AssertionError("the engine must not open under asyncio")
+
+    with pytest.raises(RuntimeError, match=r"djobs runs on Trio.*open_test_engine.*under asyncio"):
+        asyncio.run(main())
+
+
+def test_open_engine_outside_any_event_loop_says_so() -> None:
+    manager = djobs.open_engine([], storage=djobs.memory())
+    # Driven by hand, as a coroutine run with no event loop at all would be.
+    with pytest.raises(RuntimeError, match=r"djobs runs on Trio.*outside trio\.run"):
+        manager.__aenter__().send(None)
+
+
+# -- lease owners --------------------------------------------------------------------------------
+
+
+@pytest.mark.trio
+async def test_an_engine_holds_instance_and_job_leases_under_one_readable_id(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    release = trio.Event()
+
+    async def busy_beat(ctx: djobs.ContinuousContext[Beat]) -> None:
+        await release.wait()
+
+    async def busy_ping(params: Ping, ctx: djobs.JobContext) -> None:
+        await release.wait()
+
+    beat = djobs.Continuous.make("beat", state=Beat, schedule=djobs.every("1 hour"), execute=busy_beat)
+    ping = djobs.Job.make("ping", params=Ping, execute=busy_ping)
+    path = tmp_path / "jobs.db"
+    async with open_test_engine([beat, ping], storage=djobs.sqlite(path)) as engine:
+        success(await engine.client.continuous(beat).start(id="b1", input=Beat()))
+        success(await engine.client.job(ping).later(Ping("hi")))
+        await trio.sleep(1)  # both bodies are now running, each under its lease
+        owner = engine.worker_id
+        assert owner is not None
+        host, pid, random_part = owner.split(":")
+        assert (host, pid) == (socket.gethostname(), str(os.getpid()))
+        assert re.fullmatch(r"[0-9a-f]{8}", random_part)
+        async with djobs.sqlite(path).open() as reader:
+            summary = await inspector(reader).summary(engine.clock.now_ms())
+        assert summary.leases == [LeaseHolder(owner=owner, instances=1, jobs=1, expired=0)]
+        release.set()
+
+
+@pytest.mark.trio
+async def test_two_engines_have_different_ids(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_test_engine([]) as one, open_test_engine([]) as two:
+        assert one.worker_id != two.worker_id
+
+
+# -- a verb never awaited ------------------------------------------------------------------------
+
+
+@pytest.mark.trio
+async def test_a_verb_never_awaited_warns_with_its_own_name(autojump_clock: trio.testing.MockClock) -> None:
+    beat = djobs.Continuous.make("beat", state=Beat, schedule=djobs.every("1 hour"), execute=lambda ctx: None)
+    ping = djobs.Job.make("ping", params=Ping, execute=lambda p, c: None)
+    async with open_test_engine([beat, ping]) as engine:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            # Each result is dropped at once, never awaited: the mistake mypy's unused-awaitable catches.
+            engine.client.continuous(beat).start(id="b1", input=Beat())
+            engine.client.continuous("nope").status("b1")
+            engine.client.job(ping).later(Ping("hi"))
+            engine.client.jobs.list()
+            engine.client.crons.list()
+            engine.client.send_event("order.created", {})
+            gc.collect()
+        messages = sorted(str(w.message) for w in caught if issubclass(w.category, RuntimeWarning))
+        assert messages == [
+            f"coroutine 'djobs.{verb}' was never awaited"
+            for verb in sorted(
+                [
+                    "ContinuousClient.start",
+                    "ContinuousClient.status",
+                    "JobClient.later",
+                    "JobsClient.list",
+                    "CronsClient.list",
+                    "Client.send_event",
+                ]
+            )
+        ]
+        # Awaited, the same verbs work as ever.
+        assert success(await engine.client.continuous(beat).start(id="b1", input=Beat())).created
