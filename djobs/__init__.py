@@ -5,6 +5,7 @@ as typed programs in the style of ``returns``; their services (storage,
 clock, tracker, ...) are layers a test swaps for fakes.
 """
 
+from ._client import Client as Client
 from ._clock import Clock as Clock
 from ._clock import VirtualClock as VirtualClock
 from ._clock import WallClock as WallClock
@@ -25,6 +26,7 @@ from ._errors import StorageError as StorageError
 from ._errors import TenantError as TenantError
 from ._errors import ValidationError as ValidationError
 from ._event import Event as Event
+from ._results import unwrap_or_raise as unwrap_or_raise
 from ._retry import Backoff as Backoff
 from ._retry import Retry as Retry
 from ._schedule import Cron as Cron
@@ -36,6 +38,7 @@ from ._worker import WorkerOptions as WorkerOptions
 from .kinds._common import StateResult as StateResult
 from .kinds._common import TerminateResult as TerminateResult
 from .kinds._continuous import Continuous as Continuous
+from .kinds._continuous import ContinuousClient as ContinuousClient
 from .kinds._continuous import ContinuousContext as ContinuousContext
 from .kinds._continuous import ContinuousStatus as ContinuousStatus
 from .kinds._continuous import StartResult as StartResult
@@ -43,9 +46,11 @@ from .kinds._continuous import TriggerResult as TriggerResult
 from .kinds._cron import CronFire as CronFire
 from .kinds._cron import CronInfo as CronInfo
 from .kinds._cron import CronJob as CronJob
+from .kinds._cron import CronsClient as CronsClient
 from .kinds._debounce import AddResult as AddResult
 from .kinds._debounce import ClearResult as ClearResult
 from .kinds._debounce import Debounce as Debounce
+from .kinds._debounce import DebounceClient as DebounceClient
 from .kinds._debounce import DebounceContext as DebounceContext
 from .kinds._debounce import DebounceEventContext as DebounceEventContext
 from .kinds._debounce import DebounceStatus as DebounceStatus
@@ -53,13 +58,16 @@ from .kinds._debounce import FlushResult as FlushResult
 from .kinds._job import CancelResult as CancelResult
 from .kinds._job import EventResult as EventResult
 from .kinds._job import Job as Job
+from .kinds._job import JobClient as JobClient
 from .kinds._job import JobContext as JobContext
 from .kinds._job import JobErrorInfo as JobErrorInfo
 from .kinds._job import JobInfo as JobInfo
 from .kinds._job import JobRun as JobRun
+from .kinds._job import JobsClient as JobsClient
 from .kinds._job import RetryResult as RetryResult
 from .kinds._task import SendResult as SendResult
 from .kinds._task import Task as Task
+from .kinds._task import TaskClient as TaskClient
 from .kinds._task import TaskContext as TaskContext
 from .kinds._task import TaskEventContext as TaskEventContext
 from .kinds._task import TaskStatus as TaskStatus
@@ -78,15 +86,19 @@ __all__ = [
     "Backoff",
     "CancelResult",
     "ClearResult",
+    "Client",
     "Clock",
     "Continuous",
+    "ContinuousClient",
     "ContinuousContext",
     "ContinuousStatus",
     "Cron",
     "CronFire",
     "CronInfo",
     "CronJob",
+    "CronsClient",
     "Debounce",
+    "DebounceClient",
     "DebounceContext",
     "DebounceEventContext",
     "DebounceStatus",
@@ -103,12 +115,14 @@ __all__ = [
     "InvalidStateError",
     "Job",
     "JobCancelledError",
+    "JobClient",
     "JobContext",
     "JobError",
     "JobErrorInfo",
     "JobInfo",
     "JobNotFoundError",
     "JobRun",
+    "JobsClient",
     "NoopTracker",
     "Retry",
     "RetryExhaustedError",
@@ -120,6 +134,7 @@ __all__ = [
     "StateResult",
     "StorageError",
     "Task",
+    "TaskClient",
     "TaskContext",
     "TaskEventContext",
     "TaskStatus",
@@ -141,4 +156,5 @@ __all__ = [
     "parse_duration",
     "postgres",
     "sqlite",
+    "unwrap_or_raise",
 ]

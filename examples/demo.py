@@ -12,7 +12,6 @@ import msgspec
 import trio
 
 import djobs
-from djobs.testing import success
 
 DB = "djobs-demo.db"
 
@@ -41,21 +40,21 @@ async def continuous_demo() -> None:
     say("Continuous: start a heartbeat every second, then close the engine")
     async with djobs.open_engine([heartbeat], storage=djobs.sqlite(DB)) as engine:
         client = engine.client.continuous(heartbeat)
-        started = success(await client.start(id="demo", input=Beat()))
+        started = djobs.unwrap_or_raise(await client.start(id="demo", input=Beat()))
         say(f"  started: {started}")
         await trio.sleep(2.5)
-        before = success(await client.get_state("demo")).state.count
+        before = djobs.unwrap_or_raise(await client.get_state("demo")).state.count
     say(f"  engine closed with {before} beats stored; opening a new engine on the same file")
     async with djobs.open_engine([heartbeat], storage=djobs.sqlite(DB)) as engine:
         client = engine.client.continuous(heartbeat)
-        again = success(await client.start(id="demo", input=Beat()))
+        again = djobs.unwrap_or_raise(await client.start(id="demo", input=Beat()))
         say(f"  start again: created={again.created} (the instance survived the restart)")
         await trio.sleep(2.2)
-        after = success(await client.get_state("demo")).state.count
+        after = djobs.unwrap_or_raise(await client.get_state("demo")).state.count
         say(f"  beats now {after} (continued from {before})")
         assert after > before
-        success(await client.terminate("demo", reason="demo over"))
-        say(f"  terminated; status is now {success(await client.status('demo')).status!r}")
+        djobs.unwrap_or_raise(await client.terminate("demo", reason="demo over"))
+        say(f"  terminated; status is now {djobs.unwrap_or_raise(await client.status('demo')).status!r}")
 
 
 # -- Debounce: a webhook batcher --------------------------------------------------------
@@ -94,11 +93,11 @@ async def debounce_demo() -> None:
     async with djobs.open_engine([webhooks], storage=djobs.sqlite(DB)) as engine:
         client = engine.client.debounce(webhooks)
         for i in range(250):
-            success(await client.add(id="contact-456", event=Webhook("456", f"update-{i}")))
-        status = success(await client.status("contact-456"))
+            djobs.unwrap_or_raise(await client.add(id="contact-456", event=Webhook("456", f"update-{i}")))
+        status = djobs.unwrap_or_raise(await client.status("contact-456"))
         say(f"  after the burst: {status.status}, {status.event_count} waiting, flush at {status.will_flush_at}")
         await trio.sleep(1.3)
-        say(f"  then: {success(await client.status('contact-456')).status}")
+        say(f"  then: {djobs.unwrap_or_raise(await client.status('contact-456')).status}")
 
 
 # -- Task: an order workflow as a state machine -------------------------------------------
@@ -156,14 +155,14 @@ async def task_demo() -> None:
     say("Task: placed -> reminder -> paid -> shipped -> delivered")
     async with djobs.open_engine([orders], storage=djobs.sqlite(DB)) as engine:
         client = engine.client.task(orders)
-        success(await client.send(id="order-789", event=OrderPlaced("order-789")))
-        say(f"  placed: {success(await client.status('order-789'))}")
+        djobs.unwrap_or_raise(await client.send(id="order-789", event=OrderPlaced("order-789")))
+        say(f"  placed: {djobs.unwrap_or_raise(await client.status('order-789'))}")
         await trio.sleep(1.2)
-        success(await client.send(id="order-789", event=PaymentReceived()))
-        say(f"  paid: {success(await client.get_state('order-789')).state}")
-        success(await client.send(id="order-789", event=Shipped("1Z999")))
+        djobs.unwrap_or_raise(await client.send(id="order-789", event=PaymentReceived()))
+        say(f"  paid: {djobs.unwrap_or_raise(await client.get_state('order-789')).state}")
+        djobs.unwrap_or_raise(await client.send(id="order-789", event=Shipped("1Z999")))
         await trio.sleep(1.2)
-        say(f"  finally: {success(await client.status('order-789')).status}")
+        say(f"  finally: {djobs.unwrap_or_raise(await client.status('order-789')).status}")
 
 
 # -- The queue: one-off jobs now, later and in a batch; a cron job; an event --------------
@@ -198,20 +197,22 @@ async def queue_demo() -> None:
     worker = djobs.WorkerOptions(max_concurrency=3, poll_interval="200ms")
     async with djobs.open_engine([thumbnail, ticker], storage=djobs.sqlite(DB), worker=worker) as engine:
         jobs = engine.client.job(thumbnail)
-        ids = [success(await jobs.later(Image(f"later-{i}.png"), delay=f"{300 * i}ms")) for i in (1, 2, 3)]
+        ids = [
+            djobs.unwrap_or_raise(await jobs.later(Image(f"later-{i}.png"), delay=f"{300 * i}ms")) for i in (1, 2, 3)
+        ]
         say(f"  enqueued {len(ids)} jobs for 0.3, 0.6 and 0.9 s from now")
-        run = success(await jobs.now(Image("now.png")))
+        run = djobs.unwrap_or_raise(await jobs.now(Image("now.png")))
         say(f"  now: {run.status}, result {run.result}, {run.duration_ms:.0f} ms")
-        runs = success(await jobs.batch([Image(f"batch-{i}.png") for i in range(4)], concurrency=2))
+        runs = djobs.unwrap_or_raise(await jobs.batch([Image(f"batch-{i}.png") for i in range(4)], concurrency=2))
         say(f"  batch: {[r.result.path for r in runs if r.result]}")
-        sent = success(await engine.client.send_event("image.uploaded", {"name": "uploaded.png"}))
+        sent = djobs.unwrap_or_raise(await engine.client.send_event("image.uploaded", {"name": "uploaded.png"}))
         say(f"  event image.uploaded enqueued {sent.job_names}")
         await trio.sleep(2.1)
-        statuses = [success(await engine.client.jobs.status(i)).status for i in ids]
+        statuses = [djobs.unwrap_or_raise(await engine.client.jobs.status(i)).status for i in ids]
         say(f"  the later jobs are now {statuses}")
-        [cron] = success(await engine.client.crons.list())
+        [cron] = djobs.unwrap_or_raise(await engine.client.crons.list())
         say(f"  cron job {cron.name!r} next runs at {cron.next_run_at:%H:%M:%S}")
-        success(await engine.client.crons.disable(ticker))
+        djobs.unwrap_or_raise(await engine.client.crons.disable(ticker))
 
 
 def remove_old_database() -> None:

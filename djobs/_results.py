@@ -1,0 +1,57 @@
+"""Reading a value out of a verb's result in application code."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from returns.io import IOResult
+from returns.result import Failure, Result
+
+V = TypeVar("V")
+E = TypeVar("E", bound=BaseException)
+
+
+def unwrap_or_raise(result: IOResult[V, E] | Result[V, E]) -> V:
+    """The value of a successful result; the error itself, raised, otherwise.
+
+    For application code that treats a failed call as exceptional (a
+    script, a request handler whose framework turns exceptions into error
+    responses): ``job_id = djobs.unwrap_or_raise(await jobs.later(params))``.
+    Code that handles each error in its own way matches on ``IOSuccess`` /
+    ``IOFailure`` instead (see the errors reference); tests use
+    ``djobs.testing.success``, which fails the test with the error.
+
+    Args:
+        result: An ``IOResult`` (what an awaited client verb gives) or a
+            ``Result``, whose failure is an exception: every djobs error is
+            a `JobError`, an ``Exception``. A failure that is not an
+            exception is refused by the type checker.
+
+    Returns:
+        The success value. A queued job that failed is still a successful
+        call: ``now`` gives a `JobRun` whose ``status`` is ``"failed"``.
+
+    Raises:
+        JobError: The failure's own error (``InstanceNotFoundError``,
+            ``ValidationError``, ``StorageError``, ...), with its ``tag`` and
+            ``message``, so ``except djobs.ValidationError`` works.
+        TypeError: The failure is not an exception (only from untyped code).
+
+    Examples:
+        >>> from returns.io import IOFailure, IOSuccess
+        >>> from djobs import ValidationError
+        >>> unwrap_or_raise(IOSuccess(3))
+        3
+        >>> try:
+        ...     unwrap_or_raise(IOFailure(ValidationError("instance id must not be empty")))
+        ... except ValidationError as error:
+        ...     print(f"{error.tag}: {error}")
+        validation: instance id must not be empty
+    """
+    inner: Result[V, E] = result._inner_value if isinstance(result, IOResult) else result
+    if isinstance(inner, Failure):
+        error: object = inner.failure()
+        if isinstance(error, BaseException):
+            raise error
+        raise TypeError(f"unwrap_or_raise needs a failure that is an exception, got {error!r}")
+    return inner.unwrap()
