@@ -14,6 +14,7 @@ import msgspec
 from returns.result import Failure, Result, Success
 
 from ._errors import ValidationError
+from ._input import DEFAULT_MAX_PAYLOAD_BYTES, strict_type, struct_mismatch
 
 T = TypeVar("T")
 
@@ -30,22 +31,54 @@ def _decoder(tp: Any) -> msgspec.json.Decoder[Any]:
     return decoder
 
 
+_strict_decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
+
+
+def _strict_decoder(tp: Any) -> msgspec.json.Decoder[Any]:
+    decoder = _strict_decoders.get(tp)
+    if decoder is None:
+        decoder = _strict_decoders[tp] = msgspec.json.Decoder(strict_type(tp))
+    return decoder
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or repr(tp)
 
 
-def encode(tp: type[T], value: object, *, what: str) -> Result[bytes, ValidationError]:
+def encode(
+    tp: type[T], value: object, *, what: str, limit: int = DEFAULT_MAX_PAYLOAD_BYTES, strict: bool = True
+) -> Result[bytes, ValidationError]:
     """Validate `value` as a `tp` and return its JSON encoding.
 
-    Accepts an instance of `tp` or anything ``msgspec.convert`` can turn into
-    one (a dict of the fields, for example).
+    Accepts an instance of `tp` or a dict of its fields (anything
+    ``msgspec.convert`` turns into one). Refused with a `ValidationError`: a
+    struct of another class, an unknown (misspelt) field at any depth, text a
+    storage cannot hold (a lone surrogate), and an encoding longer than
+    `limit` bytes (see `djobs._input`). ``strict=False`` accepts unknown
+    fields and structs of other classes whose fields fit (an event's
+    listener that reads a part of the payload).
     """
+    mismatch = struct_mismatch(tp, value) if strict else None
+    if mismatch is not None:
+        return Failure(ValidationError(f"{what} does not match {_type_name(tp)}: {mismatch}"))
     try:
         raw = _encoder.encode(value)
-        _decoder(tp).decode(raw)  # the validation step; also re-checks an instance built unchecked
+    except (TypeError, msgspec.EncodeError, OverflowError, RecursionError, ValueError) as exc:
+        # ValueError covers UnicodeEncodeError: a lone surrogate in a string.
+        return Failure(ValidationError(f"{what} cannot be stored as {_type_name(tp)}: {exc}"))
+    if len(raw) > limit:
+        return Failure(
+            ValidationError(
+                f"{what} is {len(raw)} bytes encoded; at most {limit} are allowed "
+                "(raise the engine's max_payload_bytes, or store large data elsewhere and pass a reference)"
+            )
+        )
+    try:
+        # The validation step; also re-checks an instance built unchecked, and refuses unknown fields.
+        (_strict_decoder(tp) if strict else _decoder(tp)).decode(raw)
     except msgspec.ValidationError as exc:
         return Failure(ValidationError(f"{what} does not match {_type_name(tp)}: {exc}"))
-    except (TypeError, msgspec.EncodeError, OverflowError, RecursionError) as exc:
+    except (msgspec.DecodeError, RecursionError, ValueError) as exc:
         return Failure(ValidationError(f"{what} cannot be stored as {_type_name(tp)}: {exc}"))
     return Success(raw)
 
@@ -63,6 +96,8 @@ def decode(tp: type[T], raw: bytes, *, what: str) -> Result[T, ValidationError]:
         )
 
 
-def validate(tp: type[T], value: object, *, what: str) -> Result[T, ValidationError]:
-    """`value` converted to and validated as a `tp` (a fresh, checked instance)."""
-    return encode(tp, value, what=what).bind(lambda raw: decode(tp, raw, what=what))
+def validate(
+    tp: type[T], value: object, *, what: str, limit: int = DEFAULT_MAX_PAYLOAD_BYTES
+) -> Result[T, ValidationError]:
+    """`value` converted to and validated as a `tp` (a fresh, checked instance); see `encode`."""
+    return encode(tp, value, what=what, limit=limit).bind(lambda raw: decode(tp, raw, what=what))

@@ -63,7 +63,7 @@ class StatefulContext(BaseContext, Generic[S]):
         """
         # Raising (rather than returning a Result) ends the run at the point
         # of the mistake; the execution service turns it into a failure value.
-        checked = encode(self._state_type, state, what="state")
+        checked = encode(self._state_type, state, what="state", limit=self._env.max_payload_bytes)
         if not isinstance(checked, Success):
             raise checked.failure()
         self._checkout.set_state(state)

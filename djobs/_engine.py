@@ -17,6 +17,7 @@ from ._clock import Clock, WallClock
 from ._durations import DurationLike, duration, to_ms
 from ._errors import StorageError, ValidationError
 from ._execution import Env
+from ._input import DEFAULT_MAX_PAYLOAD_BYTES, check_payload_limit
 from ._runtime import AlarmTarget, Runtime
 from ._worker import Worker, WorkerOptions
 from .kinds._cron import CronHandler, CronScheduler
@@ -161,6 +162,7 @@ def open_engine(
     logger: logging.Logger | None = None,
     worker: WorkerOptions | None = DEFAULT_WORKER,
     tenancy: Tenancy = "optional",
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
 ) -> AbstractAsyncContextManager[Engine]:
     """Open an engine in the current Trio task; it runs until the block exits.
 
@@ -185,6 +187,9 @@ def open_engine(
             sends events to run their scheduled work in a worker process.
         tenancy: ``"required"`` refuses to enqueue a job without a tenant id
             (`TenantError`); ``"optional"`` (default) allows it.
+        max_payload_bytes: The largest encoded payload (params, event, input,
+            state, result) accepted, in bytes; a larger one is a
+            `ValidationError`. Default 1 MiB; from 1024 to 1 GiB.
 
     Raises:
         RuntimeError: Entered outside ``trio.run`` (under asyncio, say):
@@ -214,6 +219,7 @@ def open_engine(
         logger=logger,
         worker=worker,
         tenancy=tenancy,
+        max_payload_bytes=max_payload_bytes,
     )
 
 
@@ -234,10 +240,12 @@ async def open_engine_as(
     logger: logging.Logger | None,
     worker: WorkerOptions | None = DEFAULT_WORKER,
     tenancy: Tenancy = "optional",
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
 ) -> AsyncIterator[EngineT]:
     """`open_engine`, yielding an `Engine` subclass (the test engine's typed attributes)."""
     require_trio("open_engine")
     check_definitions(definitions)
+    check_payload_limit(max_payload_bytes)
     if max_concurrency < 1:
         raise ValidationError(f"max_concurrency must be at least 1, got {max_concurrency}")
     lease_ms = to_ms(duration(alarm_lease, what="alarm_lease"))
@@ -253,6 +261,7 @@ async def open_engine_as(
             services=services,
             rng=random.Random(seed),
             logger=logger or logging.getLogger("djobs"),
+            max_payload_bytes=max_payload_bytes,
         )
         runtime = Runtime(env, nursery, max_concurrency=max_concurrency, alarm_lease_ms=lease_ms, alarm_poll_ms=poll_ms)
         handlers: dict[str, Any] = {}
@@ -264,7 +273,7 @@ async def open_engine_as(
 
         async def alarms() -> None:
             with alarm_scope:
-                await runtime.alarm_loop()
+                await _guarded(runtime.alarm_loop)
 
         if isinstance(the_tracker, BackgroundTracker):
             # A tracker's own task (HttpBatchTracker's sender) lives in this nursery; aclose below stops it.
@@ -274,8 +283,8 @@ async def open_engine_as(
             # process's engine fires the alarms its calls set.
             runtime.fires_alarms = True
             nursery.start_soon(alarms)
-        nursery.start_soon(runtime.lease_keeper)
-        nursery.start_soon(runtime.lease_releaser)
+        nursery.start_soon(_guarded, runtime.lease_keeper)
+        nursery.start_soon(_guarded, runtime.lease_releaser)
         body_error: BaseException | None = None
         queue_worker: Worker | None = None
         queue_scopes: list[trio.CancelScope] = []
@@ -286,16 +295,18 @@ async def open_engine_as(
                 env, store, nursery, handlers, worker, tenancy, runtime.owner
             )
             if queue_worker is not None:
-                await nursery.start(queue_worker.lease_loop)
-                await nursery.start(queue_worker.settle_loop)
+                await nursery.start(_guarded, queue_worker.lease_loop)
+                await nursery.start(_guarded, queue_worker.settle_loop)
                 watch = getattr(store, "watch_enqueues", None)
                 if queue_worker.claiming and watch is not None:
                     # A storage that hears other processes' enqueues (PostgreSQL's
                     # LISTEN/NOTIFY) wakes the worker instead of its poll interval.
-                    await nursery.start(_scoped, queue_scopes, functools.partial(watch, queue_worker.poke))
+                    await nursery.start(
+                        _scoped, queue_scopes, functools.partial(_guarded, functools.partial(watch, queue_worker.poke))
+                    )
                 if queue_worker.claiming and crons is not None:
-                    await nursery.start(_scoped, queue_scopes, queue_worker.claim_loop)
-                    await nursery.start(_scoped, queue_scopes, crons.loop)
+                    await nursery.start(_scoped, queue_scopes, functools.partial(_guarded, queue_worker.claim_loop))
+                    await nursery.start(_scoped, queue_scopes, functools.partial(_guarded, crons.loop))
             client = Client(handlers, queue=queue, crons=crons)
             yield engine_type(runtime, client, queue_worker, crons)
         except BaseException as exc:
@@ -315,6 +326,37 @@ async def open_engine_as(
             nursery.cancel_scope.cancel()
     if body_error is not None:
         raise body_error
+
+
+_log = logging.getLogger("djobs.engine")
+
+
+class _Started:
+    """A task status that remembers whether ``started`` was called (a loop restarted by `_guarded` calls it once)."""
+
+    def __init__(self, status: trio.TaskStatus[None]) -> None:
+        self._status: trio.TaskStatus[None] | None = status
+
+    def started(self, value: None = None) -> None:
+        if self._status is not None:
+            status, self._status = self._status, None
+            status.started()
+
+
+async def _guarded(
+    loop: Callable[..., Awaitable[None]], task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run one of the engine's background loops; an unexpected exception is logged and the loop
+    restarts a second later, so no bug in one loop cancels the engine's nursery (and the host's program)."""
+    status = _Started(task_status)
+    while True:
+        try:
+            await loop(task_status=status)
+            return
+        except Exception:
+            _log.exception("bug: the engine's task %s raised; it restarts in 1 s", getattr(loop, "__qualname__", loop))
+            status.started()
+            await trio.sleep(1)
 
 
 async def _scoped(

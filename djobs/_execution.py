@@ -33,6 +33,7 @@ from returns.result import Failure, Result, Success
 
 from ._clock import Clock, to_datetime
 from ._errors import ExecutionError, JobError
+from ._input import DEFAULT_MAX_PAYLOAD_BYTES
 from ._logging import JobLog, LoggingOption, threshold
 from ._retry import Retry
 from .storage import Checkin, LeaseLostError, SetAlarm, Storage
@@ -116,6 +117,8 @@ class Env:
     #: The engine's instance-lease owner id: check-ins are fenced by it.
     lease_owner: str | None = None
     on_lease_lost: Callable[[str], None] = field(default=lambda _key: None)
+    #: The largest encoded payload (params, event, state, input, result) accepted, in bytes.
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
 
     def now_ms(self) -> int:
         return self.clock.now_ms()

@@ -154,8 +154,9 @@ class Runtime:
         # engine processes on one database never run one instance at once.
         try:
             await self._take_lease(key)
-        except StorageError as exc:
-            self._fail_queued(key, receive, exc)
+        except Exception as exc:  # a storage failure, or a bug: the queued callers are told, the engine lives
+            error = exc if isinstance(exc, StorageError) else StorageError(f"could not take the lease: {exc!r}", exc)
+            self._fail_queued(key, receive, error)
             return
         while True:
             try:

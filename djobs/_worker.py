@@ -37,6 +37,7 @@ import trio
 from ._durations import DurationLike, duration, to_ms
 from ._errors import StorageError, ValidationError
 from ._execution import Env
+from ._input import clean_text
 from ._wakeup import Wakeup
 from .storage import ClaimedJob, ExpiredLease, JobSettlement, QueueStorage
 from .tracking import NoopTracker, TrackedEvent
@@ -48,7 +49,7 @@ _error_encoder = msgspec.json.Encoder()
 
 def error_json(tag: str, message: str) -> bytes:
     """The stored form of a job's error: ``{"tag": ..., "message": ...}``."""
-    return _error_encoder.encode({"tag": tag, "message": message})
+    return _error_encoder.encode({"tag": tag, "message": clean_text(message)})
 
 
 #: What a cancelled row stores as its error.

@@ -18,6 +18,7 @@ from returns.io import IOFailure, IOSuccess
 import djobs
 import djobs.storage
 from djobs.testing import open_test_engine, success
+from postgres_support import DSN_VARIABLE, drop_schema, new_schema_name, postgres_dsn
 
 
 class Profile(msgspec.Struct):
@@ -631,3 +632,236 @@ async def test_later_refuses_times_after_the_year_9999(autojump_clock: trio.test
             djobs.testing.failure(await job.later(Order("o", 1), delay=in_8000_years)), djobs.ValidationError
         )
         assert success(await engine.client.jobs.list()) == []
+
+
+# -- text no storage can hold, on every verb and every storage (issue: surrogates and NUL) ----------
+
+
+class Named(msgspec.Struct):
+    name: str
+    note: str = ""
+
+
+class Greeting(msgspec.Struct):
+    to: str
+
+
+def greet(params: Named, ctx: djobs.JobContext) -> Greeting:
+    if params.name.startswith("fail"):
+        # A message a storage cannot hold as it is (a lone surrogate, a NUL): recorded, cleaned.
+        raise ValueError(f"cannot greet {params.name}" + ("\ud800\x00" if "surrogate" in params.name else ""))
+    return Greeting(params.name)
+
+
+def keep_named(ctx: djobs.ContinuousContext[Named]) -> None:
+    pass
+
+
+def fold_named(ctx: djobs.DebounceEventContext[Named, Named]) -> Named:
+    return Named(ctx.event.name, (ctx.state or Named("")).note + "+")
+
+
+def flush_named(ctx: djobs.DebounceContext[Named]) -> None:
+    pass
+
+
+def on_named(event: Named, ctx: djobs.TaskEventContext[Named]) -> None:
+    ctx.set_state(event)
+
+
+def run_named(ctx: djobs.TaskContext[Named]) -> None:
+    pass
+
+
+greeter = djobs.Job.make("greeter", params=Named, result=Greeting, execute=greet, on="greet", retry=djobs.Retry(1))
+watcher = djobs.Continuous.make("watcher", state=Named, schedule=djobs.every("1 hour"), execute=keep_named)
+gatherer = djobs.Debounce.make(
+    "gatherer", event=Named, state=Named, on_event=fold_named, execute=flush_named, flush_after="1 hour"
+)
+keeper = djobs.Task.make("keeper", state=Named, event=Named, on_event=on_named, execute=run_named)
+nightly_greeting = djobs.CronJob.make(
+    "nightly-greeting", schedule=djobs.cron("0 3 * * *"), job=greeter, params=Named("night")
+)
+text_jobs: list[Any] = [greeter, watcher, gatherer, keeper, nightly_greeting]
+
+UNSTORABLE = ["user-\ud800", "\udfff", "a\x00b", "\x00", "emoji-\ud83d", "x\udc80y"]
+
+
+def unstorable(text: object) -> bool:
+    """Whether `text` holds what no storage keeps in a text column: a NUL or a lone surrogate."""
+    if not isinstance(text, str):
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return "\x00" in text
+
+
+def unencodable(text: object) -> bool:
+    """Whether `text` cannot be written as UTF-8 at all (a lone surrogate); NUL is fine inside a payload."""
+    return isinstance(text, str) and unstorable(text.replace("\x00", ""))
+
+
+hostile_text = st.one_of(
+    st.sampled_from(UNSTORABLE),
+    st.tuples(st.text(max_size=4), st.sampled_from(["\ud800", "\x00", "\udbff", "\udc00"]), st.text(max_size=4)).map(
+        "".join
+    ),
+    st.text(st.characters(exclude_categories=[]), max_size=8),  # surrogates included
+    st.text(min_size=1, max_size=8),
+)
+
+
+def storage_layer(kind: str, directory: str, schema: str | None) -> djobs.storage.StorageLayer:
+    if kind == "memory":
+        return djobs.storage.memory()
+    if kind == "sqlite":
+        return djobs.sqlite(f"{directory}/jobs.db")
+    assert schema is not None
+    return djobs.postgres(postgres_dsn() or "", schema=schema)
+
+
+STORAGE_KINDS = [
+    "memory",
+    "sqlite",
+    pytest.param("postgres", marks=pytest.mark.skipif(postgres_dsn() is None, reason=f"{DSN_VARIABLE} is not set")),
+]
+
+
+async def expect(verb: Any, refused: bool, *args: Any, **kwargs: Any) -> Any:
+    """Call a verb: a `ValidationError` if `refused`, else success or an error the verb declares."""
+    result = await call(verb, *args, **kwargs)
+    if refused:
+        error = djobs.testing.failure(result)
+        assert isinstance(error, djobs.ValidationError), f"{verb.__qualname__}: {error!r}"
+    return result
+
+
+async def seed(engine: Any, tag: str) -> str:
+    """Store one of everything under `tag`; `assert_seeded` checks it is all still there."""
+    client = engine.client
+    assert success(await client.continuous(watcher).start(id=f"w-{tag}", input=Named(tag)))
+    assert success(await client.debounce(gatherer).add(id=f"g-{tag}", event=Named(tag)))
+    assert success(await client.task(keeper).send(id=f"k-{tag}", event=Named(tag)))
+    return success(await client.job(greeter).later(Named(tag), delay="1 day", idempotency_key=tag))
+
+
+async def assert_seeded(engine: Any, tag: str, job_id: str) -> None:
+    client = engine.client
+    assert success(await client.continuous(watcher).get_state(f"w-{tag}")).state == Named(tag)
+    assert success(await client.debounce(gatherer).get_state(f"g-{tag}")).state == Named(tag, "+")
+    assert success(await client.task(keeper).get_state(f"k-{tag}")).state == Named(tag)
+    info = success(await client.jobs.status(job_id))
+    assert info.status == "pending" and info.params == Named(tag)
+
+
+async def every_verb_with(engine: Any, text: str) -> None:
+    """Every client verb with `text` in each of its text parameters and inside its payloads."""
+    bad, bad_payload = unstorable(text), unencodable(text)
+    client = engine.client
+    continuous, debounce, task = client.continuous(watcher), client.debounce(gatherer), client.task(keeper)
+    job, jobs = client.job(greeter), client.jobs
+    for verb in (continuous.status, continuous.get_state, continuous.trigger, continuous.terminate):
+        await expect(verb, bad, text)
+    await expect(continuous.start, bad, id=text, input=Named("ok"))
+    await expect(continuous.start, bad_payload, id="fine", input=Named(text))
+    await expect(continuous.start, bad_payload, id="fine-dict", input={"name": text})
+    await expect(continuous.terminate, False, "fine", reason=text)  # a free-form reason is cleaned, not refused
+    await expect(client.for_tenant(text).continuous(watcher).status, bad, "x")
+    for verb in (debounce.status, debounce.get_state, debounce.flush, debounce.clear):
+        await expect(verb, bad, text)
+    await expect(debounce.add, bad, id=text, event=Named("ok"))
+    await expect(debounce.add, bad, id="fine", event=Named("ok"), event_id=text)
+    await expect(debounce.add, bad_payload, id="fine", event=Named(text))
+    for verb in (task.status, task.get_state, task.trigger, task.terminate):
+        await expect(verb, bad, text)
+    await expect(task.send, bad, id=text, event=Named("ok"))
+    await expect(task.send, bad, id="fine", event=Named("ok"), event_id=text)
+    await expect(task.send, bad_payload, id="fine", event=Named(text))
+    await expect(client.for_tenant(text).task(keeper).send, bad, id="x", event=Named("ok"))
+    await expect(job.later, bad_payload, Named(text))
+    await expect(job.later, bad, Named("ok"), correlation_id=text)
+    await expect(job.later, bad, Named("ok"), tenant_id=text)
+    await expect(job.later, bad, Named("ok"), idempotency_key=text)
+    await expect(job.later_many, bad_payload, [Named("ok"), Named(text)])
+    await expect(job.later_many, bad, [Named("ok")], correlation_id=text)
+    await expect(job.now, bad_payload, Named(text), persist=True)
+    await expect(job.now, bad, Named("ok"), tenant_id=text)
+    await expect(job.batch, bad, [Named("ok")], correlation_id=text)
+    await expect(client.for_tenant(text).job(greeter).later, bad, Named("ok"))
+    await expect(client.send_event, bad_payload, "greet", Named(text))
+    for name in ("tenant_id", "correlation_id", "idempotency_key"):
+        await expect(client.send_event, bad, "greet", Named("ok"), **{name: text})
+    for verb in (jobs.status, jobs.cancel, jobs.retry):
+        await expect(verb, bad, text)
+    for name in ("name", "correlation_id", "tenant_id", "after"):
+        await expect(jobs.list, bad, **{name: text})
+    await expect(client.for_tenant(text).jobs.list, bad)
+    await expect(client.for_tenant(text).jobs.status, bad, "0190b7a4-0000-7000-8000-000000000000")
+    await call(client.crons.get, text)
+    await call(client.crons.next_runs, text, 2)
+    await call(client.for_tenant(text).crons.list)
+
+
+@pytest.mark.parametrize("kind", STORAGE_KINDS)
+def test_unstorable_text_is_a_validation_error_on_every_verb_and_storage(kind: str, tmp_path: Any) -> None:
+    schema = new_schema_name() if kind == "postgres" else None
+    tags = iter(range(10_000))
+
+    @settings(max_examples=15 if kind == "postgres" else 25, deadline=None, database=None)
+    @given(texts=st.lists(hostile_text, min_size=1, max_size=3))
+    def property(texts: list[str]) -> None:
+        async def scenario() -> None:
+            layer = storage_layer(kind, str(tmp_path), schema)
+            async with open_test_engine(text_jobs, storage=layer) as engine:
+                tag = f"seed-{next(tags)}"
+                job_id = await seed(engine, tag)
+                for text in texts:
+                    await every_verb_with(engine, text)
+                await assert_seeded(engine, tag, job_id)
+                # The engine is alive: a new call after all that works.
+                assert success(await engine.client.task(keeper).send(id=f"after-{tag}", event=Named("x")))
+
+        trio.run(scenario)
+
+    try:
+        property()
+    finally:
+        if schema is not None:
+            drop_schema(postgres_dsn() or "", schema)
+
+
+@pytest.mark.parametrize("kind", STORAGE_KINDS)
+def test_a_job_error_holding_unstorable_text_is_recorded_cleaned(kind: str, tmp_path: Any) -> None:
+    schema = new_schema_name() if kind == "postgres" else None
+
+    async def scenario() -> None:
+        async with open_test_engine(text_jobs, storage=storage_layer(kind, str(tmp_path), schema)) as engine:
+            job = engine.client.job(greeter)
+            job_id = success(await job.later({"name": "fail-x", "note": "n"}))
+            run = success(await job.now(Named("fail-now")))
+            assert run.status == "failed"
+            await engine.wait_idle()
+            info = success(await engine.client.jobs.status(job_id))
+            assert info.status == "failed" and info.error is not None
+            assert "cannot greet fail-x" in info.error.message
+
+    async def with_surrogate() -> None:
+        async with open_test_engine(text_jobs, storage=storage_layer(kind, str(tmp_path), schema)) as engine:
+            job = engine.client.job(greeter)
+            job_id = success(await job.later(Named("fail-surrogate")))
+            run = success(await job.now(Named("fail-surrogate-now")))
+            assert run.status == "failed" and run.error is not None
+            await engine.wait_idle()
+            info = success(await engine.client.jobs.status(job_id))
+            assert info.status == "failed" and info.error is not None
+            assert info.error.message.endswith("cannot greet fail-surrogate\\ud800\\x00")
+            assert info.attempts == 1  # the failure is the job's own, not a lost lease
+
+    try:
+        trio.run(scenario)
+        trio.run(with_surrogate)
+    finally:
+        if schema is not None:
+            drop_schema(postgres_dsn() or "", schema)

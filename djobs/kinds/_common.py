@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -14,6 +15,7 @@ from returns.future import FutureResult
 from returns.result import Failure, Result, Success
 
 from .._errors import JobError, JobNotFoundError, StorageError, ValidationError
+from .._input import check_text, clean_text, text_problem
 from ..storage import Checkin
 
 if TYPE_CHECKING:
@@ -23,15 +25,18 @@ T = TypeVar("T")
 E = TypeVar("E", bound=JobError)
 S = TypeVar("S")
 
+_log = logging.getLogger("djobs.client")
+
 #: Longest instance id accepted, in characters.
 MAX_ID_LENGTH = 512
 
 
 def check_name(name: object, kind: str) -> str:
     """Validate a job name at definition time (raises: a bad name is a bug in the program)."""
-    if not isinstance(name, str) or not name or ":" in name or len(name) > 200:
+    if not isinstance(name, str) or not name or ":" in name or len(name) > 200 or text_problem(name):
         raise ValidationError(
-            f"{kind} job name {name!r} is not valid: use a non-empty string of at most 200 characters without ':'"
+            f"{kind} job name {name!r} is not valid: use a non-empty string of at most 200 characters "
+            "without ':', NUL or lone surrogates"
         )
     return name
 
@@ -50,6 +55,9 @@ def check_id(instance_id: object) -> Result[str, ValidationError]:
         return Failure(
             ValidationError(f"instance id {instance_id!r} contains a NUL or unit-separator (\\x1f) character")
         )
+    problem = text_problem(instance_id)
+    if problem is not None:
+        return Failure(ValidationError(f"instance id {instance_id!r:.80} {problem}"))
     return Success(instance_id)
 
 
@@ -106,6 +114,13 @@ def effect(fn: Callable[[], Awaitable[Result[T, Any]]]) -> FutureResult[T, Any]:
             return await fn()
         except JobError as exc:
             return Failure(exc)
+        except Exception as exc:  # a bug below: a typed failure for the caller, never an escape into its app
+            _log.exception("bug: a client verb raised %r; the caller gets a StorageError", exc)
+            return Failure(
+                StorageError(
+                    f"djobs failed unexpectedly ({type(exc).__name__}: {exc}); the call may not have applied", exc
+                )
+            )
 
     coroutine = run()
     if isinstance(coroutine, CoroutineType):  # always: `run` is an async def
@@ -138,6 +153,11 @@ class InstanceClient(Generic[H]):
         handler = self._handler
         if handler is None:
             return not_registered(self._name)
+        tenant = getattr(handler, "tenant", None)
+        if tenant is not None:
+            checked = check_text(tenant, "the client's tenant id", max_length=MAX_ID_LENGTH)
+            if isinstance(checked, Failure):
+                return FutureResult.from_failure(checked.failure())
         return effect(lambda: with_id(instance_id, lambda i: fn(handler, i)))
 
 
@@ -182,7 +202,7 @@ async def terminate_instance(
     async def run() -> Result[TerminateResult, StorageError]:
         if await env.storage.load(key) is None:
             return Success(TerminateResult(False, instance_id))
-        event = env.event("job.terminated", key, kind, name, reason=reason)
+        event = env.event("job.terminated", key, kind, name, reason=None if reason is None else clean_text(str(reason)))
         await env.commit(Checkin(key=key, record=None), [event])
         return Success(TerminateResult(True, instance_id))
 

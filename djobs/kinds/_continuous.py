@@ -203,7 +203,7 @@ class ContinuousHandler(TenantScoped, Generic[S]):
     # -- verbs (each runs on the instance's actor) -------------------------------------
 
     async def start(self, instance_id: str, input: S) -> Result[StartResult, ValidationError | StorageError]:
-        encoded = encode(self.job.state, input, what=f"input of {self.job.name!r}")
+        encoded = encode(self.job.state, input, what=f"input of {self.job.name!r}", limit=self.env.max_payload_bytes)
         if isinstance(encoded, Failure):
             return encoded
         key = self.key(instance_id)

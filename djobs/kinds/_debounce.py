@@ -51,6 +51,7 @@ from .._errors import (
     ValidationError,
 )
 from .._execution import Checkout, Env, OutcomeKind, RunInfo, execute, run_body
+from .._input import text_problem
 from .._logging import JobLog, LoggingOption
 from .._retry import Retry
 from ..storage import Alarm, Checkin, ClearAlarm, InstanceRecord, SetAlarm
@@ -351,6 +352,9 @@ def _check_event_id(event_id: object) -> Result[str | None, ValidationError]:
                 f"event_id must be None or a non-empty str of at most {MAX_ID_LENGTH} characters, got {event_id!r:.80}"
             )
         )
+    problem = text_problem(event_id)
+    if problem is not None:
+        return Failure(ValidationError(f"event_id {event_id!r:.80} {problem}"))
     return Success(event_id)
 
 
@@ -380,7 +384,9 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         if isinstance(checked_id, Failure):
             return checked_id
         the_event_id = checked_id.unwrap()
-        validated = validate(self.job.event, event, what=f"event of {self.job.name!r}")
+        validated = validate(
+            self.job.event, event, what=f"event of {self.job.name!r}", limit=self.env.max_payload_bytes
+        )
         if isinstance(validated, Failure):
             return validated
         key = self.key(instance_id)
@@ -467,7 +473,9 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
                     f"on_event of {job.name!r} returned None; it must return the new state (a {job.state.__name__})"
                 )
             )
-        return encode(job.state, new_state, what=f"state returned by on_event of {job.name!r}")
+        return encode(
+            job.state, new_state, what=f"state returned by on_event of {job.name!r}", limit=env.max_payload_bytes
+        )
 
     async def _add(
         self,

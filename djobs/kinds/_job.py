@@ -38,6 +38,7 @@ from .._codec import decode, encode
 from .._context import BaseContext
 from .._durations import DurationLike, parse_duration, to_ms
 from .._errors import (
+    ExecutionError,
     InstanceNotFoundError,
     InvalidStateError,
     JobCancelledError,
@@ -50,6 +51,7 @@ from .._errors import (
 )
 from .._event import Event
 from .._execution import Checkout, Env, Outcome, RunInfo, execute, run_body
+from .._input import check_text, clean_text
 from .._logging import JobLog, LoggingOption, threshold
 from .._retry import Retry
 from .._worker import CANCELLED_ERROR, RunHandle, Worker, error_json
@@ -79,11 +81,11 @@ _any_json = msgspec.json.Decoder()
 def _check_text(value: object, what: str) -> Result[str | None, ValidationError]:
     if value is None:
         return Success(None)
-    if not isinstance(value, str) or not value or len(value) > _MAX_TEXT or "\x00" in value:
+    if not isinstance(value, str) or not value or len(value) > _MAX_TEXT:
         return Failure(
-            ValidationError(f"{what} must be a non-empty string of at most {_MAX_TEXT} characters, got {value!r}")
+            ValidationError(f"{what} must be a non-empty string of at most {_MAX_TEXT} characters, got {value!r:.80}")
         )
-    return Success(value)
+    return check_text(value, what)
 
 
 def _error_json(error: JobError) -> bytes:
@@ -155,6 +157,8 @@ class JobContext(BaseContext):
             self.log.debug("progress %d%% (%s) not stored: the job is not persisted", value, message or "")
             return
         storage, worker_id = self._lease
+        if message is not None:
+            message = clean_text(str(message))[:_MAX_TEXT]  # storable on every storage, never refused
         try:
             held = await storage.set_progress(self.job_id, worker_id, self.attempt, value, message, self._env.now_ms())
         except StorageError as exc:
@@ -486,7 +490,9 @@ class JobHandler(Generic[P, R]):
         value = await run_body(lambda: self.job.execute(params, ctx), self.env.services)
         if isinstance(value, Failure):
             return value
-        return encode(self.job.result, value.unwrap(), what=f"result of job {self.job.name!r}")
+        return encode(
+            self.job.result, value.unwrap(), what=f"result of job {self.job.name!r}", limit=self.env.max_payload_bytes
+        )
 
     async def attempt(
         self, params: P, who: _Attempt, run_id: str, storage: QueueStorage | None
@@ -524,7 +530,6 @@ class JobHandler(Generic[P, R]):
 
     async def run_claimed(self, job: ClaimedJob, worker: Worker) -> None:
         """Run the leased attempt `job` and settle its row (fenced by worker id and attempt)."""
-        env = self.env
         who = _Attempt(job.id, job.attempt, job.max_attempts, job.tenant_id, job.correlation_id, worker.id)
         params = decode(self.job.params, job.params, what=f"params of job {self.job.name!r}")
         with worker.running(job.id, attempt=job.attempt) as run:
@@ -540,6 +545,13 @@ class JobHandler(Generic[P, R]):
             try:
                 with run.scope:
                     outcome, events = await self.attempt(params.unwrap(), who, worker.new_id(), worker.storage)
+                if not run.scope.cancelled_caught:
+                    self._record(worker, run, job, outcome, events)
+                    return
+            except Exception as exc:
+                # A bug after (or around) the user's code: the attempt counts, the row is not handed back.
+                self._count_failed_attempt(worker, run, job, exc)
+                return
             except BaseException:
                 # Cancelled from outside (the engine is being torn down): hand the row
                 # back; its attempt does not count.
@@ -554,29 +566,57 @@ class JobHandler(Generic[P, R]):
                     return
                 cancelled = [worker.event("job.cancelled", job.id, job.name, attempt=job.attempt)]
                 self._settle(worker, run, job, "cancelled", None, JobCancelledError(job.id), cancelled)
-                return
-            if outcome.kind == "succeeded":
-                if worker.tracking:
-                    events.append(
-                        worker.event(
-                            "job.completed", job.id, job.name, attempt=job.attempt, duration_ms=outcome.duration_ms
-                        )
+
+    def _record(
+        self, worker: Worker, run: RunHandle, job: ClaimedJob, outcome: Outcome, events: list[TrackedEvent]
+    ) -> None:
+        """Settle the row as the attempt's outcome says."""
+        env = self.env
+        if outcome.kind == "succeeded":
+            if worker.tracking:
+                events.append(
+                    worker.event(
+                        "job.completed", job.id, job.name, attempt=job.attempt, duration_ms=outcome.duration_ms
                     )
-                self._settle(worker, run, job, "completed", cast(bytes, outcome.value), None, events)
-            elif outcome.kind == "retrying":
-                assert outcome.retry_at is not None and outcome.error is not None
-                settlement = JobSettlement(
-                    job_id=job.id,
-                    worker_id=worker.id,
-                    attempt=job.attempt,
-                    status="pending",
-                    at=env.now_ms(),
-                    error=_error_json(outcome.error),
-                    scheduled_for=outcome.retry_at,
                 )
-                worker.settle(settlement, events, run, poke_at=outcome.retry_at)
-            else:
-                self._settle(worker, run, job, "failed", None, self.final_error(outcome, job.attempt), events)
+            self._settle(worker, run, job, "completed", cast(bytes, outcome.value), None, events)
+        elif outcome.kind == "retrying":
+            assert outcome.retry_at is not None and outcome.error is not None
+            settlement = JobSettlement(
+                job_id=job.id,
+                worker_id=worker.id,
+                attempt=job.attempt,
+                status="pending",
+                at=env.now_ms(),
+                error=_error_json(outcome.error),
+                scheduled_for=outcome.retry_at,
+            )
+            worker.settle(settlement, events, run, poke_at=outcome.retry_at)
+        else:
+            self._settle(worker, run, job, "failed", None, self.final_error(outcome, job.attempt), events)
+
+    def _count_failed_attempt(self, worker: Worker, run: RunHandle, job: ClaimedJob, exc: Exception) -> None:
+        """An unexpected exception ended the attempt: it counts, as a failure retried by the job's policy."""
+        self._logger.exception(
+            "bug: attempt %d of job %s raised past its handler; it counts as failed", job.attempt, job.id
+        )
+        error = ExecutionError(clean_text(f"the attempt failed unexpectedly: {exc!r}"), exc)
+        if job.attempt < job.max_attempts:
+            now = self.env.now_ms()
+            policy = self.retry_for(job.max_attempts)
+            retry_at = min(now + to_ms(policy.delay_before(job.attempt + 1, self.env.rng)), LATEST_MS)
+            settlement = JobSettlement(
+                job_id=job.id,
+                worker_id=worker.id,
+                attempt=job.attempt,
+                status="pending",
+                at=now,
+                error=_error_json(error),
+                scheduled_for=retry_at,
+            )
+            worker.settle(settlement, [], run, poke_at=retry_at)
+        else:
+            self._settle(worker, run, job, "failed", None, RetryExhaustedError(job.attempt, error), [])
 
     def _settle(
         self,
@@ -918,11 +958,18 @@ class JobQueue:
             return when
         listeners = self.listeners.get(event, [])
         encoded: list[bytes] = []
+        exact: list[Result[bytes, ValidationError]] = []
         for handler in listeners:
-            raw = encode(handler.job.params, payload, what=f"payload of event {event!r} for job {handler.job.name!r}")
+            what = f"payload of event {event!r} for job {handler.job.name!r}"
+            raw = encode(handler.job.params, payload, what=what, limit=self.env.max_payload_bytes, strict=False)
             if isinstance(raw, Failure):
                 return raw
             encoded.append(raw.unwrap())
+            exact.append(encode(handler.job.params, payload, what=what, limit=self.env.max_payload_bytes))
+        if exact and all(isinstance(e, Failure) for e in exact):
+            # A listener may read a part of the payload, but some listener must take all of it:
+            # a field no listener knows (a misspelling) or a struct no listener takes is refused.
+            return Failure(exact[0].failure())
         if not listeners:
             return Success(EventResult(event=event, job_ids=[], job_names=[], delivered=False))
         due = when.unwrap()
@@ -1215,7 +1262,9 @@ class JobClient(Generic[P, R]):
                 return when
             rows = []
             for index, params in enumerate(params_list):
-                raw = encode(h.job.params, params, what=f"params[{index}] of job {h.job.name!r}")
+                raw = encode(
+                    h.job.params, params, what=f"params[{index}] of job {h.job.name!r}", limit=q.env.max_payload_bytes
+                )
                 if isinstance(raw, Failure):
                     return raw
                 rows.append(
@@ -1305,7 +1354,7 @@ class JobClient(Generic[P, R]):
     def _checked(
         self, h: JobHandler[P, R], q: JobQueue, params: object, tenant_id: object, correlation_id: object
     ) -> Result[tuple[bytes, str | None, str | None], ValidationError | TenantError]:
-        raw = encode(h.job.params, params, what=f"params of job {h.job.name!r}")
+        raw = encode(h.job.params, params, what=f"params of job {h.job.name!r}", limit=q.env.max_payload_bytes)
         if isinstance(raw, Failure):
             return raw
         tenant = q.tenant_for(self._tenant, tenant_id)

@@ -50,6 +50,7 @@ from .._errors import (
     ValidationError,
 )
 from .._execution import Checkout, Env, RunInfo, execute, run_call
+from .._input import text_problem
 from .._logging import JobLog, LoggingOption
 from .._retry import Retry
 from ..storage import Alarm, Checkin, ClearAlarm, InstanceRecord, SetAlarm
@@ -189,7 +190,7 @@ class _TaskContextBase(BaseContext, Generic[S]):
             ValidationError: `state` does not match the job's state type; the
                 handler fails with this error and nothing is written.
         """
-        checked = encode(self._state_type, state, what="state")
+        checked = encode(self._state_type, state, what="state", limit=self._env.max_payload_bytes)
         if isinstance(checked, Failure):
             raise checked.failure()
         self._draft.set_state(state)
@@ -465,6 +466,9 @@ def _check_event_id(event_id: object) -> Result[str | None, ValidationError]:
                 f"event_id must be a non-empty str of at most {MAX_ID_LENGTH} characters, got {_short.repr(event_id)}"
             )
         )
+    problem = text_problem(event_id)
+    if problem is not None:
+        return Failure(ValidationError(f"event_id {event_id!r:.80} {problem}"))
     return Success(event_id)
 
 
@@ -520,7 +524,7 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
         if isinstance(checked_id, Failure):
             return checked_id
         eid = checked_id.unwrap()
-        validated = validate(job.event, event, what=f"event for task {job.name!r}")
+        validated = validate(job.event, event, what=f"event for task {job.name!r}", limit=env.max_payload_bytes)
         if isinstance(validated, Failure):
             return validated
         the_event = validated.unwrap()

@@ -1,0 +1,194 @@
+"""What the edges accept: text every storage can hold, payloads of the declared type and size.
+
+One place decides what a client verb, a definition and a storage layer take,
+so every verb and every storage answers a bad input the same way, with a
+`ValidationError`:
+
+- *Text* (ids, tenant ids, event ids, idempotency and correlation ids,
+  names) must be encodable as UTF-8 (no lone surrogate such as
+  ``"\\ud800"``) and hold no NUL character: SQLite would store either, but
+  PostgreSQL refuses both in ``text`` columns, and the UTF-8 codec refuses
+  the surrogate everywhere. Text that a job *produces* (an error message, a
+  progress message) is not refused but made storable with `clean_text`.
+- *Payloads* (params, events, state, input, results) are checked against a
+  strict copy of their declared type: an unknown (misspelt) field anywhere in
+  the value is refused instead of silently dropped, and a struct of another
+  class is refused instead of being read as the target's defaults.
+- *Size*: an encoded payload larger than the engine's ``max_payload_bytes``
+  (default `DEFAULT_MAX_PAYLOAD_BYTES`, 1 MiB) is refused.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+import sys
+import types
+import typing
+from typing import Annotated, Any, Union, get_args, get_origin
+
+import msgspec
+from returns.result import Failure, Result, Success
+
+from ._errors import ValidationError
+
+#: The default largest encoded payload (params, event, state, input, result), in bytes: 1 MiB.
+DEFAULT_MAX_PAYLOAD_BYTES = 1 << 20
+
+
+# -- text -----------------------------------------------------------------------------------
+
+
+def text_problem(value: str) -> str | None:
+    """Why `value` cannot be stored as text on every storage, or ``None`` if it can."""
+    if "\x00" in value:
+        return "contains a NUL character (\\x00), which PostgreSQL cannot store"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"contains a lone surrogate ({value[exc.start]!r} at index {exc.start}), which UTF-8 cannot encode"
+    return None
+
+
+def check_text(value: object, what: str, *, max_length: int | None = None) -> Result[str, ValidationError]:
+    """`value` if it is a non-empty `str` every storage can hold (of at most `max_length` characters)."""
+    if not isinstance(value, str):
+        return Failure(ValidationError(f"{what} must be a str, got {type(value).__name__}"))
+    if not value:
+        return Failure(ValidationError(f"{what} must not be empty"))
+    if max_length is not None and len(value) > max_length:
+        return Failure(ValidationError(f"{what} is {len(value)} characters long; at most {max_length} are allowed"))
+    problem = text_problem(value)
+    if problem is not None:
+        return Failure(ValidationError(f"{what} {value!r:.80} {problem}"))
+    return Success(value)
+
+
+def clean_text(value: str) -> str:
+    """`value` made storable: lone surrogates as ``\\udXXX`` escapes (backslashreplace), NUL as ``\\x00``.
+
+    For text a job produces (error and progress messages): it is kept, readable, never refused.
+    """
+    if "\x00" in value:
+        value = value.replace("\x00", "\\x00")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
+# -- payloads -------------------------------------------------------------------------------
+
+_STRICT_MODULE = types.ModuleType("djobs._strict_types")
+_STRICT_MODULE.__doc__ = "Strict copies of user structs (unknown fields forbidden), made by djobs._input."
+sys.modules[_STRICT_MODULE.__name__] = _STRICT_MODULE
+_strict_structs: dict[type[msgspec.Struct], type[msgspec.Struct]] = {}
+_strict_types: dict[Any, Any] = {}
+_refs = 0
+
+
+def strict_type(tp: Any) -> Any:
+    """A copy of the type `tp` in which every struct, however deep, forbids unknown fields.
+
+    Each struct is copied as a subclass of itself with ``forbid_unknown_fields=True``
+    and its fields' types made strict the same way (recursive structs
+    included: field types are forward references resolved when msgspec first
+    uses the copy). Users need not set ``forbid_unknown_fields`` on their
+    structs; values decoded through the copy are only used for validation.
+    A type the copy cannot be made of is returned as it is.
+    """
+    try:
+        return _strict_types[tp]
+    except KeyError:
+        pass
+    except TypeError:  # unhashable annotation: use it as it is
+        return tp
+    pending: list[tuple[str, Any]] = []
+
+    def struct(cls: type[msgspec.Struct]) -> type[msgspec.Struct]:
+        global _refs
+        made = _strict_structs.get(cls)
+        if made is not None:
+            return made
+        if cls.__struct_config__.forbid_unknown_fields or bool(getattr(cls, "__parameters__", None)):
+            _strict_structs[cls] = cls  # already strict, or generic: used as it is
+            return cls
+        annotations: dict[str, str] = {}
+        namespace: dict[str, Any] = {"__module__": _STRICT_MODULE.__name__, "__qualname__": cls.__qualname__}
+        for field in msgspec.structs.fields(cls):
+            _refs += 1
+            ref = f"_field_{_refs}"
+            annotations[field.name] = ref
+            if field.default is not msgspec.NODEFAULT:
+                namespace[field.name] = msgspec.field(default=field.default, name=field.encode_name)
+            elif field.default_factory is not msgspec.NODEFAULT:
+                namespace[field.name] = msgspec.field(default_factory=field.default_factory, name=field.encode_name)
+            pending.append((ref, field.type))
+        namespace["__annotations__"] = annotations
+        copy = types.new_class(cls.__name__, (cls,), {"forbid_unknown_fields": True}, lambda ns: ns.update(namespace))
+        _strict_structs[cls] = copy
+        return copy
+
+    def rewrite(t: Any) -> Any:
+        if isinstance(t, type) and issubclass(t, msgspec.Struct):
+            return struct(t)
+        origin, args = get_origin(t), get_args(t)
+        if origin is None or not args or origin is typing.Literal:
+            return t
+        if origin is Annotated:
+            return Annotated[(rewrite(args[0]), *t.__metadata__)]
+        if isinstance(origin, type) and issubclass(origin, msgspec.Struct):
+            return t  # a parametrised generic struct: used as it is
+        new_args = tuple(a if a is Ellipsis else rewrite(a) for a in args)
+        if origin is types.UnionType:
+            return functools.reduce(operator.or_, new_args)
+        if origin is Union:
+            return Union[new_args]  # noqa: UP007  # rebuilding a typing.Union as written
+        try:
+            return origin[new_args]
+        except TypeError:
+            return t
+
+    try:
+        result = rewrite(tp)
+        while pending:
+            ref, field_type = pending.pop()
+            setattr(_STRICT_MODULE, ref, rewrite(field_type))
+    except Exception:  # an annotation this copy does not understand: validate as declared
+        result = tp
+    _strict_types[tp] = result
+    return result
+
+
+def _struct_members(tp: Any) -> tuple[type[msgspec.Struct], ...] | None:
+    """The struct classes a value of type `tp` may be at its top level; ``None`` if `tp` takes no structs."""
+    if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+        return (tp,)
+    origin = get_origin(tp)
+    if origin is Annotated:
+        return _struct_members(get_args(tp)[0])
+    if origin is Union or origin is types.UnionType:
+        members = [m for a in get_args(tp) for m in (_struct_members(a) or ())]
+        return tuple(members) or None
+    return None
+
+
+def struct_mismatch(tp: Any, value: object) -> str | None:
+    """Why `value`, a struct, is not a `tp` (a struct of another class), or ``None``."""
+    if not isinstance(value, msgspec.Struct):
+        return None
+    members = _struct_members(tp)
+    if members is None:
+        return f"got a {type(value).__name__} struct where no struct is expected"
+    if isinstance(value, members):
+        return None
+    expected = " | ".join(m.__name__ for m in members)
+    return f"got a {type(value).__name__} struct, expected {expected} (or a dict of its fields)"
+
+
+def check_payload_limit(value: object) -> int:
+    """Validate a ``max_payload_bytes`` setting (raises: a bad setting is a bug in the program)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1024 <= value <= 1 << 30:
+        raise ValidationError(f"max_payload_bytes must be an int from 1024 to {1 << 30} (1 GiB), got {value!r}")
+    return value
