@@ -12,13 +12,13 @@ import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from postgres_support import DSN_VARIABLE, drop_schema, new_schema_name, postgres_dsn
 from returns.future import FutureResult
 from returns.io import IOFailure, IOSuccess
 
 import djobs
 import djobs.storage
 from djobs.testing import open_test_engine, success
-from postgres_support import DSN_VARIABLE, drop_schema, new_schema_name, postgres_dsn
 
 
 class Profile(msgspec.Struct):
