@@ -865,3 +865,168 @@ def test_a_job_error_holding_unstorable_text_is_recorded_cleaned(kind: str, tmp_
     finally:
         if schema is not None:
             drop_schema(postgres_dsn() or "", schema)
+
+
+# -- type confusion: a struct of another class, a misspelt key ----------------------------------
+
+
+class Person(msgspec.Struct):
+    name: str
+    address: Address | None = None
+
+
+class Address(msgspec.Struct):
+    city: str = ""
+
+
+class Pet(msgspec.Struct):
+    name: str
+
+
+def keep_person(ctx: djobs.ContinuousContext[Person]) -> None:
+    if ctx.state.name == "swap":
+        ctx.set_state(Pet("rex"))  # type: ignore[arg-type]  # the mistake under test
+
+
+def fold_person(ctx: djobs.DebounceEventContext[Person, Person]) -> Person:
+    return ctx.event
+
+
+def flush_person(ctx: djobs.DebounceContext[Person]) -> None:
+    pass
+
+
+def on_person(event: Person, ctx: djobs.TaskEventContext[Person]) -> None:
+    ctx.set_state(event)
+
+
+def run_person(ctx: djobs.TaskContext[Person]) -> None:
+    pass
+
+
+def hire(params: Person, ctx: djobs.JobContext) -> None:
+    pass
+
+
+people = djobs.Continuous.make("people", state=Person, schedule=djobs.every("1 hour"), execute=keep_person)
+people_batches = djobs.Debounce.make(
+    "people-batches", event=Person, state=Person, on_event=fold_person, execute=flush_person, flush_after="1 hour"
+)
+people_tasks = djobs.Task.make("people-tasks", state=Person, event=Person, on_event=on_person, execute=run_person)
+hiring = djobs.Job.make("hiring", params=Person, execute=hire, on="person.hired")
+typed_jobs: list[Any] = [people, people_batches, people_tasks, hiring]
+
+confusions = [
+    (Pet("Ada"), "Pet"),
+    ({"nmae": "Ada"}, "nmae"),
+    ({"name": "Ada", "address": {"ctiy": "Paris"}}, "ctiy"),
+    ({"name": "Ada", "address": Pet("x")}, "address"),
+]
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize(("value", "named"), confusions)
+async def test_a_foreign_struct_or_unknown_key_is_refused_by_every_typed_verb(
+    autojump_clock: trio.testing.MockClock, value: Any, named: str
+) -> None:
+    async with open_test_engine(typed_jobs) as engine:
+        client = engine.client
+        verbs: list[Any] = [
+            client.continuous(people).start(id="a", input=value),
+            client.debounce(people_batches).add(id="a", event=value),
+            client.task(people_tasks).send(id="a", event=value),
+            client.job(hiring).later(value),
+            client.job(hiring).now(value),
+            client.job(hiring).later_many([Person("ok"), value]),
+            client.job(hiring).batch([Person("ok"), value]),
+            client.send_event("person.hired", value),
+        ]
+        for verb in verbs:
+            error = djobs.testing.failure(await verb)
+            assert isinstance(error, djobs.ValidationError), error
+            assert named in error.message, error.message
+        # Nothing of it was stored.
+        assert success(await client.jobs.list()) == []
+        assert success(await client.continuous(people).status("a")).status == "not_found"
+        assert success(await client.task(people_tasks).status("a")).status == "not_found"
+
+
+@pytest.mark.trio
+async def test_a_dict_of_the_fields_stays_accepted(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_test_engine(typed_jobs) as engine:
+        value = {"name": "Ada", "address": {"city": "Paris"}}
+        assert success(await engine.client.continuous(people).start(id="a", input=value)).created
+        state = success(await engine.client.continuous(people).get_state("a")).state
+        assert state == Person("Ada", Address("Paris"))
+        assert success(await engine.client.job(hiring).later(value))
+
+
+@pytest.mark.trio
+async def test_set_state_with_a_foreign_struct_fails_the_run(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_test_engine(typed_jobs) as engine:
+        client = engine.client.continuous(people)
+        assert success(await client.start(id="s", input=Person("swap")))
+        await client.trigger("s")
+        # The run failed; the state is the caller's, not the Pet's defaults.
+        assert success(await client.get_state("s")).state == Person("swap")
+
+
+class Shipment(msgspec.Struct):
+    order_id: str
+    address: str
+
+
+class OrderId(msgspec.Struct):
+    order_id: str
+
+
+def ship(params: Shipment, ctx: djobs.JobContext) -> None:
+    pass
+
+
+def count(params: OrderId, ctx: djobs.JobContext) -> None:
+    pass
+
+
+@pytest.mark.trio
+async def test_an_event_field_no_listener_knows_is_refused(autojump_clock: trio.testing.MockClock) -> None:
+    shipping = djobs.Job.make("shipping", params=Shipment, execute=ship, on="order.paid")
+    counting = djobs.Job.make("counting", params=OrderId, execute=count, on="order.paid")
+    async with open_test_engine([shipping, counting]) as engine:
+        # A listener may read a part of the payload (counting reads order_id only)...
+        assert success(await engine.client.send_event("order.paid", {"order_id": "1", "address": "x"})).delivered
+        # ...but a field no listener knows is a misspelling.
+        misspelt = await engine.client.send_event("order.paid", {"order_id": "1", "adress": "x"})
+        assert "adress" in djobs.testing.failure(misspelt).message
+        assert len(success(await engine.client.jobs.list())) == 2
+
+
+# -- size ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.trio
+async def test_a_payload_above_the_limit_is_a_validation_error(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_test_engine(typed_jobs) as engine:
+        big = Person("x" * (1 << 20))
+        for verb in (
+            engine.client.continuous(people).start(id="big", input=big),
+            engine.client.debounce(people_batches).add(id="big", event=big),
+            engine.client.task(people_tasks).send(id="big", event=big),
+            engine.client.job(hiring).later(big),
+            engine.client.send_event("person.hired", big),
+        ):
+            error = djobs.testing.failure(await verb)
+            assert isinstance(error, djobs.ValidationError) and "at most 1048576" in error.message
+        assert success(await engine.client.job(hiring).later(Person("x" * 1_000_000)))  # under 1 MiB
+
+
+@pytest.mark.trio
+async def test_the_payload_limit_is_an_engine_option(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_test_engine(typed_jobs, max_payload_bytes=4096) as engine:
+        refused = await engine.client.job(hiring).later(Person("x" * 5000))
+        assert "at most 4096" in djobs.testing.failure(refused).message
+        assert success(await engine.client.job(hiring).later(Person("x" * 4000)))
+    for bad in (0, 10, -1, 2**40, "1 MiB", True):
+        with pytest.raises(djobs.ValidationError, match="max_payload_bytes"):
+            async with open_test_engine(typed_jobs, max_payload_bytes=bad):
+                pass  # pragma: no cover

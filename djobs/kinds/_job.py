@@ -958,18 +958,25 @@ class JobQueue:
             return when
         listeners = self.listeners.get(event, [])
         encoded: list[bytes] = []
-        exact: list[Result[bytes, ValidationError]] = []
-        for handler in listeners:
-            what = f"payload of event {event!r} for job {handler.job.name!r}"
-            raw = encode(handler.job.params, payload, what=what, limit=self.env.max_payload_bytes, strict=False)
-            if isinstance(raw, Failure):
-                return raw
-            encoded.append(raw.unwrap())
-            exact.append(encode(handler.job.params, payload, what=what, limit=self.env.max_payload_bytes))
+        limit = self.env.max_payload_bytes
+        exact = [
+            encode(h.job.params, payload, what=f"payload of event {event!r} for job {h.job.name!r}", limit=limit)
+            for h in listeners
+        ]
         if exact and all(isinstance(e, Failure) for e in exact):
             # A listener may read a part of the payload, but some listener must take all of it:
             # a field no listener knows (a misspelling) or a struct no listener takes is refused.
             return Failure(exact[0].failure())
+        for handler, checked in zip(listeners, exact, strict=True):
+            what = f"payload of event {event!r} for job {handler.job.name!r}"
+            raw = (
+                checked
+                if isinstance(checked, Success)
+                else encode(handler.job.params, payload, what=what, limit=limit, strict=False)
+            )
+            if isinstance(raw, Failure):
+                return Failure(raw.failure())
+            encoded.append(raw.unwrap())
         if not listeners:
             return Success(EventResult(event=event, job_ids=[], job_names=[], delivered=False))
         due = when.unwrap()
