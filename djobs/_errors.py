@@ -174,6 +174,11 @@ class StorageError(JobError):
         self.cause = cause
 
 
+#: The message of the `StorageError` every verb gives once its engine has closed (or is closing),
+#: on every storage: the one typed failure of a call that came too late.
+CLOSED_MESSAGE = "the engine is closed (or closing): no new calls are accepted"
+
+
 class SchedulerError(JobError):
     """A schedule could not be computed or an alarm could not be set."""
 

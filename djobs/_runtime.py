@@ -25,7 +25,7 @@ from typing import Protocol, TypeVar
 
 import trio
 
-from ._errors import StorageError
+from ._errors import CLOSED_MESSAGE, StorageError
 from ._execution import Env
 from ._wakeup import Wakeup
 from .storage import Alarm
@@ -120,7 +120,7 @@ class Runtime:
     async def call(self, key: str, fn: Callable[[], Awaitable[T]]) -> T:
         """Run `fn` on instance `key`'s actor and return its value (or raise its error)."""
         if self._closing:
-            raise StorageError("the engine is closing; no new calls are accepted")
+            raise StorageError(CLOSED_MESSAGE)
         done = trio.Event()
         box: list[T] = []
         failure: list[BaseException] = []

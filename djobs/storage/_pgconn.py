@@ -34,7 +34,7 @@ import trio
 import trio.testing
 from psycopg import conninfo, sql
 
-from .._errors import StorageError
+from .._errors import CLOSED_MESSAGE, StorageError
 
 T = TypeVar("T")
 Connection = psycopg.Connection[tuple[Any, ...]]
@@ -215,7 +215,7 @@ class Pool:
         serialization failure runs again (up to three times in all).
         """
         if self._closed:
-            raise StorageError(f"{what} on {self.where} failed: the storage is closed")
+            raise StorageError(CLOSED_MESSAGE)
         async with self._limiter:
             for attempt in range(1, _ATTEMPTS + 1):
                 conn = self._idle.pop() if self._idle else None

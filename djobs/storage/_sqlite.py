@@ -19,7 +19,7 @@ import apsw
 import msgspec
 import trio
 
-from .._errors import DuplicateEventError, StorageError
+from .._errors import CLOSED_MESSAGE, DuplicateEventError, StorageError
 from ._base import (
     Alarm,
     Checkin,
@@ -432,6 +432,7 @@ class SqliteStorage:
         self.path = path
         self._batch: _Batch | None = None
         self._busy_timeout_ms = busy_timeout_ms
+        self._closed = False
 
     # -- plumbing -----------------------------------------------------------------
 
@@ -451,6 +452,8 @@ class SqliteStorage:
         holds its writes: durability is per call, the cost of a commit is
         shared. `fn` must not ``await``.
         """
+        if self._closed:
+            raise StorageError(CLOSED_MESSAGE)
         db = self._db
         batch = self._batch
         leader = batch is None
@@ -526,6 +529,8 @@ class SqliteStorage:
 
     def read(self, fn: Callable[[apsw.Connection], T]) -> T:
         """Run `fn` outside an explicit transaction (each statement sees a snapshot)."""
+        if self._closed:
+            raise StorageError(CLOSED_MESSAGE)
         try:
             return fn(self._db)
         except apsw.Error as exc:
@@ -871,6 +876,7 @@ class SqliteStorage:
         return await self.write(run)
 
     def close(self) -> None:
+        self._closed = True
         self._db.close()
 
 
