@@ -31,7 +31,7 @@ from returns.future import FutureResult
 from returns.io import IOResult
 from returns.result import Failure, Result, Success
 
-from ._clock import Clock, to_datetime
+from ._clock import LATEST_MS, Clock, to_datetime
 from ._errors import ExecutionError, JobError
 from ._input import DEFAULT_MAX_PAYLOAD_BYTES
 from ._logging import JobLog, LoggingOption, threshold
@@ -301,7 +301,7 @@ async def execute(
         ev("job.retry_exhausted", attempts=info.attempt, reason=error.message)
         return Outcome("exhausted", error=error, duration_ms=duration_ms)
     delay = retry.delay_before(info.attempt + 1, env.rng)
-    retry_at = env.now_ms() + max(0, round(delay.total_seconds() * 1000))
+    retry_at = min(env.now_ms() + max(0, round(delay.total_seconds() * 1000)), LATEST_MS)
     log.warning(
         "failed on attempt %d of %d, retrying in %s: %s", info.attempt, retry.max_attempts, delay, error.message
     )

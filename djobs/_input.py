@@ -25,12 +25,21 @@ import operator
 import sys
 import types
 import typing
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Union, get_args, get_origin
 
 import msgspec
 from returns.result import Failure, Result, Success
 
 from ._errors import ValidationError
+
+#: The longest interval, delay or backoff djobs takes or computes: 100 years. Longer ones are
+#: refused at definition time (``every``, ``flush_after``) and backoff arithmetic is capped here,
+#: so no schedule ever reaches past the year 9999 (where `datetime` ends).
+LONGEST_INTERVAL = timedelta(days=36_525)
+
+#: The most attempts a retry policy may allow (an attempt counter is a 32-bit int in PostgreSQL).
+MAX_ATTEMPTS = 1_000_000
 
 #: The default largest encoded payload (params, event, state, input, result), in bytes: 1 MiB.
 DEFAULT_MAX_PAYLOAD_BYTES = 1 << 20
@@ -192,3 +201,33 @@ def check_payload_limit(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1024 <= value <= 1 << 30:
         raise ValidationError(f"max_payload_bytes must be an int from 1024 to {1 << 30} (1 GiB), got {value!r}")
     return value
+
+
+# -- numbers, intervals and moments ---------------------------------------------------------
+
+
+def check_interval(value: timedelta, what: str) -> timedelta:
+    """`value` if it is at most `LONGEST_INTERVAL` (raises: a definition-time literal)."""
+    if value > LONGEST_INTERVAL:
+        raise ValidationError(f"{what} is {value}; at most 100 years ({LONGEST_INTERVAL.days} days) are allowed")
+    return value
+
+
+def check_attempts(value: object, what: str) -> int:
+    """`value` if it is an int from 1 to `MAX_ATTEMPTS` (raises: a definition-time literal)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ATTEMPTS:
+        raise ValidationError(f"{what} must be an int from 1 to {MAX_ATTEMPTS}, got {value!r:.40}")
+    return value
+
+
+def epoch_ms(moment: object, what: str) -> Result[int, ValidationError]:
+    """Epoch milliseconds of an aware `datetime`; a naive one, a broken time zone (an offset of
+    a day or more) or a moment `datetime` cannot represent in UTC is a `ValidationError`."""
+    if not isinstance(moment, datetime):
+        return Failure(ValidationError(f"{what} must be a timezone-aware datetime, got {moment!r:.80}"))
+    try:
+        if moment.tzinfo is None or moment.utcoffset() is None:
+            return Failure(ValidationError(f"{what} must be a timezone-aware datetime, got naive {moment!r}"))
+        return Success(round(moment.timestamp() * 1000))
+    except (ValueError, OverflowError, TypeError, ArithmeticError) as exc:
+        return Failure(ValidationError(f"{what} {moment!r:.80} cannot be turned into UTC: {exc}"))

@@ -15,6 +15,10 @@ from typing import Literal, final
 
 from ._durations import DurationLike, duration
 from ._errors import ExecutionError, JobError, ValidationError
+from ._input import LONGEST_INTERVAL, check_attempts
+
+_MICROSECOND = timedelta(microseconds=1)
+_LONGEST_US = LONGEST_INTERVAL // _MICROSECOND
 
 #: The backoff strategies by name, as the seed platform's retry configuration spells them.
 BackoffName = Literal["exponential", "linear", "fixed"]
@@ -70,17 +74,24 @@ class Backoff:
         return Backoff("fixed", duration(delay, what="delay"), timedelta(0), None)
 
     def delay(self, retry: int) -> timedelta:
-        """The wait before retry number `retry` (1-indexed)."""
+        """The wait before retry number `retry` (1-indexed), at most `LONGEST_INTERVAL` (100 years).
+
+        Integer microseconds throughout: the cap applies before anything could
+        overflow a `timedelta`, whatever the base and the retry number.
+        """
         n = max(retry, 1)
+        base = self._base // _MICROSECOND
         if self._kind == "exponential":
             assert self._max is not None
-            # Cap the exponent before multiplying: 2**n for a large n is huge.
-            d = self._base * (1 << min(n - 1, 40))
-            return min(d, self._max)
-        if self._kind == "linear":
-            d = self._base + self._increment * (n - 1)
-            return d if self._max is None else min(d, self._max)
-        return self._base
+            # Cap the exponent: past 2**80 every base is over the longest interval anyway.
+            us = min(base << min(n - 1, 80), self._max // _MICROSECOND)
+        elif self._kind == "linear":
+            us = base + (self._increment // _MICROSECOND) * (n - 1)
+            if self._max is not None:
+                us = min(us, self._max // _MICROSECOND)
+        else:
+            us = base
+        return timedelta(microseconds=min(us, _LONGEST_US))
 
     def __repr__(self) -> str:
         if self._kind == "exponential":
@@ -140,9 +151,7 @@ class Retry:
         jitter: bool = False,
         retry_on: tuple[type[BaseException], ...] | None = None,
     ) -> None:
-        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
-            raise ValidationError(f"Retry(max_attempts={max_attempts!r}): expected an int of at least 1")
-        self.max_attempts = max_attempts
+        self.max_attempts = check_attempts(max_attempts, "Retry(max_attempts=...)")
         named = backoff is not None or initial_delay is not None or max_delay is not None
         if named and delay is not None:
             raise ValidationError("Retry: give delay= or backoff= (with initial_delay=, max_delay=), not both")

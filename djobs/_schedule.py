@@ -41,6 +41,7 @@ from returns.result import Failure, Result, Success
 
 from ._durations import DurationLike, duration, format_duration, to_ms
 from ._errors import SchedulerError, ValidationError
+from ._input import check_interval
 
 __all__ = ["Cron", "Every", "Schedule", "cron", "every", "parse_cron"]
 
@@ -96,6 +97,7 @@ class Every:
             raise ValidationError(f"interval must be positive, got {self.interval!r}")
         if to_ms(self.interval) < 1:
             raise ValidationError(f"interval must be at least 1 millisecond, got {self.interval!r}")
+        check_interval(self.interval, "interval")
 
     def next_after(self, after_ms: int) -> int:
         """``after_ms`` plus the interval.

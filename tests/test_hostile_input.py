@@ -3,7 +3,8 @@ and storage stays consistent."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, timezone
+import random
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from types import UnionType
 from typing import Any, get_args, get_origin, get_type_hints
 
@@ -18,6 +19,7 @@ from returns.io import IOFailure, IOSuccess
 
 import djobs
 import djobs.storage
+from djobs._clock import to_datetime
 from djobs._errors import CLOSED_MESSAGE
 from djobs.testing import open_test_engine, success
 
@@ -1076,3 +1078,86 @@ def test_every_verb_of_a_closed_engine_gives_the_same_storage_error(kind: str, t
     finally:
         if schema is not None:
             drop_schema(postgres_dsn() or "", schema)
+
+
+# -- unbounded arithmetic -----------------------------------------------------------------------
+
+
+def test_backoff_is_capped_before_it_could_overflow() -> None:
+    backoff = djobs.Backoff.exponential(base="79 seconds", max="1 hour")
+    assert [backoff.delay(n) for n in (1, 42, 10**6)] == [timedelta(seconds=79), timedelta(hours=1), timedelta(hours=1)]
+    huge = djobs.Backoff.exponential(base="1000 days", max="36500 days")
+    assert huge.delay(10**6) == timedelta(days=36500)
+    linear = djobs.Backoff.linear(base="1000 days", increment="100000 days")
+    assert linear.delay(10**6) == timedelta(days=36_525)  # the longest interval djobs computes
+    retry = djobs.Retry(max_attempts=50, delay=djobs.Backoff.exponential(base="79 seconds", max="10000 days"))
+    assert retry.delay_before(42, random.Random(0)) == timedelta(days=10000)
+
+
+def test_out_of_range_definitions_are_validation_errors() -> None:
+    for make in (
+        lambda: djobs.every("99999999 weeks"),
+        lambda: djobs.every(timedelta(days=40_000)),
+        lambda: djobs.Retry(max_attempts=2**40),
+        lambda: djobs.Job.make("j", params=Named, execute=greet, max_attempts=2**40),
+        lambda: djobs.Debounce.make(
+            "d", event=Named, state=Named, on_event=fold_named, execute=flush_named, flush_after="99999999 weeks"
+        ),
+    ):
+        with pytest.raises(djobs.ValidationError):
+            make()
+
+
+class ThirtyHours(tzinfo):
+    """A broken time zone: Python refuses offsets of a day or more when converting."""
+
+    def utcoffset(self, dt: datetime | None) -> timedelta:
+        return timedelta(hours=30)
+
+    def dst(self, dt: datetime | None) -> timedelta:
+        return timedelta(0)
+
+
+@pytest.mark.trio
+async def test_a_broken_time_zone_is_a_validation_error(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_test_engine(text_jobs) as engine:
+        at = datetime(2026, 6, 1, tzinfo=ThirtyHours())
+        error = djobs.testing.failure(await engine.client.job(greeter).later(Named("x"), at=at))
+        assert isinstance(error, djobs.ValidationError) and "UTC" in error.message
+        assert success(await engine.client.jobs.list()) == []
+
+
+class RetryLater(Exception):
+    pass
+
+
+def fail_always(params: Named, ctx: djobs.JobContext) -> None:
+    raise RetryLater(params.name)
+
+
+@pytest.mark.trio
+async def test_a_huge_backoff_schedules_the_retry_at_the_last_moment(autojump_clock: trio.testing.MockClock) -> None:
+    stubborn = djobs.Job.make(
+        "stubborn",
+        params=Named,
+        execute=fail_always,
+        retry=djobs.Retry(max_attempts=42, delay=djobs.Backoff.exponential(base="79 seconds", max="36525 days")),
+    )
+    async with open_test_engine([stubborn]) as engine:
+        job_id = success(await engine.client.job(stubborn).later(Named("x")))
+        for _ in range(40):  # each retry at its delay: 79 s * 2**40 would overflow a timedelta
+            await engine.wait_idle()
+            info = success(await engine.client.jobs.status(job_id))
+            await trio.sleep((info.scheduled_for - to_datetime(engine.clock.now_ms())).total_seconds() + 1)
+        await engine.wait_idle()
+        info = success(await engine.client.jobs.status(job_id))
+        assert info.status == "pending" and info.attempts == 41  # each attempt counted once
+        assert info.scheduled_for - to_datetime(engine.clock.now_ms()) <= timedelta(days=36_525)
+
+
+@pytest.mark.trio
+async def test_next_runs_stops_at_the_year_9999(autojump_clock: trio.testing.MockClock) -> None:
+    decade = djobs.CronJob.make("decade", schedule=djobs.every("520 weeks"), job=greeter, params=Named("d"))
+    async with open_test_engine([greeter, decade]) as engine:
+        runs = success(await engine.client.crons.next_runs("decade", 1000))
+        assert 0 < len(runs) < 1000 and runs[-1].year <= 9999

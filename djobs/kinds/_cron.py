@@ -31,7 +31,7 @@ import trio
 from returns.future import FutureResult
 from returns.result import Failure, Result, Success
 
-from .._clock import to_datetime
+from .._clock import LATEST_MS, to_datetime
 from .._codec import encode
 from .._errors import JobNotFoundError, StorageError, TenantError, ValidationError
 from .._execution import Env
@@ -419,8 +419,11 @@ class CronScheduler:
             first = job.schedule.next_after(self.env.now_ms())
         times = [first]
         for _ in range(n - 1):
-            times.append(job.schedule.next_after(times[-1]))
-        return Success([to_datetime(t) for t in times])
+            following = job.schedule.next_after(times[-1])
+            if following > LATEST_MS:
+                break  # the schedule runs past the year 9999: the runs there are not shown
+            times.append(following)
+        return Success([to_datetime(t) for t in times if t <= LATEST_MS])
 
 
 class CronsClient:

@@ -51,7 +51,7 @@ from .._errors import (
     ValidationError,
 )
 from .._execution import Checkout, Env, OutcomeKind, RunInfo, execute, run_body
-from .._input import text_problem
+from .._input import check_interval, text_problem
 from .._logging import JobLog, LoggingOption
 from .._retry import Retry
 from ..storage import Alarm, Checkin, ClearAlarm, InstanceRecord, SetAlarm
@@ -263,7 +263,7 @@ class Debounce(Generic[E, S]):
                 f"Debounce {name!r}: the default on_event keeps the latest event, so state must be the event type "
                 f"({event.__name__}); pass on_event= to fold events into a {state_type.__name__}"
             )
-        flush_after_ms = to_ms(duration(flush_after, what="flush_after"))
+        flush_after_ms = to_ms(check_interval(duration(flush_after, what="flush_after"), "flush_after"))
         if flush_after_ms <= 0:
             raise ValidationError(f"Debounce {name!r}: flush_after must be more than zero, got {flush_after!r}")
         if max_events is not None and (

@@ -33,7 +33,7 @@ import trio
 from returns.future import FutureResult
 from returns.result import Failure, Result, Success
 
-from .._clock import LATEST_MS, to_datetime, to_epoch_ms
+from .._clock import LATEST_MS, to_datetime
 from .._codec import decode, encode
 from .._context import BaseContext
 from .._durations import DurationLike, parse_duration, to_ms
@@ -51,7 +51,7 @@ from .._errors import (
 )
 from .._event import Event
 from .._execution import Checkout, Env, Outcome, RunInfo, execute, run_body
-from .._input import check_text, clean_text
+from .._input import check_attempts, check_text, clean_text, epoch_ms
 from .._logging import JobLog, LoggingOption, threshold
 from .._retry import Retry
 from .._worker import CANCELLED_ERROR, RunHandle, Worker, error_json
@@ -269,8 +269,7 @@ class Job(Generic[P, R]):
         if not callable(execute):
             raise ValidationError(f"Job {name!r}: execute must be callable, got {execute!r}")
         attempts = max_attempts if max_attempts is not None else (retry.max_attempts if retry is not None else 3)
-        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
-            raise ValidationError(f"Job {name!r}: max_attempts must be an int of at least 1, got {attempts!r}")
+        check_attempts(attempts, f"Job {name!r}: max_attempts")
         if isinstance(on, Event):
             on = on.name
         if on is not None and (not isinstance(on, str) or not on.strip() or len(on) > 200):
@@ -1117,9 +1116,10 @@ def _when(at: object, delay: object, now: int) -> Result[int, ValidationError]:
     if at is not None and delay is not None:
         return Failure(ValidationError("give at= or delay=, not both"))
     if at is not None:
-        if not isinstance(at, datetime) or at.tzinfo is None:
-            return Failure(ValidationError(f"at must be a timezone-aware datetime, got {at!r}"))
-        when = max(to_epoch_ms(at), now)
+        moment = epoch_ms(at, "at")
+        if isinstance(moment, Failure):
+            return moment
+        when = max(moment.unwrap(), now)
     elif delay is not None:
         parsed = parse_duration(delay, what="delay")
         if isinstance(parsed, Failure):

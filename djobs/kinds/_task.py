@@ -35,7 +35,7 @@ import msgspec
 from returns.future import FutureResult
 from returns.result import Failure, Result, Success
 
-from .._clock import LATEST_MS, to_datetime, to_epoch_ms
+from .._clock import LATEST_MS, to_datetime
 from .._codec import decode, encode, validate
 from .._context import BaseContext
 from .._durations import parse_duration, to_ms
@@ -50,7 +50,7 @@ from .._errors import (
     ValidationError,
 )
 from .._execution import Checkout, Env, RunInfo, execute, run_call
-from .._input import text_problem
+from .._input import epoch_ms, text_problem
 from .._logging import JobLog, LoggingOption
 from .._retry import Retry
 from ..storage import Alarm, Checkin, ClearAlarm, InstanceRecord, SetAlarm
@@ -116,7 +116,7 @@ def resolve_when(when: object, now_ms: int) -> Result[int, ValidationError]:
         ctx.schedule() got 300: expected a timedelta, ...; a bare number is ambiguous (seconds or milliseconds?)...
     """
     if isinstance(when, datetime):
-        if when.tzinfo is None or when.utcoffset() is None:
+        if when.tzinfo is None:
             return Failure(
                 _bad_when(
                     when,
@@ -124,7 +124,10 @@ def resolve_when(when: object, now_ms: int) -> Result[int, ValidationError]:
                     "use datetime(..., tzinfo=UTC) or ctx.now() + timedelta(...)",
                 )
             )
-        fire_at = max(now_ms, to_epoch_ms(when))
+        moment = epoch_ms(when, "the datetime")
+        if isinstance(moment, Failure):
+            return Failure(_bad_when(when, moment.failure().message))
+        fire_at = max(now_ms, moment.unwrap())
     elif isinstance(when, bool | int | float):
         return Failure(
             _bad_when(
