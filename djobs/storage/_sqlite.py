@@ -144,6 +144,71 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     CREATE INDEX cron_jobs_next_run ON cron_jobs(next_run_at) WHERE enabled = 1;
     """,
+    # 3: instances and jobs become rowid tables. A WITHOUT ROWID table keeps each row
+    # inline in its B-tree, so one large state or params (megabytes) slowed every
+    # write of every other row; a rowid table moves a large row to overflow pages.
+    # The rows are copied as they are (same columns, same order).
+    """
+    CREATE TABLE instances_v3 (
+        key TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        instance_id TEXT NOT NULL,
+        tenant_id TEXT,
+        status TEXT NOT NULL,
+        state BLOB,
+        run_count INTEGER NOT NULL DEFAULT 0,
+        attempt INTEGER NOT NULL DEFAULT 1,
+        event_count INTEGER NOT NULL DEFAULT 0,
+        execute_count INTEGER NOT NULL DEFAULT 0,
+        started_at INTEGER,
+        data BLOB,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        version INTEGER NOT NULL DEFAULT 0
+    );
+    INSERT INTO instances_v3 SELECT * FROM instances;
+    DROP TABLE instances;
+    ALTER TABLE instances_v3 RENAME TO instances;
+    CREATE INDEX instances_kind_name ON instances(kind, name);
+    CREATE TABLE jobs_v3 (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'pending'
+            CHECK (status IN ('pending', 'running', 'completed', 'failed', 'cancelled')),
+        params BLOB NOT NULL,
+        result BLOB,
+        error BLOB,
+        progress INTEGER NOT NULL DEFAULT 0 CHECK (progress BETWEEN 0 AND 100),
+        progress_message TEXT,
+        worker_id TEXT,
+        worker_started_at INTEGER,
+        worker_expires_at INTEGER,
+        attempt_count INTEGER NOT NULL DEFAULT 0,
+        max_attempts INTEGER NOT NULL DEFAULT 3,
+        scheduled_for INTEGER NOT NULL,
+        priority INTEGER NOT NULL DEFAULT 0,
+        correlation_id TEXT,
+        tenant_id TEXT,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        completed_at INTEGER
+    );
+    INSERT INTO jobs_v3 SELECT * FROM jobs;
+    DROP TABLE jobs;
+    ALTER TABLE jobs_v3 RENAME TO jobs;
+    -- Claims of priority-0 rows and status filters; priority is in the index so a
+    -- claim never reads the table to check it.
+    CREATE INDEX jobs_status_scheduled ON jobs(status, scheduled_for, priority);
+    -- Leases to renew or reclaim: running rows only, so finished rows cost nothing here.
+    CREATE INDEX jobs_status_expires ON jobs(status, worker_expires_at) WHERE status = 'running';
+    -- Rows with a priority other than 0 (rare): claimed before (or after) the rest.
+    CREATE INDEX jobs_priority ON jobs(priority DESC, scheduled_for) WHERE status = 'pending' AND priority <> 0;
+    CREATE INDEX jobs_name ON jobs(name);
+    CREATE INDEX jobs_correlation ON jobs(correlation_id) WHERE correlation_id IS NOT NULL;
+    CREATE INDEX jobs_tenant ON jobs(tenant_id) WHERE tenant_id IS NOT NULL;
+    """,
 ]
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
