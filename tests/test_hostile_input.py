@@ -1225,3 +1225,28 @@ def test_one_large_state_does_not_slow_writes_to_other_instances() -> None:
     alone = min(trio.run(adds, 0) for _ in range(5))
     beside = min(trio.run(adds, 10_000_000) for _ in range(5))
     assert beside < 4 * alone, (alone, beside)
+
+
+@pytest.mark.parametrize("kind", STORAGE_KINDS)
+def test_a_listing_that_shows_no_payloads_does_not_read_them(kind: str, tmp_path: Any) -> None:
+    schema = new_schema_name() if kind == "postgres" else None
+
+    async def scenario() -> None:
+        async with open_test_engine(text_jobs, storage=storage_layer(kind, str(tmp_path), schema)) as engine:
+            job_id = success(await engine.client.job(greeter).later(Named("x" * 500_000), delay="1 hour"))
+            storage: Any = engine.storage
+            [full] = await storage.list_jobs(djobs.storage.JobFilter())
+            [bare] = await storage.list_jobs(djobs.storage.JobFilter(payloads=False))
+            assert len(full.params) > 500_000 and bare.params == b"" and bare.result is None
+            assert (bare.id, bare.name, bare.status, bare.scheduled_for) == (
+                job_id,
+                "greeter",
+                "pending",
+                full.scheduled_for,
+            )
+
+    try:
+        trio.run(scenario)
+    finally:
+        if schema is not None:
+            drop_schema(postgres_dsn() or "", schema)

@@ -170,7 +170,8 @@ def _instance_json(view: InstanceView, now: int) -> dict[str, Any]:
 async def instances_list(args: argparse.Namespace, clock: Clock) -> ExitCode:
     """``djobs instances list``: stored instances in key order."""
     now = clock.now_ms()
-    where = InstanceFilter(kind=args.kind, name=args.name, after=args.after, limit=args.limit)
+    # The table shows no state: it is not read (a page of large states would be).
+    where = InstanceFilter(kind=args.kind, name=args.name, after=args.after, limit=args.limit, payloads=args.json)
     with open_existing(args.db) as storage:
         views = await inspector(storage).instances(where)
     if args.json:
@@ -298,6 +299,7 @@ async def jobs_list(args: argparse.Namespace, clock: Clock) -> ExitCode:
         tenant_id=args.tenant,
         after=args.after,
         limit=args.limit,
+        payloads=args.json,  # the table shows no params or result: they are not read
     )
     with open_existing(args.db) as storage:
         records = await storage.list_jobs(where)

@@ -276,6 +276,10 @@ class JobFilter(msgspec.Struct, frozen=True, kw_only=True):
     tenant_id: str | None = None
     after: str | None = None
     limit: int = 100
+    #: ``False`` leaves out what a listing does not show: ``params`` come back
+    #: empty (``b""``) and ``result`` as ``None``, so a page of large rows costs
+    #: no more than a page of small ones.
+    payloads: bool = True
 
 
 class CronSpec(msgspec.Struct, frozen=True, kw_only=True):

@@ -114,6 +114,9 @@ class InstanceFilter(msgspec.Struct, frozen=True, kw_only=True):
     key: str | None = None
     after: str | None = None
     limit: int = 100
+    #: ``False`` leaves out the state and data (they come back as ``None``): a listing that
+    #: does not show them reads no large rows.
+    payloads: bool = True
 
 
 class InstanceView(msgspec.Struct, frozen=True, kw_only=True):
@@ -195,6 +198,8 @@ _INSTANCE_VIEW = """
     LEFT JOIN instance_leases AS l ON l.key = i.key
 """
 
+_INSTANCE_VIEW_NO_PAYLOADS = _INSTANCE_VIEW.replace("i.state,", "NULL,").replace("i.data,", "NULL,")
+
 
 def _counts(rows: list[tuple[str, int]]) -> dict[str, int]:
     counts: dict[str, int] = dict.fromkeys(JOB_STATUSES, 0)
@@ -268,7 +273,8 @@ class SqliteInspector:
         if where.after is not None:
             terms.append("i.key > ?")
             args.append(where.after)
-        sql = _INSTANCE_VIEW + (" WHERE " + " AND ".join(terms) if terms else "") + " ORDER BY i.key LIMIT ?"
+        view = _INSTANCE_VIEW if where.payloads else _INSTANCE_VIEW_NO_PAYLOADS
+        sql = view + (" WHERE " + " AND ".join(terms) if terms else "") + " ORDER BY i.key LIMIT ?"
         args.append(where.limit)
 
         def run(db: apsw.Connection) -> list[InstanceView]:

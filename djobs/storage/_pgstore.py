@@ -227,6 +227,8 @@ _JOB_COLUMNS = (
     " worker_expires_at, attempt_count, max_attempts, scheduled_for, priority, correlation_id, tenant_id,"
     " cancel_requested, created_at, updated_at, completed_at"
 )
+#: The columns of a listing that shows no payloads (``JobFilter(payloads=False)``).
+_JOB_COLUMNS_NO_PAYLOADS = _JOB_COLUMNS.replace("params, result,", "''::bytea AS params, NULL AS result,")
 _J_COLUMNS = ", ".join("jobs." + c.strip() for c in _JOB_COLUMNS.split(","))
 # Rows without an idempotency key go in as one statement, arrays of columns: one
 # round trip, atomic without BEGIN and COMMIT.
@@ -790,7 +792,9 @@ class PostgresStorage:
         if where.after is not None:
             terms.append(sql.SQL("id > %s"))
             args.append(where.after)
-        query: sql.Composable = sql.SQL("SELECT " + _JOB_COLUMNS + " FROM jobs")
+        query: sql.Composable = sql.SQL(
+            "SELECT " + (_JOB_COLUMNS if where.payloads else _JOB_COLUMNS_NO_PAYLOADS) + " FROM jobs"
+        )
         if terms:
             query = query + sql.SQL(" WHERE ") + sql.SQL(" AND ").join(terms)
         query = query + sql.SQL(" ORDER BY id LIMIT %s")

@@ -258,6 +258,8 @@ _JOB_COLUMNS = (
     " worker_expires_at, attempt_count, max_attempts, scheduled_for, priority, correlation_id, tenant_id,"
     " cancel_requested, created_at, updated_at, completed_at"
 )
+#: The columns of a listing that shows no payloads (``JobFilter(payloads=False)``).
+_JOB_COLUMNS_NO_PAYLOADS = _JOB_COLUMNS.replace("params, result,", "x'' AS params, NULL AS result,")
 _INSERT_JOB = """
     INSERT INTO jobs (id, name, params, max_attempts, scheduled_for, priority, correlation_id, tenant_id,
                       created_at, updated_at)
@@ -860,7 +862,8 @@ class SqliteStorage:
         if where.after is not None:
             terms.append("id > ?")
             args.append(where.after)
-        sql = f"SELECT {_JOB_COLUMNS} FROM jobs"
+        columns = _JOB_COLUMNS if where.payloads else _JOB_COLUMNS_NO_PAYLOADS
+        sql = f"SELECT {columns} FROM jobs"
         if terms:
             sql += " WHERE " + " AND ".join(terms)
         sql += " ORDER BY id LIMIT ?"
