@@ -182,6 +182,10 @@ class Client:
             )
         )
 
+    @property
+    def _tenant_required(self) -> bool:
+        return self._queue is not None and self._queue.tenancy == "required"
+
     def _handler(self, job: object, kind: type[Any]) -> tuple[str, Any]:
         name = job if isinstance(job, str) else getattr(job, "name", repr(job))
         handler = self._handlers.get(name)
@@ -197,7 +201,9 @@ class Client:
     def continuous(self, job: str) -> ContinuousClient[Any]: ...
     def continuous(self, job: Continuous[Any] | str) -> ContinuousClient[Any]:
         """The verbs of a continuous job: start, trigger, status, get_state, terminate."""
-        return ContinuousClient(*self._handler(job, ContinuousHandler), self._tenant_id)
+        return ContinuousClient(
+            *self._handler(job, ContinuousHandler), self._tenant_id, tenant_required=self._tenant_required
+        )
 
     @overload
     def debounce(self, job: Debounce[E, S]) -> DebounceClient[E, S]: ...
@@ -205,7 +211,9 @@ class Client:
     def debounce(self, job: str) -> DebounceClient[Any, Any]: ...
     def debounce(self, job: Debounce[Any, Any] | str) -> DebounceClient[Any, Any]:
         """The verbs of a debounce job: add, flush, clear, status, get_state."""
-        return DebounceClient(*self._handler(job, DebounceHandler), self._tenant_id)
+        return DebounceClient(
+            *self._handler(job, DebounceHandler), self._tenant_id, tenant_required=self._tenant_required
+        )
 
     @overload
     def task(self, job: Task[S, E]) -> TaskClient[S, E]: ...
@@ -213,4 +221,4 @@ class Client:
     def task(self, job: str) -> TaskClient[Any, Any]: ...
     def task(self, job: Task[Any, Any] | str) -> TaskClient[Any, Any]:
         """The verbs of a task job: send, trigger, status, get_state, terminate."""
-        return TaskClient(*self._handler(job, TaskHandler), self._tenant_id)
+        return TaskClient(*self._handler(job, TaskHandler), self._tenant_id, tenant_required=self._tenant_required)

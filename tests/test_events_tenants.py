@@ -149,9 +149,15 @@ async def test_a_tenant_client_sees_and_changes_only_its_own_jobs(autojump_clock
         assert len(success(await engine.client.jobs.list())) == 3  # the unscoped client sees every tenant
         assert [j.id for j in success(await engine.client.jobs.list(tenant_id="globex"))] == [globex_id]
         assert success(await acme.jobs.status(acme_ids[0])).tenant_id == "acme"
+        unknown_id = "0190b7a4-0000-7000-8000-000000000000"
         for verb in (acme.jobs.status, acme.jobs.cancel, acme.jobs.retry):
+            # Another tenant's job is answered as an unknown id is: no existence oracle.
             error = failure(await verb(globex_id))
-            assert isinstance(error, djobs.TenantError) and "another tenant" in error.message
+            assert (
+                isinstance(error, djobs.InstanceNotFoundError)
+                and error.message == f"no job with id {globex_id!r} is stored"
+            )
+            assert type(failure(await verb(unknown_id))) is type(error)
         assert isinstance(failure(await acme.jobs.list(tenant_id="globex")), djobs.TenantError)
         assert isinstance(failure(await acme.job(stock).later(OrderRef("x"), tenant_id="globex")), djobs.TenantError)
         assert success(await acme.job(stock).later(OrderRef("x"), tenant_id="acme"))  # naming itself is fine
@@ -175,7 +181,8 @@ async def test_a_tenant_client_runs_now_jobs_as_that_tenant(autojump_clock: trio
         run = success(await engine.client.for_tenant("acme").job(jobs[1]).now(OrderRef("o")))
         assert seen.calls == [("stock", OrderRef("o"), "acme")]
         assert run.job_id is not None
-        assert isinstance(failure(await engine.client.for_tenant("globex").jobs.status(run.job_id)), djobs.TenantError)
+        other = failure(await engine.client.for_tenant("globex").jobs.status(run.job_id))
+        assert isinstance(other, djobs.InstanceNotFoundError)
         bad = failure(await engine.client.job(jobs[1]).later(OrderRef("o"), tenant_id=""))
         assert isinstance(bad, djobs.ValidationError)
 
@@ -196,7 +203,9 @@ async def test_cron_jobs_under_required_tenancy_need_a_tenant(autojump_clock: tr
         assert ticks == ["acme"]
         assert len(success(await engine.client.for_tenant("acme").crons.list())) == 1
         assert success(await engine.client.for_tenant("globex").crons.list()) == []
-        assert isinstance(failure(await engine.client.for_tenant("globex").crons.disable("tick")), djobs.TenantError)
+        hidden = failure(await engine.client.for_tenant("globex").crons.disable("tick"))
+        unknown = failure(await engine.client.for_tenant("globex").crons.disable("nope"))
+        assert isinstance(hidden, djobs.JobNotFoundError) and type(unknown) is type(hidden)
 
 
 # -- typed events and delayed events -----------------------------------------------------

@@ -1250,3 +1250,34 @@ def test_a_listing_that_shows_no_payloads_does_not_read_them(kind: str, tmp_path
     finally:
         if schema is not None:
             drop_schema(postgres_dsn() or "", schema)
+
+
+# -- secrets and isolation ----------------------------------------------------------------------
+
+
+@pytest.mark.trio
+async def test_required_tenancy_covers_the_instance_kinds(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_test_engine([watcher, gatherer, keeper], tenancy="required") as engine:
+        client = engine.client
+        for verb in (
+            client.continuous(watcher).start(id="a", input=Named("x")),
+            client.continuous(watcher).status("a"),
+            client.debounce(gatherer).add(id="a", event=Named("x")),
+            client.task(keeper).send(id="a", event=Named("x")),
+            client.task(keeper).terminate("a"),
+        ):
+            assert isinstance(djobs.testing.failure(await verb), djobs.TenantError)
+        acme = client.for_tenant("acme")
+        assert success(await acme.continuous(watcher).start(id="a", input=Named("x"))).created
+        assert success(await acme.task(keeper).send(id="a", event=Named("x")))
+
+
+def test_sqlite_takes_only_the_documented_synchronous_levels() -> None:
+    for bad in ("OFF; DROP TABLE jobs", "normal", "", None, 1):
+        with pytest.raises(djobs.ValidationError, match="synchronous"):
+            djobs.sqlite("x.db", synchronous=bad)  # type: ignore[arg-type]
+    for bad_timeout in (-1, "5s", 10**9, True):
+        with pytest.raises(djobs.ValidationError, match="busy_timeout"):
+            djobs.sqlite("x.db", busy_timeout=bad_timeout)  # type: ignore[arg-type]
+    for level in ("OFF", "NORMAL", "FULL", "EXTRA"):
+        assert djobs.sqlite("x.db", synchronous=level).synchronous == level  # type: ignore[arg-type]

@@ -14,7 +14,7 @@ import msgspec
 from returns.future import FutureResult
 from returns.result import Failure, Result, Success
 
-from .._errors import JobError, JobNotFoundError, StorageError, ValidationError
+from .._errors import JobError, JobNotFoundError, StorageError, TenantError, ValidationError
 from .._input import check_text, clean_text, text_problem
 from ..storage import Checkin
 
@@ -145,14 +145,25 @@ class InstanceClient(Generic[H]):
     its verbs then fails with `JobNotFoundError`.
     """
 
-    def __init__(self, name: str, handler: H | None, tenant: str | None = None) -> None:
+    def __init__(
+        self, name: str, handler: H | None, tenant: str | None = None, *, tenant_required: bool = False
+    ) -> None:
         self._name = name
         self._handler = handler.scoped(tenant) if isinstance(handler, TenantScoped) else handler
+        # An engine opened with tenancy="required": an unscoped client's verbs fail with TenantError.
+        self._tenant_missing = tenant_required and tenant is None
 
     def _verb(self, instance_id: object, fn: Callable[[H, str], Awaitable[Result[T, Any]]]) -> FutureResult[T, Any]:
         handler = self._handler
         if handler is None:
             return not_registered(self._name)
+        if self._tenant_missing:
+            return FutureResult.from_failure(
+                TenantError(
+                    "this engine requires a tenant (tenancy='required'): "
+                    "use client.for_tenant(...) for the verbs of an instance"
+                )
+            )
         tenant = getattr(handler, "tenant", None)
         if tenant is not None:
             checked = check_text(tenant, "the client's tenant id", max_length=MAX_ID_LENGTH)

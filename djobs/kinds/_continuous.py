@@ -26,7 +26,14 @@ from returns.result import Failure, Result, Success
 from .._clock import to_datetime
 from .._codec import decode, encode
 from .._context import StatefulContext
-from .._errors import InstanceNotFoundError, InvalidStateError, JobNotFoundError, StorageError, ValidationError
+from .._errors import (
+    InstanceNotFoundError,
+    InvalidStateError,
+    JobNotFoundError,
+    StorageError,
+    TenantError,
+    ValidationError,
+)
 from .._execution import Checkout, Env, RunInfo, execute
 from .._logging import JobLog, LoggingOption
 from .._retry import Retry
@@ -397,14 +404,15 @@ class ContinuousClient(InstanceClient[ContinuousHandler[S]], Generic[S]):
 
     def start(
         self, *, id: str, input: S
-    ) -> FutureResult[StartResult, JobNotFoundError | ValidationError | StorageError]:
+    ) -> FutureResult[StartResult, JobNotFoundError | TenantError | ValidationError | StorageError]:
         """Start instance `id` with `input` as its state; a running id is left as it is (``created=False``)."""
         return self._verb(id, lambda h, i: h.start(i, input))
 
     def trigger(
         self, id: str
     ) -> FutureResult[
-        TriggerResult, JobNotFoundError | InstanceNotFoundError | InvalidStateError | ValidationError | StorageError
+        TriggerResult,
+        JobNotFoundError | TenantError | InstanceNotFoundError | InvalidStateError | ValidationError | StorageError,
     ]:
         """Run instance `id` now, outside its schedule; returns once the run is committed.
 
@@ -414,7 +422,9 @@ class ContinuousClient(InstanceClient[ContinuousHandler[S]], Generic[S]):
 
     def pause(
         self, id: str
-    ) -> FutureResult[ContinuousStatus, JobNotFoundError | InstanceNotFoundError | ValidationError | StorageError]:
+    ) -> FutureResult[
+        ContinuousStatus, JobNotFoundError | TenantError | InstanceNotFoundError | ValidationError | StorageError
+    ]:
         """Take instance `id` off its schedule: status ``stopped``, state kept, no run until `resume`.
 
         A pending retry is dropped with the schedule. Pausing a paused
@@ -424,7 +434,9 @@ class ContinuousClient(InstanceClient[ContinuousHandler[S]], Generic[S]):
 
     def resume(
         self, id: str
-    ) -> FutureResult[ContinuousStatus, JobNotFoundError | InstanceNotFoundError | ValidationError | StorageError]:
+    ) -> FutureResult[
+        ContinuousStatus, JobNotFoundError | TenantError | InstanceNotFoundError | ValidationError | StorageError
+    ]:
         """Put a paused instance back on its schedule, at the schedule's next fire time after now.
 
         Fire times that passed while paused are not run (nor is
@@ -433,18 +445,22 @@ class ContinuousClient(InstanceClient[ContinuousHandler[S]], Generic[S]):
         """
         return self._verb(id, lambda h, i: h.resume(i))
 
-    def status(self, id: str) -> FutureResult[ContinuousStatus, JobNotFoundError | ValidationError | StorageError]:
+    def status(
+        self, id: str
+    ) -> FutureResult[ContinuousStatus, JobNotFoundError | TenantError | ValidationError | StorageError]:
         """``running`` (with ``run_count`` and ``next_run_at``), ``stopped`` or ``not_found``."""
         return self._verb(id, lambda h, i: h.status(i))
 
     def get_state(
         self, id: str
-    ) -> FutureResult[StateResult[S], JobNotFoundError | InstanceNotFoundError | ValidationError | StorageError]:
+    ) -> FutureResult[
+        StateResult[S], JobNotFoundError | TenantError | InstanceNotFoundError | ValidationError | StorageError
+    ]:
         """The instance's state and when it next runs."""
         return self._verb(id, lambda h, i: h.get_state(i))
 
     def terminate(
         self, id: str, *, reason: str | None = None
-    ) -> FutureResult[TerminateResult, JobNotFoundError | ValidationError | StorageError]:
+    ) -> FutureResult[TerminateResult, JobNotFoundError | TenantError | ValidationError | StorageError]:
         """Delete the instance's state and alarm; the id can be started again."""
         return self._verb(id, lambda h, i: h.terminate(i, reason))

@@ -368,10 +368,10 @@ class CronScheduler:
     def _cron(self, scope: str | None, cron: object) -> Result[CronJob, JobNotFoundError | TenantError]:
         name = cron if isinstance(cron, str) else getattr(cron, "name", repr(cron))
         found = self.crons.get(name)
-        if found is None or (not isinstance(cron, str) and found is not cron):
+        hidden = scope is not None and found is not None and found.tenant_id != scope
+        if found is None or hidden or (not isinstance(cron, str) and found is not cron):
+            # Another tenant's cron job is answered as an unknown one: no existence oracle.
             return Failure(JobNotFoundError(name, f"no cron job named {name!r} is registered with this engine"))
-        if scope is not None and found.tenant_id != scope:
-            return Failure(TenantError(f"cron job {name!r} belongs to another tenant than {scope!r}"))
         return Success(found)
 
     async def _record(self, name: str) -> CronRecord:

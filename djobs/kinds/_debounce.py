@@ -48,6 +48,7 @@ from .._errors import (
     InstanceNotFoundError,
     JobNotFoundError,
     StorageError,
+    TenantError,
     ValidationError,
 )
 from .._execution import Checkout, Env, OutcomeKind, RunInfo, execute, run_body
@@ -657,7 +658,8 @@ class DebounceClient(InstanceClient[DebounceHandler[E, S]], Generic[E, S]):
     def add(
         self, *, id: str, event: E, event_id: str | None = None
     ) -> FutureResult[
-        AddResult, JobNotFoundError | ValidationError | ExecutionError | DuplicateEventError | StorageError
+        AddResult,
+        JobNotFoundError | TenantError | ValidationError | ExecutionError | DuplicateEventError | StorageError,
     ]:
         """Add `event` to instance `id`'s batch, creating the instance if needed.
 
@@ -670,26 +672,34 @@ class DebounceClient(InstanceClient[DebounceHandler[E, S]], Generic[E, S]):
 
     def flush(
         self, id: str
-    ) -> FutureResult[FlushResult, JobNotFoundError | InstanceNotFoundError | ValidationError | StorageError]:
+    ) -> FutureResult[
+        FlushResult, JobNotFoundError | TenantError | InstanceNotFoundError | ValidationError | StorageError
+    ]:
         """Flush instance `id`'s batch now (``flush_reason="manual"``); returns once the flush is committed.
 
         An idle instance has nothing to flush: ``flushed=False``.
         """
         return self._verb(id, lambda h, i: h.flush(i))
 
-    def clear(self, id: str) -> FutureResult[ClearResult, JobNotFoundError | ValidationError | StorageError]:
+    def clear(
+        self, id: str
+    ) -> FutureResult[ClearResult, JobNotFoundError | TenantError | ValidationError | StorageError]:
         """Drop instance `id`'s batch without processing it; the instance goes idle.
 
         Clearing an idle or unknown id changes nothing (``cleared=False``).
         """
         return self._verb(id, lambda h, i: h.clear(i))
 
-    def status(self, id: str) -> FutureResult[DebounceStatus, JobNotFoundError | ValidationError | StorageError]:
+    def status(
+        self, id: str
+    ) -> FutureResult[DebounceStatus, JobNotFoundError | TenantError | ValidationError | StorageError]:
         """``debouncing`` (with ``event_count`` and ``will_flush_at``), ``idle`` or ``not_found``."""
         return self._verb(id, lambda h, i: h.status(i))
 
     def get_state(
         self, id: str
-    ) -> FutureResult[StateResult[S | None], JobNotFoundError | InstanceNotFoundError | ValidationError | StorageError]:
+    ) -> FutureResult[
+        StateResult[S | None], JobNotFoundError | TenantError | InstanceNotFoundError | ValidationError | StorageError
+    ]:
         """The waiting batch's state and when it flushes (``scheduled_at``); ``state=None`` when idle."""
         return self._verb(id, lambda h, i: h.get_state(i))

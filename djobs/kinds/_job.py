@@ -858,10 +858,11 @@ class JobQueue:
         return Success(tenant)
 
     @staticmethod
-    def visible(scope: str | None, record: JobRecord) -> Result[JobRecord, TenantError]:
-        """`record` if a client scoped to `scope` may see it."""
+    def visible(scope: str | None, record: JobRecord) -> Result[JobRecord, InstanceNotFoundError]:
+        """`record` if a client scoped to `scope` may see it; another tenant's job is
+        answered as an unknown id is, so a scoped client cannot probe which ids exist."""
         if scope is not None and record.tenant_id != scope:
-            return Failure(TenantError(f"job {record.id} belongs to another tenant than {scope!r}"))
+            return Failure(_job_not_found(record.id))
         return Success(record)
 
     # -- enqueueing ----------------------------------------------------------------------
@@ -1378,8 +1379,8 @@ class JobsClient:
 
     Get it as ``engine.client.jobs``. A tenant-scoped client
     (``client.for_tenant(t)``) sees only tenant `t`'s jobs: another
-    tenant's job id gives `TenantError`. An unknown id gives
-    `InstanceNotFoundError`.
+    tenant's job id gives `InstanceNotFoundError`, exactly as an unknown
+    id does (no answer tells a tenant which other ids exist).
     """
 
     def __init__(self, queue: JobQueue, tenant: str | None = None) -> None:

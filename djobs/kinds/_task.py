@@ -47,6 +47,7 @@ from .._errors import (
     JobError,
     JobNotFoundError,
     StorageError,
+    TenantError,
     ValidationError,
 )
 from .._execution import Checkout, Env, RunInfo, execute, run_call
@@ -792,7 +793,13 @@ class TaskClient(InstanceClient[TaskHandler[S, Ev]], Generic[S, Ev]):
         self, *, id: str, event: Ev, event_id: str | None = None
     ) -> FutureResult[
         SendResult,
-        JobNotFoundError | ValidationError | InvalidStateError | ExecutionError | DuplicateEventError | StorageError,
+        JobNotFoundError
+        | TenantError
+        | ValidationError
+        | InvalidStateError
+        | ExecutionError
+        | DuplicateEventError
+        | StorageError,
     ]:
         """Send `event` to task `id`, creating the task if it does not exist.
 
@@ -816,22 +823,28 @@ class TaskClient(InstanceClient[TaskHandler[S, Ev]], Generic[S, Ev]):
 
     def trigger(
         self, id: str
-    ) -> FutureResult[TaskTriggerResult, JobNotFoundError | InstanceNotFoundError | ValidationError | StorageError]:
+    ) -> FutureResult[
+        TaskTriggerResult, JobNotFoundError | TenantError | InstanceNotFoundError | ValidationError | StorageError
+    ]:
         """Run ``execute`` now, as if the task's alarm had fired early (a pending alarm is consumed)."""
         return self._verb(id, lambda h, i: h.trigger(i))
 
-    def status(self, id: str) -> FutureResult[TaskStatus, JobNotFoundError | ValidationError | StorageError]:
+    def status(
+        self, id: str
+    ) -> FutureResult[TaskStatus, JobNotFoundError | TenantError | ValidationError | StorageError]:
         """``active`` (an alarm is scheduled, with ``scheduled_at``), ``idle`` or ``not_found``."""
         return self._verb(id, lambda h, i: h.status(i))
 
     def get_state(
         self, id: str
-    ) -> FutureResult[StateResult[S | None], JobNotFoundError | InstanceNotFoundError | ValidationError | StorageError]:
+    ) -> FutureResult[
+        StateResult[S | None], JobNotFoundError | TenantError | InstanceNotFoundError | ValidationError | StorageError
+    ]:
         """The task's state (``None`` before its first ``set_state``) and when ``execute`` is next due."""
         return self._verb(id, lambda h, i: h.get_state(i))
 
     def terminate(
         self, id: str, *, reason: str | None = None
-    ) -> FutureResult[TerminateResult, JobNotFoundError | ValidationError | StorageError]:
+    ) -> FutureResult[TerminateResult, JobNotFoundError | TenantError | ValidationError | StorageError]:
         """Delete the task's state, alarm and event ids; the id can be used again."""
         return self._verb(id, lambda h, i: h.terminate(i, reason))

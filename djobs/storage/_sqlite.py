@@ -13,13 +13,13 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Final, Literal, TypeVar, final
+from typing import Any, Final, Literal, TypeVar, final, get_args
 
 import apsw
 import msgspec
 import trio
 
-from .._errors import CLOSED_MESSAGE, DuplicateEventError, StorageError
+from .._errors import CLOSED_MESSAGE, DuplicateEventError, StorageError, ValidationError
 from ._base import (
     Alarm,
     Checkin,
@@ -1097,14 +1097,23 @@ def sqlite(
     Args:
         path: The database file.
         synchronous: ``"NORMAL"`` (default: durable across process crashes) or
-            ``"FULL"`` (also across power loss, slower).
-        busy_timeout: Milliseconds to wait for another process's write lock.
+            ``"FULL"`` (also across power loss, slower); ``"EXTRA"`` and
+            ``"OFF"`` are SQLite's other levels. Nothing else is accepted.
+        busy_timeout: Milliseconds to wait for another process's write lock (0 to 10 minutes).
+
+    Raises:
+        ValidationError: `synchronous` is not one of those four names, or
+            `busy_timeout` is not an int in range.
 
     Examples:
         >>> layer = sqlite("jobs.db")
         >>> layer
         sqlite('jobs.db')
     """
+    if synchronous not in get_args(Synchronous):
+        raise ValidationError(f"synchronous must be one of {', '.join(get_args(Synchronous))}, got {synchronous!r:.80}")
+    if isinstance(busy_timeout, bool) or not isinstance(busy_timeout, int) or not 0 <= busy_timeout <= 600_000:
+        raise ValidationError(f"busy_timeout must be an int of milliseconds from 0 to 600000, got {busy_timeout!r:.80}")
     return _SqliteLayer(os.fspath(path), synchronous, busy_timeout)
 
 
