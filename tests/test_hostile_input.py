@@ -1281,3 +1281,31 @@ def test_sqlite_takes_only_the_documented_synchronous_levels() -> None:
             djobs.sqlite("x.db", busy_timeout=bad_timeout)  # type: ignore[arg-type]
     for level in ("OFF", "NORMAL", "FULL", "EXTRA"):
         assert djobs.sqlite("x.db", synchronous=level).synchronous == level  # type: ignore[arg-type]
+
+
+SECRET = "s3cret-pw"
+LEAKY_DSNS = [
+    f"postgresql://app:{SECRET}@127.0.0.1:abc/test",  # libpq quotes the bad port's DSN
+    f"postgresql://app:{SECRET}@[bad/test",  # ... and an unparsable URI whole
+    f"postgresql://app:{SECRET}@127.0.0.1:5432/test?sslmode=bogus",
+    f"host=127.0.0.1 port=1 user=app password={SECRET} connect_timeout=1",
+    f"host=127.0.0.1 port=abc password='{SECRET}'",
+    f"postgresql://app:{SECRET}@127.0.0.1:1/test?connect_timeout=1",
+]
+
+
+@pytest.mark.parametrize("dsn", LEAKY_DSNS)
+def test_a_dsn_password_never_appears_in_an_error(dsn: str) -> None:
+    import traceback
+
+    pytest.importorskip("psycopg")
+
+    async def scenario() -> None:
+        with pytest.raises(djobs.StorageError) as caught:
+            async with open_test_engine(text_jobs, storage=djobs.postgres(dsn)):
+                pass  # pragma: no cover
+        shown = "".join(traceback.format_exception(caught.value)) + repr(caught.value) + repr(caught.value.cause)
+        assert SECRET not in shown and caught.value.message
+
+    trio.run(scenario)
+    assert SECRET not in repr(djobs.postgres(dsn))

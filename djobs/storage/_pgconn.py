@@ -22,6 +22,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
+import urllib.parse
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -69,9 +71,40 @@ def server_name(dsn: str) -> str:
     return f"{user}@{where}" if user else where
 
 
+_URL_PASSWORD = re.compile(r"(://[^:/@\s\"']*:)[^@\s\"']*@")
+_KEY_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s'\"]+)", re.IGNORECASE)
+
+
+def _passwords(dsn: str) -> list[str]:
+    """The password(s) written in `dsn` (URL or key=value form), parsable or not, as written and decoded."""
+    found = [m.group(0)[len(m.group(1)) : -1] for m in _URL_PASSWORD.finditer(dsn)]
+    found += [m.group(2).strip("'") for m in _KEY_PASSWORD.finditer(dsn)]
+    found += [urllib.parse.unquote(p) for p in found]
+    return [p for p in found if p]
+
+
+def redact(text: str, dsn: str | None = None) -> str:
+    """`text` with every password it may hold replaced by ``***``: those in URLs and
+    ``password=`` pairs, and (given the `dsn`) the DSN's own password wherever it appears.
+
+    libpq quotes a DSN it cannot parse, so any message that may hold one goes through here.
+
+    Examples:
+        >>> redact('invalid URI: "postgresql://app:s3cret@db/x"')
+        'invalid URI: "postgresql://app:***@db/x"'
+        >>> redact("bad value 's3cret'", "host=db password=s3cret")
+        "bad value '***'"
+    """
+    if dsn:
+        for secret in sorted(_passwords(dsn), key=len, reverse=True):
+            text = text.replace(secret, "***")
+    text = _URL_PASSWORD.sub(r"\1***@", text)
+    return _KEY_PASSWORD.sub(r"\1***", text)
+
+
 def connect_error(exc: psycopg.Error, where: str) -> StorageError:
-    """A `StorageError` a person can act on, from a failed connection attempt."""
-    text = str(exc).strip()
+    """A `StorageError` a person can act on, from a failed connection attempt (passwords redacted)."""
+    text = redact(str(exc).strip())
     # libpq says where, then why ("connection to server at ..., port 1 failed: Connection refused");
     # the where is in our message already, and its hints ("Is the server running ...") in our advice.
     if "FATAL:" in text:
@@ -115,7 +148,7 @@ def connect_error(exc: psycopg.Error, where: str) -> StorageError:
 
 def query_error(exc: psycopg.Error, where: str, what: str) -> StorageError:
     """A `StorageError` for a statement that failed on an open connection."""
-    detail = " ".join(str(exc).split()) or type(exc).__name__
+    detail = redact(" ".join(str(exc).split())) or type(exc).__name__
     if isinstance(exc, psycopg.errors.InsufficientPrivilege):
         return StorageError(f"{what} on {where} was refused: {detail}; grant the DSN's user the privilege", exc)
     if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):

@@ -51,7 +51,7 @@ from ._base import (
     NewJob,
     SetAlarm,
 )
-from ._pgconn import Connection, Pool, configure, connect_error, listen, server_name
+from ._pgconn import Connection, Pool, configure, connect_error, listen, redact, server_name
 
 T = TypeVar("T")
 _log = logging.getLogger("djobs.storage")
@@ -964,13 +964,26 @@ def _migrate(conn: Connection, schema: str, where: str) -> None:
             conn.execute("UPDATE djobs_schema SET version = %s, migrated_at = now()", (SCHEMA_VERSION,))
 
 
+def _redacted(exc: psycopg.Error, dsn: str) -> psycopg.Error:
+    """`exc` again, of the same class, with the DSN's password taken out of its message."""
+    text = str(exc)
+    clean = redact(text, dsn)
+    if clean == text:
+        return exc
+    try:
+        return type(exc)(clean)
+    except Exception:  # a driver class that takes other arguments
+        return psycopg.OperationalError(clean)
+
+
 async def open_postgres(dsn: str, schema: str, pool_size: int, connect_timeout_s: int) -> PostgresStorage:
     """Connect, create or migrate `schema`, and return the storage (its pool holds the first connection)."""
     where = server_name(dsn)
     try:
         params = psycopg.conninfo.conninfo_to_dict(dsn)
     except psycopg.Error as exc:
-        raise connect_error(exc, where) from exc
+        clean = _redacted(exc, dsn)
+        raise connect_error(clean, where) from clean
     extra: dict[str, Any] = {}
     if "connect_timeout" not in params:
         extra["connect_timeout"] = connect_timeout_s
@@ -978,7 +991,10 @@ async def open_postgres(dsn: str, schema: str, pool_size: int, connect_timeout_s
         extra["application_name"] = "djobs"
 
     def connect() -> Connection:
-        conn = psycopg.connect(dsn, autocommit=True, **extra)
+        try:
+            conn = psycopg.connect(dsn, autocommit=True, **extra)
+        except psycopg.Error as exc:
+            raise _redacted(exc, dsn) from None  # libpq may quote the DSN, password and all
         try:
             configure(conn, schema)
         except BaseException:
