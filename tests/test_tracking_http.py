@@ -397,3 +397,37 @@ def test_importing_djobs_needs_neither_extra() -> None:
     """)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_a_service_key_no_header_can_carry_is_refused_when_the_tracker_is_built() -> None:
+    for bad in (KEY + "\n", " " + KEY, KEY + "\r\nx-evil: 1", "", "clé", KEY + "\x00"):
+        with pytest.raises(djobs.ValidationError, match="service_key") as caught:
+            HttpBatchTracker("http://127.0.0.1:1/", env="test", service_key=bad)
+        assert KEY not in caught.value.message  # the key is a credential: never in a message
+    with pytest.raises(djobs.ValidationError, match="service_key"):
+        HttpBatchTracker("http://127.0.0.1:1/", env="test", service_key=None)  # type: ignore[arg-type]
+
+
+@pytest.mark.trio
+async def test_a_request_the_transport_refuses_is_dropped_not_retried_forever_and_not_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import httpx
+
+    caplog.set_level(logging.DEBUG, logger="djobs")
+    collector = Collector()
+    secret = "extra-secret-value"
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await collector.start(nursery)
+            # A header the application set on its own client that no HTTP request can carry.
+            client = httpx.AsyncClient(headers={"x-extra": secret + "\n"})
+            tracker = tracker_for(collector, batch_size=1, client=client)
+            tracker.emit(event(0))
+            tracker.emit(event(1))
+            await tracker.aclose()
+            await client.aclose()
+            nursery.cancel_scope.cancel()
+    assert tracker.dropped == 2 and tracker.pending == 0  # given up at once: retrying cannot fix it
+    assert "LocalProtocolError" in caplog.text
+    assert secret not in caplog.text and KEY not in caplog.text

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final, final
 
@@ -55,6 +56,28 @@ def _require_httpx() -> None:
         raise ImportError(
             "HttpBatchTracker needs httpx, which the http extra installs: pip install 'djobs[http]'"
         ) from exc
+
+
+def _transient(exc: Exception) -> bool:
+    """Whether a transport error may pass by itself (the network, the server), so a retry may succeed."""
+    import httpx
+
+    retried = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError, OSError)
+    return isinstance(exc, retried)
+
+
+def _header_value(value: object, what: str) -> str:
+    """`value` if an HTTP header can carry it: visible ASCII, single spaces inside. The value is
+    never part of the message (it is a credential): a trailing newline read from a file is the usual culprit."""
+    if not isinstance(value, str):
+        raise ValidationError(f"HttpBatchTracker({what}=...): expected a str, got {type(value).__name__}")
+    if not re.fullmatch(r"[\x21-\x7e]+(?: [\x21-\x7e]+)*", value):
+        raise ValidationError(
+            f"HttpBatchTracker({what}=...): the value is empty or holds a character an HTTP header cannot "
+            "carry (whitespace at either end, a newline, a control or non-ASCII character); strip it "
+            "(a key read from a file often ends in a newline)"
+        )
+    return value
 
 
 def _positive_int(value: object, what: str) -> int:
@@ -129,7 +152,7 @@ class HttpBatchTracker:
             raise ValidationError(f"HttpBatchTracker(endpoint={endpoint!r}): expected a URL")
         self.endpoint = endpoint
         self.env = env
-        self._service_key = service_key
+        self._service_key = _header_value(service_key, "service_key")
         self._batch_size = _positive_int(batch_size, "batch_size")
         self._max_buffer = _positive_int(max_buffer, "max_buffer")
         if max_retries is not None and (
@@ -292,8 +315,17 @@ class HttpBatchTracker:
             return True
         try:
             response = await client.post(self.endpoint, content=body, headers=self._headers, timeout=self._timeout)
-        except Exception as exc:  # connection refused, timeout, a broken transport: all retried
-            return self._failed(len(batch), f"{type(exc).__name__}: {exc}")
+        except Exception as exc:
+            if _transient(exc):  # refused, timed out, a broken connection
+                return self._failed(len(batch), self._scrub(f"{type(exc).__name__}: {exc}"))
+            # The request itself cannot be sent (a bad URL or header): retrying cannot fix it. Only
+            # the error's class is logged: its message may quote a header value (a credential).
+            reason = type(exc).__name__
+            _log.error(
+                "could not send %d telemetry event(s) to %s (%s); they are dropped", len(batch), self.endpoint, reason
+            )
+            self._discard(len(batch))
+            return True
         status = response.status_code
         if 200 <= status < 300:
             if self._failing:
@@ -314,6 +346,14 @@ class HttpBatchTracker:
             self._discard(len(batch))
             return True
         return self._failed(len(batch), f"HTTP {status} {response.reason_phrase}")
+
+    def _scrub(self, text: str) -> str:
+        """`text` without the service key, in any of the forms an error message may quote it."""
+        key = self._service_key
+        for form in (key, repr(key)[1:-1], repr(key.encode())[2:-1]):
+            if form:
+                text = text.replace(form, "***")
+        return text
 
     def _failed(self, count: int, reason: str) -> bool:
         self._failing += 1
