@@ -83,8 +83,10 @@ class Engine:
                 due = next_at is not None and next_at <= self.clock.now_ms()
             if not due and worker is not None:
                 due = await worker.has_due() or (self._crons is not None and await self._crons.has_due())
+            if not due and self._runtime.idle_now() and (worker is None or worker.idle_now()):
+                return  # still idle after those reads: nothing was claimed while they ran
             if not due:
-                return
+                continue
             # A due alarm the sleeper has not claimed yet: let it run.
             spins += 1
             if spins < 10:

@@ -253,6 +253,10 @@ class Runtime:
             await trio.sleep(self._lease_linger)
             await self._release_idle_leases(self._lease_linger)
 
+    def idle_now(self) -> bool:
+        """Whether no actor has work and no claimed work awaits its hand-off, at this moment."""
+        return self._idle.is_set() and not self.env.handoffs
+
     async def wait_idle(self) -> None:
         """Return once no actor has work queued or running and no claimed work awaits its hand-off."""
         while not self._idle.is_set() or self.env.handoffs:

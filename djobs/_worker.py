@@ -572,6 +572,10 @@ class Worker:
 
     # -- idle and shutdown ------------------------------------------------------------
 
+    def idle_now(self) -> bool:
+        """Whether no claimed job waits or runs in this process, at this moment."""
+        return self._idle.is_set()
+
     async def wait_idle(self) -> None:
         """Return once no claimed job waits or runs in this process."""
         while not self._idle.is_set():
