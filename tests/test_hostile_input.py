@@ -1309,3 +1309,29 @@ def test_a_dsn_password_never_appears_in_an_error(dsn: str) -> None:
 
     trio.run(scenario)
     assert SECRET not in repr(djobs.postgres(dsn))
+
+
+# -- storage faults ------------------------------------------------------------------------------
+
+
+@pytest.mark.trio
+async def test_no_read_sees_a_write_that_then_fails_at_commit(autojump_clock: trio.testing.MockClock) -> None:
+    layer = djobs.storage.faulty(djobs.memory())
+    async with open_test_engine(text_jobs, storage=layer) as engine:
+        client = engine.client
+        storage: Any = engine.storage
+        sqlite_storage = storage.inner
+        enqueued: list[Any] = []
+
+        async def enqueue() -> None:
+            enqueued.append(await client.job(greeter).later(Named("doomed"), delay="1 hour"))
+
+        storage.fail("enqueue_jobs", kind="full", at="commit", times=1)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(enqueue)
+            while sqlite_storage._batch is None:  # the group commit is open, its COMMIT not yet run
+                await trio.lowlevel.checkpoint()
+            listed = success(await client.jobs.list())  # concurrently with it
+        assert isinstance(djobs.testing.failure(enqueued[0]), djobs.StorageError)
+        assert listed == []  # the list did not see the row its COMMIT then refused
+        assert success(await client.jobs.list()) == []

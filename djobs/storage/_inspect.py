@@ -261,7 +261,7 @@ class SqliteInspector:
                 leases=leases,
             )
 
-        return self._storage.read(run)
+        return await self._storage.read(run)
 
     async def instances(self, where: InstanceFilter) -> list[InstanceView]:
         terms: list[str] = []
@@ -311,14 +311,14 @@ class SqliteInspector:
                 )
             return views
 
-        return self._storage.read(run)
+        return await self._storage.read(run)
 
     async def job_counts(self, correlation_id: str | None = None) -> dict[str, int]:
         sql = "SELECT status, count(*) FROM jobs GROUP BY status"
         args: tuple[str, ...] = ()
         if correlation_id is not None:
             sql, args = "SELECT status, count(*) FROM jobs WHERE correlation_id = ? GROUP BY status", (correlation_id,)
-        return self._storage.read(lambda db: _counts(list(db.execute(sql, args))))
+        return await self._storage.read(lambda db: _counts(list(db.execute(sql, args))))
 
 
 @contextmanager

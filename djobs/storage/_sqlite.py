@@ -594,8 +594,16 @@ class SqliteStorage:
             await trio.sleep(delay)
             delay = min(delay * 2, 0.05)
 
-    def read(self, fn: Callable[[apsw.Connection], T]) -> T:
-        """Run `fn` outside an explicit transaction (each statement sees a snapshot)."""
+    async def read(self, fn: Callable[[apsw.Connection], T]) -> T:
+        """Run `fn` outside an explicit transaction (each statement sees a snapshot).
+
+        Never while a group commit's transaction is open: on this one connection
+        a read would see the batch's writes before they are committed (and a
+        batch whose COMMIT fails takes them back), so a read first waits for the
+        open batch to end. `fn` must not ``await``.
+        """
+        while self._batch is not None:
+            await self._batch.done.wait()
         if self._closed:
             raise StorageError(CLOSED_MESSAGE)
         try:
@@ -630,7 +638,7 @@ class SqliteStorage:
                 return record, alarm
             return None
 
-        return self.read(run)
+        return await self.read(run)
 
     async def commit(self, checkin: Checkin) -> None:
         def run(db: apsw.Connection) -> None:
@@ -693,7 +701,7 @@ class SqliteStorage:
             sql = "SELECT 1 FROM event_ids WHERE key = ? AND event_id = ?"
             return any(True for _ in db.execute(sql, (key, event_id)))
 
-        return self.read(run)
+        return await self.read(run)
 
     async def claim_alarms(self, now_ms: int, lease_ms: int, limit: int) -> list[Alarm]:
         def run(db: apsw.Connection) -> list[Alarm]:
@@ -739,11 +747,11 @@ class SqliteStorage:
                 return int(due) if due is not None else None
             return None
 
-        return self.read(run)
+        return await self.read(run)
 
     async def healthcheck(self) -> bool:
         try:
-            return self.read(lambda db: list(db.execute("SELECT 1")) == [(1,)])
+            return await self.read(lambda db: list(db.execute("SELECT 1")) == [(1,)])
         except StorageError:
             return False
 
@@ -845,7 +853,7 @@ class SqliteStorage:
         return None
 
     async def get_job(self, job_id: str) -> JobRecord | None:
-        return self.read(lambda db: self._get_job(db, job_id))
+        return await self.read(lambda db: self._get_job(db, job_id))
 
     async def list_jobs(self, where: JobFilter) -> list[JobRecord]:
         terms: list[str] = []
@@ -868,7 +876,7 @@ class SqliteStorage:
             sql += " WHERE " + " AND ".join(terms)
         sql += " ORDER BY id LIMIT ?"
         args.append(where.limit)
-        return self.read(lambda db: [_job_record(r) for r in db.execute(sql, args)])
+        return await self.read(lambda db: [_job_record(r) for r in db.execute(sql, args)])
 
     async def cancel_job(self, job_id: str, now: int, error: bytes) -> JobRecord | None:
         def run(db: apsw.Connection) -> JobRecord | None:
@@ -890,7 +898,7 @@ class SqliteStorage:
             times += [r[0] for r in db.execute(_NEXT_EXPIRY)]
             return min(times) if times else None
 
-        return self.read(run)
+        return await self.read(run)
 
     # -- cron jobs --------------------------------------------------------------------
 
@@ -900,7 +908,7 @@ class SqliteStorage:
 
     async def due_cron_jobs(self, names: Sequence[str], now: int) -> list[CronRecord]:
         args = (now, _names_encoder.encode(list(names)))
-        return self.read(lambda db: [_cron_record(r) for r in db.execute(_DUE_CRONS, args)])
+        return await self.read(lambda db: [_cron_record(r) for r in db.execute(_DUE_CRONS, args)])
 
     async def next_cron_at(self, names: Sequence[str]) -> int | None:
         def run(db: apsw.Connection) -> int | None:
@@ -908,7 +916,7 @@ class SqliteStorage:
                 return int(at)
             return None
 
-        return self.read(run)
+        return await self.read(run)
 
     async def fire_cron(
         self, name: str, expected_next_run_at: int, next_run_at: int, now: int, job: NewJob | None
@@ -928,7 +936,7 @@ class SqliteStorage:
 
     async def list_cron_jobs(self) -> list[CronRecord]:
         sql = f"SELECT {_CRON_COLUMNS} FROM cron_jobs ORDER BY name"
-        return self.read(lambda db: [_cron_record(r) for r in db.execute(sql)])
+        return await self.read(lambda db: [_cron_record(r) for r in db.execute(sql)])
 
     async def set_cron_enabled(self, name: str, enabled: bool, next_run_at: int | None, now: int) -> CronRecord | None:
         def run(db: apsw.Connection) -> CronRecord | None:
