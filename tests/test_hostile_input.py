@@ -765,7 +765,14 @@ async def every_verb_with(engine: Any, text: str) -> None:
     client = engine.client
     continuous, debounce, task = client.continuous(watcher), client.debounce(gatherer), client.task(keeper)
     job, jobs = client.job(greeter), client.jobs
-    for verb in (continuous.status, continuous.get_state, continuous.trigger, continuous.terminate):
+    for verb in (
+        continuous.status,
+        continuous.get_state,
+        continuous.trigger,
+        continuous.pause,
+        continuous.resume,
+        continuous.terminate,
+    ):
         await expect(verb, bad, text)
     await expect(continuous.start, bad, id=text, input=Named("ok"))
     await expect(continuous.start, bad_payload, id="fine", input=Named(text))
