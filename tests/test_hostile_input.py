@@ -1342,3 +1342,22 @@ async def test_no_read_sees_a_write_that_then_fails_at_commit(autojump_clock: tr
         assert isinstance(djobs.testing.failure(enqueued[0]), djobs.StorageError)
         assert listed == []  # the list did not see the row its COMMIT then refused
         assert success(await client.jobs.list()) == []
+
+
+def test_the_wal_is_bounded_after_a_large_transaction(tmp_path: Any) -> None:
+    """One 8 MB state grows the WAL for its commit; the next checkpoint gives the space back."""
+    import os
+
+    from djobs.storage._sqlite import WAL_SIZE_LIMIT_BYTES
+
+    path = tmp_path / "wal.db"
+
+    async def scenario() -> None:
+        async with open_test_engine(typed_jobs, storage=djobs.sqlite(path), max_payload_bytes=1 << 24) as engine:
+            assert success(await engine.client.continuous(people).start(id="big", input=Person("x" * 8_000_000)))
+            await engine.wait_idle()
+            for n in range(50):
+                assert success(await engine.client.job(hiring).later(Person(str(n))))
+            assert os.path.getsize(f"{path}-wal") <= WAL_SIZE_LIMIT_BYTES
+
+    trio.run(scenario)

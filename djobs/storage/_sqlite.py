@@ -37,6 +37,11 @@ from ._base import (
     SetAlarm,
 )
 
+#: Commits between automatic WAL checkpoints, in pages (256 pages of 4 KiB: 1 MiB).
+WAL_AUTOCHECKPOINT_PAGES: Final = 256
+#: The size a WAL file is truncated back to after a checkpoint, in bytes (1 MiB).
+WAL_SIZE_LIMIT_BYTES: Final = 1 << 20
+
 #: ``PRAGMA application_id`` of a djobs database ("djob" in ASCII).
 APPLICATION_ID: Final = 0x646A6F62
 
@@ -999,6 +1004,11 @@ def _open_connection(path: str, synchronous: Synchronous, busy_timeout_ms: int) 
         # crashes and loses at most the last commits on power loss.
         db.execute(f"PRAGMA synchronous={synchronous}")
         db.execute("PRAGMA foreign_keys=ON")
+        # A bounded WAL: checkpoint every ~1 MB of commits (SQLite's default is ~4 MB), and
+        # truncate the file back to 1 MB after a checkpoint, so one large transaction does
+        # not leave a large WAL behind, and a nearly full volume gets its space back.
+        db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+        db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
         if version < SCHEMA_VERSION:
             _migrate(db, version)
         else:
