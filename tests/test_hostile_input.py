@@ -1358,6 +1358,43 @@ def test_the_wal_is_bounded_after_a_large_transaction(tmp_path: Any) -> None:
             await engine.wait_idle()
             for n in range(50):
                 assert success(await engine.client.job(hiring).later(Person(str(n))))
-            assert os.path.getsize(f"{path}-wal") <= WAL_SIZE_LIMIT_BYTES
+            sizes.append(await trio.Path(f"{path}-wal").stat())
+
+    sizes: list[os.stat_result] = []
+    trio.run(scenario)
+    assert sizes[0].st_size <= WAL_SIZE_LIMIT_BYTES
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_file_deleted_or_replaced_under_the_engine_acknowledges_nothing(how: str, tmp_path: Any) -> None:
+    import os
+    import shutil
+
+    path = tmp_path / "jobs.db"
+
+    async def scenario() -> None:
+        async with open_test_engine(text_jobs, storage=djobs.sqlite(path)) as engine:
+            client = engine.client
+            job_id = await seed(engine, "before")
+            if how == "deleted":
+                os.unlink(path)
+            else:
+                older = tmp_path / "older.db"
+                async with open_test_engine(text_jobs, storage=djobs.sqlite(older)):
+                    pass
+                shutil.copy(older, tmp_path / "restored.db")
+                os.replace(tmp_path / "restored.db", path)  # an older copy restored over it
+            calls = [
+                client.continuous(watcher).start(id="after", input=Named("x")),
+                client.task(keeper).send(id="k-before", event=Named("y")),
+                client.job(greeter).later(Named("after")),
+                client.jobs.status(job_id),
+                client.jobs.list(),
+            ]
+            for _ in range(10):
+                calls.append(client.job(greeter).later(Named("more")))
+            for verb in calls:
+                error = djobs.testing.failure(await verb)
+                assert isinstance(error, djobs.StorageError) and "deleted or replaced" in error.message
 
     trio.run(scenario)

@@ -505,8 +505,21 @@ class SqliteStorage:
         self._batch: _Batch | None = None
         self._busy_timeout_ms = busy_timeout_ms
         self._closed = False
+        # The file this connection opened (device, inode): a file deleted or replaced
+        # under a running engine must not take acknowledgements it never stores.
+        self._identity = _file_identity(path)
 
     # -- plumbing -----------------------------------------------------------------
+
+    def _check_file(self) -> None:
+        """Raise `StorageError` if the file at `path` is no longer the one this connection writes."""
+        if self._identity is None:
+            return
+        if _file_identity(self.path) != self._identity:
+            raise StorageError(
+                f"the database file {self.path} was deleted or replaced while the engine had it open; "
+                "nothing more is written to the old file: restart the engine on the file now at that path"
+            )
 
     @property
     def connection(self) -> apsw.Connection:
@@ -552,6 +565,14 @@ class SqliteStorage:
             if leader:
                 await trio.lowlevel.checkpoint()  # let the ready tasks add their writes
                 self._batch = None
+                try:
+                    self._check_file()
+                except StorageError as exc:
+                    with contextlib.suppress(apsw.Error):
+                        db.execute("ROLLBACK")
+                    batch.error = exc
+                    batch.done.set()
+                    raise
                 try:
                     db.execute("COMMIT")
                 except apsw.Error as exc:
@@ -611,6 +632,7 @@ class SqliteStorage:
             await self._batch.done.wait()
         if self._closed:
             raise StorageError(CLOSED_MESSAGE)
+        self._check_file()
         try:
             return fn(self._db)
         except apsw.Error as exc:
@@ -1024,6 +1046,17 @@ def _open_connection(path: str, synchronous: Synchronous, busy_timeout_ms: int) 
         db.close()
         raise StorageError(f"cannot use {where}: {_describe(exc)}", exc) from exc
     return SqliteStorage(db, path, busy_timeout_ms)
+
+
+def _file_identity(path: str) -> tuple[int, int] | None:
+    """``(device, inode)`` of the file at `path`; ``None`` for an in-memory database, or no file there."""
+    if path == ":memory:" or not path:
+        return None
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 def _retry_busy(fn: Callable[[], T], timeout_ms: int) -> T:
