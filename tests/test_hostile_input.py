@@ -1214,24 +1214,33 @@ def test_a_version_2_file_migrates_to_rowid_tables_and_keeps_its_rows(tmp_path: 
 
 
 def test_one_large_state_does_not_slow_writes_to_other_instances() -> None:
-    """Each instance's row is its own: 100 adds beside a 10 MB state cost what they cost alone
-    (with the instances table WITHOUT ROWID they took ten times as long or more)."""
-    import time
+    """Each instance's row is its own: 100 adds beside a 10 MB state touch as many database pages
+    as they do alone. With the instances table WITHOUT ROWID the large row sat inline in the
+    table's B-tree, and the same adds touched hundreds of times more pages (they took ten times
+    as long). Pages touched (SQLite's cache hits plus misses) is a count, not a timing, so the
+    test holds on a loaded machine."""
 
-    async def adds(big: int) -> float:
+    def pages_touched(db: Any) -> int:
+        import apsw
+
+        return int(db.status(apsw.SQLITE_DBSTATUS_CACHE_HIT)[0] + db.status(apsw.SQLITE_DBSTATUS_CACHE_MISS)[0])
+
+    async def adds(big: int) -> int:
         async with open_test_engine(typed_jobs, max_payload_bytes=1 << 24) as engine:
             if big:
                 assert success(await engine.client.continuous(people).start(id="big", input=Person("x" * big)))
                 await engine.wait_idle()  # its first run (which reads and writes the large state) is over
             client = engine.client.debounce(people_batches)
-            began = time.perf_counter()
+            await client.add(id="small", event=Person("first"))  # the instance exists: every add below updates
+            db = engine.storage._db  # type: ignore[attr-defined]
+            before = pages_touched(db)
             for n in range(100):
                 await client.add(id="small", event=Person(str(n)))
-            return time.perf_counter() - began
+            return pages_touched(db) - before
 
-    alone = min(trio.run(adds, 0) for _ in range(5))
-    beside = min(trio.run(adds, 10_000_000) for _ in range(5))
-    assert beside < 4 * alone, (alone, beside)
+    alone = trio.run(adds, 0)
+    beside = trio.run(adds, 10_000_000)
+    assert beside < 2 * alone, (alone, beside)
 
 
 @pytest.mark.parametrize("kind", STORAGE_KINDS)
