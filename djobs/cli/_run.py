@@ -31,8 +31,7 @@ from .._clock import Clock
 from .._engine import Engine, open_engine
 from .._errors import JobError
 from ..kinds._job import Job, JobRun
-from ..storage import sqlite
-from ..storage._inspect import Inspector, inspector, open_existing
+from ..storage._inspect import Inspector, inspector, open_existing, storage_layer
 from ._exit import CommandError, ExitCode, command_error
 from ._output import ProgressBar, note, print_json, table
 from ._targets import check_engine, load_continuous, load_factory, load_job, open_factory
@@ -108,10 +107,10 @@ async def _engine_for(
                 inspect_ = None
             yield engine, inspect_
         return
-    with open_existing(args.db):
-        pass  # refuse a missing, foreign or other-version file before an engine would create or migrate it
+    async with open_existing(args.db, schema=args.schema):
+        pass  # refuse a missing, foreign or other-version database before an engine would create or migrate it
     # worker=None: a client-only engine; it claims no job and fires no alarm.
-    async with open_engine([job], storage=sqlite(args.db), clock=clock, worker=None) as engine:
+    async with open_engine([job], storage=storage_layer(args.db, args.schema), clock=clock, worker=None) as engine:
         yield engine, inspector(engine.storage)
 
 
@@ -184,9 +183,9 @@ async def resume(args: argparse.Namespace, clock: Clock) -> ExitCode:
 
 async def _pause_or_resume(args: argparse.Namespace, clock: Clock, *, resume: bool) -> ExitCode:
     job = load_continuous(args.target)
-    with open_existing(args.db):
-        pass  # refuse a missing, foreign or other-version file before an engine would create or migrate it
-    async with open_engine([job], storage=sqlite(args.db), clock=clock, worker=None) as engine:
+    async with open_existing(args.db, schema=args.schema):
+        pass  # refuse a missing, foreign or other-version database before an engine would create or migrate it
+    async with open_engine([job], storage=storage_layer(args.db, args.schema), clock=clock, worker=None) as engine:
         client = engine.client if args.tenant is None else engine.client.for_tenant(args.tenant)
         verbs = client.continuous(job)
         status = _unwrap(await (verbs.resume(args.id) if resume else verbs.pause(args.id)))
