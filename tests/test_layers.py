@@ -197,7 +197,15 @@ def test_public_names_are_sorted_and_importable() -> None:
     assert djobs.__all__ == sorted(djobs.__all__)
     for name in djobs.__all__:
         assert getattr(djobs, name) is not None
-    public = {n for n in dir(djobs) if not n.startswith("_")} - {"cli", "kinds", "storage", "testing", "tracking"}
+    public = {n for n in dir(djobs) if not n.startswith("_")} - {
+        "cli",
+        "dashboard",
+        "kinds",
+        "metrics",
+        "storage",
+        "testing",
+        "tracking",
+    }
     assert public == set(djobs.__all__)
 
 

@@ -168,6 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         command(name, run, help, common, sub).add_argument("name", metavar="NAME")
 
+    p = command("dashboard", _run.dashboard, "serve the web dashboard (and /metrics) over the database", [db])
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="the port to listen on (default 8000)")
+    p.add_argument(
+        "--token",
+        help="an access token (8+ characters) that allows actions after logging in; without one the dashboard "
+        "is read-only (default: $DJOBS_DASHBOARD_TOKEN)",
+    )
+
     def job_options(p: argparse.ArgumentParser, *, own_engine: bool) -> None:
         p.add_argument("target", metavar="MODULE:JOB", help="the djobs.Job, e.g. jobs_app:send_greeting")
         where = p.add_mutually_exclusive_group()

@@ -609,7 +609,7 @@ async def _open_existing_postgres(dsn: str, schema: str, write: bool) -> AsyncIt
     import importlib.util
 
     if importlib.util.find_spec("psycopg") is None:
-        raise StorageError('reading PostgreSQL needs the psycopg driver: pip install "djobs[postgres]"')
+        raise StorageError('reading PostgreSQL needs the psycopg driver: pip install "djobs-trio[postgres]"')
     import psycopg
 
     from ._pgconn import Pool, configure, server_name
