@@ -42,7 +42,7 @@ from ._clock import Clock, WallClock
 from ._durations import DurationLike, duration, to_ms
 from ._errors import StorageError
 from .storage._inspect import Inspector, StorageSummary
-from .tracking import NoopTracker, TrackedEvent, Tracker
+from .tracking import BackgroundTracker, NoopTracker, TrackedEvent, Tracker
 
 __all__ = ["MetricsTracker", "StorageCollector", "render"]
 
@@ -139,8 +139,9 @@ class MetricsTracker:
     """A tracker layer that counts what the engine does, for Prometheus.
 
     Args:
-        inner: A tracker to forward every event to (default none). If it has a
-            ``run`` task, wrap it yourself: this class forwards ``emit`` and ``aclose``.
+        inner: A tracker to forward every event to (default none). A
+            `djobs.tracking.BackgroundTracker` (``HttpBatchTracker``) keeps its
+            task: the engine starts this tracker's `run`, which runs the inner one's.
         registry: Where the counters and histograms are registered.
 
     Counters (label ``job``, the job's name): ``djobs_jobs_enqueued_total``,
@@ -229,6 +230,13 @@ class MetricsTracker:
         took = data.get("duration_ms")
         if isinstance(took, int | float):
             self.duration.labels(job).observe(took / 1000)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the inner tracker's background task, if it has one (the engine starts this)."""
+        if isinstance(self._inner, BackgroundTracker):
+            await self._inner.run(task_status=task_status)
+        else:
+            task_status.started()
 
     async def aclose(self) -> None:
         """Close the inner tracker."""

@@ -1,5 +1,6 @@
-"""The dashboard and the metrics: pages rendered over HTTP (httpx's ASGI transport) against a database
-filled by a workload like the demo's, on SQLite and PostgreSQL; actions behind the token and CSRF;
+"""The dashboard and the metrics: pages rendered over HTTP (httpx's ASGI transport) against the database
+``make demo`` fills (run once per session, in real time, plus one failed job it does not make) and
+against the CLI suite's workload on SQLite and PostgreSQL; actions behind the token and CSRF;
 ``/metrics`` parsed by prometheus_client's own parser; and a real headless Chromium driving a real
 server process (skipped with one line where no browser is installed, failed when ``CI`` is set)."""
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 import trio
 import trio.testing
@@ -26,11 +28,73 @@ from test_cli import AT_5M, Built, Greet, build, greeter
 import djobs
 from djobs.dashboard import app
 from djobs.metrics import MetricsTracker, StorageCollector, render
+from djobs.storage import JobFilter
 from djobs.storage._inspect import inspector, open_existing
 from djobs.testing import open_test_engine, success
 
 TOKEN = "s3cret-token"
-DOCS_IMAGES = Path(__file__).parent.parent / "docs" / "images"
+ROOT = Path(__file__).parent.parent
+DOCS_IMAGES = ROOT / "docs" / "images"
+DEMO_DB = "djobs-demo.db"
+
+
+class Resize(msgspec.Struct):
+    width: int
+
+
+def resize(params: Resize, ctx: djobs.JobContext) -> None:
+    if params.width <= 0:
+        raise ValueError(f"cannot resize to width {params.width}")
+
+
+resizer = djobs.Job.make("resize", params=Resize, execute=resize, max_attempts=1)
+
+
+@pytest.fixture(scope="session")
+def demo_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The database ``make demo`` leaves (every kind of work, in real time: about ten seconds),
+    plus a failed job and a completed one, which the demo does not make."""
+    where = tmp_path_factory.mktemp("demo")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])}
+    done = subprocess.run(
+        [sys.executable, "-m", "examples.demo"], cwd=where, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    async def add_failed_work() -> None:
+        async with djobs.open_engine([resizer], storage=djobs.sqlite(where / DEMO_DB), worker=None) as engine:
+            for width in (0, 640):
+                await engine.client.job(resizer).now(Resize(width))
+
+    trio.run(add_failed_work)
+    return where
+
+
+@pytest.fixture
+def demo_db(demo_database: Path, tmp_path: Path) -> Path:
+    """A copy of the demo's database for one test (actions change it)."""
+    for suffix in ("", "-wal", "-shm"):
+        if (demo_database / (DEMO_DB + suffix)).exists():
+            shutil.copy(demo_database / (DEMO_DB + suffix), tmp_path / (DEMO_DB + suffix))
+    return tmp_path / DEMO_DB
+
+
+def test_pages_render_the_demo_database(demo_db: Path) -> None:
+    overview, jobs, failed, instances, crons, metrics = get(
+        app(str(demo_db)), "/", "/jobs?name=thumbnail", "/failed", "/instances", "/cron", "/metrics"
+    )
+    assert all(page.status_code == 200 for page in (overview, jobs, failed, instances, crons, metrics))
+    completed = re.search(r'id="count-completed"><span>completed</span><b>(\d+)</b>', overview.text)
+    assert completed is not None and int(completed.group(1)) >= 10  # the demo's thumbnails and ticks
+    assert re.search(r'id="count-failed"><span>failed</span><b>1</b>', overview.text)
+    bars = re.findall(r'height="(\d+)" fill="#3c9d5d"', overview.text)
+    assert any(int(h) > 0 for h in bars)  # the demo ran within the last hour: the chart has bars
+    assert jobs.text.count('class="job"') >= 9 and "thumbs/" not in jobs.text  # results only on a job's page
+    assert "cannot resize to width 0" in failed.text
+    assert "debounce:webhookBatcher:contact-456" in instances.text
+    assert "ticker" in crons.text and "every 1 second" in crons.text
+    found = families(metrics.text)
+    assert {s.labels["job"] for s in found["djobs_queue_jobs_by_name"].samples} >= {"thumbnail", "resize"}
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -42,12 +106,6 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Built]:
     dsn = require_postgres()
     with throwaway_schema(dsn) as schema:
         yield build(tmp_path, djobs.postgres(dsn, schema=schema), ["--db", dsn, "--schema", schema])
-
-
-@pytest.fixture
-def sqlite_db(tmp_path: Path) -> Built:
-    path = tmp_path / "jobs.db"
-    return build(tmp_path, djobs.sqlite(path), ["--db", str(path)])
 
 
 def where(db: Built) -> dict[str, Any]:
@@ -280,13 +338,14 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture
-def server(sqlite_db: Built) -> Iterator[tuple[str, Built]]:
+def server(demo_db: Path) -> Iterator[tuple[str, Path]]:
+    """``djobs dashboard`` with a token, in a process of its own, over a copy of the demo's database."""
     process = subprocess.Popen(
-        # From the database's directory, so the pages (and the screenshots in the docs) show "jobs.db".
-        [sys.executable, "-m", "djobs.cli", "dashboard", "--db", "jobs.db", "--port", "0", "--token", TOKEN],
+        # From the database's directory, so the pages (and the screenshots in the docs) show its name only.
+        [sys.executable, "-m", "djobs.cli", "dashboard", "--db", DEMO_DB, "--port", "0", "--token", TOKEN],
         stderr=subprocess.PIPE,
         text=True,
-        cwd=sqlite_db.tmp,
+        cwd=demo_db.parent,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
     try:
@@ -294,19 +353,25 @@ def server(sqlite_db: Built) -> Iterator[tuple[str, Built]]:
         line = process.stderr.readline()
         url = re.search(r"at (http://\S+?)[,;]", line)
         assert url is not None, line + process.stderr.read()
-        yield url.group(1), sqlite_db
+        yield url.group(1), demo_db
     finally:
         process.terminate()
         process.wait(timeout=10)
 
 
-def test_in_a_real_browser_filter_open_and_retry_a_failed_job(browser: Any, server: tuple[str, Built]) -> None:
+def test_in_a_real_browser_filter_open_and_retry_a_failed_job(browser: Any, server: tuple[str, Path]) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.select import Select
     from selenium.webdriver.support.ui import WebDriverWait
 
-    url, db = server
+    url, path = server
+
+    async def failed_ids() -> list[str]:
+        async with open_existing(str(path)) as opened:
+            return [r.id for r in await opened.storage.list_jobs(JobFilter(status="failed"))]
+
+    [failed_id] = trio.run(failed_ids)
     wait = WebDriverWait(browser, 10)
     browser.get(url + "/")
     assert browser.find_element(By.ID, "chart").tag_name == "svg"
@@ -320,7 +385,7 @@ def test_in_a_real_browser_filter_open_and_retry_a_failed_job(browser: Any, serv
     browser.find_element(By.ID, "apply").click()
     wait.until(ec.title_contains("Failed jobs"))
     links = browser.find_elements(By.CSS_SELECTOR, "a.job")
-    assert [a.text for a in links] == [db.failed]
+    assert [a.text for a in links] == [failed_id]
     browser.save_screenshot(str(DOCS_IMAGES / "dashboard-failed-jobs.png"))
     links[0].click()
     assert browser.find_element(By.ID, "status").text == "failed"
@@ -328,3 +393,68 @@ def test_in_a_real_browser_filter_open_and_retry_a_failed_job(browser: Any, serv
     browser.find_element(By.CSS_SELECTOR, 'button[value="retry"]').click()
     wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "pending"))
     assert "retried" in browser.find_element(By.ID, "flash").text
+    assert trio.run(failed_ids) == []  # stored: pending again, for the next worker
+
+
+def test_what_users_stored_is_escaped_and_live_jobs_reload(db: Built) -> None:
+    async def enqueue_hostile() -> str:
+        storage = djobs.sqlite(db.path) if len(db.args) == 2 else djobs.postgres(db.args[1], schema=db.args[3])
+        async with open_test_engine([greeter], storage=storage, worker=None) as engine:
+            client = engine.client.for_tenant("<b>acme</b>")
+            return success(await client.job(greeter).later(Greet("<script>alert(1)</script>")))
+
+    hostile = trio.run(enqueue_hostile, clock=trio.testing.MockClock(autojump_threshold=0))
+    page, listing, done, overview = get(
+        app(**where(db), clock=AT_5M), f"/jobs/{hostile}", "/jobs?tenant=<b>acme</b>", f"/jobs/{db.completed}", "/"
+    )
+    for text in (page.text, listing.text):
+        assert "<script>alert" not in text and "<b>acme" not in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text and "&lt;b&gt;acme&lt;/b&gt;" in listing.text
+    # A pending job's page reloads itself (progress and status follow); a finished one's does not.
+    assert '<meta http-equiv="refresh" content="2">' in page.text
+    assert 'http-equiv="refresh"' not in done.text
+    assert 'href="/jobs" class="on"' in page.text and 'href="/" class="on"' in overview.text
+
+
+def test_the_dashboard_command_refuses_what_it_cannot_serve(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from djobs.cli import main
+
+    assert main(["dashboard", "--db", str(tmp_path / "missing.db")]) == 3
+    assert "no database at" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    path = tmp_path / "jobs.db"
+    build(tmp_path, djobs.sqlite(path), ["--db", str(path)])
+    assert main(["dashboard", "--db", str(path), "--token", "short"]) == 2
+    assert "at least 8 characters" in capsys.readouterr().err
+
+
+def test_the_metrics_tracker_forwards_to_the_tracker_it_wraps() -> None:
+    class Sender:
+        """A background tracker: its task must run while the engine is open."""
+
+        def __init__(self) -> None:
+            self.events: list[str] = []
+            self.running = False
+            self.closed = trio.Event()
+
+        def emit(self, event: djobs.TrackedEvent) -> None:
+            self.events.append(event.type)
+
+        async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            self.running = True
+            task_status.started()
+            await self.closed.wait()
+
+        async def aclose(self) -> None:
+            self.closed.set()
+
+    sender = Sender()
+
+    async def scenario() -> None:
+        tracker = MetricsTracker(sender, registry=CollectorRegistry())
+        async with open_test_engine([greeter], tracker=tracker) as engine:
+            success(await engine.client.job(greeter).now(Greet("a")))
+            assert sender.running
+
+    trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert "job.completed" in sender.events and sender.closed.is_set()

@@ -212,12 +212,21 @@ class Dashboard:
     def render(self, request: Request, template: str, title: str, status_code: int = 200, **values: Any) -> Response:
         base = request.scope.get("root_path", "")
         sid = self.session(request)
-        active = next((p.path for p in self.pages if p.path != "/" and request.url.path.endswith(p.path)), "/")
+        rel = request.url.path[len(base) :] or "/"
+        # The page a path belongs to: /jobs/ID to Jobs, /instance?key=... to Instances.
+        active = next(
+            (
+                p.path
+                for p in self.pages
+                if p.path != "/" and (rel.startswith(p.path + "/") or rel in (p.path, p.path[:-1]))
+            ),
+            rel,
+        )
         html = self.env.get_template(template).render(
             title=title,
             base=base,
             nav=[(p.path, p.label) for p in self.pages],
-            active=active if request.url.path.rstrip("/") != base else "/",
+            active=active,
             where=self.where,
             can_act=self.can_act(request),
             login=self.token is not None,

@@ -17,7 +17,7 @@ header .db{margin-left:auto;color:#8b95a8;font-size:12px}
 main{padding:1rem 1.2rem;max-width:1200px}
 table{border-collapse:collapse;background:#fff;width:100%;margin:.5rem 0 1rem}
 th,td{padding:.35rem .6rem;border-bottom:1px solid #e3e6ec;text-align:left;vertical-align:top}
-th{background:#eef0f4;font-weight:600}td.n{text-align:right;font-variant-numeric:tabular-nums}
+th{background:#eef0f4;font-weight:600}td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 .card{display:inline-block;background:#fff;border:1px solid #e3e6ec;border-radius:6px;padding:.5rem .9rem;margin:0 .5rem .5rem 0}
 .card b{display:block;font-size:1.4rem}
 .status{padding:.05rem .4rem;border-radius:3px;background:#e3e6ec}
