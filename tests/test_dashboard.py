@@ -458,3 +458,24 @@ def test_the_metrics_tracker_forwards_to_the_tracker_it_wraps() -> None:
 
     trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
     assert "job.completed" in sender.events and sender.closed.is_set()
+
+
+def test_an_unusable_database_is_a_page_saying_why_until_it_is_there(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    application = app(str(path))
+
+    async def scenario() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://dash.test") as c:
+            before = await c.get("/")
+            async with djobs.sqlite(path).open():  # an engine creates it
+                pass
+            after = await c.get("/")
+        await application.state.dashboard.aclose()
+        return [before, after]
+
+    before, after = trio.run(scenario)
+    assert before.status_code == 503 and "no database at" in before.text
+    assert after.status_code == 200 and "Overview" in after.text
+    with pytest.raises(djobs.ValidationError, match="at least 8 characters"):
+        app(str(path), token="short")

@@ -45,7 +45,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from .._clock import Clock, WallClock
-from .._errors import JobError, StorageError
+from .._errors import JobError, StorageError, ValidationError
 from ..cli import _actions
 from ..cli._actions import printable
 from ..cli._exit import CommandError, ExitCode
@@ -489,11 +489,13 @@ def app(
         refresh: Seconds between reloads of a pending or running job's page.
 
     Raises:
-        ValidationError: A bad schema name (at the first request: `StorageError`
-            for a database that cannot be used, shown as a 503 page).
+        ValidationError: A token shorter than 8 characters. A database that
+            cannot be used (missing, foreign, of another version, unreachable,
+            a bad schema name) raises nothing here: every page answers 503
+            with the reason, and works once the database does.
     """
-    if token is not None and len(token) < 8:
-        raise ValueError("the dashboard's access token must be at least 8 characters")
+    if token is not None and (not isinstance(token, str) or len(token) < 8):
+        raise ValidationError("the dashboard's access token must be a string of at least 8 characters")
     state = Dashboard(
         db, schema=schema, token=token, clock=clock or WallClock(), pages=pages or PAGES, refresh_s=refresh
     )
