@@ -359,7 +359,16 @@ def server(demo_db: Path) -> Iterator[tuple[str, Path]]:
         process.wait(timeout=10)
 
 
-def test_in_a_real_browser_filter_open_and_retry_a_failed_job(browser: Any, server: tuple[str, Path]) -> None:
+@pytest.fixture
+def screenshots(tmp_path: Path) -> Path:
+    """Where the browser test saves its screenshots: the docs' images with DJOBS_UPDATE_SCREENSHOTS=1
+    (how those were made), else a temporary directory, so a test run leaves the tree as it was."""
+    return DOCS_IMAGES if os.environ.get("DJOBS_UPDATE_SCREENSHOTS") == "1" else tmp_path
+
+
+def test_in_a_real_browser_filter_open_and_retry_a_failed_job(
+    browser: Any, server: tuple[str, Path], screenshots: Path
+) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.select import Select
@@ -375,7 +384,7 @@ def test_in_a_real_browser_filter_open_and_retry_a_failed_job(browser: Any, serv
     wait = WebDriverWait(browser, 10)
     browser.get(url + "/")
     assert browser.find_element(By.ID, "chart").tag_name == "svg"
-    browser.save_screenshot(str(DOCS_IMAGES / "dashboard-overview.png"))
+    browser.save_screenshot(str(screenshots / "dashboard-overview.png"))
     browser.find_element(By.LINK_TEXT, "log in for actions").click()
     browser.find_element(By.ID, "token").send_keys(TOKEN)
     browser.find_element(By.ID, "login").click()
@@ -386,14 +395,16 @@ def test_in_a_real_browser_filter_open_and_retry_a_failed_job(browser: Any, serv
     wait.until(ec.title_contains("Failed jobs"))
     links = browser.find_elements(By.CSS_SELECTOR, "a.job")
     assert [a.text for a in links] == [failed_id]
-    browser.save_screenshot(str(DOCS_IMAGES / "dashboard-failed-jobs.png"))
+    browser.save_screenshot(str(screenshots / "dashboard-failed-jobs.png"))
     links[0].click()
     assert browser.find_element(By.ID, "status").text == "failed"
-    browser.save_screenshot(str(DOCS_IMAGES / "dashboard-job.png"))
+    browser.save_screenshot(str(screenshots / "dashboard-job.png"))
     browser.find_element(By.CSS_SELECTOR, 'button[value="retry"]').click()
     wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "pending"))
     assert "retried" in browser.find_element(By.ID, "flash").text
     assert trio.run(failed_ids) == []  # stored: pending again, for the next worker
+    for name in ("overview", "failed-jobs", "job"):
+        assert (screenshots / f"dashboard-{name}.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_what_users_stored_is_escaped_and_live_jobs_reload(db: Built) -> None:

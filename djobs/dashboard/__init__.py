@@ -148,7 +148,9 @@ class Dashboard:
         self.refresh_s = refresh_s
         self.where = describe(db, schema)
         self._key = secrets.token_bytes(32)
-        self._sessions: set[str] = set()
+        # Session ids of people who logged in, oldest first; a session lasts until the
+        # dashboard restarts (its CSRF key is made at start) or 1000 newer logins push it out.
+        self._sessions: dict[str, None] = {}
         self._opened: Opened | None = None
         self._stack = AsyncExitStack()
         self._lock = trio.Lock()
@@ -458,7 +460,9 @@ async def login(d: Dashboard, request: Request) -> Response:
     if not isinstance(token, str) or not hmac.compare_digest(token.encode(), d.token.encode()):
         return d.render(request, "login", "Log in", 401, bad=True)
     sid = secrets.token_urlsafe(32)
-    d._sessions.add(sid)
+    d._sessions[sid] = None
+    while len(d._sessions) > 1000:
+        del d._sessions[next(iter(d._sessions))]
     response = _back(request, "/", "logged in: actions are on")
     base = request.scope.get("root_path", "") or "/"
     response.set_cookie(_COOKIE, sid, httponly=True, samesite="strict", secure=request.url.scheme == "https", path=base)
