@@ -6,8 +6,8 @@ engine process sees every event as it happens:
 - `StorageCollector` reads storage (SQLite or PostgreSQL, through the same
   `Inspector` the command line uses) and exposes *gauges*: queue depth by
   status and by job name, jobs due, the current lateness (how long the oldest
-  due job has waited), stored instances by kind, job and status (the active
-  ones are those not ``terminated``/``completed``), and alarms by state. It works in
+  due job has waited), stored instances by kind, job and status, the
+  instances active now (whose lease an engine holds), and alarms by state. It works in
   any process. ``collect()`` is synchronous (Prometheus's contract) and reports
   the snapshot the last ``await collector.refresh()`` read; the dashboard
   refreshes it on every scrape of ``/metrics``, your own process calls
@@ -125,6 +125,11 @@ class StorageCollector(Collector):
         for c in s.instances:
             instances.add_metric([c.kind, c.name, c.status], c.count)
         yield instances
+        active = GaugeMetricFamily(
+            "djobs_instances_active", "Instances an engine is working on now (holding their lease), across engines"
+        )
+        active.add_metric([], sum(holder.instances for holder in s.leases))
+        yield active
         alarms = GaugeMetricFamily("djobs_alarms", "Instance alarms, by state (due, claimed, later)", labels=["state"])
         alarms.add_metric(["due"], s.alarms.due)
         alarms.add_metric(["claimed"], s.alarms.claimed)

@@ -277,6 +277,7 @@ def test_metrics_endpoint_reads_storage(db: Built) -> None:
     instances = {(s.labels["kind"], s.labels["status"]): s.value for s in found["djobs_instances"].samples}
     assert instances == {("continuous", "running"): 2, ("debounce", "debouncing"): 1}
     assert found["djobs_storage_up"].samples[0].value == 1
+    assert found["djobs_instances_active"].samples[0].value == 1  # the other worker's lease on user-1
 
 
 def test_metrics_tracker_counts_what_the_engine_does() -> None:
