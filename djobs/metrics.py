@@ -41,7 +41,8 @@ from prometheus_client.registry import Collector
 from ._clock import Clock, WallClock
 from ._durations import DurationLike, duration, to_ms
 from ._errors import StorageError
-from .storage._inspect import Inspector, StorageSummary
+from .storage import Storage
+from .storage._inspect import Inspector, StorageSummary, inspector
 from .tracking import BackgroundTracker, NoopTracker, TrackedEvent, Tracker
 
 __all__ = ["MetricsTracker", "StorageCollector", "render"]
@@ -59,13 +60,16 @@ class StorageCollector(Collector):
     """Gauges read from storage; register it with ``registry.register(collector)``.
 
     Args:
-        inspect: The database's `Inspector` (``open_existing(...).inspect``,
-            or ``djobs.storage._inspect.inspector(engine.storage)``).
+        source: An open storage (``engine.storage``: SQLite or PostgreSQL) or
+            its `Inspector`.
         clock: Where "now" comes from (lateness, due counts); the wall clock by default.
+
+    Raises:
+        StorageError: A storage that offers no inspection (a custom layer).
     """
 
-    def __init__(self, inspect: Inspector, clock: Clock | None = None) -> None:
-        self._inspect = inspect
+    def __init__(self, source: Storage | Inspector, clock: Clock | None = None) -> None:
+        self._inspect = source if isinstance(source, Inspector) else inspector(source)
         self._clock = clock or WallClock()
         self._summary: StorageSummary | None = None
         self._by_name: list[tuple[str, str, int]] = []

@@ -29,7 +29,7 @@ import djobs
 from djobs.dashboard import app
 from djobs.metrics import MetricsTracker, StorageCollector, render
 from djobs.storage import JobFilter
-from djobs.storage._inspect import inspector, open_existing
+from djobs.storage._inspect import open_existing
 from djobs.testing import open_test_engine, success
 
 TOKEN = "s3cret-token"
@@ -290,7 +290,7 @@ def test_metrics_tracker_counts_what_the_engine_does() -> None:
                 success(await engine.client.job(greeter).later(Greet(name), delay="2 seconds"))
             await trio.sleep(5)
             await engine.wait_idle()
-            collector = StorageCollector(inspector(engine.storage))
+            collector = StorageCollector(engine.storage)
             registry.register(collector)
             await collector.refresh()
         return render(registry).decode()
