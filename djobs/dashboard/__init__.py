@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -556,6 +557,7 @@ async def serve(
     config = Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
-    config.errorlog = None
+    # Server errors (a request that raised) go to the application's logging, not to stderr.
+    config.errorlog = logging.getLogger("djobs.dashboard")
     application = app(db, schema=schema, token=token, clock=clock)
     await hypercorn_serve(application, config, task_status=task_status, mode="asgi")  # type: ignore[arg-type]
