@@ -612,7 +612,7 @@ async def _open_existing_postgres(dsn: str, schema: str, write: bool) -> AsyncIt
         raise StorageError('reading PostgreSQL needs the psycopg driver: pip install "djobs-trio[postgres]"')
     import psycopg
 
-    from ._pgconn import Pool, configure, server_name
+    from ._pgconn import Pool, configure, connect_error, server_name
     from ._pgstore import SCHEMA_VERSION as PG_SCHEMA_VERSION
     from ._pgstore import PostgresStorage
     from ._postgres import postgres
@@ -621,8 +621,17 @@ async def _open_existing_postgres(dsn: str, schema: str, write: bool) -> AsyncIt
     where = server_name(dsn)
     shown = f"{where} (schema {schema!r})"
 
+    try:
+        given = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.Error as exc:
+        raise connect_error(exc, where) from exc
+    # The DSN's own settings win; these are defaults.
+    extra: dict[str, Any] = {
+        k: v for k, v in (("connect_timeout", 10), ("application_name", "djobs-inspect")) if k not in given
+    }
+
     def connect() -> Connection:
-        conn = psycopg.connect(dsn, autocommit=True, application_name="djobs-inspect", connect_timeout=10)
+        conn = psycopg.connect(dsn, autocommit=True, **extra)
         try:
             configure(conn, schema)
             if not write:
