@@ -1,5 +1,9 @@
 """The ``djobs`` command line, run in-process with ``main([...])`` against databases a test engine built,
-plus one real worker process that runs a job and stops on SIGINT."""
+plus one real worker process that runs a job and stops on SIGINT.
+
+The `db` fixture is parametrised: every test that takes it runs on a SQLite file and on a
+throwaway PostgreSQL schema (``--db <dsn> --schema <schema>``; skipped, with one line,
+when ``DJOBS_TEST_POSTGRES_DSN`` is not set)."""
 
 from __future__ import annotations
 
@@ -21,11 +25,13 @@ import msgspec
 import pytest
 import trio
 import trio.testing
+from postgres_support import require_postgres, throwaway_schema
 
 import djobs
 from djobs.cli import ExitCode, _output, main
-from djobs.storage import NewJob, SqliteStorage
-from djobs.testing import open_test_engine, success
+from djobs.storage import NewJob, QueueStorage, SqliteStorage, StorageLayer
+from djobs.storage._inspect import open_existing, storage_layer
+from djobs.testing import failure, open_test_engine, success
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 T0_MS = 1_767_225_600_000
@@ -98,7 +104,9 @@ def not_a_factory() -> str:
 
 
 class Built(msgspec.Struct):
-    path: Path
+    path: Path  # the SQLite file, or (on PostgreSQL) a path nothing is written to
+    args: list[str]  # --db and (PostgreSQL) --schema, as a person types them
+    tmp: Path  # a directory for the test's other files
     completed: str
     failed: str
     due: str
@@ -107,11 +115,10 @@ class Built(msgspec.Struct):
     running: str
 
 
-def build(path: Path) -> Built:
+def build(tmp: Path, storage: StorageLayer, args: list[str]) -> Built:
     """A database at 2026-01-01 00:00 UTC holding a bit of everything."""
 
     async def run() -> Built:
-        storage = djobs.sqlite(path)
         definitions = [refresher, webhooks, greeter, nightly]
         async with open_test_engine(definitions, storage=storage) as engine:
             # An engine with a worker fires the instances' first runs...
@@ -131,7 +138,7 @@ def build(path: Path) -> Built:
             success(await c.jobs.cancel(cancelled))
         # Another worker holds an instance and runs a job: leases until 00:05 + 5 minutes.
         async with storage.open() as store:
-            assert isinstance(store, SqliteStorage)
+            assert isinstance(store, QueueStorage)
             now = T0_MS + 5 * MINUTE
             running = "019b76da-0000-7000-8000-000000000001"
             row = NewJob(
@@ -140,14 +147,28 @@ def build(path: Path) -> Built:
             await store.start_job(row, OTHER_WORKER, now + 5 * MINUTE)
             assert await store.acquire_instance_lease("continuous:refresher:user-1", OTHER_WORKER, now, 5 * MINUTE)
         assert completed is not None and failed is not None
-        return Built(path, completed, failed, due, later, cancelled, running)
+        return Built(tmp / "jobs.db", args, tmp, completed, failed, due, later, cancelled, running)
 
     return trio.run(run, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Built:
-    return build(tmp_path / "jobs.db")
+def sqlite_db(tmp_path: Path) -> Built:
+    """The database on a SQLite file, for what only a file has (its bytes, foreign files)."""
+    path = tmp_path / "jobs.db"
+    return build(tmp_path, djobs.sqlite(path), ["--db", str(path)])
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Built]:
+    """The database on each storage: a SQLite file, then a throwaway PostgreSQL schema."""
+    if request.param == "sqlite":
+        path = tmp_path / "jobs.db"
+        yield build(tmp_path, djobs.sqlite(path), ["--db", str(path)])
+        return
+    dsn = require_postgres()
+    with throwaway_schema(dsn) as schema:
+        yield build(tmp_path, djobs.postgres(dsn, schema=schema), ["--db", dsn, "--schema", schema])
 
 
 @pytest.fixture(autouse=True)
@@ -168,21 +189,23 @@ def run_json(capsys: pytest.CaptureFixture[str], *argv: str, clock: Any = AT_5M)
     return json.loads(out)  # exactly one document: anything else on stdout would fail here
 
 
-def job_row(path: Path, job_id: str) -> dict[str, Any]:
-    db = apsw.Connection(str(path))
-    try:
-        cursor = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,))
-        names = [d[0] for d in cursor.getdescription()]
-        return dict(zip(names, next(cursor), strict=True))
-    finally:
-        db.close()
+def job_row(db: Built, job_id: str) -> dict[str, Any]:
+    """The stored row of a job, read from either storage."""
+
+    async def read() -> dict[str, Any]:
+        async with open_existing(db.args[1], schema=db.args[3] if len(db.args) > 2 else "djobs") as opened:
+            record = await opened.storage.get_job(job_id)
+        assert record is not None
+        return msgspec.structs.asdict(record)
+
+    return trio.run(read)
 
 
 # -- status ------------------------------------------------------------------------------------
 
 
 def test_status_counts_instances_alarms_queue_and_leases(capsys: pytest.CaptureFixture[str], db: Built) -> None:
-    s = run_json(capsys, "status", "--db", str(db.path))
+    s = run_json(capsys, "status", *db.args)
     assert s["now"] == "2026-01-01T00:05:00.000Z"
     assert s["instances"] == [
         {"kind": "continuous", "name": "refresher", "status": "running", "count": 2},
@@ -202,7 +225,7 @@ def test_status_counts_instances_alarms_queue_and_leases(capsys: pytest.CaptureF
 
 
 def test_status_later_sees_due_alarms_and_expired_leases(capsys: pytest.CaptureFixture[str], db: Built) -> None:
-    s = run_json(capsys, "status", "--db", str(db.path), clock=FixedClock(T0_MS + 60 * MINUTE))
+    s = run_json(capsys, "status", *db.args, clock=FixedClock(T0_MS + 60 * MINUTE))
     assert s["alarms"] == {"due": 3, "claimed": 0, "later": 0, "next_at": None}
     assert s["jobs_due"] == 1  # the two-hour one is not due yet
     assert s["oldest_pending"]["waiting_ms"] == 60 * MINUTE
@@ -210,7 +233,7 @@ def test_status_later_sees_due_alarms_and_expired_leases(capsys: pytest.CaptureF
 
 
 def test_status_table_for_people(capsys: pytest.CaptureFixture[str], db: Built) -> None:
-    code, out, err = run(capsys, "status", "--db", str(db.path))
+    code, out, err = run(capsys, "status", *db.args)
     assert code == 0 and err == ""
     assert re.search(r"continuous\s+refresher\s+running\s+2\n", out)
     assert re.search(r"debounce\s+webhooks\s+debouncing\s+1\n", out)
@@ -254,8 +277,9 @@ def test_enqueue_does_not_create_a_database_either(capsys: pytest.CaptureFixture
 
 
 def test_foreign_files_and_other_schema_versions_are_refused_untouched(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, db: Built
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, sqlite_db: Built
 ) -> None:
+    db = sqlite_db
     text = tmp_path / "notes.db"
     text.write_bytes(b"not a database at all " * 100)
     other = tmp_path / "other.db"
@@ -279,17 +303,18 @@ def test_foreign_files_and_other_schema_versions_are_refused_untouched(
         conn = apsw.Connection(str(db.path))
         conn.execute(f"PRAGMA user_version={version}")
         conn.close()
-        code, _, err = run(capsys, "jobs", "list", "--db", str(db.path))
+        code, _, err = run(capsys, "jobs", "list", *db.args)
         assert code == 3 and f"has schema version {version}, {word} than" in err
         conn = apsw.Connection(str(db.path))
         assert next(iter(conn.execute("PRAGMA user_version")))[0] == version  # not migrated
         conn.close()
 
 
-def test_read_only_commands_do_not_write(capsys: pytest.CaptureFixture[str], db: Built) -> None:
+def test_read_only_commands_do_not_write(capsys: pytest.CaptureFixture[str], sqlite_db: Built) -> None:
+    db = sqlite_db
     before = db.path.read_bytes()
     for command in (["status"], ["instances", "list"], ["jobs", "list"], ["cron", "list"], ["jobs", "show", db.due]):
-        assert run(capsys, *command, "--db", str(db.path))[0] == 0
+        assert run(capsys, *command, *db.args)[0] == 0
     assert db.path.read_bytes() == before
 
 
@@ -297,7 +322,7 @@ def test_read_only_commands_do_not_write(capsys: pytest.CaptureFixture[str], db:
 
 
 def test_instances_list_filters_and_pages(capsys: pytest.CaptureFixture[str], db: Built) -> None:
-    code, out, err = run(capsys, "instances", "list", "--db", str(db.path))
+    code, out, err = run(capsys, "instances", "list", *db.args)
     assert code == 0
     lines = out.splitlines()
     assert lines[0].split() == ["KEY", "STATUS", "RUNS", "EVENTS", "ALARM", "UPDATED"]
@@ -307,10 +332,10 @@ def test_instances_list_filters_and_pages(capsys: pytest.CaptureFixture[str], db
         "debounce:webhooks:acct-1",
     ]
     assert "2026-01-01 00:30:00Z" in lines[1]
-    only = run_json(capsys, "instances", "list", "--kind", "debounce", "--db", str(db.path))
+    only = run_json(capsys, "instances", "list", "--kind", "debounce", *db.args)
     assert [i["key"] for i in only] == ["debounce:webhooks:acct-1"]
     assert only[0]["event_count"] == 1 and only[0]["alarm"]["fire_at"] == "2026-01-01T00:10:00.000Z"
-    code, out, err = run(capsys, "instances", "list", "--limit", "1", "--db", str(db.path))
+    code, out, err = run(capsys, "instances", "list", "--limit", "1", *db.args)
     assert len(out.splitlines()) == 2
     assert "--after 'continuous:refresher:user-1'" in err
     page = run_json(
@@ -321,16 +346,15 @@ def test_instances_list_filters_and_pages(capsys: pytest.CaptureFixture[str], db
         "continuous:refresher:user-1",
         "--name",
         "refresher",
-        "--db",
-        str(db.path),
+        *db.args,
     )
     assert [i["key"] for i in page] == ["continuous:refresher:user-2"]
-    nobody = run(capsys, "instances", "list", "--name", "nobody", "--db", str(db.path))
+    nobody = run(capsys, "instances", "list", "--name", "nobody", *db.args)
     assert nobody == (0, "", "no instances match\n")
 
 
 def test_instances_show_state_alarm_lease_and_counters(capsys: pytest.CaptureFixture[str], db: Built) -> None:
-    shown = run_json(capsys, "instances", "show", "continuous:refresher:user-1", "--db", str(db.path))
+    shown = run_json(capsys, "instances", "show", "continuous:refresher:user-1", *db.args)
     assert shown["state"] == {"token": "t-1", "runs": 1}
     assert shown["run_count"] == 1 and shown["status"] == "running"
     assert shown["alarm"] == {
@@ -341,14 +365,14 @@ def test_instances_show_state_alarm_lease_and_counters(capsys: pytest.CaptureFix
     }
     assert shown["lease"] == {"owner": OTHER_WORKER, "expires_at": "2026-01-01T00:10:00.000Z", "expired": False}
     # name:id finds the one kind that has it.
-    assert run_json(capsys, "instances", "show", "refresher:user-2", "--db", str(db.path))["lease"] is None
-    code, out, _ = run(capsys, "instances", "show", "webhooks:acct-1", "--db", str(db.path))
+    assert run_json(capsys, "instances", "show", "refresher:user-2", *db.args)["lease"] is None
+    code, out, _ = run(capsys, "instances", "show", "webhooks:acct-1", *db.args)
     assert code == 0
     assert re.search(r"^events\s+1$", out, re.M)
     assert re.search(r"^alarm\s+2026-01-01 00:10:00Z \(in 5m\), flush_after$", out, re.M)
     assert re.search(r"^lease\s+-$", out, re.M)
     assert out.endswith('state\n  {\n    "id": "h1"\n  }\n')
-    code, out, err = run(capsys, "instances", "show", "refresher:nobody", "--db", str(db.path))
+    code, out, err = run(capsys, "instances", "show", "refresher:nobody", *db.args)
     assert (code, out) == (ExitCode.NOT_FOUND, "")
     assert "no instance with key 'refresher:nobody'" in err
 
@@ -357,80 +381,80 @@ def test_instances_show_state_alarm_lease_and_counters(capsys: pytest.CaptureFix
 
 
 def test_jobs_list_in_creation_order_with_filters(capsys: pytest.CaptureFixture[str], db: Built) -> None:
-    listed = run_json(capsys, "jobs", "list", "--db", str(db.path))
+    listed = run_json(capsys, "jobs", "list", *db.args)
     assert [j["id"] for j in listed] == [db.running, db.completed, db.failed, db.due, db.later, db.cancelled]
     assert [j["status"] for j in listed] == ["running", "completed", "failed", "pending", "pending", "cancelled"]
-    failed = run_json(capsys, "jobs", "list", "--status", "failed", "--db", str(db.path))
+    failed = run_json(capsys, "jobs", "list", "--status", "failed", *db.args)
     assert [j["id"] for j in failed] == [db.failed]
     assert failed[0]["error"]["tag"] == "retry_exhausted" and "no greeting for fail" in failed[0]["error"]["message"]
-    code, out, _ = run(capsys, "jobs", "list", "--status", "pending", "--db", str(db.path))
+    code, out, _ = run(capsys, "jobs", "list", "--status", "pending", *db.args)
     assert code == 0
     rows = out.splitlines()
     assert rows[0].split()[:4] == ["ID", "NAME", "STATUS", "ATTEMPTS"]
     assert [r.split()[0] for r in rows[1:]] == [db.due, db.later]
-    code, out, _ = run(capsys, "jobs", "list", "--status", "failed", "--db", str(db.path))
+    code, out, _ = run(capsys, "jobs", "list", "--status", "failed", *db.args)
     assert re.search(r"retry_exhausted: gave up after 1 attempt\(s\): RuntimeError: …$", out, re.M)  # clipped
-    assert run_json(capsys, "jobs", "list", "--name", "other", "--db", str(db.path)) == []
-    code, _, err = run(capsys, "jobs", "list", "--status", "bogus", "--db", str(db.path))
+    assert run_json(capsys, "jobs", "list", "--name", "other", *db.args) == []
+    code, _, err = run(capsys, "jobs", "list", "--status", "bogus", *db.args)
     assert code == ExitCode.USAGE and "invalid choice: 'bogus'" in err
 
 
 def test_jobs_show_params_result_and_error(capsys: pytest.CaptureFixture[str], db: Built) -> None:
-    done = run_json(capsys, "jobs", "show", db.completed, "--db", str(db.path))
+    done = run_json(capsys, "jobs", "show", db.completed, *db.args)
     assert (done["status"], done["params"], done["result"]) == ("completed", {"name": "Ada"}, {"text": "Hello, Ada!"})
-    running = run_json(capsys, "jobs", "show", db.running, "--db", str(db.path))
+    running = run_json(capsys, "jobs", "show", db.running, *db.args)
     assert running["worker_id"] == OTHER_WORKER and running["lease_expires_at"] == "2026-01-01T00:10:00.000Z"
-    code, out, _ = run(capsys, "jobs", "show", db.failed, "--db", str(db.path))
+    code, out, _ = run(capsys, "jobs", "show", db.failed, *db.args)
     assert code == 0
     assert re.search(r"^status\s+failed$", out, re.M)
     assert re.search(r"^attempts\s+1 of 1$", out, re.M)
     assert re.search(r'^params\s+\{"name":"fail"\}$', out, re.M)
     assert re.search(r"^error\s+retry_exhausted: .*no greeting for fail", out, re.M)
-    code, out, err = run(capsys, "jobs", "show", "no-such-id", "--db", str(db.path))
+    code, out, err = run(capsys, "jobs", "show", "no-such-id", *db.args)
     assert (code, out, err) == (ExitCode.NOT_FOUND, "", "djobs: no job with id 'no-such-id' is stored\n")
 
 
 def test_jobs_cancel(capsys: pytest.CaptureFixture[str], db: Built) -> None:
-    path = str(db.path)
-    code, out, _ = run(capsys, "jobs", "cancel", db.due, "--db", path)
+    path = db.args
+    code, out, _ = run(capsys, "jobs", "cancel", db.due, *path)
     assert (code, out) == (0, f"job {db.due} (greet): cancelled\n")
-    assert job_row(db.path, db.due)["status"] == "cancelled"
+    assert job_row(db, db.due)["status"] == "cancelled"
     # Running in another process: its worker stops it at the next renewal.
-    assert run_json(capsys, "jobs", "cancel", db.running, "--db", path) == {
+    assert run_json(capsys, "jobs", "cancel", db.running, *path) == {
         "job_id": db.running,
         "status": "running",
         "cancel_requested": True,
         "cancelled": True,
     }
-    assert job_row(db.path, db.running)["cancel_requested"] == 1
-    code, out, _ = run(capsys, "jobs", "cancel", db.cancelled, "--db", path)
+    assert job_row(db, db.running)["cancel_requested"] == 1
+    code, out, _ = run(capsys, "jobs", "cancel", db.cancelled, *path)
     assert (code, out) == (0, f"job {db.cancelled} (greet): already cancelled\n")
-    code, out, _ = run(capsys, "jobs", "cancel", db.completed, "--db", path)
+    code, out, _ = run(capsys, "jobs", "cancel", db.completed, *path)
     assert (code, out) == (ExitCode.FAILED, f"job {db.completed} (greet): not cancelled: it had already completed\n")
-    assert job_row(db.path, db.completed)["status"] == "completed"
-    assert run(capsys, "jobs", "cancel", "nope", "--db", path)[0] == ExitCode.NOT_FOUND
+    assert job_row(db, db.completed)["status"] == "completed"
+    assert run(capsys, "jobs", "cancel", "nope", *path)[0] == ExitCode.NOT_FOUND
 
 
 def test_jobs_retry(capsys: pytest.CaptureFixture[str], db: Built) -> None:
-    path = str(db.path)
-    code, out, _ = run(capsys, "jobs", "retry", db.failed, "--db", path)
+    path = db.args
+    code, out, _ = run(capsys, "jobs", "retry", db.failed, *path)
     assert (code, out) == (0, f"job {db.failed} (greet): pending again, due now, 1 attempt(s)\n")
-    row = job_row(db.path, db.failed)
+    row = job_row(db, db.failed)
     assert (row["status"], row["attempt_count"], row["error"], row["scheduled_for"]) == (
         "pending",
         0,
         None,
         AT_5M.at_ms,
     )
-    code, out, err = run(capsys, "jobs", "retry", db.due, "--db", path)
+    code, out, err = run(capsys, "jobs", "retry", db.due, *path)
     assert (code, out) == (ExitCode.FAILED, "")
     assert "is pending; only a failed or cancelled job can be retried" in err
-    assert run_json(capsys, "jobs", "retry", db.cancelled, "--db", path)["status"] == "pending"
-    assert run(capsys, "jobs", "retry", "nope", "--db", path)[0] == ExitCode.NOT_FOUND
+    assert run_json(capsys, "jobs", "retry", db.cancelled, *path)["status"] == "pending"
+    assert run(capsys, "jobs", "retry", "nope", *path)[0] == ExitCode.NOT_FOUND
 
 
 def test_cron_list(capsys: pytest.CaptureFixture[str], db: Built) -> None:
-    [cron] = run_json(capsys, "cron", "list", "--db", str(db.path))
+    [cron] = run_json(capsys, "cron", "list", *db.args)
     assert cron == {
         "name": "nightly",
         "job_name": "greet",
@@ -442,7 +466,7 @@ def test_cron_list(capsys: pytest.CaptureFixture[str], db: Built) -> None:
         "last_job_id": None,
         "tenant_id": None,
     }
-    code, out, _ = run(capsys, "cron", "list", "--db", str(db.path))
+    code, out, _ = run(capsys, "cron", "list", *db.args)
     assert code == 0 and re.search(r"nightly\s+greet\s+0 3 \* \* \*\s+UTC\s+yes\s+2026-01-01 03:00:00Z", out)
 
 
@@ -450,7 +474,6 @@ def test_cron_list(capsys: pytest.CaptureFixture[str], db: Built) -> None:
 
 
 def test_enqueue_validates_and_prints_the_id(capsys: pytest.CaptureFixture[str], db: Built) -> None:
-    path = str(db.path)
     code, out, err = run(
         capsys,
         "enqueue",
@@ -461,14 +484,13 @@ def test_enqueue_validates_and_prints_the_id(capsys: pytest.CaptureFixture[str],
         "1 hour",
         "--priority",
         "5",
-        "--db",
-        path,
+        *db.args,
     )
     assert code == 0, err
     job_id = out.strip()
     assert re.fullmatch(r"[0-9a-f-]{36}", job_id)
     assert "due 2026-01-01 01:05:00Z" in err
-    row = job_row(db.path, job_id)
+    row = job_row(db, job_id)
     assert (row["status"], row["params"], row["scheduled_for"], row["priority"]) == (
         "pending",
         b'{"name":"Zoe"}',
@@ -485,8 +507,7 @@ def test_enqueue_validates_and_prints_the_id(capsys: pytest.CaptureFixture[str],
         "2026-02-01T09:00Z",
         "--tenant",
         "acme",
-        "--db",
-        path,
+        *db.args,
     )
     assert (info["status"], info["tenant_id"], info["scheduled_for"]) == ("pending", "acme", "2026-02-01T09:00:00Z")
 
@@ -505,10 +526,10 @@ def test_enqueue_refuses_bad_input(
     capsys: pytest.CaptureFixture[str], db: Built, argv: list[str], message: str
 ) -> None:
     argv = ["--params", '{"name": "x"}', *argv] if argv[0] != "--params" else argv
-    code, out, err = run(capsys, "enqueue", HERE + "greeter", *argv, "--db", str(db.path))
+    code, out, err = run(capsys, "enqueue", HERE + "greeter", *argv, *db.args)
     assert (code, out) == (ExitCode.USAGE, "")
     assert message in err and "Traceback" not in err
-    assert run_json(capsys, "status", "--db", str(db.path))["jobs"]["pending"] == 2  # nothing stored
+    assert run_json(capsys, "status", *db.args)["jobs"]["pending"] == 2  # nothing stored
 
 
 @pytest.mark.parametrize(
@@ -521,7 +542,7 @@ def test_enqueue_refuses_bad_input(
     ],
 )
 def test_enqueue_refuses_bad_targets(capsys: pytest.CaptureFixture[str], db: Built, target: str, message: str) -> None:
-    code, _, err = run(capsys, "enqueue", target, "--db", str(db.path))
+    code, _, err = run(capsys, "enqueue", target, *db.args)
     assert code == ExitCode.USAGE and message in err
 
 
@@ -529,21 +550,19 @@ def test_enqueue_never_claims_an_alarm(capsys: pytest.CaptureFixture[str], db: B
     # At 01:00 every alarm is due; an engine's sleeper would claim them (and, without a
     # handler, leave them claimed for minutes). The CLI's client-only engine must not.
     later = FixedClock(T0_MS + 60 * MINUTE)
-    code, _, err = run(
-        capsys, "enqueue", HERE + "greeter", "--params", '{"name": "x"}', "--db", str(db.path), clock=later
-    )
+    code, _, err = run(capsys, "enqueue", HERE + "greeter", "--params", '{"name": "x"}', *db.args, clock=later)
     assert code == 0, err
-    assert run_json(capsys, "status", "--db", str(db.path), clock=later)["alarms"]["due"] == 3
+    assert run_json(capsys, "status", *db.args, clock=later)["alarms"]["due"] == 3
 
 
 # -- batch -------------------------------------------------------------------------------------------
 
 
 def test_batch_runs_each_line_and_reports_failures(capsys: pytest.CaptureFixture[str], db: Built) -> None:
-    params = db.path.parent / "people.jsonl"
+    params = db.tmp / "people.jsonl"
     params.write_text('{"name": "Ann"}\n\n{"name": "fail"}\n{"name": "Ben"}\n')
     code, out, err = run(
-        capsys, "batch", HERE + "greeter", "--params-file", str(params), "--concurrency", "2", "--db", str(db.path)
+        capsys, "batch", HERE + "greeter", "--params-file", str(params), "--concurrency", "2", *db.args
     )
     assert code == ExitCode.FAILED
     assert out.startswith("3 job(s): 2 completed, 1 failed\n")
@@ -552,15 +571,15 @@ def test_batch_runs_each_line_and_reports_failures(capsys: pytest.CaptureFixture
     assert err.endswith("greet [" + "#" * 30 + "] 3/3 100% (1 failed)\n")  # stderr is no terminal: final line only
     correlation = re.search(r"correlation id (batch-[0-9a-f]+)", err)
     assert correlation is not None
-    rows = run_json(capsys, "jobs", "list", "--correlation-id", correlation.group(1), "--db", str(db.path))
+    rows = run_json(capsys, "jobs", "list", "--correlation-id", correlation.group(1), *db.args)
     assert sorted(r["status"] for r in rows) == ["completed", "completed", "failed"]
 
 
 def test_batch_json_and_all_completed(capsys: pytest.CaptureFixture[str], db: Built) -> None:
-    params = db.path.parent / "two.jsonl"
+    params = db.tmp / "two.jsonl"
     params.write_text('{"name": "Ann"}\n{"name": "Ben"}\n')
     code, out, err = run(
-        capsys, "batch", HERE + "greeter", "--params-file", str(params), "--json", "--no-progress", "--db", str(db.path)
+        capsys, "batch", HERE + "greeter", "--params-file", str(params), "--json", "--no-progress", *db.args
     )
     assert code == 0, err
     runs = json.loads(out)
@@ -572,14 +591,14 @@ def test_batch_json_and_all_completed(capsys: pytest.CaptureFixture[str], db: Bu
 
 
 def test_batch_refuses_a_bad_line_before_running_anything(capsys: pytest.CaptureFixture[str], db: Built) -> None:
-    params = db.path.parent / "bad.jsonl"
+    params = db.tmp / "bad.jsonl"
     params.write_text('{"name": "Ann"}\n{"nom": "Ben"}\n')
-    code, out, err = run(capsys, "batch", HERE + "greeter", "--params-file", str(params), "--db", str(db.path))
+    code, out, err = run(capsys, "batch", HERE + "greeter", "--params-file", str(params), *db.args)
     assert (code, out) == (ExitCode.USAGE, "")
     assert "bad.jsonl, line 2, does not match Greet: Object missing required field `name`" in err
-    assert run_json(capsys, "status", "--db", str(db.path))["jobs"]["completed"] == 1  # nothing ran
+    assert run_json(capsys, "status", *db.args)["jobs"]["completed"] == 1  # nothing ran
     code, _, err = run(
-        capsys, "batch", HERE + "greeter", "--params-file", str(params.parent / "missing.jsonl"), "--db", str(db.path)
+        capsys, "batch", HERE + "greeter", "--params-file", str(params.parent / "missing.jsonl"), *db.args
     )
     assert code == ExitCode.USAGE and "cannot read --params-file" in err
 
@@ -587,11 +606,11 @@ def test_batch_refuses_a_bad_line_before_running_anything(capsys: pytest.Capture
 def test_batch_on_a_terminal_follows_its_rows_live(
     capsys: pytest.CaptureFixture[str], db: Built, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    params = db.path.parent / "many.jsonl"
+    params = db.tmp / "many.jsonl"
     params.write_text("".join(f'{{"name": "p{i}"}}\n' for i in range(20)))
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     code, out, err = run(
-        capsys, "batch", HERE + "greeter", "--params-file", str(params), "--concurrency", "4", "--db", str(db.path)
+        capsys, "batch", HERE + "greeter", "--params-file", str(params), "--concurrency", "4", *db.args
     )
     assert code == 0, err
     assert out == "20 job(s): 20 completed\n"
@@ -621,6 +640,8 @@ def test_inspector_is_found_for_sqlite_and_for_storages_that_implement_it() -> N
         async def summary(self, now: int) -> Any: ...
         async def instances(self, where: Any) -> Any: ...
         async def job_counts(self, correlation_id: str | None = None) -> Any: ...
+        async def job_counts_by_name(self) -> Any: ...
+        async def finished_per_minute(self, since: int, until: int) -> Any: ...
 
     own = Own()
     assert isinstance(own, Inspector) and inspector(own) is own  # type: ignore[arg-type]
@@ -777,7 +798,9 @@ def test_the_guide_documents_every_exit_code() -> None:
 def test_the_default_db_comes_from_the_environment(
     capsys: pytest.CaptureFixture[str], db: Built, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("DJOBS_DB", str(db.path))
+    monkeypatch.setenv("DJOBS_DB", db.args[1])
+    if len(db.args) > 2:
+        monkeypatch.setenv("DJOBS_SCHEMA", db.args[3])
     assert run_json(capsys, "jobs", "show", db.due)["id"] == db.due
 
 
@@ -785,22 +808,142 @@ def test_the_default_db_comes_from_the_environment(
 
 
 def test_instances_pause_and_resume_a_continuous_instance(capsys: pytest.CaptureFixture[str], db: Built) -> None:
-    path = str(db.path)
-    paused = run_json(capsys, "instances", "pause", HERE + "refresher", "user-2", "--db", path)
+    path = db.args
+    paused = run_json(capsys, "instances", "pause", HERE + "refresher", "user-2", *path)
     assert paused == {"status": "stopped", "run_count": 1, "next_run_at": None}
-    shown = run_json(capsys, "instances", "show", "refresher:user-2", "--db", path)
+    shown = run_json(capsys, "instances", "show", "refresher:user-2", *path)
     assert shown["status"] == "stopped" and shown["alarm"] is None
     # Resumed at 00:05: the next fire time of every 30 minutes after now.
-    code, out, err = run(capsys, "instances", "resume", HERE + "refresher", "user-2", "--db", path)
+    code, out, err = run(capsys, "instances", "resume", HERE + "refresher", "user-2", *path)
     assert code == 0, err
     assert out == "refresher:user-2 running, next run 2026-01-01 00:35:00Z\n"
-    shown = run_json(capsys, "instances", "show", "refresher:user-2", "--db", path)
+    shown = run_json(capsys, "instances", "show", "refresher:user-2", *path)
     assert shown["status"] == "running" and shown["alarm"]["fire_at"] == "2026-01-01T00:35:00.000Z"
 
 
 def test_instances_pause_refuses_what_it_cannot_find(capsys: pytest.CaptureFixture[str], db: Built) -> None:
-    path = str(db.path)
-    code, out, err = run(capsys, "instances", "pause", HERE + "refresher", "nobody", "--db", path)
+    path = db.args
+    code, out, err = run(capsys, "instances", "pause", HERE + "refresher", "nobody", *path)
     assert (code, out) == (ExitCode.NOT_FOUND, "") and "nobody" in err
-    code, _, err = run(capsys, "instances", "pause", HERE + "greeter", "user-2", "--db", path)
+    code, _, err = run(capsys, "instances", "pause", HERE + "greeter", "user-2", *path)
     assert code == ExitCode.USAGE and "not a djobs.Continuous" in err
+
+
+# -- every storage: tenants, cron actions, purge --------------------------------------------------
+
+
+def layer_of(db: Built) -> StorageLayer:
+    return storage_layer(db.args[1], db.args[3] if len(db.args) > 2 else "djobs")
+
+
+def test_tenant_keys_print_readably_filter_and_show(capsys: pytest.CaptureFixture[str], db: Built) -> None:
+    async def add_tenant_instance() -> None:
+        async with open_test_engine([refresher], storage=layer_of(db), worker=None) as engine:
+            client = engine.client.for_tenant("acme").continuous(refresher)
+            success(await client.start(id="user-9", input=Tokens("t-9")))
+
+    trio.run(add_tenant_instance, clock=trio.testing.MockClock(autojump_threshold=0))
+    code, out, err = run(capsys, "instances", "list", "--tenant", "acme", *db.args)
+    assert code == 0, err
+    printed = out.splitlines()[1].split()[0]
+    assert printed == "continuous:refresher:acme\u241fuser-9"  # the unit separator as its visible symbol
+    assert not any(ord(c) < 32 for c in out.replace("\n", ""))
+    # What list prints, show accepts (whole, or without the kind).
+    shown = run_json(capsys, "instances", "show", printed, *db.args)
+    assert (shown["tenant_id"], shown["instance_id"], shown["state"]) == ("acme", "user-9", {"token": "t-9", "runs": 0})
+    assert run_json(capsys, "instances", "show", "refresher:acme\u241fuser-9", *db.args)["key"] == shown["key"]
+    code, out, _ = run(capsys, "instances", "show", printed, *db.args)
+    assert re.search(r"^tenant\s+acme$", out, re.M) and "\x1f" not in out
+    assert [i["tenant_id"] for i in run_json(capsys, "instances", "list", *db.args)].count("acme") == 1
+    assert run_json(capsys, "instances", "list", "--tenant", "other", *db.args) == []
+
+
+def test_cron_enable_disable_and_run_now(capsys: pytest.CaptureFixture[str], db: Built) -> None:
+    code, out, _ = run(capsys, "cron", "disable", "nightly", *db.args)
+    assert (code, out) == (0, "cron job nightly: disabled\n")
+    assert run_json(capsys, "cron", "list", *db.args)[0]["enabled"] is False
+    code, _, err = run(capsys, "cron", "run-now", "nightly", *db.args)
+    assert code == ExitCode.FAILED and "is disabled; enable it first" in err
+    # Enabled again at 04:00: the next fire is tomorrow's 03:00, not a run for the time missed.
+    at_4h = FixedClock(T0_MS + 240 * MINUTE)
+    enabled = run_json(capsys, "cron", "enable", "nightly", *db.args, clock=at_4h)
+    assert (enabled["enabled"], enabled["next_run_at"]) == (True, "2026-01-02T03:00:00Z")
+    assert run(capsys, "cron", "enable", "nobody", *db.args)[0] == ExitCode.NOT_FOUND
+    # Run now: due at once; an engine's cron task enqueues the job, then goes on with the schedule.
+    code, out, _ = run(capsys, "cron", "run-now", "nightly", *db.args)
+    assert code == 0 and "due now" in out
+    assert run_json(capsys, "cron", "list", *db.args)[0]["next_run_at"] == "2026-01-01T00:05:00Z"
+
+    async def engine_fires() -> tuple[str | None, list[str]]:
+        start = datetime(2026, 1, 1, 0, 5, tzinfo=UTC)
+        async with open_test_engine([greeter, nightly], storage=layer_of(db), start=start) as engine:
+            await trio.sleep(2)
+            await engine.wait_idle()
+            [cron] = success(await engine.client.crons.list())
+            jobs = success(await engine.client.jobs.list(correlation_id="cron:nightly"))
+        assert cron.next_run_at is not None
+        return cron.last_job_id, [cron.next_run_at.isoformat(), *(j.status for j in jobs)]
+
+    last_job, seen = trio.run(engine_fires, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert last_job is not None
+    assert seen == ["2026-01-01T03:00:00+00:00", "completed"]
+
+
+def test_jobs_purge_deletes_old_finished_jobs_only(capsys: pytest.CaptureFixture[str], db: Built) -> None:
+    # Finished at 00:00: nothing is older than an hour at 00:05.
+    assert run_json(capsys, "jobs", "purge", "--older-than", "1 hour", *db.args)["deleted"] == 0
+    later = FixedClock(T0_MS + 3 * 60 * MINUTE)
+    code, out, _ = run(capsys, "jobs", "purge", "--older-than", "1 hour", *db.args, clock=later)
+    assert (code, out) == (0, "deleted 1 job(s) (completed) that finished more than 1 hour ago\n")
+    purged = run_json(
+        capsys,
+        "jobs",
+        "purge",
+        "--older-than",
+        "1h",
+        "--status",
+        "failed",
+        "--status",
+        "cancelled",
+        *db.args,
+        clock=later,
+    )
+    assert purged["deleted"] == 2
+    left = run_json(capsys, "jobs", "list", *db.args)
+    assert sorted(j["status"] for j in left) == ["pending", "pending", "running"]  # never pending or running
+    code, _, err = run(capsys, "jobs", "purge", "--older-than", "soon", *db.args)
+    assert code == ExitCode.USAGE and "older-than" in err
+    code, _, err = run(capsys, "jobs", "purge", "--older-than", "1h", "--status", "pending", *db.args)
+    assert code == ExitCode.USAGE and "invalid choice" in err
+
+
+def test_client_purge_with_tenants_and_idempotency_keys(db: Built) -> None:
+    async def scenario() -> None:
+        async with open_test_engine([greeter], storage=layer_of(db)) as engine:
+            acme = engine.client.for_tenant("acme")
+            first = success(await acme.job(greeter).later(Greet("A"), idempotency_key="k1"))
+            success(await engine.client.job(greeter).later(Greet("B")))
+            await trio.sleep(1)
+            await engine.wait_idle()
+            bad = failure(await engine.client.jobs.purge(older_than="1s", status="pending"))
+            assert isinstance(bad, djobs.ValidationError) and "never purged" in bad.message
+            await trio.sleep(3600)
+            assert success(await acme.jobs.purge(older_than="30 minutes")) == 1  # acme's only
+            assert success(await engine.client.jobs.purge(older_than="30 minutes", status=["completed"])) >= 1
+            # The idempotency key went with its job: the same key enqueues anew.
+            again = success(await acme.job(greeter).later(Greet("A"), idempotency_key="k1"))
+            assert again != first
+
+    trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_postgres_databases_that_must_not_be_used(capsys: pytest.CaptureFixture[str]) -> None:
+    dsn = require_postgres()
+    code, out, err = run(capsys, "status", "--db", dsn, "--schema", "djobs_no_such_schema_here")
+    assert (code, out) == (ExitCode.DATABASE, "")
+    assert "no schema 'djobs_no_such_schema_here'" in err and "Traceback" not in err
+    secret = "postgresql://nobody:hunter2@127.0.0.1:1/none?connect_timeout=2"
+    code, _, err = run(capsys, "jobs", "list", "--db", secret)
+    assert code == ExitCode.DATABASE and "hunter2" not in err and "127.0.0.1:1" in err
+    code, _, err = run(capsys, "status", "--db", dsn, "--schema", "Bad-Name")
+    assert code == ExitCode.USAGE and "schema" in err

@@ -29,7 +29,8 @@ Run and inspect djobs: durable background jobs for Trio applications.
 
 _EPILOG = """\
 exit codes: 0 ok, 1 failed, 2 usage, 3 database unusable or missing, 4 not found, 130 interrupted.
---db defaults to $DJOBS_DB, else djobs.db; commands other than `worker` never create a database."""
+--db is a SQLite file or a PostgreSQL DSN (with --schema); it defaults to $DJOBS_DB, else djobs.db.
+Commands other than `worker` never create a database."""
 
 
 def _positive(text: str) -> int:
@@ -40,6 +41,14 @@ def _positive(text: str) -> int:
     if not 1 <= value <= 10_000:
         raise argparse.ArgumentTypeError(f"expected a number from 1 to 10000, got {value}")
     return value
+
+
+def _schema_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--schema",
+        default=os.environ.get("DJOBS_SCHEMA", "djobs"),
+        help="the PostgreSQL schema djobs's tables are in (default: $DJOBS_SCHEMA, else djobs); ignored for SQLite",
+    )
 
 
 def _djobs_version() -> str:
@@ -54,10 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     db = argparse.ArgumentParser(add_help=False)
     db.add_argument(
         "--db",
-        metavar="PATH",
+        metavar="PATH_OR_DSN",
         default=os.environ.get("DJOBS_DB", "djobs.db"),
-        help="the SQLite database file (default: $DJOBS_DB, else djobs.db)",
+        help="a SQLite file, or a PostgreSQL DSN such as postgresql://user@host/db (default: $DJOBS_DB, else djobs.db)",
     )
+    _schema_option(db)
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     common = [db, as_json]
@@ -102,10 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("list", _read.instances_list, "list instances in key order", common, sub)
     p.add_argument("--kind", choices=_read.INSTANCE_KINDS)
     p.add_argument("--name", help="only this job's instances")
+    p.add_argument("--tenant", help="only this tenant's instances")
+    p.add_argument("--status", help="only instances with this status (e.g. running, failed, terminated)")
     p.add_argument("--after", metavar="KEY", help="start after this key (the next page)")
     p.add_argument("--limit", type=_positive, default=50, help="at most this many (default 50)")
     p = command("show", _read.instances_show, "one instance: state, alarm, lease, counters", common, sub)
-    p.add_argument("key", metavar="KEY", help="kind:name:id, or name:id when only one kind has it")
+    p.add_argument(
+        "key", metavar="KEY", help="kind:name:id (as `instances list` prints it), or name:id when only one kind has it"
+    )
     for name, run, help in (
         ("pause", _run.pause, "take a continuous instance off its schedule (status stopped, state kept)"),
         ("resume", _run.resume, "put a paused continuous instance back on, at its next fire time after now"),
@@ -115,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("id", metavar="ID", help="the instance id")
         p.add_argument("--tenant", help="the tenant the instance belongs to")
 
-    jobs = command("jobs", None, "list, show, cancel or retry queued jobs")
+    jobs = command("jobs", None, "list, show, cancel, retry or purge queued jobs")
     sub = jobs.add_subparsers(title="commands", metavar="COMMAND", required=True)
     p = command("list", _read.jobs_list, "list queued jobs, oldest first", common, sub)
     p.add_argument("--status", choices=JOB_STATUSES)
@@ -130,20 +144,50 @@ def build_parser() -> argparse.ArgumentParser:
         ("retry", _read.jobs_retry, "run a failed or cancelled job again, with a fresh attempt budget"),
     ):
         command(name, run, help, common, sub).add_argument("id", metavar="ID")
+    p = command(
+        "purge", _read.jobs_purge, "delete jobs that finished long ago (never pending or running ones)", common, sub
+    )
+    p.add_argument(
+        "--older-than", required=True, metavar="DURATION", help='finished more than this long ago, e.g. "7 days"'
+    )
+    p.add_argument(
+        "--status",
+        action="append",
+        choices=("completed", "failed", "cancelled"),
+        help="delete jobs with this status; repeat for several (default: completed)",
+    )
+    p.add_argument("--tenant", help="only this tenant's jobs")
 
-    crons = command("cron", None, "list cron jobs")
+    crons = command("cron", None, "list, enable, disable or run cron jobs")
     sub = crons.add_subparsers(title="commands", metavar="COMMAND", required=True)
     command("list", _read.cron_list, "every stored cron job with its next and last run", common, sub)
+    for name, run, help in (
+        ("enable", _read.cron_enable, "fire again, from the next fire time after now"),
+        ("disable", _read.cron_disable, "stop firing in every engine until enabled"),
+        ("run-now", _read.cron_run_now, "make the next fire due now (a running engine enqueues it at its next poll)"),
+    ):
+        command(name, run, help, common, sub).add_argument("name", metavar="NAME")
+
+    p = command("dashboard", _run.dashboard, "serve the web dashboard (and /metrics) over the database", [db])
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="the port to listen on (default 8000)")
+    p.add_argument(
+        "--token",
+        help="an access token (8+ characters) that allows actions after logging in; without one the dashboard "
+        "is read-only (default: $DJOBS_DASHBOARD_TOKEN)",
+    )
 
     def job_options(p: argparse.ArgumentParser, *, own_engine: bool) -> None:
         p.add_argument("target", metavar="MODULE:JOB", help="the djobs.Job, e.g. jobs_app:send_greeting")
         where = p.add_mutually_exclusive_group()
         where.add_argument(
             "--db",
-            metavar="PATH",
+            metavar="PATH_OR_DSN",
             default=os.environ.get("DJOBS_DB", "djobs.db"),
-            help="the database, opened by a client-only engine (default: $DJOBS_DB, else djobs.db)",
+            help="the SQLite file or PostgreSQL DSN, opened by a client-only engine "
+            "(default: $DJOBS_DB, else djobs.db)",
         )
+        _schema_option(p)
         if own_engine:
             where.add_argument(
                 "--engine",

@@ -1,26 +1,30 @@
 """The commands that look at a database: status, instances, jobs, cron.
 
-They open the file with `open_existing`: never created, never migrated, and
-read-only except for ``jobs cancel`` and ``jobs retry``, which change one row
-through the storage's own queue methods (the same statements an engine's
-client uses). A worker in another process sees a retried job at its next poll
-and a cancel of a job it runs at its next lease renewal.
+They open a SQLite file or a PostgreSQL schema with `open_existing`: never
+created, never migrated, and read-only except for the actions (``jobs cancel``,
+``jobs retry``, ``jobs purge``, ``cron enable | disable | run-now``), which
+change rows through the storage's own queue methods (see `_actions`). Keys
+print with control characters as visible symbols (a tenant's ``␟``), and
+``instances show`` reads them back.
 """
 
 from __future__ import annotations
 
 import argparse
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import msgspec
+from returns.result import Success
 
 from .._clock import Clock
-from .._worker import CANCELLED_ERROR
+from .._durations import parse_duration, to_ms
 from ..kinds._cron import _info as cron_info
 from ..kinds._job import job_info
-from ..storage import JobFilter, JobRecord, SqliteStorage
-from ..storage._inspect import InstanceFilter, InstanceView, inspector, open_existing
-from ..storage._sqlite import SCHEMA_VERSION
+from ..storage import JobFilter, JobRecord
+from ..storage._inspect import Inspector, InstanceFilter, InstanceView, Opened, open_existing
+from . import _actions
+from ._actions import printable
 from ._exit import CommandError, ExitCode
 from ._output import fields, iso, note, print_json, relative, span, table, when, when_relative
 
@@ -52,20 +56,25 @@ def _indented(text: str) -> str:
     return "\n".join("  " + line for line in text.splitlines())
 
 
+def _open(args: argparse.Namespace, *, write: bool = False) -> AbstractAsyncContextManager[Opened]:
+    """The database ``--db`` (a SQLite path or a PostgreSQL DSN) and ``--schema`` name, opened as it is."""
+    return open_existing(args.db, schema=args.schema, write=write)
+
+
 # -- status ------------------------------------------------------------------------------
 
 
 async def status(args: argparse.Namespace, clock: Clock) -> ExitCode:
     """``djobs status``: instances, alarms, queue, oldest pending job, leases."""
     now = clock.now_ms()
-    with open_existing(args.db) as storage:
-        s = await inspector(storage).summary(now)
+    async with _open(args) as db:
+        s = await db.inspect.summary(now)
     oldest = s.oldest_pending
     if args.json:
         print_json(
             {
-                "database": storage.path,
-                "schema_version": SCHEMA_VERSION,
+                "database": db.where,
+                "schema_version": db.schema_version,
                 "now": iso(now),
                 "instances": s.instances,
                 "alarms": {
@@ -88,7 +97,7 @@ async def status(args: argparse.Namespace, clock: Clock) -> ExitCode:
             }
         )
         return ExitCode.OK
-    out = [fields([("database", f"{storage.path} (schema {SCHEMA_VERSION})"), ("now", when(now))]), ""]
+    out = [fields([("database", f"{db.where}, djobs schema {db.schema_version}"), ("now", when(now))]), ""]
     out.append("Instances")
     if s.instances:
         rows = [[c.kind, c.name, c.status, c.count] for c in s.instances]
@@ -170,10 +179,19 @@ def _instance_json(view: InstanceView, now: int) -> dict[str, Any]:
 async def instances_list(args: argparse.Namespace, clock: Clock) -> ExitCode:
     """``djobs instances list``: stored instances in key order."""
     now = clock.now_ms()
+    after = None if args.after is None else _actions.key_candidates(args.after)[-1]
     # The table shows no state: it is not read (a page of large states would be).
-    where = InstanceFilter(kind=args.kind, name=args.name, after=args.after, limit=args.limit, payloads=args.json)
-    with open_existing(args.db) as storage:
-        views = await inspector(storage).instances(where)
+    where = InstanceFilter(
+        kind=args.kind,
+        name=args.name,
+        tenant_id=args.tenant,
+        status=args.status,
+        after=after,
+        limit=args.limit,
+        payloads=args.json,
+    )
+    async with _open(args) as db:
+        views = await db.inspect.instances(where)
     if args.json:
         print_json([_instance_json(v, now) for v in views])
         return ExitCode.OK
@@ -182,7 +200,7 @@ async def instances_list(args: argparse.Namespace, clock: Clock) -> ExitCode:
         return ExitCode.OK
     rows = [
         [
-            v.record.key,
+            printable(v.record.key),
             v.record.status,
             v.record.run_count,
             v.record.event_count,
@@ -193,15 +211,15 @@ async def instances_list(args: argparse.Namespace, clock: Clock) -> ExitCode:
     ]
     print(table(["KEY", "STATUS", "RUNS", "EVENTS", "ALARM", "UPDATED"], rows, right=[2, 3]))
     if len(views) == args.limit:
-        note(f"showing the first {args.limit}; see more with --after {views[-1].record.key!r}")
+        note(f"showing the first {args.limit}; see more with --after {printable(views[-1].record.key)!r}")
     return ExitCode.OK
 
 
 async def instances_show(args: argparse.Namespace, clock: Clock) -> ExitCode:
     """``djobs instances show KEY``: one instance's state, alarm, lease and counters."""
     now = clock.now_ms()
-    with open_existing(args.db) as storage:
-        view = await _find_instance(storage, args.key)
+    async with _open(args) as db:
+        view = await _find_instance(db.inspect, args.key)
     if args.json:
         print_json(_instance_json(view, now))
         return ExitCode.OK
@@ -218,12 +236,12 @@ async def instances_show(args: argparse.Namespace, clock: Clock) -> ExitCode:
     print(
         fields(
             [
-                ("key", r.key),
+                ("key", printable(r.key)),
                 ("kind", r.kind),
                 ("name", r.name),
-                ("id", r.instance_id),
+                ("id", printable(r.instance_id)),
                 ("status", r.status),
-                ("tenant", r.tenant_id),
+                ("tenant", None if r.tenant_id is None else printable(r.tenant_id)),
                 ("runs", r.run_count),
                 ("attempt", r.attempt),
                 ("events", r.event_count),
@@ -245,20 +263,24 @@ async def instances_show(args: argparse.Namespace, clock: Clock) -> ExitCode:
     return ExitCode.OK
 
 
-async def _find_instance(storage: SqliteStorage, key: str) -> InstanceView:
-    """The instance stored under `key`, or under ``{kind}:{key}`` for a key given as ``name:id``."""
-    inspect = inspector(storage)
-    found = await inspect.instances(InstanceFilter(key=key, limit=1))
-    if found:
-        return found[0]
+async def _find_instance(inspect: Inspector, key: str) -> InstanceView:
+    """The instance stored under `key` (as printed, control characters shown as symbols),
+    or under ``{kind}:{key}`` for a key given as ``name:id``."""
+    for candidate in _actions.key_candidates(key):
+        found = await inspect.instances(InstanceFilter(key=candidate, limit=1))
+        if found:
+            return found[0]
     if key.partition(":")[0] not in INSTANCE_KINDS:
         candidates = [
-            v for kind in INSTANCE_KINDS for v in await inspect.instances(InstanceFilter(key=f"{kind}:{key}", limit=1))
+            v
+            for kind in INSTANCE_KINDS
+            for candidate in _actions.key_candidates(f"{kind}:{key}")
+            for v in await inspect.instances(InstanceFilter(key=candidate, limit=1))
         ]
         if len(candidates) == 1:
             return candidates[0]
         if len(candidates) > 1:
-            keys = ", ".join(v.record.key for v in candidates)
+            keys = ", ".join(printable(v.record.key) for v in candidates)
             raise CommandError(f"{key!r} is ambiguous: it matches {keys}; give the whole key", ExitCode.USAGE)
     raise CommandError(
         f"no instance with key {key!r} is stored (a key is kind:name:id, e.g. continuous:tokenRefresher:user-123)",
@@ -301,8 +323,8 @@ async def jobs_list(args: argparse.Namespace, clock: Clock) -> ExitCode:
         limit=args.limit,
         payloads=args.json,  # the table shows no params or result: they are not read
     )
-    with open_existing(args.db) as storage:
-        records = await storage.list_jobs(where)
+    async with _open(args) as db:
+        records = await db.storage.list_jobs(where)
     if args.json:
         print_json([_job_json(r) for r in records])
         return ExitCode.OK
@@ -328,18 +350,11 @@ async def jobs_list(args: argparse.Namespace, clock: Clock) -> ExitCode:
     return ExitCode.OK
 
 
-async def _get_job(storage: SqliteStorage, job_id: str) -> JobRecord:
-    record = await storage.get_job(job_id)
-    if record is None:
-        raise CommandError(f"no job with id {job_id!r} is stored", ExitCode.NOT_FOUND)
-    return record
-
-
 async def jobs_show(args: argparse.Namespace, clock: Clock) -> ExitCode:
     """``djobs jobs show ID``: one queued job with its params, result or error."""
     now = clock.now_ms()
-    with open_existing(args.db) as storage:
-        r = await _get_job(storage, args.id)
+    async with _open(args) as db:
+        r = await _actions.get_job(db.storage, args.id)
     if args.json:
         print_json(_job_json(r))
         return ExitCode.OK
@@ -376,12 +391,8 @@ async def jobs_show(args: argparse.Namespace, clock: Clock) -> ExitCode:
 
 async def jobs_cancel(args: argparse.Namespace, clock: Clock) -> ExitCode:
     """``djobs jobs cancel ID``: a pending job never runs; a running one is stopped by its worker."""
-    with open_existing(args.db, write=True) as storage:
-        before = await _get_job(storage, args.id)
-        after = before
-        if before.status in ("pending", "running"):
-            changed = await storage.cancel_job(before.id, clock.now_ms(), CANCELLED_ERROR)
-            after = changed if changed is not None else before
+    async with _open(args, write=True) as db:
+        before, after = await _actions.cancel_job(db.storage, args.id, clock.now_ms())
     if after.status == "cancelled":
         outcome, code = ("cancelled" if before.status != "cancelled" else "already cancelled"), ExitCode.OK
     elif after.status == "running" and after.cancel_requested:
@@ -404,17 +415,8 @@ async def jobs_cancel(args: argparse.Namespace, clock: Clock) -> ExitCode:
 
 async def jobs_retry(args: argparse.Namespace, clock: Clock) -> ExitCode:
     """``djobs jobs retry ID``: a failed or cancelled job is pending again, due now, with fresh attempts."""
-    with open_existing(args.db, write=True) as storage:
-        before = await _get_job(storage, args.id)
-        if before.status not in ("failed", "cancelled"):
-            raise CommandError(
-                f"job {before.id} ({before.name}) is {before.status}; only a failed or cancelled job can be retried",
-                ExitCode.FAILED,
-            )
-        after = await storage.retry_job(before.id, clock.now_ms())
-    if after is None or after.status != "pending":
-        now_status = "gone" if after is None else after.status
-        raise CommandError(f"job {before.id} changed to {now_status} meanwhile; it was not retried", ExitCode.FAILED)
+    async with _open(args, write=True) as db:
+        after = await _actions.retry_job(db.storage, args.id, clock.now_ms())
     if args.json:
         print_json({"job_id": after.id, "status": after.status, "max_attempts": after.max_attempts})
     else:
@@ -428,8 +430,8 @@ async def jobs_retry(args: argparse.Namespace, clock: Clock) -> ExitCode:
 async def cron_list(args: argparse.Namespace, clock: Clock) -> ExitCode:
     """``djobs cron list``: every stored cron job with its next and last run."""
     now = clock.now_ms()
-    with open_existing(args.db) as storage:
-        records = await storage.list_cron_jobs()
+    async with _open(args) as db:
+        records = await db.storage.list_cron_jobs()
     if args.json:
         print_json([cron_info(r) for r in records])
         return ExitCode.OK
@@ -450,4 +452,59 @@ async def cron_list(args: argparse.Namespace, clock: Clock) -> ExitCode:
         for r in records
     ]
     print(table(["NAME", "JOB", "SCHEDULE", "TZ", "ENABLED", "NEXT RUN", "LAST RUN", "LAST JOB"], rows))
+    return ExitCode.OK
+
+
+async def cron_set(args: argparse.Namespace, clock: Clock, *, enabled: bool) -> ExitCode:
+    """``djobs cron enable | disable NAME``."""
+    async with _open(args, write=True) as db:
+        record = await _actions.set_cron_enabled(db.storage, args.name, enabled, clock.now_ms())
+    if args.json:
+        print_json(cron_info(record))
+    elif enabled:
+        print(f"cron job {record.name}: enabled, next run {when(record.next_run_at)}")
+    else:
+        print(f"cron job {record.name}: disabled")
+    return ExitCode.OK
+
+
+async def cron_enable(args: argparse.Namespace, clock: Clock) -> ExitCode:
+    """``djobs cron enable NAME``: fire again, from the next fire time after now."""
+    return await cron_set(args, clock, enabled=True)
+
+
+async def cron_disable(args: argparse.Namespace, clock: Clock) -> ExitCode:
+    """``djobs cron disable NAME``: stop firing, in every engine, until enabled."""
+    return await cron_set(args, clock, enabled=False)
+
+
+async def cron_run_now(args: argparse.Namespace, clock: Clock) -> ExitCode:
+    """``djobs cron run-now NAME``: the next fire is due now; a running engine enqueues it at its next poll."""
+    async with _open(args, write=True) as db:
+        record = await _actions.run_cron_now(db.storage, args.name, clock.now_ms())
+    if args.json:
+        print_json(cron_info(record))
+    else:
+        print(
+            f"cron job {record.name}: due now; a running engine enqueues its job ({record.job_name}) "
+            "at its next poll, then goes on with the schedule"
+        )
+    return ExitCode.OK
+
+
+# -- purge -------------------------------------------------------------------------------
+
+
+async def jobs_purge(args: argparse.Namespace, clock: Clock) -> ExitCode:
+    """``djobs jobs purge --older-than DURATION [--status S]...``: delete old finished jobs."""
+    age = parse_duration(args.older_than, what="--older-than")
+    if not isinstance(age, Success):
+        raise CommandError(age.failure().message, ExitCode.USAGE)
+    statuses = args.status or ["completed"]
+    async with _open(args, write=True) as db:
+        deleted = await _actions.purge_jobs(db.storage, to_ms(age.unwrap()), statuses, clock.now_ms(), args.tenant)
+    if args.json:
+        print_json({"deleted": deleted, "statuses": statuses, "older_than_ms": to_ms(age.unwrap())})
+    else:
+        print(f"deleted {deleted} job(s) ({', '.join(statuses)}) that finished more than {args.older_than} ago")
     return ExitCode.OK

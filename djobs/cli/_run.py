@@ -20,6 +20,7 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
+from functools import partial
 from typing import Any, TypeVar
 
 import msgspec
@@ -31,8 +32,7 @@ from .._clock import Clock
 from .._engine import Engine, open_engine
 from .._errors import JobError
 from ..kinds._job import Job, JobRun
-from ..storage import sqlite
-from ..storage._inspect import Inspector, inspector, open_existing
+from ..storage._inspect import Inspector, inspector, open_existing, storage_layer
 from ._exit import CommandError, ExitCode, command_error
 from ._output import ProgressBar, note, print_json, table
 from ._targets import check_engine, load_continuous, load_factory, load_job, open_factory
@@ -108,10 +108,10 @@ async def _engine_for(
                 inspect_ = None
             yield engine, inspect_
         return
-    with open_existing(args.db):
-        pass  # refuse a missing, foreign or other-version file before an engine would create or migrate it
+    async with open_existing(args.db, schema=args.schema):
+        pass  # refuse a missing, foreign or other-version database before an engine would create or migrate it
     # worker=None: a client-only engine; it claims no job and fires no alarm.
-    async with open_engine([job], storage=sqlite(args.db), clock=clock, worker=None) as engine:
+    async with open_engine([job], storage=storage_layer(args.db, args.schema), clock=clock, worker=None) as engine:
         yield engine, inspector(engine.storage)
 
 
@@ -184,9 +184,9 @@ async def resume(args: argparse.Namespace, clock: Clock) -> ExitCode:
 
 async def _pause_or_resume(args: argparse.Namespace, clock: Clock, *, resume: bool) -> ExitCode:
     job = load_continuous(args.target)
-    with open_existing(args.db):
-        pass  # refuse a missing, foreign or other-version file before an engine would create or migrate it
-    async with open_engine([job], storage=sqlite(args.db), clock=clock, worker=None) as engine:
+    async with open_existing(args.db, schema=args.schema):
+        pass  # refuse a missing, foreign or other-version database before an engine would create or migrate it
+    async with open_engine([job], storage=storage_layer(args.db, args.schema), clock=clock, worker=None) as engine:
         client = engine.client if args.tenant is None else engine.client.for_tenant(args.tenant)
         verbs = client.continuous(job)
         status = _unwrap(await (verbs.resume(args.id) if resume else verbs.pause(args.id)))
@@ -280,3 +280,37 @@ def _run_json(run: JobRun[Any]) -> dict[str, Any]:
         "attempts": run.attempts,
         "duration_ms": run.duration_ms,
     }
+
+
+# -- dashboard ---------------------------------------------------------------------------
+
+
+async def dashboard(args: argparse.Namespace, clock: Clock) -> ExitCode:
+    """``djobs dashboard``: serve the web dashboard over ``--db`` until SIGINT or SIGTERM."""
+    try:
+        from .. import dashboard as web
+    except ImportError as exc:
+        message = f'the dashboard needs its extra: pip install "djobs-trio[dashboard]" ({exc})'
+        raise CommandError(message, ExitCode.USAGE) from None
+    token = args.token or os.environ.get("DJOBS_DASHBOARD_TOKEN") or None
+    if token is not None and len(token) < 8:
+        raise CommandError("--token must be at least 8 characters", ExitCode.USAGE)
+    async with open_existing(args.db, schema=args.schema) as db:
+        where = db.where  # refuse a missing, foreign or other-version database before serving
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            try:
+                urls = await nursery.start(
+                    partial(
+                        web.serve, args.db, host=args.host, port=args.port, schema=args.schema, token=token, clock=clock
+                    )
+                )
+            except OSError as exc:
+                raise CommandError(f"cannot listen on {args.host}:{args.port}: {exc}", ExitCode.FAILED) from exc
+            mode = "actions on with the token" if token else "read-only (give --token to allow actions)"
+            note(f"djobs dashboard: {where} at {', '.join(urls)}; {mode}; press Ctrl-C to stop")
+            async for _ in signals:
+                break
+            nursery.cancel_scope.cancel()
+    note("djobs dashboard: stopped")
+    return ExitCode.OK

@@ -56,6 +56,7 @@ from .._logging import JobLog, LoggingOption, threshold
 from .._retry import Retry
 from .._worker import CANCELLED_ERROR, RunHandle, Worker, error_json
 from ..storage import ClaimedJob, JobFilter, JobRecord, JobSettlement, JobStatusName, NewJob, QueueStorage
+from ..storage._base import FINAL_STATUSES
 from ..tracking import TrackedEvent
 from ._common import check_id, check_name, effect, not_registered
 
@@ -1101,6 +1102,32 @@ class JobQueue:
         )
         return Success([self.info(r) for r in await self.storage.list_jobs(where)])
 
+    async def purge(self, scope: str | None, older_than: object, status: object) -> Result[int, Any]:
+        """Delete finished jobs (`status`) that finished more than `older_than` ago; how many."""
+        age = parse_duration(older_than, what="older_than")
+        if isinstance(age, Failure):
+            return age
+        statuses = [status] if isinstance(status, str) else status
+        if (
+            not isinstance(statuses, list | tuple)
+            or not statuses
+            or not all(isinstance(s, str) and s in FINAL_STATUSES for s in statuses)
+        ):
+            return Failure(
+                ValidationError(
+                    f"status must be completed, failed or cancelled (or a list of them), got {status!r}; "
+                    "pending and running jobs are never purged"
+                )
+            )
+        before = self.env.now_ms() - to_ms(age.unwrap())
+        total = 0
+        while True:
+            # Batches of their own transactions: a large purge never holds the write lock for long.
+            deleted = await self.storage.purge_jobs(before, cast(list[JobStatusName], list(statuses)), 1000, scope)
+            total += deleted
+            if deleted < 1000:
+                return Success(total)
+
 
 def _job_not_found(job_id: str) -> InstanceNotFoundError:
     error = InstanceNotFoundError("job", job_id)
@@ -1434,6 +1461,19 @@ class JobsClient:
                 after=after,
             )
         )
+
+    def purge(
+        self, *, older_than: DurationLike, status: JobStatusName | Sequence[JobStatusName] = "completed"
+    ) -> FutureResult[int, ValidationError | StorageError]:
+        """Delete jobs that finished (`status`: ``completed`` by default, or ``failed``,
+        ``cancelled``, or a list of them) more than `older_than` ago, with their idempotency
+        keys (an enqueue with such a key then creates a new job); how many were deleted.
+
+        Pending and running jobs are never deleted. A tenant-scoped client deletes only
+        its tenant's jobs. Rows go in batches of 1000, each its own transaction.
+        """
+        q, scope = self._queue, self._tenant
+        return effect(lambda: q.purge(scope, older_than, status))
 
 
 async def _map(loaded: Any, fn: Callable[[JobRecord], JobInfo]) -> Result[JobInfo, Any]:

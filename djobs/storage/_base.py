@@ -158,6 +158,9 @@ class StorageLayer(Protocol):
 #: (``retry`` moves a failed or cancelled row back to pending).
 JobStatusName = Literal["pending", "running", "completed", "failed", "cancelled"]
 
+#: The statuses a job ends in; only these are ever purged.
+FINAL_STATUSES: frozenset[JobStatusName] = frozenset({"completed", "failed", "cancelled"})
+
 
 class NewJob(msgspec.Struct, kw_only=True):
     """A row to enqueue. `params` is the validated JSON of the job's params struct.
@@ -413,4 +416,13 @@ class QueueStorage(Protocol):
 
     async def set_cron_enabled(self, name: str, enabled: bool, next_run_at: int | None, now: int) -> CronRecord | None:
         """Enable (with a new `next_run_at`) or disable cron `name`; the row afterwards, or ``None``."""
+        ...
+
+    async def purge_jobs(
+        self, finished_before: int, statuses: Sequence[JobStatusName], limit: int, tenant_id: str | None = None
+    ) -> int:
+        """Delete up to `limit` jobs in one of the final `statuses` (``completed``, ``failed``,
+        ``cancelled``; others are never deleted) that finished before `finished_before` (epoch
+        ms), only `tenant_id`'s if given, with the idempotency keys that named them; how many
+        were deleted. Call again until it returns less than `limit`."""
         ...

@@ -1,30 +1,35 @@
-"""Read-only inspection of a djobs database: what ``djobs status`` and ``djobs instances`` show.
+"""Read-only inspection of a djobs database, on SQLite and PostgreSQL alike.
 
 The engine's `Storage` and `QueueStorage` protocols hold what running jobs
-need; a person looking at a database needs more: counts by kind and status,
-which alarms are due, how far behind the queue is, which processes hold
-leases. `Inspector` is that read side, kept apart so a storage does not
-have to offer it to run jobs. `inspector(storage)` gives the one for an
-open storage: a storage that implements `Inspector` itself (a future
-PostgreSQL one) is its own; a `SqliteStorage` gets a `SqliteInspector`.
+need; a person (the ``djobs`` command line, the dashboard, the metrics
+collector) needs more: counts by kind and status, which alarms are due, how far
+behind the queue is, which processes hold leases, how many jobs finished per
+minute. `Inspector` is that read side, one protocol that `SqliteInspector` and
+`PostgresInspector` implement with the same semantics; `inspector(storage)`
+gives the one for an open storage.
 
-`open_existing(path)` opens a SQLite file for inspection without ever
-creating, migrating or (unless asked) writing to it.
+`open_existing(where)` opens a SQLite file or a PostgreSQL schema for
+inspection without ever creating, migrating or (unless asked) writing to it.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any, Protocol, final, runtime_checkable
+import re
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, Protocol, final, runtime_checkable
 
 import apsw
 import msgspec
 
 from .._errors import StorageError
-from ._base import Alarm, InstanceRecord, JobStatusName, Storage
-from ._sqlite import APPLICATION_ID, SCHEMA_VERSION, SqliteStorage, _describe, _inspect
+from ._base import Alarm, InstanceRecord, JobStatusName, QueueStorage, Storage, StorageLayer
+from ._sqlite import APPLICATION_ID, SCHEMA_VERSION, SqliteStorage, _describe, _inspect, sqlite
+
+if TYPE_CHECKING:
+    from ._pgconn import Connection
+    from ._pgstore import PostgresStorage
 
 #: Every queue status, in the order a job moves through them.
 JOB_STATUSES: tuple[JobStatusName, ...] = ("pending", "running", "completed", "failed", "cancelled")
@@ -112,6 +117,8 @@ class InstanceFilter(msgspec.Struct, frozen=True, kw_only=True):
     kind: str | None = None
     name: str | None = None
     key: str | None = None
+    tenant_id: str | None = None
+    status: str | None = None
     after: str | None = None
     limit: int = 100
     #: ``False`` leaves out the state and data (they come back as ``None``): a listing that
@@ -138,6 +145,22 @@ class InstanceView(msgspec.Struct, frozen=True, kw_only=True):
     lease_expires_at: int | None = None
 
 
+class JobCount(msgspec.Struct, frozen=True, kw_only=True):
+    """How many queue jobs named `name` are stored with `status`."""
+
+    name: str
+    status: str
+    count: int
+
+
+class MinuteCount(msgspec.Struct, frozen=True, kw_only=True):
+    """Queue jobs that finished in the minute starting at `minute` (epoch ms, a whole minute)."""
+
+    minute: int
+    completed: int = 0
+    failed: int = 0
+
+
 @runtime_checkable
 class Inspector(Protocol):
     """Read-only questions about a database, for people and dashboards rather than the engine.
@@ -158,9 +181,19 @@ class Inspector(Protocol):
         """Queue jobs by status (every status present), only those with `correlation_id` if given."""
         ...
 
+    async def job_counts_by_name(self) -> list[JobCount]:
+        """Queue jobs by name and status, in name then status order (statuses with none left out)."""
+        ...
+
+    async def finished_per_minute(self, since: int, until: int) -> list[MinuteCount]:
+        """Jobs completed and failed per minute from `since` to `until` (epoch ms), one entry
+        per minute in which any finished, oldest first; a job counts in the minute of its
+        ``completed_at``."""
+        ...
+
 
 def inspector(storage: Storage) -> Inspector:
-    """The `Inspector` of an open storage.
+    """The `Inspector` of an open storage: SQLite's, PostgreSQL's, or the storage itself if it implements one.
 
     Raises:
         StorageError: The storage offers no inspection (a custom layer).
@@ -169,13 +202,20 @@ def inspector(storage: Storage) -> Inspector:
         return storage
     if isinstance(storage, SqliteStorage):
         return SqliteInspector(storage)
+    from ._pgstore import PostgresStorage  # psycopg is imported only when a PostgreSQL storage exists
+
+    if isinstance(storage, PostgresStorage):
+        return PostgresInspector(storage)
     raise StorageError(f"the storage {storage!r} cannot be inspected (it does not implement Inspector)")
 
 
 # -- SQLite ------------------------------------------------------------------------------
 
+# Portable SQL (SQLite and PostgreSQL): sums of CASE, not of booleans.
 _ALARMS = """
-    SELECT sum(fire_at <= ?1 AND due_at <= ?1), sum(fire_at <= ?1 AND due_at > ?1), sum(fire_at > ?1),
+    SELECT sum(CASE WHEN fire_at <= ?1 AND due_at <= ?1 THEN 1 ELSE 0 END),
+           sum(CASE WHEN fire_at <= ?1 AND due_at > ?1 THEN 1 ELSE 0 END),
+           sum(CASE WHEN fire_at > ?1 THEN 1 ELSE 0 END),
            min(CASE WHEN fire_at > ?1 THEN fire_at END)
     FROM alarms
 """
@@ -184,9 +224,13 @@ _OLDEST_PENDING = """
     SELECT id, name, scheduled_for, created_at FROM jobs
     WHERE status = 'pending' AND scheduled_for <= ? ORDER BY scheduled_for LIMIT 1
 """
-_INSTANCE_LEASES = "SELECT owner, sum(expires_at > ?1), sum(expires_at <= ?1) FROM instance_leases GROUP BY owner"
+_INSTANCE_LEASES = """
+    SELECT owner, sum(CASE WHEN expires_at > ?1 THEN 1 ELSE 0 END), sum(CASE WHEN expires_at <= ?1 THEN 1 ELSE 0 END)
+    FROM instance_leases GROUP BY owner
+"""
 _JOB_LEASES = """
-    SELECT worker_id, sum(worker_expires_at > ?1), sum(worker_expires_at <= ?1) FROM jobs
+    SELECT worker_id, sum(CASE WHEN worker_expires_at > ?1 THEN 1 ELSE 0 END),
+           sum(CASE WHEN worker_expires_at <= ?1 THEN 1 ELSE 0 END) FROM jobs
     WHERE status = 'running' AND worker_id IS NOT NULL GROUP BY worker_id
 """
 _INSTANCE_VIEW = """
@@ -264,54 +308,8 @@ class SqliteInspector:
         return await self._storage.read(run)
 
     async def instances(self, where: InstanceFilter) -> list[InstanceView]:
-        terms: list[str] = []
-        args: list[object] = []
-        for column, value in (("i.kind", where.kind), ("i.name", where.name), ("i.key", where.key)):
-            if value is not None:
-                terms.append(f"{column} = ?")
-                args.append(value)
-        if where.after is not None:
-            terms.append("i.key > ?")
-            args.append(where.after)
-        view = _INSTANCE_VIEW if where.payloads else _INSTANCE_VIEW_NO_PAYLOADS
-        sql = view + (" WHERE " + " AND ".join(terms) if terms else "") + " ORDER BY i.key LIMIT ?"
-        args.append(where.limit)
-
-        def run(db: apsw.Connection) -> list[InstanceView]:
-            views = []
-            for r in db.execute(sql, args):
-                record = InstanceRecord(
-                    key=r[0],
-                    kind=r[1],
-                    name=r[2],
-                    instance_id=r[3],
-                    tenant_id=r[4],
-                    status=r[5],
-                    state=r[6],
-                    run_count=r[7],
-                    attempt=r[8],
-                    event_count=r[9],
-                    execute_count=r[10],
-                    started_at=r[11],
-                    data=r[12],
-                    created_at=r[13],
-                    updated_at=r[14],
-                    version=r[15],
-                )
-                alarm = None if r[16] is None else Alarm(id=r[16], key=r[0], fire_at=r[17], purpose=r[19])
-                claimed_until = r[18] if alarm is not None and r[18] > r[17] else None
-                views.append(
-                    InstanceView(
-                        record=record,
-                        alarm=alarm,
-                        alarm_claimed_until=claimed_until,
-                        lease_owner=r[20],
-                        lease_expires_at=r[21],
-                    )
-                )
-            return views
-
-        return await self._storage.read(run)
+        sql, args = _instances_query(where, "?")
+        return await self._storage.read(lambda db: [_instance_view(r) for r in db.execute(sql, args)])
 
     async def job_counts(self, correlation_id: str | None = None) -> dict[str, int]:
         sql = "SELECT status, count(*) FROM jobs GROUP BY status"
@@ -320,21 +318,250 @@ class SqliteInspector:
             sql, args = "SELECT status, count(*) FROM jobs WHERE correlation_id = ? GROUP BY status", (correlation_id,)
         return await self._storage.read(lambda db: _counts(list(db.execute(sql, args))))
 
+    async def job_counts_by_name(self) -> list[JobCount]:
+        return await self._storage.read(lambda db: _job_counts(db.execute(_BY_NAME)))
 
-@contextmanager
-def open_existing(path: str | os.PathLike[str], *, write: bool = False) -> Iterator[SqliteStorage]:
-    """Open an existing djobs database file for inspection (or, with `write`, small changes).
+    async def finished_per_minute(self, since: int, until: int) -> list[MinuteCount]:
+        sql = _PER_MINUTE.replace("%s", "?")
+        return await self._storage.read(lambda db: _minutes(db.execute(sql, (since, until))))
 
-    Unlike `djobs.sqlite`, it never creates the file and never changes its
-    schema: a missing file, a file that is not a djobs database, and one
+
+# -- shared by both dialects -------------------------------------------------------------
+
+_BY_NAME = "SELECT name, status, count(*) FROM jobs GROUP BY name, status ORDER BY name, status"
+# completed_at is set on every final status; the jobs_status_scheduled index narrows to the two statuses.
+_PER_MINUTE = """
+    SELECT (completed_at / 60000) * 60000 AS minute,
+           sum(CASE WHEN status = 'completed' THEN 1 ELSE 0 END),
+           sum(CASE WHEN status = 'failed' THEN 1 ELSE 0 END)
+    FROM jobs
+    WHERE status IN ('completed', 'failed') AND completed_at >= %s AND completed_at <= %s
+    GROUP BY minute ORDER BY minute
+"""
+
+
+def _job_counts(rows: Any) -> list[JobCount]:
+    return [JobCount(name=r[0], status=r[1], count=int(r[2])) for r in rows]
+
+
+def _minutes(rows: Any) -> list[MinuteCount]:
+    return [MinuteCount(minute=int(r[0]), completed=int(r[1] or 0), failed=int(r[2] or 0)) for r in rows]
+
+
+def _instances_query(where: InstanceFilter, mark: str) -> tuple[str, list[object]]:
+    terms: list[str] = []
+    args: list[object] = []
+    for column, value in (
+        ("i.kind", where.kind),
+        ("i.name", where.name),
+        ("i.key", where.key),
+        ("i.tenant_id", where.tenant_id),
+        ("i.status", where.status),
+    ):
+        if value is not None:
+            terms.append(f"{column} = {mark}")
+            args.append(value)
+    if where.after is not None:
+        terms.append(f"i.key > {mark}")
+        args.append(where.after)
+    view = _INSTANCE_VIEW if where.payloads else _INSTANCE_VIEW_NO_PAYLOADS
+    sql = view + (" WHERE " + " AND ".join(terms) if terms else "") + f" ORDER BY i.key LIMIT {mark}"
+    args.append(where.limit)
+    return sql, args
+
+
+def _instance_view(r: Sequence[Any]) -> InstanceView:
+    record = InstanceRecord(
+        key=r[0],
+        kind=r[1],
+        name=r[2],
+        instance_id=r[3],
+        tenant_id=r[4],
+        status=r[5],
+        state=None if r[6] is None else bytes(r[6]),
+        run_count=r[7],
+        attempt=r[8],
+        event_count=r[9],
+        execute_count=r[10],
+        started_at=r[11],
+        data=None if r[12] is None else bytes(r[12]),
+        created_at=r[13],
+        updated_at=r[14],
+        version=r[15],
+    )
+    alarm = None if r[16] is None else Alarm(id=r[16], key=r[0], fire_at=r[17], purpose=r[19])
+    claimed_until = r[18] if alarm is not None and r[18] > r[17] else None
+    return InstanceView(
+        record=record, alarm=alarm, alarm_claimed_until=claimed_until, lease_owner=r[20], lease_expires_at=r[21]
+    )
+
+
+# -- PostgreSQL --------------------------------------------------------------------------
+
+
+@final
+class PostgresInspector:
+    """`Inspector` for a `PostgresStorage`: the same questions as `SqliteInspector`, in
+    PostgreSQL's SQL, each answered in one transaction on a pooled connection."""
+
+    def __init__(self, storage: PostgresStorage) -> None:
+        self._storage = storage
+
+    async def summary(self, now: int) -> StorageSummary:
+        def run(conn: Connection) -> StorageSummary:
+            # One REPEATABLE READ transaction: every count describes the same moment.
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            instances = [
+                InstanceCount(kind=r[0], name=r[1], status=r[2], count=int(r[3]))
+                for r in conn.execute(
+                    "SELECT kind, name, status, count(*) FROM instances GROUP BY kind, name, status"
+                    " ORDER BY kind, name, status"
+                )
+            ]
+            row = conn.execute(_ALARMS.replace("?1", "%(now)s"), {"now": now}).fetchone()
+            assert row is not None
+            due, claimed, later, next_at = row
+            alarms = AlarmCounts(due=int(due or 0), claimed=int(claimed or 0), later=int(later or 0), next_at=next_at)
+            jobs = _counts([(r[0], r[1]) for r in conn.execute("SELECT status, count(*) FROM jobs GROUP BY status")])
+            due_row = conn.execute(
+                "SELECT count(*) FROM jobs WHERE status = 'pending' AND scheduled_for <= %s", (now,)
+            ).fetchone()
+            jobs_due = int(due_row[0]) if due_row else 0
+            oldest = None
+            r = conn.execute(_OLDEST_PENDING.replace("?", "%s"), (now,)).fetchone()
+            if r is not None:
+                oldest = PendingJob(id=r[0], name=r[1], scheduled_for=r[2], created_at=r[3])
+            held: dict[str, list[int]] = {}
+            for column, sql in ((0, _INSTANCE_LEASES), (1, _JOB_LEASES)):
+                for owner, live, expired in conn.execute(sql.replace("?1", "%(now)s"), {"now": now}):
+                    counts = held.setdefault(owner, [0, 0, 0])
+                    counts[column] += int(live or 0)
+                    counts[2] += int(expired or 0)
+            leases = [LeaseHolder(owner=o, instances=c[0], jobs=c[1], expired=c[2]) for o, c in sorted(held.items())]
+            return StorageSummary(
+                now=now,
+                instances=instances,
+                alarms=alarms,
+                jobs=jobs,
+                jobs_due=jobs_due,
+                oldest_pending=oldest,
+                leases=leases,
+            )
+
+        return await self._storage.read(run, "summary")
+
+    async def instances(self, where: InstanceFilter) -> list[InstanceView]:
+        sql, args = _instances_query(where, "%s")
+        return await self._storage.read(
+            lambda conn: [_instance_view(r) for r in conn.execute(sql.encode(), args)], "instances"
+        )
+
+    async def job_counts(self, correlation_id: str | None = None) -> dict[str, int]:
+        sql = "SELECT status, count(*) FROM jobs GROUP BY status"
+        args: tuple[str, ...] = ()
+        if correlation_id is not None:
+            sql, args = "SELECT status, count(*) FROM jobs WHERE correlation_id = %s GROUP BY status", (correlation_id,)
+        return await self._storage.read(
+            lambda conn: _counts([(r[0], r[1]) for r in conn.execute(sql.encode(), args)]), "job_counts"
+        )
+
+    async def job_counts_by_name(self) -> list[JobCount]:
+        return await self._storage.read(lambda conn: _job_counts(conn.execute(_BY_NAME)), "job_counts_by_name")
+
+    async def finished_per_minute(self, since: int, until: int) -> list[MinuteCount]:
+        return await self._storage.read(
+            lambda conn: _minutes(conn.execute(_PER_MINUTE.encode(), (since, until))), "finished_per_minute"
+        )
+
+
+# -- opening an existing database ----------------------------------------------------------
+
+_DSN_RE = re.compile(r"^(postgres|postgresql)://|(^|\s)(host|dbname|user|port|service)\s*=", re.IGNORECASE)
+
+
+def is_dsn(where: str) -> bool:
+    """Whether `where` names a PostgreSQL database (a URL or a libpq ``key=value`` string) rather than a file.
+
+    Examples:
+        >>> is_dsn("postgresql://app@db/app"), is_dsn("host=db dbname=app"), is_dsn("jobs.db")
+        (True, True, False)
+    """
+    return bool(_DSN_RE.search(where))
+
+
+def describe(where: str, schema: str = "djobs") -> str:
+    """`where` for people: a file's path, or a DSN's ``user@host:port/db`` and schema (never its password).
+
+    Examples:
+        >>> describe("postgresql://app:s3cret@db.internal/jobs", "djobs")
+        "app@db.internal:5432/jobs (schema 'djobs')"
+        >>> describe("jobs.db")
+        'jobs.db'
+    """
+    if not is_dsn(where):
+        return where
+    try:
+        from ._pgconn import server_name
+    except ImportError:  # no driver installed: say nothing of the DSN, it may hold a password
+        return f"a PostgreSQL database (schema {schema!r})"
+    return f"{server_name(where)} (schema {schema!r})"
+
+
+def storage_layer(where: str, schema: str = "djobs") -> StorageLayer:
+    """The storage layer for a SQLite path or a PostgreSQL DSN (with `schema`), as the command line opens them."""
+    if is_dsn(where):
+        from ._postgres import postgres
+
+        return postgres(where, schema=schema, pool_size=2)
+    return sqlite(where)
+
+
+class Opened(msgspec.Struct, frozen=True, kw_only=True):
+    """A database opened by `open_existing`.
+
+    Attributes:
+        storage: The storage (both SQLite's and PostgreSQL's implement `QueueStorage`).
+        inspect: Its `Inspector`.
+        where: The database for people (`describe`: never a password).
+        schema_version: The djobs schema version it holds.
+    """
+
+    storage: QueueStorage
+    inspect: Inspector
+    where: str
+    schema_version: int
+
+
+@asynccontextmanager
+async def open_existing(
+    where: str | os.PathLike[str], *, schema: str = "djobs", write: bool = False
+) -> AsyncIterator[Opened]:
+    """Open an existing djobs database for inspection (or, with `write`, small changes).
+
+    `where` is a SQLite file's path or a PostgreSQL DSN (``postgresql://...``
+    or libpq's ``key=value`` form); `schema` is the PostgreSQL schema. Unlike
+    `djobs.sqlite` and `djobs.postgres`, it never creates the file or schema
+    and never changes it: a missing one, one that is not djobs's, and one
     whose schema is older or newer than this djobs are all refused with a
-    `StorageError` that says which. Without `write` the connection is
-    ``query_only``: nothing can be written through it.
+    `StorageError` that says which. Without `write` nothing can be written
+    through it (SQLite's ``query_only``, PostgreSQL's read-only transactions).
 
     Raises:
-        StorageError: The file is missing, unreadable, foreign, or of another schema version.
+        StorageError: Missing, unreachable, unreadable, foreign, or of another schema version.
     """
-    where = os.fspath(path)
+    text = os.fspath(where)
+    if is_dsn(text):
+        async with _open_existing_postgres(text, schema, write) as opened:
+            yield opened
+        return
+    storage = _open_existing_sqlite(text, write)
+    try:
+        yield Opened(storage=storage, inspect=SqliteInspector(storage), where=text, schema_version=SCHEMA_VERSION)
+    finally:
+        storage.close()
+
+
+def _open_existing_sqlite(where: str, write: bool) -> SqliteStorage:
     if not os.path.exists(where):
         raise StorageError(
             f"no database at {where!r}; djobs creates one only when an engine opens it "
@@ -357,17 +584,7 @@ def open_existing(path: str | os.PathLike[str], *, write: bool = False) -> Itera
         if app_id != APPLICATION_ID:
             what = "an empty file" if not tables else "it holds other data"
             raise StorageError(f"{where!r} is not a djobs database ({what})")
-        if version > SCHEMA_VERSION:
-            raise StorageError(
-                f"{where!r} has schema version {version}, newer than this djobs understands "
-                f"({SCHEMA_VERSION}); upgrade djobs to read it"
-            )
-        if version < SCHEMA_VERSION:
-            # Migrating is an engine's job: an older engine may still be running on this file.
-            raise StorageError(
-                f"{where!r} has schema version {version}, older than this djobs ({SCHEMA_VERSION}); "
-                "open it with an engine of this version (your worker) to migrate it, then try again"
-            )
+        _check_version(repr(where), version)
         if write:
             db.execute("PRAGMA synchronous=NORMAL")
     except StorageError:
@@ -376,7 +593,96 @@ def open_existing(path: str | os.PathLike[str], *, write: bool = False) -> Itera
     except apsw.Error as exc:
         db.close()
         raise StorageError(f"cannot read {where!r}: {_describe(exc)}", exc) from exc
+    return SqliteStorage(db, where)
+
+
+def _check_version(where: str, version: int) -> None:
+    if version > SCHEMA_VERSION:
+        raise StorageError(
+            f"{where} has schema version {version}, newer than this djobs understands "
+            f"({SCHEMA_VERSION}); upgrade djobs to read it"
+        )
+    if version < SCHEMA_VERSION:
+        # Migrating is an engine's job: an older engine may still be running on this database.
+        raise StorageError(
+            f"{where} has schema version {version}, older than this djobs ({SCHEMA_VERSION}); "
+            "open it with an engine of this version (your worker) to migrate it, then try again"
+        )
+
+
+@asynccontextmanager
+async def _open_existing_postgres(dsn: str, schema: str, write: bool) -> AsyncIterator[Opened]:
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is None:
+        raise StorageError('reading PostgreSQL needs the psycopg driver: pip install "djobs-trio[postgres]"')
+    import psycopg
+
+    from ._pgconn import Pool, configure, connect_error, server_name
+    from ._pgstore import SCHEMA_VERSION as PG_SCHEMA_VERSION
+    from ._pgstore import PostgresStorage
+    from ._postgres import postgres
+
+    postgres(dsn, schema=schema)  # validates the schema name (ValidationError)
+    where = server_name(dsn)
+    shown = f"{where} (schema {schema!r})"
+
     try:
-        yield SqliteStorage(db, where)
+        given = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.Error as exc:
+        raise connect_error(exc, where) from exc
+    # The DSN's own settings win; these are defaults.
+    extra: dict[str, Any] = {
+        k: v for k, v in (("connect_timeout", 10), ("application_name", "djobs-inspect")) if k not in given
+    }
+
+    def connect() -> Connection:
+        conn = psycopg.connect(dsn, autocommit=True, **extra)
+        try:
+            configure(conn, schema)
+            if not write:
+                conn.execute("SET default_transaction_read_only = on")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    pool = Pool(connect, 2, where)
+
+    def check(conn: Connection) -> int:
+        row = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = %s),"
+            " to_regclass(format('%%I.djobs_schema', %s::text)) IS NOT NULL",
+            (schema, schema),
+        ).fetchone()
+        assert row is not None
+        if not row[0]:
+            raise StorageError(
+                f"no schema {schema!r} at {where}; djobs creates it only when an engine opens it "
+                "(check --db and --schema, or start your worker first)"
+            )
+        if not row[1]:
+            raise StorageError(f"the schema {schema!r} at {where} is not a djobs schema")
+        version = conn.execute("SELECT version FROM djobs_schema").fetchone()
+        return 0 if version is None else int(version[0])
+
+    try:
+        version = await pool.run(check, f"opening schema {schema!r}")
+        if version != PG_SCHEMA_VERSION:
+            _check_pg_version(shown, version, PG_SCHEMA_VERSION)
+        storage = PostgresStorage(pool, connect, schema, where)
+        yield Opened(storage=storage, inspect=PostgresInspector(storage), where=shown, schema_version=version)
     finally:
-        db.close()
+        pool.close()
+
+
+def _check_pg_version(where: str, version: int, current: int) -> None:
+    if version > current:
+        raise StorageError(
+            f"{where} has schema version {version}, newer than this djobs understands ({current}); "
+            "upgrade djobs to read it"
+        )
+    raise StorageError(
+        f"{where} has schema version {version}, older than this djobs ({current}); "
+        "open it with an engine of this version (your worker) to migrate it, then try again"
+    )

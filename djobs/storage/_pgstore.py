@@ -36,6 +36,7 @@ from psycopg import sql
 
 from .._errors import DuplicateEventError, StorageError
 from ._base import (
+    FINAL_STATUSES,
     Alarm,
     Checkin,
     ClaimedJob,
@@ -47,6 +48,7 @@ from ._base import (
     JobFilter,
     JobRecord,
     JobSettlement,
+    JobStatusName,
     LeaseLostError,
     NewJob,
     SetAlarm,
@@ -896,6 +898,33 @@ class PostgresStorage:
             return None if row is None else _cron_record(row)
 
         return await self._write(run, "set_cron_enabled")
+
+    async def purge_jobs(
+        self, finished_before: int, statuses: Sequence[JobStatusName], limit: int, tenant_id: str | None = None
+    ) -> int:
+        final = [s for s in statuses if s in FINAL_STATUSES]
+        if not final:
+            return 0
+        # ``tenant_id IS NOT DISTINCT FROM`` would not use the index; two statements do.
+        tenant = "" if tenant_id is None else " AND tenant_id = %(tenant)s"
+        select = (
+            "SELECT id FROM jobs WHERE status = ANY(%(statuses)s) AND coalesce(completed_at, updated_at) < %(before)s"
+            f"{tenant} ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED"
+        )
+        args = {"statuses": final, "before": finished_before, "limit": limit, "tenant": tenant_id}
+
+        def run(conn: Connection) -> int:
+            ids = [r[0] for r in conn.execute(select.encode(), args)]
+            if ids:
+                conn.execute("DELETE FROM job_keys WHERE job_id = ANY(%s)", (ids,))
+                conn.execute("DELETE FROM jobs WHERE id = ANY(%s)", (ids,))
+            return len(ids)
+
+        return await self._write(run, "purge_jobs")
+
+    async def read(self, fn: Callable[[Connection], T], what: str) -> T:
+        """Run `fn` (reads only) on a pooled connection in one transaction; for inspection."""
+        return await self._write(fn, what)
 
     # -- LISTEN -----------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ import trio
 
 from .._errors import CLOSED_MESSAGE, DuplicateEventError, StorageError, ValidationError
 from ._base import (
+    FINAL_STATUSES,
     Alarm,
     Checkin,
     ClaimedJob,
@@ -32,6 +33,7 @@ from ._base import (
     JobFilter,
     JobRecord,
     JobSettlement,
+    JobStatusName,
     LeaseLostError,
     NewJob,
     SetAlarm,
@@ -975,6 +977,31 @@ class SqliteStorage:
             for r in db.execute(f"SELECT {_CRON_COLUMNS} FROM cron_jobs WHERE name = ?", (name,)):
                 return _cron_record(r)
             return None
+
+        return await self.write(run)
+
+    async def purge_jobs(
+        self, finished_before: int, statuses: Sequence[JobStatusName], limit: int, tenant_id: str | None = None
+    ) -> int:
+        final = [s for s in statuses if s in FINAL_STATUSES]
+        if not final:
+            return 0
+        marks = ", ".join("?" for _ in final)
+        select = f"SELECT id FROM jobs WHERE status IN ({marks}) AND coalesce(completed_at, updated_at) < ?"
+        args: list[object] = [*final, finished_before]
+        if tenant_id is not None:
+            select += " AND tenant_id = ?"
+            args.append(tenant_id)
+        select += " LIMIT ?"
+        args.append(limit)
+
+        def run(db: apsw.Connection) -> int:
+            ids = [r[0] for r in db.execute(select, args)]
+            if ids:
+                id_marks = ", ".join("?" for _ in ids)
+                db.execute(f"DELETE FROM job_keys WHERE job_id IN ({id_marks})", ids)
+                db.execute(f"DELETE FROM jobs WHERE id IN ({id_marks})", ids)
+            return len(ids)
 
         return await self.write(run)
 

@@ -1,0 +1,493 @@
+"""The dashboard and the metrics: pages rendered over HTTP (httpx's ASGI transport) against the database
+``make demo`` fills (run once per session, in real time, plus one failed job it does not make) and
+against the CLI suite's workload on SQLite and PostgreSQL; actions behind the token and CSRF;
+``/metrics`` parsed by prometheus_client's own parser; and a real headless Chromium driving a real
+server process (skipped with one line where no browser is installed, failed when ``CI`` is set)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+import trio
+import trio.testing
+from postgres_support import require_postgres, throwaway_schema
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+from test_cli import AT_5M, Built, Greet, build, greeter
+
+import djobs
+from djobs.dashboard import app
+from djobs.metrics import MetricsTracker, StorageCollector, render
+from djobs.storage import JobFilter
+from djobs.storage._inspect import open_existing
+from djobs.testing import open_test_engine, success
+
+TOKEN = "s3cret-token"
+ROOT = Path(__file__).parent.parent
+DOCS_IMAGES = ROOT / "docs" / "images"
+DEMO_DB = "djobs-demo.db"
+
+
+class Resize(msgspec.Struct):
+    width: int
+
+
+def resize(params: Resize, ctx: djobs.JobContext) -> None:
+    if params.width <= 0:
+        raise ValueError(f"cannot resize to width {params.width}")
+
+
+resizer = djobs.Job.make("resize", params=Resize, execute=resize, max_attempts=1)
+
+
+@pytest.fixture(scope="session")
+def demo_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The database ``make demo`` leaves (every kind of work, in real time: about ten seconds),
+    plus a failed job and a completed one, which the demo does not make."""
+    where = tmp_path_factory.mktemp("demo")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])}
+    done = subprocess.run(
+        [sys.executable, "-m", "examples.demo"], cwd=where, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    async def add_failed_work() -> None:
+        async with djobs.open_engine([resizer], storage=djobs.sqlite(where / DEMO_DB), worker=None) as engine:
+            for width in (0, 640):
+                await engine.client.job(resizer).now(Resize(width))
+
+    trio.run(add_failed_work)
+    return where
+
+
+@pytest.fixture
+def demo_db(demo_database: Path, tmp_path: Path) -> Path:
+    """A copy of the demo's database for one test (actions change it)."""
+    for suffix in ("", "-wal", "-shm"):
+        if (demo_database / (DEMO_DB + suffix)).exists():
+            shutil.copy(demo_database / (DEMO_DB + suffix), tmp_path / (DEMO_DB + suffix))
+    return tmp_path / DEMO_DB
+
+
+def test_pages_render_the_demo_database(demo_db: Path) -> None:
+    overview, jobs, failed, instances, crons, metrics = get(
+        app(str(demo_db)), "/", "/jobs?name=thumbnail", "/failed", "/instances", "/cron", "/metrics"
+    )
+    assert all(page.status_code == 200 for page in (overview, jobs, failed, instances, crons, metrics))
+    completed = re.search(r'id="count-completed"><span>completed</span><b>(\d+)</b>', overview.text)
+    assert completed is not None and int(completed.group(1)) >= 10  # the demo's thumbnails and ticks
+    assert re.search(r'id="count-failed"><span>failed</span><b>1</b>', overview.text)
+    bars = re.findall(r'height="(\d+)" fill="#3c9d5d"', overview.text)
+    assert any(int(h) > 0 for h in bars)  # the demo ran within the last hour: the chart has bars
+    assert jobs.text.count('class="job"') >= 9 and "thumbs/" not in jobs.text  # results only on a job's page
+    assert "cannot resize to width 0" in failed.text
+    assert "debounce:webhookBatcher:contact-456" in instances.text
+    assert "ticker" in crons.text and "every 1 second" in crons.text
+    found = families(metrics.text)
+    assert {s.labels["job"] for s in found["djobs_queue_jobs_by_name"].samples} >= {"thumbnail", "resize"}
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Built]:
+    if request.param == "sqlite":
+        path = tmp_path / "jobs.db"
+        yield build(tmp_path, djobs.sqlite(path), ["--db", str(path)])
+        return
+    dsn = require_postgres()
+    with throwaway_schema(dsn) as schema:
+        yield build(tmp_path, djobs.postgres(dsn, schema=schema), ["--db", dsn, "--schema", schema])
+
+
+def where(db: Built) -> dict[str, Any]:
+    return {"db": db.args[1], "schema": db.args[3] if len(db.args) > 2 else "djobs"}
+
+
+async def fetch(application: Any, *requests: tuple[str, str, dict[str, Any]]) -> list[httpx.Response]:
+    transport = httpx.ASGITransport(app=application)
+    out = []
+    async with httpx.AsyncClient(transport=transport, base_url="http://dash.test") as client:
+        for method, url, kw in requests:
+            out.append(await client.request(method, url, **kw))
+    await application.state.dashboard.aclose()
+    return out
+
+
+def get(application: Any, *urls: str) -> list[httpx.Response]:
+    return trio.run(fetch, application, *[("GET", u, {}) for u in urls])
+
+
+def test_pages_render_every_kind_of_work(db: Built) -> None:
+    application = app(**where(db), clock=AT_5M)
+    overview, failed_jobs, job, instances, instance, crons, failed, missing = get(
+        application,
+        "/",
+        "/jobs?status=failed",
+        f"/jobs/{db.failed}",
+        "/instances?kind=continuous",
+        "/instance?key=continuous:refresher:user-1",
+        "/cron",
+        "/failed",
+        "/jobs/nope",
+    )
+    assert overview.status_code == 200
+    assert re.search(r'id="count-failed"><span>failed</span><b>1</b>', overview.text)
+    assert "<svg" in overview.text and "Completed and failed per minute" in overview.text
+    assert "lateness" in overview.text and "<b>5m</b>" in overview.text  # the due job has waited 5 minutes
+    assert db.failed in failed_jobs.text and db.completed not in failed_jobs.text
+    assert "no greeting for fail" in job.text and "&#34;fail&#34;" in job.text  # params, escaped
+    assert instances.text.count("continuous:refresher:user-") == 2
+    assert "&#34;token&#34;: &#34;t-1&#34;" in instance.text and "(run)" in instance.text
+    assert "0 3 * * *" in crons.text and "2026-01-01 03:00:00Z" in crons.text and "2026-01-02 03:00:00Z" in crons.text
+    assert db.failed in failed.text
+    assert missing.status_code == 404
+    for page in (overview, job, crons):
+        assert 'method="post"' not in page.text  # read-only: no action anywhere
+
+
+def test_jobs_pages_filter_and_page_without_loading_every_row(db: Built) -> None:
+    first, second, by_name = get(
+        app(**where(db), clock=AT_5M), "/jobs?limit=2", f"/jobs?limit=2&after={db.completed}", "/jobs?name=nobody"
+    )
+    assert re.findall(r'class="job" href="/jobs/([^"]+)"', first.text) == [db.running, db.completed]
+    assert f"after={db.completed}" in first.text
+    assert re.findall(r'class="job" href="/jobs/([^"]+)"', second.text) == [db.failed, db.due]
+    assert "no jobs match" in by_name.text
+
+
+def test_no_secret_on_any_page() -> None:
+    dsn = require_postgres()
+    secret = "hunter2-secret"
+    with_password = dsn.replace("postgresql://postgres@", f"postgresql://postgres:{secret}@")
+    with throwaway_schema(dsn) as schema:
+
+        async def create() -> None:
+            async with djobs.postgres(dsn, schema=schema).open():
+                pass
+
+        trio.run(create)
+        pages = get(app(with_password, schema=schema, token=TOKEN), "/", "/jobs", "/cron", "/failed", "/metrics")
+    for page in pages:
+        assert page.status_code == 200, page.text
+        assert secret not in page.text and TOKEN not in page.text
+    assert "postgres@127.0.0.1:5432/test" in pages[0].text
+
+
+def test_actions_need_the_token_a_session_csrf_and_the_same_origin(db: Built) -> None:
+    origin = {"origin": "http://dash.test"}
+
+    async def scenario() -> None:
+        read_only = app(**where(db), clock=AT_5M)
+        [refused] = await fetch(read_only, ("POST", f"/jobs/{db.failed}/retry", {"headers": origin}))
+        assert refused.status_code == 403 and "read-only" in refused.text
+
+        application = app(**where(db), token=TOKEN, clock=AT_5M)
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://dash.test") as c:
+            page = await c.get(f"/jobs/{db.failed}")
+            assert "log in for actions" in page.text and 'id="actions"' not in page.text
+            r = await c.post(f"/jobs/{db.failed}/retry", headers=origin)
+            assert r.status_code == 403 and "log in" in r.text
+            bad = await c.post("/login", data={"token": "wrong-token"}, headers=origin)
+            assert bad.status_code == 401
+            forged_login = await c.post("/login", data={"token": TOKEN}, headers={"origin": "http://evil.test"})
+            assert forged_login.status_code == 403
+            ok = await c.post("/login", data={"token": TOKEN}, headers=origin)
+            assert ok.status_code == 303
+            cookie = ok.headers["set-cookie"].lower()
+            assert "httponly" in cookie and "samesite=strict" in cookie
+            page = await c.get(f"/jobs/{db.failed}")
+            csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', page.text)
+            assert csrf is not None and 'value="retry"' in page.text
+            # A page on another site: its Origin, or its lack of the CSRF token, refuses it.
+            for headers, data in (
+                ({"origin": "http://evil.test"}, {"csrf": csrf.group(1)}),
+                (origin, {"csrf": "0" * 64}),
+                (origin, {}),
+                ({}, {"csrf": csrf.group(1)}),
+            ):
+                r = await c.post(f"/jobs/{db.failed}/retry", headers=headers, data=data)
+                assert r.status_code == 403, (headers, data)
+            r = await c.post(f"/jobs/{db.failed}/retry", headers=origin, data={"csrf": csrf.group(1)})
+            assert r.status_code == 303 and r.headers["location"].startswith(f"/jobs/{db.failed}?done=retried")
+            again = await c.post(f"/jobs/{db.failed}/retry", headers=origin, data={"csrf": csrf.group(1)})
+            assert again.status_code == 409 and "only a failed or cancelled job can be retried" in again.text
+            r = await c.post(f"/jobs/{db.due}/cancel", headers=origin, data={"csrf": csrf.group(1)})
+            assert r.status_code == 303
+            r = await c.post("/cron/nightly/disable", headers=origin, data={"csrf": csrf.group(1)})
+            assert r.status_code == 303
+            crons = await c.get("/cron")
+            assert 'value="enable"' in crons.text
+        await application.state.dashboard.aclose()
+        async with open_existing(where(db)["db"], schema=where(db)["schema"]) as opened:
+            retried = await opened.storage.get_job(db.failed)
+            cancelled = await opened.storage.get_job(db.due)
+            [cron] = await opened.storage.list_cron_jobs()
+        assert retried is not None and retried.status == "pending"
+        assert cancelled is not None and cancelled.status == "cancelled"
+        assert cron.enabled is False
+
+    trio.run(scenario)
+
+
+def test_mounted_under_a_prefix_links_stay_inside(db: Built) -> None:
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    inner = app(**where(db), clock=AT_5M)
+    host = Starlette(routes=[Mount("/ops", app=inner)])
+
+    async def scenario() -> httpx.Response:
+        transport = httpx.ASGITransport(app=host)
+        async with httpx.AsyncClient(transport=transport, base_url="http://dash.test") as c:
+            page = await c.get("/ops/jobs")
+        await inner.state.dashboard.aclose()
+        return page
+
+    page = trio.run(scenario)
+    assert page.status_code == 200
+    assert 'href="/ops/jobs/' in page.text and 'href="/ops/cron"' in page.text
+
+
+# -- metrics ---------------------------------------------------------------------------------------
+
+
+def families(text: str) -> dict[str, Any]:
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def test_metrics_endpoint_reads_storage(db: Built) -> None:
+    [page] = get(app(**where(db), clock=AT_5M), "/metrics")
+    assert page.headers["content-type"].startswith("text/plain")
+    found = families(page.text)
+    depth = {s.labels["status"]: s.value for s in found["djobs_queue_jobs"].samples}
+    assert depth == {"pending": 2, "running": 1, "completed": 1, "failed": 1, "cancelled": 1}
+    by_name = {(s.labels["job"], s.labels["status"]): s.value for s in found["djobs_queue_jobs_by_name"].samples}
+    assert by_name[("greet", "failed")] == 1
+    assert found["djobs_queue_lateness_seconds"].samples[0].value == 300
+    instances = {(s.labels["kind"], s.labels["status"]): s.value for s in found["djobs_instances"].samples}
+    assert instances == {("continuous", "running"): 2, ("debounce", "debouncing"): 1}
+    assert found["djobs_storage_up"].samples[0].value == 1
+    assert found["djobs_instances_active"].samples[0].value == 1  # the other worker's lease on user-1
+
+
+def test_metrics_tracker_counts_what_the_engine_does() -> None:
+    registry = CollectorRegistry()
+
+    async def scenario() -> str:
+        tracker = MetricsTracker(registry=registry)
+        async with open_test_engine([greeter], tracker=tracker) as engine:
+            for name in ("a", "b", "fail"):
+                success(await engine.client.job(greeter).later(Greet(name), delay="2 seconds"))
+            await trio.sleep(5)
+            await engine.wait_idle()
+            collector = StorageCollector(engine.storage)
+            registry.register(collector)
+            await collector.refresh()
+        return render(registry).decode()
+
+    found = families(trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0)))
+    value = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in found.values() for s in f.samples}
+    greet = (("job", "greet"),)
+    assert value[("djobs_jobs_enqueued_total", greet)] == 3
+    assert value[("djobs_jobs_started_total", greet)] == 3
+    assert value[("djobs_jobs_completed_total", greet)] == 2
+    assert value[("djobs_jobs_failed_total", greet)] == 1
+    assert value[("djobs_job_run_duration_seconds_count", greet)] == 3
+    assert value[("djobs_job_lateness_seconds_count", greet)] == 3
+    assert value[("djobs_queue_jobs", (("status", "completed"),))] == 2
+
+
+# -- a real browser -----------------------------------------------------------------------------
+
+
+def _chromium() -> tuple[str, str] | None:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    return (browser, driver) if browser and driver else None
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    found = _chromium()
+    if found is None:
+        message = "browser tests skipped: no chromium; install it with: apt-get install chromium chromium-driver"
+        if os.environ.get("CI"):
+            pytest.fail(message.replace("skipped", "cannot run in CI"))
+        pytest.skip(message)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = found[0]
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=found[1]), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def server(demo_db: Path) -> Iterator[tuple[str, Path]]:
+    """``djobs dashboard`` with a token, in a process of its own, over a copy of the demo's database."""
+    process = subprocess.Popen(
+        # From the database's directory, so the pages (and the screenshots in the docs) show its name only.
+        [sys.executable, "-m", "djobs.cli", "dashboard", "--db", DEMO_DB, "--port", "0", "--token", TOKEN],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=demo_db.parent,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    try:
+        assert process.stderr is not None
+        line = process.stderr.readline()
+        url = re.search(r"at (http://\S+?)[,;]", line)
+        assert url is not None, line + process.stderr.read()
+        yield url.group(1), demo_db
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+def screenshots(tmp_path: Path) -> Path:
+    """Where the browser test saves its screenshots: the docs' images with DJOBS_UPDATE_SCREENSHOTS=1
+    (how those were made), else a temporary directory, so a test run leaves the tree as it was."""
+    return DOCS_IMAGES if os.environ.get("DJOBS_UPDATE_SCREENSHOTS") == "1" else tmp_path
+
+
+def test_in_a_real_browser_filter_open_and_retry_a_failed_job(
+    browser: Any, server: tuple[str, Path], screenshots: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.select import Select
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, path = server
+
+    async def failed_ids() -> list[str]:
+        async with open_existing(str(path)) as opened:
+            return [r.id for r in await opened.storage.list_jobs(JobFilter(status="failed"))]
+
+    [failed_id] = trio.run(failed_ids)
+    wait = WebDriverWait(browser, 10)
+    browser.get(url + "/")
+    assert browser.find_element(By.ID, "chart").tag_name == "svg"
+    browser.save_screenshot(str(screenshots / "dashboard-overview.png"))
+    browser.find_element(By.LINK_TEXT, "log in for actions").click()
+    browser.find_element(By.ID, "token").send_keys(TOKEN)
+    browser.find_element(By.ID, "login").click()
+    wait.until(ec.presence_of_element_located((By.ID, "flash")))
+    browser.find_element(By.LINK_TEXT, "Jobs").click()
+    Select(browser.find_element(By.NAME, "status")).select_by_visible_text("failed")
+    browser.find_element(By.ID, "apply").click()
+    wait.until(ec.title_contains("Failed jobs"))
+    links = browser.find_elements(By.CSS_SELECTOR, "a.job")
+    assert [a.text for a in links] == [failed_id]
+    browser.save_screenshot(str(screenshots / "dashboard-failed-jobs.png"))
+    links[0].click()
+    assert browser.find_element(By.ID, "status").text == "failed"
+    browser.save_screenshot(str(screenshots / "dashboard-job.png"))
+    browser.find_element(By.CSS_SELECTOR, 'button[value="retry"]').click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "pending"))
+    assert "retried" in browser.find_element(By.ID, "flash").text
+    assert trio.run(failed_ids) == []  # stored: pending again, for the next worker
+    for name in ("overview", "failed-jobs", "job"):
+        assert (screenshots / f"dashboard-{name}.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_what_users_stored_is_escaped_and_live_jobs_reload(db: Built) -> None:
+    async def enqueue_hostile() -> str:
+        storage = djobs.sqlite(db.path) if len(db.args) == 2 else djobs.postgres(db.args[1], schema=db.args[3])
+        async with open_test_engine([greeter], storage=storage, worker=None) as engine:
+            client = engine.client.for_tenant("<b>acme</b>")
+            return success(await client.job(greeter).later(Greet("<script>alert(1)</script>")))
+
+    hostile = trio.run(enqueue_hostile, clock=trio.testing.MockClock(autojump_threshold=0))
+    page, listing, done, overview = get(
+        app(**where(db), clock=AT_5M), f"/jobs/{hostile}", "/jobs?tenant=<b>acme</b>", f"/jobs/{db.completed}", "/"
+    )
+    for text in (page.text, listing.text):
+        assert "<script>alert" not in text and "<b>acme" not in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text and "&lt;b&gt;acme&lt;/b&gt;" in listing.text
+    # A pending job's page reloads itself (progress and status follow); a finished one's does not.
+    assert '<meta http-equiv="refresh" content="2">' in page.text
+    assert 'http-equiv="refresh"' not in done.text
+    assert 'href="/jobs" class="on"' in page.text and 'href="/" class="on"' in overview.text
+
+
+def test_the_dashboard_command_refuses_what_it_cannot_serve(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from djobs.cli import main
+
+    assert main(["dashboard", "--db", str(tmp_path / "missing.db")]) == 3
+    assert "no database at" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    path = tmp_path / "jobs.db"
+    build(tmp_path, djobs.sqlite(path), ["--db", str(path)])
+    assert main(["dashboard", "--db", str(path), "--token", "short"]) == 2
+    assert "at least 8 characters" in capsys.readouterr().err
+
+
+def test_the_metrics_tracker_forwards_to_the_tracker_it_wraps() -> None:
+    class Sender:
+        """A background tracker: its task must run while the engine is open."""
+
+        def __init__(self) -> None:
+            self.events: list[str] = []
+            self.running = False
+            self.closed = trio.Event()
+
+        def emit(self, event: djobs.TrackedEvent) -> None:
+            self.events.append(event.type)
+
+        async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            self.running = True
+            task_status.started()
+            await self.closed.wait()
+
+        async def aclose(self) -> None:
+            self.closed.set()
+
+    sender = Sender()
+
+    async def scenario() -> None:
+        tracker = MetricsTracker(sender, registry=CollectorRegistry())
+        async with open_test_engine([greeter], tracker=tracker) as engine:
+            success(await engine.client.job(greeter).now(Greet("a")))
+            assert sender.running
+
+    trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert "job.completed" in sender.events and sender.closed.is_set()
+
+
+def test_an_unusable_database_is_a_page_saying_why_until_it_is_there(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    application = app(str(path))
+
+    async def scenario() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://dash.test") as c:
+            before = await c.get("/")
+            async with djobs.sqlite(path).open():  # an engine creates it
+                pass
+            after = await c.get("/")
+        await application.state.dashboard.aclose()
+        return [before, after]
+
+    before, after = trio.run(scenario)
+    assert before.status_code == 503 and "no database at" in before.text
+    assert after.status_code == 200 and "Overview" in after.text
+    with pytest.raises(djobs.ValidationError, match="at least 8 characters"):
+        app(str(path), token="short")
