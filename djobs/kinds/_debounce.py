@@ -32,20 +32,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, NoReturn, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, NoReturn, overload
 
 import msgspec
 from returns.future import FutureResult
 from returns.result import Failure, Result, Success
+from typing_extensions import TypeVar
 
+from .._bodies import Done, Returns, check_body
 from .._clock import to_datetime
 from .._codec import decode, encode, validate
-from .._context import BaseContext
+from .._context import BaseContext, D_co
 from .._durations import DurationLike, duration, to_ms
 from .._errors import (
     DuplicateEventError,
     ExecutionError,
     InstanceNotFoundError,
+    InvalidStateError,
     JobNotFoundError,
     StorageError,
     ValidationError,
@@ -57,6 +60,8 @@ from ..storage import Alarm, Checkin, ClearAlarm, InstanceRecord, SetAlarm
 from ..tracking import TrackedEvent
 from ._common import (
     MAX_ID_LENGTH,
+    D_contra,
+    Definition,
     InstanceClient,
     StateResult,
     TenantScoped,
@@ -77,8 +82,11 @@ FlushReason = Literal["max_events", "flush_after", "manual"]
 _REASONS: tuple[FlushReason, ...] = ("max_events", "flush_after", "manual")
 
 
-class DebounceEventContext(BaseContext, Generic[E, S]):
+class DebounceEventContext(BaseContext[D_co], Generic[E, S, D_co]):
     """The context of one ``on_event(ctx)`` call: fold `event` into `state`, return the new state.
+
+    ``DebounceEventContext[E, S, D]``: event `E`, state `S`, services `D`
+    (``object``, the default, for a reducer that needs none).
 
     Attributes:
         event: The event being added, validated against the job's event type.
@@ -89,16 +97,26 @@ class DebounceEventContext(BaseContext, Generic[E, S]):
     __slots__ = ("event", "event_count", "state")
 
     def __init__(
-        self, env: Env, job_name: str, instance_id: str, log: JobLog, event: E, state: S | None, event_count: int
+        self,
+        env: Env,
+        job_name: str,
+        instance_id: str,
+        log: JobLog,
+        event: E,
+        state: S | None,
+        event_count: int,
+        tenant_id: str | None = None,
     ) -> None:
-        super().__init__(env, job_name, instance_id, log)
+        super().__init__(env, job_name, instance_id, log, tenant_id)
         self.event = event
         self.state = state
         self.event_count = event_count
 
 
-class DebounceContext(BaseContext, Generic[S]):
+class DebounceContext(BaseContext[D_co], Generic[S, D_co]):
     """The context of one flush: ``execute(ctx)`` processes the batch.
+
+    ``DebounceContext[S, D]``: state `S`, services `D` (``object`` for none).
 
     Attributes:
         state: The batch's accumulated state.
@@ -126,8 +144,9 @@ class DebounceContext(BaseContext, Generic[S]):
         debounce_started_at: datetime,
         run_count: int,
         attempt: int,
+        tenant_id: str | None = None,
     ) -> None:
-        super().__init__(env, job_name, instance_id, log)
+        super().__init__(env, job_name, instance_id, log, tenant_id)
         self._checkout = checkout
         self.event_count = event_count
         self.flush_reason: FlushReason = flush_reason
@@ -153,13 +172,16 @@ class DebounceContext(BaseContext, Generic[S]):
         self._checkout.terminate(reason)
 
 
-def _keep_latest(ctx: DebounceEventContext[Any, Any]) -> Any:
+def _keep_latest(ctx: DebounceEventContext[Any, Any, object]) -> Any:
     return ctx.event
 
 
 @dataclass(frozen=True, eq=False)
-class Debounce(Generic[E, S]):
+class Debounce(Definition[D_contra], Generic[E, S, D_contra]):
     """A job that batches events per instance. Make one with `Debounce.make`.
+
+    ``Debounce[E, S, D]``: event `E`, batch state `S`; its bodies need
+    services `D` (``object``, the default, for none).
 
     Examples:
         >>> import msgspec, djobs
@@ -178,8 +200,8 @@ class Debounce(Generic[E, S]):
     state: type[S]
     flush_after_ms: int
     max_events: int | None
-    on_event: Callable[[DebounceEventContext[E, S]], object]
-    execute: Callable[[DebounceContext[S]], object]
+    on_event: Callable[[DebounceEventContext[E, S, D_contra]], Returns[S, D_contra]]
+    execute: Callable[[DebounceContext[S, D_contra]], Done[D_contra]]
     retry: Retry | None = None
     logging: LoggingOption = False
 
@@ -193,11 +215,11 @@ class Debounce(Generic[E, S]):
         state: None = None,
         flush_after: DurationLike = "5 seconds",
         max_events: int | None = None,
-        on_event: Callable[[DebounceEventContext[E, E]], object] | None = None,
-        execute: Callable[[DebounceContext[E]], object],
+        on_event: Callable[[DebounceEventContext[E, E, D_contra]], Returns[E, D_contra]] | None = None,
+        execute: Callable[[DebounceContext[E, D_contra]], Done[D_contra]],
         retry: Retry | None = None,
         logging: LoggingOption = False,
-    ) -> Debounce[E, E]: ...
+    ) -> Debounce[E, E, D_contra]: ...
 
     @overload
     @classmethod
@@ -209,11 +231,11 @@ class Debounce(Generic[E, S]):
         state: type[S],
         flush_after: DurationLike = "5 seconds",
         max_events: int | None = None,
-        on_event: Callable[[DebounceEventContext[E, S]], object] | None = None,
-        execute: Callable[[DebounceContext[S]], object],
+        on_event: Callable[[DebounceEventContext[E, S, D_contra]], Returns[S, D_contra]] | None = None,
+        execute: Callable[[DebounceContext[S, D_contra]], Done[D_contra]],
         retry: Retry | None = None,
         logging: LoggingOption = False,
-    ) -> Debounce[E, S]: ...
+    ) -> Debounce[E, S, D_contra]: ...
 
     @classmethod
     def make(
@@ -224,11 +246,11 @@ class Debounce(Generic[E, S]):
         state: type[Any] | None = None,
         flush_after: DurationLike = "5 seconds",
         max_events: int | None = None,
-        on_event: Callable[[DebounceEventContext[Any, Any]], object] | None = None,
-        execute: Callable[[DebounceContext[Any]], object],
+        on_event: Callable[[DebounceEventContext[Any, Any, Any]], Any] | None = None,
+        execute: Callable[[DebounceContext[Any, Any]], Any],
         retry: Retry | None = None,
         logging: LoggingOption = False,
-    ) -> Debounce[Any, Any]:
+    ) -> Debounce[Any, Any, Any]:
         """Define a debounce job.
 
         Args:
@@ -244,7 +266,10 @@ class Debounce(Generic[E, S]):
                 ``ctx.event``, as a plain value, a ``Result`` or a
                 ``FutureResult``. Default: keep the latest event, which needs
                 `state` to be the event type.
-            execute: The flush: ``execute(ctx)``, in any form the execution service accepts.
+            execute: The flush: ``execute(ctx)``, returning ``None`` or any
+                container of `djobs._bodies` (a ``FutureResult``, a
+                ``RequiresContextFutureResult`` run with the services, ...);
+                its success value is dropped.
             retry: How a failed flush is retried; ``None`` does not retry (the
                 batch is dropped and ``job.failed`` emitted).
             logging: ``True`` (debug), ``False`` (errors only), a level, or ``None`` (silent).
@@ -271,8 +296,9 @@ class Debounce(Generic[E, S]):
             raise ValidationError(
                 f"Debounce {name!r}: max_events must be None or an int of at least 1, got {max_events!r}"
             )
-        if not callable(execute):
-            raise ValidationError(f"Debounce {name!r}: execute must be callable, got {execute!r}")
+        check_body(execute, f"Debounce {name!r}: execute")
+        if on_event is not None:
+            check_body(on_event, f"Debounce {name!r}: on_event")
         reducer = _keep_latest if on_event is None else on_event
         return cls(name, event, state_type, flush_after_ms, max_events, reducer, execute, retry, logging)
 
@@ -363,7 +389,7 @@ def _make_idle(record: InstanceRecord, now: int) -> None:
 class DebounceHandler(TenantScoped, Generic[E, S]):
     """Runs one debounce job's instances on an engine's runtime."""
 
-    def __init__(self, job: Debounce[E, S], runtime: Runtime) -> None:
+    def __init__(self, job: Debounce[E, S, Any], runtime: Runtime) -> None:
         self.job = job
         self.runtime = runtime
         self.env = runtime.env
@@ -452,8 +478,10 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
     ) -> Result[bytes, ValidationError | ExecutionError]:
         job, env = self.job, self.env
         log = env.job_log(KIND, job.name, job.logging, instance=instance_id, event=count)
-        ctx = DebounceEventContext(env, job.name, instance_id, log, event, state, count)
-        result = await run_body(lambda: job.on_event(ctx), env.services)
+        ctx: DebounceEventContext[E, S, Any] = DebounceEventContext(
+            env, job.name, instance_id, log, event, state, count, self.tenant
+        )
+        result = await run_body(lambda: job.on_event(ctx), env.services, f"the on_event of debounce job {job.name!r}")
         if isinstance(result, Failure):
             error = result.failure()
             log.error("on_event failed: %s", error.message)
@@ -602,8 +630,18 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         else:
             checkout = Checkout(state.unwrap())
             started_at = to_datetime(record.started_at if record.started_at is not None else record.updated_at)
-            ctx = DebounceContext(
-                env, job.name, record.instance_id, log, checkout, count, reason, started_at, run_count, attempt
+            ctx: DebounceContext[S, Any] = DebounceContext(
+                env,
+                job.name,
+                record.instance_id,
+                log,
+                checkout,
+                count,
+                reason,
+                started_at,
+                run_count,
+                attempt,
+                record.tenant_id,
             )
             outcome = await execute(env, info, checkout, lambda: job.execute(ctx), job.retry, events, log)
             outcome_kind, retry_at, duration_ms = outcome.kind, outcome.retry_at, outcome.duration_ms
@@ -649,7 +687,8 @@ class DebounceClient(InstanceClient[DebounceHandler[E, S]], Generic[E, S]):
     def add(
         self, *, id: str, event: E, event_id: str | None = None
     ) -> FutureResult[
-        AddResult, JobNotFoundError | ValidationError | ExecutionError | DuplicateEventError | StorageError
+        AddResult,
+        JobNotFoundError | InvalidStateError | ValidationError | ExecutionError | DuplicateEventError | StorageError,
     ]:
         """Add `event` to instance `id`'s batch, creating the instance if needed.
 
@@ -662,14 +701,18 @@ class DebounceClient(InstanceClient[DebounceHandler[E, S]], Generic[E, S]):
 
     def flush(
         self, id: str
-    ) -> FutureResult[FlushResult, JobNotFoundError | InstanceNotFoundError | ValidationError | StorageError]:
+    ) -> FutureResult[
+        FlushResult, JobNotFoundError | InvalidStateError | InstanceNotFoundError | ValidationError | StorageError
+    ]:
         """Flush instance `id`'s batch now (``flush_reason="manual"``); returns once the flush is committed.
 
         An idle instance has nothing to flush: ``flushed=False``.
         """
         return self._verb(id, lambda h, i: h.flush(i))
 
-    def clear(self, id: str) -> FutureResult[ClearResult, JobNotFoundError | ValidationError | StorageError]:
+    def clear(
+        self, id: str
+    ) -> FutureResult[ClearResult, JobNotFoundError | InvalidStateError | ValidationError | StorageError]:
         """Drop instance `id`'s batch without processing it; the instance goes idle.
 
         Clearing an idle or unknown id changes nothing (``cleared=False``).

@@ -26,16 +26,18 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, cast, overload
 
 import msgspec
 import trio
 from returns.future import FutureResult
 from returns.result import Failure, Result, Success
+from typing_extensions import TypeVar
 
+from .._bodies import Returns, check_body
 from .._clock import LATEST_MS, to_datetime, to_epoch_ms
 from .._codec import decode, encode
-from .._context import BaseContext
+from .._context import BaseContext, D_co
 from .._durations import DurationLike, parse_duration, to_ms
 from .._errors import (
     InstanceNotFoundError,
@@ -55,7 +57,7 @@ from .._retry import Retry
 from .._worker import CANCELLED_ERROR, RunHandle, Worker, error_json
 from ..storage import ClaimedJob, JobFilter, JobRecord, JobSettlement, JobStatusName, NewJob, QueueStorage
 from ..tracking import TrackedEvent
-from ._common import check_id, check_name, effect, not_registered
+from ._common import D_contra, Definition, check_id, check_name, effect, not_registered
 
 if TYPE_CHECKING:
     from .._runtime import Runtime
@@ -97,8 +99,9 @@ def _error_event(error: JobError) -> dict[str, str]:
 # -- context ---------------------------------------------------------------------------
 
 
-class JobContext(BaseContext):
-    """The context of one attempt of a job.
+class JobContext(BaseContext[D_co]):
+    """The context of one attempt of a job: ``JobContext[D]``, services `D`
+    (``object``, the default, for a body that needs none).
 
     Attributes:
         job_id: The job's id (a UUIDv7), or ``None`` for ``now(persist=False)``.
@@ -109,7 +112,7 @@ class JobContext(BaseContext):
         correlation_id: The correlation id it was enqueued with, if any.
     """
 
-    __slots__ = ("_lease", "attempt", "correlation_id", "job_id", "max_attempts", "run_id", "tenant_id")
+    __slots__ = ("_lease", "attempt", "correlation_id", "job_id", "max_attempts", "run_id")
 
     def __init__(
         self,
@@ -125,12 +128,11 @@ class JobContext(BaseContext):
         correlation_id: str | None,
         lease: tuple[QueueStorage, str] | None,
     ) -> None:
-        super().__init__(env, job_name, job_id or run_id, log)
+        super().__init__(env, job_name, job_id or run_id, log, tenant_id)
         self.job_id = job_id
         self.run_id = run_id
         self.attempt = attempt
         self.max_attempts = max_attempts
-        self.tenant_id = tenant_id
         self.correlation_id = correlation_id
         self._lease = lease
 
@@ -168,8 +170,13 @@ class JobContext(BaseContext):
 
 
 @dataclass(frozen=True, eq=False)
-class Job(Generic[P, R]):
+class Job(Definition[D_contra], Generic[P, R, D_contra]):
     """A one-off job with typed params and result. Make one with `Job.make`.
+
+    ``Job[P, R, D]``: params `P`, result `R`; its body needs services `D`
+    (``object``, the default, for none) and returns `R` in a body form of
+    `djobs._bodies` (`R`, ``Result[R, E]``, ``async def``,
+    ``FutureResult[R, E]``, ``RequiresContextFutureResult[R, E, D]``, ...).
 
     Examples:
         >>> import msgspec, djobs
@@ -188,7 +195,7 @@ class Job(Generic[P, R]):
     name: str
     params: type[P]
     result: type[R]
-    execute: Callable[[P, JobContext], object]
+    execute: Callable[[P, JobContext[D_contra]], Returns[R, D_contra]]
     retry: Retry
     max_attempts: int
     on: str | None = None
@@ -202,12 +209,12 @@ class Job(Generic[P, R]):
         *,
         params: type[P],
         result: type[R],
-        execute: Callable[[P, JobContext], object],
+        execute: Callable[[P, JobContext[D_contra]], Returns[R, D_contra]],
         retry: Retry | None = None,
         max_attempts: int | None = None,
         on: str | Event[Any] | None = None,
         logging: LoggingOption = False,
-    ) -> Job[P, R]: ...
+    ) -> Job[P, R, D_contra]: ...
     @overload
     @classmethod
     def make(
@@ -216,12 +223,12 @@ class Job(Generic[P, R]):
         *,
         params: type[P],
         result: None = None,
-        execute: Callable[[P, JobContext], object],
+        execute: Callable[[P, JobContext[D_contra]], Returns[None, D_contra]],
         retry: Retry | None = None,
         max_attempts: int | None = None,
         on: str | Event[Any] | None = None,
         logging: LoggingOption = False,
-    ) -> Job[P, None]: ...
+    ) -> Job[P, None, D_contra]: ...
     @classmethod
     def make(
         cls,
@@ -229,12 +236,12 @@ class Job(Generic[P, R]):
         *,
         params: type[P],
         result: type[Any] | None = None,
-        execute: Callable[[P, JobContext], object],
+        execute: Callable[[P, JobContext[Any]], Any],
         retry: Retry | None = None,
         max_attempts: int | None = None,
         on: str | Event[Any] | None = None,
         logging: LoggingOption = False,
-    ) -> Job[P, Any]:
+    ) -> Job[P, Any, Any]:
         """Define a job.
 
         Args:
@@ -244,8 +251,11 @@ class Job(Generic[P, R]):
             result: The ``msgspec.Struct`` type of its result; ``None`` (the
                 default) for a job that returns nothing.
             execute: The body, ``execute(params, ctx)``, returning the result
-                in any form the execution service accepts (a value, a
-                ``Result``, a ``FutureResult``, ...).
+                in a body form of `djobs._bodies` (a value, a ``Result``,
+                ``async def``, a ``FutureResult``, a
+                ``RequiresContextFutureResult`` run with the services, ...).
+                Any other return is a mypy error, and at run time the
+                attempt's `ValidationError`.
             retry: The backoff between attempts and which errors are retried;
                 default exponential from 1 second to 30 seconds.
             max_attempts: Tries per job, the first included; default the
@@ -262,8 +272,7 @@ class Job(Generic[P, R]):
             raise ValidationError(f"Job {name!r}: params must be a msgspec.Struct type, got {params!r}")
         if result is not None and not (isinstance(result, type) and issubclass(result, msgspec.Struct)):
             raise ValidationError(f"Job {name!r}: result must be a msgspec.Struct type or None, got {result!r}")
-        if not callable(execute):
-            raise ValidationError(f"Job {name!r}: execute must be callable, got {execute!r}")
+        check_body(execute, f"Job {name!r}: execute")
         attempts = max_attempts if max_attempts is not None else (retry.max_attempts if retry is not None else 3)
         if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
             raise ValidationError(f"Job {name!r}: max_attempts must be an int of at least 1, got {attempts!r}")
@@ -460,7 +469,7 @@ class _Attempt:
 class JobHandler(Generic[P, R]):
     """Runs one job definition's attempts: in a caller's task (``now``) or for the worker."""
 
-    def __init__(self, job: Job[P, R], env: Env) -> None:
+    def __init__(self, job: Job[P, R, Any], env: Env) -> None:
         self.job = job
         self.env = env
         self._logger = env.logger.getChild(f"{KIND}.{job.name}")
@@ -480,13 +489,12 @@ class JobHandler(Generic[P, R]):
             )
         return policy
 
-    async def _call(self, params: P, ctx: JobContext) -> Result[bytes, JobError]:
+    async def _call(self, params: P, ctx: JobContext[Any]) -> Result[bytes, JobError]:
         # The result is validated as part of the attempt, so a bad result is the
         # attempt's failure (a ValidationError, not retried) like any other.
-        value = await run_body(lambda: self.job.execute(params, ctx), self.env.services)
-        if isinstance(value, Failure):
-            return value
-        return encode(self.job.result, value.unwrap(), what=f"result of job {self.job.name!r}")
+        job = self.job
+        value = await run_body(lambda: job.execute(params, ctx), self.env.services, f"the execute of job {job.name!r}")
+        return value.bind(lambda result: encode(job.result, result, what=f"result of job {job.name!r}"))
 
     async def attempt(
         self, params: P, who: _Attempt, run_id: str, storage: QueueStorage | None
@@ -496,7 +504,7 @@ class JobHandler(Generic[P, R]):
         key = who.job_id or run_id
         log = JobLog(self._logger, self._threshold, {"job": job.name, "job_id": key, "attempt": who.attempt})
         lease = (storage, who.worker_id) if storage is not None and who.worker_id is not None else None
-        ctx = JobContext(
+        ctx: JobContext[Any] = JobContext(
             env,
             job.name,
             log,
