@@ -38,8 +38,13 @@ def encode(tp: type[T], value: object, *, what: str) -> Result[bytes, Validation
     """Validate `value` as a `tp` and return its JSON encoding.
 
     Accepts an instance of `tp` or anything ``msgspec.convert`` can turn into
-    one (a dict of the fields, for example).
+    one (a dict of the fields, for example), but not an instance of another
+    struct: its JSON might decode as a `tp` (unknown fields are ignored,
+    missing ones defaulted), which would store something no one wrote.
     """
+    other_struct = isinstance(value, msgspec.Struct) and isinstance(tp, type) and not isinstance(value, tp)
+    if other_struct and issubclass(tp, msgspec.Struct):
+        return Failure(ValidationError(f"{what} is a {type(value).__name__}, not a {_type_name(tp)}"))
     try:
         raw = _encoder.encode(value)
         _decoder(tp).decode(raw)  # the validation step; also re-checks an instance built unchecked
