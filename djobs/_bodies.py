@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable
-from typing import TypeAlias, TypeVar, cast
+from typing import Any, TypeAlias, TypeVar, cast
 
 from returns.context import (
     RequiresContext,
@@ -54,7 +54,7 @@ Returns: TypeAlias = (
     | FutureResult[T, object]
     | RequiresContext[T, D]
     | RequiresContextResult[T, object, D]
-    | RequiresContextIOResult[T, object, D]
+    | RequiresContextIOResult[T, Any, D]  # its error type is invariant in returns
     | RequiresContextFutureResult[T, object, D]
 )
 
@@ -67,7 +67,7 @@ Done: TypeAlias = (
     | FutureResult[object, object]
     | RequiresContext[object, D]
     | RequiresContextResult[object, object, D]
-    | RequiresContextIOResult[object, object, D]
+    | RequiresContextIOResult[object, Any, D]
     | RequiresContextFutureResult[object, object, D]
     | None
 )

@@ -49,7 +49,9 @@ def ask(ctx: BaseContext[Any], then: Callable[[Any], FutureResult[Any, Any]] | N
 
     Examples:
         ```python
-        def send_email(params: Email, ctx: djobs.JobContext[HasMailer]) -> Pipeline[Sent, MailError, HasMailer]:
+        def send_email(
+            params: Email, ctx: djobs.JobContext[HasMailer]
+        ) -> RequiresContextFutureResult[Sent, MailError, HasMailer]:
             return djobs.ask(ctx, lambda services: services.mailer.send(params.to)).map(Sent)
         ```
     """

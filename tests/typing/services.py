@@ -1,6 +1,10 @@
 """The services type parameter: what open_engine accepts, and what a body may do with ``ctx.services``.
 
 Lines ending in ``# E: <code>`` must fail mypy with that error code; every other line must pass.
+Services that some definition cannot use are reported either as the list item
+that needs more (``list-item``: "expected Definition[OnlyTokens]") or, when the
+services are no candidate at all, as mypy's "Cannot infer value of type
+parameter D" (``misc``).
 """
 
 from typing import Protocol
@@ -124,22 +128,22 @@ def no_such_method(ctx: djobs.ContinuousContext[Tokens, HasTokenApi]) -> None:
 
 
 async def a_token_job_with_services_that_are_not_a_token_api() -> None:
-    async with djobs.open_engine([refresher], services=object()):  # E: call-overload
+    async with djobs.open_engine([refresher], services=object()):  # E: misc
         pass
 
 
 async def a_token_job_without_services() -> None:
-    async with djobs.open_engine([refresher]):  # E: call-overload
+    async with djobs.open_engine([refresher]):  # E: list-item
         pass
 
 
 async def a_and_b_with_services_that_are_only_a() -> None:
-    async with djobs.open_engine([refresher, mailer], services=OnlyTokens()):  # E: call-overload
+    async with djobs.open_engine([refresher, mailer], services=OnlyTokens()):  # E: list-item
         pass
 
 
 async def a_and_b_with_services_that_are_only_b() -> None:
-    async with djobs.open_engine([refresher, mailer], services=OnlyMail()):  # E: call-overload
+    async with djobs.open_engine([refresher, mailer], services=OnlyMail()):  # E: list-item
         pass
 
 
@@ -154,5 +158,5 @@ async def the_test_engine_checks_its_fakes_too() -> None:
 
     async with open_test_engine([refresher], services=OnlyTokens()) as engine:
         assert engine.services.tokens is not None
-    async with open_test_engine([refresher], services=OnlyMail()):  # E: call-overload
+    async with open_test_engine([refresher], services=OnlyMail()):  # E: misc
         pass
