@@ -22,7 +22,7 @@ from test_docs import parse
 ROOT = Path(__file__).resolve().parent.parent
 CASES = sorted((ROOT / "tests" / "typing").glob("*.py"))
 #: Doc pages whose python blocks must type-check, as one module per page.
-TYPED_PAGES = [ROOT / "docs" / "guides" / "pipelines.md"]
+TYPED_PAGES = [ROOT / "README.md", ROOT / "docs" / "guides" / "pipelines.md"]
 
 _EXPECTED = re.compile(r"#\s*E:\s*(?P<code>[a-z-]+)")
 _REPORTED = re.compile(r"^(?P<file>[^:]+):(?P<line>\d+): error: (?P<message>.*)  \[(?P<code>[a-z-]+)\]$")
