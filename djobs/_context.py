@@ -6,11 +6,11 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, cast
 
-from returns.result import Success
 from typing_extensions import TypeVar
 
 from ._clock import to_datetime
 from ._codec import encode
+from ._errors import ValidationError
 from ._execution import Checkout, Env
 from ._logging import JobLog
 
@@ -21,6 +21,11 @@ S = TypeVar("S")
 #: The application's services a context gives its body (``ctx.services``). A
 #: context is covariant in them: one that has more services is usable where less is asked.
 D_co = TypeVar("D_co", covariant=True, default=object)
+
+
+def raise_error(error: ValidationError) -> NoReturn:
+    """Raise `error`: ``result.alt(raise_error).unwrap()`` ends a body at its mistake (``set_state``)."""
+    raise error
 
 
 class BaseContext(Generic[D_co]):
@@ -99,9 +104,7 @@ class StatefulContext(BaseContext[D_co], Generic[S, D_co]):
         """
         # Raising (rather than returning a Result) ends the run at the point
         # of the mistake; the execution service turns it into a failure value.
-        checked = encode(self._state_type, state, what="state")
-        if not isinstance(checked, Success):
-            raise checked.failure()
+        encode(self._state_type, state, what="state").alt(raise_error).unwrap()
         self._checkout.set_state(state)
 
     def update_state(self, fn: Callable[[S], S]) -> None:

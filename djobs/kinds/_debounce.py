@@ -402,20 +402,21 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
     async def add(
         self, instance_id: str, event: object, event_id: object
     ) -> Result[AddResult, ValidationError | ExecutionError | DuplicateEventError | StorageError]:
-        checked_id = _check_event_id(event_id)
-        if isinstance(checked_id, Failure):
-            return checked_id
-        the_event_id = checked_id.unwrap()
-        validated = validate(self.job.event, event, what=f"event of {self.job.name!r}")
-        if isinstance(validated, Failure):
-            return validated
+        checked = Result.do(
+            (the_event_id, the_event)
+            for the_event_id in _check_event_id(event_id)
+            for the_event in validate(self.job.event, event, what=f"event of {self.job.name!r}")
+        )
+        if isinstance(checked, Failure):
+            return checked
+        the_event_id, the_event = checked.unwrap()
         key = self.key(instance_id)
 
         async def run() -> Result[AddResult, ValidationError | ExecutionError | DuplicateEventError | StorageError]:
             if the_event_id is not None and await self.env.storage.has_event_id(key, the_event_id):
                 return Failure(DuplicateEventError(instance_id, the_event_id))
             loaded = await self._flush_if_full(await self.env.storage.load(key))
-            return await self._add(key, instance_id, loaded, validated.unwrap(), the_event_id)
+            return await self._add(key, instance_id, loaded, the_event, the_event_id)
 
         return await self.runtime.call(key, run)
 

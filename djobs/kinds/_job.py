@@ -947,12 +947,13 @@ class JobQueue:
 
     async def load(self, scope: str | None, job_id: object) -> Result[JobRecord, Any]:
         """The row `job_id`, if it exists and the scope may see it."""
-        scoped = _check_text(scope, "the client's tenant id")
-        if isinstance(scoped, Failure):
-            return scoped
-        checked = check_id(job_id)
+        checked = Result.do(
+            the_id
+            for _ in _check_text(scope, "the client's tenant id")
+            for the_id in check_id(job_id).alt(lambda error: ValidationError(f"job id: {error.message}"))
+        )
         if isinstance(checked, Failure):
-            return Failure(ValidationError(f"job id: {checked.failure().message}"))
+            return checked
         record = await self.storage.get_job(checked.unwrap())
         if record is None:
             return Failure(_job_not_found(checked.unwrap()))
@@ -1068,22 +1069,25 @@ def _job_not_found(job_id: str) -> InstanceNotFoundError:
 
 
 def _when(at: object, delay: object, now: int) -> Result[int, ValidationError]:
+    when: Result[int, ValidationError]
     if at is not None and delay is not None:
         return Failure(ValidationError("give at= or delay=, not both"))
     if at is not None:
         if not isinstance(at, datetime) or at.tzinfo is None:
             return Failure(ValidationError(f"at must be a timezone-aware datetime, got {at!r}"))
-        when = max(to_epoch_ms(at), now)
+        when = Success(max(to_epoch_ms(at), now))
     elif delay is not None:
-        parsed = parse_duration(delay, what="delay")
-        if isinstance(parsed, Failure):
-            return parsed
-        when = now + to_ms(parsed.unwrap())
+        when = parse_duration(delay, what="delay").map(lambda d: now + to_ms(d))
     else:
-        when = now
-    if when > LATEST_MS:
-        return Failure(ValidationError(f"a job cannot be scheduled after 9999-12-30 (got at={at!r}, delay={delay!r})"))
-    return Success(when)
+        when = Success(now)
+    too_late = ValidationError(f"a job cannot be scheduled after 9999-12-30 (got at={at!r}, delay={delay!r})")
+    return when.bind(lambda ms: Failure(too_late) if ms > LATEST_MS else Success(ms))
+
+
+def _check_priority(priority: object) -> Result[int, ValidationError]:
+    if isinstance(priority, bool) or not isinstance(priority, int) or not -(2**31) <= priority < 2**31:
+        return Failure(ValidationError(f"priority must be a 32-bit int, got {priority!r}"))
+    return Success(priority)
 
 
 class JobClient(Generic[P, R]):
@@ -1157,30 +1161,26 @@ class JobClient(Generic[P, R]):
             return not_registered(self._name)
 
         async def run() -> Result[str, Any]:
-            checked = self._checked(h, q, params, tenant_id, correlation_id)
-            if isinstance(checked, Failure):
-                return checked
-            raw, tenant, correlation = checked.unwrap()
             now = q.env.now_ms()
-            when = _when(at, delay, now)
-            if isinstance(when, Failure):
-                return when
-            if isinstance(priority, bool) or not isinstance(priority, int) or not -(2**31) <= priority < 2**31:
-                return Failure(ValidationError(f"priority must be a 32-bit int, got {priority!r}"))
-            key = _check_text(idempotency_key, "idempotency_key")
-            if isinstance(key, Failure):
-                return key
-            row = q.row(
-                h,
-                raw,
-                scheduled_for=when.unwrap(),
-                now=now,
-                priority=priority,
-                correlation_id=correlation,
-                tenant_id=tenant,
-                idempotency_key=key.unwrap(),
+            row = Result.do(
+                q.row(
+                    h,
+                    raw,
+                    scheduled_for=when,
+                    now=now,
+                    priority=rank,
+                    correlation_id=correlation,
+                    tenant_id=tenant,
+                    idempotency_key=key,
+                )
+                for raw, tenant, correlation in self._checked(h, q, params, tenant_id, correlation_id)
+                for when in _when(at, delay, now)
+                for rank in _check_priority(priority)
+                for key in _check_text(idempotency_key, "idempotency_key")
             )
-            [(job_id, _)] = await q.enqueue([row])
+            if isinstance(row, Failure):
+                return row
+            [(job_id, _)] = await q.enqueue([row.unwrap()])
             return Success(job_id)
 
         return effect(run)
@@ -1209,18 +1209,17 @@ class JobClient(Generic[P, R]):
             if isinstance(params_list, str | bytes) or not isinstance(params_list, Sequence):
                 kind = type(params_list).__name__
                 return Failure(ValidationError(f"later_many takes a sequence of params, got {kind}"))
-            tenant = q.tenant_for(self._tenant, tenant_id)
-            if isinstance(tenant, Failure):
-                return tenant
-            correlation = _check_text(correlation_id, "correlation_id")
-            if isinstance(correlation, Failure):
-                return correlation
-            if isinstance(priority, bool) or not isinstance(priority, int) or not -(2**31) <= priority < 2**31:
-                return Failure(ValidationError(f"priority must be a 32-bit int, got {priority!r}"))
             now = q.env.now_ms()
-            when = _when(at, delay, now)
-            if isinstance(when, Failure):
-                return when
+            shared = Result.do(
+                (tenant, correlation, rank, when)
+                for tenant in q.tenant_for(self._tenant, tenant_id)
+                for correlation in _check_text(correlation_id, "correlation_id")
+                for rank in _check_priority(priority)
+                for when in _when(at, delay, now)
+            )
+            if isinstance(shared, Failure):
+                return shared
+            tenant, correlation, rank, when = shared.unwrap()
             rows = []
             for index, params in enumerate(params_list):
                 raw = encode(h.job.params, params, what=f"params[{index}] of job {h.job.name!r}")
@@ -1230,11 +1229,11 @@ class JobClient(Generic[P, R]):
                     q.row(
                         h,
                         raw.unwrap(),
-                        scheduled_for=when.unwrap(),
+                        scheduled_for=when,
                         now=now,
-                        priority=priority,
-                        correlation_id=correlation.unwrap(),
-                        tenant_id=tenant.unwrap(),
+                        priority=rank,
+                        correlation_id=correlation,
+                        tenant_id=tenant,
                     )
                 )
             if not rows:
@@ -1313,16 +1312,12 @@ class JobClient(Generic[P, R]):
     def _checked(
         self, h: JobHandler[P, R], q: JobQueue, params: object, tenant_id: object, correlation_id: object
     ) -> Result[tuple[bytes, str | None, str | None], ValidationError | TenantError]:
-        raw = encode(h.job.params, params, what=f"params of job {h.job.name!r}")
-        if isinstance(raw, Failure):
-            return raw
-        tenant = q.tenant_for(self._tenant, tenant_id)
-        if isinstance(tenant, Failure):
-            return tenant
-        correlation = _check_text(correlation_id, "correlation_id")
-        if isinstance(correlation, Failure):
-            return correlation
-        return Success((raw.unwrap(), tenant.unwrap(), correlation.unwrap()))
+        return Result.do(
+            (raw, tenant, correlation)
+            for raw in encode(h.job.params, params, what=f"params of job {h.job.name!r}")
+            for tenant in q.tenant_for(self._tenant, tenant_id)
+            for correlation in _check_text(correlation_id, "correlation_id")
+        )
 
 
 class JobsClient:

@@ -39,7 +39,7 @@ from typing_extensions import TypeVar
 from .._bodies import Returns, check_body
 from .._clock import LATEST_MS, to_datetime, to_epoch_ms
 from .._codec import decode, encode, validate
-from .._context import BaseContext, D_co
+from .._context import BaseContext, D_co, raise_error
 from .._durations import parse_duration, to_ms
 from .._errors import (
     DuplicateEventError,
@@ -141,12 +141,18 @@ def resolve_when(when: object, now_ms: int) -> Result[int, ValidationError]:
             return Failure(_bad_when(when, "a delay must not be negative"))
         fire_at = now_ms + to_ms(when)
     elif isinstance(when, str):
-        parsed = parse_duration(when)
-        if isinstance(parsed, Failure):
-            return Failure(_bad_when(when, "the string is not a duration"))
-        fire_at = now_ms + to_ms(parsed.unwrap())
+        return (
+            parse_duration(when)
+            .map(lambda delay: now_ms + to_ms(delay))
+            .alt(lambda _: _bad_when(when, "the string is not a duration"))
+            .bind(lambda fire_at: _not_after_9999(when, fire_at))
+        )
     else:
         return Failure(_bad_when(when))
+    return _not_after_9999(when, fire_at)
+
+
+def _not_after_9999(when: object, fire_at: int) -> Result[int, ValidationError]:
     if fire_at > LATEST_MS:
         return Failure(_bad_when(when, "that is after the year 9999"))
     return Success(fire_at)
@@ -194,11 +200,9 @@ class _TaskContextBase(BaseContext[D_co], Generic[S, D_co]):
             ValidationError: `state` does not match the job's state type; the
                 handler fails with this error and nothing is written.
         """
-        checked = encode(self._state_type, state, what="state")
-        if isinstance(checked, Failure):
-            raise checked.failure()
+        # Raising ends the handler at the mistake; the execution service turns it into a failure value.
+        self._draft.encoded = encode(self._state_type, state, what="state").alt(raise_error).unwrap()
         self._draft.set_state(state)
-        self._draft.encoded = checked.unwrap()
 
     def update_state(self, fn: Callable[[S], S]) -> None:
         """Replace the state with ``fn(state)``.
@@ -228,10 +232,8 @@ class _TaskContextBase(BaseContext[D_co], Generic[S, D_co]):
                 number, a negative delay, unreadable text); the handler fails
                 with this error and nothing is written.
         """
-        fire_at = resolve_when(when, self._env.now_ms())
-        if isinstance(fire_at, Failure):
-            raise fire_at.failure()
-        self._draft.alarm = SetAlarm(fire_at.unwrap(), _EXECUTE)
+        fire_at = resolve_when(when, self._env.now_ms()).alt(raise_error).unwrap()
+        self._draft.alarm = SetAlarm(fire_at, _EXECUTE)
         self._draft.schedule_touched = True
 
     def cancel_schedule(self) -> None:
@@ -539,14 +541,14 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
 
     async def send(self, instance_id: str, event: object, event_id: object) -> Result[SendResult, SendError]:
         job, env = self.job, self.env
-        checked_id = _check_event_id(event_id)
-        if isinstance(checked_id, Failure):
-            return checked_id
-        eid = checked_id.unwrap()
-        validated = validate(job.event, event, what=f"event for task {job.name!r}")
-        if isinstance(validated, Failure):
-            return validated
-        the_event = validated.unwrap()
+        checked = Result.do(
+            (eid, the_event)
+            for eid in _check_event_id(event_id)
+            for the_event in validate(job.event, event, what=f"event for task {job.name!r}")
+        )
+        if isinstance(checked, Failure):
+            return checked
+        eid, the_event = checked.unwrap()
         key = self.key(instance_id)
 
         async def run() -> Result[SendResult, SendError]:
