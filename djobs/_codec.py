@@ -34,16 +34,19 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or repr(tp)
 
 
-def encode(tp: type[T], value: object, *, what: str) -> Result[bytes, ValidationError]:
+def encode(tp: type[T], value: object, *, what: str, exact: bool = False) -> Result[bytes, ValidationError]:
     """Validate `value` as a `tp` and return its JSON encoding.
 
     Accepts an instance of `tp` or anything ``msgspec.convert`` can turn into
-    one (a dict of the fields, for example), but not an instance of another
-    struct: its JSON might decode as a `tp` (unknown fields are ignored,
-    missing ones defaulted), which would store something no one wrote.
+    one (a dict of the fields, or another struct with the fields: an event's
+    payload reaches each listener as its own params). With `exact`, an
+    instance of another struct is refused, since its JSON might decode as a
+    `tp` by ignoring unknown fields and defaulting missing ones: a state
+    (``ctx.set_state``, or the state a body returns) must be the job's own
+    state type.
     """
     other_struct = isinstance(value, msgspec.Struct) and isinstance(tp, type) and not isinstance(value, tp)
-    if other_struct and issubclass(tp, msgspec.Struct):
+    if exact and other_struct and issubclass(tp, msgspec.Struct):
         return Failure(ValidationError(f"{what} is a {type(value).__name__}, not a {_type_name(tp)}"))
     try:
         raw = _encoder.encode(value)

@@ -104,7 +104,7 @@ class StatefulContext(BaseContext[D_co], Generic[S, D_co]):
         """
         # Raising (rather than returning a Result) ends the run at the point
         # of the mistake; the execution service turns it into a failure value.
-        encode(self._state_type, state, what="state").alt(raise_error).unwrap()
+        encode(self._state_type, state, what="state", exact=True).alt(raise_error).unwrap()
         self._checkout.set_state(state)
 
     def update_state(self, fn: Callable[[S], S]) -> None:

@@ -201,7 +201,7 @@ class _TaskContextBase(BaseContext[D_co], Generic[S, D_co]):
                 handler fails with this error and nothing is written.
         """
         # Raising ends the handler at the mistake; the execution service turns it into a failure value.
-        self._draft.encoded = encode(self._state_type, state, what="state").alt(raise_error).unwrap()
+        self._draft.encoded = encode(self._state_type, state, what="state", exact=True).alt(raise_error).unwrap()
         self._draft.set_state(state)
 
     def update_state(self, fn: Callable[[S], S]) -> None:
