@@ -10,7 +10,7 @@ from typing_extensions import TypeVar
 
 from ._clock import to_datetime
 from ._codec import encode
-from ._errors import ValidationError
+from ._errors import raise_error
 from ._execution import Checkout, Env
 from ._logging import JobLog
 
@@ -21,11 +21,6 @@ S = TypeVar("S")
 #: The application's services a context gives its body (``ctx.services``). A
 #: context is covariant in them: one that has more services is usable where less is asked.
 D_co = TypeVar("D_co", covariant=True, default=object)
-
-
-def raise_error(error: ValidationError) -> NoReturn:
-    """Raise `error`: ``result.alt(raise_error).unwrap()`` ends a body at its mistake (``set_state``)."""
-    raise error
 
 
 class BaseContext(Generic[D_co]):

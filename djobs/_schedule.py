@@ -40,7 +40,7 @@ from croniter import CroniterBadDateError, CroniterError, croniter
 from returns.result import Failure, Result, Success
 
 from ._durations import DurationLike, duration, format_duration, to_ms
-from ._errors import SchedulerError, ValidationError
+from ._errors import SchedulerError, ValidationError, raise_error
 
 __all__ = ["Cron", "Every", "Schedule", "cron", "every", "parse_cron"]
 
@@ -300,13 +300,9 @@ class Cron:
     tz: str = "UTC"
 
     def __post_init__(self) -> None:
-        normal = _parse_expression(self.expression)
-        zone = _parse_zone(self.tz)
-        if isinstance(normal, Failure):
-            raise normal.failure()
-        if isinstance(zone, Failure):
-            raise zone.failure()
-        object.__setattr__(self, "expression", normal.unwrap())
+        normal = _parse_expression(self.expression).alt(raise_error).unwrap()
+        _parse_zone(self.tz).alt(raise_error)
+        object.__setattr__(self, "expression", normal)
 
     def next_after(self, after_ms: int) -> int:
         """The first run time strictly later than ``after_ms``.

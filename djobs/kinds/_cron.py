@@ -34,7 +34,7 @@ from returns.result import Failure, Result, Success
 from .._bodies import Returns
 from .._clock import to_datetime
 from .._codec import encode
-from .._errors import JobNotFoundError, StorageError, TenantError, ValidationError
+from .._errors import JobNotFoundError, StorageError, TenantError, ValidationError, raise_error
 from .._execution import Env
 from .._logging import LoggingOption
 from .._retry import Retry
@@ -139,10 +139,7 @@ class CronJob(Definition[D_contra], Generic[D_contra]):
         """
         check_name(name, "CronJob")
         if isinstance(schedule, str):
-            parsed = parse_cron(schedule)
-            if isinstance(parsed, Failure):
-                raise parsed.failure()
-            schedule = parsed.unwrap()
+            schedule = parse_cron(schedule).alt(raise_error).unwrap()
         if not hasattr(schedule, "next_after"):
             raise ValidationError(f"CronJob {name!r}: schedule must come from djobs.cron() or djobs.every()")
         if missed not in ("once", "all", "skip"):
@@ -158,10 +155,8 @@ class CronJob(Definition[D_contra], Generic[D_contra]):
                 value = params if params is not None else job.params()
             except TypeError as exc:
                 raise ValidationError(f"CronJob {name!r}: params= is required for job {job.name!r}: {exc}") from None
-            raw = encode(job.params, value, what=f"params of cron job {name!r}")
-            if isinstance(raw, Failure):
-                raise raw.failure()
-            return cls(name, schedule, job, raw.unwrap(), missed, tenant_id)
+            raw = encode(job.params, value, what=f"params of cron job {name!r}").alt(raise_error).unwrap()
+            return cls(name, schedule, job, raw, missed, tenant_id)
         assert execute is not None
         own = Job.make(name, params=CronFire, execute=execute, retry=retry, max_attempts=max_attempts, logging=logging)
         return cls(name, schedule, own, None, missed, tenant_id)

@@ -39,7 +39,7 @@ from typing_extensions import TypeVar
 from .._bodies import Returns, check_body
 from .._clock import LATEST_MS, to_datetime, to_epoch_ms
 from .._codec import decode, encode, validate
-from .._context import BaseContext, D_co, raise_error
+from .._context import BaseContext, D_co
 from .._durations import parse_duration, to_ms
 from .._errors import (
     DuplicateEventError,
@@ -50,6 +50,7 @@ from .._errors import (
     JobNotFoundError,
     StorageError,
     ValidationError,
+    raise_error,
 )
 from .._execution import Checkout, Env, RunInfo, execute, run_call, run_returning_state
 from .._logging import JobLog, LoggingOption
