@@ -371,3 +371,11 @@ def test_bodies_that_can_never_run_are_refused_at_definition_time(body: Any) -> 
         with pytest.raises(djobs.ValidationError) as raised:
             make()
         assert "callable" in raised.value.message or "RequiresContextFutureResult" in raised.value.message
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("definitions", [["not a job"], "heartbeat", [object()]], ids=["str_item", "str", "object"])
+async def test_open_engine_refuses_what_is_not_a_list_of_definitions(definitions: Any) -> None:
+    with pytest.raises(djobs.ValidationError):
+        async with open_test_engine(definitions):
+            pass
