@@ -245,10 +245,11 @@ def _parse_expression(expression: object) -> Result[str, ValidationError]:
             return Failure(
                 ValidationError(f"invalid cron expression {expression!r}: unknown nickname (known: {known})")
             )
-    plan = _plan(normal)
-    if isinstance(plan, Failure):
-        return Failure(ValidationError(f"invalid cron expression {expression!r}: {plan.failure()}"))
-    return Success(normal)
+    return (
+        _plan(normal)
+        .map(lambda _: normal)
+        .alt(lambda why: ValidationError(f"invalid cron expression {expression!r}: {why}"))
+    )
 
 
 def _walls(plan: _Plan, start: datetime) -> Iterator[datetime]:
@@ -443,10 +444,4 @@ def parse_cron(expression: object, tz: object = "UTC") -> Result[Cron, Validatio
         >>> parse_cron("61 * * * *")
         <Failure: invalid cron expression '61 * * * *': [61 * * * *] is not acceptable, out of range>
     """
-    normal = _parse_expression(expression)
-    if isinstance(normal, Failure):
-        return Failure(normal.failure())
-    zone = _parse_zone(tz)
-    if isinstance(zone, Failure):
-        return Failure(zone.failure())
-    return Success(Cron(normal.unwrap(), str(tz)))
+    return Result.do(Cron(normal, str(tz)) for normal in _parse_expression(expression) for _ in _parse_zone(tz))

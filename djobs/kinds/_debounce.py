@@ -49,6 +49,7 @@ from .._errors import (
     ExecutionError,
     InstanceNotFoundError,
     InvalidStateError,
+    JobError,
     JobNotFoundError,
     StorageError,
     ValidationError,
@@ -483,20 +484,23 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
             env, job.name, instance_id, log, event, state, count, self.tenant
         )
         result = await run_body(lambda: job.on_event(ctx), env.services, f"the on_event of debounce job {job.name!r}")
-        if isinstance(result, Failure):
-            error = result.failure()
+
+        def rejected(error: JobError) -> ValidationError | ExecutionError:
             log.error("on_event failed: %s", error.message)
             if isinstance(error, ValidationError | ExecutionError):
-                return Failure(error)
-            return Failure(ExecutionError(f"on_event failed: {error.message}", error))
-        new_state = result.unwrap()
-        if new_state is None:
-            return Failure(
-                ValidationError(
-                    f"on_event of {job.name!r} returned None; it must return the new state (a {job.state.__name__})"
+                return error
+            return ExecutionError(f"on_event failed: {error.message}", error)
+
+        def new_state(state: object) -> Result[bytes, ValidationError]:
+            if state is None:
+                return Failure(
+                    ValidationError(
+                        f"on_event of {job.name!r} returned None; it must return the new state (a {job.state.__name__})"
+                    )
                 )
-            )
-        return encode(job.state, new_state, what=f"state returned by on_event of {job.name!r}")
+            return encode(job.state, state, what=f"state returned by on_event of {job.name!r}", exact=True)
+
+        return result.alt(rejected).bind(new_state)
 
     async def _add(
         self,
