@@ -88,9 +88,26 @@ mailer = djobs.Job.make("mailer", params=Email, execute=send)
 ticker = djobs.Continuous.make("ticker", state=Tokens, schedule=every, execute=tick)
 
 
+# The definitions' types were inferred from their bodies; they are contravariant in the services.
+as_inferred: djobs.Continuous[Tokens, HasTokenApi] = refresher
+where_more_is_given: djobs.Continuous[Tokens, AppServices] = refresher
+where_nothing_is_given: djobs.Continuous[Tokens, object] = refresher  # E: assignment
+one_parameter_spelling: djobs.Continuous[Tokens] = ticker
+needs_nothing_so_fits_anywhere: djobs.Continuous[Tokens, AppServices] = ticker
+job_spelled_without_services: djobs.Job[Email, None] = mailer  # E: assignment
+
+
+def contexts_are_covariant(ctx: djobs.ContinuousContext[Tokens, AppServices]) -> None:
+    narrower: djobs.ContinuousContext[Tokens, HasTokenApi] = ctx
+    assert narrower.services.tokens is not None
+
+
 async def the_engine_is_typed_by_its_services() -> None:
     async with djobs.open_engine([refresher], services=OnlyTokens()) as engine:
-        assert engine.services.tokens is not None
+        typed: djobs.Engine[OnlyTokens] = engine
+        assert typed.services.tokens is not None
+        wrong: djobs.Engine[OnlyMail] = engine  # E: assignment
+        assert wrong is not None
 
 
 async def a_definition_needing_no_services_accepts_any() -> None:
