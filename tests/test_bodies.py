@@ -159,6 +159,25 @@ async def test_a_job_body_returning_an_unknown_form_fails_naming_the_accepted_on
     assert "RequiresContextFutureResult" in run.error.message
 
 
+@pytest.mark.trio
+@pytest.mark.parametrize("form", FORMS)
+async def test_a_cron_jobs_own_body_runs_in_every_form(form: str, autojump_clock: trio.testing.MockClock) -> None:
+    fired: list[str] = []
+
+    def tick(fire: djobs.CronFire, ctx: djobs.JobContext[Services]) -> Any:
+        fired.append(fire.cron)
+        return FORMS[form](None)
+
+    nightly = djobs.CronJob.make("nightly", schedule=djobs.every("1 hour"), execute=tick)
+    services = Services()
+    async with open_test_engine([nightly], services=services) as engine:
+        await trio.sleep(2 * 3600 + 1)
+        await engine.wait_idle()
+        [info] = success(await engine.client.jobs.list(name="nightly", status="completed", limit=1))
+    assert fired[:1] == ["nightly"] and info.status == "completed"
+    assert services.reads == len(fired) * _reads(form)
+
+
 # -- Continuous: the body's value is the new state ---------------------------------------
 
 
