@@ -9,6 +9,7 @@ of the same promise is tests/typing/bodies.py.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -398,3 +399,10 @@ async def test_open_engine_refuses_what_is_not_a_list_of_definitions(definitions
     with pytest.raises(djobs.ValidationError):
         async with open_test_engine(definitions):
             pass
+
+
+def test_djobs_reads_no_private_attribute_of_returns() -> None:
+    """Results are opened with returns' public verbs (unwrap, failure, unsafe_perform_io), never its internals."""
+    package = Path(djobs.__file__).parent
+    readers = [str(p.relative_to(package)) for p in package.rglob("*.py") if "_inner_value" in p.read_text()]
+    assert readers == []
