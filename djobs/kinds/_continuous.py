@@ -139,7 +139,7 @@ class Continuous(Definition[D_contra], Generic[S, D_contra]):
             schedule: ``djobs.every("30 minutes")`` or ``djobs.cron("0 */5 * * *", tz=...)``.
             execute: The body, ``execute(ctx)``. It may return the new state
                 (instead of calling ``ctx.set_state``; ``None`` keeps the
-                state), in any form of `djobs._bodies` (a value, a
+                state), in any body form (a value, a
                 ``Result``, ``async def``, a ``FutureResult``, a
                 ``RequiresContextFutureResult`` run with the services, ...).
             start_immediately: Run once as soon as an instance starts (default),

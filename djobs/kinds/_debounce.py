@@ -268,7 +268,7 @@ class Debounce(Definition[D_contra], Generic[E, S, D_contra]):
                 ``FutureResult``. Default: keep the latest event, which needs
                 `state` to be the event type.
             execute: The flush: ``execute(ctx)``, returning ``None`` or any
-                container of `djobs._bodies` (a ``FutureResult``, a
+                container of the body forms (a ``FutureResult``, a
                 ``RequiresContextFutureResult`` run with the services, ...);
                 its success value is dropped.
             retry: How a failed flush is retried; ``None`` does not retry (the

@@ -175,7 +175,7 @@ class Job(Definition[D_contra], Generic[P, R, D_contra]):
 
     ``Job[P, R, D]``: params `P`, result `R`; its body needs services `D`
     (``object``, the default, for none) and returns `R` in a body form of
-    `djobs._bodies` (`R`, ``Result[R, E]``, ``async def``,
+    the body forms (`R`, ``Result[R, E]``, ``async def``,
     ``FutureResult[R, E]``, ``RequiresContextFutureResult[R, E, D]``, ...).
 
     Examples:
@@ -251,7 +251,7 @@ class Job(Definition[D_contra], Generic[P, R, D_contra]):
             result: The ``msgspec.Struct`` type of its result; ``None`` (the
                 default) for a job that returns nothing.
             execute: The body, ``execute(params, ctx)``, returning the result
-                in a body form of `djobs._bodies` (a value, a ``Result``,
+                in a body form (a value, a ``Result``,
                 ``async def``, a ``FutureResult``, a
                 ``RequiresContextFutureResult`` run with the services, ...).
                 Any other return is a mypy error, and at run time the

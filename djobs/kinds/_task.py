@@ -397,7 +397,7 @@ class Task(Definition[D_contra], Generic[S, Ev, D_contra]):
             logging: ``True`` (debug), ``False`` (errors only), a level, or ``None`` (silent).
 
         Every handler may return the new state (``None`` keeps it) in any
-        body form of `djobs._bodies` (a value, ``async def``, a ``Result``, a
+        body form (a value, ``async def``, a ``Result``, a
         ``FutureResult``, a ``RequiresContextFutureResult`` run with the
         services, ...).
         """
