@@ -81,7 +81,10 @@ class Engine(Generic[D_co]):
                 due = next_at is not None and next_at <= self.clock.now_ms()
             if not due and worker is not None:
                 due = await worker.has_due() or (self._crons is not None and await self._crons.has_due())
-            if not due:
+            # Work may have been handed off while we waited for the worker (a job that
+            # enqueued another, claimed in storage but not yet started): look again.
+            busy = self._runtime.env.handoffs > 0 or not self._runtime.idle or (worker is not None and not worker.idle)
+            if not due and not busy:
                 return
             # A due alarm the sleeper has not claimed yet: let it run.
             spins += 1

@@ -278,6 +278,11 @@ class Runtime:
             await trio.sleep(self._lease_linger)
             await self._release_idle_leases(self._lease_linger)
 
+    @property
+    def idle(self) -> bool:
+        """Whether no actor has work queued or running and no claimed work awaits its hand-off."""
+        return self._idle.is_set() and not self.env.handoffs
+
     async def wait_idle(self) -> None:
         """Return once no actor has work queued or running and no claimed work awaits its hand-off."""
         while not self._idle.is_set() or self.env.handoffs:

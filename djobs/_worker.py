@@ -571,6 +571,11 @@ class Worker:
 
     # -- idle and shutdown ------------------------------------------------------------
 
+    @property
+    def idle(self) -> bool:
+        """Whether no claimed job waits or runs in this process."""
+        return self._idle.is_set()
+
     async def wait_idle(self) -> None:
         """Return once no claimed job waits or runs in this process."""
         while not self._idle.is_set():

@@ -174,8 +174,7 @@ class Job(Definition[D_contra], Generic[P, R, D_contra]):
     """A one-off job with typed params and result. Make one with `Job.make`.
 
     ``Job[P, R, D]``: params `P`, result `R`; its body needs services `D`
-    (``object``, the default, for none) and returns `R` in a body form of
-    the body forms (`R`, ``Result[R, E]``, ``async def``,
+    (``object``, the default, for none) and returns `R` in one of the body forms (`R`, ``Result[R, E]``, ``async def``,
     ``FutureResult[R, E]``, ``RequiresContextFutureResult[R, E, D]``, ...).
 
     Examples:
