@@ -910,19 +910,17 @@ class JobQueue:
             event = event.name
         if not isinstance(event, str) or not event.strip():
             return Failure(ValidationError(f"event name must be a non-empty string, got {event!r}"))
-        checks = (
-            self.tenant_for(scope, tenant_id),
-            _check_text(correlation_id, "correlation_id"),
-            _check_text(idempotency_key, "idempotency_key"),
-        )
-        for check in checks:
-            if isinstance(check, Failure):
-                return check
-        tenant, correlation, key = (c.unwrap() for c in checks)
         now = self.env.now_ms()
-        when = _when(at, delay, now)
-        if isinstance(when, Failure):
-            return when
+        checked = Result.do(
+            (tenant, correlation, key, due)
+            for tenant in self.tenant_for(scope, tenant_id)
+            for correlation in _check_text(correlation_id, "correlation_id")
+            for key in _check_text(idempotency_key, "idempotency_key")
+            for due in _when(at, delay, now)
+        )
+        if isinstance(checked, Failure):
+            return checked
+        tenant, correlation, key, due = checked.unwrap()
         listeners = self.listeners.get(event, [])
         encoded: list[bytes] = []
         for handler in listeners:
@@ -932,7 +930,6 @@ class JobQueue:
             encoded.append(raw.unwrap())
         if not listeners:
             return Success(EventResult(event=event, job_ids=[], job_names=[], delivered=False))
-        due = when.unwrap()
         rows = [
             self.row(
                 h, raw, scheduled_for=due, now=now, correlation_id=correlation, tenant_id=tenant, idempotency_key=key
@@ -1025,32 +1022,27 @@ class JobQueue:
             )
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
             return Failure(ValidationError(f"limit must be an int from 1 to 10000, got {limit!r}"))
-        texts = [
-            _check_text(v, what)
-            for v, what in (
-                (name, "name"),
-                (correlation_id, "correlation_id"),
-                (tenant_id, "tenant_id"),
-                (after, "after"),
-            )
-        ]
-        for check in texts:
-            if isinstance(check, Failure):
-                return check
-        tenant = texts[2].unwrap()
-        scoped = _check_text(scope, "the client's tenant id")
-        if isinstance(scoped, Failure):
-            return scoped
+        filters = Result.do(
+            (the_name, correlation, tenant, the_after)
+            for the_name in _check_text(name, "name")
+            for correlation in _check_text(correlation_id, "correlation_id")
+            for tenant in _check_text(tenant_id, "tenant_id")
+            for the_after in _check_text(after, "after")
+            for _ in _check_text(scope, "the client's tenant id")
+        )
+        if isinstance(filters, Failure):
+            return filters
+        the_name, correlation, tenant, the_after = filters.unwrap()
         if scope is not None:
             if tenant is not None and tenant != scope:
                 return Failure(TenantError(f"this client acts for tenant {scope!r}; it cannot list {tenant!r}'s jobs"))
             tenant = scope
         where = JobFilter(
             status=status,
-            name=texts[0].unwrap(),
-            correlation_id=texts[1].unwrap(),
+            name=the_name,
+            correlation_id=correlation,
             tenant_id=tenant,
-            after=texts[3].unwrap(),
+            after=the_after,
             limit=limit,
         )
         return Success([self.info(r) for r in await self.storage.list_jobs(where)])
