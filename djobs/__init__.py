@@ -26,6 +26,9 @@ from ._errors import StorageError as StorageError
 from ._errors import TenantError as TenantError
 from ._errors import ValidationError as ValidationError
 from ._event import Event as Event
+from ._pipeline import ask as ask
+from ._pipeline import non_retryable as non_retryable
+from ._pipeline import progress as progress
 from ._results import unwrap_or_raise as unwrap_or_raise
 from ._retry import Backoff as Backoff
 from ._retry import Retry as Retry
@@ -35,6 +38,7 @@ from ._schedule import Schedule as Schedule
 from ._schedule import cron as cron
 from ._schedule import every as every
 from ._worker import WorkerOptions as WorkerOptions
+from .kinds._common import Definition as Definition
 from .kinds._common import StateResult as StateResult
 from .kinds._common import TerminateResult as TerminateResult
 from .kinds._continuous import Continuous as Continuous
@@ -102,6 +106,7 @@ __all__ = [
     "DebounceContext",
     "DebounceEventContext",
     "DebounceStatus",
+    "Definition",
     "DuplicateEventError",
     "DurationLike",
     "Engine",
@@ -149,12 +154,15 @@ __all__ = [
     "WallClock",
     "When",
     "WorkerOptions",
+    "ask",
     "cron",
     "every",
     "memory",
+    "non_retryable",
     "open_engine",
     "parse_duration",
     "postgres",
+    "progress",
     "sqlite",
     "unwrap_or_raise",
 ]

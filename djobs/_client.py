@@ -73,10 +73,10 @@ class Client:
         return self._queue
 
     @overload
-    def job(self, job: Job[P, R]) -> JobClient[P, R]: ...
+    def job(self, job: Job[P, R, Any]) -> JobClient[P, R]: ...
     @overload
     def job(self, job: str) -> JobClient[Any, Any]: ...
-    def job(self, job: Job[Any, Any] | str) -> JobClient[Any, Any]:
+    def job(self, job: Job[Any, Any, Any] | str) -> JobClient[Any, Any]:
         """The verbs of a one-off job: now, later, batch."""
         if self._queue is None:
             name = job if isinstance(job, str) else job.name
@@ -196,29 +196,29 @@ class Client:
         return name, handler
 
     @overload
-    def continuous(self, job: Continuous[S]) -> ContinuousClient[S]: ...
+    def continuous(self, job: Continuous[S, Any]) -> ContinuousClient[S]: ...
     @overload
     def continuous(self, job: str) -> ContinuousClient[Any]: ...
-    def continuous(self, job: Continuous[Any] | str) -> ContinuousClient[Any]:
+    def continuous(self, job: Continuous[Any, Any] | str) -> ContinuousClient[Any]:
         """The verbs of a continuous job: start, trigger, status, get_state, terminate."""
         return ContinuousClient(
             *self._handler(job, ContinuousHandler), self._tenant_id, tenant_required=self._tenant_required
         )
 
     @overload
-    def debounce(self, job: Debounce[E, S]) -> DebounceClient[E, S]: ...
+    def debounce(self, job: Debounce[E, S, Any]) -> DebounceClient[E, S]: ...
     @overload
     def debounce(self, job: str) -> DebounceClient[Any, Any]: ...
-    def debounce(self, job: Debounce[Any, Any] | str) -> DebounceClient[Any, Any]:
+    def debounce(self, job: Debounce[Any, Any, Any] | str) -> DebounceClient[Any, Any]:
         """The verbs of a debounce job: add, flush, clear, status, get_state."""
         return DebounceClient(
             *self._handler(job, DebounceHandler), self._tenant_id, tenant_required=self._tenant_required
         )
 
     @overload
-    def task(self, job: Task[S, E]) -> TaskClient[S, E]: ...
+    def task(self, job: Task[S, E, Any]) -> TaskClient[S, E]: ...
     @overload
     def task(self, job: str) -> TaskClient[Any, Any]: ...
-    def task(self, job: Task[Any, Any] | str) -> TaskClient[Any, Any]:
+    def task(self, job: Task[Any, Any, Any] | str) -> TaskClient[Any, Any]:
         """The verbs of a task job: send, trigger, status, get_state, terminate."""
         return TaskClient(*self._handler(job, TaskHandler), self._tenant_id, tenant_required=self._tenant_required)

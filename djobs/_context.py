@@ -4,48 +4,84 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Generic, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, cast
 
-from returns.result import Success
+from typing_extensions import TypeVar
 
 from ._clock import to_datetime
 from ._codec import encode
+from ._errors import raise_error
 from ._execution import Checkout, Env
 from ._logging import JobLog
 
+if TYPE_CHECKING:
+    from ._client import Client
+
 S = TypeVar("S")
+#: The application's services a context gives its body (``ctx.services``). A
+#: context is covariant in them: one that has more services is usable where less is asked.
+D_co = TypeVar("D_co", covariant=True, default=object)
 
 
-class BaseContext:
-    """What every context has: ``instance_id``, ``job_name``, ``now()``, ``log``, ``services``."""
+class BaseContext(Generic[D_co]):
+    """What every context has: ``instance_id``, ``job_name``, ``tenant_id``, ``now()``, ``log``,
+    ``services`` and ``client``.
 
-    __slots__ = ("_env", "instance_id", "job_name", "log")
+    `D_co` is the type of the application's services, as the body declares
+    it (``ContinuousContext[Tokens, HasTokenApi]``); it defaults to
+    ``object``, a body that uses no services.
+    """
 
-    def __init__(self, env: Env, job_name: str, instance_id: str, log: JobLog) -> None:
+    __slots__ = ("_env", "instance_id", "job_name", "log", "tenant_id")
+
+    def __init__(self, env: Env, job_name: str, instance_id: str, log: JobLog, tenant_id: str | None = None) -> None:
         self._env = env
         self.job_name = job_name
         self.instance_id = instance_id
         self.log = log
+        self.tenant_id = tenant_id
 
     def now(self) -> datetime:
         """The current time from the engine's clock layer, as an aware UTC datetime."""
         return to_datetime(self._env.clock.now_ms())
 
     @property
-    def services(self) -> Any:
-        """The application's own services, as passed to ``open_engine(services=...)``."""
-        return self._env.services
+    def services(self) -> D_co:
+        """The application's own services, as passed to ``open_engine(services=...)``.
+
+        Typed by the context's second parameter: ``open_engine`` accepts a
+        definition only with services of that type (a mypy error otherwise).
+        """
+        return cast(D_co, self._env.services)
+
+    @property
+    def client(self) -> Client:
+        """The engine's client, acting for this run's tenant (`tenant_id`; every tenant if ``None``).
+
+        A Debounce flush can send to a Task, a Task can enqueue a Job. A verb
+        on the instance that is running this very body (or on one waiting
+        for it) would wait for itself: it fails at once with
+        `InvalidStateError` instead.
+        """
+        return cast("Client", self._env.client_for(self.tenant_id))
 
 
-class StatefulContext(BaseContext, Generic[S]):
+class StatefulContext(BaseContext[D_co], Generic[S, D_co]):
     """A context over an instance's state; changes are buffered until the run commits."""
 
     __slots__ = ("_checkout", "_state_type")
 
     def __init__(
-        self, env: Env, job_name: str, instance_id: str, log: JobLog, checkout: Checkout[S], state_type: type[Any]
+        self,
+        env: Env,
+        job_name: str,
+        instance_id: str,
+        log: JobLog,
+        checkout: Checkout[S],
+        state_type: type[Any],
+        tenant_id: str | None = None,
     ) -> None:
-        super().__init__(env, job_name, instance_id, log)
+        super().__init__(env, job_name, instance_id, log, tenant_id)
         self._checkout = checkout
         self._state_type = state_type
 
@@ -63,9 +99,7 @@ class StatefulContext(BaseContext, Generic[S]):
         """
         # Raising (rather than returning a Result) ends the run at the point
         # of the mistake; the execution service turns it into a failure value.
-        checked = encode(self._state_type, state, what="state", limit=self._env.max_payload_bytes)
-        if not isinstance(checked, Success):
-            raise checked.failure()
+        encode(self._state_type, state, what="state", limit=self._env.max_payload_bytes).alt(raise_error).unwrap()
         self._checkout.set_state(state)
 
     def update_state(self, fn: Callable[[S], S]) -> None:

@@ -15,7 +15,7 @@ from typing import TypeAlias
 
 from returns.result import Failure, Result, Success
 
-from ._errors import ValidationError
+from ._errors import ValidationError, raise_error
 
 __all__ = ["DurationLike", "duration", "format_duration", "parse_duration", "to_ms"]
 
@@ -151,10 +151,7 @@ def duration(value: DurationLike, *, what: str = "duration") -> timedelta:
         >>> duration("1 week")
         datetime.timedelta(days=7)
     """
-    result = parse_duration(value, what=what)
-    if isinstance(result, Failure):
-        raise result.failure()
-    return result.unwrap()
+    return parse_duration(value, what=what).alt(raise_error).unwrap()
 
 
 def to_ms(value: timedelta) -> int:

@@ -7,10 +7,11 @@ import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 import sniffio
 import trio
+from typing_extensions import TypeVar as DefaultTypeVar
 
 from ._client import Client
 from ._clock import Clock, WallClock
@@ -18,35 +19,29 @@ from ._durations import DurationLike, duration, to_ms
 from ._errors import StorageError, ValidationError
 from ._execution import Env
 from ._input import DEFAULT_MAX_PAYLOAD_BYTES, check_payload_limit
-from ._runtime import AlarmTarget, Runtime
+from ._runtime import Runtime
 from ._worker import Worker, WorkerOptions
+from .kinds._common import Definition
 from .kinds._cron import CronHandler, CronScheduler
 from .kinds._job import JobHandler, JobQueue, Tenancy
 from .storage import QueueStorage, Storage, StorageLayer, sqlite
 from .tracking import BackgroundTracker, NoopTracker, Tracker
 
-
-class Definition(Protocol):
-    """What ``open_engine`` accepts: a job definition (`Continuous`, ...)."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def kind(self) -> str: ...
-
-    def bind(self, runtime: Runtime) -> AlarmTarget: ...
+#: The application's services an engine holds (``Engine[D]``).
+D = DefaultTypeVar("D", default=object)
+D_co = DefaultTypeVar("D_co", covariant=True, default=object)
 
 
-class Engine:
+class Engine(Generic[D_co]):
     """A running engine. Use `client` to talk to jobs.
+
+    ``Engine[D]`` holds services of type `D`, as ``open_engine(services=...)`` was given.
 
     Attributes:
         client: The typed client verbs.
         storage: The open storage layer.
         clock: The clock layer.
         tracker: The tracker layer.
-        services: The application's services given to every job context.
     """
 
     def __init__(
@@ -60,7 +55,11 @@ class Engine:
         self.storage: Storage = env.storage
         self.clock: Clock = env.clock
         self.tracker: Tracker = env.tracker
-        self.services: Any = env.services
+
+    @property
+    def services(self) -> D_co:
+        """The application's services, given to every job context as ``ctx.services``."""
+        return self._runtime.env.services  # type: ignore[return-value]  # open_engine's types made it a D
 
     async def healthcheck(self) -> bool:
         """Whether storage answers."""
@@ -83,10 +82,11 @@ class Engine:
                 due = next_at is not None and next_at <= self.clock.now_ms()
             if not due and worker is not None:
                 due = await worker.has_due() or (self._crons is not None and await self._crons.has_due())
-            if not due and self._runtime.idle_now() and (worker is None or worker.idle_now()):
-                return  # still idle after those reads: nothing was claimed while they ran
-            if not due:
-                continue
+            # Work may have been handed off while we waited for the worker (a job that
+            # enqueued another, claimed in storage but not yet started): look again.
+            busy = self._runtime.env.handoffs > 0 or not self._runtime.idle or (worker is not None and not worker.idle)
+            if not due and not busy:
+                return
             # A due alarm the sleeper has not claimed yet: let it run.
             spins += 1
             if spins < 10:
@@ -109,7 +109,7 @@ class Engine:
         return None if self._worker is None else self._worker.id
 
 
-EngineT = TypeVar("EngineT", bound=Engine)
+EngineT = TypeVar("EngineT", bound=Engine[Any])
 
 #: The worker an engine runs unless told otherwise.
 DEFAULT_WORKER = WorkerOptions()
@@ -137,10 +137,14 @@ def require_trio(what: str) -> None:
         ) from None
 
 
-def check_definitions(definitions: Sequence[Definition]) -> None:
-    """Reject two definitions with one name (at open, not at the first run)."""
-    seen: dict[str, Definition] = {}
+def check_definitions(definitions: Sequence[Definition[Any]]) -> None:
+    """Reject two definitions with one name, or something that is not a definition (at open, not at the first run)."""
+    if isinstance(definitions, str | bytes) or not isinstance(definitions, Sequence):
+        raise ValidationError(f"definitions must be a list of job definitions, got {type(definitions).__name__}")
+    seen: dict[str, Definition[Any]] = {}
     for d in definitions:
+        if not isinstance(d, Definition):
+            raise ValidationError(f"{d!r} is not a job definition (make one with Continuous.make, Job.make, ...)")
         other = seen.get(d.name)
         if other is not None:
             raise ValidationError(
@@ -149,8 +153,44 @@ def check_definitions(definitions: Sequence[Definition]) -> None:
         seen[d.name] = d
 
 
+@overload
 def open_engine(
-    definitions: Sequence[Definition],
+    definitions: Sequence[Definition[object]],
+    *,
+    storage: StorageLayer | None = None,
+    clock: Clock | None = None,
+    tracker: Tracker | None = None,
+    services: None = None,
+    max_concurrency: int = 100,
+    alarm_lease: DurationLike = "5 minutes",
+    alarm_poll_interval: DurationLike | None = "1 second",
+    shutdown_grace: DurationLike = "10 seconds",
+    seed: int | None = None,
+    logger: logging.Logger | None = None,
+    worker: WorkerOptions | None = DEFAULT_WORKER,
+    tenancy: Tenancy = "optional",
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+) -> AbstractAsyncContextManager[Engine[None]]: ...
+@overload
+def open_engine(
+    definitions: Sequence[Definition[D]],
+    *,
+    storage: StorageLayer | None = None,
+    clock: Clock | None = None,
+    tracker: Tracker | None = None,
+    services: D,
+    max_concurrency: int = 100,
+    alarm_lease: DurationLike = "5 minutes",
+    alarm_poll_interval: DurationLike | None = "1 second",
+    shutdown_grace: DurationLike = "10 seconds",
+    seed: int | None = None,
+    logger: logging.Logger | None = None,
+    worker: WorkerOptions | None = DEFAULT_WORKER,
+    tenancy: Tenancy = "optional",
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+) -> AbstractAsyncContextManager[Engine[D]]: ...
+def open_engine(
+    definitions: Sequence[Definition[Any]],
     *,
     storage: StorageLayer | None = None,
     clock: Clock | None = None,
@@ -165,7 +205,7 @@ def open_engine(
     worker: WorkerOptions | None = DEFAULT_WORKER,
     tenancy: Tenancy = "optional",
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
-) -> AbstractAsyncContextManager[Engine]:
+) -> AbstractAsyncContextManager[Engine[Any]]:
     """Open an engine in the current Trio task; it runs until the block exits.
 
     Args:
@@ -173,7 +213,12 @@ def open_engine(
         storage: The storage layer; default ``djobs.sqlite("djobs.db")``.
         clock: The clock layer; default the wall clock.
         tracker: Where telemetry goes; default `NoopTracker`.
-        services: Anything the application wants job bodies to reach as ``ctx.services``.
+        services: The application's services, reached by job bodies as
+            ``ctx.services``. Typed: every definition must accept them (a
+            definition whose bodies take ``ContinuousContext[S, HasTokens]``
+            needs services that are a ``HasTokens``; one that needs none
+            accepts any), else mypy reports the call. Without `services`,
+            only definitions that need none are accepted.
         max_concurrency: How many instance handlers may run at once.
         alarm_lease: How long a claimed alarm is hidden before it fires again
             if its handler never finished (a crash).
@@ -228,12 +273,12 @@ def open_engine(
 @asynccontextmanager
 async def open_engine_as(
     engine_type: type[EngineT],
-    definitions: Sequence[Definition],
+    definitions: Sequence[Definition[Any]],
     *,
     storage: StorageLayer | None,
     clock: Clock | None,
     tracker: Tracker | None,
-    services: Any,
+    services: object,
     max_concurrency: int,
     alarm_lease: DurationLike,
     alarm_poll_interval: DurationLike | None,
@@ -310,6 +355,7 @@ async def open_engine_as(
                     await nursery.start(_scoped, queue_scopes, functools.partial(_guarded, queue_worker.claim_loop))
                     await nursery.start(_scoped, queue_scopes, functools.partial(_guarded, crons.loop))
             client = Client(handlers, queue=queue, crons=crons)
+            env.client_for = lambda tenant: client if tenant is None else client.for_tenant(tenant)
             yield engine_type(runtime, client, queue_worker, crons)
         except BaseException as exc:
             # Re-raised below, outside the nursery, so an error in the caller's

@@ -27,7 +27,7 @@ so tests can ``assert result == IOFailure(JobNotFoundError("nope"))``.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, NoReturn
 
 
 class JobError(Exception):
@@ -220,3 +220,10 @@ class TenantError(JobError):
 
     tag = "tenant"
     retryable = False
+
+
+def raise_error(error: JobError) -> NoReturn:
+    """Raise `error`. ``result.alt(raise_error).unwrap()`` turns a failure into a raise where
+    raising is the contract: a mistake in a definition (``Continuous.make``), or a
+    ``ctx.set_state`` that must end the body at the mistake."""
+    raise error

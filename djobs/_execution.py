@@ -8,29 +8,21 @@ scheduled, retries exhausted) and prepares the telemetry events. The handler
 turns the outcome into one `Checkin`; `Env.commit` writes it atomically and
 only then emits the events.
 
-Accepted forms of a job body's return value:
-
-- ``None`` or a plain value (success), a ``Result``;
-- an awaitable of any of those (``async def``);
-- a ``FutureResult`` or ``IOResult``;
-- a ``RequiresContextFutureResult``, called with the engine's ``services``.
+The forms a body may return, and how each is run, are `djobs._bodies`'s.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, NoReturn, TypeVar, cast
+from typing import Any, Generic, Literal, NoReturn, TypeVar
 
-from returns.context import RequiresContextFutureResult
-from returns.future import FutureResult
-from returns.io import IOResult
 from returns.result import Failure, Result, Success
 
+from ._bodies import normalise
 from ._clock import LATEST_MS, Clock, to_datetime
 from ._errors import ExecutionError, JobError
 from ._input import DEFAULT_MAX_PAYLOAD_BYTES
@@ -106,7 +98,7 @@ class Env:
     storage: Storage
     clock: Clock
     tracker: Tracker
-    services: Any
+    services: object
     rng: random.Random
     logger: logging.Logger
     on_alarm_set: Callable[[int], None] = field(default=lambda _ms: None)
@@ -119,6 +111,8 @@ class Env:
     on_lease_lost: Callable[[str], None] = field(default=lambda _key: None)
     #: The largest encoded payload (params, event, state, input, result) accepted, in bytes.
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    #: ``ctx.client``: the engine's client for a tenant (set by the engine once it is built).
+    client_for: Callable[[str | None], object] = field(default=lambda _tenant: None)
 
     def now_ms(self) -> int:
         return self.clock.now_ms()
@@ -174,24 +168,42 @@ def _as_job_error(error: object) -> JobError:
     return ExecutionError(f"job returned a failure: {error!r}", error)
 
 
-async def run_body(call: Callable[[], object], services: Any) -> Result[object, JobError]:
-    """Run one call of user code in any accepted form; never raises but for cancellation."""
+async def run_body(
+    call: Callable[[], object], services: object, what: str = "the job body"
+) -> Result[object, JobError]:
+    """Run one call of user code in any accepted form; never raises but for cancellation.
+
+    The forms are `djobs._bodies.normalise`'s; a failure value that is not a
+    `JobError`, and any exception, becomes an `ExecutionError`.
+    """
     try:
-        value = call()
-        if inspect.isawaitable(value) and not isinstance(value, FutureResult):
-            value = await value
-        if isinstance(value, RequiresContextFutureResult):
-            value = value(services)
-        if isinstance(value, FutureResult):
-            value = await value
-        if isinstance(value, IOResult):
-            value = value._inner_value
-        if isinstance(value, Result):
-            result = cast(Result[object, object], value)
-            return result.alt(_as_job_error)
-        return Success(value)
+        result = await normalise(call(), services, what)
     except Exception as exc:
         return Failure(_as_job_error(exc))
+    return result.alt(_as_job_error)
+
+
+async def run_returning_state(
+    call: Callable[[], object], services: object, set_state: Callable[[Any], None], what: str
+) -> Result[object, JobError]:
+    """`run_body` for a body that may return its instance's new state (Continuous, Task).
+
+    A value other than ``None`` is handed to `set_state`, which validates it
+    as ``ctx.set_state`` does: a value that is not a state fails the run with
+    that `ValidationError` and nothing is written. ``None`` keeps the state.
+    """
+    result = await run_body(call, services, what)
+    return result.bind(lambda value: _set_returned(set_state, value))
+
+
+def _set_returned(set_state: Callable[[Any], None], value: object) -> Result[object, JobError]:
+    if value is None:
+        return Success(None)
+    try:
+        set_state(value)
+    except JobError as error:
+        return Failure(error)
+    return Success(None)
 
 
 def _only_terminate(group: BaseExceptionGroup[BaseException]) -> TerminateSignal | None:
@@ -221,7 +233,7 @@ class Ran:
     duration_ms: float = 0.0
 
 
-async def run_call(services: Any, checkout: Checkout[Any], call: Callable[[], object]) -> Ran:
+async def run_call(services: object, checkout: Checkout[Any], call: Callable[[], object]) -> Ran:
     """Run `call` like `run_body`, also catching ``ctx.terminate`` (a signal, not a failure).
 
     For handlers whose outcome the caller maps itself (a Task's ``on_event``,

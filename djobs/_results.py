@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
-from returns.io import IOResult
+from returns.io import IOFailure, IOResult
 from returns.result import Failure, Result
+from returns.unsafe import unsafe_perform_io
 
 V = TypeVar("V")
 E = TypeVar("E", bound=BaseException)
@@ -48,10 +49,18 @@ def unwrap_or_raise(result: IOResult[V, E] | Result[V, E]) -> V:
         ...     print(f"{error.tag}: {error}")
         validation: instance id must not be empty
     """
-    inner: Result[V, E] = result._inner_value if isinstance(result, IOResult) else result
-    if isinstance(inner, Failure):
-        error: object = inner.failure()
-        if isinstance(error, BaseException):
-            raise error
-        raise TypeError(f"unwrap_or_raise needs a failure that is an exception, got {error!r}")
-    return inner.unwrap()
+    if isinstance(result, IOResult):
+        # unwrap() and failure() give IO containers, which
+        # unsafe_perform_io opens (this is the program's edge, where effects end).
+        if isinstance(result, IOFailure):
+            _raise(unsafe_perform_io(result.failure()))
+        return unsafe_perform_io(result.unwrap())
+    if isinstance(result, Failure):
+        _raise(result.failure())
+    return result.unwrap()
+
+
+def _raise(error: object) -> NoReturn:
+    if isinstance(error, BaseException):
+        raise error
+    raise TypeError(f"unwrap_or_raise needs a failure that is an exception, got {error!r}")

@@ -25,7 +25,7 @@ from typing import Protocol, TypeVar
 
 import trio
 
-from ._errors import CLOSED_MESSAGE, StorageError
+from ._errors import CLOSED_MESSAGE, InvalidStateError, StorageError
 from ._execution import Env
 from ._wakeup import Wakeup
 from .storage import Alarm
@@ -37,6 +37,11 @@ Handler = Callable[[], Awaitable[None]]
 OnError = Callable[[StorageError], None]
 Message = tuple[Handler, OnError | None]
 _log = logging.getLogger("djobs.engine")
+
+#: The instances whose handlers the current task is running, or waiting for
+#: through `Runtime.call` (a handler that calls another instance's verb). A call
+#: to one of them would wait for itself: it fails at once instead.
+_RUNNING: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("djobs_running", default=frozenset())
 
 
 class AlarmTarget(Protocol):
@@ -118,7 +123,23 @@ class Runtime:
         send.send_nowait((handler, on_error))
 
     async def call(self, key: str, fn: Callable[[], Awaitable[T]]) -> T:
-        """Run `fn` on instance `key`'s actor and return its value (or raise its error)."""
+        """Run `fn` on instance `key`'s actor and return its value (or raise its error).
+
+        Raises:
+            InvalidStateError: The calling task is running a handler of `key`,
+                or waiting for one that is (a job body calling a verb on its
+                own instance): the call could only wait for itself.
+            StorageError: The engine is closing, or the instance's lease could not be taken.
+        """
+        waiting_for = _RUNNING.get()
+        if key in waiting_for:
+            kind, name, instance = key.split(":", 2)
+            instance = instance.rpartition("\x1f")[2]
+            raise InvalidStateError(
+                f"a handler of {kind} job {name!r} instance {instance!r} called a verb on that same instance; "
+                "it would wait for itself forever. Return the new state or use ctx.set_state / ctx.schedule "
+                "instead of the client, or call a different instance"
+            )
         if self._closing:
             raise StorageError(CLOSED_MESSAGE)
         done = trio.Event()
@@ -129,11 +150,13 @@ class Runtime:
 
         async def handler() -> None:
             token = CALLER_CONTEXT.set(caller)
+            running = _RUNNING.set(waiting_for | {key})
             try:
                 box.append(await fn())
             except Exception as exc:
                 failure.append(exc)
             finally:
+                _RUNNING.reset(running)
                 CALLER_CONTEXT.reset(token)
                 done.set()
 
@@ -173,10 +196,13 @@ class Runtime:
                     self._idle.set()
                 return
             async with self._limiter:
+                running = _RUNNING.set(frozenset((key,)))
                 try:
                     await handler()
                 except Exception:
                     _log.exception("bug: a handler for %s raised; the instance's actor continues", key)
+                finally:
+                    _RUNNING.reset(running)
 
     def _fail_queued(self, key: str, receive: trio.MemoryReceiveChannel[Message], exc: StorageError) -> None:
         del self._actors[key]
@@ -253,8 +279,9 @@ class Runtime:
             await trio.sleep(self._lease_linger)
             await self._release_idle_leases(self._lease_linger)
 
-    def idle_now(self) -> bool:
-        """Whether no actor has work and no claimed work awaits its hand-off, at this moment."""
+    @property
+    def idle(self) -> bool:
+        """Whether no actor has work queued or running and no claimed work awaits its hand-off."""
         return self._idle.is_set() and not self.env.handoffs
 
     async def wait_idle(self) -> None:

@@ -40,7 +40,7 @@ from croniter import CroniterBadDateError, CroniterError, croniter
 from returns.result import Failure, Result, Success
 
 from ._durations import DurationLike, duration, format_duration, to_ms
-from ._errors import SchedulerError, ValidationError
+from ._errors import SchedulerError, ValidationError, raise_error
 from ._input import check_interval
 
 __all__ = ["Cron", "Every", "Schedule", "cron", "every", "parse_cron"]
@@ -247,10 +247,11 @@ def _parse_expression(expression: object) -> Result[str, ValidationError]:
             return Failure(
                 ValidationError(f"invalid cron expression {expression!r}: unknown nickname (known: {known})")
             )
-    plan = _plan(normal)
-    if isinstance(plan, Failure):
-        return Failure(ValidationError(f"invalid cron expression {expression!r}: {plan.failure()}"))
-    return Success(normal)
+    return (
+        _plan(normal)
+        .map(lambda _: normal)
+        .alt(lambda why: ValidationError(f"invalid cron expression {expression!r}: {why}"))
+    )
 
 
 def _walls(plan: _Plan, start: datetime) -> Iterator[datetime]:
@@ -302,13 +303,9 @@ class Cron:
     tz: str = "UTC"
 
     def __post_init__(self) -> None:
-        normal = _parse_expression(self.expression)
-        zone = _parse_zone(self.tz)
-        if isinstance(normal, Failure):
-            raise normal.failure()
-        if isinstance(zone, Failure):
-            raise zone.failure()
-        object.__setattr__(self, "expression", normal.unwrap())
+        normal = _parse_expression(self.expression).alt(raise_error).unwrap()
+        _parse_zone(self.tz).alt(raise_error)
+        object.__setattr__(self, "expression", normal)
 
     def next_after(self, after_ms: int) -> int:
         """The first run time strictly later than ``after_ms``.
@@ -449,10 +446,4 @@ def parse_cron(expression: object, tz: object = "UTC") -> Result[Cron, Validatio
         >>> parse_cron("61 * * * *")
         <Failure: invalid cron expression '61 * * * *': [61 * * * *] is not acceptable, out of range>
     """
-    normal = _parse_expression(expression)
-    if isinstance(normal, Failure):
-        return Failure(normal.failure())
-    zone = _parse_zone(tz)
-    if isinstance(zone, Failure):
-        return Failure(zone.failure())
-    return Success(Cron(normal.unwrap(), str(tz)))
+    return Result.do(Cron(normal, str(tz)) for normal in _parse_expression(expression) for _ in _parse_zone(tz))

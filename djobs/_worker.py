@@ -572,8 +572,9 @@ class Worker:
 
     # -- idle and shutdown ------------------------------------------------------------
 
-    def idle_now(self) -> bool:
-        """Whether no claimed job waits or runs in this process, at this moment."""
+    @property
+    def idle(self) -> bool:
+        """Whether no claimed job waits or runs in this process."""
         return self._idle.is_set()
 
     async def wait_idle(self) -> None:

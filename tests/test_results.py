@@ -1,21 +1,18 @@
-"""Reading a verb's result in application code: `djobs.unwrap_or_raise`, and what mypy says about results.
+"""Reading a verb's result in application code: `djobs.unwrap_or_raise`.
 
-The type-level cases run mypy (with this project's configuration: strict, the
-``returns`` plugin, ``unused-awaitable``) over small programs that must pass
-or must fail with one named error code.
+What mypy says about results (the value type kept, a failure that must be an
+exception, a verb never awaited) is in tests/typing/results.py, checked with
+the other type-level cases by tests/test_typing.py.
 """
 
 from __future__ import annotations
 
-import re
-import textwrap
 from pathlib import Path
 
 import msgspec
 import pytest
 import trio
 import trio.testing
-from mypy import api as mypy_api
 from returns.io import IOFailure, IOSuccess
 from returns.result import Failure, Success
 
@@ -62,83 +59,3 @@ async def test_unwrap_or_raise_on_real_verbs(autojump_clock: trio.testing.MockCl
             djobs.unwrap_or_raise(await engine.client.jobs.status("0190a000-0000-7000-8000-000000000000"))
         with pytest.raises(djobs.JobNotFoundError):
             djobs.unwrap_or_raise(await engine.client.job("nope").later({}))
-
-
-# -- type level ----------------------------------------------------------------------------------
-
-_PRELUDE = """\
-import msgspec
-from returns.result import Result
-
-import djobs
-
-
-class Ping(msgspec.Struct):
-    text: str
-
-"""
-
-#: name -> (program, the error codes mypy must report for it, in order).
-CASES: dict[str, tuple[str, list[str]]] = {
-    "reads_values": (
-        """
-        async def read(client: djobs.Client, job_id: str) -> djobs.JobInfo:
-            return djobs.unwrap_or_raise(await client.jobs.status(job_id))
-
-
-        def plain(result: Result[int, djobs.ValidationError]) -> int:
-            return djobs.unwrap_or_raise(result)
-
-
-        async def enqueue(client: djobs.Client, job: djobs.Job[Ping, None]) -> str:
-            return djobs.unwrap_or_raise(await client.job(job).later(Ping("x")))
-        """,
-        [],
-    ),
-    "value_type_is_kept": (
-        """
-        async def read(client: djobs.Client, job_id: str) -> str:
-            return djobs.unwrap_or_raise(await client.jobs.status(job_id))
-        """,
-        ["return-value"],
-    ),
-    "failure_must_be_an_exception": (
-        """
-        def plain(result: Result[int, str]) -> int:
-            return djobs.unwrap_or_raise(result)
-        """,
-        ["type-var"],
-    ),
-    "verb_never_awaited": (
-        """
-        async def forget(client: djobs.Client, job: djobs.Job[Ping, None]) -> None:
-            client.job(job).later(Ping("x"))
-        """,
-        ["unused-awaitable"],
-    ),
-}
-
-
-def test_mypy_types_results_and_catches_a_verb_never_awaited(tmp_path: Path) -> None:
-    files = {}
-    for name, (body, _) in CASES.items():
-        path = tmp_path / f"case_{name}.py"
-        path.write_text(_PRELUDE + textwrap.dedent(body), encoding="utf-8")
-        files[name] = path
-    out, err, _ = mypy_api.run(
-        [
-            "--config-file",
-            str(ROOT / "pyproject.toml"),
-            "--cache-dir",
-            str(ROOT / ".mypy_cache"),
-            "--no-error-summary",
-            *map(str, files.values()),
-        ]
-    )
-    assert not err, err
-    reported: dict[str, list[str]] = {name: [] for name in CASES}
-    for line in out.splitlines():
-        match = re.match(r"^.*case_(\w+)\.py:\d+: error: .*\[([\w-]+)\]$", line)
-        if match:
-            reported[match[1]].append(match[2])
-    assert reported == {name: codes for name, (_, codes) in CASES.items()}, out

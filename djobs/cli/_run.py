@@ -95,7 +95,7 @@ async def _watch_signals(signals: AsyncIterator[int], stop: trio.Event) -> None:
 
 @asynccontextmanager
 async def _engine_for(
-    args: argparse.Namespace, job: Job[Any, Any], clock: Clock
+    args: argparse.Namespace, job: Job[Any, Any, Any], clock: Clock
 ) -> AsyncIterator[tuple[Engine, Inspector | None]]:
     """The engine to enqueue or run `job` with, and an inspector of its storage if it has one."""
     if getattr(args, "engine", None) is not None:
@@ -201,7 +201,7 @@ async def _pause_or_resume(args: argparse.Namespace, clock: Clock, *, resume: bo
 # -- batch -------------------------------------------------------------------------------
 
 
-def _read_params_file(path: str, job: Job[Any, Any]) -> list[Any]:
+def _read_params_file(path: str, job: Job[Any, Any, Any]) -> list[Any]:
     """One params struct per non-blank line of a JSON Lines file (``-`` is stdin)."""
     try:
         if path == "-":

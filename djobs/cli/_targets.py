@@ -99,7 +99,7 @@ def check_engine(engine: object, reference: str) -> Engine:
     return engine
 
 
-def load_job(reference: str) -> Job[Any, Any]:
+def load_job(reference: str) -> Job[Any, Any, Any]:
     """The `djobs.Job` ``module:attribute`` names.
 
     Raises:
@@ -111,7 +111,7 @@ def load_job(reference: str) -> Job[Any, Any]:
     return job
 
 
-def load_continuous(reference: str) -> Continuous[Any]:
+def load_continuous(reference: str) -> Continuous[Any, Any]:
     """The `djobs.Continuous` ``module:attribute`` names.
 
     Raises:

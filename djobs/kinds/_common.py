@@ -8,20 +8,47 @@ import sys
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from types import CoroutineType, FrameType
-from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Self
 
 import msgspec
 from returns.future import FutureResult
 from returns.result import Failure, Result, Success
+from typing_extensions import TypeVar
 
 from .._errors import JobError, JobNotFoundError, StorageError, TenantError, ValidationError
 from .._input import check_text, clean_text, text_problem
 from ..storage import Checkin
 
 if TYPE_CHECKING:
-    from .._runtime import Runtime
+    from .._runtime import AlarmTarget, Runtime
 
 T = TypeVar("T")
+#: The services a definition's bodies need. A definition is contravariant in
+#: them: one that needs less (``object``: nothing) is accepted where more is given.
+D_contra = TypeVar("D_contra", contravariant=True, default=object)
+
+
+class Definition(Generic[D_contra]):
+    """Base of every job definition (`Continuous`, `Debounce`, `Task`, `Job`, `CronJob`).
+
+    `D_contra` is the type of the application's services its bodies need:
+    ``open_engine([...], services=s)`` type-checks only if `s` is one, for
+    every definition in the list. A definition whose bodies need no
+    services is a ``Definition[object]`` and accepts any.
+
+    A list of definitions built apart from the call is typed by its
+    elements' common base; annotate it when their services differ:
+    ``definitions: list[djobs.Definition[AppServices]] = [...]``.
+    """
+
+    kind: ClassVar[str]
+    name: str
+
+    def bind(self, runtime: Runtime) -> AlarmTarget:
+        """The handler that runs this definition inside an engine (used by the engine)."""
+        raise NotImplementedError
+
+
 E = TypeVar("E", bound=JobError)
 S = TypeVar("S")
 

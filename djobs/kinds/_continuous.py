@@ -17,15 +17,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal
 
 import msgspec
 from returns.future import FutureResult
 from returns.result import Failure, Result, Success
+from typing_extensions import TypeVar
 
+from .._bodies import Returns, check_body
 from .._clock import to_datetime
 from .._codec import decode, encode
-from .._context import StatefulContext
+from .._context import D_co, StatefulContext
 from .._errors import (
     InstanceNotFoundError,
     InvalidStateError,
@@ -34,12 +36,14 @@ from .._errors import (
     TenantError,
     ValidationError,
 )
-from .._execution import Checkout, Env, RunInfo, execute
+from .._execution import Checkout, Env, RunInfo, execute, run_returning_state
 from .._logging import JobLog, LoggingOption
 from .._retry import Retry
 from .._schedule import Schedule
 from ..storage import Alarm, Checkin, ClearAlarm, InstanceRecord, SetAlarm
 from ._common import (
+    D_contra,
+    Definition,
     InstanceClient,
     StateResult,
     TenantScoped,
@@ -60,8 +64,10 @@ KIND = "continuous"
 PAUSED: Literal["stopped"] = "stopped"
 
 
-class ContinuousContext(StatefulContext[S]):
-    """The context of one run of a continuous job.
+class ContinuousContext(StatefulContext[S, D_co]):
+    """The context of one run of a continuous job: ``ContinuousContext[S, D]``, state `S`, services `D`.
+
+    ``ContinuousContext[S]`` is a body that needs no services (``D`` is ``object``).
 
     Attributes:
         run_count: Which run this is (1 for the first); a retry keeps its run's number.
@@ -80,8 +86,9 @@ class ContinuousContext(StatefulContext[S]):
         state_type: type[Any],
         run_count: int,
         attempt: int,
+        tenant_id: str | None = None,
     ) -> None:
-        super().__init__(env, job_name, instance_id, log, checkout, state_type)
+        super().__init__(env, job_name, instance_id, log, checkout, state_type, tenant_id)
         self.run_count = run_count
         self.attempt = attempt
 
@@ -92,8 +99,11 @@ class ContinuousContext(StatefulContext[S]):
 
 
 @dataclass(frozen=True, eq=False)
-class Continuous(Generic[S]):
+class Continuous(Definition[D_contra], Generic[S, D_contra]):
     """A recurring job with typed, persistent state. Make one with `Continuous.make`.
+
+    ``Continuous[S, D]``: state `S`; its body needs services `D` (``object``,
+    the default, for none).
 
     Examples:
         >>> import msgspec, djobs
@@ -111,7 +121,7 @@ class Continuous(Generic[S]):
     name: str
     state: type[S]
     schedule: Schedule
-    execute: Callable[[ContinuousContext[S]], object]
+    execute: Callable[[ContinuousContext[S, D_contra]], Returns[S | None, D_contra]]
     start_immediately: bool = True
     retry: Retry | None = None
     logging: LoggingOption = False
@@ -123,18 +133,22 @@ class Continuous(Generic[S]):
         *,
         state: type[S],
         schedule: Schedule,
-        execute: Callable[[ContinuousContext[S]], object],
+        execute: Callable[[ContinuousContext[S, D_contra]], Returns[S | None, D_contra]],
         start_immediately: bool = True,
         retry: Retry | None = None,
         logging: LoggingOption = False,
-    ) -> Continuous[S]:
+    ) -> Continuous[S, D_contra]:
         """Define a continuous job.
 
         Args:
             name: The job's unique name (no ``:``).
             state: The ``msgspec.Struct`` type of the instance's state.
             schedule: ``djobs.every("30 minutes")`` or ``djobs.cron("0 */5 * * *", tz=...)``.
-            execute: The body: ``execute(ctx)``, in any form the execution service accepts.
+            execute: The body, ``execute(ctx)``. It may return the new state
+                (instead of calling ``ctx.set_state``; ``None`` keeps the
+                state), in any body form (a value, a
+                ``Result``, ``async def``, a ``FutureResult``, a
+                ``RequiresContextFutureResult`` run with the services, ...).
             start_immediately: Run once as soon as an instance starts (default),
                 rather than at the first scheduled time.
             retry: How a failed run is retried; ``None`` does not retry.
@@ -145,6 +159,7 @@ class Continuous(Generic[S]):
             raise ValidationError(f"Continuous {name!r}: state must be a msgspec.Struct type, got {state!r}")
         if not hasattr(schedule, "next_after"):
             raise ValidationError(f"Continuous {name!r}: schedule must come from djobs.every() or djobs.cron()")
+        check_body(execute, f"Continuous {name!r}: execute")
         return cls(name, state, schedule, execute, start_immediately, retry, logging)
 
     def bind(self, runtime: Runtime) -> ContinuousHandler[S]:
@@ -199,7 +214,7 @@ def _status(record: InstanceRecord, alarm: Alarm | None) -> Literal["running", "
 class ContinuousHandler(TenantScoped, Generic[S]):
     """Runs one continuous job's instances on an engine's runtime."""
 
-    def __init__(self, job: Continuous[S], runtime: Runtime) -> None:
+    def __init__(self, job: Continuous[S, Any], runtime: Runtime) -> None:
         self.job = job
         self.runtime = runtime
         self.env = runtime.env
@@ -371,8 +386,19 @@ class ContinuousHandler(TenantScoped, Generic[S]):
             checkout: Checkout[Any] = Checkout(None)
         else:
             checkout = Checkout(state.unwrap())
-            ctx = ContinuousContext(env, job.name, record.instance_id, log, checkout, job.state, run_count, attempt)
-            outcome = await execute(env, info, checkout, lambda: job.execute(ctx), job.retry, events, log)
+            ctx: ContinuousContext[S, Any] = ContinuousContext(
+                env, job.name, record.instance_id, log, checkout, job.state, run_count, attempt, record.tenant_id
+            )
+            what = f"the execute of continuous job {job.name!r}"
+            outcome = await execute(
+                env,
+                info,
+                checkout,
+                lambda: run_returning_state(lambda: job.execute(ctx), env.services, ctx.set_state, what),
+                job.retry,
+                events,
+                log,
+            )
             outcome_kind = outcome.kind
         now = env.now_ms()
         record.run_count, record.updated_at = run_count, now
@@ -404,7 +430,7 @@ class ContinuousClient(InstanceClient[ContinuousHandler[S]], Generic[S]):
 
     def start(
         self, *, id: str, input: S
-    ) -> FutureResult[StartResult, JobNotFoundError | TenantError | ValidationError | StorageError]:
+    ) -> FutureResult[StartResult, JobNotFoundError | TenantError | InvalidStateError | ValidationError | StorageError]:
         """Start instance `id` with `input` as its state; a running id is left as it is (``created=False``)."""
         return self._verb(id, lambda h, i: h.start(i, input))
 
@@ -423,7 +449,8 @@ class ContinuousClient(InstanceClient[ContinuousHandler[S]], Generic[S]):
     def pause(
         self, id: str
     ) -> FutureResult[
-        ContinuousStatus, JobNotFoundError | TenantError | InstanceNotFoundError | ValidationError | StorageError
+        ContinuousStatus,
+        JobNotFoundError | TenantError | InvalidStateError | InstanceNotFoundError | ValidationError | StorageError,
     ]:
         """Take instance `id` off its schedule: status ``stopped``, state kept, no run until `resume`.
 
@@ -435,7 +462,8 @@ class ContinuousClient(InstanceClient[ContinuousHandler[S]], Generic[S]):
     def resume(
         self, id: str
     ) -> FutureResult[
-        ContinuousStatus, JobNotFoundError | TenantError | InstanceNotFoundError | ValidationError | StorageError
+        ContinuousStatus,
+        JobNotFoundError | TenantError | InvalidStateError | InstanceNotFoundError | ValidationError | StorageError,
     ]:
         """Put a paused instance back on its schedule, at the schedule's next fire time after now.
 
@@ -461,6 +489,8 @@ class ContinuousClient(InstanceClient[ContinuousHandler[S]], Generic[S]):
 
     def terminate(
         self, id: str, *, reason: str | None = None
-    ) -> FutureResult[TerminateResult, JobNotFoundError | TenantError | ValidationError | StorageError]:
+    ) -> FutureResult[
+        TerminateResult, JobNotFoundError | TenantError | InvalidStateError | ValidationError | StorageError
+    ]:
         """Delete the instance's state and alarm; the id can be started again."""
         return self._verb(id, lambda h, i: h.terminate(i, reason))

@@ -24,23 +24,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 import msgspec
 import trio
 from returns.future import FutureResult
 from returns.result import Failure, Result, Success
 
+from .._bodies import Returns
 from .._clock import LATEST_MS, to_datetime
 from .._codec import encode
-from .._errors import JobNotFoundError, StorageError, TenantError, ValidationError
+from .._errors import JobNotFoundError, StorageError, TenantError, ValidationError, raise_error
 from .._execution import Env
 from .._logging import LoggingOption
 from .._retry import Retry
 from .._schedule import Cron, Schedule, parse_cron
 from .._wakeup import Wakeup
 from ..storage import CronRecord, CronSpec, QueueStorage
-from ._common import check_name, effect
+from ._common import D_contra, Definition, check_name, effect
 from ._job import Job, JobContext, JobQueue
 
 if TYPE_CHECKING:
@@ -72,8 +73,10 @@ def _stored_schedule(schedule: Schedule) -> tuple[str, str]:
 
 
 @dataclass(frozen=True, eq=False)
-class CronJob:
+class CronJob(Definition[D_contra], Generic[D_contra]):
     """A schedule that enqueues a job once per fire time. Make one with `CronJob.make`.
+
+    ``CronJob[D]``: its job's body needs services `D` (``object`` for none).
 
     Examples:
         >>> import msgspec, djobs
@@ -90,7 +93,7 @@ class CronJob:
     kind: ClassVar[str] = KIND
     name: str
     schedule: Schedule
-    job: Job[Any, Any]
+    job: Job[Any, Any, D_contra]
     #: The JSON params every fire enqueues; ``None`` when the job is the cron's
     #: own body, which gets a `CronFire` per fire.
     params: bytes | None
@@ -103,15 +106,15 @@ class CronJob:
         name: str,
         *,
         schedule: Schedule | str,
-        job: Job[P, Any] | None = None,
+        job: Job[P, Any, D_contra] | None = None,
         params: P | None = None,
-        execute: Callable[[CronFire, JobContext], object] | None = None,
+        execute: Callable[[CronFire, JobContext[D_contra]], Returns[None, D_contra]] | None = None,
         missed: MissedFires = "once",
         tenant_id: str | None = None,
         retry: Retry | None = None,
         max_attempts: int | None = None,
         logging: LoggingOption = False,
-    ) -> CronJob:
+    ) -> CronJob[D_contra]:
         """Define a cron job: either a `Job` with its `params`, or its own `execute`.
 
         Args:
@@ -136,10 +139,7 @@ class CronJob:
         """
         check_name(name, "CronJob")
         if isinstance(schedule, str):
-            parsed = parse_cron(schedule)
-            if isinstance(parsed, Failure):
-                raise parsed.failure()
-            schedule = parsed.unwrap()
+            schedule = parse_cron(schedule).alt(raise_error).unwrap()
         if not hasattr(schedule, "next_after"):
             raise ValidationError(f"CronJob {name!r}: schedule must come from djobs.cron() or djobs.every()")
         if missed not in ("once", "all", "skip"):
@@ -155,10 +155,8 @@ class CronJob:
                 value = params if params is not None else job.params()
             except TypeError as exc:
                 raise ValidationError(f"CronJob {name!r}: params= is required for job {job.name!r}: {exc}") from None
-            raw = encode(job.params, value, what=f"params of cron job {name!r}")
-            if isinstance(raw, Failure):
-                raise raw.failure()
-            return cls(name, schedule, job, raw.unwrap(), missed, tenant_id)
+            raw = encode(job.params, value, what=f"params of cron job {name!r}").alt(raise_error).unwrap()
+            return cls(name, schedule, job, raw, missed, tenant_id)
         assert execute is not None
         own = Job.make(name, params=CronFire, execute=execute, retry=retry, max_attempts=max_attempts, logging=logging)
         return cls(name, schedule, own, None, missed, tenant_id)
@@ -171,7 +169,7 @@ class CronJob:
 class CronHandler:
     """A cron job as registered with an engine; the engine's `CronScheduler` fires it."""
 
-    def __init__(self, cron: CronJob) -> None:
+    def __init__(self, cron: CronJob[Any]) -> None:
         self.job = cron
 
     async def on_alarm(self, alarm: Alarm) -> None:
@@ -226,7 +224,7 @@ class CronScheduler:
         self.env = env
         self.storage = storage
         self.queue = queue
-        self.crons: dict[str, CronJob] = {h.job.name: h.job for h in handlers}
+        self.crons: dict[str, CronJob[Any]] = {h.job.name: h.job for h in handlers}
         self._names = sorted(self.crons)
         self._log = env.logger.getChild("cron")
         # Another process may enable a cron job or change a schedule: poll_ms bounds the sleep.
@@ -365,7 +363,7 @@ class CronScheduler:
 
     # -- client operations -------------------------------------------------------------
 
-    def _cron(self, scope: str | None, cron: object) -> Result[CronJob, JobNotFoundError | TenantError]:
+    def _cron(self, scope: str | None, cron: object) -> Result[CronJob[Any], JobNotFoundError | TenantError]:
         name = cron if isinstance(cron, str) else getattr(cron, "name", repr(cron))
         found = self.crons.get(name)
         hidden = scope is not None and found is not None and found.tenant_id != scope
@@ -438,23 +436,25 @@ class CronsClient:
         self._scheduler = scheduler
         self._tenant = tenant
 
-    def get(self, cron: CronJob | str) -> FutureResult[CronInfo, JobNotFoundError | TenantError | StorageError]:
+    def get(self, cron: CronJob[Any] | str) -> FutureResult[CronInfo, JobNotFoundError | TenantError | StorageError]:
         """One cron job: schedule, enabled, next and last run."""
         s, scope = self._scheduler, self._tenant
         return effect(lambda: s.get(scope, cron))
 
-    def enable(self, cron: CronJob | str) -> FutureResult[CronInfo, JobNotFoundError | TenantError | StorageError]:
+    def enable(self, cron: CronJob[Any] | str) -> FutureResult[CronInfo, JobNotFoundError | TenantError | StorageError]:
         """Fire again, from the next fire time after now (times missed while disabled are not run)."""
         s, scope = self._scheduler, self._tenant
         return effect(lambda: s.set_enabled(scope, cron, True))
 
-    def disable(self, cron: CronJob | str) -> FutureResult[CronInfo, JobNotFoundError | TenantError | StorageError]:
+    def disable(
+        self, cron: CronJob[Any] | str
+    ) -> FutureResult[CronInfo, JobNotFoundError | TenantError | StorageError]:
         """Stop firing (in every engine on this database) until enabled again."""
         s, scope = self._scheduler, self._tenant
         return effect(lambda: s.set_enabled(scope, cron, False))
 
     def next_runs(
-        self, cron: CronJob | str, n: int = 5
+        self, cron: CronJob[Any] | str, n: int = 5
     ) -> FutureResult[list[datetime], JobNotFoundError | TenantError | ValidationError | StorageError]:
         """The next `n` fire times (from the stored next run; from now if disabled)."""
         s, scope = self._scheduler, self._tenant

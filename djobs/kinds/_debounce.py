@@ -32,20 +32,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, NoReturn, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, NoReturn, overload
 
 import msgspec
 from returns.future import FutureResult
 from returns.result import Failure, Result, Success
+from typing_extensions import TypeVar
 
+from .._bodies import Done, Returns, check_body
 from .._clock import to_datetime
 from .._codec import decode, encode, validate
-from .._context import BaseContext
+from .._context import BaseContext, D_co
 from .._durations import DurationLike, duration, to_ms
 from .._errors import (
     DuplicateEventError,
     ExecutionError,
     InstanceNotFoundError,
+    InvalidStateError,
+    JobError,
     JobNotFoundError,
     StorageError,
     TenantError,
@@ -59,6 +63,8 @@ from ..storage import Alarm, Checkin, ClearAlarm, InstanceRecord, SetAlarm
 from ..tracking import TrackedEvent
 from ._common import (
     MAX_ID_LENGTH,
+    D_contra,
+    Definition,
     InstanceClient,
     StateResult,
     TenantScoped,
@@ -79,8 +85,11 @@ FlushReason = Literal["max_events", "flush_after", "manual"]
 _REASONS: tuple[FlushReason, ...] = ("max_events", "flush_after", "manual")
 
 
-class DebounceEventContext(BaseContext, Generic[E, S]):
+class DebounceEventContext(BaseContext[D_co], Generic[E, S, D_co]):
     """The context of one ``on_event(ctx)`` call: fold `event` into `state`, return the new state.
+
+    ``DebounceEventContext[E, S, D]``: event `E`, state `S`, services `D`
+    (``object``, the default, for a reducer that needs none).
 
     Attributes:
         event: The event being added, validated against the job's event type.
@@ -91,16 +100,26 @@ class DebounceEventContext(BaseContext, Generic[E, S]):
     __slots__ = ("event", "event_count", "state")
 
     def __init__(
-        self, env: Env, job_name: str, instance_id: str, log: JobLog, event: E, state: S | None, event_count: int
+        self,
+        env: Env,
+        job_name: str,
+        instance_id: str,
+        log: JobLog,
+        event: E,
+        state: S | None,
+        event_count: int,
+        tenant_id: str | None = None,
     ) -> None:
-        super().__init__(env, job_name, instance_id, log)
+        super().__init__(env, job_name, instance_id, log, tenant_id)
         self.event = event
         self.state = state
         self.event_count = event_count
 
 
-class DebounceContext(BaseContext, Generic[S]):
+class DebounceContext(BaseContext[D_co], Generic[S, D_co]):
     """The context of one flush: ``execute(ctx)`` processes the batch.
+
+    ``DebounceContext[S, D]``: state `S`, services `D` (``object`` for none).
 
     Attributes:
         state: The batch's accumulated state.
@@ -128,8 +147,9 @@ class DebounceContext(BaseContext, Generic[S]):
         debounce_started_at: datetime,
         run_count: int,
         attempt: int,
+        tenant_id: str | None = None,
     ) -> None:
-        super().__init__(env, job_name, instance_id, log)
+        super().__init__(env, job_name, instance_id, log, tenant_id)
         self._checkout = checkout
         self.event_count = event_count
         self.flush_reason: FlushReason = flush_reason
@@ -155,13 +175,16 @@ class DebounceContext(BaseContext, Generic[S]):
         self._checkout.terminate(reason)
 
 
-def _keep_latest(ctx: DebounceEventContext[Any, Any]) -> Any:
+def _keep_latest(ctx: DebounceEventContext[Any, Any, object]) -> Any:
     return ctx.event
 
 
 @dataclass(frozen=True, eq=False)
-class Debounce(Generic[E, S]):
+class Debounce(Definition[D_contra], Generic[E, S, D_contra]):
     """A job that batches events per instance. Make one with `Debounce.make`.
+
+    ``Debounce[E, S, D]``: event `E`, batch state `S`; its bodies need
+    services `D` (``object``, the default, for none).
 
     Examples:
         >>> import msgspec, djobs
@@ -180,8 +203,8 @@ class Debounce(Generic[E, S]):
     state: type[S]
     flush_after_ms: int
     max_events: int | None
-    on_event: Callable[[DebounceEventContext[E, S]], object]
-    execute: Callable[[DebounceContext[S]], object]
+    on_event: Callable[[DebounceEventContext[E, S, D_contra]], Returns[S, D_contra]]
+    execute: Callable[[DebounceContext[S, D_contra]], Done[D_contra]]
     retry: Retry | None = None
     logging: LoggingOption = False
 
@@ -195,11 +218,11 @@ class Debounce(Generic[E, S]):
         state: None = None,
         flush_after: DurationLike = "5 seconds",
         max_events: int | None = None,
-        on_event: Callable[[DebounceEventContext[E, E]], object] | None = None,
-        execute: Callable[[DebounceContext[E]], object],
+        on_event: Callable[[DebounceEventContext[E, E, D_contra]], Returns[E, D_contra]] | None = None,
+        execute: Callable[[DebounceContext[E, D_contra]], Done[D_contra]],
         retry: Retry | None = None,
         logging: LoggingOption = False,
-    ) -> Debounce[E, E]: ...
+    ) -> Debounce[E, E, D_contra]: ...
 
     @overload
     @classmethod
@@ -211,11 +234,11 @@ class Debounce(Generic[E, S]):
         state: type[S],
         flush_after: DurationLike = "5 seconds",
         max_events: int | None = None,
-        on_event: Callable[[DebounceEventContext[E, S]], object] | None = None,
-        execute: Callable[[DebounceContext[S]], object],
+        on_event: Callable[[DebounceEventContext[E, S, D_contra]], Returns[S, D_contra]] | None = None,
+        execute: Callable[[DebounceContext[S, D_contra]], Done[D_contra]],
         retry: Retry | None = None,
         logging: LoggingOption = False,
-    ) -> Debounce[E, S]: ...
+    ) -> Debounce[E, S, D_contra]: ...
 
     @classmethod
     def make(
@@ -226,11 +249,11 @@ class Debounce(Generic[E, S]):
         state: type[Any] | None = None,
         flush_after: DurationLike = "5 seconds",
         max_events: int | None = None,
-        on_event: Callable[[DebounceEventContext[Any, Any]], object] | None = None,
-        execute: Callable[[DebounceContext[Any]], object],
+        on_event: Callable[[DebounceEventContext[Any, Any, Any]], Any] | None = None,
+        execute: Callable[[DebounceContext[Any, Any]], Any],
         retry: Retry | None = None,
         logging: LoggingOption = False,
-    ) -> Debounce[Any, Any]:
+    ) -> Debounce[Any, Any, Any]:
         """Define a debounce job.
 
         Args:
@@ -246,7 +269,10 @@ class Debounce(Generic[E, S]):
                 ``ctx.event``, as a plain value, a ``Result`` or a
                 ``FutureResult``. Default: keep the latest event, which needs
                 `state` to be the event type.
-            execute: The flush: ``execute(ctx)``, in any form the execution service accepts.
+            execute: The flush: ``execute(ctx)``, returning ``None`` or any
+                container of the body forms (a ``FutureResult``, a
+                ``RequiresContextFutureResult`` run with the services, ...);
+                its success value is dropped.
             retry: How a failed flush is retried; ``None`` does not retry (the
                 batch is dropped and ``job.failed`` emitted).
             logging: ``True`` (debug), ``False`` (errors only), a level, or ``None`` (silent).
@@ -273,8 +299,9 @@ class Debounce(Generic[E, S]):
             raise ValidationError(
                 f"Debounce {name!r}: max_events must be None or an int of at least 1, got {max_events!r}"
             )
-        if not callable(execute):
-            raise ValidationError(f"Debounce {name!r}: execute must be callable, got {execute!r}")
+        check_body(execute, f"Debounce {name!r}: execute")
+        if on_event is not None:
+            check_body(on_event, f"Debounce {name!r}: on_event")
         reducer = _keep_latest if on_event is None else on_event
         return cls(name, event, state_type, flush_after_ms, max_events, reducer, execute, retry, logging)
 
@@ -368,7 +395,7 @@ def _make_idle(record: InstanceRecord, now: int) -> None:
 class DebounceHandler(TenantScoped, Generic[E, S]):
     """Runs one debounce job's instances on an engine's runtime."""
 
-    def __init__(self, job: Debounce[E, S], runtime: Runtime) -> None:
+    def __init__(self, job: Debounce[E, S, Any], runtime: Runtime) -> None:
         self.job = job
         self.runtime = runtime
         self.env = runtime.env
@@ -381,22 +408,23 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
     async def add(
         self, instance_id: str, event: object, event_id: object
     ) -> Result[AddResult, ValidationError | ExecutionError | DuplicateEventError | StorageError]:
-        checked_id = _check_event_id(event_id)
-        if isinstance(checked_id, Failure):
-            return checked_id
-        the_event_id = checked_id.unwrap()
-        validated = validate(
-            self.job.event, event, what=f"event of {self.job.name!r}", limit=self.env.max_payload_bytes
+        checked = Result.do(
+            (the_event_id, the_event)
+            for the_event_id in _check_event_id(event_id)
+            for the_event in validate(
+                self.job.event, event, what=f"event of {self.job.name!r}", limit=self.env.max_payload_bytes
+            )
         )
-        if isinstance(validated, Failure):
-            return validated
+        if isinstance(checked, Failure):
+            return checked
+        the_event_id, the_event = checked.unwrap()
         key = self.key(instance_id)
 
         async def run() -> Result[AddResult, ValidationError | ExecutionError | DuplicateEventError | StorageError]:
             if the_event_id is not None and await self.env.storage.has_event_id(key, the_event_id):
                 return Failure(DuplicateEventError(instance_id, the_event_id))
             loaded = await self._flush_if_full(await self.env.storage.load(key))
-            return await self._add(key, instance_id, loaded, validated.unwrap(), the_event_id)
+            return await self._add(key, instance_id, loaded, the_event, the_event_id)
 
         return await self.runtime.call(key, run)
 
@@ -459,24 +487,29 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
     ) -> Result[bytes, ValidationError | ExecutionError]:
         job, env = self.job, self.env
         log = env.job_log(KIND, job.name, job.logging, instance=instance_id, event=count)
-        ctx = DebounceEventContext(env, job.name, instance_id, log, event, state, count)
-        result = await run_body(lambda: job.on_event(ctx), env.services)
-        if isinstance(result, Failure):
-            error = result.failure()
+        ctx: DebounceEventContext[E, S, Any] = DebounceEventContext(
+            env, job.name, instance_id, log, event, state, count, self.tenant
+        )
+        result = await run_body(lambda: job.on_event(ctx), env.services, f"the on_event of debounce job {job.name!r}")
+
+        def rejected(error: JobError) -> ValidationError | ExecutionError:
             log.error("on_event failed: %s", error.message)
             if isinstance(error, ValidationError | ExecutionError):
-                return Failure(error)
-            return Failure(ExecutionError(f"on_event failed: {error.message}", error))
-        new_state = result.unwrap()
-        if new_state is None:
-            return Failure(
-                ValidationError(
-                    f"on_event of {job.name!r} returned None; it must return the new state (a {job.state.__name__})"
+                return error
+            return ExecutionError(f"on_event failed: {error.message}", error)
+
+        def new_state(state: object) -> Result[bytes, ValidationError]:
+            if state is None:
+                return Failure(
+                    ValidationError(
+                        f"on_event of {job.name!r} returned None; it must return the new state (a {job.state.__name__})"
+                    )
                 )
+            return encode(
+                job.state, state, what=f"state returned by on_event of {job.name!r}", limit=env.max_payload_bytes
             )
-        return encode(
-            job.state, new_state, what=f"state returned by on_event of {job.name!r}", limit=env.max_payload_bytes
-        )
+
+        return result.alt(rejected).bind(new_state)
 
     async def _add(
         self,
@@ -611,8 +644,18 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         else:
             checkout = Checkout(state.unwrap())
             started_at = to_datetime(record.started_at if record.started_at is not None else record.updated_at)
-            ctx = DebounceContext(
-                env, job.name, record.instance_id, log, checkout, count, reason, started_at, run_count, attempt
+            ctx: DebounceContext[S, Any] = DebounceContext(
+                env,
+                job.name,
+                record.instance_id,
+                log,
+                checkout,
+                count,
+                reason,
+                started_at,
+                run_count,
+                attempt,
+                record.tenant_id,
             )
             outcome = await execute(env, info, checkout, lambda: job.execute(ctx), job.retry, events, log)
             outcome_kind, retry_at, duration_ms = outcome.kind, outcome.retry_at, outcome.duration_ms
@@ -659,7 +702,13 @@ class DebounceClient(InstanceClient[DebounceHandler[E, S]], Generic[E, S]):
         self, *, id: str, event: E, event_id: str | None = None
     ) -> FutureResult[
         AddResult,
-        JobNotFoundError | TenantError | ValidationError | ExecutionError | DuplicateEventError | StorageError,
+        JobNotFoundError
+        | TenantError
+        | InvalidStateError
+        | ValidationError
+        | ExecutionError
+        | DuplicateEventError
+        | StorageError,
     ]:
         """Add `event` to instance `id`'s batch, creating the instance if needed.
 
@@ -673,7 +722,8 @@ class DebounceClient(InstanceClient[DebounceHandler[E, S]], Generic[E, S]):
     def flush(
         self, id: str
     ) -> FutureResult[
-        FlushResult, JobNotFoundError | TenantError | InstanceNotFoundError | ValidationError | StorageError
+        FlushResult,
+        JobNotFoundError | TenantError | InvalidStateError | InstanceNotFoundError | ValidationError | StorageError,
     ]:
         """Flush instance `id`'s batch now (``flush_reason="manual"``); returns once the flush is committed.
 
@@ -683,7 +733,7 @@ class DebounceClient(InstanceClient[DebounceHandler[E, S]], Generic[E, S]):
 
     def clear(
         self, id: str
-    ) -> FutureResult[ClearResult, JobNotFoundError | TenantError | ValidationError | StorageError]:
+    ) -> FutureResult[ClearResult, JobNotFoundError | TenantError | InvalidStateError | ValidationError | StorageError]:
         """Drop instance `id`'s batch without processing it; the instance goes idle.
 
         Clearing an idle or unknown id changes nothing (``cleared=False``).

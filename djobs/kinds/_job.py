@@ -26,16 +26,18 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, cast, overload
 
 import msgspec
 import trio
 from returns.future import FutureResult
 from returns.result import Failure, Result, Success
+from typing_extensions import TypeVar
 
+from .._bodies import Returns, check_body
 from .._clock import LATEST_MS, to_datetime
 from .._codec import decode, encode
-from .._context import BaseContext
+from .._context import BaseContext, D_co
 from .._durations import DurationLike, parse_duration, to_ms
 from .._errors import (
     ExecutionError,
@@ -58,7 +60,7 @@ from .._worker import CANCELLED_ERROR, RunHandle, Worker, error_json
 from ..storage import ClaimedJob, JobFilter, JobRecord, JobSettlement, JobStatusName, NewJob, QueueStorage
 from ..storage._base import FINAL_STATUSES
 from ..tracking import TrackedEvent
-from ._common import check_id, check_name, effect, not_registered
+from ._common import D_contra, Definition, check_id, check_name, effect, not_registered
 
 if TYPE_CHECKING:
     from .._runtime import Runtime
@@ -100,8 +102,9 @@ def _error_event(error: JobError) -> dict[str, str]:
 # -- context ---------------------------------------------------------------------------
 
 
-class JobContext(BaseContext):
-    """The context of one attempt of a job.
+class JobContext(BaseContext[D_co]):
+    """The context of one attempt of a job: ``JobContext[D]``, services `D`
+    (``object``, the default, for a body that needs none).
 
     Attributes:
         job_id: The job's id (a UUIDv7), or ``None`` for ``now(persist=False)``.
@@ -112,7 +115,7 @@ class JobContext(BaseContext):
         correlation_id: The correlation id it was enqueued with, if any.
     """
 
-    __slots__ = ("_lease", "attempt", "correlation_id", "job_id", "max_attempts", "run_id", "tenant_id")
+    __slots__ = ("_lease", "attempt", "correlation_id", "job_id", "max_attempts", "run_id")
 
     def __init__(
         self,
@@ -128,12 +131,11 @@ class JobContext(BaseContext):
         correlation_id: str | None,
         lease: tuple[QueueStorage, str] | None,
     ) -> None:
-        super().__init__(env, job_name, job_id or run_id, log)
+        super().__init__(env, job_name, job_id or run_id, log, tenant_id)
         self.job_id = job_id
         self.run_id = run_id
         self.attempt = attempt
         self.max_attempts = max_attempts
-        self.tenant_id = tenant_id
         self.correlation_id = correlation_id
         self._lease = lease
 
@@ -173,8 +175,12 @@ class JobContext(BaseContext):
 
 
 @dataclass(frozen=True, eq=False)
-class Job(Generic[P, R]):
+class Job(Definition[D_contra], Generic[P, R, D_contra]):
     """A one-off job with typed params and result. Make one with `Job.make`.
+
+    ``Job[P, R, D]``: params `P`, result `R`; its body needs services `D`
+    (``object``, the default, for none) and returns `R` in one of the body forms (`R`, ``Result[R, E]``, ``async def``,
+    ``FutureResult[R, E]``, ``RequiresContextFutureResult[R, E, D]``, ...).
 
     Examples:
         >>> import msgspec, djobs
@@ -193,7 +199,7 @@ class Job(Generic[P, R]):
     name: str
     params: type[P]
     result: type[R]
-    execute: Callable[[P, JobContext], object]
+    execute: Callable[[P, JobContext[D_contra]], Returns[R, D_contra]]
     retry: Retry
     max_attempts: int
     on: str | None = None
@@ -207,12 +213,12 @@ class Job(Generic[P, R]):
         *,
         params: type[P],
         result: type[R],
-        execute: Callable[[P, JobContext], object],
+        execute: Callable[[P, JobContext[D_contra]], Returns[R, D_contra]],
         retry: Retry | None = None,
         max_attempts: int | None = None,
         on: str | Event[Any] | None = None,
         logging: LoggingOption = False,
-    ) -> Job[P, R]: ...
+    ) -> Job[P, R, D_contra]: ...
     @overload
     @classmethod
     def make(
@@ -221,12 +227,12 @@ class Job(Generic[P, R]):
         *,
         params: type[P],
         result: None = None,
-        execute: Callable[[P, JobContext], object],
+        execute: Callable[[P, JobContext[D_contra]], Returns[None, D_contra]],
         retry: Retry | None = None,
         max_attempts: int | None = None,
         on: str | Event[Any] | None = None,
         logging: LoggingOption = False,
-    ) -> Job[P, None]: ...
+    ) -> Job[P, None, D_contra]: ...
     @classmethod
     def make(
         cls,
@@ -234,12 +240,12 @@ class Job(Generic[P, R]):
         *,
         params: type[P],
         result: type[Any] | None = None,
-        execute: Callable[[P, JobContext], object],
+        execute: Callable[[P, JobContext[Any]], Any],
         retry: Retry | None = None,
         max_attempts: int | None = None,
         on: str | Event[Any] | None = None,
         logging: LoggingOption = False,
-    ) -> Job[P, Any]:
+    ) -> Job[P, Any, Any]:
         """Define a job.
 
         Args:
@@ -249,8 +255,11 @@ class Job(Generic[P, R]):
             result: The ``msgspec.Struct`` type of its result; ``None`` (the
                 default) for a job that returns nothing.
             execute: The body, ``execute(params, ctx)``, returning the result
-                in any form the execution service accepts (a value, a
-                ``Result``, a ``FutureResult``, ...).
+                in a body form (a value, a ``Result``,
+                ``async def``, a ``FutureResult``, a
+                ``RequiresContextFutureResult`` run with the services, ...).
+                Any other return is a mypy error, and at run time the
+                attempt's `ValidationError`.
             retry: The backoff between attempts and which errors are retried;
                 default exponential from 1 second to 30 seconds.
             max_attempts: Tries per job, the first included; default the
@@ -267,8 +276,7 @@ class Job(Generic[P, R]):
             raise ValidationError(f"Job {name!r}: params must be a msgspec.Struct type, got {params!r}")
         if result is not None and not (isinstance(result, type) and issubclass(result, msgspec.Struct)):
             raise ValidationError(f"Job {name!r}: result must be a msgspec.Struct type or None, got {result!r}")
-        if not callable(execute):
-            raise ValidationError(f"Job {name!r}: execute must be callable, got {execute!r}")
+        check_body(execute, f"Job {name!r}: execute")
         attempts = max_attempts if max_attempts is not None else (retry.max_attempts if retry is not None else 3)
         check_attempts(attempts, f"Job {name!r}: max_attempts")
         if isinstance(on, Event):
@@ -464,7 +472,7 @@ class _Attempt:
 class JobHandler(Generic[P, R]):
     """Runs one job definition's attempts: in a caller's task (``now``) or for the worker."""
 
-    def __init__(self, job: Job[P, R], env: Env) -> None:
+    def __init__(self, job: Job[P, R, Any], env: Env) -> None:
         self.job = job
         self.env = env
         self._logger = env.logger.getChild(f"{KIND}.{job.name}")
@@ -484,15 +492,13 @@ class JobHandler(Generic[P, R]):
             )
         return policy
 
-    async def _call(self, params: P, ctx: JobContext) -> Result[bytes, JobError]:
+    async def _call(self, params: P, ctx: JobContext[Any]) -> Result[bytes, JobError]:
         # The result is validated as part of the attempt, so a bad result is the
         # attempt's failure (a ValidationError, not retried) like any other.
-        value = await run_body(lambda: self.job.execute(params, ctx), self.env.services)
-        if isinstance(value, Failure):
-            return value
-        return encode(
-            self.job.result, value.unwrap(), what=f"result of job {self.job.name!r}", limit=self.env.max_payload_bytes
-        )
+        job = self.job
+        limit = self.env.max_payload_bytes
+        value = await run_body(lambda: job.execute(params, ctx), self.env.services, f"the execute of job {job.name!r}")
+        return value.bind(lambda result: encode(job.result, result, what=f"result of job {job.name!r}", limit=limit))
 
     async def attempt(
         self, params: P, who: _Attempt, run_id: str, storage: QueueStorage | None
@@ -502,7 +508,7 @@ class JobHandler(Generic[P, R]):
         key = who.job_id or run_id
         log = JobLog(self._logger, self._threshold, {"job": job.name, "job_id": key, "attempt": who.attempt})
         lease = (storage, who.worker_id) if storage is not None and who.worker_id is not None else None
-        ctx = JobContext(
+        ctx: JobContext[Any] = JobContext(
             env,
             job.name,
             log,
@@ -938,25 +944,25 @@ class JobQueue:
         reads them), so a delayed event survives a restart like any queued job.
         """
         if isinstance(event, Event):
-            typed = encode(event.payload, payload, what=f"payload of event {event.name!r}")
+            typed = encode(
+                event.payload, payload, what=f"payload of event {event.name!r}", limit=self.env.max_payload_bytes
+            )
             if isinstance(typed, Failure):
                 return typed
             event = event.name
         if not isinstance(event, str) or not event.strip():
             return Failure(ValidationError(f"event name must be a non-empty string, got {event!r}"))
-        checks = (
-            self.tenant_for(scope, tenant_id),
-            _check_text(correlation_id, "correlation_id"),
-            _check_text(idempotency_key, "idempotency_key"),
-        )
-        for check in checks:
-            if isinstance(check, Failure):
-                return check
-        tenant, correlation, key = (c.unwrap() for c in checks)
         now = self.env.now_ms()
-        when = _when(at, delay, now)
-        if isinstance(when, Failure):
-            return when
+        checked = Result.do(
+            (tenant, correlation, key, due)
+            for tenant in self.tenant_for(scope, tenant_id)
+            for correlation in _check_text(correlation_id, "correlation_id")
+            for key in _check_text(idempotency_key, "idempotency_key")
+            for due in _when(at, delay, now)
+        )
+        if isinstance(checked, Failure):
+            return checked
+        tenant, correlation, key, due = checked.unwrap()
         listeners = self.listeners.get(event, [])
         encoded: list[bytes] = []
         limit = self.env.max_payload_bytes
@@ -968,11 +974,11 @@ class JobQueue:
             # A listener may read a part of the payload, but some listener must take all of it:
             # a field no listener knows (a misspelling) or a struct no listener takes is refused.
             return Failure(exact[0].failure())
-        for handler, checked in zip(listeners, exact, strict=True):
+        for handler, strict_raw in zip(listeners, exact, strict=True):
             what = f"payload of event {event!r} for job {handler.job.name!r}"
             raw = (
-                checked
-                if isinstance(checked, Success)
+                strict_raw
+                if isinstance(strict_raw, Success)
                 else encode(handler.job.params, payload, what=what, limit=limit, strict=False)
             )
             if isinstance(raw, Failure):
@@ -980,7 +986,6 @@ class JobQueue:
             encoded.append(raw.unwrap())
         if not listeners:
             return Success(EventResult(event=event, job_ids=[], job_names=[], delivered=False))
-        due = when.unwrap()
         rows = [
             self.row(
                 h, raw, scheduled_for=due, now=now, correlation_id=correlation, tenant_id=tenant, idempotency_key=key
@@ -994,12 +999,13 @@ class JobQueue:
 
     async def load(self, scope: str | None, job_id: object) -> Result[JobRecord, Any]:
         """The row `job_id`, if it exists and the scope may see it."""
-        scoped = _check_text(scope, "the client's tenant id")
-        if isinstance(scoped, Failure):
-            return scoped
-        checked = check_id(job_id)
+        checked = Result.do(
+            the_id
+            for _ in _check_text(scope, "the client's tenant id")
+            for the_id in check_id(job_id).alt(lambda error: ValidationError(f"job id: {error.message}"))
+        )
         if isinstance(checked, Failure):
-            return Failure(ValidationError(f"job id: {checked.failure().message}"))
+            return checked
         record = await self.storage.get_job(checked.unwrap())
         if record is None:
             return Failure(_job_not_found(checked.unwrap()))
@@ -1072,32 +1078,27 @@ class JobQueue:
             )
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
             return Failure(ValidationError(f"limit must be an int from 1 to 10000, got {limit!r}"))
-        texts = [
-            _check_text(v, what)
-            for v, what in (
-                (name, "name"),
-                (correlation_id, "correlation_id"),
-                (tenant_id, "tenant_id"),
-                (after, "after"),
-            )
-        ]
-        for check in texts:
-            if isinstance(check, Failure):
-                return check
-        tenant = texts[2].unwrap()
-        scoped = _check_text(scope, "the client's tenant id")
-        if isinstance(scoped, Failure):
-            return scoped
+        filters = Result.do(
+            (the_name, correlation, tenant, the_after)
+            for the_name in _check_text(name, "name")
+            for correlation in _check_text(correlation_id, "correlation_id")
+            for tenant in _check_text(tenant_id, "tenant_id")
+            for the_after in _check_text(after, "after")
+            for _ in _check_text(scope, "the client's tenant id")
+        )
+        if isinstance(filters, Failure):
+            return filters
+        the_name, correlation, tenant, the_after = filters.unwrap()
         if scope is not None:
             if tenant is not None and tenant != scope:
                 return Failure(TenantError(f"this client acts for tenant {scope!r}; it cannot list {tenant!r}'s jobs"))
             tenant = scope
         where = JobFilter(
             status=status,
-            name=texts[0].unwrap(),
-            correlation_id=texts[1].unwrap(),
+            name=the_name,
+            correlation_id=correlation,
             tenant_id=tenant,
-            after=texts[3].unwrap(),
+            after=the_after,
             limit=limit,
         )
         return Success([self.info(r) for r in await self.storage.list_jobs(where)])
@@ -1141,23 +1142,23 @@ def _job_not_found(job_id: str) -> InstanceNotFoundError:
 
 
 def _when(at: object, delay: object, now: int) -> Result[int, ValidationError]:
+    when: Result[int, ValidationError]
     if at is not None and delay is not None:
         return Failure(ValidationError("give at= or delay=, not both"))
     if at is not None:
-        moment = epoch_ms(at, "at")
-        if isinstance(moment, Failure):
-            return moment
-        when = max(moment.unwrap(), now)
+        when = epoch_ms(at, "at").map(lambda moment: max(moment, now))
     elif delay is not None:
-        parsed = parse_duration(delay, what="delay")
-        if isinstance(parsed, Failure):
-            return parsed
-        when = now + to_ms(parsed.unwrap())
+        when = parse_duration(delay, what="delay").map(lambda d: now + to_ms(d))
     else:
-        when = now
-    if when > LATEST_MS:
-        return Failure(ValidationError(f"a job cannot be scheduled after 9999-12-30 (got at={at!r}, delay={delay!r})"))
-    return Success(when)
+        when = Success(now)
+    too_late = ValidationError(f"a job cannot be scheduled after 9999-12-30 (got at={at!r}, delay={delay!r})")
+    return when.bind(lambda ms: Failure(too_late) if ms > LATEST_MS else Success(ms))
+
+
+def _check_priority(priority: object) -> Result[int, ValidationError]:
+    if isinstance(priority, bool) or not isinstance(priority, int) or not -(2**31) <= priority < 2**31:
+        return Failure(ValidationError(f"priority must be a 32-bit int, got {priority!r}"))
+    return Success(priority)
 
 
 class JobClient(Generic[P, R]):
@@ -1231,30 +1232,26 @@ class JobClient(Generic[P, R]):
             return not_registered(self._name)
 
         async def run() -> Result[str, Any]:
-            checked = self._checked(h, q, params, tenant_id, correlation_id)
-            if isinstance(checked, Failure):
-                return checked
-            raw, tenant, correlation = checked.unwrap()
             now = q.env.now_ms()
-            when = _when(at, delay, now)
-            if isinstance(when, Failure):
-                return when
-            if isinstance(priority, bool) or not isinstance(priority, int) or not -(2**31) <= priority < 2**31:
-                return Failure(ValidationError(f"priority must be a 32-bit int, got {priority!r}"))
-            key = _check_text(idempotency_key, "idempotency_key")
-            if isinstance(key, Failure):
-                return key
-            row = q.row(
-                h,
-                raw,
-                scheduled_for=when.unwrap(),
-                now=now,
-                priority=priority,
-                correlation_id=correlation,
-                tenant_id=tenant,
-                idempotency_key=key.unwrap(),
+            row = Result.do(
+                q.row(
+                    h,
+                    raw,
+                    scheduled_for=when,
+                    now=now,
+                    priority=rank,
+                    correlation_id=correlation,
+                    tenant_id=tenant,
+                    idempotency_key=key,
+                )
+                for raw, tenant, correlation in self._checked(h, q, params, tenant_id, correlation_id)
+                for when in _when(at, delay, now)
+                for rank in _check_priority(priority)
+                for key in _check_text(idempotency_key, "idempotency_key")
             )
-            [(job_id, _)] = await q.enqueue([row])
+            if isinstance(row, Failure):
+                return row
+            [(job_id, _)] = await q.enqueue([row.unwrap()])
             return Success(job_id)
 
         return effect(run)
@@ -1283,18 +1280,17 @@ class JobClient(Generic[P, R]):
             if isinstance(params_list, str | bytes) or not isinstance(params_list, Sequence):
                 kind = type(params_list).__name__
                 return Failure(ValidationError(f"later_many takes a sequence of params, got {kind}"))
-            tenant = q.tenant_for(self._tenant, tenant_id)
-            if isinstance(tenant, Failure):
-                return tenant
-            correlation = _check_text(correlation_id, "correlation_id")
-            if isinstance(correlation, Failure):
-                return correlation
-            if isinstance(priority, bool) or not isinstance(priority, int) or not -(2**31) <= priority < 2**31:
-                return Failure(ValidationError(f"priority must be a 32-bit int, got {priority!r}"))
             now = q.env.now_ms()
-            when = _when(at, delay, now)
-            if isinstance(when, Failure):
-                return when
+            shared = Result.do(
+                (tenant, correlation, rank, when)
+                for tenant in q.tenant_for(self._tenant, tenant_id)
+                for correlation in _check_text(correlation_id, "correlation_id")
+                for rank in _check_priority(priority)
+                for when in _when(at, delay, now)
+            )
+            if isinstance(shared, Failure):
+                return shared
+            tenant, correlation, rank, when = shared.unwrap()
             rows = []
             for index, params in enumerate(params_list):
                 raw = encode(
@@ -1306,11 +1302,11 @@ class JobClient(Generic[P, R]):
                     q.row(
                         h,
                         raw.unwrap(),
-                        scheduled_for=when.unwrap(),
+                        scheduled_for=when,
                         now=now,
-                        priority=priority,
-                        correlation_id=correlation.unwrap(),
-                        tenant_id=tenant.unwrap(),
+                        priority=rank,
+                        correlation_id=correlation,
+                        tenant_id=tenant,
                     )
                 )
             if not rows:
@@ -1389,16 +1385,12 @@ class JobClient(Generic[P, R]):
     def _checked(
         self, h: JobHandler[P, R], q: JobQueue, params: object, tenant_id: object, correlation_id: object
     ) -> Result[tuple[bytes, str | None, str | None], ValidationError | TenantError]:
-        raw = encode(h.job.params, params, what=f"params of job {h.job.name!r}", limit=q.env.max_payload_bytes)
-        if isinstance(raw, Failure):
-            return raw
-        tenant = q.tenant_for(self._tenant, tenant_id)
-        if isinstance(tenant, Failure):
-            return tenant
-        correlation = _check_text(correlation_id, "correlation_id")
-        if isinstance(correlation, Failure):
-            return correlation
-        return Success((raw.unwrap(), tenant.unwrap(), correlation.unwrap()))
+        return Result.do(
+            (raw, tenant, correlation)
+            for raw in encode(h.job.params, params, what=f"params of job {h.job.name!r}", limit=q.env.max_payload_bytes)
+            for tenant in q.tenant_for(self._tenant, tenant_id)
+            for correlation in _check_text(correlation_id, "correlation_id")
+        )
 
 
 class JobsClient:

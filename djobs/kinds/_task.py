@@ -26,18 +26,20 @@ Every handler's changes (state and alarm) are buffered and committed in one
 from __future__ import annotations
 
 import reprlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, NoReturn, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, NoReturn, TypeAlias
 
 import msgspec
 from returns.future import FutureResult
 from returns.result import Failure, Result, Success
+from typing_extensions import TypeVar
 
+from .._bodies import Returns, check_body
 from .._clock import LATEST_MS, to_datetime
 from .._codec import decode, encode, validate
-from .._context import BaseContext
+from .._context import BaseContext, D_co
 from .._durations import parse_duration, to_ms
 from .._errors import (
     DuplicateEventError,
@@ -49,8 +51,9 @@ from .._errors import (
     StorageError,
     TenantError,
     ValidationError,
+    raise_error,
 )
-from .._execution import Checkout, Env, RunInfo, execute, run_call
+from .._execution import Checkout, Env, RunInfo, execute, run_call, run_returning_state
 from .._input import epoch_ms, text_problem
 from .._logging import JobLog, LoggingOption
 from .._retry import Retry
@@ -58,6 +61,8 @@ from ..storage import Alarm, Checkin, ClearAlarm, InstanceRecord, SetAlarm
 from ..tracking import TrackedEvent
 from ._common import (
     MAX_ID_LENGTH,
+    D_contra,
+    Definition,
     InstanceClient,
     StateResult,
     TenantScoped,
@@ -142,12 +147,18 @@ def resolve_when(when: object, now_ms: int) -> Result[int, ValidationError]:
             return Failure(_bad_when(when, "a delay must not be negative"))
         fire_at = now_ms + to_ms(when)
     elif isinstance(when, str):
-        parsed = parse_duration(when)
-        if isinstance(parsed, Failure):
-            return Failure(_bad_when(when, "the string is not a duration"))
-        fire_at = now_ms + to_ms(parsed.unwrap())
+        return (
+            parse_duration(when)
+            .map(lambda delay: now_ms + to_ms(delay))
+            .alt(lambda _: _bad_when(when, "the string is not a duration"))
+            .bind(lambda fire_at: _not_after_9999(when, fire_at))
+        )
     else:
         return Failure(_bad_when(when))
+    return _not_after_9999(when, fire_at)
+
+
+def _not_after_9999(when: object, fire_at: int) -> Result[int, ValidationError]:
     if fire_at > LATEST_MS:
         return Failure(_bad_when(when, "that is after the year 9999"))
     return Success(fire_at)
@@ -160,7 +171,7 @@ class _Draft(Checkout[S]):
     encoded: bytes | None = None
 
 
-class _TaskContextBase(BaseContext, Generic[S]):
+class _TaskContextBase(BaseContext[D_co], Generic[S, D_co]):
     """What every Task handler's context has: state, scheduling, terminate, ``event_count``."""
 
     __slots__ = ("_draft", "_scheduled_ms", "_state_type", "event_count")
@@ -175,8 +186,9 @@ class _TaskContextBase(BaseContext, Generic[S]):
         state_type: type[S],
         scheduled_ms: int | None,
         event_count: int,
+        tenant_id: str | None = None,
     ) -> None:
-        super().__init__(env, job_name, instance_id, log)
+        super().__init__(env, job_name, instance_id, log, tenant_id)
         self._draft = draft
         self._state_type = state_type
         self._scheduled_ms = scheduled_ms
@@ -194,11 +206,11 @@ class _TaskContextBase(BaseContext, Generic[S]):
             ValidationError: `state` does not match the job's state type; the
                 handler fails with this error and nothing is written.
         """
-        checked = encode(self._state_type, state, what="state", limit=self._env.max_payload_bytes)
-        if isinstance(checked, Failure):
-            raise checked.failure()
+        # Raising ends the handler at the mistake; the execution service turns it into a failure value.
+        self._draft.encoded = (
+            encode(self._state_type, state, what="state", limit=self._env.max_payload_bytes).alt(raise_error).unwrap()
+        )
         self._draft.set_state(state)
-        self._draft.encoded = checked.unwrap()
 
     def update_state(self, fn: Callable[[S], S]) -> None:
         """Replace the state with ``fn(state)``.
@@ -228,10 +240,8 @@ class _TaskContextBase(BaseContext, Generic[S]):
                 number, a negative delay, unreadable text); the handler fails
                 with this error and nothing is written.
         """
-        fire_at = resolve_when(when, self._env.now_ms())
-        if isinstance(fire_at, Failure):
-            raise fire_at.failure()
-        self._draft.alarm = SetAlarm(fire_at.unwrap(), _EXECUTE)
+        fire_at = resolve_when(when, self._env.now_ms()).alt(raise_error).unwrap()
+        self._draft.alarm = SetAlarm(fire_at, _EXECUTE)
         self._draft.schedule_touched = True
 
     def cancel_schedule(self) -> None:
@@ -257,8 +267,8 @@ class _TaskContextBase(BaseContext, Generic[S]):
         self._draft.terminate(reason)
 
 
-class TaskEventContext(_TaskContextBase[S]):
-    """The context of ``on_event(event, ctx)``.
+class TaskEventContext(_TaskContextBase[S, D_co]):
+    """The context of ``on_event(event, ctx)``: ``TaskEventContext[S, D]``, state `S`, services `D`.
 
     Attributes:
         event_count: Events this task has accepted, this one included (1 on the first).
@@ -278,13 +288,15 @@ class TaskEventContext(_TaskContextBase[S]):
         scheduled_ms: int | None,
         event_count: int,
         is_first_event: bool,
+        tenant_id: str | None = None,
     ) -> None:
-        super().__init__(env, job_name, instance_id, log, draft, state_type, scheduled_ms, event_count)
+        super().__init__(env, job_name, instance_id, log, draft, state_type, scheduled_ms, event_count, tenant_id)
         self.is_first_event = is_first_event
 
 
-class TaskContext(_TaskContextBase[S]):
-    """The context of ``execute(ctx)``, ``on_idle(ctx)`` and ``on_error(error, ctx)``.
+class TaskContext(_TaskContextBase[S, D_co]):
+    """The context of ``execute(ctx)``, ``on_idle(ctx)`` and ``on_error(error, ctx)``:
+    ``TaskContext[S, D]``, state `S`, services `D` (``object``, the default, for none).
 
     In ``execute`` the alarm that fired is already consumed: `scheduled_at`
     is ``None`` until the handler schedules again.
@@ -312,8 +324,9 @@ class TaskContext(_TaskContextBase[S]):
         execute_count: int,
         created_at: int,
         attempt: int,
+        tenant_id: str | None = None,
     ) -> None:
-        super().__init__(env, job_name, instance_id, log, draft, state_type, scheduled_ms, event_count)
+        super().__init__(env, job_name, instance_id, log, draft, state_type, scheduled_ms, event_count, tenant_id)
         self.execute_count = execute_count
         self.created_at = to_datetime(created_at)
         self.attempt = attempt
@@ -325,8 +338,12 @@ class TaskContext(_TaskContextBase[S]):
 
 
 @dataclass(frozen=True, eq=False)
-class Task(Generic[S, Ev]):
+class Task(Definition[D_contra], Generic[S, Ev, D_contra]):
     """An event-driven state machine that schedules itself. Make one with `Task.make`.
+
+    ``Task[S, Ev, D]``: state `S`, events `Ev`; its handlers need services
+    `D` (``object``, the default, for none). Every handler may return the
+    new state instead of calling ``ctx.set_state`` (``None`` keeps it).
 
     Examples:
         >>> import msgspec, djobs
@@ -348,10 +365,10 @@ class Task(Generic[S, Ev]):
     name: str
     state: type[S]
     event: Any
-    on_event: Callable[[Ev, TaskEventContext[S]], object]
-    execute: Callable[[TaskContext[S]], object]
-    on_idle: Callable[[TaskContext[S]], object] | None = None
-    on_error: Callable[[JobError, TaskContext[S]], object] | None = None
+    on_event: Callable[[Ev, TaskEventContext[S, D_contra]], Returns[S | None, D_contra]]
+    execute: Callable[[TaskContext[S, D_contra]], Returns[S | None, D_contra]]
+    on_idle: Callable[[TaskContext[S, D_contra]], Returns[S | None, D_contra]] | None = None
+    on_error: Callable[[JobError, TaskContext[S, D_contra]], Returns[S | None, D_contra]] | None = None
     retry: Retry | None = None
     logging: LoggingOption = False
 
@@ -362,13 +379,13 @@ class Task(Generic[S, Ev]):
         *,
         state: type[S],
         event: Any,
-        on_event: Callable[[Ev, TaskEventContext[S]], object],
-        execute: Callable[[TaskContext[S]], object],
-        on_idle: Callable[[TaskContext[S]], object] | None = None,
-        on_error: Callable[[JobError, TaskContext[S]], object] | None = None,
+        on_event: Callable[[Ev, TaskEventContext[S, D_contra]], Returns[S | None, D_contra]],
+        execute: Callable[[TaskContext[S, D_contra]], Returns[S | None, D_contra]],
+        on_idle: Callable[[TaskContext[S, D_contra]], Returns[S | None, D_contra]] | None = None,
+        on_error: Callable[[JobError, TaskContext[S, D_contra]], Returns[S | None, D_contra]] | None = None,
         retry: Retry | None = None,
         logging: LoggingOption = False,
-    ) -> Task[S, Ev]:
+    ) -> Task[S, Ev, D_contra]:
         """Define a task job.
 
         Args:
@@ -386,9 +403,10 @@ class Task(Generic[S, Ev]):
             retry: How a failed execute is retried before ``on_error``; ``None`` does not retry.
             logging: ``True`` (debug), ``False`` (errors only), a level, or ``None`` (silent).
 
-        Every handler may take any body form the execution service accepts
-        (plain or ``async`` function, ``Result``, ``FutureResult``,
-        ``RequiresContextFutureResult``).
+        Every handler may return the new state (``None`` keeps it) in any
+        body form (a value, ``async def``, a ``Result``, a
+        ``FutureResult``, a ``RequiresContextFutureResult`` run with the
+        services, ...).
         """
         check_name(name, KIND)
         if not (isinstance(state, type) and issubclass(state, msgspec.Struct)):
@@ -400,8 +418,8 @@ class Task(Generic[S, Ev]):
                 f"Task {name!r}: event must be a msgspec.Struct type or a union of structs made with tag=True ({exc})"
             ) from None
         for what, fn in (("on_event", on_event), ("execute", execute), ("on_idle", on_idle), ("on_error", on_error)):
-            if fn is not None and not callable(fn):
-                raise ValidationError(f"Task {name!r}: {what} must be callable, got {fn!r}")
+            if fn is not None:
+                check_body(fn, f"Task {name!r}: {what}")
         return cls(name, state, event, on_event, execute, on_idle, on_error, retry, logging)
 
     def bind(self, runtime: Runtime) -> TaskHandler[S, Ev]:
@@ -486,7 +504,7 @@ SendError: TypeAlias = ValidationError | InvalidStateError | ExecutionError | Du
 class TaskHandler(TenantScoped, Generic[S, Ev]):
     """Runs one task job's instances on an engine's runtime."""
 
-    def __init__(self, job: Task[S, Ev], runtime: Runtime) -> None:
+    def __init__(self, job: Task[S, Ev, Any], runtime: Runtime) -> None:
         self.job = job
         self.runtime = runtime
         self.env = runtime.env
@@ -505,7 +523,9 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
     def _event(self, record: InstanceRecord, type: str, **data: Any) -> TrackedEvent:
         return self.env.event(type, record.key, KIND, self.job.name, **data)
 
-    def _context(self, record: InstanceRecord, draft: _Draft[S | None], log: JobLog, attempt: int) -> TaskContext[S]:
+    def _context(
+        self, record: InstanceRecord, draft: _Draft[S | None], log: JobLog, attempt: int
+    ) -> TaskContext[S, Any]:
         return TaskContext(
             self.env,
             self.job.name,
@@ -518,20 +538,30 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
             record.execute_count,
             record.created_at,
             attempt,
+            record.tenant_id,
         )
+
+    def _returning(
+        self, call: Callable[[], object], ctx: _TaskContextBase[S, Any], handler: str
+    ) -> Callable[[], Awaitable[Result[object, JobError]]]:
+        """`call`, where a returned value other than ``None`` is the task's new state."""
+        what = f"the {handler} of task {self.job.name!r}"
+        return lambda: run_returning_state(call, self.env.services, ctx.set_state, what)
 
     # -- verbs (each runs on the instance's actor) -------------------------------------
 
     async def send(self, instance_id: str, event: object, event_id: object) -> Result[SendResult, SendError]:
         job, env = self.job, self.env
-        checked_id = _check_event_id(event_id)
-        if isinstance(checked_id, Failure):
-            return checked_id
-        eid = checked_id.unwrap()
-        validated = validate(job.event, event, what=f"event for task {job.name!r}", limit=env.max_payload_bytes)
-        if isinstance(validated, Failure):
-            return validated
-        the_event = validated.unwrap()
+        checked = Result.do(
+            (eid, the_event)
+            for eid in _check_event_id(event_id)
+            for the_event in validate(
+                job.event, event, what=f"event for task {job.name!r}", limit=env.max_payload_bytes
+            )
+        )
+        if isinstance(checked, Failure):
+            return checked
+        eid, the_event = checked.unwrap()
         key = self.key(instance_id)
 
         async def run() -> Result[SendResult, SendError]:
@@ -562,8 +592,12 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
             log = self._log(record, event=count)
             draft: _Draft[S | None] = _Draft(state.unwrap())
             keep_ms = alarm.fire_at if alarm is not None else None
-            ctx = TaskEventContext(env, job.name, instance_id, log, draft, job.state, keep_ms, count, created)
-            ran = await run_call(env.services, draft, lambda: job.on_event(the_event, ctx))
+            ctx: TaskEventContext[S, Any] = TaskEventContext(
+                env, job.name, instance_id, log, draft, job.state, keep_ms, count, created, self.tenant
+            )
+            ran = await run_call(
+                env.services, draft, self._returning(lambda: job.on_event(the_event, ctx), ctx, "on_event")
+            )
             if isinstance(ran.result, Failure):
                 error = _rejection(ran.result.failure())
                 log.info("event rejected: %s", error.message)
@@ -670,7 +704,9 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
         draft: _Draft[S | None] = _Draft(before)
         ctx = self._context(record, draft, log, attempt)
         info = RunInfo(record.key, KIND, job.name, execute_count, attempt)
-        outcome = await execute(env, info, draft, lambda: job.execute(ctx), job.retry, events, log)
+        outcome = await execute(
+            env, info, draft, self._returning(lambda: job.execute(ctx), ctx, "execute"), job.retry, events, log
+        )
         kind: Outcome = outcome.kind
         if kind == "terminated":
             await env.commit(Checkin(key=record.key, record=None), events)
@@ -692,7 +728,9 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
                 trigger = "error"
                 err_log = self._log(record, execute=execute_count, attempt=attempt, handler="on_error")
                 err_ctx = self._context(record, draft, err_log, attempt)
-                ran = await run_call(env.services, draft, lambda: on_error(error, err_ctx))
+                ran = await run_call(
+                    env.services, draft, self._returning(lambda: on_error(error, err_ctx), err_ctx, "on_error")
+                )
                 if ran.terminated:
                     await self._purge(record, ran.reason, events, err_log)
                     return execute_count, "terminated", None
@@ -736,7 +774,7 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
             idle: _Draft[S | None] = _Draft(draft.state)
             log = self._log(record, handler="on_idle")
             ctx = self._context(record, idle, log, 1)
-            ran = await run_call(env.services, idle, lambda: on_idle(ctx))
+            ran = await run_call(env.services, idle, self._returning(lambda: on_idle(ctx), ctx, "on_idle"))
             if ran.terminated:
                 await self._purge(record, ran.reason, events, log)
                 return False, None
@@ -824,7 +862,8 @@ class TaskClient(InstanceClient[TaskHandler[S, Ev]], Generic[S, Ev]):
     def trigger(
         self, id: str
     ) -> FutureResult[
-        TaskTriggerResult, JobNotFoundError | TenantError | InstanceNotFoundError | ValidationError | StorageError
+        TaskTriggerResult,
+        JobNotFoundError | TenantError | InvalidStateError | InstanceNotFoundError | ValidationError | StorageError,
     ]:
         """Run ``execute`` now, as if the task's alarm had fired early (a pending alarm is consumed)."""
         return self._verb(id, lambda h, i: h.trigger(i))
@@ -845,6 +884,8 @@ class TaskClient(InstanceClient[TaskHandler[S, Ev]], Generic[S, Ev]):
 
     def terminate(
         self, id: str, *, reason: str | None = None
-    ) -> FutureResult[TerminateResult, JobNotFoundError | TenantError | ValidationError | StorageError]:
+    ) -> FutureResult[
+        TerminateResult, JobNotFoundError | TenantError | InvalidStateError | ValidationError | StorageError
+    ]:
         """Delete the task's state, alarm and event ids; the id can be used again."""
         return self._verb(id, lambda h, i: h.terminate(i, reason))

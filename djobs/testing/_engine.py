@@ -1,23 +1,28 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 from returns.io import IOFailure, IOResult, IOSuccess
+from returns.unsafe import unsafe_perform_io
+from typing_extensions import TypeVar as DefaultTypeVar
 
 from .._clock import VirtualClock
-from .._engine import Definition, Engine, open_engine_as, require_trio
+from .._engine import Engine, open_engine_as, require_trio
 from .._worker import WorkerOptions
+from ..kinds._common import Definition
 from ..storage import StorageLayer, memory
 from ..tracking import InMemoryTracker, Tracker
 
 V = TypeVar("V")
 E = TypeVar("E")
+D = TypeVar("D")
+D_co = DefaultTypeVar("D_co", covariant=True, default=object)
 
 
-class TestEngine(Engine):
+class TestEngine(Engine[D_co], Generic[D_co]):
     """An `Engine` whose tracker records events and whose clock is virtual."""
 
     __test__ = False  # not a pytest test class
@@ -25,9 +30,30 @@ class TestEngine(Engine):
     clock: VirtualClock
 
 
-@asynccontextmanager
-async def open_test_engine(
-    definitions: Sequence[Definition],
+@overload
+def open_test_engine(
+    definitions: Sequence[Definition[object]],
+    *,
+    start: datetime | None = None,
+    services: None = None,
+    storage: StorageLayer | None = None,
+    seed: int = 0,
+    tracker: Tracker | None = None,
+    **options: Any,
+) -> AbstractAsyncContextManager[TestEngine[None]]: ...
+@overload
+def open_test_engine(
+    definitions: Sequence[Definition[D]],
+    *,
+    start: datetime | None = None,
+    services: D,
+    storage: StorageLayer | None = None,
+    seed: int = 0,
+    tracker: Tracker | None = None,
+    **options: Any,
+) -> AbstractAsyncContextManager[TestEngine[D]]: ...
+def open_test_engine(
+    definitions: Sequence[Definition[Any]],
     *,
     start: datetime | None = None,
     services: Any = None,
@@ -35,13 +61,14 @@ async def open_test_engine(
     seed: int = 0,
     tracker: Tracker | None = None,
     **options: Any,
-) -> AsyncIterator[TestEngine]:
+) -> AbstractAsyncContextManager[TestEngine[Any]]:
     """An engine for tests: in-memory storage, virtual clock, recording tracker.
 
     Args:
         definitions: The jobs under test.
         start: The virtual time the test starts at (default 2026-01-01 00:00 UTC).
-        services: Fakes for the application's services.
+        services: Fakes for the application's services: typed as in `open_engine`,
+            so a fake must be the services type the definitions need.
         storage: Another storage layer (e.g. ``djobs.sqlite(tmp_path / "t.db")``).
         seed: Seed for retry jitter, so jittered delays repeat from run to run.
         tracker: Another tracker to test (e.g. an ``HttpBatchTracker`` against a
@@ -50,6 +77,22 @@ async def open_test_engine(
         options: Passed on to `open_engine` (``worker=`` defaults to
             ``WorkerOptions(poll_interval=None)``: one process needs no polling).
     """
+    return _open_test_engine(
+        definitions, start=start, services=services, storage=storage, seed=seed, tracker=tracker, **options
+    )
+
+
+@asynccontextmanager
+async def _open_test_engine(
+    definitions: Sequence[Definition[Any]],
+    *,
+    start: datetime | None,
+    services: object,
+    storage: StorageLayer | None,
+    seed: int,
+    tracker: Tracker | None,
+    **options: Any,
+) -> AsyncIterator[TestEngine[Any]]:
     require_trio("open_test_engine")
     tracker = tracker if tracker is not None else InMemoryTracker()
     clock = VirtualClock(start)
@@ -84,10 +127,9 @@ def success(result: IOResult[V, E]) -> V:
         >>> success(IOSuccess(3))
         3
     """
-    if not isinstance(result, IOSuccess):
+    if isinstance(result, IOFailure):
         raise AssertionError(f"expected IOSuccess, got {result!r}")
-    value: V = result._inner_value.unwrap()
-    return value
+    return unsafe_perform_io(result.unwrap())
 
 
 def failure(result: IOResult[V, E]) -> E:
@@ -98,7 +140,6 @@ def failure(result: IOResult[V, E]) -> E:
         >>> failure(IOFailure("boom"))
         'boom'
     """
-    if not isinstance(result, IOFailure):
+    if isinstance(result, IOSuccess):
         raise AssertionError(f"expected IOFailure, got {result!r}")
-    error: E = result._inner_value.failure()
-    return error
+    return unsafe_perform_io(result.failure())

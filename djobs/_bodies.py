@@ -1,0 +1,134 @@
+"""What a job body may return, as types (for mypy) and as one run-time normaliser.
+
+A body is the user's function: a Job's ``execute(params, ctx)``, a
+Continuous's ``execute(ctx)``, a Debounce's ``on_event`` and ``execute``, a
+Task's four handlers. Each is typed ``Callable[[..., Context[..., D]],
+Returns[T, D]]``: it returns its value `T` in one of the forms below, and the
+type checker refuses anything else. `normalise` is the same list at run time.
+
+The accepted forms (``E`` is any error type; a failure that is not a
+`JobError` becomes an `ExecutionError` whose ``cause`` it is):
+
+- ``T`` itself, or a ``Result[T, E]`` / ``IOResult[T, E]``;
+- an awaitable of any of those (an ``async def`` body);
+- a ``FutureResult[T, E]``;
+- a ``RequiresContext[T, D]``, ``RequiresContextResult[T, E, D]``,
+  ``RequiresContextIOResult[T, E, D]`` or ``RequiresContextFutureResult[T, E,
+  D]``: called with the engine's services (``open_engine(services=...)``),
+  then treated as the form it gives.
+
+Anything else from returns (``Maybe``, ``IO``, a ``RequiresContext*`` of a
+form not listed) and a generator are refused with a `ValidationError` that
+names these forms: a body never "succeeds" without having run.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable
+from typing import Any, TypeAlias, TypeVar, cast
+
+from returns.context import (
+    RequiresContext,
+    RequiresContextFutureResult,
+    RequiresContextIOResult,
+    RequiresContextResult,
+)
+from returns.future import FutureResult
+from returns.io import IOResult, IOSuccess
+from returns.primitives.container import BaseContainer
+from returns.result import Failure, Result, Success
+from returns.unsafe import unsafe_perform_io
+
+from ._errors import ValidationError
+
+T = TypeVar("T")
+D = TypeVar("D")
+
+#: Everything a body whose value is `T` and whose services are `D` may return.
+Returns: TypeAlias = (
+    T
+    | Result[T, object]
+    | IOResult[T, object]
+    | Awaitable[T | Result[T, object] | IOResult[T, object]]
+    | FutureResult[T, object]
+    | RequiresContext[T, D]
+    | RequiresContextResult[T, object, D]
+    | RequiresContextIOResult[T, Any, D]  # its error type is invariant in returns
+    | RequiresContextFutureResult[T, object, D]
+)
+
+#: What a body that has no value to give (a Debounce flush) may return: ``None``
+#: (or an awaitable of it), or any container of the forms above; its value is dropped.
+Done: TypeAlias = (
+    Awaitable[Result[object, object] | IOResult[object, object] | None]
+    | Result[object, object]
+    | IOResult[object, object]
+    | FutureResult[object, object]
+    | RequiresContext[object, D]
+    | RequiresContextResult[object, object, D]
+    | RequiresContextIOResult[object, Any, D]
+    | RequiresContextFutureResult[object, object, D]
+    | None
+)
+
+ACCEPTED_FORMS = (
+    "a value, a Result or IOResult, an awaitable of one of those (async def), a FutureResult, "
+    "or a RequiresContext, RequiresContextResult, RequiresContextIOResult or RequiresContextFutureResult "
+    "(called with the engine's services)"
+)
+
+
+def refused(what: str, value: object) -> ValidationError:
+    """The error for a body that returned something no run can come from."""
+    return ValidationError(f"{what} returned {type(value).__name__}, which djobs cannot run; return {ACCEPTED_FORMS}")
+
+
+def check_body(fn: object, what: str) -> None:
+    """Refuse, at definition time, a body that can never run: not callable, or a generator function.
+
+    Raises:
+        ValidationError: naming the accepted forms.
+    """
+    if not callable(fn):
+        raise ValidationError(f"{what} must be callable, got {fn!r}")
+    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+        raise ValidationError(f"{what} is a generator function, which djobs cannot run; return {ACCEPTED_FORMS}")
+
+
+async def normalise(value: object, services: object, what: str) -> Result[object, object]:
+    """Turn what a body returned into a ``Result`` (a failure keeps its own error value).
+
+    A ``RequiresContext*`` is called with `services`, an awaitable awaited,
+    and what they give is normalised in turn. Raises only what running the
+    body raises; a form no run can come from is a ``Failure`` of a
+    `ValidationError` naming the accepted forms (see `refused`).
+    """
+    for _ in range(_MAX_NESTING):
+        if isinstance(
+            value, RequiresContext | RequiresContextResult | RequiresContextIOResult | RequiresContextFutureResult
+        ):
+            value = value(services)
+        elif isinstance(value, FutureResult):
+            value = await value
+        elif isinstance(value, IOResult):
+            return _from_io(value)
+        elif isinstance(value, Result):
+            return cast(Result[object, object], value)
+        elif inspect.isawaitable(value):
+            value = await value
+        elif isinstance(value, BaseContainer) or inspect.isgenerator(value) or inspect.isasyncgen(value):
+            return Failure(refused(what, value))
+        else:
+            return Success(value)
+    return Failure(refused(what, value))
+
+
+#: How many wrappers deep a body's value may be (an async def returning a FutureResult is two).
+_MAX_NESTING = 4
+
+
+def _from_io(value: IOResult[object, object]) -> Result[object, object]:
+    if isinstance(value, IOSuccess):
+        return Success(unsafe_perform_io(value.unwrap()))
+    return Failure(unsafe_perform_io(value.failure()))

@@ -1,0 +1,38 @@
+"""Reading a verb's result in application code: `djobs.unwrap_or_raise`, and a verb never awaited.
+
+Lines ending in ``# E: <code>`` must fail mypy with that error code; every other line must pass.
+(``unused-awaitable`` is enabled in the project's mypy configuration.)
+"""
+
+import msgspec
+from returns.result import Result
+
+import djobs
+
+
+class Ping(msgspec.Struct):
+    text: str
+
+
+async def read(client: djobs.Client, job_id: str) -> djobs.JobInfo:
+    return djobs.unwrap_or_raise(await client.jobs.status(job_id))
+
+
+def plain(result: Result[int, djobs.ValidationError]) -> int:
+    return djobs.unwrap_or_raise(result)
+
+
+async def enqueue(client: djobs.Client, job: djobs.Job[Ping, None]) -> str:
+    return djobs.unwrap_or_raise(await client.job(job).later(Ping("x")))
+
+
+async def the_value_type_is_kept(client: djobs.Client, job_id: str) -> str:
+    return djobs.unwrap_or_raise(await client.jobs.status(job_id))  # E: return-value
+
+
+def a_failure_must_be_an_exception(result: Result[int, str]) -> int:
+    return djobs.unwrap_or_raise(result)  # E: type-var
+
+
+async def a_verb_never_awaited(client: djobs.Client, job: djobs.Job[Ping, None]) -> None:
+    client.job(job).later(Ping("x"))  # E: unused-awaitable

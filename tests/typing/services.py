@@ -1,0 +1,179 @@
+"""The services type parameter: what open_engine accepts, and what a body may do with ``ctx.services``.
+
+Lines ending in ``# E: <code>`` must fail mypy with that error code; every other line must pass.
+Services that some definition cannot use are reported either as the list item
+that needs more (``list-item``: "expected Definition[OnlyTokens]") or, when the
+services are no candidate at all, as mypy's "Cannot infer value of type
+parameter D" (``misc``).
+"""
+
+from typing import Protocol
+
+import msgspec
+from returns.future import FutureResult
+
+import djobs
+
+
+class Tokens(msgspec.Struct):
+    access_token: str = ""
+    refresh_token: str = ""
+
+
+class TokenApi(Protocol):
+    def refresh(self, refresh_token: str) -> FutureResult[str, Exception]: ...
+
+
+class HasTokenApi(Protocol):
+    @property
+    def tokens(self) -> TokenApi: ...
+
+
+class Mailer(Protocol):
+    def send(self, to: str) -> FutureResult[str, Exception]: ...
+
+
+class HasMailer(Protocol):
+    @property
+    def mailer(self) -> Mailer: ...
+
+
+class AppServices(HasTokenApi, HasMailer, Protocol):
+    """Both: the intersection of what the two jobs below need."""
+
+
+class RealTokenApi:
+    def refresh(self, refresh_token: str) -> FutureResult[str, Exception]:
+        return FutureResult.from_value("at-" + refresh_token)
+
+
+class RealMailer:
+    def send(self, to: str) -> FutureResult[str, Exception]:
+        return FutureResult.from_value("m-" + to)
+
+
+class OnlyTokens:
+    tokens = RealTokenApi()
+
+
+class OnlyMail:
+    mailer = RealMailer()
+
+
+class Both:
+    tokens = RealTokenApi()
+    mailer = RealMailer()
+
+
+def refresh(ctx: djobs.ContinuousContext[Tokens, HasTokenApi]) -> FutureResult[Tokens, Exception]:
+    state = ctx.state
+    return ctx.services.tokens.refresh(state.refresh_token).map(lambda token: Tokens(token, state.refresh_token))
+
+
+class Email(msgspec.Struct):
+    to: str
+
+
+def send(params: Email, ctx: djobs.JobContext[HasMailer]) -> FutureResult[None, Exception]:
+    return ctx.services.mailer.send(params.to).map(lambda _: None)
+
+
+def tick(ctx: djobs.ContinuousContext[Tokens]) -> None:
+    ctx.log.info("the one-parameter spelling: a body that needs no services")
+
+
+every = djobs.every("30 minutes")
+refresher = djobs.Continuous.make("refresher", state=Tokens, schedule=every, execute=refresh)
+mailer = djobs.Job.make("mailer", params=Email, execute=send)
+ticker = djobs.Continuous.make("ticker", state=Tokens, schedule=every, execute=tick)
+
+
+# The definitions' types were inferred from their bodies; they are contravariant in the services.
+as_inferred: djobs.Continuous[Tokens, HasTokenApi] = refresher
+where_more_is_given: djobs.Continuous[Tokens, AppServices] = refresher
+where_nothing_is_given: djobs.Continuous[Tokens, object] = refresher  # E: assignment
+one_parameter_spelling: djobs.Continuous[Tokens] = ticker
+needs_nothing_so_fits_anywhere: djobs.Continuous[Tokens, AppServices] = ticker
+job_spelled_without_services: djobs.Job[Email, None] = mailer  # E: assignment
+
+
+def contexts_are_covariant(ctx: djobs.ContinuousContext[Tokens, AppServices]) -> None:
+    narrower: djobs.ContinuousContext[Tokens, HasTokenApi] = ctx
+    assert narrower.services.tokens is not None
+
+
+async def the_engine_is_typed_by_its_services() -> None:
+    async with djobs.open_engine([refresher], services=OnlyTokens()) as engine:
+        typed: djobs.Engine[OnlyTokens] = engine
+        assert typed.services.tokens is not None
+        wrong: djobs.Engine[OnlyMail] = engine  # E: assignment
+        assert wrong is not None
+
+
+async def a_definition_needing_no_services_accepts_any() -> None:
+    async with djobs.open_engine([ticker], services=object()):
+        pass
+    async with djobs.open_engine([ticker]):
+        pass
+
+
+async def a_and_b_pass_with_services_that_are_both() -> None:
+    async with djobs.open_engine([refresher, mailer, ticker], services=Both()):
+        pass
+
+
+async def a_and_b_pass_with_an_intersection_protocol(services: AppServices) -> None:
+    async with djobs.open_engine([refresher, mailer], services=services):
+        pass
+
+
+async def a_list_built_apart_is_annotated_with_its_services() -> None:
+    definitions: list[djobs.Definition[AppServices]] = [refresher, mailer, ticker]
+    async with djobs.open_engine(definitions, services=Both()):
+        pass
+
+
+# -- the wrong programs ---------------------------------------------------------------
+
+
+def no_such_service(ctx: djobs.ContinuousContext[Tokens]) -> None:
+    ctx.services.no_such_thing()  # E: attr-defined
+
+
+def no_such_method(ctx: djobs.ContinuousContext[Tokens, HasTokenApi]) -> None:
+    ctx.services.tokens.no_such_thing()  # E: attr-defined
+
+
+async def a_token_job_with_services_that_are_not_a_token_api() -> None:
+    async with djobs.open_engine([refresher], services=object()):  # E: misc
+        pass
+
+
+async def a_token_job_without_services() -> None:
+    async with djobs.open_engine([refresher]):  # E: list-item
+        pass
+
+
+async def a_and_b_with_services_that_are_only_a() -> None:
+    async with djobs.open_engine([refresher, mailer], services=OnlyTokens()):  # E: list-item
+        pass
+
+
+async def a_and_b_with_services_that_are_only_b() -> None:
+    async with djobs.open_engine([refresher, mailer], services=OnlyMail()):  # E: list-item
+        pass
+
+
+async def a_list_annotated_with_too_little() -> None:
+    definitions: list[djobs.Definition[HasMailer]] = [refresher, mailer]  # E: list-item
+    async with djobs.open_engine(definitions, services=OnlyMail()):
+        pass
+
+
+async def the_test_engine_checks_its_fakes_too() -> None:
+    from djobs.testing import open_test_engine
+
+    async with open_test_engine([refresher], services=OnlyTokens()) as engine:
+        assert engine.services.tokens is not None
+    async with open_test_engine([refresher], services=OnlyMail()):  # E: misc
+        pass
