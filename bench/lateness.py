@@ -51,9 +51,9 @@ async def djobs_run(path: str, alarms: int, span_s: float) -> list[float]:
     global all_ran, expected
     late_ms.clear()
     all_ran, expected = trio.Event(), alarms
-    async with djobs.open_engine([alarm], storage=djobs.sqlite(path)) as engine:
+    async with djobs.open_engine([alarm], storage=djobs.sqlite(path)) as engine:  # default settings
         client = engine.client.task(alarm)
-        base = int(time.time() * 1000) + 8000  # leave room for the sends
+        base = int(time.time() * 1000) + 500 + int(alarms * 0.75)  # leave room for the sends
         for i in range(alarms):
             await client.send(id=f"a{i}", event=Due(base + int(i * span_s * 1000 / alarms)))
         if time.time() * 1000 > base:
@@ -74,7 +74,7 @@ async def floor_run(alarms: int, span_s: float) -> list[float]:
 
 
 def main() -> None:
-    args = parse_args(__doc__ or "", alarms=10_000, span_s=10.0)
+    args = parse_args(__doc__ or "", quick={"alarms": 200, "span_s": 0.5}, alarms=10_000, span_s=10.0)
     p99s, p50s, maxes, early, floor_p99s = [], [], [], 0, []
     for _ in range(args.runs):
         with temp_db() as path:
@@ -92,8 +92,8 @@ def main() -> None:
         max_ms=round(median(maxes), 3),
         early=early,
         floor_p99_ms=round(floor, 3),
-        target_p99_ms=5,
-        met=p99 <= 5 and early == 0,
+        targets={"p99_ms": "<= 5", "early": "== 0"},
+        met={"p99_ms": p99 <= 5, "early": early == 0},
         alarms=args.alarms,
         span_s=args.span_s,
         runs=args.runs,
