@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from postgres_support import postgres_dsn
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
@@ -40,7 +39,7 @@ HUEY_KEYS = {
     "ratio_to_huey_shipped",
 }
 
-#: script -> (tiny-size flags, keys its line must hold, keys that are the peer's, whether it runs a peer)
+#: script -> (tiny-size flags, keys its line must hold, keys that are its peer's)
 SCRIPTS: dict[str, tuple[list[str], set[str], set[str]]] = {
     "drain": (
         ["--jobs", "200", "--stored", "100"],
@@ -129,7 +128,9 @@ def test_a_script_prints_one_json_line_with_its_figures(name: str) -> None:
             assert isinstance(met, bool) or (met is None and not PEERS and "huey" in target), (target, met)
 
 
-@pytest.mark.skipif(not PEERS, reason="the bench extra (Huey, procrastinate) is not installed; `make bench` installs it")
+@pytest.mark.skipif(
+    not PEERS, reason="the bench extra (Huey, procrastinate) is not installed: `make bench` installs it"
+)
 def test_huey_is_measured_at_normal_and_as_shipped() -> None:
     for name in ("drain", "enqueue"):
         line = the_line(name)
