@@ -55,9 +55,11 @@ soak: $(STAMP)
 # The peers come from the `bench` extra, installed here and never by `make test`.
 BENCH_ARGS ?=
 BENCH_STAMP := $(VENV)/.installed-bench
+# (Said on stderr, so the benchmarks' stdout holds only their JSON lines.)
 $(BENCH_STAMP): $(STAMP) pyproject.toml
-	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
-	touch $(BENCH_STAMP)
+	@echo "installing the benchmarks' peers: pip install -e '.[dev,bench]'" >&2
+	@$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
+	@touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
 	@set -e; for script in bench/[!_]*.py; do \

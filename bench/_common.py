@@ -31,16 +31,21 @@ def parse_args(
 
     ``--quick`` is one run at the sizes in `quick` (seconds, not minutes: it
     checks the script works, its figures mean little); a flag given
-    explicitly still wins over both. A script that runs a peer (`peers`) also
-    takes ``--no-peers``, for a checkout without the ``bench`` extra: djobs
-    and the floor are measured, the peer's figures and the targets that
-    compare with it are ``null``.
+    explicitly still wins over both. ``--no-peers`` is for a checkout without
+    the ``bench`` extra: a script that runs a peer (`peers`) then measures
+    djobs and the floor only, the peer's figures and the targets that compare
+    with it being ``null``; the other scripts accept and ignore it.
     """
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=None, help="runs to take the median of (default 3)")
     parser.add_argument("--quick", action="store_true", help="one run at small sizes, to check the script works")
-    if peers:
-        parser.add_argument("--no-peers", dest="peers", action="store_false", help="measure djobs and the floor only")
+    # Every script takes it, so `make bench BENCH_ARGS=--no-peers` works; a script without a peer ignores it.
+    parser.add_argument(
+        "--no-peers",
+        dest="peers",
+        action="store_false",
+        help="measure djobs and the floor only" if peers else "accepted for uniformity: this script runs no peer",
+    )
     for name, value in defaults.items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=None, help=f"default {value}")
     args = parser.parse_args()
