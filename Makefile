@@ -47,17 +47,22 @@ SEED ?=
 soak: $(STAMP)
 	PYTHONPATH=tests $(BIN)/python -m crash --cycles $(CYCLES) $(if $(SEED),--seed $(SEED))
 
-# The benchmarks (docs/performance.md): each bench/*.py prints one JSON line. Not part of `make test`.
-# `make bench BENCH_ARGS="--runs 1"` passes flags to every script. The PostgreSQL ones run only
-# when a server is named in DJOBS_TEST_POSTGRES_DSN (or DJOBS_BENCH_POSTGRES_DSN).
+# The benchmarks (docs/performance.md): each bench/*.py prints one JSON line, djobs beside its peer
+# (Huey's SQLite queue; procrastinate on PostgreSQL) and the raw-SQL floor, in the same run. Not part
+# of `make test`. `make bench BENCH_ARGS="--runs 1"` passes flags to every script (`--quick`: seconds,
+# to check they run). The PostgreSQL ones print one line saying they were skipped unless a server is
+# named in DJOBS_TEST_POSTGRES_DSN (or DJOBS_BENCH_POSTGRES_DSN).
+# The peers come from the `bench` extra, installed here and never by `make test`.
 BENCH_ARGS ?=
-bench: $(STAMP)
+BENCH_STAMP := $(VENV)/.installed-bench
+# (Said on stderr, so the benchmarks' stdout holds only their JSON lines.)
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	@echo "installing the benchmarks' peers: pip install -e '.[dev,bench]'" >&2
+	@$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
+	@touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	@set -e; for script in bench/[!_]*.py; do \
-		case "$${script##*/}" in postgres_*) \
-			if [ -z "$$DJOBS_TEST_POSTGRES_DSN$$DJOBS_BENCH_POSTGRES_DSN" ]; then \
-				echo "skipping $$script: set DJOBS_TEST_POSTGRES_DSN to run it" >&2; continue; \
-			fi;; \
-		esac; \
 		echo "running $$script" >&2; \
 		$(BIN)/python $$script $(BENCH_ARGS); \
 	done

@@ -1,6 +1,10 @@
-"""debounce: events into 1,000 debounce instances from 100 Trio tasks (target >= 50,000 events/s).
+"""debounce: 20,000 events into 1,000 debounce instances from 100 Trio tasks.
 
-Floor: the same number of single-row upserts into one table, each its own transaction.
+Targets (the engine's-core issue): >= 50,000 events/s and >= 1.5x the floor.
+The engine is ``open_engine([hits], storage=sqlite(path))`` with default settings.
+
+Floor: the same number of single-row upserts into one table, each its own
+transaction (one upsert per event), with raw APSW.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ hits = djobs.Debounce.make("hits", event=Hit, state=Hits, on_event=count, execut
 
 
 async def djobs_run(path: str, events: int, instances: int, tasks: int) -> float:
-    async with djobs.open_engine([hits], storage=djobs.sqlite(path), alarm_poll_interval=None) as engine:
+    async with djobs.open_engine([hits], storage=djobs.sqlite(path)) as engine:
         client = engine.client.debounce(hits)
         per_task = events // tasks
 
@@ -67,29 +71,32 @@ def floor_run(path: str, events: int, instances: int) -> float:
 
 
 def main() -> None:
-    args = parse_args(__doc__ or "", events=20_000, instances=1_000, tasks=100)
+    args = parse_args(
+        __doc__ or "", quick={"events": 1000, "instances": 100, "tasks": 20}, events=20_000, instances=1_000, tasks=100
+    )
     rates, floors = [], []
-    cpu0 = cpu_seconds()
+    cpu = 0.0
     for _ in range(args.runs):
         with temp_db() as path:
+            cpu0 = cpu_seconds()
             rates.append(args.events / trio.run(djobs_run, path, args.events, args.instances, args.tasks))
+            cpu += cpu_seconds() - cpu0
         with temp_db() as path:
             floors.append(args.events / floor_run(path, args.events, args.instances))
-    cpu = cpu_seconds() - cpu0
     rate, floor = median(rates), median(floors)
     report(
         "debounce",
         events_per_s=round(rate),
         floor_events_per_s=round(floor),
         ratio_to_floor=round(rate / floor, 3),
-        target_events_per_s=50_000,
-        met=rate >= 50_000,
+        targets={"events_per_s": ">= 50000", "ratio_to_floor": ">= 1.5"},
+        met={"events_per_s": rate >= 50_000, "ratio_to_floor": rate / floor >= 1.5},
         events=args.events,
         instances=args.instances,
         tasks=args.tasks,
         runs=args.runs,
         peak_rss_mb=round(peak_rss_mb(), 1),
-        cpu_s_per_1000=round(cpu / (2 * args.runs * args.events) * 1000, 4),
+        cpu_ms_per_1000=round(cpu / (args.runs * args.events) * 1_000_000, 1),
     )
 
 

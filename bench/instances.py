@@ -1,7 +1,9 @@
 """instances: an engine over many stored continuous instances (1,000,000 by default).
 
 Targets: engine open to first alarm fired <= 1 s; peak RSS <= 300 MB; due
-alarms fired >= 20,000/s. The figures are taken at 10k, 100k and the full
+alarms fired >= 20,000/s (the last two from the engine's-core issue). The
+engine is ``open_engine([ticker], storage=sqlite(path))`` with default settings.
+``--instances`` sets how many are stored (smaller for a quick run). The figures are taken at 10k, 100k and the full
 count of stored instances, to show they stay flat (indexed claims, no
 scans). The stored rows are written with SQL in one transaction (making a
 million through the client would take minutes and is not what is measured).
@@ -71,7 +73,7 @@ async def djobs_run(path: str, due: int) -> tuple[float, float]:
     global fired, first_fire, all_fired, expected
     fired, first_fire, all_fired, expected = 0, None, trio.Event(), due
     opened = time.perf_counter()
-    async with djobs.open_engine([ticker], storage=djobs.sqlite(path), alarm_poll_interval=None) as engine:
+    async with djobs.open_engine([ticker], storage=djobs.sqlite(path)) as engine:
         await all_fired.wait()
         done = time.perf_counter()
         del engine
@@ -105,8 +107,8 @@ def floor_run(path: str, due: int) -> float:
 
 
 def main() -> None:
-    args = parse_args(__doc__ or "", stored=1_000_000, due=20_000)
-    sizes = sorted({min(10_000, args.stored), min(100_000, args.stored), args.stored})
+    args = parse_args(__doc__ or "", quick={"instances": 2000, "due": 500}, instances=1_000_000, due=20_000)
+    sizes = sorted({min(10_000, args.instances), min(100_000, args.instances), args.instances})
     by_size = {}
     cpu0 = cpu_seconds()
     for stored in sizes:
@@ -127,16 +129,20 @@ def main() -> None:
             "floor_alarms_per_s": round(median(floors)),
             "ratio_to_floor": round(median(rates) / median(floors), 3),
         }
-    top = by_size[args.stored]
+    top = by_size[args.instances]
     rss = peak_rss_mb()
     report(
         "instances",
-        stored=args.stored,
+        instances=args.instances,
         due=args.due,
         **top,
         peak_rss_mb=round(rss, 1),
-        targets={"open_to_first_alarm_s": 1, "alarms_fired_per_s": 20_000, "peak_rss_mb": 300},
-        met=top["open_to_first_alarm_s"] <= 1 and top["alarms_fired_per_s"] >= 20_000 and rss <= 300,
+        targets={"open_to_first_alarm_s": "<= 1", "alarms_fired_per_s": ">= 20000", "peak_rss_mb": "<= 300"},
+        met={
+            "open_to_first_alarm_s": top["open_to_first_alarm_s"] <= 1,
+            "alarms_fired_per_s": top["alarms_fired_per_s"] >= 20_000,
+            "peak_rss_mb": rss <= 300,
+        },
         by_stored=by_size,
         runs=args.runs,
         cpu_s=round(cpu_seconds() - cpu0, 2),

@@ -47,17 +47,18 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
-async def djobs_run(path: str, alarms: int, span_s: float) -> list[float]:
+async def djobs_run(path: str, alarms: int, span_s: float, lead_ms: int) -> list[float] | None:
+    """Each alarm's lateness in ms; None when sending them outlasted `lead_ms` (the first would be due already)."""
     global all_ran, expected
     late_ms.clear()
     all_ran, expected = trio.Event(), alarms
-    async with djobs.open_engine([alarm], storage=djobs.sqlite(path)) as engine:
+    async with djobs.open_engine([alarm], storage=djobs.sqlite(path)) as engine:  # default settings
         client = engine.client.task(alarm)
-        base = int(time.time() * 1000) + 8000  # leave room for the sends
+        base = int(time.time() * 1000) + lead_ms  # leave room for the sends
         for i in range(alarms):
             await client.send(id=f"a{i}", event=Due(base + int(i * span_s * 1000 / alarms)))
         if time.time() * 1000 > base:
-            raise SystemExit("sending took longer than the lead time; raise it")
+            return None
         await all_ran.wait()
     return list(late_ms)
 
@@ -74,11 +75,20 @@ async def floor_run(alarms: int, span_s: float) -> list[float]:
 
 
 def main() -> None:
-    args = parse_args(__doc__ or "", alarms=10_000, span_s=10.0)
+    args = parse_args(__doc__ or "", quick={"alarms": 200, "span_s": 0.5}, alarms=10_000, span_s=10.0)
     p99s, p50s, maxes, early, floor_p99s = [], [], [], 0, []
     for _ in range(args.runs):
-        with temp_db() as path:
-            late = trio.run(djobs_run, path, args.alarms, args.span_s)
+        # A loaded machine may send more slowly than the lead allows: such a run is discarded and
+        # taken again with twice the lead, so no alarm is ever due before it was sent.
+        lead_ms = 500 + int(args.alarms * 0.75)
+        for _ in range(6):
+            with temp_db() as path:
+                late = trio.run(djobs_run, path, args.alarms, args.span_s, lead_ms)
+            if late is not None:
+                break
+            lead_ms *= 2
+        else:
+            raise SystemExit(f"sending {args.alarms} alarms took longer than {lead_ms // 2} ms, six times")
         p99s.append(percentile(late, 99))
         p50s.append(percentile(late, 50))
         maxes.append(max(late))
@@ -92,8 +102,8 @@ def main() -> None:
         max_ms=round(median(maxes), 3),
         early=early,
         floor_p99_ms=round(floor, 3),
-        target_p99_ms=5,
-        met=p99 <= 5 and early == 0,
+        targets={"p99_ms": "<= 5", "early": "== 0"},
+        met={"p99_ms": p99 <= 5, "early": early == 0},
         alarms=args.alarms,
         span_s=args.span_s,
         runs=args.runs,

@@ -77,8 +77,8 @@ async def create_schema(dsn: str, schema: str) -> None:
 
 
 def main() -> None:
-    args = parse_args(__doc__ or "", jobs=5_000, tasks=8, pool=5, dsn="")
-    dsn = bench_dsn(args.dsn)
+    args = parse_args(__doc__ or "", quick={"jobs": 200}, jobs=5_000, tasks=8, pool=5, dsn="")
+    dsn = bench_dsn(args.dsn, "postgres_enqueue")
     rates, floors = [], []
     cpu0 = cpu_seconds()
     for _ in range(args.runs):
@@ -100,7 +100,7 @@ def main() -> None:
         runs=args.runs,
         postgres=server_version(dsn),
         peak_rss_mb=round(peak_rss_mb(), 1),
-        cpu_s_per_1000=round(cpu / (args.runs * args.jobs) * 1000, 4),
+        cpu_ms_per_1000=round(cpu / (args.runs * args.jobs) * 1_000_000, 1),
     )
 
 
