@@ -335,13 +335,16 @@ class Runtime:
         while True:
             try:
                 # Read first: a wake-up with nothing due costs one read, not a write transaction.
-                next_at = await storage.next_alarm_at()
+                # Only the alarms of definitions registered here: a partial engine (a
+                # script, a rolling deploy) never holds alarms it cannot fire.
+                mine = sorted(self._targets)
+                next_at = await storage.next_alarm_at(mine)
                 now = clock.now_ms()
                 if next_at is not None and next_at <= now:
                     # Busy until dispatched: the claim hides the alarms before their actors exist.
                     self.env.handoffs += 1
                     try:
-                        alarms = await storage.claim_alarms(now, self._lease_ms, self._batch)
+                        alarms = await storage.claim_alarms(now, self._lease_ms, self._batch, mine)
                         for alarm in alarms:
                             self._dispatch(alarm)
                     finally:

@@ -75,3 +75,43 @@ async def test_two_engines_never_run_one_instance_at_once(
     # Every event was flushed exactly once, whichever engine took it.
     everything = sorted(n for batch in flushed for n in batch)
     assert everything == list(range(300))
+
+
+digested: list[list[int]] = []
+
+
+async def digest(ctx: djobs.DebounceContext[Clicks]) -> None:
+    digested.append(ctx.state.seen)
+
+
+async def collect_now(ctx: djobs.DebounceEventContext[Click, Clicks]) -> Clicks:
+    return Clicks([*(ctx.state.seen if ctx.state else []), ctx.event.n])
+
+
+digests = djobs.Debounce.make(
+    "digests", event=Click, state=Clicks, on_event=collect_now, execute=digest, flush_after="1 second"
+)
+unrelated = djobs.Debounce.make(
+    "unrelated", event=Click, state=Clicks, on_event=collect_now, execute=digest, flush_after="1 second"
+)
+
+
+@pytest.mark.trio
+async def test_a_partial_engine_leaves_the_alarms_of_definitions_it_did_not_register(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    # A helper script (or an old version in a rolling deploy) registers only `unrelated`: it
+    # must not claim the alarms of `digests`, or they would wait out its alarm lease.
+    digested.clear()
+    db = djobs.sqlite(tmp_path / "shared.db")
+    options = {"alarm_lease": "1 minute", "alarm_poll_interval": "100 ms"}
+    async with open_test_engine([digests], storage=db, **options) as full:
+        success(await full.client.debounce(digests).add(id="page", event=Click(1)))
+    async with open_test_engine([unrelated], storage=db, **options) as partial:
+        await trio.sleep(5)  # the flush is due after 1 s, while only the partial engine runs
+        assert digested == []
+        async with open_test_engine([digests], storage=db, **options) as full:
+            await trio.sleep(1)
+            await full.wait_idle()
+            assert digested == [[1]]  # fired at once, not a minute later
+        assert await partial.wait_idle() is None

@@ -111,9 +111,15 @@ class Storage(Protocol):
         """Whether the instance `key` already accepted the idempotency key `event_id`."""
         ...
 
-    async def claim_alarms(self, now_ms: int, lease_ms: int, limit: int) -> list[Alarm]:
+    async def claim_alarms(
+        self, now_ms: int, lease_ms: int, limit: int, prefixes: Sequence[str] | None = None
+    ) -> list[Alarm]:
         """Claim up to `limit` due alarms, hiding each for `lease_ms` (it fires again
-        after the lease unless its handler replaced or cleared it)."""
+        after the lease unless its handler replaced or cleared it).
+
+        With `prefixes` (``"continuous:name:"``, one per definition the engine
+        registered), only alarms whose key starts with one of them are claimed:
+        an engine that runs some definitions never holds another's alarms."""
         ...
 
     async def acquire_instance_lease(self, key: str, owner: str, now_ms: int, ttl_ms: int) -> bool:
@@ -134,8 +140,9 @@ class Storage(Protocol):
         """Make claimed alarms due again at their fire time (their handlers will not run here)."""
         ...
 
-    async def next_alarm_at(self) -> int | None:
-        """When the earliest alarm (claimed or not) is next due, or ``None``."""
+    async def next_alarm_at(self, prefixes: Sequence[str] | None = None) -> int | None:
+        """When the earliest alarm (claimed or not) is next due, or ``None``; with
+        `prefixes`, among the alarms whose key starts with one of them."""
         ...
 
     async def healthcheck(self) -> bool:

@@ -194,9 +194,13 @@ _SET_ALARM = """
     ON CONFLICT (key) DO UPDATE SET id = DEFAULT, fire_at = excluded.fire_at, due_at = excluded.due_at,
                                     purpose = excluded.purpose
 """
-_CLAIM_ALARMS = """
+# With ``mine`` (``kind:name:`` prefixes, or NULL for every alarm), an engine
+# that registered some definitions only claims the alarms of those.
+_MINE = "(%(mine)s::text[] IS NULL OR EXISTS (SELECT 1 FROM unnest(%(mine)s::text[]) p WHERE starts_with(key, p)))"
+_CLAIM_ALARMS = f"""
     WITH picked AS MATERIALIZED (
-        SELECT id FROM alarms WHERE due_at <= %(now)s ORDER BY due_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+        SELECT id FROM alarms WHERE due_at <= %(now)s AND {_MINE}
+        ORDER BY due_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED
     )
     UPDATE alarms SET due_at = %(until)s FROM picked WHERE alarms.id = picked.id
     RETURNING alarms.id, alarms.key, alarms.fire_at, alarms.purpose
@@ -565,9 +569,14 @@ class PostgresStorage:
 
         return await self._run(run, "has_event_id")
 
-    async def claim_alarms(self, now_ms: int, lease_ms: int, limit: int) -> list[Alarm]:
+    async def claim_alarms(
+        self, now_ms: int, lease_ms: int, limit: int, prefixes: Sequence[str] | None = None
+    ) -> list[Alarm]:
+        mine = None if prefixes is None else list(prefixes)
+
         def run(conn: Connection) -> list[Alarm]:
-            rows = conn.execute(_CLAIM_ALARMS, {"now": now_ms, "until": now_ms + lease_ms, "limit": limit}).fetchall()
+            args = {"now": now_ms, "until": now_ms + lease_ms, "limit": limit, "mine": mine}
+            rows = conn.execute(_CLAIM_ALARMS, args).fetchall()
             rows.sort(key=lambda r: (r[2], r[0]))  # RETURNING has no order: earliest first reads best in logs
             return [Alarm(id=r[0], key=r[1], fire_at=r[2], purpose=r[3]) for r in rows]
 
@@ -598,9 +607,11 @@ class PostgresStorage:
 
         await self._run(run, "release_alarms")
 
-    async def next_alarm_at(self) -> int | None:
+    async def next_alarm_at(self, prefixes: Sequence[str] | None = None) -> int | None:
+        mine = None if prefixes is None else list(prefixes)
+
         def run(conn: Connection) -> int | None:
-            row = conn.execute("SELECT min(due_at) FROM alarms").fetchone()
+            row = conn.execute(f"SELECT min(due_at) FROM alarms WHERE {_MINE}", {"mine": mine}).fetchone()
             return None if row is None or row[0] is None else int(row[0])
 
         return await self._run(run, "next_alarm_at")

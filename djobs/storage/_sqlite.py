@@ -252,6 +252,15 @@ _CLAIM_ALARMS = """
     WHERE id IN (SELECT id FROM alarms WHERE due_at <= ? ORDER BY due_at LIMIT ?)
     RETURNING id, key, fire_at, purpose
 """
+# An engine that registered some definitions only: the alarms of those, walked
+# in due order (a key's ``kind:name:`` prefix is one of the JSON array's values).
+_MINE = "EXISTS (SELECT 1 FROM json_each(?) WHERE substr(alarms.key, 1, length(value)) = value)"
+_CLAIM_MY_ALARMS = f"""
+    UPDATE alarms SET due_at = ?
+    WHERE id IN (SELECT id FROM alarms WHERE due_at <= ? AND {_MINE} ORDER BY due_at LIMIT ?)
+    RETURNING id, key, fire_at, purpose
+"""
+_NEXT_MY_ALARM = f"SELECT due_at FROM alarms WHERE {_MINE} ORDER BY due_at LIMIT 1"
 
 # -- queue statements -------------------------------------------------------------------
 #
@@ -732,11 +741,17 @@ class SqliteStorage:
 
         return await self.read(run)
 
-    async def claim_alarms(self, now_ms: int, lease_ms: int, limit: int) -> list[Alarm]:
+    async def claim_alarms(
+        self, now_ms: int, lease_ms: int, limit: int, prefixes: Sequence[str] | None = None
+    ) -> list[Alarm]:
         def run(db: apsw.Connection) -> list[Alarm]:
             # Exhaust the RETURNING cursor inside the transaction: an unfinished
             # one would keep the write lock.
-            rows = list(db.execute(_CLAIM_ALARMS, (now_ms + lease_ms, now_ms, limit)))
+            if prefixes is None:
+                rows = list(db.execute(_CLAIM_ALARMS, (now_ms + lease_ms, now_ms, limit)))
+            else:
+                mine = _names_encoder.encode(list(prefixes))
+                rows = list(db.execute(_CLAIM_MY_ALARMS, (now_ms + lease_ms, now_ms, mine, limit)))
             return [Alarm(id=r[0], key=r[1], fire_at=r[2], purpose=r[3]) for r in rows]
 
         return await self.write(run)
@@ -770,9 +785,14 @@ class SqliteStorage:
 
         await self.write(run)
 
-    async def next_alarm_at(self) -> int | None:
+    async def next_alarm_at(self, prefixes: Sequence[str] | None = None) -> int | None:
         def run(db: apsw.Connection) -> int | None:
-            for (due,) in db.execute("SELECT min(due_at) FROM alarms"):
+            args: tuple[bytes, ...] = ()
+            if prefixes is None:
+                query = "SELECT min(due_at) FROM alarms"
+            else:
+                query, args = _NEXT_MY_ALARM, (_names_encoder.encode(list(prefixes)),)
+            for (due,) in db.execute(query, args):
                 return int(due) if due is not None else None
             return None
 

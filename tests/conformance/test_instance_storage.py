@@ -131,6 +131,21 @@ async def test_claims_take_the_earliest_alarms_first_up_to_the_limit(storage: Fu
     assert await storage.next_alarm_at() == 11_000
 
 
+async def test_claims_with_prefixes_take_only_the_alarms_of_those_definitions(storage: FullStorage) -> None:
+    # An engine that registered some definitions (a script, a rolling deploy) claims theirs only.
+    for key, at in [("continuous:mine:a", 300), ("continuous:other:b", 100), ("task:mine:c", 200)]:
+        await storage.commit(Checkin(key=key, record=record(key), alarm=SetAlarm(at, "run")))
+    mine = ["continuous:mine:", "task:mine:"]
+    assert await storage.next_alarm_at(mine) == 200
+    assert await storage.next_alarm_at(["debounce:nobody:"]) is None
+    claimed = await storage.claim_alarms(now_ms=1000, lease_ms=10_000, limit=10, prefixes=mine)
+    assert sorted(a.key for a in claimed) == ["continuous:mine:a", "task:mine:c"]
+    assert await storage.claim_alarms(now_ms=1000, lease_ms=10_000, limit=10, prefixes=[]) == []
+    assert await storage.next_alarm_at() == 100  # the other definition's alarm is still due
+    [other] = await storage.claim_alarms(now_ms=1000, lease_ms=10_000, limit=10)
+    assert other.key == "continuous:other:b"
+
+
 async def test_an_instance_has_one_alarm_and_none_leaves_it_alone(storage: FullStorage) -> None:
     await storage.commit(Checkin(key="k", record=record("k"), alarm=SetAlarm(100, "first")))
     before = await storage.load("k")
