@@ -20,6 +20,7 @@ from ._errors import InvalidStateError as InvalidStateError
 from ._errors import JobCancelledError as JobCancelledError
 from ._errors import JobError as JobError
 from ._errors import JobNotFoundError as JobNotFoundError
+from ._errors import JobTimeoutError as JobTimeoutError
 from ._errors import RetryExhaustedError as RetryExhaustedError
 from ._errors import SchedulerError as SchedulerError
 from ._errors import StorageError as StorageError
@@ -127,6 +128,7 @@ __all__ = [
     "JobInfo",
     "JobNotFoundError",
     "JobRun",
+    "JobTimeoutError",
     "JobsClient",
     "NoopTracker",
     "Retry",

@@ -19,6 +19,7 @@ The tree::
     ├── SchedulerError            a schedule could not be computed or set
     ├── JobCancelledError         the queued job was cancelled
     ├── RetryExhaustedError       every allowed attempt failed
+    ├── JobTimeoutError           a body ran past its definition's ``timeout``
     └── TenantError               a tenant id is missing or belongs to someone else
 
 Each error compares equal to another of the same class with the same fields,
@@ -213,6 +214,29 @@ class RetryExhaustedError(JobError):
 
     def _fields(self) -> tuple[object, ...]:
         return (self.attempts, self.last_error)
+
+
+class JobTimeoutError(JobError):
+    """A body ran longer than its definition's ``timeout`` and was cancelled.
+
+    Retryable: a retry policy runs the body again (as Celery's and Huey's
+    time limits fail a task that its retries then take up). A ``blocking``
+    body's thread cannot be stopped by Python; it is abandoned, its result
+    ignored (see the reliability page).
+
+    Attributes:
+        timeout_seconds: The definition's limit, in seconds.
+    """
+
+    tag = "timeout"
+
+    def __init__(self, what: str, timeout_seconds: float) -> None:
+        super().__init__(f"{what} did not finish within its timeout of {timeout_seconds:g} s; it was cancelled")
+        self.what = what
+        self.timeout_seconds = timeout_seconds
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.what, self.timeout_seconds)
 
 
 class TenantError(JobError):

@@ -20,12 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, NoReturn, TypeVar
 
+import trio
 from returns.result import Failure, Result, Success
 
 from ._bodies import normalise
 from ._clock import LATEST_MS, Clock, to_datetime
-from ._errors import ExecutionError, JobError
+from ._errors import ExecutionError, JobError, JobTimeoutError
 from ._input import DEFAULT_MAX_PAYLOAD_BYTES
+from ._limits import NO_LIMITS, RunLimits
 from ._logging import JobLog, LoggingOption, threshold
 from ._retry import Retry
 from .storage import Checkin, LeaseLostError, SetAlarm, Storage
@@ -57,6 +59,8 @@ class Checkout(Generic[S]):
     terminate_reason: str | None = None
     alarm: SetAlarm | Literal["cancel"] | None = None
     schedule_touched: bool = False
+    #: The scope the user's code runs in while it runs (`run_call`): the ``terminate`` verb cancels it.
+    scope: trio.CancelScope | None = None
 
     def set_state(self, state: S) -> None:
         self.state = state
@@ -66,6 +70,19 @@ class Checkout(Generic[S]):
         self.terminated = True
         self.terminate_reason = reason
         raise TerminateSignal(reason)
+
+    def stop(self, reason: str | None) -> bool:
+        """End the run from outside (the ``terminate`` verb): cancel the user's code now.
+
+        The run then ends as if the body had called ``ctx.terminate(reason)``.
+        Returns whether user code was running to be cancelled.
+        """
+        if self.scope is None:
+            return False
+        self.terminated = True
+        self.terminate_reason = reason
+        self.scope.cancel()
+        return True
 
 
 OutcomeKind = Literal["succeeded", "retrying", "failed", "exhausted", "terminated"]
@@ -113,6 +130,8 @@ class Env:
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     #: ``ctx.client``: the engine's client for a tenant (set by the engine once it is built).
     client_for: Callable[[str | None], object] = field(default=lambda _tenant: None)
+    #: The runs whose user code is running now, by instance key: ``terminate`` stops one.
+    running: dict[str, Checkout[Any]] = field(default_factory=dict)
 
     def now_ms(self) -> int:
         return self.clock.now_ms()
@@ -169,15 +188,22 @@ def _as_job_error(error: object) -> JobError:
 
 
 async def run_body(
-    call: Callable[[], object], services: object, what: str = "the job body"
+    call: Callable[[], object], services: object, what: str = "the job body", limits: RunLimits = NO_LIMITS
 ) -> Result[object, JobError]:
     """Run one call of user code in any accepted form; never raises but for cancellation.
 
     The forms are `djobs._bodies.normalise`'s; a failure value that is not a
-    `JobError`, and any exception, becomes an `ExecutionError`.
+    `JobError`, and any exception, becomes an `ExecutionError`. A call that
+    outlives ``limits.timeout_ms`` is cancelled: `JobTimeoutError`.
     """
     try:
-        result = await normalise(call(), services, what)
+        if limits.timeout_ms is None:
+            result = await normalise(call(), services, what)
+        else:
+            with trio.move_on_after(limits.timeout_ms / 1000) as scope:
+                result = await normalise(call(), services, what)
+            if scope.cancelled_caught:
+                return Failure(JobTimeoutError(what, limits.timeout_ms / 1000))
     except Exception as exc:
         return Failure(_as_job_error(exc))
     return result.alt(_as_job_error)
@@ -233,16 +259,37 @@ class Ran:
     duration_ms: float = 0.0
 
 
-async def run_call(services: object, checkout: Checkout[Any], call: Callable[[], object]) -> Ran:
+async def run_call(
+    env: Env,
+    key: str,
+    checkout: Checkout[Any],
+    call: Callable[[], object],
+    limits: RunLimits = NO_LIMITS,
+    what: str = "the job body",
+) -> Ran:
     """Run `call` like `run_body`, also catching ``ctx.terminate`` (a signal, not a failure).
 
     For handlers whose outcome the caller maps itself (a Task's ``on_event``,
     ``on_idle``, ``on_error``); `execute` builds on it for job bodies.
+
+    While `call` runs, the run is listed in ``env.running`` under `key`, so the
+    ``terminate`` verb can stop it (`Checkout.stop`): it then ends as a
+    ``ctx.terminate`` would. A call that outlives ``limits.timeout_ms`` is
+    cancelled and fails with `JobTimeoutError`.
     """
     started = time.perf_counter()
     terminated: TerminateSignal | None = None
+    result: Result[object, JobError] = Success(None)
+    scope = trio.CancelScope()
+    if limits.timeout_ms is not None:
+        scope.relative_deadline = limits.timeout_ms / 1000
+    checkout.scope = scope
+    env.running[key] = checkout
     try:
-        result = await run_body(call, services)
+        with scope:
+            result = await run_body(call, env.services, what)
+        if scope.cancelled_caught and not checkout.terminated:
+            result = Failure(JobTimeoutError(what, limits.timeout_ms / 1000 if limits.timeout_ms else 0.0))
     except TerminateSignal as signal:
         terminated, result = signal, Success(None)
     except BaseExceptionGroup as group:
@@ -250,6 +297,10 @@ async def run_call(services: object, checkout: Checkout[Any], call: Callable[[],
         if terminated is None:
             raise
         result = Success(None)
+    finally:
+        checkout.scope = None
+        if env.running.get(key) is checkout:
+            del env.running[key]
     duration_ms = round((time.perf_counter() - started) * 1000, 3)
     if terminated is not None or checkout.terminated:
         # A swallowed signal still ends the run: the checkout recorded the request.
@@ -277,9 +328,14 @@ async def execute(
     retry: Retry | None,
     events: list[TrackedEvent],
     log: JobLog,
+    limits: RunLimits = NO_LIMITS,
+    what: str = "the job body",
 ) -> Outcome:
-    """Run `call` and decide what its result means; appends the run's events to `events`."""
-    ran = await run_call(env.services, checkout, call)
+    """Run `call` and decide what its result means; appends the run's events to `events`.
+
+    `limits` bound the run (`run_call`): a timeout is a failure, retried by `retry`.
+    """
+    ran = await run_call(env, info.key, checkout, call, limits, what)
     result, duration_ms = ran.result, ran.duration_ms
 
     def ev(type: str, **data: Any) -> None:

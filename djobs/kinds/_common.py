@@ -234,13 +234,23 @@ class TerminateResult(msgspec.Struct, frozen=True):
 async def terminate_instance(
     runtime: Runtime, kind: str, name: str, key: str, instance_id: str, reason: str | None
 ) -> Result[TerminateResult, StorageError]:
-    """The ``terminate`` verb of the stateful kinds: delete the instance with its alarm and event ids."""
+    """The ``terminate`` verb of the stateful kinds: delete the instance with its alarm and event ids.
+
+    A handler of the instance that is running user code now (in this engine)
+    is cancelled first, so a stuck body does not keep the instance forever:
+    its run ends as if it had called ``ctx.terminate(reason)`` (a blocking
+    body's thread is abandoned), and the instance is deleted.
+    """
     env = runtime.env
+    reason = None if reason is None else clean_text(str(reason))
+    running = env.running.get(key)
+    stopped = running is not None and running.stop(reason)
 
     async def run() -> Result[TerminateResult, StorageError]:
         if await env.storage.load(key) is None:
-            return Success(TerminateResult(False, instance_id))
-        event = env.event("job.terminated", key, kind, name, reason=None if reason is None else clean_text(str(reason)))
+            # Deleted by the stopped run itself (it ended as a terminate does).
+            return Success(TerminateResult(stopped, instance_id))
+        event = env.event("job.terminated", key, kind, name, reason=reason)
         await env.commit(Checkin(key=key, record=None), [event])
         return Success(TerminateResult(True, instance_id))
 

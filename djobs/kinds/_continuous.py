@@ -28,6 +28,7 @@ from .._bodies import Returns, check_body
 from .._clock import to_datetime
 from .._codec import decode, encode
 from .._context import D_co, StatefulContext
+from .._durations import DurationLike
 from .._errors import (
     InstanceNotFoundError,
     InvalidStateError,
@@ -37,6 +38,7 @@ from .._errors import (
     ValidationError,
 )
 from .._execution import Checkout, Env, RunInfo, execute, run_returning_state
+from .._limits import NO_LIMITS, RunLimits, definition_limits, offloaded
 from .._logging import JobLog, LoggingOption
 from .._retry import Retry
 from .._schedule import Schedule
@@ -125,6 +127,7 @@ class Continuous(Definition[D_contra], Generic[S, D_contra]):
     start_immediately: bool = True
     retry: Retry | None = None
     logging: LoggingOption = False
+    limits: RunLimits = NO_LIMITS
 
     @classmethod
     def make(
@@ -137,6 +140,8 @@ class Continuous(Definition[D_contra], Generic[S, D_contra]):
         start_immediately: bool = True,
         retry: Retry | None = None,
         logging: LoggingOption = False,
+        timeout: DurationLike | None = None,
+        blocking: bool = False,
     ) -> Continuous[S, D_contra]:
         """Define a continuous job.
 
@@ -153,6 +158,16 @@ class Continuous(Definition[D_contra], Generic[S, D_contra]):
                 rather than at the first scheduled time.
             retry: How a failed run is retried; ``None`` does not retry.
             logging: ``True`` (debug), ``False`` (errors only), a level, or ``None`` (silent).
+            timeout: The longest a run may take (``"5 minutes"``); a longer
+                run is cancelled and fails with `JobTimeoutError`, which
+                `retry` retries. ``None`` (default): no limit.
+            blocking: ``True`` runs a synchronous `execute` in a worker thread
+                (``trio.to_thread``), so a body that blocks does not stall the
+                engine or let its lease lapse; an ``async def`` body is refused.
+
+        Raises:
+            ValidationError: A malformed option (also a `timeout` that is not
+                a positive duration, or ``blocking=True`` with an ``async def``).
         """
         check_name(name, KIND)
         if not (isinstance(state, type) and issubclass(state, msgspec.Struct)):
@@ -160,7 +175,8 @@ class Continuous(Definition[D_contra], Generic[S, D_contra]):
         if not hasattr(schedule, "next_after"):
             raise ValidationError(f"Continuous {name!r}: schedule must come from djobs.every() or djobs.cron()")
         check_body(execute, f"Continuous {name!r}: execute")
-        return cls(name, state, schedule, execute, start_immediately, retry, logging)
+        limits = definition_limits(timeout, blocking, {"execute": execute}, f"Continuous {name!r}")
+        return cls(name, state, schedule, execute, start_immediately, retry, logging, limits)
 
     def bind(self, runtime: Runtime) -> ContinuousHandler[S]:
         """The handler that runs this job inside an engine (used by the engine)."""
@@ -390,14 +406,17 @@ class ContinuousHandler(TenantScoped, Generic[S]):
                 env, job.name, record.instance_id, log, checkout, job.state, run_count, attempt, record.tenant_id
             )
             what = f"the execute of continuous job {job.name!r}"
+            body = offloaded(job.execute, job.limits, what)
             outcome = await execute(
                 env,
                 info,
                 checkout,
-                lambda: run_returning_state(lambda: job.execute(ctx), env.services, ctx.set_state, what),
+                lambda: run_returning_state(lambda: body(ctx), env.services, ctx.set_state, what),
                 job.retry,
                 events,
                 log,
+                job.limits,
+                what,
             )
             outcome_kind = outcome.kind
         now = env.now_ms()

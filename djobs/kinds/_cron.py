@@ -34,6 +34,7 @@ from returns.result import Failure, Result, Success
 from .._bodies import Returns
 from .._clock import LATEST_MS, to_datetime
 from .._codec import encode
+from .._durations import DurationLike
 from .._errors import JobNotFoundError, StorageError, TenantError, ValidationError, raise_error
 from .._execution import Env
 from .._logging import LoggingOption
@@ -114,6 +115,8 @@ class CronJob(Definition[D_contra], Generic[D_contra]):
         retry: Retry | None = None,
         max_attempts: int | None = None,
         logging: LoggingOption = False,
+        timeout: DurationLike | None = None,
+        blocking: bool = False,
     ) -> CronJob[D_contra]:
         """Define a cron job: either a `Job` with its `params`, or its own `execute`.
 
@@ -133,6 +136,9 @@ class CronJob(Definition[D_contra], Generic[D_contra]):
             retry: With `execute`: the job's retry policy.
             max_attempts: With `execute`: the job's attempt budget.
             logging: With `execute`: the job's logging option.
+            timeout: With `execute`: the longest one run may take (`Job.make`'s
+                ``timeout``: a longer one fails with `JobTimeoutError`, retried).
+            blocking: With `execute`: run a synchronous body in a worker thread.
 
         Raises:
             ValidationError: A bad name, schedule, params or option.
@@ -148,6 +154,10 @@ class CronJob(Definition[D_contra], Generic[D_contra]):
             raise ValidationError(f"CronJob {name!r}: tenant_id must be a non-empty string, got {tenant_id!r}")
         if (job is None) == (execute is None):
             raise ValidationError(f"CronJob {name!r}: give either job= (with params=) or execute=, not both or neither")
+        if job is not None and (timeout is not None or blocking):
+            raise ValidationError(
+                f"CronJob {name!r}: timeout= and blocking= go with execute=; give them to Job.make for job="
+            )
         if job is not None:
             if not isinstance(job, Job):
                 raise ValidationError(f"CronJob {name!r}: job must be a djobs.Job, got {job!r}")
@@ -158,7 +168,16 @@ class CronJob(Definition[D_contra], Generic[D_contra]):
             raw = encode(job.params, value, what=f"params of cron job {name!r}").alt(raise_error).unwrap()
             return cls(name, schedule, job, raw, missed, tenant_id)
         assert execute is not None
-        own = Job.make(name, params=CronFire, execute=execute, retry=retry, max_attempts=max_attempts, logging=logging)
+        own = Job.make(
+            name,
+            params=CronFire,
+            execute=execute,
+            retry=retry,
+            max_attempts=max_attempts,
+            logging=logging,
+            timeout=timeout,
+            blocking=blocking,
+        )
         return cls(name, schedule, own, None, missed, tenant_id)
 
     def bind(self, runtime: Runtime) -> CronHandler:

@@ -57,6 +57,7 @@ from .._errors import (
 )
 from .._execution import Checkout, Env, OutcomeKind, RunInfo, execute, run_body
 from .._input import check_interval, text_problem
+from .._limits import NO_LIMITS, RunLimits, definition_limits, offloaded
 from .._logging import JobLog, LoggingOption
 from .._retry import Retry
 from ..storage import Alarm, Checkin, ClearAlarm, InstanceRecord, SetAlarm
@@ -207,6 +208,7 @@ class Debounce(Definition[D_contra], Generic[E, S, D_contra]):
     execute: Callable[[DebounceContext[S, D_contra]], Done[D_contra]]
     retry: Retry | None = None
     logging: LoggingOption = False
+    limits: RunLimits = NO_LIMITS
 
     @overload
     @classmethod
@@ -222,6 +224,8 @@ class Debounce(Definition[D_contra], Generic[E, S, D_contra]):
         execute: Callable[[DebounceContext[E, D_contra]], Done[D_contra]],
         retry: Retry | None = None,
         logging: LoggingOption = False,
+        timeout: DurationLike | None = None,
+        blocking: bool = False,
     ) -> Debounce[E, E, D_contra]: ...
 
     @overload
@@ -238,6 +242,8 @@ class Debounce(Definition[D_contra], Generic[E, S, D_contra]):
         execute: Callable[[DebounceContext[S, D_contra]], Done[D_contra]],
         retry: Retry | None = None,
         logging: LoggingOption = False,
+        timeout: DurationLike | None = None,
+        blocking: bool = False,
     ) -> Debounce[E, S, D_contra]: ...
 
     @classmethod
@@ -253,6 +259,8 @@ class Debounce(Definition[D_contra], Generic[E, S, D_contra]):
         execute: Callable[[DebounceContext[Any, Any]], Any],
         retry: Retry | None = None,
         logging: LoggingOption = False,
+        timeout: DurationLike | None = None,
+        blocking: bool = False,
     ) -> Debounce[Any, Any, Any]:
         """Define a debounce job.
 
@@ -276,6 +284,12 @@ class Debounce(Definition[D_contra], Generic[E, S, D_contra]):
             retry: How a failed flush is retried; ``None`` does not retry (the
                 batch is dropped and ``job.failed`` emitted).
             logging: ``True`` (debug), ``False`` (errors only), a level, or ``None`` (silent).
+            timeout: The longest a flush, or an ``on_event``, may take; a
+                longer one is cancelled and fails with `JobTimeoutError` (a
+                flush's is retried by `retry`). ``None`` (default): no limit.
+            blocking: ``True`` runs synchronous `on_event` and `execute` in a
+                worker thread (``trio.to_thread``), so a body that blocks
+                does not stall the engine; an ``async def`` is refused.
 
         Raises:
             ValidationError: The definition is malformed (a bug in the program).
@@ -302,8 +316,9 @@ class Debounce(Definition[D_contra], Generic[E, S, D_contra]):
         check_body(execute, f"Debounce {name!r}: execute")
         if on_event is not None:
             check_body(on_event, f"Debounce {name!r}: on_event")
+        limits = definition_limits(timeout, blocking, {"execute": execute, "on_event": on_event}, f"Debounce {name!r}")
         reducer = _keep_latest if on_event is None else on_event
-        return cls(name, event, state_type, flush_after_ms, max_events, reducer, execute, retry, logging)
+        return cls(name, event, state_type, flush_after_ms, max_events, reducer, execute, retry, logging, limits)
 
     def bind(self, runtime: Runtime) -> DebounceHandler[E, S]:
         """The handler that runs this job inside an engine (used by the engine)."""
@@ -446,10 +461,21 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
 
     async def clear(self, instance_id: str) -> Result[ClearResult, StorageError]:
         key = self.key(instance_id)
+        # A flush running now (a stuck one) is cancelled: its batch is dropped with it.
+        running = self.env.running.get(key)
+        stuck = None
+        if running is not None:
+            before = await self.env.storage.load(key)
+            stuck = 0 if before is None else before[0].event_count
+            running = self.env.running.get(key)
+            if running is None or not running.stop("cleared"):
+                stuck = None
 
         async def run() -> Result[ClearResult, StorageError]:
             loaded = await self.env.storage.load(key)
             if loaded is None or loaded[0].state is None:
+                if stuck is not None:
+                    return Success(ClearResult(instance_id, cleared=True, event_count=stuck))
                 return Success(ClearResult(instance_id, cleared=False, event_count=0))
             record = loaded[0]
             count = record.event_count
@@ -490,7 +516,9 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         ctx: DebounceEventContext[E, S, Any] = DebounceEventContext(
             env, job.name, instance_id, log, event, state, count, self.tenant
         )
-        result = await run_body(lambda: job.on_event(ctx), env.services, f"the on_event of debounce job {job.name!r}")
+        what = f"the on_event of debounce job {job.name!r}"
+        reducer = offloaded(job.on_event, job.limits, what)
+        result = await run_body(lambda: reducer(ctx), env.services, what, job.limits)
 
         def rejected(error: JobError) -> ValidationError | ExecutionError:
             log.error("on_event failed: %s", error.message)
@@ -657,7 +685,9 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
                 attempt,
                 record.tenant_id,
             )
-            outcome = await execute(env, info, checkout, lambda: job.execute(ctx), job.retry, events, log)
+            what = f"the execute of debounce job {job.name!r}"
+            body = offloaded(job.execute, job.limits, what)
+            outcome = await execute(env, info, checkout, lambda: body(ctx), job.retry, events, log, job.limits, what)
             outcome_kind, retry_at, duration_ms = outcome.kind, outcome.retry_at, outcome.duration_ms
         now = env.now_ms()
         record.run_count = run_count
@@ -735,6 +765,9 @@ class DebounceClient(InstanceClient[DebounceHandler[E, S]], Generic[E, S]):
         self, id: str
     ) -> FutureResult[ClearResult, JobNotFoundError | TenantError | InvalidStateError | ValidationError | StorageError]:
         """Drop instance `id`'s batch without processing it; the instance goes idle.
+
+        A flush of the batch running now is cancelled (a stuck flush does not
+        hold the instance): it ends as ``ctx.terminate("cleared")`` would.
 
         Clearing an idle or unknown id changes nothing (``cleared=False``).
         """

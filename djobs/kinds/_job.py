@@ -54,6 +54,7 @@ from .._errors import (
 from .._event import Event
 from .._execution import Checkout, Env, Outcome, RunInfo, execute, run_body
 from .._input import check_attempts, check_text, clean_text, epoch_ms
+from .._limits import NO_LIMITS, RunLimits, definition_limits, offloaded
 from .._logging import JobLog, LoggingOption, threshold
 from .._retry import Retry
 from .._worker import CANCELLED_ERROR, RunHandle, Worker, error_json
@@ -204,6 +205,7 @@ class Job(Definition[D_contra], Generic[P, R, D_contra]):
     max_attempts: int
     on: str | None = None
     logging: LoggingOption = False
+    limits: RunLimits = NO_LIMITS
 
     @overload
     @classmethod
@@ -218,6 +220,8 @@ class Job(Definition[D_contra], Generic[P, R, D_contra]):
         max_attempts: int | None = None,
         on: str | Event[Any] | None = None,
         logging: LoggingOption = False,
+        timeout: DurationLike | None = None,
+        blocking: bool = False,
     ) -> Job[P, R, D_contra]: ...
     @overload
     @classmethod
@@ -232,6 +236,8 @@ class Job(Definition[D_contra], Generic[P, R, D_contra]):
         max_attempts: int | None = None,
         on: str | Event[Any] | None = None,
         logging: LoggingOption = False,
+        timeout: DurationLike | None = None,
+        blocking: bool = False,
     ) -> Job[P, None, D_contra]: ...
     @classmethod
     def make(
@@ -245,6 +251,8 @@ class Job(Definition[D_contra], Generic[P, R, D_contra]):
         max_attempts: int | None = None,
         on: str | Event[Any] | None = None,
         logging: LoggingOption = False,
+        timeout: DurationLike | None = None,
+        blocking: bool = False,
     ) -> Job[P, Any, Any]:
         """Define a job.
 
@@ -267,9 +275,17 @@ class Job(Definition[D_contra], Generic[P, R, D_contra]):
             on: An event, as a typed `Event` or its name:
                 ``client.send_event(on, payload)`` enqueues this job.
             logging: ``True`` (debug), ``False`` (errors only), a level, or ``None`` (silent).
+            timeout: The longest an attempt may take (``"10 minutes"``); a
+                longer one is cancelled and fails with `JobTimeoutError`, and
+                the next attempt follows as for any failure. ``None``
+                (default): no limit.
+            blocking: ``True`` runs a synchronous `execute` in a worker thread
+                (``trio.to_thread``), so a body that blocks neither stalls
+                the engine nor lets its lease lapse; an ``async def`` is refused.
 
         Raises:
-            ValidationError: A bad name, params or result type, or max_attempts.
+            ValidationError: A bad name, params or result type, max_attempts,
+                timeout, or ``blocking=True`` with an ``async def``.
         """
         check_name(name, "Job")
         if not (isinstance(params, type) and issubclass(params, msgspec.Struct)):
@@ -286,7 +302,8 @@ class Job(Definition[D_contra], Generic[P, R, D_contra]):
         base = retry or Retry()
         policy = Retry(attempts, base.delay, jitter=base.jitter, retry_on=base.retry_on)
         result_type: type[Any] = type(None) if result is None else result
-        return Job(name, params, result_type, execute, policy, attempts, on, logging)
+        limits = definition_limits(timeout, blocking, {"execute": execute}, f"Job {name!r}")
+        return Job(name, params, result_type, execute, policy, attempts, on, logging, limits)
 
     def bind(self, runtime: Runtime) -> JobHandler[P, R]:
         """The handler that runs this job inside an engine (used by the engine)."""
@@ -497,7 +514,8 @@ class JobHandler(Generic[P, R]):
         # attempt's failure (a ValidationError, not retried) like any other.
         job = self.job
         limit = self.env.max_payload_bytes
-        value = await run_body(lambda: job.execute(params, ctx), self.env.services, f"the execute of job {job.name!r}")
+        body = offloaded(job.execute, job.limits, f"the execute of job {job.name!r}")
+        value = await run_body(lambda: body(params, ctx), self.env.services, f"the execute of job {job.name!r}")
         return value.bind(lambda result: encode(job.result, result, what=f"result of job {job.name!r}", limit=limit))
 
     async def attempt(
@@ -523,7 +541,15 @@ class JobHandler(Generic[P, R]):
         events: list[TrackedEvent] = []
         info = RunInfo(key, KIND, job.name, 1, who.attempt)
         outcome = await execute(
-            env, info, Checkout(None), lambda: self._call(params, ctx), self.retry_for(who.max_attempts), events, log
+            env,
+            info,
+            Checkout(None),
+            lambda: self._call(params, ctx),
+            self.retry_for(who.max_attempts),
+            events,
+            log,
+            job.limits,
+            f"the execute of job {job.name!r}",
         )
         return outcome, events
 

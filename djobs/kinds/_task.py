@@ -40,7 +40,7 @@ from .._bodies import Returns, check_body
 from .._clock import LATEST_MS, to_datetime
 from .._codec import decode, encode, validate
 from .._context import BaseContext, D_co
-from .._durations import parse_duration, to_ms
+from .._durations import DurationLike, parse_duration, to_ms
 from .._errors import (
     DuplicateEventError,
     ExecutionError,
@@ -55,6 +55,7 @@ from .._errors import (
 )
 from .._execution import Checkout, Env, RunInfo, execute, run_call, run_returning_state
 from .._input import epoch_ms, text_problem
+from .._limits import NO_LIMITS, RunLimits, definition_limits, offloaded
 from .._logging import JobLog, LoggingOption
 from .._retry import Retry
 from ..storage import Alarm, Checkin, ClearAlarm, InstanceRecord, SetAlarm
@@ -371,6 +372,7 @@ class Task(Definition[D_contra], Generic[S, Ev, D_contra]):
     on_error: Callable[[JobError, TaskContext[S, D_contra]], Returns[S | None, D_contra]] | None = None
     retry: Retry | None = None
     logging: LoggingOption = False
+    limits: RunLimits = NO_LIMITS
 
     @classmethod
     def make(
@@ -385,6 +387,8 @@ class Task(Definition[D_contra], Generic[S, Ev, D_contra]):
         on_error: Callable[[JobError, TaskContext[S, D_contra]], Returns[S | None, D_contra]] | None = None,
         retry: Retry | None = None,
         logging: LoggingOption = False,
+        timeout: DurationLike | None = None,
+        blocking: bool = False,
     ) -> Task[S, Ev, D_contra]:
         """Define a task job.
 
@@ -402,6 +406,16 @@ class Task(Definition[D_contra], Generic[S, Ev, D_contra]):
                 execute failed and no retry is scheduled.
             retry: How a failed execute is retried before ``on_error``; ``None`` does not retry.
             logging: ``True`` (debug), ``False`` (errors only), a level, or ``None`` (silent).
+            timeout: The longest any one handler may take; a longer one is
+                cancelled and fails with `JobTimeoutError` (an execute's is
+                retried by `retry`, an on_event's returned to the sender).
+                ``None`` (default): no limit.
+            blocking: ``True`` runs synchronous handlers in a worker thread
+                (``trio.to_thread``), so a handler that blocks does not stall
+                the engine; an ``async def`` handler is refused.
+
+        Raises:
+            ValidationError: The definition is malformed (a bug in the program).
 
         Every handler may return the new state (``None`` keeps it) in any
         body form (a value, ``async def``, a ``Result``, a
@@ -420,7 +434,13 @@ class Task(Definition[D_contra], Generic[S, Ev, D_contra]):
         for what, fn in (("on_event", on_event), ("execute", execute), ("on_idle", on_idle), ("on_error", on_error)):
             if fn is not None:
                 check_body(fn, f"Task {name!r}: {what}")
-        return cls(name, state, event, on_event, execute, on_idle, on_error, retry, logging)
+        limits = definition_limits(
+            timeout,
+            blocking,
+            {"on_event": on_event, "execute": execute, "on_idle": on_idle, "on_error": on_error},
+            f"Task {name!r}",
+        )
+        return cls(name, state, event, on_event, execute, on_idle, on_error, retry, logging, limits)
 
     def bind(self, runtime: Runtime) -> TaskHandler[S, Ev]:
         """The handler that runs this job inside an engine (used by the engine)."""
@@ -546,7 +566,8 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
     ) -> Callable[[], Awaitable[Result[object, JobError]]]:
         """`call`, where a returned value other than ``None`` is the task's new state."""
         what = f"the {handler} of task {self.job.name!r}"
-        return lambda: run_returning_state(call, self.env.services, ctx.set_state, what)
+        body = offloaded(call, self.job.limits, what)
+        return lambda: run_returning_state(body, self.env.services, ctx.set_state, what)
 
     # -- verbs (each runs on the instance's actor) -------------------------------------
 
@@ -596,7 +617,12 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
                 env, job.name, instance_id, log, draft, job.state, keep_ms, count, created, self.tenant
             )
             ran = await run_call(
-                env.services, draft, self._returning(lambda: job.on_event(the_event, ctx), ctx, "on_event")
+                env,
+                key,
+                draft,
+                self._returning(lambda: job.on_event(the_event, ctx), ctx, "on_event"),
+                job.limits,
+                f"the on_event of task {job.name!r}",
             )
             if isinstance(ran.result, Failure):
                 error = _rejection(ran.result.failure())
@@ -705,7 +731,15 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
         ctx = self._context(record, draft, log, attempt)
         info = RunInfo(record.key, KIND, job.name, execute_count, attempt)
         outcome = await execute(
-            env, info, draft, self._returning(lambda: job.execute(ctx), ctx, "execute"), job.retry, events, log
+            env,
+            info,
+            draft,
+            self._returning(lambda: job.execute(ctx), ctx, "execute"),
+            job.retry,
+            events,
+            log,
+            job.limits,
+            f"the execute of task {job.name!r}",
         )
         kind: Outcome = outcome.kind
         if kind == "terminated":
@@ -729,7 +763,12 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
                 err_log = self._log(record, execute=execute_count, attempt=attempt, handler="on_error")
                 err_ctx = self._context(record, draft, err_log, attempt)
                 ran = await run_call(
-                    env.services, draft, self._returning(lambda: on_error(error, err_ctx), err_ctx, "on_error")
+                    env,
+                    record.key,
+                    draft,
+                    self._returning(lambda: on_error(error, err_ctx), err_ctx, "on_error"),
+                    job.limits,
+                    f"the on_error of task {job.name!r}",
                 )
                 if ran.terminated:
                     await self._purge(record, ran.reason, events, err_log)
@@ -774,7 +813,14 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
             idle: _Draft[S | None] = _Draft(draft.state)
             log = self._log(record, handler="on_idle")
             ctx = self._context(record, idle, log, 1)
-            ran = await run_call(env.services, idle, self._returning(lambda: on_idle(ctx), ctx, "on_idle"))
+            ran = await run_call(
+                env,
+                record.key,
+                idle,
+                self._returning(lambda: on_idle(ctx), ctx, "on_idle"),
+                job.limits,
+                f"the on_idle of task {job.name!r}",
+            )
             if ran.terminated:
                 await self._purge(record, ran.reason, events, log)
                 return False, None
