@@ -947,3 +947,35 @@ def test_postgres_databases_that_must_not_be_used(capsys: pytest.CaptureFixture[
     assert code == ExitCode.DATABASE and "hunter2" not in err and "127.0.0.1:1" in err
     code, _, err = run(capsys, "status", "--db", dsn, "--schema", "Bad-Name")
     assert code == ExitCode.USAGE and "schema" in err
+
+
+# Bytes that are not UTF-8 in an argument reach Python as lone surrogates ("\udcff"); a key
+# may hold "␀", which reads back as a NUL. Neither can name anything stored.
+UNSTORABLE_ARGUMENTS = [
+    ("jobs", "show", "\udcff"),
+    ("jobs", "cancel", "job-\udcff"),
+    ("jobs", "retry", "job-\udcff"),
+    ("jobs", "list", "--tenant", "\udcff"),
+    ("jobs", "list", "--name", "a\udcff"),
+    ("instances", "show", "continuous:refresher:\udcff"),
+    ("instances", "list", "--tenant", "\udcff"),
+    ("cron", "disable", "nightly\udcff"),
+]
+
+
+@pytest.mark.parametrize(
+    "argv", UNSTORABLE_ARGUMENTS, ids=[" ".join(a[:2]) + f" {i}" for i, a in enumerate(UNSTORABLE_ARGUMENTS)]
+)
+def test_an_argument_no_storage_holds_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], db: Built, argv: tuple[str, ...]
+) -> None:
+    code, out, err = run(capsys, *argv, *db.args)
+    assert code == ExitCode.USAGE, err
+    assert "lone surrogate" in err and "Traceback" not in err and out == ""
+
+
+def test_a_key_whose_picture_reads_back_as_nul_is_not_found(capsys: pytest.CaptureFixture[str], db: Built) -> None:
+    # "␀" is how a NUL prints; read back it would be a NUL, which PostgreSQL refuses in a query.
+    code, _, err = run(capsys, "instances", "show", "continuous:refresher:user\u24001", *db.args)
+    assert code == ExitCode.NOT_FOUND, err
+    assert "no instance with key" in err

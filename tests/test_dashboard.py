@@ -491,3 +491,25 @@ def test_an_unusable_database_is_a_page_saying_why_until_it_is_there(tmp_path: P
     assert after.status_code == 200 and "Overview" in after.text
     with pytest.raises(djobs.ValidationError, match="at least 8 characters"):
         app(str(path), token="short")
+
+
+def test_text_no_storage_holds_is_a_bad_request_on_every_storage(db: Built) -> None:
+    # A NUL in a filter or an id reached PostgreSQL, which refused the query: the page said
+    # "Database unavailable" (503) where SQLite answered 200. Now both refuse it, with a 400.
+    urls = [
+        "/jobs?tenant=%00",
+        "/jobs?name=a%00b",
+        "/jobs?correlation_id=a%00",
+        "/jobs?after=%00",
+        "/jobs/a%00b",
+        "/instances?name=a%00",
+        "/instances?tenant=%00",
+        "/instance?key=continuous:refresher:a%00",
+    ]
+    pages = get(app(**where(db), clock=AT_5M), *urls, "/instance?key=continuous:refresher:user%E2%90%801", "/jobs")
+    for url, page in zip(urls, pages, strict=False):
+        assert page.status_code == 400, (url, page.status_code)
+        assert "NUL" in page.text and "Database unavailable" not in page.text
+    # "␀" is how a NUL prints; a key holding it names nothing (a 404), as on SQLite.
+    key_page, jobs_page = pages[-2:]
+    assert key_page.status_code == 404 and jobs_page.status_code == 200  # the dashboard still works

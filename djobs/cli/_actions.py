@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from returns.result import Failure
 
 from .._errors import StorageError, ValidationError
+from .._input import text_problem
 from .._schedule import Schedule, every, parse_cron
 from .._worker import CANCELLED_ERROR
 from ..storage import CronRecord, JobRecord, JobStatusName, QueueStorage
@@ -41,12 +42,18 @@ def printable(text: str) -> str:
 def key_candidates(text: str) -> list[str]:
     """The stored keys `text` may name: itself, and with Control Pictures read back as controls.
 
+    A candidate no storage can hold (a NUL, as ``␀`` reads back, or a lone
+    surrogate) names nothing and is left out, so such a key is "not found" on
+    SQLite and PostgreSQL alike instead of a query PostgreSQL refuses.
+
     Examples:
         >>> key_candidates("task:t:acme␟a1")
         ['task:t:acme␟a1', 'task:t:acme\\x1fa1']
+        >>> key_candidates("task:t:a␀1")
+        ['task:t:a␀1']
     """
     raw = text.translate(_CONTROLS)
-    return [text] if raw == text else [text, raw]
+    return [k for k in dict.fromkeys((text, raw)) if text_problem(k) is None]
 
 
 def stored_schedule(record: CronRecord) -> Schedule:

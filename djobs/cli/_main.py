@@ -13,8 +13,10 @@ import trio
 
 from .._clock import Clock, WallClock
 from .._errors import JobError
+from .._input import text_problem
 from ..storage._inspect import JOB_STATUSES
 from . import _read, _run
+from ._actions import printable
 from ._exit import CommandError, ExitCode, exit_code
 
 Command = Callable[[argparse.Namespace, Clock], Awaitable[ExitCode]]
@@ -31,6 +33,28 @@ _EPILOG = """\
 exit codes: 0 ok, 1 failed, 2 usage, 3 database unusable or missing, 4 not found, 130 interrupted.
 --db is a SQLite file or a PostgreSQL DSN (with --schema); it defaults to $DJOBS_DB, else djobs.db.
 Commands other than `worker` never create a database."""
+
+
+#: Arguments that name a file to open, where bytes that are not UTF-8 are a valid name.
+_FILE_ARGUMENTS = frozenset({"params_file"})
+
+
+def _unstorable_argument(args: argparse.Namespace) -> str | None:
+    """Why an argument cannot name or hold anything stored, or ``None``.
+
+    A lone surrogate (how Python reads argument bytes that are not UTF-8) or a
+    NUL is text no storage holds (`djobs._input.text_problem`): refused as a
+    usage error before any database is read, the same on SQLite and
+    PostgreSQL, instead of a traceback from the database driver.
+    """
+    for name, value in vars(args).items():
+        if name in _FILE_ARGUMENTS:
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            problem = text_problem(item) if isinstance(item, str) else None
+            if problem is not None:
+                return f"{name.replace('_', '-')} {printable(item)!r:.80} {problem}"
+    return None
 
 
 def _positive(text: str) -> int:
@@ -239,6 +263,10 @@ def main(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> in
     run: Command | None = args.run
     if run is None:  # pragma: no cover - every group requires a subcommand
         parser.print_help()
+        return ExitCode.USAGE
+    refused = _unstorable_argument(args)
+    if refused is not None:
+        print(f"djobs: {refused}", file=sys.stderr)
         return ExitCode.USAGE
     try:
         return int(trio.run(run, args, clock or WallClock()))

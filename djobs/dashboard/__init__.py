@@ -47,6 +47,7 @@ from starlette.routing import Route
 
 from .._clock import Clock, WallClock
 from .._errors import JobError, StorageError, ValidationError
+from .._input import text_problem
 from ..cli import _actions
 from ..cli._actions import printable
 from ..cli._exit import CommandError, ExitCode
@@ -399,6 +400,21 @@ PAGES: list[Page] = [
 ]
 
 
+def _unstorable_input(request: Request) -> str | None:
+    """Why a path or query value cannot name anything stored, or ``None``.
+
+    A NUL character or a lone surrogate is text no storage holds (`djobs._input.text_problem`);
+    refused with a 400 before any read, so SQLite and PostgreSQL (which would refuse the query
+    itself, and the page would say the database is unavailable) answer it the same way.
+    """
+    values = [*request.path_params.items(), *request.query_params.multi_items()]
+    for name, value in values:
+        problem = text_problem(value) if isinstance(value, str) else None
+        if problem is not None:
+            return f"{name} {printable(value)!r:.80} {problem}"
+    return None
+
+
 # -- actions ------------------------------------------------------------------------------
 
 
@@ -507,6 +523,9 @@ def app(
 
     def bind(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
         async def call(request: Request) -> Response:
+            refused = _unstorable_input(request)
+            if refused is not None:
+                return state.render(request, "message", "Bad request", 400, message=refused)
             try:
                 return await endpoint(state, request)
             except JobError as exc:
