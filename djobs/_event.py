@@ -18,6 +18,7 @@ from typing import Any, Generic, TypeVar, final
 import msgspec
 
 from ._errors import ValidationError
+from ._input import text_problem
 
 __all__ = ["Event", "event_name"]
 
@@ -27,11 +28,21 @@ P = TypeVar("P")
 MAX_NAME = 200
 
 
-def _check_name(name: object) -> str:
+def name_problem(name: object) -> str | None:
+    """Why `name` is not a valid event name, or ``None``: a non-empty string of at most
+    `MAX_NAME` characters, without a NUL or a lone surrogate (text no storage holds,
+    `djobs._input.text_problem`), the same rule as every other name djobs takes."""
     if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME:
-        raise ValidationError(
-            f"an event name must be a non-empty string of at most {MAX_NAME} characters, got {name!r}"
-        )
+        return f"an event name must be a non-empty string of at most {MAX_NAME} characters, got {name!r:.80}"
+    problem = text_problem(name)
+    return None if problem is None else f"event name {name!r:.80} {problem}"
+
+
+def _check_name(name: object) -> str:
+    problem = name_problem(name)
+    if problem is not None:
+        raise ValidationError(problem)
+    assert isinstance(name, str)
     return name
 
 

@@ -242,6 +242,42 @@ def test_an_event_definition_is_checked() -> None:
     assert order_created == djobs.Event("order.created", OrderCreated)
 
 
+@pytest.mark.parametrize("name", ["order\x00created", "order.\ud800"])
+def test_an_event_name_no_storage_holds_is_refused_everywhere(name: str) -> None:
+    # The same rule as every other name: no NUL, no lone surrogate.
+    with pytest.raises(djobs.ValidationError, match="event name"):
+        djobs.Event(name, OrderCreated)
+    with pytest.raises(djobs.ValidationError, match="event name"):
+        djobs.Job.make("listener", params=OrderCreated, execute=lambda p, ctx: None, on=name)
+
+    async def send() -> None:
+        async with open_test_engine(listeners(Seen())) as engine:
+            refused = failure(await engine.client.send_event(name, {"order_id": "o-1", "total_cents": 1}))
+            assert isinstance(refused, djobs.ValidationError) and "event name" in refused.message
+
+    trio.run(send, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_a_listener_of_a_typed_event_takes_its_payload_type() -> None:
+    # A listener whose params are another struct would fail every send of the event at run time.
+    def audit(params: OrderRef, ctx: djobs.JobContext) -> None: ...
+
+    with pytest.raises(djobs.ValidationError, match="whose payload is not a OrderRef"):
+        djobs.Job.make("audit", params=OrderRef, execute=audit, on=order_created)  # type: ignore[misc]
+
+    class BigOrder(OrderCreated):
+        pass
+
+    # A listener of a wider type than the payload takes every payload (mypy asks for the exact type).
+    listener = djobs.Job.make(
+        "wide",
+        params=OrderCreated,
+        execute=lambda p, ctx: None,
+        on=djobs.Event("order.big", BigOrder),  # type: ignore[misc]
+    )
+    assert listener.on == "order.big"
+
+
 @pytest.mark.trio
 async def test_a_delayed_event_runs_its_jobs_when_due(autojump_clock: trio.testing.MockClock) -> None:
     seen = Seen()

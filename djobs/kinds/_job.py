@@ -51,7 +51,7 @@ from .._errors import (
     TenantError,
     ValidationError,
 )
-from .._event import Event
+from .._event import Event, name_problem
 from .._execution import Checkout, Env, Outcome, RunInfo, execute, run_body
 from .._input import check_attempts, check_text, clean_text, epoch_ms
 from .._limits import NO_LIMITS, RunLimits, definition_limits, offloaded
@@ -218,7 +218,7 @@ class Job(Definition[D_contra], Generic[P, R, D_contra]):
         execute: Callable[[P, JobContext[D_contra]], Returns[R, D_contra]],
         retry: Retry | None = None,
         max_attempts: int | None = None,
-        on: str | Event[Any] | None = None,
+        on: str | Event[P] | None = None,
         logging: LoggingOption = False,
         timeout: DurationLike | None = None,
         blocking: bool = False,
@@ -234,7 +234,7 @@ class Job(Definition[D_contra], Generic[P, R, D_contra]):
         execute: Callable[[P, JobContext[D_contra]], Returns[None, D_contra]],
         retry: Retry | None = None,
         max_attempts: int | None = None,
-        on: str | Event[Any] | None = None,
+        on: str | Event[P] | None = None,
         logging: LoggingOption = False,
         timeout: DurationLike | None = None,
         blocking: bool = False,
@@ -249,7 +249,7 @@ class Job(Definition[D_contra], Generic[P, R, D_contra]):
         execute: Callable[[P, JobContext[Any]], Any],
         retry: Retry | None = None,
         max_attempts: int | None = None,
-        on: str | Event[Any] | None = None,
+        on: str | Event[P] | None = None,
         logging: LoggingOption = False,
         timeout: DurationLike | None = None,
         blocking: bool = False,
@@ -273,7 +273,9 @@ class Job(Definition[D_contra], Generic[P, R, D_contra]):
             max_attempts: Tries per job, the first included; default the
                 retry's ``max_attempts`` if `retry` is given, else 3.
             on: An event, as a typed `Event` or its name:
-                ``client.send_event(on, payload)`` enqueues this job.
+                ``client.send_event(on, payload)`` enqueues this job. A typed
+                event's payload type must be `params` (mypy checks it), or a
+                subclass of it.
             logging: ``True`` (debug), ``False`` (errors only), a level, or ``None`` (silent).
             timeout: The longest an attempt may take (``"10 minutes"``); a
                 longer one is cancelled and fails with `JobTimeoutError`, and
@@ -285,7 +287,9 @@ class Job(Definition[D_contra], Generic[P, R, D_contra]):
 
         Raises:
             ValidationError: A bad name, params or result type, max_attempts,
-                timeout, or ``blocking=True`` with an ``async def``.
+                timeout, or ``blocking=True`` with an ``async def``; an event
+                name that is empty or holds a NUL or a lone surrogate; a typed
+                event whose payload is not a `params`.
         """
         check_name(name, "Job")
         if not (isinstance(params, type) and issubclass(params, msgspec.Struct)):
@@ -296,9 +300,14 @@ class Job(Definition[D_contra], Generic[P, R, D_contra]):
         attempts = max_attempts if max_attempts is not None else (retry.max_attempts if retry is not None else 3)
         check_attempts(attempts, f"Job {name!r}: max_attempts")
         if isinstance(on, Event):
+            if not issubclass(on.payload, params):
+                raise ValidationError(
+                    f"Job {name!r}: it listens to {on!r}, whose payload is not a {params.__qualname__}"
+                    f" (its params); give the event's payload type as params"
+                )
             on = on.name
-        if on is not None and (not isinstance(on, str) or not on.strip() or len(on) > 200):
-            raise ValidationError(f"Job {name!r}: on must be an event name (a non-empty string), got {on!r}")
+        if on is not None and (problem := name_problem(on)) is not None:
+            raise ValidationError(f"Job {name!r}: on: {problem}")
         base = retry or Retry()
         policy = Retry(attempts, base.delay, jitter=base.jitter, retry_on=base.retry_on)
         result_type: type[Any] = type(None) if result is None else result
@@ -976,8 +985,8 @@ class JobQueue:
             if isinstance(typed, Failure):
                 return typed
             event = event.name
-        if not isinstance(event, str) or not event.strip():
-            return Failure(ValidationError(f"event name must be a non-empty string, got {event!r}"))
+        if (problem := name_problem(event)) is not None or not isinstance(event, str):
+            return Failure(ValidationError(problem or f"event name must be a string, got {event!r:.80}"))
         now = self.env.now_ms()
         checked = Result.do(
             (tenant, correlation, key, due)

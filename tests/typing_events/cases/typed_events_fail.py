@@ -33,3 +33,10 @@ async def send(engine: djobs.Engine) -> None:
     await engine.client.send_event(42, OrderCreated("o-1"))  # expect: call-overload
     wrong_type: type[RefundIssued] = order_created.payload  # expect: assignment
     print(wrong_type)
+
+
+def audit(params: RefundIssued, ctx: djobs.JobContext) -> None: ...
+
+
+# A listener of a typed event takes the event's payload type as its params.
+listener = djobs.Job.make("audit", params=RefundIssued, execute=audit, on=order_created)  # expect: misc "Cannot infer"
