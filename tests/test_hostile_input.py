@@ -1342,12 +1342,23 @@ async def test_no_read_sees_a_write_that_then_fails_at_commit(autojump_clock: tr
         async def enqueue() -> None:
             enqueued.append(await client.job(greeter).later(Named("doomed"), delay="1 hour"))
 
-        storage.fail("enqueue_jobs", kind="full", at="commit", times=1)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(enqueue)
-            while sqlite_storage._batch is None:  # the group commit is open, its COMMIT not yet run
-                await trio.lowlevel.checkpoint()
-            listed = success(await client.jobs.list())  # concurrently with it
+        # The group commit is open for one scheduling round, and Trio shuffles the order ready tasks
+        # run in: the list may miss the window (the batch opens and commits between two looks). Then
+        # the enqueue has ended, and the scenario runs again (waiting on the batch alone spun forever).
+        for _ in range(100):
+            enqueued.clear()
+            storage.fail("enqueue_jobs", kind="full", at="commit", times=1)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(enqueue)
+                while sqlite_storage._batch is None and not enqueued:
+                    await trio.lowlevel.checkpoint()
+                inside = sqlite_storage._batch is not None  # the group commit is open, its COMMIT not yet run
+                if inside:
+                    listed = success(await client.jobs.list())  # concurrently with it
+            if inside:
+                break
+        else:
+            pytest.fail("the list never ran while a group commit was open")
         assert isinstance(djobs.testing.failure(enqueued[0]), djobs.StorageError)
         assert listed == []  # the list did not see the row its COMMIT then refused
         assert success(await client.jobs.list()) == []
