@@ -9,6 +9,7 @@ error or cause types listed.
 
 from __future__ import annotations
 
+import builtins
 import random
 from datetime import timedelta
 from typing import Literal, final
@@ -49,9 +50,23 @@ class Backoff:
         self._max = max
 
     @staticmethod
-    def exponential(base: DurationLike = "1 second", max: DurationLike = "30 seconds") -> Backoff:
-        """``base``, ``2 * base``, ``4 * base``, ... capped at ``max``."""
-        return Backoff("exponential", duration(base, what="base"), timedelta(0), duration(max, what="max"))
+    def exponential(base: DurationLike = "1 second", max: DurationLike | None = None) -> Backoff:
+        """``base``, ``2 * base``, ``4 * base``, ... capped at ``max``.
+
+        ``max`` defaults to 30 seconds, or to ``base`` if that is longer (as
+        ``Retry(backoff="exponential", initial_delay=...)`` does), so a long
+        base is never silently cut to the default cap.
+
+        Raises:
+            ValidationError: A malformed duration, or ``max`` shorter than ``base``.
+        """
+        first = duration(base, what="base")
+        if max is None:
+            return Backoff("exponential", first, timedelta(0), builtins.max(first, timedelta(seconds=30)))
+        cap = duration(max, what="max")
+        if cap < first:
+            raise ValidationError(f"Backoff.exponential: max ({cap}) is shorter than base ({first})")
+        return Backoff("exponential", first, timedelta(0), cap)
 
     @staticmethod
     def linear(

@@ -27,6 +27,14 @@ def test_backoff_delays() -> None:
     assert Backoff.fixed(timedelta(minutes=1)).delay(7) == timedelta(minutes=1)
 
 
+def test_an_exponential_backoff_never_caps_below_its_base() -> None:
+    # A base longer than the default cap of 30 seconds was silently cut to 30 seconds.
+    assert Backoff.exponential(base="1 minute").delay(1) == timedelta(minutes=1)
+    assert Backoff.exponential().delay(10) == timedelta(seconds=30)  # the default cap stays
+    with pytest.raises(ValidationError, match="shorter than base"):
+        Backoff.exponential(base="10 seconds", max="1 second")
+
+
 def test_jitter_stays_within_the_delay_and_repeats_with_a_seed() -> None:
     policy = Retry(max_attempts=5, delay=Backoff.fixed("10 seconds"), jitter=True)
     first = [policy.delay_before(2, random.Random(7)) for _ in range(3)]
