@@ -1191,7 +1191,9 @@ def test_a_version_2_file_migrates_to_rowid_tables_and_keeps_its_rows(tmp_path: 
     db.execute(f"PRAGMA application_id={APPLICATION_ID}; PRAGMA user_version=2")
     db.execute(f"ATTACH '{current}' AS current")
     for table in ("instances", "alarms", "event_ids", "jobs", "job_keys", "cron_jobs"):
-        db.execute(f"INSERT INTO main.{table} SELECT * FROM current.{table}")
+        # The columns version 2 had (later versions add some).
+        columns = ", ".join(r[1] for r in db.execute(f"PRAGMA main.table_info({table})"))
+        db.execute(f"INSERT INTO main.{table} SELECT {columns} FROM current.{table}")
     db.execute("DETACH current")
     assert "WITHOUT ROWID" in next(iter(db.execute("SELECT sql FROM sqlite_master WHERE name = 'jobs'")))[0]
     db.close()

@@ -21,6 +21,7 @@ that tenant's rows (any other's is a `TenantError`). An engine opened with
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -77,6 +78,15 @@ Tenancy = Literal["optional", "required"]
 
 #: The final status of a `JobRun`.
 JobRunStatus = Literal["completed", "failed", "cancelled"]
+
+#: How long a unique job holds its key: while ``pending`` only (a running job
+#: does not stop a new one), or while ``pending_or_running``.
+UniqueWhile = Literal["pending", "pending_or_running"]
+
+_UNIQUE_STATUSES: dict[str, tuple[JobStatusName, ...]] = {
+    "pending": ("pending",),
+    "pending_or_running": ("pending", "running"),
+}
 
 _MAX_TEXT = 512
 _any_json = msgspec.json.Decoder()
@@ -944,6 +954,8 @@ class JobQueue:
         correlation_id: str | None = None,
         tenant_id: str | None = None,
         idempotency_key: str | None = None,
+        unique_key: str | None = None,
+        unique_statuses: tuple[JobStatusName, ...] = ("pending",),
     ) -> NewJob:
         """A new pending row for `handler`'s job."""
         return NewJob(
@@ -957,6 +969,8 @@ class JobQueue:
             correlation_id=correlation_id,
             tenant_id=tenant_id,
             idempotency_key=idempotency_key,
+            unique_key=unique_key,
+            unique_statuses=unique_statuses,
         )
 
     async def send_event(
@@ -1190,6 +1204,26 @@ def _when(at: object, delay: object, now: int) -> Result[int, ValidationError]:
     return when.bind(lambda ms: Failure(too_late) if ms > LATEST_MS else Success(ms))
 
 
+def _unique_key(unique: object, raw: bytes) -> Result[str | None, ValidationError]:
+    """The stored unique key: ``True`` keys by the params' JSON (its SHA-256), a string is the key."""
+    if unique is False or unique is None:
+        return Success(None)
+    if unique is True:
+        return Success("params:" + hashlib.sha256(raw).hexdigest())
+    if not isinstance(unique, str):
+        return Failure(ValidationError(f"unique must be True, False or a key (a string), got {unique!r:.80}"))
+    return _check_text(unique, "unique").map(lambda key: None if key is None else "key:" + key)
+
+
+def _unique_statuses(unique_while: object) -> Result[tuple[JobStatusName, ...], ValidationError]:
+    statuses = _UNIQUE_STATUSES.get(unique_while) if isinstance(unique_while, str) else None
+    if statuses is None:
+        return Failure(
+            ValidationError(f"unique_while must be 'pending' or 'pending_or_running', got {unique_while!r:.80}")
+        )
+    return Success(statuses)
+
+
 def _check_priority(priority: object) -> Result[int, ValidationError]:
     if isinstance(priority, bool) or not isinstance(priority, int) or not -(2**31) <= priority < 2**31:
         return Failure(ValidationError(f"priority must be a 32-bit int, got {priority!r}"))
@@ -1249,6 +1283,8 @@ class JobClient(Generic[P, R]):
         tenant_id: str | None = None,
         priority: int = 0,
         idempotency_key: str | None = None,
+        unique: bool | str = False,
+        unique_while: UniqueWhile = "pending",
     ) -> FutureResult[str, JobNotFoundError | ValidationError | TenantError | StorageError]:
         """Enqueue the job to run at `at`, after `delay`, or as soon as a worker is free; returns its id.
 
@@ -1261,6 +1297,15 @@ class JobClient(Generic[P, R]):
             priority: Among due jobs, higher runs first (default 0).
             idempotency_key: A repeat of the key (per job name and tenant)
                 enqueues nothing and returns the first job's id.
+            unique: ``True`` (the key is the params) or a key (a string): while
+                a job of this name and tenant with the same key is pending (or
+                pending or running, by `unique_while`), this enqueue writes
+                nothing and returns that job's id. Checked in the enqueue's
+                transaction, so two processes enqueueing at once make one job.
+                Unlike an idempotency key, the key is free again once its job
+                has started (or ended). A job that started and is retried keeps
+                its key but does not stop a newer one enqueued meanwhile.
+            unique_while: ``"pending"`` (default) or ``"pending_or_running"``.
         """
         h, q = self._handler, self._queue
         if h is None or q is None:
@@ -1278,11 +1323,15 @@ class JobClient(Generic[P, R]):
                     correlation_id=correlation,
                     tenant_id=tenant,
                     idempotency_key=key,
+                    unique_key=unique_key,
+                    unique_statuses=statuses,
                 )
                 for raw, tenant, correlation in self._checked(h, q, params, tenant_id, correlation_id)
                 for when in _when(at, delay, now)
                 for rank in _check_priority(priority)
                 for key in _check_text(idempotency_key, "idempotency_key")
+                for unique_key in _unique_key(unique, raw)
+                for statuses in _unique_statuses(unique_while)
             )
             if isinstance(row, Failure):
                 return row

@@ -174,6 +174,11 @@ class NewJob(msgspec.Struct, kw_only=True):
 
     `idempotency_key`, if given, is remembered per ``(tenant_id, name)``: a
     second enqueue with the same key writes nothing and gets the first job's id.
+
+    `unique_key`, if given, is checked per ``(tenant_id, name)`` in the enqueue's
+    transaction: while a job with that key is in one of `unique_statuses`
+    (``pending``, or ``pending`` and ``running``), the enqueue writes nothing and
+    gets that job's id.
     """
 
     id: str
@@ -186,6 +191,8 @@ class NewJob(msgspec.Struct, kw_only=True):
     correlation_id: str | None = None
     tenant_id: str | None = None
     idempotency_key: str | None = None
+    unique_key: str | None = None
+    unique_statuses: tuple[JobStatusName, ...] = ("pending",)
 
 
 class ClaimedJob(msgspec.Struct, kw_only=True):

@@ -166,6 +166,14 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX cron_jobs_next_run ON cron_jobs (next_run_at) WHERE enabled;
     """,
+    # 3: SQLite's version 3 made its tables rowid tables; nothing changes here.
+    "SELECT 1",
+    # 4: unique jobs: an enqueue with a unique key finds a live job with the same key
+    # (per tenant and name) through this index, under a transaction lock on the key.
+    """
+    ALTER TABLE jobs ADD COLUMN unique_key text;
+    CREATE INDEX jobs_unique ON jobs (name, unique_key) WHERE unique_key IS NOT NULL;
+    """,
 ]
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -240,12 +248,22 @@ _J_COLUMNS = ", ".join("jobs." + c.strip() for c in _JOB_COLUMNS.split(","))
 # round trip, atomic without BEGIN and COMMIT.
 _INSERT_JOBS = """
     INSERT INTO jobs (id, name, params, max_attempts, scheduled_for, priority, correlation_id, tenant_id,
-                      created_at, updated_at)
-    SELECT id, name, params, max_attempts, scheduled_for, priority, correlation_id, tenant_id, created_at, created_at
+                      created_at, updated_at, unique_key)
+    SELECT id, name, params, max_attempts, scheduled_for, priority, correlation_id, tenant_id, created_at, created_at,
+           unique_key
     FROM unnest(%(id)s::text[], %(name)s::text[], %(params)s::bytea[], %(max_attempts)s::integer[],
                 %(scheduled_for)s::bigint[], %(priority)s::integer[], %(correlation_id)s::text[],
-                %(tenant_id)s::text[], %(created_at)s::bigint[])
-         AS v(id, name, params, max_attempts, scheduled_for, priority, correlation_id, tenant_id, created_at)
+                %(tenant_id)s::text[], %(created_at)s::bigint[], %(unique_key)s::text[])
+         AS v(id, name, params, max_attempts, scheduled_for, priority, correlation_id, tenant_id, created_at,
+              unique_key)
+"""
+# Enqueues of one unique key (per schema, tenant and name) take turns: READ
+# COMMITTED gives the check after the lock a snapshot with the other's job in it.
+_LOCK_UNIQUE = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
+_FIND_UNIQUE = """
+    SELECT id FROM jobs
+    WHERE name = %s AND unique_key = %s AND tenant_id IS NOT DISTINCT FROM %s AND status = ANY(%s)
+    ORDER BY id LIMIT 1
 """
 _INSERT_RUNNING_JOB = """
     INSERT INTO jobs (id, name, status, params, max_attempts, scheduled_for, priority, correlation_id, tenant_id,
@@ -646,6 +664,7 @@ class PostgresStorage:
                     "correlation_id": [j.correlation_id for j in jobs],
                     "tenant_id": [j.tenant_id for j in jobs],
                     "created_at": [j.created_at for j in jobs],
+                    "unique_key": [j.unique_key for j in jobs],
                 },
             )
         return min((j.scheduled_for for j in jobs), default=None)
@@ -656,6 +675,14 @@ class PostgresStorage:
         out: list[tuple[str, bool]] = []
         plain: list[NewJob] = []
         for job in jobs:
+            if job.unique_key is not None:
+                scope = "\x1f".join((self.schema, job.tenant_id or "", job.name, job.unique_key))
+                conn.execute(_LOCK_UNIQUE, (scope,))
+                found = (job.name, job.unique_key, job.tenant_id, list(job.unique_statuses))
+                live = conn.execute(_FIND_UNIQUE, found).fetchone()
+                if live is not None:
+                    out.append((live[0], False))
+                    continue
             if job.idempotency_key is not None:
                 key = (job.tenant_id or "", job.name, job.idempotency_key)
                 if conn.execute(_INSERT_KEY, (*key, job.id, job.created_at)).fetchone() is None:
@@ -671,7 +698,7 @@ class PostgresStorage:
     async def enqueue_jobs(self, jobs: Sequence[NewJob]) -> list[tuple[str, bool]]:
         if not jobs:
             return []
-        if all(j.idempotency_key is None for j in jobs):
+        if all(j.idempotency_key is None and j.unique_key is None for j in jobs):
             # The common case: one statement, which is a transaction by itself.
             created = [(j.id, True) for j in jobs]
             return await self._write_and_notify(

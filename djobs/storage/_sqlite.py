@@ -216,6 +216,12 @@ MIGRATIONS: list[str] = [
     CREATE INDEX jobs_correlation ON jobs(correlation_id) WHERE correlation_id IS NOT NULL;
     CREATE INDEX jobs_tenant ON jobs(tenant_id) WHERE tenant_id IS NOT NULL;
     """,
+    # 4: unique jobs: an enqueue with a unique key finds a live job with the same key
+    # (per tenant and name) through this index, inside the enqueue's transaction.
+    """
+    ALTER TABLE jobs ADD COLUMN unique_key TEXT;
+    CREATE INDEX jobs_unique ON jobs(name, unique_key) WHERE unique_key IS NOT NULL;
+    """,
 ]
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -278,8 +284,15 @@ _JOB_COLUMNS = (
 _JOB_COLUMNS_NO_PAYLOADS = _JOB_COLUMNS.replace("params, result,", "x'' AS params, NULL AS result,")
 _INSERT_JOB = """
     INSERT INTO jobs (id, name, params, max_attempts, scheduled_for, priority, correlation_id, tenant_id,
-                      created_at, updated_at)
-    VALUES (?,?,?,?,?,?,?,?,?,?)
+                      created_at, updated_at, unique_key)
+    VALUES (?,?,?,?,?,?,?,?,?,?,?)
+"""
+# The live job holding a unique key: the enqueue's write transaction (BEGIN
+# IMMEDIATE) makes the check and the insert one step for every process.
+_FIND_UNIQUE = """
+    SELECT id FROM jobs INDEXED BY jobs_unique
+    WHERE name = ? AND unique_key = ? AND tenant_id IS ? AND status IN (SELECT value FROM json_each(?))
+    ORDER BY id LIMIT 1
 """
 _INSERT_RUNNING_JOB = """
     INSERT INTO jobs (id, name, status, params, max_attempts, scheduled_for, priority, correlation_id, tenant_id,
@@ -465,12 +478,21 @@ def _cron_record(r: Any) -> CronRecord:
 def _insert_jobs(db: apsw.Connection, jobs: Sequence[NewJob]) -> list[tuple[str, bool]]:
     out: list[tuple[str, bool]] = []
     for job in jobs:
+        key = (job.tenant_id or "", job.name, job.idempotency_key)
         if job.idempotency_key is not None:
-            key = (job.tenant_id or "", job.name, job.idempotency_key)
-            if not list(db.execute(_INSERT_KEY, (*key, job.id, job.created_at))):
-                sql = "SELECT job_id FROM job_keys WHERE tenant_id = ? AND name = ? AND key = ?"
-                out.append((next(iter(db.execute(sql, key)))[0], False))
+            sql = "SELECT job_id FROM job_keys WHERE tenant_id = ? AND name = ? AND key = ?"
+            first = _scalar_args(db, sql, key)
+            if first is not None:
+                out.append((first, False))
                 continue
+        if job.unique_key is not None:
+            statuses = _names_encoder.encode(list(job.unique_statuses))
+            live = _scalar_args(db, _FIND_UNIQUE, (job.name, job.unique_key, job.tenant_id, statuses))
+            if live is not None:
+                out.append((live, False))
+                continue
+        if job.idempotency_key is not None:
+            db.execute(_INSERT_KEY, (*key, job.id, job.created_at)).fetchall()
         db.execute(
             _INSERT_JOB,
             (
@@ -484,6 +506,7 @@ def _insert_jobs(db: apsw.Connection, jobs: Sequence[NewJob]) -> list[tuple[str,
                 job.tenant_id,
                 job.created_at,
                 job.created_at,
+                job.unique_key,
             ),
         )
         out.append((job.id, True))
