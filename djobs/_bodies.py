@@ -19,12 +19,16 @@ The accepted forms (``E`` is any error type; a failure that is not a
 
 Anything else from returns (``Maybe``, ``IO``, a ``RequiresContext*`` of a
 form not listed) and a generator are refused with a `ValidationError` that
-names these forms: a body never "succeeds" without having run.
+names these forms: a body never "succeeds" without having run. The refusal
+comes when the job is defined for a generator function and for a body whose
+return annotation names a refused form, and when it runs otherwise.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import inspect
+import typing
 from collections.abc import Awaitable
 from typing import Any, TypeAlias, TypeVar, cast
 
@@ -85,7 +89,12 @@ def refused(what: str, value: object) -> ValidationError:
 
 
 def check_body(fn: object, what: str) -> None:
-    """Refuse, at definition time, a body that can never run: not callable, or a generator function.
+    """Refuse, at definition time, a body that can never run: not callable, a generator
+    function, or one whose return annotation names a form `normalise` refuses (``Maybe``,
+    ``IO``, another container of returns that is neither a result nor awaitable).
+
+    An unannotated body, or one whose annotation cannot be resolved (a forward
+    reference to a name not importable here), is checked when it runs instead.
 
     Raises:
         ValidationError: naming the accepted forms.
@@ -94,6 +103,44 @@ def check_body(fn: object, what: str) -> None:
         raise ValidationError(f"{what} must be callable, got {fn!r}")
     if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
         raise ValidationError(f"{what} is a generator function, which djobs cannot run; return {ACCEPTED_FORMS}")
+    declared = _declared_return(fn)
+    if declared is not None:
+        raise ValidationError(
+            f"{what} is annotated to return {declared.__name__}, which djobs cannot run; return {ACCEPTED_FORMS}"
+        )
+
+
+#: The containers of returns a body may give (their subclasses, e.g. ``Success``, too).
+_ACCEPTED_CONTAINERS: tuple[type, ...] = (
+    Result,
+    IOResult,
+    FutureResult,
+    RequiresContext,
+    RequiresContextResult,
+    RequiresContextIOResult,
+    RequiresContextFutureResult,
+)
+
+
+def _declared_return(fn: object) -> type | None:
+    """The refused container class `fn`'s return annotation names, if it names one."""
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # unresolvable forward references, objects without annotations
+        return None
+    annotation = hints.get("return")
+    if annotation is None:
+        return None
+    origin = typing.get_origin(annotation) or annotation
+    if origin in (collections.abc.Awaitable, collections.abc.Coroutine):
+        args = typing.get_args(annotation)
+        annotation = args[-1] if args else None
+        origin = typing.get_origin(annotation) or annotation
+    if not isinstance(origin, type) or not issubclass(origin, BaseContainer):
+        return None
+    if issubclass(origin, _ACCEPTED_CONTAINERS) or hasattr(origin, "__await__"):
+        return None
+    return origin
 
 
 async def normalise(value: object, services: object, what: str) -> Result[object, object]:

@@ -23,8 +23,8 @@ from returns.context import (
 )
 from returns.future import FutureResult
 from returns.io import IO, IOFailure, IOSuccess
-from returns.maybe import Some
-from returns.result import Failure, Success
+from returns.maybe import Maybe, Some
+from returns.result import Failure, Result, Success
 
 import djobs
 from djobs.testing import failure, open_test_engine, success
@@ -373,7 +373,23 @@ async def _async_generator(*args: Any) -> Any:
     yield None
 
 
-@pytest.mark.parametrize("body", [_generator, _async_generator, "not callable"], ids=["gen", "async_gen", "str"])
+def _maybe(*args: Any) -> Maybe[int]:
+    return Some(1)
+
+
+def _io(*args: Any) -> IO[int]:
+    return IO(1)
+
+
+async def _awaited_maybe(*args: Any) -> Maybe[int]:
+    return Some(1)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [_generator, _async_generator, "not callable", _maybe, _io, _awaited_maybe],
+    ids=["gen", "async_gen", "str", "maybe", "io", "async_maybe"],
+)
 def test_bodies_that_can_never_run_are_refused_at_definition_time(body: Any) -> None:
     makers: list[Callable[[], object]] = [
         lambda: djobs.Job.make("j", params=Email, execute=body),
@@ -391,6 +407,25 @@ def test_bodies_that_can_never_run_are_refused_at_definition_time(body: Any) -> 
         with pytest.raises(djobs.ValidationError) as raised:
             make()
         assert "callable" in raised.value.message or "RequiresContextFutureResult" in raised.value.message
+
+
+def _annotated_result(*args: Any) -> Result[int, str]:
+    return Success(1)
+
+
+async def _annotated_future(*args: Any) -> FutureResult[int, str]:
+    return FutureResult.from_value(1)
+
+
+def _unresolvable(*args: Any) -> NoSuchName:  # type: ignore[name-defined]  # noqa: F821
+    return 1
+
+
+@pytest.mark.parametrize("body", [_annotated_result, _annotated_future, _unresolvable])
+def test_bodies_annotated_with_an_accepted_form_or_unresolvable_are_accepted(body: Any) -> None:
+    # An annotation that cannot be resolved is left to the run-time check, never refused on a guess.
+    djobs.Job.make("j", params=Email, execute=body)
+    djobs.Continuous.make("c", state=Count, schedule=djobs.every("1 hour"), execute=body)
 
 
 @pytest.mark.trio
