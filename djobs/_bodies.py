@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections.abc
 import inspect
+import types
 import typing
 from collections.abc import Awaitable
 from typing import Any, TypeAlias, TypeVar, cast
@@ -152,6 +153,18 @@ async def normalise(value: object, services: object, what: str) -> Result[object
     `ValidationError` naming the accepted forms (see `refused`).
     """
     for _ in range(_MAX_NESTING):
+        # The common forms, decided by type alone (one dict lookup, not a chain of
+        # isinstance checks against abstract classes): a coroutine, a plain value.
+        form = _FORMS.get(type(value))
+        if form is _AWAIT:
+            value = await cast(Awaitable[object], value)
+            continue
+        if form is _PLAIN:
+            return Success(value)
+        if form is _RESULT:
+            return cast(Result[object, object], value)
+        if form is None and _remember(type(value)):
+            continue  # decided now; take the fast path above
         if isinstance(
             value, RequiresContext | RequiresContextResult | RequiresContextIOResult | RequiresContextFutureResult
         ):
@@ -173,6 +186,26 @@ async def normalise(value: object, services: object, what: str) -> Result[object
 
 #: How many wrappers deep a body's value may be (an async def returning a FutureResult is two).
 _MAX_NESTING = 4
+
+_AWAIT, _PLAIN, _RESULT, _OTHER = "await", "plain", "result", "other"
+#: The form of a body's value by its exact type, learnt as types are seen: whether a
+#: value is a container, an awaitable or plain depends on its class only, except for
+#: generators (a ``types.coroutine`` generator is awaitable), which are never cached.
+_FORMS: dict[type, str] = {type(None): _PLAIN, Success: _RESULT, Failure: _RESULT}
+_FORMS_LIMIT = 1024
+
+
+def _remember(tp: type) -> bool:
+    """Decide `tp`'s form for the fast path; whether it was (else the value takes the slow path)."""
+    if len(_FORMS) >= _FORMS_LIMIT or tp is types.GeneratorType or tp is types.AsyncGeneratorType:
+        return False
+    if tp is types.CoroutineType:
+        _FORMS[tp] = _AWAIT
+    elif issubclass(tp, BaseContainer) or hasattr(tp, "__await__"):
+        _FORMS[tp] = _OTHER  # containers and other awaitables: the isinstance chain below
+    else:
+        _FORMS[tp] = _PLAIN
+    return _FORMS[tp] != _OTHER
 
 
 def _from_io(value: IOResult[object, object]) -> Result[object, object]:

@@ -31,7 +31,7 @@ from ._limits import NO_LIMITS, RunLimits
 from ._logging import JobLog, LoggingOption, threshold
 from ._retry import Retry
 from .storage import Checkin, LeaseLostError, SetAlarm, Storage
-from .tracking import TrackedEvent, Tracker
+from .tracking import NoopTracker, TrackedEvent, Tracker
 
 S = TypeVar("S")
 
@@ -132,6 +132,12 @@ class Env:
     client_for: Callable[[str | None], object] = field(default=lambda _tenant: None)
     #: The runs whose user code is running now, by instance key: ``terminate`` stops one.
     running: dict[str, Checkout[Any]] = field(default_factory=dict)
+
+    #: Whether events are worth building: not for the `NoopTracker`, which drops them.
+    tracking: bool = field(init=False, default=True)
+
+    def __post_init__(self) -> None:
+        self.tracking = not isinstance(self.tracker, NoopTracker)
 
     def now_ms(self) -> int:
         return self.clock.now_ms()
@@ -338,8 +344,11 @@ async def execute(
     ran = await run_call(env, info.key, checkout, call, limits, what)
     result, duration_ms = ran.result, ran.duration_ms
 
+    tracking = env.tracking
+
     def ev(type: str, **data: Any) -> None:
-        events.append(env.event(type, info.key, info.kind, info.name, **data))
+        if tracking:  # built only when a tracker receives them
+            events.append(env.event(type, info.key, info.kind, info.name, **data))
 
     if ran.terminated:
         reason = ran.reason
