@@ -19,7 +19,7 @@ from ._durations import DurationLike, duration, to_ms
 from ._errors import StorageError, ValidationError
 from ._execution import Env
 from ._input import DEFAULT_MAX_PAYLOAD_BYTES, check_payload_limit
-from ._runtime import Runtime
+from ._runtime import DEFAULT_INSTANCE_LEASE, Runtime
 from ._worker import Worker, WorkerOptions
 from .kinds._common import Definition
 from .kinds._cron import CronHandler, CronScheduler
@@ -170,6 +170,7 @@ def open_engine(
     worker: WorkerOptions | None = DEFAULT_WORKER,
     tenancy: Tenancy = "optional",
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    instance_lease: DurationLike = DEFAULT_INSTANCE_LEASE,
 ) -> AbstractAsyncContextManager[Engine[None]]: ...
 @overload
 def open_engine(
@@ -188,6 +189,7 @@ def open_engine(
     worker: WorkerOptions | None = DEFAULT_WORKER,
     tenancy: Tenancy = "optional",
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    instance_lease: DurationLike = DEFAULT_INSTANCE_LEASE,
 ) -> AbstractAsyncContextManager[Engine[D]]: ...
 def open_engine(
     definitions: Sequence[Definition[Any]],
@@ -205,6 +207,7 @@ def open_engine(
     worker: WorkerOptions | None = DEFAULT_WORKER,
     tenancy: Tenancy = "optional",
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    instance_lease: DurationLike = DEFAULT_INSTANCE_LEASE,
 ) -> AbstractAsyncContextManager[Engine[Any]]:
     """Open an engine in the current Trio task; it runs until the block exits.
 
@@ -237,6 +240,12 @@ def open_engine(
         max_payload_bytes: The largest encoded payload (params, event, input,
             state, result) accepted, in bytes; a larger one is a
             `ValidationError`. Default 1 MiB; from 1024 to 1 GiB.
+        instance_lease: How long an instance's lease lasts without renewal
+            (default 30 seconds, at least 1 second). A running engine renews
+            its leases every third of it; a process that died holding one
+            blocks that instance's verbs in other processes until it ends,
+            unless the dead process ran on this host (same host name, so the
+            same process table): such a lease is freed at once.
 
     Raises:
         RuntimeError: Entered outside ``trio.run`` (under asyncio, say):
@@ -267,6 +276,7 @@ def open_engine(
         worker=worker,
         tenancy=tenancy,
         max_payload_bytes=max_payload_bytes,
+        instance_lease=instance_lease,
     )
 
 
@@ -288,6 +298,7 @@ async def open_engine_as(
     worker: WorkerOptions | None = DEFAULT_WORKER,
     tenancy: Tenancy = "optional",
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    instance_lease: DurationLike = DEFAULT_INSTANCE_LEASE,
 ) -> AsyncIterator[EngineT]:
     """`open_engine`, yielding an `Engine` subclass (the test engine's typed attributes)."""
     require_trio("open_engine")
@@ -298,6 +309,9 @@ async def open_engine_as(
     lease_ms = to_ms(duration(alarm_lease, what="alarm_lease"))
     poll_ms = None if alarm_poll_interval is None else to_ms(duration(alarm_poll_interval, what="alarm_poll_interval"))
     grace = duration(shutdown_grace, what="shutdown_grace").total_seconds()
+    instance_lease_ms = to_ms(duration(instance_lease, what="instance_lease"))
+    if instance_lease_ms < 1000:
+        raise ValidationError(f"instance_lease must be at least 1 second, got {instance_lease!r}")
     layer = storage if storage is not None else sqlite("djobs.db")
     the_tracker: Tracker = tracker if tracker is not None else NoopTracker()
     async with layer.open() as store, trio.open_nursery() as nursery:
@@ -310,7 +324,14 @@ async def open_engine_as(
             logger=logger or logging.getLogger("djobs"),
             max_payload_bytes=max_payload_bytes,
         )
-        runtime = Runtime(env, nursery, max_concurrency=max_concurrency, alarm_lease_ms=lease_ms, alarm_poll_ms=poll_ms)
+        runtime = Runtime(
+            env,
+            nursery,
+            max_concurrency=max_concurrency,
+            alarm_lease_ms=lease_ms,
+            alarm_poll_ms=poll_ms,
+            instance_lease_ms=instance_lease_ms,
+        )
         handlers: dict[str, Any] = {}
         for d in definitions:
             handler = d.bind(runtime)

@@ -20,6 +20,7 @@ import math
 import os
 import secrets
 import socket
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
@@ -57,6 +58,38 @@ def engine_id() -> str:
     process hold a lease; the random part tells apart engines of one process.
     """
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+#: How long an instance lease lasts without renewal (``open_engine(instance_lease=...)``).
+DEFAULT_INSTANCE_LEASE = "30 seconds"
+
+
+def dead_local_owner(owner: str) -> bool:
+    """Whether lease owner `owner` (``host:pid:random``, `engine_id`) is a process of this host that no longer exists.
+
+    Asked with ``os.kill(pid, 0)``, which sends nothing: ``ProcessLookupError``
+    means no such process. Any doubt (another host, this very process, a pid
+    we may not signal, an id of another form, Windows, where signal 0 is not
+    a probe) answers ``False``: the lease is then left to expire. It assumes
+    processes that share a host name share a process table (containers each
+    get their own host name by default).
+    """
+    parts = owner.rsplit(":", 2)
+    if len(parts) != 3 or sys.platform == "win32":
+        return False
+    host, pid_text, _ = parts
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid() or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 class Runtime:
@@ -228,12 +261,35 @@ class Runtime:
             return
         storage, clock = self.env.storage, self.env.clock
         delay = 0.005
+        tries = 0
         while not await storage.acquire_instance_lease(key, self.owner, clock.now_ms(), self._instance_lease_ms):
             # Another process runs this instance now; its lease ends when it is done or dead.
+            if tries % 8 == 0 and await self._free_if_dead(key, logged=tries > 0):
+                continue
+            tries += 1
             await trio.sleep(delay)
             delay = min(delay * 2, 0.25)
+        if tries:
+            _log.info("took the lease of %s after waiting for another engine's", key)
         self._held.add(key)
         self._leases_held.set()
+
+    async def _free_if_dead(self, key: str, *, logged: bool) -> bool:
+        """Free `key`'s lease if its holder is a dead process on this host; else log the wait (once)."""
+        holder = await self.env.storage.instance_lease_holder(key)
+        if holder is None:
+            return True  # released meanwhile: take it
+        owner, until = holder
+        if dead_local_owner(owner):
+            _log.warning(
+                "the lease of %s is held by %s, a process of this host that has exited; freeing it", key, owner
+            )
+            await self.env.storage.release_instance_leases([key], owner)
+            return True
+        if not logged:
+            wait = max(0, until - self.env.clock.now_ms()) / 1000
+            _log.info("waiting for the lease of %s, held by %s for up to %.1f s more", key, owner, wait)
+        return False
 
     async def _release_idle_leases(self, older_than: float) -> None:
         now = trio.current_time()

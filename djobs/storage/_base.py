@@ -128,6 +128,14 @@ class Storage(Protocol):
         the instance's handlers, so two processes never run one instance at once."""
         ...
 
+    async def instance_lease_holder(self, key: str) -> tuple[str, int] | None:
+        """Who holds instance `key`'s lease and until when (epoch ms), expired or not; ``None`` if no one.
+
+        Read when a lease cannot be taken: the engine logs the wait, and frees at
+        once a lease whose holder is a process on this host that no longer exists.
+        """
+        ...
+
     async def renew_instance_leases(self, keys: list[str], owner: str, until_ms: int) -> None:
         """Extend `owner`'s leases on `keys` to `until_ms`."""
         ...

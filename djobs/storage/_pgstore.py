@@ -613,6 +613,13 @@ class PostgresStorage:
 
         return await self._run(run, "acquire_instance_lease")
 
+    async def instance_lease_holder(self, key: str) -> tuple[str, int] | None:
+        def run(conn: Connection) -> tuple[str, int] | None:
+            row = conn.execute("SELECT owner, expires_at FROM instance_leases WHERE key = %s", (key,)).fetchone()
+            return None if row is None else (str(row[0]), int(row[1]))
+
+        return await self._run(run, "instance_lease_holder")
+
     async def renew_instance_leases(self, keys: list[str], owner: str, until_ms: int) -> None:
         def run(conn: Connection) -> None:
             conn.execute(_RENEW_INSTANCE_LEASES, {"until": until_ms, "keys": list(keys), "owner": owner})

@@ -796,6 +796,13 @@ class SqliteStorage:
 
         return await self.write(run)
 
+    async def instance_lease_holder(self, key: str) -> tuple[str, int] | None:
+        def run(db: apsw.Connection) -> tuple[str, int] | None:
+            rows = list(db.execute("SELECT owner, expires_at FROM instance_leases WHERE key = ?", (key,)))
+            return (str(rows[0][0]), int(rows[0][1])) if rows else None
+
+        return await self.read(run)
+
     async def renew_instance_leases(self, keys: list[str], owner: str, until_ms: int) -> None:
         def run(db: apsw.Connection) -> None:
             db.executemany(

@@ -203,6 +203,10 @@ async def test_only_the_holder_renews_or_releases_an_instance_lease(storage: Ful
     assert not await storage.acquire_instance_lease("k3", "b", now_ms=550, ttl_ms=100)
     await storage.renew_instance_leases([], "a", until_ms=1000)
     await storage.release_instance_leases([], "a")
+    # The holder of a lease, expired or not, for the engine's dead-owner check and its wait log.
+    assert await storage.instance_lease_holder("k1") == ("b", 600)
+    assert await storage.instance_lease_holder("k3") == ("c", 600)
+    assert await storage.instance_lease_holder("nobody") is None
 
 
 async def test_two_processes_never_claim_one_alarm(shared_layer: StorageLayer) -> None:

@@ -1,0 +1,116 @@
+"""Instance leases: a dead owner on this host is detected at once, a wait on a live one is
+logged, and the lease length is an `open_engine` option."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+
+import msgspec
+import pytest
+import trio
+from test_timeouts import layer  # noqa: F401  # the memory / SQLite / PostgreSQL fixture
+
+import djobs
+import djobs.storage
+from djobs._runtime import dead_local_owner
+from djobs.testing import open_test_engine, success
+
+
+class Count(msgspec.Struct):
+    n: int = 0
+
+
+def bump(ctx: djobs.ContinuousContext[Count]) -> Count:
+    return Count(ctx.state.n + 1)
+
+
+counter = djobs.Continuous.make("counter", state=Count, schedule=djobs.every("1 hour"), execute=bump)
+KEY = "continuous:counter:a"
+
+
+def exited_pid() -> int:
+    """The pid of a process of this host that has exited (and been reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_dead_owner_is_told_from_a_live_or_foreign_one() -> None:
+    host = socket.gethostname()
+    assert dead_local_owner(f"{host}:{exited_pid()}:0badc0de")
+    assert not dead_local_owner(f"{host}:{os.getppid()}:0badc0de")  # alive
+    assert not dead_local_owner(f"{host}:{os.getpid()}:0badc0de")  # this process: another engine of it
+    assert not dead_local_owner(f"another-{host}:{exited_pid()}:0badc0de")  # another host: cannot tell
+    assert not dead_local_owner("not-an-engine-id")
+    assert not dead_local_owner(f"{host}:pid:0badc0de")
+
+
+@pytest.mark.trio
+async def test_a_lease_held_by_a_dead_process_of_this_host_is_freed_at_once(
+    autojump_clock: trio.testing.MockClock,
+    layer: djobs.storage.StorageLayer,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    dead = f"{socket.gethostname()}:{exited_pid()}:0badc0de"
+    async with open_test_engine([counter], storage=layer) as engine:
+        client = engine.client.continuous(counter)
+        assert success(await client.start(id="a", input=Count()))
+        await engine.wait_idle()
+        await trio.sleep(1)  # this engine gives its idle lease up
+        # A SIGKILLed process of this host held the lease (for 30 s more).
+        assert await engine.storage.acquire_instance_lease(KEY, dead, engine.clock.now_ms(), 30_000)
+        started = trio.current_time()
+        with caplog.at_level(logging.WARNING, logger="djobs.engine"):
+            assert success(await client.trigger("a"))
+        assert trio.current_time() - started < 1  # not the 30 s of the dead owner's lease
+        assert any("exited; freeing it" in r.getMessage() and dead in r.getMessage() for r in caplog.records)
+        assert success(await client.get_state("a")).state == Count(2)
+
+
+@pytest.mark.trio
+async def test_a_wait_on_a_live_owner_is_logged_and_ends_with_its_lease(
+    autojump_clock: trio.testing.MockClock,
+    layer: djobs.storage.StorageLayer,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    alive = f"{socket.gethostname()}:{os.getppid()}:0badc0de"
+    async with open_test_engine([counter], storage=layer) as engine:
+        client = engine.client.continuous(counter)
+        assert success(await client.start(id="a", input=Count()))
+        await engine.wait_idle()
+        await trio.sleep(1)
+        assert await engine.storage.acquire_instance_lease(KEY, alive, engine.clock.now_ms(), 30_000)
+        started = trio.current_time()
+        with caplog.at_level(logging.INFO, logger="djobs.engine"):
+            assert success(await client.trigger("a"))
+        assert 30 <= trio.current_time() - started < 31
+        waits = [r.getMessage() for r in caplog.records if "waiting for the lease" in r.getMessage()]
+        assert len(waits) == 1 and alive in waits[0] and "30.0 s" in waits[0]
+
+
+@pytest.mark.trio
+async def test_the_instance_lease_length_is_an_option(
+    autojump_clock: trio.testing.MockClock,
+    layer: djobs.storage.StorageLayer,  # noqa: F811
+) -> None:
+    async def hold(ctx: djobs.ContinuousContext[Count]) -> None:
+        await trio.sleep(60)
+
+    holder = djobs.Continuous.make("holder", state=Count, schedule=djobs.every("1 hour"), execute=hold)
+    async with open_test_engine([holder], storage=layer, instance_lease="5 seconds") as engine:
+        await engine.client.continuous(holder).start(id="h", input=Count())
+        await trio.sleep(30)  # the body runs; the lease is renewed every third of 5 s
+        held = await engine.storage.instance_lease_holder("continuous:holder:h")
+        assert held is not None and held[0] == engine.worker_id
+        assert 0 < held[1] - engine.clock.now_ms() <= 5000
+
+
+@pytest.mark.trio
+async def test_a_lease_shorter_than_a_second_is_refused(autojump_clock: trio.testing.MockClock) -> None:
+    with pytest.raises(djobs.ValidationError, match="instance_lease must be at least 1 second"):
+        async with open_test_engine([counter], instance_lease="500 ms"):
+            pass
