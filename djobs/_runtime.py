@@ -264,10 +264,10 @@ class Runtime:
         tries = 0
         while not await storage.acquire_instance_lease(key, self.owner, clock.now_ms(), self._instance_lease_ms):
             # Another process runs this instance now; its lease ends when it is done or dead.
-            if tries % 8 == 0 and await self._free_if_dead(key, logged=tries > 0):
-                continue
+            if tries % 8 == 0:
+                await self._free_if_dead(key, logged=tries > 0)
             tries += 1
-            await trio.sleep(delay)
+            await trio.sleep(delay)  # even after freeing a dead owner's lease: never a spin
             delay = min(delay * 2, 0.25)
         if tries:
             _log.info("took the lease of %s after waiting for another engine's", key)
