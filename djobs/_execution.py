@@ -123,6 +123,8 @@ class Env:
     #: jobs, cron fires) whose handler has not been started yet. `Engine.wait_idle`
     #: waits for it to reach zero, since storage already shows such work as taken.
     handoffs: int = 0
+    #: Set when `handoffs` drops to zero (`handed_off`): waiters sleep on it instead of spinning.
+    _no_handoffs: trio.Event | None = None
     #: The engine's instance-lease owner id: check-ins are fenced by it.
     lease_owner: str | None = None
     on_lease_lost: Callable[[str], None] = field(default=lambda _key: None)
@@ -141,6 +143,19 @@ class Env:
 
     def now_ms(self) -> int:
         return self.clock.now_ms()
+
+    def handed_off(self) -> None:
+        """One hand-off is over (the pair of ``handoffs += 1``): wake `wait_handoffs` at zero."""
+        self.handoffs -= 1
+        if self.handoffs <= 0 and self._no_handoffs is not None:
+            self._no_handoffs.set()
+
+    async def wait_handoffs(self) -> None:
+        """Return once no hand-off is in flight; sleeps on an event (no spin, so virtual time passes)."""
+        while self.handoffs > 0:
+            if self._no_handoffs is None or self._no_handoffs.is_set():
+                self._no_handoffs = trio.Event()
+            await self._no_handoffs.wait()
 
     def event(self, type: str, key: str, kind: str, name: str, **data: Any) -> TrackedEvent:
         """A telemetry event stamped with the clock's time."""

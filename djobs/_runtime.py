@@ -127,6 +127,8 @@ class Runtime:
         self._idle = trio.Event()
         self._idle.set()
         self._closing = False
+        #: The scopes of the handlers running now (shielded; `close` cancels them after the grace).
+        self._handler_scopes: set[trio.CancelScope] = set()
         #: Whether this engine's alarm sleeper runs (not in a client-only engine).
         self.fires_alarms = False
         env.on_alarm_set = self.poke
@@ -230,11 +232,17 @@ class Runtime:
                 return
             async with self._limiter:
                 running = _RUNNING.set(frozenset((key,)))
+                # Shielded: a cancel of the scope around the engine does not kill a running
+                # handler; `close` lets it finish for the grace period, then cancels this scope.
+                scope = trio.CancelScope(shield=True)
+                self._handler_scopes.add(scope)
                 try:
-                    await handler()
+                    with scope:
+                        await handler()
                 except Exception:
                     _log.exception("bug: a handler for %s raised; the instance's actor continues", key)
                 finally:
+                    self._handler_scopes.discard(scope)
                     _RUNNING.reset(running)
 
     def _fail_queued(self, key: str, receive: trio.MemoryReceiveChannel[Message], exc: StorageError) -> None:
@@ -344,7 +352,7 @@ class Runtime:
         """Return once no actor has work queued or running and no claimed work awaits its hand-off."""
         while not self._idle.is_set() or self.env.handoffs:
             if self.env.handoffs:
-                await trio.lowlevel.checkpoint()
+                await self.env.wait_handoffs()
             else:
                 await self._idle.wait()
 
@@ -404,7 +412,7 @@ class Runtime:
                         for alarm in alarms:
                             self._dispatch(alarm)
                     finally:
-                        self.env.handoffs -= 1
+                        self.env.handed_off()
                     await trio.lowlevel.checkpoint()
                     continue
             except StorageError as exc:
@@ -419,6 +427,13 @@ class Runtime:
         self._closing = True
         with trio.move_on_after(grace_seconds):
             await self.wait_idle()
+        if self._handler_scopes:
+            # Past the grace: cancel what still runs (it commits nothing; its alarm fires
+            # again after its lease, or at once after a restart, released below).
+            for scope in list(self._handler_scopes):
+                scope.cancel()
+            with trio.move_on_after(max(grace_seconds, 1.0)):
+                await self._idle.wait()
         await self._release_idle_leases(0)
         if self._claimed:
             try:

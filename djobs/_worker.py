@@ -293,7 +293,9 @@ class Worker:
         `attempt` is a claimed attempt's number; ``None`` for a ``now`` run.
         """
         key = (job_id, 0 if attempt is None else attempt)
-        handle = RunHandle(claimed=attempt is not None, key=key)
+        # A claimed run is shielded from a cancel of the scope around the engine: `close`
+        # lets it finish for the grace period, then cancels it. A ``now`` run is its caller's.
+        handle = RunHandle(claimed=attempt is not None, key=key, scope=trio.CancelScope(shield=attempt is not None))
         self._running[job_id] = handle
         self._hold(key)
         try:
@@ -544,7 +546,7 @@ class Worker:
                     self._reclaim_at = now + self._reclaim_every_ms
                 claimed = await storage.claim_jobs(now, now + self.lease_ms, self.id, self._names, free)
             except StorageError as exc:
-                self.env.handoffs -= 1
+                self.env.handed_off()
                 self._log.error("claim loop: %s; trying again in 1 s", exc.message)
                 await trio.sleep(1)
                 continue
@@ -554,7 +556,7 @@ class Worker:
                 if claimed:
                     self._accept(claimed, now)
             finally:
-                self.env.handoffs -= 1
+                self.env.handed_off()
             if len(claimed) == free or len(expired) == batch:
                 woke = len(expired) == batch
                 await trio.lowlevel.checkpoint()

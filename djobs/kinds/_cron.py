@@ -342,7 +342,7 @@ class CronScheduler:
         try:
             fired = await self.storage.fire_cron(cron.name, due, next_run_at, now, row)
         finally:
-            queue.env.handoffs -= 1
+            queue.env.handed_off()
         if not fired:
             return  # another engine fired this time first
         worker = queue.worker

@@ -613,7 +613,9 @@ class JobHandler(Generic[P, R]):
                 if run.lost:
                     return  # the row belongs to another worker now
                 if worker.closing:
-                    await self._release(worker, job)
+                    # Shielded: when the scope around the engine was cancelled, the hand-back must still land.
+                    with trio.CancelScope(shield=True):
+                        await self._release(worker, job)
                     return
                 cancelled = [worker.event("job.cancelled", job.id, job.name, attempt=job.attempt)]
                 self._settle(worker, run, job, "cancelled", None, JobCancelledError(job.id), cancelled)

@@ -1,0 +1,112 @@
+"""Shutdown: the grace period holds whether the engine's block ends or the scope around it is
+cancelled, and closing never spins (it waits on events, so virtual time passes)."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+import trio
+from test_timeouts import layer  # noqa: F401  # the memory / SQLite / PostgreSQL fixture
+
+import djobs
+import djobs.storage
+from djobs.testing import open_test_engine, success
+
+
+class Count(msgspec.Struct):
+    n: int = 0
+
+
+class Nothing(msgspec.Struct):
+    pass
+
+
+def slow_counter(seconds: float, done: list[str]) -> djobs.Continuous[Count]:
+    async def run(ctx: djobs.ContinuousContext[Count]) -> Count:
+        await trio.sleep(seconds)
+        done.append("continuous")
+        return Count(ctx.state.n + 1)
+
+    return djobs.Continuous.make(f"slow-{seconds:g}", state=Count, schedule=djobs.every("1 hour"), execute=run)
+
+
+def slow_job(seconds: float, done: list[str]) -> djobs.Job[Nothing, None]:
+    async def run(params: Nothing, ctx: djobs.JobContext) -> None:
+        await trio.sleep(seconds)
+        done.append("job")
+
+    return djobs.Job.make(f"slow-job-{seconds:g}", params=Nothing, execute=run)
+
+
+@pytest.mark.trio
+async def test_cancelling_the_scope_around_the_engine_lets_running_handlers_finish_within_the_grace(
+    autojump_clock: trio.testing.MockClock,
+    layer: djobs.storage.StorageLayer,  # noqa: F811
+) -> None:
+    done: list[str] = []
+    counter, job = slow_counter(5, done), slow_job(5, done)
+    ids: list[str] = []
+    with trio.CancelScope() as host:
+        async with open_test_engine([counter, job], storage=layer, shutdown_grace="10 seconds") as engine:
+            await engine.client.continuous(counter).start(id="a", input=Count())
+            ids.append(success(await engine.client.job(job).later(Nothing())))
+            await trio.sleep(1)  # both bodies are running
+            started = trio.current_time()
+            host.cancel()  # the application shuts down
+            await trio.sleep_forever()
+    assert host.cancelled_caught
+    assert sorted(done) == ["continuous", "job"]  # finished, not killed
+    assert 3.9 <= trio.current_time() - started < 10  # waited for them, not for the whole grace
+    if repr(layer) == "sqlite(':memory:')":
+        return  # a private memory database ends with its engine
+    async with open_test_engine([counter, job], storage=layer) as engine:
+        assert success(await engine.client.continuous(counter).get_state("a")).state == Count(1)
+        assert success(await engine.client.jobs.status(ids[0])).status == "completed"
+
+
+@pytest.mark.trio
+async def test_handlers_running_past_the_grace_are_cancelled_and_nothing_of_them_is_written(
+    autojump_clock: trio.testing.MockClock,
+    layer: djobs.storage.StorageLayer,  # noqa: F811
+) -> None:
+    done: list[str] = []
+    counter, job = slow_counter(600, done), slow_job(600, done)
+    ids: list[str] = []
+    with trio.CancelScope() as host:
+        async with open_test_engine([counter, job], storage=layer, shutdown_grace="10 seconds") as engine:
+            await engine.client.continuous(counter).start(id="a", input=Count())
+            ids.append(success(await engine.client.job(job).later(Nothing())))
+            await trio.sleep(1)
+            started = trio.current_time()
+            host.cancel()
+            await trio.sleep_forever()
+    assert done == []
+    assert 10 <= trio.current_time() - started < 30  # the grace, then the cancel (not the 600 s bodies)
+    if repr(layer) == "sqlite(':memory:')":
+        return  # a private memory database ends with its engine
+    async with open_test_engine([counter, job], storage=layer, worker=None) as engine:  # reads, runs nothing
+        assert success(await engine.client.continuous(counter).get_state("a")).state == Count(0)
+        assert success(await engine.client.jobs.status(ids[0])).status == "pending"  # handed back, runs again
+
+
+@pytest.mark.trio
+async def test_a_close_waiting_on_a_slow_claim_lets_virtual_time_pass(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A claim still in flight when the engine closes: close waits on it (an event), never spins."""
+    storage = djobs.storage.memory()
+    done: list[str] = []
+    job = slow_job(1, done)
+    async with open_test_engine([job], storage=storage, shutdown_grace="10 seconds") as engine:
+        real_claim = engine.storage.claim_jobs  # type: ignore[attr-defined]
+
+        async def slow_claim(*args: object, **kwargs: object) -> object:
+            with trio.CancelScope(shield=True):  # like a database call on a thread that must finish
+                await trio.sleep(3)
+            return await real_claim(*args, **kwargs)
+
+        engine.storage.claim_jobs = slow_claim  # type: ignore[attr-defined]
+        success(await engine.client.job(job).later(Nothing()))
+        await trio.sleep(0.5)  # the claim is in flight
+        started = trio.current_time()
+    assert trio.current_time() - started < 10
