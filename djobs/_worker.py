@@ -387,7 +387,7 @@ class Worker:
                 if not self._ready:
                     self._capacity.set()  # the claim loop tops up when slots wait for rows
             finally:
-                self.env.handoffs -= 1
+                self.env.handed_off()
             await trio.lowlevel.checkpoint()
 
     async def _hand_back_cancelled(self, ids: set[str]) -> None:
