@@ -78,6 +78,21 @@ from .kinds._task import TaskEventContext as TaskEventContext
 from .kinds._task import TaskStatus as TaskStatus
 from .kinds._task import TaskTriggerResult as TaskTriggerResult
 from .kinds._task import When as When
+from .kinds._workflow import NonDeterminismError as NonDeterminismError
+from .kinds._workflow import SignalResult as SignalResult
+from .kinds._workflow import Step as Step
+from .kinds._workflow import StepFailedError as StepFailedError
+from .kinds._workflow import StepInfo as StepInfo
+from .kinds._workflow import TimedOut as TimedOut
+from .kinds._workflow import Workflow as Workflow
+from .kinds._workflow import WorkflowCancelledError as WorkflowCancelledError
+from .kinds._workflow import WorkflowCancelResult as WorkflowCancelResult
+from .kinds._workflow import WorkflowClient as WorkflowClient
+from .kinds._workflow import WorkflowContext as WorkflowContext
+from .kinds._workflow import WorkflowFailedError as WorkflowFailedError
+from .kinds._workflow import WorkflowStartResult as WorkflowStartResult
+from .kinds._workflow import WorkflowStatus as WorkflowStatus
+from .kinds._workflow import WorkflowSummary as WorkflowSummary
 from .storage import memory as memory
 from .storage import postgres as postgres
 from .storage import sqlite as sqlite
@@ -130,6 +145,7 @@ __all__ = [
     "JobRun",
     "JobTimeoutError",
     "JobsClient",
+    "NonDeterminismError",
     "NoopTracker",
     "Retry",
     "RetryExhaustedError",
@@ -137,8 +153,12 @@ __all__ = [
     "Schedule",
     "SchedulerError",
     "SendResult",
+    "SignalResult",
     "StartResult",
     "StateResult",
+    "Step",
+    "StepFailedError",
+    "StepInfo",
     "StorageError",
     "Task",
     "TaskClient",
@@ -148,6 +168,7 @@ __all__ = [
     "TaskTriggerResult",
     "TenantError",
     "TerminateResult",
+    "TimedOut",
     "TrackedEvent",
     "Tracker",
     "TriggerResult",
@@ -156,6 +177,15 @@ __all__ = [
     "WallClock",
     "When",
     "WorkerOptions",
+    "Workflow",
+    "WorkflowCancelResult",
+    "WorkflowCancelledError",
+    "WorkflowClient",
+    "WorkflowContext",
+    "WorkflowFailedError",
+    "WorkflowStartResult",
+    "WorkflowStatus",
+    "WorkflowSummary",
     "ask",
     "cron",
     "every",

@@ -16,11 +16,13 @@ from .kinds._cron import CronScheduler, CronsClient
 from .kinds._debounce import Debounce, DebounceClient, DebounceHandler
 from .kinds._job import EventResult, Job, JobClient, JobQueue, JobsClient
 from .kinds._task import Task, TaskClient, TaskHandler
+from .kinds._workflow import Workflow, WorkflowClient, WorkflowHandler
 
 S = TypeVar("S")
 E = TypeVar("E")
 P = TypeVar("P")
 R = TypeVar("R")
+I = TypeVar("I")  # noqa: E741
 
 
 class Client:
@@ -222,3 +224,15 @@ class Client:
     def task(self, job: Task[Any, Any, Any] | str) -> TaskClient[Any, Any]:
         """The verbs of a task job: send, trigger, status, get_state, terminate."""
         return TaskClient(*self._handler(job, TaskHandler), self._tenant_id, tenant_required=self._tenant_required)
+
+    # -- workflows (kinds/_workflow.py) ---------------------------------------------------
+
+    @overload
+    def workflow(self, job: Workflow[I, R, Any]) -> WorkflowClient[I, R]: ...
+    @overload
+    def workflow(self, job: str) -> WorkflowClient[Any, Any]: ...
+    def workflow(self, job: Workflow[Any, Any, Any] | str) -> WorkflowClient[Any, Any]:
+        """The verbs of a workflow: start, status, result, signal, cancel, list."""
+        return WorkflowClient(
+            *self._handler(job, WorkflowHandler), self._tenant_id, tenant_required=self._tenant_required
+        )

@@ -166,6 +166,22 @@ class StorageLayer(Protocol):
         ...
 
 
+# -- listing instances ------------------------------------------------------------------
+
+
+@runtime_checkable
+class InstanceLister(Protocol):
+    """Listing a job's instances, for verbs such as a workflow client's ``list``. Optional:
+    a storage without it gives those verbs a `StorageError`."""
+
+    async def list_instances(
+        self, kind: str, name: str, tenant_id: str | None, status: str | None, after: str | None, limit: int
+    ) -> list[InstanceRecord]:
+        """Up to `limit` instances of job `kind`/`name`, in key order after the key `after`;
+        only `tenant_id`'s and only those in `status` when given."""
+        ...
+
+
 # -- the job queue ----------------------------------------------------------------------
 
 #: A queued job's status. ``pending`` rows wait for `scheduled_for`; ``running``

@@ -653,6 +653,48 @@ class PostgresStorage:
         except StorageError:
             return False
 
+    # -- listing instances (InstanceLister; workflows' ``list``) -------------------------
+
+    async def list_instances(
+        self, kind: str, name: str, tenant_id: str | None, status: str | None, after: str | None, limit: int
+    ) -> list[InstanceRecord]:
+        terms, args = ["kind = %s", "name = %s"], [kind, name]
+        for column, value in (("tenant_id", tenant_id), ("status", status)):
+            if value is not None:
+                terms.append(f"{column} = %s")
+                args.append(value)
+        if after is not None:
+            terms.append('key COLLATE "C" > %s')
+            args.append(after)
+        where = " AND ".join(terms)
+        query = f'SELECT {_INSTANCE_COLUMNS} FROM instances WHERE {where} ORDER BY key COLLATE "C" LIMIT %s'
+
+        def run(conn: Connection) -> list[InstanceRecord]:
+            rows = conn.execute(query, (*args, limit)).fetchall()
+            return [
+                InstanceRecord(
+                    key=r[0],
+                    kind=r[1],
+                    name=r[2],
+                    instance_id=r[3],
+                    tenant_id=r[4],
+                    status=r[5],
+                    state=r[6],
+                    run_count=r[7],
+                    attempt=r[8],
+                    event_count=r[9],
+                    execute_count=r[10],
+                    started_at=r[11],
+                    data=r[12],
+                    created_at=r[13],
+                    updated_at=r[14],
+                    version=r[15],
+                )
+                for r in rows
+            ]
+
+        return await self._run(run, "list_instances")
+
     # -- the job queue (QueueStorage) -------------------------------------------------
 
     @staticmethod

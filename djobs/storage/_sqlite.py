@@ -432,6 +432,27 @@ _FIRE_CRON = """
 _names_encoder = msgspec.json.Encoder()
 
 
+def _instance_record(r: Any) -> InstanceRecord:
+    return InstanceRecord(
+        key=r[0],
+        kind=r[1],
+        name=r[2],
+        instance_id=r[3],
+        tenant_id=r[4],
+        status=r[5],
+        state=r[6],
+        run_count=r[7],
+        attempt=r[8],
+        event_count=r[9],
+        execute_count=r[10],
+        started_at=r[11],
+        data=r[12],
+        created_at=r[13],
+        updated_at=r[14],
+        version=r[15],
+    )
+
+
 def _job_record(r: Any) -> JobRecord:
     return JobRecord(
         id=r[0],
@@ -842,6 +863,26 @@ class SqliteStorage:
             return await self.read(lambda db: list(db.execute("SELECT 1")) == [(1,)])
         except StorageError:
             return False
+
+    # -- listing instances (InstanceLister; workflows' ``list``) -------------------------
+
+    async def list_instances(
+        self, kind: str, name: str, tenant_id: str | None, status: str | None, after: str | None, limit: int
+    ) -> list[InstanceRecord]:
+        terms, args = ["kind = ?", "name = ?"], [kind, name]
+        for column, value in (("tenant_id", tenant_id), ("status", status)):
+            if value is not None:
+                terms.append(f"{column} = ?")
+                args.append(value)
+        if after is not None:
+            terms.append("key > ?")
+            args.append(after)
+        sql = f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE {' AND '.join(terms)} ORDER BY key LIMIT ?"
+
+        def run(db: apsw.Connection) -> list[InstanceRecord]:
+            return [_instance_record(r) for r in db.execute(sql, (*args, limit))]
+
+        return await self.read(run)
 
     # -- the job queue (QueueStorage) -------------------------------------------------
 

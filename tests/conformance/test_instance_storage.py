@@ -10,7 +10,7 @@ import pytest
 import trio
 
 import djobs
-from djobs.storage import Checkin, ClearAlarm, InstanceRecord, SetAlarm, StorageLayer
+from djobs.storage import Checkin, ClearAlarm, InstanceLister, InstanceRecord, SetAlarm, StorageLayer
 
 from . import FullStorage
 
@@ -243,3 +243,32 @@ async def test_two_processes_never_hold_one_instance_lease(shared_layer: Storage
         # The other process sees the holder's lease, and takes it once it expires.
         assert not await one.acquire_instance_lease("k", "late", now_ms=999, ttl_ms=1000)
         assert await two.acquire_instance_lease("k", "late", now_ms=1000, ttl_ms=1000)
+
+
+# -- listing instances (workflow clients' ``list``) -------------------------------------------------
+
+
+async def test_instances_are_listed_by_kind_and_name_in_key_order_with_filters_and_a_cursor(
+    storage: FullStorage,
+) -> None:
+    assert isinstance(storage, InstanceLister)
+    rows = [
+        InstanceRecord(key="workflow:w:b", kind="workflow", name="w", instance_id="b", status="sleeping"),
+        InstanceRecord(key="workflow:w:a", kind="workflow", name="w", instance_id="a", status="completed"),
+        InstanceRecord(
+            key="workflow:w:acme\x1fa", kind="workflow", name="w", instance_id="a", status="sleeping", tenant_id="acme"
+        ),
+        InstanceRecord(key="workflow:other:a", kind="workflow", name="other", instance_id="a", status="sleeping"),
+        InstanceRecord(key="task:w:a", kind="task", name="w", instance_id="a", status="idle"),
+    ]
+    for row in rows:
+        await storage.commit(Checkin(key=row.key, record=row))
+    everything = await storage.list_instances("workflow", "w", None, None, None, 100)
+    assert [r.key for r in everything] == ["workflow:w:a", "workflow:w:acme\x1fa", "workflow:w:b"]
+    assert everything[0] == rows[1]
+    sleeping = await storage.list_instances("workflow", "w", None, "sleeping", None, 100)
+    assert [r.key for r in sleeping] == ["workflow:w:acme\x1fa", "workflow:w:b"]
+    acme = await storage.list_instances("workflow", "w", "acme", None, None, 100)
+    assert [r.instance_id for r in acme] == ["a"]
+    page = await storage.list_instances("workflow", "w", None, None, "workflow:w:a", 1)
+    assert [r.key for r in page] == ["workflow:w:acme\x1fa"]

@@ -1,0 +1,1316 @@
+"""Workflows: durable programs whose steps run once and whose sleeps survive restarts.
+
+A workflow's body is an ordinary ``async def run(input, ctx)``. What it does
+through its context is recorded, in order, in the workflow's *step log*:
+
+- ``ctx.step(name, fn, *args)`` runs `fn` (any body form the execution
+  service accepts) and stores its result in the same transaction that marks
+  the step done;
+- ``ctx.sleep(when)`` records its wake-up time and suspends the workflow
+  (an alarm wakes it; nothing is held meanwhile);
+- ``ctx.wait_for_signal(name, type, timeout=)`` consumes a signal sent with
+  ``client.signal`` (kept if it came first) or suspends until one comes or
+  the timeout passes;
+- ``ctx.now()``, ``ctx.random()`` and ``ctx.uuid()`` record their values.
+
+Each time the workflow is woken (its start, a sleep's end, a signal, a
+retry, a restart after a crash) the body runs again from the top, and every
+call that is in the log returns what was recorded without running anything:
+this *replay* is what makes a finished step run once, whichever process
+resumes the workflow. A call whose kind or name differs from the log's entry
+at its position fails the workflow with `NonDeterminismError`; recorded and
+new results are never mixed.
+
+The model is DBOS's (``operation_outputs`` keyed by the workflow and the
+call's position, a name check on replay, sleeps that record their wake-up
+time) and Temporal's (deterministic replay of a history), on djobs's
+instances, alarms and leases: the log is stored in the workflow's instance
+row, so a checkpoint is one `Checkin`, fenced by the instance lease like
+every other kind's.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import reprlib
+import time
+import typing
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, NoReturn, TypeVar, cast
+
+import msgspec
+import trio
+from returns.context import RequiresContextFutureResult
+from returns.future import FutureResult
+from returns.io import IOResult
+from returns.result import Failure, Result, Success
+
+from .._clock import to_datetime
+from .._codec import decode, encode
+from .._context import BaseContext
+from .._errors import (
+    InstanceNotFoundError,
+    InvalidStateError,
+    JobError,
+    JobNotFoundError,
+    StorageError,
+    ValidationError,
+)
+from .._execution import Checkout, Env, run_body, run_call
+from .._logging import JobLog, LoggingOption
+from .._retry import Retry
+from ..storage import Alarm, Checkin, ClearAlarm, InstanceRecord, SetAlarm
+from ..tracking import TrackedEvent
+from ._common import InstanceClient, TenantScoped, check_name, effect, instance_key, not_registered
+from ._task import When, resolve_when
+
+if TYPE_CHECKING:
+    from .._runtime import Runtime
+
+I = TypeVar("I")  # noqa: E741  # the input, as in the issue's Workflow[I, R, D]
+R = TypeVar("R")
+D = TypeVar("D")
+T = TypeVar("T")
+U = TypeVar("U")
+
+KIND = "workflow"
+
+_short = reprlib.Repr()
+_short.maxstring = _short.maxother = 60
+
+#: A workflow's status. ``running``: woken and replaying or running steps (or
+#: waiting for a step's retry); ``sleeping``: in ``ctx.sleep``; ``waiting``: in
+#: ``ctx.wait_for_signal``; the last three are final.
+WorkflowStatusName = Literal["running", "sleeping", "waiting", "completed", "failed", "cancelled"]
+_FINAL = ("completed", "failed", "cancelled")
+
+# Alarm purposes: why a workflow is woken.
+_RUN = "run"  # started, or a signal or cancel arrived
+_WAKE = "wake"  # a sleep ended
+_TIMEOUT = "timeout"  # a signal wait timed out
+_RETRY = "retry"  # a failed step's next attempt is due
+
+EntryKind = Literal["step", "sleep", "signal", "now", "random", "uuid"]
+
+
+# -- errors ----------------------------------------------------------------------------
+
+
+class StepFailedError(JobError):
+    """A step failed for good (its retries, if any, are spent): raised into the body at the step.
+
+    The body may catch it and compensate (a saga), or let it fail the
+    workflow. A replay raises the same error again from the log.
+
+    Attributes:
+        step: The step's name.
+        attempts: How many times the step ran.
+        error_tag: The ``tag`` of the error its last attempt failed with.
+        error_message: That error's message.
+    """
+
+    tag = "step_failed"
+    retryable = False
+
+    def __init__(self, step: str, attempts: int, error_tag: str, error_message: str) -> None:
+        super().__init__(f"step {step!r} failed after {attempts} attempt(s): {error_message}")
+        self.step = step
+        self.attempts = attempts
+        self.error_tag = error_tag
+        self.error_message = error_message
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.step, self.attempts, self.error_tag, self.error_message)
+
+
+class NonDeterminismError(JobError):
+    """A replay asked for something other than what the workflow's log recorded.
+
+    The workflow's code changed while it was in flight in a way that moved,
+    renamed, added or removed a recorded call before the point it reached.
+    The workflow fails with this error; nothing new runs.
+
+    Attributes:
+        position: The 0-based position of the first divergent call in the log.
+        recorded: What the log holds there (``"step 'charge'"``), or ``None``
+            if the log ended and the body returned earlier than recorded.
+        requested: What the code asked for there, or ``None`` if the body
+            returned before reaching the recorded call.
+    """
+
+    tag = "non_determinism"
+    retryable = False
+
+    def __init__(self, workflow: str, position: int, recorded: str | None, requested: str | None) -> None:
+        if requested is None:
+            what = f"the body returned before reaching the recorded {recorded}"
+        else:
+            what = f"the code asked for {requested} where the log recorded {recorded}"
+        super().__init__(
+            f"workflow {workflow!r} diverged from its log at call #{position + 1}: {what}; "
+            "an in-flight workflow must replay the same calls in the same order"
+        )
+        self.position = position
+        self.recorded = recorded
+        self.requested = requested
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.position, self.recorded, self.requested)
+
+
+class WorkflowCancelledError(JobError):
+    """Raised into the body where a cancel reached it (``client.cancel``).
+
+    The body may catch it to run cleanup steps; the workflow ends
+    ``cancelled`` whatever the body then returns.
+    """
+
+    tag = "workflow_cancelled"
+    retryable = False
+
+    def __init__(self, workflow: str, instance_id: str, reason: str | None = None) -> None:
+        because = f": {reason}" if reason else ""
+        super().__init__(f"workflow {workflow!r} instance {instance_id!r} was cancelled{because}")
+        self.reason = reason
+
+
+class WorkflowFailedError(JobError):
+    """``result(id)`` of a workflow that ended ``failed`` or ``cancelled``.
+
+    Attributes:
+        status: ``failed`` or ``cancelled``.
+        error_tag: The ``tag`` of the error the workflow ended with.
+        error_message: Its message.
+    """
+
+    tag = "workflow_failed"
+    retryable = False
+
+    def __init__(self, instance_id: str, status: str, error_tag: str, error_message: str) -> None:
+        super().__init__(f"workflow {instance_id!r} ended {status}: {error_message}")
+        self.instance_id = instance_id
+        self.status = status
+        self.error_tag = error_tag
+        self.error_message = error_message
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.instance_id, self.status, self.error_tag, self.error_message)
+
+
+# -- the step log (stored as JSON in the instance row's `data`) ------------------------------
+
+_NULL = msgspec.Raw(b"null")
+
+
+class _ErrorInfo(msgspec.Struct, frozen=True):
+    tag: str
+    message: str
+
+
+class _Entry(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One recorded call. `value` is the JSON of a step's result, a signal's payload, a
+    recorded time or random value; `until` is a sleep's wake-up time, a wait's deadline
+    or a failed step's retry time (epoch ms)."""
+
+    kind: EntryKind
+    name: str
+    done: bool = True
+    value: msgspec.Raw = _NULL
+    error: _ErrorInfo | None = None
+    attempts: int = 0
+    until: int | None = None
+    timed_out: bool = False
+    cancelled: bool = False
+    at: int = 0
+    duration_ms: float = 0.0
+
+
+class _Signal(msgspec.Struct, frozen=True):
+    name: str
+    payload: msgspec.Raw
+    at: int
+
+
+class _Log(msgspec.Struct, kw_only=True, omit_defaults=True):
+    entries: list[_Entry] = msgspec.field(default_factory=list)
+    inbox: list[_Signal] = msgspec.field(default_factory=list)
+    result: msgspec.Raw = _NULL
+    error: _ErrorInfo | None = None
+    cancel_requested: bool = False
+    cancel_reason: str | None = None
+
+
+_log_decoder = msgspec.json.Decoder(_Log)
+_encoder = msgspec.json.Encoder()
+
+
+def _read_log(record: InstanceRecord) -> _Log:
+    return _Log() if record.data is None else _log_decoder.decode(record.data)
+
+
+def _describe(kind: str, name: str) -> str:
+    return f"{kind} {name!r}"
+
+
+# -- step result types -----------------------------------------------------------------
+
+_UNSET: Any = object()
+_WRAPPERS = (Result, FutureResult, IOResult, RequiresContextFutureResult, Awaitable, Coroutine)
+_step_types: dict[Any, Any] = {}
+
+
+def _result_type(fn: Callable[..., object], explicit: Any, step: str) -> Any:
+    """The type a step's result is stored as: `explicit`, or `fn`'s return annotation
+    unwrapped from ``Result``/``FutureResult``/... (a coroutine's is already its value's)."""
+    if explicit is not _UNSET:
+        tp = explicit
+    else:
+        tp = _step_types.get(fn, _UNSET)
+        if tp is _UNSET:
+            try:
+                hints = typing.get_type_hints(fn)
+            except Exception:  # a partial, a builtin, an unresolvable annotation
+                hints = {}
+            if "return" not in hints:
+                raise ValidationError(
+                    f"step {step!r}: cannot tell the type of its result ({_short.repr(fn)} has no return "
+                    "annotation); annotate the function or pass result=<type> to ctx.step"
+                )
+            tp = hints["return"]
+            while True:
+                origin = typing.get_origin(tp) or tp
+                if isinstance(origin, type) and issubclass(origin, _WRAPPERS):
+                    args = typing.get_args(tp)
+                    if not args:
+                        break
+                    tp = args[-1] if origin in (Awaitable, Coroutine) else args[0]
+                    continue
+                break
+            with contextlib.suppress(TypeError):  # an unhashable callable is not cached
+                _step_types[fn] = tp
+    try:
+        msgspec.json.Decoder(tp)
+    except TypeError as exc:
+        raise ValidationError(f"step {step!r}: its result type {tp!r} cannot be stored: {exc}") from None
+    return tp
+
+
+# -- the result of one awaited call ----------------------------------------------------
+
+
+class Step(Generic[T]):
+    """A step of a workflow, run when awaited: ``await ctx.step(...)`` gives its result.
+
+    Awaiting raises `StepFailedError` if the step failed for good. A step
+    also composes as a pipeline: ``step.bind(lambda v: ctx.step(...))`` and
+    ``step.map(f)`` are steps, and `result` is the step as a ``FutureResult``.
+    Steps run one at a time, in the order they are awaited.
+    """
+
+    __slots__ = ("_start",)
+
+    def __init__(self, start: Callable[[], Coroutine[Any, Any, T]]) -> None:
+        self._start = start
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self._start().__await__()
+
+    def map(self, fn: Callable[[T], U]) -> Step[U]:
+        """A step whose result is ``fn(result)`` (``fn`` is not recorded: keep it pure)."""
+        start = self._start
+
+        async def run() -> U:
+            return fn(await start())
+
+        return Step(run)
+
+    def bind(self, fn: Callable[[T], Step[U]]) -> Step[U]:
+        """A step that runs this one, then the step ``fn(result)`` returns."""
+        start = self._start
+
+        async def run() -> U:
+            return await fn(await start())
+
+        return Step(run)
+
+    def result(self) -> FutureResult[T, StepFailedError]:
+        """This step as a ``FutureResult``: a failed step is an ``IOFailure(StepFailedError)``."""
+        start = self._start
+
+        async def run() -> Result[T, StepFailedError]:
+            try:
+                return Success(await start())
+            except StepFailedError as exc:
+                return Failure(exc)
+
+        return FutureResult(run())
+
+
+class TimedOut(msgspec.Struct, frozen=True):
+    """What ``ctx.wait_for_signal`` returns when its timeout passed before a signal came.
+
+    Attributes:
+        signal: The signal's name.
+        deadline: When the wait gave up, aware UTC.
+    """
+
+    signal: str
+    deadline: datetime
+
+
+# -- the run ------------------------------------------------------------------------------
+
+
+class _Stop(BaseException):
+    """Ends the body at a ctx call: the workflow suspends, diverged or lost its storage.
+
+    A `BaseException`, so a user's ``except Exception`` does not swallow it;
+    the run also records why it stopped, so even a swallowed one ends the run.
+    """
+
+
+StopKind = Literal["suspend", "diverged", "storage"]
+
+
+@dataclass(slots=True, eq=False)
+class _Run:
+    """One run (replay, then new calls) of one workflow instance."""
+
+    handler: WorkflowHandler[Any, Any, Any]
+    record: InstanceRecord
+    log: _Log
+    events: list[TrackedEvent]
+    position: int = 0
+    stop: StopKind | None = None
+    stop_error: JobError | None = None
+    suspend_status: WorkflowStatusName = "running"
+    suspend_alarm: SetAlarm | None = None
+    in_call: bool = False
+    current: str | None = None
+    scope: trio.CancelScope | None = None
+    cancel_requested: bool = False
+    cancel_reason: str | None = None
+    cancel_delivered: bool = False
+    started: float = field(default_factory=time.perf_counter)
+
+    # -- plumbing --
+
+    @property
+    def env(self) -> Env:
+        return self.handler.env
+
+    def halt(self, kind: StopKind, error: JobError | None = None) -> NoReturn:
+        if self.stop is None:
+            self.stop, self.stop_error = kind, error
+        raise _Stop()
+
+    def check_open(self) -> None:
+        if self.stop is not None:
+            raise _Stop()  # the body swallowed the stop and called again
+
+    def event(self, type: str, **data: Any) -> None:
+        self.events.append(self.handler.event(self.record, type, **data))
+
+    async def save(self, status: WorkflowStatusName, alarm: SetAlarm | ClearAlarm | None) -> None:
+        """Commit the log with `status` and the events so far. Raises `StorageError`."""
+        record = self.record
+        record.data = _encoder.encode(self.log)
+        record.status = status
+        record.execute_count = sum(1 for e in self.log.entries if e.kind == "step" and e.done)
+        record.updated_at = self.env.now_ms()
+        events, self.events = self.events, []
+        await self.env.commit(Checkin(key=record.key, record=record, alarm=alarm), events)
+
+    async def checkpoint(self) -> None:
+        """`save` from inside the body: a failure stops the run (nothing after it may run)."""
+        try:
+            await self.save("running", None)
+        except StorageError as exc:
+            self.halt("storage", exc)
+
+    def next_entry(self, kind: EntryKind, name: str) -> _Entry | None:
+        """The recorded entry at this call's position (``None``: a new call); checks it matches."""
+        self.check_open()
+        position = self.position
+        self.position += 1
+        entries = self.log.entries
+        if position >= len(entries):
+            return None
+        entry = entries[position]
+        if entry.kind != kind or entry.name != name:
+            error = NonDeterminismError(
+                self.handler.job.name, position, _describe(entry.kind, entry.name), _describe(kind, name)
+            )
+            self.halt("diverged", error)
+        return entry
+
+    def deliver_cancel(self, entry: _Entry) -> NoReturn:
+        entry.done, entry.cancelled = True, True
+        self.cancel_delivered = True
+        raise WorkflowCancelledError(self.handler.job.name, self.record.instance_id, self.cancel_reason)
+
+    def cancel_pending(self) -> bool:
+        return self.cancel_requested and not self.cancel_delivered
+
+    def suspend(self, status: WorkflowStatusName, alarm: SetAlarm | None) -> NoReturn:
+        self.suspend_status, self.suspend_alarm = status, alarm
+        self.halt("suspend")
+
+    def guard(self, what: str) -> None:
+        if self.in_call:
+            raise ValidationError(
+                f"{what} was called while another call of this workflow was in flight; "
+                "a workflow's calls run one at a time (await each before the next)"
+            )
+
+    # -- the calls --
+
+    async def step(
+        self, name: str, fn: Callable[..., object], args: tuple[Any, ...], retry: Retry | None, tp: Any
+    ) -> Any:
+        self.guard(f"ctx.step({name!r})")
+        entry = self.next_entry("step", name)
+        if entry is not None and entry.cancelled:
+            self.cancel_delivered = True
+            raise WorkflowCancelledError(self.handler.job.name, self.record.instance_id, self.cancel_reason)
+        result_type = _result_type(fn, tp, name)
+        if entry is not None and entry.done:
+            return self.replayed_step(entry, result_type)
+        if entry is None:
+            entry = _Entry(kind="step", name=name, done=False)
+            self.log.entries.append(entry)
+        if self.cancel_pending():
+            self.deliver_cancel(entry)
+        if entry.until is not None and entry.until > self.env.now_ms():
+            # Woken early (a signal or a restart) before this step's retry is due.
+            self.suspend("running", SetAlarm(entry.until, _RETRY))
+        policy = retry if retry is not None else self.handler.job.retry
+        attempt = entry.attempts + 1
+        env = self.env
+        self.in_call, self.current = True, name
+        started = time.perf_counter()
+        try:
+            with trio.CancelScope() as scope:
+                self.scope = scope
+                outcome = await run_body(lambda: fn(*args), env.services)
+        finally:
+            self.in_call, self.scope, self.current = False, None, None
+        duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        if scope.cancelled_caught:
+            entry.attempts = attempt
+            self.deliver_cancel(entry)
+        entry.attempts, entry.at, entry.duration_ms = attempt, env.now_ms(), duration_ms
+        if isinstance(outcome, Success):
+            raw = encode(result_type, outcome.unwrap(), what=f"result of step {name!r}")
+            if isinstance(raw, Success):
+                entry.done, entry.until, entry.error = True, None, None
+                entry.value = msgspec.Raw(raw.unwrap())
+                self.event("workflow.step_completed", step=name, attempt=attempt, duration_ms=duration_ms)
+                await self.checkpoint()
+                return self.replayed_step(entry, result_type)
+            raise raw.failure()  # a bug in the step or its type, not a failure to retry
+        error = outcome.failure()
+        if policy is not None and policy.should_retry(error) and attempt < policy.max_attempts:
+            delay = policy.delay_before(attempt + 1, env.rng)
+            entry.until = env.now_ms() + max(0, round(delay.total_seconds() * 1000))
+            entry.error = _ErrorInfo(error.tag, error.message)
+            self.handler.step_log(self.record, name, attempt).warning(
+                "step failed on attempt %d of %d, retrying in %s: %s",
+                attempt,
+                policy.max_attempts,
+                delay,
+                error.message,
+            )
+            self.event(
+                "workflow.step_failed",
+                step=name,
+                attempt=attempt,
+                will_retry=True,
+                error={"tag": error.tag, "message": error.message},
+                retry_at=to_datetime(entry.until).isoformat(),
+            )
+            self.suspend("running", SetAlarm(entry.until, _RETRY))
+        entry.done, entry.until, entry.error = True, None, _ErrorInfo(error.tag, error.message)
+        self.handler.step_log(self.record, name, attempt).error("step failed for good: %s", error.message)
+        self.event(
+            "workflow.step_failed",
+            step=name,
+            attempt=attempt,
+            will_retry=False,
+            error={"tag": error.tag, "message": error.message},
+        )
+        await self.checkpoint()
+        return self.replayed_step(entry, result_type)
+
+    def replayed_step(self, entry: _Entry, tp: Any) -> Any:
+        if entry.error is not None:
+            raise StepFailedError(entry.name, entry.attempts, entry.error.tag, entry.error.message)
+        decoded = decode(tp, bytes(entry.value), what=f"result of step {entry.name!r}")
+        if isinstance(decoded, Failure):
+            raise decoded.failure()
+        return decoded.unwrap()
+
+    async def sleep(self, when: object, name: str) -> None:
+        self.guard(f"ctx.sleep({name!r})")
+        entry = self.next_entry("sleep", name)
+        if entry is not None and entry.cancelled:
+            self.cancel_delivered = True
+            raise WorkflowCancelledError(self.handler.job.name, self.record.instance_id, self.cancel_reason)
+        if entry is not None and entry.done:
+            return
+        now = self.env.now_ms()
+        if entry is None:
+            wake = resolve_when(when, now)
+            if isinstance(wake, Failure):
+                raise ValidationError(wake.failure().message.replace("ctx.schedule()", "ctx.sleep()"))
+            entry = _Entry(kind="sleep", name=name, done=False, until=wake.unwrap(), at=now)
+            self.log.entries.append(entry)
+        if self.cancel_pending():
+            self.deliver_cancel(entry)
+        assert entry.until is not None
+        if entry.until <= now:
+            entry.done = True
+            return
+        self.event("workflow.sleeping", step=name, wake_at=to_datetime(entry.until).isoformat())
+        self.suspend("sleeping", SetAlarm(entry.until, _WAKE))
+
+    async def wait_for_signal(self, name: str, tp: Any, give_up: object) -> Any:
+        self.guard(f"ctx.wait_for_signal({name!r})")
+        entry = self.next_entry("signal", name)
+        if entry is not None and entry.cancelled:
+            self.cancel_delivered = True
+            raise WorkflowCancelledError(self.handler.job.name, self.record.instance_id, self.cancel_reason)
+        if entry is None or not entry.done:
+            now = self.env.now_ms()
+            if entry is None:
+                deadline = None
+                if give_up is not None:
+                    resolved = resolve_when(give_up, now)
+                    if isinstance(resolved, Failure):
+                        raise ValidationError(
+                            resolved.failure().message.replace("ctx.schedule()", "ctx.wait_for_signal(timeout=)")
+                        )
+                    deadline = resolved.unwrap()
+                entry = _Entry(kind="signal", name=name, done=False, until=deadline, at=now)
+                self.log.entries.append(entry)
+            if self.cancel_pending():
+                self.deliver_cancel(entry)
+            inbox = self.log.inbox
+            found = next((i for i, s in enumerate(inbox) if s.name == name), None)
+            if found is not None:
+                signal = inbox.pop(found)
+                entry.done, entry.value, entry.at = True, signal.payload, now
+            elif entry.until is not None and entry.until <= now:
+                entry.done, entry.timed_out = True, True
+            else:
+                self.event(
+                    "workflow.waiting",
+                    signal=name,
+                    timeout_at=None if entry.until is None else to_datetime(entry.until).isoformat(),
+                )
+                alarm = None if entry.until is None else SetAlarm(entry.until, _TIMEOUT)
+                self.suspend("waiting", alarm)
+        if entry.timed_out:
+            assert entry.until is not None
+            return TimedOut(name, to_datetime(entry.until))
+        decoded = decode(tp, bytes(entry.value), what=f"payload of signal {name!r}")
+        if isinstance(decoded, Failure):
+            raise ValidationError(f"signal {name!r}: {decoded.failure().message}")
+        return decoded.unwrap()
+
+    def recorded(self, kind: EntryKind, make: Callable[[], object], tp: Any) -> Any:
+        """A value recorded at its first run (time, random, id); committed with the next checkpoint."""
+        entry = self.next_entry(kind, kind)
+        if entry is None:
+            entry = _Entry(kind=kind, name=kind, value=msgspec.Raw(_encoder.encode(make())))
+            self.log.entries.append(entry)
+        return msgspec.json.decode(bytes(entry.value), type=tp)
+
+
+# -- definition and context -----------------------------------------------------------------
+
+
+class WorkflowContext(BaseContext, Generic[D]):
+    """The context of a workflow's body: steps, durable sleeps, signals, recorded values.
+
+    Every call is recorded in the workflow's log at its position and replayed
+    from there when the body runs again; see the module's documentation.
+
+    Attributes:
+        instance_id: The workflow's id.
+        job_name: The workflow definition's name.
+        run_count: Which run of the body this is (1 for the first; each wake-up
+            replays the body from the top).
+    """
+
+    __slots__ = ("_run", "run_count")
+
+    def __init__(self, env: Env, job_name: str, instance_id: str, log: JobLog, run: _Run, run_count: int) -> None:
+        super().__init__(env, job_name, instance_id, log)
+        self._run = run
+        self.run_count = run_count
+
+    @property
+    def services(self) -> D:
+        """The application's own services, as passed to ``open_engine(services=...)``."""
+        return cast(D, self._env.services)
+
+    @property
+    def is_replaying(self) -> bool:
+        """Whether the next call will be answered from the log (nothing runs)."""
+        return self._run.position < len(self._run.log.entries)
+
+    def step(
+        self,
+        name: str,
+        fn: Callable[..., object],
+        *args: Any,
+        retry: Retry | None = None,
+        result: Any = _UNSET,
+    ) -> Step[Any]:
+        """Run ``fn(*args)`` once, durably: its result is recorded when it succeeds.
+
+        Args:
+            name: The step's name, unique enough to read in ``djobs workflows
+                show``; a replay checks it against the log.
+            fn: A plain or ``async`` function, or one returning a ``Result``,
+                ``FutureResult`` or ``RequiresContextFutureResult`` (called with
+                the engine's services), like a job body.
+            args: Passed to `fn`.
+            retry: How a failure is retried (durably: the retry is an alarm);
+                default the workflow's ``retry``; ``None`` for both: no retry.
+            result: The type the result is stored as; default `fn`'s return
+                annotation (``Result[T, E]`` and the like give ``T``).
+
+        Returns:
+            A `Step`: await it for the result. Awaiting raises
+            `StepFailedError` when the step failed for good (the body may
+            catch it and compensate), `ValidationError` when the result cannot
+            be stored as its type or the type is unknown, and
+            `WorkflowCancelledError` where a cancel reaches the body.
+        """
+        run = self._run
+        return Step(lambda: run.step(name, fn, args, retry, result))
+
+    async def sleep(self, when: When, *, name: str = "sleep") -> None:
+        """Suspend the workflow until `when`, durably: no task, lease or memory is held.
+
+        Args:
+            when: A `timedelta` or a duration string (``"1 day"``) from the
+                first time this sleep runs, or an aware `datetime`. The wake-up
+                time is recorded, so a replay does not start the sleep again.
+            name: Recorded with the sleep (a replay checks it).
+
+        Raises:
+            ValidationError: `when` is not one of those forms.
+        """
+        await self._run.sleep(when, name)
+
+    async def wait_for_signal(
+        self,
+        name: str,
+        type: type[T],
+        *,
+        timeout: When | None = None,  # noqa: ASYNC109  # a durable timeout, recorded in the log
+    ) -> T | TimedOut:
+        """Wait for the signal `name` (``client.signal(id, name, payload)``), durably.
+
+        A signal sent before the wait is kept and delivered here; signals of
+        one name are delivered one per wait, in the order they were sent.
+
+        Args:
+            name: The signal's name.
+            type: The payload's type; the payload is decoded as it.
+            timeout: Give up after this long (or at this aware time); ``None`` waits for ever.
+
+        Returns:
+            The payload, or `TimedOut` if the timeout passed first.
+
+        Raises:
+            ValidationError: The payload does not match `type`, or `timeout` is malformed.
+        """
+        value: T | TimedOut = await self._run.wait_for_signal(name, type, timeout)
+        return value
+
+    def now(self) -> datetime:
+        """The current time, recorded: a replay gets the time of the first run."""
+        return to_datetime(self._run.recorded("now", self._env.now_ms, int))
+
+    def random(self) -> float:
+        """A random float in [0, 1), recorded: a replay gets the same value."""
+        value: float = self._run.recorded("random", self._env.rng.random, float)
+        return value
+
+    def uuid(self) -> str:
+        """A fresh UUID4 as text, recorded: a replay gets the same id."""
+        value: str = self._run.recorded("uuid", lambda: str(uuid.uuid4()), str)
+        return value
+
+
+@dataclass(frozen=True, eq=False)
+class Workflow(Generic[I, R, D]):
+    """A durable workflow: a body whose steps run once. Make one with `Workflow.make`.
+
+    Examples:
+        >>> import msgspec, djobs
+        >>> class Order(msgspec.Struct):
+        ...     id: str
+        >>> class Receipt(msgspec.Struct):
+        ...     order_id: str
+        >>> async def run(order: Order, ctx: djobs.WorkflowContext[None]) -> Receipt:
+        ...     return Receipt(order.id)
+        >>> checkout = djobs.Workflow.make("checkout", input=Order, result=Receipt, execute=run)
+        >>> checkout.name
+        'checkout'
+    """
+
+    kind: ClassVar[str] = KIND
+    name: str
+    input: type[I]
+    result: type[R]
+    execute: Callable[[I, WorkflowContext[D]], object]
+    retry: Retry | None = None
+    logging: LoggingOption = False
+
+    @classmethod
+    def make(
+        cls,
+        name: str,
+        *,
+        input: type[I],
+        result: type[R],
+        execute: Callable[[I, WorkflowContext[D]], object],
+        retry: Retry | None = None,
+        logging: LoggingOption = False,
+    ) -> Workflow[I, R, D]:
+        """Define a workflow.
+
+        Args:
+            name: The workflow's unique name (no ``:``).
+            input: The ``msgspec.Struct`` type of its input.
+            result: The type of its result (anything msgspec can store).
+            execute: The body, ``execute(input, ctx)`` (`WorkflowContext`), in
+                any form the execution service accepts (usually ``async def``).
+            retry: The retry policy of every step that gives none of its own;
+                ``None``: a failed step fails at once. The body itself is never
+                retried: it is replayed.
+            logging: ``True`` (debug), ``False`` (errors only), a level, or ``None`` (silent).
+
+        Raises:
+            ValidationError: A bad name, input or result type, or a body that is not callable.
+        """
+        check_name(name, KIND)
+        if not (isinstance(input, type) and issubclass(input, msgspec.Struct)):
+            raise ValidationError(f"Workflow {name!r}: input must be a msgspec.Struct type, got {input!r}")
+        try:
+            msgspec.json.Decoder(result)
+        except TypeError as exc:
+            raise ValidationError(f"Workflow {name!r}: result type {result!r} cannot be stored: {exc}") from None
+        if not callable(execute):
+            raise ValidationError(f"Workflow {name!r}: execute must be callable, got {execute!r}")
+        if retry is not None and not isinstance(retry, Retry):
+            raise ValidationError(f"Workflow {name!r}: retry must be a djobs.Retry, got {retry!r}")
+        return cls(name, input, result, execute, retry, logging)
+
+    def bind(self, runtime: Runtime) -> WorkflowHandler[I, R, D]:
+        """The handler that runs this workflow inside an engine (used by the engine)."""
+        return WorkflowHandler(self, runtime)
+
+
+# -- results ------------------------------------------------------------------------------
+
+
+class WorkflowStartResult(msgspec.Struct, frozen=True):
+    """The result of ``start``: ``created`` is false when the id was already used."""
+
+    created: bool
+    instance_id: str
+    status: WorkflowStatusName
+
+
+class StepInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One recorded call of a workflow, as ``status`` and ``djobs workflows show`` list it.
+
+    Attributes:
+        kind: ``step``, ``sleep``, ``signal``, ``now``, ``random`` or ``uuid``.
+        name: The call's name.
+        done: Whether it finished (a step succeeded or failed for good, a
+            sleep ended, a signal came or timed out).
+        attempts: How many times a step ran.
+        error: The error a step last failed with (``{"tag", "message"}``).
+        until: A sleep's wake-up time, a wait's deadline or a step's retry time.
+        at: When it finished (a sleep: when it began).
+        duration_ms: How long a step's last attempt took.
+        cancelled: Whether a cancel reached the body here.
+        timed_out: Whether a signal wait timed out.
+    """
+
+    kind: str
+    name: str
+    done: bool
+    attempts: int = 0
+    error: dict[str, str] | None = None
+    until: datetime | None = None
+    at: datetime | None = None
+    duration_ms: float = 0.0
+    cancelled: bool = False
+    timed_out: bool = False
+
+
+class WorkflowStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """The result of ``status``.
+
+    Attributes:
+        status: ``running``, ``sleeping``, ``waiting``, ``completed``,
+            ``failed``, ``cancelled`` or ``not_found``.
+        steps_finished: Steps that finished (succeeded or failed for good).
+        current_step: The step running in this process now, the sleep or the
+            signal wait the workflow is in, or the step awaiting its retry.
+        wake_at: When the workflow is next woken (a sleep's end, a wait's
+            timeout, a retry), if it is.
+        error: The error a failed or cancelled workflow ended with.
+        steps: Every recorded call, in order.
+        created_at: When it was started.
+        updated_at: When it last changed.
+    """
+
+    status: Literal["running", "sleeping", "waiting", "completed", "failed", "cancelled", "not_found"]
+    steps_finished: int = 0
+    current_step: str | None = None
+    wake_at: datetime | None = None
+    error: dict[str, str] | None = None
+    steps: list[StepInfo] = msgspec.field(default_factory=list)
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class WorkflowSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """One workflow, as ``list`` gives it."""
+
+    instance_id: str
+    status: str
+    steps_finished: int
+    tenant_id: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class SignalResult(msgspec.Struct, frozen=True):
+    """The result of ``signal``: the signal is stored; ``waiting`` says whether the
+    workflow was waiting for it (it is then woken at once)."""
+
+    instance_id: str
+    waiting: bool
+
+
+class WorkflowCancelResult(msgspec.Struct, frozen=True):
+    """The result of ``cancel``.
+
+    ``cancelled`` is false if the workflow had already ended (``status`` says
+    how). Otherwise the cancel is recorded and reaches the body at its
+    current call (a running step's scope is cancelled) or at its next one;
+    the body's cleanup steps may still run before it ends ``cancelled``.
+    """
+
+    instance_id: str
+    cancelled: bool
+    status: str
+
+
+def _step_info(entry: _Entry) -> StepInfo:
+    error = None if entry.error is None else {"tag": entry.error.tag, "message": entry.error.message}
+    return StepInfo(
+        kind=entry.kind,
+        name=entry.name,
+        done=entry.done,
+        attempts=entry.attempts,
+        error=error,
+        until=None if entry.until is None else to_datetime(entry.until),
+        at=to_datetime(entry.at) if entry.at else None,
+        duration_ms=entry.duration_ms,
+        cancelled=entry.cancelled,
+        timed_out=entry.timed_out,
+    )
+
+
+def _error_dict(info: _ErrorInfo | None) -> dict[str, str] | None:
+    return None if info is None else {"tag": info.tag, "message": info.message}
+
+
+def describe_workflow(record: InstanceRecord, alarm: Alarm | None, current: str | None = None) -> WorkflowStatus:
+    """A stored workflow as `WorkflowStatus` (also what ``djobs workflows show`` prints)."""
+    log = _read_log(record)
+    pending = next((e for e in log.entries if not e.done), None)
+    if current is None and pending is not None and record.status not in _FINAL:
+        current = pending.name
+    status = cast(WorkflowStatusName, record.status)
+    return WorkflowStatus(
+        status=status,
+        steps_finished=record.execute_count,
+        current_step=current,
+        wake_at=None if alarm is None or status in _FINAL else to_datetime(alarm.fire_at),
+        error=_error_dict(log.error),
+        steps=[_step_info(e) for e in log.entries],
+        created_at=to_datetime(record.created_at),
+        updated_at=to_datetime(record.updated_at),
+    )
+
+
+# -- the handler ------------------------------------------------------------------------------
+
+
+class WorkflowHandler(TenantScoped, Generic[I, R, D]):
+    """Runs one workflow definition's instances on an engine's runtime."""
+
+    def __init__(self, job: Workflow[I, R, D], runtime: Runtime) -> None:
+        self.job = job
+        self.runtime = runtime
+        self.env = runtime.env
+        #: Runs in flight in this process, by key (shared by the tenant-scoped copies).
+        self.live: dict[str, _Run] = {}
+
+    def key(self, instance_id: str) -> str:
+        return instance_key(KIND, self.job.name, instance_id, self.tenant)
+
+    def event(self, record: InstanceRecord, type: str, **data: Any) -> TrackedEvent:
+        return self.env.event(type, record.key, KIND, self.job.name, **data)
+
+    def step_log(self, record: InstanceRecord, step: str, attempt: int) -> JobLog:
+        return self.env.job_log(
+            KIND, self.job.name, self.job.logging, instance=record.instance_id, step=step, attempt=attempt
+        )
+
+    # -- verbs --
+
+    async def start(self, instance_id: str, input: I) -> Result[WorkflowStartResult, ValidationError | StorageError]:
+        job, env = self.job, self.env
+        encoded = encode(job.input, input, what=f"input of workflow {job.name!r}")
+        if isinstance(encoded, Failure):
+            return encoded
+        key = self.key(instance_id)
+
+        async def run() -> Result[WorkflowStartResult, ValidationError | StorageError]:
+            loaded = await env.storage.load(key)
+            if loaded is not None:
+                return Success(WorkflowStartResult(False, instance_id, cast(WorkflowStatusName, loaded[0].status)))
+            now = env.now_ms()
+            record = InstanceRecord(
+                key=key,
+                kind=KIND,
+                name=job.name,
+                instance_id=instance_id,
+                tenant_id=self.tenant,
+                status="running",
+                state=encoded.unwrap(),
+                data=_encoder.encode(_Log()),
+                created_at=now,
+                updated_at=now,
+            )
+            started = self.event(record, "workflow.started")
+            await env.commit(Checkin(key=key, record=record, alarm=SetAlarm(now, _RUN)), [started])
+            return Success(WorkflowStartResult(True, instance_id, "running"))
+
+        return await self.runtime.call(key, run)
+
+    async def status(self, instance_id: str) -> Result[WorkflowStatus, StorageError]:
+        key = self.key(instance_id)
+        loaded = await self.env.storage.load(key)
+        if loaded is None:
+            return Success(WorkflowStatus(status="not_found"))
+        live = self.live.get(key)
+        return Success(describe_workflow(*loaded, current=None if live is None else live.current))
+
+    async def result(
+        self, instance_id: str
+    ) -> Result[R, InstanceNotFoundError | InvalidStateError | WorkflowFailedError | ValidationError | StorageError]:
+        loaded = await self.env.storage.load(self.key(instance_id))
+        if loaded is None:
+            return Failure(InstanceNotFoundError(self.job.name, instance_id))
+        record = loaded[0]
+        log = _read_log(record)
+        if record.status == "completed":
+            return decode(self.job.result, bytes(log.result), what=f"result of workflow {self.job.name!r}")
+        if record.status in ("failed", "cancelled"):
+            error = log.error or _ErrorInfo("workflow_cancelled", "cancelled")
+            return Failure(WorkflowFailedError(instance_id, record.status, error.tag, error.message))
+        return Failure(
+            InvalidStateError(
+                f"workflow {self.job.name!r} instance {instance_id!r} is {record.status}; it has no result yet"
+            )
+        )
+
+    async def signal(
+        self, instance_id: str, name: object, payload: object
+    ) -> Result[SignalResult, InstanceNotFoundError | InvalidStateError | ValidationError | StorageError]:
+        if not isinstance(name, str) or not name or len(name) > 200:
+            return Failure(
+                ValidationError(
+                    f"signal name must be a non-empty str of at most 200 characters, got {_short.repr(name)}"
+                )
+            )
+        try:
+            raw = _encoder.encode(payload)
+        except (TypeError, msgspec.EncodeError, OverflowError, RecursionError) as exc:
+            return Failure(ValidationError(f"payload of signal {name!r} cannot be stored: {exc}"))
+        key = self.key(instance_id)
+        env = self.env
+
+        async def run() -> Result[SignalResult, InstanceNotFoundError | InvalidStateError | StorageError]:
+            loaded = await env.storage.load(key)
+            if loaded is None:
+                return Failure(InstanceNotFoundError(self.job.name, instance_id))
+            record, _ = loaded
+            if record.status in _FINAL:
+                return Failure(
+                    InvalidStateError(
+                        f"workflow {self.job.name!r} instance {instance_id!r} is {record.status}; "
+                        "it accepts no more signals"
+                    )
+                )
+            log = _read_log(record)
+            now = env.now_ms()
+            log.inbox.append(_Signal(name, msgspec.Raw(raw), now))
+            pending = next((e for e in log.entries if not e.done), None)
+            waiting = (
+                record.status == "waiting" and pending is not None and pending.kind == "signal" and pending.name == name
+            )
+            record.data, record.updated_at = _encoder.encode(log), now
+            record.event_count += 1
+            event = self.event(record, "workflow.signal_received", signal=name, waiting=waiting)
+            alarm = SetAlarm(now, _RUN) if waiting else None
+            await env.commit(Checkin(key=key, record=record, alarm=alarm), [event])
+            return Success(SignalResult(instance_id, waiting))
+
+        return await self.runtime.call(key, run)
+
+    async def cancel(self, instance_id: str, reason: str | None) -> Result[WorkflowCancelResult, StorageError]:
+        key = self.key(instance_id)
+        env = self.env
+        live = self.live.get(key)
+        if live is not None and not live.log.cancel_requested:
+            # A run in this process: cancel its running step now, or its next call.
+            live.cancel_requested, live.cancel_reason = True, reason
+            live.log.cancel_requested, live.log.cancel_reason = True, reason
+            if live.scope is not None:
+                live.scope.cancel()
+
+        async def run() -> Result[WorkflowCancelResult, StorageError]:
+            loaded = await env.storage.load(key)
+            if loaded is None:
+                return Success(WorkflowCancelResult(instance_id, False, "not_found"))
+            record, _ = loaded
+            if record.status in _FINAL:
+                # Ended: by this cancel if it reached a run in this process, else before it.
+                by_us = live is not None and record.status == "cancelled"
+                return Success(WorkflowCancelResult(instance_id, by_us, record.status))
+            log = _read_log(record)
+            if not log.cancel_requested:
+                log.cancel_requested, log.cancel_reason = True, reason
+                record.data, record.updated_at = _encoder.encode(log), env.now_ms()
+                # Woken at once: the body gets WorkflowCancelledError where it stands.
+                await env.commit(Checkin(key=key, record=record, alarm=SetAlarm(env.now_ms(), _RUN)))
+            return Success(WorkflowCancelResult(instance_id, True, record.status))
+
+        return await self.runtime.call(key, run)
+
+    async def list_instances(
+        self, status: str | None, after: str | None, limit: int
+    ) -> Result[builtins.list[WorkflowSummary], ValidationError | StorageError]:
+        lister = getattr(self.env.storage, "list_instances", None)
+        if lister is None:
+            return Failure(StorageError(f"the storage {self.env.storage!r} cannot list instances"))
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 10_000:
+            return Failure(ValidationError(f"limit must be an int from 1 to 10000, got {_short.repr(limit)}"))
+        if status is not None and status not in ("running", "sleeping", "waiting", *_FINAL):
+            return Failure(ValidationError(f"status {_short.repr(status)} is not a workflow status"))
+        after_key = None if after is None else self.key(after)
+        records: builtins.list[InstanceRecord] = await lister(
+            KIND, self.job.name, self.tenant, status, after_key, limit
+        )
+        return Success(
+            [
+                WorkflowSummary(
+                    instance_id=r.instance_id,
+                    status=r.status,
+                    steps_finished=r.execute_count,
+                    tenant_id=r.tenant_id,
+                    created_at=to_datetime(r.created_at),
+                    updated_at=to_datetime(r.updated_at),
+                )
+                for r in records
+            ]
+        )
+
+    # -- alarms and runs --
+
+    async def on_alarm(self, alarm: Alarm) -> None:
+        try:
+            loaded = await self.env.storage.load(alarm.key)
+            if loaded is None or loaded[1] is None or loaded[1].id != alarm.id:
+                return  # ended, or woken for another reason since this alarm was claimed
+            record = loaded[0]
+            if record.status in _FINAL:
+                return
+            await self._run(record)
+        except StorageError as exc:
+            # The alarm stays claimed and fires again after its lease; the steps recorded stand.
+            self.env.logger.error("workflow %s: could not record a run: %s", alarm.key, exc.message)
+
+    async def _run(self, record: InstanceRecord) -> None:
+        job, env = self.job, self.env
+        record.run_count += 1
+        log = _read_log(record)
+        run = _Run(self, record, log, [])
+        run.cancel_requested, run.cancel_reason = log.cancel_requested, log.cancel_reason
+        run.cancel_delivered = any(e.cancelled for e in log.entries)
+        jlog = env.job_log(KIND, job.name, job.logging, instance=record.instance_id, run=record.run_count)
+        decoded = decode(job.input, record.state or b"null", what=f"input of workflow {job.name!r}")
+        if isinstance(decoded, Failure):
+            await self._end(run, "failed", error=decoded.failure())
+            return
+        the_input = decoded.unwrap()
+        ctx: WorkflowContext[D] = WorkflowContext(env, job.name, record.instance_id, jlog, run, record.run_count)
+        self.live[record.key] = run
+        try:
+            ran = await run_call(env, record.key, Checkout(None), lambda: job.execute(the_input, ctx))
+            body: Result[object, JobError] | None = ran.result
+        except trio.Cancelled:
+            raise
+        except BaseException as exc:
+            if run.stop is None or _holds_cancelled(exc):
+                raise
+            body = None  # stopped at a ctx call: how is in `run.stop`
+        finally:
+            self.live.pop(record.key, None)
+        if run.stop == "storage":
+            assert run.stop_error is not None
+            raise run.stop_error  # on_alarm logs it; the alarm fires again after its lease
+        if run.stop == "suspend":
+            await run.save(run.suspend_status, run.suspend_alarm)
+            return
+        if run.stop == "diverged":
+            assert run.stop_error is not None
+            jlog.error("%s", run.stop_error.message)
+            await self._end(run, "failed", error=run.stop_error)
+            return
+        assert body is not None
+        if run.cancel_delivered or (run.cancel_requested and isinstance(body, Failure)):
+            error = body.failure() if isinstance(body, Failure) else None
+            await self._end(run, "cancelled", error=error)
+            return
+        if isinstance(body, Failure):
+            error = body.failure()
+            jlog.error("failed: %s", error.message)
+            await self._end(run, "failed", error=error)
+            return
+        if run.position < len(log.entries):
+            entry = log.entries[run.position]
+            error = NonDeterminismError(job.name, run.position, _describe(entry.kind, entry.name), None)
+            jlog.error("%s", error.message)
+            await self._end(run, "failed", error=error)
+            return
+        raw = encode(job.result, body.unwrap(), what=f"result of workflow {job.name!r}")
+        if isinstance(raw, Failure):
+            await self._end(run, "failed", error=raw.failure())
+            return
+        log.result = msgspec.Raw(raw.unwrap())
+        await self._end(run, "completed")
+
+    async def _end(
+        self, run: _Run, status: Literal["completed", "failed", "cancelled"], error: JobError | None = None
+    ) -> None:
+        log = run.log
+        duration_ms = round((time.perf_counter() - run.started) * 1000, 3)
+        if status == "cancelled":
+            reason = log.cancel_reason
+            because = error.message if error else f"cancelled: {reason or 'no reason given'}"
+            log.error = _ErrorInfo("workflow_cancelled", because)
+            run.event("workflow.cancelled", reason=reason)
+        elif error is not None:
+            log.error = _ErrorInfo(error.tag, error.message)
+            run.event("workflow.failed", error={"tag": error.tag, "message": error.message})
+        else:
+            run.event("workflow.completed", steps=run.record.execute_count, duration_ms=duration_ms)
+        log.inbox.clear()  # undelivered signals die with the workflow
+        await run.save(status, ClearAlarm())
+        if run.stop == "storage" and run.stop_error is not None:
+            raise run.stop_error
+
+
+def _holds_cancelled(exc: BaseException) -> bool:
+    if isinstance(exc, trio.Cancelled):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(trio.Cancelled)[0] is not None
+    return False
+
+
+# -- the client --------------------------------------------------------------------------------
+
+
+class WorkflowClient(InstanceClient[WorkflowHandler[I, R, Any]], Generic[I, R]):
+    """The client verbs of one workflow; get one with ``engine.client.workflow(defn)``.
+
+    Every verb returns a `FutureResult` that does its work when awaited and
+    gives an ``IOSuccess`` or an ``IOFailure`` with one of the errors its
+    type names. A verb returns once what it changed is committed; the body
+    itself runs on the engine (woken by an alarm), not in the caller's task.
+    """
+
+    def start(
+        self, *, id: str, input: I
+    ) -> FutureResult[WorkflowStartResult, JobNotFoundError | ValidationError | StorageError]:
+        """Start workflow `id` with `input`; an id already used is left as it is (``created=False``)."""
+        return self._verb(id, lambda h, i: h.start(i, input))
+
+    def status(self, id: str) -> FutureResult[WorkflowStatus, JobNotFoundError | ValidationError | StorageError]:
+        """Where workflow `id` is: its status, steps finished, current step, ``wake_at`` and log."""
+        return self._verb(id, lambda h, i: h.status(i))
+
+    def result(
+        self, id: str
+    ) -> FutureResult[
+        R,
+        JobNotFoundError
+        | InstanceNotFoundError
+        | InvalidStateError
+        | WorkflowFailedError
+        | ValidationError
+        | StorageError,
+    ]:
+        """The result of a completed workflow; `WorkflowFailedError` if it failed or was
+        cancelled, `InvalidStateError` while it is still going."""
+        return self._verb(id, lambda h, i: h.result(i))
+
+    def signal(
+        self, id: str, name: str, payload: object = None
+    ) -> FutureResult[
+        SignalResult, JobNotFoundError | InstanceNotFoundError | InvalidStateError | ValidationError | StorageError
+    ]:
+        """Send the signal `name` with `payload` (anything msgspec encodes) to workflow `id`.
+
+        The signal is stored with the workflow and delivered to its next
+        ``ctx.wait_for_signal(name, ...)`` (now, if it is waiting for it).
+        An ended workflow refuses it (`InvalidStateError`).
+        """
+        return self._verb(id, lambda h, i: h.signal(i, name, payload))
+
+    def cancel(
+        self, id: str, *, reason: str | None = None
+    ) -> FutureResult[WorkflowCancelResult, JobNotFoundError | ValidationError | StorageError]:
+        """Cancel workflow `id`: the body gets `WorkflowCancelledError` at its current call."""
+        return self._verb(id, lambda h, i: h.cancel(i, reason))
+
+    def list(
+        self, *, status: WorkflowStatusName | None = None, after: str | None = None, limit: int = 100
+    ) -> FutureResult[builtins.list[WorkflowSummary], JobNotFoundError | ValidationError | StorageError]:
+        """This workflow's instances (this client's tenant's only, if it has one), by id,
+        starting after the id `after`, at most `limit`, only those in `status` if given."""
+        handler = self._handler
+        if handler is None:
+            return not_registered(self._name)
+        return effect(lambda: handler.list_instances(status, after, limit))

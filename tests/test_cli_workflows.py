@@ -1,0 +1,88 @@
+"""``djobs workflows list|show`` against a database a test engine built."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import msgspec
+import pytest
+import trio
+import trio.testing
+
+import djobs
+from djobs.cli import ExitCode, main
+from djobs.testing import open_test_engine
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+class Parcel(msgspec.Struct):
+    ref: str
+
+
+def pack(ref: str) -> str:
+    return f"box-{ref}"
+
+
+def weigh(ref: str) -> int:
+    raise ValueError("scale offline")
+
+
+async def ship(parcel: Parcel, ctx: djobs.WorkflowContext[None]) -> str:
+    box = await ctx.step("pack", pack, parcel.ref)
+    with contextlib.suppress(djobs.StepFailedError):  # weighing is optional
+        await ctx.step("weigh", weigh, parcel.ref)
+    await ctx.sleep("2 days")
+    return box
+
+
+shipping = djobs.Workflow.make("shipping", input=Parcel, result=str, execute=ship)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    path = tmp_path / "wf.db"
+
+    async def build() -> None:
+        async with open_test_engine([shipping], storage=djobs.sqlite(path), start=T0) as engine:
+            await engine.client.workflow(shipping).start(id="p-1", input=Parcel("p-1"))
+            await engine.client.for_tenant("acme").workflow(shipping).start(id="p-2", input=Parcel("p-2"))
+            await trio.sleep(1)
+            await engine.wait_idle()
+
+    trio.run(build, clock=trio.testing.MockClock(autojump_threshold=0))
+    return path
+
+
+def test_workflows_list_shows_each_with_its_status_and_steps(capsys: pytest.CaptureFixture[str], db: Path) -> None:
+    assert main(["workflows", "list", "--db", str(db), "--json"]) == ExitCode.OK
+    listed = json.loads(capsys.readouterr().out)
+    assert [(w["id"], w["tenant_id"], w["status"], w["steps_finished"]) for w in listed] == [
+        ("p-2", "acme", "sleeping", 2),  # key order: a tenant's keys sort before plain ids
+        ("p-1", None, "sleeping", 2),
+    ]
+    assert main(["workflows", "list", "--db", str(db)]) == ExitCode.OK
+    out = capsys.readouterr().out
+    assert "shipping" in out and "sleeping" in out and "acme" in out
+
+
+def test_workflows_show_lists_every_step(capsys: pytest.CaptureFixture[str], db: Path) -> None:
+    assert main(["workflows", "show", "shipping", "p-1", "--db", str(db), "--json"]) == ExitCode.OK
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["status"] == "sleeping"
+    assert shown["wake_at"] == (T0 + timedelta(days=2)).isoformat().replace("+00:00", "Z")
+    assert [(s["kind"], s["name"], s["done"]) for s in shown["steps"]] == [
+        ("step", "pack", True),
+        ("step", "weigh", True),
+        ("sleep", "sleep", False),
+    ]
+    assert main(["workflows", "show", "shipping", "p-1", "--db", str(db)]) == ExitCode.OK
+    out = capsys.readouterr().out
+    assert "failed: ValueError: scale offline" in out and "pending" in out
+    assert main(["workflows", "show", "shipping", "p-2", "--tenant", "acme", "--db", str(db)]) == ExitCode.OK
+    capsys.readouterr()
+    assert main(["workflows", "show", "shipping", "nope", "--db", str(db)]) == ExitCode.NOT_FOUND
+    assert "no workflow 'shipping' with id 'nope'" in capsys.readouterr().err

@@ -1,0 +1,672 @@
+"""Workflows: steps that run once, durable sleeps and signals, compensation, replay and its
+divergence, restarts; on every storage (memory, SQLite file, PostgreSQL), as tests/conformance does."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import trio
+from postgres_support import postgres_dsn, require_postgres, throwaway_schema
+from returns.result import Failure, Result, Success
+
+import djobs
+from djobs.storage import StorageLayer
+from djobs.testing import TestEngine, failure, open_test_engine, success
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+_POSTGRES = ["postgres"] if postgres_dsn() else []
+
+
+def _layer(kind: str, tmp_path: Path) -> Iterator[StorageLayer]:
+    if kind == "memory":
+        yield djobs.memory()
+    elif kind == "sqlite-file":
+        yield djobs.sqlite(tmp_path / "workflows.db")
+    else:
+        dsn = require_postgres()
+        with throwaway_schema(dsn) as schema:
+            yield djobs.postgres(dsn, schema=schema)
+
+
+@pytest.fixture(params=["memory", "sqlite-file", *_POSTGRES])
+def layer(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StorageLayer]:
+    """Each storage in turn."""
+    yield from _layer(request.param, tmp_path)
+
+
+@pytest.fixture(params=["sqlite-file", *_POSTGRES])
+def durable_layer(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StorageLayer]:
+    """Each storage that outlives an engine (a restart reopens it)."""
+    yield from _layer(request.param, tmp_path)
+
+
+# -- the order workflow ----------------------------------------------------------------------
+
+
+class Order(msgspec.Struct):
+    order_id: str
+    amount: int
+
+
+class Shipped(msgspec.Struct):
+    tracking: str
+
+
+class Receipt(msgspec.Struct):
+    order_id: str
+    charge_id: str
+    outcome: str
+    tracking: str | None = None
+
+
+@dataclass
+class Shop:
+    """The application's services: a card processor and a mailer, counting their calls."""
+
+    charges: list[str] = field(default_factory=list)
+    refunds: list[str] = field(default_factory=list)
+    mails: list[str] = field(default_factory=list)
+    fail_charges: int = 0
+    charge_calls: int = 0
+
+    def charge(self, order: Order) -> str:
+        self.charge_calls += 1
+        if self.charge_calls <= self.fail_charges:
+            raise ConnectionError("card processor unreachable")
+        self.charges.append(order.order_id)
+        return f"ch-{order.order_id}"
+
+    def refund(self, charge_id: str) -> None:
+        self.refunds.append(charge_id)
+
+    async def notify(self, order_id: str, text: str) -> None:
+        self.mails.append(f"{order_id}: {text}")
+
+
+async def run_order(order: Order, ctx: djobs.WorkflowContext[Shop]) -> Receipt:
+    shop = ctx.services
+    charge_id = await ctx.step("charge", shop.charge, order)
+    await ctx.sleep("1 day")
+    shipped = await ctx.wait_for_signal("shipped", Shipped, timeout="7 days")
+    if isinstance(shipped, djobs.TimedOut):
+        await ctx.step("refund", shop.refund, charge_id)
+        await ctx.step("notify", shop.notify, order.order_id, "not shipped, refunded")
+        return Receipt(order.order_id, charge_id, "refunded")
+    await ctx.step("notify", shop.notify, order.order_id, f"shipped {shipped.tracking}")
+    return Receipt(order.order_id, charge_id, "shipped", shipped.tracking)
+
+
+order_flow = djobs.Workflow.make(
+    "order",
+    input=Order,
+    result=Receipt,
+    execute=run_order,
+    retry=djobs.Retry(max_attempts=3, delay=djobs.Backoff.fixed("1 minute")),
+)
+
+
+async def until(engine: TestEngine, moment: datetime) -> None:
+    """Let virtual time run to `moment`, then let due work finish."""
+    await trio.sleep((moment.timestamp() * 1000 - engine.clock.now_ms()) / 1000)
+    await settle(engine)
+
+
+async def settle(engine: TestEngine) -> None:
+    """Let the alarm sleeper pick up what was just committed (a second), then let it finish."""
+    await trio.sleep(1)
+    await engine.wait_idle()
+
+
+def types(engine: TestEngine) -> list[str]:
+    return [e.type for e in engine.tracker.events if e.type.startswith("workflow.")]
+
+
+@pytest.mark.trio
+async def test_the_order_workflow_completes_in_milliseconds_of_real_time(
+    autojump_clock: trio.testing.MockClock, layer: StorageLayer
+) -> None:
+    shop = Shop()
+    real = time.perf_counter()
+    async with open_test_engine([order_flow], storage=layer, services=shop, start=T0) as engine:
+        client = engine.client.workflow(order_flow)
+        started = success(await client.start(id="o-1", input=Order("o-1", 100)))
+        assert (started.created, started.status) == (True, "running")
+        await settle(engine)
+        status = success(await client.status("o-1"))
+        assert status.status == "sleeping"
+        assert status.steps_finished == 1
+        assert status.wake_at == T0 + timedelta(days=1)
+        await until(engine, T0 + timedelta(days=2))
+        status = success(await client.status("o-1"))
+        assert (status.status, status.current_step) == ("waiting", "shipped")
+        assert status.wake_at == T0 + timedelta(days=8)
+        assert success(await client.signal("o-1", "shipped", Shipped("TRK-9"))).waiting
+        await settle(engine)
+        assert success(await client.result("o-1")) == Receipt("o-1", "ch-o-1", "shipped", "TRK-9")
+        status = success(await client.status("o-1"))
+        assert (status.status, status.steps_finished, status.wake_at) == ("completed", 2, None)
+        assert [(s.kind, s.name) for s in status.steps] == [
+            ("step", "charge"),
+            ("sleep", "sleep"),
+            ("signal", "shipped"),
+            ("step", "notify"),
+        ]
+        again = success(await client.start(id="o-1", input=Order("o-1", 100)))
+        assert (again.created, again.status) == (False, "completed")
+        assert types(engine) == [
+            "workflow.started",
+            "workflow.step_completed",
+            "workflow.sleeping",
+            "workflow.waiting",
+            "workflow.signal_received",
+            "workflow.step_completed",
+            "workflow.completed",
+        ]
+        step = next(e for e in engine.tracker.events if e.type == "workflow.step_completed")
+        assert step.data["step"] == "charge" and step.data["attempt"] == 1 and "duration_ms" in step.data
+    assert shop.charges == ["o-1"]  # replayed three times, charged once
+    assert shop.mails == ["o-1: shipped TRK-9"]
+    assert time.perf_counter() - real < 5  # eight virtual days
+
+
+@pytest.mark.trio
+async def test_without_the_signal_the_workflow_ends_by_its_timeout_branch(
+    autojump_clock: trio.testing.MockClock, layer: StorageLayer
+) -> None:
+    shop = Shop()
+    async with open_test_engine([order_flow], storage=layer, services=shop, start=T0) as engine:
+        client = engine.client.workflow(order_flow)
+        await client.start(id="o-2", input=Order("o-2", 5))
+        await until(engine, T0 + timedelta(days=8, minutes=1))
+        assert success(await client.result("o-2")) == Receipt("o-2", "ch-o-2", "refunded")
+        status = success(await client.status("o-2"))
+        assert status.steps[2].timed_out
+    assert shop.refunds == ["ch-o-2"]
+    assert shop.mails == ["o-2: not shipped, refunded"]
+
+
+@pytest.mark.trio
+async def test_a_signal_sent_before_the_wait_is_kept_and_delivered(
+    autojump_clock: trio.testing.MockClock, layer: StorageLayer
+) -> None:
+    shop = Shop()
+    async with open_test_engine([order_flow], storage=layer, services=shop, start=T0) as engine:
+        client = engine.client.workflow(order_flow)
+        await client.start(id="o-3", input=Order("o-3", 5))
+        await settle(engine)
+        sent = success(await client.signal("o-3", "shipped", {"tracking": "EARLY"}))
+        assert not sent.waiting  # still sleeping: kept for the wait
+        await until(engine, T0 + timedelta(days=1, minutes=1))
+        assert success(await client.result("o-3")).tracking == "EARLY"
+        refused = failure(await client.signal("o-3", "shipped", {"tracking": "LATE"}))
+        assert isinstance(refused, djobs.InvalidStateError)
+        assert isinstance(failure(await client.signal("nope", "shipped", {})), djobs.InstanceNotFoundError)
+
+
+@pytest.mark.trio
+async def test_a_step_that_fails_twice_then_succeeds_runs_three_times_and_the_workflow_goes_on(
+    autojump_clock: trio.testing.MockClock, layer: StorageLayer
+) -> None:
+    shop = Shop(fail_charges=2)
+    async with open_test_engine([order_flow], storage=layer, services=shop, start=T0) as engine:
+        client = engine.client.workflow(order_flow)
+        await client.start(id="o-4", input=Order("o-4", 5))
+        await settle(engine)
+        status = success(await client.status("o-4"))
+        assert (status.status, status.current_step) == ("running", "charge")
+        assert status.wake_at == T0 + timedelta(minutes=1)  # the retry is an alarm
+        await until(engine, T0 + timedelta(minutes=3))
+        status = success(await client.status("o-4"))
+        assert status.status == "sleeping"
+        assert status.steps[0].attempts == 3
+        failed = [e for e in engine.tracker.events if e.type == "workflow.step_failed"]
+        assert [e.data["attempt"] for e in failed] == [1, 2]
+        completed = next(e for e in engine.tracker.events if e.type == "workflow.step_completed")
+        assert completed.data["attempt"] == 3
+    assert shop.charge_calls == 3
+    assert shop.charges == ["o-4"]
+
+
+# -- compensation ------------------------------------------------------------------------------
+
+
+class Trip(msgspec.Struct):
+    who: str
+
+
+@dataclass
+class Agency:
+    log: list[str] = field(default_factory=list)
+
+    def book_flight(self, trip: Trip) -> str:
+        self.log.append("flight")
+        return "F1"
+
+    def book_hotel(self, trip: Trip) -> Result[str, str]:
+        self.log.append("hotel?")
+        return Failure("no rooms")
+
+    def cancel_flight(self, flight: str) -> None:
+        self.log.append(f"cancel {flight}")
+
+
+async def book_trip(trip: Trip, ctx: djobs.WorkflowContext[Agency]) -> str:
+    agency = ctx.services
+    flight = await ctx.step("flight", agency.book_flight, trip)
+    try:
+        hotel = await ctx.step("hotel", agency.book_hotel, trip, retry=djobs.Retry(2, "10 seconds"))
+    except djobs.StepFailedError as exc:
+        await ctx.step("cancel flight", agency.cancel_flight, flight)
+        return f"cancelled: {exc.error_message}"
+    return f"{flight}+{hotel}"
+
+
+trip_flow = djobs.Workflow.make("trip", input=Trip, result=str, execute=book_trip)
+
+
+@pytest.mark.trio
+async def test_a_step_that_exhausts_its_retries_lets_the_body_compensate(
+    autojump_clock: trio.testing.MockClock, layer: StorageLayer
+) -> None:
+    agency = Agency()
+    async with open_test_engine([trip_flow], storage=layer, services=agency, start=T0) as engine:
+        client = engine.client.workflow(trip_flow)
+        await client.start(id="t", input=Trip("ann"))
+        await until(engine, T0 + timedelta(minutes=1))
+        assert success(await client.result("t")) == "cancelled: job returned a failure: 'no rooms'"
+        status = success(await client.status("t"))
+        assert status.steps[1].error == {"tag": "execution", "message": "job returned a failure: 'no rooms'"}
+    assert agency.log == ["flight", "hotel?", "hotel?", "cancel F1"]
+
+
+async def fail_the_trip(trip: Trip, ctx: djobs.WorkflowContext[Agency]) -> str:
+    return await ctx.step("hotel", ctx.services.book_hotel, trip)
+
+
+failing_trip = djobs.Workflow.make("failing-trip", input=Trip, result=str, execute=fail_the_trip)
+
+
+@pytest.mark.trio
+async def test_a_step_failure_the_body_lets_through_fails_the_workflow(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_test_engine([failing_trip], services=Agency(), start=T0) as engine:
+        client = engine.client.workflow(failing_trip)
+        await client.start(id="t", input=Trip("ann"))
+        await settle(engine)
+        error = failure(await client.result("t"))
+        assert isinstance(error, djobs.WorkflowFailedError)
+        assert (error.status, error.error_tag) == ("failed", "step_failed")
+        assert success(await client.status("t")).status == "failed"
+        assert "workflow.failed" in types(engine)
+
+
+# -- replay: determinism and divergence --------------------------------------------------------
+
+
+class Nothing(msgspec.Struct):
+    pass
+
+
+calls: list[str] = []
+
+
+def record(name: str) -> str:
+    calls.append(name)
+    return name
+
+
+async def first_version(_: Nothing, ctx: djobs.WorkflowContext[None]) -> str:
+    await ctx.step("a", record, "a")
+    await ctx.sleep("1 hour")
+    await ctx.step("b", record, "b")
+    return "done"
+
+
+async def second_version(_: Nothing, ctx: djobs.WorkflowContext[None]) -> str:
+    await ctx.step("a", record, "a")
+    await ctx.step("inserted", record, "inserted")  # where the log has the sleep
+    await ctx.sleep("1 hour")
+    await ctx.step("b", record, "b")
+    return "done"
+
+
+@pytest.mark.trio
+async def test_a_body_changed_in_flight_fails_with_a_typed_error_naming_the_first_divergent_step(
+    autojump_clock: trio.testing.MockClock, durable_layer: StorageLayer
+) -> None:
+    calls.clear()
+    v1 = djobs.Workflow.make("evolving", input=Nothing, result=str, execute=first_version)
+    v2 = djobs.Workflow.make("evolving", input=Nothing, result=str, execute=second_version)
+    async with open_test_engine([v1], storage=durable_layer, start=T0) as engine:
+        await engine.client.workflow(v1).start(id="w", input=Nothing())
+        await settle(engine)
+    async with open_test_engine([v2], storage=durable_layer, start=T0 + timedelta(hours=2)) as engine:
+        await settle(engine)
+        client = engine.client.workflow(v2)
+        error = failure(await client.result("w"))
+        assert isinstance(error, djobs.WorkflowFailedError)
+        assert error.error_tag == "non_determinism"
+        assert "call #2" in error.error_message
+        assert "step 'inserted'" in error.error_message and "sleep 'sleep'" in error.error_message
+    assert calls == ["a"]  # nothing new ran, nothing recorded was mixed with new results
+
+
+async def shorter_version(_: Nothing, ctx: djobs.WorkflowContext[None]) -> str:
+    await ctx.step("a", record, "a")
+    return "done"
+
+
+@pytest.mark.trio
+async def test_a_body_that_returns_before_its_recorded_calls_diverges(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    calls.clear()
+    v1 = djobs.Workflow.make("shrinking", input=Nothing, result=str, execute=first_version)
+    v2 = djobs.Workflow.make("shrinking", input=Nothing, result=str, execute=shorter_version)
+    layer = djobs.sqlite(tmp_path / "shrinking.db")
+    async with open_test_engine([v1], storage=layer, start=T0) as engine:
+        await engine.client.workflow(v1).start(id="w", input=Nothing())
+        await settle(engine)
+    async with open_test_engine([v2], storage=layer, start=T0 + timedelta(hours=2)) as engine:
+        await settle(engine)
+        error = failure(await engine.client.workflow(v2).result("w"))
+        assert isinstance(error, djobs.WorkflowFailedError)
+        assert error.error_tag == "non_determinism"
+        assert "returned before reaching the recorded sleep 'sleep'" in error.error_message
+    assert calls == ["a"]
+
+
+class Stamp(msgspec.Struct):
+    at: datetime
+    token: str
+    dice: float
+
+
+async def stamped(_: Nothing, ctx: djobs.WorkflowContext[None]) -> Stamp:
+    at, token, dice = ctx.now(), ctx.uuid(), ctx.random()
+    await ctx.sleep("1 hour")
+    assert ctx.now() > at  # a new call: the time now
+    return Stamp(at, token, dice)
+
+
+stamp_flow = djobs.Workflow.make("stamp", input=Nothing, result=Stamp, execute=stamped)
+
+
+@pytest.mark.trio
+async def test_time_ids_and_random_values_taken_through_the_context_are_the_same_on_replay(
+    autojump_clock: trio.testing.MockClock, layer: StorageLayer
+) -> None:
+    async with open_test_engine([stamp_flow], storage=layer, start=T0) as engine:
+        client = engine.client.workflow(stamp_flow)
+        await client.start(id="s", input=Nothing())
+        await settle(engine)
+        first = success(await client.status("s")).steps
+        await until(engine, T0 + timedelta(hours=2))
+        stamp = success(await client.result("s"))
+        assert stamp.at == T0
+        assert [s.kind for s in first] == ["now", "uuid", "random", "sleep"]
+        assert len(stamp.token) == 36 and 0 <= stamp.dice < 1
+
+
+# -- restarts ----------------------------------------------------------------------------------
+
+
+@pytest.mark.trio
+async def test_a_restart_resumes_without_running_finished_steps_again(
+    autojump_clock: trio.testing.MockClock, durable_layer: StorageLayer
+) -> None:
+    shop = Shop()
+    async with open_test_engine([order_flow], storage=durable_layer, services=shop, start=T0) as engine:
+        await engine.client.workflow(order_flow).start(id="o-5", input=Order("o-5", 1))
+        await settle(engine)
+    # A new engine (another process, in real life) thirty days later on the same database.
+    later = T0 + timedelta(days=30)
+    async with open_test_engine([order_flow], storage=durable_layer, services=shop, start=later) as engine:
+        client = engine.client.workflow(order_flow)
+        await settle(engine)
+        assert success(await client.status("o-5")).status == "waiting"
+        await client.signal("o-5", "shipped", Shipped("T"))
+        await settle(engine)
+        assert success(await client.result("o-5")).outcome == "shipped"
+    assert shop.charges == ["o-5"]
+
+
+gate: trio.Event | None = None
+slow_calls: list[str] = []
+
+
+async def slow(name: str) -> str:
+    slow_calls.append(name)
+    if name == "stuck" and gate is not None:
+        await gate.wait()
+    return name
+
+
+async def stuck_body(_: Nothing, ctx: djobs.WorkflowContext[None]) -> str:
+    await ctx.step("first", slow, "first")
+    await ctx.step("stuck", slow, "stuck")
+    return "ok"
+
+
+stuck_flow = djobs.Workflow.make("stuck", input=Nothing, result=str, execute=stuck_body)
+
+
+@pytest.mark.trio
+async def test_an_engine_closed_mid_step_leaves_that_step_to_run_again_and_no_finished_one(
+    autojump_clock: trio.testing.MockClock, durable_layer: StorageLayer
+) -> None:
+    global gate
+    slow_calls.clear()
+    gate = trio.Event()
+    async with open_test_engine([stuck_flow], storage=durable_layer, start=T0, shutdown_grace="1 second") as engine:
+        await engine.client.workflow(stuck_flow).start(id="x", input=Nothing())
+        await trio.sleep(0.5)
+    gate = None
+    async with open_test_engine([stuck_flow], storage=durable_layer, start=T0 + timedelta(minutes=10)) as engine:
+        await settle(engine)
+        assert success(await engine.client.workflow(stuck_flow).result("x")) == "ok"
+    assert slow_calls == ["first", "stuck", "stuck"]
+
+
+# -- cancel, list, tenants, bad input ------------------------------------------------------------
+
+
+@pytest.mark.trio
+async def test_cancel_reaches_the_body_which_may_run_cleanup_steps(
+    autojump_clock: trio.testing.MockClock, layer: StorageLayer
+) -> None:
+    shop = Shop()
+
+    async def cancellable(order: Order, ctx: djobs.WorkflowContext[Shop]) -> Receipt:
+        charge_id = await ctx.step("charge", ctx.services.charge, order)
+        try:
+            await ctx.sleep("30 days")
+        except djobs.WorkflowCancelledError:
+            await ctx.step("refund", ctx.services.refund, charge_id)
+            raise
+        return Receipt(order.order_id, charge_id, "kept")
+
+    flow = djobs.Workflow.make("cancellable", input=Order, result=Receipt, execute=cancellable)
+    async with open_test_engine([flow], storage=layer, services=shop, start=T0) as engine:
+        client = engine.client.workflow(flow)
+        await client.start(id="c", input=Order("c", 1))
+        await settle(engine)
+        cancelled = success(await client.cancel("c", reason="customer changed their mind"))
+        assert cancelled.cancelled
+        await settle(engine)
+        status = success(await client.status("c"))
+        assert status.status == "cancelled"
+        error = failure(await client.result("c"))
+        assert isinstance(error, djobs.WorkflowFailedError) and error.status == "cancelled"
+        assert not success(await client.cancel("c")).cancelled
+        assert "workflow.cancelled" in types(engine)
+    assert shop.refunds == ["ch-c"]
+
+
+@pytest.mark.trio
+async def test_cancel_cancels_a_running_step(autojump_clock: trio.testing.MockClock) -> None:
+    global gate
+    slow_calls.clear()
+    gate = trio.Event()  # never set: the step runs until cancelled
+    async with open_test_engine([stuck_flow], start=T0) as engine:
+        client = engine.client.workflow(stuck_flow)
+        await client.start(id="x", input=Nothing())
+        await trio.sleep(1)
+        assert success(await client.status("x")).current_step == "stuck"
+        assert success(await client.cancel("x")).cancelled
+        await settle(engine)
+        assert success(await client.status("x")).status == "cancelled"
+    gate = None
+
+
+@pytest.mark.trio
+async def test_list_and_tenants(autojump_clock: trio.testing.MockClock, layer: StorageLayer) -> None:
+    async with open_test_engine([stamp_flow], storage=layer, start=T0) as engine:
+        acme = engine.client.for_tenant("acme").workflow(stamp_flow)
+        globex = engine.client.for_tenant("globex").workflow(stamp_flow)
+        for i in range(3):
+            await acme.start(id=f"a{i}", input=Nothing())
+        await globex.start(id="a0", input=Nothing())  # the same id in another tenant is another workflow
+        await settle(engine)
+        listed = success(await acme.list())
+        assert [(w.instance_id, w.tenant_id, w.status) for w in listed] == [
+            ("a0", "acme", "sleeping"),
+            ("a1", "acme", "sleeping"),
+            ("a2", "acme", "sleeping"),
+        ]
+        assert [w.instance_id for w in success(await acme.list(after="a0", limit=1))] == ["a1"]
+        assert len(success(await globex.list())) == 1
+        assert len(success(await engine.client.workflow(stamp_flow).list())) == 4
+        assert success(await engine.client.workflow(stamp_flow).list(status="completed")) == []
+        assert success(await engine.client.workflow(stamp_flow).status("a0")).status == "not_found"
+        assert isinstance(failure(await acme.list(limit=0)), djobs.ValidationError)
+
+
+@pytest.mark.trio
+async def test_bad_input_is_a_typed_error(autojump_clock: trio.testing.MockClock) -> None:
+    async def unannotated(_: Nothing, ctx: djobs.WorkflowContext[None]) -> str:
+        return str(await ctx.step("lambda", lambda: 1))
+
+    async def unstorable(_: Nothing, ctx: djobs.WorkflowContext[None]) -> str:
+        return str(await ctx.step("object", object, result=object))
+
+    flows = [
+        djobs.Workflow.make("unannotated", input=Nothing, result=str, execute=unannotated),
+        djobs.Workflow.make("unstorable", input=Nothing, result=str, execute=unstorable),
+    ]
+    async with open_test_engine([*flows, order_flow], start=T0) as engine:
+        for flow in flows:
+            client = engine.client.workflow(flow)
+            await client.start(id="x", input=Nothing())
+            await settle(engine)
+            error = failure(await client.result("x"))
+            assert isinstance(error, djobs.WorkflowFailedError) and error.error_tag == "validation"
+        client = engine.client.workflow(flows[0])
+        assert isinstance(failure(await client.start(id="", input=Nothing())), djobs.ValidationError)
+        wrong = Trip("ann")
+        assert isinstance(
+            failure(await engine.client.workflow(order_flow).start(id="y", input=wrong)), djobs.ValidationError
+        )  # type: ignore[arg-type]
+        assert isinstance(failure(await client.signal("x", "", None)), djobs.ValidationError)
+        assert isinstance(failure(await engine.client.workflow("nope").status("x")), djobs.JobNotFoundError)
+    with pytest.raises(djobs.ValidationError):
+        djobs.Workflow.make("bad:name", input=Nothing, result=str, execute=unannotated)
+    with pytest.raises(djobs.ValidationError):
+        djobs.Workflow.make("bad", input=dict, result=str, execute=unannotated)  # type: ignore[arg-type]
+
+
+# -- step forms and pipelines ----------------------------------------------------------------------
+
+
+def plain(x: int) -> int:
+    return x + 1
+
+
+async def coroutine(x: int) -> int:
+    return x * 2
+
+
+def as_result(x: int) -> Result[int, str]:
+    return Success(x + 3)
+
+
+@pytest.mark.trio
+async def test_steps_take_every_body_form_and_compose_as_pipelines(autojump_clock: trio.testing.MockClock) -> None:
+    async def body(_: Nothing, ctx: djobs.WorkflowContext[None]) -> list[int]:
+        a = await ctx.step("plain", plain, 1)
+        b = await ctx.step("coroutine", coroutine, a)
+        c = await ctx.step("result", as_result, b)
+        d = await ctx.step("piped", plain, c).bind(lambda v: ctx.step("then", coroutine, v)).map(lambda v: v - 1)
+        e = success(await ctx.step("future", plain, d).result())
+        await ctx.sleep("1 minute")  # everything above replays from the log
+        return [a, b, c, d, e]
+
+    flow = djobs.Workflow.make("forms", input=Nothing, result=list[int], execute=body)
+    async with open_test_engine([flow], start=T0) as engine:
+        client = engine.client.workflow(flow)
+        await client.start(id="f", input=Nothing())
+        await until(engine, T0 + timedelta(minutes=2))
+        assert success(await client.result("f")) == [2, 4, 7, 15, 16]
+
+
+# -- several engines on one database ------------------------------------------------------------
+
+effects: list[tuple[str, str]] = []
+in_flight: set[str] = set()
+overlaps: list[str] = []
+
+
+async def effect(workflow: str, step: str) -> str:
+    if workflow in in_flight:
+        overlaps.append(workflow)
+    in_flight.add(workflow)
+    await trio.sleep(0.05)  # a window for another engine to barge in
+    in_flight.discard(workflow)
+    effects.append((workflow, step))
+    return step
+
+
+async def three_steps(name: Trip, ctx: djobs.WorkflowContext[None]) -> int:
+    await ctx.step("one", effect, name.who, "one")
+    await ctx.sleep("1 minute")
+    await ctx.step("two", effect, name.who, "two")
+    go = await ctx.wait_for_signal("go", int, timeout="1 hour")
+    await ctx.step("three", effect, name.who, "three")
+    return 0 if isinstance(go, djobs.TimedOut) else go
+
+
+shared_flow = djobs.Workflow.make("shared", input=Trip, result=int, execute=three_steps)
+
+
+@pytest.mark.trio
+async def test_two_engines_on_one_database_run_each_workflow_in_one_place_at_a_time_and_each_step_once(
+    autojump_clock: trio.testing.MockClock, durable_layer: StorageLayer
+) -> None:
+    effects.clear()
+    overlaps.clear()
+    ids = [f"w{i}" for i in range(20)]
+    options: dict[str, Any] = {"alarm_poll_interval": "1 second", "start": T0}
+    async with (
+        open_test_engine([shared_flow], storage=durable_layer, **options) as a,
+        open_test_engine([shared_flow], storage=durable_layer, **options) as b,
+    ):
+        for i, wid in enumerate(ids):
+            engine = a if i % 2 else b
+            success(await engine.client.workflow(shared_flow).start(id=wid, input=Trip(wid)))
+        await trio.sleep(120)
+        for i, wid in enumerate(ids):
+            engine = b if i % 2 else a  # signalled through the other engine
+            await engine.client.workflow(shared_flow).signal(wid, "go", i)
+        await trio.sleep(60)
+        await a.wait_idle()
+        await b.wait_idle()
+        results = [success(await a.client.workflow(shared_flow).result(wid)) for wid in ids]
+    assert results == list(range(20))
+    assert overlaps == []
+    assert sorted(effects) == sorted((wid, step) for wid in ids for step in ("one", "two", "three"))
