@@ -382,6 +382,10 @@ async def test_a_body_that_returns_before_its_recorded_calls_diverges(
     assert calls == ["a"]
 
 
+def plain_str() -> str:
+    return "s"
+
+
 class Stamp(msgspec.Struct):
     at: datetime
     token: str
@@ -556,9 +560,23 @@ async def test_bad_input_is_a_typed_error(autojump_clock: trio.testing.MockClock
     async def unstorable(_: Nothing, ctx: djobs.WorkflowContext[None]) -> str:
         return str(await ctx.step("object", object, result=object))
 
+    async def badly_named(_: Nothing, ctx: djobs.WorkflowContext[None]) -> str:
+        return await ctx.step(42, plain_str)  # type: ignore[arg-type]
+
+    async def bad_wait(_: Nothing, ctx: djobs.WorkflowContext[None]) -> str:
+        await ctx.wait_for_signal("s", object(), timeout="1 hour")  # type: ignore[call-overload]
+        return "?"
+
+    async def bad_sleep(_: Nothing, ctx: djobs.WorkflowContext[None]) -> str:
+        await ctx.sleep(30)  # type: ignore[arg-type]  # seconds? milliseconds?
+        return "?"
+
     flows = [
         djobs.Workflow.make("unannotated", input=Nothing, result=str, execute=unannotated),
         djobs.Workflow.make("unstorable", input=Nothing, result=str, execute=unstorable),
+        djobs.Workflow.make("badly-named", input=Nothing, result=str, execute=badly_named),
+        djobs.Workflow.make("bad-wait", input=Nothing, result=str, execute=bad_wait),
+        djobs.Workflow.make("bad-sleep", input=Nothing, result=str, execute=bad_sleep),
     ]
     async with open_test_engine([*flows, order_flow], start=T0) as engine:
         for flow in flows:
@@ -574,6 +592,9 @@ async def test_bad_input_is_a_typed_error(autojump_clock: trio.testing.MockClock
             failure(await engine.client.workflow(order_flow).start(id="y", input=wrong)), djobs.ValidationError
         )  # type: ignore[arg-type]
         assert isinstance(failure(await client.signal("x", "", None)), djobs.ValidationError)
+        assert isinstance(failure(await client.signal("x", "s", object())), djobs.ValidationError)
+        assert isinstance(failure(await client.cancel("x", reason=7)), djobs.ValidationError)  # type: ignore[arg-type]
+        assert isinstance(failure(await client.list(status="asleep")), djobs.ValidationError)  # type: ignore[arg-type]
         assert isinstance(failure(await engine.client.workflow("nope").status("x")), djobs.JobNotFoundError)
     with pytest.raises(djobs.ValidationError):
         djobs.Workflow.make("bad:name", input=Nothing, result=str, execute=unannotated)

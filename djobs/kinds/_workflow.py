@@ -249,7 +249,20 @@ _encoder = msgspec.json.Encoder()
 
 
 def _read_log(record: InstanceRecord) -> _Log:
-    return _Log() if record.data is None else _log_decoder.decode(record.data)
+    """The step log stored in `record`. Raises `ValidationError` if it cannot be read."""
+    if record.data is None:
+        return _Log()
+    try:
+        return _log_decoder.decode(record.data)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise ValidationError(f"the step log of workflow {record.key!r} cannot be read: {exc}") from None
+
+
+def _check_call_name(name: object, what: str) -> str:
+    """A step's, sleep's or signal's name: a non-empty str of at most 200 characters."""
+    if not isinstance(name, str) or not name or len(name) > 200:
+        raise ValidationError(f"{what} name must be a non-empty str of at most 200 characters, got {_short.repr(name)}")
+    return name
 
 
 def _describe(kind: str, name: str) -> str:
@@ -435,6 +448,7 @@ class _Run:
     def next_entry(self, kind: EntryKind, name: str) -> _Entry | None:
         """The recorded entry at this call's position (``None``: a new call); checks it matches."""
         self.check_open()
+        _check_call_name(name, kind)
         position = self.position
         self.position += 1
         entries = self.log.entries
@@ -733,6 +747,10 @@ class WorkflowContext(BaseContext, Generic[D]):
         Raises:
             ValidationError: The payload does not match `type`, or `timeout` is malformed.
         """
+        try:
+            msgspec.json.Decoder(type)
+        except TypeError as exc:
+            raise ValidationError(f"signal {name!r}: payload type {type!r} cannot be decoded: {exc}") from None
         value: T | TimedOut = await self._run.wait_for_signal(name, type, timeout)
         return value
 
@@ -1087,14 +1105,20 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
 
         return await self.runtime.call(key, run)
 
-    async def cancel(self, instance_id: str, reason: str | None) -> Result[WorkflowCancelResult, StorageError]:
+    async def cancel(
+        self, instance_id: str, reason: object
+    ) -> Result[WorkflowCancelResult, ValidationError | StorageError]:
+        if reason is not None and (not isinstance(reason, str) or len(reason) > 1000):
+            return Failure(
+                ValidationError(f"reason must be a str of at most 1000 characters or None, got {_short.repr(reason)}")
+            )
         key = self.key(instance_id)
         env = self.env
         live = self.live.get(key)
         if live is not None and not live.log.cancel_requested:
             # A run in this process: cancel its running step now, or its next call.
-            live.cancel_requested, live.cancel_reason = True, reason
-            live.log.cancel_requested, live.log.cancel_reason = True, reason
+            live.cancel_requested = live.log.cancel_requested = True
+            live.cancel_reason = live.log.cancel_reason = reason
             if live.scope is not None:
                 live.scope.cancel()
 
@@ -1156,8 +1180,9 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
             if record.status in _FINAL:
                 return
             await self._run(record)
-        except StorageError as exc:
-            # The alarm stays claimed and fires again after its lease; the steps recorded stand.
+        except JobError as exc:
+            # A StorageError (or an unreadable log): the alarm stays claimed and fires
+            # again after its lease; the steps recorded stand.
             self.env.logger.error("workflow %s: could not record a run: %s", alarm.key, exc.message)
 
     async def _run(self, record: InstanceRecord) -> None:
