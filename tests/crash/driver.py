@@ -304,6 +304,8 @@ class Harness:
                 return False
             if key.startswith(invariants.TICKER) and row["instance_id"] not in probe.ticked_in:
                 return False
+            if key.startswith(invariants.FLOW) and row["status"] != "completed":
+                return False
         return True
 
     def _add(self, problems: list[str], where: str) -> None:

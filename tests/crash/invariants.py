@@ -29,16 +29,19 @@ from typing import Any
 import apsw
 import msgspec
 
+from djobs.kinds._workflow import _Log
+
 from . import journal
 from .workload import PULSE_EVERY_MS, Batch, Done, Seen, Tick, Work
 
-TICKER, PILE, POKER = "continuous:ticker:", "debounce:pile:", "task:poker:"
+TICKER, PILE, POKER, FLOW = "continuous:ticker:", "debounce:pile:", "task:poker:", "workflow:flow:"
 #: Failures a healthy single-process run may see (the instance was never created or was terminated).
 EXPECTED_FAILURES = {
     ("trigger", "InstanceNotFoundError"),
     ("flush", "InstanceNotFoundError"),
     ("task_trigger", "InstanceNotFoundError"),
     ("read", "InstanceNotFoundError"),
+    ("wf_signal", "InvalidStateError"),  # the workflow had ended
 }
 _KIND_OF_OP = {
     "start": "c",
@@ -91,6 +94,11 @@ class History:
     tick_counts: Counter[tuple[str, int]] = field(default_factory=Counter)
     #: The incarnations in which the cron job's body ran.
     pulsed_in: set[str] = field(default_factory=set)
+    #: Workflow ids whose start was acknowledged; runs of each (id, step) in time order
+    #: (``wf_step`` records); when each (id, step) was first seen committed (ns).
+    wf_started: set[str] = field(default_factory=set)
+    wf_runs: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+    wf_committed: dict[tuple[str, str], int] = field(default_factory=dict)
     #: Handler intervals per instance key, for the overlap check.
     intervals: dict[str, list[tuple[int, int, int, str]]] = field(default_factory=lambda: defaultdict(list))
 
@@ -115,6 +123,8 @@ class History:
                 op = open_calls.pop(r["n"])
                 op.outcome = r["i"]
                 op.result = r.get("result")
+                if op.op == "wf_start" and op.outcome == "ack" and op.id is not None:
+                    self.wf_started.add(op.id)
                 if op.outcome == "fail":
                     op.error = r["error"]
                     if (op.op, op.error) not in EXPECTED_FAILURES:
@@ -142,6 +152,10 @@ class History:
             self.pulsed_in.add(tag)
         elif k.startswith("job_"):
             self.job_runs[r["job"]].append(r)
+        elif k == "wf_step":
+            self.wf_runs[(r["id"], r["step"])].append(r)
+        elif k == "wf_committed":
+            self.wf_committed.setdefault((r["id"], r["step"]), r["at"])
 
 
 @dataclass
@@ -252,13 +266,14 @@ def check(
     _check_tasks(snap, history, problems, final)
     _check_jobs(snap, history, problems, final, clean_worker)
     _check_cron(snap, history, problems, final_tags)
+    _check_workflows(snap, history, problems, final)
     problems.extend(overlaps(history))
     if final:
         claimed = [k for k, (fire_at, due_at, _) in snap.alarms.items() if due_at != fire_at]
         if claimed:
             problems.append(f"after a clean shutdown, alarms are still claimed: {claimed[:5]}")
     for key, row in snap.instances.items():
-        if not key.startswith((TICKER, PILE, POKER)):
+        if not key.startswith((TICKER, PILE, POKER, FLOW)):
             problems.append(f"an instance no call created: {key}")
         elif row["instance_id"] != key.split(":", 2)[2]:
             problems.append(f"{key}: instance_id {row['instance_id']!r} does not match its key")
@@ -481,6 +496,40 @@ def _check_cron(snap: Snapshot, history: History, problems: list[str], final_tag
         problems.append(f"cron fire times missing or off schedule between {gaps[:3]}")
     if final_tags is not None and not final_tags & history.pulsed_in:
         problems.append("the cron job did not fire after the last restart")
+
+
+def _check_workflows(snap: Snapshot, history: History, problems: list[str], final: bool) -> None:
+    """Every finished step's side effect happened, and none happened again after its checkpoint committed."""
+    for wid in sorted(history.wf_started):
+        if FLOW + wid not in snap.instances:
+            problems.append(f"{FLOW}{wid}: its start was acknowledged, but it is missing")
+    for key, row in snap.instances.items():
+        if not key.startswith(FLOW):
+            continue
+        wid = row["instance_id"]
+        try:
+            log = msgspec.json.decode(row["data"], type=_Log)
+        except msgspec.DecodeError as exc:
+            problems.append(f"{key}: the step log does not decode: {exc}")
+            continue
+        for entry in log.entries:
+            if entry.kind != "step" or not entry.done:
+                continue
+            runs = history.wf_runs.get((wid, entry.name), [])
+            token = msgspec.json.decode(bytes(entry.value)) if entry.error is None else None
+            if entry.error is None and not any(r["token"] == token and r["ok"] for r in runs):
+                problems.append(
+                    f"{key}: step {entry.name!r} is recorded with {token!r}, which no journaled run returned"
+                )
+        for step in ("a", "b", "c"):
+            committed = history.wf_committed.get((wid, step))
+            again = [r for r in history.wf_runs.get((wid, step), []) if committed is not None and r["t0"] > committed]
+            if again:
+                problems.append(
+                    f"{key}: step {step!r} ran again (pid {again[0]['pid']}) after its checkpoint committed"
+                )
+        if final and row["status"] != "completed":
+            problems.append(f"{key}: {row['status']} after the workload settled (log: {row['data'][:200]!r})")
 
 
 def overlaps(history: History) -> list[str]:

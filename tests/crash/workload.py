@@ -108,8 +108,8 @@ class World:
         """A kill point of `kind`: announce it and block when its countdown runs out."""
         if self.killpoint != kind:
             return
-        if MUTANT == "no_reclaim" and not planted:
-            return  # that defect's kill point is inside a queued job (`now`); elsewhere it would show nothing
+        if MUTANT in ("no_reclaim", "lazy_checkpoint") and not planted:
+            return  # those defects' kill points are their own (`now`); elsewhere they would show nothing
         self.countdown -= 1
         if self.countdown > 0:
             return
@@ -295,6 +295,44 @@ async def pulse(fire: djobs.CronFire, ctx: djobs.JobContext) -> None:
     )
 
 
+class Flow(msgspec.Struct):
+    seq: int
+
+
+WF_SLEEP = "200 ms"
+WF_TIMEOUT = "600 ms"
+_tokens = iter(range(1, 1 << 62))
+
+
+async def wf_effect(wid: str, step: str) -> str:
+    """A step's side effect: journaled (with a token unique to this run of it) before it returns."""
+    t0 = now_ns()
+    await WORLD.nap()
+    token = f"{os.getpid()}-{next(_tokens)}"
+    ok = not (step == "b" and int(wid.rsplit("-", 1)[1]) % 3 == 0 and token.endswith(("1", "3", "5", "7", "9")))
+    WORLD.record("wf_step", key=f"workflow:{wid}", id=wid, step=step, token=token, ok=ok, t0=t0, t1=now_ns())
+    WORLD.reached("user")
+    if not ok:
+        raise RuntimeError("a flaky step")
+    return token
+
+
+async def flow(params: Flow, ctx: djobs.WorkflowContext[None]) -> list[str]:
+    wid, tokens = ctx.instance_id, []
+    for step in ("a", "b", "c"):
+        token = await ctx.step(step, wf_effect, wid, step)
+        # After the step returned, its checkpoint is committed: it must never run again.
+        WORLD.record("wf_committed", id=wid, step=step, token=token)
+        if MUTANT == "lazy_checkpoint":
+            WORLD.now()  # die after a step its defect did not checkpoint
+        tokens.append(token)
+        if step == "a":
+            await ctx.sleep(WF_SLEEP)
+        elif step == "b":
+            await ctx.wait_for_signal("go", int, timeout=WF_TIMEOUT)
+    return tokens
+
+
 def definitions(profile: str) -> list[Any]:
     retry = Retry(max_attempts=20, delay=Backoff.fixed("100 ms"))
     return [
@@ -320,6 +358,7 @@ def definitions(profile: str) -> list[Any]:
         djobs.CronJob.make(
             "pulse", schedule=djobs.every(PULSE_EVERY), execute=pulse, missed="all", max_attempts=50, logging=None
         ),
+        djobs.Workflow.make("flow", input=Flow, result=list[str], execute=flow, retry=retry, logging=None),
     ]
 
 
@@ -348,6 +387,8 @@ OPS = {
         ("clear", 2),
         ("task_trigger", 3),
         ("read", 4),
+        ("wf_start", 4),
+        ("wf_signal", 3),
     ],
     "peer": [("add", 30), ("send", 20), ("later", 25), ("trigger", 10), ("flush", 5), ("read", 10)],
 }
@@ -364,6 +405,7 @@ class Client:
         ops = OPS[profile]
         self.ops = [op for op, _ in ops]
         self.weights = [w for _, w in ops]
+        self.workflows: list[str] = []
 
     async def call(self, op: str, id: str | None, seq: int | None, verb: FutureResult[Any, Any]) -> None:
         """Make one call (`verb` does its work when awaited), journaling it."""
@@ -417,6 +459,14 @@ class Client:
                 await self.call(op, did, None, pile.clear(did))
             elif op == "task_trigger":
                 await self.call(op, tid, None, poker.trigger(tid))
+            elif op == "wf_start":
+                wid = f"{self.world.tag}-{seq}"
+                self.workflows.append(wid)
+                await self.call(op, wid, seq, client.workflow("flow").start(id=wid, input=Flow(seq)))
+            elif op == "wf_signal":
+                if self.workflows:
+                    wid = rng.choice(self.workflows)
+                    await self.call(op, wid, seq, client.workflow("flow").signal(wid, "go", seq))
             else:
                 which = rng.randrange(4)
                 if which == 0:
@@ -510,6 +560,13 @@ def plant_mutant(name: str) -> None:
             return True  # every process believes it holds every instance
 
         sqlite_storage.acquire_instance_lease = always  # type: ignore[method-assign]
+    elif name == "lazy_checkpoint":
+        from djobs.kinds._workflow import _Run
+
+        async def later(self: Any) -> None:
+            pass  # a step's result is kept in memory until the workflow suspends
+
+        _Run.checkpoint = later  # type: ignore[method-assign]
     elif name not in ("", "ack_early"):
         raise SystemExit(f"unknown mutant {name!r}")
 
@@ -520,6 +577,7 @@ MUTANTS = {
     "split_commit": "commits an instance and its alarm separately: a batch or task without its alarm",
     "no_reclaim": "never reclaims expired job leases: jobs of a killed worker never run again",
     "no_instance_lease": "lets every process run every instance: handlers overlap across processes",
+    "lazy_checkpoint": "records a workflow's steps only when it suspends: a finished step runs again",
 }
 
 
