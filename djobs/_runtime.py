@@ -135,6 +135,11 @@ class Runtime:
         env.lease_owner = self.owner
         env.on_lease_lost = self._held.discard  # take it afresh next time
 
+    @property
+    def alarm_lease_ms(self) -> int:
+        """How long a claimed alarm stays hidden before it fires again (its handler never finished)."""
+        return self._lease_ms
+
     # -- actors -----------------------------------------------------------------------
 
     @property

@@ -1029,7 +1029,8 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
                 updated_at=now,
             )
             started = self.event(record, "workflow.started")
-            await env.commit(Checkin(key=key, record=record, alarm=SetAlarm(now, _RUN)), [started])
+            await env.commit(Checkin(key=key, record=record, alarm=self._wake_alarm(now)), [started])
+            self._run_next(key)
             return Success(WorkflowStartResult(True, instance_id, "running"))
 
         return await self.runtime.call(key, run)
@@ -1099,8 +1100,10 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
             record.data, record.updated_at = _encoder.encode(log), now
             record.event_count += 1
             event = self.event(record, "workflow.signal_received", signal=name, waiting=waiting)
-            alarm = SetAlarm(now, _RUN) if waiting else None
+            alarm = self._wake_alarm(now) if waiting else None
             await env.commit(Checkin(key=key, record=record, alarm=alarm), [event])
+            if waiting:
+                self._run_next(key)
             return Success(SignalResult(instance_id, waiting))
 
         return await self.runtime.call(key, run)
@@ -1136,7 +1139,8 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
                 log.cancel_requested, log.cancel_reason = True, reason
                 record.data, record.updated_at = _encoder.encode(log), env.now_ms()
                 # Woken at once: the body gets WorkflowCancelledError where it stands.
-                await env.commit(Checkin(key=key, record=record, alarm=SetAlarm(env.now_ms(), _RUN)))
+                await env.commit(Checkin(key=key, record=record, alarm=self._wake_alarm(env.now_ms())))
+                self._run_next(key)
             return Success(WorkflowCancelResult(instance_id, True, record.status))
 
         return await self.runtime.call(key, run)
@@ -1170,6 +1174,35 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
         )
 
     # -- alarms and runs --
+
+    def _wake_alarm(self, now: int) -> SetAlarm:
+        """The alarm of a workflow to run now (started, signalled, cancelled).
+
+        An engine that fires alarms runs it itself at once, on the actor that
+        holds its lease (`_run_next`), so the alarm is only the guard against
+        this process dying first: due when a claim of it would have run out.
+        An engine that fires none (client-only) leaves it due now, for a
+        worker process to take.
+        """
+        if self.runtime.fires_alarms:
+            return SetAlarm(now + self.runtime.alarm_lease_ms, _RUN)
+        return SetAlarm(now, _RUN)
+
+    def _run_next(self, key: str) -> None:
+        """Run workflow `key` next on its actor (after the committed verb that called this)."""
+        if not self.runtime.fires_alarms:
+            return
+
+        async def resume() -> None:
+            try:
+                loaded = await self.env.storage.load(key)
+                if loaded is None or loaded[1] is None or loaded[0].status in _FINAL:
+                    return
+                await self._run(loaded[0])
+            except JobError as exc:  # the guard alarm runs it later
+                self.env.logger.error("workflow %s: could not record a run: %s", key, exc.message)
+
+        self.runtime.post(key, resume)
 
     async def on_alarm(self, alarm: Alarm) -> None:
         try:

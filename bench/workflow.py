@@ -1,0 +1,148 @@
+"""workflow: workflows of three no-op steps, completed per second, on SQLite; DBOS beside it.
+
+Target: >= 5,000 workflows/s end to end (start to completed) and >= 10x DBOS
+Transact on its SQLite system database, measured in the same run. Each
+djobs workflow is started through the client (one transaction), woken by its
+alarm, runs three steps (each checkpointed in its own commit) and commits its
+result; the figure counts the ``workflow.completed`` events, which are emitted
+after that commit. DBOS (``pip install dbos``, an optional bench-only
+dependency) runs the same workflow with ``DBOS.start_workflow``; if it is not
+installed, its figures are ``null`` and the reason is given.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+import trio
+
+import djobs
+
+from _common import cpu_seconds, median, parse_args, report, temp_db
+
+
+class Nothing(msgspec.Struct):
+    pass
+
+
+def noop(i: int) -> int:
+    return i
+
+
+async def three_steps(_: Nothing, ctx: djobs.WorkflowContext[None]) -> int:
+    a = await ctx.step("one", noop, 1)
+    b = await ctx.step("two", noop, a)
+    return await ctx.step("three", noop, b)
+
+
+flow = djobs.Workflow.make("bench", input=Nothing, result=int, execute=three_steps)
+
+
+class Counter:
+    """A tracker that counts completed workflows and says when `target` are done."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.completed = 0
+        self.done = trio.Event()
+
+    def emit(self, event: djobs.TrackedEvent) -> None:
+        if event.type == "workflow.completed":
+            self.completed += 1
+            if self.completed == self.target:
+                self.done.set()
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def djobs_run(path: str, count: int, concurrency: int) -> float:
+    counter = Counter(count)
+    async with djobs.open_engine(
+        [flow], storage=djobs.sqlite(path), tracker=counter, alarm_poll_interval=None, max_concurrency=concurrency
+    ) as engine:
+        client = engine.client.workflow(flow)
+        started = time.perf_counter()
+
+        async def starter(ids: range) -> None:
+            for i in ids:
+                await client.start(id=f"w{i}", input=Nothing())
+
+        async with trio.open_nursery() as nursery:
+            per = -(-count // concurrency)
+            for k in range(concurrency):
+                nursery.start_soon(starter, range(k * per, min(count, (k + 1) * per)))
+        await counter.done.wait()
+        elapsed = time.perf_counter() - started
+    return count / elapsed
+
+
+def dbos_run(path: str, count: int) -> float:
+    """The same workflow on DBOS Transact, SQLite system database; workflows completed per second."""
+    from dbos import DBOS, DBOSConfig
+
+    config: DBOSConfig = {"name": "djobs-bench", "system_database_url": f"sqlite:///{path}"}
+    DBOS(config=config)
+
+    @DBOS.step()
+    def dbos_noop(i: int) -> int:
+        return i
+
+    @DBOS.workflow()
+    def dbos_three_steps() -> int:
+        a = dbos_noop(1)
+        b = dbos_noop(a)
+        return dbos_noop(b)
+
+    DBOS.launch()
+    try:
+        started = time.perf_counter()
+        handles = [DBOS.start_workflow(dbos_three_steps) for _ in range(count)]
+        for handle in handles:
+            handle.get_result()
+        elapsed = time.perf_counter() - started
+    finally:
+        DBOS.destroy(destroy_registry=True)
+    return count / elapsed
+
+
+def main() -> None:
+    args = parse_args(__doc__ or "", count=5_000, concurrency=64, dbos_count=1_000)
+    cpu0 = cpu_seconds()
+    rates = []
+    for _ in range(args.runs):
+        with temp_db() as path:
+            rates.append(trio.run(djobs_run, path, args.count, args.concurrency))
+    rate = median(rates)
+    dbos: dict[str, Any] = {"dbos_workflows_per_s": None, "dbos_version": None}
+    try:
+        import dbos as dbos_module
+
+        dbos_rates = []
+        for _ in range(args.runs):
+            with temp_db() as path:
+                dbos_rates.append(dbos_run(path, args.dbos_count))
+        dbos = {
+            "dbos_workflows_per_s": round(median(dbos_rates)),
+            "dbos_version": getattr(dbos_module, "__version__", None),
+        }
+    except ImportError as exc:
+        dbos["dbos_missing"] = f"{exc}; pip install dbos to compare"
+    ratio = None if dbos["dbos_workflows_per_s"] is None else round(rate / dbos["dbos_workflows_per_s"], 1)
+    report(
+        "workflow",
+        count=args.count,
+        workflows_per_s=round(rate),
+        **dbos,
+        ratio_to_dbos=ratio,
+        targets={"workflows_per_s": 5_000, "ratio_to_dbos": 10},
+        met=rate >= 5_000 and (ratio is None or ratio >= 10),
+        runs=args.runs,
+        cpu_s=round(cpu_seconds() - cpu0, 2),
+    )
+
+
+if __name__ == "__main__":
+    main()
