@@ -1,0 +1,40 @@
+"""Workflow calls that must not type-check; each line ending in `# expect: <code>` fails with that code."""
+
+from __future__ import annotations
+
+import msgspec
+
+import djobs
+
+
+class Order(msgspec.Struct):
+    order_id: str
+
+
+class Receipt(msgspec.Struct):
+    charge_id: str
+
+
+class Shipped(msgspec.Struct):
+    tracking: str
+
+
+class Deps:
+    pass
+
+
+async def run(order: Order, ctx: djobs.WorkflowContext[Deps]) -> Receipt:
+    shipped = await ctx.wait_for_signal("shipped", Shipped)
+    print(shipped.tracking)  # expect: union-attr "TimedOut"
+    count: int = ctx.services  # expect: assignment
+    return Receipt(count)  # expect: arg-type
+
+
+checkout = djobs.Workflow.make("checkout", input=Order, result=Receipt, execute=run)
+
+
+async def use(engine: djobs.Engine) -> None:
+    client = engine.client.workflow(checkout)
+    client.start(id="o", input=Receipt("x"))  # expect: arg-type
+    wrong: str = (await client.result("o")).unwrap()  # expect: assignment
+    del wrong
