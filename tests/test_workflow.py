@@ -691,3 +691,26 @@ async def test_two_engines_on_one_database_run_each_workflow_in_one_place_at_a_t
     assert results == list(range(20))
     assert overlaps == []
     assert sorted(effects) == sorted((wid, step) for wid in ids for step in ("one", "two", "three"))
+
+
+@pytest.mark.trio
+async def test_a_client_only_engine_starts_and_signals_workflows_a_worker_engine_runs(
+    autojump_clock: trio.testing.MockClock, durable_layer: StorageLayer
+) -> None:
+    shop = Shop()
+    options: dict[str, Any] = {"storage": durable_layer, "services": shop, "start": T0}
+    async with (
+        open_test_engine([order_flow], worker=None, **options) as client_only,
+        # Polls for alarms other engines set (the client-only one's start and signal) once an hour.
+        open_test_engine([order_flow], alarm_poll_interval="1 hour", **options) as worker,
+    ):
+        orders = client_only.client.workflow(order_flow)
+        assert success(await orders.start(id="o-6", input=Order("o-6", 1))).created
+        await settle(client_only)
+        assert shop.charges == []  # a client-only engine runs nothing itself
+        await until(worker, T0 + timedelta(days=1, hours=2))
+        assert success(await orders.status("o-6")).status == "waiting"
+        assert success(await orders.signal("o-6", "shipped", Shipped("T6"))).waiting
+        await until(worker, T0 + timedelta(days=1, hours=4))
+        assert success(await orders.result("o-6")).tracking == "T6"
+    assert shop.charges == ["o-6"]

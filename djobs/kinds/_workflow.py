@@ -970,7 +970,8 @@ def describe_workflow(record: InstanceRecord, alarm: Alarm | None, current: str 
         status=status,
         steps_finished=record.execute_count,
         current_step=current,
-        wake_at=None if alarm is None or status in _FINAL else to_datetime(alarm.fire_at),
+        # A run alarm is a guard against a crash mid-run (or a wake-up due now), not a wake-up time.
+        wake_at=None if alarm is None or status in _FINAL or alarm.purpose == _RUN else to_datetime(alarm.fire_at),
         error=_error_dict(log.error),
         steps=[_step_info(e) for e in log.entries],
         created_at=to_datetime(record.created_at),
