@@ -567,6 +567,9 @@ async def test_bad_input_is_a_typed_error(autojump_clock: trio.testing.MockClock
         await ctx.wait_for_signal("s", object(), timeout="1 hour")  # type: ignore[call-overload]
         return "?"
 
+    async def bad_retry(_: Nothing, ctx: djobs.WorkflowContext[None]) -> str:
+        return await ctx.step("retry", plain_str, retry=3)  # type: ignore[arg-type]
+
     async def bad_sleep(_: Nothing, ctx: djobs.WorkflowContext[None]) -> str:
         await ctx.sleep(30)  # type: ignore[arg-type]  # seconds? milliseconds?
         return "?"
@@ -577,6 +580,7 @@ async def test_bad_input_is_a_typed_error(autojump_clock: trio.testing.MockClock
         djobs.Workflow.make("badly-named", input=Nothing, result=str, execute=badly_named),
         djobs.Workflow.make("bad-wait", input=Nothing, result=str, execute=bad_wait),
         djobs.Workflow.make("bad-sleep", input=Nothing, result=str, execute=bad_sleep),
+        djobs.Workflow.make("bad-retry", input=Nothing, result=str, execute=bad_retry),
     ]
     async with open_test_engine([*flows, order_flow], start=T0) as engine:
         for flow in flows:

@@ -700,6 +700,9 @@ class WorkflowContext(BaseContext, Generic[D]):
             result: The type the result is stored as; default `fn`'s return
                 annotation (``Result[T, E]`` and the like give ``T``).
 
+        Raises:
+            ValidationError: `retry` is not a `Retry`, or `fn` is not callable.
+
         Returns:
             A `Step`: await it for the result. Awaiting raises
             `StepFailedError` when the step failed for good (the body may
@@ -707,6 +710,10 @@ class WorkflowContext(BaseContext, Generic[D]):
             be stored as its type or the type is unknown, and
             `WorkflowCancelledError` where a cancel reaches the body.
         """
+        if retry is not None and not isinstance(retry, Retry):
+            raise ValidationError(f"ctx.step({name!r}): retry must be a djobs.Retry or None, got {_short.repr(retry)}")
+        if not callable(fn):
+            raise ValidationError(f"ctx.step({name!r}): {_short.repr(fn)} is not callable")
         run = self._run
         return Step(lambda: run.step(name, fn, args, retry, result))
 
