@@ -718,3 +718,33 @@ async def test_a_client_only_engine_starts_and_signals_workflows_a_worker_engine
         await until(worker, T0 + timedelta(days=1, hours=4))
         assert success(await orders.result("o-6")).tracking == "T6"
     assert shop.charges == ["o-6"]
+
+
+body_runs: list[int] = []
+
+
+async def wait_forever(_: Nothing, ctx: djobs.WorkflowContext[None]) -> int:
+    body_runs.append(ctx.run_count)
+    await ctx.sleep("1 minute")
+    return await ctx.wait_for_signal("go", int)  # type: ignore[return-value]  # no timeout: never TimedOut
+
+
+forever_flow = djobs.Workflow.make("forever", input=Nothing, result=int, execute=wait_forever)
+
+
+@pytest.mark.trio
+async def test_a_wait_without_timeout_holds_no_alarm_and_the_body_is_not_run_meanwhile(
+    autojump_clock: trio.testing.MockClock, layer: StorageLayer
+) -> None:
+    body_runs.clear()
+    async with open_test_engine([forever_flow], storage=layer, start=T0) as engine:
+        client = engine.client.workflow(forever_flow)
+        await client.start(id="f", input=Nothing())
+        await until(engine, T0 + timedelta(days=3))
+        status = success(await client.status("f"))
+        assert (status.status, status.wake_at) == ("waiting", None)
+        assert body_runs == [1, 2]  # started, then woken by the sleep's end; not since
+        await client.signal("f", "go", 7)
+        await settle(engine)
+        assert success(await client.result("f")) == 7
+    assert body_runs == [1, 2, 3]

@@ -1256,7 +1256,8 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
             assert run.stop_error is not None
             raise run.stop_error  # on_alarm logs it; the alarm fires again after its lease
         if run.stop == "suspend":
-            await run.save(run.suspend_status, run.suspend_alarm)
+            # A wait with no timeout has no alarm: the one that woke this run must not fire again.
+            await run.save(run.suspend_status, run.suspend_alarm or ClearAlarm())
             return
         if run.stop == "diverged":
             assert run.stop_error is not None
