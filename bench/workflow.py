@@ -121,7 +121,7 @@ def main() -> None:
     try:
         from importlib.metadata import version
 
-        import dbos  # noqa: F401  # the bench-only dependency: pip install "djobs[bench]"
+        import dbos  # noqa: F401  # the bench-only dependency: pip install "djobs-trio[bench]"
 
         dbos_rates = []
         for _ in range(args.runs):
