@@ -375,6 +375,10 @@ class Runtime:
         """The handler of a claimed alarm finished (committed or gave up)."""
         self._claimed.discard(alarm.id)
 
+    def target_for(self, key: str) -> AlarmTarget | None:
+        """The handler that instance `key`'s alarms go to (its definition's), if registered."""
+        return self._target_for(key)
+
     def _target_for(self, key: str) -> AlarmTarget | None:
         kind, _, rest = key.partition(":")
         name, _, _ = rest.partition(":")

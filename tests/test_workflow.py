@@ -748,3 +748,71 @@ async def test_a_wait_without_timeout_holds_no_alarm_and_the_body_is_not_run_mea
         await settle(engine)
         assert success(await client.result("f")) == 7
     assert body_runs == [1, 2, 3]
+
+
+# -- child workflows -------------------------------------------------------------------------------
+
+
+class Parcel(msgspec.Struct):
+    ref: str
+    fail: bool = False
+
+
+async def deliver_parcel(parcel: Parcel, ctx: djobs.WorkflowContext[Shop]) -> str:
+    await ctx.sleep("1 day")
+    if parcel.fail:
+        raise RuntimeError("lost in transit")
+    return await ctx.step("hand over", ctx.services.notify, parcel.ref, "delivered", result=None) or "delivered"
+
+
+delivery = djobs.Workflow.make("delivery", input=Parcel, result=str, execute=deliver_parcel)
+
+
+async def ship_two(order: Order, ctx: djobs.WorkflowContext[Shop]) -> list[str]:
+    first = await ctx.child(delivery, f"{order.order_id}-1", Parcel(f"{order.order_id}-1"))
+    try:
+        second = await ctx.child(delivery, f"{order.order_id}-2", Parcel(f"{order.order_id}-2", fail=True))
+    except djobs.ChildWorkflowError as exc:
+        second = f"{exc.status}: {exc.error_message}"
+    return [first, second]
+
+
+shipping_flow = djobs.Workflow.make("shipping", input=Order, result=list[str], execute=ship_two)
+
+
+@pytest.mark.trio
+async def test_a_parent_starts_children_and_waits_for_their_results_durably(
+    autojump_clock: trio.testing.MockClock, layer: StorageLayer
+) -> None:
+    shop = Shop()
+    async with open_test_engine([shipping_flow, delivery], storage=layer, services=shop, start=T0) as engine:
+        parent = engine.client.for_tenant("acme").workflow(shipping_flow)
+        await parent.start(id="s-1", input=Order("s-1", 1))
+        await until(engine, T0 + timedelta(hours=1))
+        status = success(await parent.status("s-1"))
+        assert (status.status, status.current_step) == ("waiting", "child delivery:s-1-1")
+        children = engine.client.for_tenant("acme").workflow(delivery)
+        assert success(await children.status("s-1-1")).status == "sleeping"  # in the parent's tenant
+        await until(engine, T0 + timedelta(days=3))
+        assert success(await parent.result("s-1")) == ["delivered", "failed: RuntimeError: lost in transit"]
+        child = success(await children.status("s-1-2"))
+        assert (child.status, child.wake_at) == ("failed", None)
+    assert shop.mails == ["s-1-1: delivered"]
+
+
+@pytest.mark.trio
+async def test_a_child_that_ends_after_a_restart_still_tells_its_parent(
+    autojump_clock: trio.testing.MockClock, durable_layer: StorageLayer
+) -> None:
+    shop = Shop()
+    flows = [shipping_flow, delivery]
+    async with open_test_engine(flows, storage=durable_layer, services=shop, start=T0) as engine:
+        await engine.client.workflow(shipping_flow).start(id="s-2", input=Order("s-2", 1))
+        await settle(engine)
+    later = T0 + timedelta(days=5)
+    async with open_test_engine(flows, storage=durable_layer, services=shop, start=later) as engine:
+        await until(engine, later + timedelta(days=2))
+        result = success(await engine.client.workflow(shipping_flow).result("s-2"))
+        assert result == ["delivered", "failed: RuntimeError: lost in transit"]
+        assert success(await engine.client.workflow(delivery).status("s-2-1")).wake_at is None
+    assert shop.mails == ["s-2-1: delivered"]

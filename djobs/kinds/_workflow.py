@@ -53,6 +53,7 @@ from .._clock import to_datetime
 from .._codec import decode, encode
 from .._context import BaseContext
 from .._errors import (
+    DuplicateEventError,
     InstanceNotFoundError,
     InvalidStateError,
     JobError,
@@ -65,7 +66,7 @@ from .._logging import JobLog, LoggingOption
 from .._retry import Retry
 from ..storage import Alarm, Checkin, ClearAlarm, InstanceRecord, SetAlarm
 from ..tracking import TrackedEvent
-from ._common import InstanceClient, TenantScoped, check_name, effect, instance_key, not_registered
+from ._common import InstanceClient, TenantScoped, check_id, check_name, effect, instance_key, not_registered
 from ._task import When, resolve_when
 
 if TYPE_CHECKING:
@@ -76,6 +77,8 @@ R = TypeVar("R")
 D = TypeVar("D")
 T = TypeVar("T")
 U = TypeVar("U")
+CI = TypeVar("CI")
+CR = TypeVar("CR")
 
 KIND = "workflow"
 
@@ -93,6 +96,7 @@ _RUN = "run"  # started, or a signal or cancel arrived
 _WAKE = "wake"  # a sleep ended
 _TIMEOUT = "timeout"  # a signal wait timed out
 _RETRY = "retry"  # a failed step's next attempt is due
+_TELL_PARENT = "tell_parent"  # an ended child workflow has yet to tell its parent
 
 EntryKind = Literal["step", "sleep", "signal", "now", "random", "uuid"]
 
@@ -178,6 +182,30 @@ class WorkflowCancelledError(JobError):
         self.reason = reason
 
 
+class ChildWorkflowError(JobError):
+    """Raised into a parent's body by ``ctx.child`` when the child workflow failed or was cancelled.
+
+    Attributes:
+        child: ``name:id`` of the child.
+        status: ``failed`` or ``cancelled``.
+        error_tag: The ``tag`` of the error the child ended with.
+        error_message: Its message.
+    """
+
+    tag = "child_workflow_failed"
+    retryable = False
+
+    def __init__(self, child: str, status: str, error_tag: str, error_message: str) -> None:
+        super().__init__(f"child workflow {child!r} ended {status}: {error_message}")
+        self.child = child
+        self.status = status
+        self.error_tag = error_tag
+        self.error_message = error_message
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.child, self.status, self.error_tag, self.error_message)
+
+
 class WorkflowFailedError(JobError):
     """``result(id)`` of a workflow that ended ``failed`` or ``cancelled``.
 
@@ -242,6 +270,17 @@ class _Log(msgspec.Struct, kw_only=True, omit_defaults=True):
     error: _ErrorInfo | None = None
     cancel_requested: bool = False
     cancel_reason: str | None = None
+    #: A child workflow's parent (its key) and whether the parent was told how the child ended.
+    parent: str | None = None
+    parent_told: bool = False
+
+
+class _ChildOutcome(msgspec.Struct, frozen=True):
+    """The signal a child workflow sends its parent when it ends."""
+
+    status: str
+    result: msgspec.Raw = _NULL
+    error: _ErrorInfo | None = None
 
 
 _log_decoder = msgspec.json.Decoder(_Log)
@@ -761,6 +800,45 @@ class WorkflowContext(BaseContext, Generic[D]):
         value: T | TimedOut = await self._run.wait_for_signal(name, type, timeout)
         return value
 
+    async def child(self, workflow: Workflow[CI, CR, Any], id: str, input: CI) -> CR:
+        """Start the workflow `workflow` as a child with `id` and `input`, and wait for its result, durably.
+
+        Two recorded calls: a step that starts the child (in this workflow's
+        tenant), then a wait for the signal the child sends when it ends
+        (``child <name>:<id>``), which is kept if it comes first. The child
+        runs on its own, like any workflow (its own steps, sleeps, signals).
+
+        Returns:
+            The child's result.
+
+        Raises:
+            ChildWorkflowError: The child failed or was cancelled.
+            JobNotFoundError: `workflow` is not registered with this engine.
+            StepFailedError: The child could not be started (the id is
+                another workflow's, or the input does not match).
+        """
+        run = self._run
+        target = run.handler.runtime.target_for(instance_key(KIND, workflow.name, "x"))
+        if not isinstance(target, WorkflowHandler) or target.job is not workflow:
+            raise JobNotFoundError(workflow.name)
+        handler = target.scoped(run.record.tenant_id)  # the parent's tenant, whichever handler runs it
+        parent = run.record.key
+        label = f"{workflow.name}:{id}"
+
+        async def start() -> Result[bool, JobError]:
+            return await handler.start_child(id, input, parent)
+
+        await self.step(f"start child {label}", start, result=bool)
+        outcome = await self.wait_for_signal(f"child {label}", _ChildOutcome)
+        assert not isinstance(outcome, TimedOut)  # no timeout
+        if outcome.status != "completed":
+            error = outcome.error or _ErrorInfo("workflow_cancelled", "cancelled")
+            raise ChildWorkflowError(label, outcome.status, error.tag, error.message)
+        decoded = decode(workflow.result, bytes(outcome.result), what=f"result of child workflow {label!r}")
+        if isinstance(decoded, Failure):
+            raise decoded.failure()
+        return decoded.unwrap()
+
     def now(self) -> datetime:
         """The current time, recorded: a replay gets the time of the first run."""
         return to_datetime(self._run.recorded("now", self._env.now_ms, int))
@@ -1012,7 +1090,24 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
 
     # -- verbs --
 
-    async def start(self, instance_id: str, input: I) -> Result[WorkflowStartResult, ValidationError | StorageError]:
+    async def start_child(self, instance_id: str, input: object, parent: str) -> Result[bool, JobError]:
+        """Start a child of the workflow `parent` (a key); a repeat by the same parent is not an error."""
+        checked = check_id(instance_id)
+        if isinstance(checked, Failure):
+            return checked
+        started = await self.start(instance_id, cast(I, input), parent=parent)
+        if isinstance(started, Failure) or started.unwrap().created:
+            return started.map(lambda s: s.created)
+        loaded = await self.env.storage.load(self.key(instance_id))
+        if loaded is not None and _read_log(loaded[0]).parent == parent:
+            return Success(False)  # started by this parent before (its step was not recorded)
+        return Failure(
+            InvalidStateError(f"workflow {self.job.name!r} instance {instance_id!r} exists and is not this child")
+        )
+
+    async def start(
+        self, instance_id: str, input: I, parent: str | None = None
+    ) -> Result[WorkflowStartResult, ValidationError | StorageError]:
         job, env = self.job, self.env
         encoded = encode(job.input, input, what=f"input of workflow {job.name!r}")
         if isinstance(encoded, Failure):
@@ -1032,7 +1127,7 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
                 tenant_id=self.tenant,
                 status="running",
                 state=encoded.unwrap(),
-                data=_encoder.encode(_Log()),
+                data=_encoder.encode(_Log(parent=parent)),
                 created_at=now,
                 updated_at=now,
             )
@@ -1084,37 +1179,39 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
         except (TypeError, msgspec.EncodeError, OverflowError, RecursionError) as exc:
             return Failure(ValidationError(f"payload of signal {name!r} cannot be stored: {exc}"))
         key = self.key(instance_id)
+        return await self.runtime.call(key, lambda: self._deliver(key, instance_id, name, raw))
+
+    async def _deliver(
+        self, key: str, instance_id: str, name: str, raw: bytes, event_id: str | None = None
+    ) -> Result[SignalResult, InstanceNotFoundError | InvalidStateError | StorageError]:
+        """Store signal `name` for workflow `key` and wake it if it waits for it (on its actor)."""
         env = self.env
-
-        async def run() -> Result[SignalResult, InstanceNotFoundError | InvalidStateError | StorageError]:
-            loaded = await env.storage.load(key)
-            if loaded is None:
-                return Failure(InstanceNotFoundError(self.job.name, instance_id))
-            record, _ = loaded
-            if record.status in _FINAL:
-                return Failure(
-                    InvalidStateError(
-                        f"workflow {self.job.name!r} instance {instance_id!r} is {record.status}; "
-                        "it accepts no more signals"
-                    )
+        loaded = await env.storage.load(key)
+        if loaded is None:
+            return Failure(InstanceNotFoundError(self.job.name, instance_id))
+        record, _ = loaded
+        if record.status in _FINAL:
+            return Failure(
+                InvalidStateError(
+                    f"workflow {self.job.name!r} instance {instance_id!r} is {record.status}; "
+                    "it accepts no more signals"
                 )
-            log = _read_log(record)
-            now = env.now_ms()
-            log.inbox.append(_Signal(name, msgspec.Raw(raw), now))
-            pending = next((e for e in log.entries if not e.done), None)
-            waiting = (
-                record.status == "waiting" and pending is not None and pending.kind == "signal" and pending.name == name
             )
-            record.data, record.updated_at = _encoder.encode(log), now
-            record.event_count += 1
-            event = self.event(record, "workflow.signal_received", signal=name, waiting=waiting)
-            alarm = self._wake_alarm(now) if waiting else None
-            await env.commit(Checkin(key=key, record=record, alarm=alarm), [event])
-            if waiting:
-                self._run_next(key)
-            return Success(SignalResult(instance_id, waiting))
-
-        return await self.runtime.call(key, run)
+        log = _read_log(record)
+        now = env.now_ms()
+        log.inbox.append(_Signal(name, msgspec.Raw(raw), now))
+        pending = next((e for e in log.entries if not e.done), None)
+        waiting = (
+            record.status == "waiting" and pending is not None and pending.kind == "signal" and pending.name == name
+        )
+        record.data, record.updated_at = _encoder.encode(log), now
+        record.event_count += 1
+        event = self.event(record, "workflow.signal_received", signal=name, waiting=waiting)
+        alarm = self._wake_alarm(now) if waiting else None
+        await env.commit(Checkin(key=key, record=record, alarm=alarm, event_id=event_id), [event])
+        if waiting:
+            self._run_next(key)
+        return Success(SignalResult(instance_id, waiting))
 
     async def cancel(
         self, instance_id: str, reason: object
@@ -1183,7 +1280,7 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
 
     # -- alarms and runs --
 
-    def _wake_alarm(self, now: int) -> SetAlarm:
+    def _wake_alarm(self, now: int, purpose: str = _RUN) -> SetAlarm:
         """The alarm of a workflow to run now (started, signalled, cancelled).
 
         An engine that fires alarms runs it itself at once, on the actor that
@@ -1193,8 +1290,8 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
         worker process to take.
         """
         if self.runtime.fires_alarms:
-            return SetAlarm(now + self.runtime.alarm_lease_ms, _RUN)
-        return SetAlarm(now, _RUN)
+            return SetAlarm(now + self.runtime.alarm_lease_ms, purpose)
+        return SetAlarm(now, purpose)
 
     def _run_next(self, key: str) -> None:
         """Run workflow `key` next on its actor (after the committed verb that called this)."""
@@ -1219,6 +1316,8 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
                 return  # ended, or woken for another reason since this alarm was claimed
             record = loaded[0]
             if record.status in _FINAL:
+                if loaded[1].purpose == _TELL_PARENT:
+                    await self._tell_parent(alarm.key)
                 return
             await self._run(record)
         except JobError as exc:
@@ -1303,9 +1402,72 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
         else:
             run.event("workflow.completed", steps=run.record.execute_count, duration_ms=duration_ms)
         log.inbox.clear()  # undelivered signals die with the workflow
-        await run.save(status, ClearAlarm())
+        if log.parent is not None and not log.parent_told:
+            # A child: the alarm stays until its parent has been told, so a crash cannot lose that.
+            await run.save(status, self._wake_alarm(self.env.now_ms(), _TELL_PARENT))
+            key = run.record.key
+            if self.runtime.fires_alarms:
+                self.runtime.post(key, lambda: self._tell_parent(key))
+        else:
+            await run.save(status, ClearAlarm())
         if run.stop == "storage" and run.stop_error is not None:
             raise run.stop_error
+
+    async def _tell_parent(self, key: str) -> None:
+        """Send an ended child's outcome to its parent (on the parent's actor), then clear its alarm.
+
+        Nothing waits on another actor here, so a parent starting this child
+        while it tells the parent cannot deadlock. A signal told twice (a
+        crash between the two commits) is refused by its event id.
+        """
+        env = self.env
+        try:
+            loaded = await env.storage.load(key)
+            if loaded is None:
+                return
+            record = loaded[0]
+            log = _read_log(record)
+        except JobError as exc:
+            env.logger.error("workflow %s: could not read it to tell its parent: %s", key, exc.message)
+            return
+        parent = log.parent
+        if parent is None or log.parent_told or record.status not in _FINAL:
+            return
+        target = self.runtime.target_for(parent)
+        if not isinstance(target, WorkflowHandler):
+            env.logger.warning("workflow %s: its parent %s is not registered here; told later", key, parent)
+            return
+        raw = _encoder.encode(_ChildOutcome(record.status, log.result, log.error))
+        name = f"child {self.job.name}:{record.instance_id}"
+
+        async def deliver() -> None:
+            try:
+                await target._deliver(parent, parent.split(":", 2)[2], name, raw, event_id=key)
+            except DuplicateEventError:
+                pass  # told before
+            except JobError as exc:  # the alarm tells it again later
+                env.logger.error("workflow %s: could not tell its parent %s: %s", key, parent, exc.message)
+                return
+            # Told (or the parent is gone or ended, and there is no one to tell).
+            self.runtime.post(key, lambda: self._told_parent(key))
+
+        self.runtime.post(parent, deliver)
+
+    async def _told_parent(self, key: str) -> None:
+        env = self.env
+        try:
+            loaded = await env.storage.load(key)
+            if loaded is None:
+                return
+            record = loaded[0]
+            log = _read_log(record)
+            if log.parent_told:
+                return
+            log.parent_told = True
+            record.data = _encoder.encode(log)
+            await env.commit(Checkin(key=key, record=record, alarm=ClearAlarm()))
+        except JobError as exc:  # the alarm tells the parent again; its event id refuses the repeat
+            env.logger.error("workflow %s: could not record that its parent was told: %s", key, exc.message)
 
 
 def _holds_cancelled(exc: BaseException) -> bool:

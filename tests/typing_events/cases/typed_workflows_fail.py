@@ -33,6 +33,11 @@ async def run(order: Order, ctx: djobs.WorkflowContext[Deps]) -> Receipt:
 checkout = djobs.Workflow.make("checkout", input=Order, result=Receipt, execute=run)
 
 
+async def parent(order: Order, ctx: djobs.WorkflowContext[Deps]) -> str:
+    await ctx.child(checkout, "c", Receipt("x"))  # expect: misc "Cannot infer value of type parameter"
+    return await ctx.child(checkout, "c", order)  # expect: arg-type "Workflow[Order, str, Any]"
+
+
 async def use(engine: djobs.Engine) -> None:
     client = engine.client.workflow(checkout)
     client.start(id="o", input=Receipt("x"))  # expect: arg-type

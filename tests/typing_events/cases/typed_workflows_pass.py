@@ -43,6 +43,11 @@ async def run(order: Order, ctx: djobs.WorkflowContext[Deps]) -> Receipt:
 checkout = djobs.Workflow.make("checkout", input=Order, result=Receipt, execute=run)
 
 
+async def parent(order: Order, ctx: djobs.WorkflowContext[Deps]) -> str:
+    receipt: Receipt = await ctx.child(checkout, f"{order.order_id}-checkout", order)
+    return receipt.charge_id
+
+
 async def use(engine: djobs.Engine) -> None:
     client = engine.client.workflow(checkout)
     started: FutureResult[djobs.WorkflowStartResult, djobs.JobError] = client.start(id="o", input=Order("o"))
