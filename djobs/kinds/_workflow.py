@@ -11,7 +11,9 @@ through its context is recorded, in order, in the workflow's *step log*:
 - ``ctx.wait_for_signal(name, type, timeout=)`` consumes a signal sent with
   ``client.signal`` (kept if it came first) or suspends until one comes or
   the timeout passes;
-- ``ctx.now()``, ``ctx.random()`` and ``ctx.uuid()`` record their values.
+- ``ctx.now()``, ``ctx.random()`` and ``ctx.uuid()`` record their values;
+- ``ctx.child(workflow, id, input)`` starts a child workflow (a step) and
+  waits for the signal it sends its parent when it ends.
 
 Each time the workflow is woken (its start, a sleep's end, a signal, a
 retry, a restart after a crash) the body runs again from the top, and every
