@@ -35,6 +35,7 @@ from . import journal
 from .workload import PULSE_EVERY_MS, Batch, Done, Seen, Tick, Work
 
 TICKER, PILE, POKER, FLOW = "continuous:ticker:", "debounce:pile:", "task:poker:", "workflow:flow:"
+FLOW_CHILD = "workflow:flowchild:"
 #: Failures a healthy single-process run may see (the instance was never created or was terminated).
 EXPECTED_FAILURES = {
     ("trigger", "InstanceNotFoundError"),
@@ -273,7 +274,7 @@ def check(
         if claimed:
             problems.append(f"after a clean shutdown, alarms are still claimed: {claimed[:5]}")
     for key, row in snap.instances.items():
-        if not key.startswith((TICKER, PILE, POKER, FLOW)):
+        if not key.startswith((TICKER, PILE, POKER, FLOW, FLOW_CHILD)):
             problems.append(f"an instance no call created: {key}")
         elif row["instance_id"] != key.split(":", 2)[2]:
             problems.append(f"{key}: instance_id {row['instance_id']!r} does not match its key")
@@ -504,30 +505,35 @@ def _check_workflows(snap: Snapshot, history: History, problems: list[str], fina
         if FLOW + wid not in snap.instances:
             problems.append(f"{FLOW}{wid}: its start was acknowledged, but it is missing")
     for key, row in snap.instances.items():
-        if not key.startswith(FLOW):
+        child = key.startswith(FLOW_CHILD)
+        if not key.startswith(FLOW) and not child:
             continue
         wid = row["instance_id"]
+        if child and FLOW + wid.removesuffix("-child") not in snap.instances:
+            problems.append(f"{key}: a child workflow whose parent is not stored")
         try:
             log = msgspec.json.decode(row["data"], type=_Log)
         except msgspec.DecodeError as exc:
             problems.append(f"{key}: the step log does not decode: {exc}")
             continue
         for entry in log.entries:
-            if entry.kind != "step" or not entry.done:
-                continue
+            if entry.kind != "step" or not entry.done or entry.name not in ("a", "b", "c", "d"):
+                continue  # (the step that starts the child journals nothing of its own)
             runs = history.wf_runs.get((wid, entry.name), [])
             token = msgspec.json.decode(bytes(entry.value)) if entry.error is None else None
             if entry.error is None and not any(r["token"] == token and r["ok"] for r in runs):
                 problems.append(
                     f"{key}: step {entry.name!r} is recorded with {token!r}, which no journaled run returned"
                 )
-        for step in ("a", "b", "c"):
+        for step in ("d",) if child else ("a", "b", "c"):
             committed = history.wf_committed.get((wid, step))
             again = [r for r in history.wf_runs.get((wid, step), []) if committed is not None and r["t0"] > committed]
             if again:
                 problems.append(
                     f"{key}: step {step!r} ran again (pid {again[0]['pid']}) after its checkpoint committed"
                 )
+        if final and key in snap.alarms:
+            problems.append(f"{key}: still has an alarm {snap.alarms[key]} after the workload settled")
         if final and row["status"] != "completed":
             problems.append(f"{key}: {row['status']} after the workload settled (log: {row['data'][:200]!r})")
 

@@ -317,6 +317,15 @@ async def wf_effect(wid: str, step: str) -> str:
     return token
 
 
+async def flow_child(params: Flow, ctx: djobs.WorkflowContext[None]) -> str:
+    token = await ctx.step("d", wf_effect, ctx.instance_id, "d")
+    WORLD.record("wf_committed", id=ctx.instance_id, step="d", token=token)
+    return token
+
+
+FLOW_CHILD = djobs.Workflow.make("flowchild", input=Flow, result=str, execute=flow_child, logging=None)
+
+
 async def flow(params: Flow, ctx: djobs.WorkflowContext[None]) -> list[str]:
     wid, tokens = ctx.instance_id, []
     for step in ("a", "b", "c"):
@@ -330,6 +339,8 @@ async def flow(params: Flow, ctx: djobs.WorkflowContext[None]) -> list[str]:
             await ctx.sleep(WF_SLEEP)
         elif step == "b":
             await ctx.wait_for_signal("go", int, timeout=WF_TIMEOUT)
+    # A child whose ending must reach this workflow through every kill.
+    tokens.append(await ctx.child(FLOW_CHILD, f"{wid}-child", params))
     return tokens
 
 
@@ -359,6 +370,7 @@ def definitions(profile: str) -> list[Any]:
             "pulse", schedule=djobs.every(PULSE_EVERY), execute=pulse, missed="all", max_attempts=50, logging=None
         ),
         djobs.Workflow.make("flow", input=Flow, result=list[str], execute=flow, retry=retry, logging=None),
+        FLOW_CHILD,
     ]
 
 
