@@ -816,3 +816,57 @@ async def test_a_child_that_ends_after_a_restart_still_tells_its_parent(
         assert result == ["delivered", "failed: RuntimeError: lost in transit"]
         assert success(await engine.client.workflow(delivery).status("s-2-1")).wake_at is None
     assert shop.mails == ["s-2-1: delivered"]
+
+
+# -- the edges' rules: unstorable text, unknown fields, the payload limit, a closed engine, tenancy ---
+
+
+def surrogate_error(order: Order) -> str:
+    raise ValueError("bad \ud800 text")
+
+
+async def odd_failure(order: Order, ctx: djobs.WorkflowContext[None]) -> str:
+    try:
+        return await ctx.step("odd", surrogate_error, order)
+    except djobs.StepFailedError as exc:
+        return exc.error_message
+
+
+odd_flow = djobs.Workflow.make("odd", input=Order, result=str, execute=odd_failure)
+
+
+@pytest.mark.trio
+async def test_every_verb_refuses_what_no_storage_holds_and_a_closed_engine_refuses_all(
+    autojump_clock: trio.testing.MockClock, layer: StorageLayer
+) -> None:
+    async with open_test_engine([odd_flow], storage=layer, start=T0, max_payload_bytes=4096) as engine:
+        client = engine.client.workflow(odd_flow)
+        bad = [
+            client.start(id="x\ud800", input=Order("a", 1)),
+            client.start(id="y", input={"order_id": "a", "amount": 1, "amonut": 2}),  # type: ignore[arg-type]
+            client.start(id="y", input=Order("a" * 5000, 1)),  # over max_payload_bytes
+            client.signal("y", "\ud800", 1),
+            client.signal("y", "s", "\ud800"),
+            client.signal("y", "s", "x" * 5000),
+            client.cancel("y", reason="a\x00"),
+        ]
+        for verb in bad:
+            assert isinstance(failure(await verb), djobs.ValidationError)
+        await client.start(id="ok", input=Order("a", 1))
+        await settle(engine)
+        # An error message user code raised with unstorable text is kept, made storable.
+        assert success(await client.result("ok")) == "ValueError: bad \\ud800 text"
+    closed = [client.status("ok"), client.result("ok"), client.signal("ok", "s", 1), client.cancel("ok"), client.list()]
+    for verb in closed:
+        assert isinstance(failure(await verb), djobs.StorageError)
+
+
+@pytest.mark.trio
+async def test_required_tenancy_covers_workflows(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_test_engine([stamp_flow], tenancy="required", start=T0) as engine:
+        unscoped = engine.client.workflow(stamp_flow)
+        for verb in (unscoped.start(id="s", input=Nothing()), unscoped.status("s"), unscoped.list()):
+            assert isinstance(failure(await verb), djobs.TenantError)
+        scoped = engine.client.for_tenant("acme").workflow(stamp_flow)
+        assert success(await scoped.start(id="s", input=Nothing())).created
+        assert [w.instance_id for w in success(await scoped.list())] == ["s"]

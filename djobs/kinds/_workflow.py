@@ -64,11 +64,12 @@ from .._errors import (
     ValidationError,
 )
 from .._execution import Checkout, Env, run_body, run_call
+from .._input import check_text, clean_text, text_problem
 from .._logging import JobLog, LoggingOption
 from .._retry import Retry
 from ..storage import Alarm, Checkin, ClearAlarm, InstanceRecord, SetAlarm
 from ..tracking import TrackedEvent
-from ._common import InstanceClient, TenantScoped, check_id, check_name, effect, instance_key, not_registered
+from ._common import InstanceClient, TenantScoped, check_id, check_name, instance_key
 from ._task import When, resolve_when
 
 if TYPE_CHECKING:
@@ -240,6 +241,11 @@ class _ErrorInfo(msgspec.Struct, frozen=True):
     tag: str
     message: str
 
+    @classmethod
+    def of(cls, error: JobError) -> _ErrorInfo:
+        """`error` as stored: its message made storable (user code may raise any text)."""
+        return cls(error.tag, clean_text(error.message))
+
 
 class _Entry(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One recorded call. `value` is the JSON of a step's result, a signal's payload, a
@@ -301,9 +307,10 @@ def _read_log(record: InstanceRecord) -> _Log:
 
 def _check_call_name(name: object, what: str) -> str:
     """A step's, sleep's or signal's name: a non-empty str of at most 200 characters."""
-    if not isinstance(name, str) or not name or len(name) > 200:
-        raise ValidationError(f"{what} name must be a non-empty str of at most 200 characters, got {_short.repr(name)}")
-    return name
+    checked = check_text(name, f"{what} name", max_length=200)
+    if isinstance(checked, Failure):
+        raise checked.failure()
+    return checked.unwrap()
 
 
 def _describe(kind: str, name: str) -> str:
@@ -560,7 +567,7 @@ class _Run:
             self.deliver_cancel(entry)
         entry.attempts, entry.at, entry.duration_ms = attempt, env.now_ms(), duration_ms
         if isinstance(outcome, Success):
-            raw = encode(result_type, outcome.unwrap(), what=f"result of step {name!r}")
+            raw = encode(result_type, outcome.unwrap(), what=f"result of step {name!r}", limit=env.max_payload_bytes)
             if isinstance(raw, Success):
                 entry.done, entry.until, entry.error = True, None, None
                 entry.value = msgspec.Raw(raw.unwrap())
@@ -572,7 +579,7 @@ class _Run:
         if policy is not None and policy.should_retry(error) and attempt < policy.max_attempts:
             delay = policy.delay_before(attempt + 1, env.rng)
             entry.until = env.now_ms() + max(0, round(delay.total_seconds() * 1000))
-            entry.error = _ErrorInfo(error.tag, error.message)
+            entry.error = _ErrorInfo.of(error)
             self.handler.step_log(self.record, name, attempt).warning(
                 "step failed on attempt %d of %d, retrying in %s: %s",
                 attempt,
@@ -589,7 +596,7 @@ class _Run:
                 retry_at=to_datetime(entry.until).isoformat(),
             )
             self.suspend("running", SetAlarm(entry.until, _RETRY))
-        entry.done, entry.until, entry.error = True, None, _ErrorInfo(error.tag, error.message)
+        entry.done, entry.until, entry.error = True, None, _ErrorInfo.of(error)
         self.handler.step_log(self.record, name, attempt).error("step failed for good: %s", error.message)
         self.event(
             "workflow.step_failed",
@@ -1111,7 +1118,7 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
         self, instance_id: str, input: I, parent: str | None = None
     ) -> Result[WorkflowStartResult, ValidationError | StorageError]:
         job, env = self.job, self.env
-        encoded = encode(job.input, input, what=f"input of workflow {job.name!r}")
+        encoded = encode(job.input, input, what=f"input of workflow {job.name!r}", limit=env.max_payload_bytes)
         if isinstance(encoded, Failure):
             return encoded
         key = self.key(instance_id)
@@ -1170,18 +1177,17 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
     async def signal(
         self, instance_id: str, name: object, payload: object
     ) -> Result[SignalResult, InstanceNotFoundError | InvalidStateError | ValidationError | StorageError]:
-        if not isinstance(name, str) or not name or len(name) > 200:
-            return Failure(
-                ValidationError(
-                    f"signal name must be a non-empty str of at most 200 characters, got {_short.repr(name)}"
-                )
-            )
-        try:
-            raw = _encoder.encode(payload)
-        except (TypeError, msgspec.EncodeError, OverflowError, RecursionError) as exc:
-            return Failure(ValidationError(f"payload of signal {name!r} cannot be stored: {exc}"))
+        checked = check_text(name, "signal name", max_length=200)
+        if isinstance(checked, Failure):
+            return checked
+        # Any payload msgspec encodes (its type is the wait's, known only there); storable and within the limit.
+        limit = self.env.max_payload_bytes
+        encoded = encode(cast(Any, Any), payload, what=f"payload of signal {name!r}", limit=limit, strict=False)
+        if isinstance(encoded, Failure):
+            return encoded
+        raw, signal = encoded.unwrap(), checked.unwrap()
         key = self.key(instance_id)
-        return await self.runtime.call(key, lambda: self._deliver(key, instance_id, name, raw))
+        return await self.runtime.call(key, lambda: self._deliver(key, instance_id, signal, raw))
 
     async def _deliver(
         self, key: str, instance_id: str, name: str, raw: bytes, event_id: str | None = None
@@ -1218,9 +1224,12 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
     async def cancel(
         self, instance_id: str, reason: object
     ) -> Result[WorkflowCancelResult, ValidationError | StorageError]:
-        if reason is not None and (not isinstance(reason, str) or len(reason) > 1000):
+        if reason is not None and (not isinstance(reason, str) or len(reason) > 1000 or text_problem(reason)):
             return Failure(
-                ValidationError(f"reason must be a str of at most 1000 characters or None, got {_short.repr(reason)}")
+                ValidationError(
+                    f"reason must be None or a str of at most 1000 characters every storage can hold "
+                    f"(no NUL, no lone surrogate), got {_short.repr(reason)}"
+                )
             )
         key = self.key(instance_id)
         env = self.env
@@ -1381,7 +1390,7 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
             jlog.error("%s", error.message)
             await self._end(run, "failed", error=error)
             return
-        raw = encode(job.result, body.unwrap(), what=f"result of workflow {job.name!r}")
+        raw = encode(job.result, body.unwrap(), what=f"result of workflow {job.name!r}", limit=env.max_payload_bytes)
         if isinstance(raw, Failure):
             await self._end(run, "failed", error=raw.failure())
             return
@@ -1396,10 +1405,10 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
         if status == "cancelled":
             reason = log.cancel_reason
             because = error.message if error else f"cancelled: {reason or 'no reason given'}"
-            log.error = _ErrorInfo("workflow_cancelled", because)
+            log.error = _ErrorInfo("workflow_cancelled", clean_text(because))
             run.event("workflow.cancelled", reason=reason)
         elif error is not None:
-            log.error = _ErrorInfo(error.tag, error.message)
+            log.error = _ErrorInfo.of(error)
             run.event("workflow.failed", error={"tag": error.tag, "message": error.message})
         else:
             run.event("workflow.completed", steps=run.record.execute_count, duration_ms=duration_ms)
@@ -1541,7 +1550,6 @@ class WorkflowClient(InstanceClient[WorkflowHandler[I, R, Any]], Generic[I, R]):
     ) -> FutureResult[builtins.list[WorkflowSummary], JobNotFoundError | ValidationError | StorageError]:
         """This workflow's instances (this client's tenant's only, if it has one), by id,
         starting after the id `after`, at most `limit`, only those in `status` if given."""
-        handler = self._handler
-        if handler is None:
-            return not_registered(self._name)
-        return effect(lambda: handler.list_instances(status, after, limit))
+        # The checks of every instance verb (unknown job, required tenancy, the tenant's text);
+        # the id they validate is a placeholder: list takes none.
+        return self._verb("-", lambda h, _: h.list_instances(status, after, limit))
