@@ -31,7 +31,7 @@ def weigh(ref: str) -> int:
     raise ValueError("scale offline")
 
 
-async def ship(parcel: Parcel, ctx: djobs.WorkflowContext[None]) -> str:
+async def ship(parcel: Parcel, ctx: djobs.WorkflowContext) -> str:
     box = await ctx.step("pack", pack, parcel.ref)
     with contextlib.suppress(djobs.StepFailedError):  # weighing is optional
         await ctx.step("weigh", weigh, parcel.ref)

@@ -321,14 +321,14 @@ def record(name: str) -> str:
     return name
 
 
-async def first_version(_: Nothing, ctx: djobs.WorkflowContext[None]) -> str:
+async def first_version(_: Nothing, ctx: djobs.WorkflowContext) -> str:
     await ctx.step("a", record, "a")
     await ctx.sleep("1 hour")
     await ctx.step("b", record, "b")
     return "done"
 
 
-async def second_version(_: Nothing, ctx: djobs.WorkflowContext[None]) -> str:
+async def second_version(_: Nothing, ctx: djobs.WorkflowContext) -> str:
     await ctx.step("a", record, "a")
     await ctx.step("inserted", record, "inserted")  # where the log has the sleep
     await ctx.sleep("1 hour")
@@ -357,7 +357,7 @@ async def test_a_body_changed_in_flight_fails_with_a_typed_error_naming_the_firs
     assert calls == ["a"]  # nothing new ran, nothing recorded was mixed with new results
 
 
-async def shorter_version(_: Nothing, ctx: djobs.WorkflowContext[None]) -> str:
+async def shorter_version(_: Nothing, ctx: djobs.WorkflowContext) -> str:
     await ctx.step("a", record, "a")
     return "done"
 
@@ -392,7 +392,7 @@ class Stamp(msgspec.Struct):
     dice: float
 
 
-async def stamped(_: Nothing, ctx: djobs.WorkflowContext[None]) -> Stamp:
+async def stamped(_: Nothing, ctx: djobs.WorkflowContext) -> Stamp:
     at, token, dice = ctx.now(), ctx.uuid(), ctx.random()
     await ctx.sleep("1 hour")
     assert ctx.now() > at  # a new call: the time now
@@ -452,7 +452,7 @@ async def slow(name: str) -> str:
     return name
 
 
-async def stuck_body(_: Nothing, ctx: djobs.WorkflowContext[None]) -> str:
+async def stuck_body(_: Nothing, ctx: djobs.WorkflowContext) -> str:
     await ctx.step("first", slow, "first")
     await ctx.step("stuck", slow, "stuck")
     return "ok"
@@ -554,23 +554,23 @@ async def test_list_and_tenants(autojump_clock: trio.testing.MockClock, layer: S
 
 @pytest.mark.trio
 async def test_bad_input_is_a_typed_error(autojump_clock: trio.testing.MockClock) -> None:
-    async def unannotated(_: Nothing, ctx: djobs.WorkflowContext[None]) -> str:
+    async def unannotated(_: Nothing, ctx: djobs.WorkflowContext) -> str:
         return str(await ctx.step("lambda", lambda: 1))
 
-    async def unstorable(_: Nothing, ctx: djobs.WorkflowContext[None]) -> str:
+    async def unstorable(_: Nothing, ctx: djobs.WorkflowContext) -> str:
         return str(await ctx.step("object", object, result=object))
 
-    async def badly_named(_: Nothing, ctx: djobs.WorkflowContext[None]) -> str:
+    async def badly_named(_: Nothing, ctx: djobs.WorkflowContext) -> str:
         return await ctx.step(42, plain_str)  # type: ignore[arg-type]
 
-    async def bad_wait(_: Nothing, ctx: djobs.WorkflowContext[None]) -> str:
+    async def bad_wait(_: Nothing, ctx: djobs.WorkflowContext) -> str:
         await ctx.wait_for_signal("s", object(), timeout="1 hour")  # type: ignore[call-overload]
         return "?"
 
-    async def bad_retry(_: Nothing, ctx: djobs.WorkflowContext[None]) -> str:
+    async def bad_retry(_: Nothing, ctx: djobs.WorkflowContext) -> str:
         return await ctx.step("retry", plain_str, retry=3)  # type: ignore[arg-type]
 
-    async def bad_sleep(_: Nothing, ctx: djobs.WorkflowContext[None]) -> str:
+    async def bad_sleep(_: Nothing, ctx: djobs.WorkflowContext) -> str:
         await ctx.sleep(30)  # type: ignore[arg-type]  # seconds? milliseconds?
         return "?"
 
@@ -623,7 +623,7 @@ def as_result(x: int) -> Result[int, str]:
 
 @pytest.mark.trio
 async def test_steps_take_every_body_form_and_compose_as_pipelines(autojump_clock: trio.testing.MockClock) -> None:
-    async def body(_: Nothing, ctx: djobs.WorkflowContext[None]) -> list[int]:
+    async def body(_: Nothing, ctx: djobs.WorkflowContext) -> list[int]:
         a = await ctx.step("plain", plain, 1)
         b = await ctx.step("coroutine", coroutine, a)
         c = await ctx.step("result", as_result, b)
@@ -657,7 +657,7 @@ async def effect(workflow: str, step: str) -> str:
     return step
 
 
-async def three_steps(name: Trip, ctx: djobs.WorkflowContext[None]) -> int:
+async def three_steps(name: Trip, ctx: djobs.WorkflowContext) -> int:
     await ctx.step("one", effect, name.who, "one")
     await ctx.sleep("1 minute")
     await ctx.step("two", effect, name.who, "two")
@@ -723,7 +723,7 @@ async def test_a_client_only_engine_starts_and_signals_workflows_a_worker_engine
 body_runs: list[int] = []
 
 
-async def wait_forever(_: Nothing, ctx: djobs.WorkflowContext[None]) -> int:
+async def wait_forever(_: Nothing, ctx: djobs.WorkflowContext) -> int:
     body_runs.append(ctx.run_count)
     await ctx.sleep("1 minute")
     return await ctx.wait_for_signal("go", int)  # type: ignore[return-value]  # no timeout: never TimedOut
@@ -825,7 +825,7 @@ def surrogate_error(order: Order) -> str:
     raise ValueError("bad \ud800 text")
 
 
-async def odd_failure(order: Order, ctx: djobs.WorkflowContext[None]) -> str:
+async def odd_failure(order: Order, ctx: djobs.WorkflowContext) -> str:
     try:
         return await ctx.step("odd", surrogate_error, order)
     except djobs.StepFailedError as exc:

@@ -29,7 +29,7 @@ D_contra = TypeVar("D_contra", contravariant=True, default=object)
 
 
 class Definition(Generic[D_contra]):
-    """Base of every job definition (`Continuous`, `Debounce`, `Task`, `Job`, `CronJob`).
+    """Base of every job definition (`Continuous`, `Debounce`, `Task`, `Job`, `CronJob`, `Workflow`).
 
     `D_contra` is the type of the application's services its bodies need:
     ``open_engine([...], services=s)`` type-checks only if `s` is one, for

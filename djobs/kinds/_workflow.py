@@ -53,7 +53,7 @@ from returns.result import Failure, Result, Success
 
 from .._clock import to_datetime
 from .._codec import decode, encode
-from .._context import BaseContext
+from .._context import BaseContext, D_co
 from .._errors import (
     DuplicateEventError,
     InstanceNotFoundError,
@@ -69,7 +69,7 @@ from .._logging import JobLog, LoggingOption
 from .._retry import Retry
 from ..storage import Alarm, Checkin, ClearAlarm, InstanceRecord, SetAlarm
 from ..tracking import TrackedEvent
-from ._common import InstanceClient, TenantScoped, check_id, check_name, instance_key
+from ._common import D_contra, Definition, InstanceClient, TenantScoped, check_id, check_name, instance_key
 from ._task import When, resolve_when
 
 if TYPE_CHECKING:
@@ -696,7 +696,7 @@ class _Run:
 # -- definition and context -----------------------------------------------------------------
 
 
-class WorkflowContext(BaseContext, Generic[D]):
+class WorkflowContext(BaseContext[D_co]):
     """The context of a workflow's body: steps, durable sleeps, signals, recorded values.
 
     Every call is recorded in the workflow's log at its position and replayed
@@ -715,11 +715,6 @@ class WorkflowContext(BaseContext, Generic[D]):
         super().__init__(env, job_name, instance_id, log)
         self._run = run
         self.run_count = run_count
-
-    @property
-    def services(self) -> D:
-        """The application's own services, as passed to ``open_engine(services=...)``."""
-        return cast(D, self._env.services)
 
     @property
     def is_replaying(self) -> bool:
@@ -864,7 +859,7 @@ class WorkflowContext(BaseContext, Generic[D]):
 
 
 @dataclass(frozen=True, eq=False)
-class Workflow(Generic[I, R, D]):
+class Workflow(Definition[D_contra], Generic[I, R, D_contra]):
     """A durable workflow: a body whose steps run once. Make one with `Workflow.make`.
 
     Examples:
@@ -873,7 +868,7 @@ class Workflow(Generic[I, R, D]):
         ...     id: str
         >>> class Receipt(msgspec.Struct):
         ...     order_id: str
-        >>> async def run(order: Order, ctx: djobs.WorkflowContext[None]) -> Receipt:
+        >>> async def run(order: Order, ctx: djobs.WorkflowContext) -> Receipt:
         ...     return Receipt(order.id)
         >>> checkout = djobs.Workflow.make("checkout", input=Order, result=Receipt, execute=run)
         >>> checkout.name
@@ -884,7 +879,7 @@ class Workflow(Generic[I, R, D]):
     name: str
     input: type[I]
     result: type[R]
-    execute: Callable[[I, WorkflowContext[D]], object]
+    execute: Callable[[I, WorkflowContext[D_contra]], object]
     retry: Retry | None = None
     logging: LoggingOption = False
 
@@ -895,10 +890,10 @@ class Workflow(Generic[I, R, D]):
         *,
         input: type[I],
         result: type[R],
-        execute: Callable[[I, WorkflowContext[D]], object],
+        execute: Callable[[I, WorkflowContext[D_contra]], object],
         retry: Retry | None = None,
         logging: LoggingOption = False,
-    ) -> Workflow[I, R, D]:
+    ) -> Workflow[I, R, D_contra]:
         """Define a workflow.
 
         Args:
@@ -928,7 +923,7 @@ class Workflow(Generic[I, R, D]):
             raise ValidationError(f"Workflow {name!r}: retry must be a djobs.Retry, got {retry!r}")
         return cls(name, input, result, execute, retry, logging)
 
-    def bind(self, runtime: Runtime) -> WorkflowHandler[I, R, D]:
+    def bind(self, runtime: Runtime) -> WorkflowHandler[I, R, D_contra]:
         """The handler that runs this workflow inside an engine (used by the engine)."""
         return WorkflowHandler(self, runtime)
 

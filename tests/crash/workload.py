@@ -317,7 +317,7 @@ async def wf_effect(wid: str, step: str) -> str:
     return token
 
 
-async def flow_child(params: Flow, ctx: djobs.WorkflowContext[None]) -> str:
+async def flow_child(params: Flow, ctx: djobs.WorkflowContext) -> str:
     token = await ctx.step("d", wf_effect, ctx.instance_id, "d")
     WORLD.record("wf_committed", id=ctx.instance_id, step="d", token=token)
     return token
@@ -326,7 +326,7 @@ async def flow_child(params: Flow, ctx: djobs.WorkflowContext[None]) -> str:
 FLOW_CHILD = djobs.Workflow.make("flowchild", input=Flow, result=str, execute=flow_child, logging=None)
 
 
-async def flow(params: Flow, ctx: djobs.WorkflowContext[None]) -> list[str]:
+async def flow(params: Flow, ctx: djobs.WorkflowContext) -> list[str]:
     wid, tokens = ctx.instance_id, []
     for step in ("a", "b", "c"):
         token = await ctx.step(step, wf_effect, wid, step)

@@ -177,3 +177,50 @@ async def the_test_engine_checks_its_fakes_too() -> None:
         assert engine.services.tokens is not None
     async with open_test_engine([refresher], services=OnlyMail()):  # E: misc
         pass
+
+
+# -- workflows are definitions like the others ------------------------------------------
+
+
+class Order(msgspec.Struct):
+    order_id: str
+
+
+async def mail_the_order(order: Order, ctx: djobs.WorkflowContext[HasMailer]) -> str:
+    sent: str = await ctx.step("mail", ctx.services.mailer.send, order.order_id, result=str)
+    return sent
+
+
+async def quiet_workflow(order: Order, ctx: djobs.WorkflowContext) -> str:
+    return order.order_id
+
+
+order_mailer = djobs.Workflow.make("order-mailer", input=Order, result=str, execute=mail_the_order)
+quiet = djobs.Workflow.make("quiet", input=Order, result=str, execute=quiet_workflow)
+workflow_as_inferred: djobs.Workflow[Order, str, HasMailer] = order_mailer
+workflow_where_more_is_given: djobs.Workflow[Order, str, AppServices] = order_mailer
+workflow_where_nothing_is_given: djobs.Workflow[Order, str, object] = order_mailer  # E: assignment
+
+
+async def a_workflow_with_its_services() -> None:
+    async with djobs.open_engine([order_mailer, quiet], services=OnlyMail()):
+        pass
+    async with djobs.open_engine([quiet]):
+        pass
+    definitions: list[djobs.Definition[AppServices]] = [refresher, order_mailer]
+    async with djobs.open_engine(definitions, services=Both()):
+        pass
+
+
+async def a_workflow_without_its_services() -> None:
+    async with djobs.open_engine([order_mailer]):  # E: list-item
+        pass
+
+
+async def a_workflow_and_a_token_job_with_services_that_are_only_mail() -> None:
+    async with djobs.open_engine([refresher, order_mailer], services=OnlyMail()):  # E: list-item
+        pass
+
+
+def a_workflow_body_using_a_service_it_did_not_declare(order: Order, ctx: djobs.WorkflowContext) -> None:
+    ctx.services.mailer.send(order.order_id)  # E: attr-defined
