@@ -57,6 +57,8 @@ class Checkout(Generic[S]):
     dirty: bool = False
     terminated: bool = False
     terminate_reason: str | None = None
+    #: Set by a ``stop`` that ends only this run, not the instance (a Debounce ``clear``).
+    keep_instance: bool = False
     alarm: SetAlarm | Literal["cancel"] | None = None
     schedule_touched: bool = False
     #: The scope the user's code runs in while it runs (`run_call`): the ``terminate`` verb cancels it.
@@ -71,16 +73,19 @@ class Checkout(Generic[S]):
         self.terminate_reason = reason
         raise TerminateSignal(reason)
 
-    def stop(self, reason: str | None) -> bool:
+    def stop(self, reason: str | None, *, keep_instance: bool = False) -> bool:
         """End the run from outside (the ``terminate`` verb): cancel the user's code now.
 
-        The run then ends as if the body had called ``ctx.terminate(reason)``.
-        Returns whether user code was running to be cancelled.
+        The run then ends as if the body had called ``ctx.terminate(reason)``;
+        with `keep_instance` (a Debounce ``clear``) the kind keeps the instance
+        and only drops the run's work. Returns whether user code was running to
+        be cancelled.
         """
         if self.scope is None:
             return False
         self.terminated = True
         self.terminate_reason = reason
+        self.keep_instance = keep_instance
         self.scope.cancel()
         return True
 

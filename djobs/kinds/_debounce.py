@@ -468,7 +468,8 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
             before = await self.env.storage.load(key)
             stuck = 0 if before is None else before[0].event_count
             running = self.env.running.get(key)
-            if running is None or not running.stop("cleared"):
+            # The instance stays (idle, its event ids remembered), as a clear between flushes leaves it.
+            if running is None or not running.stop("cleared", keep_instance=True):
                 stuck = None
 
         async def run() -> Result[ClearResult, StorageError]:
@@ -653,6 +654,7 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         assert record.state is not None
         state = decode(job.state, record.state, what="state")
         outcome_kind: OutcomeKind
+        kept = False  # a clear stopped the flush: the batch goes, the instance and its event ids stay
         if isinstance(state, Failure):
             outcome_kind, error = "failed", state.failure()
             log.error("%s", error.message)
@@ -689,9 +691,10 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
             body = offloaded(job.execute, job.limits, what)
             outcome = await execute(env, info, checkout, lambda: body(ctx), job.retry, events, log, job.limits, what)
             outcome_kind, retry_at, duration_ms = outcome.kind, outcome.retry_at, outcome.duration_ms
+            kept = outcome_kind == "terminated" and checkout.keep_instance
         now = env.now_ms()
         record.run_count = run_count
-        if outcome_kind in ("terminated", "exhausted"):
+        if outcome_kind == "exhausted" or (outcome_kind == "terminated" and not kept):
             if outcome_kind == "exhausted":
                 events.append(env.event("job.terminated", record.key, KIND, job.name, reason="retry_exhausted"))
             await env.commit(Checkin(key=record.key, record=None), events)
@@ -713,7 +716,7 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
                         duration_ms=duration_ms,
                     )
                 )
-            else:
+            elif outcome_kind == "failed":
                 log.error("flush failed and is not retried; its batch of %d event(s) is dropped", count)
             _make_idle(record, now)
             await env.commit(Checkin(key=record.key, record=record, alarm=ClearAlarm()), events)
@@ -767,7 +770,9 @@ class DebounceClient(InstanceClient[DebounceHandler[E, S]], Generic[E, S]):
         """Drop instance `id`'s batch without processing it; the instance goes idle.
 
         A flush of the batch running now is cancelled (a stuck flush does not
-        hold the instance): it ends as ``ctx.terminate("cleared")`` would.
+        hold the instance): the run ends as terminated (``job.terminated`` with
+        reason ``"cleared"``), its batch is dropped, and the instance goes idle
+        and keeps its event ids, as after a clear between flushes.
 
         Clearing an idle or unknown id changes nothing (``cleared=False``).
         """
