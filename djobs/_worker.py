@@ -241,11 +241,6 @@ class Worker:
         # Reclaims run on a timer (and after every sleep), not before every claim.
         self._reclaim_every_ms = max(1, min(self.lease_ms // 3, 1000))
         self._reclaim_at = 0
-        # The earliest lease end among held rows, as far as this process knows: the
-        # last renewal's (or, if none since, the oldest claim's) plus the lock timeout.
-        # A process that stalled past it may have lost its held rows: it renews (and
-        # learns which it lost) before it starts any.
-        self._safe_until = 0
         self._capacity = trio.Event()
         self._idle = trio.Event()
         self._idle.set()
@@ -360,12 +355,6 @@ class Worker:
             now = clock.now_ms()
             self.env.handoffs += 1  # held rows are running in storage until they start here
             try:
-                if now >= self._safe_until - self.lease_ms // 3:
-                    # Renewals are overdue (this process stalled): another worker may have
-                    # reclaimed rows held here. Renew first; rows lost are dropped from hand.
-                    await self.renew()
-                    if not self._ready:
-                        continue
                 try:
                     cancelled, higher = await storage.check_held(self.id, self._names, now, -self._ready[0][0])
                 except StorageError as exc:
@@ -382,7 +371,7 @@ class Worker:
                         self._log.error("start loop: could not claim an urgent job: %s", exc.message)
                         urgent = []
                     if urgent:
-                        self._accept(urgent, now)
+                        self._accept(urgent)
                 self._start_ready()
                 if not self._ready:
                     self._capacity.set()  # the claim loop tops up when slots wait for rows
@@ -554,7 +543,7 @@ class Worker:
                 if expired:
                     self._report_expired(expired)
                 if claimed:
-                    self._accept(claimed, now)
+                    self._accept(claimed)
             finally:
                 self.env.handed_off()
             if len(claimed) == free or len(expired) == batch:
@@ -574,9 +563,7 @@ class Worker:
             await self._wakeup.sleep_until(next_at)
             woke = True
 
-    def _accept(self, claimed: list[ClaimedJob], at: int) -> None:
-        if not self._held:
-            self._safe_until = at + self.lease_ms
+    def _accept(self, claimed: list[ClaimedJob]) -> None:
         self._claimed_runs += len(claimed)
         self._idle = trio.Event() if self._idle.is_set() else self._idle
         if self.closing:
@@ -653,10 +640,8 @@ class Worker:
     async def renew(self) -> None:
         """Renew every lease held now; cancel runs whose cancel was requested or whose row was lost."""
         before = set(self._held)
-        at = self.env.now_ms()
         try:
-            rows = await self.storage.renew_leases(self.id, at + self.lease_ms)
-            self._safe_until = at + self.lease_ms
+            rows = await self.storage.renew_leases(self.id, self.env.now_ms() + self.lease_ms)
         except StorageError as exc:
             self._log.error("could not renew %d lease(s): %s", len(before), exc.message)
             return
