@@ -566,12 +566,6 @@ class Worker:
     def _accept(self, claimed: list[ClaimedJob]) -> None:
         self._claimed_runs += len(claimed)
         self._idle = trio.Event() if self._idle.is_set() else self._idle
-        if self.closing:
-            # Claimed while close() ran (its commit was under way): hand them straight back.
-            for job in claimed:
-                self._hold((job.id, job.attempt))
-            self._nursery.start_soon(self._hand_back, list(claimed))
-            return
         for job in claimed:
             self._hold((job.id, job.attempt))
             earlier = self._running.get(job.id)
