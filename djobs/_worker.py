@@ -1,18 +1,12 @@
 """The queue worker: one claim loop per engine that leases due jobs and runs them.
 
-- The *claim loop* leases due rows in batches (``UPDATE … RETURNING``): it
-  keeps up to ``max(batch_size, max_concurrency)`` rows in hand and tops up
-  once half of them have been taken, so the number of claims (and commits)
-  does not grow with the number of slots. It reclaims rows whose lease ran
-  out (their worker crashed) on a timer and whenever it wakes from a sleep,
-  not before every claim. Then it sleeps until the earliest due row or lease
-  end, or until an enqueue in this process pokes it (the alarm sleeper's
-  pattern); ``poll_interval`` caps the sleep for rows other processes add.
-- The *start loop* starts held rows, best priority first, as slots under
-  ``max_concurrency`` free up. Before it starts rows that waited in hand it
-  reads (one query, no write) which of them had a cancel requested by another
-  process, and hands those back as cancelled without starting them, and
-  whether a more urgent row is due, which it claims and starts first.
+- The *claim loop* reclaims rows whose lease ran out (their worker crashed),
+  leases due rows in batches (``UPDATE … RETURNING``), and starts them as
+  slots under ``max_concurrency`` free up; it holds at most twice that many
+  rows, so a busy process does not hoard work another could do. Then it
+  sleeps until the earliest due row or lease end, or until an enqueue in this
+  process pokes it (the alarm sleeper's pattern); ``poll_interval`` caps the
+  sleep for rows other processes add.
 - The *settle task* writes how attempts ended in batches: jobs that finish
   together share one transaction.
 - The *lease loop* renews every lease this process holds in one statement,
@@ -30,8 +24,8 @@ job that blocks the thread blocks the engine, as any Trio code would.
 
 from __future__ import annotations
 
-import heapq
 import random
+from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -112,25 +106,13 @@ class WorkerOptions:
 
     Args:
         max_concurrency: How many queued jobs run at once in this process.
-            The default, 100, suits Trio bodies that await I/O: a slot is one
-            Trio task (a few kilobytes), and a body waiting 100 ms on an HTTP
-            call holds its slot that long, so 5 slots would cap such jobs at
-            50 a second where 100 allow 1,000. Bodies that compute on the
-            Trio thread gain nothing from more slots; lower it for them, or
-            to bound what the jobs' own services (a connection pool, an API's
-            rate) can take.
         lock_timeout: How long a claimed job's lease lasts without renewal; a
             crashed worker's jobs run again after this. Leases are renewed
             three times per timeout while a job runs.
         poll_interval: The longest the worker sleeps before looking for jobs
             that other processes enqueued (jobs enqueued in this process wake
             it at once). ``None`` trusts this process alone.
-        batch_size: The most rows the worker holds leased, started or not
-            (at least `max_concurrency`): it claims up to this many at once
-            and tops up when half are taken, so claims (and commits) do not
-            grow with the number of jobs. Rows held but not started are
-            started best priority first, an urgent row enqueued later goes
-            before them, and one whose cancel was requested never starts.
+        batch_size: The most rows one claim leases.
 
     Raises:
         ValidationError: An option is out of range or not a duration.
@@ -140,7 +122,7 @@ class WorkerOptions:
         60000
     """
 
-    max_concurrency: int = 100
+    max_concurrency: int = 5
     lock_timeout: DurationLike = "5 minutes"
     poll_interval: DurationLike | None = "1 second"
     batch_size: int = 200
@@ -226,21 +208,12 @@ class Worker:
         # A ``now`` run holds (job id, 0) for all its attempts.
         self._held: set[tuple[str, int]] = set()
         self._held_changed = trio.Event()
-        # Held rows not started yet, best first: (-priority, scheduled_for, sequence, row).
-        self._ready: list[tuple[int, int, int, ClaimedJob]] = []
-        self._ready_seq = 0
-        self._start_wanted = trio.Event()
+        self._ready: deque[ClaimedJob] = deque()
         #: Re-claimed rows waiting for an earlier attempt of theirs, still running here, to end.
         self._deferred: dict[str, ClaimedJob] = {}
         self._claimed_runs = 0
         self._limiter = trio.CapacityLimiter(options.max_concurrency)
-        # Rows in hand are decoupled from the slots: a claim tops up to `_max_held`
-        # once in hand falls to `_low_water`, so a claim carries about half a batch.
-        self._max_held = max(options.batch_size, options.max_concurrency)
-        self._low_water = self._max_held // 2
-        # Reclaims run on a timer (and after every sleep), not before every claim.
-        self._reclaim_every_ms = max(1, min(self.lease_ms // 3, 1000))
-        self._reclaim_at = 0
+        self._max_held = 2 * options.max_concurrency
         self._capacity = trio.Event()
         self._idle = trio.Event()
         self._idle.set()
@@ -308,12 +281,11 @@ class Worker:
         if handle is not None:
             handle.scope.cancel()
             return handle.done
-        for entry in self._ready:
-            if entry[3].id == job_id:
-                self._ready.remove(entry)
-                heapq.heapify(self._ready)
+        for job in self._ready:
+            if job.id == job_id:
+                self._ready.remove(job)
                 done = trio.Event()
-                self._nursery.start_soon(self._hand_back, [entry[3]], done)
+                self._nursery.start_soon(self._hand_back, [job], done)
                 return done
         return None
 
@@ -321,72 +293,15 @@ class Worker:
         self._held.add(key)
         self._held_changed.set()
 
-    def _push_ready(self, job: ClaimedJob) -> None:
-        self._ready_seq += 1
-        heapq.heappush(self._ready, (-job.priority, job.scheduled_for, self._ready_seq, job))
-        self._start_wanted.set()
-
     def _start_ready(self) -> None:
-        """Start held rows, best first, while slots are free (no await: call it right after a check)."""
         while self._ready and not self.closing:
-            job = self._ready[0][3]
+            job = self._ready[0]
             try:
                 self._limiter.acquire_on_behalf_of_nowait((job.id, job.attempt))
             except trio.WouldBlock:
                 return
-            heapq.heappop(self._ready)
+            self._ready.popleft()
             self._nursery.start_soon(self._run, job, self._runners[job.name])
-
-    async def start_loop(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Start held rows as slots free up; the engine's single start task.
-
-        Each round reads which held rows had a cancel requested (from any
-        process) and whether a due row outranks the best one held; then, with
-        no await in between, it starts rows: a cancelled row that has not started
-        never starts, and an urgent row enqueued later is the next to start.
-        """
-        storage, clock = self.storage, self.env.clock
-        task_status.started()
-        while True:
-            if not self._ready or self.closing or not self._limiter.available_tokens:
-                self._start_wanted = trio.Event()
-                await self._start_wanted.wait()
-                continue
-            now = clock.now_ms()
-            self.env.handoffs += 1  # held rows are running in storage until they start here
-            try:
-                try:
-                    cancelled, higher = await storage.check_held(self.id, self._names, now, -self._ready[0][0])
-                except StorageError as exc:
-                    self._log.error("start loop: could not check held jobs: %s", exc.message)
-                    cancelled, higher = [], False
-                if cancelled:
-                    await self._hand_back_cancelled(set(cancelled))
-                if higher and not self.closing:
-                    try:
-                        urgent = await storage.claim_jobs(
-                            now, now + self.lease_ms, self.id, self._names, max(1, int(self._limiter.available_tokens))
-                        )
-                    except StorageError as exc:
-                        self._log.error("start loop: could not claim an urgent job: %s", exc.message)
-                        urgent = []
-                    if urgent:
-                        self._accept(urgent)
-                self._start_ready()
-                if not self._ready:
-                    self._capacity.set()  # the claim loop tops up when slots wait for rows
-            finally:
-                self.env.handed_off()
-            await trio.lowlevel.checkpoint()
-
-    async def _hand_back_cancelled(self, ids: set[str]) -> None:
-        waiting = [entry for entry in self._ready if entry[3].id in ids]
-        if not waiting:
-            return
-        for entry in waiting:
-            self._ready.remove(entry)
-        heapq.heapify(self._ready)
-        await self._hand_back([entry[3] for entry in waiting], trio.Event())
 
     async def _run(self, job: ClaimedJob, runner: Runner) -> None:
         try:
@@ -399,7 +314,7 @@ class Worker:
             if key not in self._unsettled:  # else the row stays held (renewed) until its batch is written
                 self._held.discard(key)
             self._claimed_runs -= 1
-            self._start_wanted.set()
+            self._start_ready()
             self._capacity.set()
             self._check_idle()
 
@@ -512,27 +427,18 @@ class Worker:
         """Reclaim, claim, start, sleep; forever. The engine's single claim task."""
         storage, clock, batch = self.storage, self.env.clock, self.options.batch_size
         task_status.started()
-        woke = True
         while True:
-            if not self._names:
-                await trio.sleep_forever()  # nothing registered to run here
-            held = self._claimed_runs
-            free = self._max_held - held
-            # Top up once half the rows in hand are taken, or at once when slots wait for rows.
-            wanted = held <= self._low_water or (not self._ready and self._limiter.available_tokens > 0)
-            if free <= 0 or not wanted:
+            free = min(batch, self._max_held - self._claimed_runs)
+            if free <= 0 or not self._names:
+                if not self._names:
+                    await trio.sleep_forever()  # nothing registered to run here
                 self._capacity = trio.Event()
                 await self._capacity.wait()
                 continue
             now = clock.now_ms()
-            reclaim = woke or now >= self._reclaim_at
-            woke = False
             self.env.handoffs += 1  # claimed rows are running in storage before _accept starts them
             try:
-                expired: Sequence[ExpiredLease] = ()
-                if reclaim:
-                    expired = await storage.reclaim_expired(now, CANCELLED_ERROR, _LEASE_ERROR, batch)
-                    self._reclaim_at = now + self._reclaim_every_ms
+                expired = await storage.reclaim_expired(now, CANCELLED_ERROR, _LEASE_ERROR, batch)
                 claimed = await storage.claim_jobs(now, now + self.lease_ms, self.id, self._names, free)
             except StorageError as exc:
                 self.env.handed_off()
@@ -547,7 +453,6 @@ class Worker:
             finally:
                 self.env.handed_off()
             if len(claimed) == free or len(expired) == batch:
-                woke = len(expired) == batch
                 await trio.lowlevel.checkpoint()
                 continue
             try:
@@ -561,9 +466,10 @@ class Worker:
                 # in a millisecond rather than spin without letting time pass.
                 next_at = max(next_at, now + 1)
             await self._wakeup.sleep_until(next_at)
-            woke = True
 
     def _accept(self, claimed: list[ClaimedJob]) -> None:
+        if any(j.priority for j in claimed):
+            claimed.sort(key=lambda j: (-j.priority, j.scheduled_for))  # RETURNING comes in storage order
         self._claimed_runs += len(claimed)
         self._idle = trio.Event() if self._idle.is_set() else self._idle
         for job in claimed:
@@ -577,14 +483,16 @@ class Worker:
                 self._deferred[job.id] = job
                 self._nursery.start_soon(self._start_after, earlier.done, job)
             else:
-                self._push_ready(job)
+                self._ready.append(job)
         if self.tracking:
             self.emit([self.event("job.claimed", j.id, j.name, attempt=j.attempt, worker_id=self.id) for j in claimed])
+        self._start_ready()
 
     async def _start_after(self, ended: trio.Event, job: ClaimedJob) -> None:
         await ended.wait()
         if self._deferred.pop(job.id, None) is job:  # else close() handed it back meanwhile
-            self._push_ready(job)
+            self._ready.append(job)
+            self._start_ready()
 
     def _report_expired(self, expired: Sequence[ExpiredLease]) -> None:
         events: list[TrackedEvent] = []
@@ -655,12 +563,11 @@ class Worker:
                 handle.scope.cancel()
         if lost:
             self.poke(self.env.now_ms())  # the rows may be pending again already; look at once
-        waiting = [entry for entry in self._ready if (entry[3].id, entry[3].attempt) in lost]
-        for entry in waiting:  # claimed here but not started: forget them
-            self._ready.remove(entry)
-            self._held.discard((entry[3].id, entry[3].attempt))
+        waiting = [job for job in self._ready if (job.id, job.attempt) in lost]
+        for job in waiting:  # claimed here but not started: forget them
+            self._ready.remove(job)
+            self._held.discard((job.id, job.attempt))
             self._claimed_runs -= 1
-        heapq.heapify(self._ready)
         if waiting:
             self._capacity.set()
             self._check_idle()
@@ -693,8 +600,8 @@ class Worker:
         then interrupt the rest and hand their rows back."""
         self.closing = True
         if self._ready or self._deferred:
-            ready = [*(entry[3] for entry in self._ready), *self._deferred.values()]
-            self._ready, self._deferred = [], {}
+            ready = [*self._ready, *self._deferred.values()]
+            self._ready, self._deferred = deque(), {}
             await self._hand_back(ready)
         with trio.move_on_after(grace_seconds):
             await self._wait_runs()

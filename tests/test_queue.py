@@ -281,52 +281,10 @@ async def test_higher_priority_runs_first(autojump_clock: trio.testing.MockClock
     charge, _, _ = make_jobs(rec)
     async with open_test_engine([charge], worker=djobs.WorkerOptions(max_concurrency=1, poll_interval=None)) as engine:
         client = engine.client.job(charge)
-        # Due together (a row due at once could start before the next is enqueued).
         for name, priority in [("low", -1), ("normal", 0), ("urgent", 10), ("normal-2", 0)]:
-            await client.later(Order(name), priority=priority, delay="1 second")
-        await trio.sleep(2)
+            await client.later(Order(name), priority=priority)
         await engine.wait_idle()
         assert [oid for oid, _, _ in rec.calls] == ["urgent", "normal", "normal-2", "low"]
-
-
-@pytest.mark.trio
-async def test_an_urgent_job_enqueued_later_starts_before_the_rows_a_worker_holds(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    rec = Recorder()
-    _, _, slow = make_jobs(rec)
-    async with open_test_engine([slow], worker=djobs.WorkerOptions(max_concurrency=1, poll_interval=None)) as engine:
-        client = engine.client.job(slow)
-        for n in range(5):
-            await client.later(Order(f"held-{n}", 10))
-        await trio.sleep(1)  # the worker holds all five; one runs
-        assert [oid for oid, _, _ in rec.calls] == ["held-0"]
-        await client.later(Order("urgent", 10), priority=100)
-        await trio.sleep(100)
-        await engine.wait_idle()
-        assert [oid for oid, _, _ in rec.calls] == ["held-0", "urgent", "held-1", "held-2", "held-3", "held-4"]
-
-
-@pytest.mark.trio
-async def test_a_held_job_cancelled_from_another_process_never_starts(
-    autojump_clock: trio.testing.MockClock, tmp_path: Path
-) -> None:
-    rec = Recorder()
-    _, _, slow = make_jobs(rec)
-    db = djobs.sqlite(tmp_path / "shared.db")
-    opts = djobs.WorkerOptions(max_concurrency=1, poll_interval="100 ms", lock_timeout="1 hour")
-    async with open_test_engine([slow], storage=db, worker=opts) as worker:
-        ids = [success(await worker.client.job(slow).later(Order(f"held-{n}", 10))) for n in range(3)]
-        await trio.sleep(1)  # held-0 runs; held-1 and held-2 are leased here, not started
-        assert [oid for oid, _, _ in rec.calls] == ["held-0"]
-        async with open_test_engine([slow], storage=db, worker=None) as other:
-            assert success(await other.client.jobs.cancel(ids[1])) == djobs.CancelResult(ids[1], "cancel_requested")
-        await trio.sleep(60)
-        await worker.wait_idle()
-        assert [oid for oid, _, _ in rec.calls] == ["held-0", "held-2"]  # held-1 never started
-        info = success(await worker.client.jobs.status(ids[1]))
-        assert info.status == "cancelled" and info.attempts == 0
-        assert worker.tracker.count("job.cancelled") == 1
 
 
 @pytest.mark.trio

@@ -383,13 +383,6 @@ class QueueStorage(Protocol):
         `priority` first, then earliest `scheduled_for`; counts an attempt on each."""
         ...
 
-    async def check_held(self, worker_id: str, names: Sequence[str], now: int, above: int) -> tuple[list[str], bool]:
-        """What a worker reads before it starts rows it leased earlier (a read, no write):
-        the ids of the ``running`` rows `worker_id` holds whose cancel was requested,
-        and whether a due ``pending`` row named one of `names` has a priority above
-        `above` (the best of the rows it holds), so it claims that one first."""
-        ...
-
     async def reclaim_expired(
         self, now: int, cancel_error: bytes, lease_error: bytes, limit: int
     ) -> list[ExpiredLease]:

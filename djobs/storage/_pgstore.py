@@ -354,12 +354,6 @@ _RETRY = """
                     worker_id = NULL, worker_started_at = NULL, worker_expires_at = NULL, updated_at = %(now)s
     WHERE id = %(id)s AND status IN ('failed', 'cancelled')
 """
-_CHECK_HELD = """
-    SELECT coalesce((SELECT array_agg(id) FROM jobs
-                     WHERE status = 'running' AND worker_id = %(worker)s AND cancel_requested), '{}'),
-           EXISTS (SELECT 1 FROM jobs WHERE status = 'pending' AND priority > %(above)s
-                   AND scheduled_for <= %(now)s AND name = ANY(%(names)s))
-"""
 _NEXT_WAKEUP = """
     SELECT least(
         (SELECT scheduled_for FROM jobs WHERE status = 'pending' AND name = ANY(%s) ORDER BY scheduled_for LIMIT 1),
@@ -803,15 +797,6 @@ class PostgresStorage:
             ]
 
         return await self._run(run, "claim_jobs")
-
-    async def check_held(self, worker_id: str, names: Sequence[str], now: int, above: int) -> tuple[list[str], bool]:
-        args = {"worker": worker_id, "names": list(names), "now": now, "above": above}
-
-        def run(conn: Connection) -> tuple[list[str], bool]:
-            row = conn.execute(_CHECK_HELD, args).fetchone()
-            return (list(row[0]), bool(row[1])) if row is not None else ([], False)
-
-        return await self._run(run, "check_held")
 
     async def reclaim_expired(
         self, now: int, cancel_error: bytes, lease_error: bytes, limit: int

@@ -385,15 +385,6 @@ _RETRY = """
                     worker_id = NULL, worker_started_at = NULL, worker_expires_at = NULL, updated_at = ?2
     WHERE id = ?1 AND status IN ('failed', 'cancelled')
 """
-_HELD_CANCELLED = "SELECT id FROM jobs WHERE status = 'running' AND worker_id = ? AND cancel_requested"
-# Above priority 0 the partial priority index holds every candidate (rare rows, cheap to look at).
-_HIGHER_DUE = f"""
-    SELECT 1 FROM jobs INDEXED BY jobs_priority
-    WHERE status = 'pending' AND priority <> 0 AND priority > ?2 AND scheduled_for <= ?1 AND {_NAMES} LIMIT 1
-"""
-_HIGHER_DUE_ANY = f"""
-    SELECT 1 FROM jobs WHERE status = 'pending' AND priority > ?2 AND scheduled_for <= ?1 AND {_NAMES} LIMIT 1
-"""
 _NEXT_DUE = (
     "SELECT scheduled_for FROM jobs WHERE status = 'pending' AND +name IN (SELECT value FROM json_each(?))"
     " ORDER BY scheduled_for LIMIT 1"
@@ -932,16 +923,6 @@ class SqliteStorage:
             ]
 
         return await self.write(run)
-
-    async def check_held(self, worker_id: str, names: Sequence[str], now: int, above: int) -> tuple[list[str], bool]:
-        higher = _HIGHER_DUE if above >= 0 else _HIGHER_DUE_ANY
-
-        def run(db: apsw.Connection) -> tuple[list[str], bool]:
-            cancelled = [r[0] for r in db.execute(_HELD_CANCELLED, (worker_id,))]
-            args = (now, above, None, _names_encoder.encode(list(names)))
-            return cancelled, any(True for _ in db.execute(higher, args))
-
-        return await self.read(run)
 
     async def reclaim_expired(
         self, now: int, cancel_error: bytes, lease_error: bytes, limit: int

@@ -264,22 +264,6 @@ async def test_renewing_extends_only_the_workers_own_running_leases(storage: Ful
     assert await storage.renew_leases("nobody", 6000) == []
 
 
-async def test_checking_held_rows_reports_cancels_and_a_due_row_that_outranks_them(storage: FullStorage) -> None:
-    await storage.enqueue_jobs([job(1), job(2), job(3)])
-    await storage.claim_jobs(0, 1000, "a", ["send"], 2)
-    await storage.claim_jobs(0, 1000, "b", ["send"], 1)
-    assert await storage.check_held("a", ["send"], 10, 0) == ([], False)
-    await storage.cancel_job("job-0002", 5, CANCELLED)  # held by a, perhaps not started
-    await storage.cancel_job("job-0003", 5, CANCELLED)  # held by b
-    assert await storage.check_held("a", ["send"], 10, 0) == (["job-0002"], False)
-    # A due row of a higher priority than the best held one; one that is not due, or named otherwise, is not.
-    await storage.enqueue_jobs([job(4, at=100, priority=5), job(5, name="other", priority=9), job(6, priority=-1)])
-    assert (await storage.check_held("a", ["send"], 10, 0))[1] is False
-    assert (await storage.check_held("a", ["send"], 100, 0))[1] is True
-    assert (await storage.check_held("a", ["send"], 100, 5))[1] is False
-    assert (await storage.check_held("a", ["send"], 10, -2))[1] is True  # job-0006 outranks a held -2
-
-
 async def test_progress_is_fenced_and_stays_within_0_to_100(storage: FullStorage) -> None:
     await storage.enqueue_jobs([job(1)])
     await storage.claim_jobs(0, 1000, "w", ["send"], 1)
