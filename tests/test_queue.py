@@ -281,8 +281,10 @@ async def test_higher_priority_runs_first(autojump_clock: trio.testing.MockClock
     charge, _, _ = make_jobs(rec)
     async with open_test_engine([charge], worker=djobs.WorkerOptions(max_concurrency=1, poll_interval=None)) as engine:
         client = engine.client.job(charge)
+        # Due together (a row due at once could start before the next is enqueued).
         for name, priority in [("low", -1), ("normal", 0), ("urgent", 10), ("normal-2", 0)]:
-            await client.later(Order(name), priority=priority)
+            await client.later(Order(name), priority=priority, delay="1 second")
+        await trio.sleep(2)
         await engine.wait_idle()
         assert [oid for oid, _, _ in rec.calls] == ["urgent", "normal", "normal-2", "low"]
 
