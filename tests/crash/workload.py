@@ -624,7 +624,9 @@ async def amain(args: argparse.Namespace) -> None:
             storage=djobs.sqlite(args.db),
             alarm_lease=ALARM_LEASE,
             alarm_poll_interval=POLL,
-            shutdown_grace="1 second",
+            # Long enough that a clean close on a loaded machine lets running jobs end (with
+            # 1 second a job was sometimes cut off and left leased after a clean close).
+            shutdown_grace="5 seconds",
             seed=args.seed,
             worker=djobs.WorkerOptions(max_concurrency=4, lock_timeout=JOB_LOCK, poll_interval=POLL),
         ) as engine:
