@@ -16,7 +16,7 @@ from test_timeouts import layer  # noqa: F401  # the memory / SQLite / PostgreSQ
 
 import djobs
 import djobs.storage
-from djobs._runtime import dead_local_owner
+from djobs._leases import dead_local_owner
 from djobs.testing import open_test_engine, success
 
 

@@ -1,0 +1,204 @@
+"""Instance actors: one Trio task per active instance, running its handlers one at a time.
+
+An actor runs one instance's handlers in arrival order (client calls and
+alarms alike), like a Durable Object. It takes the instance's lease
+(`djobs._leases`) before the first handler and exits as soon as its queue is
+empty, so memory grows with active instances, not stored ones. A client call
+waits for its handler, but a cancelled caller does not cancel a handler
+already queued: what was asked for is done.
+
+Arrows: actors use the leases; the alarm sleeper (`djobs._alarms`) and the
+kinds post to actors; actors import neither.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import trio
+
+from ._errors import CLOSED_MESSAGE, InvalidStateError, StorageError
+from ._leases import InstanceLeases
+from .tracking._base import CALLER_CONTEXT
+
+T = TypeVar("T")
+
+Handler = Callable[[], Awaitable[None]]
+OnError = Callable[[StorageError], None]
+Message = tuple[Handler, OnError | None]
+_log = logging.getLogger("djobs.engine")
+
+#: The instances whose handlers the current task is running, or waiting for
+#: through `Actors.call` (a handler that calls another instance's verb). A call
+#: to one of them would wait for itself: it fails at once instead.
+_RUNNING: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("djobs_running", default=frozenset())
+
+
+class Actors:
+    """The actors of one engine's instances.
+
+    Args:
+        nursery: Where actors run (the engine's nursery).
+        leases: The engine's instance leases: an actor holds its instance's.
+        max_concurrency: How many handlers may run at once, over all instances.
+    """
+
+    def __init__(self, nursery: trio.Nursery, leases: InstanceLeases, max_concurrency: int) -> None:
+        self._nursery = nursery
+        self._leases = leases
+        self._actors: dict[str, trio.MemorySendChannel[Message]] = {}
+        self._limiter = trio.CapacityLimiter(max_concurrency)
+        self._idle = trio.Event()
+        self._idle.set()
+        self._closing = False
+        #: The scopes of the handlers running now (shielded; `close` cancels them after the grace).
+        self._handler_scopes: set[trio.CancelScope] = set()
+
+    @property
+    def active(self) -> int:
+        """How many instances have an actor right now."""
+        return len(self._actors)
+
+    @property
+    def idle(self) -> bool:
+        """Whether no actor has work queued or running."""
+        return self._idle.is_set()
+
+    async def wait_idle(self) -> None:
+        """Return once no actor has work queued or running."""
+        await self._idle.wait()
+
+    def post(self, key: str, handler: Handler, on_error: OnError | None = None) -> None:
+        """Queue `handler` on the actor of instance `key`, starting the actor if needed.
+
+        `on_error` is told if the handler cannot run at all (the instance's
+        lease could not be taken because storage failed).
+        """
+        send = self._actors.get(key)
+        if send is None:
+            send, receive = trio.open_memory_channel[Message](math.inf)
+            self._actors[key] = send
+            if self._idle.is_set():
+                self._idle = trio.Event()
+            self._nursery.start_soon(self._actor, key, receive)
+        send.send_nowait((handler, on_error))
+
+    async def call(self, key: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run `fn` on instance `key`'s actor and return its value (or raise its error).
+
+        Raises:
+            InvalidStateError: The calling task is running a handler of `key`,
+                or waiting for one that is (a job body calling a verb on its
+                own instance): the call could only wait for itself.
+            StorageError: The engine is closing, or the instance's lease could not be taken.
+        """
+        waiting_for = _RUNNING.get()
+        if key in waiting_for:
+            kind, name, instance = key.split(":", 2)
+            instance = instance.rpartition("\x1f")[2]
+            raise InvalidStateError(
+                f"a handler of {kind} job {name!r} instance {instance!r} called a verb on that same instance; "
+                "it would wait for itself forever. Return the new state or use ctx.set_state / ctx.schedule "
+                "instead of the client, or call a different instance"
+            )
+        if self._closing:
+            raise StorageError(CLOSED_MESSAGE)
+        done = trio.Event()
+        box: list[T] = []
+        failure: list[BaseException] = []
+        # The caller's contextvars (its trace context): a tracker reads them via current_caller_context().
+        caller = contextvars.copy_context()
+
+        async def handler() -> None:
+            token = CALLER_CONTEXT.set(caller)
+            running = _RUNNING.set(waiting_for | {key})
+            try:
+                box.append(await fn())
+            except Exception as exc:
+                failure.append(exc)
+            finally:
+                _RUNNING.reset(running)
+                CALLER_CONTEXT.reset(token)
+                done.set()
+
+        def cannot_run(exc: StorageError) -> None:
+            failure.append(exc)
+            done.set()
+
+        self.post(key, handler, cannot_run)
+        await done.wait()
+        if failure:
+            raise failure[0]
+        if not box:
+            raise StorageError("the engine closed before the call completed; it may not have been applied")
+        return box[0]
+
+    async def _actor(self, key: str, receive: trio.MemoryReceiveChannel[Message]) -> None:
+        # Only the holder of the instance's lease runs its handlers, so two
+        # engine processes on one database never run one instance at once.
+        try:
+            await self._leases.take(key)
+        except Exception as exc:  # a storage failure, or a bug: the queued callers are told, the engine lives
+            error = exc if isinstance(exc, StorageError) else StorageError(f"could not take the lease: {exc!r}", exc)
+            self._fail_queued(key, receive, error)
+            return
+        while True:
+            try:
+                handler, _ = receive.receive_nowait()
+            except trio.WouldBlock:
+                # Nothing queued: evict. No await lies between this check and
+                # the delete, so a post cannot slip in and be lost. The lease is
+                # kept a moment, so a busy instance does not pay for it per call;
+                # the lease releaser gives idle leases up in batches.
+                del self._actors[key]
+                self._leases.went_idle(key)
+                if not self._actors:
+                    self._idle.set()
+                return
+            async with self._limiter:
+                running = _RUNNING.set(frozenset((key,)))
+                # Shielded: a cancel of the scope around the engine does not kill a running
+                # handler; `close` lets it finish for the grace period, then cancels this scope.
+                scope = trio.CancelScope(shield=True)
+                self._handler_scopes.add(scope)
+                try:
+                    with scope:
+                        await handler()
+                except Exception:
+                    _log.exception("bug: a handler for %s raised; the instance's actor continues", key)
+                finally:
+                    self._handler_scopes.discard(scope)
+                    _RUNNING.reset(running)
+
+    def _fail_queued(self, key: str, receive: trio.MemoryReceiveChannel[Message], exc: StorageError) -> None:
+        del self._actors[key]
+        if not self._actors:
+            self._idle.set()
+        messages = []
+        while True:
+            try:
+                messages.append(receive.receive_nowait())
+            except trio.WouldBlock:
+                break
+        _log.error("could not take the lease of %s: %s", key, exc.message)
+        for _, on_error in messages:
+            if on_error is not None:
+                on_error(exc)
+
+    def stop_taking_calls(self) -> None:
+        """Refuse new `call`s (the engine is closing); posted work still runs."""
+        self._closing = True
+
+    async def cancel_running(self, wait_seconds: float) -> None:
+        """Cancel the handlers still running (past the grace) and wait up to `wait_seconds` for them to end."""
+        if not self._handler_scopes:
+            return
+        # They commit nothing; their alarms fire again after the lease, or at once after a restart.
+        for scope in list(self._handler_scopes):
+            scope.cancel()
+        with trio.move_on_after(wait_seconds):
+            await self._idle.wait()

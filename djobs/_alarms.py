@@ -1,0 +1,125 @@
+"""The alarm sleeper: one task that claims due alarms and hands them to actors.
+
+It claims due alarms in batches (each claim is a lease: an alarm whose
+handler never finished fires again after the lease), posts each to its
+instance's actor (`djobs._actors`), and sleeps until the earliest alarm is
+due or a commit sets an earlier one. There is no task per stored alarm.
+
+Arrows: the sleeper posts to the actors and reads storage and the clock;
+kinds register as `AlarmTarget`s without being imported here.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+import trio
+
+from ._actors import Actors
+from ._errors import StorageError
+from ._execution import Env
+from ._wakeup import Wakeup
+from .storage import Alarm
+
+_log = logging.getLogger("djobs.engine")
+
+
+class AlarmTarget(Protocol):
+    """What an alarm is dispatched to: a job kind's handler for one definition."""
+
+    async def on_alarm(self, alarm: Alarm) -> None: ...
+
+
+class AlarmSleeper:
+    """Claims due alarms of the registered definitions and dispatches them.
+
+    Args:
+        env: The engine's services (storage, clock, the hand-off count).
+        actors: Where a claimed alarm's handler runs.
+        lease_ms: How long a claimed alarm stays hidden before it fires again.
+        poll_ms: Look for alarms set by other processes at least this often; ``None`` trusts pokes.
+        batch: How many alarms one claim takes at most.
+    """
+
+    def __init__(self, env: Env, actors: Actors, *, lease_ms: int, poll_ms: int | None, batch: int = 200) -> None:
+        self._env = env
+        self._actors = actors
+        self.lease_ms = lease_ms
+        self._batch = batch
+        self._targets: dict[str, AlarmTarget] = {}
+        self._claimed: set[int] = set()
+        self._wakeup = Wakeup(env.clock, poll_ms)
+
+    def register(self, prefix: str, target: AlarmTarget) -> None:
+        """Route alarms whose key starts with `prefix` (``"continuous:name:"``) to `target`."""
+        self._targets[prefix] = target
+
+    def poke(self, fire_at: int) -> None:
+        """A commit set an alarm at `fire_at`: wake the sleeper if that is earlier than its wait."""
+        self._wakeup.poke(fire_at)
+
+    def done_with(self, alarm: Alarm) -> None:
+        """The handler of a claimed alarm finished (committed or gave up)."""
+        self._claimed.discard(alarm.id)
+
+    def target_for(self, key: str) -> AlarmTarget | None:
+        """The handler that instance `key`'s alarms go to (its definition's), if registered."""
+        kind, _, rest = key.partition(":")
+        name, _, _ = rest.partition(":")
+        return self._targets.get(f"{kind}:{name}:")
+
+    def _dispatch(self, alarm: Alarm) -> None:
+        target = self.target_for(alarm.key)
+        if target is None:
+            # A job removed from the code: leave the alarm leased; it is looked
+            # at again after the lease, when the job may be back.
+            _log.warning("alarm for %s has no registered job; it will be retried after its lease", alarm.key)
+            return
+        self._claimed.add(alarm.id)
+
+        async def fire() -> None:
+            try:
+                await target.on_alarm(alarm)
+            finally:
+                self.done_with(alarm)
+
+        self._actors.post(alarm.key, fire)
+
+    async def loop(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Claim and dispatch due alarms forever; the engine's single alarm task."""
+        env = self._env
+        storage, clock = env.storage, env.clock
+        task_status.started()
+        while True:
+            try:
+                # Read first: a wake-up with nothing due costs one read, not a write transaction.
+                # Only the alarms of definitions registered here: a partial engine (a
+                # script, a rolling deploy) never holds alarms it cannot fire.
+                mine = sorted(self._targets)
+                next_at = await storage.next_alarm_at(mine)
+                now = clock.now_ms()
+                if next_at is not None and next_at <= now:
+                    # Busy until dispatched: the claim hides the alarms before their actors exist.
+                    env.handoffs += 1
+                    try:
+                        alarms = await storage.claim_alarms(now, self.lease_ms, self._batch, mine)
+                        for alarm in alarms:
+                            self._dispatch(alarm)
+                    finally:
+                        env.handed_off()
+                    await trio.lowlevel.checkpoint()
+                    continue
+            except StorageError as exc:
+                _log.error("alarm sleeper: %s; trying again in 1 s", exc.message)
+                await trio.sleep(1)
+                continue
+            await self._wakeup.sleep_until(next_at)
+
+    async def release_claimed(self) -> None:
+        """Make the alarms still claimed due again at their fire time (a clean close: a restart fires them at once)."""
+        if self._claimed:
+            try:
+                await self._env.storage.release_alarms(sorted(self._claimed))
+            except StorageError as exc:
+                _log.warning("could not release claimed alarms on close: %s", exc.message)

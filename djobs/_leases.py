@@ -1,0 +1,187 @@
+"""Instance leases: only the engine holding an instance's lease runs its handlers.
+
+An engine takes an instance's lease (a row in storage, owned by its
+`engine_id`) before its actor runs the first handler, keeps it while the
+actor has work and for a moment after (so a busy instance does not pay for
+it per call), renews the leases of long handlers in one task, and gives idle
+ones up in batches. Two engine processes on one database therefore never run
+one instance at once; a lease whose owner died ends after its length, or at
+once when the owner was a process of this host.
+
+Arrows: this module needs storage and the clock; the actors
+(`djobs._actors`) use it, never the other way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import sys
+
+import trio
+
+from ._clock import Clock
+from ._errors import StorageError
+from .storage import Storage
+
+_log = logging.getLogger("djobs.engine")
+
+#: How long an instance lease lasts without renewal (``open_engine(instance_lease=...)``).
+DEFAULT_INSTANCE_LEASE = "30 seconds"
+
+
+def engine_id() -> str:
+    """A new engine's id, ``host:pid:random`` (8 hex digits): the owner of every lease it holds.
+
+    Readable, so ``djobs status`` and the lease columns say which machine and
+    process hold a lease; the random part tells apart engines of one process.
+    """
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def dead_local_owner(owner: str) -> bool:
+    """Whether lease owner `owner` (``host:pid:random``, `engine_id`) is a process of this host that no longer exists.
+
+    Asked with ``os.kill(pid, 0)``, which sends nothing: ``ProcessLookupError``
+    means no such process. Any doubt (another host, this very process, a pid
+    we may not signal, an id of another form, Windows, where signal 0 is not
+    a probe) answers ``False``: the lease is then left to expire. It assumes
+    processes that share a host name share a process table (containers each
+    get their own host name by default).
+    """
+    parts = owner.rsplit(":", 2)
+    if len(parts) != 3 or sys.platform == "win32":
+        return False
+    host, pid_text, _ = parts
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid() or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+class InstanceLeases:
+    """The instance leases one engine holds, takes, renews and gives up.
+
+    Args:
+        storage: Where the leases are stored.
+        clock: The clock lease ends are read on.
+        owner: The engine's id (`engine_id`), the owner of every lease taken here.
+        lease_ms: How long a lease lasts without renewal.
+    """
+
+    def __init__(self, storage: Storage, clock: Clock, owner: str, lease_ms: int) -> None:
+        self._storage = storage
+        self._clock = clock
+        self.owner = owner
+        self.lease_ms = lease_ms
+        self._held: set[str] = set()
+        self._leases_held = trio.Event()
+        self._idle: dict[str, float] = {}
+        self._leases_idle = trio.Event()
+        self._releasing: dict[str, trio.Event] = {}
+        #: How long (Trio seconds) an idle lease is kept before it is given up.
+        self.linger = 0.05
+
+    def lost(self, key: str) -> None:
+        """A check-in found `key`'s lease held by another engine: take it afresh next time."""
+        self._held.discard(key)
+
+    def went_idle(self, key: str) -> None:
+        """The actor of `key` has no more work: give its lease up after `linger`, unless work comes back."""
+        self._idle[key] = trio.current_time()
+        self._leases_idle.set()
+
+    async def take(self, key: str) -> None:
+        """Hold `key`'s lease, waiting while another engine holds it; raises `StorageError`."""
+        releasing = self._releasing.get(key)
+        if releasing is not None:
+            await releasing.wait()  # our own release of it is in flight; take it afresh after
+        if key in self._held:
+            self._idle.pop(key, None)
+            return
+        storage, clock = self._storage, self._clock
+        delay = 0.005
+        tries = 0
+        while not await storage.acquire_instance_lease(key, self.owner, clock.now_ms(), self.lease_ms):
+            # Another process runs this instance now; its lease ends when it is done or dead.
+            if tries % 8 == 0:
+                await self._free_if_dead(key, logged=tries > 0)
+            tries += 1
+            await trio.sleep(delay)  # even after freeing a dead owner's lease: never a spin
+            delay = min(delay * 2, 0.25)
+        if tries:
+            _log.info("took the lease of %s after waiting for another engine's", key)
+        self._held.add(key)
+        self._leases_held.set()
+
+    async def _free_if_dead(self, key: str, *, logged: bool) -> bool:
+        """Free `key`'s lease if its holder is a dead process on this host; else log the wait (once)."""
+        holder = await self._storage.instance_lease_holder(key)
+        if holder is None:
+            return True  # released meanwhile: take it
+        owner, until = holder
+        if dead_local_owner(owner):
+            _log.warning(
+                "the lease of %s is held by %s, a process of this host that has exited; freeing it", key, owner
+            )
+            await self._storage.release_instance_leases([key], owner)
+            return True
+        if not logged:
+            wait = max(0, until - self._clock.now_ms()) / 1000
+            _log.info("waiting for the lease of %s, held by %s for up to %.1f s more", key, owner, wait)
+        return False
+
+    async def release_idle(self, older_than: float) -> None:
+        """Give up the leases idle for at least `older_than` Trio seconds, in one storage call."""
+        now = trio.current_time()
+        keys = [k for k, idle_since in self._idle.items() if now - idle_since >= older_than]
+        if not keys:
+            return
+        done = trio.Event()
+        for k in keys:
+            del self._idle[k]
+            self._held.discard(k)
+            self._releasing[k] = done
+        try:
+            await self._storage.release_instance_leases(keys, self.owner)
+        except StorageError as exc:  # they expire by themselves
+            _log.warning("could not release %d instance leases: %s", len(keys), exc.message)
+        finally:
+            for k in keys:
+                del self._releasing[k]
+            done.set()
+        if not self._idle:
+            self._leases_idle = trio.Event()
+
+    async def keeper(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Renew the leases of instances whose handlers run long; the engine's one renewal task."""
+        task_status.started()
+        while True:
+            await self._leases_held.wait()
+            await trio.sleep(self.lease_ms / 3000)
+            if self._held:
+                until = self._clock.now_ms() + self.lease_ms
+                try:
+                    await self._storage.renew_instance_leases(sorted(self._held), self.owner, until)
+                except StorageError as exc:
+                    _log.warning("could not renew instance leases: %s", exc.message)
+            else:
+                self._leases_held = trio.Event()
+
+    async def releaser(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Give up the leases of instances that went idle, in batches, a moment after."""
+        task_status.started()
+        while True:
+            await self._leases_idle.wait()
+            await trio.sleep(self.linger)
+            await self.release_idle(self.linger)
