@@ -40,12 +40,18 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest -q
 
-# The crash harness, as long as asked: `make soak CYCLES=1000 [SEED=42]` kills the workload
-# CYCLES times, then checks that nothing acknowledged was lost. Not part of `make test`.
+# The crash harness, as long as asked: `make soak CYCLES=1000 [SEED=42] [PROCESSES=3] [STORAGE=postgres]`
+# ends a workload process CYCLES times (SIGKILL at random moments and at kill points, or a close),
+# then checks that nothing acknowledged was lost. PROCESSES workload processes share the database at
+# once (1: one process, checked after every cycle); STORAGE is `sqlite` (a file) or `postgres` (a
+# fresh schema on the server named by DJOBS_TEST_POSTGRES_DSN). `make test` runs a short version.
 CYCLES ?= 200
 SEED ?=
+PROCESSES ?= 3
+STORAGE ?= sqlite
 soak: $(STAMP)
-	PYTHONPATH=tests $(BIN)/python -m crash --cycles $(CYCLES) $(if $(SEED),--seed $(SEED))
+	PYTHONPATH=tests $(BIN)/python -m crash --cycles $(CYCLES) --processes $(PROCESSES) --storage $(STORAGE) \
+		$(if $(SEED),--seed $(SEED))
 
 # The benchmarks (docs/performance.md): each bench/*.py prints one JSON line, djobs beside its peer
 # (Huey's SQLite queue; procrastinate on PostgreSQL) and the raw-SQL floor, in the same run. Not part

@@ -4,10 +4,13 @@ The harness lives in ``tests/crash`` (see its package docstring). This is the
 CI-sized run: every kind of ending (a random moment, inside user code, just
 before / just after / in the middle of a commit, during shutdown, a clean
 shutdown) in turn, then a final undisturbed run that must catch up on
-everything due. ``make soak CYCLES=N`` runs as many cycles as asked for.
+everything due. Then the same with three processes at once on one SQLite file
+and on one PostgreSQL schema, one of them ended (and replaced) per cycle while
+the others work on. ``make soak CYCLES=N [PROCESSES=P] [STORAGE=postgres]``
+runs as many cycles as asked for.
 
-``DJOBS_CRASH_CYCLES`` and ``DJOBS_CRASH_SEED`` override the size and seed of
-the run (the seed decides each cycle's ending and timing).
+``DJOBS_CRASH_CYCLES``, ``DJOBS_CRASH_FLEET_CYCLES`` and ``DJOBS_CRASH_SEED``
+override the size and seed of the runs (the seed decides each cycle's ending and timing).
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import msgspec
 import pytest
 import trio
 import trio.testing
-from crash.driver import ENDINGS, run
+from crash import invariants
+from crash.driver import ENDINGS, Report, run, run_fleet
+from postgres_support import require_postgres, throwaway_schema
 
 import djobs
 import djobs.storage
@@ -27,6 +32,9 @@ from djobs.testing import open_test_engine, success
 
 CYCLES = int(os.environ.get("DJOBS_CRASH_CYCLES", "30"))
 SEED = int(os.environ.get("DJOBS_CRASH_SEED", "2026"))
+#: The several-process runs: how many processes are ended (and replaced), and how.
+FLEET_CYCLES = int(os.environ.get("DJOBS_CRASH_FLEET_CYCLES", "6"))
+FLEET_ENDINGS = ["user", "random", "wal_write", "shutdown", "commit_hook", "clean"]
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="the harness kills processes with POSIX signals")
 
@@ -86,3 +94,34 @@ async def test_a_worker_does_not_run_its_own_job_twice_at_once(autojump_clock: t
         await engine.wait_idle()
         assert success(await engine.client.jobs.status(job_id)).status == "completed"
     assert most == 1
+
+
+# -- several processes at once ------------------------------------------------------------------
+
+
+def fleet_problems(report: Report) -> str:
+    return "\n".join([report.summary(), *report.problems[:40]])
+
+
+def test_processes_killed_among_others_on_one_file_lose_nothing(tmp_path: Path) -> None:
+    # Three processes on one SQLite file; one at a time is killed (at a random moment, inside user
+    # code, inside a commit or the WAL, while closing) or closed, and replaced, while the others
+    # work on; halfway all three die at once. Then the invariants, and a final run that catches up.
+    report = run_fleet(FLEET_CYCLES, SEED, tmp_path, processes=3, check_every=FLEET_CYCLES // 2, endings=FLEET_ENDINGS)
+    assert not report.problems, fleet_problems(report)
+    assert len(report.cycles) == FLEET_CYCLES
+    assert any(c.outcome == "killed at point" for c in report.cycles), report.summary()
+
+
+def test_processes_killed_among_others_on_postgres_lose_nothing(tmp_path: Path) -> None:
+    # The same on one PostgreSQL schema (no kill points inside SQLite here; the kills at once, in
+    # user code and at random moments, are what PostgreSQL's sessions see), shorter: its processes
+    # take longer to start.
+    dsn = require_postgres()
+    cycles = max(2, FLEET_CYCLES * 2 // 3)
+    with throwaway_schema(dsn) as schema:
+        database = invariants.PostgresSchema(dsn, schema)
+        endings = ["user", "random", "clean", "shutdown"]
+        report = run_fleet(cycles, SEED, tmp_path, processes=3, check_every=cycles, endings=endings, database=database)
+    assert not report.problems, fleet_problems(report)
+    assert len(report.cycles) == cycles

@@ -24,7 +24,7 @@ import itertools
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import apsw
 import msgspec
@@ -170,8 +170,119 @@ class Snapshot:
     jobs: dict[str, dict[str, Any]]
 
 
+_INSTANCE_COLUMNS = [
+    "key",
+    "kind",
+    "name",
+    "instance_id",
+    "status",
+    "state",
+    "run_count",
+    "attempt",
+    "event_count",
+    "execute_count",
+    "data",
+]
+_JOB_COLUMNS = [
+    "id",
+    "name",
+    "status",
+    "params",
+    "result",
+    "error",
+    "attempt_count",
+    "max_attempts",
+    "worker_id",
+    "worker_expires_at",
+    "completed_at",
+    "scheduled_for",
+]
+
+
+class Database(Protocol):
+    """Where the workload keeps its rows: a SQLite file or a PostgreSQL schema."""
+
+    def read(self) -> Snapshot:
+        """The rows, read once (consistently: one transaction)."""
+        ...
+
+    def workload_args(self) -> list[str]:
+        """The workload's command-line arguments that open this database."""
+        ...
+
+
+@dataclass(frozen=True)
+class SqliteFile:
+    """The workload's SQLite file."""
+
+    path: Path
+
+    def read(self) -> Snapshot:
+        return read_db(self.path)
+
+    def workload_args(self) -> list[str]:
+        return ["--db", str(self.path)]
+
+
+@dataclass(frozen=True)
+class PostgresSchema:
+    """The workload's PostgreSQL schema (created by the first process that opens it)."""
+
+    dsn: str
+    schema: str
+
+    def read(self) -> Snapshot:
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                tables = {
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (self.schema,)
+                    )
+                }
+                if not {"instances", "jobs"} <= tables:
+                    return Snapshot(["ok"], {}, {}, set(), {})
+                instances = {
+                    r[0]: dict(zip(_INSTANCE_COLUMNS, r, strict=True))
+                    for r in conn.execute(f"SELECT {', '.join(_INSTANCE_COLUMNS)} FROM instances".encode())
+                }
+                alarms = {
+                    r[0]: (r[1], r[2], r[3]) for r in conn.execute(b"SELECT key, fire_at, due_at, purpose FROM alarms")
+                }
+                event_ids = {(r[0], r[1]) for r in conn.execute(b"SELECT key, event_id FROM event_ids")}
+                jobs = {
+                    r[0]: dict(zip(_JOB_COLUMNS, r, strict=True))
+                    for r in conn.execute(f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs".encode())
+                }
+        return Snapshot(["ok"], instances, alarms, event_ids, jobs)
+
+    @property
+    def application_name(self) -> str:
+        """The workload's sessions carry this name, so a check can wait for a killed one's to close."""
+        return f"djobs-soak-{self.schema}"
+
+    def drop(self) -> None:
+        """Drop the schema and its tables."""
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(self.schema)))
+
+    def workload_args(self) -> list[str]:
+        import psycopg.conninfo
+
+        dsn = psycopg.conninfo.make_conninfo(self.dsn, application_name=self.application_name)
+        return ["--postgres", dsn, "--schema", self.schema]
+
+
 def read_db(path: Path) -> Snapshot:
-    """Read the database at `path`; a file the workload never got to create reads as empty."""
+    """Read the SQLite file at `path`; a file the workload never got to create reads as empty."""
     if not path.exists():
         return Snapshot(["ok"], {}, {}, set(), {})
     db = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READWRITE)
@@ -180,41 +291,16 @@ def read_db(path: Path) -> Snapshot:
         db.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
         db.setbusytimeout(5000)
         integrity = [row[0] for row in db.execute("PRAGMA integrity_check")]
-        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if not {"instances", "jobs"} <= tables:
-            return Snapshot(integrity, {}, {}, set(), {})  # killed before the schema was committed
-        cols = [
-            "key",
-            "kind",
-            "name",
-            "instance_id",
-            "status",
-            "state",
-            "run_count",
-            "attempt",
-            "event_count",
-            "execute_count",
-            "data",
-        ]
-        rows = db.execute(f"SELECT {', '.join(cols)} FROM instances")
-        instances = {r[0]: dict(zip(cols, r, strict=True)) for r in rows}
-        alarms = {r[0]: (r[1], r[2], r[3]) for r in db.execute("SELECT key, fire_at, due_at, purpose FROM alarms")}
-        event_ids = {(r[0], r[1]) for r in db.execute("SELECT key, event_id FROM event_ids")}
-        jcols = [
-            "id",
-            "name",
-            "status",
-            "params",
-            "result",
-            "error",
-            "attempt_count",
-            "max_attempts",
-            "worker_id",
-            "worker_expires_at",
-            "completed_at",
-            "scheduled_for",
-        ]
-        jobs = {r[0]: dict(zip(jcols, r, strict=True)) for r in db.execute(f"SELECT {', '.join(jcols)} FROM jobs")}
+        with db:  # one read transaction: a consistent picture while other processes write
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not {"instances", "jobs"} <= tables:
+                return Snapshot(integrity, {}, {}, set(), {})  # killed before the schema was committed
+            rows = db.execute(f"SELECT {', '.join(_INSTANCE_COLUMNS)} FROM instances")
+            instances = {r[0]: dict(zip(_INSTANCE_COLUMNS, r, strict=True)) for r in rows}
+            alarms = {r[0]: (r[1], r[2], r[3]) for r in db.execute("SELECT key, fire_at, due_at, purpose FROM alarms")}
+            event_ids = {(r[0], r[1]) for r in db.execute("SELECT key, event_id FROM event_ids")}
+            rows = db.execute(f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs")
+            jobs = {r[0]: dict(zip(_JOB_COLUMNS, r, strict=True)) for r in rows}
     finally:
         db.close()
     return Snapshot(integrity, instances, alarms, event_ids, jobs)
@@ -243,12 +329,16 @@ def _possible(ops: list[Op], create: str, delete: str | None) -> set[bool]:
 
 
 def check(
-    path: Path, history: History, *, final_tags: set[str] | None = None, clean_worker: str | None = None
+    database: Path | Database,
+    history: History,
+    *,
+    final_tags: set[str] | None = None,
+    clean_worker: str | None = None,
 ) -> list[str]:
-    """Every invariant that `history` and the database at `path` break.
+    """Every invariant that `history` and the database break.
 
     Args:
-        path: The database file (no process may be writing to it).
+        database: The database (a path is a SQLite file); no process may be writing to it.
         history: The journals of every incarnation so far.
         final_tags: The incarnations that ran last, undisturbed, until everything due
             was done: also check that it was (and that they ran every instance).
@@ -257,7 +347,7 @@ def check(
     """
     problems: list[str] = []
     final = final_tags is not None
-    snap = read_db(path)
+    snap = (SqliteFile(database) if isinstance(database, Path) else database).read()
     if snap.integrity != ["ok"]:
         problems.append(f"PRAGMA integrity_check: {snap.integrity[:5]}")
     for op in history.failures:

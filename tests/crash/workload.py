@@ -1,10 +1,11 @@
-"""The workload: one engine process on a SQLite file, doing a bit of everything djobs does.
+"""The workload: one engine process on a SQLite file or a PostgreSQL schema, doing a bit of everything djobs does.
 
 Run by the driver (and by ``tests/test_processes.py``) as::
 
-    python -m crash.workload --db FILE --journals DIR --tag TAG --seed N --mode MODE [--profile crash|peer]
+    python -m crash.workload (--db FILE | --postgres DSN --schema S) --journals DIR --tag TAG --seed N
+        --mode MODE [--profile crash|peer] [--slot K]
 
-It uses the wall clock and ``djobs.sqlite(FILE)``, like an application. What
+It uses the wall clock and ``djobs.sqlite(FILE)`` (or ``djobs.postgres``), like an application. What
 it journals (``DIR/acks-TAG.jsonl`` and ``DIR/exec-TAG.jsonl``):
 
 - every client call: an ``intent`` line before the call, then an ``ack`` line
@@ -47,17 +48,15 @@ from returns.future import FutureResult
 from returns.io import IOSuccess
 
 import djobs
-import djobs._engine
 import djobs.storage
 from djobs import Backoff, Retry
-from djobs._runtime import Runtime
 from djobs.testing import failure, success
 
 from .journal import Journal
 
 # Everything is short, so that a cycle of a second sees every kind of work and a
 # killed process's leases run out within the next cycle.
-INSTANCE_LEASE_MS = 1_500
+INSTANCE_LEASE = "1500 ms"
 ALARM_LEASE = "1500 ms"
 JOB_LOCK = "1500 ms"
 POLL = "200 ms"
@@ -72,20 +71,6 @@ SLOW_JOB = 9
 KILL_MODES = ("user", "commit_hook", "wal_hook", "wal_write")
 #: ``CRASH_MUTANT`` names a defect to plant in this process (tests of the harness itself; see `MUTANTS`).
 MUTANT = os.environ.get("CRASH_MUTANT", "")
-
-
-class _ShortLeaseRuntime(Runtime):
-    """The engine's runtime with a short instance lease.
-
-    ``open_engine`` has no option for the instance lease (30 seconds), and a
-    SIGKILLed process's leases block its instances that long. The harness
-    needs them to run out within a cycle, so it swaps the runtime class the
-    engine module builds. Remove this once ``open_engine`` takes the lease.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("instance_lease_ms", INSTANCE_LEASE_MS)
-        super().__init__(*args, **kwargs)
 
 
 @dataclass
@@ -613,16 +598,15 @@ async def amain(args: argparse.Namespace) -> None:
         world.countdown = rng.randint(1, 80 if args.mode == "wal_write" else 25)
     if args.mode == "wal_write":
         vfs = _KillVfs()  # noqa: F841 - registered as the default VFS while it lives
-    assert djobs._engine.Runtime is Runtime, "the engine no longer builds djobs._runtime.Runtime by that name"
-    djobs._engine.Runtime = _ShortLeaseRuntime  # type: ignore[misc]  # see _ShortLeaseRuntime
     plant_mutant(MUTANT)
     counter = iter(range(args.seq_base, args.seq_base + 1_000_000))
 
     with trio.open_signal_receiver(signal.SIGTERM) as signals:
         async with djobs.open_engine(
             definitions(args.profile),
-            storage=djobs.sqlite(args.db),
+            storage=djobs.sqlite(args.db) if args.db else djobs.postgres(args.postgres, schema=args.schema),
             alarm_lease=ALARM_LEASE,
+            instance_lease=INSTANCE_LEASE,
             alarm_poll_interval=POLL,
             # Long enough that a clean close on a loaded machine lets running jobs end (with
             # 1 second a job was sometimes cut off and left leased after a clean close).
@@ -636,10 +620,13 @@ async def amain(args: argparse.Namespace) -> None:
             if args.mode != "quiet":
                 for i in range(args.clients):
                     if args.profile == "crash":
+                        # Several processes at once (--slot) each call on their own ids: the order
+                        # of the calls on one instance is then the order of its slot's journals.
+                        own = f"s{args.slot}" if args.slot is not None else ""
                         ids = Ids(
-                            [f"c{i}{k}" for k in range(2)],
-                            [f"d{i}{k}" for k in range(2)],
-                            [f"t{i}{k}" for k in range(2)],
+                            [f"{own}c{i}{k}" for k in range(2)],
+                            [f"{own}d{i}{k}" for k in range(2)],
+                            [f"{own}t{i}{k}" for k in range(2)],
                         )
                     else:  # every peer process uses the same few instances: contention is the point
                         ids = Ids([f"c{k}" for k in range(4)], ["d0", "d1"], ["t0", "t1"])
@@ -671,7 +658,11 @@ async def _clients(clients: list[Client], load_seconds: float | None) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m crash.workload")
-    parser.add_argument("--db", required=True)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--db", help="a SQLite file")
+    where.add_argument("--postgres", help="a PostgreSQL DSN (with --schema)")
+    parser.add_argument("--schema", default="djobs")
+    parser.add_argument("--slot", type=int, default=None, help="this process's place among several at once")
     parser.add_argument("--journals", required=True)
     parser.add_argument("--tag", required=True)
     parser.add_argument("--seed", type=int, default=0)
