@@ -2,7 +2,9 @@
 
 Every file in ``tests/typing/`` is a program mypy checks with the project's
 settings (``--strict`` and the returns plugin): a line ending in
-``# E: <code>`` must fail with that error code, every other line must pass.
+``# E: <code>`` must fail with that error code (``# E: <code> "<text>"``: with
+a message containing the text), every other line must pass. The cases cover
+job bodies, pipelines, results, services, typed events and workflows.
 The python blocks of the pages in `TYPED_PAGES` are checked the same way (no
 line may fail), so the "Jobs as pipelines" guide is type-checked as well as run.
 
@@ -24,10 +26,12 @@ CASES = sorted((ROOT / "tests" / "typing").glob("*.py"))
 #: Doc pages whose python blocks must type-check, as one module per page.
 TYPED_PAGES = [ROOT / "README.md", ROOT / "docs" / "guides" / "pipelines.md"]
 
-_EXPECTED = re.compile(r"#\s*E:\s*(?P<code>[a-z-]+)")
+_EXPECTED = re.compile(r'#\s*E:\s*(?P<code>[a-z-]+)(?:\s+"(?P<text>[^"]+)")?')
 _REPORTED = re.compile(r"^(?P<file>[^:]+):(?P<line>\d+): error: (?P<message>.*)  \[(?P<code>[a-z-]+)\]$")
 
 Errors = dict[tuple[str, int], set[str]]
+#: (file, line) -> the messages mypy gave there, per error code.
+Messages = dict[tuple[str, int], dict[str, list[str]]]
 
 
 def _expected(path: Path) -> Errors:
@@ -36,6 +40,16 @@ def _expected(path: Path) -> Errors:
         for match in _EXPECTED.finditer(line):
             expected[(str(path), number)].add(match["code"])
     return expected
+
+
+def _expected_texts(path: Path) -> dict[int, list[tuple[str, str]]]:
+    """line -> [(code, a part of the message)] for each ``# E: code "text"``."""
+    texts: dict[int, list[tuple[str, str]]] = defaultdict(list)
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        for match in _EXPECTED.finditer(line):
+            if match["text"]:
+                texts[number].append((match["code"], match["text"]))
+    return texts
 
 
 def _page_module(page: Path, into: Path) -> tuple[Path, list[int]]:
@@ -54,7 +68,7 @@ def _page_module(page: Path, into: Path) -> tuple[Path, list[int]]:
 
 
 @pytest.fixture(scope="module")
-def reported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Errors, dict[str, tuple[Path, list[int]]]]:
+def reported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Errors, dict[str, tuple[Path, list[int]]], Messages]:
     pages_dir = tmp_path_factory.mktemp("typed_pages")
     pages = {str(module): (page, where) for page in TYPED_PAGES for module, where in [_page_module(page, pages_dir)]}
     stdout, stderr, _ = api.run(
@@ -72,20 +86,22 @@ def reported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Errors, dict[str
     )
     assert not stderr, stderr
     errors: Errors = defaultdict(set)
+    messages: Messages = defaultdict(lambda: defaultdict(list))
     for line in stdout.splitlines():
         match = _REPORTED.match(line)
         if match:
             path = Path(match["file"])
             path = path if path.is_absolute() else ROOT / path
             errors[(str(path), int(match["line"]))].add(match["code"])
+            messages[(str(path), int(match["line"]))][match["code"]].append(match["message"])
         elif ": error:" in line:
             raise AssertionError(f"unparsed mypy output: {line}")
-    return errors, pages
+    return errors, pages, messages
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.stem for c in CASES])
-def test_typing_case(case: Path, reported: tuple[Errors, dict[str, tuple[Path, list[int]]]]) -> None:
-    errors, _ = reported
+def test_typing_case(case: Path, reported: tuple[Errors, dict[str, tuple[Path, list[int]]], Messages]) -> None:
+    errors, _, messages = reported
     got = {key: codes for key, codes in errors.items() if key[0] == str(case)}
     want = _expected(case)
     unexpected = {f"line {line}: {sorted(codes - want.get((f, line), set()))}" for (f, line), codes in got.items()}
@@ -97,6 +113,12 @@ def test_typing_case(case: Path, reported: tuple[Errors, dict[str, tuple[Path, l
     }
     assert not unexpected, f"{case.name}: mypy reported errors no case expects: {sorted(unexpected)}"
     assert not missing, f"{case.name}: these lines must fail mypy with these codes, but did not: {sorted(missing)}"
+    for line, wanted in _expected_texts(case).items():
+        for code, text in wanted:
+            said = messages.get((str(case), line), {}).get(code, [])
+            assert any(text in m for m in said), (
+                f"{case.name}:{line} must fail with [{code}] {text!r}; mypy said {said}"
+            )
 
 
 def test_cases_expect_failures_and_passes() -> None:
@@ -107,8 +129,8 @@ def test_cases_expect_failures_and_passes() -> None:
 
 
 @pytest.mark.parametrize("page", TYPED_PAGES, ids=[p.stem for p in TYPED_PAGES])
-def test_doc_page_type_checks(page: Path, reported: tuple[Errors, dict[str, tuple[Path, list[int]]]]) -> None:
-    errors, pages = reported
+def test_doc_page_type_checks(page: Path, reported: tuple[Errors, dict[str, tuple[Path, list[int]]], Messages]) -> None:
+    errors, pages, _ = reported
     [(module, (_, where))] = [(m, v) for m, v in pages.items() if v[0] == page]
     found = [f"{page.name}:{where[line - 1]}: {sorted(codes)}" for (f, line), codes in errors.items() if f == module]
     assert not found, f"mypy --strict finds errors in the page's examples: {found}"
