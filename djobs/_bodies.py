@@ -209,6 +209,5 @@ def _remember(tp: type) -> bool:
 
 
 def _from_io(value: IOResult[object, object]) -> Result[object, object]:
-    if isinstance(value, IOSuccess):
-        return Success(unsafe_perform_io(value.unwrap()))
-    return Failure(unsafe_perform_io(value.failure()))
+    # The Result inside the IOResult, through returns' `compose_result` (which sees it whole).
+    return unsafe_perform_io(value.compose_result(IOSuccess).unwrap())

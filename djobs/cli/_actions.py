@@ -11,8 +11,7 @@ read back with `key_candidates`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-from returns.result import Failure
+from typing import NoReturn
 
 from .._errors import StorageError, ValidationError
 from .._input import text_problem
@@ -67,10 +66,11 @@ def stored_schedule(record: CronRecord) -> Schedule:
             return every(record.expression.removeprefix("every "))
         except ValidationError as exc:
             raise StorageError(f"cron job {record.name!r} has an unreadable interval: {exc.message}") from exc
-    parsed = parse_cron(record.expression, record.tz)
-    if isinstance(parsed, Failure):
+
+    def unreadable(_: ValidationError) -> NoReturn:
         raise StorageError(f"cron job {record.name!r} has an unreadable schedule {record.expression!r}")
-    return parsed.unwrap()
+
+    return parse_cron(record.expression, record.tz).alt(unreadable).unwrap()
 
 
 def next_runs(record: CronRecord, now: int, n: int = 5) -> list[int]:

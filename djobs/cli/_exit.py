@@ -8,6 +8,7 @@ an expected failure) and returns the code.
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import NoReturn
 
 from .._errors import (
     InstanceNotFoundError,
@@ -68,3 +69,14 @@ def exit_code(error: JobError) -> ExitCode:
 def command_error(error: JobError) -> CommandError:
     """A `CommandError` for a djobs error value, with its exit code."""
     return CommandError(error.message, exit_code(error))
+
+
+def raise_command_error(error: JobError) -> NoReturn:
+    """Raise `error` as a `CommandError`: ``result.alt(raise_command_error).unwrap()`` is a result's
+    value, or the command's end with the error's message and exit code (the command line is the edge)."""
+    raise command_error(error)
+
+
+def raise_usage_error(error: JobError) -> NoReturn:
+    """Raise `error` as a usage error (exit code 2): for a value given on the command line."""
+    raise CommandError(error.message, ExitCode.USAGE)

@@ -15,7 +15,6 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import msgspec
-from returns.result import Success
 
 from .._clock import Clock
 from .._durations import parse_duration, to_ms
@@ -25,7 +24,7 @@ from ..storage import JobFilter, JobRecord
 from ..storage._inspect import Inspector, InstanceFilter, InstanceView, Opened, open_existing
 from . import _actions
 from ._actions import printable
-from ._exit import CommandError, ExitCode
+from ._exit import CommandError, ExitCode, raise_usage_error
 from ._output import fields, iso, note, print_json, relative, span, table, when, when_relative
 
 #: The stateful kinds whose instances ``djobs instances`` lists.
@@ -497,14 +496,12 @@ async def cron_run_now(args: argparse.Namespace, clock: Clock) -> ExitCode:
 
 async def jobs_purge(args: argparse.Namespace, clock: Clock) -> ExitCode:
     """``djobs jobs purge --older-than DURATION [--status S]...``: delete old finished jobs."""
-    age = parse_duration(args.older_than, what="--older-than")
-    if not isinstance(age, Success):
-        raise CommandError(age.failure().message, ExitCode.USAGE)
+    older_than_ms = parse_duration(args.older_than, what="--older-than").map(to_ms).alt(raise_usage_error).unwrap()
     statuses = args.status or ["completed"]
     async with _open(args, write=True) as db:
-        deleted = await _actions.purge_jobs(db.storage, to_ms(age.unwrap()), statuses, clock.now_ms(), args.tenant)
+        deleted = await _actions.purge_jobs(db.storage, older_than_ms, statuses, clock.now_ms(), args.tenant)
     if args.json:
-        print_json({"deleted": deleted, "statuses": statuses, "older_than_ms": to_ms(age.unwrap())})
+        print_json({"deleted": deleted, "statuses": statuses, "older_than_ms": older_than_ms})
     else:
         print(f"deleted {deleted} job(s) ({', '.join(statuses)}) that finished more than {args.older_than} ago")
     return ExitCode.OK

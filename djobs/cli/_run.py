@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import msgspec
 import trio
-from returns.io import IOFailure, IOResult
+from returns.io import IOResult
 from returns.unsafe import unsafe_perform_io
 
 from .._clock import Clock
@@ -33,7 +33,7 @@ from .._engine import Engine, open_engine
 from .._errors import JobError
 from ..kinds._job import Job, JobRun
 from ..storage._inspect import Inspector, inspector, open_existing, storage_layer
-from ._exit import CommandError, ExitCode, command_error
+from ._exit import CommandError, ExitCode, raise_command_error
 from ._output import ProgressBar, note, print_json, table
 from ._targets import check_engine, load_continuous, load_factory, load_job, open_factory
 
@@ -164,9 +164,7 @@ async def enqueue(args: argparse.Namespace, clock: Clock) -> ExitCode:
 def _unwrap(result: IOResult[T, JobError]) -> T:
     """The value of an awaited client verb, or its error as a `CommandError`."""
     # The command line is the edge of the program: this is where effects end.
-    if isinstance(result, IOFailure):
-        raise command_error(unsafe_perform_io(result.failure()))
-    return unsafe_perform_io(result.unwrap())
+    return unsafe_perform_io(result.alt(raise_command_error).unwrap())
 
 
 # -- instances pause / resume ----------------------------------------------------------

@@ -88,12 +88,23 @@ def check_id(instance_id: object) -> Result[str, ValidationError]:
     return Success(instance_id)
 
 
+U = TypeVar("U")
+
+
+async def bind_async(result: Result[U, Any], fn: Callable[[U], Awaitable[Result[T, Any]]]) -> Result[T, Any]:
+    """``result.bind(fn)`` for an async `fn`: its result, or `result`'s failure without calling it.
+
+    returns' own `FutureResult.bind_async` would answer an `IOResult`; the verbs stay in `Result`
+    until `effect` makes the client's `FutureResult`, so this is the one place that awaits a bind.
+    """
+    if isinstance(result, Failure):
+        return result
+    return await fn(result.unwrap())
+
+
 async def with_id(instance_id: object, fn: Callable[[str], Awaitable[Result[T, Any]]]) -> Result[T, Any]:
     """Validate `instance_id`, then run ``fn(instance_id)``; a bad id is a `ValidationError`."""
-    checked = check_id(instance_id)
-    if isinstance(checked, Failure):
-        return checked
-    return await fn(checked.unwrap())
+    return await bind_async(check_id(instance_id), fn)
 
 
 #: Separates a tenant from an instance id in a storage key. Ids may not contain
@@ -192,11 +203,11 @@ class InstanceClient(Generic[H]):
                 )
             )
         tenant = getattr(handler, "tenant", None)
-        if tenant is not None:
-            checked = check_text(tenant, "the client's tenant id", max_length=MAX_ID_LENGTH)
-            if isinstance(checked, Failure):
-                return FutureResult.from_failure(checked.failure())
-        return effect(lambda: with_id(instance_id, lambda i: fn(handler, i)))
+        # The client's tenant id, then the instance id: the first bad one is the verb's failure.
+        checked: Result[object, Any] = (
+            Success(None) if tenant is None else check_text(tenant, "the client's tenant id", max_length=MAX_ID_LENGTH)
+        )
+        return effect(lambda: bind_async(checked, lambda _: with_id(instance_id, lambda i: fn(handler, i))))
 
 
 def not_registered(name: str) -> FutureResult[Any, JobNotFoundError]:

@@ -42,7 +42,7 @@ from .._retry import Retry
 from .._schedule import Cron, Schedule, parse_cron
 from .._wakeup import Wakeup
 from ..storage import CronRecord, CronSpec, QueueStorage
-from ._common import D_contra, Definition, check_name, effect
+from ._common import D_contra, Definition, bind_async, check_name, effect
 from ._job import Job, JobContext, JobQueue
 
 if TYPE_CHECKING:
@@ -402,16 +402,15 @@ class CronScheduler:
         return Success([_info(r) for r in records if r.name in self.crons and (scope is None or r.tenant_id == scope)])
 
     async def get(self, scope: str | None, cron: object) -> Result[CronInfo, Any]:
-        found = self._cron(scope, cron)
-        if isinstance(found, Failure):
-            return found
-        return Success(_info(await self._record(found.unwrap().name)))
+        async def info(job: CronJob[Any]) -> Result[CronInfo, Any]:
+            return Success(_info(await self._record(job.name)))
+
+        return await bind_async(self._cron(scope, cron), info)
 
     async def set_enabled(self, scope: str | None, cron: object, enabled: bool) -> Result[CronInfo, Any]:
-        found = self._cron(scope, cron)
-        if isinstance(found, Failure):
-            return found
-        job = found.unwrap()
+        return await bind_async(self._cron(scope, cron), lambda job: self._set_enabled(job, enabled))
+
+    async def _set_enabled(self, job: CronJob[Any], enabled: bool) -> Result[CronInfo, Any]:
         now = self.env.now_ms()
         # Enabling starts from now: fire times that passed while disabled are not "missed".
         next_run_at = job.schedule.next_after(now) if enabled else None
@@ -425,10 +424,9 @@ class CronScheduler:
     async def next_runs(self, scope: str | None, cron: object, n: object) -> Result[list[datetime], Any]:
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 1000:
             return Failure(ValidationError(f"n must be an int from 1 to 1000, got {n!r}"))
-        found = self._cron(scope, cron)
-        if isinstance(found, Failure):
-            return found
-        job = found.unwrap()
+        return await bind_async(self._cron(scope, cron), lambda job: self._next_runs(job, n))
+
+    async def _next_runs(self, job: CronJob[Any], n: int) -> Result[list[datetime], Any]:
         record = await self._record(job.name)
         if record.enabled and record.next_run_at is not None:
             first = record.next_run_at

@@ -36,6 +36,18 @@ from .workload import PULSE_EVERY_MS, Batch, Done, Seen, Tick, Work
 
 TICKER, PILE, POKER, FLOW = "continuous:ticker:", "debounce:pile:", "task:poker:", "workflow:flow:"
 FLOW_CHILD = "workflow:flowchild:"
+_INSTANCE_VERBS = (
+    "start",
+    "terminate",
+    "trigger",
+    "add",
+    "flush",
+    "clear",
+    "send",
+    "task_trigger",
+    "wf_start",
+    "wf_signal",
+)
 #: Failures a healthy single-process run may see (the instance was never created or was terminated).
 EXPECTED_FAILURES = {
     ("trigger", "InstanceNotFoundError"),
@@ -43,6 +55,10 @@ EXPECTED_FAILURES = {
     ("task_trigger", "InstanceNotFoundError"),
     ("read", "InstanceNotFoundError"),
     ("wf_signal", "InvalidStateError"),  # the workflow had ended
+    # A process that stalls past its instance leases (1.5 s here; a loaded machine, a stopped
+    # process) loses them to another; the stale commit is fenced and the call fails, unapplied:
+    # a StorageError the caller can retry, never an acknowledgement.
+    *((op, "LeaseLostError") for op in _INSTANCE_VERBS),
 }
 _KIND_OF_OP = {
     "start": "c",
