@@ -63,13 +63,13 @@ from .kinds._debounce import FlushResult as FlushResult
 from .kinds._job import CancelResult as CancelResult
 from .kinds._job import EventResult as EventResult
 from .kinds._job import Job as Job
-from .kinds._job import JobClient as JobClient
 from .kinds._job import JobContext as JobContext
 from .kinds._job import JobErrorInfo as JobErrorInfo
 from .kinds._job import JobInfo as JobInfo
 from .kinds._job import JobRun as JobRun
-from .kinds._job import JobsClient as JobsClient
 from .kinds._job import RetryResult as RetryResult
+from .kinds._job_client import JobClient as JobClient
+from .kinds._job_client import JobsClient as JobsClient
 from .kinds._task import SendResult as SendResult
 from .kinds._task import Task as Task
 from .kinds._task import TaskClient as TaskClient

@@ -14,7 +14,9 @@ from .kinds._common import effect
 from .kinds._continuous import Continuous, ContinuousClient, ContinuousHandler
 from .kinds._cron import CronScheduler, CronsClient
 from .kinds._debounce import Debounce, DebounceClient, DebounceHandler
-from .kinds._job import EventResult, Job, JobClient, JobQueue, JobsClient
+from .kinds._job import EventResult, Job
+from .kinds._job_client import JobClient, JobsClient
+from .kinds._job_queue import JobQueue
 from .kinds._task import Task, TaskClient, TaskHandler
 from .kinds._workflow import Workflow, WorkflowClient, WorkflowHandler
 

@@ -23,7 +23,9 @@ from ._runtime import DEFAULT_INSTANCE_LEASE, Runtime
 from ._worker import Worker, WorkerOptions
 from .kinds._common import Definition
 from .kinds._cron import CronHandler, CronScheduler
-from .kinds._job import JobHandler, JobQueue, Tenancy
+from .kinds._job import Tenancy
+from .kinds._job_queue import JobQueue
+from .kinds._job_runner import JobHandler
 from .storage import QueueStorage, Storage, StorageLayer, sqlite
 from .tracking import BackgroundTracker, NoopTracker, Tracker
 

@@ -29,20 +29,20 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 import msgspec
 import trio
 
 from ._durations import DurationLike, duration, to_ms
-from ._errors import StorageError, ValidationError
+from ._errors import JobCancelledError, StorageError, ValidationError
 from ._execution import Env
 from ._input import clean_text
 from ._wakeup import Wakeup
 from .storage import ClaimedJob, ExpiredLease, JobSettlement, QueueStorage
 from .tracking import NoopTracker, TrackedEvent
 
-__all__ = ["RunHandle", "Uuid7", "Worker", "WorkerOptions"]
+__all__ = ["AttemptEnd", "AttemptRunner", "RunHandle", "Uuid7", "Worker", "WorkerOptions"]
 
 _error_encoder = msgspec.json.Encoder()
 
@@ -146,11 +146,39 @@ class WorkerOptions:
         object.__setattr__(self, "poll_interval_ms", poll_ms)
 
 
-class Runner(Protocol):
-    """What runs a claimed row: the handler of one job definition."""
+@dataclass(slots=True)
+class AttemptEnd:
+    """How a claimed attempt ended, as its runner says; the worker writes it.
 
-    async def run_claimed(self, job: ClaimedJob, worker: Worker) -> None:
-        """Run the leased attempt `job` and settle its row (under ``worker.running``)."""
+    `status` is ``completed`` (with `result`), ``failed`` (with `error`, the
+    stored ``{"tag", "message"}`` JSON), or ``pending``: the attempt failed
+    and the next one is due at `retry_at`. (``cancelled`` is the worker's own:
+    a run it cancelled.) `events` are emitted once the row is written.
+    """
+
+    status: Literal["completed", "failed", "pending", "cancelled"]
+    result: bytes | None = None
+    error: bytes | None = None
+    retry_at: int | None = None
+    events: list[TrackedEvent] = field(default_factory=list)
+
+
+class AttemptRunner(Protocol):
+    """The worker's runner seam: what runs a claimed row's attempt (one per job name).
+
+    The worker owns the row: its lease, its cancel scope and its settlement.
+    The runner runs the body and returns a value; it never reaches back into
+    the worker.
+    """
+
+    async def run_attempt(self, job: ClaimedJob, lease: tuple[QueueStorage, str]) -> AttemptEnd:
+        """Run the leased attempt `job` (`lease`: the storage and the holder's id, for
+        progress writes) and say how it ended. Raises nothing but cancellation."""
+        ...
+
+    def counted_failure(self, job: ClaimedJob, exc: Exception) -> AttemptEnd:
+        """How an attempt ends that an unexpected exception `exc` ended: a counted
+        failure, retried by the job's policy if attempts are left."""
         ...
 
 
@@ -194,13 +222,14 @@ class Worker:
         #: The engine's id (``host:pid:random``), the owner of the job leases it holds.
         self.id = worker_id
         self._ids = Uuid7()
+        self._lease = (storage, worker_id)
         self.lease_ms = options.lock_timeout_ms
         #: Whether events are worth building (not with the `NoopTracker`).
         self.tracking = not isinstance(env.tracker, NoopTracker)
         self.closing = False
         self._log = env.logger.getChild("worker")
         self._nursery = nursery
-        self._runners: dict[str, Runner] = {}
+        self._runners: dict[str, AttemptRunner] = {}
         self._names: list[str] = []
         self._running: dict[str, RunHandle] = {}
         # Rows this process holds a lease on: claimed (started or not) and ``now`` runs.
@@ -224,7 +253,7 @@ class Worker:
 
     # -- registration and pokes ---------------------------------------------------------
 
-    def register(self, name: str, runner: Runner) -> None:
+    def register(self, name: str, runner: AttemptRunner) -> None:
         """Claim and run rows named `name` with `runner`."""
         self._runners[name] = runner
         self._names = sorted(self._runners)
@@ -303,11 +332,12 @@ class Worker:
             self._ready.popleft()
             self._nursery.start_soon(self._run, job, self._runners[job.name])
 
-    async def _run(self, job: ClaimedJob, runner: Runner) -> None:
+    async def _run(self, job: ClaimedJob, runner: AttemptRunner) -> None:
         try:
-            await runner.run_claimed(job, self)
+            with self.running(job.id, attempt=job.attempt) as run:
+                await self._attempt(job, runner, run)
         except Exception:
-            self._log.exception("bug: the handler of job %s (%s) raised; its lease will expire", job.id, job.name)
+            self._log.exception("bug: the run of job %s (%s) raised; its lease will expire", job.id, job.name)
         finally:
             key = (job.id, job.attempt)
             self._limiter.release_on_behalf_of(key)
@@ -317,6 +347,65 @@ class Worker:
             self._start_ready()
             self._capacity.set()
             self._check_idle()
+
+    async def _attempt(self, job: ClaimedJob, runner: AttemptRunner, run: RunHandle) -> None:
+        """Run one claimed attempt under its cancel scope and settle its row (fenced by holder and attempt)."""
+        try:
+            with run.scope:
+                end = await runner.run_attempt(job, self._lease)
+        except Exception as exc:
+            # A bug after (or around) the user's code: the attempt counts, the row is not handed back.
+            self._log.exception(
+                "bug: attempt %d of job %s raised past its runner; it counts as failed", job.attempt, job.id
+            )
+            end = runner.counted_failure(job, exc)
+        except BaseException:
+            # Cancelled from outside (the engine is being torn down): hand the row
+            # back; its attempt does not count.
+            with trio.CancelScope(shield=True):
+                await self._release(job)
+            raise
+        else:
+            if run.scope.cancelled_caught:
+                if run.lost:
+                    return  # the row belongs to another worker now
+                if self.closing:
+                    # Shielded: when the scope around the engine was cancelled, the hand-back must still land.
+                    with trio.CancelScope(shield=True):
+                        await self._release(job)
+                    return
+                cancelled = [self.event("job.cancelled", job.id, job.name, attempt=job.attempt)]
+                stopped = JobCancelledError(job.id)
+                end = AttemptEnd("cancelled", error=error_json(stopped.tag, stopped.message), events=cancelled)
+        settlement = JobSettlement(
+            job_id=job.id,
+            worker_id=self.id,
+            attempt=job.attempt,
+            status=end.status,
+            at=self.env.now_ms(),
+            result=end.result,
+            error=end.error,
+            scheduled_for=end.retry_at,
+        )
+        self.settle(settlement, end.events, run, poke_at=end.retry_at)
+
+    async def _release(self, job: ClaimedJob) -> None:
+        """Hand back an attempt interrupted from outside; it does not count."""
+        settlement = JobSettlement(
+            job_id=job.id,
+            worker_id=self.id,
+            attempt=job.attempt,
+            status="pending",
+            at=self.env.now_ms(),
+            release=True,
+            error=CANCELLED_ERROR,
+        )
+        try:
+            await self.storage.settle_jobs([settlement])
+        except StorageError as exc:
+            self._log.warning(
+                "job %s: could not hand back an interrupted attempt; it runs after its lease: %s", job.id, exc.message
+            )
 
     def _check_idle(self) -> None:
         if self._claimed_runs == 0 and not self._settling:

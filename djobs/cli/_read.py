@@ -19,7 +19,7 @@ import msgspec
 from .._clock import Clock
 from .._durations import parse_duration, to_ms
 from ..kinds._cron import _info as cron_info
-from ..kinds._job import job_info
+from ..kinds._job_queue import job_info
 from ..storage import JobFilter, JobRecord
 from ..storage._inspect import Inspector, InstanceFilter, InstanceView, Opened, open_existing
 from . import _actions

@@ -43,7 +43,8 @@ from .._schedule import Cron, Schedule, parse_cron
 from .._wakeup import Wakeup
 from ..storage import CronRecord, CronSpec, QueueStorage
 from ._common import D_contra, Definition, bind_async, check_name, effect
-from ._job import Job, JobContext, JobQueue
+from ._job import Job, JobContext
+from ._job_queue import JobQueue
 
 if TYPE_CHECKING:
     from .._runtime import Runtime

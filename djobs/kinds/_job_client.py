@@ -1,0 +1,358 @@
+"""The typed client verbs of one-off jobs: `JobClient` (``now``, ``later``, ``batch``) and `JobsClient`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Generic
+
+import trio
+from returns.future import FutureResult
+from returns.result import Failure, Result, Success
+
+from .._codec import decode, encode
+from .._durations import DurationLike
+from .._errors import (
+    InstanceNotFoundError,
+    InvalidStateError,
+    JobError,
+    JobNotFoundError,
+    StorageError,
+    TenantError,
+    ValidationError,
+)
+from ..storage import JobRecord, JobStatusName
+from ._common import effect, not_registered
+from ._job import CancelResult, JobInfo, JobRun, P, R, RetryResult, UniqueWhile
+from ._job_queue import JobQueue, check_priority, check_short_text, due_at, unique_key_of, unique_statuses
+from ._job_runner import JobHandler
+
+if TYPE_CHECKING:
+    pass
+
+
+class JobClient(Generic[P, R]):
+    """The verbs of one job: ``now``, ``later``, ``batch``. Get one with ``engine.client.job(job)``.
+
+    Every verb returns a `FutureResult` that does its work when awaited. A
+    call's own problems (bad params, an unknown job, a tenant mismatch,
+    storage) are the failure; a job that fails is a successful call whose
+    `JobRun` says ``failed``.
+    """
+
+    def __init__(
+        self, name: str, handler: JobHandler[P, R] | None, queue: JobQueue | None, tenant: str | None = None
+    ) -> None:
+        self._name = name
+        self._handler = handler
+        self._queue = queue
+        self._tenant = tenant
+
+    def now(
+        self, params: P, *, persist: bool = True, correlation_id: str | None = None, tenant_id: str | None = None
+    ) -> FutureResult[JobRun[R], JobNotFoundError | ValidationError | TenantError | StorageError]:
+        """Run the job in this task now, retrying by its policy, and return how it ended.
+
+        With ``persist=True`` (default) the job is a row like any other
+        (running → completed / failed / cancelled) that ``client.jobs`` sees
+        and can cancel; with ``persist=False`` nothing is written and
+        ``update_progress`` is a no-op.
+        """
+        h, q = self._handler, self._queue
+        if h is None or q is None:
+            return not_registered(self._name)
+
+        async def run() -> Result[JobRun[R], Any]:
+            checked = self._checked(h, q, params, tenant_id, correlation_id)
+            if isinstance(checked, Failure):
+                return checked
+            raw, tenant, correlation = checked.unwrap()
+            value = decode(h.job.params, raw, what=f"params of job {h.job.name!r}").unwrap()  # just validated
+            return Success(
+                await h.run_now(q.worker, value, raw, persist=persist, tenant_id=tenant, correlation_id=correlation)
+            )
+
+        return effect(run)
+
+    def later(
+        self,
+        params: P,
+        *,
+        at: datetime | None = None,
+        delay: DurationLike | None = None,
+        correlation_id: str | None = None,
+        tenant_id: str | None = None,
+        priority: int = 0,
+        idempotency_key: str | None = None,
+        unique: bool | str = False,
+        unique_while: UniqueWhile = "pending",
+    ) -> FutureResult[str, JobNotFoundError | ValidationError | TenantError | StorageError]:
+        """Enqueue the job to run at `at`, after `delay`, or as soon as a worker is free; returns its id.
+
+        Args:
+            params: The job's params (its struct, or what converts to it).
+            at: An aware datetime; a past one means now.
+            delay: A duration (``"10 minutes"``, a timedelta, ms as an int); not negative.
+            correlation_id: A free-form id to find related jobs with ``list``.
+            tenant_id: The tenant the job belongs to (a tenant-scoped client sets it).
+            priority: Among due jobs, higher runs first (default 0).
+            idempotency_key: A repeat of the key (per job name and tenant)
+                enqueues nothing and returns the first job's id.
+            unique: ``True`` (the key is the params) or a key (a string): while
+                a job of this name and tenant with the same key is pending (or
+                pending or running, by `unique_while`), this enqueue writes
+                nothing and returns that job's id. Checked in the enqueue's
+                transaction, so two processes enqueueing at once make one job.
+                Unlike an idempotency key, the key is free again once its job
+                has started (or ended). A job that started and is retried keeps
+                its key but does not stop a newer one enqueued meanwhile.
+            unique_while: ``"pending"`` (default) or ``"pending_or_running"``.
+        """
+        h, q = self._handler, self._queue
+        if h is None or q is None:
+            return not_registered(self._name)
+
+        async def run() -> Result[str, Any]:
+            now = q.env.now_ms()
+            row = Result.do(
+                q.row(
+                    h,
+                    raw,
+                    scheduled_for=when,
+                    now=now,
+                    priority=rank,
+                    correlation_id=correlation,
+                    tenant_id=tenant,
+                    idempotency_key=key,
+                    unique_key=unique_key,
+                    unique_statuses=statuses,
+                )
+                for raw, tenant, correlation in self._checked(h, q, params, tenant_id, correlation_id)
+                for when in due_at(at, delay, now)
+                for rank in check_priority(priority)
+                for key in check_short_text(idempotency_key, "idempotency_key")
+                for unique_key in unique_key_of(unique, raw)
+                for statuses in unique_statuses(unique_while)
+            )
+            if isinstance(row, Failure):
+                return row
+            [(job_id, _)] = await q.enqueue([row.unwrap()])
+            return Success(job_id)
+
+        return effect(run)
+
+    def later_many(
+        self,
+        params_list: Sequence[P],
+        *,
+        at: datetime | None = None,
+        delay: DurationLike | None = None,
+        correlation_id: str | None = None,
+        tenant_id: str | None = None,
+        priority: int = 0,
+    ) -> FutureResult[list[str], JobNotFoundError | ValidationError | TenantError | StorageError]:
+        """Enqueue one job per params in one transaction (all or none); returns their ids in order.
+
+        Every params is validated before anything is stored: one that does not
+        match gives a `ValidationError` naming its index, and nothing is enqueued.
+        The other arguments are those of `later` and apply to every job.
+        """
+        h, q = self._handler, self._queue
+        if h is None or q is None:
+            return not_registered(self._name)
+
+        async def run() -> Result[list[str], Any]:
+            if isinstance(params_list, str | bytes) or not isinstance(params_list, Sequence):
+                kind = type(params_list).__name__
+                return Failure(ValidationError(f"later_many takes a sequence of params, got {kind}"))
+            now = q.env.now_ms()
+            shared = Result.do(
+                (tenant, correlation, rank, when)
+                for tenant in q.tenant_for(self._tenant, tenant_id)
+                for correlation in check_short_text(correlation_id, "correlation_id")
+                for rank in check_priority(priority)
+                for when in due_at(at, delay, now)
+            )
+            if isinstance(shared, Failure):
+                return shared
+            tenant, correlation, rank, when = shared.unwrap()
+            rows = []
+            for index, params in enumerate(params_list):
+                raw = encode(
+                    h.job.params, params, what=f"params[{index}] of job {h.job.name!r}", limit=q.env.max_payload_bytes
+                )
+                if isinstance(raw, Failure):
+                    return raw
+                rows.append(
+                    q.row(
+                        h,
+                        raw.unwrap(),
+                        scheduled_for=when,
+                        now=now,
+                        priority=rank,
+                        correlation_id=correlation,
+                        tenant_id=tenant,
+                    )
+                )
+            if not rows:
+                return Success([])
+            return Success([job_id for job_id, _ in await q.enqueue(rows)])
+
+        return effect(run)
+
+    def batch(
+        self,
+        params_list: Sequence[P],
+        *,
+        concurrency: int = 3,
+        persist: bool = True,
+        stop_on_error: bool = False,
+        correlation_id: str | None = None,
+        tenant_id: str | None = None,
+    ) -> FutureResult[list[JobRun[R]], JobNotFoundError | ValidationError | TenantError | StorageError]:
+        """Run ``now`` for each params, at most `concurrency` at once; the runs come in input order.
+
+        Every params is validated before any job starts. With
+        `stop_on_error`, no new job starts after one fails; the list then
+        holds only the jobs that started (a prefix of the input).
+        """
+        h, q = self._handler, self._queue
+        if h is None or q is None:
+            return not_registered(self._name)
+
+        async def run() -> Result[list[JobRun[R]], Any]:
+            if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+                return Failure(ValidationError(f"concurrency must be an int of at least 1, got {concurrency!r}"))
+            prepared: list[tuple[P, bytes]] = []
+            tenant: str | None = None
+            correlation: str | None = None
+            for params in params_list:
+                checked = self._checked(h, q, params, tenant_id, correlation_id)
+                if isinstance(checked, Failure):
+                    return checked
+                raw, tenant, correlation = checked.unwrap()
+                prepared.append((decode(h.job.params, raw, what="params").unwrap(), raw))
+            if not prepared:
+                checked_tenant = q.tenant_for(self._tenant, tenant_id)
+                if isinstance(checked_tenant, Failure):
+                    return checked_tenant
+            runs: list[JobRun[R] | None] = [None] * len(prepared)
+            errors: list[JobError] = []
+            limiter = trio.CapacityLimiter(concurrency)
+            stop = False
+
+            async def one(i: int, value: P, raw: bytes) -> None:
+                nonlocal stop
+                try:
+                    runs[i] = r = await h.run_now(
+                        q.worker, value, raw, persist=persist, tenant_id=tenant, correlation_id=correlation
+                    )
+                    stop = stop or (stop_on_error and not r.ok)
+                except JobError as exc:
+                    errors.append(exc)
+                    stop = True
+                finally:
+                    limiter.release_on_behalf_of(i)
+
+            async with trio.open_nursery() as nursery:
+                for i, (value, raw) in enumerate(prepared):
+                    await limiter.acquire_on_behalf_of(i)
+                    if stop:
+                        limiter.release_on_behalf_of(i)
+                        break
+                    nursery.start_soon(one, i, value, raw)
+            if errors:
+                return Failure(errors[0])
+            return Success([r for r in runs if r is not None])
+
+        return effect(run)
+
+    def _checked(
+        self, h: JobHandler[P, R], q: JobQueue, params: object, tenant_id: object, correlation_id: object
+    ) -> Result[tuple[bytes, str | None, str | None], ValidationError | TenantError]:
+        return Result.do(
+            (raw, tenant, correlation)
+            for raw in encode(h.job.params, params, what=f"params of job {h.job.name!r}", limit=q.env.max_payload_bytes)
+            for tenant in q.tenant_for(self._tenant, tenant_id)
+            for correlation in check_short_text(correlation_id, "correlation_id")
+        )
+
+
+class JobsClient:
+    """The verbs on queued jobs by id: ``status``, ``cancel``, ``retry``, ``list``.
+
+    Get it as ``engine.client.jobs``. A tenant-scoped client
+    (``client.for_tenant(t)``) sees only tenant `t`'s jobs: another
+    tenant's job id gives `InstanceNotFoundError`, exactly as an unknown
+    id does (no answer tells a tenant which other ids exist).
+    """
+
+    def __init__(self, queue: JobQueue, tenant: str | None = None) -> None:
+        self._queue = queue
+        self._tenant = tenant
+
+    def status(
+        self, job_id: str
+    ) -> FutureResult[JobInfo, InstanceNotFoundError | TenantError | ValidationError | StorageError]:
+        """The stored job: status, progress, attempts, result or error."""
+        q, scope = self._queue, self._tenant
+        return effect(lambda: _map(q.load(scope, job_id), q.info))
+
+    def cancel(
+        self, job_id: str
+    ) -> FutureResult[CancelResult, InstanceNotFoundError | TenantError | ValidationError | StorageError]:
+        """Cancel the job: a pending one never runs; a running one is interrupted through its
+        Trio cancel scope (here at once, in another process at its next lease renewal)."""
+        q, scope = self._queue, self._tenant
+        return effect(lambda: q.cancel(scope, job_id))
+
+    def retry(
+        self, job_id: str
+    ) -> FutureResult[
+        RetryResult, InstanceNotFoundError | InvalidStateError | TenantError | ValidationError | StorageError
+    ]:
+        """Put a failed or cancelled job back to pending, due now, with a fresh attempt budget."""
+        q, scope = self._queue, self._tenant
+        return effect(lambda: q.retry(scope, job_id))
+
+    def list(
+        self,
+        *,
+        status: JobStatusName | None = None,
+        name: str | None = None,
+        correlation_id: str | None = None,
+        tenant_id: str | None = None,
+        limit: int = 100,
+        after: str | None = None,
+    ) -> FutureResult[list[JobInfo], TenantError | ValidationError | StorageError]:
+        """Jobs matching every given filter, oldest first; page with ``after=<last id>``."""
+        q, scope = self._queue, self._tenant
+        return effect(
+            lambda: q.list(
+                scope,
+                status=status,
+                name=name,
+                correlation_id=correlation_id,
+                tenant_id=tenant_id,
+                limit=limit,
+                after=after,
+            )
+        )
+
+    def purge(
+        self, *, older_than: DurationLike, status: JobStatusName | Sequence[JobStatusName] = "completed"
+    ) -> FutureResult[int, ValidationError | StorageError]:
+        """Delete jobs that finished (`status`: ``completed`` by default, or ``failed``,
+        ``cancelled``, or a list of them) more than `older_than` ago, with their idempotency
+        keys (an enqueue with such a key then creates a new job); how many were deleted.
+
+        Pending and running jobs are never deleted. A tenant-scoped client deletes only
+        its tenant's jobs. Rows go in batches of 1000, each its own transaction.
+        """
+        q, scope = self._queue, self._tenant
+        return effect(lambda: q.purge(scope, older_than, status))
+
+
+async def _map(loaded: Any, fn: Callable[[JobRecord], JobInfo]) -> Result[JobInfo, Any]:
+    result: Result[JobRecord, Any] = await loaded
+    return result.map(fn)

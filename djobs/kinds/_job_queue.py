@@ -1,0 +1,489 @@
+"""The job queue of one engine: the jobs it knows, tenancy, enqueueing, and the verbs by id.
+
+`JobQueue` is what the clients and the cron scheduler enqueue through, and
+what ``client.jobs`` reads and changes rows with. The checks of what an
+enqueue accepts (due times, unique keys, priorities, short texts) are here,
+in one place, for every verb that takes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, cast
+
+import msgspec
+from returns.result import Failure, Result, Success
+
+from .._clock import LATEST_MS, to_datetime
+from .._codec import decode, encode
+from .._durations import parse_duration, to_ms
+from .._errors import (
+    InstanceNotFoundError,
+    InvalidStateError,
+    StorageError,
+    TenantError,
+    ValidationError,
+)
+from .._event import Event, name_problem
+from .._execution import Env
+from .._input import check_text, epoch_ms
+from .._worker import CANCELLED_ERROR, Worker
+from ..storage import JobFilter, JobRecord, JobStatusName, NewJob, QueueStorage
+from ..storage._base import FINAL_STATUSES
+from ._common import check_id
+from ._job import MAX_TEXT, CancelResult, EventResult, JobErrorInfo, JobInfo, RetryResult, Tenancy
+from ._job_runner import JobHandler
+
+if TYPE_CHECKING:
+    pass
+
+_any_json = msgspec.json.Decoder()
+
+_UNIQUE_STATUSES: dict[str, tuple[JobStatusName, ...]] = {
+    "pending": ("pending",),
+    "pending_or_running": ("pending", "running"),
+}
+
+
+def check_short_text(value: object, what: str) -> Result[str | None, ValidationError]:
+    """`value` if it is ``None`` or a storable non-empty string of at most `MAX_TEXT` characters."""
+    if value is None:
+        return Success(None)
+    if not isinstance(value, str) or not value or len(value) > MAX_TEXT:
+        return Failure(
+            ValidationError(f"{what} must be a non-empty string of at most {MAX_TEXT} characters, got {value!r:.80}")
+        )
+    return check_text(value, what)
+
+
+def job_info(record: JobRecord, handler: JobHandler[Any, Any] | None) -> JobInfo:
+    """The public view of a stored row, decoding params and result with the job's types if known."""
+
+    def value(raw: bytes | None, tp: Any) -> Any:
+        if raw is None:
+            return None
+        if tp is not None:
+            typed = decode(tp, raw, what="value")
+            if isinstance(typed, Success):
+                return typed.unwrap()
+        try:
+            return _any_json.decode(raw)
+        except msgspec.DecodeError:
+            return raw.decode("utf-8", "replace")
+
+    error = None
+    if record.error is not None:
+        info = value(record.error, None)
+        if isinstance(info, dict):
+            error = JobErrorInfo(str(info.get("tag", "")), str(info.get("message", "")))
+
+    def opt(ms: int | None) -> datetime | None:
+        return None if ms is None else to_datetime(ms)
+
+    return JobInfo(
+        id=record.id,
+        name=record.name,
+        status=record.status,
+        params=value(record.params, handler.job.params if handler else None),
+        result=value(record.result, handler.job.result if handler else None),
+        error=error,
+        progress=record.progress,
+        progress_message=record.progress_message,
+        attempts=record.attempt_count,
+        max_attempts=record.max_attempts,
+        priority=record.priority,
+        correlation_id=record.correlation_id,
+        tenant_id=record.tenant_id,
+        scheduled_for=to_datetime(record.scheduled_for),
+        created_at=to_datetime(record.created_at),
+        updated_at=to_datetime(record.updated_at),
+        started_at=opt(record.worker_started_at),
+        completed_at=opt(record.completed_at),
+        cancel_requested=record.cancel_requested,
+    )
+
+
+# -- the queue of one engine -----------------------------------------------------------
+
+
+class JobQueue:
+    """The jobs an engine knows, the listeners of each event, tenancy, and enqueueing."""
+
+    def __init__(self, env: Env, storage: QueueStorage, worker: Worker, tenancy: Tenancy) -> None:
+        if tenancy not in ("optional", "required"):
+            raise ValidationError(f"tenancy must be 'optional' or 'required', got {tenancy!r}")
+        self.env = env
+        self.storage = storage
+        self.worker = worker
+        self.tenancy = tenancy
+        self.handlers: dict[str, JobHandler[Any, Any]] = {}
+        self.listeners: dict[str, list[JobHandler[Any, Any]]] = {}
+
+    def add(self, handler: JobHandler[Any, Any]) -> None:
+        """Register a job; two different jobs with one name raise `ValidationError`."""
+        job = handler.job
+        known = self.handlers.get(job.name)
+        if known is not None:
+            if known.job is job:
+                return
+            raise ValidationError(f"two different jobs are named {job.name!r}; job names must be unique per engine")
+        self.handlers[job.name] = handler
+        if job.on is not None:
+            self.listeners.setdefault(job.on, []).append(handler)
+        self.worker.register(job.name, handler)
+
+    def handler(self, job: object) -> tuple[str, JobHandler[Any, Any] | None]:
+        """The handler of `job` (a definition or a name); ``None`` if this engine does not run it."""
+        name = job if isinstance(job, str) else getattr(job, "name", repr(job))
+        handler = self.handlers.get(name)
+        if handler is not None and not isinstance(job, str) and handler.job is not job:
+            return name, None  # same name, another definition: not this engine's job
+        return name, handler
+
+    # -- tenancy -----------------------------------------------------------------------
+
+    def tenant_for(self, scope: str | None, given: object) -> Result[str | None, TenantError | ValidationError]:
+        """The tenant an enqueue is for: the client's scope, or the given id (required if tenancy is)."""
+        checked = check_short_text(given, "tenant_id")
+        if isinstance(checked, Failure):
+            return checked
+        tenant = checked.unwrap()
+        if scope is not None:
+            scoped = check_short_text(scope, "the client's tenant id")
+            if isinstance(scoped, Failure):
+                return scoped
+            if tenant is not None and tenant != scope:
+                return Failure(TenantError(f"this client acts for tenant {scope!r}; it cannot act for {tenant!r}"))
+            return Success(scope)
+        if tenant is None and self.tenancy == "required":
+            return Failure(
+                TenantError(
+                    "this engine requires a tenant id on every job (tenancy='required'): pass tenant_id=... "
+                    "or use client.for_tenant(...)"
+                )
+            )
+        return Success(tenant)
+
+    @staticmethod
+    def visible(scope: str | None, record: JobRecord) -> Result[JobRecord, InstanceNotFoundError]:
+        """`record` if a client scoped to `scope` may see it; another tenant's job is
+        answered as an unknown id is, so a scoped client cannot probe which ids exist."""
+        if scope is not None and record.tenant_id != scope:
+            return Failure(_job_not_found(record.id))
+        return Success(record)
+
+    # -- enqueueing ----------------------------------------------------------------------
+
+    async def enqueue(self, rows: list[NewJob]) -> list[tuple[str, bool]]:
+        """Store `rows` in one transaction, then emit ``job.enqueued`` and wake the worker."""
+        created = await self.storage.enqueue_jobs(rows)
+        worker = self.worker
+        due = min((row.scheduled_for for row, (_, new) in zip(rows, created, strict=True) if new), default=None)
+        if due is not None:
+            worker.poke(due)
+            if worker.tracking:
+                worker.emit(
+                    [
+                        worker.event(
+                            "job.enqueued",
+                            row.id,
+                            row.name,
+                            scheduled_for=to_datetime(row.scheduled_for).isoformat(),
+                            tenant_id=row.tenant_id,
+                            correlation_id=row.correlation_id,
+                        )
+                        for row, (_, new) in zip(rows, created, strict=True)
+                        if new
+                    ]
+                )
+        return created
+
+    def row(
+        self,
+        handler: JobHandler[Any, Any],
+        raw: bytes,
+        *,
+        scheduled_for: int,
+        now: int,
+        priority: int = 0,
+        correlation_id: str | None = None,
+        tenant_id: str | None = None,
+        idempotency_key: str | None = None,
+        unique_key: str | None = None,
+        unique_statuses: tuple[JobStatusName, ...] = ("pending",),
+    ) -> NewJob:
+        """A new pending row for `handler`'s job."""
+        return NewJob(
+            id=self.worker.new_id(),
+            name=handler.job.name,
+            params=raw,
+            max_attempts=handler.job.max_attempts,
+            scheduled_for=scheduled_for,
+            created_at=now,
+            priority=priority,
+            correlation_id=correlation_id,
+            tenant_id=tenant_id,
+            idempotency_key=idempotency_key,
+            unique_key=unique_key,
+            unique_statuses=unique_statuses,
+        )
+
+    async def send_event(
+        self,
+        scope: str | None,
+        event: object,
+        payload: object,
+        *,
+        tenant_id: object,
+        correlation_id: object,
+        idempotency_key: object,
+        at: object = None,
+        delay: object = None,
+    ) -> Result[EventResult, ValidationError | TenantError | StorageError]:
+        """Validate `payload` for every listener of `event`, then enqueue one job each, all or none.
+
+        A typed `Event` also checks the payload against its own type first.
+
+        The jobs are stored at once, due at `at` or after `delay` (as ``later``
+        reads them), so a delayed event survives a restart like any queued job.
+        """
+        if isinstance(event, Event):
+            typed = encode(
+                event.payload, payload, what=f"payload of event {event.name!r}", limit=self.env.max_payload_bytes
+            )
+            if isinstance(typed, Failure):
+                return typed
+            event = event.name
+        if (problem := name_problem(event)) is not None or not isinstance(event, str):
+            return Failure(ValidationError(problem or f"event name must be a string, got {event!r:.80}"))
+        now = self.env.now_ms()
+        checked = Result.do(
+            (tenant, correlation, key, due)
+            for tenant in self.tenant_for(scope, tenant_id)
+            for correlation in check_short_text(correlation_id, "correlation_id")
+            for key in check_short_text(idempotency_key, "idempotency_key")
+            for due in due_at(at, delay, now)
+        )
+        if isinstance(checked, Failure):
+            return checked
+        tenant, correlation, key, due = checked.unwrap()
+        listeners = self.listeners.get(event, [])
+        encoded: list[bytes] = []
+        limit = self.env.max_payload_bytes
+        exact = [
+            encode(h.job.params, payload, what=f"payload of event {event!r} for job {h.job.name!r}", limit=limit)
+            for h in listeners
+        ]
+        if exact and all(isinstance(e, Failure) for e in exact):
+            # A listener may read a part of the payload, but some listener must take all of it:
+            # a field no listener knows (a misspelling) or a struct no listener takes is refused.
+            return Failure(exact[0].failure())
+        for handler, strict_raw in zip(listeners, exact, strict=True):
+            what = f"payload of event {event!r} for job {handler.job.name!r}"
+            raw = (
+                strict_raw
+                if isinstance(strict_raw, Success)
+                else encode(handler.job.params, payload, what=what, limit=limit, strict=False)
+            )
+            if isinstance(raw, Failure):
+                return Failure(raw.failure())
+            encoded.append(raw.unwrap())
+        if not listeners:
+            return Success(EventResult(event=event, job_ids=[], job_names=[], delivered=False))
+        rows = [
+            self.row(
+                h, raw, scheduled_for=due, now=now, correlation_id=correlation, tenant_id=tenant, idempotency_key=key
+            )
+            for h, raw in zip(listeners, encoded, strict=True)
+        ]
+        ids = [job_id for job_id, _ in await self.enqueue(rows)]
+        return Success(EventResult(event=event, job_ids=ids, job_names=[h.job.name for h in listeners], delivered=True))
+
+    # -- reading and changing rows -------------------------------------------------------
+
+    async def load(self, scope: str | None, job_id: object) -> Result[JobRecord, Any]:
+        """The row `job_id`, if it exists and the scope may see it."""
+        checked = Result.do(
+            the_id
+            for _ in check_short_text(scope, "the client's tenant id")
+            for the_id in check_id(job_id).alt(lambda error: ValidationError(f"job id: {error.message}"))
+        )
+        if isinstance(checked, Failure):
+            return checked
+        record = await self.storage.get_job(checked.unwrap())
+        if record is None:
+            return Failure(_job_not_found(checked.unwrap()))
+        return self.visible(scope, record)
+
+    def info(self, record: JobRecord) -> JobInfo:
+        """The public view of `record`."""
+        return job_info(record, self.handlers.get(record.name))
+
+    async def cancel(self, scope: str | None, job_id: object) -> Result[CancelResult, Any]:
+        """Cancel a pending job, or the running attempt of one (here: at once; elsewhere: requested)."""
+        loaded = await self.load(scope, job_id)
+        if isinstance(loaded, Failure):
+            return loaded
+        record = loaded.unwrap()
+        if record.status in ("completed", "failed", "cancelled"):
+            return Success(CancelResult(record.id, record.status))
+        changed = await self.storage.cancel_job(record.id, self.env.now_ms(), CANCELLED_ERROR)
+        if changed is None:
+            return Failure(_job_not_found(record.id))
+        if changed.status == "cancelled":
+            self.worker.emit([self.worker.event("job.cancelled", record.id, record.name, attempt=record.attempt_count)])
+            return Success(CancelResult(record.id, "cancelled"))
+        if changed.status != "running":
+            return Success(CancelResult(record.id, changed.status))  # type: ignore[arg-type]  # finished meanwhile
+        settled = self.worker.cancel_local(record.id)
+        if settled is None:
+            return Success(CancelResult(record.id, "cancel_requested"))
+        await settled.wait()
+        after = await self.storage.get_job(record.id)
+        status = after.status if after is not None else "cancelled"
+        return Success(CancelResult(record.id, status if status != "running" else "cancel_requested"))  # type: ignore[arg-type]
+
+    async def retry(self, scope: str | None, job_id: object) -> Result[RetryResult, Any]:
+        """Put a failed or cancelled job back to pending, due now, with a fresh attempt budget."""
+        loaded = await self.load(scope, job_id)
+        if isinstance(loaded, Failure):
+            return loaded
+        record = loaded.unwrap()
+        if record.status not in ("failed", "cancelled"):
+            return Failure(
+                InvalidStateError(f"job {record.id} is {record.status}; only a failed or cancelled job can be retried")
+            )
+        now = self.env.now_ms()
+        changed = await self.storage.retry_job(record.id, now)
+        if changed is None or changed.status != "pending":
+            status = changed.status if changed else "gone"
+            return Failure(InvalidStateError(f"job {record.id} changed to {status} meanwhile; it was not retried"))
+        self.worker.poke(now)
+        self.worker.emit(
+            [self.worker.event("job.enqueued", record.id, record.name, retry=True, tenant_id=record.tenant_id)]
+        )
+        return Success(RetryResult(record.id))
+
+    async def list(
+        self,
+        scope: str | None,
+        *,
+        status: object,
+        name: object,
+        correlation_id: object,
+        tenant_id: object,
+        limit: object,
+        after: object,
+    ) -> Result[list[JobInfo], Any]:
+        """The jobs matching every given filter, oldest first, at most `limit`."""
+        if status is not None and status not in ("pending", "running", "completed", "failed", "cancelled"):
+            return Failure(
+                ValidationError(f"status must be pending, running, completed, failed or cancelled, got {status!r}")
+            )
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
+            return Failure(ValidationError(f"limit must be an int from 1 to 10000, got {limit!r}"))
+        filters = Result.do(
+            (the_name, correlation, tenant, the_after)
+            for the_name in check_short_text(name, "name")
+            for correlation in check_short_text(correlation_id, "correlation_id")
+            for tenant in check_short_text(tenant_id, "tenant_id")
+            for the_after in check_short_text(after, "after")
+            for _ in check_short_text(scope, "the client's tenant id")
+        )
+        if isinstance(filters, Failure):
+            return filters
+        the_name, correlation, tenant, the_after = filters.unwrap()
+        if scope is not None:
+            if tenant is not None and tenant != scope:
+                return Failure(TenantError(f"this client acts for tenant {scope!r}; it cannot list {tenant!r}'s jobs"))
+            tenant = scope
+        where = JobFilter(
+            status=status,
+            name=the_name,
+            correlation_id=correlation,
+            tenant_id=tenant,
+            after=the_after,
+            limit=limit,
+        )
+        return Success([self.info(r) for r in await self.storage.list_jobs(where)])
+
+    async def purge(self, scope: str | None, older_than: object, status: object) -> Result[int, Any]:
+        """Delete finished jobs (`status`) that finished more than `older_than` ago; how many."""
+        age = parse_duration(older_than, what="older_than")
+        if isinstance(age, Failure):
+            return age
+        statuses = [status] if isinstance(status, str) else status
+        if (
+            not isinstance(statuses, list | tuple)
+            or not statuses
+            or not all(isinstance(s, str) and s in FINAL_STATUSES for s in statuses)
+        ):
+            return Failure(
+                ValidationError(
+                    f"status must be completed, failed or cancelled (or a list of them), got {status!r}; "
+                    "pending and running jobs are never purged"
+                )
+            )
+        before = self.env.now_ms() - to_ms(age.unwrap())
+        total = 0
+        while True:
+            # Batches of their own transactions: a large purge never holds the write lock for long.
+            deleted = await self.storage.purge_jobs(before, cast(list[JobStatusName], list(statuses)), 1000, scope)
+            total += deleted
+            if deleted < 1000:
+                return Success(total)
+
+
+def _job_not_found(job_id: str) -> InstanceNotFoundError:
+    error = InstanceNotFoundError("job", job_id)
+    # The stock message names a job kind's instance; a queued job has only its id.
+    error.message = f"no job with id {job_id!r} is stored"
+    error.args = (error.message,)
+    return error
+
+
+# -- what an enqueue accepts ---------------------------------------------------------
+
+
+def due_at(at: object, delay: object, now: int) -> Result[int, ValidationError]:
+    """When a job enqueued at `now` is due: at `at` (a past one means now), after `delay`, or now."""
+    when: Result[int, ValidationError]
+    if at is not None and delay is not None:
+        return Failure(ValidationError("give at= or delay=, not both"))
+    if at is not None:
+        when = epoch_ms(at, "at").map(lambda moment: max(moment, now))
+    elif delay is not None:
+        when = parse_duration(delay, what="delay").map(lambda d: now + to_ms(d))
+    else:
+        when = Success(now)
+    too_late = ValidationError(f"a job cannot be scheduled after 9999-12-30 (got at={at!r}, delay={delay!r})")
+    return when.bind(lambda ms: Failure(too_late) if ms > LATEST_MS else Success(ms))
+
+
+def unique_key_of(unique: object, raw: bytes) -> Result[str | None, ValidationError]:
+    """The stored unique key: ``True`` keys by the params' JSON (its SHA-256), a string is the key."""
+    if unique is False or unique is None:
+        return Success(None)
+    if unique is True:
+        return Success("params:" + hashlib.sha256(raw).hexdigest())
+    if not isinstance(unique, str):
+        return Failure(ValidationError(f"unique must be True, False or a key (a string), got {unique!r:.80}"))
+    return check_short_text(unique, "unique").map(lambda key: None if key is None else "key:" + key)
+
+
+def unique_statuses(unique_while: object) -> Result[tuple[JobStatusName, ...], ValidationError]:
+    """The statuses in which a unique job holds its key, by `unique_while`."""
+    statuses = _UNIQUE_STATUSES.get(unique_while) if isinstance(unique_while, str) else None
+    if statuses is None:
+        return Failure(
+            ValidationError(f"unique_while must be 'pending' or 'pending_or_running', got {unique_while!r:.80}")
+        )
+    return Success(statuses)
+
+
+def check_priority(priority: object) -> Result[int, ValidationError]:
+    """`priority` if it is a 32-bit int (what both storages hold)."""
+    if isinstance(priority, bool) or not isinstance(priority, int) or not -(2**31) <= priority < 2**31:
+        return Failure(ValidationError(f"priority must be a 32-bit int, got {priority!r}"))
+    return Success(priority)

@@ -1,0 +1,325 @@
+"""The attempt runner of one-off jobs: ``now`` in the caller's task, claimed rows for the worker.
+
+`JobHandler` runs one `Job` definition's attempts through the execution
+service. For the queue worker it is an `AttemptRunner` (the worker's seam):
+``run_attempt`` runs a claimed row's body and returns an `AttemptEnd`, a
+value; the worker writes it. The worker never calls into this module. For
+``now`` the handler runs every attempt itself, in the caller's task, under a
+lease the worker renews.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, cast
+
+import trio
+from returns.result import Failure, Result
+
+from .._clock import LATEST_MS
+from .._codec import decode, encode
+from .._durations import to_ms
+from .._errors import (
+    ExecutionError,
+    JobCancelledError,
+    JobError,
+    RetryExhaustedError,
+    StorageError,
+)
+from .._execution import Checkout, Env, Outcome, RunInfo, execute, run_body
+from .._input import clean_text
+from .._limits import offloaded
+from .._logging import JobLog, threshold
+from .._retry import Retry
+from .._worker import AttemptEnd, RunHandle, Uuid7, Worker, error_json
+from ..storage import ClaimedJob, JobSettlement, JobStatusName, NewJob, QueueStorage
+from ..tracking import NoopTracker, TrackedEvent
+from ._job import KIND, Job, JobContext, JobRun, JobRunStatus, P, R
+
+if TYPE_CHECKING:
+    from ..storage import Alarm
+
+
+def _error_json(error: JobError) -> bytes:
+    return error_json(error.tag, error.message)
+
+
+def _error_event(error: JobError) -> dict[str, str]:
+    return {"tag": error.tag, "message": error.message}
+
+
+# -- handler ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """Who one attempt is: the identity its context, log lines and events carry."""
+
+    job_id: str | None
+    attempt: int
+    max_attempts: int
+    tenant_id: str | None
+    correlation_id: str | None
+    worker_id: str | None  # the lease holder, for progress writes; None when not persisted
+
+
+class JobHandler(Generic[P, R]):
+    """Runs one job definition's attempts: in a caller's task (``now``) or for the worker."""
+
+    def __init__(self, job: Job[P, R, Any], env: Env) -> None:
+        self.job = job
+        self.env = env
+        self._logger = env.logger.getChild(f"{KIND}.{job.name}")
+        self._threshold = threshold(job.logging)
+        self._retries: dict[int, Retry] = {job.max_attempts: job.retry}
+        self._ids = Uuid7()
+        #: Whether events are worth building (not with the `NoopTracker`).
+        self.tracking = not isinstance(env.tracker, NoopTracker)
+
+    async def on_alarm(self, alarm: Alarm) -> None:
+        """Jobs use no alarms; the engine routes none here."""
+
+    def retry_for(self, max_attempts: int) -> Retry:
+        """The job's retry policy with a row's attempt budget (rows keep the budget they were enqueued with)."""
+        policy = self._retries.get(max_attempts)
+        if policy is None:
+            base = self.job.retry
+            policy = self._retries[max_attempts] = Retry(
+                max_attempts, base.delay, jitter=base.jitter, retry_on=base.retry_on
+            )
+        return policy
+
+    async def _call(self, params: P, ctx: JobContext[Any]) -> Result[bytes, JobError]:
+        # The result is validated as part of the attempt, so a bad result is the
+        # attempt's failure (a ValidationError, not retried) like any other.
+        job = self.job
+        limit = self.env.max_payload_bytes
+        body = offloaded(job.execute, job.limits, f"the execute of job {job.name!r}")
+        value = await run_body(lambda: body(params, ctx), self.env.services, f"the execute of job {job.name!r}")
+        return value.bind(lambda result: encode(job.result, result, what=f"result of job {job.name!r}", limit=limit))
+
+    async def attempt(
+        self, params: P, who: _Attempt, run_id: str, storage: QueueStorage | None
+    ) -> tuple[Outcome, list[TrackedEvent]]:
+        """Run one attempt through the execution service; nothing is written here."""
+        env, job = self.env, self.job
+        key = who.job_id or run_id
+        log = JobLog(self._logger, self._threshold, {"job": job.name, "job_id": key, "attempt": who.attempt})
+        lease = (storage, who.worker_id) if storage is not None and who.worker_id is not None else None
+        ctx: JobContext[Any] = JobContext(
+            env,
+            job.name,
+            log,
+            job_id=who.job_id,
+            run_id=run_id,
+            attempt=who.attempt,
+            max_attempts=who.max_attempts,
+            tenant_id=who.tenant_id,
+            correlation_id=who.correlation_id,
+            lease=lease,
+        )
+        events: list[TrackedEvent] = []
+        info = RunInfo(key, KIND, job.name, 1, who.attempt)
+        outcome = await execute(
+            env,
+            info,
+            Checkout(None),
+            lambda: self._call(params, ctx),
+            self.retry_for(who.max_attempts),
+            events,
+            log,
+            job.limits,
+            f"the execute of job {job.name!r}",
+        )
+        return outcome, events
+
+    def final_error(self, outcome: Outcome, attempt: int) -> JobError:
+        """The error a failed outcome leaves on the row and the `JobRun`."""
+        error = outcome.error or JobError("the job failed")
+        return RetryExhaustedError(attempt, error) if outcome.kind == "exhausted" else error
+
+    # -- the worker's side: the runner seam ---------------------------------------------
+
+    async def run_attempt(self, job: ClaimedJob, lease: tuple[QueueStorage, str]) -> AttemptEnd:
+        """Run the leased attempt `job` (`lease`: the storage and the holder, for progress)
+        and say how it ended; the worker writes it. Never raises but for cancellation."""
+        worker_id = lease[1]
+        who = _Attempt(job.id, job.attempt, job.max_attempts, job.tenant_id, job.correlation_id, worker_id)
+        params = decode(self.job.params, job.params, what=f"params of job {self.job.name!r}")
+        if isinstance(params, Failure):
+            error = params.failure()
+            failed = self.env.event(
+                "job.failed", job.id, KIND, job.name, attempt=job.attempt, will_retry=False, error=_error_event(error)
+            )
+            return AttemptEnd("failed", error=_error_json(error), events=[failed])
+        outcome, events = await self.attempt(params.unwrap(), who, self._ids(self.env.clock.now_ms()), lease[0])
+        if outcome.kind == "succeeded":
+            if self.tracking:
+                events.append(
+                    self.env.event(
+                        "job.completed",
+                        job.id,
+                        KIND,
+                        job.name,
+                        attempt=job.attempt,
+                        duration_ms=outcome.duration_ms,
+                    )
+                )
+            return AttemptEnd("completed", result=cast(bytes, outcome.value), events=events)
+        if outcome.kind == "retrying":
+            assert outcome.retry_at is not None and outcome.error is not None
+            return AttemptEnd("pending", error=_error_json(outcome.error), retry_at=outcome.retry_at, events=events)
+        return AttemptEnd("failed", error=_error_json(self.final_error(outcome, job.attempt)), events=events)
+
+    def counted_failure(self, job: ClaimedJob, exc: Exception) -> AttemptEnd:
+        """An unexpected exception ended the attempt (a bug past the body): it counts,
+        as a failure the job's policy retries."""
+        error = ExecutionError(clean_text(f"the attempt failed unexpectedly: {exc!r}"), exc)
+        if job.attempt < job.max_attempts:
+            now = self.env.now_ms()
+            policy = self.retry_for(job.max_attempts)
+            retry_at = min(now + to_ms(policy.delay_before(job.attempt + 1, self.env.rng)), LATEST_MS)
+            return AttemptEnd("pending", error=_error_json(error), retry_at=retry_at)
+        return AttemptEnd("failed", error=_error_json(RetryExhaustedError(job.attempt, error)))
+
+    async def _apply(self, worker: Worker, settlement: JobSettlement, events: list[TrackedEvent]) -> bool:
+        try:
+            [applied] = await worker.storage.settle_jobs([settlement])
+        except StorageError as exc:
+            # The row stays leased; once the lease runs out it is reclaimed and runs again.
+            self._logger.error(
+                "job %s: could not record how attempt %d ended: %s", settlement.job_id, settlement.attempt, exc.message
+            )
+            return False
+        if not applied:
+            self._logger.warning(
+                "job %s: attempt %d lost its lease before it ended; its outcome is dropped",
+                settlement.job_id,
+                settlement.attempt,
+            )
+            return False
+        worker.emit(events)
+        return True
+
+    # -- now ---------------------------------------------------------------------------
+
+    async def run_now(
+        self,
+        worker: Worker,
+        params: P,
+        raw: bytes,
+        *,
+        persist: bool,
+        tenant_id: str | None,
+        correlation_id: str | None,
+    ) -> JobRun[R]:
+        """Run the job in the caller's task, retrying by its policy; raises `StorageError`."""
+        env, job = self.env, self.job
+        started = time.perf_counter()
+        job_id: str | None = None
+        if persist:
+            storage = worker.storage
+            job_id = worker.new_id()
+            now = env.now_ms()
+            row = NewJob(
+                id=job_id,
+                name=job.name,
+                params=raw,
+                max_attempts=job.max_attempts,
+                scheduled_for=now,
+                created_at=now,
+                correlation_id=correlation_id,
+                tenant_id=tenant_id,
+            )
+            await storage.start_job(row, worker.id, now + worker.lease_ms)
+            if worker.tracking:
+                worker.emit(
+                    [
+                        worker.event("job.enqueued", job_id, job.name, now=True, tenant_id=tenant_id),
+                        worker.event("job.claimed", job_id, job.name, attempt=1, worker_id=worker.id),
+                    ]
+                )
+        who = _Attempt(job_id, 1, job.max_attempts, tenant_id, correlation_id, worker.id if persist else None)
+        cm = worker.running(job_id) if job_id is not None else nullcontext(RunHandle())
+        settled = False
+
+        def done(status: JobRunStatus, result: R | None, error: JobError | None) -> JobRun[R]:
+            duration = round((time.perf_counter() - started) * 1000, 3)
+            return JobRun(
+                job_id=job_id, status=status, result=result, error=error, duration_ms=duration, attempts=who.attempt
+            )
+
+        async def settle(
+            status: JobStatusName,
+            result: bytes | None,
+            error: JobError | None,
+            events: list[TrackedEvent],
+            lease_until: int | None = None,
+        ) -> None:
+            nonlocal settled
+            if job_id is None:
+                worker.emit(events)
+                return
+            settled = status != "running"
+            settlement = JobSettlement(
+                job_id=job_id,
+                worker_id=worker.id,
+                attempt=who.attempt,
+                status=status,
+                at=env.now_ms(),
+                result=result,
+                lease_until=lease_until,
+                error=None if error is None else _error_json(error),
+            )
+            await self._apply(worker, settlement, events)
+
+        with cm as run:
+            try:
+                with run.scope:
+                    while True:
+                        outcome, events = await self.attempt(params, who, worker.new_id(), worker.storage)
+                        if outcome.kind != "retrying":
+                            break
+                        assert outcome.retry_at is not None and outcome.error is not None
+                        await settle(
+                            "running", None, outcome.error, events, lease_until=outcome.retry_at + worker.lease_ms
+                        )
+                        who.attempt += 1  # the row counts the next attempt from here (its fence)
+                        await env.clock.sleep_until(outcome.retry_at)
+            except BaseException:
+                if job_id is not None and not settled:
+                    # The caller's own task was cancelled mid-run: the row ends cancelled.
+                    with trio.CancelScope(shield=True):
+                        cancelled = [worker.event("job.cancelled", job_id, job.name, attempt=who.attempt)]
+                        await settle("cancelled", None, JobCancelledError(job_id), cancelled)
+                raise
+            # Settled inside the run's block: a `cancel` waiting for this run reads the final row.
+            if run.scope.cancelled_caught:
+                stopped = JobCancelledError(job_id or "")
+                await settle(
+                    "cancelled",
+                    None,
+                    stopped,
+                    [worker.event("job.cancelled", job_id or "", job.name, attempt=who.attempt)],
+                )
+                return done("cancelled", None, stopped)
+            if outcome.kind == "succeeded":
+                raw_result = cast(bytes, outcome.value)
+                value = decode(job.result, raw_result, what=f"result of job {job.name!r}").unwrap()  # just encoded
+                if worker.tracking:
+                    events.append(
+                        worker.event(
+                            "job.completed",
+                            job_id or "",
+                            job.name,
+                            attempt=who.attempt,
+                            duration_ms=outcome.duration_ms,
+                        )
+                    )
+                await settle("completed", raw_result, None, events)
+                return done("completed", value, None)
+            error = self.final_error(outcome, who.attempt)
+            await settle("failed", None, error, events)
+            return done("failed", None, error)
