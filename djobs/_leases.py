@@ -84,7 +84,11 @@ class InstanceLeases:
         self._clock = clock
         self.owner = owner
         self.lease_ms = lease_ms
-        self._held: set[str] = set()
+        #: The leases held, each with the serial number of its taking: a lease given up
+        #: (or lost) and taken again has a new one, so a copy of an instance's state kept
+        #: under the old lease is known to be stale (`serial`).
+        self._held: dict[str, int] = {}
+        self._serials = 0
         self._leases_held = trio.Event()
         self._idle: dict[str, float] = {}
         self._leases_idle = trio.Event()
@@ -94,7 +98,22 @@ class InstanceLeases:
 
     def lost(self, key: str) -> None:
         """A check-in found `key`'s lease held by another engine: take it afresh next time."""
-        self._held.discard(key)
+        self._held.pop(key, None)
+
+    def serial(self, key: str) -> int | None:
+        """The serial number of this engine's taking of `key`'s lease, or ``None`` if it does not hold it.
+
+        While the number stays the same, no other engine has held the lease in
+        between (as far as this engine knows: a lease lost to expiry shows at the
+        next fenced check-in, `lost`). A lease being given up counts as not held.
+        """
+        if key in self._releasing:
+            return None
+        return self._held.get(key)
+
+    def busy(self, key: str) -> None:
+        """`key`'s lease is in use again (a handler runs in its caller's task): keep it."""
+        self._idle.pop(key, None)
 
     def went_idle(self, key: str) -> None:
         """The actor of `key` has no more work: give its lease up after `linger`, unless work comes back."""
@@ -121,7 +140,8 @@ class InstanceLeases:
             delay = min(delay * 2, 0.25)
         if tries:
             _log.info("took the lease of %s after waiting for another engine's", key)
-        self._held.add(key)
+        self._serials += 1
+        self._held[key] = self._serials
         self._leases_held.set()
 
     async def _free_if_dead(self, key: str, *, logged: bool) -> bool:
@@ -150,7 +170,7 @@ class InstanceLeases:
         done = trio.Event()
         for k in keys:
             del self._idle[k]
-            self._held.discard(k)
+            self._held.pop(k, None)
             self._releasing[k] = done
         try:
             await self._storage.release_instance_leases(keys, self.owner)

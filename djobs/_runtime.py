@@ -81,6 +81,22 @@ class Runtime:
         """Run `fn` on instance `key`'s actor and return its value or raise its error (`Actors.call`)."""
         return await self.actors.call(key, fn)
 
+    def enter(self, key: str) -> int | None:
+        """Run one handler of `key` in the calling task if the instance is free (`Actors.enter`)."""
+        return self.actors.enter(key)
+
+    def within(self, key: str) -> bool:
+        """Whether the calling task runs (or waits for) a handler of `key` (`Actors.within`)."""
+        return self.actors.within(key)
+
+    def leave(self, key: str) -> None:
+        """End what `enter` began (`Actors.leave`)."""
+        self.actors.leave(key)
+
+    def lease_serial(self, key: str) -> int | None:
+        """The serial number of this engine's lease on `key`, ``None`` if not held (`InstanceLeases.serial`)."""
+        return self.leases.serial(key)
+
     def register(self, prefix: str, target: AlarmTarget) -> None:
         """Route alarms whose key starts with `prefix` (``"continuous:name:"``) to `target`."""
         self.alarms.register(prefix, target)
