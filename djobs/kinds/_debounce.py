@@ -29,12 +29,15 @@ How a batch is kept:
 
 from __future__ import annotations
 
+import contextvars
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, NoReturn, overload
 
 import msgspec
+import trio
 from returns.future import FutureResult
 from returns.result import Failure, Result, Success
 from typing_extensions import TypeVar
@@ -49,7 +52,6 @@ from .._errors import (
     ExecutionError,
     InstanceNotFoundError,
     InvalidStateError,
-    JobError,
     JobNotFoundError,
     StorageError,
     TenantError,
@@ -58,10 +60,11 @@ from .._errors import (
 from .._execution import Checkout, Env, OutcomeKind, RunInfo, execute, run_body
 from .._input import check_interval, text_problem
 from .._limits import NO_LIMITS, RunLimits, definition_limits, offloaded
-from .._logging import JobLog, LoggingOption
+from .._logging import JobLog, LoggingOption, threshold
 from .._retry import Retry
-from ..storage import Alarm, Checkin, ClearAlarm, InstanceRecord, SetAlarm
+from ..storage import Alarm, Checkin, ClearAlarm, InstanceRecord, LeaseLostError, SetAlarm
 from ..tracking import TrackedEvent
+from ..tracking._base import CALLER_CONTEXT
 from ._common import (
     MAX_ID_LENGTH,
     D_contra,
@@ -407,13 +410,114 @@ def _make_idle(record: InstanceRecord, now: int) -> None:
     record.attempt, record.data, record.updated_at = 1, None, now
 
 
+@dataclass(slots=True, eq=False)
+class _Live(Generic[S]):
+    """An instance's batch kept in memory between adds, valid under one taking of its lease.
+
+    `serial` is the lease's serial number when the copy was made
+    (`InstanceLeases.serial`); `record` is the row as last committed (``None``:
+    no row), `alarm` its alarm's ``(fire_at, purpose)``, `state` the decoded
+    batch state (``None``: no batch).
+    """
+
+    serial: int
+    record: InstanceRecord | None
+    alarm: tuple[int, str] | None
+    state: S | None
+
+
+_Added = Result[AddResult, ValidationError | ExecutionError | DuplicateEventError | StorageError]
+_Stop = Literal["lost", "actor"]
+
+#: The most adds of one instance a round applies and commits together.
+ROUND_LIMIT = 1000
+
+
+@dataclass(slots=True, eq=False)
+class _QueuedAdd(Generic[E]):
+    """One ``add`` waiting in its instance's queue; `result` is set (and `done`) after its round."""
+
+    instance_id: str
+    event: E
+    event_id: str | None
+    result: _Added | None = None
+    done: trio.Event | None = None
+
+
+def _finish(pending: _QueuedAdd[Any], result: _Added) -> None:
+    pending.result = result
+    if pending.done is not None:
+        pending.done.set()
+
+
+async def _unreachable() -> NoReturn:
+    raise AssertionError("Runtime.call refuses a call to the instance whose handler is running")
+
+
+#: How many instances' batches a handler keeps in memory at most; past it, the
+#: copies whose lease was given up go first, then the oldest.
+LIVE_LIMIT = 10_000
+
+
 class DebounceHandler(TenantScoped, Generic[E, S]):
-    """Runs one debounce job's instances on an engine's runtime."""
+    """Runs one debounce job's instances on an engine's runtime.
+
+    While this engine holds an instance's lease, the instance's batch stays
+    in memory (`_Live`): an ``add`` then runs the reducer on it and writes the
+    row through (one fenced upsert, committed with its neighbours' by the
+    storage's group commit) without loading it, and, when no handler of the
+    instance is queued, in the caller's own task rather than on the actor.
+    """
 
     def __init__(self, job: Debounce[E, S, Any], runtime: Runtime) -> None:
         self.job = job
         self.runtime = runtime
         self.env = runtime.env
+        # Shared by the tenant-scoped copies (`scoped` copies the handler shallowly): keys are distinct.
+        self._live: dict[str, _Live[S]] = {}
+        #: The adds waiting per instance while one caller (the writer) applies them in rounds.
+        self._queues: dict[str, deque[_QueuedAdd[E]]] = {}
+        self._logger = self.env.logger.getChild(f"{KIND}.{job.name}")
+        self._log_level = threshold(job.logging)
+        self._reducer_what = f"the on_event of debounce job {job.name!r}"
+        self._reducer = offloaded(job.on_event, job.limits, self._reducer_what)
+        self._state_what = f"state returned by on_event of {job.name!r}"
+        self._event_what = f"event of {job.name!r}"
+
+    def _forget(self, key: str) -> None:
+        """Drop `key`'s copy in memory: a handler other than ``add`` is about to change the row."""
+        self._live.pop(key, None)
+
+    def _keep(self, key: str, live: _Live[S]) -> None:
+        live_map = self._live
+        live_map[key] = live
+        if len(live_map) > LIVE_LIMIT:
+            serial = self.runtime.lease_serial
+            for k in [k for k, v in live_map.items() if serial(k) != v.serial]:
+                del live_map[k]
+            while len(live_map) > LIVE_LIMIT:
+                del live_map[next(iter(live_map))]
+
+    async def _checkout_live(self, key: str, serial: int) -> Result[_Live[S], ValidationError | StorageError]:
+        """`key`'s batch: the copy in memory if it was made under lease `serial`, else loaded and kept."""
+        live = self._live.get(key)
+        if live is not None and live.serial == serial:
+            return Success(live)
+        self._live.pop(key, None)
+        loaded = await self.env.storage.load(key)
+        if loaded is None:
+            live = _Live(serial, None, None, None)
+        else:
+            record, alarm = loaded
+            state: S | None = None
+            if record.state is not None:
+                decoded = decode(self.job.state, record.state, what="state")
+                if isinstance(decoded, Failure):
+                    return decoded
+                state = decoded.unwrap()
+            live = _Live(serial, record, None if alarm is None else (alarm.fire_at, alarm.purpose), state)
+        self._keep(key, live)
+        return Success(live)
 
     def key(self, instance_id: str) -> str:
         return instance_key(KIND, self.job.name, instance_id, self.tenant)
@@ -423,30 +527,48 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
     async def add(
         self, instance_id: str, event: object, event_id: object
     ) -> Result[AddResult, ValidationError | ExecutionError | DuplicateEventError | StorageError]:
-        checked = Result.do(
-            (the_event_id, the_event)
-            for the_event_id in _check_event_id(event_id)
-            for the_event in validate(
-                self.job.event, event, what=f"event of {self.job.name!r}", limit=self.env.max_payload_bytes
-            )
-        )
+        the_event_id: str | None = None
+        if event_id is not None:
+            checked_id = _check_event_id(event_id)
+            if isinstance(checked_id, Failure):
+                return checked_id
+            the_event_id = checked_id.unwrap()
+        checked = validate(self.job.event, event, what=self._event_what, limit=self.env.max_payload_bytes)
         if isinstance(checked, Failure):
             return checked
-        the_event_id, the_event = checked.unwrap()
+        the_event = checked.unwrap()
         key = self.key(instance_id)
-
-        async def run() -> Result[AddResult, ValidationError | ExecutionError | DuplicateEventError | StorageError]:
-            if the_event_id is not None and await self.env.storage.has_event_id(key, the_event_id):
-                return Failure(DuplicateEventError(instance_id, the_event_id))
-            loaded = await self._flush_if_full(await self.env.storage.load(key))
-            return await self._add(key, instance_id, loaded, the_event, the_event_id)
-
-        return await self.runtime.call(key, run)
+        pending = _QueuedAdd(instance_id, the_event, the_event_id)
+        queue = self._queues.get(key)
+        if queue is not None and not self.runtime.within(key):
+            # A writer is applying this instance's adds: join its queue and wait for its commit.
+            queue.append(pending)
+            done = pending.done = trio.Event()
+            await done.wait()
+        else:
+            if queue is not None:  # a handler of this very instance adding to it: refused by `call`
+                return await self.runtime.call(key, _unreachable)
+            queue = self._queues[key] = deque((pending,))
+            try:
+                # Shielded as a handler on an actor is: the adds queued behind this
+                # caller are applied even if it is cancelled.
+                with trio.CancelScope(shield=True):
+                    await self._write(key, queue)
+            finally:
+                # No await since the queue was last seen empty (or the writer failed).
+                del self._queues[key]
+                if queue:
+                    gone = StorageError("the add was not applied: the engine failed while applying it")
+                    while queue:
+                        _finish(queue.popleft(), Failure(gone))
+        assert pending.result is not None
+        return pending.result
 
     async def flush(self, instance_id: str) -> Result[FlushResult, InstanceNotFoundError | StorageError]:
         key = self.key(instance_id)
 
         async def run() -> Result[FlushResult, InstanceNotFoundError | StorageError]:
+            self._forget(key)
             loaded = await self.env.storage.load(key)
             if loaded is None:
                 return Failure(InstanceNotFoundError(self.job.name, instance_id))
@@ -473,6 +595,7 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
                 stuck = None
 
         async def run() -> Result[ClearResult, StorageError]:
+            self._forget(key)
             loaded = await self.env.storage.load(key)
             if loaded is None or loaded[0].state is None:
                 if stuck is not None:
@@ -511,109 +634,210 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
 
     async def _reduce(
         self, instance_id: str, event: E, state: S | None, count: int
-    ) -> Result[bytes, ValidationError | ExecutionError]:
+    ) -> Result[tuple[S, bytes], ValidationError | ExecutionError]:
+        """Run ``on_event``; the new state, freshly decoded from its checked encoding, and that encoding.
+
+        The decoded copy (not the object the reducer returned, which its code
+        may still hold or change) is what the next event's ``ctx.state`` is.
+        """
         job, env = self.job, self.env
-        log = env.job_log(KIND, job.name, job.logging, instance=instance_id, event=count)
+        log = JobLog(self._logger, self._log_level, {"job": job.name, "instance": instance_id, "event": count})
         ctx: DebounceEventContext[E, S, Any] = DebounceEventContext(
             env, job.name, instance_id, log, event, state, count, self.tenant
         )
-        what = f"the on_event of debounce job {job.name!r}"
-        reducer = offloaded(job.on_event, job.limits, what)
-        result = await run_body(lambda: reducer(ctx), env.services, what, job.limits)
-
-        def rejected(error: JobError) -> ValidationError | ExecutionError:
+        reducer = self._reducer
+        # A synchronous reducer returning a value or a Result completes without a
+        # task switch: `run_body` awaits only what the reducer's form needs.
+        result = await run_body(lambda: reducer(ctx), env.services, self._reducer_what, job.limits)
+        if isinstance(result, Failure):
+            error = result.failure()
             log.error("on_event failed: %s", error.message)
             if isinstance(error, ValidationError | ExecutionError):
-                return error
-            return ExecutionError(f"on_event failed: {error.message}", error)
-
-        def new_state(state: object) -> Result[bytes, ValidationError]:
-            if state is None:
-                return Failure(
-                    ValidationError(
-                        f"on_event of {job.name!r} returned None; it must return the new state (a {job.state.__name__})"
-                    )
+                return Failure(error)
+            return Failure(ExecutionError(f"on_event failed: {error.message}", error))
+        returned = result.unwrap()
+        where = self._state_what
+        if returned is None:
+            return Failure(
+                ValidationError(
+                    f"on_event of {job.name!r} returned None; it must return the new state (a {job.state.__name__})"
                 )
-            return encode(
-                job.state, state, what=f"state returned by on_event of {job.name!r}", limit=env.max_payload_bytes
             )
+        encoded = encode(job.state, returned, what=where, limit=env.max_payload_bytes)
+        if isinstance(encoded, Failure):
+            return encoded
+        raw = encoded.unwrap()
+        return decode(job.state, raw, what=where).map(lambda decoded: (decoded, raw))
 
-        return result.alt(rejected).bind(new_state)
+    async def _write(self, key: str, queue: deque[_QueuedAdd[E]]) -> None:
+        """Apply `queue`'s adds in rounds until it is empty: each round one reducer run per add, one commit.
 
-    async def _add(
-        self,
-        key: str,
-        instance_id: str,
-        loaded: tuple[InstanceRecord, Alarm | None] | None,
-        event: E,
-        event_id: str | None,
-    ) -> Result[AddResult, ValidationError | ExecutionError | DuplicateEventError | StorageError]:
+        A round runs in this task when the instance is free and its lease held
+        (`Runtime.enter`), on the instance's actor otherwise.
+        """
+        runtime = self.runtime
+        lost = 0
+        while queue:
+            serial = runtime.enter(key)
+            if serial is not None:
+                token = CALLER_CONTEXT.set(contextvars.copy_context()) if self.env.tracking else None
+                try:
+                    stop = await self._round(key, serial, queue, inline=True)
+                finally:
+                    if token is not None:
+                        CALLER_CONTEXT.reset(token)
+                    runtime.leave(key)
+                if stop != "lost":
+                    continue  # "actor": a flush of a full batch is posted; the next round queues behind it
+
+            async def on_actor() -> _Stop | None:
+                held = runtime.lease_serial(key)
+                if held is None:  # lost by an earlier handler's check-in: take it afresh
+                    return "lost"
+                return await self._round(key, held, queue, inline=False)
+
+            if serial is None or stop == "lost":
+                stop = await runtime.call(key, on_actor)
+            if stop == "lost":
+                # Nothing was written: the lease passed to another engine. Take it afresh and go on.
+                lost += 1
+                if lost > 3:
+                    while queue:
+                        _finish(queue.popleft(), Failure(LeaseLostError(key)))
+
+    async def _round(self, key: str, serial: int, queue: deque[_QueuedAdd[E]], *, inline: bool) -> _Stop | None:
+        """Apply the adds at the front of `queue` under the lease numbered `serial` and commit them as one write.
+
+        A round takes the adds without an event id (up to `ROUND_LIMIT`, and
+        up to the one that fills the batch to ``max_events``), or one add with
+        an event id alone (its id is checked and stored with it). Each add
+        gets what it would have had alone: the reducer sees the state the
+        previous add left; a reducer that fails fails its own add only. Every
+        add of the round is answered only after the round's commit.
+
+        Returns ``"lost"`` (nothing written: another engine holds the lease),
+        ``"actor"`` (`inline` and a full batch must flush first), else ``None``.
+        """
         job, env = self.job, self.env
+        checked = await self._checkout_live(key, serial)
+        if isinstance(checked, Failure):
+            while queue:
+                _finish(queue.popleft(), checked)
+            return None
+        live = checked.unwrap()
+        if live.alarm is not None and live.alarm[1] == "max_events" and live.state is not None:
+            # A full batch whose posted flush has not run yet (or did not survive a
+            # restart): it flushes before these events, which start the next batch.
+            if inline:
+                return "actor"
+            assert live.record is not None
+            self._forget(key)
+            await self._flush(live.record, "max_events")
+            checked = await self._checkout_live(key, serial)
+            if isinstance(checked, Failure):
+                while queue:
+                    _finish(queue.popleft(), checked)
+                return None
+            live = checked.unwrap()
+        event_id = queue[0].event_id
+        if event_id is not None and await env.storage.has_event_id(key, event_id):
+            first = queue.popleft()
+            _finish(first, Failure(DuplicateEventError(first.instance_id, event_id)))
+            return None
+        # Until the round commits, the copy may differ from the row (a reducer may
+        # change the state it was given in place): it is dropped, and kept again after.
+        self._forget(key)
+        record, alarm, state = live.record, live.alarm, live.state
+        raw = record.state if record is not None and state is not None else None
+        count = record.event_count if raw is not None and record is not None else 0
         now = env.now_ms()
-        record, alarm = loaded if loaded is not None else (None, None)
-        current: S | None = None
-        if record is not None and record.state is not None:
-            decoded = decode(job.state, record.state, what="state")
-            if isinstance(decoded, Failure):
-                return decoded
-            current = decoded.unwrap()
-        created = current is None
-        count = 1 if created else (record.event_count if record else 0) + 1
-        reduced = await self._reduce(instance_id, event, current, count)
-        if isinstance(reduced, Failure):
-            return reduced
-        events: list[TrackedEvent] = []
-        if record is None:
-            record = InstanceRecord(
-                key=key,
-                kind=KIND,
-                name=job.name,
-                instance_id=instance_id,
-                tenant_id=self.tenant,
-                status="idle",
-                created_at=now,
-            )
-            events.append(env.event("job.started", key, KIND, job.name))
-        # While a failed flush waits for its retry, new events join its batch
-        # and the retry's backoff is kept, even past max_events.
-        retrying = not created and alarm is not None and alarm.purpose == "retry"
-        full = job.max_events is not None and count >= job.max_events and not retrying
+        results: list[_Added] = []
         new_alarm: SetAlarm | None = None
-        if full:
-            # Due now, and durable: should the process stop before the posted
-            # flush runs, the alarm flushes the batch after a restart.
-            new_alarm = SetAlarm(now, "max_events")
-        elif created:
-            new_alarm = SetAlarm(now + job.flush_after_ms, "flush_after")
-        if created:
-            record.started_at, record.attempt, record.data = now, 1, None
-            assert new_alarm is not None
-            events.append(
-                env.event("debounce.started", key, KIND, job.name, flush_at=to_datetime(new_alarm.fire_at).isoformat())
-            )
-        record.status, record.state, record.event_count, record.updated_at = "debouncing", reduced.unwrap(), count, now
-        try:
-            await env.commit(Checkin(key=key, record=record, alarm=new_alarm, event_id=event_id), events)
-        except DuplicateEventError:  # another process accepted the id since the check above
-            assert event_id is not None
-            return Failure(DuplicateEventError(instance_id, event_id))
-        if full:
-            self.runtime.post(key, lambda: self._flush_posted(key))
-        flush_at = new_alarm.fire_at if new_alarm is not None else alarm.fire_at if alarm is not None else None
-        return Success(AddResult(created, count, None if flush_at is None else to_datetime(flush_at)))
-
-    async def _flush_if_full(
-        self, loaded: tuple[InstanceRecord, Alarm | None] | None
-    ) -> tuple[InstanceRecord, Alarm | None] | None:
-        """Flush a batch that reached ``max_events`` and is still waiting; return the instance after it."""
-        if loaded is None or loaded[1] is None or loaded[1].purpose != "max_events" or loaded[0].state is None:
-            return loaded
-        await self._flush(loaded[0], "max_events")
-        return await self.env.storage.load(loaded[0].key)
+        started = False
+        started_flush_at = now
+        full = False
+        for pending in queue:
+            if len(results) >= ROUND_LIMIT or (results and pending.event_id is not None):
+                break
+            created = state is None
+            number = 1 if created else count + 1
+            reduced = await self._reduce(pending.instance_id, pending.event, state, number)
+            if isinstance(reduced, Failure):
+                results.append(reduced)
+                if raw is not None:  # a fresh copy of the state before it, whatever the reducer did to it
+                    state = decode(job.state, raw, what="state").value_or(None)
+                if event_id is not None:
+                    break
+                continue
+            state, raw = reduced.unwrap()
+            count = number
+            if created:
+                started = True
+                new_alarm = SetAlarm(now + job.flush_after_ms, "flush_after")
+                alarm = (new_alarm.fire_at, new_alarm.purpose)
+            # While a failed flush waits for its retry, new events join its batch
+            # and the retry's backoff is kept, even past max_events.
+            if job.max_events is not None and count >= job.max_events and alarm is not None and alarm[1] != "retry":
+                # Due now, and durable: should the process stop before the posted
+                # flush runs, the alarm flushes the batch after a restart.
+                new_alarm = SetAlarm(now, "max_events")
+                alarm = (now, "max_events")
+                full = True
+            assert alarm is not None
+            if created:
+                started_flush_at = alarm[0]
+            results.append(Success(AddResult(created, count, to_datetime(alarm[0]))))
+            if full or event_id is not None:
+                break
+        if started or any(isinstance(r, Success) for r in results):
+            assert raw is not None
+            events: list[TrackedEvent] | None = [] if env.tracking else None
+            if record is None:
+                record = InstanceRecord(
+                    key=key,
+                    kind=KIND,
+                    name=job.name,
+                    instance_id=queue[0].instance_id,
+                    tenant_id=self.tenant,
+                    status="idle",
+                    created_at=now,
+                )
+                if events is not None:
+                    events.append(env.event("job.started", key, KIND, job.name))
+            if started:
+                record.started_at, record.attempt, record.data = now, 1, None
+                if events is not None:
+                    flush_at = to_datetime(started_flush_at).isoformat()
+                    events.append(env.event("debounce.started", key, KIND, job.name, flush_at=flush_at))
+            record.status, record.state, record.event_count, record.updated_at = "debouncing", raw, count, now
+            try:
+                await env.commit(Checkin(key=key, record=record, alarm=new_alarm, event_id=event_id), events)
+            except LeaseLostError:
+                return "lost"
+            except DuplicateEventError:  # another process accepted the id since the check above
+                assert event_id is not None
+                first = queue.popleft()
+                _finish(first, Failure(DuplicateEventError(first.instance_id, event_id)))
+                return None
+            except StorageError as exc:
+                results = [Failure(exc)] * len(results)
+            else:
+                # Committed: the copy is the row again (unless the lease changed hands meanwhile).
+                if self.runtime.lease_serial(key) == serial:
+                    self._keep(key, _Live(serial, record, alarm, state))
+                if full:
+                    self.runtime.post(key, lambda: self._flush_posted(key))
+        for result in results:
+            _finish(queue.popleft(), result)
+        return None
 
     async def _flush_posted(self, key: str) -> None:
+        self._forget(key)
         try:
-            await self._flush_if_full(await self.env.storage.load(key))
+            loaded = await self.env.storage.load(key)
+            if loaded is None or loaded[1] is None or loaded[1].purpose != "max_events" or loaded[0].state is None:
+                return  # flushed or cleared since
+            await self._flush(loaded[0], "max_events")
         except StorageError as exc:
             # The max_events alarm is still set: it fires and flushes later.
             self.env.logger.error("debounce %s: could not flush a full batch: %s", key, exc.message)
@@ -621,6 +845,7 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
     # -- alarms and flushes --------------------------------------------------------------
 
     async def on_alarm(self, alarm: Alarm) -> None:
+        self._forget(alarm.key)
         loaded = await self.env.storage.load(alarm.key)
         if loaded is None or loaded[1] is None or loaded[1].id != alarm.id or loaded[0].state is None:
             return  # flushed, cleared or purged since, or the alarm was replaced after it was claimed
