@@ -58,29 +58,51 @@ def encode(
     fields and structs of other classes whose fields fit (an event's
     listener that reads a part of the payload).
     """
+    checked = _check(tp, value, what, limit, strict)
+    if isinstance(checked, ValidationError):
+        return Failure(checked)
+    return Success(checked[0])
+
+
+def encode_decoded(
+    tp: type[T], value: object, *, what: str, limit: int = DEFAULT_MAX_PAYLOAD_BYTES
+) -> Result[tuple[bytes, T], ValidationError]:
+    """`encode` (strict) and the value decoded back from the encoding: a fresh, checked `tp`, in one step."""
+    checked = _check(tp, value, what, limit, True)
+    if isinstance(checked, ValidationError):
+        return Failure(checked)
+    raw, strict_value = checked
+    if type(strict_value) is tp:  # the strict copy of `tp` is `tp` itself: already the value
+        return Success((raw, strict_value))
+    try:
+        return Success((raw, _decoder(tp).decode(raw)))
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        return Failure(ValidationError(f"{what} does not match {_type_name(tp)}: {exc}"))
+
+
+def _check(tp: Any, value: object, what: str, limit: int, strict: bool) -> tuple[bytes, Any] | ValidationError:
+    """The encoding of `value` and its validating decode, or why it is refused (see `encode`)."""
     mismatch = struct_mismatch(tp, value) if strict else None
     if mismatch is not None:
-        return Failure(ValidationError(f"{what} does not match {_type_name(tp)}: {mismatch}"))
+        return ValidationError(f"{what} does not match {_type_name(tp)}: {mismatch}")
     try:
         raw = _encoder.encode(value)
     except (TypeError, msgspec.EncodeError, OverflowError, RecursionError, ValueError) as exc:
         # ValueError covers UnicodeEncodeError: a lone surrogate in a string.
-        return Failure(ValidationError(f"{what} cannot be stored as {_type_name(tp)}: {exc}"))
+        return ValidationError(f"{what} cannot be stored as {_type_name(tp)}: {exc}")
     if len(raw) > limit:
-        return Failure(
-            ValidationError(
-                f"{what} is {len(raw)} bytes encoded; at most {limit} are allowed "
-                "(raise the engine's max_payload_bytes, or store large data elsewhere and pass a reference)"
-            )
+        return ValidationError(
+            f"{what} is {len(raw)} bytes encoded; at most {limit} are allowed "
+            "(raise the engine's max_payload_bytes, or store large data elsewhere and pass a reference)"
         )
     try:
         # The validation step; also re-checks an instance built unchecked, and refuses unknown fields.
-        (_strict_decoder(tp) if strict else _decoder(tp)).decode(raw)
+        decoded = (_strict_decoder(tp) if strict else _decoder(tp)).decode(raw)
     except msgspec.ValidationError as exc:
-        return Failure(ValidationError(f"{what} does not match {_type_name(tp)}: {exc}"))
+        return ValidationError(f"{what} does not match {_type_name(tp)}: {exc}")
     except (msgspec.DecodeError, RecursionError, ValueError) as exc:
-        return Failure(ValidationError(f"{what} cannot be stored as {_type_name(tp)}: {exc}"))
-    return Success(raw)
+        return ValidationError(f"{what} cannot be stored as {_type_name(tp)}: {exc}")
+    return raw, decoded
 
 
 def decode(tp: type[T], raw: bytes, *, what: str) -> Result[T, ValidationError]:
@@ -100,4 +122,4 @@ def validate(
     tp: type[T], value: object, *, what: str, limit: int = DEFAULT_MAX_PAYLOAD_BYTES
 ) -> Result[T, ValidationError]:
     """`value` converted to and validated as a `tp` (a fresh, checked instance); see `encode`."""
-    return encode(tp, value, what=what, limit=limit).bind(lambda raw: decode(tp, raw, what=what))
+    return encode_decoded(tp, value, what=what, limit=limit).map(lambda checked: checked[1])

@@ -44,7 +44,7 @@ from typing_extensions import TypeVar
 
 from .._bodies import Done, Returns, check_body
 from .._clock import to_datetime
-from .._codec import decode, encode, validate
+from .._codec import decode, encode_decoded, validate
 from .._context import BaseContext, D_co
 from .._durations import DurationLike, duration, to_ms
 from .._errors import (
@@ -634,8 +634,8 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
 
     async def _reduce(
         self, instance_id: str, event: E, state: S | None, count: int
-    ) -> Result[tuple[S, bytes], ValidationError | ExecutionError]:
-        """Run ``on_event``; the new state, freshly decoded from its checked encoding, and that encoding.
+    ) -> Result[tuple[bytes, S], ValidationError | ExecutionError]:
+        """Run ``on_event``; the new state's checked encoding, and the state freshly decoded from it.
 
         The decoded copy (not the object the reducer returned, which its code
         may still hold or change) is what the next event's ``ctx.state`` is.
@@ -663,11 +663,7 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
                     f"on_event of {job.name!r} returned None; it must return the new state (a {job.state.__name__})"
                 )
             )
-        encoded = encode(job.state, returned, what=where, limit=env.max_payload_bytes)
-        if isinstance(encoded, Failure):
-            return encoded
-        raw = encoded.unwrap()
-        return decode(job.state, raw, what=where).map(lambda decoded: (decoded, raw))
+        return encode_decoded(job.state, returned, what=where, limit=env.max_payload_bytes)
 
     async def _write(self, key: str, queue: deque[_QueuedAdd[E]]) -> None:
         """Apply `queue`'s adds in rounds until it is empty: each round one reducer run per add, one commit.
@@ -769,7 +765,7 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
                 if event_id is not None:
                     break
                 continue
-            state, raw = reduced.unwrap()
+            raw, state = reduced.unwrap()
             count = number
             if created:
                 started = True
