@@ -135,3 +135,37 @@ async def test_per_job_logging_levels(autojump_clock: trio.testing.MockClock, ca
     chatty = next(r for r in caplog.records if r.name == "djobs.continuous.chatty")
     assert "instance=i-1" in chatty.getMessage() and "run=1" in chatty.getMessage()
     assert "attempt=1" in chatty.getMessage()
+
+
+@pytest.mark.trio
+async def test_a_read_is_not_starved_by_writers_that_never_pause(tmp_path: Path) -> None:
+    # A read waits for the open group commit to end (it would see its uncommitted
+    # writes); writers always ready must not open batch after batch before it runs.
+    from djobs.storage import Checkin, InstanceRecord
+
+    async with djobs.sqlite(tmp_path / "busy.db").open() as storage:
+        writes = 0
+        reads_done = False
+
+        async def writer(n: int) -> None:
+            nonlocal writes
+            record = InstanceRecord(key=f"k{n}", kind="task", name="w", instance_id=f"k{n}", status="idle")
+            while not reads_done and writes < 20_000:
+                await storage.commit(Checkin(key=record.key, record=record))
+                writes += 1
+
+        async def reader() -> None:
+            nonlocal reads_done
+            for _ in range(50):
+                assert await storage.load("k0") is not None or writes == 0
+            reads_done = True
+
+        async with trio.open_nursery() as nursery:
+            for n in range(20):
+                nursery.start_soon(writer, n)
+            while writes < 100:  # the writers are at it
+                await trio.lowlevel.checkpoint()
+            started_at = writes
+            nursery.start_soon(reader)
+        # Each read waited for about one batch of the 20 writers, not for all of them to stop.
+        assert reads_done and writes - started_at < 50 * 20 * 3

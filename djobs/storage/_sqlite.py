@@ -558,6 +558,9 @@ class SqliteStorage:
         self._db = connection
         self.path = path
         self._batch: _Batch | None = None
+        #: Reads waiting for the open batch to end; no new batch opens until they have run.
+        self._readers = 0
+        self._readers_gone = trio.Event()
         self._busy_timeout_ms = busy_timeout_ms
         self._closed = False
         # The file this connection opened (device, inode): a file deleted or replaced
@@ -656,6 +659,10 @@ class SqliteStorage:
         a Trio sleep, up to the busy timeout.
         """
         db = self._db
+        # Reads waiting for the last batch to end go first: with writers always
+        # ready, a new batch would otherwise open before they run, again and again.
+        while self._readers:
+            await self._readers_gone.wait()
         deadline = trio.current_time() + self._busy_timeout_ms / 1000
         delay = 0.001
         while True:
@@ -683,8 +690,17 @@ class SqliteStorage:
         batch whose COMMIT fails takes them back), so a read first waits for the
         open batch to end. `fn` must not ``await``.
         """
-        while self._batch is not None:
-            await self._batch.done.wait()
+        if self._batch is not None:
+            self._readers += 1
+            if self._readers == 1:
+                self._readers_gone = trio.Event()
+            try:
+                while self._batch is not None:
+                    await self._batch.done.wait()
+            finally:
+                self._readers -= 1
+                if not self._readers:
+                    self._readers_gone.set()
         if self._closed:
             raise StorageError(CLOSED_MESSAGE)
         self._check_file()
