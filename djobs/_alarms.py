@@ -42,11 +42,18 @@ class AlarmSleeper:
         batch: How many alarms one claim takes at most.
     """
 
-    def __init__(self, env: Env, actors: Actors, *, lease_ms: int, poll_ms: int | None, batch: int = 200) -> None:
+    def __init__(
+        self, env: Env, actors: Actors, *, lease_ms: int, poll_ms: int | None, batch: int = 200, in_flight: int = 0
+    ) -> None:
         self._env = env
         self._actors = actors
         self.lease_ms = lease_ms
         self._batch = batch
+        #: The most claimed alarms whose handlers have not finished (back-pressure):
+        #: past it the sleeper claims no more until half of them are done.
+        self._in_flight = in_flight or 2 * batch
+        self._room = trio.Event()
+        self._room.set()
         self._targets: dict[str, AlarmTarget] = {}
         self._claimed: set[int] = set()
         self._wakeup = Wakeup(env.clock, poll_ms)
@@ -62,6 +69,8 @@ class AlarmSleeper:
     def done_with(self, alarm: Alarm) -> None:
         """The handler of a claimed alarm finished (committed or gave up)."""
         self._claimed.discard(alarm.id)
+        if len(self._claimed) <= self._in_flight // 2:
+            self._room.set()
 
     def target_for(self, key: str) -> AlarmTarget | None:
         """The handler that instance `key`'s alarms go to (its definition's), if registered."""
@@ -84,7 +93,9 @@ class AlarmSleeper:
             finally:
                 self.done_with(alarm)
 
-        self._actors.post(alarm.key, fire)
+        # Told if the handler cannot run at all (its lease could not be taken): the
+        # alarm fires again after its lease, and no longer counts as in flight here.
+        self._actors.post(alarm.key, fire, lambda _error: self.done_with(alarm))
 
     async def loop(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Claim and dispatch due alarms forever; the engine's single alarm task."""
@@ -100,10 +111,17 @@ class AlarmSleeper:
                 next_at = await storage.next_alarm_at(mine)
                 now = clock.now_ms()
                 if next_at is not None and next_at <= now:
+                    free = self._in_flight - len(self._claimed)
+                    if free <= 0:
+                        # Back-pressure: as many handlers in flight as allowed; claim more
+                        # once half of them are done, not an actor per due alarm at once.
+                        self._room = trio.Event()
+                        await self._room.wait()
+                        continue
                     # Busy until dispatched: the claim hides the alarms before their actors exist.
                     env.handoffs += 1
                     try:
-                        alarms = await storage.claim_alarms(now, self.lease_ms, self._batch, mine)
+                        alarms = await storage.claim_alarms(now, self.lease_ms, min(self._batch, free), mine)
                         for alarm in alarms:
                             self._dispatch(alarm)
                     finally:
