@@ -751,6 +751,7 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         new_alarm: SetAlarm | None = None
         started = False
         started_flush_at = now
+        flush_at_ms, flush_at = now, to_datetime(now)
         full = False
         for pending in queue:
             if len(results) >= ROUND_LIMIT or (results and pending.event_id is not None):
@@ -782,7 +783,9 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
             assert alarm is not None
             if created:
                 started_flush_at = alarm[0]
-            results.append(Success(AddResult(created, count, to_datetime(alarm[0]))))
+            if alarm[0] != flush_at_ms:  # one datetime per round, mostly
+                flush_at_ms, flush_at = alarm[0], to_datetime(alarm[0])
+            results.append(Success(AddResult(created, count, flush_at)))
             if full or event_id is not None:
                 break
         if started or any(isinstance(r, Success) for r in results):
@@ -803,8 +806,8 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
             if started:
                 record.started_at, record.attempt, record.data = now, 1, None
                 if events is not None:
-                    flush_at = to_datetime(started_flush_at).isoformat()
-                    events.append(env.event("debounce.started", key, KIND, job.name, flush_at=flush_at))
+                    when = to_datetime(started_flush_at).isoformat()
+                    events.append(env.event("debounce.started", key, KIND, job.name, flush_at=when))
             record.status, record.state, record.event_count, record.updated_at = "debouncing", raw, count, now
             try:
                 await env.commit(Checkin(key=key, record=record, alarm=new_alarm, event_id=event_id), events)
