@@ -376,6 +376,7 @@ async def open_engine_as(
                     )
                 if queue_worker.claiming and crons is not None:
                     await nursery.start(_scoped, queue_scopes, functools.partial(_guarded, queue_worker.claim_loop))
+                    await nursery.start(_scoped, queue_scopes, functools.partial(_guarded, queue_worker.start_loop))
                     await nursery.start(_scoped, queue_scopes, functools.partial(_guarded, crons.loop))
             client = Client(handlers, queue=queue, crons=crons)
             env.client_for = lambda tenant: client if tenant is None else client.for_tenant(tenant)

@@ -1,17 +1,26 @@
 """The queue worker: one claim loop per engine that leases due jobs and runs them.
 
-- The *claim loop* reclaims rows whose lease ran out (their worker crashed),
-  leases due rows in batches (``UPDATE … RETURNING``), and starts them as
-  slots under ``max_concurrency`` free up; it holds at most twice that many
-  rows, so a busy process does not hoard work another could do. Then it
-  sleeps until the earliest due row or lease end, or until an enqueue in this
-  process pokes it (the alarm sleeper's pattern); ``poll_interval`` caps the
-  sleep for rows other processes add.
+- The *claim loop* leases due rows in batches (``UPDATE … RETURNING``). It
+  keeps up to ``max(batch_size, max_concurrency)`` rows in hand, started or
+  not, and tops up once half of them are gone, so the number of claims (and
+  commits) does not grow with the number of slots. It reclaims rows whose
+  lease ran out (their worker crashed) on a timer, not before every claim.
+  Then it sleeps until the earliest due row or lease end, or until an
+  enqueue in this process pokes it (the alarm sleeper's pattern);
+  ``poll_interval`` caps the sleep for rows other processes add.
+- Rows a claim brings back start at once while slots are free. A row that
+  waited in hand starts only through the *start task*, whose one statement
+  (`start_held_jobs`) starts it only if this worker still holds it at that
+  attempt, extending its lease from then; a row whose cancel was requested
+  meanwhile ends ``cancelled`` there and never starts, one another worker
+  reclaimed is dropped, and a due row more urgent than the best one in hand is
+  claimed in the same transaction and starts first. A row in hand therefore
+  never runs twice: its start and a reclaim cannot both succeed.
 - The *settle task* writes how attempts ended in batches: jobs that finish
   together share one transaction.
-- The *lease loop* renews every lease this process holds in one statement,
-  three times per ``lock_timeout``. The same statement reports cancels
-  requested by other processes, and rows lost to a reclaim.
+- The *lease loop* renews every lease this process holds (rows in hand too)
+  in one statement, three times per ``lock_timeout``. The same statement
+  reports cancels requested by other processes, and rows lost to a reclaim.
 - Every running job has a cancel scope here, so ``client.jobs.cancel`` of a
   job running in this process cancels it through Trio.
 - Closing stops claiming, hands back rows claimed but not started, lets
@@ -24,8 +33,8 @@ job that blocks the thread blocks the engine, as any Trio code would.
 
 from __future__ import annotations
 
+import heapq
 import random
-from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -39,7 +48,7 @@ from ._errors import JobCancelledError, StorageError, ValidationError
 from ._execution import Env
 from ._input import clean_text
 from ._wakeup import Wakeup
-from .storage import ClaimedJob, ExpiredLease, JobSettlement, QueueStorage
+from .storage import ClaimedJob, ExpiredLease, HeldStarts, JobSettlement, QueueStorage
 from .tracking import NoopTracker, TrackedEvent
 
 __all__ = ["AttemptEnd", "AttemptRunner", "RunHandle", "Uuid7", "Worker", "WorkerOptions"]
@@ -106,13 +115,26 @@ class WorkerOptions:
 
     Args:
         max_concurrency: How many queued jobs run at once in this process.
+            The default, 100, suits Trio bodies that await I/O: a running job
+            costs one Trio task (a few kilobytes), and a body that waits 100 ms
+            on an HTTP call holds its slot that long, so 5 slots would cap such
+            jobs at 50 a second where 100 allow 1,000. Bodies that compute on
+            the Trio thread gain nothing from more slots; lower it for them, or
+            to bound what the jobs' own services (a connection pool, an API's
+            rate limit) can take.
         lock_timeout: How long a claimed job's lease lasts without renewal; a
             crashed worker's jobs run again after this. Leases are renewed
             three times per timeout while a job runs.
         poll_interval: The longest the worker sleeps before looking for jobs
             that other processes enqueued (jobs enqueued in this process wake
             it at once). ``None`` trusts this process alone.
-        batch_size: The most rows one claim leases.
+        batch_size: The most rows the worker holds leased, started or not
+            (at least `max_concurrency`): it claims up to this many at once
+            and tops up when half are gone, so claims (and commits) do not
+            grow with the number of jobs. A row held but not started starts
+            only if this worker still holds it (never twice), an urgent row
+            enqueued later goes before it, and one whose cancel was requested
+            never starts.
 
     Raises:
         ValidationError: An option is out of range or not a duration.
@@ -122,7 +144,7 @@ class WorkerOptions:
         60000
     """
 
-    max_concurrency: int = 5
+    max_concurrency: int = 100
     lock_timeout: DurationLike = "5 minutes"
     poll_interval: DurationLike | None = "1 second"
     batch_size: int = 200
@@ -237,12 +259,26 @@ class Worker:
         # A ``now`` run holds (job id, 0) for all its attempts.
         self._held: set[tuple[str, int]] = set()
         self._held_changed = trio.Event()
-        self._ready: deque[ClaimedJob] = deque()
+        # Rows in hand, not started, best first: (-priority, scheduled_for, id, claim round, row);
+        # UUIDv7 ids put rows due together in the order they were enqueued.
+        self._ready: list[tuple[int, int, str, int, ClaimedJob]] = []
+        self._round = 0  # the claim that brought rows in: a row of the current claim starts without a check
+        # Rows the start task is checking now, and local cancels that reached them meanwhile.
+        self._starting: dict[str, ClaimedJob] = {}
+        self._starting_done = trio.Event()
+        self._cancel_wanted: set[str] = set()
+        self._start_wanted = trio.Event()
         #: Re-claimed rows waiting for an earlier attempt of theirs, still running here, to end.
         self._deferred: dict[str, ClaimedJob] = {}
-        self._claimed_runs = 0
+        self._claimed_runs = 0  # rows in hand: started, waiting, or settling
         self._limiter = trio.CapacityLimiter(options.max_concurrency)
-        self._max_held = 2 * options.max_concurrency
+        # Rows in hand are decoupled from the slots: a claim tops up to `_max_held`
+        # once in hand falls to `_low_water`, so a claim carries about half a batch.
+        self._max_held = max(options.batch_size, options.max_concurrency)
+        self._low_water = self._max_held // 2
+        # Reclaims run on a timer (and after every sleep), not before every claim.
+        self._reclaim_every_ms = max(1, min(self.lease_ms // 3, 1000))
+        self._reclaim_at = 0
         self._capacity = trio.Event()
         self._idle = trio.Event()
         self._idle.set()
@@ -310,11 +346,17 @@ class Worker:
         if handle is not None:
             handle.scope.cancel()
             return handle.done
-        for job in self._ready:
-            if job.id == job_id:
-                self._ready.remove(job)
+        if job_id in self._starting:
+            # The start task is checking it: the check ends it cancelled (the cancel is
+            # stored), or, if the start won, its run is cancelled as it starts.
+            self._cancel_wanted.add(job_id)
+            return self._starting_done
+        for entry in self._ready:
+            if entry[4].id == job_id:
+                self._ready.remove(entry)
+                heapq.heapify(self._ready)
                 done = trio.Event()
-                self._nursery.start_soon(self._hand_back, [job], done)
+                self._nursery.start_soon(self._hand_back, [entry[4]], done)
                 return done
         return None
 
@@ -322,15 +364,108 @@ class Worker:
         self._held.add(key)
         self._held_changed.set()
 
-    def _start_ready(self) -> None:
-        while self._ready and not self.closing:
-            job = self._ready[0]
-            try:
-                self._limiter.acquire_on_behalf_of_nowait((job.id, job.attempt))
-            except trio.WouldBlock:
+    def _push_ready(self, job: ClaimedJob, claim_round: int = 0) -> None:
+        heapq.heappush(self._ready, (-job.priority, job.scheduled_for, job.id, claim_round, job))
+        self._start_wanted.set()
+
+    def _start_now(self, job: ClaimedJob) -> bool:
+        """Start `job` if a slot is free (no await: the caller has just checked it may start)."""
+        try:
+            self._limiter.acquire_on_behalf_of_nowait((job.id, job.attempt))
+        except trio.WouldBlock:
+            return False
+        self._nursery.start_soon(self._run, job, self._runners[job.name])
+        return True
+
+    def _start_fresh(self) -> None:
+        """Start rows of the current claim, best first, while slots are free: leased
+        moments ago, they need no check. A row that waited goes through the start task."""
+        ready = self._ready
+        while ready and ready[0][3] == self._round and not self.closing:
+            job = ready[0][4]
+            if not self._start_now(job):
                 return
-            self._ready.popleft()
-            self._nursery.start_soon(self._run, job, self._runners[job.name])
+            heapq.heappop(ready)
+
+    async def start_loop(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start rows that waited in hand as slots free up; the engine's single start task.
+
+        Each round takes the best waiting rows, as many as slots are free, and
+        starts them through one `start_held_jobs` transaction: only those this
+        worker still holds at their attempt start (their leases extended from
+        now), those whose cancel was requested end ``cancelled`` unstarted, and
+        due rows more urgent than the best one taken are claimed there and
+        start first.
+        """
+        storage = self.storage
+        task_status.started()
+        while True:
+            free = int(self._limiter.available_tokens)
+            if not self._ready or free <= 0 or self.closing:
+                self._start_wanted = trio.Event()
+                await self._start_wanted.wait()
+                continue
+            taken = [heapq.heappop(self._ready)[4] for _ in range(min(free, len(self._ready)))]
+            self._starting = {job.id: job for job in taken}
+            now = self.env.now_ms()
+            try:
+                # Shielded: once the transaction ran, its outcome must be applied here.
+                with trio.CancelScope(shield=True):
+                    starts = await storage.start_held_jobs(
+                        self.id,
+                        [(job.id, job.attempt) for job in taken],
+                        now,
+                        now + self.lease_ms,
+                        CANCELLED_ERROR,
+                        self._names,
+                        taken[0].priority,
+                    )
+            except StorageError as exc:
+                for job in taken:
+                    self._push_ready(job)
+                self._end_starting()
+                self._log.error("start task: %s; trying again in 1 s", exc.message)
+                await trio.sleep(1)
+                continue
+            self._apply_starts(taken, starts)
+            await trio.lowlevel.checkpoint()
+
+    def _apply_starts(self, taken: list[ClaimedJob], starts: HeldStarts) -> None:
+        started, cancelled = set(starts.started), set(starts.cancelled)
+        gone: list[ClaimedJob] = []
+        events: list[TrackedEvent] = []
+        if starts.urgent:
+            self._accept(starts.urgent)  # best first: they start before the rows taken
+        for job in taken:
+            if job.id in started:
+                if self.closing:
+                    self._push_ready(job)  # close hands back what is in hand
+                elif not self._start_now(job):
+                    self._push_ready(job)  # the urgent rows took its slot: checked again next round
+                elif job.id in self._cancel_wanted:
+                    handle = self._running.get(job.id)
+                    if handle is not None:
+                        handle.scope.cancel()
+            else:
+                gone.append(job)  # ended cancelled, or reclaimed by another worker: never started here
+                if job.id in cancelled:
+                    events.append(self.event("job.cancelled", job.id, job.name, attempt=job.attempt))
+        for job in gone:
+            self._held.discard((job.id, job.attempt))
+        self._claimed_runs -= len(gone)
+        self._end_starting()
+        self.emit(events)
+        if self.closing and self._ready:
+            self._nursery.start_soon(self._hand_back_ready)
+        if gone:
+            self._capacity.set()
+            self._check_idle()
+
+    def _end_starting(self) -> None:
+        self._starting = {}
+        self._cancel_wanted.clear()
+        self._starting_done.set()
+        self._starting_done = trio.Event()
 
     async def _run(self, job: ClaimedJob, runner: AttemptRunner) -> None:
         try:
@@ -344,7 +479,8 @@ class Worker:
             if key not in self._unsettled:  # else the row stays held (renewed) until its batch is written
                 self._held.discard(key)
             self._claimed_runs -= 1
-            self._start_ready()
+            if self._ready:
+                self._start_wanted.set()
             self._capacity.set()
             self._check_idle()
 
@@ -370,7 +506,8 @@ class Worker:
                 if run.lost:
                     return  # the row belongs to another worker now
                 if self.closing:
-                    # Shielded: when the scope around the engine was cancelled, the hand-back must still land.
+                    # Cut off by a clean close (the grace period ran out): handed back, the
+                    # attempt not counted. Shielded: the scope around the engine may be cancelled.
                     with trio.CancelScope(shield=True):
                         await self._release(job)
                     return
@@ -444,7 +581,9 @@ class Worker:
             return
         applied: Sequence[bool | None]
         try:
-            applied = await self.storage.settle_jobs([item[0] for item in batch])
+            # Shielded: a batch taken must be written (or its rows let go) even when the engine's tasks are cancelled.
+            with trio.CancelScope(shield=True):
+                applied = await self.storage.settle_jobs([item[0] for item in batch])
         except StorageError as exc:
             # The rows stay as they are: their leases lapse and they run again.
             self._log.error(
@@ -452,6 +591,11 @@ class Worker:
                 len(batch),
                 exc.message,
             )
+            applied = [None] * len(batch)
+        except Exception:
+            # A bug in the settle path: the rows are let go, so their leases lapse and the
+            # reclaim counts the attempts (failed if they were the last), never renewed forever.
+            self._log.exception("bug: could not record how %d job attempt(s) ended; they count", len(batch))
             applied = [None] * len(batch)
         events: list[TrackedEvent] = []
         for (settlement, job_events, handle, poke_at), ok in zip(batch, applied, strict=True):
@@ -488,7 +632,8 @@ class Worker:
             for j in jobs
         ]
         try:
-            applied = await self.storage.settle_jobs(settlements)
+            with trio.CancelScope(shield=True):
+                applied = await self.storage.settle_jobs(settlements)
             if done is not None:  # handed back because it was cancelled: the row ends cancelled
                 self.emit(
                     [
@@ -510,25 +655,42 @@ class Worker:
             if done is not None:
                 done.set()
 
+    async def _hand_back_ready(self) -> None:
+        """Hand back every row in hand that has not started (closing)."""
+        ready = [entry[4] for entry in self._ready]
+        self._ready = []
+        if ready:
+            await self._hand_back(ready)
+
     # -- the claim loop ---------------------------------------------------------------
 
     async def claim_loop(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Reclaim, claim, start, sleep; forever. The engine's single claim task."""
+        """Reclaim (on a timer), claim, start, sleep; forever. The engine's single claim task."""
         storage, clock, batch = self.storage, self.env.clock, self.options.batch_size
         task_status.started()
         while True:
-            free = min(batch, self._max_held - self._claimed_runs)
-            if free <= 0 or not self._names:
-                if not self._names:
-                    await trio.sleep_forever()  # nothing registered to run here
+            if not self._names:
+                await trio.sleep_forever()  # nothing registered to run here
+            held = self._claimed_runs
+            free = self._max_held - held
+            # Top up once half the rows in hand are gone, or at once when slots wait for rows.
+            wanted = held <= self._low_water or (not self._ready and self._limiter.available_tokens > 0)
+            if free <= 0 or not wanted:
                 self._capacity = trio.Event()
                 await self._capacity.wait()
                 continue
             now = clock.now_ms()
+            reclaim = now >= self._reclaim_at
             self.env.handoffs += 1  # claimed rows are running in storage before _accept starts them
             try:
-                expired = await storage.reclaim_expired(now, CANCELLED_ERROR, _LEASE_ERROR, batch)
-                claimed = await storage.claim_jobs(now, now + self.lease_ms, self.id, self._names, free)
+                # Shielded: rows a transaction claimed must reach `_accept` (and so be started
+                # or handed back), even when the engine's close cancels this loop.
+                with trio.CancelScope(shield=True):
+                    expired: Sequence[ExpiredLease] = ()
+                    if reclaim:
+                        expired = await storage.reclaim_expired(now, CANCELLED_ERROR, _LEASE_ERROR, batch)
+                        self._reclaim_at = now + self._reclaim_every_ms
+                    claimed = await storage.claim_jobs(now, now + self.lease_ms, self.id, self._names, free)
             except StorageError as exc:
                 self.env.handed_off()
                 self._log.error("claim loop: %s; trying again in 1 s", exc.message)
@@ -542,6 +704,8 @@ class Worker:
             finally:
                 self.env.handed_off()
             if len(claimed) == free or len(expired) == batch:
+                if len(expired) == batch:
+                    self._reclaim_at = 0  # more may be waiting
                 await trio.lowlevel.checkpoint()
                 continue
             try:
@@ -555,12 +719,12 @@ class Worker:
                 # in a millisecond rather than spin without letting time pass.
                 next_at = max(next_at, now + 1)
             await self._wakeup.sleep_until(next_at)
+            self._reclaim_at = 0  # woken: a lease may have run out (the sleep's target), look at once
 
     def _accept(self, claimed: list[ClaimedJob]) -> None:
-        if any(j.priority for j in claimed):
-            claimed.sort(key=lambda j: (-j.priority, j.scheduled_for))  # RETURNING comes in storage order
         self._claimed_runs += len(claimed)
         self._idle = trio.Event() if self._idle.is_set() else self._idle
+        self._round += 1
         for job in claimed:
             self._hold((job.id, job.attempt))
             earlier = self._running.get(job.id)
@@ -572,16 +736,19 @@ class Worker:
                 self._deferred[job.id] = job
                 self._nursery.start_soon(self._start_after, earlier.done, job)
             else:
-                self._ready.append(job)
+                self._push_ready(job, self._round)
         if self.tracking:
             self.emit([self.event("job.claimed", j.id, j.name, attempt=j.attempt, worker_id=self.id) for j in claimed])
-        self._start_ready()
+        if self.closing:
+            # Claimed while the worker closes (the claim was in flight): hand them back at once.
+            self._nursery.start_soon(self._hand_back_ready)
+            return
+        self._start_fresh()
 
     async def _start_after(self, ended: trio.Event, job: ClaimedJob) -> None:
         await ended.wait()
         if self._deferred.pop(job.id, None) is job:  # else close() handed it back meanwhile
-            self._ready.append(job)
-            self._start_ready()
+            self._push_ready(job)
 
     def _report_expired(self, expired: Sequence[ExpiredLease]) -> None:
         events: list[TrackedEvent] = []
@@ -652,12 +819,13 @@ class Worker:
                 handle.scope.cancel()
         if lost:
             self.poke(self.env.now_ms())  # the rows may be pending again already; look at once
-        waiting = [job for job in self._ready if (job.id, job.attempt) in lost]
-        for job in waiting:  # claimed here but not started: forget them
-            self._ready.remove(job)
-            self._held.discard((job.id, job.attempt))
+        waiting = [entry for entry in self._ready if (entry[4].id, entry[4].attempt) in lost]
+        for entry in waiting:  # claimed here but not started: forget them
+            self._ready.remove(entry)
+            self._held.discard((entry[4].id, entry[4].attempt))
             self._claimed_runs -= 1
         if waiting:
+            heapq.heapify(self._ready)
             self._capacity.set()
             self._check_idle()
 
@@ -688,9 +856,10 @@ class Worker:
         """Hand back unstarted rows, let running jobs finish for up to `grace_seconds`,
         then interrupt the rest and hand their rows back."""
         self.closing = True
+        self._start_wanted.set()
         if self._ready or self._deferred:
-            ready = [*self._ready, *self._deferred.values()]
-            self._ready, self._deferred = deque(), {}
+            ready = [*(entry[4] for entry in self._ready), *self._deferred.values()]
+            self._ready, self._deferred = [], {}
             await self._hand_back(ready)
         with trio.move_on_after(grace_seconds):
             await self._wait_runs()

@@ -142,3 +142,46 @@ async def test_two_engines_enqueueing_one_unique_key_at_once_make_one_job(
             nursery.start_soon(enqueue, b, 20)
         assert len(set(ids)) == 1
         assert len(success(await a.client.jobs.list())) == 1
+
+
+# -- rows held unstarted ---------------------------------------------------------------
+
+
+@pytest.mark.trio
+async def test_rows_held_unstarted_yield_to_an_urgent_job_and_never_start_once_cancelled_elsewhere(
+    autojump_clock: trio.testing.MockClock, storage: StorageLayer
+) -> None:
+    started: list[str] = []
+    gate = trio.Event()
+
+    async def work(params: Sync, ctx: djobs.JobContext) -> None:
+        started.append(params.account)
+        if params.account == "blocker":
+            await gate.wait()
+
+    job = djobs.Job.make("held", params=Sync, execute=work, max_attempts=1)
+    # One slot and four rows in hand: the blocker runs, three rows wait leased but unstarted.
+    worker = djobs.WorkerOptions(max_concurrency=1, batch_size=4, poll_interval="1 second")
+    async with (
+        open_test_engine([job], storage=storage, worker=worker) as here,
+        open_test_engine([job], storage=storage, worker=None) as elsewhere,
+    ):
+        other = elsewhere.client.job(job)  # another process's client: this worker hears nothing from it
+        success(await other.later(Sync("blocker"), delay=1000, priority=1))
+        for account in ["held-1", "held-2", "held-3"]:  # due together, started in the order enqueued
+            success(await other.later(Sync(account), delay=1000))
+        await trio.sleep(2)
+        assert started == ["blocker"]
+        assert len(success(await here.client.jobs.list(status="running"))) == 4  # all four leased here
+
+        [held_2] = [j for j in success(await elsewhere.client.jobs.list()) if j.params == Sync("held-2")]
+        assert success(await elsewhere.client.jobs.cancel(held_2.id)).status == "cancel_requested"
+        urgent = success(await other.later(Sync("urgent"), priority=100))
+
+        gate.set()
+        await trio.sleep(1)
+        await here.wait_idle()
+        assert started == ["blocker", "urgent", "held-1", "held-3"]
+        assert success(await here.client.jobs.status(held_2.id)).status == "cancelled"
+        assert success(await here.client.jobs.status(urgent)).status == "completed"
+        assert [e.instance_id for e in here.tracker.of_type("job.cancelled")] == [held_2.id]

@@ -16,6 +16,7 @@ from ._base import ClearAlarm as ClearAlarm
 from ._base import CronRecord as CronRecord
 from ._base import CronSpec as CronSpec
 from ._base import ExpiredLease as ExpiredLease
+from ._base import HeldStarts as HeldStarts
 from ._base import InstanceLister as InstanceLister
 from ._base import InstanceRecord as InstanceRecord
 from ._base import JobFilter as JobFilter

@@ -234,6 +234,17 @@ class ClaimedJob(msgspec.Struct, kw_only=True):
     tenant_id: str | None = None
 
 
+class HeldStarts(msgspec.Struct, frozen=True, kw_only=True):
+    """What `start_held_jobs` did: the ids of the held rows it started, the ids
+    of those it ended ``cancelled`` (a cancel was requested while they waited),
+    and the due rows more urgent than the best held one that it claimed, best
+    first. A held row in neither list was reclaimed by another worker."""
+
+    started: list[str]
+    cancelled: list[str]
+    urgent: list[ClaimedJob]
+
+
 class ExpiredLease(msgspec.Struct, frozen=True, kw_only=True):
     """A running row whose worker stopped renewing its lease, as it was reclaimed.
 
@@ -377,10 +388,34 @@ class QueueStorage(Protocol):
         ...
 
     async def claim_jobs(
-        self, now: int, lease_until: int, worker_id: str, names: Sequence[str], limit: int
+        self, now: int, lease_until: int, worker_id: str, names: Sequence[str], limit: int, above: int | None = None
     ) -> list[ClaimedJob]:
-        """Lease up to `limit` due ``pending`` rows named one of `names`: higher
-        `priority` first, then earliest `scheduled_for`; counts an attempt on each."""
+        """Lease up to `limit` due ``pending`` rows named one of `names` (only those
+        whose `priority` is above `above`, if given): higher `priority` first, then
+        earliest `scheduled_for`; counts an attempt on each."""
+        ...
+
+    async def start_held_jobs(
+        self,
+        worker_id: str,
+        held: Sequence[tuple[str, int]],
+        now: int,
+        lease_until: int,
+        cancel_error: bytes,
+        names: Sequence[str],
+        above: int,
+    ) -> HeldStarts:
+        """Start rows `worker_id` claimed earlier and held unstarted, in one transaction.
+
+        Each ``(id, attempt)`` of `held` still ``running`` under `worker_id` at
+        that attempt starts: its lease runs to `lease_until` and its start time
+        becomes `now`. One whose cancel was requested meanwhile ends
+        ``cancelled`` with `cancel_error` instead. One reclaimed by another
+        worker is left alone. Then, as `claim_jobs` with `above`, it claims up
+        to ``len(held)`` due rows more urgent than `above` (the best held
+        priority). A held row starts only through this conditional write, so it
+        never runs twice: a reclaim and a start cannot both succeed.
+        """
         ...
 
     async def reclaim_expired(

@@ -44,6 +44,7 @@ from ._base import (
     CronRecord,
     CronSpec,
     ExpiredLease,
+    HeldStarts,
     InstanceRecord,
     JobFilter,
     JobRecord,
@@ -274,10 +275,12 @@ _INSERT_KEY = """
     INSERT INTO job_keys (tenant_id, name, key, job_id, created_at) VALUES (%s, %s, %s, %s, %s)
     ON CONFLICT DO NOTHING RETURNING job_id
 """
+# The one claim statement: whatever limits a claim belongs here. `above` is a floor on
+# priority (an urgent claim, from start_held_jobs, walks jobs_claim's first entries only).
 _CLAIM_JOBS = """
     WITH picked AS MATERIALIZED (
         SELECT id FROM jobs
-        WHERE status = 'pending' AND scheduled_for <= %(now)s AND name = ANY(%(names)s)
+        WHERE status = 'pending' AND scheduled_for <= %(now)s AND name = ANY(%(names)s) AND priority > %(above)s
         ORDER BY priority DESC, scheduled_for, id
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
@@ -287,6 +290,23 @@ _CLAIM_JOBS = """
     FROM picked WHERE jobs.id = picked.id
     RETURNING jobs.id, jobs.name, jobs.params, jobs.attempt_count, jobs.max_attempts, jobs.scheduled_for,
               jobs.priority, jobs.correlation_id, jobs.tenant_id
+"""
+# Starts rows held unstarted, if this worker still holds them at that attempt; a row
+# whose cancel was requested while it waited ends cancelled instead. Locked in id order,
+# as settle batches and renewals lock them.
+_START_HELD = """
+    UPDATE jobs SET
+        status = CASE WHEN jobs.cancel_requested THEN 'cancelled' ELSE 'running' END,
+        error = CASE WHEN jobs.cancel_requested THEN %(cancel_error)s ELSE jobs.error END,
+        completed_at = CASE WHEN jobs.cancel_requested THEN %(now)s::bigint END,
+        worker_expires_at = CASE WHEN jobs.cancel_requested THEN NULL ELSE %(until)s::bigint END,
+        worker_started_at = CASE WHEN jobs.cancel_requested THEN jobs.worker_started_at ELSE %(now)s::bigint END,
+        updated_at = %(now)s
+    FROM unnest(%(ids)s::text[], %(attempts)s::integer[]) AS held(id, attempt)
+    WHERE jobs.id IN (SELECT id FROM jobs WHERE id = ANY(%(ids)s::text[]) ORDER BY id FOR UPDATE)
+      AND jobs.id = held.id AND jobs.attempt_count = held.attempt
+      AND jobs.worker_id = %(worker)s AND jobs.status = 'running'
+    RETURNING jobs.id, jobs.status
 """
 # A reclaimed row keeps its scheduled_for (long past), so it is claimed again first.
 _RECLAIM = """
@@ -305,6 +325,29 @@ _RECLAIM = """
     RETURNING jobs.id, jobs.name, jobs.worker_id, jobs.attempt_count, jobs.status
 """
 # Rows locked in id order, as a settle batch locks them: the two never deadlock.
+#: No floor on a claim's priority (below every 32-bit priority).
+_NO_FLOOR = -(2**31) - 1
+
+
+def _claimed(rows: list[Any]) -> list[ClaimedJob]:
+    # RETURNING has no order: give them back in claim order, as SQLite does.
+    rows.sort(key=lambda r: (-r[6], r[5], r[0]))
+    return [
+        ClaimedJob(
+            id=r[0],
+            name=r[1],
+            params=r[2],
+            attempt=r[3],
+            max_attempts=r[4],
+            scheduled_for=r[5],
+            priority=r[6],
+            correlation_id=r[7],
+            tenant_id=r[8],
+        )
+        for r in rows
+    ]
+
+
 _RENEW = """
     UPDATE jobs SET worker_expires_at = %(until)s
     WHERE id IN (SELECT id FROM jobs WHERE status = 'running' AND worker_id = %(worker)s ORDER BY id FOR UPDATE)
@@ -773,30 +816,54 @@ class PostgresStorage:
         await self._run(run, "start_job")
 
     async def claim_jobs(
-        self, now: int, lease_until: int, worker_id: str, names: Sequence[str], limit: int
+        self, now: int, lease_until: int, worker_id: str, names: Sequence[str], limit: int, above: int | None = None
     ) -> list[ClaimedJob]:
-        args = {"now": now, "until": lease_until, "worker": worker_id, "names": list(names), "limit": limit}
+        args = {
+            "now": now,
+            "until": lease_until,
+            "worker": worker_id,
+            "names": list(names),
+            "limit": limit,
+            "above": _NO_FLOOR if above is None else above,
+        }
+        return await self._run(lambda conn: _claimed(conn.execute(_CLAIM_JOBS, args).fetchall()), "claim_jobs")
 
-        def run(conn: Connection) -> list[ClaimedJob]:
-            rows = conn.execute(_CLAIM_JOBS, args).fetchall()
-            # RETURNING has no order: give them back in claim order, as SQLite does.
-            rows.sort(key=lambda r: (-r[6], r[5], r[0]))
-            return [
-                ClaimedJob(
-                    id=r[0],
-                    name=r[1],
-                    params=r[2],
-                    attempt=r[3],
-                    max_attempts=r[4],
-                    scheduled_for=r[5],
-                    priority=r[6],
-                    correlation_id=r[7],
-                    tenant_id=r[8],
-                )
-                for r in rows
-            ]
+    async def start_held_jobs(
+        self,
+        worker_id: str,
+        held: Sequence[tuple[str, int]],
+        now: int,
+        lease_until: int,
+        cancel_error: bytes,
+        names: Sequence[str],
+        above: int,
+    ) -> HeldStarts:
+        start = {
+            "ids": [job_id for job_id, _ in held],
+            "attempts": [attempt for _, attempt in held],
+            "now": now,
+            "until": lease_until,
+            "worker": worker_id,
+            "cancel_error": cancel_error,
+        }
+        claim = {
+            "now": now,
+            "until": lease_until,
+            "worker": worker_id,
+            "names": list(names),
+            "limit": len(held),
+            "above": above,
+        }
 
-        return await self._run(run, "claim_jobs")
+        def run(conn: Connection) -> HeldStarts:
+            started: list[str] = []
+            cancelled: list[str] = []
+            for job_id, status in conn.execute(_START_HELD, start).fetchall():
+                (started if status == "running" else cancelled).append(job_id)
+            urgent = _claimed(conn.execute(_CLAIM_JOBS, claim).fetchall()) if held else []
+            return HeldStarts(started=started, cancelled=cancelled, urgent=urgent)
+
+        return await self._write(run, "start_held_jobs")
 
     async def reclaim_expired(
         self, now: int, cancel_error: bytes, lease_error: bytes, limit: int

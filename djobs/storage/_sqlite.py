@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final, Literal, TypeVar, final, get_args
 
@@ -29,6 +29,7 @@ from ._base import (
     CronRecord,
     CronSpec,
     ExpiredLease,
+    HeldStarts,
     InstanceRecord,
     JobFilter,
     JobRecord,
@@ -312,20 +313,35 @@ _CLAIM_JOBS = f"""
                     attempt_count = attempt_count + 1, updated_at = ?1
     WHERE id IN (
         SELECT id FROM (SELECT id FROM jobs INDEXED BY jobs_priority
-                        WHERE status = 'pending' AND priority <> 0 AND priority > 0 AND scheduled_for <= ?1
+                        WHERE status = 'pending' AND priority <> 0 AND priority > 0 AND priority > ?6
+                              AND scheduled_for <= ?1
                               AND {_NAMES}
                         ORDER BY priority DESC, scheduled_for LIMIT ?5)
         UNION ALL
         SELECT id FROM (SELECT id FROM jobs
-                        WHERE status = 'pending' AND scheduled_for <= ?1 AND priority = 0 AND {_NAMES}
+                        WHERE status = 'pending' AND scheduled_for <= ?1 AND priority = 0 AND 0 > ?6 AND {_NAMES}
                         ORDER BY scheduled_for LIMIT ?5)
         UNION ALL
         SELECT id FROM (SELECT id FROM jobs INDEXED BY jobs_priority
-                        WHERE status = 'pending' AND priority <> 0 AND priority < 0 AND scheduled_for <= ?1
+                        WHERE status = 'pending' AND priority <> 0 AND priority < 0 AND priority > ?6
+                              AND scheduled_for <= ?1
                               AND {_NAMES}
                         ORDER BY priority DESC, scheduled_for LIMIT ?5)
         LIMIT ?5)
     RETURNING id, name, params, attempt_count, max_attempts, scheduled_for, priority, correlation_id, tenant_id
+"""
+# Starts a row held unstarted, if this worker still holds it at that attempt; a row
+# whose cancel was requested while it waited ends cancelled instead.
+_START_HELD = """
+    UPDATE jobs SET
+        status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'running' END,
+        error = CASE WHEN cancel_requested THEN ?3 ELSE error END,
+        completed_at = CASE WHEN cancel_requested THEN ?1 END,
+        worker_expires_at = CASE WHEN cancel_requested THEN NULL ELSE ?2 END,
+        worker_started_at = CASE WHEN cancel_requested THEN worker_started_at ELSE ?1 END,
+        updated_at = ?1
+    WHERE id = ?5 AND worker_id = ?4 AND attempt_count = ?6 AND status = 'running'
+    RETURNING status
 """
 # A reclaimed row keeps its scheduled_for (long past), so it is claimed again first.
 _RECLAIM = """
@@ -338,6 +354,27 @@ _RECLAIM = """
     WHERE id IN (SELECT id FROM jobs WHERE status = 'running' AND worker_expires_at <= ?1 LIMIT ?4)
     RETURNING id, name, worker_id, attempt_count, status
 """
+#: No floor on a claim's priority (below every 32-bit priority).
+_NO_FLOOR = -(2**31) - 1
+
+
+def _claimed(rows: Iterable[Sequence[Any]]) -> list[ClaimedJob]:
+    return [
+        ClaimedJob(
+            id=r[0],
+            name=r[1],
+            params=r[2],
+            attempt=r[3],
+            max_attempts=r[4],
+            scheduled_for=r[5],
+            priority=r[6],
+            correlation_id=r[7],
+            tenant_id=r[8],
+        )
+        for r in rows
+    ]
+
+
 _RENEW = """
     UPDATE jobs SET worker_expires_at = ?2 WHERE status = 'running' AND worker_id = ?1
     RETURNING id, cancel_requested
@@ -916,27 +953,39 @@ class SqliteStorage:
         await self.write(lambda db: db.execute(_INSERT_RUNNING_JOB, row))
 
     async def claim_jobs(
-        self, now: int, lease_until: int, worker_id: str, names: Sequence[str], limit: int
+        self, now: int, lease_until: int, worker_id: str, names: Sequence[str], limit: int, above: int | None = None
     ) -> list[ClaimedJob]:
-        args = (now, lease_until, worker_id, _names_encoder.encode(list(names)), limit)
+        args = (
+            now,
+            lease_until,
+            worker_id,
+            _names_encoder.encode(list(names)),
+            limit,
+            _NO_FLOOR if above is None else above,
+        )
+        # Exhaust the RETURNING cursor inside the transaction: an unfinished one would keep the write lock.
+        return await self.write(lambda db: _claimed(db.execute(_CLAIM_JOBS, args)))
 
-        def run(db: apsw.Connection) -> list[ClaimedJob]:
-            # Exhaust the RETURNING cursor inside the transaction: an unfinished
-            # one would keep the write lock.
-            return [
-                ClaimedJob(
-                    id=r[0],
-                    name=r[1],
-                    params=r[2],
-                    attempt=r[3],
-                    max_attempts=r[4],
-                    scheduled_for=r[5],
-                    priority=r[6],
-                    correlation_id=r[7],
-                    tenant_id=r[8],
-                )
-                for r in db.execute(_CLAIM_JOBS, args)
-            ]
+    async def start_held_jobs(
+        self,
+        worker_id: str,
+        held: Sequence[tuple[str, int]],
+        now: int,
+        lease_until: int,
+        cancel_error: bytes,
+        names: Sequence[str],
+        above: int,
+    ) -> HeldStarts:
+        claim = (now, lease_until, worker_id, _names_encoder.encode(list(names)), len(held), above)
+
+        def run(db: apsw.Connection) -> HeldStarts:
+            started: list[str] = []
+            cancelled: list[str] = []
+            for job_id, attempt in held:
+                for (status,) in db.execute(_START_HELD, (now, lease_until, cancel_error, worker_id, job_id, attempt)):
+                    (started if status == "running" else cancelled).append(job_id)
+            urgent = _claimed(db.execute(_CLAIM_JOBS, claim)) if held else []
+            return HeldStarts(started=started, cancelled=cancelled, urgent=urgent)
 
         return await self.write(run)
 

@@ -393,3 +393,32 @@ async def test_two_processes_fire_one_cron_time_once(shared_layer: StorageLayer)
                 nursery.start_soon(fire, one if n % 2 else two, n)
         assert len(wins) == 1
         assert [r.id for r in await one.list_jobs(JobFilter())] == wins
+
+
+async def test_a_held_row_starts_only_while_its_holder_still_holds_it(storage: FullStorage) -> None:
+    await storage.enqueue_jobs([job(1, at=1), job(2, at=2), job(3, at=3), job(4, at=4)])
+    [one] = await storage.claim_jobs(10, 1000, "w", ["send"], 1)
+    two_three = await storage.claim_jobs(10, 5000, "w", ["send"], 2)
+    assert (one.id, sorted(j.id for j in two_three)) == ("job-0001", ["job-0002", "job-0003"])
+    await storage.cancel_job("job-0002", 20, CANCELLED)  # cancelled elsewhere while held
+    # The holder stalled past job 1's lease: another worker reclaimed it and took it (attempt 2).
+    assert [r.id for r in await storage.reclaim_expired(1000, CANCELLED, LEASE_LOST, 10)] == ["job-0001"]
+    [taken] = await storage.claim_jobs(1000, 9000, "v", ["send"], 1)
+    assert (taken.id, taken.attempt) == ("job-0001", 2)
+    # Enqueued after the claims: an urgent row, and one below the floor.
+    await storage.enqueue_jobs([job(9, at=1003, priority=9), job(10, at=1003, priority=-1)])
+    held = [("job-0001", 1), ("job-0002", 1), ("job-0003", 1)]
+    starts = await storage.start_held_jobs("w", held, 1500, 9500, CANCELLED, ["send"], 0)
+    assert (starts.started, starts.cancelled) == (["job-0003"], ["job-0002"])
+    assert [(u.id, u.attempt, u.priority) for u in starts.urgent] == [("job-0009", 1, 9)]
+    rows = {r.id: r for r in await storage.list_jobs(JobFilter())}
+    started = rows["job-0003"]
+    assert (started.status, started.worker_started_at, started.worker_expires_at) == ("running", 1500, 9500)
+    cancelled = rows["job-0002"]
+    assert (cancelled.status, cancelled.error, cancelled.completed_at) == ("cancelled", CANCELLED, 1500)
+    lost = rows["job-0001"]
+    assert (lost.status, lost.worker_id, lost.attempt_count, lost.worker_expires_at) == ("running", "v", 2, 9000)
+    assert (rows["job-0009"].status, rows["job-0009"].worker_id) == ("running", "w")
+    assert (rows["job-0004"].status, rows["job-0010"].status) == ("pending", "pending")
+    empty = await storage.start_held_jobs("w", [], 1600, 9600, CANCELLED, ["send"], 0)
+    assert (empty.started, empty.cancelled, empty.urgent) == ([], [], [])
