@@ -749,3 +749,30 @@ async def test_later_many_enqueues_all_or_nothing(autojump_clock: trio.testing.M
         bad = failure(await job.later_many([Order("ok", 1), {"order_id": 5}]))  # type: ignore[list-item]
         assert isinstance(bad, djobs.ValidationError) and "params[1]" in bad.message
         assert len(success(await engine.client.jobs.list(limit=100))) == 50  # nothing of the bad batch
+
+
+@pytest.mark.trio
+async def test_a_bug_in_writing_how_an_attempt_ended_counts_the_attempt(autojump_clock: trio.testing.MockClock) -> None:
+    """An unexpected exception after the body (the settle path) counts the attempt: the row
+    is let go, its lease lapses, and the reclaim runs it again as attempt 2 (never renewed forever)."""
+    rec = Recorder()
+    charge, _, _ = make_jobs(rec)
+    async with open_test_engine([charge], worker=djobs.WorkerOptions(lock_timeout="1 minute")) as engine:
+        storage = queue_storage(engine)
+        real_settle = storage.settle_jobs
+        broken = [True]
+
+        async def settle_once_broken(settlements: object) -> object:
+            if broken.pop() if broken else False:
+                raise RuntimeError("a bug in the settle path")
+            return await real_settle(settlements)  # type: ignore[arg-type]
+
+        storage.settle_jobs = settle_once_broken  # type: ignore[method-assign]
+        job_id = success(await engine.client.job(charge).later(Order("o", 1)))
+        await trio.sleep(1)
+        assert [attempt for _, attempt, _ in rec.calls] == [1]
+        assert success(await engine.client.jobs.status(job_id)).status == "running"
+        await trio.sleep(120)  # the lease lapses (it is no longer renewed) and the row runs again
+        info = success(await engine.client.jobs.status(job_id))
+        assert (info.status, info.attempts) == ("completed", 2)
+        assert [attempt for _, attempt, _ in rec.calls] == [1, 2]
