@@ -25,6 +25,7 @@ import msgspec
 
 from .._errors import StorageError
 from ._base import Alarm, InstanceRecord, JobStatusName, QueueStorage, Storage, StorageLayer
+from ._rows import INSTANCE_COLUMNS, instance_record, qualified
 from ._sqlite import APPLICATION_ID, SCHEMA_VERSION, SqliteStorage, _describe, _inspect, sqlite
 
 if TYPE_CHECKING:
@@ -233,10 +234,8 @@ _JOB_LEASES = """
            sum(CASE WHEN worker_expires_at <= ?1 THEN 1 ELSE 0 END) FROM jobs
     WHERE status = 'running' AND worker_id IS NOT NULL GROUP BY worker_id
 """
-_INSTANCE_VIEW = """
-    SELECT i.key, i.kind, i.name, i.instance_id, i.tenant_id, i.status, i.state, i.run_count, i.attempt,
-           i.event_count, i.execute_count, i.started_at, i.data, i.created_at, i.updated_at, i.version,
-           a.id, a.fire_at, a.due_at, a.purpose, l.owner, l.expires_at
+_INSTANCE_VIEW = f"""
+    SELECT {qualified(INSTANCE_COLUMNS, "i")}, a.id, a.fire_at, a.due_at, a.purpose, l.owner, l.expires_at
     FROM instances AS i
     LEFT JOIN alarms AS a ON a.key = i.key
     LEFT JOIN instance_leases AS l ON l.key = i.key
@@ -371,24 +370,7 @@ def _instances_query(where: InstanceFilter, mark: str) -> tuple[str, list[object
 
 
 def _instance_view(r: Sequence[Any]) -> InstanceView:
-    record = InstanceRecord(
-        key=r[0],
-        kind=r[1],
-        name=r[2],
-        instance_id=r[3],
-        tenant_id=r[4],
-        status=r[5],
-        state=None if r[6] is None else bytes(r[6]),
-        run_count=r[7],
-        attempt=r[8],
-        event_count=r[9],
-        execute_count=r[10],
-        started_at=r[11],
-        data=None if r[12] is None else bytes(r[12]),
-        created_at=r[13],
-        updated_at=r[14],
-        version=r[15],
-    )
+    record = instance_record(r)
     alarm = None if r[16] is None else Alarm(id=r[16], key=r[0], fire_at=r[17], purpose=r[19])
     claimed_until = r[18] if alarm is not None and r[18] > r[17] else None
     return InstanceView(

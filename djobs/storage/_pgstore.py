@@ -55,6 +55,21 @@ from ._base import (
     SetAlarm,
 )
 from ._pgconn import Connection, Pool, configure, connect_error, listen, redact, server_name
+from ._rows import (
+    CRON_COLUMNS,
+    INSTANCE_COLUMNS,
+    JOB_COLUMNS,
+    alarm_record,
+    claimed_job,
+    cron_record,
+    expired_lease,
+    instance_args,
+    instance_record,
+    job_record,
+    loaded,
+    qualified,
+    running_job_args,
+)
 
 T = TypeVar("T")
 _log = logging.getLogger("djobs.storage")
@@ -181,12 +196,8 @@ SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 # -- instances and alarms -------------------------------------------------------------
 
-_INSTANCE_COLUMNS = (
-    "key, kind, name, instance_id, tenant_id, status, state, run_count, attempt, event_count,"
-    " execute_count, started_at, data, created_at, updated_at, version"
-)
 _UPSERT_INSTANCE = f"""
-    INSERT INTO instances ({_INSTANCE_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)
+    INSERT INTO instances ({INSTANCE_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)
     ON CONFLICT (key) DO UPDATE SET
         tenant_id = excluded.tenant_id, status = excluded.status, state = excluded.state,
         run_count = excluded.run_count, attempt = excluded.attempt, event_count = excluded.event_count,
@@ -194,7 +205,7 @@ _UPSERT_INSTANCE = f"""
         updated_at = excluded.updated_at, version = excluded.version
 """
 _LOAD = f"""
-    SELECT {", ".join("i." + c.strip() for c in _INSTANCE_COLUMNS.split(","))}, a.id, a.fire_at, a.purpose
+    SELECT {qualified(INSTANCE_COLUMNS, "i")}, a.id, a.fire_at, a.purpose
     FROM instances AS i LEFT JOIN alarms AS a ON a.key = i.key
     WHERE i.key = %s
 """
@@ -237,14 +248,8 @@ _RELEASE_ALARMS = """
 
 # -- the queue ---------------------------------------------------------------------------
 
-_JOB_COLUMNS = (
-    "id, name, status, params, result, error, progress, progress_message, worker_id, worker_started_at,"
-    " worker_expires_at, attempt_count, max_attempts, scheduled_for, priority, correlation_id, tenant_id,"
-    " cancel_requested, created_at, updated_at, completed_at"
-)
 #: The columns of a listing that shows no payloads (``JobFilter(payloads=False)``).
-_JOB_COLUMNS_NO_PAYLOADS = _JOB_COLUMNS.replace("params, result,", "''::bytea AS params, NULL AS result,")
-_J_COLUMNS = ", ".join("jobs." + c.strip() for c in _JOB_COLUMNS.split(","))
+_JOB_COLUMNS_NO_PAYLOADS = JOB_COLUMNS.replace("params, result,", "''::bytea AS params, NULL AS result,")
 # Rows without an idempotency key go in as one statement, arrays of columns: one
 # round trip, atomic without BEGIN and COMMIT.
 _INSERT_JOBS = """
@@ -332,20 +337,7 @@ _NO_FLOOR = -(2**31) - 1
 def _claimed(rows: list[Any]) -> list[ClaimedJob]:
     # RETURNING has no order: give them back in claim order, as SQLite does.
     rows.sort(key=lambda r: (-r[6], r[5], r[0]))
-    return [
-        ClaimedJob(
-            id=r[0],
-            name=r[1],
-            params=r[2],
-            attempt=r[3],
-            max_attempts=r[4],
-            scheduled_for=r[5],
-            priority=r[6],
-            correlation_id=r[7],
-            tenant_id=r[8],
-        )
-        for r in rows
-    ]
+    return [claimed_job(r) for r in rows]
 
 
 _RENEW = """
@@ -403,10 +395,6 @@ _NEXT_WAKEUP = """
         (SELECT worker_expires_at FROM jobs WHERE status = 'running' ORDER BY worker_expires_at LIMIT 1))
 """
 
-_CRON_COLUMNS = (
-    "name, job_name, expression, tz, params, enabled, tenant_id, last_run_at, next_run_at, last_job_id,"
-    " created_at, updated_at"
-)
 # An unchanged schedule keeps next_run_at (fires missed while no engine ran are
 # still due); a changed one starts from the new schedule's first run.
 _SYNC_CRON = """
@@ -420,7 +408,7 @@ _SYNC_CRON = """
         expression = excluded.expression, tz = excluded.tz, updated_at = excluded.updated_at
 """
 _DUE_CRONS = (
-    f"SELECT {_CRON_COLUMNS} FROM cron_jobs WHERE enabled AND next_run_at <= %s AND name = ANY(%s)"
+    f"SELECT {CRON_COLUMNS} FROM cron_jobs WHERE enabled AND next_run_at <= %s AND name = ANY(%s)"
     " ORDER BY next_run_at, name"
 )
 _NEXT_CRON = (
@@ -432,49 +420,6 @@ _FIRE_CRON = """
                          last_job_id = coalesce(%(job_id)s, last_job_id), updated_at = %(now)s
     WHERE name = %(name)s AND next_run_at = %(expected)s AND enabled
 """
-
-
-def _job_record(r: Sequence[Any]) -> JobRecord:
-    return JobRecord(
-        id=r[0],
-        name=r[1],
-        status=r[2],
-        params=r[3],
-        result=r[4],
-        error=r[5],
-        progress=r[6],
-        progress_message=r[7],
-        worker_id=r[8],
-        worker_started_at=r[9],
-        worker_expires_at=r[10],
-        attempt_count=r[11],
-        max_attempts=r[12],
-        scheduled_for=r[13],
-        priority=r[14],
-        correlation_id=r[15],
-        tenant_id=r[16],
-        cancel_requested=r[17],
-        created_at=r[18],
-        updated_at=r[19],
-        completed_at=r[20],
-    )
-
-
-def _cron_record(r: Sequence[Any]) -> CronRecord:
-    return CronRecord(
-        name=r[0],
-        job_name=r[1],
-        expression=r[2],
-        tz=r[3],
-        params=r[4],
-        enabled=r[5],
-        tenant_id=r[6],
-        last_run_at=r[7],
-        next_run_at=r[8],
-        last_job_id=r[9],
-        created_at=r[10],
-        updated_at=r[11],
-    )
 
 
 def channel_name(schema: str) -> str:
@@ -546,28 +491,7 @@ class PostgresStorage:
     async def load(self, key: str) -> tuple[InstanceRecord, Alarm | None] | None:
         def run(conn: Connection) -> tuple[InstanceRecord, Alarm | None] | None:
             row = conn.execute(_LOAD, (key,)).fetchone()
-            if row is None:
-                return None
-            record = InstanceRecord(
-                key=row[0],
-                kind=row[1],
-                name=row[2],
-                instance_id=row[3],
-                tenant_id=row[4],
-                status=row[5],
-                state=row[6],
-                run_count=row[7],
-                attempt=row[8],
-                event_count=row[9],
-                execute_count=row[10],
-                started_at=row[11],
-                data=row[12],
-                created_at=row[13],
-                updated_at=row[14],
-                version=row[15],
-            )
-            alarm = None if row[16] is None else Alarm(id=row[16], key=key, fire_at=row[17], purpose=row[18])
-            return record, alarm
+            return None if row is None else loaded(row)
 
         return await self._run(run, "load")
 
@@ -594,27 +518,7 @@ class PostgresStorage:
                 conn.execute("DELETE FROM alarms WHERE key = %s", (key,))
                 conn.execute("DELETE FROM event_ids WHERE key = %s", (key,))
                 return
-            conn.execute(
-                _UPSERT_INSTANCE,
-                (
-                    key,
-                    record.kind,
-                    record.name,
-                    record.instance_id,
-                    record.tenant_id,
-                    record.status,
-                    record.state,
-                    record.run_count,
-                    record.attempt,
-                    record.event_count,
-                    record.execute_count,
-                    record.started_at,
-                    record.data,
-                    record.created_at,
-                    record.updated_at,
-                    record.version,
-                ),
-            )
+            conn.execute(_UPSERT_INSTANCE, instance_args(key, record))
             alarm = checkin.alarm
             if isinstance(alarm, SetAlarm):
                 conn.execute(_SET_ALARM, (key, alarm.fire_at, alarm.fire_at, alarm.purpose))
@@ -639,7 +543,7 @@ class PostgresStorage:
             args = {"now": now_ms, "until": now_ms + lease_ms, "limit": limit, "mine": mine}
             rows = conn.execute(_CLAIM_ALARMS, args).fetchall()
             rows.sort(key=lambda r: (r[2], r[0]))  # RETURNING has no order: earliest first reads best in logs
-            return [Alarm(id=r[0], key=r[1], fire_at=r[2], purpose=r[3]) for r in rows]
+            return [alarm_record(r) for r in rows]
 
         return await self._run(run, "claim_alarms")
 
@@ -704,31 +608,10 @@ class PostgresStorage:
             terms.append('key COLLATE "C" > %s')
             args.append(after)
         where = " AND ".join(terms)
-        query = f'SELECT {_INSTANCE_COLUMNS} FROM instances WHERE {where} ORDER BY key COLLATE "C" LIMIT %s'
+        query = f'SELECT {INSTANCE_COLUMNS} FROM instances WHERE {where} ORDER BY key COLLATE "C" LIMIT %s'
 
         def run(conn: Connection) -> list[InstanceRecord]:
-            rows = conn.execute(query, (*args, limit)).fetchall()
-            return [
-                InstanceRecord(
-                    key=r[0],
-                    kind=r[1],
-                    name=r[2],
-                    instance_id=r[3],
-                    tenant_id=r[4],
-                    status=r[5],
-                    state=r[6],
-                    run_count=r[7],
-                    attempt=r[8],
-                    event_count=r[9],
-                    execute_count=r[10],
-                    started_at=r[11],
-                    data=r[12],
-                    created_at=r[13],
-                    updated_at=r[14],
-                    version=r[15],
-                )
-                for r in rows
-            ]
+            return [instance_record(r) for r in conn.execute(query, (*args, limit))]
 
         return await self._run(run, "list_instances")
 
@@ -793,22 +676,7 @@ class PostgresStorage:
         return await self._write_and_notify(lambda conn: self._insert_jobs(conn, jobs), "enqueue_jobs")
 
     async def start_job(self, job: NewJob, worker_id: str, lease_until: int) -> None:
-        now = job.created_at
-        row = (
-            job.id,
-            job.name,
-            job.params,
-            job.max_attempts,
-            job.scheduled_for,
-            job.priority,
-            job.correlation_id,
-            job.tenant_id,
-            worker_id,
-            now,
-            lease_until,
-            now,
-            now,
-        )
+        row = running_job_args(job, worker_id, lease_until)
 
         def run(conn: Connection) -> None:
             conn.execute(_INSERT_RUNNING_JOB, row)
@@ -872,7 +740,7 @@ class PostgresStorage:
 
         def run(conn: Connection) -> list[ExpiredLease]:
             rows = conn.execute(_RECLAIM, args).fetchall()
-            return [ExpiredLease(id=r[0], name=r[1], worker_id=r[2], attempt=r[3], status=r[4]) for r in rows]
+            return [expired_lease(r) for r in rows]
 
         return await self._run(run, "reclaim_expired")
 
@@ -927,8 +795,8 @@ class PostgresStorage:
 
     @staticmethod
     def _get_job(conn: Connection, job_id: str) -> JobRecord | None:
-        row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = %s", (job_id,)).fetchone()
-        return None if row is None else _job_record(row)
+        row = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = %s", (job_id,)).fetchone()
+        return None if row is None else job_record(row)
 
     async def get_job(self, job_id: str) -> JobRecord | None:
         return await self._run(lambda conn: self._get_job(conn, job_id), "get_job")
@@ -949,13 +817,13 @@ class PostgresStorage:
             terms.append(sql.SQL("id > %s"))
             args.append(where.after)
         query: sql.Composable = sql.SQL(
-            "SELECT " + (_JOB_COLUMNS if where.payloads else _JOB_COLUMNS_NO_PAYLOADS) + " FROM jobs"
+            "SELECT " + (JOB_COLUMNS if where.payloads else _JOB_COLUMNS_NO_PAYLOADS) + " FROM jobs"
         )
         if terms:
             query = query + sql.SQL(" WHERE ") + sql.SQL(" AND ").join(terms)
         query = query + sql.SQL(" ORDER BY id LIMIT %s")
         args.append(where.limit)
-        return await self._run(lambda conn: [_job_record(r) for r in conn.execute(query, args)], "list_jobs")
+        return await self._run(lambda conn: [job_record(r) for r in conn.execute(query, args)], "list_jobs")
 
     async def cancel_job(self, job_id: str, now: int, error: bytes) -> JobRecord | None:
         def run(conn: Connection) -> JobRecord | None:
@@ -1005,7 +873,7 @@ class PostgresStorage:
 
     async def due_cron_jobs(self, names: Sequence[str], now: int) -> list[CronRecord]:
         def run(conn: Connection) -> list[CronRecord]:
-            return [_cron_record(r) for r in conn.execute(_DUE_CRONS, (now, list(names)))]
+            return [cron_record(r) for r in conn.execute(_DUE_CRONS, (now, list(names)))]
 
         return await self._run(run, "due_cron_jobs")
 
@@ -1038,8 +906,8 @@ class PostgresStorage:
         return await self._write_and_notify(run, "fire_cron")
 
     async def list_cron_jobs(self) -> list[CronRecord]:
-        query = f"SELECT {_CRON_COLUMNS} FROM cron_jobs ORDER BY name"
-        return await self._run(lambda conn: [_cron_record(r) for r in conn.execute(query)], "list_cron_jobs")
+        query = f"SELECT {CRON_COLUMNS} FROM cron_jobs ORDER BY name"
+        return await self._run(lambda conn: [cron_record(r) for r in conn.execute(query)], "list_cron_jobs")
 
     async def set_cron_enabled(self, name: str, enabled: bool, next_run_at: int | None, now: int) -> CronRecord | None:
         def run(conn: Connection) -> CronRecord | None:
@@ -1048,8 +916,8 @@ class PostgresStorage:
                 conn.execute(query, (next_run_at, now, name))
             else:
                 conn.execute("UPDATE cron_jobs SET enabled = false, updated_at = %s WHERE name = %s", (now, name))
-            row = conn.execute(f"SELECT {_CRON_COLUMNS} FROM cron_jobs WHERE name = %s", (name,)).fetchone()
-            return None if row is None else _cron_record(row)
+            row = conn.execute(f"SELECT {CRON_COLUMNS} FROM cron_jobs WHERE name = %s", (name,)).fetchone()
+            return None if row is None else cron_record(row)
 
         return await self._write(run, "set_cron_enabled")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final, Literal, TypeVar, final, get_args
 
@@ -38,6 +38,21 @@ from ._base import (
     LeaseLostError,
     NewJob,
     SetAlarm,
+)
+from ._rows import (
+    CRON_COLUMNS,
+    INSTANCE_COLUMNS,
+    JOB_COLUMNS,
+    alarm_record,
+    claimed_job,
+    cron_record,
+    expired_lease,
+    instance_args,
+    instance_record,
+    job_record,
+    loaded,
+    qualified,
+    running_job_args,
 )
 
 #: Commits between automatic WAL checkpoints, in pages (256 pages of 4 KiB: 1 MiB).
@@ -230,12 +245,8 @@ SCHEMA_VERSION: Final = len(MIGRATIONS)
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 T = TypeVar("T")
 
-_INSTANCE_COLUMNS = (
-    "key, kind, name, instance_id, tenant_id, status, state, run_count, attempt, event_count,"
-    " execute_count, started_at, data, created_at, updated_at, version"
-)
 _UPSERT_INSTANCE = f"""
-    INSERT INTO instances ({_INSTANCE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+    INSERT INTO instances ({INSTANCE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
     ON CONFLICT(key) DO UPDATE SET
         tenant_id=excluded.tenant_id, status=excluded.status, state=excluded.state,
         run_count=excluded.run_count, attempt=excluded.attempt, event_count=excluded.event_count,
@@ -243,8 +254,7 @@ _UPSERT_INSTANCE = f"""
         updated_at=excluded.updated_at, version=excluded.version
 """
 _LOAD = f"""
-    SELECT {", ".join("i." + c.strip() for c in _INSTANCE_COLUMNS.split(","))},
-           a.id, a.fire_at, a.purpose
+    SELECT {qualified(INSTANCE_COLUMNS, "i")}, a.id, a.fire_at, a.purpose
     FROM instances AS i LEFT JOIN alarms AS a ON a.key = i.key
     WHERE i.key = ?
 """
@@ -276,13 +286,8 @@ _NEXT_MY_ALARM = f"SELECT due_at FROM alarms WHERE {_MINE} ORDER BY due_at LIMIT
 # planner on the status indexes: a claim walks due rows in order, it must
 # never start from every row ever stored under a name.
 
-_JOB_COLUMNS = (
-    "id, name, status, params, result, error, progress, progress_message, worker_id, worker_started_at,"
-    " worker_expires_at, attempt_count, max_attempts, scheduled_for, priority, correlation_id, tenant_id,"
-    " cancel_requested, created_at, updated_at, completed_at"
-)
 #: The columns of a listing that shows no payloads (``JobFilter(payloads=False)``).
-_JOB_COLUMNS_NO_PAYLOADS = _JOB_COLUMNS.replace("params, result,", "x'' AS params, NULL AS result,")
+_JOB_COLUMNS_NO_PAYLOADS = JOB_COLUMNS.replace("params, result,", "x'' AS params, NULL AS result,")
 _INSERT_JOB = """
     INSERT INTO jobs (id, name, params, max_attempts, scheduled_for, priority, correlation_id, tenant_id,
                       created_at, updated_at, unique_key)
@@ -358,23 +363,6 @@ _RECLAIM = """
 _NO_FLOOR = -(2**31) - 1
 
 
-def _claimed(rows: Iterable[Sequence[Any]]) -> list[ClaimedJob]:
-    return [
-        ClaimedJob(
-            id=r[0],
-            name=r[1],
-            params=r[2],
-            attempt=r[3],
-            max_attempts=r[4],
-            scheduled_for=r[5],
-            priority=r[6],
-            correlation_id=r[7],
-            tenant_id=r[8],
-        )
-        for r in rows
-    ]
-
-
 _RENEW = """
     UPDATE jobs SET worker_expires_at = ?2 WHERE status = 'running' AND worker_id = ?1
     RETURNING id, cancel_requested
@@ -428,10 +416,6 @@ _NEXT_DUE = (
 )
 _NEXT_EXPIRY = "SELECT worker_expires_at FROM jobs WHERE status = 'running' ORDER BY worker_expires_at LIMIT 1"
 
-_CRON_COLUMNS = (
-    "name, job_name, expression, tz, params, enabled, tenant_id, last_run_at, next_run_at, last_job_id,"
-    " created_at, updated_at"
-)
 # An unchanged schedule keeps next_run_at (fires missed while no engine ran are
 # still due); a changed one starts from the new schedule's first run.
 _SYNC_CRON = """
@@ -445,7 +429,7 @@ _SYNC_CRON = """
 """
 _CRON_NAMES = "+name IN (SELECT value FROM json_each(?))"
 _DUE_CRONS = (
-    f"SELECT {_CRON_COLUMNS} FROM cron_jobs WHERE enabled = 1 AND next_run_at <= ? AND {_CRON_NAMES}"
+    f"SELECT {CRON_COLUMNS} FROM cron_jobs WHERE enabled = 1 AND next_run_at <= ? AND {_CRON_NAMES}"
     " ORDER BY next_run_at"
 )
 _NEXT_CRON = (
@@ -458,70 +442,6 @@ _FIRE_CRON = """
 """
 
 _names_encoder = msgspec.json.Encoder()
-
-
-def _instance_record(r: Any) -> InstanceRecord:
-    return InstanceRecord(
-        key=r[0],
-        kind=r[1],
-        name=r[2],
-        instance_id=r[3],
-        tenant_id=r[4],
-        status=r[5],
-        state=r[6],
-        run_count=r[7],
-        attempt=r[8],
-        event_count=r[9],
-        execute_count=r[10],
-        started_at=r[11],
-        data=r[12],
-        created_at=r[13],
-        updated_at=r[14],
-        version=r[15],
-    )
-
-
-def _job_record(r: Any) -> JobRecord:
-    return JobRecord(
-        id=r[0],
-        name=r[1],
-        status=r[2],
-        params=r[3],
-        result=r[4],
-        error=r[5],
-        progress=r[6],
-        progress_message=r[7],
-        worker_id=r[8],
-        worker_started_at=r[9],
-        worker_expires_at=r[10],
-        attempt_count=r[11],
-        max_attempts=r[12],
-        scheduled_for=r[13],
-        priority=r[14],
-        correlation_id=r[15],
-        tenant_id=r[16],
-        cancel_requested=bool(r[17]),
-        created_at=r[18],
-        updated_at=r[19],
-        completed_at=r[20],
-    )
-
-
-def _cron_record(r: Any) -> CronRecord:
-    return CronRecord(
-        name=r[0],
-        job_name=r[1],
-        expression=r[2],
-        tz=r[3],
-        params=r[4],
-        enabled=bool(r[5]),
-        tenant_id=r[6],
-        last_run_at=r[7],
-        next_run_at=r[8],
-        last_job_id=r[9],
-        created_at=r[10],
-        updated_at=r[11],
-    )
 
 
 def _insert_jobs(db: apsw.Connection, jobs: Sequence[NewJob]) -> list[tuple[str, bool]]:
@@ -751,26 +671,7 @@ class SqliteStorage:
     async def load(self, key: str) -> tuple[InstanceRecord, Alarm | None] | None:
         def run(db: apsw.Connection) -> tuple[InstanceRecord, Alarm | None] | None:
             for row in db.execute(_LOAD, (key,)):
-                record = InstanceRecord(
-                    key=row[0],
-                    kind=row[1],
-                    name=row[2],
-                    instance_id=row[3],
-                    tenant_id=row[4],
-                    status=row[5],
-                    state=row[6],
-                    run_count=row[7],
-                    attempt=row[8],
-                    event_count=row[9],
-                    execute_count=row[10],
-                    started_at=row[11],
-                    data=row[12],
-                    created_at=row[13],
-                    updated_at=row[14],
-                    version=row[15],
-                )
-                alarm = None if row[16] is None else Alarm(id=row[16], key=key, fire_at=row[17], purpose=row[18])
-                return record, alarm
+                return loaded(row)
             return None
 
         return await self.read(run)
@@ -797,27 +698,7 @@ class SqliteStorage:
                 db.execute("DELETE FROM alarms WHERE key = ?", (key,))
                 db.execute("DELETE FROM event_ids WHERE key = ?", (key,))
                 return
-            db.execute(
-                _UPSERT_INSTANCE,
-                (
-                    key,
-                    record.kind,
-                    record.name,
-                    record.instance_id,
-                    record.tenant_id,
-                    record.status,
-                    record.state,
-                    record.run_count,
-                    record.attempt,
-                    record.event_count,
-                    record.execute_count,
-                    record.started_at,
-                    record.data,
-                    record.created_at,
-                    record.updated_at,
-                    record.version,
-                ),
-            )
+            db.execute(_UPSERT_INSTANCE, instance_args(key, record))
             alarm = checkin.alarm
             if isinstance(alarm, SetAlarm):
                 # REPLACE deletes the old row and inserts a new one: the alarm gets a
@@ -849,7 +730,7 @@ class SqliteStorage:
             else:
                 mine = _names_encoder.encode(list(prefixes))
                 rows = list(db.execute(_CLAIM_MY_ALARMS, (now_ms + lease_ms, now_ms, mine, limit)))
-            return [Alarm(id=r[0], key=r[1], fire_at=r[2], purpose=r[3]) for r in rows]
+            return [alarm_record(r) for r in rows]
 
         return await self.write(run)
 
@@ -921,10 +802,10 @@ class SqliteStorage:
         if after is not None:
             terms.append("key > ?")
             args.append(after)
-        sql = f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE {' AND '.join(terms)} ORDER BY key LIMIT ?"
+        sql = f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE {' AND '.join(terms)} ORDER BY key LIMIT ?"
 
         def run(db: apsw.Connection) -> list[InstanceRecord]:
-            return [_instance_record(r) for r in db.execute(sql, (*args, limit))]
+            return [instance_record(r) for r in db.execute(sql, (*args, limit))]
 
         return await self.read(run)
 
@@ -934,22 +815,7 @@ class SqliteStorage:
         return await self.write(lambda db: _insert_jobs(db, jobs))
 
     async def start_job(self, job: NewJob, worker_id: str, lease_until: int) -> None:
-        now = job.created_at
-        row = (
-            job.id,
-            job.name,
-            job.params,
-            job.max_attempts,
-            job.scheduled_for,
-            job.priority,
-            job.correlation_id,
-            job.tenant_id,
-            worker_id,
-            now,
-            lease_until,
-            now,
-            now,
-        )
+        row = running_job_args(job, worker_id, lease_until)
         await self.write(lambda db: db.execute(_INSERT_RUNNING_JOB, row))
 
     async def claim_jobs(
@@ -964,7 +830,7 @@ class SqliteStorage:
             _NO_FLOOR if above is None else above,
         )
         # Exhaust the RETURNING cursor inside the transaction: an unfinished one would keep the write lock.
-        return await self.write(lambda db: _claimed(db.execute(_CLAIM_JOBS, args)))
+        return await self.write(lambda db: [claimed_job(r) for r in db.execute(_CLAIM_JOBS, args)])
 
     async def start_held_jobs(
         self,
@@ -984,7 +850,7 @@ class SqliteStorage:
             for job_id, attempt in held:
                 for (status,) in db.execute(_START_HELD, (now, lease_until, cancel_error, worker_id, job_id, attempt)):
                     (started if status == "running" else cancelled).append(job_id)
-            urgent = _claimed(db.execute(_CLAIM_JOBS, claim)) if held else []
+            urgent = [claimed_job(r) for r in db.execute(_CLAIM_JOBS, claim)] if held else []
             return HeldStarts(started=started, cancelled=cancelled, urgent=urgent)
 
         return await self.write(run)
@@ -993,10 +859,7 @@ class SqliteStorage:
         self, now: int, cancel_error: bytes, lease_error: bytes, limit: int
     ) -> list[ExpiredLease]:
         def run(db: apsw.Connection) -> list[ExpiredLease]:
-            return [
-                ExpiredLease(id=r[0], name=r[1], worker_id=r[2], attempt=r[3], status=r[4])
-                for r in db.execute(_RECLAIM, (now, cancel_error, lease_error, limit))
-            ]
+            return [expired_lease(r) for r in db.execute(_RECLAIM, (now, cancel_error, lease_error, limit))]
 
         return await self.write(run)
 
@@ -1033,8 +896,8 @@ class SqliteStorage:
         return await self.write(run)
 
     def _get_job(self, db: apsw.Connection, job_id: str) -> JobRecord | None:
-        for r in db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)):
-            return _job_record(r)
+        for r in db.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)):
+            return job_record(r)
         return None
 
     async def get_job(self, job_id: str) -> JobRecord | None:
@@ -1055,13 +918,13 @@ class SqliteStorage:
         if where.after is not None:
             terms.append("id > ?")
             args.append(where.after)
-        columns = _JOB_COLUMNS if where.payloads else _JOB_COLUMNS_NO_PAYLOADS
+        columns = JOB_COLUMNS if where.payloads else _JOB_COLUMNS_NO_PAYLOADS
         sql = f"SELECT {columns} FROM jobs"
         if terms:
             sql += " WHERE " + " AND ".join(terms)
         sql += " ORDER BY id LIMIT ?"
         args.append(where.limit)
-        return await self.read(lambda db: [_job_record(r) for r in db.execute(sql, args)])
+        return await self.read(lambda db: [job_record(r) for r in db.execute(sql, args)])
 
     async def cancel_job(self, job_id: str, now: int, error: bytes) -> JobRecord | None:
         def run(db: apsw.Connection) -> JobRecord | None:
@@ -1093,7 +956,7 @@ class SqliteStorage:
 
     async def due_cron_jobs(self, names: Sequence[str], now: int) -> list[CronRecord]:
         args = (now, _names_encoder.encode(list(names)))
-        return await self.read(lambda db: [_cron_record(r) for r in db.execute(_DUE_CRONS, args)])
+        return await self.read(lambda db: [cron_record(r) for r in db.execute(_DUE_CRONS, args)])
 
     async def next_cron_at(self, names: Sequence[str]) -> int | None:
         def run(db: apsw.Connection) -> int | None:
@@ -1120,8 +983,8 @@ class SqliteStorage:
         return await self.write(run)
 
     async def list_cron_jobs(self) -> list[CronRecord]:
-        sql = f"SELECT {_CRON_COLUMNS} FROM cron_jobs ORDER BY name"
-        return await self.read(lambda db: [_cron_record(r) for r in db.execute(sql)])
+        sql = f"SELECT {CRON_COLUMNS} FROM cron_jobs ORDER BY name"
+        return await self.read(lambda db: [cron_record(r) for r in db.execute(sql)])
 
     async def set_cron_enabled(self, name: str, enabled: bool, next_run_at: int | None, now: int) -> CronRecord | None:
         def run(db: apsw.Connection) -> CronRecord | None:
@@ -1130,8 +993,8 @@ class SqliteStorage:
                 db.execute(sql, (next_run_at, now, name))
             else:
                 db.execute("UPDATE cron_jobs SET enabled = 0, updated_at = ? WHERE name = ?", (now, name))
-            for r in db.execute(f"SELECT {_CRON_COLUMNS} FROM cron_jobs WHERE name = ?", (name,)):
-                return _cron_record(r)
+            for r in db.execute(f"SELECT {CRON_COLUMNS} FROM cron_jobs WHERE name = ?", (name,)):
+                return cron_record(r)
             return None
 
         return await self.write(run)
