@@ -26,6 +26,7 @@ import msgspec
 from .._errors import StorageError
 from ._base import Alarm, InstanceRecord, JobStatusName, QueueStorage, Storage, StorageLayer
 from ._rows import INSTANCE_COLUMNS, instance_record, qualified
+from ._sql import POSTGRES, SQLITE, Dialect
 from ._sqlite import APPLICATION_ID, SCHEMA_VERSION, SqliteStorage, _describe, _inspect, sqlite
 
 if TYPE_CHECKING:
@@ -214,24 +215,26 @@ def inspector(storage: Storage) -> Inspector:
 
 # Portable SQL (SQLite and PostgreSQL): sums of CASE, not of booleans.
 _ALARMS = """
-    SELECT sum(CASE WHEN fire_at <= ?1 AND due_at <= ?1 THEN 1 ELSE 0 END),
-           sum(CASE WHEN fire_at <= ?1 AND due_at > ?1 THEN 1 ELSE 0 END),
-           sum(CASE WHEN fire_at > ?1 THEN 1 ELSE 0 END),
-           min(CASE WHEN fire_at > ?1 THEN fire_at END)
+    SELECT sum(CASE WHEN fire_at <= :now AND due_at <= :now THEN 1 ELSE 0 END),
+           sum(CASE WHEN fire_at <= :now AND due_at > :now THEN 1 ELSE 0 END),
+           sum(CASE WHEN fire_at > :now THEN 1 ELSE 0 END),
+           min(CASE WHEN fire_at > :now THEN fire_at END)
     FROM alarms
 """
 # The oldest due row walks the (status, scheduled_for) index from its start: one row read.
+_JOBS_DUE = "SELECT count(*) FROM jobs WHERE status = 'pending' AND scheduled_for <= ?"
 _OLDEST_PENDING = """
     SELECT id, name, scheduled_for, created_at FROM jobs
     WHERE status = 'pending' AND scheduled_for <= ? ORDER BY scheduled_for LIMIT 1
 """
 _INSTANCE_LEASES = """
-    SELECT owner, sum(CASE WHEN expires_at > ?1 THEN 1 ELSE 0 END), sum(CASE WHEN expires_at <= ?1 THEN 1 ELSE 0 END)
+    SELECT owner, sum(CASE WHEN expires_at > :now THEN 1 ELSE 0 END),
+           sum(CASE WHEN expires_at <= :now THEN 1 ELSE 0 END)
     FROM instance_leases GROUP BY owner
 """
 _JOB_LEASES = """
-    SELECT worker_id, sum(CASE WHEN worker_expires_at > ?1 THEN 1 ELSE 0 END),
-           sum(CASE WHEN worker_expires_at <= ?1 THEN 1 ELSE 0 END) FROM jobs
+    SELECT worker_id, sum(CASE WHEN worker_expires_at > :now THEN 1 ELSE 0 END),
+           sum(CASE WHEN worker_expires_at <= :now THEN 1 ELSE 0 END) FROM jobs
     WHERE status = 'running' AND worker_id IS NOT NULL GROUP BY worker_id
 """
 _INSTANCE_VIEW = f"""
@@ -251,7 +254,7 @@ def _counts(rows: list[tuple[str, int]]) -> dict[str, int]:
     return counts
 
 
-def _row(db: apsw.Connection, sql: str, args: tuple[object, ...] = ()) -> tuple[Any, ...]:
+def _row(db: apsw.Connection, sql: str, args: tuple[object, ...] | dict[str, object] = ()) -> tuple[Any, ...]:
     """The first row of a query that always returns one (an aggregate)."""
     return tuple(next(iter(db.execute(sql, args))))
 
@@ -275,19 +278,17 @@ class SqliteInspector:
                         " ORDER BY kind, name, status"
                     )
                 ]
-                due, claimed, later, next_at = _row(db, _ALARMS, (now,))
+                due, claimed, later, next_at = _row(db, _ALARMS, {"now": now})
                 alarms = AlarmCounts(due=due or 0, claimed=claimed or 0, later=later or 0, next_at=next_at)
                 jobs = _counts(list(db.execute("SELECT status, count(*) FROM jobs GROUP BY status")))
-                (jobs_due,) = _row(
-                    db, "SELECT count(*) FROM jobs WHERE status = 'pending' AND scheduled_for <= ?", (now,)
-                )
+                (jobs_due,) = _row(db, _JOBS_DUE, (now,))
                 oldest = None
                 for r in db.execute(_OLDEST_PENDING, (now,)):
                     oldest = PendingJob(id=r[0], name=r[1], scheduled_for=r[2], created_at=r[3])
                 # owner -> [instance leases, job leases, expired leases]
                 held: dict[str, list[int]] = {}
                 for column, sql in ((0, _INSTANCE_LEASES), (1, _JOB_LEASES)):
-                    for owner, live, expired in db.execute(sql, (now,)):
+                    for owner, live, expired in db.execute(sql, {"now": now}):
                         counts = held.setdefault(owner, [0, 0, 0])
                         counts[column] += live or 0
                         counts[2] += expired or 0
@@ -307,7 +308,7 @@ class SqliteInspector:
         return await self._storage.read(run)
 
     async def instances(self, where: InstanceFilter) -> list[InstanceView]:
-        sql, args = _instances_query(where, "?")
+        sql, args = _instances_query(where, SQLITE)
         return await self._storage.read(lambda db: [_instance_view(r) for r in db.execute(sql, args)])
 
     async def job_counts(self, correlation_id: str | None = None) -> dict[str, int]:
@@ -321,8 +322,7 @@ class SqliteInspector:
         return await self._storage.read(lambda db: _job_counts(db.execute(_BY_NAME)))
 
     async def finished_per_minute(self, since: int, until: int) -> list[MinuteCount]:
-        sql = _PER_MINUTE.replace("%s", "?")
-        return await self._storage.read(lambda db: _minutes(db.execute(sql, (since, until))))
+        return await self._storage.read(lambda db: _minutes(db.execute(_PER_MINUTE, (since, until))))
 
 
 # -- shared by both dialects -------------------------------------------------------------
@@ -334,9 +334,12 @@ _PER_MINUTE = """
            sum(CASE WHEN status = 'completed' THEN 1 ELSE 0 END),
            sum(CASE WHEN status = 'failed' THEN 1 ELSE 0 END)
     FROM jobs
-    WHERE status IN ('completed', 'failed') AND completed_at >= %s AND completed_at <= %s
+    WHERE status IN ('completed', 'failed') AND completed_at >= ? AND completed_at <= ?
     GROUP BY minute ORDER BY minute
 """
+
+
+_PG_PER_MINUTE = POSTGRES.text(_PER_MINUTE).encode()
 
 
 def _job_counts(rows: Any) -> list[JobCount]:
@@ -347,7 +350,7 @@ def _minutes(rows: Any) -> list[MinuteCount]:
     return [MinuteCount(minute=int(r[0]), completed=int(r[1] or 0), failed=int(r[2] or 0)) for r in rows]
 
 
-def _instances_query(where: InstanceFilter, mark: str) -> tuple[str, list[object]]:
+def _instances_query(where: InstanceFilter, dialect: Dialect) -> tuple[str, list[object]]:
     terms: list[str] = []
     args: list[object] = []
     for column, value in (
@@ -358,15 +361,15 @@ def _instances_query(where: InstanceFilter, mark: str) -> tuple[str, list[object
         ("i.status", where.status),
     ):
         if value is not None:
-            terms.append(f"{column} = {mark}")
+            terms.append(f"{column} = ?")
             args.append(value)
     if where.after is not None:
-        terms.append(f"i.key > {mark}")
+        terms.append(f"i.key{dialect.key_order} > ?")
         args.append(where.after)
     view = _INSTANCE_VIEW if where.payloads else _INSTANCE_VIEW_NO_PAYLOADS
-    sql = view + (" WHERE " + " AND ".join(terms) if terms else "") + f" ORDER BY i.key LIMIT {mark}"
+    sql = view + (" WHERE " + " AND ".join(terms) if terms else "") + f" ORDER BY i.key{dialect.key_order} LIMIT ?"
     args.append(where.limit)
-    return sql, args
+    return dialect.text(sql), args
 
 
 def _instance_view(r: Sequence[Any]) -> InstanceView:
@@ -400,22 +403,20 @@ class PostgresInspector:
                     " ORDER BY kind, name, status"
                 )
             ]
-            row = conn.execute(_ALARMS.replace("?1", "%(now)s"), {"now": now}).fetchone()
+            row = conn.execute(POSTGRES.text(_ALARMS), {"now": now}).fetchone()
             assert row is not None
             due, claimed, later, next_at = row
             alarms = AlarmCounts(due=int(due or 0), claimed=int(claimed or 0), later=int(later or 0), next_at=next_at)
             jobs = _counts([(r[0], r[1]) for r in conn.execute("SELECT status, count(*) FROM jobs GROUP BY status")])
-            due_row = conn.execute(
-                "SELECT count(*) FROM jobs WHERE status = 'pending' AND scheduled_for <= %s", (now,)
-            ).fetchone()
+            due_row = conn.execute(POSTGRES.text(_JOBS_DUE), (now,)).fetchone()
             jobs_due = int(due_row[0]) if due_row else 0
             oldest = None
-            r = conn.execute(_OLDEST_PENDING.replace("?", "%s"), (now,)).fetchone()
+            r = conn.execute(POSTGRES.text(_OLDEST_PENDING), (now,)).fetchone()
             if r is not None:
                 oldest = PendingJob(id=r[0], name=r[1], scheduled_for=r[2], created_at=r[3])
             held: dict[str, list[int]] = {}
             for column, sql in ((0, _INSTANCE_LEASES), (1, _JOB_LEASES)):
-                for owner, live, expired in conn.execute(sql.replace("?1", "%(now)s"), {"now": now}):
+                for owner, live, expired in conn.execute(POSTGRES.text(sql), {"now": now}):
                     counts = held.setdefault(owner, [0, 0, 0])
                     counts[column] += int(live or 0)
                     counts[2] += int(expired or 0)
@@ -433,7 +434,7 @@ class PostgresInspector:
         return await self._storage.read(run, "summary")
 
     async def instances(self, where: InstanceFilter) -> list[InstanceView]:
-        sql, args = _instances_query(where, "%s")
+        sql, args = _instances_query(where, POSTGRES)
         return await self._storage.read(
             lambda conn: [_instance_view(r) for r in conn.execute(sql.encode(), args)], "instances"
         )
@@ -452,7 +453,8 @@ class PostgresInspector:
 
     async def finished_per_minute(self, since: int, until: int) -> list[MinuteCount]:
         return await self._storage.read(
-            lambda conn: _minutes(conn.execute(_PER_MINUTE.encode(), (since, until))), "finished_per_minute"
+            lambda conn: _minutes(conn.execute(POSTGRES.text(_PER_MINUTE).encode(), (since, until))),
+            "finished_per_minute",
         )
 
 

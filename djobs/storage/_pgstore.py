@@ -35,6 +35,7 @@ import trio
 from psycopg import sql
 
 from .._errors import DuplicateEventError, StorageError
+from . import _sql
 from ._base import (
     FINAL_STATUSES,
     Alarm,
@@ -57,8 +58,6 @@ from ._base import (
 from ._pgconn import Connection, Pool, configure, connect_error, listen, redact, server_name
 from ._rows import (
     CRON_COLUMNS,
-    INSTANCE_COLUMNS,
-    JOB_COLUMNS,
     alarm_record,
     claimed_job,
     cron_record,
@@ -67,9 +66,9 @@ from ._rows import (
     instance_record,
     job_record,
     loaded,
-    qualified,
     running_job_args,
 )
+from ._sql import POSTGRES
 
 T = TypeVar("T")
 _log = logging.getLogger("djobs.storage")
@@ -196,19 +195,35 @@ SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 # -- instances and alarms -------------------------------------------------------------
 
-_UPSERT_INSTANCE = f"""
-    INSERT INTO instances ({INSTANCE_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)
-    ON CONFLICT (key) DO UPDATE SET
-        tenant_id = excluded.tenant_id, status = excluded.status, state = excluded.state,
-        run_count = excluded.run_count, attempt = excluded.attempt, event_count = excluded.event_count,
-        execute_count = excluded.execute_count, started_at = excluded.started_at, data = excluded.data,
-        updated_at = excluded.updated_at, version = excluded.version
-"""
-_LOAD = f"""
-    SELECT {qualified(INSTANCE_COLUMNS, "i")}, a.id, a.fire_at, a.purpose
-    FROM instances AS i LEFT JOIN alarms AS a ON a.key = i.key
-    WHERE i.key = %s
-"""
+# The statements both dialects share (``_sql``), in psycopg's placeholders.
+_UPSERT_INSTANCE = POSTGRES.text(_sql.UPSERT_INSTANCE)
+_LOAD = POSTGRES.text(_sql.LOAD)
+_DELETE_INSTANCE = POSTGRES.text(_sql.DELETE_INSTANCE)
+_DELETE_ALARM = POSTGRES.text(_sql.DELETE_ALARM)
+_DELETE_EVENT_IDS = POSTGRES.text(_sql.DELETE_EVENT_IDS)
+_INSERT_EVENT_ID = POSTGRES.text(_sql.INSERT_EVENT_ID)
+_HAS_EVENT_ID = POSTGRES.text(_sql.HAS_EVENT_ID)
+_LEASE_OWNER = POSTGRES.text(_sql.LEASE_OWNER)
+_LEASE_HOLDER = POSTGRES.text(_sql.LEASE_HOLDER)
+_INSERT_RUNNING_JOB = POSTGRES.text(_sql.INSERT_RUNNING_JOB)
+_INSERT_JOB_KEY = POSTGRES.text(_sql.INSERT_JOB_KEY)
+_FIND_JOB_KEY = POSTGRES.text(_sql.FIND_JOB_KEY)
+_GET_JOB = POSTGRES.text(_sql.GET_JOB)
+_SETTLE_COMPLETED = POSTGRES.text(_sql.SETTLE_COMPLETED)
+_SETTLE_FINAL = POSTGRES.text(_sql.SETTLE_FINAL)
+_SETTLE_RETRY = POSTGRES.text(_sql.SETTLE_RETRY)
+_SETTLE_RELEASE = POSTGRES.text(_sql.SETTLE_RELEASE)
+_SETTLE_AGAIN = POSTGRES.text(_sql.SETTLE_AGAIN)
+_SET_PROGRESS = POSTGRES.text(_sql.SET_PROGRESS)
+_CANCEL_JOB = POSTGRES.text(_sql.CANCEL_JOB)
+_RETRY_JOB = POSTGRES.text(_sql.RETRY_JOB)
+_SYNC_CRON = POSTGRES.text(_sql.SYNC_CRON)
+_FIRE_CRON = POSTGRES.text(_sql.FIRE_CRON)
+_ENABLE_CRON = POSTGRES.text(_sql.ENABLE_CRON)
+_DISABLE_CRON = POSTGRES.text(_sql.DISABLE_CRON)
+_GET_CRON = POSTGRES.text(_sql.GET_CRON)
+_LIST_CRONS = POSTGRES.text(_sql.LIST_CRONS)
+
 _SET_ALARM = """
     INSERT INTO alarms (key, fire_at, due_at, purpose) VALUES (%s, %s, %s, %s)
     ON CONFLICT (key) DO UPDATE SET id = DEFAULT, fire_at = excluded.fire_at, due_at = excluded.due_at,
@@ -248,8 +263,6 @@ _RELEASE_ALARMS = """
 
 # -- the queue ---------------------------------------------------------------------------
 
-#: The columns of a listing that shows no payloads (``JobFilter(payloads=False)``).
-_JOB_COLUMNS_NO_PAYLOADS = JOB_COLUMNS.replace("params, result,", "''::bytea AS params, NULL AS result,")
 # Rows without an idempotency key go in as one statement, arrays of columns: one
 # round trip, atomic without BEGIN and COMMIT.
 _INSERT_JOBS = """
@@ -270,15 +283,6 @@ _FIND_UNIQUE = """
     SELECT id FROM jobs
     WHERE name = %s AND unique_key = %s AND tenant_id IS NOT DISTINCT FROM %s AND status = ANY(%s)
     ORDER BY id LIMIT 1
-"""
-_INSERT_RUNNING_JOB = """
-    INSERT INTO jobs (id, name, status, params, max_attempts, scheduled_for, priority, correlation_id, tenant_id,
-                      worker_id, worker_started_at, worker_expires_at, attempt_count, created_at, updated_at)
-    VALUES (%s, %s, 'running', %s, %s, %s, %s, %s, %s, %s, %s, %s, 1, %s, %s)
-"""
-_INSERT_KEY = """
-    INSERT INTO job_keys (tenant_id, name, key, job_id, created_at) VALUES (%s, %s, %s, %s, %s)
-    ON CONFLICT DO NOTHING RETURNING job_id
 """
 # The one claim statement: whatever limits a claim belongs here. `above` is a floor on
 # priority (an urgent claim, from start_held_jobs, walks jobs_claim's first entries only).
@@ -346,67 +350,12 @@ _RENEW = """
       AND status = 'running' AND worker_id = %(worker)s
     RETURNING id, cancel_requested
 """
-_FENCE = "WHERE id = %s AND worker_id = %s AND attempt_count = %s AND status = 'running'"
-_SETTLE_COMPLETED = f"""
-    UPDATE jobs SET status = 'completed', result = %s, error = NULL, completed_at = %s, updated_at = %s,
-                    worker_expires_at = NULL
-    {_FENCE}
-"""
-_SETTLE_FINAL = f"""
-    UPDATE jobs SET status = %s, error = %s, completed_at = %s, updated_at = %s, worker_expires_at = NULL
-    {_FENCE}
-"""
-_SETTLE_RETRY = f"""
-    UPDATE jobs SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'pending' END,
-                    error = %s, scheduled_for = %s, completed_at = CASE WHEN cancel_requested THEN %s::bigint END,
-                    updated_at = %s, worker_expires_at = NULL
-    {_FENCE}
-"""
-_SETTLE_RELEASE = f"""
-    UPDATE jobs SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'pending' END,
-                    error = CASE WHEN cancel_requested THEN %s ELSE error END,
-                    completed_at = CASE WHEN cancel_requested THEN %s::bigint END, updated_at = %s,
-                    attempt_count = attempt_count - 1, worker_started_at = NULL, worker_expires_at = NULL
-    {_FENCE}
-"""
-_SETTLE_AGAIN = f"""
-    UPDATE jobs SET attempt_count = attempt_count + 1, error = %s, worker_expires_at = %s, updated_at = %s
-    {_FENCE}
-"""
-_SET_PROGRESS = f"UPDATE jobs SET progress = %s, progress_message = %s, updated_at = %s {_FENCE}"
-_CANCEL = """
-    UPDATE jobs SET
-        status = CASE WHEN status = 'pending' THEN 'cancelled' ELSE status END,
-        error = CASE WHEN status = 'pending' THEN %(error)s ELSE error END,
-        completed_at = CASE WHEN status = 'pending' THEN %(now)s ELSE completed_at END,
-        cancel_requested = CASE WHEN status = 'running' THEN true ELSE cancel_requested END,
-        updated_at = %(now)s
-    WHERE id = %(id)s AND status IN ('pending', 'running')
-"""
-_RETRY = """
-    UPDATE jobs SET status = 'pending', attempt_count = 0, result = NULL, error = NULL, progress = 0,
-                    progress_message = NULL, cancel_requested = false, scheduled_for = %(now)s, completed_at = NULL,
-                    worker_id = NULL, worker_started_at = NULL, worker_expires_at = NULL, updated_at = %(now)s
-    WHERE id = %(id)s AND status IN ('failed', 'cancelled')
-"""
 _NEXT_WAKEUP = """
     SELECT least(
         (SELECT scheduled_for FROM jobs WHERE status = 'pending' AND name = ANY(%s) ORDER BY scheduled_for LIMIT 1),
         (SELECT worker_expires_at FROM jobs WHERE status = 'running' ORDER BY worker_expires_at LIMIT 1))
 """
 
-# An unchanged schedule keeps next_run_at (fires missed while no engine ran are
-# still due); a changed one starts from the new schedule's first run.
-_SYNC_CRON = """
-    INSERT INTO cron_jobs (name, job_name, expression, tz, params, tenant_id, next_run_at, created_at, updated_at)
-    VALUES (%(name)s, %(job_name)s, %(expression)s, %(tz)s, %(params)s, %(tenant_id)s, %(first)s, %(now)s, %(now)s)
-    ON CONFLICT (name) DO UPDATE SET
-        job_name = excluded.job_name, params = excluded.params, tenant_id = excluded.tenant_id,
-        next_run_at = CASE WHEN cron_jobs.expression = excluded.expression AND cron_jobs.tz = excluded.tz
-                                AND cron_jobs.next_run_at IS NOT NULL
-                           THEN cron_jobs.next_run_at ELSE excluded.next_run_at END,
-        expression = excluded.expression, tz = excluded.tz, updated_at = excluded.updated_at
-"""
 _DUE_CRONS = (
     f"SELECT {CRON_COLUMNS} FROM cron_jobs WHERE enabled AND next_run_at <= %s AND name = ANY(%s)"
     " ORDER BY next_run_at, name"
@@ -415,11 +364,6 @@ _NEXT_CRON = (
     "SELECT next_run_at FROM cron_jobs WHERE enabled AND next_run_at IS NOT NULL AND name = ANY(%s)"
     " ORDER BY next_run_at LIMIT 1"
 )
-_FIRE_CRON = """
-    UPDATE cron_jobs SET next_run_at = %(next)s, last_run_at = %(now)s,
-                         last_job_id = coalesce(%(job_id)s, last_job_id), updated_at = %(now)s
-    WHERE name = %(name)s AND next_run_at = %(expected)s AND enabled
-"""
 
 
 def channel_name(schema: str) -> str:
@@ -501,36 +445,31 @@ class PostgresStorage:
             record = checkin.record
             if checkin.lease_owner is not None:
                 # FOR SHARE: the lease cannot change hands until this check-in commits.
-                row = conn.execute("SELECT owner FROM instance_leases WHERE key = %s FOR SHARE", (key,)).fetchone()
+                row = conn.execute(_LEASE_OWNER + " FOR SHARE", (key,)).fetchone()
                 if row is None or row[0] != checkin.lease_owner:
                     raise LeaseLostError(key)
             if checkin.event_id is not None:
                 created = record.updated_at if record is not None else 0
-                inserted = conn.execute(
-                    "INSERT INTO event_ids (key, event_id, created_at) VALUES (%s, %s, %s)"
-                    " ON CONFLICT DO NOTHING RETURNING 1",
-                    (key, checkin.event_id, created),
-                ).fetchone()
+                inserted = conn.execute(_INSERT_EVENT_ID, (key, checkin.event_id, created)).fetchone()
                 if inserted is None:
                     raise DuplicateEventError(key, checkin.event_id)  # rolls the transaction back
             if record is None:
-                conn.execute("DELETE FROM instances WHERE key = %s", (key,))
-                conn.execute("DELETE FROM alarms WHERE key = %s", (key,))
-                conn.execute("DELETE FROM event_ids WHERE key = %s", (key,))
+                conn.execute(_DELETE_INSTANCE, (key,))
+                conn.execute(_DELETE_ALARM, (key,))
+                conn.execute(_DELETE_EVENT_IDS, (key,))
                 return
             conn.execute(_UPSERT_INSTANCE, instance_args(key, record))
             alarm = checkin.alarm
             if isinstance(alarm, SetAlarm):
                 conn.execute(_SET_ALARM, (key, alarm.fire_at, alarm.fire_at, alarm.purpose))
             elif isinstance(alarm, ClearAlarm):
-                conn.execute("DELETE FROM alarms WHERE key = %s", (key,))
+                conn.execute(_DELETE_ALARM, (key,))
 
         await self._write(run, "commit")
 
     async def has_event_id(self, key: str, event_id: str) -> bool:
         def run(conn: Connection) -> bool:
-            query = "SELECT 1 FROM event_ids WHERE key = %s AND event_id = %s"
-            return conn.execute(query, (key, event_id)).fetchone() is not None
+            return conn.execute(_HAS_EVENT_ID, (key, event_id)).fetchone() is not None
 
         return await self._run(run, "has_event_id")
 
@@ -556,7 +495,7 @@ class PostgresStorage:
 
     async def instance_lease_holder(self, key: str) -> tuple[str, int] | None:
         def run(conn: Connection) -> tuple[str, int] | None:
-            row = conn.execute("SELECT owner, expires_at FROM instance_leases WHERE key = %s", (key,)).fetchone()
+            row = conn.execute(_LEASE_HOLDER, (key,)).fetchone()
             return None if row is None else (str(row[0]), int(row[1]))
 
         return await self._run(run, "instance_lease_holder")
@@ -599,19 +538,10 @@ class PostgresStorage:
     async def list_instances(
         self, kind: str, name: str, tenant_id: str | None, status: str | None, after: str | None, limit: int
     ) -> list[InstanceRecord]:
-        terms, args = ["kind = %s", "name = %s"], [kind, name]
-        for column, value in (("tenant_id", tenant_id), ("status", status)):
-            if value is not None:
-                terms.append(f"{column} = %s")
-                args.append(value)
-        if after is not None:
-            terms.append('key COLLATE "C" > %s')
-            args.append(after)
-        where = " AND ".join(terms)
-        query = f'SELECT {INSTANCE_COLUMNS} FROM instances WHERE {where} ORDER BY key COLLATE "C" LIMIT %s'
+        query, args = _sql.list_instances(kind, name, tenant_id, status, after, limit, POSTGRES)
 
         def run(conn: Connection) -> list[InstanceRecord]:
-            return [instance_record(r) for r in conn.execute(query, (*args, limit))]
+            return [instance_record(r) for r in conn.execute(query.encode(), args)]
 
         return await self._run(run, "list_instances")
 
@@ -654,9 +584,8 @@ class PostgresStorage:
                     continue
             if job.idempotency_key is not None:
                 key = (job.tenant_id or "", job.name, job.idempotency_key)
-                if conn.execute(_INSERT_KEY, (*key, job.id, job.created_at)).fetchone() is None:
-                    query = "SELECT job_id FROM job_keys WHERE tenant_id = %s AND name = %s AND key = %s"
-                    first = conn.execute(query, key).fetchone()
+                if conn.execute(_INSERT_JOB_KEY, (*key, job.id, job.created_at)).fetchone() is None:
+                    first = conn.execute(_FIND_JOB_KEY, key).fetchone()
                     assert first is not None  # the conflicting row is committed: READ COMMITTED sees it
                     out.append((first[0], False))
                     continue
@@ -795,46 +724,26 @@ class PostgresStorage:
 
     @staticmethod
     def _get_job(conn: Connection, job_id: str) -> JobRecord | None:
-        row = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = %s", (job_id,)).fetchone()
+        row = conn.execute(_GET_JOB, (job_id,)).fetchone()
         return None if row is None else job_record(row)
 
     async def get_job(self, job_id: str) -> JobRecord | None:
         return await self._run(lambda conn: self._get_job(conn, job_id), "get_job")
 
     async def list_jobs(self, where: JobFilter) -> list[JobRecord]:
-        terms: list[sql.Composable] = []
-        args: list[object] = []
-        for column, value in (
-            ("status", where.status),
-            ("name", where.name),
-            ("correlation_id", where.correlation_id),
-            ("tenant_id", where.tenant_id),
-        ):
-            if value is not None:
-                terms.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
-                args.append(value)
-        if where.after is not None:
-            terms.append(sql.SQL("id > %s"))
-            args.append(where.after)
-        query: sql.Composable = sql.SQL(
-            "SELECT " + (JOB_COLUMNS if where.payloads else _JOB_COLUMNS_NO_PAYLOADS) + " FROM jobs"
-        )
-        if terms:
-            query = query + sql.SQL(" WHERE ") + sql.SQL(" AND ").join(terms)
-        query = query + sql.SQL(" ORDER BY id LIMIT %s")
-        args.append(where.limit)
-        return await self._run(lambda conn: [job_record(r) for r in conn.execute(query, args)], "list_jobs")
+        query, args = _sql.list_jobs(where, POSTGRES)
+        return await self._run(lambda conn: [job_record(r) for r in conn.execute(query.encode(), args)], "list_jobs")
 
     async def cancel_job(self, job_id: str, now: int, error: bytes) -> JobRecord | None:
         def run(conn: Connection) -> JobRecord | None:
-            conn.execute(_CANCEL, {"id": job_id, "now": now, "error": error})
+            conn.execute(_CANCEL_JOB, {"id": job_id, "now": now, "error": error})
             return self._get_job(conn, job_id)
 
         return await self._write(run, "cancel_job")
 
     async def retry_job(self, job_id: str, now: int) -> JobRecord | None:
         def run(conn: Connection) -> tuple[JobRecord | None, int | None]:
-            retried = conn.execute(_RETRY, {"id": job_id, "now": now}).rowcount > 0
+            retried = conn.execute(_RETRY_JOB, {"id": job_id, "now": now}).rowcount > 0
             return self._get_job(conn, job_id), now if retried else None
 
         return await self._write_and_notify(run, "retry_job")
@@ -906,17 +815,15 @@ class PostgresStorage:
         return await self._write_and_notify(run, "fire_cron")
 
     async def list_cron_jobs(self) -> list[CronRecord]:
-        query = f"SELECT {CRON_COLUMNS} FROM cron_jobs ORDER BY name"
-        return await self._run(lambda conn: [cron_record(r) for r in conn.execute(query)], "list_cron_jobs")
+        return await self._run(lambda conn: [cron_record(r) for r in conn.execute(_LIST_CRONS)], "list_cron_jobs")
 
     async def set_cron_enabled(self, name: str, enabled: bool, next_run_at: int | None, now: int) -> CronRecord | None:
         def run(conn: Connection) -> CronRecord | None:
             if enabled:
-                query = "UPDATE cron_jobs SET enabled = true, next_run_at = %s, updated_at = %s WHERE name = %s"
-                conn.execute(query, (next_run_at, now, name))
+                conn.execute(_ENABLE_CRON, (next_run_at, now, name))
             else:
-                conn.execute("UPDATE cron_jobs SET enabled = false, updated_at = %s WHERE name = %s", (now, name))
-            row = conn.execute(f"SELECT {CRON_COLUMNS} FROM cron_jobs WHERE name = %s", (name,)).fetchone()
+                conn.execute(_DISABLE_CRON, (now, name))
+            row = conn.execute(_GET_CRON, (name,)).fetchone()
             return None if row is None else cron_record(row)
 
         return await self._write(run, "set_cron_enabled")

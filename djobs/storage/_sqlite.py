@@ -41,8 +41,6 @@ from ._base import (
 )
 from ._rows import (
     CRON_COLUMNS,
-    INSTANCE_COLUMNS,
-    JOB_COLUMNS,
     alarm_record,
     claimed_job,
     cron_record,
@@ -51,8 +49,39 @@ from ._rows import (
     instance_record,
     job_record,
     loaded,
-    qualified,
     running_job_args,
+)
+from ._sql import (
+    CANCEL_JOB,
+    DELETE_ALARM,
+    DELETE_EVENT_IDS,
+    DELETE_INSTANCE,
+    DISABLE_CRON,
+    ENABLE_CRON,
+    FIND_JOB_KEY,
+    FIRE_CRON,
+    GET_CRON,
+    GET_JOB,
+    HAS_EVENT_ID,
+    INSERT_EVENT_ID,
+    INSERT_JOB_KEY,
+    INSERT_RUNNING_JOB,
+    LEASE_HOLDER,
+    LEASE_OWNER,
+    LIST_CRONS,
+    LOAD,
+    RETRY_JOB,
+    SET_PROGRESS,
+    SETTLE_AGAIN,
+    SETTLE_COMPLETED,
+    SETTLE_FINAL,
+    SETTLE_RELEASE,
+    SETTLE_RETRY,
+    SQLITE,
+    SYNC_CRON,
+    UPSERT_INSTANCE,
+    list_instances,
+    list_jobs,
 )
 
 #: Commits between automatic WAL checkpoints, in pages (256 pages of 4 KiB: 1 MiB).
@@ -245,19 +274,6 @@ SCHEMA_VERSION: Final = len(MIGRATIONS)
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 T = TypeVar("T")
 
-_UPSERT_INSTANCE = f"""
-    INSERT INTO instances ({INSTANCE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
-    ON CONFLICT(key) DO UPDATE SET
-        tenant_id=excluded.tenant_id, status=excluded.status, state=excluded.state,
-        run_count=excluded.run_count, attempt=excluded.attempt, event_count=excluded.event_count,
-        execute_count=excluded.execute_count, started_at=excluded.started_at, data=excluded.data,
-        updated_at=excluded.updated_at, version=excluded.version
-"""
-_LOAD = f"""
-    SELECT {qualified(INSTANCE_COLUMNS, "i")}, a.id, a.fire_at, a.purpose
-    FROM instances AS i LEFT JOIN alarms AS a ON a.key = i.key
-    WHERE i.key = ?
-"""
 _ACQUIRE_LEASE = """
     INSERT INTO instance_leases (key, owner, expires_at) VALUES (?1, ?2, ?3)
     ON CONFLICT(key) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
@@ -286,8 +302,6 @@ _NEXT_MY_ALARM = f"SELECT due_at FROM alarms WHERE {_MINE} ORDER BY due_at LIMIT
 # planner on the status indexes: a claim walks due rows in order, it must
 # never start from every row ever stored under a name.
 
-#: The columns of a listing that shows no payloads (``JobFilter(payloads=False)``).
-_JOB_COLUMNS_NO_PAYLOADS = JOB_COLUMNS.replace("params, result,", "x'' AS params, NULL AS result,")
 _INSERT_JOB = """
     INSERT INTO jobs (id, name, params, max_attempts, scheduled_for, priority, correlation_id, tenant_id,
                       created_at, updated_at, unique_key)
@@ -299,15 +313,6 @@ _FIND_UNIQUE = """
     SELECT id FROM jobs INDEXED BY jobs_unique
     WHERE name = ? AND unique_key = ? AND tenant_id IS ? AND status IN (SELECT value FROM json_each(?))
     ORDER BY id LIMIT 1
-"""
-_INSERT_RUNNING_JOB = """
-    INSERT INTO jobs (id, name, status, params, max_attempts, scheduled_for, priority, correlation_id, tenant_id,
-                      worker_id, worker_started_at, worker_expires_at, attempt_count, created_at, updated_at)
-    VALUES (?,?,'running',?,?,?,?,?,?,?,?,?,1,?,?)
-"""
-_INSERT_KEY = """
-    INSERT INTO job_keys (tenant_id, name, key, job_id, created_at) VALUES (?,?,?,?,?)
-    ON CONFLICT DO NOTHING RETURNING job_id
 """
 _NAMES = "+name IN (SELECT value FROM json_each(?4))"
 # Rows with a positive priority first, then priority 0 (nearly always all of
@@ -367,66 +372,12 @@ _RENEW = """
     UPDATE jobs SET worker_expires_at = ?2 WHERE status = 'running' AND worker_id = ?1
     RETURNING id, cancel_requested
 """
-_FENCE = "WHERE id = ? AND worker_id = ? AND attempt_count = ? AND status = 'running'"
-_SETTLE_COMPLETED = f"""
-    UPDATE jobs SET status = 'completed', result = ?, error = NULL, completed_at = ?, updated_at = ?,
-                    worker_expires_at = NULL
-    {_FENCE}
-"""
-_SETTLE_FINAL = f"""
-    UPDATE jobs SET status = ?, error = ?, completed_at = ?, updated_at = ?, worker_expires_at = NULL
-    {_FENCE}
-"""
-_SETTLE_RETRY = f"""
-    UPDATE jobs SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'pending' END,
-                    error = ?, scheduled_for = ?, completed_at = CASE WHEN cancel_requested THEN ? END,
-                    updated_at = ?, worker_expires_at = NULL
-    {_FENCE}
-"""
-_SETTLE_RELEASE = f"""
-    UPDATE jobs SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'pending' END,
-                    error = CASE WHEN cancel_requested THEN ? ELSE error END,
-                    completed_at = CASE WHEN cancel_requested THEN ? END, updated_at = ?,
-                    attempt_count = attempt_count - 1, worker_started_at = NULL, worker_expires_at = NULL
-    {_FENCE}
-"""
-_SETTLE_AGAIN = f"""
-    UPDATE jobs SET attempt_count = attempt_count + 1, error = ?, worker_expires_at = ?, updated_at = ?
-    {_FENCE}
-"""
-_SET_PROGRESS = f"UPDATE jobs SET progress = ?, progress_message = ?, updated_at = ? {_FENCE}"
-_CANCEL = """
-    UPDATE jobs SET
-        status = CASE WHEN status = 'pending' THEN 'cancelled' ELSE status END,
-        error = CASE WHEN status = 'pending' THEN ?3 ELSE error END,
-        completed_at = CASE WHEN status = 'pending' THEN ?2 ELSE completed_at END,
-        cancel_requested = CASE WHEN status = 'running' THEN 1 ELSE cancel_requested END,
-        updated_at = ?2
-    WHERE id = ?1 AND status IN ('pending', 'running')
-"""
-_RETRY = """
-    UPDATE jobs SET status = 'pending', attempt_count = 0, result = NULL, error = NULL, progress = 0,
-                    progress_message = NULL, cancel_requested = 0, scheduled_for = ?2, completed_at = NULL,
-                    worker_id = NULL, worker_started_at = NULL, worker_expires_at = NULL, updated_at = ?2
-    WHERE id = ?1 AND status IN ('failed', 'cancelled')
-"""
 _NEXT_DUE = (
     "SELECT scheduled_for FROM jobs WHERE status = 'pending' AND +name IN (SELECT value FROM json_each(?))"
     " ORDER BY scheduled_for LIMIT 1"
 )
 _NEXT_EXPIRY = "SELECT worker_expires_at FROM jobs WHERE status = 'running' ORDER BY worker_expires_at LIMIT 1"
 
-# An unchanged schedule keeps next_run_at (fires missed while no engine ran are
-# still due); a changed one starts from the new schedule's first run.
-_SYNC_CRON = """
-    INSERT INTO cron_jobs (name, job_name, expression, tz, params, tenant_id, next_run_at, created_at, updated_at)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
-    ON CONFLICT(name) DO UPDATE SET
-        job_name = excluded.job_name, params = excluded.params, tenant_id = excluded.tenant_id,
-        next_run_at = CASE WHEN expression = excluded.expression AND tz = excluded.tz AND next_run_at IS NOT NULL
-                           THEN next_run_at ELSE excluded.next_run_at END,
-        expression = excluded.expression, tz = excluded.tz, updated_at = excluded.updated_at
-"""
 _CRON_NAMES = "+name IN (SELECT value FROM json_each(?))"
 _DUE_CRONS = (
     f"SELECT {CRON_COLUMNS} FROM cron_jobs WHERE enabled = 1 AND next_run_at <= ? AND {_CRON_NAMES}"
@@ -436,10 +387,6 @@ _NEXT_CRON = (
     f"SELECT next_run_at FROM cron_jobs WHERE enabled = 1 AND next_run_at IS NOT NULL AND {_CRON_NAMES}"
     " ORDER BY next_run_at LIMIT 1"
 )
-_FIRE_CRON = """
-    UPDATE cron_jobs SET next_run_at = ?1, last_run_at = ?2, last_job_id = coalesce(?3, last_job_id), updated_at = ?2
-    WHERE name = ?4 AND next_run_at = ?5 AND enabled = 1
-"""
 
 _names_encoder = msgspec.json.Encoder()
 
@@ -449,8 +396,7 @@ def _insert_jobs(db: apsw.Connection, jobs: Sequence[NewJob]) -> list[tuple[str,
     for job in jobs:
         key = (job.tenant_id or "", job.name, job.idempotency_key)
         if job.idempotency_key is not None:
-            sql = "SELECT job_id FROM job_keys WHERE tenant_id = ? AND name = ? AND key = ?"
-            first = _scalar_args(db, sql, key)
+            first = _scalar_args(db, FIND_JOB_KEY, key)
             if first is not None:
                 out.append((first, False))
                 continue
@@ -461,7 +407,7 @@ def _insert_jobs(db: apsw.Connection, jobs: Sequence[NewJob]) -> list[tuple[str,
                 out.append((live, False))
                 continue
         if job.idempotency_key is not None:
-            db.execute(_INSERT_KEY, (*key, job.id, job.created_at)).fetchall()
+            db.execute(INSERT_JOB_KEY, (*key, job.id, job.created_at)).fetchall()
         db.execute(
             _INSERT_JOB,
             (
@@ -670,7 +616,7 @@ class SqliteStorage:
 
     async def load(self, key: str) -> tuple[InstanceRecord, Alarm | None] | None:
         def run(db: apsw.Connection) -> tuple[InstanceRecord, Alarm | None] | None:
-            for row in db.execute(_LOAD, (key,)):
+            for row in db.execute(LOAD, (key,)):
                 return loaded(row)
             return None
 
@@ -681,24 +627,20 @@ class SqliteStorage:
             key = checkin.key
             if checkin.lease_owner is not None:
                 # Fenced by the lease: in this transaction no other engine can take it over.
-                holder = _scalar_args(db, "SELECT owner FROM instance_leases WHERE key = ?", (key,))
+                holder = _scalar_args(db, LEASE_OWNER, (key,))
                 if holder != checkin.lease_owner:
                     raise LeaseLostError(key)
             if checkin.event_id is not None:
-                try:
-                    db.execute(
-                        "INSERT INTO event_ids (key, event_id, created_at) VALUES (?, ?, ?)",
-                        (key, checkin.event_id, checkin.record.updated_at if checkin.record else 0),
-                    )
-                except apsw.ConstraintError:
-                    raise DuplicateEventError(key, checkin.event_id) from None
+                created = checkin.record.updated_at if checkin.record else 0
+                if _scalar_args(db, INSERT_EVENT_ID, (key, checkin.event_id, created)) is None:
+                    raise DuplicateEventError(key, checkin.event_id)
             record = checkin.record
             if record is None:
-                db.execute("DELETE FROM instances WHERE key = ?", (key,))
-                db.execute("DELETE FROM alarms WHERE key = ?", (key,))
-                db.execute("DELETE FROM event_ids WHERE key = ?", (key,))
+                db.execute(DELETE_INSTANCE, (key,))
+                db.execute(DELETE_ALARM, (key,))
+                db.execute(DELETE_EVENT_IDS, (key,))
                 return
-            db.execute(_UPSERT_INSTANCE, instance_args(key, record))
+            db.execute(UPSERT_INSTANCE, instance_args(key, record))
             alarm = checkin.alarm
             if isinstance(alarm, SetAlarm):
                 # REPLACE deletes the old row and inserts a new one: the alarm gets a
@@ -708,14 +650,13 @@ class SqliteStorage:
                     (key, alarm.fire_at, alarm.fire_at, alarm.purpose),
                 )
             elif isinstance(alarm, ClearAlarm):
-                db.execute("DELETE FROM alarms WHERE key = ?", (key,))
+                db.execute(DELETE_ALARM, (key,))
 
         await self.write(run)
 
     async def has_event_id(self, key: str, event_id: str) -> bool:
         def run(db: apsw.Connection) -> bool:
-            sql = "SELECT 1 FROM event_ids WHERE key = ? AND event_id = ?"
-            return any(True for _ in db.execute(sql, (key, event_id)))
+            return any(True for _ in db.execute(HAS_EVENT_ID, (key, event_id)))
 
         return await self.read(run)
 
@@ -744,7 +685,7 @@ class SqliteStorage:
 
     async def instance_lease_holder(self, key: str) -> tuple[str, int] | None:
         def run(db: apsw.Connection) -> tuple[str, int] | None:
-            rows = list(db.execute("SELECT owner, expires_at FROM instance_leases WHERE key = ?", (key,)))
+            rows = list(db.execute(LEASE_HOLDER, (key,)))
             return (str(rows[0][0]), int(rows[0][1])) if rows else None
 
         return await self.read(run)
@@ -794,18 +735,10 @@ class SqliteStorage:
     async def list_instances(
         self, kind: str, name: str, tenant_id: str | None, status: str | None, after: str | None, limit: int
     ) -> list[InstanceRecord]:
-        terms, args = ["kind = ?", "name = ?"], [kind, name]
-        for column, value in (("tenant_id", tenant_id), ("status", status)):
-            if value is not None:
-                terms.append(f"{column} = ?")
-                args.append(value)
-        if after is not None:
-            terms.append("key > ?")
-            args.append(after)
-        sql = f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE {' AND '.join(terms)} ORDER BY key LIMIT ?"
+        sql, args = list_instances(kind, name, tenant_id, status, after, limit, SQLITE)
 
         def run(db: apsw.Connection) -> list[InstanceRecord]:
-            return [instance_record(r) for r in db.execute(sql, (*args, limit))]
+            return [instance_record(r) for r in db.execute(sql, args)]
 
         return await self.read(run)
 
@@ -816,7 +749,7 @@ class SqliteStorage:
 
     async def start_job(self, job: NewJob, worker_id: str, lease_until: int) -> None:
         row = running_job_args(job, worker_id, lease_until)
-        await self.write(lambda db: db.execute(_INSERT_RUNNING_JOB, row))
+        await self.write(lambda db: db.execute(INSERT_RUNNING_JOB, row))
 
     async def claim_jobs(
         self, now: int, lease_until: int, worker_id: str, names: Sequence[str], limit: int, above: int | None = None
@@ -872,15 +805,15 @@ class SqliteStorage:
             for s in settlements:
                 fence = (s.job_id, s.worker_id, s.attempt)
                 if s.status == "completed":
-                    db.execute(_SETTLE_COMPLETED, (s.result, s.at, s.at, *fence))
+                    db.execute(SETTLE_COMPLETED, (s.result, s.at, s.at, *fence))
                 elif s.status == "pending" and s.release:
-                    db.execute(_SETTLE_RELEASE, (s.error, s.at, s.at, *fence))
+                    db.execute(SETTLE_RELEASE, (s.error, s.at, s.at, *fence))
                 elif s.status == "pending":
-                    db.execute(_SETTLE_RETRY, (s.error, s.scheduled_for, s.at, s.at, *fence))
+                    db.execute(SETTLE_RETRY, (s.error, s.scheduled_for, s.at, s.at, *fence))
                 elif s.status == "running":
-                    db.execute(_SETTLE_AGAIN, (s.error, s.lease_until, s.at, *fence))
+                    db.execute(SETTLE_AGAIN, (s.error, s.lease_until, s.at, *fence))
                 else:
-                    db.execute(_SETTLE_FINAL, (s.status, s.error, s.at, s.at, *fence))
+                    db.execute(SETTLE_FINAL, (s.status, s.error, s.at, s.at, *fence))
                 applied.append(db.changes() > 0)
             return applied
 
@@ -890,13 +823,13 @@ class SqliteStorage:
         self, job_id: str, worker_id: str, attempt: int, progress: int, message: str | None, now: int
     ) -> bool:
         def run(db: apsw.Connection) -> bool:
-            db.execute(_SET_PROGRESS, (progress, message, now, job_id, worker_id, attempt))
+            db.execute(SET_PROGRESS, (progress, message, now, job_id, worker_id, attempt))
             return db.changes() > 0
 
         return await self.write(run)
 
     def _get_job(self, db: apsw.Connection, job_id: str) -> JobRecord | None:
-        for r in db.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)):
+        for r in db.execute(GET_JOB, (job_id,)):
             return job_record(r)
         return None
 
@@ -904,38 +837,19 @@ class SqliteStorage:
         return await self.read(lambda db: self._get_job(db, job_id))
 
     async def list_jobs(self, where: JobFilter) -> list[JobRecord]:
-        terms: list[str] = []
-        args: list[object] = []
-        for column, value in (
-            ("status", where.status),
-            ("name", where.name),
-            ("correlation_id", where.correlation_id),
-            ("tenant_id", where.tenant_id),
-        ):
-            if value is not None:
-                terms.append(f"{column} = ?")
-                args.append(value)
-        if where.after is not None:
-            terms.append("id > ?")
-            args.append(where.after)
-        columns = JOB_COLUMNS if where.payloads else _JOB_COLUMNS_NO_PAYLOADS
-        sql = f"SELECT {columns} FROM jobs"
-        if terms:
-            sql += " WHERE " + " AND ".join(terms)
-        sql += " ORDER BY id LIMIT ?"
-        args.append(where.limit)
+        sql, args = list_jobs(where, SQLITE)
         return await self.read(lambda db: [job_record(r) for r in db.execute(sql, args)])
 
     async def cancel_job(self, job_id: str, now: int, error: bytes) -> JobRecord | None:
         def run(db: apsw.Connection) -> JobRecord | None:
-            db.execute(_CANCEL, (job_id, now, error))
+            db.execute(CANCEL_JOB, {"id": job_id, "now": now, "error": error})
             return self._get_job(db, job_id)
 
         return await self.write(run)
 
     async def retry_job(self, job_id: str, now: int) -> JobRecord | None:
         def run(db: apsw.Connection) -> JobRecord | None:
-            db.execute(_RETRY, (job_id, now))
+            db.execute(RETRY_JOB, {"id": job_id, "now": now})
             return self._get_job(db, job_id)
 
         return await self.write(run)
@@ -951,8 +865,20 @@ class SqliteStorage:
     # -- cron jobs --------------------------------------------------------------------
 
     async def sync_cron_jobs(self, specs: Sequence[CronSpec]) -> None:
-        rows = [(c.name, c.job_name, c.expression, c.tz, c.params, c.tenant_id, c.first_run_at, c.now) for c in specs]
-        await self.write(lambda db: db.executemany(_SYNC_CRON, rows) if rows else None)
+        rows = [
+            {
+                "name": c.name,
+                "job_name": c.job_name,
+                "expression": c.expression,
+                "tz": c.tz,
+                "params": c.params,
+                "tenant_id": c.tenant_id,
+                "first": c.first_run_at,
+                "now": c.now,
+            }
+            for c in specs
+        ]
+        await self.write(lambda db: db.executemany(SYNC_CRON, rows) if rows else None)
 
     async def due_cron_jobs(self, names: Sequence[str], now: int) -> list[CronRecord]:
         args = (now, _names_encoder.encode(list(names)))
@@ -973,7 +899,8 @@ class SqliteStorage:
             # The compare-and-set and the enqueue share one transaction: the
             # engine that moves next_run_at on is the one whose job is stored.
             job_id = job.id if job is not None else None
-            db.execute(_FIRE_CRON, (next_run_at, now, job_id, name, expected_next_run_at))
+            args = {"next": next_run_at, "now": now, "job_id": job_id, "name": name, "expected": expected_next_run_at}
+            db.execute(FIRE_CRON, args)
             if db.changes() == 0:
                 return False
             if job is not None:
@@ -983,17 +910,15 @@ class SqliteStorage:
         return await self.write(run)
 
     async def list_cron_jobs(self) -> list[CronRecord]:
-        sql = f"SELECT {CRON_COLUMNS} FROM cron_jobs ORDER BY name"
-        return await self.read(lambda db: [cron_record(r) for r in db.execute(sql)])
+        return await self.read(lambda db: [cron_record(r) for r in db.execute(LIST_CRONS)])
 
     async def set_cron_enabled(self, name: str, enabled: bool, next_run_at: int | None, now: int) -> CronRecord | None:
         def run(db: apsw.Connection) -> CronRecord | None:
             if enabled:
-                sql = "UPDATE cron_jobs SET enabled = 1, next_run_at = ?, updated_at = ? WHERE name = ?"
-                db.execute(sql, (next_run_at, now, name))
+                db.execute(ENABLE_CRON, (next_run_at, now, name))
             else:
-                db.execute("UPDATE cron_jobs SET enabled = 0, updated_at = ? WHERE name = ?", (now, name))
-            for r in db.execute(f"SELECT {CRON_COLUMNS} FROM cron_jobs WHERE name = ?", (name,)):
+                db.execute(DISABLE_CRON, (now, name))
+            for r in db.execute(GET_CRON, (name,)):
                 return cron_record(r)
             return None
 
