@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol, final, runtime_checkable
 
 import apsw
 import msgspec
+import trio
 
 from .._errors import StorageError
 from ._base import Alarm, InstanceRecord, JobStatusName, QueueStorage, Storage, StorageLayer
@@ -602,7 +603,7 @@ async def _open_existing_postgres(dsn: str, schema: str, write: bool) -> AsyncIt
         raise StorageError('reading PostgreSQL needs the psycopg driver: pip install "djobs-trio[postgres]"')
     import psycopg
 
-    from ._pgconn import Pool, configure, connect_error, server_name
+    from ._pgconn import Pool, configure, connect, connect_error, database_time, query_error, server_name
     from ._pgstore import SCHEMA_VERSION as PG_SCHEMA_VERSION
     from ._pgstore import PostgresStorage
     from ._postgres import postgres
@@ -620,44 +621,49 @@ async def _open_existing_postgres(dsn: str, schema: str, write: bool) -> AsyncIt
         k: v for k, v in (("connect_timeout", 10), ("application_name", "djobs-inspect")) if k not in given
     }
 
-    def connect() -> Connection:
-        conn = psycopg.connect(dsn, autocommit=True, **extra)
+    kwargs: dict[str, Any] = {"autocommit": True, **extra}
+
+    def configured(conn: Connection) -> None:
+        configure(conn, schema)
+        if not write:
+            conn.execute("SET default_transaction_read_only = on")
+
+    def check() -> int:
         try:
-            configure(conn, schema)
-            if not write:
-                conn.execute("SET default_transaction_read_only = on")
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    pool = Pool(connect, 2, where)
-
-    def check(conn: Connection) -> int:
-        row = conn.execute(
-            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = %s),"
-            " to_regclass(format('%%I.djobs_schema', %s::text)) IS NOT NULL",
-            (schema, schema),
-        ).fetchone()
-        assert row is not None
-        if not row[0]:
-            raise StorageError(
-                f"no schema {schema!r} at {where}; djobs creates it only when an engine opens it "
-                "(check --db and --schema, or start your worker first)"
-            )
-        if not row[1]:
-            raise StorageError(f"the schema {schema!r} at {where} is not a djobs schema")
-        version = conn.execute("SELECT version FROM djobs_schema").fetchone()
+            conn = connect(dsn, kwargs, configured)
+        except psycopg.Error as exc:
+            raise connect_error(exc, where) from exc
+        with conn:
+            try:
+                row = conn.execute(
+                    "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = %s),"
+                    " to_regclass(format('%%I.djobs_schema', %s::text)) IS NOT NULL",
+                    (schema, schema),
+                ).fetchone()
+                assert row is not None
+                if not row[0]:
+                    raise StorageError(
+                        f"no schema {schema!r} at {where}; djobs creates it only when an engine opens it "
+                        "(check --db and --schema, or start your worker first)"
+                    )
+                if not row[1]:
+                    raise StorageError(f"the schema {schema!r} at {where} is not a djobs schema")
+                version = conn.execute("SELECT version FROM djobs_schema").fetchone()
+            except psycopg.Error as exc:
+                raise query_error(exc, where, f"opening schema {schema!r}") from exc
         return 0 if version is None else int(version[0])
 
+    with database_time():
+        version = await trio.to_thread.run_sync(check)
+    if version != PG_SCHEMA_VERSION:
+        _check_pg_version(shown, version, PG_SCHEMA_VERSION)
+    pool = Pool(dsn, kwargs, configured, 2, where, timeout_s=10)
+    pool.open()
     try:
-        version = await pool.run(check, f"opening schema {schema!r}")
-        if version != PG_SCHEMA_VERSION:
-            _check_pg_version(shown, version, PG_SCHEMA_VERSION)
-        storage = PostgresStorage(pool, connect, schema, where)
+        storage = PostgresStorage(pool, lambda: connect(dsn, kwargs, configured), schema, where)
         yield Opened(storage=storage, inspect=PostgresInspector(storage), where=shown, schema_version=version)
     finally:
-        pool.close()
+        await pool.aclose()
 
 
 def _check_pg_version(where: str, version: int, current: int) -> None:

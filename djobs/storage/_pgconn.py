@@ -1,6 +1,6 @@
-"""Connections to PostgreSQL for Trio: a bounded pool of synchronous psycopg 3
-connections used from worker threads, the errors they raise as `StorageError`,
-and the one connection that LISTENs.
+"""Connections to PostgreSQL for Trio: a `psycopg_pool` pool of synchronous
+psycopg 3 connections used from worker threads, the errors they raise as
+`StorageError`, and the one connection that LISTENs.
 
 Why threads (the design page argues it at length): no PostgreSQL driver runs on
 Trio, and psycopg's non-blocking API is either asyncio's (`AsyncConnection`) or
@@ -27,11 +27,12 @@ import urllib.parse
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Self, TypeVar
 
 import outcome
 import psycopg
 import psycopg.errors
+import psycopg_pool
 import trio
 import trio.testing
 from psycopg import conninfo, sql
@@ -195,51 +196,76 @@ def database_time() -> Iterator[None]:
 
 
 class Pool:
-    """At most `size` connections; each call borrows one for one transaction on a worker thread.
+    """At most `size` connections (a `psycopg_pool.ConnectionPool`); each call borrows one
+    for one transaction on a worker thread.
 
-    A connection that broke (server restart, network) is dropped, and the next
-    call opens a new one, so the pool heals once the server is back.
+    psycopg_pool keeps the connections: it opens them (one at first, more on
+    demand, up to `size`), drops one returned broken (server restart,
+    network) and opens a replacement in the background, and closes idle ones
+    after ten minutes. What this class adds is Trio's side: a
+    `trio.CapacityLimiter` of `size`, so a worker thread never queues inside
+    the pool; retries of transactions the server rolled back for a deadlock
+    or a serialization failure; driver errors as `StorageError`; and
+    `database_time` under a test clock.
+
+    Args:
+        conninfo: The libpq DSN (known to parse: the first connection was made with it).
+        kwargs: Connection options (``autocommit=True`` and timeouts).
+        configure: Called once on each new connection (``search_path``, read-only mode).
+        size: The most connections open at once.
+        where: The server, for messages (never the password).
+        timeout_s: How long a call waits for a connection before it fails.
     """
 
-    def __init__(self, connect: Callable[[], Connection], size: int, where: str) -> None:
-        self._connect = connect
+    def __init__(
+        self,
+        conninfo: str,
+        kwargs: dict[str, Any],
+        configure: Callable[[Connection], None],
+        size: int,
+        where: str,
+        timeout_s: float,
+    ) -> None:
+        self._conninfo = conninfo
+        self._kwargs = kwargs
         self._limiter = trio.CapacityLimiter(size)
-        self._idle: list[Connection] = []
         self._closed = False
+        self._timeout_s = timeout_s
         self.where = where
-        #: Backend pids of this pool's connections: notifications they sent are this process's own.
-        self.backend_pids: set[int] = set()
-        self._pid_of: dict[int, int] = {}  # id(connection) -> its backend pid
+        self._pool: psycopg_pool.ConnectionPool[Connection] = psycopg_pool.ConnectionPool(
+            conninfo,
+            connection_class=_RedactingConnection,
+            kwargs=kwargs,
+            min_size=1,
+            max_size=size,
+            open=False,
+            configure=configure,
+            name=f"djobs {where}",
+            timeout=timeout_s,
+            num_workers=1,
+        )
 
-    def _open(self) -> Connection:
+    def open(self) -> None:
+        """Start the pool's background worker; connections are opened as calls need them."""
+        self._pool.open(wait=False)
+
+    def _call(self, fn: Callable[[Connection], T]) -> outcome.Outcome[T]:
+        # Runs on a worker thread: the connection is this thread's alone until it is returned.
         try:
-            conn = self._connect()
-        except psycopg.Error as exc:
-            raise connect_error(exc, self.where) from exc
-        pid = conn.info.backend_pid
-        self._pid_of[id(conn)] = pid
-        self.backend_pids.add(pid)
-        return conn
+            with self._pool.connection() as conn:
+                return outcome.capture(fn, conn)
+        except psycopg_pool.PoolClosed:
+            return outcome.Error(StorageError(CLOSED_MESSAGE))
+        except psycopg_pool.PoolTimeout as exc:
+            return outcome.Error(self._unreachable(exc))
 
-    def _discard(self, conn: Connection) -> None:
-        self.backend_pids.discard(self._pid_of.pop(id(conn), -1))
-        with contextlib.suppress(Exception):  # it may be broken already; closing is a courtesy
-            conn.close()
-
-    def _call(
-        self, conn: Connection | None, fn: Callable[[Connection], T]
-    ) -> tuple[Connection | None, outcome.Outcome[T]]:
-        # Runs on a worker thread: the connection is this thread's alone until it returns.
-        if conn is None:
-            try:
-                conn = self._open()
-            except StorageError as exc:
-                return None, outcome.Error(exc)
-        result = outcome.capture(fn, conn)
-        if conn.broken or conn.closed:
-            self._discard(conn)
-            return None, result
-        return conn, result
+    def _unreachable(self, exc: psycopg_pool.PoolTimeout) -> StorageError:
+        """Why no connection came in time: one direct attempt says what libpq says."""
+        try:
+            psycopg.connect(self._conninfo, **self._kwargs).close()
+        except psycopg.Error as cause:
+            return connect_error(redacted(cause, self._conninfo), self.where)
+        return StorageError(f"no connection to PostgreSQL at {self.where} came free within {self._timeout_s:g} s", exc)
 
     async def run(self, fn: Callable[[Connection], T], what: str) -> T:
         """Run `fn` with a connection of its own on a worker thread; driver errors become `StorageError`.
@@ -251,16 +277,10 @@ class Pool:
             raise StorageError(CLOSED_MESSAGE)
         async with self._limiter:
             for attempt in range(1, _ATTEMPTS + 1):
-                conn = self._idle.pop() if self._idle else None
                 with database_time():
                     # Not abandoned on cancel: the thread finishes its transaction and
                     # returns the connection before anyone else can take it.
-                    conn, result = await trio.to_thread.run_sync(self._call, conn, fn)
-                if conn is not None:
-                    if self._closed:
-                        self._discard(conn)
-                    else:
-                        self._idle.append(conn)
+                    result = await trio.to_thread.run_sync(self._call, fn)
                 if isinstance(result, outcome.Error):
                     error = result.error
                     if isinstance(error, psycopg.Error):
@@ -270,12 +290,46 @@ class Pool:
                 return result.unwrap()
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def close(self) -> None:
-        """Close the idle connections; those in use are closed when their call returns."""
+    async def aclose(self) -> None:
+        """Refuse new calls and close the pool; connections in use close when their call returns."""
         self._closed = True
-        idle, self._idle = self._idle, []
-        for conn in idle:
-            self._discard(conn)
+        with trio.CancelScope(shield=True):
+            # Off the event loop: psycopg_pool joins its worker thread, which may be connecting.
+            await trio.to_thread.run_sync(self._pool.close)
+
+
+class _RedactingConnection(psycopg.Connection[tuple[Any, ...]]):
+    """A psycopg connection whose connection errors never quote the DSN's password."""
+
+    @classmethod
+    def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
+        try:
+            return super().connect(conninfo, **kwargs)
+        except psycopg.Error as exc:
+            raise redacted(exc, conninfo) from None
+
+
+def redacted(exc: psycopg.Error, dsn: str) -> psycopg.Error:
+    """`exc` again, of the same class, with the DSN's password taken out of its message."""
+    text = str(exc)
+    clean = redact(text, dsn)
+    if clean == text:
+        return exc
+    try:
+        return type(exc)(clean)
+    except Exception:  # a driver class that takes other arguments
+        return psycopg.OperationalError(clean)
+
+
+def connect(conninfo: str, kwargs: dict[str, Any], configure: Callable[[Connection], None]) -> Connection:
+    """One connection outside the pool (the first, which migrates, and the one that LISTENs)."""
+    conn = _RedactingConnection.connect(conninfo, **kwargs)
+    try:
+        configure(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def configure(conn: Connection, schema: str) -> None:
@@ -289,13 +343,14 @@ def configure(conn: Connection, schema: str) -> None:
 async def listen(
     connect: Callable[[], Connection],
     channel: str,
-    own_pids: set[int],
+    own: str,
     wake: Callable[[int], None],
     where: str,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """LISTEN on `channel` forever, calling ``wake(payload as int)`` for each notification
-    not sent by a connection in `own_pids`; reconnects (with backoff) when the connection breaks.
+    """LISTEN on `channel` forever, calling ``wake(due)`` for each notification not sent by
+    this storage (payload ``"<due ms> <sender token>"``; ours end in `own`); reconnects
+    (with backoff) when the connection breaks.
 
     After every (re)connection `wake(0)` is called once: notifications sent
     while no one listened are lost, so the worker looks for work at once.
@@ -321,7 +376,7 @@ async def listen(
                 started = True
                 task_status.started()
             wake(0)
-            await _receive(conn, own_pids, wake)
+            await _receive(conn, own, wake)
         except psycopg.Error as exc:
             _log.warning("lost the LISTEN connection to %s (%s); reconnecting", where, " ".join(str(exc).split()))
         finally:
@@ -338,7 +393,7 @@ def _connect_listening(connect: Callable[[], Connection], channel: str) -> Conne
     return conn
 
 
-async def _receive(conn: Connection, own_pids: set[int], wake: Callable[[int], None]) -> None:
+async def _receive(conn: Connection, own: str, wake: Callable[[int], None]) -> None:
     pgconn = conn.pgconn
     fd = pgconn.socket
     while True:
@@ -348,10 +403,11 @@ async def _receive(conn: Connection, own_pids: set[int], wake: Callable[[int], N
         if pgconn.status != psycopg.pq.ConnStatus.OK:
             raise psycopg.OperationalError("the server closed the connection")
         while (note := pgconn.notifies()) is not None:
-            if note.be_pid in own_pids:
-                continue  # this process's own enqueue: its worker was poked already
+            due, _, sender = note.extra.decode(errors="replace").partition(" ")
+            if sender == own:
+                continue  # this storage's own enqueue: its worker was poked already
             try:
-                at = int(note.extra)
+                at = int(due)
             except ValueError:
                 at = 0
             wake(at)

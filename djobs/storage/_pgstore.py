@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 from collections.abc import Callable, Sequence
 from typing import Any, Final, TypeVar, final
 
@@ -55,7 +56,18 @@ from ._base import (
     NewJob,
     SetAlarm,
 )
-from ._pgconn import Connection, Pool, configure, connect_error, listen, redact, server_name
+from ._pgconn import (
+    Connection,
+    Pool,
+    configure,
+    connect,
+    connect_error,
+    database_time,
+    listen,
+    query_error,
+    redacted,
+    server_name,
+)
 from ._rows import (
     CRON_COLUMNS,
     alarm_record,
@@ -374,11 +386,11 @@ def channel_name(schema: str) -> str:
     return "djobs:" + hashlib.sha256(schema.encode()).hexdigest()[:40]
 
 
-def _notify(conn: Connection, channel: str, at: int) -> None:
+def _notify(conn: Connection, channel: str, at: int, sender: str) -> None:
     # After the commit, in a statement of its own (see the module notes). A failure
     # here must not turn a committed enqueue into an error: the poll finds the rows.
     try:
-        conn.execute("SELECT pg_notify(%s, %s)", (channel, str(at)))
+        conn.execute("SELECT pg_notify(%s, %s)", (channel, f"{at} {sender}"))
     except psycopg.Error as exc:
         _log.warning("could not NOTIFY other workers of new jobs (they find them at their next poll): %s", exc)
 
@@ -398,6 +410,8 @@ class PostgresStorage:
     def __init__(self, pool: Pool, connect: Callable[[], Connection], schema: str, where: str) -> None:
         self._pool = pool
         self._connect = connect
+        #: Ends this storage's NOTIFY payloads: its own listener skips them.
+        self._token = secrets.token_hex(8)
         self.schema = schema
         self.where = where
         self.channel = channel_name(schema)
@@ -416,7 +430,7 @@ class PostgresStorage:
     ) -> T:
         """Run `fn` (in a transaction unless it is one statement); if it returns a due time,
         wake the other processes' workers for it once it is committed."""
-        channel = self.channel
+        channel, token = self.channel, self._token
 
         def run(conn: Connection) -> T:
             if transaction:
@@ -425,7 +439,7 @@ class PostgresStorage:
             else:
                 result, due = fn(conn)
             if due is not None:
-                _notify(conn, channel, due)
+                _notify(conn, channel, due, token)
             return result
 
         return await self._pool.run(run, what)
@@ -708,7 +722,7 @@ class PostgresStorage:
                 pipeline.sync()
             if released:
                 # Rows handed back unstarted are due now: another process may run them.
-                _notify(conn, self.channel, min(released))
+                _notify(conn, self.channel, min(released), self._token)
             return [cur.rowcount > 0 for cur in cursors]
 
         return await self._run(run, "settle_jobs")
@@ -869,11 +883,11 @@ class PostgresStorage:
         made through this storage object are not reported: their process's
         worker is poked directly.
         """
-        await listen(self._connect, self.channel, self._pool.backend_pids, wake, self.where, task_status=task_status)
+        await listen(self._connect, self.channel, self._token, wake, self.where, task_status=task_status)
 
-    def close(self) -> None:
-        """Close the pool's connections."""
-        self._pool.close()
+    async def aclose(self) -> None:
+        """Close the pool: later calls raise `StorageError`; connections in use close when their call ends."""
+        await self._pool.aclose()
 
 
 # -- opening -----------------------------------------------------------------------------
@@ -922,57 +936,40 @@ def _migrate(conn: Connection, schema: str, where: str) -> None:
             conn.execute("UPDATE djobs_schema SET version = %s, migrated_at = now()", (SCHEMA_VERSION,))
 
 
-def _redacted(exc: psycopg.Error, dsn: str) -> psycopg.Error:
-    """`exc` again, of the same class, with the DSN's password taken out of its message."""
-    text = str(exc)
-    clean = redact(text, dsn)
-    if clean == text:
-        return exc
-    try:
-        return type(exc)(clean)
-    except Exception:  # a driver class that takes other arguments
-        return psycopg.OperationalError(clean)
-
-
 async def open_postgres(dsn: str, schema: str, pool_size: int, connect_timeout_s: int) -> PostgresStorage:
     """Connect, create or migrate `schema`, and return the storage (its pool holds the first connection)."""
     where = server_name(dsn)
     try:
         params = psycopg.conninfo.conninfo_to_dict(dsn)
     except psycopg.Error as exc:
-        clean = _redacted(exc, dsn)
+        clean = redacted(exc, dsn)
         raise connect_error(clean, where) from clean
-    extra: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"autocommit": True}
     if "connect_timeout" not in params:
-        extra["connect_timeout"] = connect_timeout_s
+        kwargs["connect_timeout"] = connect_timeout_s
     if "application_name" not in params:
-        extra["application_name"] = "djobs"
+        kwargs["application_name"] = "djobs"
 
-    def connect() -> Connection:
-        try:
-            conn = psycopg.connect(dsn, autocommit=True, **extra)
-        except psycopg.Error as exc:
-            raise _redacted(exc, dsn) from None  # libpq may quote the DSN, password and all
-        try:
-            configure(conn, schema)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    pool = Pool(connect, pool_size, where)
-
-    def first(conn: Connection) -> None:
-        _migrate(conn, schema, where)
-        # Migrations may have created the schema after search_path was set; set it again.
+    def configured(conn: Connection) -> None:
         configure(conn, schema)
 
-    try:
-        await pool.run(first, f"opening schema {schema!r}")
-    except BaseException:
-        pool.close()
-        raise
-    return PostgresStorage(pool, connect, schema, where)
+    def first() -> None:
+        try:
+            conn = connect(dsn, kwargs, configured)
+        except psycopg.Error as exc:
+            raise connect_error(exc, where) from exc
+        with conn:
+            try:
+                _migrate(conn, schema, where)
+            except psycopg.Error as exc:
+                raise query_error(exc, where, f"opening schema {schema!r}") from exc
+
+    with database_time():
+        await trio.to_thread.run_sync(first)
+    # The schema exists now, so each pooled connection's search_path finds its tables.
+    pool = Pool(dsn, kwargs, configured, pool_size, where, timeout_s=max(connect_timeout_s, 1))
+    pool.open()
+    return PostgresStorage(pool, lambda: connect(dsn, kwargs, configured), schema, where)
 
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "PostgresStorage", "channel_name", "open_postgres"]

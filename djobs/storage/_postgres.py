@@ -35,9 +35,10 @@ class PostgresLayer:
 
     @asynccontextmanager
     async def _open(self) -> AsyncIterator[PostgresStorage]:
-        if importlib.util.find_spec("psycopg") is None:
+        if importlib.util.find_spec("psycopg") is None or importlib.util.find_spec("psycopg_pool") is None:
             raise StorageError(
-                'djobs.postgres needs the psycopg driver: pip install "djobs[postgres]" (or "psycopg[binary]>=3.1")'
+                'djobs.postgres needs the psycopg driver and psycopg_pool: pip install "djobs[postgres]"'
+                ' (or "psycopg[binary]>=3.1" "psycopg-pool>=3.2")'
             )
         from ._pgstore import open_postgres
 
@@ -45,7 +46,7 @@ class PostgresLayer:
         try:
             yield storage
         finally:
-            storage.close()
+            await storage.aclose()
 
     def open(self) -> AbstractAsyncContextManager[PostgresStorage]:
         """Connect, create or migrate the schema, and open a pool of connections for one engine.
