@@ -1,7 +1,8 @@
 """Test tools for djobs users (and djobs itself).
 
 `open_test_engine` opens an engine on in-memory storage, a `VirtualClock`
-and an `InMemoryTracker`. Run the test under
+and an `InMemoryTracker`. `check_storage` proves a storage layer against the
+contract every storage djobs ships passes. Run the test under
 ``trio.testing.MockClock(autojump_threshold=0)`` (pytest-trio's
 ``autojump_clock`` fixture, or this package's ``djobs_test_engine`` fixture
 which requests it) and ``await trio.sleep(7 * 24 * 3600)`` is a virtual week
@@ -24,5 +25,14 @@ from ._engine import TestEngine as TestEngine
 from ._engine import failure as failure
 from ._engine import open_test_engine as open_test_engine
 from ._engine import success as success
+from ._storage import check_storage as check_storage
 
-__all__ = ["InMemoryTracker", "TestEngine", "VirtualClock", "failure", "open_test_engine", "success"]
+__all__ = [
+    "InMemoryTracker",
+    "TestEngine",
+    "VirtualClock",
+    "check_storage",
+    "failure",
+    "open_test_engine",
+    "success",
+]

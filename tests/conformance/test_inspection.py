@@ -1,15 +1,15 @@
-"""Purge and the inspection read side: the same answers from every storage.
+"""The inspection read side: the same answers from every storage.
 
 The command line, the dashboard and the metrics collector read through
-`Inspector` and write through `purge_jobs`; both are checked here against each
-storage, rows written through the protocols alone.
+`Inspector`; it is checked here against each storage, rows written through
+the protocols alone (``purge_jobs`` is in ``djobs.testing.check_storage``).
 """
 
 from __future__ import annotations
 
 import pytest
 
-from djobs.storage import Checkin, InstanceRecord, JobFilter, JobSettlement, NewJob, SetAlarm
+from djobs.storage import Checkin, InstanceRecord, JobSettlement, NewJob, SetAlarm
 from djobs.storage._inspect import InstanceFilter, inspector
 
 from . import FullStorage
@@ -49,23 +49,6 @@ async def finish(storage: FullStorage, ids: list[str], status: str, at: int) -> 
     ]
     if rest:
         assert all(await storage.settle_jobs(rest))
-
-
-async def test_purge_deletes_old_finished_jobs_of_the_given_statuses_only(storage: FullStorage) -> None:
-    await storage.enqueue_jobs([job(1, key="k1"), job(2), job(3, tenant="acme"), job(4), job(5)])
-    await finish(storage, ["job-0001", "job-0003"], "completed", MINUTE)
-    await finish(storage, ["job-0002"], "failed", 2 * MINUTE)
-    await finish(storage, ["job-0004"], "completed", 10 * MINUTE)  # too recent
-    # job-0005 stays pending: never purged, however old.
-    assert await storage.purge_jobs(5 * MINUTE, ["pending", "running"], 100) == 0
-    assert await storage.purge_jobs(5 * MINUTE, ["completed"], 100, tenant_id="acme") == 1
-    assert await storage.get_job("job-0003") is None
-    assert await storage.purge_jobs(5 * MINUTE, ["completed", "failed", "pending"], 1) == 1  # a batch of one
-    assert await storage.purge_jobs(5 * MINUTE, ["completed", "failed"], 100) == 1
-    left = {r.id: r.status for r in await storage.list_jobs(JobFilter())}
-    assert left == {"job-0004": "completed", "job-0005": "pending"}
-    # The purged job's idempotency key went with it: the key enqueues anew.
-    assert await storage.enqueue_jobs([job(9, key="k1")]) == [("job-0009", True)]
 
 
 async def test_the_inspector_counts_and_lists_alike(storage: FullStorage) -> None:

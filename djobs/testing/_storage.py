@@ -1,0 +1,897 @@
+"""The storage conformance suite, shipped: `check_storage` proves a storage layer.
+
+Every storage djobs ships passes it (memory, SQLite files, PostgreSQL), run
+from djobs's own tests; someone writing a storage layer of their own calls it
+from theirs, as trio's ``check_two_way_stream`` proves a stream. Each check
+writes and reads rows through the `Storage`, `QueueStorage` and
+`InstanceLister` protocols alone and asserts what the engine relies on:
+atomic check-ins, idempotency keys, alarm and job claims, lease fences,
+cancel and retry, cron compare-and-set, listing order, purge.
+
+Times passed to the storage are small epoch-millisecond numbers chosen by each
+check: a storage judges leases and due times by the times it is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from typing import Any, Final, Protocol
+
+import trio
+
+from .._errors import DuplicateEventError, StorageError
+from ..storage import (
+    Checkin,
+    ClearAlarm,
+    InstanceLister,
+    InstanceRecord,
+    QueueStorage,
+    SetAlarm,
+    Storage,
+    StorageLayer,
+)
+from ..storage._base import CronSpec, JobFilter, JobSettlement, NewJob
+
+
+class _Full(Storage, QueueStorage, Protocol):
+    """A storage with the queue, as the queue checks use it."""
+
+
+_Check = Callable[[Any], Awaitable[None]]
+_SharedCheck = Callable[[StorageLayer], Awaitable[None]]
+
+#: What `check_storage` is given: a function that makes a layer on a new, empty
+#: database; or an async context manager function that yields one and drops the
+#: database afterwards.
+NewDatabase = Callable[[], StorageLayer | AbstractAsyncContextManager[StorageLayer]]
+
+
+async def check_storage(new_database: NewDatabase, *, queue: bool = True, shared: bool = False) -> None:
+    """Prove a storage layer: run every conformance check against it, each on a new, empty database.
+
+    Args:
+        new_database: Called once per check: returns a `StorageLayer` on a new,
+            empty database (``djobs.memory``), or an async context manager that
+            yields one and cleans up after it (a throwaway schema or file).
+        queue: Also check the job queue and cron jobs (`QueueStorage`); the
+            opened storage must implement that protocol.
+        shared: Also check two connections to one database, as two engine
+            processes have: the layer's ``open()`` is entered twice at once and
+            both must see one database (not ``djobs.memory``, whose every open
+            is a private database).
+
+    Raises:
+        AssertionError: A check failed; the message names it and what differed.
+
+    Examples:
+        ```python
+        @pytest.mark.trio
+        async def test_my_storage_conforms(tmp_path):
+            paths = iter(tmp_path / f"{n}.db" for n in range(1000))
+            await djobs.testing.check_storage(lambda: djobs.sqlite(next(paths)), shared=True)
+        ```
+    """
+    checks: list[tuple[str, Callable[[StorageLayer], Awaitable[None]]]] = []
+    for check in _INSTANCE_CHECKS + (_QUEUE_CHECKS if queue else ()):
+        checks.append((check.__name__, _opened(check, queue)))
+    checks.append(("an InstanceLister lists instances", _listed))
+    if shared:
+        checks += [(c.__name__, c) for c in _SHARED_CHECKS + (_SHARED_QUEUE_CHECKS if queue else ())]
+    for name, run in checks:
+        async with _database(new_database) as layer:
+            try:
+                await run(layer)
+            except AssertionError as exc:
+                what = name.strip("_").replace("_", " ")
+                raise AssertionError(f"storage check failed: {what}: {exc}".rstrip(": ")) from exc
+
+
+def _opened(check: _Check, queue: bool) -> Callable[[StorageLayer], Awaitable[None]]:
+    async def run(layer: StorageLayer) -> None:
+        async with layer.open() as storage:
+            if queue:
+                assert isinstance(storage, QueueStorage), f"{storage!r} does not implement QueueStorage"
+            await check(storage)
+
+    return run
+
+
+async def _listed(layer: StorageLayer) -> None:
+    async with layer.open() as storage:
+        if isinstance(storage, InstanceLister):  # optional: workflow clients' ``list`` needs it
+            for check in _LISTER_CHECKS:
+                await check(storage)
+
+
+@asynccontextmanager
+async def _database(new_database: NewDatabase) -> AsyncIterator[StorageLayer]:
+    made = new_database()
+    if isinstance(made, AbstractAsyncContextManager):
+        async with made as layer:
+            yield layer
+    else:
+        yield made
+
+
+@contextmanager
+def _raises(error: type[BaseException]) -> Iterator[None]:
+    """Like ``pytest.raises``, without pytest: the block must raise `error`."""
+    try:
+        yield
+    except error:
+        return
+    raise AssertionError(f"expected {error.__name__}, nothing was raised")
+
+
+# -- instances, alarms, idempotency keys, instance leases --------------------------------
+
+
+def _record(key: str = "continuous:j:a", **kw: object) -> InstanceRecord:
+    return InstanceRecord(key=key, kind="continuous", name="j", instance_id="a", status="running", **kw)  # type: ignore[arg-type]
+
+
+async def _a_missing_instance_loads_as_none_and_the_database_answers(storage: _Full) -> None:
+    assert await storage.load("continuous:j:nobody") is None
+    assert await storage.healthcheck()
+
+
+async def _every_field_of_an_instance_round_trips(storage: _Full) -> None:
+    full = InstanceRecord(
+        key="task:t:x",
+        kind="task",
+        name="t",
+        instance_id="x",
+        status="active",
+        state=b'{"n":1}',
+        tenant_id="acme",
+        run_count=7,
+        attempt=3,
+        event_count=2**40,
+        execute_count=5,
+        started_at=1_767_225_600_123,
+        data=b"\x00\xffbinary",
+        created_at=1_767_225_600_000,
+        updated_at=1_767_225_601_000,
+        version=9,
+    )
+    await storage.commit(Checkin(key=full.key, record=full))
+    loaded = await storage.load(full.key)
+    assert loaded == (full, None)
+    bare = _record("debounce:d:y", state=None)
+    await storage.commit(Checkin(key=bare.key, record=bare))
+    assert await storage.load(bare.key) == (bare, None)
+
+
+async def _a_second_commit_updates_the_row_but_keeps_what_never_changes(storage: _Full) -> None:
+    await storage.commit(Checkin(key="k", record=_record("k", state=b"1", created_at=10, updated_at=10)))
+    changed = InstanceRecord(
+        key="k",
+        kind="other",
+        name="other",
+        instance_id="other",
+        status="stopped",
+        state=b"2",
+        run_count=1,
+        created_at=99,
+        updated_at=20,
+        version=1,
+    )
+    await storage.commit(Checkin(key="k", record=changed))
+    loaded = await storage.load("k")
+    assert loaded is not None
+    row = loaded[0]
+    assert (row.status, row.state, row.run_count, row.updated_at, row.version) == ("stopped", b"2", 1, 20, 1)
+    # Identity and birth are written once.
+    assert (row.kind, row.name, row.instance_id, row.created_at) == ("continuous", "j", "a", 10)
+
+
+async def _checkin_is_atomic_with_its_idempotency_key(storage: _Full) -> None:
+    await storage.commit(Checkin(key="continuous:j:a", record=_record(state=b"1"), event_id="e1"))
+    with _raises(DuplicateEventError):
+        await storage.commit(
+            Checkin(key="continuous:j:a", record=_record(state=b"2"), alarm=SetAlarm(5, "run"), event_id="e1")
+        )
+    loaded = await storage.load("continuous:j:a")
+    assert loaded is not None
+    assert loaded[0].state == b"1" and loaded[1] is None  # nothing of the refused check-in was written
+    assert await storage.has_event_id("continuous:j:a", "e1")
+    assert not await storage.has_event_id("continuous:j:a", "e2")
+
+
+async def _idempotency_keys_belong_to_one_instance(storage: _Full) -> None:
+    await storage.commit(Checkin(key="a", record=_record("a"), event_id="same"))
+    await storage.commit(Checkin(key="b", record=_record("b"), event_id="same"))  # another instance: accepted
+    assert await storage.has_event_id("a", "same") and await storage.has_event_id("b", "same")
+    # A refused delete deletes nothing.
+    with _raises(DuplicateEventError):
+        await storage.commit(Checkin(key="a", record=None, event_id="same"))
+    assert await storage.load("a") is not None
+
+
+async def _alarms_are_claimed_with_a_lease_and_fire_again_if_not_handled(storage: _Full) -> None:
+    await storage.commit(Checkin(key="k1", record=_record("k1"), alarm=SetAlarm(100, "run")))
+    await storage.commit(Checkin(key="k2", record=_record("k2"), alarm=SetAlarm(300, "run")))
+    assert await storage.next_alarm_at() == 100
+    [claimed] = await storage.claim_alarms(now_ms=150, lease_ms=1000, limit=10)
+    assert (claimed.key, claimed.fire_at) == ("k1", 100)
+    assert await storage.claim_alarms(now_ms=200, lease_ms=1000, limit=10) == []  # leased
+    assert await storage.next_alarm_at() == 300
+    again = await storage.claim_alarms(now_ms=1200, lease_ms=1000, limit=10)
+    assert sorted(a.key for a in again) == ["k1", "k2"]  # k1's lease ran out
+    await storage.commit(Checkin(key="k1", record=_record("k1"), alarm=ClearAlarm()))
+    await storage.release_alarms([a.id for a in again])
+    assert await storage.next_alarm_at() == 300
+    # Setting an alarm gives it a new id, so an old claim can be told from it.
+    await storage.commit(Checkin(key="k2", record=_record("k2"), alarm=SetAlarm(300, "run")))
+    loaded = await storage.load("k2")
+    assert loaded is not None and loaded[1] is not None
+    assert loaded[1].id not in {a.id for a in again}
+
+
+async def _claims_take_the_earliest_alarms_first_up_to_the_limit(storage: _Full) -> None:
+    for n, at in enumerate([500, 100, 400, 200, 300]):
+        await storage.commit(Checkin(key=f"k{n}", record=_record(f"k{n}"), alarm=SetAlarm(at, f"p{n}")))
+    first = await storage.claim_alarms(now_ms=1000, lease_ms=10_000, limit=2)
+    # Which alarms a claim takes is promised; the order of the list is not.
+    assert sorted((a.key, a.fire_at, a.purpose) for a in first) == [("k1", 100, "p1"), ("k3", 200, "p3")]
+    rest = await storage.claim_alarms(now_ms=1000, lease_ms=10_000, limit=10)
+    assert sorted(a.fire_at for a in rest) == [300, 400, 500]
+    # Claimed alarms still count for when the sleeper next looks: at the end of their lease.
+    assert await storage.next_alarm_at() == 11_000
+
+
+async def _claims_with_prefixes_take_only_the_alarms_of_those_definitions(storage: _Full) -> None:
+    # An engine that registered some definitions (a script, a rolling deploy) claims theirs only.
+    for key, at in [("continuous:mine:a", 300), ("continuous:other:b", 100), ("task:mine:c", 200)]:
+        await storage.commit(Checkin(key=key, record=_record(key), alarm=SetAlarm(at, "run")))
+    mine = ["continuous:mine:", "task:mine:"]
+    assert await storage.next_alarm_at(mine) == 200
+    assert await storage.next_alarm_at(["debounce:nobody:"]) is None
+    claimed = await storage.claim_alarms(now_ms=1000, lease_ms=10_000, limit=10, prefixes=mine)
+    assert sorted(a.key for a in claimed) == ["continuous:mine:a", "task:mine:c"]
+    assert await storage.claim_alarms(now_ms=1000, lease_ms=10_000, limit=10, prefixes=[]) == []
+    assert await storage.next_alarm_at() == 100  # the other definition's alarm is still due
+    [other] = await storage.claim_alarms(now_ms=1000, lease_ms=10_000, limit=10)
+    assert other.key == "continuous:other:b"
+
+
+async def _an_instance_has_one_alarm_and_none_leaves_it_alone(storage: _Full) -> None:
+    await storage.commit(Checkin(key="k", record=_record("k"), alarm=SetAlarm(100, "first")))
+    before = await storage.load("k")
+    assert before is not None and before[1] is not None
+    await storage.commit(Checkin(key="k", record=_record("k", run_count=1), alarm=None))
+    kept = await storage.load("k")
+    assert kept is not None and kept[1] == before[1]
+    await storage.commit(Checkin(key="k", record=_record("k"), alarm=SetAlarm(50, "second")))
+    after = await storage.load("k")
+    assert after is not None and after[1] is not None
+    assert (after[1].fire_at, after[1].purpose) == (50, "second") and after[1].id != before[1].id
+    assert [a.purpose for a in await storage.claim_alarms(now_ms=1000, lease_ms=10, limit=10)] == ["second"]
+    await storage.commit(Checkin(key="k", record=_record("k"), alarm=ClearAlarm()))
+    cleared = await storage.load("k")
+    assert cleared is not None and cleared[1] is None
+    assert await storage.next_alarm_at() is None
+
+
+async def _a_released_alarm_is_due_again_at_its_fire_time(storage: _Full) -> None:
+    await storage.commit(Checkin(key="k", record=_record("k"), alarm=SetAlarm(100, "run")))
+    [alarm] = await storage.claim_alarms(now_ms=150, lease_ms=60_000, limit=10)
+    assert await storage.next_alarm_at() == 60_150
+    await storage.release_alarms([alarm.id])
+    assert await storage.next_alarm_at() == 100
+    assert await storage.claim_alarms(now_ms=150, lease_ms=60_000, limit=10) == [alarm]
+    await storage.release_alarms([])  # nothing to release is not an error
+
+
+async def _deleting_an_instance_removes_its_alarm_and_event_ids(storage: _Full) -> None:
+    await storage.commit(Checkin(key="k", record=_record("k"), alarm=SetAlarm(1, "run"), event_id="e"))
+    await storage.commit(Checkin(key="k", record=None))
+    assert await storage.load("k") is None
+    assert await storage.next_alarm_at() is None
+    assert not await storage.has_event_id("k", "e")
+
+
+async def _an_instance_lease_is_free_expired_or_ours(storage: _Full) -> None:
+    assert await storage.acquire_instance_lease("k", "a", now_ms=0, ttl_ms=100)  # free
+    assert await storage.acquire_instance_lease("k", "a", now_ms=50, ttl_ms=100)  # ours: extended to 150
+    assert not await storage.acquire_instance_lease("k", "b", now_ms=149, ttl_ms=100)  # a's, not expired
+    assert await storage.acquire_instance_lease("k", "b", now_ms=150, ttl_ms=100)  # expired: b takes it
+    assert not await storage.acquire_instance_lease("k", "a", now_ms=200, ttl_ms=100)
+    assert await storage.acquire_instance_lease("other", "a", now_ms=200, ttl_ms=100)  # per instance
+
+
+async def _only_the_holder_renews_or_releases_an_instance_lease(storage: _Full) -> None:
+    assert await storage.acquire_instance_lease("k1", "a", now_ms=0, ttl_ms=100)
+    assert await storage.acquire_instance_lease("k2", "a", now_ms=0, ttl_ms=100)
+    assert await storage.acquire_instance_lease("k3", "b", now_ms=0, ttl_ms=100)
+    await storage.renew_instance_leases(["k1", "k2", "k3"], "a", until_ms=1000)
+    assert not await storage.acquire_instance_lease("k1", "b", now_ms=500, ttl_ms=100)  # renewed
+    assert await storage.acquire_instance_lease("k3", "c", now_ms=500, ttl_ms=100)  # b's was not renewed by a
+    await storage.release_instance_leases(["k1", "k3"], "a")  # k3 is c's: untouched
+    assert await storage.acquire_instance_lease("k1", "b", now_ms=500, ttl_ms=100)  # released
+    assert not await storage.acquire_instance_lease("k3", "b", now_ms=550, ttl_ms=100)
+    await storage.renew_instance_leases([], "a", until_ms=1000)
+    await storage.release_instance_leases([], "a")
+    # The holder of a lease, expired or not, for the engine's dead-owner check and its wait log.
+    assert await storage.instance_lease_holder("k1") == ("b", 600)
+    assert await storage.instance_lease_holder("k3") == ("c", 600)
+    assert await storage.instance_lease_holder("nobody") is None
+
+
+async def _two_processes_never_claim_one_alarm(shared_layer: StorageLayer) -> None:
+    async with shared_layer.open() as one, shared_layer.open() as two:
+        for n in range(60):
+            await one.commit(Checkin(key=f"k{n}", record=_record(f"k{n}"), alarm=SetAlarm(n, "run")))
+        claimed: list[list[int]] = [[], []]
+
+        async def claim(storage: Storage, into: list[int]) -> None:
+            while batch := await storage.claim_alarms(now_ms=100, lease_ms=60_000, limit=7):
+                into.extend(a.id for a in batch)
+                await trio.lowlevel.checkpoint()
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(claim, one, claimed[0])
+                nursery.start_soon(claim, two, claimed[1])
+        everything = claimed[0] + claimed[1]
+        assert len(everything) == len(set(everything)) == 60
+
+
+async def _two_processes_never_hold_one_instance_lease(shared_layer: StorageLayer) -> None:
+    async with shared_layer.open() as one, shared_layer.open() as two:
+        winners: list[str] = []
+
+        async def take(storage: Storage, owner: str) -> None:
+            if await storage.acquire_instance_lease("k", owner, now_ms=0, ttl_ms=1000):
+                winners.append(owner)
+
+        async with trio.open_nursery() as nursery:
+            for n in range(10):
+                nursery.start_soon(take, one if n % 2 else two, f"owner-{n}")
+        assert len(winners) == 1
+        # The other process sees the holder's lease, and takes it once it expires.
+        assert not await one.acquire_instance_lease("k", "late", now_ms=999, ttl_ms=1000)
+        assert await two.acquire_instance_lease("k", "late", now_ms=1000, ttl_ms=1000)
+
+
+# -- listing instances (workflow clients' ``list``) -------------------------------------------------
+
+
+async def _instances_are_listed_by_kind_and_name_in_key_order_with_filters_and_a_cursor(
+    storage: _Full,
+) -> None:
+    assert isinstance(storage, InstanceLister)
+    rows = [
+        InstanceRecord(key="workflow:w:b", kind="workflow", name="w", instance_id="b", status="sleeping"),
+        InstanceRecord(key="workflow:w:a", kind="workflow", name="w", instance_id="a", status="completed"),
+        InstanceRecord(
+            key="workflow:w:acme\x1fa", kind="workflow", name="w", instance_id="a", status="sleeping", tenant_id="acme"
+        ),
+        InstanceRecord(key="workflow:other:a", kind="workflow", name="other", instance_id="a", status="sleeping"),
+        InstanceRecord(key="task:w:a", kind="task", name="w", instance_id="a", status="idle"),
+    ]
+    for row in rows:
+        await storage.commit(Checkin(key=row.key, record=row))
+    everything = await storage.list_instances("workflow", "w", None, None, None, 100)
+    assert [r.key for r in everything] == ["workflow:w:a", "workflow:w:acme\x1fa", "workflow:w:b"]
+    assert everything[0] == rows[1]
+    sleeping = await storage.list_instances("workflow", "w", None, "sleeping", None, 100)
+    assert [r.key for r in sleeping] == ["workflow:w:acme\x1fa", "workflow:w:b"]
+    acme = await storage.list_instances("workflow", "w", "acme", None, None, 100)
+    assert [r.instance_id for r in acme] == ["a"]
+    page = await storage.list_instances("workflow", "w", None, None, "workflow:w:a", 1)
+    assert [r.key for r in page] == ["workflow:w:acme\x1fa"]
+
+
+_CANCELLED = b'{"tag":"job_cancelled"}'
+_LEASE_LOST = b'{"tag":"execution"}'
+
+
+def _job(n: int, *, name: str = "send", at: int = 0, **kw: object) -> NewJob:
+    fields: dict[str, object] = {"max_attempts": 3, "created_at": 0, **kw}
+    return NewJob(id=f"job-{n:04d}", name=name, params=b'{"n":%d}' % n, scheduled_for=at, **fields)  # type: ignore[arg-type]
+
+
+def _settle(
+    job_id: str, status: str, *, worker: str = "w", attempt: int = 1, at: int = 50, **kw: object
+) -> JobSettlement:
+    return JobSettlement(job_id=job_id, worker_id=worker, attempt=attempt, status=status, at=at, **kw)  # type: ignore[arg-type]
+
+
+async def _an_enqueued_job_is_pending_with_what_was_given(storage: _Full) -> None:
+    row = _job(1, at=10, priority=2, correlation_id="order-7", tenant_id="acme", created_at=5, max_attempts=4)
+    assert await storage.enqueue_jobs([row]) == [("job-0001", True)]
+    stored = await storage.get_job("job-0001")
+    assert stored is not None
+    assert (stored.status, stored.params, stored.max_attempts, stored.scheduled_for, stored.priority) == (
+        "pending",
+        b'{"n":1}',
+        4,
+        10,
+        2,
+    )
+    assert (stored.correlation_id, stored.tenant_id, stored.created_at, stored.updated_at) == ("order-7", "acme", 5, 5)
+    assert (stored.attempt_count, stored.progress, stored.worker_id, stored.result, stored.error) == (
+        0,
+        0,
+        None,
+        None,
+        None,
+    )
+    assert not stored.cancel_requested and stored.completed_at is None
+    assert await storage.get_job("job-9999") is None
+    assert await storage.enqueue_jobs([]) == []
+
+
+async def _an_idempotency_key_enqueues_once_per_tenant_and_name(storage: _Full) -> None:
+    rows = [
+        _job(1, idempotency_key="k"),
+        _job(2, idempotency_key="k"),  # the same key in the same batch
+        _job(3, idempotency_key="k", tenant_id="acme"),  # another tenant
+        _job(4, idempotency_key="k", name="other"),  # another job name
+        _job(5),
+    ]
+    assert await storage.enqueue_jobs(rows) == [
+        ("job-0001", True),
+        ("job-0001", False),
+        ("job-0003", True),
+        ("job-0004", True),
+        ("job-0005", True),
+    ]
+    assert await storage.enqueue_jobs([_job(6, idempotency_key="k")]) == [("job-0001", False)]
+    assert await storage.get_job("job-0002") is None and await storage.get_job("job-0006") is None
+
+
+async def _claims_take_due_rows_by_priority_then_time_and_count_an_attempt(storage: _Full) -> None:
+    await storage.enqueue_jobs(
+        [
+            _job(1, at=30),
+            _job(2, at=10),
+            _job(3, at=20, priority=5),
+            _job(4, at=5, priority=-1),
+            _job(5, at=999),
+            _job(6, at=0, name="elsewhere"),
+            _job(7, at=40),
+        ]
+    )
+    [top] = await storage.claim_jobs(100, 60_100, "w", ["send"], 1)
+    assert top.id == "job-0003"  # the highest priority, though not the earliest
+    [earliest] = await storage.claim_jobs(100, 60_100, "w", ["send"], 1)
+    assert earliest.id == "job-0002"  # then priority 0 by time
+    claimed = [top, earliest, *await storage.claim_jobs(100, 60_100, "w", ["send"], 1)]
+    # Which rows a claim takes is promised; the order of the list is not (the worker sorts it).
+    assert sorted(c.id for c in claimed) == ["job-0001", "job-0002", "job-0003"]
+    first = next(c for c in claimed if c.id == "job-0003")
+    assert (first.attempt, first.max_attempts, first.priority, first.params) == (1, 3, 5, b'{"n":3}')
+    stored = await storage.get_job("job-0003")
+    assert stored is not None
+    assert (stored.status, stored.worker_id, stored.worker_started_at, stored.worker_expires_at) == (
+        "running",
+        "w",
+        100,
+        60_100,
+    )
+    assert stored.attempt_count == 1
+    # Then the rest of priority 0, then the negative priority; never the row due later or another name's.
+    assert sorted(c.id for c in await storage.claim_jobs(100, 60_100, "w", ["send"], 10)) == ["job-0004", "job-0007"]
+    assert [c.id for c in await storage.claim_jobs(100, 60_100, "w", ["send"], 10)] == []
+    await storage.enqueue_jobs([_job(8, at=50), _job(9, at=60, priority=-1)])
+    assert [c.id for c in await storage.claim_jobs(100, 60_100, "w", ["send"], 1)] == ["job-0008"]
+    both = await storage.claim_jobs(100, 60_100, "w", ["send", "elsewhere"], 10)
+    assert sorted(c.id for c in both) == ["job-0006", "job-0009"]
+
+
+async def _a_job_can_start_running_in_the_callers_task(storage: _Full) -> None:
+    await storage.start_job(_job(1, created_at=7), "caller", 60_007)
+    stored = await storage.get_job("job-0001")
+    assert stored is not None
+    assert (stored.status, stored.worker_id, stored.attempt_count, stored.worker_expires_at) == (
+        "running",
+        "caller",
+        1,
+        60_007,
+    )
+    assert await storage.claim_jobs(100, 200, "w", ["send"], 10) == []
+
+
+async def _settling_is_fenced_by_worker_and_attempt(storage: _Full) -> None:
+    await storage.enqueue_jobs([_job(1), _job(2), _job(3)])
+    await storage.claim_jobs(0, 1000, "w", ["send"], 10)
+    applied = await storage.settle_jobs(
+        [
+            _settle("job-0001", "completed", result=b"1"),
+            _settle("job-0002", "completed", worker="impostor", result=b"2"),
+            _settle("job-0003", "completed", attempt=2, result=b"3"),
+        ]
+    )
+    assert applied == [True, False, False]
+    done = await storage.get_job("job-0001")
+    assert done is not None
+    assert (done.status, done.result, done.completed_at, done.worker_expires_at) == ("completed", b"1", 50, None)
+    for other in ("job-0002", "job-0003"):
+        untouched = await storage.get_job(other)
+        assert untouched is not None and untouched.status == "running" and untouched.result is None
+    # A settled row takes no second settlement.
+    assert await storage.settle_jobs([_settle("job-0001", "failed", error=b"x")]) == [False]
+    assert await storage.settle_jobs([]) == []
+
+
+async def _each_way_an_attempt_can_end(storage: _Full) -> None:
+    await storage.enqueue_jobs([_job(n) for n in range(1, 6)])
+    await storage.claim_jobs(0, 1000, "w", ["send"], 10)
+    assert (
+        await storage.settle_jobs(
+            [
+                _settle("job-0001", "failed", error=b"boom"),
+                _settle("job-0002", "cancelled", error=_CANCELLED),
+                _settle("job-0003", "pending", error=b"flaky", scheduled_for=5000),  # a retry later: the attempt counts
+                _settle("job-0004", "pending", release=True, error=_CANCELLED),  # handed back: it does not
+                _settle("job-0005", "running", error=b"again", lease_until=9000),  # the next attempt, at once
+            ]
+        )
+        == [True] * 5
+    )
+    rows = {r.id: r for r in await storage.list_jobs(JobFilter())}
+    assert (rows["job-0001"].status, rows["job-0001"].error, rows["job-0001"].completed_at) == ("failed", b"boom", 50)
+    assert (rows["job-0002"].status, rows["job-0002"].error) == ("cancelled", _CANCELLED)
+    retry = rows["job-0003"]
+    assert (retry.status, retry.error, retry.scheduled_for, retry.attempt_count) == ("pending", b"flaky", 5000, 1)
+    assert retry.completed_at is None and retry.worker_expires_at is None
+    back = rows["job-0004"]
+    assert (back.status, back.attempt_count, back.worker_started_at, back.error) == ("pending", 0, None, None)
+    again = rows["job-0005"]
+    assert (again.status, again.attempt_count, again.worker_expires_at, again.error) == ("running", 2, 9000, b"again")
+    # The retry is due at its time, not before.
+    assert [c.id for c in await storage.claim_jobs(4999, 9999, "w", ["send"], 10)] == ["job-0004"]
+    [retried] = await storage.claim_jobs(5000, 9999, "w", ["send"], 10)
+    assert (retried.id, retried.attempt) == ("job-0003", 2)
+
+
+async def _a_requested_cancel_wins_over_a_retry_or_a_hand_back(storage: _Full) -> None:
+    await storage.enqueue_jobs([_job(1), _job(2)])
+    await storage.claim_jobs(0, 1000, "w", ["send"], 10)
+    for job_id in ("job-0001", "job-0002"):
+        running = await storage.cancel_job(job_id, 10, _CANCELLED)
+        assert running is not None and running.status == "running" and running.cancel_requested
+    assert await storage.renew_leases("w", 2000) == [("job-0001", True), ("job-0002", True)]
+    assert await storage.settle_jobs(
+        [
+            _settle("job-0001", "pending", error=b"flaky", scheduled_for=5000),
+            _settle("job-0002", "pending", release=True, error=_CANCELLED),
+        ]
+    ) == [True, True]
+    for job_id in ("job-0001", "job-0002"):
+        row = await storage.get_job(job_id)
+        assert row is not None and row.status == "cancelled" and row.completed_at == 50
+    row = await storage.get_job("job-0002")
+    assert row is not None and row.error == _CANCELLED
+
+
+async def _cancel_and_retry(storage: _Full) -> None:
+    await storage.enqueue_jobs([_job(1), _job(2)])
+    cancelled = await storage.cancel_job("job-0001", 10, _CANCELLED)
+    assert cancelled is not None
+    assert (cancelled.status, cancelled.error, cancelled.completed_at, cancelled.cancel_requested) == (
+        "cancelled",
+        _CANCELLED,
+        10,
+        False,
+    )
+    assert await storage.claim_jobs(20, 1000, "w", ["send"], 10) != []  # job 2 only
+    again = await storage.cancel_job("job-0001", 30, b"other")  # already final: unchanged
+    assert again == cancelled
+    assert await storage.cancel_job("job-9999", 30, _CANCELLED) is None
+    retried = await storage.retry_job("job-0001", 40)
+    assert retried is not None
+    assert (retried.status, retried.scheduled_for, retried.attempt_count, retried.error, retried.completed_at) == (
+        "pending",
+        40,
+        0,
+        None,
+        None,
+    )
+    # Retrying a row that is not failed or cancelled changes nothing.
+    running = await storage.get_job("job-0002")
+    assert await storage.retry_job("job-0002", 50) == running
+    assert await storage.retry_job("job-9999", 50) is None
+
+
+async def _expired_leases_are_reclaimed_as_pending_failed_or_cancelled(storage: _Full) -> None:
+    await storage.enqueue_jobs([_job(1, at=1), _job(2, at=2, max_attempts=1), _job(3, at=3), _job(4, at=4)])
+    await storage.claim_jobs(10, 1000, "dead", ["send"], 3)
+    await storage.cancel_job("job-0003", 20, _CANCELLED)
+    await storage.claim_jobs(10, 5000, "alive", ["send"], 3)  # job 4, leased longer
+    assert await storage.reclaim_expired(999, _CANCELLED, _LEASE_LOST, 10) == []
+    reclaimed = await storage.reclaim_expired(1000, _CANCELLED, _LEASE_LOST, 10)
+    assert sorted((r.id, r.status, r.worker_id, r.attempt) for r in reclaimed) == [
+        ("job-0001", "pending", "dead", 1),
+        ("job-0002", "failed", "dead", 1),
+        ("job-0003", "cancelled", "dead", 1),
+    ]
+    rows = {r.id: r for r in await storage.list_jobs(JobFilter())}
+    assert rows["job-0001"].scheduled_for == 1 and rows["job-0001"].completed_at is None
+    assert (rows["job-0002"].error, rows["job-0002"].completed_at) == (_LEASE_LOST, 1000)
+    assert rows["job-0003"].error == _CANCELLED
+    assert rows["job-0004"].status == "running"
+    # The dead worker's late settlement is refused; the row runs again, attempt 2.
+    assert await storage.settle_jobs([_settle("job-0001", "completed", worker="dead", result=b"late")]) == [False]
+    [again] = await storage.claim_jobs(1000, 2000, "alive", ["send"], 10)
+    assert (again.id, again.attempt) == ("job-0001", 2)
+
+
+async def _renewing_extends_only_the_workers_own_running_leases(storage: _Full) -> None:
+    await storage.enqueue_jobs([_job(1), _job(2), _job(3)])
+    await storage.claim_jobs(0, 1000, "a", ["send"], 2)
+    await storage.claim_jobs(0, 1000, "b", ["send"], 1)
+    assert await storage.renew_leases("a", 5000) == [("job-0001", False), ("job-0002", False)]
+    assert [r.id for r in await storage.reclaim_expired(1000, _CANCELLED, _LEASE_LOST, 10)] == ["job-0003"]
+    await storage.settle_jobs([_settle("job-0001", "completed", worker="a", result=b"")])
+    assert await storage.renew_leases("a", 6000) == [("job-0002", False)]
+    assert await storage.renew_leases("nobody", 6000) == []
+
+
+async def _progress_is_fenced_and_stays_within_0_to_100(storage: _Full) -> None:
+    await storage.enqueue_jobs([_job(1)])
+    await storage.claim_jobs(0, 1000, "w", ["send"], 1)
+    assert await storage.set_progress("job-0001", "w", 1, 40, "halfway", 20)
+    assert not await storage.set_progress("job-0001", "other", 1, 90, "no", 20)
+    row = await storage.get_job("job-0001")
+    assert row is not None and (row.progress, row.progress_message, row.updated_at) == (40, "halfway", 20)
+    with _raises(StorageError):
+        await storage.set_progress("job-0001", "w", 1, 101, None, 30)
+
+
+async def _listing_filters_and_pages_in_id_order(storage: _Full) -> None:
+    await storage.enqueue_jobs(
+        [
+            _job(3, correlation_id="c"),
+            _job(1, tenant_id="t"),
+            _job(2, name="other", correlation_id="c"),
+            _job(4),
+        ]
+    )
+    await storage.claim_jobs(0, 1000, "w", ["other"], 10)
+    assert [r.id for r in await storage.list_jobs(JobFilter())] == ["job-0001", "job-0002", "job-0003", "job-0004"]
+    assert [r.id for r in await storage.list_jobs(JobFilter(status="pending"))] == ["job-0001", "job-0003", "job-0004"]
+    assert [r.id for r in await storage.list_jobs(JobFilter(name="other"))] == ["job-0002"]
+    assert [r.id for r in await storage.list_jobs(JobFilter(correlation_id="c"))] == ["job-0002", "job-0003"]
+    assert [r.id for r in await storage.list_jobs(JobFilter(tenant_id="t"))] == ["job-0001"]
+    page = await storage.list_jobs(JobFilter(limit=2))
+    assert [r.id for r in page] == ["job-0001", "job-0002"]
+    rest = await storage.list_jobs(JobFilter(after=page[-1].id, limit=2))
+    assert [r.id for r in rest] == ["job-0003", "job-0004"]
+    assert await storage.list_jobs(JobFilter(status="pending", name="other")) == []
+
+
+async def _the_next_wakeup_is_the_earliest_due_row_or_lease_end(storage: _Full) -> None:
+    assert await storage.next_job_wakeup(["send"]) is None
+    await storage.enqueue_jobs([_job(1, at=500), _job(2, at=100, name="other")])
+    assert await storage.next_job_wakeup(["send"]) == 500
+    assert await storage.next_job_wakeup(["send", "other"]) == 100
+    await storage.claim_jobs(100, 300, "w", ["other"], 10)
+    # Any running row's lease end counts (its worker may have died), whatever its name.
+    assert await storage.next_job_wakeup(["send"]) == 300
+
+
+def _cron_spec(name: str = "nightly", *, expression: str = "0 3 * * *", first: int = 1000, now: int = 0) -> CronSpec:
+    return CronSpec(
+        name=name,
+        job_name="send",
+        expression=expression,
+        tz="UTC",
+        params=b"{}",
+        tenant_id=None,
+        first_run_at=first,
+        now=now,
+    )
+
+
+async def _cron_jobs_are_synced_fired_once_and_listed(storage: _Full) -> None:
+    await storage.sync_cron_jobs([_cron_spec(), _cron_spec("hourly", expression="0 * * * *", first=500)])
+    assert [c.name for c in await storage.list_cron_jobs()] == ["hourly", "nightly"]
+    assert await storage.next_cron_at(["nightly", "hourly"]) == 500
+    assert await storage.next_cron_at(["nightly"]) == 1000
+    assert await storage.due_cron_jobs(["nightly", "hourly"], 999) != []
+    assert [c.name for c in await storage.due_cron_jobs(["nightly", "hourly"], 1000)] == ["hourly", "nightly"]
+    # An unchanged schedule keeps its stored next run; a changed one takes the new first run.
+    await storage.sync_cron_jobs([_cron_spec(first=7777), _cron_spec("hourly", expression="30 * * * *", first=800)])
+    rows = {c.name: c for c in await storage.list_cron_jobs()}
+    assert (rows["nightly"].next_run_at, rows["hourly"].next_run_at, rows["hourly"].expression) == (
+        1000,
+        800,
+        "30 * * * *",
+    )
+    fired = _job(1, at=1000)
+    assert await storage.fire_cron("nightly", 1000, 2000, 1001, fired)
+    assert not await storage.fire_cron("nightly", 1000, 2000, 1002, _job(2, at=1000))  # someone was first
+    assert await storage.get_job("job-0001") is not None and await storage.get_job("job-0002") is None
+    nightly = next(c for c in await storage.list_cron_jobs() if c.name == "nightly")
+    assert (nightly.next_run_at, nightly.last_run_at, nightly.last_job_id) == (2000, 1001, "job-0001")
+    assert await storage.fire_cron("nightly", 2000, 3000, 2001, None)  # a skipped fire: no job
+    nightly = next(c for c in await storage.list_cron_jobs() if c.name == "nightly")
+    assert (nightly.next_run_at, nightly.last_job_id) == (3000, "job-0001")
+
+
+async def _a_disabled_cron_job_is_never_due(storage: _Full) -> None:
+    await storage.sync_cron_jobs([_cron_spec()])
+    disabled = await storage.set_cron_enabled("nightly", False, None, 5)
+    assert disabled is not None and not disabled.enabled and disabled.updated_at == 5
+    assert await storage.due_cron_jobs(["nightly"], 10_000) == []
+    assert await storage.next_cron_at(["nightly"]) is None
+    assert not await storage.fire_cron("nightly", 1000, 2000, 1001, _job(1))
+    enabled = await storage.set_cron_enabled("nightly", True, 4000, 6)
+    assert enabled is not None and enabled.enabled and enabled.next_run_at == 4000
+    assert await storage.set_cron_enabled("missing", True, 1, 1) is None
+    await storage.sync_cron_jobs([])
+
+
+async def _two_processes_never_claim_one_job(shared_layer: StorageLayer) -> None:
+    async with shared_layer.open() as one, shared_layer.open() as two:
+        assert isinstance(one, QueueStorage) and isinstance(two, QueueStorage)
+        await one.enqueue_jobs([_job(n) for n in range(300)])
+        claimed: list[str] = []
+
+        async def claim(storage: QueueStorage, worker: str) -> None:
+            while batch := await storage.claim_jobs(10, 60_000, worker, ["send"], 13):
+                claimed.extend(j.id for j in batch)
+                await trio.lowlevel.checkpoint()
+
+        async with trio.open_nursery() as nursery:
+            for n in range(3):
+                nursery.start_soon(claim, one, f"one-{n}")
+                nursery.start_soon(claim, two, f"two-{n}")
+        assert len(claimed) == len(set(claimed)) == 300
+
+
+async def _two_processes_fire_one_cron_time_once(shared_layer: StorageLayer) -> None:
+    async with shared_layer.open() as one, shared_layer.open() as two:
+        assert isinstance(one, QueueStorage) and isinstance(two, QueueStorage)
+        await one.sync_cron_jobs([_cron_spec()])
+        await two.sync_cron_jobs([_cron_spec(first=5555)])  # the second engine to open keeps the stored time
+        wins: list[str] = []
+
+        async def fire(storage: QueueStorage, n: int) -> None:
+            if await storage.fire_cron("nightly", 1000, 2000, 1000, _job(n, at=1000)):
+                wins.append(f"job-{n:04d}")
+
+        async with trio.open_nursery() as nursery:
+            for n in range(8):
+                nursery.start_soon(fire, one if n % 2 else two, n)
+        assert len(wins) == 1
+        assert [r.id for r in await one.list_jobs(JobFilter())] == wins
+
+
+_MINUTE = 60_000
+
+
+def _purge_job(n: int, *, name: str = "send", tenant: str | None = None, key: str | None = None) -> NewJob:
+    return NewJob(
+        id=f"job-{n:04d}",
+        name=name,
+        params=b"{}",
+        max_attempts=1,
+        scheduled_for=0,
+        created_at=0,
+        tenant_id=tenant,
+        idempotency_key=key,
+    )
+
+
+async def _finish(storage: _Full, ids: list[str], status: str, at: int) -> None:
+    claimed = await storage.claim_jobs(at, at + _MINUTE, "w", ["send", "other"], 100)
+    wanted = {c.id for c in claimed} & set(ids)
+    settlements = [
+        JobSettlement(job_id=c.id, worker_id="w", attempt=c.attempt, status=status, at=at, result=b"1", error=b"{}")  # type: ignore[arg-type]
+        for c in claimed
+        if c.id in wanted
+    ]
+    assert all(await storage.settle_jobs(settlements))
+    # Hand the rest back unstarted.
+    rest = [
+        JobSettlement(job_id=c.id, worker_id="w", attempt=c.attempt, status="pending", at=at, release=True)
+        for c in claimed
+        if c.id not in wanted
+    ]
+    if rest:
+        assert all(await storage.settle_jobs(rest))
+
+
+async def _purge_deletes_old_finished_jobs_of_the_given_statuses_only(storage: _Full) -> None:
+    await storage.enqueue_jobs(
+        [_purge_job(1, key="k1"), _purge_job(2), _purge_job(3, tenant="acme"), _purge_job(4), _purge_job(5)]
+    )
+    await _finish(storage, ["job-0001", "job-0003"], "completed", _MINUTE)
+    await _finish(storage, ["job-0002"], "failed", 2 * _MINUTE)
+    await _finish(storage, ["job-0004"], "completed", 10 * _MINUTE)  # too recent
+    # job-0005 stays pending: never purged, however old.
+    assert await storage.purge_jobs(5 * _MINUTE, ["pending", "running"], 100) == 0
+    assert await storage.purge_jobs(5 * _MINUTE, ["completed"], 100, tenant_id="acme") == 1
+    assert await storage.get_job("job-0003") is None
+    assert await storage.purge_jobs(5 * _MINUTE, ["completed", "failed", "pending"], 1) == 1  # a batch of one
+    assert await storage.purge_jobs(5 * _MINUTE, ["completed", "failed"], 100) == 1
+    left = {r.id: r.status for r in await storage.list_jobs(JobFilter())}
+    assert left == {"job-0004": "completed", "job-0005": "pending"}
+    # The purged job's idempotency key went with it: the key enqueues anew.
+    assert await storage.enqueue_jobs([_purge_job(9, key="k1")]) == [("job-0009", True)]
+
+
+async def _a_held_row_starts_only_while_its_holder_still_holds_it(storage: _Full) -> None:
+    await storage.enqueue_jobs([_job(1, at=1), _job(2, at=2), _job(3, at=3), _job(4, at=4)])
+    [one] = await storage.claim_jobs(10, 1000, "w", ["send"], 1)
+    two_three = await storage.claim_jobs(10, 5000, "w", ["send"], 2)
+    assert (one.id, sorted(j.id for j in two_three)) == ("job-0001", ["job-0002", "job-0003"])
+    await storage.cancel_job("job-0002", 20, _CANCELLED)  # cancelled elsewhere while held
+    # The holder stalled past job 1's lease: another worker reclaimed it and took it (attempt 2).
+    assert [r.id for r in await storage.reclaim_expired(1000, _CANCELLED, _LEASE_LOST, 10)] == ["job-0001"]
+    [taken] = await storage.claim_jobs(1000, 9000, "v", ["send"], 1)
+    assert (taken.id, taken.attempt) == ("job-0001", 2)
+    # Enqueued after the claims: an urgent row, and one below the floor.
+    await storage.enqueue_jobs([_job(9, at=1003, priority=9), _job(10, at=1003, priority=-1)])
+    held = [("job-0001", 1), ("job-0002", 1), ("job-0003", 1)]
+    starts = await storage.start_held_jobs("w", held, 1500, 9500, _CANCELLED, ["send"], 0)
+    assert (starts.started, starts.cancelled) == (["job-0003"], ["job-0002"])
+    assert [(u.id, u.attempt, u.priority) for u in starts.urgent] == [("job-0009", 1, 9)]
+    rows = {r.id: r for r in await storage.list_jobs(JobFilter())}
+    started = rows["job-0003"]
+    assert (started.status, started.worker_started_at, started.worker_expires_at) == ("running", 1500, 9500)
+    cancelled = rows["job-0002"]
+    assert (cancelled.status, cancelled.error, cancelled.completed_at) == ("cancelled", _CANCELLED, 1500)
+    lost = rows["job-0001"]
+    assert (lost.status, lost.worker_id, lost.attempt_count, lost.worker_expires_at) == ("running", "v", 2, 9000)
+    assert (rows["job-0009"].status, rows["job-0009"].worker_id) == ("running", "w")
+    assert (rows["job-0004"].status, rows["job-0010"].status) == ("pending", "pending")
+    empty = await storage.start_held_jobs("w", [], 1600, 9600, _CANCELLED, ["send"], 0)
+    assert (empty.started, empty.cancelled, empty.urgent) == ([], [], [])
+
+
+#: What every `Storage` must do, each on a fresh database.
+_INSTANCE_CHECKS: Final[tuple[_Check, ...]] = (
+    _a_missing_instance_loads_as_none_and_the_database_answers,
+    _every_field_of_an_instance_round_trips,
+    _a_second_commit_updates_the_row_but_keeps_what_never_changes,
+    _checkin_is_atomic_with_its_idempotency_key,
+    _idempotency_keys_belong_to_one_instance,
+    _alarms_are_claimed_with_a_lease_and_fire_again_if_not_handled,
+    _claims_take_the_earliest_alarms_first_up_to_the_limit,
+    _claims_with_prefixes_take_only_the_alarms_of_those_definitions,
+    _an_instance_has_one_alarm_and_none_leaves_it_alone,
+    _a_released_alarm_is_due_again_at_its_fire_time,
+    _deleting_an_instance_removes_its_alarm_and_event_ids,
+    _an_instance_lease_is_free_expired_or_ours,
+    _only_the_holder_renews_or_releases_an_instance_lease,
+)
+#: What an `InstanceLister` must do.
+_LISTER_CHECKS: Final[tuple[_Check, ...]] = (
+    _instances_are_listed_by_kind_and_name_in_key_order_with_filters_and_a_cursor,
+)
+#: What every `QueueStorage` must do.
+_QUEUE_CHECKS: Final[tuple[_Check, ...]] = (
+    _a_held_row_starts_only_while_its_holder_still_holds_it,
+    _an_enqueued_job_is_pending_with_what_was_given,
+    _an_idempotency_key_enqueues_once_per_tenant_and_name,
+    _claims_take_due_rows_by_priority_then_time_and_count_an_attempt,
+    _a_job_can_start_running_in_the_callers_task,
+    _settling_is_fenced_by_worker_and_attempt,
+    _each_way_an_attempt_can_end,
+    _a_requested_cancel_wins_over_a_retry_or_a_hand_back,
+    _cancel_and_retry,
+    _expired_leases_are_reclaimed_as_pending_failed_or_cancelled,
+    _renewing_extends_only_the_workers_own_running_leases,
+    _progress_is_fenced_and_stays_within_0_to_100,
+    _listing_filters_and_pages_in_id_order,
+    _the_next_wakeup_is_the_earliest_due_row_or_lease_end,
+    _cron_jobs_are_synced_fired_once_and_listed,
+    _a_disabled_cron_job_is_never_due,
+    _purge_deletes_old_finished_jobs_of_the_given_statuses_only,
+)
+#: Two connections to one database (two processes), instances and alarms.
+_SHARED_CHECKS: Final[tuple[_SharedCheck, ...]] = (
+    _two_processes_never_claim_one_alarm,
+    _two_processes_never_hold_one_instance_lease,
+)
+#: Two connections to one database, the queue.
+_SHARED_QUEUE_CHECKS: Final[tuple[_SharedCheck, ...]] = (
+    _two_processes_never_claim_one_job,
+    _two_processes_fire_one_cron_time_once,
+)

@@ -1,0 +1,93 @@
+"""`djobs.testing.check_storage` against every storage djobs ships, and against broken ones.
+
+The checks themselves live in ``djobs/testing/_storage.py``, shipped so that
+a storage layer written elsewhere can be proved the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from itertools import count
+from pathlib import Path
+
+import pytest
+from postgres_support import postgres_dsn, throwaway_schema
+
+import djobs
+from djobs.storage import StorageLayer
+from djobs.testing import check_storage
+
+pytestmark = pytest.mark.trio
+
+
+async def test_memory_storage_passes() -> None:
+    await check_storage(djobs.memory)
+
+
+async def test_sqlite_files_pass_with_two_connections_each(tmp_path: Path) -> None:
+    numbers = count()
+    await check_storage(lambda: djobs.sqlite(tmp_path / f"{next(numbers)}.db"), shared=True)
+
+
+@pytest.mark.skipif(postgres_dsn() is None, reason="PostgreSQL tests need DJOBS_TEST_POSTGRES_DSN")
+async def test_postgres_passes_with_two_connections_each() -> None:
+    dsn = postgres_dsn()
+    assert dsn is not None
+
+    @asynccontextmanager
+    async def new_schema() -> AsyncIterator[StorageLayer]:
+        with throwaway_schema(dsn) as schema:
+            yield djobs.postgres(dsn, schema=schema)
+
+    await check_storage(new_schema, shared=True)
+
+
+# -- the checks catch what is wrong ----------------------------------------------------------
+
+
+class _Wrapped:
+    """A storage that passes every call through to in-memory SQLite."""
+
+    def __init__(self, inner: object) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+
+class _ForgetsEventIds(_Wrapped):
+    """Answers that no idempotency key was ever seen: a retried event would be applied twice."""
+
+    async def has_event_id(self, key: str, event_id: str) -> bool:
+        return False
+
+
+class _BrokenLayer:
+    def __init__(self, wrap: type[_Wrapped]) -> None:
+        self._wrap = wrap
+
+    @asynccontextmanager
+    async def open(self) -> AsyncIterator[object]:
+        async with djobs.memory().open() as inner:
+            yield self._wrap(inner)
+
+
+async def test_a_storage_that_breaks_the_contract_fails_with_the_check_named() -> None:
+    with pytest.raises(AssertionError, match="storage check failed: checkin is atomic with its idempotency key"):
+        await check_storage(lambda: _BrokenLayer(_ForgetsEventIds))  # type: ignore[arg-type,return-value]
+
+
+async def test_a_storage_without_the_queue_is_refused_unless_queue_is_false() -> None:
+    with pytest.raises(AssertionError, match="does not implement QueueStorage"):
+        await check_storage(lambda: _BrokenLayer(_NoQueueStorage))  # type: ignore[arg-type,return-value]
+    await check_storage(lambda: _BrokenLayer(_NoQueueStorage), queue=False)  # type: ignore[arg-type,return-value]
+
+
+class _NoQueueStorage(_Wrapped):
+    """Only the `Storage` protocol: the queue's methods are not there."""
+
+    def __getattr__(self, name: str) -> object:
+        if name in {"enqueue_jobs", "claim_jobs", "start_job", "purge_jobs", "list_jobs"}:
+            raise AttributeError(name)
+        return getattr(self._inner, name)
