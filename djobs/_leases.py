@@ -190,9 +190,9 @@ class InstanceLeases:
             await self._leases_held.wait()
             await trio.sleep(self.lease_ms / 3000)
             if self._held:
-                until = self._clock.now_ms() + self.lease_ms
+                now = self._clock.now_ms()
                 try:
-                    await self._storage.renew_instance_leases(sorted(self._held), self.owner, until)
+                    await self._storage.renew_instance_leases(sorted(self._held), self.owner, now + self.lease_ms, now)
                 except StorageError as exc:
                     _log.warning("could not renew instance leases: %s", exc.message)
             else:

@@ -709,7 +709,7 @@ class Worker:
                 await trio.lowlevel.checkpoint()
                 continue
             try:
-                next_at = await storage.next_job_wakeup(self._names)
+                next_at = await storage.next_job_wakeup(self._names, now)
             except StorageError as exc:
                 self._log.error("claim loop: %s; trying again in 1 s", exc.message)
                 await trio.sleep(1)
@@ -799,7 +799,8 @@ class Worker:
         """Renew every lease held now; cancel runs whose cancel was requested or whose row was lost."""
         before = set(self._held)
         try:
-            rows = await self.storage.renew_leases(self.id, self.env.now_ms() + self.lease_ms)
+            now = self.env.now_ms()
+            rows = await self.storage.renew_leases(self.id, now + self.lease_ms, now)
         except StorageError as exc:
             self._log.error("could not renew %d lease(s): %s", len(before), exc.message)
             return
@@ -846,7 +847,7 @@ class Worker:
         if not self.claiming or not self._names:
             return False
         now = self.env.now_ms()
-        next_at = await self.storage.next_job_wakeup(self._names)
+        next_at = await self.storage.next_job_wakeup(self._names, now)
         if next_at is None or next_at > now:
             return False
         self.poke(now)  # written by another engine or behind this one's back: it was not told

@@ -136,8 +136,12 @@ class Storage(Protocol):
         """
         ...
 
-    async def renew_instance_leases(self, keys: list[str], owner: str, until_ms: int) -> None:
-        """Extend `owner`'s leases on `keys` to `until_ms`."""
+    async def renew_instance_leases(
+        self, keys: list[str], owner: str, until_ms: int, now_ms: int | None = None
+    ) -> None:
+        """Extend `owner`'s leases on `keys` to `until_ms`; `now_ms` is the caller's clock when it
+        computed `until_ms` (a storage that judges leases by its own clock extends them by the
+        difference; ``None``: `until_ms` as given)."""
         ...
 
     async def release_instance_leases(self, keys: list[str], owner: str) -> None:
@@ -426,8 +430,9 @@ class QueueStorage(Protocol):
         with `cancel_error` if a cancel was requested."""
         ...
 
-    async def renew_leases(self, worker_id: str, lease_until: int) -> list[tuple[str, bool]]:
-        """Extend every lease `worker_id` holds; per row its id and whether a cancel was requested."""
+    async def renew_leases(self, worker_id: str, lease_until: int, now: int | None = None) -> list[tuple[str, bool]]:
+        """Extend every lease `worker_id` holds (to `lease_until`, computed at the caller's `now`;
+        see `renew_instance_leases`); per row its id and whether a cancel was requested."""
         ...
 
     async def settle_jobs(self, settlements: Sequence[JobSettlement]) -> list[bool]:
@@ -458,9 +463,12 @@ class QueueStorage(Protocol):
         attempt budget; the row afterwards (unchanged if it was in another status), or ``None``."""
         ...
 
-    async def next_job_wakeup(self, names: Sequence[str]) -> int | None:
+    async def next_job_wakeup(self, names: Sequence[str], now: int | None = None) -> int | None:
         """The earliest time a worker for `names` has something to do: a pending row
-        falls due, or any running row's lease ends. ``None`` if neither exists."""
+        falls due, or any running row's lease ends. ``None`` if neither exists.
+
+        Given the caller's `now`, a storage that judges leases by its own clock tells a
+        lease's end in the caller's clock (`now` plus what is left of the lease)."""
         ...
 
     async def sync_cron_jobs(self, specs: Sequence[CronSpec]) -> None:

@@ -417,7 +417,12 @@ class PostgresInspector:
                 oldest = PendingJob(id=r[0], name=r[1], scheduled_for=r[2], created_at=r[3])
             held: dict[str, list[int]] = {}
             for column, sql in ((0, _INSTANCE_LEASES), (1, _JOB_LEASES)):
-                for owner, live, expired in conn.execute(POSTGRES.text(sql), {"now": now}):
+                statement = POSTGRES.text(sql)
+                if self._storage.lease_clock == "database":  # leases ended by the server's clock
+                    from ._pgstore import DATABASE_NOW
+
+                    statement = statement.replace("%(now)s", DATABASE_NOW)
+                for owner, live, expired in conn.execute(statement, {"now": now}):
                     counts = held.setdefault(owner, [0, 0, 0])
                     counts[column] += int(live or 0)
                     counts[2] += int(expired or 0)

@@ -68,6 +68,7 @@ from ._pgconn import (
     redacted,
     server_name,
 )
+from ._postgres import LeaseClock
 from ._rows import (
     CRON_COLUMNS,
     alarm_record,
@@ -252,14 +253,18 @@ _CLAIM_ALARMS = f"""
     UPDATE alarms SET due_at = %(until)s FROM picked WHERE alarms.id = picked.id
     RETURNING alarms.id, alarms.key, alarms.fire_at, alarms.purpose
 """
+# Lease statements are templates over {clock}, the clock that judges leases: the
+# caller's ``%(now)s``, or the database's own (see ``lease_clock``). A lease ends
+# ``{clock} + (%(until)s - %(now)s)``: the caller's end with the caller's clock, the
+# same length from the database's clock otherwise.
 _ACQUIRE_LEASE = """
-    INSERT INTO instance_leases (key, owner, expires_at) VALUES (%(key)s, %(owner)s, %(until)s)
+    INSERT INTO instance_leases (key, owner, expires_at) VALUES (%(key)s, %(owner)s, {clock} + (%(until)s - %(now)s))
     ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
-    WHERE instance_leases.owner = excluded.owner OR instance_leases.expires_at <= %(now)s
+    WHERE instance_leases.owner = excluded.owner OR instance_leases.expires_at <= {clock}
     RETURNING owner
 """
 _RENEW_INSTANCE_LEASES = """
-    UPDATE instance_leases SET expires_at = %(until)s
+    UPDATE instance_leases SET expires_at = {clock} + (%(until)s - %(now)s)
     WHERE key IN (SELECT key FROM instance_leases WHERE key = ANY(%(keys)s) AND owner = %(owner)s
                   ORDER BY key FOR UPDATE)
 """
@@ -307,7 +312,8 @@ _CLAIM_JOBS = """
         FOR UPDATE SKIP LOCKED
     )
     UPDATE jobs SET status = 'running', worker_id = %(worker)s, worker_started_at = %(now)s,
-                    worker_expires_at = %(until)s, attempt_count = attempt_count + 1, updated_at = %(now)s
+                    worker_expires_at = {clock} + (%(until)s - %(now)s), attempt_count = attempt_count + 1,
+                    updated_at = %(now)s
     FROM picked WHERE jobs.id = picked.id
     RETURNING jobs.id, jobs.name, jobs.params, jobs.attempt_count, jobs.max_attempts, jobs.scheduled_for,
               jobs.priority, jobs.correlation_id, jobs.tenant_id
@@ -320,7 +326,7 @@ _START_HELD = """
         status = CASE WHEN jobs.cancel_requested THEN 'cancelled' ELSE 'running' END,
         error = CASE WHEN jobs.cancel_requested THEN %(cancel_error)s ELSE jobs.error END,
         completed_at = CASE WHEN jobs.cancel_requested THEN %(now)s::bigint END,
-        worker_expires_at = CASE WHEN jobs.cancel_requested THEN NULL ELSE %(until)s::bigint END,
+        worker_expires_at = CASE WHEN jobs.cancel_requested THEN NULL ELSE {clock} + (%(until)s - %(now)s) END,
         worker_started_at = CASE WHEN jobs.cancel_requested THEN jobs.worker_started_at ELSE %(now)s::bigint END,
         updated_at = %(now)s
     FROM unnest(%(ids)s::text[], %(attempts)s::integer[]) AS held(id, attempt)
@@ -332,7 +338,7 @@ _START_HELD = """
 # A reclaimed row keeps its scheduled_for (long past), so it is claimed again first.
 _RECLAIM = """
     WITH picked AS MATERIALIZED (
-        SELECT id FROM jobs WHERE status = 'running' AND worker_expires_at <= %(now)s
+        SELECT id FROM jobs WHERE status = 'running' AND worker_expires_at <= {clock}
         ORDER BY worker_expires_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED
     )
     UPDATE jobs SET
@@ -357,16 +363,44 @@ def _claimed(rows: list[Any]) -> list[ClaimedJob]:
 
 
 _RENEW = """
-    UPDATE jobs SET worker_expires_at = %(until)s
+    UPDATE jobs SET worker_expires_at = {clock} + (%(until)s - %(now)s)
     WHERE id IN (SELECT id FROM jobs WHERE status = 'running' AND worker_id = %(worker)s ORDER BY id FOR UPDATE)
       AND status = 'running' AND worker_id = %(worker)s
     RETURNING id, cancel_requested
 """
+# The earliest lease end, told in the caller's clock: ``%(now)s`` plus what is left of it.
 _NEXT_WAKEUP = """
     SELECT least(
-        (SELECT scheduled_for FROM jobs WHERE status = 'pending' AND name = ANY(%s) ORDER BY scheduled_for LIMIT 1),
-        (SELECT worker_expires_at FROM jobs WHERE status = 'running' ORDER BY worker_expires_at LIMIT 1))
+        (SELECT scheduled_for FROM jobs WHERE status = 'pending' AND name = ANY(%(names)s)
+         ORDER BY scheduled_for LIMIT 1),
+        (SELECT worker_expires_at - {clock} + %(now)s FROM jobs WHERE status = 'running'
+         ORDER BY worker_expires_at LIMIT 1))
 """
+#: The database's clock in epoch milliseconds (``clock_timestamp``: the moment of the
+#: statement, not of its transaction's start).
+DATABASE_NOW: Final = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+
+
+def _lease_statements(clock: LeaseClock) -> dict[str, str]:
+    """The lease statements judged by `clock`, by name."""
+    now = DATABASE_NOW if clock == "database" else "%(now)s::bigint"
+    lease_end = "%s /* lease end */"
+    ends = f"({DATABASE_NOW} + {lease_end})" if clock == "database" else lease_end
+    return {
+        "acquire": _ACQUIRE_LEASE.replace("{clock}", now),
+        "renew_instances": _RENEW_INSTANCE_LEASES.replace("{clock}", now),
+        "claim": _CLAIM_JOBS.replace("{clock}", now),
+        "reclaim": _RECLAIM.replace("{clock}", now),
+        "start_held": _START_HELD.replace("{clock}", now),
+        "renew": _RENEW.replace("{clock}", now),
+        "next_wakeup": _NEXT_WAKEUP.replace("{clock}", now),
+        "start": _INSERT_RUNNING_JOB.replace(lease_end, ends),
+        "again": _SETTLE_AGAIN.replace(lease_end, ends),
+    }
+
+
+_LEASES: Final = {clock: _lease_statements(clock) for clock in ("database", "engine")}
+
 
 _DUE_CRONS = (
     f"SELECT {CRON_COLUMNS} FROM cron_jobs WHERE enabled AND next_run_at <= %s AND name = ANY(%s)"
@@ -407,8 +441,18 @@ def _transaction(fn: Callable[[Connection], T]) -> Callable[[Connection], T]:
 class PostgresStorage:
     """The `Storage` and `QueueStorage` protocols on a PostgreSQL schema. Open it with `djobs.postgres()`."""
 
-    def __init__(self, pool: Pool, connect: Callable[[], Connection], schema: str, where: str) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        connect: Callable[[], Connection],
+        schema: str,
+        where: str,
+        lease_clock: LeaseClock = "database",
+    ) -> None:
         self._pool = pool
+        #: Which clock judges job and instance leases (see ``djobs.postgres``).
+        self.lease_clock: LeaseClock = lease_clock
+        self._leases = _LEASES[lease_clock]
         self._connect = connect
         #: Ends this storage's NOTIFY payloads: its own listener skips them.
         self._token = secrets.token_hex(8)
@@ -418,6 +462,10 @@ class PostgresStorage:
 
     def __repr__(self) -> str:
         return f"PostgresStorage({self.where!r}, schema={self.schema!r})"
+
+    def _lease_end(self, until: int, now: int) -> int:
+        """What a ``lease end`` placeholder binds: the end, or with the database's clock its length."""
+        return until - now if self.lease_clock == "database" else until
 
     async def _run(self, fn: Callable[[Connection], T], what: str) -> T:
         return await self._pool.run(fn, what)
@@ -503,7 +551,7 @@ class PostgresStorage:
     async def acquire_instance_lease(self, key: str, owner: str, now_ms: int, ttl_ms: int) -> bool:
         def run(conn: Connection) -> bool:
             args = {"key": key, "owner": owner, "until": now_ms + ttl_ms, "now": now_ms}
-            return conn.execute(_ACQUIRE_LEASE, args).fetchone() is not None
+            return conn.execute(self._leases["acquire"], args).fetchone() is not None
 
         return await self._run(run, "acquire_instance_lease")
 
@@ -514,9 +562,14 @@ class PostgresStorage:
 
         return await self._run(run, "instance_lease_holder")
 
-    async def renew_instance_leases(self, keys: list[str], owner: str, until_ms: int) -> None:
+    async def renew_instance_leases(
+        self, keys: list[str], owner: str, until_ms: int, now_ms: int | None = None
+    ) -> None:
+        statement = self._leases["renew_instances"] if now_ms is not None else _LEASES["engine"]["renew_instances"]
+        args = {"until": until_ms, "now": 0 if now_ms is None else now_ms, "keys": list(keys), "owner": owner}
+
         def run(conn: Connection) -> None:
-            conn.execute(_RENEW_INSTANCE_LEASES, {"until": until_ms, "keys": list(keys), "owner": owner})
+            conn.execute(statement, args)
 
         await self._run(run, "renew_instance_leases")
 
@@ -619,10 +672,10 @@ class PostgresStorage:
         return await self._write_and_notify(lambda conn: self._insert_jobs(conn, jobs), "enqueue_jobs")
 
     async def start_job(self, job: NewJob, worker_id: str, lease_until: int) -> None:
-        row = running_job_args(job, worker_id, lease_until)
+        row = running_job_args(job, worker_id, self._lease_end(lease_until, job.created_at))
 
         def run(conn: Connection) -> None:
-            conn.execute(_INSERT_RUNNING_JOB, row)
+            conn.execute(self._leases["start"], row)
 
         await self._run(run, "start_job")
 
@@ -637,7 +690,8 @@ class PostgresStorage:
             "limit": limit,
             "above": _NO_FLOOR if above is None else above,
         }
-        return await self._run(lambda conn: _claimed(conn.execute(_CLAIM_JOBS, args).fetchall()), "claim_jobs")
+        claim = self._leases["claim"]
+        return await self._run(lambda conn: _claimed(conn.execute(claim, args).fetchall()), "claim_jobs")
 
     async def start_held_jobs(
         self,
@@ -669,9 +723,9 @@ class PostgresStorage:
         def run(conn: Connection) -> HeldStarts:
             started: list[str] = []
             cancelled: list[str] = []
-            for job_id, status in conn.execute(_START_HELD, start).fetchall():
+            for job_id, status in conn.execute(self._leases["start_held"], start).fetchall():
                 (started if status == "running" else cancelled).append(job_id)
-            urgent = _claimed(conn.execute(_CLAIM_JOBS, claim).fetchall()) if held else []
+            urgent = _claimed(conn.execute(self._leases["claim"], claim).fetchall()) if held else []
             return HeldStarts(started=started, cancelled=cancelled, urgent=urgent)
 
         return await self._write(run, "start_held_jobs")
@@ -682,14 +736,17 @@ class PostgresStorage:
         args = {"now": now, "cancel_error": cancel_error, "lease_error": lease_error, "limit": limit}
 
         def run(conn: Connection) -> list[ExpiredLease]:
-            rows = conn.execute(_RECLAIM, args).fetchall()
+            rows = conn.execute(self._leases["reclaim"], args).fetchall()
             return [expired_lease(r) for r in rows]
 
         return await self._run(run, "reclaim_expired")
 
-    async def renew_leases(self, worker_id: str, lease_until: int) -> list[tuple[str, bool]]:
+    async def renew_leases(self, worker_id: str, lease_until: int, now: int | None = None) -> list[tuple[str, bool]]:
+        statement = self._leases["renew"] if now is not None else _LEASES["engine"]["renew"]
+        args = {"worker": worker_id, "until": lease_until, "now": 0 if now is None else now}
+
         def run(conn: Connection) -> list[tuple[str, bool]]:
-            rows = conn.execute(_RENEW, {"worker": worker_id, "until": lease_until}).fetchall()
+            rows = conn.execute(statement, args).fetchall()
             return [(r[0], bool(r[1])) for r in rows]
 
         return await self._run(run, "renew_leases")
@@ -716,7 +773,9 @@ class PostgresStorage:
                     elif s.status == "pending":
                         cur.execute(_SETTLE_RETRY, (s.error, s.scheduled_for, s.at, s.at, *fence))
                     elif s.status == "running":
-                        cur.execute(_SETTLE_AGAIN, (s.error, s.lease_until, s.at, *fence))
+                        assert s.lease_until is not None
+                        end = self._lease_end(s.lease_until, s.at)
+                        cur.execute(self._leases["again"], (s.error, end, s.at, *fence))
                     else:
                         cur.execute(_SETTLE_FINAL, (s.status, s.error, s.at, s.at, *fence))
                 pipeline.sync()
@@ -762,9 +821,12 @@ class PostgresStorage:
 
         return await self._write_and_notify(run, "retry_job")
 
-    async def next_job_wakeup(self, names: Sequence[str]) -> int | None:
+    async def next_job_wakeup(self, names: Sequence[str], now: int | None = None) -> int | None:
+        statement = self._leases["next_wakeup"] if now is not None else _LEASES["engine"]["next_wakeup"]
+        args = {"names": list(names), "now": 0 if now is None else now}
+
         def run(conn: Connection) -> int | None:
-            row = conn.execute(_NEXT_WAKEUP, (list(names),)).fetchone()
+            row = conn.execute(statement, args).fetchone()
             return None if row is None or row[0] is None else int(row[0])
 
         return await self._run(run, "next_job_wakeup")
@@ -936,7 +998,9 @@ def _migrate(conn: Connection, schema: str, where: str) -> None:
             conn.execute("UPDATE djobs_schema SET version = %s, migrated_at = now()", (SCHEMA_VERSION,))
 
 
-async def open_postgres(dsn: str, schema: str, pool_size: int, connect_timeout_s: int) -> PostgresStorage:
+async def open_postgres(
+    dsn: str, schema: str, pool_size: int, connect_timeout_s: int, lease_clock: LeaseClock = "database"
+) -> PostgresStorage:
     """Connect, create or migrate `schema`, and return the storage (its pool holds the first connection)."""
     where = server_name(dsn)
     try:
@@ -969,7 +1033,7 @@ async def open_postgres(dsn: str, schema: str, pool_size: int, connect_timeout_s
     # The schema exists now, so each pooled connection's search_path finds its tables.
     pool = Pool(dsn, kwargs, configured, pool_size, where, timeout_s=max(connect_timeout_s, 1))
     pool.open()
-    return PostgresStorage(pool, lambda: connect(dsn, kwargs, configured), schema, where)
+    return PostgresStorage(pool, lambda: connect(dsn, kwargs, configured), schema, where, lease_clock)
 
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "PostgresStorage", "channel_name", "open_postgres"]

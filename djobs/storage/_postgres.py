@@ -10,13 +10,16 @@ import importlib.util
 import re
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Literal, final
 
 from .._durations import DurationLike, duration
 from .._errors import StorageError, ValidationError
 
 if TYPE_CHECKING:
     from ._pgstore import PostgresStorage
+
+#: Which clock judges leases on PostgreSQL (see `postgres`).
+LeaseClock = Literal["database", "engine"]
 
 # An unquoted PostgreSQL identifier: the schema name appears in logs, channels and
 # operators' psql sessions, where anything fancier needs quoting at every use.
@@ -27,8 +30,11 @@ _SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}", re.ASCII)
 class PostgresLayer:
     """A storage layer on a PostgreSQL schema. Made by `postgres`."""
 
-    def __init__(self, dsn: str, schema: str, pool_size: int, connect_timeout_s: int) -> None:
+    def __init__(
+        self, dsn: str, schema: str, pool_size: int, connect_timeout_s: int, lease_clock: LeaseClock = "database"
+    ) -> None:
         self.dsn = dsn
+        self.lease_clock: LeaseClock = lease_clock
         self.schema = schema
         self.pool_size = pool_size
         self.connect_timeout_s = connect_timeout_s
@@ -42,7 +48,7 @@ class PostgresLayer:
             )
         from ._pgstore import open_postgres
 
-        storage = await open_postgres(self.dsn, self.schema, self.pool_size, self.connect_timeout_s)
+        storage = await open_postgres(self.dsn, self.schema, self.pool_size, self.connect_timeout_s, self.lease_clock)
         try:
             yield storage
         finally:
@@ -72,6 +78,7 @@ def postgres(
     schema: str = "djobs",
     pool_size: int = 5,
     connect_timeout: DurationLike = "10 seconds",
+    lease_clock: LeaseClock = "database",
 ) -> PostgresLayer:
     """A storage layer on a PostgreSQL database, shared by any number of engine processes.
 
@@ -92,6 +99,14 @@ def postgres(
             at most, besides the one that listens.
         connect_timeout: How long to wait for the server when connecting
             (unless the DSN sets ``connect_timeout``).
+        lease_clock: Which clock judges job and instance leases.
+            ``"database"`` (the default): the server's ``clock_timestamp()``,
+            so engines whose clocks disagree (by more than a lease, even)
+            still agree on whose lease has ended; an engine's clock gives
+            only a lease's length. ``"engine"``: the times the engine passes,
+            as SQLite does; for tests whose engines run on a virtual clock
+            (``trio.testing.MockClock``), which the server's clock cannot
+            follow. Due times and alarms always follow the engine's clock.
 
     Raises:
         ValidationError: A bad schema name, pool size or timeout.
@@ -107,4 +122,6 @@ def postgres(
     if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
         raise ValidationError(f"postgres(pool_size={pool_size!r}): expected an int of at least 1")
     timeout_s = max(1, round(duration(connect_timeout, what="connect_timeout").total_seconds()))
-    return PostgresLayer(dsn, schema, pool_size, timeout_s)
+    if lease_clock not in ("database", "engine"):
+        raise ValidationError(f"postgres(lease_clock={lease_clock!r}): expected 'database' or 'engine'")
+    return PostgresLayer(dsn, schema, pool_size, timeout_s, lease_clock)

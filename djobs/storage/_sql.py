@@ -85,10 +85,13 @@ LEASE_HOLDER: Final = "SELECT owner, expires_at FROM instance_leases WHERE key =
 
 # -- the queue ------------------------------------------------------------------------------
 
-INSERT_RUNNING_JOB: Final = """
+#: Marks the placeholder of a lease's end. A storage that judges leases by its own clock
+#: (PostgreSQL's ``lease_clock="database"``) binds the lease's length there and adds its clock.
+LEASE_END: Final = "? /* lease end */"
+INSERT_RUNNING_JOB: Final = f"""
     INSERT INTO jobs (id, name, status, params, max_attempts, scheduled_for, priority, correlation_id, tenant_id,
                       worker_id, worker_started_at, worker_expires_at, attempt_count, created_at, updated_at)
-    VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)
+    VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, {LEASE_END}, 1, ?, ?)
 """
 #: Returns the job id only if the key is new for the tenant and name.
 INSERT_JOB_KEY: Final = """
@@ -130,7 +133,7 @@ SETTLE_RELEASE: Final = f"""
 """
 #: error, worker_expires_at, updated_at, *fence
 SETTLE_AGAIN: Final = f"""
-    UPDATE jobs SET attempt_count = attempt_count + 1, error = ?, worker_expires_at = ?, updated_at = ?
+    UPDATE jobs SET attempt_count = attempt_count + 1, error = ?, worker_expires_at = {LEASE_END}, updated_at = ?
     {_FENCE}
 """
 #: progress, message, updated_at, *fence

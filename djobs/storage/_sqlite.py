@@ -690,7 +690,9 @@ class SqliteStorage:
 
         return await self.read(run)
 
-    async def renew_instance_leases(self, keys: list[str], owner: str, until_ms: int) -> None:
+    async def renew_instance_leases(
+        self, keys: list[str], owner: str, until_ms: int, now_ms: int | None = None
+    ) -> None:
         def run(db: apsw.Connection) -> None:
             db.executemany(
                 "UPDATE instance_leases SET expires_at = ? WHERE key = ? AND owner = ?",
@@ -796,7 +798,7 @@ class SqliteStorage:
 
         return await self.write(run)
 
-    async def renew_leases(self, worker_id: str, lease_until: int) -> list[tuple[str, bool]]:
+    async def renew_leases(self, worker_id: str, lease_until: int, now: int | None = None) -> list[tuple[str, bool]]:
         return await self.write(lambda db: [(r[0], bool(r[1])) for r in db.execute(_RENEW, (worker_id, lease_until))])
 
     async def settle_jobs(self, settlements: Sequence[JobSettlement]) -> list[bool]:
@@ -854,7 +856,7 @@ class SqliteStorage:
 
         return await self.write(run)
 
-    async def next_job_wakeup(self, names: Sequence[str]) -> int | None:
+    async def next_job_wakeup(self, names: Sequence[str], now: int | None = None) -> int | None:
         def run(db: apsw.Connection) -> int | None:
             times = [r[0] for r in db.execute(_NEXT_DUE, (_names_encoder.encode(list(names)),))]
             times += [r[0] for r in db.execute(_NEXT_EXPIRY)]

@@ -9,7 +9,10 @@ atomic check-ins, idempotency keys, alarm and job claims, lease fences,
 cancel and retry, cron compare-and-set, listing order, purge.
 
 Times passed to the storage are small epoch-millisecond numbers chosen by each
-check: a storage judges leases and due times by the times it is given.
+check: a storage judges leases and due times by the times it is given. A
+storage that judges leases by a clock of its own (PostgreSQL's
+``lease_clock="database"``) is checked in its mode that takes the caller's
+times (``lease_clock="engine"``).
 """
 
 from __future__ import annotations
