@@ -146,7 +146,7 @@ class InstanceLeases:
 
     async def _free_if_dead(self, key: str, *, logged: bool) -> bool:
         """Free `key`'s lease if its holder is a dead process on this host; else log the wait (once)."""
-        holder = await self._storage.instance_lease_holder(key)
+        holder = await self._storage.instance_lease_holder(key, self._clock.now_ms())
         if holder is None:
             return True  # released meanwhile: take it
         owner, until = holder

@@ -128,8 +128,9 @@ class Storage(Protocol):
         the instance's handlers, so two processes never run one instance at once."""
         ...
 
-    async def instance_lease_holder(self, key: str) -> tuple[str, int] | None:
+    async def instance_lease_holder(self, key: str, now_ms: int | None = None) -> tuple[str, int] | None:
         """Who holds instance `key`'s lease and until when (epoch ms), expired or not; ``None`` if no one.
+        Given the caller's `now_ms`, the end is told in the caller's clock (see `next_job_wakeup`).
 
         Read when a lease cannot be taken: the engine logs the wait, and frees at
         once a lease whose holder is a process on this host that no longer exists.

@@ -28,7 +28,7 @@ from .._errors import StorageError
 from ._base import Alarm, InstanceRecord, JobStatusName, QueueStorage, Storage, StorageLayer
 from ._rows import INSTANCE_COLUMNS, instance_record, qualified
 from ._sql import POSTGRES, SQLITE, Dialect
-from ._sqlite import APPLICATION_ID, SCHEMA_VERSION, SqliteStorage, _describe, _inspect, sqlite
+from ._sqlite import APPLICATION_ID, SCHEMA_VERSION, SqliteStorage, _boot_id, _describe, _inspect, sqlite
 
 if TYPE_CHECKING:
     from ._pgconn import Connection
@@ -289,7 +289,7 @@ class SqliteInspector:
                 # owner -> [instance leases, job leases, expired leases]
                 held: dict[str, list[int]] = {}
                 for column, sql in ((0, _INSTANCE_LEASES), (1, _JOB_LEASES)):
-                    for owner, live, expired in db.execute(sql, {"now": now}):
+                    for owner, live, expired in db.execute(sql, {"now": self._storage.lease_now(now)}):
                         counts = held.setdefault(owner, [0, 0, 0])
                         counts[column] += live or 0
                         counts[2] += expired or 0
@@ -577,13 +577,17 @@ def _open_existing_sqlite(where: str, write: bool) -> SqliteStorage:
         _check_version(repr(where), version)
         if write:
             db.execute("PRAGMA synchronous=NORMAL")
+        # The engines' lease clock on this host, if one of them recorded it this boot.
+        anchor = None
+        for (value,) in db.execute("SELECT anchor_ms FROM lease_clock WHERE boot_id = ?", (_boot_id(),)):
+            anchor = int(value)
     except StorageError:
         db.close()
         raise
     except apsw.Error as exc:
         db.close()
         raise StorageError(f"cannot read {where!r}: {_describe(exc)}", exc) from exc
-    return SqliteStorage(db, where)
+    return SqliteStorage(db, where, anchor_ms=anchor)
 
 
 def _check_version(where: str, version: int) -> None:

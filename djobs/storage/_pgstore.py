@@ -28,7 +28,7 @@ import hashlib
 import logging
 import secrets
 from collections.abc import Callable, Sequence
-from typing import Any, Final, TypeVar, final
+from typing import Any, Final, Literal, TypeVar, final
 
 import psycopg
 import psycopg.errors
@@ -82,6 +82,7 @@ from ._rows import (
     running_job_args,
 )
 from ._sql import POSTGRES
+from ._sqlite import resolve
 
 T = TypeVar("T")
 _log = logging.getLogger("djobs.storage")
@@ -202,6 +203,8 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN unique_key text;
     CREATE INDEX jobs_unique ON jobs (name, unique_key) WHERE unique_key IS NOT NULL;
     """,
+    # 5: SQLite's version 5 records its host's lease clock; leases here follow the server's clock.
+    "SELECT 1",
 ]
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -376,12 +379,14 @@ _NEXT_WAKEUP = """
         (SELECT worker_expires_at - {clock} + %(now)s FROM jobs WHERE status = 'running'
          ORDER BY worker_expires_at LIMIT 1))
 """
+#: The clock a storage object judges leases by (``"auto"`` resolved when it opens).
+Judge = Literal["database", "engine"]
 #: The database's clock in epoch milliseconds (``clock_timestamp``: the moment of the
 #: statement, not of its transaction's start).
 DATABASE_NOW: Final = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
 
 
-def _lease_statements(clock: LeaseClock) -> dict[str, str]:
+def _lease_statements(clock: Judge) -> dict[str, str]:
     """The lease statements judged by `clock`, by name."""
     now = DATABASE_NOW if clock == "database" else "%(now)s::bigint"
     lease_end = "%s /* lease end */"
@@ -447,11 +452,11 @@ class PostgresStorage:
         connect: Callable[[], Connection],
         schema: str,
         where: str,
-        lease_clock: LeaseClock = "database",
+        lease_clock: Judge = "database",
     ) -> None:
         self._pool = pool
         #: Which clock judges job and instance leases (see ``djobs.postgres``).
-        self.lease_clock: LeaseClock = lease_clock
+        self.lease_clock: Judge = lease_clock
         self._leases = _LEASES[lease_clock]
         self._connect = connect
         #: Ends this storage's NOTIFY payloads: its own listener skips them.
@@ -555,9 +560,14 @@ class PostgresStorage:
 
         return await self._run(run, "acquire_instance_lease")
 
-    async def instance_lease_holder(self, key: str) -> tuple[str, int] | None:
+    async def instance_lease_holder(self, key: str, now_ms: int | None = None) -> tuple[str, int] | None:
+        query = _LEASE_HOLDER
+        if now_ms is not None and self.lease_clock == "database":  # the end in the caller's clock
+            query = f"SELECT owner, expires_at - {DATABASE_NOW} + %s FROM instance_leases WHERE key = %s"
+
         def run(conn: Connection) -> tuple[str, int] | None:
-            row = conn.execute(_LEASE_HOLDER, (key,)).fetchone()
+            args = (key,) if query is _LEASE_HOLDER else (now_ms, key)
+            row = conn.execute(query, args).fetchone()
             return None if row is None else (str(row[0]), int(row[1]))
 
         return await self._run(run, "instance_lease_holder")
@@ -999,7 +1009,7 @@ def _migrate(conn: Connection, schema: str, where: str) -> None:
 
 
 async def open_postgres(
-    dsn: str, schema: str, pool_size: int, connect_timeout_s: int, lease_clock: LeaseClock = "database"
+    dsn: str, schema: str, pool_size: int, connect_timeout_s: int, lease_clock: LeaseClock = "auto"
 ) -> PostgresStorage:
     """Connect, create or migrate `schema`, and return the storage (its pool holds the first connection)."""
     where = server_name(dsn)
@@ -1033,7 +1043,8 @@ async def open_postgres(
     # The schema exists now, so each pooled connection's search_path finds its tables.
     pool = Pool(dsn, kwargs, configured, pool_size, where, timeout_s=max(connect_timeout_s, 1))
     pool.open()
-    return PostgresStorage(pool, lambda: connect(dsn, kwargs, configured), schema, where, lease_clock)
+    judge: Judge = "engine" if resolve(lease_clock) == "engine" else "database"
+    return PostgresStorage(pool, lambda: connect(dsn, kwargs, configured), schema, where, judge)
 
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "PostgresStorage", "channel_name", "open_postgres"]

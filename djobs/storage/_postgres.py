@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from ._pgstore import PostgresStorage
 
 #: Which clock judges leases on PostgreSQL (see `postgres`).
-LeaseClock = Literal["database", "engine"]
+LeaseClock = Literal["auto", "database", "engine"]
 
 # An unquoted PostgreSQL identifier: the schema name appears in logs, channels and
 # operators' psql sessions, where anything fancier needs quoting at every use.
@@ -31,7 +31,7 @@ class PostgresLayer:
     """A storage layer on a PostgreSQL schema. Made by `postgres`."""
 
     def __init__(
-        self, dsn: str, schema: str, pool_size: int, connect_timeout_s: int, lease_clock: LeaseClock = "database"
+        self, dsn: str, schema: str, pool_size: int, connect_timeout_s: int, lease_clock: LeaseClock = "auto"
     ) -> None:
         self.dsn = dsn
         self.lease_clock: LeaseClock = lease_clock
@@ -78,7 +78,7 @@ def postgres(
     schema: str = "djobs",
     pool_size: int = 5,
     connect_timeout: DurationLike = "10 seconds",
-    lease_clock: LeaseClock = "database",
+    lease_clock: LeaseClock = "auto",
 ) -> PostgresLayer:
     """A storage layer on a PostgreSQL database, shared by any number of engine processes.
 
@@ -100,13 +100,15 @@ def postgres(
         connect_timeout: How long to wait for the server when connecting
             (unless the DSN sets ``connect_timeout``).
         lease_clock: Which clock judges job and instance leases.
-            ``"database"`` (the default): the server's ``clock_timestamp()``,
-            so engines whose clocks disagree (by more than a lease, even)
-            still agree on whose lease has ended; an engine's clock gives
-            only a lease's length. ``"engine"``: the times the engine passes,
-            as SQLite does; for tests whose engines run on a virtual clock
-            (``trio.testing.MockClock``), which the server's clock cannot
-            follow. Due times and alarms always follow the engine's clock.
+            ``"database"``: the server's ``clock_timestamp()``, so engines
+            whose clocks disagree (by more than a lease, even) still agree on
+            whose lease has ended; an engine's clock gives only a lease's
+            length. ``"engine"``: the times the engine passes. ``"auto"``
+            (the default): ``"database"``, except under
+            ``trio.testing.MockClock``, whose virtual time the server's
+            clock cannot follow (there every engine of the test shares the
+            one virtual clock). Due times and alarms always follow the
+            engine's clock.
 
     Raises:
         ValidationError: A bad schema name, pool size or timeout.
@@ -122,6 +124,6 @@ def postgres(
     if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
         raise ValidationError(f"postgres(pool_size={pool_size!r}): expected an int of at least 1")
     timeout_s = max(1, round(duration(connect_timeout, what="connect_timeout").total_seconds()))
-    if lease_clock not in ("database", "engine"):
-        raise ValidationError(f"postgres(lease_clock={lease_clock!r}): expected 'database' or 'engine'")
+    if lease_clock not in ("auto", "database", "engine"):
+        raise ValidationError(f"postgres(lease_clock={lease_clock!r}): expected 'auto', 'database' or 'engine'")
     return PostgresLayer(dsn, schema, pool_size, timeout_s, lease_clock)

@@ -18,6 +18,7 @@ from typing import Any, Final, Literal, TypeVar, final, get_args
 import apsw
 import msgspec
 import trio
+import trio.testing
 
 from .._errors import CLOSED_MESSAGE, DuplicateEventError, StorageError, ValidationError
 from ._base import (
@@ -267,11 +268,23 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN unique_key TEXT;
     CREATE INDEX jobs_unique ON jobs(name, unique_key) WHERE unique_key IS NOT NULL;
     """,
+    # 5: the host's lease clock: epoch ms at the monotonic clock's zero, one row per boot,
+    # so every process on the host judges leases by one clock that wall-clock steps miss.
+    """
+    CREATE TABLE lease_clock (
+        boot_id TEXT PRIMARY KEY,
+        anchor_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    """,
 ]
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
+#: Which clock judges leases on SQLite (see `sqlite`).
+LeaseClock = Literal["auto", "host", "engine"]
+#: Where Linux names the current boot (a new value after every reboot).
+_BOOT_ID_PATH: Final = "/proc/sys/kernel/random/boot_id"
 T = TypeVar("T")
 
 _ACQUIRE_LEASE = """
@@ -361,7 +374,7 @@ _RECLAIM = """
         error = CASE WHEN cancel_requested THEN ?2 WHEN attempt_count >= max_attempts THEN ?3 ELSE error END,
         completed_at = CASE WHEN cancel_requested OR attempt_count >= max_attempts THEN ?1 END,
         worker_expires_at = NULL, updated_at = ?1
-    WHERE id IN (SELECT id FROM jobs WHERE status = 'running' AND worker_expires_at <= ?1 LIMIT ?4)
+    WHERE id IN (SELECT id FROM jobs WHERE status = 'running' AND worker_expires_at <= ?5 LIMIT ?4)
     RETURNING id, name, worker_id, attempt_count, status
 """
 #: No floor on a claim's priority (below every 32-bit priority).
@@ -457,9 +470,15 @@ class _Batch:
 class SqliteStorage:
     """The `Storage` protocol on one APSW connection. Open it with `sqlite()` or `memory()`."""
 
-    def __init__(self, connection: apsw.Connection, path: str, busy_timeout_ms: int = 5000) -> None:
+    def __init__(
+        self, connection: apsw.Connection, path: str, busy_timeout_ms: int = 5000, anchor_ms: int | None = None
+    ) -> None:
         self._db = connection
         self.path = path
+        #: ``"host"``: leases are judged by the host's monotonic clock (epoch ms at its zero is
+        #: `anchor_ms`, shared through the file); ``"engine"``: by the times the engine passes.
+        self.lease_clock: Literal["host", "engine"] = "engine" if anchor_ms is None else "host"
+        self._anchor_ms = anchor_ms
         self._batch: _Batch | None = None
         #: Reads waiting for the open batch to end; no new batch opens until they have run.
         self._readers = 0
@@ -471,6 +490,18 @@ class SqliteStorage:
         self._identity = _file_identity(path)
 
     # -- plumbing -----------------------------------------------------------------
+
+    def lease_now(self, now: int) -> int:
+        """The lease clock's reading, epoch ms: the host's monotonic clock, or the caller's `now`."""
+        if self._anchor_ms is None:
+            return now
+        return self._anchor_ms + time.monotonic_ns() // 1_000_000
+
+    def _lease_end(self, until: int, now: int | None) -> int:
+        """Where a lease that the caller's clock ends at `until` (read at `now`) ends on the lease clock."""
+        if self._anchor_ms is None or now is None:
+            return until
+        return self.lease_now(now) + (until - now)
 
     def _check_file(self) -> None:
         """Raise `StorageError` if the file at `path` is no longer the one this connection writes."""
@@ -678,25 +709,30 @@ class SqliteStorage:
     async def acquire_instance_lease(self, key: str, owner: str, now_ms: int, ttl_ms: int) -> bool:
         def run(db: apsw.Connection) -> bool:
             # Take the lease if it is free, expired, or already ours; RETURNING tells whether we did.
-            rows = list(db.execute(_ACQUIRE_LEASE, (key, owner, now_ms + ttl_ms, now_ms)))
+            lease_now = self.lease_now(now_ms)
+            rows = list(db.execute(_ACQUIRE_LEASE, (key, owner, lease_now + ttl_ms, lease_now)))
             return bool(rows)
 
         return await self.write(run)
 
-    async def instance_lease_holder(self, key: str) -> tuple[str, int] | None:
+    async def instance_lease_holder(self, key: str, now_ms: int | None = None) -> tuple[str, int] | None:
+        shift = 0 if now_ms is None else now_ms - self.lease_now(now_ms)
+
         def run(db: apsw.Connection) -> tuple[str, int] | None:
             rows = list(db.execute(LEASE_HOLDER, (key,)))
-            return (str(rows[0][0]), int(rows[0][1])) if rows else None
+            return (str(rows[0][0]), int(rows[0][1]) + shift) if rows else None
 
         return await self.read(run)
 
     async def renew_instance_leases(
         self, keys: list[str], owner: str, until_ms: int, now_ms: int | None = None
     ) -> None:
+        until = self._lease_end(until_ms, now_ms)
+
         def run(db: apsw.Connection) -> None:
             db.executemany(
                 "UPDATE instance_leases SET expires_at = ? WHERE key = ? AND owner = ?",
-                [(until_ms, key, owner) for key in keys],
+                [(until, key, owner) for key in keys],
             )
 
         await self.write(run)
@@ -750,7 +786,7 @@ class SqliteStorage:
         return await self.write(lambda db: _insert_jobs(db, jobs))
 
     async def start_job(self, job: NewJob, worker_id: str, lease_until: int) -> None:
-        row = running_job_args(job, worker_id, lease_until)
+        row = running_job_args(job, worker_id, self._lease_end(lease_until, job.created_at))
         await self.write(lambda db: db.execute(INSERT_RUNNING_JOB, row))
 
     async def claim_jobs(
@@ -758,7 +794,7 @@ class SqliteStorage:
     ) -> list[ClaimedJob]:
         args = (
             now,
-            lease_until,
+            self._lease_end(lease_until, now),
             worker_id,
             _names_encoder.encode(list(names)),
             limit,
@@ -777,13 +813,14 @@ class SqliteStorage:
         names: Sequence[str],
         above: int,
     ) -> HeldStarts:
-        claim = (now, lease_until, worker_id, _names_encoder.encode(list(names)), len(held), above)
+        until = self._lease_end(lease_until, now)
+        claim = (now, until, worker_id, _names_encoder.encode(list(names)), len(held), above)
 
         def run(db: apsw.Connection) -> HeldStarts:
             started: list[str] = []
             cancelled: list[str] = []
             for job_id, attempt in held:
-                for (status,) in db.execute(_START_HELD, (now, lease_until, cancel_error, worker_id, job_id, attempt)):
+                for (status,) in db.execute(_START_HELD, (now, until, cancel_error, worker_id, job_id, attempt)):
                     (started if status == "running" else cancelled).append(job_id)
             urgent = [claimed_job(r) for r in db.execute(_CLAIM_JOBS, claim)] if held else []
             return HeldStarts(started=started, cancelled=cancelled, urgent=urgent)
@@ -794,12 +831,14 @@ class SqliteStorage:
         self, now: int, cancel_error: bytes, lease_error: bytes, limit: int
     ) -> list[ExpiredLease]:
         def run(db: apsw.Connection) -> list[ExpiredLease]:
-            return [expired_lease(r) for r in db.execute(_RECLAIM, (now, cancel_error, lease_error, limit))]
+            args = (now, cancel_error, lease_error, limit, self.lease_now(now))
+            return [expired_lease(r) for r in db.execute(_RECLAIM, args)]
 
         return await self.write(run)
 
     async def renew_leases(self, worker_id: str, lease_until: int, now: int | None = None) -> list[tuple[str, bool]]:
-        return await self.write(lambda db: [(r[0], bool(r[1])) for r in db.execute(_RENEW, (worker_id, lease_until))])
+        args = (worker_id, self._lease_end(lease_until, now))
+        return await self.write(lambda db: [(r[0], bool(r[1])) for r in db.execute(_RENEW, args)])
 
     async def settle_jobs(self, settlements: Sequence[JobSettlement]) -> list[bool]:
         def run(db: apsw.Connection) -> list[bool]:
@@ -813,7 +852,8 @@ class SqliteStorage:
                 elif s.status == "pending":
                     db.execute(SETTLE_RETRY, (s.error, s.scheduled_for, s.at, s.at, *fence))
                 elif s.status == "running":
-                    db.execute(SETTLE_AGAIN, (s.error, s.lease_until, s.at, *fence))
+                    assert s.lease_until is not None
+                    db.execute(SETTLE_AGAIN, (s.error, self._lease_end(s.lease_until, s.at), s.at, *fence))
                 else:
                     db.execute(SETTLE_FINAL, (s.status, s.error, s.at, s.at, *fence))
                 applied.append(db.changes() > 0)
@@ -859,7 +899,9 @@ class SqliteStorage:
     async def next_job_wakeup(self, names: Sequence[str], now: int | None = None) -> int | None:
         def run(db: apsw.Connection) -> int | None:
             times = [r[0] for r in db.execute(_NEXT_DUE, (_names_encoder.encode(list(names)),))]
-            times += [r[0] for r in db.execute(_NEXT_EXPIRY)]
+            # A lease's end, told in the caller's clock: now plus what is left of it.
+            shift = 0 if now is None else now - self.lease_now(now)
+            times += [r[0] + shift for r in db.execute(_NEXT_EXPIRY)]
             return min(times) if times else None
 
         return await self.read(run)
@@ -959,7 +1001,57 @@ class SqliteStorage:
 # -- opening -------------------------------------------------------------------------
 
 
-def _open_connection(path: str, synchronous: Synchronous, busy_timeout_ms: int) -> SqliteStorage:
+def resolve(lease_clock: str) -> str:
+    """``"auto"`` made concrete: the engine's clock under a `trio.testing.MockClock` (virtual
+    time, which no other clock follows), else the storage's own (``"host"``/``"database"``)."""
+    if lease_clock != "auto":
+        return lease_clock
+    try:
+        virtual = isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
+    except RuntimeError:  # outside trio.run
+        virtual = False
+    return "engine" if virtual else "own"
+
+
+def _boot_id() -> str:
+    """This boot of the host: Linux's boot id; elsewhere the wall time of boot, to the minute
+    (a clock step of a minute or more between two processes' starts then splits them)."""
+    try:
+        with open(_BOOT_ID_PATH) as f:
+            return f.read().strip()
+    except OSError:
+        return f"boot at {round((time.time() - time.monotonic()) / 60)} min"
+
+
+def host_anchor(db: apsw.Connection) -> int:
+    """The epoch ms at this boot's monotonic zero, as the database file records it.
+
+    The first process of a boot to open the file writes it (the wall time now minus the
+    monotonic time now); every later one reads it back, so all processes on the host read
+    one lease clock, ``anchor + monotonic``, which a step of the wall clock does not move.
+    Rows of earlier boots are deleted: every lease they timed ended with their processes.
+    """
+    boot = _boot_id()
+    guess = time.time_ns() // 1_000_000 - time.monotonic_ns() // 1_000_000
+    own = not db.in_transaction
+    if own:
+        db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute("INSERT INTO lease_clock (boot_id, anchor_ms) VALUES (?, ?) ON CONFLICT DO NOTHING", (boot, guess))
+        db.execute("DELETE FROM lease_clock WHERE boot_id <> ?", (boot,))
+        anchor = _scalar_args(db, "SELECT anchor_ms FROM lease_clock WHERE boot_id = ?", (boot,))
+        if own:
+            db.execute("COMMIT")
+    except BaseException:
+        if own and db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return int(anchor)
+
+
+def _open_connection(
+    path: str, synchronous: Synchronous, busy_timeout_ms: int, lease_clock: LeaseClock = "engine"
+) -> SqliteStorage:
     where = "an in-memory database" if path == ":memory:" else repr(path)
     if path != ":memory:" and os.path.isdir(path):
         raise StorageError(f"cannot open {where}: it is a directory, not a database file")
@@ -1012,13 +1104,15 @@ def _open_connection(path: str, synchronous: Synchronous, busy_timeout_ms: int) 
             # rather than failing every write of a running engine.
             db.execute("BEGIN IMMEDIATE")
             db.execute("ROLLBACK")
+        own = resolve(lease_clock) in ("own", "host")
+        anchor = _retry_busy(lambda: host_anchor(db), busy_timeout_ms) if own else None
     except StorageError:
         db.close()
         raise
     except apsw.Error as exc:
         db.close()
         raise StorageError(f"cannot use {where}: {_describe(exc)}", exc) from exc
-    return SqliteStorage(db, path, busy_timeout_ms)
+    return SqliteStorage(db, path, busy_timeout_ms, anchor)
 
 
 def _file_identity(path: str) -> tuple[int, int] | None:
@@ -1093,14 +1187,17 @@ def _migrate(db: apsw.Connection, current: int) -> None:
 
 @final
 class _SqliteLayer:
-    def __init__(self, path: str, synchronous: Synchronous, busy_timeout_ms: int) -> None:
+    def __init__(
+        self, path: str, synchronous: Synchronous, busy_timeout_ms: int, lease_clock: LeaseClock = "engine"
+    ) -> None:
         self.path = path
         self.synchronous = synchronous
         self.busy_timeout_ms = busy_timeout_ms
+        self.lease_clock: LeaseClock = lease_clock
 
     @asynccontextmanager
     async def open(self) -> AsyncIterator[SqliteStorage]:
-        storage = _open_connection(self.path, self.synchronous, self.busy_timeout_ms)
+        storage = _open_connection(self.path, self.synchronous, self.busy_timeout_ms, self.lease_clock)
         try:
             yield storage
         finally:
@@ -1115,6 +1212,7 @@ def sqlite(
     *,
     synchronous: Synchronous = "NORMAL",
     busy_timeout: int = 5000,
+    lease_clock: LeaseClock = "auto",
 ) -> _SqliteLayer:
     """A storage layer on one SQLite file (created if missing), in WAL mode.
 
@@ -1124,10 +1222,21 @@ def sqlite(
             ``"FULL"`` (also across power loss, slower); ``"EXTRA"`` and
             ``"OFF"`` are SQLite's other levels. Nothing else is accepted.
         busy_timeout: Milliseconds to wait for another process's write lock (0 to 10 minutes).
+        lease_clock: Which clock judges job and instance leases. ``"host"``:
+            the host's monotonic clock, anchored once per boot in the file, so
+            every process on the host agrees and a step of the wall clock
+            neither ends a lease early nor prolongs one; an engine's clock
+            gives only a lease's length. ``"engine"``: the times the engine
+            passes. ``"auto"`` (the default): ``"host"``, except under
+            ``trio.testing.MockClock``, whose virtual time the host's clock
+            cannot follow (there every engine of the test shares the one
+            virtual clock). Due times and alarms always follow the engine's
+            clock.
 
     Raises:
-        ValidationError: `synchronous` is not one of those four names, or
-            `busy_timeout` is not an int in range.
+        ValidationError: `synchronous` is not one of those four names,
+            `busy_timeout` is not an int in range, or `lease_clock` is not
+            one of its three names.
 
     Examples:
         >>> layer = sqlite("jobs.db")
@@ -1138,11 +1247,16 @@ def sqlite(
         raise ValidationError(f"synchronous must be one of {', '.join(get_args(Synchronous))}, got {synchronous!r:.80}")
     if isinstance(busy_timeout, bool) or not isinstance(busy_timeout, int) or not 0 <= busy_timeout <= 600_000:
         raise ValidationError(f"busy_timeout must be an int of milliseconds from 0 to 600000, got {busy_timeout!r:.80}")
-    return _SqliteLayer(os.fspath(path), synchronous, busy_timeout)
+    if lease_clock not in get_args(LeaseClock):
+        raise ValidationError(f"lease_clock must be 'auto', 'host' or 'engine', got {lease_clock!r:.80}")
+    return _SqliteLayer(os.fspath(path), synchronous, busy_timeout, lease_clock)
 
 
 def memory() -> _SqliteLayer:
     """A storage layer on a private in-memory SQLite database, for tests.
+
+    Leases follow the engine's clock (``lease_clock="engine"``): one engine owns the
+    database, and a virtual clock's leases end in virtual time.
 
     Examples:
         >>> memory()

@@ -10,9 +10,9 @@ cancel and retry, cron compare-and-set, listing order, purge.
 
 Times passed to the storage are small epoch-millisecond numbers chosen by each
 check: a storage judges leases and due times by the times it is given. A
-storage that judges leases by a clock of its own (PostgreSQL's
-``lease_clock="database"``) is checked in its mode that takes the caller's
-times (``lease_clock="engine"``).
+storage that judges leases by a clock of its own (djobs's SQLite and
+PostgreSQL outside a ``MockClock``) is checked in its mode that takes the
+caller's times (``lease_clock="engine"``).
 """
 
 from __future__ import annotations
