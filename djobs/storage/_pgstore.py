@@ -74,7 +74,9 @@ from ._rows import (
     alarm_record,
     claimed_job,
     cron_record,
+    cron_spec_args,
     expired_lease,
+    fire_cron_args,
     instance_args,
     instance_record,
     job_record,
@@ -846,19 +848,7 @@ class PostgresStorage:
     async def sync_cron_jobs(self, specs: Sequence[CronSpec]) -> None:
         if not specs:
             return
-        rows = [
-            {
-                "name": c.name,
-                "job_name": c.job_name,
-                "expression": c.expression,
-                "tz": c.tz,
-                "params": c.params,
-                "tenant_id": c.tenant_id,
-                "first": c.first_run_at,
-                "now": c.now,
-            }
-            for c in specs
-        ]
+        rows = [cron_spec_args(c) for c in specs]
 
         def run(conn: Connection) -> None:
             with conn.cursor() as cur:
@@ -885,13 +875,7 @@ class PostgresStorage:
         def run(conn: Connection) -> tuple[bool, int | None]:
             # The compare-and-set and the enqueue share one transaction: the
             # process that moves next_run_at on is the one whose job is stored.
-            args = {
-                "next": next_run_at,
-                "now": now,
-                "job_id": job.id if job is not None else None,
-                "name": name,
-                "expected": expected_next_run_at,
-            }
+            args = fire_cron_args(name, expected_next_run_at, next_run_at, now, job)
             if conn.execute(_FIRE_CRON, args).rowcount == 0:
                 return False, None
             if job is None:

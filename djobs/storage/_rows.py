@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Final
 
-from ._base import Alarm, ClaimedJob, CronRecord, ExpiredLease, InstanceRecord, JobRecord, NewJob
+from ._base import Alarm, ClaimedJob, CronRecord, CronSpec, ExpiredLease, InstanceRecord, JobRecord, NewJob
 
 #: ``instances``, in table order: what `instance_record` reads and `instance_args` writes.
 INSTANCE_COLUMNS: Final = (
@@ -170,6 +170,24 @@ def cron_record(r: Sequence[Any]) -> CronRecord:
     )
 
 
+def new_job_args(job: NewJob) -> tuple[Any, ...]:
+    """The arguments of an insert of `job` as ``pending``: id, name, params, max_attempts,
+    scheduled_for, priority, correlation_id, tenant_id, created_at, updated_at, unique_key."""
+    return (
+        job.id,
+        job.name,
+        job.params,
+        job.max_attempts,
+        job.scheduled_for,
+        job.priority,
+        job.correlation_id,
+        job.tenant_id,
+        job.created_at,
+        job.created_at,
+        job.unique_key,
+    )
+
+
 def running_job_args(job: NewJob, worker_id: str, lease_until: int) -> tuple[Any, ...]:
     """The arguments of ``INSERT_RUNNING_JOB``: `job` started at once under `worker_id`'s lease."""
     now = job.created_at
@@ -188,3 +206,30 @@ def running_job_args(job: NewJob, worker_id: str, lease_until: int) -> tuple[Any
         now,
         now,
     )
+
+
+def cron_spec_args(spec: CronSpec) -> dict[str, Any]:
+    """The named arguments of ``SYNC_CRON`` for one cron job as the code defines it."""
+    return {
+        "name": spec.name,
+        "job_name": spec.job_name,
+        "expression": spec.expression,
+        "tz": spec.tz,
+        "params": spec.params,
+        "tenant_id": spec.tenant_id,
+        "first": spec.first_run_at,
+        "now": spec.now,
+    }
+
+
+def fire_cron_args(
+    name: str, expected_next_run_at: int, next_run_at: int, now: int, job: NewJob | None
+) -> dict[str, Any]:
+    """The named arguments of ``FIRE_CRON``."""
+    return {
+        "next": next_run_at,
+        "now": now,
+        "job_id": job.id if job is not None else None,
+        "name": name,
+        "expected": expected_next_run_at,
+    }

@@ -21,6 +21,7 @@ import trio
 import trio.testing
 
 from .._errors import CLOSED_MESSAGE, DuplicateEventError, StorageError, ValidationError
+from . import _sql
 from ._base import (
     FINAL_STATUSES,
     Alarm,
@@ -45,44 +46,15 @@ from ._rows import (
     alarm_record,
     claimed_job,
     cron_record,
+    cron_spec_args,
     expired_lease,
+    fire_cron_args,
     instance_args,
     instance_record,
     job_record,
     loaded,
+    new_job_args,
     running_job_args,
-)
-from ._sql import (
-    CANCEL_JOB,
-    DELETE_ALARM,
-    DELETE_EVENT_IDS,
-    DELETE_INSTANCE,
-    DISABLE_CRON,
-    ENABLE_CRON,
-    FIND_JOB_KEY,
-    FIRE_CRON,
-    GET_CRON,
-    GET_JOB,
-    HAS_EVENT_ID,
-    INSERT_EVENT_ID,
-    INSERT_JOB_KEY,
-    INSERT_RUNNING_JOB,
-    LEASE_HOLDER,
-    LEASE_OWNER,
-    LIST_CRONS,
-    LOAD,
-    RETRY_JOB,
-    SET_PROGRESS,
-    SETTLE_AGAIN,
-    SETTLE_COMPLETED,
-    SETTLE_FINAL,
-    SETTLE_RELEASE,
-    SETTLE_RETRY,
-    SQLITE,
-    SYNC_CRON,
-    UPSERT_INSTANCE,
-    list_instances,
-    list_jobs,
 )
 
 #: Commits between automatic WAL checkpoints, in pages (256 pages of 4 KiB: 1 MiB).
@@ -409,7 +381,7 @@ def _insert_jobs(db: apsw.Connection, jobs: Sequence[NewJob]) -> list[tuple[str,
     for job in jobs:
         key = (job.tenant_id or "", job.name, job.idempotency_key)
         if job.idempotency_key is not None:
-            first = _scalar_args(db, FIND_JOB_KEY, key)
+            first = _scalar_args(db, _sql.FIND_JOB_KEY, key)
             if first is not None:
                 out.append((first, False))
                 continue
@@ -420,23 +392,8 @@ def _insert_jobs(db: apsw.Connection, jobs: Sequence[NewJob]) -> list[tuple[str,
                 out.append((live, False))
                 continue
         if job.idempotency_key is not None:
-            db.execute(INSERT_JOB_KEY, (*key, job.id, job.created_at)).fetchall()
-        db.execute(
-            _INSERT_JOB,
-            (
-                job.id,
-                job.name,
-                job.params,
-                job.max_attempts,
-                job.scheduled_for,
-                job.priority,
-                job.correlation_id,
-                job.tenant_id,
-                job.created_at,
-                job.created_at,
-                job.unique_key,
-            ),
-        )
+            db.execute(_sql.INSERT_JOB_KEY, (*key, job.id, job.created_at)).fetchall()
+        db.execute(_INSERT_JOB, new_job_args(job))
         out.append((job.id, True))
     return out
 
@@ -647,7 +604,7 @@ class SqliteStorage:
 
     async def load(self, key: str) -> tuple[InstanceRecord, Alarm | None] | None:
         def run(db: apsw.Connection) -> tuple[InstanceRecord, Alarm | None] | None:
-            for row in db.execute(LOAD, (key,)):
+            for row in db.execute(_sql.LOAD, (key,)):
                 return loaded(row)
             return None
 
@@ -658,20 +615,20 @@ class SqliteStorage:
             key = checkin.key
             if checkin.lease_owner is not None:
                 # Fenced by the lease: in this transaction no other engine can take it over.
-                holder = _scalar_args(db, LEASE_OWNER, (key,))
+                holder = _scalar_args(db, _sql.LEASE_OWNER, (key,))
                 if holder != checkin.lease_owner:
                     raise LeaseLostError(key)
             if checkin.event_id is not None:
                 created = checkin.record.updated_at if checkin.record else 0
-                if _scalar_args(db, INSERT_EVENT_ID, (key, checkin.event_id, created)) is None:
+                if _scalar_args(db, _sql.INSERT_EVENT_ID, (key, checkin.event_id, created)) is None:
                     raise DuplicateEventError(key, checkin.event_id)
             record = checkin.record
             if record is None:
-                db.execute(DELETE_INSTANCE, (key,))
-                db.execute(DELETE_ALARM, (key,))
-                db.execute(DELETE_EVENT_IDS, (key,))
+                db.execute(_sql.DELETE_INSTANCE, (key,))
+                db.execute(_sql.DELETE_ALARM, (key,))
+                db.execute(_sql.DELETE_EVENT_IDS, (key,))
                 return
-            db.execute(UPSERT_INSTANCE, instance_args(key, record))
+            db.execute(_sql.UPSERT_INSTANCE, instance_args(key, record))
             alarm = checkin.alarm
             if isinstance(alarm, SetAlarm):
                 # REPLACE deletes the old row and inserts a new one: the alarm gets a
@@ -681,13 +638,13 @@ class SqliteStorage:
                     (key, alarm.fire_at, alarm.fire_at, alarm.purpose),
                 )
             elif isinstance(alarm, ClearAlarm):
-                db.execute(DELETE_ALARM, (key,))
+                db.execute(_sql.DELETE_ALARM, (key,))
 
         await self.write(run)
 
     async def has_event_id(self, key: str, event_id: str) -> bool:
         def run(db: apsw.Connection) -> bool:
-            return any(True for _ in db.execute(HAS_EVENT_ID, (key, event_id)))
+            return any(True for _ in db.execute(_sql.HAS_EVENT_ID, (key, event_id)))
 
         return await self.read(run)
 
@@ -719,7 +676,7 @@ class SqliteStorage:
         shift = 0 if now_ms is None else now_ms - self.lease_now(now_ms)
 
         def run(db: apsw.Connection) -> tuple[str, int] | None:
-            rows = list(db.execute(LEASE_HOLDER, (key,)))
+            rows = list(db.execute(_sql.LEASE_HOLDER, (key,)))
             return (str(rows[0][0]), int(rows[0][1]) + shift) if rows else None
 
         return await self.read(run)
@@ -773,7 +730,7 @@ class SqliteStorage:
     async def list_instances(
         self, kind: str, name: str, tenant_id: str | None, status: str | None, after: str | None, limit: int
     ) -> list[InstanceRecord]:
-        sql, args = list_instances(kind, name, tenant_id, status, after, limit, SQLITE)
+        sql, args = _sql.list_instances(kind, name, tenant_id, status, after, limit, _sql.SQLITE)
 
         def run(db: apsw.Connection) -> list[InstanceRecord]:
             return [instance_record(r) for r in db.execute(sql, args)]
@@ -787,7 +744,7 @@ class SqliteStorage:
 
     async def start_job(self, job: NewJob, worker_id: str, lease_until: int) -> None:
         row = running_job_args(job, worker_id, self._lease_end(lease_until, job.created_at))
-        await self.write(lambda db: db.execute(INSERT_RUNNING_JOB, row))
+        await self.write(lambda db: db.execute(_sql.INSERT_RUNNING_JOB, row))
 
     async def claim_jobs(
         self, now: int, lease_until: int, worker_id: str, names: Sequence[str], limit: int, above: int | None = None
@@ -846,16 +803,16 @@ class SqliteStorage:
             for s in settlements:
                 fence = (s.job_id, s.worker_id, s.attempt)
                 if s.status == "completed":
-                    db.execute(SETTLE_COMPLETED, (s.result, s.at, s.at, *fence))
+                    db.execute(_sql.SETTLE_COMPLETED, (s.result, s.at, s.at, *fence))
                 elif s.status == "pending" and s.release:
-                    db.execute(SETTLE_RELEASE, (s.error, s.at, s.at, *fence))
+                    db.execute(_sql.SETTLE_RELEASE, (s.error, s.at, s.at, *fence))
                 elif s.status == "pending":
-                    db.execute(SETTLE_RETRY, (s.error, s.scheduled_for, s.at, s.at, *fence))
+                    db.execute(_sql.SETTLE_RETRY, (s.error, s.scheduled_for, s.at, s.at, *fence))
                 elif s.status == "running":
                     assert s.lease_until is not None
-                    db.execute(SETTLE_AGAIN, (s.error, self._lease_end(s.lease_until, s.at), s.at, *fence))
+                    db.execute(_sql.SETTLE_AGAIN, (s.error, self._lease_end(s.lease_until, s.at), s.at, *fence))
                 else:
-                    db.execute(SETTLE_FINAL, (s.status, s.error, s.at, s.at, *fence))
+                    db.execute(_sql.SETTLE_FINAL, (s.status, s.error, s.at, s.at, *fence))
                 applied.append(db.changes() > 0)
             return applied
 
@@ -865,13 +822,13 @@ class SqliteStorage:
         self, job_id: str, worker_id: str, attempt: int, progress: int, message: str | None, now: int
     ) -> bool:
         def run(db: apsw.Connection) -> bool:
-            db.execute(SET_PROGRESS, (progress, message, now, job_id, worker_id, attempt))
+            db.execute(_sql.SET_PROGRESS, (progress, message, now, job_id, worker_id, attempt))
             return db.changes() > 0
 
         return await self.write(run)
 
     def _get_job(self, db: apsw.Connection, job_id: str) -> JobRecord | None:
-        for r in db.execute(GET_JOB, (job_id,)):
+        for r in db.execute(_sql.GET_JOB, (job_id,)):
             return job_record(r)
         return None
 
@@ -879,19 +836,19 @@ class SqliteStorage:
         return await self.read(lambda db: self._get_job(db, job_id))
 
     async def list_jobs(self, where: JobFilter) -> list[JobRecord]:
-        sql, args = list_jobs(where, SQLITE)
+        sql, args = _sql.list_jobs(where, _sql.SQLITE)
         return await self.read(lambda db: [job_record(r) for r in db.execute(sql, args)])
 
     async def cancel_job(self, job_id: str, now: int, error: bytes) -> JobRecord | None:
         def run(db: apsw.Connection) -> JobRecord | None:
-            db.execute(CANCEL_JOB, {"id": job_id, "now": now, "error": error})
+            db.execute(_sql.CANCEL_JOB, {"id": job_id, "now": now, "error": error})
             return self._get_job(db, job_id)
 
         return await self.write(run)
 
     async def retry_job(self, job_id: str, now: int) -> JobRecord | None:
         def run(db: apsw.Connection) -> JobRecord | None:
-            db.execute(RETRY_JOB, {"id": job_id, "now": now})
+            db.execute(_sql.RETRY_JOB, {"id": job_id, "now": now})
             return self._get_job(db, job_id)
 
         return await self.write(run)
@@ -909,20 +866,8 @@ class SqliteStorage:
     # -- cron jobs --------------------------------------------------------------------
 
     async def sync_cron_jobs(self, specs: Sequence[CronSpec]) -> None:
-        rows = [
-            {
-                "name": c.name,
-                "job_name": c.job_name,
-                "expression": c.expression,
-                "tz": c.tz,
-                "params": c.params,
-                "tenant_id": c.tenant_id,
-                "first": c.first_run_at,
-                "now": c.now,
-            }
-            for c in specs
-        ]
-        await self.write(lambda db: db.executemany(SYNC_CRON, rows) if rows else None)
+        rows = [cron_spec_args(c) for c in specs]
+        await self.write(lambda db: db.executemany(_sql.SYNC_CRON, rows) if rows else None)
 
     async def due_cron_jobs(self, names: Sequence[str], now: int) -> list[CronRecord]:
         args = (now, _names_encoder.encode(list(names)))
@@ -942,9 +887,7 @@ class SqliteStorage:
         def run(db: apsw.Connection) -> bool:
             # The compare-and-set and the enqueue share one transaction: the
             # engine that moves next_run_at on is the one whose job is stored.
-            job_id = job.id if job is not None else None
-            args = {"next": next_run_at, "now": now, "job_id": job_id, "name": name, "expected": expected_next_run_at}
-            db.execute(FIRE_CRON, args)
+            db.execute(_sql.FIRE_CRON, fire_cron_args(name, expected_next_run_at, next_run_at, now, job))
             if db.changes() == 0:
                 return False
             if job is not None:
@@ -954,15 +897,15 @@ class SqliteStorage:
         return await self.write(run)
 
     async def list_cron_jobs(self) -> list[CronRecord]:
-        return await self.read(lambda db: [cron_record(r) for r in db.execute(LIST_CRONS)])
+        return await self.read(lambda db: [cron_record(r) for r in db.execute(_sql.LIST_CRONS)])
 
     async def set_cron_enabled(self, name: str, enabled: bool, next_run_at: int | None, now: int) -> CronRecord | None:
         def run(db: apsw.Connection) -> CronRecord | None:
             if enabled:
-                db.execute(ENABLE_CRON, (next_run_at, now, name))
+                db.execute(_sql.ENABLE_CRON, (next_run_at, now, name))
             else:
-                db.execute(DISABLE_CRON, (now, name))
-            for r in db.execute(GET_CRON, (name,)):
+                db.execute(_sql.DISABLE_CRON, (now, name))
+            for r in db.execute(_sql.GET_CRON, (name,)):
                 return cron_record(r)
             return None
 
