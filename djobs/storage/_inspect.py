@@ -669,7 +669,9 @@ async def _open_existing_postgres(dsn: str, schema: str, write: bool) -> AsyncIt
     pool = Pool(dsn, kwargs, configured, 2, where, timeout_s=10)
     pool.open()
     try:
-        storage = PostgresStorage(pool, lambda: connect(dsn, kwargs, configured), schema, where)
+        # Read-only: leases are counted against the `now` a summary is asked for (the server's
+        # clock and the reader's agree to within NTP's error; an engine's judgement never reads this).
+        storage = PostgresStorage(pool, lambda: connect(dsn, kwargs, configured), schema, where, "engine")
         yield Opened(storage=storage, inspect=PostgresInspector(storage), where=shown, schema_version=version)
     finally:
         await pool.aclose()
