@@ -1,8 +1,10 @@
 """The storage conformance suite: the same tests against every storage implementation.
 
-`conftest.py` gives the layers (``storage_layer``: each storage in turn;
-``shared_layer``: those several processes can open at once); a new storage
-is added there and must pass every test here.
+The protocol-level checks ship as `djobs.testing.check_storage`
+(``test_storage_checks.py`` runs them against every storage). What stays here
+needs more than the protocols: the inspector and whole engines on each storage;
+`conftest.py` gives their layers (``storage_layer``: each storage in turn;
+``shared_layer``: those several processes can open at once).
 """
 
 from __future__ import annotations
