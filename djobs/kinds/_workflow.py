@@ -484,7 +484,7 @@ class _Run:
         record.execute_count = sum(1 for e in self.log.entries if e.kind == "step" and e.done)
         record.updated_at = self.env.now_ms()
         events, self.events = self.events, []
-        await self.env.commit(Checkin(key=record.key, record=record, alarm=alarm), events)
+        await self.handler.commit(Checkin(key=record.key, record=record, alarm=alarm), events)
 
     async def checkpoint(self) -> None:
         """`save` from inside the body: a failure stops the run (nothing after it may run)."""
@@ -1080,6 +1080,14 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
         self.env = runtime.env
         #: Runs in flight in this process, by key (shared by the tenant-scoped copies).
         self.live: dict[str, _Run] = {}
+        #: The record a verb just committed and queued a run of, by key: the run takes it
+        #: instead of reading it back (any other commit of the key drops it, see `commit`).
+        self.fresh: dict[str, InstanceRecord] = {}
+
+    async def commit(self, checkin: Checkin, events: builtins.list[TrackedEvent] | None = None) -> None:
+        """`Env.commit` for this kind: every write of a workflow goes through here, on its actor."""
+        self.fresh.pop(checkin.key, None)
+        await self.env.commit(checkin, events)
 
     def key(self, instance_id: str) -> str:
         return instance_key(KIND, self.job.name, instance_id, self.tenant)
@@ -1136,8 +1144,8 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
                 updated_at=now,
             )
             started = self.event(record, "workflow.started")
-            await env.commit(Checkin(key=key, record=record, alarm=self._wake_alarm(now)), [started])
-            self._run_next(key)
+            await self.commit(Checkin(key=key, record=record, alarm=self._wake_alarm(now)), [started])
+            self._run_next(key, record)
             return Success(WorkflowStartResult(True, instance_id, "running"))
 
         return await self.runtime.call(key, run)
@@ -1211,9 +1219,9 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
         record.event_count += 1
         event = self.event(record, "workflow.signal_received", signal=name, waiting=waiting)
         alarm = self._wake_alarm(now) if waiting else None
-        await env.commit(Checkin(key=key, record=record, alarm=alarm, event_id=event_id), [event])
+        await self.commit(Checkin(key=key, record=record, alarm=alarm, event_id=event_id), [event])
         if waiting:
-            self._run_next(key)
+            self._run_next(key, record)
         return Success(SignalResult(instance_id, waiting))
 
     async def cancel(
@@ -1250,8 +1258,8 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
                 log.cancel_requested, log.cancel_reason = True, reason
                 record.data, record.updated_at = _encoder.encode(log), env.now_ms()
                 # Woken at once: the body gets WorkflowCancelledError where it stands.
-                await env.commit(Checkin(key=key, record=record, alarm=self._wake_alarm(env.now_ms())))
-                self._run_next(key)
+                await self.commit(Checkin(key=key, record=record, alarm=self._wake_alarm(env.now_ms())))
+                self._run_next(key, record)
             return Success(WorkflowCancelResult(instance_id, True, record.status))
 
         return await self.runtime.call(key, run)
@@ -1299,17 +1307,26 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
             return SetAlarm(now + self.runtime.alarm_lease_ms, purpose)
         return SetAlarm(now, purpose)
 
-    def _run_next(self, key: str) -> None:
-        """Run workflow `key` next on its actor (after the committed verb that called this)."""
+    def _run_next(self, key: str, record: InstanceRecord) -> None:
+        """Run workflow `key` next on its actor (after the verb that called this committed `record`).
+
+        The run starts from `record` unless another commit of the key came
+        between (then it reads the row): the actor holds the lease throughout,
+        so what this process committed last is what is stored.
+        """
         if not self.runtime.fires_alarms:
             return
+        self.fresh[key] = record
 
         async def resume() -> None:
             try:
-                loaded = await self.env.storage.load(key)
-                if loaded is None or loaded[1] is None or loaded[0].status in _FINAL:
-                    return
-                await self._run(loaded[0])
+                fresh = self.fresh.pop(key, None)
+                if fresh is None:
+                    loaded = await self.env.storage.load(key)
+                    if loaded is None or loaded[1] is None or loaded[0].status in _FINAL:
+                        return
+                    fresh = loaded[0]
+                await self._run(fresh)
             except JobError as exc:  # the guard alarm runs it later
                 self.env.logger.error("workflow %s: could not record a run: %s", key, exc.message)
 
@@ -1471,7 +1488,7 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
                 return
             log.parent_told = True
             record.data = _encoder.encode(log)
-            await env.commit(Checkin(key=key, record=record, alarm=ClearAlarm()))
+            await self.commit(Checkin(key=key, record=record, alarm=ClearAlarm()))
         except JobError as exc:  # the alarm tells the parent again; its event id refuses the repeat
             env.logger.error("workflow %s: could not record that its parent was told: %s", key, exc.message)
 
