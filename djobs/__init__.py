@@ -78,6 +78,7 @@ from .kinds._task import TaskEventContext as TaskEventContext
 from .kinds._task import TaskStatus as TaskStatus
 from .kinds._task import TaskTriggerResult as TaskTriggerResult
 from .kinds._task import When as When
+from .kinds._workflow import ChildJobError as ChildJobError
 from .kinds._workflow import ChildWorkflowError as ChildWorkflowError
 from .kinds._workflow import NonDeterminismError as NonDeterminismError
 from .kinds._workflow import SignalResult as SignalResult
@@ -106,6 +107,7 @@ __all__ = [
     "AddResult",
     "Backoff",
     "CancelResult",
+    "ChildJobError",
     "ChildWorkflowError",
     "ClearResult",
     "Client",

@@ -350,9 +350,9 @@ async def open_engine_as(
             await nursery.start(the_tracker.run)
         if worker is not None:
             # A client-only engine (worker=None) runs no background work: another
-            # process's engine fires the alarms its calls set.
+            # process's engine fires the alarms its calls set (started below, once
+            # the client that bodies reach as ctx.client exists).
             runtime.fires_alarms = True
-            nursery.start_soon(alarms)
         nursery.start_soon(_guarded, runtime.lease_keeper)
         nursery.start_soon(_guarded, runtime.lease_releaser)
         body_error: BaseException | None = None
@@ -364,6 +364,11 @@ async def open_engine_as(
             queue, crons, queue_worker = await _open_queue(
                 env, store, nursery, handlers, worker, tenancy, runtime.owner
             )
+            # Before any body can run (an alarm due at startup, a claimed job): ctx.client is this.
+            client = Client(handlers, queue=queue, crons=crons)
+            env.client_for = lambda tenant: client if tenant is None else client.for_tenant(tenant)
+            if runtime.fires_alarms:
+                nursery.start_soon(alarms)
             if queue_worker is not None:
                 await nursery.start(_guarded, queue_worker.lease_loop)
                 await nursery.start(_guarded, queue_worker.settle_loop)
@@ -378,8 +383,6 @@ async def open_engine_as(
                     await nursery.start(_scoped, queue_scopes, functools.partial(_guarded, queue_worker.claim_loop))
                     await nursery.start(_scoped, queue_scopes, functools.partial(_guarded, queue_worker.start_loop))
                     await nursery.start(_scoped, queue_scopes, functools.partial(_guarded, crons.loop))
-            client = Client(handlers, queue=queue, crons=crons)
-            env.client_for = lambda tenant: client if tenant is None else client.for_tenant(tenant)
             yield engine_type(runtime, client, queue_worker, crons)
         except BaseException as exc:
             # Re-raised below, outside the nursery, so an error in the caller's

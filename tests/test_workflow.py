@@ -870,3 +870,176 @@ async def test_required_tenancy_covers_workflows(autojump_clock: trio.testing.Mo
         scoped = engine.client.for_tenant("acme").workflow(stamp_flow)
         assert success(await scoped.start(id="s", input=Nothing())).created
         assert [w.instance_id for w in success(await scoped.list())] == ["s"]
+
+
+# -- child jobs ------------------------------------------------------------------------------------
+
+
+class Label(msgspec.Struct):
+    tracking: str
+
+
+label_gate: trio.Event | None = None
+labels_made: list[str] = []
+
+
+async def make_label(order: Order, ctx: djobs.JobContext) -> Label:
+    if label_gate is not None:
+        await label_gate.wait()
+    if order.amount < 0:
+        raise ValueError("no label for a refund")
+    labels_made.append(order.order_id)
+    return Label(f"T-{order.order_id}")
+
+
+label_job = djobs.Job.make("label", params=Order, result=Label, execute=make_label, retry=djobs.Retry(max_attempts=1))
+
+
+async def ship_with_label(order: Order, ctx: djobs.WorkflowContext) -> str:
+    try:
+        label = await ctx.job(label_job, order)
+    except djobs.ChildJobError as exc:
+        await ctx.step("apologise", plain_str)  # compensation
+        return f"no label: {exc.status} {exc.error_tag}"
+    return await ctx.step("ship", lambda: f"shipped {label.tracking}", result=str)
+
+
+label_flow = djobs.Workflow.make("labelled", input=Order, result=str, execute=ship_with_label)
+
+
+@pytest.mark.trio
+async def test_a_workflow_enqueues_a_job_and_waits_for_its_typed_result_holding_no_lease(
+    autojump_clock: trio.testing.MockClock, layer: StorageLayer
+) -> None:
+    global label_gate
+    labels_made.clear()
+    label_gate = trio.Event()
+    try:
+        async with open_test_engine([label_flow, label_job], storage=layer, start=T0) as engine:
+            client = engine.client.for_tenant("acme").workflow(label_flow)
+            await client.start(id="l-1", input=Order("l-1", 5))
+            await trio.sleep(5)
+            status = success(await client.status("l-1"))
+            [job] = success(await engine.client.jobs.list(name="label"))
+            assert (job.status, job.tenant_id) == ("running", "acme")  # in the workflow's tenant
+            assert (status.status, status.current_step) == ("waiting", f"label:{job.id}")
+            assert status.wake_at is not None and status.wake_at <= T0 + timedelta(seconds=15)
+            assert engine.active_instances == 0  # no task and no lease while the job runs
+            assert await engine.storage.instance_lease_holder("workflow:labelled:acme\x1fl-1") is None
+            label_gate.set()
+            await until(engine, T0 + timedelta(seconds=30))
+            assert success(await client.result("l-1")) == "shipped T-l-1"
+            assert [s.kind for s in success(await client.status("l-1")).steps] == ["step", "job", "step"]
+            assert len(success(await engine.client.jobs.list(name="label"))) == 1
+    finally:
+        label_gate = None
+    assert labels_made == ["l-1"]
+
+
+@pytest.mark.trio
+async def test_a_failed_job_is_a_typed_error_the_body_may_handle(
+    autojump_clock: trio.testing.MockClock, layer: StorageLayer
+) -> None:
+    async with open_test_engine([label_flow, label_job], storage=layer, start=T0) as engine:
+        client = engine.client.workflow(label_flow)
+        await client.start(id="l-2", input=Order("l-2", -1))
+        await until(engine, T0 + timedelta(minutes=1))
+        assert success(await client.result("l-2")) == "no label: failed retry_exhausted"  # as the job row stores it
+
+
+class FailTheNextCheckpoint:
+    """A tracker that makes the commit after the first job enqueue fail: the enqueue step's checkpoint."""
+
+    def __init__(self) -> None:
+        self.storage: Any = None
+
+    def emit(self, event: djobs.TrackedEvent) -> None:
+        if event.type == "job.enqueued" and self.storage is not None:
+            self.storage.fail("commit", kind="io", at="commit", times=1)
+            self.storage = None
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.mark.trio
+async def test_an_enqueue_step_run_again_after_its_checkpoint_failed_finds_its_job(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """The job was enqueued but the step's checkpoint was not stored (as after a crash): the step
+    runs again on the guard alarm, and its idempotency key gives back the same job."""
+    labels_made.clear()
+    tracker = FailTheNextCheckpoint()
+    layer = djobs.storage.faulty(djobs.sqlite(tmp_path / "faulty.db"))
+    async with open_test_engine([label_flow, label_job], storage=layer, start=T0, tracker=tracker) as engine:
+        tracker.storage = engine.storage
+        client = engine.client.workflow(label_flow)
+        await client.start(id="l-4", input=Order("l-4", 5))
+        await until(engine, T0 + timedelta(minutes=5))
+        assert tracker.storage is None  # the fault fired
+        assert success(await client.result("l-4")) == "shipped T-l-4"
+        [job] = success(await engine.client.jobs.list(name="label"))
+        [enqueue, wait, _] = success(await client.status("l-4")).steps
+        assert enqueue.name == "enqueue job label" and wait.name == f"label:{job.id}"
+    assert labels_made == ["l-4"]
+
+
+@pytest.mark.trio
+async def test_cancelling_a_workflow_that_waits_for_a_job_cancels_the_job(
+    autojump_clock: trio.testing.MockClock, layer: StorageLayer
+) -> None:
+    global label_gate
+    label_gate = trio.Event()  # never set: the job runs until cancelled
+    try:
+        async with open_test_engine([label_flow, label_job], storage=layer, start=T0) as engine:
+            client = engine.client.workflow(label_flow)
+            await client.start(id="l-3", input=Order("l-3", 5))
+            await trio.sleep(5)
+            assert success(await client.cancel("l-3")).cancelled
+            await settle(engine)
+            assert success(await client.status("l-3")).status == "cancelled"
+            [job] = success(await engine.client.jobs.list(name="label"))
+            assert job.status == "cancelled"
+    finally:
+        label_gate = None
+
+
+@pytest.mark.trio
+async def test_ctx_job_refuses_a_poll_shorter_than_its_first_look(autojump_clock: trio.testing.MockClock) -> None:
+    async def eager(order: Order, ctx: djobs.WorkflowContext) -> str:
+        label = await ctx.job(label_job, order, poll="10 ms")
+        return label.tracking
+
+    flow = djobs.Workflow.make("eager", input=Order, result=str, execute=eager)
+    async with open_test_engine([flow, label_job], start=T0) as engine:
+        client = engine.client.workflow(flow)
+        await client.start(id="e", input=Order("e", 1))
+        await settle(engine)
+        error = failure(await client.result("e"))
+        assert isinstance(error, djobs.WorkflowFailedError) and error.error_tag == "validation"
+        assert "poll must be a duration of at least 100 ms" in error.error_message
+
+
+async def nap_then_label(order: Order, ctx: djobs.WorkflowContext) -> str:
+    await ctx.sleep("1 day")
+    label = await ctx.job(label_job, order)
+    return label.tracking
+
+
+napping_flow = djobs.Workflow.make("napping", input=Order, result=str, execute=nap_then_label)
+
+
+@pytest.mark.trio
+async def test_a_body_woken_as_the_engine_opens_has_its_client(
+    autojump_clock: trio.testing.MockClock, durable_layer: StorageLayer
+) -> None:
+    """An alarm due when an engine opens fires at once: ctx.client must exist by then."""
+    labels_made.clear()
+    flows = [napping_flow, label_job]
+    async with open_test_engine(flows, storage=durable_layer, start=T0) as engine:
+        await engine.client.workflow(napping_flow).start(id="n", input=Order("n", 1))
+        await settle(engine)
+    later = T0 + timedelta(days=2)
+    async with open_test_engine(flows, storage=durable_layer, start=later) as engine:
+        await until(engine, later + timedelta(minutes=1))
+        assert success(await engine.client.workflow(napping_flow).result("n")) == "T-n"

@@ -13,7 +13,10 @@ through its context is recorded, in order, in the workflow's *step log*:
   the timeout passes;
 - ``ctx.now()``, ``ctx.random()`` and ``ctx.uuid()`` record their values;
 - ``ctx.child(workflow, id, input)`` starts a child workflow (a step) and
-  waits for the signal it sends its parent when it ends.
+  waits for the signal it sends its parent when it ends;
+- ``ctx.job(job, params)`` enqueues a one-off `Job` (a step, under an
+  idempotency key made of the workflow and the call's position) and waits
+  for its row to end, looking at it by alarm with a backoff.
 
 Each time the workflow is woken (its start, a sleep's end, a signal, a
 retry, a restart after a crash) the body runs again from the top, and every
@@ -48,12 +51,14 @@ import msgspec
 import trio
 from returns.context import RequiresContextFutureResult
 from returns.future import FutureResult
-from returns.io import IOResult
+from returns.io import IOResult, IOSuccess
 from returns.result import Failure, Result, Success
+from returns.unsafe import unsafe_perform_io
 
 from .._clock import to_datetime
 from .._codec import decode, encode
 from .._context import BaseContext, D_co
+from .._durations import DurationLike, parse_duration, to_ms
 from .._errors import (
     DuplicateEventError,
     InstanceNotFoundError,
@@ -73,7 +78,9 @@ from ._common import D_contra, Definition, InstanceClient, TenantScoped, check_i
 from ._task import When, resolve_when
 
 if TYPE_CHECKING:
+    from .._client import Client
     from .._runtime import Runtime
+    from ._job import Job
 
 I = TypeVar("I")  # noqa: E741  # the input, as in the issue's Workflow[I, R, D]
 R = TypeVar("R")
@@ -82,6 +89,8 @@ T = TypeVar("T")
 U = TypeVar("U")
 CI = TypeVar("CI")
 CR = TypeVar("CR")
+JP = TypeVar("JP")
+JR = TypeVar("JR")
 
 KIND = "workflow"
 
@@ -100,8 +109,13 @@ _WAKE = "wake"  # a sleep ended
 _TIMEOUT = "timeout"  # a signal wait timed out
 _RETRY = "retry"  # a failed step's next attempt is due
 _TELL_PARENT = "tell_parent"  # an ended child workflow has yet to tell its parent
+_JOB = "job"  # time to look at the job a ctx.job waits for again
+#: The first look at a ctx.job's row comes this long after the enqueue; each later one
+#: waits twice as long as the one before, up to the call's `poll` (milliseconds).
+_FIRST_JOB_LOOK_MS = 100
+_JOB_FINAL = ("completed", "failed", "cancelled")
 
-EntryKind = Literal["step", "sleep", "signal", "now", "random", "uuid"]
+EntryKind = Literal["step", "sleep", "signal", "job", "now", "random", "uuid"]
 
 
 # -- errors ----------------------------------------------------------------------------
@@ -209,6 +223,30 @@ class ChildWorkflowError(JobError):
         return (self.child, self.status, self.error_tag, self.error_message)
 
 
+class ChildJobError(JobError):
+    """Raised into a workflow's body by ``ctx.job`` when the job failed or was cancelled.
+
+    Attributes:
+        job: ``name:id`` of the job.
+        status: ``failed`` or ``cancelled``.
+        error_tag: The ``tag`` of the error the job ended with.
+        error_message: Its message.
+    """
+
+    tag = "child_job_failed"
+    retryable = False
+
+    def __init__(self, job: str, status: str, error_tag: str, error_message: str) -> None:
+        super().__init__(f"job {job!r} ended {status}: {error_message}")
+        self.job = job
+        self.status = status
+        self.error_tag = error_tag
+        self.error_message = error_message
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.job, self.status, self.error_tag, self.error_message)
+
+
 class WorkflowFailedError(JobError):
     """``result(id)`` of a workflow that ended ``failed`` or ``cancelled``.
 
@@ -281,6 +319,14 @@ class _Log(msgspec.Struct, kw_only=True, omit_defaults=True):
     #: A child workflow's parent (its key) and whether the parent was told how the child ended.
     parent: str | None = None
     parent_told: bool = False
+
+
+class _JobOutcome(msgspec.Struct, frozen=True):
+    """How the job a ``ctx.job`` waits for ended, as recorded in the log."""
+
+    status: str
+    result: msgspec.Raw = _NULL
+    error: _ErrorInfo | None = None
 
 
 class _ChildOutcome(msgspec.Struct, frozen=True):
@@ -684,6 +730,50 @@ class _Run:
             raise ValidationError(f"signal {name!r}: {decoded.failure().message}")
         return decoded.unwrap()
 
+    async def await_job(self, name: str, job_id: str, client: Client, poll_ms: int) -> _JobOutcome:
+        """Wait for the job `job_id` to end: look at its row now, else suspend until the next look."""
+        self.guard(f"ctx.job({name!r})")
+        entry = self.next_entry("job", name)
+        if entry is not None and entry.cancelled:
+            self.cancel_delivered = True
+            raise WorkflowCancelledError(self.handler.job.name, self.record.instance_id, self.cancel_reason)
+        env = self.env
+        now = env.now_ms()
+        if entry is None:
+            entry = _Entry(kind="job", name=name, done=False, at=now)
+            self.log.entries.append(entry)
+        if not entry.done:
+            self.in_call, self.current = True, name
+            try:
+                if self.cancel_pending():
+                    # The job is cancelled with the workflow (pending: it never runs; running: its scope).
+                    cancelled = await client.jobs.cancel(job_id)
+                    if not isinstance(cancelled, IOSuccess):  # it ends as it may; the body is cancelled
+                        env.logger.warning("workflow %s: could not cancel its job %s", self.record.key, job_id)
+                looked = await client.jobs.status(job_id)
+            finally:
+                self.in_call, self.current = False, None
+            if self.cancel_pending():
+                self.deliver_cancel(entry)
+            info = unsafe_perform_io(looked.value_or(None))
+            if info is not None and info.status in _JOB_FINAL:
+                error = None if info.error is None else _ErrorInfo(info.error.tag, info.error.message)
+                result = msgspec.Raw(_encoder.encode(info.result)) if info.status == "completed" else _NULL
+                entry.done, entry.until, entry.at = True, None, now
+                entry.value = msgspec.Raw(_encoder.encode(_JobOutcome(info.status, result, error)))
+            else:
+                if info is None:
+                    env.logger.warning(
+                        "workflow %s: could not look at its job %s (%s); looking again later",
+                        self.record.key,
+                        job_id,
+                        looked,
+                    )
+                entry.attempts += 1
+                entry.until = now + min(poll_ms, _FIRST_JOB_LOOK_MS << min(entry.attempts - 1, 30))
+                self.suspend("waiting", SetAlarm(entry.until, _JOB))
+        return msgspec.json.decode(bytes(entry.value), type=_JobOutcome)
+
     def recorded(self, kind: EntryKind, make: Callable[[], object], tp: Any) -> Any:
         """A value recorded at its first run (time, random, id); committed with the next checkpoint."""
         entry = self.next_entry(kind, kind)
@@ -712,7 +802,7 @@ class WorkflowContext(BaseContext[D_co]):
     __slots__ = ("_run", "run_count")
 
     def __init__(self, env: Env, job_name: str, instance_id: str, log: JobLog, run: _Run, run_count: int) -> None:
-        super().__init__(env, job_name, instance_id, log)
+        super().__init__(env, job_name, instance_id, log, run.record.tenant_id)
         self._run = run
         self.run_count = run_count
 
@@ -843,6 +933,62 @@ class WorkflowContext(BaseContext[D_co]):
             raise decoded.failure()
         return decoded.unwrap()
 
+    async def job(self, job: Job[JP, JR, Any], params: JP, *, poll: DurationLike = "10 seconds") -> JR:
+        """Enqueue the one-off job `job` with `params` and wait for its result, durably.
+
+        Two recorded calls: a step that enqueues the job (in this workflow's
+        tenant) under an idempotency key made of the workflow and this call's
+        position, so a step run again after a crash finds the job it enqueued
+        instead of enqueueing another; then a wait for the job's row to end.
+        While the job is pending or running the workflow is ``waiting`` and
+        holds no task and no lease: an alarm wakes it to look at the row
+        again, 0.1 s after the enqueue, then at doubling intervals up to
+        `poll`. A cancel of the workflow that reaches this wait cancels the
+        job too.
+
+        Args:
+            job: A `Job` registered with this engine (the workers that run it
+                may be other processes on the same database).
+            params: Its params.
+            poll: The longest wait between two looks at the job's row (a
+                duration; default 10 seconds): the most the workflow may lag
+                behind the job's end.
+
+        Returns:
+            The job's result, as its ``result`` type.
+
+        Raises:
+            ChildJobError: The job failed (its retries spent) or was cancelled.
+            StepFailedError: The job could not be enqueued (not registered with
+                this engine, params that do not match, storage).
+            ValidationError: `poll` is not a duration of at least 100 ms.
+        """
+        parsed = parse_duration(poll, what="poll")
+        poll_ms = to_ms(parsed.unwrap()) if isinstance(parsed, Success) else 0
+        if poll_ms < _FIRST_JOB_LOOK_MS:
+            raise ValidationError(
+                f"ctx.job({job.name!r}): poll must be a duration of at least 100 ms, got {_short.repr(poll)}"
+            )
+        run = self._run
+        client = self.client
+        # Per job name and tenant, as idempotency keys are; the position makes each call its own.
+        idempotency_key = f"workflow:{self.job_name}:{self.instance_id}:{run.position}"
+
+        def enqueue() -> FutureResult[str, JobError]:
+            return client.job(job).later(params, idempotency_key=idempotency_key)
+
+        job_id: str = await self.step(f"enqueue job {job.name}", enqueue, result=str)
+        label = f"{job.name}:{job_id}"
+        outcome = await run.await_job(label, job_id, client, poll_ms)
+        if outcome.status != "completed":
+            error = outcome.error or _ErrorInfo("job_cancelled", "cancelled")
+            raise ChildJobError(label, outcome.status, error.tag, error.message)
+        decoded = decode(job.result, bytes(outcome.result), what=f"result of job {label!r}")
+        if isinstance(decoded, Failure):
+            raise decoded.failure()
+        result: JR = decoded.unwrap()
+        return result
+
     def now(self) -> datetime:
         """The current time, recorded: a replay gets the time of the first run."""
         return to_datetime(self._run.recorded("now", self._env.now_ms, int))
@@ -943,7 +1089,8 @@ class StepInfo(msgspec.Struct, frozen=True, kw_only=True):
     """One recorded call of a workflow, as ``status`` and ``djobs workflows show`` list it.
 
     Attributes:
-        kind: ``step``, ``sleep``, ``signal``, ``now``, ``random`` or ``uuid``.
+        kind: ``step``, ``sleep``, ``signal``, ``job`` (the wait of a ``ctx.job``),
+            ``now``, ``random`` or ``uuid``.
         name: The call's name.
         done: Whether it finished (a step succeeded or failed for good, a
             sleep ended, a signal came or timed out).
