@@ -369,6 +369,11 @@ async def open_engine_as(
             env.client_for = lambda tenant: client if tenant is None else client.for_tenant(tenant)
             if runtime.fires_alarms:
                 nursery.start_soon(alarms)
+                for handler in handlers.values():
+                    # A kind's own loop (a workflow's watch for cancels noted by other processes).
+                    background = getattr(handler, "background", None)
+                    if background is not None:
+                        nursery.start_soon(_guarded, background)
             if queue_worker is not None:
                 await nursery.start(_guarded, queue_worker.lease_loop)
                 await nursery.start(_guarded, queue_worker.settle_loop)

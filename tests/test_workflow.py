@@ -1043,3 +1043,71 @@ async def test_a_body_woken_as_the_engine_opens_has_its_client(
     async with open_test_engine(flows, storage=durable_layer, start=later) as engine:
         await until(engine, later + timedelta(minutes=1))
         assert success(await engine.client.workflow(napping_flow).result("n")) == "T-n"
+
+
+# -- cancel from another process ---------------------------------------------------------------------
+
+
+async def cleanup_after_cancel(_: Nothing, ctx: djobs.WorkflowContext) -> str:
+    await ctx.step("first", slow, "first")
+    try:
+        await ctx.step("stuck", slow, "stuck")
+    except djobs.WorkflowCancelledError:
+        await ctx.step("cleanup", slow, "cleanup")
+        raise
+    return "ok"
+
+
+cleanup_flow = djobs.Workflow.make("cleanup", input=Nothing, result=str, execute=cleanup_after_cancel)
+
+
+@pytest.mark.trio
+async def test_a_cancel_from_another_engine_cancels_the_running_step_within_a_poll(
+    autojump_clock: trio.testing.MockClock, durable_layer: StorageLayer
+) -> None:
+    """Engine a runs the step and holds the lease; engine b's cancel notes the request, a reads it
+    within CANCEL_POLL_SECONDS and cancels the step's scope, and b's cancel then returns."""
+    global gate
+    slow_calls.clear()
+    gate = trio.Event()  # never set: the step runs until cancelled
+    try:
+        async with (
+            open_test_engine([cleanup_flow], storage=durable_layer, start=T0) as a,
+            open_test_engine([cleanup_flow], storage=durable_layer, start=T0) as b,
+        ):
+            await a.client.workflow(cleanup_flow).start(id="x", input=Nothing())
+            await trio.sleep(5)
+            assert success(await a.client.workflow(cleanup_flow).status("x")).current_step == "stuck"
+            asked = trio.current_time()
+            with trio.fail_after(30):  # virtual seconds; without the poll it would wait for ever
+                cancelled = success(await b.client.workflow(cleanup_flow).cancel("x", reason="from b"))
+            took = trio.current_time() - asked
+            assert (cancelled.cancelled, cancelled.status) == (True, "cancelled")
+            assert took <= djobs.kinds._workflow.CANCEL_POLL_SECONDS + 1  # one poll, then the lease
+            status = success(await a.client.workflow(cleanup_flow).status("x"))
+            assert status.status == "cancelled" and status.error is not None
+            assert "from b" in status.error["message"]
+            assert await a.storage.cancel_requests(["workflow:cleanup:x"]) == {}  # the note is gone
+            assert [e.type for e in a.tracker.events if e.type == "workflow.cancelled"] == ["workflow.cancelled"]
+    finally:
+        gate = None
+    assert slow_calls == ["first", "stuck", "cleanup"]  # in a: the cleanup step ran where the body ran
+
+
+@pytest.mark.trio
+async def test_a_cancel_from_another_engine_of_a_sleeping_workflow_takes_the_lease_and_ends_it(
+    autojump_clock: trio.testing.MockClock, durable_layer: StorageLayer
+) -> None:
+    shop = Shop()
+    async with (
+        open_test_engine([order_flow], storage=durable_layer, services=shop, start=T0) as a,
+        open_test_engine([order_flow], storage=durable_layer, services=shop, start=T0) as b,
+    ):
+        await a.client.workflow(order_flow).start(id="s", input=Order("s", 1))
+        await settle(a)
+        assert success(await b.client.workflow(order_flow).status("s")).status == "sleeping"
+        assert success(await b.client.workflow(order_flow).cancel("s")).cancelled
+        await settle(b)
+        assert success(await a.client.workflow(order_flow).status("s")).status == "cancelled"
+        assert await a.storage.cancel_requests(["workflow:order:s"]) == {}
+        assert not success(await b.client.workflow(order_flow).cancel("s")).cancelled  # ended before

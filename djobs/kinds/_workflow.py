@@ -72,7 +72,7 @@ from .._execution import Checkout, Env, run_body, run_call
 from .._input import check_text, clean_text, text_problem
 from .._logging import JobLog, LoggingOption
 from .._retry import Retry
-from ..storage import Alarm, Checkin, ClearAlarm, InstanceRecord, SetAlarm
+from ..storage import Alarm, CancelRequests, Checkin, ClearAlarm, InstanceRecord, SetAlarm
 from ..tracking import TrackedEvent
 from ._common import D_contra, Definition, InstanceClient, TenantScoped, check_id, check_name, instance_key
 from ._task import When, resolve_when
@@ -114,6 +114,8 @@ _JOB = "job"  # time to look at the job a ctx.job waits for again
 #: waits twice as long as the one before, up to the call's `poll` (milliseconds).
 _FIRST_JOB_LOOK_MS = 100
 _JOB_FINAL = ("completed", "failed", "cancelled")
+#: How often a process reads the cancels other processes noted for the runs live in it.
+CANCEL_POLL_SECONDS = 1.0
 
 EntryKind = Literal["step", "sleep", "signal", "job", "now", "random", "uuid"]
 
@@ -1230,6 +1232,9 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
         #: The record a verb just committed and queued a run of, by key: the run takes it
         #: instead of reading it back (any other commit of the key drops it, see `commit`).
         self.fresh: dict[str, InstanceRecord] = {}
+        #: Set while runs are live here (`watch_cancels` then reads their cancel notes); in a
+        #: list, so the tenant-scoped copies and the engine's handler share the current one.
+        self.runs_live = [trio.Event()]
 
     async def commit(self, checkin: Checkin, events: builtins.list[TrackedEvent] | None = None) -> None:
         """`Env.commit` for this kind: every write of a workflow goes through here, on its actor."""
@@ -1384,12 +1389,20 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
         key = self.key(instance_id)
         env = self.env
         live = self.live.get(key)
-        if live is not None and not live.log.cancel_requested:
+        requests = env.storage if isinstance(env.storage, CancelRequests) else None
+        requested = False
+        if live is not None:
             # A run in this process: cancel its running step now, or its next call.
-            live.cancel_requested = live.log.cancel_requested = True
-            live.cancel_reason = live.log.cancel_reason = reason
-            if live.scope is not None:
-                live.scope.cancel()
+            self._cancel_live(live, reason)
+        elif requests is not None:
+            # Perhaps running in another process, which holds the lease until its run ends: a
+            # note it reads while its steps run (`watch_cancels`) reaches it without the lease.
+            loaded = await env.storage.load(key)
+            if loaded is None or loaded[0].status in _FINAL:
+                status = "not_found" if loaded is None else loaded[0].status
+                return Success(WorkflowCancelResult(instance_id, False, status))
+            await requests.request_cancel(key, reason, env.now_ms())
+            requested = True
 
         async def run() -> Result[WorkflowCancelResult, StorageError]:
             loaded = await env.storage.load(key)
@@ -1397,8 +1410,10 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
                 return Success(WorkflowCancelResult(instance_id, False, "not_found"))
             record, _ = loaded
             if record.status in _FINAL:
-                # Ended: by this cancel if it reached a run in this process, else before it.
-                by_us = live is not None and record.status == "cancelled"
+                # Ended: by this cancel if it reached a run here or through its note, else before it.
+                by_us = (live is not None or requested) and record.status == "cancelled"
+                if requests is not None and requested:
+                    await requests.clear_cancel_request(key)
                 return Success(WorkflowCancelResult(instance_id, by_us, record.status))
             log = _read_log(record)
             if not log.cancel_requested:
@@ -1407,9 +1422,56 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
                 # Woken at once: the body gets WorkflowCancelledError where it stands.
                 await self.commit(Checkin(key=key, record=record, alarm=self._wake_alarm(env.now_ms())))
                 self._run_next(key, record)
+            if requests is not None and requested:
+                await requests.clear_cancel_request(key)  # recorded in the log now
             return Success(WorkflowCancelResult(instance_id, True, record.status))
 
         return await self.runtime.call(key, run)
+
+    @staticmethod
+    def _cancel_live(live: _Run, reason: str | None) -> None:
+        """Cancel a run in this process: its running step's scope now, or its next call."""
+        if live.log.cancel_requested:
+            return
+        live.cancel_requested = live.log.cancel_requested = True
+        live.cancel_reason = live.log.cancel_reason = reason
+        if live.scope is not None:
+            live.scope.cancel()
+
+    async def background(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The kind's background loop, which an engine that runs work starts: `watch_cancels`."""
+        await self.watch_cancels(task_status)
+
+    async def watch_cancels(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """While runs are live in this process, read the cancels other processes noted for them.
+
+        The engine runs this once per workflow definition (`background`). A
+        process that does not hold a workflow's lease cannot write its row, so
+        its ``cancel`` notes the request beside it (`CancelRequests`); this
+        loop reads the notes of the runs live here every `CANCEL_POLL_SECONDS`
+        and cancels them as a local ``cancel`` would (the running step's scope
+        at once). Nothing is read while no run is live.
+        """
+        task_status.started()
+        requests = self.env.storage
+        if not isinstance(requests, CancelRequests):
+            return
+        while True:
+            await self.runs_live[0].wait()
+            await trio.sleep(CANCEL_POLL_SECONDS)
+            keys = sorted(self.live)
+            if not keys:
+                self.runs_live[0] = trio.Event()
+                continue
+            try:
+                noted = await requests.cancel_requests(keys)
+            except StorageError as exc:
+                self.env.logger.warning("workflows %s: could not read cancel requests: %s", self.job.name, exc.message)
+                continue
+            for key, reason in noted.items():
+                live = self.live.get(key)
+                if live is not None:
+                    self._cancel_live(live, reason)
 
     async def list_instances(
         self, status: str | None, after: str | None, limit: int
@@ -1510,6 +1572,7 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
         the_input = decoded.unwrap()
         ctx: WorkflowContext[D] = WorkflowContext(env, job.name, record.instance_id, jlog, run, record.run_count)
         self.live[record.key] = run
+        self.runs_live[0].set()
         try:
             ran = await run_call(env, record.key, Checkout(None), lambda: job.execute(the_input, ctx))
             body: Result[object, JobError] | None = ran.result

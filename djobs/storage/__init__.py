@@ -10,6 +10,7 @@ their edge.
 """
 
 from ._base import Alarm as Alarm
+from ._base import CancelRequests as CancelRequests
 from ._base import Checkin as Checkin
 from ._base import ClaimedJob as ClaimedJob
 from ._base import ClearAlarm as ClearAlarm
@@ -42,6 +43,7 @@ from ._sqlite import sqlite as sqlite
 __all__ = [
     "SCHEMA_VERSION",
     "Alarm",
+    "CancelRequests",
     "Checkin",
     "ClearAlarm",
     "FaultyLayer",

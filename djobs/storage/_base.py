@@ -187,6 +187,29 @@ class InstanceLister(Protocol):
         ...
 
 
+@runtime_checkable
+class CancelRequests(Protocol):
+    """Cancels asked of an instance by a process that does not hold its lease. Optional: a
+    storage without it lets a workflow's ``cancel`` wait for the lease, as every verb does.
+
+    A request is a note beside the instance, written without the lease; the
+    process that runs the instance reads the notes of what it runs and acts on
+    them, and the verb that made the note clears it once the cancel is recorded.
+    """
+
+    async def request_cancel(self, key: str, reason: str | None, now_ms: int) -> None:
+        """Note a cancel of instance `key` (a note already there is kept, with its reason)."""
+        ...
+
+    async def cancel_requests(self, keys: Sequence[str]) -> dict[str, str | None]:
+        """The noted cancels among `keys`: key to reason."""
+        ...
+
+    async def clear_cancel_request(self, key: str) -> None:
+        """Remove `key`'s note, if any."""
+        ...
+
+
 # -- the job queue ----------------------------------------------------------------------
 
 #: A queued job's status. ``pending`` rows wait for `scheduled_for`; ``running``

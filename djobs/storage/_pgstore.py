@@ -207,6 +207,20 @@ MIGRATIONS: list[str] = [
     """,
     # 5: SQLite's version 5 records its host's lease clock; leases here follow the server's clock.
     "SELECT 1",
+    # 6: finished jobs by the time they ended, for the per-minute counts of the dashboard's
+    # overview (the WHERE is the query's own, so the planner may use the partial index).
+    """
+    CREATE INDEX jobs_finished ON jobs (completed_at) WHERE status IN ('completed', 'failed');
+    """,
+    # 7: cancels asked of a workflow from a process that does not hold its lease; the
+    # process running it reads them while its steps run (`CancelRequests`).
+    """
+    CREATE TABLE cancel_requests (
+        key text PRIMARY KEY,
+        reason text,
+        requested_at bigint NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -611,6 +625,26 @@ class PostgresStorage:
             return await self._run(lambda conn: conn.execute("SELECT 1").fetchone() == (1,), "healthcheck")
         except StorageError:
             return False
+
+    # -- cancel requests (CancelRequests; workflows' ``cancel`` from another process) ----
+
+    async def request_cancel(self, key: str, reason: str | None, now_ms: int) -> None:
+        sql = "INSERT INTO cancel_requests (key, reason, requested_at) VALUES (%s, %s, %s) ON CONFLICT (key) DO NOTHING"
+        await self._run(lambda conn: conn.execute(sql, (key, reason, now_ms)) and None, "request_cancel")
+
+    async def cancel_requests(self, keys: Sequence[str]) -> dict[str, str | None]:
+        if not keys:
+            return {}
+
+        def run(conn: Connection) -> dict[str, str | None]:
+            rows = conn.execute("SELECT key, reason FROM cancel_requests WHERE key = ANY(%s)", (list(keys),))
+            return {r[0]: r[1] for r in rows.fetchall()}
+
+        return await self._run(run, "cancel_requests")
+
+    async def clear_cancel_request(self, key: str) -> None:
+        sql = "DELETE FROM cancel_requests WHERE key = %s"
+        await self._run(lambda conn: conn.execute(sql, (key,)) and None, "clear_cancel_request")
 
     # -- listing instances (InstanceLister; workflows' ``list``) -------------------------
 

@@ -27,6 +27,7 @@ from .._errors import DuplicateEventError, StorageError
 from ..storage import (
     Checkin,
     ClearAlarm,
+    CancelRequests,
     InstanceLister,
     InstanceRecord,
     QueueStorage,
@@ -79,6 +80,7 @@ async def check_storage(new_database: NewDatabase, *, queue: bool = True, shared
     for check in _INSTANCE_CHECKS + (_QUEUE_CHECKS if queue else ()):
         checks.append((check.__name__, _opened(check, queue)))
     checks.append(("an InstanceLister lists instances", _listed))
+    checks.append(("CancelRequests notes cancels", _cancel_notes))
     if shared:
         checks += [(c.__name__, c) for c in _SHARED_CHECKS + (_SHARED_QUEUE_CHECKS if queue else ())]
     for name, run in checks:
@@ -105,6 +107,25 @@ async def _listed(layer: StorageLayer) -> None:
         if isinstance(storage, InstanceLister):  # optional: workflow clients' ``list`` needs it
             for check in _LISTER_CHECKS:
                 await check(storage)
+
+
+async def _cancel_notes(layer: StorageLayer) -> None:
+    async with layer.open() as storage:
+        if isinstance(storage, CancelRequests):  # optional: a workflow's cancel from another process needs it
+            await _a_cancel_request_is_noted_without_the_lease_kept_once_and_cleared(storage)
+
+
+async def _a_cancel_request_is_noted_without_the_lease_kept_once_and_cleared(storage: Any) -> None:
+    assert await storage.cancel_requests([]) == {}
+    assert await storage.acquire_instance_lease("workflow:w:a", "engine-a", 0, 30_000)
+    await storage.request_cancel("workflow:w:a", "first reason", 10)  # the lease is another engine's
+    await storage.request_cancel("workflow:w:a", "second reason", 20)  # kept: the first note stands
+    await storage.request_cancel("workflow:w:b", None, 30)
+    noted = await storage.cancel_requests(["workflow:w:a", "workflow:w:b", "workflow:w:c"])
+    assert noted == {"workflow:w:a": "first reason", "workflow:w:b": None}, noted
+    await storage.clear_cancel_request("workflow:w:a")
+    await storage.clear_cancel_request("workflow:w:nobody")  # nothing to clear is not an error
+    assert await storage.cancel_requests(["workflow:w:a", "workflow:w:b"]) == {"workflow:w:b": None}
 
 
 @asynccontextmanager
