@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import trio.testing
 from postgres_support import require_postgres, throwaway_schema
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
-from test_cli import AT_5M, Built, Greet, build, greeter
+from test_cli import AT_5M, T0, Built, Greet, build, greeter
 
 import djobs
 from djobs.dashboard import app
@@ -66,7 +67,16 @@ def demo_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
             for width in (0, 640):
                 await engine.client.job(resizer).now(Resize(width))
 
+    async def add_workflows_now() -> None:
+        # Workflows, which the demo does not run: one completed, one sleeping a day (from now, in real time).
+        now = datetime.now(UTC)
+        async with open_test_engine([visits], storage=djobs.sqlite(where / DEMO_DB), start=now) as engine:
+            for wid, who in (("visit-1", "quick"), ("visit-2", "Ada")):
+                success(await engine.client.workflow(visits).start(id=wid, input=Visit(who)))
+            await trio.sleep(1)
+
     trio.run(add_failed_work)
+    trio.run(add_workflows_now, clock=trio.testing.MockClock(autojump_threshold=0))
     return where
 
 
@@ -404,7 +414,24 @@ def test_in_a_real_browser_filter_open_and_retry_a_failed_job(
     wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "pending"))
     assert "retried" in browser.find_element(By.ID, "flash").text
     assert trio.run(failed_ids) == []  # stored: pending again, for the next worker
-    for name in ("overview", "failed-jobs", "job"):
+    # The workflows: filter the sleeping ones, open one with its steps, and cancel it.
+    browser.find_element(By.LINK_TEXT, "Workflows").click()
+    Select(browser.find_element(By.NAME, "status")).select_by_visible_text("sleeping")
+    browser.find_element(By.ID, "apply").click()
+    wait.until(ec.title_contains("Sleeping workflows"))
+    links = browser.find_elements(By.CSS_SELECTOR, "a.workflow")
+    assert [a.text for a in links] == ["visit-2"]
+    browser.save_screenshot(str(screenshots / "dashboard-workflows.png"))
+    links[0].click()
+    assert browser.find_element(By.ID, "status").text == "sleeping"
+    assert browser.find_element(By.ID, "current").text == "sleep"
+    steps = browser.find_elements(By.CSS_SELECTOR, "#steps tr")
+    assert [row.find_elements(By.TAG_NAME, "td")[2].text for row in steps[1:]] == ["greet", "sleep"]
+    browser.save_screenshot(str(screenshots / "dashboard-workflow.png"))
+    browser.find_element(By.CSS_SELECTOR, 'button[value="cancel"]').click()
+    wait.until(ec.presence_of_element_located((By.ID, "cancel-requested")))
+    assert "cancel recorded" in browser.find_element(By.ID, "flash").text
+    for name in ("overview", "failed-jobs", "job", "workflows", "workflow"):
         assert (screenshots / f"dashboard-{name}.png").read_bytes().startswith(b"\x89PNG")
 
 
@@ -513,3 +540,133 @@ def test_text_no_storage_holds_is_a_bad_request_on_every_storage(db: Built) -> N
     # "␀" is how a NUL prints; a key holding it names nothing (a 404), as on SQLite.
     key_page, jobs_page = pages[-2:]
     assert key_page.status_code == 404 and jobs_page.status_code == 200  # the dashboard still works
+
+
+# -- workflows and bad query parameters ------------------------------------------------------------
+
+
+class Visit(msgspec.Struct):
+    who: str
+
+
+def greet_step(who: str) -> str:
+    return f"hello {who}"
+
+
+async def visit(params: Visit, ctx: djobs.WorkflowContext) -> str:
+    greeting = await ctx.step("greet", greet_step, params.who)
+    if params.who != "quick":
+        await ctx.sleep("1 day")
+    return greeting
+
+
+visits = djobs.Workflow.make("visit", input=Visit, result=str, execute=visit)
+
+
+def _storage(db: Built) -> Any:
+    return djobs.sqlite(db.path) if len(db.args) == 2 else djobs.postgres(db.args[1], schema=db.args[3])
+
+
+def add_workflows(db: Built) -> None:
+    """Three workflows at 00:00: one completed, two sleeping a day (one in tenant acme)."""
+
+    async def run() -> None:
+        async with open_test_engine([visits], storage=_storage(db), start=T0) as engine:
+            c = engine.client.workflow(visits)
+            success(await c.start(id="w-1", input=Visit("quick")))
+            success(await c.start(id="w-2", input=Visit("slow")))
+            success(await engine.client.for_tenant("acme").workflow(visits).start(id="w-3", input=Visit("acme")))
+            await trio.sleep(1)
+            await engine.wait_idle()
+
+    trio.run(run, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_the_workflows_page_lists_filters_pages_and_shows_one_with_its_steps(db: Built) -> None:
+    add_workflows(db)
+    listing, sleeping, first, second, acme, one, missing = get(
+        app(**where(db), clock=AT_5M),
+        "/workflows",
+        "/workflows?status=sleeping",
+        "/workflows?limit=2",
+        "/workflows?limit=2&after=workflow:visit:w-1",
+        "/workflows?tenant=acme",
+        "/workflow?key=workflow:visit:w-2",
+        "/workflow?key=workflow:visit:nobody",
+    )
+    ids = lambda page: re.findall(r'class="workflow" href="[^"]+">([^<]+)</a>', page.text)  # noqa: E731
+    assert listing.status_code == 200 and 'href="/workflows" class="on"' in listing.text
+    assert sorted(ids(listing)) == ["w-1", "w-2", "w-3"]
+    assert sorted(ids(sleeping)) == ["w-2", "w-3"] and "Sleeping workflows" in sleeping.text
+    # In key order: the tenant's key (workflow:visit:acme␟w-3) before the others.
+    assert ids(first) == ["w-3", "w-1"] and "after=workflow%3Avisit%3Aw-1" in first.text
+    assert ids(second) == ["w-2"] and 'id="next"' not in second.text
+    assert ids(acme) == ["w-3"]
+    assert "2026-01-02T00:00:00+00:00" in listing.text  # the sleepers' wake-up time
+    assert one.status_code == 200 and 'id="status" class="status s-sleeping"' in one.text
+    assert 'id="current">sleep<' in one.text and 'id="wake-at">2026-01-02T00:00:00+00:00<' in one.text
+    steps = re.findall(r"<tr><td class=\"n\">\d+</td><td>(\w+)</td><td>([^<]+)</td>", one.text)
+    assert steps == [("step", "greet"), ("sleep", "sleep")]
+    assert "&#34;who&#34;: &#34;slow&#34;" in one.text  # the input, as JSON
+    assert 'method="post"' not in one.text  # read-only without a token
+    assert missing.status_code == 404
+
+
+def test_a_workflow_is_cancelled_from_the_dashboard_and_an_engine_ends_it(db: Built) -> None:
+    add_workflows(db)
+    origin = {"origin": "http://dash.test"}
+    key = "workflow:visit:w-2"
+
+    async def scenario() -> None:
+        application = app(**where(db), token=TOKEN, clock=AT_5M)
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://dash.test") as c:
+            assert (await c.post("/login", data={"token": TOKEN}, headers=origin)).status_code == 303
+            page = await c.get(f"/workflow?key={key}")
+            csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', page.text)
+            assert csrf is not None and 'value="cancel"' in page.text
+            forged = await c.post(f"/workflows/cancel?key={key}", headers=origin, data={"csrf": "0" * 64})
+            assert forged.status_code == 403
+            r = await c.post(f"/workflows/cancel?key={key}", headers=origin, data={"csrf": csrf.group(1)})
+            assert r.status_code == 303 and r.headers["location"].startswith(
+                "/workflow?key=workflow%3Avisit%3Aw-2&done="
+            )
+            page = await c.get(r.headers["location"])
+            assert 'id="cancel-requested"' in page.text and "cancel recorded" in page.text
+            ended = await c.post(
+                "/workflows/cancel?key=workflow:visit:w-1", headers=origin, data={"csrf": csrf.group(1)}
+            )
+            assert ended.status_code == 409 and "already ended completed" in ended.text
+        await application.state.dashboard.aclose()
+
+    trio.run(scenario)
+
+    async def engine_runs_it() -> str:
+        async with open_test_engine([visits], storage=_storage(db), start=T0 + timedelta(minutes=10)) as engine:
+            # Not wait_idle: the database's other alarms are due, and this engine runs workflows only.
+            await trio.sleep(5)
+            return success(await engine.client.workflow(visits).status("w-2")).status
+
+    assert trio.run(engine_runs_it, clock=trio.testing.MockClock(autojump_threshold=0)) == "cancelled"
+
+
+def test_a_filter_given_a_value_it_does_not_take_is_a_400_naming_what_it_takes(db: Built) -> None:
+    cases = {
+        "/jobs?status=bogus": "status 'bogus' is not one of: pending, running, completed, failed, cancelled",
+        "/jobs?limit=lots": "limit 'lots' is not a number of rows from 1 to 500",
+        "/jobs?limit=0": "limit '0' is not a number of rows from 1 to 500",
+        "/jobs?limit=501": "limit '501' is not a number of rows from 1 to 500",
+        "/instances?kind=bogus": "kind 'bogus' is not one of: continuous, debounce, task, workflow",
+        "/instances?limit=-1": "limit '-1' is not a number of rows from 1 to 500",
+        "/workflows?status=bogus": (
+            "status 'bogus' is not one of: running, sleeping, waiting, completed, failed, cancelled"
+        ),
+        "/workflows?limit=x": "limit 'x' is not a number of rows from 1 to 500",
+    }
+    pages = get(app(**where(db), clock=AT_5M), *cases, "/jobs?status=", "/jobs?status=failed&limit=500")
+    for (url, message), page in zip(cases.items(), pages, strict=False):
+        assert page.status_code == 400, url
+        assert message in page.text.replace("&#39;", "'"), (url, page.text)
+    empty, fine = pages[-2:]
+    assert empty.status_code == 200 and fine.status_code == 200  # empty means any; 500 is allowed
+    assert db.failed in fine.text and db.completed not in fine.text

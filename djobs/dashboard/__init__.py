@@ -33,7 +33,7 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast, get_args
 from urllib.parse import urlencode, urlsplit
 
 import jinja2
@@ -46,15 +46,18 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from .._clock import Clock, WallClock
-from .._errors import JobError, StorageError, ValidationError
+from .._errors import InstanceNotFoundError, InvalidStateError, JobError, StorageError, ValidationError
 from .._input import text_problem
+from .._leases import engine_id
 from ..cli import _actions
 from ..cli._actions import printable
 from ..cli._exit import CommandError, ExitCode
 from ..cli._output import span, when
+from ..kinds._workflow import KIND as WORKFLOW
+from ..kinds._workflow import WorkflowStatus, WorkflowStatusName, cancel_stored, describe_workflow
 from ..metrics import StorageCollector, render
-from ..storage import JobFilter, JobRecord
-from ..storage._inspect import JOB_STATUSES, InstanceFilter, Opened, describe, open_existing
+from ..storage import JobFilter, JobRecord, JobStatusName, Storage
+from ..storage._inspect import JOB_STATUSES, InstanceFilter, InstanceView, Opened, describe, open_existing
 from ._templates import TEMPLATES
 
 __all__ = ["PAGES", "Page", "app", "serve"]
@@ -62,7 +65,9 @@ __all__ = ["PAGES", "Page", "app", "serve"]
 Endpoint = Callable[["Dashboard", Request], Awaitable[Response]]
 
 _COOKIE = "djobs_session"
-_INSTANCE_KINDS = ("continuous", "debounce", "task")
+_INSTANCE_KINDS = ("continuous", "debounce", "task", "workflow")
+#: The statuses a workflow's page filters by.
+WORKFLOW_STATUSES: tuple[str, ...] = get_args(WorkflowStatusName)
 _any_json = msgspec.json.Decoder()
 
 
@@ -100,11 +105,34 @@ def _error_text(record: JobRecord) -> str | None:
     return str(error)
 
 
-def _limit(text: str | None, default: int = 50) -> int:
-    try:
-        return max(1, min(int(text or default), 500))
-    except ValueError:
+class BadQuery(Exception):
+    """A query parameter no page accepts: answered with a 400 page that says what is accepted."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _limit(request: Request, default: int = 50) -> int:
+    """The ``limit`` parameter: rows per page, an int from 1 to 500 (`default` when absent)."""
+    text = request.query_params.get("limit") or None
+    if text is None:
         return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 500:
+        raise BadQuery(f"limit {printable(text)!r:.40} is not a number of rows from 1 to 500")
+    return value
+
+
+def _choice(request: Request, name: str, accepted: Sequence[str]) -> str | None:
+    """The parameter `name`, which must be one of `accepted` (or absent or empty: any)."""
+    value = request.query_params.get(name) or None
+    if value is not None and value not in accepted:
+        raise BadQuery(f"{name} {printable(value)!r:.60} is not one of: {', '.join(accepted)}")
+    return value
 
 
 def _chart(minutes: list[Any], now: int) -> str:
@@ -150,6 +178,8 @@ class Dashboard:
         self.refresh_s = refresh_s
         self.where = describe(db, schema)
         self._key = secrets.token_bytes(32)
+        #: The lease owner this dashboard takes a workflow's lease as, to cancel it (`engine_id`).
+        self.owner = engine_id()
         # Session ids of people who logged in, oldest first; a session lasts until the
         # dashboard restarts (its CSRF key is made at start) or 1000 newer logins push it out.
         self._sessions: dict[str, None] = {}
@@ -272,10 +302,8 @@ async def overview(d: Dashboard, request: Request) -> Response:
 async def jobs(d: Dashboard, request: Request) -> Response:
     db = await d.database()
     q = request.query_params
-    status = q.get("status") or None
-    if status is not None and status not in JOB_STATUSES:
-        status = None
-    limit = _limit(q.get("limit"))
+    status = _choice(request, "status", JOB_STATUSES)
+    limit = _limit(request)
     f = {
         "status": status,
         "name": q.get("name") or None,
@@ -284,7 +312,7 @@ async def jobs(d: Dashboard, request: Request) -> Response:
         "limit": limit,
     }
     where = JobFilter(
-        status=status,
+        status=cast(JobStatusName | None, status),  # one of JOB_STATUSES (checked above)
         name=f["name"],  # type: ignore[arg-type]
         tenant_id=f["tenant"],  # type: ignore[arg-type]
         correlation_id=f["correlation_id"],  # type: ignore[arg-type]
@@ -321,9 +349,9 @@ async def job(d: Dashboard, request: Request) -> Response:
 async def instances(d: Dashboard, request: Request) -> Response:
     db = await d.database()
     q = request.query_params
-    limit = _limit(q.get("limit"))
+    limit = _limit(request)
     f = {
-        "kind": q.get("kind") or None,
+        "kind": _choice(request, "kind", _INSTANCE_KINDS),
         "name": q.get("name") or None,
         "tenant": q.get("tenant") or None,
         "status": q.get("status") or None,
@@ -382,6 +410,65 @@ async def failed(d: Dashboard, request: Request) -> Response:
     return d.render(request, "failed", "Failed work", jobs=records, views=views, more=len(records) == 100)
 
 
+async def workflows(d: Dashboard, request: Request) -> Response:
+    db = await d.database()
+    q = request.query_params
+    limit = _limit(request)
+    f = {
+        "name": q.get("name") or None,
+        "tenant": q.get("tenant") or None,
+        "status": _choice(request, "status", WORKFLOW_STATUSES),
+        "limit": limit,
+    }
+    where = InstanceFilter(
+        kind=WORKFLOW,
+        name=f["name"],  # type: ignore[arg-type]
+        tenant_id=f["tenant"],  # type: ignore[arg-type]
+        status=f["status"],  # type: ignore[arg-type]
+        after=q.get("after") or None,
+        limit=limit,
+    )
+    views = await db.inspect.instances(where)
+    rows = [(v, _described(v)) for v in views]
+    next_page = None
+    if len(views) == limit:
+        next_page = urlencode({k: v for k, v in f.items() if v is not None} | {"after": views[-1].record.key})
+    title = f"{f['status'].capitalize()} workflows" if f["status"] else "Workflows"  # type: ignore[union-attr]
+    return d.render(request, "workflows", title, rows=rows, f=f, statuses=WORKFLOW_STATUSES, next_page=next_page)
+
+
+def _described(view: InstanceView) -> WorkflowStatus | None:
+    """The view `describe_workflow` gives (``None`` for a step log this djobs cannot read)."""
+    try:
+        return describe_workflow(view.record, view.alarm)
+    except ValidationError:
+        return None
+
+
+async def workflow(d: Dashboard, request: Request) -> Response:
+    db = await d.database()
+    key = request.query_params.get("key", "")
+    found = [
+        v
+        for k in _actions.key_candidates(key)
+        for v in await db.inspect.instances(InstanceFilter(key=k, kind=WORKFLOW, limit=1))
+    ]
+    if not found:
+        return d.render(request, "message", "Not found", 404, message=f"no workflow with key {printable(key)!r}")
+    v = found[0]
+    status = _described(v)
+    return d.render(
+        request,
+        "workflow",
+        f"Workflow {v.record.name} {printable(v.record.instance_id)}",
+        v=v,
+        w=status,
+        input=_pretty(v.record.state) or "null",
+        log=None if status is not None else _pretty(v.record.data),
+        refresh=d.refresh_s if v.record.status not in ("completed", "failed", "cancelled") else None,
+    )
+
+
 async def metrics(d: Dashboard, request: Request) -> Response:
     await d.database()
     assert d.collector is not None
@@ -390,12 +477,13 @@ async def metrics(d: Dashboard, request: Request) -> Response:
     return Response(render(d.registry), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
-#: The pages, in navigation order. Workflows (once they exist) add theirs here.
+#: The pages, in navigation order.
 PAGES: list[Page] = [
     Page("/", "Overview", overview),
     Page("/jobs", "Jobs", jobs),
     Page("/failed", "Failed", failed),
     Page("/instances", "Instances", instances),
+    Page("/workflows", "Workflows", workflows),
     Page("/cron", "Cron", crons),
 ]
 
@@ -420,7 +508,8 @@ def _unstorable_input(request: Request) -> str | None:
 
 def _back(request: Request, path: str, done: str) -> Response:
     base = request.scope.get("root_path", "")
-    return RedirectResponse(f"{base}{path}?{urlencode({'done': done})}", status_code=303)
+    joint = "&" if "?" in path else "?"
+    return RedirectResponse(f"{base}{path}{joint}{urlencode({'done': done})}", status_code=303)
 
 
 async def _act(d: Dashboard, request: Request, path: str, act: Callable[[Opened, int], Awaitable[str]]) -> Response:
@@ -463,6 +552,20 @@ async def cron_action(d: Dashboard, request: Request) -> Response:
         raise CommandError(f"no action {verb!r} on cron jobs", ExitCode.USAGE)
 
     return await _act(d, request, "/cron", act)
+
+
+async def workflow_cancel(d: Dashboard, request: Request) -> Response:
+    key = request.query_params.get("key", "")
+    back = "/workflow?" + urlencode({"key": key})
+
+    async def act(db: Opened, now: int) -> str:
+        storage = cast(Storage, db.storage)  # both storages are a Storage as well as a QueueStorage
+        try:
+            return await cancel_stored(storage, key, "cancelled from the dashboard", now, d.owner)
+        except (InstanceNotFoundError, InvalidStateError) as exc:
+            raise CommandError(printable(exc.message), ExitCode.FAILED) from None
+
+    return await _act(d, request, back, act)
 
 
 async def login(d: Dashboard, request: Request) -> Response:
@@ -528,6 +631,8 @@ def app(
                 return state.render(request, "message", "Bad request", 400, message=refused)
             try:
                 return await endpoint(state, request)
+            except BadQuery as exc:
+                return state.render(request, "message", "Bad request", 400, message=exc.message)
             except JobError as exc:
                 return state.render(request, "message", "Database unavailable", 503, message=exc.message)
 
@@ -544,6 +649,8 @@ def app(
     routes += [
         Route("/jobs/{job_id}", bind(job)),
         Route("/instance", bind(instance)),
+        Route("/workflow", bind(workflow)),
+        Route("/workflows/cancel", bind(workflow_cancel), methods=["POST"]),
         Route("/metrics", bind(metrics)),
         Route("/login", bind(login), methods=["GET", "POST"]),
         Route("/jobs/{job_id}/{verb}", bind(job_action), methods=["POST"]),

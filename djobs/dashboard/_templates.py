@@ -128,6 +128,47 @@ INSTANCE = """{% extends "base" %}{% block content %}
 {% if data is not none %}<h2>Data</h2><pre>{{ data }}</pre>{% endif %}
 {% endblock %}"""
 
+WORKFLOWS = """{% extends "base" %}{% block content %}
+<form method="get" action="{{ base }}/workflows" id="filters">
+<label>status <select name="status"><option value="">any</option>
+{% for s in statuses %}<option value="{{ s }}" {{ 'selected' if s == f.status else '' }}>{{ s }}</option>{% endfor %}</select></label>
+<label>name <input name="name" value="{{ f.name or '' }}" size="14"></label>
+<label>tenant <input name="tenant" value="{{ f.tenant or '' }}" size="10"></label>
+<label>per page <input name="limit" value="{{ f.limit }}" size="3"></label>
+<button type="submit" id="apply">filter</button></form>
+<table id="workflows"><tr><th>workflow</th><th>id</th><th>tenant</th><th>status</th><th class="n">steps done</th><th>current step</th><th>wakes at</th><th>updated</th></tr>
+{% for v, w in rows %}<tr><td>{{ v.record.name }}</td><td><a class="workflow" href="{{ base }}/workflow?key={{ v.record.key|urlencode }}">{{ printable(v.record.instance_id) }}</a></td>
+<td>{{ v.record.tenant_id or '' }}</td><td><span class="status s-{{ v.record.status }}">{{ v.record.status }}</span></td><td class="n">{{ v.record.execute_count }}</td>
+<td>{{ (w.current_step or '') if w else '(log unreadable)' }}</td><td>{{ w.wake_at.isoformat(timespec='seconds') if w and w.wake_at else '' }}</td><td>{{ when(v.record.updated_at) }}</td></tr>
+{% else %}<tr><td colspan="8">no workflows match</td></tr>{% endfor %}</table>
+{% if next_page %}<a id="next" href="{{ base }}/workflows?{{ next_page }}">next page →</a>{% endif %}
+{% endblock %}"""
+
+WORKFLOW = """{% extends "base" %}{% import "action" as a %}{% block content %}
+{% set r = v.record %}
+<table><tr><th>workflow</th><td>{{ r.name }}</td></tr><tr><th>id</th><td>{{ printable(r.instance_id) }}</td></tr>
+<tr><th>tenant</th><td>{{ r.tenant_id or '-' }}</td></tr>
+<tr><th>status</th><td><span id="status" class="status s-{{ r.status }}">{{ r.status }}</span>{% if w and w.cancel_requested %} <span id="cancel-requested">(cancel requested)</span>{% endif %}</td></tr>
+{% if w %}<tr><th>current step</th><td id="current">{{ w.current_step or '-' }}</td></tr>
+<tr><th>wakes at</th><td id="wake-at">{{ w.wake_at.isoformat(timespec='seconds') if w.wake_at else '-' }}</td></tr>
+<tr><th>steps done</th><td>{{ w.steps_finished }}</td></tr>
+{% if w.error %}<tr><th>error</th><td class="error" id="error">{{ w.error.tag }}: {{ w.error.message }}</td></tr>{% endif %}{% endif %}
+<tr><th>runs</th><td>{{ r.run_count }}</td></tr>
+<tr><th>lease</th><td>{{ v.lease_owner or '-' }}{% if v.lease_expires_at %} until {{ when(v.lease_expires_at) }}{% endif %}</td></tr>
+<tr><th>created</th><td>{{ when(r.created_at) }}</td></tr><tr><th>updated</th><td>{{ when(r.updated_at) }}</td></tr></table>
+{% if can_act and r.status not in ('completed', 'failed', 'cancelled') %}<p id="actions">{{ a.action('/workflows/cancel?key=' ~ (r.key|urlencode), 'cancel', csrf) }}</p>{% endif %}
+{% if w %}<h2>Steps</h2>
+<table id="steps"><tr><th>#</th><th>kind</th><th>name</th><th>done</th><th class="n">attempts</th><th>until</th><th>at</th><th class="n">ms</th><th>error</th></tr>
+{% for e in w.steps %}<tr><td class="n">{{ loop.index0 }}</td><td>{{ e.kind }}</td><td>{{ e.name }}</td>
+<td>{{ 'cancelled' if e.cancelled else ('timed out' if e.timed_out else ('yes' if e.done else 'no')) }}</td><td class="n">{{ e.attempts or '' }}</td>
+<td>{{ e.until.isoformat(timespec='seconds') if e.until else '' }}</td><td>{{ e.at.isoformat(timespec='seconds') if e.at else '' }}</td>
+<td class="n">{{ e.duration_ms or '' }}</td><td>{{ (e.error.tag ~ ': ' ~ e.error.message) if e.error else '' }}</td></tr>
+{% else %}<tr><td colspan="9">no steps yet</td></tr>{% endfor %}</table>
+{% else %}<h2>Step log</h2><p class="error">This djobs cannot read the step log; it is shown as stored.</p><pre>{{ log }}</pre>{% endif %}
+<h2>Input</h2><pre id="input">{{ input }}</pre>
+{% if refresh %}<p class="note">This page reloads every {{ refresh }} s while the workflow is {{ r.status }}.</p>{% endif %}
+{% endblock %}"""
+
 CRON = """{% extends "base" %}{% import "action" as a %}{% block content %}
 <table><tr><th>name</th><th>job</th><th>schedule</th><th>zone</th><th>enabled</th><th>next runs</th><th>last run</th>{% if can_act %}<th></th>{% endif %}</tr>
 {% for c, runs in crons %}<tr><td>{{ c.name }}</td><td>{{ c.job_name }}</td><td><code>{{ c.expression }}</code></td><td>{{ c.tz }}</td>
@@ -167,6 +208,8 @@ TEMPLATES = {
     "job": JOB,
     "instances": INSTANCES,
     "instance": INSTANCE,
+    "workflows": WORKFLOWS,
+    "workflow": WORKFLOW,
     "cron": CRON,
     "failed": FAILED,
     "login": LOGIN,

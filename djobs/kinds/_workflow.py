@@ -72,7 +72,7 @@ from .._execution import Checkout, Env, run_body, run_call
 from .._input import check_text, clean_text, text_problem
 from .._logging import JobLog, LoggingOption
 from .._retry import Retry
-from ..storage import Alarm, CancelRequests, Checkin, ClearAlarm, InstanceRecord, SetAlarm
+from ..storage import Alarm, CancelRequests, Checkin, ClearAlarm, InstanceRecord, SetAlarm, Storage
 from ..tracking import TrackedEvent
 from ._common import D_contra, Definition, InstanceClient, TenantScoped, check_id, check_name, instance_key
 from ._task import When, resolve_when
@@ -1129,6 +1129,7 @@ class WorkflowStatus(msgspec.Struct, frozen=True, kw_only=True):
         wake_at: When the workflow is next woken (a sleep's end, a wait's
             timeout, a retry), if it is.
         error: The error a failed or cancelled workflow ended with.
+        cancel_requested: A cancel is recorded and has yet to reach the body.
         steps: Every recorded call, in order.
         created_at: When it was started.
         updated_at: When it last changed.
@@ -1139,6 +1140,7 @@ class WorkflowStatus(msgspec.Struct, frozen=True, kw_only=True):
     current_step: str | None = None
     wake_at: datetime | None = None
     error: dict[str, str] | None = None
+    cancel_requested: bool = False
     steps: list[StepInfo] = msgspec.field(default_factory=list)
     created_at: datetime | None = None
     updated_at: datetime | None = None
@@ -1211,10 +1213,56 @@ def describe_workflow(record: InstanceRecord, alarm: Alarm | None, current: str 
         # A run alarm is a guard against a crash mid-run (or a wake-up due now), not a wake-up time.
         wake_at=None if alarm is None or status in _FINAL or alarm.purpose == _RUN else to_datetime(alarm.fire_at),
         error=_error_dict(log.error),
+        cancel_requested=log.cancel_requested and status not in _FINAL,
         steps=[_step_info(e) for e in log.entries],
         created_at=to_datetime(record.created_at),
         updated_at=to_datetime(record.updated_at),
     )
+
+
+async def cancel_stored(
+    storage: Storage, key: str, reason: str | None, now_ms: int, owner: str, lease_ms: int = 30_000
+) -> str:
+    """Cancel the stored workflow `key` from a process that runs no engine (the dashboard).
+
+    With the workflow's lease (no engine is running it), the cancel is written
+    to its log with an alarm due now, as ``client.cancel`` writes it: an
+    engine's alarm sleeper wakes it at its next poll and the body gets
+    `WorkflowCancelledError` where it stands. Without it (an engine runs it
+    now), the cancel is noted beside it (`CancelRequests`) and that engine
+    cancels the running step within `CANCEL_POLL_SECONDS`.
+
+    Returns:
+        What was done, for a person.
+
+    Raises:
+        InstanceNotFoundError: No workflow `key` is stored.
+        InvalidStateError: It has already ended.
+        StorageError: The storage failed, or it holds no cancel notes and an engine runs the workflow.
+    """
+    loaded = await storage.load(key)
+    if loaded is None or loaded[0].kind != KIND:
+        raise InstanceNotFoundError(KIND, key)
+    if loaded[0].status in _FINAL:
+        raise InvalidStateError(f"workflow {key!r} has already ended {loaded[0].status}")
+    if not await storage.acquire_instance_lease(key, owner, now_ms, lease_ms):
+        if not isinstance(storage, CancelRequests):
+            raise StorageError(f"workflow {key!r} is running in an engine now; try again")
+        await storage.request_cancel(key, reason, now_ms)
+        return "cancel noted: the engine running it cancels its step within a second"
+    try:
+        loaded = await storage.load(key)  # again, under the lease
+        if loaded is None or loaded[0].status in _FINAL:
+            raise InvalidStateError(f"workflow {key!r} has ended meanwhile")
+        record = loaded[0]
+        log = _read_log(record)
+        if not log.cancel_requested:
+            log.cancel_requested, log.cancel_reason = True, reason
+            record.data, record.updated_at = _encoder.encode(log), now_ms
+            await storage.commit(Checkin(key=key, record=record, alarm=SetAlarm(now_ms, _RUN), lease_owner=owner))
+    finally:
+        await storage.release_instance_leases([key], owner)
+    return "cancel recorded: an engine wakes the workflow at its next alarm poll and its body is cancelled"
 
 
 # -- the handler ------------------------------------------------------------------------------
