@@ -5,7 +5,8 @@ Transact on its SQLite system database, measured in the same run. Each
 djobs workflow is started through the client (one transaction), woken by its
 alarm, runs three steps (each checkpointed in its own commit) and commits its
 result; the figure counts the ``workflow.completed`` events, which are emitted
-after that commit. DBOS (``pip install dbos``, an optional bench-only
+after that commit. CPU seconds per 1,000 workflows (each side's median) is the
+steadier figure on a shared machine. DBOS (``pip install dbos``, an optional bench-only
 dependency, in the ``bench`` extra) runs the same workflow, called directly;
 ``--no-peers`` measures djobs alone and leaves DBOS's figures ``null``.
 """
@@ -120,28 +121,36 @@ def main() -> None:
     if args.peers:
         require_peer("dbos")
     cpu0 = cpu_seconds()
-    rates = []
+    rates, cpus = [], []
     for _ in range(args.runs):
         with temp_db() as path:
+            before = cpu_seconds()
             rates.append(trio.run(djobs_run, path, args.count, args.concurrency))
+            cpus.append((cpu_seconds() - before) / args.count * 1000)
     rate = median(rates)
     dbos_rate: int | None = None
+    dbos_cpu: float | None = None
     dbos_version: str | None = None
     if args.peers:
         from importlib.metadata import version
 
-        dbos_rates = []
+        dbos_rates, dbos_cpus = [], []
         for _ in range(args.runs):
             with temp_db() as path:
+                before = cpu_seconds()
                 dbos_rates.append(dbos_run(path, args.dbos_count))
+                dbos_cpus.append((cpu_seconds() - before) / args.dbos_count * 1000)
         dbos_rate = round(median(dbos_rates))
+        dbos_cpu = round(median(dbos_cpus), 3)
         dbos_version = version("dbos")
     ratio = None if dbos_rate is None else round(rate / dbos_rate, 1)
     report(
         "workflow",
         count=args.count,
         workflows_per_s=round(rate),
+        cpu_s_per_1000=round(median(cpus), 3),
         dbos_workflows_per_s=dbos_rate,
+        dbos_cpu_s_per_1000=dbos_cpu,
         dbos_version=dbos_version,
         ratio_to_dbos=ratio,
         targets={"workflows_per_s": 5_000, "ratio_to_dbos": 10},
