@@ -519,8 +519,8 @@ def _check_tasks(snap: Snapshot, history: History, problems: list[str], final: b
 def _check_jobs(snap: Snapshot, history: History, problems: list[str], final: bool, clean_worker: str | None) -> None:
     by_seq: dict[int, str] = {}
     for job_id, row in snap.jobs.items():
-        if row["name"] in ("pulse", "wfjob"):
-            continue  # the cron job's own jobs (_check_cron) and the child workflows' (_check_workflows)
+        if row["name"] == "pulse":
+            continue  # the cron job's own jobs: _check_cron
         if row["name"] != "chore":
             problems.append(f"job {job_id}: a job named {row['name']!r}, which nothing enqueues")
             continue
@@ -631,8 +631,6 @@ def _check_workflows(snap: Snapshot, history: History, problems: list[str], fina
                 problems.append(
                     f"{key}: step {entry.name!r} is recorded with {token!r}, which no journaled run returned"
                 )
-        if child:
-            _check_child_job(key, wid, row, log, snap, problems, final)
         for step in ("d",) if child else ("a", "b", "c"):
             committed = history.wf_committed.get((wid, step))
             again = [r for r in history.wf_runs.get((wid, step), []) if committed is not None and r["t0"] > committed]
@@ -644,20 +642,6 @@ def _check_workflows(snap: Snapshot, history: History, problems: list[str], fina
             problems.append(f"{key}: still has an alarm {snap.alarms[key]} after the workload settled")
         if final and row["status"] != "completed":
             problems.append(f"{key}: {row['status']} after the workload settled (log: {row['data'][:200]!r})")
-
-
-def _check_child_job(
-    key: str, wid: str, row: dict[str, Any], log: _Log, snap: Snapshot, problems: list[str], final: bool
-) -> None:
-    """A child workflow's ``ctx.job`` enqueued one job, ever, and the recorded wait names that job."""
-    jobs = [j for j, r in snap.jobs.items() if r["name"] == "wfjob" and msgspec.json.decode(r["params"])["wid"] == wid]
-    if len(jobs) > 1:
-        problems.append(f"{key}: its ctx.job enqueued {len(jobs)} jobs: {sorted(jobs)}")
-    waits = [e for e in log.entries if e.kind == "job"]
-    if waits and (not jobs or waits[0].name != f"wfjob:{jobs[0]}"):
-        problems.append(f"{key}: waits for {waits[0].name!r}, but the stored jobs are {sorted(jobs)}")
-    if final and row["status"] == "completed" and (len(jobs) != 1 or snap.jobs[jobs[0]]["status"] != "completed"):
-        problems.append(f"{key}: completed, but its job is {[snap.jobs[j]['status'] for j in jobs]}")
 
 
 def overlaps(history: History) -> list[str]:

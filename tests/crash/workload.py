@@ -302,29 +302,9 @@ async def wf_effect(wid: str, step: str) -> str:
     return token
 
 
-class Parcel(msgspec.Struct):
-    wid: str
-
-
-async def wf_job(params: Parcel, ctx: djobs.JobContext) -> Parcel:
-    """The job a child workflow enqueues and waits for (``ctx.job``): one row per workflow, ever."""
-    await WORLD.nap()
-    WORLD.record("wf_job", key=f"job:{ctx.job_id}", job=ctx.job_id, id=params.wid, attempt=ctx.attempt)
-    return Parcel(f"job-{params.wid}")
-
-
-WF_JOB = djobs.Job.make(
-    "wfjob", params=Parcel, result=Parcel, execute=wf_job, retry=Retry(max_attempts=50, delay="100 ms"), logging=None
-)
-
-
 async def flow_child(params: Flow, ctx: djobs.WorkflowContext) -> str:
     token = await ctx.step("d", wf_effect, ctx.instance_id, "d")
     WORLD.record("wf_committed", id=ctx.instance_id, step="d", token=token)
-    # A job enqueued once through every kill, whose result must reach the workflow.
-    done = await ctx.job(WF_JOB, Parcel(ctx.instance_id), poll="200 ms")
-    if done.wid != f"job-{ctx.instance_id}":
-        raise RuntimeError(f"the job's result came back as {done!r}")
     return token
 
 
@@ -376,7 +356,6 @@ def definitions(profile: str) -> list[Any]:
         ),
         djobs.Workflow.make("flow", input=Flow, result=list[str], execute=flow, retry=retry, logging=None),
         FLOW_CHILD,
-        WF_JOB,
     ]
 
 
