@@ -25,9 +25,9 @@ import trio
 
 from .._errors import DuplicateEventError, StorageError
 from ..storage import (
+    CancelRequests,
     Checkin,
     ClearAlarm,
-    CancelRequests,
     InstanceLister,
     InstanceRecord,
     QueueStorage,
