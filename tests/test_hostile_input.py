@@ -1384,7 +1384,10 @@ def test_the_wal_is_bounded_after_a_large_transaction(tmp_path: Any) -> None:
 
     sizes: list[os.stat_result] = []
     trio.run(scenario)
-    assert sizes[0].st_size <= WAL_SIZE_LIMIT_BYTES
+    # Between checkpoints the WAL holds up to wal_autocheckpoint pages (1 MiB) plus the last
+    # commit's, each page with a 24-byte frame header: a little over 1 MiB while jobs run, and
+    # far below the 8 MB the large transaction took.
+    assert sizes[0].st_size <= 2 * WAL_SIZE_LIMIT_BYTES
 
 
 @pytest.mark.parametrize("how", ["deleted", "replaced"])
