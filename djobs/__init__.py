@@ -9,6 +9,9 @@ from ._client import Client as Client
 from ._clock import Clock as Clock
 from ._clock import VirtualClock as VirtualClock
 from ._clock import WallClock as WallClock
+from ._dead_letters import DeadLetterInfo as DeadLetterInfo
+from ._dead_letters import DeadLetterRetryResult as DeadLetterRetryResult
+from ._dead_letters import DeadLettersClient as DeadLettersClient
 from ._durations import DurationLike as DurationLike
 from ._durations import parse_duration as parse_duration
 from ._engine import Engine as Engine
@@ -121,6 +124,9 @@ __all__ = [
     "CronInfo",
     "CronJob",
     "CronsClient",
+    "DeadLetterInfo",
+    "DeadLetterRetryResult",
+    "DeadLettersClient",
     "Debounce",
     "DebounceClient",
     "DebounceContext",

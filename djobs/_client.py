@@ -7,6 +7,7 @@ from typing import Any, TypeVar, overload
 
 from returns.future import FutureResult
 
+from ._dead_letters import DeadLetters, DeadLettersClient
 from ._durations import DurationLike
 from ._errors import StorageError, TenantError, ValidationError
 from ._event import Event
@@ -44,11 +45,13 @@ class Client:
         *,
         queue: JobQueue | None = None,
         crons: CronScheduler | None = None,
+        dead_letters: DeadLetters | None = None,
         tenant_id: str | None = None,
     ) -> None:
         self._handlers = handlers
         self._queue = queue
         self._crons = crons
+        self._dead_letters = dead_letters
         self._tenant_id = tenant_id
 
     @property
@@ -69,7 +72,9 @@ class Client:
             job_id = (await acme.job(send_email).later(Email("a@acme.test"))).unwrap()
             ```
         """
-        return Client(self._handlers, queue=self._queue, crons=self._crons, tenant_id=tenant_id)
+        return Client(
+            self._handlers, queue=self._queue, crons=self._crons, dead_letters=self._dead_letters, tenant_id=tenant_id
+        )
 
     def _job_queue(self) -> JobQueue:
         if self._queue is None:
@@ -96,6 +101,18 @@ class Client:
                 that does not implement `QueueStorage`).
         """
         return JobsClient(self._job_queue(), self._tenant_id)
+
+    @property
+    def dead_letters(self) -> DeadLettersClient:
+        """The verbs on dead letters (work that failed for good, of every kind):
+        list, get, retry, discard, purge.
+
+        Raises:
+            StorageError: The client was built without an engine's dead letters.
+        """
+        if self._dead_letters is None:
+            raise StorageError("this client has no engine's dead letters")
+        return DeadLettersClient(self._dead_letters, self._tenant_id)
 
     @property
     def crons(self) -> CronsClient:

@@ -15,6 +15,7 @@ from typing_extensions import TypeVar as DefaultTypeVar
 
 from ._client import Client
 from ._clock import Clock, WallClock
+from ._dead_letters import DeadLetters
 from ._durations import DurationLike, duration, to_ms
 from ._errors import StorageError, ValidationError
 from ._execution import Env
@@ -365,7 +366,7 @@ async def open_engine_as(
                 env, store, nursery, handlers, worker, tenancy, runtime.owner
             )
             # Before any body can run (an alarm due at startup, a claimed job): ctx.client is this.
-            client = Client(handlers, queue=queue, crons=crons)
+            client = Client(handlers, queue=queue, crons=crons, dead_letters=DeadLetters(runtime, handlers, queue))
             env.client_for = lambda tenant: client if tenant is None else client.for_tenant(tenant)
             if runtime.fires_alarms:
                 nursery.start_soon(alarms)

@@ -453,6 +453,35 @@ def test_jobs_retry(capsys: pytest.CaptureFixture[str], db: Built) -> None:
     assert run(capsys, "jobs", "retry", "nope", *path)[0] == ExitCode.NOT_FOUND
 
 
+def test_dead_letters_list_show_discard(capsys: pytest.CaptureFixture[str], db: Built) -> None:
+    path = db.args
+    [letter] = run_json(capsys, "dead-letters", "list", *path)
+    assert (letter["id"], letter["kind"], letter["name"], letter["ref"]) == (db.failed, "job", "greet", db.failed)
+    assert letter["payload"] == {"name": "fail"} and letter["attempts"] == 1
+    assert letter["error"]["tag"] == "retry_exhausted" and "no greeting for fail" in letter["error"]["message"]
+    assert run_json(capsys, "dead-letters", "list", "--kind", "debounce", *path) == []
+    code, out, _ = run(capsys, "dead-letters", "list", *path)
+    assert code == 0 and db.failed in out and "retry_exhausted: gave up after 1 attempt(s)" in out
+    code, out, _ = run(capsys, "dead-letters", "show", db.failed, *path)
+    assert code == 0 and '{"name":"fail"}' in out and "job id" in out
+    assert run(capsys, "dead-letters", "show", "nope", *path)[0] == ExitCode.NOT_FOUND
+    code, out, _ = run(capsys, "dead-letters", "discard", db.failed, *path)
+    assert (code, out) == (0, f"dead letter {db.failed} (job greet) discarded\n")
+    assert run_json(capsys, "dead-letters", "list", *path) == []
+    assert job_row(db, db.failed)["status"] == "failed"  # the job's own row stays
+    assert run(capsys, "dead-letters", "discard", db.failed, *path)[0] == ExitCode.NOT_FOUND
+
+
+def test_dead_letters_retry(capsys: pytest.CaptureFixture[str], db: Built) -> None:
+    path = db.args
+    code, out, _ = run(capsys, "dead-letters", "retry", db.failed, *path)
+    assert (code, out) == (0, f"job {db.failed} (greet): due again now; dead letter {db.failed} removed\n")
+    row = job_row(db, db.failed)
+    assert (row["status"], row["attempt_count"], row["scheduled_for"]) == ("pending", 0, AT_5M.at_ms)
+    assert run_json(capsys, "dead-letters", "list", *path) == []
+    assert run(capsys, "dead-letters", "retry", db.failed, *path)[0] == ExitCode.NOT_FOUND
+
+
 def test_cron_list(capsys: pytest.CaptureFixture[str], db: Built) -> None:
     [cron] = run_json(capsys, "cron", "list", *db.args)
     assert cron == {

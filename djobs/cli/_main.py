@@ -15,7 +15,7 @@ from .._clock import Clock, WallClock
 from .._errors import JobError
 from .._input import text_problem
 from ..storage._inspect import JOB_STATUSES
-from . import _read, _run, _workflows
+from . import _dead_letters, _read, _run, _workflows
 from ._actions import printable
 from ._exit import CommandError, ExitCode, exit_code
 
@@ -183,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tenant", help="only this tenant's jobs")
 
     _workflows.add_commands(commands, common, _positive)
+    _dead_letters.add_commands(commands, common, _positive)
 
     crons = command("cron", None, "list, enable, disable or run cron jobs")
     sub = crons.add_subparsers(title="commands", metavar="COMMAND", required=True)

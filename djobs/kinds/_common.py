@@ -5,10 +5,11 @@ from __future__ import annotations
 import copy
 import logging
 import sys
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from types import CoroutineType, FrameType
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Self
 
 import msgspec
 from returns.future import FutureResult
@@ -17,7 +18,8 @@ from typing_extensions import TypeVar
 
 from .._errors import JobError, JobNotFoundError, StorageError, TenantError, ValidationError
 from .._input import check_text, clean_text, text_problem
-from ..storage import Checkin
+from ..storage import Checkin, InstanceRecord
+from ..storage._base import DeadLetter, DeadLetterKind, InstanceRevival
 
 if TYPE_CHECKING:
     from .._runtime import AlarmTarget, Runtime
@@ -56,6 +58,50 @@ _log = logging.getLogger("djobs.client")
 
 #: Longest instance id accepted, in characters.
 MAX_ID_LENGTH = 512
+
+
+#: What a Continuous or Task instance ended by exhausted retries becomes: deleted with its
+#: state (``terminate``, the seed's behaviour) or kept as a dead letter (``dead_letter``).
+OnExhausted = Literal["terminate", "dead_letter"]
+
+
+def check_on_exhausted(on_exhausted: object, what: str) -> OnExhausted:
+    """Validate a definition's `on_exhausted` (raises: a bad literal is a bug in the program)."""
+    if on_exhausted == "terminate" or on_exhausted == "dead_letter":
+        return on_exhausted
+    raise ValidationError(f"{what}: on_exhausted must be 'terminate' or 'dead_letter', got {on_exhausted!r:.80}")
+
+
+_letter_error = msgspec.json.Encoder()
+
+
+def instance_dead_letter(
+    record: InstanceRecord,
+    *,
+    kind: DeadLetterKind,
+    revived: InstanceRecord,
+    purpose: str,
+    error: JobError | None,
+    attempts: int,
+    now: int,
+    over: str | None = None,
+) -> DeadLetter:
+    """The dead letter of an instance's lost work: `revived` is the row a retry of the letter
+    stores (with an alarm due at once for `purpose`, over an instance in status `over`)."""
+    revival = InstanceRevival(key=record.key, record=revived, purpose=purpose, over=over)
+    return DeadLetter(
+        id=str(uuid.uuid4()),
+        kind=kind,
+        name=record.name,
+        ref=record.instance_id,
+        tenant_id=record.tenant_id,
+        payload=revived.state,
+        error=None if error is None else _letter_error.encode({"tag": error.tag, "message": clean_text(error.message)}),
+        attempts=attempts,
+        event_count=revived.event_count,
+        revive=msgspec.json.encode(revival),
+        created_at=now,
+    )
 
 
 def check_name(name: object, kind: str) -> str:

@@ -47,10 +47,13 @@ from ._common import (
     D_contra,
     Definition,
     InstanceClient,
+    OnExhausted,
     StateResult,
     TenantScoped,
     TerminateResult,
     check_name,
+    check_on_exhausted,
+    instance_dead_letter,
     instance_key,
     terminate_instance,
 )
@@ -128,6 +131,7 @@ class Continuous(Definition[D_contra], Generic[S, D_contra]):
     retry: Retry | None = None
     logging: LoggingOption = False
     limits: RunLimits = NO_LIMITS
+    on_exhausted: OnExhausted = "terminate"
 
     @classmethod
     def make(
@@ -142,6 +146,7 @@ class Continuous(Definition[D_contra], Generic[S, D_contra]):
         logging: LoggingOption = False,
         timeout: DurationLike | None = None,
         blocking: bool = False,
+        on_exhausted: OnExhausted = "terminate",
     ) -> Continuous[S, D_contra]:
         """Define a continuous job.
 
@@ -164,6 +169,11 @@ class Continuous(Definition[D_contra], Generic[S, D_contra]):
             blocking: ``True`` runs a synchronous `execute` in a worker thread
                 (``trio.to_thread``), so a body that blocks does not stall the
                 engine or let its lease lapse; an ``async def`` body is refused.
+            on_exhausted: What an instance whose retries are exhausted becomes:
+                ``"terminate"`` (default) deletes it with its state;
+                ``"dead_letter"`` deletes it too but keeps its last state as a
+                dead letter (``engine.client.dead_letters``), which a retry
+                starts again with that state and runs at once.
 
         Raises:
             ValidationError: A malformed option (also a `timeout` that is not
@@ -176,7 +186,8 @@ class Continuous(Definition[D_contra], Generic[S, D_contra]):
             raise ValidationError(f"Continuous {name!r}: schedule must come from djobs.every() or djobs.cron()")
         check_body(execute, f"Continuous {name!r}: execute")
         limits = definition_limits(timeout, blocking, {"execute": execute}, f"Continuous {name!r}")
-        return cls(name, state, schedule, execute, start_immediately, retry, logging, limits)
+        exhausted = check_on_exhausted(on_exhausted, f"Continuous {name!r}")
+        return cls(name, state, schedule, execute, start_immediately, retry, logging, limits, exhausted)
 
     def bind(self, runtime: Runtime) -> ContinuousHandler[S]:
         """The handler that runs this job inside an engine (used by the engine)."""
@@ -422,9 +433,22 @@ class ContinuousHandler(TenantScoped, Generic[S]):
         now = env.now_ms()
         record.run_count, record.updated_at = run_count, now
         if outcome_kind in ("terminated", "exhausted"):
+            letter = None
             if outcome_kind == "exhausted":
                 events.append(env.event("job.terminated", record.key, KIND, job.name, reason="retry_exhausted"))
-            await env.commit(Checkin(key=record.key, record=None), events)
+                if job.on_exhausted == "dead_letter":
+                    # The state the failed run started from; a retry of the letter runs it again at once.
+                    again = msgspec.structs.replace(record, status="running", attempt=1)
+                    letter = instance_dead_letter(
+                        record,
+                        kind="continuous",
+                        revived=again,
+                        purpose="run",
+                        error=outcome.error,
+                        attempts=attempt,
+                        now=now,
+                    )
+            await env.commit(Checkin(key=record.key, record=None, dead_letter=letter), events)
         elif outcome_kind == "retrying":
             record.attempt = attempt + 1
             assert outcome.retry_at is not None

@@ -23,8 +23,10 @@ How a batch is kept:
 - A failed flush retries by the job's `Retry` policy and keeps its batch;
   events added meanwhile join it. Exhausted retries purge the instance
   (state, alarm and event ids). A failure that is not retried (no policy,
-  or an error that is not retryable) drops the batch: it is logged and
-  emitted as ``job.failed``, and the instance goes idle.
+  or an error that is not retryable) ends the batch: it is logged and
+  emitted as ``job.failed``, and the instance goes idle. Either way the
+  batch is kept as a dead letter (``client.dead_letters``), in the same
+  check-in.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ from ._common import (
     StateResult,
     TenantScoped,
     check_name,
+    instance_dead_letter,
     instance_key,
 )
 
@@ -285,7 +288,7 @@ class Debounce(Definition[D_contra], Generic[E, S, D_contra]):
                 ``RequiresContextFutureResult`` run with the services, ...);
                 its success value is dropped.
             retry: How a failed flush is retried; ``None`` does not retry (the
-                batch is dropped and ``job.failed`` emitted).
+                batch is kept as a dead letter and ``job.failed`` emitted).
             logging: ``True`` (debug), ``False`` (errors only), a level, or ``None`` (silent).
             timeout: The longest a flush, or an ``on_event``, may take; a
                 longer one is cancelled and fails with `JobTimeoutError` (a
@@ -363,8 +366,8 @@ class DebounceStatus(msgspec.Struct, frozen=True):
 class FlushResult(msgspec.Struct, frozen=True):
     """The result of ``flush``: whether a batch was flushed and how the flush ended.
 
-    ``outcome`` is ``succeeded``, ``failed`` (not retried: the batch was
-    dropped), ``retrying`` (the batch is kept for a retry), ``exhausted`` or
+    ``outcome`` is ``succeeded``, ``failed`` (not retried: the batch is now a
+    dead letter), ``retrying`` (the batch is kept for a retry), ``exhausted`` or
     ``terminated`` (the instance was purged); ``None`` when the instance was
     idle and there was nothing to flush. A failed flush is not a failed call.
     """
@@ -878,6 +881,7 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         assert record.state is not None
         state = decode(job.state, record.state, what="state")
         outcome_kind: OutcomeKind
+        error: JobError | None = None
         kept = False  # a clear stopped the flush: the batch goes, the instance and its event ids stay
         if isinstance(state, Failure):
             outcome_kind, error = "failed", state.failure()
@@ -915,13 +919,29 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
             body = offloaded(job.execute, job.limits, what)
             outcome = await execute(env, info, checkout, lambda: body(ctx), job.retry, events, log, job.limits, what)
             outcome_kind, retry_at, duration_ms = outcome.kind, outcome.retry_at, outcome.duration_ms
+            error = outcome.error
             kept = outcome_kind == "terminated" and checkout.keep_instance
         now = env.now_ms()
         record.run_count = run_count
+        # A batch whose flush failed for good is kept as a dead letter, with its events'
+        # state; retrying the letter flushes it again on this instance.
+        letter = None
+        if outcome_kind in ("exhausted", "failed"):
+            batch = msgspec.structs.replace(record, status="debouncing", attempt=1, data=None, updated_at=now)
+            letter = instance_dead_letter(
+                record,
+                kind="debounce",
+                revived=batch,
+                purpose="flush_after",
+                error=error,
+                attempts=attempt,
+                now=now,
+                over="idle",
+            )
         if outcome_kind == "exhausted" or (outcome_kind == "terminated" and not kept):
             if outcome_kind == "exhausted":
                 events.append(env.event("job.terminated", record.key, KIND, job.name, reason="retry_exhausted"))
-            await env.commit(Checkin(key=record.key, record=None), events)
+            await env.commit(Checkin(key=record.key, record=None, dead_letter=letter), events)
         elif outcome_kind == "retrying":
             assert retry_at is not None
             record.attempt, record.updated_at = attempt + 1, now
@@ -941,9 +961,9 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
                     )
                 )
             elif outcome_kind == "failed":
-                log.error("flush failed and is not retried; its batch of %d event(s) is dropped", count)
+                log.error("flush failed and is not retried; its batch of %d event(s) is kept as a dead letter", count)
             _make_idle(record, now)
-            await env.commit(Checkin(key=record.key, record=record, alarm=ClearAlarm()), events)
+            await env.commit(Checkin(key=record.key, record=record, alarm=ClearAlarm(), dead_letter=letter), events)
         return outcome_kind
 
 

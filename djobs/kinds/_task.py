@@ -59,16 +59,20 @@ from .._limits import NO_LIMITS, RunLimits, definition_limits, offloaded
 from .._logging import JobLog, LoggingOption
 from .._retry import Retry
 from ..storage import Alarm, Checkin, ClearAlarm, InstanceRecord, SetAlarm
+from ..storage._base import DeadLetter
 from ..tracking import TrackedEvent
 from ._common import (
     MAX_ID_LENGTH,
     D_contra,
     Definition,
     InstanceClient,
+    OnExhausted,
     StateResult,
     TenantScoped,
     TerminateResult,
     check_name,
+    check_on_exhausted,
+    instance_dead_letter,
     instance_key,
     terminate_instance,
 )
@@ -373,6 +377,7 @@ class Task(Definition[D_contra], Generic[S, Ev, D_contra]):
     retry: Retry | None = None
     logging: LoggingOption = False
     limits: RunLimits = NO_LIMITS
+    on_exhausted: OnExhausted = "terminate"
 
     @classmethod
     def make(
@@ -389,6 +394,7 @@ class Task(Definition[D_contra], Generic[S, Ev, D_contra]):
         logging: LoggingOption = False,
         timeout: DurationLike | None = None,
         blocking: bool = False,
+        on_exhausted: OnExhausted = "terminate",
     ) -> Task[S, Ev, D_contra]:
         """Define a task job.
 
@@ -413,6 +419,12 @@ class Task(Definition[D_contra], Generic[S, Ev, D_contra]):
             blocking: ``True`` runs synchronous handlers in a worker thread
                 (``trio.to_thread``), so a handler that blocks does not stall
                 the engine; an ``async def`` handler is refused.
+            on_exhausted: What a task ended by exhausted retries (its
+                ``on_error`` terminated it after the last attempt failed)
+                becomes: ``"terminate"`` (default) deletes it with its state;
+                ``"dead_letter"`` keeps the state the failed execute started
+                from as a dead letter (``engine.client.dead_letters``), which a
+                retry brings back and executes at once.
 
         Raises:
             ValidationError: The definition is malformed (a bug in the program).
@@ -440,7 +452,8 @@ class Task(Definition[D_contra], Generic[S, Ev, D_contra]):
             {"on_event": on_event, "execute": execute, "on_idle": on_idle, "on_error": on_error},
             f"Task {name!r}",
         )
-        return cls(name, state, event, on_event, execute, on_idle, on_error, retry, logging, limits)
+        exhausted = check_on_exhausted(on_exhausted, f"Task {name!r}")
+        return cls(name, state, event, on_event, execute, on_idle, on_error, retry, logging, limits, exhausted)
 
     def bind(self, runtime: Runtime) -> TaskHandler[S, Ev]:
         """The handler that runs this job inside an engine (used by the engine)."""
@@ -727,6 +740,7 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
             await env.commit(Checkin(key=record.key, record=record, alarm=ClearAlarm()), events)
             return execute_count, "failed", None
         before = loaded_state.unwrap()
+        before_raw = record.state
         draft: _Draft[S | None] = _Draft(before)
         ctx = self._context(record, draft, log, attempt)
         info = RunInfo(record.key, KIND, job.name, execute_count, attempt)
@@ -771,7 +785,19 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
                     f"the on_error of task {job.name!r}",
                 )
                 if ran.terminated:
-                    await self._purge(record, ran.reason, events, err_log)
+                    letter = None
+                    if kind == "exhausted" and job.on_exhausted == "dead_letter":
+                        again = msgspec.structs.replace(record, state=before_raw, status="active", attempt=1)
+                        letter = instance_dead_letter(
+                            record,
+                            kind="task",
+                            revived=again,
+                            purpose=_EXECUTE,
+                            error=error,
+                            attempts=attempt,
+                            now=env.now_ms(),
+                        )
+                    await self._purge(record, ran.reason, events, err_log, letter)
                     return execute_count, "terminated", None
                 if isinstance(ran.result, Failure):
                     self._handler_failed(record, "on_error", ran.result.failure(), events, err_log)
@@ -859,10 +885,17 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
             )
         )
 
-    async def _purge(self, record: InstanceRecord, reason: str | None, events: list[TrackedEvent], log: JobLog) -> None:
+    async def _purge(
+        self,
+        record: InstanceRecord,
+        reason: str | None,
+        events: list[TrackedEvent],
+        log: JobLog,
+        letter: DeadLetter | None = None,
+    ) -> None:
         log.info("terminated: %s", reason or "no reason given")
         events.append(self._event(record, "job.terminated", reason=reason))
-        await self.env.commit(Checkin(key=record.key, record=None), events)
+        await self.env.commit(Checkin(key=record.key, record=None, dead_letter=letter), events)
 
 
 class TaskClient(InstanceClient[TaskHandler[S, Ev]], Generic[S, Ev]):

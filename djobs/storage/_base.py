@@ -78,6 +78,120 @@ class Checkin(msgspec.Struct, kw_only=True):
     #: If set, the commit happens only while `lease_owner` still holds the
     #: instance's lease; otherwise it fails with `LeaseLostError` and writes nothing.
     lease_owner: str | None = None
+    #: A dead letter to keep, written in the same transaction (a Debounce batch
+    #: whose flush failed, the final state of an instance ended by exhausted retries).
+    dead_letter: DeadLetter | None = None
+
+
+# -- dead letters ---------------------------------------------------------------------
+
+#: What a dead letter holds: a queued job whose last attempt failed (``job``), a Debounce
+#: batch whose flush failed (``debounce``), the final state of a Continuous or Task
+#: instance ended by exhausted retries (``continuous``, ``task``).
+DeadLetterKind = Literal["job", "debounce", "continuous", "task"]
+
+
+class InstanceRevival(msgspec.Struct, frozen=True, kw_only=True):
+    """How retrying an instance's dead letter brings it back, decided by its kind when
+    the letter is written: `record` is stored under `key` with an alarm due at once for
+    `purpose`, if no instance is stored there (or the one stored is in status `over`: a
+    Debounce instance left ``idle``, whose accepted event ids stay)."""
+
+    key: str
+    record: InstanceRecord
+    purpose: str
+    over: str | None = None
+
+
+class JobRevival(msgspec.Struct, frozen=True, kw_only=True):
+    """What retrying a job's dead letter needs when the job's row was purged since."""
+
+    max_attempts: int = 1
+    priority: int = 0
+    correlation_id: str | None = None
+
+
+class DeadLetter(msgspec.Struct, kw_only=True):
+    """Work that failed for good, kept for a person to inspect, retry or discard. Times are epoch ms.
+
+    Attributes:
+        id: The letter's id: a job's letter has the job's id.
+        kind: See `DeadLetterKind`.
+        name: The definition's name.
+        ref: The job's id, or the instance's id.
+        tenant_id: The job's or instance's tenant.
+        payload: The JSON of the job's params, the batch's state or the instance's state.
+        error: JSON ``{"tag": ..., "message": ...}`` of the last failure.
+        attempts: The attempts made.
+        event_count: The events in a Debounce batch (0 otherwise).
+        revive: The JSON of a `JobRevival` or an `InstanceRevival`.
+        created_at: When the work failed for good.
+    """
+
+    id: str
+    kind: DeadLetterKind
+    name: str
+    ref: str
+    tenant_id: str | None = None
+    payload: bytes | None = None
+    error: bytes | None = None
+    attempts: int = 0
+    event_count: int = 0
+    revive: bytes | None = None
+    created_at: int = 0
+
+
+class DeadLetterFilter(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``list_dead_letters`` selects: every given field must match; letters come
+    newest first (by `created_at`, then id), starting after the letter `after`."""
+
+    kind: DeadLetterKind | None = None
+    name: str | None = None
+    tenant_id: str | None = None
+    after: str | None = None
+    limit: int = 100
+
+
+#: What ``revive_dead_letter`` did: ``revived`` (the letter is gone, its work is due now),
+#: ``missing`` (no such letter), ``occupied`` (the job or instance it would bring back
+#: exists and is live, or another engine holds the instance: nothing was changed).
+Revival = Literal["revived", "missing", "occupied"]
+
+
+@runtime_checkable
+class DeadLetterStorage(Protocol):
+    """The dead-letter table, on SQLite and PostgreSQL. Every method is one transaction.
+
+    Letters are written by the storage itself when a job's row ends ``failed`` (every
+    path: a failed last attempt, a lease reclaimed on the last attempt), and by a
+    `Checkin`'s `dead_letter` for instances; a job's letter goes when the job is retried.
+    """
+
+    async def list_dead_letters(self, where: DeadLetterFilter) -> list[DeadLetter]:
+        """The letters `where` selects, newest first."""
+        ...
+
+    async def get_dead_letter(self, letter_id: str) -> DeadLetter | None:
+        """The letter with this id, or ``None``."""
+        ...
+
+    async def discard_dead_letter(self, letter_id: str) -> bool:
+        """Delete the letter; whether it existed."""
+        ...
+
+    async def revive_dead_letter(self, letter_id: str, now: int, lease_owner: str | None) -> Revival:
+        """Bring the letter's work back, due at `now`, and delete the letter, in one transaction.
+
+        A job's letter puts its ``failed`` or ``cancelled`` row back to pending with a fresh
+        attempt budget (or inserts it again, with its id, if it was purged). An instance's
+        letter applies its `InstanceRevival`, only while no engine other than `lease_owner`
+        holds an unexpired lease on the instance.
+        """
+        ...
+
+    async def purge_dead_letters(self, before: int, limit: int) -> int:
+        """Delete up to `limit` letters written before `before` (epoch ms); how many."""
+        ...
 
 
 class LeaseLostError(StorageError):

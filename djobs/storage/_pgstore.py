@@ -30,6 +30,7 @@ import secrets
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Literal, TypeVar, final
 
+import msgspec
 import psycopg
 import psycopg.errors
 import trio
@@ -45,17 +46,24 @@ from ._base import (
     ClearAlarm,
     CronRecord,
     CronSpec,
+    DeadLetter,
+    DeadLetterFilter,
     ExpiredLease,
     HeldStarts,
     InstanceRecord,
+    InstanceRevival,
     JobFilter,
     JobRecord,
+    JobRevival,
     JobSettlement,
     JobStatusName,
     LeaseLostError,
     NewJob,
+    Revival,
     SetAlarm,
 )
+from ._dead_letters import DEAD_LETTER_COLUMNS as _DEAD_LETTER_COLUMNS
+from ._dead_letters import dead_letter_query, dead_letter_row
 from ._pgconn import (
     Connection,
     Pool,
@@ -220,6 +228,45 @@ MIGRATIONS: list[str] = [
         reason text,
         requested_at bigint NOT NULL
     );
+    """,
+    # 8: dead letters (see SQLite's version 8): a job's letter is written by a trigger when
+    # its row becomes 'failed' and removed when it leaves 'failed'; instances' come with a
+    # check-in. The WHEN clauses are checked before the function is called, so every
+    # other status change costs nothing but the comparison.
+    """
+    CREATE TABLE dead_letters (
+        id text PRIMARY KEY,
+        kind text NOT NULL,
+        name text NOT NULL,
+        ref text NOT NULL,
+        tenant_id text,
+        payload bytea,
+        error bytea,
+        attempts integer NOT NULL DEFAULT 0,
+        event_count integer NOT NULL DEFAULT 0,
+        revive bytea,
+        created_at bigint NOT NULL
+    );
+    CREATE INDEX dead_letters_created ON dead_letters (created_at, id);
+    CREATE FUNCTION jobs_dead_letter() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+    BEGIN
+        IF NEW.status = 'failed' THEN
+            INSERT INTO dead_letters (id, kind, name, ref, tenant_id, payload, error, attempts, revive, created_at)
+            VALUES (NEW.id, 'job', NEW.name, NEW.id, NEW.tenant_id, NEW.params, NEW.error, NEW.attempt_count,
+                    convert_to(json_build_object('max_attempts', NEW.max_attempts, 'priority', NEW.priority,
+                                                 'correlation_id', NEW.correlation_id)::text, 'UTF8'),
+                    coalesce(NEW.completed_at, NEW.updated_at))
+            ON CONFLICT (id) DO UPDATE SET payload = excluded.payload, error = excluded.error,
+                attempts = excluded.attempts, revive = excluded.revive, created_at = excluded.created_at;
+        ELSE
+            DELETE FROM dead_letters WHERE id = NEW.id AND kind = 'job';
+        END IF;
+        RETURN NULL;
+    END
+    $$;
+    CREATE TRIGGER jobs_dead_letter AFTER UPDATE OF status ON jobs FOR EACH ROW
+    WHEN ((NEW.status = 'failed') <> (OLD.status = 'failed'))
+    EXECUTE FUNCTION jobs_dead_letter();
     """,
 ]
 
@@ -433,6 +480,35 @@ _NEXT_CRON = (
 )
 
 
+_INSERT_DEAD_LETTER = f"""
+    INSERT INTO dead_letters ({_DEAD_LETTER_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)
+    ON CONFLICT (id) DO NOTHING
+"""
+_REVIVE_PURGED_JOB = """
+    INSERT INTO jobs (id, name, params, max_attempts, scheduled_for, priority, correlation_id, tenant_id,
+                      created_at, updated_at)
+    VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)
+"""
+_revival_decoder = msgspec.json.Decoder(InstanceRevival)
+_job_revival_decoder = msgspec.json.Decoder(JobRevival)
+
+
+def _dead_letter(r: Sequence[Any]) -> DeadLetter:
+    return DeadLetter(
+        id=r[0],
+        kind=r[1],
+        name=r[2],
+        ref=r[3],
+        tenant_id=r[4],
+        payload=r[5],
+        error=r[6],
+        attempts=r[7],
+        event_count=r[8],
+        revive=r[9],
+        created_at=r[10],
+    )
+
+
 def channel_name(schema: str) -> str:
     """The NOTIFY channel of a schema's queue (at most 63 bytes, PostgreSQL's identifier limit)."""
     name = f"djobs:{schema}"
@@ -536,6 +612,8 @@ class PostgresStorage:
                 inserted = conn.execute(_INSERT_EVENT_ID, (key, checkin.event_id, created)).fetchone()
                 if inserted is None:
                     raise DuplicateEventError(key, checkin.event_id)  # rolls the transaction back
+            if checkin.dead_letter is not None:
+                conn.execute(_INSERT_DEAD_LETTER, dead_letter_row(checkin.dead_letter))
             if record is None:
                 conn.execute(_DELETE_INSTANCE, (key,))
                 conn.execute(_DELETE_ALARM, (key,))
@@ -954,6 +1032,86 @@ class PostgresStorage:
             return len(ids)
 
         return await self._write(run, "purge_jobs")
+
+    # -- dead letters -------------------------------------------------------------------
+
+    async def list_dead_letters(self, where: DeadLetterFilter) -> list[DeadLetter]:
+        query, args = dead_letter_query(where, "%s")
+        return await self._run(lambda conn: [_dead_letter(r) for r in conn.execute(query.encode(), args)], "list")
+
+    @staticmethod
+    def _get_dead_letter(conn: Connection, letter_id: str, lock: str = "") -> DeadLetter | None:
+        row = conn.execute(
+            f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = %s {lock}".encode(), (letter_id,)
+        ).fetchone()
+        return None if row is None else _dead_letter(row)
+
+    async def get_dead_letter(self, letter_id: str) -> DeadLetter | None:
+        return await self._run(lambda conn: self._get_dead_letter(conn, letter_id), "get_dead_letter")
+
+    async def discard_dead_letter(self, letter_id: str) -> bool:
+        def run(conn: Connection) -> bool:
+            return conn.execute("DELETE FROM dead_letters WHERE id = %s", (letter_id,)).rowcount > 0
+
+        return await self._write(run, "discard_dead_letter")
+
+    async def revive_dead_letter(self, letter_id: str, now: int, lease_owner: str | None) -> Revival:
+        def run(conn: Connection) -> tuple[Revival, int | None]:
+            # FOR UPDATE: two revivals of one letter take turns; the second finds it gone.
+            letter = self._get_dead_letter(conn, letter_id, "FOR UPDATE")
+            if letter is None:
+                return "missing", None
+            if letter.kind == "job":
+                row = conn.execute("SELECT status FROM jobs WHERE id = %s FOR UPDATE", (letter.ref,)).fetchone()
+                if row is None:
+                    how = _job_revival_decoder.decode(letter.revive or b"{}")
+                    conn.execute(
+                        _REVIVE_PURGED_JOB,
+                        (
+                            letter.ref,
+                            letter.name,
+                            letter.payload or b"{}",
+                            how.max_attempts,
+                            now,
+                            how.priority,
+                            how.correlation_id,
+                            letter.tenant_id,
+                            now,
+                            now,
+                        ),
+                    )
+                elif row[0] in ("failed", "cancelled"):
+                    conn.execute(_RETRY_JOB, {"id": letter.ref, "now": now})
+                else:
+                    return "occupied", None
+                conn.execute("DELETE FROM dead_letters WHERE id = %s", (letter_id,))
+                return "revived", now
+            revival = _revival_decoder.decode(letter.revive or b"")
+            held = conn.execute(
+                "SELECT owner FROM instance_leases WHERE key = %s AND expires_at > %s"
+                " AND owner IS DISTINCT FROM %s FOR SHARE",
+                (revival.key, now, lease_owner),
+            ).fetchone()
+            stored = conn.execute("SELECT status FROM instances WHERE key = %s FOR UPDATE", (revival.key,)).fetchone()
+            if held is not None or (stored is not None and stored[0] != revival.over):
+                return "occupied", None
+            record = msgspec.structs.replace(revival.record, updated_at=now)
+            conn.execute(_UPSERT_INSTANCE, instance_args(revival.key, record))
+            conn.execute(_SET_ALARM, (revival.key, now, now, revival.purpose))
+            conn.execute("DELETE FROM dead_letters WHERE id = %s", (letter_id,))
+            return "revived", None
+
+        return await self._write_and_notify(run, "revive_dead_letter")
+
+    async def purge_dead_letters(self, before: int, limit: int) -> int:
+        def run(conn: Connection) -> int:
+            sql = (
+                "DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters WHERE created_at < %s"
+                " ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED)"
+            )
+            return conn.execute(sql, (before, limit)).rowcount
+
+        return await self._write(run, "purge_dead_letters")
 
     async def read(self, fn: Callable[[Connection], T], what: str) -> T:
         """Run `fn` (reads only) on a pooled connection in one transaction; for inspection."""

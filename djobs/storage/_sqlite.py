@@ -30,17 +30,24 @@ from ._base import (
     ClearAlarm,
     CronRecord,
     CronSpec,
+    DeadLetter,
+    DeadLetterFilter,
     ExpiredLease,
     HeldStarts,
     InstanceRecord,
+    InstanceRevival,
     JobFilter,
     JobRecord,
+    JobRevival,
     JobSettlement,
     JobStatusName,
     LeaseLostError,
     NewJob,
+    Revival,
     SetAlarm,
 )
+from ._dead_letters import DEAD_LETTER_COLUMNS as _DEAD_LETTER_COLUMNS
+from ._dead_letters import dead_letter_query, dead_letter_row
 from ._rows import (
     CRON_COLUMNS,
     alarm_record,
@@ -262,6 +269,41 @@ MIGRATIONS: list[str] = [
         requested_at INTEGER NOT NULL
     );
     """,
+    # 8: dead letters. A job's letter is written by a trigger whenever its row becomes
+    # 'failed' (a failed last attempt, a lease reclaimed on the last attempt: every path,
+    # in the statement's own transaction), and removed when the row leaves 'failed'
+    # (a retry). Instances' letters come with a check-in.
+    """
+    CREATE TABLE dead_letters (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        ref TEXT NOT NULL,
+        tenant_id TEXT,
+        payload BLOB,
+        error BLOB,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        event_count INTEGER NOT NULL DEFAULT 0,
+        revive BLOB,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX dead_letters_created ON dead_letters(created_at, id);
+    CREATE TRIGGER jobs_dead_letter AFTER UPDATE OF status ON jobs
+    WHEN NEW.status = 'failed' AND OLD.status <> 'failed'
+    BEGIN
+        INSERT OR REPLACE INTO dead_letters
+            (id, kind, name, ref, tenant_id, payload, error, attempts, revive, created_at)
+        VALUES (NEW.id, 'job', NEW.name, NEW.id, NEW.tenant_id, NEW.params, NEW.error, NEW.attempt_count,
+                CAST(json_object('max_attempts', NEW.max_attempts, 'priority', NEW.priority,
+                                 'correlation_id', NEW.correlation_id) AS BLOB),
+                coalesce(NEW.completed_at, NEW.updated_at));
+    END;
+    CREATE TRIGGER jobs_dead_letter_retried AFTER UPDATE OF status ON jobs
+    WHEN OLD.status = 'failed' AND NEW.status <> 'failed'
+    BEGIN
+        DELETE FROM dead_letters WHERE id = NEW.id AND kind = 'job';
+    END;
+    """,
 ]
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -388,6 +430,34 @@ _NEXT_CRON = (
 )
 
 _names_encoder = msgspec.json.Encoder()
+
+
+_INSERT_DEAD_LETTER = f"INSERT OR REPLACE INTO dead_letters ({_DEAD_LETTER_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+# The row a job's letter brings back when the job itself was purged: pending, due now, its old id.
+_REVIVE_PURGED_JOB = """
+    INSERT INTO jobs (id, name, params, max_attempts, scheduled_for, priority, correlation_id, tenant_id,
+                      created_at, updated_at)
+    VALUES (?,?,?,?,?,?,?,?,?,?)
+"""
+_revival_decoder = msgspec.json.Decoder(InstanceRevival)
+_job_revival_decoder = msgspec.json.Decoder(JobRevival)
+
+
+def _dead_letter(r: Any) -> DeadLetter:
+    revive = r[9].encode() if isinstance(r[9], str) else r[9]  # a trigger's json_object is text
+    return DeadLetter(
+        id=r[0],
+        kind=r[1],
+        name=r[2],
+        ref=r[3],
+        tenant_id=r[4],
+        payload=r[5],
+        error=r[6],
+        attempts=r[7],
+        event_count=r[8],
+        revive=revive,
+        created_at=r[10],
+    )
 
 
 def _insert_jobs(db: apsw.Connection, jobs: Sequence[NewJob]) -> list[tuple[str, bool]]:
@@ -636,6 +706,8 @@ class SqliteStorage:
                 created = checkin.record.updated_at if checkin.record else 0
                 if _scalar_args(db, _sql.INSERT_EVENT_ID, (key, checkin.event_id, created)) is None:
                     raise DuplicateEventError(key, checkin.event_id)
+            if checkin.dead_letter is not None:
+                db.execute(_INSERT_DEAD_LETTER, dead_letter_row(checkin.dead_letter))
             record = checkin.record
             if record is None:
                 db.execute(_sql.DELETE_INSTANCE, (key,))
@@ -969,6 +1041,83 @@ class SqliteStorage:
                 db.execute(f"DELETE FROM job_keys WHERE job_id IN ({id_marks})", ids)
                 db.execute(f"DELETE FROM jobs WHERE id IN ({id_marks})", ids)
             return len(ids)
+
+        return await self.write(run)
+
+    # -- dead letters -------------------------------------------------------------------
+
+    async def list_dead_letters(self, where: DeadLetterFilter) -> list[DeadLetter]:
+        sql, args = dead_letter_query(where, "?")
+        return await self.read(lambda db: [_dead_letter(r) for r in db.execute(sql, args)])
+
+    def _get_dead_letter(self, db: apsw.Connection, letter_id: str) -> DeadLetter | None:
+        sql = f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = ?"
+        return next((_dead_letter(r) for r in db.execute(sql, (letter_id,))), None)
+
+    async def get_dead_letter(self, letter_id: str) -> DeadLetter | None:
+        return await self.read(lambda db: self._get_dead_letter(db, letter_id))
+
+    async def discard_dead_letter(self, letter_id: str) -> bool:
+        def run(db: apsw.Connection) -> bool:
+            db.execute("DELETE FROM dead_letters WHERE id = ?", (letter_id,))
+            return db.changes() > 0
+
+        return await self.write(run)
+
+    async def revive_dead_letter(self, letter_id: str, now: int, lease_owner: str | None) -> Revival:
+        def run(db: apsw.Connection) -> Revival:
+            letter = self._get_dead_letter(db, letter_id)
+            if letter is None:
+                return "missing"
+            if letter.kind == "job":
+                status = _scalar_args(db, "SELECT status FROM jobs WHERE id = ?", (letter.ref,))
+                if status is None:
+                    how = _job_revival_decoder.decode(letter.revive or b"{}")
+                    db.execute(
+                        _REVIVE_PURGED_JOB,
+                        (
+                            letter.ref,
+                            letter.name,
+                            letter.payload or b"{}",
+                            how.max_attempts,
+                            now,
+                            how.priority,
+                            how.correlation_id,
+                            letter.tenant_id,
+                            now,
+                            now,
+                        ),
+                    )
+                elif status in ("failed", "cancelled"):
+                    db.execute(_sql.RETRY_JOB, {"id": letter.ref, "now": now})
+                else:
+                    return "occupied"
+            else:
+                revival = _revival_decoder.decode(letter.revive or b"")
+                held = _scalar_args(
+                    db,
+                    "SELECT owner FROM instance_leases WHERE key = ? AND expires_at > ? AND owner IS NOT ?",
+                    (revival.key, now, lease_owner),
+                )
+                stored = _scalar_args(db, "SELECT status FROM instances WHERE key = ?", (revival.key,))
+                if held is not None or (stored is not None and stored != revival.over):
+                    return "occupied"
+                record = msgspec.structs.replace(revival.record, updated_at=now)
+                db.execute(_sql.UPSERT_INSTANCE, instance_args(revival.key, record))
+                db.execute(
+                    "INSERT OR REPLACE INTO alarms (key, fire_at, due_at, purpose) VALUES (?, ?, ?, ?)",
+                    (revival.key, now, now, revival.purpose),
+                )
+            db.execute("DELETE FROM dead_letters WHERE id = ?", (letter_id,))
+            return "revived"
+
+        return await self.write(run)
+
+    async def purge_dead_letters(self, before: int, limit: int) -> int:
+        def run(db: apsw.Connection) -> int:
+            sql = "DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters WHERE created_at < ? LIMIT ?)"
+            db.execute(sql, (before, limit))
+            return db.changes()
 
         return await self.write(run)
 

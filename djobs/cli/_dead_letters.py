@@ -1,0 +1,170 @@
+"""``djobs dead-letters list|show|retry|discard``: work that failed for good.
+
+The database is opened as the other commands open it (a SQLite file or a
+PostgreSQL DSN, never created or migrated). ``retry`` and ``discard`` write
+through the storage's own dead-letter methods, the ones an engine's client
+uses: a retried job is pending again at once (a running engine's worker
+takes it at its next poll, or at once on PostgreSQL), a retried instance's
+alarm is due now and fires in the engine that runs its definition. An
+instance an engine holds right now (its lease is live) is refused; retry it
+through that engine's client, or once the engine let it go.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .._clock import Clock
+from ..storage._base import DeadLetter, DeadLetterFilter, DeadLetterStorage
+from ..storage._inspect import Opened
+from ._actions import printable
+from ._exit import CommandError, ExitCode
+from ._output import fields, iso, note, print_json, table, when
+from ._read import _clip, _compact, _json_value, _open
+
+KINDS = ("job", "debounce", "continuous", "task")
+
+
+def add_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], common: list[argparse.ArgumentParser], limit: Any
+) -> None:
+    """Add ``dead-letters list|show|retry|discard`` to the ``djobs`` parser."""
+    group = commands.add_parser(
+        "dead-letters", help="list, show, retry or discard work that failed for good (dead letters)"
+    )
+    group.set_defaults(run=None)
+    sub = group.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    p = sub.add_parser("list", help="list dead letters, newest first", parents=common)
+    p.set_defaults(run=letters_list)
+    p.add_argument("--kind", choices=KINDS)
+    p.add_argument("--name", help="only this definition's letters")
+    p.add_argument("--tenant", help="only this tenant's letters")
+    p.add_argument("--after", metavar="ID", help="start after this letter (the next page)")
+    p.add_argument("--limit", type=limit, default=50, help="at most this many (default 50)")
+    for name, run, help in (
+        ("show", letters_show, "one letter: what failed, its payload and error"),
+        ("retry", letters_retry, "bring the work back, due now, and delete the letter"),
+        ("discard", letters_discard, "delete the letter for good"),
+    ):
+        p = sub.add_parser(name, help=help, description=help, parents=common)
+        p.set_defaults(run=run)
+        p.add_argument("id", metavar="ID", help="the letter's id (a job's letter has the job's id)")
+
+
+def _store(db: Opened) -> DeadLetterStorage:
+    if not isinstance(db.storage, DeadLetterStorage):
+        raise CommandError(f"{db.where} keeps no dead letters", ExitCode.FAILED)
+    return db.storage
+
+
+async def _get(store: DeadLetterStorage, letter_id: str) -> DeadLetter:
+    letter = await store.get_dead_letter(letter_id)
+    if letter is None:
+        raise CommandError(f"no dead letter with id {letter_id!r} is stored", ExitCode.NOT_FOUND)
+    return letter
+
+
+def _error_text(letter: DeadLetter) -> str | None:
+    error = _json_value(letter.error)
+    if isinstance(error, dict):
+        return f"{error.get('tag', '?')}: {error.get('message', '')}"
+    return None if error is None else str(error)
+
+
+def _letter_json(letter: DeadLetter) -> dict[str, Any]:
+    return {
+        "id": letter.id,
+        "kind": letter.kind,
+        "name": letter.name,
+        "ref": letter.ref,
+        "tenant_id": letter.tenant_id,
+        "payload": _json_value(letter.payload),
+        "error": _json_value(letter.error),
+        "attempts": letter.attempts,
+        "event_count": letter.event_count,
+        "failed_at": iso(letter.created_at),
+    }
+
+
+async def letters_list(args: argparse.Namespace, clock: Clock) -> ExitCode:
+    """``djobs dead-letters list``: letters, newest first."""
+    where = DeadLetterFilter(kind=args.kind, name=args.name, tenant_id=args.tenant, after=args.after, limit=args.limit)
+    async with _open(args) as db:
+        letters = await _store(db).list_dead_letters(where)
+    if args.json:
+        print_json([_letter_json(letter) for letter in letters])
+        return ExitCode.OK
+    if not letters:
+        note("no dead letters match")
+        return ExitCode.OK
+    rows = [
+        [le.id, le.kind, le.name, printable(le.ref), le.attempts, when(le.created_at), _clip(_error_text(le), 60)]
+        for le in letters
+    ]
+    print(table(["ID", "KIND", "NAME", "REF", "ATTEMPTS", "FAILED", "ERROR"], rows, right=[4]))
+    if len(letters) == args.limit:
+        note(f"showing the first {args.limit}; see more with --after {letters[-1].id}")
+    return ExitCode.OK
+
+
+async def letters_show(args: argparse.Namespace, clock: Clock) -> ExitCode:
+    """``djobs dead-letters show ID``: one letter with its payload and error."""
+    async with _open(args) as db:
+        letter = await _get(_store(db), args.id)
+    if args.json:
+        print_json(_letter_json(letter))
+        return ExitCode.OK
+    print(
+        fields(
+            [
+                ("id", letter.id),
+                ("kind", letter.kind),
+                ("name", letter.name),
+                ("job id" if letter.kind == "job" else "instance", printable(letter.ref)),
+                ("tenant", letter.tenant_id),
+                ("attempts", letter.attempts),
+                ("events", letter.event_count if letter.kind == "debounce" else None),
+                ("failed", when(letter.created_at)),
+                ("payload", _compact(_json_value(letter.payload))),
+                ("error", _error_text(letter)),
+            ]
+        )
+    )
+    return ExitCode.OK
+
+
+async def letters_retry(args: argparse.Namespace, clock: Clock) -> ExitCode:
+    """``djobs dead-letters retry ID``: the work is due again now; the letter is gone."""
+    async with _open(args, write=True) as db:
+        store = _store(db)
+        letter = await _get(store, args.id)
+        outcome = await store.revive_dead_letter(letter.id, clock.now_ms(), None)
+    if outcome == "missing":
+        raise CommandError(f"no dead letter with id {args.id!r} is stored", ExitCode.NOT_FOUND)
+    what = "job" if letter.kind == "job" else f"{letter.kind} instance"
+    if outcome == "occupied":
+        raise CommandError(
+            f"dead letter {letter.id}: {what} {printable(letter.ref)!r} of {letter.name!r} is live again, or an "
+            "engine holds it right now; nothing was changed (retry through that engine's client, or later)",
+            ExitCode.FAILED,
+        )
+    if args.json:
+        print_json({"id": letter.id, "kind": letter.kind, "name": letter.name, "ref": letter.ref, "retried": True})
+    else:
+        print(f"{what} {printable(letter.ref)} ({letter.name}): due again now; dead letter {letter.id} removed")
+    return ExitCode.OK
+
+
+async def letters_discard(args: argparse.Namespace, clock: Clock) -> ExitCode:
+    """``djobs dead-letters discard ID``: the letter is deleted for good."""
+    async with _open(args, write=True) as db:
+        store = _store(db)
+        letter = await _get(store, args.id)
+        if not await store.discard_dead_letter(letter.id):
+            raise CommandError(f"no dead letter with id {args.id!r} is stored", ExitCode.NOT_FOUND)
+    if args.json:
+        print_json({"id": letter.id, "discarded": True})
+    else:
+        print(f"dead letter {letter.id} ({letter.kind} {letter.name}) discarded")
+    return ExitCode.OK
