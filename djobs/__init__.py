@@ -34,6 +34,7 @@ from ._pipeline import ask as ask
 from ._pipeline import non_retryable as non_retryable
 from ._pipeline import progress as progress
 from ._results import unwrap_or_raise as unwrap_or_raise
+from ._retention import Retention as Retention
 from ._retry import Backoff as Backoff
 from ._retry import Retry as Retry
 from ._schedule import Cron as Cron
@@ -157,6 +158,7 @@ __all__ = [
     "JobsClient",
     "NonDeterminismError",
     "NoopTracker",
+    "Retention",
     "Retry",
     "RetryExhaustedError",
     "RetryResult",

@@ -20,6 +20,7 @@ from ._durations import DurationLike, duration, to_ms
 from ._errors import StorageError, ValidationError
 from ._execution import Env
 from ._input import DEFAULT_MAX_PAYLOAD_BYTES, check_payload_limit
+from ._retention import Retention, retention_loop
 from ._runtime import DEFAULT_INSTANCE_LEASE, Runtime
 from ._worker import Worker, WorkerOptions
 from .kinds._common import Definition
@@ -174,6 +175,7 @@ def open_engine(
     tenancy: Tenancy = "optional",
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     instance_lease: DurationLike = DEFAULT_INSTANCE_LEASE,
+    retention: Retention | None = None,
 ) -> AbstractAsyncContextManager[Engine[None]]: ...
 @overload
 def open_engine(
@@ -193,6 +195,7 @@ def open_engine(
     tenancy: Tenancy = "optional",
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     instance_lease: DurationLike = DEFAULT_INSTANCE_LEASE,
+    retention: Retention | None = None,
 ) -> AbstractAsyncContextManager[Engine[D]]: ...
 def open_engine(
     definitions: Sequence[Definition[Any]],
@@ -211,6 +214,7 @@ def open_engine(
     tenancy: Tenancy = "optional",
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     instance_lease: DurationLike = DEFAULT_INSTANCE_LEASE,
+    retention: Retention | None = None,
 ) -> AbstractAsyncContextManager[Engine[Any]]:
     """Open an engine in the current Trio task; it runs until the block exits.
 
@@ -249,6 +253,10 @@ def open_engine(
             blocks that instance's verbs in other processes until it ends,
             unless the dead process ran on this host (same host name, so the
             same process table): such a lease is freed at once.
+        retention: What this engine purges in the background, and after how
+            long (`Retention`): finished jobs, idempotency keys, accepted
+            event ids, dead letters. ``None`` (default) keeps everything. A
+            client-only engine (``worker=None``) purges nothing.
 
     Raises:
         RuntimeError: Entered outside ``trio.run`` (under asyncio, say):
@@ -280,6 +288,7 @@ def open_engine(
         tenancy=tenancy,
         max_payload_bytes=max_payload_bytes,
         instance_lease=instance_lease,
+        retention=retention,
     )
 
 
@@ -302,6 +311,7 @@ async def open_engine_as(
     tenancy: Tenancy = "optional",
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     instance_lease: DurationLike = DEFAULT_INSTANCE_LEASE,
+    retention: Retention | None = None,
 ) -> AsyncIterator[EngineT]:
     """`open_engine`, yielding an `Engine` subclass (the test engine's typed attributes)."""
     require_trio("open_engine")
@@ -370,6 +380,8 @@ async def open_engine_as(
             env.client_for = lambda tenant: client if tenant is None else client.for_tenant(tenant)
             if runtime.fires_alarms:
                 nursery.start_soon(alarms)
+                if retention is not None:
+                    nursery.start_soon(_guarded, functools.partial(retention_loop, store, env.clock, retention))
                 for handler in handlers.values():
                     # A kind's own loop (a workflow's watch for cancels noted by other processes).
                     background = getattr(handler, "background", None)

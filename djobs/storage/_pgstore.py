@@ -248,6 +248,9 @@ MIGRATIONS: list[str] = [
         created_at bigint NOT NULL
     );
     CREATE INDEX dead_letters_created ON dead_letters (created_at, id);
+    -- Retention purges event ids and idempotency keys by age.
+    CREATE INDEX event_ids_created ON event_ids (created_at);
+    CREATE INDEX job_keys_created ON job_keys (created_at);
     CREATE FUNCTION jobs_dead_letter() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
     BEGIN
         IF NEW.status = 'failed' THEN
@@ -1102,6 +1105,32 @@ class PostgresStorage:
             return "revived", None
 
         return await self._write_and_notify(run, "revive_dead_letter")
+
+    # -- retention ----------------------------------------------------------------------
+
+    async def purge_event_ids(self, before: int, limit: int) -> int:
+        def run(conn: Connection) -> int:
+            sql = (
+                "DELETE FROM event_ids WHERE (key, event_id) IN (SELECT key, event_id FROM event_ids"
+                " WHERE created_at < %s ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED)"
+            )
+            return conn.execute(sql, (before, limit)).rowcount
+
+        return await self._write(run, "purge_event_ids")
+
+    async def purge_job_keys(self, before: int, limit: int) -> int:
+        def run(conn: Connection) -> int:
+            # A key is never purged while its job is live: a repeat then still finds the job.
+            sql = (
+                "DELETE FROM job_keys WHERE (tenant_id, name, key) IN ("
+                " SELECT k.tenant_id, k.name, k.key FROM job_keys AS k WHERE k.created_at < %s"
+                " AND NOT EXISTS (SELECT 1 FROM jobs"
+                " WHERE jobs.id = k.job_id AND jobs.status IN ('pending', 'running'))"
+                " ORDER BY k.created_at LIMIT %s FOR UPDATE OF k SKIP LOCKED)"
+            )
+            return conn.execute(sql, (before, limit)).rowcount
+
+        return await self._write(run, "purge_job_keys")
 
     async def purge_dead_letters(self, before: int, limit: int) -> int:
         def run(conn: Connection) -> int:

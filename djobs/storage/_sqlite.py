@@ -288,6 +288,9 @@ MIGRATIONS: list[str] = [
         created_at INTEGER NOT NULL
     );
     CREATE INDEX dead_letters_created ON dead_letters(created_at, id);
+    -- Retention purges event ids and idempotency keys by age.
+    CREATE INDEX event_ids_created ON event_ids(created_at);
+    CREATE INDEX job_keys_created ON job_keys(created_at);
     CREATE TRIGGER jobs_dead_letter AFTER UPDATE OF status ON jobs
     WHEN NEW.status = 'failed' AND OLD.status <> 'failed'
     BEGIN
@@ -438,6 +441,18 @@ _REVIVE_PURGED_JOB = """
     INSERT INTO jobs (id, name, params, max_attempts, scheduled_for, priority, correlation_id, tenant_id,
                       created_at, updated_at)
     VALUES (?,?,?,?,?,?,?,?,?,?)
+"""
+_PURGE_EVENT_IDS = """
+    DELETE FROM event_ids WHERE (key, event_id) IN (
+        SELECT key, event_id FROM event_ids WHERE created_at < ? ORDER BY created_at LIMIT ?)
+"""
+# A key is never purged while its job is live: a repeat then still finds the job.
+_PURGE_JOB_KEYS = """
+    DELETE FROM job_keys WHERE (tenant_id, name, key) IN (
+        SELECT k.tenant_id, k.name, k.key FROM job_keys AS k
+        WHERE k.created_at < ?
+          AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.id = k.job_id AND jobs.status IN ('pending', 'running'))
+        ORDER BY k.created_at LIMIT ?)
 """
 _revival_decoder = msgspec.json.Decoder(InstanceRevival)
 _job_revival_decoder = msgspec.json.Decoder(JobRevival)
@@ -1110,6 +1125,22 @@ class SqliteStorage:
                 )
             db.execute("DELETE FROM dead_letters WHERE id = ?", (letter_id,))
             return "revived"
+
+        return await self.write(run)
+
+    # -- retention ----------------------------------------------------------------------
+
+    async def purge_event_ids(self, before: int, limit: int) -> int:
+        def run(db: apsw.Connection) -> int:
+            db.execute(_PURGE_EVENT_IDS, (before, limit))
+            return db.changes()
+
+        return await self.write(run)
+
+    async def purge_job_keys(self, before: int, limit: int) -> int:
+        def run(db: apsw.Connection) -> int:
+            db.execute(_PURGE_JOB_KEYS, (before, limit))
+            return db.changes()
 
         return await self.write(run)
 
