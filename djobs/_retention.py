@@ -54,6 +54,10 @@ class Retention:
         dead_letters: Dead letters, from the failure (default 30 days).
         every: How often the engine purges (default 1 hour; at least 1 second).
 
+    The defaults keep what succeeded for a day, as Celery's ``result_expires``
+    does, what failed for a week, and dead letters (what a person must look at)
+    for a month.
+
     Raises:
         ValidationError: An age or `every` that is not a positive duration.
 
