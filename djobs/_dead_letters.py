@@ -31,7 +31,8 @@ from ._durations import DurationLike, parse_duration, to_ms
 from ._errors import InstanceNotFoundError, InvalidStateError, StorageError, ValidationError
 from ._input import check_text
 from .kinds._common import check_id, effect
-from .kinds._job import JobErrorInfo, JobQueue
+from .kinds._job import JobErrorInfo
+from .kinds._job_queue import JobQueue
 from .storage._base import DeadLetter, DeadLetterFilter, DeadLetterKind, DeadLetterStorage, InstanceRevival, Revival
 
 if TYPE_CHECKING:
@@ -210,12 +211,8 @@ class DeadLetters:
             key = _revival.decode(letter.revive or b"").key
             handler = self.handlers.get(letter.name)
             if handler is not None and getattr(getattr(handler, "job", None), "kind", None) == letter.kind:
-                # On the instance's actor, under this engine's lease: no handler of the
-                # instance runs meanwhile, here or in another process.
-                runtime = self.runtime
-                outcome = await runtime.call(key, lambda: store.revive_dead_letter(letter.id, now, runtime.owner))
-                if outcome == "revived":
-                    runtime.poke(now)
+                # The kind's handler: on the instance's actor, under this engine's lease.
+                outcome = await handler.revive_letter(key, letter.id, now)
             else:
                 # Not run here: its alarm wakes the engine that runs it.
                 outcome = await store.revive_dead_letter(letter.id, now, None)

@@ -19,7 +19,7 @@ from typing_extensions import TypeVar
 from .._errors import JobError, JobNotFoundError, StorageError, TenantError, ValidationError
 from .._input import check_text, clean_text, text_problem
 from ..storage import Checkin, InstanceRecord
-from ..storage._base import DeadLetter, DeadLetterKind, InstanceRevival
+from ..storage._base import DeadLetter, DeadLetterKind, DeadLetterStorage, InstanceRevival, Revival
 
 if TYPE_CHECKING:
     from .._runtime import AlarmTarget, Runtime
@@ -102,6 +102,32 @@ def instance_dead_letter(
         revive=msgspec.json.encode(revival),
         created_at=now,
     )
+
+
+async def revive_letter(
+    runtime: Runtime, key: str, letter_id: str, now: int, forget: Callable[[str], None] | None = None
+) -> Revival:
+    """Apply dead letter `letter_id` to instance `key` on the instance's actor, under this
+    engine's lease (no handler of the instance runs meanwhile, here or elsewhere), and wake
+    the alarm sleeper for the alarm it sets. `forget(key)` drops a kind's copy of the row
+    in memory, on the actor, before the row changes.
+
+    Raises:
+        StorageError: The storage keeps no dead letters, or failed.
+    """
+    store = runtime.env.storage
+    if not isinstance(store, DeadLetterStorage):
+        raise StorageError(f"the storage layer {store!r} keeps no dead letters")
+
+    async def run() -> Revival:
+        if forget is not None:
+            forget(key)
+        return await store.revive_dead_letter(letter_id, now, runtime.owner)
+
+    outcome: Revival = await runtime.call(key, run)
+    if outcome == "revived":
+        runtime.poke(now)
+    return outcome
 
 
 def check_name(name: object, kind: str) -> str:

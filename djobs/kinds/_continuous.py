@@ -43,6 +43,7 @@ from .._logging import JobLog, LoggingOption
 from .._retry import Retry
 from .._schedule import Schedule
 from ..storage import Alarm, Checkin, ClearAlarm, InstanceRecord, SetAlarm
+from ..storage._base import Revival
 from ._common import (
     D_contra,
     Definition,
@@ -55,6 +56,7 @@ from ._common import (
     check_on_exhausted,
     instance_dead_letter,
     instance_key,
+    revive_letter,
     terminate_instance,
 )
 
@@ -248,6 +250,10 @@ class ContinuousHandler(TenantScoped, Generic[S]):
 
     def key(self, instance_id: str) -> str:
         return instance_key(KIND, self.job.name, instance_id, self.tenant)
+
+    async def revive_letter(self, key: str, letter_id: str, now: int) -> Revival:
+        """Bring back the instance dead letter `letter_id` holds (see `revive_letter`)."""
+        return await revive_letter(self.runtime, key, letter_id, now)
 
     # -- verbs (each runs on the instance's actor) -------------------------------------
 

@@ -54,6 +54,7 @@ from .._errors import (
     ExecutionError,
     InstanceNotFoundError,
     InvalidStateError,
+    JobError,
     JobNotFoundError,
     StorageError,
     TenantError,
@@ -65,6 +66,7 @@ from .._limits import NO_LIMITS, RunLimits, definition_limits, offloaded
 from .._logging import JobLog, LoggingOption, threshold
 from .._retry import Retry
 from ..storage import Alarm, Checkin, ClearAlarm, InstanceRecord, LeaseLostError, SetAlarm
+from ..storage._base import Revival
 from ..tracking import TrackedEvent
 from ..tracking._base import CALLER_CONTEXT
 from ._common import (
@@ -77,6 +79,7 @@ from ._common import (
     check_name,
     instance_dead_letter,
     instance_key,
+    revive_letter,
 )
 
 if TYPE_CHECKING:
@@ -524,6 +527,11 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
 
     def key(self, instance_id: str) -> str:
         return instance_key(KIND, self.job.name, instance_id, self.tenant)
+
+    async def revive_letter(self, key: str, letter_id: str, now: int) -> Revival:
+        """Bring back the batch dead letter `letter_id` holds (see `revive_letter`); the copy
+        in memory is dropped first, so the next add reads the batch brought back."""
+        return await revive_letter(self.runtime, key, letter_id, now, self._forget)
 
     # -- verbs -------------------------------------------------------------------------
 

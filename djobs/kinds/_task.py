@@ -59,7 +59,7 @@ from .._limits import NO_LIMITS, RunLimits, definition_limits, offloaded
 from .._logging import JobLog, LoggingOption
 from .._retry import Retry
 from ..storage import Alarm, Checkin, ClearAlarm, InstanceRecord, SetAlarm
-from ..storage._base import DeadLetter
+from ..storage._base import DeadLetter, Revival
 from ..tracking import TrackedEvent
 from ._common import (
     MAX_ID_LENGTH,
@@ -74,6 +74,7 @@ from ._common import (
     check_on_exhausted,
     instance_dead_letter,
     instance_key,
+    revive_letter,
     terminate_instance,
 )
 
@@ -544,6 +545,10 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
 
     def key(self, instance_id: str) -> str:
         return instance_key(KIND, self.job.name, instance_id, self.tenant)
+
+    async def revive_letter(self, key: str, letter_id: str, now: int) -> Revival:
+        """Bring back the instance dead letter `letter_id` holds (see `revive_letter`)."""
+        return await revive_letter(self.runtime, key, letter_id, now)
 
     def _state(self, record: InstanceRecord) -> Result[S | None, ValidationError]:
         if record.state is None:
