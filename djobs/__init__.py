@@ -30,13 +30,18 @@ from ._errors import StorageError as StorageError
 from ._errors import TenantError as TenantError
 from ._errors import ValidationError as ValidationError
 from ._event import Event as Event
+from ._ids import Ids as Ids
+from ._ids import RandomIds as RandomIds
+from ._layers import Layers as Layers
 from ._pipeline import ask as ask
 from ._pipeline import non_retryable as non_retryable
 from ._pipeline import progress as progress
 from ._results import unwrap_or_raise as unwrap_or_raise
 from ._retention import Retention as Retention
 from ._retry import Backoff as Backoff
+from ._retry import JitteredRetries as JitteredRetries
 from ._retry import Retry as Retry
+from ._retry import RetryPolicy as RetryPolicy
 from ._schedule import Cron as Cron
 from ._schedule import Every as Every
 from ._schedule import Schedule as Schedule
@@ -142,9 +147,11 @@ __all__ = [
     "Every",
     "ExecutionError",
     "FlushResult",
+    "Ids",
     "InMemoryTracker",
     "InstanceNotFoundError",
     "InvalidStateError",
+    "JitteredRetries",
     "Job",
     "JobCancelledError",
     "JobClient",
@@ -156,11 +163,14 @@ __all__ = [
     "JobRun",
     "JobTimeoutError",
     "JobsClient",
+    "Layers",
     "NonDeterminismError",
     "NoopTracker",
+    "RandomIds",
     "Retention",
     "Retry",
     "RetryExhaustedError",
+    "RetryPolicy",
     "RetryResult",
     "Schedule",
     "SchedulerError",

@@ -5,7 +5,7 @@ handler never finished fires again after the lease), posts each to its
 instance's actor (`djobs._actors`), and sleeps until the earliest alarm is
 due or a commit sets an earlier one. There is no task per stored alarm.
 
-Arrows: the sleeper posts to the actors and reads storage and the clock;
+Arrows: the sleeper posts to the actors and reads the alarm store and the clock;
 kinds register as `AlarmTarget`s without being imported here.
 """
 
@@ -17,10 +17,11 @@ from typing import Protocol
 import trio
 
 from ._actors import Actors
+from ._clock import Clock
 from ._errors import StorageError
-from ._execution import Env
+from ._execution import Handoffs
 from ._wakeup import Wakeup
-from .storage import Alarm
+from .storage import Alarm, AlarmStore
 
 _log = logging.getLogger("djobs.engine")
 
@@ -35,18 +36,34 @@ class AlarmSleeper:
     """Claims due alarms of the registered definitions and dispatches them.
 
     Args:
-        env: The engine's services (storage, clock, the hand-off count).
+        storage: Where the alarms are stored.
+        clock: The clock alarms are due on.
         actors: Where a claimed alarm's handler runs.
+        handoffs: Counts the alarms claimed but not yet posted (`Engine.wait_idle` waits for them).
+        wakeup: What the sleeper sleeps on; a commit that sets an earlier alarm pokes it.
         lease_ms: How long a claimed alarm stays hidden before it fires again.
-        poll_ms: Look for alarms set by other processes at least this often; ``None`` trusts pokes.
         batch: How many alarms one claim takes at most.
+        in_flight: The most claimed alarms whose handlers have not finished
+            (back-pressure); ``0`` means twice `batch`.
     """
 
     def __init__(
-        self, env: Env, actors: Actors, *, lease_ms: int, poll_ms: int | None, batch: int = 200, in_flight: int = 0
+        self,
+        storage: AlarmStore,
+        clock: Clock,
+        actors: Actors,
+        handoffs: Handoffs,
+        wakeup: Wakeup,
+        *,
+        lease_ms: int,
+        batch: int = 200,
+        in_flight: int = 0,
     ) -> None:
-        self._env = env
+        self._storage = storage
+        self._clock = clock
         self._actors = actors
+        self._handoffs = handoffs
+        self._wakeup = wakeup
         self.lease_ms = lease_ms
         self._batch = batch
         #: The most claimed alarms whose handlers have not finished (back-pressure):
@@ -56,7 +73,6 @@ class AlarmSleeper:
         self._room.set()
         self._targets: dict[str, AlarmTarget] = {}
         self._claimed: set[int] = set()
-        self._wakeup = Wakeup(env.clock, poll_ms)
 
     def register(self, prefix: str, target: AlarmTarget) -> None:
         """Route alarms whose key starts with `prefix` (``"continuous:name:"``) to `target`."""
@@ -99,8 +115,7 @@ class AlarmSleeper:
 
     async def loop(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Claim and dispatch due alarms forever; the engine's single alarm task."""
-        env = self._env
-        storage, clock = env.storage, env.clock
+        storage, clock, handoffs = self._storage, self._clock, self._handoffs
         task_status.started()
         while True:
             try:
@@ -119,13 +134,13 @@ class AlarmSleeper:
                         await self._room.wait()
                         continue
                     # Busy until dispatched: the claim hides the alarms before their actors exist.
-                    env.handoffs += 1
+                    handoffs.begin()
                     try:
                         alarms = await storage.claim_alarms(now, self.lease_ms, min(self._batch, free), mine)
                         for alarm in alarms:
                             self._dispatch(alarm)
                     finally:
-                        env.handed_off()
+                        handoffs.end()
                     await trio.lowlevel.checkpoint()
                     continue
             except StorageError as exc:
@@ -138,6 +153,6 @@ class AlarmSleeper:
         """Make the alarms still claimed due again at their fire time (a clean close: a restart fires them at once)."""
         if self._claimed:
             try:
-                await self._env.storage.release_alarms(sorted(self._claimed))
+                await self._storage.release_alarms(sorted(self._claimed))
             except StorageError as exc:
                 _log.warning("could not release claimed alarms on close: %s", exc.message)

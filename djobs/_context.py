@@ -63,7 +63,7 @@ class BaseContext(Generic[D_co]):
         for it) would wait for itself: it fails at once with
         `InvalidStateError` instead.
         """
-        return cast("Client", self._env.client_for(self.tenant_id))
+        return cast("Client", self._env.clients.for_tenant(self.tenant_id))
 
 
 class StatefulContext(BaseContext[D_co], Generic[S, D_co]):

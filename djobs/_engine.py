@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Generic, TypeVar, overload
@@ -19,9 +18,14 @@ from ._dead_letters import DeadLetters
 from ._durations import DurationLike, duration, to_ms
 from ._errors import StorageError, ValidationError
 from ._execution import Env
+from ._ids import RandomIds
 from ._input import DEFAULT_MAX_PAYLOAD_BYTES, check_payload_limit
+from ._layers import Layers
+from ._leases import DEFAULT_INSTANCE_LEASE, InstanceLeases
 from ._retention import Retention, retention_loop
-from ._runtime import DEFAULT_INSTANCE_LEASE, Runtime
+from ._retry import JitteredRetries
+from ._runtime import Runtime
+from ._wakeup import Wakeup
 from ._worker import Worker, WorkerOptions
 from .kinds._common import Definition
 from .kinds._cron import CronHandler, CronScheduler
@@ -88,7 +92,11 @@ class Engine(Generic[D_co]):
                 due = await worker.has_due() or (self._crons is not None and await self._crons.has_due())
             # Work may have been handed off while we waited for the worker (a job that
             # enqueued another, claimed in storage but not yet started): look again.
-            busy = self._runtime.env.handoffs > 0 or not self._runtime.idle or (worker is not None and not worker.idle)
+            busy = (
+                self._runtime.env.handoffs.count > 0
+                or not self._runtime.idle
+                or (worker is not None and not worker.idle)
+            )
             if not due and not busy:
                 return
             # A due alarm the sleeper has not claimed yet: let it run.
@@ -157,6 +165,38 @@ def check_definitions(definitions: Sequence[Definition[Any]]) -> None:
         seen[d.name] = d
 
 
+def layers_from(
+    layers: Layers | None,
+    *,
+    storage: StorageLayer | None,
+    clock: Clock | None,
+    tracker: Tracker | None,
+    seed: int | None,
+) -> Layers:
+    """`open_engine`'s layers: `layers` whole, or built from the single-layer arguments and their defaults."""
+    if layers is None:
+        return Layers(
+            storage=storage if storage is not None else sqlite("djobs.db"),
+            clock=clock if clock is not None else WallClock(),
+            tracker=tracker if tracker is not None else NoopTracker(),
+            retries=JitteredRetries(seed),
+            ids=RandomIds(seed),
+        )
+    if not isinstance(layers, Layers):
+        raise ValidationError(f"layers must be a djobs.Layers, got {type(layers).__name__}")
+    given = [
+        name
+        for name, value in (("storage", storage), ("clock", clock), ("tracker", tracker), ("seed", seed))
+        if value is not None
+    ]
+    if given:
+        raise ValidationError(
+            f"open_engine takes layers= or {', '.join(given)}=, not both"
+            f" (swap one layer with layers.replace({given[0]}=...))"
+        )
+    return layers
+
+
 @overload
 def open_engine(
     definitions: Sequence[Definition[object]],
@@ -164,6 +204,7 @@ def open_engine(
     storage: StorageLayer | None = None,
     clock: Clock | None = None,
     tracker: Tracker | None = None,
+    layers: Layers | None = None,
     services: None = None,
     max_concurrency: int = 100,
     alarm_lease: DurationLike = "5 minutes",
@@ -184,6 +225,7 @@ def open_engine(
     storage: StorageLayer | None = None,
     clock: Clock | None = None,
     tracker: Tracker | None = None,
+    layers: Layers | None = None,
     services: D,
     max_concurrency: int = 100,
     alarm_lease: DurationLike = "5 minutes",
@@ -203,6 +245,7 @@ def open_engine(
     storage: StorageLayer | None = None,
     clock: Clock | None = None,
     tracker: Tracker | None = None,
+    layers: Layers | None = None,
     services: Any = None,
     max_concurrency: int = 100,
     alarm_lease: DurationLike = "5 minutes",
@@ -223,6 +266,9 @@ def open_engine(
         storage: The storage layer; default ``djobs.sqlite("djobs.db")``.
         clock: The clock layer; default the wall clock.
         tracker: Where telemetry goes; default `NoopTracker`.
+        layers: All the layers at once (`Layers`: storage, clock, tracker,
+            retries, ids), instead of `storage`, `clock`, `tracker` and
+            `seed`; giving both is a `ValidationError`.
         services: The application's services, reached by job bodies as
             ``ctx.services``. Typed: every definition must accept them (a
             definition whose bodies take ``ContinuousContext[S, HasTokens]``
@@ -235,7 +281,8 @@ def open_engine(
         alarm_poll_interval: How often the alarm sleeper looks for alarms set
             by other processes; ``None`` trusts this process alone.
         shutdown_grace: How long closing waits for running handlers.
-        seed: Seed for retry jitter (tests); ``None`` is random.
+        seed: Seed for retry jitter and a workflow's ``ctx.random()`` (tests);
+            ``None`` is random.
         logger: The parent logger (default ``logging.getLogger("djobs")``).
         worker: How this engine runs the job queue and cron jobs
             (`WorkerOptions`); ``None`` for a client-only process that
@@ -261,7 +308,8 @@ def open_engine(
     Raises:
         RuntimeError: Entered outside ``trio.run`` (under asyncio, say):
             djobs runs on Trio.
-        ValidationError: Two definitions share a name, or an option is malformed.
+        ValidationError: Two definitions share a name, an option is malformed,
+            or `layers` is given with `storage`, `clock`, `tracker` or `seed`.
         StorageError: The storage cannot be opened (a file that is not a
             djobs database, a newer schema, an unreachable server).
 
@@ -274,15 +322,12 @@ def open_engine(
     return open_engine_as(
         Engine,
         definitions,
-        storage=storage,
-        clock=clock,
-        tracker=tracker,
+        layers=layers_from(layers, storage=storage, clock=clock, tracker=tracker, seed=seed),
         services=services,
         max_concurrency=max_concurrency,
         alarm_lease=alarm_lease,
         alarm_poll_interval=alarm_poll_interval,
         shutdown_grace=shutdown_grace,
-        seed=seed,
         logger=logger,
         worker=worker,
         tenancy=tenancy,
@@ -297,15 +342,12 @@ async def open_engine_as(
     engine_type: type[EngineT],
     definitions: Sequence[Definition[Any]],
     *,
-    storage: StorageLayer | None,
-    clock: Clock | None,
-    tracker: Tracker | None,
+    layers: Layers,
     services: object,
     max_concurrency: int,
     alarm_lease: DurationLike,
     alarm_poll_interval: DurationLike | None,
     shutdown_grace: DurationLike,
-    seed: int | None,
     logger: logging.Logger | None,
     worker: WorkerOptions | None = DEFAULT_WORKER,
     tenancy: Tenancy = "optional",
@@ -325,26 +367,26 @@ async def open_engine_as(
     instance_lease_ms = to_ms(duration(instance_lease, what="instance_lease"))
     if instance_lease_ms < 1000:
         raise ValidationError(f"instance_lease must be at least 1 second, got {instance_lease!r}")
-    layer = storage if storage is not None else sqlite("djobs.db")
-    the_tracker: Tracker = tracker if tracker is not None else NoopTracker()
-    async with layer.open() as store, trio.open_nursery() as nursery:
+    the_tracker = layers.tracker
+    async with layers.storage.open() as store, trio.open_nursery() as nursery:
+        # Built in dependency order, each with what it needs: the leases and the
+        # alarm sleeper's wake-up first, since the env fences check-ins with the
+        # one and pokes the other; the client last (the env's slot takes it).
+        leases = InstanceLeases(store, layers.clock, layers.ids.engine_id(), instance_lease_ms)
+        alarm_wakeup = Wakeup(layers.clock, poll_ms)
         env = Env(
             storage=store,
-            clock=clock or WallClock(),
+            clock=layers.clock,
             tracker=the_tracker,
             services=services,
-            rng=random.Random(seed),
+            retries=layers.retries,
+            ids=layers.ids,
             logger=logger or logging.getLogger("djobs"),
+            leases=leases,
+            alarm_waker=alarm_wakeup,
             max_payload_bytes=max_payload_bytes,
         )
-        runtime = Runtime(
-            env,
-            nursery,
-            max_concurrency=max_concurrency,
-            alarm_lease_ms=lease_ms,
-            alarm_poll_ms=poll_ms,
-            instance_lease_ms=instance_lease_ms,
-        )
+        runtime = Runtime(env, nursery, leases, alarm_wakeup, max_concurrency=max_concurrency, alarm_lease_ms=lease_ms)
         handlers: dict[str, Any] = {}
         for d in definitions:
             handler = d.bind(runtime)
@@ -377,7 +419,7 @@ async def open_engine_as(
             )
             # Before any body can run (an alarm due at startup, a claimed job): ctx.client is this.
             client = Client(handlers, queue=queue, crons=crons, dead_letters=DeadLetters(runtime, handlers, queue))
-            env.client_for = lambda tenant: client if tenant is None else client.for_tenant(tenant)
+            env.clients.fill(client)
             if runtime.fires_alarms:
                 nursery.start_soon(alarms)
                 if retention is not None:

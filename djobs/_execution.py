@@ -8,17 +8,20 @@ scheduled, retries exhausted) and prepares the telemetry events. The handler
 turns the outcome into one `Checkin`; `Env.commit` writes it atomically and
 only then emits the events.
 
+`Env` is built once per engine with every collaborator it calls (the
+leases that fence a check-in, the wake-up a commit pokes, the slot holding
+the engine's client); nothing is assigned into it afterwards.
+
 The forms a body may return, and how each is run, are `djobs._bodies`'s.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, NoReturn, TypeVar
+from typing import Any, Generic, Literal, NoReturn, Protocol, TypeVar, final
 
 import trio
 from returns.result import Failure, Result, Success
@@ -26,10 +29,11 @@ from returns.result import Failure, Result, Success
 from ._bodies import normalise
 from ._clock import LATEST_MS, Clock, to_datetime
 from ._errors import ExecutionError, JobError, JobTimeoutError
+from ._ids import Ids
 from ._input import DEFAULT_MAX_PAYLOAD_BYTES
 from ._limits import NO_LIMITS, RunLimits
 from ._logging import JobLog, LoggingOption, threshold
-from ._retry import Retry
+from ._retry import Retry, RetryPolicy
 from .storage import Checkin, LeaseLostError, SetAlarm, Storage
 from .tracking import NoopTracker, TrackedEvent, Tracker
 
@@ -113,54 +117,130 @@ class Outcome:
     duration_ms: float = 0.0
 
 
-@dataclass(slots=True, eq=False)
+class LeaseFence(Protocol):
+    """The engine's instance leases as a check-in sees them (`djobs._leases.InstanceLeases`)."""
+
+    @property
+    def owner(self) -> str:
+        """The engine's id: check-ins are fenced by it."""
+        ...
+
+    def lost(self, key: str) -> None:
+        """A check-in found `key`'s lease held by another engine."""
+        ...
+
+
+class AlarmWaker(Protocol):
+    """What a commit that sets an alarm wakes (the alarm sleeper's `djobs._wakeup.Wakeup`)."""
+
+    def poke(self, at_ms: int) -> None:
+        """An alarm is due at `at_ms`: wake the sleeper if it sleeps past that."""
+        ...
+
+
+@final
+class Handoffs:
+    """Work claimed in storage whose handler has not started yet (alarms, queued jobs, cron fires).
+
+    `Engine.wait_idle` waits for the count to reach zero, since storage
+    already shows such work as taken.
+    """
+
+    __slots__ = ("_zero", "count")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._zero: trio.Event | None = None
+
+    def begin(self) -> None:
+        """A hand-off starts (the work is claimed)."""
+        self.count += 1
+
+    def end(self) -> None:
+        """A hand-off is over (its handler started, or it was given back)."""
+        self.count -= 1
+        if self.count <= 0 and self._zero is not None:
+            self._zero.set()
+
+    async def wait(self) -> None:
+        """Return once no hand-off is in flight; sleeps on an event (no spin, so virtual time passes)."""
+        while self.count > 0:
+            if self._zero is None or self._zero.is_set():
+                self._zero = trio.Event()
+            await self._zero.wait()
+
+
+@final
+class ClientSlot:
+    """``ctx.client``'s engine client, given once the engine has built it.
+
+    The client is built from the kinds' handlers, which are built over the
+    `Env`, so the env cannot take the client itself; it takes this slot, and
+    the engine fills it once, before it yields (so before any user code runs).
+    """
+
+    __slots__ = ("_client",)
+
+    def __init__(self) -> None:
+        self._client: TenantClients | None = None
+
+    def fill(self, client: TenantClients) -> None:
+        """Give the engine's client; a second fill is a bug (`RuntimeError`)."""
+        if self._client is not None:
+            raise RuntimeError("the engine's client was given twice")
+        self._client = client
+
+    def for_tenant(self, tenant: str | None) -> object:
+        """The client acting for `tenant` (every tenant for ``None``); ``None`` before the engine filled it."""
+        client = self._client
+        if client is None:
+            return None
+        return client if tenant is None else client.for_tenant(tenant)
+
+
+class TenantClients(Protocol):
+    """The part of the engine's `Client` a slot needs."""
+
+    def for_tenant(self, tenant_id: str) -> object: ...
+
+
+@dataclass(slots=True, frozen=True, eq=False)
 class Env:
-    """The services a run and a handler use, built once per engine."""
+    """The services a run and a handler use, built once per engine with its collaborators.
+
+    Nothing is assigned into it afterwards: the leases it fences check-ins
+    with, the waker its commits poke and the client slot are given when it
+    is built. `handoffs` and `running` are objects whose state changes, not
+    fields that are replaced.
+    """
 
     storage: Storage
     clock: Clock
     tracker: Tracker
     services: object
-    rng: random.Random
+    retries: RetryPolicy
+    ids: Ids
     logger: logging.Logger
-    on_alarm_set: Callable[[int], None] = field(default=lambda _ms: None)
-    #: How many hand-offs are in flight: work claimed in storage (alarms, queued
-    #: jobs, cron fires) whose handler has not been started yet. `Engine.wait_idle`
-    #: waits for it to reach zero, since storage already shows such work as taken.
-    handoffs: int = 0
-    #: Set when `handoffs` drops to zero (`handed_off`): waiters sleep on it instead of spinning.
-    _no_handoffs: trio.Event | None = None
-    #: The engine's instance-lease owner id: check-ins are fenced by it.
-    lease_owner: str | None = None
-    on_lease_lost: Callable[[str], None] = field(default=lambda _key: None)
+    #: The engine's instance leases: check-ins are fenced by their owner.
+    leases: LeaseFence
+    #: Woken when a commit sets an alarm (the alarm sleeper's wake-up).
+    alarm_waker: AlarmWaker
+    #: ``ctx.client``: the engine's client, given once it is built.
+    clients: ClientSlot = field(default_factory=ClientSlot)
     #: The largest encoded payload (params, event, state, input, result) accepted, in bytes.
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
-    #: ``ctx.client``: the engine's client for a tenant (set by the engine once it is built).
-    client_for: Callable[[str | None], object] = field(default=lambda _tenant: None)
+    #: Claimed work not yet started (`Handoffs`).
+    handoffs: Handoffs = field(default_factory=Handoffs)
     #: The runs whose user code is running now, by instance key: ``terminate`` stops one.
     running: dict[str, Checkout[Any]] = field(default_factory=dict)
-
     #: Whether events are worth building: not for the `NoopTracker`, which drops them.
     tracking: bool = field(init=False, default=True)
 
     def __post_init__(self) -> None:
-        self.tracking = not isinstance(self.tracker, NoopTracker)
+        object.__setattr__(self, "tracking", not isinstance(self.tracker, NoopTracker))
 
     def now_ms(self) -> int:
         return self.clock.now_ms()
-
-    def handed_off(self) -> None:
-        """One hand-off is over (the pair of ``handoffs += 1``): wake `wait_handoffs` at zero."""
-        self.handoffs -= 1
-        if self.handoffs <= 0 and self._no_handoffs is not None:
-            self._no_handoffs.set()
-
-    async def wait_handoffs(self) -> None:
-        """Return once no hand-off is in flight; sleeps on an event (no spin, so virtual time passes)."""
-        while self.handoffs > 0:
-            if self._no_handoffs is None or self._no_handoffs.is_set():
-                self._no_handoffs = trio.Event()
-            await self._no_handoffs.wait()
 
     def event(self, type: str, key: str, kind: str, name: str, **data: Any) -> TrackedEvent:
         """A telemetry event stamped with the clock's time."""
@@ -185,14 +265,14 @@ class Env:
         written and no event is emitted.
         """
         if checkin.lease_owner is None:
-            checkin.lease_owner = self.lease_owner
+            checkin.lease_owner = self.leases.owner
         try:
             await self.storage.commit(checkin)
         except LeaseLostError:
-            self.on_lease_lost(checkin.key)
+            self.leases.lost(checkin.key)  # take it afresh next time
             raise
         if isinstance(checkin.alarm, SetAlarm):
-            self.on_alarm_set(checkin.alarm.fire_at)
+            self.alarm_waker.poke(checkin.alarm.fire_at)
         if events:
             self.emit(events)
 
@@ -397,7 +477,7 @@ async def execute(
         ev("job.failed", **failed, will_retry=False)
         ev("job.retry_exhausted", attempts=info.attempt, reason=error.message)
         return Outcome("exhausted", error=error, duration_ms=duration_ms)
-    delay = retry.delay_before(info.attempt + 1, env.rng)
+    delay = env.retries.delay_before(retry, info.attempt + 1)
     retry_at = min(env.now_ms() + max(0, round(delay.total_seconds() * 1000)), LATEST_MS)
     log.warning(
         "failed on attempt %d of %d, retrying in %s: %s", info.attempt, retry.max_attempts, delay, error.message

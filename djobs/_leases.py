@@ -1,7 +1,7 @@
 """Instance leases: only the engine holding an instance's lease runs its handlers.
 
-An engine takes an instance's lease (a row in storage, owned by its
-`engine_id`) before its actor runs the first handler, keeps it while the
+An engine takes an instance's lease (a row in storage, owned by the
+engine's id) before its actor runs the first handler, keeps it while the
 actor has work and for a moment after (so a busy instance does not pay for
 it per call), renews the leases of long handlers in one task, and gives idle
 ones up in batches. Two engine processes on one database therefore never run
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import socket
 import sys
 
@@ -24,7 +23,7 @@ import trio
 
 from ._clock import Clock
 from ._errors import StorageError
-from .storage import Storage
+from .storage import InstanceStore
 
 _log = logging.getLogger("djobs.engine")
 
@@ -32,17 +31,8 @@ _log = logging.getLogger("djobs.engine")
 DEFAULT_INSTANCE_LEASE = "30 seconds"
 
 
-def engine_id() -> str:
-    """A new engine's id, ``host:pid:random`` (8 hex digits): the owner of every lease it holds.
-
-    Readable, so ``djobs status`` and the lease columns say which machine and
-    process hold a lease; the random part tells apart engines of one process.
-    """
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-
-
 def dead_local_owner(owner: str) -> bool:
-    """Whether lease owner `owner` (``host:pid:random``, `engine_id`) is a process of this host that no longer exists.
+    """Whether lease owner `owner` (``host:pid:random``) is a process of this host that no longer exists.
 
     Asked with ``os.kill(pid, 0)``, which sends nothing: ``ProcessLookupError``
     means no such process. Any doubt (another host, this very process, a pid
@@ -73,13 +63,13 @@ class InstanceLeases:
     """The instance leases one engine holds, takes, renews and gives up.
 
     Args:
-        storage: Where the leases are stored.
+        storage: The instance store the leases are kept in.
         clock: The clock lease ends are read on.
-        owner: The engine's id (`engine_id`), the owner of every lease taken here.
+        owner: The engine's id (from the ids layer), the owner of every lease taken here.
         lease_ms: How long a lease lasts without renewal.
     """
 
-    def __init__(self, storage: Storage, clock: Clock, owner: str, lease_ms: int) -> None:
+    def __init__(self, storage: InstanceStore, clock: Clock, owner: str, lease_ms: int) -> None:
         self._storage = storage
         self._clock = clock
         self.owner = owner

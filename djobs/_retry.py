@@ -12,7 +12,7 @@ from __future__ import annotations
 import builtins
 import random
 from datetime import timedelta
-from typing import Literal, final
+from typing import Literal, Protocol, final
 
 from ._durations import DurationLike, duration
 from ._errors import ExecutionError, JobError, ValidationError
@@ -214,3 +214,41 @@ def _named_backoff(name: object, initial: DurationLike | None, cap: DurationLike
     if name == "fixed":
         return Backoff.fixed(first)
     raise ValidationError(f"Retry: backoff must be 'exponential', 'linear' or 'fixed', got {name!r}")
+
+
+class RetryPolicy(Protocol):
+    """The retry layer: how long a failed run waits before its next attempt.
+
+    The definition's `Retry` says whether to retry and how many times; this
+    layer turns its backoff into a delay. Swap it in a test to retry without
+    waiting, or to record the attempts.
+    """
+
+    def delay_before(self, retry: Retry, attempt: int) -> timedelta:
+        """The wait before attempt number `attempt` (2 = the first retry) under the definition's `retry`."""
+        ...
+
+
+@final
+class JitteredRetries:
+    """The default retry layer: the definition's backoff, jitter drawn from a seeded generator.
+
+    Args:
+        seed: Seed for the jitter (``open_engine(seed=...)``); ``None``: from the OS.
+
+    Examples:
+        >>> policy = Retry(max_attempts=3, delay=Backoff.fixed("10 seconds"), jitter=True)
+        >>> JitteredRetries(7).delay_before(policy, 2) == JitteredRetries(7).delay_before(policy, 2)
+        True
+    """
+
+    __slots__ = ("_rng",)
+
+    def __init__(self, seed: int | None = None) -> None:
+        self._rng = random.Random(seed)
+
+    def delay_before(self, retry: Retry, attempt: int) -> timedelta:
+        return retry.delay_before(attempt, self._rng)
+
+    def __repr__(self) -> str:
+        return "JitteredRetries()"

@@ -10,7 +10,9 @@ Each concept has its module, arrows one way:
 
 The kinds hold a `Runtime` (their handlers call `call`, `post`,
 `target_for`, ...); this module only wires the three parts together and
-closes them in order.
+closes them in order. The leases and the sleeper's wake-up are built before
+the `Env` (which fences check-ins with the one and pokes the other), and
+given here with it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import trio
 from ._actors import Actors, Handler, OnError
 from ._alarms import AlarmSleeper, AlarmTarget
 from ._execution import Env
-from ._leases import DEFAULT_INSTANCE_LEASE, InstanceLeases, dead_local_owner, engine_id
+from ._leases import DEFAULT_INSTANCE_LEASE, InstanceLeases, dead_local_owner
+from ._wakeup import Wakeup
 from .storage import Alarm
 
 __all__ = [
@@ -31,37 +34,51 @@ __all__ = [
     "AlarmTarget",
     "Runtime",
     "dead_local_owner",
-    "engine_id",
 ]
 
 T = TypeVar("T")
 
 
 class Runtime:
-    """Actors, the alarm sleeper and the instance leases of one engine."""
+    """Actors, the alarm sleeper and the instance leases of one engine.
+
+    Args:
+        env: The engine's services.
+        nursery: Where actors run.
+        leases: The engine's instance leases (the same the env fences check-ins with).
+        alarm_wakeup: What the alarm sleeper sleeps on (the same the env's commits poke).
+        max_concurrency: How many instance handlers may run at once.
+        alarm_lease_ms: How long a claimed alarm stays hidden before it fires again.
+        alarm_batch: How many alarms one claim takes at most.
+    """
 
     def __init__(
         self,
         env: Env,
         nursery: trio.Nursery,
+        leases: InstanceLeases,
+        alarm_wakeup: Wakeup,
         *,
         max_concurrency: int,
         alarm_lease_ms: int,
-        alarm_poll_ms: int | None,
-        instance_lease_ms: int = 30_000,
         alarm_batch: int = 200,
     ) -> None:
         self.env = env
-        #: This engine's id (`engine_id`): its instance leases and its worker's job leases are held under it.
-        self.owner = engine_id()
-        self.leases = InstanceLeases(env.storage, env.clock, self.owner, instance_lease_ms)
-        self.actors = Actors(nursery, self.leases, max_concurrency)
-        self.alarms = AlarmSleeper(env, self.actors, lease_ms=alarm_lease_ms, poll_ms=alarm_poll_ms, batch=alarm_batch)
+        self.leases = leases
+        #: This engine's id: its instance leases and its worker's job leases are held under it.
+        self.owner = leases.owner
+        self.actors = Actors(nursery, leases, max_concurrency)
+        self.alarms = AlarmSleeper(
+            env.storage,
+            env.clock,
+            self.actors,
+            env.handoffs,
+            alarm_wakeup,
+            lease_ms=alarm_lease_ms,
+            batch=alarm_batch,
+        )
         #: Whether this engine's alarm sleeper runs (not in a client-only engine).
         self.fires_alarms = False
-        env.on_alarm_set = self.alarms.poke
-        env.lease_owner = self.owner
-        env.on_lease_lost = self.leases.lost
 
     @property
     def alarm_lease_ms(self) -> int:
@@ -102,7 +119,7 @@ class Runtime:
         self.alarms.register(prefix, target)
 
     def poke(self, fire_at: int) -> None:
-        """A commit set an alarm at `fire_at`: wake the sleeper if that is earlier than its wait."""
+        """Something set an alarm at `fire_at` outside a commit: wake the sleeper if that is earlier than its wait."""
         self.alarms.poke(fire_at)
 
     def done_with(self, alarm: Alarm) -> None:
@@ -128,13 +145,14 @@ class Runtime:
     @property
     def idle(self) -> bool:
         """Whether no actor has work queued or running and no claimed work awaits its hand-off."""
-        return self.actors.idle and not self.env.handoffs
+        return self.actors.idle and not self.env.handoffs.count
 
     async def wait_idle(self) -> None:
         """Return once no actor has work queued or running and no claimed work awaits its hand-off."""
-        while not self.actors.idle or self.env.handoffs:
-            if self.env.handoffs:
-                await self.env.wait_handoffs()
+        handoffs = self.env.handoffs
+        while not self.actors.idle or handoffs.count:
+            if handoffs.count:
+                await handoffs.wait()
             else:
                 await self.actors.wait_idle()
 

@@ -34,7 +34,6 @@ job that blocks the thread blocks the engine, as any Trio code would.
 from __future__ import annotations
 
 import heapq
-import random
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -51,7 +50,7 @@ from ._wakeup import Wakeup
 from .storage import ClaimedJob, ExpiredLease, HeldStarts, JobSettlement, QueueStorage
 from .tracking import NoopTracker, TrackedEvent
 
-__all__ = ["AttemptEnd", "AttemptRunner", "RunHandle", "Uuid7", "Worker", "WorkerOptions"]
+__all__ = ["AttemptEnd", "AttemptRunner", "RunHandle", "Worker", "WorkerOptions"]
 
 _error_encoder = msgspec.json.Encoder()
 
@@ -66,47 +65,6 @@ CANCELLED_ERROR = error_json("job_cancelled", "the job was cancelled")
 _LEASE_ERROR = error_json(
     "execution", "the worker running the job's last attempt stopped renewing its lease (it crashed or hung)"
 )
-
-
-class Uuid7:
-    """UUIDv7 job ids from the clock layer's milliseconds and random bits.
-
-    Ids from one generator strictly increase, even within a millisecond or if
-    the wall clock steps back (the 74 random bits then count up from the last
-    id), so ordering by id is ordering by creation within a process.
-
-    Examples:
-        >>> ids = Uuid7()
-        >>> a, b = ids(1_767_225_600_000), ids(1_767_225_600_000)
-        >>> a < b and a[:15] == "019b76da-a800-7"
-        True
-    """
-
-    __slots__ = ("_last_ms", "_random", "_seq")
-
-    _SEQ_BITS = 74
-
-    def __init__(self) -> None:
-        # Seeded from the OS, not the engine's seeded rng: two test engines on one
-        # file, seeded alike, must not mint the same ids.
-        self._random = random.Random()
-        self._last_ms = -1
-        self._seq = 0
-
-    def __call__(self, ms: int) -> str:
-        if ms > self._last_ms:
-            self._last_ms = ms
-            # Start in the lower half so a millisecond has room to count up.
-            self._seq = self._random.getrandbits(self._SEQ_BITS - 1)
-        else:
-            self._seq += 1
-            if self._seq >> self._SEQ_BITS:
-                self._last_ms += 1
-                self._seq = self._random.getrandbits(self._SEQ_BITS - 1)
-        seq = self._seq
-        value = (self._last_ms & 0xFFFFFFFFFFFF) << 80 | 0x7 << 76 | (seq >> 62) << 64 | 0b10 << 62 | seq & (2**62 - 1)
-        h = f"{value:032x}"
-        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,7 +201,6 @@ class Worker:
         self.claiming = claiming
         #: The engine's id (``host:pid:random``), the owner of the job leases it holds.
         self.id = worker_id
-        self._ids = Uuid7()
         self._lease = (storage, worker_id)
         self.lease_ms = options.lock_timeout_ms
         #: Whether events are worth building (not with the `NoopTracker`).
@@ -300,8 +257,8 @@ class Worker:
         return self._names
 
     def new_id(self) -> str:
-        """A fresh UUIDv7 (job and run ids) at the clock layer's current time."""
-        return self._ids(self.env.clock.now_ms())
+        """A fresh job (or run) id from the ids layer, at the clock layer's current time."""
+        return self.env.ids.job_id(self.env.clock.now_ms())
 
     def poke(self, at_ms: int) -> None:
         """A job was enqueued due at `at_ms`: wake the claim loop if it sleeps past that."""
@@ -681,7 +638,7 @@ class Worker:
                 continue
             now = clock.now_ms()
             reclaim = now >= self._reclaim_at
-            self.env.handoffs += 1  # claimed rows are running in storage before _accept starts them
+            self.env.handoffs.begin()  # claimed rows are running in storage before _accept starts them
             try:
                 # Shielded: rows a transaction claimed must reach `_accept` (and so be started
                 # or handed back), even when the engine's close cancels this loop.
@@ -692,7 +649,7 @@ class Worker:
                         self._reclaim_at = now + self._reclaim_every_ms
                     claimed = await storage.claim_jobs(now, now + self.lease_ms, self.id, self._names, free)
             except StorageError as exc:
-                self.env.handed_off()
+                self.env.handoffs.end()
                 self._log.error("claim loop: %s; trying again in 1 s", exc.message)
                 await trio.sleep(1)
                 continue
@@ -702,7 +659,7 @@ class Worker:
                 if claimed:
                     self._accept(claimed)
             finally:
-                self.env.handed_off()
+                self.env.handoffs.end()
             if len(claimed) == free or len(expired) == batch:
                 if len(expired) == batch:
                     self._reclaim_at = 0  # more may be waiting

@@ -339,11 +339,11 @@ class CronScheduler:
                 correlation_id=f"cron:{cron.name}",
                 tenant_id=cron.tenant_id,
             )
-        queue.env.handoffs += 1  # the job row exists before the worker is poked to run it
+        queue.env.handoffs.begin()  # the job row exists before the worker is poked to run it
         try:
             fired = await self.storage.fire_cron(cron.name, due, next_run_at, now, row)
         finally:
-            queue.env.handed_off()
+            queue.env.handoffs.end()
         if not fired:
             return  # another engine fired this time first
         worker = queue.worker

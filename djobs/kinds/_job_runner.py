@@ -33,7 +33,7 @@ from .._input import clean_text
 from .._limits import offloaded
 from .._logging import JobLog, threshold
 from .._retry import Retry
-from .._worker import AttemptEnd, RunHandle, Uuid7, Worker, error_json
+from .._worker import AttemptEnd, RunHandle, Worker, error_json
 from ..storage import ClaimedJob, JobSettlement, JobStatusName, NewJob, QueueStorage
 from ..tracking import NoopTracker, TrackedEvent
 from ._job import KIND, Job, JobContext, JobRun, JobRunStatus, P, R
@@ -74,7 +74,6 @@ class JobHandler(Generic[P, R]):
         self._logger = env.logger.getChild(f"{KIND}.{job.name}")
         self._threshold = threshold(job.logging)
         self._retries: dict[int, Retry] = {job.max_attempts: job.retry}
-        self._ids = Uuid7()
         #: Whether events are worth building (not with the `NoopTracker`).
         self.tracking = not isinstance(env.tracker, NoopTracker)
 
@@ -154,7 +153,9 @@ class JobHandler(Generic[P, R]):
                 "job.failed", job.id, KIND, job.name, attempt=job.attempt, will_retry=False, error=_error_event(error)
             )
             return AttemptEnd("failed", error=_error_json(error), events=[failed])
-        outcome, events = await self.attempt(params.unwrap(), who, self._ids(self.env.clock.now_ms()), lease[0])
+        outcome, events = await self.attempt(
+            params.unwrap(), who, self.env.ids.job_id(self.env.clock.now_ms()), lease[0]
+        )
         if outcome.kind == "succeeded":
             if self.tracking:
                 events.append(
@@ -180,7 +181,7 @@ class JobHandler(Generic[P, R]):
         if job.attempt < job.max_attempts:
             now = self.env.now_ms()
             policy = self.retry_for(job.max_attempts)
-            retry_at = min(now + to_ms(policy.delay_before(job.attempt + 1, self.env.rng)), LATEST_MS)
+            retry_at = min(now + to_ms(self.env.retries.delay_before(policy, job.attempt + 1)), LATEST_MS)
             return AttemptEnd("pending", error=_error_json(error), retry_at=retry_at)
         return AttemptEnd("failed", error=_error_json(RetryExhaustedError(job.attempt, error)))
 

@@ -41,7 +41,6 @@ import contextlib
 import reprlib
 import time
 import typing
-import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -625,7 +624,7 @@ class _Run:
             raise raw.failure()  # a bug in the step or its type, not a failure to retry
         error = outcome.failure()
         if policy is not None and policy.should_retry(error) and attempt < policy.max_attempts:
-            delay = policy.delay_before(attempt + 1, env.rng)
+            delay = env.retries.delay_before(policy, attempt + 1)
             entry.until = env.now_ms() + max(0, round(delay.total_seconds() * 1000))
             entry.error = _ErrorInfo.of(error)
             self.handler.step_log(self.record, name, attempt).warning(
@@ -997,12 +996,12 @@ class WorkflowContext(BaseContext[D_co]):
 
     def random(self) -> float:
         """A random float in [0, 1), recorded: a replay gets the same value."""
-        value: float = self._run.recorded("random", self._env.rng.random, float)
+        value: float = self._run.recorded("random", self._env.ids.random, float)
         return value
 
     def uuid(self) -> str:
         """A fresh UUID4 as text, recorded: a replay gets the same id."""
-        value: str = self._run.recorded("uuid", lambda: str(uuid.uuid4()), str)
+        value: str = self._run.recorded("uuid", self._env.ids.uuid, str)
         return value
 
 

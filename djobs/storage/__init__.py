@@ -10,6 +10,7 @@ their edge.
 """
 
 from ._base import Alarm as Alarm
+from ._base import AlarmStore as AlarmStore
 from ._base import CancelRequests as CancelRequests
 from ._base import Checkin as Checkin
 from ._base import ClaimedJob as ClaimedJob
@@ -20,6 +21,7 @@ from ._base import ExpiredLease as ExpiredLease
 from ._base import HeldStarts as HeldStarts
 from ._base import InstanceLister as InstanceLister
 from ._base import InstanceRecord as InstanceRecord
+from ._base import InstanceStore as InstanceStore
 from ._base import JobFilter as JobFilter
 from ._base import JobRecord as JobRecord
 from ._base import JobSettlement as JobSettlement
@@ -43,6 +45,7 @@ from ._sqlite import sqlite as sqlite
 __all__ = [
     "SCHEMA_VERSION",
     "Alarm",
+    "AlarmStore",
     "CancelRequests",
     "Checkin",
     "ClearAlarm",
@@ -50,6 +53,7 @@ __all__ = [
     "FaultyStorage",
     "InstanceLister",
     "InstanceRecord",
+    "InstanceStore",
     "LeaseLostError",
     "PostgresLayer",
     "SetAlarm",

@@ -210,8 +210,8 @@ class LeaseLostError(StorageError):
         self.key = key
 
 
-class Storage(Protocol):
-    """What the engine needs from a database. Every method is one transaction."""
+class InstanceStore(Protocol):
+    """Where instances live: their records, idempotency keys and leases. Every method is one transaction."""
 
     async def load(self, key: str) -> tuple[InstanceRecord, Alarm | None] | None:
         """The instance stored under `key` and its alarm, or ``None``."""
@@ -223,17 +223,6 @@ class Storage(Protocol):
 
     async def has_event_id(self, key: str, event_id: str) -> bool:
         """Whether the instance `key` already accepted the idempotency key `event_id`."""
-        ...
-
-    async def claim_alarms(
-        self, now_ms: int, lease_ms: int, limit: int, prefixes: Sequence[str] | None = None
-    ) -> list[Alarm]:
-        """Claim up to `limit` due alarms, hiding each for `lease_ms` (it fires again
-        after the lease unless its handler replaced or cleared it).
-
-        With `prefixes` (``"continuous:name:"``, one per definition the engine
-        registered), only alarms whose key starts with one of them are claimed:
-        an engine that runs some definitions never holds another's alarms."""
         ...
 
     async def acquire_instance_lease(self, key: str, owner: str, now_ms: int, ttl_ms: int) -> bool:
@@ -263,6 +252,25 @@ class Storage(Protocol):
         """Give up `owner`'s leases on `keys`."""
         ...
 
+
+class AlarmStore(Protocol):
+    """Where instances' alarms live, claimed as leases by the alarm sleeper. Every method is one transaction.
+
+    An alarm is set and cleared with its instance (`InstanceStore.commit`'s
+    `Checkin`), so both live in one database.
+    """
+
+    async def claim_alarms(
+        self, now_ms: int, lease_ms: int, limit: int, prefixes: Sequence[str] | None = None
+    ) -> list[Alarm]:
+        """Claim up to `limit` due alarms, hiding each for `lease_ms` (it fires again
+        after the lease unless its handler replaced or cleared it).
+
+        With `prefixes` (``"continuous:name:"``, one per definition the engine
+        registered), only alarms whose key starts with one of them are claimed:
+        an engine that runs some definitions never holds another's alarms."""
+        ...
+
     async def release_alarms(self, ids: list[int]) -> None:
         """Make claimed alarms due again at their fire time (their handlers will not run here)."""
         ...
@@ -271,6 +279,13 @@ class Storage(Protocol):
         """When the earliest alarm (claimed or not) is next due, or ``None``; with
         `prefixes`, among the alarms whose key starts with one of them."""
         ...
+
+
+class Storage(InstanceStore, AlarmStore, Protocol):
+    """What the engine needs from a database: an `InstanceStore` and its `AlarmStore` on one connection.
+
+    Every method is one transaction.
+    """
 
     async def healthcheck(self) -> bool:
         """Whether the database answers a trivial query."""

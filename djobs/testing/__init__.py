@@ -22,6 +22,7 @@ Example:
 from .._clock import VirtualClock as VirtualClock
 from ..tracking import InMemoryTracker as InMemoryTracker
 from ._engine import TestEngine as TestEngine
+from ._engine import default_layers as default_layers
 from ._engine import failure as failure
 from ._engine import open_test_engine as open_test_engine
 from ._engine import success as success
@@ -32,6 +33,7 @@ __all__ = [
     "TestEngine",
     "VirtualClock",
     "check_storage",
+    "default_layers",
     "failure",
     "open_test_engine",
     "success",

@@ -9,8 +9,11 @@ from returns.io import IOFailure, IOResult, IOSuccess
 from returns.unsafe import unsafe_perform_io
 from typing_extensions import TypeVar as DefaultTypeVar
 
-from .._clock import VirtualClock
+from .._clock import Clock, VirtualClock
 from .._engine import Engine, open_engine_as, require_trio
+from .._ids import Ids, RandomIds
+from .._layers import Layers
+from .._retry import JitteredRetries, RetryPolicy
 from .._worker import WorkerOptions
 from ..kinds._common import Definition
 from ..storage import StorageLayer, memory
@@ -39,6 +42,10 @@ def open_test_engine(
     storage: StorageLayer | None = None,
     seed: int = 0,
     tracker: Tracker | None = None,
+    layers: Layers | None = None,
+    clock: Clock | None = None,
+    retries: RetryPolicy | None = None,
+    ids: Ids | None = None,
     **options: Any,
 ) -> AbstractAsyncContextManager[TestEngine[None]]: ...
 @overload
@@ -50,6 +57,10 @@ def open_test_engine(
     storage: StorageLayer | None = None,
     seed: int = 0,
     tracker: Tracker | None = None,
+    layers: Layers | None = None,
+    clock: Clock | None = None,
+    retries: RetryPolicy | None = None,
+    ids: Ids | None = None,
     **options: Any,
 ) -> AbstractAsyncContextManager[TestEngine[D]]: ...
 def open_test_engine(
@@ -60,9 +71,17 @@ def open_test_engine(
     storage: StorageLayer | None = None,
     seed: int = 0,
     tracker: Tracker | None = None,
+    layers: Layers | None = None,
+    clock: Clock | None = None,
+    retries: RetryPolicy | None = None,
+    ids: Ids | None = None,
     **options: Any,
 ) -> AbstractAsyncContextManager[TestEngine[Any]]:
     """An engine for tests: in-memory storage, virtual clock, recording tracker.
+
+    Its layers are `default_layers` (or `layers`), with each layer given by
+    keyword swapped in: ``open_test_engine([job], clock=MyClock())`` changes
+    the clock alone.
 
     Args:
         definitions: The jobs under test.
@@ -74,28 +93,29 @@ def open_test_engine(
         tracker: Another tracker to test (e.g. an ``HttpBatchTracker`` against a
             local server); ``engine.tracker`` is then that tracker, not an
             `InMemoryTracker` as its type says. Default: a new `InMemoryTracker`.
+        layers: The layers to start from instead of ``default_layers(start, seed)``
+            (then `start` and `seed` are not used).
+        clock: Another clock; ``engine.clock`` is then that clock, not a
+            `VirtualClock` as its type says.
+        retries: Another retry layer (e.g. one that retries without waiting).
+        ids: Another ids layer (e.g. one that gives deterministic job ids).
         options: Passed on to `open_engine` (``worker=`` defaults to
             ``WorkerOptions(poll_interval=None)``: one process needs no polling).
     """
-    return _open_test_engine(
-        definitions, start=start, services=services, storage=storage, seed=seed, tracker=tracker, **options
-    )
+    base = layers if layers is not None else default_layers(start, seed=seed)
+    chosen = base.replace(storage=storage, clock=clock, tracker=tracker, retries=retries, ids=ids)
+    return _open_test_engine(definitions, layers=chosen, services=services, **options)
 
 
 @asynccontextmanager
 async def _open_test_engine(
     definitions: Sequence[Definition[Any]],
     *,
-    start: datetime | None,
+    layers: Layers,
     services: object,
-    storage: StorageLayer | None,
-    seed: int,
-    tracker: Tracker | None,
     **options: Any,
 ) -> AsyncIterator[TestEngine[Any]]:
     require_trio("open_test_engine")
-    tracker = tracker if tracker is not None else InMemoryTracker()
-    clock = VirtualClock(start)
     settings: dict[str, Any] = {
         "max_concurrency": 100,
         "alarm_lease": "5 minutes",
@@ -106,17 +126,34 @@ async def _open_test_engine(
         "worker": WorkerOptions(poll_interval=None),
         **options,
     }
-    async with open_engine_as(
-        TestEngine,
-        definitions,
-        storage=storage or memory(),
-        clock=clock,
-        tracker=tracker,
-        services=services,
-        seed=seed,
-        **settings,
-    ) as engine:
+    async with open_engine_as(TestEngine, definitions, layers=layers, services=services, **settings) as engine:
         yield engine
+
+
+def default_layers(start: datetime | None = None, *, seed: int = 0) -> Layers:
+    """The layers of `open_test_engine`: in-memory storage, a `VirtualClock`, an `InMemoryTracker`.
+
+    Retry jitter and a workflow's ``ctx.random()`` are seeded with `seed`,
+    so they repeat from run to run. Each call builds new layers (a new
+    database, a new tracker), so two test engines never share one by
+    accident; swap one with ``default_layers().replace(clock=...)``.
+
+    Args:
+        start: The virtual time the clock starts at (default 2026-01-01 00:00 UTC).
+        seed: Seed for retry jitter and ``ctx.random()``.
+
+    Examples:
+        >>> layers = default_layers()
+        >>> type(layers.clock).__name__, type(layers.tracker).__name__
+        ('VirtualClock', 'InMemoryTracker')
+    """
+    return Layers(
+        storage=memory(),
+        clock=VirtualClock(start),
+        tracker=InMemoryTracker(),
+        retries=JitteredRetries(seed),
+        ids=RandomIds(seed),
+    )
 
 
 def success(result: IOResult[V, E]) -> V:

@@ -1,0 +1,81 @@
+"""`Layers`: the services an engine is built from, in one frozen value.
+
+Each layer is a small `Protocol` for one concept, and what a layer depends
+on is given when it is built (Effect's rule: a service's methods require
+nothing), so a test swaps one layer without knowing the others:
+
+- `storage`: a `StorageLayer`, opening an instance store, its alarms and
+  (optionally) a job queue; ``sqlite("djobs.db")`` (tests: ``memory()``).
+- `clock`: a `Clock`; `WallClock` (tests: `VirtualClock`).
+- `tracker`: a `Tracker`; `NoopTracker` (tests: `InMemoryTracker`).
+- `retries`: a `RetryPolicy`; ``JitteredRetries(seed)`` (tests: seed 0).
+- `ids`: `Ids`; ``RandomIds(seed)`` (tests: seed 0).
+
+The instance store, its alarms and the job queue come from one storage
+layer because a check-in writes an instance and its alarm in one
+transaction (and a retry's job row with its alarm-like due time): they
+share a connection, so they are opened together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import final
+
+from ._clock import Clock, WallClock
+from ._ids import Ids, RandomIds
+from ._retry import JitteredRetries, RetryPolicy
+from .storage import StorageLayer, sqlite
+from .tracking import NoopTracker, Tracker
+
+
+def _default_storage() -> StorageLayer:
+    return sqlite("djobs.db")
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Layers:
+    """The services an engine runs on; ``open_engine(definitions, layers=...)`` takes them whole.
+
+    Every field has the production default, so ``Layers(storage=djobs.memory())``
+    changes only the storage. Built once, never patched: the engine reads its
+    layers when it opens and keeps them until it closes.
+
+    Attributes:
+        storage: Opens the database: instances, alarms, leases and the job queue.
+        clock: Every "now" and every wait (epoch milliseconds).
+        tracker: Where telemetry events go.
+        retries: How long a failed run waits before its next attempt.
+        ids: Engine ids, job ids, and a workflow's ``ctx.uuid()`` / ``ctx.random()``.
+
+    Examples:
+        >>> from djobs import VirtualClock, memory
+        >>> layers = Layers(storage=memory())
+        >>> layers.replace(clock=VirtualClock()).storage is layers.storage
+        True
+    """
+
+    storage: StorageLayer = field(default_factory=_default_storage)
+    clock: Clock = field(default_factory=WallClock)
+    tracker: Tracker = field(default_factory=NoopTracker)
+    retries: RetryPolicy = field(default_factory=JitteredRetries)
+    ids: Ids = field(default_factory=RandomIds)
+
+    def replace(
+        self,
+        *,
+        storage: StorageLayer | None = None,
+        clock: Clock | None = None,
+        tracker: Tracker | None = None,
+        retries: RetryPolicy | None = None,
+        ids: Ids | None = None,
+    ) -> Layers:
+        """These layers with the ones given swapped in (``None`` keeps a layer as it is)."""
+        return Layers(
+            storage=self.storage if storage is None else storage,
+            clock=self.clock if clock is None else clock,
+            tracker=self.tracker if tracker is None else tracker,
+            retries=self.retries if retries is None else retries,
+            ids=self.ids if ids is None else ids,
+        )
