@@ -29,9 +29,10 @@ wall-clock times here and `zoneinfo` maps them to instants.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from typing import Protocol, final, runtime_checkable
 from zoneinfo import ZoneInfo
@@ -180,6 +181,54 @@ class _Plan:
 
     walks: tuple[tuple[str, bool], ...]
     elapsed: bool
+    #: The walks' fields as sets, when every field is plain (numbers, ranges,
+    #: steps, lists, names): their wall times are then found without croniter.
+    fields: tuple[_Fields, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Fields:
+    """One walk's fields, expanded by croniter: the minutes of the day and the days it fires on."""
+
+    minutes_of_day: tuple[int, ...]
+    days: frozenset[int] | None  # None: every day of the month
+    months: frozenset[int] | None
+    weekdays: frozenset[int] | None  # 0 = Sunday, as cron counts
+
+    def fires_on(self, day: date) -> bool:
+        return (
+            (self.months is None or day.month in self.months)
+            and (self.days is None or day.day in self.days)
+            and (self.weekdays is None or (day.weekday() + 1) % 7 in self.weekdays)
+        )
+
+
+_PLAIN_DAYS = re.compile(r"[0-9*,/-]+")
+_PLAIN_WEEKDAYS = re.compile(r"(?:[0-7*,/-]|sun|mon|tue|wed|thu|fri|sat)+")
+
+
+def _plain_fields(walk: str) -> _Fields | None:
+    """`walk`'s fields as sets, or ``None`` if one is not plain (``L``, ``#``, ``W``, ...): croniter walks it."""
+    parts = walk.split()
+    # Day fields with L, W or # mean more than a set of days (croniter's expansion drops a W).
+    if len(parts) != 5 or not _PLAIN_DAYS.fullmatch(parts[2]) or not _PLAIN_WEEKDAYS.fullmatch(parts[4].lower()):
+        return None
+    expanded, nth = croniter.expand(walk)
+    if nth or len(expanded) != 5:
+        return None
+    sets: list[frozenset[int] | None] = []
+    for values in expanded:
+        if values == ["*"]:
+            sets.append(None)
+            continue
+        ints = [v for v in values if isinstance(v, int)]
+        if len(ints) != len(values):
+            return None
+        sets.append(frozenset(ints))
+    minutes, hours, days, months, weekdays = sets
+    every_minute, every_hour = range(60), range(24)
+    of_day = sorted(h * 60 + m for h in (hours or every_hour) for m in (minutes or every_minute))
+    return _Fields(tuple(of_day), days, months, weekdays)
 
 
 def _unrestricted(day_field: str) -> bool:
@@ -233,7 +282,9 @@ def _plan(normal: str) -> Result[_Plan, str]:
     if not alive:
         return Failure("it never matches a date")
     elapsed = any(c in field for field in (minute, hour) for c in "*/")
-    return Success(_Plan(alive, elapsed))
+    plain = [_plain_fields(walk) for walk, _ in alive]
+    sets = tuple(f for f in plain if f is not None)
+    return Success(_Plan(alive, elapsed, sets if len(sets) == len(plain) else None))
 
 
 def _parse_expression(expression: object) -> Result[str, ValidationError]:
@@ -254,8 +305,37 @@ def _parse_expression(expression: object) -> Result[str, ValidationError]:
     )
 
 
+#: How many days a walk of plain fields looks ahead: past every leap-day cycle (28 years).
+_MAX_DAYS = 366 * 30
+_ONE_DAY = timedelta(days=1)
+
+
 def _walls(plan: _Plan, start: datetime) -> Iterator[datetime]:
     """The matching wall times strictly after `start`, ascending, each once."""
+    if plan.fields is not None:
+        return _plain_walls(plan.fields, start)
+    return _croniter_walls(plan, start)
+
+
+def _plain_walls(fields: tuple[_Fields, ...], start: datetime) -> Iterator[datetime]:
+    """`_walls` for plain fields, by calendar arithmetic (croniter's walk costs about 0.2 ms a step)."""
+    day = start.date()
+    after = start.hour * 60 + start.minute  # wall times are whole minutes: later ones are in later minutes
+    for n in range(_MAX_DAYS):
+        firing = [f.minutes_of_day for f in fields if f.fires_on(day)]
+        if firing:
+            times = firing[0] if len(firing) == 1 else sorted(set().union(*firing))
+            for minute in times:
+                if n == 0 and minute <= after:
+                    continue
+                yield datetime(day.year, day.month, day.day, minute // 60, minute % 60)
+        if day == date.max:
+            return
+        day += _ONE_DAY
+
+
+def _croniter_walls(plan: _Plan, start: datetime) -> Iterator[datetime]:
+    """`_walls` by croniter, for fields it alone understands (``L``, ``#``, ...)."""
     walks = [croniter(walk, start, day_or=day_or) for walk, day_or in plan.walks]
     heads: list[datetime] = [w.get_next(datetime) for w in walks]
     last: datetime | None = None
