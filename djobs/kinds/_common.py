@@ -16,12 +16,15 @@ from returns.future import FutureResult
 from returns.result import Failure, Result, Success
 from typing_extensions import TypeVar
 
-from .._errors import JobError, JobNotFoundError, StorageError, TenantError, ValidationError
+from .._clock import LATEST_MS
+from .._errors import ExecutionError, JobError, JobNotFoundError, StorageError, TenantError, ValidationError
 from .._input import check_text, clean_text, text_problem
-from ..storage import Checkin, InstanceRecord
+from ..storage import Checkin, ClearAlarm, InstanceRecord, SetAlarm
 from ..storage._base import DeadLetter, DeadLetterKind, DeadLetterStorage, InstanceRevival, Revival
 
 if TYPE_CHECKING:
+    from .._execution import Env
+    from .._retry import Retry
     from .._runtime import AlarmTarget, Runtime
 
 T = TypeVar("T")
@@ -338,3 +341,59 @@ async def terminate_instance(
         return Success(TerminateResult(True, instance_id))
 
     return await runtime.call(key, run)
+
+
+async def count_failed_attempt(
+    env: Env,
+    key: str,
+    exc: Exception,
+    *,
+    kind: str,
+    name: str,
+    retry: Retry | None,
+    attempt: int,
+    retry_purpose: str,
+    give_up: Callable[[InstanceRecord], None],
+    before_retry: Callable[[InstanceRecord], None] | None = None,
+) -> None:
+    """An unexpected exception ended an alarm's run (a bug past the user's code): the attempt counts.
+
+    Handing the alarm back uncounted would run the same attempt again after
+    every alarm lease, forever, when the bug repeats. Instead the stored
+    instance is reloaded and, if the definition's `retry` allows another
+    attempt, given a retry alarm (``retry_purpose``) for attempt ``attempt +
+    1`` after the retry layer's delay; otherwise `give_up` makes it inert
+    with its state kept (its alarm cleared), so nothing stored is lost and a
+    person can act on the logged error. A storage failure here leaves the
+    alarm claimed: it fires again after its lease, as any failed commit does.
+    """
+    env.logger.error(
+        "bug: %s %s raised past its handler on attempt %d; the attempt counts as failed: %r", kind, key, attempt, exc
+    )
+    try:
+        loaded = await env.storage.load(key)
+        if loaded is None:
+            return
+        record = loaded[0]
+        now = env.now_ms()
+        record.updated_at = now
+        alarm: SetAlarm | ClearAlarm
+        if retry is not None and attempt < retry.max_attempts:
+            record.attempt = attempt + 1
+            if before_retry is not None:
+                before_retry(record)
+            delay = env.retries.delay_before(retry, attempt + 1)
+            alarm = SetAlarm(min(now + max(0, round(delay.total_seconds() * 1000)), LATEST_MS), retry_purpose)
+        else:
+            record.attempt = 1
+            give_up(record)
+            alarm = ClearAlarm()
+        events = []
+        if env.tracking:
+            error = ExecutionError(clean_text(f"the run failed unexpectedly: {exc!r}"), exc)
+            will_retry = isinstance(alarm, SetAlarm)
+            data = {"tag": error.tag, "message": error.message}
+            events.append(env.event("job.failed", key, kind, name, attempt=attempt, error=data, will_retry=will_retry))
+        await env.commit(Checkin(key=key, record=record, alarm=alarm), events)
+    except Exception as again:  # a storage failure or the same bug: the alarm fires again after its lease
+        env.logger.error("%s %s: could not record the failed attempt: %r", kind, key, again)

@@ -54,6 +54,7 @@ from ._common import (
     TerminateResult,
     check_name,
     check_on_exhausted,
+    count_failed_attempt,
     instance_dead_letter,
     instance_key,
     revive_letter,
@@ -240,6 +241,11 @@ def _status(record: InstanceRecord, alarm: Alarm | None) -> Literal["running", "
     return "stopped" if record.status == PAUSED or alarm is None else "running"
 
 
+def _pause(record: InstanceRecord) -> None:
+    """Take an instance off its schedule with its state kept (``resume`` puts it back)."""
+    record.status = PAUSED
+
+
 class ContinuousHandler(TenantScoped, Generic[S]):
     """Runs one continuous job's instances on an engine's runtime."""
 
@@ -378,11 +384,24 @@ class ContinuousHandler(TenantScoped, Generic[S]):
         record, current = loaded
         if record.status == PAUSED:
             return  # paused after this alarm was claimed (the pause cleared it)
+        attempt = record.attempt if alarm.purpose == "retry" else 1
         try:
             await self._run(record, current, triggered=False)
         except StorageError as exc:
             # The alarm stays claimed and fires again after its lease.
             self.env.logger.error("continuous %s: could not record a run: %s", alarm.key, exc.message)
+        except Exception as exc:  # a bug past the body: the attempt counts (no endless re-run of it)
+            await count_failed_attempt(
+                self.env,
+                alarm.key,
+                exc,
+                kind=KIND,
+                name=self.job.name,
+                retry=self.job.retry,
+                attempt=attempt,
+                retry_purpose="retry",
+                give_up=_pause,
+            )
 
     def _next_run(self, alarm: Alarm | None, now: int) -> int:
         # Keep the schedule's phase: the next run follows the one that was due,

@@ -77,6 +77,7 @@ from ._common import (
     StateResult,
     TenantScoped,
     check_name,
+    count_failed_attempt,
     instance_dead_letter,
     instance_key,
     revive_letter,
@@ -463,6 +464,11 @@ async def _unreachable() -> NoReturn:
 #: How many instances' batches a handler keeps in memory at most; past it, the
 #: copies whose lease was given up go first, then the oldest.
 LIVE_LIMIT = 10_000
+
+
+def _hold(record: InstanceRecord) -> None:
+    """Keep the batch, with no alarm: a manual ``flush`` (or a full batch) flushes it."""
+    record.data = None
 
 
 class DebounceHandler(TenantScoped, Generic[E, S]):
@@ -869,11 +875,29 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
             except msgspec.DecodeError:
                 stored = "flush_after"
             reason = next((r for r in _REASONS if r == stored), "flush_after")
+        attempt = record.attempt
         try:
             await self._flush(record, reason)
         except StorageError as exc:
             # The alarm stays claimed and fires again after its lease.
             self.env.logger.error("debounce %s: could not record a flush: %s", alarm.key, exc.message)
+        except Exception as exc:  # a bug past the body: the attempt counts (no endless re-run of it)
+
+            def keep_reason(pending: InstanceRecord) -> None:
+                pending.data = msgspec.json.encode(_Pending(reason))
+
+            await count_failed_attempt(
+                self.env,
+                alarm.key,
+                exc,
+                kind=KIND,
+                name=self.job.name,
+                retry=self.job.retry,
+                attempt=attempt,
+                retry_purpose="retry",
+                give_up=_hold,
+                before_retry=keep_reason,
+            )
 
     async def _flush(self, record: InstanceRecord, reason: FlushReason) -> OutcomeKind:
         """Run ``execute`` on the batch in `record` and commit what came of it."""

@@ -72,6 +72,7 @@ from ._common import (
     TerminateResult,
     check_name,
     check_on_exhausted,
+    count_failed_attempt,
     instance_dead_letter,
     instance_key,
     revive_letter,
@@ -535,6 +536,11 @@ def _at(ms: int | None) -> datetime | None:
 SendError: TypeAlias = ValidationError | InvalidStateError | ExecutionError | DuplicateEventError | StorageError
 
 
+def _rest(record: InstanceRecord) -> None:
+    """Leave a task idle with its state kept: its next event or ``schedule`` wakes it."""
+    record.status = "idle"
+
+
 class TaskHandler(TenantScoped, Generic[S, Ev]):
     """Runs one task job's instances on an engine's runtime."""
 
@@ -706,15 +712,29 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
     # -- alarms, executes and the shared end of every step ---------------------------------
 
     async def on_alarm(self, alarm: Alarm) -> None:
+        attempt = 1
         try:
             loaded = await self.env.storage.load(alarm.key)
             if loaded is None or loaded[1] is None or loaded[1].id != alarm.id:
                 return  # terminated, or the alarm was replaced after it was claimed
             record, current = loaded
+            attempt = record.attempt if alarm.purpose == _RETRY else 1
             await self._execute(record, current, triggered=False)
         except StorageError as exc:
             # The alarm stays claimed and fires again after its lease.
             self.env.logger.error("task %s: could not record an execute: %s", alarm.key, exc.message)
+        except Exception as exc:  # a bug past the body: the attempt counts (no endless re-run of it)
+            await count_failed_attempt(
+                self.env,
+                alarm.key,
+                exc,
+                kind=KIND,
+                name=self.job.name,
+                retry=self.job.retry,
+                attempt=attempt,
+                retry_purpose=_RETRY,
+                give_up=_rest,
+            )
 
     async def _execute(
         self, record: InstanceRecord, alarm: Alarm | None, *, triggered: bool

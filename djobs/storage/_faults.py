@@ -3,7 +3,9 @@
 `faulty(layer)` wraps any storage layer. Its `FaultyStorage` passes every
 call through, except those a rule picks, which fail the way SQLite fails:
 ``busy`` (another writer holds the lock), ``io`` (disk I/O error), ``full``
-(disk full) or ``readonly``. A fault can land *before* the call touches
+(disk full) or ``readonly``; or ``bug``, an exception that is not a
+`StorageError` (a `RuntimeError`, as a bug in a storage layer would raise),
+for tests of the engine's paths for the unexpected. A fault can land *before* the call touches
 the database, or *at commit*: the call's statements run, then the commit
 fails and SQLite rolls the transaction back — the case that shows whether
 anything partial becomes visible.
@@ -32,7 +34,7 @@ from .._errors import StorageError
 from ._base import Storage, StorageLayer
 from ._sqlite import SqliteStorage
 
-FaultKind = Literal["busy", "io", "full", "readonly"]
+FaultKind = Literal["busy", "io", "full", "readonly", "bug"]
 FaultPoint = Literal["call", "commit"]
 
 _ERRORS: dict[str, tuple[type[apsw.Error], str]] = {
@@ -77,7 +79,8 @@ class FaultyStorage:
         Args:
             operation: The storage method to fail (``"commit"``,
                 ``"claim_alarms"``, ``"load"``, ...); ``None`` fails every one.
-            kind: Which SQLite error to give.
+            kind: Which SQLite error to give, or ``"bug"``: a `RuntimeError`
+                (only ``at="call"``).
             at: ``"call"`` fails before the database is touched; ``"commit"``
                 runs the call's statements and fails its commit (SQLite
                 storages only; a call that commits nothing is not affected).
@@ -86,6 +89,8 @@ class FaultyStorage:
         """
         if at == "commit" and not isinstance(self._inner, SqliteStorage):
             raise ValueError("faults at commit need a SQLite storage")
+        if kind == "bug" and at != "call":
+            raise ValueError('an injected bug is raised at the call (at="call")')
         self._rules.append(_Rule(operation, kind, at, times))
 
     def heal(self) -> None:
@@ -113,6 +118,9 @@ class FaultyStorage:
             rule = self._take(name)
             if rule is None:
                 return await method(*args, **kwargs)
+            if rule.kind == "bug":
+                self.injected += 1
+                raise RuntimeError(f"{name}: an injected bug")
             error_type, text = _ERRORS[rule.kind]
             if rule.at == "call":
                 self.injected += 1
