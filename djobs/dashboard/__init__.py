@@ -47,8 +47,8 @@ from starlette.routing import Route
 
 from .._clock import Clock, WallClock
 from .._errors import InstanceNotFoundError, InvalidStateError, JobError, StorageError, ValidationError
+from .._ids import engine_id
 from .._input import text_problem
-from .._leases import engine_id
 from ..cli import _actions
 from ..cli._actions import printable
 from ..cli._exit import CommandError, ExitCode
