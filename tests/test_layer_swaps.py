@@ -138,10 +138,12 @@ class DictStorage:
         self.leases[key] = (owner, now_ms + ttl_ms)
         return True
 
-    async def instance_lease_holder(self, key: str) -> tuple[str, int] | None:
+    async def instance_lease_holder(self, key: str, now_ms: int | None = None) -> tuple[str, int] | None:
         return self.leases.get(key)
 
-    async def renew_instance_leases(self, keys: list[str], owner: str, until_ms: int) -> None:
+    async def renew_instance_leases(
+        self, keys: list[str], owner: str, until_ms: int, now_ms: int | None = None
+    ) -> None:
         for key in keys:
             if self.leases.get(key, ("", 0))[0] == owner:
                 self.leases[key] = (owner, until_ms)
