@@ -20,8 +20,8 @@ import trio
 import trio.testing
 
 import djobs
-from djobs.storage import Alarm, Checkin, ClearAlarm, InstanceRecord, SetAlarm, Storage
-from djobs.testing import default_layers, failure, open_test_engine, success
+from djobs.storage import Alarm, Checkin, ClearAlarm, InstanceRecord, LeaseLostError, SetAlarm, Storage
+from djobs.testing import check_storage, default_layers, failure, open_test_engine, success
 
 
 class Beat(msgspec.Struct):
@@ -90,6 +90,8 @@ class DictStorage:
     async def commit(self, checkin: Checkin) -> None:
         self.calls.append("commit")
         key = checkin.key
+        if checkin.lease_owner is not None and self.leases.get(key, (checkin.lease_owner, 0))[0] != checkin.lease_owner:
+            raise LeaseLostError(key)
         if checkin.event_id is not None:
             if (key, checkin.event_id) in self.event_ids:
                 raise djobs.DuplicateEventError(key, checkin.event_id)
@@ -99,7 +101,12 @@ class DictStorage:
             self.alarms.pop(key, None)
             self.event_ids = {(k, e) for k, e in self.event_ids if k != key}
             return
-        self.records[key] = msgspec.structs.replace(checkin.record)
+        new = msgspec.structs.replace(checkin.record)
+        old = self.records.get(key)
+        if old is not None:  # identity and birth are written once
+            new.kind, new.name, new.instance_id, new.created_at = old.kind, old.name, old.instance_id, old.created_at
+            new.tenant_id = old.tenant_id
+        self.records[key] = new
         if isinstance(checkin.alarm, SetAlarm):
             alarm = Alarm(id=next(self.ids), key=key, fire_at=checkin.alarm.fire_at, purpose=checkin.alarm.purpose)
             self.alarms[key] = alarm
@@ -186,6 +193,13 @@ async def test_an_in_memory_store_of_plain_dicts_runs_instances_and_alarms(
     assert layer.storage.records == {} and layer.storage.alarms == {}
     assert layer.storage.calls.count("commit") >= 7  # every run went through the fake
     assert layer.storage.leases == {}  # the engine gave its leases back on close
+
+
+@pytest.mark.trio
+async def test_the_dict_store_passes_the_storage_conformance_suite() -> None:
+    # The fake is a storage like any other: djobs's shipped suite proves its
+    # instances, idempotency keys, alarms and leases (it holds no job queue).
+    await check_storage(DictLayer, queue=False)
 
 
 @pytest.mark.trio
