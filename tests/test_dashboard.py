@@ -348,12 +348,17 @@ def browser() -> Iterator[Any]:
         driver.quit()
 
 
+REFRESH = ("--refresh", "600")
+
+
 @pytest.fixture
 def server(demo_db: Path) -> Iterator[tuple[str, Path]]:
     """``djobs dashboard`` with a token, in a process of its own, over a copy of the demo's database."""
     process = subprocess.Popen(
         # From the database's directory, so the pages (and the screenshots in the docs) show its name only.
-        [sys.executable, "-m", "djobs.cli", "dashboard", "--db", DEMO_DB, "--port", "0", "--token", TOKEN],
+        # A live job's page reloads itself every --refresh seconds; a reload while the browser reads
+        # the page loses its elements, so the walk-through's pages hold still for ten minutes.
+        [sys.executable, "-m", "djobs.cli", "dashboard", "--db", DEMO_DB, "--port", "0", "--token", TOKEN, *REFRESH],
         stderr=subprocess.PIPE,
         text=True,
         cwd=demo_db.parent,
@@ -465,6 +470,8 @@ def test_the_dashboard_command_refuses_what_it_cannot_serve(capsys: pytest.Captu
     build(tmp_path, djobs.sqlite(path), ["--db", str(path)])
     assert main(["dashboard", "--db", str(path), "--token", "short"]) == 2
     assert "at least 8 characters" in capsys.readouterr().err
+    assert main(["dashboard", "--db", str(path), "--refresh", "0"]) == 2
+    assert "--refresh must be a whole number of seconds, at least 1" in capsys.readouterr().err
 
 
 def test_the_metrics_tracker_forwards_to_the_tracker_it_wraps() -> None:
@@ -518,6 +525,9 @@ def test_an_unusable_database_is_a_page_saying_why_until_it_is_there(tmp_path: P
     assert after.status_code == 200 and "Overview" in after.text
     with pytest.raises(djobs.ValidationError, match="at least 8 characters"):
         app(str(path), token="short")
+    for refresh in (0, -1, True, 1.5):
+        with pytest.raises(djobs.ValidationError, match="refresh must be a whole number of seconds"):
+            app(str(path), refresh=refresh)  # type: ignore[arg-type]
 
 
 def test_text_no_storage_holds_is_a_bad_request_on_every_storage(db: Built) -> None:

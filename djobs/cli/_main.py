@@ -199,6 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="the port to listen on (default 8000)")
     p.add_argument(
+        "--refresh",
+        type=int,
+        default=2,
+        metavar="SECONDS",
+        help="seconds between reloads of a pending or running job's page (default 2)",
+    )
+    p.add_argument(
         "--token",
         help="an access token (8+ characters) that allows actions after logging in; without one the dashboard "
         "is read-only (default: $DJOBS_DASHBOARD_TOKEN)",

@@ -293,6 +293,8 @@ async def dashboard(args: argparse.Namespace, clock: Clock) -> ExitCode:
     token = args.token or os.environ.get("DJOBS_DASHBOARD_TOKEN") or None
     if token is not None and len(token) < 8:
         raise CommandError("--token must be at least 8 characters", ExitCode.USAGE)
+    if args.refresh < 1:
+        raise CommandError("--refresh must be a whole number of seconds, at least 1", ExitCode.USAGE)
     async with open_existing(args.db, schema=args.schema) as db:
         where = db.where  # refuse a missing, foreign or other-version database before serving
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -300,7 +302,14 @@ async def dashboard(args: argparse.Namespace, clock: Clock) -> ExitCode:
             try:
                 urls = await nursery.start(
                     partial(
-                        web.serve, args.db, host=args.host, port=args.port, schema=args.schema, token=token, clock=clock
+                        web.serve,
+                        args.db,
+                        host=args.host,
+                        port=args.port,
+                        schema=args.schema,
+                        token=token,
+                        clock=clock,
+                        refresh=args.refresh,
                     )
                 )
             except OSError as exc:

@@ -613,13 +613,15 @@ def app(
         refresh: Seconds between reloads of a pending or running job's page.
 
     Raises:
-        ValidationError: A token shorter than 8 characters. A database that
+        ValidationError: A token shorter than 8 characters; a refresh below 1 second. A database that
             cannot be used (missing, foreign, of another version, unreachable,
             a bad schema name) raises nothing here: every page answers 503
             with the reason, and works once the database does.
     """
     if token is not None and (not isinstance(token, str) or len(token) < 8):
         raise ValidationError("the dashboard's access token must be a string of at least 8 characters")
+    if isinstance(refresh, bool) or not isinstance(refresh, int) or refresh < 1:
+        raise ValidationError(f"the dashboard's refresh must be a whole number of seconds, at least 1, not {refresh!r}")
     state = Dashboard(
         db, schema=schema, token=token, clock=clock or WallClock(), pages=pages or PAGES, refresh_s=refresh
     )
@@ -669,10 +671,12 @@ async def serve(
     schema: str = "djobs",
     token: str | None = None,
     clock: Clock | None = None,
+    refresh: int = 2,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the dashboard with Hypercorn's Trio worker until cancelled; run it in your nursery
     (``await nursery.start(djobs.dashboard.serve, "jobs.db")``, which returns the bound URLs).
+    The other arguments are `app`'s; ``refresh`` is the seconds between reloads of a live job's page.
 
     Raises:
         OSError: The address is in use or cannot be bound.
@@ -685,5 +689,5 @@ async def serve(
     config.accesslog = None
     # Server errors (a request that raised) go to the application's logging, not to stderr.
     config.errorlog = logging.getLogger("djobs.dashboard")
-    application = app(db, schema=schema, token=token, clock=clock)
+    application = app(db, schema=schema, token=token, clock=clock, refresh=refresh)
     await hypercorn_serve(application, config, task_status=task_status, mode="asgi")  # type: ignore[arg-type]
