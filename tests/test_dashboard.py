@@ -672,6 +672,8 @@ def test_a_filter_given_a_value_it_does_not_take_is_a_400_naming_what_it_takes(d
             "status 'bogus' is not one of: running, sleeping, waiting, completed, failed, cancelled"
         ),
         "/workflows?limit=x": "limit 'x' is not a number of rows from 1 to 500",
+        "/dead-letters?kind=bogus": "kind 'bogus' is not one of: job, debounce, continuous, task",
+        "/dead-letters?limit=0": "limit '0' is not a number of rows from 1 to 500",
     }
     pages = get(app(**where(db), clock=AT_5M), *cases, "/jobs?status=", "/jobs?status=failed&limit=500")
     for (url, message), page in zip(cases.items(), pages, strict=False):
@@ -680,3 +682,99 @@ def test_a_filter_given_a_value_it_does_not_take_is_a_400_naming_what_it_takes(d
     empty, fine = pages[-2:]
     assert empty.status_code == 200 and fine.status_code == 200  # empty means any; 500 is allowed
     assert db.failed in fine.text and db.completed not in fine.text
+
+
+def shout(params: Greet, ctx: djobs.JobContext) -> None:
+    raise RuntimeError(f"cannot shout {params.name}")
+
+
+shouter = djobs.Job.make("shout", params=Greet, execute=shout, max_attempts=1)
+
+
+def test_the_dead_letters_page_lists_filters_pages_and_shows_one(db: Built) -> None:
+    pages = get(
+        app(**where(db), clock=AT_5M),
+        "/dead-letters",
+        "/dead-letters?kind=job&name=greet",
+        "/dead-letters?kind=debounce",
+        "/dead-letters?name=nobody",
+        "/dead-letters?limit=1",
+        f"/dead-letters?limit=1&after={db.failed}",
+        f"/dead-letters/{db.failed}",
+        "/dead-letters/nope",
+    )
+    listing, by_kind_and_name, debounce, nobody, first, after, one, missing = pages
+    assert all(p.status_code == 200 for p in pages[:-1]), [p.status_code for p in pages]
+    assert re.findall(r'class="letter" href="/dead-letters/([^"]+)"', listing.text) == [db.failed]
+    assert "retry_exhausted: gave up after 1 attempt(s)" in listing.text
+    assert re.findall(r'class="letter" href="/dead-letters/([^"]+)"', by_kind_and_name.text) == [db.failed]
+    for page in (debounce, nobody, after):
+        assert "no dead letters match" in page.text and db.failed not in page.text
+    assert f"after={db.failed}" in first.text and "limit=1" in first.text  # the next page's link
+    assert "no greeting for fail" in one.text and f'href="/jobs/{db.failed}"' in one.text
+    assert '<pre id="payload">{\n  &#34;name&#34;: &#34;fail&#34;\n}</pre>' in one.text  # formatted JSON, escaped
+    assert "2026-01-01" in one.text  # when it failed
+    assert 'href="/dead-letters" class="on"' in one.text
+    assert missing.status_code == 404 and "no dead letter with id" in missing.text
+    for page in (listing, one):
+        assert 'method="post"' not in page.text  # read-only without a token
+
+
+@pytest.mark.parametrize("verb", ["retry", "discard"])
+def test_dead_letter_actions_need_the_token_and_change_storage(db: Built, verb: str) -> None:
+    origin = {"origin": "http://dash.test"}
+    action = f"/dead-letters/{db.failed}/{verb}"
+
+    async def letter_and_job() -> tuple[object, str]:
+        async with open_existing(where(db)["db"], schema=where(db)["schema"]) as opened:
+            letter = await opened.storage.get_dead_letter(db.failed)  # type: ignore[attr-defined]
+            job = await opened.storage.get_job(db.failed)
+        assert job is not None
+        return letter, job.status
+
+    async def scenario() -> None:
+        [refused] = await fetch(app(**where(db), clock=AT_5M), ("POST", action, {"headers": origin}))
+        assert refused.status_code == 403 and "read-only" in refused.text
+        application = app(**where(db), token=TOKEN, clock=AT_5M)
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://dash.test") as c:
+            assert (await c.post(action, headers=origin)).status_code == 403  # not logged in
+            assert (await c.post("/login", data={"token": TOKEN}, headers=origin)).status_code == 303
+            page = await c.get(f"/dead-letters/{db.failed}")
+            csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', page.text)
+            assert csrf is not None and 'value="retry"' in page.text and 'value="discard"' in page.text
+            assert (await c.post(action, headers=origin)).status_code == 403  # no CSRF token
+            forged = await c.post(action, headers={"origin": "http://evil.test"}, data={"csrf": csrf.group(1)})
+            assert forged.status_code == 403
+            letter, status = await letter_and_job()
+            assert letter is not None and status == "failed"  # nothing refused changed anything
+            done = await c.post(action, headers=origin, data={"csrf": csrf.group(1)})
+            assert done.status_code == 303 and done.headers["location"].startswith("/dead-letters?done=")
+            assert "no dead letters match" in (await c.get(done.headers["location"])).text
+            again = await c.post(action, headers=origin, data={"csrf": csrf.group(1)})
+            assert again.status_code == 409 and "no dead letter with id" in again.text
+        await application.state.dashboard.aclose()
+        letter, status = await letter_and_job()
+        assert letter is None
+        assert status == ("pending" if verb == "retry" else "failed")  # a discarded letter's job row stays
+
+    trio.run(scenario)
+
+
+def test_what_a_dead_letter_holds_is_escaped(db: Built) -> None:
+    async def fail_hostile() -> str:
+        storage = djobs.sqlite(db.path) if len(db.args) == 2 else djobs.postgres(db.args[1], schema=db.args[3])
+        async with open_test_engine([shouter], storage=storage) as engine:
+            client = engine.client.for_tenant("<b>acme</b>")
+            job_id = success(await client.job(shouter).now(Greet("<script>alert(1)</script>"))).job_id
+            await engine.wait_idle()
+        assert job_id is not None
+        return job_id
+
+    hostile = trio.run(fail_hostile, clock=trio.testing.MockClock(autojump_threshold=0))
+    listing, page = get(app(**where(db), clock=AT_5M), "/dead-letters?tenant=<b>acme</b>", f"/dead-letters/{hostile}")
+    assert page.status_code == 200 and hostile in listing.text and db.failed not in listing.text
+    for text in (listing.text, page.text):
+        assert "<script>alert" not in text and "<b>acme" not in text and "&lt;b&gt;acme&lt;/b&gt;" in text
+    assert "cannot shout &lt;script&gt;alert(1)&lt;/script&gt;" in page.text
+    assert "&#34;&lt;script&gt;alert(1)&lt;/script&gt;&#34;" in page.text

@@ -18,7 +18,7 @@ from .._input import text_problem
 from .._schedule import Schedule, every, parse_cron
 from .._worker import CANCELLED_ERROR
 from ..storage import CronRecord, JobRecord, JobStatusName, QueueStorage
-from ..storage._base import FINAL_STATUSES
+from ..storage._base import FINAL_STATUSES, DeadLetter, DeadLetterStorage
 from ._exit import CommandError, ExitCode
 
 # Control characters have printable stand-ins in Unicode's Control Pictures block
@@ -177,3 +177,47 @@ async def purge_jobs(
         total += deleted
         if deleted < 1000:
             return total
+
+
+def dead_letter_store(storage: object, where: str) -> DeadLetterStorage:
+    """`storage` as the dead-letter table; `CommandError` (failed) if it keeps none (`where` names it)."""
+    if not isinstance(storage, DeadLetterStorage):
+        raise CommandError(f"{where} keeps no dead letters", ExitCode.FAILED)
+    return storage
+
+
+async def get_dead_letter(store: DeadLetterStorage, letter_id: str) -> DeadLetter:
+    """The stored dead letter; `CommandError` (not found) if there is none."""
+    letter = await store.get_dead_letter(letter_id)
+    if letter is None:
+        raise CommandError(f"no dead letter with id {letter_id!r} is stored", ExitCode.NOT_FOUND)
+    return letter
+
+
+async def retry_dead_letter(store: DeadLetterStorage, letter_id: str, now: int) -> DeadLetter:
+    """Bring a dead letter's work back, due at `now`, and delete the letter; the letter as it was.
+
+    Raises:
+        CommandError: No such letter (not found), or its job or instance is live again or an
+            engine holds it right now (failed; nothing was changed).
+    """
+    letter = await get_dead_letter(store, letter_id)
+    outcome = await store.revive_dead_letter(letter.id, now, None)
+    if outcome == "missing":
+        raise CommandError(f"no dead letter with id {letter_id!r} is stored", ExitCode.NOT_FOUND)
+    if outcome == "occupied":
+        what = "job" if letter.kind == "job" else f"{letter.kind} instance"
+        raise CommandError(
+            f"dead letter {letter.id}: {what} {printable(letter.ref)!r} of {letter.name!r} is live again, or an "
+            "engine holds it right now; nothing was changed (retry through that engine's client, or later)",
+            ExitCode.FAILED,
+        )
+    return letter
+
+
+async def discard_dead_letter(store: DeadLetterStorage, letter_id: str) -> DeadLetter:
+    """Delete a dead letter for good; the letter as it was. `CommandError` (not found) if there is none."""
+    letter = await get_dead_letter(store, letter_id)
+    if not await store.discard_dead_letter(letter.id):
+        raise CommandError(f"no dead letter with id {letter_id!r} is stored", ExitCode.NOT_FOUND)
+    return letter

@@ -18,8 +18,9 @@ from typing import Any
 from .._clock import Clock
 from ..storage._base import DeadLetter, DeadLetterFilter, DeadLetterStorage
 from ..storage._inspect import Opened
+from . import _actions
 from ._actions import printable
-from ._exit import CommandError, ExitCode
+from ._exit import ExitCode
 from ._output import fields, iso, note, print_json, table, when
 from ._read import _clip, _compact, _json_value, _open
 
@@ -53,16 +54,7 @@ def add_commands(
 
 
 def _store(db: Opened) -> DeadLetterStorage:
-    if not isinstance(db.storage, DeadLetterStorage):
-        raise CommandError(f"{db.where} keeps no dead letters", ExitCode.FAILED)
-    return db.storage
-
-
-async def _get(store: DeadLetterStorage, letter_id: str) -> DeadLetter:
-    letter = await store.get_dead_letter(letter_id)
-    if letter is None:
-        raise CommandError(f"no dead letter with id {letter_id!r} is stored", ExitCode.NOT_FOUND)
-    return letter
+    return _actions.dead_letter_store(db.storage, db.where)
 
 
 def _error_text(letter: DeadLetter) -> str | None:
@@ -111,7 +103,7 @@ async def letters_list(args: argparse.Namespace, clock: Clock) -> ExitCode:
 async def letters_show(args: argparse.Namespace, clock: Clock) -> ExitCode:
     """``djobs dead-letters show ID``: one letter with its payload and error."""
     async with _open(args) as db:
-        letter = await _get(_store(db), args.id)
+        letter = await _actions.get_dead_letter(_store(db), args.id)
     if args.json:
         print_json(_letter_json(letter))
         return ExitCode.OK
@@ -137,18 +129,8 @@ async def letters_show(args: argparse.Namespace, clock: Clock) -> ExitCode:
 async def letters_retry(args: argparse.Namespace, clock: Clock) -> ExitCode:
     """``djobs dead-letters retry ID``: the work is due again now; the letter is gone."""
     async with _open(args, write=True) as db:
-        store = _store(db)
-        letter = await _get(store, args.id)
-        outcome = await store.revive_dead_letter(letter.id, clock.now_ms(), None)
-    if outcome == "missing":
-        raise CommandError(f"no dead letter with id {args.id!r} is stored", ExitCode.NOT_FOUND)
+        letter = await _actions.retry_dead_letter(_store(db), args.id, clock.now_ms())
     what = "job" if letter.kind == "job" else f"{letter.kind} instance"
-    if outcome == "occupied":
-        raise CommandError(
-            f"dead letter {letter.id}: {what} {printable(letter.ref)!r} of {letter.name!r} is live again, or an "
-            "engine holds it right now; nothing was changed (retry through that engine's client, or later)",
-            ExitCode.FAILED,
-        )
     if args.json:
         print_json({"id": letter.id, "kind": letter.kind, "name": letter.name, "ref": letter.ref, "retried": True})
     else:
@@ -159,10 +141,7 @@ async def letters_retry(args: argparse.Namespace, clock: Clock) -> ExitCode:
 async def letters_discard(args: argparse.Namespace, clock: Clock) -> ExitCode:
     """``djobs dead-letters discard ID``: the letter is deleted for good."""
     async with _open(args, write=True) as db:
-        store = _store(db)
-        letter = await _get(store, args.id)
-        if not await store.discard_dead_letter(letter.id):
-            raise CommandError(f"no dead letter with id {args.id!r} is stored", ExitCode.NOT_FOUND)
+        letter = await _actions.discard_dead_letter(_store(db), args.id)
     if args.json:
         print_json({"id": letter.id, "discarded": True})
     else:

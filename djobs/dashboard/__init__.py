@@ -57,6 +57,7 @@ from ..kinds._workflow import KIND as WORKFLOW
 from ..kinds._workflow import WorkflowStatus, WorkflowStatusName, cancel_stored, describe_workflow
 from ..metrics import StorageCollector, render
 from ..storage import JobFilter, JobRecord, JobStatusName, Storage
+from ..storage._base import DeadLetter, DeadLetterFilter, DeadLetterKind
 from ..storage._inspect import JOB_STATUSES, InstanceFilter, InstanceView, Opened, describe, open_existing
 from ._templates import TEMPLATES
 
@@ -66,6 +67,8 @@ Endpoint = Callable[["Dashboard", Request], Awaitable[Response]]
 
 _COOKIE = "djobs_session"
 _INSTANCE_KINDS = ("continuous", "debounce", "task", "workflow")
+#: The kinds of work a dead letter holds (`DeadLetterKind`).
+_LETTER_KINDS: tuple[str, ...] = get_args(DeadLetterKind)
 #: The statuses a workflow's page filters by.
 WORKFLOW_STATUSES: tuple[str, ...] = get_args(WorkflowStatusName)
 _any_json = msgspec.json.Decoder()
@@ -93,7 +96,7 @@ def _pretty(raw: bytes | None) -> str | None:
         return raw.decode("utf-8", "replace")
 
 
-def _error_text(record: JobRecord) -> str | None:
+def _error_text(record: JobRecord | DeadLetter) -> str | None:
     if record.error is None:
         return None
     try:
@@ -410,6 +413,52 @@ async def failed(d: Dashboard, request: Request) -> Response:
     return d.render(request, "failed", "Failed work", jobs=records, views=views, more=len(records) == 100)
 
 
+async def dead_letters(d: Dashboard, request: Request) -> Response:
+    db = await d.database()
+    q = request.query_params
+    limit = _limit(request)
+    f = {
+        "kind": _choice(request, "kind", _LETTER_KINDS),
+        "name": q.get("name") or None,
+        "tenant": q.get("tenant") or None,
+        "limit": limit,
+    }
+    where = DeadLetterFilter(
+        kind=cast(DeadLetterKind | None, f["kind"]),  # one of _LETTER_KINDS (checked above)
+        name=f["name"],  # type: ignore[arg-type]
+        tenant_id=f["tenant"],  # type: ignore[arg-type]
+        after=q.get("after") or None,
+        limit=limit,
+    )
+    try:
+        letters = await _actions.dead_letter_store(db.storage, db.where).list_dead_letters(where)
+    except CommandError as exc:
+        return d.render(request, "message", "No dead letters", 404, message=exc.message)
+    next_page = None
+    if len(letters) == limit:
+        next_page = urlencode({k: v for k, v in f.items() if v is not None} | {"after": letters[-1].id})
+    return d.render(
+        request, "dead_letters", "Dead letters", letters=letters, f=f, kinds=_LETTER_KINDS, next_page=next_page
+    )
+
+
+async def dead_letter(d: Dashboard, request: Request) -> Response:
+    db = await d.database()
+    letter_id = request.path_params["letter_id"]
+    try:
+        letter = await _actions.get_dead_letter(_actions.dead_letter_store(db.storage, db.where), letter_id)
+    except CommandError as exc:
+        return d.render(request, "message", "Not found", 404, message=exc.message)
+    return d.render(
+        request,
+        "dead_letter",
+        f"Dead letter {letter.id}",
+        le=letter,
+        payload=_pretty(letter.payload) or "null",
+        error=_pretty(letter.error),
+    )
+
+
 async def workflows(d: Dashboard, request: Request) -> Response:
     db = await d.database()
     q = request.query_params
@@ -484,6 +533,7 @@ PAGES: list[Page] = [
     Page("/failed", "Failed", failed),
     Page("/instances", "Instances", instances),
     Page("/workflows", "Workflows", workflows),
+    Page("/dead-letters", "Dead letters", dead_letters),
     Page("/cron", "Cron", crons),
 ]
 
@@ -552,6 +602,24 @@ async def cron_action(d: Dashboard, request: Request) -> Response:
         raise CommandError(f"no action {verb!r} on cron jobs", ExitCode.USAGE)
 
     return await _act(d, request, "/cron", act)
+
+
+async def dead_letter_action(d: Dashboard, request: Request) -> Response:
+    letter_id, verb = request.path_params["letter_id"], request.path_params["verb"]
+
+    async def act(db: Opened, now: int) -> str:
+        store = _actions.dead_letter_store(db.storage, db.where)
+        if verb == "retry":
+            letter = await _actions.retry_dead_letter(store, letter_id, now)
+            what = "job" if letter.kind == "job" else f"{letter.kind} instance"
+            return f"{what} {printable(letter.ref)} ({letter.name}): due again now; dead letter {letter.id} removed"
+        if verb == "discard":
+            letter = await _actions.discard_dead_letter(store, letter_id)
+            return f"dead letter {letter.id} ({letter.kind} {letter.name}) discarded"
+        raise CommandError(f"no action {verb!r} on dead letters", ExitCode.USAGE)
+
+    # Either way the letter is gone: back to the list.
+    return await _act(d, request, "/dead-letters", act)
 
 
 async def workflow_cancel(d: Dashboard, request: Request) -> Response:
@@ -657,6 +725,8 @@ def app(
         Route("/login", bind(login), methods=["GET", "POST"]),
         Route("/jobs/{job_id}/{verb}", bind(job_action), methods=["POST"]),
         Route("/cron/{name}/{verb}", bind(cron_action), methods=["POST"]),
+        Route("/dead-letters/{letter_id}", bind(dead_letter)),
+        Route("/dead-letters/{letter_id}/{verb}", bind(dead_letter_action), methods=["POST"]),
     ]
     application = Starlette(routes=routes, lifespan=lifespan)
     application.state.dashboard = state

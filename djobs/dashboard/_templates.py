@@ -191,6 +191,31 @@ FAILED = """{% extends "base" %}{% block content %}
 {% else %}<tr><td colspan="3">none</td></tr>{% endfor %}</table>
 {% endblock %}"""
 
+DEAD_LETTERS = """{% extends "base" %}{% block content %}
+<form method="get" action="{{ base }}/dead-letters" id="filters">
+<label>kind <select name="kind"><option value="">any</option>{% for k in kinds %}<option {{ 'selected' if k == f.kind else '' }}>{{ k }}</option>{% endfor %}</select></label>
+<label>name <input name="name" value="{{ f.name or '' }}" size="14"></label>
+<label>tenant <input name="tenant" value="{{ f.tenant or '' }}" size="10"></label>
+<label>per page <input name="limit" value="{{ f.limit }}" size="3"></label>
+<button type="submit" id="apply">filter</button></form>
+<table id="dead-letters"><tr><th>id</th><th>kind</th><th>name</th><th>job or instance</th><th>tenant</th><th class="n">attempts</th><th>failed</th><th>error</th></tr>
+{% for le in letters %}<tr><td><a class="letter" href="{{ base }}/dead-letters/{{ le.id|urlencode }}">{{ le.id }}</a></td><td>{{ le.kind }}</td><td>{{ le.name }}</td>
+<td>{{ printable(le.ref) }}</td><td>{{ le.tenant_id or '' }}</td><td class="n">{{ le.attempts }}</td><td>{{ when(le.created_at) }}</td><td>{{ error_text(le) or '' }}</td></tr>
+{% else %}<tr><td colspan="8">no dead letters match</td></tr>{% endfor %}</table>
+{% if next_page %}<a id="next" href="{{ base }}/dead-letters?{{ next_page }}">next page →</a>{% endif %}
+{% endblock %}"""
+
+DEAD_LETTER = """{% extends "base" %}{% import "action" as a %}{% block content %}
+<table><tr><th>id</th><td>{{ le.id }}</td></tr><tr><th>kind</th><td>{{ le.kind }}</td></tr><tr><th>name</th><td>{{ le.name }}</td></tr>
+<tr><th>{{ 'job' if le.kind == 'job' else 'instance' }}</th><td>{% if le.kind == 'job' %}<a href="{{ base }}/jobs/{{ le.ref|urlencode }}">{{ le.ref }}</a>{% else %}{{ printable(le.ref) }}{% endif %}</td></tr>
+<tr><th>tenant</th><td>{{ le.tenant_id or '-' }}</td></tr><tr><th>attempts</th><td>{{ le.attempts }}</td></tr>
+{% if le.kind == 'debounce' %}<tr><th>events</th><td>{{ le.event_count }}</td></tr>{% endif %}
+<tr><th>failed</th><td>{{ when(le.created_at) }}</td></tr></table>
+{% if can_act %}<p id="actions">{{ a.action('/dead-letters/' ~ (le.id|urlencode) ~ '/retry', 'retry', csrf) }} {{ a.action('/dead-letters/' ~ (le.id|urlencode) ~ '/discard', 'discard', csrf) }}</p>{% endif %}
+{% if error is not none %}<h2>Error</h2><pre id="error" class="error">{{ error }}</pre>{% endif %}
+<h2>{{ 'Params' if le.kind == 'job' else ('Batch' if le.kind == 'debounce' else 'State') }}</h2><pre id="payload">{{ payload }}</pre>
+{% endblock %}"""
+
 LOGIN = """{% extends "base" %}{% block content %}
 <form method="post" action="{{ base }}/login"><input type="hidden" name="csrf" value="{{ csrf }}">
 <label>access token <input type="password" name="token" id="token" autocomplete="off"></label>
@@ -212,6 +237,8 @@ TEMPLATES = {
     "workflow": WORKFLOW,
     "cron": CRON,
     "failed": FAILED,
+    "dead_letters": DEAD_LETTERS,
+    "dead_letter": DEAD_LETTER,
     "login": LOGIN,
     "message": MESSAGE,
 }
