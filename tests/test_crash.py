@@ -33,10 +33,9 @@ from djobs.testing import open_test_engine, success
 CYCLES = int(os.environ.get("DJOBS_CRASH_CYCLES", "30"))
 SEED = int(os.environ.get("DJOBS_CRASH_SEED", "2026"))
 #: The several-process runs: how many processes are ended (and replaced), and how.
-FLEET_CYCLES = int(os.environ.get("DJOBS_CRASH_FLEET_CYCLES", "6"))
-#: (No clean close among others here: a claim in flight when a worker starts closing is left
-#: leased after it closed, about one close in ten; ``make soak`` reports it, see the reliability guide.)
-FLEET_ENDINGS = ["user", "random", "wal_write", "shutdown", "commit_hook", "wal_hook"]
+FLEET_CYCLES = int(os.environ.get("DJOBS_CRASH_FLEET_CYCLES", "7"))
+#: Every ending, clean closes among them: a process that closed cleanly must hold no job's lease.
+FLEET_ENDINGS = ["user", "random", "clean", "wal_write", "shutdown", "commit_hook", "wal_hook"]
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="the harness kills processes with POSIX signals")
 
@@ -113,6 +112,7 @@ def test_processes_killed_among_others_on_one_file_lose_nothing(tmp_path: Path) 
     assert not report.problems, fleet_problems(report)
     assert len(report.cycles) == FLEET_CYCLES
     assert any(c.outcome == "killed at point" for c in report.cycles), report.summary()
+    assert any(c.outcome == "closed" for c in report.cycles), report.summary()
 
 
 def test_processes_killed_among_others_on_postgres_lose_nothing(tmp_path: Path) -> None:
@@ -123,7 +123,8 @@ def test_processes_killed_among_others_on_postgres_lose_nothing(tmp_path: Path) 
     cycles = max(2, FLEET_CYCLES * 2 // 3)
     with throwaway_schema(dsn) as schema:
         database = invariants.PostgresSchema(dsn, schema)
-        endings = ["user", "random", "shutdown", "random"]
+        endings = ["user", "random", "shutdown", "clean"]
         report = run_fleet(cycles, SEED, tmp_path, processes=3, check_every=cycles, endings=endings, database=database)
     assert not report.problems, fleet_problems(report)
     assert len(report.cycles) == cycles
+    assert any(c.outcome == "closed" for c in report.cycles), report.summary()
