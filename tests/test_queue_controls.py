@@ -82,10 +82,12 @@ async def test_unique_while_running_holds_the_key_until_the_job_ends(
         assert success(await engine.client.jobs.status(running)).status == "running"
         held = success(await client.later(Sync("a"), unique="acct-a", unique_while="pending_or_running"))
         assert held == running
-        # "pending" only: a running job does not hold the key.
-        queued = success(await client.later(Sync("a"), unique="acct-a"))
+        # "pending" only: a running job does not hold the key. (Delayed, so the worker cannot start
+        # it before the second call asks: a started job no longer holds a "pending" key.)
+        queued = success(await client.later(Sync("a"), delay="5 minutes", unique="acct-a"))
         assert queued != running
-        assert success(await client.later(Sync("a"), unique="acct-a")) == queued
+        assert success(await client.later(Sync("a"), delay="5 minutes", unique="acct-a")) == queued
+        await trio.sleep(600)
         await engine.wait_idle()
         assert seen == ["a", "a"]
 
