@@ -151,6 +151,9 @@ class DeadLetters:
 
     async def load(self, scope: str | None, letter_id: object) -> Result[DeadLetter, Any]:
         """The letter `letter_id`, if it exists and the scope may see it."""
+        scoped = _check_scope(scope)
+        if isinstance(scoped, Failure):
+            return scoped
         checked = check_id(letter_id).alt(lambda e: ValidationError(f"dead letter id: {e.message}"))
         if isinstance(checked, Failure):
             return checked
@@ -163,6 +166,9 @@ class DeadLetters:
         self, scope: str | None, kind: object, name: object, tenant_id: object, after: object, limit: object
     ) -> Result[list[DeadLetterInfo], Any]:
         """The letters matching every given filter, newest first."""
+        scoped = _check_scope(scope)
+        if isinstance(scoped, Failure):
+            return scoped
         if kind is not None and kind not in _KINDS:
             return Failure(ValidationError(f"kind must be job, debounce, continuous or task, got {kind!r:.80}"))
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
@@ -329,3 +335,8 @@ class DeadLettersClient:
                 ValidationError("purging dead letters is for every tenant at once; use a client without a tenant")
             )
         return effect(lambda: box.purge(older_than))
+
+
+def _check_scope(scope: str | None) -> Result[str | None, ValidationError]:
+    """A tenant-scoped client's tenant, checked as storable text like every other tenant id."""
+    return Success(None) if scope is None else check_text(scope, "tenant_id")

@@ -809,6 +809,12 @@ async def every_verb_with(engine: Any, text: str) -> None:
         await expect(jobs.list, bad, **{name: text})
     await expect(client.for_tenant(text).jobs.list, bad)
     await expect(client.for_tenant(text).jobs.status, bad, "0190b7a4-0000-7000-8000-000000000000")
+    letters = client.dead_letters
+    for verb in (letters.get, letters.retry, letters.discard):
+        await expect(verb, bad, text)
+    for name in ("name", "tenant_id", "after"):
+        await expect(letters.list, bad, **{name: text})
+    await expect(client.for_tenant(text).dead_letters.list, bad)
     await call(client.crons.get, text)
     await call(client.crons.next_runs, text, 2)
     await call(client.for_tenant(text).crons.list)
