@@ -685,7 +685,14 @@ keeper = djobs.Task.make("keeper", state=Named, event=Named, on_event=on_named, 
 nightly_greeting = djobs.CronJob.make(
     "nightly-greeting", schedule=djobs.cron("0 3 * * *"), job=greeter, params=Named("night")
 )
-text_jobs: list[Any] = [greeter, watcher, gatherer, keeper, nightly_greeting]
+
+
+async def visit(params: Named, ctx: djobs.WorkflowContext) -> Named:
+    return params
+
+
+visitor = djobs.Workflow.make("visitor", input=Named, result=Named, execute=visit)
+text_jobs: list[Any] = [greeter, watcher, gatherer, keeper, nightly_greeting, visitor]
 
 UNSTORABLE = ["user-\ud800", "\udfff", "a\x00b", "\x00", "emoji-\ud83d", "x\udc80y"]
 
@@ -809,6 +816,16 @@ async def every_verb_with(engine: Any, text: str) -> None:
         await expect(jobs.list, bad, **{name: text})
     await expect(client.for_tenant(text).jobs.list, bad)
     await expect(client.for_tenant(text).jobs.status, bad, "0190b7a4-0000-7000-8000-000000000000")
+    flow = client.workflow(visitor)
+    for verb in (flow.status, flow.result, flow.cancel):
+        await expect(verb, bad, text)
+    await expect(flow.start, bad, id=text, input=Named("ok"))
+    await expect(flow.start, bad_payload, id="fine-flow", input=Named(text))
+    await expect(flow.signal, bad, text, "go", None)
+    await expect(flow.signal, bad, "fine-flow", text, None)
+    await expect(flow.signal, bad_payload, "fine-flow", "go", Named(text))
+    await expect(flow.list, bad, after=text)
+    await expect(client.for_tenant(text).workflow(visitor).list, bad)
     letters = client.dead_letters
     for verb in (letters.get, letters.retry, letters.discard):
         await expect(verb, bad, text)

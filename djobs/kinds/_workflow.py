@@ -1530,6 +1530,10 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
             return Failure(ValidationError(f"limit must be an int from 1 to 10000, got {_short.repr(limit)}"))
         if status is not None and status not in ("running", "sleeping", "waiting", *_FINAL):
             return Failure(ValidationError(f"status {_short.repr(status)} is not a workflow status"))
+        if after is not None:
+            checked = check_text(after, "after")
+            if isinstance(checked, Failure):
+                return checked
         after_key = None if after is None else self.key(after)
         records: builtins.list[InstanceRecord] = await lister(
             KIND, self.job.name, self.tenant, status, after_key, limit
