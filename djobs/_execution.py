@@ -442,6 +442,15 @@ async def execute(
     `limits` bound the run (`run_call`): a timeout is a failure, retried by `retry`.
     """
     ran = await run_call(env, info.key, checkout, call, limits, what)
+    return judge(env, info, ran, retry, events, log)
+
+
+def judge(env: Env, info: RunInfo, ran: Ran, retry: Retry | None, events: list[TrackedEvent], log: JobLog) -> Outcome:
+    """Decide what a run's result means (`execute`'s second half); appends its events to `events`.
+
+    For a caller that ran the user's code itself (a one-off job's attempt
+    needs no checkout and no ``terminate``, so it calls `run_body` directly).
+    """
     result, duration_ms = ran.result, ran.duration_ms
 
     tracking = env.tracking

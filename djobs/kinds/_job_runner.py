@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, cast
 
 import trio
-from returns.result import Failure, Result
+from returns.result import Failure, Success
 
 from .._clock import LATEST_MS
 from .._codec import decode, encode
@@ -28,7 +28,7 @@ from .._errors import (
     RetryExhaustedError,
     StorageError,
 )
-from .._execution import Checkout, Env, Outcome, RunInfo, execute, run_body
+from .._execution import Env, Outcome, Ran, RunInfo, judge, run_body
 from .._input import clean_text
 from .._limits import offloaded
 from .._logging import JobLog, threshold
@@ -76,6 +76,9 @@ class JobHandler(Generic[P, R]):
         self._retries: dict[int, Retry] = {job.max_attempts: job.retry}
         #: Whether events are worth building (not with the `NoopTracker`).
         self.tracking = not isinstance(env.tracker, NoopTracker)
+        self._what = f"the execute of job {job.name!r}"
+        self._result_what = f"result of job {job.name!r}"
+        self._body = offloaded(job.execute, job.limits, self._what)
 
     async def on_alarm(self, alarm: Alarm) -> None:
         """Jobs use no alarms; the engine routes none here."""
@@ -89,15 +92,6 @@ class JobHandler(Generic[P, R]):
                 max_attempts, base.delay, jitter=base.jitter, retry_on=base.retry_on
             )
         return policy
-
-    async def _call(self, params: P, ctx: JobContext[Any]) -> Result[bytes, JobError]:
-        # The result is validated as part of the attempt, so a bad result is the
-        # attempt's failure (a ValidationError, not retried) like any other.
-        job = self.job
-        limit = self.env.max_payload_bytes
-        body = offloaded(job.execute, job.limits, f"the execute of job {job.name!r}")
-        value = await run_body(lambda: body(params, ctx), self.env.services, f"the execute of job {job.name!r}")
-        return value.bind(lambda result: encode(job.result, result, what=f"result of job {job.name!r}", limit=limit))
 
     async def attempt(
         self, params: P, who: _Attempt, run_id: str, storage: QueueStorage | None
@@ -121,17 +115,16 @@ class JobHandler(Generic[P, R]):
         )
         events: list[TrackedEvent] = []
         info = RunInfo(key, KIND, job.name, 1, who.attempt)
-        outcome = await execute(
-            env,
-            info,
-            Checkout(None),
-            lambda: self._call(params, ctx),
-            self.retry_for(who.max_attempts),
-            events,
-            log,
-            job.limits,
-            f"the execute of job {job.name!r}",
-        )
+        # A one-off job has no checkout and no ``terminate``: its body runs through
+        # `run_body` directly (one normalisation, no cancel scope without a timeout),
+        # and the result is validated as part of the attempt, so a bad result is the
+        # attempt's failure (a ValidationError, not retried) like any other.
+        started = time.perf_counter()
+        result = await run_body(lambda: self._body(params, ctx), env.services, self._what, job.limits)
+        if isinstance(result, Success):
+            result = encode(job.result, result.unwrap(), what=self._result_what, limit=env.max_payload_bytes)
+        ran = Ran(result, duration_ms=round((time.perf_counter() - started) * 1000, 3))
+        outcome = judge(env, info, ran, self.retry_for(who.max_attempts), events, log)
         return outcome, events
 
     def final_error(self, outcome: Outcome, attempt: int) -> JobError:
