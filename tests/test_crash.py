@@ -60,6 +60,7 @@ def test_kill_cycles_lose_nothing_acknowledged(tmp_path: Path) -> None:
         ("split_commit", "alarm"),  # "a running continuous instance has no alarm", "a waiting batch ... no alarm"
         ("no_reclaim", "running after the workload settled"),
         ("lazy_checkpoint", "after its checkpoint committed"),
+        ("job_without_key", "its ctx.job enqueued 2 jobs"),
     ],
 )
 def test_the_checks_catch_a_planted_defect(tmp_path: Path, mutant: str, expected: str) -> None:

@@ -32,7 +32,7 @@ import msgspec
 from djobs.kinds._workflow import _Log
 
 from . import journal
-from .workload import PULSE_EVERY_MS, Batch, Done, Seen, Tick, Work
+from .workload import PULSE_EVERY_MS, Batch, Done, Parcel, Seen, Tick, Work
 
 TICKER, PILE, POKER, FLOW = "continuous:ticker:", "debounce:pile:", "task:poker:", "workflow:flow:"
 FLOW_CHILD = "workflow:flowchild:"
@@ -519,8 +519,16 @@ def _check_tasks(snap: Snapshot, history: History, problems: list[str], final: b
 def _check_jobs(snap: Snapshot, history: History, problems: list[str], final: bool, clean_worker: str | None) -> None:
     by_seq: dict[int, str] = {}
     for job_id, row in snap.jobs.items():
+        if clean_worker is not None and row["status"] == "running" and row["worker_id"] == clean_worker:
+            problems.append(f"job {job_id}: still leased by {clean_worker}, which shut down cleanly")
         if row["name"] == "pulse":
             continue  # the cron job's own jobs: _check_cron
+        if row["name"] == "wfjob":
+            parcel = _decode(row["params"], Parcel, f"job {job_id} params", problems)
+            if parcel is not None:  # the child workflows' jobs (and _check_child_job)
+                what = f"job {job_id} (of workflow {parcel.wid})"
+                _check_job(what, row, Parcel(f"job-{parcel.wid}"), history.job_runs.get(job_id, []), problems, final)
+            continue
         if row["name"] != "chore":
             problems.append(f"job {job_id}: a job named {row['name']!r}, which nothing enqueues")
             continue
@@ -532,9 +540,8 @@ def _check_jobs(snap: Snapshot, history: History, problems: list[str], final: bo
         by_seq[params.seq] = job_id
         if params.seq not in history.enqueues:
             problems.append(f"job {job_id} (seq {params.seq}) was stored, but no call enqueued it")
-        _check_job(job_id, row, params.seq, history.job_runs.get(job_id, []), problems, final)
-        if clean_worker is not None and row["status"] == "running" and row["worker_id"] == clean_worker:
-            problems.append(f"job {job_id}: still leased by {clean_worker}, which shut down cleanly")
+        what = f"job {job_id} (seq {params.seq})"
+        _check_job(what, row, Done(params.seq), history.job_runs.get(job_id, []), problems, final)
     for seq, op in history.enqueues.items():
         if op.outcome != "ack":
             continue
@@ -546,9 +553,15 @@ def _check_jobs(snap: Snapshot, history: History, problems: list[str], final: bo
 
 
 def _check_job(
-    job_id: str, row: dict[str, Any], seq: int, runs: list[dict[str, Any]], problems: list[str], final: bool
+    what: str,
+    row: dict[str, Any],
+    expected: Done | Parcel,
+    runs: list[dict[str, Any]],
+    problems: list[str],
+    final: bool,
 ) -> None:
-    what = f"job {job_id} (seq {seq})"
+    """One job's runs: each attempt ran once unless a close handed it back, a completed job ran its
+    last attempt to its end and never again, and one that died midway was run again."""
     # In time order: with several processes, journal order is not (a system-wide monotonic clock is).
     runs = sorted(runs, key=lambda r: r["at"])
     attempts = row["attempt_count"]
@@ -567,8 +580,8 @@ def _check_job(
             problems.append(f"{what}: attempt {attempt} ran, but the row counts {attempts} attempt(s)")
     status = row["status"]
     if status == "completed":
-        result = _decode(row["result"], Done, f"{what} result", problems)
-        if result is not None and result.seq != seq:
+        result = _decode(row["result"], type(expected), f"{what} result", problems)
+        if result is not None and result != expected:
             problems.append(f"{what}: result {result} is not this job's")
         if not starts:
             problems.append(f"{what}: completed, but no run of it was journaled")
@@ -631,6 +644,8 @@ def _check_workflows(snap: Snapshot, history: History, problems: list[str], fina
                 problems.append(
                     f"{key}: step {entry.name!r} is recorded with {token!r}, which no journaled run returned"
                 )
+        if child:
+            _check_child_job(key, wid, row, log, snap, history, problems, final)
         for step in ("d",) if child else ("a", "b", "c"):
             committed = history.wf_committed.get((wid, step))
             again = [r for r in history.wf_runs.get((wid, step), []) if committed is not None and r["t0"] > committed]
@@ -642,6 +657,33 @@ def _check_workflows(snap: Snapshot, history: History, problems: list[str], fina
             problems.append(f"{key}: still has an alarm {snap.alarms[key]} after the workload settled")
         if final and row["status"] != "completed":
             problems.append(f"{key}: {row['status']} after the workload settled (log: {row['data'][:200]!r})")
+
+
+def _check_child_job(
+    key: str,
+    wid: str,
+    row: dict[str, Any],
+    log: _Log,
+    snap: Snapshot,
+    history: History,
+    problems: list[str],
+    final: bool,
+) -> None:
+    """A child workflow's ``ctx.job``: one job enqueued, ever, whatever was killed when; the recorded
+    wait names that job; a wait recorded done saw a run of the job end; a completed workflow's job
+    completed. (`_check_job` holds the job's own runs to once per attempt.)"""
+    jobs = [j for j, r in snap.jobs.items() if r["name"] == "wfjob" and msgspec.json.decode(r["params"])["wid"] == wid]
+    if len(jobs) > 1:
+        problems.append(f"{key}: its ctx.job enqueued {len(jobs)} jobs: {sorted(jobs)}")
+    waits = [e for e in log.entries if e.kind == "job"]
+    if waits and (not jobs or waits[0].name != f"wfjob:{jobs[0]}"):
+        problems.append(f"{key}: waits for {waits[0].name!r}, but the stored jobs are {sorted(jobs)}")
+    if waits and waits[0].done and jobs:
+        ended = [r for r in history.job_runs.get(jobs[0], []) if r["k"] == "job_end" and r["ok"]]
+        if not ended:
+            problems.append(f"{key}: its wait for job {jobs[0]} is done, but no run of that job ended")
+    if final and row["status"] == "completed" and (len(jobs) != 1 or snap.jobs[jobs[0]]["status"] != "completed"):
+        problems.append(f"{key}: completed, but its job is {[snap.jobs[j]['status'] for j in jobs]}")
 
 
 def overlaps(history: History) -> list[str]:

@@ -93,7 +93,7 @@ class World:
         """A kill point of `kind`: announce it and block when its countdown runs out."""
         if self.killpoint != kind:
             return
-        if MUTANT in ("no_reclaim", "lazy_checkpoint") and not planted:
+        if MUTANT in ("no_reclaim", "lazy_checkpoint", "job_without_key") and not planted:
             return  # those defects' kill points are their own (`now`); elsewhere they would show nothing
         self.countdown -= 1
         if self.countdown > 0:
@@ -302,9 +302,41 @@ async def wf_effect(wid: str, step: str) -> str:
     return token
 
 
+class Parcel(msgspec.Struct):
+    wid: str
+
+
+async def wf_job(params: Parcel, ctx: djobs.JobContext) -> Parcel:
+    """The job a child workflow enqueues and waits for (``ctx.job``): one row per workflow, ever.
+
+    Journaled as the ``chore`` jobs are (``job_start``, ``job_interrupted``, ``job_end``), so the
+    checker holds it to the same rules: an attempt runs once unless a kill or a close interrupted it.
+    """
+    t0 = now_ns()
+    key = f"job:{ctx.job_id}"
+    WORLD.record("job_start", key=key, job=ctx.job_id, wid=params.wid, attempt=ctx.attempt, t0=t0)
+    try:
+        await WORLD.nap()
+    except trio.Cancelled:
+        WORLD.record("job_interrupted", key=key, job=ctx.job_id, attempt=ctx.attempt)
+        raise
+    WORLD.record("job_end", key=key, job=ctx.job_id, wid=params.wid, attempt=ctx.attempt, ok=True, t0=t0, t1=now_ns())
+    WORLD.reached("user")
+    return Parcel(f"job-{params.wid}")
+
+
+WF_JOB = djobs.Job.make(
+    "wfjob", params=Parcel, result=Parcel, execute=wf_job, retry=Retry(max_attempts=50, delay="100 ms"), logging=None
+)
+
+
 async def flow_child(params: Flow, ctx: djobs.WorkflowContext) -> str:
     token = await ctx.step("d", wf_effect, ctx.instance_id, "d")
     WORLD.record("wf_committed", id=ctx.instance_id, step="d", token=token)
+    # A job enqueued once through every kill, whose result must reach the workflow.
+    done = await ctx.job(WF_JOB, Parcel(ctx.instance_id), poll="200 ms")
+    if done.wid != f"job-{ctx.instance_id}":
+        raise RuntimeError(f"the job's result came back as {done!r}")
     return token
 
 
@@ -356,6 +388,7 @@ def definitions(profile: str) -> list[Any]:
         ),
         djobs.Workflow.make("flow", input=Flow, result=list[str], execute=flow, retry=retry, logging=None),
         FLOW_CHILD,
+        WF_JOB,
     ]
 
 
@@ -564,6 +597,18 @@ def plant_mutant(name: str) -> None:
             pass  # a step's result is kept in memory until the workflow suspends
 
         _Run.checkpoint = later  # type: ignore[method-assign]
+    elif name == "job_without_key":
+        from djobs.kinds._job_client import JobClient
+
+        later = JobClient.later
+
+        def keyless(self: Any, params: Any, **options: Any) -> Any:
+            if not isinstance(params, Parcel):
+                return later(self, params, **options)
+            options.pop("idempotency_key", None)  # ctx.job's enqueue, without the key that makes it once
+            return later(self, params, **options).map(lambda job_id: (WORLD.now(), job_id)[1])
+
+        JobClient.later = keyless  # type: ignore[method-assign]
     elif name not in ("", "ack_early"):
         raise SystemExit(f"unknown mutant {name!r}")
 
@@ -575,6 +620,7 @@ MUTANTS = {
     "no_reclaim": "never reclaims expired job leases: jobs of a killed worker never run again",
     "no_instance_lease": "lets every process run every instance: handlers overlap across processes",
     "lazy_checkpoint": "records a workflow's steps only when it suspends: a finished step runs again",
+    "job_without_key": "enqueues a ctx.job's job without its idempotency key: a step run again enqueues another",
 }
 
 
