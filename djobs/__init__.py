@@ -36,6 +36,7 @@ from ._layers import Layers as Layers
 from ._pipeline import ask as ask
 from ._pipeline import non_retryable as non_retryable
 from ._pipeline import progress as progress
+from ._queue_limits import RateLimit as RateLimit
 from ._results import unwrap_or_raise as unwrap_or_raise
 from ._retention import Retention as Retention
 from ._retry import Backoff as Backoff
@@ -167,6 +168,7 @@ __all__ = [
     "NonDeterminismError",
     "NoopTracker",
     "RandomIds",
+    "RateLimit",
     "Retention",
     "Retry",
     "RetryExhaustedError",

@@ -48,6 +48,7 @@ from ._execution import Env
 from ._input import clean_text
 from ._wakeup import Wakeup
 from .storage import ClaimedJob, ExpiredLease, HeldStarts, JobSettlement, QueueStorage
+from .storage._base import QueueLimit
 from .tracking import NoopTracker, TrackedEvent
 
 __all__ = ["AttemptEnd", "AttemptRunner", "RunHandle", "Worker", "WorkerOptions"]
@@ -210,6 +211,10 @@ class Worker:
         self._nursery = nursery
         self._runners: dict[str, AttemptRunner] = {}
         self._names: list[str] = []
+        # The limits of the names that have some; their rows are claimed only under them.
+        self._limits: list[QueueLimit] = []
+        # Limited rows may wait for a slot here: the end of a run looks for them at once.
+        self._slot_wanted = False
         self._running: dict[str, RunHandle] = {}
         # Rows this process holds a lease on: claimed (started or not) and ``now`` runs.
         # Keyed by (job id, attempt): a row this worker lost and then claimed again is a new hold.
@@ -246,10 +251,14 @@ class Worker:
 
     # -- registration and pokes ---------------------------------------------------------
 
-    def register(self, name: str, runner: AttemptRunner) -> None:
-        """Claim and run rows named `name` with `runner`."""
+    def register(self, name: str, runner: AttemptRunner, limit: QueueLimit | None = None) -> None:
+        """Claim and run rows named `name` with `runner`, under `limit` (its definition's
+        concurrency and rate limits) if given."""
         self._runners[name] = runner
         self._names = sorted(self._runners)
+        self._limits = [lim for lim in self._limits if lim.name != name]
+        if limit is not None:
+            self._limits.append(limit)
 
     @property
     def names(self) -> Sequence[str]:
@@ -436,6 +445,9 @@ class Worker:
             if key not in self._unsettled:  # else the row stays held (renewed) until its batch is written
                 self._held.discard(key)
             self._claimed_runs -= 1
+            if self._slot_wanted:
+                self._slot_wanted = False
+                self.poke(self.env.clock.now_ms())
             if self._ready:
                 self._start_wanted.set()
             self._capacity.set()
@@ -481,6 +493,11 @@ class Worker:
             error=end.error,
             scheduled_for=end.retry_at,
         )
+        if job.limit_key is not None:
+            # Its end frees a slot of its key: look for rows waiting on it once this is written.
+            settlement.limited = True
+            self.settle(settlement, end.events, run, poke_at=settlement.at)
+            return
         self.settle(settlement, end.events, run, poke_at=end.retry_at)
 
     async def _release(self, job: ClaimedJob) -> None:
@@ -647,7 +664,15 @@ class Worker:
                     if reclaim:
                         expired = await storage.reclaim_expired(now, CANCELLED_ERROR, _LEASE_ERROR, batch)
                         self._reclaim_at = now + self._reclaim_every_ms
-                    claimed = await storage.claim_jobs(now, now + self.lease_ms, self.id, self._names, free)
+                    claimed = await storage.claim_jobs(
+                        now,
+                        now + self.lease_ms,
+                        self.id,
+                        self._names,
+                        free,
+                        limits=self._limits,
+                        slots=int(self._limiter.available_tokens),
+                    )
             except StorageError as exc:
                 self.env.handoffs.end()
                 self._log.error("claim loop: %s; trying again in 1 s", exc.message)
@@ -666,7 +691,10 @@ class Worker:
                 await trio.lowlevel.checkpoint()
                 continue
             try:
-                next_at = await storage.next_job_wakeup(self._names, now)
+                # Limited rows start only into a free slot: with none free, the end of a run looks.
+                slots = self._limits and self._limiter.available_tokens > 0
+                self._slot_wanted = bool(self._limits) and not slots
+                next_at = await storage.next_job_wakeup(self._names, now, self._limits if slots else ())
             except StorageError as exc:
                 self._log.error("claim loop: %s; trying again in 1 s", exc.message)
                 await trio.sleep(1)
@@ -682,8 +710,15 @@ class Worker:
         self._claimed_runs += len(claimed)
         self._idle = trio.Event() if self._idle.is_set() else self._idle
         self._round += 1
+        refused: list[ClaimedJob] = []
         for job in claimed:
             self._hold((job.id, job.attempt))
+            if job.limit_key is not None and not self.closing:
+                # Claimed under its key's limits, which count it as started: it starts now,
+                # or (its slot taken meanwhile) is handed back, never held in hand.
+                if job.id in self._running or not self._start_now(job):
+                    refused.append(job)
+                continue
             earlier = self._running.get(job.id)
             if earlier is not None and earlier.claimed:
                 # An earlier attempt still runs here, its lease lapsed (renewals failed):
@@ -696,6 +731,8 @@ class Worker:
                 self._push_ready(job, self._round)
         if self.tracking:
             self.emit([self.event("job.claimed", j.id, j.name, attempt=j.attempt, worker_id=self.id) for j in claimed])
+        if refused:
+            self._nursery.start_soon(self._hand_back, refused)
         if self.closing:
             # Claimed while the worker closes (the claim was in flight): hand them back at once.
             self._nursery.start_soon(self._hand_back_ready)
@@ -804,7 +841,7 @@ class Worker:
         if not self.claiming or not self._names:
             return False
         now = self.env.now_ms()
-        next_at = await self.storage.next_job_wakeup(self._names, now)
+        next_at = await self.storage.next_job_wakeup(self._names, now, self._limits)
         if next_at is None or next_at > now:
             return False
         self.poke(now)  # written by another engine or behind this one's back: it was not told

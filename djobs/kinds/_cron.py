@@ -331,7 +331,7 @@ class CronScheduler:
             params = cron.params
             if params is None:
                 params = encode(CronFire, CronFire(cron.name, to_datetime(due)), what="cron fire").unwrap()
-            row = queue.row(
+            made = queue.row(
                 handler,
                 params,
                 scheduled_for=due,
@@ -339,6 +339,13 @@ class CronScheduler:
                 correlation_id=f"cron:{cron.name}",
                 tenant_id=cron.tenant_id,
             )
+            if isinstance(made, Failure):
+                # The job's limit_key refused these params: this fire enqueues nothing (logged), the schedule goes on.
+                self._log.error(
+                    "cron %s: the fire due at %s enqueues nothing: %s", cron.name, due, made.failure().message
+                )
+            else:
+                row = made.unwrap()
         queue.env.handoffs.begin()  # the job row exists before the worker is poked to run it
         try:
             fired = await self.storage.fire_cron(cron.name, due, next_run_at, now, row)

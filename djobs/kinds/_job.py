@@ -48,6 +48,7 @@ from .._execution import Env
 from .._input import check_attempts, clean_text
 from .._limits import NO_LIMITS, RunLimits, definition_limits
 from .._logging import JobLog, LoggingOption
+from .._queue_limits import JobLimits, RateLimit, job_limits
 from .._retry import Retry
 from ..storage import JobStatusName, QueueStorage
 from ._common import D_contra, Definition, check_name
@@ -181,6 +182,8 @@ class Job(Definition[D_contra], Generic[P, R, D_contra]):
     on: str | None = None
     logging: LoggingOption = False
     limits: RunLimits = NO_LIMITS
+    #: Its concurrency and rate limits (``None``: none).
+    queue_limits: JobLimits[P] | None = None
 
     @overload
     @classmethod
@@ -197,6 +200,9 @@ class Job(Definition[D_contra], Generic[P, R, D_contra]):
         logging: LoggingOption = False,
         timeout: DurationLike | None = None,
         blocking: bool = False,
+        concurrency: int | None = None,
+        rate_limit: str | RateLimit | None = None,
+        limit_key: Callable[[P], str] | None = None,
     ) -> Job[P, R, D_contra]: ...
     @overload
     @classmethod
@@ -213,6 +219,9 @@ class Job(Definition[D_contra], Generic[P, R, D_contra]):
         logging: LoggingOption = False,
         timeout: DurationLike | None = None,
         blocking: bool = False,
+        concurrency: int | None = None,
+        rate_limit: str | RateLimit | None = None,
+        limit_key: Callable[[P], str] | None = None,
     ) -> Job[P, None, D_contra]: ...
     @classmethod
     def make(
@@ -228,6 +237,9 @@ class Job(Definition[D_contra], Generic[P, R, D_contra]):
         logging: LoggingOption = False,
         timeout: DurationLike | None = None,
         blocking: bool = False,
+        concurrency: int | None = None,
+        rate_limit: str | RateLimit | None = None,
+        limit_key: Callable[[P], str] | None = None,
     ) -> Job[P, Any, Any]:
         """Define a job.
 
@@ -259,12 +271,35 @@ class Job(Definition[D_contra], Generic[P, R, D_contra]):
             blocking: ``True`` runs a synchronous `execute` in a worker thread
                 (``trio.to_thread``), so a body that blocks neither stalls
                 the engine nor lets its lease lapse; an ``async def`` is refused.
+            concurrency: At most this many of the job run at once (per
+                `limit_key`), counted across every engine process on the
+                database; a job over the limit waits, pending, and starts when
+                one ends. ``None`` (default): no limit but ``max_concurrency``.
+            rate_limit: At most N starts (per `limit_key`) in any sliding
+                window: ``"100/minute"`` (``N/second``, ``N/minute``,
+                ``N/hour``, ``N/day``) or a `RateLimit` (any window up to a
+                day). Every attempt is a start. A job over the limit waits and
+                starts when the window frees a slot (the worker sleeps until
+                then). ``None`` (default): no limit.
+            limit_key: ``limit_key(params) -> str``: the limits count per key
+                (an account, a tenant, a host) instead of per job. Called at
+                enqueue; a key function that raises or returns anything but a
+                non-empty ``str`` of at most 512 storable characters fails that
+                enqueue with `ValidationError`.
+
+        A job over its limits never holds up due jobs of other names or keys,
+        whatever their priorities. ``now`` runs in its caller's task and is not
+        limited. Limits are the definition's: a changed limit applies to jobs
+        already waiting; a changed `limit_key` to jobs enqueued after it.
 
         Raises:
             ValidationError: A bad name, params or result type, max_attempts,
                 timeout, or ``blocking=True`` with an ``async def``; an event
                 name that is empty or holds a NUL or a lone surrogate; a typed
-                event whose payload is not a `params`.
+                event whose payload is not a `params`; `concurrency` not an int
+                of at least 1, a `rate_limit` that is neither ``"N/period"`` nor
+                a `RateLimit`, a `limit_key` that is not callable or has no
+                limit to key.
         """
         check_name(name, "Job")
         if not (isinstance(params, type) and issubclass(params, msgspec.Struct)):
@@ -287,7 +322,8 @@ class Job(Definition[D_contra], Generic[P, R, D_contra]):
         policy = Retry(attempts, base.delay, jitter=base.jitter, retry_on=base.retry_on)
         result_type: type[Any] = type(None) if result is None else result
         limits = definition_limits(timeout, blocking, {"execute": execute}, f"Job {name!r}")
-        return Job(name, params, result_type, execute, policy, attempts, on, logging, limits)
+        queue_limits = job_limits(name, concurrency, rate_limit, limit_key)
+        return Job(name, params, result_type, execute, policy, attempts, on, logging, limits, queue_limits)
 
     def bind(self, runtime: Runtime) -> JobHandler[P, R]:
         """The handler that runs this job inside an engine (used by the engine)."""

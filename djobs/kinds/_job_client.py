@@ -115,7 +115,14 @@ class JobClient(Generic[P, R]):
         async def run() -> Result[str, Any]:
             now = q.env.now_ms()
             row = Result.do(
-                q.row(
+                row
+                for raw, tenant, correlation in self._checked(h, q, params, tenant_id, correlation_id)
+                for when in due_at(at, delay, now)
+                for rank in check_priority(priority)
+                for key in check_short_text(idempotency_key, "idempotency_key")
+                for unique_key in unique_key_of(unique, raw)
+                for statuses in unique_statuses(unique_while)
+                for row in q.row(
                     h,
                     raw,
                     scheduled_for=when,
@@ -127,12 +134,6 @@ class JobClient(Generic[P, R]):
                     unique_key=unique_key,
                     unique_statuses=statuses,
                 )
-                for raw, tenant, correlation in self._checked(h, q, params, tenant_id, correlation_id)
-                for when in due_at(at, delay, now)
-                for rank in check_priority(priority)
-                for key in check_short_text(idempotency_key, "idempotency_key")
-                for unique_key in unique_key_of(unique, raw)
-                for statuses in unique_statuses(unique_while)
             )
             if isinstance(row, Failure):
                 return row
@@ -183,17 +184,18 @@ class JobClient(Generic[P, R]):
                 )
                 if isinstance(raw, Failure):
                     return raw
-                rows.append(
-                    q.row(
-                        h,
-                        raw.unwrap(),
-                        scheduled_for=when,
-                        now=now,
-                        priority=rank,
-                        correlation_id=correlation,
-                        tenant_id=tenant,
-                    )
+                row = q.row(
+                    h,
+                    raw.unwrap(),
+                    scheduled_for=when,
+                    now=now,
+                    priority=rank,
+                    correlation_id=correlation,
+                    tenant_id=tenant,
                 )
+                if isinstance(row, Failure):
+                    return Failure(ValidationError(f"params[{index}] of job {h.job.name!r}: {row.failure().message}"))
+                rows.append(row.unwrap())
             if not rows:
                 return Success([])
             return Success([job_id for job_id, _ in await q.enqueue(rows)])

@@ -28,9 +28,10 @@ from .._errors import (
 from .._event import Event, name_problem
 from .._execution import Env
 from .._input import check_text, epoch_ms
+from .._queue_limits import limit_key_of
 from .._worker import CANCELLED_ERROR, Worker
 from ..storage import JobFilter, JobRecord, JobStatusName, NewJob, QueueStorage
-from ..storage._base import FINAL_STATUSES
+from ..storage._base import FINAL_STATUSES, QueueLimit
 from ._common import check_id
 from ._job import MAX_TEXT, CancelResult, EventResult, JobErrorInfo, JobInfo, RetryResult, Tenancy
 from ._job_runner import JobHandler
@@ -131,7 +132,19 @@ class JobQueue:
         self.handlers[job.name] = handler
         if job.on is not None:
             self.listeners.setdefault(job.on, []).append(handler)
-        self.worker.register(job.name, handler)
+        limits = job.queue_limits
+        self.worker.register(
+            job.name,
+            handler,
+            None
+            if limits is None
+            else QueueLimit(
+                job.name,
+                limits.concurrency,
+                None if limits.rate is None else limits.rate.count,
+                None if limits.rate is None else limits.rate.period_ms,
+            ),
+        )
 
     def handler(self, job: object) -> tuple[str, JobHandler[Any, Any] | None]:
         """The handler of `job` (a definition or a name); ``None`` if this engine does not run it."""
@@ -212,21 +225,29 @@ class JobQueue:
         idempotency_key: str | None = None,
         unique_key: str | None = None,
         unique_statuses: tuple[JobStatusName, ...] = ("pending",),
-    ) -> NewJob:
-        """A new pending row for `handler`'s job."""
-        return NewJob(
-            id=self.worker.new_id(),
-            name=handler.job.name,
-            params=raw,
-            max_attempts=handler.job.max_attempts,
-            scheduled_for=scheduled_for,
-            created_at=now,
-            priority=priority,
-            correlation_id=correlation_id,
-            tenant_id=tenant_id,
-            idempotency_key=idempotency_key,
-            unique_key=unique_key,
-            unique_statuses=unique_statuses,
+    ) -> Result[NewJob, ValidationError]:
+        """A new pending row for `handler`'s job, with the limit key its definition gives
+        `raw` (a key function that fails is this row's `ValidationError`)."""
+        job = handler.job
+        limit_key = limit_key_of(job.name, job.queue_limits, lambda: msgspec.json.decode(raw, type=job.params))
+        if isinstance(limit_key, Failure):
+            return limit_key
+        return Success(
+            NewJob(
+                id=self.worker.new_id(),
+                name=handler.job.name,
+                params=raw,
+                max_attempts=handler.job.max_attempts,
+                scheduled_for=scheduled_for,
+                created_at=now,
+                priority=priority,
+                correlation_id=correlation_id,
+                tenant_id=tenant_id,
+                idempotency_key=idempotency_key,
+                unique_key=unique_key,
+                unique_statuses=unique_statuses,
+                limit_key=limit_key.unwrap(),
+            )
         )
 
     async def send_event(
@@ -291,12 +312,14 @@ class JobQueue:
             encoded.append(raw.unwrap())
         if not listeners:
             return Success(EventResult(event=event, job_ids=[], job_names=[], delivered=False))
-        rows = [
-            self.row(
-                h, raw, scheduled_for=due, now=now, correlation_id=correlation, tenant_id=tenant, idempotency_key=key
+        rows: list[NewJob] = []
+        for h, params in zip(listeners, encoded, strict=True):
+            row = self.row(
+                h, params, scheduled_for=due, now=now, correlation_id=correlation, tenant_id=tenant, idempotency_key=key
             )
-            for h, raw in zip(listeners, encoded, strict=True)
-        ]
+            if isinstance(row, Failure):
+                return Failure(row.failure())
+            rows.append(row.unwrap())
         ids = [job_id for job_id, _ in await self.enqueue(rows)]
         return Success(EventResult(event=event, job_ids=ids, job_names=[h.job.name for h in listeners], delivered=True))
 

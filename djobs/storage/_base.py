@@ -109,6 +109,7 @@ class JobRevival(msgspec.Struct, frozen=True, kw_only=True):
     max_attempts: int = 1
     priority: int = 0
     correlation_id: str | None = None
+    limit_key: str | None = None
 
 
 class DeadLetter(msgspec.Struct, kw_only=True):
@@ -374,6 +375,8 @@ class NewJob(msgspec.Struct, kw_only=True):
     idempotency_key: str | None = None
     unique_key: str | None = None
     unique_statuses: tuple[JobStatusName, ...] = ("pending",)
+    #: The key its definition's limits count it under (``name`` or ``name\x1fkey``); ``None``: unlimited.
+    limit_key: str | None = None
 
 
 class ClaimedJob(msgspec.Struct, kw_only=True):
@@ -389,6 +392,22 @@ class ClaimedJob(msgspec.Struct, kw_only=True):
     priority: int = 0
     correlation_id: str | None = None
     tenant_id: str | None = None
+    #: Set when the row was claimed under its limit key (`QueueLimit`): it must start at once.
+    limit_key: str | None = None
+
+
+class QueueLimit(msgspec.Struct, frozen=True):
+    """One job name's limits, as a worker passes them to a claim.
+
+    Rows of `name` that carry a limit key are claimed only while, for their key,
+    fewer than `concurrency` rows are ``running`` and fewer than `rate` were
+    claimed in the trailing `period_ms` (``None``: that limit does not apply).
+    """
+
+    name: str
+    concurrency: int | None = None
+    rate: int | None = None
+    period_ms: int | None = None
 
 
 class HeldStarts(msgspec.Struct, frozen=True, kw_only=True):
@@ -443,6 +462,8 @@ class JobSettlement(msgspec.Struct, kw_only=True):
     scheduled_for: int | None = None
     release: bool = False
     lease_until: int | None = None
+    #: The row counts against a limit: its end frees a slot that other processes' workers may wait for.
+    limited: bool = False
 
 
 class JobRecord(msgspec.Struct, kw_only=True):
@@ -545,11 +566,31 @@ class QueueStorage(Protocol):
         ...
 
     async def claim_jobs(
-        self, now: int, lease_until: int, worker_id: str, names: Sequence[str], limit: int, above: int | None = None
+        self,
+        now: int,
+        lease_until: int,
+        worker_id: str,
+        names: Sequence[str],
+        limit: int,
+        above: int | None = None,
+        limits: Sequence[QueueLimit] = (),
+        slots: int = 0,
     ) -> list[ClaimedJob]:
         """Lease up to `limit` due ``pending`` rows named one of `names` (only those
         whose `priority` is above `above`, if given): higher `priority` first, then
-        earliest `scheduled_for`; counts an attempt on each."""
+        earliest `scheduled_for`; counts an attempt on each.
+
+        A row that carries a limit key and is named in `limits` is *limited*: it is
+        left to the limited claim, which runs in the same transaction when `limits`
+        is given and takes up to `slots` limited rows (best first, each key's best
+        first) only while its key is under its limits: fewer than ``concurrency``
+        rows of the key ``running`` (counting the ones this claim takes), fewer than
+        ``rate`` claims of the key in the trailing ``period_ms``. Every limited row
+        taken is remembered as a start of its key and comes back with its
+        `ClaimedJob.limit_key` set. The check and the claim are atomic across
+        processes: two claims never both take a key's last slot. A claim with
+        `above` takes no row that carries a limit key; without `limits`, a row of
+        a name it does not limit is claimed as any other."""
         ...
 
     async def start_held_jobs(
@@ -616,9 +657,17 @@ class QueueStorage(Protocol):
         attempt budget; the row afterwards (unchanged if it was in another status), or ``None``."""
         ...
 
-    async def next_job_wakeup(self, names: Sequence[str], now: int | None = None) -> int | None:
+    async def next_job_wakeup(
+        self, names: Sequence[str], now: int | None = None, limits: Sequence[QueueLimit] = ()
+    ) -> int | None:
         """The earliest time a worker for `names` has something to do: a pending row
         falls due, or any running row's lease ends. ``None`` if neither exists.
+
+        Limited rows (see `claim_jobs`) count only through `limits`: a key under its
+        limits with a due row is due at once, a key at its rate limit when its oldest
+        start in the window leaves it, a key at its concurrency limit never (the
+        end of one of its runs wakes the worker: a settle here, a notice or the
+        poll from elsewhere). Without `limits` they do not count at all.
 
         Given the caller's `now`, a storage that judges leases by its own clock tells a
         lease's end in the caller's clock (`now` plus what is left of the lease)."""

@@ -37,6 +37,7 @@ import trio
 from psycopg import sql
 
 from .._errors import DuplicateEventError, StorageError
+from .._queue_limits import MAX_PERIOD_MS
 from . import _sql
 from ._base import (
     FINAL_STATUSES,
@@ -59,6 +60,7 @@ from ._base import (
     JobStatusName,
     LeaseLostError,
     NewJob,
+    QueueLimit,
     Revival,
     SetAlarm,
 )
@@ -271,6 +273,38 @@ MIGRATIONS: list[str] = [
     WHEN ((NEW.status = 'failed') <> (OLD.status = 'failed'))
     EXECUTE FUNCTION jobs_dead_letter();
     """,
+    # 9: concurrency and rate limits (see SQLite's version 9). Limited claims take turns
+    # under an advisory lock; job_starts keeps a key's starts for the rate windows.
+    """
+    ALTER TABLE jobs ADD COLUMN limit_key text;
+    CREATE INDEX jobs_limited ON jobs (limit_key, priority DESC, scheduled_for, id)
+        WHERE status = 'pending' AND limit_key IS NOT NULL;
+    CREATE INDEX jobs_limited_running ON jobs (limit_key) WHERE status = 'running' AND limit_key IS NOT NULL;
+    CREATE TABLE job_starts (
+        limit_key text NOT NULL,
+        started_at bigint NOT NULL
+    );
+    CREATE INDEX job_starts_key ON job_starts (limit_key, started_at);
+    CREATE INDEX job_starts_at ON job_starts (started_at);
+    -- A job's letter keeps its limit key, so a job revived after its row was purged keeps its limits.
+    CREATE OR REPLACE FUNCTION jobs_dead_letter() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+    BEGIN
+        IF NEW.status = 'failed' THEN
+            INSERT INTO dead_letters (id, kind, name, ref, tenant_id, payload, error, attempts, revive, created_at)
+            VALUES (NEW.id, 'job', NEW.name, NEW.id, NEW.tenant_id, NEW.params, NEW.error, NEW.attempt_count,
+                    convert_to(json_build_object('max_attempts', NEW.max_attempts, 'priority', NEW.priority,
+                                                 'correlation_id', NEW.correlation_id,
+                                                 'limit_key', NEW.limit_key)::text, 'UTF8'),
+                    coalesce(NEW.completed_at, NEW.updated_at))
+            ON CONFLICT (id) DO UPDATE SET payload = excluded.payload, error = excluded.error,
+                attempts = excluded.attempts, revive = excluded.revive, created_at = excluded.created_at;
+        ELSE
+            DELETE FROM dead_letters WHERE id = NEW.id AND kind = 'job';
+        END IF;
+        RETURN NULL;
+    END
+    $$;
+    """,
 ]
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -353,14 +387,14 @@ _RELEASE_ALARMS = """
 # round trip, atomic without BEGIN and COMMIT.
 _INSERT_JOBS = """
     INSERT INTO jobs (id, name, params, max_attempts, scheduled_for, priority, correlation_id, tenant_id,
-                      created_at, updated_at, unique_key)
+                      created_at, updated_at, unique_key, limit_key)
     SELECT id, name, params, max_attempts, scheduled_for, priority, correlation_id, tenant_id, created_at, created_at,
-           unique_key
+           unique_key, limit_key
     FROM unnest(%(id)s::text[], %(name)s::text[], %(params)s::bytea[], %(max_attempts)s::integer[],
                 %(scheduled_for)s::bigint[], %(priority)s::integer[], %(correlation_id)s::text[],
-                %(tenant_id)s::text[], %(created_at)s::bigint[], %(unique_key)s::text[])
+                %(tenant_id)s::text[], %(created_at)s::bigint[], %(unique_key)s::text[], %(limit_key)s::text[])
          AS v(id, name, params, max_attempts, scheduled_for, priority, correlation_id, tenant_id, created_at,
-              unique_key)
+              unique_key, limit_key)
 """
 # Enqueues of one unique key (per schema, tenant and name) take turns: READ
 # COMMITTED gives the check after the lock a snapshot with the other's job in it.
@@ -376,6 +410,7 @@ _CLAIM_JOBS = """
     WITH picked AS MATERIALIZED (
         SELECT id FROM jobs
         WHERE status = 'pending' AND scheduled_for <= %(now)s AND name = ANY(%(names)s) AND priority > %(above)s
+              AND (limit_key IS NULL OR NOT name = ANY(%(limited)s))
         ORDER BY priority DESC, scheduled_for, id
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
@@ -387,6 +422,61 @@ _CLAIM_JOBS = """
     RETURNING jobs.id, jobs.name, jobs.params, jobs.attempt_count, jobs.max_attempts, jobs.scheduled_for,
               jobs.priority, jobs.correlation_id, jobs.tenant_id
 """
+# The limited claim (see SQLite's): the limits come as parallel arrays. It runs under
+# _LOCK_LIMITS, so the counts it reads stay true until it commits (READ COMMITTED: the
+# statement after the lock sees every claim committed before it); the UPDATE re-checks
+# that a row is still pending (a cancel may have locked it meanwhile).
+_LIMITS = """
+    lim AS (SELECT * FROM unnest(%(lnames)s::text[], %(lconc)s::integer[], %(lrate)s::integer[],
+                                 %(lperiod)s::bigint[]) AS l(name, conc, rate, period))"""
+_CLAIM_LIMITED = f"""
+    WITH {_LIMITS},
+    ranked AS (
+        SELECT j.id, j.limit_key AS k, j.priority, j.scheduled_for, lim.conc, lim.rate, lim.period,
+               row_number() OVER (PARTITION BY j.limit_key ORDER BY j.priority DESC, j.scheduled_for, j.id) AS rank
+        FROM jobs AS j JOIN lim ON lim.name = j.name
+        WHERE j.status = 'pending' AND j.limit_key IS NOT NULL AND j.scheduled_for <= %(now)s),
+    taken AS MATERIALIZED (
+        SELECT id FROM ranked
+        WHERE rank <= coalesce(conc, rate) AND rank <= coalesce(rate, conc)
+          AND (conc IS NULL OR rank <= conc - (SELECT count(*) FROM jobs AS r
+                                                 WHERE r.limit_key = ranked.k AND r.status = 'running'))
+          AND (rate IS NULL OR rank <= rate - (SELECT count(*) FROM job_starts AS s
+                                                 WHERE s.limit_key = ranked.k AND s.started_at > {{clock}} - period))
+        ORDER BY priority DESC, scheduled_for, id LIMIT %(slots)s)
+    UPDATE jobs SET status = 'running', worker_id = %(worker)s, worker_started_at = %(now)s,
+                    worker_expires_at = {{clock}} + (%(until)s - %(now)s), attempt_count = attempt_count + 1,
+                    updated_at = %(now)s
+    FROM taken WHERE jobs.id = taken.id AND jobs.status = 'pending'
+    RETURNING jobs.id, jobs.name, jobs.params, jobs.attempt_count, jobs.max_attempts, jobs.scheduled_for,
+              jobs.priority, jobs.correlation_id, jobs.tenant_id, jobs.limit_key
+"""
+_INSERT_STARTS = "INSERT INTO job_starts (limit_key, started_at) SELECT k, {clock} FROM unnest(%(keys)s::text[]) AS k"
+# Starts older than the longest window (a day) count for nothing.
+_FORGET_STARTS = "DELETE FROM job_starts WHERE started_at <= {clock} - %(longest)s"
+# When a limited key can next start a row, in the caller's clock (see SQLite's).
+_NEXT_LIMITED = f"""
+    WITH {_LIMITS},
+    keys AS (
+        SELECT j.limit_key AS k, min(j.scheduled_for) AS due, min(lim.conc) AS conc, min(lim.rate) AS rate,
+               min(lim.period) AS period
+        FROM jobs AS j JOIN lim ON lim.name = j.name
+        WHERE j.status = 'pending' AND j.limit_key IS NOT NULL
+        GROUP BY j.limit_key)
+    SELECT min(CASE
+        WHEN due > %(now)s THEN due
+        WHEN conc IS NOT NULL AND conc <= (SELECT count(*) FROM jobs AS r
+                                           WHERE r.limit_key = keys.k AND r.status = 'running') THEN NULL
+        WHEN rate IS NOT NULL AND rate <= (SELECT count(*) FROM job_starts AS s
+                                           WHERE s.limit_key = keys.k AND s.started_at > {{clock}} - period)
+            THEN (SELECT min(s.started_at) FROM job_starts AS s
+                  WHERE s.limit_key = keys.k AND s.started_at > {{clock}} - period) + period - {{clock}} + %(now)s
+        ELSE %(now)s END)
+    FROM keys
+"""
+# Limited claims of one schema take turns (the same lock as a unique key's, on another text).
+_LOCK_LIMITS = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
+
 # Starts rows held unstarted, if this worker still holds them at that attempt; a row
 # whose cancel was requested while it waited ends cancelled instead. Locked in id order,
 # as settle batches and renewals lock them.
@@ -425,6 +515,16 @@ _RECLAIM = """
 _NO_FLOOR = -(2**31) - 1
 
 
+def _limit_arrays(limits: Sequence[QueueLimit]) -> dict[str, list[Any]]:
+    """`limits` as the parallel arrays ``_LIMITS`` reads."""
+    return {
+        "lnames": [lim.name for lim in limits],
+        "lconc": [lim.concurrency for lim in limits],
+        "lrate": [lim.rate for lim in limits],
+        "lperiod": [lim.period_ms for lim in limits],
+    }
+
+
 def _claimed(rows: list[Any]) -> list[ClaimedJob]:
     # RETURNING has no order: give them back in claim order, as SQLite does.
     rows.sort(key=lambda r: (-r[6], r[5], r[0]))
@@ -441,6 +541,7 @@ _RENEW = """
 _NEXT_WAKEUP = """
     SELECT least(
         (SELECT scheduled_for FROM jobs WHERE status = 'pending' AND name = ANY(%(names)s)
+              AND (limit_key IS NULL OR NOT name = ANY(%(limited)s))
          ORDER BY scheduled_for LIMIT 1),
         (SELECT worker_expires_at - {clock} + %(now)s FROM jobs WHERE status = 'running'
          ORDER BY worker_expires_at LIMIT 1))
@@ -465,6 +566,10 @@ def _lease_statements(clock: Judge) -> dict[str, str]:
         "start_held": _START_HELD.replace("{clock}", now),
         "renew": _RENEW.replace("{clock}", now),
         "next_wakeup": _NEXT_WAKEUP.replace("{clock}", now),
+        "claim_limited": _CLAIM_LIMITED.replace("{clock}", now),
+        "insert_starts": _INSERT_STARTS.replace("{clock}", now),
+        "forget_starts": _FORGET_STARTS.replace("{clock}", now),
+        "next_limited": _NEXT_LIMITED.replace("{clock}", now),
         "start": _INSERT_RUNNING_JOB.replace(lease_end, ends),
         "again": _SETTLE_AGAIN.replace(lease_end, ends),
     }
@@ -489,8 +594,8 @@ _INSERT_DEAD_LETTER = f"""
 """
 _REVIVE_PURGED_JOB = """
     INSERT INTO jobs (id, name, params, max_attempts, scheduled_for, priority, correlation_id, tenant_id,
-                      created_at, updated_at)
-    VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)
+                      created_at, updated_at, limit_key)
+    VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)
 """
 _revival_decoder = msgspec.json.Decoder(InstanceRevival)
 _job_revival_decoder = msgspec.json.Decoder(JobRevival)
@@ -758,6 +863,7 @@ class PostgresStorage:
                     "tenant_id": [j.tenant_id for j in jobs],
                     "created_at": [j.created_at for j in jobs],
                     "unique_key": [j.unique_key for j in jobs],
+                    "limit_key": [j.limit_key for j in jobs],
                 },
             )
         return min((j.scheduled_for for j in jobs), default=None)
@@ -807,8 +913,17 @@ class PostgresStorage:
         await self._run(run, "start_job")
 
     async def claim_jobs(
-        self, now: int, lease_until: int, worker_id: str, names: Sequence[str], limit: int, above: int | None = None
+        self,
+        now: int,
+        lease_until: int,
+        worker_id: str,
+        names: Sequence[str],
+        limit: int,
+        above: int | None = None,
+        limits: Sequence[QueueLimit] = (),
+        slots: int = 0,
     ) -> list[ClaimedJob]:
+        mine = [lim for lim in limits if lim.name in set(names)]
         args = {
             "now": now,
             "until": lease_until,
@@ -816,9 +931,30 @@ class PostgresStorage:
             "names": list(names),
             "limit": limit,
             "above": _NO_FLOOR if above is None else above,
+            "limited": [lim.name for lim in mine],
         }
         claim = self._leases["claim"]
-        return await self._run(lambda conn: _claimed(conn.execute(claim, args).fetchall()), "claim_jobs")
+        room = min(slots, limit) if above is None and mine else 0
+        if room <= 0:
+            return await self._run(lambda conn: _claimed(conn.execute(claim, args).fetchall()), "claim_jobs")
+        leases = self._leases
+        lock = "\x1f".join((self.schema, "limits"))
+        limited_args = {**args, **_limit_arrays(mine), "slots": room}
+        rated = {lim.name for lim in mine if lim.rate is not None}
+
+        def run(conn: Connection) -> list[ClaimedJob]:
+            # Limited rows first (at most `slots`: they start at once), then the rest of `limit`.
+            conn.execute(_LOCK_LIMITS, (lock,))
+            taken = _claimed(conn.execute(leases["claim_limited"], limited_args).fetchall())
+            keys = [job.limit_key for job in taken if job.name in rated]
+            if keys:
+                conn.execute(leases["insert_starts"], {"keys": keys, "now": now})
+                conn.execute(leases["forget_starts"], {"longest": MAX_PERIOD_MS, "now": now})
+            if len(taken) < limit:
+                taken += _claimed(conn.execute(claim, {**args, "limit": limit - len(taken)}).fetchall())
+            return taken
+
+        return await self._write(run, "claim_jobs")
 
     async def start_held_jobs(
         self,
@@ -845,6 +981,7 @@ class PostgresStorage:
             "names": list(names),
             "limit": len(held),
             "above": above,
+            "limited": list(names),  # an urgent claim takes no row that carries a limit key
         }
 
         def run(conn: Connection) -> HeldStarts:
@@ -906,9 +1043,11 @@ class PostgresStorage:
                     else:
                         cur.execute(_SETTLE_FINAL, (s.status, s.error, s.at, s.at, *fence))
                 pipeline.sync()
-            if released:
-                # Rows handed back unstarted are due now: another process may run them.
-                _notify(conn, self.channel, min(released), self._token)
+            freed = [s.at for s in settlements if s.limited]
+            if released or freed:
+                # Rows handed back unstarted are due now, and a limited run's end frees a
+                # slot of its key: another process may run them.
+                _notify(conn, self.channel, min(released + freed), self._token)
             return [cur.rowcount > 0 for cur in cursors]
 
         return await self._run(run, "settle_jobs")
@@ -948,13 +1087,20 @@ class PostgresStorage:
 
         return await self._write_and_notify(run, "retry_job")
 
-    async def next_job_wakeup(self, names: Sequence[str], now: int | None = None) -> int | None:
-        statement = self._leases["next_wakeup"] if now is not None else _LEASES["engine"]["next_wakeup"]
-        args = {"names": list(names), "now": 0 if now is None else now}
+    async def next_job_wakeup(
+        self, names: Sequence[str], now: int | None = None, limits: Sequence[QueueLimit] = ()
+    ) -> int | None:
+        leases = self._leases if now is not None else _LEASES["engine"]
+        mine = [lim for lim in limits if lim.name in set(names)]
+        args = {"names": list(names), "now": 0 if now is None else now, "limited": [lim.name for lim in mine]}
 
         def run(conn: Connection) -> int | None:
-            row = conn.execute(statement, args).fetchone()
-            return None if row is None or row[0] is None else int(row[0])
+            times = [row[0] for row in conn.execute(leases["next_wakeup"], args).fetchall() if row[0] is not None]
+            if mine:
+                limited = conn.execute(leases["next_limited"], {**args, **_limit_arrays(mine)}).fetchone()
+                if limited is not None and limited[0] is not None:
+                    times.append(limited[0])
+            return int(min(times)) if times else None
 
         return await self._run(run, "next_job_wakeup")
 
@@ -1081,6 +1227,7 @@ class PostgresStorage:
                             letter.tenant_id,
                             now,
                             now,
+                            how.limit_key,
                         ),
                     )
                 elif row[0] in ("failed", "cancelled"):

@@ -27,7 +27,7 @@ JOB_COLUMNS: Final = (
     " worker_expires_at, attempt_count, max_attempts, scheduled_for, priority, correlation_id, tenant_id,"
     " cancel_requested, created_at, updated_at, completed_at"
 )
-#: What a claim returns of each row it leases, for `claimed_job`.
+#: What a claim returns of each row it leases, for `claimed_job` (a limited claim adds ``limit_key``).
 CLAIMED_COLUMNS: Final = (
     "id, name, params, attempt_count, max_attempts, scheduled_for, priority, correlation_id, tenant_id"
 )
@@ -144,6 +144,7 @@ def claimed_job(r: Sequence[Any]) -> ClaimedJob:
         priority=r[6],
         correlation_id=r[7],
         tenant_id=r[8],
+        limit_key=r[9] if len(r) > 9 else None,
     )
 
 
@@ -172,7 +173,7 @@ def cron_record(r: Sequence[Any]) -> CronRecord:
 
 def new_job_args(job: NewJob) -> tuple[Any, ...]:
     """The arguments of an insert of `job` as ``pending``: id, name, params, max_attempts,
-    scheduled_for, priority, correlation_id, tenant_id, created_at, updated_at, unique_key."""
+    scheduled_for, priority, correlation_id, tenant_id, created_at, updated_at, unique_key, limit_key."""
     return (
         job.id,
         job.name,
@@ -185,6 +186,7 @@ def new_job_args(job: NewJob) -> tuple[Any, ...]:
         job.created_at,
         job.created_at,
         job.unique_key,
+        job.limit_key,
     )
 
 

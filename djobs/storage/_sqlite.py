@@ -21,6 +21,7 @@ import trio
 import trio.testing
 
 from .._errors import CLOSED_MESSAGE, DuplicateEventError, StorageError, ValidationError
+from .._queue_limits import MAX_PERIOD_MS
 from . import _sql
 from ._base import (
     FINAL_STATUSES,
@@ -43,6 +44,7 @@ from ._base import (
     JobStatusName,
     LeaseLostError,
     NewJob,
+    QueueLimit,
     Revival,
     SetAlarm,
 )
@@ -307,6 +309,34 @@ MIGRATIONS: list[str] = [
         DELETE FROM dead_letters WHERE id = NEW.id AND kind = 'job';
     END;
     """,
+    # 9: concurrency and rate limits. A limited row carries its limit key (the job's
+    # name, or name and key); the limited claim walks pending limited rows by key in
+    # claim order, counts a key's running rows, and counts its recent starts in
+    # job_starts (kept a day at most: the longest rate-limit window).
+    """
+    ALTER TABLE jobs ADD COLUMN limit_key TEXT;
+    CREATE INDEX jobs_limited ON jobs(limit_key, priority DESC, scheduled_for)
+        WHERE status = 'pending' AND limit_key IS NOT NULL;
+    CREATE INDEX jobs_limited_running ON jobs(limit_key) WHERE status = 'running' AND limit_key IS NOT NULL;
+    CREATE TABLE job_starts (
+        limit_key TEXT NOT NULL,
+        started_at INTEGER NOT NULL
+    );
+    CREATE INDEX job_starts_key ON job_starts(limit_key, started_at);
+    CREATE INDEX job_starts_at ON job_starts(started_at);
+    -- A job's letter keeps its limit key, so a job revived after its row was purged keeps its limits.
+    DROP TRIGGER jobs_dead_letter;
+    CREATE TRIGGER jobs_dead_letter AFTER UPDATE OF status ON jobs
+    WHEN NEW.status = 'failed' AND OLD.status <> 'failed'
+    BEGIN
+        INSERT OR REPLACE INTO dead_letters
+            (id, kind, name, ref, tenant_id, payload, error, attempts, revive, created_at)
+        VALUES (NEW.id, 'job', NEW.name, NEW.id, NEW.tenant_id, NEW.params, NEW.error, NEW.attempt_count,
+                CAST(json_object('max_attempts', NEW.max_attempts, 'priority', NEW.priority,
+                                 'correlation_id', NEW.correlation_id, 'limit_key', NEW.limit_key) AS BLOB),
+                coalesce(NEW.completed_at, NEW.updated_at));
+    END;
+    """,
 ]
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -348,8 +378,8 @@ _NEXT_MY_ALARM = f"SELECT due_at FROM alarms WHERE {_MINE} ORDER BY due_at LIMIT
 
 _INSERT_JOB = """
     INSERT INTO jobs (id, name, params, max_attempts, scheduled_for, priority, correlation_id, tenant_id,
-                      created_at, updated_at, unique_key)
-    VALUES (?,?,?,?,?,?,?,?,?,?,?)
+                      created_at, updated_at, unique_key, limit_key)
+    VALUES (?,?,?,?,?,?,?,?,?,?,?,?)
 """
 # The live job holding a unique key: the enqueue's write transaction (BEGIN
 # IMMEDIATE) makes the check and the insert one step for every process.
@@ -359,6 +389,8 @@ _FIND_UNIQUE = """
     ORDER BY id LIMIT 1
 """
 _NAMES = "+name IN (SELECT value FROM json_each(?4))"
+# Limited rows (a limit key, of a name the claim limits: ?7) are the limited claim's.
+_UNLIMITED = "(limit_key IS NULL OR +name NOT IN (SELECT value FROM json_each(?7)))"
 # Rows with a positive priority first, then priority 0 (nearly always all of
 # them), then negative ones; each part walks its own index in claim order. The
 # planner, without statistics, would rather sort every due row by priority.
@@ -369,20 +401,79 @@ _CLAIM_JOBS = f"""
         SELECT id FROM (SELECT id FROM jobs INDEXED BY jobs_priority
                         WHERE status = 'pending' AND priority <> 0 AND priority > 0 AND priority > ?6
                               AND scheduled_for <= ?1
-                              AND {_NAMES}
+                              AND {_NAMES} AND {_UNLIMITED}
                         ORDER BY priority DESC, scheduled_for LIMIT ?5)
         UNION ALL
         SELECT id FROM (SELECT id FROM jobs
                         WHERE status = 'pending' AND scheduled_for <= ?1 AND priority = 0 AND 0 > ?6 AND {_NAMES}
+                              AND {_UNLIMITED}
                         ORDER BY scheduled_for LIMIT ?5)
         UNION ALL
         SELECT id FROM (SELECT id FROM jobs INDEXED BY jobs_priority
                         WHERE status = 'pending' AND priority <> 0 AND priority < 0 AND priority > ?6
                               AND scheduled_for <= ?1
-                              AND {_NAMES}
+                              AND {_NAMES} AND {_UNLIMITED}
                         ORDER BY priority DESC, scheduled_for LIMIT ?5)
         LIMIT ?5)
     RETURNING id, name, params, attempt_count, max_attempts, scheduled_for, priority, correlation_id, tenant_id
+"""
+# The limited claim: ?4 is a JSON array of [name, concurrency, rate, period_ms] (null: no
+# such limit). Each key's due rows are ranked in claim order; a row is taken while its rank
+# is within what its key has left: concurrency minus the key's running rows, rate minus its
+# starts since ?6 - period (?6: the lease clock's now). Then the best ?5 of those, overall.
+_CLAIM_LIMITED = """
+    WITH lim AS (
+        SELECT json_extract(value, '$[0]') AS name, json_extract(value, '$[1]') AS conc,
+               json_extract(value, '$[2]') AS rate, json_extract(value, '$[3]') AS period
+        FROM json_each(?4)),
+    ranked AS (
+        SELECT j.id AS id, j.limit_key AS k, j.priority AS priority, j.scheduled_for AS scheduled_for,
+               lim.conc AS conc, lim.rate AS rate, lim.period AS period,
+               row_number() OVER (PARTITION BY j.limit_key ORDER BY j.priority DESC, j.scheduled_for, j.id) AS rank
+        FROM jobs AS j INDEXED BY jobs_limited JOIN lim ON lim.name = j.name
+        WHERE j.status = 'pending' AND j.limit_key IS NOT NULL AND j.scheduled_for <= ?1),
+    taken AS (
+        SELECT id FROM ranked
+        WHERE rank <= coalesce(conc, rate) AND rank <= coalesce(rate, conc)
+          AND (conc IS NULL OR rank <= conc - (SELECT count(*) FROM jobs AS r INDEXED BY jobs_limited_running
+                                                 WHERE r.limit_key = ranked.k AND r.status = 'running'))
+          AND (rate IS NULL OR rank <= rate - (SELECT count(*) FROM job_starts AS s
+                                                 WHERE s.limit_key = ranked.k AND s.started_at > ?6 - period))
+        ORDER BY priority DESC, scheduled_for, id LIMIT ?5)
+    UPDATE jobs SET status = 'running', worker_id = ?3, worker_started_at = ?1, worker_expires_at = ?2,
+                    attempt_count = attempt_count + 1, updated_at = ?1
+    WHERE id IN (SELECT id FROM taken)
+    RETURNING id, name, params, attempt_count, max_attempts, scheduled_for, priority, correlation_id, tenant_id,
+              limit_key
+"""
+_INSERT_START = "INSERT INTO job_starts (limit_key, started_at) VALUES (?, ?)"
+# Starts older than the longest window (a day) count for nothing.
+_FORGET_STARTS = "DELETE FROM job_starts WHERE started_at <= ?"
+# When a limited key can next start a row, in the caller's clock (?1: its now; ?2: the lease
+# clock's now): its earliest row's due time if later; now if it is under its limits; when its
+# oldest start in the window leaves it if only its rate stops it; never (NULL) if its
+# concurrency does (a run's end wakes the worker).
+_NEXT_LIMITED = """
+    WITH lim AS (
+        SELECT json_extract(value, '$[0]') AS name, json_extract(value, '$[1]') AS conc,
+               json_extract(value, '$[2]') AS rate, json_extract(value, '$[3]') AS period
+        FROM json_each(?3)),
+    keys AS (
+        SELECT j.limit_key AS k, min(j.scheduled_for) AS due, lim.conc AS conc, lim.rate AS rate,
+               lim.period AS period
+        FROM jobs AS j INDEXED BY jobs_limited JOIN lim ON lim.name = j.name
+        WHERE j.status = 'pending' AND j.limit_key IS NOT NULL
+        GROUP BY j.limit_key)
+    SELECT min(CASE
+        WHEN due > ?1 THEN due
+        WHEN conc IS NOT NULL AND conc <= (SELECT count(*) FROM jobs AS r INDEXED BY jobs_limited_running
+                                           WHERE r.limit_key = keys.k AND r.status = 'running') THEN NULL
+        WHEN rate IS NOT NULL AND rate <= (SELECT count(*) FROM job_starts AS s
+                                           WHERE s.limit_key = keys.k AND s.started_at > ?2 - period)
+            THEN (SELECT min(s.started_at) FROM job_starts AS s
+                  WHERE s.limit_key = keys.k AND s.started_at > ?2 - period) + period - ?2 + ?1
+        ELSE ?1 END)
+    FROM keys
 """
 # Starts a row held unstarted, if this worker still holds it at that attempt; a row
 # whose cancel was requested while it waited ends cancelled instead.
@@ -417,8 +508,8 @@ _RENEW = """
     RETURNING id, cancel_requested
 """
 _NEXT_DUE = (
-    "SELECT scheduled_for FROM jobs WHERE status = 'pending' AND +name IN (SELECT value FROM json_each(?))"
-    " ORDER BY scheduled_for LIMIT 1"
+    "SELECT scheduled_for FROM jobs WHERE status = 'pending' AND +name IN (SELECT value FROM json_each(?1))"
+    " AND (limit_key IS NULL OR +name NOT IN (SELECT value FROM json_each(?2))) ORDER BY scheduled_for LIMIT 1"
 )
 _NEXT_EXPIRY = "SELECT worker_expires_at FROM jobs WHERE status = 'running' ORDER BY worker_expires_at LIMIT 1"
 
@@ -439,8 +530,8 @@ _INSERT_DEAD_LETTER = f"INSERT OR REPLACE INTO dead_letters ({_DEAD_LETTER_COLUM
 # The row a job's letter brings back when the job itself was purged: pending, due now, its old id.
 _REVIVE_PURGED_JOB = """
     INSERT INTO jobs (id, name, params, max_attempts, scheduled_for, priority, correlation_id, tenant_id,
-                      created_at, updated_at)
-    VALUES (?,?,?,?,?,?,?,?,?,?)
+                      created_at, updated_at, limit_key)
+    VALUES (?,?,?,?,?,?,?,?,?,?,?)
 """
 _PURGE_EVENT_IDS = """
     DELETE FROM event_ids WHERE (key, event_id) IN (
@@ -495,6 +586,41 @@ def _insert_jobs(db: apsw.Connection, jobs: Sequence[NewJob]) -> list[tuple[str,
         db.execute(_INSERT_JOB, new_job_args(job))
         out.append((job.id, True))
     return out
+
+
+def _limited_names(names: Sequence[str], limits: Sequence[QueueLimit]) -> list[str]:
+    """The names of `names` that `limits` limits."""
+    wanted = set(names)
+    return [limit.name for limit in limits if limit.name in wanted]
+
+
+def _limits_json(names: Sequence[str], limits: Sequence[QueueLimit]) -> bytes:
+    wanted = set(names)
+    return _names_encoder.encode(
+        [[lim.name, lim.concurrency, lim.rate, lim.period_ms] for lim in limits if lim.name in wanted]
+    )
+
+
+def _claim_limited(
+    db: apsw.Connection,
+    now: int,
+    until: int,
+    worker_id: str,
+    limits: Sequence[QueueLimit],
+    room: int,
+    clock: int,
+) -> list[ClaimedJob]:
+    """The limited claim (`claim_jobs`), in the caller's write transaction: SQLite has one
+    writer at a time, so the counts it reads cannot change before it commits."""
+    args = (now, until, worker_id, _limits_json([lim.name for lim in limits], limits), room, clock)
+    taken = [claimed_job(r) for r in db.execute(_CLAIM_LIMITED, args)]
+    rated = {lim.name for lim in limits if lim.rate is not None}
+    starts = [(job.limit_key, clock) for job in taken if job.name in rated]
+    if starts:
+        db.executemany(_INSERT_START, starts)
+        db.execute(_FORGET_STARTS, (clock - MAX_PERIOD_MS,))
+    taken.sort(key=lambda job: (-job.priority, job.scheduled_for, job.id))
+    return taken
 
 
 def _describe(exc: apsw.Error) -> str:
@@ -870,18 +996,34 @@ class SqliteStorage:
         await self.write(lambda db: db.execute(_sql.INSERT_RUNNING_JOB, row))
 
     async def claim_jobs(
-        self, now: int, lease_until: int, worker_id: str, names: Sequence[str], limit: int, above: int | None = None
+        self,
+        now: int,
+        lease_until: int,
+        worker_id: str,
+        names: Sequence[str],
+        limit: int,
+        above: int | None = None,
+        limits: Sequence[QueueLimit] = (),
+        slots: int = 0,
     ) -> list[ClaimedJob]:
-        args = (
-            now,
-            self._lease_end(lease_until, now),
-            worker_id,
-            _names_encoder.encode(list(names)),
-            limit,
-            _NO_FLOOR if above is None else above,
-        )
-        # Exhaust the RETURNING cursor inside the transaction: an unfinished one would keep the write lock.
-        return await self.write(lambda db: [claimed_job(r) for r in db.execute(_CLAIM_JOBS, args)])
+        until = self._lease_end(lease_until, now)
+        limited = _limited_names(names, limits)
+        args = (now, until, worker_id, _names_encoder.encode(list(names)), limit, _NO_FLOOR if above is None else above)
+        if not limited:
+            # Exhaust the RETURNING cursor inside the transaction: an unfinished one would keep the write lock.
+            return await self.write(lambda db: [claimed_job(r) for r in db.execute(_CLAIM_JOBS, (*args, "[]"))])
+        encoded = _names_encoder.encode(limited)
+
+        def run(db: apsw.Connection) -> list[ClaimedJob]:
+            # Limited rows first (at most `slots`: they start at once), then the rest of `limit`.
+            room = min(slots, limit) if above is None else 0
+            claimed = _claim_limited(db, now, until, worker_id, limits, room, self.lease_now(now)) if room > 0 else []
+            if len(claimed) < limit:
+                rest = (now, until, worker_id, args[3], limit - len(claimed), args[5], encoded)
+                claimed += [claimed_job(r) for r in db.execute(_CLAIM_JOBS, rest)]
+            return claimed
+
+        return await self.write(run)
 
     async def start_held_jobs(
         self,
@@ -894,7 +1036,9 @@ class SqliteStorage:
         above: int,
     ) -> HeldStarts:
         until = self._lease_end(lease_until, now)
-        claim = (now, until, worker_id, _names_encoder.encode(list(names)), len(held), above)
+        # An urgent claim takes no row that carries a limit key (every name counts as limited).
+        encoded = _names_encoder.encode(list(names))
+        claim = (now, until, worker_id, encoded, len(held), above, encoded)
 
         def run(db: apsw.Connection) -> HeldStarts:
             started: list[str] = []
@@ -976,12 +1120,21 @@ class SqliteStorage:
 
         return await self.write(run)
 
-    async def next_job_wakeup(self, names: Sequence[str], now: int | None = None) -> int | None:
+    async def next_job_wakeup(
+        self, names: Sequence[str], now: int | None = None, limits: Sequence[QueueLimit] = ()
+    ) -> int | None:
+        limited = _limited_names(names, limits)
+
         def run(db: apsw.Connection) -> int | None:
-            times = [r[0] for r in db.execute(_NEXT_DUE, (_names_encoder.encode(list(names)),))]
+            due_args = (_names_encoder.encode(list(names)), _names_encoder.encode(limited))
+            times = [r[0] for r in db.execute(_NEXT_DUE, due_args)]
             # A lease's end, told in the caller's clock: now plus what is left of it.
             shift = 0 if now is None else now - self.lease_now(now)
             times += [r[0] + shift for r in db.execute(_NEXT_EXPIRY)]
+            if limited:
+                at = 0 if now is None else now
+                limits_json = _limits_json(names, limits)
+                times += [r[0] for r in db.execute(_NEXT_LIMITED, (at, at - shift, limits_json)) if r[0] is not None]
             return min(times) if times else None
 
         return await self.read(run)
@@ -1101,6 +1254,7 @@ class SqliteStorage:
                             letter.tenant_id,
                             now,
                             now,
+                            how.limit_key,
                         ),
                     )
                 elif status in ("failed", "cancelled"):
