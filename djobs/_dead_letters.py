@@ -30,7 +30,7 @@ from ._clock import to_datetime
 from ._durations import DurationLike, parse_duration, to_ms
 from ._errors import InstanceNotFoundError, InvalidStateError, StorageError, ValidationError
 from ._input import check_text
-from .kinds._common import check_id, effect
+from .kinds._common import bind_async, check_id, effect
 from .kinds._job import JobErrorInfo
 from .kinds._job_queue import JobQueue
 from .storage._base import DeadLetter, DeadLetterFilter, DeadLetterKind, DeadLetterStorage, InstanceRevival, Revival
@@ -151,58 +151,52 @@ class DeadLetters:
 
     async def load(self, scope: str | None, letter_id: object) -> Result[DeadLetter, Any]:
         """The letter `letter_id`, if it exists and the scope may see it."""
-        scoped = _check_scope(scope)
-        if isinstance(scoped, Failure):
-            return scoped
-        checked = check_id(letter_id).alt(lambda e: ValidationError(f"dead letter id: {e.message}"))
-        if isinstance(checked, Failure):
-            return checked
-        letter = await self.storage().get_dead_letter(checked.unwrap())
-        if letter is None or (scope is not None and letter.tenant_id != scope):
-            return Failure(_not_found(checked.unwrap()))
-        return Success(letter)
+        checked = _check_scope(scope).bind(
+            lambda _: check_id(letter_id).alt(lambda e: ValidationError(f"dead letter id: {e.message}"))
+        )
+
+        async def stored(the_id: str) -> Result[DeadLetter, Any]:
+            letter = await self.storage().get_dead_letter(the_id)
+            if letter is None or (scope is not None and letter.tenant_id != scope):
+                return Failure(_not_found(the_id))
+            return Success(letter)
+
+        return await bind_async(checked, stored)
 
     async def list(
         self, scope: str | None, kind: object, name: object, tenant_id: object, after: object, limit: object
     ) -> Result[list[DeadLetterInfo], Any]:
         """The letters matching every given filter, newest first."""
-        scoped = _check_scope(scope)
-        if isinstance(scoped, Failure):
-            return scoped
-        if kind is not None and kind not in _KINDS:
-            return Failure(ValidationError(f"kind must be job, debounce, continuous or task, got {kind!r:.80}"))
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
-            return Failure(ValidationError(f"limit must be an int from 1 to 10000, got {limit!r:.80}"))
-        texts: list[str | None] = []
-        for value, what in ((name, "name"), (tenant_id, "tenant_id"), (after, "after")):
-            checked = check_text(value, what) if value is not None else Success(None)
-            if isinstance(checked, Failure):
-                return checked
-            texts.append(checked.unwrap())
-        the_name, tenant, the_after = texts
-        if scope is not None:
-            if tenant is not None and tenant != scope:
-                return Failure(ValidationError(f"this client acts for tenant {scope!r}; it cannot list {tenant!r}'s"))
-            tenant = scope
-        where = DeadLetterFilter(kind=kind, name=the_name, tenant_id=tenant, after=the_after, limit=limit)
-        return Success([self.info(letter) for letter in await self.storage().list_dead_letters(where)])
+        where = Result.do(
+            DeadLetterFilter(kind=the_kind, name=the_name, tenant_id=tenant, after=the_after, limit=the_limit)
+            for _ in _check_scope(scope)
+            for the_kind in _check_kind(kind)
+            for the_limit in _check_limit(limit)
+            for the_name in _optional_text(name, "name")
+            for given in _optional_text(tenant_id, "tenant_id")
+            for the_after in _optional_text(after, "after")
+            for tenant in _tenant_in_scope(scope, given)
+        )
+
+        async def listed(where: DeadLetterFilter) -> Result[list[DeadLetterInfo], Any]:
+            return Success([self.info(letter) for letter in await self.storage().list_dead_letters(where)])
+
+        return await bind_async(where, listed)
 
     async def discard(self, scope: str | None, letter_id: object) -> Result[DeadLetterInfo, Any]:
         """Delete the letter; what it held."""
-        loaded = await self.load(scope, letter_id)
-        if isinstance(loaded, Failure):
-            return loaded
-        letter = loaded.unwrap()
+        return await bind_async(await self.load(scope, letter_id), self._discard)
+
+    async def _discard(self, letter: DeadLetter) -> Result[DeadLetterInfo, Any]:
         if not await self.storage().discard_dead_letter(letter.id):
             return Failure(_not_found(letter.id))
         return Success(self.info(letter))
 
     async def retry(self, scope: str | None, letter_id: object) -> Result[DeadLetterRetryResult, Any]:
         """Bring the letter's work back, due now, and delete the letter."""
-        loaded = await self.load(scope, letter_id)
-        if isinstance(loaded, Failure):
-            return loaded
-        letter = loaded.unwrap()
+        return await bind_async(await self.load(scope, letter_id), self._retry)
+
+    async def _retry(self, letter: DeadLetter) -> Result[DeadLetterRetryResult, Any]:
         store, now = self.storage(), self.env.now_ms()
         outcome: Revival
         if letter.kind == "job":
@@ -236,10 +230,10 @@ class DeadLetters:
 
     async def purge(self, older_than: object) -> Result[int, Any]:
         """Delete letters written more than `older_than` ago; how many."""
-        age = parse_duration(older_than, what="older_than")
-        if isinstance(age, Failure):
-            return age
-        before, total, store = self.env.now_ms() - to_ms(age.unwrap()), 0, self.storage()
+        return await bind_async(parse_duration(older_than, what="older_than").map(to_ms), self._purge)
+
+    async def _purge(self, age_ms: int) -> Result[int, Any]:
+        before, total, store = self.env.now_ms() - age_ms, 0, self.storage()
         while True:
             deleted = await store.purge_dead_letters(before, 1000)
             total += deleted
@@ -340,3 +334,32 @@ class DeadLettersClient:
 def _check_scope(scope: str | None) -> Result[str | None, ValidationError]:
     """A tenant-scoped client's tenant, checked as storable text like every other tenant id."""
     return Success(None) if scope is None else check_text(scope, "tenant_id")
+
+
+def _check_kind(kind: object) -> Result[DeadLetterKind | None, ValidationError]:
+    for known in _KINDS:
+        if kind == known:
+            return Success(known)
+    if kind is None:
+        return Success(None)
+    return Failure(ValidationError(f"kind must be job, debounce, continuous or task, got {kind!r:.80}"))
+
+
+def _check_limit(limit: object) -> Result[int, ValidationError]:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
+        return Failure(ValidationError(f"limit must be an int from 1 to 10000, got {limit!r:.80}"))
+    return Success(limit)
+
+
+def _optional_text(value: object, what: str) -> Result[str | None, ValidationError]:
+    """A filter given as storable text, or ``None`` when not given."""
+    return Success(None) if value is None else check_text(value, what)
+
+
+def _tenant_in_scope(scope: str | None, tenant: str | None) -> Result[str | None, ValidationError]:
+    """The tenant a listing filters by: a scoped client's own, which a filter may only repeat."""
+    if scope is None:
+        return Success(tenant)
+    if tenant is not None and tenant != scope:
+        return Failure(ValidationError(f"this client acts for tenant {scope!r}; it cannot list {tenant!r}'s"))
+    return Success(scope)

@@ -13,7 +13,7 @@ from datetime import timedelta
 from fractions import Fraction
 from typing import TypeAlias
 
-from returns.result import Failure, Result, Success
+from returns.result import Failure, Result, Success, safe
 
 from ._errors import ValidationError, raise_error
 
@@ -121,13 +121,14 @@ def parse_duration(value: object, *, what: str = "duration") -> Result[timedelta
     if isinstance(value, int):
         if value < 0:
             return Failure(_invalid(value, what, "must not be negative"))
-        try:
-            return Success(timedelta(milliseconds=value))
-        except OverflowError:
-            return Failure(_invalid(value, what, "too large"))
+        return safe(exceptions=(OverflowError,))(_milliseconds)(value).alt(lambda _: _invalid(value, what, "too large"))
     if isinstance(value, str):
         return _parse_text(value, what)
     return Failure(_invalid(value, what))
+
+
+def _milliseconds(value: int) -> timedelta:
+    return timedelta(milliseconds=value)
 
 
 def duration(value: DurationLike, *, what: str = "duration") -> timedelta:

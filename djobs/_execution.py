@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, NoReturn, Protocol, TypeVar, final
 
 import trio
-from returns.result import Failure, Result, Success
+from returns.result import Failure, Result, Success, safe
 
 from ._bodies import normalise
 from ._clock import LATEST_MS, Clock, to_datetime
@@ -328,14 +328,10 @@ async def run_returning_state(
     return result.bind(lambda value: _set_returned(set_state, value))
 
 
-def _set_returned(set_state: Callable[[Any], None], value: object) -> Result[object, JobError]:
+def _set_returned(set_state: Callable[[Any], None], value: object) -> Result[None, JobError]:
     if value is None:
         return Success(None)
-    try:
-        set_state(value)
-    except JobError as error:
-        return Failure(error)
-    return Success(None)
+    return safe(exceptions=(JobError,))(set_state)(value)
 
 
 def _only_terminate(group: BaseExceptionGroup[BaseException]) -> TerminateSignal | None:
@@ -465,18 +461,19 @@ def judge(env: Env, info: RunInfo, ran: Ran, retry: Retry | None, events: list[T
         ev("job.terminated", reason=reason, run_count=info.run_count, attempt=info.attempt, duration_ms=duration_ms)
         return Outcome("terminated", reason=reason, duration_ms=duration_ms)
 
-    if isinstance(result, Success):
-        log.debug("executed in %.1f ms", duration_ms)
-        ev("job.executed", run_count=info.run_count, duration_ms=duration_ms, attempt=info.attempt)
-        return Outcome("succeeded", value=result.unwrap(), duration_ms=duration_ms)
-
-    error = result.failure()
-    failed = {
-        "error": {"tag": error.tag, "message": error.message},
-        "run_count": info.run_count,
-        "attempt": info.attempt,
-        "duration_ms": duration_ms,
-    }
+    # Every run passes here: a match on the result, not a chain of closures.
+    match result:
+        case Success(value):
+            log.debug("executed in %.1f ms", duration_ms)
+            ev("job.executed", run_count=info.run_count, duration_ms=duration_ms, attempt=info.attempt)
+            return Outcome("succeeded", value=value, duration_ms=duration_ms)
+        case Failure(error):
+            failed = {
+                "error": {"tag": error.tag, "message": error.message},
+                "run_count": info.run_count,
+                "attempt": info.attempt,
+                "duration_ms": duration_ms,
+            }
     if retry is None or not retry.should_retry(error):
         log.error("failed (no retry): %s", error.message)
         ev("job.failed", **failed, will_retry=False)

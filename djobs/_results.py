@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import NoReturn, TypeVar
 
-from returns.io import IOFailure, IOResult
-from returns.result import Failure, Result
+from returns.io import IOResult
+from returns.result import Result
 from returns.unsafe import unsafe_perform_io
 
 V = TypeVar("V")
@@ -50,14 +50,10 @@ def unwrap_or_raise(result: IOResult[V, E] | Result[V, E]) -> V:
         validation: instance id must not be empty
     """
     if isinstance(result, IOResult):
-        # unwrap() and failure() give IO containers, which
-        # unsafe_perform_io opens (this is the program's edge, where effects end).
-        if isinstance(result, IOFailure):
-            _raise(unsafe_perform_io(result.failure()))
-        return unsafe_perform_io(result.unwrap())
-    if isinstance(result, Failure):
-        _raise(result.failure())
-    return result.unwrap()
+        # An IOResult's value is an IO container, which unsafe_perform_io
+        # opens (this is the program's edge, where effects end).
+        return unsafe_perform_io(result.alt(_raise).unwrap())
+    return result.alt(_raise).unwrap()
 
 
 def _raise(error: object) -> NoReturn:

@@ -38,7 +38,7 @@ from typing import Protocol, final, runtime_checkable
 from zoneinfo import ZoneInfo
 
 from croniter import CroniterBadDateError, CroniterError, croniter
-from returns.result import Failure, Result, Success
+from returns.result import Failure, Result, Success, safe
 
 from ._durations import DurationLike, duration, format_duration, to_ms
 from ._errors import SchedulerError, ValidationError, raise_error
@@ -147,12 +147,10 @@ def every(interval: DurationLike) -> Every:
 def _parse_zone(tz: object) -> Result[ZoneInfo, ValidationError]:
     if not isinstance(tz, str):
         return Failure(ValidationError(f"time zone must be an IANA name such as 'Europe/Berlin', got {tz!r}"))
-    try:
-        return Success(ZoneInfo(tz))
-    except (KeyError, ValueError, OSError):
-        # KeyError is ZoneInfoNotFoundError; ValueError and OSError come from keys that are
-        # paths, directories ("America") or otherwise not a zone file.
-        return Failure(ValidationError(f"unknown time zone {tz!r}"))
+    # KeyError is ZoneInfoNotFoundError; ValueError and OSError come from keys that are
+    # paths, directories ("America") or otherwise not a zone file.
+    zone = safe(exceptions=(KeyError, ValueError, OSError))(ZoneInfo)(tz)
+    return zone.alt(lambda _: ValidationError(f"unknown time zone {tz!r}"))
 
 
 #: cronie's nicknames (``man 5 crontab``), as the five fields they stand for.

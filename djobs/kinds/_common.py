@@ -220,6 +220,13 @@ def effect(fn: Callable[[], Awaitable[Result[T, Any]]]) -> FutureResult[T, Any]:
     value here, at the client's edge. The coroutine is named after the verb,
     so a verb never awaited warns ``coroutine 'djobs.JobClient.later' was
     never awaited`` rather than naming this helper.
+
+    This is returns' ``future_safe`` with three differences, which is why it
+    is not built on it: `fn` already gives a ``Result``, whose failure is kept
+    as it is (``future_safe`` would nest it); an exception that is not a
+    `JobError` (a bug) is logged and becomes a `StorageError`, not a failure
+    of that exception; and ``future_safe`` creates its own inner coroutine,
+    which a verb never awaited would name instead of the verb.
     """
 
     async def run() -> Result[T, Any]:

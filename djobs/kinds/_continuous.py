@@ -44,6 +44,7 @@ from .._retry import Retry
 from .._schedule import Schedule
 from ..storage import Alarm, Checkin, ClearAlarm, InstanceRecord, SetAlarm
 from ..storage._base import Revival
+from ..tracking import TrackedEvent
 from ._common import (
     D_contra,
     Definition,
@@ -52,6 +53,7 @@ from ._common import (
     StateResult,
     TenantScoped,
     TerminateResult,
+    bind_async,
     check_name,
     check_on_exhausted,
     count_failed_attempt,
@@ -265,11 +267,9 @@ class ContinuousHandler(TenantScoped, Generic[S]):
 
     async def start(self, instance_id: str, input: S) -> Result[StartResult, ValidationError | StorageError]:
         encoded = encode(self.job.state, input, what=f"input of {self.job.name!r}", limit=self.env.max_payload_bytes)
-        if isinstance(encoded, Failure):
-            return encoded
         key = self.key(instance_id)
 
-        async def run() -> Result[StartResult, ValidationError | StorageError]:
+        async def run(state: bytes) -> Result[StartResult, ValidationError | StorageError]:
             existing = await self.env.storage.load(key)
             if existing is not None:
                 return Success(StartResult(False, instance_id, _status(existing[0], existing[1])))
@@ -282,7 +282,7 @@ class ContinuousHandler(TenantScoped, Generic[S]):
                 instance_id=instance_id,
                 tenant_id=self.tenant,
                 status="running",
-                state=encoded.unwrap(),
+                state=state,
                 created_at=now,
                 updated_at=now,
             )
@@ -291,7 +291,7 @@ class ContinuousHandler(TenantScoped, Generic[S]):
             await self.env.commit(Checkin(key=key, record=record, alarm=SetAlarm(first, "run")), [started])
             return Success(StartResult(True, instance_id, "running"))
 
-        return await self.runtime.call(key, run)
+        return await bind_async(encoded, lambda state: self.runtime.call(key, lambda: run(state)))
 
     async def trigger(
         self, instance_id: str
@@ -417,44 +417,45 @@ class ContinuousHandler(TenantScoped, Generic[S]):
         attempt = record.attempt if retrying else 1
         log = env.job_log(KIND, job.name, job.logging, instance=record.instance_id, run=run_count, attempt=attempt)
         info = RunInfo(record.key, KIND, job.name, run_count, attempt)
-        events = []
+        events: list[TrackedEvent] = []
         assert record.state is not None
-        state = decode(job.state, record.state, what="state")
-        if isinstance(state, Failure):
-            outcome_kind, error = "failed", state.failure()
-            log.error("%s", error.message)
-            events.append(
-                env.event(
-                    "job.failed",
-                    record.key,
-                    KIND,
-                    job.name,
-                    run_count=run_count,
-                    attempt=attempt,
-                    error={"tag": error.tag, "message": error.message},
-                    will_retry=False,
+        # A run's path: the stored state decides between two blocks of statements.
+        match decode(job.state, record.state, what="state"):
+            case Success(state):
+                checkout: Checkout[Any] = Checkout(state)
+                ctx: ContinuousContext[S, Any] = ContinuousContext(
+                    env, job.name, record.instance_id, log, checkout, job.state, run_count, attempt, record.tenant_id
                 )
-            )
-            checkout: Checkout[Any] = Checkout(None)
-        else:
-            checkout = Checkout(state.unwrap())
-            ctx: ContinuousContext[S, Any] = ContinuousContext(
-                env, job.name, record.instance_id, log, checkout, job.state, run_count, attempt, record.tenant_id
-            )
-            what = f"the execute of continuous job {job.name!r}"
-            body = offloaded(job.execute, job.limits, what)
-            outcome = await execute(
-                env,
-                info,
-                checkout,
-                lambda: run_returning_state(lambda: body(ctx), env.services, ctx.set_state, what),
-                job.retry,
-                events,
-                log,
-                job.limits,
-                what,
-            )
-            outcome_kind = outcome.kind
+                what = f"the execute of continuous job {job.name!r}"
+                body = offloaded(job.execute, job.limits, what)
+                outcome = await execute(
+                    env,
+                    info,
+                    checkout,
+                    lambda: run_returning_state(lambda: body(ctx), env.services, ctx.set_state, what),
+                    job.retry,
+                    events,
+                    log,
+                    job.limits,
+                    what,
+                )
+                outcome_kind = outcome.kind
+            case Failure(error):
+                outcome_kind = "failed"
+                log.error("%s", error.message)
+                events.append(
+                    env.event(
+                        "job.failed",
+                        record.key,
+                        KIND,
+                        job.name,
+                        run_count=run_count,
+                        attempt=attempt,
+                        error={"tag": error.tag, "message": error.message},
+                        will_retry=False,
+                    )
+                )
+                checkout = Checkout(None)
         now = env.now_ms()
         record.run_count, record.updated_at = run_count, now
         if outcome_kind in ("terminated", "exhausted"):

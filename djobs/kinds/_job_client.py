@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any, Generic
 
 import trio
@@ -21,8 +22,8 @@ from .._errors import (
     TenantError,
     ValidationError,
 )
-from ..storage import JobRecord, JobStatusName
-from ._common import effect, not_registered
+from ..storage import JobRecord, JobStatusName, NewJob
+from ._common import bind_async, effect, not_registered
 from ._job import CancelResult, JobInfo, JobRun, P, R, RetryResult, UniqueWhile
 from ._job_queue import JobQueue, check_priority, check_short_text, due_at, unique_key_of, unique_statuses
 from ._job_runner import JobHandler
@@ -62,17 +63,14 @@ class JobClient(Generic[P, R]):
         if h is None or q is None:
             return not_registered(self._name)
 
-        async def run() -> Result[JobRun[R], Any]:
-            checked = self._checked(h, q, params, tenant_id, correlation_id)
-            if isinstance(checked, Failure):
-                return checked
-            raw, tenant, correlation = checked.unwrap()
+        async def start(checked: tuple[bytes, str | None, str | None]) -> Result[JobRun[R], Any]:
+            raw, tenant, correlation = checked
             value = decode(h.job.params, raw, what=f"params of job {h.job.name!r}").unwrap()  # just validated
             return Success(
                 await h.run_now(q.worker, value, raw, persist=persist, tenant_id=tenant, correlation_id=correlation)
             )
 
-        return effect(run)
+        return effect(lambda: bind_async(self._checked(h, q, params, tenant_id, correlation_id), start))
 
     def later(
         self,
@@ -135,9 +133,10 @@ class JobClient(Generic[P, R]):
                     unique_statuses=statuses,
                 )
             )
-            if isinstance(row, Failure):
-                return row
-            [(job_id, _)] = await q.enqueue([row.unwrap()])
+            return await bind_async(row, enqueue)
+
+        async def enqueue(row: NewJob) -> Result[str, Any]:
+            [(job_id, _)] = await q.enqueue([row])
             return Success(job_id)
 
         return effect(run)
@@ -174,28 +173,31 @@ class JobClient(Generic[P, R]):
                 for rank in check_priority(priority)
                 for when in due_at(at, delay, now)
             )
-            if isinstance(shared, Failure):
-                return shared
-            tenant, correlation, rank, when = shared.unwrap()
-            rows = []
-            for index, params in enumerate(params_list):
-                raw = encode(
-                    h.job.params, params, what=f"params[{index}] of job {h.job.name!r}", limit=q.env.max_payload_bytes
-                )
-                if isinstance(raw, Failure):
-                    return raw
-                row = q.row(
+            return await bind_async(shared, lambda given: enqueue(now, *given))
+
+        async def enqueue(
+            now: int, tenant: str | None, correlation: str | None, rank: int, when: int
+        ) -> Result[list[str], Any]:
+            def row(index: int, raw: bytes) -> Result[NewJob, ValidationError]:
+                return q.row(
                     h,
-                    raw.unwrap(),
+                    raw,
                     scheduled_for=when,
                     now=now,
                     priority=rank,
                     correlation_id=correlation,
                     tenant_id=tenant,
-                )
-                if isinstance(row, Failure):
-                    return Failure(ValidationError(f"params[{index}] of job {h.job.name!r}: {row.failure().message}"))
-                rows.append(row.unwrap())
+                ).alt(lambda error: ValidationError(f"params[{index}] of job {h.job.name!r}: {error.message}"))
+
+            rows = []
+            for index, params in enumerate(params_list):
+                what = f"params[{index}] of job {h.job.name!r}"
+                # A loop that stops at the first params that fail (a batch may be large), so a match.
+                match encode(h.job.params, params, what=what, limit=q.env.max_payload_bytes).bind(partial(row, index)):
+                    case Success(new):
+                        rows.append(new)
+                    case Failure() as failed:
+                        return failed
             if not rows:
                 return Success([])
             return Success([job_id for job_id, _ in await q.enqueue(rows)])
@@ -229,15 +231,13 @@ class JobClient(Generic[P, R]):
             tenant: str | None = None
             correlation: str | None = None
             for params in params_list:
-                checked = self._checked(h, q, params, tenant_id, correlation_id)
-                if isinstance(checked, Failure):
-                    return checked
-                raw, tenant, correlation = checked.unwrap()
-                prepared.append((decode(h.job.params, raw, what="params").unwrap(), raw))
+                match self._checked(h, q, params, tenant_id, correlation_id):
+                    case Failure() as failed:
+                        return failed
+                    case Success((raw, tenant, correlation)):
+                        prepared.append((decode(h.job.params, raw, what="params").unwrap(), raw))  # just validated
             if not prepared:
-                checked_tenant = q.tenant_for(self._tenant, tenant_id)
-                if isinstance(checked_tenant, Failure):
-                    return checked_tenant
+                return q.tenant_for(self._tenant, tenant_id).map(lambda _: [])
             runs: list[JobRun[R] | None] = [None] * len(prepared)
             errors: list[JobError] = []
             limiter = trio.CapacityLimiter(concurrency)

@@ -70,6 +70,7 @@ from ._common import (
     StateResult,
     TenantScoped,
     TerminateResult,
+    bind_async,
     check_name,
     check_on_exhausted,
     count_failed_attempt,
@@ -137,10 +138,12 @@ def resolve_when(when: object, now_ms: int) -> Result[int, ValidationError]:
                     "use datetime(..., tzinfo=UTC) or ctx.now() + timedelta(...)",
                 )
             )
-        moment = epoch_ms(when, "the datetime")
-        if isinstance(moment, Failure):
-            return Failure(_bad_when(when, moment.failure().message))
-        fire_at = max(now_ms, moment.unwrap())
+        return (
+            epoch_ms(when, "the datetime")
+            .map(lambda moment: max(now_ms, moment))
+            .alt(lambda error: _bad_when(when, error.message))
+            .bind(lambda fire_at: _not_after_9999(when, fire_at))
+        )
     elif isinstance(when, bool | int | float):
         return Failure(
             _bad_when(
@@ -604,76 +607,80 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
                 job.event, event, what=f"event for task {job.name!r}", limit=env.max_payload_bytes
             )
         )
-        if isinstance(checked, Failure):
-            return checked
-        eid, the_event = checked.unwrap()
         key = self.key(instance_id)
+        return await bind_async(
+            checked, lambda valid: self.runtime.call(key, lambda: self._accept(key, instance_id, *valid))
+        )
 
-        async def run() -> Result[SendResult, SendError]:
-            loaded = await env.storage.load(key)
-            # Checked before on_event runs, so a repeated event never reaches user code.
-            if loaded is not None and eid is not None and await env.storage.has_event_id(key, eid):
-                return Failure(DuplicateEventError(instance_id, eid))
-            created = loaded is None
-            if loaded is None:
-                now = env.now_ms()
-                record = InstanceRecord(
-                    key=key,
-                    kind=KIND,
-                    name=job.name,
-                    instance_id=instance_id,
-                    tenant_id=self.tenant,
-                    status="idle",
-                    created_at=now,
-                    updated_at=now,
-                )
-                alarm = None
-            else:
-                record, alarm = loaded
-            state = self._state(record)
-            if isinstance(state, Failure):
-                return state
-            count = record.event_count + 1
-            log = self._log(record, event=count)
-            draft: _Draft[S | None] = _Draft(state.unwrap())
-            keep_ms = alarm.fire_at if alarm is not None else None
-            ctx: TaskEventContext[S, Any] = TaskEventContext(
-                env, job.name, instance_id, log, draft, job.state, keep_ms, count, created, self.tenant
+    async def _accept(
+        self, key: str, instance_id: str, eid: str | None, the_event: Any
+    ) -> Result[SendResult, SendError]:
+        """`send`'s work on the instance's actor: run ``on_event`` and commit what it changed."""
+        job, env = self.job, self.env
+        loaded = await env.storage.load(key)
+        # Checked before on_event runs, so a repeated event never reaches user code.
+        if loaded is not None and eid is not None and await env.storage.has_event_id(key, eid):
+            return Failure(DuplicateEventError(instance_id, eid))
+        created = loaded is None
+        if loaded is None:
+            now = env.now_ms()
+            record = InstanceRecord(
+                key=key,
+                kind=KIND,
+                name=job.name,
+                instance_id=instance_id,
+                tenant_id=self.tenant,
+                status="idle",
+                created_at=now,
+                updated_at=now,
             )
-            ran = await run_call(
-                env,
-                key,
-                draft,
-                self._returning(lambda: job.on_event(the_event, ctx), ctx, "on_event"),
-                job.limits,
-                f"the on_event of task {job.name!r}",
-            )
-            if isinstance(ran.result, Failure):
-                error = _rejection(ran.result.failure())
+            alarm = None
+        else:
+            record, alarm = loaded
+        match self._state(record):
+            case Success(state):
+                draft: _Draft[S | None] = _Draft(state)
+            case Failure() as failed:
+                return failed
+        count = record.event_count + 1
+        log = self._log(record, event=count)
+        keep_ms = alarm.fire_at if alarm is not None else None
+        ctx: TaskEventContext[S, Any] = TaskEventContext(
+            env, job.name, instance_id, log, draft, job.state, keep_ms, count, created, self.tenant
+        )
+        ran = await run_call(
+            env,
+            key,
+            draft,
+            self._returning(lambda: job.on_event(the_event, ctx), ctx, "on_event"),
+            job.limits,
+            f"the on_event of task {job.name!r}",
+        )
+        match ran.result:
+            case Failure(failure):
+                error = _rejection(failure)
                 log.info("event rejected: %s", error.message)
                 return Failure(error)
-            record.event_count = count
-            events = [self._event(record, "job.started")] if created else []
-            try:
-                if ran.terminated:
-                    await self._purge(record, ran.reason, events, log)
-                    return Success(SendResult(created, instance_id, None))
-                _, fire = await self._settle(
-                    record,
-                    draft,
-                    keep_ms=keep_ms,
-                    was_active=created or alarm is not None,
-                    trigger="event",
-                    events=events,
-                    event_id=eid,
-                )
-            except DuplicateEventError:
-                # Another process accepted the same id between our check and our commit.
-                assert eid is not None
-                return Failure(DuplicateEventError(instance_id, eid))
-            return Success(SendResult(created, instance_id, _at(fire)))
-
-        return await self.runtime.call(key, run)
+        record.event_count = count
+        events = [self._event(record, "job.started")] if created else []
+        try:
+            if ran.terminated:
+                await self._purge(record, ran.reason, events, log)
+                return Success(SendResult(created, instance_id, None))
+            _, fire = await self._settle(
+                record,
+                draft,
+                keep_ms=keep_ms,
+                was_active=created or alarm is not None,
+                trigger="event",
+                events=events,
+                event_id=eid,
+            )
+        except DuplicateEventError:
+            # Another process accepted the same id between our check and our commit.
+            assert eid is not None
+            return Failure(DuplicateEventError(instance_id, eid))
+        return Success(SendResult(created, instance_id, _at(fire)))
 
     async def trigger(self, instance_id: str) -> Result[TaskTriggerResult, InstanceNotFoundError | StorageError]:
         key = self.key(instance_id)
@@ -747,25 +754,24 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
         record.execute_count = execute_count
         log = self._log(record, execute=execute_count, attempt=attempt)
         events: list[TrackedEvent] = []
-        loaded_state = self._state(record)
-        if isinstance(loaded_state, Failure):
-            error = loaded_state.failure()
-            log.error("%s", error.message)
-            events.append(
-                self._event(
-                    record,
-                    "job.failed",
-                    error={"tag": error.tag, "message": error.message},
-                    run_count=execute_count,
-                    attempt=attempt,
-                    will_retry=False,
+        match self._state(record):
+            case Success(before):
+                before_raw = record.state
+            case Failure(error):
+                log.error("%s", error.message)
+                events.append(
+                    self._event(
+                        record,
+                        "job.failed",
+                        error={"tag": error.tag, "message": error.message},
+                        run_count=execute_count,
+                        attempt=attempt,
+                        will_retry=False,
+                    )
                 )
-            )
-            record.attempt, record.status, record.updated_at = 1, "idle", env.now_ms()
-            await env.commit(Checkin(key=record.key, record=record, alarm=ClearAlarm()), events)
-            return execute_count, "failed", None
-        before = loaded_state.unwrap()
-        before_raw = record.state
+                record.attempt, record.status, record.updated_at = 1, "idle", env.now_ms()
+                await env.commit(Checkin(key=record.key, record=record, alarm=ClearAlarm()), events)
+                return execute_count, "failed", None
         draft: _Draft[S | None] = _Draft(before)
         ctx = self._context(record, draft, log, attempt)
         info = RunInfo(record.key, KIND, job.name, execute_count, attempt)
@@ -824,9 +830,10 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
                         )
                     await self._purge(record, ran.reason, events, err_log, letter)
                     return execute_count, "terminated", None
-                if isinstance(ran.result, Failure):
-                    self._handler_failed(record, "on_error", ran.result.failure(), events, err_log)
-                    draft = _Draft(before)
+                match ran.result:
+                    case Failure(failure):
+                        self._handler_failed(record, "on_error", failure, events, err_log)
+                        draft = _Draft(before)
         alive, fire = await self._settle(
             record, draft, keep_ms=None, was_active=alarm is not None, trigger=trigger, events=events
         )
@@ -875,13 +882,14 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
             if ran.terminated:
                 await self._purge(record, ran.reason, events, log)
                 return False, None
-            if isinstance(ran.result, Failure):
-                # The step itself succeeded and is kept; only on_idle's changes are dropped.
-                self._handler_failed(record, "on_idle", ran.result.failure(), events, log)
-            else:
-                encoded = idle.encoded if idle.encoded is not None else encoded
-                if isinstance(idle.alarm, SetAlarm):
-                    alarm, fire, by = idle.alarm, idle.alarm.fire_at, "idle"
+            match ran.result:
+                case Failure(failure):
+                    # The step itself succeeded and is kept; only on_idle's changes are dropped.
+                    self._handler_failed(record, "on_idle", failure, events, log)
+                case _:
+                    encoded = idle.encoded if idle.encoded is not None else encoded
+                    if isinstance(idle.alarm, SetAlarm):
+                        alarm, fire, by = idle.alarm, idle.alarm.fire_at, "idle"
         if encoded is not None:
             record.state = encoded
         record.status = "active" if fire is not None else "idle"
