@@ -184,6 +184,19 @@ async def normalise(value: object, services: object, what: str) -> Result[object
     return Failure(refused(what, value))
 
 
+def immediate(value: object) -> Result[object, object] | None:
+    """`normalise`'s answer for a value that needs no await (a plain value or a ``Result``),
+    without awaiting; ``None`` for any other form (normalise it)."""
+    form = _FORMS.get(type(value))
+    if form is None and _remember(type(value)):
+        form = _FORMS[type(value)]
+    if form is _PLAIN:
+        return Success(value)
+    if form is _RESULT:
+        return cast(Result[object, object], value)
+    return None
+
+
 #: How many wrappers deep a body's value may be (an async def returning a FutureResult is two).
 _MAX_NESTING = 4
 

@@ -17,6 +17,7 @@ The forms a body may return, and how each is run, are `djobs._bodies`'s.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from typing import Any, Generic, Literal, NoReturn, Protocol, TypeVar, final
 import trio
 from returns.result import Failure, Result, Success, safe
 
-from ._bodies import normalise
+from ._bodies import immediate, normalise
 from ._clock import LATEST_MS, Clock, to_datetime
 from ._errors import ExecutionError, JobError, JobTimeoutError
 from ._ids import Ids
@@ -294,24 +295,45 @@ def _as_job_error(error: object) -> JobError:
 
 
 async def run_body(
-    call: Callable[[], object], services: object, what: str = "the job body", limits: RunLimits = NO_LIMITS
+    call: Callable[[], object],
+    services: object,
+    what: str = "the job body",
+    limits: RunLimits = NO_LIMITS,
+    scope: trio.CancelScope | None = None,
 ) -> Result[object, JobError]:
     """Run one call of user code in any accepted form; never raises but for cancellation.
 
     The forms are `djobs._bodies.normalise`'s; a failure value that is not a
     `JobError`, and any exception, becomes an `ExecutionError`. A call that
     outlives ``limits.timeout_ms`` is cancelled: `JobTimeoutError`.
+
+    `scope`, if given, is the run's cancel scope (a queued job's): what the
+    call gives is awaited inside it, and a value that needs no await (a
+    synchronous body's) is taken without entering it. If the scope caught a
+    cancel, the result is a failure that says so; the caller reads
+    ``scope.cancelled_caught`` and does not treat it as the body's.
     """
+    result: Result[object, object] | None = None
     try:
         if limits.timeout_ms is None:
-            result = await normalise(call(), services, what)
+            value = call()
+            result = immediate(value)
+            if result is None:
+                if scope is None:
+                    result = await normalise(value, services, what)
+                else:
+                    with scope:
+                        result = await normalise(value, services, what)
         else:
-            with trio.move_on_after(limits.timeout_ms / 1000) as scope:
-                result = await normalise(call(), services, what)
-            if scope.cancelled_caught:
+            with scope if scope is not None else contextlib.nullcontext():
+                with trio.move_on_after(limits.timeout_ms / 1000) as timer:
+                    result = await normalise(call(), services, what)
+            if timer.cancelled_caught:
                 return Failure(JobTimeoutError(what, limits.timeout_ms / 1000))
     except Exception as exc:
         return Failure(_as_job_error(exc))
+    if result is None:  # the run's scope caught a cancel
+        return Failure(ExecutionError(f"{what} was cancelled"))
     return result.alt(_as_job_error)
 
 

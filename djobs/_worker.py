@@ -152,9 +152,18 @@ class AttemptRunner(Protocol):
     the worker.
     """
 
-    async def run_attempt(self, job: ClaimedJob, lease: tuple[QueueStorage, str]) -> AttemptEnd:
+    async def run_attempt(
+        self, job: ClaimedJob, lease: tuple[QueueStorage, str], scope: trio.CancelScope
+    ) -> AttemptEnd:
         """Run the leased attempt `job` (`lease`: the storage and the holder's id, for
-        progress writes) and say how it ended. Raises nothing but cancellation."""
+        progress writes) and say how it ended. Raises nothing but cancellation.
+
+        Whatever the runner awaits runs inside `scope`, the run's (``cancel``
+        and the engine's close reach the job through it); work that never
+        awaits, such as a synchronous body, may run outside it, which spares
+        entering a cancel scope per job. The worker reads
+        ``scope.cancelled_caught`` afterwards.
+        """
         ...
 
     def counted_failure(self, job: ClaimedJob, exc: Exception) -> AttemptEnd:
@@ -168,15 +177,32 @@ class RunHandle:
     """A job running in this process: its cancel scope and why it was cancelled."""
 
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
-    done: trio.Event = field(default_factory=trio.Event)
+    #: Set once the run is over and its row settled; made only when someone waits (`ended`).
+    _done: trio.Event | None = None
+    #: Whether the run is over and its row settled.
+    over: bool = False
     #: Another worker reclaimed the row: whatever this run ends with is not written.
     lost: bool = False
     #: Claimed by the worker (not a ``now`` run in a caller's task).
     claimed: bool = False
-    #: Its settlement waits in the worker's batch; `done` is set once it is written.
+    #: Its settlement waits in the worker's batch; `ended` is set once it is written.
     settling: bool = False
     #: Its hold: (job id, attempt), or (job id, 0) for a ``now`` run.
     key: tuple[str, int] = ("", 0)
+
+    def ended(self) -> trio.Event:
+        """An event set once the run is over and its row settled (already set if it is)."""
+        if self._done is None:
+            self._done = trio.Event()
+            if self.over:
+                self._done.set()
+        return self._done
+
+    def end(self) -> None:
+        """The run is over and its row settled: wake whoever waits on `ended`."""
+        self.over = True
+        if self._done is not None:
+            self._done.set()
 
 
 class Worker:
@@ -304,14 +330,14 @@ class Worker:
                 del self._running[job_id]
             if not handle.settling:
                 self._held.discard(key)
-                handle.done.set()
+                handle.end()
 
     def cancel_local(self, job_id: str) -> trio.Event | None:
         """Cancel `job_id` if it runs (or waits to run) here; the event is set once its row is settled."""
         handle = self._running.get(job_id)
         if handle is not None:
             handle.scope.cancel()
-            return handle.done
+            return handle.ended()
         if job_id in self._starting:
             # The start task is checking it: the check ends it cancelled (the cancel is
             # stored), or, if the start won, its run is cancelled as it starts.
@@ -434,13 +460,22 @@ class Worker:
         self._starting_done = trio.Event()
 
     async def _run(self, job: ClaimedJob, runner: AttemptRunner) -> None:
+        # `running`, unrolled for the worker's own runs: the row is held since its claim.
+        key = (job.id, job.attempt)
+        # Shielded from a cancel of the scope around the engine: `close` lets the run
+        # finish for the grace period, then cancels it.
+        run = RunHandle(claimed=True, key=key, scope=trio.CancelScope(shield=True))
+        running = self._running
+        running[job.id] = run
         try:
-            with self.running(job.id, attempt=job.attempt) as run:
-                await self._attempt(job, runner, run)
+            await self._attempt(job, runner, run)
         except Exception:
             self._log.exception("bug: the run of job %s (%s) raised; its lease will expire", job.id, job.name)
         finally:
-            key = (job.id, job.attempt)
+            if running.get(job.id) is run:  # not replaced by a later claim of a lost row
+                del running[job.id]
+            if not run.settling:
+                run.end()
             self._limiter.release_on_behalf_of(key)
             if key not in self._unsettled:  # else the row stays held (renewed) until its batch is written
                 self._held.discard(key)
@@ -456,8 +491,7 @@ class Worker:
     async def _attempt(self, job: ClaimedJob, runner: AttemptRunner, run: RunHandle) -> None:
         """Run one claimed attempt under its cancel scope and settle its row (fenced by holder and attempt)."""
         try:
-            with run.scope:
-                end = await runner.run_attempt(job, self._lease)
+            end = await runner.run_attempt(job, self._lease, run.scope)
         except Exception as exc:
             # A bug after (or around) the user's code: the attempt counts, the row is not handed back.
             self._log.exception(
@@ -575,7 +609,7 @@ class Worker:
         for (settlement, job_events, handle, poke_at), ok in zip(batch, applied, strict=True):
             self._unsettled.discard(handle.key)
             self._held.discard(handle.key)
-            handle.done.set()
+            handle.end()
             if ok:
                 events.extend(job_events)
                 if poke_at is not None:
@@ -726,7 +760,7 @@ class Worker:
                 earlier.lost = True
                 earlier.scope.cancel()
                 self._deferred[job.id] = job
-                self._nursery.start_soon(self._start_after, earlier.done, job)
+                self._nursery.start_soon(self._start_after, earlier.ended(), job)
             else:
                 self._push_ready(job, self._round)
         if self.tracking:

@@ -94,9 +94,18 @@ class JobHandler(Generic[P, R]):
         return policy
 
     async def attempt(
-        self, params: P, who: _Attempt, run_id: str, storage: QueueStorage | None
-    ) -> tuple[Outcome, list[TrackedEvent]]:
-        """Run one attempt through the execution service; nothing is written here."""
+        self,
+        params: P,
+        who: _Attempt,
+        run_id: str,
+        storage: QueueStorage | None,
+        scope: trio.CancelScope | None = None,
+    ) -> tuple[Outcome | None, list[TrackedEvent]]:
+        """Run one attempt through the execution service; nothing is written here.
+
+        With `scope` (a claimed row's, see `AttemptRunner.run_attempt`), the body's
+        awaiting runs inside it; the outcome is ``None`` if the scope caught a cancel.
+        """
         env, job = self.env, self.job
         key = who.job_id or run_id
         log = JobLog(self._logger, self._threshold, {"job": job.name, "job_id": key, "attempt": who.attempt})
@@ -120,9 +129,12 @@ class JobHandler(Generic[P, R]):
         # and the result is validated as part of the attempt, so a bad result is the
         # attempt's failure (a ValidationError, not retried) like any other.
         started = time.perf_counter()
-        result = await run_body(lambda: self._body(params, ctx), env.services, self._what, job.limits)
-        if isinstance(result, Success):
-            result = encode(job.result, result.unwrap(), what=self._result_what, limit=env.max_payload_bytes)
+        result = await run_body(lambda: self._body(params, ctx), env.services, self._what, job.limits, scope)
+        if scope is not None and scope.cancelled_caught:
+            return None, events  # the worker ends the attempt cancelled (or hands it back)
+        match result:
+            case Success(value):
+                result = encode(job.result, value, what=self._result_what, limit=env.max_payload_bytes)
         ran = Ran(result, duration_ms=round((time.perf_counter() - started) * 1000, 3))
         outcome = judge(env, info, ran, self.retry_for(who.max_attempts), events, log)
         return outcome, events
@@ -134,9 +146,15 @@ class JobHandler(Generic[P, R]):
 
     # -- the worker's side: the runner seam ---------------------------------------------
 
-    async def run_attempt(self, job: ClaimedJob, lease: tuple[QueueStorage, str]) -> AttemptEnd:
+    async def run_attempt(
+        self, job: ClaimedJob, lease: tuple[QueueStorage, str], scope: trio.CancelScope
+    ) -> AttemptEnd:
         """Run the leased attempt `job` (`lease`: the storage and the holder, for progress)
-        and say how it ended; the worker writes it. Never raises but for cancellation."""
+        and say how it ended; the worker writes it. Never raises but for cancellation.
+
+        The body's awaiting runs in the run's `scope`; a synchronous body runs without
+        entering it. A run the scope cancelled ends ``cancelled`` (the worker decides how).
+        """
         worker_id = lease[1]
         who = _Attempt(job.id, job.attempt, job.max_attempts, job.tenant_id, job.correlation_id, worker_id)
         params = decode(self.job.params, job.params, what=f"params of job {self.job.name!r}")
@@ -147,8 +165,10 @@ class JobHandler(Generic[P, R]):
             )
             return AttemptEnd("failed", error=_error_json(error), events=[failed])
         outcome, events = await self.attempt(
-            params.unwrap(), who, self.env.ids.job_id(self.env.clock.now_ms()), lease[0]
+            params.unwrap(), who, self.env.ids.job_id(self.env.clock.now_ms()), lease[0], scope
         )
+        if outcome is None:
+            return AttemptEnd("cancelled")
         if outcome.kind == "succeeded":
             if self.tracking:
                 events.append(
@@ -273,7 +293,9 @@ class JobHandler(Generic[P, R]):
             try:
                 with run.scope:
                     while True:
-                        outcome, events = await self.attempt(params, who, worker.new_id(), worker.storage)
+                        attempted, events = await self.attempt(params, who, worker.new_id(), worker.storage)
+                        assert attempted is not None  # no scope given: a cancel propagates
+                        outcome = attempted
                         if outcome.kind != "retrying":
                             break
                         assert outcome.retry_at is not None and outcome.error is not None
