@@ -1,11 +1,68 @@
-"""What SQLite and PostgreSQL share about the dead-letter table: its columns and its listing."""
+"""What SQLite and PostgreSQL share about the dead-letter table: its columns, its statements
+(in SQLite's placeholders; PostgreSQL's through ``_sql.Dialect.text``), its rows and its listing.
+
+The insert stays with each dialect (``INSERT OR REPLACE`` in SQLite, ``ON CONFLICT (id) DO
+NOTHING`` in PostgreSQL), as does the locking of a revival.
+"""
 
 from __future__ import annotations
 
-from ._base import DeadLetter, DeadLetterFilter
+from collections.abc import Sequence
+from typing import Any, Final
+
+import msgspec
+
+from ._base import DeadLetter, DeadLetterFilter, InstanceRevival, JobRevival
 
 #: The table's columns, in the order `dead_letter_row` gives them.
 DEAD_LETTER_COLUMNS = "id, kind, name, ref, tenant_id, payload, error, attempts, event_count, revive, created_at"
+GET_DEAD_LETTER: Final = f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = ?"
+DELETE_DEAD_LETTER: Final = "DELETE FROM dead_letters WHERE id = ?"
+#: A job's row put back by the retry of its letter when the row was purged since (`purged_job_args`).
+REVIVE_PURGED_JOB: Final = """
+    INSERT INTO jobs (id, name, params, max_attempts, scheduled_for, priority, correlation_id, tenant_id,
+                      created_at, updated_at, limit_key)
+    VALUES (?,?,?,?,?,?,?,?,?,?,?)
+"""
+#: Reads an instance letter's ``revive``.
+revival_decoder: Final = msgspec.json.Decoder(InstanceRevival)
+_job_revival_decoder = msgspec.json.Decoder(JobRevival)
+
+
+def dead_letter(r: Sequence[Any]) -> DeadLetter:
+    """A row of `DEAD_LETTER_COLUMNS` as a `DeadLetter`."""
+    revive = r[9].encode() if isinstance(r[9], str) else r[9]  # SQLite's trigger writes json_object's text
+    return DeadLetter(
+        id=r[0],
+        kind=r[1],
+        name=r[2],
+        ref=r[3],
+        tenant_id=r[4],
+        payload=r[5],
+        error=r[6],
+        attempts=r[7],
+        event_count=r[8],
+        revive=revive,
+        created_at=r[10],
+    )
+
+
+def purged_job_args(letter: DeadLetter, now: int) -> tuple[object, ...]:
+    """The arguments of `REVIVE_PURGED_JOB` for a job's `letter`: the job again, due `now`."""
+    how = _job_revival_decoder.decode(letter.revive or b"{}")
+    return (
+        letter.ref,
+        letter.name,
+        letter.payload or b"{}",
+        how.max_attempts,
+        now,
+        how.priority,
+        how.correlation_id,
+        letter.tenant_id,
+        now,
+        now,
+        how.limit_key,
+    )
 
 
 def dead_letter_row(letter: DeadLetter) -> tuple[object, ...]:

@@ -52,10 +52,8 @@ from ._base import (
     ExpiredLease,
     HeldStarts,
     InstanceRecord,
-    InstanceRevival,
     JobFilter,
     JobRecord,
-    JobRevival,
     JobSettlement,
     JobStatusName,
     LeaseLostError,
@@ -65,7 +63,16 @@ from ._base import (
     SetAlarm,
 )
 from ._dead_letters import DEAD_LETTER_COLUMNS as _DEAD_LETTER_COLUMNS
-from ._dead_letters import dead_letter_query, dead_letter_row
+from ._dead_letters import (
+    DELETE_DEAD_LETTER,
+    GET_DEAD_LETTER,
+    REVIVE_PURGED_JOB,
+    dead_letter,
+    dead_letter_query,
+    dead_letter_row,
+    purged_job_args,
+    revival_decoder,
+)
 from ._pgconn import (
     Connection,
     Pool,
@@ -592,29 +599,9 @@ _INSERT_DEAD_LETTER = f"""
     INSERT INTO dead_letters ({_DEAD_LETTER_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)
     ON CONFLICT (id) DO NOTHING
 """
-_REVIVE_PURGED_JOB = """
-    INSERT INTO jobs (id, name, params, max_attempts, scheduled_for, priority, correlation_id, tenant_id,
-                      created_at, updated_at, limit_key)
-    VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)
-"""
-_revival_decoder = msgspec.json.Decoder(InstanceRevival)
-_job_revival_decoder = msgspec.json.Decoder(JobRevival)
-
-
-def _dead_letter(r: Sequence[Any]) -> DeadLetter:
-    return DeadLetter(
-        id=r[0],
-        kind=r[1],
-        name=r[2],
-        ref=r[3],
-        tenant_id=r[4],
-        payload=r[5],
-        error=r[6],
-        attempts=r[7],
-        event_count=r[8],
-        revive=r[9],
-        created_at=r[10],
-    )
+_REVIVE_PURGED_JOB = POSTGRES.text(REVIVE_PURGED_JOB)
+_GET_DEAD_LETTER = POSTGRES.text(GET_DEAD_LETTER)
+_DELETE_DEAD_LETTER = POSTGRES.text(DELETE_DEAD_LETTER)
 
 
 def channel_name(schema: str) -> str:
@@ -1186,21 +1173,19 @@ class PostgresStorage:
 
     async def list_dead_letters(self, where: DeadLetterFilter) -> list[DeadLetter]:
         query, args = dead_letter_query(where, "%s")
-        return await self._run(lambda conn: [_dead_letter(r) for r in conn.execute(query.encode(), args)], "list")
+        return await self._run(lambda conn: [dead_letter(r) for r in conn.execute(query.encode(), args)], "list")
 
     @staticmethod
     def _get_dead_letter(conn: Connection, letter_id: str, lock: str = "") -> DeadLetter | None:
-        row = conn.execute(
-            f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = %s {lock}".encode(), (letter_id,)
-        ).fetchone()
-        return None if row is None else _dead_letter(row)
+        row = conn.execute(f"{_GET_DEAD_LETTER} {lock}".encode(), (letter_id,)).fetchone()
+        return None if row is None else dead_letter(row)
 
     async def get_dead_letter(self, letter_id: str) -> DeadLetter | None:
         return await self._run(lambda conn: self._get_dead_letter(conn, letter_id), "get_dead_letter")
 
     async def discard_dead_letter(self, letter_id: str) -> bool:
         def run(conn: Connection) -> bool:
-            return conn.execute("DELETE FROM dead_letters WHERE id = %s", (letter_id,)).rowcount > 0
+            return conn.execute(_DELETE_DEAD_LETTER, (letter_id,)).rowcount > 0
 
         return await self._write(run, "discard_dead_letter")
 
@@ -1213,30 +1198,14 @@ class PostgresStorage:
             if letter.kind == "job":
                 row = conn.execute("SELECT status FROM jobs WHERE id = %s FOR UPDATE", (letter.ref,)).fetchone()
                 if row is None:
-                    how = _job_revival_decoder.decode(letter.revive or b"{}")
-                    conn.execute(
-                        _REVIVE_PURGED_JOB,
-                        (
-                            letter.ref,
-                            letter.name,
-                            letter.payload or b"{}",
-                            how.max_attempts,
-                            now,
-                            how.priority,
-                            how.correlation_id,
-                            letter.tenant_id,
-                            now,
-                            now,
-                            how.limit_key,
-                        ),
-                    )
+                    conn.execute(_REVIVE_PURGED_JOB, purged_job_args(letter, now))
                 elif row[0] in ("failed", "cancelled"):
                     conn.execute(_RETRY_JOB, {"id": letter.ref, "now": now})
                 else:
                     return "occupied", None
-                conn.execute("DELETE FROM dead_letters WHERE id = %s", (letter_id,))
+                conn.execute(_DELETE_DEAD_LETTER, (letter_id,))
                 return "revived", now
-            revival = _revival_decoder.decode(letter.revive or b"")
+            revival = revival_decoder.decode(letter.revive or b"")
             held = conn.execute(
                 "SELECT owner FROM instance_leases WHERE key = %s AND expires_at > %s"
                 " AND owner IS DISTINCT FROM %s FOR SHARE",
@@ -1248,7 +1217,7 @@ class PostgresStorage:
             record = msgspec.structs.replace(revival.record, updated_at=now)
             conn.execute(_UPSERT_INSTANCE, instance_args(revival.key, record))
             conn.execute(_SET_ALARM, (revival.key, now, now, revival.purpose))
-            conn.execute("DELETE FROM dead_letters WHERE id = %s", (letter_id,))
+            conn.execute(_DELETE_DEAD_LETTER, (letter_id,))
             return "revived", None
 
         return await self._write_and_notify(run, "revive_dead_letter")

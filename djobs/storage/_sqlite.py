@@ -36,10 +36,8 @@ from ._base import (
     ExpiredLease,
     HeldStarts,
     InstanceRecord,
-    InstanceRevival,
     JobFilter,
     JobRecord,
-    JobRevival,
     JobSettlement,
     JobStatusName,
     LeaseLostError,
@@ -49,7 +47,16 @@ from ._base import (
     SetAlarm,
 )
 from ._dead_letters import DEAD_LETTER_COLUMNS as _DEAD_LETTER_COLUMNS
-from ._dead_letters import dead_letter_query, dead_letter_row
+from ._dead_letters import (
+    DELETE_DEAD_LETTER,
+    GET_DEAD_LETTER,
+    REVIVE_PURGED_JOB,
+    dead_letter,
+    dead_letter_query,
+    dead_letter_row,
+    purged_job_args,
+    revival_decoder,
+)
 from ._rows import (
     CRON_COLUMNS,
     alarm_record,
@@ -528,11 +535,6 @@ _names_encoder = msgspec.json.Encoder()
 
 _INSERT_DEAD_LETTER = f"INSERT OR REPLACE INTO dead_letters ({_DEAD_LETTER_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
 # The row a job's letter brings back when the job itself was purged: pending, due now, its old id.
-_REVIVE_PURGED_JOB = """
-    INSERT INTO jobs (id, name, params, max_attempts, scheduled_for, priority, correlation_id, tenant_id,
-                      created_at, updated_at, limit_key)
-    VALUES (?,?,?,?,?,?,?,?,?,?,?)
-"""
 _PURGE_EVENT_IDS = """
     DELETE FROM event_ids WHERE (key, event_id) IN (
         SELECT key, event_id FROM event_ids WHERE created_at < ? ORDER BY created_at LIMIT ?)
@@ -545,25 +547,6 @@ _PURGE_JOB_KEYS = """
           AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.id = k.job_id AND jobs.status IN ('pending', 'running'))
         ORDER BY k.created_at LIMIT ?)
 """
-_revival_decoder = msgspec.json.Decoder(InstanceRevival)
-_job_revival_decoder = msgspec.json.Decoder(JobRevival)
-
-
-def _dead_letter(r: Any) -> DeadLetter:
-    revive = r[9].encode() if isinstance(r[9], str) else r[9]  # a trigger's json_object is text
-    return DeadLetter(
-        id=r[0],
-        kind=r[1],
-        name=r[2],
-        ref=r[3],
-        tenant_id=r[4],
-        payload=r[5],
-        error=r[6],
-        attempts=r[7],
-        event_count=r[8],
-        revive=revive,
-        created_at=r[10],
-    )
 
 
 def _insert_jobs(db: apsw.Connection, jobs: Sequence[NewJob]) -> list[tuple[str, bool]]:
@@ -1216,18 +1199,17 @@ class SqliteStorage:
 
     async def list_dead_letters(self, where: DeadLetterFilter) -> list[DeadLetter]:
         sql, args = dead_letter_query(where, "?")
-        return await self.read(lambda db: [_dead_letter(r) for r in db.execute(sql, args)])
+        return await self.read(lambda db: [dead_letter(r) for r in db.execute(sql, args)])
 
     def _get_dead_letter(self, db: apsw.Connection, letter_id: str) -> DeadLetter | None:
-        sql = f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = ?"
-        return next((_dead_letter(r) for r in db.execute(sql, (letter_id,))), None)
+        return next((dead_letter(r) for r in db.execute(GET_DEAD_LETTER, (letter_id,))), None)
 
     async def get_dead_letter(self, letter_id: str) -> DeadLetter | None:
         return await self.read(lambda db: self._get_dead_letter(db, letter_id))
 
     async def discard_dead_letter(self, letter_id: str) -> bool:
         def run(db: apsw.Connection) -> bool:
-            db.execute("DELETE FROM dead_letters WHERE id = ?", (letter_id,))
+            db.execute(DELETE_DEAD_LETTER, (letter_id,))
             return db.changes() > 0
 
         return await self.write(run)
@@ -1240,29 +1222,13 @@ class SqliteStorage:
             if letter.kind == "job":
                 status = _scalar_args(db, "SELECT status FROM jobs WHERE id = ?", (letter.ref,))
                 if status is None:
-                    how = _job_revival_decoder.decode(letter.revive or b"{}")
-                    db.execute(
-                        _REVIVE_PURGED_JOB,
-                        (
-                            letter.ref,
-                            letter.name,
-                            letter.payload or b"{}",
-                            how.max_attempts,
-                            now,
-                            how.priority,
-                            how.correlation_id,
-                            letter.tenant_id,
-                            now,
-                            now,
-                            how.limit_key,
-                        ),
-                    )
+                    db.execute(REVIVE_PURGED_JOB, purged_job_args(letter, now))
                 elif status in ("failed", "cancelled"):
                     db.execute(_sql.RETRY_JOB, {"id": letter.ref, "now": now})
                 else:
                     return "occupied"
             else:
-                revival = _revival_decoder.decode(letter.revive or b"")
+                revival = revival_decoder.decode(letter.revive or b"")
                 held = _scalar_args(
                     db,
                     "SELECT owner FROM instance_leases WHERE key = ? AND expires_at > ? AND owner IS NOT ?",
@@ -1277,7 +1243,7 @@ class SqliteStorage:
                     "INSERT OR REPLACE INTO alarms (key, fire_at, due_at, purpose) VALUES (?, ?, ?, ?)",
                     (revival.key, now, now, revival.purpose),
                 )
-            db.execute("DELETE FROM dead_letters WHERE id = ?", (letter_id,))
+            db.execute(DELETE_DEAD_LETTER, (letter_id,))
             return "revived"
 
         return await self.write(run)
