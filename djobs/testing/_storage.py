@@ -789,7 +789,9 @@ async def _two_processes_fire_one_cron_time_once(shared_layer: StorageLayer) -> 
 _MINUTE = 60_000
 
 
-def _purge_job(n: int, *, name: str = "send", tenant: str | None = None, key: str | None = None) -> NewJob:
+def numbered_job(n: int, *, name: str = "send", tenant: str | None = None, key: str | None = None) -> NewJob:
+    """Job ``job-{n:04d}`` named `name`, due at 0 with one attempt (the purge check's and
+    djobs's own inspection tests' rows)."""
     return NewJob(
         id=f"job-{n:04d}",
         name=name,
@@ -802,7 +804,9 @@ def _purge_job(n: int, *, name: str = "send", tenant: str | None = None, key: st
     )
 
 
-async def _finish(storage: _Full, ids: list[str], status: str, at: int) -> None:
+async def finish_jobs(storage: _Full, ids: list[str], status: str, at: int) -> None:
+    """Claim the due ``send`` and ``other`` jobs at `at` and settle those in `ids` as `status`
+    (``completed``, ``failed``), handing the others back unstarted."""
     claimed = await storage.claim_jobs(at, at + _MINUTE, "w", ["send", "other"], 100)
     wanted = {c.id for c in claimed} & set(ids)
     settlements = [
@@ -823,11 +827,11 @@ async def _finish(storage: _Full, ids: list[str], status: str, at: int) -> None:
 
 async def _purge_deletes_old_finished_jobs_of_the_given_statuses_only(storage: _Full) -> None:
     await storage.enqueue_jobs(
-        [_purge_job(1, key="k1"), _purge_job(2), _purge_job(3, tenant="acme"), _purge_job(4), _purge_job(5)]
+        [numbered_job(1, key="k1"), numbered_job(2), numbered_job(3, tenant="acme"), numbered_job(4), numbered_job(5)]
     )
-    await _finish(storage, ["job-0001", "job-0003"], "completed", _MINUTE)
-    await _finish(storage, ["job-0002"], "failed", 2 * _MINUTE)
-    await _finish(storage, ["job-0004"], "completed", 10 * _MINUTE)  # too recent
+    await finish_jobs(storage, ["job-0001", "job-0003"], "completed", _MINUTE)
+    await finish_jobs(storage, ["job-0002"], "failed", 2 * _MINUTE)
+    await finish_jobs(storage, ["job-0004"], "completed", 10 * _MINUTE)  # too recent
     # job-0005 stays pending: never purged, however old.
     assert await storage.purge_jobs(5 * _MINUTE, ["pending", "running"], 100) == 0
     assert await storage.purge_jobs(5 * _MINUTE, ["completed"], 100, tenant_id="acme") == 1
@@ -837,7 +841,7 @@ async def _purge_deletes_old_finished_jobs_of_the_given_statuses_only(storage: _
     left = {r.id: r.status for r in await storage.list_jobs(JobFilter())}
     assert left == {"job-0004": "completed", "job-0005": "pending"}
     # The purged job's idempotency key went with it: the key enqueues anew.
-    assert await storage.enqueue_jobs([_purge_job(9, key="k1")]) == [("job-0009", True)]
+    assert await storage.enqueue_jobs([numbered_job(9, key="k1")]) == [("job-0009", True)]
 
 
 async def _a_held_row_starts_only_while_its_holder_still_holds_it(storage: _Full) -> None:

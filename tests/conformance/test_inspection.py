@@ -2,15 +2,17 @@
 
 The command line, the dashboard and the metrics collector read through
 `Inspector`; it is checked here against each storage, rows written through
-the protocols alone (``purge_jobs`` is in ``djobs.testing.check_storage``).
+the protocols alone, with the rows and settlements of the shipped suite
+(``djobs.testing.check_storage``, which also checks ``purge_jobs``).
 """
 
 from __future__ import annotations
 
 import pytest
 
-from djobs.storage import Checkin, InstanceRecord, JobSettlement, NewJob, SetAlarm
+from djobs.storage import Checkin, InstanceRecord, SetAlarm
 from djobs.storage._inspect import InstanceFilter, inspector
+from djobs.testing._storage import finish_jobs, numbered_job
 
 from . import FullStorage
 
@@ -19,43 +21,11 @@ pytestmark = pytest.mark.trio
 MINUTE = 60_000
 
 
-def job(n: int, *, name: str = "send", tenant: str | None = None, key: str | None = None) -> NewJob:
-    return NewJob(
-        id=f"job-{n:04d}",
-        name=name,
-        params=b"{}",
-        max_attempts=1,
-        scheduled_for=0,
-        created_at=0,
-        tenant_id=tenant,
-        idempotency_key=key,
-    )
-
-
-async def finish(storage: FullStorage, ids: list[str], status: str, at: int) -> None:
-    claimed = await storage.claim_jobs(at, at + MINUTE, "w", ["send", "other"], 100)
-    wanted = {c.id for c in claimed} & set(ids)
-    settlements = [
-        JobSettlement(job_id=c.id, worker_id="w", attempt=c.attempt, status=status, at=at, result=b"1", error=b"{}")  # type: ignore[arg-type]
-        for c in claimed
-        if c.id in wanted
-    ]
-    assert all(await storage.settle_jobs(settlements))
-    # Hand the rest back unstarted.
-    rest = [
-        JobSettlement(job_id=c.id, worker_id="w", attempt=c.attempt, status="pending", at=at, release=True)
-        for c in claimed
-        if c.id not in wanted
-    ]
-    if rest:
-        assert all(await storage.settle_jobs(rest))
-
-
 async def test_the_inspector_counts_and_lists_alike(storage: FullStorage) -> None:
     look = inspector(storage)
-    await storage.enqueue_jobs([job(1), job(2), job(3, name="other"), job(4)])
-    await finish(storage, ["job-0001", "job-0003"], "completed", 3 * MINUTE + 10)
-    await finish(storage, ["job-0002"], "failed", 4 * MINUTE + 20)
+    await storage.enqueue_jobs([numbered_job(1), numbered_job(2), numbered_job(3, name="other"), numbered_job(4)])
+    await finish_jobs(storage, ["job-0001", "job-0003"], "completed", 3 * MINUTE + 10)
+    await finish_jobs(storage, ["job-0002"], "failed", 4 * MINUTE + 20)
     by_name = [(c.name, c.status, c.count) for c in await look.job_counts_by_name()]
     assert by_name == [
         ("other", "completed", 1),
