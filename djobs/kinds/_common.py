@@ -24,8 +24,10 @@ from ..storage._base import DeadLetter, DeadLetterKind, DeadLetterStorage, Insta
 
 if TYPE_CHECKING:
     from .._execution import Env
+    from .._logging import JobLog
     from .._retry import Retry
     from .._runtime import AlarmTarget, Runtime
+    from ..tracking import TrackedEvent
 
 T = TypeVar("T")
 #: The services a definition's bodies need. A definition is contravariant in
@@ -348,6 +350,36 @@ async def terminate_instance(
         return Success(TerminateResult(True, instance_id))
 
     return await runtime.call(key, run)
+
+
+def unreadable_state(
+    env: Env,
+    log: JobLog,
+    events: list[TrackedEvent],
+    record: InstanceRecord,
+    kind: str,
+    name: str,
+    error: JobError,
+    *,
+    run_count: int,
+    attempt: int,
+) -> None:
+    """A run whose stored state does not decode as the definition's struct (changed since it
+    was written) fails without running user code and is not retried: log `error` and add its
+    ``job.failed`` event to `events`. The kind commits what the failure means for it."""
+    log.error("%s", error.message)
+    events.append(
+        env.event(
+            "job.failed",
+            record.key,
+            kind,
+            name,
+            run_count=run_count,
+            attempt=attempt,
+            error={"tag": error.tag, "message": error.message},
+            will_retry=False,
+        )
+    )
 
 
 async def count_failed_attempt(

@@ -61,6 +61,7 @@ from ._common import (
     instance_key,
     revive_letter,
     terminate_instance,
+    unreadable_state,
 )
 
 if TYPE_CHECKING:
@@ -442,19 +443,7 @@ class ContinuousHandler(TenantScoped, Generic[S]):
                 outcome_kind = outcome.kind
             case Failure(error):
                 outcome_kind = "failed"
-                log.error("%s", error.message)
-                events.append(
-                    env.event(
-                        "job.failed",
-                        record.key,
-                        KIND,
-                        job.name,
-                        run_count=run_count,
-                        attempt=attempt,
-                        error={"tag": error.tag, "message": error.message},
-                        will_retry=False,
-                    )
-                )
+                unreadable_state(env, log, events, record, KIND, job.name, error, run_count=run_count, attempt=attempt)
                 checkout = Checkout(None)
         now = env.now_ms()
         record.run_count, record.updated_at = run_count, now

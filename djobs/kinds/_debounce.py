@@ -81,6 +81,7 @@ from ._common import (
     instance_dead_letter,
     instance_key,
     revive_letter,
+    unreadable_state,
 )
 
 if TYPE_CHECKING:
@@ -917,19 +918,7 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         kept = False  # a clear stopped the flush: the batch goes, the instance and its event ids stay
         if isinstance(state, Failure):
             outcome_kind, error = "failed", state.failure()
-            log.error("%s", error.message)
-            events.append(
-                env.event(
-                    "job.failed",
-                    record.key,
-                    KIND,
-                    job.name,
-                    run_count=run_count,
-                    attempt=attempt,
-                    error={"tag": error.tag, "message": error.message},
-                    will_retry=False,
-                )
-            )
+            unreadable_state(env, log, events, record, KIND, job.name, error, run_count=run_count, attempt=attempt)
             retry_at, duration_ms = None, 0.0
         else:
             checkout = Checkout(state.unwrap())

@@ -78,6 +78,7 @@ from ._common import (
     instance_key,
     revive_letter,
     terminate_instance,
+    unreadable_state,
 )
 
 if TYPE_CHECKING:
@@ -758,16 +759,8 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
             case Success(before):
                 before_raw = record.state
             case Failure(error):
-                log.error("%s", error.message)
-                events.append(
-                    self._event(
-                        record,
-                        "job.failed",
-                        error={"tag": error.tag, "message": error.message},
-                        run_count=execute_count,
-                        attempt=attempt,
-                        will_retry=False,
-                    )
+                unreadable_state(
+                    env, log, events, record, KIND, job.name, error, run_count=execute_count, attempt=attempt
                 )
                 record.attempt, record.status, record.updated_at = 1, "idle", env.now_ms()
                 await env.commit(Checkin(key=record.key, record=record, alarm=ClearAlarm()), events)
