@@ -185,8 +185,8 @@ def _struct_members(tp: Any) -> tuple[type[msgspec.Struct], ...] | None:
 
 def struct_mismatch(tp: Any, value: object) -> str | None:
     """Why `value`, a struct, is not a `tp` (a struct of another class), or ``None``."""
-    if not isinstance(value, msgspec.Struct):
-        return None
+    if type(value) is tp or not isinstance(value, msgspec.Struct):
+        return None  # (first) an instance of the very struct `tp`: the common case
     members = _struct_members(tp)
     if members is None:
         return f"got a {type(value).__name__} struct where no struct is expected"

@@ -8,7 +8,7 @@ import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from types import CoroutineType, FrameType
+from types import CodeType, CoroutineType, FrameType
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Self
 
 import msgspec
@@ -179,11 +179,6 @@ async def bind_async(result: Result[U, Any], fn: Callable[[U], Awaitable[Result[
     return await fn(result.unwrap())
 
 
-async def with_id(instance_id: object, fn: Callable[[str], Awaitable[Result[T, Any]]]) -> Result[T, Any]:
-    """Validate `instance_id`, then run ``fn(instance_id)``; a bad id is a `ValidationError`."""
-    return await bind_async(check_id(instance_id), fn)
-
-
 #: Separates a tenant from an instance id in a storage key. Ids may not contain
 #: it, so no plain id can reach into a tenant's namespace.
 TENANT_SEPARATOR = "\x1f"
@@ -254,7 +249,16 @@ def _verb_name(frame: FrameType | None) -> str:
     """The qualified name of the client verb running in `frame` or, past these helpers, its caller."""
     while frame is not None and frame.f_code in _HELPERS:
         frame = frame.f_back
-    return "djobs." + frame.f_code.co_qualname if frame is not None else "djobs client verb"
+    if frame is None:
+        return "djobs client verb"
+    name = _VERB_NAMES.get(frame.f_code)
+    if name is None:
+        name = _VERB_NAMES[frame.f_code] = "djobs." + frame.f_code.co_qualname
+    return name
+
+
+#: The verbs' names by their code (a verb's name is built once, not per call).
+_VERB_NAMES: dict[CodeType, str] = {}
 
 
 H = TypeVar("H")
@@ -288,10 +292,15 @@ class InstanceClient(Generic[H]):
             )
         tenant = getattr(handler, "tenant", None)
         # The client's tenant id, then the instance id: the first bad one is the verb's failure.
-        checked: Result[object, Any] = (
-            Success(None) if tenant is None else check_text(tenant, "the client's tenant id", max_length=MAX_ID_LENGTH)
+        # Both are checked now (they are pure); the verb's work runs when it is awaited.
+        checked: Result[str, Any] = (
+            check_id(instance_id)
+            if tenant is None
+            else check_text(tenant, "the client's tenant id", max_length=MAX_ID_LENGTH).bind(
+                lambda _: check_id(instance_id)
+            )
         )
-        return effect(lambda: bind_async(checked, lambda _: with_id(instance_id, lambda i: fn(handler, i))))
+        return effect(lambda: bind_async(checked, lambda i: fn(handler, i)))
 
 
 def not_registered(name: str) -> FutureResult[Any, JobNotFoundError]:
