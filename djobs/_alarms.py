@@ -78,6 +78,11 @@ class AlarmSleeper:
         """Route alarms whose key starts with `prefix` (``"continuous:name:"``) to `target`."""
         self._targets[prefix] = target
 
+    @property
+    def prefixes(self) -> list[str]:
+        """The key prefixes of the registered definitions, sorted: the alarms this sleeper claims."""
+        return sorted(self._targets)
+
     def poke(self, fire_at: int) -> None:
         """A commit set an alarm at `fire_at`: wake the sleeper if that is earlier than its wait."""
         self._wakeup.poke(fire_at)
@@ -122,7 +127,7 @@ class AlarmSleeper:
                 # Read first: a wake-up with nothing due costs one read, not a write transaction.
                 # Only the alarms of definitions registered here: a partial engine (a
                 # script, a rolling deploy) never holds alarms it cannot fire.
-                mine = sorted(self._targets)
+                mine = self.prefixes
                 next_at = await storage.next_alarm_at(mine)
                 now = clock.now_ms()
                 if next_at is not None and next_at <= now:

@@ -77,6 +77,9 @@ class Engine(Generic[D_co]):
         """Wait until no handler is queued or running and no alarm, queued job or cron job is due (useful in tests).
 
         Queued jobs count only in an engine with a worker, and only those it runs.
+        Alarms count only for the definitions this engine registers: another
+        definition's alarm (one removed from the code, or run by another process)
+        is never claimed here, so waiting for it would never end.
         """
         spins = 0
         worker = self._worker if self._worker is not None and self._worker.claiming else None
@@ -86,7 +89,7 @@ class Engine(Generic[D_co]):
                 await worker.wait_idle()
             due = False
             if self._runtime.fires_alarms:  # a client-only engine leaves due alarms to another process
-                next_at = await self.storage.next_alarm_at()
+                next_at = await self.storage.next_alarm_at(self._runtime.alarms.prefixes)
                 due = next_at is not None and next_at <= self.clock.now_ms()
             if not due and worker is not None:
                 due = await worker.has_due() or (self._crons is not None and await self._crons.has_due())

@@ -115,3 +115,27 @@ async def test_a_partial_engine_leaves_the_alarms_of_definitions_it_did_not_regi
             await full.wait_idle()
             assert digested == [[1]]  # fired at once, not a minute later
         assert await partial.wait_idle() is None
+
+
+@pytest.mark.trio
+async def test_wait_idle_passes_over_the_due_alarms_of_definitions_it_did_not_register(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    # No engine here will ever claim a `digests` alarm: waiting for it would never end.
+    digested.clear()
+    db = djobs.sqlite(tmp_path / "shared.db")
+    async with open_test_engine([digests], storage=db) as full:
+        success(await full.client.debounce(digests).add(id="page", event=Click(1)))
+    async with open_test_engine([unrelated], storage=db) as partial:
+        await trio.sleep(5)  # the flush of `digests` is due after 1 s
+        with trio.fail_after(60):
+            await partial.wait_idle()
+        success(await partial.client.debounce(unrelated).add(id="page", event=Click(2)))
+        await trio.sleep(1)  # its own flush is due now
+        with trio.fail_after(60):
+            await partial.wait_idle()  # and counts: wait_idle waits until it has run
+        assert digested == [[2]]
+    async with open_test_engine([digests], storage=db) as full:
+        await trio.sleep(1)  # each test engine's clock starts at the same moment
+        await full.wait_idle()
+        assert digested == [[2], [1]]  # the other definition's batch was left whole for its engine
