@@ -201,3 +201,42 @@ def test_the_per_minute_counts_read_finished_jobs_through_their_index(dialect: s
         with throwaway_schema(dsn) as schema:
             plan = trio.run(postgres_plan, dsn, schema)
     assert "jobs_finished" in plan, plan
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("keyed", [False, True])
+async def test_a_failing_enqueue_in_a_group_commit_takes_nothing_of_the_others_with_it(
+    tmp_path: Path, keyed: bool
+) -> None:
+    # One enqueue is one INSERT, written without a savepoint of its own (SQLite undoes a
+    # failing statement by itself); with an idempotency key it is two, in a savepoint.
+    # Either way, a writer that fails in a shared transaction leaves the others' rows.
+    from djobs.storage import NewJob
+
+    def row(job_id: str) -> NewJob:
+        key = f"key-{job_id}-{trio.current_time()}" if keyed else None
+        return NewJob(
+            id=job_id, name="j", params=b"{}", max_attempts=1, scheduled_for=0, created_at=0, idempotency_key=key
+        )
+
+    async with djobs.sqlite(tmp_path / "q.db").open() as storage:
+        assert isinstance(storage, SqliteStorage)
+        await storage.enqueue_jobs([row("taken")])
+        outcomes: dict[str, object] = {}
+
+        async def enqueue(job_id: str) -> None:
+            try:
+                outcomes[job_id] = await storage.enqueue_jobs([row(job_id)])
+            except djobs.StorageError as exc:
+                outcomes[job_id] = exc
+
+        async with trio.open_nursery() as nursery:
+            for job_id in ("a", "taken", "b"):  # "taken" breaks the primary key
+                nursery.start_soon(enqueue, job_id)
+        assert outcomes["a"] == [("a", True)] and outcomes["b"] == [("b", True)]
+        assert isinstance(outcomes["taken"], djobs.StorageError)
+        ids = sorted(r[0] for r in storage.connection.execute("SELECT id FROM jobs"))
+        assert ids == ["a", "b", "taken"]
+        if keyed:  # the failed writer's key went with its row
+            keys = [r[0] for r in storage.connection.execute("SELECT job_id FROM job_keys ORDER BY job_id")]
+            assert keys == ["a", "b", "taken"]
