@@ -294,6 +294,51 @@ def _as_job_error(error: object) -> JobError:
     return ExecutionError(f"job returned a failure: {error!r}", error)
 
 
+def begin_body(call: Callable[[], object]) -> Result[object, JobError] | Pending:
+    """Call user code once (`run_body`'s first half): its result, if what it gave needs no
+    await (a plain value or a ``Result``, so a synchronous body's), else a `Pending` to
+    hand to `finish_body`. Never raises but what ``call`` raises that is not an `Exception`.
+    """
+    try:
+        value = call()
+    except Exception as exc:
+        return Failure(_as_job_error(exc))
+    result = immediate(value)
+    if result is None:
+        return Pending(value)
+    return result.alt(_as_job_error)
+
+
+@final
+class Pending:
+    """What `begin_body` could not finish without awaiting: the value user code gave."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+
+async def finish_body(
+    pending: Pending, services: object, what: str, scope: trio.CancelScope | None = None
+) -> Result[object, JobError]:
+    """Await and normalise what `begin_body` gave (`run_body`'s second half), inside `scope`
+    if given. If `scope` caught a cancel, the result is a failure that says so; the caller
+    reads ``scope.cancelled_caught`` and does not treat it as the body's."""
+    result: Result[object, object] | None = None
+    try:
+        if scope is None:
+            result = await normalise(pending.value, services, what)
+        else:
+            with scope:
+                result = await normalise(pending.value, services, what)
+    except Exception as exc:
+        return Failure(_as_job_error(exc))
+    if result is None:  # the run's scope caught a cancel
+        return Failure(ExecutionError(f"{what} was cancelled"))
+    return result.alt(_as_job_error)
+
+
 async def run_body(
     call: Callable[[], object],
     services: object,
@@ -313,23 +358,18 @@ async def run_body(
     cancel, the result is a failure that says so; the caller reads
     ``scope.cancelled_caught`` and does not treat it as the body's.
     """
+    if limits.timeout_ms is None:
+        begun = begin_body(call)
+        if isinstance(begun, Pending):
+            return await finish_body(begun, services, what, scope)
+        return begun
     result: Result[object, object] | None = None
     try:
-        if limits.timeout_ms is None:
-            value = call()
-            result = immediate(value)
-            if result is None:
-                if scope is None:
-                    result = await normalise(value, services, what)
-                else:
-                    with scope:
-                        result = await normalise(value, services, what)
-        else:
-            with scope if scope is not None else contextlib.nullcontext():
-                with trio.move_on_after(limits.timeout_ms / 1000) as timer:
-                    result = await normalise(call(), services, what)
-            if timer.cancelled_caught:
-                return Failure(JobTimeoutError(what, limits.timeout_ms / 1000))
+        with scope if scope is not None else contextlib.nullcontext():
+            with trio.move_on_after(limits.timeout_ms / 1000) as timer:
+                result = await normalise(call(), services, what)
+        if timer.cancelled_caught:
+            return Failure(JobTimeoutError(what, limits.timeout_ms / 1000))
     except Exception as exc:
         return Failure(_as_job_error(exc))
     if result is None:  # the run's scope caught a cancel

@@ -33,8 +33,9 @@ job that blocks the thread blocks the engine, as any Trio code would.
 
 from __future__ import annotations
 
+import contextvars
 import heapq
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -54,6 +55,8 @@ from .tracking import NoopTracker, TrackedEvent
 __all__ = ["AttemptEnd", "AttemptRunner", "RunHandle", "Worker", "WorkerOptions"]
 
 _error_encoder = msgspec.json.Encoder()
+#: The scope of a run that ended without awaiting: never entered, never cancelled.
+_NEVER_ENTERED = trio.CancelScope()
 
 
 def error_json(tag: str, message: str) -> bytes:
@@ -152,16 +155,17 @@ class AttemptRunner(Protocol):
     the worker.
     """
 
-    async def run_attempt(
-        self, job: ClaimedJob, lease: tuple[QueueStorage, str], scope: trio.CancelScope
-    ) -> AttemptEnd:
-        """Run the leased attempt `job` (`lease`: the storage and the holder's id, for
-        progress writes) and say how it ended. Raises nothing but cancellation.
+    def start_attempt(
+        self, job: ClaimedJob, lease: tuple[QueueStorage, str]
+    ) -> AttemptEnd | Callable[[trio.CancelScope], Awaitable[AttemptEnd]]:
+        """Start the leased attempt `job` (`lease`: the storage and the holder's id, for
+        progress writes). Raises nothing but cancellation.
 
-        Whatever the runner awaits runs inside `scope`, the run's (``cancel``
-        and the engine's close reach the job through it); work that never
-        awaits, such as a synchronous body, may run outside it, which spares
-        entering a cancel scope per job. The worker reads
+        If the attempt ends without awaiting (a synchronous body), how it ended;
+        the worker then writes it without a task of its own. Otherwise the rest of
+        the attempt, which the worker awaits in a task, passing the run's cancel
+        scope: whatever it awaits runs inside that scope (``cancel`` and the
+        engine's close reach the job through it), and the worker reads
         ``scope.cancelled_caught`` afterwards.
         """
         ...
@@ -362,12 +366,36 @@ class Worker:
 
     def _start_now(self, job: ClaimedJob) -> bool:
         """Start `job` if a slot is free (no await: the caller has just checked it may start)."""
+        if not self._take_slot(job):
+            return False
+        self._launch(job)
+        return True
+
+    def _take_slot(self, job: ClaimedJob) -> bool:
         try:
             self._limiter.acquire_on_behalf_of_nowait((job.id, job.attempt))
         except trio.WouldBlock:
             return False
-        self._nursery.start_soon(self._run, job, self._runners[job.name])
         return True
+
+    def _launch(self, job: ClaimedJob) -> None:
+        """Run `job` in the slot taken for it: to its end now if its runner needs no await
+        (a synchronous body), else in a task of its own."""
+        runner = self._runners[job.name]
+        try:
+            # In a context of its own, as a task would be: a body's contextvars stay its own.
+            started = contextvars.copy_context().run(runner.start_attempt, job, self._lease)
+        except Exception as exc:
+            self._log.exception(
+                "bug: attempt %d of job %s raised past its runner; it counts as failed", job.attempt, job.id
+            )
+            started = runner.counted_failure(job, exc)
+        if isinstance(started, AttemptEnd):
+            key = (job.id, job.attempt)
+            self._record(job, started, RunHandle(claimed=True, key=key, scope=_NEVER_ENTERED))
+            self._run_over(key)
+        else:
+            self._nursery.start_soon(self._run, job, runner, started)
 
     def _start_fresh(self) -> None:
         """Start rows of the current claim, best first, while slots are free: leased
@@ -375,9 +403,10 @@ class Worker:
         ready = self._ready
         while ready and ready[0][3] == self._round and not self.closing:
             job = ready[0][4]
-            if not self._start_now(job):
+            if not self._take_slot(job):
                 return
             heapq.heappop(ready)
+            self._launch(job)
 
     async def start_loop(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start rows that waited in hand as slots free up; the engine's single start task.
@@ -459,8 +488,10 @@ class Worker:
         self._starting_done.set()
         self._starting_done = trio.Event()
 
-    async def _run(self, job: ClaimedJob, runner: AttemptRunner) -> None:
-        # `running`, unrolled for the worker's own runs: the row is held since its claim.
+    async def _run(
+        self, job: ClaimedJob, runner: AttemptRunner, rest: Callable[[trio.CancelScope], Awaitable[AttemptEnd]]
+    ) -> None:
+        """Await the rest of a started attempt (`rest`) in this task, under the run's scope."""
         key = (job.id, job.attempt)
         # Shielded from a cancel of the scope around the engine: `close` lets the run
         # finish for the grace period, then cancels it.
@@ -468,7 +499,7 @@ class Worker:
         running = self._running
         running[job.id] = run
         try:
-            await self._attempt(job, runner, run)
+            await self._attempt(job, runner, run, rest)
         except Exception:
             self._log.exception("bug: the run of job %s (%s) raised; its lease will expire", job.id, job.name)
         finally:
@@ -476,22 +507,32 @@ class Worker:
                 del running[job.id]
             if not run.settling:
                 run.end()
-            self._limiter.release_on_behalf_of(key)
-            if key not in self._unsettled:  # else the row stays held (renewed) until its batch is written
-                self._held.discard(key)
-            self._claimed_runs -= 1
-            if self._slot_wanted:
-                self._slot_wanted = False
-                self.poke(self.env.clock.now_ms())
-            if self._ready:
-                self._start_wanted.set()
-            self._capacity.set()
-            self._check_idle()
+            self._run_over(key)
 
-    async def _attempt(self, job: ClaimedJob, runner: AttemptRunner, run: RunHandle) -> None:
-        """Run one claimed attempt under its cancel scope and settle its row (fenced by holder and attempt)."""
+    def _run_over(self, key: tuple[str, int]) -> None:
+        """A started attempt is over (its end handed to the settle task, or dropped): free its slot."""
+        self._limiter.release_on_behalf_of(key)
+        if key not in self._unsettled:  # else the row stays held (renewed) until its batch is written
+            self._held.discard(key)
+        self._claimed_runs -= 1
+        if self._slot_wanted:
+            self._slot_wanted = False
+            self.poke(self.env.clock.now_ms())
+        if self._ready:
+            self._start_wanted.set()
+        self._capacity.set()
+        self._check_idle()
+
+    async def _attempt(
+        self,
+        job: ClaimedJob,
+        runner: AttemptRunner,
+        run: RunHandle,
+        rest: Callable[[trio.CancelScope], Awaitable[AttemptEnd]],
+    ) -> None:
+        """Await one started attempt under its cancel scope and settle its row (fenced by holder and attempt)."""
         try:
-            end = await runner.run_attempt(job, self._lease, run.scope)
+            end = await rest(run.scope)
         except Exception as exc:
             # A bug after (or around) the user's code: the attempt counts, the row is not handed back.
             self._log.exception(
@@ -517,6 +558,10 @@ class Worker:
                 cancelled = [self.event("job.cancelled", job.id, job.name, attempt=job.attempt)]
                 stopped = JobCancelledError(job.id)
                 end = AttemptEnd("cancelled", error=error_json(stopped.tag, stopped.message), events=cancelled)
+        self._record(job, end, run)
+
+    def _record(self, job: ClaimedJob, end: AttemptEnd, run: RunHandle) -> None:
+        """Hand how an attempt ended to the settle task."""
         settlement = JobSettlement(
             job_id=job.id,
             worker_id=self.id,

@@ -11,12 +11,13 @@ lease the worker renews.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, cast
 
 import trio
-from returns.result import Failure, Success
+from returns.result import Failure, Result, Success
 
 from .._clock import LATEST_MS
 from .._codec import decode, encode
@@ -28,7 +29,7 @@ from .._errors import (
     RetryExhaustedError,
     StorageError,
 )
-from .._execution import Env, Outcome, Ran, RunInfo, judge, run_body
+from .._execution import Env, Outcome, Pending, Ran, RunInfo, begin_body, finish_body, judge, run_body
 from .._input import clean_text
 from .._limits import offloaded
 from .._logging import JobLog, threshold
@@ -65,6 +66,17 @@ class _Attempt:
     worker_id: str | None  # the lease holder, for progress writes; None when not persisted
 
 
+@dataclass(slots=True)
+class _Run:
+    """One attempt under way: what its end is judged with."""
+
+    who: _Attempt
+    log: JobLog
+    info: RunInfo
+    events: list[TrackedEvent]
+    started: float  # perf_counter at the body's call
+
+
 class JobHandler(Generic[P, R]):
     """Runs one job definition's attempts: in a caller's task (``now``) or for the worker."""
 
@@ -78,6 +90,7 @@ class JobHandler(Generic[P, R]):
         self.tracking = not isinstance(env.tracker, NoopTracker)
         self._what = f"the execute of job {job.name!r}"
         self._result_what = f"result of job {job.name!r}"
+        self._params_what = f"params of job {job.name!r}"
         self._body = offloaded(job.execute, job.limits, self._what)
 
     async def on_alarm(self, alarm: Alarm) -> None:
@@ -93,19 +106,10 @@ class JobHandler(Generic[P, R]):
             )
         return policy
 
-    async def attempt(
-        self,
-        params: P,
-        who: _Attempt,
-        run_id: str,
-        storage: QueueStorage | None,
-        scope: trio.CancelScope | None = None,
-    ) -> tuple[Outcome | None, list[TrackedEvent]]:
-        """Run one attempt through the execution service; nothing is written here.
-
-        With `scope` (a claimed row's, see `AttemptRunner.run_attempt`), the body's
-        awaiting runs inside it; the outcome is ``None`` if the scope caught a cancel.
-        """
+    def _prepare(
+        self, params: P, who: _Attempt, run_id: str, storage: QueueStorage | None
+    ) -> tuple[_Run, Callable[[], object]]:
+        """An attempt's context, log and identity, and the call of its body."""
         env, job = self.env, self.job
         key = who.job_id or run_id
         log = JobLog(self._logger, self._threshold, {"job": job.name, "job_id": key, "attempt": who.attempt})
@@ -122,22 +126,31 @@ class JobHandler(Generic[P, R]):
             correlation_id=who.correlation_id,
             lease=lease,
         )
-        events: list[TrackedEvent] = []
-        info = RunInfo(key, KIND, job.name, 1, who.attempt)
-        # A one-off job has no checkout and no ``terminate``: its body runs through
-        # `run_body` directly (one normalisation, no cancel scope without a timeout),
-        # and the result is validated as part of the attempt, so a bad result is the
-        # attempt's failure (a ValidationError, not retried) like any other.
-        started = time.perf_counter()
-        result = await run_body(lambda: self._body(params, ctx), env.services, self._what, job.limits, scope)
-        if scope is not None and scope.cancelled_caught:
-            return None, events  # the worker ends the attempt cancelled (or hands it back)
+        run = _Run(who, log, RunInfo(key, KIND, job.name, 1, who.attempt), [], time.perf_counter())
+        body = self._body
+        return run, lambda: body(params, ctx)
+
+    def _judge(self, run: _Run, result: Result[object, JobError]) -> Outcome:
+        """What the body's `result` means: encoded (a bad result is the attempt's
+        failure, a ValidationError, not retried, like any other), then `judge`d."""
+        env, job = self.env, self.job
         match result:
             case Success(value):
                 result = encode(job.result, value, what=self._result_what, limit=env.max_payload_bytes)
-        ran = Ran(result, duration_ms=round((time.perf_counter() - started) * 1000, 3))
-        outcome = judge(env, info, ran, self.retry_for(who.max_attempts), events, log)
-        return outcome, events
+        ran = Ran(result, duration_ms=round((time.perf_counter() - run.started) * 1000, 3))
+        return judge(env, run.info, ran, self.retry_for(run.who.max_attempts), run.events, run.log)
+
+    async def attempt(
+        self, params: P, who: _Attempt, run_id: str, storage: QueueStorage | None
+    ) -> tuple[Outcome, list[TrackedEvent]]:
+        """Run one attempt through the execution service in the caller's task; nothing is written here.
+
+        A one-off job has no checkout and no ``terminate``: its body runs through
+        `run_body` directly (one normalisation, no cancel scope without a timeout).
+        """
+        run, call = self._prepare(params, who, run_id, storage)
+        result = await run_body(call, self.env.services, self._what, self.job.limits)
+        return self._judge(run, result), run.events
 
     def final_error(self, outcome: Outcome, attempt: int) -> JobError:
         """The error a failed outcome leaves on the row and the `JobRun`."""
@@ -146,29 +159,50 @@ class JobHandler(Generic[P, R]):
 
     # -- the worker's side: the runner seam ---------------------------------------------
 
-    async def run_attempt(
-        self, job: ClaimedJob, lease: tuple[QueueStorage, str], scope: trio.CancelScope
-    ) -> AttemptEnd:
-        """Run the leased attempt `job` (`lease`: the storage and the holder, for progress)
-        and say how it ended; the worker writes it. Never raises but for cancellation.
+    def start_attempt(
+        self, job: ClaimedJob, lease: tuple[QueueStorage, str]
+    ) -> AttemptEnd | Callable[[trio.CancelScope], Awaitable[AttemptEnd]]:
+        """Start the leased attempt `job` (`lease`: the storage and the holder, for progress).
 
-        The body's awaiting runs in the run's `scope`; a synchronous body runs without
-        entering it. A run the scope cancelled ends ``cancelled`` (the worker decides how).
+        A body whose value needs no await (a synchronous one, without a timeout)
+        runs now, and how the attempt ended is returned; otherwise the rest of
+        the attempt, to await inside the run's cancel scope (a run that scope
+        cancelled ends ``cancelled``; the worker decides how). The worker writes
+        the end. Never raises but for cancellation.
         """
         worker_id = lease[1]
         who = _Attempt(job.id, job.attempt, job.max_attempts, job.tenant_id, job.correlation_id, worker_id)
-        params = decode(self.job.params, job.params, what=f"params of job {self.job.name!r}")
+        params = decode(self.job.params, job.params, what=self._params_what)
         if isinstance(params, Failure):
             error = params.failure()
             failed = self.env.event(
                 "job.failed", job.id, KIND, job.name, attempt=job.attempt, will_retry=False, error=_error_event(error)
             )
             return AttemptEnd("failed", error=_error_json(error), events=[failed])
-        outcome, events = await self.attempt(
-            params.unwrap(), who, self.env.ids.job_id(self.env.clock.now_ms()), lease[0], scope
-        )
-        if outcome is None:
-            return AttemptEnd("cancelled")
+        run, call = self._prepare(params.unwrap(), who, self.env.ids.job_id(self.env.clock.now_ms()), lease[0])
+        services, what, limits = self.env.services, self._what, self.job.limits
+        if limits.timeout_ms is not None:
+
+            async def timed(scope: trio.CancelScope) -> AttemptEnd:
+                return self._end(job, run, await run_body(call, services, what, limits, scope), scope)
+
+            return timed
+        begun = begin_body(call)
+        if isinstance(begun, Pending):
+
+            async def awaited(scope: trio.CancelScope) -> AttemptEnd:
+                return self._end(job, run, await finish_body(begun, services, what, scope), scope)
+
+            return awaited
+        return self._end(job, run, begun, None)
+
+    def _end(
+        self, job: ClaimedJob, run: _Run, result: Result[object, JobError], scope: trio.CancelScope | None
+    ) -> AttemptEnd:
+        if scope is not None and scope.cancelled_caught:
+            return AttemptEnd("cancelled")  # the worker ends the attempt cancelled (or hands it back)
+        outcome = self._judge(run, result)
+        events = run.events
         if outcome.kind == "succeeded":
             if self.tracking:
                 events.append(
@@ -293,9 +327,7 @@ class JobHandler(Generic[P, R]):
             try:
                 with run.scope:
                     while True:
-                        attempted, events = await self.attempt(params, who, worker.new_id(), worker.storage)
-                        assert attempted is not None  # no scope given: a cancel propagates
-                        outcome = attempted
+                        outcome, events = await self.attempt(params, who, worker.new_id(), worker.storage)
                         if outcome.kind != "retrying":
                             break
                         assert outcome.retry_at is not None and outcome.error is not None
