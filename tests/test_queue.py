@@ -776,3 +776,33 @@ async def test_a_bug_in_writing_how_an_attempt_ended_counts_the_attempt(autojump
         info = success(await engine.client.jobs.status(job_id))
         assert (info.status, info.attempts) == ("completed", 2)
         assert [attempt for _, attempt, _ in rec.calls] == [1, 2]
+
+
+@pytest.mark.trio
+async def test_queued_synchronous_bodies_each_run_in_a_context_of_their_own(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A synchronous body runs to its end where the worker starts it, without a task of its
+    # own; its contextvars still stay its own, as an async body's do in its task, and a
+    # failing one fails alone.
+    import contextvars
+
+    seen: contextvars.ContextVar[str | None] = contextvars.ContextVar("seen", default=None)
+    saw: list[tuple[str, str | None]] = []
+
+    def body(params: Order, ctx: djobs.JobContext) -> Receipt:
+        saw.append((params.order_id, seen.get()))
+        seen.set(params.order_id)
+        if params.amount < 0:
+            raise ValueError("no negative orders")
+        return Receipt(params.order_id, params.amount)
+
+    job = djobs.Job.make("sync", params=Order, result=Receipt, execute=body, max_attempts=1)
+    async with open_test_engine([job], start=START) as engine:
+        client = engine.client.job(job)
+        ids = [success(await client.later(Order(f"o{n}", -1 if n == 3 else n))) for n in range(6)]
+        await engine.wait_idle()
+        statuses = [success(await engine.client.jobs.status(i)).status for i in ids]
+    assert sorted(saw) == [(f"o{n}", None) for n in range(6)]
+    assert statuses == ["completed", "completed", "completed", "failed", "completed", "completed"]
+    assert seen.get() is None
