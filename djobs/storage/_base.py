@@ -588,9 +588,9 @@ class QueueStorage(Protocol):
         ``rate`` claims of the key in the trailing ``period_ms``. Every limited row
         taken is remembered as a start of its key and comes back with its
         `ClaimedJob.limit_key` set. The check and the claim are atomic across
-        processes: two claims never both take a key's last slot. A claim with
-        `above` takes no row that carries a limit key; without `limits`, a row of
-        a name it does not limit is claimed as any other."""
+        processes: two claims never both take a key's last slot. A row that
+        carries a limit key but whose name `limits` does not limit is claimed as
+        any other (its definition has no limits now)."""
         ...
 
     async def start_held_jobs(
@@ -611,7 +611,7 @@ class QueueStorage(Protocol):
         ``cancelled`` with `cancel_error` instead. One reclaimed by another
         worker is left alone. Then, as `claim_jobs` with `above`, it claims up
         to ``len(held)`` due rows more urgent than `above` (the best held
-        priority). A held row starts only through this conditional write, so it
+        priority), none that carries a limit key. A held row starts only through this conditional write, so it
         never runs twice: a reclaim and a start cannot both succeed.
         """
         ...

@@ -6,7 +6,7 @@ from theirs, as trio's ``check_two_way_stream`` proves a stream. Each check
 writes and reads rows through the `Storage`, `QueueStorage` and
 `InstanceLister` protocols alone and asserts what the engine relies on:
 atomic check-ins, idempotency keys, alarm and job claims, lease fences,
-cancel and retry, cron compare-and-set, listing order, purge.
+concurrency and rate limits, cancel and retry, cron compare-and-set, listing order, purge.
 
 Times passed to the storage are small epoch-millisecond numbers chosen by each
 check: a storage judges leases and due times by the times it is given. A
@@ -35,7 +35,7 @@ from ..storage import (
     Storage,
     StorageLayer,
 )
-from ..storage._base import CronSpec, JobFilter, JobSettlement, NewJob
+from ..storage._base import CronSpec, JobFilter, JobSettlement, NewJob, QueueLimit
 
 
 class _Full(Storage, QueueStorage, Protocol):
@@ -768,6 +768,27 @@ async def _two_processes_never_claim_one_job(shared_layer: StorageLayer) -> None
         assert len(claimed) == len(set(claimed)) == 300
 
 
+async def _two_processes_never_pass_a_keys_limit(shared_layer: StorageLayer) -> None:
+    async with shared_layer.open() as one, shared_layer.open() as two:
+        assert isinstance(one, QueueStorage) and isinstance(two, QueueStorage)
+        await one.enqueue_jobs([_keyed(n, "a") for n in range(40)])
+        limits = [QueueLimit("send", concurrency=3, rate=5, period_ms=60_000)]
+        claimed: list[str] = []
+
+        async def claim(storage: QueueStorage, worker: str) -> None:
+            for _ in range(5):
+                claimed.extend(
+                    j.id for j in await storage.claim_jobs(10, 60_000, worker, ["send"], 10, None, limits, 2)
+                )
+                await trio.lowlevel.checkpoint()
+
+        async with trio.open_nursery() as nursery:
+            for n in range(3):
+                nursery.start_soon(claim, one, f"one-{n}")
+                nursery.start_soon(claim, two, f"two-{n}")
+        assert len(claimed) == len(set(claimed)) == 3  # the key's three, one claim at a time
+
+
 async def _two_processes_fire_one_cron_time_once(shared_layer: StorageLayer) -> None:
     async with shared_layer.open() as one, shared_layer.open() as two:
         assert isinstance(one, QueueStorage) and isinstance(two, QueueStorage)
@@ -873,6 +894,63 @@ async def _a_held_row_starts_only_while_its_holder_still_holds_it(storage: _Full
     assert (empty.started, empty.cancelled, empty.urgent) == ([], [], [])
 
 
+def _keyed(n: int, key: str, *, name: str = "send", at: int = 0, priority: int = 0) -> NewJob:
+    return _job(n, name=name, at=at, priority=priority, limit_key=f"{name}\x1f{key}")
+
+
+async def _limited_rows_are_claimed_only_under_their_keys_limits(storage: _Full) -> None:
+    two = [QueueLimit("send", concurrency=2)]
+    await storage.enqueue_jobs(
+        [_keyed(n, "a", at=n) for n in range(1, 5)]
+        + [_keyed(5, "b", at=5, priority=1), _keyed(6, "b", at=60), _job(7, at=7), _keyed(8, "c", name="other")]
+    )
+    # With no free slot, only the unlimited row; the urgent claim of a start never takes a keyed row.
+    [free] = await storage.claim_jobs(10, 1000, "w", ["send"], 10, limits=two, slots=0)
+    assert (free.id, free.limit_key) == ("job-0007", None)
+    starts = await storage.start_held_jobs("w", [("job-0007", 1)], 10, 1000, _CANCELLED, ["send"], -5)
+    assert (starts.started, starts.urgent) == (["job-0007"], [])
+    # Two of key a, b's due row (its other is not due); the best first, each with its key.
+    claimed = await storage.claim_jobs(10, 1000, "w", ["send"], 10, limits=two, slots=10)
+    assert [(j.id, j.limit_key) for j in claimed] == [
+        ("job-0005", "send\x1fb"),
+        ("job-0001", "send\x1fa"),
+        ("job-0002", "send\x1fa"),
+    ]
+    assert await storage.claim_jobs(20, 1000, "w", ["send"], 10, limits=two, slots=10) == []
+    # A key under its limit but no free slot: nothing; a next wake-up only at b's next row
+    # (a is at its limit: the end of a run wakes the worker) or a lease's end.
+    assert await storage.next_job_wakeup(["send"], 20, two) == 60
+    # One of a's runs ends: one more of a, and at most `slots` at a time.
+    assert all(await storage.settle_jobs([_settle("job-0001", "completed", at=30)]))
+    assert await storage.next_job_wakeup(["send"], 30, two) == 30
+    [third] = await storage.claim_jobs(30, 1000, "w", ["send"], 10, limits=two, slots=1)
+    assert (third.id, third.limit_key) == ("job-0003", "send\x1fa")
+    # A name the claim does not limit: its keyed rows are claimed as any row.
+    [other] = await storage.claim_jobs(30, 1000, "w", ["other"], 10, limits=two, slots=10)
+    assert (other.id, other.limit_key) == ("job-0008", None)
+
+
+async def _a_rate_limit_counts_claims_in_a_sliding_window(storage: _Full) -> None:
+    rated = [QueueLimit("send", rate=2, period_ms=1000)]
+    await storage.enqueue_jobs([_keyed(n, "a") for n in range(1, 6)] + [_keyed(9, "b")])
+    first = await storage.claim_jobs(100, 9000, "w", ["send"], 10, limits=rated, slots=10)
+    assert sorted(j.id for j in first) == ["job-0001", "job-0002", "job-0009"]
+    # Ended at once, they still count: a rate counts starts, not runs.
+    assert all(await storage.settle_jobs([_settle(j.id, "completed", attempt=j.attempt, at=200) for j in first]))
+    assert await storage.claim_jobs(600, 9000, "w", ["send"], 10, limits=rated, slots=10) == []
+    assert await storage.next_job_wakeup(["send"], 600, rated) == 1100  # when the window lets one go
+    assert await storage.claim_jobs(1099, 9000, "w", ["send"], 10, limits=rated, slots=10) == []
+
+    async def claim(at: int) -> list[str]:
+        return [j.id for j in await storage.claim_jobs(at, 9000, "w", ["send"], 10, limits=rated, slots=1)]
+
+    assert await claim(1100) == ["job-0003"]
+    assert await claim(1500) == ["job-0004"]  # the window (500, 1500] holds one start
+    assert await claim(1600) == []  # (600, 1600] holds two
+    assert await storage.next_job_wakeup(["send"], 1600, rated) == 2100
+    assert await claim(2100) == ["job-0005"]  # the window slides: (1100, 2100] holds one
+
+
 #: What every `Storage` must do, each on a fresh database.
 _INSTANCE_CHECKS: Final[tuple[_Check, ...]] = (
     _a_missing_instance_loads_as_none_and_the_database_answers,
@@ -912,6 +990,8 @@ _QUEUE_CHECKS: Final[tuple[_Check, ...]] = (
     _cron_jobs_are_synced_fired_once_and_listed,
     _a_disabled_cron_job_is_never_due,
     _purge_deletes_old_finished_jobs_of_the_given_statuses_only,
+    _limited_rows_are_claimed_only_under_their_keys_limits,
+    _a_rate_limit_counts_claims_in_a_sliding_window,
 )
 #: Two connections to one database (two processes), instances and alarms.
 _SHARED_CHECKS: Final[tuple[_SharedCheck, ...]] = (
@@ -921,5 +1001,6 @@ _SHARED_CHECKS: Final[tuple[_SharedCheck, ...]] = (
 #: Two connections to one database, the queue.
 _SHARED_QUEUE_CHECKS: Final[tuple[_SharedCheck, ...]] = (
     _two_processes_never_claim_one_job,
+    _two_processes_never_pass_a_keys_limit,
     _two_processes_fire_one_cron_time_once,
 )
