@@ -94,6 +94,15 @@ class Actors:
                 self._nursery.start_soon(self._actor, key, receive)
         send.send_nowait((handler, on_error))
 
+    @property
+    def closing(self) -> bool:
+        """Whether the engine is closing: `call` refuses new calls."""
+        return self._closing
+
+    def has_work(self, key: str) -> bool:
+        """Whether instance `key` has an actor, or a handler running in its caller's task (`enter`)."""
+        return key in self._actors or key in self._inline
+
     def within(self, key: str) -> bool:
         """Whether the calling task runs a handler of `key`, or waits for one that does (`call` refuses it)."""
         return key in _RUNNING.get()

@@ -31,6 +31,14 @@ def _decoder(tp: Any) -> msgspec.json.Decoder[Any]:
     return decoder
 
 
+def decoder(tp: Any) -> msgspec.json.Decoder[Any]:
+    """`tp`'s JSON decoder, made once per type. Raises `TypeError` if msgspec cannot decode a `tp`."""
+    try:
+        return _decoder(tp)
+    except TypeError:  # an unhashable type is not cached (or msgspec refused it: raised again here)
+        return msgspec.json.Decoder(tp)
+
+
 _strict_decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
 
 

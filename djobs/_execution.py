@@ -35,7 +35,7 @@ from ._input import DEFAULT_MAX_PAYLOAD_BYTES
 from ._limits import NO_LIMITS, RunLimits
 from ._logging import JobLog, LoggingOption, threshold
 from ._retry import Retry, RetryPolicy
-from .storage import Checkin, LeaseLostError, SetAlarm, Storage
+from .storage import Alarm, Checkin, InstanceCreator, InstanceRecord, LeaseLostError, SetAlarm, Storage
 from .tracking import NoopTracker, TrackedEvent, Tracker
 
 S = TypeVar("S")
@@ -272,6 +272,24 @@ class Env:
         except LeaseLostError:
             self.leases.lost(checkin.key)  # take it afresh next time
             raise
+        self._committed(checkin, events)
+
+    async def create(
+        self, creator: InstanceCreator, checkin: Checkin, lease_ms: int, events: list[TrackedEvent] | None = None
+    ) -> tuple[InstanceRecord, Alarm | None] | None:
+        """Store a new instance and take its lease in one write (`InstanceCreator.create_instance`),
+        then, if it was stored, wake the alarm sleeper and emit `events` as `commit` does.
+
+        Returns ``None`` once stored, or the instance already stored under the key
+        (nothing written, no event). Raises `LeaseLostError` (another engine holds
+        the key's lease) or `StorageError`.
+        """
+        stored = await creator.create_instance(checkin, self.leases.owner, self.clock.now_ms(), lease_ms)
+        if stored is None:
+            self._committed(checkin, events)
+        return stored
+
+    def _committed(self, checkin: Checkin, events: list[TrackedEvent] | None) -> None:
         if isinstance(checkin.alarm, SetAlarm):
             self.alarm_waker.poke(checkin.alarm.fire_at)
         if events:

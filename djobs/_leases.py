@@ -101,6 +101,20 @@ class InstanceLeases:
             return None
         return self._held.get(key)
 
+    def free(self, key: str) -> bool:
+        """Whether this engine neither holds `key`'s lease nor is giving it up now."""
+        return key not in self._held and key not in self._releasing
+
+    def took(self, key: str) -> None:
+        """A write of this engine's took `key`'s lease itself (`InstanceCreator`): hold it from now on.
+
+        Call only while `free(key)` held when the write began, and before any
+        actor of `key` could have taken the lease.
+        """
+        self._serials += 1
+        self._held[key] = self._serials
+        self._leases_held.set()
+
     def busy(self, key: str) -> None:
         """`key`'s lease is in use again (a handler runs in its caller's task): keep it."""
         self._idle.pop(key, None)
@@ -130,9 +144,7 @@ class InstanceLeases:
             delay = min(delay * 2, 0.25)
         if tries:
             _log.info("took the lease of %s after waiting for another engine's", key)
-        self._serials += 1
-        self._held[key] = self._serials
-        self._leases_held.set()
+        self.took(key)
 
     async def _free_if_dead(self, key: str, *, logged: bool) -> bool:
         """Free `key`'s lease if its holder is a dead process on this host; else log the wait (once)."""

@@ -110,6 +110,17 @@ class Runtime:
         """End what `enter` began (`Actors.leave`)."""
         self.actors.leave(key)
 
+    def untouched(self, key: str) -> bool:
+        """Whether nothing of this engine works on `key` now: the engine is not closing, no
+        actor has work for it, and its lease is neither held nor being given up (so a write
+        may take it, `took_lease`)."""
+        actors = self.actors
+        return not actors.closing and not actors.has_work(key) and self.leases.free(key)
+
+    def took_lease(self, key: str) -> None:
+        """A write of this engine's took `key`'s lease while `untouched(key)` (`InstanceLeases.took`)."""
+        self.leases.took(key)
+
     def lease_serial(self, key: str) -> int | None:
         """The serial number of this engine's lease on `key`, ``None`` if not held (`InstanceLeases.serial`)."""
         return self.leases.serial(key)

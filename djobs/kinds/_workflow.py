@@ -55,7 +55,7 @@ from returns.result import Failure, Result, Success
 from returns.unsafe import unsafe_perform_io
 
 from .._clock import to_datetime
-from .._codec import decode, encode
+from .._codec import decode, decoder, encode, encode_decoded
 from .._context import BaseContext, D_co
 from .._durations import DurationLike, parse_duration, to_ms
 from .._errors import (
@@ -71,7 +71,17 @@ from .._execution import Checkout, Env, run_body, run_call
 from .._input import check_text, clean_text, text_problem
 from .._logging import JobLog, LoggingOption
 from .._retry import Retry
-from ..storage import Alarm, CancelRequests, Checkin, ClearAlarm, InstanceRecord, SetAlarm, Storage
+from ..storage import (
+    Alarm,
+    CancelRequests,
+    Checkin,
+    ClearAlarm,
+    InstanceCreator,
+    InstanceRecord,
+    LeaseLostError,
+    SetAlarm,
+    Storage,
+)
 from ..tracking import TrackedEvent
 from ._common import D_contra, Definition, InstanceClient, TenantScoped, check_id, check_name, instance_key
 from ._task import When, resolve_when
@@ -340,6 +350,8 @@ class _ChildOutcome(msgspec.Struct, frozen=True):
 
 _log_decoder = msgspec.json.Decoder(_Log)
 _encoder = msgspec.json.Encoder()
+#: The log of a workflow just started (no parent), encoded once.
+_EMPTY_LOG = _encoder.encode(_Log())
 
 
 def _read_log(record: InstanceRecord) -> _Log:
@@ -401,7 +413,7 @@ def _result_type(fn: Callable[..., object], explicit: Any, step: str) -> Any:
             with contextlib.suppress(TypeError):  # an unhashable callable is not cached
                 _step_types[fn] = tp
     try:
-        msgspec.json.Decoder(tp)
+        decoder(tp)
     except TypeError as exc:
         raise ValidationError(f"step {step!r}: its result type {tp!r} cannot be stored: {exc}") from None
     return tp
@@ -521,7 +533,8 @@ class _Run:
             raise _Stop()  # the body swallowed the stop and called again
 
     def event(self, type: str, **data: Any) -> None:
-        self.events.append(self.handler.event(self.record, type, **data))
+        if self.env.tracking:  # no tracker listens: no event is built
+            self.events.append(self.handler.event(self.record, type, **data))
 
     async def save(self, status: WorkflowStatusName, alarm: SetAlarm | ClearAlarm | None) -> None:
         """Commit the log with `status` and the events so far. Raises `StorageError`."""
@@ -569,10 +582,11 @@ class _Run:
         self.suspend_status, self.suspend_alarm = status, alarm
         self.halt("suspend")
 
-    def guard(self, what: str) -> None:
+    def guard(self, call: str, name: str) -> None:
+        """Refuse `call` (``ctx.step`` named `name`, ...) while another call of this run is in flight."""
         if self.in_call:
             raise ValidationError(
-                f"{what} was called while another call of this workflow was in flight; "
+                f"{call}({name!r}) was called while another call of this workflow was in flight; "
                 "a workflow's calls run one at a time (await each before the next)"
             )
 
@@ -581,7 +595,7 @@ class _Run:
     async def step(
         self, name: str, fn: Callable[..., object], args: tuple[Any, ...], retry: Retry | None, tp: Any
     ) -> Any:
-        self.guard(f"ctx.step({name!r})")
+        self.guard("ctx.step", name)
         entry = self.next_entry("step", name)
         if entry is not None and entry.cancelled:
             self.cancel_delivered = True
@@ -614,14 +628,17 @@ class _Run:
             self.deliver_cancel(entry)
         entry.attempts, entry.at, entry.duration_ms = attempt, env.now_ms(), duration_ms
         if isinstance(outcome, Success):
-            raw = encode(result_type, outcome.unwrap(), what=f"result of step {name!r}", limit=env.max_payload_bytes)
-            if isinstance(raw, Success):
-                entry.done, entry.until, entry.error = True, None, None
-                entry.value = msgspec.Raw(raw.unwrap())
-                self.event("workflow.step_completed", step=name, attempt=attempt, duration_ms=duration_ms)
-                await self.checkpoint()
-                return self.replayed_step(entry, result_type)
-            raise raw.failure()  # a bug in the step or its type, not a failure to retry
+            checked = encode_decoded(
+                result_type, outcome.unwrap(), what=f"result of step {name!r}", limit=env.max_payload_bytes
+            )
+            if isinstance(checked, Failure):
+                raise checked.failure()  # a bug in the step or its type, not a failure to retry
+            raw, value = checked.unwrap()
+            entry.done, entry.until, entry.error = True, None, None
+            entry.value = msgspec.Raw(raw)
+            self.event("workflow.step_completed", step=name, attempt=attempt, duration_ms=duration_ms)
+            await self.checkpoint()
+            return value
         error = outcome.failure()
         if policy is not None and policy.should_retry(error) and attempt < policy.max_attempts:
             delay = env.retries.delay_before(policy, attempt + 1)
@@ -664,7 +681,7 @@ class _Run:
         return decoded.unwrap()
 
     async def sleep(self, when: object, name: str) -> None:
-        self.guard(f"ctx.sleep({name!r})")
+        self.guard("ctx.sleep", name)
         entry = self.next_entry("sleep", name)
         if entry is not None and entry.cancelled:
             self.cancel_delivered = True
@@ -688,7 +705,7 @@ class _Run:
         self.suspend("sleeping", SetAlarm(entry.until, _WAKE))
 
     async def wait_for_signal(self, name: str, tp: Any, give_up: object) -> Any:
-        self.guard(f"ctx.wait_for_signal({name!r})")
+        self.guard("ctx.wait_for_signal", name)
         entry = self.next_entry("signal", name)
         if entry is not None and entry.cancelled:
             self.cancel_delivered = True
@@ -733,7 +750,7 @@ class _Run:
 
     async def await_job(self, name: str, job_id: str, client: Client, poll_ms: int) -> _JobOutcome:
         """Wait for the job `job_id` to end: look at its row now, else suspend until the next look."""
-        self.guard(f"ctx.job({name!r})")
+        self.guard("ctx.job", name)
         entry = self.next_entry("job", name)
         if entry is not None and entry.cancelled:
             self.cancel_delivered = True
@@ -1282,6 +1299,13 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
         #: Set while runs are live here (`watch_cancels` then reads their cancel notes); in a
         #: list, so the tenant-scoped copies and the engine's handler share the current one.
         self.runs_live = [trio.Event()]
+        #: Keys whose `start` is storing them in one write now (`InstanceCreator`): another
+        #: start of one of them in this process goes through the actor instead.
+        self.creating: set[str] = set()
+        #: The storage's optional protocols, asked once (a runtime-checkable isinstance is slow).
+        storage = self.env.storage
+        self.creator = storage if isinstance(storage, InstanceCreator) else None
+        self.cancel_requests = storage if isinstance(storage, CancelRequests) else None
 
     async def commit(self, checkin: Checkin, events: builtins.list[TrackedEvent] | None = None) -> None:
         """`Env.commit` for this kind: every write of a workflow goes through here, on its actor."""
@@ -1324,11 +1348,9 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
         if isinstance(encoded, Failure):
             return encoded
         key = self.key(instance_id)
+        runtime = self.runtime
 
-        async def run() -> Result[WorkflowStartResult, ValidationError | StorageError]:
-            loaded = await env.storage.load(key)
-            if loaded is not None:
-                return Success(WorkflowStartResult(False, instance_id, cast(WorkflowStatusName, loaded[0].status)))
+        def new() -> tuple[InstanceRecord, Checkin, builtins.list[TrackedEvent]]:
             now = env.now_ms()
             record = InstanceRecord(
                 key=key,
@@ -1338,16 +1360,44 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
                 tenant_id=self.tenant,
                 status="running",
                 state=encoded.unwrap(),
-                data=_encoder.encode(_Log(parent=parent)),
+                data=_encoder.encode(_Log(parent=parent)) if parent is not None else _EMPTY_LOG,
                 created_at=now,
                 updated_at=now,
             )
-            started = self.event(record, "workflow.started")
-            await self.commit(Checkin(key=key, record=record, alarm=self._wake_alarm(now)), [started])
+            checkin = Checkin(key=key, record=record, alarm=self._wake_alarm(now))
+            return record, checkin, [self.event(record, "workflow.started")]
+
+        def existing(stored: InstanceRecord) -> Result[WorkflowStartResult, ValidationError | StorageError]:
+            return Success(WorkflowStartResult(False, instance_id, cast(WorkflowStatusName, stored.status)))
+
+        async def run() -> Result[WorkflowStartResult, ValidationError | StorageError]:
+            loaded = await env.storage.load(key)
+            if loaded is not None:
+                return existing(loaded[0])
+            record, checkin, events = new()
+            await self.commit(checkin, events)
             self._run_next(key, record)
             return Success(WorkflowStartResult(True, instance_id, "running"))
 
-        return await self.runtime.call(key, run)
+        creator = self.creator
+        if creator is not None and runtime.fires_alarms and key not in self.creating and runtime.untouched(key):
+            # Nothing here works on `key`: store it and take its lease in one write, where the
+            # actor's way takes the lease, reads the key and commits in three.
+            self.creating.add(key)
+            try:
+                record, checkin, events = new()
+                stored = await env.create(creator, checkin, runtime.leases.lease_ms, events)
+            except LeaseLostError:
+                pass  # another engine holds the key's lease: the actor waits for it
+            else:
+                if stored is not None:
+                    return existing(stored[0])
+                runtime.took_lease(key)
+                self._run_next(key, record)
+                return Success(WorkflowStartResult(True, instance_id, "running"))
+            finally:
+                self.creating.discard(key)
+        return await runtime.call(key, run)
 
     async def status(self, instance_id: str) -> Result[WorkflowStatus, StorageError]:
         key = self.key(instance_id)
@@ -1436,7 +1486,7 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
         key = self.key(instance_id)
         env = self.env
         live = self.live.get(key)
-        requests = env.storage if isinstance(env.storage, CancelRequests) else None
+        requests = self.cancel_requests
         requested = False
         if live is not None:
             # A run in this process: cancel its running step now, or its next call.
@@ -1500,8 +1550,8 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
         at once). Nothing is read while no run is live.
         """
         task_status.started()
-        requests = self.env.storage
-        if not isinstance(requests, CancelRequests):
+        requests = self.cancel_requests
+        if requests is None:
             return
         while True:
             await self.runs_live[0].wait()

@@ -19,6 +19,7 @@ from ._base import CronRecord as CronRecord
 from ._base import CronSpec as CronSpec
 from ._base import ExpiredLease as ExpiredLease
 from ._base import HeldStarts as HeldStarts
+from ._base import InstanceCreator as InstanceCreator
 from ._base import InstanceLister as InstanceLister
 from ._base import InstanceRecord as InstanceRecord
 from ._base import InstanceStore as InstanceStore
@@ -51,6 +52,7 @@ __all__ = [
     "ClearAlarm",
     "FaultyLayer",
     "FaultyStorage",
+    "InstanceCreator",
     "InstanceLister",
     "InstanceRecord",
     "InstanceStore",

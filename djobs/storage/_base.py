@@ -318,6 +318,37 @@ class InstanceLister(Protocol):
 
 
 @runtime_checkable
+class InstanceCreator(Protocol):
+    """A new instance stored and its lease taken in one transaction. Optional: without it,
+    a workflow's ``start`` takes the lease, reads the key and commits in three calls."""
+
+    async def create_instance(
+        self, checkin: Checkin, owner: str, now_ms: int, lease_ms: int
+    ) -> tuple[InstanceRecord, Alarm | None] | None:
+        """Store `checkin` (a new instance's record and alarm) unless an instance is stored
+        under its key, taking the key's lease for `owner` (until ``now_ms + lease_ms`` on the
+        lease clock, as `acquire_instance_lease`) in the same transaction.
+
+        Returns:
+            ``None`` once stored and leased; the stored instance and its alarm if one
+            exists (then nothing is written, the lease included).
+
+        Raises:
+            LeaseLostError: Another owner holds the key's lease (nothing is written).
+            StorageError: The storage failed.
+        """
+        ...
+
+
+class InstanceExistsError(Exception):
+    """Inside a storage's `create_instance`: the key is taken; rolls the transaction back."""
+
+    def __init__(self, stored: tuple[InstanceRecord, Alarm | None]) -> None:
+        super().__init__(stored[0].key)
+        self.stored = stored
+
+
+@runtime_checkable
 class CancelRequests(Protocol):
     """Cancels asked of an instance by a process that does not hold its lease. Optional: a
     storage without it lets a workflow's ``cancel`` wait for the lease, as every verb does.

@@ -51,6 +51,7 @@ from ._base import (
     DeadLetterFilter,
     ExpiredLease,
     HeldStarts,
+    InstanceExistsError,
     InstanceRecord,
     JobFilter,
     JobRecord,
@@ -621,6 +622,30 @@ def _notify(conn: Connection, channel: str, at: int, sender: str) -> None:
         _log.warning("could not NOTIFY other workers of new jobs (they find them at their next poll): %s", exc)
 
 
+def _apply(conn: Connection, checkin: Checkin) -> None:
+    """Write `checkin` (its lease already checked) in the caller's transaction."""
+    key = checkin.key
+    record = checkin.record
+    if checkin.event_id is not None:
+        created = record.updated_at if record is not None else 0
+        inserted = conn.execute(_INSERT_EVENT_ID, (key, checkin.event_id, created)).fetchone()
+        if inserted is None:
+            raise DuplicateEventError(key, checkin.event_id)  # rolls the transaction back
+    if checkin.dead_letter is not None:
+        conn.execute(_INSERT_DEAD_LETTER, dead_letter_row(checkin.dead_letter))
+    if record is None:
+        conn.execute(_DELETE_INSTANCE, (key,))
+        conn.execute(_DELETE_ALARM, (key,))
+        conn.execute(_DELETE_EVENT_IDS, (key,))
+        return
+    conn.execute(_UPSERT_INSTANCE, instance_args(key, record))
+    alarm = checkin.alarm
+    if isinstance(alarm, SetAlarm):
+        conn.execute(_SET_ALARM, (key, alarm.fire_at, alarm.fire_at, alarm.purpose))
+    elif isinstance(alarm, ClearAlarm):
+        conn.execute(_DELETE_ALARM, (key,))
+
+
 def _transaction(fn: Callable[[Connection], T]) -> Callable[[Connection], T]:
     def run(conn: Connection) -> T:
         with conn.transaction():
@@ -696,32 +721,35 @@ class PostgresStorage:
     async def commit(self, checkin: Checkin) -> None:
         def run(conn: Connection) -> None:
             key = checkin.key
-            record = checkin.record
             if checkin.lease_owner is not None:
                 # FOR SHARE: the lease cannot change hands until this check-in commits.
                 row = conn.execute(_LEASE_OWNER + " FOR SHARE", (key,)).fetchone()
                 if row is None or row[0] != checkin.lease_owner:
                     raise LeaseLostError(key)
-            if checkin.event_id is not None:
-                created = record.updated_at if record is not None else 0
-                inserted = conn.execute(_INSERT_EVENT_ID, (key, checkin.event_id, created)).fetchone()
-                if inserted is None:
-                    raise DuplicateEventError(key, checkin.event_id)  # rolls the transaction back
-            if checkin.dead_letter is not None:
-                conn.execute(_INSERT_DEAD_LETTER, dead_letter_row(checkin.dead_letter))
-            if record is None:
-                conn.execute(_DELETE_INSTANCE, (key,))
-                conn.execute(_DELETE_ALARM, (key,))
-                conn.execute(_DELETE_EVENT_IDS, (key,))
-                return
-            conn.execute(_UPSERT_INSTANCE, instance_args(key, record))
-            alarm = checkin.alarm
-            if isinstance(alarm, SetAlarm):
-                conn.execute(_SET_ALARM, (key, alarm.fire_at, alarm.fire_at, alarm.purpose))
-            elif isinstance(alarm, ClearAlarm):
-                conn.execute(_DELETE_ALARM, (key,))
+            _apply(conn, checkin)
 
         await self._write(run, "commit")
+
+    async def create_instance(
+        self, checkin: Checkin, owner: str, now_ms: int, lease_ms: int
+    ) -> tuple[InstanceRecord, Alarm | None] | None:
+        def run(conn: Connection) -> None:
+            key = checkin.key
+            # The lease first (it waits for a concurrent taker to commit): while it is held
+            # here no other engine writes the key, so the read after it sees what is stored.
+            args = {"key": key, "owner": owner, "until": now_ms + lease_ms, "now": now_ms}
+            if conn.execute(self._leases["acquire"], args).fetchone() is None:
+                raise LeaseLostError(key)
+            row = conn.execute(_LOAD, (key,)).fetchone()
+            if row is not None:
+                raise InstanceExistsError(loaded(row))  # rolls the transaction back, the lease with it
+            _apply(conn, checkin)
+
+        try:
+            await self._write(run, "create_instance")
+        except InstanceExistsError as exists:
+            return exists.stored
+        return None
 
     async def has_event_id(self, key: str, event_id: str) -> bool:
         def run(conn: Connection) -> bool:

@@ -35,6 +35,7 @@ from ._base import (
     DeadLetterFilter,
     ExpiredLease,
     HeldStarts,
+    InstanceExistsError,
     InstanceRecord,
     JobFilter,
     JobRecord,
@@ -622,13 +623,62 @@ def _describe(exc: apsw.Error) -> str:
 
 @final
 class _Batch:
-    """One group commit: writers wait on `done`; `error` says if the commit failed."""
+    """One group commit: writers wait in `wait_shielded`, reads on `done`; `error` says if the commit failed."""
 
-    __slots__ = ("done", "error")
+    __slots__ = ("done", "error", "writers")
 
     def __init__(self) -> None:
         self.done = trio.Event()
         self.error: StorageError | None = None
+        self.writers: list[trio.lowlevel.Task] = []
+
+    async def wait_shielded(self) -> None:
+        """Wait for `end` as a shielded wait would (a cancel reaches the caller at its next
+        checkpoint), without a cancel scope per writer."""
+        if self.done.is_set():
+            return
+        self.writers.append(trio.lowlevel.current_task())
+        await trio.lowlevel.wait_task_rescheduled(_cannot_abort)
+
+    def end(self, error: StorageError | None = None) -> None:
+        """The batch committed (or failed with `error`): wake its writers and reads."""
+        self.error = error
+        self.done.set()
+        for task in self.writers:
+            trio.lowlevel.reschedule(task)
+        self.writers.clear()
+
+
+def _cannot_abort(_: Callable[[], BaseException]) -> trio.lowlevel.Abort:
+    return trio.lowlevel.Abort.FAILED
+
+
+def _apply(db: apsw.Connection, checkin: Checkin) -> None:
+    """Write `checkin` (its lease already checked) in the caller's transaction."""
+    key = checkin.key
+    if checkin.event_id is not None:
+        created = checkin.record.updated_at if checkin.record else 0
+        if _scalar_args(db, _sql.INSERT_EVENT_ID, (key, checkin.event_id, created)) is None:
+            raise DuplicateEventError(key, checkin.event_id)
+    if checkin.dead_letter is not None:
+        db.execute(_INSERT_DEAD_LETTER, dead_letter_row(checkin.dead_letter))
+    record = checkin.record
+    if record is None:
+        db.execute(_sql.DELETE_INSTANCE, (key,))
+        db.execute(_sql.DELETE_ALARM, (key,))
+        db.execute(_sql.DELETE_EVENT_IDS, (key,))
+        return
+    db.execute(_sql.UPSERT_INSTANCE, instance_args(key, record))
+    alarm = checkin.alarm
+    if isinstance(alarm, SetAlarm):
+        # REPLACE deletes the old row and inserts a new one: the alarm gets a
+        # fresh id (AUTOINCREMENT never reuses one), unlike an upsert.
+        db.execute(
+            "INSERT OR REPLACE INTO alarms (key, fire_at, due_at, purpose) VALUES (?, ?, ?, ?)",
+            (key, alarm.fire_at, alarm.fire_at, alarm.purpose),
+        )
+    elif isinstance(alarm, ClearAlarm):
+        db.execute(_sql.DELETE_ALARM, (key,))
 
 
 @final
@@ -717,29 +767,29 @@ class SqliteStorage:
                 outcome = exc
         else:
             outcome = self._in_savepoint(db, fn)
-        # Shielded: the writes are in the batch, and the caller must learn whether they committed.
-        with trio.CancelScope(shield=True):
-            if leader:
-                await trio.lowlevel.checkpoint()  # let the ready tasks add their writes
-                self._batch = None
-                try:
-                    self._check_file()
-                except StorageError as exc:
+        # Shielded (no cancel ends these waits): the writes are in the batch, and the caller
+        # must learn whether they committed.
+        if leader:
+            await trio.lowlevel.cancel_shielded_checkpoint()  # let the ready tasks add their writes
+            self._batch = None
+            try:
+                self._check_file()
+            except StorageError as exc:
+                with contextlib.suppress(apsw.Error):
+                    db.execute("ROLLBACK")
+                batch.end(exc)
+                raise
+            error = None
+            try:
+                db.execute("COMMIT")
+            except apsw.Error as exc:
+                if db.in_transaction:
                     with contextlib.suppress(apsw.Error):
                         db.execute("ROLLBACK")
-                    batch.error = exc
-                    batch.done.set()
-                    raise
-                try:
-                    db.execute("COMMIT")
-                except apsw.Error as exc:
-                    if db.in_transaction:
-                        with contextlib.suppress(apsw.Error):
-                            db.execute("ROLLBACK")
-                    batch.error = StorageError(f"could not commit to {self.path}: {_describe(exc)}", exc)
-                batch.done.set()
-            else:
-                await batch.done.wait()
+                error = StorageError(f"could not commit to {self.path}: {_describe(exc)}", exc)
+            batch.end(error)
+        else:
+            await batch.wait_shielded()
         if batch.error is not None:
             raise batch.error
         if isinstance(outcome, apsw.Error):
@@ -841,31 +891,28 @@ class SqliteStorage:
                 holder = _scalar_args(db, _sql.LEASE_OWNER, (key,))
                 if holder != checkin.lease_owner:
                     raise LeaseLostError(key)
-            if checkin.event_id is not None:
-                created = checkin.record.updated_at if checkin.record else 0
-                if _scalar_args(db, _sql.INSERT_EVENT_ID, (key, checkin.event_id, created)) is None:
-                    raise DuplicateEventError(key, checkin.event_id)
-            if checkin.dead_letter is not None:
-                db.execute(_INSERT_DEAD_LETTER, dead_letter_row(checkin.dead_letter))
-            record = checkin.record
-            if record is None:
-                db.execute(_sql.DELETE_INSTANCE, (key,))
-                db.execute(_sql.DELETE_ALARM, (key,))
-                db.execute(_sql.DELETE_EVENT_IDS, (key,))
-                return
-            db.execute(_sql.UPSERT_INSTANCE, instance_args(key, record))
-            alarm = checkin.alarm
-            if isinstance(alarm, SetAlarm):
-                # REPLACE deletes the old row and inserts a new one: the alarm gets a
-                # fresh id (AUTOINCREMENT never reuses one), unlike an upsert.
-                db.execute(
-                    "INSERT OR REPLACE INTO alarms (key, fire_at, due_at, purpose) VALUES (?, ?, ?, ?)",
-                    (key, alarm.fire_at, alarm.fire_at, alarm.purpose),
-                )
-            elif isinstance(alarm, ClearAlarm):
-                db.execute(_sql.DELETE_ALARM, (key,))
+            _apply(db, checkin)
 
         await self.write(run)
+
+    async def create_instance(
+        self, checkin: Checkin, owner: str, now_ms: int, lease_ms: int
+    ) -> tuple[InstanceRecord, Alarm | None] | None:
+        def run(db: apsw.Connection) -> None:
+            key = checkin.key
+            # The lease first: while it is held here, no other engine writes the key.
+            lease_now = self.lease_now(now_ms)
+            if not list(db.execute(_ACQUIRE_LEASE, (key, owner, lease_now + lease_ms, lease_now))):
+                raise LeaseLostError(key)
+            for row in db.execute(_sql.LOAD, (key,)):
+                raise InstanceExistsError(loaded(row))  # the savepoint's rollback gives the lease back
+            _apply(db, checkin)
+
+        try:
+            await self.write(run)
+        except InstanceExistsError as exists:
+            return exists.stored
+        return None
 
     async def has_event_id(self, key: str, event_id: str) -> bool:
         def run(db: apsw.Connection) -> bool:

@@ -28,8 +28,10 @@ from ..storage import (
     CancelRequests,
     Checkin,
     ClearAlarm,
+    InstanceCreator,
     InstanceLister,
     InstanceRecord,
+    LeaseLostError,
     QueueStorage,
     SetAlarm,
     Storage,
@@ -81,6 +83,7 @@ async def check_storage(new_database: NewDatabase, *, queue: bool = True, shared
         checks.append((check.__name__, _opened(check, queue)))
     checks.append(("an InstanceLister lists instances", _listed))
     checks.append(("CancelRequests notes cancels", _cancel_notes))
+    checks.append(("an InstanceCreator creates once, with the lease", _created))
     if shared:
         checks += [(c.__name__, c) for c in _SHARED_CHECKS + (_SHARED_QUEUE_CHECKS if queue else ())]
     for name, run in checks:
@@ -126,6 +129,32 @@ async def _a_cancel_request_is_noted_without_the_lease_kept_once_and_cleared(sto
     await storage.clear_cancel_request("workflow:w:a")
     await storage.clear_cancel_request("workflow:w:nobody")  # nothing to clear is not an error
     assert await storage.cancel_requests(["workflow:w:a", "workflow:w:b"]) == {"workflow:w:b": None}
+
+
+async def _created(layer: StorageLayer) -> None:
+    async with layer.open() as storage:
+        if isinstance(storage, InstanceCreator):  # optional: a workflow's start is one write with it
+            await _an_instance_is_created_once_with_its_lease_or_not_at_all(storage)
+
+
+async def _an_instance_is_created_once_with_its_lease_or_not_at_all(storage: Any) -> None:
+    new = Checkin(key="workflow:w:a", record=_record("workflow:w:a", state=b"1"), alarm=SetAlarm(500, "run"))
+    assert await storage.create_instance(new, "engine-a", 0, 1000) is None
+    stored = await storage.load("workflow:w:a")
+    assert stored is not None and stored[0].state == b"1" and stored[1] is not None and stored[1].fire_at == 500
+    assert not await storage.acquire_instance_lease("workflow:w:a", "engine-b", 999, 100)  # created with a's lease
+    # A second create writes nothing, not even the lease: it answers what is stored.
+    again = Checkin(key="workflow:w:a", record=_record("workflow:w:a", state=b"2"), alarm=SetAlarm(900, "run"))
+    await storage.release_instance_leases(["workflow:w:a"], "engine-a")
+    existing = await storage.create_instance(again, "engine-b", 10, 1000)
+    assert existing is not None and existing[0].state == b"1" and existing[1] is not None, existing
+    assert existing[1].fire_at == 500
+    assert await storage.acquire_instance_lease("workflow:w:a", "engine-c", 20, 100)  # b did not keep it
+    # A key whose lease another engine holds is not created.
+    assert await storage.acquire_instance_lease("workflow:w:b", "engine-c", 0, 1000)
+    with _raises(LeaseLostError):
+        await storage.create_instance(Checkin(key="workflow:w:b", record=_record("workflow:w:b")), "engine-a", 10, 1000)
+    assert await storage.load("workflow:w:b") is None
 
 
 @asynccontextmanager
