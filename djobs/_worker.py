@@ -366,21 +366,15 @@ class Worker:
 
     def _start_now(self, job: ClaimedJob) -> bool:
         """Start `job` if a slot is free (no await: the caller has just checked it may start)."""
-        if not self._take_slot(job):
+        if self._limiter.available_tokens <= 0:
             return False
         self._launch(job)
         return True
 
-    def _take_slot(self, job: ClaimedJob) -> bool:
-        try:
-            self._limiter.acquire_on_behalf_of_nowait((job.id, job.attempt))
-        except trio.WouldBlock:
-            return False
-        return True
-
     def _launch(self, job: ClaimedJob) -> None:
-        """Run `job` in the slot taken for it: to its end now if its runner needs no await
-        (a synchronous body), else in a task of its own."""
+        """Run `job`, a slot being free: to its end now if its runner needs no await (a
+        synchronous body, which never holds the slot), else in a task of its own that
+        takes the slot (nothing else ran meanwhile, so it is still free)."""
         runner = self._runners[job.name]
         try:
             # In a context of its own, as a task would be: a body's contextvars stay its own.
@@ -393,8 +387,9 @@ class Worker:
         if isinstance(started, AttemptEnd):
             key = (job.id, job.attempt)
             self._record(job, started, RunHandle(claimed=True, key=key, scope=_NEVER_ENTERED))
-            self._run_over(key)
+            self._run_over(key, slot=False)
         else:
+            self._limiter.acquire_on_behalf_of_nowait((job.id, job.attempt))
             self._nursery.start_soon(self._run, job, runner, started)
 
     def _start_fresh(self) -> None:
@@ -402,11 +397,9 @@ class Worker:
         moments ago, they need no check. A row that waited goes through the start task."""
         ready = self._ready
         while ready and ready[0][3] == self._round and not self.closing:
-            job = ready[0][4]
-            if not self._take_slot(job):
+            if self._limiter.available_tokens <= 0:
                 return
-            heapq.heappop(ready)
-            self._launch(job)
+            self._launch(heapq.heappop(ready)[4])
 
     async def start_loop(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start rows that waited in hand as slots free up; the engine's single start task.
@@ -509,9 +502,11 @@ class Worker:
                 run.end()
             self._run_over(key)
 
-    def _run_over(self, key: tuple[str, int]) -> None:
-        """A started attempt is over (its end handed to the settle task, or dropped): free its slot."""
-        self._limiter.release_on_behalf_of(key)
+    def _run_over(self, key: tuple[str, int], *, slot: bool = True) -> None:
+        """A started attempt is over (its end handed to the settle task, or dropped): free
+        its slot (`slot`: it held one, as a run in a task does)."""
+        if slot:
+            self._limiter.release_on_behalf_of(key)
         if key not in self._unsettled:  # else the row stays held (renewed) until its batch is written
             self._held.discard(key)
         self._claimed_runs -= 1
