@@ -16,7 +16,7 @@ import msgspec
 
 from .._clock import Clock, to_epoch_ms
 from ..kinds._common import instance_key
-from ..kinds._workflow import KIND, describe_workflow
+from ..kinds._workflow_log import KIND, describe_workflow
 from ..storage._inspect import InstanceFilter
 from ._exit import CommandError, ExitCode
 from ._output import fields, note, print_json, table, when, when_relative

@@ -53,8 +53,8 @@ from ..cli import _actions
 from ..cli._actions import printable
 from ..cli._exit import CommandError, ExitCode
 from ..cli._output import span, when
-from ..kinds._workflow import KIND as WORKFLOW
-from ..kinds._workflow import WorkflowStatus, WorkflowStatusName, cancel_stored, describe_workflow
+from ..kinds._workflow_log import KIND as WORKFLOW
+from ..kinds._workflow_log import WorkflowStatus, WorkflowStatusName, cancel_stored, describe_workflow
 from ..metrics import StorageCollector, render
 from ..storage import JobFilter, JobRecord, JobStatusName, Storage
 from ..storage._base import DeadLetter, DeadLetterFilter, DeadLetterKind

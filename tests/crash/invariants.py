@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import apsw
 import msgspec
 
-from djobs.kinds._workflow import _Log
+from djobs.kinds._workflow_log import StepLog
 
 from . import journal
 from .workload import PULSE_EVERY_MS, Batch, Done, Parcel, Seen, Tick, Work
@@ -631,7 +631,7 @@ def _check_workflows(snap: Snapshot, history: History, problems: list[str], fina
         if child and FLOW + wid.removesuffix("-child") not in snap.instances:
             problems.append(f"{key}: a child workflow whose parent is not stored")
         try:
-            log = msgspec.json.decode(row["data"], type=_Log)
+            log = msgspec.json.decode(row["data"], type=StepLog)
         except msgspec.DecodeError as exc:
             problems.append(f"{key}: the step log does not decode: {exc}")
             continue
@@ -663,7 +663,7 @@ def _check_child_job(
     key: str,
     wid: str,
     row: dict[str, Any],
-    log: _Log,
+    log: StepLog,
     snap: Snapshot,
     history: History,
     problems: list[str],

@@ -591,12 +591,12 @@ def plant_mutant(name: str) -> None:
 
         sqlite_storage.acquire_instance_lease = always  # type: ignore[method-assign]
     elif name == "lazy_checkpoint":
-        from djobs.kinds._workflow import _Run
+        from djobs.kinds._workflow_context import Run
 
         async def later(self: Any) -> None:
             pass  # a step's result is kept in memory until the workflow suspends
 
-        _Run.checkpoint = later  # type: ignore[method-assign]
+        Run.checkpoint = later  # type: ignore[method-assign]
     elif name == "job_without_key":
         from djobs.kinds._job_client import JobClient
 

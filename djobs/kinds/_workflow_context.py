@@ -1,0 +1,701 @@
+"""A workflow's calls: `WorkflowContext`, the `Step` it returns, and the run that replays the log.
+
+`Run` is one run of one workflow instance: each context call takes the next
+position in its `StepLog`, answers from a recorded entry or runs and
+records a new one, and checkpoints a finished step before it returns
+(through the handler's commit). The module documentation of
+`djobs.kinds._workflow` describes the model.
+
+Arrows: this module imports `_workflow_log`; `_workflow` (the handler)
+imports this one, which names the handler only for the type checker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import typing
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, TypeVar, cast
+
+import msgspec
+import trio
+from returns.context import RequiresContextFutureResult
+from returns.future import FutureResult
+from returns.io import IOResult
+from returns.pipeline import is_successful
+from returns.result import Failure, Result, Success
+from returns.unsafe import unsafe_perform_io
+
+from .._clock import to_datetime
+from .._codec import decode, decoder, encode_decoded
+from .._context import BaseContext, D_co
+from .._durations import DurationLike, parse_duration, to_ms
+from .._errors import (
+    JobError,
+    JobNotFoundError,
+    StorageError,
+    ValidationError,
+)
+from .._execution import Env, run_body
+from .._logging import JobLog
+from .._results import unwrap_or_raise
+from .._retry import Retry
+from ..storage import (
+    Checkin,
+    ClearAlarm,
+    InstanceRecord,
+    SetAlarm,
+)
+from ..tracking import TrackedEvent
+from ._common import instance_key
+from ._task import When
+from ._workflow_log import (
+    FIRST_JOB_LOOK_MS,
+    JOB_FINAL,
+    JOB_LOOK,
+    KIND,
+    NULL,
+    RETRY,
+    TIMEOUT,
+    WAKE,
+    ChildJobError,
+    ChildWorkflowError,
+    Entry,
+    EntryKind,
+    ErrorInfo,
+    NonDeterminismError,
+    Outcome,
+    StepFailedError,
+    StepLog,
+    WorkflowCancelledError,
+    WorkflowStatusName,
+    check_call_name,
+    describe_call,
+    encoder,
+    failed_step_data,
+    outcome_decoder,
+    resolved_when,
+    short,
+)
+
+if TYPE_CHECKING:
+    from .._client import Client
+    from ._job import Job
+    from ._workflow import Workflow, WorkflowHandler
+
+T = TypeVar("T")
+U = TypeVar("U")
+CI = TypeVar("CI")
+CR = TypeVar("CR")
+JP = TypeVar("JP")
+JR = TypeVar("JR")
+
+# -- step result types -----------------------------------------------------------------
+
+_UNSET: Any = object()
+_WRAPPERS = (Result, FutureResult, IOResult, RequiresContextFutureResult, Awaitable, Coroutine)
+_step_types: dict[Any, Any] = {}
+
+
+def _result_type(fn: Callable[..., object], explicit: Any, step: str) -> Any:
+    """The type a step's result is stored as: `explicit`, or `fn`'s return annotation
+    unwrapped from ``Result``/``FutureResult``/... (a coroutine's is already its value's)."""
+    if explicit is not _UNSET:
+        tp = explicit
+    else:
+        tp = _step_types.get(fn, _UNSET)
+        if tp is _UNSET:
+            try:
+                hints = typing.get_type_hints(fn)
+            except Exception:  # a partial, a builtin, an unresolvable annotation
+                hints = {}
+            if "return" not in hints:
+                raise ValidationError(
+                    f"step {step!r}: cannot tell the type of its result ({short.repr(fn)} has no return "
+                    "annotation); annotate the function or pass result=<type> to ctx.step"
+                )
+            tp = hints["return"]
+            while True:
+                origin = typing.get_origin(tp) or tp
+                if isinstance(origin, type) and issubclass(origin, _WRAPPERS):
+                    args = typing.get_args(tp)
+                    if not args:
+                        break
+                    tp = args[-1] if origin in (Awaitable, Coroutine) else args[0]
+                    continue
+                break
+            with contextlib.suppress(TypeError):  # an unhashable callable is not cached
+                _step_types[fn] = tp
+    try:
+        decoder(tp)
+    except TypeError as exc:
+        raise ValidationError(f"step {step!r}: its result type {tp!r} cannot be stored: {exc}") from None
+    return tp
+
+
+# -- the result of one awaited call ----------------------------------------------------
+
+
+class Step(Generic[T]):
+    """A step of a workflow, run when awaited: ``await ctx.step(...)`` gives its result.
+
+    Awaiting raises `StepFailedError` if the step failed for good. A step
+    also composes as a pipeline: ``step.bind(lambda v: ctx.step(...))`` and
+    ``step.map(f)`` are steps, and `result` is the step as a ``FutureResult``.
+    Steps run one at a time, in the order they are awaited.
+    """
+
+    __slots__ = ("_start",)
+
+    def __init__(self, start: Callable[[], Coroutine[Any, Any, T]]) -> None:
+        self._start = start
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self._start().__await__()
+
+    def map(self, fn: Callable[[T], U]) -> Step[U]:
+        """A step whose result is ``fn(result)`` (``fn`` is not recorded: keep it pure)."""
+        start = self._start
+
+        async def run() -> U:
+            return fn(await start())
+
+        return Step(run)
+
+    def bind(self, fn: Callable[[T], Step[U]]) -> Step[U]:
+        """A step that runs this one, then the step ``fn(result)`` returns."""
+        start = self._start
+
+        async def run() -> U:
+            return await fn(await start())
+
+        return Step(run)
+
+    def result(self) -> FutureResult[T, StepFailedError]:
+        """This step as a ``FutureResult``: a failed step is an ``IOFailure(StepFailedError)``."""
+        start = self._start
+
+        async def run() -> Result[T, StepFailedError]:
+            try:
+                return Success(await start())
+            except StepFailedError as exc:
+                return Failure(exc)
+
+        return FutureResult(run())
+
+
+class TimedOut(msgspec.Struct, frozen=True):
+    """What ``ctx.wait_for_signal`` returns when its timeout passed before a signal came.
+
+    Attributes:
+        signal: The signal's name.
+        deadline: When the wait gave up, aware UTC.
+    """
+
+    signal: str
+    deadline: datetime
+
+
+# -- the run ------------------------------------------------------------------------------
+
+
+class _Stop(BaseException):
+    """Ends the body at a ctx call: the workflow suspends, diverged or lost its storage.
+
+    A `BaseException`, so a user's ``except Exception`` does not swallow it;
+    the run also records why it stopped, so even a swallowed one ends the run.
+    """
+
+
+StopKind = Literal["suspend", "diverged", "storage"]
+
+
+@dataclass(slots=True, eq=False)
+class Run:
+    """One run (replay, then new calls) of one workflow instance."""
+
+    handler: WorkflowHandler[Any, Any, Any]
+    record: InstanceRecord
+    log: StepLog
+    events: list[TrackedEvent]
+    position: int = 0
+    stop: StopKind | None = None
+    stop_error: JobError | None = None
+    suspend_status: WorkflowStatusName = "running"
+    suspend_alarm: SetAlarm | None = None
+    in_call: bool = False
+    current: str | None = None
+    scope: trio.CancelScope | None = None
+    cancel_requested: bool = False
+    cancel_reason: str | None = None
+    cancel_delivered: bool = False
+    started: float = field(default_factory=time.perf_counter)
+
+    # -- plumbing --
+
+    @property
+    def env(self) -> Env:
+        return self.handler.env
+
+    def halt(self, kind: StopKind, error: JobError | None = None) -> NoReturn:
+        if self.stop is None:
+            self.stop, self.stop_error = kind, error
+        raise _Stop()
+
+    def check_open(self) -> None:
+        if self.stop is not None:
+            raise _Stop()  # the body swallowed the stop and called again
+
+    def event(self, type: str, **data: Any) -> None:
+        if self.env.tracking:  # no tracker listens: no event is built
+            self.events.append(self.handler.event(self.record, type, **data))
+
+    async def save(self, status: WorkflowStatusName, alarm: SetAlarm | ClearAlarm | None) -> None:
+        """Commit the log with `status` and the events so far. Raises `StorageError`."""
+        record = self.record
+        record.data = encoder.encode(self.log)
+        record.status = status
+        record.execute_count = sum(1 for e in self.log.entries if e.kind == "step" and e.done)
+        record.updated_at = self.env.now_ms()
+        events, self.events = self.events, []
+        await self.handler.commit(Checkin(key=record.key, record=record, alarm=alarm), events)
+
+    async def checkpoint(self) -> None:
+        """`save` from inside the body: a failure stops the run (nothing after it may run)."""
+        try:
+            await self.save("running", None)
+        except StorageError as exc:
+            self.halt("storage", exc)
+
+    def next_entry(self, kind: EntryKind, name: str) -> Entry | None:
+        """The recorded entry at this call's position (``None``: a new call); checks it matches."""
+        self.check_open()
+        check_call_name(name, kind)
+        position = self.position
+        self.position += 1
+        entries = self.log.entries
+        if position >= len(entries):
+            return None
+        entry = entries[position]
+        if entry.kind != kind or entry.name != name:
+            error = NonDeterminismError(
+                self.handler.job.name, position, describe_call(entry.kind, entry.name), describe_call(kind, name)
+            )
+            self.halt("diverged", error)
+        if entry.cancelled:  # a replay raises the cancel where it reached the body
+            self.cancel_delivered = True
+            raise self.cancelled()
+        return entry
+
+    def append(self, entry: Entry) -> Entry:
+        """Record the new call `entry` at the end of the log (committed with the next checkpoint)."""
+        self.log.entries.append(entry)
+        return entry
+
+    def cancelled(self) -> WorkflowCancelledError:
+        return WorkflowCancelledError(self.handler.job.name, self.record.instance_id, self.cancel_reason)
+
+    def deliver_cancel(self, entry: Entry) -> NoReturn:
+        entry.done, entry.cancelled = True, True
+        self.cancel_delivered = True
+        raise self.cancelled()
+
+    def cancel_pending(self) -> bool:
+        return self.cancel_requested and not self.cancel_delivered
+
+    def suspend(self, status: WorkflowStatusName, alarm: SetAlarm | None) -> NoReturn:
+        self.suspend_status, self.suspend_alarm = status, alarm
+        self.halt("suspend")
+
+    def guard(self, call: str, name: str) -> None:
+        """Refuse `call` (``ctx.step`` named `name`, ...) while another call of this run is in flight."""
+        if self.in_call:
+            raise ValidationError(
+                f"{call}({name!r}) was called while another call of this workflow was in flight; "
+                "a workflow's calls run one at a time (await each before the next)"
+            )
+
+    # -- the calls --
+
+    async def step(
+        self, name: str, fn: Callable[..., object], args: tuple[Any, ...], retry: Retry | None, tp: Any
+    ) -> Any:
+        self.guard("ctx.step", name)
+        entry = self.next_entry("step", name)
+        result_type = _result_type(fn, tp, name)
+        if entry is not None and entry.done:
+            return self.replayed_step(entry, result_type)
+        if entry is None:
+            entry = self.append(Entry(kind="step", name=name, done=False))
+        if self.cancel_pending():
+            self.deliver_cancel(entry)
+        if entry.until is not None and entry.until > self.env.now_ms():
+            # Woken early (a signal or a restart) before this step's retry is due.
+            self.suspend("running", SetAlarm(entry.until, RETRY))
+        attempt = entry.attempts + 1
+        env = self.env
+        self.in_call, self.current = True, name
+        started = time.perf_counter()
+        try:
+            with trio.CancelScope() as scope:
+                self.scope = scope
+                outcome = await run_body(lambda: fn(*args), env.services)
+        finally:
+            self.in_call, self.scope, self.current = False, None, None
+        duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        if scope.cancelled_caught:
+            entry.attempts = attempt
+            self.deliver_cancel(entry)
+        entry.attempts, entry.at, entry.duration_ms = attempt, env.now_ms(), duration_ms
+        match outcome:
+            case Success(produced):
+                # A result that cannot be stored is a bug in the step or its type, not a failure to retry.
+                raw, value = unwrap_or_raise(
+                    encode_decoded(result_type, produced, what=f"result of step {name!r}", limit=env.max_payload_bytes)
+                )
+                entry.done, entry.until, entry.error = True, None, None
+                entry.value = msgspec.Raw(raw)
+                self.event("workflow.step_completed", step=name, attempt=attempt, duration_ms=duration_ms)
+                await self.checkpoint()
+                return value
+            case Failure(error):
+                await self.step_failed(entry, error, retry if retry is not None else self.handler.job.retry)
+                return self.replayed_step(entry, result_type)
+
+    async def step_failed(self, entry: Entry, error: JobError, policy: Retry | None) -> None:
+        """Record the failed attempt of step `entry`: suspend until its retry, or checkpoint it failed for good."""
+        env, name, attempt = self.env, entry.name, entry.attempts
+        log = self.handler.step_log(self.record, name, attempt)
+        if policy is not None and policy.should_retry(error) and attempt < policy.max_attempts:
+            delay = env.retries.delay_before(policy, attempt + 1)
+            entry.until = env.now_ms() + max(0, round(delay.total_seconds() * 1000))
+            entry.error = ErrorInfo.of(error)
+            log.warning(
+                "step failed on attempt %d of %d, retrying in %s: %s",
+                attempt,
+                policy.max_attempts,
+                delay,
+                error.message,
+            )
+            retry_at = to_datetime(entry.until).isoformat()
+            self.event(
+                "workflow.step_failed", **failed_step_data(name, attempt, error, will_retry=True), retry_at=retry_at
+            )
+            self.suspend("running", SetAlarm(entry.until, RETRY))
+        entry.done, entry.until, entry.error = True, None, ErrorInfo.of(error)
+        log.error("step failed for good: %s", error.message)
+        self.event("workflow.step_failed", **failed_step_data(name, attempt, error, will_retry=False))
+        await self.checkpoint()
+
+    def replayed_step(self, entry: Entry, tp: Any) -> Any:
+        if entry.error is not None:
+            raise StepFailedError(entry.name, entry.attempts, entry.error.tag, entry.error.message)
+        return unwrap_or_raise(decode(tp, bytes(entry.value), what=f"result of step {entry.name!r}"))
+
+    async def sleep(self, when: object, name: str) -> None:
+        self.guard("ctx.sleep", name)
+        entry = self.next_entry("sleep", name)
+        if entry is not None and entry.done:
+            return
+        now = self.env.now_ms()
+        if entry is None:
+            wake = resolved_when(when, now, "ctx.sleep()")
+            entry = self.append(Entry(kind="sleep", name=name, done=False, until=wake, at=now))
+        if self.cancel_pending():
+            self.deliver_cancel(entry)
+        assert entry.until is not None
+        if entry.until <= now:
+            entry.done = True
+            return
+        self.event("workflow.sleeping", step=name, wake_at=to_datetime(entry.until).isoformat())
+        self.suspend("sleeping", SetAlarm(entry.until, WAKE))
+
+    async def wait_for_signal(self, name: str, tp: Any, give_up: object) -> Any:
+        self.guard("ctx.wait_for_signal", name)
+        entry = self.next_entry("signal", name)
+        if entry is None or not entry.done:
+            now = self.env.now_ms()
+            if entry is None:
+                deadline = None if give_up is None else resolved_when(give_up, now, "ctx.wait_for_signal(timeout=)")
+                entry = self.append(Entry(kind="signal", name=name, done=False, until=deadline, at=now))
+            if self.cancel_pending():
+                self.deliver_cancel(entry)
+            inbox = self.log.inbox
+            found = next((i for i, s in enumerate(inbox) if s.name == name), None)
+            if found is not None:
+                signal = inbox.pop(found)
+                entry.done, entry.value, entry.at = True, signal.payload, now
+            elif entry.until is not None and entry.until <= now:
+                entry.done, entry.timed_out = True, True
+            else:
+                self.event(
+                    "workflow.waiting",
+                    signal=name,
+                    timeout_at=None if entry.until is None else to_datetime(entry.until).isoformat(),
+                )
+                alarm = None if entry.until is None else SetAlarm(entry.until, TIMEOUT)
+                self.suspend("waiting", alarm)
+        if entry.timed_out:
+            assert entry.until is not None
+            return TimedOut(name, to_datetime(entry.until))
+        payload = decode(tp, bytes(entry.value), what=f"payload of signal {name!r}")
+        return unwrap_or_raise(payload.alt(lambda e: ValidationError(f"signal {name!r}: {e.message}")))
+
+    async def await_job(self, name: str, job_id: str, client: Client, poll_ms: int) -> Outcome:
+        """Wait for the job `job_id` to end: look at its row now, else suspend until the next look."""
+        self.guard("ctx.job", name)
+        entry = self.next_entry("job", name)
+        env = self.env
+        now = env.now_ms()
+        if entry is None:
+            entry = self.append(Entry(kind="job", name=name, done=False, at=now))
+        if not entry.done:
+            self.in_call, self.current = True, name
+            try:
+                if self.cancel_pending():
+                    # The job is cancelled with the workflow (pending: it never runs; running: its scope).
+                    cancelled = await client.jobs.cancel(job_id)
+                    if not is_successful(cancelled):  # it ends as it may; the body is cancelled
+                        env.logger.warning("workflow %s: could not cancel its job %s", self.record.key, job_id)
+                looked = await client.jobs.status(job_id)
+            finally:
+                self.in_call, self.current = False, None
+            if self.cancel_pending():
+                self.deliver_cancel(entry)
+            info = unsafe_perform_io(looked.value_or(None))
+            if info is not None and info.status in JOB_FINAL:
+                error = None if info.error is None else ErrorInfo(info.error.tag, info.error.message)
+                result = msgspec.Raw(encoder.encode(info.result)) if info.status == "completed" else NULL
+                entry.done, entry.until, entry.at = True, None, now
+                entry.value = msgspec.Raw(encoder.encode(Outcome(info.status, result, error)))
+            else:
+                if info is None:
+                    env.logger.warning(
+                        "workflow %s: could not look at its job %s (%s); looking again later",
+                        self.record.key,
+                        job_id,
+                        looked,
+                    )
+                entry.attempts += 1
+                entry.until = now + min(poll_ms, FIRST_JOB_LOOK_MS << min(entry.attempts - 1, 30))
+                self.suspend("waiting", SetAlarm(entry.until, JOB_LOOK))
+        return outcome_decoder.decode(bytes(entry.value))
+
+    def recorded(self, kind: EntryKind, make: Callable[[], object], tp: Any) -> Any:
+        """A value recorded at its first run (time, random, id); committed with the next checkpoint."""
+        entry = self.next_entry(kind, kind)
+        if entry is None:
+            entry = self.append(Entry(kind=kind, name=kind, value=msgspec.Raw(encoder.encode(make()))))
+        return decoder(tp).decode(bytes(entry.value))
+
+
+# -- definition and context -----------------------------------------------------------------
+
+
+class WorkflowContext(BaseContext[D_co]):
+    """The context of a workflow's body: steps, durable sleeps, signals, recorded values.
+
+    Every call is recorded in the workflow's log at its position and replayed
+    from there when the body runs again; see the module's documentation.
+
+    Attributes:
+        instance_id: The workflow's id.
+        job_name: The workflow definition's name.
+        run_count: Which run of the body this is (1 for the first; each wake-up
+            replays the body from the top).
+    """
+
+    __slots__ = ("_run", "run_count")
+
+    def __init__(self, env: Env, job_name: str, instance_id: str, log: JobLog, run: Run, run_count: int) -> None:
+        super().__init__(env, job_name, instance_id, log, run.record.tenant_id)
+        self._run = run
+        self.run_count = run_count
+
+    @property
+    def is_replaying(self) -> bool:
+        """Whether the next call will be answered from the log (nothing runs)."""
+        return self._run.position < len(self._run.log.entries)
+
+    def step(
+        self,
+        name: str,
+        fn: Callable[..., object],
+        *args: Any,
+        retry: Retry | None = None,
+        result: Any = _UNSET,
+    ) -> Step[Any]:
+        """Run ``fn(*args)`` once, durably: its result is recorded when it succeeds.
+
+        Args:
+            name: The step's name, unique enough to read in ``djobs workflows
+                show``; a replay checks it against the log.
+            fn: A plain or ``async`` function, or one returning a ``Result``,
+                ``FutureResult`` or ``RequiresContextFutureResult`` (called with
+                the engine's services), like a job body.
+            args: Passed to `fn`.
+            retry: How a failure is retried (durably: the retry is an alarm);
+                default the workflow's ``retry``; ``None`` for both: no retry.
+            result: The type the result is stored as; default `fn`'s return
+                annotation (``Result[T, E]`` and the like give ``T``).
+
+        Raises:
+            ValidationError: `retry` is not a `Retry`, or `fn` is not callable.
+
+        Returns:
+            A `Step`: await it for the result. Awaiting raises
+            `StepFailedError` when the step failed for good (the body may
+            catch it and compensate), `ValidationError` when the result cannot
+            be stored as its type or the type is unknown, and
+            `WorkflowCancelledError` where a cancel reaches the body.
+        """
+        if retry is not None and not isinstance(retry, Retry):
+            raise ValidationError(f"ctx.step({name!r}): retry must be a djobs.Retry or None, got {short.repr(retry)}")
+        if not callable(fn):
+            raise ValidationError(f"ctx.step({name!r}): {short.repr(fn)} is not callable")
+        run = self._run
+        return Step(lambda: run.step(name, fn, args, retry, result))
+
+    async def sleep(self, when: When, *, name: str = "sleep") -> None:
+        """Suspend the workflow until `when`, durably: no task, lease or memory is held.
+
+        Args:
+            when: A `timedelta` or a duration string (``"1 day"``) from the
+                first time this sleep runs, or an aware `datetime`. The wake-up
+                time is recorded, so a replay does not start the sleep again.
+            name: Recorded with the sleep (a replay checks it).
+
+        Raises:
+            ValidationError: `when` is not one of those forms.
+        """
+        await self._run.sleep(when, name)
+
+    async def wait_for_signal(
+        self,
+        name: str,
+        type: type[T],
+        *,
+        timeout: When | None = None,  # noqa: ASYNC109  # a durable timeout, recorded in the log
+    ) -> T | TimedOut:
+        """Wait for the signal `name` (``client.signal(id, name, payload)``), durably.
+
+        A signal sent before the wait is kept and delivered here; signals of
+        one name are delivered one per wait, in the order they were sent.
+
+        Args:
+            name: The signal's name.
+            type: The payload's type; the payload is decoded as it.
+            timeout: Give up after this long (or at this aware time); ``None`` waits for ever.
+
+        Returns:
+            The payload, or `TimedOut` if the timeout passed first.
+
+        Raises:
+            ValidationError: The payload does not match `type`, or `timeout` is malformed.
+        """
+        try:
+            msgspec.json.Decoder(type)
+        except TypeError as exc:
+            raise ValidationError(f"signal {name!r}: payload type {type!r} cannot be decoded: {exc}") from None
+        value: T | TimedOut = await self._run.wait_for_signal(name, type, timeout)
+        return value
+
+    async def child(self, workflow: Workflow[CI, CR, Any], id: str, input: CI) -> CR:
+        """Start the workflow `workflow` as a child with `id` and `input`, and wait for its result, durably.
+
+        Two recorded calls: a step that starts the child (in this workflow's
+        tenant), then a wait for the signal the child sends when it ends
+        (``child <name>:<id>``), which is kept if it comes first. The child
+        runs on its own, like any workflow (its own steps, sleeps, signals).
+
+        Returns:
+            The child's result.
+
+        Raises:
+            ChildWorkflowError: The child failed or was cancelled.
+            JobNotFoundError: `workflow` is not registered with this engine.
+            StepFailedError: The child could not be started (the id is
+                another workflow's, or the input does not match).
+        """
+        run = self._run
+        target = run.handler.runtime.target_for(instance_key(KIND, workflow.name, "x"))
+        if getattr(target, "job", None) is not workflow:  # only `workflow`'s own handler holds it
+            raise JobNotFoundError(workflow.name)
+        # The parent's tenant, whichever handler runs it.
+        handler = cast("WorkflowHandler[CI, CR, Any]", target).scoped(run.record.tenant_id)
+        parent = run.record.key
+        label = f"{workflow.name}:{id}"
+
+        async def start() -> Result[bool, JobError]:
+            return await handler.start_child(id, input, parent)
+
+        await self.step(f"start child {label}", start, result=bool)
+        outcome = await self.wait_for_signal(f"child {label}", Outcome)
+        assert not isinstance(outcome, TimedOut)  # no timeout
+        result: CR = outcome.value(workflow.result, ChildWorkflowError, label)
+        return result
+
+    async def job(self, job: Job[JP, JR, Any], params: JP, *, poll: DurationLike = "10 seconds") -> JR:
+        """Enqueue the one-off job `job` with `params` and wait for its result, durably.
+
+        Two recorded calls: a step that enqueues the job (in this workflow's
+        tenant) under an idempotency key made of the workflow and this call's
+        position, so a step run again after a crash finds the job it enqueued
+        instead of enqueueing another; then a wait for the job's row to end.
+        While the job is pending or running the workflow is ``waiting`` and
+        holds no task and no lease: an alarm wakes it to look at the row
+        again, 0.1 s after the enqueue, then at doubling intervals up to
+        `poll`. A cancel of the workflow that reaches this wait cancels the
+        job too.
+
+        Args:
+            job: A `Job` registered with this engine (the workers that run it
+                may be other processes on the same database).
+            params: Its params.
+            poll: The longest wait between two looks at the job's row (a
+                duration; default 10 seconds): the most the workflow may lag
+                behind the job's end.
+
+        Returns:
+            The job's result, as its ``result`` type.
+
+        Raises:
+            ChildJobError: The job failed (its retries spent) or was cancelled.
+            StepFailedError: The job could not be enqueued (not registered with
+                this engine, params that do not match, storage).
+            ValidationError: `poll` is not a duration of at least 100 ms.
+        """
+        poll_ms = parse_duration(poll, what="poll").map(to_ms).value_or(0)
+        if poll_ms < FIRST_JOB_LOOK_MS:
+            raise ValidationError(
+                f"ctx.job({job.name!r}): poll must be a duration of at least 100 ms, got {short.repr(poll)}"
+            )
+        run = self._run
+        client = self.client
+        # Per job name and tenant, as idempotency keys are; the position makes each call its own.
+        idempotency_key = f"workflow:{self.job_name}:{self.instance_id}:{run.position}"
+
+        def enqueue() -> FutureResult[str, JobError]:
+            return client.job(job).later(params, idempotency_key=idempotency_key)
+
+        job_id: str = await self.step(f"enqueue job {job.name}", enqueue, result=str)
+        label = f"{job.name}:{job_id}"
+        outcome = await run.await_job(label, job_id, client, poll_ms)
+        return outcome.value(job.result, ChildJobError, label)
+
+    def now(self) -> datetime:
+        """The current time, recorded: a replay gets the time of the first run."""
+        return to_datetime(self._run.recorded("now", self._env.now_ms, int))
+
+    def random(self) -> float:
+        """A random float in [0, 1), recorded: a replay gets the same value."""
+        value: float = self._run.recorded("random", self._env.ids.random, float)
+        return value
+
+    def uuid(self) -> str:
+        """A fresh UUID4 as text, recorded: a replay gets the same id."""
+        value: str = self._run.recorded("uuid", self._env.ids.uuid, str)
+        return value

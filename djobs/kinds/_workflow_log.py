@@ -1,0 +1,546 @@
+"""What a workflow stores and shows: its step log, its errors and its status.
+
+The step log (`StepLog`) is JSON in the workflow's instance row (``data``):
+one `Entry` per recorded call, the inbox of signals not yet consumed, the
+result or error, a requested cancel, a child's parent. This module holds the
+log's structs and codec, the alarm purposes, the errors a body or a client
+sees, the status views (`describe_workflow`, what ``status`` and the CLI
+show) and `cancel_stored` (a cancel from a process with no engine).
+
+Arrows: `_workflow_context` (the calls that write the log) and `_workflow`
+(the definition, the handler that commits the log, the client) import this
+module; it imports neither.
+"""
+
+from __future__ import annotations
+
+import reprlib
+from datetime import datetime
+from typing import Any, ClassVar, Literal, Self, TypeVar, cast
+
+import msgspec
+
+from .._clock import to_datetime
+from .._codec import decode
+from .._errors import (
+    InstanceNotFoundError,
+    InvalidStateError,
+    JobError,
+    StorageError,
+    ValidationError,
+)
+from .._input import check_text, clean_text
+from .._results import unwrap_or_raise
+from ..storage import (
+    Alarm,
+    CancelRequests,
+    Checkin,
+    InstanceRecord,
+    SetAlarm,
+    Storage,
+)
+from ._task import resolve_when
+
+T = TypeVar("T")
+
+KIND = "workflow"
+
+short = reprlib.Repr()
+short.maxstring = short.maxother = 60
+
+#: A workflow's status. ``running``: woken and replaying or running steps (or
+#: waiting for a step's retry); ``sleeping``: in ``ctx.sleep``; ``waiting``: in
+#: ``ctx.wait_for_signal``; the last three are final.
+WorkflowStatusName = Literal["running", "sleeping", "waiting", "completed", "failed", "cancelled"]
+FINAL = ("completed", "failed", "cancelled")
+
+# Alarm purposes: why a workflow is woken.
+RUN = "run"  # started, or a signal or cancel arrived
+WAKE = "wake"  # a sleep ended
+TIMEOUT = "timeout"  # a signal wait timed out
+RETRY = "retry"  # a failed step's next attempt is due
+TELL_PARENT = "tell_parent"  # an ended child workflow has yet to tell its parent
+JOB_LOOK = "job"  # time to look at the job a ctx.job waits for again
+#: The first look at a ctx.job's row comes this long after the enqueue; each later one
+#: waits twice as long as the one before, up to the call's `poll` (milliseconds).
+FIRST_JOB_LOOK_MS = 100
+JOB_FINAL = ("completed", "failed", "cancelled")
+#: How often a process reads the cancels other processes noted for the runs live in it.
+CANCEL_POLL_SECONDS = 1.0
+
+EntryKind = Literal["step", "sleep", "signal", "job", "now", "random", "uuid"]
+
+
+# -- errors ----------------------------------------------------------------------------
+
+
+class StepFailedError(JobError):
+    """A step failed for good (its retries, if any, are spent): raised into the body at the step.
+
+    The body may catch it and compensate (a saga), or let it fail the
+    workflow. A replay raises the same error again from the log.
+
+    Attributes:
+        step: The step's name.
+        attempts: How many times the step ran.
+        error_tag: The ``tag`` of the error its last attempt failed with.
+        error_message: That error's message.
+    """
+
+    tag = "step_failed"
+    retryable = False
+
+    def __init__(self, step: str, attempts: int, error_tag: str, error_message: str) -> None:
+        super().__init__(f"step {step!r} failed after {attempts} attempt(s): {error_message}")
+        self.step = step
+        self.attempts = attempts
+        self.error_tag = error_tag
+        self.error_message = error_message
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.step, self.attempts, self.error_tag, self.error_message)
+
+
+class NonDeterminismError(JobError):
+    """A replay asked for something other than what the workflow's log recorded.
+
+    The workflow's code changed while it was in flight in a way that moved,
+    renamed, added or removed a recorded call before the point it reached.
+    The workflow fails with this error; nothing new runs.
+
+    Attributes:
+        position: The 0-based position of the first divergent call in the log.
+        recorded: What the log holds there (``"step 'charge'"``), or ``None``
+            if the log ended and the body returned earlier than recorded.
+        requested: What the code asked for there, or ``None`` if the body
+            returned before reaching the recorded call.
+    """
+
+    tag = "non_determinism"
+    retryable = False
+
+    def __init__(self, workflow: str, position: int, recorded: str | None, requested: str | None) -> None:
+        if requested is None:
+            what = f"the body returned before reaching the recorded {recorded}"
+        else:
+            what = f"the code asked for {requested} where the log recorded {recorded}"
+        super().__init__(
+            f"workflow {workflow!r} diverged from its log at call #{position + 1}: {what}; "
+            "an in-flight workflow must replay the same calls in the same order"
+        )
+        self.position = position
+        self.recorded = recorded
+        self.requested = requested
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.position, self.recorded, self.requested)
+
+
+class WorkflowCancelledError(JobError):
+    """Raised into the body where a cancel reached it (``client.cancel``).
+
+    The body may catch it to run cleanup steps; the workflow ends
+    ``cancelled`` whatever the body then returns.
+    """
+
+    tag = "workflow_cancelled"
+    retryable = False
+
+    def __init__(self, workflow: str, instance_id: str, reason: str | None = None) -> None:
+        because = f": {reason}" if reason else ""
+        super().__init__(f"workflow {workflow!r} instance {instance_id!r} was cancelled{because}")
+        self.reason = reason
+
+
+class _EndedError(JobError):
+    """Base of the errors saying that something ended ``failed`` or ``cancelled``: a child
+    workflow, a job, the workflow itself. `what` names it in the message."""
+
+    retryable = False
+    what: ClassVar[str]
+    #: The tag of the error recorded when it was cancelled without one.
+    cancelled_tag: ClassVar[str] = "workflow_cancelled"
+
+    def __init__(self, name: str, status: str, error_tag: str, error_message: str) -> None:
+        super().__init__(f"{self.what} {name!r} ended {status}: {error_message}")
+        self.name = name
+        self.status = status
+        self.error_tag = error_tag
+        self.error_message = error_message
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.name, self.status, self.error_tag, self.error_message)
+
+    @classmethod
+    def of(cls, name: str, status: str, error: ErrorInfo | None) -> Self:
+        """The error for `name`, which ended `status` with the recorded `error` (none: a bare cancel)."""
+        info = error or ErrorInfo(cls.cancelled_tag, "cancelled")
+        return cls(name, status, info.tag, info.message)
+
+
+class ChildWorkflowError(_EndedError):
+    """Raised into a parent's body by ``ctx.child`` when the child workflow failed or was cancelled.
+
+    Attributes:
+        child: ``name:id`` of the child.
+        status: ``failed`` or ``cancelled``.
+        error_tag: The ``tag`` of the error the child ended with.
+        error_message: Its message.
+    """
+
+    tag = "child_workflow_failed"
+    what = "child workflow"
+
+    @property
+    def child(self) -> str:
+        return self.name
+
+
+class ChildJobError(_EndedError):
+    """Raised into a workflow's body by ``ctx.job`` when the job failed or was cancelled.
+
+    Attributes:
+        job: ``name:id`` of the job.
+        status: ``failed`` or ``cancelled``.
+        error_tag: The ``tag`` of the error the job ended with.
+        error_message: Its message.
+    """
+
+    tag = "child_job_failed"
+    what = "job"
+    cancelled_tag = "job_cancelled"
+
+    @property
+    def job(self) -> str:
+        return self.name
+
+
+class WorkflowFailedError(_EndedError):
+    """``result(id)`` of a workflow that ended ``failed`` or ``cancelled``.
+
+    Attributes:
+        instance_id: The workflow's id.
+        status: ``failed`` or ``cancelled``.
+        error_tag: The ``tag`` of the error the workflow ended with.
+        error_message: Its message.
+    """
+
+    tag = "workflow_failed"
+    what = "workflow"
+
+    @property
+    def instance_id(self) -> str:
+        return self.name
+
+
+# -- the step log (stored as JSON in the instance row's `data`) ------------------------------
+
+NULL = msgspec.Raw(b"null")
+
+
+class ErrorInfo(msgspec.Struct, frozen=True):
+    tag: str
+    message: str
+
+    @classmethod
+    def of(cls, error: JobError) -> ErrorInfo:
+        """`error` as stored: its message made storable (user code may raise any text)."""
+        return cls(error.tag, clean_text(error.message))
+
+
+class Entry(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One recorded call. `value` is the JSON of a step's result, a signal's payload, a
+    recorded time or random value; `until` is a sleep's wake-up time, a wait's deadline
+    or a failed step's retry time (epoch ms)."""
+
+    kind: EntryKind
+    name: str
+    done: bool = True
+    value: msgspec.Raw = NULL
+    error: ErrorInfo | None = None
+    attempts: int = 0
+    until: int | None = None
+    timed_out: bool = False
+    cancelled: bool = False
+    at: int = 0
+    duration_ms: float = 0.0
+
+
+class Signal(msgspec.Struct, frozen=True):
+    name: str
+    payload: msgspec.Raw
+    at: int
+
+
+class StepLog(msgspec.Struct, kw_only=True, omit_defaults=True):
+    entries: list[Entry] = msgspec.field(default_factory=list)
+    inbox: list[Signal] = msgspec.field(default_factory=list)
+    result: msgspec.Raw = NULL
+    error: ErrorInfo | None = None
+    cancel_requested: bool = False
+    cancel_reason: str | None = None
+    #: A child workflow's parent (its key) and whether the parent was told how the child ended.
+    parent: str | None = None
+    parent_told: bool = False
+
+
+class Outcome(msgspec.Struct, frozen=True):
+    """How something a workflow waits for ended: the job of a ``ctx.job`` (recorded in the
+    log), a child workflow (the signal it sends its parent), or the workflow itself."""
+
+    status: str
+    result: msgspec.Raw = NULL
+    error: ErrorInfo | None = None
+
+    def value(self, tp: type[T], failed: type[_EndedError], label: str) -> T:
+        """The result, decoded as `tp`, of what `label` names (``name:id``, or an id).
+
+        Raises:
+            _EndedError: ``failed(label, ...)`` if it did not complete.
+            ValidationError: The result no longer decodes as `tp`.
+        """
+        if self.status != "completed":
+            raise failed.of(label, self.status, self.error)
+        return unwrap_or_raise(decode(tp, bytes(self.result), what=f"result of {failed.what} {label!r}"))
+
+
+log_decoder = msgspec.json.Decoder(StepLog)
+outcome_decoder = msgspec.json.Decoder(Outcome)
+encoder = msgspec.json.Encoder()
+#: The log of a workflow just started (no parent), encoded once.
+EMPTY_LOG = encoder.encode(StepLog())
+
+
+def read_log(record: InstanceRecord) -> StepLog:
+    """The step log stored in `record`. Raises `ValidationError` if it cannot be read."""
+    if record.data is None:
+        return StepLog()
+    try:
+        return log_decoder.decode(record.data)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise ValidationError(f"the step log of workflow {record.key!r} cannot be read: {exc}") from None
+
+
+def check_call_name(name: object, what: str) -> str:
+    """A step's, sleep's or signal's name: a non-empty str of at most 200 characters."""
+    return unwrap_or_raise(check_text(name, f"{what} name", max_length=200))
+
+
+def resolved_when(when: object, now: int, call: str) -> int:
+    """`resolve_when` for the context call `call` (``"ctx.sleep()"``): the epoch ms `when`
+    names, or its `ValidationError` raised, naming `call`."""
+    refused = resolve_when(when, now).alt(lambda e: ValidationError(e.message.replace("ctx.schedule()", call)))
+    return unwrap_or_raise(refused)
+
+
+def describe_call(kind: str, name: str) -> str:
+    return f"{kind} {name!r}"
+
+
+def error_data(error: JobError) -> dict[str, str]:
+    """`error` as an event's ``error`` field."""
+    return {"tag": error.tag, "message": error.message}
+
+
+def failed_step_data(step: str, attempt: int, error: JobError, *, will_retry: bool) -> dict[str, Any]:
+    """The fields of a ``workflow.step_failed`` event."""
+    return {"step": step, "attempt": attempt, "will_retry": will_retry, "error": error_data(error)}
+
+
+# -- results ------------------------------------------------------------------------------
+
+
+class WorkflowStartResult(msgspec.Struct, frozen=True):
+    """The result of ``start``: ``created`` is false when the id was already used."""
+
+    created: bool
+    instance_id: str
+    status: WorkflowStatusName
+
+
+class StepInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One recorded call of a workflow, as ``status`` and ``djobs workflows show`` list it.
+
+    Attributes:
+        kind: ``step``, ``sleep``, ``signal``, ``job`` (the wait of a ``ctx.job``),
+            ``now``, ``random`` or ``uuid``.
+        name: The call's name.
+        done: Whether it finished (a step succeeded or failed for good, a
+            sleep ended, a signal came or timed out).
+        attempts: How many times a step ran.
+        error: The error a step last failed with (``{"tag", "message"}``).
+        until: A sleep's wake-up time, a wait's deadline or a step's retry time.
+        at: When it finished (a sleep: when it began).
+        duration_ms: How long a step's last attempt took.
+        cancelled: Whether a cancel reached the body here.
+        timed_out: Whether a signal wait timed out.
+    """
+
+    kind: str
+    name: str
+    done: bool
+    attempts: int = 0
+    error: dict[str, str] | None = None
+    until: datetime | None = None
+    at: datetime | None = None
+    duration_ms: float = 0.0
+    cancelled: bool = False
+    timed_out: bool = False
+
+
+class WorkflowStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """The result of ``status``.
+
+    Attributes:
+        status: ``running``, ``sleeping``, ``waiting``, ``completed``,
+            ``failed``, ``cancelled`` or ``not_found``.
+        steps_finished: Steps that finished (succeeded or failed for good).
+        current_step: The step running in this process now, the sleep or the
+            signal wait the workflow is in, or the step awaiting its retry.
+        wake_at: When the workflow is next woken (a sleep's end, a wait's
+            timeout, a retry), if it is.
+        error: The error a failed or cancelled workflow ended with.
+        cancel_requested: A cancel is recorded and has yet to reach the body.
+        steps: Every recorded call, in order.
+        created_at: When it was started.
+        updated_at: When it last changed.
+    """
+
+    status: Literal["running", "sleeping", "waiting", "completed", "failed", "cancelled", "not_found"]
+    steps_finished: int = 0
+    current_step: str | None = None
+    wake_at: datetime | None = None
+    error: dict[str, str] | None = None
+    cancel_requested: bool = False
+    steps: list[StepInfo] = msgspec.field(default_factory=list)
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class WorkflowSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """One workflow, as ``list`` gives it."""
+
+    instance_id: str
+    status: str
+    steps_finished: int
+    tenant_id: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class SignalResult(msgspec.Struct, frozen=True):
+    """The result of ``signal``: the signal is stored; ``waiting`` says whether the
+    workflow was waiting for it (it is then woken at once)."""
+
+    instance_id: str
+    waiting: bool
+
+
+class WorkflowCancelResult(msgspec.Struct, frozen=True):
+    """The result of ``cancel``.
+
+    ``cancelled`` is false if the workflow had already ended (``status`` says
+    how). Otherwise the cancel is recorded and reaches the body at its
+    current call (a running step's scope is cancelled) or at its next one;
+    the body's cleanup steps may still run before it ends ``cancelled``.
+    """
+
+    instance_id: str
+    cancelled: bool
+    status: str
+
+
+def _step_info(entry: Entry) -> StepInfo:
+    return StepInfo(
+        kind=entry.kind,
+        name=entry.name,
+        done=entry.done,
+        attempts=entry.attempts,
+        error=_error_dict(entry.error),
+        until=None if entry.until is None else to_datetime(entry.until),
+        at=to_datetime(entry.at) if entry.at else None,
+        duration_ms=entry.duration_ms,
+        cancelled=entry.cancelled,
+        timed_out=entry.timed_out,
+    )
+
+
+def summarise(record: InstanceRecord) -> WorkflowSummary:
+    return WorkflowSummary(
+        instance_id=record.instance_id,
+        status=record.status,
+        steps_finished=record.execute_count,
+        tenant_id=record.tenant_id,
+        created_at=to_datetime(record.created_at),
+        updated_at=to_datetime(record.updated_at),
+    )
+
+
+def _error_dict(info: ErrorInfo | None) -> dict[str, str] | None:
+    return None if info is None else {"tag": info.tag, "message": info.message}
+
+
+def describe_workflow(record: InstanceRecord, alarm: Alarm | None, current: str | None = None) -> WorkflowStatus:
+    """A stored workflow as `WorkflowStatus` (also what ``djobs workflows show`` prints)."""
+    log = read_log(record)
+    pending = next((e for e in log.entries if not e.done), None)
+    if current is None and pending is not None and record.status not in FINAL:
+        current = pending.name
+    status = cast(WorkflowStatusName, record.status)
+    return WorkflowStatus(
+        status=status,
+        steps_finished=record.execute_count,
+        current_step=current,
+        # A run alarm is a guard against a crash mid-run (or a wake-up due now), not a wake-up time.
+        wake_at=None if alarm is None or status in FINAL or alarm.purpose == RUN else to_datetime(alarm.fire_at),
+        error=_error_dict(log.error),
+        cancel_requested=log.cancel_requested and status not in FINAL,
+        steps=[_step_info(e) for e in log.entries],
+        created_at=to_datetime(record.created_at),
+        updated_at=to_datetime(record.updated_at),
+    )
+
+
+async def cancel_stored(
+    storage: Storage, key: str, reason: str | None, now_ms: int, owner: str, lease_ms: int = 30_000
+) -> str:
+    """Cancel the stored workflow `key` from a process that runs no engine (the dashboard).
+
+    With the workflow's lease (no engine is running it), the cancel is written
+    to its log with an alarm due now, as ``client.cancel`` writes it: an
+    engine's alarm sleeper wakes it at its next poll and the body gets
+    `WorkflowCancelledError` where it stands. Without it (an engine runs it
+    now), the cancel is noted beside it (`CancelRequests`) and that engine
+    cancels the running step within `CANCEL_POLL_SECONDS`.
+
+    Returns:
+        What was done, for a person.
+
+    Raises:
+        InstanceNotFoundError: No workflow `key` is stored.
+        InvalidStateError: It has already ended.
+        StorageError: The storage failed, or it holds no cancel notes and an engine runs the workflow.
+    """
+    loaded = await storage.load(key)
+    if loaded is None or loaded[0].kind != KIND:
+        raise InstanceNotFoundError(KIND, key)
+    if loaded[0].status in FINAL:
+        raise InvalidStateError(f"workflow {key!r} has already ended {loaded[0].status}")
+    if not await storage.acquire_instance_lease(key, owner, now_ms, lease_ms):
+        if not isinstance(storage, CancelRequests):
+            raise StorageError(f"workflow {key!r} is running in an engine now; try again")
+        await storage.request_cancel(key, reason, now_ms)
+        return "cancel noted: the engine running it cancels its step within a second"
+    try:
+        loaded = await storage.load(key)  # again, under the lease
+        if loaded is None or loaded[0].status in FINAL:
+            raise InvalidStateError(f"workflow {key!r} has ended meanwhile")
+        record = loaded[0]
+        log = read_log(record)
+        if not log.cancel_requested:
+            log.cancel_requested, log.cancel_reason = True, reason
+            record.data, record.updated_at = encoder.encode(log), now_ms
+            await storage.commit(Checkin(key=key, record=record, alarm=SetAlarm(now_ms, RUN), lease_owner=owner))
+    finally:
+        await storage.release_instance_leases([key], owner)
+    return "cancel recorded: an engine wakes the workflow at its next alarm poll and its body is cancelled"
