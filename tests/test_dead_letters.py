@@ -345,6 +345,70 @@ async def test_a_task_terminated_after_exhausted_retries_is_a_dead_letter_by_opt
         assert success(await client.get_state("w1")).state == Count(2)
 
 
+# -- the same work failing again --------------------------------------------------------------
+
+
+@pytest.mark.trio
+async def test_work_that_fails_again_shows_its_newest_failure_and_keeps_every_batch(
+    autojump_clock: trio.testing.MockClock, layer: djobs.storage.StorageLayer
+) -> None:
+    outage = Outage()
+    mail = mail_job(outage)
+    job = batcher(outage, retry=None)
+    async with open_test_engine([mail, job], storage=layer) as engine:
+        letters = engine.client.dead_letters
+        # A job retried through the jobs verbs and exhausted again: one letter, the newest failure.
+        job_id = success(await engine.client.job(mail).later(Mail("a@x.test")))
+        await trio.sleep(10)
+        first = success(await letters.get(job_id))
+        success(await engine.client.jobs.retry(job_id))
+        await trio.sleep(60)
+        again = success(await letters.get(job_id))
+        assert again.attempts == first.attempts == 2 and again.failed_at > first.failed_at
+        assert [le.id for le in success(await letters.list(kind="job"))] == [job_id]
+
+        # A Debounce batch brought back by its letter and failing again: a new letter with
+        # the same events; the instance's next failed batch: a letter of its own.
+        debounce = engine.client.debounce(job)
+        for _ in range(2):
+            success(await debounce.add(id="acct-1", event=Ping()))
+        await trio.sleep(70)
+        (batch,) = success(await letters.list(kind="debounce"))
+        success(await letters.retry(batch.id))
+        await trio.sleep(70)
+        (flushed_again,) = success(await letters.list(kind="debounce"))
+        assert flushed_again.id != batch.id and flushed_again.failed_at > batch.failed_at
+        assert (flushed_again.payload, flushed_again.event_count) == (Batch(["e1", "e2"]), 2)
+        success(await debounce.add(id="acct-1", event=Ping()))
+        await trio.sleep(70)
+        kept = success(await letters.list(kind="debounce"))
+        assert [(le.payload, le.event_count) for le in kept] == [(Batch(["e1"]), 1), (Batch(["e1", "e2"]), 2)]
+        assert outage.calls[-3:] == ["e1,e2", "e1,e2", "e1"]
+
+
+@pytest.mark.trio
+async def test_an_instance_ended_again_is_a_new_letter_and_the_old_state_stays(
+    autojump_clock: trio.testing.MockClock, layer: djobs.storage.StorageLayer
+) -> None:
+    outage = Outage()
+    job = refresher(outage, "dead_letter")
+    async with open_test_engine([job], storage=layer) as engine:
+        client, letters = engine.client.continuous(job), engine.client.dead_letters
+        success(await client.start(id="tok", input=Count(41)))
+        await trio.sleep(10)
+        (ended,) = success(await letters.list())
+        # Revived and ended again: the first letter went with the revival, the second is new.
+        success(await letters.retry(ended.id))
+        await trio.sleep(10)
+        (ended_again,) = success(await letters.list())
+        assert ended_again.id != ended.id and ended_again.failed_at > ended.failed_at
+        assert (ended_again.payload, ended_again.attempts) == (Count(41), 3)
+        # A new instance under the id, ended too: both states are kept, newest first.
+        success(await client.start(id="tok", input=Count(7)))
+        await trio.sleep(10)
+        assert [(le.ref, le.payload) for le in success(await letters.list())] == [("tok", Count(7)), ("tok", Count(41))]
+
+
 # -- scope and input ------------------------------------------------------------------------
 
 

@@ -166,6 +166,17 @@ class DeadLetterStorage(Protocol):
     Letters are written by the storage itself when a job's row ends ``failed`` (every
     path: a failed last attempt, a lease reclaimed on the last attempt), and by a
     `Checkin`'s `dead_letter` for instances; a job's letter goes when the job is retried.
+
+    A letter written under an id already stored replaces the stored letter, every column:
+    the letter shows the newest failure, with its attempts, error and time. Ids make that
+    safe. A job's letter has the job's id, and the job's row leaves ``failed`` (deleting its
+    letter) before it can run and fail again, so a second letter for a job arrives only for
+    a row stored again under that id after its row was purged: the newest failure is what
+    is left to retry. An instance's letter has an id of its own, new for each dead-lettering
+    (``kinds._common.instance_dead_letter``), so two Debounce batches of one instance, or two
+    ends of Continuous instances under one id, are two letters and no replace drops one's
+    state or events; the same id arrives again only when the very same check-in is written
+    again, which leaves the letter as it was.
     """
 
     async def list_dead_letters(self, where: DeadLetterFilter) -> list[DeadLetter]:

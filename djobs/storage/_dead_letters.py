@@ -1,8 +1,11 @@
 """What SQLite and PostgreSQL share about the dead-letter table: its columns, its statements
 (in SQLite's placeholders; PostgreSQL's through ``_sql.Dialect.text``), its rows and its listing.
 
-The insert stays with each dialect (``INSERT OR REPLACE`` in SQLite, ``ON CONFLICT (id) DO
-NOTHING`` in PostgreSQL), as does the locking of a revival.
+A letter written under an id already stored replaces the stored one, every column, on both
+dialects: `INSERT_DEAD_LETTER` for a check-in's letter, and each dialect's ``jobs`` trigger
+for a job's (SQLite's ``INSERT OR REPLACE``, PostgreSQL's ``ON CONFLICT (id) DO UPDATE`` of
+every column since its schema version 10). See `DeadLetterStorage` for why that is the rule.
+The locking of a revival stays with each dialect.
 """
 
 from __future__ import annotations
@@ -16,6 +19,14 @@ from ._base import DeadLetter, DeadLetterFilter, InstanceRevival, JobRevival
 
 #: The table's columns, in the order `dead_letter_row` gives them.
 DEAD_LETTER_COLUMNS = "id, kind, name, ref, tenant_id, payload, error, attempts, event_count, revive, created_at"
+#: A check-in's letter; one stored under its id is replaced, every column (`DeadLetterStorage`).
+INSERT_DEAD_LETTER: Final = f"""
+    INSERT INTO dead_letters ({DEAD_LETTER_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)
+    ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, name = excluded.name, ref = excluded.ref,
+        tenant_id = excluded.tenant_id, payload = excluded.payload, error = excluded.error,
+        attempts = excluded.attempts, event_count = excluded.event_count, revive = excluded.revive,
+        created_at = excluded.created_at
+"""
 GET_DEAD_LETTER: Final = f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = ?"
 DELETE_DEAD_LETTER: Final = "DELETE FROM dead_letters WHERE id = ?"
 #: A job's row put back by the retry of its letter when the row was purged since (`purged_job_args`).

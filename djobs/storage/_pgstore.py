@@ -63,10 +63,10 @@ from ._base import (
     Revival,
     SetAlarm,
 )
-from ._dead_letters import DEAD_LETTER_COLUMNS as _DEAD_LETTER_COLUMNS
 from ._dead_letters import (
     DELETE_DEAD_LETTER,
     GET_DEAD_LETTER,
+    INSERT_DEAD_LETTER,
     REVIVE_PURGED_JOB,
     dead_letter,
     dead_letter_query,
@@ -306,6 +306,30 @@ MIGRATIONS: list[str] = [
                     coalesce(NEW.completed_at, NEW.updated_at))
             ON CONFLICT (id) DO UPDATE SET payload = excluded.payload, error = excluded.error,
                 attempts = excluded.attempts, revive = excluded.revive, created_at = excluded.created_at;
+        ELSE
+            DELETE FROM dead_letters WHERE id = NEW.id AND kind = 'job';
+        END IF;
+        RETURN NULL;
+    END
+    $$;
+    """,
+    # 10: a job's letter written under an id already stored replaces it, every column, as
+    # SQLite's INSERT OR REPLACE does (`DeadLetterStorage`); version 9's kept the stored
+    # letter's kind, name, ref, tenant and event count. SQLite's schema has no version 10.
+    """
+    CREATE OR REPLACE FUNCTION jobs_dead_letter() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+    BEGIN
+        IF NEW.status = 'failed' THEN
+            INSERT INTO dead_letters (id, kind, name, ref, tenant_id, payload, error, attempts, revive, created_at)
+            VALUES (NEW.id, 'job', NEW.name, NEW.id, NEW.tenant_id, NEW.params, NEW.error, NEW.attempt_count,
+                    convert_to(json_build_object('max_attempts', NEW.max_attempts, 'priority', NEW.priority,
+                                                 'correlation_id', NEW.correlation_id,
+                                                 'limit_key', NEW.limit_key)::text, 'UTF8'),
+                    coalesce(NEW.completed_at, NEW.updated_at))
+            ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, name = excluded.name, ref = excluded.ref,
+                tenant_id = excluded.tenant_id, payload = excluded.payload, error = excluded.error,
+                attempts = excluded.attempts, event_count = excluded.event_count, revive = excluded.revive,
+                created_at = excluded.created_at;
         ELSE
             DELETE FROM dead_letters WHERE id = NEW.id AND kind = 'job';
         END IF;
@@ -596,10 +620,7 @@ _NEXT_CRON = (
 )
 
 
-_INSERT_DEAD_LETTER = f"""
-    INSERT INTO dead_letters ({_DEAD_LETTER_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)
-    ON CONFLICT (id) DO NOTHING
-"""
+_INSERT_DEAD_LETTER = POSTGRES.text(INSERT_DEAD_LETTER)
 _REVIVE_PURGED_JOB = POSTGRES.text(REVIVE_PURGED_JOB)
 _GET_DEAD_LETTER = POSTGRES.text(GET_DEAD_LETTER)
 _DELETE_DEAD_LETTER = POSTGRES.text(DELETE_DEAD_LETTER)

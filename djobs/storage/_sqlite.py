@@ -47,10 +47,10 @@ from ._base import (
     Revival,
     SetAlarm,
 )
-from ._dead_letters import DEAD_LETTER_COLUMNS as _DEAD_LETTER_COLUMNS
 from ._dead_letters import (
     DELETE_DEAD_LETTER,
     GET_DEAD_LETTER,
+    INSERT_DEAD_LETTER,
     REVIVE_PURGED_JOB,
     dead_letter,
     dead_letter_query,
@@ -534,7 +534,6 @@ _NEXT_CRON = (
 _names_encoder = msgspec.json.Encoder()
 
 
-_INSERT_DEAD_LETTER = f"INSERT OR REPLACE INTO dead_letters ({_DEAD_LETTER_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
 # The row a job's letter brings back when the job itself was purged: pending, due now, its old id.
 _PURGE_EVENT_IDS = """
     DELETE FROM event_ids WHERE (key, event_id) IN (
@@ -661,7 +660,7 @@ def _apply(db: apsw.Connection, checkin: Checkin) -> None:
         if _scalar_args(db, _sql.INSERT_EVENT_ID, (key, checkin.event_id, created)) is None:
             raise DuplicateEventError(key, checkin.event_id)
     if checkin.dead_letter is not None:
-        db.execute(_INSERT_DEAD_LETTER, dead_letter_row(checkin.dead_letter))
+        db.execute(INSERT_DEAD_LETTER, dead_letter_row(checkin.dead_letter))
     record = checkin.record
     if record is None:
         db.execute(_sql.DELETE_INSTANCE, (key,))

@@ -4,9 +4,11 @@ Every storage djobs ships passes it (memory, SQLite files, PostgreSQL), run
 from djobs's own tests; someone writing a storage layer of their own calls it
 from theirs, as trio's ``check_two_way_stream`` proves a stream. Each check
 writes and reads rows through the `Storage`, `QueueStorage` and
-`InstanceLister` protocols alone and asserts what the engine relies on:
-atomic check-ins, idempotency keys, alarm and job claims, lease fences,
-concurrency and rate limits, cancel and retry, cron compare-and-set, listing order, purge.
+`InstanceLister` protocols alone (and `DeadLetterStorage`, when the storage
+keeps dead letters) and asserts what the engine relies on: atomic check-ins,
+idempotency keys, alarm and job claims, lease fences, concurrency and rate
+limits, cancel and retry, cron compare-and-set, listing order, purge, a dead
+letter written again under its id.
 
 Times passed to the storage are small epoch-millisecond numbers chosen by each
 check: a storage judges leases and due times by the times it is given. A
@@ -21,6 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from typing import Any, Final, Protocol
 
+import msgspec
 import trio
 
 from .._errors import DuplicateEventError, StorageError
@@ -37,7 +40,17 @@ from ..storage import (
     Storage,
     StorageLayer,
 )
-from ..storage._base import CronSpec, JobFilter, JobSettlement, NewJob, QueueLimit
+from ..storage._base import (
+    CronSpec,
+    DeadLetter,
+    DeadLetterFilter,
+    DeadLetterStorage,
+    JobFilter,
+    JobRevival,
+    JobSettlement,
+    NewJob,
+    QueueLimit,
+)
 
 
 class _Full(Storage, QueueStorage, Protocol):
@@ -84,6 +97,7 @@ async def check_storage(new_database: NewDatabase, *, queue: bool = True, shared
     checks.append(("an InstanceLister lists instances", _listed))
     checks.append(("CancelRequests notes cancels", _cancel_notes))
     checks.append(("an InstanceCreator creates once, with the lease", _created))
+    checks.append(("DeadLetterStorage keeps dead letters", _dead_letters(queue)))
     if shared:
         checks += [(c.__name__, c) for c in _SHARED_CHECKS + (_SHARED_QUEUE_CHECKS if queue else ())]
     for name, run in checks:
@@ -155,6 +169,17 @@ async def _an_instance_is_created_once_with_its_lease_or_not_at_all(storage: Any
     with _raises(LeaseLostError):
         await storage.create_instance(Checkin(key="workflow:w:b", record=_record("workflow:w:b")), "engine-a", 10, 1000)
     assert await storage.load("workflow:w:b") is None
+
+
+def _dead_letters(queue: bool) -> Callable[[StorageLayer], Awaitable[None]]:
+    async def run(layer: StorageLayer) -> None:
+        async with layer.open() as storage:
+            if isinstance(storage, DeadLetterStorage):  # optional: ``client.dead_letters`` needs it
+                await _a_letter_written_again_under_its_id_replaces_it_and_a_replay_changes_nothing(storage)
+                if queue:
+                    await _a_jobs_letter_shows_its_newest_failure_whatever_was_stored_before(storage)
+
+    return run
 
 
 @asynccontextmanager
@@ -978,6 +1003,94 @@ async def _a_rate_limit_counts_claims_in_a_sliding_window(storage: _Full) -> Non
     assert await claim(1600) == []  # (600, 1600] holds two
     assert await storage.next_job_wakeup(["send"], 1600, rated) == 2100
     assert await claim(2100) == ["job-0005"]  # the window slides: (1100, 2100] holds one
+
+
+# -- dead letters -----------------------------------------------------------------------
+
+
+def _letter(letter_id: str, **kw: Any) -> DeadLetter:
+    fields: dict[str, Any] = {"kind": "debounce", "name": "d", "ref": "a", "payload": b"[1,2,3]", **kw}
+    return DeadLetter(id=letter_id, **fields)
+
+
+async def _a_letter_written_again_under_its_id_replaces_it_and_a_replay_changes_nothing(storage: Any) -> None:
+    first = _letter("letter-1", tenant_id="acme", error=b'{"tag":"e","message":"one"}', attempts=3, event_count=3)
+    first.revive, first.created_at = b'{"key":"debounce:d:a"}', 10
+    batch = Checkin(key="debounce:d:a", record=None, dead_letter=first)
+    await storage.commit(batch)
+    await storage.commit(batch)  # the very same check-in again: one letter, as it was
+    assert await storage.get_dead_letter("letter-1") == first
+    # The instance's next failed batch is a letter of its own: both batches' events are kept.
+    second = _letter("letter-2", tenant_id="acme", payload=b"[4,5]", event_count=2, created_at=20)
+    await storage.commit(Checkin(key="debounce:d:a", record=None, dead_letter=second))
+    assert await storage.list_dead_letters(DeadLetterFilter()) == [second, first]
+    # Under a stored id, the newest letter replaces the stored one, every column.
+    newest = DeadLetter(
+        id="letter-1",
+        kind="continuous",
+        name="c",
+        ref="b",
+        tenant_id=None,
+        payload=b'{"n":2}',
+        error=b'{"tag":"e","message":"two"}',
+        attempts=5,
+        event_count=0,
+        revive=b'{"key":"continuous:c:b"}',
+        created_at=30,
+    )
+    await storage.commit(Checkin(key="continuous:c:b", record=None, dead_letter=newest))
+    assert await storage.get_dead_letter("letter-1") == newest
+    assert await storage.list_dead_letters(DeadLetterFilter()) == [newest, second]
+
+
+async def _a_jobs_letter_shows_its_newest_failure_whatever_was_stored_before(storage: Any) -> None:
+    first = b'{"tag":"e","message":"first"}'
+    await storage.enqueue_jobs([_job(1, max_attempts=1, priority=2, correlation_id="c", tenant_id="acme")])
+    [claimed] = await storage.claim_jobs(0, _MINUTE, "w", ["send"], 1)
+    assert await storage.settle_jobs([_settle(claimed.id, "failed", error=first)]) == [True]
+    letter = await storage.get_dead_letter("job-0001")
+    assert letter is not None
+    assert (letter.kind, letter.name, letter.ref, letter.tenant_id, letter.payload) == (
+        "job",
+        "send",
+        "job-0001",
+        "acme",
+        b'{"n":1}',
+    )
+    assert (letter.error, letter.attempts, letter.event_count, letter.created_at) == (first, 1, 0, 50)
+    assert msgspec.json.decode(letter.revive or b"", type=JobRevival) == JobRevival(priority=2, correlation_id="c")
+    # A retry of the job takes its letter away; failing again writes the newest failure.
+    assert await storage.retry_job("job-0001", 60) is not None
+    assert await storage.get_dead_letter("job-0001") is None
+    [claimed] = await storage.claim_jobs(60, 60 + _MINUTE, "w", ["send"], 1)
+    assert await storage.settle_jobs([_settle(claimed.id, "failed", error=b"second", at=70)]) == [True]
+    letter = await storage.get_dead_letter("job-0001")
+    assert letter is not None and (letter.error, letter.created_at) == (b"second", 70)
+    # The row purged, its letter stays; a row stored again under the id fails: its letter
+    # replaces the old one, every column (name and tenant too).
+    assert await storage.purge_jobs(100, ["failed"], 10) == 1
+    assert await storage.get_dead_letter("job-0001") is not None
+    again = NewJob(id="job-0001", name="other", params=b'{"m":1}', max_attempts=2, scheduled_for=200, created_at=200)
+    assert await storage.enqueue_jobs([again]) == [("job-0001", True)]
+    for attempt, at in ((1, 210), (2, 230)):
+        [claimed] = await storage.claim_jobs(at - 5, at + _MINUTE, "w", ["other"], 1)
+        assert claimed.attempt == attempt
+        status = "failed" if attempt == 2 else "pending"
+        assert await storage.settle_jobs(
+            [_settle(claimed.id, status, attempt=attempt, error=b"third", at=at, scheduled_for=at)]
+        ) == [True]
+    letter = await storage.get_dead_letter("job-0001")
+    assert letter is not None
+    assert (letter.kind, letter.name, letter.ref, letter.tenant_id, letter.payload) == (
+        "job",
+        "other",
+        "job-0001",
+        None,
+        b'{"m":1}',
+    )
+    assert (letter.error, letter.attempts, letter.created_at) == (b"third", 2, 230)
+    assert msgspec.json.decode(letter.revive or b"", type=JobRevival) == JobRevival(max_attempts=2)
+    assert [d.id for d in await storage.list_dead_letters(DeadLetterFilter(kind="job"))] == ["job-0001"]
 
 
 #: What every `Storage` must do, each on a fresh database.
