@@ -98,7 +98,7 @@ class Checkout(Generic[S]):
 OutcomeKind = Literal["succeeded", "retrying", "failed", "exhausted", "terminated"]
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)  # not frozen: built per run, where frozen costs a setattr call per field
 class Outcome:
     """What a run came to.
 
@@ -424,7 +424,7 @@ def _only_terminate(group: BaseExceptionGroup[BaseException]) -> TerminateSignal
     return first if isinstance(first, TerminateSignal) else None
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)  # not frozen: built per run, where frozen costs a setattr call per field
 class Ran:
     """What one call of user code came to, before any retry decision.
 
@@ -491,7 +491,7 @@ async def run_call(
     return Ran(result, duration_ms=duration_ms)
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)  # not frozen: built per run, where frozen costs a setattr call per field
 class RunInfo:
     """Who is running: the identity stamped on events and log lines."""
 

@@ -92,7 +92,7 @@ class JobContext(BaseContext[D_co]):
         correlation_id: The correlation id it was enqueued with, if any.
     """
 
-    __slots__ = ("_lease", "attempt", "correlation_id", "job_id", "max_attempts", "run_id")
+    __slots__ = ("_lease", "_run_id", "_run_ms", "attempt", "correlation_id", "job_id", "max_attempts")
 
     def __init__(
         self,
@@ -101,20 +101,32 @@ class JobContext(BaseContext[D_co]):
         log: JobLog,
         *,
         job_id: str | None,
-        run_id: str,
+        run_id: str | None,
         attempt: int,
         max_attempts: int,
         tenant_id: str | None,
         correlation_id: str | None,
         lease: tuple[QueueStorage, str] | None,
+        run_ms: int = 0,
     ) -> None:
-        super().__init__(env, job_name, job_id or run_id, log, tenant_id)
+        # A `run_id` of None (a persisted job's attempt, whose instance id is the job id) is
+        # minted from the ids layer at `run_ms`, the attempt's start, when first read.
+        super().__init__(env, job_name, job_id or run_id or "", log, tenant_id)
         self.job_id = job_id
-        self.run_id = run_id
+        self._run_id = run_id
+        self._run_ms = run_ms
         self.attempt = attempt
         self.max_attempts = max_attempts
         self.correlation_id = correlation_id
         self._lease = lease
+
+    @property
+    def run_id(self) -> str:
+        """This attempt's own id (a UUIDv7 of the attempt's start)."""
+        run_id = self._run_id
+        if run_id is None:
+            run_id = self._run_id = self._env.ids.job_id(self._run_ms)
+        return run_id
 
     @property
     def is_retry(self) -> bool:

@@ -107,11 +107,11 @@ class JobHandler(Generic[P, R]):
         return policy
 
     def _prepare(
-        self, params: P, who: _Attempt, run_id: str, storage: QueueStorage | None
+        self, params: P, who: _Attempt, run_id: str | None, storage: QueueStorage | None, run_ms: int = 0
     ) -> tuple[_Run, Callable[[], object]]:
-        """An attempt's context, log and identity, and the call of its body."""
+        """An attempt's context, log and identity, and the call of its body (`run_id`: see `JobContext`)."""
         env, job = self.env, self.job
-        key = who.job_id or run_id
+        key = who.job_id or run_id or ""
         log = JobLog(self._logger, self._threshold, {"job": job.name, "job_id": key, "attempt": who.attempt})
         lease = (storage, who.worker_id) if storage is not None and who.worker_id is not None else None
         ctx: JobContext[Any] = JobContext(
@@ -125,6 +125,7 @@ class JobHandler(Generic[P, R]):
             tenant_id=who.tenant_id,
             correlation_id=who.correlation_id,
             lease=lease,
+            run_ms=run_ms,
         )
         run = _Run(who, log, RunInfo(key, KIND, job.name, 1, who.attempt), [], time.perf_counter())
         body = self._body
@@ -179,7 +180,8 @@ class JobHandler(Generic[P, R]):
                 "job.failed", job.id, KIND, job.name, attempt=job.attempt, will_retry=False, error=_error_event(error)
             )
             return AttemptEnd("failed", error=_error_json(error), events=[failed])
-        run, call = self._prepare(params.unwrap(), who, self.env.ids.job_id(self.env.clock.now_ms()), lease[0])
+        # The run id is minted only if the body reads it (the job id names the attempt's logs and events).
+        run, call = self._prepare(params.unwrap(), who, None, lease[0], self.env.clock.now_ms())
         services, what, limits = self.env.services, self._what, self.job.limits
         if limits.timeout_ms is not None:
 
