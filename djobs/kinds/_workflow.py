@@ -62,7 +62,7 @@ from .._errors import (
     StorageError,
     ValidationError,
 )
-from .._execution import Checkout, run_call
+from .._execution import run_body
 from .._input import check_text, clean_text, text_problem
 from .._logging import JobLog, LoggingOption
 from .._retry import Retry
@@ -582,8 +582,8 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
         self.live[record.key] = run
         self.runs_live[0].set()
         try:
-            ran = await run_call(env, record.key, Checkout(None), lambda: job.execute(the_input, ctx))
-            body: Result[object, JobError] | None = ran.result
+            # No run scope of its own (no terminate verb): a cancel reaches the body at a step.
+            body: Result[object, JobError] | None = await run_body(lambda: job.execute(the_input, ctx), env.services)
         except trio.Cancelled:
             raise
         except BaseException as exc:

@@ -339,10 +339,11 @@ class Run:
         env = self.env
         self.in_call, self.current = True, name
         started = time.perf_counter()
+        # The step's own scope, which a cancel of the workflow cancels: entered only if `fn`
+        # gave something to await (a synchronous step's value is taken as it comes).
+        scope = self.scope = trio.CancelScope()
         try:
-            with trio.CancelScope() as scope:
-                self.scope = scope
-                outcome = await run_body(lambda: fn(*args), env.services)
+            outcome = await run_body(lambda: fn(*args), env.services, scope=scope)
         finally:
             self.in_call, self.scope, self.current = False, None, None
         duration_ms = round((time.perf_counter() - started) * 1000, 3)
