@@ -2,13 +2,15 @@
 
 Target: >= 5,000 workflows/s end to end (start to completed) and >= 10x DBOS
 Transact on its SQLite system database, measured in the same run. Each
-djobs workflow is started through the client (one transaction), woken by its
-alarm, runs three steps (each checkpointed in its own commit) and commits its
-result; the figure counts the ``workflow.completed`` events, which are emitted
-after that commit. CPU seconds per 1,000 workflows (each side's median) is the
-steadier figure on a shared machine. DBOS (``pip install dbos``, an optional bench-only
-dependency, in the ``bench`` extra) runs the same workflow, called directly;
-``--no-peers`` measures djobs alone and leaves DBOS's figures ``null``.
+djobs workflow is started through the client (one transaction, which also
+takes its lease), runs at once on its actor (its alarm is only a guard
+against a crash), runs three steps (each checkpointed in its own commit,
+shared with the other workflows in flight) and commits its result; the
+figure counts the ``workflow.completed`` events, which are emitted after that
+commit. CPU seconds per 1,000 workflows (each side's median) is the steadier
+figure on a shared machine. DBOS (``pip install dbos``, an optional
+bench-only dependency, in the ``bench`` extra) runs the same workflow, called
+directly; ``--no-peers`` measures djobs alone and leaves DBOS's figures ``null``.
 """
 
 from __future__ import annotations
