@@ -7,6 +7,7 @@ many ran at once, and when each started.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -463,3 +464,27 @@ async def test_a_job_revived_from_its_dead_letter_keeps_its_limit(
         await drain(engine)
         assert success(await engine.client.jobs.status(failed)).status == "completed"
     assert most == 1  # the revived job waited for the key's slot
+
+
+@pytest.mark.trio
+async def test_a_cron_fire_whose_key_function_fails_is_logged_and_the_engine_goes_on(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    bodies = Bodies()
+
+    def key(params: Work) -> str:
+        if params.account == "broken":
+            raise LookupError("no such account")
+        return params.account
+
+    job = bodies.job(key=key, concurrency=1)
+    cron = djobs.CronJob.make("sweep", schedule=djobs.every("1 minute"), job=job, params=Work(0, account="broken"))
+    caplog.set_level(logging.ERROR, logger="djobs")
+    async with open_test_engine([job, cron]) as engine:
+        await trio.sleep(3 * 60 + 1)  # three fires
+        success(await engine.client.job(job).later(Work(1, seconds=0)))
+        await drain(engine)
+        assert [info.status for info in success(await engine.client.jobs.list())] == ["completed"]
+    assert bodies.done == [1]
+    logged = [r.getMessage() for r in caplog.records if "sweep" in r.getMessage()]
+    assert len(logged) >= 3 and all("raised LookupError: no such account" in m for m in logged), logged

@@ -342,7 +342,10 @@ class CronScheduler:
             if isinstance(made, Failure):
                 # The job's limit_key refused these params: this fire enqueues nothing (logged), the schedule goes on.
                 self._log.error(
-                    "cron %s: the fire due at %s enqueues nothing: %s", cron.name, due, made.failure().message
+                    "cron %s: the fire due at %s enqueues nothing: %s",
+                    cron.name,
+                    to_datetime(due).isoformat(),
+                    made.failure().message,
                 )
             else:
                 row = made.unwrap()

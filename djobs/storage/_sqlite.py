@@ -425,63 +425,80 @@ _CLAIM_JOBS = f"""
         LIMIT ?5)
     RETURNING id, name, params, attempt_count, max_attempts, scheduled_for, priority, correlation_id, tenant_id
 """
-# The limited claim: ?4 is a JSON array of [name, concurrency, rate, period_ms] (null: no
-# such limit). Each key's due rows are ranked in claim order; a row is taken while its rank
-# is within what its key has left: concurrency minus the key's running rows, rate minus its
-# starts since ?6 - period (?6: the lease clock's now). Then the best ?5 of those, overall.
-_CLAIM_LIMITED = """
-    WITH lim AS (
+# Limited claims visit keys, not rows: a recursive skip-scan of jobs_limited lists the
+# keys with pending rows (one seek each), and each key's state is read by its own seeks
+# (its running rows, its starts in the window), so a key's backlog costs nothing until
+# the key has room. The limits are a JSON array of [name, concurrency, rate, period_ms]
+# (null: no such limit); a key belongs to a name if it is the name or starts with it
+# and \x1f. :clock is the lease clock's now, :now the caller's.
+_LIMITED_KEYS = """
+    WITH RECURSIVE lim AS (
         SELECT json_extract(value, '$[0]') AS name, json_extract(value, '$[1]') AS conc,
                json_extract(value, '$[2]') AS rate, json_extract(value, '$[3]') AS period
-        FROM json_each(?4)),
-    ranked AS (
-        SELECT j.id AS id, j.limit_key AS k, j.priority AS priority, j.scheduled_for AS scheduled_for,
-               lim.conc AS conc, lim.rate AS rate, lim.period AS period,
-               row_number() OVER (PARTITION BY j.limit_key ORDER BY j.priority DESC, j.scheduled_for, j.id) AS rank
-        FROM jobs AS j INDEXED BY jobs_limited JOIN lim ON lim.name = j.name
-        WHERE j.status = 'pending' AND j.limit_key IS NOT NULL AND j.scheduled_for <= ?1),
-    taken AS (
-        SELECT id FROM ranked
-        WHERE rank <= coalesce(conc, rate) AND rank <= coalesce(rate, conc)
-          AND (conc IS NULL OR rank <= conc - (SELECT count(*) FROM jobs AS r INDEXED BY jobs_limited_running
-                                                 WHERE r.limit_key = ranked.k AND r.status = 'running'))
-          AND (rate IS NULL OR rank <= rate - (SELECT count(*) FROM job_starts AS s
-                                                 WHERE s.limit_key = ranked.k AND s.started_at > ?6 - period))
-        ORDER BY priority DESC, scheduled_for, id LIMIT ?5)
+        FROM json_each(:limits)),
+    keys(k) AS (
+        SELECT (SELECT min(limit_key) FROM jobs INDEXED BY jobs_limited
+                WHERE status = 'pending' AND limit_key IS NOT NULL)
+        UNION ALL
+        SELECT (SELECT min(limit_key) FROM jobs INDEXED BY jobs_limited
+                WHERE status = 'pending' AND limit_key IS NOT NULL AND limit_key > keys.k)
+        FROM keys WHERE keys.k IS NOT NULL),
+    state AS (
+        SELECT keys.k AS k, lim.conc AS conc, lim.rate AS rate, lim.period AS period,
+               (SELECT count(*) FROM jobs AS r INDEXED BY jobs_limited_running
+                WHERE r.limit_key = keys.k AND r.status = 'running') AS running,
+               (SELECT count(*) FROM job_starts AS s
+                WHERE s.limit_key = keys.k AND s.started_at > :clock - lim.period) AS started
+        FROM keys JOIN lim ON keys.k = lim.name OR substr(keys.k, 1, length(lim.name) + 1) = lim.name || char(31)
+        WHERE keys.k IS NOT NULL)
+"""
+# Keys with room, and how much: concurrency minus running, rate minus recent starts.
+_KEYS_WITH_ROOM = (
+    _LIMITED_KEYS
+    + """
+    SELECT k, min(coalesce(conc - running, rate - started), coalesce(rate - started, conc - running)) AS room
+    FROM state WHERE room > 0
+"""
+)
+# A key's best due rows, in claim order (the index's order: no sort).
+_KEY_ROWS = """
+    SELECT id, priority, scheduled_for FROM jobs INDEXED BY jobs_limited
+    WHERE limit_key = ? AND status = 'pending' AND scheduled_for <= ?
+    ORDER BY priority DESC, scheduled_for LIMIT ?
+"""
+_START_LIMITED = """
     UPDATE jobs SET status = 'running', worker_id = ?3, worker_started_at = ?1, worker_expires_at = ?2,
                     attempt_count = attempt_count + 1, updated_at = ?1
-    WHERE id IN (SELECT id FROM taken)
+    WHERE id IN (SELECT value FROM json_each(?4)) AND status = 'pending'
     RETURNING id, name, params, attempt_count, max_attempts, scheduled_for, priority, correlation_id, tenant_id,
               limit_key
 """
 _INSERT_START = "INSERT INTO job_starts (limit_key, started_at) VALUES (?, ?)"
 # Starts older than the longest window (a day) count for nothing.
 _FORGET_STARTS = "DELETE FROM job_starts WHERE started_at <= ?"
-# When a limited key can next start a row, in the caller's clock (?1: its now; ?2: the lease
-# clock's now): its earliest row's due time if later; now if it is under its limits; when its
-# oldest start in the window leaves it if only its rate stops it; never (NULL) if its
-# concurrency does (a run's end wakes the worker).
-_NEXT_LIMITED = """
-    WITH lim AS (
-        SELECT json_extract(value, '$[0]') AS name, json_extract(value, '$[1]') AS conc,
-               json_extract(value, '$[2]') AS rate, json_extract(value, '$[3]') AS period
-        FROM json_each(?3)),
-    keys AS (
-        SELECT j.limit_key AS k, min(j.scheduled_for) AS due, lim.conc AS conc, lim.rate AS rate,
-               lim.period AS period
-        FROM jobs AS j INDEXED BY jobs_limited JOIN lim ON lim.name = j.name
-        WHERE j.status = 'pending' AND j.limit_key IS NOT NULL
-        GROUP BY j.limit_key)
+# When a limited key can next start a row, in the caller's clock: now if it has a due row
+# and room; when its oldest start in the window leaves it if only its rate stops it; never
+# (NULL) if its concurrency does (a run's end wakes the worker). And the earliest limited
+# row not yet due.
+_NEXT_LIMITED = (
+    _LIMITED_KEYS
+    + """
     SELECT min(CASE
-        WHEN due > ?1 THEN due
-        WHEN conc IS NOT NULL AND conc <= (SELECT count(*) FROM jobs AS r INDEXED BY jobs_limited_running
-                                           WHERE r.limit_key = keys.k AND r.status = 'running') THEN NULL
-        WHEN rate IS NOT NULL AND rate <= (SELECT count(*) FROM job_starts AS s
-                                           WHERE s.limit_key = keys.k AND s.started_at > ?2 - period)
+        WHEN NOT EXISTS (SELECT 1 FROM jobs AS d INDEXED BY jobs_limited
+                         WHERE d.limit_key = state.k AND d.status = 'pending' AND d.scheduled_for <= :now) THEN NULL
+        WHEN conc IS NOT NULL AND running >= conc THEN NULL
+        WHEN rate IS NOT NULL AND started >= rate
             THEN (SELECT min(s.started_at) FROM job_starts AS s
-                  WHERE s.limit_key = keys.k AND s.started_at > ?2 - period) + period - ?2 + ?1
-        ELSE ?1 END)
-    FROM keys
+                  WHERE s.limit_key = state.k AND s.started_at > :clock - period) + period - :clock + :now
+        ELSE :now END)
+    FROM state
+"""
+)
+_NEXT_LIMITED_DUE = """
+    SELECT scheduled_for FROM jobs
+    WHERE status = 'pending' AND scheduled_for > ?1 AND limit_key IS NOT NULL
+      AND +name IN (SELECT value FROM json_each(?2))
+    ORDER BY scheduled_for LIMIT 1
 """
 # Starts a row held unstarted, if this worker still holds it at that attempt; a row
 # whose cancel was requested while it waited ends cancelled instead.
@@ -577,11 +594,8 @@ def _limited_names(names: Sequence[str], limits: Sequence[QueueLimit]) -> list[s
     return [limit.name for limit in limits if limit.name in wanted]
 
 
-def _limits_json(names: Sequence[str], limits: Sequence[QueueLimit]) -> bytes:
-    wanted = set(names)
-    return _names_encoder.encode(
-        [[lim.name, lim.concurrency, lim.rate, lim.period_ms] for lim in limits if lim.name in wanted]
-    )
+def _limits_json(limits: Sequence[QueueLimit]) -> bytes:
+    return _names_encoder.encode([[lim.name, lim.concurrency, lim.rate, lim.period_ms] for lim in limits])
 
 
 def _claim_limited(
@@ -595,8 +609,16 @@ def _claim_limited(
 ) -> list[ClaimedJob]:
     """The limited claim (`claim_jobs`), in the caller's write transaction: SQLite has one
     writer at a time, so the counts it reads cannot change before it commits."""
-    args = (now, until, worker_id, _limits_json([lim.name for lim in limits], limits), room, clock)
-    taken = [claimed_job(r) for r in db.execute(_CLAIM_LIMITED, args)]
+    keys = [(k, n) for k, n in db.execute(_KEYS_WITH_ROOM, {"limits": _limits_json(limits), "clock": clock})]
+    candidates: list[tuple[int, int, str]] = []
+    for key, key_room in keys:
+        candidates += [
+            (-priority, due, job_id) for job_id, priority, due in db.execute(_KEY_ROWS, (key, now, key_room))
+        ]
+    if not candidates:
+        return []
+    best = [job_id for _, _, job_id in sorted(candidates)[:room]]
+    taken = [claimed_job(r) for r in db.execute(_START_LIMITED, (now, until, worker_id, _names_encoder.encode(best)))]
     rated = {lim.name for lim in limits if lim.rate is not None}
     starts = [(job.limit_key, clock) for job in taken if job.name in rated]
     if starts:
@@ -1059,11 +1081,12 @@ class SqliteStorage:
             # Exhaust the RETURNING cursor inside the transaction: an unfinished one would keep the write lock.
             return await self.write(lambda db: [claimed_job(r) for r in db.execute(_CLAIM_JOBS, (*args, "[]"))])
         encoded = _names_encoder.encode(limited)
+        mine = [lim for lim in limits if lim.name in limited]
 
         def run(db: apsw.Connection) -> list[ClaimedJob]:
             # Limited rows first (at most `slots`: they start at once), then the rest of `limit`.
             room = min(slots, limit) if above is None else 0
-            claimed = _claim_limited(db, now, until, worker_id, limits, room, self.lease_now(now)) if room > 0 else []
+            claimed = _claim_limited(db, now, until, worker_id, mine, room, self.lease_now(now)) if room > 0 else []
             if len(claimed) < limit:
                 rest = (now, until, worker_id, args[3], limit - len(claimed), args[5], encoded)
                 claimed += [claimed_job(r) for r in db.execute(_CLAIM_JOBS, rest)]
@@ -1180,8 +1203,10 @@ class SqliteStorage:
             times += [r[0] + shift for r in db.execute(_NEXT_EXPIRY)]
             if limited:
                 at = 0 if now is None else now
-                limits_json = _limits_json(names, limits)
-                times += [r[0] for r in db.execute(_NEXT_LIMITED, (at, at - shift, limits_json)) if r[0] is not None]
+                mine = [lim for lim in limits if lim.name in limited]
+                args = {"limits": _limits_json(mine), "now": at, "clock": at - shift}
+                times += [r[0] for r in db.execute(_NEXT_LIMITED, args) if r[0] is not None]
+                times += [r[0] for r in db.execute(_NEXT_LIMITED_DUE, (at, _names_encoder.encode(limited)))]
             return min(times) if times else None
 
         return await self.read(run)
