@@ -315,7 +315,7 @@ MIGRATIONS: list[str] = [
     """,
     # 10: a job's letter written under an id already stored replaces it, every column, as
     # SQLite's INSERT OR REPLACE does (`DeadLetterStorage`); version 9's kept the stored
-    # letter's kind, name, ref, tenant and event count. SQLite's schema has no version 10.
+    # letter's kind, name, ref, tenant and event count. SQLite's version 10 is empty.
     """
     CREATE OR REPLACE FUNCTION jobs_dead_letter() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
     BEGIN
@@ -336,6 +336,12 @@ MIGRATIONS: list[str] = [
         RETURN NULL;
     END
     $$;
+    """,
+    # 11: the claims of a worker that runs limited jobs walk pending rows without a limit key only.
+    """
+    CREATE INDEX jobs_claim_unlimited ON jobs (priority DESC, scheduled_for, id)
+        WHERE status = 'pending' AND limit_key IS NULL;
+    CREATE INDEX jobs_due_unlimited ON jobs (scheduled_for) WHERE status = 'pending' AND limit_key IS NULL;
     """,
 ]
 
@@ -442,7 +448,7 @@ _CLAIM_JOBS = """
     WITH picked AS MATERIALIZED (
         SELECT id FROM jobs
         WHERE status = 'pending' AND scheduled_for <= %(now)s AND name = ANY(%(names)s) AND priority > %(above)s
-              AND (limit_key IS NULL OR NOT name = ANY(%(limited)s))
+              {only}
         ORDER BY priority DESC, scheduled_for, id
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
@@ -460,22 +466,33 @@ _CLAIM_JOBS = """
 # that a row is still pending (a cancel may have locked it meanwhile).
 _LIMITS = """
     lim AS (SELECT * FROM unnest(%(lnames)s::text[], %(lconc)s::integer[], %(lrate)s::integer[],
-                                 %(lperiod)s::bigint[]) AS l(name, conc, rate, period))"""
+                                 %(lperiod)s::bigint[]) AS l(name, conc, rate, period)),
+    keys(k) AS (
+        SELECT (SELECT min(limit_key) FROM jobs WHERE status = 'pending' AND limit_key IS NOT NULL)
+        UNION ALL
+        SELECT (SELECT min(j.limit_key) FROM jobs AS j
+                WHERE j.status = 'pending' AND j.limit_key IS NOT NULL AND j.limit_key > keys.k)
+        FROM keys WHERE keys.k IS NOT NULL),
+    state AS (
+        SELECT keys.k, lim.conc, lim.rate, lim.period,
+               (SELECT count(*) FROM jobs AS r WHERE r.limit_key = keys.k AND r.status = 'running') AS running,
+               (SELECT count(*) FROM job_starts AS s
+                WHERE s.limit_key = keys.k AND s.started_at > {clock} - lim.period) AS started
+        FROM keys JOIN lim ON keys.k = lim.name OR starts_with(keys.k, lim.name || chr(31))
+        WHERE keys.k IS NOT NULL)"""
 _CLAIM_LIMITED = f"""
-    WITH {_LIMITS},
-    ranked AS (
-        SELECT j.id, j.limit_key AS k, j.priority, j.scheduled_for, lim.conc, lim.rate, lim.period,
-               row_number() OVER (PARTITION BY j.limit_key ORDER BY j.priority DESC, j.scheduled_for, j.id) AS rank
-        FROM jobs AS j JOIN lim ON lim.name = j.name
-        WHERE j.status = 'pending' AND j.limit_key IS NOT NULL AND j.scheduled_for <= %(now)s),
+    WITH RECURSIVE {_LIMITS},
+    rooms AS (
+        SELECT k, CASE WHEN conc IS NULL AND rate IS NULL THEN %(slots)s
+                       ELSE least(coalesce(conc - running, rate - started), coalesce(rate - started, conc - running))
+                  END AS room
+        FROM state),
     taken AS MATERIALIZED (
-        SELECT id FROM ranked
-        WHERE rank <= coalesce(conc, rate) AND rank <= coalesce(rate, conc)
-          AND (conc IS NULL OR rank <= conc - (SELECT count(*) FROM jobs AS r
-                                                 WHERE r.limit_key = ranked.k AND r.status = 'running'))
-          AND (rate IS NULL OR rank <= rate - (SELECT count(*) FROM job_starts AS s
-                                                 WHERE s.limit_key = ranked.k AND s.started_at > {{clock}} - period))
-        ORDER BY priority DESC, scheduled_for, id LIMIT %(slots)s)
+        SELECT p.id FROM rooms CROSS JOIN LATERAL (
+            SELECT j.id, j.priority, j.scheduled_for FROM jobs AS j
+            WHERE j.limit_key = rooms.k AND j.status = 'pending' AND j.scheduled_for <= %(now)s
+            ORDER BY j.priority DESC, j.scheduled_for, j.id LIMIT greatest(rooms.room, 0)) AS p
+        ORDER BY p.priority DESC, p.scheduled_for, p.id LIMIT %(slots)s)
     UPDATE jobs SET status = 'running', worker_id = %(worker)s, worker_started_at = %(now)s,
                     worker_expires_at = {{clock}} + (%(until)s - %(now)s), attempt_count = attempt_count + 1,
                     updated_at = %(now)s
@@ -486,25 +503,22 @@ _CLAIM_LIMITED = f"""
 _INSERT_STARTS = "INSERT INTO job_starts (limit_key, started_at) SELECT k, {clock} FROM unnest(%(keys)s::text[]) AS k"
 # Starts older than the longest window (a day) count for nothing.
 _FORGET_STARTS = "DELETE FROM job_starts WHERE started_at <= {clock} - %(longest)s"
-# When a limited key can next start a row, in the caller's clock (see SQLite's).
+# When a limited key can next start a row, in the caller's clock (see SQLite's); and the
+# earliest keyed row not yet due.
 _NEXT_LIMITED = f"""
-    WITH {_LIMITS},
-    keys AS (
-        SELECT j.limit_key AS k, min(j.scheduled_for) AS due, min(lim.conc) AS conc, min(lim.rate) AS rate,
-               min(lim.period) AS period
-        FROM jobs AS j JOIN lim ON lim.name = j.name
-        WHERE j.status = 'pending' AND j.limit_key IS NOT NULL
-        GROUP BY j.limit_key)
-    SELECT min(CASE
-        WHEN due > %(now)s THEN due
-        WHEN conc IS NOT NULL AND conc <= (SELECT count(*) FROM jobs AS r
-                                           WHERE r.limit_key = keys.k AND r.status = 'running') THEN NULL
-        WHEN rate IS NOT NULL AND rate <= (SELECT count(*) FROM job_starts AS s
-                                           WHERE s.limit_key = keys.k AND s.started_at > {{clock}} - period)
-            THEN (SELECT min(s.started_at) FROM job_starts AS s
-                  WHERE s.limit_key = keys.k AND s.started_at > {{clock}} - period) + period - {{clock}} + %(now)s
-        ELSE %(now)s END)
-    FROM keys
+    WITH RECURSIVE {_LIMITS}
+    SELECT least(
+        (SELECT min(CASE
+            WHEN NOT EXISTS (SELECT 1 FROM jobs AS d WHERE d.limit_key = state.k AND d.status = 'pending'
+                                                     AND d.scheduled_for <= %(now)s) THEN NULL
+            WHEN conc IS NOT NULL AND running >= conc THEN NULL
+            WHEN rate IS NOT NULL AND started >= rate
+                THEN (SELECT min(s.started_at) FROM job_starts AS s
+                      WHERE s.limit_key = state.k AND s.started_at > {{clock}} - period) + period - {{clock}} + %(now)s
+            ELSE %(now)s END) FROM state),
+        (SELECT scheduled_for FROM jobs WHERE status = 'pending' AND scheduled_for > %(now)s
+              AND limit_key IS NOT NULL AND name = ANY(%(lnames)s)
+         ORDER BY scheduled_for LIMIT 1))
 """
 # Limited claims of one schema take turns (the same lock as a unique key's, on another text).
 _LOCK_LIMITS = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
@@ -547,6 +561,13 @@ _RECLAIM = """
 _NO_FLOOR = -(2**31) - 1
 
 
+def _every_name_limited(names: Sequence[str], limits: Sequence[QueueLimit]) -> list[QueueLimit]:
+    """`limits` of `names`, and no limit for the others: their keyed rows (enqueued while
+    their definition had limits) are claimed with the limited rows, without a count."""
+    given = {lim.name: lim for lim in limits}
+    return [given.get(name) or QueueLimit(name) for name in names]
+
+
 def _limit_arrays(limits: Sequence[QueueLimit]) -> dict[str, list[Any]]:
     """`limits` as the parallel arrays ``_LIMITS`` reads."""
     return {
@@ -572,8 +593,7 @@ _RENEW = """
 # The earliest lease end, told in the caller's clock: ``%(now)s`` plus what is left of it.
 _NEXT_WAKEUP = """
     SELECT least(
-        (SELECT scheduled_for FROM jobs WHERE status = 'pending' AND name = ANY(%(names)s)
-              AND (limit_key IS NULL OR NOT name = ANY(%(limited)s))
+        (SELECT scheduled_for FROM jobs WHERE status = 'pending' AND name = ANY(%(names)s) {only}
          ORDER BY scheduled_for LIMIT 1),
         (SELECT worker_expires_at - {clock} + %(now)s FROM jobs WHERE status = 'running'
          ORDER BY worker_expires_at LIMIT 1))
@@ -593,11 +613,13 @@ def _lease_statements(clock: Judge) -> dict[str, str]:
     return {
         "acquire": _ACQUIRE_LEASE.replace("{clock}", now),
         "renew_instances": _RENEW_INSTANCE_LEASES.replace("{clock}", now),
-        "claim": _CLAIM_JOBS.replace("{clock}", now),
+        "claim": _CLAIM_JOBS.replace("{clock}", now).replace("{only}", ""),
+        "claim_unlimited": _CLAIM_JOBS.replace("{clock}", now).replace("{only}", "AND limit_key IS NULL"),
         "reclaim": _RECLAIM.replace("{clock}", now),
         "start_held": _START_HELD.replace("{clock}", now),
         "renew": _RENEW.replace("{clock}", now),
-        "next_wakeup": _NEXT_WAKEUP.replace("{clock}", now),
+        "next_wakeup": _NEXT_WAKEUP.replace("{clock}", now).replace("{only}", ""),
+        "next_wakeup_unlimited": _NEXT_WAKEUP.replace("{clock}", now).replace("{only}", "AND limit_key IS NULL"),
         "claim_limited": _CLAIM_LIMITED.replace("{clock}", now),
         "insert_starts": _INSERT_STARTS.replace("{clock}", now),
         "forget_starts": _FORGET_STARTS.replace("{clock}", now),
@@ -967,27 +989,29 @@ class PostgresStorage:
             "names": list(names),
             "limit": limit,
             "above": _NO_FLOOR if above is None else above,
-            "limited": [lim.name for lim in mine],
         }
-        claim = self._leases["claim"]
-        room = min(slots, limit) if above is None and mine else 0
-        if room <= 0:
-            return await self._run(lambda conn: _claimed(conn.execute(claim, args).fetchall()), "claim_jobs")
         leases = self._leases
+        if not mine or above is not None:
+            claim = leases["claim"] if not mine else leases["claim_unlimited"]
+            return await self._run(lambda conn: _claimed(conn.execute(claim, args).fetchall()), "claim_jobs")
+        room = min(slots, limit)
         lock = "\x1f".join((self.schema, "limits"))
-        limited_args = {**args, **_limit_arrays(mine), "slots": room}
+        limited_args = {**args, **_limit_arrays(_every_name_limited(names, mine)), "slots": room}
         rated = {lim.name for lim in mine if lim.rate is not None}
 
         def run(conn: Connection) -> list[ClaimedJob]:
             # Limited rows first (at most `slots`: they start at once), then the rest of `limit`.
-            conn.execute(_LOCK_LIMITS, (lock,))
-            taken = _claimed(conn.execute(leases["claim_limited"], limited_args).fetchall())
-            keys = [job.limit_key for job in taken if job.name in rated]
-            if keys:
-                conn.execute(leases["insert_starts"], {"keys": keys, "now": now})
-                conn.execute(leases["forget_starts"], {"longest": MAX_PERIOD_MS, "now": now})
+            taken: list[ClaimedJob] = []
+            if room > 0:
+                conn.execute(_LOCK_LIMITS, (lock,))
+                taken = _claimed(conn.execute(leases["claim_limited"], limited_args).fetchall())
+                keys = [job.limit_key for job in taken if job.name in rated]
+                if keys:
+                    conn.execute(leases["insert_starts"], {"keys": keys, "now": now})
+                    conn.execute(leases["forget_starts"], {"longest": MAX_PERIOD_MS, "now": now})
             if len(taken) < limit:
-                taken += _claimed(conn.execute(claim, {**args, "limit": limit - len(taken)}).fetchall())
+                rest = {**args, "limit": limit - len(taken)}
+                taken += _claimed(conn.execute(leases["claim_unlimited"], rest).fetchall())
             return taken
 
         return await self._write(run, "claim_jobs")
@@ -1017,7 +1041,6 @@ class PostgresStorage:
             "names": list(names),
             "limit": len(held),
             "above": above,
-            "limited": list(names),  # an urgent claim takes no row that carries a limit key
         }
 
         def run(conn: Connection) -> HeldStarts:
@@ -1025,7 +1048,8 @@ class PostgresStorage:
             cancelled: list[str] = []
             for job_id, status in conn.execute(self._leases["start_held"], start).fetchall():
                 (started if status == "running" else cancelled).append(job_id)
-            urgent = _claimed(conn.execute(self._leases["claim"], claim).fetchall()) if held else []
+            # An urgent claim takes no row that carries a limit key.
+            urgent = _claimed(conn.execute(self._leases["claim_unlimited"], claim).fetchall()) if held else []
             return HeldStarts(started=started, cancelled=cancelled, urgent=urgent)
 
         return await self._write(run, "start_held_jobs")
@@ -1128,12 +1152,14 @@ class PostgresStorage:
     ) -> int | None:
         leases = self._leases if now is not None else _LEASES["engine"]
         mine = [lim for lim in limits if lim.name in set(names)]
-        args = {"names": list(names), "now": 0 if now is None else now, "limited": [lim.name for lim in mine]}
+        args = {"names": list(names), "now": 0 if now is None else now}
 
         def run(conn: Connection) -> int | None:
-            times = [row[0] for row in conn.execute(leases["next_wakeup"], args).fetchall() if row[0] is not None]
+            wakeup = leases["next_wakeup_unlimited"] if mine else leases["next_wakeup"]
+            times = [row[0] for row in conn.execute(wakeup, args).fetchall() if row[0] is not None]
             if mine:
-                limited = conn.execute(leases["next_limited"], {**args, **_limit_arrays(mine)}).fetchone()
+                every = {**args, **_limit_arrays(_every_name_limited(names, mine))}
+                limited = conn.execute(leases["next_limited"], every).fetchone()
                 if limited is not None and limited[0] is not None:
                     times.append(limited[0])
             return int(min(times)) if times else None

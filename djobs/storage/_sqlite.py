@@ -345,6 +345,16 @@ MIGRATIONS: list[str] = [
                 coalesce(NEW.completed_at, NEW.updated_at));
     END;
     """,
+    # 10: PostgreSQL's version 10 makes its dead-letter trigger replace every column, as
+    # INSERT OR REPLACE does here already; nothing changes here.
+    "SELECT 1",
+    # 11: the claims of a worker that runs limited jobs walk pending rows without a limit
+    # key only, so a limited backlog (due, but waiting for its key) is never walked past.
+    """
+    CREATE INDEX jobs_unlimited ON jobs(scheduled_for, priority) WHERE status = 'pending' AND limit_key IS NULL;
+    CREATE INDEX jobs_priority_unlimited ON jobs(priority DESC, scheduled_for)
+        WHERE status = 'pending' AND priority <> 0 AND limit_key IS NULL;
+    """,
 ]
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -397,34 +407,43 @@ _FIND_UNIQUE = """
     ORDER BY id LIMIT 1
 """
 _NAMES = "+name IN (SELECT value FROM json_each(?4))"
-# Limited rows (a limit key, of a name the claim limits: ?7) are the limited claim's.
-_UNLIMITED = "(limit_key IS NULL OR +name NOT IN (SELECT value FROM json_each(?7)))"
-# Rows with a positive priority first, then priority 0 (nearly always all of
-# them), then negative ones; each part walks its own index in claim order. The
-# planner, without statistics, would rather sort every due row by priority.
-_CLAIM_JOBS = f"""
+
+
+def _claim_statement(priority_index: str, zero_index: str, only: str) -> str:
+    """The claim, walking `priority_index` for rows of priority other than 0 and
+    `zero_index` for the rest, of the rows `only` allows."""
+    return f"""
     UPDATE jobs SET status = 'running', worker_id = ?3, worker_started_at = ?1, worker_expires_at = ?2,
                     attempt_count = attempt_count + 1, updated_at = ?1
     WHERE id IN (
-        SELECT id FROM (SELECT id FROM jobs INDEXED BY jobs_priority
+        SELECT id FROM (SELECT id FROM jobs INDEXED BY {priority_index}
                         WHERE status = 'pending' AND priority <> 0 AND priority > 0 AND priority > ?6
-                              AND scheduled_for <= ?1
-                              AND {_NAMES} AND {_UNLIMITED}
+                              AND scheduled_for <= ?1 {only}
+                              AND {_NAMES}
                         ORDER BY priority DESC, scheduled_for LIMIT ?5)
         UNION ALL
-        SELECT id FROM (SELECT id FROM jobs
-                        WHERE status = 'pending' AND scheduled_for <= ?1 AND priority = 0 AND 0 > ?6 AND {_NAMES}
-                              AND {_UNLIMITED}
+        SELECT id FROM (SELECT id FROM jobs {zero_index}
+                        WHERE status = 'pending' AND scheduled_for <= ?1 AND priority = 0 AND 0 > ?6 {only}
+                              AND {_NAMES}
                         ORDER BY scheduled_for LIMIT ?5)
         UNION ALL
-        SELECT id FROM (SELECT id FROM jobs INDEXED BY jobs_priority
+        SELECT id FROM (SELECT id FROM jobs INDEXED BY {priority_index}
                         WHERE status = 'pending' AND priority <> 0 AND priority < 0 AND priority > ?6
-                              AND scheduled_for <= ?1
-                              AND {_NAMES} AND {_UNLIMITED}
+                              AND scheduled_for <= ?1 {only}
+                              AND {_NAMES}
                         ORDER BY priority DESC, scheduled_for LIMIT ?5)
         LIMIT ?5)
     RETURNING id, name, params, attempt_count, max_attempts, scheduled_for, priority, correlation_id, tenant_id
 """
+
+
+# Rows with a positive priority first, then priority 0 (nearly always all of
+# them), then negative ones; each part walks its own index in claim order. The
+# planner, without statistics, would rather sort every due row by priority.
+_CLAIM_JOBS = _claim_statement("jobs_priority", "", "")
+# The claim of a worker that runs limited jobs, and the urgent claim of a start: rows
+# without a limit key only, on indexes that hold no other (keyed rows are the limited claim's).
+_CLAIM_UNLIMITED = _claim_statement("jobs_priority_unlimited", "INDEXED BY jobs_unlimited", "AND limit_key IS NULL")
 # Limited claims visit keys, not rows: a recursive skip-scan of jobs_limited lists the
 # keys with pending rows (one seek each), and each key's state is read by its own seeks
 # (its running rows, its starts in the window), so a key's backlog costs nothing until
@@ -456,7 +475,9 @@ _LIMITED_KEYS = """
 _KEYS_WITH_ROOM = (
     _LIMITED_KEYS
     + """
-    SELECT k, min(coalesce(conc - running, rate - started), coalesce(rate - started, conc - running)) AS room
+    SELECT k, CASE WHEN conc IS NULL AND rate IS NULL THEN :room
+                   ELSE min(coalesce(conc - running, rate - started), coalesce(rate - started, conc - running)) END
+              AS room
     FROM state WHERE room > 0
 """
 )
@@ -533,8 +554,13 @@ _RENEW = """
     RETURNING id, cancel_requested
 """
 _NEXT_DUE = (
-    "SELECT scheduled_for FROM jobs WHERE status = 'pending' AND +name IN (SELECT value FROM json_each(?1))"
-    " AND (limit_key IS NULL OR +name NOT IN (SELECT value FROM json_each(?2))) ORDER BY scheduled_for LIMIT 1"
+    "SELECT scheduled_for FROM jobs WHERE status = 'pending' AND +name IN (SELECT value FROM json_each(?))"
+    " ORDER BY scheduled_for LIMIT 1"
+)
+# The next due row without a limit key (a worker that runs limited jobs: see _CLAIM_UNLIMITED).
+_NEXT_UNLIMITED_DUE = (
+    "SELECT scheduled_for FROM jobs INDEXED BY jobs_unlimited WHERE status = 'pending' AND limit_key IS NULL"
+    " AND +name IN (SELECT value FROM json_each(?)) ORDER BY scheduled_for LIMIT 1"
 )
 _NEXT_EXPIRY = "SELECT worker_expires_at FROM jobs WHERE status = 'running' ORDER BY worker_expires_at LIMIT 1"
 
@@ -594,6 +620,13 @@ def _limited_names(names: Sequence[str], limits: Sequence[QueueLimit]) -> list[s
     return [limit.name for limit in limits if limit.name in wanted]
 
 
+def _every_name_limited(names: Sequence[str], limits: Sequence[QueueLimit]) -> list[QueueLimit]:
+    """`limits` of `names`, and no limit for the others: their keyed rows (enqueued while
+    their definition had limits) are claimed with the limited rows, without a count."""
+    given = {lim.name: lim for lim in limits}
+    return [given.get(name) or QueueLimit(name) for name in names]
+
+
 def _limits_json(limits: Sequence[QueueLimit]) -> bytes:
     return _names_encoder.encode([[lim.name, lim.concurrency, lim.rate, lim.period_ms] for lim in limits])
 
@@ -609,12 +642,12 @@ def _claim_limited(
 ) -> list[ClaimedJob]:
     """The limited claim (`claim_jobs`), in the caller's write transaction: SQLite has one
     writer at a time, so the counts it reads cannot change before it commits."""
-    keys = [(k, n) for k, n in db.execute(_KEYS_WITH_ROOM, {"limits": _limits_json(limits), "clock": clock})]
+    args = {"limits": _limits_json(limits), "clock": clock, "room": room}
+    keys = [(k, n) for k, n in db.execute(_KEYS_WITH_ROOM, args)]
     candidates: list[tuple[int, int, str]] = []
     for key, key_room in keys:
-        candidates += [
-            (-priority, due, job_id) for job_id, priority, due in db.execute(_KEY_ROWS, (key, now, key_room))
-        ]
+        rows = db.execute(_KEY_ROWS, (key, now, min(key_room, room)))
+        candidates += [(-priority, due, job_id) for job_id, priority, due in rows]
     if not candidates:
         return []
     best = [job_id for _, _, job_id in sorted(candidates)[:room]]
@@ -1077,19 +1110,19 @@ class SqliteStorage:
         until = self._lease_end(lease_until, now)
         limited = _limited_names(names, limits)
         args = (now, until, worker_id, _names_encoder.encode(list(names)), limit, _NO_FLOOR if above is None else above)
-        if not limited:
+        if not limited or above is not None:
             # Exhaust the RETURNING cursor inside the transaction: an unfinished one would keep the write lock.
-            return await self.write(lambda db: [claimed_job(r) for r in db.execute(_CLAIM_JOBS, (*args, "[]"))])
-        encoded = _names_encoder.encode(limited)
-        mine = [lim for lim in limits if lim.name in limited]
+            statement = _CLAIM_JOBS if not limited else _CLAIM_UNLIMITED
+            return await self.write(lambda db: [claimed_job(r) for r in db.execute(statement, args)])
+        every = _every_name_limited(names, limits)
 
         def run(db: apsw.Connection) -> list[ClaimedJob]:
             # Limited rows first (at most `slots`: they start at once), then the rest of `limit`.
-            room = min(slots, limit) if above is None else 0
-            claimed = _claim_limited(db, now, until, worker_id, mine, room, self.lease_now(now)) if room > 0 else []
+            room = min(slots, limit)
+            claimed = _claim_limited(db, now, until, worker_id, every, room, self.lease_now(now)) if room > 0 else []
             if len(claimed) < limit:
-                rest = (now, until, worker_id, args[3], limit - len(claimed), args[5], encoded)
-                claimed += [claimed_job(r) for r in db.execute(_CLAIM_JOBS, rest)]
+                rest = (now, until, worker_id, args[3], limit - len(claimed), args[5])
+                claimed += [claimed_job(r) for r in db.execute(_CLAIM_UNLIMITED, rest)]
             return claimed
 
         return await self.write(run)
@@ -1105,9 +1138,8 @@ class SqliteStorage:
         above: int,
     ) -> HeldStarts:
         until = self._lease_end(lease_until, now)
-        # An urgent claim takes no row that carries a limit key (every name counts as limited).
-        encoded = _names_encoder.encode(list(names))
-        claim = (now, until, worker_id, encoded, len(held), above, encoded)
+        # An urgent claim takes no row that carries a limit key.
+        claim = (now, until, worker_id, _names_encoder.encode(list(names)), len(held), above)
 
         def run(db: apsw.Connection) -> HeldStarts:
             started: list[str] = []
@@ -1115,7 +1147,7 @@ class SqliteStorage:
             for job_id, attempt in held:
                 for (status,) in db.execute(_START_HELD, (now, until, cancel_error, worker_id, job_id, attempt)):
                     (started if status == "running" else cancelled).append(job_id)
-            urgent = [claimed_job(r) for r in db.execute(_CLAIM_JOBS, claim)] if held else []
+            urgent = [claimed_job(r) for r in db.execute(_CLAIM_UNLIMITED, claim)] if held else []
             return HeldStarts(started=started, cancelled=cancelled, urgent=urgent)
 
         return await self.write(run)
@@ -1196,17 +1228,16 @@ class SqliteStorage:
         limited = _limited_names(names, limits)
 
         def run(db: apsw.Connection) -> int | None:
-            due_args = (_names_encoder.encode(list(names)), _names_encoder.encode(limited))
-            times = [r[0] for r in db.execute(_NEXT_DUE, due_args)]
+            encoded = _names_encoder.encode(list(names))
+            times = [r[0] for r in db.execute(_NEXT_UNLIMITED_DUE if limited else _NEXT_DUE, (encoded,))]
             # A lease's end, told in the caller's clock: now plus what is left of it.
             shift = 0 if now is None else now - self.lease_now(now)
             times += [r[0] + shift for r in db.execute(_NEXT_EXPIRY)]
             if limited:
                 at = 0 if now is None else now
-                mine = [lim for lim in limits if lim.name in limited]
-                args = {"limits": _limits_json(mine), "now": at, "clock": at - shift}
+                args = {"limits": _limits_json(_every_name_limited(names, limits)), "now": at, "clock": at - shift}
                 times += [r[0] for r in db.execute(_NEXT_LIMITED, args) if r[0] is not None]
-                times += [r[0] for r in db.execute(_NEXT_LIMITED_DUE, (at, _names_encoder.encode(limited)))]
+                times += [r[0] for r in db.execute(_NEXT_LIMITED_DUE, (at, encoded))]
             return min(times) if times else None
 
         return await self.read(run)
