@@ -144,7 +144,8 @@ class DeadLetter(msgspec.Struct, kw_only=True):
 
 class DeadLetterFilter(msgspec.Struct, frozen=True, kw_only=True):
     """What ``list_dead_letters`` selects: every given field must match; letters come
-    newest first (by `created_at`, then id), starting after the letter `after`."""
+    newest first (by `created_at`, then by id descending in code-point order, whatever a
+    database's collation), starting after the letter `after`."""
 
     kind: DeadLetterKind | None = None
     name: str | None = None
@@ -720,7 +721,8 @@ class QueueStorage(Protocol):
         ...
 
     async def due_cron_jobs(self, names: Sequence[str], now: int) -> list[CronRecord]:
-        """Enabled cron jobs named one of `names` whose next run is at or before `now`."""
+        """Enabled cron jobs named one of `names` whose next run is at or before `now`, by
+        next run, then by name in code-point order."""
         ...
 
     async def next_cron_at(self, names: Sequence[str]) -> int | None:
@@ -736,7 +738,8 @@ class QueueStorage(Protocol):
         ...
 
     async def list_cron_jobs(self) -> list[CronRecord]:
-        """Every stored cron job, by name."""
+        """Every stored cron job, by name in code-point order (``"Z"`` before ``"a"``, whatever
+        a database's collation)."""
         ...
 
     async def set_cron_enabled(self, name: str, enabled: bool, next_run_at: int | None, now: int) -> CronRecord | None:

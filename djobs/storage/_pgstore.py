@@ -343,6 +343,13 @@ MIGRATIONS: list[str] = [
         WHERE status = 'pending' AND limit_key IS NULL;
     CREATE INDEX jobs_due_unlimited ON jobs (scheduled_for) WHERE status = 'pending' AND limit_key IS NULL;
     """,
+    # 12: dead letters page by id and cron jobs list by name in code-point order, as
+    # SQLite compares text, whatever the database's collation (jobs.id has compared so
+    # since version 2). The rows stay as they are; the indexes on the two columns are rebuilt.
+    """
+    ALTER TABLE dead_letters ALTER COLUMN id TYPE text COLLATE "C";
+    ALTER TABLE cron_jobs ALTER COLUMN name TYPE text COLLATE "C";
+    """,
 ]
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

@@ -355,6 +355,9 @@ MIGRATIONS: list[str] = [
     CREATE INDEX jobs_priority_unlimited ON jobs(priority DESC, scheduled_for)
         WHERE status = 'pending' AND priority <> 0 AND limit_key IS NULL;
     """,
+    # 12: PostgreSQL's version 12 compares dead-letter ids and cron job names by code
+    # point, as SQLite compares all text; nothing changes here.
+    "SELECT 1",
 ]
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -567,7 +570,7 @@ _NEXT_EXPIRY = "SELECT worker_expires_at FROM jobs WHERE status = 'running' ORDE
 _CRON_NAMES = "+name IN (SELECT value FROM json_each(?))"
 _DUE_CRONS = (
     f"SELECT {CRON_COLUMNS} FROM cron_jobs WHERE enabled = 1 AND next_run_at <= ? AND {_CRON_NAMES}"
-    " ORDER BY next_run_at"
+    " ORDER BY next_run_at, name"
 )
 _NEXT_CRON = (
     f"SELECT next_run_at FROM cron_jobs WHERE enabled = 1 AND next_run_at IS NOT NULL AND {_CRON_NAMES}"

@@ -176,6 +176,7 @@ def _dead_letters(queue: bool) -> Callable[[StorageLayer], Awaitable[None]]:
         async with layer.open() as storage:
             if isinstance(storage, DeadLetterStorage):  # optional: ``client.dead_letters`` needs it
                 await _a_letter_written_again_under_its_id_replaces_it_and_a_replay_changes_nothing(storage)
+                await _letters_list_newest_first_then_by_id_in_code_point_order(storage)
                 if queue:
                     await _a_jobs_letter_shows_its_newest_failure_whatever_was_stored_before(storage)
 
@@ -791,6 +792,15 @@ async def _cron_jobs_are_synced_fired_once_and_listed(storage: _Full) -> None:
     assert (nightly.next_run_at, nightly.last_job_id) == (3000, "job-0001")
 
 
+async def _cron_jobs_list_and_fall_due_by_name_in_code_point_order(storage: _Full) -> None:
+    # Code-point order whatever the database's collation: capitals before "_" before small letters.
+    names = ["beta", "alpha", "_tidy", "Alpha", "Beta"]
+    await storage.sync_cron_jobs([_cron_spec(name, first=1000 if name.lower() == "alpha" else 500) for name in names])
+    assert [c.name for c in await storage.list_cron_jobs()] == ["Alpha", "Beta", "_tidy", "alpha", "beta"]
+    due = await storage.due_cron_jobs(names, 1000)
+    assert [c.name for c in due] == ["Beta", "_tidy", "beta", "Alpha", "alpha"]  # by next run, then name
+
+
 async def _a_disabled_cron_job_is_never_due(storage: _Full) -> None:
     await storage.sync_cron_jobs([_cron_spec()])
     disabled = await storage.set_cron_enabled("nightly", False, None, 5)
@@ -1043,6 +1053,28 @@ async def _a_letter_written_again_under_its_id_replaces_it_and_a_replay_changes_
     assert await storage.list_dead_letters(DeadLetterFilter()) == [newest, second]
 
 
+async def _letters_list_newest_first_then_by_id_in_code_point_order(storage: Any) -> None:
+    # Letters written at one time come in id order, descending, by code point whatever the
+    # database's collation; a page starts right after the given letter, ties included.
+    ids = ["b-1", "B-2", "a_1", "A-3", "_2"]
+    for n, letter_id in enumerate(ids):
+        at = 20 if n < 4 else 10
+        letter = _letter(letter_id, name="o", created_at=at)
+        await storage.commit(Checkin(key=f"debounce:d:{n}", record=None, dead_letter=letter))
+    expected = ["b-1", "a_1", "B-2", "A-3", "_2"]
+    listed = await storage.list_dead_letters(DeadLetterFilter(name="o"))
+    assert [d.id for d in listed] == expected
+    pages: list[str] = []
+    after = None
+    while True:
+        page = await storage.list_dead_letters(DeadLetterFilter(name="o", after=after, limit=2))
+        pages += [d.id for d in page]
+        if len(page) < 2:
+            break
+        after = page[-1].id
+    assert pages == expected
+
+
 async def _a_jobs_letter_shows_its_newest_failure_whatever_was_stored_before(storage: Any) -> None:
     first = b'{"tag":"e","message":"first"}'
     await storage.enqueue_jobs([_job(1, max_attempts=1, priority=2, correlation_id="c", tenant_id="acme")])
@@ -1131,6 +1163,7 @@ _QUEUE_CHECKS: Final[tuple[_Check, ...]] = (
     _the_next_wakeup_is_the_earliest_due_row_or_lease_end,
     _cron_jobs_are_synced_fired_once_and_listed,
     _a_disabled_cron_job_is_never_due,
+    _cron_jobs_list_and_fall_due_by_name_in_code_point_order,
     _purge_deletes_old_finished_jobs_of_the_given_statuses_only,
     _limited_rows_are_claimed_only_under_their_keys_limits,
     _a_rate_limit_counts_claims_in_a_sliding_window,
