@@ -797,8 +797,9 @@ class SqliteStorage:
         statements run in a savepoint of their own, so a writer whose `fn`
         raises rolls back its own work only. With `single`, `fn` runs at most one
         statement that writes, without a ``RETURNING`` cursor, and raises only
-        from it: SQLite undoes a failing statement by itself, so no savepoint is
-        needed (two statements fewer per write). The leader lets every task that is
+        from it or before it (a read that checks): SQLite undoes a failing
+        statement by itself, so no savepoint is needed (two statements fewer
+        per write). The leader lets every task that is
         ready run once, so their writes join the batch, then commits. Every
         caller returns (or raises `StorageError`) only after the commit that
         holds its writes: durability is per call, the cost of a commit is
@@ -950,7 +951,10 @@ class SqliteStorage:
                     raise LeaseLostError(key)
             _apply(db, checkin)
 
-        await self.write(run)
+        # A row and nothing else (a workflow's checkpoint, most runs' commits) is one statement
+        # that writes, after a fence that raises before anything is written: no savepoint.
+        one = checkin.alarm is None and checkin.event_id is None and checkin.dead_letter is None
+        await self.write(run, single=one and checkin.record is not None)
 
     async def create_instance(
         self, checkin: Checkin, owner: str, now_ms: int, lease_ms: int
