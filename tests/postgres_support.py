@@ -55,3 +55,25 @@ def throwaway_schema(dsn: str) -> Iterator[str]:
         yield schema
     finally:
         drop_schema(dsn, schema)
+
+
+@contextmanager
+def linguistic_database(dsn: str) -> Iterator[str | None]:
+    """The DSN of a new database on `dsn`'s server whose default collation sorts text by
+    language (ICU ``en-US``: ``"b-1"`` before ``"B-2"``, punctuation ignored), dropped when
+    the block exits; ``None`` if the server was built without ICU."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_collation WHERE collprovider = 'i' LIMIT 1").fetchone() is None:
+            yield None
+            return
+        database = f"djobs_test_icu_{uuid.uuid4().hex[:12]}"
+        conn.execute(
+            f"CREATE DATABASE {database} LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8' TEMPLATE template0"
+        )
+    try:
+        yield psycopg.conninfo.make_conninfo(dsn, dbname=database)
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE {database} WITH (FORCE)")

@@ -274,10 +274,7 @@ class SqliteInspector:
             try:
                 instances = [
                     InstanceCount(kind=r[0], name=r[1], status=r[2], count=r[3])
-                    for r in db.execute(
-                        "SELECT kind, name, status, count(*) FROM instances GROUP BY kind, name, status"
-                        " ORDER BY kind, name, status"
-                    )
+                    for r in db.execute(_instance_counts(SQLITE))
                 ]
                 due, claimed, later, next_at = _row(db, _ALARMS, {"now": now})
                 alarms = AlarmCounts(due=due or 0, claimed=claimed or 0, later=later or 0, next_at=next_at)
@@ -320,7 +317,7 @@ class SqliteInspector:
         return await self._storage.read(lambda db: _counts(list(db.execute(sql, args))))
 
     async def job_counts_by_name(self) -> list[JobCount]:
-        return await self._storage.read(lambda db: _job_counts(db.execute(_BY_NAME)))
+        return await self._storage.read(lambda db: _job_counts(db.execute(_by_name(SQLITE))))
 
     async def finished_per_minute(self, since: int, until: int) -> list[MinuteCount]:
         return await self._storage.read(lambda db: _minutes(db.execute(_PER_MINUTE_SQLITE, (since, until))))
@@ -328,7 +325,20 @@ class SqliteInspector:
 
 # -- shared by both dialects -------------------------------------------------------------
 
-_BY_NAME = "SELECT name, status, count(*) FROM jobs GROUP BY name, status ORDER BY name, status"
+
+def _by_name(dialect: Dialect) -> str:
+    """Job counts per name and status; names in code-point order whatever the collation."""
+    return f"SELECT name, status, count(*) FROM jobs GROUP BY name, status ORDER BY name{dialect.key_order}, status"
+
+
+def _instance_counts(dialect: Dialect) -> str:
+    """Instance counts per kind, name and status; names in code-point order whatever the collation."""
+    return (
+        "SELECT kind, name, status, count(*) FROM instances GROUP BY kind, name, status"
+        f" ORDER BY kind, name{dialect.key_order}, status"
+    )
+
+
 # completed_at is set on every final status, and indexed where set (jobs_finished, schema version 6): the
 # last hour is a range of that index however many jobs are stored. SQLite, without statistics, would
 # rather search the status index; it reads ``+status`` (below), which no index serves.
@@ -402,10 +412,7 @@ class PostgresInspector:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             instances = [
                 InstanceCount(kind=r[0], name=r[1], status=r[2], count=int(r[3]))
-                for r in conn.execute(
-                    "SELECT kind, name, status, count(*) FROM instances GROUP BY kind, name, status"
-                    " ORDER BY kind, name, status"
-                )
+                for r in conn.execute(_instance_counts(POSTGRES))
             ]
             row = conn.execute(POSTGRES.text(_ALARMS), {"now": now}).fetchone()
             assert row is not None
@@ -458,7 +465,9 @@ class PostgresInspector:
         )
 
     async def job_counts_by_name(self) -> list[JobCount]:
-        return await self._storage.read(lambda conn: _job_counts(conn.execute(_BY_NAME)), "job_counts_by_name")
+        return await self._storage.read(
+            lambda conn: _job_counts(conn.execute(_by_name(POSTGRES))), "job_counts_by_name"
+        )
 
     async def finished_per_minute(self, since: int, until: int) -> list[MinuteCount]:
         return await self._storage.read(

@@ -1,7 +1,8 @@
 """The storage layers every conformance test runs against.
 
 `storage_layer` is each production storage in turn: SQLite in memory, SQLite
-in a file, and PostgreSQL (on a fresh schema per test, dropped afterwards).
+in a file, and PostgreSQL (on a fresh schema per test, dropped afterwards),
+also in a database whose collation sorts text by language (``postgres-icu``).
 `shared_layer` is those that several processes can open at once: each
 ``open()`` is another connection to the same database, as another engine
 process would have.
@@ -13,7 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from postgres_support import postgres_dsn, require_postgres, throwaway_schema
+from postgres_support import linguistic_database, postgres_dsn, require_postgres, throwaway_schema
 
 import djobs
 from djobs.storage import QueueStorage, StorageLayer
@@ -21,15 +22,26 @@ from djobs.storage import QueueStorage, StorageLayer
 from . import FullStorage
 
 
-def _layer(kind: str, tmp_path: Path) -> Iterator[StorageLayer]:
+def _layer(kind: str, tmp_path: Path, icu: str | None = None) -> Iterator[StorageLayer]:
     if kind == "sqlite-memory":
         yield djobs.memory()
     elif kind == "sqlite-file":
         yield djobs.sqlite(tmp_path / "conformance.db")
     else:
-        dsn = require_postgres()
+        dsn = require_postgres() if kind == "postgres" else icu
+        if dsn is None:
+            pytest.skip("this PostgreSQL server was built without ICU collations")
         with throwaway_schema(dsn) as schema:
             yield djobs.postgres(dsn, schema=schema)
+
+
+@pytest.fixture(scope="session")
+def icu_dsn() -> Iterator[str | None]:
+    """A database whose collation sorts text by language, for the session (``None`` without ICU)."""
+    dsn = postgres_dsn()
+    assert dsn is not None
+    with linguistic_database(dsn) as linguistic:
+        yield linguistic
 
 
 # Without a server the PostgreSQL cases are not generated at all: test_postgres.py
@@ -37,10 +49,11 @@ def _layer(kind: str, tmp_path: Path) -> Iterator[StorageLayer]:
 _POSTGRES = ["postgres"] if postgres_dsn() else []
 
 
-@pytest.fixture(params=["sqlite-memory", "sqlite-file", *_POSTGRES])
+@pytest.fixture(params=["sqlite-memory", "sqlite-file", *_POSTGRES, *(["postgres-icu"] if _POSTGRES else [])])
 def storage_layer(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StorageLayer]:
     """Each storage implementation in turn."""
-    yield from _layer(request.param, tmp_path)
+    icu = request.getfixturevalue("icu_dsn") if request.param == "postgres-icu" else None
+    yield from _layer(request.param, tmp_path, icu)
 
 
 @pytest.fixture(params=["sqlite-file", *_POSTGRES])

@@ -50,3 +50,18 @@ async def test_the_inspector_counts_and_lists_alike(storage: FullStorage) -> Non
     assert (summary.alarms.due, summary.alarms.later, summary.alarms.next_at) == (1, 1, 2 * MINUTE)
     assert summary.jobs == {"pending": 1, "running": 0, "completed": 2, "failed": 1, "cancelled": 0}
     assert summary.oldest_pending is not None and summary.oldest_pending.id == "job-0004"
+
+
+async def test_the_inspector_orders_names_by_code_point_on_every_storage(storage: FullStorage) -> None:
+    # Capitals before "_" before small letters, as SQLite compares text, whatever the
+    # database's collation (a language's would put "alpha" and "Alpha" together).
+    look = inspector(storage)
+    names = ["beta", "Alpha", "_tidy", "alpha", "Beta"]
+    await storage.enqueue_jobs([numbered_job(n, name=name) for n, name in enumerate(names, 1)])
+    assert [c.name for c in await look.job_counts_by_name()] == ["Alpha", "Beta", "_tidy", "alpha", "beta"]
+    for name in names:
+        key = f"task:{name}:i"
+        record = InstanceRecord(key=key, kind="task", name=name, instance_id="i", status="active")
+        await storage.commit(Checkin(key=key, record=record))
+    summary = await look.summary(0)
+    assert [c.name for c in summary.instances] == ["Alpha", "Beta", "_tidy", "alpha", "beta"]

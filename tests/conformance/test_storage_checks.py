@@ -6,14 +6,13 @@ a storage layer written elsewhere can be proved the same way.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from itertools import count
 from pathlib import Path
 
 import pytest
-from postgres_support import postgres_dsn, throwaway_schema
+from postgres_support import linguistic_database, postgres_dsn, throwaway_schema
 
 import djobs
 from djobs.storage import StorageLayer
@@ -48,21 +47,13 @@ async def test_postgres_passes_with_two_connections_each() -> None:
 
 @pytest.mark.skipif(postgres_dsn() is None, reason="PostgreSQL tests need DJOBS_TEST_POSTGRES_DSN")
 async def test_postgres_passes_on_a_database_that_sorts_text_by_language() -> None:
-    # A database made with a language's collation (en-US: "b-1" before "B-2", "_" ignored) still
-    # lists and pages in code-point order, as SQLite does: the checks' mixed-case ids and names.
-    import psycopg  # the PostgreSQL extra: only where a server is configured
-
+    # Made with a language's collation, a database still lists and pages in code-point
+    # order, as SQLite does: the checks' mixed-case ids and names.
     dsn = postgres_dsn()
     assert dsn is not None
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        if conn.execute("SELECT 1 FROM pg_collation WHERE collprovider = 'i' LIMIT 1").fetchone() is None:
+    with linguistic_database(dsn) as linguistic:
+        if linguistic is None:
             pytest.skip("this PostgreSQL server was built without ICU collations")
-        database = f"djobs_test_icu_{uuid.uuid4().hex[:12]}"
-        conn.execute(
-            f"CREATE DATABASE {database} LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8' TEMPLATE template0"
-        )
-    linguistic = psycopg.conninfo.make_conninfo(dsn, dbname=database)
-    try:
 
         @asynccontextmanager
         async def new_schema() -> AsyncIterator[StorageLayer]:
@@ -70,9 +61,6 @@ async def test_postgres_passes_on_a_database_that_sorts_text_by_language() -> No
                 yield djobs.postgres(linguistic, schema=schema, lease_clock="engine")
 
         await check_storage(new_schema)
-    finally:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE {database} WITH (FORCE)")
 
 
 # -- the checks catch what is wrong ----------------------------------------------------------
