@@ -664,12 +664,13 @@ class QueueStorage(Protocol):
     ) -> list[ExpiredLease]:
         """Take back ``running`` rows whose lease ended by `now`: pending again,
         ``failed`` with `lease_error` if that was the last attempt, ``cancelled``
-        with `cancel_error` if a cancel was requested."""
+        with `cancel_error` if a cancel was requested. The rows come in no promised order."""
         ...
 
     async def renew_leases(self, worker_id: str, lease_until: int, now: int | None = None) -> list[tuple[str, bool]]:
         """Extend every lease `worker_id` holds (to `lease_until`, computed at the caller's `now`;
-        see `renew_instance_leases`); per row its id and whether a cancel was requested."""
+        see `renew_instance_leases`); per row its id and whether a cancel was requested, in
+        no promised order (the dialects' ``RETURNING`` gives none)."""
         ...
 
     async def settle_jobs(self, settlements: Sequence[JobSettlement]) -> list[bool]:

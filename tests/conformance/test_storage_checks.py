@@ -10,12 +10,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from itertools import count
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import pytest
 from postgres_support import linguistic_database, postgres_dsn, throwaway_schema
 
 import djobs
-from djobs.storage import StorageLayer
+from djobs.storage import Checkin, StorageLayer
 from djobs.testing import check_storage
 
 pytestmark = pytest.mark.trio
@@ -111,3 +113,35 @@ class _NoQueueStorage(_Wrapped):
         if name in {"enqueue_jobs", "claim_jobs", "start_job", "purge_jobs", "list_jobs"}:
             raise AttributeError(name)
         return getattr(self._inner, name)
+
+
+class _ListsInAnotherOrder(_Wrapped):
+    """Gives back what a RETURNING clause returns in reverse: an order no dialect promises."""
+
+    async def renew_leases(self, *args: Any) -> list[tuple[str, bool]]:
+        return list(reversed(await self._inner.renew_leases(*args)))  # type: ignore[attr-defined]
+
+    async def reclaim_expired(self, *args: Any) -> list[Any]:
+        return list(reversed(await self._inner.reclaim_expired(*args)))  # type: ignore[attr-defined]
+
+    async def claim_alarms(self, *args: Any, **kwargs: Any) -> list[Any]:
+        return list(reversed(await self._inner.claim_alarms(*args, **kwargs)))  # type: ignore[attr-defined]
+
+
+async def test_the_checks_ask_no_order_of_what_returning_gives_back() -> None:
+    await check_storage(lambda: _BrokenLayer(_ListsInAnotherOrder))  # type: ignore[arg-type,return-value]
+
+
+class _KeepsTheFirstLetter(_Wrapped):
+    """Writes a check-in's dead letter only if none is stored under its id (``DO NOTHING``)."""
+
+    async def commit(self, checkin: Checkin) -> None:
+        letter = checkin.dead_letter
+        if letter is not None and await self._inner.get_dead_letter(letter.id) is not None:  # type: ignore[attr-defined]
+            checkin = msgspec.structs.replace(checkin, dead_letter=None)
+        await self._inner.commit(checkin)  # type: ignore[attr-defined]
+
+
+async def test_a_storage_that_keeps_the_first_letter_under_an_id_fails() -> None:
+    with pytest.raises(AssertionError, match="storage check failed: DeadLetterStorage keeps dead letters"):
+        await check_storage(lambda: _BrokenLayer(_KeepsTheFirstLetter))  # type: ignore[arg-type,return-value]
