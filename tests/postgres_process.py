@@ -2,19 +2,23 @@
 
 Usage: ``python tests/postgres_process.py DSN SCHEMA OUT_DIR NAME MAX_CONCURRENCY LOCK_TIMEOUT JOB_SLEEP_MS``
 
-Each ``record`` job appends ``job <n>`` to ``OUT_DIR/NAME.runs``, and each
-fire of the ``beat`` cron job (every second) appends ``beat <fire time ms>``:
-one line per execution, written at once, so a killed process leaves what it
-ran. The process writes its worker id to ``NAME.id``, waits for
-``OUT_DIR/go``, runs until no ``record`` job is pending or running, and
-writes how many leases it saw expire to ``NAME.expired``. The wall clock and
-real sleeps: this is a real process.
+Each ``record`` job appends ``job <n> <attempt> <job id> <wall ms>`` to
+``OUT_DIR/NAME.runs``, and each fire of the ``beat`` cron job (every second)
+appends ``beat <fire time ms>``: one line per execution, written at once, so a
+killed process leaves what it ran. The process writes its worker id to
+``NAME.id``, waits for ``OUT_DIR/go``, runs until no ``record`` job is pending
+or running, and writes how many leases it saw expire to ``NAME.expired`` and
+the lease events it saw (expiries it reclaimed, claims) to ``NAME.leases``, one
+``<event> <job id> <attempt> <worker id> <wall ms>`` a line, for the test's
+diagnosis of a job that ran twice. The wall clock and real sleeps: this is a
+real process.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import msgspec
@@ -34,7 +38,7 @@ def definitions(runs_file: Path | None, sleep_ms: int = 0) -> tuple[djobs.Job[It
 
     async def record(params: Item, ctx: djobs.JobContext) -> None:
         if out is not None:
-            out.write(f"job {params.n}\n")
+            out.write(f"job {params.n} {ctx.attempt} {ctx.job_id} {time.time_ns() // 1_000_000}\n")
         if sleep_ms:
             await trio.sleep(sleep_ms / 1000)
 
@@ -69,6 +73,13 @@ async def main(
             if not pending and not running:
                 break
     (out_dir / f"{name}.expired").write_text(str(tracker.count("job.lease_expired")))
+    with (out_dir / f"{name}.leases").open("w") as leases:
+        for event in tracker.events:
+            if event.type in ("job.lease_expired", "job.claimed") and event.job_name == "record":
+                at = int(event.at.timestamp() * 1000)
+                leases.write(
+                    f"{event.type} {event.instance_id} {event.data['attempt']} {event.data['worker_id']} {at}\n"
+                )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ gets a schema of its own, dropped afterwards.
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -22,6 +23,7 @@ from returns.result import Failure, Result, Success
 
 import djobs
 from djobs.storage import Checkin, InstanceRecord, NewJob, QueueStorage, SetAlarm
+from djobs.storage import _pgstore as pg
 from djobs.storage._pgstore import MIGRATIONS, SCHEMA_VERSION, PostgresStorage
 from djobs.testing import open_test_engine, success
 
@@ -231,6 +233,113 @@ async def blocked_by(storage: djobs.storage.Storage, blocker_pid: int) -> bool:
         return row is not None and row[0] == 1
 
     return await storage._run(run, "test")
+
+
+@pytest.mark.trio
+async def test_a_lease_renewal_does_not_wait_for_a_row_another_transaction_locked(schema: str) -> None:
+    # Waiting there left every lease after that row (in id order) unrenewed for as long as
+    # the lock lasted: with four processes draining a queue, a slow statement elsewhere let
+    # the other processes reclaim live rows, and jobs ran twice in processes that never died.
+    async with djobs.postgres(DSN, schema=schema, lease_clock="engine").open() as storage:
+        await storage.enqueue_jobs([new_job(f"job-{n}") for n in range(5)])
+        ids = sorted(job.id for job in await storage.claim_jobs(0, 1000, "a", ["send"], 5))
+        blocker = admin()
+        blocker.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+        blocker.execute("BEGIN")
+        blocker.execute("SELECT 1 FROM jobs WHERE id = %s FOR UPDATE", (ids[1],))
+        renewed: list[tuple[str, bool]] = []
+        waited = False
+        try:
+            async with trio.open_nursery() as nursery:
+
+                async def renew() -> None:
+                    renewed.extend(await storage.renew_leases("a", 5000, now=500))
+
+                nursery.start_soon(renew)
+                try:
+                    with trio.fail_after(10):
+                        while not renewed and not waited:
+                            waited = await blocked_by(storage, blocker.info.backend_pid)
+                            await trio.lowlevel.checkpoint()
+                finally:
+                    # Let a renewal that waits go on, so a failure here is reported, not a hang.
+                    await trio.to_thread.run_sync(blocker.rollback)
+        finally:
+            blocker.close()
+        assert not waited, "the renewal waited for the row lock"
+        # The locked row is still this worker's: reported as held, extended at the next renewal.
+        assert sorted(renewed) == [(job_id, False) for job_id in ids]
+        leases = {job_id: (await storage.get_job(job_id)).worker_expires_at for job_id in ids}  # type: ignore[union-attr]
+        assert leases == {job_id: 1000 if job_id == ids[1] else 5000 for job_id in ids}
+        assert sorted(await storage.renew_leases("a", 6000, now=600)) == [(job_id, False) for job_id in ids]
+        assert {(await storage.get_job(job_id)).worker_expires_at for job_id in ids} == {6000}  # type: ignore[union-attr]
+
+
+def locking_loops(plan: object) -> list[int]:
+    """How many times each LockRows node of an ``EXPLAIN (ANALYZE, FORMAT JSON)`` plan ran."""
+    loops: list[int] = []
+    if isinstance(plan, dict):
+        if plan.get("Node Type") == "LockRows":
+            loops.append(plan["Actual Loops"])
+        for value in plan.values():
+            loops += locking_loops(value)
+    elif isinstance(plan, list):
+        for value in plan:
+            loops += locking_loops(value)
+    return loops
+
+
+@pytest.mark.trio
+async def test_statements_that_lock_rows_first_lock_each_row_once_whatever_the_plan(schema: str) -> None:
+    # A locking subquery under ``IN`` is rescanned once per outer row in a nested loop (the
+    # plan a table gets before it has statistics, as in a fresh schema): every row is locked
+    # and rechecked again each time, n² steps for n rows, seconds of CPU under contention
+    # while the statement holds its locks. Nested loops are forced here; each LockRows must
+    # still run once.
+    n = 30
+    async with djobs.postgres(DSN, schema=schema).open() as storage:
+        assert isinstance(storage, PostgresStorage)
+        await storage.enqueue_jobs([new_job(f"job-{i:02d}") for i in range(n)])
+        held = [(job.id, job.attempt) for job in await storage.claim_jobs(0, 10**13, "a", ["send"], n)]
+        keys = [f"continuous:j:{i:02d}" for i in range(n)]
+        for key in keys:
+            assert await storage.acquire_instance_lease(key, "a", 0, 10**13)
+    statements: dict[str, tuple[str, object]] = {
+        "renew": (pg._LEASES["database"]["renew"], {"worker": "a", "until": 2000, "now": 1000}),
+        "renew (engine clock)": (pg._LEASES["engine"]["renew"], {"worker": "a", "until": 2000, "now": 1000}),
+        "start_held": (
+            pg._LEASES["database"]["start_held"],
+            {
+                "ids": [job_id for job_id, _ in held],
+                "attempts": [attempt for _, attempt in held],
+                "now": 1000,
+                "until": 2000,
+                "worker": "a",
+                "cancel_error": b"{}",
+            },
+        ),
+        "renew_instance_leases": (
+            pg._LEASES["database"]["renew_instances"],
+            {"keys": keys, "owner": "a", "until": 2000, "now": 1000},
+        ),
+        "release_instance_leases": (pg._RELEASE_INSTANCE_LEASES, {"keys": keys, "owner": "a"}),
+        "release_alarms": (pg._RELEASE_ALARMS, (list(range(1, n + 1)),)),
+    }
+    with admin() as conn:
+        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+        conn.execute(
+            "INSERT INTO alarms (key, fire_at, due_at, purpose) SELECT 'continuous:j:' || g, 0, 0, 'run'"
+            " FROM generate_series(1, %s) AS g",
+            (n,),
+        )
+        for name, (statement, args) in statements.items():
+            with conn.transaction(force_rollback=True):
+                conn.execute("SET LOCAL enable_hashjoin = off")
+                conn.execute("SET LOCAL enable_mergejoin = off")
+                row = conn.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {statement}".encode(), args).fetchone()
+                assert row is not None
+                loops = locking_loops(row[0])
+                assert loops and set(loops) == {1}, f"{name}: LockRows ran {loops} times"
 
 
 @pytest.mark.trio
@@ -599,3 +708,76 @@ async def test_an_alarm_set_in_one_process_fires_in_another(
         await trio.sleep(2)
         state = success(await engine.client.continuous(token_refresher).get_state("from-elsewhere")).state
         assert state.access_token == "at-1"
+
+
+class Hold(msgspec.Struct):
+    n: int
+
+
+class LockWatch:
+    """Holds a row lock in a transaction of its own, and lets it go at once (from a thread,
+    in real time) if any statement waits for it: a waiting query stops the virtual clock,
+    so without this a test of "nothing waits" would hang instead of failing."""
+
+    def __init__(self, schema: str, job_id: str) -> None:
+        self.conn = admin()
+        self.conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+        self.conn.execute("BEGIN")
+        self.conn.execute("SELECT 1 FROM jobs WHERE id = %s FOR UPDATE", (job_id,))
+        self.waiters: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        with admin() as probe:
+            query = "SELECT query FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))"
+            while not self._stop.wait(0.01):
+                waiting = [str(row[0]) for row in probe.execute(query, (self.conn.info.backend_pid,))]
+                if waiting:
+                    self.waiters = waiting
+                    self.conn.rollback()
+                    return
+
+    def release(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.conn.rollback()
+        self.conn.close()
+
+
+@pytest.mark.trio
+async def test_two_engines_a_row_locked_elsewhere_costs_its_worker_no_other_lease(
+    autojump_clock: trio.testing.MockClock, layer: djobs.storage.PostgresLayer, schema: str
+) -> None:
+    # Engine one runs five jobs; another transaction holds one of their rows locked through
+    # a renewal. One's renewal goes on without that row, so engine two reclaims nothing and
+    # every job runs once; the locked row is renewed once the lock is gone.
+    release, all_running = trio.Event(), trio.Event()
+    runs: list[tuple[int, int]] = []
+
+    async def hold(params: Hold, ctx: djobs.JobContext) -> None:
+        runs.append((params.n, ctx.attempt))
+        if len(runs) == 5:
+            all_running.set()
+        await release.wait()
+
+    job = djobs.Job.make("hold", params=Hold, execute=hold)
+    worker = djobs.WorkerOptions(lock_timeout="30 seconds", poll_interval="1 second")
+    async with open_test_engine([job], storage=layer, worker=worker) as one:
+        ids = [success(await one.client.job(job).later(Hold(n))) for n in range(5)]
+        await all_running.wait()
+        async with open_test_engine([job], storage=layer, worker=worker) as two:
+            lock = LockWatch(schema, sorted(ids)[1])
+            try:
+                await trio.sleep(15)  # one renewal (at 10 s) while the row is locked
+            finally:
+                lock.release()  # on the Trio thread: no virtual time passes until the lock is gone
+            assert not lock.waiters, f"a statement waited for the lock: {lock.waiters}"
+            await trio.sleep(60)  # two leases more: renewed, the locked row too
+            release.set()
+            await one.wait_idle()
+            assert two.tracker.count("job.lease_expired") == 0
+        assert one.tracker.count("job.lease_expired") == 0
+        assert sorted(runs) == [(n, 1) for n in range(5)]
+        assert {info.status for info in success(await one.client.jobs.list(limit=10))} == {"completed"}

@@ -59,7 +59,9 @@ def start(schema: str, out: Path, name: str, *, sleep_ms: int) -> subprocess.Pop
     # Each process's sessions carry its name, so the test can tell when the server has closed them.
     dsn = psycopg.conninfo.make_conninfo(DSN, application_name=f"djobs-test-{schema}-{name}")
     args = [sys.executable, str(HELPER), dsn, schema, str(out), name, "50", "3 seconds", str(sleep_ms)]
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # Its output (the engine's warnings) goes to a file: a diagnosis quotes it.
+    with (out / f"{name}.log").open("wb") as log:
+        return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -70,11 +72,68 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def lines(out: Path, name: str, kind: str) -> list[int]:
+def records(out: Path, name: str, kind: str) -> list[list[str]]:
+    """The fields after `kind` of each of `name`'s lines of that kind."""
     path = out / f"{name}.runs"
     if not path.exists():
         return []
-    return [int(value) for k, value in (line.split() for line in path.read_text().splitlines() if line) if k == kind]
+    return [
+        fields[1:] for fields in (line.split() for line in path.read_text().splitlines() if line) if fields[0] == kind
+    ]
+
+
+def lines(out: Path, name: str, kind: str) -> list[int]:
+    return [int(fields[0]) for fields in records(out, name, kind)]
+
+
+def expiries(out: Path, ids: dict[str, str]) -> str:
+    """Whose leases each survivor saw expire, and how many: a survivor's own expiring means a
+    live process lost its leases (its renewals stalled), not only the killed one."""
+    owners = {worker_id: name for name, worker_id in ids.items()}
+    seen: Counter[tuple[str, str]] = Counter()
+    for name in NAMES[1:]:
+        path = out / f"{name}.leases"
+        if path.exists():
+            for line in path.read_text().splitlines():
+                kind, _, _, worker_id, _ = line.split()
+                if kind == "job.lease_expired":
+                    seen[name, owners.get(worker_id, worker_id)] += 1
+    return "leases seen expiring: " + (
+        ", ".join(f"{name} took {n} of {owner}'s" for (name, owner), n in sorted(seen.items())) or "none"
+    )
+
+
+def twice_diagnosis(out: Path, schema: str, twice: list[int], ids: dict[str, str]) -> str:
+    """Who ran each job of `twice` and when, the lease events each process saw of it, its row,
+    and the processes' warnings: what a job that ran twice needs to be explained."""
+    said: list[str] = []
+    for n in twice[:5]:
+        said.append(f"job {n}:")
+        job_ids: set[str] = set()
+        for name in NAMES:
+            for fields in records(out, name, "job"):
+                if int(fields[0]) == n:
+                    said.append(
+                        f"  ran in {name} ({ids.get(name)}): attempt {fields[1]}, id {fields[2]}, at {fields[3]}"
+                    )
+                    job_ids.add(fields[2])
+        for name in NAMES:
+            path = out / f"{name}.leases"
+            if path.exists():
+                said.extend(
+                    f"  {name} saw: {line}" for line in path.read_text().splitlines() if line.split()[1] in job_ids
+                )
+        for job_id in sorted(job_ids):
+            said.append(
+                f"  row: {query(schema, 'SELECT status, attempt_count, worker_id FROM jobs WHERE id = %s', job_id)}"
+            )
+    for name in NAMES[1:]:  # the warnings other than the victim's leases expiring, the last 40
+        log = out / f"{name}.log"
+        kept = [line for line in log.read_text().splitlines() if ids["victim"] not in line] if log.exists() else []
+        if kept:
+            said.append(f"{name}'s output:\n" + "\n".join(kept[-40:]))
+    said.append(expiries(out, ids))
+    return "\n".join(said)
 
 
 def query(schema: str, text: str, *args: object) -> list[tuple[object, ...]]:
@@ -83,22 +142,17 @@ def query(schema: str, text: str, *args: object) -> list[tuple[object, ...]]:
         return conn.execute(text.encode(), args).fetchall()
 
 
-def finish(proc: subprocess.Popen[bytes], timeout: float) -> None:
+def finish(proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
     try:
-        output, _ = proc.communicate(timeout=timeout)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
-        output, _ = proc.communicate()
-        raise AssertionError(f"worker process did not finish:\n{output.decode()}") from None
-    assert proc.returncode == 0, output.decode()
+        proc.wait()
+        raise AssertionError(f"worker process did not finish:\n{log.read_text()}") from None
+    assert proc.returncode == 0, log.read_text()
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
-@pytest.mark.xfail(
-    strict=False,
-    reason="known open defect: about one run in three on a quiet machine, a job runs twice in two "
-    "surviving processes (not the killed one); under investigation, see the reliability guide",
-)
 def test_four_processes_drain_20000_jobs_once_reclaim_a_killed_ones_and_fire_cron_once(
     schema: str, tmp_path: Path
 ) -> None:
@@ -127,22 +181,26 @@ def test_four_processes_drain_20000_jobs_once_reclaim_a_killed_ones_and_fire_cro
         }
         assert held, "the victim died holding leases"
         for name in NAMES[1:]:
-            finish(procs[name], 180)
+            finish(procs[name], tmp_path / f"{name}.log", 180)
     finally:
         for proc in procs.values():
             if proc.poll() is None:
                 proc.kill()
 
     # Every job completed; only jobs the victim held when it died ran twice.
+    ids = {name: (tmp_path / f"{name}.id").read_text() for name in NAMES}
     statuses = dict(query(schema, "SELECT status, count(*) FROM jobs WHERE name = 'record' GROUP BY status"))
-    assert statuses == {"completed": N}
+    assert statuses == {"completed": N}, f"{statuses}; {expiries(tmp_path, ids)}"
     counts = Counter(n for name in NAMES for n in lines(tmp_path, name, "job"))
     assert sorted(counts) == list(range(N)), "every job ran"
     assert all(lines(tmp_path, name, "job") for name in NAMES), "all four processes took part"
     twice = [n for n, c in counts.items() if c > 1]
-    assert len(twice) <= len(held) and set(counts.values()) <= {1, 2}
     victims = set(lines(tmp_path, "victim", "job"))
-    assert all(n in victims for n in twice), "a job ran twice only because the victim died running it"
+    not_victims = sorted(n for n in twice if n not in victims or counts[n] > 2)
+    assert not not_victims, "a job ran twice only because the victim died running it:\n" + twice_diagnosis(
+        tmp_path, schema, not_victims, ids
+    )
+    assert len(twice) <= len(held) and set(counts.values()) <= {1, 2}
     expired = sum(int((tmp_path / f"{name}.expired").read_text()) for name in NAMES[1:])
     assert expired >= len(held), "the survivors reclaimed the victim's leases"
     again = {row[0] for row in query(schema, "SELECT id FROM jobs WHERE name = 'record' AND attempt_count > 1")}

@@ -669,8 +669,12 @@ class QueueStorage(Protocol):
 
     async def renew_leases(self, worker_id: str, lease_until: int, now: int | None = None) -> list[tuple[str, bool]]:
         """Extend every lease `worker_id` holds (to `lease_until`, computed at the caller's `now`;
-        see `renew_instance_leases`); per row its id and whether a cancel was requested, in
-        no promised order (the dialects' ``RETURNING`` gives none)."""
+        see `renew_instance_leases`); per row held its id and whether a cancel was requested,
+        in no promised order (the dialects' ``RETURNING`` gives none).
+
+        Never waits for another transaction: a storage with row locks (PostgreSQL) skips a
+        row locked now, leaves its lease as it is until the next renewal, and still reports
+        it as held. A row not reported is no longer this worker's (reclaimed)."""
         ...
 
     async def settle_jobs(self, settlements: Sequence[JobSettlement]) -> list[bool]:

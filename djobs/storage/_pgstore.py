@@ -411,19 +411,30 @@ _ACQUIRE_LEASE = """
     WHERE instance_leases.owner = excluded.owner OR instance_leases.expires_at <= {clock}
     RETURNING owner
 """
+# A statement that locks rows before it changes them locks them in a MATERIALIZED CTE
+# and changes ``WHERE key = ANY(ARRAY(SELECT key FROM cte))``, never ``WHERE key IN
+# (SELECT ... FOR UPDATE)``: the planner may rescan such a subquery once per outer row (a
+# nested loop, its usual plan on a table without statistics yet), locking and rechecking
+# every row again each time, so a statement over n rows takes n² lock steps, seconds of
+# CPU while it holds its locks. A CTE runs once, and the array is read once, through the
+# primary key. The ownership terms are repeated in the outer WHERE, which is what
+# PostgreSQL rechecks on a row's newest version when another transaction changed it.
 _RENEW_INSTANCE_LEASES = """
+    WITH mine AS MATERIALIZED (
+        SELECT key FROM instance_leases WHERE key = ANY(%(keys)s) AND owner = %(owner)s ORDER BY key FOR UPDATE
+    )
     UPDATE instance_leases SET expires_at = {clock} + (%(until)s - %(now)s)
-    WHERE key IN (SELECT key FROM instance_leases WHERE key = ANY(%(keys)s) AND owner = %(owner)s
-                  ORDER BY key FOR UPDATE)
+    WHERE key = ANY(ARRAY(SELECT key FROM mine)) AND owner = %(owner)s
 """
 _RELEASE_INSTANCE_LEASES = """
-    DELETE FROM instance_leases
-    WHERE key IN (SELECT key FROM instance_leases WHERE key = ANY(%(keys)s) AND owner = %(owner)s
-                  ORDER BY key FOR UPDATE)
+    WITH mine AS MATERIALIZED (
+        SELECT key FROM instance_leases WHERE key = ANY(%(keys)s) AND owner = %(owner)s ORDER BY key FOR UPDATE
+    )
+    DELETE FROM instance_leases WHERE key = ANY(ARRAY(SELECT key FROM mine)) AND owner = %(owner)s
 """
 _RELEASE_ALARMS = """
-    UPDATE alarms SET due_at = fire_at
-    WHERE id IN (SELECT id FROM alarms WHERE id = ANY(%s) ORDER BY id FOR UPDATE)
+    WITH picked AS MATERIALIZED (SELECT id FROM alarms WHERE id = ANY(%s) ORDER BY id FOR UPDATE)
+    UPDATE alarms SET due_at = fire_at WHERE id = ANY(ARRAY(SELECT id FROM picked))
 """
 
 # -- the queue ---------------------------------------------------------------------------
@@ -532,8 +543,12 @@ _LOCK_LIMITS = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
 
 # Starts rows held unstarted, if this worker still holds them at that attempt; a row
 # whose cancel was requested while it waited ends cancelled instead. Locked in id order,
-# as settle batches and renewals lock them.
+# as settle batches lock them; only rows still this worker's are locked (and waited for).
 _START_HELD = """
+    WITH mine AS MATERIALIZED (
+        SELECT id FROM jobs WHERE id = ANY(%(ids)s::text[]) AND worker_id = %(worker)s AND status = 'running'
+        ORDER BY id FOR UPDATE
+    )
     UPDATE jobs SET
         status = CASE WHEN jobs.cancel_requested THEN 'cancelled' ELSE 'running' END,
         error = CASE WHEN jobs.cancel_requested THEN %(cancel_error)s ELSE jobs.error END,
@@ -542,8 +557,7 @@ _START_HELD = """
         worker_started_at = CASE WHEN jobs.cancel_requested THEN jobs.worker_started_at ELSE %(now)s::bigint END,
         updated_at = %(now)s
     FROM unnest(%(ids)s::text[], %(attempts)s::integer[]) AS held(id, attempt)
-    WHERE jobs.id IN (SELECT id FROM jobs WHERE id = ANY(%(ids)s::text[]) ORDER BY id FOR UPDATE)
-      AND jobs.id = held.id AND jobs.attempt_count = held.attempt
+    WHERE jobs.id = ANY(ARRAY(SELECT id FROM mine)) AND jobs.id = held.id AND jobs.attempt_count = held.attempt
       AND jobs.worker_id = %(worker)s AND jobs.status = 'running'
     RETURNING jobs.id, jobs.status
 """
@@ -563,7 +577,6 @@ _RECLAIM = """
     FROM picked WHERE jobs.id = picked.id
     RETURNING jobs.id, jobs.name, jobs.worker_id, jobs.attempt_count, jobs.status
 """
-# Rows locked in id order, as a settle batch locks them: the two never deadlock.
 #: No floor on a claim's priority (below every 32-bit priority).
 _NO_FLOOR = -(2**31) - 1
 
@@ -591,11 +604,28 @@ def _claimed(rows: list[Any]) -> list[ClaimedJob]:
     return [claimed_job(r) for r in rows]
 
 
+# A renewal never waits: a row another transaction has locked (a settle of it, a start,
+# a reclaim, another worker's statement that found it changed) is skipped this time, and
+# still reported as held, as the statement's snapshot shows it; the next renewal extends
+# it. Waiting instead would leave every lease after that row in id order unrenewed for as
+# long as the lock is held, and the other workers would reclaim live rows.
+# Returns the rows held: `renewed` (extended now) and `mine` less what was locked here.
+# A row locked here that is no longer this worker's (reclaimed meanwhile) is in neither.
 _RENEW = """
-    UPDATE jobs SET worker_expires_at = {clock} + (%(until)s - %(now)s)
-    WHERE id IN (SELECT id FROM jobs WHERE status = 'running' AND worker_id = %(worker)s ORDER BY id FOR UPDATE)
-      AND status = 'running' AND worker_id = %(worker)s
-    RETURNING id, cancel_requested
+    WITH mine AS MATERIALIZED (
+        SELECT id, cancel_requested FROM jobs WHERE status = 'running' AND worker_id = %(worker)s
+    ),
+    locked AS MATERIALIZED (
+        SELECT id FROM jobs WHERE id IN (SELECT id FROM mine) ORDER BY id FOR UPDATE SKIP LOCKED
+    ),
+    renewed AS (
+        UPDATE jobs SET worker_expires_at = {clock} + (%(until)s - %(now)s)
+        WHERE id = ANY(ARRAY(SELECT id FROM locked)) AND status = 'running' AND worker_id = %(worker)s
+        RETURNING id, cancel_requested
+    )
+    SELECT id, cancel_requested FROM renewed
+    UNION ALL
+    SELECT id, cancel_requested FROM mine WHERE id NOT IN (SELECT id FROM locked)
 """
 # The earliest lease end, told in the caller's clock: ``%(now)s`` plus what is left of it.
 _NEXT_WAKEUP = """
@@ -1088,7 +1118,7 @@ class PostgresStorage:
 
         def run(conn: Connection) -> list[bool]:
             # One round trip for the batch (pipeline mode), rows locked in id order
-            # like a renewal locks them, so the two never deadlock.
+            # like a start locks them, so the two never deadlock (a renewal never waits).
             order = sorted(range(len(settlements)), key=lambda i: settlements[i].job_id)
             cursors: list[psycopg.Cursor[tuple[Any, ...]]] = [conn.cursor() for _ in settlements]
             released: list[int] = []
