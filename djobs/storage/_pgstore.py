@@ -543,10 +543,11 @@ _LOCK_LIMITS = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
 
 # Starts rows held unstarted, if this worker still holds them at that attempt; a row
 # whose cancel was requested while it waited ends cancelled instead. Locked in id order,
-# as settle batches lock them; only rows still this worker's are locked (and waited for).
+# as settle batches lock them; only rows still this worker's are locked (and waited for),
+# found by primary key (``IS TRUE``: see the fence in ``_sql``).
 _START_HELD = """
     WITH mine AS MATERIALIZED (
-        SELECT id FROM jobs WHERE id = ANY(%(ids)s::text[]) AND worker_id = %(worker)s AND status = 'running'
+        SELECT id FROM jobs WHERE id = ANY(%(ids)s::text[]) AND (worker_id = %(worker)s AND status = 'running') IS TRUE
         ORDER BY id FOR UPDATE
     )
     UPDATE jobs SET
@@ -557,8 +558,8 @@ _START_HELD = """
         worker_started_at = CASE WHEN jobs.cancel_requested THEN jobs.worker_started_at ELSE %(now)s::bigint END,
         updated_at = %(now)s
     FROM unnest(%(ids)s::text[], %(attempts)s::integer[]) AS held(id, attempt)
-    WHERE jobs.id = ANY(ARRAY(SELECT id FROM mine)) AND jobs.id = held.id AND jobs.attempt_count = held.attempt
-      AND jobs.worker_id = %(worker)s AND jobs.status = 'running'
+    WHERE jobs.id = ANY(ARRAY(SELECT id FROM mine)) AND jobs.id = held.id
+      AND (jobs.attempt_count = held.attempt AND jobs.worker_id = %(worker)s AND jobs.status = 'running') IS TRUE
     RETURNING jobs.id, jobs.status
 """
 # A reclaimed row keeps its scheduled_for (long past), so it is claimed again first.
@@ -620,7 +621,7 @@ _RENEW = """
     ),
     renewed AS (
         UPDATE jobs SET worker_expires_at = {clock} + (%(until)s - %(now)s)
-        WHERE id = ANY(ARRAY(SELECT id FROM locked)) AND status = 'running' AND worker_id = %(worker)s
+        WHERE id = ANY(ARRAY(SELECT id FROM locked)) AND (status = 'running' AND worker_id = %(worker)s) IS TRUE
         RETURNING id, cancel_requested
     )
     SELECT id, cancel_requested FROM renewed
@@ -683,6 +684,30 @@ _INSERT_DEAD_LETTER = POSTGRES.text(INSERT_DEAD_LETTER)
 _REVIVE_PURGED_JOB = POSTGRES.text(REVIVE_PURGED_JOB)
 _GET_DEAD_LETTER = POSTGRES.text(GET_DEAD_LETTER)
 _DELETE_DEAD_LETTER = POSTGRES.text(DELETE_DEAD_LETTER)
+# Retention: the oldest rows, at most `limit` of them, locked once (see _RENEW_INSTANCE_LEASES).
+_PURGE_EVENT_IDS = """
+    WITH old AS MATERIALIZED (
+        SELECT key, event_id FROM event_ids WHERE created_at < %s ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED
+    )
+    DELETE FROM event_ids USING old WHERE event_ids.key = old.key AND event_ids.event_id = old.event_id
+"""
+# A key is never purged while its job is live: a repeat then still finds the job.
+_PURGE_JOB_KEYS = """
+    WITH old AS MATERIALIZED (
+        SELECT k.tenant_id, k.name, k.key FROM job_keys AS k
+        WHERE k.created_at < %s
+          AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.id = k.job_id AND jobs.status IN ('pending', 'running'))
+        ORDER BY k.created_at LIMIT %s FOR UPDATE OF k SKIP LOCKED
+    )
+    DELETE FROM job_keys USING old
+    WHERE job_keys.tenant_id = old.tenant_id AND job_keys.name = old.name AND job_keys.key = old.key
+"""
+_PURGE_DEAD_LETTERS = """
+    WITH old AS MATERIALIZED (
+        SELECT id FROM dead_letters WHERE created_at < %s ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED
+    )
+    DELETE FROM dead_letters WHERE id = ANY(ARRAY(SELECT id FROM old))
+"""
 
 
 def channel_name(schema: str) -> str:
@@ -1338,35 +1363,19 @@ class PostgresStorage:
 
     async def purge_event_ids(self, before: int, limit: int) -> int:
         def run(conn: Connection) -> int:
-            sql = (
-                "DELETE FROM event_ids WHERE (key, event_id) IN (SELECT key, event_id FROM event_ids"
-                " WHERE created_at < %s ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED)"
-            )
-            return conn.execute(sql, (before, limit)).rowcount
+            return conn.execute(_PURGE_EVENT_IDS, (before, limit)).rowcount
 
         return await self._write(run, "purge_event_ids")
 
     async def purge_job_keys(self, before: int, limit: int) -> int:
         def run(conn: Connection) -> int:
-            # A key is never purged while its job is live: a repeat then still finds the job.
-            sql = (
-                "DELETE FROM job_keys WHERE (tenant_id, name, key) IN ("
-                " SELECT k.tenant_id, k.name, k.key FROM job_keys AS k WHERE k.created_at < %s"
-                " AND NOT EXISTS (SELECT 1 FROM jobs"
-                " WHERE jobs.id = k.job_id AND jobs.status IN ('pending', 'running'))"
-                " ORDER BY k.created_at LIMIT %s FOR UPDATE OF k SKIP LOCKED)"
-            )
-            return conn.execute(sql, (before, limit)).rowcount
+            return conn.execute(_PURGE_JOB_KEYS, (before, limit)).rowcount
 
         return await self._write(run, "purge_job_keys")
 
     async def purge_dead_letters(self, before: int, limit: int) -> int:
         def run(conn: Connection) -> int:
-            sql = (
-                "DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters WHERE created_at < %s"
-                " ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED)"
-            )
-            return conn.execute(sql, (before, limit)).rowcount
+            return conn.execute(_PURGE_DEAD_LETTERS, (before, limit)).rowcount
 
         return await self._write(run, "purge_dead_letters")
 
