@@ -222,11 +222,12 @@ _ALARMS = """
            min(CASE WHEN fire_at > :now THEN fire_at END)
     FROM alarms
 """
-# The oldest due row walks the (status, scheduled_for) index from its start: one row read.
+# The oldest due row walks the (status, scheduled_for) index from its start: the rows of the
+# earliest due time, the smallest id of those (ids grow with time) on every dialect.
 _JOBS_DUE = "SELECT count(*) FROM jobs WHERE status = 'pending' AND scheduled_for <= ?"
 _OLDEST_PENDING = """
     SELECT id, name, scheduled_for, created_at FROM jobs
-    WHERE status = 'pending' AND scheduled_for <= ? ORDER BY scheduled_for LIMIT 1
+    WHERE status = 'pending' AND scheduled_for <= ? ORDER BY scheduled_for, id LIMIT 1
 """
 _INSTANCE_LEASES = """
     SELECT owner, sum(CASE WHEN expires_at > :now THEN 1 ELSE 0 END),

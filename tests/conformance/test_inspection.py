@@ -65,3 +65,12 @@ async def test_the_inspector_orders_names_by_code_point_on_every_storage(storage
         await storage.commit(Checkin(key=key, record=record))
     summary = await look.summary(0)
     assert [c.name for c in summary.instances] == ["Alpha", "Beta", "_tidy", "alpha", "beta"]
+
+
+async def test_the_oldest_pending_job_of_one_due_time_is_the_first_enqueued(storage: FullStorage) -> None:
+    # Due at one time, stored in the other order: the smaller id (ids grow with time) is the
+    # oldest on every dialect, not whichever row the index happens to give first.
+    await storage.enqueue_jobs([numbered_job(9)])
+    await storage.enqueue_jobs([numbered_job(8)])
+    oldest = (await inspector(storage).summary(0)).oldest_pending
+    assert oldest is not None and oldest.id == "job-0008"
