@@ -22,7 +22,10 @@ __all__ = ["DurationLike", "duration", "format_duration", "parse_duration", "to_
 #: What a duration may be written as; an ``int`` counts milliseconds.
 DurationLike: TypeAlias = str | timedelta | int
 
-_EXPECTED = 'expected a timedelta, milliseconds as an int, or a string like "30 minutes", "5s", "1h30m"'
+_EXPECTED = (
+    'expected a timedelta, milliseconds as an int, or a string like "30 minutes", "5s", "1h30m"'
+    " in units ms, s, m (minutes), h, d, w (weeks; no months or years: write days, 36525 days is 100 years)"
+)
 
 _UNIT_US = {
     "ms": 1_000,

@@ -11,7 +11,20 @@ from returns.result import Failure, Result, Success
 from djobs._durations import duration, format_duration, parse_duration, to_ms
 from djobs._errors import ValidationError
 
-EXPECTED = 'expected a timedelta, milliseconds as an int, or a string like "30 minutes", "5s", "1h30m"'
+EXPECTED = (
+    'expected a timedelta, milliseconds as an int, or a string like "30 minutes", "5s", "1h30m"'
+    " in units ms, s, m (minutes), h, d, w (weeks; no months or years: write days, 36525 days is 100 years)"
+)
+
+
+@pytest.mark.parametrize("value", ["100 years", "1 year", "1y", "2 months", "1mo"])
+def test_years_and_months_are_refused_with_the_units_listed(value: str) -> None:
+    # Months and years vary in length; the message says so and lists what is accepted.
+    error = parse_duration(value).failure()
+    assert error.message == f"invalid duration {value!r}: {EXPECTED}"
+    assert "no months or years" in error.message and "36525 days" in error.message
+
+
 MAX_MS = to_ms(timedelta.max) - 1
 
 
