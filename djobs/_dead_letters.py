@@ -151,9 +151,7 @@ class DeadLetters:
 
     async def load(self, scope: str | None, letter_id: object) -> Result[DeadLetter, Any]:
         """The letter `letter_id`, if it exists and the scope may see it."""
-        checked = _check_scope(scope).bind(
-            lambda _: check_id(letter_id).alt(lambda e: ValidationError(f"dead letter id: {e.message}"))
-        )
+        checked = _check_scope(scope).bind(lambda _: check_id(letter_id, "dead letter id"))
 
         async def stored(the_id: str) -> Result[DeadLetter, Any]:
             letter = await self.storage().get_dead_letter(the_id)

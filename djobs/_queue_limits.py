@@ -155,23 +155,25 @@ def job_limits(name: str, concurrency: object, rate_limit: object, limit_key: ob
 
 
 def limit_key_of(
-    name: str, limits: JobLimits[Any] | None, params: Callable[[], object]
+    name: str, limits: JobLimits[Any] | None, params: Callable[[], object], what: str | None = None
 ) -> Result[str | None, ValidationError]:
     """The stored limit key of a job named `name` whose params `params()` gives (called
     only when the definition keys its limits): ``None`` without limits, else ``name`` or
     ``name + "\\x1f" + key``.
 
     A key function that raises, or returns anything but a non-empty storable ``str`` of
-    at most 512 characters, is this enqueue's `ValidationError`.
+    at most 512 characters, is this enqueue's `ValidationError`, which starts with
+    `what` (default ``job 'name'``; a batch names the params, ``params[3] of job 'name'``).
     """
     if limits is None:
         return Success(None)
     if limits.key is None:
         return Success(name)
+    what = f"job {name!r}" if what is None else what
     try:
         key = limits.key(params())
     except Exception as exc:
-        return Failure(ValidationError(f"job {name!r}: its limit_key function raised {type(exc).__name__}: {exc}"))
-    return check_text(key, f"job {name!r}: the key its limit_key function returned", max_length=MAX_KEY).map(
+        return Failure(ValidationError(f"{what}: its limit_key function raised {type(exc).__name__}: {exc}"))
+    return check_text(key, f"{what}: the key its limit_key function returned", max_length=MAX_KEY).map(
         lambda text: name + KEY_SEPARATOR + text
     )

@@ -21,7 +21,7 @@ import djobs
 import djobs.storage
 from djobs._clock import to_datetime
 from djobs._errors import CLOSED_MESSAGE
-from djobs.testing import open_test_engine, success
+from djobs.testing import failure, open_test_engine, success
 
 
 class Profile(msgspec.Struct):
@@ -1446,3 +1446,14 @@ def test_a_file_deleted_or_replaced_under_the_engine_acknowledges_nothing(how: s
                 assert isinstance(error, djobs.StorageError) and "deleted or replaced" in error.message
 
     trio.run(scenario)
+
+
+@pytest.mark.trio
+async def test_a_bad_id_is_named_for_what_it_is(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_test_engine(queue_jobs) as engine:
+        error = failure(await engine.client.jobs.status("a\x00"))
+        assert error.message == "job id 'a\\x00' contains a NUL or unit-separator (\\x1f) character"
+        error = failure(await engine.client.dead_letters.get(""))
+        assert error.message == "dead letter id must not be empty"
+        error = failure(await engine.client.jobs.cancel(7))
+        assert error.message == "job id must be a str, got int"

@@ -178,8 +178,12 @@ async def test_a_key_function_that_fails_fails_that_enqueue_only(autojump_clock:
             error = failure(await client.later(Work(n)))
             assert isinstance(error, djobs.ValidationError), error
             assert why in error.message
+        assert failure(await client.later(Work(1))).message.startswith("job 'work': its limit_key function raised")
         error = failure(await client.later_many([Work(5), Work(1)]))
-        assert isinstance(error, djobs.ValidationError) and "params[1]" in error.message
+        assert isinstance(error, djobs.ValidationError)
+        # The batch names the params and the job once: no "job 'work': job 'work': ...".
+        assert error.message.startswith("params[1] of job 'work': its limit_key function raised KeyError")
+        assert error.message.count("'work'") == 1
         assert success(await engine.client.jobs.list()) == []  # nothing stored, not even params[0]
         success(await client.later(Work(5, seconds=0)))
         await drain(engine)

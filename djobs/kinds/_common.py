@@ -145,23 +145,23 @@ def check_name(name: object, kind: str) -> str:
     return name
 
 
-def check_id(instance_id: object) -> Result[str, ValidationError]:
-    """Validate a user-supplied instance id."""
+def check_id(instance_id: object, what: str = "instance id") -> Result[str, ValidationError]:
+    """Validate a user-supplied id; `what` names it in the error (``"job id"``, ``"dead letter id"``)."""
     if not isinstance(instance_id, str):
-        return Failure(ValidationError(f"instance id must be a str, got {type(instance_id).__name__}"))
+        return Failure(ValidationError(f"{what} must be a str, got {type(instance_id).__name__}"))
     if not instance_id:
-        return Failure(ValidationError("instance id must not be empty"))
+        return Failure(ValidationError(f"{what} must not be empty"))
     if len(instance_id) > MAX_ID_LENGTH:
         return Failure(
-            ValidationError(f"instance id is {len(instance_id)} characters long; at most {MAX_ID_LENGTH} are allowed")
+            ValidationError(f"{what} is {len(instance_id)} characters long; at most {MAX_ID_LENGTH} are allowed")
         )
     if "\x00" in instance_id or TENANT_SEPARATOR in instance_id:
         return Failure(
-            ValidationError(f"instance id {instance_id!r} contains a NUL or unit-separator (\\x1f) character")
+            ValidationError(f"{what} {instance_id!r:.80} contains a NUL or unit-separator (\\x1f) character")
         )
     problem = text_problem(instance_id)
     if problem is not None:
-        return Failure(ValidationError(f"instance id {instance_id!r:.80} {problem}"))
+        return Failure(ValidationError(f"{what} {instance_id!r:.80} {problem}"))
     return Success(instance_id)
 
 

@@ -187,7 +187,8 @@ class JobClient(Generic[P, R]):
                     priority=rank,
                     correlation_id=correlation,
                     tenant_id=tenant,
-                ).alt(lambda error: ValidationError(f"params[{index}] of job {h.job.name!r}: {error.message}"))
+                    what=f"params[{index}] of job {h.job.name!r}",
+                )
 
             rows = []
             for index, params in enumerate(params_list):

@@ -225,11 +225,13 @@ class JobQueue:
         idempotency_key: str | None = None,
         unique_key: str | None = None,
         unique_statuses: tuple[JobStatusName, ...] = ("pending",),
+        what: str | None = None,
     ) -> Result[NewJob, ValidationError]:
         """A new pending row for `handler`'s job, with the limit key its definition gives
-        `raw` (a key function that fails is this row's `ValidationError`)."""
+        `raw` (a key function that fails is this row's `ValidationError`, its message
+        starting with `what`, by default ``job 'name'``)."""
         job = handler.job
-        limit_key = limit_key_of(job.name, job.queue_limits, lambda: msgspec.json.decode(raw, type=job.params))
+        limit_key = limit_key_of(job.name, job.queue_limits, lambda: msgspec.json.decode(raw, type=job.params), what)
         if isinstance(limit_key, Failure):
             return limit_key
         return Success(
@@ -328,9 +330,7 @@ class JobQueue:
     async def load(self, scope: str | None, job_id: object) -> Result[JobRecord, Any]:
         """The row `job_id`, if it exists and the scope may see it."""
         checked = Result.do(
-            the_id
-            for _ in check_short_text(scope, "the client's tenant id")
-            for the_id in check_id(job_id).alt(lambda error: ValidationError(f"job id: {error.message}"))
+            the_id for _ in check_short_text(scope, "the client's tenant id") for the_id in check_id(job_id, "job id")
         )
         if isinstance(checked, Failure):
             return checked

@@ -443,7 +443,7 @@ class Run:
             assert entry.until is not None
             return TimedOut(name, to_datetime(entry.until))
         payload = decode(tp, bytes(entry.value), what=f"payload of signal {name!r}")
-        return unwrap_or_raise(payload.alt(lambda e: ValidationError(f"signal {name!r}: {e.message}")))
+        return unwrap_or_raise(payload)
 
     async def await_job(self, name: str, job_id: str, client: Client, poll_ms: int) -> Outcome:
         """Wait for the job `job_id` to end: look at its row now, else suspend until the next look."""
