@@ -190,6 +190,30 @@ async def test_a_key_function_that_fails_fails_that_enqueue_only(autojump_clock:
     assert bodies.done == [5]
 
 
+@pytest.mark.trio
+async def test_the_key_function_is_called_when_a_row_is_enqueued_only(autojump_clock: trio.testing.MockClock) -> None:
+    called: list[int] = []
+
+    def key(params: Work) -> str:
+        called.append(params.n)
+        if params.n == 1:
+            raise KeyError("no account")
+        return params.account
+
+    job = djobs.Job.make("keyed", params=Work, execute=_noop, concurrency=1, limit_key=key)
+    async with open_test_engine([job]) as engine:
+        client = engine.client.job(job)
+        # now and batch run in the caller's task, unlimited: no key, so the key function is not called.
+        assert success(await client.now(Work(1))).status == "completed"
+        assert [run.status for run in success(await client.batch([Work(1)]))] == ["completed"]
+        assert called == []
+        assert isinstance(failure(await client.later(Work(1))), djobs.ValidationError)
+        success(await client.later(Work(2)))
+        await drain(engine)
+        assert success(await engine.client.jobs.list(status="completed", name="keyed"))
+    assert called == [1, 2]  # once per enqueue; never when the row runs
+
+
 # -- concurrency ---------------------------------------------------------------------------
 
 
