@@ -7,8 +7,8 @@ writes and reads rows through the `Storage`, `QueueStorage` and
 `InstanceLister` protocols alone (and `DeadLetterStorage`, when the storage
 keeps dead letters) and asserts what the engine relies on: atomic check-ins,
 idempotency keys, alarm and job claims, lease fences, concurrency and rate
-limits, cancel and retry, cron compare-and-set, listing order, purge, a dead
-letter written again under its id.
+limits, cancel and retry, cron compare-and-set, listing order, purge, dead
+letters (written again under an id, listed, revived, discarded, purged).
 
 Times passed to the storage are small epoch-millisecond numbers chosen by each
 check: a storage judges leases and due times by the times it is given. A
@@ -45,6 +45,7 @@ from ..storage._base import (
     DeadLetter,
     DeadLetterFilter,
     DeadLetterStorage,
+    InstanceRevival,
     JobFilter,
     JobRevival,
     JobSettlement,
@@ -177,6 +178,8 @@ def _dead_letters(queue: bool) -> Callable[[StorageLayer], Awaitable[None]]:
             if isinstance(storage, DeadLetterStorage):  # optional: ``client.dead_letters`` needs it
                 await _a_letter_written_again_under_its_id_replaces_it_and_a_replay_changes_nothing(storage)
                 await _letters_list_newest_first_then_by_id_in_code_point_order(storage)
+                await _an_instance_letter_is_revived_only_over_nothing_or_its_status_and_no_others_lease(storage)
+                await _letters_are_filtered_discarded_and_purged_by_age(storage)
                 if queue:
                     await _a_jobs_letter_shows_its_newest_failure_whatever_was_stored_before(storage)
 
@@ -1074,6 +1077,57 @@ async def _letters_list_newest_first_then_by_id_in_code_point_order(storage: Any
             break
         after = page[-1].id
     assert pages == expected
+
+
+async def _an_instance_letter_is_revived_only_over_nothing_or_its_status_and_no_others_lease(storage: Any) -> None:
+    key = "debounce:r:a"
+    batch = InstanceRecord(key=key, kind="debounce", name="r", instance_id="a", status="debouncing", state=b"[1]")
+    revive = msgspec.json.encode(InstanceRevival(key=key, record=batch, purpose="flush_after", over="idle"))
+    for n in (1, 2, 3):
+        letter = _letter(f"revive-{n}", name="r", revive=revive, created_at=n)
+        await storage.commit(Checkin(key=key, record=None, dead_letter=letter))
+    # Nothing stored under the key: the record is stored with an alarm due at once.
+    assert await storage.revive_dead_letter("revive-1", 100, None) == "revived"
+    assert await storage.get_dead_letter("revive-1") is None
+    stored = await storage.load(key)
+    assert stored is not None and stored[1] is not None
+    assert (stored[0].status, stored[0].state, stored[0].updated_at) == ("debouncing", b"[1]", 100)
+    assert (stored[1].fire_at, stored[1].purpose) == (100, "flush_after")
+    assert await storage.revive_dead_letter("revive-1", 100, None) == "missing"
+    # A live instance there (not in the status the letter may replace): nothing changes.
+    assert await storage.revive_dead_letter("revive-2", 110, None) == "occupied"
+    assert await storage.get_dead_letter("revive-2") is not None
+    # An instance in that status, leased by another engine: occupied; by the caller: revived.
+    await storage.commit(Checkin(key=key, record=msgspec.structs.replace(batch, status="idle"), alarm=ClearAlarm()))
+    assert await storage.acquire_instance_lease(key, "engine-b", 120, 1000)
+    assert await storage.revive_dead_letter("revive-2", 130, "engine-a") == "occupied"
+    assert await storage.revive_dead_letter("revive-2", 130, "engine-b") == "revived"
+    assert await storage.revive_dead_letter("revive-3", 1200, None) == "occupied"  # debouncing again
+
+
+async def _letters_are_filtered_discarded_and_purged_by_age(storage: Any) -> None:
+    for n, (kind, name, tenant) in enumerate(
+        [("debounce", "f", "acme"), ("task", "f", None), ("task", "g", "acme"), ("continuous", "f", "acme")]
+    ):
+        letter = _letter(f"filter-{n}", kind=kind, name=name, tenant_id=tenant, created_at=1000 + n)
+        await storage.commit(Checkin(key=f"{kind}:{name}:{n}", record=None, dead_letter=letter))
+
+    async def ids(**where: Any) -> list[str]:
+        return [d.id for d in await storage.list_dead_letters(DeadLetterFilter(**where)) if d.id.startswith("filter")]
+
+    assert await ids(kind="task") == ["filter-2", "filter-1"]
+    assert await ids(name="f", tenant_id="acme") == ["filter-3", "filter-0"]
+    assert await ids(kind="task", name="g", tenant_id="acme") == ["filter-2"]
+    assert await ids(limit=2) == ["filter-3", "filter-2"]
+    assert await ids(after="filter-gone") == []  # a letter no longer stored ends the listing
+    assert await storage.discard_dead_letter("filter-3")
+    assert not await storage.discard_dead_letter("filter-3")
+    assert await storage.get_dead_letter("filter-3") is None
+    # Letters written before the time go, at most `limit` a call.
+    before = len(await storage.list_dead_letters(DeadLetterFilter(limit=1000)))
+    assert await storage.purge_dead_letters(1002, 1) == 1
+    assert await storage.purge_dead_letters(1002, 1000) == before - 2  # the rest but filter-2
+    assert await ids() == ["filter-2"]
 
 
 async def _job_letter(storage: Any, job_id: str) -> tuple[DeadLetter, JobRevival]:
