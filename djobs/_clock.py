@@ -97,7 +97,10 @@ class VirtualClock:
             elapsed = trio.current_time() - self._trio_anchor()
         except RuntimeError:  # outside trio.run: time stands still at the last reading
             return self.start_ms
-        return self.start_ms + int(elapsed * 1000)
+        # A microsecond's slack first: Trio's float clock reads a deadline of 1.002 s as
+        # 1.0019999999999998, which whole milliseconds would floor to 1001, a millisecond
+        # early (enough for a rate limit's window to open before its time).
+        return self.start_ms + int(elapsed * 1000 + 0.001)
 
     async def sleep_until(self, epoch_ms: int) -> None:
         target = self._trio_anchor() + (epoch_ms - self.start_ms) / 1000

@@ -145,6 +145,18 @@ async def test_virtual_clock_follows_trio_mock_time(autojump_clock: trio.testing
     assert clock.now_ms() - (start + 7_200_500) < 5
 
 
+@pytest.mark.trio
+async def test_virtual_clock_never_reads_a_millisecond_early(autojump_clock: trio.testing.MockClock) -> None:
+    # Trio's float clock reads 0.001 s + 1.001 s as 1.0019999999999998 s; whole milliseconds
+    # taken by flooring read 1001, a millisecond before the deadline reached (a one-second
+    # rate limit then let two starts through 0.999 s apart).
+    clock = djobs.VirtualClock(datetime(2026, 1, 1, tzinfo=UTC))
+    start = clock.now_ms()
+    await trio.sleep(0.001)
+    await trio.sleep(1.001)
+    assert clock.now_ms() - start == 1002
+
+
 def test_virtual_clock_needs_an_aware_start() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         djobs.VirtualClock(datetime(2026, 1, 1))
