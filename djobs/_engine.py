@@ -19,7 +19,7 @@ from ._durations import DurationLike, duration, to_ms
 from ._errors import StorageError, ValidationError
 from ._execution import Env
 from ._ids import RandomIds
-from ._input import DEFAULT_MAX_PAYLOAD_BYTES, check_payload_limit
+from ._input import DEFAULT_MAX_PAYLOAD_BYTES, check_count, check_interval, check_payload_limit
 from ._layers import Layers
 from ._leases import DEFAULT_INSTANCE_LEASE, InstanceLeases
 from ._retention import Retention, retention_loop
@@ -278,7 +278,8 @@ def open_engine(
             needs services that are a ``HasTokens``; one that needs none
             accepts any), else mypy reports the call. Without `services`,
             only definitions that need none are accepted.
-        max_concurrency: How many instance handlers may run at once.
+        max_concurrency: How many instance handlers may run at once: an int
+            from 1 to 2,147,483,647. Every duration here is at most 36,525 days.
         alarm_lease: How long a claimed alarm is hidden before it fires again
             if its handler never finished (a crash).
         alarm_poll_interval: How often the alarm sleeper looks for alarms set
@@ -362,12 +363,15 @@ async def open_engine_as(
     require_trio("open_engine")
     check_definitions(definitions)
     check_payload_limit(max_payload_bytes)
-    if max_concurrency < 1:
-        raise ValidationError(f"max_concurrency must be at least 1, got {max_concurrency}")
-    lease_ms = to_ms(duration(alarm_lease, what="alarm_lease"))
-    poll_ms = None if alarm_poll_interval is None else to_ms(duration(alarm_poll_interval, what="alarm_poll_interval"))
-    grace = duration(shutdown_grace, what="shutdown_grace").total_seconds()
-    instance_lease_ms = to_ms(duration(instance_lease, what="instance_lease"))
+    check_count(max_concurrency, "max_concurrency")
+    lease_ms = to_ms(check_interval(duration(alarm_lease, what="alarm_lease"), "alarm_lease"))
+    poll_ms = (
+        None
+        if alarm_poll_interval is None
+        else to_ms(check_interval(duration(alarm_poll_interval, what="alarm_poll_interval"), "alarm_poll_interval"))
+    )
+    grace = check_interval(duration(shutdown_grace, what="shutdown_grace"), "shutdown_grace").total_seconds()
+    instance_lease_ms = to_ms(check_interval(duration(instance_lease, what="instance_lease"), "instance_lease"))
     if instance_lease_ms < 1000:
         raise ValidationError(f"instance_lease must be at least 1 second, got {instance_lease!r}")
     the_tracker = layers.tracker

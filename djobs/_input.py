@@ -41,6 +41,10 @@ LONGEST_INTERVAL = timedelta(days=36_525)
 #: The most attempts a retry policy may allow (an attempt counter is a 32-bit int in PostgreSQL).
 MAX_ATTEMPTS = 1_000_000
 
+#: The largest count a limit may be (``concurrency=``, a `RateLimit`'s ``count``): PostgreSQL's
+#: ``integer``, which its claim casts them to. A larger one would limit nothing; pass ``None``.
+MAX_LIMIT = 2**31 - 1
+
 #: The default largest encoded payload (params, event, state, input, result), in bytes: 1 MiB.
 DEFAULT_MAX_PAYLOAD_BYTES = 1 << 20
 
@@ -217,6 +221,13 @@ def check_attempts(value: object, what: str) -> int:
     """`value` if it is an int from 1 to `MAX_ATTEMPTS` (raises: a definition-time literal)."""
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ATTEMPTS:
         raise ValidationError(f"{what} must be an int from 1 to {MAX_ATTEMPTS}, got {value!r:.40}")
+    return value
+
+
+def check_count(value: object, what: str) -> int:
+    """`value` if it is an int from 1 to `MAX_LIMIT` (raises: a definition-time literal)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_LIMIT:
+        raise ValidationError(f"{what} must be an int from 1 to {MAX_LIMIT}, got {value!r:.40}")
     return value
 
 

@@ -22,7 +22,7 @@ from returns.result import Failure, Result, Success
 
 from ._durations import DurationLike, duration, to_ms
 from ._errors import ValidationError
-from ._input import check_text
+from ._input import MAX_LIMIT, check_text
 
 __all__ = ["JobLimits", "RateLimit", "job_limits", "limit_key_of"]
 
@@ -60,11 +60,13 @@ class RateLimit:
     limiter counts (not a bucket that refills at fixed times).
 
     Args:
-        count: Starts allowed per window, at least 1.
+        count: Starts allowed per window, from 1 to 2,147,483,647 (`MAX_LIMIT`, PostgreSQL's
+            ``integer``; for no rate limit pass no `RateLimit`).
         per: The window: a duration (``"10 seconds"``, a timedelta, ms as an int).
 
     Raises:
-        ValidationError: `count` below 1, or `per` not a duration from 1 ms to a day.
+        ValidationError: `count` not an int from 1 to 2,147,483,647, or `per` not a
+            duration from 1 ms to a day.
 
     Examples:
         >>> RateLimit(100, "1 minute").period_ms
@@ -77,8 +79,8 @@ class RateLimit:
     per: DurationLike
 
     def __post_init__(self) -> None:
-        if isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 1:
-            raise ValidationError(f"RateLimit(count={self.count!r}): expected an int of at least 1")
+        if isinstance(self.count, bool) or not isinstance(self.count, int) or not 1 <= self.count <= MAX_LIMIT:
+            raise ValidationError(f"RateLimit(count={self.count!r:.40}): expected an int from 1 to {MAX_LIMIT}")
         ms = to_ms(duration(self.per, what="RateLimit per"))
         if not 1 <= ms <= MAX_PERIOD_MS:
             raise ValidationError(f"RateLimit(per={self.per!r}): the window must be from 1 millisecond to 1 day")
@@ -124,15 +126,17 @@ def job_limits(name: str, concurrency: object, rate_limit: object, limit_key: ob
     """Check `Job.make`'s limit options; ``None`` when the job has no limit.
 
     Raises:
-        ValidationError: `concurrency` is not an int of at least 1, `rate_limit`
+        ValidationError: `concurrency` is not an int from 1 to `MAX_LIMIT` (2**31 - 1), `rate_limit`
             is neither ``"N/period"`` nor a `RateLimit`, or `limit_key` is not
             callable or is given without a limit.
     """
     what = f"Job {name!r}"
     if concurrency is not None and (
-        isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
+        isinstance(concurrency, bool) or not isinstance(concurrency, int) or not 1 <= concurrency <= MAX_LIMIT
     ):
-        raise ValidationError(f"{what}: concurrency must be an int of at least 1 (or None), got {concurrency!r:.80}")
+        raise ValidationError(
+            f"{what}: concurrency must be an int from 1 to {MAX_LIMIT} (or None: no limit), got {concurrency!r:.80}"
+        )
     rate: RateLimit | None
     if rate_limit is None or isinstance(rate_limit, RateLimit):
         rate = rate_limit

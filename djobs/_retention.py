@@ -21,6 +21,7 @@ import trio
 from ._clock import Clock
 from ._durations import DurationLike, duration, to_ms
 from ._errors import StorageError, ValidationError
+from ._input import check_interval
 from .storage._base import DeadLetterStorage, JobStatusName, QueueStorage
 
 __all__ = ["Retention", "RetentionStorage", "purge_once", "retention_loop"]
@@ -85,7 +86,7 @@ class Retention:
             if value is None and name != "every":
                 ages[name] = None
                 continue
-            ms = to_ms(duration(value, what=f"Retention {name}"))
+            ms = to_ms(check_interval(duration(value, what=f"Retention {name}"), f"Retention {name}"))
             if ms <= 0:
                 raise ValidationError(f"Retention {name} must be a positive duration, got {value!r}")
             ages[name] = ms

@@ -46,7 +46,7 @@ import trio
 from ._durations import DurationLike, duration, to_ms
 from ._errors import JobCancelledError, StorageError, ValidationError
 from ._execution import Env
-from ._input import clean_text
+from ._input import check_count, check_interval, clean_text
 from ._wakeup import Wakeup
 from .storage import ClaimedJob, ExpiredLease, HeldStarts, JobSettlement, QueueStorage
 from .storage._base import QueueLimit
@@ -91,7 +91,8 @@ class WorkerOptions:
             that other processes enqueued (jobs enqueued in this process wake
             it at once). ``None`` trusts this process alone.
         batch_size: The most rows the worker holds leased, started or not
-            (at least `max_concurrency`): it claims up to this many at once
+            (at least `max_concurrency`; both are ints from 1 to 2,147,483,647,
+            and the durations at most 36,525 days): it claims up to this many at once
             and tops up when half are gone, so claims (and commits) do not
             grow with the number of jobs. A row held but not started starts
             only if this worker still holds it (never twice), an urgent row
@@ -115,9 +116,10 @@ class WorkerOptions:
 
     def __post_init__(self) -> None:
         for name in ("max_concurrency", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValidationError(f"WorkerOptions({name}={value!r}): expected an int of at least 1")
+            check_count(getattr(self, name), f"WorkerOptions {name}")
+        check_interval(duration(self.lock_timeout, what="lock_timeout"), "WorkerOptions lock_timeout")
+        if self.poll_interval is not None:
+            check_interval(duration(self.poll_interval, what="poll_interval"), "WorkerOptions poll_interval")
         lock_ms = to_ms(duration(self.lock_timeout, what="lock_timeout"))
         if lock_ms < 3:
             raise ValidationError(f"WorkerOptions(lock_timeout={self.lock_timeout!r}): must be at least 3 milliseconds")

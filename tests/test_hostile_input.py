@@ -1133,9 +1133,27 @@ def test_out_of_range_definitions_are_validation_errors() -> None:
         lambda: djobs.Debounce.make(
             "d", event=Named, state=Named, on_event=fold_named, execute=flush_named, flush_after="99999999 weeks"
         ),
+        lambda: djobs.WorkerOptions(lock_timeout="36526 days"),
+        lambda: djobs.WorkerOptions(poll_interval=timedelta(days=40_000)),
+        lambda: djobs.Retention(completed="36526 days"),
+        lambda: djobs.Retention(every=timedelta(days=10**8)),
     ):
         with pytest.raises(djobs.ValidationError):
             make()
+    assert djobs.WorkerOptions(lock_timeout="36525 days").lock_timeout_ms == 36_525 * 86_400_000
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize(
+    "option", ["max_concurrency", "alarm_lease", "alarm_poll_interval", "shutdown_grace", "instance_lease"]
+)
+async def test_out_of_range_engine_options_are_validation_errors(
+    option: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    value: object = 2**31 if option == "max_concurrency" else timedelta(days=36_526)
+    with pytest.raises(djobs.ValidationError, match=option):
+        async with open_test_engine(queue_jobs, **{option: value}):
+            pass
 
 
 class ThirtyHours(tzinfo):
@@ -1457,3 +1475,78 @@ async def test_a_bad_id_is_named_for_what_it_is(autojump_clock: trio.testing.Moc
         assert error.message == "dead letter id must not be empty"
         error = failure(await engine.client.jobs.cancel(7))
         assert error.message == "job id must be a str, got int"
+
+
+edge_ints = st.one_of(
+    st.sampled_from([0, 1, 2, 10_000, 10_001, 2**31 - 1, 2**31, 2**63 - 1, 2**63, 10**20, -1, -(2**31) - 1]),
+    st.integers(min_value=-(2**70), max_value=2**70),
+)
+
+
+def made(make: Any) -> Any | None:
+    """What `make()` returns, or ``None`` if it refused its input with a `ValidationError`."""
+    try:
+        return make()
+    except djobs.ValidationError:
+        return None
+
+
+@pytest.mark.parametrize("kind", STORAGE_KINDS)
+def test_out_of_range_integers_are_validation_errors_on_every_storage(kind: str, tmp_path: Any) -> None:
+    # Every integer a user passes is bounded where it is given, the same on every storage; what
+    # is accepted runs (PostgreSQL holds these as integer or bigint: a larger one stopped claims).
+    # Each example has its own database: a rate window would count an earlier example's starts.
+    examples = iter(range(10_000))
+
+    @settings(max_examples=15 if kind == "postgres" else 30, deadline=None, database=None)
+    @given(n=edge_ints)
+    def property(n: int) -> None:
+        count_fits = 1 <= n <= 2**31 - 1
+        limited = made(lambda: djobs.Job.make("limited", params=Named, result=Greeting, execute=greet, concurrency=n))
+        texted = made(
+            lambda: djobs.Job.make("texted", params=Named, result=Greeting, execute=greet, rate_limit=f"{n}/s")
+        )
+        typed = made(
+            lambda: djobs.Job.make(
+                "typed", params=Named, result=Greeting, execute=greet, rate_limit=djobs.RateLimit(n, "1 day")
+            )
+        )
+        worker = made(lambda: djobs.WorkerOptions(max_concurrency=n, batch_size=n))
+        flusher = made(
+            lambda: djobs.Debounce.make(
+                "flusher", event=Named, state=Named, on_event=fold_named, execute=flush_named, max_events=n
+            )
+        )
+        for definition in (limited, texted, typed, worker, flusher):
+            assert (definition is not None) == count_fits, (definition, n)
+        tries = made(lambda: djobs.Job.make("tries", params=Named, result=Greeting, execute=greet, max_attempts=n))
+        assert (tries is not None) == (1 <= n <= 1_000_000)
+        listing_fits = 1 <= n <= 10_000
+
+        async def scenario(layer: djobs.storage.StorageLayer) -> None:
+            jobs = [greeter, *(job for job in (limited, texted, typed, tries) if job is not None)]
+            options = {} if worker is None else {"worker": worker, "max_concurrency": n}
+            async with open_test_engine([*jobs, visitor], storage=layer, **options) as engine:
+                client = engine.client
+                ids = [success(await client.job(job).later(Named("ok"))) for job in jobs]
+                await expect(client.job(greeter).later, not -(2**31) <= n < 2**31, Named("ranked"), priority=n)
+                await expect(client.jobs.list, not listing_fits, limit=n)
+                await expect(client.workflow(visitor).list, not listing_fits, limit=n)
+                await expect(client.dead_letters.list, not listing_fits, limit=n)
+                await engine.wait_idle()
+                await trio.sleep(10)  # a limited job may wait for its key (wait_idle sees only what is due)
+                # Every job of every name ran: no accepted number stopped the claim.
+                statuses = [success(await client.jobs.status(job_id)).status for job_id in ids]
+                assert statuses == ["completed"] * len(ids), (statuses, [job.name for job in jobs])
+
+        schema = new_schema_name() if kind == "postgres" else None
+        directory = tmp_path / str(next(examples))
+        directory.mkdir()
+        try:
+            layer = storage_layer(kind, str(directory), schema)
+            trio.run(scenario, layer, clock=trio.testing.MockClock(autojump_threshold=0))
+        finally:
+            if schema is not None:
+                drop_schema(postgres_dsn() or "", schema)
+
+    property()

@@ -124,9 +124,12 @@ async def _noop(params: Work, ctx: djobs.JobContext) -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"concurrency": 0}, "concurrency must be an int of at least 1"),
-        ({"concurrency": True}, "concurrency must be an int of at least 1"),
-        ({"concurrency": "3"}, "concurrency must be an int of at least 1"),
+        ({"concurrency": 0}, "concurrency must be an int from 1 to 2147483647"),
+        ({"concurrency": True}, "concurrency must be an int from 1 to 2147483647"),
+        ({"concurrency": "3"}, "concurrency must be an int from 1 to 2147483647"),
+        ({"concurrency": 2**31}, "concurrency must be an int from 1 to 2147483647"),
+        ({"concurrency": 10**20}, "concurrency must be an int from 1 to 2147483647"),
+        ({"rate_limit": "3000000000/second"}, "RateLimit(count=3000000000): expected an int from 1 to 2147483647"),
         ({"rate_limit": "5/fortnight"}, "expected 'N/second', 'N/minute', 'N/hour' or 'N/day'"),
         ({"rate_limit": "0/minute"}, "RateLimit(count=0)"),
         ({"rate_limit": "fast"}, "expected 'N/second'"),
@@ -150,6 +153,10 @@ def test_rate_limits_parse_from_text_or_a_typed_value() -> None:
     for bad in ("5/fortnight", "-1/minute", "5", "/minute", "1.5/second"):
         with pytest.raises(djobs.ValidationError):
             djobs.RateLimit.parse(bad)
+    assert djobs.RateLimit(2**31 - 1, "1 second").count == 2**31 - 1
+    for count in (2**31, 2**63, 10**20):
+        with pytest.raises(djobs.ValidationError, match="expected an int from 1 to 2147483647"):
+            djobs.RateLimit(count, "1 second")
     with pytest.raises(djobs.ValidationError, match="from 1 millisecond to 1 day"):
         djobs.RateLimit(1, "2 days")
     with pytest.raises(djobs.ValidationError, match="from 1 millisecond to 1 day"):
@@ -505,6 +512,23 @@ async def test_a_job_revived_from_its_dead_letter_keeps_its_limit(
         await drain(engine)
         assert success(await engine.client.jobs.status(failed)).status == "completed"
     assert most == 1  # the revived job waited for the key's slot
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("kind", STORAGES)
+async def test_the_largest_limits_claim_beside_an_unlimited_job(
+    kind: str, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The bounds are what every storage holds: PostgreSQL's claim casts the limits to integer.
+    bodies = Bodies()
+    big = bodies.job("big", concurrency=2**31 - 1)
+    rated = bodies.job("rated", rate_limit=djobs.RateLimit(2**31 - 1, "1 day"), key=lambda p: p.account)
+    free = bodies.job("free")
+    async with storage_for(kind, tmp_path) as storage, open_test_engine([big, rated, free], storage=storage) as engine:
+        for n, job in enumerate((big, rated, free)):
+            success(await engine.client.job(job).later(Work(n, seconds=0)))
+        await drain(engine)
+    assert sorted(bodies.done) == [0, 1, 2]
 
 
 @pytest.mark.trio

@@ -61,7 +61,7 @@ from .._errors import (
     ValidationError,
 )
 from .._execution import Checkout, Env, OutcomeKind, RunInfo, execute, run_body
-from .._input import check_interval, text_problem
+from .._input import MAX_LIMIT, check_interval, text_problem
 from .._limits import NO_LIMITS, RunLimits, definition_limits, offloaded
 from .._logging import JobLog, LoggingOption, threshold
 from .._retry import Retry
@@ -319,10 +319,10 @@ class Debounce(Definition[D_contra], Generic[E, S, D_contra]):
         if flush_after_ms <= 0:
             raise ValidationError(f"Debounce {name!r}: flush_after must be more than zero, got {flush_after!r}")
         if max_events is not None and (
-            isinstance(max_events, bool) or not isinstance(max_events, int) or max_events < 1
+            isinstance(max_events, bool) or not isinstance(max_events, int) or not 1 <= max_events <= MAX_LIMIT
         ):
             raise ValidationError(
-                f"Debounce {name!r}: max_events must be None or an int of at least 1, got {max_events!r}"
+                f"Debounce {name!r}: max_events must be None or an int from 1 to {MAX_LIMIT}, got {max_events!r:.40}"
             )
         check_body(execute, f"Debounce {name!r}: execute")
         if on_event is not None:

@@ -286,11 +286,12 @@ class Job(Definition[D_contra], Generic[P, R, D_contra]):
             concurrency: At most this many of the job run at once (per
                 `limit_key`), counted across every engine process on the
                 database; a job over the limit waits, pending, and starts when
-                one ends. ``None`` (default): no limit but ``max_concurrency``.
+                one ends. From 1 to 2,147,483,647 (PostgreSQL's ``integer``);
+                ``None`` (default): no limit but ``max_concurrency``.
             rate_limit: At most N starts (per `limit_key`) in any sliding
                 window: ``"100/minute"`` (``N/second``, ``N/minute``,
                 ``N/hour``, ``N/day``) or a `RateLimit` (any window up to a
-                day). Every attempt is a start. A job over the limit waits and
+                day); N from 1 to 2,147,483,647. Every attempt is a start. A job over the limit waits and
                 starts when the window frees a slot (the worker sleeps until
                 then). ``None`` (default): no limit.
             limit_key: ``limit_key(params) -> str``: the limits count per key
