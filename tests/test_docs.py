@@ -21,6 +21,8 @@ The convention (for maintainers: docs/design.md, "Docs are tested"):
   as a person would press it: a ``main`` that serves until stopped must
   handle it and return. A ``test_*`` gets Ctrl-C after 400 virtual days.
   Either must then return normally; a KeyboardInterrupt is a failure.
+- The same module is type-checked (`test_the_examples_type_check`): mypy
+  --strict, but functions need no annotations (their bodies are checked).
 - A block opts out only with a visible reason, its title:
   ```` ```python title="Not tested: needs a real telemetry collector" ````.
   At most `MAX_OPT_OUTS` blocks in the whole site may do so.
@@ -230,6 +232,43 @@ def test_the_examples_of_a_page_run(page: Path, isolated: Path, monkeypatch: pyt
     for block in parse(page):
         if not block.opted_out:
             _run_block(block, module, isolated)
+
+
+#: mypy's options for the examples: the project's ``--strict`` (pyproject.toml), except that a
+#: function need not be annotated (examples stay short) while its body is still checked, and a
+#: page may define ``main`` twice (each block a program of its own).
+EXAMPLE_MYPY_FLAGS = [
+    "--allow-untyped-defs",
+    "--allow-incomplete-defs",
+    "--allow-untyped-calls",
+    "--check-untyped-defs",
+    "--no-warn-return-any",
+    "--disable-error-code=no-redef",
+    "--follow-imports=silent",
+]
+
+
+def test_the_examples_type_check(tmp_path: Path) -> None:
+    """A page's blocks, as they run (one module, in order), pass mypy --strict: a reader's
+    checked code must not fail on ``letter.error.message`` where ``error`` may be ``None``.
+    Each block sits at its line of the page, so an error names the page's own line."""
+    from mypy import api
+
+    files: dict[str, Path] = {}
+    for page in _pages_with_python():
+        lines: list[str] = []
+        for block in parse(page):
+            if block.opted_out:
+                continue
+            lines += [""] * (block.line - 1 - len(lines))
+            lines += block.source.splitlines()
+        module = tmp_path / (re.sub(r"\W", "_", str(page.relative_to(ROOT))) + ".py")
+        module.write_text("\n".join(lines) + "\n")
+        files[module.name] = page.relative_to(ROOT)
+    out, err, status = api.run(["--no-incremental", *EXAMPLE_MYPY_FLAGS, *map(str, sorted(tmp_path.glob("*.py")))])
+    for name, page in files.items():
+        out = out.replace(str(tmp_path / name), str(page))
+    assert status == 0, out + err
 
 
 def test_opt_outs_are_rare_and_say_why() -> None:
