@@ -1,4 +1,5 @@
-"""The djobs demo: every job kind working on ./djobs-demo.db, in real time.
+"""The djobs demo: every job kind working on ./djobs-demo.db, in real time (about 12 seconds):
+continuous, debounce, task, workflow, the queue and cron.
 
 Run it with ``make demo``. It prints what happens and ends by itself.
 """
@@ -165,6 +166,55 @@ async def task_demo() -> None:
         say(f"  finally: {djobs.unwrap_or_raise(await client.status('order-789')).status}")
 
 
+# -- Workflow: durable steps, a durable sleep and a signal ----------------------------------
+
+
+class Signup(msgspec.Struct):
+    email: str
+
+
+class Verified(msgspec.Struct):
+    code: str
+
+
+async def create_account(email: str) -> str:
+    say(f"  step 'create account' for {email}")
+    return f"acct-{email.split('@')[0]}"
+
+
+async def send_mail(email: str, text: str) -> None:
+    say(f"  step 'mail' to {email}: {text}")
+
+
+async def onboard(signup: Signup, ctx: djobs.WorkflowContext) -> str:
+    account = await ctx.step("create account", create_account, signup.email)
+    await ctx.sleep("1 second")  # a durable sleep: a row and an alarm, not a task held open
+    verified = await ctx.wait_for_signal("verified", Verified, timeout="10 seconds")
+    if isinstance(verified, djobs.TimedOut):
+        await ctx.step("reminder", send_mail, signup.email, "please verify your address")
+        return f"{account}: unverified"
+    await ctx.step("welcome", send_mail, signup.email, f"welcome! (code {verified.code})")
+    return f"{account}: verified"
+
+
+onboarding = djobs.Workflow.make("onboarding", input=Signup, result=str, execute=onboard)
+
+
+async def workflow_demo() -> None:
+    say("Workflow: a step, a 1-second durable sleep, a signal, a last step")
+    async with djobs.open_engine([onboarding], storage=djobs.sqlite(DB)) as engine:
+        client = engine.client.workflow(onboarding)
+        djobs.unwrap_or_raise(await client.start(id="signup-42", input=Signup("ada@example.com")))
+        await trio.sleep(0.3)
+        status = djobs.unwrap_or_raise(await client.status("signup-42"))
+        say(f"  {status.status} at {status.current_step!r}, {status.steps_finished} step(s) finished")
+        djobs.unwrap_or_raise(await client.signal("signup-42", "verified", Verified("123456")))
+        say("  signal 'verified' sent while it sleeps: it is kept for the wait")
+        await trio.sleep(1.2)  # the sleep ends 1 second after the start; the wait then takes the signal
+        say(f"  then: {djobs.unwrap_or_raise(await client.status('signup-42')).status}")
+        say(f"  result: {djobs.unwrap_or_raise(await client.result('signup-42'))!r}")
+
+
 # -- The queue: one-off jobs now, later and in a batch; a cron job; an event --------------
 
 
@@ -227,6 +277,7 @@ async def main() -> None:
     await continuous_demo()
     await debounce_demo()
     await task_demo()
+    await workflow_demo()
     await queue_demo()
     say("demo finished")
 

@@ -61,6 +61,7 @@ def demo_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
         [sys.executable, "-m", "examples.demo"], cwd=where, env=env, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stdout + done.stderr
+    (where / "demo-output.txt").write_text(done.stdout)
 
     async def add_failed_work() -> None:
         async with djobs.open_engine([resizer], storage=djobs.sqlite(where / DEMO_DB), worker=None) as engine:
@@ -68,7 +69,7 @@ def demo_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 await engine.client.job(resizer).now(Resize(width))
 
     async def add_workflows_now() -> None:
-        # Workflows, which the demo does not run: one completed, one sleeping a day (from now, in real time).
+        # Workflows besides the demo's completed one: one completed, one sleeping a day (from now, in real time).
         now = datetime.now(UTC)
         async with open_test_engine([visits], storage=djobs.sqlite(where / DEMO_DB), start=now) as engine:
             for wid, who in (("visit-1", "quick"), ("visit-2", "Ada")):
@@ -78,6 +79,17 @@ def demo_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
     trio.run(add_failed_work)
     trio.run(add_workflows_now, clock=trio.testing.MockClock(autojump_threshold=0))
     return where
+
+
+def test_make_demo_shows_every_kind_working_and_ends(demo_database: Path) -> None:
+    # `make demo` promises every kind working, ending by itself (the fixture ran it, in real time).
+    out = (demo_database / "demo-output.txt").read_text()
+    for heading in ("Continuous:", "Debounce:", "Task:", "Workflow:", "Queue:"):
+        assert f"] {heading}" in out, heading
+    assert "(the instance survived the restart)" in out
+    assert "result: 'acct-ada: verified'" in out  # the workflow slept, took its signal and ran its last step
+    assert "cron job 'ticker' fired" in out
+    assert out.rstrip().endswith("demo finished")
 
 
 @pytest.fixture
