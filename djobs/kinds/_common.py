@@ -174,9 +174,12 @@ async def bind_async(result: Result[U, Any], fn: Callable[[U], Awaitable[Result[
     returns' own `FutureResult.bind_async` would answer an `IOResult`; the verbs stay in `Result`
     until `effect` makes the client's `FutureResult`, so this is the one place that awaits a bind.
     """
-    if isinstance(result, Failure):
-        return result
-    return await fn(result.unwrap())
+    match result:
+        case Success(value):
+            return await fn(value)
+        case Failure() as failed:
+            return failed
+    raise AssertionError(f"neither a Success nor a Failure: {result!r}")
 
 
 #: Separates a tenant from an instance id in a storage key. Ids may not contain

@@ -330,25 +330,27 @@ class CronScheduler:
             handler = queue.handlers[cron.job.name]
             params = cron.params
             if params is None:
+                # A CronFire always encodes: the one unwrap here is of a known success.
                 params = encode(CronFire, CronFire(cron.name, to_datetime(due)), what="cron fire").unwrap()
-            made = queue.row(
+            match queue.row(
                 handler,
                 params,
                 scheduled_for=due,
                 now=now,
                 correlation_id=f"cron:{cron.name}",
                 tenant_id=cron.tenant_id,
-            )
-            if isinstance(made, Failure):
-                # The job's limit_key refused these params: this fire enqueues nothing (logged), the schedule goes on.
-                self._log.error(
-                    "cron %s: the fire due at %s enqueues nothing: %s",
-                    cron.name,
-                    to_datetime(due).isoformat(),
-                    made.failure().message,
-                )
-            else:
-                row = made.unwrap()
+            ):
+                case Success(made):
+                    row = made
+                case Failure(error):
+                    # The job's limit_key refused these params: this fire enqueues nothing (logged);
+                    # the schedule goes on.
+                    self._log.error(
+                        "cron %s: the fire due at %s enqueues nothing: %s",
+                        cron.name,
+                        to_datetime(due).isoformat(),
+                        error.message,
+                    )
         queue.env.handoffs.begin()  # the job row exists before the worker is poked to run it
         try:
             fired = await self.storage.fire_cron(cron.name, due, next_run_at, now, row)

@@ -511,6 +511,15 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
             while len(live_map) > LIVE_LIMIT:
                 del live_map[next(iter(live_map))]
 
+    async def _live_or_fail(self, key: str, serial: int, queue: deque[_QueuedAdd[E]]) -> _Live[S] | None:
+        """`_checkout_live`'s batch, or ``None`` once every add in `queue` is answered with its failure."""
+        checked = await self._checkout_live(key, serial)
+        match checked:
+            case Failure() as failed:
+                while queue:
+                    _finish(queue.popleft(), failed)
+        return checked.value_or(None)
+
     async def _checkout_live(self, key: str, serial: int) -> Result[_Live[S], ValidationError | StorageError]:
         """`key`'s batch: the copy in memory if it was made under lease `serial`, else loaded and kept."""
         live = self._live.get(key)
@@ -524,10 +533,11 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
             record, alarm = loaded
             state: S | None = None
             if record.state is not None:
-                decoded = decode(self.job.state, record.state, what="state")
-                if isinstance(decoded, Failure):
-                    return decoded
-                state = decoded.unwrap()
+                match decode(self.job.state, record.state, what="state"):
+                    case Success(decoded):
+                        state = decoded
+                    case Failure(error):
+                        return Failure(error)
             live = _Live(serial, record, None if alarm is None else (alarm.fire_at, alarm.purpose), state)
         self._keep(key, live)
         return Success(live)
@@ -545,16 +555,19 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
     async def add(
         self, instance_id: str, event: object, event_id: object
     ) -> Result[AddResult, ValidationError | ExecutionError | DuplicateEventError | StorageError]:
+        # Matches, not a Result.do: every add passes here, and a generator would cost more than the checks.
         the_event_id: str | None = None
         if event_id is not None:
-            checked_id = _check_event_id(event_id)
-            if isinstance(checked_id, Failure):
-                return checked_id
-            the_event_id = checked_id.unwrap()
-        checked = validate(self.job.event, event, what=self._event_what, limit=self.env.max_payload_bytes)
-        if isinstance(checked, Failure):
-            return checked
-        the_event = checked.unwrap()
+            match _check_event_id(event_id):
+                case Success(checked_id):
+                    the_event_id = checked_id
+                case Failure(error):
+                    return Failure(error)
+        match validate(self.job.event, event, what=self._event_what, limit=self.env.max_payload_bytes):
+            case Failure(error):
+                return Failure(error)
+            case Success(the_event):
+                pass
         key = self.key(instance_id)
         pending = _QueuedAdd(instance_id, the_event, the_event_id)
         queue = self._queues.get(key)
@@ -667,13 +680,14 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         # A synchronous reducer returning a value or a Result completes without a
         # task switch: `run_body` awaits only what the reducer's form needs.
         result = await run_body(lambda: reducer(ctx), env.services, self._reducer_what, job.limits)
-        if isinstance(result, Failure):
-            error = result.failure()
-            log.error("on_event failed: %s", error.message)
-            if isinstance(error, ValidationError | ExecutionError):
-                return Failure(error)
-            return Failure(ExecutionError(f"on_event failed: {error.message}", error))
-        returned = result.unwrap()
+        match result:
+            case Failure(error):
+                log.error("on_event failed: %s", error.message)
+                if isinstance(error, ValidationError | ExecutionError):
+                    return Failure(error)
+                return Failure(ExecutionError(f"on_event failed: {error.message}", error))
+            case Success(returned):
+                pass
         where = self._state_what
         if returned is None:
             return Failure(
@@ -733,12 +747,9 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         ``"actor"`` (`inline` and a full batch must flush first), else ``None``.
         """
         job, env = self.job, self.env
-        checked = await self._checkout_live(key, serial)
-        if isinstance(checked, Failure):
-            while queue:
-                _finish(queue.popleft(), checked)
+        live = await self._live_or_fail(key, serial, queue)
+        if live is None:
             return None
-        live = checked.unwrap()
         if live.alarm is not None and live.alarm[1] == "max_events" and live.state is not None:
             # A full batch whose posted flush has not run yet (or did not survive a
             # restart): it flushes before these events, which start the next batch.
@@ -747,12 +758,9 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
             assert live.record is not None
             self._forget(key)
             await self._flush(live.record, "max_events")
-            checked = await self._checkout_live(key, serial)
-            if isinstance(checked, Failure):
-                while queue:
-                    _finish(queue.popleft(), checked)
+            live = await self._live_or_fail(key, serial, queue)
+            if live is None:
                 return None
-            live = checked.unwrap()
         event_id = queue[0].event_id
         if event_id is not None and await env.storage.has_event_id(key, event_id):
             first = queue.popleft()
@@ -771,20 +779,22 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         started_flush_at = now
         flush_at_ms, flush_at = now, to_datetime(now)
         full = False
+        added = False  # some event of the round was reduced
         for pending in queue:
             if len(results) >= ROUND_LIMIT or (results and pending.event_id is not None):
                 break
             created = state is None
             number = 1 if created else count + 1
-            reduced = await self._reduce(pending.instance_id, pending.event, state, number)
-            if isinstance(reduced, Failure):
-                results.append(reduced)
-                if raw is not None:  # a fresh copy of the state before it, whatever the reducer did to it
-                    state = decode(job.state, raw, what="state").value_or(None)
-                if event_id is not None:
-                    break
-                continue
-            raw, state = reduced.unwrap()
+            match await self._reduce(pending.instance_id, pending.event, state, number):
+                case Failure() as failed:
+                    results.append(failed)
+                    if raw is not None:  # a fresh copy of the state before it, whatever the reducer did to it
+                        state = decode(job.state, raw, what="state").value_or(None)
+                    if event_id is not None:
+                        break
+                    continue
+                case Success((raw, state)):
+                    pass
             count = number
             if created:
                 started = True
@@ -804,9 +814,10 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
             if alarm[0] != flush_at_ms:  # one datetime per round, mostly
                 flush_at_ms, flush_at = alarm[0], to_datetime(alarm[0])
             results.append(Success(AddResult(created, count, flush_at)))
+            added = True
             if full or event_id is not None:
                 break
-        if started or any(isinstance(r, Success) for r in results):
+        if added:
             assert raw is not None
             events: list[TrackedEvent] | None = [] if env.tracking else None
             if record is None:
@@ -916,32 +927,35 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         outcome_kind: OutcomeKind
         error: JobError | None = None
         kept = False  # a clear stopped the flush: the batch goes, the instance and its event ids stay
-        if isinstance(state, Failure):
-            outcome_kind, error = "failed", state.failure()
-            unreadable_state(env, log, events, record, KIND, job.name, error, run_count=run_count, attempt=attempt)
-            retry_at, duration_ms = None, 0.0
-        else:
-            checkout = Checkout(state.unwrap())
-            started_at = to_datetime(record.started_at if record.started_at is not None else record.updated_at)
-            ctx: DebounceContext[S, Any] = DebounceContext(
-                env,
-                job.name,
-                record.instance_id,
-                log,
-                checkout,
-                count,
-                reason,
-                started_at,
-                run_count,
-                attempt,
-                record.tenant_id,
-            )
-            what = f"the execute of debounce job {job.name!r}"
-            body = offloaded(job.execute, job.limits, what)
-            outcome = await execute(env, info, checkout, lambda: body(ctx), job.retry, events, log, job.limits, what)
-            outcome_kind, retry_at, duration_ms = outcome.kind, outcome.retry_at, outcome.duration_ms
-            error = outcome.error
-            kept = outcome_kind == "terminated" and checkout.keep_instance
+        match state:
+            case Failure(failure):
+                outcome_kind, error = "failed", failure
+                unreadable_state(env, log, events, record, KIND, job.name, error, run_count=run_count, attempt=attempt)
+                retry_at, duration_ms = None, 0.0
+            case Success(value):
+                checkout = Checkout(value)
+                started_at = to_datetime(record.started_at if record.started_at is not None else record.updated_at)
+                ctx: DebounceContext[S, Any] = DebounceContext(
+                    env,
+                    job.name,
+                    record.instance_id,
+                    log,
+                    checkout,
+                    count,
+                    reason,
+                    started_at,
+                    run_count,
+                    attempt,
+                    record.tenant_id,
+                )
+                what = f"the execute of debounce job {job.name!r}"
+                body = offloaded(job.execute, job.limits, what)
+                outcome = await execute(
+                    env, info, checkout, lambda: body(ctx), job.retry, events, log, job.limits, what
+                )
+                outcome_kind, retry_at, duration_ms = outcome.kind, outcome.retry_at, outcome.duration_ms
+                error = outcome.error
+                kept = outcome_kind == "terminated" and checkout.keep_instance
         now = env.now_ms()
         record.run_count = run_count
         # A batch whose flush failed for good is kept as a dead letter, with its events'

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
+from returns.pipeline import is_successful
 from returns.result import Failure, Result, Success
 
 from .._clock import LATEST_MS, to_datetime
@@ -32,7 +33,7 @@ from .._queue_limits import limit_key_of
 from .._worker import CANCELLED_ERROR, Worker
 from ..storage import JobFilter, JobRecord, JobStatusName, NewJob, QueueStorage
 from ..storage._base import FINAL_STATUSES, QueueLimit
-from ._common import check_id
+from ._common import bind_async, check_id
 from ._job import MAX_TEXT, CancelResult, EventResult, JobErrorInfo, JobInfo, RetryResult, Tenancy
 from ._job_runner import JobHandler
 
@@ -65,9 +66,9 @@ def job_info(record: JobRecord, handler: JobHandler[Any, Any] | None) -> JobInfo
         if raw is None:
             return None
         if tp is not None:
-            typed = decode(tp, raw, what="value")
-            if isinstance(typed, Success):
-                return typed.unwrap()
+            match decode(tp, raw, what="value"):
+                case Success(typed):
+                    return typed
         try:
             return _any_json.decode(raw)
         except msgspec.DecodeError:
@@ -158,14 +159,16 @@ class JobQueue:
 
     def tenant_for(self, scope: str | None, given: object) -> Result[str | None, TenantError | ValidationError]:
         """The tenant an enqueue is for: the client's scope, or the given id (required if tenancy is)."""
-        checked = check_short_text(given, "tenant_id")
-        if isinstance(checked, Failure):
-            return checked
-        tenant = checked.unwrap()
+        checked: Result[str | None, TenantError | ValidationError] = Result.do(
+            tenant
+            for tenant in check_short_text(given, "tenant_id")
+            for _ in check_short_text(scope, "the client's tenant id")
+        )
+        return checked.bind(lambda tenant: self._scoped(scope, tenant))
+
+    def _scoped(self, scope: str | None, tenant: str | None) -> Result[str | None, TenantError | ValidationError]:
+        """The tenant an enqueue by a client scoped to `scope` for a checked `tenant` is for."""
         if scope is not None:
-            scoped = check_short_text(scope, "the client's tenant id")
-            if isinstance(scoped, Failure):
-                return scoped
             if tenant is not None and tenant != scope:
                 return Failure(TenantError(f"this client acts for tenant {scope!r}; it cannot act for {tenant!r}"))
             return Success(scope)
@@ -231,9 +234,12 @@ class JobQueue:
         `raw` (a key function that fails is this row's `ValidationError`, its message
         starting with `what`, by default ``job 'name'``)."""
         job = handler.job
-        limit_key = limit_key_of(job.name, job.queue_limits, lambda: msgspec.json.decode(raw, type=job.params), what)
-        if isinstance(limit_key, Failure):
-            return limit_key
+        # A match, not .map: this runs once per row of a batch, and a lambda would be one more call each.
+        match limit_key_of(job.name, job.queue_limits, lambda: msgspec.json.decode(raw, type=job.params), what):
+            case Failure() as failed:
+                return failed
+            case Success(limit_key):
+                pass
         return Success(
             NewJob(
                 id=self.worker.new_id(),
@@ -248,7 +254,7 @@ class JobQueue:
                 idempotency_key=idempotency_key,
                 unique_key=unique_key,
                 unique_statuses=unique_statuses,
-                limit_key=limit_key.unwrap(),
+                limit_key=limit_key,
             )
         )
 
@@ -272,11 +278,11 @@ class JobQueue:
         reads them), so a delayed event survives a restart like any queued job.
         """
         if isinstance(event, Event):
-            typed = encode(
+            match encode(
                 event.payload, payload, what=f"payload of event {event.name!r}", limit=self.env.max_payload_bytes
-            )
-            if isinstance(typed, Failure):
-                return typed
+            ):
+                case Failure(error):
+                    return Failure(error)
             event = event.name
         if (problem := name_problem(event)) is not None or not isinstance(event, str):
             return Failure(ValidationError(problem or f"event name must be a string, got {event!r:.80}"))
@@ -288,9 +294,19 @@ class JobQueue:
             for key in check_short_text(idempotency_key, "idempotency_key")
             for due in due_at(at, delay, now)
         )
-        if isinstance(checked, Failure):
-            return checked
-        tenant, correlation, key, due = checked.unwrap()
+        return await bind_async(checked, lambda checks: self._send(event, payload, now, *checks))
+
+    async def _send(
+        self,
+        event: str,
+        payload: object,
+        now: int,
+        tenant: str | None,
+        correlation: str | None,
+        key: str | None,
+        due: int,
+    ) -> Result[EventResult, ValidationError]:
+        """`send_event` after its checks: encode `payload` for each listener, then enqueue."""
         listeners = self.listeners.get(event, [])
         encoded: list[bytes] = []
         limit = self.env.max_payload_bytes
@@ -298,20 +314,21 @@ class JobQueue:
             encode(h.job.params, payload, what=f"payload of event {event!r} for job {h.job.name!r}", limit=limit)
             for h in listeners
         ]
-        if exact and all(isinstance(e, Failure) for e in exact):
-            # A listener may read a part of the payload, but some listener must take all of it:
-            # a field no listener knows (a misspelling) or a struct no listener takes is refused.
-            return Failure(exact[0].failure())
+        match exact:
+            case [Failure(error), *_] if not any(map(is_successful, exact)):
+                # A listener may read a part of the payload, but some listener must take all of it:
+                # a field no listener knows (a misspelling) or a struct no listener takes is refused.
+                return Failure(error)
         for handler, strict_raw in zip(listeners, exact, strict=True):
+            # A loop that stops at the first payload a listener refuses, so a match.
             what = f"payload of event {event!r} for job {handler.job.name!r}"
-            raw = (
-                strict_raw
-                if isinstance(strict_raw, Success)
-                else encode(handler.job.params, payload, what=what, limit=limit, strict=False)
-            )
-            if isinstance(raw, Failure):
-                return Failure(raw.failure())
-            encoded.append(raw.unwrap())
+            match strict_raw.lash(
+                lambda _: encode(handler.job.params, payload, what=what, limit=limit, strict=False)  # noqa: B023  # called at once
+            ):
+                case Success(raw):
+                    encoded.append(raw)
+                case Failure(error):
+                    return Failure(error)
         if not listeners:
             return Success(EventResult(event=event, job_ids=[], job_names=[], delivered=False))
         rows: list[NewJob] = []
@@ -319,9 +336,11 @@ class JobQueue:
             row = self.row(
                 h, params, scheduled_for=due, now=now, correlation_id=correlation, tenant_id=tenant, idempotency_key=key
             )
-            if isinstance(row, Failure):
-                return Failure(row.failure())
-            rows.append(row.unwrap())
+            match row:
+                case Success(new):
+                    rows.append(new)
+                case Failure(error):
+                    return Failure(error)
         ids = [job_id for job_id, _ in await self.enqueue(rows)]
         return Success(EventResult(event=event, job_ids=ids, job_names=[h.job.name for h in listeners], delivered=True))
 
@@ -332,11 +351,13 @@ class JobQueue:
         checked = Result.do(
             the_id for _ in check_short_text(scope, "the client's tenant id") for the_id in check_id(job_id, "job id")
         )
-        if isinstance(checked, Failure):
-            return checked
-        record = await self.storage.get_job(checked.unwrap())
+        return await bind_async(checked, lambda the_id: self._get(scope, the_id))
+
+    async def _get(self, scope: str | None, job_id: str) -> Result[JobRecord, InstanceNotFoundError]:
+        """The row `job_id` (a checked id), if it exists and the scope may see it."""
+        record = await self.storage.get_job(job_id)
         if record is None:
-            return Failure(_job_not_found(checked.unwrap()))
+            return Failure(_job_not_found(job_id))
         return self.visible(scope, record)
 
     def info(self, record: JobRecord) -> JobInfo:
@@ -345,10 +366,10 @@ class JobQueue:
 
     async def cancel(self, scope: str | None, job_id: object) -> Result[CancelResult, Any]:
         """Cancel a pending job, or the running attempt of one (here: at once; elsewhere: requested)."""
-        loaded = await self.load(scope, job_id)
-        if isinstance(loaded, Failure):
-            return loaded
-        record = loaded.unwrap()
+        return await bind_async(await self.load(scope, job_id), self._cancel)
+
+    async def _cancel(self, record: JobRecord) -> Result[CancelResult, Any]:
+        """`cancel` of the loaded row `record`."""
         if record.status in ("completed", "failed", "cancelled"):
             return Success(CancelResult(record.id, record.status))
         changed = await self.storage.cancel_job(record.id, self.env.now_ms(), CANCELLED_ERROR)
@@ -369,10 +390,10 @@ class JobQueue:
 
     async def retry(self, scope: str | None, job_id: object) -> Result[RetryResult, Any]:
         """Put a failed or cancelled job back to pending, due now, with a fresh attempt budget."""
-        loaded = await self.load(scope, job_id)
-        if isinstance(loaded, Failure):
-            return loaded
-        record = loaded.unwrap()
+        return await bind_async(await self.load(scope, job_id), self._retry)
+
+    async def _retry(self, record: JobRecord) -> Result[RetryResult, Any]:
+        """`retry` of the loaded row `record`."""
         if record.status not in ("failed", "cancelled"):
             return Failure(
                 InvalidStateError(f"job {record.id} is {record.status}; only a failed or cancelled job can be retried")
@@ -387,6 +408,31 @@ class JobQueue:
             [self.worker.event("job.enqueued", record.id, record.name, retry=True, tenant_id=record.tenant_id)]
         )
         return Success(RetryResult(record.id))
+
+    async def _list(
+        self,
+        scope: str | None,
+        status: Any,
+        limit: int,
+        the_name: str | None,
+        correlation: str | None,
+        tenant: str | None,
+        the_after: str | None,
+    ) -> Result[list[JobInfo], Any]:
+        """`list` after its checks."""
+        if scope is not None:
+            if tenant is not None and tenant != scope:
+                return Failure(TenantError(f"this client acts for tenant {scope!r}; it cannot list {tenant!r}'s jobs"))
+            tenant = scope
+        where = JobFilter(
+            status=status,
+            name=the_name,
+            correlation_id=correlation,
+            tenant_id=tenant,
+            after=the_after,
+            limit=limit,
+        )
+        return Success([self.info(r) for r in await self.storage.list_jobs(where)])
 
     async def list(
         self,
@@ -414,28 +460,16 @@ class JobQueue:
             for the_after in check_short_text(after, "after")
             for _ in check_short_text(scope, "the client's tenant id")
         )
-        if isinstance(filters, Failure):
-            return filters
-        the_name, correlation, tenant, the_after = filters.unwrap()
-        if scope is not None:
-            if tenant is not None and tenant != scope:
-                return Failure(TenantError(f"this client acts for tenant {scope!r}; it cannot list {tenant!r}'s jobs"))
-            tenant = scope
-        where = JobFilter(
-            status=status,
-            name=the_name,
-            correlation_id=correlation,
-            tenant_id=tenant,
-            after=the_after,
-            limit=limit,
-        )
-        return Success([self.info(r) for r in await self.storage.list_jobs(where)])
+        return await bind_async(filters, lambda checked: self._list(scope, status, limit, *checked))
 
     async def purge(self, scope: str | None, older_than: object, status: object) -> Result[int, Any]:
         """Delete finished jobs (`status`) that finished more than `older_than` ago; how many."""
-        age = parse_duration(older_than, what="older_than")
-        if isinstance(age, Failure):
-            return age
+        return await bind_async(
+            parse_duration(older_than, what="older_than"), lambda age: self._purge(scope, age, status)
+        )
+
+    async def _purge(self, scope: str | None, age: Any, status: object) -> Result[int, Any]:
+        """`purge` of rows older than the parsed `age`."""
         statuses = [status] if isinstance(status, str) else status
         if (
             not isinstance(statuses, list | tuple)
@@ -448,7 +482,7 @@ class JobQueue:
                     "pending and running jobs are never purged"
                 )
             )
-        before = self.env.now_ms() - to_ms(age.unwrap())
+        before = self.env.now_ms() - to_ms(age)
         total = 0
         while True:
             # Batches of their own transactions: a large purge never holds the write lock for long.

@@ -173,15 +173,23 @@ class JobHandler(Generic[P, R]):
         """
         worker_id = lease[1]
         who = _Attempt(job.id, job.attempt, job.max_attempts, job.tenant_id, job.correlation_id, worker_id)
-        params = decode(self.job.params, job.params, what=self._params_what)
-        if isinstance(params, Failure):
-            error = params.failure()
-            failed = self.env.event(
-                "job.failed", job.id, KIND, job.name, attempt=job.attempt, will_retry=False, error=_error_event(error)
-            )
-            return AttemptEnd("failed", error=_error_json(error), events=[failed])
+        # A match, not .map/.alt: every attempt the worker drains passes here.
+        match decode(self.job.params, job.params, what=self._params_what):
+            case Failure(error):
+                failed = self.env.event(
+                    "job.failed",
+                    job.id,
+                    KIND,
+                    job.name,
+                    attempt=job.attempt,
+                    will_retry=False,
+                    error=_error_event(error),
+                )
+                return AttemptEnd("failed", error=_error_json(error), events=[failed])
+            case Success(params):
+                pass
         # The run id is minted only if the body reads it (the job id names the attempt's logs and events).
-        run, call = self._prepare(params.unwrap(), who, None, lease[0], self.env.clock.now_ms())
+        run, call = self._prepare(params, who, None, lease[0], self.env.clock.now_ms())
         services, what, limits = self.env.services, self._what, self.job.limits
         if limits.timeout_ms is not None:
 
