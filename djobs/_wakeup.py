@@ -26,16 +26,27 @@ class Wakeup:
             here); ``None`` trusts pokes alone.
     """
 
-    __slots__ = ("_clock", "_poll_ms", "_scope", "_until")
+    __slots__ = ("_clock", "_missed", "_poll_ms", "_scope", "_until")
 
     def __init__(self, clock: Clock, poll_ms: int | None) -> None:
         self._clock = clock
         self._poll_ms = poll_ms
         self._scope: trio.CancelScope | None = None
         self._until: float = math.inf
+        # The earliest poke that came while the loop was awake (reading what is due):
+        # what it read may predate the poke's write, so the next sleep ends by then.
+        self._missed: float = math.inf
 
     async def sleep_until(self, at_ms: int | None) -> None:
-        """Sleep until `at_ms` (forever for ``None``), a poke for an earlier time, or the poll interval."""
+        """Sleep until `at_ms` (forever for ``None``), a poke for an earlier time, or the poll interval.
+
+        A poke that came since the last sleep ended counts too: the loop may have read
+        what is due before the poke's write committed (PostgreSQL: the settle of a
+        retry, from another task, during the claim loop's read of its next due time).
+        """
+        missed, self._missed = self._missed, math.inf
+        if missed != math.inf and (at_ms is None or missed < at_ms):
+            at_ms = int(missed)
         scope = self._scope = trio.CancelScope()
         self._until = math.inf if at_ms is None else at_ms
         with scope:
@@ -48,6 +59,9 @@ class Wakeup:
         self._scope = None
 
     def poke(self, at_ms: int) -> None:
-        """Something is due at `at_ms`: wake the sleeper if it sleeps past that."""
-        if self._scope is not None and at_ms < self._until:
+        """Something is due at `at_ms`: wake the sleeper if it sleeps past that (or, if it is
+        awake, end its next sleep by then)."""
+        if self._scope is None:
+            self._missed = min(self._missed, at_ms)
+        elif at_ms < self._until:
             self._scope.cancel()

@@ -157,6 +157,25 @@ async def test_virtual_clock_never_reads_a_millisecond_early(autojump_clock: tri
     assert clock.now_ms() - start == 1002
 
 
+@pytest.mark.trio
+async def test_a_poke_while_the_loop_is_awake_ends_its_next_sleep(autojump_clock: trio.testing.MockClock) -> None:
+    # A loop reads its next due time, then sleeps; a poke that lands during the read (a
+    # retry settled by another task, on PostgreSQL) must not be lost, or the loop sleeps
+    # past the retry's due time (forever, without a poll interval).
+    from djobs._wakeup import Wakeup
+
+    clock = djobs.VirtualClock(datetime(2026, 1, 1, tzinfo=UTC))
+    wakeup = Wakeup(clock, poll_ms=None)
+    start = clock.now_ms()
+    wakeup.poke(start + 1000)  # while awake
+    with trio.move_on_after(3600):
+        await wakeup.sleep_until(None)
+    assert clock.now_ms() == start + 1000
+    with trio.move_on_after(5):  # the missed poke is spent: the next sleep is the asked one
+        await wakeup.sleep_until(None)
+    assert clock.now_ms() == start + 6000
+
+
 def test_virtual_clock_needs_an_aware_start() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         djobs.VirtualClock(datetime(2026, 1, 1))
