@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 import msgspec
+import msgspec.inspect
 from returns.result import Failure, Result, Success
 
 from ._errors import ValidationError
@@ -47,6 +48,48 @@ def _strict_decoder(tp: Any) -> msgspec.json.Decoder[Any]:
     if decoder is None:
         decoder = _strict_decoders[tp] = msgspec.json.Decoder(strict_type(tp))
     return decoder
+
+
+def storable_problem(tp: Any) -> str | None:
+    """Why values of type `tp` cannot be stored as JSON, or ``None`` if they can.
+
+    ``msgspec.json.Decoder(tp)`` accepts any class, leaving one it does not
+    know (a ``CustomType``) to a decode hook djobs does not give, so such a
+    type would be refused only when its first value is written. This walks
+    the type's description (``msgspec.inspect.type_info``) instead and names
+    the first part msgspec cannot encode and decode on its own, so a
+    definition with such a type fails when it is made.
+    """
+    try:
+        info = msgspec.inspect.type_info(tp)
+    except (TypeError, ValueError) as exc:
+        return str(exc)
+    seen: set[int] = set()
+    todo: list[object] = [info]
+    while todo:
+        node = todo.pop()
+        if id(node) in seen:
+            continue  # a recursive struct refers back to itself
+        seen.add(id(node))
+        if isinstance(node, msgspec.inspect.CustomType):
+            return f"{_type_name(node.cls)} is not a type msgspec can store (use a msgspec.Struct)"
+        if isinstance(node, msgspec.inspect.Field):
+            todo.append(node.type)
+        elif isinstance(node, msgspec.inspect.Type):
+            for field in node.__struct_fields__:
+                value = getattr(node, field)
+                if isinstance(value, tuple):
+                    todo.extend(value)
+                else:
+                    todo.append(value)
+    return None
+
+
+def check_storable(tp: Any, what: str) -> None:
+    """Raise a `ValidationError` starting with `what` if values of `tp` cannot be stored (`storable_problem`)."""
+    problem = storable_problem(tp)
+    if problem is not None:
+        raise ValidationError(f"{what} {_type_name(tp)!r} cannot be stored: {problem}")
 
 
 def _type_name(tp: Any) -> str:

@@ -17,6 +17,7 @@ from typing import Any, Generic, TypeVar, final
 
 import msgspec
 
+from ._codec import check_storable
 from ._errors import ValidationError
 from ._input import text_problem
 
@@ -74,6 +75,7 @@ class Event(Generic[P]):
         _check_name(self.name)
         if not (isinstance(self.payload, type) and issubclass(self.payload, msgspec.Struct)):
             raise ValidationError(f"Event {self.name!r}: payload must be a msgspec.Struct type, got {self.payload!r}")
+        check_storable(self.payload, f"Event {self.name!r}: payload")
 
     def __repr__(self) -> str:
         return f"Event({self.name!r}, {self.payload.__qualname__})"

@@ -265,3 +265,32 @@ async def test_bad_cron_definitions_fail_and_store_nothing(autojump_clock: trio.
     async with open_test_engine([report]) as engine:
         assert isinstance(engine.storage, QueueStorage)
         assert await engine.storage.list_cron_jobs() == []
+
+
+@pytest.mark.trio
+async def test_a_cron_job_with_concurrency_1_never_overlaps_a_slow_run(autojump_clock: trio.testing.MockClock) -> None:
+    # Fires every minute, each run takes 150 s: without a limit runs overlap (APScheduler's max_instances).
+    spans: list[tuple[float, float]] = []
+
+    async def slow(fire: djobs.CronFire, ctx: djobs.JobContext) -> None:
+        began = trio.current_time()
+        await trio.sleep(150)
+        spans.append((began, trio.current_time()))
+
+    for limit, overlaps in ((None, True), (1, False)):
+        spans.clear()
+        cron = djobs.CronJob.make("slow", schedule="* * * * *", execute=slow, concurrency=limit)
+        async with open_test_engine([cron]):
+            await trio.sleep(20 * 60)
+        assert len(spans) >= 5
+        ordered = sorted(spans)
+        assert any(b < a_end for (_, a_end), (b, _) in pairwise(ordered)) is overlaps
+
+
+def test_cron_limits_go_with_execute_not_with_job() -> None:
+    report = report_job([])
+    for option in ({"concurrency": 1}, {"rate_limit": "1/minute"}):
+        with pytest.raises(djobs.ValidationError, match="go with execute="):
+            djobs.CronJob.make("bad", schedule="0 9 * * *", job=report, **option)  # type: ignore[arg-type]
+    with pytest.raises(djobs.ValidationError, match="concurrency"):
+        djobs.CronJob.make("bad", schedule="0 9 * * *", execute=lambda f, c: None, concurrency=0)

@@ -8,7 +8,9 @@ import os
 import re
 import socket
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -130,3 +132,40 @@ async def test_a_verb_never_awaited_warns_with_its_own_name(autojump_clock: trio
         ]
         # Awaited, the same verbs work as ever.
         assert success(await engine.client.continuous(beat).start(id="b1", input=Beat())).created
+
+
+class _Opaque:
+    """A plain class: msgspec's decoder accepts it as a type, but cannot store its values."""
+
+
+class _HoldsOpaque(msgspec.Struct):
+    inner: list[_Opaque]
+
+
+def _definitions_with(tp: Any) -> dict[str, Callable[[], object]]:
+    def body(*args: object) -> None:
+        return None
+
+    return {
+        "Job params": lambda: djobs.Job.make("j", params=tp, execute=body),
+        "Job result": lambda: djobs.Job.make("j", params=_Plain, result=tp, execute=body),
+        "Workflow input": lambda: djobs.Workflow.make("w", input=tp, result=int, execute=body),
+        "Workflow result": lambda: djobs.Workflow.make("w", input=_Plain, result=tp, execute=body),
+        "Continuous state": lambda: djobs.Continuous.make("c", state=tp, schedule=djobs.every("1 hour"), execute=body),
+        "Debounce event": lambda: djobs.Debounce.make("d", event=tp, flush_after="1 second", execute=body),
+        "Task state": lambda: djobs.Task.make("t", state=tp, event=_Plain, on_event=body, execute=body),
+        "Task event": lambda: djobs.Task.make("t", state=_Plain, event=tp, on_event=body, execute=body),
+        "Event payload": lambda: djobs.Event("e", tp),
+    }
+
+
+class _Plain(msgspec.Struct):
+    n: int = 0
+
+
+@pytest.mark.parametrize("where", list(_definitions_with(_Plain)))
+def test_a_type_msgspec_cannot_store_fails_its_definition_when_made(where: str) -> None:
+    # Before, such a struct was accepted and every write of it failed later, at run time.
+    with pytest.raises(djobs.ValidationError, match=r"cannot be stored: _Opaque"):
+        _definitions_with(_HoldsOpaque)[where]()
+    _definitions_with(_Plain)[where]()  # the same definition with a storable type is made

@@ -160,6 +160,27 @@ async def test_a_result_that_does_not_match_its_schema_fails_the_job(autojump_cl
 
 
 @pytest.mark.trio
+async def test_a_result_may_be_any_storable_type_as_a_workflows_may(autojump_clock: trio.testing.MockClock) -> None:
+    def total(params: Order, ctx: djobs.JobContext) -> int:
+        return params.amount * 2
+
+    def receipts(params: Order, ctx: djobs.JobContext) -> list[Receipt]:
+        return [Receipt(params.order_id, params.amount)]
+
+    count = djobs.Job.make("total", params=Order, result=int, execute=total)
+    many = djobs.Job.make("receipts", params=Order, result=list[Receipt], execute=receipts)
+    async with open_test_engine([count, many]) as engine:
+        run = success(await engine.client.job(count).now(Order("o", 21)))
+        assert run.result == 42
+        queued = success(await engine.client.job(many).later(Order("o", 5)))
+        await engine.wait_idle()
+        info = success(await engine.client.jobs.status(queued))
+        assert info.result == [Receipt("o", 5)]  # typed back by the registered job
+    with pytest.raises(djobs.ValidationError, match="cannot be stored"):
+        djobs.Job.make("bad", params=Order, result=Recorder, execute=total)  # type: ignore[arg-type]
+
+
+@pytest.mark.trio
 async def test_the_body_forms_and_a_non_retryable_error(autojump_clock: trio.testing.MockClock) -> None:
     class Deps(msgspec.Struct):
         rate: int
@@ -691,7 +712,7 @@ def test_job_definitions_are_checked() -> None:
     with pytest.raises(djobs.ValidationError, match="params"):
         djobs.Job.make("bad", params=NotAStruct, execute=body)  # type: ignore[arg-type]
     with pytest.raises(djobs.ValidationError, match="result"):
-        djobs.Job.make("bad", params=Order, result=dict, execute=body)
+        djobs.Job.make("bad", params=Order, result=NotAStruct, execute=body)  # type: ignore[arg-type]
     with pytest.raises(djobs.ValidationError, match="max_attempts"):
         djobs.Job.make("bad", params=Order, execute=body, max_attempts=0)
     with pytest.raises(djobs.ValidationError, match="name"):

@@ -26,7 +26,7 @@ from typing_extensions import TypeVar
 
 from .._bodies import Returns, check_body
 from .._clock import to_datetime
-from .._codec import decode, encode
+from .._codec import check_storable, decode, encode
 from .._context import D_co, StatefulContext
 from .._durations import DurationLike
 from .._errors import (
@@ -188,6 +188,7 @@ class Continuous(Definition[D_contra], Generic[S, D_contra]):
         check_name(name, KIND)
         if not (isinstance(state, type) and issubclass(state, msgspec.Struct)):
             raise ValidationError(f"Continuous {name!r}: state must be a msgspec.Struct type, got {state!r}")
+        check_storable(state, f"Continuous {name!r}: state")
         if not hasattr(schedule, "next_after"):
             raise ValidationError(f"Continuous {name!r}: schedule must come from djobs.every() or djobs.cron()")
         check_body(execute, f"Continuous {name!r}: execute")

@@ -38,6 +38,7 @@ from .._durations import DurationLike
 from .._errors import JobNotFoundError, StorageError, TenantError, ValidationError, raise_error
 from .._execution import Env
 from .._logging import LoggingOption
+from .._queue_limits import RateLimit
 from .._retry import Retry
 from .._schedule import Cron, Schedule, parse_cron
 from .._wakeup import Wakeup
@@ -118,6 +119,8 @@ class CronJob(Definition[D_contra], Generic[D_contra]):
         logging: LoggingOption = False,
         timeout: DurationLike | None = None,
         blocking: bool = False,
+        concurrency: int | None = None,
+        rate_limit: str | RateLimit | None = None,
     ) -> CronJob[D_contra]:
         """Define a cron job: either a `Job` with its `params`, or its own `execute`.
 
@@ -140,6 +143,12 @@ class CronJob(Definition[D_contra], Generic[D_contra]):
             timeout: With `execute`: the longest one run may take (`Job.make`'s
                 ``timeout``: a longer one fails with `JobTimeoutError`, retried).
             blocking: With `execute`: run a synchronous body in a worker thread.
+            concurrency: With `execute`: at most this many of its runs at once,
+                across every engine process on the database (`Job.make`'s
+                ``concurrency``); ``1`` keeps a slow run from overlapping the
+                next fire, as APScheduler's ``max_instances=1``: the fire waits,
+                pending, until the run before it ends.
+            rate_limit: With `execute`: `Job.make`'s ``rate_limit``.
 
         Raises:
             ValidationError: A bad name, schedule, params or option.
@@ -155,9 +164,10 @@ class CronJob(Definition[D_contra], Generic[D_contra]):
             raise ValidationError(f"CronJob {name!r}: tenant_id must be a non-empty string, got {tenant_id!r}")
         if (job is None) == (execute is None):
             raise ValidationError(f"CronJob {name!r}: give either job= (with params=) or execute=, not both or neither")
-        if job is not None and (timeout is not None or blocking):
+        if job is not None and (timeout is not None or blocking or concurrency is not None or rate_limit is not None):
             raise ValidationError(
-                f"CronJob {name!r}: timeout= and blocking= go with execute=; give them to Job.make for job="
+                f"CronJob {name!r}: timeout=, blocking=, concurrency= and rate_limit= go with execute=;"
+                " give them to Job.make for job="
             )
         if job is not None:
             if not isinstance(job, Job):
@@ -178,6 +188,8 @@ class CronJob(Definition[D_contra], Generic[D_contra]):
             logging=logging,
             timeout=timeout,
             blocking=blocking,
+            concurrency=concurrency,
+            rate_limit=rate_limit,
         )
         return cls(name, schedule, own, None, missed, tenant_id)
 

@@ -46,7 +46,7 @@ from typing_extensions import TypeVar
 
 from .._bodies import Done, Returns, check_body
 from .._clock import to_datetime
-from .._codec import decode, encode_decoded, validate
+from .._codec import check_storable, decode, encode_decoded, validate
 from .._context import BaseContext, D_co
 from .._durations import DurationLike, duration, to_ms
 from .._errors import (
@@ -310,6 +310,7 @@ class Debounce(Definition[D_contra], Generic[E, S, D_contra]):
         for what, tp in (("event", event), ("state", state_type)):
             if not (isinstance(tp, type) and issubclass(tp, msgspec.Struct)):
                 raise ValidationError(f"Debounce {name!r}: {what} must be a msgspec.Struct type, got {tp!r}")
+            check_storable(tp, f"Debounce {name!r}: {what}")
         if on_event is None and state_type is not event:
             raise ValidationError(
                 f"Debounce {name!r}: the default on_event keeps the latest event, so state must be the event type "

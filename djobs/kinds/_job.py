@@ -36,6 +36,7 @@ import msgspec
 from typing_extensions import TypeVar
 
 from .._bodies import Returns, check_body
+from .._codec import check_storable
 from .._context import BaseContext, D_co
 from .._durations import DurationLike
 from .._errors import (
@@ -259,8 +260,10 @@ class Job(Definition[D_contra], Generic[P, R, D_contra]):
             name: The job's unique name (no ``:``).
             params: The ``msgspec.Struct`` type of its params (and of the
                 payload of the event it listens to).
-            result: The ``msgspec.Struct`` type of its result; ``None`` (the
-                default) for a job that returns nothing.
+            result: The type of its result: a ``msgspec.Struct``, or anything
+                else msgspec can store (``int``, ``str``, ``list[Item]``, ...),
+                as for `Workflow.make`; ``None`` (the default) for a job that
+                returns nothing.
             execute: The body, ``execute(params, ctx)``, returning the result
                 in a body form (a value, a ``Result``,
                 ``async def``, a ``FutureResult``, a
@@ -317,8 +320,9 @@ class Job(Definition[D_contra], Generic[P, R, D_contra]):
         check_name(name, "Job")
         if not (isinstance(params, type) and issubclass(params, msgspec.Struct)):
             raise ValidationError(f"Job {name!r}: params must be a msgspec.Struct type, got {params!r}")
-        if result is not None and not (isinstance(result, type) and issubclass(result, msgspec.Struct)):
-            raise ValidationError(f"Job {name!r}: result must be a msgspec.Struct type or None, got {result!r}")
+        check_storable(params, f"Job {name!r}: params")
+        if result is not None:
+            check_storable(result, f"Job {name!r}: result type")
         check_body(execute, f"Job {name!r}: execute")
         attempts = max_attempts if max_attempts is not None else (retry.max_attempts if retry is not None else 3)
         check_attempts(attempts, f"Job {name!r}: max_attempts")

@@ -38,7 +38,7 @@ from typing_extensions import TypeVar
 
 from .._bodies import Returns, check_body
 from .._clock import LATEST_MS, to_datetime
-from .._codec import decode, encode, validate
+from .._codec import check_storable, decode, encode, validate
 from .._context import BaseContext, D_co
 from .._durations import DurationLike, parse_duration, to_ms
 from .._errors import (
@@ -443,12 +443,14 @@ class Task(Definition[D_contra], Generic[S, Ev, D_contra]):
         check_name(name, KIND)
         if not (isinstance(state, type) and issubclass(state, msgspec.Struct)):
             raise ValidationError(f"Task {name!r}: state must be a msgspec.Struct type, got {state!r}")
+        check_storable(state, f"Task {name!r}: state")
         try:
             msgspec.json.Decoder(event)
         except TypeError as exc:
             raise ValidationError(
                 f"Task {name!r}: event must be a msgspec.Struct type or a union of structs made with tag=True ({exc})"
             ) from None
+        check_storable(event, f"Task {name!r}: event")
         for what, fn in (("on_event", on_event), ("execute", execute), ("on_idle", on_idle), ("on_error", on_error)):
             if fn is not None:
                 check_body(fn, f"Task {name!r}: {what}")

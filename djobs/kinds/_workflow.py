@@ -52,7 +52,7 @@ import trio
 from returns.future import FutureResult
 from returns.result import Failure, Result, Success
 
-from .._codec import decode, encode
+from .._codec import check_storable, decode, encode
 from .._errors import (
     DuplicateEventError,
     InstanceNotFoundError,
@@ -170,10 +170,8 @@ class Workflow(Definition[D_contra], Generic[I, R, D_contra]):
         check_name(name, KIND)
         if not (isinstance(input, type) and issubclass(input, msgspec.Struct)):
             raise ValidationError(f"Workflow {name!r}: input must be a msgspec.Struct type, got {input!r}")
-        try:
-            msgspec.json.Decoder(result)
-        except TypeError as exc:
-            raise ValidationError(f"Workflow {name!r}: result type {result!r} cannot be stored: {exc}") from None
+        check_storable(input, f"Workflow {name!r}: input")
+        check_storable(result, f"Workflow {name!r}: result type")
         if not callable(execute):
             raise ValidationError(f"Workflow {name!r}: execute must be callable, got {execute!r}")
         if retry is not None and not isinstance(retry, Retry):

@@ -30,7 +30,7 @@ from returns.result import Failure, Result, Success
 from returns.unsafe import unsafe_perform_io
 
 from .._clock import to_datetime
-from .._codec import decode, decoder, encode_decoded
+from .._codec import check_storable, decode, decoder, encode_decoded
 from .._context import BaseContext, D_co
 from .._durations import DurationLike, parse_duration, to_ms
 from .._errors import (
@@ -601,6 +601,7 @@ class WorkflowContext(BaseContext[D_co]):
             msgspec.json.Decoder(type)
         except TypeError as exc:
             raise ValidationError(f"signal {name!r}: payload type {type!r} cannot be decoded: {exc}") from None
+        check_storable(type, f"signal {name!r}: payload type")
         value: T | TimedOut = await self._run.wait_for_signal(name, type, timeout)
         return value
 
