@@ -92,6 +92,10 @@ class AlarmSleeper:
         self._claimed.discard(alarm.id)
         if len(self._claimed) <= self._in_flight // 2:
             self._room.set()
+        if not self._claimed:
+            # The sleeper may sleep until a claimed alarm's lease ends, which its commit
+            # has moved since: it reads its next due time again now, not at that lease's end.
+            self._wakeup.recheck()
 
     def target_for(self, key: str) -> AlarmTarget | None:
         """The handler that instance `key`'s alarms go to (its definition's), if registered."""

@@ -85,6 +85,7 @@ class InstanceLeases:
         self._releasing: dict[str, trio.Event] = {}
         #: How long (Trio seconds) an idle lease is kept before it is given up.
         self.linger = 0.05
+        self._renewal: trio.CancelScope | None = None
 
     def lost(self, key: str) -> None:
         """A check-in found `key`'s lease held by another engine: take it afresh next time."""
@@ -166,7 +167,8 @@ class InstanceLeases:
     async def release_idle(self, older_than: float) -> None:
         """Give up the leases idle for at least `older_than` Trio seconds, in one storage call."""
         now = trio.current_time()
-        keys = [k for k, idle_since in self._idle.items() if now - idle_since >= older_than]
+        # Compared as `releaser` sleeps (since + linger), so the sleep's end always finds them.
+        keys = [k for k, idle_since in self._idle.items() if idle_since + older_than <= now]
         if not keys:
             return
         done = trio.Event()
@@ -182,6 +184,8 @@ class InstanceLeases:
             for k in keys:
                 del self._releasing[k]
             done.set()
+        if not self._held and self._renewal is not None:
+            self._renewal.cancel()  # nothing left to renew: the keeper need not wake for it
         if not self._idle:
             self._leases_idle = trio.Event()
 
@@ -190,20 +194,29 @@ class InstanceLeases:
         task_status.started()
         while True:
             await self._leases_held.wait()
-            await trio.sleep(self.lease_ms / 3000)
-            if self._held:
+            # Ended early once every lease is given up, so an idle engine has no wake-up for it;
+            # a lease taken since is fresh, and waits a whole interval from the next round.
+            with trio.CancelScope() as scope:
+                self._renewal = scope
+                await trio.sleep(self.lease_ms / 3000)
+            self._renewal = None
+            if not self._held:
+                self._leases_held = trio.Event()
+            elif not scope.cancelled_caught:
                 now = self._clock.now_ms()
                 try:
                     await self._storage.renew_instance_leases(sorted(self._held), self.owner, now + self.lease_ms, now)
                 except StorageError as exc:
                     _log.warning("could not renew instance leases: %s", exc.message)
-            else:
-                self._leases_held = trio.Event()
 
     async def releaser(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Give up the leases of instances that went idle, in batches, a moment after."""
         task_status.started()
         while True:
             await self._leases_idle.wait()
-            await trio.sleep(self.linger)
+            if not self._idle:  # taken back into use meanwhile
+                self._leases_idle = trio.Event()
+                continue
+            # Until the first idle lease has lingered its time: one wake-up gives it up.
+            await trio.sleep_until(min(self._idle.values()) + self.linger)
             await self.release_idle(self.linger)

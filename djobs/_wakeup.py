@@ -65,3 +65,14 @@ class Wakeup:
             self._missed = min(self._missed, at_ms)
         elif at_ms < self._until:
             self._scope.cancel()
+
+    def recheck(self) -> bool:
+        """What the sleeper sleeps for may have moved later (a lease it would wake for
+        ended early): end its sleep now so it reads its due time again.
+
+        Returns whether a sleep was ended; an awake loop reads its due time anyway.
+        """
+        if self._scope is None or self._until == math.inf:
+            return False
+        self._scope.cancel()
+        return True
