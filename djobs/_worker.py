@@ -277,6 +277,10 @@ class Worker:
         self._idle = trio.Event()
         self._idle.set()
         self._wakeup = Wakeup(env.clock, options.poll_interval_ms)
+        #: The claim loop was woken to read its next due time again (`_none_held`).
+        self._rechecking = False
+        #: The lease loop's sleep, while it sleeps.
+        self._renewal: trio.CancelScope | None = None
         self._settling: list[tuple[JobSettlement, list[TrackedEvent], RunHandle, int | None]] = []
         self._unsettled: set[tuple[str, int]] = set()
         self._settle_wanted = trio.Event()
@@ -663,7 +667,17 @@ class Worker:
                     settlement.attempt,
                 )
         self.emit(events)
+        if not self._held:
+            self._none_held()
         self._check_idle()
+
+    def _none_held(self) -> None:
+        """Every row this worker held has settled: nothing to renew, and the lease end
+        the claim loop may sleep for is gone, so it reads its next due time again."""
+        if self._renewal is not None:
+            self._renewal.cancel()
+        if self._wakeup.recheck():
+            self._rechecking = True
 
     async def _hand_back(self, jobs: list[ClaimedJob], done: trio.Event | None = None) -> None:
         """Release claimed rows that never started (their attempt does not count); with
@@ -780,6 +794,18 @@ class Worker:
                 # in a millisecond rather than spin without letting time pass.
                 next_at = max(next_at, now + 1)
             await self._wakeup.sleep_until(next_at)
+            while self._rechecking:
+                # Woken because the rows held here settled: read the next due time again
+                # (the lease end it slept for is gone), and claim only once something is due.
+                self._rechecking = False
+                now = clock.now_ms()
+                try:
+                    next_at = await storage.next_job_wakeup(self._names, now, self._limits if slots else ())
+                except StorageError:
+                    break  # the claim below reads it again (and logs a failure)
+                if next_at is not None and next_at <= now:
+                    break
+                await self._wakeup.sleep_until(next_at)
             self._reclaim_at = 0  # woken: a lease may have run out (the sleep's target), look at once
 
     def _accept(self, claimed: list[ClaimedJob]) -> None:
@@ -861,8 +887,13 @@ class Worker:
             if not self._held:
                 self._held_changed = trio.Event()
                 await self._held_changed.wait()
-            await clock.sleep_until(clock.now_ms() + interval)
-            if self._held:
+            # Ended early once every row held has settled (`_none_held`), so an idle worker has
+            # no wake-up for it; rows claimed since have whole leases, renewed an interval on.
+            with trio.CancelScope() as scope:
+                self._renewal = scope
+                await clock.sleep_until(clock.now_ms() + interval)
+            self._renewal = None
+            if self._held and not scope.cancelled_caught:
                 await self.renew()
 
     async def renew(self) -> None:
