@@ -312,9 +312,13 @@ class CronScheduler:
             try:
                 due = await storage.due_cron_jobs(self._names, now)
                 while due:
+                    again = False
                     for record in due:
-                        await self._fire(record, now)
-                    due = await storage.due_cron_jobs(self._names, now)
+                        # Read again only when a fire leaves its job due (missed fires run one by
+                        # one) or another engine fired it first (its next time unknown here).
+                        if await self._fire(record, now) <= now:
+                            again = True
+                    due = await storage.due_cron_jobs(self._names, now) if again else []
                 next_at = await storage.next_cron_at(self._names)
             except StorageError as exc:
                 self._log.error("cron task: %s; trying again in 1 s", exc.message)
@@ -324,7 +328,11 @@ class CronScheduler:
                 next_at = max(next_at, now + 1)
             await self._wakeup.sleep_until(next_at)
 
-    async def _fire(self, record: CronRecord, now: int) -> None:
+    async def _fire(self, record: CronRecord, now: int) -> int:
+        """Fire `record` (enqueue its job, or skip a missed time) and store its next run time.
+
+        Returns that next run time, or ``0`` when another engine fired this time first.
+        """
         cron = self.crons[record.name]
         due = record.next_run_at
         assert due is not None
@@ -369,7 +377,7 @@ class CronScheduler:
         finally:
             queue.env.handoffs.end()
         if not fired:
-            return  # another engine fired this time first
+            return 0  # another engine fired this time first
         worker = queue.worker
         fired_at = to_datetime(due).isoformat()
         if row is None:
@@ -386,7 +394,7 @@ class CronScheduler:
                     )
                 ]
             )
-            return
+            return next_run_at
         worker.poke(now)
         if worker.tracking:
             worker.emit(
@@ -404,6 +412,7 @@ class CronScheduler:
                     ),
                 ]
             )
+        return next_run_at
 
     # -- client operations -------------------------------------------------------------
 
