@@ -213,13 +213,14 @@ class TenantScoped:
         return clone
 
 
-def effect(fn: Callable[[], Awaitable[Result[T, Any]]]) -> FutureResult[T, Any]:
+def effect(fn: Callable[[], Awaitable[Result[T, Any]]], verb: str | None = None) -> FutureResult[T, Any]:
     """A client verb as a `FutureResult`: `fn` runs when the result is awaited.
 
     A `JobError` raised below (storage, duplicate events) becomes a failure
     value here, at the client's edge. The coroutine is named after the verb,
     so a verb never awaited warns ``coroutine 'djobs.JobClient.later' was
-    never awaited`` rather than naming this helper.
+    never awaited`` rather than naming this helper: `verb` (``"JobClient.later"``) if
+    given, else the qualified name of the function that called this one.
 
     This is returns' ``future_safe`` with three differences, which is why it
     is not built on it: `fn` already gives a ``Result``, whose failure is kept
@@ -244,7 +245,7 @@ def effect(fn: Callable[[], Awaitable[Result[T, Any]]]) -> FutureResult[T, Any]:
 
     coroutine = run()
     if isinstance(coroutine, CoroutineType):  # always: `run` is an async def
-        coroutine.__qualname__ = _verb_name(sys._getframe(1))
+        coroutine.__qualname__ = _verb_name(sys._getframe(1)) if verb is None else "djobs." + verb
     return FutureResult(coroutine)
 
 

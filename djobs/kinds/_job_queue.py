@@ -42,9 +42,10 @@ if TYPE_CHECKING:
 
 _any_json = msgspec.json.Decoder()
 
-_UNIQUE_STATUSES: dict[str, tuple[JobStatusName, ...]] = {
-    "pending": ("pending",),
-    "pending_or_running": ("pending", "running"),
+# Results, made once: every `later` reads one.
+_UNIQUE_STATUSES: dict[str, Result[tuple[JobStatusName, ...], ValidationError]] = {
+    "pending": Success(("pending",)),
+    "pending_or_running": Success(("pending", "running")),
 }
 
 
@@ -195,7 +196,10 @@ class JobQueue:
         """Store `rows` in one transaction, then emit ``job.enqueued`` and wake the worker."""
         created = await self.storage.enqueue_jobs(rows)
         worker = self.worker
-        due = min((row.scheduled_for for row, (_, new) in zip(rows, created, strict=True) if new), default=None)
+        if len(rows) == 1:  # one `later`: no generator and zip for one row
+            due = rows[0].scheduled_for if created[0][1] else None
+        else:
+            due = min((row.scheduled_for for row, (_, new) in zip(rows, created, strict=True) if new), default=None)
         if due is not None:
             worker.poke(due)
             if worker.tracking:
@@ -234,18 +238,20 @@ class JobQueue:
         `raw` (a key function that fails is this row's `ValidationError`, its message
         starting with `what`, by default ``job 'name'``)."""
         job = handler.job
-        # A match, not .map: this runs once per row of a batch, and a lambda would be one more call each.
-        match limit_key_of(job.name, job.queue_limits, lambda: msgspec.json.decode(raw, type=job.params), what):
-            case Failure() as failed:
-                return failed
-            case Success(limit_key):
-                pass
+        limit_key = None
+        if job.queue_limits is not None:
+            # A match, not .map: this runs once per row of a batch, and a lambda would be one more call each.
+            match limit_key_of(job.name, job.queue_limits, lambda: msgspec.json.decode(raw, type=job.params), what):
+                case Failure() as failed:
+                    return failed
+                case Success(limit_key):
+                    pass
         return Success(
             NewJob(
-                id=self.worker.new_id(),
-                name=handler.job.name,
+                id=self.env.ids.job_id(now),
+                name=job.name,
                 params=raw,
-                max_attempts=handler.job.max_attempts,
+                max_attempts=job.max_attempts,
                 scheduled_for=scheduled_for,
                 created_at=now,
                 priority=priority,
@@ -514,8 +520,12 @@ def due_at(at: object, delay: object, now: int) -> Result[int, ValidationError]:
         when = parse_duration(delay, what="delay").map(lambda d: now + to_ms(d))
     else:
         when = Success(now)
-    too_late = ValidationError(f"a job cannot be scheduled after 9999-12-30 (got at={at!r}, delay={delay!r})")
-    return when.bind(lambda ms: Failure(too_late) if ms > LATEST_MS else Success(ms))
+    match when:
+        case Success(ms) if ms > LATEST_MS:
+            return Failure(
+                ValidationError(f"a job cannot be scheduled after 9999-12-30 (got at={at!r}, delay={delay!r})")
+            )
+    return when
 
 
 def unique_key_of(unique: object, raw: bytes) -> Result[str | None, ValidationError]:
@@ -536,7 +546,7 @@ def unique_statuses(unique_while: object) -> Result[tuple[JobStatusName, ...], V
         return Failure(
             ValidationError(f"unique_while must be 'pending' or 'pending_or_running', got {unique_while!r:.80}")
         )
-    return Success(statuses)
+    return statuses
 
 
 def check_priority(priority: object) -> Result[int, ValidationError]:

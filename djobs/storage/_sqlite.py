@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any, Final, Literal, TypeVar, final, get_args
 
 import apsw
@@ -595,6 +596,12 @@ _PURGE_JOB_KEYS = """
 """
 
 
+def _insert_job(job: NewJob, db: apsw.Connection) -> list[tuple[str, bool]]:
+    """Insert `job`, which has no idempotency or unique key: one ``later``, the common case."""
+    db.execute(_INSERT_JOB, new_job_args(job))
+    return [(job.id, True)]
+
+
 def _insert_jobs(db: apsw.Connection, jobs: Sequence[NewJob]) -> list[tuple[str, bool]]:
     out: list[tuple[str, bool]] = []
     for job in jobs:
@@ -680,7 +687,8 @@ def _describe(exc: apsw.Error) -> str:
 
 @final
 class _Batch:
-    """One group commit: writers wait in `wait_shielded`, reads on `done`; `error` says if the commit failed."""
+    """One group commit: writers wait in `writers` (see `SqliteStorage.write`), reads on `done`;
+    `error` says if the commit failed."""
 
     __slots__ = ("done", "error", "writers")
 
@@ -688,14 +696,6 @@ class _Batch:
         self.done = trio.Event()
         self.error: StorageError | None = None
         self.writers: list[trio.lowlevel.Task] = []
-
-    async def wait_shielded(self) -> None:
-        """Wait for `end` as a shielded wait would (a cancel reaches the caller at its next
-        checkpoint), without a cancel scope per writer."""
-        if self.done.is_set():
-            return
-        self.writers.append(trio.lowlevel.current_task())
-        await trio.lowlevel.wait_task_rescheduled(_cannot_abort)
 
     def end(self, error: StorageError | None = None) -> None:
         """The batch committed (or failed with `error`): wake its writers and reads."""
@@ -846,8 +846,11 @@ class SqliteStorage:
                         db.execute("ROLLBACK")
                 error = StorageError(f"could not commit to {self.path}: {_describe(exc)}", exc)
             batch.end(error)
-        else:
-            await batch.wait_shielded()
+        elif not batch.done.is_set():
+            # A shielded wait (a cancel reaches the caller at its next checkpoint), without a cancel
+            # scope per writer or a coroutine of its own: `_Batch.end` reschedules this task.
+            batch.writers.append(trio.lowlevel.current_task())
+            await trio.lowlevel.wait_task_rescheduled(_cannot_abort)
         if batch.error is not None:
             raise batch.error
         if isinstance(outcome, apsw.Error):
@@ -1095,9 +1098,13 @@ class SqliteStorage:
         await self.write(run)
 
     async def enqueue_jobs(self, jobs: Sequence[NewJob]) -> list[tuple[str, bool]]:
-        # One job without an idempotency key is one INSERT (its unique check only reads).
-        single = len(jobs) == 1 and jobs[0].idempotency_key is None
-        return await self.write(lambda db: _insert_jobs(db, jobs), single=single)
+        if len(jobs) == 1:
+            job = jobs[0]
+            if job.idempotency_key is None:
+                # One job without an idempotency key is one INSERT (its unique check only reads).
+                fn = partial(_insert_job, job) if job.unique_key is None else partial(_insert_jobs, jobs=jobs)
+                return await self.write(fn, single=True)
+        return await self.write(partial(_insert_jobs, jobs=jobs))
 
     async def start_job(self, job: NewJob, worker_id: str, lease_until: int) -> None:
         row = running_job_args(job, worker_id, self._lease_end(lease_until, job.created_at))
