@@ -71,6 +71,7 @@ from ..storage import (
     CancelRequests,
     Checkin,
     ClearAlarm,
+    InstanceCheckpointer,
     InstanceCreator,
     InstanceRecord,
     LeaseLostError,
@@ -207,12 +208,34 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
         #: The storage's optional protocols, asked once (a runtime-checkable isinstance is slow).
         storage = self.env.storage
         self.creator = storage if isinstance(storage, InstanceCreator) else None
+        self.checkpointer = storage if isinstance(storage, InstanceCheckpointer) else None
         self.cancel_requests = storage if isinstance(storage, CancelRequests) else None
 
     async def commit(self, checkin: Checkin, events: builtins.list[TrackedEvent] | None = None) -> None:
         """`Env.commit` for this kind: every write of a workflow goes through here, on its actor."""
         self.fresh.pop(checkin.key, None)
         await self.env.commit(checkin, events)
+
+    async def checkpoint(self, record: InstanceRecord, events: builtins.list[TrackedEvent]) -> None:
+        """A run's checkpoint: `record` (its log, status and counts) written over the stored
+        row under the lease, then `events` emitted. One fenced statement with an
+        `InstanceCheckpointer`, a `commit` with no alarm change otherwise.
+
+        Raises `StorageError` (`LeaseLostError` if another engine took the workflow over).
+        """
+        checkpointer = self.checkpointer
+        if checkpointer is None:
+            await self.commit(Checkin(key=record.key, record=record), events)
+            return
+        env = self.env
+        self.fresh.pop(record.key, None)
+        try:
+            await checkpointer.checkpoint_instance(record, env.leases.owner)
+        except LeaseLostError:
+            env.leases.lost(record.key)  # take it afresh next time
+            raise
+        if events:
+            env.emit(events)
 
     def key(self, instance_id: str) -> str:
         return instance_key(KIND, self.job.name, instance_id, self.tenant)

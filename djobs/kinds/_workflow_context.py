@@ -261,7 +261,10 @@ class Run:
         record.execute_count = sum(1 for e in self.log.entries if e.kind == "step" and e.done)
         record.updated_at = self.env.now_ms()
         events, self.events = self.events, []
-        await self.handler.commit(Checkin(key=record.key, record=record, alarm=alarm), events)
+        if alarm is None:
+            await self.handler.checkpoint(record, events)
+        else:
+            await self.handler.commit(Checkin(key=record.key, record=record, alarm=alarm), events)
 
     async def checkpoint(self) -> None:
         """`save` from inside the body: a failure stops the run (nothing after it may run)."""

@@ -19,6 +19,7 @@ from ._base import CronRecord as CronRecord
 from ._base import CronSpec as CronSpec
 from ._base import ExpiredLease as ExpiredLease
 from ._base import HeldStarts as HeldStarts
+from ._base import InstanceCheckpointer as InstanceCheckpointer
 from ._base import InstanceCreator as InstanceCreator
 from ._base import InstanceLister as InstanceLister
 from ._base import InstanceRecord as InstanceRecord
@@ -52,6 +53,7 @@ __all__ = [
     "ClearAlarm",
     "FaultyLayer",
     "FaultyStorage",
+    "InstanceCheckpointer",
     "InstanceCreator",
     "InstanceLister",
     "InstanceRecord",

@@ -352,6 +352,24 @@ class InstanceCreator(Protocol):
         ...
 
 
+@runtime_checkable
+class InstanceCheckpointer(Protocol):
+    """An instance's row rewritten in place under its lease, in one statement. Optional:
+    without it, a workflow's checkpoint is a `commit` (a read of the lease, then the row)."""
+
+    async def checkpoint_instance(self, record: InstanceRecord, owner: str) -> None:
+        """Write `record`'s ``status``, ``run_count``, ``execute_count``, ``data`` and
+        ``updated_at`` over the instance stored under ``record.key`` (its other columns and
+        its alarm unchanged), only while `owner` holds the key's lease; with no instance
+        stored under the key, store `record` whole, as `commit` with no alarm change would.
+
+        Raises:
+            LeaseLostError: Another owner holds the key's lease, or none does (nothing is written).
+            StorageError: The storage failed.
+        """
+        ...
+
+
 class InstanceExistsError(Exception):
     """Inside a storage's `create_instance`: the key is taken; rolls the transaction back."""
 

@@ -376,6 +376,13 @@ _ACQUIRE_LEASE = """
     WHERE instance_leases.owner = excluded.owner OR instance_leases.expires_at <= ?4
     RETURNING owner
 """
+#: status, run_count, execute_count, data, updated_at, key, owner: a workflow's checkpoint,
+#: fenced by the lease in the statement itself (no row changed: not ours, or not stored).
+_CHECKPOINT_INSTANCE = """
+    UPDATE instances SET status = ?1, run_count = ?2, execute_count = ?3, data = ?4, updated_at = ?5
+    WHERE key = ?6 AND EXISTS (SELECT 1 FROM instance_leases AS l WHERE l.key = ?6 AND l.owner = ?7)
+"""
+_INSTANCE_EXISTS = "SELECT 1 FROM instances WHERE key = ?"
 _CLAIM_ALARMS = """
     UPDATE alarms SET due_at = ?
     WHERE id IN (SELECT id FROM alarms WHERE due_at <= ? ORDER BY due_at LIMIT ?)
@@ -968,8 +975,10 @@ class SqliteStorage:
             lease_now = self.lease_now(now_ms)
             if not list(db.execute(_ACQUIRE_LEASE, (key, owner, lease_now + lease_ms, lease_now))):
                 raise LeaseLostError(key)
-            for row in db.execute(_sql.LOAD, (key,)):
-                raise InstanceExistsError(loaded(row))  # the savepoint's rollback gives the lease back
+            # A look at the key's index first: the row and its alarm are read only if it exists.
+            if _scalar_args(db, _INSTANCE_EXISTS, (key,)) is not None:
+                for row in db.execute(_sql.LOAD, (key,)):
+                    raise InstanceExistsError(loaded(row))  # the savepoint's rollback gives the lease back
             _apply(db, checkin)
 
         try:
@@ -977,6 +986,22 @@ class SqliteStorage:
         except InstanceExistsError as exists:
             return exists.stored
         return None
+
+    async def checkpoint_instance(self, record: InstanceRecord, owner: str) -> None:
+        key = record.key
+        args = (record.status, record.run_count, record.execute_count, record.data, record.updated_at, key, owner)
+
+        def run(db: apsw.Connection) -> None:
+            db.execute(_CHECKPOINT_INSTANCE, args)
+            if db.changes():
+                return
+            # Nothing changed: the lease is another's (nothing written), or no row is stored.
+            if _scalar_args(db, _sql.LEASE_OWNER, (key,)) != owner:
+                raise LeaseLostError(key)
+            db.execute(_sql.UPSERT_INSTANCE, instance_args(key, record))
+
+        # One statement writes, whichever way: no savepoint.
+        await self.write(run, single=True)
 
     async def has_event_id(self, key: str, event_id: str) -> bool:
         def run(db: apsw.Connection) -> bool:

@@ -31,6 +31,7 @@ from ..storage import (
     CancelRequests,
     Checkin,
     ClearAlarm,
+    InstanceCheckpointer,
     InstanceCreator,
     InstanceLister,
     InstanceRecord,
@@ -98,6 +99,7 @@ async def check_storage(new_database: NewDatabase, *, queue: bool = True, shared
     checks.append(("an InstanceLister lists instances", _listed))
     checks.append(("CancelRequests notes cancels", _cancel_notes))
     checks.append(("an InstanceCreator creates once, with the lease", _created))
+    checks.append(("an InstanceCheckpointer writes over a row only under its lease", _checkpointed))
     checks.append(("DeadLetterStorage keeps dead letters", _dead_letters(queue)))
     if shared:
         checks += [(c.__name__, c) for c in _SHARED_CHECKS + (_SHARED_QUEUE_CHECKS if queue else ())]
@@ -170,6 +172,42 @@ async def _an_instance_is_created_once_with_its_lease_or_not_at_all(storage: Any
     with _raises(LeaseLostError):
         await storage.create_instance(Checkin(key="workflow:w:b", record=_record("workflow:w:b")), "engine-a", 10, 1000)
     assert await storage.load("workflow:w:b") is None
+
+
+async def _checkpointed(layer: StorageLayer) -> None:
+    async with layer.open() as storage:
+        if isinstance(storage, InstanceCheckpointer):  # optional: a workflow's checkpoint is one statement with it
+            await _a_checkpoint_writes_its_columns_under_the_lease_and_nothing_without_it(storage)
+
+
+async def _a_checkpoint_writes_its_columns_under_the_lease_and_nothing_without_it(storage: Any) -> None:
+    key = "workflow:w:a"
+    first = _record(key, state=b"1", tenant_id="acme", data=b"[]", created_at=5, updated_at=5)
+    assert (
+        await storage.create_instance(Checkin(key=key, record=first, alarm=SetAlarm(500, "run")), "engine-a", 0, 1000)
+        is None
+    )
+    step = _record(key, state=b"1", tenant_id="acme", data=b"[1]", created_at=5, updated_at=20)
+    step.status, step.run_count, step.execute_count = "sleeping", 2, 1
+    await storage.checkpoint_instance(step, "engine-a")
+    stored = await storage.load(key)
+    assert stored is not None and stored[0] == step, stored
+    assert stored[1] is not None and stored[1].fire_at == 500, "a checkpoint leaves the alarm as it is"
+    # Another engine's checkpoint writes nothing, and neither does one under a lease released.
+    late = _record(key, state=b"1", tenant_id="acme", data=b"[1,2]", created_at=5, updated_at=30)
+    with _raises(LeaseLostError):
+        await storage.checkpoint_instance(late, "engine-b")
+    await storage.release_instance_leases([key], "engine-a")
+    with _raises(LeaseLostError):
+        await storage.checkpoint_instance(late, "engine-a")
+    stored = await storage.load(key)
+    assert stored is not None and stored[0] == step, stored
+    # A key leased and not stored is stored whole.
+    assert await storage.acquire_instance_lease("workflow:w:b", "engine-a", 0, 1000)
+    whole = _record("workflow:w:b", state=b"2", data=b"[]", created_at=7, updated_at=8)
+    await storage.checkpoint_instance(whole, "engine-a")
+    stored = await storage.load("workflow:w:b")
+    assert stored is not None and stored[0] == whole and stored[1] is None, stored
 
 
 def _dead_letters(queue: bool) -> Callable[[StorageLayer], Awaitable[None]]:
