@@ -307,9 +307,31 @@ class Env:
 def _as_job_error(error: object) -> JobError:
     if isinstance(error, JobError):
         return error
+    if isinstance(error, BaseExceptionGroup):
+        return _group_error(error)
     if isinstance(error, BaseException):
         return ExecutionError(f"{type(error).__name__}: {error}", error)
     return ExecutionError(f"job returned a failure: {error!r}", error)
+
+
+def _group_error(group: BaseExceptionGroup[BaseException]) -> JobError:
+    """What a nursery's exception group says: its one error, or errors of one djobs type,
+    as if raised alone (the first of them); otherwise an `ExecutionError` naming every
+    leaf's type and message (a group's own message, "Exceptions from Trio nursery",
+    says nothing)."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            pending[:0] = exc.exceptions
+        else:
+            leaves.append(exc)
+    first = leaves[0]
+    if len(leaves) == 1 or (isinstance(first, JobError) and all(type(leaf) is type(first) for leaf in leaves)):
+        return _as_job_error(first)
+    named = "; ".join(f"{type(leaf).__name__}: {leaf}" for leaf in leaves)
+    return ExecutionError(f"{len(leaves)} errors at once: {named}", group)
 
 
 def begin_body(call: Callable[[], object]) -> Result[object, JobError] | Pending:

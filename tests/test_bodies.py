@@ -144,6 +144,37 @@ async def test_a_job_body_fails_in_every_form(form: str, autojump_clock: trio.te
 
 
 @pytest.mark.trio
+async def test_an_error_from_a_nursery_names_its_leaves_not_the_group(autojump_clock: trio.testing.MockClock) -> None:
+    class Bounced(Exception):
+        pass
+
+    async def bounce(text: str) -> None:
+        raise Bounced(text)
+
+    async def send(params: Email, ctx: djobs.JobContext[Services]) -> Sent:
+        async with trio.open_nursery() as nursery:
+            for to in params.to.split(","):
+                nursery.start_soon(bounce, f"no mailbox {to}")
+        return Sent("never")
+
+    job = djobs.Job.make("send", params=Email, result=Sent, execute=send, max_attempts=1)
+    async with open_test_engine([job], services=Services()) as engine:
+        one = success(await engine.client.job(job).now(Email("a")))
+        two = success(await engine.client.job(job).now(Email("a,b")))
+    assert isinstance(one.error, djobs.RetryExhaustedError)
+    assert isinstance(two.error, djobs.RetryExhaustedError)
+    # One error in the group: that error, as if raised alone.
+    alone = one.error.last_error
+    assert isinstance(alone, djobs.ExecutionError) and isinstance(alone.cause, Bounced)
+    assert alone.message == "Bounced: no mailbox a"
+    # Several: each named, with its type.
+    both = two.error.last_error
+    assert isinstance(both, djobs.ExecutionError) and isinstance(both.cause, ExceptionGroup)
+    assert "Bounced: no mailbox a" in both.message and "Bounced: no mailbox b" in both.message
+    assert "Trio nursery" not in both.message
+
+
+@pytest.mark.trio
 @pytest.mark.parametrize("form", REFUSED)
 async def test_a_job_body_returning_an_unknown_form_fails_naming_the_accepted_ones(
     form: str, autojump_clock: trio.testing.MockClock

@@ -642,6 +642,37 @@ async def test_steps_take_every_body_form_and_compose_as_pipelines(autojump_cloc
         assert success(await client.result("f")) == [2, 4, 7, 15, 16]
 
 
+async def nap(name: str) -> str:
+    await trio.sleep(1)
+    return name
+
+
+@pytest.mark.trio
+async def test_steps_started_together_in_a_nursery_fail_the_workflow_with_the_guards_validation_error(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def body(names: Trip, ctx: djobs.WorkflowContext) -> str:
+        async def one(name: str) -> None:
+            await ctx.step(name, nap, name)
+
+        async with trio.open_nursery() as nursery:
+            for name in names.who:
+                nursery.start_soon(one, name)
+        return "never"
+
+    flow = djobs.Workflow.make("together", input=Trip, result=str, execute=body)
+    async with open_test_engine([flow], start=T0) as engine:
+        client = engine.client.workflow(flow)
+        for id, names in (("two", "ab"), ("three", "abc")):
+            await client.start(id=id, input=Trip(names))
+        await settle(engine)
+        for id in ("two", "three"):
+            error = failure(await client.result(id))
+            assert isinstance(error, djobs.WorkflowFailedError)
+            assert error.error_tag == "validation", error.error_message
+            assert "a workflow's calls run one at a time" in error.error_message
+
+
 # -- several engines on one database ------------------------------------------------------------
 
 effects: list[tuple[str, str]] = []
