@@ -55,8 +55,6 @@ from .tracking import NoopTracker, TrackedEvent
 __all__ = ["AttemptEnd", "AttemptRunner", "RunHandle", "Worker", "WorkerOptions"]
 
 _error_encoder = msgspec.json.Encoder()
-#: The scope of a run that ended without awaiting: never entered, never cancelled.
-_NEVER_ENTERED = trio.CancelScope()
 
 
 def error_json(tag: str, message: str) -> bytes:
@@ -132,21 +130,21 @@ class WorkerOptions:
         object.__setattr__(self, "poll_interval_ms", poll_ms)
 
 
-@dataclass(slots=True)
-class AttemptEnd:
+class AttemptEnd(msgspec.Struct):
     """How a claimed attempt ended, as its runner says; the worker writes it.
 
     `status` is ``completed`` (with `result`), ``failed`` (with `error`, the
     stored ``{"tag", "message"}`` JSON), or ``pending``: the attempt failed
     and the next one is due at `retry_at`. (``cancelled`` is the worker's own:
     a run it cancelled.) `events` are emitted once the row is written.
+    (A struct: one is built per attempt, without a Python call.)
     """
 
     status: Literal["completed", "failed", "pending", "cancelled"]
     result: bytes | None = None
     error: bytes | None = None
     retry_at: int | None = None
-    events: list[TrackedEvent] = field(default_factory=list)
+    events: Sequence[TrackedEvent] = ()
 
 
 class AttemptRunner(Protocol):
@@ -281,7 +279,10 @@ class Worker:
         self._rechecking = False
         #: The lease loop's sleep, while it sleeps.
         self._renewal: trio.CancelScope | None = None
-        self._settling: list[tuple[JobSettlement, list[TrackedEvent], RunHandle, int | None]] = []
+        # (settlement, its events, the run's handle (None: ended in `_launch`), its hold, the poke after it)
+        self._settling: list[
+            tuple[JobSettlement, Sequence[TrackedEvent], RunHandle | None, tuple[str, int], int | None]
+        ] = []
         self._unsettled: set[tuple[str, int]] = set()
         self._settle_wanted = trio.Event()
 
@@ -374,13 +375,18 @@ class Worker:
         """Start `job` if a slot is free (no await: the caller has just checked it may start)."""
         if self._limiter.available_tokens <= 0:
             return False
-        self._launch(job)
+        if not self._launch(job):
+            self._ended_at_once(1)
         return True
 
-    def _launch(self, job: ClaimedJob) -> None:
+    def _launch(self, job: ClaimedJob) -> bool:
         """Run `job`, a slot being free: to its end now if its runner needs no await (a
         synchronous body, which never holds the slot), else in a task of its own that
-        takes the slot (nothing else ran meanwhile, so it is still free)."""
+        takes the slot (nothing else ran meanwhile, so it is still free).
+
+        Returns whether it took the slot; if not (it ended here), the caller
+        calls `_ended_at_once` (once for several, as `_start_fresh` does).
+        """
         runner = self._runners[job.name]
         try:
             # In a context of its own, as a task would be: a body's contextvars stay its own.
@@ -391,21 +397,48 @@ class Worker:
             )
             started = runner.counted_failure(job, exc)
         if isinstance(started, AttemptEnd):
-            key = (job.id, job.attempt)
-            self._record(job, started, RunHandle(claimed=True, key=key, scope=_NEVER_ENTERED))
-            self._run_over(key, slot=False)
-        else:
-            self._limiter.acquire_on_behalf_of_nowait((job.id, job.attempt))
-            self._nursery.start_soon(self._run, job, runner, started)
+            # No task, no handle (nothing can wait on or cancel it): its row stays held,
+            # its lease renewed, until the settle task has written its end.
+            self._record(job, started, None)
+            return False
+        self._limiter.acquire_on_behalf_of_nowait((job.id, job.attempt))
+        self._nursery.start_soon(self._run, job, runner, started)
+        return True
 
-    def _start_fresh(self) -> None:
-        """Start rows of the current claim, best first, while slots are free: leased
-        moments ago, they need no check. A row that waited goes through the start task."""
+    def _ended_at_once(self, count: int) -> None:
+        """`count` attempts started by `_launch` ended there (`_run_over` for runs that held no slot)."""
+        self._claimed_runs -= count
+        if self._slot_wanted:
+            self._slot_wanted = False
+            self.poke(self.env.clock.now_ms())
+        if self._ready:
+            self._start_wanted.set()
+        self._capacity.set()  # never idle here: their settlements wait in the batch
+
+    def _start_fresh(self, fresh: list[tuple[int, int, str, int, ClaimedJob]]) -> None:
+        """Start the rows of the claim just made (`fresh`), best first, while slots are
+        free and no row that waited in hand is better: leased moments ago, they need
+        no check. The rest wait in hand, for the start task."""
+        if not fresh:
+            return
+        fresh.sort()
         ready = self._ready
-        while ready and ready[0][3] == self._round and not self.closing:
-            if self._limiter.available_tokens <= 0:
-                return
-            self._launch(heapq.heappop(ready)[4])
+        free = int(self._limiter.available_tokens)  # only `_launch` takes slots meanwhile (no await)
+        ended = started = 0
+        for entry in fresh:
+            if free <= 0 or (ready and ready[0] < entry):
+                break
+            started += 1
+            if self._launch(entry[4]):
+                free -= 1
+            else:
+                ended += 1
+        if started < len(fresh):
+            for entry in fresh[started:]:
+                heapq.heappush(ready, entry)
+            self._start_wanted.set()
+        if ended:
+            self._ended_at_once(ended)
 
     async def start_loop(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start rows that waited in hand as slots free up; the engine's single start task.
@@ -561,24 +594,29 @@ class Worker:
                 end = AttemptEnd("cancelled", error=error_json(stopped.tag, stopped.message), events=cancelled)
         self._record(job, end, run)
 
-    def _record(self, job: ClaimedJob, end: AttemptEnd, run: RunHandle) -> None:
-        """Hand how an attempt ended to the settle task."""
+    def _record(self, job: ClaimedJob, end: AttemptEnd, run: RunHandle | None) -> None:
+        """Hand how an attempt ended to the settle task (`run`: ``None`` for one that ended
+        where it started, in `_launch`)."""
+        at = self.env.clock.now_ms()
+        limited = job.limit_key is not None
         settlement = JobSettlement(
             job_id=job.id,
             worker_id=self.id,
             attempt=job.attempt,
             status=end.status,
-            at=self.env.now_ms(),
+            at=at,
             result=end.result,
             error=end.error,
             scheduled_for=end.retry_at,
+            limited=limited,
         )
-        if job.limit_key is not None:
-            # Its end frees a slot of its key: look for rows waiting on it once this is written.
-            settlement.limited = True
-            self.settle(settlement, end.events, run, poke_at=settlement.at)
+        # A limited row's end frees a slot of its key: look for rows waiting on it once this is written.
+        poke_at = at if limited else end.retry_at
+        if run is None:
+            self._settling.append((settlement, end.events, None, (job.id, job.attempt), poke_at))
+            self._settle_wanted.set()
             return
-        self.settle(settlement, end.events, run, poke_at=end.retry_at)
+        self.settle(settlement, end.events, run, poke_at=poke_at)
 
     async def _release(self, job: ClaimedJob) -> None:
         """Hand back an attempt interrupted from outside; it does not count."""
@@ -605,7 +643,12 @@ class Worker:
     # -- settling claimed runs ----------------------------------------------------------
 
     def settle(
-        self, settlement: JobSettlement, events: list[TrackedEvent], handle: RunHandle, *, poke_at: int | None = None
+        self,
+        settlement: JobSettlement,
+        events: Sequence[TrackedEvent],
+        handle: RunHandle,
+        *,
+        poke_at: int | None = None,
     ) -> None:
         """Write how a claimed attempt ended, batched with others ending about now.
 
@@ -617,7 +660,7 @@ class Worker:
         """
         handle.settling = True
         self._unsettled.add(handle.key)
-        self._settling.append((settlement, events, handle, poke_at))
+        self._settling.append((settlement, events, handle, handle.key, poke_at))
         self._settle_wanted.set()
 
     async def settle_loop(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -652,12 +695,15 @@ class Worker:
             self._log.exception("bug: could not record how %d job attempt(s) ended; they count", len(batch))
             applied = [None] * len(batch)
         events: list[TrackedEvent] = []
-        for (settlement, job_events, handle, poke_at), ok in zip(batch, applied, strict=True):
-            self._unsettled.discard(handle.key)
-            self._held.discard(handle.key)
-            handle.end()
+        held, unsettled = self._held, self._unsettled
+        for (settlement, job_events, handle, key, poke_at), ok in zip(batch, applied, strict=True):
+            held.discard(key)
+            if handle is not None:
+                unsettled.discard(key)
+                handle.end()
             if ok:
-                events.extend(job_events)
+                if job_events:
+                    events.extend(job_events)
                 if poke_at is not None:
                     self.poke(poke_at)
             elif ok is not None:
@@ -812,9 +858,12 @@ class Worker:
         self._claimed_runs += len(claimed)
         self._idle = trio.Event() if self._idle.is_set() else self._idle
         self._round += 1
+        claim_round, held = self._round, self._held
         refused: list[ClaimedJob] = []
+        fresh: list[tuple[int, int, str, int, ClaimedJob]] = []
+        self._held_changed.set()
         for job in claimed:
-            self._hold((job.id, job.attempt))
+            held.add((job.id, job.attempt))
             if job.limit_key is not None and not self.closing:
                 # Claimed under its key's limits, which count it as started: it starts now,
                 # or (its slot taken meanwhile) is handed back, never held in hand.
@@ -830,16 +879,18 @@ class Worker:
                 self._deferred[job.id] = job
                 self._nursery.start_soon(self._start_after, earlier.ended(), job)
             else:
-                self._push_ready(job, self._round)
+                fresh.append((-job.priority, job.scheduled_for, job.id, claim_round, job))
         if self.tracking:
             self.emit([self.event("job.claimed", j.id, j.name, attempt=j.attempt, worker_id=self.id) for j in claimed])
         if refused:
             self._nursery.start_soon(self._hand_back, refused)
         if self.closing:
             # Claimed while the worker closes (the claim was in flight): hand them back at once.
+            for entry in fresh:
+                heapq.heappush(self._ready, entry)
             self._nursery.start_soon(self._hand_back_ready)
             return
-        self._start_fresh()
+        self._start_fresh(fresh)
 
     async def _start_after(self, ended: trio.Event, job: ClaimedJob) -> None:
         await ended.wait()

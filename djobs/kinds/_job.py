@@ -112,7 +112,12 @@ class JobContext(BaseContext[D_co]):
     ) -> None:
         # A `run_id` of None (a persisted job's attempt, whose instance id is the job id) is
         # minted from the ids layer at `run_ms`, the attempt's start, when first read.
-        super().__init__(env, job_name, job_id or run_id or "", log, tenant_id)
+        # BaseContext's fields, set here rather than through its __init__: one call fewer per attempt.
+        self._env = env
+        self.job_name = job_name
+        self.instance_id = job_id or run_id or ""
+        self.log = log
+        self.tenant_id = tenant_id
         self.job_id = job_id
         self._run_id = run_id
         self._run_ms = run_ms

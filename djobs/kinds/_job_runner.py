@@ -10,17 +10,19 @@ lease the worker renews.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, cast
 
+import msgspec
 import trio
 from returns.result import Failure, Result, Success
 
 from .._clock import LATEST_MS
-from .._codec import decode, encode
+from .._codec import decode, decoder, encode
 from .._durations import to_ms
 from .._errors import (
     ExecutionError,
@@ -49,6 +51,15 @@ def _error_json(error: JobError) -> bytes:
 
 def _error_event(error: JobError) -> dict[str, str]:
     return {"tag": error.tag, "message": error.message}
+
+
+def _raising(exc: Exception) -> Callable[[], object]:
+    """A call that raises `exc`: a body's exception, caught where it ran, handed to `begin_body`."""
+
+    def call() -> object:
+        raise exc
+
+    return call
 
 
 # -- handler ---------------------------------------------------------------------------
@@ -92,6 +103,16 @@ class JobHandler(Generic[P, R]):
         self._result_what = f"result of job {job.name!r}"
         self._params_what = f"params of job {job.name!r}"
         self._body = offloaded(job.execute, job.limits, self._what)
+        #: Whether an attempt's duration is read: by its events, or by a DEBUG log line.
+        self._timed = self.tracking or self._threshold <= logging.DEBUG
+        #: The params' decoder (``None``: a type msgspec caches no decoder for; `decode` is used).
+        self._params_decoder: msgspec.json.Decoder[Any] | None
+        try:
+            self._params_decoder = decoder(job.params)
+        except TypeError:
+            self._params_decoder = None
+        #: The stored result of a body that returns ``None`` (``None``: ``None`` is no valid result).
+        self._null = encode(job.result, None, what=self._result_what).value_or(None)
 
     async def on_alarm(self, alarm: Alarm) -> None:
         """Jobs use no alarms; the engine routes none here."""
@@ -170,10 +191,61 @@ class JobHandler(Generic[P, R]):
         the attempt, to await inside the run's cancel scope (a run that scope
         cancelled ends ``cancelled``; the worker decides how). The worker writes
         the end. Never raises but for cancellation.
+
+        Every attempt the worker drains passes here, so the common case is
+        kept short: the params decoded by their cached decoder, the context
+        built once, and, when nothing will read the attempt's duration (no
+        tracker, no DEBUG logging), a synchronous body's value encoded and
+        returned without a clock read or a judgement object.
         """
-        worker_id = lease[1]
-        who = _Attempt(job.id, job.attempt, job.max_attempts, job.tenant_id, job.correlation_id, worker_id)
-        # A match, not .map/.alt: every attempt the worker drains passes here.
+        params_decoder = self._params_decoder
+        if params_decoder is None:
+            return self._start_slowly(job, lease)
+        try:
+            params = params_decoder.decode(job.params)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return self._start_slowly(job, lease)
+        env, definition = self.env, self.job
+        job_id, attempt = job.id, job.attempt
+        log = JobLog(self._logger, self._threshold, {"job": definition.name, "job_id": job_id, "attempt": attempt})
+        # The run id is minted only if the body reads it (the job id names the attempt's logs and events).
+        ctx: JobContext[Any] = JobContext(
+            env,
+            definition.name,
+            log,
+            job_id=job_id,
+            run_id=None,
+            attempt=attempt,
+            max_attempts=job.max_attempts,
+            tenant_id=job.tenant_id,
+            correlation_id=job.correlation_id,
+            lease=lease,
+            run_ms=env.clock.now_ms(),
+        )
+        if self._timed or definition.limits.timeout_ms is not None:
+            run = self._run_of(job, log)
+            body = self._body
+            return self._begin(job, run, lambda: body(params, ctx))
+        begun: Result[object, JobError] | Pending
+        try:
+            value = self._body(params, ctx)
+        except Exception as exc:
+            begun = begin_body(_raising(exc))  # made a JobError there, as any body's exception is
+        else:
+            if value is None and self._null is not None:
+                return AttemptEnd("completed", result=self._null)  # what judging a plain None comes to
+            begun = begin_body(lambda: value)
+        match begun:
+            case Success(ok):
+                match encode(definition.result, ok, what=self._result_what, limit=env.max_payload_bytes):
+                    case Success(raw):
+                        return AttemptEnd("completed", result=raw)
+        return self._finish(job, self._run_of(job, log), begun)
+
+    def _start_slowly(
+        self, job: ClaimedJob, lease: tuple[QueueStorage, str]
+    ) -> AttemptEnd | Callable[[trio.CancelScope], Awaitable[AttemptEnd]]:
+        """`start_attempt` when the params do not decode (the attempt fails), or have no cached decoder."""
         match decode(self.job.params, job.params, what=self._params_what):
             case Failure(error):
                 failed = self.env.event(
@@ -188,8 +260,19 @@ class JobHandler(Generic[P, R]):
                 return AttemptEnd("failed", error=_error_json(error), events=[failed])
             case Success(params):
                 pass
-        # The run id is minted only if the body reads it (the job id names the attempt's logs and events).
+        who = _Attempt(job.id, job.attempt, job.max_attempts, job.tenant_id, job.correlation_id, lease[1])
         run, call = self._prepare(params, who, None, lease[0], self.env.clock.now_ms())
+        return self._begin(job, run, call)
+
+    def _run_of(self, job: ClaimedJob, log: JobLog) -> _Run:
+        """The judgement state of the claimed attempt `job` (its clock starts now)."""
+        who = _Attempt(job.id, job.attempt, job.max_attempts, job.tenant_id, job.correlation_id, None)
+        return _Run(who, log, RunInfo(job.id, KIND, self.job.name, 1, job.attempt), [], time.perf_counter())
+
+    def _begin(
+        self, job: ClaimedJob, run: _Run, call: Callable[[], object]
+    ) -> AttemptEnd | Callable[[trio.CancelScope], Awaitable[AttemptEnd]]:
+        """Call the body (`call`) of a started attempt: its end if it needs no await, else the rest."""
         services, what, limits = self.env.services, self._what, self.job.limits
         if limits.timeout_ms is not None:
 
@@ -197,8 +280,13 @@ class JobHandler(Generic[P, R]):
                 return self._end(job, run, await run_body(call, services, what, limits, scope), scope)
 
             return timed
-        begun = begin_body(call)
+        return self._finish(job, run, begin_body(call))
+
+    def _finish(
+        self, job: ClaimedJob, run: _Run, begun: Result[object, JobError] | Pending
+    ) -> AttemptEnd | Callable[[trio.CancelScope], Awaitable[AttemptEnd]]:
         if isinstance(begun, Pending):
+            services, what = self.env.services, self._what
 
             async def awaited(scope: trio.CancelScope) -> AttemptEnd:
                 return self._end(job, run, await finish_body(begun, services, what, scope), scope)
