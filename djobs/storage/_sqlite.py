@@ -9,6 +9,7 @@ and one connection is never used by two threads.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -678,6 +679,41 @@ def _claim_limited(
     return taken
 
 
+# Completions of many rows in one statement: a VALUES list of (id, worker, attempt,
+# result, at) joined to the rows by id, each row fenced by its holder and attempt as
+# SETTLE_COMPLETED fences one. A statement's text holds a power of two of rows, so a
+# batch of any size is a few statements (200 rows: 128 + 64 + 8) from nine cached texts.
+_COMPLETE_CHUNKS = (256, 128, 64, 32, 16, 8, 4, 2, 1)
+
+
+@functools.cache
+def _complete_many(rows: int) -> str:
+    values = ", ".join(["(?, ?, ?, ?, ?)"] * rows)
+    return f"""
+    UPDATE jobs SET status = 'completed', result = v.column4, error = NULL, completed_at = v.column5,
+                    updated_at = v.column5, worker_expires_at = NULL
+    FROM (VALUES {values}) AS v
+    WHERE jobs.id = v.column1
+      AND (jobs.worker_id = v.column2 AND jobs.attempt_count = v.column3 AND jobs.status = 'running') IS TRUE
+    RETURNING jobs.id, jobs.attempt_count
+"""
+
+
+def _settle_completed(db: apsw.Connection, completed: Sequence[JobSettlement]) -> set[tuple[str, int]]:
+    """Complete the rows of `completed` (in the caller's transaction); the (id, attempt) of those it did."""
+    done: set[tuple[str, int]] = set()
+    start, left = 0, len(completed)
+    for size in _COMPLETE_CHUNKS:
+        while left >= size:
+            args: list[object] = []
+            for s in completed[start : start + size]:
+                args += (s.job_id, s.worker_id, s.attempt, s.result, s.at)
+            done.update(db.execute(_complete_many(size), args))
+            start += size
+            left -= size
+    return done
+
+
 def _describe(exc: apsw.Error) -> str:
     if isinstance(exc, apsw.BusyError):
         return "the database is locked by another connection (busy)"
@@ -1205,26 +1241,37 @@ class SqliteStorage:
         return await self.write(lambda db: [(r[0], bool(r[1])) for r in db.execute(_RENEW, args)])
 
     async def settle_jobs(self, settlements: Sequence[JobSettlement]) -> list[bool]:
-        def run(db: apsw.Connection) -> list[bool]:
-            applied: list[bool] = []
-            for s in settlements:
-                fence = (s.job_id, s.worker_id, s.attempt)
-                if s.status == "completed":
-                    db.execute(_sql.SETTLE_COMPLETED, (s.result, s.at, s.at, *fence))
-                elif s.status == "pending" and s.release:
-                    db.execute(_sql.SETTLE_RELEASE, (s.error, s.at, s.at, *fence))
-                elif s.status == "pending":
-                    db.execute(_sql.SETTLE_RETRY, (s.error, s.scheduled_for, s.at, s.at, *fence))
-                elif s.status == "running":
-                    assert s.lease_until is not None
-                    db.execute(_sql.SETTLE_AGAIN, (s.error, self._lease_end(s.lease_until, s.at), s.at, *fence))
-                else:
-                    db.execute(_sql.SETTLE_FINAL, (s.status, s.error, s.at, s.at, *fence))
-                applied.append(db.changes() > 0)
-            return applied
+        if len(settlements) == 1:
+            # One settlement is one UPDATE (a dead letter its trigger writes is part of it).
+            [s] = settlements
+            return await self.write(lambda db: [self._settle_one(db, s)], single=True)
 
-        # One settlement is one UPDATE (a dead letter its trigger writes is part of it).
-        return await self.write(run, single=len(settlements) == 1)
+        def run(db: apsw.Connection) -> list[bool]:
+            # Completions (nearly all of a drain's) in one statement per chunk, the rest one by one.
+            completed = [s for s in settlements if s.status == "completed"]
+            done = _settle_completed(db, completed) if completed else set()
+            return [
+                (s.job_id, s.attempt) in done if s.status == "completed" else self._settle_one(db, s)
+                for s in settlements
+            ]
+
+        return await self.write(run)
+
+    def _settle_one(self, db: apsw.Connection, s: JobSettlement) -> bool:
+        """Apply the settlement `s` alone (fenced by its holder and attempt); whether it applied."""
+        fence = (s.job_id, s.worker_id, s.attempt)
+        if s.status == "completed":
+            db.execute(_sql.SETTLE_COMPLETED, (s.result, s.at, s.at, *fence))
+        elif s.status == "pending" and s.release:
+            db.execute(_sql.SETTLE_RELEASE, (s.error, s.at, s.at, *fence))
+        elif s.status == "pending":
+            db.execute(_sql.SETTLE_RETRY, (s.error, s.scheduled_for, s.at, s.at, *fence))
+        elif s.status == "running":
+            assert s.lease_until is not None
+            db.execute(_sql.SETTLE_AGAIN, (s.error, self._lease_end(s.lease_until, s.at), s.at, *fence))
+        else:
+            db.execute(_sql.SETTLE_FINAL, (s.status, s.error, s.at, s.at, *fence))
+        return db.changes() > 0
 
     async def set_progress(
         self, job_id: str, worker_id: str, attempt: int, progress: int, message: str | None, now: int

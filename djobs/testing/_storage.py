@@ -637,6 +637,50 @@ async def _settling_is_fenced_by_worker_and_attempt(storage: _Full) -> None:
     assert await storage.settle_jobs([]) == []
 
 
+async def _a_batch_of_settlements_applies_each_to_its_own_row_under_its_own_fence(storage: _Full) -> None:
+    # As a worker's settle task writes them: many rows ending together, some whose
+    # lease was lost (another holder now), one that failed, each with its own result.
+    count = 300
+    await storage.enqueue_jobs([_job(n) for n in range(1, count + 1)])
+    assert len(await storage.claim_jobs(0, 1000, "w", ["send"], count)) == count
+    lost = {n for n in range(1, count + 1) if n % 7 == 0}
+    # The lost rows' leases ran out and another worker holds them at their second attempt.
+    assert len(await storage.reclaim_expired(2000, b"c", b"l", count)) == count
+    back = await storage.claim_jobs(2000, 9000, "other", ["send"], count)
+    assert len(back) == count
+    mine = [c for c in back if int(c.id[4:]) not in lost]
+    assert all(
+        await storage.settle_jobs([_settle(c.id, "pending", worker="other", attempt=2, release=True) for c in mine])
+    )
+    await storage.claim_jobs(2000, 9000, "w", ["send"], count)  # the rest come back to "w" at attempt 2
+    settlements = [
+        _settle(
+            f"job-{n:04d}",
+            "failed" if n == 5 else "completed",
+            attempt=2,
+            at=3000 + n,
+            result=None if n == 5 else b'{"r":%d}' % n,
+            error=b"bad" if n == 5 else None,
+        )
+        for n in range(1, count + 1)
+    ]
+    assert await storage.settle_jobs(settlements) == [n not in lost for n in range(1, count + 1)]
+    for n in range(1, count + 1):
+        row = await storage.get_job(f"job-{n:04d}")
+        assert row is not None
+        if n in lost:
+            assert (row.status, row.worker_id, row.result) == ("running", "other", None)
+        elif n == 5:
+            assert (row.status, row.error, row.completed_at) == ("failed", b"bad", 3005)
+        else:
+            assert (row.status, row.result, row.completed_at, row.updated_at) == (
+                "completed",
+                b'{"r":%d}' % n,
+                3000 + n,
+                3000 + n,
+            )
+
+
 async def _each_way_an_attempt_can_end(storage: _Full) -> None:
     await storage.enqueue_jobs([_job(n) for n in range(1, 6)])
     await storage.claim_jobs(0, 1000, "w", ["send"], 10)
@@ -1259,6 +1303,7 @@ _QUEUE_CHECKS: Final[tuple[_Check, ...]] = (
     _claims_take_due_rows_by_priority_then_time_and_count_an_attempt,
     _a_job_can_start_running_in_the_callers_task,
     _settling_is_fenced_by_worker_and_attempt,
+    _a_batch_of_settlements_applies_each_to_its_own_row_under_its_own_fence,
     _each_way_an_attempt_can_end,
     _a_requested_cancel_wins_over_a_retry_or_a_hand_back,
     _cancel_and_retry,
