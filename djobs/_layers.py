@@ -23,10 +23,28 @@ from dataclasses import dataclass, field
 from typing import final
 
 from ._clock import Clock, WallClock
+from ._errors import ValidationError
 from ._ids import Ids, RandomIds
 from ._retry import JitteredRetries, RetryPolicy
 from .storage import StorageLayer, sqlite
 from .tracking import NoopTracker, Tracker
+
+# What each layer must have, checked when `Layers` is built: a wrong object fails there
+# with a message, not with an AttributeError from inside the engine.
+_LAYER_METHODS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("storage", ("open",)),
+    ("clock", ("now_ms", "sleep_until")),
+    ("tracker", ("emit",)),
+    ("retries", ("delay_before",)),
+    ("ids", ("engine_id", "job_id")),
+)
+_LAYER_TYPES = {
+    "storage": "StorageLayer",
+    "clock": "Clock",
+    "tracker": "Tracker",
+    "retries": "RetryPolicy",
+    "ids": "Ids",
+}
 
 
 def _default_storage() -> StorageLayer:
@@ -61,6 +79,19 @@ class Layers:
     tracker: Tracker = field(default_factory=NoopTracker)
     retries: RetryPolicy = field(default_factory=JitteredRetries)
     ids: Ids = field(default_factory=RandomIds)
+
+    def __post_init__(self) -> None:
+        for name, methods in _LAYER_METHODS:
+            layer = getattr(self, name)
+            missing = [m for m in methods if not callable(getattr(layer, m, None))]
+            if missing:
+                hint = ""
+                if name == "storage" and isinstance(layer, str):
+                    hint = f"; did you mean djobs.sqlite({layer!r:.80}) (or djobs.postgres(dsn))?"
+                raise ValidationError(
+                    f"{name} must be a {_LAYER_TYPES[name]} (with {', '.join(methods)}),"
+                    f" got {type(layer).__name__} {layer!r:.80}{hint}"
+                )
 
     def replace(
         self,

@@ -1008,3 +1008,21 @@ def test_a_key_whose_picture_reads_back_as_nul_is_not_found(capsys: pytest.Captu
     code, _, err = run(capsys, "instances", "show", "continuous:refresher:user\u24001", *db.args)
     assert code == ExitCode.NOT_FOUND, err
     assert "no instance with key" in err
+
+
+def test_python_m_djobs_runs_the_command_and_a_closed_pipe_ends_it_quietly(sqlite_db: Built) -> None:
+    # `djobs ... | head -1`: the reader leaves after one line; no BrokenPipeError traceback.
+    help_text = subprocess.run(
+        [sys.executable, "-m", "djobs", "--help"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert help_text.returncode == 0 and "usage: djobs" in help_text.stdout
+    reader = subprocess.Popen(
+        [sys.executable, "-m", "djobs", "status", *sqlite_db.args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert reader.stdout is not None and reader.stderr is not None
+    reader.stdout.close()  # the reader is gone before the command writes a line
+    err = reader.stderr.read().decode()
+    assert reader.wait(timeout=60) == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err

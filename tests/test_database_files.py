@@ -261,3 +261,34 @@ def test_a_file_being_created_by_another_process_is_not_taken_for_a_foreign_one(
     db = apsw.Connection(str(path))
     assert next(iter(db.execute("PRAGMA user_version")))[0] == SCHEMA_VERSION
     db.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "says"),
+    [("", "path is empty"), ("postgresql://postgres@127.0.0.1/test", r"use djobs\.postgres\(dsn\)"), (b"x.db", "path")],
+)
+def test_a_path_that_names_no_file_is_refused_when_the_layer_is_made(path: object, says: str) -> None:
+    with pytest.raises(djobs.ValidationError, match=says):
+        djobs.sqlite(path)  # type: ignore[arg-type]
+
+
+@pytest.mark.trio
+async def test_a_missing_directory_is_named_in_the_error(tmp_path: Path) -> None:
+    missing = tmp_path / "no" / "such" / "dir"
+    with pytest.raises(djobs.StorageError, match=f"its directory '{tmp_path / 'no' / 'such' / 'dir'}' does not exist"):
+        async with djobs.open_engine([], storage=djobs.sqlite(missing / "jobs.db")):
+            pass  # pragma: no cover
+    assert not (tmp_path / "no").exists()
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("layer", ["storage", "clock", "tracker"])
+async def test_a_layer_of_the_wrong_kind_is_refused_with_its_name(tmp_path: Path, layer: str) -> None:
+    # storage="jobs.db" was an AttributeError from inside the engine.
+    with pytest.raises(djobs.ValidationError, match=f"{layer} must be a .* got str 'jobs.db'") as raised:
+        async with djobs.open_engine([], **{layer: "jobs.db"}):  # type: ignore[arg-type]
+            pass  # pragma: no cover
+    if layer == "storage":
+        assert "did you mean djobs.sqlite('jobs.db')" in raised.value.message
+    with pytest.raises(djobs.ValidationError, match=f"{layer} must be a"):
+        djobs.Layers(**{layer: 42})  # type: ignore[arg-type]

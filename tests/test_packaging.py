@@ -17,6 +17,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = sorted([ROOT / "README.md", ROOT / "CHANGELOG.md", *(ROOT / "docs").rglob("*.md")])
+#: The package's sources: its error messages and docstrings name extras too.
+SOURCES = sorted([*(ROOT / "djobs").rglob("*.py"), *(ROOT / "examples").rglob("*.py")])
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 DISTRIBUTION = "djobs-trio"
 
@@ -77,6 +79,13 @@ def test_every_install_line_names_the_distribution() -> None:
             problems += [f"{where}: {p}" for p in problems_of(command)]
         # A requirement written without the pip command, such as "install `djobs[postgres]`".
         problems += [f"{where}: {m!r} names another project" for m in re.findall(r"(?<![\w-])djobs\[[\w,-]+\]", text)]
+    for source in SOURCES:
+        text = source.read_text(encoding="utf-8")
+        where = str(source.relative_to(ROOT))
+        problems += [f"{where}: {m!r} names another project" for m in re.findall(r"(?<![\w-])djobs\[[\w,-]+\]", text)]
+        for extra in re.findall(rf"{re.escape(DISTRIBUTION)}\[([\w-]+)\]", text):
+            if extra not in PYPROJECT["project"]["optional-dependencies"]:
+                problems.append(f"{where} installs the extra {extra!r}, which pyproject lacks")
     assert not problems, problems
     # The pages a newcomer installs from say how.
     for page in ("README.md", "docs/quickstart.md", "docs/guides/cli.md", "docs/guides/scaling-out.md"):

@@ -385,8 +385,8 @@ def test_importing_djobs_needs_neither_extra() -> None:
         sys.modules["httpx"] = None  # as if the extras were not installed
         sys.modules["opentelemetry"] = None
         import djobs, djobs.tracking
-        for make, extra in [(lambda: djobs.tracking.HttpBatchTracker("http://x", "e", "k"), "djobs[http]"),
-                            (lambda: djobs.tracking.OpenTelemetryTracker(), "djobs[otel]")]:
+        for make, extra in [(lambda: djobs.tracking.HttpBatchTracker("http://x", "e", "k"), "djobs-trio[http]"),
+                            (lambda: djobs.tracking.OpenTelemetryTracker(), "djobs-trio[otel]")]:
             try:
                 make()
             except ImportError as exc:

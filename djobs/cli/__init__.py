@@ -1,7 +1,7 @@
 """The ``djobs`` command line: run a worker, inspect a database, enqueue and batch jobs.
 
-Install it with ``pip install 'djobs[cli]'`` (it needs nothing beyond djobs
-itself) and run ``djobs --help``, or ``python -m djobs.cli``. The guide is
+It comes with djobs (``pip install djobs-trio``; no extra) and runs as
+``djobs --help``, ``python -m djobs`` or ``python -m djobs.cli``. The guide is
 ``docs/guides/cli.md``; `main` is the entry point, `ExitCode` what it
 returns.
 """

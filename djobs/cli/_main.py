@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import traceback
@@ -251,6 +252,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _reader_left(exc: Exception) -> bool:
+    """Whether `exc` is only the output's reader having gone (``djobs ... | head -1``).
+
+    Then the command ends quietly, as Python's documentation advises for a
+    broken pipe: standard output is pointed at ``os.devnull`` so the flush at
+    exit does not raise again.
+    """
+    if isinstance(exc, BaseExceptionGroup):
+        if exc.split(BrokenPipeError)[1] is not None:
+            return False
+    elif not isinstance(exc, BrokenPipeError):
+        return False
+    with contextlib.suppress(OSError, ValueError):  # no real stdout (captured in a test): nothing to flush
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return True
+
+
 def main(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> int:
     """Run the ``djobs`` command line; returns the exit code (see `ExitCode`).
 
@@ -292,6 +310,8 @@ def main(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> in
         print("djobs: interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED
     except Exception as exc:
+        if _reader_left(exc):
+            return ExitCode.OK
         # Raised by the user's code (a factory, an engine that crashed) or a bug here: the
         # traceback is what whoever reads this needs.
         traceback.print_exc()

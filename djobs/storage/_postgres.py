@@ -1,7 +1,7 @@
 """`djobs.postgres(dsn)`: the storage layer for several processes and machines on one PostgreSQL database.
 
 This module is importable without psycopg: the driver is imported when the
-layer opens (``pip install "djobs[postgres]"`` brings it).
+layer opens (``pip install "djobs-trio[postgres]"`` brings it).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class PostgresLayer:
     async def _open(self) -> AsyncIterator[PostgresStorage]:
         if importlib.util.find_spec("psycopg") is None or importlib.util.find_spec("psycopg_pool") is None:
             raise StorageError(
-                'djobs.postgres needs the psycopg driver and psycopg_pool: pip install "djobs[postgres]"'
+                'djobs.postgres needs the psycopg driver and psycopg_pool: pip install "djobs-trio[postgres]"'
                 ' (or "psycopg[binary]>=3.1" "psycopg-pool>=3.2")'
             )
         from ._pgstore import open_postgres
@@ -86,7 +86,7 @@ def postgres(
     every engine process, on any machine, opens the same DSN and schema. The
     schema is created (or migrated) on first use, under an advisory lock.
     Claims use ``FOR UPDATE SKIP LOCKED``; idle workers ``LISTEN`` for
-    enqueues in other processes. Needs ``pip install "djobs[postgres]"``.
+    enqueues in other processes. Needs ``pip install "djobs-trio[postgres]"``.
 
     Args:
         dsn: A libpq connection string or URL, e.g.

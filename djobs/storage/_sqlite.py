@@ -1534,6 +1534,16 @@ def host_anchor(db: apsw.Connection) -> int:
     return int(anchor)
 
 
+def _open_hint(path: str) -> str:
+    """Why SQLite may have refused to open or create `path`, for its error message."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return f" (its directory {folder!r} does not exist; create it first)"
+    if not os.path.exists(path) and not os.access(folder, os.W_OK | os.X_OK):
+        return f" (the file does not exist, and this process may not create files in {folder!r})"
+    return ""
+
+
 def _open_connection(
     path: str, synchronous: Synchronous, busy_timeout_ms: int, lease_clock: LeaseClock = "engine"
 ) -> SqliteStorage:
@@ -1543,7 +1553,7 @@ def _open_connection(
     try:
         db = apsw.Connection(path)
     except apsw.Error as exc:
-        raise StorageError(f"cannot open {where}: {_describe(exc)}", exc) from exc
+        raise StorageError(f"cannot open {where}: {_describe(exc)}{_open_hint(path)}", exc) from exc
     try:
         db.setbusytimeout(busy_timeout_ms)
         if db.readonly("main"):
@@ -1739,7 +1749,19 @@ def sqlite(
         raise ValidationError(f"busy_timeout must be an int of milliseconds from 0 to 600000, got {busy_timeout!r:.80}")
     if lease_clock not in get_args(LeaseClock):
         raise ValidationError(f"lease_clock must be 'auto', 'host' or 'engine', got {lease_clock!r:.80}")
-    return _SqliteLayer(os.fspath(path), synchronous, busy_timeout, lease_clock)
+    if not isinstance(path, str | os.PathLike):
+        raise ValidationError(f"path must be a str or a path, got {path!r:.80}")
+    where = os.fspath(path)
+    if not isinstance(where, str):
+        raise ValidationError(f"path must be a text path, got {where!r:.80}")
+    if not where:
+        raise ValidationError("path is empty; give the database file's path, e.g. djobs.sqlite('jobs.db')")
+    if "://" in where:
+        raise ValidationError(
+            f"{where!r:.80} is a URL, not a file path; for PostgreSQL use djobs.postgres(dsn), "
+            "for SQLite give the file's path"
+        )
+    return _SqliteLayer(where, synchronous, busy_timeout, lease_clock)
 
 
 def memory() -> _SqliteLayer:

@@ -4,7 +4,7 @@ A tracker receives `TrackedEvent` values after the change they describe is
 committed. `emit` must never block or fail a job; a tracker that talks to
 the network buffers and sends from its own task (a `BackgroundTracker`).
 
-`HttpBatchTracker` needs the ``http`` extra (``pip install 'djobs[http]'``)
+`HttpBatchTracker` needs the ``http`` extra (``pip install 'djobs-trio[http]'``)
 and `OpenTelemetryTracker` the ``otel`` extra; importing this package needs
 neither, only making one of them does.
 """

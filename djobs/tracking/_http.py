@@ -1,4 +1,4 @@
-"""`HttpBatchTracker`: telemetry posted as JSON batches (optional extra ``djobs[http]``).
+"""`HttpBatchTracker`: telemetry posted as JSON batches (optional extra ``djobs-trio[http]``).
 
 The engine's tasks call `emit`, which only appends to a bounded buffer. One
 sender task (`run`, started by the engine) posts what is buffered with
@@ -54,7 +54,7 @@ def _require_httpx() -> None:
         import httpx  # noqa: F401  (only checking that the extra is installed)
     except ImportError as exc:
         raise ImportError(
-            "HttpBatchTracker needs httpx, which the http extra installs: pip install 'djobs[http]'"
+            "HttpBatchTracker needs httpx, which the http extra installs: pip install 'djobs-trio[http]'"
         ) from exc
 
 
@@ -120,7 +120,7 @@ class HttpBatchTracker:
             and closes it in `aclose`. A client you pass stays yours to close.
 
     Raises:
-        ImportError: httpx is not installed (``pip install 'djobs[http]'``).
+        ImportError: httpx is not installed (``pip install 'djobs-trio[http]'``).
         ValidationError: A size or duration is not valid.
 
     Example:

@@ -1,4 +1,4 @@
-"""`OpenTelemetryTracker`: one span per execution (optional extra ``djobs[otel]``).
+"""`OpenTelemetryTracker`: one span per execution (optional extra ``djobs-trio[otel]``).
 
 The span is made from the event that ends a run (``job.executed``,
 ``job.failed``, or ``job.terminated`` from ``ctx.terminate``), after the run
@@ -58,7 +58,7 @@ class OpenTelemetryTracker:
             ``opentelemetry.trace.set_tracer_provider``.
 
     Raises:
-        ImportError: opentelemetry-api is not installed (``pip install 'djobs[otel]'``).
+        ImportError: opentelemetry-api is not installed (``pip install 'djobs-trio[otel]'``).
 
     Example:
         ```python
@@ -74,7 +74,8 @@ class OpenTelemetryTracker:
             from opentelemetry import trace
         except ImportError as exc:
             raise ImportError(
-                "OpenTelemetryTracker needs opentelemetry-api, which the otel extra installs: pip install 'djobs[otel]'"
+                "OpenTelemetryTracker needs opentelemetry-api, which the otel extra installs:"
+                " pip install 'djobs-trio[otel]'"
             ) from exc
         self._tracer = trace.get_tracer("djobs", tracer_provider=tracer_provider)
 
