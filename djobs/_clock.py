@@ -102,8 +102,13 @@ class VirtualClock:
         # early (enough for a rate limit's window to open before its time).
         return self.start_ms + int(elapsed * 1000 + 0.001)
 
+    def trio_deadline(self, epoch_ms: int) -> float:
+        """The Trio time at which this clock reads `epoch_ms` (give or take float rounding:
+        `sleep_until` re-checks on waking), for a cancel scope's deadline."""
+        return self._trio_anchor() + (epoch_ms - self.start_ms) / 1000
+
     async def sleep_until(self, epoch_ms: int) -> None:
-        target = self._trio_anchor() + (epoch_ms - self.start_ms) / 1000
+        target = self.trio_deadline(epoch_ms)
         await trio.sleep_until(target)
         # Float rounding can leave us a hair early; never fire early.
         if self.now_ms() < epoch_ms:

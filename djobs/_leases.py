@@ -186,6 +186,7 @@ class InstanceLeases:
             done.set()
         if not self._held and self._renewal is not None:
             self._renewal.cancel()  # nothing left to renew: the keeper need not wake for it
+            self._renewal = None
         if not self._idle:
             self._leases_idle = trio.Event()
 
@@ -196,13 +197,14 @@ class InstanceLeases:
             await self._leases_held.wait()
             # Ended early once every lease is given up, so an idle engine has no wake-up for it;
             # a lease taken since is fresh, and waits a whole interval from the next round.
-            with trio.CancelScope() as scope:
+            with trio.CancelScope(deadline=trio.current_time() + self.lease_ms / 3000) as scope:
                 self._renewal = scope
-                await trio.sleep(self.lease_ms / 3000)
+                await trio.sleep_forever()
+            given_up = self._renewal is not scope  # `release_idle` ended the sleep, not its deadline
             self._renewal = None
             if not self._held:
                 self._leases_held = trio.Event()
-            elif not scope.cancelled_caught:
+            elif not given_up:
                 now = self._clock.now_ms()
                 try:
                     await self._storage.renew_instance_leases(sorted(self._held), self.owner, now + self.lease_ms, now)

@@ -13,7 +13,7 @@ from typing import final
 
 import trio
 
-from ._clock import Clock
+from ._clock import Clock, VirtualClock
 
 
 @final
@@ -26,7 +26,7 @@ class Wakeup:
             here); ``None`` trusts pokes alone.
     """
 
-    __slots__ = ("_clock", "_missed", "_poll_ms", "_scope", "_until")
+    __slots__ = ("_clock", "_cut", "_missed", "_poll_ms", "_scope", "_until")
 
     def __init__(self, clock: Clock, poll_ms: int | None) -> None:
         self._clock = clock
@@ -36,6 +36,8 @@ class Wakeup:
         # The earliest poke that came while the loop was awake (reading what is due):
         # what it read may predate the poke's write, so the next sleep ends by then.
         self._missed: float = math.inf
+        #: A poke or recheck ended the current sleep.
+        self._cut = False
 
     async def sleep_until(self, at_ms: int | None) -> None:
         """Sleep until `at_ms` (forever for ``None``), a poke for an earlier time, or the poll interval.
@@ -49,14 +51,25 @@ class Wakeup:
             at_ms = int(missed)
         scope = self._scope = trio.CancelScope()
         self._until = math.inf if at_ms is None else at_ms
+        self._cut = False
+        clock = self._clock
+        due = math.inf
         with scope:
             if self._poll_ms is not None:
                 scope.deadline = trio.current_time() + self._poll_ms / 1000
             if at_ms is None:
                 await trio.sleep_forever()
+            elif isinstance(clock, VirtualClock):
+                # A virtual due time is a Trio time: this one scope is both the wait and the
+                # poke's, rather than a second scope inside the clock's sleep.
+                due = clock.trio_deadline(at_ms)
+                scope.deadline = min(scope.deadline, due)
+                await trio.sleep_forever()
             else:
-                await self._clock.sleep_until(at_ms)
+                await clock.sleep_until(at_ms)
         self._scope = None
+        if scope.deadline == due and not self._cut and at_ms is not None and clock.now_ms() < at_ms:
+            await clock.sleep_until(at_ms)  # woken a hair early (float rounding): never before `at_ms`
 
     def poke(self, at_ms: int) -> None:
         """Something is due at `at_ms`: wake the sleeper if it sleeps past that (or, if it is
@@ -64,6 +77,7 @@ class Wakeup:
         if self._scope is None:
             self._missed = min(self._missed, at_ms)
         elif at_ms < self._until:
+            self._cut = True
             self._scope.cancel()
 
     def recheck(self) -> bool:
@@ -74,5 +88,6 @@ class Wakeup:
         """
         if self._scope is None or self._until == math.inf:
             return False
+        self._cut = True
         self._scope.cancel()
         return True
