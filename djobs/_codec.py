@@ -72,7 +72,7 @@ def storable_problem(tp: Any) -> str | None:
             continue  # a recursive struct refers back to itself
         seen.add(id(node))
         if isinstance(node, msgspec.inspect.CustomType):
-            return f"{_type_name(node.cls)} is not a type msgspec can store (use a msgspec.Struct)"
+            return f"{type_name(node.cls)} is not a type msgspec can store (use a msgspec.Struct)"
         if isinstance(node, msgspec.inspect.Field):
             todo.append(node.type)
         elif isinstance(node, msgspec.inspect.Type):
@@ -89,10 +89,11 @@ def check_storable(tp: Any, what: str) -> None:
     """Raise a `ValidationError` starting with `what` if values of `tp` cannot be stored (`storable_problem`)."""
     problem = storable_problem(tp)
     if problem is not None:
-        raise ValidationError(f"{what} {_type_name(tp)!r} cannot be stored: {problem}")
+        raise ValidationError(f"{what} {type_name(tp)!r} cannot be stored: {problem}")
 
 
-def _type_name(tp: Any) -> str:
+def type_name(tp: Any) -> str:
+    """`tp` as a message names it: a class's name, anything else's repr."""
     return getattr(tp, "__name__", None) or repr(tp)
 
 
@@ -133,19 +134,19 @@ def encode_decoded(
     try:
         return Success((raw, _decoder(tp).decode(raw)))
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        return Failure(ValidationError(f"{what} does not match {_type_name(tp)}: {exc}"))
+        return Failure(ValidationError(f"{what} does not match {type_name(tp)}: {exc}"))
 
 
 def _check(tp: Any, value: object, what: str, limit: int, strict: bool) -> tuple[bytes, Any] | ValidationError:
     """The encoding of `value` and its validating decode, or why it is refused (see `encode`)."""
     mismatch = struct_mismatch(tp, value) if strict else None
     if mismatch is not None:
-        return ValidationError(f"{what} does not match {_type_name(tp)}: {mismatch}")
+        return ValidationError(f"{what} does not match {type_name(tp)}: {mismatch}")
     try:
         raw = _encoder.encode(value)
     except (TypeError, msgspec.EncodeError, OverflowError, RecursionError, ValueError) as exc:
         # ValueError covers UnicodeEncodeError: a lone surrogate in a string.
-        return ValidationError(f"{what} cannot be stored as {_type_name(tp)}: {exc}")
+        return ValidationError(f"{what} cannot be stored as {type_name(tp)}: {exc}")
     if len(raw) > limit:
         return ValidationError(
             f"{what} is {len(raw)} bytes encoded; at most {limit} are allowed "
@@ -155,9 +156,9 @@ def _check(tp: Any, value: object, what: str, limit: int, strict: bool) -> tuple
         # The validation step; also re-checks an instance built unchecked, and refuses unknown fields.
         decoded = (_strict_decoder(tp) if strict else _decoder(tp)).decode(raw)
     except msgspec.ValidationError as exc:
-        return ValidationError(f"{what} does not match {_type_name(tp)}: {exc}")
+        return ValidationError(f"{what} does not match {type_name(tp)}: {exc}")
     except (msgspec.DecodeError, RecursionError, ValueError) as exc:
-        return ValidationError(f"{what} cannot be stored as {_type_name(tp)}: {exc}")
+        return ValidationError(f"{what} cannot be stored as {type_name(tp)}: {exc}")
     return raw, decoded
 
 
@@ -168,7 +169,7 @@ def decode(tp: type[T], raw: bytes, *, what: str) -> Result[T, ValidationError]:
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         return Failure(
             ValidationError(
-                f"stored {what} no longer matches {_type_name(tp)}: {exc}; "
+                f"stored {what} no longer matches {type_name(tp)}: {exc}; "
                 "change the struct compatibly (new fields need defaults)"
             )
         )

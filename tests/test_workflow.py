@@ -3,6 +3,7 @@ divergence, restarts; on every storage (memory, SQLite file, PostgreSQL), as tes
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -208,6 +209,74 @@ async def test_a_signal_sent_before_the_wait_is_kept_and_delivered(
         refused = failure(await client.signal("o-3", "shipped", {"tracking": "LATE"}))
         assert isinstance(refused, djobs.InvalidStateError)
         assert isinstance(failure(await client.signal("nope", "shipped", {})), djobs.InstanceNotFoundError)
+
+
+@pytest.mark.trio
+async def test_a_signal_whose_payload_is_not_the_waits_type_is_refused_to_its_sender_and_the_wait_goes_on(
+    autojump_clock: trio.testing.MockClock, layer: StorageLayer
+) -> None:
+    async with open_test_engine([order_flow], storage=layer, services=Shop(), start=T0) as engine:
+        client = engine.client.workflow(order_flow)
+        await client.start(id="o-w", input=Order("o-w", 5))
+        await until(engine, T0 + timedelta(days=1, minutes=1))
+        assert success(await client.status("o-w")).status == "waiting"
+        refused = failure(await client.signal("o-w", "shipped", Order("o-w", 5)))
+        assert isinstance(refused, djobs.ValidationError)
+        assert "Shipped" in refused.message and "nothing was stored" in refused.message
+        assert "workflow.signal_received" not in types(engine)
+        await settle(engine)
+        assert success(await client.status("o-w")).status == "waiting"
+        assert success(await client.signal("o-w", "shipped", Shipped("T"))).waiting
+        await settle(engine)
+        assert success(await client.result("o-w")).tracking == "T"
+
+
+@pytest.mark.trio
+async def test_a_kept_signal_whose_payload_is_not_the_waits_type_is_dropped_at_the_wait_which_goes_on(
+    autojump_clock: trio.testing.MockClock, layer: StorageLayer, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with open_test_engine([order_flow], storage=layer, services=Shop(), start=T0) as engine:
+        client = engine.client.workflow(order_flow)
+        await client.start(id="o-k", input=Order("o-k", 5))
+        await settle(engine)
+        # Sent while it sleeps: kept, and looked at when the wait takes it.
+        assert not success(await client.signal("o-k", "shipped", {"tracking": 42})).waiting
+        with caplog.at_level(logging.WARNING, logger="djobs"):
+            await until(engine, T0 + timedelta(days=1, minutes=1))
+        assert success(await client.status("o-k")).status == "waiting"
+        [rejected] = [e for e in engine.tracker.events if e.type == "workflow.signal_rejected"]
+        assert rejected.data["signal"] == "shipped" and rejected.data["error"]["tag"] == "validation"
+        assert "Shipped" in rejected.data["error"]["message"]
+        assert any("dropped a signal" in r.getMessage() for r in caplog.records)
+        assert success(await client.signal("o-k", "shipped", Shipped("T"))).waiting
+        await settle(engine)
+        assert success(await client.result("o-k")).tracking == "T"
+
+
+@pytest.mark.trio
+async def test_a_wait_whose_type_the_sender_cannot_name_drops_a_payload_that_is_not_one(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    class Approved(msgspec.Struct):  # a local class: no importable name to check a sender against
+        by: str
+
+    async def body(_: Nothing, ctx: djobs.WorkflowContext) -> str:
+        approved = await ctx.wait_for_signal("approved", Approved)
+        assert not isinstance(approved, djobs.TimedOut)
+        return approved.by
+
+    flow = djobs.Workflow.make("approval", input=Nothing, result=str, execute=body)
+    async with open_test_engine([flow], start=T0) as engine:
+        client = engine.client.workflow(flow)
+        await client.start(id="a", input=Nothing())
+        await settle(engine)
+        assert success(await client.signal("a", "approved", Shipped("T"))).waiting
+        await settle(engine)
+        assert success(await client.status("a")).status == "waiting"
+        assert "workflow.signal_rejected" in types(engine)
+        await client.signal("a", "approved", {"by": "ann"})
+        await settle(engine)
+        assert success(await client.result("a")) == "ann"
 
 
 @pytest.mark.trio

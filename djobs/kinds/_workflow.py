@@ -104,7 +104,9 @@ from ._workflow_log import (
     encoder,
     error_data,
     read_log,
+    resolve_type_ref,
     short,
+    signal_payload,
     summarise,
 )
 
@@ -382,8 +384,11 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
 
     async def _deliver(
         self, key: str, instance_id: str, name: str, raw: bytes, event_id: str | None = None
-    ) -> Result[SignalResult, InstanceNotFoundError | InvalidStateError | StorageError]:
-        """Store signal `name` for workflow `key` and wake it if it waits for it (on its actor)."""
+    ) -> Result[SignalResult, InstanceNotFoundError | InvalidStateError | ValidationError | StorageError]:
+        """Store signal `name` for workflow `key` and wake it if it waits for it (on its actor).
+
+        Refused (`ValidationError`, nothing stored) if the workflow waits for `name` with a
+        payload type this process knows and `raw` does not decode as it."""
         env = self.env
         stored = await self._stored(key)
         if stored is None:
@@ -396,12 +401,23 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
                     "it accepts no more signals"
                 )
             )
+        pending = next((e for e in log.entries if not e.done), None)
+        open_wait = pending is not None and pending.kind == "signal" and pending.name == name
+        if open_wait and pending is not None and pending.payload_type is not None:
+            # The wait's payload type, if this process knows it: a payload that is not one is
+            # refused here, where the sender hears of it, rather than dropped at the wait.
+            tp = resolve_type_ref(pending.payload_type)
+            refused = None if tp is None else signal_payload(tp, raw, name).swap().value_or(None)
+            if refused is not None:
+                return Failure(
+                    ValidationError(
+                        f"workflow {self.job.name!r} instance {instance_id!r} waits for signal {name!r} "
+                        f"with a {pending.payload_type} payload; nothing was stored: {refused.message}"
+                    )
+                )
         now = env.now_ms()
         log.inbox.append(Signal(name, msgspec.Raw(raw), now))
-        pending = next((e for e in log.entries if not e.done), None)
-        waiting = (
-            record.status == "waiting" and pending is not None and pending.kind == "signal" and pending.name == name
-        )
+        waiting = record.status == "waiting" and open_wait
         record.data, record.updated_at = encoder.encode(log), now
         record.event_count += 1
         event = self.event(record, "workflow.signal_received", signal=name, waiting=waiting)

@@ -75,10 +75,13 @@ from ._workflow_log import (
     check_call_name,
     describe_call,
     encoder,
+    error_data,
     failed_step_data,
     outcome_decoder,
     resolved_when,
     short,
+    signal_payload,
+    type_ref,
 )
 
 if TYPE_CHECKING:
@@ -424,15 +427,16 @@ class Run:
             now = self.env.now_ms()
             if entry is None:
                 deadline = None if give_up is None else resolved_when(give_up, now, "ctx.wait_for_signal(timeout=)")
-                entry = self.append(Entry(kind="signal", name=name, done=False, until=deadline, at=now))
+                entry = self.append(
+                    Entry(kind="signal", name=name, done=False, until=deadline, at=now, payload_type=type_ref(tp))
+                )
             if self.cancel_pending():
                 self.deliver_cancel(entry)
-            inbox = self.log.inbox
-            found = next((i for i, s in enumerate(inbox) if s.name == name), None)
-            if found is not None:
-                signal = inbox.pop(found)
-                entry.done, entry.value, entry.at = True, signal.payload, now
-            elif entry.until is not None and entry.until <= now:
+            taken = self.take_signal(name, tp)
+            if taken is not None:
+                entry.done, entry.value, entry.at = True, taken[0], now
+                return taken[1]
+            if entry.until is not None and entry.until <= now:
                 entry.done, entry.timed_out = True, True
             else:
                 self.event(
@@ -447,6 +451,28 @@ class Run:
             return TimedOut(name, to_datetime(entry.until))
         payload = decode(tp, bytes(entry.value), what=f"payload of signal {name!r}")
         return unwrap_or_raise(payload)
+
+    def take_signal(self, name: str, tp: Any) -> tuple[msgspec.Raw, Any] | None:
+        """The first kept signal `name` whose payload decodes as `tp`: taken from the inbox, with
+        its value. One sent before it that does not decode is dropped, not consumed: logged, and
+        tracked as ``workflow.signal_rejected`` (the wait goes on)."""
+        inbox = self.log.inbox
+        at = 0
+        while at < len(inbox):
+            signal = inbox[at]
+            if signal.name != name:
+                at += 1
+                continue
+            del inbox[at]
+            match signal_payload(tp, bytes(signal.payload), name):
+                case Success(value):
+                    return signal.payload, value
+                case Failure(refused):
+                    self.env.logger.warning(
+                        "workflow %s: dropped a signal its wait cannot take: %s", self.record.key, refused.message
+                    )
+                    self.event("workflow.signal_rejected", signal=name, error=error_data(refused))
+        return None
 
     async def await_job(self, name: str, job_id: str, client: Client, poll_ms: int) -> Outcome:
         """Wait for the job `job_id` to end: look at its row now, else suspend until the next look."""

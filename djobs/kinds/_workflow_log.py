@@ -15,13 +15,15 @@ module; it imports neither.
 from __future__ import annotations
 
 import reprlib
+import sys
 from datetime import datetime
 from typing import Any, ClassVar, Literal, Self, TypeVar, cast
 
 import msgspec
+from returns.result import Failure, Result, Success
 
 from .._clock import to_datetime
-from .._codec import decode
+from .._codec import decode, decoder, type_name
 from .._errors import (
     InstanceNotFoundError,
     InvalidStateError,
@@ -264,6 +266,9 @@ class Entry(msgspec.Struct, kw_only=True, omit_defaults=True):
     cancelled: bool = False
     at: int = 0
     duration_ms: float = 0.0
+    #: A signal wait's payload type, ``module.qualname`` (see `type_ref`), so a sender can be
+    #: refused at ``signal`` time; absent for a type that has no such name (``list[int]``).
+    payload_type: str | None = None
 
 
 class Signal(msgspec.Struct, frozen=True):
@@ -319,6 +324,38 @@ def read_log(record: InstanceRecord) -> StepLog:
         return log_decoder.decode(record.data)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise ValidationError(f"the step log of workflow {record.key!r} cannot be read: {exc}") from None
+
+
+def type_ref(tp: object) -> str | None:
+    """A class's importable name, ``module.qualname``, or ``None`` (a generic alias, a local class)."""
+    if not isinstance(tp, type) or "<locals>" in tp.__qualname__:
+        return None
+    return f"{tp.__module__}.{tp.__qualname__}"
+
+
+def resolve_type_ref(ref: str) -> type | None:
+    """The class `ref` (`type_ref`) names in a module this process has already imported, or
+    ``None``: nothing is imported, so a process that does not know the type cannot check it."""
+    module_name, _, qualname = ref.rpartition(".")
+    found: object = None
+    # The qualname may itself be dotted (a nested class): try each split of the module path.
+    while module_name:
+        found = sys.modules.get(module_name)
+        if found is not None:
+            break
+        module_name, _, outer = module_name.rpartition(".")
+        qualname = f"{outer}.{qualname}"
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    return found if isinstance(found, type) and type_ref(found) == ref else None
+
+
+def signal_payload(tp: Any, raw: bytes, signal: str) -> Result[Any, ValidationError]:
+    """The payload `raw` of signal `signal` decoded as the wait's type `tp`, or why it is not one."""
+    try:
+        return Success(decoder(tp).decode(raw))
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        return Failure(ValidationError(f"the payload of signal {signal!r} is not a {type_name(tp)}: {exc}"))
 
 
 def check_call_name(name: object, what: str) -> str:
