@@ -8,7 +8,8 @@ does. Encoders and decoders are made once and reused.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any, ForwardRef, Literal, TypeVar, get_args, get_origin
 
 import msgspec
 import msgspec.inspect
@@ -180,3 +181,61 @@ def validate(
 ) -> Result[T, ValidationError]:
     """`value` converted to and validated as a `tp` (a fresh, checked instance); see `encode`."""
     return encode_decoded(tp, value, what=what, limit=limit).map(lambda checked: checked[1])
+
+
+def copier(
+    tp: type[T], *, what: str, limit: int = DEFAULT_MAX_PAYLOAD_BYTES
+) -> Callable[[object], tuple[bytes, T] | ValidationError]:
+    """`encode_decoded` for one type, prepared once: the encoding and fresh copy of a value, or why it is refused.
+
+    For a hot path (a Debounce event and its batch's state, once per ``add``):
+    no `Result` is built, and a value of exactly the struct `tp`, whose
+    fields hold no struct at any depth, is checked with one decode instead of
+    two. Unknown fields (all the strict decode adds) can only come from a dict
+    or a struct of another class, and such a value, like every value the
+    quick check refuses, goes through `encode_decoded`, which words the error.
+    """
+    plain = _decoder(tp)
+    quick = _struct_free(tp)
+
+    def copy(value: object) -> tuple[bytes, T] | ValidationError:
+        if quick and type(value) is tp:
+            try:
+                raw = _encoder.encode(value)
+                if len(raw) <= limit:
+                    return raw, plain.decode(raw)
+            except (TypeError, msgspec.EncodeError, msgspec.DecodeError, OverflowError, RecursionError, ValueError):
+                pass  # refused: worded below
+        match encode_decoded(tp, value, what=what, limit=limit):
+            case Success(checked):
+                copied: tuple[bytes, T] = checked
+                return copied
+            case Failure(error):
+                refused: ValidationError = error
+                return refused
+        raise AssertionError("encode_decoded gives a Success or a Failure")
+
+    return copy
+
+
+def _struct_free(tp: Any) -> bool:
+    """Whether `tp` is a struct class whose fields' types name no struct at any depth (nor are generic)."""
+    if not (isinstance(tp, type) and issubclass(tp, msgspec.Struct)) or getattr(tp, "__parameters__", None):
+        return False
+    try:
+        pending = [field.type for field in msgspec.structs.fields(tp)]
+    except Exception:  # an annotation msgspec cannot resolve: take the strict path
+        return False
+    while pending:
+        t = pending.pop()
+        if isinstance(t, type) and issubclass(t, msgspec.Struct):
+            return False
+        if isinstance(t, TypeVar | str | ForwardRef):
+            return False
+        if get_origin(t) is Literal:
+            continue
+        supertype = getattr(t, "__supertype__", None)  # a NewType
+        if supertype is not None:
+            pending.append(supertype)
+        pending.extend(a for a in get_args(t) if a is not Ellipsis)
+    return True

@@ -599,6 +599,49 @@ async def test_bad_input_changes_nothing(autojump_clock: trio.testing.MockClock)
         assert state is not None and state.count == 1
 
 
+class Tally(msgspec.Struct):
+    """A struct whose fields hold no struct: its values are checked with one decode."""
+
+    n: int
+    tags: list[str] = []
+
+
+class TallyPlus(Tally):
+    extra: str = "x"
+
+
+@pytest.mark.trio
+async def test_a_flat_struct_is_checked_as_strictly_as_any(autojump_clock: trio.testing.MockClock) -> None:
+    def fold(ctx: djobs.DebounceEventContext[Tally, Tally]) -> Tally:
+        if ctx.event.n == 7:
+            return TallyPlus(7)  # a subclass with a field the state does not have
+        if ctx.event.n == 8:
+            return Tally(n="eight")  # type: ignore[arg-type]  # built unchecked, the mistake under test
+        return Tally((ctx.state.n if ctx.state else 0) + ctx.event.n, [*(ctx.state.tags if ctx.state else []), "t"])
+
+    def send(ctx: djobs.DebounceContext[Tally]) -> None:
+        pass
+
+    tallies = djobs.Debounce.make("tallies", event=Tally, on_event=fold, execute=send)
+    async with open_test_engine([tallies], max_payload_bytes=1024) as engine:
+        client = engine.client.debounce(tallies)
+        assert success(await client.add(id="a", event=Tally(1))).event_count == 1
+        refusals: list[tuple[Any, str]] = [
+            (TallyPlus(1), "extra"),  # an event of a subclass with an unknown field
+            ({"n": 1, "nn": 2}, "nn"),  # a dict with an unknown key
+            (Tally(n="1"), "Tally"),  # type: ignore[arg-type]  # built unchecked
+            (Tally(1, ["x" * 2000]), "1024"),  # past the payload limit
+            (Tally(7), "extra"),  # the reducer returns a subclass's instance
+            (Tally(8), "Tally"),  # the reducer returns a state built unchecked
+        ]
+        for event, named in refusals:
+            error = failure(await client.add(id="a", event=event))
+            assert isinstance(error, djobs.ValidationError) and named in error.message, error
+        assert success(await client.add(id="a", event=Tally(2))).event_count == 2
+        state = success(await client.get_state("a")).state
+        assert state == Tally(3, ["t", "t"]) and type(state) is Tally
+
+
 @pytest.mark.trio
 async def test_a_duplicate_event_id_changes_nothing(autojump_clock: trio.testing.MockClock) -> None:
     flushed: list[Flushed] = []

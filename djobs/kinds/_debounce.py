@@ -32,6 +32,7 @@ How a batch is kept:
 from __future__ import annotations
 
 import contextvars
+import functools
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ from typing_extensions import TypeVar
 
 from .._bodies import Done, Returns, check_body
 from .._clock import to_datetime
-from .._codec import check_storable, decode, encode_decoded, validate
+from .._codec import check_storable, copier, decode
 from .._context import BaseContext, D_co
 from .._durations import DurationLike, duration, to_ms
 from .._errors import (
@@ -76,8 +77,10 @@ from ._common import (
     InstanceClient,
     StateResult,
     TenantScoped,
+    check_id,
     check_name,
     count_failed_attempt,
+    effect,
     instance_dead_letter,
     instance_key,
     revive_letter,
@@ -444,19 +447,37 @@ ROUND_LIMIT = 1000
 
 @dataclass(slots=True, eq=False)
 class _QueuedAdd(Generic[E]):
-    """One ``add`` waiting in its instance's queue; `result` is set (and `done`) after its round."""
+    """One ``add`` waiting in its instance's queue; `result` is set after its round, and
+    `waiter`, the caller's task parked until then (`wait`), is rescheduled."""
 
     instance_id: str
     event: E
     event_id: str | None
     result: _Added | None = None
-    done: trio.Event | None = None
+    waiter: trio.lowlevel.Task | None = None
+
+    async def wait(self) -> None:
+        """Park the calling task until `_finish` answers this add; a cancel ends the wait, not the add."""
+        # One park and one reschedule (a trio.Event costs an object, a set and more calls per add).
+        self.waiter = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self._abort)
+
+    def _abort(self, _: Callable[[], BaseException]) -> trio.lowlevel.Abort:
+        # Cancelled while queued: the add is still applied; nobody is woken for it.
+        self.waiter = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
 
 def _finish(pending: _QueuedAdd[Any], result: _Added) -> None:
     pending.result = result
-    if pending.done is not None:
-        pending.done.set()
+    waiter = pending.waiter
+    if waiter is not None:
+        pending.waiter = None
+        trio.lowlevel.reschedule(waiter)
+
+
+def _raise(exc: Exception) -> NoReturn:
+    raise exc
 
 
 async def _unreachable() -> NoReturn:
@@ -495,8 +516,12 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         self._log_level = threshold(job.logging)
         self._reducer_what = f"the on_event of debounce job {job.name!r}"
         self._reducer = offloaded(job.on_event, job.limits, self._reducer_what)
-        self._state_what = f"state returned by on_event of {job.name!r}"
-        self._event_what = f"event of {job.name!r}"
+        #: The reducer called directly, its value taken without `run_body` when it is a
+        #: state (``None``: a timeout or ``blocking``, which `run_body` applies).
+        self._direct_reducer = self._reducer if job.limits.timeout_ms is None and not job.limits.blocking else None
+        limit = self.env.max_payload_bytes
+        self._copy_state = copier(job.state, what=f"state returned by on_event of {job.name!r}", limit=limit)
+        self._copy_event = copier(job.event, what=f"event of {job.name!r}", limit=limit)
 
     def _forget(self, key: str) -> None:
         """Drop `key`'s copy in memory: a handler other than ``add`` is about to change the row."""
@@ -564,19 +589,16 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
                     the_event_id = checked_id
                 case Failure(error):
                     return Failure(error)
-        match validate(self.job.event, event, what=self._event_what, limit=self.env.max_payload_bytes):
-            case Failure(error):
-                return Failure(error)
-            case Success(the_event):
-                pass
+        copied = self._copy_event(event)
+        if isinstance(copied, ValidationError):
+            return Failure(copied)
         key = self.key(instance_id)
-        pending = _QueuedAdd(instance_id, the_event, the_event_id)
+        pending = _QueuedAdd(instance_id, copied[1], the_event_id)
         queue = self._queues.get(key)
         if queue is not None and not self.runtime.within(key):
             # A writer is applying this instance's adds: join its queue and wait for its commit.
             queue.append(pending)
-            done = pending.done = trio.Event()
-            await done.wait()
+            await pending.wait()
         else:
             if queue is not None:  # a handler of this very instance adding to it: refused by `call`
                 return await self.runtime.call(key, _unreachable)
@@ -666,37 +688,47 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
 
     async def _reduce(
         self, instance_id: str, event: E, state: S | None, count: int
-    ) -> Result[tuple[bytes, S], ValidationError | ExecutionError]:
-        """Run ``on_event``; the new state's checked encoding, and the state freshly decoded from it.
+    ) -> tuple[bytes, S] | ValidationError | ExecutionError:
+        """Run ``on_event``; the new state's checked encoding, and the state freshly decoded
+        from it (or why the add fails).
 
         The decoded copy (not the object the reducer returned, which its code
         may still hold or change) is what the next event's ``ctx.state`` is.
+        No `Result` is built on the way: this runs once per ``add``.
         """
         job, env = self.job, self.env
         log = JobLog(self._logger, self._log_level, {"job": job.name, "instance": instance_id, "event": count})
         ctx: DebounceEventContext[E, S, Any] = DebounceEventContext(
             env, job.name, instance_id, log, event, state, count, self.tenant
         )
-        reducer = self._reducer
-        # A synchronous reducer returning a value or a Result completes without a
-        # task switch: `run_body` awaits only what the reducer's form needs.
-        result = await run_body(lambda: reducer(ctx), env.services, self._reducer_what, job.limits)
+        direct = self._direct_reducer
+        if direct is not None:
+            # A synchronous reducer that returns a state: taken as it is. Any other form, and
+            # an exception, goes through `run_body` with the value the reducer gave.
+            try:
+                value = direct(ctx)
+            except Exception as exc:
+                result = await run_body(functools.partial(_raise, exc), env.services, self._reducer_what, job.limits)
+            else:
+                if type(value) is job.state:
+                    return self._copy_state(value)
+                result = await run_body(lambda: value, env.services, self._reducer_what, job.limits)
+        else:
+            reducer = self._reducer
+            result = await run_body(lambda: reducer(ctx), env.services, self._reducer_what, job.limits)
         match result:
             case Failure(error):
                 log.error("on_event failed: %s", error.message)
                 if isinstance(error, ValidationError | ExecutionError):
-                    return Failure(error)
-                return Failure(ExecutionError(f"on_event failed: {error.message}", error))
+                    return error
+                return ExecutionError(f"on_event failed: {error.message}", error)
             case Success(returned):
                 pass
-        where = self._state_what
         if returned is None:
-            return Failure(
-                ValidationError(
-                    f"on_event of {job.name!r} returned None; it must return the new state (a {job.state.__name__})"
-                )
+            return ValidationError(
+                f"on_event of {job.name!r} returned None; it must return the new state (a {job.state.__name__})"
             )
-        return encode_decoded(job.state, returned, what=where, limit=env.max_payload_bytes)
+        return self._copy_state(returned)
 
     async def _write(self, key: str, queue: deque[_QueuedAdd[E]]) -> None:
         """Apply `queue`'s adds in rounds until it is empty: each round one reducer run per add, one commit.
@@ -786,16 +818,15 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
                 break
             created = state is None
             number = 1 if created else count + 1
-            match await self._reduce(pending.instance_id, pending.event, state, number):
-                case Failure() as failed:
-                    results.append(failed)
-                    if raw is not None:  # a fresh copy of the state before it, whatever the reducer did to it
-                        state = decode(job.state, raw, what="state").value_or(None)
-                    if event_id is not None:
-                        break
-                    continue
-                case Success((raw, state)):
-                    pass
+            reduced = await self._reduce(pending.instance_id, pending.event, state, number)
+            if not isinstance(reduced, tuple):
+                results.append(Failure(reduced))
+                if raw is not None:  # a fresh copy of the state before it, whatever the reducer did to it
+                    state = decode(job.state, raw, what="state").value_or(None)
+                if event_id is not None:
+                    break
+                continue
+            raw, state = reduced
             count = number
             if created:
                 started = True
@@ -1030,6 +1061,14 @@ class DebounceClient(InstanceClient[DebounceHandler[E, S]], Generic[E, S]):
         and nothing is stored. With `event_id`, an id the instance accepted
         before gives `DuplicateEventError` and changes nothing.
         """
+        handler = self._handler
+        if handler is not None and handler.tenant is None and not self._tenant_missing:
+            # `_verb` without its bind (no tenant id to check first): every add passes here.
+            match check_id(id):
+                case Success(instance_id):
+                    return effect(functools.partial(handler.add, instance_id, event, event_id), "DebounceClient.add")
+                case Failure(error):
+                    return FutureResult.from_failure(error)
         return self._verb(id, lambda h, i: h.add(i, event, event_id))
 
     def flush(
