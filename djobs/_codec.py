@@ -140,7 +140,8 @@ def encode_decoded(
 
 def _check(tp: Any, value: object, what: str, limit: int, strict: bool) -> tuple[bytes, Any] | ValidationError:
     """The encoding of `value` and its validating decode, or why it is refused (see `encode`)."""
-    mismatch = struct_mismatch(tp, value) if strict else None
+    # An instance of `tp` itself (the common case) has no struct to mismatch: no call for it.
+    mismatch = struct_mismatch(tp, value) if strict and type(value) is not tp else None
     if mismatch is not None:
         return ValidationError(f"{what} does not match {type_name(tp)}: {mismatch}")
     try:
@@ -155,7 +156,7 @@ def _check(tp: Any, value: object, what: str, limit: int, strict: bool) -> tuple
         )
     try:
         # The validation step; also re-checks an instance built unchecked, and refuses unknown fields.
-        decoded = (_strict_decoder(tp) if strict else _decoder(tp)).decode(raw)
+        decoded = (_strict_decoders.get(tp) or _strict_decoder(tp) if strict else _decoder(tp)).decode(raw)
     except msgspec.ValidationError as exc:
         return ValidationError(f"{what} does not match {type_name(tp)}: {exc}")
     except (msgspec.DecodeError, RecursionError, ValueError) as exc:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from functools import partial
 from typing import TYPE_CHECKING, Any, Generic
 
 import trio
@@ -170,8 +169,18 @@ class JobClient(Generic[P, R]):
         async def enqueue(
             now: int, tenant: str | None, correlation: str | None, rank: int, when: int
         ) -> Result[list[str], Any]:
-            def row(index: int, raw: bytes) -> Result[NewJob, ValidationError]:
-                return q.row(
+            tp, limit, name = h.job.params, q.env.max_payload_bytes, h.job.name
+            rows = []
+            # A loop that stops at the first params that fail (a batch may be large), so matches,
+            # each testing `Success` first (one C type test for the common case).
+            for index, params in enumerate(params_list):
+                what = f"params[{index}] of job {name!r}"
+                match encode(tp, params, what=what, limit=limit):
+                    case Success(raw):
+                        pass
+                    case Failure() as failed:
+                        return failed
+                match q.row(
                     h,
                     raw,
                     scheduled_for=when,
@@ -179,14 +188,8 @@ class JobClient(Generic[P, R]):
                     priority=rank,
                     correlation_id=correlation,
                     tenant_id=tenant,
-                    what=f"params[{index}] of job {h.job.name!r}",
-                )
-
-            rows = []
-            for index, params in enumerate(params_list):
-                what = f"params[{index}] of job {h.job.name!r}"
-                # A loop that stops at the first params that fail (a batch may be large), so a match.
-                match encode(h.job.params, params, what=what, limit=q.env.max_payload_bytes).bind(partial(row, index)):
+                    what=what,
+                ):
                     case Success(new):
                         rows.append(new)
                     case Failure() as failed:
@@ -280,58 +283,60 @@ class JobClient(Generic[P, R]):
         of `later`'s signature, the params first).
 
         An argument left at its default (``None``, or ``False`` for `unique`) is not checked:
-        it is known good, so an enqueue with the defaults runs the params' checks alone.
+        it is known good, so an enqueue with the defaults runs the params' checks alone. Each
+        match tests `Success` first: an exact type is one C test, where testing a `Success`
+        for `Failure` goes through the ABC's Python ``__instancecheck__``.
         """
         match encode(h.job.params, params, what=self._what, limit=q.env.max_payload_bytes):
-            case Failure() as failed:
-                return failed
             case Success(raw):
                 pass
+            case Failure() as failed:
+                return failed
         tenant = correlation = key = unique_key = None
         if tenant_id is not None or self._tenant is not None or q.tenancy == "required":
             match q.tenant_for(self._tenant, tenant_id):
-                case Failure() as refused:
-                    return refused
                 case Success(tenant):
                     pass
+                case Failure() as refused:
+                    return refused
         if correlation_id is not None:
             match check_short_text(correlation_id, "correlation_id"):
-                case Failure() as failed:
-                    return failed
                 case Success(correlation):
                     pass
-        now = q.env.now_ms()
+                case Failure() as failed:
+                    return failed
+        now = q.env.clock.now_ms()
         when = now
         if at is not None or delay is not None:
             match due_at(at, delay, now):
-                case Failure() as failed:
-                    return failed
                 case Success(when):
                     pass
+                case Failure() as failed:
+                    return failed
         rank = 0
         if type(priority) is not int or priority:  # 0 is the default
             match check_priority(priority):
-                case Failure() as failed:
-                    return failed
                 case Success(rank):
                     pass
+                case Failure() as failed:
+                    return failed
         if idempotency_key is not None:
             match check_short_text(idempotency_key, "idempotency_key"):
-                case Failure() as failed:
-                    return failed
                 case Success(key):
                     pass
-        if unique is not False:
-            match unique_key_of(unique, raw):
                 case Failure() as failed:
                     return failed
+        if unique is not False:
+            match unique_key_of(unique, raw):
                 case Success(unique_key):
                     pass
+                case Failure() as failed:
+                    return failed
         match unique_statuses(unique_while):
-            case Failure() as failed:
-                return failed
             case Success(statuses):
                 pass
+            case Failure() as failed:
+                return failed
         return q.row(
             h,
             raw,

@@ -611,6 +611,10 @@ def _insert_job(job: NewJob, db: apsw.Connection) -> list[tuple[str, bool]]:
 
 
 def _insert_jobs(db: apsw.Connection, jobs: Sequence[NewJob]) -> list[tuple[str, bool]]:
+    if all(job.idempotency_key is None and job.unique_key is None for job in jobs):
+        # No row checks another (a later_many): one executemany, the rows in order.
+        db.executemany(_INSERT_JOB, [new_job_args(job) for job in jobs])
+        return [(job.id, True) for job in jobs]
     out: list[tuple[str, bool]] = []
     for job in jobs:
         key = (job.tenant_id or "", job.name, job.idempotency_key)
