@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev]" --config-settings editable_mode=compat
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -64,7 +64,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 # (Said on stderr, so the benchmarks' stdout holds only their JSON lines.)
 $(BENCH_STAMP): $(STAMP) pyproject.toml
 	@echo "installing the benchmarks' peers: pip install -e '.[dev,bench]'" >&2
-	@$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
+	@$(BIN)/python -m pip install --quiet -e ".[dev,bench]" --config-settings editable_mode=compat
 	@touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
