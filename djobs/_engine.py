@@ -17,7 +17,7 @@ from ._clock import Clock, WallClock
 from ._dead_letters import DeadLetters
 from ._durations import DurationLike, duration, to_ms
 from ._errors import StorageError, ValidationError
-from ._execution import Env
+from ._execution import Env, body_failure
 from ._ids import RandomIds
 from ._input import DEFAULT_MAX_PAYLOAD_BYTES, check_count, check_interval, check_payload_limit
 from ._layers import Layers
@@ -407,7 +407,7 @@ async def open_engine_as(
 
         if isinstance(the_tracker, BackgroundTracker):
             # A tracker's own task (HttpBatchTracker's sender) lives in this nursery; aclose below stops it.
-            await nursery.start(the_tracker.run)
+            await nursery.start(_tracker_task, the_tracker)
         if worker is not None:
             # A client-only engine (worker=None) runs no background work: another
             # process's engine fires the alarms its calls set (started below, once
@@ -464,7 +464,10 @@ async def open_engine_as(
                     closing.start_soon(runtime.close, grace)
                     if queue_worker is not None:
                         closing.start_soon(queue_worker.close, grace)
-                await the_tracker.aclose()
+                try:
+                    await the_tracker.aclose()
+                except BaseException as exc:  # a user's tracker: logged, never an escape (`body_failure`)
+                    _log.error("tracker %r failed to close: %s", the_tracker, body_failure(exc).message)
             nursery.cancel_scope.cancel()
     if body_error is not None:
         raise body_error
@@ -499,6 +502,17 @@ async def _guarded(
             _log.exception("bug: the engine's task %s raised; it restarts in 1 s", getattr(loop, "__qualname__", loop))
             status.started()
             await trio.sleep(1)
+
+
+async def _tracker_task(tracker: BackgroundTracker, task_status: trio.TaskStatus[None]) -> None:
+    """Run a background tracker's own task: an exception past it (a user's tracker) is logged,
+    not raised into the engine's nursery; a cancel and a Ctrl-C propagate (`body_failure`)."""
+    status = _Started(task_status)
+    try:
+        await tracker.run(task_status=status)
+    except BaseException as exc:
+        _log.error("tracker %r stopped: %s; its events are no longer sent", tracker, body_failure(exc).message)
+        status.started()
 
 
 async def _scoped(

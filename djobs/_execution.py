@@ -41,7 +41,44 @@ from .tracking import NoopTracker, TrackedEvent, Tracker
 S = TypeVar("S")
 
 
-class TerminateSignal(BaseException):
+class RunSignal(BaseException):
+    """djobs's own signal that ends a body at a ctx call (``ctx.terminate``, a workflow's stop).
+
+    A body boundary lets it through (`body_failure`): the run that raised it
+    handles it. A `BaseException`, so a user's ``except Exception`` does not
+    swallow it.
+    """
+
+
+#: What a body boundary lets through (`body_failure`): a cancel of a scope around the body
+#: (djobs's timeout, ``cancel``, the engine's close, or the host's), a real Ctrl-C, djobs's signals.
+PASSED_THROUGH: tuple[type[BaseException], ...] = (trio.Cancelled, KeyboardInterrupt, RunSignal)
+
+
+def body_failure(exc: BaseException) -> JobError:
+    """The counted failure that `exc`, raised past user code, makes of the run; or `exc` re-raised.
+
+    The rule (docs/guides/reliability.md, "Exceptions past a body"): a
+    `trio.Cancelled` belongs to a scope around the body (user code's own scopes
+    catch their own), a `KeyboardInterrupt` must stop the application, and a
+    `RunSignal` is djobs's: those propagate. Anything else, an `Exception` or
+    not (``SystemExit``, ``asyncio.CancelledError``, ``GeneratorExit``, a
+    custom `BaseException`), is the run's failure, an `ExecutionError` naming
+    the exception, so it never reaches the engine's nursery or the host. A
+    `BaseExceptionGroup` from a body's own nursery that holds any of the first
+    kind re-raises only those (the rest of the group is dropped: the cancel or
+    the interrupt decides how the run ends); otherwise the group is the failure.
+    """
+    if isinstance(exc, BaseExceptionGroup):
+        passed, _ = exc.split(PASSED_THROUGH)
+        if passed is not None:
+            raise passed
+    elif isinstance(exc, PASSED_THROUGH):
+        raise exc
+    return _as_job_error(exc)
+
+
+class TerminateSignal(RunSignal):
     """Raised by ``ctx.terminate()`` to end a run; caught by `execute`.
 
     A `BaseException`, so a user's ``except Exception`` does not swallow it;
@@ -300,7 +337,9 @@ class Env:
         for event in events:
             try:
                 self.tracker.emit(event)
-            except Exception:  # a tracker bug must not fail a job
+            except BaseException as exc:  # a tracker bug must not fail a job, nor reach the engine
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
                 self.logger.exception("tracker %r failed to accept %s", self.tracker, event.type)
 
 
@@ -310,7 +349,8 @@ def _as_job_error(error: object) -> JobError:
     if isinstance(error, BaseExceptionGroup):
         return _group_error(error)
     if isinstance(error, BaseException):
-        return ExecutionError(f"{type(error).__name__}: {error}", error)
+        text = str(error)
+        return ExecutionError(f"{type(error).__name__}: {text}" if text else type(error).__name__, error)
     return ExecutionError(f"job returned a failure: {error!r}", error)
 
 
@@ -337,12 +377,12 @@ def _group_error(group: BaseExceptionGroup[BaseException]) -> JobError:
 def begin_body(call: Callable[[], object]) -> Result[object, JobError] | Pending:
     """Call user code once (`run_body`'s first half): its result, if what it gave needs no
     await (a plain value or a ``Result``, so a synchronous body's), else a `Pending` to
-    hand to `finish_body`. Never raises but what ``call`` raises that is not an `Exception`.
+    hand to `finish_body`. Never raises but what `body_failure` lets through.
     """
     try:
         value = call()
-    except Exception as exc:
-        return Failure(_as_job_error(exc))
+    except BaseException as exc:
+        return Failure(body_failure(exc))
     result = immediate(value)
     if result is None:
         return Pending(value)
@@ -372,8 +412,8 @@ async def finish_body(
         else:
             with scope:
                 result = await normalise(pending.value, services, what)
-    except Exception as exc:
-        return Failure(_as_job_error(exc))
+    except BaseException as exc:
+        return Failure(body_failure(exc))
     if result is None:  # the run's scope caught a cancel
         return Failure(ExecutionError(f"{what} was cancelled"))
     return result.alt(_as_job_error)
@@ -386,10 +426,11 @@ async def run_body(
     limits: RunLimits = NO_LIMITS,
     scope: trio.CancelScope | None = None,
 ) -> Result[object, JobError]:
-    """Run one call of user code in any accepted form; never raises but for cancellation.
+    """Run one call of user code in any accepted form; never raises but what `body_failure` lets through.
 
     The forms are `djobs._bodies.normalise`'s; a failure value that is not a
-    `JobError`, and any exception, becomes an `ExecutionError`. A call that
+    `JobError`, and any exception but a cancel, a ``KeyboardInterrupt`` or a
+    `RunSignal` (`body_failure`), becomes an `ExecutionError`. A call that
     outlives ``limits.timeout_ms`` is cancelled: `JobTimeoutError`.
 
     `scope`, if given, is the run's cancel scope (a queued job's): what the
@@ -404,14 +445,16 @@ async def run_body(
             return await finish_body(begun, services, what, scope)
         return begun
     result: Result[object, object] | None = None
+    timer = trio.move_on_after(limits.timeout_ms / 1000)
     try:
-        with scope if scope is not None else contextlib.nullcontext():
-            with trio.move_on_after(limits.timeout_ms / 1000) as timer:
-                result = await normalise(call(), services, what)
-        if timer.cancelled_caught:
-            return Failure(JobTimeoutError(what, limits.timeout_ms / 1000))
-    except Exception as exc:
-        return Failure(_as_job_error(exc))
+        with scope if scope is not None else contextlib.nullcontext(), timer:
+            result = await normalise(call(), services, what)
+    except BaseException as exc:
+        error = body_failure(exc)
+        # A group that also held the timeout's cancel (the timer took it out): the run timed out.
+        return Failure(JobTimeoutError(what, limits.timeout_ms / 1000) if timer.cancelled_caught else error)
+    if timer.cancelled_caught:
+        return Failure(JobTimeoutError(what, limits.timeout_ms / 1000))
     if result is None:  # the run's scope caught a cancel
         return Failure(ExecutionError(f"{what} was cancelled"))
     return result.alt(_as_job_error)

@@ -176,7 +176,9 @@ def limit_key_of(
     what = f"job {name!r}" if what is None else what
     try:
         key = limits.key(params())
-    except Exception as exc:
+    except BaseException as exc:  # any but a Ctrl-C is the enqueue's error, never an escape (`body_failure`'s rule)
+        if isinstance(exc, KeyboardInterrupt):
+            raise
         return Failure(ValidationError(f"{what}: its limit_key function raised {type(exc).__name__}: {exc}"))
     return check_text(key, f"{what}: the key its limit_key function returned", max_length=MAX_KEY).map(
         lambda text: name + KEY_SEPARATOR + text

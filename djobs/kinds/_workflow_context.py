@@ -39,7 +39,7 @@ from .._errors import (
     StorageError,
     ValidationError,
 )
-from .._execution import Env, run_body
+from .._execution import Env, RunSignal, run_body
 from .._logging import JobLog
 from .._results import unwrap_or_raise
 from .._retry import Retry
@@ -205,7 +205,7 @@ class TimedOut(msgspec.Struct, frozen=True):
 # -- the run ------------------------------------------------------------------------------
 
 
-class _Stop(BaseException):
+class _Stop(RunSignal):
     """Ends the body at a ctx call: the workflow suspends, diverged or lost its storage.
 
     A `BaseException`, so a user's ``except Exception`` does not swallow it;

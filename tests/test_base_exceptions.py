@@ -1,0 +1,395 @@
+"""An exception past user code that is not an `Exception` is that attempt's counted failure.
+
+A body that raised ``SystemExit``, ``asyncio.CancelledError``, ``GeneratorExit``,
+a custom `BaseException`, or a `BaseExceptionGroup` of them (a body's own
+nursery) used to pass every ``except Exception`` of the engine: it reached the
+engine's nursery and the host application, and the row it ran for went back
+to pending uncounted, so every restart crashed again. Now every place user
+code runs treats such an exception as it treats an `Exception`: the same
+failure, named after the exception. A cancel of djobs's own scopes and a real
+``KeyboardInterrupt`` still propagate (docs/guides/reliability.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+import pytest
+import trio
+import trio.testing
+
+import djobs
+from djobs.testing import TestEngine, failure, open_test_engine, success
+
+
+class Boom(BaseException):
+    """A library's own `BaseException` subclass."""
+
+
+def make_exception(kind: str) -> BaseException:
+    if kind == "ValueError":  # the control: an ordinary exception
+        return ValueError("bad value")
+    if kind == "Boom":
+        return Boom("boom")
+    if kind == "SystemExit":
+        return SystemExit(3)
+    if kind == "CancelledError":
+        return asyncio.CancelledError("an asyncio cancel")
+    if kind == "GeneratorExit":
+        return GeneratorExit("closed")
+    assert kind == "BaseExceptionGroup"
+    return BaseExceptionGroup("a body's nursery", [Boom("in a group")])
+
+
+KINDS = ["ValueError", "Boom", "SystemExit", "CancelledError", "GeneratorExit", "BaseExceptionGroup"]
+
+
+class Nothing(msgspec.Struct):
+    pass
+
+
+class Count(msgspec.Struct):
+    n: int = 0
+
+
+class Ping(msgspec.Struct, tag=True):
+    pass
+
+
+# Each place runs user code that raises `make_exception(kind)`, and returns what the
+# application sees of it: an error message, with the exception's name in it.
+Place = Callable[[str], Awaitable[str]]
+
+
+def job_message(info: djobs.JobInfo) -> str:
+    assert info.status == "failed", info
+    assert info.error is not None
+    return f"{info.status}/{info.attempts}: {info.error.message}"
+
+
+def failed_events(engine: TestEngine, name: str) -> str:
+    failed = [e for e in engine.tracker.of_type("job.failed") if e.job_name == name]
+    return " | ".join(f"{e.data['attempt']}:{e.data['will_retry']}:{e.data['error']['message']}" for e in failed)
+
+
+async def queued_job(kind: str, *, sync: bool = False, limit: str | None = None, blocking: bool = False) -> str:
+    def sync_body(params: Nothing, ctx: djobs.JobContext) -> None:
+        raise make_exception(kind)
+
+    async def async_body(params: Nothing, ctx: djobs.JobContext) -> None:
+        await trio.sleep(1)
+        raise make_exception(kind)
+
+    job = djobs.Job.make(
+        "poison",
+        params=Nothing,
+        execute=sync_body if sync or blocking else async_body,
+        retry=djobs.Retry(max_attempts=2, delay="1 second"),
+        timeout=limit,
+        blocking=blocking,
+    )
+    async with open_test_engine([job]) as engine:
+        job_id = success(await engine.client.job(job).later(Nothing()))
+        with trio.fail_after(60):
+            await engine.wait_idle()
+        await trio.sleep(2)
+        await engine.wait_idle()
+        return job_message(success(await engine.client.jobs.status(job_id)))
+
+
+async def job_now(kind: str) -> str:
+    async def body(params: Nothing, ctx: djobs.JobContext) -> None:
+        raise make_exception(kind)
+
+    job = djobs.Job.make("poison", params=Nothing, execute=body, retry=djobs.Retry(max_attempts=2, delay="1 second"))
+    async with open_test_engine([job]) as engine:
+        run = success(await engine.client.job(job).now(Nothing()))
+        assert run.job_id is not None
+        stored = job_message(success(await engine.client.jobs.status(run.job_id)))
+        assert run.error is not None
+        return f"{stored} / {run.status}: {run.error.message}"
+
+
+async def event_listener(kind: str) -> str:
+    async def body(params: Nothing, ctx: djobs.JobContext) -> None:
+        raise make_exception(kind)
+
+    job = djobs.Job.make("listener", params=Nothing, execute=body, on="thing.happened", max_attempts=1)
+    async with open_test_engine([job]) as engine:
+        sent = success(await engine.client.send_event("thing.happened", Nothing()))
+        await trio.sleep(1)
+        await engine.wait_idle()
+        (job_id,) = sent.job_ids
+        return job_message(success(await engine.client.jobs.status(job_id)))
+
+
+async def cron_body(kind: str) -> str:
+    def body(fire: djobs.CronFire, ctx: djobs.JobContext) -> None:
+        raise make_exception(kind)
+
+    cron = djobs.CronJob.make("nightly", schedule="0 3 * * *", execute=body)
+    async with open_test_engine([cron]) as engine:
+        await trio.sleep(24 * 3600)
+        await engine.wait_idle()
+        (info,) = success(await engine.client.jobs.list())
+        return job_message(info)
+
+
+async def limit_key(kind: str) -> str:
+    def key(params: Nothing) -> str:
+        raise make_exception(kind)
+
+    async def body(params: Nothing, ctx: djobs.JobContext) -> None:
+        return None
+
+    job = djobs.Job.make("keyed", params=Nothing, execute=body, concurrency=1, limit_key=key)
+    async with open_test_engine([job]) as engine:
+        error = failure(await engine.client.job(job).later(Nothing()))
+        assert isinstance(error, djobs.ValidationError)
+        return error.message
+
+
+async def continuous(kind: str) -> str:
+    def body(ctx: djobs.ContinuousContext[Count]) -> Count:
+        raise make_exception(kind)
+
+    job = djobs.Continuous.make(
+        "ticker",
+        state=Count,
+        schedule=djobs.every("1 hour"),
+        execute=body,
+        retry=djobs.Retry(max_attempts=2, delay="1 minute"),
+    )
+    async with open_test_engine([job]) as engine:
+        success(await engine.client.continuous(job).start(id="a", input=Count()))
+        await trio.sleep(3 * 3600)
+        return failed_events(engine, "ticker")
+
+
+async def debounce_flush(kind: str) -> str:
+    async def flush(ctx: djobs.DebounceContext[Count]) -> None:
+        raise make_exception(kind)
+
+    job = djobs.Debounce.make(
+        "batcher", event=Count, flush_after="10 seconds", execute=flush, retry=djobs.Retry(max_attempts=2)
+    )
+    async with open_test_engine([job]) as engine:
+        success(await engine.client.debounce(job).add(id="d", event=Count(1)))
+        await trio.sleep(3600)
+        return failed_events(engine, "batcher")
+
+
+async def debounce_on_event(kind: str) -> str:
+    def reduce(ctx: djobs.DebounceEventContext[Count, Count]) -> Count:
+        raise make_exception(kind)
+
+    job = djobs.Debounce.make("batcher", event=Count, flush_after="10 seconds", on_event=reduce, execute=lambda c: None)
+    async with open_test_engine([job]) as engine:
+        return failure(await engine.client.debounce(job).add(id="d", event=Count(1))).message
+
+
+def task_of(kind: str, where: str) -> djobs.Task[Count, Ping]:
+    def handler(*_args: Any) -> Count | None:
+        raise make_exception(kind)
+
+    def on_event(event: Ping, ctx: djobs.TaskEventContext[Count]) -> None:
+        if where == "on_event":
+            raise make_exception(kind)
+        if where != "on_idle":
+            ctx.schedule("1 second")
+
+    return djobs.Task.make(
+        "worker",
+        state=Count,
+        event=Ping,
+        on_event=on_event,
+        execute=handler if where in ("execute", "on_error") else (lambda ctx: None),
+        on_idle=handler if where == "on_idle" else None,
+        on_error=handler if where == "on_error" else None,
+    )
+
+
+async def task(kind: str, where: str) -> str:
+    job = task_of(kind, where)
+    async with open_test_engine([job]) as engine:
+        sent = await engine.client.task(job).send(id="t", event=Ping())
+        if where == "on_event":
+            return failure(sent).message
+        await trio.sleep(3600)
+        return failed_events(engine, "worker")
+
+
+async def workflow(kind: str, where: str) -> str:
+    def step() -> int:
+        raise make_exception(kind)
+
+    async def body(_input: Nothing, ctx: djobs.WorkflowContext) -> int:
+        if where == "step":
+            value: int = await ctx.step("s", step, retry=djobs.Retry(max_attempts=1))
+            return value
+        raise make_exception(kind)
+
+    flow = djobs.Workflow.make("flow", input=Nothing, result=int, execute=body)
+    async with open_test_engine([flow]) as engine:
+        success(await engine.client.workflow(flow).start(id="w", input=Nothing()))
+        await trio.sleep(3600)
+        status = success(await engine.client.workflow(flow).status("w"))
+        assert status.error is not None
+        return f"{status.status}: {status.error['message']}"
+
+
+PLACES: dict[str, Place] = {
+    "queued job": queued_job,
+    "queued job, synchronous": lambda kind: queued_job(kind, sync=True),
+    "queued job, with a timeout": lambda kind: queued_job(kind, limit="1 minute"),
+    "queued job, blocking (thread)": lambda kind: queued_job(kind, blocking=True),
+    "job now()": job_now,
+    "event listener": event_listener,
+    "cron body": cron_body,
+    "limit_key": limit_key,
+    "continuous": continuous,
+    "debounce flush": debounce_flush,
+    "debounce on_event": debounce_on_event,
+    "task on_event": lambda kind: task(kind, "on_event"),
+    "task execute": lambda kind: task(kind, "execute"),
+    "task on_idle": lambda kind: task(kind, "on_idle"),
+    "task on_error": lambda kind: task(kind, "on_error"),
+    "workflow body": lambda kind: workflow(kind, "body"),
+    "workflow step": lambda kind: workflow(kind, "step"),
+}
+
+
+def named(kind: str) -> str:
+    """How an error message names the exception of `kind` (a group of one error is that error)."""
+    exc = make_exception(kind)
+    if isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def shape(message: str, kind: str) -> str:
+    """`message` with what names the exception taken out: what every kind must share with ValueError.
+
+    A `limit_key`'s group is named as a group (it is not a body's nursery)."""
+    return message.replace(named(kind), "<exception>").replace(f"{kind}: {make_exception(kind)}", "<exception>")
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("place", list(PLACES))
+async def test_every_place_user_code_runs_makes_a_base_exception_a_counted_failure(
+    autojump_clock: trio.testing.MockClock, place: str, kind: str
+) -> None:
+    autojump_clock.autojump_threshold = 0.01  # a blocking body's thread runs in real time
+    async with trio.open_nursery():  # the host's nursery: nothing may reach it
+        with trio.fail_after(10 * 24 * 3600):
+            message = await PLACES[place](kind)
+    assert named(kind) in message or kind in message
+    # The same failure, with the same attempts counted, as an ordinary exception at that place.
+    assert shape(message, kind) == shape(await PLACES[place]("ValueError"), "ValueError")
+    assert "<exception>" in shape(message, kind)
+
+
+@pytest.mark.trio
+async def test_a_poison_job_is_failed_once_not_rerun_at_every_restart(autojump_clock: trio.testing.MockClock) -> None:
+    runs: list[int] = []
+
+    async def body(params: Nothing, ctx: djobs.JobContext) -> None:
+        runs.append(ctx.attempt)
+        raise Boom(f"boom attempt {ctx.attempt}")
+
+    job = djobs.Job.make("poison", params=Nothing, execute=body, retry=djobs.Retry(max_attempts=1))
+    with tempfile.TemporaryDirectory() as directory:
+        path = f"{directory}/jobs.db"
+        async with trio.open_nursery():  # the host
+            async with djobs.open_engine([job], storage=djobs.sqlite(path)) as engine:
+                job_id = success(await engine.client.job(job).later(Nothing()))
+                await trio.sleep(5)
+            for _restart in range(3):
+                async with djobs.open_engine([job], storage=djobs.sqlite(path)) as engine:
+                    await trio.sleep(3600)
+                    info = success(await engine.client.jobs.status(job_id))
+        assert runs == [1]
+        assert info.status == "failed" and info.attempts == 1
+        assert info.error is not None and "Boom: boom attempt 1" in info.error.message
+
+
+@pytest.mark.trio
+async def test_a_group_holding_the_timeouts_cancel_and_a_base_exception_is_the_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The cancel decides: the run timed out (retried as a timeout); the rest of the group is dropped."""
+
+    async def raise_on_cancel() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            raise Boom("while cancelled")
+
+    async def body(params: Nothing, ctx: djobs.JobContext) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.sleep_forever)
+            nursery.start_soon(raise_on_cancel)
+
+    job = djobs.Job.make("slow", params=Nothing, execute=body, timeout="1 minute", max_attempts=2)
+    async with trio.open_nursery(), open_test_engine([job]) as engine:  # in the host's nursery
+        job_id = success(await engine.client.job(job).later(Nothing()))
+        await trio.sleep(3600)
+        info = success(await engine.client.jobs.status(job_id))
+    assert info.status == "failed" and info.attempts == 2
+    assert info.error is not None and "timeout of 60 s" in info.error.message
+
+
+@pytest.mark.trio
+async def test_a_body_raising_keyboard_interrupt_stops_the_application(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def body(params: Nothing, ctx: djobs.JobContext) -> None:
+        raise KeyboardInterrupt
+
+    job = djobs.Job.make("ctrl-c", params=Nothing, execute=body)
+    with pytest.raises(BaseException) as raised:  # a group, or the interrupt itself
+        async with open_test_engine([job]) as engine:
+            success(await engine.client.job(job).later(Nothing()))
+            await trio.sleep(3600)
+    caught = raised.value
+    if isinstance(caught, BaseExceptionGroup):
+        assert caught.split(KeyboardInterrupt)[0] is not None, caught
+    else:
+        assert isinstance(caught, KeyboardInterrupt), caught
+
+
+class RaisingTracker:
+    """A user's tracker whose ``emit`` raises a `BaseException`."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def emit(self, event: djobs.TrackedEvent) -> None:
+        raise make_exception(self.kind)
+
+    async def aclose(self) -> None:
+        raise make_exception(self.kind)
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_tracker_raising_any_exception_does_not_fail_the_job_nor_reach_the_host(
+    autojump_clock: trio.testing.MockClock, kind: str
+) -> None:
+    async def body(params: Nothing, ctx: djobs.JobContext) -> None:
+        return None
+
+    job = djobs.Job.make("fine", params=Nothing, execute=body)
+    layers = djobs.Layers(storage=djobs.memory(), tracker=RaisingTracker(kind))
+    async with trio.open_nursery(), djobs.open_engine([job], layers=layers) as engine:  # in the host's nursery
+        job_id = success(await engine.client.job(job).later(Nothing()))
+        run = success(await engine.client.job(job).now(Nothing()))
+        await trio.sleep(5)
+        assert success(await engine.client.jobs.status(job_id)).status == "completed"
+        assert run.status == "completed"
