@@ -585,6 +585,64 @@ async def test_cancel_reaches_the_body_which_may_run_cleanup_steps(
 
 
 @pytest.mark.trio
+async def test_cancel_of_a_sleeping_workflow_says_it_is_running_to_take_the_cancel(
+    autojump_clock: trio.testing.MockClock, layer: StorageLayer
+) -> None:
+    async def napper(_: Nothing, ctx: djobs.WorkflowContext) -> str:
+        await ctx.sleep("30 days")
+        return "woke"
+
+    flow = djobs.Workflow.make("napper", input=Nothing, result=str, execute=napper)
+    async with open_test_engine([flow], storage=layer, start=T0) as engine:
+        client = engine.client.workflow(flow)
+        await client.start(id="n", input=Nothing())
+        await settle(engine)
+        assert success(await client.status("n")).status == "sleeping"
+        accepted = success(await client.cancel("n"))
+        assert (accepted.cancelled, accepted.status) == (True, "running")
+        assert success(await client.status("n")).status in ("running", "cancelled")
+        await settle(engine)
+        assert success(await client.status("n")).status == "cancelled"
+        assert success(await client.cancel("n")) == djobs.WorkflowCancelResult("n", False, "cancelled")
+
+
+async def slow_step(x: int) -> int:
+    await trio.sleep(2)
+    return x
+
+
+async def nap_then_slow_step(_: Nothing, ctx: djobs.WorkflowContext) -> int:
+    await ctx.sleep("200 ms")
+    value: int = await ctx.step("slow", slow_step, 7)
+    return value
+
+
+@pytest.mark.trio
+async def test_status_while_a_step_runs_after_a_sleep_is_running_with_the_sleep_done(
+    autojump_clock: trio.testing.MockClock, layer: StorageLayer
+) -> None:
+    flow = djobs.Workflow.make("nap-slow", input=Nothing, result=int, execute=nap_then_slow_step)
+    async with open_test_engine([flow], storage=layer, start=T0) as engine:
+        client = engine.client.workflow(flow)
+        await client.start(id="s", input=Nothing())
+        await trio.sleep(0.1)
+        asleep = success(await client.status("s"))
+        assert (asleep.status, asleep.current_step, asleep.wake_at) == (
+            "sleeping",
+            "sleep",
+            T0 + timedelta(milliseconds=200),
+        )
+        await trio.sleep(0.7)  # the sleep is over; the step runs for 2 seconds
+        busy = success(await client.status("s"))
+        assert (busy.status, busy.current_step, busy.wake_at) == ("running", "slow", None)
+        assert [(s.kind, s.name, s.done) for s in busy.steps] == [("sleep", "sleep", True), ("step", "slow", False)]
+        await trio.sleep(2)
+        assert success(await client.result("s")) == 7
+        done = success(await client.status("s"))
+        assert (done.status, done.steps_finished) == ("completed", 1)
+
+
+@pytest.mark.trio
 async def test_cancel_cancels_a_running_step(autojump_clock: trio.testing.MockClock) -> None:
     global gate
     slow_calls.clear()

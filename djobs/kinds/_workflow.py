@@ -348,7 +348,9 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
         if loaded is None:
             return Success(WorkflowStatus(status="not_found"))
         live = self.live.get(key)
-        return Success(describe_workflow(*loaded, current=None if live is None else live.current))
+        if live is None:
+            return Success(describe_workflow(*loaded))
+        return Success(describe_workflow(*loaded, current=live.current, live=live.log))
 
     async def result(
         self, instance_id: str
@@ -469,7 +471,9 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
             if not log.cancel_requested:
                 log.cancel_requested, log.cancel_reason = True, reason
                 record.data, record.updated_at = encoder.encode(log), env.now_ms()
-                # Woken at once: the body gets WorkflowCancelledError where it stands.
+                # Woken at once (so running, not sleeping or waiting): the body gets
+                # WorkflowCancelledError where it stands.
+                record.status = "running"
                 await self.commit(Checkin(key=key, record=record, alarm=self._wake_alarm(env.now_ms())))
                 self._run_next(key, record)
             if requests is not None and requested:

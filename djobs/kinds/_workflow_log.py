@@ -480,6 +480,9 @@ class WorkflowCancelResult(msgspec.Struct, frozen=True):
     how). Otherwise the cancel is recorded and reaches the body at its
     current call (a running step's scope is cancelled) or at its next one;
     the body's cleanup steps may still run before it ends ``cancelled``.
+    ``status`` is the workflow's status once the cancel was accepted:
+    ``cancelled`` if the run it reached has ended, else ``running`` (woken to
+    take it, out of a sleep or a wait; ``status(id)`` says the same).
     """
 
     instance_id: str
@@ -517,16 +520,27 @@ def _error_dict(info: ErrorInfo | None) -> dict[str, str] | None:
     return None if info is None else {"tag": info.tag, "message": info.message}
 
 
-def describe_workflow(record: InstanceRecord, alarm: Alarm | None, current: str | None = None) -> WorkflowStatus:
-    """A stored workflow as `WorkflowStatus` (also what ``djobs workflows show`` prints)."""
-    log = read_log(record)
-    pending = next((e for e in log.entries if not e.done), None)
-    if current is None and pending is not None and record.status not in FINAL:
-        current = pending.name
+def describe_workflow(
+    record: InstanceRecord, alarm: Alarm | None, current: str | None = None, live: StepLog | None = None
+) -> WorkflowStatus:
+    """A stored workflow as `WorkflowStatus` (also what ``djobs workflows show`` prints).
+
+    `live` is the log of a run of it in this process now, with `current` the step that
+    run is in, if any: the view is then the run's, ahead of its last checkpoint (a sleep
+    it woke from is done, and it is ``running`` with no wake-up time while it runs).
+    """
     status = cast(WorkflowStatusName, record.status)
+    if live is not None and status not in FINAL:
+        log, status, alarm = live, "running", None
+        steps_finished = sum(1 for e in log.entries if e.kind == "step" and e.done)
+    else:
+        log, steps_finished = read_log(record), record.execute_count
+    pending = next((e for e in log.entries if not e.done), None)
+    if current is None and pending is not None and status not in FINAL:
+        current = pending.name
     return WorkflowStatus(
         status=status,
-        steps_finished=record.execute_count,
+        steps_finished=steps_finished,
         current_step=current,
         # A run alarm is a guard against a crash mid-run (or a wake-up due now), not a wake-up time.
         wake_at=None if alarm is None or status in FINAL or alarm.purpose == RUN else to_datetime(alarm.fire_at),
@@ -576,7 +590,7 @@ async def cancel_stored(
         log = read_log(record)
         if not log.cancel_requested:
             log.cancel_requested, log.cancel_reason = True, reason
-            record.data, record.updated_at = encoder.encode(log), now_ms
+            record.data, record.updated_at, record.status = encoder.encode(log), now_ms, "running"
             await storage.commit(Checkin(key=key, record=record, alarm=SetAlarm(now_ms, RUN), lease_owner=owner))
     finally:
         await storage.release_instance_leases([key], owner)
