@@ -349,6 +349,12 @@ async def test_batch_keeps_input_order_and_bounds_concurrency(autojump_clock: tr
         assert all(r.status == "completed" and r.job_id for r in runs)
         unpersisted = success(await engine.client.job(job).batch([Order("p", 9)], persist=False))
         assert unpersisted[0].job_id is None
+        # A bad item is named by its index, as later_many names it, and nothing starts.
+        started = peak
+        peak = 0
+        bad = failure(await engine.client.job(job).batch([Order("a", 1), {"order_id": "b", "amount": "x"}]))
+        assert isinstance(bad, djobs.ValidationError) and "params[1] of job 'work'" in bad.message
+        assert peak == 0 and started == 3
 
 
 @pytest.mark.trio

@@ -226,8 +226,9 @@ class JobClient(Generic[P, R]):
             prepared: list[tuple[P, bytes]] = []
             tenant: str | None = None
             correlation: str | None = None
-            for params in params_list:
-                match self._checked(h, q, params, tenant_id, correlation_id):
+            for index, params in enumerate(params_list):
+                what = f"params[{index}] of job {h.job.name!r}"  # as later_many names them
+                match self._checked(h, q, params, tenant_id, correlation_id, what):
                     case Failure() as failed:
                         return failed
                     case Success((raw, tenant, correlation)):
@@ -351,11 +352,17 @@ class JobClient(Generic[P, R]):
         )
 
     def _checked(
-        self, h: JobHandler[P, R], q: JobQueue, params: object, tenant_id: object, correlation_id: object
+        self,
+        h: JobHandler[P, R],
+        q: JobQueue,
+        params: object,
+        tenant_id: object,
+        correlation_id: object,
+        what: str | None = None,
     ) -> Result[tuple[bytes, str | None, str | None], ValidationError | TenantError]:
         return Result.do(
             (raw, tenant, correlation)
-            for raw in encode(h.job.params, params, what=self._what, limit=q.env.max_payload_bytes)
+            for raw in encode(h.job.params, params, what=what or self._what, limit=q.env.max_payload_bytes)
             for tenant in q.tenant_for(self._tenant, tenant_id)
             for correlation in check_short_text(correlation_id, "correlation_id")
         )
