@@ -476,7 +476,7 @@ def _finish(pending: _QueuedAdd[Any], result: _Added) -> None:
         trio.lowlevel.reschedule(waiter)
 
 
-def _raise(exc: Exception) -> NoReturn:
+def _raise(exc: BaseException) -> NoReturn:
     raise exc
 
 
@@ -707,7 +707,7 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
             # an exception, goes through `run_body` with the value the reducer gave.
             try:
                 value = direct(ctx)
-            except Exception as exc:
+            except BaseException as exc:  # run_body makes it the add's failure, or lets a cancel through
                 result = await run_body(functools.partial(_raise, exc), env.services, self._reducer_what, job.limits)
             else:
                 if type(value) is job.state:
