@@ -59,7 +59,7 @@ class Actors:
         self._handler_scopes: set[trio.CancelScope] = set()
         #: The instances whose handler runs in its caller's task now (`enter`); work
         #: posted to one of them waits, its actor started only at `leave`.
-        self._inline: dict[str, contextvars.Token[frozenset[str]]] = {}
+        self._inline: dict[str, contextvars.Token[frozenset[str]] | None] = {}
         self._waiting: dict[str, trio.MemoryReceiveChannel[Message]] = {}
 
     @property
@@ -132,9 +132,58 @@ class Actors:
             self._idle = trio.Event()
         return serial
 
+    def hold(self, key: str) -> bool:
+        """Take instance `key` for work run outside its actor (a batch of alarms), if nothing of
+        this engine works on it now: no actor has work for it, no other task holds it, the
+        engine is not closing and its lease is not being given up. Then work posted to `key`
+        waits until `leave`; the caller takes the lease (or holds it already, `leased`).
+        Returns whether `key` was taken. Unlike `enter`, marks no task as running `key`.
+        """
+        if self._closing or key in self._actors or key in self._inline or self._leases.releasing(key):
+            return False
+        self._leases.busy(key)
+        self._inline[key] = None
+        if self._idle.is_set():
+            self._idle = trio.Event()
+        return True
+
+    def leased(self, key: str) -> None:
+        """A write of this engine's took (or renewed) `key`'s lease while `hold` held it."""
+        if self._leases.serial(key) is None:
+            self._leases.took(key)
+
+    def spawn(self, fn: Handler, key: str | None = None) -> None:
+        """Run `fn` in a task of its own, as a handler runs: under the concurrency limit and
+        shielded (`close` cancels it after the grace); with `key`, as a handler of `key`
+        (its calls to `key` fail at once, as `call` says)."""
+        self._nursery.start_soon(self._shielded, fn, key)
+
+    def context_for(self, key: str) -> contextvars.Context:
+        """A copy of the calling task's context in which user code runs as a handler of `key`."""
+        context = contextvars.copy_context()
+        context.run(_RUNNING.set, frozenset((key,)))
+        return context
+
+    async def _shielded(self, fn: Handler, key: str | None) -> None:
+        if key is not None:
+            _RUNNING.set(frozenset((key,)))  # this task's own context
+        scope = trio.CancelScope(shield=True)
+        self._handler_scopes.add(scope)
+        try:
+            with scope:
+                async with self._limiter:
+                    await fn()
+        except Exception:
+            _log.exception("bug: work run outside an actor raised; the engine continues")
+        finally:
+            self._handler_scopes.discard(scope)
+
     def leave(self, key: str) -> None:
-        """The handler `enter` let run in its caller's task is done: start the work posted meanwhile."""
-        _RUNNING.reset(self._inline.pop(key))
+        """The handler `enter` let run in its caller's task (or the work `hold` took) is done:
+        start the work posted meanwhile."""
+        token = self._inline.pop(key)
+        if token is not None:
+            _RUNNING.reset(token)
         receive = self._waiting.pop(key, None)
         if receive is not None:
             self._nursery.start_soon(self._actor, key, receive)

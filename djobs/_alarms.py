@@ -11,8 +11,10 @@ kinds register as `AlarmTarget`s without being imported here.
 
 from __future__ import annotations
 
+import functools
 import logging
-from typing import Protocol
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 import trio
 
@@ -20,8 +22,9 @@ from ._actors import Actors
 from ._clock import Clock
 from ._errors import StorageError
 from ._execution import Handoffs
+from ._leases import InstanceLeases
 from ._wakeup import Wakeup
-from .storage import Alarm, AlarmStore
+from .storage import Alarm, AlarmRunStore, AlarmStore, ClaimedAlarm
 
 _log = logging.getLogger("djobs.engine")
 
@@ -30,6 +33,21 @@ class AlarmTarget(Protocol):
     """What an alarm is dispatched to: a job kind's handler for one definition."""
 
     async def on_alarm(self, alarm: Alarm) -> None: ...
+
+
+@runtime_checkable
+class AlarmBatchTarget(AlarmTarget, Protocol):
+    """A target that can also run many claimed alarms at once, their instances' leases and
+    rows taken by the claim (`AlarmRunStore.claim_alarm_runs`)."""
+
+    @property
+    def takes_batches(self) -> bool:
+        """Whether this definition's alarms go to `fire_batch` (else one by one to `on_alarm`)."""
+        ...
+
+    async def fire_batch(self, runs: list[ClaimedAlarm], finish: Callable[[ClaimedAlarm], None]) -> None:
+        """Run `runs` (each leased, held by this engine) and tell `finish` of each exactly once when it is done."""
+        ...
 
 
 class AlarmSleeper:
@@ -42,6 +60,8 @@ class AlarmSleeper:
         handoffs: Counts the alarms claimed but not yet posted (`Engine.wait_idle` waits for them).
         wakeup: What the sleeper sleeps on; a commit that sets an earlier alarm pokes it.
         lease_ms: How long a claimed alarm stays hidden before it fires again.
+        leases: The engine's instance leases: with a storage that is an `AlarmRunStore`,
+            a claim takes the leases of the instances it runs in batches.
         batch: How many alarms one claim takes at most.
         in_flight: The most claimed alarms whose handlers have not finished
             (back-pressure); ``0`` means twice `batch`.
@@ -56,6 +76,7 @@ class AlarmSleeper:
         wakeup: Wakeup,
         *,
         lease_ms: int,
+        leases: InstanceLeases | None = None,
         batch: int = 200,
         in_flight: int = 0,
     ) -> None:
@@ -72,11 +93,17 @@ class AlarmSleeper:
         self._room = trio.Event()
         self._room.set()
         self._targets: dict[str, AlarmTarget] = {}
+        #: The targets whose alarms run in batches (`AlarmBatchTarget`), by key prefix.
+        self._batched: dict[str, AlarmBatchTarget] = {}
+        self._leases = leases
+        self._runs = storage if isinstance(storage, AlarmRunStore) and leases is not None else None
         self._claimed: set[int] = set()
 
     def register(self, prefix: str, target: AlarmTarget) -> None:
         """Route alarms whose key starts with `prefix` (``"continuous:name:"``) to `target`."""
         self._targets[prefix] = target
+        if isinstance(target, AlarmBatchTarget) and target.takes_batches:
+            self._batched[prefix] = target
 
     @property
     def prefixes(self) -> list[str]:
@@ -122,6 +149,57 @@ class AlarmSleeper:
         # alarm fires again after its lease, and no longer counts as in flight here.
         self._actors.post(alarm.key, fire, lambda _error: self.done_with(alarm))
 
+    def _batch_target(self, key: str) -> AlarmBatchTarget | None:
+        kind, _, rest = key.partition(":")
+        name, _, _ = rest.partition(":")
+        return self._batched.get(f"{kind}:{name}:")
+
+    async def _claim_runs(self, runs: AlarmRunStore, now: int, limit: int, mine: list[str]) -> None:
+        """Claim due alarms with their instances' leases and rows, and run those in batches.
+
+        An instance something of this engine works on already (an actor, a lease being
+        given up), or one whose lease another engine holds, goes to its actor as before.
+        """
+        actors, leases = self._actors, self._leases
+        assert leases is not None
+        held: list[str] = []
+
+        def runs_here(key: str) -> bool:
+            # In the claim's transaction, with no await: from here no actor starts for `key`.
+            if self._batch_target(key) is not None and actors.hold(key):
+                held.append(key)
+                return True
+            return False
+
+        try:
+            claimed = await runs.claim_alarm_runs(
+                now, self.lease_ms, limit, mine, leases.owner, leases.lease_ms, runs_here
+            )
+        except BaseException:
+            for key in held:
+                actors.leave(key)
+            raise
+        mine_held = set(held)
+        batches: dict[int, tuple[AlarmBatchTarget, list[ClaimedAlarm]]] = {}
+        for one in claimed:
+            key = one.alarm.key
+            if not one.leased:
+                self._dispatch(one.alarm)
+                if key in mine_held:
+                    actors.leave(key)  # its actor (posted to above) waits for the other engine's lease
+                continue
+            actors.leased(key)
+            self._claimed.add(one.alarm.id)
+            target = self._batch_target(key)
+            assert target is not None  # runs_here held only keys of batch targets
+            batches.setdefault(id(target), (target, []))[1].append(one)
+        for target, batch in batches.values():
+            actors.spawn(functools.partial(target.fire_batch, batch, self._finish))
+
+    def _finish(self, claimed: ClaimedAlarm) -> None:
+        self.done_with(claimed.alarm)
+        self._actors.leave(claimed.alarm.key)
+
     async def loop(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Claim and dispatch due alarms forever; the engine's single alarm task."""
         storage, clock, handoffs = self._storage, self._clock, self._handoffs
@@ -145,9 +223,12 @@ class AlarmSleeper:
                     # Busy until dispatched: the claim hides the alarms before their actors exist.
                     handoffs.begin()
                     try:
-                        alarms = await storage.claim_alarms(now, self.lease_ms, min(self._batch, free), mine)
-                        for alarm in alarms:
-                            self._dispatch(alarm)
+                        if self._runs is not None and self._batched:
+                            await self._claim_runs(self._runs, now, min(self._batch, free), mine)
+                        else:
+                            alarms = await storage.claim_alarms(now, self.lease_ms, min(self._batch, free), mine)
+                            for alarm in alarms:
+                                self._dispatch(alarm)
                     finally:
                         handoffs.end()
                     await trio.lowlevel.checkpoint()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, NoReturn, Protocol, TypeVar, final
 
@@ -29,13 +29,13 @@ from returns.result import Failure, Result, Success, safe
 
 from ._bodies import immediate, normalise
 from ._clock import LATEST_MS, Clock, to_datetime
-from ._errors import ExecutionError, JobError, JobTimeoutError
+from ._errors import ExecutionError, JobError, JobTimeoutError, StorageError
 from ._ids import Ids
 from ._input import DEFAULT_MAX_PAYLOAD_BYTES
 from ._limits import NO_LIMITS, RunLimits
 from ._logging import JobLog, LoggingOption, threshold
 from ._retry import Retry, RetryPolicy
-from .storage import Alarm, Checkin, InstanceCreator, InstanceRecord, LeaseLostError, SetAlarm, Storage
+from .storage import Alarm, AlarmRunStore, Checkin, InstanceCreator, InstanceRecord, LeaseLostError, SetAlarm, Storage
 from .tracking import NoopTracker, TrackedEvent, Tracker
 
 S = TypeVar("S")
@@ -326,6 +326,28 @@ class Env:
             self._committed(checkin, events)
         return stored
 
+    async def commit_many(self, writes: Sequence[tuple[Checkin, list[TrackedEvent]]]) -> list[Exception | None]:
+        """`commit` each check-in with its events, all in one transaction (`AlarmRunStore.commit_checkins`).
+
+        Returns, in order, ``None`` for each written (its alarm poked, its events emitted)
+        or the error it alone failed with (`LeaseLostError`, `DuplicateEventError`: nothing
+        of it written). Raises `StorageError` if the transaction failed (nothing written).
+        """
+        storage = self.storage
+        if not isinstance(storage, AlarmRunStore):
+            raise StorageError(f"{type(storage).__name__} cannot write many check-ins in one transaction")
+        owner = self.leases.owner
+        for checkin, _ in writes:
+            if checkin.lease_owner is None:
+                checkin.lease_owner = owner
+        errors = await storage.commit_checkins([checkin for checkin, _ in writes])
+        for (checkin, events), error in zip(writes, errors, strict=True):
+            if error is None:
+                self._committed(checkin, events)
+            elif isinstance(error, LeaseLostError):
+                self.leases.lost(checkin.key)  # take it afresh next time
+        return errors
+
     def _committed(self, checkin: Checkin, events: list[TrackedEvent] | None) -> None:
         if isinstance(checkin.alarm, SetAlarm):
             self.alarm_waker.poke(checkin.alarm.fire_at)
@@ -471,6 +493,38 @@ async def run_returning_state(
     """
     result = await run_body(call, services, what)
     return result.bind(lambda value: _set_returned(set_state, value))
+
+
+def run_now(checkout: Checkout[Any], call: Callable[[], object], set_state: Callable[[Any], None]) -> Ran | Pending:
+    """`run_call` of a body that may return its instance's new state (`run_returning_state`),
+    for a run with no limits, without a cancel scope: what the body gave, if it needs no
+    await (a synchronous body's), else the `Pending` awaitable for `execute` to finish.
+
+    Nothing can stop such a run from outside while it runs (no task switch happens), so it
+    is not listed in ``env.running``; ``ctx.terminate`` ends it as in `run_call`.
+    """
+    started = time.perf_counter()
+    try:
+        begun = begin_body(call)
+    except TerminateSignal as signal:
+        return Ran(Success(None), terminated=True, reason=signal.reason, duration_ms=_since(started))
+    except BaseExceptionGroup as group:
+        terminated = _only_terminate(group)
+        if terminated is None:
+            raise
+        return Ran(Success(None), terminated=True, reason=terminated.reason, duration_ms=_since(started))
+    if isinstance(begun, Pending):
+        return begun
+    if checkout.terminated:  # a swallowed signal still ends the run
+        return Ran(Success(None), terminated=True, reason=checkout.terminate_reason, duration_ms=_since(started))
+    match begun:
+        case Success(value) if value is not None:
+            begun = _set_returned(set_state, value)
+    return Ran(begun, duration_ms=_since(started))
+
+
+def _since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
 
 
 def _set_returned(set_state: Callable[[Any], None], value: object) -> Result[None, JobError]:

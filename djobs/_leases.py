@@ -102,6 +102,10 @@ class InstanceLeases:
             return None
         return self._held.get(key)
 
+    def releasing(self, key: str) -> bool:
+        """Whether this engine is giving `key`'s lease up now."""
+        return key in self._releasing
+
     def free(self, key: str) -> bool:
         """Whether this engine neither holds `key`'s lease nor is giving it up now."""
         return key not in self._held and key not in self._releasing

@@ -17,6 +17,7 @@ given here with it.
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -75,6 +76,7 @@ class Runtime:
             env.handoffs,
             alarm_wakeup,
             lease_ms=alarm_lease_ms,
+            leases=leases,
             batch=alarm_batch,
         )
         #: Whether this engine's alarm sleeper runs (not in a client-only engine).
@@ -93,6 +95,14 @@ class Runtime:
     def post(self, key: str, handler: Handler, on_error: OnError | None = None) -> None:
         """Queue `handler` on instance `key`'s actor (`Actors.post`)."""
         self.actors.post(key, handler, on_error)
+
+    def spawn(self, fn: Handler, key: str | None = None) -> None:
+        """Run `fn` in a task of its own, as a handler (of `key`) runs (`Actors.spawn`)."""
+        self.actors.spawn(fn, key)
+
+    def context_for(self, key: str) -> contextvars.Context:
+        """A context in which user code runs as a handler of `key` (`Actors.context_for`)."""
+        return self.actors.context_for(key)
 
     async def call(self, key: str, fn: Callable[[], Awaitable[T]]) -> T:
         """Run `fn` on instance `key`'s actor and return its value or raise its error (`Actors.call`)."""

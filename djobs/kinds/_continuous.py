@@ -14,8 +14,10 @@ schedule.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal
 
@@ -37,12 +39,12 @@ from .._errors import (
     TenantError,
     ValidationError,
 )
-from .._execution import Checkout, Env, RunInfo, execute, run_returning_state
+from .._execution import Checkout, Env, Outcome, Pending, RunInfo, execute, judge, run_now, run_returning_state
 from .._limits import NO_LIMITS, RunLimits, definition_limits, offloaded
 from .._logging import JobLog, LoggingOption
 from .._retry import Retry
 from .._schedule import Schedule
-from ..storage import Alarm, Checkin, ClearAlarm, InstanceRecord, SetAlarm
+from ..storage import Alarm, Checkin, ClaimedAlarm, ClearAlarm, InstanceRecord, SetAlarm
 from ..storage._base import Revival
 from ..tracking import TrackedEvent
 from ._common import (
@@ -257,6 +259,11 @@ class ContinuousHandler(TenantScoped, Generic[S]):
         self.job = job
         self.runtime = runtime
         self.env = runtime.env
+        self._what = f"the execute of continuous job {job.name!r}"
+        self._body = offloaded(job.execute, job.limits, self._what)
+        # A body that gives its value at once, with nothing to bound it, runs where its
+        # alarm was claimed: no actor, no cancel scope (`fire_batch`).
+        self._inline = job.limits == NO_LIMITS and not inspect.iscoroutinefunction(job.execute)
 
     def key(self, instance_id: str) -> str:
         return instance_key(KIND, self.job.name, instance_id, self.tenant)
@@ -393,17 +400,99 @@ class ContinuousHandler(TenantScoped, Generic[S]):
             # The alarm stays claimed and fires again after its lease.
             self.env.logger.error("continuous %s: could not record a run: %s", alarm.key, exc.message)
         except Exception as exc:  # a bug past the body: the attempt counts (no endless re-run of it)
-            await count_failed_attempt(
-                self.env,
-                alarm.key,
-                exc,
-                kind=KIND,
-                name=self.job.name,
-                retry=self.job.retry,
-                attempt=attempt,
-                retry_purpose="retry",
-                give_up=_pause,
-            )
+            await self._bug(alarm, attempt, exc)
+
+    async def _bug(self, alarm: Alarm, attempt: int, exc: Exception) -> None:
+        await count_failed_attempt(
+            self.env,
+            alarm.key,
+            exc,
+            kind=KIND,
+            name=self.job.name,
+            retry=self.job.retry,
+            attempt=attempt,
+            retry_purpose="retry",
+            give_up=_pause,
+        )
+
+    @property
+    def takes_batches(self) -> bool:
+        """Whether due alarms may run in batches (`fire_batch`): a synchronous body without limits."""
+        return self._inline
+
+    async def fire_batch(self, runs: list[ClaimedAlarm], finish: Callable[[ClaimedAlarm], None]) -> None:
+        """Run the claimed alarms' instances, whose leases and rows the claim took, and write
+        their outcomes back in one transaction; `finish` is told of each once it is done.
+
+        Each instance runs as `on_alarm` runs it, in this task (the engine holds each
+        instance for it: nothing else of the engine runs it meanwhile). A body that gives
+        an awaitable, and a bug past a body, go on in a task of their own.
+        """
+        env = self.env
+        writes: list[tuple[ClaimedAlarm, Checkin, _Run]] = []
+        try:
+            for claimed in runs:
+                alarm, stored = claimed.alarm, claimed.stored
+                if stored is None or stored[1] is None or stored[1].id != alarm.id or stored[0].status == PAUSED:
+                    finish(claimed)  # terminated, paused or replaced since it was claimed (as `on_alarm`)
+                    continue
+                record, current = stored
+                attempt = record.attempt if alarm.purpose == "retry" else 1
+                try:
+                    run = self._open(record, current, triggered=False)
+                    # In a context of its own, as in an actor: what the body sets stays with its run.
+                    pending = self.runtime.context_for(alarm.key).run(self._run_now, run)
+                    if pending is not None:
+                        later = functools.partial(self._finish_later, claimed, run, pending, finish)
+                        self.runtime.spawn(later, alarm.key)
+                        continue
+                    checkin = self._close(run)
+                except Exception as exc:  # a bug past the body
+                    self.runtime.spawn(functools.partial(self._bug_later, claimed, attempt, exc, finish), alarm.key)
+                    continue
+                writes.append((claimed, checkin, run))
+            if writes:
+                try:
+                    errors = await env.commit_many([(checkin, run.events) for _, checkin, run in writes])
+                except StorageError as exc:
+                    # The alarms stay claimed and fire again after their lease.
+                    env.logger.error(
+                        "continuous %s: could not record %d runs: %s", self.job.name, len(writes), exc.message
+                    )
+                except Exception as exc:  # a bug past the bodies: each run's attempt counts, as in `on_alarm`
+                    for claimed, _, run in writes:
+                        await self._bug(claimed.alarm, run.attempt, exc)
+                else:
+                    for (claimed, _, _), error in zip(writes, errors, strict=True):
+                        if isinstance(error, StorageError):
+                            env.logger.error(
+                                "continuous %s: could not record a run: %s", claimed.alarm.key, error.message
+                            )
+        finally:
+            for claimed, _, _ in writes:
+                finish(claimed)
+
+    async def _finish_later(
+        self, claimed: ClaimedAlarm, run: _Run, pending: Pending, finish: Callable[[ClaimedAlarm], None]
+    ) -> None:
+        try:
+            try:
+                await self._await_body(run, lambda: pending.value)
+                await self.env.commit(self._close(run), run.events)
+            except StorageError as exc:
+                self.env.logger.error("continuous %s: could not record a run: %s", claimed.alarm.key, exc.message)
+            except Exception as exc:
+                await self._bug(claimed.alarm, run.attempt, exc)
+        finally:
+            finish(claimed)
+
+    async def _bug_later(
+        self, claimed: ClaimedAlarm, attempt: int, exc: Exception, finish: Callable[[ClaimedAlarm], None]
+    ) -> None:
+        try:
+            await self._bug(claimed.alarm, attempt, exc)
+        finally:
+            finish(claimed)
 
     def _next_run(self, alarm: Alarm | None, now: int) -> int:
         # Keep the schedule's phase: the next run follows the one that was due,
@@ -413,46 +502,83 @@ class ContinuousHandler(TenantScoped, Generic[S]):
         return nxt if nxt > now else self.job.schedule.next_after(now)
 
     async def _run(self, record: InstanceRecord, alarm: Alarm | None, *, triggered: bool) -> tuple[int, str]:
+        run = self._open(record, alarm, triggered=triggered)
+        if run.ctx is not None:
+            ctx = run.ctx
+            await self._await_body(run, lambda: self._body(ctx))
+        await self.env.commit(self._close(run), run.events)
+        return run.run_count, run.outcome_kind
+
+    def _open(self, record: InstanceRecord, alarm: Alarm | None, *, triggered: bool) -> _Run:
+        """A run's context from the stored instance; a state that does not decode fails the run here."""
         job, env = self.job, self.env
         retrying = not triggered and alarm is not None and alarm.purpose == "retry"
         run_count = record.run_count if retrying else record.run_count + 1
         attempt = record.attempt if retrying else 1
         log = env.job_log(KIND, job.name, job.logging, instance=record.instance_id, run=run_count, attempt=attempt)
-        info = RunInfo(record.key, KIND, job.name, run_count, attempt)
-        events: list[TrackedEvent] = []
+        run = _Run(record, alarm, triggered, run_count, attempt, log)
         assert record.state is not None
         # A run's path: the stored state decides between two blocks of statements.
         match decode(job.state, record.state, what="state"):
             case Success(state):
-                checkout: Checkout[Any] = Checkout(state)
-                ctx: ContinuousContext[S, Any] = ContinuousContext(
+                checkout = run.checkout = Checkout(state)
+                run.ctx = ContinuousContext(
                     env, job.name, record.instance_id, log, checkout, job.state, run_count, attempt, record.tenant_id
                 )
-                what = f"the execute of continuous job {job.name!r}"
-                body = offloaded(job.execute, job.limits, what)
-                outcome = await execute(
-                    env,
-                    info,
-                    checkout,
-                    lambda: run_returning_state(lambda: body(ctx), env.services, ctx.set_state, what),
-                    job.retry,
-                    events,
-                    log,
-                    job.limits,
-                    what,
-                )
-                outcome_kind = outcome.kind
             case Failure(error):
-                outcome_kind = "failed"
-                unreadable_state(env, log, events, record, KIND, job.name, error, run_count=run_count, attempt=attempt)
-                checkout = Checkout(None)
+                run.outcome_kind = "failed"
+                unreadable_state(
+                    env, log, run.events, record, KIND, job.name, error, run_count=run_count, attempt=attempt
+                )
+        return run
+
+    def _info(self, run: _Run) -> RunInfo:
+        return RunInfo(run.record.key, KIND, self.job.name, run.run_count, run.attempt)
+
+    async def _await_body(self, run: _Run, call: Callable[[], object]) -> None:
+        """Run the body (`call` gives what it gives) to its outcome, as every run but a batch's does."""
+        job, env = self.job, self.env
+        assert run.ctx is not None
+        set_state = run.ctx.set_state
+        run.outcome = await execute(
+            env,
+            self._info(run),
+            run.checkout,
+            lambda: run_returning_state(call, env.services, set_state, self._what),
+            job.retry,
+            run.events,
+            run.log,
+            job.limits,
+            self._what,
+        )
+        run.outcome_kind = run.outcome.kind
+
+    def _run_now(self, run: _Run) -> Pending | None:
+        """Run the body in this task if it gives its value at once (a synchronous body);
+        else the `Pending` awaitable it gave, for `_await_body`."""
+        ctx = run.ctx
+        if ctx is None:
+            return None  # the state did not decode: the run failed without user code
+        body = self._body
+        ran = run_now(run.checkout, lambda: body(ctx), ctx.set_state)
+        if isinstance(ran, Pending):
+            return ran
+        run.outcome = judge(self.env, self._info(run), ran, self.job.retry, run.events, run.log)
+        run.outcome_kind = run.outcome.kind
+        return None
+
+    def _close(self, run: _Run) -> Checkin:
+        """The check-in that stores what `run` came to (its events are in ``run.events``)."""
+        job, env = self.job, self.env
+        record, alarm, outcome, outcome_kind, events = run.record, run.alarm, run.outcome, run.outcome_kind, run.events
         now = env.now_ms()
-        record.run_count, record.updated_at = run_count, now
+        record.run_count, record.updated_at = run.run_count, now
         if outcome_kind in ("terminated", "exhausted"):
             letter = None
             if outcome_kind == "exhausted":
                 events.append(env.event("job.terminated", record.key, KIND, job.name, reason="retry_exhausted"))
                 if job.on_exhausted == "dead_letter":
+                    assert outcome is not None
                     # The state the failed run started from; a retry of the letter runs it again at once.
                     again = msgspec.structs.replace(record, status="running", attempt=1)
                     letter = instance_dead_letter(
@@ -461,22 +587,38 @@ class ContinuousHandler(TenantScoped, Generic[S]):
                         revived=again,
                         purpose="run",
                         error=outcome.error,
-                        attempts=attempt,
+                        attempts=run.attempt,
                         now=now,
                     )
-            await env.commit(Checkin(key=record.key, record=None, dead_letter=letter), events)
-        elif outcome_kind == "retrying":
-            record.attempt = attempt + 1
-            assert outcome.retry_at is not None
-            await env.commit(Checkin(key=record.key, record=record, alarm=SetAlarm(outcome.retry_at, "retry")), events)
-        else:
-            record.attempt = 1
-            if outcome_kind == "succeeded" and checkout.dirty:
-                record.state = encode(job.state, checkout.state, what="state").unwrap()  # validated by set_state
-            keep = triggered and alarm is not None and alarm.purpose == "run"
-            next_alarm = None if keep else SetAlarm(self._next_run(alarm, now), "run")
-            await env.commit(Checkin(key=record.key, record=record, alarm=next_alarm), events)
-        return run_count, outcome_kind
+            return Checkin(key=record.key, record=None, dead_letter=letter)
+        if outcome_kind == "retrying":
+            assert outcome is not None and outcome.retry_at is not None
+            record.attempt = run.attempt + 1
+            return Checkin(key=record.key, record=record, alarm=SetAlarm(outcome.retry_at, "retry"))
+        record.attempt = 1
+        checkout = run.checkout
+        if outcome_kind == "succeeded" and checkout.dirty:
+            record.state = encode(job.state, checkout.state, what="state").unwrap()  # validated by set_state
+        keep = run.triggered and alarm is not None and alarm.purpose == "run"
+        next_alarm = None if keep else SetAlarm(self._next_run(alarm, now), "run")
+        return Checkin(key=record.key, record=record, alarm=next_alarm)
+
+
+@dataclass(slots=True, eq=False)  # not frozen: built per run, where frozen costs a setattr call per field
+class _Run:
+    """One run of a continuous instance, from its stored row to the check-in that ends it."""
+
+    record: InstanceRecord
+    alarm: Alarm | None
+    triggered: bool
+    run_count: int
+    attempt: int
+    log: JobLog
+    events: list[TrackedEvent] = field(default_factory=list)
+    checkout: Checkout[Any] = field(default_factory=lambda: Checkout(None))
+    ctx: ContinuousContext[Any, Any] | None = None
+    outcome: Outcome | None = None
+    outcome_kind: str = "failed"
 
 
 class ContinuousClient(InstanceClient[ContinuousHandler[S]], Generic[S]):

@@ -10,9 +10,11 @@ their edge.
 """
 
 from ._base import Alarm as Alarm
+from ._base import AlarmRunStore as AlarmRunStore
 from ._base import AlarmStore as AlarmStore
 from ._base import CancelRequests as CancelRequests
 from ._base import Checkin as Checkin
+from ._base import ClaimedAlarm as ClaimedAlarm
 from ._base import ClaimedJob as ClaimedJob
 from ._base import ClearAlarm as ClearAlarm
 from ._base import CronRecord as CronRecord
@@ -47,9 +49,11 @@ from ._sqlite import sqlite as sqlite
 __all__ = [
     "SCHEMA_VERSION",
     "Alarm",
+    "AlarmRunStore",
     "AlarmStore",
     "CancelRequests",
     "Checkin",
+    "ClaimedAlarm",
     "ClearAlarm",
     "FaultyLayer",
     "FaultyStorage",

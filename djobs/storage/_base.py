@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Literal, Protocol, runtime_checkable
 
@@ -366,6 +366,63 @@ class InstanceCheckpointer(Protocol):
         Raises:
             LeaseLostError: Another owner holds the key's lease, or none does (nothing is written).
             StorageError: The storage failed.
+        """
+        ...
+
+
+class ClaimedAlarm(msgspec.Struct, frozen=True):
+    """One alarm claimed by `AlarmRunStore.claim_alarm_runs`, with what its claim took.
+
+    Attributes:
+        alarm: The alarm, hidden for the claim's `lease_ms` as `AlarmStore.claim_alarms` hides it.
+        leased: Whether the claim took the instance's lease for the claiming engine
+            (only for keys its `runs_here` answered ``True``, and only if no other
+            engine holds an unexpired lease).
+        stored: With `leased`, the instance and its alarm as stored when the lease
+            was taken (``None``: no instance under the key); else ``None``.
+    """
+
+    alarm: Alarm
+    leased: bool = False
+    stored: tuple[InstanceRecord, Alarm | None] | None = None
+
+
+@runtime_checkable
+class AlarmRunStore(Protocol):
+    """Due alarms fired in batches: the claim takes their instances' leases and loads their
+    rows in its own transaction, and their runs' check-ins are written back in one.
+    Optional: without it, each claimed alarm's actor takes the lease, loads the row and
+    commits on its own (`AlarmStore`, `InstanceStore`)."""
+
+    async def claim_alarm_runs(
+        self,
+        now_ms: int,
+        lease_ms: int,
+        limit: int,
+        prefixes: Sequence[str],
+        owner: str,
+        instance_lease_ms: int,
+        runs_here: Callable[[str], bool],
+    ) -> list[ClaimedAlarm]:
+        """Claim up to `limit` due alarms as `AlarmStore.claim_alarms` does, and in the same
+        transaction, for each whose key `runs_here` answers ``True``, take the instance's
+        lease for `owner` (as `InstanceStore.acquire_instance_lease` with `now_ms` and
+        `instance_lease_ms`) and load the instance.
+
+        `runs_here` is called once per claimed alarm, inside the transaction (it must not
+        block or await): an engine marks there the instances it will run itself, so no
+        other task of it starts one while the claim commits. Alarms come in claim order.
+        Raises `StorageError` (nothing is claimed or leased).
+        """
+        ...
+
+    async def commit_checkins(self, checkins: Sequence[Checkin]) -> list[Exception | None]:
+        """Apply each check-in as `InstanceStore.commit` does, all in one transaction.
+
+        Returns, in order, ``None`` for each check-in written, or the error it alone
+        failed with (`LeaseLostError`, `DuplicateEventError`): nothing of that one is
+        written, the others are. Raises `StorageError` if the transaction failed
+        (then nothing is written).
         """
         ...
 

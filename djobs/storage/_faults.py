@@ -53,6 +53,11 @@ class _Rule:
     remaining: int | None
 
 
+#: Operations that do in one call, for many, what another does for one: a rule for the one
+#: fails the batched form too (a fault on ``commit`` reaches the check-ins of alarms fired in a batch).
+_BATCHED = {"commit_checkins": "commit", "claim_alarm_runs": "claim_alarms"}
+
+
 @final
 class FaultyStorage:
     """A storage that fails chosen operations on purpose. Made by `faulty`.
@@ -79,6 +84,8 @@ class FaultyStorage:
         Args:
             operation: The storage method to fail (``"commit"``,
                 ``"claim_alarms"``, ``"load"``, ...); ``None`` fails every one.
+                ``"commit"`` also fails ``commit_checkins`` (many check-ins in one
+                call) and ``"claim_alarms"`` also ``claim_alarm_runs``.
             kind: Which SQLite error to give, or ``"bug"``: a `RuntimeError`
                 (only ``at="call"``).
             at: ``"call"`` fails before the database is touched; ``"commit"``
@@ -98,8 +105,9 @@ class FaultyStorage:
         self._rules.clear()
 
     def _take(self, operation: str) -> _Rule | None:
+        same = _BATCHED.get(operation)
         for rule in self._rules:
-            if rule.operation in (None, operation):
+            if rule.operation in (None, operation) or (same is not None and rule.operation == same):
                 if rule.remaining is not None:
                     rule.remaining -= 1
                     if rule.remaining <= 0:

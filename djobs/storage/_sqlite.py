@@ -29,6 +29,7 @@ from ._base import (
     FINAL_STATUSES,
     Alarm,
     Checkin,
+    ClaimedAlarm,
     ClaimedJob,
     ClearAlarm,
     CronRecord,
@@ -384,6 +385,15 @@ _CHECKPOINT_INSTANCE = """
     WHERE key = ?6 AND EXISTS (SELECT 1 FROM instance_leases AS l WHERE l.key = ?6 AND l.owner = ?7)
 """
 _INSTANCE_EXISTS = "SELECT 1 FROM instances WHERE key = ?"
+# The leases of many keys (a JSON array) at once, as `_ACQUIRE_LEASE` takes one: the keys taken.
+_ACQUIRE_LEASES = """
+    INSERT INTO instance_leases (key, owner, expires_at) SELECT value, ?2, ?3 FROM json_each(?1) WHERE true
+    ON CONFLICT(key) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
+    WHERE instance_leases.owner = excluded.owner OR instance_leases.expires_at <= ?4
+    RETURNING key
+"""
+_LOAD_MANY = _sql.LOAD.replace("WHERE i.key = ?", "WHERE i.key IN (SELECT value FROM json_each(?))")
+_LEASE_OWNERS = "SELECT key, owner FROM instance_leases WHERE key IN (SELECT value FROM json_each(?))"
 _CLAIM_ALARMS = """
     UPDATE alarms SET due_at = ?
     WHERE id IN (SELECT id FROM alarms WHERE due_at <= ? ORDER BY due_at LIMIT ?)
@@ -1061,6 +1071,64 @@ class SqliteStorage:
                 mine = _names_encoder.encode(list(prefixes))
                 rows = list(db.execute(_CLAIM_MY_ALARMS, (now_ms + lease_ms, now_ms, mine, limit)))
             return [alarm_record(r) for r in rows]
+
+        return await self.write(run)
+
+    async def claim_alarm_runs(
+        self,
+        now_ms: int,
+        lease_ms: int,
+        limit: int,
+        prefixes: Sequence[str],
+        owner: str,
+        instance_lease_ms: int,
+        runs_here: Callable[[str], bool],
+    ) -> list[ClaimedAlarm]:
+        mine = _names_encoder.encode(list(prefixes))
+
+        def run(db: apsw.Connection) -> list[ClaimedAlarm]:
+            alarms = [alarm_record(r) for r in db.execute(_CLAIM_MY_ALARMS, (now_ms + lease_ms, now_ms, mine, limit))]
+            here = [alarm.key for alarm in alarms if runs_here(alarm.key)]
+            if not here:
+                return [ClaimedAlarm(alarm) for alarm in alarms]
+            # Three statements for the whole batch: the claim, the leases, the rows.
+            lease_now = self.lease_now(now_ms)
+            until = lease_now + instance_lease_ms
+            keys = _names_encoder.encode(here)
+            leased = [key for (key,) in db.execute(_ACQUIRE_LEASES, (keys, owner, until, lease_now))]
+            stored: dict[str, tuple[InstanceRecord, Alarm | None]] = {}
+            if leased:
+                for row in db.execute(_LOAD_MANY, (_names_encoder.encode(leased),)):
+                    item = loaded(row)
+                    stored[item[0].key] = item
+            taken = set(leased)
+            return [
+                ClaimedAlarm(alarm, True, stored.get(alarm.key)) if alarm.key in taken else ClaimedAlarm(alarm)
+                for alarm in alarms
+            ]
+
+        return await self.write(run)
+
+    async def commit_checkins(self, checkins: Sequence[Checkin]) -> list[Exception | None]:
+        def run(db: apsw.Connection) -> list[Exception | None]:
+            fenced = [c.key for c in checkins if c.lease_owner is not None]
+            owners: dict[str, str] = {}
+            if fenced:
+                owners = dict(db.execute(_LEASE_OWNERS, (_names_encoder.encode(fenced),)))
+            errors: list[Exception | None] = []
+            for checkin in checkins:
+                # Each fails alone before it writes anything (the fence, a repeated event id);
+                # a failing statement fails the whole transaction, and the caller learns it.
+                if checkin.lease_owner is not None and owners.get(checkin.key) != checkin.lease_owner:
+                    errors.append(LeaseLostError(checkin.key))
+                    continue
+                try:
+                    _apply(db, checkin)
+                except DuplicateEventError as exc:
+                    errors.append(exc)
+                    continue
+                errors.append(None)
+            return errors
 
         return await self.write(run)
 

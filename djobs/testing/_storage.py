@@ -28,6 +28,7 @@ import trio
 
 from .._errors import DuplicateEventError, StorageError
 from ..storage import (
+    AlarmRunStore,
     CancelRequests,
     Checkin,
     ClearAlarm,
@@ -100,6 +101,7 @@ async def check_storage(new_database: NewDatabase, *, queue: bool = True, shared
     checks.append(("CancelRequests notes cancels", _cancel_notes))
     checks.append(("an InstanceCreator creates once, with the lease", _created))
     checks.append(("an InstanceCheckpointer writes over a row only under its lease", _checkpointed))
+    checks.append(("an AlarmRunStore claims with leases and rows, writes back in one", _alarm_runs))
     checks.append(("DeadLetterStorage keeps dead letters", _dead_letters(queue)))
     if shared:
         checks += [(c.__name__, c) for c in _SHARED_CHECKS + (_SHARED_QUEUE_CHECKS if queue else ())]
@@ -208,6 +210,64 @@ async def _a_checkpoint_writes_its_columns_under_the_lease_and_nothing_without_i
     await storage.checkpoint_instance(whole, "engine-a")
     stored = await storage.load("workflow:w:b")
     assert stored is not None and stored[0] == whole and stored[1] is None, stored
+
+
+async def _alarm_runs(layer: StorageLayer) -> None:
+    async with layer.open() as storage:
+        if isinstance(storage, AlarmRunStore):  # optional: due alarms then fire in batches
+            await _a_batch_claim_takes_the_leases_and_rows_of_the_keys_it_runs_here_only(storage)
+            await _check_ins_written_back_together_fail_one_by_one_before_they_write(storage)
+
+
+async def _a_batch_claim_takes_the_leases_and_rows_of_the_keys_it_runs_here_only(storage: Any) -> None:
+    for key, at in [("continuous:j:a", 100), ("continuous:j:b", 200), ("continuous:j:c", 300), ("task:t:d", 50)]:
+        await storage.commit(Checkin(key=key, record=_record(key, state=b"1"), alarm=SetAlarm(at, "run")))
+    await storage.commit(Checkin(key="continuous:j:gone", record=None))
+    assert await storage.acquire_instance_lease("continuous:j:b", "engine-b", 0, 10_000)  # another engine's
+    asked: list[str] = []
+
+    def runs_here(key: str) -> bool:
+        asked.append(key)
+        return key != "continuous:j:c"  # c is busy in this engine: not leased, not loaded
+
+    claimed = await storage.claim_alarm_runs(1000, 60_000, 10, ["continuous:j:"], "engine-a", 5000, runs_here)
+    by_key = {c.alarm.key: c for c in claimed}
+    assert sorted(by_key) == sorted(asked) == ["continuous:j:a", "continuous:j:b", "continuous:j:c"]
+    a, b, c = by_key["continuous:j:a"], by_key["continuous:j:b"], by_key["continuous:j:c"]
+    assert a.leased and a.stored is not None and a.stored[0].state == b"1" and a.stored[1] == a.alarm
+    assert not b.leased and b.stored is None  # engine-b holds it: left to the actor, which waits
+    assert not c.leased and c.stored is None
+    assert await storage.instance_lease_holder("continuous:j:a") == ("engine-a", 6000)
+    assert await storage.instance_lease_holder("continuous:j:c") is None
+    # The claim hid the alarms as claim_alarms does; the other definition's is still due.
+    assert await storage.claim_alarm_runs(2000, 60_000, 10, ["continuous:j:"], "engine-a", 5000, runs_here) == []
+    assert [x.key for x in await storage.claim_alarms(2000, 60_000, 10)] == ["task:t:d"]
+
+
+async def _check_ins_written_back_together_fail_one_by_one_before_they_write(storage: Any) -> None:
+    x, y, z, new = keys = ["continuous:j:x", "continuous:j:y", "continuous:j:z", "continuous:j:new"]
+    for key in keys[:3]:
+        first = Checkin(key=key, record=_record(key, state=b"0"), alarm=SetAlarm(100, "run"), event_id="e")
+        await storage.commit(first)
+        assert await storage.acquire_instance_lease(key, "engine-a", 0, 10_000)
+    assert await storage.acquire_instance_lease(new, "engine-a", 0, 10_000)
+    await storage.release_instance_leases([y], "engine-a")
+    assert await storage.acquire_instance_lease(y, "engine-b", 0, 10_000)
+
+    def write(key: str, **kw: Any) -> Checkin:
+        return Checkin(key=key, record=_record(key, state=b"1"), lease_owner="engine-a", **kw)
+
+    errors = await storage.commit_checkins(
+        [write(x, alarm=SetAlarm(500, "run")), write(y), write(z, event_id="e"), write(new, alarm=SetAlarm(900, "run"))]
+    )
+    kinds = [type(e).__name__ for e in errors]
+    assert kinds == ["NoneType", "LeaseLostError", "DuplicateEventError", "NoneType"], errors
+    stored = {key: await storage.load(key) for key in keys}
+    assert [None if v is None else v[0].state for v in stored.values()] == [b"1", b"0", b"0", b"1"]
+    # y: engine-b's lease, z: a repeated event id; nothing of either was written.
+    fire_at = {k: None if v is None or v[1] is None else v[1].fire_at for k, v in stored.items()}
+    assert fire_at == {x: 500, y: 100, z: 100, new: 900}, fire_at
+    assert await storage.commit_checkins([]) == []
 
 
 def _dead_letters(queue: bool) -> Callable[[StorageLayer], Awaitable[None]]:
