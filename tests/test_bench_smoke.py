@@ -61,7 +61,7 @@ SCRIPTS: dict[str, tuple[list[str], set[str], set[str]]] = {
     "lateness": (["--alarms", "50", "--span-s", "0.2"], {"p50_ms", "p99_ms", "early", "floor_p99_ms"}, set()),
     "instances": (
         ["--instances", "300", "--due", "100"],
-        {"open_to_first_alarm_s", "alarms_fired_per_s", "floor_alarms_per_s", "peak_rss_mb"},
+        {"open_to_first_alarm_s", "alarms_fired_per_s", "floor_alarms_per_s", "peak_rss_mb", "cpu_ms_per_1000"},
         set(),
     ),
     "virtual_year": (["--days", "2"], {"real_s", "year_real_s", "continuous_runs", "cron_runs"}, set()),

@@ -393,6 +393,8 @@ _ACQUIRE_LEASES = """
     RETURNING key
 """
 _LOAD_MANY = _sql.LOAD.replace("WHERE i.key = ?", "WHERE i.key IN (SELECT value FROM json_each(?))")
+_RELEASE_LEASES = "DELETE FROM instance_leases WHERE owner = ? AND key IN (SELECT value FROM json_each(?))"
+_SET_ALARM = "INSERT OR REPLACE INTO alarms (key, fire_at, due_at, purpose) VALUES (?, ?, ?, ?)"
 _LEASE_OWNERS = "SELECT key, owner FROM instance_leases WHERE key IN (SELECT value FROM json_each(?))"
 _CLAIM_ALARMS = """
     UPDATE alarms SET due_at = ?
@@ -787,10 +789,7 @@ def _apply(db: apsw.Connection, checkin: Checkin) -> None:
     if isinstance(alarm, SetAlarm):
         # REPLACE deletes the old row and inserts a new one: the alarm gets a
         # fresh id (AUTOINCREMENT never reuses one), unlike an upsert.
-        db.execute(
-            "INSERT OR REPLACE INTO alarms (key, fire_at, due_at, purpose) VALUES (?, ?, ?, ?)",
-            (key, alarm.fire_at, alarm.fire_at, alarm.purpose),
-        )
+        db.execute(_SET_ALARM, (key, alarm.fire_at, alarm.fire_at, alarm.purpose))
     elif isinstance(alarm, ClearAlarm):
         db.execute(_sql.DELETE_ALARM, (key,))
 
@@ -1116,11 +1115,25 @@ class SqliteStorage:
             if fenced:
                 owners = dict(db.execute(_LEASE_OWNERS, (_names_encoder.encode(fenced),)))
             errors: list[Exception | None] = []
+            # A run's usual check-in (its row and its next alarm, nothing else) goes in with
+            # the others' in two `executemany`s, when no key comes twice (so order is moot).
+            rows: list[tuple[Any, ...]] = []
+            alarms: list[tuple[str, int, int, str]] = []
+            plain = len({c.key for c in checkins}) == len(checkins)
             for checkin in checkins:
                 # Each fails alone before it writes anything (the fence, a repeated event id);
                 # a failing statement fails the whole transaction, and the caller learns it.
-                if checkin.lease_owner is not None and owners.get(checkin.key) != checkin.lease_owner:
-                    errors.append(LeaseLostError(checkin.key))
+                key = checkin.key
+                if checkin.lease_owner is not None and owners.get(key) != checkin.lease_owner:
+                    errors.append(LeaseLostError(key))
+                    continue
+                record, alarm = checkin.record, checkin.alarm
+                simple = checkin.event_id is None and checkin.dead_letter is None
+                if plain and simple and record is not None and (alarm is None or isinstance(alarm, SetAlarm)):
+                    rows.append(instance_args(key, record))
+                    if alarm is not None:
+                        alarms.append((key, alarm.fire_at, alarm.fire_at, alarm.purpose))
+                    errors.append(None)
                     continue
                 try:
                     _apply(db, checkin)
@@ -1128,6 +1141,10 @@ class SqliteStorage:
                     errors.append(exc)
                     continue
                 errors.append(None)
+            if rows:
+                db.executemany(_sql.UPSERT_INSTANCE, rows)
+            if alarms:
+                db.executemany(_SET_ALARM, alarms)
             return errors
 
         return await self.write(run)
@@ -1164,10 +1181,14 @@ class SqliteStorage:
         await self.write(run)
 
     async def release_instance_leases(self, keys: list[str], owner: str) -> None:
-        def run(db: apsw.Connection) -> None:
-            db.executemany("DELETE FROM instance_leases WHERE key = ? AND owner = ?", [(k, owner) for k in keys])
+        if not keys:
+            return
+        given_up = _names_encoder.encode(keys)
 
-        await self.write(run)
+        def run(db: apsw.Connection) -> None:
+            db.execute(_RELEASE_LEASES, (owner, given_up))
+
+        await self.write(run, single=True)
 
     async def release_alarms(self, ids: list[int]) -> None:
         def run(db: apsw.Connection) -> None:
