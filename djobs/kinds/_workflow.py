@@ -64,7 +64,7 @@ from .._errors import (
 )
 from .._execution import run_body
 from .._input import check_text, clean_text, text_problem
-from .._logging import JobLog, LoggingOption
+from .._logging import JobLog, LoggingOption, threshold
 from .._retry import Retry
 from ..storage import (
     Alarm,
@@ -212,6 +212,9 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
         self.creator = storage if isinstance(storage, InstanceCreator) else None
         self.checkpointer = storage if isinstance(storage, InstanceCheckpointer) else None
         self.cancel_requests = storage if isinstance(storage, CancelRequests) else None
+        #: The runs' logger and its threshold, as `Env.job_log` makes them, looked up once.
+        self.run_logger = self.env.logger.getChild(f"{KIND}.{job.name}")
+        self.run_log_level = threshold(job.logging)
 
     async def commit(self, checkin: Checkin, events: builtins.list[TrackedEvent] | None = None) -> None:
         """`Env.commit` for this kind: every write of a workflow goes through here, on its actor."""
@@ -612,7 +615,8 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
         run = Run(self, record, log, [])
         run.cancel_requested, run.cancel_reason = log.cancel_requested, log.cancel_reason
         run.cancel_delivered = any(e.cancelled for e in log.entries)
-        jlog = env.job_log(KIND, job.name, job.logging, instance=record.instance_id, run=record.run_count)
+        identity = {"job": job.name, "instance": record.instance_id, "run": record.run_count}
+        jlog = JobLog(self.run_logger, self.run_log_level, identity)
         match decode(job.input, record.state or b"null", what=f"input of workflow {job.name!r}"):
             case Failure(unreadable):
                 await self._end(run, "failed", error=unreadable)

@@ -39,7 +39,7 @@ from .._errors import (
     StorageError,
     ValidationError,
 )
-from .._execution import Env, RunSignal, run_body
+from .._execution import Env, Pending, RunSignal, begin_body, finish_body
 from .._logging import JobLog
 from .._results import unwrap_or_raise
 from .._retry import Retry
@@ -109,33 +109,42 @@ def _result_type(fn: Callable[..., object], explicit: Any, step: str) -> Any:
     if explicit is not _UNSET:
         tp = explicit
     else:
-        tp = _step_types.get(fn, _UNSET)
-        if tp is _UNSET:
-            try:
-                hints = typing.get_type_hints(fn)
-            except Exception:  # a partial, a builtin, an unresolvable annotation
-                hints = {}
-            if "return" not in hints:
-                raise ValidationError(
-                    f"step {step!r}: cannot tell the type of its result ({short.repr(fn)} has no return "
-                    "annotation); annotate the function or pass result=<type> to ctx.step"
-                )
-            tp = hints["return"]
-            while True:
-                origin = typing.get_origin(tp) or tp
-                if isinstance(origin, type) and issubclass(origin, _WRAPPERS):
-                    args = typing.get_args(tp)
-                    if not args:
-                        break
-                    tp = args[-1] if origin in (Awaitable, Coroutine) else args[0]
-                    continue
-                break
-            with contextlib.suppress(TypeError):  # an unhashable callable is not cached
-                _step_types[fn] = tp
+        with contextlib.suppress(TypeError):  # an unhashable callable is never cached
+            cached = _step_types.get(fn, _UNSET)
+            if cached is not _UNSET:
+                return cached  # checked when it was cached
+        tp = _annotated_type(fn, step)
     try:
         decoder(tp)
     except TypeError as exc:
         raise ValidationError(f"step {step!r}: its result type {tp!r} cannot be stored: {exc}") from None
+    if explicit is _UNSET:
+        with contextlib.suppress(TypeError):
+            _step_types[fn] = tp
+    return tp
+
+
+def _annotated_type(fn: Callable[..., object], step: str) -> Any:
+    """`fn`'s return annotation, unwrapped. Raises `ValidationError` if it has none."""
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # a partial, a builtin, an unresolvable annotation
+        hints = {}
+    if "return" not in hints:
+        raise ValidationError(
+            f"step {step!r}: cannot tell the type of its result ({short.repr(fn)} has no return "
+            "annotation); annotate the function or pass result=<type> to ctx.step"
+        )
+    tp = hints["return"]
+    while True:
+        origin = typing.get_origin(tp) or tp
+        if isinstance(origin, type) and issubclass(origin, _WRAPPERS):
+            args = typing.get_args(tp)
+            if not args:
+                break
+            tp = args[-1] if origin in (Awaitable, Coroutine) else args[0]
+            continue
+        break
     return tp
 
 
@@ -345,15 +354,18 @@ class Run:
         env = self.env
         self.in_call, self.current = True, name
         started = time.perf_counter()
-        # The step's own scope, which a cancel of the workflow cancels: entered only if `fn`
-        # gave something to await (a synchronous step's value is taken as it comes).
-        scope = self.scope = trio.CancelScope()
+        scope = None
         try:
-            outcome = await run_body(lambda: fn(*args), env.services, scope=scope)
+            outcome = begin_body(lambda: fn(*args))
+            if isinstance(outcome, Pending):
+                # The step's own scope, which a cancel of the workflow cancels: only for what
+                # `fn` gave to await (a synchronous step's value is taken as it comes).
+                scope = self.scope = trio.CancelScope()
+                outcome = await finish_body(outcome, env.services, "the job body", scope)
         finally:
             self.in_call, self.scope, self.current = False, None, None
         duration_ms = round((time.perf_counter() - started) * 1000, 3)
-        if scope.cancelled_caught:
+        if scope is not None and scope.cancelled_caught:
             entry.attempts = attempt
             self.deliver_cancel(entry)
         entry.attempts, entry.at, entry.duration_ms = attempt, env.now_ms(), duration_ms

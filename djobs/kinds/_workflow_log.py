@@ -358,9 +358,19 @@ def signal_payload(tp: Any, raw: bytes, signal: str) -> Result[Any, ValidationEr
         return Failure(ValidationError(f"the payload of signal {signal!r} is not a {type_name(tp)}: {exc}"))
 
 
+#: Call names already checked (a body names its calls with the same few literals, run after run).
+_good_names: set[str] = set()
+_GOOD_NAMES_LIMIT = 4096
+
+
 def check_call_name(name: object, what: str) -> str:
     """A step's, sleep's or signal's name: a non-empty str of at most 200 characters."""
-    return unwrap_or_raise(check_text(name, f"{what} name", max_length=200))
+    if type(name) is str and name in _good_names:
+        return name
+    checked = unwrap_or_raise(check_text(name, f"{what} name", max_length=200))
+    if type(name) is str and checked == name and len(_good_names) < _GOOD_NAMES_LIMIT:
+        _good_names.add(name)
+    return checked
 
 
 def resolved_when(when: object, now: int, call: str) -> int:
