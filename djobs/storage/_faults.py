@@ -55,7 +55,7 @@ class _Rule:
 
 #: Operations that do in one call, for many, what another does for one: a rule for the one
 #: fails the batched form too (a fault on ``commit`` reaches the check-ins of alarms fired in a batch).
-_BATCHED = {"commit_checkins": "commit", "claim_alarm_runs": "claim_alarms"}
+_BATCHED = {"commit_checkins": "commit", "checkpoint_instance": "commit", "claim_alarm_runs": "claim_alarms"}
 
 
 @final
@@ -85,7 +85,8 @@ class FaultyStorage:
             operation: The storage method to fail (``"commit"``,
                 ``"claim_alarms"``, ``"load"``, ...); ``None`` fails every one.
                 ``"commit"`` also fails ``commit_checkins`` (many check-ins in one
-                call) and ``"claim_alarms"`` also ``claim_alarm_runs``.
+                call) and ``checkpoint_instance`` (a workflow's checkpoint), and
+                ``"claim_alarms"`` also ``claim_alarm_runs``.
             kind: Which SQLite error to give, or ``"bug"``: a `RuntimeError`
                 (only ``at="call"``).
             at: ``"call"`` fails before the database is touched; ``"commit"``
