@@ -52,6 +52,7 @@ import trio
 from returns.future import FutureResult
 from returns.result import Failure, Result, Success
 
+from .._bodies import Returns
 from .._codec import check_storable, decode, encode
 from .._errors import (
     DuplicateEventError,
@@ -139,7 +140,7 @@ class Workflow(Definition[D_contra], Generic[I, R, D_contra]):
     name: str
     input: type[I]
     result: type[R]
-    execute: Callable[[I, WorkflowContext[D_contra]], object]
+    execute: Callable[[I, WorkflowContext[D_contra]], Returns[R, D_contra]]
     retry: Retry | None = None
     logging: LoggingOption = False
 
@@ -150,7 +151,7 @@ class Workflow(Definition[D_contra], Generic[I, R, D_contra]):
         *,
         input: type[I],
         result: type[R],
-        execute: Callable[[I, WorkflowContext[D_contra]], object],
+        execute: Callable[[I, WorkflowContext[D_contra]], Returns[R, D_contra]],
         retry: Retry | None = None,
         logging: LoggingOption = False,
     ) -> Workflow[I, R, D_contra]:
@@ -161,7 +162,8 @@ class Workflow(Definition[D_contra], Generic[I, R, D_contra]):
             input: The ``msgspec.Struct`` type of its input.
             result: The type of its result (anything msgspec can store).
             execute: The body, ``execute(input, ctx)`` (`WorkflowContext`), in
-                any form the execution service accepts (usually ``async def``).
+                any form the execution service accepts (usually ``async def``),
+                giving a `result` (mypy checks it, as for `Job.make`).
             retry: The retry policy of every step that gives none of its own;
                 ``None``: a failed step fails at once. The body itself is never
                 retried: it is replayed.

@@ -18,11 +18,16 @@ import typing
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, TypeVar, TypeVarTuple, cast, overload
 
 import msgspec
 import trio
-from returns.context import RequiresContextFutureResult
+from returns.context import (
+    RequiresContext,
+    RequiresContextFutureResult,
+    RequiresContextIOResult,
+    RequiresContextResult,
+)
 from returns.future import FutureResult
 from returns.io import IOResult
 from returns.pipeline import is_successful
@@ -95,6 +100,7 @@ CI = TypeVar("CI")
 CR = TypeVar("CR")
 JP = TypeVar("JP")
 JR = TypeVar("JR")
+Ts = TypeVarTuple("Ts")
 
 # -- step result types -----------------------------------------------------------------
 
@@ -562,11 +568,112 @@ class WorkflowContext(BaseContext[D_co]):
         """Whether the next call will be answered from the log (nothing runs)."""
         return self._run.position < len(self._run.log.entries)
 
+    # One overload per form of `djobs._bodies.Returns` (mypy cannot infer `T` from the union),
+    # the containers before the bare value, so `T` is the value a step's await gives.
+    @overload
     def step(
         self,
         name: str,
-        fn: Callable[..., object],
-        *args: Any,
+        fn: Callable[[*Ts], Result[T, object]],
+        *args: *Ts,
+        retry: Retry | None = None,
+        result: type[T] = ...,
+    ) -> Step[T]: ...
+    @overload
+    def step(
+        self,
+        name: str,
+        fn: Callable[[*Ts], IOResult[T, Any]],
+        *args: *Ts,
+        retry: Retry | None = None,
+        result: type[T] = ...,
+    ) -> Step[T]: ...
+    @overload
+    def step(
+        self,
+        name: str,
+        fn: Callable[[*Ts], FutureResult[T, object]],
+        *args: *Ts,
+        retry: Retry | None = None,
+        result: type[T] = ...,
+    ) -> Step[T]: ...
+    @overload
+    def step(
+        self,
+        name: str,
+        fn: Callable[[*Ts], RequiresContext[T, Any]],
+        *args: *Ts,
+        retry: Retry | None = None,
+        result: type[T] = ...,
+    ) -> Step[T]: ...
+    @overload
+    def step(
+        self,
+        name: str,
+        fn: Callable[[*Ts], RequiresContextResult[T, Any, Any]],
+        *args: *Ts,
+        retry: Retry | None = None,
+        result: type[T] = ...,
+    ) -> Step[T]: ...
+    @overload
+    def step(
+        self,
+        name: str,
+        fn: Callable[[*Ts], RequiresContextIOResult[T, Any, Any]],
+        *args: *Ts,
+        retry: Retry | None = None,
+        result: type[T] = ...,
+    ) -> Step[T]: ...
+    @overload
+    def step(
+        self,
+        name: str,
+        fn: Callable[[*Ts], RequiresContextFutureResult[T, Any, Any]],
+        *args: *Ts,
+        retry: Retry | None = None,
+        result: type[T] = ...,
+    ) -> Step[T]: ...
+    @overload
+    def step(
+        self,
+        name: str,
+        fn: Callable[[*Ts], Awaitable[Result[T, object]]],
+        *args: *Ts,
+        retry: Retry | None = None,
+        result: type[T] = ...,
+    ) -> Step[T]: ...
+    @overload
+    def step(
+        self,
+        name: str,
+        fn: Callable[[*Ts], Awaitable[IOResult[T, Any]]],
+        *args: *Ts,
+        retry: Retry | None = None,
+        result: type[T] = ...,
+    ) -> Step[T]: ...
+    @overload
+    def step(
+        self,
+        name: str,
+        fn: Callable[[*Ts], Awaitable[T]],
+        *args: *Ts,
+        retry: Retry | None = None,
+        result: type[T] = ...,
+    ) -> Step[T]: ...
+    @overload
+    def step(
+        self,
+        name: str,
+        fn: Callable[[*Ts], T],
+        *args: *Ts,
+        retry: Retry | None = None,
+        result: type[T] = ...,
+    ) -> Step[T]: ...
+    def step(
+        self,
+        name: str,
+        fn: Callable[[*Ts], object],
+        *args: *Ts,
         retry: Retry | None = None,
         result: Any = _UNSET,
     ) -> Step[Any]:

@@ -1,12 +1,15 @@
 """Workflow calls that must type-check: the client is typed by the definition's input and result,
-the context by the application's services, a signal wait by its payload type."""
+the context by the application's services, a signal wait by its payload type, a step by its
+function's parameters and the value it gives (in every body form)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import msgspec
+from returns.context import RequiresContextFutureResult
 from returns.future import FutureResult
+from returns.result import Result, Success
 
 import djobs
 
@@ -56,3 +59,34 @@ async def use(engine: djobs.Engine) -> None:
     del receipt
     await client.signal("o", "shipped", Shipped("T"))
     await client.cancel("o", reason="changed their mind")
+
+
+def tax(amount: int, rate: float) -> Result[int, str]:
+    return Success(round(amount * rate))
+
+
+async def fetch(order: Order) -> Shipped:
+    return Shipped(order.order_id)
+
+
+async def a_result_later(order: Order) -> Result[bytes, ValueError]:
+    return Success(order.order_id.encode())
+
+
+def from_services(order: Order) -> RequiresContextFutureResult[float, Exception, Deps]:
+    return RequiresContextFutureResult.from_value(1.5)
+
+
+async def steps(order: Order, ctx: djobs.WorkflowContext[Deps]) -> int:
+    total: int = await ctx.step("tax", tax, 100, 0.2)  # a Result's value
+    shipped: Shipped = await ctx.step("fetch", fetch, order)  # an async def's value
+    raw: bytes = await ctx.step("raw", a_result_later, order)
+    ratio: float = await ctx.step("services", from_services, order)
+    said: str = await ctx.step("hello", lambda: "hello")
+    flag: bool = await ctx.step("flag", lambda: True, result=bool)
+    doubled: int = await ctx.step("tax", tax, 1, 1.0).map(lambda n: n * 2)
+    del shipped, raw, ratio, said, flag, doubled
+    return await ctx.step("total", tax, total, 1.0)  # typed, so no Any is returned
+
+
+totals = djobs.Workflow.make("totals", input=Order, result=int, execute=steps)

@@ -43,3 +43,25 @@ async def use(engine: djobs.Engine) -> None:
     await client.start(id="o", input=Receipt("x"))  # E: arg-type
     wrong: str = (await client.result("o")).unwrap()  # E: assignment
     del wrong
+
+
+def tax(amount: int, rate: float) -> int:
+    return round(amount * rate)
+
+
+async def an_int(order: Order, ctx: djobs.WorkflowContext) -> int:
+    return 5
+
+
+async def steps(order: Order, ctx: djobs.WorkflowContext) -> str:
+    # mypy reports a step's overloads as one call: the arguments, then a count against the first.
+    await ctx.step("tax", tax, "100", 0.2)  # E: arg-type "Callable[[int, float], int]"  # E: call-arg
+    await ctx.step("tax", tax, 100)  # E: arg-type "Callable[[int, float], int]"
+    await ctx.step("tax", tax, 100, 0.2, 3)  # E: arg-type  # E: call-arg
+    wrong: str = await ctx.step("tax", tax, 100, 0.2)  # E: arg-type  # E: call-arg
+    del wrong
+    return await ctx.step("tax", tax, 100, 0.2)  # E: arg-type  # E: call-arg
+
+
+djobs.Workflow.make("bad", input=Order, result=str, execute=an_int)  # E: arg-type
+djobs.Workflow.make("bad", input=Order, result=Receipt, execute=steps)  # E: arg-type
