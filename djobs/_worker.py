@@ -246,6 +246,9 @@ class Worker:
         # Limited rows may wait for a slot here: the end of a run looks for them at once.
         self._slot_wanted = False
         self._running: dict[str, RunHandle] = {}
+        # ``now`` runs with a row, in their callers' tasks: `close` waits for them as for claimed runs.
+        self._now_runs = 0
+        self._now_over = trio.Event()
         # Rows this process holds a lease on: claimed (started or not) and ``now`` runs.
         # Keyed by (job id, attempt): a row this worker lost and then claimed again is a new hold.
         # A ``now`` run holds (job id, 0) for all its attempts.
@@ -334,6 +337,8 @@ class Worker:
         handle = RunHandle(claimed=attempt is not None, key=key, scope=trio.CancelScope(shield=attempt is not None))
         self._running[job_id] = handle
         self._hold(key)
+        if attempt is None:
+            self._now_runs += 1
         try:
             yield handle
         finally:
@@ -342,6 +347,10 @@ class Worker:
             if not handle.settling:
                 self._held.discard(key)
                 handle.end()
+            if attempt is None:
+                self._now_runs -= 1
+                if not self._now_runs:
+                    self._now_over.set()
 
     def cancel_local(self, job_id: str) -> trio.Event | None:
         """Cancel `job_id` if it runs (or waits to run) here; the event is set once its row is settled."""
@@ -1007,7 +1016,11 @@ class Worker:
 
     async def close(self, grace_seconds: float) -> None:
         """Hand back unstarted rows, let running jobs finish for up to `grace_seconds`,
-        then interrupt the rest and hand their rows back."""
+        then interrupt the rest and hand their rows back.
+
+        ``now`` runs with a row get the same grace; one still running after it is
+        cancelled, and its caller's task settles its row ``cancelled`` (the call
+        returns that `JobRun`) before this returns, so before the storage closes."""
         self.closing = True
         self._start_wanted.set()
         if self._ready or self._deferred:
@@ -1016,13 +1029,20 @@ class Worker:
             await self._hand_back(ready)
         with trio.move_on_after(grace_seconds):
             await self._wait_runs()
-        if self._claimed_runs:
+            await self._wait_now_runs()
+        if self._claimed_runs or self._now_runs:
             for handle in list(self._running.values()):
-                if handle.claimed:  # a ``now`` run belongs to its caller's task
-                    handle.scope.cancel()
+                # A ``now`` run too: its caller's task settles its row cancelled before the storage closes.
+                handle.scope.cancel()
             with trio.move_on_after(max(grace_seconds, 1.0)):
                 await self._wait_runs()
+                await self._wait_now_runs()
         await self.flush()
+
+    async def _wait_now_runs(self) -> None:
+        while self._now_runs:
+            self._now_over = trio.Event()
+            await self._now_over.wait()
 
     async def _wait_runs(self) -> None:
         while self._claimed_runs:

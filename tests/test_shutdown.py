@@ -110,3 +110,104 @@ async def test_a_close_waiting_on_a_slow_claim_lets_virtual_time_pass(
         await trio.sleep(0.5)  # the claim is in flight
         started = trio.current_time()
     assert trio.current_time() - started < 10
+
+
+async def call_now(client: djobs.Client, job: djobs.Job[Nothing, None], into: list[object]) -> None:
+    into.append(await client.job(job).now(Nothing()))
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize(("seconds", "status"), [(0.5, "completed"), (5, "cancelled")])
+async def test_a_now_call_under_way_when_the_engine_closes_gets_the_grace_and_reports_what_was_committed(
+    autojump_clock: trio.testing.MockClock,
+    layer: djobs.storage.StorageLayer,  # noqa: F811
+    seconds: float,
+    status: str,
+) -> None:
+    """A ``now`` run in a host task is waited for like a claimed run; past the grace it is
+    cancelled, and its row ends ``cancelled`` before the storage closes: what the call
+    returns is what the row says, and the job never runs a second time."""
+    runs: list[float] = []
+
+    async def body(params: Nothing, ctx: djobs.JobContext) -> None:
+        runs.append(trio.current_time())
+        await trio.sleep(seconds)
+
+    job = djobs.Job.make("inline", params=Nothing, execute=body)
+    results: list[object] = []
+    worker = djobs.WorkerOptions(lock_timeout="2 seconds")
+    async with trio.open_nursery() as host:
+        async with open_test_engine([job], storage=layer, shutdown_grace="1 second", worker=worker) as engine:
+            host.start_soon(call_now, engine.client, job, results)
+            await trio.sleep(0.1)  # the body runs; the block ends
+        assert len(results) == 1  # the close waited for the call to end, its row settled
+    (returned,) = results
+    run = success(returned)  # type: ignore[arg-type]
+    assert run.status == status
+    if status == "cancelled":
+        assert isinstance(run.error, djobs.JobCancelledError)
+    if repr(layer) == "sqlite(':memory:')":
+        return  # a private memory database ends with its engine
+    async with open_test_engine([job], storage=layer, worker=worker) as engine:
+        await trio.sleep(60)  # far past the lease the row had
+        assert run.job_id is not None
+        assert success(await engine.client.jobs.status(run.job_id)).status == status
+    assert len(runs) == 1
+
+
+@pytest.mark.trio
+async def test_a_now_call_whose_end_could_not_be_recorded_is_a_storage_error(
+    autojump_clock: trio.testing.MockClock,
+    layer: djobs.storage.StorageLayer,  # noqa: F811
+) -> None:
+    """A result is reported only once it is committed: a settle that fails is the call's
+    `StorageError`; the row stays running and runs again once its lease ends."""
+    runs: list[int] = []
+
+    async def body(params: Nothing, ctx: djobs.JobContext) -> None:
+        runs.append(ctx.attempt)
+
+    job = djobs.Job.make("inline", params=Nothing, execute=body)
+    async with open_test_engine([job], storage=layer, worker=djobs.WorkerOptions(lock_timeout="1 minute")) as engine:
+        storage = engine.storage
+        assert isinstance(storage, djobs.storage.QueueStorage)
+        real_settle = storage.settle_jobs
+
+        async def settle_failing_once(settlements: object) -> object:
+            storage.settle_jobs = real_settle  # type: ignore[method-assign]
+            raise djobs.StorageError("disk I/O error")
+
+        storage.settle_jobs = settle_failing_once  # type: ignore[method-assign]
+        error = djobs.testing.failure(await engine.client.job(job).now(Nothing()))
+        assert isinstance(error, djobs.StorageError)
+        assert "could not be recorded" in error.message and "disk I/O error" in error.message
+        (info,) = success(await engine.client.jobs.list())
+        assert info.status == "running"  # not reported, not recorded
+        await trio.sleep(5 * 60)  # the lease ends and a worker runs it again (at least once)
+        assert success(await engine.client.jobs.status(info.id)).status == "completed"
+        assert runs == [1, 2]  # the reclaim is attempt 2
+
+
+@pytest.mark.trio
+async def test_a_now_call_made_while_the_engine_closes_is_refused(autojump_clock: trio.testing.MockClock) -> None:
+    done: list[str] = []
+    slow = slow_job(5, done)
+    runs: list[str] = []
+
+    async def body(params: Nothing, ctx: djobs.JobContext) -> None:
+        runs.append("now")
+
+    inline = djobs.Job.make("inline", params=Nothing, execute=body)
+    results: list[object] = []
+
+    async def late_caller(client: djobs.Client) -> None:
+        await trio.sleep(1)  # the close is waiting for the slow job
+        await call_now(client, inline, results)
+
+    async with trio.open_nursery() as host, open_test_engine([slow, inline], shutdown_grace="10 seconds") as engine:
+        success(await engine.client.job(slow).later(Nothing()))
+        await trio.sleep(0.1)
+        host.start_soon(late_caller, engine.client)
+    error = djobs.testing.failure(results[0])  # type: ignore[arg-type]
+    assert isinstance(error, djobs.StorageError) and "closing" in error.message
+    assert done == ["job"] and runs == []

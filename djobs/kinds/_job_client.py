@@ -65,6 +65,13 @@ class JobClient(Generic[P, R]):
         (running → completed / failed / cancelled) that ``client.jobs`` sees
         and can cancel; with ``persist=False`` nothing is written and
         ``update_progress`` is a no-op.
+
+        With ``persist=True`` the `JobRun` is returned only once the row records
+        how the run ended; an end that could not be written is the call's
+        `StorageError` (the row stays running, and runs again after its lease).
+        The engine's close gives a run under way its ``shutdown_grace``, then
+        cancels it: the row ends ``cancelled``, as the `JobRun` says. A call
+        made while the engine closes is refused with `StorageError`.
         """
         h, q = self._handler, self._queue
         if h is None or q is None:

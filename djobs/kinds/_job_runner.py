@@ -25,6 +25,7 @@ from .._clock import LATEST_MS
 from .._codec import decode, decoder, encode
 from .._durations import to_ms
 from .._errors import (
+    CLOSED_MESSAGE,
     ExecutionError,
     JobCancelledError,
     JobError,
@@ -330,24 +331,31 @@ class JobHandler(Generic[P, R]):
             return AttemptEnd("pending", error=_error_json(error), retry_at=retry_at)
         return AttemptEnd("failed", error=_error_json(RetryExhaustedError(job.attempt, error)))
 
-    async def _apply(self, worker: Worker, settlement: JobSettlement, events: list[TrackedEvent]) -> bool:
+    async def _apply(
+        self, worker: Worker, settlement: JobSettlement, events: list[TrackedEvent]
+    ) -> StorageError | None:
+        """Write a ``now`` run's `settlement`, then emit `events`; the error that kept it from being written."""
+        job_id, attempt = settlement.job_id, settlement.attempt
         try:
             [applied] = await worker.storage.settle_jobs([settlement])
         except StorageError as exc:
             # The row stays leased; once the lease runs out it is reclaimed and runs again.
-            self._logger.error(
-                "job %s: could not record how attempt %d ended: %s", settlement.job_id, settlement.attempt, exc.message
+            self._logger.error("job %s: could not record how attempt %d ended: %s", job_id, attempt, exc.message)
+            return StorageError(
+                f"job {job_id}: how attempt {attempt} ended could not be recorded ({exc.message}); "
+                "the row stays running and runs again once its lease ends",
+                exc,
             )
-            return False
         if not applied:
             self._logger.warning(
-                "job %s: attempt %d lost its lease before it ended; its outcome is dropped",
-                settlement.job_id,
-                settlement.attempt,
+                "job %s: attempt %d lost its lease before it ended; its outcome is dropped", job_id, attempt
             )
-            return False
+            return StorageError(
+                f"job {job_id}: attempt {attempt} lost its lease before it ended; its outcome was not recorded "
+                "(the worker that took the row over runs it again)"
+            )
         worker.emit(events)
-        return True
+        return None
 
     # -- now ---------------------------------------------------------------------------
 
@@ -361,8 +369,17 @@ class JobHandler(Generic[P, R]):
         tenant_id: str | None,
         correlation_id: str | None,
     ) -> JobRun[R]:
-        """Run the job in the caller's task, retrying by its policy; raises `StorageError`."""
+        """Run the job in the caller's task, retrying by its policy; raises `StorageError`.
+
+        With `persist`, a result is returned only once the row records it: a
+        settle that could not be written (the storage failed or closed, the
+        lease was lost) raises `StorageError` instead. The row is refused
+        (`StorageError`) once the engine closes; the close gives a run under way
+        its grace, then cancels it, and the run ends ``cancelled``.
+        """
         env, job = self.env, self.job
+        if persist and worker.closing:
+            raise StorageError(CLOSED_MESSAGE)
         started = time.perf_counter()
         job_id: str | None = None
         if persist:
@@ -403,7 +420,11 @@ class JobHandler(Generic[P, R]):
             error: JobError | None,
             events: list[TrackedEvent],
             lease_until: int | None = None,
+            *,
+            check: bool = True,
         ) -> None:
+            """Write the row's new status; raises the `StorageError` that kept it from being
+            written (not with `check`, for a run whose own exception propagates)."""
             nonlocal settled
             if job_id is None:
                 worker.emit(events)
@@ -419,7 +440,10 @@ class JobHandler(Generic[P, R]):
                 lease_until=lease_until,
                 error=None if error is None else _error_json(error),
             )
-            await self._apply(worker, settlement, events)
+            failed = await self._apply(worker, settlement, events)
+            if failed is not None and check:
+                settled = True  # not recorded: the row is left to its lease (it runs again), not settled again
+                raise failed
 
         with cm as run:
             try:
@@ -439,7 +463,7 @@ class JobHandler(Generic[P, R]):
                     # The caller's own task was cancelled mid-run: the row ends cancelled.
                     with trio.CancelScope(shield=True):
                         cancelled = [worker.event("job.cancelled", job_id, job.name, attempt=who.attempt)]
-                        await settle("cancelled", None, JobCancelledError(job_id), cancelled)
+                        await settle("cancelled", None, JobCancelledError(job_id), cancelled, check=False)
                 raise
             # Settled inside the run's block: a `cancel` waiting for this run reads the final row.
             if run.scope.cancelled_caught:
