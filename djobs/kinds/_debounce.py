@@ -734,12 +734,15 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         """Apply `queue`'s adds in rounds until it is empty: each round one reducer run per add, one commit.
 
         A round runs in this task when the instance is free and its lease held
-        (`Runtime.enter`), on the instance's actor otherwise.
+        (`Runtime.enter`), on the instance's actor otherwise. An instance nothing
+        of this engine works on has its lease taken here first (`_take_lease`).
         """
         runtime = self.runtime
         lost = 0
         while queue:
             serial = runtime.enter(key)
+            if serial is None and not lost and runtime.untouched(key):
+                serial = await self._take_lease(key)
             if serial is not None:
                 token = CALLER_CONTEXT.set(contextvars.copy_context()) if self.env.tracking else None
                 try:
@@ -765,6 +768,25 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
                 if lost > 3:
                     while queue:
                         _finish(queue.popleft(), Failure(LeaseLostError(key)))
+
+    async def _take_lease(self, key: str) -> int | None:
+        """Take `key`'s lease in this task, one try, and enter it (`Runtime.enter`): its serial number.
+
+        ``None`` when another engine holds the lease, storage failed or work for
+        `key` began meanwhile: the round goes to the actor, which waits for the
+        lease (outside this writer's shield) and reports a failure to every add
+        queued. Saves starting an actor for an instance's first round.
+        """
+        runtime, env = self.runtime, self.env
+        leases = runtime.leases
+        try:
+            if not await env.storage.acquire_instance_lease(key, leases.owner, env.now_ms(), leases.lease_ms):
+                return None
+        except StorageError:
+            return None
+        if runtime.untouched(key):  # else an actor took the lease meanwhile and holds it
+            runtime.took_lease(key)
+        return runtime.enter(key)
 
     async def _round(self, key: str, serial: int, queue: deque[_QueuedAdd[E]], *, inline: bool) -> _Stop | None:
         """Apply the adds at the front of `queue` under the lease numbered `serial` and commit them as one write.
