@@ -101,6 +101,20 @@ async def queued_job(kind: str, *, sync: bool = False, limit: str | None = None,
         return job_message(success(await engine.client.jobs.status(job_id)))
 
 
+async def untracked_queued_job(kind: str) -> str:
+    """A queued synchronous body on an engine with no tracker and quiet logs (the drain's shortest path)."""
+
+    def body(params: Nothing, ctx: djobs.JobContext) -> None:
+        raise make_exception(kind)
+
+    job = djobs.Job.make("poison", params=Nothing, execute=body, retry=djobs.Retry(max_attempts=2, delay="1 second"))
+    async with open_test_engine([job], tracker=djobs.NoopTracker()) as engine:
+        job_id = success(await engine.client.job(job).later(Nothing()))
+        await trio.sleep(5)
+        await engine.wait_idle()
+        return job_message(success(await engine.client.jobs.status(job_id)))
+
+
 async def job_now(kind: str) -> str:
     async def body(params: Nothing, ctx: djobs.JobContext) -> None:
         raise make_exception(kind)
@@ -247,6 +261,7 @@ PLACES: dict[str, Place] = {
     "queued job, synchronous": lambda kind: queued_job(kind, sync=True),
     "queued job, with a timeout": lambda kind: queued_job(kind, limit="1 minute"),
     "queued job, blocking (thread)": lambda kind: queued_job(kind, blocking=True),
+    "queued job, synchronous, untracked": untracked_queued_job,
     "job now()": job_now,
     "event listener": event_listener,
     "cron body": cron_body,

@@ -54,7 +54,7 @@ def _error_event(error: JobError) -> dict[str, str]:
     return {"tag": error.tag, "message": error.message}
 
 
-def _raising(exc: Exception) -> Callable[[], object]:
+def _raising(exc: BaseException) -> Callable[[], object]:
     """A call that raises `exc`: a body's exception, caught where it ran, handed to `begin_body`."""
 
     def call() -> object:
@@ -230,7 +230,7 @@ class JobHandler(Generic[P, R]):
         begun: Result[object, JobError] | Pending
         try:
             value = self._body(params, ctx)
-        except Exception as exc:
+        except BaseException as exc:  # begin_body makes it a JobError, or lets a cancel or a Ctrl-C through
             begun = begin_body(_raising(exc))  # made a JobError there, as any body's exception is
         else:
             if value is None and self._null is not None:
