@@ -223,21 +223,26 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
         self.fresh.pop(checkin.key, None)
         await self.env.commit(checkin, events)
 
-    async def checkpoint(self, record: InstanceRecord, events: builtins.list[TrackedEvent]) -> None:
-        """A run's checkpoint: `record` (its log, status and counts) written over the stored
-        row under the lease, then `events` emitted. One fenced statement with an
-        `InstanceCheckpointer`, a `commit` with no alarm change otherwise.
+    async def checkpoint(
+        self, record: InstanceRecord, events: builtins.list[TrackedEvent], clear_alarm: bool = False
+    ) -> None:
+        """A run's checkpoint (or its end, with `clear_alarm`): `record` (its log, status and
+        counts) written over the stored row under the lease, then `events` emitted. One
+        fenced statement (and the alarm's deletion) with an `InstanceCheckpointer`, a
+        `commit` otherwise.
 
         Raises `StorageError` (`LeaseLostError` if another engine took the workflow over).
         """
         checkpointer = self.checkpointer
         if checkpointer is None:
-            await self.commit(Checkin(key=record.key, record=record), events)
+            await self.commit(
+                Checkin(key=record.key, record=record, alarm=ClearAlarm() if clear_alarm else None), events
+            )
             return
         env = self.env
         self.fresh.pop(record.key, None)
         try:
-            await checkpointer.checkpoint_instance(record, env.leases.owner)
+            await checkpointer.checkpoint_instance(record, env.leases.owner, clear_alarm)
         except LeaseLostError:
             env.leases.lost(record.key)  # take it afresh next time
             raise

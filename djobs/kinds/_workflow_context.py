@@ -279,8 +279,8 @@ class Run:
         record.execute_count = sum(1 for e in self.log.entries if e.kind == "step" and e.done)
         record.updated_at = self.env.now_ms()
         events, self.events = self.events, []
-        if alarm is None:
-            await self.handler.checkpoint(record, events)
+        if alarm is None or isinstance(alarm, ClearAlarm):
+            await self.handler.checkpoint(record, events, clear_alarm=alarm is not None)
         else:
             await self.handler.commit(Checkin(key=record.key, record=record, alarm=alarm), events)
 

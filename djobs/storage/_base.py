@@ -357,11 +357,12 @@ class InstanceCheckpointer(Protocol):
     """An instance's row rewritten in place under its lease, in one statement. Optional:
     without it, a workflow's checkpoint is a `commit` (a read of the lease, then the row)."""
 
-    async def checkpoint_instance(self, record: InstanceRecord, owner: str) -> None:
+    async def checkpoint_instance(self, record: InstanceRecord, owner: str, clear_alarm: bool = False) -> None:
         """Write `record`'s ``status``, ``run_count``, ``execute_count``, ``data`` and
-        ``updated_at`` over the instance stored under ``record.key`` (its other columns and
-        its alarm unchanged), only while `owner` holds the key's lease; with no instance
-        stored under the key, store `record` whole, as `commit` with no alarm change would.
+        ``updated_at`` over the instance stored under ``record.key`` (its other columns
+        unchanged), only while `owner` holds the key's lease; with no instance stored under
+        the key, store `record` whole, as `commit` would. The key's alarm is left as it is,
+        or with `clear_alarm` deleted in the same transaction (a `commit` with `ClearAlarm`).
 
         Raises:
             LeaseLostError: Another owner holds the key's lease, or none does (nothing is written).

@@ -1036,21 +1036,22 @@ class SqliteStorage:
             return exists.stored
         return None
 
-    async def checkpoint_instance(self, record: InstanceRecord, owner: str) -> None:
+    async def checkpoint_instance(self, record: InstanceRecord, owner: str, clear_alarm: bool = False) -> None:
         key = record.key
         args = (record.status, record.run_count, record.execute_count, record.data, record.updated_at, key, owner)
 
         def run(db: apsw.Connection) -> None:
             db.execute(_CHECKPOINT_INSTANCE, args)
-            if db.changes():
-                return
-            # Nothing changed: the lease is another's (nothing written), or no row is stored.
-            if _scalar_args(db, _sql.LEASE_OWNER, (key,)) != owner:
-                raise LeaseLostError(key)
-            db.execute(_sql.UPSERT_INSTANCE, instance_args(key, record))
+            if not db.changes():
+                # Nothing changed: the lease is another's (nothing written), or no row is stored.
+                if _scalar_args(db, _sql.LEASE_OWNER, (key,)) != owner:
+                    raise LeaseLostError(key)
+                db.execute(_sql.UPSERT_INSTANCE, instance_args(key, record))
+            if clear_alarm:
+                db.execute(_sql.DELETE_ALARM, (key,))
 
-        # One statement writes, whichever way: no savepoint.
-        await self.write(run, single=True)
+        # Without the alarm one statement writes, whichever way: no savepoint.
+        await self.write(run, single=not clear_alarm)
 
     async def has_event_id(self, key: str, event_id: str) -> bool:
         def run(db: apsw.Connection) -> bool:

@@ -210,6 +210,17 @@ async def _a_checkpoint_writes_its_columns_under_the_lease_and_nothing_without_i
     await storage.checkpoint_instance(whole, "engine-a")
     stored = await storage.load("workflow:w:b")
     assert stored is not None and stored[0] == whole and stored[1] is None, stored
+    # An end clears the alarm with the row; refused, it clears nothing.
+    ended = _record(key, state=b"1", tenant_id="acme", data=b"[1]", created_at=5, updated_at=40)
+    ended.status = "completed"
+    with _raises(LeaseLostError):
+        await storage.checkpoint_instance(ended, "engine-a", clear_alarm=True)
+    stored = await storage.load(key)
+    assert stored is not None and stored[0] == step and stored[1] is not None, stored
+    assert await storage.acquire_instance_lease(key, "engine-a", 50, 1000)
+    await storage.checkpoint_instance(ended, "engine-a", clear_alarm=True)
+    stored = await storage.load(key)
+    assert stored is not None and stored[0] == ended and stored[1] is None, stored
 
 
 async def _alarm_runs(layer: StorageLayer) -> None:
