@@ -69,7 +69,7 @@ class Uuid7:
         True
     """
 
-    __slots__ = ("_last_ms", "_random", "_seq")
+    __slots__ = ("_last_ms", "_prefix", "_random", "_seq")
 
     _SEQ_BITS = 74
 
@@ -79,21 +79,28 @@ class Uuid7:
         self._random = random.Random()
         self._last_ms = -1
         self._seq = 0
+        self._prefix = ""
 
     def __call__(self, ms: int) -> str:
         if ms > self._last_ms:
-            self._last_ms = ms
-            # Start in the lower half so a millisecond has room to count up.
-            self._seq = self._random.getrandbits(self._SEQ_BITS - 1)
+            self._new_ms(ms)
         else:
             self._seq += 1
             if self._seq >> self._SEQ_BITS:
-                self._last_ms += 1
-                self._seq = self._random.getrandbits(self._SEQ_BITS - 1)
+                self._new_ms(self._last_ms + 1)
         seq = self._seq
-        value = (self._last_ms & 0xFFFFFFFFFFFF) << 80 | 0x7 << 76 | (seq >> 62) << 64 | 0b10 << 62 | seq & (2**62 - 1)
-        h = f"{value:032x}"
-        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+        # The millisecond's part of the text is made once per millisecond (`_new_ms`); per id
+        # only the 74 counting bits are written out: 12, the variant (0b10), then 62, as 19 hex
+        # digits after a leading 0 (bytes.hex: a third cheaper than a format spec).
+        low = ((seq >> 62) << 64 | 0b10 << 62 | seq & 0x3FFFFFFFFFFFFFFF).to_bytes(10).hex()
+        return self._prefix + low[1:4] + "-" + low[4:8] + "-" + low[8:]
+
+    def _new_ms(self, ms: int) -> None:
+        self._last_ms = ms
+        # Start in the lower half so a millisecond has room to count up.
+        self._seq = self._random.getrandbits(self._SEQ_BITS - 1)
+        high = f"{ms & 0xFFFFFFFFFFFF:012x}"
+        self._prefix = f"{high[:8]}-{high[8:]}-7"
 
 
 @final
