@@ -430,12 +430,14 @@ class ContinuousHandler(TenantScoped, Generic[S]):
         """
         env = self.env
         writes: list[tuple[ClaimedAlarm, Checkin, _Run]] = []
+        #: The runs not yet finished nor handed to a task of their own (finished at the end,
+        #: whatever happens: nothing of the engine would run their instances otherwise).
+        left = {claimed.alarm.id: claimed for claimed in runs}
         try:
             for claimed in runs:
                 alarm, stored = claimed.alarm, claimed.stored
                 if stored is None or stored[1] is None or stored[1].id != alarm.id or stored[0].status == PAUSED:
-                    finish(claimed)  # terminated, paused or replaced since it was claimed (as `on_alarm`)
-                    continue
+                    continue  # terminated, paused or replaced since it was claimed (as `on_alarm`)
                 record, current = stored
                 attempt = record.attempt if alarm.purpose == "retry" else 1
                 try:
@@ -445,10 +447,12 @@ class ContinuousHandler(TenantScoped, Generic[S]):
                     if pending is not None:
                         later = functools.partial(self._finish_later, claimed, run, pending, finish)
                         self.runtime.spawn(later, alarm.key)
+                        del left[alarm.id]
                         continue
                     checkin = self._close(run)
                 except Exception as exc:  # a bug past the body
                     self.runtime.spawn(functools.partial(self._bug_later, claimed, attempt, exc, finish), alarm.key)
+                    del left[alarm.id]
                     continue
                 writes.append((claimed, checkin, run))
             if writes:
@@ -469,7 +473,7 @@ class ContinuousHandler(TenantScoped, Generic[S]):
                                 "continuous %s: could not record a run: %s", claimed.alarm.key, error.message
                             )
         finally:
-            for claimed, _, _ in writes:
+            for claimed in left.values():
                 finish(claimed)
 
     async def _finish_later(
