@@ -408,3 +408,35 @@ async def test_a_tracker_raising_any_exception_does_not_fail_the_job_nor_reach_t
         await trio.sleep(5)
         assert success(await engine.client.jobs.status(job_id)).status == "completed"
         assert run.status == "completed"
+
+
+@pytest.mark.trio
+async def test_a_group_holding_the_closes_cancel_and_a_base_exception_hands_the_job_back(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Cut off by the engine's close, a body whose nursery also raised is handed back uncounted, as any run."""
+    runs: list[int] = []
+
+    async def raise_on_cancel() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            raise Boom("while cancelled")
+
+    async def body(params: Nothing, ctx: djobs.JobContext) -> None:
+        runs.append(ctx.attempt)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.sleep_forever)
+            nursery.start_soon(raise_on_cancel)
+
+    job = djobs.Job.make("slow", params=Nothing, execute=body, max_attempts=1)
+    with tempfile.TemporaryDirectory() as directory:
+        path = f"{directory}/jobs.db"
+        async with trio.open_nursery():  # the host
+            async with djobs.open_engine([job], storage=djobs.sqlite(path), shutdown_grace="1 second") as engine:
+                job_id = success(await engine.client.job(job).later(Nothing()))
+                await trio.sleep(5)
+            async with djobs.open_engine([job], storage=djobs.sqlite(path), worker=None) as engine:
+                info = success(await engine.client.jobs.status(job_id))
+    assert runs == [1]
+    assert info.status == "pending" and info.attempts == 0
