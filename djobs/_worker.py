@@ -622,8 +622,9 @@ class Worker:
         # A limited row's end frees a slot of its key: look for rows waiting on it once this is written.
         poke_at = at if limited else end.retry_at
         if run is None:
+            if not self._settling:  # else the settle task has been woken already and not yet taken the batch
+                self._settle_wanted.set()
             self._settling.append((settlement, end.events, None, (job.id, job.attempt), poke_at))
-            self._settle_wanted.set()
             return
         self.settle(settlement, end.events, run, poke_at=poke_at)
 
