@@ -64,7 +64,11 @@ SCRIPTS: dict[str, tuple[list[str], set[str], set[str]]] = {
         {"open_to_first_alarm_s", "alarms_fired_per_s", "floor_alarms_per_s", "peak_rss_mb", "cpu_ms_per_1000"},
         set(),
     ),
-    "virtual_year": (["--days", "2"], {"real_s", "year_real_s", "continuous_runs", "cron_runs"}, set()),
+    "virtual_year": (
+        ["--days", "2"],
+        {"real_s", "year_real_s", "continuous_runs", "cron_runs", "per_virtual_hour"},
+        set(),
+    ),
     "postgres_enqueue": (["--jobs", "50"], {"jobs_per_s", "floor_jobs_per_s", "postgres"}, set()),
     "postgres_drain": (
         ["--jobs", "50", "--processes", "1"],
