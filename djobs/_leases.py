@@ -15,6 +15,7 @@ Arrows: this module needs storage and the clock; the actors
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import sys
@@ -79,12 +80,13 @@ class InstanceLeases:
         #: under the old lease is known to be stale (`serial`).
         self._held: dict[str, int] = {}
         self._serials = 0
-        self._leases_held = trio.Event()
         self._idle: dict[str, float] = {}
         self._leases_idle = trio.Event()
         self._releasing: dict[str, trio.Event] = {}
         #: How long (Trio seconds) an idle lease is kept before it is given up.
         self.linger = 0.05
+        #: The keeper's sleep: its deadline is the next renewal, never while no lease is held
+        #: (set and cleared without waking the keeper).
         self._renewal: trio.CancelScope | None = None
 
     def lost(self, key: str) -> None:
@@ -118,7 +120,9 @@ class InstanceLeases:
         """
         self._serials += 1
         self._held[key] = self._serials
-        self._leases_held.set()
+        renewal = self._renewal
+        if renewal is not None and renewal.deadline == math.inf:
+            renewal.deadline = trio.current_time() + self.lease_ms / 3000  # renew a third of a lease on
 
     def busy(self, key: str) -> None:
         """`key`'s lease is in use again (a handler runs in its caller's task): keep it."""
@@ -189,8 +193,7 @@ class InstanceLeases:
                 del self._releasing[k]
             done.set()
         if not self._held and self._renewal is not None:
-            self._renewal.cancel()  # nothing left to renew: the keeper need not wake for it
-            self._renewal = None
+            self._renewal.deadline = math.inf  # nothing left to renew: the keeper need not wake for it
         if not self._idle:
             self._leases_idle = trio.Event()
 
@@ -198,17 +201,14 @@ class InstanceLeases:
         """Renew the leases of instances whose handlers run long; the engine's one renewal task."""
         task_status.started()
         while True:
-            await self._leases_held.wait()
-            # Ended early once every lease is given up, so an idle engine has no wake-up for it;
-            # a lease taken since is fresh, and waits a whole interval from the next round.
-            with trio.CancelScope(deadline=trio.current_time() + self.lease_ms / 3000) as scope:
+            # A third of a lease on while leases are held; no deadline (and so no wake-up for an
+            # idle engine) while none is: `took` and `release_idle` move it without waking us.
+            deadline = trio.current_time() + self.lease_ms / 3000 if self._held else math.inf
+            with trio.CancelScope(deadline=deadline) as scope:
                 self._renewal = scope
                 await trio.sleep_forever()
-            given_up = self._renewal is not scope  # `release_idle` ended the sleep, not its deadline
             self._renewal = None
-            if not self._held:
-                self._leases_held = trio.Event()
-            elif not given_up:
+            if self._held:
                 now = self._clock.now_ms()
                 try:
                     await self._storage.renew_instance_leases(sorted(self._held), self.owner, now + self.lease_ms, now)
