@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextvars
 import heapq
+import math
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -253,7 +254,6 @@ class Worker:
         # Keyed by (job id, attempt): a row this worker lost and then claimed again is a new hold.
         # A ``now`` run holds (job id, 0) for all its attempts.
         self._held: set[tuple[str, int]] = set()
-        self._held_changed = trio.Event()
         # Rows in hand, not started, best first: (-priority, scheduled_for, id, claim round, row);
         # UUIDv7 ids put rows due together in the order they were enqueued.
         self._ready: list[tuple[int, int, str, int, ClaimedJob]] = []
@@ -280,8 +280,9 @@ class Worker:
         self._wakeup = Wakeup(env.clock, options.poll_interval_ms)
         #: The claim loop was woken to read its next due time again (`_none_held`).
         self._rechecking = False
-        #: The lease loop's sleep, while it sleeps.
+        #: The lease loop's sleep, while it sleeps: its deadline is the next renewal.
         self._renewal: trio.CancelScope | None = None
+        self._renew_every_s = max(self.lease_ms // 3, 1) / 1000
         # (settlement, its events, the run's handle (None: ended in `_launch`), its hold, the poke after it)
         self._settling: list[
             tuple[JobSettlement, Sequence[TrackedEvent], RunHandle | None, tuple[str, int], int | None]
@@ -374,7 +375,14 @@ class Worker:
 
     def _hold(self, key: tuple[str, int]) -> None:
         self._held.add(key)
-        self._held_changed.set()
+        self._renew_soon()
+
+    def _renew_soon(self) -> None:
+        """Rows are held: if the lease loop sleeps with none to renew, it renews a third
+        of a lease from now (its deadline moved, without waking it)."""
+        renewal = self._renewal
+        if renewal is not None and renewal.deadline == math.inf:
+            renewal.deadline = trio.current_time() + self._renew_every_s
 
     def _push_ready(self, job: ClaimedJob, claim_round: int = 0) -> None:
         heapq.heappush(self._ready, (-job.priority, job.scheduled_for, job.id, claim_round, job))
@@ -731,7 +739,7 @@ class Worker:
         """Every row this worker held has settled: nothing to renew, and the lease end
         the claim loop may sleep for is gone, so it reads its next due time again."""
         if self._renewal is not None:
-            self._renewal.cancel()
+            self._renewal.deadline = math.inf  # no wake-up for the lease loop until rows are held
         if self._wakeup.recheck():
             self._rechecking = True
 
@@ -871,7 +879,7 @@ class Worker:
         claim_round, held = self._round, self._held
         refused: list[ClaimedJob] = []
         fresh: list[tuple[int, int, str, int, ClaimedJob]] = []
-        self._held_changed.set()
+        self._renew_soon()
         for job in claimed:
             held.add((job.id, job.attempt))
             if job.limit_key is not None and not self.closing:
@@ -941,20 +949,17 @@ class Worker:
 
     async def lease_loop(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Renew the leases this process holds, three times per lock timeout."""
-        clock = self.env.clock
-        interval = max(self.lease_ms // 3, 1)
         task_status.started()
         while True:
-            if not self._held:
-                self._held_changed = trio.Event()
-                await self._held_changed.wait()
-            # Ended early once every row held has settled (`_none_held`), so an idle worker has
-            # no wake-up for it; rows claimed since have whole leases, renewed an interval on.
-            with trio.CancelScope() as scope:
+            # An interval on while rows are held; no deadline (no wake-up for an idle worker)
+            # while none is: `_renew_soon` and `_none_held` move it without waking this task.
+            # An interval is a duration, so it is timed on Trio's clock, as the lease keeper's.
+            deadline = trio.current_time() + self._renew_every_s if self._held else math.inf
+            with trio.CancelScope(deadline=deadline) as scope:
                 self._renewal = scope
-                await clock.sleep_until(clock.now_ms() + interval)
+                await trio.sleep_forever()
             self._renewal = None
-            if self._held and not scope.cancelled_caught:
+            if self._held:
                 await self.renew()
 
     async def renew(self) -> None:
