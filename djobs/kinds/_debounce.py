@@ -784,9 +784,13 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
                 return None
         except StorageError:
             return None
-        if runtime.untouched(key):  # else an actor took the lease meanwhile and holds it
+        if leases.free(key):  # else an actor took the lease meanwhile and holds it
             runtime.took_lease(key)
-        return runtime.enter(key)
+        serial = runtime.enter(key)
+        if serial is None and not runtime.actors.has_work(key):
+            # The engine began to close meanwhile: the lease is given up with the idle ones.
+            leases.went_idle(key)
+        return serial
 
     async def _round(self, key: str, serial: int, queue: deque[_QueuedAdd[E]], *, inline: bool) -> _Stop | None:
         """Apply the adds at the front of `queue` under the lease numbered `serial` and commit them as one write.
