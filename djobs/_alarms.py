@@ -162,12 +162,13 @@ class AlarmSleeper:
         """
         actors, leases = self._actors, self._leases
         assert leases is not None
-        held: list[str] = []
+        held: dict[str, AlarmBatchTarget] = {}
 
         def runs_here(key: str) -> bool:
             # In the claim's transaction, with no await: from here no actor starts for `key`.
-            if self._batch_target(key) is not None and actors.hold(key):
-                held.append(key)
+            target = self._batch_target(key)
+            if target is not None and actors.hold(key):
+                held[key] = target
                 return True
             return False
 
@@ -179,19 +180,17 @@ class AlarmSleeper:
             for key in held:
                 actors.leave(key)
             raise
-        mine_held = set(held)
         batches: dict[int, tuple[AlarmBatchTarget, list[ClaimedAlarm]]] = {}
         for one in claimed:
             key = one.alarm.key
             if not one.leased:
                 self._dispatch(one.alarm)
-                if key in mine_held:
+                if key in held:
                     actors.leave(key)  # its actor (posted to above) waits for the other engine's lease
                 continue
             actors.leased(key)
             self._claimed.add(one.alarm.id)
-            target = self._batch_target(key)
-            assert target is not None  # runs_here held only keys of batch targets
+            target = held[key]  # leased: runs_here held it
             batches.setdefault(id(target), (target, []))[1].append(one)
         for target, batch in batches.values():
             actors.spawn(functools.partial(target.fire_batch, batch, self._finish))

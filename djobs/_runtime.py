@@ -17,7 +17,6 @@ given here with it.
 
 from __future__ import annotations
 
-import contextvars
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -99,10 +98,6 @@ class Runtime:
     def spawn(self, fn: Handler, key: str | None = None) -> None:
         """Run `fn` in a task of its own, as a handler (of `key`) runs (`Actors.spawn`)."""
         self.actors.spawn(fn, key)
-
-    def context_for(self, key: str) -> contextvars.Context:
-        """A context in which user code runs as a handler of `key` (`Actors.context_for`)."""
-        return self.actors.context_for(key)
 
     async def call(self, key: str, fn: Callable[[], Awaitable[T]]) -> T:
         """Run `fn` on instance `key`'s actor and return its value or raise its error (`Actors.call`)."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal
 
@@ -433,6 +433,7 @@ class ContinuousHandler(TenantScoped, Generic[S]):
         #: The runs not yet finished nor handed to a task of their own (finished at the end,
         #: whatever happens: nothing of the engine would run their instances otherwise).
         left = {claimed.alarm.id: claimed for claimed in runs}
+        context_for = self.runtime.actors.context_for
         try:
             for claimed in runs:
                 alarm, stored = claimed.alarm, claimed.stored
@@ -443,7 +444,7 @@ class ContinuousHandler(TenantScoped, Generic[S]):
                 try:
                     run = self._open(record, current, triggered=False)
                     # In a context of its own, as in an actor: what the body sets stays with its run.
-                    pending = self.runtime.context_for(alarm.key).run(self._run_now, run)
+                    pending = context_for(alarm.key).run(self._run_now, run)
                     if pending is not None:
                         later = functools.partial(self._finish_later, claimed, run, pending, finish)
                         self.runtime.spawn(later, alarm.key)
@@ -465,7 +466,7 @@ class ContinuousHandler(TenantScoped, Generic[S]):
                     )
                 except Exception as exc:  # a bug past the bodies: each run's attempt counts, as in `on_alarm`
                     for claimed, _, run in writes:
-                        await self._bug(claimed.alarm, run.attempt, exc)
+                        await self._bug(claimed.alarm, run.info.attempt, exc)
                 else:
                     for (claimed, _, _), error in zip(writes, errors, strict=True):
                         if isinstance(error, StorageError):
@@ -486,7 +487,7 @@ class ContinuousHandler(TenantScoped, Generic[S]):
             except StorageError as exc:
                 self.env.logger.error("continuous %s: could not record a run: %s", claimed.alarm.key, exc.message)
             except Exception as exc:
-                await self._bug(claimed.alarm, run.attempt, exc)
+                await self._bug(claimed.alarm, run.info.attempt, exc)
         finally:
             finish(claimed)
 
@@ -511,7 +512,7 @@ class ContinuousHandler(TenantScoped, Generic[S]):
             ctx = run.ctx
             await self._await_body(run, lambda: self._body(ctx))
         await self.env.commit(self._close(run), run.events)
-        return run.run_count, run.outcome_kind
+        return run.info.run_count, run.outcome_kind
 
     def _open(self, record: InstanceRecord, alarm: Alarm | None, *, triggered: bool) -> _Run:
         """A run's context from the stored instance; a state that does not decode fails the run here."""
@@ -520,24 +521,22 @@ class ContinuousHandler(TenantScoped, Generic[S]):
         run_count = record.run_count if retrying else record.run_count + 1
         attempt = record.attempt if retrying else 1
         log = env.job_log(KIND, job.name, job.logging, instance=record.instance_id, run=run_count, attempt=attempt)
-        run = _Run(record, alarm, triggered, run_count, attempt, log)
+        info = RunInfo(record.key, KIND, job.name, run_count, attempt)
         assert record.state is not None
         # A run's path: the stored state decides between two blocks of statements.
         match decode(job.state, record.state, what="state"):
             case Success(state):
-                checkout = run.checkout = Checkout(state)
+                checkout = Checkout(state)
+                run = _Run(record, alarm, triggered, info, log, [], checkout)
                 run.ctx = ContinuousContext(
                     env, job.name, record.instance_id, log, checkout, job.state, run_count, attempt, record.tenant_id
                 )
             case Failure(error):
-                run.outcome_kind = "failed"
+                run = _Run(record, alarm, triggered, info, log, [], Checkout(None))
                 unreadable_state(
                     env, log, run.events, record, KIND, job.name, error, run_count=run_count, attempt=attempt
                 )
         return run
-
-    def _info(self, run: _Run) -> RunInfo:
-        return RunInfo(run.record.key, KIND, self.job.name, run.run_count, run.attempt)
 
     async def _await_body(self, run: _Run, call: Callable[[], object]) -> None:
         """Run the body (`call` gives what it gives) to its outcome, as every run but a batch's does."""
@@ -546,7 +545,7 @@ class ContinuousHandler(TenantScoped, Generic[S]):
         set_state = run.ctx.set_state
         run.outcome = await execute(
             env,
-            self._info(run),
+            run.info,
             run.checkout,
             lambda: run_returning_state(call, env.services, set_state, self._what),
             job.retry,
@@ -563,11 +562,10 @@ class ContinuousHandler(TenantScoped, Generic[S]):
         ctx = run.ctx
         if ctx is None:
             return None  # the state did not decode: the run failed without user code
-        body = self._body
-        ran = run_now(run.checkout, lambda: body(ctx), ctx.set_state)
+        ran = run_now(run.checkout, functools.partial(self._body, ctx), ctx.set_state)
         if isinstance(ran, Pending):
             return ran
-        run.outcome = judge(self.env, self._info(run), ran, self.job.retry, run.events, run.log)
+        run.outcome = judge(self.env, run.info, ran, self.job.retry, run.events, run.log)
         run.outcome_kind = run.outcome.kind
         return None
 
@@ -576,7 +574,7 @@ class ContinuousHandler(TenantScoped, Generic[S]):
         job, env = self.job, self.env
         record, alarm, outcome, outcome_kind, events = run.record, run.alarm, run.outcome, run.outcome_kind, run.events
         now = env.now_ms()
-        record.run_count, record.updated_at = run.run_count, now
+        record.run_count, record.updated_at = run.info.run_count, now
         if outcome_kind in ("terminated", "exhausted"):
             letter = None
             if outcome_kind == "exhausted":
@@ -591,13 +589,13 @@ class ContinuousHandler(TenantScoped, Generic[S]):
                         revived=again,
                         purpose="run",
                         error=outcome.error,
-                        attempts=run.attempt,
+                        attempts=run.info.attempt,
                         now=now,
                     )
             return Checkin(key=record.key, record=None, dead_letter=letter)
         if outcome_kind == "retrying":
             assert outcome is not None and outcome.retry_at is not None
-            record.attempt = run.attempt + 1
+            record.attempt = run.info.attempt + 1
             return Checkin(key=record.key, record=record, alarm=SetAlarm(outcome.retry_at, "retry"))
         record.attempt = 1
         checkout = run.checkout
@@ -615,11 +613,11 @@ class _Run:
     record: InstanceRecord
     alarm: Alarm | None
     triggered: bool
-    run_count: int
-    attempt: int
+    #: Its run count and attempt (``run_count`` is this run's, not the stored one).
+    info: RunInfo
     log: JobLog
-    events: list[TrackedEvent] = field(default_factory=list)
-    checkout: Checkout[Any] = field(default_factory=lambda: Checkout(None))
+    events: list[TrackedEvent]
+    checkout: Checkout[Any]
     ctx: ContinuousContext[Any, Any] | None = None
     outcome: Outcome | None = None
     outcome_kind: str = "failed"
