@@ -306,6 +306,8 @@ def _parse_expression(expression: object) -> Result[str, ValidationError]:
 #: How many days a walk of plain fields looks ahead: past every leap-day cycle (28 years).
 _MAX_DAYS = 366 * 30
 _ONE_DAY = timedelta(days=1)
+#: Zone names whose offset never changes from UTC's: a cron in one needs no daylight-saving pass.
+_UTC_NAMES = frozenset({"UTC", "Etc/UTC"})
 
 
 def _walls(plan: _Plan, start: datetime) -> Iterator[datetime]:
@@ -400,9 +402,14 @@ class Cron:
         """
         # Not cached on the instance, where msgspec would try to encode it; ZoneInfo keeps
         # its own cache of recently used zones, _plan its own of expressions.
-        zone = ZoneInfo(self.tz)
         plan = _plan(self.expression).unwrap()  # the constructor checked it
         after = _from_ms(after_ms)
+        if self.tz in _UTC_NAMES:
+            # No offset ever changes: the first matching wall time after `after` is the run.
+            for wall in _walls(plan, after.replace(tzinfo=None)):
+                return (wall.replace(tzinfo=UTC) - _EPOCH) // timedelta(milliseconds=1)
+            raise SchedulerError(f"cron {self.expression!r} in {self.tz}: no run time found after {after}")
+        zone = ZoneInfo(self.tz)
         best = self._first_pass(plan, zone, after)
         if plan.elapsed:
             second = self._second_pass(plan, zone, after, best)
