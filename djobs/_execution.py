@@ -271,6 +271,8 @@ class Env:
     handoffs: Handoffs = field(default_factory=Handoffs)
     #: The runs whose user code is running now, by instance key: ``terminate`` stops one.
     running: dict[str, Checkout[Any]] = field(default_factory=dict)
+    #: Each job's logger, by kind and name (`job_log`): looked up once, not per run.
+    job_loggers: dict[tuple[str, str], logging.Logger] = field(default_factory=dict)
     #: Whether events are worth building: not for the `NoopTracker`, which drops them.
     tracking: bool = field(init=False, default=True)
 
@@ -293,7 +295,9 @@ class Env:
 
     def job_log(self, kind: str, name: str, option: LoggingOption, **extra: Any) -> JobLog:
         """The ``ctx.log`` for one run of the job `name`."""
-        logger = self.logger.getChild(f"{kind}.{name}")
+        logger = self.job_loggers.get((kind, name))
+        if logger is None:
+            logger = self.job_loggers[kind, name] = self.logger.getChild(f"{kind}.{name}")
         return JobLog(logger, threshold(option), {"job": name, **extra})
 
     async def commit(self, checkin: Checkin, events: list[TrackedEvent] | None = None) -> None:
@@ -664,7 +668,18 @@ def judge(env: Env, info: RunInfo, ran: Ran, retry: Retry | None, events: list[T
     match result:
         case Success(value):
             log.debug("executed in %.1f ms", duration_ms)
-            ev("job.executed", run_count=info.run_count, duration_ms=duration_ms, attempt=info.attempt)
+            if tracking:  # as `ev`, without its call: every successful run passes here
+                events.append(
+                    env.event(
+                        "job.executed",
+                        info.key,
+                        info.kind,
+                        info.name,
+                        run_count=info.run_count,
+                        duration_ms=duration_ms,
+                        attempt=info.attempt,
+                    )
+                )
             return Outcome("succeeded", value=value, duration_ms=duration_ms)
         case Failure(error):
             failed = {

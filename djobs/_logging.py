@@ -51,6 +51,8 @@ class JobLog:
 
     def debug(self, message: str, *args: object, **fields: Any) -> None:
         """Log at DEBUG; shown only for jobs with ``logging=True`` or a DEBUG level."""
+        if self._threshold > logging.DEBUG:  # most jobs' (every run logs here): no call more
+            return
         self._log(logging.DEBUG, message, args, fields)
 
     def info(self, message: str, *args: object, **fields: Any) -> None:

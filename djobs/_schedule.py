@@ -29,6 +29,7 @@ wall-clock times here and `zoneinfo` maps them to instants.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -90,6 +91,8 @@ class Every:
     """
 
     interval: timedelta
+    #: The interval in whole milliseconds, worked out once (each fire adds it).
+    _interval_ms: int = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.interval, timedelta):
@@ -99,6 +102,7 @@ class Every:
         if to_ms(self.interval) < 1:
             raise ValidationError(f"interval must be at least 1 millisecond, got {self.interval!r}")
         check_interval(self.interval, "interval")
+        object.__setattr__(self, "_interval_ms", to_ms(self.interval))
 
     def next_after(self, after_ms: int) -> int:
         """``after_ms`` plus the interval.
@@ -107,7 +111,7 @@ class Every:
             >>> every("5s").next_after(1_000)
             6000
         """
-        return after_ms + to_ms(self.interval)
+        return after_ms + self._interval_ms
 
     def describe(self) -> str:
         """The schedule in words.
