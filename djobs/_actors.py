@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import math
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -50,7 +50,8 @@ class Actors:
     def __init__(self, nursery: trio.Nursery, leases: InstanceLeases, max_concurrency: int) -> None:
         self._nursery = nursery
         self._leases = leases
-        self._actors: dict[str, trio.MemorySendChannel[Message]] = {}
+        #: Each active instance's queue of work (a plain deque: one task reads it, `post` appends).
+        self._actors: dict[str, deque[Message]] = {}
         self._limiter = trio.CapacityLimiter(max_concurrency)
         self._idle = trio.Event()
         self._idle.set()
@@ -60,7 +61,7 @@ class Actors:
         #: The instances whose handler runs in its caller's task now (`enter`); work
         #: posted to one of them waits, its actor started only at `leave`.
         self._inline: dict[str, contextvars.Token[frozenset[str]] | None] = {}
-        self._waiting: dict[str, trio.MemoryReceiveChannel[Message]] = {}
+        self._waiting: dict[str, deque[Message]] = {}
 
     @property
     def active(self) -> int:
@@ -82,17 +83,16 @@ class Actors:
         `on_error` is told if the handler cannot run at all (the instance's
         lease could not be taken because storage failed).
         """
-        send = self._actors.get(key)
-        if send is None:
-            send, receive = trio.open_memory_channel[Message](math.inf)
-            self._actors[key] = send
+        queue = self._actors.get(key)
+        if queue is None:
+            queue = self._actors[key] = deque()
             if self._idle.is_set():
                 self._idle = trio.Event()
             if key in self._inline:
-                self._waiting[key] = receive  # after the handler running in its caller's task (`leave`)
+                self._waiting[key] = queue  # after the handler running in its caller's task (`leave`)
             else:
-                self._nursery.start_soon(self._actor, key, receive)
-        send.send_nowait((handler, on_error))
+                self._nursery.start_soon(self._actor, key, queue)
+        queue.append((handler, on_error))
 
     @property
     def closing(self) -> bool:
@@ -184,9 +184,9 @@ class Actors:
         token = self._inline.pop(key)
         if token is not None:
             _RUNNING.reset(token)
-        receive = self._waiting.pop(key, None)
-        if receive is not None:
-            self._nursery.start_soon(self._actor, key, receive)
+        queue = self._waiting.pop(key, None)
+        if queue is not None:
+            self._nursery.start_soon(self._actor, key, queue)
             return
         self._leases.went_idle(key)
         if not self._actors and not self._inline:
@@ -242,53 +242,52 @@ class Actors:
             raise StorageError("the engine closed before the call completed; it may not have been applied")
         return box[0]
 
-    async def _actor(self, key: str, receive: trio.MemoryReceiveChannel[Message]) -> None:
+    async def _actor(self, key: str, queue: deque[Message]) -> None:
         # Only the holder of the instance's lease runs its handlers, so two
         # engine processes on one database never run one instance at once.
         try:
             await self._leases.take(key)
         except Exception as exc:  # a storage failure, or a bug: the queued callers are told, the engine lives
             error = exc if isinstance(exc, StorageError) else StorageError(f"could not take the lease: {exc!r}", exc)
-            self._fail_queued(key, receive, error)
+            self._fail_queued(key, queue, error)
             return
-        while True:
+        limiter = self._limiter
+        while queue:
+            handler, _ = queue.popleft()
+            # A free slot is taken without a trip through the scheduler (`acquire` checkpoints).
             try:
-                handler, _ = receive.receive_nowait()
+                limiter.acquire_nowait()
             except trio.WouldBlock:
-                # Nothing queued: evict. No await lies between this check and
-                # the delete, so a post cannot slip in and be lost. The lease is
-                # kept a moment, so a busy instance does not pay for it per call;
-                # the lease releaser gives idle leases up in batches.
-                del self._actors[key]
-                self._leases.went_idle(key)
-                if not self._actors and not self._inline:
-                    self._idle.set()
-                return
-            async with self._limiter:
-                running = _RUNNING.set(frozenset((key,)))
-                # Shielded: a cancel of the scope around the engine does not kill a running
-                # handler; `close` lets it finish for the grace period, then cancels this scope.
-                scope = trio.CancelScope(shield=True)
-                self._handler_scopes.add(scope)
-                try:
-                    with scope:
-                        await handler()
-                except Exception:
-                    _log.exception("bug: a handler for %s raised; the instance's actor continues", key)
-                finally:
-                    self._handler_scopes.discard(scope)
-                    _RUNNING.reset(running)
+                await limiter.acquire()
+            running = _RUNNING.set(frozenset((key,)))
+            # Shielded: a cancel of the scope around the engine does not kill a running
+            # handler; `close` lets it finish for the grace period, then cancels this scope.
+            scope = trio.CancelScope(shield=True)
+            self._handler_scopes.add(scope)
+            try:
+                with scope:
+                    await handler()
+            except Exception:
+                _log.exception("bug: a handler for %s raised; the instance's actor continues", key)
+            finally:
+                self._handler_scopes.discard(scope)
+                _RUNNING.reset(running)
+                limiter.release()
+        # Nothing queued: evict. No await lies between the check of the queue and the
+        # delete, so a post cannot slip in and be lost. The lease is kept a moment, so a
+        # busy instance does not pay for it per call; the lease releaser gives idle leases
+        # up in batches.
+        del self._actors[key]
+        self._leases.went_idle(key)
+        if not self._actors and not self._inline:
+            self._idle.set()
 
-    def _fail_queued(self, key: str, receive: trio.MemoryReceiveChannel[Message], exc: StorageError) -> None:
+    def _fail_queued(self, key: str, queue: deque[Message], exc: StorageError) -> None:
         del self._actors[key]
         if not self._actors and not self._inline:
             self._idle.set()
-        messages = []
-        while True:
-            try:
-                messages.append(receive.receive_nowait())
-            except trio.WouldBlock:
-                break
+        messages = list(queue)
+        queue.clear()
         _log.error("could not take the lease of %s: %s", key, exc.message)
         for _, on_error in messages:
             if on_error is not None:
