@@ -52,6 +52,7 @@ from ..storage import (
     Checkin,
     ClearAlarm,
     InstanceRecord,
+    LeaseLostError,
     SetAlarm,
 )
 from ..tracking import TrackedEvent
@@ -115,10 +116,12 @@ def _result_type(fn: Callable[..., object], explicit: Any, step: str) -> Any:
     if explicit is not _UNSET:
         tp = explicit
     else:
-        with contextlib.suppress(TypeError):  # an unhashable callable is never cached
+        try:
             cached = _step_types.get(fn, _UNSET)
-            if cached is not _UNSET:
-                return cached  # checked when it was cached
+        except TypeError:  # an unhashable callable is never cached
+            cached = _UNSET
+        if cached is not _UNSET:
+            return cached  # checked when it was cached
         tp = _annotated_type(fn, step)
     try:
         decoder(tp)
@@ -268,21 +271,35 @@ class Run:
             raise _Stop()  # the body swallowed the stop and called again
 
     def event(self, type: str, **data: Any) -> None:
-        if self.env.tracking:  # no tracker listens: no event is built
-            self.events.append(self.handler.event(self.record, type, **data))
+        env = self.handler.env
+        if env.tracking:  # no tracker listens: no event is built
+            self.events.append(env.event(type, self.record.key, KIND, self.handler.job.name, **data))
 
     async def save(self, status: WorkflowStatusName, alarm: SetAlarm | ClearAlarm | None) -> None:
         """Commit the log with `status` and the events so far. Raises `StorageError`."""
-        record = self.record
+        record, handler = self.record, self.handler
+        env = handler.env
         record.data = encoder.encode(self.log)
         record.status = status
-        record.execute_count = sum(1 for e in self.log.entries if e.kind == "step" and e.done)
-        record.updated_at = self.env.now_ms()
+        record.execute_count = len([e for e in self.log.entries if e.kind == "step" and e.done])
+        record.updated_at = env.clock.now_ms()
         events, self.events = self.events, []
-        if alarm is None or isinstance(alarm, ClearAlarm):
-            await self.handler.checkpoint(record, events, clear_alarm=alarm is not None)
-        else:
-            await self.handler.commit(Checkin(key=record.key, record=record, alarm=alarm), events)
+        if alarm is not None and not isinstance(alarm, ClearAlarm):
+            await handler.commit(Checkin(key=record.key, record=record, alarm=alarm), events)
+            return
+        checkpointer = handler.checkpointer
+        if checkpointer is None:
+            await handler.checkpoint(record, events, clear_alarm=alarm is not None)
+            return
+        # `WorkflowHandler.checkpoint`'s common case, one coroutine fewer per write.
+        handler.fresh.pop(record.key, None)
+        try:
+            await checkpointer.checkpoint_instance(record, env.leases.owner, alarm is not None)
+        except LeaseLostError:
+            env.leases.lost(record.key)  # take it afresh next time
+            raise
+        if events:
+            env.emit(events)
 
     async def checkpoint(self) -> None:
         """`save` from inside the body: a failure stops the run (nothing after it may run)."""
@@ -344,20 +361,22 @@ class Run:
     async def step(
         self, name: str, fn: Callable[..., object], args: tuple[Any, ...], retry: Retry | None, tp: Any
     ) -> Any:
-        self.guard("ctx.step", name)
+        if self.in_call:
+            self.guard("ctx.step", name)
         entry = self.next_entry("step", name)
         result_type = _result_type(fn, tp, name)
         if entry is not None and entry.done:
             return self.replayed_step(entry, result_type)
         if entry is None:
-            entry = self.append(Entry(kind="step", name=name, done=False))
-        if self.cancel_pending():
+            entry = Entry(kind="step", name=name, done=False)
+            self.log.entries.append(entry)
+        if self.cancel_requested and not self.cancel_delivered:
             self.deliver_cancel(entry)
-        if entry.until is not None and entry.until > self.env.now_ms():
+        env = self.handler.env
+        if entry.until is not None and entry.until > env.now_ms():
             # Woken early (a signal or a restart) before this step's retry is due.
             self.suspend("running", SetAlarm(entry.until, RETRY))
         attempt = entry.attempts + 1
-        env = self.env
         self.in_call, self.current = True, name
         started = time.perf_counter()
         scope = None
@@ -374,7 +393,7 @@ class Run:
         if scope is not None and scope.cancelled_caught:
             entry.attempts = attempt
             self.deliver_cancel(entry)
-        entry.attempts, entry.at, entry.duration_ms = attempt, env.now_ms(), duration_ms
+        entry.attempts, entry.at, entry.duration_ms = attempt, env.clock.now_ms(), duration_ms
         match outcome:
             case Success(produced):
                 # A result that cannot be stored is a bug in the step or its type, not a failure to retry.
@@ -383,8 +402,12 @@ class Run:
                 )
                 entry.done, entry.until, entry.error = True, None, None
                 entry.value = msgspec.Raw(raw)
-                self.event("workflow.step_completed", step=name, attempt=attempt, duration_ms=duration_ms)
-                await self.checkpoint()
+                if env.tracking:
+                    self.event("workflow.step_completed", step=name, attempt=attempt, duration_ms=duration_ms)
+                try:  # `checkpoint`, inline: the result is committed before the step returns
+                    await self.save("running", None)
+                except StorageError as exc:
+                    self.halt("storage", exc)
                 return value
             case Failure(error):
                 await self.step_failed(entry, error, retry if retry is not None else self.handler.job.retry)

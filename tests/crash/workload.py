@@ -593,10 +593,14 @@ def plant_mutant(name: str) -> None:
     elif name == "lazy_checkpoint":
         from djobs.kinds._workflow_context import Run
 
-        async def later(self: Any) -> None:
-            pass  # a step's result is kept in memory until the workflow suspends
+        save = Run.save
 
-        Run.checkpoint = later  # type: ignore[method-assign]
+        async def later(self: Any, status: Any, alarm: Any) -> None:
+            if status == "running" and alarm is None:
+                return  # a step's result is kept in memory until the workflow suspends
+            await save(self, status, alarm)
+
+        Run.save = later  # type: ignore[method-assign]
     elif name == "job_without_key":
         from djobs.kinds._job_client import JobClient
 
