@@ -63,6 +63,7 @@ from ._dead_letters import (
 )
 from ._rows import (
     CRON_COLUMNS,
+    INSTANCE_COLUMNS,
     alarm_record,
     claimed_job,
     cron_record,
@@ -392,7 +393,9 @@ _ACQUIRE_LEASES = """
     WHERE instance_leases.owner = excluded.owner OR instance_leases.expires_at <= ?4
     RETURNING key
 """
-_LOAD_MANY = _sql.LOAD.replace("WHERE i.key = ?", "WHERE i.key IN (SELECT value FROM json_each(?))")
+#: The rows of a batch of claimed alarms' instances, without their alarms: each key's alarm
+#: is the one the claim just took, in the same transaction (``alarms.key`` is unique).
+_LOAD_MANY = f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE key IN (SELECT value FROM json_each(?))"
 _RELEASE_LEASES = "DELETE FROM instance_leases WHERE owner = ? AND key IN (SELECT value FROM json_each(?))"
 _SET_ALARM = "INSERT OR REPLACE INTO alarms (key, fire_at, due_at, purpose) VALUES (?, ?, ?, ?)"
 _LEASE_OWNERS = "SELECT key, owner FROM instance_leases WHERE key IN (SELECT value FROM json_each(?))"
@@ -1096,14 +1099,17 @@ class SqliteStorage:
             until = lease_now + instance_lease_ms
             keys = _names_encoder.encode(here)
             leased = [key for (key,) in db.execute(_ACQUIRE_LEASES, (keys, owner, until, lease_now))]
-            stored: dict[str, tuple[InstanceRecord, Alarm | None]] = {}
+            stored: dict[str, InstanceRecord] = {}
             if leased:
                 for row in db.execute(_LOAD_MANY, (_names_encoder.encode(leased),)):
-                    item = loaded(row)
-                    stored[item[0].key] = item
+                    record = instance_record(row)
+                    stored[record.key] = record
             taken = set(leased)
+            # An instance's alarm is the one claimed: what loading it with its row would give.
             return [
-                ClaimedAlarm(alarm, True, stored.get(alarm.key)) if alarm.key in taken else ClaimedAlarm(alarm)
+                ClaimedAlarm(alarm, True, None if (found := stored.get(alarm.key)) is None else (found, alarm))
+                if alarm.key in taken
+                else ClaimedAlarm(alarm)
                 for alarm in alarms
             ]
 
