@@ -98,6 +98,10 @@ class AlarmSleeper:
         self._leases = leases
         self._runs = storage if isinstance(storage, AlarmRunStore) and leases is not None else None
         self._claimed: set[int] = set()
+        #: Set by `keep_claims` once the close starts cancelling handlers: from then on an
+        #: alarm whose handler ends is remembered in `_cut_off`, to be released on close.
+        self._keeping = False
+        self._cut_off: set[int] = set()
 
     def register(self, prefix: str, target: AlarmTarget) -> None:
         """Route alarms whose key starts with `prefix` (``"continuous:name:"``) to `target`."""
@@ -114,8 +118,17 @@ class AlarmSleeper:
         """A commit set an alarm at `fire_at`: wake the sleeper if that is earlier than its wait."""
         self._wakeup.poke(fire_at)
 
+    def keep_claims(self) -> None:
+        """The close is about to cancel the handlers still running: their alarms stay to be
+        released by `release_claimed`, so a restart fires them at once, not after the alarm lease."""
+        self._keeping = True
+
     def done_with(self, alarm: Alarm) -> None:
         """The handler of a claimed alarm finished (committed or gave up)."""
+        if self._keeping:
+            # Cancelled by the close (or finished as it came): releasing an alarm is always
+            # safe, it only makes the row's due time its fire time again.
+            self._cut_off.add(alarm.id)
         self._claimed.discard(alarm.id)
         if len(self._claimed) <= self._in_flight // 2:
             self._room.set()
@@ -240,8 +253,9 @@ class AlarmSleeper:
 
     async def release_claimed(self) -> None:
         """Make the alarms still claimed due again at their fire time (a clean close: a restart fires them at once)."""
-        if self._claimed:
+        claimed = self._claimed | self._cut_off
+        if claimed:
             try:
-                await self._storage.release_alarms(sorted(self._claimed))
+                await self._storage.release_alarms(sorted(claimed))
             except StorageError as exc:
                 _log.warning("could not release claimed alarms on close: %s", exc.message)

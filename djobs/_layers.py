@@ -87,7 +87,11 @@ class Layers:
             if missing:
                 hint = ""
                 if name == "storage" and isinstance(layer, str):
-                    hint = f"; did you mean djobs.sqlite({layer!r:.80}) (or djobs.postgres(dsn))?"
+                    hint = (
+                        "; did you mean djobs.postgres(dsn)?"
+                        if "://" in layer
+                        else f"; did you mean djobs.sqlite({layer!r:.80}) (or djobs.postgres(dsn))?"
+                    )
                 raise ValidationError(
                     f"{name} must be a {_LAYER_TYPES[name]} (with {', '.join(methods)}),"
                     f" got {type(layer).__name__} {layer!r:.80}{hint}"

@@ -180,6 +180,7 @@ class Runtime:
             await self.wait_idle()
         # Past the grace: cancel what still runs (it commits nothing; its alarm fires
         # again after its lease, or at once after a restart, released below).
+        self.alarms.keep_claims()
         await self.actors.cancel_running(max(grace_seconds, 1.0))
         await self.leases.release_idle(0)
         await self.alarms.release_claimed()

@@ -290,5 +290,7 @@ async def test_a_layer_of_the_wrong_kind_is_refused_with_its_name(tmp_path: Path
             pass  # pragma: no cover
     if layer == "storage":
         assert "did you mean djobs.sqlite('jobs.db')" in raised.value.message
+        with pytest.raises(djobs.ValidationError, match=r"did you mean djobs\.postgres\(dsn\)\?$"):
+            djobs.Layers(storage="postgresql://postgres@127.0.0.1/test")  # type: ignore[arg-type]
     with pytest.raises(djobs.ValidationError, match=f"{layer} must be a"):
         djobs.Layers(**{layer: 42})  # type: ignore[arg-type]

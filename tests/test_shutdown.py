@@ -211,3 +211,30 @@ async def test_a_now_call_made_while_the_engine_closes_is_refused(autojump_clock
     error = djobs.testing.failure(results[0])  # type: ignore[arg-type]
     assert isinstance(error, djobs.StorageError) and "closing" in error.message
     assert done == ["job"] and runs == []
+
+
+@pytest.mark.trio
+async def test_an_alarm_whose_handler_the_close_cut_off_fires_at_once_after_a_restart(
+    autojump_clock: trio.testing.MockClock,
+    layer: djobs.storage.StorageLayer,  # noqa: F811
+) -> None:
+    # The close releases the alarms of handlers it cancelled (embedding guide, shutdown step 4):
+    # they were claimed for the alarm lease (5 minutes) and fired only after it.
+    starts: list[float] = []
+
+    async def run(ctx: djobs.ContinuousContext[Count]) -> Count:
+        starts.append(trio.current_time())
+        await trio.sleep(600)
+        return Count(ctx.state.n + 1)
+
+    counter = djobs.Continuous.make("cut", state=Count, schedule=djobs.every("1 hour"), execute=run)
+    async with open_test_engine([counter], storage=layer, shutdown_grace="1 second") as engine:
+        await engine.client.continuous(counter).start(id="a", input=Count())
+        await trio.sleep(1)
+    assert len(starts) == 1
+    if repr(layer) == "sqlite(':memory:')":
+        return  # a private memory database ends with its engine
+    reopened = trio.current_time()
+    async with open_test_engine([counter], storage=layer, shutdown_grace="1 second"):
+        await trio.sleep(30)
+    assert len(starts) == 2 and starts[1] - reopened < 5  # at once, not after the alarm's 5-minute lease

@@ -146,8 +146,9 @@ class CronJob(Definition[D_contra], Generic[D_contra]):
             concurrency: With `execute`: at most this many of its runs at once,
                 across every engine process on the database (`Job.make`'s
                 ``concurrency``); ``1`` keeps a slow run from overlapping the
-                next fire, as APScheduler's ``max_instances=1``: the fire waits,
-                pending, until the run before it ends.
+                next fire: the fire's job waits, pending, until the run before
+                it ends (APScheduler's ``max_instances=1`` skips it instead, so
+                a body slower than its interval for good builds a backlog here).
             rate_limit: With `execute`: `Job.make`'s ``rate_limit``.
 
         Raises:
