@@ -94,8 +94,10 @@ def check_storable(tp: Any, what: str) -> None:
 
 
 def type_name(tp: Any) -> str:
-    """`tp` as a message names it: a class's name, anything else's repr."""
-    return getattr(tp, "__name__", None) or repr(tp)
+    """`tp` as a message names it: a class's name, anything else (``list[Item]``) as written."""
+    if isinstance(tp, type) and not get_args(tp):
+        return tp.__name__
+    return repr(tp).replace("typing.", "")
 
 
 def encode(

@@ -176,6 +176,15 @@ async def test_a_result_may_be_any_storable_type_as_a_workflows_may(autojump_clo
         await engine.wait_idle()
         info = success(await engine.client.jobs.status(queued))
         assert info.result == [Receipt("o", 5)]  # typed back by the registered job
+
+    def wrong(params: Order, ctx: djobs.JobContext) -> object:
+        return {"order_id": "o"}
+
+    bad = djobs.Job.make("bad-list", params=Order, result=list[Receipt], execute=wrong)
+    async with open_test_engine([bad]) as engine:
+        run = success(await engine.client.job(bad).now(Order("o", 1)))
+        assert isinstance(run.error, djobs.ValidationError)
+        assert "does not match list[" in run.error.message and "Receipt]" in run.error.message  # not "list"
     with pytest.raises(djobs.ValidationError, match="cannot be stored"):
         djobs.Job.make("bad", params=Order, result=Recorder, execute=total)  # type: ignore[arg-type]
 
