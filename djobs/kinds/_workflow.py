@@ -294,8 +294,12 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
         self, instance_id: str, input: I, parent: str | None = None
     ) -> Result[WorkflowStartResult, ValidationError | StorageError]:
         job, env = self.job, self.env
-        encoded = encode(job.input, input, what=f"input of workflow {job.name!r}", limit=env.max_payload_bytes)
-        return await bind_async(encoded, lambda state: self._start(instance_id, state, parent))
+        match encode(job.input, input, what=f"input of workflow {job.name!r}", limit=env.max_payload_bytes):
+            case Success(state):
+                return await self._start(instance_id, state, parent)
+            case Failure(refused):
+                return Failure(refused)
+        raise AssertionError("encode gives a Success or a Failure")
 
     async def _start(
         self, instance_id: str, state: bytes, parent: str | None
@@ -318,7 +322,7 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
                 updated_at=now,
             )
             checkin = Checkin(key=key, record=record, alarm=self._wake_alarm(now))
-            return record, checkin, [self.event(record, "workflow.started")]
+            return record, checkin, [self.event(record, "workflow.started")] if env.tracking else []
 
         def existing(stored: InstanceRecord) -> Result[WorkflowStartResult, ValidationError | StorageError]:
             return Success(WorkflowStartResult(False, instance_id, cast(WorkflowStatusName, stored.status)))
@@ -689,7 +693,6 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
         self, run: Run, status: Literal["completed", "failed", "cancelled"], error: JobError | None = None
     ) -> None:
         log = run.log
-        duration_ms = round((time.perf_counter() - run.started) * 1000, 3)
         if status == "cancelled":
             reason = log.cancel_reason
             because = error.message if error else f"cancelled: {reason or 'no reason given'}"
@@ -698,7 +701,8 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
         elif error is not None:
             log.error = ErrorInfo.of(error)
             run.event("workflow.failed", error=error_data(error))
-        else:
+        elif self.env.tracking:
+            duration_ms = round((time.perf_counter() - run.started) * 1000, 3)
             run.event("workflow.completed", steps=run.record.execute_count, duration_ms=duration_ms)
         log.inbox.clear()  # undelivered signals die with the workflow
         if log.parent is not None and not log.parent_told:
