@@ -31,7 +31,7 @@ import inspect
 import types
 import typing
 from collections.abc import Awaitable
-from typing import Any, TypeAlias, TypeVar, cast
+from typing import Any, Final, TypeAlias, TypeVar, cast
 
 from returns.context import (
     RequiresContext,
@@ -187,6 +187,8 @@ async def normalise(value: object, services: object, what: str) -> Result[object
 def immediate(value: object) -> Result[object, object] | None:
     """`normalise`'s answer for a value that needs no await (a plain value or a ``Result``),
     without awaiting; ``None`` for any other form (normalise it)."""
+    if value is None:  # most synchronous bodies' value: one shared result, no container built
+        return _SUCCESS_NONE
     form = _FORMS.get(type(value))
     if form is None and _remember(type(value)):
         form = _FORMS[type(value)]
@@ -196,6 +198,9 @@ def immediate(value: object) -> Result[object, object] | None:
         return cast(Result[object, object], value)
     return None
 
+
+#: ``Success(None)``, built once: containers are immutable, so every run may share it.
+_SUCCESS_NONE: Final[Result[object, object]] = Success(None)
 
 #: How many wrappers deep a body's value may be (an async def returning a FutureResult is two).
 _MAX_NESTING = 4
