@@ -62,6 +62,9 @@ class Actors:
         #: posted to one of them waits, its actor started only at `leave`.
         self._inline: dict[str, contextvars.Token[frozenset[str]] | None] = {}
         self._waiting: dict[str, deque[Message]] = {}
+        #: Actors of instances whose lease is held here, waiting for a concurrency slot without a
+        #: task yet (`_start`); a slot given back (`_release`) starts the first of them.
+        self._backlog: deque[tuple[str, deque[Message]]] = deque()
 
     @property
     def active(self) -> int:
@@ -91,8 +94,49 @@ class Actors:
             if key in self._inline:
                 self._waiting[key] = queue  # after the handler running in its caller's task (`leave`)
             else:
-                self._nursery.start_soon(self._actor, key, queue)
+                self._start(key, queue)
         queue.append((handler, on_error))
+
+    def _start(self, key: str, queue: deque[Message]) -> None:
+        """Start the actor of `key`. When this engine holds `key`'s lease (the actor takes it
+        without waiting), a concurrency slot is taken for its first handler now, or, with none
+        free, it waits in the backlog without a task of its own until `_release` starts it:
+        no task is started only to wait on the limiter (a Trio task step fewer per handler).
+        """
+        if self._leases.serial(key) is None:
+            self._nursery.start_soon(self._actor, key, queue, None)
+            return
+        self._leases.busy(key)  # not given up while it waits
+        slot = object()
+        try:
+            self._limiter.acquire_on_behalf_of_nowait(slot)
+        except trio.WouldBlock:
+            self._backlog.append((key, queue))
+            return
+        self._nursery.start_soon(self._actor, key, queue, slot)
+
+    async def _acquire(self) -> object:
+        """Take a concurrency slot (without a trip through the scheduler when one is free)."""
+        slot = object()
+        try:
+            self._limiter.acquire_on_behalf_of_nowait(slot)
+        except trio.WouldBlock:
+            await self._limiter.acquire_on_behalf_of(slot)
+        return slot
+
+    def _release(self, slot: object) -> None:
+        """Give a concurrency slot back; start the backlog's actors while slots are free."""
+        limiter = self._limiter
+        limiter.release_on_behalf_of(slot)
+        backlog = self._backlog
+        while backlog:
+            slot = object()
+            try:
+                limiter.acquire_on_behalf_of_nowait(slot)
+            except trio.WouldBlock:
+                return
+            key, queue = backlog.popleft()
+            self._nursery.start_soon(self._actor, key, queue, slot)
 
     @property
     def closing(self) -> bool:
@@ -171,8 +215,11 @@ class Actors:
         self._handler_scopes.add(scope)
         try:
             with scope:
-                async with self._limiter:
+                slot = await self._acquire()
+                try:
                     await fn()
+                finally:
+                    self._release(slot)
         except Exception:
             _log.exception("bug: work run outside an actor raised; the engine continues")
         finally:
@@ -186,7 +233,7 @@ class Actors:
             _RUNNING.reset(token)
         queue = self._waiting.pop(key, None)
         if queue is not None:
-            self._nursery.start_soon(self._actor, key, queue)
+            self._start(key, queue)
             return
         self._leases.went_idle(key)
         if not self._actors and not self._inline:
@@ -242,23 +289,22 @@ class Actors:
             raise StorageError("the engine closed before the call completed; it may not have been applied")
         return box[0]
 
-    async def _actor(self, key: str, queue: deque[Message]) -> None:
+    async def _actor(self, key: str, queue: deque[Message], slot: object | None) -> None:
+        # `slot`: a concurrency slot `_start` took for the first handler, or None.
         # Only the holder of the instance's lease runs its handlers, so two
         # engine processes on one database never run one instance at once.
         try:
             await self._leases.take(key)
         except Exception as exc:  # a storage failure, or a bug: the queued callers are told, the engine lives
+            if slot is not None:
+                self._release(slot)
             error = exc if isinstance(exc, StorageError) else StorageError(f"could not take the lease: {exc!r}", exc)
             self._fail_queued(key, queue, error)
             return
-        limiter = self._limiter
         while queue:
             handler, _ = queue.popleft()
-            # A free slot is taken without a trip through the scheduler (`acquire` checkpoints).
-            try:
-                limiter.acquire_nowait()
-            except trio.WouldBlock:
-                await limiter.acquire()
+            if slot is None:
+                slot = await self._acquire()
             running = _RUNNING.set(frozenset((key,)))
             # Shielded: a cancel of the scope around the engine does not kill a running
             # handler; `close` lets it finish for the grace period, then cancels this scope.
@@ -272,7 +318,8 @@ class Actors:
             finally:
                 self._handler_scopes.discard(scope)
                 _RUNNING.reset(running)
-                limiter.release()
+                self._release(slot)
+                slot = None
         # Nothing queued: evict. No await lies between the check of the queue and the
         # delete, so a post cannot slip in and be lost. The lease is kept a moment, so a
         # busy instance does not pay for it per call; the lease releaser gives idle leases
