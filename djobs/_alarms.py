@@ -162,11 +162,6 @@ class AlarmSleeper:
         # alarm fires again after its lease, and no longer counts as in flight here.
         self._actors.post(alarm.key, fire, lambda _error: self.done_with(alarm))
 
-    def _batch_target(self, key: str) -> AlarmBatchTarget | None:
-        kind, _, rest = key.partition(":")
-        name, _, _ = rest.partition(":")
-        return self._batched.get(f"{kind}:{name}:")
-
     async def _claim_runs(self, runs: AlarmRunStore, now: int, limit: int, mine: list[str]) -> None:
         """Claim due alarms with their instances' leases and rows, and run those in batches.
 
@@ -176,10 +171,13 @@ class AlarmSleeper:
         actors, leases = self._actors, self._leases
         assert leases is not None
         held: dict[str, AlarmBatchTarget] = {}
+        batched = self._batched
 
         def runs_here(key: str) -> bool:
             # In the claim's transaction, with no await: from here no actor starts for `key`.
-            target = self._batch_target(key)
+            # Its definition's batch target, by the key's ``kind:name:`` prefix (as `target_for`).
+            kind, _, rest = key.partition(":")
+            target = batched.get(f"{kind}:{rest.partition(':')[0]}:")
             if target is not None and actors.hold(key):
                 held[key] = target
                 return True

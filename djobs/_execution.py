@@ -412,6 +412,8 @@ def begin_body(call: Callable[[], object]) -> Result[object, JobError] | Pending
     result = immediate(value)
     if result is None:
         return Pending(value)
+    if isinstance(result, Success):  # a success needs no normalising (`alt` would return it)
+        return result
     return result.alt(_as_job_error)
 
 
