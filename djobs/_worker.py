@@ -832,6 +832,9 @@ class Worker:
                 self._log.error("claim loop: %s; trying again in 1 s", exc.message)
                 await trio.sleep(1)
                 continue
+            except BaseException:
+                self.env.handoffs.end()  # a bug: the loop restarts (`_guarded`), no hand-off is left counted
+                raise
             try:
                 if expired:
                     self._report_expired(expired)

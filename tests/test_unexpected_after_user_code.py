@@ -172,3 +172,29 @@ async def test_an_injected_bug_is_raised_at_the_call() -> None:
     async with layer.open():
         with pytest.raises(ValueError, match="at the call"):
             layer.fail("commit", kind="bug", at="commit")
+
+
+class Nothing(msgspec.Struct):
+    pass
+
+
+@pytest.mark.trio
+async def test_a_bug_in_the_job_claim_leaves_the_worker_whole(autojump_clock: trio.testing.MockClock) -> None:
+    # The claim loop counted its claim as a hand-off in flight and ended the count only on a
+    # StorageError: after any other exception the engine never looked idle again (wait_idle
+    # hung; a close waited out its grace). The loop restarts and the job runs.
+    ran: list[str] = []
+
+    def work(params: Nothing, ctx: djobs.JobContext) -> None:
+        ran.append(ctx.job_id)
+
+    job = djobs.Job.make("work", params=Nothing, execute=work)
+    storage = faulty(djobs.memory())
+    async with open_test_engine([job], storage=storage, shutdown_grace="10 minutes") as engine:
+        storage.fail("claim_jobs", kind="bug", times=1)
+        job_id = success(await engine.client.job(job).later(Nothing()))
+        with trio.fail_after(60):
+            await engine.wait_idle()
+        assert ran == [job_id] and storage.injected == 1
+        closing = trio.current_time()
+    assert trio.current_time() - closing < 60  # not the 10-minute grace
