@@ -132,26 +132,44 @@ class JobHandler(Generic[P, R]):
         self, params: P, who: _Attempt, run_id: str | None, storage: QueueStorage | None, run_ms: int = 0
     ) -> tuple[_Run, Callable[[], object]]:
         """An attempt's context, log and identity, and the call of its body (`run_id`: see `JobContext`)."""
-        env, job = self.env, self.job
         key = who.job_id or run_id or ""
-        log = JobLog(self._logger, self._threshold, {"job": job.name, "job_id": key, "attempt": who.attempt})
         lease = (storage, who.worker_id) if storage is not None and who.worker_id is not None else None
+        ctx, log = self._context(
+            key, who.job_id, run_id, who.attempt, who.max_attempts, who.tenant_id, who.correlation_id, lease, run_ms
+        )
+        run = _Run(who, log, RunInfo(key, KIND, self.job.name, 1, who.attempt), [], time.perf_counter())
+        body = self._body
+        return run, lambda: body(params, ctx)
+
+    def _context(
+        self,
+        key: str,
+        job_id: str | None,
+        run_id: str | None,
+        attempt: int,
+        max_attempts: int,
+        tenant_id: str | None,
+        correlation_id: str | None,
+        lease: tuple[QueueStorage, str] | None,
+        run_ms: int,
+    ) -> tuple[JobContext[Any], JobLog]:
+        """An attempt's context and its log (`key`: the id its log lines name)."""
+        name = self.job.name
+        log = JobLog(self._logger, self._threshold, {"job": name, "job_id": key, "attempt": attempt})
         ctx: JobContext[Any] = JobContext(
-            env,
-            job.name,
+            self.env,
+            name,
             log,
-            job_id=who.job_id,
+            job_id=job_id,
             run_id=run_id,
-            attempt=who.attempt,
-            max_attempts=who.max_attempts,
-            tenant_id=who.tenant_id,
-            correlation_id=who.correlation_id,
+            attempt=attempt,
+            max_attempts=max_attempts,
+            tenant_id=tenant_id,
+            correlation_id=correlation_id,
             lease=lease,
             run_ms=run_ms,
         )
-        run = _Run(who, log, RunInfo(key, KIND, job.name, 1, who.attempt), [], time.perf_counter())
-        body = self._body
-        return run, lambda: body(params, ctx)
+        return ctx, log
 
     def _judge(self, run: _Run, result: Result[object, JobError]) -> Outcome:
         """What the body's `result` means: encoded (a bad result is the attempt's
@@ -207,21 +225,18 @@ class JobHandler(Generic[P, R]):
         except (msgspec.ValidationError, msgspec.DecodeError):
             return self._start_slowly(job, lease)
         env, definition = self.env, self.job
-        job_id, attempt = job.id, job.attempt
-        log = JobLog(self._logger, self._threshold, {"job": definition.name, "job_id": job_id, "attempt": attempt})
+        job_id = job.id
         # The run id is minted only if the body reads it (the job id names the attempt's logs and events).
-        ctx: JobContext[Any] = JobContext(
-            env,
-            definition.name,
-            log,
-            job_id=job_id,
-            run_id=None,
-            attempt=attempt,
-            max_attempts=job.max_attempts,
-            tenant_id=job.tenant_id,
-            correlation_id=job.correlation_id,
-            lease=lease,
-            run_ms=env.clock.now_ms(),
+        ctx, log = self._context(
+            job_id,
+            job_id,
+            None,
+            job.attempt,
+            job.max_attempts,
+            job.tenant_id,
+            job.correlation_id,
+            lease,
+            env.clock.now_ms(),
         )
         if self._timed or definition.limits.timeout_ms is not None:
             run = self._run_of(job, log)
