@@ -48,3 +48,13 @@ not_text = djobs.Job.make(
     limit_key=lambda p: p.page,  # E: arg-type  # E: return-value
 )
 rate_number = djobs.Job.make("bad3", params=Sync, execute=sync, rate_limit=100)  # E: call-overload
+
+
+# A cron job with its own body takes the same limits; a rate is text or a RateLimit there too.
+def tick(fire: djobs.CronFire, ctx: djobs.JobContext) -> None: ...
+
+
+one_at_a_time = djobs.CronJob.make("tick", schedule="* * * * *", execute=tick, concurrency=1)
+cron_rate = djobs.CronJob.make("tickRate", schedule="* * * * *", execute=tick, rate_limit="1/minute")
+cron_bad_count = djobs.CronJob.make("bad4", schedule="* * * * *", execute=tick, concurrency="1")  # E: arg-type
+cron_bad_rate = djobs.CronJob.make("bad5", schedule="* * * * *", execute=tick, rate_limit=5)  # E: arg-type

@@ -36,3 +36,27 @@ def a_failure_must_be_an_exception(result: Result[int, str]) -> int:
 
 async def a_verb_never_awaited(client: djobs.Client, job: djobs.Job[Ping, None]) -> None:
     client.job(job).later(Ping("x"))  # E: unused-awaitable
+
+
+# A job's result may be any storable type; the body must return it, and the run is typed by it.
+def count(params: Ping, ctx: djobs.JobContext) -> int:
+    return len(params.text)
+
+
+def pings(params: Ping, ctx: djobs.JobContext) -> list[Ping]:
+    return [params]
+
+
+counter: djobs.Job[Ping, int] = djobs.Job.make("count", params=Ping, result=int, execute=count)
+listed: djobs.Job[Ping, list[Ping]] = djobs.Job.make("pings", params=Ping, result=list[Ping], execute=pings)
+wrong_result = djobs.Job.make("bad", params=Ping, result=str, execute=count)  # E: arg-type
+
+
+async def count_now(client: djobs.Client) -> int | None:
+    run = djobs.unwrap_or_raise(await client.job(counter).now(Ping("x")))
+    return run.result
+
+
+async def count_as_text(client: djobs.Client) -> str | None:
+    run = djobs.unwrap_or_raise(await client.job(counter).now(Ping("x")))
+    return run.result  # E: return-value
