@@ -107,36 +107,36 @@ class Actors:
             self._nursery.start_soon(self._actor, key, queue, None)
             return
         self._leases.busy(key)  # not given up while it waits
-        slot = object()
-        try:
-            self._limiter.acquire_on_behalf_of_nowait(slot)
-        except trio.WouldBlock:
+        slot = self._free_slot()
+        if slot is None:
             self._backlog.append((key, queue))
             return
         self._nursery.start_soon(self._actor, key, queue, slot)
 
-    async def _acquire(self) -> object:
-        """Take a concurrency slot (without a trip through the scheduler when one is free)."""
+    def _free_slot(self) -> object | None:
+        """A concurrency slot taken now if one is free (no trip through the scheduler), else ``None``."""
         slot = object()
         try:
             self._limiter.acquire_on_behalf_of_nowait(slot)
         except trio.WouldBlock:
+            return None
+        return slot
+
+    async def _acquire(self) -> object:
+        """Take a concurrency slot, waiting for one only when none is free."""
+        slot = self._free_slot()
+        if slot is None:
+            slot = object()
             await self._limiter.acquire_on_behalf_of(slot)
         return slot
 
     def _release(self, slot: object) -> None:
         """Give a concurrency slot back; start the backlog's actors while slots are free."""
-        limiter = self._limiter
-        limiter.release_on_behalf_of(slot)
+        self._limiter.release_on_behalf_of(slot)
         backlog = self._backlog
-        while backlog:
-            slot = object()
-            try:
-                limiter.acquire_on_behalf_of_nowait(slot)
-            except trio.WouldBlock:
-                return
+        while backlog and (free := self._free_slot()) is not None:
             key, queue = backlog.popleft()
-            self._nursery.start_soon(self._actor, key, queue, slot)
+            self._nursery.start_soon(self._actor, key, queue, free)
 
     @property
     def closing(self) -> bool:
