@@ -364,8 +364,7 @@ class Env:
             try:
                 self.tracker.emit(event)
             except BaseException as exc:  # a tracker bug must not fail a job, nor reach the engine
-                if isinstance(exc, KeyboardInterrupt):
-                    raise
+                body_failure(exc)  # the one rule: a cancel or a Ctrl-C goes on, the rest is logged
                 self.logger.exception("tracker %r failed to accept %s", self.tracker, event.type)
 
 
