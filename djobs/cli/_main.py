@@ -78,7 +78,7 @@ def _schema_option(parser: argparse.ArgumentParser) -> None:
 
 def _djobs_version() -> str:
     try:
-        return version("djobs")
+        return version("djobs-trio")  # the distribution's name; `djobs` on the index is another project
     except PackageNotFoundError:  # running from a source tree that is not installed
         return "unknown"
 
