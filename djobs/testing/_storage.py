@@ -354,6 +354,17 @@ async def _every_field_of_an_instance_round_trips(storage: _Full) -> None:
     assert await storage.load(bare.key) == (bare, None)
 
 
+async def _a_record_changed_by_its_caller_after_a_commit_or_a_load_stays_as_stored(storage: _Full) -> None:
+    record = _record("k", state=b"1", run_count=1)
+    await storage.commit(Checkin(key="k", record=record))
+    record.run_count, record.status = 99, "changed"  # the caller's object, not the stored row
+    loaded = await storage.load("k")
+    assert loaded is not None and (loaded[0].run_count, loaded[0].status) == (1, "running"), loaded
+    loaded[0].run_count = 42
+    again = await storage.load("k")
+    assert again is not None and again[0].run_count == 1, again
+
+
 async def _a_second_commit_updates_the_row_but_keeps_what_never_changes(storage: _Full) -> None:
     await storage.commit(Checkin(key="k", record=_record("k", state=b"1", created_at=10, updated_at=10)))
     changed = InstanceRecord(
@@ -613,6 +624,15 @@ async def _an_enqueued_job_is_pending_with_what_was_given(storage: _Full) -> Non
     assert not stored.cancel_requested and stored.completed_at is None
     assert await storage.get_job("job-9999") is None
     assert await storage.enqueue_jobs([]) == []
+
+
+async def _an_enqueue_of_many_jobs_is_all_or_none(storage: _Full) -> None:
+    await storage.enqueue_jobs([_job(1)])
+    # The second row's id is taken: the whole batch fails, the third row and the key included.
+    with _raises(StorageError):
+        await storage.enqueue_jobs([_job(2, idempotency_key="k"), _job(1), _job(3)])
+    assert [r.id for r in await storage.list_jobs(JobFilter())] == ["job-0001"]
+    assert await storage.enqueue_jobs([_job(4, idempotency_key="k")]) == [("job-0004", True)]
 
 
 async def _an_idempotency_key_enqueues_once_per_tenant_and_name(storage: _Full) -> None:
@@ -1350,6 +1370,7 @@ async def _a_jobs_letter_shows_its_newest_failure_whatever_was_stored_before(sto
 _INSTANCE_CHECKS: Final[tuple[_Check, ...]] = (
     _a_missing_instance_loads_as_none_and_the_database_answers,
     _every_field_of_an_instance_round_trips,
+    _a_record_changed_by_its_caller_after_a_commit_or_a_load_stays_as_stored,
     _a_second_commit_updates_the_row_but_keeps_what_never_changes,
     _checkin_is_atomic_with_its_idempotency_key,
     _idempotency_keys_belong_to_one_instance,
@@ -1370,6 +1391,7 @@ _LISTER_CHECKS: Final[tuple[_Check, ...]] = (
 _QUEUE_CHECKS: Final[tuple[_Check, ...]] = (
     _a_held_row_starts_only_while_its_holder_still_holds_it,
     _an_enqueued_job_is_pending_with_what_was_given,
+    _an_enqueue_of_many_jobs_is_all_or_none,
     _an_idempotency_key_enqueues_once_per_tenant_and_name,
     _claims_take_due_rows_by_priority_then_time_and_count_an_attempt,
     _a_job_can_start_running_in_the_callers_task,

@@ -1,7 +1,8 @@
 """The storage layers every conformance test runs against.
 
-`storage_layer` is each production storage in turn: SQLite in memory, SQLite
-in a file, and PostgreSQL (on a fresh schema per test, dropped afterwards),
+`storage_layer` is each storage djobs ships in turn: the in-memory store of
+tests (Python's own data structures, no SQL), SQLite in memory, SQLite in a
+file, and PostgreSQL (on a fresh schema per test, dropped afterwards),
 also in a database whose collation sorts text by language (``postgres-icu``).
 `shared_layer` is those that several processes can open at once: each
 ``open()`` is another connection to the same database, as another engine
@@ -18,13 +19,16 @@ from postgres_support import linguistic_database, postgres_dsn, require_postgres
 
 import djobs
 from djobs.storage import QueueStorage, StorageLayer
+from djobs.storage._memory import memory as memory_store
 
 from . import FullStorage
 
 
 def _layer(kind: str, tmp_path: Path, icu: str | None = None) -> Iterator[StorageLayer]:
-    if kind == "sqlite-memory":
-        yield djobs.memory()
+    if kind == "memory":
+        yield memory_store()
+    elif kind == "sqlite-memory":
+        yield djobs.sqlite(":memory:", lease_clock="engine")
     elif kind == "sqlite-file":
         yield djobs.sqlite(tmp_path / "conformance.db")
     else:
@@ -49,7 +53,7 @@ def icu_dsn() -> Iterator[str | None]:
 _POSTGRES = ["postgres"] if postgres_dsn() else []
 
 
-@pytest.fixture(params=["sqlite-memory", "sqlite-file", *_POSTGRES, *(["postgres-icu"] if _POSTGRES else [])])
+@pytest.fixture(params=["memory", "sqlite-memory", "sqlite-file", *_POSTGRES, *(["postgres-icu"] if _POSTGRES else [])])
 def storage_layer(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StorageLayer]:
     """Each storage implementation in turn."""
     icu = request.getfixturevalue("icu_dsn") if request.param == "postgres-icu" else None

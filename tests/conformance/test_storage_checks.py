@@ -18,13 +18,18 @@ from postgres_support import linguistic_database, postgres_dsn, throwaway_schema
 
 import djobs
 from djobs.storage import Checkin, StorageLayer
+from djobs.storage._memory import memory as memory_store
 from djobs.testing import check_storage
 
 pytestmark = pytest.mark.trio
 
 
 async def test_memory_storage_passes() -> None:
-    await check_storage(djobs.memory)
+    await check_storage(memory_store)
+
+
+async def test_sqlite_in_memory_passes() -> None:
+    await check_storage(lambda: djobs.sqlite(":memory:", lease_clock="engine"))
 
 
 async def test_sqlite_files_pass_with_two_connections_each(tmp_path: Path) -> None:
