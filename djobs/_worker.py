@@ -49,7 +49,7 @@ from ._errors import JobCancelledError, StorageError, ValidationError
 from ._execution import Env
 from ._input import check_count, check_interval, clean_text
 from ._wakeup import Wakeup
-from .storage import ClaimedJob, ExpiredLease, HeldStarts, JobSettlement, QueueStorage
+from .storage import ClaimedJob, ExpiredLease, HeldStarts, JobSettlement, NewJob, QueueStorage
 from .storage._base import QueueLimit
 from .tracking import NoopTracker, TrackedEvent
 
@@ -313,6 +313,42 @@ class Worker:
     def poke(self, at_ms: int) -> None:
         """A job was enqueued due at `at_ms`: wake the claim loop if it sleeps past that."""
         self._wakeup.poke(at_ms)
+
+    def takes_at_once(self, job: NewJob) -> bool:
+        """Whether `job`, a row this engine is about to store (a cron fire's), may be stored
+        ``running`` under this worker's lease and handed to it (`start_stored`) instead of
+        stored ``pending`` for the claim loop: this worker claims rows of its name, has room
+        in hand, is not closing, and the row carries no key a claim or an enqueue must check
+        (limit, unique, idempotency)."""
+        return (
+            self.claiming
+            and not self.closing
+            and job.name in self._runners
+            and self._claimed_runs < self._max_held
+            and job.limit_key is None
+            and job.unique_key is None
+            and job.idempotency_key is None
+        )
+
+    def start_stored(self, job: NewJob) -> None:
+        """Run `job`, which the caller's transaction stored ``running`` (attempt 1) under this
+        worker's lease (its end a lock timeout from `job`'s creation), as if the claim loop had
+        claimed it: started now if a slot is free, else held in hand like any claimed row."""
+        self._accept(
+            [
+                ClaimedJob(
+                    id=job.id,
+                    name=job.name,
+                    params=job.params,
+                    attempt=1,
+                    max_attempts=job.max_attempts,
+                    scheduled_for=job.scheduled_for,
+                    priority=job.priority,
+                    correlation_id=job.correlation_id,
+                    tenant_id=job.tenant_id,
+                )
+            ]
+        )
 
     def emit(self, events: list[TrackedEvent]) -> None:
         """Hand events to the tracker (after the commit they describe)."""

@@ -83,6 +83,30 @@ async def test_two_engines_on_one_file_fire_each_time_once(
         assert len(runs) == 288 and {r.status for r in runs} == {"completed"}
 
 
+@pytest.mark.trio
+async def test_a_fire_starts_its_job_in_the_engine_that_fired_it(autojump_clock: trio.testing.MockClock) -> None:
+    started: list[datetime] = []
+
+    async def slow(fire: djobs.CronFire, ctx: djobs.JobContext) -> None:
+        started.append(ctx.now())
+        await trio.sleep(600)
+
+    hourly = djobs.CronJob.make("hourly", schedule=djobs.cron("0 * * * *"), execute=slow)
+    async with open_test_engine([hourly]) as engine:
+        await trio.sleep(3600 + 1)
+        assert started == [START + timedelta(hours=1)]
+        [run] = success(await engine.client.jobs.list(correlation_id="cron:hourly"))
+        assert (run.status, run.attempts, run.started_at) == ("running", 1, START + timedelta(hours=1))
+        assert [t for t in engine.tracker.types() if t.startswith(("cron.", "job."))] == [
+            "cron.fired",
+            "job.enqueued",
+            "job.claimed",
+        ]
+        await trio.sleep(600)
+        [run] = success(await engine.client.jobs.list(correlation_id="cron:hourly"))
+        assert (run.status, run.attempts) == ("completed", 1)
+
+
 def local_wall_times(fires: list[datetime], zone: str) -> list[str]:
     return [f.astimezone(ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M") for f in fires]
 

@@ -312,15 +312,23 @@ class CronScheduler:
             now = clock.now_ms()
             try:
                 due = await storage.due_cron_jobs(self._names, now)
+                stored: dict[str, int] = {}  # the next run each fire here stored (0: another engine's)
                 while due:
                     again = False
                     for record in due:
                         # Read again only when a fire leaves its job due (missed fires run one by
                         # one) or another engine fired it first (its next time unknown here).
-                        if await self._fire(record, now) <= now:
+                        following = stored[record.name] = await self._fire(record, now)
+                        if following <= now:
                             again = True
                     due = await storage.due_cron_jobs(self._names, now) if again else []
-                next_at = await storage.next_cron_at(self._names)
+                if len(stored) == len(self._names) and min(stored.values()) > now:
+                    # Every cron job of this engine fired here just now: its next run is the one
+                    # it stored, so there is nothing to read (a change made elsewhere since
+                    # shows at the next wake-up or poll, as it would after a read).
+                    next_at: int | None = min(stored.values())
+                else:
+                    next_at = await storage.next_cron_at(self._names)
             except StorageError as exc:
                 self._log.error("cron task: %s; trying again in 1 s", exc.message)
                 await trio.sleep(1)
@@ -372,14 +380,22 @@ class CronScheduler:
                         to_datetime(due).isoformat(),
                         error.message,
                     )
+        worker = queue.worker
+        # Stored running under this engine's worker and handed to it, where it can be: no
+        # claim, no wake-up of the claim loop (else stored pending, and the loop is poked).
+        at_once = row is not None and worker.takes_at_once(row)
         queue.env.handoffs.begin()  # the job row exists before the worker is poked to run it
         try:
-            fired = await self.storage.fire_cron(cron.name, due, next_run_at, now, row)
+            if at_once:
+                fired = await self.storage.fire_cron(
+                    cron.name, due, next_run_at, now, row, worker.id, now + worker.lease_ms
+                )
+            else:
+                fired = await self.storage.fire_cron(cron.name, due, next_run_at, now, row)
         finally:
             queue.env.handoffs.end()
         if not fired:
             return 0  # another engine fired this time first
-        worker = queue.worker
         fired_at = to_datetime(due).isoformat()
         if row is None:
             self._log.info("cron %s: skipped the missed fire time %s", cron.name, fired_at)
@@ -396,7 +412,8 @@ class CronScheduler:
                 ]
             )
             return next_run_at
-        worker.poke(now)
+        if not at_once:
+            worker.poke(now)
         if worker.tracking:
             worker.emit(
                 [
@@ -413,6 +430,8 @@ class CronScheduler:
                     ),
                 ]
             )
+        if at_once:
+            worker.start_stored(row)  # no await since the commit: the engine never looked idle
         return next_run_at
 
     # -- client operations -------------------------------------------------------------

@@ -811,11 +811,23 @@ class QueueStorage(Protocol):
         ...
 
     async def fire_cron(
-        self, name: str, expected_next_run_at: int, next_run_at: int, now: int, job: NewJob | None
+        self,
+        name: str,
+        expected_next_run_at: int,
+        next_run_at: int,
+        now: int,
+        job: NewJob | None,
+        worker_id: str | None = None,
+        lease_until: int | None = None,
     ) -> bool:
         """Advance cron `name` from `expected_next_run_at` to `next_run_at` and
         enqueue `job`, in one transaction, only if no one advanced it first;
-        whether this call did."""
+        whether this call did.
+
+        With `worker_id` (and `lease_until`), `job` (which then has no idempotency,
+        unique or limit key) is stored already ``running`` (attempt 1) under that
+        worker's lease, as `start_job` stores a row: the worker of the engine that
+        fires it runs it without a claim."""
         ...
 
     async def list_cron_jobs(self) -> list[CronRecord]:

@@ -1256,7 +1256,16 @@ class MemoryStorage:
         self._check_open()
         return min((c.next_run_at for c in self._due_crons(names) if c.next_run_at is not None), default=None)
 
-    def _fire_cron(self, name: str, expected: int, next_run_at: int, now: int, job: NewJob | None) -> bool:
+    def _fire_cron(
+        self,
+        name: str,
+        expected: int,
+        next_run_at: int,
+        now: int,
+        job: NewJob | None,
+        worker_id: str | None,
+        lease_until: int | None,
+    ) -> bool:
         cron = self._crons.get(name)
         if cron is None or not cron.enabled or cron.next_run_at != expected:
             return False
@@ -1265,14 +1274,25 @@ class MemoryStorage:
             cron, next_run_at=next_run_at, last_run_at=now, last_job_id=last_job_id, updated_at=now
         )
         self._put(self._crons, name, fired)
-        if job is not None:
+        if job is not None and worker_id is not None and lease_until is not None:
+            self._start_job(job, worker_id, lease_until)
+        elif job is not None:
             self._insert_jobs([job])
         return True
 
     async def fire_cron(
-        self, name: str, expected_next_run_at: int, next_run_at: int, now: int, job: NewJob | None
+        self,
+        name: str,
+        expected_next_run_at: int,
+        next_run_at: int,
+        now: int,
+        job: NewJob | None,
+        worker_id: str | None = None,
+        lease_until: int | None = None,
     ) -> bool:
-        return await self._write(self._fire_cron, name, expected_next_run_at, next_run_at, now, job)
+        return await self._write(
+            self._fire_cron, name, expected_next_run_at, next_run_at, now, job, worker_id, lease_until
+        )
 
     async def list_cron_jobs(self) -> list[CronRecord]:
         self._check_open()

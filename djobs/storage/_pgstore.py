@@ -1255,14 +1255,28 @@ class PostgresStorage:
         return await self._run(run, "next_cron_at")
 
     async def fire_cron(
-        self, name: str, expected_next_run_at: int, next_run_at: int, now: int, job: NewJob | None
+        self,
+        name: str,
+        expected_next_run_at: int,
+        next_run_at: int,
+        now: int,
+        job: NewJob | None,
+        worker_id: str | None = None,
+        lease_until: int | None = None,
     ) -> bool:
+        started = None
+        if job is not None and worker_id is not None and lease_until is not None:
+            started = running_job_args(job, worker_id, self._lease_end(lease_until, now))
+
         def run(conn: Connection) -> tuple[bool, int | None]:
             # The compare-and-set and the enqueue share one transaction: the
             # process that moves next_run_at on is the one whose job is stored.
             args = fire_cron_args(name, expected_next_run_at, next_run_at, now, job)
             if conn.execute(_FIRE_CRON, args).rowcount == 0:
                 return False, None
+            if started is not None:
+                conn.execute(self._leases["start"], started)
+                return True, None  # running here: no other process's worker needs waking
             if job is None:
                 return True, None
             return True, self._insert_jobs(conn, [job])[1]

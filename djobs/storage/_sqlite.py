@@ -1447,15 +1447,28 @@ class SqliteStorage:
         return await self.read(run)
 
     async def fire_cron(
-        self, name: str, expected_next_run_at: int, next_run_at: int, now: int, job: NewJob | None
+        self,
+        name: str,
+        expected_next_run_at: int,
+        next_run_at: int,
+        now: int,
+        job: NewJob | None,
+        worker_id: str | None = None,
+        lease_until: int | None = None,
     ) -> bool:
+        started = None
+        if job is not None and worker_id is not None and lease_until is not None:
+            started = running_job_args(job, worker_id, self._lease_end(lease_until, now))
+
         def run(db: apsw.Connection) -> bool:
             # The compare-and-set and the enqueue share one transaction: the
             # engine that moves next_run_at on is the one whose job is stored.
             db.execute(_sql.FIRE_CRON, fire_cron_args(name, expected_next_run_at, next_run_at, now, job))
             if db.changes() == 0:
                 return False
-            if job is not None:
+            if started is not None:
+                db.execute(_sql.INSERT_RUNNING_JOB, started)
+            elif job is not None:
                 _insert_jobs(db, [job])
             return True
 

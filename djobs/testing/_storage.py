@@ -969,6 +969,31 @@ async def _cron_jobs_are_synced_fired_once_and_listed(storage: _Full) -> None:
     assert (nightly.next_run_at, nightly.last_job_id) == (3000, "job-0001")
 
 
+async def _a_cron_fire_can_store_its_job_running_under_the_firing_worker(storage: _Full) -> None:
+    await storage.sync_cron_jobs([_cron_spec()])
+    fired = _job(1, at=1000, created_at=1001)
+    assert await storage.fire_cron("nightly", 1000, 2000, 1001, fired, "w", 61_001)
+    # The fire time was taken: a second fire stores nothing, running or not.
+    assert not await storage.fire_cron("nightly", 1000, 2000, 1002, _job(2, at=1000, created_at=1002), "v", 61_002)
+    assert await storage.get_job("job-0002") is None
+    stored = await storage.get_job("job-0001")
+    assert stored is not None
+    assert (stored.status, stored.worker_id, stored.attempt_count, stored.worker_expires_at, stored.scheduled_for) == (
+        "running",
+        "w",
+        1,
+        61_001,
+        1000,
+    )
+    nightly = next(c for c in await storage.list_cron_jobs() if c.name == "nightly")
+    assert (nightly.next_run_at, nightly.last_run_at, nightly.last_job_id) == (2000, 1001, "job-0001")
+    # Never claimed again while its lease holds; settled by its holder at attempt 1.
+    assert await storage.claim_jobs(1002, 9000, "v", ["send"], 10) == []
+    assert await storage.settle_jobs([_settle("job-0001", "completed", at=1003, result=b"1")]) == [True]
+    done = await storage.get_job("job-0001")
+    assert done is not None and (done.status, done.result) == ("completed", b"1")
+
+
 async def _cron_jobs_list_and_fall_due_by_name_in_code_point_order(storage: _Full) -> None:
     # Code-point order whatever the database's collation: capitals before "_" before small letters.
     names = ["beta", "alpha", "_tidy", "Alpha", "Beta"]
@@ -1406,6 +1431,7 @@ _QUEUE_CHECKS: Final[tuple[_Check, ...]] = (
     _listing_filters_and_pages_in_id_order,
     _the_next_wakeup_is_the_earliest_due_row_or_lease_end,
     _cron_jobs_are_synced_fired_once_and_listed,
+    _a_cron_fire_can_store_its_job_running_under_the_firing_worker,
     _a_disabled_cron_job_is_never_due,
     _cron_jobs_list_and_fall_due_by_name_in_code_point_order,
     _purge_deletes_old_finished_jobs_of_the_given_statuses_only,
