@@ -21,7 +21,7 @@ from typing import TypeVar
 
 import trio
 
-from ._errors import CLOSED_MESSAGE, InvalidStateError, StorageError
+from ._errors import CLOSED_MESSAGE, InvalidStateError, StorageError, describe
 from ._leases import InstanceLeases
 from .tracking._base import CALLER_CONTEXT
 
@@ -298,7 +298,11 @@ class Actors:
         except Exception as exc:  # a storage failure, or a bug: the queued callers are told, the engine lives
             if slot is not None:
                 self._release(slot)
-            error = exc if isinstance(exc, StorageError) else StorageError(f"could not take the lease: {exc!r}", exc)
+            error = (
+                exc
+                if isinstance(exc, StorageError)
+                else StorageError(f"could not take the lease: {describe(exc)}", exc)
+            )
             self._fail_queued(key, queue, error)
             return
         while queue:

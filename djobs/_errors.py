@@ -143,7 +143,7 @@ class ExecutionError(JobError):
         return (self.message, self.retryable)
 
     def __repr__(self) -> str:
-        return f"ExecutionError({self.message!r}, cause={self.cause!r})"
+        return f"ExecutionError({self.message!r}, cause={safe_repr(self.cause)})"
 
 
 class DuplicateEventError(JobError):
@@ -244,6 +244,35 @@ class TenantError(JobError):
 
     tag = "tenant"
     retryable = False
+
+
+def describe(exc: BaseException) -> str:
+    """``"TypeName: message"`` (``"TypeName"`` if the message is empty) for an exception from user code.
+
+    Never raises: an exception whose ``__str__`` raises is described as
+    ``"TypeName: <unprintable TypeName object: str() raised OtherError>"``,
+    as the standard library's traceback module falls back, so a hostile
+    exception is still a failure a person can read.
+    """
+    name = _type_name(exc)
+    try:
+        text = str(exc)
+    except BaseException as failed:  # user code's __str__: anything may come out of it
+        text = f"<unprintable {name} object: str() raised {_type_name(failed)}>"
+    return f"{name}: {text}" if text else name
+
+
+def safe_repr(value: object) -> str:
+    """``repr(value)``, or ``"<unprintable TypeName object: repr() raised OtherError>"`` if that raises."""
+    try:
+        return repr(value)
+    except BaseException as failed:  # user code's __repr__
+        return f"<unprintable {_type_name(value)} object: repr() raised {_type_name(failed)}>"
+
+
+def _type_name(value: object) -> str:
+    name = getattr(type(value), "__name__", None)
+    return name if isinstance(name, str) else "object"
 
 
 def raise_error(error: JobError) -> NoReturn:

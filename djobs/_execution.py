@@ -29,7 +29,7 @@ from returns.result import Failure, Result, Success, safe
 
 from ._bodies import immediate, normalise
 from ._clock import LATEST_MS, Clock, to_datetime
-from ._errors import ExecutionError, JobError, JobTimeoutError, StorageError
+from ._errors import ExecutionError, JobError, JobTimeoutError, StorageError, describe, safe_repr
 from ._ids import Ids
 from ._input import DEFAULT_MAX_PAYLOAD_BYTES
 from ._limits import NO_LIMITS, RunLimits
@@ -374,9 +374,8 @@ def _as_job_error(error: object) -> JobError:
     if isinstance(error, BaseExceptionGroup):
         return _group_error(error)
     if isinstance(error, BaseException):
-        text = str(error)
-        return ExecutionError(f"{type(error).__name__}: {text}" if text else type(error).__name__, error)
-    return ExecutionError(f"job returned a failure: {error!r}", error)
+        return ExecutionError(describe(error), error)  # never raises, whatever the exception's __str__ does
+    return ExecutionError(f"job returned a failure: {safe_repr(error)}", error)
 
 
 def _group_error(group: BaseExceptionGroup[BaseException]) -> JobError:
@@ -395,7 +394,7 @@ def _group_error(group: BaseExceptionGroup[BaseException]) -> JobError:
     first = leaves[0]
     if len(leaves) == 1 or (isinstance(first, JobError) and all(type(leaf) is type(first) for leaf in leaves)):
         return _as_job_error(first)
-    named = "; ".join(f"{type(leaf).__name__}: {leaf}" for leaf in leaves)
+    named = "; ".join(describe(leaf) for leaf in leaves)
     return ExecutionError(f"{len(leaves)} errors at once: {named}", group)
 
 

@@ -23,7 +23,7 @@ from returns.context import RequiresContextFutureResult
 from returns.future import FutureResult
 
 from ._context import BaseContext
-from ._errors import ExecutionError, JobError
+from ._errors import ExecutionError, JobError, describe, safe_repr
 
 if TYPE_CHECKING:
     from .kinds._job import JobContext
@@ -80,8 +80,8 @@ def non_retryable(error: object) -> ExecutionError:
     if isinstance(error, JobError):
         return ExecutionError(error.message, error, retryable=False)
     if isinstance(error, BaseException):
-        return ExecutionError(f"{type(error).__name__}: {error}", error, retryable=False)
-    return ExecutionError(f"job returned a failure: {error!r}", error, retryable=False)
+        return ExecutionError(describe(error), error, retryable=False)
+    return ExecutionError(f"job returned a failure: {safe_repr(error)}", error, retryable=False)
 
 
 def progress(ctx: JobContext[Any], percent: float, message: str | None = None) -> Callable[[V], Awaitable[V]]:

@@ -21,7 +21,7 @@ from typing import Any, Final, Generic, TypeVar
 from returns.result import Failure, Result, Success
 
 from ._durations import DurationLike, duration, to_ms
-from ._errors import ValidationError
+from ._errors import ValidationError, describe
 from ._input import MAX_LIMIT, check_text
 
 __all__ = ["JobLimits", "RateLimit", "job_limits", "limit_key_of"]
@@ -179,7 +179,7 @@ def limit_key_of(
     except BaseException as exc:  # any but a Ctrl-C is the enqueue's error, never an escape (`body_failure`'s rule)
         if isinstance(exc, KeyboardInterrupt):
             raise
-        return Failure(ValidationError(f"{what}: its limit_key function raised {type(exc).__name__}: {exc}"))
+        return Failure(ValidationError(f"{what}: its limit_key function raised {describe(exc)}"))
     return check_text(key, f"{what}: the key its limit_key function returned", max_length=MAX_KEY).map(
         lambda text: name + KEY_SEPARATOR + text
     )

@@ -21,6 +21,9 @@ import msgspec
 import pytest
 import trio
 import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from returns.result import Failure
 
 import djobs
 from djobs.testing import TestEngine, failure, open_test_engine, success
@@ -30,9 +33,41 @@ class Boom(BaseException):
     """A library's own `BaseException` subclass."""
 
 
+class BadStr(Exception):
+    """An exception whose ``__str__`` raises: djobs must still describe it."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("str exploded")
+
+
+class Unprintable(BaseException):
+    """A `BaseException` whose ``__str__``, ``__repr__`` and ``args`` all raise."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("str exploded")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("repr exploded")
+
+    @property  # type: ignore[override]
+    def args(self) -> tuple[object, ...]:
+        raise RuntimeError("args exploded")
+
+
+#: How djobs describes each hostile exception (as the traceback module falls back).
+UNPRINTABLE = {
+    "BadStr": "BadStr: <unprintable BadStr object: str() raised RuntimeError>",
+    "Unprintable": "Unprintable: <unprintable Unprintable object: str() raised RuntimeError>",
+}
+
+
 def make_exception(kind: str) -> BaseException:
     if kind == "ValueError":  # the control: an ordinary exception
         return ValueError("bad value")
+    if kind == "BadStr":
+        return BadStr()
+    if kind == "Unprintable":
+        return Unprintable()
     if kind == "Boom":
         return Boom("boom")
     if kind == "SystemExit":
@@ -45,7 +80,16 @@ def make_exception(kind: str) -> BaseException:
     return BaseExceptionGroup("a body's nursery", [Boom("in a group")])
 
 
-KINDS = ["ValueError", "Boom", "SystemExit", "CancelledError", "GeneratorExit", "BaseExceptionGroup"]
+KINDS = [
+    "ValueError",
+    "Boom",
+    "SystemExit",
+    "CancelledError",
+    "GeneratorExit",
+    "BaseExceptionGroup",
+    "BadStr",
+    "Unprintable",
+]
 
 
 class Nothing(msgspec.Struct):
@@ -280,6 +324,8 @@ PLACES: dict[str, Place] = {
 
 def named(kind: str) -> str:
     """How an error message names the exception of `kind` (a group of one error is that error)."""
+    if kind in UNPRINTABLE:
+        return UNPRINTABLE[kind]
     exc = make_exception(kind)
     if isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
@@ -291,6 +337,8 @@ def shape(message: str, kind: str) -> str:
     """`message` with what names the exception taken out: what every kind must share with ValueError.
 
     A `limit_key`'s group is named as a group (it is not a body's nursery)."""
+    if kind in UNPRINTABLE:
+        return message.replace(named(kind), "<exception>")
     return message.replace(named(kind), "<exception>").replace(f"{kind}: {make_exception(kind)}", "<exception>")
 
 
@@ -440,3 +488,89 @@ async def test_a_group_holding_the_closes_cancel_and_a_base_exception_hands_the_
                 info = success(await engine.client.jobs.status(job_id))
     assert runs == [1]
     assert info.status == "pending" and info.attempts == 0
+
+
+# -- exceptions that cannot be printed ------------------------------------------------------
+
+_RAISED_BY_DUNDER: list[type[BaseException]] = [RuntimeError, ValueError, Boom, SystemExit]
+
+
+@st.composite
+def unprintable_exceptions(draw: st.DrawFn) -> type[BaseException]:
+    """A class of exception some of whose ``__str__``, ``__repr__`` and ``args`` raise (any of them)."""
+    base = draw(st.sampled_from([Exception, ValueError, BaseException, SystemExit, GeneratorExit, Boom]))
+    broken = draw(st.sets(st.sampled_from(["__str__", "__repr__", "args"]), min_size=1))
+    raised = draw(st.sampled_from(_RAISED_BY_DUNDER))
+
+    def explode(self: BaseException) -> str:
+        raise raised("exploded")
+
+    namespace: dict[str, object] = {name: explode for name in broken if name != "args"}
+    if "args" in broken:
+        namespace["args"] = property(explode)
+    return type("Hostile", (base,), namespace)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cls=unprintable_exceptions())
+def test_an_exception_that_cannot_be_printed_is_still_a_described_failure(cls: type[BaseException]) -> None:
+    """Raised alone or two in a body's nursery, by a job, a reducer or a step: a failure naming its
+    type, whose repr prints, never an escape; the stdlib's fallback stands in for its text."""
+
+    def reduce(ctx: djobs.DebounceEventContext[Count, Count]) -> Count:
+        raise cls()
+
+    async def two(params: Nothing, ctx: djobs.JobContext) -> None:
+        async def boom() -> None:
+            raise cls()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(boom)
+            nursery.start_soon(boom)
+
+    # Trio itself formats a nursery child's exception with repr() (its cancel reason), and a repr
+    # that raises there is a TrioInternalError of the whole run: a body's own nursery cannot be helped.
+    in_nursery = "__repr__" not in cls.__dict__
+    batcher = djobs.Debounce.make("b", event=Count, flush_after="10 seconds", on_event=reduce, execute=lambda c: None)
+    pair = djobs.Job.make("pair", params=Nothing, execute=two, retry=djobs.Retry(max_attempts=2, delay="1 second"))
+
+    async def main() -> None:
+        async with trio.open_nursery(), open_test_engine([batcher, pair]) as engine:  # the host's nursery
+            error = failure(await engine.client.debounce(batcher).add(id="d", event=Count(1)))
+            assert isinstance(error, djobs.ExecutionError) and isinstance(error.cause, cls)
+            assert error.message.startswith("Hostile"), error.message
+            assert "Hostile" in repr(error)
+            if not in_nursery:
+                return
+            run = success(await engine.client.job(pair).now(Nothing()))
+            assert run.status == "failed" and run.attempts == 2, run
+            assert run.error is not None
+            assert run.error.message.startswith("gave up after 2 attempt(s): 2 errors at once: Hostile"), run.error
+            assert "Hostile" in repr(run)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_a_failure_value_that_cannot_be_printed_is_described() -> None:
+    """A body's failure value (not an exception) whose repr raises, and `non_retryable` of one."""
+
+    class Opaque:
+        def __repr__(self) -> str:
+            raise RuntimeError("repr exploded")
+
+    def body(params: Nothing, ctx: djobs.JobContext) -> Failure[Opaque]:
+        return Failure(Opaque())
+
+    job = djobs.Job.make("opaque", params=Nothing, execute=body)
+
+    async def main() -> None:
+        async with open_test_engine([job]) as engine:
+            run = success(await engine.client.job(job).now(Nothing()))
+            assert run.error is not None
+            assert run.error.message.endswith(
+                ": job returned a failure: <unprintable Opaque object: repr() raised RuntimeError>"
+            )
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert djobs.non_retryable(BadStr()).message == UNPRINTABLE["BadStr"]
+    assert "unprintable Opaque" in djobs.non_retryable(Opaque()).message

@@ -13,7 +13,7 @@ from importlib.metadata import PackageNotFoundError, version
 import trio
 
 from .._clock import Clock, WallClock
-from .._errors import JobError
+from .._errors import JobError, describe
 from .._input import text_problem
 from ..storage._inspect import JOB_STATUSES
 from . import _dead_letters, _read, _run, _workflows
@@ -315,5 +315,5 @@ def main(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> in
         # Raised by the user's code (a factory, an engine that crashed) or a bug here: the
         # traceback is what whoever reads this needs.
         traceback.print_exc()
-        print(f"djobs: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"djobs: failed: {describe(exc)}", file=sys.stderr)
         return ExitCode.FAILED

@@ -11,6 +11,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, cast
 
 from .._engine import Engine
+from .._errors import describe
 from ..kinds._continuous import Continuous
 from ..kinds._job import Job
 from ._exit import CommandError, ExitCode
@@ -47,7 +48,7 @@ def load(reference: str, what: str) -> object:
     except Exception as exc:
         # The user's module itself is broken: its traceback is what they need.
         traceback.print_exc()
-        raise CommandError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}", ExitCode.FAILED) from None
+        raise CommandError(f"importing {module_name!r} failed: {describe(exc)}", ExitCode.FAILED) from None
     for part in attribute.split("."):
         try:
             target = getattr(target, part)

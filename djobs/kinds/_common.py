@@ -17,7 +17,7 @@ from returns.result import Failure, Result, Success
 from typing_extensions import TypeVar
 
 from .._clock import LATEST_MS
-from .._errors import ExecutionError, JobError, JobNotFoundError, StorageError, TenantError, ValidationError
+from .._errors import ExecutionError, JobError, JobNotFoundError, StorageError, TenantError, ValidationError, describe
 from .._input import check_text, clean_text, text_problem
 from ..storage import Checkin, ClearAlarm, InstanceRecord, SetAlarm
 from ..storage._base import DeadLetter, DeadLetterKind, DeadLetterStorage, InstanceRevival, Revival
@@ -236,11 +236,9 @@ def effect(fn: Callable[[], Awaitable[Result[T, Any]]], verb: str | None = None)
         except JobError as exc:
             return Failure(exc)
         except Exception as exc:  # a bug below: a typed failure for the caller, never an escape into its app
-            _log.exception("bug: a client verb raised %r; the caller gets a StorageError", exc)
+            _log.exception("bug: a client verb raised %s; the caller gets a StorageError", describe(exc))
             return Failure(
-                StorageError(
-                    f"djobs failed unexpectedly ({type(exc).__name__}: {exc}); the call may not have applied", exc
-                )
+                StorageError(f"djobs failed unexpectedly ({describe(exc)}); the call may not have applied", exc)
             )
 
     coroutine = run()
@@ -442,7 +440,7 @@ async def count_failed_attempt(
             alarm = ClearAlarm()
         events = []
         if env.tracking:
-            error = ExecutionError(clean_text(f"the run failed unexpectedly: {exc!r}"), exc)
+            error = ExecutionError(clean_text(f"the run failed unexpectedly: {describe(exc)}"), exc)
             will_retry = isinstance(alarm, SetAlarm)
             data = {"tag": error.tag, "message": error.message}
             events.append(env.event("job.failed", key, kind, name, attempt=attempt, error=data, will_retry=will_retry))

@@ -31,6 +31,7 @@ from .._errors import (
     JobError,
     RetryExhaustedError,
     StorageError,
+    describe,
 )
 from .._execution import Env, Outcome, Pending, Ran, RunInfo, begin_body, finish_body, judge, run_body
 from .._input import clean_text
@@ -338,7 +339,7 @@ class JobHandler(Generic[P, R]):
     def counted_failure(self, job: ClaimedJob, exc: Exception) -> AttemptEnd:
         """An unexpected exception ended the attempt (a bug past the body): it counts,
         as a failure the job's policy retries."""
-        error = ExecutionError(clean_text(f"the attempt failed unexpectedly: {exc!r}"), exc)
+        error = ExecutionError(clean_text(f"the attempt failed unexpectedly: {describe(exc)}"), exc)
         if job.attempt < job.max_attempts:
             now = self.env.now_ms()
             policy = self.retry_for(job.max_attempts)

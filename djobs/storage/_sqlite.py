@@ -22,7 +22,7 @@ import msgspec
 import trio
 import trio.testing
 
-from .._errors import CLOSED_MESSAGE, DuplicateEventError, StorageError, ValidationError
+from .._errors import CLOSED_MESSAGE, DuplicateEventError, StorageError, ValidationError, describe
 from .._queue_limits import MAX_PERIOD_MS
 from . import _sql
 from ._base import (
@@ -744,7 +744,7 @@ def _describe(exc: apsw.Error) -> str:
         return "a disk I/O error occurred"
     if isinstance(exc, apsw.NotADBError):
         return "the file is not a database"
-    return f"{type(exc).__name__}: {exc}"
+    return describe(exc)
 
 
 @final

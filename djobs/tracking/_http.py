@@ -22,7 +22,7 @@ import msgspec
 import trio
 
 from .._durations import DurationLike, duration
-from .._errors import ValidationError
+from .._errors import ValidationError, describe
 from .._retry import Backoff
 from ._base import TrackedEvent
 
@@ -317,7 +317,7 @@ class HttpBatchTracker:
             response = await client.post(self.endpoint, content=body, headers=self._headers, timeout=self._timeout)
         except Exception as exc:
             if _transient(exc):  # refused, timed out, a broken connection
-                return self._failed(len(batch), self._scrub(f"{type(exc).__name__}: {exc}"))
+                return self._failed(len(batch), self._scrub(describe(exc)))
             # The request itself cannot be sent (a bad URL or header): retrying cannot fix it. Only
             # the error's class is logged: its message may quote a header value (a credential).
             reason = type(exc).__name__
