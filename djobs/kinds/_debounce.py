@@ -67,7 +67,7 @@ from .._limits import NO_LIMITS, RunLimits, definition_limits, offloaded
 from .._logging import JobLog, LoggingOption, threshold
 from .._retry import Retry
 from ..storage import Alarm, Checkin, ClearAlarm, InstanceRecord, LeaseLostError, SetAlarm
-from ..storage._base import Revival
+from ..storage._base import InstanceLeaseLoader, Revival
 from ..tracking import TrackedEvent
 from ..tracking._base import CALLER_CONTEXT
 from ._common import (
@@ -519,6 +519,8 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         #: The reducer called directly, its value taken without `run_body` when it is a
         #: state (``None``: a timeout or ``blocking``, which `run_body` applies).
         self._direct_reducer = self._reducer if job.limits.timeout_ms is None and not job.limits.blocking else None
+        #: The storage, if it takes a lease and reads the row in one write (`_take_lease`).
+        self._lease_loader = self.env.storage if isinstance(self.env.storage, InstanceLeaseLoader) else None
         limit = self.env.max_payload_bytes
         self._copy_state = copier(job.state, what=f"state returned by on_event of {job.name!r}", limit=limit)
         self._copy_event = copier(job.event, what=f"event of {job.name!r}", limit=limit)
@@ -552,21 +554,26 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         if live is not None and live.serial == serial:
             return Success(live)
         self._live.pop(key, None)
-        loaded = await self.env.storage.load(key)
+        made = self._live_of(serial, await self.env.storage.load(key))
+        if isinstance(made, ValidationError):
+            return Failure(made)
+        self._keep(key, made)
+        return Success(made)
+
+    def _live_of(self, serial: int, loaded: tuple[InstanceRecord, Alarm | None] | None) -> _Live[S] | ValidationError:
+        """The batch in memory for a row as loaded (``None``: no row), or why its state does not decode."""
         if loaded is None:
-            live = _Live(serial, None, None, None)
-        else:
-            record, alarm = loaded
-            state: S | None = None
-            if record.state is not None:
-                match decode(self.job.state, record.state, what="state"):
-                    case Success(decoded):
-                        state = decoded
-                    case Failure(error):
-                        return Failure(error)
-            live = _Live(serial, record, None if alarm is None else (alarm.fire_at, alarm.purpose), state)
-        self._keep(key, live)
-        return Success(live)
+            return _Live(serial, None, None, None)
+        record, alarm = loaded
+        state: S | None = None
+        if record.state is not None:
+            match decode(self.job.state, record.state, what="state"):
+                case Success(decoded):
+                    state = decoded
+                case Failure(error):
+                    failed: ValidationError = error
+                    return failed
+        return _Live(serial, record, None if alarm is None else (alarm.fire_at, alarm.purpose), state)
 
     def key(self, instance_id: str) -> str:
         return instance_key(KIND, self.job.name, instance_id, self.tenant)
@@ -778,15 +785,26 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         queued. Saves starting an actor for an instance's first round.
         """
         runtime, env = self.runtime, self.env
-        leases = runtime.leases
+        leases, loader = runtime.leases, self._lease_loader
+        loaded: tuple[InstanceRecord, Alarm | None] | None = None
         try:
-            if not await env.storage.acquire_instance_lease(key, leases.owner, env.now_ms(), leases.lease_ms):
-                return None
+            if loader is not None:  # the row is read in the same write
+                taken, loaded = await loader.lease_and_load(key, leases.owner, env.now_ms(), leases.lease_ms)
+            else:
+                taken = await env.storage.acquire_instance_lease(key, leases.owner, env.now_ms(), leases.lease_ms)
         except StorageError:
             return None
-        if leases.free(key):  # else an actor took the lease meanwhile and holds it
+        if not taken:
+            return None
+        ours = leases.free(key)  # else an actor took the lease meanwhile and holds it
+        if ours:
             runtime.took_lease(key)
         serial = runtime.enter(key)
+        if ours and serial is not None and loader is not None:
+            # The row as this taking of the lease found it: the first round loads nothing.
+            live = self._live_of(serial, loaded)
+            if isinstance(live, _Live):  # else the round loads it again and reports why it does not decode
+                self._keep(key, live)
         if serial is None and not runtime.actors.has_work(key):
             # The engine began to close meanwhile: the lease is given up with the idle ones.
             leases.went_idle(key)

@@ -353,6 +353,27 @@ class InstanceCreator(Protocol):
 
 
 @runtime_checkable
+class InstanceLeaseLoader(Protocol):
+    """An instance's lease taken and its row read in one write. Optional: without it, an
+    instance's first handler takes the lease and then loads the row, two calls."""
+
+    async def lease_and_load(
+        self, key: str, owner: str, now_ms: int, ttl_ms: int
+    ) -> tuple[bool, tuple[InstanceRecord, Alarm | None] | None]:
+        """Take `key`'s lease for `owner` as `acquire_instance_lease` does and, if taken, read
+        the instance under it as `load` does, in the same transaction.
+
+        Returns:
+            ``(True, loaded)`` once the lease is held, `loaded` being what `load` would give;
+            ``(False, None)`` when another owner holds it (nothing is written).
+
+        Raises:
+            StorageError: The storage failed (the lease is not taken).
+        """
+        ...
+
+
+@runtime_checkable
 class InstanceCheckpointer(Protocol):
     """An instance's row rewritten in place under its lease, in one statement. Optional:
     without it, a workflow's checkpoint is a `commit` (a read of the lease, then the row)."""

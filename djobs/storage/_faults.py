@@ -55,7 +55,12 @@ class _Rule:
 
 #: Operations that do in one call, for many, what another does for one: a rule for the one
 #: fails the batched form too (a fault on ``commit`` reaches the check-ins of alarms fired in a batch).
-_BATCHED = {"commit_checkins": "commit", "checkpoint_instance": "commit", "claim_alarm_runs": "claim_alarms"}
+_BATCHED: dict[str, tuple[str, ...]] = {
+    "commit_checkins": ("commit",),
+    "checkpoint_instance": ("commit",),
+    "claim_alarm_runs": ("claim_alarms",),
+    "lease_and_load": ("acquire_instance_lease", "load"),
+}
 
 
 @final
@@ -85,8 +90,10 @@ class FaultyStorage:
             operation: The storage method to fail (``"commit"``,
                 ``"claim_alarms"``, ``"load"``, ...); ``None`` fails every one.
                 ``"commit"`` also fails ``commit_checkins`` (many check-ins in one
-                call) and ``checkpoint_instance`` (a workflow's checkpoint), and
-                ``"claim_alarms"`` also ``claim_alarm_runs``.
+                call) and ``checkpoint_instance`` (a workflow's checkpoint),
+                ``"claim_alarms"`` also ``claim_alarm_runs``, and
+                ``"acquire_instance_lease"`` and ``"load"`` also ``lease_and_load``
+                (a lease taken with the row read in one write).
             kind: Which SQLite error to give, or ``"bug"``: a `RuntimeError`
                 (only ``at="call"``).
             at: ``"call"`` fails before the database is touched; ``"commit"``
@@ -106,9 +113,9 @@ class FaultyStorage:
         self._rules.clear()
 
     def _take(self, operation: str) -> _Rule | None:
-        same = _BATCHED.get(operation)
+        same = _BATCHED.get(operation, ())
         for rule in self._rules:
-            if rule.operation in (None, operation) or (same is not None and rule.operation == same):
+            if rule.operation in (None, operation) or rule.operation in same:
                 if rule.remaining is not None:
                     rule.remaining -= 1
                     if rule.remaining <= 0:

@@ -215,8 +215,9 @@ def _matches(key: str, prefixes: tuple[str, ...] | None) -> bool:
 @final
 class MemoryStorage:
     """The `Storage`, `QueueStorage` and optional protocols (`AlarmRunStore`, `InstanceCreator`,
-    `InstanceCheckpointer`, `InstanceLister`, `CancelRequests`, dead letters, retention and the
-    `Inspector` read side) on dicts and heaps in this process. Open it with `memory()`.
+    `InstanceCheckpointer`, `InstanceLeaseLoader`, `InstanceLister`, `CancelRequests`, dead
+    letters, retention and the `Inspector` read side) on dicts and heaps in this process.
+    Open it with `memory()`.
 
     Leases are judged by the times the engine passes (``lease_clock == "engine"``).
     """
@@ -575,6 +576,18 @@ class MemoryStorage:
 
     async def acquire_instance_lease(self, key: str, owner: str, now_ms: int, ttl_ms: int) -> bool:
         return await self._write(self._take_lease, key, owner, now_ms, ttl_ms)
+
+    def _lease_and_load(
+        self, key: str, owner: str, now: int, ttl: int
+    ) -> tuple[bool, tuple[InstanceRecord, Alarm | None] | None]:
+        if not self._take_lease(key, owner, now, ttl):
+            return False, None
+        return True, self._loaded(key)
+
+    async def lease_and_load(
+        self, key: str, owner: str, now_ms: int, ttl_ms: int
+    ) -> tuple[bool, tuple[InstanceRecord, Alarm | None] | None]:
+        return await self._write(self._lease_and_load, key, owner, now_ms, ttl_ms)
 
     async def instance_lease_holder(self, key: str, now_ms: int | None = None) -> tuple[str, int] | None:
         self._check_open()

@@ -856,6 +856,20 @@ class PostgresStorage:
             return exists.stored
         return None
 
+    async def lease_and_load(
+        self, key: str, owner: str, now_ms: int, ttl_ms: int
+    ) -> tuple[bool, tuple[InstanceRecord, Alarm | None] | None]:
+        def run(conn: Connection) -> tuple[bool, tuple[InstanceRecord, Alarm | None] | None]:
+            # The lease first: once it is held here no other engine writes the key, so the
+            # read after it, in the same transaction, sees what is stored.
+            args = {"key": key, "owner": owner, "until": now_ms + ttl_ms, "now": now_ms}
+            if conn.execute(self._leases["acquire"], args).fetchone() is None:
+                return False, None
+            row = conn.execute(_LOAD, (key,)).fetchone()
+            return True, None if row is None else loaded(row)
+
+        return await self._write(run, "lease_and_load")
+
     async def has_event_id(self, key: str, event_id: str) -> bool:
         def run(conn: Connection) -> bool:
             return conn.execute(_HAS_EVENT_ID, (key, event_id)).fetchone() is not None

@@ -1165,6 +1165,20 @@ class SqliteStorage:
 
         return await self.write(run)
 
+    async def lease_and_load(
+        self, key: str, owner: str, now_ms: int, ttl_ms: int
+    ) -> tuple[bool, tuple[InstanceRecord, Alarm | None] | None]:
+        def run(db: apsw.Connection) -> tuple[bool, tuple[InstanceRecord, Alarm | None] | None]:
+            lease_now = self.lease_now(now_ms)
+            if not list(db.execute(_ACQUIRE_LEASE, (key, owner, lease_now + ttl_ms, lease_now))):
+                return False, None
+            # Read in the write's transaction: should it fail to commit, the lease goes with it.
+            for row in db.execute(_sql.LOAD, (key,)):
+                return True, loaded(row)
+            return True, None
+
+        return await self.write(run)
+
     async def instance_lease_holder(self, key: str, now_ms: int | None = None) -> tuple[str, int] | None:
         shift = 0 if now_ms is None else now_ms - self.lease_now(now_ms)
 

@@ -34,6 +34,7 @@ from ..storage import (
     ClearAlarm,
     InstanceCheckpointer,
     InstanceCreator,
+    InstanceLeaseLoader,
     InstanceLister,
     InstanceRecord,
     LeaseLostError,
@@ -101,6 +102,7 @@ async def check_storage(new_database: NewDatabase, *, queue: bool = True, shared
     checks.append(("CancelRequests notes cancels", _cancel_notes))
     checks.append(("an InstanceCreator creates once, with the lease", _created))
     checks.append(("an InstanceCheckpointer writes over a row only under its lease", _checkpointed))
+    checks.append(("an InstanceLeaseLoader takes a lease and reads the row in one", _lease_loaded))
     checks.append(("an AlarmRunStore claims with leases and rows, writes back in one", _alarm_runs))
     checks.append(("DeadLetterStorage keeps dead letters", _dead_letters(queue)))
     if shared:
@@ -174,6 +176,31 @@ async def _an_instance_is_created_once_with_its_lease_or_not_at_all(storage: Any
     with _raises(LeaseLostError):
         await storage.create_instance(Checkin(key="workflow:w:b", record=_record("workflow:w:b")), "engine-a", 10, 1000)
     assert await storage.load("workflow:w:b") is None
+
+
+async def _lease_loaded(layer: StorageLayer) -> None:
+    async with layer.open() as storage:
+        if isinstance(storage, InstanceLeaseLoader):  # optional: an instance's first add is one write with it
+            await _a_lease_is_taken_with_the_row_or_nothing_is(storage)
+
+
+async def _a_lease_is_taken_with_the_row_or_nothing_is(storage: Any) -> None:
+    key = "debounce:d:a"
+    assert await storage.lease_and_load(key, "engine-a", 0, 1000) == (True, None)  # nothing stored yet
+    record = _record(key, state=b"1")
+    await storage.commit(Checkin(key=key, record=record, alarm=SetAlarm(500, "flush_after"), lease_owner="engine-a"))
+    taken, stored = await storage.lease_and_load(key, "engine-a", 10, 1000)  # held already: renewed
+    assert taken and stored is not None and stored[0] == record, stored
+    assert stored[1] is not None and stored[1].fire_at == 500 and stored[1].purpose == "flush_after", stored
+    # Another engine gets neither the lease nor the row while a holds it; once a gives it up, both.
+    assert await storage.lease_and_load(key, "engine-b", 500, 1000) == (False, None)
+    holder = await storage.instance_lease_holder(key)
+    assert holder is not None and holder[0] == "engine-a", holder
+    await storage.release_instance_leases([key], "engine-a")
+    taken, stored = await storage.lease_and_load(key, "engine-b", 600, 1000)
+    assert taken and stored is not None and stored[0] == record, stored
+    with _raises(LeaseLostError):
+        await storage.commit(Checkin(key=key, record=record, lease_owner="engine-a"))
 
 
 async def _checkpointed(layer: StorageLayer) -> None:
