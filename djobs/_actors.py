@@ -202,6 +202,26 @@ class Actors:
         (its calls to `key` fail at once, as `call` says)."""
         self._nursery.start_soon(self._shielded, fn, key)
 
+    async def run_here(self, fn: Handler) -> bool:
+        """Run `fn` in the calling task as `spawn` would run it in a task of its own (shielded,
+        under the concurrency limit, cancelled by `close` after the grace, its bug logged), if a
+        concurrency slot is free now; returns whether it ran (``False``: nothing was done).
+        Saves the task's start and end for work its caller would only wait for anyway."""
+        slot = self._free_slot()
+        if slot is None:
+            return False
+        scope = trio.CancelScope(shield=True)
+        self._handler_scopes.add(scope)
+        try:
+            with scope:
+                await fn()
+        except Exception:
+            _log.exception("bug: work run outside an actor raised; the engine continues")
+        finally:
+            self._handler_scopes.discard(scope)
+            self._release(slot)
+        return True
+
     def context_for(self, key: str) -> contextvars.Context:
         """A copy of the calling task's context in which user code runs as a handler of `key`."""
         context = contextvars.copy_context()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol, runtime_checkable
 
 import trio
@@ -162,11 +162,16 @@ class AlarmSleeper:
         # alarm fires again after its lease, and no longer counts as in flight here.
         self._actors.post(alarm.key, fire, lambda _error: self.done_with(alarm))
 
-    async def _claim_runs(self, runs: AlarmRunStore, now: int, limit: int, mine: list[str]) -> None:
+    async def _claim_runs(
+        self, runs: AlarmRunStore, now: int, limit: int, mine: list[str]
+    ) -> Callable[[], Awaitable[None]] | None:
         """Claim due alarms with their instances' leases and rows, and run those in batches.
 
         An instance something of this engine works on already (an actor, a lease being
         given up), or one whose lease another engine holds, goes to its actor as before.
+        Returns the batch to run in the sleeper's own task, when the claim took every due
+        alarm (fewer than `limit`) into one batch: no further claim waits for it to end, so
+        no task of its own is started for it; ``None`` when every batch runs in a task.
         """
         actors, leases = self._actors, self._leases
         assert leases is not None
@@ -203,8 +208,12 @@ class AlarmSleeper:
             self._claimed.add(one.alarm.id)
             target = held[key]  # leased: runs_here held it
             batches.setdefault(id(target), (target, []))[1].append(one)
+        if len(batches) == 1 and len(claimed) < limit:
+            [(target, batch)] = batches.values()
+            return functools.partial(target.fire_batch, batch, self._finish)
         for target, batch in batches.values():
             actors.spawn(functools.partial(target.fire_batch, batch, self._finish))
+        return None
 
     def _finish(self, claimed: ClaimedAlarm) -> None:
         self.done_with(claimed.alarm)
@@ -232,16 +241,21 @@ class AlarmSleeper:
                         continue
                     # Busy until dispatched: the claim hides the alarms before their actors exist.
                     handoffs.begin()
+                    last = None
                     try:
                         if self._runs is not None and self._batched:
-                            await self._claim_runs(self._runs, now, min(self._batch, free), mine)
+                            last = await self._claim_runs(self._runs, now, min(self._batch, free), mine)
                         else:
                             alarms = await storage.claim_alarms(now, self.lease_ms, min(self._batch, free), mine)
                             for alarm in alarms:
                                 self._dispatch(alarm)
                     finally:
                         handoffs.end()
-                    await trio.lowlevel.checkpoint()
+                    if last is not None and not await self._actors.run_here(last):
+                        self._actors.spawn(last)  # no concurrency slot free now: it waits for one in a task
+                    # Its write (or the claim's) let the other tasks run; the spawned ones need a checkpoint.
+                    if last is None:
+                        await trio.lowlevel.checkpoint()
                     continue
             except StorageError as exc:
                 _log.error("alarm sleeper: %s; trying again in 1 s", exc.message)

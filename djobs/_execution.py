@@ -275,9 +275,13 @@ class Env:
     job_loggers: dict[tuple[str, str], logging.Logger] = field(default_factory=dict)
     #: Whether events are worth building: not for the `NoopTracker`, which drops them.
     tracking: bool = field(init=False, default=True)
+    #: The storage, if it writes many check-ins in one transaction (`AlarmRunStore`): a
+    #: protocol's ``isinstance`` walks its members, so it is asked once, not per write.
+    run_store: AlarmRunStore | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tracking", not isinstance(self.tracker, NoopTracker))
+        object.__setattr__(self, "run_store", self.storage if isinstance(self.storage, AlarmRunStore) else None)
 
     def now_ms(self) -> int:
         return self.clock.now_ms()
@@ -337,9 +341,9 @@ class Env:
         or the error it alone failed with (`LeaseLostError`, `DuplicateEventError`: nothing
         of it written). Raises `StorageError` if the transaction failed (nothing written).
         """
-        storage = self.storage
-        if not isinstance(storage, AlarmRunStore):
-            raise StorageError(f"{type(storage).__name__} cannot write many check-ins in one transaction")
+        storage = self.run_store
+        if storage is None:
+            raise StorageError(f"{type(self.storage).__name__} cannot write many check-ins in one transaction")
         owner = self.leases.owner
         for checkin, _ in writes:
             if checkin.lease_owner is None:
