@@ -240,3 +240,61 @@ async def test_a_failing_enqueue_in_a_group_commit_takes_nothing_of_the_others_w
         if keyed:  # the failed writer's key went with its row
             keys = [r[0] for r in storage.connection.execute("SELECT job_id FROM job_keys ORDER BY job_id")]
             assert keys == ["a", "b", "taken"]
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("step", ["create", "end"])
+async def test_a_write_that_fails_partway_takes_its_whole_group_commit_back(tmp_path: Path, step: str) -> None:
+    # A workflow's start (lease, row, alarm) and end (row, alarm's delete) are written without
+    # a savepoint: when a statement after the first fails, what came before it cannot be undone
+    # alone, so the shared transaction is rolled back whole and every writer in it is told.
+    from djobs.storage import Checkin, InstanceRecord, SetAlarm
+
+    def record(key: str, status: str = "running") -> InstanceRecord:
+        return InstanceRecord(key=key, kind="workflow", name="w", instance_id=key, status=status, data=b"{}")
+
+    async with djobs.sqlite(tmp_path / "w.db").open() as storage:
+        assert isinstance(storage, SqliteStorage)
+        db = storage.connection
+        if step == "end":
+            for key in ("a", "boom", "b"):
+                checkin = Checkin(key=key, record=record(key), alarm=SetAlarm(10, "run"))
+                assert await storage.create_instance(checkin, "me", 0, 60_000) is None
+            db.execute(
+                "CREATE TEMP TRIGGER boom BEFORE DELETE ON alarms WHEN OLD.key = 'boom'"
+                " BEGIN SELECT RAISE(ABORT, 'boom'); END"
+            )
+        else:
+            db.execute(
+                "CREATE TEMP TRIGGER boom BEFORE INSERT ON alarms WHEN NEW.key = 'boom'"
+                " BEGIN SELECT RAISE(ABORT, 'boom'); END"
+            )
+        outcomes: dict[str, object] = {}
+
+        async def write(key: str) -> None:
+            try:
+                if step == "create":
+                    checkin = Checkin(key=key, record=record(key), alarm=SetAlarm(10, "run"))
+                    outcomes[key] = await storage.create_instance(checkin, "me", 0, 60_000)
+                else:
+                    outcomes[key] = await storage.checkpoint_instance(record(key, "completed"), "me", clear_alarm=True)
+            except djobs.StorageError as exc:
+                outcomes[key] = exc
+
+        async with trio.open_nursery() as nursery:
+            for key in ("a", "boom", "b"):
+                nursery.start_soon(write, key)
+        assert all(isinstance(outcome, djobs.StorageError) for outcome in outcomes.values()), outcomes
+        assert "boom" in str(outcomes["boom"])
+        # Nothing of any of them: not the failed one's first statements, not the others'.
+        statuses = dict(db.execute("SELECT key, status FROM instances"))
+        alarms = {key for (key,) in db.execute("SELECT key FROM alarms")}
+        leases = {key for (key,) in db.execute("SELECT key FROM instance_leases")}
+        if step == "create":
+            assert statuses == {} and alarms == set() and leases == set()
+        else:
+            assert statuses == dict.fromkeys(("a", "boom", "b"), "running") and alarms == {"a", "boom", "b"}
+        # The next transaction is not affected.
+        db.execute("DROP TRIGGER boom")
+        await write("a")
+        assert outcomes["a"] is None

@@ -346,7 +346,9 @@ class InstanceCreator(Protocol):
             exists (then nothing is written, the lease included).
 
         Raises:
-            LeaseLostError: Another owner holds the key's lease (nothing is written).
+            LeaseLostError: Another owner holds the key's lease (nothing is written). A
+                storage whose transaction keeps every other writer out (SQLite's) may look
+                for a stored instance first and answer it whoever holds the lease.
             StorageError: The storage failed.
         """
         ...

@@ -752,11 +752,13 @@ class _Batch:
     """One group commit: writers wait in `writers` (see `SqliteStorage.write`), reads on `done`;
     `error` says if the commit failed."""
 
-    __slots__ = ("done", "error", "writers")
+    __slots__ = ("done", "error", "spoiled", "writers")
 
     def __init__(self) -> None:
         self.done = trio.Event()
         self.error: StorageError | None = None
+        #: Set when a writer failed partway (see `SqliteStorage.write`): the batch is rolled back whole.
+        self.spoiled: StorageError | None = None
         self.writers: list[trio.lowlevel.Task] = []
 
     def end(self, error: StorageError | None = None) -> None:
@@ -766,6 +768,10 @@ class _Batch:
         for task in self.writers:
             trio.lowlevel.reschedule(task)
         self.writers.clear()
+
+
+def _describe_any(exc: BaseException) -> str:
+    return _describe(exc) if isinstance(exc, apsw.Error) else f"{type(exc).__name__}: {exc}"
 
 
 def _cannot_abort(_: Callable[[], BaseException]) -> trio.lowlevel.Abort:
@@ -858,7 +864,12 @@ class SqliteStorage:
         statement that writes, without a ``RETURNING`` cursor, and raises only
         from it or before it (a read that checks): SQLite undoes a failing
         statement by itself, so no savepoint is needed (two statements fewer
-        per write). The leader lets every task that is
+        per write). More statements may follow the first that writes when none of
+        them is expected to fail (no fence, no constraint that can refuse): should
+        one fail all the same (a full disk, an I/O error), what came before it
+        cannot be undone alone, so the whole batch is rolled back and every
+        writer in it gets the `StorageError` (`_Batch.spoiled`); nothing is ever
+        half written. The leader lets every task that is
         ready run once, so their writes join the batch, then commits. Every
         caller returns (or raises `StorageError`) only after the commit that
         holds its writes: durability is per call, the cost of a commit is
@@ -877,13 +888,22 @@ class SqliteStorage:
             else:  # another task opened a batch while we waited for the lock: join it
                 leader = False
         outcome: T | BaseException
-        if single:
+        if batch.spoiled is not None:
+            outcome = batch.spoiled  # rolled back whole: nothing more is written in it
+        elif single:
+            changes = db.total_changes()
             try:
                 outcome = fn(db)
             except BaseException as exc:
                 outcome = exc
+                if db.total_changes() != changes or not db.in_transaction:
+                    # Written partway (or SQLite rolled the transaction back itself): only
+                    # the whole batch can be undone.
+                    batch.spoiled = StorageError(f"write to {self.path} failed partway: {_describe_any(exc)}", exc)
         else:
             outcome = self._in_savepoint(db, fn)
+            if isinstance(outcome, StorageError) and not db.in_transaction:
+                batch.spoiled = outcome
         # Shielded (no cancel ends these waits): the writes are in the batch, and the caller
         # must learn whether they committed.
         if leader:
@@ -891,6 +911,8 @@ class SqliteStorage:
             self._batch = None
             try:
                 self._check_file()
+                if batch.spoiled is not None:
+                    raise batch.spoiled
             except StorageError as exc:
                 with contextlib.suppress(apsw.Error):
                     db.execute("ROLLBACK")
@@ -1021,20 +1043,34 @@ class SqliteStorage:
     async def create_instance(
         self, checkin: Checkin, owner: str, now_ms: int, lease_ms: int
     ) -> tuple[InstanceRecord, Alarm | None] | None:
+        record, alarm = checkin.record, checkin.alarm
+        simple = record is not None and checkin.event_id is None and checkin.dead_letter is None
+
         def run(db: apsw.Connection) -> None:
             key = checkin.key
-            # The lease first: while it is held here, no other engine writes the key.
-            lease_now = self.lease_now(now_ms)
-            if not list(db.execute(_ACQUIRE_LEASE, (key, owner, lease_now + lease_ms, lease_now))):
-                raise LeaseLostError(key)
-            # A look at the key's index first: the row and its alarm are read only if it exists.
+            # The batch holds the file's write lock, so what this reads stays true until it
+            # commits: the key is looked up first (the row and its alarm are read only if it
+            # exists), and a stored instance is answered without taking its lease.
             if _scalar_args(db, _INSTANCE_EXISTS, (key,)) is not None:
                 for row in db.execute(_sql.LOAD, (key,)):
-                    raise InstanceExistsError(loaded(row))  # the savepoint's rollback gives the lease back
-            _apply(db, checkin)
+                    raise InstanceExistsError(loaded(row))
+            lease_now = self.lease_now(now_ms)
+            if not list(db.execute(_ACQUIRE_LEASE, (key, owner, lease_now + lease_ms, lease_now))):
+                raise LeaseLostError(key)  # nothing written: another engine holds the lease
+            if simple:
+                # The row and its alarm: statements that refuse nothing (see `write`).
+                assert record is not None
+                db.execute(_sql.UPSERT_INSTANCE, instance_args(key, record))
+                if isinstance(alarm, SetAlarm):
+                    db.execute(_SET_ALARM, (key, alarm.fire_at, alarm.fire_at, alarm.purpose))
+                elif isinstance(alarm, ClearAlarm):
+                    db.execute(_sql.DELETE_ALARM, (key,))
+            else:
+                _apply(db, checkin)
 
         try:
-            await self.write(run)
+            # Without an event id or a dead letter nothing after the lease can refuse: no savepoint.
+            await self.write(run, single=simple)
         except InstanceExistsError as exists:
             return exists.stored
         return None
@@ -1051,10 +1087,11 @@ class SqliteStorage:
                     raise LeaseLostError(key)
                 db.execute(_sql.UPSERT_INSTANCE, instance_args(key, record))
             if clear_alarm:
-                db.execute(_sql.DELETE_ALARM, (key,))
+                db.execute(_sql.DELETE_ALARM, (key,))  # refuses nothing (see `write`)
 
-        # Without the alarm one statement writes, whichever way: no savepoint.
-        await self.write(run, single=not clear_alarm)
+        # The fence refuses before anything is written, and the alarm's delete refuses
+        # nothing: no savepoint, with or without it.
+        await self.write(run, single=True)
 
     async def has_event_id(self, key: str, event_id: str) -> bool:
         def run(db: apsw.Connection) -> bool:
