@@ -13,6 +13,9 @@ from datetime import UTC, datetime
 from typing import Protocol, final
 
 import trio
+from returns.result import Failure, Success
+
+from ._input import epoch_ms
 
 
 class Clock(Protocol):
@@ -80,9 +83,11 @@ class VirtualClock:
 
     def __init__(self, start: datetime | None = None) -> None:
         start = start or datetime(2026, 1, 1, tzinfo=UTC)
-        if start.tzinfo is None:
-            raise ValueError("VirtualClock(start=...) needs a timezone-aware datetime")
-        self.start_ms = to_epoch_ms(start)
+        match epoch_ms(start, "VirtualClock(start=...)"):
+            case Success(ms):
+                self.start_ms: int = ms
+            case Failure(error):  # a naive start, or a time zone that cannot say its offset
+                raise ValueError(error.message)
         self._anchor: float | None = None
 
     def _trio_anchor(self) -> float:

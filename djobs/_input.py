@@ -31,7 +31,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 import msgspec
 from returns.result import Failure, Result, Success
 
-from ._errors import ValidationError
+from ._errors import ValidationError, describe, safe_repr
 
 #: The longest interval, delay or backoff djobs takes or computes: 100 years. Longer ones are
 #: refused at definition time (``every``, ``flush_after``) and backoff arithmetic is capped here,
@@ -235,10 +235,16 @@ def epoch_ms(moment: object, what: str) -> Result[int, ValidationError]:
     """Epoch milliseconds of an aware `datetime`; a naive one, a broken time zone (an offset of
     a day or more) or a moment `datetime` cannot represent in UTC is a `ValidationError`."""
     if not isinstance(moment, datetime):
-        return Failure(ValidationError(f"{what} must be a timezone-aware datetime, got {moment!r:.80}"))
+        return Failure(ValidationError(f"{what} must be a timezone-aware datetime, got {safe_repr(moment):.80}"))
     try:
         if moment.tzinfo is None or moment.utcoffset() is None:
-            return Failure(ValidationError(f"{what} must be a timezone-aware datetime, got naive {moment!r}"))
+            return Failure(
+                ValidationError(f"{what} must be a timezone-aware datetime, got naive {safe_repr(moment):.80}")
+            )
         return Success(round(moment.timestamp() * 1000))
-    except (ValueError, OverflowError, TypeError, ArithmeticError) as exc:
-        return Failure(ValidationError(f"{what} {moment!r:.80} cannot be turned into UTC: {exc}"))
+    except Exception as exc:  # the tzinfo is user code: its utcoffset may raise anything
+        shown = moment.replace(tzinfo=None).isoformat()
+        zone = safe_repr(moment.tzinfo)
+        return Failure(
+            ValidationError(f"{what} {shown} in time zone {zone:.80} cannot be turned into UTC: {describe(exc)}")
+        )

@@ -1550,3 +1550,95 @@ def test_out_of_range_integers_are_validation_errors_on_every_storage(kind: str,
                 drop_schema(postgres_dsn() or "", schema)
 
     property()
+
+
+# -- time zones whose code raises ------------------------------------------------------------
+
+_TZ_FAULTS: list[Any] = [
+    RuntimeError("tz boom"),
+    ValueError("no offset"),
+    ZeroDivisionError(),
+    KeyError("zone"),
+    "not a timedelta",
+    timedelta(days=2),
+]
+
+
+@st.composite
+def hostile_zones(draw: st.DrawFn) -> tzinfo:
+    """A tzinfo whose utcoffset raises (or returns what is not an offset), its repr maybe raising too."""
+    fault = draw(st.sampled_from(_TZ_FAULTS))
+    bad_repr = draw(st.booleans())
+
+    class Hostile(tzinfo):
+        def utcoffset(self, dt: datetime | None) -> timedelta:
+            if isinstance(fault, BaseException):
+                raise fault
+            return fault  # type: ignore[no-any-return]
+
+        def dst(self, dt: datetime | None) -> timedelta:
+            return self.utcoffset(dt)
+
+        def __repr__(self) -> str:
+            if bad_repr:
+                raise RuntimeError("repr exploded")
+            return "Hostile()"
+
+    return Hostile()
+
+
+class Stamp(msgspec.Struct):
+    n: int = 0
+
+
+def _stamp_body(params: Stamp, ctx: djobs.JobContext) -> None:
+    return None
+
+
+_stamped = djobs.Job.make("stamped", params=Stamp, execute=_stamp_body, on="stamp.sent")
+
+
+@settings(max_examples=30, deadline=None)
+@given(zone=hostile_zones())
+def test_a_time_zone_whose_code_raises_is_a_validation_error_on_every_verb_taking_a_datetime(zone: tzinfo) -> None:
+    """later(at=), later_many(at=), send_event(at=), a Task's ctx.schedule(moment), ctx.sleep(moment),
+    ctx.wait_for_signal(timeout=moment) and VirtualClock(start): a typed refusal, nothing stored."""
+    moment = datetime(2030, 1, 1, tzinfo=zone)
+
+    def reschedule(event: Stamp, ctx: djobs.TaskEventContext[Stamp]) -> None:
+        ctx.schedule(moment)
+
+    async def sleeper(_input: Stamp, ctx: djobs.WorkflowContext) -> int:
+        if _input.n == 0:
+            await ctx.sleep(moment)
+        else:
+            await ctx.wait_for_signal("go", Stamp, timeout=moment)
+        return 1
+
+    ticker = djobs.Task.make("ticker", state=Stamp, event=Stamp, on_event=reschedule, execute=lambda ctx: None)
+    flow = djobs.Workflow.make("flow", input=Stamp, result=int, execute=sleeper)
+
+    async def main() -> None:
+        async with trio.open_nursery(), open_test_engine([_stamped, ticker, flow]) as engine:  # the host's nursery
+            jobs = engine.client.job(_stamped)
+            for refused in (
+                await jobs.later(Stamp(), at=moment),
+                await jobs.later_many([Stamp()], at=moment),
+                await engine.client.send_event("stamp.sent", Stamp(), at=moment),
+            ):
+                error = failure(refused)
+                assert isinstance(error, djobs.ValidationError) and "UTC" in error.message, error
+            assert success(await engine.client.jobs.list()) == []
+            error = failure(await engine.client.task(ticker).send(id="t", event=Stamp()))
+            assert isinstance(error, djobs.ValidationError) and "UTC" in error.message, error
+            for n in (0, 1):
+                success(await engine.client.workflow(flow).start(id=f"w{n}", input=Stamp(n)))
+            await trio.sleep(60)
+            for n in (0, 1):
+                status = success(await engine.client.workflow(flow).status(f"w{n}"))
+                assert status.status == "failed" and status.error is not None, status
+                assert status.error["tag"] == "validation" and "UTC" in status.error["message"], status
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    with pytest.raises(ValueError, match="UTC"):
+        djobs.VirtualClock(moment)

@@ -25,6 +25,7 @@ from .._errors import (
     StorageError,
     TenantError,
     ValidationError,
+    safe_repr,
 )
 from .._event import Event, name_problem
 from .._execution import Env
@@ -523,7 +524,9 @@ def due_at(at: object, delay: object, now: int) -> Result[int, ValidationError]:
     match when:
         case Success(ms) if ms > LATEST_MS:
             return Failure(
-                ValidationError(f"a job cannot be scheduled after 9999-12-30 (got at={at!r}, delay={delay!r})")
+                ValidationError(
+                    f"a job cannot be scheduled after 9999-12-30 (got at={safe_repr(at)}, delay={safe_repr(delay)})"
+                )
             )
     return when
 
