@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import warnings
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -712,3 +714,33 @@ def test_bad_definitions_raise_at_make() -> None:
             djobs.Debounce.make(name, **args)
     ok = djobs.Debounce.make("ok", event=Webhook, state=Batch, on_event=append, execute=send, max_events=1)
     assert (ok.flush_after_ms, ok.max_events, ok.state) == (5000, 1, Batch)
+
+
+@pytest.mark.trio
+async def test_a_bug_below_add_is_a_storage_error_and_the_next_add_works(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    storage = djobs.storage.faulty(djobs.memory())
+    batcher = make_batcher([], max_events=None)
+    async with open_test_engine([batcher], storage=storage) as engine:
+        client = engine.client.debounce(batcher)
+        storage.fail("acquire_instance_lease", kind="bug", times=1)  # the first add's lease: a RuntimeError
+        failed = failure(await client.add(id="a", event=hook(1)))
+        assert isinstance(failed, djobs.StorageError) and "failed unexpectedly" in failed.message, failed
+        assert "injected bug" in failed.message
+        added = success(await client.add(id="a", event=hook(2)))
+        assert added.created and added.event_count == 1
+
+
+@pytest.mark.trio
+async def test_an_add_never_awaited_warns_with_its_own_name(autojump_clock: trio.testing.MockClock) -> None:
+    batcher = make_batcher([])
+    async with open_test_engine([batcher]) as engine:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            engine.client.debounce(batcher).add(id="a", event=hook(1))  # dropped at once, never awaited
+            gc.collect()
+        messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+        assert messages == ["coroutine 'djobs.DebounceClient.add' was never awaited"], messages
+        status = success(await engine.client.debounce(batcher).status("a"))
+        assert status.status == "not_found"  # nothing was added

@@ -236,15 +236,19 @@ def effect(fn: Callable[[], Awaitable[Result[T, Any]]], verb: str | None = None)
         except JobError as exc:
             return Failure(exc)
         except Exception as exc:  # a bug below: a typed failure for the caller, never an escape into its app
-            _log.exception("bug: a client verb raised %s; the caller gets a StorageError", describe(exc))
-            return Failure(
-                StorageError(f"djobs failed unexpectedly ({describe(exc)}); the call may not have applied", exc)
-            )
+            return bug_failure(exc)
 
     coroutine = run()
     if isinstance(coroutine, CoroutineType):  # always: `run` is an async def
         coroutine.__qualname__ = _verb_name(sys._getframe(1)) if verb is None else "djobs." + verb
     return FutureResult(coroutine)
+
+
+def bug_failure(exc: Exception) -> Failure[StorageError]:
+    """What a client verb answers for `exc`, a bug below it (logged): a `StorageError` that says
+    the call may not have applied. Never an escape into the caller's app."""
+    _log.exception("bug: a client verb raised %s; the caller gets a StorageError", describe(exc))
+    return Failure(StorageError(f"djobs failed unexpectedly ({describe(exc)}); the call may not have applied", exc))
 
 
 def _verb_name(frame: FrameType | None) -> str:

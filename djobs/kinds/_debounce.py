@@ -37,6 +37,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, NoReturn, overload
 
 import msgspec
@@ -72,15 +73,16 @@ from ..tracking import TrackedEvent
 from ..tracking._base import CALLER_CONTEXT
 from ._common import (
     MAX_ID_LENGTH,
+    TENANT_SEPARATOR,
     D_contra,
     Definition,
     InstanceClient,
     StateResult,
     TenantScoped,
+    bug_failure,
     check_id,
     check_name,
     count_failed_attempt,
-    effect,
     instance_dead_letter,
     instance_key,
     revive_letter,
@@ -125,7 +127,12 @@ class DebounceEventContext(BaseContext[D_co], Generic[E, S, D_co]):
         event_count: int,
         tenant_id: str | None = None,
     ) -> None:
-        super().__init__(env, job_name, instance_id, log, tenant_id)
+        # BaseContext's fields set here, not through its __init__: one per add, a call fewer.
+        self._env = env
+        self.job_name = job_name
+        self.instance_id = instance_id
+        self.log = log
+        self.tenant_id = tenant_id
         self.event = event
         self.state = state
         self.event_count = event_count
@@ -448,7 +455,7 @@ ROUND_LIMIT = 1000
 @dataclass(slots=True, eq=False)
 class _QueuedAdd(Generic[E]):
     """One ``add`` waiting in its instance's queue; `result` is set after its round, and
-    `waiter`, the caller's task parked until then (`wait`), is rescheduled."""
+    `waiter`, the caller's task parked until then (with `abort`), is rescheduled."""
 
     instance_id: str
     event: E
@@ -456,13 +463,9 @@ class _QueuedAdd(Generic[E]):
     result: _Added | None = None
     waiter: trio.lowlevel.Task | None = None
 
-    async def wait(self) -> None:
-        """Park the calling task until `_finish` answers this add; a cancel ends the wait, not the add."""
-        # One park and one reschedule (a trio.Event costs an object, a set and more calls per add).
-        self.waiter = trio.lowlevel.current_task()
-        await trio.lowlevel.wait_task_rescheduled(self._abort)
-
-    def _abort(self, _: Callable[[], BaseException]) -> trio.lowlevel.Abort:
+    def abort(self, _: Callable[[], BaseException]) -> trio.lowlevel.Abort:
+        """The abort function of the caller's park (one park and one reschedule per add: a
+        `trio.Event` costs an object, a set and more calls)."""
         # Cancelled while queued: the add is still applied; nobody is woken for it.
         self.waiter = None
         return trio.lowlevel.Abort.SUCCEEDED
@@ -513,6 +516,9 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         #: The adds waiting per instance while one caller (the writer) applies them in rounds.
         self._queues: dict[str, deque[_QueuedAdd[E]]] = {}
         self._logger = self.env.logger.getChild(f"{KIND}.{job.name}")
+        #: What `key` puts before an instance id when no tenant is set.
+        self._key_prefix = instance_key(KIND, job.name, "")
+        self._within = runtime.actors.within
         self._log_level = threshold(job.logging)
         self._reducer_what = f"the on_event of debounce job {job.name!r}"
         self._reducer = offloaded(job.on_event, job.limits, self._reducer_what)
@@ -588,42 +594,54 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
     async def add(
         self, instance_id: str, event: object, event_id: object
     ) -> Result[AddResult, ValidationError | ExecutionError | DuplicateEventError | StorageError]:
-        # Matches, not a Result.do: every add passes here, and a generator would cost more than the checks.
-        the_event_id: str | None = None
-        if event_id is not None:
-            match _check_event_id(event_id):
-                case Success(checked_id):
-                    the_event_id = checked_id
-                case Failure(error):
-                    return Failure(error)
-        copied = self._copy_event(event)
-        if isinstance(copied, ValidationError):
-            return Failure(copied)
-        key = self.key(instance_id)
-        pending = _QueuedAdd(instance_id, copied[1], the_event_id)
-        queue = self._queues.get(key)
-        if queue is not None and not self.runtime.within(key):
-            # A writer is applying this instance's adds: join its queue and wait for its commit.
-            queue.append(pending)
-            await pending.wait()
-        else:
-            if queue is not None:  # a handler of this very instance adding to it: refused by `call`
-                return await self.runtime.call(key, _unreachable)
-            queue = self._queues[key] = deque((pending,))
-            try:
-                # Shielded as a handler on an actor is: the adds queued behind this
-                # caller are applied even if it is cancelled.
-                with trio.CancelScope(shield=True):
-                    await self._write(key, queue)
-            finally:
-                # No await since the queue was last seen empty (or the writer failed).
-                del self._queues[key]
-                if queue:
-                    gone = StorageError("the add was not applied: the engine failed while applying it")
-                    while queue:
-                        _finish(queue.popleft(), Failure(gone))
-        assert pending.result is not None
-        return pending.result
+        """Add `event` to instance `instance_id`'s batch (the client's ``add``, its id checked).
+
+        A `JobError` raised below is its failure and any other exception (a bug) a logged
+        `StorageError`, as `effect` answers them: the client awaits this coroutine itself.
+        """
+        try:
+            # Matches, not a Result.do: every add passes here, and a generator would cost more than the checks.
+            the_event_id: str | None = None
+            if event_id is not None:
+                match _check_event_id(event_id):
+                    case Success(checked_id):
+                        the_event_id = checked_id
+                    case Failure(error):
+                        return Failure(error)
+            copied = self._copy_event(event)
+            if isinstance(copied, ValidationError):
+                return Failure(copied)
+            key = self._key_prefix + instance_id if self.tenant is None else self.key(instance_id)
+            pending = _QueuedAdd(instance_id, copied[1], the_event_id)
+            queue = self._queues.get(key)
+            if queue is not None and not self._within(key):
+                # A writer is applying this instance's adds: join its queue and wait for its commit,
+                # parked until `_finish` reschedules this task (a cancel ends the wait, not the add).
+                queue.append(pending)
+                pending.waiter = trio.lowlevel.current_task()
+                await trio.lowlevel.wait_task_rescheduled(pending.abort)
+            else:
+                if queue is not None:  # a handler of this very instance adding to it: refused by `call`
+                    return await self.runtime.call(key, _unreachable)
+                queue = self._queues[key] = deque((pending,))
+                try:
+                    # Shielded as a handler on an actor is: the adds queued behind this
+                    # caller are applied even if it is cancelled.
+                    with trio.CancelScope(shield=True):
+                        await self._write(key, queue)
+                finally:
+                    # No await since the queue was last seen empty (or the writer failed).
+                    del self._queues[key]
+                    if queue:
+                        gone = StorageError("the add was not applied: the engine failed while applying it")
+                        while queue:
+                            _finish(queue.popleft(), Failure(gone))
+            assert pending.result is not None
+            return pending.result
+        except JobError as exc:
+            return Failure(exc)  # type: ignore[arg-type]
+        except Exception as exc:  # a bug below: a typed failure for the caller, never an escape into its app
+            return bug_failure(exc)
 
     async def flush(self, instance_id: str) -> Result[FlushResult, InstanceNotFoundError | StorageError]:
         key = self.key(instance_id)
@@ -1107,12 +1125,26 @@ class DebounceClient(InstanceClient[DebounceHandler[E, S]], Generic[E, S]):
         """
         handler = self._handler
         if handler is not None and handler.tenant is None and not self._tenant_missing:
-            # `_verb` without its bind (no tenant id to check first): every add passes here.
-            match check_id(id):
-                case Success(instance_id):
-                    return effect(functools.partial(handler.add, instance_id, event, event_id), "DebounceClient.add")
-                case Failure(error):
-                    return FutureResult.from_failure(error)
+            # `_verb` without its bind (no tenant id to check first) nor `effect`'s wrapper (the
+            # handler's add answers a bug as `effect` would): every add passes here.
+            if (
+                type(id) is str
+                and 0 < len(id) <= MAX_ID_LENGTH
+                and id.isascii()  # no lone surrogate: what `check_id` checks, without its calls
+                and "\x00" not in id
+                and TENANT_SEPARATOR not in id
+            ):
+                instance_id: str = id
+            else:
+                match check_id(id):
+                    case Success(checked):
+                        instance_id = checked
+                    case Failure(error):
+                        return FutureResult.from_failure(error)
+            coroutine = handler.add(instance_id, event, event_id)
+            if isinstance(coroutine, CoroutineType):  # always: a verb never awaited warns under its own name
+                coroutine.__qualname__ = "djobs.DebounceClient.add"
+            return FutureResult(coroutine)
         return self._verb(id, lambda h, i: h.add(i, event, event_id))
 
     def flush(
