@@ -248,19 +248,66 @@ def _never_matches(expression: str, day_or: bool) -> bool:
     return False
 
 
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+#: The names a field may use for its numbers (cron's: three-letter, any case).
+_NAMES: dict[str, dict[str, int]] = {
+    "month": {name: number for number, name in enumerate(_MONTHS, start=1)},
+    "day-of-week": {name: number for number, name in enumerate(_WEEKDAYS)},
+}
+_BOUNDS = {"minute": ("0", "59"), "hour": ("0", "23"), "day-of-month": ("1", "31"), "month": ("1", "12")}
+_BOUNDS["day-of-week"] = ("0", "6")
+_NAMED_BOUNDS = {"month": ("jan", "dec"), "day-of-week": ("sun", "sat")}
+_RANGE = re.compile(r"([0-9a-z]+)-([0-9a-z]+)(?:/.*)?")
+
+
+def _reversed_range(field: str, names: dict[str, int]) -> str | None:
+    """The first range of `field` whose start is past its end (``5-1``, ``22-2/2``, ``fri-mon``), or ``None``.
+
+    cronie refuses such a range (src/entry.c, get_range); croniter would read it
+    as wrapping around. Parts that are not a plain range (``L-3``, ``*``) are left
+    to croniter's own checks.
+    """
+    for part in field.split(","):
+        matched = _RANGE.fullmatch(part.lower())
+        if matched is None:
+            continue
+        first, last = (_number(end, names) for end in matched.groups())
+        if first is not None and last is not None and first > last:
+            return part.split("/")[0]
+    return None
+
+
+def _number(end: str, names: dict[str, int]) -> int | None:
+    if end.isdigit():
+        return int(end)
+    return names.get(end)
+
+
 @lru_cache(maxsize=512)
 def _plan(normal: str) -> Result[_Plan, str]:
     """The walks of a normalised expression, or why it is refused (a message tail)."""
     fields = NICKNAMES.get(normal, normal).split()
     if len(fields) == 6:
         return Failure(
-            "a seconds field is not supported: cron fires to the minute (djobs.every('30 seconds') runs more often)"
+            "6 fields are not supported: the sixth could be a seconds field before the minute (Quartz, croniter)"
+            " or a year field after the day of the week (AWS), so it is read as neither; cron takes 5 fields"
+            f" ({_FIELDS}) and fires to the minute (djobs.every('30 seconds') runs more often)"
         )
     if len(fields) == 7:
         return Failure("seconds and year fields (Quartz) are not supported")
     if len(fields) != 5:
         return Failure(f"expected 5 fields ({_FIELDS}) or a nickname such as @daily, got {len(fields)}")
     minute, hour, dom, month, dow = fields
+    for field, what in zip(fields, _FIELDS.split(), strict=True):
+        backwards = _reversed_range(field, _NAMES.get(what, {}))
+        if backwards is not None:
+            first, last = backwards.split("-")
+            low, high = _BOUNDS[what] if first.isdigit() else _NAMED_BOUNDS[what]
+            return Failure(
+                f"the {what} field's range {backwards!r} runs backwards, and is not read as wrapping around;"
+                f" write the two ranges it would wrap into: {first}-{high},{low}-{last}"
+            )
     for field in (minute, hour, month):
         if "?" in field:
             return Failure("'?' is only allowed as the whole day-of-month or day-of-week field")

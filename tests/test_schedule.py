@@ -331,7 +331,14 @@ def test_cron_survives_msgspec() -> None:
         ("61 * * * *", "out of range"),
         ("nonsense", "expected 5 fields"),
         ("", "expected 5 fields"),
-        ("* * * * * *", "seconds field is not supported"),
+        ("* * * * * *", "6 fields are not supported: the sixth could be a seconds field .* or a year field"),
+        ("0 0 1 1 * 2030", "6 fields are not supported: the sixth could be a seconds field .* or a year field"),
+        ("5-1 * * * *", "the minute field's range '5-1' runs backwards.*5-59,0-1"),
+        ("0 22-2 * * *", "the hour field's range '22-2' runs backwards.*22-23,0-2"),
+        ("5-1/2 * * * *", "the minute field's range '5-1' runs backwards"),
+        ("0 0 1,30-2 * *", "the day-of-month field's range '30-2' runs backwards.*30-31,1-2"),
+        ("0 0 * NOV-feb *", "the month field's range 'NOV-feb' runs backwards.*NOV-dec,jan-feb"),
+        ("0 0 * * fri-mon/2", "the day-of-week field's range 'fri-mon' runs backwards.*fri-sat,sun-mon"),
         ("0 0 0 * * ? *", "seconds and year fields"),
         ("@reboot", "unknown nickname"),
         ("@every 5m", "unknown nickname"),
@@ -525,3 +532,28 @@ def test_question_mark_is_an_unrestricted_day_field() -> None:
     start, end = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 6, 1, tzinfo=UTC)
     assert fires(cron("0 0 ? * 1#1"), start, end) == fires(cron("0 0 * * 1#1"), start, end)
     assert fires(cron("0 0 15 * ?"), start, end) == fires(cron("0 0 15 * *"), start, end)
+
+
+_FIELD_BOUNDS = [("minute", 0, 59), ("hour", 0, 23), ("day-of-month", 1, 28), ("month", 1, 12), ("day-of-week", 0, 7)]
+
+
+@given(
+    field=st.integers(min_value=0, max_value=4),
+    data=st.data(),
+    step=st.one_of(st.none(), st.integers(min_value=1, max_value=5)),
+)
+def test_a_range_is_refused_exactly_when_it_runs_backwards(field: int, data: st.DataObject, step: int | None) -> None:
+    """cronie refuses ``a-b`` with a > b (src/entry.c, get_range); croniter would read it as wrapping around."""
+    what, low, high = _FIELD_BOUNDS[field]
+    first = data.draw(st.integers(min_value=low, max_value=high), label="first")
+    last = data.draw(st.integers(min_value=low, max_value=high), label="last")
+    part = f"{first}-{last}" + ("" if step is None else f"/{step}")
+    fields = ["0", "0", "*", "*", "*"]
+    fields[field] = part
+    result = parse_cron(" ".join(fields))
+    if first > last:
+        assert isinstance(result, Failure)
+        message = result.failure().message
+        assert f"the {what} field's range '{first}-{last}' runs backwards" in message, message
+    else:
+        assert isinstance(result, Success), result
