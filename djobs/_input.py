@@ -77,6 +77,18 @@ def check_text(value: object, what: str, *, max_length: int | None = None) -> Re
     return Success(value)
 
 
+def os_text_problem(text: str) -> str | None:
+    """Why `text` cannot be handed to the operating system or a driver as a file name or
+    connection string (a NUL ends a C string early; a lone surrogate has no UTF-8 form), or ``None``."""
+    if "\x00" in text:
+        return "it contains a NUL character (\\x00), which no file name or connection string can hold"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"it is not valid UTF-8 (a lone surrogate {text[exc.start]!r} at position {exc.start})"
+    return None
+
+
 def clean_text(value: str) -> str:
     """`value` made storable: lone surrogates as ``\\udXXX`` escapes (backslashreplace), NUL as ``\\x00``.
 

@@ -19,6 +19,7 @@ from returns.io import IOFailure, IOSuccess
 
 import djobs
 import djobs.storage
+import djobs.tracking
 from djobs._clock import to_datetime
 from djobs._errors import CLOSED_MESSAGE
 from djobs.testing import failure, open_test_engine, success
@@ -1642,3 +1643,40 @@ def test_a_time_zone_whose_code_raises_is_a_validation_error_on_every_verb_takin
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     with pytest.raises(ValueError, match="UTC"):
         djobs.VirtualClock(moment)
+
+
+# -- file names and connection strings the OS cannot take ----------------------------------------
+
+_unsayable = st.builds(
+    lambda head, bad, tail: head + bad + tail,
+    st.text(max_size=10),
+    st.sampled_from(["\x00", "\ud800", "\udfff", "a\x00"]),
+    st.text(max_size=10),
+)
+
+
+@settings(deadline=None)  # the first example imports the PostgreSQL and HTTP modules
+@given(text=_unsayable)
+def test_a_path_or_dsn_holding_a_nul_or_a_lone_surrogate_is_refused_when_the_layer_is_made(text: str) -> None:
+    """Such text used to reach apsw or libpq at open_engine (a raw ValueError or UnicodeEncodeError, or a
+    DSN silently cut at its NUL): now a ValidationError at construction, which never shows the DSN."""
+    with pytest.raises(djobs.ValidationError, match=r"NUL|UTF-8"):
+        djobs.sqlite(text + ".db")
+    with pytest.raises(djobs.ValidationError, match=r"NUL|UTF-8") as caught:
+        djobs.postgres(f"postgresql://app:pw@127.0.0.1/{text}")
+    assert "pw" not in caught.value.message
+    with pytest.raises(djobs.ValidationError, match=r"NUL|UTF-8"):
+        djobs.tracking.HttpBatchTracker(f"https://example.invalid/{text}", "test", "key")
+
+
+@settings(deadline=None)
+@given(text=st.text(alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), max_size=20))
+def test_a_path_or_dsn_without_them_is_taken(text: str) -> None:
+    djobs.sqlite("x" + text.replace("://", "") + ".db")
+    djobs.postgres(f"postgresql://app@127.0.0.1/{text}")
+
+
+def test_a_dsn_that_is_not_text_is_a_validation_error() -> None:
+    for dsn in (5, None, b"postgresql://x"):
+        with pytest.raises(djobs.ValidationError, match="expected a str"):
+            djobs.postgres(dsn)  # type: ignore[arg-type]

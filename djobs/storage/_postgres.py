@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Literal, final
 
 from .._durations import DurationLike, duration
 from .._errors import StorageError, ValidationError
+from .._input import os_text_problem
 
 if TYPE_CHECKING:
     from ._pgstore import PostgresStorage
@@ -117,6 +118,13 @@ def postgres(
         >>> postgres("postgresql://app:secret@db.internal/app")
         postgres('app@db.internal:5432/app', schema='djobs')
     """
+    if not isinstance(dsn, str):
+        raise ValidationError(
+            f"postgres(dsn=...): expected a str (a libpq connection string or URL), got {type(dsn).__name__}"
+        )
+    problem = os_text_problem(dsn)
+    if problem is not None:  # the DSN is not shown: it may hold a password
+        raise ValidationError(f"postgres(dsn=...): {problem}")
     if not isinstance(schema, str) or not _SCHEMA_RE.fullmatch(schema) or schema.startswith("pg_"):
         raise ValidationError(
             f"postgres(schema={schema!r}): expected a lower-case identifier (letters, digits, _), not starting with pg_"

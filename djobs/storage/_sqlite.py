@@ -23,6 +23,7 @@ import trio
 import trio.testing
 
 from .._errors import CLOSED_MESSAGE, DuplicateEventError, StorageError, ValidationError, describe
+from .._input import os_text_problem
 from .._queue_limits import MAX_PERIOD_MS
 from . import _sql
 from ._base import (
@@ -1920,6 +1921,9 @@ def sqlite(
         raise ValidationError(f"path must be a text path, got {where!r:.80}")
     if not where:
         raise ValidationError("path is empty; give the database file's path, e.g. djobs.sqlite('jobs.db')")
+    problem = os_text_problem(where)
+    if problem is not None:
+        raise ValidationError(f"sqlite(path={where!r:.80}): {problem}")
     if "://" in where:
         raise ValidationError(
             f"{where!r:.80} is a URL, not a file path; for PostgreSQL use djobs.postgres(dsn), "

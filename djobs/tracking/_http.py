@@ -23,6 +23,7 @@ import trio
 
 from .._durations import DurationLike, duration
 from .._errors import ValidationError, describe
+from .._input import os_text_problem
 from .._retry import Backoff
 from ._base import TrackedEvent
 
@@ -150,6 +151,9 @@ class HttpBatchTracker:
         _require_httpx()
         if not isinstance(endpoint, str) or not endpoint:
             raise ValidationError(f"HttpBatchTracker(endpoint={endpoint!r}): expected a URL")
+        problem = os_text_problem(endpoint)
+        if problem is not None:
+            raise ValidationError(f"HttpBatchTracker(endpoint={endpoint!r:.80}): {problem}")
         self.endpoint = endpoint
         self.env = env
         self._service_key = _header_value(service_key, "service_key")
