@@ -34,11 +34,10 @@ from __future__ import annotations
 import contextvars
 import functools
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime
-from types import CoroutineType
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, NoReturn, overload
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, NoReturn, cast, overload
 
 import msgspec
 import trio
@@ -446,6 +445,8 @@ class _Live(Generic[S]):
 
 
 _Added = Result[AddResult, ValidationError | ExecutionError | DuplicateEventError | StorageError]
+#: What a reducer's run gives: the new state's encoding and fresh copy, or why the add fails.
+_Reduced = tuple[bytes, S] | ValidationError | ExecutionError
 _Stop = Literal["lost", "actor"]
 
 #: The most adds of one instance a round applies and commits together.
@@ -711,37 +712,42 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
 
     # -- adding an event -----------------------------------------------------------------
 
-    async def _reduce(
+    def _reduce(
         self, instance_id: str, event: E, state: S | None, count: int
-    ) -> tuple[bytes, S] | ValidationError | ExecutionError:
+    ) -> tuple[bytes, S] | ValidationError | ExecutionError | Coroutine[Any, Any, _Reduced[S]]:
         """Run ``on_event``; the new state's checked encoding, and the state freshly decoded
-        from it (or why the add fails).
+        from it (or why the add fails); or, when what the reducer gave needs ``run_body``
+        (any form but a state, an exception, a timeout, ``blocking``), the coroutine that
+        finishes it, for the caller to await.
 
         The decoded copy (not the object the reducer returned, which its code
         may still hold or change) is what the next event's ``ctx.state`` is.
-        No `Result` is built on the way: this runs once per ``add``.
+        No `Result` and no coroutine is made on the way for a synchronous
+        reducer that returns a state: this runs once per ``add``.
         """
-        job, env = self.job, self.env
+        job = self.job
         log = JobLog(self._logger, self._log_level, {"job": job.name, "instance": instance_id, "event": count})
         ctx: DebounceEventContext[E, S, Any] = DebounceEventContext(
-            env, job.name, instance_id, log, event, state, count, self.tenant
+            self.env, job.name, instance_id, log, event, state, count, self.tenant
         )
         direct = self._direct_reducer
-        if direct is not None:
-            # A synchronous reducer that returns a state: taken as it is. Any other form, and
-            # an exception, goes through `run_body` with the value the reducer gave.
-            try:
-                value = direct(ctx)
-            except BaseException as exc:  # run_body makes it the add's failure, or lets a cancel through
-                result = await run_body(functools.partial(_raise, exc), env.services, self._reducer_what, job.limits)
-            else:
-                if type(value) is job.state:
-                    return self._copy_state(value)
-                result = await run_body(lambda: value, env.services, self._reducer_what, job.limits)
-        else:
+        if direct is None:
             reducer = self._reducer
-            result = await run_body(lambda: reducer(ctx), env.services, self._reducer_what, job.limits)
-        match result:
+            return self._finish_reduce(lambda: reducer(ctx), log)
+        # A synchronous reducer that returns a state: taken as it is. Any other form, and
+        # an exception, goes through `run_body` with the value the reducer gave.
+        try:
+            value = direct(ctx)
+        except BaseException as exc:  # run_body makes it the add's failure, or lets a cancel through
+            return self._finish_reduce(functools.partial(_raise, exc), log)
+        if type(value) is job.state:
+            return self._copy_state(value)
+        return self._finish_reduce(lambda: value, log)
+
+    async def _finish_reduce(self, call: Callable[[], object], log: JobLog) -> _Reduced[S]:
+        """`_reduce` for a reducer's outcome that `run_body` must finish."""
+        job = self.job
+        match await run_body(call, self.env.services, self._reducer_what, job.limits):
             case Failure(error):
                 log.error("on_event failed: %s", error.message)
                 if isinstance(error, ValidationError | ExecutionError):
@@ -875,20 +881,25 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         flush_at_ms, flush_at = now, to_datetime(now)
         full = False
         added = False  # some event of the round was reduced
+        taken = 0
         for pending in queue:
-            if len(results) >= ROUND_LIMIT or (results and pending.event_id is not None):
+            if taken and (taken >= ROUND_LIMIT or pending.event_id is not None):
                 break
+            taken += 1
             created = state is None
             number = 1 if created else count + 1
-            reduced = await self._reduce(pending.instance_id, pending.event, state, number)
-            if not isinstance(reduced, tuple):
-                results.append(Failure(reduced))
+            reduced = self._reduce(pending.instance_id, pending.event, state, number)
+            if type(reduced) is not tuple and not isinstance(reduced, JobError):
+                reduced = await cast("Coroutine[Any, Any, _Reduced[S]]", reduced)
+            if type(reduced) is tuple:
+                raw, state = reduced
+            else:
+                results.append(Failure(cast("ValidationError | ExecutionError", reduced)))
                 if raw is not None:  # a fresh copy of the state before it, whatever the reducer did to it
                     state = decode(job.state, raw, what="state").value_or(None)
                 if event_id is not None:
                     break
                 continue
-            raw, state = reduced
             count = number
             if created:
                 started = True
@@ -949,8 +960,14 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
                     self._keep(key, _Live(serial, record, alarm, state))
                 if full:
                     self.runtime.post(key, lambda: self._flush_posted(key))
-        for result in results:
-            _finish(queue.popleft(), result)
+        reschedule = trio.lowlevel.reschedule
+        for result in results:  # `_finish` of each, without a call
+            pending = queue.popleft()
+            pending.result = result
+            waiter = pending.waiter
+            if waiter is not None:
+                pending.waiter = None
+                reschedule(waiter)
         return None
 
     async def _flush_posted(self, key: str) -> None:
@@ -1142,8 +1159,7 @@ class DebounceClient(InstanceClient[DebounceHandler[E, S]], Generic[E, S]):
                     case Failure(error):
                         return FutureResult.from_failure(error)
             coroutine = handler.add(instance_id, event, event_id)
-            if isinstance(coroutine, CoroutineType):  # always: a verb never awaited warns under its own name
-                coroutine.__qualname__ = "djobs.DebounceClient.add"
+            coroutine.__qualname__ = "djobs.DebounceClient.add"  # type: ignore[attr-defined]  # never awaited: named
             return FutureResult(coroutine)
         return self._verb(id, lambda h, i: h.add(i, event, event_id))
 
