@@ -32,6 +32,17 @@ OnError = Callable[[StorageError], None]
 Message = tuple[Handler, OnError | None]
 _log = logging.getLogger("djobs.engine")
 
+_STATE_ADVICE = "Return the new state or use ctx.set_state instead of the client, or call a different instance"
+#: What a handler that called a verb on its own instance should do instead, by kind (the context's own calls).
+_SELF_ADVICE = {
+    "task": "Use ctx.set_state / ctx.schedule instead of the client, or call a different instance",
+    "workflow": (
+        "A workflow cannot be its own child nor signal or cancel itself: give ctx.child another id, "
+        "or return (or raise) to end the workflow"
+    ),
+}
+_SELF_NAMES = {"workflow": "workflow", "task": "task"}
+
 #: The instances whose handlers the current task is running, or waiting for
 #: through `Actors.call` (a handler that calls another instance's verb). A call
 #: to one of them would wait for itself: it fails at once instead.
@@ -273,9 +284,8 @@ class Actors:
             kind, name, instance = key.split(":", 2)
             instance = instance.rpartition("\x1f")[2]
             raise InvalidStateError(
-                f"a handler of {kind} job {name!r} instance {instance!r} called a verb on that same instance; "
-                "it would wait for itself forever. Return the new state or use ctx.set_state / ctx.schedule "
-                "instead of the client, or call a different instance"
+                f"a handler of {_SELF_NAMES.get(kind, kind + ' job')} {name!r} instance {instance!r} called a verb "
+                f"on that same instance; it would wait for itself forever. {_SELF_ADVICE.get(kind, _STATE_ADVICE)}"
             )
         if self._closing:
             raise StorageError(CLOSED_MESSAGE)

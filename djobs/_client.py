@@ -28,6 +28,18 @@ R = TypeVar("R")
 I = TypeVar("I")  # noqa: E741
 
 
+#: How a message names a job of each kind, and the client verb that takes it.
+_KIND_NAMES = {
+    "job": "one-off job",
+    "cron": "cron job",
+    "continuous": "continuous job",
+    "debounce": "debounce job",
+    "task": "task",
+    "workflow": "workflow",
+}
+_CLIENTS = {"cron": "crons.get"}
+
+
 class Client:
     """Entry point to every job's verbs.
 
@@ -90,7 +102,9 @@ class Client:
         if self._queue is None:
             name = job if isinstance(job, str) else job.name
             return JobClient(name, None, None)
-        return JobClient(*self._queue.handler(job), self._queue, self._tenant_id)
+        name, handler = self._queue.handler(job)
+        missing = None if handler is not None else self._missing(job, name, "job")
+        return JobClient(name, handler, self._queue, self._tenant_id, missing=missing)
 
     @property
     def jobs(self) -> JobsClient:
@@ -216,6 +230,31 @@ class Client:
             return name, None  # same name, another definition: not this engine's job
         return name, handler
 
+    def _lookup(self, job: object, kind: type[Any], wanted: str) -> dict[str, Any]:
+        """The client arguments for `job`: its name, its handler of `kind` (or ``None``) and,
+        if there is none, why (`_missing`)."""
+        name, handler = self._handler(job, kind)
+        missing = None if handler is not None else self._missing(job, name, wanted)
+        return {"name": name, "handler": handler, "missing": missing}
+
+    def _missing(self, job: object, name: str, wanted: str) -> str | None:
+        """Why no `wanted` job is found for `job` (a definition or a name), when the engine knows
+        the name: it is another kind's (say which, and which client to use), or another definition's."""
+        found = self._handlers.get(name)
+        kind = getattr(getattr(found, "job", None), "kind", None)
+        if found is None or not isinstance(kind, str):
+            return None
+        prefix = f"no {_KIND_NAMES.get(wanted, wanted)} named {name!r} is registered with this engine"
+        if kind != wanted:
+            use = f"client.{_CLIENTS.get(kind, kind)}({name!r})"
+            return f"{prefix}: {name!r} is a {_KIND_NAMES.get(kind, kind)}; use {use}"
+        if not isinstance(job, str) and getattr(found, "job", None) is not job:
+            return (
+                f"{prefix}: the {_KIND_NAMES.get(kind, kind)} this engine runs under that name is another definition"
+                " (pass the one given to open_engine, or its name)"
+            )
+        return None
+
     @overload
     def continuous(self, job: Continuous[S, Any]) -> ContinuousClient[S]: ...
     @overload
@@ -223,7 +262,9 @@ class Client:
     def continuous(self, job: Continuous[Any, Any] | str) -> ContinuousClient[Any]:
         """The verbs of a continuous job: start, trigger, status, get_state, terminate."""
         return ContinuousClient(
-            *self._handler(job, ContinuousHandler), self._tenant_id, tenant_required=self._tenant_required
+            tenant=self._tenant_id,
+            tenant_required=self._tenant_required,
+            **self._lookup(job, ContinuousHandler, "continuous"),
         )
 
     @overload
@@ -233,7 +274,9 @@ class Client:
     def debounce(self, job: Debounce[Any, Any, Any] | str) -> DebounceClient[Any, Any]:
         """The verbs of a debounce job: add, flush, clear, status, get_state."""
         return DebounceClient(
-            *self._handler(job, DebounceHandler), self._tenant_id, tenant_required=self._tenant_required
+            tenant=self._tenant_id,
+            tenant_required=self._tenant_required,
+            **self._lookup(job, DebounceHandler, "debounce"),
         )
 
     @overload
@@ -242,7 +285,9 @@ class Client:
     def task(self, job: str) -> TaskClient[Any, Any]: ...
     def task(self, job: Task[Any, Any, Any] | str) -> TaskClient[Any, Any]:
         """The verbs of a task job: send, trigger, status, get_state, terminate."""
-        return TaskClient(*self._handler(job, TaskHandler), self._tenant_id, tenant_required=self._tenant_required)
+        return TaskClient(
+            tenant=self._tenant_id, tenant_required=self._tenant_required, **self._lookup(job, TaskHandler, "task")
+        )
 
     # -- workflows (kinds/_workflow.py) ---------------------------------------------------
 
@@ -253,5 +298,7 @@ class Client:
     def workflow(self, job: Workflow[Any, Any, Any] | str) -> WorkflowClient[Any, Any]:
         """The verbs of a workflow: start, status, result, signal, cancel, list."""
         return WorkflowClient(
-            *self._handler(job, WorkflowHandler), self._tenant_id, tenant_required=self._tenant_required
+            tenant=self._tenant_id,
+            tenant_required=self._tenant_required,
+            **self._lookup(job, WorkflowHandler, "workflow"),
         )

@@ -70,9 +70,17 @@ def _invalid(value: object, what: str, reason: str | None = None) -> ValidationE
     return ValidationError(f"invalid {what} {shown}: {why}{_EXPECTED}")
 
 
+def negative_text(value: str) -> bool:
+    """Whether `value` reads as a duration written with a minus sign (``"-5 seconds"``): refused as negative."""
+    text = value.strip().lower()
+    return text.startswith("-") and _DURATION_RE.fullmatch(text[1:].lstrip()) is not None
+
+
 def _parse_text(value: str, what: str) -> Result[timedelta, ValidationError]:
     text = value.strip().lower()
     if not _DURATION_RE.fullmatch(text):
+        if negative_text(text):
+            return Failure(_invalid(value, what, "must not be negative"))
         return Failure(_invalid(value, what))
     try:
         # Fractions keep "1.5 hours" and "0.1s" exact; timedelta only rounds once, at the end.

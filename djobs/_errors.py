@@ -87,8 +87,8 @@ class InstanceNotFoundError(JobError):
     tag = "instance_not_found"
     retryable = False
 
-    def __init__(self, job_name: str, instance_id: str) -> None:
-        super().__init__(f"job {job_name!r} has no instance with id {instance_id!r}")
+    def __init__(self, job_name: str, instance_id: str, kind: str = "job") -> None:
+        super().__init__(f"{kind} {job_name!r} has no instance with id {instance_id!r}")
         self.job_name = job_name
         self.instance_id = instance_id
 

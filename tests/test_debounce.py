@@ -585,10 +585,10 @@ async def test_bad_input_changes_nothing(autojump_clock: trio.testing.MockClock)
             engine.client.debounce(stranger).get_state("c"),
         ):
             assert await verb == IOFailure(djobs.JobNotFoundError("stranger"))
-        # A continuous client does not reach a debounce job of the same name.
-        assert await engine.client.continuous("webhookBatcher").status("c") == IOFailure(
-            djobs.JobNotFoundError("webhookBatcher")
-        )
+        # A continuous client does not reach a debounce job of the same name, and says which client does.
+        wrong_kind = failure(await engine.client.continuous("webhookBatcher").status("c"))
+        assert isinstance(wrong_kind, djobs.JobNotFoundError) and wrong_kind.name == "webhookBatcher"
+        assert "is a debounce job; use client.debounce('webhookBatcher')" in wrong_kind.message
         # Bad instance ids and event ids.
         for bad_id in ["", "x" * 10_000, "nul\x00byte", 42]:
             assert isinstance(failure(await client.add(id=bad_id, event=hook(0))), djobs.ValidationError)  # type: ignore[arg-type]

@@ -278,9 +278,17 @@ class InstanceClient(Generic[H]):
     """
 
     def __init__(
-        self, name: str, handler: H | None, tenant: str | None = None, *, tenant_required: bool = False
+        self,
+        name: str,
+        handler: H | None,
+        tenant: str | None = None,
+        *,
+        tenant_required: bool = False,
+        missing: str | None = None,
     ) -> None:
         self._name = name
+        #: Why there is no handler, if the client knows better than "not registered" (`not_registered`).
+        self._missing = missing
         self._handler = handler.scoped(tenant) if isinstance(handler, TenantScoped) else handler
         # An engine opened with tenancy="required": an unscoped client's verbs fail with TenantError.
         self._tenant_missing = tenant_required and tenant is None
@@ -288,7 +296,7 @@ class InstanceClient(Generic[H]):
     def _verb(self, instance_id: object, fn: Callable[[H, str], Awaitable[Result[T, Any]]]) -> FutureResult[T, Any]:
         handler = self._handler
         if handler is None:
-            return not_registered(self._name)
+            return not_registered(self._name, self._missing)
         if self._tenant_missing:
             return FutureResult.from_failure(
                 TenantError(
@@ -309,11 +317,12 @@ class InstanceClient(Generic[H]):
         return effect(lambda: bind_async(checked, lambda i: fn(handler, i)))
 
 
-def not_registered(name: str) -> FutureResult[Any, JobNotFoundError]:
-    """The result of every verb of a client for a job the engine does not know."""
+def not_registered(name: str, message: str | None = None) -> FutureResult[Any, JobNotFoundError]:
+    """The result of every verb of a client for a job the engine does not know (`message`, if
+    given, says why: the name is another kind's, or another definition's)."""
 
     async def fail() -> Result[Any, JobNotFoundError]:
-        return Failure(JobNotFoundError(name))
+        return Failure(JobNotFoundError(name, message))
 
     return effect(fail)
 

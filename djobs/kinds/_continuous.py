@@ -310,7 +310,7 @@ class ContinuousHandler(TenantScoped, Generic[S]):
         async def run() -> Result[TriggerResult, InstanceNotFoundError | InvalidStateError | StorageError]:
             loaded = await self.env.storage.load(key)
             if loaded is None:
-                return Failure(InstanceNotFoundError(self.job.name, instance_id))
+                return Failure(InstanceNotFoundError(self.job.name, instance_id, "continuous job"))
             record, alarm = loaded
             if record.status == PAUSED:
                 return Failure(
@@ -335,7 +335,7 @@ class ContinuousHandler(TenantScoped, Generic[S]):
         async def run() -> Result[ContinuousStatus, InstanceNotFoundError | StorageError]:
             loaded = await self.env.storage.load(key)
             if loaded is None:
-                return Failure(InstanceNotFoundError(self.job.name, instance_id))
+                return Failure(InstanceNotFoundError(self.job.name, instance_id, "continuous job"))
             record, _ = loaded
             if record.status != PAUSED:
                 record.status, record.updated_at, record.attempt = PAUSED, self.env.now_ms(), 1
@@ -352,7 +352,7 @@ class ContinuousHandler(TenantScoped, Generic[S]):
         async def run() -> Result[ContinuousStatus, InstanceNotFoundError | StorageError]:
             loaded = await self.env.storage.load(key)
             if loaded is None:
-                return Failure(InstanceNotFoundError(self.job.name, instance_id))
+                return Failure(InstanceNotFoundError(self.job.name, instance_id, "continuous job"))
             record, alarm = loaded
             if record.status != PAUSED:
                 next_run = to_datetime(alarm.fire_at) if alarm else None
@@ -374,7 +374,7 @@ class ContinuousHandler(TenantScoped, Generic[S]):
     ) -> Result[StateResult[S], InstanceNotFoundError | ValidationError | StorageError]:
         loaded = await self.env.storage.load(self.key(instance_id))
         if loaded is None or loaded[0].state is None:
-            return Failure(InstanceNotFoundError(self.job.name, instance_id))
+            return Failure(InstanceNotFoundError(self.job.name, instance_id, "continuous job"))
         record, alarm = loaded
         assert record.state is not None
         return decode(self.job.state, record.state, what="state").map(

@@ -651,7 +651,7 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
             self._forget(key)
             loaded = await self.env.storage.load(key)
             if loaded is None:
-                return Failure(InstanceNotFoundError(self.job.name, instance_id))
+                return Failure(InstanceNotFoundError(self.job.name, instance_id, "debounce job"))
             record, _ = loaded
             if record.state is None:
                 return Success(FlushResult(instance_id, flushed=False, event_count=0))
@@ -703,7 +703,7 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
     ) -> Result[StateResult[S | None], InstanceNotFoundError | ValidationError | StorageError]:
         loaded = await self.env.storage.load(self.key(instance_id))
         if loaded is None:
-            return Failure(InstanceNotFoundError(self.job.name, instance_id))
+            return Failure(InstanceNotFoundError(self.job.name, instance_id, "debounce job"))
         record, alarm = loaded
         if record.state is None:
             return Success(StateResult(None))

@@ -48,9 +48,16 @@ class JobClient(Generic[P, R]):
     """
 
     def __init__(
-        self, name: str, handler: JobHandler[P, R] | None, queue: JobQueue | None, tenant: str | None = None
+        self,
+        name: str,
+        handler: JobHandler[P, R] | None,
+        queue: JobQueue | None,
+        tenant: str | None = None,
+        *,
+        missing: str | None = None,
     ) -> None:
         self._name = name
+        self._missing = missing  # why there is no handler, if known better than "not registered"
         self._handler = handler
         self._queue = queue
         self._tenant = tenant
@@ -75,7 +82,7 @@ class JobClient(Generic[P, R]):
         """
         h, q = self._handler, self._queue
         if h is None or q is None:
-            return not_registered(self._name)
+            return not_registered(self._name, self._missing)
 
         async def start(checked: tuple[bytes, str | None, str | None]) -> Result[JobRun[R], Any]:
             raw, tenant, correlation = checked
@@ -122,7 +129,7 @@ class JobClient(Generic[P, R]):
         """
         h, q = self._handler, self._queue
         if h is None or q is None:
-            return not_registered(self._name)
+            return not_registered(self._name, self._missing)
 
         async def run() -> Result[str, Any]:
             # A match, not Result.do over the checks: this is the enqueue's hot path, and the
@@ -157,7 +164,7 @@ class JobClient(Generic[P, R]):
         """
         h, q = self._handler, self._queue
         if h is None or q is None:
-            return not_registered(self._name)
+            return not_registered(self._name, self._missing)
 
         async def run() -> Result[list[str], Any]:
             if isinstance(params_list, str | bytes) or not isinstance(params_list, Sequence):
@@ -225,7 +232,7 @@ class JobClient(Generic[P, R]):
         """
         h, q = self._handler, self._queue
         if h is None or q is None:
-            return not_registered(self._name)
+            return not_registered(self._name, self._missing)
 
         async def run() -> Result[list[JobRun[R]], Any]:
             if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:

@@ -40,7 +40,7 @@ from .._bodies import Returns, check_body
 from .._clock import LATEST_MS, to_datetime
 from .._codec import check_storable, decode, encode, validate
 from .._context import BaseContext, D_co
-from .._durations import DurationLike, parse_duration, to_ms
+from .._durations import DurationLike, negative_text, parse_duration, to_ms
 from .._errors import (
     DuplicateEventError,
     ExecutionError,
@@ -161,7 +161,11 @@ def resolve_when(when: object, now_ms: int) -> Result[int, ValidationError]:
         return (
             parse_duration(when)
             .map(lambda delay: now_ms + to_ms(delay))
-            .alt(lambda _: _bad_when(when, "the string is not a duration"))
+            .alt(
+                lambda _: _bad_when(
+                    when, "a delay must not be negative" if negative_text(when) else "the string is not a duration"
+                )
+            )
             .bind(lambda fire_at: _not_after_9999(when, fire_at))
         )
     else:
@@ -691,7 +695,7 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
         async def run() -> Result[TaskTriggerResult, InstanceNotFoundError | StorageError]:
             loaded = await self.env.storage.load(key)
             if loaded is None:
-                return Failure(InstanceNotFoundError(self.job.name, instance_id))
+                return Failure(InstanceNotFoundError(self.job.name, instance_id, "task"))
             record, alarm = loaded
             count, outcome, fire = await self._execute(record, alarm, triggered=True)
             return Success(TaskTriggerResult(instance_id, count, outcome, _at(fire)))
@@ -712,7 +716,7 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
     ) -> Result[StateResult[S | None], InstanceNotFoundError | ValidationError | StorageError]:
         loaded = await self.env.storage.load(self.key(instance_id))
         if loaded is None:
-            return Failure(InstanceNotFoundError(self.job.name, instance_id))
+            return Failure(InstanceNotFoundError(self.job.name, instance_id, "task"))
         record, alarm = loaded
         return self._state(record).map(lambda state: StateResult(state, _at(alarm.fire_at if alarm else None)))
 

@@ -371,7 +371,7 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
     ) -> Result[R, InstanceNotFoundError | InvalidStateError | WorkflowFailedError | ValidationError | StorageError]:
         stored = await self._stored(self.key(instance_id))
         if stored is None:
-            return Failure(InstanceNotFoundError(self.job.name, instance_id))
+            return Failure(InstanceNotFoundError(self.job.name, instance_id, "workflow"))
         record, log = stored
         if record.status == "completed":
             return decode(self.job.result, bytes(log.result), what=f"result of workflow {self.job.name!r}")
@@ -393,22 +393,31 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
         async def deliver(signal: str) -> Result[SignalResult, JobError]:
             encoded = encode(cast(Any, Any), payload, what=f"payload of signal {signal!r}", limit=limit, strict=False)
             return await bind_async(
-                encoded, lambda raw: self.runtime.call(key, lambda: self._deliver(key, instance_id, signal, raw))
+                encoded,
+                lambda raw: self.runtime.call(key, lambda: self._deliver(key, instance_id, signal, raw, sent=payload)),
             )
 
         return await bind_async(check_text(name, "signal name", max_length=200), deliver)
 
     async def _deliver(
-        self, key: str, instance_id: str, name: str, raw: bytes, event_id: str | None = None
+        self,
+        key: str,
+        instance_id: str,
+        name: str,
+        raw: bytes,
+        event_id: str | None = None,
+        sent: object = None,
     ) -> Result[SignalResult, InstanceNotFoundError | InvalidStateError | ValidationError | StorageError]:
         """Store signal `name` for workflow `key` and wake it if it waits for it (on its actor).
 
         Refused (`ValidationError`, nothing stored) if the workflow waits for `name` with a
-        payload type this process knows and `raw` does not decode as it."""
+        payload type this process knows and the payload `sent` (a client's, checked as every
+        typed verb checks its input: a struct of another class, an unknown field) or else
+        `raw` does not decode as it."""
         env = self.env
         stored = await self._stored(key)
         if stored is None:
-            return Failure(InstanceNotFoundError(self.job.name, instance_id))
+            return Failure(InstanceNotFoundError(self.job.name, instance_id, "workflow"))
         record, log = stored
         if record.status in FINAL:
             return Failure(
@@ -423,7 +432,13 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
             # The wait's payload type, if this process knows it: a payload that is not one is
             # refused here, where the sender hears of it, rather than dropped at the wait.
             tp = resolve_type_ref(pending.payload_type)
-            refused = None if tp is None else signal_payload(tp, raw, name).swap().value_or(None)
+            if tp is None:
+                refused = None
+            elif sent is not None:  # a client's payload: the words every typed verb uses
+                what = f"the payload of signal {name!r}"
+                refused = encode(tp, sent, what=what, limit=env.max_payload_bytes).swap().value_or(None)
+            else:
+                refused = signal_payload(tp, raw, name).swap().value_or(None)
             if refused is not None:
                 return Failure(
                     ValidationError(

@@ -584,7 +584,10 @@ async def cancel_stored(
     """
     loaded = await storage.load(key)
     if loaded is None or loaded[0].kind != KIND:
-        raise InstanceNotFoundError(KIND, key)
+        missing = InstanceNotFoundError(KIND, key)
+        missing.message = f"no workflow is stored under the key {key!r}"
+        missing.args = (missing.message,)
+        raise missing
     if loaded[0].status in FINAL:
         raise InvalidStateError(f"workflow {key!r} has already ended {loaded[0].status}")
     if not await storage.acquire_instance_lease(key, owner, now_ms, lease_ms):

@@ -1,0 +1,198 @@
+"""A refusal says what is wrong in the words a person acts on, the same words on every verb.
+
+A negative duration says it is negative (not "not a duration"), whichever verb took it; a
+client made for a job of another kind names the kind and the client to use; a workflow's
+errors call it a workflow; a signal's wrong payload is refused in the words every typed
+verb uses; a workflow that calls a verb on itself is not told to use calls it does not have.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import msgspec
+import pytest
+import trio
+import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
+
+import djobs
+from djobs._durations import parse_duration
+from djobs.testing import failure, open_test_engine, success
+
+
+class Item(msgspec.Struct):
+    n: int = 0
+
+
+class Shipped(msgspec.Struct):
+    tracking: str
+
+
+class Click(msgspec.Struct):
+    page: str
+
+
+_units = st.sampled_from(["ms", "s", "seconds", "m", "minutes", "h", "hour", "d", "days", "w"])
+durations_text = st.builds(
+    lambda n, space, unit: f"{n}{space}{unit}",
+    st.integers(min_value=0, max_value=10_000),
+    st.sampled_from(["", " "]),
+    _units,
+)
+
+
+@given(text=durations_text, space=st.sampled_from(["", " "]))
+def test_a_duration_with_a_minus_sign_is_refused_as_negative(text: str, space: str) -> None:
+    assert isinstance(parse_duration(text).unwrap(), timedelta)
+    message = parse_duration(f"-{space}{text}", what="delay").failure().message
+    assert "must not be negative" in message, message
+    with pytest.raises(djobs.ValidationError, match="must not be negative"):
+        djobs.every(f"-{text}")
+    with pytest.raises(djobs.ValidationError, match="must not be negative"):
+        djobs.Retry(3, delay=f"-{text}")
+
+
+@pytest.mark.trio
+async def test_a_negative_delay_string_says_so_on_every_verb(autojump_clock: trio.testing.MockClock) -> None:
+    async def sleeper(item: Item, ctx: djobs.WorkflowContext) -> int:
+        await ctx.sleep("-5 seconds")
+        return 1
+
+    def plan(event: Item, ctx: djobs.TaskEventContext[Item]) -> None:
+        ctx.schedule("-5 seconds")
+
+    job = djobs.Job.make("later", params=Item, execute=lambda p, c: None)
+    flow = djobs.Workflow.make("flow", input=Item, result=int, execute=sleeper)
+    task = djobs.Task.make("planner", state=Item, event=Item, on_event=plan, execute=lambda ctx: None)
+    async with open_test_engine([job, flow, task]) as engine:
+        refused = failure(await engine.client.job(job).later(Item(), delay="-5 seconds"))
+        assert "delay '-5 seconds': must not be negative" in refused.message, refused
+        refused = failure(await engine.client.task(task).send(id="t", event=Item()))
+        assert "a delay must not be negative" in refused.message, refused
+        success(await engine.client.workflow(flow).start(id="w", input=Item()))
+        await trio.sleep(60)
+        status = success(await engine.client.workflow(flow).status("w"))
+        assert status.error is not None and "ctx.sleep() got '-5 seconds'" in status.error["message"]
+        assert "a delay must not be negative" in status.error["message"], status.error
+
+
+def _definitions() -> dict[str, Any]:
+    return {
+        "job": djobs.Job.make("a-job", params=Item, execute=lambda p, c: None),
+        "continuous": djobs.Continuous.make(
+            "a-continuous", state=Item, schedule=djobs.every("1 hour"), execute=lambda ctx: None
+        ),
+        "debounce": djobs.Debounce.make("a-debounce", event=Item, flush_after="1 minute", execute=lambda ctx: None),
+        "task": djobs.Task.make("a-task", state=Item, event=Item, on_event=lambda e, ctx: None, execute=lambda c: None),
+        "workflow": djobs.Workflow.make("a-workflow", input=Item, result=int, execute=lambda i, ctx: 1),
+        "cron": djobs.CronJob.make("a-cron", schedule="0 3 * * *", execute=lambda fire, ctx: None),
+    }
+
+
+#: What each client verb is asked on a definition of another kind (one verb suffices: they share the lookup).
+_ASK = {
+    "job": lambda client, d: client.job(d).later(Item()),
+    "continuous": lambda client, d: client.continuous(d).status("x"),
+    "debounce": lambda client, d: client.debounce(d).status("x"),
+    "task": lambda client, d: client.task(d).status("x"),
+    "workflow": lambda client, d: client.workflow(d).status("x"),
+}
+_CLIENT_OF = {
+    "job": "job",
+    "continuous": "continuous",
+    "debounce": "debounce",
+    "task": "task",
+    "workflow": "workflow",
+    "cron": "crons.get",
+}
+
+
+#: Every client asked for a job of another kind (a cron job's body is also a one-off job, of CronFire params).
+_MISMATCHES = [(a, r) for a in _ASK for r in _CLIENT_OF if a != r and (a, r) != ("job", "cron")]
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize(("asked", "registered"), _MISMATCHES)
+async def test_a_client_for_a_job_of_another_kind_names_its_kind_and_client(
+    autojump_clock: trio.testing.MockClock, asked: str, registered: str
+) -> None:
+    definitions = _definitions()
+    definition = definitions[registered]
+    async with open_test_engine(list(definitions.values())) as engine:
+        for given_as in (definition, definition.name):
+            error = failure(await _ASK[asked](engine.client, given_as))
+            assert isinstance(error, djobs.JobNotFoundError), error
+            assert f"{definition.name!r} is a " in error.message, error.message
+            assert f"use client.{_CLIENT_OF[registered]}({definition.name!r})" in error.message, error.message
+
+
+@pytest.mark.trio
+async def test_a_client_for_another_definition_of_the_name_says_so(autojump_clock: trio.testing.MockClock) -> None:
+    definitions = _definitions()
+    twin = djobs.Job.make("a-job", params=Item, execute=lambda p, c: None)
+    async with open_test_engine(list(definitions.values())) as engine:
+        error = failure(await engine.client.job(twin).later(Item()))
+        assert "another definition" in error.message, error.message
+        error = failure(await engine.client.job("nobody").later(Item()))
+        assert error == djobs.JobNotFoundError("nobody")
+
+
+@pytest.mark.trio
+async def test_a_workflows_errors_call_it_a_workflow(autojump_clock: trio.testing.MockClock) -> None:
+    definitions = _definitions()
+    async with open_test_engine(list(definitions.values())) as engine:
+        workflows = engine.client.workflow(definitions["workflow"])
+        error = failure(await workflows.signal("nope", "go", Item()))
+        assert isinstance(error, djobs.InstanceNotFoundError)
+        assert error.message == "workflow 'a-workflow' has no instance with id 'nope'", error.message
+        error = failure(await engine.client.task(definitions["task"]).trigger("nope"))
+        assert error.message.startswith("task 'a-task' has no instance"), error.message
+
+
+@pytest.mark.trio
+async def test_a_wrong_signal_payload_is_refused_in_the_words_of_every_typed_verb(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def wait(item: Item, ctx: djobs.WorkflowContext) -> str:
+        shipped = await ctx.wait_for_signal("shipped", Shipped)
+        return shipped.tracking
+
+    flow = djobs.Workflow.make("flow", input=Shipped, result=str, execute=wait)
+    async with open_test_engine([flow]) as engine:
+        workflows = engine.client.workflow(flow)
+        success(await workflows.start(id="w", input=Shipped("t")))
+        await trio.sleep(1)
+        for payload in (Click("x"), {"trackin": "x"}):
+            signal_error = failure(await workflows.signal("w", "shipped", payload))
+            start_error = failure(await workflows.start(id="other", input=payload))
+            # The same reason as start's, for the same payload.
+            reason = start_error.message.split(": ", 1)[1]
+            assert signal_error.message.endswith(reason), (signal_error.message, reason)
+        assert (
+            "got a Click struct, expected Shipped"
+            in failure(await workflows.signal("w", "shipped", Click("x"))).message
+        )
+        assert "unknown field `trackin`" in failure(await workflows.signal("w", "shipped", {"trackin": "x"})).message
+        success(await workflows.signal("w", "shipped", {"tracking": "T9"}))
+        assert success(await workflows.result("w")) == "T9"
+
+
+@pytest.mark.trio
+async def test_a_workflow_that_is_its_own_child_is_told_what_a_workflow_can_do(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def body(item: Item, ctx: djobs.WorkflowContext) -> int:
+        return await ctx.child(flow, "self", Item())
+
+    flow = djobs.Workflow.make("flow", input=Item, result=int, execute=body)
+    async with open_test_engine([flow]) as engine:
+        success(await engine.client.workflow(flow).start(id="self", input=Item()))
+        await trio.sleep(60)
+        status = success(await engine.client.workflow(flow).status("self"))
+        assert status.error is not None
+        message = status.error["message"]
+        assert "a handler of workflow 'flow' instance 'self'" in message, message
+        assert "give ctx.child another id" in message and "ctx.set_state" not in message, message
