@@ -32,7 +32,17 @@ class Clock(Protocol):
 
 def to_datetime(epoch_ms: int) -> datetime:
     """An aware UTC datetime for epoch milliseconds."""
-    return datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
+    global _last_datetime
+    last = _last_datetime
+    if last[0] == epoch_ms:
+        return last[1]  # asked for just before: every event of a busy millisecond is stamped with it
+    moment = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
+    _last_datetime = (epoch_ms, moment)
+    return moment
+
+
+#: The last `to_datetime`, as one tuple (a thread reads a whole pair, never half of two).
+_last_datetime: tuple[int, datetime] = (0, datetime.fromtimestamp(0, tz=UTC))
 
 
 def to_epoch_ms(moment: datetime) -> int:

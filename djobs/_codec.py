@@ -128,16 +128,27 @@ def encode_decoded(
     tp: type[T], value: object, *, what: str, limit: int = DEFAULT_MAX_PAYLOAD_BYTES
 ) -> Result[tuple[bytes, T], ValidationError]:
     """`encode` (strict) and the value decoded back from the encoding: a fresh, checked `tp`, in one step."""
-    checked = _check(tp, value, what, limit, True)
+    checked = encoded_copy(tp, value, what=what, limit=limit)
     if isinstance(checked, ValidationError):
         return Failure(checked)
+    return Success(checked)
+
+
+def encoded_copy(
+    tp: type[T], value: object, *, what: str, limit: int = DEFAULT_MAX_PAYLOAD_BYTES
+) -> tuple[bytes, T] | ValidationError:
+    """`encode_decoded` without the `Result`, for a hot path: the encoding and the fresh copy,
+    or why `value` is refused."""
+    checked = _check(tp, value, what, limit, True)
+    if isinstance(checked, ValidationError):
+        return checked
     raw, strict_value = checked
     if type(strict_value) is tp:  # the strict copy of `tp` is `tp` itself: already the value
-        return Success((raw, strict_value))
+        return raw, strict_value
     try:
-        return Success((raw, _decoder(tp).decode(raw)))
+        return raw, _decoder(tp).decode(raw)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        return Failure(ValidationError(f"{what} does not match {type_name(tp)}: {exc}"))
+        return ValidationError(f"{what} does not match {type_name(tp)}: {exc}")
 
 
 def _check(tp: Any, value: object, what: str, limit: int, strict: bool) -> tuple[bytes, Any] | ValidationError:

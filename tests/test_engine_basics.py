@@ -105,13 +105,19 @@ async def test_two_engines_have_different_ids(autojump_clock: trio.testing.MockC
 async def test_a_verb_never_awaited_warns_with_its_own_name(autojump_clock: trio.testing.MockClock) -> None:
     beat = djobs.Continuous.make("beat", state=Beat, schedule=djobs.every("1 hour"), execute=lambda ctx: None)
     ping = djobs.Job.make("ping", params=Ping, execute=lambda p, c: None)
-    async with open_test_engine([beat, ping]) as engine:
+
+    async def flow_body(_: Beat, ctx: djobs.WorkflowContext) -> None:
+        pass
+
+    flow = djobs.Workflow.make("flow", input=Beat, result=type(None), execute=flow_body)
+    async with open_test_engine([beat, ping, flow]) as engine:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             # Each result is dropped at once, never awaited: the mistake mypy's unused-awaitable catches.
             engine.client.continuous(beat).start(id="b1", input=Beat())
             engine.client.continuous("nope").status("b1")
             engine.client.job(ping).later(Ping("hi"))
+            engine.client.workflow(flow).start(id="f1", input=Beat())
             engine.client.jobs.list()
             engine.client.crons.list()
             engine.client.send_event("order.created", {})
@@ -124,6 +130,7 @@ async def test_a_verb_never_awaited_warns_with_its_own_name(autojump_clock: trio
                     "ContinuousClient.start",
                     "ContinuousClient.status",
                     "JobClient.later",
+                    "WorkflowClient.start",
                     "JobsClient.list",
                     "CronsClient.list",
                     "Client.send_event",

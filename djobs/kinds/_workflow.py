@@ -79,7 +79,17 @@ from ..storage import (
     SetAlarm,
 )
 from ..tracking import TrackedEvent
-from ._common import D_contra, Definition, InstanceClient, TenantScoped, bind_async, check_id, check_name, instance_key
+from ._common import (
+    D_contra,
+    Definition,
+    InstanceClient,
+    TenantScoped,
+    bind_async,
+    bug_failure,
+    check_id,
+    check_name,
+    instance_key,
+)
 from ._workflow_context import Run, WorkflowContext
 from ._workflow_log import (
     CANCEL_POLL_SECONDS,
@@ -293,68 +303,63 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
     async def start(
         self, instance_id: str, input: I, parent: str | None = None
     ) -> Result[WorkflowStartResult, ValidationError | StorageError]:
-        job, env = self.job, self.env
+        job, env, runtime = self.job, self.env, self.runtime
         match encode(job.input, input, what=f"input of workflow {job.name!r}", limit=env.max_payload_bytes):
             case Success(state):
-                return await self._start(instance_id, state, parent)
+                pass
             case Failure(refused):
                 return Failure(refused)
-        raise AssertionError("encode gives a Success or a Failure")
-
-    async def _start(
-        self, instance_id: str, state: bytes, parent: str | None
-    ) -> Result[WorkflowStartResult, ValidationError | StorageError]:
-        job, env, runtime = self.job, self.env, self.runtime
         key = self.key(instance_id)
-
-        def new() -> tuple[InstanceRecord, Checkin, builtins.list[TrackedEvent]]:
-            now = env.now_ms()
-            record = InstanceRecord(
-                key=key,
-                kind=KIND,
-                name=job.name,
-                instance_id=instance_id,
-                tenant_id=self.tenant,
-                status="running",
-                state=state,
-                data=encoder.encode(StepLog(parent=parent)) if parent is not None else EMPTY_LOG,
-                created_at=now,
-                updated_at=now,
-            )
-            checkin = Checkin(key=key, record=record, alarm=self._wake_alarm(now))
-            return record, checkin, [self.event(record, "workflow.started")] if env.tracking else []
-
-        def existing(stored: InstanceRecord) -> Result[WorkflowStartResult, ValidationError | StorageError]:
-            return Success(WorkflowStartResult(False, instance_id, cast(WorkflowStatusName, stored.status)))
-
-        async def run() -> Result[WorkflowStartResult, ValidationError | StorageError]:
-            loaded = await env.storage.load(key)
-            if loaded is not None:
-                return existing(loaded[0])
-            record, checkin, events = new()
-            await self.commit(checkin, events)
-            self._run_next(key, record)
-            return Success(WorkflowStartResult(True, instance_id, "running"))
-
         creator = self.creator
         if creator is not None and runtime.fires_alarms and key not in self.creating and runtime.untouched(key):
             # Nothing here works on `key`: store it and take its lease in one write, where the
             # actor's way takes the lease, reads the key and commits in three.
             self.creating.add(key)
             try:
-                record, checkin, events = new()
+                record, checkin, events = self._new(key, instance_id, state, parent)
                 stored = await env.create(creator, checkin, runtime.leases.lease_ms, events)
             except LeaseLostError:
                 pass  # another engine holds the key's lease: the actor waits for it
             else:
                 if stored is not None:
-                    return existing(stored[0])
+                    return Success(WorkflowStartResult(False, instance_id, cast(WorkflowStatusName, stored[0].status)))
                 runtime.took_lease(key)
                 self._run_next(key, record)
                 return Success(WorkflowStartResult(True, instance_id, "running"))
             finally:
                 self.creating.discard(key)
+
+        async def run() -> Result[WorkflowStartResult, ValidationError | StorageError]:
+            loaded = await env.storage.load(key)
+            if loaded is not None:
+                return Success(WorkflowStartResult(False, instance_id, cast(WorkflowStatusName, loaded[0].status)))
+            record, checkin, events = self._new(key, instance_id, state, parent)
+            await self.commit(checkin, events)
+            self._run_next(key, record)
+            return Success(WorkflowStartResult(True, instance_id, "running"))
+
         return await runtime.call(key, run)
+
+    def _new(
+        self, key: str, instance_id: str, state: bytes, parent: str | None
+    ) -> tuple[InstanceRecord, Checkin, builtins.list[TrackedEvent]]:
+        """A new workflow's record, the check-in that stores it with its guard alarm, and its event."""
+        env = self.env
+        now = env.clock.now_ms()
+        record = InstanceRecord(
+            key=key,
+            kind=KIND,
+            name=self.job.name,
+            instance_id=instance_id,
+            tenant_id=self.tenant,
+            status="running",
+            state=state,
+            data=encoder.encode(StepLog(parent=parent)) if parent is not None else EMPTY_LOG,
+            created_at=now,
+            updated_at=now,
+        )
+        checkin = Checkin(key=key, record=record, alarm=self._wake_alarm(now))
+        return record, checkin, [self.event(record, "workflow.started")] if env.tracking else []
 
     async def status(self, instance_id: str) -> Result[WorkflowStatus, StorageError]:
         key = self.key(instance_id)
@@ -808,7 +813,12 @@ class WorkflowClient(InstanceClient[WorkflowHandler[I, R, Any]], Generic[I, R]):
         self, *, id: str, input: I
     ) -> FutureResult[WorkflowStartResult, JobNotFoundError | ValidationError | StorageError]:
         """Start workflow `id` with `input`; an id already used is left as it is (``created=False``)."""
-        return self._verb(id, lambda h, i: h.start(i, input))
+        handler = self._handler
+        if handler is None or self._tenant_missing or handler.tenant is not None:
+            return self._verb(id, lambda h, i: h.start(i, input))
+        # The common case (a registered workflow, no tenant), without `_verb`'s layers: one
+        # coroutine, named after this verb for a never-awaited warning, as `effect` names it.
+        return FutureResult(_start(handler, id, input))
 
     def status(self, id: str) -> FutureResult[WorkflowStatus, JobNotFoundError | ValidationError | StorageError]:
         """Where workflow `id` is: its status, steps finished, current step, ``wake_at`` and log."""
@@ -856,3 +866,24 @@ class WorkflowClient(InstanceClient[WorkflowHandler[I, R, Any]], Generic[I, R]):
         # The checks of every instance verb (unknown job, required tenancy, the tenant's text);
         # the id they validate is a placeholder: list takes none.
         return self._verb("-", lambda h, _: h.list_instances(status, after, limit))
+
+
+async def _start(
+    handler: WorkflowHandler[Any, Any, Any], instance_id: str, input: object
+) -> Result[WorkflowStartResult, Any]:
+    """`WorkflowClient.start` for a client with no tenant: `InstanceClient._verb`'s checks
+    and `effect`'s edge, in one coroutine."""
+    try:
+        match check_id(instance_id):
+            case Success(checked):
+                return await handler.start(checked, input)
+            case Failure(refused):
+                return Failure(refused)
+    except JobError as exc:
+        return Failure(exc)
+    except Exception as exc:
+        return bug_failure(exc)
+    raise AssertionError("check_id gives a Success or a Failure")
+
+
+_start.__qualname__ = "djobs.WorkflowClient.start"

@@ -35,7 +35,7 @@ from returns.result import Failure, Result, Success
 from returns.unsafe import unsafe_perform_io
 
 from .._clock import to_datetime
-from .._codec import check_storable, decode, decoder, encode_decoded
+from .._codec import check_storable, decode, decoder, encoded_copy
 from .._context import BaseContext, D_co
 from .._durations import DurationLike, parse_duration, to_ms
 from .._errors import (
@@ -396,14 +396,27 @@ class Run:
         entry.attempts, entry.at, entry.duration_ms = attempt, env.clock.now_ms(), duration_ms
         match outcome:
             case Success(produced):
-                # A result that cannot be stored is a bug in the step or its type, not a failure to retry.
-                raw, value = unwrap_or_raise(
-                    encode_decoded(result_type, produced, what=f"result of step {name!r}", limit=env.max_payload_bytes)
+                copied = encoded_copy(
+                    result_type, produced, what=f"result of step {name!r}", limit=env.max_payload_bytes
                 )
+                if isinstance(copied, ValidationError):
+                    # A result that cannot be stored is a bug in the step or its type, not a failure to retry.
+                    raise copied
+                raw, value = copied
                 entry.done, entry.until, entry.error = True, None, None
                 entry.value = msgspec.Raw(raw)
                 if env.tracking:
-                    self.event("workflow.step_completed", step=name, attempt=attempt, duration_ms=duration_ms)
+                    self.events.append(
+                        env.event(
+                            "workflow.step_completed",
+                            self.record.key,
+                            KIND,
+                            self.handler.job.name,
+                            step=name,
+                            attempt=attempt,
+                            duration_ms=duration_ms,
+                        )
+                    )
                 try:  # `checkpoint`, inline: the result is committed before the step returns
                     await self.save("running", None)
                 except StorageError as exc:
