@@ -126,10 +126,13 @@ class Actors:
 
     def _free_slot(self) -> object | None:
         """A concurrency slot taken now if one is free (no trip through the scheduler), else ``None``."""
+        limiter = self._limiter
+        if limiter.available_tokens <= 0:
+            return None  # the common answer under load, without raising and catching WouldBlock
         slot = object()
         try:
-            self._limiter.acquire_on_behalf_of_nowait(slot)
-        except trio.WouldBlock:
+            limiter.acquire_on_behalf_of_nowait(slot)
+        except trio.WouldBlock:  # tokens, but tasks waiting for them first
             return None
         return slot
 
@@ -324,7 +327,8 @@ class Actors:
         # Only the holder of the instance's lease runs its handlers, so two
         # engine processes on one database never run one instance at once.
         try:
-            await self._leases.take(key)
+            if slot is None or self._leases.serial(key) is None:  # else `_start` found it held, and kept it
+                await self._leases.take(key)
         except Exception as exc:  # a storage failure, or a bug: the queued callers are told, the engine lives
             if slot is not None:
                 self._release(slot)

@@ -645,15 +645,17 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
         log = read_log(record)
         run = Run(self, record, log, [])
         run.cancel_requested, run.cancel_reason = log.cancel_requested, log.cancel_reason
-        run.cancel_delivered = any(e.cancelled for e in log.entries)
+        if log.entries:
+            run.cancel_delivered = any(e.cancelled for e in log.entries)
         identity = {"job": job.name, "instance": record.instance_id, "run": record.run_count}
         jlog = JobLog(self.run_logger, self.run_log_level, identity)
+        # Success first in these matches: a Success tested for Failure costs the ABC's __instancecheck__.
         match decode(job.input, record.state or b"null", what=f"input of workflow {job.name!r}"):
+            case Success(the_input):
+                pass
             case Failure(unreadable):
                 await self._end(run, "failed", error=unreadable)
                 return
-            case Success(the_input):
-                pass
         ctx: WorkflowContext[D] = WorkflowContext(env, job.name, record.instance_id, jlog, run, record.run_count)
         self.live[record.key] = run
         self.runs_live[0].set()
@@ -682,15 +684,16 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
             return
         assert body is not None
         match body:
+            case Success(value):
+                if run.cancel_delivered:
+                    await self._end(run, "cancelled")
+                else:
+                    await self._returned(run, jlog, value)
             case Failure(error) if run.cancel_requested or run.cancel_delivered:
                 await self._end(run, "cancelled", error=error)
-            case Success() if run.cancel_delivered:
-                await self._end(run, "cancelled")
             case Failure(error):
                 jlog.error("failed: %s", error.message)
                 await self._end(run, "failed", error=error)
-            case Success(value):
-                await self._returned(run, jlog, value)
 
     async def _returned(self, run: Run, jlog: JobLog, value: object) -> None:
         """End run `run`, whose body returned `value`: completed, or failed if it returned early or
