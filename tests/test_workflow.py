@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -1271,3 +1272,59 @@ async def test_a_cancel_from_another_engine_of_a_sleeping_workflow_takes_the_lea
         assert success(await a.client.workflow(order_flow).status("s")).status == "cancelled"
         assert await a.storage.cancel_requests(["workflow:order:s"]) == {}
         assert not success(await b.client.workflow(order_flow).cancel("s")).cancelled  # ended before
+
+
+# -- a step made but never awaited ------------------------------------------------------------
+
+
+class _Plan(msgspec.Struct):
+    shape: str
+
+
+def _double(n: int) -> int:
+    return 2 * n
+
+
+async def _planned(plan: _Plan, ctx: djobs.WorkflowContext) -> int:
+    if plan.shape == "forgotten":
+        ctx.step("forgotten", _double, 1)  # type: ignore[unused-awaitable]
+        return await ctx.step("kept", _double, 2)
+    if plan.shape == "two forgotten":
+        ctx.step("a", _double, 1)  # type: ignore[unused-awaitable]
+        ctx.step("b", _double, 2)  # type: ignore[unused-awaitable]
+        return await ctx.step("c", _double, 3)
+    if plan.shape == "made early":  # made, then awaited after a sleep (a replay) and out of order
+        first, second = ctx.step("first", _double, 1), ctx.step("second", _double, 2)
+        await ctx.sleep("1 hour")
+        return await second + await first
+    assert plan.shape == "composed"
+    return await ctx.step("one", _double, 1).bind(lambda n: ctx.step("two", _double, n)).map(lambda n: n + 1)
+
+
+_planner = djobs.Workflow.make("planner", input=_Plan, result=int, execute=_planned)
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize(
+    ("shape", "result", "forgotten"),
+    [
+        ("forgotten", 4, ["forgotten"]),
+        ("two forgotten", 6, ["a", "b"]),
+        ("made early", 6, []),
+        ("composed", 5, []),
+    ],
+)
+async def test_a_step_never_awaited_warns_as_a_coroutine_never_awaited_does(
+    autojump_clock: trio.testing.MockClock, shape: str, result: int, forgotten: list[str]
+) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        async with open_test_engine([_planner]) as engine:
+            workflows = engine.client.workflow(_planner)
+            success(await workflows.start(id="p", input=_Plan(shape)))
+            await trio.sleep(2 * 3600)
+            assert success(await workflows.result("p")) == result
+    warned = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert [m.split("'")[1] for m in warned] == forgotten, warned
+    for message in warned:
+        assert "of workflow 'planner' instance 'p' was never awaited: the step did not run" in message

@@ -683,6 +683,8 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
             await self._end(run, "failed", error=run.stop_error)
             return
         assert body is not None
+        if run.made > run.stepped:  # a step the body made was never awaited
+            run.warn_unawaited()
         match body:
             case Success(value):
                 if run.cancel_delivered:

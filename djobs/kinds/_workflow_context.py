@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import time
 import typing
+import warnings
+from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -254,8 +256,35 @@ class Run:
     cancel_reason: str | None = None
     cancel_delivered: bool = False
     started: float = field(default_factory=time.perf_counter)
+    #: How many steps the body made (``ctx.step``) and how many ran (were awaited), the last made
+    #: one's name, and the names of those made while an earlier one had not run yet (`warn_unawaited`):
+    #: counters per step, where a ``Step.__del__`` would cost a Python call.
+    made: int = 0
+    stepped: int = 0
+    last_made: str = ""
+    held: list[str] | None = None
 
     # -- plumbing --
+
+    def hold(self) -> None:
+        """Keep the last made step's name: a step is made while it has not run (`warn_unawaited`)."""
+        if self.held is None:
+            self.held = []
+        self.held.append(self.last_made)
+
+    def warn_unawaited(self) -> None:
+        """Warn (`RuntimeWarning`) of each step the body made but never awaited, as Python warns of
+        a coroutine never awaited: such a step never ran. For a body that ended having made more
+        steps than ran (``made > stepped``)."""
+        ran = Counter(e.name for e in self.log.entries[: self.position] if e.kind == "step")
+        for name, made in Counter([*(self.held or ()), self.last_made]).items():
+            if made > ran[name]:
+                warnings.warn(
+                    f"ctx.step({name!r}) of workflow {self.handler.job.name!r} instance {self.record.instance_id!r}"
+                    " was never awaited: the step did not run (await it, or do not make it)",
+                    RuntimeWarning,
+                    stacklevel=1,
+                )
 
     @property
     def env(self) -> Env:
@@ -361,6 +390,7 @@ class Run:
     async def step(
         self, name: str, fn: Callable[..., object], args: tuple[Any, ...], retry: Retry | None, tp: Any
     ) -> Any:
+        self.stepped += 1  # awaited: `warn_unawaited` counts it, whether the guard lets it run or not
         if self.in_call:
             self.guard("ctx.step", name)
         entry = self.next_entry("step", name)
@@ -742,6 +772,10 @@ class WorkflowContext(BaseContext[D_co]):
         if not callable(fn):
             raise ValidationError(f"ctx.step({name!r}): {short.repr(fn)} is not callable")
         run = self._run
+        if run.made != run.stepped:  # a step made earlier has not run yet (rare): keep its name
+            run.hold()
+        run.made += 1
+        run.last_made = name
         return Step(lambda: run.step(name, fn, args, retry, result))
 
     async def sleep(self, when: When, *, name: str = "sleep") -> None:
