@@ -728,7 +728,17 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
             run.event("workflow.failed", error=error_data(error))
         elif self.env.tracking:
             duration_ms = round((time.perf_counter() - run.started) * 1000, 3)
-            run.event("workflow.completed", steps=run.record.execute_count, duration_ms=duration_ms)
+            record = run.record
+            run.events.append(
+                self.env.event(
+                    "workflow.completed",
+                    record.key,
+                    KIND,
+                    self.job.name,
+                    steps=record.execute_count,
+                    duration_ms=duration_ms,
+                )
+            )
         log.inbox.clear()  # undelivered signals die with the workflow
         if log.parent is not None and not log.parent_told:
             # A child: the alarm stays until its parent has been told, so a crash cannot lose that.

@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, TypeVar, TypeVarTuple, cast, overload
 
 import msgspec
@@ -85,6 +86,7 @@ from ._workflow_log import (
     encoder,
     error_data,
     failed_step_data,
+    good_names,
     outcome_decoder,
     resolved_when,
     short,
@@ -339,8 +341,10 @@ class Run:
 
     def next_entry(self, kind: EntryKind, name: str) -> Entry | None:
         """The recorded entry at this call's position (``None``: a new call); checks it matches."""
-        self.check_open()
-        check_call_name(name, kind)
+        if self.stop is not None:
+            raise _Stop()  # the body swallowed the stop and called again (`check_open`)
+        if type(name) is not str or name not in good_names:  # a name seen before needs no call
+            check_call_name(name, kind)
         position = self.position
         self.position += 1
         entries = self.log.entries
@@ -411,7 +415,7 @@ class Run:
         started = time.perf_counter()
         scope = None
         try:
-            outcome = begin_body(lambda: fn(*args))
+            outcome = begin_body(partial(fn, *args))
             if isinstance(outcome, Pending):
                 # The step's own scope, which a cancel of the workflow cancels: only for what
                 # `fn` gave to await (a synchronous step's value is taken as it comes).
@@ -776,7 +780,7 @@ class WorkflowContext(BaseContext[D_co]):
             run.hold()
         run.made += 1
         run.last_made = name
-        return Step(lambda: run.step(name, fn, args, retry, result))
+        return Step(partial(run.step, name, fn, args, retry, result))
 
     async def sleep(self, when: When, *, name: str = "sleep") -> None:
         """Suspend the workflow until `when`, durably: no task, lease or memory is held.

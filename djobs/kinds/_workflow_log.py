@@ -359,17 +359,17 @@ def signal_payload(tp: Any, raw: bytes, signal: str) -> Result[Any, ValidationEr
 
 
 #: Call names already checked (a body names its calls with the same few literals, run after run).
-_good_names: set[str] = set()
+good_names: set[str] = set()
 _GOOD_NAMES_LIMIT = 4096
 
 
 def check_call_name(name: object, what: str) -> str:
     """A step's, sleep's or signal's name: a non-empty str of at most 200 characters."""
-    if type(name) is str and name in _good_names:
+    if type(name) is str and name in good_names:
         return name
     checked = unwrap_or_raise(check_text(name, f"{what} name", max_length=200))
-    if type(name) is str and checked == name and len(_good_names) < _GOOD_NAMES_LIMIT:
-        _good_names.add(name)
+    if type(name) is str and checked == name and len(good_names) < _GOOD_NAMES_LIMIT:
+        good_names.add(name)
     return checked
 
 
