@@ -15,7 +15,7 @@ import msgspec
 import msgspec.inspect
 from returns.result import Failure, Result, Success
 
-from ._errors import ValidationError
+from ._errors import ValidationError, describe
 from ._input import DEFAULT_MAX_PAYLOAD_BYTES, strict_type, struct_mismatch
 
 T = TypeVar("T")
@@ -162,6 +162,8 @@ def _check(tp: Any, value: object, what: str, limit: int, strict: bool) -> tuple
     except (TypeError, msgspec.EncodeError, OverflowError, RecursionError, ValueError) as exc:
         # ValueError covers UnicodeEncodeError: a lone surrogate in a string.
         return ValidationError(f"{what} cannot be stored as {type_name(tp)}: {exc}")
+    except Exception as exc:  # user code msgspec calls: a datetime's tzinfo.utcoffset, say
+        return ValidationError(f"{what} cannot be stored as {type_name(tp)}: {describe(exc)}")
     if len(raw) > limit:
         return ValidationError(
             f"{what} is {len(raw)} bytes encoded; at most {limit} are allowed "
@@ -174,6 +176,8 @@ def _check(tp: Any, value: object, what: str, limit: int, strict: bool) -> tuple
         return ValidationError(f"{what} does not match {type_name(tp)}: {exc}")
     except (msgspec.DecodeError, RecursionError, ValueError) as exc:
         return ValidationError(f"{what} cannot be stored as {type_name(tp)}: {exc}")
+    except Exception as exc:  # user code msgspec calls: a struct's __post_init__, say
+        return ValidationError(f"{what} does not match {type_name(tp)}: {describe(exc)}")
     return raw, decoded
 
 
@@ -218,8 +222,8 @@ def copier(
                 raw = _encoder.encode(value)
                 if len(raw) <= limit:
                     return raw, plain.decode(raw)
-            except (TypeError, msgspec.EncodeError, msgspec.DecodeError, OverflowError, RecursionError, ValueError):
-                pass  # refused: worded below
+            except Exception:  # refused (or user code msgspec calls raised): worded below
+                pass
         match encode_decoded(tp, value, what=what, limit=limit):
             case Success(checked):
                 copied: tuple[bytes, T] = checked
