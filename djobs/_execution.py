@@ -167,6 +167,10 @@ class LeaseFence(Protocol):
         """A check-in found `key`'s lease held by another engine."""
         ...
 
+    def gave_up(self, key: str) -> None:
+        """A check-in gave `key`'s lease up as it was written (`commit_many` with `release_leases`)."""
+        ...
+
 
 class AlarmWaker(Protocol):
     """What a commit that sets an alarm wakes (the alarm sleeper's `djobs._wakeup.Wakeup`)."""
@@ -334,8 +338,13 @@ class Env:
             self._committed(checkin, events)
         return stored
 
-    async def commit_many(self, writes: Sequence[tuple[Checkin, list[TrackedEvent]]]) -> list[Exception | None]:
+    async def commit_many(
+        self, writes: Sequence[tuple[Checkin, list[TrackedEvent]]], *, release_leases: bool = False
+    ) -> list[Exception | None]:
         """`commit` each check-in with its events, all in one transaction (`AlarmRunStore.commit_checkins`).
+
+        With `release_leases`, each check-in written gives its instance's lease up in that
+        transaction (the engine no longer holds it once this returns).
 
         Returns, in order, ``None`` for each written (its alarm poked, its events emitted)
         or the error it alone failed with (`LeaseLostError`, `DuplicateEventError`: nothing
@@ -348,9 +357,15 @@ class Env:
         for checkin, _ in writes:
             if checkin.lease_owner is None:
                 checkin.lease_owner = owner
-        errors = await storage.commit_checkins([checkin for checkin, _ in writes])
+        checkins = [checkin for checkin, _ in writes]
+        errors = await (
+            storage.commit_checkins(checkins, True) if release_leases else storage.commit_checkins(checkins)
+        )
+        leases = self.leases
         for (checkin, events), error in zip(writes, errors, strict=True):
             if error is None:
+                if release_leases:
+                    leases.gave_up(checkin.key)
                 self._committed(checkin, events)
             elif isinstance(error, LeaseLostError):
                 self.leases.lost(checkin.key)  # take it afresh next time

@@ -93,6 +93,14 @@ class InstanceLeases:
         """A check-in found `key`'s lease held by another engine: take it afresh next time."""
         self._held.pop(key, None)
 
+    def gave_up(self, key: str) -> None:
+        """A write of this engine's gave `key`'s lease up with it (a batch's write-back,
+        `AlarmRunStore.commit_checkins`): no longer held, nothing left to release or renew."""
+        self._held.pop(key, None)
+        self._idle.pop(key, None)
+        if not self._held and self._renewal is not None:
+            self._renewal.deadline = math.inf  # nothing left to renew: the keeper need not wake for it
+
     def serial(self, key: str) -> int | None:
         """The serial number of this engine's taking of `key`'s lease, or ``None`` if it does not hold it.
 
@@ -130,6 +138,8 @@ class InstanceLeases:
 
     def went_idle(self, key: str) -> None:
         """The actor of `key` has no more work: give its lease up after `linger`, unless work comes back."""
+        if key not in self._held:
+            return  # given up already (`gave_up`, `lost`): nothing to release
         self._idle[key] = trio.current_time()
         self._leases_idle.set()
 

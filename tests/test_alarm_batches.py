@@ -9,6 +9,7 @@ import contextvars
 import os
 import socket
 from collections.abc import Awaitable
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -55,6 +56,31 @@ async def test_a_due_alarm_waits_for_the_lease_another_live_engine_holds(
         await trio.sleep(200)
         assert len(runs) == 2 and runs[1] >= taken_at + held_ms / 1000
         assert success(await client.get_state("a")).state == Count(2)
+
+
+@pytest.mark.trio
+async def test_a_batch_gives_its_instances_leases_up_with_its_write_back(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    runs: list[float] = []
+
+    def tick(ctx: djobs.ContinuousContext[Count]) -> Count:
+        runs.append(trio.current_time())
+        return Count(ctx.state.n + 1)
+
+    job = djobs.Continuous.make("counter", state=Count, schedule=djobs.every("1 hour"), execute=tick)
+    async with open_test_engine([job], storage=djobs.sqlite(tmp_path / "jobs.db")) as engine:
+        client = engine.client.continuous(job)
+        success(await client.start(id="a", input=Count()))
+        await engine.wait_idle()
+        await trio.sleep(HOUR - 0.5)  # the hourly run is due half a second from now
+        await trio.sleep(0.51)
+        assert len(runs) == 2 and runs[1] <= trio.current_time() - 0.005  # the start's run, the hourly one
+        # Ten milliseconds after the run (an idle actor's lease lingers 50): free for another engine.
+        assert await engine.storage.instance_lease_holder("continuous:counter:a") is None
+        assert success(await client.get_state("a")).state == Count(2)
+        # The next call takes the lease afresh and runs as before.
+        assert success(await client.trigger("a")).run_count == 3
 
 
 @pytest.mark.trio

@@ -458,7 +458,11 @@ class ContinuousHandler(TenantScoped, Generic[S]):
                 writes.append((claimed, checkin, run))
             if writes:
                 try:
-                    errors = await env.commit_many([(checkin, run.events) for _, checkin, run in writes])
+                    # The leases the claim took end with the write-back: a batch-fired instance
+                    # is rarely called again at once, so no lingering lease to give up later.
+                    errors = await env.commit_many(
+                        [(checkin, run.events) for _, checkin, run in writes], release_leases=True
+                    )
                 except StorageError as exc:
                     # The alarms stay claimed and fire again after their lease.
                     env.logger.error(

@@ -440,13 +440,20 @@ class AlarmRunStore(Protocol):
         """
         ...
 
-    async def commit_checkins(self, checkins: Sequence[Checkin]) -> list[Exception | None]:
+    async def commit_checkins(
+        self, checkins: Sequence[Checkin], release_leases: bool = False
+    ) -> list[Exception | None]:
         """Apply each check-in as `InstanceStore.commit` does, all in one transaction.
+
+        With `release_leases`, each check-in written that is fenced by a `lease_owner`
+        also gives that owner's lease of its instance up, in the same transaction (as
+        `InstanceStore.release_instance_leases`): a batch holds its instances' leases
+        from its claim to its write-back, and no longer.
 
         Returns, in order, ``None`` for each check-in written, or the error it alone
         failed with (`LeaseLostError`, `DuplicateEventError`): nothing of that one is
-        written, the others are. Raises `StorageError` if the transaction failed
-        (then nothing is written).
+        written (nor its lease given up), the others are. Raises `StorageError` if
+        the transaction failed (then nothing is written).
         """
         ...
 

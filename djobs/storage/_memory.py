@@ -552,7 +552,7 @@ class MemoryStorage:
             self._claim_runs, now_ms, lease_ms, limit, prefixes, owner, instance_lease_ms, runs_here
         )
 
-    def _commit_many(self, checkins: Sequence[Checkin]) -> list[Exception | None]:
+    def _commit_many(self, checkins: Sequence[Checkin], release_leases: bool) -> list[Exception | None]:
         # The fences are read before anything is written, as SQLite reads the owners first.
         owners = {c.key: self._leases.get(c.key) for c in checkins if c.lease_owner is not None}
         errors: list[Exception | None] = []
@@ -569,10 +569,14 @@ class MemoryStorage:
                 errors.append(exc)
                 continue
             errors.append(None)
+            if release_leases and checkin.lease_owner is not None:
+                self._release_instances([checkin.key], checkin.lease_owner)
         return errors
 
-    async def commit_checkins(self, checkins: Sequence[Checkin]) -> list[Exception | None]:
-        return await self._write(self._commit_many, checkins)
+    async def commit_checkins(
+        self, checkins: Sequence[Checkin], release_leases: bool = False
+    ) -> list[Exception | None]:
+        return await self._write(self._commit_many, checkins, release_leases)
 
     async def acquire_instance_lease(self, key: str, owner: str, now_ms: int, ttl_ms: int) -> bool:
         return await self._write(self._take_lease, key, owner, now_ms, ttl_ms)

@@ -1153,7 +1153,9 @@ class SqliteStorage:
 
         return await self.write(run)
 
-    async def commit_checkins(self, checkins: Sequence[Checkin]) -> list[Exception | None]:
+    async def commit_checkins(
+        self, checkins: Sequence[Checkin], release_leases: bool = False
+    ) -> list[Exception | None]:
         def run(db: apsw.Connection) -> list[Exception | None]:
             fenced = [c.key for c in checkins if c.lease_owner is not None]
             owners: dict[str, str] = {}
@@ -1190,6 +1192,13 @@ class SqliteStorage:
                 db.executemany(_sql.UPSERT_INSTANCE, rows)
             if alarms:
                 db.executemany(_SET_ALARM, alarms)
+            if release_leases:
+                given_up: dict[str, list[str]] = {}
+                for checkin, error in zip(checkins, errors, strict=True):
+                    if error is None and checkin.lease_owner is not None:
+                        given_up.setdefault(checkin.lease_owner, []).append(checkin.key)
+                for owner, keys in given_up.items():
+                    db.execute(_RELEASE_LEASES, (owner, _names_encoder.encode(keys)))
             return errors
 
         return await self.write(run)

@@ -306,6 +306,18 @@ async def _check_ins_written_back_together_fail_one_by_one_before_they_write(sto
     fire_at = {k: None if v is None or v[1] is None else v[1].fire_at for k, v in stored.items()}
     assert fire_at == {x: 500, y: 100, z: 100, new: 900}, fire_at
     assert await storage.commit_checkins([]) == []
+    # Written back with release_leases: the leases of the check-ins written are given up
+    # with them; one that failed keeps its lease, and another engine's lease stays its own.
+    assert await storage.acquire_instance_lease(z, "engine-a", 0, 10_000)
+    errors = await storage.commit_checkins(
+        [write(x, alarm=SetAlarm(600, "run")), write(y), write(z, event_id="e")], release_leases=True
+    )
+    assert [type(e).__name__ for e in errors] == ["NoneType", "LeaseLostError", "DuplicateEventError"], errors
+    assert await storage.instance_lease_holder(x) is None
+    assert (await storage.instance_lease_holder(y) or ("",))[0] == "engine-b"
+    assert (await storage.instance_lease_holder(z) or ("",))[0] == "engine-a"
+    loaded = await storage.load(x)
+    assert loaded is not None and loaded[1] is not None and loaded[1].fire_at == 600
 
 
 def _dead_letters(queue: bool) -> Callable[[StorageLayer], Awaitable[None]]:
