@@ -289,6 +289,9 @@ class Worker:
         ] = []
         self._unsettled: set[tuple[str, int]] = set()
         self._settle_wanted = trio.Event()
+        #: A caller that started rows itself writes how the ones that ended at once ended
+        #: (`start_stored`): the settle task is not woken for them.
+        self._settle_here = False
 
     # -- registration and pokes ---------------------------------------------------------
 
@@ -317,38 +320,58 @@ class Worker:
     def takes_at_once(self, job: NewJob) -> bool:
         """Whether `job`, a row this engine is about to store (a cron fire's), may be stored
         ``running`` under this worker's lease and handed to it (`start_stored`) instead of
-        stored ``pending`` for the claim loop: this worker claims rows of its name, has room
-        in hand, is not closing, and the row carries no key a claim or an enqueue must check
-        (limit, unique, idempotency)."""
+        stored ``pending`` for the claim loop: this worker claims rows of its name, has a
+        free slot and no row waiting in hand (a busy worker leaves the row to whichever
+        process has room first), is not closing, and the row carries no key a claim or an
+        enqueue must check (limit, unique, idempotency)."""
         return (
             self.claiming
             and not self.closing
             and job.name in self._runners
+            and self._limiter.available_tokens > 0
+            and not self._ready
             and self._claimed_runs < self._max_held
             and job.limit_key is None
             and job.unique_key is None
             and job.idempotency_key is None
         )
 
-    def start_stored(self, job: NewJob) -> None:
+    async def start_stored(self, job: NewJob) -> None:
         """Run `job`, which the caller's transaction stored ``running`` (attempt 1) under this
         worker's lease (its end a lock timeout from `job`'s creation), as if the claim loop had
-        claimed it: started now if a slot is free, else held in hand like any claimed row."""
-        self._accept(
-            [
-                ClaimedJob(
-                    id=job.id,
-                    name=job.name,
-                    params=job.params,
-                    attempt=1,
-                    max_attempts=job.max_attempts,
-                    scheduled_for=job.scheduled_for,
-                    priority=job.priority,
-                    correlation_id=job.correlation_id,
-                    tenant_id=job.tenant_id,
-                )
-            ]
+        claimed it: started now if a slot is free; if its slot was taken while it was stored,
+        handed back ``pending`` (its attempt not counted) for whichever worker has room first.
+
+        If its attempt ended at once (a synchronous body), how it ended is written here, in
+        the caller's task, before this returns (the settle task is not woken for it)."""
+        claimed = ClaimedJob(
+            id=job.id,
+            name=job.name,
+            params=job.params,
+            attempt=1,
+            max_attempts=job.max_attempts,
+            scheduled_for=job.scheduled_for,
+            priority=job.priority,
+            correlation_id=job.correlation_id,
+            tenant_id=job.tenant_id,
         )
+        if not self.closing and (self._limiter.available_tokens <= 0 or self._ready):
+            # Its slot was taken while it was stored: handed back pending (the attempt does not
+            # count), for whichever worker has room first, rather than waiting in this one's hand.
+            self._claimed_runs += 1
+            self._held.add((claimed.id, claimed.attempt))
+            if self._idle.is_set():
+                self._idle = trio.Event()
+            self._nursery.start_soon(self._hand_back, [claimed])
+            return
+        waking = self._settle_wanted.is_set()  # the settle task takes what waits, ours too
+        self._settle_here = True
+        try:
+            self._accept([claimed])
+        finally:
+            self._settle_here = False
+        if self._settling and not waking:
+            await self.flush()
 
     def emit(self, events: list[TrackedEvent]) -> None:
         """Hand events to the tracker (after the commit they describe)."""
@@ -666,7 +689,9 @@ class Worker:
         # A limited row's end frees a slot of its key: look for rows waiting on it once this is written.
         poke_at = at if limited else end.retry_at
         if run is None:
-            if not self._settling:  # else the settle task has been woken already and not yet taken the batch
+            # Else the settle task has been woken already and not yet taken the batch, or the
+            # caller writes it (`start_stored`).
+            if not self._settling and not self._settle_here:
                 self._settle_wanted.set()
             self._settling.append((settlement, end.events, None, (job.id, job.attempt), poke_at))
             return

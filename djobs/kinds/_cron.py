@@ -431,7 +431,7 @@ class CronScheduler:
                 ]
             )
         if at_once:
-            worker.start_stored(row)  # no await since the commit: the engine never looked idle
+            await worker.start_stored(row)  # no await since the commit: the engine never looked idle
         return next_run_at
 
     # -- client operations -------------------------------------------------------------
