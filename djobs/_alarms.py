@@ -223,14 +223,22 @@ class AlarmSleeper:
         """Claim and dispatch due alarms forever; the engine's single alarm task."""
         storage, clock, handoffs = self._storage, self._clock, self._handoffs
         task_status.started()
+        reached = False  # the last sleep lasted until the due time it was given
+        next_at: int | None = None
         while True:
             try:
                 # Read first: a wake-up with nothing due costs one read, not a write transaction.
                 # Only the alarms of definitions registered here: a partial engine (a
                 # script, a rolling deploy) never holds alarms it cannot fire.
                 mine = self.prefixes
-                next_at = await storage.next_alarm_at(mine)
-                now = clock.now_ms()
+                if reached:
+                    # Slept until the earliest due alarm it read: it is due now (one that was
+                    # cleared or moved since is not claimed, and the next pass reads again).
+                    reached = False
+                    now = next_at = clock.now_ms()
+                else:
+                    next_at = await storage.next_alarm_at(mine)
+                    now = clock.now_ms()
                 if next_at is not None and next_at <= now:
                     free = self._in_flight - len(self._claimed)
                     if free <= 0:
@@ -261,7 +269,7 @@ class AlarmSleeper:
                 _log.error("alarm sleeper: %s; trying again in 1 s", exc.message)
                 await trio.sleep(1)
                 continue
-            await self._wakeup.sleep_until(next_at)
+            reached = await self._wakeup.sleep_until(next_at)
 
     async def release_claimed(self) -> None:
         """Make the alarms still claimed due again at their fire time (a clean close: a restart fires them at once)."""

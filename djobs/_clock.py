@@ -109,9 +109,13 @@ class VirtualClock:
 
     def now_ms(self) -> int:
         try:
-            elapsed = trio.current_time() - self._trio_anchor()
+            now = trio.current_time()
         except RuntimeError:  # outside trio.run: time stands still at the last reading
             return self.start_ms
+        anchor = self._anchor
+        if anchor is None:  # the first reading (`_trio_anchor`), inlined: this is read per wake-up
+            anchor = self._anchor = now
+        elapsed = now - anchor
         # A microsecond's slack first: Trio's float clock reads a deadline of 1.002 s as
         # 1.0019999999999998, which whole milliseconds would floor to 1001, a millisecond
         # early (enough for a rate limit's window to open before its time).

@@ -22,10 +22,10 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, NoReturn, Protocol, TypeVar, final
+from typing import Any, Final, Generic, Literal, NoReturn, Protocol, TypeVar, final
 
 import trio
-from returns.result import Failure, Result, Success, safe
+from returns.result import Failure, Result, Success
 
 from ._bodies import immediate, normalise
 from ._clock import LATEST_MS, Clock, to_datetime
@@ -550,10 +550,20 @@ def _since(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
 
 
+#: The ``Success(None)`` of a returned state set (containers are immutable: one for every run).
+_STATE_SET: Final[Result[None, JobError]] = Success(None)
+
+
 def _set_returned(set_state: Callable[[Any], None], value: object) -> Result[None, JobError]:
+    """Set the state a body returned (`value`): a `JobError` it raises (a state of another
+    type) is the run's failure; anything else raised goes on."""
     if value is None:
-        return Success(None)
-    return safe(exceptions=(JobError,))(set_state)(value)
+        return _STATE_SET
+    try:
+        set_state(value)
+    except JobError as exc:
+        return Failure(exc)
+    return _STATE_SET
 
 
 def _only_terminate(group: BaseExceptionGroup[BaseException]) -> TerminateSignal | None:

@@ -39,14 +39,19 @@ class Wakeup:
         #: A poke or recheck ended the current sleep.
         self._cut = False
 
-    async def sleep_until(self, at_ms: int | None) -> None:
+    async def sleep_until(self, at_ms: int | None) -> bool:
         """Sleep until `at_ms` (forever for ``None``), a poke for an earlier time, or the poll interval.
 
         A poke that came since the last sleep ended counts too: the loop may have read
         what is due before the poke's write committed (PostgreSQL: the settle of a
         retry, from another task, during the claim loop's read of its next due time).
+
+        Returns whether the sleep lasted until the `at_ms` it was given: neither a poke,
+        a recheck nor the poll interval ended it first (so what the caller read as due at
+        `at_ms` is due now, unless something changed it without a poke).
         """
         missed, self._missed = self._missed, math.inf
+        asked = at_ms
         if missed != math.inf and (at_ms is None or missed < at_ms):
             at_ms = int(missed)
         scope = self._scope = trio.CancelScope()
@@ -68,8 +73,14 @@ class Wakeup:
             else:
                 await clock.sleep_until(at_ms)
         self._scope = None
-        if scope.deadline == due and not self._cut and at_ms is not None and clock.now_ms() < at_ms:
-            await clock.sleep_until(at_ms)  # woken a hair early (float rounding): never before `at_ms`
+        if self._cut or at_ms is None:
+            return False
+        if scope.deadline == due:  # a virtual clock's due time ended it (not the poll interval)
+            if clock.now_ms() < at_ms:
+                await clock.sleep_until(at_ms)  # woken a hair early (float rounding): never before `at_ms`
+            return at_ms == asked
+        # Another clock's sleep returned (it reached `at_ms`), unless the poll interval ended it.
+        return at_ms == asked and not scope.cancelled_caught
 
     def poke(self, at_ms: int) -> None:
         """Something is due at `at_ms`: wake the sleeper if it sleeps past that (or, if it is

@@ -176,6 +176,53 @@ async def test_a_poke_while_the_loop_is_awake_ends_its_next_sleep(autojump_clock
     assert clock.now_ms() == start + 6000
 
 
+@pytest.mark.trio
+@pytest.mark.parametrize("virtual", [True, False])
+async def test_a_sleep_says_whether_it_lasted_until_its_due_time(
+    autojump_clock: trio.testing.MockClock, virtual: bool
+) -> None:
+    # The alarm sleeper claims without reading its due time again only after a sleep that
+    # reached it: one a poke, a recheck or the poll interval cut short says so.
+    from djobs._wakeup import Wakeup
+
+    virtual_clock = djobs.VirtualClock(datetime(2026, 1, 1, tzinfo=UTC))
+    clock = virtual_clock if virtual else _TrioClock(virtual_clock)
+    start = clock.now_ms()
+    assert await Wakeup(clock, poll_ms=None).sleep_until(start + 1000)
+    assert clock.now_ms() == start + 1000
+    polled = Wakeup(clock, poll_ms=500)
+    assert not await polled.sleep_until(start + 5000)  # the poll interval ended it
+    assert clock.now_ms() == start + 1500
+    poked = Wakeup(clock, poll_ms=None)
+    async with trio.open_nursery() as nursery:
+        ended: list[bool] = []
+
+        async def sleep() -> None:
+            ended.append(await poked.sleep_until(start + 9000))
+
+        nursery.start_soon(sleep)
+        await trio.sleep(1)
+        poked.poke(start + 2000)  # earlier than its due time: cut short
+    assert ended == [False] and clock.now_ms() == start + 2500
+    poked.poke(start + 3000)  # while awake: the next sleep ends by then
+    assert not await poked.sleep_until(start + 9000)
+    assert clock.now_ms() == start + 3000
+    assert await poked.sleep_until(start + 4000)
+
+
+class _TrioClock:
+    """A clock that is not a `VirtualClock` (the `Wakeup` path of `WallClock`), on Trio's time."""
+
+    def __init__(self, clock: djobs.VirtualClock) -> None:
+        self._clock = clock
+
+    def now_ms(self) -> int:
+        return self._clock.now_ms()
+
+    async def sleep_until(self, epoch_ms: int) -> None:
+        await self._clock.sleep_until(epoch_ms)
+
+
 def test_virtual_clock_needs_an_aware_start() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         djobs.VirtualClock(datetime(2026, 1, 1))
