@@ -54,8 +54,8 @@ SCRIPTS: dict[str, tuple[list[str], set[str], set[str]]] = {
     "enqueue_bulk": (["--sizes", "200", "--stored", "100"], {"jobs_per_s", "floor_jobs_per_s", "by_list_size"}, set()),
     "end_to_end": (["--jobs", "200", "--stored", "100", "--tasks", "20"], {"jobs_per_s", "floor_jobs_per_s"}, set()),
     "debounce": (
-        ["--events", "200", "--instances", "20", "--tasks", "10"],
-        {"events_per_s", "floor_events_per_s", "ratio_to_floor", "cpu_ms_per_1000"},
+        ["--events", "200", "--instances", "20", "--tasks", "10", "--spread-events", "100"],
+        {"events_per_s", "floor_events_per_s", "ratio_to_floor", "spread_events_per_s", "cpu_ms_per_1000"},
         set(),
     ),
     "lateness": (["--alarms", "50", "--span-s", "0.2"], {"p50_ms", "p99_ms", "early", "floor_p99_ms"}, set()),
