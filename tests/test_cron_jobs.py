@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -14,7 +17,7 @@ import trio
 import trio.testing
 
 import djobs
-from djobs.storage import QueueStorage
+from djobs.storage import QueueStorage, Storage, StorageLayer
 from djobs.testing import failure, open_test_engine, success
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
@@ -318,3 +321,69 @@ def test_cron_limits_go_with_execute_not_with_job() -> None:
             djobs.CronJob.make("bad", schedule="0 9 * * *", job=report, **option)  # type: ignore[arg-type]
     with pytest.raises(djobs.ValidationError, match="concurrency"):
         djobs.CronJob.make("bad", schedule="0 9 * * *", execute=lambda f, c: None, concurrency=0)
+
+
+class SlowFireLayer:
+    """A storage layer whose `fire_cron` transaction takes `seconds` (of the test's clock)
+    before it writes, as a fire waiting on a busy database does; every other call passes through."""
+
+    def __init__(self, inner: StorageLayer, seconds: float) -> None:
+        self._inner = inner
+        self._seconds = seconds
+
+    @asynccontextmanager
+    async def _open(self) -> AsyncIterator[Storage]:
+        async with self._inner.open() as inner:
+            yield cast(Storage, _SlowFire(inner, self._seconds))
+
+    def open(self) -> AbstractAsyncContextManager[Storage]:
+        return self._open()
+
+
+class _SlowFire:
+    def __init__(self, inner: Storage, seconds: float) -> None:
+        self._inner = inner
+        self._seconds = seconds
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def fire_cron(self, *args: Any) -> bool:
+        await trio.sleep(self._seconds)
+        fired: bool = await self._inner.fire_cron(*args)  # type: ignore[attr-defined]
+        return fired
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("on_file", [False, True], ids=["memory", "sqlite-file"])
+async def test_a_fire_whose_slot_was_taken_while_it_was_written_waits_pending_and_runs_once(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, on_file: bool
+) -> None:
+    # One slot. The fire at 01:00 finds it free and is written running under this worker's
+    # lease; while its transaction takes 1 s, a 10-minute job due at 01:00:00.5 takes the slot.
+    # The fire's row is then handed back pending (attempt not counted) and runs once the slot frees.
+    ran: list[tuple[str, datetime, int]] = []
+
+    async def block(params: Report, ctx: djobs.JobContext) -> None:
+        ran.append(("blocker", ctx.now(), ctx.attempt))
+        await trio.sleep(600)
+
+    def tick(fire: djobs.CronFire, ctx: djobs.JobContext) -> None:
+        ran.append(("cron", ctx.now(), ctx.attempt))
+
+    blocker = djobs.Job.make("blocker", params=Report, execute=block)
+    hourly = djobs.CronJob.make("hourly", schedule=djobs.cron("0 * * * *"), execute=tick)
+    inner = djobs.sqlite(tmp_path / "jobs.db") if on_file else djobs.memory()
+    worker = djobs.WorkerOptions(max_concurrency=1, poll_interval=None)
+    async with open_test_engine([blocker, hourly], storage=SlowFireLayer(inner, 1.0), worker=worker) as engine:
+        success(await engine.client.job(blocker).later(Report(), delay=timedelta(hours=1, milliseconds=500)))
+        await trio.sleep(3600 + 2)
+        assert ran == [("blocker", START + timedelta(hours=1, milliseconds=500), 1)]
+        [fired] = success(await engine.client.jobs.list(correlation_id="cron:hourly"))
+        assert (fired.status, fired.attempts, fired.started_at) == ("pending", 0, None)
+        await trio.sleep(600)
+        assert ran[1:] == [("cron", START + timedelta(hours=1, minutes=10, milliseconds=500), 1)]
+        fired_info = success(await engine.client.jobs.status(fired.id))
+        assert (fired_info.status, fired_info.attempts) == ("completed", 1)
+        assert {r.status for r in success(await engine.client.jobs.list(limit=100))} == {"completed"}
+        assert engine.tracker.count("job.claimed") == 2
