@@ -154,7 +154,7 @@ async def test_the_purge_runs_once_per_interval(autojump_clock: trio.testing.Moc
     """No busy loop: the purge sleeps on the clock layer between passes."""
     calls: list[float] = []
 
-    class Counting(djobs.storage.SqliteStorage):
+    class Counting(djobs.storage.MemoryStorage):
         async def purge_event_ids(self, before: int, limit: int) -> int:
             calls.append(trio.current_time())
             return await super().purge_event_ids(before, limit)

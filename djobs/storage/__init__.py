@@ -2,8 +2,9 @@
 
 `Storage` is the protocol every implementation provides (`QueueStorage`
 adds the job queue and cron jobs); `sqlite(path)`
-opens an APSW SQLite file (WAL), `memory()` an in-memory SQLite database
-for tests, `postgres(dsn)` a PostgreSQL schema shared by many processes.
+opens an APSW SQLite file (WAL; ``sqlite(":memory:")`` a private in-memory
+SQLite database), `memory()` a store in Python's own data structures for
+tests (no SQL), `postgres(dsn)` a PostgreSQL schema shared by many processes.
 Storage methods raise `StorageError` (and `DuplicateEventError` from
 `commit`); the client and the execution service turn those into values at
 their edge.
@@ -40,11 +41,12 @@ from ._base import StorageLayer as StorageLayer
 from ._faults import FaultyLayer as FaultyLayer
 from ._faults import FaultyStorage as FaultyStorage
 from ._faults import faulty as faulty
+from ._memory import MemoryStorage as MemoryStorage
+from ._memory import memory as memory
 from ._postgres import PostgresLayer as PostgresLayer
 from ._postgres import postgres as postgres
 from ._sqlite import SCHEMA_VERSION as SCHEMA_VERSION
 from ._sqlite import SqliteStorage as SqliteStorage
-from ._sqlite import memory as memory
 from ._sqlite import sqlite as sqlite
 
 __all__ = [
@@ -65,6 +67,7 @@ __all__ = [
     "InstanceRecord",
     "InstanceStore",
     "LeaseLostError",
+    "MemoryStorage",
     "PostgresLayer",
     "SetAlarm",
     "SqliteStorage",

@@ -32,6 +32,7 @@ import apsw
 
 from .._errors import StorageError
 from ._base import Storage, StorageLayer
+from ._memory import MemoryStorage
 from ._sqlite import SqliteStorage
 
 FaultKind = Literal["busy", "io", "full", "readonly", "bug"]
@@ -98,12 +99,13 @@ class FaultyStorage:
                 (only ``at="call"``).
             at: ``"call"`` fails before the database is touched; ``"commit"``
                 runs the call's statements and fails its commit (SQLite
-                storages only; a call that commits nothing is not affected).
+                storages and the memory store only; a call that commits
+                nothing, a read, is not affected).
             times: Fail this many matching calls, then pass again; ``None``
                 until `heal`.
         """
-        if at == "commit" and not isinstance(self._inner, SqliteStorage):
-            raise ValueError("faults at commit need a SQLite storage")
+        if at == "commit" and not isinstance(self._inner, SqliteStorage | MemoryStorage):
+            raise ValueError("faults at commit need a SQLite storage or the memory store")
         if kind == "bug" and at != "call":
             raise ValueError('an injected bug is raised at the call (at="call")')
         self._rules.append(_Rule(operation, kind, at, times))
@@ -141,13 +143,20 @@ class FaultyStorage:
             if rule.at == "call":
                 self.injected += 1
                 raise StorageError(f"{name} failed: {text} (injected)", error_type(text))
-            assert isinstance(self._inner, SqliteStorage)
-            db = self._inner.connection
 
             def hook() -> bool:
                 self.injected += 1
                 raise error_type(text)
 
+            inner = self._inner
+            if isinstance(inner, MemoryStorage):
+                inner.set_commit_hook(hook)
+                try:
+                    return await method(*args, **kwargs)
+                finally:
+                    inner.set_commit_hook(None)
+            assert isinstance(inner, SqliteStorage)
+            db = inner.connection
             db.set_commit_hook(hook, id="djobs.faults")
             try:
                 return await method(*args, **kwargs)

@@ -5,8 +5,9 @@ need; a person (the ``djobs`` command line, the dashboard, the metrics
 collector) needs more: counts by kind and status, which alarms are due, how far
 behind the queue is, which processes hold leases, how many jobs finished per
 minute. `Inspector` is that read side, one protocol that `SqliteInspector` and
-`PostgresInspector` implement with the same semantics; `inspector(storage)`
-gives the one for an open storage.
+`PostgresInspector` implement with the same semantics (the memory store,
+`djobs.memory()`, answers it itself); `inspector(storage)` gives the one for
+an open storage.
 
 `open_existing(where)` opens a SQLite file or a PostgreSQL schema for
 inspection without ever creating, migrating or (unless asked) writing to it.

@@ -1939,16 +1939,3 @@ def sqlite(
             "for SQLite give the file's path"
         )
     return _SqliteLayer(where, synchronous, busy_timeout, lease_clock)
-
-
-def memory() -> _SqliteLayer:
-    """A storage layer on a private in-memory SQLite database, for tests.
-
-    Leases follow the engine's clock (``lease_clock="engine"``): one engine owns the
-    database, and a virtual clock's leases end in virtual time.
-
-    Examples:
-        >>> memory()
-        sqlite(':memory:')
-    """
-    return _SqliteLayer(":memory:", "OFF", 0)
