@@ -35,6 +35,7 @@ import djobs.storage
 from djobs.testing import open_test_engine, success
 
 LOAD_SECONDS = 2.0
+MIN_CALLS = 40
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="the harness stops processes with POSIX signals")
 
@@ -42,7 +43,9 @@ pytestmark = pytest.mark.skipif(os.name != "posix", reason="the harness stops pr
 def run_peers(workdir: Path, peers: int, *, mutant: str = "", settle_timeout: float = 30) -> tuple[History, list[str]]:
     """Run `peers` workload processes on one file until their work is done; their history and broken invariants."""
     harness = Harness(workdir, seed=0, mutant=mutant)
-    extra = ["--profile", "peer", "--clients", "2", "--load-seconds", str(LOAD_SECONDS)]
+    # Each client calls for the seconds and at least MIN_CALLS times, so the work checked below is
+    # done however loaded the machine is (on a busy machine the seconds alone gave too few calls).
+    extra = ["--profile", "peer", "--clients", "2", "--load-seconds", str(LOAD_SECONDS), "--min-calls", str(MIN_CALLS)]
     tags = [f"p{i}" for i in range(peers)]
     # All at once, on a file that does not exist yet: they race to create and migrate it.
     incs = [

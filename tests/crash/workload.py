@@ -461,12 +461,15 @@ class Client:
         for cid in self.ids.continuous:
             await self.call("start", cid, None, ticker.start(id=cid, input=Tick()))
 
-    async def run(self, until: float) -> None:
-        """Call away until Trio's clock reaches `until`; a call once begun is awaited to its end."""
+    async def run(self, until: float, min_calls: int = 0) -> None:
+        """Call away until Trio's clock reaches `until` and `min_calls` calls were made; a call
+        once begun is awaited to its end."""
         rng, client = self.world.rng, self.engine.client
         ticker, pile, poker = client.continuous("ticker"), client.debounce("pile"), client.task("poker")
         chore = client.job("chore")
-        while trio.current_time() < until:
+        calls = 0
+        while trio.current_time() < until or calls < min_calls:
+            calls += 1
             op = rng.choices(self.ops, self.weights)[0]
             cid, did, tid = rng.choice(self.ids.continuous), rng.choice(self.ids.debounce), rng.choice(self.ids.task)
             seq = self.seqs()
@@ -682,7 +685,7 @@ async def amain(args: argparse.Namespace) -> None:
                         ids = Ids([f"c{k}" for k in range(4)], ["d0", "d1"], ["t0", "t1"])
                     clients.append(Client(engine, world, ids, lambda: next(counter), args.profile))
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_clients, clients, args.load_seconds)
+                nursery.start_soon(_clients, clients, args.load_seconds, args.min_calls)
                 async for _ in signals:
                     break
                 nursery.cancel_scope.cancel()
@@ -690,14 +693,15 @@ async def amain(args: argparse.Namespace) -> None:
     print("CLOSED", flush=True)
 
 
-async def _clients(clients: list[Client], load_seconds: float | None) -> None:
-    """Run the client tasks for `load_seconds` (or until SIGTERM), then say ``LOADED``."""
+async def _clients(clients: list[Client], load_seconds: float | None, min_calls: int = 0) -> None:
+    """Run the client tasks for `load_seconds` and at least `min_calls` calls each (or until
+    SIGTERM), then say ``LOADED``."""
 
     until = trio.current_time() + (load_seconds if load_seconds is not None else math.inf)
 
     async def one(client: Client) -> None:
         await client.start_all()
-        await client.run(until)
+        await client.run(until, min_calls)
 
     # No cancel scope: a call cut short would still run in the engine after LOADED.
     async with trio.open_nursery() as nursery:
@@ -721,6 +725,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", default="crash", choices=["crash", "peer"])
     parser.add_argument("--clients", type=int, default=3)
     parser.add_argument("--load-seconds", type=float, default=None)
+    # A floor on the work done, however slow the machine: a loaded machine made too few calls in the seconds.
+    parser.add_argument("--min-calls", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s %(levelname)s %(message)s")
     trio.run(amain, args)
