@@ -203,7 +203,9 @@ def test_four_processes_drain_20000_jobs_once_reclaim_a_killed_ones_and_fire_cro
     assert len(twice) <= len(held) and set(counts.values()) <= {1, 2}
     expired = sum(int((tmp_path / f"{name}.expired").read_text()) for name in NAMES[1:])
     assert expired >= len(held), "the survivors reclaimed the victim's leases"
-    again = {row[0] for row in query(schema, "SELECT id FROM jobs WHERE name = 'record' AND attempt_count > 1")}
+    # Of every name: a cron fire stores its job running under the firing process, so the victim
+    # may also have held a 'beat' job when it died.
+    again = {row[0] for row in query(schema, "SELECT id FROM jobs WHERE attempt_count > 1")}
     assert held <= again, "each job the victim held was claimed again, as a second attempt"
 
     # The cron job: one job per fire time, one second apart with none missing, whoever fired it.
