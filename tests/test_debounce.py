@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import random
 import warnings
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -744,3 +745,71 @@ async def test_an_add_never_awaited_warns_with_its_own_name(autojump_clock: trio
         assert messages == ["coroutine 'djobs.DebounceClient.add' was never awaited"], messages
         status = success(await engine.client.debounce(batcher).status("a"))
         assert status.status == "not_found"  # nothing was added
+
+
+class Counted(msgspec.Struct):
+    n: int
+
+
+class Seen(msgspec.Struct):
+    ns: list[int] = []
+
+
+async def _slow_append(ctx: djobs.DebounceEventContext[Counted, Seen]) -> Seen:
+    await trio.sleep(0.01)  # a checkpoint: other adds join the queue while this round runs
+    return Seen([*(ctx.state.ns if ctx.state else []), ctx.event.n])
+
+
+def _future_append(ctx: djobs.DebounceEventContext[Counted, Seen]) -> FutureResult[Seen, djobs.ExecutionError]:
+    async def run() -> Result[Seen, djobs.ExecutionError]:
+        return Success(await _slow_append(ctx))
+
+    return FutureResult(run())
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("storage", ["memory", "file"])
+@pytest.mark.parametrize("reducer", [_slow_append, _future_append], ids=["async", "future"])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_concurrent_adds_with_an_awaiting_reducer_each_count_once_in_order(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, storage: str, reducer: Any, seed: int
+) -> None:
+    """Adds that arrive while a round awaits its reducer wait for the next round: each add is
+    applied once, durable when it returns, and each caller's adds keep their order."""
+    flushed: list[list[int]] = []
+
+    def execute(ctx: djobs.DebounceContext[Seen]) -> None:
+        flushed.append(ctx.state.ns)
+
+    job = djobs.Debounce.make(
+        "slow", event=Counted, state=Seen, flush_after="1 hour", on_event=reducer, execute=execute
+    )
+    db = djobs.sqlite(tmp_path / "jobs.db") if storage == "file" else None
+    rnd = random.Random(seed)
+    failed: list[object] = []
+    async with open_test_engine([job], storage=db) as engine:
+        client = engine.client.debounce(job)
+
+        async def adder(base: int) -> None:
+            for i in range(20):
+                added = await client.add(id="x", event=Counted(base + i))
+                if isinstance(added, IOFailure):
+                    failed.append(added)
+                    continue
+                # Durable on return: the stored batch holds at least this many events.
+                count = success(await client.status("x")).event_count
+                assert count is not None
+                assert count >= success(added).event_count
+                await trio.sleep(rnd.random() * 0.05)
+
+        async with trio.open_nursery() as nursery:
+            for a in range(5):
+                nursery.start_soon(adder, a * 100)
+        assert failed == []
+        status = success(await client.status("x"))
+        assert status.event_count == 100
+        assert success(await client.flush("x")).outcome == "succeeded"
+        [seen] = flushed
+        assert sorted(seen) == sorted(a * 100 + i for a in range(5) for i in range(20))
+        for a in range(5):
+            assert [n for n in seen if n // 100 == a] == [a * 100 + i for i in range(20)]

@@ -37,6 +37,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import islice
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, NoReturn, cast, overload
 
 import msgspec
@@ -882,8 +883,10 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         full = False
         added = False  # some event of the round was reduced
         taken = 0
-        for pending in queue:
-            if taken and (taken >= ROUND_LIMIT or pending.event_id is not None):
+        # The round's adds are the queue's front as it is now: a reducer that awaits lets
+        # more adds join the queue meanwhile, and they wait for the next round.
+        for pending in list(islice(queue, ROUND_LIMIT)):
+            if taken and pending.event_id is not None:
                 break
             taken += 1
             created = state is None
