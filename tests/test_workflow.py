@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,6 +16,8 @@ import msgspec
 import pytest
 import trio
 from postgres_support import postgres_dsn, require_postgres, throwaway_schema
+from returns.context import RequiresContextFutureResult
+from returns.future import FutureResult
 from returns.result import Failure, Result, Success
 
 import djobs
@@ -799,6 +801,106 @@ async def test_steps_started_together_in_a_nursery_fail_the_workflow_with_the_gu
             assert isinstance(error, djobs.WorkflowFailedError)
             assert error.error_tag == "validation", error.error_message
             assert "a workflow's calls run one at a time" in error.error_message
+
+
+#: The arguments of the steps that ran, in order (the steps below record them).
+ran: list[str] = []
+
+
+def ran_plain(x: str) -> str:
+    ran.append(x)
+    return x
+
+
+async def ran_async(x: str) -> str:
+    ran.append(x)
+    return x
+
+
+def ran_result(x: str) -> Result[str, str]:
+    ran.append(x)
+    return Success(x)
+
+
+def ran_future(x: str) -> FutureResult[str, str]:
+    ran.append(x)
+    return FutureResult.from_value(x)
+
+
+def ran_services(x: str) -> RequiresContextFutureResult[str, str, object]:
+    ran.append(x)
+    return RequiresContextFutureResult.from_value(x)
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("fn", [ran_plain, ran_async, ran_result, ran_future, ran_services], ids=lambda f: f.__name__)
+async def test_a_second_step_awaited_while_one_is_in_flight_is_refused_whatever_the_step_functions_form(
+    fn: Callable[[str], object], autojump_clock: trio.testing.MockClock
+) -> None:
+    # A step whose function needs no await still awaits its checkpoint: the step is in flight until
+    # its result is committed, so the other step awaited at once is refused, never run and logged in
+    # whichever order the scheduler picked (which a replay could not follow).
+    ran.clear()
+
+    async def body(trip: Trip, ctx: djobs.WorkflowContext) -> str:
+        id = trip.who
+        s1, s2 = ctx.step("one", fn, f"{id}:1", result=str), ctx.step("two", fn, f"{id}:2", result=str)
+
+        async def wait(step: Any) -> None:
+            await step
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait, s1)
+            nursery.start_soon(wait, s2)
+        await ctx.sleep("1 minute")  # a replay, were the body let through
+        return "ok"
+
+    flow = djobs.Workflow.make("at-once", input=Trip, result=str, execute=body)
+    ids = ["a", "b", "c", "d"]
+    async with open_test_engine([flow], start=T0) as engine:
+        client = engine.client.workflow(flow)
+        for id in ids:
+            await client.start(id=id, input=Trip(id))
+        await until(engine, T0 + timedelta(minutes=2))
+        for id in ids:
+            error = failure(await client.result(id))
+            assert isinstance(error, djobs.WorkflowFailedError)
+            assert error.error_tag == "validation", error.error_message
+            assert "was called while another call of this workflow was in flight" in error.error_message
+            # One step ran, once; the other never did.
+            assert len([x for x in ran if x.startswith(f"{id}:")]) == 1, ran
+
+
+@pytest.mark.trio
+async def test_a_recorded_value_taken_while_a_step_is_in_flight_is_refused(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # ctx.now() beside a step in flight would take the log position the scheduler gave it.
+    refused: list[str] = []
+
+    async def body(_: Nothing, ctx: djobs.WorkflowContext) -> str:
+        async def step() -> None:
+            await ctx.step("one", nap, "x")  # a second of virtual time in flight
+
+        async def now() -> None:
+            await trio.sleep(0.5)
+            try:
+                ctx.now()
+            except djobs.ValidationError as exc:
+                refused.append(exc.message)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(step)
+            nursery.start_soon(now)
+        return "ok"
+
+    flow = djobs.Workflow.make("now-at-once", input=Nothing, result=str, execute=body)
+    async with open_test_engine([flow], start=T0) as engine:
+        client = engine.client.workflow(flow)
+        await client.start(id="n", input=Nothing())
+        await settle(engine)
+        assert success(await client.result("n")) == "ok"
+    assert len(refused) == 1 and "ctx.now('now') was called while another call" in refused[0], refused
 
 
 # -- several engines on one database ------------------------------------------------------------

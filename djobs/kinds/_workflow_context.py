@@ -411,54 +411,60 @@ class Run:
             # Woken early (a signal or a restart) before this step's retry is due.
             self.suspend("running", SetAlarm(entry.until, RETRY))
         attempt = entry.attempts + 1
+        # In flight until its result (or failure) is committed: the checkpoint awaits too, so a
+        # synchronous step, which runs with no await of its own, is still refused a second call
+        # made meanwhile (`guard`).
         self.in_call, self.current = True, name
-        started = time.perf_counter()
-        scope = None
         try:
-            outcome = begin_body(partial(fn, *args))
-            if isinstance(outcome, Pending):
-                # The step's own scope, which a cancel of the workflow cancels: only for what
-                # `fn` gave to await (a synchronous step's value is taken as it comes).
-                scope = self.scope = trio.CancelScope()
-                outcome = await finish_body(outcome, env.services, "the job body", scope)
-        finally:
-            self.in_call, self.scope, self.current = False, None, None
-        duration_ms = round((time.perf_counter() - started) * 1000, 3)
-        if scope is not None and scope.cancelled_caught:
-            entry.attempts = attempt
-            self.deliver_cancel(entry)
-        entry.attempts, entry.at, entry.duration_ms = attempt, env.clock.now_ms(), duration_ms
-        match outcome:
-            case Success(produced):
-                copied = encoded_copy(
-                    result_type, produced, what=f"result of step {name!r}", limit=env.max_payload_bytes
-                )
-                if isinstance(copied, ValidationError):
-                    # A result that cannot be stored is a bug in the step or its type, not a failure to retry.
-                    raise copied
-                raw, value = copied
-                entry.done, entry.until, entry.error = True, None, None
-                entry.value = msgspec.Raw(raw)
-                if env.tracking:
-                    self.events.append(
-                        env.event(
-                            "workflow.step_completed",
-                            self.record.key,
-                            KIND,
-                            self.handler.job.name,
-                            step=name,
-                            attempt=attempt,
-                            duration_ms=duration_ms,
-                        )
+            started = time.perf_counter()
+            scope = None
+            try:
+                outcome = begin_body(partial(fn, *args))
+                if isinstance(outcome, Pending):
+                    # The step's own scope, which a cancel of the workflow cancels: only for what
+                    # `fn` gave to await (a synchronous step's value is taken as it comes).
+                    scope = self.scope = trio.CancelScope()
+                    outcome = await finish_body(outcome, env.services, "the job body", scope)
+            finally:
+                self.scope, self.current = None, None
+            duration_ms = round((time.perf_counter() - started) * 1000, 3)
+            if scope is not None and scope.cancelled_caught:
+                entry.attempts = attempt
+                self.deliver_cancel(entry)
+            entry.attempts, entry.at, entry.duration_ms = attempt, env.clock.now_ms(), duration_ms
+            match outcome:
+                case Success(produced):
+                    copied = encoded_copy(
+                        result_type, produced, what=f"result of step {name!r}", limit=env.max_payload_bytes
                     )
-                try:  # `checkpoint`, inline: the result is committed before the step returns
-                    await self.save("running", None)
-                except StorageError as exc:
-                    self.halt("storage", exc)
-                return value
-            case Failure(error):
-                await self.step_failed(entry, error, retry if retry is not None else self.handler.job.retry)
-                return self.replayed_step(entry, result_type)
+                    if isinstance(copied, ValidationError):
+                        # A result that cannot be stored is a bug in the step or its type, not a failure to retry.
+                        raise copied
+                    raw, value = copied
+                    entry.done, entry.until, entry.error = True, None, None
+                    entry.value = msgspec.Raw(raw)
+                    if env.tracking:
+                        self.events.append(
+                            env.event(
+                                "workflow.step_completed",
+                                self.record.key,
+                                KIND,
+                                self.handler.job.name,
+                                step=name,
+                                attempt=attempt,
+                                duration_ms=duration_ms,
+                            )
+                        )
+                    try:  # `checkpoint`, inline: the result is committed before the step returns
+                        await self.save("running", None)
+                    except StorageError as exc:
+                        self.halt("storage", exc)
+                    return value
+                case Failure(error):
+                    await self.step_failed(entry, error, retry if retry is not None else self.handler.job.retry)
+                    return self.replayed_step(entry, result_type)
+        finally:
+            self.in_call = False
 
     async def step_failed(self, entry: Entry, error: JobError, policy: Retry | None) -> None:
         """Record the failed attempt of step `entry`: suspend until its retry, or checkpoint it failed for good."""
@@ -604,6 +610,8 @@ class Run:
 
     def recorded(self, kind: EntryKind, make: Callable[[], object], tp: Any) -> Any:
         """A value recorded at its first run (time, random, id); committed with the next checkpoint."""
+        if self.in_call:  # its position would be the scheduler's pick
+            self.guard(f"ctx.{kind}", kind)
         entry = self.next_entry(kind, kind)
         if entry is None:
             entry = self.append(Entry(kind=kind, name=kind, value=msgspec.Raw(encoder.encode(make()))))
@@ -911,15 +919,27 @@ class WorkflowContext(BaseContext[D_co]):
         return outcome.value(job.result, ChildJobError, label)
 
     def now(self) -> datetime:
-        """The current time, recorded: a replay gets the time of the first run."""
+        """The current time, recorded: a replay gets the time of the first run.
+
+        Raises:
+            ValidationError: Called while another call of this workflow is in flight.
+        """
         return to_datetime(self._run.recorded("now", self._env.now_ms, int))
 
     def random(self) -> float:
-        """A random float in [0, 1), recorded: a replay gets the same value."""
+        """A random float in [0, 1), recorded: a replay gets the same value.
+
+        Raises:
+            ValidationError: Called while another call of this workflow is in flight.
+        """
         value: float = self._run.recorded("random", self._env.ids.random, float)
         return value
 
     def uuid(self) -> str:
-        """A fresh UUID4 as text, recorded: a replay gets the same id."""
+        """A fresh UUID4 as text, recorded: a replay gets the same id.
+
+        Raises:
+            ValidationError: Called while another call of this workflow is in flight.
+        """
         value: str = self._run.recorded("uuid", self._env.ids.uuid, str)
         return value
