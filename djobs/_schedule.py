@@ -278,6 +278,15 @@ def _reversed_range(field: str, names: dict[str, int]) -> str | None:
     return None
 
 
+def _cased(name: str, like: str) -> str:
+    """`name` (a lower-case month or day name, or a number) in the case of `like` (``FRI``, ``Fri``, ``fri``)."""
+    if like.isupper():
+        return name.upper()
+    if like.istitle():
+        return name.title()
+    return name
+
+
 def _number(end: str, names: dict[str, int]) -> int | None:
     if end.isdigit():
         return int(end)
@@ -304,6 +313,7 @@ def _plan(normal: str) -> Result[_Plan, str]:
         if backwards is not None:
             first, last = backwards.split("-")
             low, high = _BOUNDS[what] if first.isdigit() else _NAMED_BOUNDS[what]
+            high, low = _cased(high, first), _cased(low, last)  # as the expression writes its names
             return Failure(
                 f"the {what} field's range {backwards!r} runs backwards, and is not read as wrapping around;"
                 f" write the two ranges it would wrap into: {first}-{high},{low}-{last}"
