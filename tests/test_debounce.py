@@ -12,6 +12,9 @@ from typing import Any
 import msgspec
 import pytest
 import trio
+import trio.testing
+from hypothesis import Phase, given, settings
+from hypothesis import strategies as st
 from returns.future import FutureResult
 from returns.io import IOFailure
 from returns.result import Failure, Result, Success
@@ -813,3 +816,80 @@ async def test_concurrent_adds_with_an_awaiting_reducer_each_count_once_in_order
         assert sorted(seen) == sorted(a * 100 + i for a in range(5) for i in range(20))
         for a in range(5):
             assert [n for n in seen if n // 100 == a] == [a * 100 + i for i in range(20)]
+
+
+class Step(msgspec.Struct):
+    n: int
+    fail: bool = False
+
+
+async def _slow_count(ctx: djobs.DebounceEventContext[Step, Seen]) -> Seen:
+    await trio.sleep(0.01)
+    if ctx.event.fail:
+        raise ValueError("refused")
+    return Seen([*(ctx.state.ns if ctx.state else []), ctx.event.n])
+
+
+_callers = st.lists(
+    st.lists(
+        st.tuples(st.integers(0, 30), st.sampled_from([None, None, "a", "b", "c"]), st.booleans()),
+        min_size=1,
+        max_size=8,
+    ),
+    min_size=2,
+    max_size=5,
+)
+
+
+@settings(max_examples=100, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate])
+@given(callers=_callers)
+def test_any_interleaving_of_adds_with_an_awaiting_reducer_answers_each_once(
+    callers: list[list[tuple[int, str | None, bool]]],
+) -> None:
+    """Adds with and without event ids, some refused by the reducer, from callers at any pace:
+    each is answered once (applied, the reducer's failure, or a duplicate id), none with an
+    internal error, and the batch counts exactly the applied ones, each caller's in order."""
+    job = djobs.Debounce.make(
+        "slow", event=Step, state=Seen, flush_after="1 hour", on_event=_slow_count, execute=lambda c: None
+    )
+    applied: list[int] = []
+    accepted_ids: list[str] = []
+    duplicates: list[str | None] = []
+
+    async def main() -> None:
+        async with open_test_engine([job]) as engine:
+            client = engine.client.debounce(job)
+
+            async def caller(c: int, steps: list[tuple[int, str | None, bool]]) -> None:
+                for i, (pause_ms, event_id, fail) in enumerate(steps):
+                    n = c * 100 + i
+                    added = await client.add(id="x", event=Step(n, fail), event_id=event_id)
+                    if not isinstance(added, IOFailure):
+                        assert not fail
+                        applied.append(n)
+                        if event_id is not None:
+                            accepted_ids.append(event_id)
+                    elif isinstance(failure(added), djobs.DuplicateEventError):  # checked before the reducer
+                        assert failure(added) == djobs.DuplicateEventError("x", event_id)
+                        duplicates.append(event_id)
+                    else:
+                        assert fail
+                        assert isinstance(failure(added), djobs.ExecutionError)
+                    await trio.sleep(pause_ms / 1000)
+
+            async with trio.open_nursery() as nursery:
+                for c, steps in enumerate(callers):
+                    nursery.start_soon(caller, c, steps)
+            if not applied:
+                assert success(await client.status("x")).status == "not_found"
+                return
+            assert success(await client.status("x")).event_count == len(applied)
+            state = success(await client.get_state("x")).state
+            assert state is not None
+            assert sorted(state.ns) == sorted(applied)
+            for c in range(len(callers)):
+                assert [n for n in state.ns if n // 100 == c] == [n for n in applied if n // 100 == c]
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert len(accepted_ids) == len(set(accepted_ids))
+    assert set(duplicates) <= set(accepted_ids)
