@@ -27,9 +27,10 @@ import trio
 
 from .._errors import StorageError
 from ._base import Alarm, InstanceRecord, JobStatusName, QueueStorage, Storage, StorageLayer
+from ._common import describe_error
 from ._rows import INSTANCE_COLUMNS, instance_record, qualified
 from ._sql import POSTGRES, SQLITE, Dialect
-from ._sqlite import APPLICATION_ID, SCHEMA_VERSION, SqliteStorage, _boot_id, _describe, _inspect, sqlite
+from ._sqlite import APPLICATION_ID, SCHEMA_VERSION, SqliteStorage, _boot_id, _inspect, sqlite
 
 if TYPE_CHECKING:
     from ._pgconn import Connection
@@ -579,7 +580,7 @@ def _open_existing_sqlite(where: str, write: bool) -> SqliteStorage:
         # READONLY connection would leave -wal and -shm files behind.)
         db = apsw.Connection(where, flags=apsw.SQLITE_OPEN_READWRITE)
     except apsw.Error as exc:
-        raise StorageError(f"cannot open {where!r}: {_describe(exc)}", exc) from exc
+        raise StorageError(f"cannot open {where!r}: {describe_error(exc)}", exc) from exc
     try:
         db.setbusytimeout(5000)
         if not write:
@@ -600,7 +601,7 @@ def _open_existing_sqlite(where: str, write: bool) -> SqliteStorage:
         raise
     except apsw.Error as exc:
         db.close()
-        raise StorageError(f"cannot read {where!r}: {_describe(exc)}", exc) from exc
+        raise StorageError(f"cannot read {where!r}: {describe_error(exc)}", exc) from exc
     return SqliteStorage(db, where, anchor_ms=anchor)
 
 

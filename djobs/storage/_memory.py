@@ -53,6 +53,7 @@ from ._base import (
     Revival,
     SetAlarm,
 )
+from ._common import NO_FLOOR, describe_error, every_name_limited, limits_of
 from ._dead_letters import dead_letter, dead_letter_row, revival_decoder
 from ._inspect import (
     JOB_STATUSES,
@@ -67,13 +68,10 @@ from ._inspect import (
     StorageSummary,
 )
 from ._rows import instance_args, instance_record
-from ._sqlite import _describe, _every_name_limited, _limited_names
 
 T = TypeVar("T")
 
 _MISSING: Final = object()
-#: No floor on a claim's priority.
-_NO_FLOOR: Final = -(2**63)
 #: A heap entry of a pending job: (scheduled_for, rowid, stamp, id).
 _Entry = tuple[int, int, int, str]
 #: Pending jobs of one kind, by priority: each priority's heap of entries.
@@ -293,7 +291,7 @@ class MemoryStorage:
                 try:
                     refused = hook()
                 except Exception as exc:
-                    raise StorageError(f"could not commit to memory(): {_describe(exc)}", exc) from exc  # type: ignore[arg-type]
+                    raise StorageError(f"could not commit to memory(): {describe_error(exc)}", exc) from exc
                 if refused:
                     raise StorageError("could not commit to memory(): the commit hook refused it")
         except BaseException:
@@ -897,7 +895,7 @@ class MemoryStorage:
                 key_room = min(rooms)
             if key_room <= 0:
                 continue
-            candidates += self._take([lane], now, min(key_room, room), _NO_FLOOR)
+            candidates += self._take([lane], now, min(key_room, room), NO_FLOOR)
         candidates.sort(key=lambda c: (-c[0].priority, c[0].scheduled_for, c[0].id))
         best, rest = candidates[:room], candidates[room:]
         for _, heap, entry in rest:
@@ -939,13 +937,13 @@ class MemoryStorage:
         limits: Sequence[QueueLimit],
         slots: int,
     ) -> list[ClaimedJob]:
-        floor = _NO_FLOOR if above is None else above
-        if not _limited_names(names, limits):
+        floor = NO_FLOOR if above is None else above
+        if not limits_of(names, limits):
             return self._claim(now, until, worker_id, self._all_lanes(names), limit, floor)
         if above is not None:
             return self._claim(now, until, worker_id, self._free_lanes(names), limit, floor)
         room = min(slots, limit)
-        every = _every_name_limited(names, limits)
+        every = every_name_limited(names, limits)
         claimed = self._claim_limited(now, until, worker_id, every, room, now) if room > 0 else []
         if len(claimed) < limit:
             claimed += self._claim(now, until, worker_id, self._free_lanes(names), limit - len(claimed), floor)
@@ -1188,7 +1186,7 @@ class MemoryStorage:
         self, names: Sequence[str], now: int | None = None, limits: Sequence[QueueLimit] = ()
     ) -> int | None:
         self._check_open()
-        limited = _limited_names(names, limits)
+        limited = limits_of(names, limits)
         lanes = self._free_lanes(names) if limited else self._all_lanes(names)
         times = [at for lane in lanes if (at := self._lane_next(lane)) is not None]
         expiring = self._expiring_top()
@@ -1196,7 +1194,7 @@ class MemoryStorage:
             times.append(expiring[0])
         if limited:
             at = 0 if now is None else now
-            by_name = {lim.name: lim for lim in _every_name_limited(names, limits)}
+            by_name = {lim.name: lim for lim in every_name_limited(names, limits)}
             for key, lane in self._by_key.items():
                 lim = by_name.get(key.partition("\x1f")[0])
                 if lim is None:

@@ -63,6 +63,7 @@ from ._base import (
     Revival,
     SetAlarm,
 )
+from ._common import NO_FLOOR, every_name_limited, limits_of, resolve
 from ._dead_letters import (
     DELETE_DEAD_LETTER,
     GET_DEAD_LETTER,
@@ -102,7 +103,6 @@ from ._rows import (
     running_job_args,
 )
 from ._sql import POSTGRES
-from ._sqlite import resolve
 
 T = TypeVar("T")
 _log = logging.getLogger("djobs.storage")
@@ -578,15 +578,6 @@ _RECLAIM = """
     FROM picked WHERE jobs.id = picked.id
     RETURNING jobs.id, jobs.name, jobs.worker_id, jobs.attempt_count, jobs.status
 """
-#: No floor on a claim's priority (below every 32-bit priority).
-_NO_FLOOR = -(2**31) - 1
-
-
-def _every_name_limited(names: Sequence[str], limits: Sequence[QueueLimit]) -> list[QueueLimit]:
-    """`limits` of `names`, and no limit for the others: their keyed rows (enqueued while
-    their definition had limits) are claimed with the limited rows, without a count."""
-    given = {lim.name: lim for lim in limits}
-    return [given.get(name) or QueueLimit(name) for name in names]
 
 
 def _limit_arrays(limits: Sequence[QueueLimit]) -> dict[str, list[Any]]:
@@ -1057,14 +1048,14 @@ class PostgresStorage:
         limits: Sequence[QueueLimit] = (),
         slots: int = 0,
     ) -> list[ClaimedJob]:
-        mine = [lim for lim in limits if lim.name in set(names)]
+        mine = limits_of(names, limits)
         args = {
             "now": now,
             "until": lease_until,
             "worker": worker_id,
             "names": list(names),
             "limit": limit,
-            "above": _NO_FLOOR if above is None else above,
+            "above": NO_FLOOR if above is None else above,
         }
         leases = self._leases
         if not mine or above is not None:
@@ -1072,7 +1063,7 @@ class PostgresStorage:
             return await self._run(lambda conn: _claimed(conn.execute(claim, args).fetchall()), "claim_jobs")
         room = min(slots, limit)
         lock = "\x1f".join((self.schema, "limits"))
-        limited_args = {**args, **_limit_arrays(_every_name_limited(names, mine)), "slots": room}
+        limited_args = {**args, **_limit_arrays(every_name_limited(names, mine)), "slots": room}
         rated = {lim.name for lim in mine if lim.rate is not None}
 
         def run(conn: Connection) -> list[ClaimedJob]:
@@ -1227,14 +1218,14 @@ class PostgresStorage:
         self, names: Sequence[str], now: int | None = None, limits: Sequence[QueueLimit] = ()
     ) -> int | None:
         leases = self._leases if now is not None else _LEASES["engine"]
-        mine = [lim for lim in limits if lim.name in set(names)]
+        mine = limits_of(names, limits)
         args = {"names": list(names), "now": 0 if now is None else now}
 
         def run(conn: Connection) -> int | None:
             wakeup = leases["next_wakeup_unlimited"] if mine else leases["next_wakeup"]
             times = [row[0] for row in conn.execute(wakeup, args).fetchall() if row[0] is not None]
             if mine:
-                every = {**args, **_limit_arrays(_every_name_limited(names, mine))}
+                every = {**args, **_limit_arrays(every_name_limited(names, mine))}
                 limited = conn.execute(leases["next_limited"], every).fetchone()
                 if limited is not None and limited[0] is not None:
                     times.append(limited[0])

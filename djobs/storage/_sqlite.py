@@ -22,7 +22,7 @@ import msgspec
 import trio
 import trio.testing
 
-from .._errors import CLOSED_MESSAGE, DuplicateEventError, StorageError, ValidationError, describe
+from .._errors import CLOSED_MESSAGE, DuplicateEventError, StorageError, ValidationError
 from .._input import os_text_problem
 from .._queue_limits import MAX_PERIOD_MS
 from . import _sql
@@ -51,6 +51,7 @@ from ._base import (
     Revival,
     SetAlarm,
 )
+from ._common import NO_FLOOR, describe_error, every_name_limited, limits_of, resolve
 from ._dead_letters import (
     DELETE_DEAD_LETTER,
     GET_DEAD_LETTER,
@@ -573,8 +574,6 @@ _RECLAIM = """
     WHERE id IN (SELECT id FROM jobs WHERE status = 'running' AND worker_expires_at <= ?5 LIMIT ?4)
     RETURNING id, name, worker_id, attempt_count, status
 """
-#: No floor on a claim's priority (below every 32-bit priority).
-_NO_FLOOR = -(2**31) - 1
 
 
 _RENEW = """
@@ -652,19 +651,6 @@ def _insert_jobs(db: apsw.Connection, jobs: Sequence[NewJob]) -> list[tuple[str,
     return out
 
 
-def _limited_names(names: Sequence[str], limits: Sequence[QueueLimit]) -> list[str]:
-    """The names of `names` that `limits` limits."""
-    wanted = set(names)
-    return [limit.name for limit in limits if limit.name in wanted]
-
-
-def _every_name_limited(names: Sequence[str], limits: Sequence[QueueLimit]) -> list[QueueLimit]:
-    """`limits` of `names`, and no limit for the others: their keyed rows (enqueued while
-    their definition had limits) are claimed with the limited rows, without a count."""
-    given = {lim.name: lim for lim in limits}
-    return [given.get(name) or QueueLimit(name) for name in names]
-
-
 def _limits_json(limits: Sequence[QueueLimit]) -> bytes:
     return _names_encoder.encode([[lim.name, lim.concurrency, lim.rate, lim.period_ms] for lim in limits])
 
@@ -734,20 +720,6 @@ def _settle_completed(db: apsw.Connection, completed: Sequence[JobSettlement]) -
     return done
 
 
-def _describe(exc: apsw.Error) -> str:
-    if isinstance(exc, apsw.BusyError):
-        return "the database is locked by another connection (busy)"
-    if isinstance(exc, apsw.FullError):
-        return "the disk is full"
-    if isinstance(exc, apsw.ReadOnlyError):
-        return "the database is read-only"
-    if isinstance(exc, apsw.IOError):
-        return "a disk I/O error occurred"
-    if isinstance(exc, apsw.NotADBError):
-        return "the file is not a database"
-    return describe(exc)
-
-
 @final
 class _Batch:
     """One group commit: writers wait in `writers` (see `SqliteStorage.write`), reads on `done`;
@@ -769,10 +741,6 @@ class _Batch:
         for task in self.writers:
             trio.lowlevel.reschedule(task)
         self.writers.clear()
-
-
-def _describe_any(exc: BaseException) -> str:
-    return _describe(exc) if isinstance(exc, apsw.Error) else f"{type(exc).__name__}: {exc}"
 
 
 def _cannot_abort(_: Callable[[], BaseException]) -> trio.lowlevel.Abort:
@@ -900,7 +868,7 @@ class SqliteStorage:
                 if db.total_changes() != changes or not db.in_transaction:
                     # Written partway (or SQLite rolled the transaction back itself): only
                     # the whole batch can be undone.
-                    batch.spoiled = StorageError(f"write to {self.path} failed partway: {_describe_any(exc)}", exc)
+                    batch.spoiled = StorageError(f"write to {self.path} failed partway: {describe_error(exc)}", exc)
         else:
             outcome = self._in_savepoint(db, fn)
             if isinstance(outcome, StorageError) and not db.in_transaction:
@@ -926,7 +894,7 @@ class SqliteStorage:
                 if db.in_transaction:
                     with contextlib.suppress(apsw.Error):
                         db.execute("ROLLBACK")
-                error = StorageError(f"could not commit to {self.path}: {_describe(exc)}", exc)
+                error = StorageError(f"could not commit to {self.path}: {describe_error(exc)}", exc)
             batch.end(error)
         elif not batch.done.is_set():
             # A shielded wait (a cancel reaches the caller at its next checkpoint), without a cancel
@@ -936,7 +904,7 @@ class SqliteStorage:
         if batch.error is not None:
             raise batch.error
         if isinstance(outcome, apsw.Error):
-            raise StorageError(f"write to {self.path} failed: {_describe(outcome)}", outcome) from outcome
+            raise StorageError(f"write to {self.path} failed: {describe_error(outcome)}", outcome) from outcome
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
@@ -953,7 +921,7 @@ class SqliteStorage:
                 outcome = exc
             db.execute("RELEASE djobs_write")
         except apsw.Error as exc:  # the savepoint itself failed: the transaction is unusable
-            outcome = StorageError(f"write to {self.path} failed: {_describe(exc)}", exc)
+            outcome = StorageError(f"write to {self.path} failed: {describe_error(exc)}", exc)
         return outcome
 
     async def _begin(self) -> None:
@@ -979,11 +947,10 @@ class SqliteStorage:
             try:
                 db.execute("BEGIN IMMEDIATE")
                 return
-            except apsw.BusyError as exc:
-                if trio.current_time() >= deadline:
-                    raise StorageError(f"could not start a transaction on {self.path}: {_describe(exc)}", exc) from exc
             except apsw.Error as exc:
-                raise StorageError(f"could not start a transaction on {self.path}: {_describe(exc)}", exc) from exc
+                if not isinstance(exc, apsw.BusyError) or trio.current_time() >= deadline:
+                    error = f"could not start a transaction on {self.path}: {describe_error(exc)}"
+                    raise StorageError(error, exc) from exc
             finally:
                 db.setbusytimeout(self._busy_timeout_ms)
             await trio.sleep(delay)
@@ -1014,7 +981,7 @@ class SqliteStorage:
         try:
             return fn(self._db)
         except apsw.Error as exc:
-            raise StorageError(f"read from {self.path} failed: {_describe(exc)}", exc) from exc
+            raise StorageError(f"read from {self.path} failed: {describe_error(exc)}", exc) from exc
 
     # -- instances and alarms -----------------------------------------------------
 
@@ -1344,13 +1311,13 @@ class SqliteStorage:
         slots: int = 0,
     ) -> list[ClaimedJob]:
         until = self._lease_end(lease_until, now)
-        limited = _limited_names(names, limits)
-        args = (now, until, worker_id, _names_encoder.encode(list(names)), limit, _NO_FLOOR if above is None else above)
+        limited = limits_of(names, limits)
+        args = (now, until, worker_id, _names_encoder.encode(list(names)), limit, NO_FLOOR if above is None else above)
         if not limited or above is not None:
             # Exhaust the RETURNING cursor inside the transaction: an unfinished one would keep the write lock.
             statement = _CLAIM_JOBS if not limited else _CLAIM_UNLIMITED
             return await self.write(lambda db: [claimed_job(r) for r in db.execute(statement, args)])
-        every = _every_name_limited(names, limits)
+        every = every_name_limited(names, limits)
 
         def run(db: apsw.Connection) -> list[ClaimedJob]:
             # Limited rows first (at most `slots`: they start at once), then the rest of `limit`.
@@ -1472,7 +1439,7 @@ class SqliteStorage:
     async def next_job_wakeup(
         self, names: Sequence[str], now: int | None = None, limits: Sequence[QueueLimit] = ()
     ) -> int | None:
-        limited = _limited_names(names, limits)
+        limited = limits_of(names, limits)
 
         def run(db: apsw.Connection) -> int | None:
             encoded = _names_encoder.encode(list(names))
@@ -1482,7 +1449,7 @@ class SqliteStorage:
             times += [r[0] + shift for r in db.execute(_NEXT_EXPIRY)]
             if limited:
                 at = 0 if now is None else now
-                args = {"limits": _limits_json(_every_name_limited(names, limits)), "now": at, "clock": at - shift}
+                args = {"limits": _limits_json(every_name_limited(names, limits)), "now": at, "clock": at - shift}
                 times += [r[0] for r in db.execute(_NEXT_LIMITED, args) if r[0] is not None]
                 times += [r[0] for r in db.execute(_NEXT_LIMITED_DUE, (at, encoded))]
             return min(times) if times else None
@@ -1660,18 +1627,6 @@ class SqliteStorage:
 # -- opening -------------------------------------------------------------------------
 
 
-def resolve(lease_clock: str) -> str:
-    """``"auto"`` made concrete: the engine's clock under a `trio.testing.MockClock` (virtual
-    time, which no other clock follows), else the storage's own (``"host"``/``"database"``)."""
-    if lease_clock != "auto":
-        return lease_clock
-    try:
-        virtual = isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
-    except RuntimeError:  # outside trio.run
-        virtual = False
-    return "engine" if virtual else "own"
-
-
 def _boot_id() -> str:
     """This boot of the host: Linux's boot id; elsewhere the wall time of boot, to the minute
     (a clock step of a minute or more between two processes' starts then splits them)."""
@@ -1727,7 +1682,7 @@ def _open_connection(
     try:
         db = apsw.Connection(path)
     except apsw.Error as exc:
-        raise StorageError(f"cannot open {where}: {_describe(exc)}{_open_hint(path)}", exc) from exc
+        raise StorageError(f"cannot open {where}: {describe_error(exc)}{_open_hint(path)}", exc) from exc
     try:
         db.setbusytimeout(busy_timeout_ms)
         if db.readonly("main"):
@@ -1785,7 +1740,7 @@ def _open_connection(
         raise
     except apsw.Error as exc:
         db.close()
-        raise StorageError(f"cannot use {where}: {_describe(exc)}", exc) from exc
+        raise StorageError(f"cannot use {where}: {describe_error(exc)}", exc) from exc
     return SqliteStorage(db, path, busy_timeout_ms, anchor)
 
 
