@@ -4,7 +4,7 @@ Every file in ``tests/typing/`` is a program mypy checks with the project's
 settings (``--strict`` and the returns plugin): a line ending in
 ``# E: <code>`` must fail with that error code (``# E: <code> "<text>"``: with
 a message containing the text), every other line must pass. The cases cover
-job bodies, pipelines, results, services, typed events and workflows.
+job bodies, pipelines, results, services, storage layers, typed events and workflows.
 The python blocks of the pages in `TYPED_PAGES` are checked the same way (no
 line may fail), so the "Jobs as pipelines" guide is type-checked as well as run.
 
