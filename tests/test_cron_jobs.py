@@ -279,7 +279,7 @@ async def test_bad_cron_definitions_fail_and_store_nothing(autojump_clock: trio.
     with pytest.raises(djobs.ValidationError, match="unknown time zone"):
         djobs.cron("0 9 * * *", tz="Mars/Olympus")
     with pytest.raises(djobs.ValidationError, match="Report"):
-        djobs.CronJob.make("bad", schedule="0 9 * * *", job=report, params={"kind": 5})
+        djobs.CronJob.make("bad", schedule="0 9 * * *", job=report, params={"kind": 5})  # type: ignore[misc]
     with pytest.raises(djobs.ValidationError, match="either job"):
         djobs.CronJob.make("bad", schedule="0 9 * * *")
     with pytest.raises(djobs.ValidationError, match="missed"):
@@ -318,7 +318,7 @@ def test_cron_limits_go_with_execute_not_with_job() -> None:
     report = report_job([])
     for option in ({"concurrency": 1}, {"rate_limit": "1/minute"}):
         with pytest.raises(djobs.ValidationError, match="go with execute="):
-            djobs.CronJob.make("bad", schedule="0 9 * * *", job=report, **option)  # type: ignore[arg-type]
+            djobs.CronJob.make("bad", schedule="0 9 * * *", job=report, **option)
     with pytest.raises(djobs.ValidationError, match="concurrency"):
         djobs.CronJob.make("bad", schedule="0 9 * * *", execute=lambda f, c: None, concurrency=0)
 
