@@ -3,11 +3,14 @@ and storage stays consistent."""
 
 from __future__ import annotations
 
+import os
 import random
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from pathlib import Path
 from types import UnionType
 from typing import Any, get_args, get_origin, get_type_hints
 
+import httpx
 import msgspec
 import pytest
 import trio
@@ -22,6 +25,7 @@ import djobs.storage
 import djobs.tracking
 from djobs._clock import to_datetime
 from djobs._errors import CLOSED_MESSAGE
+from djobs.storage._inspect import is_dsn
 from djobs.testing import failure, open_test_engine, success
 
 
@@ -1417,7 +1421,6 @@ async def test_no_read_sees_a_write_that_then_fails_at_commit(autojump_clock: tr
 
 def test_the_wal_is_bounded_after_a_large_transaction(tmp_path: Any) -> None:
     """One 8 MB state grows the WAL for its commit; the next checkpoint gives the space back."""
-    import os
 
     from djobs.storage._sqlite import WAL_SIZE_LIMIT_BYTES
 
@@ -1441,7 +1444,6 @@ def test_the_wal_is_bounded_after_a_large_transaction(tmp_path: Any) -> None:
 
 @pytest.mark.parametrize("how", ["deleted", "replaced"])
 def test_a_file_deleted_or_replaced_under_the_engine_acknowledges_nothing(how: str, tmp_path: Any) -> None:
-    import os
     import shutil
 
     path = tmp_path / "jobs.db"
@@ -1654,33 +1656,103 @@ def test_a_time_zone_whose_code_raises_is_a_validation_error_on_every_verb_takin
 
 # -- file names and connection strings the OS cannot take ----------------------------------------
 
-_unsayable = st.builds(
-    lambda head, bad, tail: head + bad + tail,
-    st.text(max_size=10),
-    st.sampled_from(["\x00", "\ud800", "\udfff", "a\x00"]),
-    st.text(max_size=10),
-)
+#: A character no file name, connection string or URL can hold: a NUL (it ends a C string), or
+#: any surrogate code point (in a Python str every surrogate is lone: UTF-8 has no form for it).
+_unsayable_char = st.one_of(st.just("\x00"), st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF))
+#: Any text at all, NUL and surrogates included.
+_any_text = st.text(st.characters(exclude_categories=()), max_size=12)
+#: Any text holding at least one of them, at any position.
+_unsayable = st.builds(lambda head, bad, tail: head + bad + tail, _any_text, _unsayable_char, _any_text)
+#: Any text without them.
+_sayable = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=30)
+_REFUSAL = r"NUL|UTF-8"
+
+
+def _has_surrogate(text: str) -> bool:
+    return any(0xD800 <= ord(c) <= 0xDFFF for c in text)
+
+
+async def _open_existing(where: str) -> None:
+    from djobs.storage._inspect import open_existing
+
+    async with open_existing(where):
+        raise AssertionError(f"opened {where!r}")  # pragma: no cover
 
 
 @settings(deadline=None)  # the first example imports the PostgreSQL and HTTP modules
 @given(text=_unsayable)
-def test_a_path_or_dsn_holding_a_nul_or_a_lone_surrogate_is_refused_when_the_layer_is_made(text: str) -> None:
-    """Such text used to reach apsw or libpq at open_engine (a raw ValueError or UnicodeEncodeError, or a
-    DSN silently cut at its NUL): now a ValidationError at construction, which never shows the DSN."""
-    with pytest.raises(djobs.ValidationError, match=r"NUL|UTF-8"):
-        djobs.sqlite(text + ".db")
-    with pytest.raises(djobs.ValidationError, match=r"NUL|UTF-8") as caught:
-        djobs.postgres(f"postgresql://app:pw@127.0.0.1/{text}")
-    assert "pw" not in caught.value.message
-    with pytest.raises(djobs.ValidationError, match=r"NUL|UTF-8"):
-        djobs.tracking.HttpBatchTracker(f"https://example.invalid/{text}", "test", "key")
+def test_a_path_dsn_or_url_holding_a_nul_or_a_lone_surrogate_is_refused_wherever_it_is_taken(text: str) -> None:
+    """Such text used to reach apsw or libpq (a raw ValueError or UnicodeEncodeError, or a DSN silently
+    cut at its NUL): every public parameter that hands text to a C library as a file name, a connection
+    string or a URL refuses it with a ValidationError when the layer is made (a DSN never shown), and
+    opening an existing database (the command line's --db, the dashboard's db) refuses it likewise."""
+    for path in (text, text + ".db", Path(text)):
+        with pytest.raises(djobs.ValidationError, match=_REFUSAL):
+            djobs.sqlite(path)
+    for dsn in (text, f"postgresql://app:pw@127.0.0.1/{text}", f"host=127.0.0.1 password=pw dbname={text}"):
+        with pytest.raises(djobs.ValidationError, match=_REFUSAL) as caught:
+            djobs.postgres(dsn)
+        assert "pw" not in caught.value.message
+    for endpoint in (text, f"https://example.invalid/{text}", f"https://{text}.example/events"):
+        with pytest.raises(djobs.ValidationError, match=_REFUSAL):
+            djobs.tracking.HttpBatchTracker(endpoint, "test", "key")
+    with pytest.raises(djobs.ValidationError, match="header"):
+        djobs.tracking.HttpBatchTracker("https://example.invalid/", "test", text)
+    for where in (text, f"postgresql://app:pw@127.0.0.1/{text}"):
+        with pytest.raises(djobs.ValidationError, match=_REFUSAL) as caught:
+            trio.run(_open_existing, where)
+        assert "pw" not in caught.value.message
+    # The environment name goes in a JSON body: a NUL is carried (as \u0000), a surrogate cannot be.
+    if _has_surrogate(text):
+        with pytest.raises(djobs.ValidationError, match="UTF-8"):
+            djobs.tracking.HttpBatchTracker("https://example.invalid/", text, "key")
+    else:
+        assert djobs.tracking.HttpBatchTracker("https://example.invalid/", text, "key").env == text
 
 
 @settings(deadline=None)
-@given(text=st.text(alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), max_size=20))
-def test_a_path_or_dsn_without_them_is_taken(text: str) -> None:
+@given(text=_sayable)
+def test_a_path_dsn_or_url_without_them_is_taken(text: str) -> None:
+    """No other text is refused for holding what it holds: what the check refuses is exactly the class."""
     djobs.sqlite("x" + text.replace("://", "") + ".db")
+    djobs.sqlite(Path("x" + text.replace("://", "")))
+    djobs.postgres(text)
     djobs.postgres(f"postgresql://app@127.0.0.1/{text}")
+    djobs.tracking.HttpBatchTracker(f"https://example.invalid/{text}", text, "key")
+    # An existing-database open gets as far as the file system: a missing file, not bad text.
+    where = "no-such-dir/" + text
+    assume(not is_dsn(where))
+    with pytest.raises(djobs.StorageError, match="no database at"):
+        trio.run(_open_existing, where)
+
+
+def test_a_database_file_whose_name_is_not_utf8_is_refused_not_crashed_on(tmp_path: Path) -> None:
+    """A name read from bytes that are not UTF-8 (``os.fsdecode``: a lone surrogate) can name a file
+    that exists; SQLite cannot open it by that name. Opening it as an existing database (the
+    dashboard's db) raised the driver's UnicodeEncodeError, which escaped the dashboard's request as
+    an internal error: now a ValidationError, a 503 page that says why."""
+    from djobs.dashboard import app
+
+    async def make() -> None:
+        async with djobs.open_engine([], storage=djobs.sqlite(tmp_path / "good.db")):
+            pass
+
+    trio.run(make)
+    raw = os.fsencode(tmp_path) + b"/bad\x80.db"
+    os.rename(tmp_path / "good.db", raw)
+    name = os.fsdecode(raw)
+    assert os.path.exists(name) and _has_surrogate(name)
+    with pytest.raises(djobs.ValidationError, match="UTF-8"):
+        trio.run(_open_existing, name)
+
+    async def page() -> httpx.Response:
+        application = app(name)
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://dash.test") as client:
+            return await client.get("/")
+
+    response = trio.run(page)
+    assert response.status_code == 503 and "UTF-8" in response.text
 
 
 def test_a_dsn_that_is_not_text_is_a_validation_error() -> None:

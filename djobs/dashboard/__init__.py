@@ -48,7 +48,7 @@ from starlette.routing import Route
 from .._clock import Clock, WallClock
 from .._errors import InstanceNotFoundError, InvalidStateError, JobError, StorageError, ValidationError
 from .._ids import engine_id
-from .._input import text_problem
+from .._input import clean_text, text_problem
 from ..cli import _actions
 from ..cli._actions import printable
 from ..cli._exit import CommandError, ExitCode
@@ -179,7 +179,8 @@ class Dashboard:
         self.clock = clock
         self.pages = list(pages)
         self.refresh_s = refresh_s
-        self.where = describe(db, schema)
+        # Shown on every page: a name read from bytes that are not UTF-8 is shown escaped, as HTML must be UTF-8.
+        self.where = clean_text(describe(db, schema))
         self._key = secrets.token_bytes(32)
         #: The lease owner this dashboard takes a workflow's lease as, to cancel it (`engine_id`).
         self.owner = engine_id()

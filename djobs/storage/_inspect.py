@@ -25,7 +25,8 @@ import apsw
 import msgspec
 import trio
 
-from .._errors import StorageError
+from .._errors import StorageError, ValidationError
+from .._input import os_text_problem
 from ._base import Alarm, InstanceRecord, JobStatusName, QueueStorage, Storage, StorageLayer
 from ._common import describe_error
 from ._rows import INSTANCE_COLUMNS, instance_record, qualified
@@ -553,6 +554,8 @@ async def open_existing(
 
     Raises:
         StorageError: Missing, unreachable, unreadable, foreign, or of another schema version.
+        ValidationError: A path or DSN that holds a NUL or a lone surrogate (no file name or
+            connection string can), or a DSN `djobs.postgres` refuses.
     """
     text = os.fspath(where)
     if is_dsn(text):
@@ -567,6 +570,11 @@ async def open_existing(
 
 
 def _open_existing_sqlite(where: str, write: bool) -> SqliteStorage:
+    problem = os_text_problem(where)
+    if problem is not None:
+        # SQLite takes a file name as UTF-8: a name read from bytes that are not UTF-8 (a lone
+        # surrogate) may exist on disk and still cannot be opened; a NUL would cut it short.
+        raise ValidationError(f"cannot open {where!r:.80}: {problem}")
     if not os.path.exists(where):
         raise StorageError(
             f"no database at {where!r}; djobs creates one only when an engine opens it "

@@ -122,7 +122,9 @@ class HttpBatchTracker:
 
     Raises:
         ImportError: httpx is not installed (``pip install 'djobs-trio[http]'``).
-        ValidationError: A size or duration is not valid.
+        ValidationError: A size or duration is not valid; `endpoint` is empty or holds a
+            NUL or a lone surrogate (no URL can); `env` is not a str, or holds a lone
+            surrogate (no JSON body can); `service_key` is not a valid header value.
 
     Example:
         ```python
@@ -155,6 +157,14 @@ class HttpBatchTracker:
         if problem is not None:
             raise ValidationError(f"HttpBatchTracker(endpoint={endpoint!r:.80}): {problem}")
         self.endpoint = endpoint
+        if not isinstance(env, str):
+            raise ValidationError(f"HttpBatchTracker(env=...): expected a str, got {type(env).__name__}")
+        try:
+            env.encode("utf-8")
+        except UnicodeEncodeError as exc:  # no JSON body can carry it: every batch would be dropped
+            raise ValidationError(
+                f"HttpBatchTracker(env={env!r:.80}): not valid UTF-8 (a lone surrogate at position {exc.start})"
+            ) from None
         self.env = env
         self._service_key = _header_value(service_key, "service_key")
         self._batch_size = _positive_int(batch_size, "batch_size")
