@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Protocol, final
 
 import trio
-from returns.result import Failure, Success
+from returns.result import Failure
 
 from ._input import epoch_ms
 
@@ -74,6 +74,10 @@ class WallClock:
             await trio.sleep(delay / 1000)
 
 
+#: Where a `VirtualClock` starts unless told.
+_DEFAULT_START = datetime(2026, 1, 1, tzinfo=UTC)
+
+
 @final
 class VirtualClock:
     """A clock that follows Trio's clock, starting at a chosen epoch time.
@@ -83,7 +87,13 @@ class VirtualClock:
     nothing. Outside a mock clock it simply runs at real speed from `start`.
 
     Args:
-        start: The epoch time that the first reading maps to (aware datetime).
+        start: The epoch time that the first reading maps to (aware datetime);
+            ``None``: 2026-01-01 00:00 UTC.
+
+    Raises:
+        ValidationError: `start` is not a timezone-aware `datetime` (naive, a
+            date, a string, a number), or its time zone cannot give its UTC
+            offset (a ``utcoffset`` that raises or returns no valid offset).
 
     Examples:
         >>> from datetime import datetime, UTC
@@ -92,12 +102,11 @@ class VirtualClock:
     """
 
     def __init__(self, start: datetime | None = None) -> None:
-        start = start or datetime(2026, 1, 1, tzinfo=UTC)
-        match epoch_ms(start, "VirtualClock(start=...)"):
-            case Success(ms):
-                self.start_ms: int = ms
-            case Failure(error):  # a naive start, or a time zone that cannot say its offset
-                raise ValueError(error.message)
+        # `is None`, not falsiness: a start of 0 or False is a mistake to report, not the default.
+        start_ms = epoch_ms(_DEFAULT_START if start is None else start, "VirtualClock(start=...)")
+        if isinstance(start_ms, Failure):  # a naive start, or a time zone that cannot say its offset
+            raise start_ms.failure()
+        self.start_ms: int = start_ms.unwrap()
         self._anchor: float | None = None
 
     def _trio_anchor(self) -> float:

@@ -20,6 +20,8 @@ import socket
 import uuid
 from typing import Protocol, final
 
+from ._input import seeded
+
 
 class Ids(Protocol):
     """Fresh identifiers and random draws for one engine.
@@ -126,7 +128,7 @@ class RandomIds:
     __slots__ = ("_job_ids", "_rng")
 
     def __init__(self, seed: int | None = None) -> None:
-        self._rng = random.Random(seed)
+        self._rng = seeded(seed, "RandomIds(seed=...)")
         self._job_ids = Uuid7()
 
     def engine_id(self) -> str:

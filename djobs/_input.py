@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import operator
+import random
 import sys
 import types
 import typing
@@ -241,6 +242,15 @@ def check_count(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_LIMIT:
         raise ValidationError(f"{what} must be an int from 1 to {MAX_LIMIT}, got {value!r:.40}")
     return value
+
+
+def seeded(seed: object, what: str = "seed") -> random.Random:
+    """A generator seeded with `seed` (``None``: from the OS); a seed `random.Random` cannot take
+    (a list, an object) is a `ValidationError` rather than its bare `TypeError`."""
+    try:
+        return random.Random(seed)  # type: ignore[arg-type]  # checked right here
+    except TypeError:
+        raise ValidationError(f"{what} must be an int or None, got {safe_repr(seed):.80}") from None
 
 
 def epoch_ms(moment: object, what: str) -> Result[int, ValidationError]:

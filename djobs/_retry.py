@@ -16,7 +16,7 @@ from typing import Literal, Protocol, final
 
 from ._durations import DurationLike, duration
 from ._errors import ExecutionError, JobError, ValidationError
-from ._input import LONGEST_INTERVAL, check_attempts
+from ._input import LONGEST_INTERVAL, check_attempts, seeded
 
 _MICROSECOND = timedelta(microseconds=1)
 _LONGEST_US = LONGEST_INTERVAL // _MICROSECOND
@@ -245,7 +245,7 @@ class JitteredRetries:
     __slots__ = ("_rng",)
 
     def __init__(self, seed: int | None = None) -> None:
-        self._rng = random.Random(seed)
+        self._rng = seeded(seed, "JitteredRetries(seed=...)")
 
     def delay_before(self, retry: Retry, attempt: int) -> timedelta:
         return retry.delay_before(attempt, self._rng)

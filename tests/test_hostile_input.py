@@ -22,6 +22,7 @@ from returns.io import IOFailure, IOSuccess
 
 import djobs
 import djobs.storage
+import djobs.testing
 import djobs.tracking
 from djobs._clock import to_datetime
 from djobs._errors import CLOSED_MESSAGE
@@ -1650,8 +1651,10 @@ def test_a_time_zone_whose_code_raises_is_a_validation_error_on_every_verb_takin
                 assert status.error["tag"] == "validation" and "UTC" in status.error["message"], status
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
-    with pytest.raises(ValueError, match="UTC"):
+    with pytest.raises(djobs.ValidationError, match="UTC"):
         djobs.VirtualClock(moment)
+    with pytest.raises(djobs.ValidationError, match="UTC"):
+        djobs.testing.default_layers(moment)
 
 
 # -- file names and connection strings the OS cannot take ----------------------------------------

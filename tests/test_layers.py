@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from itertools import pairwise
 from typing import Any
 
@@ -13,6 +13,7 @@ import trio
 import trio.testing
 
 import djobs
+import djobs.testing
 from djobs import Backoff, Retry
 from djobs._errors import ExecutionError, ValidationError
 from djobs.testing import open_test_engine
@@ -223,9 +224,82 @@ class _TrioClock:
         await self._clock.sleep_until(epoch_ms)
 
 
-def test_virtual_clock_needs_an_aware_start() -> None:
-    with pytest.raises(ValueError, match="timezone-aware"):
-        djobs.VirtualClock(datetime(2026, 1, 1))
+class _NoOffset(tzinfo):
+    """A zone that cannot say its offset: its utcoffset raises."""
+
+    def utcoffset(self, dt: datetime | None) -> timedelta:
+        raise KeyError("Europe/Atlantis")
+
+    def dst(self, dt: datetime | None) -> timedelta:
+        return timedelta(0)
+
+    def tzname(self, dt: datetime | None) -> str:
+        return "Atlantis"
+
+
+class _NotAnOffset(tzinfo):
+    """A zone whose utcoffset answers with what is no offset."""
+
+    def utcoffset(self, dt: datetime | None) -> timedelta:
+        return "+02:00"  # type: ignore[return-value]
+
+    def dst(self, dt: datetime | None) -> timedelta:
+        return timedelta(0)
+
+    def tzname(self, dt: datetime | None) -> str:
+        return "Text"
+
+
+@pytest.mark.parametrize(
+    ("start", "says"),
+    [
+        (datetime(2026, 1, 1), "got naive datetime"),
+        (datetime(2026, 1, 1, tzinfo=_NoOffset()), "cannot be turned into UTC: KeyError"),
+        (datetime(2026, 1, 1, tzinfo=_NotAnOffset()), "cannot be turned into UTC: TypeError"),
+        ("2026-01-01T00:00:00Z", "timezone-aware datetime, got '2026-01-01"),
+        (1_767_225_600_000, "timezone-aware datetime, got 1767225600000"),
+        (0, "timezone-aware datetime, got 0"),
+        (False, "timezone-aware datetime, got False"),
+        (date(2026, 1, 1), "timezone-aware datetime, got datetime.date"),
+    ],
+)
+def test_a_virtual_clock_refuses_a_bad_start_with_a_validation_error(start: Any, says: str) -> None:
+    """VirtualClock(start=...), and the test engine's layers built on it: a ValidationError naming what
+    was wrong, where it raised a bare ValueError (and took 0 or False for the default start)."""
+    with pytest.raises(ValidationError, match="VirtualClock") as caught:
+        djobs.VirtualClock(start)
+    assert says in caught.value.message, caught.value.message
+    with pytest.raises(ValidationError, match="VirtualClock"):
+        djobs.testing.default_layers(start)
+    with pytest.raises(ValidationError, match="VirtualClock"):
+        open_test_engine([], start=start)
+
+
+def test_a_virtual_clock_takes_any_aware_start() -> None:
+    assert djobs.VirtualClock().start_ms == 1_767_225_600_000  # 2026-01-01 UTC
+    berlin = datetime(2026, 3, 29, 3, 0, tzinfo=timezone(timedelta(hours=2)))
+    assert djobs.VirtualClock(berlin).start_ms == 1_774_746_000_000
+    assert djobs.VirtualClock(datetime(1969, 12, 31, 23, 59, 59, tzinfo=UTC)).start_ms == -1000
+
+
+def test_the_test_tools_refuse_bad_arguments_with_a_validation_error() -> None:
+    """Seeds random.Random cannot take, layers that are not Layers, and a layer given to check_storage
+    where a function making one is taken: each a ValidationError that says what is taken."""
+    for seed in ([1], (1,), object()):
+        with pytest.raises(ValidationError, match=r"seed=\.\.\.\) must be an int or None"):
+            djobs.testing.default_layers(seed=seed)  # type: ignore[arg-type]
+        with pytest.raises(ValidationError, match=r"seed=\.\.\.\) must be an int or None"):
+            open_test_engine([], seed=seed)  # type: ignore[call-overload]
+    assert djobs.testing.default_layers(seed=7).ids.random() == djobs.testing.default_layers(seed=7).ids.random()
+    for layers in ("djobs.memory()", djobs.memory(), {"storage": djobs.memory()}):
+        with pytest.raises(ValidationError, match=r"must be a djobs\.Layers"):
+            open_test_engine([], layers=layers)  # type: ignore[call-overload]
+
+    async def check() -> None:
+        with pytest.raises(ValidationError, match=r"takes a function .* not a layer: got MemoryLayer"):
+            await djobs.testing.check_storage(djobs.memory())  # type: ignore[arg-type]
+
+    trio.run(check)
 
 
 @pytest.mark.trio

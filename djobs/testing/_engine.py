@@ -11,6 +11,7 @@ from typing_extensions import TypeVar as DefaultTypeVar
 
 from .._clock import Clock, VirtualClock
 from .._engine import Engine, open_engine_as, require_trio
+from .._errors import ValidationError
 from .._ids import Ids, RandomIds
 from .._layers import Layers
 from .._retry import JitteredRetries, RetryPolicy
@@ -102,6 +103,8 @@ def open_test_engine(
         options: Passed on to `open_engine` (``worker=`` defaults to
             ``WorkerOptions(poll_interval=None)``: one process needs no polling).
     """
+    if layers is not None and not isinstance(layers, Layers):
+        raise ValidationError(f"open_test_engine(layers=...) must be a djobs.Layers, got {type(layers).__name__}")
     base = layers if layers is not None else default_layers(start, seed=seed)
     chosen = base.replace(storage=storage, clock=clock, tracker=tracker, retries=retries, ids=ids)
     return _open_test_engine(definitions, layers=chosen, services=services, **options)

@@ -26,7 +26,7 @@ from typing import Any, Final, Protocol
 import msgspec
 import trio
 
-from .._errors import DuplicateEventError, StorageError
+from .._errors import DuplicateEventError, StorageError, ValidationError
 from ..storage import (
     AlarmRunStore,
     CancelRequests,
@@ -86,6 +86,8 @@ async def check_storage(new_database: NewDatabase, *, queue: bool = True, shared
 
     Raises:
         AssertionError: A check failed; the message names it and what differed.
+        ValidationError: `new_database` is not callable (a layer given where a function
+            that makes one is taken).
 
     Examples:
         ```python
@@ -95,6 +97,11 @@ async def check_storage(new_database: NewDatabase, *, queue: bool = True, shared
             await djobs.testing.check_storage(lambda: djobs.sqlite(next(paths)), shared=True)
         ```
     """
+    if not callable(new_database):
+        raise ValidationError(
+            "check_storage takes a function that makes a new database each call (djobs.memory, or"
+            f" lambda: djobs.sqlite(next(paths))), not a layer: got {type(new_database).__name__}"
+        )
     checks: list[tuple[str, Callable[[StorageLayer], Awaitable[None]]]] = []
     for check in _INSTANCE_CHECKS + (_QUEUE_CHECKS if queue else ()):
         checks.append((check.__name__, _opened(check, queue)))
