@@ -2,7 +2,9 @@
 
 A job's ``logging=`` option sets its threshold: ``True`` logs everything
 (DEBUG), ``False`` only errors (the default), an int is a `logging` level,
-``None`` silences the job. Loggers are named ``djobs.<kind>.<job name>``; each
+``None`` silences the job (anything else is refused at ``make`` with a
+`ValidationError`: a level name such as ``"DEBUG"`` is spelled
+``logging.DEBUG``). Loggers are named ``djobs.<kind>.<job name>``; each
 line carries the instance id, job name, run count and attempt in its `extra`.
 """
 
@@ -11,9 +13,30 @@ from __future__ import annotations
 import logging
 from typing import Any, final
 
+from ._errors import ValidationError, safe_repr
+
 LoggingOption = bool | int | None
 
 _SILENT = logging.CRITICAL + 10
+
+
+def check_logging(option: object, what: str) -> LoggingOption:
+    """`option` if it is a ``logging=`` option: a bool, ``None``, or a level (an int of at least 0).
+
+    Raises:
+        ValidationError: Anything else (a level name such as ``"DEBUG"`` included: pass
+            ``logging.DEBUG``), naming `what` (the definition).
+    """
+    if option is None or isinstance(option, bool) or (isinstance(option, int) and option >= 0):
+        return option
+    hint = f" (pass logging.{option.upper()})" if isinstance(option, str) and option.upper() in _LEVEL_NAMES else ""
+    raise ValidationError(
+        f"{what}: logging must be True, False, None or a logging level (an int of at least 0),"
+        f" got {safe_repr(option):.80}{hint}"
+    )
+
+
+_LEVEL_NAMES = frozenset(("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
 
 
 def threshold(option: LoggingOption) -> int:

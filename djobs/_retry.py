@@ -15,7 +15,7 @@ from datetime import timedelta
 from typing import Literal, Protocol, final
 
 from ._durations import DurationLike, duration
-from ._errors import ExecutionError, JobError, ValidationError
+from ._errors import ExecutionError, JobError, ValidationError, safe_repr
 from ._input import LONGEST_INTERVAL, check_attempts, seeded
 
 _MICROSECOND = timedelta(microseconds=1)
@@ -137,13 +137,16 @@ class Retry:
         jitter: Full jitter: wait a uniformly random time between zero and
             the backoff delay, so many failing instances do not retry in step.
         retry_on: Retry only failures whose error, or the error's ``cause``,
-            is an instance of one of these types. ``None`` retries every
+            is an instance of one of these types: an exception type or a
+            tuple of them, as ``isinstance`` takes. ``None`` retries every
             retryable error.
 
     Raises:
         ValidationError: A bad `max_attempts`, duration or backoff name; both
             `delay` and `backoff` (or its delays); `max_delay` shorter than
-            `initial_delay`.
+            `initial_delay`; a `jitter` that is not a bool; a `retry_on` that
+            is neither ``None``, an exception type nor a tuple of them (a list
+            included).
 
     Examples:
         >>> Retry(max_attempts=3, delay=Backoff.fixed("2 seconds")).max_attempts
@@ -155,6 +158,8 @@ class Retry:
 
     __slots__ = ("delay", "jitter", "max_attempts", "retry_on")
 
+    retry_on: tuple[type[BaseException], ...] | None
+
     def __init__(
         self,
         max_attempts: int = 3,
@@ -164,22 +169,24 @@ class Retry:
         initial_delay: DurationLike | None = None,
         max_delay: DurationLike | None = None,
         jitter: bool = False,
-        retry_on: tuple[type[BaseException], ...] | None = None,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
     ) -> None:
         self.max_attempts = check_attempts(max_attempts, "Retry(max_attempts=...)")
         named = backoff is not None or initial_delay is not None or max_delay is not None
         if named and delay is not None:
             raise ValidationError("Retry: give delay= or backoff= (with initial_delay=, max_delay=), not both")
         if named:
-            self.delay = _named_backoff(backoff or "exponential", initial_delay, max_delay)
+            self.delay = _named_backoff("exponential" if backoff is None else backoff, initial_delay, max_delay)
         elif delay is None:
             self.delay = Backoff.exponential()
         elif isinstance(delay, Backoff):
             self.delay = delay
         else:
             self.delay = Backoff.fixed(delay)
+        if not isinstance(jitter, bool):
+            raise ValidationError(f"Retry: jitter must be True or False, got {safe_repr(jitter):.80}")
         self.jitter = jitter
-        self.retry_on = retry_on
+        self.retry_on = _check_retry_on(retry_on)
 
     def should_retry(self, error: JobError) -> bool:
         """Whether `error` is the kind of failure this policy retries."""
@@ -199,6 +206,38 @@ class Retry:
 
     def __repr__(self) -> str:
         return f"Retry(max_attempts={self.max_attempts}, delay={self.delay!r}, jitter={self.jitter})"
+
+
+def _check_retry_on(retry_on: object) -> tuple[type[BaseException], ...] | None:
+    """`retry_on` as a tuple of exception types (one type becomes a 1-tuple), or ``None``.
+
+    Raises:
+        ValidationError: A list, a string, an instance, a type that is no exception.
+    """
+    if retry_on is None:
+        return None
+    types = retry_on if isinstance(retry_on, tuple) else (retry_on,)
+    for tp in types:
+        if not (isinstance(tp, type) and issubclass(tp, BaseException)):
+            raise ValidationError(
+                "Retry: retry_on must be None, an exception type or a tuple of them"
+                f" (retry_on=(ValueError, KeyError)), got {safe_repr(retry_on):.80}"
+            )
+    return types
+
+
+def check_retry(retry: object, what: str) -> Retry | None:
+    """`retry` if it is a `Retry` or ``None`` (raises: a definition-time literal).
+
+    Raises:
+        ValidationError: Anything else (``retry=5``: the attempt budget is
+            ``Retry(max_attempts=5)``), naming `what` (the definition).
+    """
+    if retry is None or isinstance(retry, Retry):
+        return retry
+    raise ValidationError(
+        f"{what}: retry must be a djobs.Retry or None (retry=djobs.Retry(max_attempts=3)), got {safe_repr(retry):.80}"
+    )
 
 
 def _named_backoff(name: object, initial: DurationLike | None, cap: DurationLike | None) -> Backoff:

@@ -38,11 +38,12 @@ from .._errors import (
     StorageError,
     TenantError,
     ValidationError,
+    safe_repr,
 )
 from .._execution import Checkout, Env, Outcome, Pending, RunInfo, execute, judge, run_now, run_returning_state
 from .._limits import NO_LIMITS, RunLimits, definition_limits, offloaded
-from .._logging import JobLog, LoggingOption
-from .._retry import Retry
+from .._logging import JobLog, LoggingOption, check_logging
+from .._retry import Retry, check_retry
 from .._schedule import Schedule
 from ..storage import Alarm, Checkin, ClaimedAlarm, ClearAlarm, InstanceRecord, SetAlarm
 from ..storage._base import Revival
@@ -196,6 +197,12 @@ class Continuous(Definition[D_contra], Generic[S, D_contra]):
         check_body(execute, f"Continuous {name!r}: execute")
         limits = definition_limits(timeout, blocking, {"execute": execute}, f"Continuous {name!r}")
         exhausted = check_on_exhausted(on_exhausted, f"Continuous {name!r}")
+        if not isinstance(start_immediately, bool):
+            raise ValidationError(
+                f"Continuous {name!r}: start_immediately must be True or False, got {safe_repr(start_immediately):.80}"
+            )
+        retry = check_retry(retry, f"Continuous {name!r}")
+        logging = check_logging(logging, f"Continuous {name!r}")
         return cls(name, state, schedule, execute, start_immediately, retry, logging, limits, exhausted)
 
     def bind(self, runtime: Runtime) -> ContinuousHandler[S]:

@@ -37,9 +37,9 @@ from .._codec import encode
 from .._durations import DurationLike
 from .._errors import JobNotFoundError, StorageError, TenantError, ValidationError, raise_error
 from .._execution import Env
-from .._logging import LoggingOption
+from .._logging import LoggingOption, check_logging
 from .._queue_limits import RateLimit
-from .._retry import Retry
+from .._retry import Retry, check_retry
 from .._schedule import Cron, Schedule, parse_cron
 from .._wakeup import Wakeup
 from ..storage import CronRecord, CronSpec, QueueStorage
@@ -165,10 +165,15 @@ class CronJob(Definition[D_contra], Generic[D_contra]):
             raise ValidationError(f"CronJob {name!r}: tenant_id must be a non-empty string, got {tenant_id!r}")
         if (job is None) == (execute is None):
             raise ValidationError(f"CronJob {name!r}: give either job= (with params=) or execute=, not both or neither")
-        if job is not None and (timeout is not None or blocking or concurrency is not None or rate_limit is not None):
+        own_options = (retry, max_attempts, timeout, concurrency, rate_limit)
+        if job is not None and (any(o is not None for o in own_options) or blocking or logging is not False):
             raise ValidationError(
-                f"CronJob {name!r}: timeout=, blocking=, concurrency= and rate_limit= go with execute=;"
-                " give them to Job.make for job="
+                f"CronJob {name!r}: retry=, max_attempts=, logging=, timeout=, blocking=, concurrency= and"
+                " rate_limit= go with execute=; give them to Job.make for job="
+            )
+        if execute is not None and params is not None:
+            raise ValidationError(
+                f"CronJob {name!r}: params= goes with job=; an execute= body takes the CronFire of each fire"
             )
         if job is not None:
             if not isinstance(job, Job):
@@ -180,6 +185,8 @@ class CronJob(Definition[D_contra], Generic[D_contra]):
             raw = encode(job.params, value, what=f"params of cron job {name!r}").alt(raise_error).unwrap()
             return cls(name, schedule, job, raw, missed, tenant_id)
         assert execute is not None
+        check_retry(retry, f"CronJob {name!r}")
+        check_logging(logging, f"CronJob {name!r}")
         own = Job.make(
             name,
             params=CronFire,

@@ -65,8 +65,8 @@ from .._errors import (
 from .._execution import Checkout, Env, OutcomeKind, RunInfo, execute, run_body
 from .._input import MAX_LIMIT, check_interval, text_problem
 from .._limits import NO_LIMITS, RunLimits, definition_limits, offloaded
-from .._logging import JobLog, LoggingOption, threshold
-from .._retry import Retry
+from .._logging import JobLog, LoggingOption, check_logging, threshold
+from .._retry import Retry, check_retry
 from ..storage import Alarm, Checkin, ClearAlarm, InstanceRecord, LeaseLostError, SetAlarm
 from ..storage._base import InstanceLeaseLoader, Revival
 from ..tracking import TrackedEvent
@@ -340,6 +340,7 @@ class Debounce(Definition[D_contra], Generic[E, S, D_contra]):
             check_body(on_event, f"Debounce {name!r}: on_event")
         limits = definition_limits(timeout, blocking, {"execute": execute, "on_event": on_event}, f"Debounce {name!r}")
         reducer = _keep_latest if on_event is None else on_event
+        retry, logging = check_retry(retry, f"Debounce {name!r}"), check_logging(logging, f"Debounce {name!r}")
         return cls(name, event, state_type, flush_after_ms, max_events, reducer, execute, retry, logging, limits)
 
     def bind(self, runtime: Runtime) -> DebounceHandler[E, S]:

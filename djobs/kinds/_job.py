@@ -48,9 +48,9 @@ from .._event import Event, name_problem
 from .._execution import Env
 from .._input import check_attempts, clean_text
 from .._limits import NO_LIMITS, RunLimits, definition_limits
-from .._logging import JobLog, LoggingOption
+from .._logging import JobLog, LoggingOption, check_logging
 from .._queue_limits import JobLimits, RateLimit, job_limits
-from .._retry import Retry
+from .._retry import Retry, check_retry
 from ..storage import JobStatusName, QueueStorage
 from ._common import D_contra, Definition, check_name
 
@@ -329,6 +329,8 @@ class Job(Definition[D_contra], Generic[P, R, D_contra]):
         if result is not None:
             check_storable(result, f"Job {name!r}: result type")
         check_body(execute, f"Job {name!r}: execute")
+        retry = check_retry(retry, f"Job {name!r}")
+        logging = check_logging(logging, f"Job {name!r}")
         attempts = max_attempts if max_attempts is not None else (retry.max_attempts if retry is not None else 3)
         check_attempts(attempts, f"Job {name!r}: max_attempts")
         if isinstance(on, Event):

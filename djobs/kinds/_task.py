@@ -56,8 +56,8 @@ from .._errors import (
 from .._execution import Checkout, Env, RunInfo, execute, run_call, run_returning_state
 from .._input import epoch_ms, text_problem
 from .._limits import NO_LIMITS, RunLimits, definition_limits, offloaded
-from .._logging import JobLog, LoggingOption
-from .._retry import Retry
+from .._logging import JobLog, LoggingOption, check_logging
+from .._retry import Retry, check_retry
 from ..storage import Alarm, Checkin, ClearAlarm, InstanceRecord, SetAlarm
 from ..storage._base import DeadLetter, Revival
 from ..tracking import TrackedEvent
@@ -465,6 +465,8 @@ class Task(Definition[D_contra], Generic[S, Ev, D_contra]):
             f"Task {name!r}",
         )
         exhausted = check_on_exhausted(on_exhausted, f"Task {name!r}")
+        retry = check_retry(retry, f"Task {name!r}")
+        logging = check_logging(logging, f"Task {name!r}")
         return cls(name, state, event, on_event, execute, on_idle, on_error, retry, logging, limits, exhausted)
 
     def bind(self, runtime: Runtime) -> TaskHandler[S, Ev]:

@@ -65,8 +65,8 @@ from .._errors import (
 )
 from .._execution import run_body
 from .._input import check_text, clean_text, text_problem
-from .._logging import JobLog, LoggingOption, threshold
-from .._retry import Retry
+from .._logging import JobLog, LoggingOption, check_logging, threshold
+from .._retry import Retry, check_retry
 from ..storage import (
     Alarm,
     CancelRequests,
@@ -189,8 +189,8 @@ class Workflow(Definition[D_contra], Generic[I, R, D_contra]):
         check_storable(result, f"Workflow {name!r}: result type")
         if not callable(execute):
             raise ValidationError(f"Workflow {name!r}: execute must be callable, got {execute!r}")
-        if retry is not None and not isinstance(retry, Retry):
-            raise ValidationError(f"Workflow {name!r}: retry must be a djobs.Retry, got {retry!r}")
+        retry = check_retry(retry, f"Workflow {name!r}")
+        logging = check_logging(logging, f"Workflow {name!r}")
         return cls(name, input, result, execute, retry, logging)
 
     def bind(self, runtime: Runtime) -> WorkflowHandler[I, R, D_contra]:

@@ -124,7 +124,8 @@ class HttpBatchTracker:
         ImportError: httpx is not installed (``pip install 'djobs-trio[http]'``).
         ValidationError: A size or duration is not valid; `endpoint` is empty or holds a
             NUL or a lone surrogate (no URL can); `env` is not a str, or holds a lone
-            surrogate (no JSON body can); `service_key` is not a valid header value.
+            surrogate (no JSON body can); `service_key` is not a valid header value; a `backoff` that is
+            no `Backoff`, a `client` that is no ``httpx.AsyncClient``.
 
     Example:
         ```python
@@ -177,6 +178,12 @@ class HttpBatchTracker:
         self._flush_interval = duration(flush_interval, what="flush_interval").total_seconds()
         self._timeout = duration(timeout, what="timeout").total_seconds()
         self._close_timeout = duration(close_timeout, what="close_timeout").total_seconds()
+        if backoff is not None and not isinstance(backoff, Backoff):
+            raise ValidationError(f"HttpBatchTracker(backoff={backoff!r:.80}): expected None or a djobs.Backoff")
+        import httpx  # here: the module imports without the http extra
+
+        if client is not None and not isinstance(client, httpx.AsyncClient):
+            raise ValidationError(f"HttpBatchTracker(client={client!r:.80}): expected None or an httpx.AsyncClient")
         self._backoff = backoff or Backoff.exponential(base="500 ms", max="30 seconds")
         self._client = client
         self._own_client: httpx.AsyncClient | None = None
