@@ -199,6 +199,15 @@ def immediate(value: object) -> Result[object, object] | None:
     return None
 
 
+def is_plain(value: object) -> bool:
+    """Whether `value` is a plain value (no ``Result``, container or awaitable): `immediate`
+    would give ``Success(value)``. Lets a hot path use the value without building that."""
+    form = _FORMS.get(type(value))
+    if form is None and _remember(type(value)):
+        form = _FORMS[type(value)]
+    return form is _PLAIN
+
+
 #: ``Success(None)``, built once: containers are immutable, so every run may share it.
 _SUCCESS_NONE: Final[Result[object, object]] = Success(None)
 

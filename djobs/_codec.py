@@ -9,7 +9,7 @@ does. Encoders and decoders are made once and reused.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ForwardRef, Literal, TypeVar, get_args, get_origin
+from typing import Any, ForwardRef, Literal, TypeVar, cast, get_args, get_origin
 
 import msgspec
 import msgspec.inspect
@@ -124,6 +124,16 @@ def encode(
 _NULL: Result[bytes, ValidationError] = Success(b"null")
 
 
+def encoded(
+    tp: type[T], value: object, *, what: str, limit: int = DEFAULT_MAX_PAYLOAD_BYTES
+) -> bytes | ValidationError:
+    """`encode` (strict) without the `Result`, for a hot path: the encoding, or why `value` is refused."""
+    if value is None and tp is type(None):
+        return b"null"
+    checked = _check(tp, value, what, limit, True)
+    return checked if isinstance(checked, ValidationError) else checked[0]
+
+
 def encode_decoded(
     tp: type[T], value: object, *, what: str, limit: int = DEFAULT_MAX_PAYLOAD_BYTES
 ) -> Result[tuple[bytes, T], ValidationError]:
@@ -186,12 +196,22 @@ def decode(tp: type[T], raw: bytes, *, what: str) -> Result[T, ValidationError]:
     try:
         return Success(_decoder(tp).decode(raw))
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        return Failure(
-            ValidationError(
-                f"stored {what} no longer matches {type_name(tp)}: {exc}; "
-                "change the struct compatibly (new fields need defaults)"
-            )
-        )
+        return Failure(_stale(tp, what, exc))
+
+
+def decoded(tp: type[T], raw: bytes, *, what: str) -> T | ValidationError:
+    """`decode` without the `Result`, for a hot path: the value, or why the stored JSON is refused."""
+    try:
+        return cast(T, _decoder(tp).decode(raw))
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        return _stale(tp, what, exc)
+
+
+def _stale(tp: Any, what: str, exc: Exception) -> ValidationError:
+    return ValidationError(
+        f"stored {what} no longer matches {type_name(tp)}: {exc}; "
+        "change the struct compatibly (new fields need defaults)"
+    )
 
 
 def validate(

@@ -290,14 +290,14 @@ class Env:
     def now_ms(self) -> int:
         return self.clock.now_ms()
 
-    def event(self, type: str, key: str, kind: str, name: str, **data: Any) -> TrackedEvent:
-        """A telemetry event stamped with the clock's time."""
+    def event(self, type: str, key: str, kind: str, name: str, at_ms: int | None = None, **data: Any) -> TrackedEvent:
+        """A telemetry event stamped with the clock's time (or `at_ms`, a reading the caller took)."""
         return TrackedEvent(
             type=type,
             instance_id=key,
             job_type=kind,
             job_name=name,
-            at=to_datetime(self.clock.now_ms()),
+            at=to_datetime(self.clock.now_ms() if at_ms is None else at_ms),
             data=data,
         )
 
@@ -426,6 +426,11 @@ def begin_body(call: Callable[[], object]) -> Result[object, JobError] | Pending
         value = call()
     except BaseException as exc:
         return Failure(body_failure(exc))
+    return begun(value)
+
+
+def begun(value: object) -> Result[object, JobError] | Pending:
+    """`begin_body` for what user code gave once called (`value`), for a caller that called it itself."""
     result = immediate(value)
     if result is None:
         return Pending(value)

@@ -39,7 +39,7 @@ import math
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import msgspec
 import trio
@@ -378,7 +378,7 @@ class Worker:
         if events:
             self.env.emit(events)
 
-    def event(self, type: str, job_id: str, name: str, **data: object) -> TrackedEvent:
+    def event(self, type: str, job_id: str, name: str, **data: Any) -> TrackedEvent:
         """A queue event: the instance id is the job id, the job type ``job``."""
         return self.env.event(type, job_id, "job", name, **data)
 

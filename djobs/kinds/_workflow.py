@@ -53,7 +53,7 @@ from returns.future import FutureResult
 from returns.result import Failure, Result, Success
 
 from .._bodies import Returns
-from .._codec import check_storable, decode, encode
+from .._codec import check_storable, decode, decoded, encode, encoded
 from .._errors import (
     DuplicateEventError,
     InstanceNotFoundError,
@@ -304,11 +304,9 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
         self, instance_id: str, input: I, parent: str | None = None
     ) -> Result[WorkflowStartResult, ValidationError | StorageError]:
         job, env, runtime = self.job, self.env, self.runtime
-        match encode(job.input, input, what=f"input of workflow {job.name!r}", limit=env.max_payload_bytes):
-            case Success(state):
-                pass
-            case Failure(refused):
-                return Failure(refused)
+        state = encoded(job.input, input, what=f"input of workflow {job.name!r}", limit=env.max_payload_bytes)
+        if isinstance(state, ValidationError):
+            return Failure(state)
         key = self.key(instance_id)
         creator = self.creator
         if creator is not None and runtime.fires_alarms and key not in self.creating and runtime.untouched(key):
@@ -649,13 +647,10 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
             run.cancel_delivered = any(e.cancelled for e in log.entries)
         identity = {"job": job.name, "instance": record.instance_id, "run": record.run_count}
         jlog = JobLog(self.run_logger, self.run_log_level, identity)
-        # Success first in these matches: a Success tested for Failure costs the ABC's __instancecheck__.
-        match decode(job.input, record.state or b"null", what=f"input of workflow {job.name!r}"):
-            case Success(the_input):
-                pass
-            case Failure(unreadable):
-                await self._end(run, "failed", error=unreadable)
-                return
+        the_input = decoded(job.input, record.state or b"null", what=f"input of workflow {job.name!r}")
+        if isinstance(the_input, ValidationError):
+            await self._end(run, "failed", error=the_input)
+            return
         ctx: WorkflowContext[D] = WorkflowContext(env, job.name, record.instance_id, jlog, run, record.run_count)
         self.live[record.key] = run
         self.runs_live[0].set()
@@ -707,17 +702,18 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
             jlog.error("%s", diverged.message)
             await self._end(run, "failed", error=diverged)
             return
-        match encode(job.result, value, what=f"result of workflow {job.name!r}", limit=self.env.max_payload_bytes):
-            case Success(raw):
-                log.result = msgspec.Raw(raw)
-                await self._end(run, "completed")
-            case Failure(refused):
-                await self._end(run, "failed", error=refused)
+        raw = encoded(job.result, value, what=f"result of workflow {job.name!r}", limit=self.env.max_payload_bytes)
+        if isinstance(raw, ValidationError):
+            await self._end(run, "failed", error=raw)
+        else:
+            log.result = msgspec.Raw(raw)
+            await self._end(run, "completed")
 
     async def _end(
         self, run: Run, status: Literal["completed", "failed", "cancelled"], error: JobError | None = None
     ) -> None:
         log = run.log
+        now = self.env.clock.now_ms()  # one reading for the end's event and its write
         if status == "cancelled":
             reason = log.cancel_reason
             because = error.message if error else f"cancelled: {reason or 'no reason given'}"
@@ -735,6 +731,7 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
                     record.key,
                     KIND,
                     self.job.name,
+                    now,
                     steps=record.execute_count,
                     duration_ms=duration_ms,
                 )
@@ -742,12 +739,12 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
         log.inbox.clear()  # undelivered signals die with the workflow
         if log.parent is not None and not log.parent_told:
             # A child: the alarm stays until its parent has been told, so a crash cannot lose that.
-            await run.save(status, self._wake_alarm(self.env.now_ms(), TELL_PARENT))
+            await run.save(status, self._wake_alarm(now, TELL_PARENT), now)
             key = run.record.key
             if self.runtime.fires_alarms:
                 self.runtime.post(key, lambda: self._tell_parent(key))
         else:
-            await run.save(status, ClearAlarm())
+            await run.save(status, ClearAlarm(), now)
         if run.stop == "storage" and run.stop_error is not None:
             raise run.stop_error
 

@@ -37,6 +37,7 @@ from returns.pipeline import is_successful
 from returns.result import Failure, Result, Success
 from returns.unsafe import unsafe_perform_io
 
+from .._bodies import is_plain
 from .._clock import to_datetime
 from .._codec import check_storable, decode, decoder, encoded_copy
 from .._context import BaseContext, D_co
@@ -47,7 +48,7 @@ from .._errors import (
     StorageError,
     ValidationError,
 )
-from .._execution import Env, Pending, RunSignal, begin_body, finish_body
+from .._execution import Env, Pending, RunSignal, begun, body_failure, finish_body
 from .._logging import JobLog
 from .._results import unwrap_or_raise
 from .._retry import Retry
@@ -306,14 +307,17 @@ class Run:
         if env.tracking:  # no tracker listens: no event is built
             self.events.append(env.event(type, self.record.key, KIND, self.handler.job.name, **data))
 
-    async def save(self, status: WorkflowStatusName, alarm: SetAlarm | ClearAlarm | None) -> None:
-        """Commit the log with `status` and the events so far. Raises `StorageError`."""
+    async def save(
+        self, status: WorkflowStatusName, alarm: SetAlarm | ClearAlarm | None, now: int | None = None
+    ) -> None:
+        """Commit the log with `status` and the events so far, stamped `now` (a clock reading the
+        caller took; default now). Raises `StorageError`."""
         record, handler = self.record, self.handler
         env = handler.env
         record.data = encoder.encode(self.log)
         record.status = status
         record.execute_count = len([e for e in self.log.entries if e.kind == "step" and e.done])
-        record.updated_at = env.clock.now_ms()
+        record.updated_at = env.clock.now_ms() if now is None else now
         events, self.events = self.events, []
         if alarm is not None and not isinstance(alarm, ClearAlarm):
             await handler.commit(Checkin(key=record.key, record=record, alarm=alarm), events)
@@ -418,8 +422,19 @@ class Run:
         try:
             started = time.perf_counter()
             scope = None
+            produced: object = None
             try:
-                outcome = begin_body(partial(fn, *args))
+                # `begin_body`, inline: a plain value (a synchronous step's) is taken as it is,
+                # without a `Result` built around it and taken apart again.
+                try:
+                    value = fn(*args)
+                except BaseException as exc:
+                    outcome: Result[object, JobError] | Pending | None = Failure(body_failure(exc))
+                else:
+                    if is_plain(value):
+                        outcome, produced = None, value
+                    else:
+                        outcome = begun(value)
                 if isinstance(outcome, Pending):
                     # The step's own scope, which a cancel of the workflow cancels: only for what
                     # `fn` gave to await (a synchronous step's value is taken as it comes).
@@ -431,38 +446,41 @@ class Run:
             if scope is not None and scope.cancelled_caught:
                 entry.attempts = attempt
                 self.deliver_cancel(entry)
-            entry.attempts, entry.at, entry.duration_ms = attempt, env.clock.now_ms(), duration_ms
+            now = env.clock.now_ms()
+            entry.attempts, entry.at, entry.duration_ms = attempt, now, duration_ms
             match outcome:
+                case None:
+                    pass
                 case Success(produced):
-                    copied = encoded_copy(
-                        result_type, produced, what=f"result of step {name!r}", limit=env.max_payload_bytes
-                    )
-                    if isinstance(copied, ValidationError):
-                        # A result that cannot be stored is a bug in the step or its type, not a failure to retry.
-                        raise copied
-                    raw, value = copied
-                    entry.done, entry.until, entry.error = True, None, None
-                    entry.value = msgspec.Raw(raw)
-                    if env.tracking:
-                        self.events.append(
-                            env.event(
-                                "workflow.step_completed",
-                                self.record.key,
-                                KIND,
-                                self.handler.job.name,
-                                step=name,
-                                attempt=attempt,
-                                duration_ms=duration_ms,
-                            )
-                        )
-                    try:  # `checkpoint`, inline: the result is committed before the step returns
-                        await self.save("running", None)
-                    except StorageError as exc:
-                        self.halt("storage", exc)
-                    return value
+                    pass
                 case Failure(error):
                     await self.step_failed(entry, error, retry if retry is not None else self.handler.job.retry)
                     return self.replayed_step(entry, result_type)
+            copied = encoded_copy(result_type, produced, what=f"result of step {name!r}", limit=env.max_payload_bytes)
+            if isinstance(copied, ValidationError):
+                # A result that cannot be stored is a bug in the step or its type, not a failure to retry.
+                raise copied
+            raw, result = copied
+            entry.done, entry.until, entry.error = True, None, None
+            entry.value = msgspec.Raw(raw)
+            if env.tracking:
+                self.events.append(
+                    env.event(
+                        "workflow.step_completed",
+                        self.record.key,
+                        KIND,
+                        self.handler.job.name,
+                        now,
+                        step=name,
+                        attempt=attempt,
+                        duration_ms=duration_ms,
+                    )
+                )
+            try:  # `checkpoint`, inline: the result is committed before the step returns
+                await self.save("running", None, now)
+            except StorageError as exc:
+                self.halt("storage", exc)
+            return result
         finally:
             self.in_call = False
 

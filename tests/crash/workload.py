@@ -598,10 +598,10 @@ def plant_mutant(name: str) -> None:
 
         save = Run.save
 
-        async def later(self: Any, status: Any, alarm: Any) -> None:
+        async def later(self: Any, status: Any, alarm: Any, now: Any = None) -> None:
             if status == "running" and alarm is None:
                 return  # a step's result is kept in memory until the workflow suspends
-            await save(self, status, alarm)
+            await save(self, status, alarm, now)
 
         Run.save = later  # type: ignore[method-assign]
     elif name == "job_without_key":
