@@ -20,6 +20,7 @@ from .._errors import (
     StorageError,
     TenantError,
     ValidationError,
+    safe_repr,
 )
 from ..storage import JobRecord, JobStatusName, NewJob
 from ._common import bind_async, effect, not_registered
@@ -91,7 +92,12 @@ class JobClient(Generic[P, R]):
                 await h.run_now(q.worker, value, raw, persist=persist, tenant_id=tenant, correlation_id=correlation)
             )
 
-        return effect(lambda: bind_async(self._checked(h, q, params, tenant_id, correlation_id), start))
+        async def run() -> Result[JobRun[R], Any]:
+            if (refused := _not_a_flag(persist, "persist")) is not None:
+                return refused
+            return await bind_async(self._checked(h, q, params, tenant_id, correlation_id), start)
+
+        return effect(run)
 
     def later(
         self,
@@ -167,9 +173,8 @@ class JobClient(Generic[P, R]):
             return not_registered(self._name, self._missing)
 
         async def run() -> Result[list[str], Any]:
-            if isinstance(params_list, str | bytes) or not isinstance(params_list, Sequence):
-                kind = type(params_list).__name__
-                return Failure(ValidationError(f"later_many takes a sequence of params, got {kind}"))
+            if (refused := _not_a_sequence(params_list, "later_many")) is not None:
+                return refused
             now = q.env.now_ms()
             shared = Result.do(
                 (tenant, correlation, rank, when)
@@ -229,12 +234,21 @@ class JobClient(Generic[P, R]):
         Every params is validated before any job starts. With
         `stop_on_error`, no new job starts after one fails; the list then
         holds only the jobs that started (a prefix of the input).
+
+        `params_list` is a sequence (a list or tuple): one params struct,
+        ``None``, a str, a set or a generator is a `ValidationError`, as is a
+        `persist` or `stop_on_error` that is not a bool.
         """
         h, q = self._handler, self._queue
         if h is None or q is None:
             return not_registered(self._name, self._missing)
 
         async def run() -> Result[list[JobRun[R]], Any]:
+            if (refused := _not_a_sequence(params_list, "batch")) is not None:
+                return refused
+            for flag, given in (("persist", persist), ("stop_on_error", stop_on_error)):
+                if (refused := _not_a_flag(given, flag)) is not None:
+                    return refused
             if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
                 return Failure(ValidationError(f"concurrency must be an int of at least 1, got {concurrency!r}"))
             prepared: list[tuple[P, bytes]] = []
@@ -455,6 +469,22 @@ class JobsClient:
         """
         q, scope = self._queue, self._tenant
         return effect(lambda: q.purge(scope, older_than, status))
+
+
+def _not_a_sequence(params_list: object, verb: str) -> Failure[ValidationError] | None:
+    """The `ValidationError` of a `verb` given anything but a list or tuple-like sequence of params
+    (one params struct, ``None``, a str, a number, a set or a generator), or ``None``."""
+    if isinstance(params_list, str | bytes | bytearray) or not isinstance(params_list, Sequence):
+        kind = type(params_list).__name__
+        return Failure(ValidationError(f"{verb} takes a sequence of params (a list), got {kind}"))
+    return None
+
+
+def _not_a_flag(value: object, option: str) -> Failure[ValidationError] | None:
+    """The `ValidationError` of an `option` that is not a bool (``persist="no"`` is truthy), or ``None``."""
+    if isinstance(value, bool):
+        return None
+    return Failure(ValidationError(f"{option} must be True or False, got {safe_repr(value):.80}"))
 
 
 async def _map(loaded: Any, fn: Callable[[JobRecord], JobInfo]) -> Result[JobInfo, Any]:
