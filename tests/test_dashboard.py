@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,8 @@ import msgspec
 import pytest
 import trio
 import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from postgres_support import require_postgres, throwaway_schema
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
@@ -484,6 +488,57 @@ def test_the_dashboard_command_refuses_what_it_cannot_serve(capsys: pytest.Captu
     assert "at least 8 characters" in capsys.readouterr().err
     assert main(["dashboard", "--db", str(path), "--refresh", "0"]) == 2
     assert "--refresh must be a whole number of seconds, at least 1" in capsys.readouterr().err
+
+
+@given(port=st.one_of(st.integers(max_value=-1), st.integers(min_value=65536), st.text(max_size=6)))
+@settings(max_examples=30, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_a_port_that_is_none_is_a_usage_error_at_parse(port: object, capsys: pytest.CaptureFixture[str]) -> None:
+    from djobs.cli import main
+
+    text = str(port)
+    if text.strip().lstrip("+-").isdigit() and 0 <= int(text) <= 65535:
+        return  # a text of digits in range is a port
+    assert main(["dashboard", "--db", "unused.db", f"--port={text}"]) == 2
+    err = capsys.readouterr().err
+    assert "argument --port: expected a port" in err
+    assert "Traceback" not in err
+
+
+def test_an_address_the_dashboard_cannot_listen_on_is_one_line_and_exit_1(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from djobs.cli import main
+
+    path = tmp_path / "jobs.db"
+    build(tmp_path, djobs.sqlite(path), ["--db", str(path)])
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        for host, reason in (
+            ("127.0.0.1", "Address already in use"),
+            ("192.0.2.1", "Cannot assign requested address"),  # TEST-NET-1: no address of this machine
+            ("nosuch.invalid", ""),  # an unknown host (the resolver's words vary)
+        ):
+            assert main(["dashboard", "--db", str(path), "--host", host, "--port", port]) == 1
+            err = capsys.readouterr().err
+            assert err.startswith(f"djobs: cannot listen on {host}:{port}: {reason}"), err
+            assert err.count("\n") == 1 and "Traceback" not in err and "Exception" not in err, err
+
+
+@pytest.mark.trio
+async def test_serve_raises_the_bind_error_itself_and_refuses_a_bad_port(tmp_path: Path) -> None:
+    from djobs.dashboard import serve
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        async with trio.open_nursery() as nursery:
+            with pytest.raises(OSError, match="Address already in use"):  # the bind's error, not a group
+                await nursery.start(partial(serve, str(tmp_path / "x.db"), port=taken.getsockname()[1]))
+    for port in (-1, 65536, "8000", True):
+        with pytest.raises(djobs.ValidationError, match="port must be an int from 0 to 65535"):
+            await serve(str(tmp_path / "x.db"), port=port)  # type: ignore[arg-type]
 
 
 def test_the_metrics_tracker_forwards_to_the_tracker_it_wraps() -> None:

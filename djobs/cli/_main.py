@@ -58,6 +58,16 @@ def _unstorable_argument(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {value}")
+    return value
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -198,7 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("dashboard", _run.dashboard, "serve the web dashboard (and /metrics) over the database", [db])
     p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="the port to listen on (default 8000)")
+    p.add_argument(
+        "--port", type=_port, default=8000, help="the port to listen on, 0 (any free one) to 65535 (default 8000)"
+    )
     p.add_argument(
         "--refresh",
         type=int,
@@ -269,6 +281,21 @@ def _reader_left(exc: Exception) -> bool:
     return True
 
 
+def _unwrapped(fn: Callable[..., int], *args: object) -> int:
+    """``fn(*args)``, with a group holding one exception (a nursery's, under strict
+    exception groups) raised as that exception, so a `CommandError` or djobs error
+    raised inside a nursery still ends the command with its one line."""
+    try:
+        return fn(*args)
+    except BaseExceptionGroup as group:
+        inner: BaseException = group
+        while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
+            inner = inner.exceptions[0]
+        if isinstance(inner, CommandError | JobError | KeyboardInterrupt):
+            raise inner from None
+        raise
+
+
 def main(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> int:
     """Run the ``djobs`` command line; returns the exit code (see `ExitCode`).
 
@@ -297,7 +324,7 @@ def main(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> in
         print(f"djobs: {refused}", file=sys.stderr)
         return ExitCode.USAGE
     try:
-        return int(trio.run(run, args, clock or WallClock()))
+        return int(_unwrapped(trio.run, run, args, clock or WallClock()))
     except CommandError as exc:
         print(f"djobs: {exc.message}", file=sys.stderr)
         return exc.code

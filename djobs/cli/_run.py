@@ -297,10 +297,11 @@ async def dashboard(args: argparse.Namespace, clock: Clock) -> ExitCode:
         raise CommandError("--refresh must be a whole number of seconds, at least 1", ExitCode.USAGE)
     async with open_existing(args.db, schema=args.schema) as db:
         where = db.where  # refuse a missing, foreign or other-version database before serving
+    cannot_listen: OSError | None = None
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             try:
-                urls = await nursery.start(
+                urls: list[str] = await nursery.start(
                     partial(
                         web.serve,
                         args.db,
@@ -312,12 +313,16 @@ async def dashboard(args: argparse.Namespace, clock: Clock) -> ExitCode:
                         refresh=args.refresh,
                     )
                 )
-            except OSError as exc:
-                raise CommandError(f"cannot listen on {args.host}:{args.port}: {exc}", ExitCode.FAILED) from exc
-            mode = "actions on with the token" if token else "read-only (give --token to allow actions)"
-            note(f"djobs dashboard: {where} at {', '.join(urls)}; {mode}; press Ctrl-C to stop")
-            async for _ in signals:
-                break
+            except OSError as exc:  # in use, an unknown host, an address not of this machine
+                cannot_listen = exc
+            else:
+                mode = "actions on with the token" if token else "read-only (give --token to allow actions)"
+                note(f"djobs dashboard: {where} at {', '.join(urls)}; {mode}; press Ctrl-C to stop")
+                async for _ in signals:
+                    break
             nursery.cancel_scope.cancel()
+    if cannot_listen is not None:  # raised out here: inside the nursery it would come wrapped in a group
+        reason = cannot_listen.strerror or str(cannot_listen)
+        raise CommandError(f"cannot listen on {args.host}:{args.port}: {reason}", ExitCode.FAILED)
     note("djobs dashboard: stopped")
     return ExitCode.OK

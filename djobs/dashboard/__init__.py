@@ -750,10 +750,17 @@ async def serve(
     The other arguments are `app`'s; ``refresh`` is the seconds between reloads of a live job's page.
 
     Raises:
-        OSError: The address is in use or cannot be bound.
+        ValidationError: `port` is not an int from 0 to 65535, or `host` is not a non-empty str.
+        OSError: The address is in use, the host unknown, or it cannot be bound otherwise
+            (the one error, not Hypercorn's exception group).
     """
     from hypercorn.config import Config
     from hypercorn.trio import serve as hypercorn_serve
+
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValidationError(f"port must be an int from 0 to 65535, got {port!r:.40}")
+    if not isinstance(host, str) or not host:
+        raise ValidationError(f"host must be a non-empty str, got {host!r:.80}")
 
     config = Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
@@ -761,4 +768,18 @@ async def serve(
     # Server errors (a request that raised) go to the application's logging, not to stderr.
     config.errorlog = logging.getLogger("djobs.dashboard")
     application = app(db, schema=schema, token=token, clock=clock, refresh=refresh)
-    await hypercorn_serve(application, config, task_status=task_status, mode="asgi")  # type: ignore[arg-type]
+    try:
+        await hypercorn_serve(application, config, task_status=task_status, mode="asgi")  # type: ignore[arg-type]
+    except BaseExceptionGroup as group:
+        cannot_bind = _lone_os_error(group)
+        if cannot_bind is None:
+            raise
+        raise cannot_bind from None
+
+
+def _lone_os_error(group: BaseExceptionGroup[BaseException]) -> OSError | None:
+    """The one `OSError` Hypercorn's nursery wrapped (a bind that failed), or ``None``."""
+    inner: BaseException = group
+    while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
+        inner = inner.exceptions[0]
+    return inner if isinstance(inner, OSError) else None
