@@ -24,11 +24,32 @@ The tree::
 
 Each error compares equal to another of the same class with the same fields,
 so tests can ``assert result == IOFailure(JobNotFoundError("nope"))``.
+
+A message is at most `MAX_MESSAGE_LENGTH` characters (16,384): a longer one
+(an exception whose text is a whole response body) keeps its first
+characters and ends with a marker saying how many were cut, so every
+stored, logged or tracked error is bounded as payloads are.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar, NoReturn
+
+#: The most characters of an error's message djobs keeps, stores and logs (the marker included).
+MAX_MESSAGE_LENGTH = 16_384
+
+
+def capped_message(message: str) -> str:
+    """`message`, or its first characters and ``"… [N more characters cut]"`` if it is longer
+    than `MAX_MESSAGE_LENGTH`; the result is never longer than that."""
+    if len(message) <= MAX_MESSAGE_LENGTH:
+        return message
+    keep = MAX_MESSAGE_LENGTH
+    while True:  # the marker's own length decides how much is cut: at most twice round
+        marker = f"… [{len(message) - keep:,} more characters cut]"
+        if keep + len(marker) <= MAX_MESSAGE_LENGTH:
+            return message[:keep] + marker
+        keep = MAX_MESSAGE_LENGTH - len(marker)
 
 
 class JobError(Exception):
@@ -37,7 +58,8 @@ class JobError(Exception):
     Attributes:
         tag: A stable, lower-snake-case name of the error kind, for ``match``
             statements, logs and telemetry.
-        message: A sentence a person can act on.
+        message: A sentence a person can act on; at most `MAX_MESSAGE_LENGTH`
+            characters (a longer one is cut, with a marker saying how much).
     """
 
     tag: ClassVar[str] = "job_error"
@@ -45,6 +67,8 @@ class JobError(Exception):
     retryable: bool = True
 
     def __init__(self, message: str) -> None:
+        if isinstance(message, str) and len(message) > MAX_MESSAGE_LENGTH:
+            message = capped_message(message)
         super().__init__(message)
         self.message = message
 
