@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -1029,3 +1030,44 @@ def test_python_m_djobs_runs_the_command_and_a_closed_pipe_ends_it_quietly(sqlit
     err = reader.stderr.read().decode()
     assert reader.wait(timeout=60) == 0, err
     assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+_UUID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")
+_SCHEMA = re.compile(r"djobs schema \d+")
+
+
+def _sample_text(line: str) -> str:
+    """`line` with what differs from database to database (ids, the schema's number) as placeholders."""
+    return _SCHEMA.sub("djobs schema <n>", _UUID.sub("<id>", line))
+
+
+def console_samples(text: str) -> list[tuple[str, list[str]]]:
+    """Each ``$ djobs ...`` command of the page's console blocks with the lines it shows."""
+    samples: list[tuple[str, list[str]]] = []
+    for block in re.findall(r"```console\n(.*?)```", text, re.S):
+        for line in block.splitlines():
+            if line.startswith("$ "):
+                samples.append((line[2:], []))
+            elif samples:
+                samples[-1][1].append(line)
+    return samples
+
+
+def test_the_guides_console_samples_are_what_the_commands_print(
+    capsys: pytest.CaptureFixture[str], sqlite_db: Built, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The inspection samples in the CLI guide are real output on the database `build` makes
+    (ids aside; ``...`` stands for lines left out), so the guide cannot go stale."""
+    monkeypatch.chdir(sqlite_db.tmp)  # the samples say --db jobs.db
+    checked = set()
+    for command, shown in console_samples(GUIDE.read_text()):
+        argv = shlex.split(command)
+        if argv[0] != "djobs" or argv[1] not in ("status", "instances", "jobs", "cron"):
+            continue  # other samples need other databases (workflows) or change this one
+        argv = [_UUID.sub(sqlite_db.failed, arg) for arg in argv[1:]]
+        code, out, err = run(capsys, *argv)
+        assert code == 0, err
+        pattern = "".join(r"(?:.*\n)*?" if line == "..." else re.escape(_sample_text(line)) + r"\n" for line in shown)
+        assert re.fullmatch(pattern, _sample_text(out)), f"$ {command}\n{out}"
+        checked.add(argv[0])
+    assert checked == {"status", "instances", "jobs", "cron"}
