@@ -1,7 +1,7 @@
 """The queue worker: one claim loop per engine that leases due jobs and runs them.
 
 - The *claim loop* leases due rows in batches (``UPDATE … RETURNING``). It
-  keeps up to ``max(batch_size, max_concurrency)`` rows in hand, started or
+  keeps up to ``batch_size`` (at least ``max_concurrency``) rows in hand, started or
   not, and tops up once half of them are gone, so the number of claims (and
   commits) does not grow with the number of slots. It reclaims rows whose
   lease ran out (their worker crashed) on a timer, not before every claim.
@@ -90,8 +90,9 @@ class WorkerOptions:
             that other processes enqueued (jobs enqueued in this process wake
             it at once). ``None`` trusts this process alone.
         batch_size: The most rows the worker holds leased, started or not
-            (at least `max_concurrency`; both are ints from 1 to 2,147,483,647,
-            and the durations at most 36,525 days): it claims up to this many at once
+            (both are ints from 1 to 2,147,483,647, and the durations at most
+            36,525 days; a `batch_size` below `max_concurrency` is raised to
+            it, so every slot can hold a row): it claims up to this many at once
             and tops up when half are gone, so claims (and commits) do not
             grow with the number of jobs. A row held but not started starts
             only if this worker still holds it (never twice), an urgent row
@@ -127,6 +128,8 @@ class WorkerOptions:
             raise ValidationError(
                 f"WorkerOptions(poll_interval={self.poll_interval!r}): must be at least 1 millisecond"
             )
+        if self.batch_size < self.max_concurrency:  # every slot needs a row in hand to start
+            object.__setattr__(self, "batch_size", self.max_concurrency)
         object.__setattr__(self, "lock_timeout_ms", lock_ms)
         object.__setattr__(self, "poll_interval_ms", poll_ms)
 
@@ -269,7 +272,7 @@ class Worker:
         self._limiter = trio.CapacityLimiter(options.max_concurrency)
         # Rows in hand are decoupled from the slots: a claim tops up to `_max_held`
         # once in hand falls to `_low_water`, so a claim carries about half a batch.
-        self._max_held = max(options.batch_size, options.max_concurrency)
+        self._max_held = options.batch_size  # at least max_concurrency (WorkerOptions raises it)
         self._low_water = self._max_held // 2
         # Reclaims run on a timer (and after every sleep), not before every claim.
         self._reclaim_every_ms = max(1, min(self.lease_ms // 3, 1000))

@@ -152,3 +152,10 @@ def test_a_backoff_name_that_is_not_one_is_refused_even_when_falsy(value: Any) -
 def test_an_http_tracker_refuses_a_backoff_or_client_of_another_type(option: str, value: Any) -> None:
     with pytest.raises(djobs.ValidationError, match=option):
         HttpBatchTracker("http://collector.invalid/events", "test", "key", **{option: value})
+
+
+@given(batch_size=st.integers(1, 1_000), max_concurrency=st.integers(1, 1_000))
+def test_batch_size_is_at_least_max_concurrency_as_documented(batch_size: int, max_concurrency: int) -> None:
+    options = djobs.WorkerOptions(batch_size=batch_size, max_concurrency=max_concurrency)
+    assert options.batch_size == max(batch_size, max_concurrency)
+    assert options.max_concurrency == max_concurrency
