@@ -13,6 +13,8 @@ from typing import Any
 
 import msgspec
 import pytest
+import trio
+import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -159,3 +161,28 @@ def test_batch_size_is_at_least_max_concurrency_as_documented(batch_size: int, m
     options = djobs.WorkerOptions(batch_size=batch_size, max_concurrency=max_concurrency)
     assert options.batch_size == max(batch_size, max_concurrency)
     assert options.max_concurrency == max_concurrency
+
+
+class Other(msgspec.Struct):
+    b: int = 0
+
+
+def test_a_task_event_type_msgspec_cannot_decode_is_refused_in_words_that_say_what_is_taken() -> None:
+    with pytest.raises(djobs.ValidationError, match="event must be a type msgspec can decode") as raised:
+        djobs.Task.make("t", state=S, event=S | Other, on_event=_none, execute=_none)
+    assert "union of structs made with tag=True" in raised.value.message
+    assert "such as int or list[Item]" in raised.value.message
+
+
+def count(event: int, ctx: djobs.TaskEventContext[S]) -> S:
+    return S(event)
+
+
+@pytest.mark.trio
+async def test_a_task_of_int_events_takes_them_as_the_message_says(autojump_clock: trio.testing.MockClock) -> None:
+    from djobs.testing import open_test_engine, success
+
+    counter = djobs.Task.make("counter", state=S, event=int, on_event=count, execute=_none)
+    async with open_test_engine([counter]) as engine:
+        success(await engine.client.task(counter).send(id="c", event=7))
+        assert success(await engine.client.task(counter).get_state("c")).state == S(7)

@@ -411,9 +411,11 @@ class Task(Definition[D_contra], Generic[S, Ev, D_contra]):
         Args:
             name: The job's unique name (no ``:``).
             state: The ``msgspec.Struct`` type of the task's state.
-            event: The type of the events it accepts: a ``msgspec.Struct``, or
-                a union of structs made with ``tag=True``
-                (``OrderPlaced | PaymentReceived | Shipped``).
+            event: The type of the events it accepts: usually a
+                ``msgspec.Struct``, or a union of structs made with ``tag=True``
+                (``OrderPlaced | PaymentReceived | Shipped``); any other type
+                msgspec can decode and store is taken too (``int``,
+                ``list[Item]``), as for a job's result.
             on_event: ``on_event(event, ctx)``, called for each event sent
                 (`TaskEventContext`); a failure is returned to the sender.
             execute: ``execute(ctx)``, called when the task's alarm fires (`TaskContext`).
@@ -452,7 +454,8 @@ class Task(Definition[D_contra], Generic[S, Ev, D_contra]):
             msgspec.json.Decoder(event)
         except TypeError as exc:
             raise ValidationError(
-                f"Task {name!r}: event must be a msgspec.Struct type or a union of structs made with tag=True ({exc})"
+                f"Task {name!r}: event must be a type msgspec can decode: a msgspec.Struct, a union of structs"
+                f" made with tag=True, or another type msgspec stores such as int or list[Item] ({exc})"
             ) from None
         check_storable(event, f"Task {name!r}: event")
         for what, fn in (("on_event", on_event), ("execute", execute), ("on_idle", on_idle), ("on_error", on_error)):
