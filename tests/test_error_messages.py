@@ -153,6 +153,24 @@ async def test_a_workflows_errors_call_it_a_workflow(autojump_clock: trio.testin
 
 
 @pytest.mark.trio
+async def test_a_failed_workflows_result_names_the_workflow_and_the_instance(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def bad(item: Item, ctx: djobs.WorkflowContext) -> str:
+        raise ValueError("no result")
+
+    workflow = djobs.Workflow.make("badresult", input=Item, result=str, execute=bad)
+    async with open_test_engine([workflow]) as engine:
+        client = engine.client.workflow(workflow)
+        success(await client.start(id="order-7", input=Item()))
+        await engine.wait_idle()
+        error = failure(await client.result("order-7"))
+        assert isinstance(error, djobs.WorkflowFailedError)
+        assert error.message.startswith("workflow 'badresult' instance 'order-7' ended failed: "), error.message
+        assert (error.workflow, error.instance_id, error.status) == ("badresult", "order-7", "failed")
+
+
+@pytest.mark.trio
 async def test_a_wrong_signal_payload_is_refused_in_the_words_of_every_typed_verb(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -379,7 +379,7 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
         if record.status == "completed":
             return decode(self.job.result, bytes(log.result), what=f"result of workflow {self.job.name!r}")
         if record.status in ("failed", "cancelled"):
-            return Failure(WorkflowFailedError.of(instance_id, record.status, log.error))
+            return Failure(WorkflowFailedError.ended(self.job.name, instance_id, record.status, log.error))
         return Failure(
             InvalidStateError(
                 f"workflow {self.job.name!r} instance {instance_id!r} is {record.status}; it has no result yet"

@@ -220,7 +220,11 @@ class ChildJobError(_EndedError):
 class WorkflowFailedError(_EndedError):
     """``result(id)`` of a workflow that ended ``failed`` or ``cancelled``.
 
+    Its message names the workflow and the instance as every other workflow
+    message does: ``workflow 'shipping' instance 'p-1' ended failed: ...``.
+
     Attributes:
+        workflow: The workflow's name.
         instance_id: The workflow's id.
         status: ``failed`` or ``cancelled``.
         error_tag: The ``tag`` of the error the workflow ended with.
@@ -229,6 +233,23 @@ class WorkflowFailedError(_EndedError):
 
     tag = "workflow_failed"
     what = "workflow"
+
+    def __init__(self, workflow: str, instance_id: str, status: str, error_tag: str, error_message: str) -> None:
+        JobError.__init__(self, f"workflow {workflow!r} instance {instance_id!r} ended {status}: {error_message}")
+        self.workflow = workflow
+        self.name = instance_id
+        self.status = status
+        self.error_tag = error_tag
+        self.error_message = error_message
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.workflow, self.name, self.status, self.error_tag, self.error_message)
+
+    @classmethod
+    def ended(cls, workflow: str, instance_id: str, status: str, error: ErrorInfo | None) -> WorkflowFailedError:
+        """The error for instance `instance_id` of `workflow`, which ended `status` with the recorded `error`."""
+        info = error or ErrorInfo(cls.cancelled_tag, "cancelled")
+        return cls(workflow, instance_id, status, info.tag, info.message)
 
     @property
     def instance_id(self) -> str:
