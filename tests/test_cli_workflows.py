@@ -82,6 +82,8 @@ def test_workflows_show_lists_every_step(capsys: pytest.CaptureFixture[str], db:
     assert main(["workflows", "show", "shipping", "p-1", "--db", str(db)]) == ExitCode.OK
     out = capsys.readouterr().out
     assert "failed: ValueError: scale offline" in out and "pending" in out
+    numbered = [line.split()[:3] for line in out.splitlines() if line[:1].isdigit()]
+    assert numbered == [["1", "step", "pack"], ["2", "step", "weigh"], ["3", "sleep", "sleep"]]  # as the dashboard
     assert main(["workflows", "show", "shipping", "p-2", "--tenant", "acme", "--db", str(db)]) == ExitCode.OK
     capsys.readouterr()
     assert main(["workflows", "show", "shipping", "nope", "--db", str(db)]) == ExitCode.NOT_FOUND

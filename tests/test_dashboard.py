@@ -682,8 +682,8 @@ def test_the_workflows_page_lists_filters_pages_and_shows_one_with_its_steps(db:
     assert "2026-01-02T00:00:00+00:00" in listing.text  # the sleepers' wake-up time
     assert one.status_code == 200 and 'id="status" class="status s-sleeping"' in one.text
     assert 'id="current">sleep<' in one.text and 'id="wake-at">2026-01-02T00:00:00+00:00<' in one.text
-    steps = re.findall(r"<tr><td class=\"n\">\d+</td><td>(\w+)</td><td>([^<]+)</td>", one.text)
-    assert steps == [("step", "greet"), ("sleep", "sleep")]
+    steps = re.findall(r"<tr><td class=\"n\">(\d+)</td><td>(\w+)</td><td>([^<]+)</td>", one.text)
+    assert steps == [("1", "step", "greet"), ("2", "sleep", "sleep")]  # numbered from 1, as the CLI numbers them
     assert "&#34;who&#34;: &#34;slow&#34;" in one.text  # the input, as JSON
     assert 'method="post"' not in one.text  # read-only without a token
     assert missing.status_code == 404

@@ -159,7 +159,7 @@ WORKFLOW = """{% extends "base" %}{% import "action" as a %}{% block content %}
 {% if can_act and r.status not in ('completed', 'failed', 'cancelled') %}<p id="actions">{{ a.action('/workflows/cancel?key=' ~ (r.key|urlencode), 'cancel', csrf) }}</p>{% endif %}
 {% if w %}<h2>Steps</h2>
 <table id="steps"><tr><th>#</th><th>kind</th><th>name</th><th>done</th><th class="n">attempts</th><th>until</th><th>at</th><th class="n">ms</th><th>error</th></tr>
-{% for e in w.steps %}<tr><td class="n">{{ loop.index0 }}</td><td>{{ e.kind }}</td><td>{{ e.name }}</td>
+{% for e in w.steps %}<tr><td class="n">{{ loop.index }}</td><td>{{ e.kind }}</td><td>{{ e.name }}</td>
 <td>{{ 'cancelled' if e.cancelled else ('timed out' if e.timed_out else ('yes' if e.done else 'no')) }}</td><td class="n">{{ e.attempts or '' }}</td>
 <td>{{ e.until.isoformat(timespec='seconds') if e.until else '' }}</td><td>{{ e.at.isoformat(timespec='seconds') if e.at else '' }}</td>
 <td class="n">{{ e.duration_ms or '' }}</td><td>{{ (e.error.tag ~ ': ' ~ e.error.message) if e.error else '' }}</td></tr>
