@@ -57,8 +57,6 @@ async def test_cancelling_the_scope_around_the_engine_lets_running_handlers_fini
     assert host.cancelled_caught
     assert sorted(done) == ["continuous", "job"]  # finished, not killed
     assert 3.9 <= trio.current_time() - started < 10  # waited for them, not for the whole grace
-    if repr(layer) == "memory()":
-        return  # a private memory store ends with its engine
     async with open_test_engine([counter, job], storage=layer) as engine:
         assert success(await engine.client.continuous(counter).get_state("a")).state == Count(1)
         assert success(await engine.client.jobs.status(ids[0])).status == "completed"
@@ -82,8 +80,6 @@ async def test_handlers_running_past_the_grace_are_cancelled_and_nothing_of_them
             await trio.sleep_forever()
     assert done == []
     assert 10 <= trio.current_time() - started < 30  # the grace, then the cancel (not the 600 s bodies)
-    if repr(layer) == "memory()":
-        return  # a private memory store ends with its engine
     async with open_test_engine([counter, job], storage=layer, worker=None) as engine:  # reads, runs nothing
         assert success(await engine.client.continuous(counter).get_state("a")).state == Count(0)
         assert success(await engine.client.jobs.status(ids[0])).status == "pending"  # handed back, runs again
@@ -146,8 +142,6 @@ async def test_a_now_call_under_way_when_the_engine_closes_gets_the_grace_and_re
     assert run.status == status
     if status == "cancelled":
         assert isinstance(run.error, djobs.JobCancelledError)
-    if repr(layer) == "memory()":
-        return  # a private memory store ends with its engine
     async with open_test_engine([job], storage=layer, worker=worker) as engine:
         await trio.sleep(60)  # far past the lease the row had
         assert run.job_id is not None
@@ -232,8 +226,6 @@ async def test_an_alarm_whose_handler_the_close_cut_off_fires_at_once_after_a_re
         await engine.client.continuous(counter).start(id="a", input=Count())
         await trio.sleep(1)
     assert len(starts) == 1
-    if repr(layer) == "memory()":
-        return  # a private memory store ends with its engine
     reopened = trio.current_time()
     async with open_test_engine([counter], storage=layer, shutdown_grace="1 second"):
         await trio.sleep(30)

@@ -1,7 +1,8 @@
 """Storage in Python's own data structures: every protocol SQLite implements, without SQL.
 
-For tests (`memory`): one engine owns the data, which lives as long as the opened
-storage, and times (leases included) are the engine's (``lease_clock="engine"``).
+For tests (`memory`): one database per layer, shared by every engine opened on it and
+living as long as the layer (`_Tables`; each open is a `MemoryStorage` on them, closed on
+its own), and times (leases included) are the engines' (``lease_clock="engine"``).
 Rows are kept as SQLite keeps them: an instance as a tuple of its columns, a job as
 a private row object that no caller ever holds, so an object a caller keeps cannot
 change what was stored, and every read builds a new record.
@@ -17,6 +18,7 @@ they surface; an entry a later write made stale is dropped then.
 from __future__ import annotations
 
 import heapq
+import itertools
 import operator
 from bisect import bisect_right
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -26,7 +28,7 @@ from typing import Any, Final, TypeVar, final
 import msgspec
 import trio
 
-from .._errors import CLOSED_MESSAGE, DuplicateEventError, StorageError
+from .._errors import CLOSED_MESSAGE, DuplicateEventError, StorageError, ValidationError
 from .._queue_limits import MAX_PERIOD_MS
 from ._base import (
     FINAL_STATUSES,
@@ -211,6 +213,75 @@ def _matches(key: str, prefixes: tuple[str, ...] | None) -> bool:
 
 
 @final
+class _Tables:
+    """One memory database: its tables, heaps and id counters, shared by every `MemoryStorage`
+    opened on it (`MemoryLayer`). Rows are kept as SQLite keeps them (see the module docstring)."""
+
+    __slots__ = (
+        "alarm_heap",
+        "alarm_ids",
+        "alarm_keys",
+        "alarms",
+        "by_definition",
+        "by_key",
+        "by_worker",
+        "cancels",
+        "crons",
+        "event_ids",
+        "expiry",
+        "free",
+        "instances",
+        "job_keys",
+        "jobs",
+        "keyed",
+        "keys_of_job",
+        "leases",
+        "letters",
+        "rowids",
+        "running_keys",
+        "stamps",
+        "starts",
+        "unique",
+    )
+
+    def __init__(self) -> None:
+        # instances, alarms, idempotency keys, leases, cancel notes
+        self.instances: dict[str, tuple[Any, ...]] = {}
+        self.by_definition: dict[tuple[str, str], dict[str, None]] = {}
+        #: key -> (id, fire_at, due_at, purpose)
+        self.alarms: dict[str, tuple[int, int, int, str]] = {}
+        self.alarm_keys: dict[int, str] = {}
+        #: (due_at, id, key), lazily checked against `alarms`
+        self.alarm_heap: list[tuple[int, int, str]] = []
+        self.alarm_ids = itertools.count(1)
+        self.event_ids: dict[str, dict[str, int]] = {}
+        #: key -> (owner, expires_at)
+        self.leases: dict[str, tuple[str, int]] = {}
+        self.cancels: dict[str, tuple[str | None, int]] = {}
+        # the queue
+        self.jobs: dict[str, _Job] = {}
+        self.rowids = itertools.count(1)
+        self.stamps = itertools.count(1)
+        #: (tenant or "", name, key) -> (job id, created_at)
+        self.job_keys: dict[tuple[str, str, str], tuple[str, int]] = {}
+        self.keys_of_job: dict[str, dict[tuple[str, str, str], None]] = {}
+        #: (name, unique key, tenant) -> ids of the rows stored with it
+        self.unique: dict[tuple[str, str, str | None], dict[str, None]] = {}
+        #: pending rows without a limit key, by name; with one, by name and by key
+        self.free: dict[str, _Lane] = {}
+        self.keyed: dict[str, _Lane] = {}
+        self.by_key: dict[str, _Lane] = {}
+        #: (worker_expires_at, rowid, id) of running rows, lazily checked
+        self.expiry: list[tuple[int, int, str]] = []
+        self.by_worker: dict[str, dict[str, None]] = {}
+        self.running_keys: dict[str, int] = {}
+        #: limit key -> start times (ascending) of its rate-limited claims
+        self.starts: dict[str, list[int]] = {}
+        self.crons: dict[str, CronRecord] = {}
+        self.letters: dict[str, tuple[Any, ...]] = {}
+
+
+@final
 class MemoryStorage:
     """The `Storage`, `QueueStorage` and optional protocols (`AlarmRunStore`, `InstanceCreator`,
     `InstanceCheckpointer`, `InstanceLeaseLoader`, `InstanceLister`, `CancelRequests`, dead
@@ -222,45 +293,39 @@ class MemoryStorage:
 
     lease_clock: Final = "engine"
 
-    def __init__(self) -> None:
+    def __init__(self, tables: _Tables | None = None) -> None:
+        """A store on `tables` (new, empty ones by default); `memory()` opens every store of one
+        layer on the same tables. Each store closes on its own, as a connection does."""
+        t = _Tables() if tables is None else tables
         self._closed = False
         #: The open operation's undo log: (function, *arguments) to call in reverse on failure.
         self._undo: list[tuple[Any, ...]] = []
         self._commit_hook: Callable[[], object] | None = None
-        # instances, alarms, idempotency keys, leases, cancel notes
-        self._instances: dict[str, tuple[Any, ...]] = {}
-        self._by_definition: dict[tuple[str, str], dict[str, None]] = {}
-        #: key -> (id, fire_at, due_at, purpose)
-        self._alarms: dict[str, tuple[int, int, int, str]] = {}
-        self._alarm_keys: dict[int, str] = {}
-        #: (due_at, id, key), lazily checked against `_alarms`
-        self._alarm_heap: list[tuple[int, int, str]] = []
-        self._alarm_id = 0
-        self._event_ids: dict[str, dict[str, int]] = {}
-        #: key -> (owner, expires_at)
-        self._leases: dict[str, tuple[str, int]] = {}
-        self._cancels: dict[str, tuple[str | None, int]] = {}
-        # the queue
-        self._jobs: dict[str, _Job] = {}
-        self._rowid = 0
-        self._stamp = 0
-        #: (tenant or "", name, key) -> (job id, created_at)
-        self._job_keys: dict[tuple[str, str, str], tuple[str, int]] = {}
-        self._keys_of_job: dict[str, dict[tuple[str, str, str], None]] = {}
-        #: (name, unique key, tenant) -> ids of the rows stored with it
-        self._unique: dict[tuple[str, str, str | None], dict[str, None]] = {}
-        #: pending rows without a limit key, by name; with one, by name and by key
-        self._free: dict[str, _Lane] = {}
-        self._keyed: dict[str, _Lane] = {}
-        self._by_key: dict[str, _Lane] = {}
-        #: (worker_expires_at, rowid, id) of running rows, lazily checked
-        self._expiry: list[tuple[int, int, str]] = []
-        self._by_worker: dict[str, dict[str, None]] = {}
-        self._running_keys: dict[str, int] = {}
-        #: limit key -> start times (ascending) of its rate-limited claims
-        self._starts: dict[str, list[int]] = {}
-        self._crons: dict[str, CronRecord] = {}
-        self._letters: dict[str, tuple[Any, ...]] = {}
+        # The tables, bound to this store's attributes (the same objects in every store on them).
+        self._instances = t.instances
+        self._by_definition = t.by_definition
+        self._alarms = t.alarms
+        self._alarm_keys = t.alarm_keys
+        self._alarm_heap = t.alarm_heap
+        self._alarm_ids = t.alarm_ids
+        self._event_ids = t.event_ids
+        self._leases = t.leases
+        self._cancels = t.cancels
+        self._jobs = t.jobs
+        self._rowids = t.rowids
+        self._stamps = t.stamps
+        self._job_keys = t.job_keys
+        self._keys_of_job = t.keys_of_job
+        self._unique = t.unique
+        self._free = t.free
+        self._keyed = t.keyed
+        self._by_key = t.by_key
+        self._expiry = t.expiry
+        self._by_worker = t.by_worker
+        self._running_keys = t.running_keys
+        self._starts = t.starts
+        self._crons = t.crons
+        self._letters = t.letters
 
     def __repr__(self) -> str:
         return "MemoryStorage()"
@@ -366,8 +431,7 @@ class MemoryStorage:
     def _set_alarm(self, key: str, fire_at: int, due_at: int, purpose: str) -> None:
         """Replace `key`'s alarm with a new one (a new id, as SQLite's ``INSERT OR REPLACE`` gives)."""
         self._clear_alarm(key)
-        self._alarm_id += 1
-        alarm_id = self._alarm_id
+        alarm_id = next(self._alarm_ids)
         self._undo.append((self._restore_alarm, key, _MISSING))
         self._alarms[key] = (alarm_id, fire_at, due_at, purpose)
         self._put(self._alarm_keys, alarm_id, key)
@@ -707,8 +771,7 @@ class MemoryStorage:
         job.status = status
         job.stamp = 0
         if status == "pending":
-            self._stamp += 1
-            job.stamp = self._stamp
+            job.stamp = next(self._stamps)
             self._index_pending(job)
         elif status == "running":
             if job.worker_id is not None:
@@ -738,8 +801,7 @@ class MemoryStorage:
         and limit keys are not stored (as SQLite's insert of a row started at once)."""
         if job.id in self._jobs:
             raise StorageError(f"write to memory() failed: a job with id {job.id!r} is already stored")
-        self._rowid += 1
-        row = _Job(job, self._rowid)
+        row = _Job(job, next(self._rowids))
         row.status = "completed"  # no status yet: `_status` moves it from one that has no index
         if not keys:
             row.unique_key = row.limit_key = None
@@ -1583,30 +1645,56 @@ class MemoryStorage:
 
 @final
 class MemoryLayer:
-    """The `StorageLayer` of `memory`: each ``open()`` is a new, empty `MemoryStorage`."""
+    """The `StorageLayer` of `memory`: one database in this process's memory, as a SQLite file is
+    one on disk. Every ``open()`` is a `MemoryStorage` on the layer's tables (engines open on it
+    at once share them), closed on its own; the tables live as long as the layer."""
+
+    def __init__(self) -> None:
+        self._tables = _Tables()
+        self._opens = 0
+        #: The Trio run the open stores are in (the tables are not safe across threads).
+        self._run: trio.lowlevel.TrioToken | None = None
 
     @asynccontextmanager
     async def open(self) -> AsyncIterator[MemoryStorage]:
-        storage = MemoryStorage()
+        run = trio.lowlevel.current_trio_token()
+        if self._opens and run is not self._run:
+            raise ValidationError(
+                "this djobs.memory() is open in another trio.run (another thread): its tables serve one "
+                "Trio run at a time; give each run its own djobs.memory(), or share a djobs.sqlite() file"
+            )
+        self._run = run
+        self._opens += 1
+        storage = MemoryStorage(self._tables)
         try:
             yield storage
         finally:
             storage.close()
+            self._opens -= 1
 
     def __repr__(self) -> str:
         return "memory()"
 
 
 def memory() -> MemoryLayer:
-    """A storage layer in this process's memory, for tests: no SQL, nothing kept after the engine closes.
+    """A storage layer in this process's memory, for tests: no SQL, nothing kept after the process ends.
 
-    Each open is a new, private, empty store. Leases follow the engine's clock
-    (``lease_clock="engine"``): one engine owns the data, and a virtual clock's leases
-    end in virtual time. Every storage protocol the engine uses is implemented (the
-    queue, cron jobs, dead letters, retention, the inspection read side), and the
-    shipped conformance suite (`djobs.testing.check_storage`) runs against it as
-    against SQLite and PostgreSQL. For SQLite's own behaviour in memory, use
-    ``djobs.sqlite(":memory:")``.
+    One database, as a SQLite file is one on disk: every engine opened on this
+    layer shares it, at once (two engines of a test see each other's jobs and
+    instances, and take leases against each other, as two processes on one file
+    do) or one after another (an engine reopened on the layer finds what the
+    last one left). Call ``memory()`` again for a new, empty database (the test
+    engine's default layers do, per engine). The engines that share it must be
+    in one ``trio.run`` and read one clock: leases follow the engine's clock
+    (``lease_clock="engine"``), so a virtual clock's leases end in virtual time.
+    Every storage protocol the engine uses is implemented (the queue, cron jobs,
+    dead letters, retention, the inspection read side), and the shipped
+    conformance suite (`djobs.testing.check_storage`, shared checks included)
+    runs against it as against SQLite and PostgreSQL. For SQLite's own
+    behaviour in memory, use ``djobs.sqlite(":memory:")``.
+
+    Raises:
+        ValidationError: At ``open()``, while the layer is open in another ``trio.run``.
 
     Examples:
         >>> memory()

@@ -81,8 +81,8 @@ async def check_storage(new_database: NewDatabase, *, queue: bool = True, shared
             opened storage must implement that protocol.
         shared: Also check two connections to one database, as two engine
             processes have: the layer's ``open()`` is entered twice at once and
-            both must see one database (not ``djobs.memory``, whose every open
-            is a private database).
+            both must see one database (``djobs.memory`` does: every open of
+            one layer is a store on its tables).
 
     Raises:
         AssertionError: A check failed; the message names it and what differed.

@@ -24,8 +24,9 @@ from djobs.testing import check_storage
 pytestmark = pytest.mark.trio
 
 
-async def test_memory_storage_passes() -> None:
-    await check_storage(memory_store)
+async def test_memory_storage_passes_with_two_stores_on_each_layer() -> None:
+    # Every open of one memory() layer is a store on the same tables, as two connections to one file.
+    await check_storage(memory_store, shared=True)
 
 
 async def test_sqlite_in_memory_passes() -> None:
