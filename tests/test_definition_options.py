@@ -186,3 +186,10 @@ async def test_a_task_of_int_events_takes_them_as_the_message_says(autojump_cloc
     async with open_test_engine([counter]) as engine:
         success(await engine.client.task(counter).send(id="c", event=7))
         assert success(await engine.client.task(counter).get_state("c")).state == S(7)
+
+
+@pytest.mark.parametrize("option", ["event", "on_event", "execute"])
+def test_a_task_needs_its_event_type_and_both_handlers(option: str) -> None:
+    options: dict[str, Any] = {"state": S, "event": S, "on_event": _none, "execute": _none, option: None}
+    with pytest.raises(djobs.ValidationError, match=rf"Task 't': {option} "):
+        djobs.Task.make("t", **options)

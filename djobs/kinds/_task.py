@@ -450,6 +450,11 @@ class Task(Definition[D_contra], Generic[S, Ev, D_contra]):
         if not (isinstance(state, type) and issubclass(state, msgspec.Struct)):
             raise ValidationError(f"Task {name!r}: state must be a msgspec.Struct type, got {state!r}")
         check_storable(state, f"Task {name!r}: state")
+        if event is None:  # NoneType to msgspec: a task whose every event is None is a forgotten argument
+            raise ValidationError(f"Task {name!r}: event must be the type of the events it accepts, got None")
+        for what, required in (("on_event", on_event), ("execute", execute)):
+            if required is None:
+                raise ValidationError(f"Task {name!r}: {what} is required (a handler), got None")
         try:
             msgspec.json.Decoder(event)
         except TypeError as exc:
