@@ -165,6 +165,10 @@ class Actors:
         """Whether the calling task runs a handler of `key`, or waits for one that does (`call` refuses it)."""
         return key in _RUNNING.get()
 
+    #: The instances the calling task runs a handler of, or waits for one of: ``key in
+    #: running_keys()`` is `within` without a Python call (a Debounce ``add`` asks it per event).
+    running_keys: Callable[[], frozenset[str]] = _RUNNING.get
+
     def enter(self, key: str) -> int | None:
         """Run one handler of instance `key` in the calling task, if the instance is free now.
 

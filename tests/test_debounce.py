@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import random
 import warnings
 from datetime import UTC, datetime, timedelta
@@ -495,29 +496,36 @@ async def test_default_reducer_keeps_the_latest_event(autojump_clock: trio.testi
 
 
 @pytest.mark.trio
-async def test_the_event_context(autojump_clock: trio.testing.MockClock) -> None:
+async def test_the_event_context(autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
     seen: list[tuple[int, str, str, datetime, bool]] = []
 
     def reduce(ctx: djobs.DebounceEventContext[Webhook, Batch]) -> Batch:
         seen.append((ctx.event_count, ctx.instance_id, ctx.job_name, ctx.now(), ctx.state is None))
+        if ctx.event_count == 2:
+            ctx.log.info("folding %s", ctx.event.type, source="test")
         return append(ctx)
 
     def send(ctx: djobs.DebounceContext[Batch]) -> None:
         pass
 
-    job = djobs.Debounce.make("ctx", event=Webhook, state=Batch, on_event=reduce, execute=send)
+    job = djobs.Debounce.make("ctx", event=Webhook, state=Batch, on_event=reduce, execute=send, logging=True)
     async with open_test_engine([job]) as engine:
         client = engine.client.debounce(job)
-        await client.add(id="c", event=hook(0))
-        await trio.sleep(1)
-        await client.add(id="c", event=hook(1))
-        await trio.sleep(5)
-        await client.add(id="c", event=hook(2))
+        with caplog.at_level(logging.INFO, logger="djobs"):
+            await client.add(id="c", event=hook(0))
+            await trio.sleep(1)
+            await client.add(id="c", event=hook(1))
+            await trio.sleep(5)
+            await client.add(id="c", event=hook(2))
         assert seen == [
             (1, "c", "ctx", T0, True),
             (2, "c", "ctx", T0 + timedelta(seconds=1), False),
             (1, "c", "ctx", T0 + timedelta(seconds=6), True),  # a new batch starts from nothing
         ]
+        # ctx.log carries the event's place in its batch, as a run's log carries its run.
+        logged = [r for r in caplog.records if "folding" in r.getMessage()]
+        assert [r.getMessage() for r in logged] == ["[job=ctx instance=c event=2] folding contact.updated"]
+        assert logged[0].djobs == {"job": "ctx", "instance": "c", "event": 2, "source": "test"}
 
 
 @pytest.mark.trio

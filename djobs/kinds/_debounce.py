@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import logging
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -114,28 +115,45 @@ class DebounceEventContext(BaseContext[D_co], Generic[E, S, D_co]):
         event_count: How many events the batch holds with this one (1 for the first).
     """
 
-    __slots__ = ("event", "event_count", "state")
+    __slots__ = ("_log", "_log_level", "_logger", "event", "event_count", "state")
 
     def __init__(
         self,
         env: Env,
         job_name: str,
         instance_id: str,
-        log: JobLog,
+        logger: logging.Logger,
+        log_level: int,
         event: E,
         state: S | None,
         event_count: int,
         tenant_id: str | None = None,
     ) -> None:
-        # BaseContext's fields set here, not through its __init__: one per add, a call fewer.
+        # BaseContext's fields set here, not through its __init__: one per add, a call fewer;
+        # `log` is made when first read (most reducers never log).
         self._env = env
         self.job_name = job_name
         self.instance_id = instance_id
-        self.log = log
+        self._log: JobLog | None = None
+        self._logger = logger
+        self._log_level = log_level
         self.tenant_id = tenant_id
         self.event = event
         self.state = state
         self.event_count = event_count
+
+    @property
+    def log(self) -> JobLog:
+        """The ``ctx.log`` of this ``on_event`` call (job, instance and event number attached)."""
+        log = self._log
+        if log is None:
+            extra = {"job": self.job_name, "instance": self.instance_id, "event": self.event_count}
+            log = self._log = JobLog(self._logger, self._log_level, extra)
+        return log
+
+    @log.setter
+    def log(self, log: JobLog) -> None:  # BaseContext's attribute stays assignable
+        self._log = log
 
 
 class DebounceContext(BaseContext[D_co], Generic[S, D_co]):
@@ -521,7 +539,7 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         self._logger = self.env.logger.getChild(f"{KIND}.{job.name}")
         #: What `key` puts before an instance id when no tenant is set.
         self._key_prefix = instance_key(KIND, job.name, "")
-        self._within = runtime.actors.within
+        self._running = runtime.actors.running_keys
         self._log_level = threshold(job.logging)
         self._reducer_what = f"the on_event of debounce job {job.name!r}"
         self._reducer = offloaded(job.on_event, job.limits, self._reducer_what)
@@ -617,7 +635,7 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
             key = self._key_prefix + instance_id if self.tenant is None else self.key(instance_id)
             pending = _QueuedAdd(instance_id, copied[1], the_event_id)
             queue = self._queues.get(key)
-            if queue is not None and not self._within(key):
+            if queue is not None and key not in self._running():
                 # A writer is applying this instance's adds: join its queue and wait for its commit,
                 # parked until `_finish` reschedules this task (a cancel ends the wait, not the add).
                 queue.append(pending)
@@ -728,30 +746,29 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         reducer that returns a state: this runs once per ``add``.
         """
         job = self.job
-        log = JobLog(self._logger, self._log_level, {"job": job.name, "instance": instance_id, "event": count})
         ctx: DebounceEventContext[E, S, Any] = DebounceEventContext(
-            self.env, job.name, instance_id, log, event, state, count, self.tenant
+            self.env, job.name, instance_id, self._logger, self._log_level, event, state, count, self.tenant
         )
         direct = self._direct_reducer
         if direct is None:
             reducer = self._reducer
-            return self._finish_reduce(lambda: reducer(ctx), log)
+            return self._finish_reduce(lambda: reducer(ctx), ctx)
         # A synchronous reducer that returns a state: taken as it is. Any other form, and
         # an exception, goes through `run_body` with the value the reducer gave.
         try:
             value = direct(ctx)
         except BaseException as exc:  # run_body makes it the add's failure, or lets a cancel through
-            return self._finish_reduce(functools.partial(_raise, exc), log)
+            return self._finish_reduce(functools.partial(_raise, exc), ctx)
         if type(value) is job.state:
             return self._copy_state(value)
-        return self._finish_reduce(lambda: value, log)
+        return self._finish_reduce(lambda: value, ctx)
 
-    async def _finish_reduce(self, call: Callable[[], object], log: JobLog) -> _Reduced[S]:
+    async def _finish_reduce(self, call: Callable[[], object], ctx: DebounceEventContext[E, S, Any]) -> _Reduced[S]:
         """`_reduce` for a reducer's outcome that `run_body` must finish."""
         job = self.job
         match await run_body(call, self.env.services, self._reducer_what, job.limits):
             case Failure(error):
-                log.error("on_event failed: %s", error.message)
+                ctx.log.error("on_event failed: %s", error.message)
                 if isinstance(error, ValidationError | ExecutionError):
                     return error
                 return ExecutionError(f"on_event failed: {error.message}", error)

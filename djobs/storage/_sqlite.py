@@ -1003,9 +1003,11 @@ class SqliteStorage:
                     raise LeaseLostError(key)
             _apply(db, checkin)
 
-        # A row and nothing else (a workflow's checkpoint, most runs' commits) is one statement
-        # that writes, after a fence that raises before anything is written: no savepoint.
-        one = checkin.alarm is None and checkin.event_id is None and checkin.dead_letter is None
+        # A row, with or without its alarm (a workflow's checkpoint, a Debounce round, most runs'
+        # commits), is one statement that can refuse, after a fence that raises before anything
+        # is written: the alarm's REPLACE or DELETE that may follow has no constraint to refuse
+        # it, so no savepoint (should it fail all the same, the whole batch is rolled back).
+        one = checkin.event_id is None and checkin.dead_letter is None
         await self.write(run, single=one and checkin.record is not None)
 
     async def create_instance(
