@@ -32,7 +32,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 import msgspec
 from returns.result import Failure, Result, Success
 
-from ._errors import ValidationError, describe, safe_repr
+from ._errors import ValidationError, capped_message, describe, safe_repr
 
 #: The longest interval, delay or backoff djobs takes or computes: 100 years. Longer ones are
 #: refused at definition time (``every``, ``flush_after``) and backoff arithmetic is capped here,
@@ -102,6 +102,12 @@ def clean_text(value: str) -> str:
     except UnicodeEncodeError:
         value = value.encode("utf-8", "backslashreplace").decode("utf-8")
     return value
+
+
+def clean_message(message: str) -> str:
+    """An error's message as stored: `clean_text`, then cut to `MAX_MESSAGE_LENGTH` again (an
+    escaped NUL is four characters), so what is stored is never longer than the limit."""
+    return capped_message(clean_text(message))
 
 
 # -- payloads -------------------------------------------------------------------------------

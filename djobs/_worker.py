@@ -47,7 +47,7 @@ import trio
 from ._durations import DurationLike, duration, to_ms
 from ._errors import JobCancelledError, StorageError, ValidationError
 from ._execution import Env
-from ._input import check_count, check_interval, clean_text
+from ._input import check_count, check_interval, clean_message
 from ._wakeup import Wakeup
 from .storage import ClaimedJob, ExpiredLease, HeldStarts, JobSettlement, NewJob, QueueStorage
 from .storage._base import QueueLimit
@@ -60,7 +60,7 @@ _error_encoder = msgspec.json.Encoder()
 
 def error_json(tag: str, message: str) -> bytes:
     """The stored form of a job's error: ``{"tag": ..., "message": ...}``."""
-    return _error_encoder.encode({"tag": tag, "message": clean_text(message)})
+    return _error_encoder.encode({"tag": tag, "message": clean_message(message)})
 
 
 #: What a cancelled row stores as its error.

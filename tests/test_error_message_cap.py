@@ -157,3 +157,23 @@ def test_a_message_is_kept_whole_up_to_the_limit_and_cut_with_a_true_count_beyon
         assert marker == f"{length - len(head):,} more characters cut]"
         assert djobs.ExecutionError(message).message == kept
         assert djobs.ValidationError(message).message == kept
+
+
+def nul_body(p: S, ctx: djobs.JobContext) -> None:
+    raise ValueError("\x00" * MAX_MESSAGE_LENGTH)  # each NUL is stored as the four characters \x00
+
+
+nul_job = djobs.Job.make("nul-job", params=S, execute=nul_body, retry=once)
+
+
+@pytest.mark.trio
+async def test_a_message_whose_escapes_lengthen_it_is_stored_within_the_limit(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_engine([nul_job], storage=djobs.sqlite(":memory:")) as engine:
+        job_id = success(await engine.client.job(nul_job).later(S()))
+        await engine.wait_idle()
+        info = success(await engine.client.jobs.status(job_id))
+        assert info.error is not None
+        assert len(info.error.message) <= MAX_MESSAGE_LENGTH
+        assert "\\x00\\x00" in info.error.message  # the NULs, escaped

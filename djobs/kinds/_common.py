@@ -18,7 +18,7 @@ from typing_extensions import TypeVar
 
 from .._clock import LATEST_MS
 from .._errors import ExecutionError, JobError, JobNotFoundError, StorageError, TenantError, ValidationError, describe
-from .._input import check_text, clean_text, text_problem
+from .._input import check_text, clean_message, clean_text, text_problem
 from ..storage import Checkin, ClearAlarm, InstanceRecord, SetAlarm
 from ..storage._base import DeadLetter, DeadLetterKind, DeadLetterStorage, InstanceRevival, Revival
 
@@ -80,6 +80,11 @@ def check_on_exhausted(on_exhausted: object, what: str) -> OnExhausted:
 _letter_error = msgspec.json.Encoder()
 
 
+def _letter_json(error: JobError) -> bytes:
+    """A dead letter's stored error: ``{"tag", "message"}``, the message as stored (`clean_message`)."""
+    return _letter_error.encode({"tag": error.tag, "message": clean_message(error.message)})
+
+
 def instance_dead_letter(
     record: InstanceRecord,
     *,
@@ -101,7 +106,9 @@ def instance_dead_letter(
         ref=record.instance_id,
         tenant_id=record.tenant_id,
         payload=revived.state,
-        error=None if error is None else _letter_error.encode({"tag": error.tag, "message": clean_text(error.message)}),
+        error=None
+        if error is None
+        else _letter_error.encode({"tag": error.tag, "message": clean_message(error.message)}),
         attempts=attempts,
         event_count=revived.event_count,
         revive=msgspec.json.encode(revival),

@@ -64,7 +64,7 @@ from .._errors import (
     ValidationError,
 )
 from .._execution import run_body
-from .._input import check_text, clean_text, text_problem
+from .._input import check_text, clean_message, text_problem
 from .._logging import JobLog, LoggingOption, check_logging, threshold
 from .._retry import Retry, check_retry
 from ..storage import (
@@ -717,7 +717,7 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
         if status == "cancelled":
             reason = log.cancel_reason
             because = error.message if error else f"cancelled: {reason or 'no reason given'}"
-            log.error = ErrorInfo("workflow_cancelled", clean_text(because))
+            log.error = ErrorInfo("workflow_cancelled", clean_message(because))
             run.event("workflow.cancelled", reason=reason)
         elif error is not None:
             log.error = ErrorInfo.of(error)

@@ -31,7 +31,7 @@ from .._errors import (
     StorageError,
     ValidationError,
 )
-from .._input import check_text, clean_text
+from .._input import check_text, clean_message
 from .._results import unwrap_or_raise
 from ..storage import (
     Alarm,
@@ -268,7 +268,7 @@ class ErrorInfo(msgspec.Struct, frozen=True):
     @classmethod
     def of(cls, error: JobError) -> ErrorInfo:
         """`error` as stored: its message made storable (user code may raise any text)."""
-        return cls(error.tag, clean_text(error.message))
+        return cls(error.tag, clean_message(error.message))
 
 
 class Entry(msgspec.Struct, kw_only=True, omit_defaults=True):
