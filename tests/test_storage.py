@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from pathlib import Path
 
 import apsw
@@ -298,3 +299,54 @@ async def test_a_write_that_fails_partway_takes_its_whole_group_commit_back(tmp_
         db.execute("DROP TRIGGER boom")
         await write("a")
         assert outcomes["a"] is None
+
+
+class _SyncsVfs(apsw.VFS):
+    """The default VFS, noting which thread syncs which file (a checkpoint syncs the WAL, then the database)."""
+
+    def __init__(self, syncs: list[tuple[int, str]]) -> None:
+        self.syncs = syncs
+        super().__init__("syncs-seen", "unix", makedefault=True)
+
+    def xOpen(self, name: str | apsw.URIFilename | None, flags: list[int]) -> apsw.VFSFile:
+        return _SyncsFile(self.syncs, name, flags)
+
+
+class _SyncsFile(apsw.VFSFile):
+    def __init__(self, syncs: list[tuple[int, str]], name: str | apsw.URIFilename | None, flags: list[int]) -> None:
+        self.syncs = syncs
+        filename = name.filename() if isinstance(name, apsw.URIFilename) else name
+        self.name = str(filename)
+        super().__init__("unix", name, flags)
+
+    def xSync(self, flags: int) -> None:
+        self.syncs.append((threading.get_ident(), self.name))
+        super().xSync(flags)
+
+
+@pytest.mark.trio
+async def test_the_wal_is_checkpointed_off_the_engines_thread(tmp_path: Path) -> None:
+    # A checkpoint syncs the WAL and the database file: in the committing thread, each one
+    # held the event loop (and every timer due meanwhile) for milliseconds. Commits go on
+    # in the engine's thread without a sync (synchronous=NORMAL), and their data is all there.
+    from djobs.storage import Checkin, InstanceRecord
+
+    syncs: list[tuple[int, str]] = []
+    vfs = _SyncsVfs(syncs)
+    try:
+        path = tmp_path / "busy.db"
+        async with djobs.sqlite(path).open() as storage:
+            syncs.clear()  # the opening's own (a migration syncs)
+            for n in range(300):  # about 1,500 pages of WAL, several checkpoints' worth
+                state = bytes([n % 256]) * 20_000
+                record = InstanceRecord(
+                    key=f"k{n}", kind="task", name="w", instance_id=f"k{n}", status="idle", state=state
+                )
+                await storage.commit(Checkin(key=record.key, record=record))
+            assert not [name for thread, name in syncs if thread == threading.get_ident()]
+        async with djobs.sqlite(path).open() as storage:
+            for n in range(300):
+                loaded = await storage.load(f"k{n}")
+                assert loaded is not None and loaded[0].state == bytes([n % 256]) * 20_000
+    finally:
+        vfs.unregister()

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -87,6 +89,8 @@ WAL_SIZE_LIMIT_BYTES: Final = 1 << 20
 
 #: ``PRAGMA application_id`` of a djobs database ("djob" in ASCII).
 APPLICATION_ID: Final = 0x646A6F62
+
+_log = logging.getLogger("djobs.storage")
 
 #: Each entry upgrades the schema by one version; never edit a released one,
 #: append a new one. ``PRAGMA user_version`` holds how many have been applied.
@@ -773,6 +777,70 @@ def _apply(db: apsw.Connection, checkin: Checkin) -> None:
 
 
 @final
+@final
+class _Checkpointer:
+    """Copies the WAL back into the database file in a thread of its own, on a connection of its own.
+
+    SQLite's automatic checkpoint runs inside the COMMIT that crosses
+    `WAL_AUTOCHECKPOINT_PAGES`, in the committing thread: there it held the Trio loop
+    for the checkpoint's two fsyncs (the WAL's, then the file's), a stall of 3 to 30 ms
+    every few hundred pages committed, which every timer due meanwhile (a delayed job, an
+    alarm) waited for. The writer's connection asks for a checkpoint here instead (its WAL
+    hook); a PASSIVE checkpoint needs no lock that a writer holds, so commits go on
+    meanwhile. What a commit promises does not change: a commit is in the WAL (and synced
+    as ``synchronous`` says) before it returns; a checkpoint only moves committed pages.
+    """
+
+    __slots__ = ("_path", "_stopping", "_thread", "_wanted")
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._wanted = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    def wal_hook(self, _db: apsw.Connection, _name: str, pages: int) -> int:
+        """The writer's WAL hook (after each commit): past the threshold, wake the checkpoint thread."""
+        if pages >= WAL_AUTOCHECKPOINT_PAGES and not self._stopping:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="djobs-sqlite-checkpoint", daemon=True)
+                self._thread.start()
+            self._wanted.set()
+        return apsw.SQLITE_OK
+
+    def _run(self) -> None:
+        try:
+            # Never creates the file (the writer's connection did), never a URI.
+            db = apsw.Connection(self._path, flags=apsw.SQLITE_OPEN_READWRITE)
+        except apsw.Error as exc:
+            _log.warning("could not open %s to checkpoint it: %s; its WAL grows until it closes", self._path, exc)
+            return
+        try:
+            db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
+            # A connection learns the file is in WAL mode at its first read; until then a
+            # checkpoint does nothing.
+            db.execute("PRAGMA schema_version").fetchall()
+            while True:
+                self._wanted.wait()
+                self._wanted.clear()
+                if self._stopping:
+                    return
+                try:
+                    db.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+                except apsw.Error as exc:  # busy (another process checkpoints): the next commit asks again
+                    _log.debug("checkpoint of %s: %s", self._path, exc)
+        finally:
+            db.close()
+
+    def close(self) -> None:
+        """Stop the thread, after the checkpoint it runs now (if any)."""
+        self._stopping = True
+        thread = self._thread
+        if thread is not None:
+            self._wanted.set()
+            thread.join()
+
+
 class SqliteStorage:
     """The `Storage` protocol on one APSW connection. Open it with `sqlite()` or `memory()`."""
 
@@ -794,6 +862,11 @@ class SqliteStorage:
         # The file this connection opened (device, inode): a file deleted or replaced
         # under a running engine must not take acknowledgements it never stores.
         self._identity = _file_identity(path)
+        #: Checkpoints the WAL off the Trio thread (none for an in-memory database, which has no WAL).
+        self._checkpointer: _Checkpointer | None = None
+        if path != ":memory:":
+            self._checkpointer = _Checkpointer(path)
+            connection.set_wal_hook(self._checkpointer.wal_hook)
 
     # -- plumbing -----------------------------------------------------------------
 
@@ -1623,6 +1696,8 @@ class SqliteStorage:
 
     def close(self) -> None:
         self._closed = True
+        if self._checkpointer is not None:
+            self._checkpointer.close()  # first: the writer's close checkpoints what is left, as the last connection
         self._db.close()
 
 
@@ -1724,7 +1799,9 @@ def _open_connection(
         db.execute("PRAGMA temp_store=MEMORY")
         # A bounded WAL: checkpoint every ~1 MB of commits (SQLite's default is ~4 MB), and
         # truncate the file back to 1 MB after a checkpoint, so one large transaction does
-        # not leave a large WAL behind, and a nearly full volume gets its space back.
+        # not leave a large WAL behind, and a nearly full volume gets its space back. Once
+        # open, the checkpoints run in a thread of their own (`_Checkpointer`); SQLite's own
+        # is for the migrations, before.
         db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
         db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
         if version < SCHEMA_VERSION:
