@@ -67,11 +67,14 @@ class WallClock:
         return time.time_ns() // 1_000_000
 
     async def sleep_until(self, epoch_ms: int) -> None:
+        due_ns = epoch_ms * 1_000_000
         while True:
-            delay = epoch_ms - self.now_ms()
-            if delay <= 0:
+            # From the nanosecond clock `now_ms` floors, not from whole milliseconds: a delay
+            # from a floored now overshot by its lost fraction, half a millisecond on average.
+            delay_ns = due_ns - time.time_ns()
+            if delay_ns <= 0:
                 return
-            await trio.sleep(delay / 1000)
+            await trio.sleep(delay_ns / 1e9)
 
 
 #: Where a `VirtualClock` starts unless told.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from itertools import pairwise
 from typing import Any
@@ -310,6 +311,25 @@ async def test_wall_clock_reads_system_time() -> None:
     target = clock.now_ms() + 20
     await clock.sleep_until(target)
     assert clock.now_ms() >= target
+
+
+def test_wall_clock_wakes_at_its_due_time_not_a_millisecond_fraction_after(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The system clock is Trio's (mocked) clock, started 0.3 ms past a whole millisecond: a delay
+    # reckoned from the floored now_ms overshot by that fraction (0.7 ms late, each sleep).
+    base_ns = 1_767_225_600_000_000_000 + 300_000
+    late_ms: list[float] = []
+
+    async def check() -> None:
+        anchor = trio.current_time()
+        monkeypatch.setattr(time, "time_ns", lambda: base_ns + round((trio.current_time() - anchor) * 1e9))
+        clock = djobs.WallClock()
+        for step in (1, 2, 5, 1000):
+            target = clock.now_ms() + step
+            await clock.sleep_until(target)
+            late_ms.append(time.time_ns() / 1e6 - target)
+
+    trio.run(check, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert all(0 <= late < 0.001 for late in late_ms), late_ms
 
 
 class Beat(msgspec.Struct):
