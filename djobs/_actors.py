@@ -106,7 +106,7 @@ class Actors:
                 self._waiting[key] = queue  # after the handler running in its caller's task (`leave`)
             else:
                 self._start(key, queue)
-        queue.append((handler, on_error))
+        queue.appendleft((handler, on_error))
 
     def _start(self, key: str, queue: deque[Message]) -> None:
         """Start the actor of `key`. When this engine holds `key`'s lease (the actor takes it
@@ -208,6 +208,16 @@ class Actors:
         if self._idle.is_set():
             self._idle = trio.Event()
         return True
+
+    def hand_over(self, key: str, handler: Handler, on_error: OnError | None = None) -> None:
+        """End what `hold` began by running `handler` on `key`'s actor before anything posted
+        to `key` meanwhile: it sees the instance as the holder left it. The lease must be held
+        (`leased`), so the actor does not take it; `on_error` as for `post`."""
+        queue = self._waiting.get(key)
+        if queue is None:
+            queue = self._actors[key] = self._waiting[key] = deque()
+        queue.appendleft((handler, on_error))
+        self.leave(key)
 
     def leased(self, key: str) -> None:
         """A write of this engine's took (or renewed) `key`'s lease while `hold` held it."""

@@ -50,6 +50,16 @@ class AlarmBatchTarget(AlarmTarget, Protocol):
         ...
 
 
+@runtime_checkable
+class AlarmClaimTarget(AlarmTarget, Protocol):
+    """A target whose alarms run on their instance's actor with the lease and row their claim
+    took (`AlarmRunStore.claim_alarm_runs`): the actor neither takes the lease nor loads the row."""
+
+    async def on_claimed(self, claimed: ClaimedAlarm) -> None:
+        """Run `claimed` (leased, held by this engine, its row as the claim read it) as `on_alarm` would."""
+        ...
+
+
 class AlarmSleeper:
     """Claims due alarms of the registered definitions and dispatches them.
 
@@ -95,6 +105,8 @@ class AlarmSleeper:
         self._targets: dict[str, AlarmTarget] = {}
         #: The targets whose alarms run in batches (`AlarmBatchTarget`), by key prefix.
         self._batched: dict[str, AlarmBatchTarget] = {}
+        #: The other targets that take their alarms' leases and rows from the claim (`AlarmClaimTarget`).
+        self._handed: dict[str, AlarmClaimTarget] = {}
         self._leases = leases
         self._runs = storage if isinstance(storage, AlarmRunStore) and leases is not None else None
         self._claimed: set[int] = set()
@@ -108,6 +120,8 @@ class AlarmSleeper:
         self._targets[prefix] = target
         if isinstance(target, AlarmBatchTarget) and target.takes_batches:
             self._batched[prefix] = target
+        elif isinstance(target, AlarmClaimTarget):
+            self._handed[prefix] = target
 
     @property
     def prefixes(self) -> list[str]:
@@ -165,7 +179,8 @@ class AlarmSleeper:
     async def _claim_runs(
         self, runs: AlarmRunStore, now: int, limit: int, mine: list[str]
     ) -> Callable[[], Awaitable[None]] | None:
-        """Claim due alarms with their instances' leases and rows, and run those in batches.
+        """Claim due alarms with their instances' leases and rows, and run those in batches
+        (or, for an `AlarmClaimTarget`, first on the instance's actor).
 
         An instance something of this engine works on already (an actor, a lease being
         given up), or one whose lease another engine holds, goes to its actor as before.
@@ -176,15 +191,23 @@ class AlarmSleeper:
         actors, leases = self._actors, self._leases
         assert leases is not None
         held: dict[str, AlarmBatchTarget] = {}
-        batched = self._batched
+        handed: dict[str, AlarmClaimTarget] = {}
+        batched, to_hand = self._batched, self._handed
 
         def runs_here(key: str) -> bool:
             # In the claim's transaction, with no await: from here no actor starts for `key`.
             # Its definition's batch target, by the key's ``kind:name:`` prefix (as `target_for`).
             kind, _, rest = key.partition(":")
-            target = batched.get(f"{kind}:{rest.partition(':')[0]}:")
-            if target is not None and actors.hold(key):
-                held[key] = target
+            prefix = f"{kind}:{rest.partition(':')[0]}:"
+            target = batched.get(prefix)
+            if target is not None:
+                if actors.hold(key):
+                    held[key] = target
+                    return True
+                return False
+            other = to_hand.get(prefix)
+            if other is not None and actors.hold(key):
+                handed[key] = other
                 return True
             return False
 
@@ -193,7 +216,7 @@ class AlarmSleeper:
                 now, self.lease_ms, limit, mine, leases.owner, leases.lease_ms, runs_here
             )
         except BaseException:
-            for key in held:
+            for key in [*held, *handed]:
                 actors.leave(key)
             raise
         batches: dict[int, tuple[AlarmBatchTarget, list[ClaimedAlarm]]] = {}
@@ -201,11 +224,15 @@ class AlarmSleeper:
             key = one.alarm.key
             if not one.leased:
                 self._dispatch(one.alarm)
-                if key in held:
+                if key in held or key in handed:
                     actors.leave(key)  # its actor (posted to above) waits for the other engine's lease
                 continue
             actors.leased(key)
             self._claimed.add(one.alarm.id)
+            if key in handed:
+                # Told if the handler cannot run at all: as `_dispatch`'s.
+                actors.hand_over(key, functools.partial(self._run_claimed, handed[key], one), self._not_run(one.alarm))
+                continue
             target = held[key]  # leased: runs_here held it
             batches.setdefault(id(target), (target, []))[1].append(one)
         if len(batches) == 1 and len(claimed) < limit:
@@ -214,6 +241,15 @@ class AlarmSleeper:
         for target, batch in batches.values():
             actors.spawn(functools.partial(target.fire_batch, batch, self._finish))
         return None
+
+    def _not_run(self, alarm: Alarm) -> Callable[[StorageError], None]:
+        return lambda _error: self.done_with(alarm)
+
+    async def _run_claimed(self, target: AlarmClaimTarget, claimed: ClaimedAlarm) -> None:
+        try:
+            await target.on_claimed(claimed)
+        finally:
+            self.done_with(claimed.alarm)
 
     def _finish(self, claimed: ClaimedAlarm) -> None:
         self.done_with(claimed.alarm)
@@ -251,7 +287,7 @@ class AlarmSleeper:
                     handoffs.begin()
                     last = None
                     try:
-                        if self._runs is not None and self._batched:
+                        if self._runs is not None and (self._batched or self._handed):
                             last = await self._claim_runs(self._runs, now, min(self._batch, free), mine)
                         else:
                             alarms = await storage.claim_alarms(now, self.lease_ms, min(self._batch, free), mine)

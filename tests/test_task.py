@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -15,6 +17,7 @@ from returns.future import FutureResult
 from returns.result import Failure, Result, Success
 
 import djobs
+import djobs.storage
 from djobs.testing import TestEngine, failure, open_test_engine, success
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -839,3 +842,74 @@ async def test_handlers_take_every_body_form(autojump_clock: trio.testing.MockCl
         await engine.client.task(job).send(id="a", event=Tick())
         await advance_to(engine, T0 + timedelta(minutes=2))
         assert success(await engine.client.task(job).get_state("a")).state == Count(50)
+
+
+# -- an alarm's lease and row come with its claim ----------------------------------------------
+
+
+class _SlowClaimLayer:
+    """A storage layer whose claims of alarm runs take `seconds` after their transaction."""
+
+    def __init__(self, inner: djobs.storage.StorageLayer, seconds: float) -> None:
+        self._inner = inner
+        self._seconds = seconds
+
+    @asynccontextmanager
+    async def _open(self) -> AsyncIterator[djobs.storage.Storage]:
+        async with self._inner.open() as inner:
+            yield cast(djobs.storage.Storage, _SlowClaim(inner, self._seconds))
+
+    def open(self) -> AbstractAsyncContextManager[djobs.storage.Storage]:
+        return self._open()
+
+
+class _SlowClaim:
+    def __init__(self, inner: djobs.storage.Storage, seconds: float) -> None:
+        self._inner = inner
+        self._seconds = seconds
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def claim_alarm_runs(self, *args: Any) -> list[djobs.storage.ClaimedAlarm]:
+        claimed: list[djobs.storage.ClaimedAlarm] = await self._inner.claim_alarm_runs(*args)  # type: ignore[attr-defined]
+        await trio.sleep(self._seconds)
+        return claimed
+
+
+class Log(msgspec.Struct):
+    entries: list[str] = msgspec.field(default_factory=list)
+
+
+def log_event(event: str, ctx: djobs.TaskEventContext[Log]) -> None:
+    state = ctx.state or Log()
+    ctx.set_state(Log([*state.entries, event]))
+    if event == "first":
+        ctx.schedule(timedelta(hours=1))
+
+
+def log_execute(ctx: djobs.TaskContext[Log]) -> Log:
+    assert ctx.state is not None
+    return Log([*ctx.state.entries, "execute"])
+
+
+logger_task = djobs.Task.make("logger", state=Log, event=str, on_event=log_event, execute=log_execute)
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("on_file", [False, True], ids=["memory", "sqlite-file"])
+async def test_an_event_sent_while_its_alarm_is_claimed_runs_after_the_execute_on_its_state(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, on_file: bool
+) -> None:
+    # The claim takes the instance's lease and row; while it commits (1 s here) an event
+    # arrives. The execute runs first, from the row the claim read, and the event after it,
+    # from the execute's state: none of the three changes is lost or reordered.
+    inner = djobs.sqlite(tmp_path / "jobs.db") if on_file else djobs.memory()
+    async with open_test_engine([logger_task], storage=_SlowClaimLayer(inner, 1.0)) as engine:
+        client = engine.client.task(logger_task)
+        success(await client.send(id="a", event="first"))
+        await trio.sleep(3600 + 0.5)  # the alarm is claimed; its claim is still returning
+        success(await client.send(id="a", event="second"))
+        await engine.wait_idle()
+        assert success(await client.get_state("a")).state == Log(["first", "execute", "second"])
+        assert success(await client.status("a")) == djobs.TaskStatus("idle", None, 2)

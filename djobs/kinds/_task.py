@@ -58,7 +58,7 @@ from .._input import epoch_ms, text_problem
 from .._limits import NO_LIMITS, RunLimits, definition_limits, offloaded
 from .._logging import JobLog, LoggingOption, check_logging
 from .._retry import Retry, check_retry
-from ..storage import Alarm, Checkin, ClearAlarm, InstanceRecord, SetAlarm
+from ..storage import Alarm, Checkin, ClaimedAlarm, ClearAlarm, InstanceRecord, SetAlarm
 from ..storage._base import DeadLetter, Revival
 from ..tracking import TrackedEvent
 from ._common import (
@@ -736,9 +736,16 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
     # -- alarms, executes and the shared end of every step ---------------------------------
 
     async def on_alarm(self, alarm: Alarm) -> None:
+        await self._on_alarm(alarm, None)
+
+    async def on_claimed(self, claimed: ClaimedAlarm) -> None:
+        """Run a claimed alarm on the instance's actor, its lease and row taken by the claim."""
+        await self._on_alarm(claimed.alarm, claimed)
+
+    async def _on_alarm(self, alarm: Alarm, claimed: ClaimedAlarm | None) -> None:
         attempt = 1
         try:
-            loaded = await self.env.storage.load(alarm.key)
+            loaded = await self.env.storage.load(alarm.key) if claimed is None else claimed.stored
             if loaded is None or loaded[1] is None or loaded[1].id != alarm.id:
                 return  # terminated, or the alarm was replaced after it was claimed
             record, current = loaded
