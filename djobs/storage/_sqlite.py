@@ -903,7 +903,8 @@ class SqliteStorage:
         The first writer opens the transaction and leads a batch; each writer's
         statements run in a savepoint of their own, so a writer whose `fn`
         raises rolls back its own work only. With `single`, `fn` runs at most one
-        statement that writes, without a ``RETURNING`` cursor, and raises only
+        statement that writes (a ``RETURNING`` one read to its end: SQLite makes
+        all its changes at its first step), and raises only
         from it or before it (a read that checks): SQLite undoes a failing
         statement by itself, so no savepoint is needed (two statements fewer
         per write). More statements may follow the first that writes when none of
@@ -1252,7 +1253,8 @@ class SqliteStorage:
             rows = list(db.execute(_ACQUIRE_LEASE, (key, owner, lease_now + ttl_ms, lease_now)))
             return bool(rows)
 
-        return await self.write(run)
+        # One statement that writes, its RETURNING read to the end: no savepoint (see `write`).
+        return await self.write(run, single=True)
 
     async def lease_and_load(
         self, key: str, owner: str, now_ms: int, ttl_ms: int
@@ -1266,7 +1268,9 @@ class SqliteStorage:
                 return True, loaded(row)
             return True, None
 
-        return await self.write(run)
+        # The lease's upsert is the one statement that writes, the read after it refuses
+        # nothing: no savepoint (see `write`).
+        return await self.write(run, single=True)
 
     async def instance_lease_holder(self, key: str, now_ms: int | None = None) -> tuple[str, int] | None:
         shift = 0 if now_ms is None else now_ms - self.lease_now(now_ms)
