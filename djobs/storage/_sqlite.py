@@ -799,8 +799,17 @@ class _Checkpointer:
         self._stopping = False
         self._thread: threading.Thread | None = None
 
-    def wal_hook(self, _db: apsw.Connection, _name: str, pages: int) -> int:
-        """The writer's WAL hook (after each commit): past the threshold, wake the checkpoint thread."""
+    def wal_hook(self, db: apsw.Connection, _name: str, pages: int) -> int:
+        """The writer's WAL hook (after each commit): past the threshold, wake the checkpoint thread.
+
+        A WAL four times past it (one large transaction, or commits that outran the thread)
+        is checkpointed here, in the committing thread, as SQLite itself would: its space
+        comes back at the next commit, whatever the thread is doing, so the WAL stays bounded.
+        """
+        if pages >= 4 * WAL_AUTOCHECKPOINT_PAGES:
+            with contextlib.suppress(apsw.Error):  # busy: the thread checkpoints now
+                db.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+            return apsw.SQLITE_OK
         if pages >= WAL_AUTOCHECKPOINT_PAGES and not self._stopping:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="djobs-sqlite-checkpoint", daemon=True)
