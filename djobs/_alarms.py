@@ -35,6 +35,19 @@ class AlarmTarget(Protocol):
     async def on_alarm(self, alarm: Alarm) -> None: ...
 
 
+class Timer(Protocol):
+    """Work that the sleeper's task does at due times of its own (the cron jobs): one task
+    and one wake-up when it falls due with an alarm, not a second task beside the sleeper."""
+
+    def due_at(self) -> int | None:
+        """When it next has work, in epoch ms; ``None`` for never (until it pokes the sleeper)."""
+        ...
+
+    async def run_due(self, now: int) -> None:
+        """Do the work due at `now` (then `due_at` is later); raises nothing but a cancel."""
+        ...
+
+
 @runtime_checkable
 class AlarmBatchTarget(AlarmTarget, Protocol):
     """A target that can also run many claimed alarms at once, their instances' leases and
@@ -255,11 +268,15 @@ class AlarmSleeper:
         self.done_with(claimed.alarm)
         self._actors.leave(claimed.alarm.key)
 
-    async def loop(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Claim and dispatch due alarms forever; the engine's single alarm task."""
+    async def loop(
+        self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED, *, timer: Timer | None = None
+    ) -> None:
+        """Claim and dispatch due alarms forever, and run `timer`'s work when it is due; the
+        engine's single alarm task."""
         storage, clock, handoffs = self._storage, self._clock, self._handoffs
         task_status.started()
-        reached = False  # the last sleep lasted until the due time it was given
+        reached = False  # the last sleep lasted until the alarm due time it was given
+        owed = False  # no checkpoint since the last claim (a storage write need not be one)
         next_at: int | None = None
         while True:
             try:
@@ -275,14 +292,22 @@ class AlarmSleeper:
                 else:
                     next_at = await storage.next_alarm_at(mine)
                     now = clock.now_ms()
+                if timer is not None and (due := timer.due_at()) is not None and due <= now:
+                    await timer.run_due(now)  # raises nothing but a cancel
+                    now = clock.now_ms()
                 if next_at is not None and next_at <= now:
                     free = self._in_flight - len(self._claimed)
                     if free <= 0:
                         # Back-pressure: as many handlers in flight as allowed; claim more
                         # once half of them are done, not an actor per due alarm at once.
                         self._room = trio.Event()
-                        await self._room.wait()
+                        await self._wait_for_room(timer)
                         continue
+                    if owed:
+                        # Due again at once: a checkpoint before the next claim, so a run of due
+                        # alarms never starves the other tasks (the spawned ones start).
+                        owed = False
+                        await trio.lowlevel.checkpoint()
                     # Busy until dispatched: the claim hides the alarms before their actors exist.
                     handoffs.begin()
                     last = None
@@ -295,17 +320,35 @@ class AlarmSleeper:
                                 self._dispatch(alarm)
                     finally:
                         handoffs.end()
-                    if last is not None and not await self._actors.run_here(last):
-                        self._actors.spawn(last)  # no concurrency slot free now: it waits for one in a task
-                    # Its write (or the claim's) let the other tasks run; the spawned ones need a checkpoint.
                     if last is None:
-                        await trio.lowlevel.checkpoint()
+                        await trio.lowlevel.checkpoint()  # the spawned tasks start
+                    else:
+                        if not await self._actors.run_here(last):
+                            self._actors.spawn(last)  # no concurrency slot free now: it waits for one in a task
+                        owed = True  # the next sleep is the checkpoint, or the next claim takes one
                     continue
             except StorageError as exc:
                 _log.error("alarm sleeper: %s; trying again in 1 s", exc.message)
                 await trio.sleep(1)
                 continue
-            reached = await self._wakeup.sleep_until(next_at)
+            wake_at = next_at
+            if timer is not None:
+                due = timer.due_at()
+                if due is not None and (wake_at is None or due < wake_at):
+                    wake_at = due
+            reached = await self._wakeup.sleep_until(wake_at) and wake_at == next_at
+            owed = False
+
+    async def _wait_for_room(self, timer: Timer | None) -> None:
+        """Wait until half the claimed handlers are done, or until `timer` is due: its work
+        (a cron fire) is not held up by alarms in flight."""
+        due = None if timer is None else timer.due_at()
+        if due is None:
+            await self._room.wait()
+            return
+        # A clock layer's time passes at Trio's pace: woken early, the loop waits again.
+        with trio.move_on_after(max(0, due - self._clock.now_ms()) / 1000):
+            await self._room.wait()
 
     async def release_claimed(self) -> None:
         """Make the alarms still claimed due again at their fire time (a clean close: a restart fires them at once)."""

@@ -12,6 +12,7 @@ import sniffio
 import trio
 from typing_extensions import TypeVar as DefaultTypeVar
 
+from ._alarms import Timer
 from ._client import Client
 from ._clock import Clock, WallClock
 from ._dead_letters import DeadLetters
@@ -401,9 +402,9 @@ async def open_engine_as(
             runtime.register(f"{d.kind}:{d.name}:", handler)
         alarm_scope = trio.CancelScope()
 
-        async def alarms() -> None:
+        async def alarms(timer: Timer | None) -> None:
             with alarm_scope:
-                await _guarded(runtime.alarm_loop)
+                await _guarded(functools.partial(runtime.alarm_loop, timer=timer))
 
         if isinstance(the_tracker, BackgroundTracker):
             # A tracker's own task (HttpBatchTracker's sender) lives in this nursery; aclose below stops it.
@@ -422,13 +423,12 @@ async def open_engine_as(
             # Inside the try: a bad queue definition or a storage error here reaches
             # the caller as itself (below), like an error in the caller's block.
             queue, crons, queue_worker = await _open_queue(
-                env, store, nursery, handlers, worker, tenancy, runtime.owner
+                env, store, nursery, handlers, worker, tenancy, runtime.owner, alarm_wakeup
             )
             # Before any body can run (an alarm due at startup, a claimed job): ctx.client is this.
             client = Client(handlers, queue=queue, crons=crons, dead_letters=DeadLetters(runtime, handlers, queue))
             env.clients.fill(client)
             if runtime.fires_alarms:
-                nursery.start_soon(alarms)
                 if retention is not None:
                     nursery.start_soon(_guarded, functools.partial(retention_loop, store, env.clock, retention))
                 for handler in handlers.values():
@@ -449,7 +449,10 @@ async def open_engine_as(
                 if queue_worker.claiming and crons is not None:
                     await nursery.start(_scoped, queue_scopes, functools.partial(_guarded, queue_worker.claim_loop))
                     await nursery.start(_scoped, queue_scopes, functools.partial(_guarded, queue_worker.start_loop))
-                    await nursery.start(_scoped, queue_scopes, functools.partial(_guarded, crons.loop))
+            if runtime.fires_alarms:
+                # The cron jobs fire in the alarm task (once the worker that runs their jobs has
+                # started), which sleeps until the earlier of its next alarm and their next run.
+                nursery.start_soon(alarms, crons if crons is not None and crons.names else None)
             yield engine_type(runtime, client, queue_worker, crons)
         except BaseException as exc:
             # Re-raised below, outside the nursery, so an error in the caller's
@@ -531,6 +534,7 @@ async def _open_queue(
     options: WorkerOptions | None,
     tenancy: Tenancy,
     engine_id: str,
+    wakeup: Wakeup,
 ) -> tuple[JobQueue | None, CronScheduler | None, Worker | None]:
     """The job queue, cron jobs and worker of an engine (none if the storage layer holds no queue)."""
     jobs = [h for h in handlers.values() if isinstance(h, JobHandler)]
@@ -549,6 +553,6 @@ async def _open_queue(
         # A cron job's job runs here even if it is not among the definitions.
         known = queue.handlers.get(cron.job.job.name)
         queue.add(known if known is not None and known.job is cron.job.job else JobHandler(cron.job.job, env))
-    crons = CronScheduler(env, store, queue, cron_jobs, None if options is None else options.poll_interval_ms)
+    crons = CronScheduler(env, store, queue, cron_jobs, None if options is None else options.poll_interval_ms, wakeup)
     await crons.sync()
     return queue, crons, queue_worker

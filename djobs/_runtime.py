@@ -23,7 +23,7 @@ from typing import TypeVar
 import trio
 
 from ._actors import Actors, Handler, OnError
-from ._alarms import AlarmSleeper, AlarmTarget
+from ._alarms import AlarmSleeper, AlarmTarget, Timer
 from ._execution import Env
 from ._leases import DEFAULT_INSTANCE_LEASE, InstanceLeases, dead_local_owner
 from ._wakeup import Wakeup
@@ -146,9 +146,11 @@ class Runtime:
         """The handler that instance `key`'s alarms go to (its definition's), if registered."""
         return self.alarms.target_for(key)
 
-    async def alarm_loop(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Claim and dispatch due alarms forever; the engine's single alarm task."""
-        await self.alarms.loop(task_status=task_status)
+    async def alarm_loop(
+        self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED, *, timer: Timer | None = None
+    ) -> None:
+        """Claim and dispatch due alarms forever, and run `timer`'s work when due; the engine's single alarm task."""
+        await self.alarms.loop(task_status=task_status, timer=timer)
 
     async def lease_keeper(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Renew the leases of instances whose handlers run long; the engine's one renewal task."""

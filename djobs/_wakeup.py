@@ -1,9 +1,9 @@
 """`Wakeup`: how the engine's background loops wait.
 
-The alarm sleeper, the queue's claim loop and the cron scheduler each sleep
-until their earliest due time, wake early when this process adds something
-due sooner (a poke), and, when other processes share the database, look
-again after a poll interval at the latest.
+The alarm sleeper (which fires the cron jobs too) and the queue's claim loop
+each sleep until their earliest due time, wake early when this process adds
+something due sooner (a poke), and, when other processes share the
+database, look again after a poll interval at the latest.
 """
 
 from __future__ import annotations
@@ -54,28 +54,29 @@ class Wakeup:
         asked = at_ms
         if missed != math.inf and (at_ms is None or missed < at_ms):
             at_ms = int(missed)
-        scope = self._scope = trio.CancelScope()
+        clock = self._clock
+        # A virtual due time is a Trio time: the one scope is both the wait and the poke's,
+        # rather than a second scope inside the clock's sleep. Its deadline is given as it is
+        # made (a deadline set on an entered scope costs a second registration).
+        virtual = False
+        due = math.inf
+        if at_ms is not None and isinstance(clock, VirtualClock):
+            virtual, due = True, clock.trio_deadline(at_ms)
+        deadline = due
+        if self._poll_ms is not None:
+            deadline = min(due, trio.current_time() + self._poll_ms / 1000)
+        scope = self._scope = trio.CancelScope(deadline=deadline)
         self._until = math.inf if at_ms is None else at_ms
         self._cut = False
-        clock = self._clock
-        due = math.inf
         with scope:
-            if self._poll_ms is not None:
-                scope.deadline = trio.current_time() + self._poll_ms / 1000
-            if at_ms is None:
-                await trio.sleep_forever()
-            elif isinstance(clock, VirtualClock):
-                # A virtual due time is a Trio time: this one scope is both the wait and the
-                # poke's, rather than a second scope inside the clock's sleep.
-                due = clock.trio_deadline(at_ms)
-                scope.deadline = min(scope.deadline, due)
+            if at_ms is None or virtual:
                 await trio.sleep_forever()
             else:
                 await clock.sleep_until(at_ms)
         self._scope = None
         if self._cut or at_ms is None:
             return False
-        if scope.deadline == due:  # a virtual clock's due time ended it (not the poll interval)
+        if virtual and deadline == due:  # a virtual clock's due time ended it (not the poll interval)
             if clock.now_ms() < at_ms:
                 await clock.sleep_until(at_ms)  # woken a hair early (float rounding): never before `at_ms`
             return at_ms == asked

@@ -314,6 +314,38 @@ async def test_a_cron_job_with_concurrency_1_never_overlaps_a_slow_run(autojump_
         assert any(b < a_end for (_, a_end), (b, _) in pairwise(ordered)) is overlaps
 
 
+class Idle(msgspec.Struct):
+    pass
+
+
+@pytest.mark.trio
+async def test_a_cron_fires_on_time_while_every_alarm_handler_allowed_in_flight_still_runs(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The alarm task fires the cron jobs too: its back-pressure (claimed handlers at their
+    # limit, 400, none finishing) must not hold up a fire past its time.
+    fires: list[datetime] = []
+    release = trio.Event()
+    finished = 0
+
+    async def hang(ctx: djobs.ContinuousContext[Idle]) -> None:
+        nonlocal finished
+        await release.wait()
+        finished += 1
+
+    stuck = djobs.Continuous.make("stuck", state=Idle, schedule=djobs.every("1 day"), execute=hang)
+    minutely = own_body_cron("minutely", djobs.cron("* * * * *"), fires, missed="skip")
+    async with open_test_engine([stuck, minutely], max_concurrency=1000) as engine:
+        for i in range(450):
+            success(await engine.client.continuous(stuck).start(id=f"i{i}", input=Idle()))
+        await trio.sleep(5 * 60 + 30)
+        assert fires == [START + timedelta(minutes=m) for m in range(1, 6)]
+        assert finished == 0
+        release.set()
+        await engine.wait_idle()
+        assert finished == 450
+
+
 def test_cron_limits_go_with_execute_not_with_job() -> None:
     report = report_job([])
     for option in ({"concurrency": 1}, {"rate_limit": "1/minute"}):

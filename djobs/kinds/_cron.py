@@ -1,7 +1,7 @@
 """Cron jobs: a schedule that enqueues one job per fire time, however many engines run.
 
 Each cron job is a row in ``cron_jobs`` holding its ``next_run_at``. The
-engine's cron task sleeps until the earliest one, then advances the row with
+engine's alarm task sleeps until the earliest one, then advances the row with
 a compare-and-set on ``next_run_at`` *in the same transaction* as the
 enqueue: of two engines on one database that wake for the same fire time,
 exactly one moves the row on, and only that one's job is stored.
@@ -256,10 +256,17 @@ def _info(record: CronRecord) -> CronInfo:
 
 
 class CronScheduler:
-    """The cron jobs of one engine: stored at open, fired by one task sleeping until the earliest."""
+    """The cron jobs of one engine: stored at open, fired by the alarm task (`AlarmSleeper.loop`),
+    which sleeps until the earlier of its next alarm and their next run (`due_at`)."""
 
     def __init__(
-        self, env: Env, storage: QueueStorage, queue: JobQueue, handlers: list[CronHandler], poll_ms: int | None
+        self,
+        env: Env,
+        storage: QueueStorage,
+        queue: JobQueue,
+        handlers: list[CronHandler],
+        poll_ms: int | None,
+        wakeup: Wakeup,
     ) -> None:
         self.env = env
         self.storage = storage
@@ -267,11 +274,21 @@ class CronScheduler:
         self.crons: dict[str, CronJob[Any]] = {h.job.name: h.job for h in handlers}
         self._names = sorted(self.crons)
         self._log = env.logger.getChild("cron")
-        # Another process may enable a cron job or change a schedule: poll_ms bounds the sleep.
-        self._wakeup = Wakeup(env.clock, poll_ms)
+        # Another process may enable a cron job or change a schedule: poll_ms bounds the wait.
+        self._poll_ms = poll_ms
+        #: What the task that fires the cron jobs sleeps on (the alarm sleeper's): a poke wakes it.
+        self._wakeup = wakeup
+        #: When to look next: at once on opening, then the earliest stored next run (or the
+        #: poll interval, or a second after a storage error); ``None`` when no cron job is enabled.
+        self._due: int | None = 0 if self._names else None
         for cron in self.crons.values():
             if cron.tenant_id is None and queue.tenancy == "required":
                 raise TenantError(f"cron job {cron.name!r} has no tenant_id, and this engine requires one")
+
+    @property
+    def names(self) -> list[str]:
+        """The names of this engine's cron jobs, sorted."""
+        return self._names
 
     async def sync(self) -> None:
         """Write the definitions to storage; an unchanged schedule keeps its stored next run."""
@@ -296,7 +313,9 @@ class CronScheduler:
             await self.storage.sync_cron_jobs(specs)
 
     def poke(self, at_ms: int) -> None:
-        """Wake the cron task if it sleeps past `at_ms` (a cron job was enabled)."""
+        """Look again at `at_ms` (a cron job was enabled): wake the task that fires them if it sleeps past that."""
+        if self._due is None or at_ms < self._due:
+            self._due = at_ms
         self._wakeup.poke(at_ms)
 
     async def has_due(self) -> bool:
@@ -309,40 +328,58 @@ class CronScheduler:
         self.poke(now)
         return True
 
-    async def loop(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Fire due cron jobs, then sleep until the next; the engine's single cron task."""
-        storage, clock = self.storage, self.env.clock
-        task_status.started()
-        if not self._names:
-            return
-        while True:
-            now = clock.now_ms()
-            try:
-                due = await storage.due_cron_jobs(self._names, now)
-                stored: dict[str, int] = {}  # the next run each fire here stored (0: another engine's)
-                while due:
-                    again = False
-                    for record in due:
-                        # Read again only when a fire leaves its job due (missed fires run one by
-                        # one) or another engine fired it first (its next time unknown here).
-                        following = stored[record.name] = await self._fire(record, now)
-                        if following <= now:
-                            again = True
-                    due = await storage.due_cron_jobs(self._names, now) if again else []
-                if len(stored) == len(self._names) and min(stored.values()) > now:
-                    # Every cron job of this engine fired here just now: its next run is the one
-                    # it stored, so there is nothing to read (a change made elsewhere since
-                    # shows at the next wake-up or poll, as it would after a read).
-                    next_at: int | None = min(stored.values())
+    def due_at(self) -> int | None:
+        """When the cron jobs next need a look (epoch ms), ``None`` for never (until a poke)."""
+        return self._due
+
+    async def run_due(self, now: int) -> None:
+        """Fire the cron jobs due at `now`, then note when to look next (`due_at`).
+
+        Run by the alarm sleeper's task (`AlarmSleeper.loop`), which sleeps until the
+        earlier of its next alarm and `due_at`: one task and one wake-up where an hourly
+        cron and an hourly schedule fire together. Never raises but for a cancel: a storage
+        error (or a bug) is logged and the cron jobs are looked at again a second later.
+        """
+        storage = self.storage
+        self._due = None  # a poke while this runs sets it (below: the earlier of the two counts)
+        try:
+            due = await storage.due_cron_jobs(self._names, now)
+            stored: dict[str, int] = {}  # the next run each fire here stored (0: another engine's)
+            while due:
+                again = False
+                for record in due:
+                    # Read again only when a fire leaves its job due (missed fires run one by
+                    # one) or another engine fired it first (its next time unknown here).
+                    following = stored[record.name] = await self._fire(record, now)
+                    if following <= now:
+                        again = True
+                if again:
+                    await trio.lowlevel.checkpoint()  # a long run of missed fires lets the other tasks run
+                    due = await storage.due_cron_jobs(self._names, now)
                 else:
-                    next_at = await storage.next_cron_at(self._names)
-            except StorageError as exc:
-                self._log.error("cron task: %s; trying again in 1 s", exc.message)
-                await trio.sleep(1)
-                continue
-            if next_at is not None:
-                next_at = max(next_at, now + 1)
-            await self._wakeup.sleep_until(next_at)
+                    due = []
+            if len(stored) == len(self._names) and min(stored.values()) > now:
+                # Every cron job of this engine fired here just now: its next run is the one
+                # it stored, so there is nothing to read (a change made elsewhere since
+                # shows at the next wake-up or poll, as it would after a read).
+                next_at: int | None = min(stored.values())
+            else:
+                next_at = await storage.next_cron_at(self._names)
+        except StorageError as exc:
+            self._log.error("cron task: %s; trying again in 1 s", exc.message)
+            next_at = now + 1000
+        except Exception:
+            self._log.exception("bug: firing the cron jobs raised; trying again in 1 s")
+            next_at = now + 1000
+        if next_at is not None:
+            # A job due now was left (another process fired it meanwhile): look again in a
+            # millisecond rather than spin without letting time pass.
+            next_at = max(next_at, now + 1)
+        if self._poll_ms is not None:
+            polled = now + self._poll_ms
+            next_at = polled if next_at is None else min(next_at, polled)
+        poked = self._due
+        self._due = next_at if poked is None or (next_at is not None and next_at < poked) else poked
 
     async def _fire(self, record: CronRecord, now: int) -> int:
         """Fire `record` (enqueue its job, or skip a missed time) and store its next run time.
