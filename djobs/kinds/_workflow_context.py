@@ -266,6 +266,9 @@ class Run:
     stepped: int = 0
     last_made: str = ""
     held: list[str] | None = None
+    #: How many of the log's entries are finished steps (the record's ``execute_count``), kept as
+    #: steps finish: counted from the log once per run (`WorkflowHandler._run`), not per write.
+    steps_done: int = 0
 
     # -- plumbing --
 
@@ -316,7 +319,7 @@ class Run:
         env = handler.env
         record.data = encoder.encode(self.log)
         record.status = status
-        record.execute_count = len([e for e in self.log.entries if e.kind == "step" and e.done])
+        record.execute_count = self.steps_done
         record.updated_at = env.clock.now_ms() if now is None else now
         events, self.events = self.events, []
         if alarm is not None and not isinstance(alarm, ClearAlarm):
@@ -374,6 +377,8 @@ class Run:
         return WorkflowCancelledError(self.handler.job.name, self.record.instance_id, self.cancel_reason)
 
     def deliver_cancel(self, entry: Entry) -> NoReturn:
+        if entry.kind == "step" and not entry.done:
+            self.steps_done += 1
         entry.done, entry.cancelled = True, True
         self.cancel_delivered = True
         raise self.cancelled()
@@ -463,6 +468,7 @@ class Run:
             raw, result = copied
             entry.done, entry.until, entry.error = True, None, None
             entry.value = msgspec.Raw(raw)
+            self.steps_done += 1
             if env.tracking:
                 self.events.append(
                     env.event(
@@ -505,6 +511,7 @@ class Run:
             )
             self.suspend("running", SetAlarm(entry.until, RETRY))
         entry.done, entry.until, entry.error = True, None, ErrorInfo.of(error)
+        self.steps_done += 1
         log.error("step failed for good: %s", error.message)
         self.event("workflow.step_failed", **failed_step_data(name, attempt, error, will_retry=False))
         await self.checkpoint()
