@@ -42,6 +42,8 @@ _SELF_ADVICE = {
     ),
 }
 _SELF_NAMES = {"workflow": "workflow", "task": "task"}
+#: A concurrency slot (`Actors._free_slot`): slots are counted, so one object stands for each.
+_SLOT = object()
 
 #: The instances whose handlers the current task is running, or waiting for
 #: through `Actors.call` (a handler that calls another instance's verb). A call
@@ -63,7 +65,11 @@ class Actors:
         self._leases = leases
         #: Each active instance's queue of work (a plain deque: one task reads it, `post` appends).
         self._actors: dict[str, deque[Message]] = {}
-        self._limiter = trio.CapacityLimiter(max_concurrency)
+        #: Concurrency slots free now, and the tasks waiting for one (`_acquire`), whom `_release`
+        #: serves first. Counted here, not by a `trio.CapacityLimiter`: a slot holds no borrower's
+        #: identity, and a count asks no property of the limiter per take and per give-back.
+        self._free = max_concurrency
+        self._slot_waiters = trio.lowlevel.ParkingLot()
         self._idle = trio.Event()
         self._idle.set()
         self._closing = False
@@ -125,28 +131,29 @@ class Actors:
         self._nursery.start_soon(self._actor, key, queue, slot)
 
     def _free_slot(self) -> object | None:
-        """A concurrency slot taken now if one is free (no trip through the scheduler), else ``None``."""
-        limiter = self._limiter
-        if limiter.available_tokens <= 0:
-            return None  # the common answer under load, without raising and catching WouldBlock
-        slot = object()
-        try:
-            limiter.acquire_on_behalf_of_nowait(slot)
-        except trio.WouldBlock:  # tokens, but tasks waiting for them first
+        """A concurrency slot taken now if one is free and no task waits for one first (no trip
+        through the scheduler), else ``None``."""
+        if self._free <= 0 or self._slot_waiters:
             return None
-        return slot
+        self._free -= 1
+        return _SLOT
 
     async def _acquire(self) -> object:
         """Take a concurrency slot, waiting for one only when none is free."""
         slot = self._free_slot()
         if slot is None:
-            slot = object()
-            await self._limiter.acquire_on_behalf_of(slot)
+            # `_release` hands its slot to the first waiter; a cancel ends the wait with none taken.
+            await self._slot_waiters.park()
+            slot = _SLOT
         return slot
 
     def _release(self, slot: object) -> None:
-        """Give a concurrency slot back; start the backlog's actors while slots are free."""
-        self._limiter.release_on_behalf_of(slot)
+        """Give a concurrency slot back (to the first task waiting for one, if any); start the
+        backlog's actors while slots are free."""
+        if self._slot_waiters:
+            self._slot_waiters.unpark()
+        else:
+            self._free += 1
         backlog = self._backlog
         while backlog and (free := self._free_slot()) is not None:
             key, queue = backlog.popleft()
