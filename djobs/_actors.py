@@ -79,6 +79,14 @@ class Actors:
         #: posted to one of them waits, its actor started only at `leave`.
         self._inline: dict[str, contextvars.Token[frozenset[str]] | None] = {}
         self._waiting: dict[str, deque[Message]] = {}
+        #: Where actors run (`run`): a nursery inside one shielded scope, so a handler needs no
+        #: shielded scope of its own (entering and leaving one is about 45 Python calls in Trio);
+        #: ``None`` before `run` starts and once `cancel_running` cancelled that scope: then actors
+        #: start in the engine's nursery, each handler under a shielded scope of its own.
+        self._shared: trio.Nursery | None = None
+        self._shield = trio.CancelScope(shield=True)
+        #: Handlers running in the shared nursery (without a scope of their own).
+        self._running = 0
         #: Actors of instances whose lease is held here, waiting for a concurrency slot without a
         #: task yet (`_start`); a slot given back (`_release`) starts the first of them.
         self._backlog: deque[tuple[str, deque[Message]]] = deque()
@@ -121,14 +129,34 @@ class Actors:
         no task is started only to wait on the limiter (a Trio task step fewer per handler).
         """
         if self._leases.serial(key) is None:
-            self._nursery.start_soon(self._actor, key, queue, None)
+            self._launch(key, queue, None)
             return
         self._leases.busy(key)  # not given up while it waits
         slot = self._free_slot()
         if slot is None:
             self._backlog.append((key, queue))
             return
-        self._nursery.start_soon(self._actor, key, queue, slot)
+        self._launch(key, queue, slot)
+
+    def _launch(self, key: str, queue: deque[Message], slot: object | None) -> None:
+        """Start the task of `key`'s actor: in the shared nursery while it is open, else in the engine's."""
+        shared = self._shared
+        if shared is not None:
+            shared.start_soon(self._shared_actor, key, queue, slot)
+        else:
+            self._nursery.start_soon(self._actor, key, queue, slot, True)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep the shared nursery of actors open, shielded from a cancel of the engine's scope,
+        until `cancel_running` cancels it (the engine's close always calls it)."""
+        with self._shield:
+            async with trio.open_nursery() as nursery:
+                self._shared = nursery
+                try:
+                    task_status.started()
+                    await trio.sleep_forever()
+                finally:
+                    self._shared = None
 
     def _free_slot(self) -> object | None:
         """A concurrency slot taken now if one is free and no task waits for one first (no trip
@@ -157,7 +185,7 @@ class Actors:
         backlog = self._backlog
         while backlog and (free := self._free_slot()) is not None:
             key, queue = backlog.popleft()
-            self._nursery.start_soon(self._actor, key, queue, free)
+            self._launch(key, queue, free)
 
     @property
     def closing(self) -> bool:
@@ -343,13 +371,28 @@ class Actors:
             raise StorageError("the engine closed before the call completed; it may not have been applied")
         return box[0]
 
-    async def _actor(self, key: str, queue: deque[Message], slot: object | None) -> None:
-        # `slot`: a concurrency slot `_start` took for the first handler, or None.
+    async def _shared_actor(self, key: str, queue: deque[Message], slot: object | None) -> None:
+        """`_actor` in the shared nursery: its handlers need no shielded scope of their own."""
+        try:
+            await self._actor(key, queue, slot, False)
+        except trio.Cancelled:
+            # `cancel_running` cancelled the shared scope: the running handler (if any) ended as
+            # its own scope's cancel ended it before, and the rest of the queue goes on as it did
+            # then, in a task of the engine's nursery, each handler under a scope of its own.
+            self._nursery.start_soon(self._actor, key, queue, None, True)
+
+    async def _actor(self, key: str, queue: deque[Message], slot: object | None, scoped: bool) -> None:
+        # `slot`: a concurrency slot `_start` took for the first handler, or None. `scoped`: each
+        # handler runs under a shielded scope of its own (outside the shared nursery).
         # Only the holder of the instance's lease runs its handlers, so two
         # engine processes on one database never run one instance at once.
         try:
             if slot is None or self._leases.serial(key) is None:  # else `_start` found it held, and kept it
                 await self._leases.take(key)
+        except trio.Cancelled:
+            if slot is not None:
+                self._release(slot)
+            raise
         except Exception as exc:  # a storage failure, or a bug: the queued callers are told, the engine lives
             if slot is not None:
                 self._release(slot)
@@ -366,16 +409,26 @@ class Actors:
                 slot = await self._acquire()
             running = _RUNNING.set(frozenset((key,)))
             # Shielded: a cancel of the scope around the engine does not kill a running
-            # handler; `close` lets it finish for the grace period, then cancels this scope.
-            scope = trio.CancelScope(shield=True)
-            self._handler_scopes.add(scope)
+            # handler; `close` lets it finish for the grace period, then cancels its scope
+            # (the shared nursery's, or its own).
             try:
-                with scope:
-                    await handler()
+                if scoped:
+                    scope = trio.CancelScope(shield=True)
+                    self._handler_scopes.add(scope)
+                    try:
+                        with scope:
+                            await handler()
+                    finally:
+                        self._handler_scopes.discard(scope)
+                else:
+                    self._running += 1
+                    try:
+                        await handler()
+                    finally:
+                        self._running -= 1
             except Exception:
                 _log.exception("bug: a handler for %s raised; the instance's actor continues", key)
             finally:
-                self._handler_scopes.discard(scope)
                 _RUNNING.reset(running)
                 self._release(slot)
                 slot = None
@@ -403,9 +456,19 @@ class Actors:
         """Refuse new `call`s (the engine is closing); posted work still runs."""
         self._closing = True
 
+    def end_shared(self) -> None:
+        """Cancel the shared nursery's scope (`run` returns once its actors are done); actors
+        started from now on run in the engine's nursery. `cancel_running` does it too."""
+        self._shared = None
+        self._shield.cancel()
+
     async def cancel_running(self, wait_seconds: float) -> None:
-        """Cancel the handlers still running (past the grace) and wait up to `wait_seconds` for them to end."""
-        if not self._handler_scopes:
+        """Cancel the handlers still running (past the grace) and wait up to `wait_seconds` for them to end.
+
+        Also closes the shared nursery (`run`): actors started from now on run in the engine's."""
+        running = self._running or self._handler_scopes
+        self.end_shared()
+        if not running:
             return
         # They commit nothing; their alarms fire again after the lease, or at once after a restart.
         for scope in list(self._handler_scopes):

@@ -420,6 +420,8 @@ async def open_engine_as(
         queue_worker: Worker | None = None
         queue_scopes: list[trio.CancelScope] = []
         try:
+            # The actors' nursery, shielded from a cancel of this one until the close below ends it.
+            await nursery.start(runtime.actors.run)
             # Inside the try: a bad queue definition or a storage error here reaches
             # the caller as itself (below), like an error in the caller's block.
             queue, crons, queue_worker = await _open_queue(

@@ -178,11 +178,14 @@ class Runtime:
         """Stop taking work, let queued handlers finish for up to `grace_seconds`,
         then release the alarms still claimed so a restart fires them at once."""
         self.actors.stop_taking_calls()
-        with trio.move_on_after(grace_seconds):
-            await self.wait_idle()
-        # Past the grace: cancel what still runs (it commits nothing; its alarm fires
-        # again after its lease, or at once after a restart, released below).
-        self.alarms.keep_claims()
-        await self.actors.cancel_running(max(grace_seconds, 1.0))
+        try:
+            with trio.move_on_after(grace_seconds):
+                await self.wait_idle()
+            # Past the grace: cancel what still runs (it commits nothing; its alarm fires
+            # again after its lease, or at once after a restart, released below).
+            self.alarms.keep_claims()
+            await self.actors.cancel_running(max(grace_seconds, 1.0))
+        finally:
+            self.actors.end_shared()  # whatever happened above: the engine's nursery must be able to close
         await self.leases.release_idle(0)
         await self.alarms.release_claimed()

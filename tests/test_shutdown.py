@@ -86,6 +86,36 @@ async def test_handlers_running_past_the_grace_are_cancelled_and_nothing_of_them
 
 
 @pytest.mark.trio
+async def test_a_call_queued_behind_a_handler_the_close_cut_off_is_still_applied(
+    autojump_clock: trio.testing.MockClock,
+    layer: djobs.storage.StorageLayer,  # noqa: F811
+) -> None:
+    """Past the grace the running body is cancelled; a call its instance had queued behind it
+    still runs (under a shielded scope of its own) and is committed before the engine ends."""
+    done: list[str] = []
+    counter = slow_counter(600, done)
+    with trio.CancelScope() as host:
+        async with open_test_engine([counter], storage=layer, shutdown_grace="10 seconds") as engine:
+            client = engine.client.continuous(counter)
+            await client.start(id="a", input=Count())
+            await trio.sleep(1)  # the 600 s body runs on the instance's actor
+
+            async def pause() -> None:
+                await client.pause("a")
+
+            async with trio.open_nursery() as callers:
+                callers.start_soon(pause)
+                await trio.sleep(1)  # queued behind the body
+                host.cancel()
+                await trio.sleep_forever()
+    assert done == []
+    if repr(layer) == "memory()":
+        return  # a private memory store ends with its engine
+    async with open_test_engine([counter], storage=layer, worker=None) as engine:
+        assert success(await engine.client.continuous(counter).status("a")).status == "stopped"
+
+
+@pytest.mark.trio
 async def test_a_close_waiting_on_a_slow_claim_lets_virtual_time_pass(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
