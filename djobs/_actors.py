@@ -120,7 +120,7 @@ class Actors:
                 self._waiting[key] = queue  # after the handler running in its caller's task (`leave`)
             else:
                 self._start(key, queue)
-        queue.appendleft((handler, on_error))
+        queue.append((handler, on_error))
 
     def _start(self, key: str, queue: deque[Message]) -> None:
         """Start the actor of `key`. When this engine holds `key`'s lease (the actor takes it

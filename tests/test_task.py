@@ -913,3 +913,33 @@ async def test_an_event_sent_while_its_alarm_is_claimed_runs_after_the_execute_o
         await engine.wait_idle()
         assert success(await client.get_state("a")).state == Log(["first", "execute", "second"])
         assert success(await client.status("a")) == djobs.TaskStatus("idle", None, 2)
+
+
+@pytest.mark.trio
+async def test_events_sent_to_one_instance_at_once_are_handled_in_the_order_sent(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    handled: list[str] = []
+
+    async def on_event(event: Plan, ctx: djobs.TaskEventContext[Notes]) -> None:
+        if event.note == "first":
+            await trio.sleep(1)  # the other events arrive meanwhile and wait on the instance
+        handled.append(event.note)
+        ctx.set_state(Notes(event.note))
+
+    def execute(ctx: djobs.TaskContext[Notes]) -> None:
+        return None
+
+    job = djobs.Task.make("ordered", state=Notes, event=Plan, on_event=on_event, execute=execute)
+    async with open_test_engine([job]) as engine:
+        client = engine.client.task(job)
+
+        async def send(note: str) -> None:
+            success(await client.send(id="a", event=Plan(note)))
+
+        async with trio.open_nursery() as senders:
+            for note in ["first", "second", "third", "fourth"]:
+                senders.start_soon(send, note)
+                await trio.sleep(0.1)  # each sent after the one before
+        assert handled == ["first", "second", "third", "fourth"]
+        assert success(await client.get_state("a")).state == Notes("fourth")
