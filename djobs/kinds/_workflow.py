@@ -75,6 +75,7 @@ from ..storage import (
     ClearAlarm,
     InstanceCheckpointer,
     InstanceCreator,
+    InstanceExistsError,
     InstanceRecord,
     LeaseLostError,
     SetAlarm,
@@ -333,7 +334,12 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
             if loaded is not None:
                 return Success(WorkflowStartResult(False, instance_id, cast(WorkflowStatusName, loaded[0].status)))
             record, checkin, events = self._new(key, instance_id, state, parent)
-            await self.commit(checkin, events)
+            try:
+                await self.commit(checkin, events)
+            except InstanceExistsError as exists:  # stored meanwhile by another start's one write
+                return Success(
+                    WorkflowStartResult(False, instance_id, cast(WorkflowStatusName, exists.stored[0].status))
+                )
             self._run_next(key, record)
             return Success(WorkflowStartResult(True, instance_id, "running"))
 
@@ -357,7 +363,7 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
             created_at=now,
             updated_at=now,
         )
-        checkin = Checkin(key=key, record=record, alarm=self._wake_alarm(now))
+        checkin = Checkin(key=key, record=record, alarm=self._wake_alarm(now), create=True)
         return record, checkin, [self.event(record, "workflow.started")] if env.tracking else []
 
     async def status(self, instance_id: str) -> Result[WorkflowStatus, StorageError]:

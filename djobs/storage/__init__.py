@@ -24,6 +24,7 @@ from ._base import ExpiredLease as ExpiredLease
 from ._base import HeldStarts as HeldStarts
 from ._base import InstanceCheckpointer as InstanceCheckpointer
 from ._base import InstanceCreator as InstanceCreator
+from ._base import InstanceExistsError as InstanceExistsError
 from ._base import InstanceLeaseLoader as InstanceLeaseLoader
 from ._base import InstanceLister as InstanceLister
 from ._base import InstanceRecord as InstanceRecord
@@ -62,6 +63,7 @@ __all__ = [
     "FaultyStorage",
     "InstanceCheckpointer",
     "InstanceCreator",
+    "InstanceExistsError",
     "InstanceLeaseLoader",
     "InstanceLister",
     "InstanceRecord",

@@ -81,6 +81,10 @@ class Checkin(msgspec.Struct, kw_only=True):
     #: A dead letter to keep, written in the same transaction (a Debounce batch
     #: whose flush failed, the final state of an instance ended by exhausted retries).
     dead_letter: DeadLetter | None = None
+    #: If set, `record` is a new instance, stored only if none is stored under `key` (an
+    #: insert-if-absent, atomic against every other writer, in any process); otherwise the
+    #: commit fails with `InstanceExistsError` (the stored instance) and writes nothing.
+    create: bool = False
 
 
 # -- dead letters ---------------------------------------------------------------------
@@ -459,7 +463,8 @@ class AlarmRunStore(Protocol):
 
 
 class InstanceExistsError(Exception):
-    """Inside a storage's `create_instance`: the key is taken; rolls the transaction back."""
+    """The key is taken: from a `Checkin` with ``create`` (nothing is written), and inside a
+    storage's `create_instance` (it rolls the transaction back; the method answers the instance)."""
 
     def __init__(self, stored: tuple[InstanceRecord, Alarm | None]) -> None:
         super().__init__(stored[0].key)

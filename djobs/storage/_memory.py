@@ -43,6 +43,7 @@ from ._base import (
     DeadLetterFilter,
     ExpiredLease,
     HeldStarts,
+    InstanceExistsError,
     InstanceRecord,
     JobFilter,
     JobRecord,
@@ -472,6 +473,10 @@ class MemoryStorage:
     def _apply(self, checkin: Checkin) -> None:
         """Write `checkin` (its lease already checked): what SQLite's ``_apply`` writes."""
         key = checkin.key
+        if checkin.create and key in self._instances:
+            stored = self._loaded(key)
+            assert stored is not None
+            raise InstanceExistsError(stored)
         if checkin.event_id is not None:
             seen = self._event_ids.get(key)
             if seen is not None and checkin.event_id in seen:

@@ -358,6 +358,7 @@ SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 # The statements both dialects share (``_sql``), in psycopg's placeholders.
 _UPSERT_INSTANCE = POSTGRES.text(_sql.UPSERT_INSTANCE)
+_INSERT_INSTANCE = POSTGRES.text(_sql.INSERT_INSTANCE)
 _LOAD = POSTGRES.text(_sql.LOAD)
 _DELETE_INSTANCE = POSTGRES.text(_sql.DELETE_INSTANCE)
 _DELETE_ALARM = POSTGRES.text(_sql.DELETE_ALARM)
@@ -722,6 +723,17 @@ def _apply(conn: Connection, checkin: Checkin) -> None:
     """Write `checkin` (its lease already checked) in the caller's transaction."""
     key = checkin.key
     record = checkin.record
+    if (
+        checkin.create
+        and record is not None
+        and conn.execute(_INSERT_INSTANCE, instance_args(key, record)).fetchone() is None
+    ):
+        # The key is stored (a concurrent insert of it is waited for until it commits): the
+        # next statement's snapshot sees the row that won.
+        row = conn.execute(_LOAD, (key,)).fetchone()
+        if row is not None:
+            raise InstanceExistsError(loaded(row))  # rolls the transaction back
+        raise StorageError(f"instance {key!r} was neither stored nor found")
     if checkin.event_id is not None:
         created = record.updated_at if record is not None else 0
         inserted = conn.execute(_INSERT_EVENT_ID, (key, checkin.event_id, created)).fetchone()
@@ -734,7 +746,8 @@ def _apply(conn: Connection, checkin: Checkin) -> None:
         conn.execute(_DELETE_ALARM, (key,))
         conn.execute(_DELETE_EVENT_IDS, (key,))
         return
-    conn.execute(_UPSERT_INSTANCE, instance_args(key, record))
+    if not checkin.create:
+        conn.execute(_UPSERT_INSTANCE, instance_args(key, record))
     alarm = checkin.alarm
     if isinstance(alarm, SetAlarm):
         conn.execute(_SET_ALARM, (key, alarm.fire_at, alarm.fire_at, alarm.purpose))

@@ -66,6 +66,11 @@ UPSERT_INSTANCE: Final = f"""
         execute_count = excluded.execute_count, started_at = excluded.started_at, data = excluded.data,
         updated_at = excluded.updated_at, version = excluded.version
 """
+#: A new instance, stored only if its key is free: returns a row only if it stored it.
+INSERT_INSTANCE: Final = f"""
+    INSERT INTO instances ({INSTANCE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+    ON CONFLICT (key) DO NOTHING RETURNING 1
+"""
 #: An instance and its alarm (``_rows.loaded`` reads the row).
 LOAD: Final = f"""
     SELECT {qualified(INSTANCE_COLUMNS, "i")}, a.id, a.fire_at, a.purpose

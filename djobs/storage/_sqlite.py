@@ -754,6 +754,10 @@ def _cannot_abort(_: Callable[[], BaseException]) -> trio.lowlevel.Abort:
 def _apply(db: apsw.Connection, checkin: Checkin) -> None:
     """Write `checkin` (its lease already checked) in the caller's transaction."""
     key = checkin.key
+    new = checkin.record if checkin.create else None
+    if new is not None and _scalar_args(db, _sql.INSERT_INSTANCE, instance_args(key, new)) is None:
+        for row in db.execute(_sql.LOAD, (key,)):
+            raise InstanceExistsError(loaded(row))
     if checkin.event_id is not None:
         created = checkin.record.updated_at if checkin.record else 0
         if _scalar_args(db, _sql.INSERT_EVENT_ID, (key, checkin.event_id, created)) is None:
@@ -766,7 +770,8 @@ def _apply(db: apsw.Connection, checkin: Checkin) -> None:
         db.execute(_sql.DELETE_ALARM, (key,))
         db.execute(_sql.DELETE_EVENT_IDS, (key,))
         return
-    db.execute(_sql.UPSERT_INSTANCE, instance_args(key, record))
+    if not checkin.create:
+        db.execute(_sql.UPSERT_INSTANCE, instance_args(key, record))
     alarm = checkin.alarm
     if isinstance(alarm, SetAlarm):
         # REPLACE deletes the old row and inserts a new one: the alarm gets a
@@ -1090,7 +1095,7 @@ class SqliteStorage:
         # commits), is one statement that can refuse, after a fence that raises before anything
         # is written: the alarm's REPLACE or DELETE that may follow has no constraint to refuse
         # it, so no savepoint (should it fail all the same, the whole batch is rolled back).
-        one = checkin.event_id is None and checkin.dead_letter is None
+        one = checkin.event_id is None and checkin.dead_letter is None and not checkin.create
         await self.write(run, single=one and checkin.record is not None)
 
     async def create_instance(

@@ -34,6 +34,7 @@ from ..storage import (
     ClearAlarm,
     InstanceCheckpointer,
     InstanceCreator,
+    InstanceExistsError,
     InstanceLeaseLoader,
     InstanceLister,
     InstanceRecord,
@@ -447,6 +448,39 @@ async def _checkin_is_atomic_with_its_idempotency_key(storage: _Full) -> None:
     assert not await storage.has_event_id("continuous:j:a", "e2")
 
 
+async def _a_create_stores_once_and_never_writes_over_what_is_stored(storage: _Full) -> None:
+    key = "workflow:w:a"
+    await storage.commit(Checkin(key=key, record=_record(key, state=b"1"), alarm=SetAlarm(5, "run"), create=True))
+    try:
+        await storage.commit(
+            Checkin(key=key, record=_record(key, state=b"2"), alarm=SetAlarm(9, "run"), event_id="e", create=True)
+        )
+    except InstanceExistsError as refused:
+        stored = refused.stored
+    else:
+        raise AssertionError("a create over a stored instance was not refused with InstanceExistsError")
+    assert stored[0].state == b"1" and stored[1] is not None and stored[1].fire_at == 5, stored
+    loaded = await storage.load(key)
+    assert loaded is not None and loaded[0].state == b"1" and loaded[1] is not None and loaded[1].fire_at == 5
+    assert not await storage.has_event_id(key, "e")  # nothing of the refused check-in was written
+    # Many at once (a start of one id from many tasks): exactly one stores its record.
+    created: list[bytes] = []
+
+    async def create(n: int) -> None:
+        state = str(n).encode()
+        try:
+            await storage.commit(Checkin(key="workflow:w:b", record=_record("workflow:w:b", state=state), create=True))
+        except InstanceExistsError:
+            return
+        created.append(state)
+
+    async with trio.open_nursery() as nursery:
+        for n in range(10):
+            nursery.start_soon(create, n)
+    loaded = await storage.load("workflow:w:b")
+    assert len(created) == 1 and loaded is not None and loaded[0].state == created[0], (created, loaded)
+
+
 async def _idempotency_keys_belong_to_one_instance(storage: _Full) -> None:
     await storage.commit(Checkin(key="a", record=_record("a"), event_id="same"))
     await storage.commit(Checkin(key="b", record=_record("b"), event_id="same"))  # another instance: accepted
@@ -601,6 +635,28 @@ async def _two_processes_never_hold_one_instance_lease(shared_layer: StorageLaye
         # The other process sees the holder's lease, and takes it once it expires.
         assert not await one.acquire_instance_lease("k", "late", now_ms=999, ttl_ms=1000)
         assert await two.acquire_instance_lease("k", "late", now_ms=1000, ttl_ms=1000)
+
+
+async def _two_processes_never_both_create_one_instance(shared_layer: StorageLayer) -> None:
+    async with shared_layer.open() as one, shared_layer.open() as two:
+        created: list[bytes] = []
+
+        async def create(storage: Storage, n: int) -> None:
+            state = str(n).encode()
+            try:
+                await storage.commit(
+                    Checkin(key="workflow:w:a", record=_record("workflow:w:a", state=state), create=True)
+                )
+            except InstanceExistsError:
+                return
+            created.append(state)
+
+        async with trio.open_nursery() as nursery:
+            for n in range(10):
+                nursery.start_soon(create, one if n % 2 else two, n)
+        for storage in (one, two):
+            loaded = await storage.load("workflow:w:a")
+            assert len(created) == 1 and loaded is not None and loaded[0].state == created[0], (created, loaded)
 
 
 # -- listing instances (workflow clients' ``list``) -------------------------------------------------
@@ -1444,6 +1500,7 @@ _INSTANCE_CHECKS: Final[tuple[_Check, ...]] = (
     _a_record_changed_by_its_caller_after_a_commit_or_a_load_stays_as_stored,
     _a_second_commit_updates_the_row_but_keeps_what_never_changes,
     _checkin_is_atomic_with_its_idempotency_key,
+    _a_create_stores_once_and_never_writes_over_what_is_stored,
     _idempotency_keys_belong_to_one_instance,
     _alarms_are_claimed_with_a_lease_and_fire_again_if_not_handled,
     _claims_take_the_earliest_alarms_first_up_to_the_limit,
@@ -1488,6 +1545,7 @@ _QUEUE_CHECKS: Final[tuple[_Check, ...]] = (
 _SHARED_CHECKS: Final[tuple[_SharedCheck, ...]] = (
     _two_processes_never_claim_one_alarm,
     _two_processes_never_hold_one_instance_lease,
+    _two_processes_never_both_create_one_instance,
 )
 #: Two connections to one database, the queue.
 _SHARED_QUEUE_CHECKS: Final[tuple[_SharedCheck, ...]] = (

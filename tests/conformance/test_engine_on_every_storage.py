@@ -114,3 +114,59 @@ async def test_a_paused_instance_stays_paused_across_a_restart(
         await trio.sleep(11 * 60)
         assert ran == [START, START + timedelta(hours=4, minutes=10)]
         assert success(await client.get_state("b")).state == Beat(2)
+
+
+class Order(msgspec.Struct):
+    n: int = 0
+
+
+def sleepy_workflow(ran: list[int]) -> djobs.Workflow[Order, Order]:
+    async def body(order: Order, ctx: djobs.WorkflowContext) -> Order:
+        ran.append(order.n)
+        await ctx.sleep("1 hour")
+        return order
+
+    return djobs.Workflow.make("ship", input=Order, result=Order, execute=body)
+
+
+async def test_starts_of_one_workflow_id_at_once_create_it_once(
+    autojump_clock: trio.testing.MockClock, storage_layer: StorageLayer
+) -> None:
+    ran: list[int] = []
+    ship = sleepy_workflow(ran)
+    async with open_test_engine([ship], storage=storage_layer, start=START) as engine:
+        client = engine.client.workflow(ship)
+        created: list[int] = []
+
+        async def start(n: int) -> None:
+            if success(await client.start(id="o-1", input=Order(n))).created:
+                created.append(n)
+
+        async with trio.open_nursery() as nursery:
+            for n in range(10):
+                nursery.start_soon(start, n)
+        await trio.sleep(60)
+        # One start stored it and its body ran once; the other nine were told it exists.
+        assert len(created) == 1 and ran == created, (created, ran)
+
+
+async def test_starts_of_one_workflow_id_from_two_engines_create_it_once(
+    autojump_clock: trio.testing.MockClock, shared_layer: StorageLayer
+) -> None:
+    ran: list[int] = []
+    ship = sleepy_workflow(ran)
+    async with (
+        open_test_engine([ship], storage=shared_layer, start=START) as one,
+        open_test_engine([ship], storage=shared_layer, start=START) as two,
+    ):
+        created: list[int] = []
+
+        async def start(engine: djobs.Engine, n: int) -> None:
+            if success(await engine.client.workflow(ship).start(id="o-1", input=Order(n))).created:
+                created.append(n)
+
+        async with trio.open_nursery() as nursery:
+            for n in range(10):
+                nursery.start_soon(start, one if n % 2 else two, n)
+        await trio.sleep(60)
+        assert len(created) == 1 and ran == created, (created, ran)
