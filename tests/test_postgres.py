@@ -91,6 +91,10 @@ async def test_open_engine_reports_an_unreachable_server_as_storage_error() -> N
 
 
 def test_bad_options_fail_when_the_layer_is_made() -> None:
+    # An empty DSN would connect wherever libpq's defaults point: it is refused, not guessed at.
+    for empty in ("", "  \t"):
+        with pytest.raises(djobs.ValidationError, match=r"postgres\(dsn=\.\.\.\): expected a libpq connection string"):
+            djobs.postgres(empty)
     for bad in ("Upper", "has-dash", "pg_catalog", "", "x" * 64):
         with pytest.raises(djobs.ValidationError, match="schema"):
             djobs.postgres(DSN, schema=bad)

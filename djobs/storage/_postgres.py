@@ -112,7 +112,8 @@ def postgres(
             engine's clock.
 
     Raises:
-        ValidationError: A bad schema name, pool size or timeout.
+        ValidationError: A DSN that is not a str or is empty (or only spaces), a bad
+            schema name, pool size or timeout.
 
     Examples:
         >>> postgres("postgresql://app:secret@db.internal/app")
@@ -121,6 +122,11 @@ def postgres(
     if not isinstance(dsn, str):
         raise ValidationError(
             f"postgres(dsn=...): expected a str (a libpq connection string or URL), got {type(dsn).__name__}"
+        )
+    if not dsn.strip():  # libpq would read an empty one as "every default": a silent guess at the server
+        raise ValidationError(
+            "postgres(dsn=...): expected a libpq connection string or URL such as"
+            f" 'postgresql://app:secret@db:5432/app', got {dsn!r}"
         )
     problem = os_text_problem(dsn)
     if problem is not None:  # the DSN is not shown: it may hold a password
