@@ -122,15 +122,18 @@ class JobLimits(Generic[P]):
     key: Callable[[P], str] | None = None
 
 
-def job_limits(name: str, concurrency: object, rate_limit: object, limit_key: object) -> JobLimits[Any] | None:
-    """Check `Job.make`'s limit options; ``None`` when the job has no limit.
+def job_limits(
+    name: str, concurrency: object, rate_limit: object, limit_key: object, what: str | None = None
+) -> JobLimits[Any] | None:
+    """Check `Job.make`'s limit options; ``None`` when the job has no limit. Messages start
+    with `what` (default ``Job 'name'``).
 
     Raises:
         ValidationError: `concurrency` is not an int from 1 to `MAX_LIMIT` (2**31 - 1), `rate_limit`
             is neither ``"N/period"`` nor a `RateLimit`, or `limit_key` is not
             callable or is given without a limit.
     """
-    what = f"Job {name!r}"
+    what = what or f"Job {name!r}"
     if concurrency is not None and (
         isinstance(concurrency, bool) or not isinstance(concurrency, int) or not 1 <= concurrency <= MAX_LIMIT
     ):

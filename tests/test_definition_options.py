@@ -104,6 +104,32 @@ def test_a_cron_job_of_a_job_refuses_the_options_that_go_with_execute(option: di
         djobs.CronJob.make("cj", schedule="* * * * *", job=job, **option)
 
 
+async def _async_none(*args: object) -> None:
+    return None
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        {"timeout": "banana"},
+        {"max_attempts": 0},
+        {"concurrency": 0},
+        {"rate_limit": "often"},
+        {"rate_limit": 5},
+        {"blocking": "yes"},
+        {"retry": "x"},
+        {"logging": "loud"},
+        {"execute": "not a body"},
+        {"execute": _async_none, "blocking": True},
+    ],
+)
+def test_a_cron_job_with_a_bad_option_names_itself_in_the_error(option: dict[str, Any]) -> None:
+    # Its body becomes a Job, whose checks name a Job: the message names the CronJob the person wrote.
+    option = {"execute": _none} | option
+    with pytest.raises(djobs.ValidationError, match=r"^(invalid )?CronJob 'cj': "):
+        djobs.CronJob.make("cj", schedule="* * * * *", **option)
+
+
 def test_a_cron_job_with_its_own_body_refuses_params() -> None:
     with pytest.raises(djobs.ValidationError, match="params= goes with job="):
         djobs.CronJob.make("cj", schedule="* * * * *", execute=_none, params=S())

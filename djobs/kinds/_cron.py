@@ -31,14 +31,16 @@ import trio
 from returns.future import FutureResult
 from returns.result import Failure, Result, Success
 
-from .._bodies import Returns
+from .._bodies import Returns, check_body
 from .._clock import LATEST_MS, to_datetime
 from .._codec import encode
 from .._durations import DurationLike
 from .._errors import JobNotFoundError, StorageError, TenantError, ValidationError, raise_error
 from .._execution import Env
+from .._input import check_attempts
+from .._limits import definition_limits
 from .._logging import LoggingOption, check_logging
-from .._queue_limits import RateLimit
+from .._queue_limits import RateLimit, job_limits
 from .._retry import Retry, check_retry
 from .._schedule import Cron, Schedule, parse_cron
 from .._wakeup import Wakeup
@@ -185,8 +187,15 @@ class CronJob(Definition[D_contra], Generic[D_contra]):
             raw = encode(job.params, value, what=f"params of cron job {name!r}").alt(raise_error).unwrap()
             return cls(name, schedule, job, raw, missed, tenant_id)
         assert execute is not None
-        check_retry(retry, f"CronJob {name!r}")
-        check_logging(logging, f"CronJob {name!r}")
+        what = f"CronJob {name!r}"
+        check_retry(retry, what)
+        check_logging(logging, what)
+        # Job.make checks these again, naming a Job: checked first here, a bad one names the CronJob.
+        check_body(execute, f"{what}: execute")
+        attempts = max_attempts if max_attempts is not None else (retry.max_attempts if retry is not None else 3)
+        check_attempts(attempts, f"{what}: max_attempts")
+        definition_limits(timeout, blocking, {"execute": execute}, what)
+        job_limits(name, concurrency, rate_limit, None, what)
         own = Job.make(
             name,
             params=CronFire,
