@@ -901,3 +901,144 @@ def test_any_interleaving_of_adds_with_an_awaiting_reducer_answers_each_once(
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert len(accepted_ids) == len(set(accepted_ids))
     assert set(duplicates) <= set(accepted_ids)
+
+
+class Raising(msgspec.Struct):
+    n: int
+    #: What the reducer does with this event: ``""`` adds it; else raises that kind of exception.
+    raises: str = ""
+
+
+def _raise_for(kind: str) -> None:
+    if kind == "ki":
+        raise KeyboardInterrupt
+    if kind == "ki_group":  # a reducer's own nursery: only the KeyboardInterrupt propagates
+        raise BaseExceptionGroup("reducer's nursery", [KeyboardInterrupt(), ValueError("beside it")])
+    if kind == "sysexit":
+        raise SystemExit(2)
+    if kind == "value":
+        raise ValueError("refused")
+
+
+def _sync_reduce(ctx: djobs.DebounceEventContext[Raising, Seen]) -> Seen:
+    _raise_for(ctx.event.raises)
+    return Seen([*(ctx.state.ns if ctx.state else []), ctx.event.n])
+
+
+async def _async_reduce(ctx: djobs.DebounceEventContext[Raising, Seen]) -> Seen:
+    await trio.sleep(0.01)
+    return _sync_reduce(ctx)
+
+
+_raising_callers = st.lists(
+    st.lists(
+        st.tuples(st.integers(0, 30), st.sampled_from(["", "", "", "ki", "ki_group", "sysexit", "value"])),
+        min_size=1,
+        max_size=4,
+    ),
+    min_size=1,
+    max_size=7,
+)
+
+
+@settings(max_examples=100, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate])
+@given(callers=_raising_callers, awaiting=st.booleans())
+def test_a_reducer_that_raises_answers_its_own_add_and_no_other(
+    callers: list[list[tuple[int, str]]], awaiting: bool
+) -> None:
+    """Concurrent adds to one instance whose reducer (awaiting or not) raises a KeyboardInterrupt,
+    a SystemExit or an Exception for some events: an add whose event made it raise a
+    KeyboardInterrupt re-raises it in its own caller's task, one whose event made it raise
+    anything else fails with an ExecutionError, and every other add is applied and answered so,
+    though a round batched it with one that raised: the batch holds exactly the adds answered
+    applied, and nothing else escapes into the callers' nursery."""
+    job = djobs.Debounce.make(
+        "raising",
+        event=Raising,
+        state=Seen,
+        flush_after="1 hour",
+        on_event=_async_reduce if awaiting else _sync_reduce,
+        execute=lambda c: None,
+    )
+    applied: list[int] = []
+    interrupted: list[int] = []
+    failed: list[int] = []
+
+    async def main() -> None:
+        async with open_test_engine([job]) as engine:
+            client = engine.client.debounce(job)
+
+            async def caller(c: int, steps: list[tuple[int, str]]) -> None:
+                for i, (pause_ms, raises) in enumerate(steps):
+                    n = c * 100 + i
+                    added = None
+                    try:
+                        added = await client.add(id="x", event=Raising(n, raises))
+                    except* KeyboardInterrupt:
+                        assert raises in ("ki", "ki_group")
+                        interrupted.append(n)
+                    if added is None:
+                        pass
+                    elif raises in ("", "sysexit", "value"):
+                        if raises:
+                            error = failure(added)
+                            assert isinstance(error, djobs.ExecutionError)
+                            assert ("SystemExit" if raises == "sysexit" else "refused") in error.message
+                            failed.append(n)
+                        else:
+                            assert success(added).event_count >= 1
+                            applied.append(n)
+                    else:
+                        raise AssertionError(f"event {n} made the reducer raise {raises}; its add answered {added}")
+                    await trio.sleep(pause_ms / 1000)
+
+            async with trio.open_nursery() as nursery:
+                for c, steps in enumerate(callers):
+                    nursery.start_soon(caller, c, steps)
+            if not applied:
+                assert success(await client.status("x")).status == "not_found"
+                return
+            assert success(await client.status("x")).event_count == len(applied)
+            state = success(await client.get_state("x")).state
+            assert state is not None
+            assert sorted(state.ns) == sorted(applied)
+            for c in range(len(callers)):
+                assert [n for n in state.ns if n // 100 == c] == [n for n in applied if n // 100 == c]
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    expected = {c * 100 + i: raises for c, steps in enumerate(callers) for i, (_, raises) in enumerate(steps)}
+    assert sorted(interrupted) == sorted(n for n, r in expected.items() if r in ("ki", "ki_group"))
+    assert sorted(failed) == sorted(n for n, r in expected.items() if r in ("sysexit", "value"))
+    assert sorted(applied) == sorted(n for n, r in expected.items() if not r)
+
+
+@pytest.mark.trio
+async def test_a_keyboard_interrupt_for_a_cancelled_callers_add_reaches_the_writer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A caller cancelled while its add waits has no task to take its reducer's KeyboardInterrupt:
+    the writer of the round re-raises it once every add queued is applied and answered."""
+    job = djobs.Debounce.make(
+        "raising", event=Raising, state=Seen, flush_after="1 hour", on_event=_async_reduce, execute=lambda c: None
+    )
+    answers: dict[int, Any] = {}
+    async with open_test_engine([job]) as engine:
+        client = engine.client.debounce(job)
+
+        async def add(n: int, raises: str = "", cancel_after: float | None = None) -> None:
+            try:
+                with trio.move_on_after(cancel_after if cancel_after is not None else float("inf")):
+                    answers[n] = await client.add(id="x", event=Raising(n, raises))
+            except KeyboardInterrupt as exc:
+                answers[n] = exc
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(add, 0)  # the writer: its reducer awaits while the others join
+            await trio.lowlevel.checkpoint()
+            nursery.start_soon(add, 1, "ki", 0.001)  # cancelled while it waits
+            await trio.lowlevel.checkpoint()
+            nursery.start_soon(add, 2)
+        assert isinstance(answers[0], KeyboardInterrupt)
+        assert 1 not in answers
+        assert success(answers[2]).event_count == 2
+        assert success(await client.get_state("x")).state == Seen([0, 2])

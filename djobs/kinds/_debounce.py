@@ -483,6 +483,8 @@ class _QueuedAdd(Generic[E]):
     event_id: str | None
     result: _Added | None = None
     waiter: trio.lowlevel.Task | None = None
+    #: What the reducer raised past `run_body` for this add (a ``KeyboardInterrupt``), for its caller to re-raise.
+    raised: BaseException | None = None
 
     def abort(self, _: Callable[[], BaseException]) -> trio.lowlevel.Abort:
         """The abort function of the caller's park (one park and one reschedule per add: a
@@ -502,6 +504,13 @@ def _finish(pending: _QueuedAdd[Any], result: _Added) -> None:
 
 def _raise(exc: BaseException) -> NoReturn:
     raise exc
+
+
+def _holds_cancel(exc: BaseException) -> bool:
+    """Whether `exc` is a cancel or a group that holds one: it belongs to the task it reached."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(trio.Cancelled)[0] is not None
+    return isinstance(exc, trio.Cancelled)
 
 
 async def _unreachable() -> NoReturn:
@@ -641,6 +650,8 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
                 queue.append(pending)
                 pending.waiter = trio.lowlevel.current_task()
                 await trio.lowlevel.wait_task_rescheduled(pending.abort)
+                if pending.raised is not None:  # its event made the reducer raise a KeyboardInterrupt
+                    raise pending.raised
             else:
                 if queue is not None:  # a handler of this very instance adding to it: refused by `call`
                     return await self.runtime.call(key, _unreachable)
@@ -649,7 +660,11 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
                     # Shielded as a handler on an actor is: the adds queued behind this
                     # caller are applied even if it is cancelled.
                     with trio.CancelScope(shield=True):
-                        await self._write(key, queue)
+                        raised = await self._write(key, queue)
+                    if raised:
+                        # A reducer's KeyboardInterrupt for this caller's own add, or for an add whose
+                        # caller was cancelled while it waited: re-raised here, every other add answered.
+                        raise raised[0] if len(raised) == 1 else BaseExceptionGroup("reducers raised", raised)
                 finally:
                     # No await since the queue was last seen empty (or the writer failed).
                     del self._queues[key]
@@ -780,15 +795,19 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
             )
         return self._copy_state(returned)
 
-    async def _write(self, key: str, queue: deque[_QueuedAdd[E]]) -> None:
+    async def _write(self, key: str, queue: deque[_QueuedAdd[E]]) -> list[BaseException]:
         """Apply `queue`'s adds in rounds until it is empty: each round one reducer run per add, one commit.
 
         A round runs in this task when the instance is free and its lease held
         (`Runtime.enter`), on the instance's actor otherwise. An instance nothing
         of this engine works on has its lease taken here first (`_take_lease`).
+        Returns what the reducer raised past `run_body` (a ``KeyboardInterrupt``)
+        for an add whose caller is not waiting: the writer's own, or one whose
+        caller was cancelled; the writer re-raises them once the queue is empty.
         """
         runtime = self.runtime
         lost = 0
+        raised: list[BaseException] = []
         while queue:
             serial = runtime.enter(key)
             if serial is None and not lost and runtime.untouched(key):
@@ -796,7 +815,7 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
             if serial is not None:
                 token = CALLER_CONTEXT.set(contextvars.copy_context()) if self.env.tracking else None
                 try:
-                    stop = await self._round(key, serial, queue, inline=True)
+                    stop = await self._round(key, serial, queue, raised, inline=True)
                 finally:
                     if token is not None:
                         CALLER_CONTEXT.reset(token)
@@ -808,7 +827,7 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
                 held = runtime.lease_serial(key)
                 if held is None:  # lost by an earlier handler's check-in: take it afresh
                     return "lost"
-                return await self._round(key, held, queue, inline=False)
+                return await self._round(key, held, queue, raised, inline=False)
 
             if serial is None or stop == "lost":
                 stop = await runtime.call(key, on_actor)
@@ -818,6 +837,7 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
                 if lost > 3:
                     while queue:
                         _finish(queue.popleft(), Failure(LeaseLostError(key)))
+        return raised
 
     async def _take_lease(self, key: str) -> int | None:
         """Take `key`'s lease in this task, one try, and enter it (`Runtime.enter`): its serial number.
@@ -853,7 +873,9 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
             leases.went_idle(key)
         return serial
 
-    async def _round(self, key: str, serial: int, queue: deque[_QueuedAdd[E]], *, inline: bool) -> _Stop | None:
+    async def _round(
+        self, key: str, serial: int, queue: deque[_QueuedAdd[E]], raised: list[BaseException], *, inline: bool
+    ) -> _Stop | None:
         """Apply the adds at the front of `queue` under the lease numbered `serial` and commit them as one write.
 
         A round takes the adds without an event id (up to `ROUND_LIMIT`, and
@@ -862,6 +884,13 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         gets what it would have had alone: the reducer sees the state the
         previous add left; a reducer that fails fails its own add only. Every
         add of the round is answered only after the round's commit.
+
+        A reducer that raises what `run_body` lets through but a cancel (a
+        ``KeyboardInterrupt``) ends the round at its add: the adds before it
+        are committed and answered, the exception is raised in that add's
+        caller's task (or put in `raised` when the caller is not waiting), and
+        the adds after it wait for the next round. A cancel propagates: none
+        of the round's adds is written.
 
         Returns ``"lost"`` (nothing written: another engine holds the lease),
         ``"actor"`` (`inline` and a full batch must flush first), else ``None``.
@@ -901,6 +930,7 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         full = False
         added = False  # some event of the round was reduced
         taken = 0
+        escaped: BaseException | None = None  # what a reducer raised past run_body, ending the round
         # The round's adds are the queue's front as it is now: a reducer that awaits lets
         # more adds join the queue meanwhile, and they wait for the next round.
         for pending in list(islice(queue, ROUND_LIMIT)):
@@ -911,7 +941,15 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
             number = 1 if created else count + 1
             reduced = self._reduce(pending.instance_id, pending.event, state, number)
             if type(reduced) is not tuple and not isinstance(reduced, JobError):
-                reduced = await cast("Coroutine[Any, Any, _Reduced[S]]", reduced)
+                try:
+                    reduced = await cast("Coroutine[Any, Any, _Reduced[S]]", reduced)
+                except BaseException as exc:
+                    if _holds_cancel(exc):
+                        raise
+                    escaped = exc  # this add's own: the adds before it are committed first
+                    if raw is not None:  # the reducer may have changed the state it was given in place
+                        state = decode(job.state, raw, what="state").value_or(None)
+                    break
             if type(reduced) is tuple:
                 raw, state = reduced
             else:
@@ -989,6 +1027,15 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
             if waiter is not None:
                 pending.waiter = None
                 reschedule(waiter)
+        if escaped is not None:
+            pending = queue.popleft()
+            waiter = pending.waiter
+            if waiter is not None:
+                pending.waiter = None
+                pending.raised = escaped
+                reschedule(waiter)
+            else:
+                raised.append(escaped)
         return None
 
     async def _flush_posted(self, key: str) -> None:
