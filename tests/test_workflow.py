@@ -580,6 +580,13 @@ async def test_cancel_reaches_the_body_which_may_run_cleanup_steps(
         await settle(engine)
         status = success(await client.status("c"))
         assert status.status == "cancelled"
+        # The sleep the cancel reached did not end; the two steps finished.
+        assert [(s.name, s.done, s.cancelled) for s in status.steps] == [
+            ("charge", True, False),
+            ("sleep", False, True),
+            ("refund", True, False),
+        ]
+        assert status.steps_finished == 2
         error = failure(await client.result("c"))
         assert isinstance(error, djobs.WorkflowFailedError) and error.status == "cancelled"
         assert not success(await client.cancel("c")).cancelled
@@ -657,7 +664,14 @@ async def test_cancel_cancels_a_running_step(autojump_clock: trio.testing.MockCl
         assert success(await client.status("x")).current_step == "stuck"
         assert success(await client.cancel("x")).cancelled
         await settle(engine)
-        assert success(await client.status("x")).status == "cancelled"
+        ended = success(await client.status("x"))
+        assert ended.status == "cancelled"
+        # The step did not finish: it is not done (nor counted) but cancelled, with no error of its own.
+        assert [(s.name, s.done, s.cancelled, s.error) for s in ended.steps] == [
+            ("first", True, False, None),
+            ("stuck", False, True, None),
+        ]
+        assert ended.steps_finished == 1
     gate = None
 
 

@@ -652,7 +652,7 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
         run.cancel_requested, run.cancel_reason = log.cancel_requested, log.cancel_reason
         if log.entries:
             run.cancel_delivered = any(e.cancelled for e in log.entries)
-            run.steps_done = sum(1 for e in log.entries if e.kind == "step" and e.done)
+            run.steps_done = sum(1 for e in log.entries if e.kind == "step" and e.done and not e.cancelled)
         identity = {"job": job.name, "instance": record.instance_id, "run": record.run_count}
         jlog = JobLog(self.run_logger, self.run_log_level, identity)
         the_input = decoded(job.input, record.state or b"null", what=f"input of workflow {job.name!r}")

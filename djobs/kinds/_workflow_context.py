@@ -377,8 +377,7 @@ class Run:
         return WorkflowCancelledError(self.handler.job.name, self.record.instance_id, self.cancel_reason)
 
     def deliver_cancel(self, entry: Entry) -> NoReturn:
-        if entry.kind == "step" and not entry.done:
-            self.steps_done += 1
+        # Settled for replay (done) but not finished: status reports it not done, not counted.
         entry.done, entry.cancelled = True, True
         self.cancel_delivered = True
         raise self.cancelled()

@@ -434,7 +434,8 @@ class StepInfo(msgspec.Struct, frozen=True, kw_only=True):
             ``now``, ``random`` or ``uuid``.
         name: The call's name.
         done: Whether it finished (a step succeeded or failed for good, a
-            sleep ended, a signal came or timed out).
+            sleep ended, a signal came or timed out); false for the call a
+            cancel reached (``cancelled``).
         attempts: How many times a step ran.
         error: The error a step last failed with (``{"tag", "message"}``).
         until: A sleep's wake-up time, a wait's deadline or a step's retry time.
@@ -462,7 +463,8 @@ class WorkflowStatus(msgspec.Struct, frozen=True, kw_only=True):
     Attributes:
         status: ``running``, ``sleeping``, ``waiting``, ``completed``,
             ``failed``, ``cancelled`` or ``not_found``.
-        steps_finished: Steps that finished (succeeded or failed for good).
+        steps_finished: Steps that finished (succeeded or failed for good; not
+            a step a cancel reached while it ran).
         current_step: The step running in this process now, the sleep or the
             signal wait the workflow is in, or the step awaiting its retry.
         wake_at: When the workflow is next woken (a sleep's end, a wait's
@@ -525,7 +527,7 @@ def _step_info(entry: Entry) -> StepInfo:
     return StepInfo(
         kind=entry.kind,
         name=entry.name,
-        done=entry.done,
+        done=entry.done and not entry.cancelled,  # a cancelled call is settled in the log, not finished
         attempts=entry.attempts,
         error=_error_dict(entry.error),
         until=None if entry.until is None else to_datetime(entry.until),
@@ -563,7 +565,7 @@ def describe_workflow(
     status = cast(WorkflowStatusName, record.status)
     if live is not None and status not in FINAL:
         log, status, alarm = live, "running", None
-        steps_finished = sum(1 for e in log.entries if e.kind == "step" and e.done)
+        steps_finished = sum(1 for e in log.entries if e.kind == "step" and e.done and not e.cancelled)
     else:
         log, steps_finished = read_log(record), record.execute_count
     pending = next((e for e in log.entries if not e.done), None)
