@@ -619,6 +619,26 @@ def test_text_no_storage_holds_is_a_bad_request_on_every_storage(db: Built) -> N
     assert key_page.status_code == 404 and jobs_page.status_code == 200  # the dashboard still works
 
 
+def test_an_id_with_a_slash_or_a_lone_surrogate_gets_the_styled_page_the_guide_promises(db: Built) -> None:
+    # GET /jobs/a/b matched the POST-only action route: a plain-text 405. A lone surrogate's
+    # UTF-8 (%ED%A0%80) was decoded to U+FFFD and named nothing: a 404, not the promised 400.
+    application = app(**where(db), clock=AT_5M)
+    job, job_encoded, letter, surrogate, surrogate_filter = get(
+        application,
+        "/jobs/a/b",
+        "/jobs/a%2Fb",
+        "/dead-letters/a/b",
+        "/workflow?key=%ED%A0%80",
+        "/jobs?name=%ED%A0%80",
+    )
+    for page in (job, job_encoded):
+        assert page.status_code == 404 and "no job with id &#39;a/b&#39;" in page.text, page.text[:300]
+        assert page.headers["content-type"].startswith("text/html")
+    assert letter.status_code == 404 and letter.headers["content-type"].startswith("text/html")
+    for page in (surrogate, surrogate_filter):
+        assert page.status_code == 400 and "Bad request" in page.text, (page.status_code, page.text[:300])
+
+
 # -- workflows and bad query parameters ------------------------------------------------------------
 
 

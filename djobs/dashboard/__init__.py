@@ -34,7 +34,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, cast, get_args
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import jinja2
 import msgspec
@@ -546,7 +546,12 @@ def _unstorable_input(request: Request) -> str | None:
     refused with a 400 before any read, so SQLite and PostgreSQL (which would refuse the query
     itself, and the page would say the database is unavailable) answer it the same way.
     """
-    values = [*request.path_params.items(), *request.query_params.multi_items()]
+    # The query decoded as Starlette does, but keeping bytes that are not UTF-8 (``%ED%A0%80``,
+    # a lone surrogate's encoding) as lone surrogates that `text_problem` refuses, where
+    # Starlette's decoding made them U+FFFD, which then named nothing (a 404).
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    raw = parse_qsl(query, keep_blank_values=True, encoding="utf-8", errors="surrogateescape")
+    values = [*request.path_params.items(), *request.query_params.multi_items(), *raw]
     for name, value in values:
         problem = text_problem(value) if isinstance(value, str) else None
         if problem is not None:
@@ -718,16 +723,17 @@ def app(
 
     routes = [Route(p.path, bind(p.endpoint)) for p in state.pages]
     routes += [
-        Route("/jobs/{job_id}", bind(job)),
+        # ``:path``: an id holding a ``/`` reaches its page (or its 404), not the POST-only action route.
+        Route("/jobs/{job_id:path}", bind(job)),
         Route("/instance", bind(instance)),
         Route("/workflow", bind(workflow)),
         Route("/workflows/cancel", bind(workflow_cancel), methods=["POST"]),
         Route("/metrics", bind(metrics)),
         Route("/login", bind(login), methods=["GET", "POST"]),
-        Route("/jobs/{job_id}/{verb}", bind(job_action), methods=["POST"]),
+        Route("/jobs/{job_id:path}/{verb}", bind(job_action), methods=["POST"]),
         Route("/cron/{name}/{verb}", bind(cron_action), methods=["POST"]),
-        Route("/dead-letters/{letter_id}", bind(dead_letter)),
-        Route("/dead-letters/{letter_id}/{verb}", bind(dead_letter_action), methods=["POST"]),
+        Route("/dead-letters/{letter_id:path}", bind(dead_letter)),
+        Route("/dead-letters/{letter_id:path}/{verb}", bind(dead_letter_action), methods=["POST"]),
     ]
     application = Starlette(routes=routes, lifespan=lifespan)
     application.state.dashboard = state
