@@ -287,7 +287,8 @@ class MemoryStorage:
     """The `Storage`, `QueueStorage` and optional protocols (`AlarmRunStore`, `InstanceCreator`,
     `InstanceCheckpointer`, `InstanceLeaseLoader`, `InstanceLister`, `CancelRequests`, dead
     letters, retention and the `Inspector` read side) on dicts and heaps in this process.
-    Open it with `memory()`.
+    Open it with `memory()`, which opens every store of one layer on the same tables (a new
+    store gets new, empty ones); each store closes on its own, as a connection does.
 
     Leases are judged by the times the engine passes (``lease_clock == "engine"``).
     """
@@ -295,8 +296,7 @@ class MemoryStorage:
     lease_clock: Final = "engine"
 
     def __init__(self, tables: _Tables | None = None) -> None:
-        """A store on `tables` (new, empty ones by default); `memory()` opens every store of one
-        layer on the same tables. Each store closes on its own, as a connection does."""
+        # Not documented on its own: the reference page would show the private `_Tables`.
         t = _Tables() if tables is None else tables
         self._closed = False
         #: The open operation's undo log: (function, *arguments) to call in reverse on failure.
