@@ -943,3 +943,40 @@ async def test_events_sent_to_one_instance_at_once_are_handled_in_the_order_sent
                 await trio.sleep(0.1)  # each sent after the one before
         assert handled == ["first", "second", "third", "fourth"]
         assert success(await client.get_state("a")).state == Notes("fourth")
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("on_file", [False, True], ids=["memory", "sqlite-file"])
+async def test_an_event_sent_while_a_claimed_alarm_waits_for_a_slot_survives_the_execute(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, on_file: bool
+) -> None:
+    # The claim took the instance's lease and row, and its execute waits for the one
+    # concurrency slot (another instance's event holds it). An event sent meanwhile must run
+    # after the execute: run first, its acknowledged change was written over by the execute's
+    # commit of the row the claim had read (the crash harness's "acknowledged event is not
+    # in the task's state").
+    gate = trio.Event()
+
+    async def hold_or_log(event: str, ctx: djobs.TaskEventContext[Log]) -> None:
+        if event == "hold":
+            await gate.wait()
+        log_event(event, ctx)
+
+    gated = djobs.Task.make("gated", state=Log, event=str, on_event=hold_or_log, execute=log_execute)
+    storage = djobs.sqlite(tmp_path / "jobs.db") if on_file else djobs.memory()
+    async with open_test_engine([gated], storage=storage, max_concurrency=1) as engine:
+        client = engine.client.task(gated)
+        success(await client.send(id="a", event="first"))  # its alarm is due in an hour
+
+        async def send(instance: str, event: str) -> None:
+            success(await client.send(id=instance, event=event))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send, "b", "hold")  # takes the only slot until the gate opens
+            await trio.sleep(3600 + 0.5)  # "a"'s alarm is claimed; its execute waits for the slot
+            nursery.start_soon(send, "a", "second")
+            await trio.sleep(1)
+            gate.set()
+        await engine.wait_idle()
+        assert success(await client.get_state("a")).state == Log(["first", "execute", "second"])
+        assert success(await client.status("a")) == djobs.TaskStatus("idle", None, 2)
