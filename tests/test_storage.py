@@ -337,9 +337,11 @@ async def test_the_wal_is_checkpointed_off_the_engines_thread(tmp_path: Path) ->
         path = tmp_path / "busy.db"
         async with djobs.sqlite(path).open() as storage:
             syncs.clear()  # the opening's own (a migration syncs)
-            # About 600 pages of WAL: past the mark (256) twice, short of the 1,024 past which
-            # the writer checkpoints itself (its WAL bounded should the thread fall behind).
-            for n in range(120):
+            # About 810 pages of WAL (9 a commit): past the mark (256) three times, short of the
+            # 1,024 past which the writer checkpoints itself (its WAL bounded should the thread
+            # fall behind) even if the thread never gets to run on a busy machine: 120 commits
+            # (1,080 pages) crossed it whenever the thread was late.
+            for n in range(90):
                 state = bytes([n % 256]) * 20_000
                 record = InstanceRecord(
                     key=f"k{n}", kind="task", name="w", instance_id=f"k{n}", status="idle", state=state
@@ -347,7 +349,7 @@ async def test_the_wal_is_checkpointed_off_the_engines_thread(tmp_path: Path) ->
                 await storage.commit(Checkin(key=record.key, record=record))
             assert not [name for thread, name in syncs if thread == threading.get_ident()]
         async with djobs.sqlite(path).open() as storage:
-            for n in range(120):
+            for n in range(90):
                 loaded = await storage.load(f"k{n}")
                 assert loaded is not None and loaded[0].state == bytes([n % 256]) * 20_000
     finally:
