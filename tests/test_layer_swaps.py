@@ -20,7 +20,16 @@ import trio
 import trio.testing
 
 import djobs
-from djobs.storage import Alarm, Checkin, ClearAlarm, InstanceRecord, LeaseLostError, SetAlarm, Storage
+from djobs.storage import (
+    Alarm,
+    Checkin,
+    ClearAlarm,
+    InstanceExistsError,
+    InstanceRecord,
+    LeaseLostError,
+    SetAlarm,
+    Storage,
+)
 from djobs.testing import check_storage, default_layers, failure, open_test_engine, success
 
 
@@ -92,6 +101,8 @@ class DictStorage:
         key = checkin.key
         if checkin.lease_owner is not None and self.leases.get(key, (checkin.lease_owner, 0))[0] != checkin.lease_owner:
             raise LeaseLostError(key)
+        if checkin.create and key in self.records:  # a new instance is stored only over nothing
+            raise InstanceExistsError((msgspec.structs.replace(self.records[key]), self.alarms.get(key)))
         if checkin.event_id is not None:
             if (key, checkin.event_id) in self.event_ids:
                 raise djobs.DuplicateEventError(key, checkin.event_id)
