@@ -413,8 +413,22 @@ def _from_ms(ms: int) -> datetime:
     return _EPOCH + timedelta(milliseconds=ms)
 
 
+def _moved(instant: datetime, by: timedelta) -> datetime:
+    """`instant` moved `by`, or left where it is where that passes datetime's first or last day."""
+    try:
+        return instant + by
+    except OverflowError:
+        return instant
+
+
 def _offset(instant: datetime, zone: ZoneInfo) -> timedelta:
-    offset = zone.utcoffset(instant.astimezone(zone))
+    try:
+        local = instant.astimezone(zone)
+    except OverflowError:
+        # Within a day of datetime's first or last instant the local time falls outside its
+        # range: the zone's offset at the instant's face value is the same there (local mean time).
+        local = instant.replace(tzinfo=None)
+    offset = zone.utcoffset(local)
     assert offset is not None  # a ZoneInfo always knows its offset at an aware instant
     return offset
 
@@ -483,7 +497,7 @@ class Cron:
         # A wall time inside a spring-forward gap maps (fold=0, the pre-change offset) to an
         # instant up to one shift after its face value, so just after a gap the search starts
         # that much earlier on the wall clock to still see it.
-        start = after + min(_offset(after, zone), _offset(after - _DAY, zone))
+        start = _moved(after, min(_offset(after, zone), _offset(_moved(after, -_DAY), zone)))
         best: datetime | None = None
         horizon: datetime | None = None
         for _, wall in zip(range(_MAX_STEPS), _walls(plan, start.replace(tzinfo=None)), strict=False):
@@ -511,7 +525,9 @@ class Cron:
         times, which are skipped here: they have no second reading). On existing wall times
         fold=1 maps to instants in order, so the first one later than `after` is the earliest.
         """
-        start = after + min(_offset(after, zone), _offset(after - _DAY, zone), _offset(after + _DAY, zone))
+        start = _moved(
+            after, min(_offset(after, zone), _offset(_moved(after, -_DAY), zone), _offset(_moved(after, _DAY), zone))
+        )
         for _, wall in zip(range(_MAX_STEPS), _walls(plan, start.replace(tzinfo=None)), strict=False):
             instant = wall.replace(tzinfo=zone, fold=1).astimezone(UTC)
             if instant >= bound:
