@@ -347,7 +347,12 @@ async def test_the_wal_is_checkpointed_off_the_engines_thread(tmp_path: Path) ->
                     key=f"k{n}", kind="task", name="w", instance_id=f"k{n}", status="idle", state=state
                 )
                 await storage.commit(Checkin(key=record.key, record=record))
-            assert not [name for thread, name in syncs if thread == threading.get_ident()]
+            here = [name for thread, name in syncs if thread == threading.get_ident()]
+            # No checkpoint ran here: a checkpoint syncs the database file. What the engine's
+            # thread may sync is the WAL's header, once each time a commit starts the WAL over
+            # after the thread's checkpoint copied all of it back (SQLite syncs a new header).
+            assert not [name for name in here if not name.endswith("-wal")], here
+            assert len(here) <= 4, here  # one a start-over at most: 810 pages are 3 marks
         async with djobs.sqlite(path).open() as storage:
             for n in range(90):
                 loaded = await storage.load(f"k{n}")
