@@ -849,6 +849,20 @@ _callers = st.lists(
 )
 
 
+async def _batch_holds_exactly(client: djobs.DebounceClient[Any, Any], applied: list[int], callers: int) -> None:
+    """Instance "x"'s batch counts exactly the `applied` adds (event n of caller n // 100), each
+    caller's in the order it made them; no batch if none applied."""
+    if not applied:
+        assert success(await client.status("x")).status == "not_found"
+        return
+    assert success(await client.status("x")).event_count == len(applied)
+    state = success(await client.get_state("x")).state
+    assert state is not None
+    assert sorted(state.ns) == sorted(applied)
+    for c in range(callers):
+        assert [n for n in state.ns if n // 100 == c] == [n for n in applied if n // 100 == c]
+
+
 @settings(max_examples=100, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate])
 @given(callers=_callers)
 def test_any_interleaving_of_adds_with_an_awaiting_reducer_answers_each_once(
@@ -888,15 +902,7 @@ def test_any_interleaving_of_adds_with_an_awaiting_reducer_answers_each_once(
             async with trio.open_nursery() as nursery:
                 for c, steps in enumerate(callers):
                     nursery.start_soon(caller, c, steps)
-            if not applied:
-                assert success(await client.status("x")).status == "not_found"
-                return
-            assert success(await client.status("x")).event_count == len(applied)
-            state = success(await client.get_state("x")).state
-            assert state is not None
-            assert sorted(state.ns) == sorted(applied)
-            for c in range(len(callers)):
-                assert [n for n in state.ns if n // 100 == c] == [n for n in applied if n // 100 == c]
+            await _batch_holds_exactly(client, applied, len(callers))
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert len(accepted_ids) == len(set(accepted_ids))
@@ -995,15 +1001,7 @@ def test_a_reducer_that_raises_answers_its_own_add_and_no_other(
             async with trio.open_nursery() as nursery:
                 for c, steps in enumerate(callers):
                     nursery.start_soon(caller, c, steps)
-            if not applied:
-                assert success(await client.status("x")).status == "not_found"
-                return
-            assert success(await client.status("x")).event_count == len(applied)
-            state = success(await client.get_state("x")).state
-            assert state is not None
-            assert sorted(state.ns) == sorted(applied)
-            for c in range(len(callers)):
-                assert [n for n in state.ns if n // 100 == c] == [n for n in applied if n // 100 == c]
+            await _batch_holds_exactly(client, applied, len(callers))
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     expected = {c * 100 + i: raises for c, steps in enumerate(callers) for i, (_, raises) in enumerate(steps)}

@@ -58,24 +58,23 @@ def _unstorable_argument(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {value}")
-    return value
+def _whole(low: int, high: int, what: str, between: str) -> Callable[[str], int]:
+    """An argparse type: a whole number from `low` to `high`, its refusals in the words given."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected {between} from {low} to {high}, got {value}")
+        return value
+
+    return parse
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if not 1 <= value <= 10_000:
-        raise argparse.ArgumentTypeError(f"expected a number from 1 to 10000, got {value}")
-    return value
+_port = _whole(0, 65535, "a port number", "a port")
+_positive = _whole(1, 10_000, "a whole number", "a number")
 
 
 def _schema_option(parser: argparse.ArgumentParser) -> None:
