@@ -254,10 +254,11 @@ class Actors:
         queue.appendleft((handler, on_error))
         self.leave(key)
 
-    def leased(self, key: str) -> None:
-        """A write of this engine's took (or renewed) `key`'s lease while `hold` held it."""
+    def leased(self, key: str, *, renew: bool = True) -> None:
+        """A write of this engine's took (or renewed) `key`'s lease while `hold` held it
+        (`renew`: as `InstanceLeases.took`)."""
         if self._leases.serial(key) is None:
-            self._leases.took(key)
+            self._leases.took(key, renew=renew)
 
     def spawn(self, fn: Handler, key: str | None = None) -> None:
         """Run `fn` in a task of its own, as a handler runs: under the concurrency limit and
@@ -265,14 +266,26 @@ class Actors:
         (its calls to `key` fail at once, as `call` says)."""
         self._nursery.start_soon(self._shielded, fn, key)
 
-    async def run_here(self, fn: Handler) -> bool:
+    async def run_here(self, fn: Handler, *, checkpoints: bool = True) -> bool:
         """Run `fn` in the calling task as `spawn` would run it in a task of its own (shielded,
         under the concurrency limit, cancelled by `close` after the grace, its bug logged), if a
         concurrency slot is free now; returns whether it ran (``False``: nothing was done).
-        Saves the task's start and end for work its caller would only wait for anyway."""
+        Saves the task's start and end for work its caller would only wait for anyway.
+
+        ``checkpoints=False`` says `fn` reaches no checkpoint but cancel-shielded ones (a
+        batch of synchronous bodies on a storage whose writes run inline): no cancel can
+        reach it, so it runs without the shielded scope, which would change nothing."""
         slot = self._free_slot()
         if slot is None:
             return False
+        if not checkpoints:
+            try:
+                await fn()
+            except Exception:
+                _log.exception("bug: work run outside an actor raised; the engine continues")
+            finally:
+                self._release(slot)
+            return True
         scope = trio.CancelScope(shield=True)
         self._handler_scopes.add(scope)
         try:

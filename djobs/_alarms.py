@@ -25,6 +25,7 @@ from ._execution import Handoffs
 from ._leases import InstanceLeases
 from ._wakeup import Wakeup
 from .storage import Alarm, AlarmRunStore, AlarmStore, ClaimedAlarm
+from .storage._base import writes_inline
 
 _log = logging.getLogger("djobs.engine")
 
@@ -59,7 +60,12 @@ class AlarmBatchTarget(AlarmTarget, Protocol):
         ...
 
     async def fire_batch(self, runs: list[ClaimedAlarm], finish: Callable[[ClaimedAlarm], None]) -> None:
-        """Run `runs` (each leased, held by this engine) and tell `finish` of each exactly once when it is done."""
+        """Run `runs` (each leased, held by this engine) and tell `finish` of each exactly once when it is done.
+
+        It awaits only the storage (its claim's write-back, a bug's commit) and hands anything
+        else that would await to a task of its own: on a storage whose engine writes run
+        inline (`writes_inline`) it reaches no checkpoint but a cancel-shielded one, so the
+        sleeper runs it in its own task without a shield."""
         ...
 
 
@@ -122,6 +128,12 @@ class AlarmSleeper:
         self._handed: dict[str, AlarmClaimTarget] = {}
         self._leases = leases
         self._runs = storage if isinstance(storage, AlarmRunStore) and leases is not None else None
+        #: The claim and the write-back of a batch run to their end without a checkpoint
+        #: (`writes_inline`): the leases a claim takes get their renewal scheduled only if
+        #: still held once the batch is done (a batch run here gives them up before then).
+        self._inline = self._runs is not None and writes_inline(storage)
+        #: The Trio time of the claim whose leases' renewal waits for `_renew_deferred`.
+        self._deferred_since: float | None = None
         self._claimed: set[int] = set()
         #: Set by `keep_claims` once the close starts cancelling handlers: from then on an
         #: alarm whose handler ends is remembered in `_cut_off`, to be released on close.
@@ -233,6 +245,7 @@ class AlarmSleeper:
                 actors.leave(key)
             raise
         batches: dict[int, tuple[AlarmBatchTarget, list[ClaimedAlarm]]] = {}
+        renew = not self._inline
         for one in claimed:
             key = one.alarm.key
             if not one.leased:
@@ -240,7 +253,9 @@ class AlarmSleeper:
                 if key in held or key in handed:
                     actors.leave(key)  # its actor (posted to above) waits for the other engine's lease
                 continue
-            actors.leased(key)
+            if not renew and self._deferred_since is None:
+                self._deferred_since = trio.current_time()  # the claim's time: no checkpoint since
+            actors.leased(key, renew=renew)
             self._claimed.add(one.alarm.id)
             if key in handed:
                 # Told if the handler cannot run at all: as `_dispatch`'s.
@@ -254,6 +269,15 @@ class AlarmSleeper:
         for target, batch in batches.values():
             actors.spawn(functools.partial(target.fire_batch, batch, self._finish))
         return None
+
+    def _renew_deferred(self) -> None:
+        """The leases the last claim took without scheduling their renewal (`_inline`): the
+        keeper renews those still held a third of a lease after the claim, as if scheduled then."""
+        since = self._deferred_since
+        if since is not None:
+            self._deferred_since = None
+            assert self._leases is not None
+            self._leases.renew_from(since)
 
     def _not_run(self, alarm: Alarm) -> Callable[[StorageError], None]:
         return lambda _error: self.done_with(alarm)
@@ -321,10 +345,16 @@ class AlarmSleeper:
                     finally:
                         handoffs.end()
                     if last is None:
+                        self._renew_deferred()
                         await trio.lowlevel.checkpoint()  # the spawned tasks start
                     else:
-                        if not await self._actors.run_here(last):
-                            self._actors.spawn(last)  # no concurrency slot free now: it waits for one in a task
+                        try:
+                            # A batch of synchronous bodies whose writes run inline never
+                            # checkpoints but shielded (a bug's write): no shield to open for it.
+                            if not await self._actors.run_here(last, checkpoints=not self._inline):
+                                self._actors.spawn(last)  # no concurrency slot free now: it waits for one in a task
+                        finally:
+                            self._renew_deferred()
                         owed = True  # the next sleep is the checkpoint, or the next claim takes one
                     continue
             except StorageError as exc:

@@ -98,8 +98,13 @@ class InstanceLeases:
         `AlarmRunStore.commit_checkins`): no longer held, nothing left to release or renew."""
         self._held.pop(key, None)
         self._idle.pop(key, None)
-        if not self._held and self._renewal is not None:
-            self._renewal.deadline = math.inf  # nothing left to renew: the keeper need not wake for it
+        if not self._held:
+            self._none_held()
+
+    def _none_held(self) -> None:
+        renewal = self._renewal
+        if renewal is not None and renewal.deadline != math.inf:
+            renewal.deadline = math.inf  # nothing left to renew: the keeper need not wake for it
 
     def serial(self, key: str) -> int | None:
         """The serial number of this engine's taking of `key`'s lease, or ``None`` if it does not hold it.
@@ -120,17 +125,26 @@ class InstanceLeases:
         """Whether this engine neither holds `key`'s lease nor is giving it up now."""
         return key not in self._held and key not in self._releasing
 
-    def took(self, key: str) -> None:
+    def took(self, key: str, *, renew: bool = True) -> None:
         """A write of this engine's took `key`'s lease itself (`InstanceCreator`): hold it from now on.
 
         Call only while `free(key)` held when the write began, and before any
-        actor of `key` could have taken the lease.
+        actor of `key` could have taken the lease. With ``renew=False`` the keeper's
+        wake-up is left to the caller's `renew_from`, before its task next checkpoints.
         """
         self._serials += 1
         self._held[key] = self._serials
-        renewal = self._renewal
-        if renewal is not None and renewal.deadline == math.inf:
-            renewal.deadline = trio.current_time() + self.lease_ms / 3000  # renew a third of a lease on
+        if renew:
+            self.renew_from(trio.current_time())
+
+    def renew_from(self, since: float) -> None:
+        """Leases were taken at Trio time `since`: if any is held, the keeper renews a third of
+        a lease after it (unless it wakes sooner already). A caller that took leases with
+        ``took(renew=False)`` and gave them up before any checkpoint has nothing to schedule."""
+        if self._held:
+            renewal = self._renewal
+            if renewal is not None and renewal.deadline == math.inf:
+                renewal.deadline = since + self.lease_ms / 3000  # renew a third of a lease on
 
     def busy(self, key: str) -> None:
         """`key`'s lease is in use again (a handler runs in its caller's task): keep it."""
@@ -202,8 +216,8 @@ class InstanceLeases:
             for k in keys:
                 del self._releasing[k]
             done.set()
-        if not self._held and self._renewal is not None:
-            self._renewal.deadline = math.inf  # nothing left to renew: the keeper need not wake for it
+        if not self._held:
+            self._none_held()
         if not self._idle:
             self._leases_idle = trio.Event()
 

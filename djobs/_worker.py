@@ -50,7 +50,7 @@ from ._execution import Env
 from ._input import check_count, check_interval, clean_message
 from ._wakeup import Wakeup
 from .storage import ClaimedJob, ExpiredLease, HeldStarts, JobSettlement, NewJob, QueueStorage
-from .storage._base import QueueLimit
+from .storage._base import QueueLimit, writes_inline
 from .tracking import NoopTracker, TrackedEvent
 
 __all__ = ["AttemptEnd", "AttemptRunner", "RunHandle", "Worker", "WorkerOptions"]
@@ -237,6 +237,8 @@ class Worker:
         #: The engine's id (``host:pid:random``), the owner of the job leases it holds.
         self.id = worker_id
         self._lease = (storage, worker_id)
+        #: Its settles run to their end without a checkpoint (`writes_inline`): no shield around them.
+        self._inline = writes_inline(storage)
         self.lease_ms = options.lock_timeout_ms
         #: Whether events are worth building (not with the `NoopTracker`).
         self.tracking = not isinstance(env.tracker, NoopTracker)
@@ -368,13 +370,20 @@ class Worker:
             self._nursery.start_soon(self._hand_back, [claimed])
             return
         waking = self._settle_wanted.is_set()  # the settle task takes what waits, ours too
-        self._settle_here = True
+        inline = self._inline
         try:
-            self._accept([claimed])
+            self._settle_here = True
+            try:
+                # With writes that never checkpoint, no time passes until the flush below is
+                # done: a renewal is scheduled only if something is still held after it.
+                self._accept([claimed], renew=not inline)
+            finally:
+                self._settle_here = False
+            if self._settling and not waking:
+                await self.flush()
         finally:
-            self._settle_here = False
-        if self._settling and not waking:
-            await self.flush()
+            if inline and self._held:
+                self._renew_soon()
 
     def emit(self, events: list[TrackedEvent]) -> None:
         """Hand events to the tracker (after the commit they describe)."""
@@ -760,9 +769,14 @@ class Worker:
             return
         applied: Sequence[bool | None]
         try:
-            # Shielded: a batch taken must be written (or its rows let go) even when the engine's tasks are cancelled.
-            with trio.CancelScope(shield=True):
-                applied = await self.storage.settle_jobs([item[0] for item in batch])
+            settlements = [item[0] for item in batch]
+            if self._inline:  # no checkpoint in it, so no cancel can reach it: a shield would change nothing
+                applied = await self.storage.settle_jobs(settlements)
+            else:
+                # Shielded: a batch taken must be written (or its rows let go) even when the
+                # engine's tasks are cancelled.
+                with trio.CancelScope(shield=True):
+                    applied = await self.storage.settle_jobs(settlements)
         except StorageError as exc:
             # The rows stay as they are: their leases lapse and they run again.
             self._log.error(
@@ -802,8 +816,9 @@ class Worker:
     def _none_held(self) -> None:
         """Every row this worker held has settled: nothing to renew, and the lease end
         the claim loop may sleep for is gone, so it reads its next due time again."""
-        if self._renewal is not None:
-            self._renewal.deadline = math.inf  # no wake-up for the lease loop until rows are held
+        renewal = self._renewal
+        if renewal is not None and renewal.deadline != math.inf:
+            renewal.deadline = math.inf  # no wake-up for the lease loop until rows are held
         if self._wakeup.recheck():
             self._rechecking = True
 
@@ -939,14 +954,17 @@ class Worker:
                 await self._wakeup.sleep_until(next_at)
             self._reclaim_at = 0  # woken: a lease may have run out (the sleep's target), look at once
 
-    def _accept(self, claimed: list[ClaimedJob]) -> None:
+    def _accept(self, claimed: list[ClaimedJob], *, renew: bool = True) -> None:
+        """Start or keep the rows just claimed (`claimed`); `renew`: schedule their lease's
+        renewal now (``False``: the caller does once it knows they are still held)."""
         self._claimed_runs += len(claimed)
         self._idle = trio.Event() if self._idle.is_set() else self._idle
         self._round += 1
         claim_round, held = self._round, self._held
         refused: list[ClaimedJob] = []
         fresh: list[tuple[int, int, str, int, ClaimedJob]] = []
-        self._renew_soon()
+        if renew:
+            self._renew_soon()
         for job in claimed:
             held.add((job.id, job.attempt))
             if job.limit_key is not None and not self.closing:

@@ -124,3 +124,31 @@ async def test_each_run_in_a_batch_has_its_own_context_variables(autojump_clock:
         seen.clear()
         await trio.sleep(HOUR + 1)  # the four hourly runs, due together
         assert seen == [None] * 4
+
+
+@pytest.mark.trio
+async def test_an_alarm_run_whose_body_awaits_past_the_instance_lease_keeps_its_lease(
+    autojump_clock: trio.testing.MockClock,
+    layer: djobs.storage.StorageLayer,  # noqa: F811
+) -> None:
+    def tick(ctx: djobs.ContinuousContext[Count]) -> Awaitable[Count]:
+        async def slowly() -> Count:
+            await trio.sleep(60)  # twelve lease lengths
+            return Count(ctx.state.n + 1)
+
+        return slowly()  # a plain def whose value needs an await: its run leaves the batch
+
+    job = djobs.Continuous.make("slow", state=Count, schedule=djobs.every("1 hour"), execute=tick)
+    key = "continuous:slow:a"
+    async with open_test_engine([job], storage=layer, instance_lease="5 seconds") as engine:
+        client = engine.client.continuous(job)
+        success(await client.start(id="a", input=Count()))
+        await trio.sleep(61)  # the start's run
+        await engine.wait_idle()
+        await trio.sleep(HOUR - 61 + 30)  # the hourly run, claimed with its lease, awaits in its body
+        held = await engine.storage.instance_lease_holder(key)
+        # Renewed every third of the lease while the body awaits: never free for another engine.
+        assert held is not None and held[0] == engine.worker_id
+        assert 0 < held[1] - engine.clock.now_ms() <= 5000
+        await trio.sleep(31)
+        assert success(await client.get_state("a")).state == Count(2)

@@ -419,3 +419,28 @@ async def test_a_fire_whose_slot_was_taken_while_it_was_written_waits_pending_an
         assert (fired_info.status, fired_info.attempts) == ("completed", 1)
         assert {r.status for r in success(await engine.client.jobs.list(limit=100))} == {"completed"}
         assert engine.tracker.count("job.claimed") == 2
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_a_fire_whose_body_runs_past_the_job_lease_runs_once(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, kind: str
+) -> None:
+    # The fire's row is stored running under the worker's lease and started at once: while its
+    # body awaits, the lease is renewed, so it is never reclaimed and run a second time.
+    starts: list[datetime] = []
+
+    async def slow(fire: djobs.CronFire, ctx: djobs.JobContext) -> None:
+        starts.append(fire.scheduled_at)
+        await trio.sleep(5 * 60)  # five lease lengths
+
+    cron = djobs.CronJob.make("slow", schedule=djobs.cron("0 * * * *"), execute=slow)
+    layer = djobs.memory() if kind == "memory" else djobs.sqlite(tmp_path / "jobs.db")
+    worker = djobs.WorkerOptions(poll_interval=None, lock_timeout="1 minute")
+    async with open_test_engine([cron], storage=layer, worker=worker) as engine:
+        await trio.sleep(60 * 60 + 10 * 60)
+        assert starts == [START + timedelta(hours=1)]
+        [run] = success(await engine.client.jobs.list(correlation_id="cron:slow"))
+        info = success(await engine.client.jobs.status(run.id))
+        assert (info.status, info.attempts) == ("completed", 1)
+        assert engine.tracker.of_type("job.lease_expired") == []

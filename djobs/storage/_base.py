@@ -309,6 +309,19 @@ class Storage(InstanceStore, AlarmStore, Protocol):
         ...
 
 
+def writes_inline(storage: object) -> bool:
+    """Whether `storage`'s writes made only by the engine's own loops (`AlarmRunStore`'s
+    `claim_alarm_runs` and `commit_checkins`, `QueueStorage`'s `fire_cron` and
+    `settle_jobs`) run to their end in the calling task without a checkpoint, so no
+    other task runs and no cancel can arrive meanwhile: its class says so with
+    ``engine_writes_inline = True`` (the memory storage). The engine then opens no
+    shielded cancel scope around them and schedules a lease renewal only for what is
+    still held once such a write is done. A storage that does not say so is awaited
+    as any other (SQLite and PostgreSQL let other tasks run while a write commits).
+    """
+    return getattr(storage, "engine_writes_inline", False) is True
+
+
 class StorageLayer(Protocol):
     """A storage constructor: opened when the engine opens, closed when it closes."""
 

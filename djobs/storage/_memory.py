@@ -294,6 +294,8 @@ class MemoryStorage:
     """
 
     lease_clock: Final = "engine"
+    #: The engine's loop writes (`_engine_write`) run to their end without a checkpoint (`writes_inline`).
+    engine_writes_inline: Final = True
 
     def __init__(self, tables: _Tables | None = None) -> None:
         # Not documented on its own: the reference page would show the private `_Tables`.
