@@ -10,8 +10,10 @@ import trio
 from returns.future import FutureResult
 from returns.io import IOFailure, IOSuccess
 from returns.result import Failure, Result, Success
+from test_timeouts import layer  # noqa: F401  # the memory / SQLite / PostgreSQL fixture
 
 import djobs
+import djobs.storage
 from djobs.testing import failure, open_test_engine, success
 
 
@@ -330,3 +332,48 @@ async def test_pause_drops_a_pending_retry_and_resume_starts_a_fresh_run(
         assert resumed.next_run_at == start + timedelta(hours=4)  # the next fire time after 03:00:10
         await trio.sleep(3600)
         assert seen[1:] == [(2, 1, start + timedelta(hours=4))]  # a new run, first attempt
+
+
+@pytest.mark.trio
+async def test_an_alarm_moved_while_its_claim_waits_fires_at_its_new_time(
+    autojump_clock: trio.testing.MockClock,
+    layer: djobs.storage.StorageLayer,  # noqa: F811
+) -> None:
+    # The hourly alarm falls due while a triggered run holds the instance, so its claim waits
+    # behind that run; the run fails and sets its retry, ten minutes on (the stored alarm
+    # rewritten in place, its id kept). The claim that waited must not run the retry early.
+    gate = trio.Event()
+    seen: list[tuple[float, bool]] = []
+
+    async def flaky(ctx: djobs.ContinuousContext[Health]) -> Result[None, djobs.ExecutionError]:
+        seen.append((trio.current_time(), ctx.is_retry))
+        if len(seen) == 2:  # the triggered run
+            await gate.wait()
+            return Failure(djobs.ExecutionError("upstream down"))
+        return Success(None)
+
+    job = djobs.Continuous.make(
+        "flaky",
+        state=Health,
+        schedule=djobs.every("1 hour"),
+        execute=flaky,
+        retry=djobs.Retry(max_attempts=3, delay="10 minutes"),
+    )
+    async with open_test_engine([job], storage=layer) as engine:
+        client = engine.client.continuous(job)
+        success(await client.start(id="x", input=Health()))
+        await engine.wait_idle()
+        t0 = seen[0][0]
+
+        async def trigger() -> None:
+            await client.trigger("x")
+
+        await trio.sleep(3600 - 1 - (trio.current_time() - t0))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trigger)
+            await trio.sleep(2)  # the hourly alarm is due and claimed; its handler waits for the run
+            gate.set()
+        await trio.sleep(300)
+        assert [(round(at - t0), retry) for at, retry in seen] == [(0, False), (3599, False)]
+        await trio.sleep(600)
+        assert [(round(at - t0), retry) for at, retry in seen[2:]] == [(3601 + 600, True)]

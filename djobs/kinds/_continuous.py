@@ -395,7 +395,7 @@ class ContinuousHandler(TenantScoped, Generic[S]):
 
     async def on_alarm(self, alarm: Alarm) -> None:
         loaded = await self.env.storage.load(alarm.key)
-        if loaded is None or loaded[1] is None or loaded[1].id != alarm.id:
+        if loaded is None or loaded[1] is None or loaded[1] != alarm:
             return  # terminated or paused, or the alarm was replaced after it was claimed
         record, current = loaded
         if record.status == PAUSED:
@@ -444,7 +444,7 @@ class ContinuousHandler(TenantScoped, Generic[S]):
         try:
             for claimed in runs:
                 alarm, stored = claimed.alarm, claimed.stored
-                if stored is None or stored[1] is None or stored[1].id != alarm.id or stored[0].status == PAUSED:
+                if stored is None or stored[1] is None or stored[1] != alarm or stored[0].status == PAUSED:
                     continue  # terminated, paused or replaced since it was claimed (as `on_alarm`)
                 record, current = stored
                 attempt = record.attempt if alarm.purpose == "retry" else 1

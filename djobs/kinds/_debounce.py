@@ -1054,7 +1054,7 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
     async def on_alarm(self, alarm: Alarm) -> None:
         self._forget(alarm.key)
         loaded = await self.env.storage.load(alarm.key)
-        if loaded is None or loaded[1] is None or loaded[1].id != alarm.id or loaded[0].state is None:
+        if loaded is None or loaded[1] is None or loaded[1] != alarm or loaded[0].state is None:
             return  # flushed, cleared or purged since, or the alarm was replaced after it was claimed
         record = loaded[0]
         reason: FlushReason = "flush_after"

@@ -746,7 +746,7 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
         attempt = 1
         try:
             loaded = await self.env.storage.load(alarm.key) if claimed is None else claimed.stored
-            if loaded is None or loaded[1] is None or loaded[1].id != alarm.id:
+            if loaded is None or loaded[1] is None or loaded[1] != alarm:
                 return  # terminated, or the alarm was replaced after it was claimed
             record, current = loaded
             attempt = record.attempt if alarm.purpose == _RETRY else 1

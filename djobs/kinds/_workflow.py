@@ -631,7 +631,7 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
     async def on_alarm(self, alarm: Alarm) -> None:
         try:
             loaded = await self.env.storage.load(alarm.key)
-            if loaded is None or loaded[1] is None or loaded[1].id != alarm.id:
+            if loaded is None or loaded[1] is None or loaded[1] != alarm:
                 return  # ended, or woken for another reason since this alarm was claimed
             record = loaded[0]
             if record.status in FINAL:

@@ -38,8 +38,13 @@ class InstanceRecord(msgspec.Struct, kw_only=True):
 class Alarm(msgspec.Struct, frozen=True, kw_only=True):
     """A durable alarm: at `fire_at`, the instance `key` is woken for `purpose`.
 
-    `id` changes every time the alarm is set, so a handler can tell the
-    alarm it was woken for from one set after it.
+    A handler tells the alarm it was woken for from one set after it by
+    comparing the whole alarm (``claimed != stored``: `id`, `fire_at` and
+    `purpose`), never `id` alone: setting an alarm may rewrite the stored one
+    in place, keeping its `id` (SQLite, PostgreSQL and memory do, so a fire's
+    write-back touches no index of the key). An alarm set again at the same
+    time for the same purpose compares equal, and firing it for the older
+    claim is firing it when it is due.
     """
 
     id: int

@@ -440,12 +440,17 @@ class MemoryStorage:
         return self._loaded(key)
 
     def _set_alarm(self, key: str, fire_at: int, due_at: int, purpose: str) -> None:
-        """Replace `key`'s alarm with a new one (a new id, as SQLite's ``INSERT OR REPLACE`` gives)."""
-        self._clear_alarm(key)
-        alarm_id = next(self._alarm_ids)
-        self._undo.append((self._restore_alarm, key, _MISSING))
+        """Set `key`'s alarm: a new one, or the stored one rewritten in place (its id kept,
+        as SQLite's upsert keeps the row's); its old heap entry no longer matches its due time."""
+        old = self._alarms.get(key)
+        if old is None:
+            alarm_id = next(self._alarm_ids)
+            self._undo.append((self._restore_alarm, key, _MISSING))
+            self._put(self._alarm_keys, alarm_id, key)
+        else:
+            alarm_id = old[0]
+            self._undo.append((self._restore_alarm, key, old))
         self._alarms[key] = (alarm_id, fire_at, due_at, purpose)
-        self._put(self._alarm_keys, alarm_id, key)
         heapq.heappush(self._alarm_heap, (due_at, alarm_id, key))
 
     def _clear_alarm(self, key: str) -> None:

@@ -350,6 +350,9 @@ MIGRATIONS: list[str] = [
     ALTER TABLE dead_letters ALTER COLUMN id TYPE text COLLATE "C";
     ALTER TABLE cron_jobs ALTER COLUMN name TYPE text COLLATE "C";
     """,
+    # 13: a set alarm keeps its id (see SQLite's version 13); the tables stay as they are,
+    # and the version keeps an older djobs, which compared the alarm id alone, away.
+    "SELECT 1",
 ]
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -386,10 +389,12 @@ _DISABLE_CRON = POSTGRES.text(_sql.DISABLE_CRON)
 _GET_CRON = POSTGRES.text(_sql.GET_CRON)
 _LIST_CRONS = POSTGRES.text(_sql.LIST_CRONS)
 
+# A set alarm rewrites the stored one in place, its id kept (as SQLite's upsert keeps the row
+# id): `Alarm` tells a claim from the alarm set after it by fire time and purpose as well as
+# id. (Version 1's comment, kept as released, describes the earlier fresh id per set.)
 _SET_ALARM = """
     INSERT INTO alarms (key, fire_at, due_at, purpose) VALUES (%s, %s, %s, %s)
-    ON CONFLICT (key) DO UPDATE SET id = DEFAULT, fire_at = excluded.fire_at, due_at = excluded.due_at,
-                                    purpose = excluded.purpose
+    ON CONFLICT (key) DO UPDATE SET fire_at = excluded.fire_at, due_at = excluded.due_at, purpose = excluded.purpose
 """
 # With ``mine`` (``kind:name:`` prefixes, or NULL for every alarm), an engine
 # that registered some definitions only claims the alarms of those.

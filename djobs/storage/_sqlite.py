@@ -368,6 +368,11 @@ MIGRATIONS: list[str] = [
     # 12: PostgreSQL's version 12 compares dead-letter ids and cron job names by code
     # point, as SQLite compares all text; nothing changes here.
     "SELECT 1",
+    # 13: a set alarm is rewritten in place (an upsert keeps its row id); an engine tells a
+    # claim from the alarm set after it by id, fire time and purpose. The tables stay as they
+    # are; the version keeps an older djobs, which compared the id alone (and would fire an
+    # alarm moved later at its old time), from opening the file.
+    "SELECT 1",
 ]
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -403,7 +408,14 @@ _ACQUIRE_LEASES = """
 #: is the one the claim just took, in the same transaction (``alarms.key`` is unique).
 _LOAD_MANY = f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE key IN (SELECT value FROM json_each(?))"
 _RELEASE_LEASES = "DELETE FROM instance_leases WHERE owner = ? AND key IN (SELECT value FROM json_each(?))"
-_SET_ALARM = "INSERT OR REPLACE INTO alarms (key, fire_at, due_at, purpose) VALUES (?, ?, ?, ?)"
+#: An instance's alarm, set: a new row, or the stored one rewritten in place (same row id, so
+#: the key's index entry stays; `Alarm` tells a claim from the alarm set after it by fire time
+#: and purpose as well as id). ``INSERT OR REPLACE`` gave every set alarm a new row id, and at a
+#: million stored alarms rewrote a random leaf of the key's index on every fire.
+_SET_ALARM = """
+    INSERT INTO alarms (key, fire_at, due_at, purpose) VALUES (?, ?, ?, ?)
+    ON CONFLICT(key) DO UPDATE SET fire_at = excluded.fire_at, due_at = excluded.due_at, purpose = excluded.purpose
+"""
 _LEASE_OWNERS = "SELECT key, owner FROM instance_leases WHERE key IN (SELECT value FROM json_each(?))"
 _CLAIM_ALARMS = """
     UPDATE alarms SET due_at = ?
@@ -774,8 +786,6 @@ def _apply(db: apsw.Connection, checkin: Checkin) -> None:
         db.execute(_sql.UPSERT_INSTANCE, instance_args(key, record))
     alarm = checkin.alarm
     if isinstance(alarm, SetAlarm):
-        # REPLACE deletes the old row and inserts a new one: the alarm gets a
-        # fresh id (AUTOINCREMENT never reuses one), unlike an upsert.
         db.execute(_SET_ALARM, (key, alarm.fire_at, alarm.fire_at, alarm.purpose))
     elif isinstance(alarm, ClearAlarm):
         db.execute(_sql.DELETE_ALARM, (key,))
@@ -1679,10 +1689,7 @@ class SqliteStorage:
                     return "occupied"
                 record = msgspec.structs.replace(revival.record, updated_at=now)
                 db.execute(_sql.UPSERT_INSTANCE, instance_args(revival.key, record))
-                db.execute(
-                    "INSERT OR REPLACE INTO alarms (key, fire_at, due_at, purpose) VALUES (?, ?, ?, ?)",
-                    (revival.key, now, now, revival.purpose),
-                )
+                db.execute(_SET_ALARM, (revival.key, now, now, revival.purpose))
             db.execute(DELETE_DEAD_LETTER, (letter_id,))
             return "revived"
 

@@ -288,6 +288,16 @@ async def _a_batch_claim_takes_the_leases_and_rows_of_the_keys_it_runs_here_only
     # The claim hid the alarms as claim_alarms does; the other definition's is still due.
     assert await storage.claim_alarm_runs(2000, 60_000, 10, ["continuous:j:"], "engine-a", 5000, runs_here) == []
     assert [x.key for x in await storage.claim_alarms(2000, 60_000, 10)] == ["task:t:d"]
+    # The run's write-back sets its next alarm: told from the claim, due at its own fire time
+    # (the claim's lease, a minute, does not hide it), and the lease is given up with it.
+    assert a.stored[0] is not None
+    nxt = Checkin(key=a.alarm.key, record=a.stored[0], alarm=SetAlarm(7000, "run"), lease_owner="engine-a")
+    assert await storage.commit_checkins([nxt], release_leases=True) == [None]
+    loaded = await storage.load("continuous:j:a")
+    assert loaded is not None and loaded[1] is not None and loaded[1] != a.alarm and loaded[1].fire_at == 7000
+    assert await storage.instance_lease_holder("continuous:j:a") is None
+    assert await storage.claim_alarms(6999, 60_000, 10, ["continuous:j:a"]) == []
+    assert await storage.claim_alarms(7000, 60_000, 10, ["continuous:j:a"]) == [loaded[1]]
 
 
 async def _check_ins_written_back_together_fail_one_by_one_before_they_write(storage: Any) -> None:
@@ -504,11 +514,29 @@ async def _alarms_are_claimed_with_a_lease_and_fire_again_if_not_handled(storage
     await storage.commit(Checkin(key="k1", record=_record("k1"), alarm=ClearAlarm()))
     await storage.release_alarms([a.id for a in again])
     assert await storage.next_alarm_at() == 300
-    # Setting an alarm gives it a new id, so an old claim can be told from it.
-    await storage.commit(Checkin(key="k2", record=_record("k2"), alarm=SetAlarm(300, "run")))
-    loaded = await storage.load("k2")
-    assert loaded is not None and loaded[1] is not None
-    assert loaded[1].id not in {a.id for a in again}
+
+
+async def _a_claim_is_told_from_the_alarm_set_after_it(storage: _Full) -> None:
+    # A handler compares the alarm it was woken for with the stored one, whole (`Alarm`):
+    # a set may keep the id (a rewrite in place), never the time and purpose of the one before.
+    await storage.commit(Checkin(key="k", record=_record("k"), alarm=SetAlarm(100, "run")))
+    [claimed] = await storage.claim_alarms(now_ms=150, lease_ms=1000, limit=10)
+    loaded = await storage.load("k")
+    assert loaded is not None and loaded[1] == claimed  # unchanged since the claim: it fires
+    await storage.commit(Checkin(key="k", record=_record("k"), alarm=SetAlarm(5000, "run")))
+    moved = await storage.load("k")
+    assert moved is not None and moved[1] is not None and moved[1] != claimed
+    # Due at its new fire time: the old claim's lease running out does not make it due earlier.
+    assert await storage.next_alarm_at() == 5000
+    assert await storage.claim_alarms(now_ms=1200, lease_ms=1000, limit=10) == []
+    await storage.commit(Checkin(key="k", record=_record("k"), alarm=SetAlarm(5000, "retry")))
+    retry = await storage.load("k")
+    assert retry is not None and retry[1] is not None and retry[1] not in (claimed, moved[1])
+    [again] = await storage.claim_alarms(now_ms=5000, lease_ms=1000, limit=10)
+    assert again == retry[1]
+    # Releasing the first claim's id makes no alarm due before its fire time.
+    await storage.release_alarms([claimed.id])
+    assert (await storage.next_alarm_at() or 0) >= 5000
 
 
 async def _claims_take_the_earliest_alarms_first_up_to_the_limit(storage: _Full) -> None:
@@ -548,7 +576,7 @@ async def _an_instance_has_one_alarm_and_none_leaves_it_alone(storage: _Full) ->
     await storage.commit(Checkin(key="k", record=_record("k"), alarm=SetAlarm(50, "second")))
     after = await storage.load("k")
     assert after is not None and after[1] is not None
-    assert (after[1].fire_at, after[1].purpose) == (50, "second") and after[1].id != before[1].id
+    assert (after[1].fire_at, after[1].purpose) == (50, "second") and after[1] != before[1]
     assert [a.purpose for a in await storage.claim_alarms(now_ms=1000, lease_ms=10, limit=10)] == ["second"]
     await storage.commit(Checkin(key="k", record=_record("k"), alarm=ClearAlarm()))
     cleared = await storage.load("k")
@@ -1503,6 +1531,7 @@ _INSTANCE_CHECKS: Final[tuple[_Check, ...]] = (
     _a_create_stores_once_and_never_writes_over_what_is_stored,
     _idempotency_keys_belong_to_one_instance,
     _alarms_are_claimed_with_a_lease_and_fire_again_if_not_handled,
+    _a_claim_is_told_from_the_alarm_set_after_it,
     _claims_take_the_earliest_alarms_first_up_to_the_limit,
     _claims_with_prefixes_take_only_the_alarms_of_those_definitions,
     _an_instance_has_one_alarm_and_none_leaves_it_alone,
