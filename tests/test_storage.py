@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from pathlib import Path
 
 import apsw
@@ -302,7 +303,8 @@ async def test_a_write_that_fails_partway_takes_its_whole_group_commit_back(tmp_
 
 
 class _SyncsVfs(apsw.VFS):
-    """The default VFS, noting which thread syncs which file (a checkpoint syncs the WAL, then the database)."""
+    """The default VFS, noting which thread syncs (a checkpoint syncs the WAL, then the database) or
+    truncates which file (``"truncate <name>"``)."""
 
     def __init__(self, syncs: list[tuple[int, str]]) -> None:
         self.syncs = syncs
@@ -322,6 +324,10 @@ class _SyncsFile(apsw.VFSFile):
     def xSync(self, flags: int) -> None:
         self.syncs.append((threading.get_ident(), self.name))
         super().xSync(flags)
+
+    def xTruncate(self, newsize: int) -> None:
+        self.syncs.append((threading.get_ident(), f"truncate {self.name}"))
+        super().xTruncate(newsize)
 
 
 @pytest.mark.trio
@@ -347,11 +353,34 @@ async def test_the_wal_is_checkpointed_off_the_engines_thread(tmp_path: Path) ->
                     key=f"k{n}", kind="task", name="w", instance_id=f"k{n}", status="idle", state=state
                 )
                 await storage.commit(Checkin(key=record.key, record=record))
+
+            def copy_back() -> None:  # all of the WAL, as the thread does when no commit comes meanwhile
+                other = apsw.Connection(str(path))
+                try:
+                    while True:
+                        try:
+                            frames, copied = other.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+                        except apsw.BusyError:  # the storage's thread checkpoints now
+                            frames, copied = 1, 0
+                        if frames == copied:
+                            return
+                        time.sleep(0.001)
+                finally:
+                    other.close()
+
+            await trio.to_thread.run_sync(copy_back)
+            # Starts the WAL over (all of it is in the database file now): SQLite writes a new header.
+            await storage.commit(
+                Checkin(key="last", record=msgspec.structs.replace(record, key="last", instance_id="last"))
+            )
             here = [name for thread, name in syncs if thread == threading.get_ident()]
             # No checkpoint ran here: a checkpoint syncs the database file. What the engine's
             # thread may sync is the WAL's header, once each time a commit starts the WAL over
             # after the thread's checkpoint copied all of it back (SQLite syncs a new header).
             assert not [name for name in here if not name.endswith("-wal")], here
+            # Nor is the WAL cut back when it starts over (an ftruncate, then its blocks allocated
+            # again): ordinary commits keep it below the size a start-over cuts it to.
+            assert not [name for name in here if name.startswith("truncate")], here
             assert len(here) <= 4, here  # one a start-over at most: 810 pages are 3 marks
         async with djobs.sqlite(path).open() as storage:
             for n in range(90):

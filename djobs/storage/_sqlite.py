@@ -84,8 +84,15 @@ from ._rows import (
 
 #: Commits between automatic WAL checkpoints, in pages (256 pages of 4 KiB: 1 MiB).
 WAL_AUTOCHECKPOINT_PAGES: Final = 256
-#: The size a WAL file is truncated back to after a checkpoint, in bytes (1 MiB).
-WAL_SIZE_LIMIT_BYTES: Final = 1 << 20
+#: The size a WAL file is cut back to when a commit starts it over, in bytes: its size at the
+#: mark past which the writer checkpoints itself (`_Checkpointer.wal_hook`), four times
+#: `WAL_AUTOCHECKPOINT_PAGES` frames of a 4 KiB page and its 24-byte header, plus the file's
+#: 32-byte header (4,218,912 bytes). A WAL of ordinary commits (the mark and what the checkpoint
+#: thread lags behind it) stays below it and is never cut: a cut is an ``ftruncate`` in the
+#: committing thread, the engine's, at every start-over, and the next pages written past the
+#: cut allocate the file's blocks again. Only a WAL that outgrew it (one large transaction)
+#: gives its space back.
+WAL_SIZE_LIMIT_BYTES: Final = 4 * WAL_AUTOCHECKPOINT_PAGES * (4096 + 24) + 32
 
 #: ``PRAGMA application_id`` of a djobs database ("djob" in ASCII).
 APPLICATION_ID: Final = 0x646A6F62
@@ -1823,8 +1830,9 @@ def _open_connection(
         # of each page changed; recovery after a crash never reads it (the WAL holds the commits).
         db.execute("PRAGMA temp_store=MEMORY")
         # A bounded WAL: checkpoint every ~1 MB of commits (SQLite's default is ~4 MB), and
-        # truncate the file back to 1 MB after a checkpoint, so one large transaction does
-        # not leave a large WAL behind, and a nearly full volume gets its space back. Once
+        # cut a file that outgrew ~4 MB back to that when it starts over, so one large
+        # transaction does not leave a large WAL behind, and a nearly full volume gets its
+        # space back (`WAL_SIZE_LIMIT_BYTES`: ordinary commits never cut it). Once
         # open, the checkpoints run in a thread of their own (`_Checkpointer`); SQLite's own
         # is for the migrations, before.
         db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
