@@ -311,8 +311,10 @@ class AlarmSleeper:
                 if reached:
                     # Slept until the earliest due alarm it read: it is due now (one that was
                     # cleared or moved since is not claimed, and the next pass reads again).
+                    # The sleep's own reading, if it took one: no await since.
                     reached = False
-                    now = next_at = clock.now_ms()
+                    woke = self._wakeup.woke_ms
+                    now = next_at = clock.now_ms() if woke is None else woke
                 else:
                     next_at = await storage.next_alarm_at(mine)
                     now = clock.now_ms()

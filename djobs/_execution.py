@@ -678,11 +678,21 @@ async def execute(
     return judge(env, info, ran, retry, events, log)
 
 
-def judge(env: Env, info: RunInfo, ran: Ran, retry: Retry | None, events: list[TrackedEvent], log: JobLog) -> Outcome:
+def judge(
+    env: Env,
+    info: RunInfo,
+    ran: Ran,
+    retry: Retry | None,
+    events: list[TrackedEvent],
+    log: JobLog,
+    at_ms: int | None = None,
+) -> Outcome:
     """Decide what a run's result means (`execute`'s second half); appends its events to `events`.
 
     For a caller that ran the user's code itself (a one-off job's attempt
     needs no checkout and no ``terminate``, so it calls `run_body` directly).
+    `at_ms` is a clock reading the caller took as the run ended, to stamp the
+    events and time a retry with (``None``: the clock is read here).
     """
     result, duration_ms = ran.result, ran.duration_ms
 
@@ -690,7 +700,7 @@ def judge(env: Env, info: RunInfo, ran: Ran, retry: Retry | None, events: list[T
 
     def ev(type: str, **data: Any) -> None:
         if tracking:  # built only when a tracker receives them
-            events.append(env.event(type, info.key, info.kind, info.name, **data))
+            events.append(env.event(type, info.key, info.kind, info.name, at_ms, **data))
 
     if ran.terminated:
         reason = ran.reason
@@ -709,6 +719,7 @@ def judge(env: Env, info: RunInfo, ran: Ran, retry: Retry | None, events: list[T
                         info.key,
                         info.kind,
                         info.name,
+                        at_ms,
                         run_count=info.run_count,
                         duration_ms=duration_ms,
                         attempt=info.attempt,
@@ -732,7 +743,8 @@ def judge(env: Env, info: RunInfo, ran: Ran, retry: Retry | None, events: list[T
         ev("job.retry_exhausted", attempts=info.attempt, reason=error.message)
         return Outcome("exhausted", error=error, duration_ms=duration_ms)
     delay = env.retries.delay_before(retry, info.attempt + 1)
-    retry_at = min(env.now_ms() + max(0, round(delay.total_seconds() * 1000)), LATEST_MS)
+    now = env.now_ms() if at_ms is None else at_ms
+    retry_at = min(now + max(0, round(delay.total_seconds() * 1000)), LATEST_MS)
     log.warning(
         "failed on attempt %d of %d, retrying in %s: %s", info.attempt, retry.max_attempts, delay, error.message
     )

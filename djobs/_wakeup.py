@@ -26,7 +26,7 @@ class Wakeup:
             here); ``None`` trusts pokes alone.
     """
 
-    __slots__ = ("_clock", "_cut", "_missed", "_poll_ms", "_scope", "_until")
+    __slots__ = ("_clock", "_cut", "_missed", "_poll_ms", "_scope", "_until", "woke_ms")
 
     def __init__(self, clock: Clock, poll_ms: int | None) -> None:
         self._clock = clock
@@ -38,6 +38,9 @@ class Wakeup:
         self._missed: float = math.inf
         #: A poke or recheck ended the current sleep.
         self._cut = False
+        #: The clock's reading as the last sleep ended, if it took one (the virtual clock's
+        #: due time reached): the caller's "now" until its next await. ``None`` otherwise.
+        self.woke_ms: int | None = None
 
     async def sleep_until(self, at_ms: int | None) -> bool:
         """Sleep until `at_ms` (forever for ``None``), a poke for an earlier time, or the poll interval.
@@ -68,6 +71,7 @@ class Wakeup:
         scope = self._scope = trio.CancelScope(deadline=deadline)
         self._until = math.inf if at_ms is None else at_ms
         self._cut = False
+        self.woke_ms = None
         with scope:
             if at_ms is None or virtual:
                 await trio.sleep_forever()
@@ -77,8 +81,11 @@ class Wakeup:
         if self._cut or at_ms is None:
             return False
         if virtual and deadline == due:  # a virtual clock's due time ended it (not the poll interval)
-            if clock.now_ms() < at_ms:
+            now = clock.now_ms()
+            if now < at_ms:
                 await clock.sleep_until(at_ms)  # woken a hair early (float rounding): never before `at_ms`
+            else:
+                self.woke_ms = now
             return at_ms == asked
         # Another clock's sleep returned (it reached `at_ms`), unless the poll interval ended it.
         return at_ms == asked and not scope.cancelled_caught

@@ -149,6 +149,8 @@ class AttemptEnd(msgspec.Struct):
     error: bytes | None = None
     retry_at: int | None = None
     events: Sequence[TrackedEvent] = ()
+    #: When it ended (epoch ms), if the runner read the clock for it; else the worker reads it.
+    at: int | None = None
 
 
 class AttemptRunner(Protocol):
@@ -160,10 +162,11 @@ class AttemptRunner(Protocol):
     """
 
     def start_attempt(
-        self, job: ClaimedJob, lease: tuple[QueueStorage, str]
+        self, job: ClaimedJob, lease: tuple[QueueStorage, str], now_ms: int | None = None
     ) -> AttemptEnd | Callable[[trio.CancelScope], Awaitable[AttemptEnd]]:
         """Start the leased attempt `job` (`lease`: the storage and the holder's id, for
-        progress writes). Raises nothing but cancellation.
+        progress writes; `now_ms`: the clock's reading the worker took as it started it,
+        ``None`` to read it here). Raises nothing but cancellation.
 
         If the attempt ends without awaiting (a synchronous body), how it ended;
         the worker then writes it without a task of its own. Otherwise the rest of
@@ -341,14 +344,16 @@ class Worker:
             and job.idempotency_key is None
         )
 
-    async def start_stored(self, job: NewJob) -> None:
+    async def start_stored(self, job: NewJob, at_ms: int | None = None) -> None:
         """Run `job`, which the caller's transaction stored ``running`` (attempt 1) under this
         worker's lease (its end a lock timeout from `job`'s creation), as if the claim loop had
         claimed it: started now if a slot is free; if its slot was taken while it was stored,
         handed back ``pending`` (its attempt not counted) for whichever worker has room first.
 
         If its attempt ended at once (a synchronous body), how it ended is written here, in
-        the caller's task, before this returns (the settle task is not woken for it)."""
+        the caller's task, before this returns (the settle task is not woken for it).
+        `at_ms`: the clock's reading the caller took since it stored the row (its events'
+        time and the attempt's start), ``None`` to read it here."""
         claimed = ClaimedJob(
             id=job.id,
             name=job.name,
@@ -376,7 +381,7 @@ class Worker:
             try:
                 # With writes that never checkpoint, no time passes until the flush below is
                 # done: a renewal is scheduled only if something is still held after it.
-                self._accept([claimed], renew=not inline)
+                self._accept([claimed], renew=not inline, at_ms=at_ms)
             finally:
                 self._settle_here = False
             if self._settling and not waking:
@@ -390,9 +395,10 @@ class Worker:
         if events:
             self.env.emit(events)
 
-    def event(self, type: str, job_id: str, name: str, **data: Any) -> TrackedEvent:
-        """A queue event: the instance id is the job id, the job type ``job``."""
-        return self.env.event(type, job_id, "job", name, **data)
+    def event(self, type: str, job_id: str, name: str, at_ms: int | None = None, **data: Any) -> TrackedEvent:
+        """A queue event: the instance id is the job id, the job type ``job`` (stamped with the
+        clock's time, or `at_ms`, a reading the caller took)."""
+        return self.env.event(type, job_id, "job", name, at_ms, **data)
 
     # -- running jobs -------------------------------------------------------------------
 
@@ -467,7 +473,7 @@ class Worker:
             self._ended_at_once(1)
         return True
 
-    def _launch(self, job: ClaimedJob) -> bool:
+    def _launch(self, job: ClaimedJob, at_ms: int | None = None) -> bool:
         """Run `job`, a slot being free: to its end now if its runner needs no await (a
         synchronous body, which never holds the slot), else in a task of its own that
         takes the slot (nothing else ran meanwhile, so it is still free).
@@ -478,7 +484,7 @@ class Worker:
         runner = self._runners[job.name]
         try:
             # In a context of its own, as a task would be: a body's contextvars stay its own.
-            started = contextvars.copy_context().run(runner.start_attempt, job, self._lease)
+            started = contextvars.copy_context().run(runner.start_attempt, job, self._lease, at_ms)
         except Exception as exc:
             self._log.exception(
                 "bug: attempt %d of job %s raised past its runner; it counts as failed", job.attempt, job.id
@@ -503,10 +509,10 @@ class Worker:
             self._start_wanted.set()
         self._capacity.set()  # never idle here: their settlements wait in the batch
 
-    def _start_fresh(self, fresh: list[tuple[int, int, str, int, ClaimedJob]]) -> None:
+    def _start_fresh(self, fresh: list[tuple[int, int, str, int, ClaimedJob]], at_ms: int | None = None) -> None:
         """Start the rows of the claim just made (`fresh`), best first, while slots are
         free and no row that waited in hand is better: leased moments ago, they need
-        no check. The rest wait in hand, for the start task."""
+        no check. The rest wait in hand, for the start task. `at_ms`: as `_accept`'s."""
         if not fresh:
             return
         fresh.sort()
@@ -517,7 +523,7 @@ class Worker:
             if free <= 0 or (ready and ready[0] < entry):
                 break
             started += 1
-            if self._launch(entry[4]):
+            if self._launch(entry[4], at_ms):
                 free -= 1
             else:
                 ended += 1
@@ -685,7 +691,7 @@ class Worker:
     def _record(self, job: ClaimedJob, end: AttemptEnd, run: RunHandle | None) -> None:
         """Hand how an attempt ended to the settle task (`run`: ``None`` for one that ended
         where it started, in `_launch`)."""
-        at = self.env.clock.now_ms()
+        at = end.at if end.at is not None else self.env.clock.now_ms()
         limited = job.limit_key is not None
         settlement = JobSettlement(
             job_id=job.id,
@@ -954,9 +960,10 @@ class Worker:
                 await self._wakeup.sleep_until(next_at)
             self._reclaim_at = 0  # woken: a lease may have run out (the sleep's target), look at once
 
-    def _accept(self, claimed: list[ClaimedJob], *, renew: bool = True) -> None:
+    def _accept(self, claimed: list[ClaimedJob], *, renew: bool = True, at_ms: int | None = None) -> None:
         """Start or keep the rows just claimed (`claimed`); `renew`: schedule their lease's
-        renewal now (``False``: the caller does once it knows they are still held)."""
+        renewal now (``False``: the caller does once it knows they are still held); `at_ms`:
+        a clock reading taken since the claim, for their events and starts (``None``: read)."""
         self._claimed_runs += len(claimed)
         self._idle = trio.Event() if self._idle.is_set() else self._idle
         self._round += 1
@@ -984,7 +991,9 @@ class Worker:
             else:
                 fresh.append((-job.priority, job.scheduled_for, job.id, claim_round, job))
         if self.tracking:
-            self.emit([self.event("job.claimed", j.id, j.name, attempt=j.attempt, worker_id=self.id) for j in claimed])
+            self.emit(
+                [self.event("job.claimed", j.id, j.name, at_ms, attempt=j.attempt, worker_id=self.id) for j in claimed]
+            )
         if refused:
             self._nursery.start_soon(self._hand_back, refused)
         if self.closing:
@@ -993,7 +1002,7 @@ class Worker:
                 heapq.heappush(self._ready, entry)
             self._nursery.start_soon(self._hand_back_ready)
             return
-        self._start_fresh(fresh)
+        self._start_fresh(fresh, at_ms)
 
     async def _start_after(self, ended: trio.Event, job: ClaimedJob) -> None:
         await ended.wait()

@@ -9,6 +9,7 @@ import contextvars
 import os
 import socket
 from collections.abc import Awaitable
+from datetime import timedelta
 from pathlib import Path
 
 import msgspec
@@ -152,3 +153,30 @@ async def test_an_alarm_run_whose_body_awaits_past_the_instance_lease_keeps_its_
         assert 0 < held[1] - engine.clock.now_ms() <= 5000
         await trio.sleep(31)
         assert success(await client.get_state("a")).state == Count(2)
+
+
+@pytest.mark.trio
+async def test_a_batch_run_is_stamped_as_its_body_ends(
+    autojump_clock: trio.testing.MockClock,
+    layer: djobs.storage.StorageLayer,  # noqa: F811
+) -> None:
+    from test_cron_jobs import START, _SteppedClock
+
+    clock = _SteppedClock()
+
+    def tick(ctx: djobs.ContinuousContext[Count]) -> Count:
+        clock.spent_ms += 250  # a synchronous body that takes a quarter of a second
+        return Count(ctx.state.n + 1)
+
+    job = djobs.Continuous.make("counter", state=Count, schedule=djobs.every("1 hour"), execute=tick)
+    async with open_test_engine([job], storage=layer, clock=clock) as engine:
+        client = engine.client.continuous(job)
+        success(await client.start(id="a", input=Count()))
+        await engine.wait_idle()
+        engine.tracker.clear()
+        await trio.sleep(HOUR)  # the hourly run, fired in a batch
+        [executed] = engine.tracker.of_type("job.executed")
+        ended = START + timedelta(hours=1, milliseconds=250)  # due at 01:00 by this clock, 250 ms in the body
+        assert executed.at == ended
+        loaded = await engine.storage.load("continuous:counter:a")
+        assert loaded is not None and loaded[0].updated_at == int(ended.timestamp() * 1000)

@@ -444,3 +444,46 @@ async def test_a_fire_whose_body_runs_past_the_job_lease_runs_once(
         info = success(await engine.client.jobs.status(run.id))
         assert (info.status, info.attempts) == ("completed", 1)
         assert engine.tracker.of_type("job.lease_expired") == []
+
+
+class _SteppedClock:
+    """The virtual clock, plus time a synchronous body says it took (`spent_ms`): Trio's clock
+    cannot move while a body runs without awaiting, a wall clock would."""
+
+    def __init__(self) -> None:
+        self.virtual = djobs.VirtualClock(START)
+        self.spent_ms = 0
+
+    def now_ms(self) -> int:
+        return self.virtual.now_ms() + self.spent_ms
+
+    async def sleep_until(self, epoch_ms: int) -> None:
+        await self.virtual.sleep_until(epoch_ms - self.spent_ms)
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_a_fire_stamps_its_events_before_the_body_and_the_job_s_end_after_it(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, kind: str
+) -> None:
+    clock = _SteppedClock()
+
+    def slow(fire: djobs.CronFire, ctx: djobs.JobContext) -> None:
+        clock.spent_ms += 250  # a synchronous body that takes a quarter of a second
+
+    cron = djobs.CronJob.make("hourly", schedule=djobs.cron("0 * * * *"), execute=slow)
+    layer = djobs.memory() if kind == "memory" else djobs.sqlite(tmp_path / "jobs.db")
+    async with open_test_engine([cron], storage=layer, clock=clock) as engine:
+        await trio.sleep(3600 + 1)
+        fire = START + timedelta(hours=1)
+        stamps = {e.type: e.at for e in engine.tracker.events if e.type.startswith(("cron.", "job."))}
+        assert stamps == {
+            "cron.fired": fire,
+            "job.enqueued": fire,
+            "job.claimed": fire,
+            "job.executed": fire + timedelta(milliseconds=250),
+            "job.completed": fire + timedelta(milliseconds=250),
+        }
+        [run] = success(await engine.client.jobs.list(correlation_id="cron:hourly"))
+        info = success(await engine.client.jobs.status(run.id))
+        assert (info.status, info.completed_at) == ("completed", fire + timedelta(milliseconds=250))

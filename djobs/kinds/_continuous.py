@@ -576,7 +576,9 @@ class ContinuousHandler(TenantScoped, Generic[S]):
         ran = run_now(run.checkout, functools.partial(self._body, ctx), ctx.set_state)
         if isinstance(ran, Pending):
             return ran
-        run.outcome = judge(self.env, run.info, ran, self.job.retry, run.events, run.log)
+        # One clock reading for the run's end: its events and its check-in (`_close`).
+        run.ended_ms = now = self.env.now_ms()
+        run.outcome = judge(self.env, run.info, ran, self.job.retry, run.events, run.log, now)
         run.outcome_kind = run.outcome.kind
         return None
 
@@ -584,12 +586,12 @@ class ContinuousHandler(TenantScoped, Generic[S]):
         """The check-in that stores what `run` came to (its events are in ``run.events``)."""
         job, env = self.job, self.env
         record, alarm, outcome, outcome_kind, events = run.record, run.alarm, run.outcome, run.outcome_kind, run.events
-        now = env.now_ms()
+        now = env.now_ms() if run.ended_ms is None else run.ended_ms
         record.run_count, record.updated_at = run.info.run_count, now
         if outcome_kind in ("terminated", "exhausted"):
             letter = None
             if outcome_kind == "exhausted":
-                events.append(env.event("job.terminated", record.key, KIND, job.name, reason="retry_exhausted"))
+                events.append(env.event("job.terminated", record.key, KIND, job.name, now, reason="retry_exhausted"))
                 if job.on_exhausted == "dead_letter":
                     assert outcome is not None
                     # The state the failed run started from; a retry of the letter runs it again at once.
@@ -632,6 +634,8 @@ class _Run:
     ctx: ContinuousContext[Any, Any] | None = None
     outcome: Outcome | None = None
     outcome_kind: str = "failed"
+    #: The clock's reading as the body ended, if taken (`_run_now`); `_close` reads it else.
+    ended_ms: int | None = None
 
 
 class ContinuousClient(InstanceClient[ContinuousHandler[S]], Generic[S]):

@@ -467,16 +467,19 @@ class CronScheduler:
             return next_run_at
         if not at_once:
             worker.poke(now)
+        # One clock reading for the fire's events and its job's start: nothing runs between them.
+        at = self.env.clock.now_ms() if worker.tracking or at_once else None
         if worker.tracking:
             worker.emit(
                 [
                     self.env.event(
-                        "cron.fired", cron.name, KIND, cron.name, job_id=row.id, fire_at=fired_at, on_time=on_time
+                        "cron.fired", cron.name, KIND, cron.name, at, job_id=row.id, fire_at=fired_at, on_time=on_time
                     ),
                     worker.event(
                         "job.enqueued",
                         row.id,
                         row.name,
+                        at,
                         scheduled_for=fired_at,
                         tenant_id=row.tenant_id,
                         correlation_id=row.correlation_id,
@@ -484,7 +487,7 @@ class CronScheduler:
                 ]
             )
         if at_once:
-            await worker.start_stored(row)  # no await since the commit: the engine never looked idle
+            await worker.start_stored(row, at)  # no await since the commit: the engine never looked idle
         return next_run_at
 
     # -- client operations -------------------------------------------------------------

@@ -172,7 +172,7 @@ class JobHandler(Generic[P, R]):
         )
         return ctx, log
 
-    def _judge(self, run: _Run, result: Result[object, JobError]) -> Outcome:
+    def _judge(self, run: _Run, result: Result[object, JobError], at_ms: int | None = None) -> Outcome:
         """What the body's `result` means: encoded (a bad result is the attempt's
         failure, a ValidationError, not retried, like any other), then `judge`d."""
         env, job = self.env, self.job
@@ -180,7 +180,7 @@ class JobHandler(Generic[P, R]):
             case Success(value):
                 result = encode(job.result, value, what=self._result_what, limit=env.max_payload_bytes)
         ran = Ran(result, duration_ms=round((time.perf_counter() - run.started) * 1000, 3))
-        return judge(env, run.info, ran, self.retry_for(run.who.max_attempts), run.events, run.log)
+        return judge(env, run.info, ran, self.retry_for(run.who.max_attempts), run.events, run.log, at_ms)
 
     async def attempt(
         self, params: P, who: _Attempt, run_id: str, storage: QueueStorage | None
@@ -202,9 +202,10 @@ class JobHandler(Generic[P, R]):
     # -- the worker's side: the runner seam ---------------------------------------------
 
     def start_attempt(
-        self, job: ClaimedJob, lease: tuple[QueueStorage, str]
+        self, job: ClaimedJob, lease: tuple[QueueStorage, str], now_ms: int | None = None
     ) -> AttemptEnd | Callable[[trio.CancelScope], Awaitable[AttemptEnd]]:
-        """Start the leased attempt `job` (`lease`: the storage and the holder, for progress).
+        """Start the leased attempt `job` (`lease`: the storage and the holder, for progress;
+        `now_ms`: the clock's reading the worker took as it started it, ``None`` to read it).
 
         A body whose value needs no await (a synchronous one, without a timeout)
         runs now, and how the attempt ended is returned; otherwise the rest of
@@ -237,7 +238,7 @@ class JobHandler(Generic[P, R]):
             job.tenant_id,
             job.correlation_id,
             lease,
-            env.clock.now_ms(),
+            env.clock.now_ms() if now_ms is None else now_ms,
         )
         if self._timed or definition.limits.timeout_ms is not None:
             run = self._run_of(job, log)
@@ -316,7 +317,8 @@ class JobHandler(Generic[P, R]):
     ) -> AttemptEnd:
         if scope is not None and scope.cancelled_caught:
             return AttemptEnd("cancelled")  # the worker ends the attempt cancelled (or hands it back)
-        outcome = self._judge(run, result)
+        at = self.env.clock.now_ms()  # one reading for the attempt's end: its events, a retry, the row
+        outcome = self._judge(run, result, at)
         events = run.events
         if outcome.kind == "succeeded":
             if self.tracking:
@@ -326,15 +328,18 @@ class JobHandler(Generic[P, R]):
                         job.id,
                         KIND,
                         job.name,
+                        at,
                         attempt=job.attempt,
                         duration_ms=outcome.duration_ms,
                     )
                 )
-            return AttemptEnd("completed", result=cast(bytes, outcome.value), events=events)
+            return AttemptEnd("completed", result=cast(bytes, outcome.value), events=events, at=at)
         if outcome.kind == "retrying":
             assert outcome.retry_at is not None and outcome.error is not None
-            return AttemptEnd("pending", error=_error_json(outcome.error), retry_at=outcome.retry_at, events=events)
-        return AttemptEnd("failed", error=_error_json(self.final_error(outcome, job.attempt)), events=events)
+            return AttemptEnd(
+                "pending", error=_error_json(outcome.error), retry_at=outcome.retry_at, events=events, at=at
+            )
+        return AttemptEnd("failed", error=_error_json(self.final_error(outcome, job.attempt)), events=events, at=at)
 
     def counted_failure(self, job: ClaimedJob, exc: Exception) -> AttemptEnd:
         """An unexpected exception ended the attempt (a bug past the body): it counts,
