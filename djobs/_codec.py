@@ -256,6 +256,20 @@ def copier(
     return copy
 
 
+def quick_codec(tp: type[T]) -> tuple[Callable[[object], bytes], Callable[[bytes], T]] | None:
+    """The encode and the decode of `copier`'s quick check for `tp`, or ``None`` when it has none.
+
+    For a path that runs the check inline rather than through `copier`'s
+    function (a Debounce ``add``, per event and per state): only for a value
+    whose type is exactly `tp`, the encoding within the payload limit; whatever
+    it refuses or raises goes to `copier`'s function, which words the error.
+    ``None`` unless `tp` is a struct whose fields hold no struct at any depth.
+    """
+    if not _struct_free(tp):
+        return None
+    return _encoder.encode, cast("Callable[[bytes], T]", _decoder(tp).decode)
+
+
 def _struct_free(tp: Any) -> bool:
     """Whether `tp` is a struct class whose fields' types name no struct at any depth (nor are generic)."""
     if not (isinstance(tp, type) and issubclass(tp, msgspec.Struct)) or getattr(tp, "__parameters__", None):

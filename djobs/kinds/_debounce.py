@@ -49,7 +49,7 @@ from typing_extensions import TypeVar
 
 from .._bodies import Done, Returns, check_body
 from .._clock import to_datetime
-from .._codec import check_storable, copier, decode
+from .._codec import check_storable, copier, decode, quick_codec
 from .._context import BaseContext, D_co
 from .._durations import DurationLike, duration, to_ms
 from .._errors import (
@@ -506,6 +506,10 @@ def _raise(exc: BaseException) -> NoReturn:
     raise exc
 
 
+def _same(value: object) -> object:
+    return value
+
+
 def _holds_cancel(exc: BaseException) -> bool:
     """Whether `exc` is a cancel or a group that holds one: it belongs to the task it reached."""
     if isinstance(exc, BaseExceptionGroup):
@@ -560,6 +564,10 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         limit = self.env.max_payload_bytes
         self._copy_state = copier(job.state, what=f"state returned by on_event of {job.name!r}", limit=limit)
         self._copy_event = copier(job.event, what=f"event of {job.name!r}", limit=limit)
+        #: The copiers' quick checks, run inline per add (`quick_codec`); ``None``: through the copier.
+        self._limit = limit
+        self._quick_event = quick_codec(job.event)
+        self._quick_state = quick_codec(job.state)
 
     def _forget(self, key: str) -> None:
         """Drop `key`'s copy in memory: a handler other than ``add`` is about to change the row."""
@@ -638,11 +646,23 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
                         the_event_id = checked_id
                     case Failure(error):
                         return Failure(error)
-            copied = self._copy_event(event)
-            if isinstance(copied, ValidationError):
-                return Failure(copied)
+            # The event's checked copy: `copier`'s quick check inline (no call of its own), else the copier.
+            checked_event: E | None = None
+            quick = self._quick_event
+            if quick is not None and type(event) is self.job.event:
+                try:
+                    raw = quick[0](event)
+                    if len(raw) <= self._limit:
+                        checked_event = quick[1](raw)
+                except Exception:  # refused (or user code msgspec calls raised): the copier words it
+                    pass
+            if checked_event is None:
+                copied = self._copy_event(event)
+                if isinstance(copied, ValidationError):
+                    return Failure(copied)
+                checked_event = copied[1]
             key = self._key_prefix + instance_id if self.tenant is None else self.key(instance_id)
-            pending = _QueuedAdd(instance_id, copied[1], the_event_id)
+            pending = _QueuedAdd(instance_id, checked_event, the_event_id)
             queue = self._queues.get(key)
             if queue is not None and key not in self._running():
                 # A writer is applying this instance's adds: join its queue and wait for its commit,
@@ -896,9 +916,11 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         ``"actor"`` (`inline` and a full batch must flush first), else ``None``.
         """
         job, env = self.job, self.env
-        live = await self._live_or_fail(key, serial, queue)
-        if live is None:
-            return None
+        live = self._live.get(key)
+        if live is None or live.serial != serial:  # else the copy in memory, without a call
+            live = await self._live_or_fail(key, serial, queue)
+            if live is None:
+                return None
         if live.alarm is not None and live.alarm[1] == "max_events" and live.state is not None:
             # A full batch whose posted flush has not run yet (or did not survive a
             # restart): it flushes before these events, which start the next batch.
@@ -917,7 +939,7 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
             return None
         # Until the round commits, the copy may differ from the row (a reducer may
         # change the state it was given in place): it is dropped, and kept again after.
-        self._forget(key)
+        self._live.pop(key, None)
         record, alarm, state = live.record, live.alarm, live.state
         raw = record.state if record is not None and state is not None else None
         count = record.event_count if raw is not None and record is not None else 0
@@ -931,6 +953,8 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         added = False  # some event of the round was reduced
         taken = 0
         escaped: BaseException | None = None  # what a reducer raised past run_body, ending the round
+        direct, quick, limit, state_type = self._direct_reducer, self._quick_state, self._limit, job.state
+        logger, log_level, tenant = self._logger, self._log_level, self.tenant
         # The round's adds are the queue's front as it is now: a reducer that awaits lets
         # more adds join the queue meanwhile, and they wait for the next round.
         for pending in list(islice(queue, ROUND_LIMIT)):
@@ -939,7 +963,32 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
             taken += 1
             created = state is None
             number = 1 if created else count + 1
-            reduced = self._reduce(pending.instance_id, pending.event, state, number)
+            reduced: _Reduced[S] | Coroutine[Any, Any, _Reduced[S]] | None = None
+            if direct is None:
+                reduced = self._reduce(pending.instance_id, pending.event, state, number)
+            else:
+                # `_reduce` inline for a reducer called directly (no call of its own per add),
+                # with `copier`'s quick check of the state it returns (`quick_codec`).
+                ctx: DebounceEventContext[E, S, Any] = DebounceEventContext(
+                    env, job.name, pending.instance_id, logger, log_level, pending.event, state, number, tenant
+                )
+                try:
+                    value = direct(ctx)
+                except BaseException as exc:  # run_body makes it the add's failure, or lets a cancel through
+                    reduced = self._finish_reduce(functools.partial(_raise, exc), ctx)
+                else:
+                    if type(value) is state_type:
+                        if quick is not None:
+                            try:
+                                new_raw = quick[0](value)
+                                if len(new_raw) <= limit:
+                                    reduced = new_raw, quick[1](new_raw)
+                            except Exception:  # refused (or user code msgspec calls raised): the copier words it
+                                pass
+                        if reduced is None:
+                            reduced = self._copy_state(value)
+                    else:  # any other form goes through `run_body` with the value the reducer gave
+                        reduced = self._finish_reduce(functools.partial(_same, value), ctx)
             if type(reduced) is not tuple and not isinstance(reduced, JobError):
                 try:
                     reduced = await cast("Coroutine[Any, Any, _Reduced[S]]", reduced)
