@@ -82,17 +82,22 @@ from ._rows import (
     running_job_args,
 )
 
-#: Commits between automatic WAL checkpoints, in pages (256 pages of 4 KiB: 1 MiB).
-WAL_AUTOCHECKPOINT_PAGES: Final = 256
-#: The size a WAL file is cut back to when a commit starts it over, in bytes: its size at the
-#: mark past which the writer checkpoints itself (`_Checkpointer.wal_hook`), four times
-#: `WAL_AUTOCHECKPOINT_PAGES` frames of a 4 KiB page and its 24-byte header, plus the file's
-#: 32-byte header (4,218,912 bytes). A WAL of ordinary commits (the mark and what the checkpoint
+#: Commits between WAL checkpoints, in pages (1,024 pages of 4 KiB: 4 MiB, about SQLite's own
+#: default of 1,000). The checkpoint runs in a thread of its own (`_Checkpointer`), so its size
+#: stalls nothing; what the engine's thread pays per checkpoint is the WAL header's sync when
+#: the next commit starts the WAL over, so a larger mark means fewer of them (at 256 pages,
+#: about ten a second while 1,000 Task alarms a second fired).
+WAL_AUTOCHECKPOINT_PAGES: Final = 1024
+#: The WAL size, in pages, past which the writer checkpoints itself after its commit (one large
+#: transaction, or commits that outran the checkpoint thread), so the WAL stays bounded.
+WAL_WRITER_CHECKPOINT_PAGES: Final = 2 * WAL_AUTOCHECKPOINT_PAGES
+#: The size a WAL file is cut back to when a commit starts it over, in bytes: its size at
+#: `WAL_WRITER_CHECKPOINT_PAGES` frames of a 4 KiB page and its 24-byte header, plus the file's
+#: 32-byte header (8,437,792 bytes). A WAL of ordinary commits (the mark and what the checkpoint
 #: thread lags behind it) stays below it and is never cut: a cut is an ``ftruncate`` in the
 #: committing thread, the engine's, at every start-over, and the next pages written past the
-#: cut allocate the file's blocks again. Only a WAL that outgrew it (one large transaction)
-#: gives its space back.
-WAL_SIZE_LIMIT_BYTES: Final = 4 * WAL_AUTOCHECKPOINT_PAGES * (4096 + 24) + 32
+#: cut allocate the file's blocks again. Only a WAL that outgrew it gives its space back.
+WAL_SIZE_LIMIT_BYTES: Final = WAL_WRITER_CHECKPOINT_PAGES * (4096 + 24) + 32
 
 #: ``PRAGMA application_id`` of a djobs database ("djob" in ASCII).
 APPLICATION_ID: Final = 0x646A6F62
@@ -824,11 +829,12 @@ class _Checkpointer:
     def wal_hook(self, db: apsw.Connection, _name: str, pages: int) -> int:
         """The writer's WAL hook (after each commit): past the threshold, wake the checkpoint thread.
 
-        A WAL four times past it (one large transaction, or commits that outran the thread)
-        is checkpointed here, in the committing thread, as SQLite itself would: its space
-        comes back at the next commit, whatever the thread is doing, so the WAL stays bounded.
+        A WAL twice past it (`WAL_WRITER_CHECKPOINT_PAGES`: one large transaction, or commits
+        that outran the thread) is checkpointed here, in the committing thread, as SQLite itself
+        would: its space comes back at the next commit, whatever the thread is doing, so the WAL
+        stays bounded.
         """
-        if pages >= 4 * WAL_AUTOCHECKPOINT_PAGES:
+        if pages >= WAL_WRITER_CHECKPOINT_PAGES:
             with contextlib.suppress(apsw.Error):  # busy: the thread checkpoints now
                 db.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
             return apsw.SQLITE_OK
@@ -1829,8 +1835,8 @@ def _open_connection(
         # default, which doubled the CPU cost of a drain's writes. In memory it costs a copy
         # of each page changed; recovery after a crash never reads it (the WAL holds the commits).
         db.execute("PRAGMA temp_store=MEMORY")
-        # A bounded WAL: checkpoint every ~1 MB of commits (SQLite's default is ~4 MB), and
-        # cut a file that outgrew ~4 MB back to that when it starts over, so one large
+        # A bounded WAL: checkpoint every 4 MiB of commits (SQLite's default is ~4 MB), and
+        # cut a file that outgrew ~8 MB back to that when it starts over, so one large
         # transaction does not leave a large WAL behind, and a nearly full volume gets its
         # space back (`WAL_SIZE_LIMIT_BYTES`: ordinary commits never cut it). Once
         # open, the checkpoints run in a thread of their own (`_Checkpointer`); SQLite's own
