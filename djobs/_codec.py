@@ -8,6 +8,8 @@ does. Encoders and decoders are made once and reused.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any, ForwardRef, Literal, TypeVar, cast, get_args, get_origin
 
@@ -174,6 +176,10 @@ def _check(tp: Any, value: object, what: str, limit: int, strict: bool) -> tuple
         return ValidationError(f"{what} cannot be stored as {type_name(tp)}: {exc}")
     except Exception as exc:  # user code msgspec calls: a datetime's tzinfo.utcoffset, say
         return ValidationError(f"{what} cannot be stored as {type_name(tp)}: {describe(exc)}")
+    if b"null" in raw:  # msgspec writes nan and ±inf as null: only then can one hide in `value`
+        refused = non_finite(value)
+        if refused is not None:
+            return ValidationError(f"{what} cannot be stored as {type_name(tp)}: {refused}")
     if len(raw) > limit:
         return ValidationError(
             f"{what} is {len(raw)} bytes encoded; at most {limit} are allowed "
@@ -189,6 +195,41 @@ def _check(tp: Any, value: object, what: str, limit: int, strict: bool) -> tuple
     except Exception as exc:  # user code msgspec calls: a struct's __post_init__, say
         return ValidationError(f"{what} does not match {type_name(tp)}: {describe(exc)}")
     return raw, decoded
+
+
+def non_finite(value: object) -> str | None:
+    """Where `value` holds a nan or ±inf float, worded for an error, or ``None`` if it holds none.
+
+    JSON has no form for them: msgspec's encoder writes each as ``null``, so
+    a ``float | None`` field would be stored as ``None`` and a ``float`` field
+    refused as "got null" (a null the caller never passed). `_check` calls
+    this only when an encoding holds ``null``. The path is written as
+    msgspec writes one in its errors (``$.field[0].key``); a dict's keys are
+    not looked at (msgspec writes a float key as text, ``"nan"``, which
+    decodes back as itself).
+    """
+    todo: list[tuple[object, str]] = [(value, "$")]
+    while todo:
+        item, path = todo.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return (
+                    f"{item!r} at `{path}` is not a finite float, and non-finite floats (nan, inf, -inf) "
+                    "cannot be stored (JSON has no form for them; store None or a sentinel instead)"
+                )
+        elif isinstance(item, msgspec.Struct):
+            todo.extend((getattr(item, name, None), f"{path}.{name}") for name in item.__struct_fields__)
+        elif isinstance(item, dict):
+            todo.extend((v, f"{path}[{k!r}]") for k, v in item.items())
+        elif isinstance(item, list | tuple | set | frozenset):
+            todo.extend((v, f"{path}[{i}]") for i, v in enumerate(item))
+        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
+            todo.extend((getattr(item, f.name, None), f"{path}.{f.name}") for f in dataclasses.fields(item))
+        else:
+            attributes = getattr(type(item), "__attrs_attrs__", None)  # an attrs class, which msgspec encodes too
+            if attributes is not None:
+                todo.extend((getattr(item, a.name, None), f"{path}.{a.name}") for a in attributes)
+    return None
 
 
 def decode(tp: type[T], raw: bytes, *, what: str) -> Result[T, ValidationError]:
@@ -240,7 +281,8 @@ def copier(
         if quick and type(value) is tp:
             try:
                 raw = _encoder.encode(value)
-                if len(raw) <= limit:
+                # A null may be a nan msgspec wrote so (`non_finite`); one is refused, and worded, below.
+                if len(raw) <= limit and (b"null" not in raw or non_finite(value) is None):
                     return raw, plain.decode(raw)
             except Exception:  # refused (or user code msgspec calls raised): worded below
                 pass

@@ -1,0 +1,238 @@
+"""nan and ±inf floats: refused with a `ValidationError` naming the field, wherever a payload is stored.
+
+JSON has no form for them (and PostgreSQL's jsonb none either): msgspec's encoder writes each as
+``null``, so without the check a ``float | None`` field was stored as ``None`` and a ``float``
+field refused as "Expected `float`, got `null`", a null the caller never passed.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from typing import Any
+
+import msgspec
+import pytest
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from postgres_support import DSN_VARIABLE, drop_schema, new_schema_name, postgres_dsn
+
+import djobs
+import djobs.storage
+from djobs.testing import failure, open_test_engine, success
+
+
+class Reading(msgspec.Struct):
+    label: str = ""
+    value: float | None = None
+    exact: float = 0.0
+    values: list[float] = []
+    extra: dict[str, Any] = {}
+
+
+class Wrapped(msgspec.Struct):
+    reading: Reading | None = None
+
+
+#: nan (signed, and with a payload: a nan is any of 2**53 bit patterns), inf and -inf.
+non_finite = st.one_of(
+    st.sampled_from([math.nan, -math.nan, math.inf, -math.inf]),
+    st.integers(1, 2**51 - 1).map(lambda bits: struct.unpack("<d", struct.pack("<Q", 0x7FF8_0000_0000_0000 | bits))[0]),
+)
+
+
+@st.composite
+def readings(draw: st.DrawFn) -> tuple[Any, str]:
+    """A payload holding one non-finite float somewhere, and the path the error must name."""
+    x = draw(non_finite)
+    where = draw(st.sampled_from(["value", "exact", "values", "extra", "dict", "nested"]))
+    if where == "value":
+        return Reading(value=x), "$.value"
+    if where == "exact":
+        return Reading(exact=x), "$.exact"
+    if where == "values":
+        return Reading(values=[1.0, x]), "$.values[1]"
+    if where == "extra":
+        return Reading(extra={"deep": [{"x": x}]}), "$.extra['deep'][0]['x']"
+    if where == "dict":
+        return {"label": "d", "value": x}, "$['value']"
+    return Wrapped(Reading(value=x)), "$.reading.value"
+
+
+def measure(params: Reading, ctx: djobs.JobContext) -> Reading:
+    return Reading(value=float(params.label)) if params.label else params
+
+
+def keep(ctx: djobs.ContinuousContext[Reading]) -> None:
+    if ctx.state.label:
+        ctx.set_state(Reading(value=float(ctx.state.label)))
+
+
+def fold(ctx: djobs.DebounceEventContext[Reading, Reading]) -> Reading:
+    return Reading(value=float(ctx.event.label)) if ctx.event.label else ctx.event
+
+
+def flush(ctx: djobs.DebounceContext[Reading]) -> None:
+    pass
+
+
+def on_reading(event: Reading, ctx: djobs.TaskEventContext[Reading]) -> None:
+    ctx.set_state(Reading(value=float(event.label)) if event.label else event)
+
+
+def run_task(ctx: djobs.TaskContext[Reading]) -> None:
+    pass
+
+
+async def observe(params: Reading, ctx: djobs.WorkflowContext) -> Reading:
+    if params.label.startswith("step:"):
+        return await ctx.step("read", lambda: Reading(value=float(params.label[5:])), result=Reading)
+    if params.label.startswith("signal"):
+        return await ctx.wait_for_signal("reading", Reading)
+    return Reading(value=float(params.label)) if params.label else params
+
+
+measurer = djobs.Job.make("measurer", params=Reading, result=Reading, execute=measure, on="reading", retry=djobs.Retry(1))
+wrapped_job = djobs.Job.make("wrapped", params=Wrapped, execute=lambda params, ctx: None, retry=djobs.Retry(1))
+keeper = djobs.Continuous.make("keeper", state=Reading, schedule=djobs.every("1 hour"), execute=keep)
+gatherer = djobs.Debounce.make(
+    "gatherer", event=Reading, state=Reading, on_event=fold, execute=flush, flush_after="1 hour"
+)
+tasker = djobs.Task.make("tasker", state=Reading, event=Reading, on_event=on_reading, execute=run_task)
+observer = djobs.Workflow.make("observer", input=Reading, result=Reading, execute=observe)
+definitions: list[Any] = [measurer, wrapped_job, keeper, gatherer, tasker, observer]
+
+
+def storage_layer(kind: str, directory: str, schema: str | None) -> djobs.storage.StorageLayer:
+    if kind == "memory":
+        return djobs.storage.memory()
+    if kind == "sqlite":
+        return djobs.sqlite(f"{directory}/jobs.db")
+    assert schema is not None
+    return djobs.postgres(postgres_dsn() or "", schema=schema)
+
+
+STORAGE_KINDS = [
+    "memory",
+    "sqlite",
+    pytest.param("postgres", marks=pytest.mark.skipif(postgres_dsn() is None, reason=f"{DSN_VARIABLE} is not set")),
+]
+
+
+def refused(result: Any, path: str) -> None:
+    error = failure(result)
+    assert isinstance(error, djobs.ValidationError), error
+    assert f"`{path}`" in error.message and "non-finite" in error.message, error.message
+
+
+async def every_verb_with(engine: Any, value: Any, path: str) -> None:
+    """Every verb taking a payload, given `value` (a non-finite float at `path`): refused, nothing stored."""
+    client = engine.client
+    job = client.job(wrapped_job if isinstance(value, Wrapped) else measurer)
+    refused(await job.later(value), path)
+    refused(await job.later_many([value]), path)
+    refused(await job.now(value), path)
+    refused(await job.now(value, persist=True), path)
+    refused(await job.batch([value]), path)
+    if not isinstance(value, Wrapped):
+        refused(await client.send_event("reading", value), path)
+        refused(await client.continuous(keeper).start(id="k", input=value), path)
+        refused(await client.debounce(gatherer).add(id="d", event=value), path)
+        refused(await client.task(tasker).send(id="t", event=value), path)
+        refused(await client.workflow(observer).start(id="w", input=value), path)
+    # A signal's payload is stored before any workflow reads it with its type: checked as it is.
+    refused(await client.workflow(observer).signal("waiting", "reading", value), path)
+    assert success(await client.jobs.list()) == []
+    for status in (
+        await client.continuous(keeper).status("k"),
+        await client.task(tasker).status("t"),
+        await client.workflow(observer).status("w"),
+    ):
+        assert success(status).status == "not_found"
+
+
+@pytest.mark.parametrize("kind", STORAGE_KINDS)
+def test_a_non_finite_float_is_refused_by_every_verb_on_every_storage(kind: str, tmp_path: Any) -> None:
+    schema = new_schema_name() if kind == "postgres" else None
+
+    @settings(
+        max_examples=10 if kind == "postgres" else 25,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
+    )
+    @given(payloads=st.lists(readings(), min_size=1, max_size=3))
+    def property(payloads: list[tuple[Any, str]]) -> None:
+        async def scenario() -> None:
+            async with open_test_engine(definitions, storage=storage_layer(kind, str(tmp_path), schema)) as engine:
+                assert success(await engine.client.workflow(observer).start(id="waiting", input=Reading("signal")))
+                await engine.wait_idle()
+                for value, path in payloads:
+                    await every_verb_with(engine, value, path)
+                await engine.client.workflow(observer).cancel("waiting")
+                await engine.wait_idle()
+
+        trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
+
+    try:
+        property()
+    finally:
+        if schema is not None:
+            drop_schema(postgres_dsn() or "", schema)
+
+
+@pytest.mark.parametrize("kind", STORAGE_KINDS)
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf"])
+def test_a_non_finite_float_a_body_produces_fails_its_run_and_keeps_what_was_stored(
+    kind: str, text: str, tmp_path: Any
+) -> None:
+    """A job's result, a state a body sets or returns, a step's result, a workflow's result."""
+    schema = new_schema_name() if kind == "postgres" else None
+
+    async def scenario() -> None:
+        async with open_test_engine(definitions, storage=storage_layer(kind, str(tmp_path), schema)) as engine:
+            client = engine.client
+            ran = success(await client.job(measurer).now(Reading(text)))
+            assert ran.status == "failed" and ran.error is not None and "non-finite" in ran.error.message, ran
+            job_id = success(await client.job(measurer).later(Reading(text)))
+            assert success(await client.continuous(keeper).start(id="k", input=Reading(text)))
+            # on_event runs in the call: the call is refused.
+            refused(await client.debounce(gatherer).add(id="d", event=Reading(text)), "$.value")
+            refused(await client.task(tasker).send(id="t", event=Reading(text)), "$.value")
+            for id, label in (("w-result", text), ("w-step", f"step:{text}")):
+                assert success(await client.workflow(observer).start(id=id, input=Reading(label)))
+            await client.continuous(keeper).trigger("k")
+            await engine.wait_idle()
+            info = success(await client.jobs.status(job_id))
+            assert info.status == "failed" and info.error is not None
+            assert "non-finite" in info.error.message, info.error.message
+            # The state the caller stored is kept: not a None where the nan was.
+            assert success(await client.continuous(keeper).get_state("k")).state == Reading(text)
+            assert success(await client.debounce(gatherer).status("d")).status == "not_found"
+            assert success(await client.task(tasker).status("t")).status == "not_found"
+            for id in ("w-result", "w-step"):
+                status = success(await client.workflow(observer).status(id))
+                assert status.status == "failed", status
+                assert status.error is not None and "non-finite" in status.error["message"], status.error
+
+    try:
+        trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
+    finally:
+        if schema is not None:
+            drop_schema(postgres_dsn() or "", schema)
+
+
+def test_a_cron_job_with_non_finite_params_is_refused_at_make() -> None:
+    with pytest.raises(djobs.ValidationError, match=r"`\$\.value`.*non-finite"):
+        djobs.CronJob.make("nightly", schedule=djobs.cron("0 3 * * *"), job=measurer, params=Reading(value=math.inf))
+
+
+def test_finite_floats_and_none_still_round_trip() -> None:
+    async def scenario() -> None:
+        async with open_test_engine(definitions) as engine:
+            value = Reading(value=None, exact=1e308, values=[-0.0, 5e-324], extra={"n": None})
+            assert success(await engine.client.continuous(keeper).start(id="k", input=value))
+            assert success(await engine.client.continuous(keeper).get_state("k")).state == value
+
+    trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
