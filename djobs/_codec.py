@@ -9,8 +9,8 @@ does. Encoders and decoders are made once and reused.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
+from itertools import count, repeat
 from typing import Any, ForwardRef, Literal, TypeVar, cast, get_args, get_origin
 
 import msgspec
@@ -204,32 +204,51 @@ def non_finite(value: object) -> str | None:
     a ``float | None`` field would be stored as ``None`` and a ``float`` field
     refused as "got null" (a null the caller never passed). `_check` calls
     this only when an encoding holds ``null``. The path is written as
-    msgspec writes one in its errors (``$.field[0].key``); a dict's keys are
-    not looked at (msgspec writes a float key as text, ``"nan"``, which
-    decodes back as itself).
+    msgspec writes one in its errors (``$.field[0]``); a dict's keys are not
+    looked at (msgspec writes a float key as text, ``"nan"``, which decodes
+    back as itself). Built for few calls (a hot path's payload with a
+    ``None`` in it comes here): the common leaves cost none, a struct two.
     """
-    todo: list[tuple[object, str]] = [(value, "$")]
+    # Each entry: a value, the container it is in (its own container, its key there, how the
+    # keys of its items are written) and its key in that container.
+    todo: list[tuple[object, Any, Any]] = [(value, None, None)]
     while todo:
-        item, path = todo.pop()
-        if isinstance(item, float):
-            if not math.isfinite(item):
-                return (
-                    f"{item!r} at `{path}` is not a finite float, and non-finite floats (nan, inf, -inf) "
-                    "cannot be stored (JSON has no form for them; store None or a sentinel instead)"
-                )
-        elif isinstance(item, msgspec.Struct):
-            todo.extend((getattr(item, name, None), f"{path}.{name}") for name in item.__struct_fields__)
+        item, within, key = todo.pop()
+        kind = type(item)
+        if kind is float:
+            if item - item:  # type: ignore[operator]  # nan or ±inf; a finite x - x is 0.0
+                return _non_finite_message(item, within, key)
+            continue
+        if kind is str or kind is int or kind is bool or item is None:  # the common leaves: no call
+            continue
+        if isinstance(item, msgspec.Struct):
+            todo += zip(msgspec.structs.astuple(item), repeat((within, key, ".")), item.__struct_fields__)
         elif isinstance(item, dict):
-            todo.extend((v, f"{path}[{k!r}]") for k, v in item.items())
+            todo += zip(item.values(), repeat((within, key, "[]")), item.keys())
         elif isinstance(item, list | tuple | set | frozenset):
-            todo.extend((v, f"{path}[{i}]") for i, v in enumerate(item))
+            todo += zip(item, repeat((within, key, "[]")), count())
         elif dataclasses.is_dataclass(item) and not isinstance(item, type):
-            todo.extend((getattr(item, f.name, None), f"{path}.{f.name}") for f in dataclasses.fields(item))
+            names = [f.name for f in dataclasses.fields(item)]
+            todo += zip([getattr(item, n, None) for n in names], repeat((within, key, ".")), names)
         else:
-            attributes = getattr(type(item), "__attrs_attrs__", None)  # an attrs class, which msgspec encodes too
+            attributes = getattr(kind, "__attrs_attrs__", None)  # an attrs class, which msgspec encodes too
             if attributes is not None:
-                todo.extend((getattr(item, a.name, None), f"{path}.{a.name}") for a in attributes)
+                names = [a.name for a in attributes]
+                todo += zip([getattr(item, n, None) for n in names], repeat((within, key, ".")), names)
     return None
+
+
+def _non_finite_message(item: object, within: Any, key: Any) -> str:
+    parts: list[str] = []
+    while within is not None:
+        within, outer_key, style = within[0], within[1], within[2]
+        parts.append(f".{key}" if style == "." else f"[{key!r}]")
+        key = outer_key
+    path = "$" + "".join(reversed(parts))
+    return (
+        f"{item!r} at `{path}` is not a finite float, and non-finite floats (nan, inf, -inf) cannot be stored "
+        "(JSON has no form for them; store None or a sentinel instead)"
+    )
 
 
 def decode(tp: type[T], raw: bytes, *, what: str) -> Result[T, ValidationError]:

@@ -7,6 +7,7 @@ field refused as "Expected `float`, got `null`", a null the caller never passed.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import struct
 from typing import Any
@@ -93,7 +94,9 @@ async def observe(params: Reading, ctx: djobs.WorkflowContext) -> Reading:
     return Reading(value=float(params.label)) if params.label else params
 
 
-measurer = djobs.Job.make("measurer", params=Reading, result=Reading, execute=measure, on="reading", retry=djobs.Retry(1))
+measurer = djobs.Job.make(
+    "measurer", params=Reading, result=Reading, execute=measure, on="reading", retry=djobs.Retry(1)
+)
 wrapped_job = djobs.Job.make("wrapped", params=Wrapped, execute=lambda params, ctx: None, retry=djobs.Retry(1))
 keeper = djobs.Continuous.make("keeper", state=Reading, schedule=djobs.every("1 hour"), execute=keep)
 gatherer = djobs.Debounce.make(
@@ -236,3 +239,31 @@ def test_finite_floats_and_none_still_round_trip() -> None:
             assert success(await engine.client.continuous(keeper).get_state("k")).state == value
 
     trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+@dataclasses.dataclass
+class Point:
+    x: float
+    y: float
+
+
+@pytest.mark.parametrize(
+    ("value", "path"),
+    [
+        (Point(1.0, math.nan), "$.y"),
+        ({"points": (Point(0.0, 0.0), Point(math.inf, 0.0))}, "$['points'][1].x"),
+        ([-math.inf], "$[0]"),
+        ({"s": frozenset([math.nan])}, "$['s'][0]"),
+    ],
+)
+def test_a_non_finite_float_is_found_in_whatever_msgspec_encodes(value: Any, path: str) -> None:
+    from djobs._codec import encode
+
+    error = failure_of(encode(Any, value, what="payload", strict=False))  # type: ignore[arg-type]
+    assert f"`{path}`" in error.message, error.message
+
+
+def failure_of(result: Any) -> djobs.ValidationError:
+    error = result.failure()
+    assert isinstance(error, djobs.ValidationError), error
+    return error
