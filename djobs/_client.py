@@ -214,7 +214,8 @@ class Client:
                 idempotency_key=idempotency_key,
                 at=at,
                 delay=delay,
-            )
+            ),
+            queue.env,
         )
 
     @property

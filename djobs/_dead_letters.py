@@ -277,7 +277,7 @@ class DeadLettersClient:
     ) -> FutureResult[list[DeadLetterInfo], ValidationError | StorageError]:
         """Letters matching every given filter, newest first; page with ``after=<last id>``."""
         box, scope = self._letters, self._tenant
-        return effect(lambda: box.list(scope, kind, name, tenant_id, after, limit))
+        return effect(lambda: box.list(scope, kind, name, tenant_id, after, limit), box.env)
 
     def get(
         self, letter_id: str
@@ -288,7 +288,7 @@ class DeadLettersClient:
         async def run() -> Result[DeadLetterInfo, Any]:
             return (await box.load(scope, letter_id)).map(box.info)
 
-        return effect(run)
+        return effect(run, box.env)
 
     def retry(
         self, letter_id: str
@@ -307,14 +307,14 @@ class DeadLettersClient:
           retry is `InvalidStateError` and nothing changes.
         """
         box, scope = self._letters, self._tenant
-        return effect(lambda: box.retry(scope, letter_id))
+        return effect(lambda: box.retry(scope, letter_id), box.env)
 
     def discard(
         self, letter_id: str
     ) -> FutureResult[DeadLetterInfo, InstanceNotFoundError | ValidationError | StorageError]:
         """Delete the letter for good; what it held."""
         box, scope = self._letters, self._tenant
-        return effect(lambda: box.discard(scope, letter_id))
+        return effect(lambda: box.discard(scope, letter_id), box.env)
 
     def purge(self, *, older_than: DurationLike) -> FutureResult[int, ValidationError | StorageError]:
         """Delete every letter written more than `older_than` ago (all tenants'); how many.
@@ -326,7 +326,7 @@ class DeadLettersClient:
             return FutureResult.from_failure(
                 ValidationError("purging dead letters is for every tenant at once; use a client without a tenant")
             )
-        return effect(lambda: box.purge(older_than))
+        return effect(lambda: box.purge(older_than), box.env)
 
 
 def _check_scope(scope: str | None) -> Result[str | None, ValidationError]:

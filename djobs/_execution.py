@@ -246,6 +246,14 @@ class TenantClients(Protocol):
     def for_tenant(self, tenant_id: str) -> object: ...
 
 
+def running_trio_token() -> trio.lowlevel.TrioToken | None:
+    """The token of the Trio run the caller is in, or ``None`` outside one (a thread, asyncio)."""
+    try:
+        return trio.lowlevel.current_trio_token()
+    except RuntimeError:
+        return None
+
+
 @dataclass(slots=True, frozen=True, eq=False)
 class Env:
     """The services a run and a handler use, built once per engine with its collaborators.
@@ -269,6 +277,9 @@ class Env:
     alarm_waker: AlarmWaker
     #: ``ctx.client``: the engine's client, given once it is built.
     clients: ClientSlot = field(default_factory=ClientSlot)
+    #: The Trio run the engine runs in (its token; ``None`` for an env built outside one): a
+    #: client verb awaited in another run is refused (`djobs.kinds._common.effect`).
+    trio_token: trio.lowlevel.TrioToken | None = field(default_factory=running_trio_token)
     #: The largest encoded payload (params, event, state, input, result) accepted, in bytes.
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     #: Claimed work not yet started (`Handoffs`).

@@ -12,6 +12,7 @@ from types import CodeType, CoroutineType, FrameType
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Self
 
 import msgspec
+import trio
 from returns.future import FutureResult
 from returns.result import Failure, Result, Success
 from typing_extensions import TypeVar
@@ -210,6 +211,7 @@ class TenantScoped:
     """
 
     tenant: str | None = None
+    env: Env
 
     def scoped(self, tenant: str | None) -> Self:
         """This handler, acting for `tenant` (itself when `tenant` is ``None``)."""
@@ -220,8 +222,16 @@ class TenantScoped:
         return clone
 
 
-def effect(fn: Callable[[], Awaitable[Result[T, Any]]], verb: str | None = None) -> FutureResult[T, Any]:
+def effect(
+    fn: Callable[[], Awaitable[Result[T, Any]]], home: Env | None, verb: str | None = None
+) -> FutureResult[T, Any]:
     """A client verb as a `FutureResult`: `fn` runs when the result is awaited.
+
+    Awaited in another Trio run than the engine's (`home`'s: a ``trio.run``
+    in a thread, or no Trio run at all), `fn` does not run: the verb fails
+    with `StorageError` (`FOREIGN_RUN_MESSAGE`), as its work would start
+    tasks in the engine's nursery, and take its leases, from a run that is
+    not the engine's. The check is one call per verb.
 
     A `JobError` raised below (storage, duplicate events) becomes a failure
     value here, at the client's edge. The coroutine is named after the verb,
@@ -237,7 +247,16 @@ def effect(fn: Callable[[], Awaitable[Result[T, Any]]], verb: str | None = None)
     which a verb never awaited would name instead of the verb.
     """
 
+    token = None if home is None else home.trio_token
+
     async def run() -> Result[T, Any]:
+        if token is not None:
+            try:  # inline, not `running_trio_token`: one call fewer on every verb
+                foreign = trio.lowlevel.current_trio_token() is not token
+            except RuntimeError:  # awaited outside any Trio run
+                foreign = True
+            if foreign:
+                return Failure(StorageError(FOREIGN_RUN_MESSAGE))
         try:
             return await fn()
         except JobError as exc:
@@ -249,6 +268,13 @@ def effect(fn: Callable[[], Awaitable[Result[T, Any]]], verb: str | None = None)
     if isinstance(coroutine, CoroutineType):  # always: `run` is an async def
         coroutine.__qualname__ = _verb_name(sys._getframe(1)) if verb is None else "djobs." + verb
     return FutureResult(coroutine)
+
+
+#: Why a client verb awaited outside the engine's Trio run fails (`effect`).
+FOREIGN_RUN_MESSAGE = (
+    "this engine runs in another Trio run (trio.run) than the one awaiting this verb: await its client's "
+    "verbs in the engine's own run (from a thread, through trio.from_thread.run)"
+)
 
 
 def bug_failure(exc: Exception) -> Failure[StorageError]:
@@ -274,7 +300,7 @@ def _verb_name(frame: FrameType | None) -> str:
 _VERB_NAMES: dict[CodeType, str] = {}
 
 
-H = TypeVar("H")
+H = TypeVar("H", bound=TenantScoped)
 
 
 class InstanceClient(Generic[H]):
@@ -321,7 +347,7 @@ class InstanceClient(Generic[H]):
                 lambda _: check_id(instance_id)
             )
         )
-        return effect(lambda: bind_async(checked, lambda i: fn(handler, i)))
+        return effect(lambda: bind_async(checked, lambda i: fn(handler, i)), handler.env)
 
 
 def not_registered(name: str, message: str | None = None) -> FutureResult[Any, JobNotFoundError]:
@@ -331,7 +357,7 @@ def not_registered(name: str, message: str | None = None) -> FutureResult[Any, J
     async def fail() -> Result[Any, JobNotFoundError]:
         return Failure(JobNotFoundError(name, message))
 
-    return effect(fail)
+    return effect(fail, None)
 
 
 #: What `effect` looks past to name the verb.

@@ -566,28 +566,28 @@ class CronsClient:
     def get(self, cron: CronJob[Any] | str) -> FutureResult[CronInfo, JobNotFoundError | TenantError | StorageError]:
         """One cron job: schedule, enabled, next and last run."""
         s, scope = self._scheduler, self._tenant
-        return effect(lambda: s.get(scope, cron))
+        return effect(lambda: s.get(scope, cron), s.env)
 
     def enable(self, cron: CronJob[Any] | str) -> FutureResult[CronInfo, JobNotFoundError | TenantError | StorageError]:
         """Fire again, from the next fire time after now (times missed while disabled are not run)."""
         s, scope = self._scheduler, self._tenant
-        return effect(lambda: s.set_enabled(scope, cron, True))
+        return effect(lambda: s.set_enabled(scope, cron, True), s.env)
 
     def disable(
         self, cron: CronJob[Any] | str
     ) -> FutureResult[CronInfo, JobNotFoundError | TenantError | StorageError]:
         """Stop firing (in every engine on this database) until enabled again."""
         s, scope = self._scheduler, self._tenant
-        return effect(lambda: s.set_enabled(scope, cron, False))
+        return effect(lambda: s.set_enabled(scope, cron, False), s.env)
 
     def next_runs(
         self, cron: CronJob[Any] | str, n: int = 5
     ) -> FutureResult[list[datetime], JobNotFoundError | TenantError | ValidationError | StorageError]:
         """The next `n` fire times (from the stored next run; from now if disabled)."""
         s, scope = self._scheduler, self._tenant
-        return effect(lambda: s.next_runs(scope, cron, n))
+        return effect(lambda: s.next_runs(scope, cron, n), s.env)
 
     def list(self) -> FutureResult[list[CronInfo], StorageError]:
         """Every cron job of this engine, by name."""
         s, scope = self._scheduler, self._tenant
-        return effect(lambda: s.list_crons(scope))
+        return effect(lambda: s.list_crons(scope), s.env)

@@ -73,6 +73,7 @@ from ..storage._base import InstanceLeaseLoader, Revival
 from ..tracking import TrackedEvent
 from ..tracking._base import CALLER_CONTEXT
 from ._common import (
+    FOREIGN_RUN_MESSAGE,
     MAX_ID_LENGTH,
     TENANT_SEPARATOR,
     D_contra,
@@ -637,6 +638,14 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         A `JobError` raised below is its failure and any other exception (a bug) a logged
         `StorageError`, as `effect` answers them: the client awaits this coroutine itself.
         """
+        token = self.env.trio_token
+        if token is not None:  # `effect`'s check: the client awaits this coroutine itself
+            try:
+                foreign = trio.lowlevel.current_trio_token() is not token
+            except RuntimeError:  # awaited outside any Trio run
+                foreign = True
+            if foreign:
+                return Failure(StorageError(FOREIGN_RUN_MESSAGE))
         try:
             # Matches, not a Result.do: every add passes here, and a generator would cost more than the checks.
             the_event_id: str | None = None

@@ -97,7 +97,7 @@ class JobClient(Generic[P, R]):
                 return refused
             return await bind_async(self._checked(h, q, params, tenant_id, correlation_id), start)
 
-        return effect(run)
+        return effect(run, q.env)
 
     def later(
         self,
@@ -150,7 +150,7 @@ class JobClient(Generic[P, R]):
                     return failed
             raise AssertionError("neither a Success nor a Failure")
 
-        return effect(run, "JobClient.later")
+        return effect(run, q.env, "JobClient.later")
 
     def later_many(
         self,
@@ -217,7 +217,7 @@ class JobClient(Generic[P, R]):
                 return Success([])
             return Success([job_id for job_id, _ in await q.enqueue(rows)])
 
-        return effect(run)
+        return effect(run, q.env)
 
     def batch(
         self,
@@ -292,7 +292,7 @@ class JobClient(Generic[P, R]):
                 return Failure(errors[0])
             return Success([r for r in runs if r is not None])
 
-        return effect(run)
+        return effect(run, q.env)
 
     def _later_row(
         self,
@@ -414,7 +414,7 @@ class JobsClient:
     ) -> FutureResult[JobInfo, InstanceNotFoundError | TenantError | ValidationError | StorageError]:
         """The stored job: status, progress, attempts, result or error."""
         q, scope = self._queue, self._tenant
-        return effect(lambda: _map(q.load(scope, job_id), q.info))
+        return effect(lambda: _map(q.load(scope, job_id), q.info), q.env)
 
     def cancel(
         self, job_id: str
@@ -422,7 +422,7 @@ class JobsClient:
         """Cancel the job: a pending one never runs; a running one is interrupted through its
         Trio cancel scope (here at once, in another process at its next lease renewal)."""
         q, scope = self._queue, self._tenant
-        return effect(lambda: q.cancel(scope, job_id))
+        return effect(lambda: q.cancel(scope, job_id), q.env)
 
     def retry(
         self, job_id: str
@@ -431,7 +431,7 @@ class JobsClient:
     ]:
         """Put a failed or cancelled job back to pending, due now, with a fresh attempt budget."""
         q, scope = self._queue, self._tenant
-        return effect(lambda: q.retry(scope, job_id))
+        return effect(lambda: q.retry(scope, job_id), q.env)
 
     def list(
         self,
@@ -454,7 +454,8 @@ class JobsClient:
                 tenant_id=tenant_id,
                 limit=limit,
                 after=after,
-            )
+            ),
+            q.env,
         )
 
     def purge(
@@ -468,7 +469,7 @@ class JobsClient:
         its tenant's jobs. Rows go in batches of 1000, each its own transaction.
         """
         q, scope = self._queue, self._tenant
-        return effect(lambda: q.purge(scope, older_than, status))
+        return effect(lambda: q.purge(scope, older_than, status), q.env)
 
 
 def _not_a_sequence(params_list: object, verb: str) -> Failure[ValidationError] | None:

@@ -82,6 +82,7 @@ from ..storage import (
 )
 from ..tracking import TrackedEvent
 from ._common import (
+    FOREIGN_RUN_MESSAGE,
     D_contra,
     Definition,
     InstanceClient,
@@ -897,6 +898,14 @@ async def _start(
 ) -> Result[WorkflowStartResult, Any]:
     """`WorkflowClient.start` for a client with no tenant: `InstanceClient._verb`'s checks
     and `effect`'s edge, in one coroutine."""
+    token = handler.env.trio_token
+    if token is not None:
+        try:
+            foreign = trio.lowlevel.current_trio_token() is not token
+        except RuntimeError:  # awaited outside any Trio run
+            foreign = True
+        if foreign:
+            return Failure(StorageError(FOREIGN_RUN_MESSAGE))
     try:
         match check_id(instance_id):
             case Success(checked):
