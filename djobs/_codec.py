@@ -322,8 +322,9 @@ def quick_codec(tp: type[T]) -> tuple[Callable[[object], bytes], Callable[[bytes
 
     For a path that runs the check inline rather than through `copier`'s
     function (a Debounce ``add``, per event and per state): only for a value
-    whose type is exactly `tp`, the encoding within the payload limit; whatever
-    it refuses or raises goes to `copier`'s function, which words the error.
+    whose type is exactly `tp`, the encoding within the payload limit and, if
+    it holds ``null``, the value no nan or ±inf (`non_finite`); whatever it
+    refuses or raises goes to `copier`'s function, which words the error.
     ``None`` unless `tp` is a struct whose fields hold no struct at any depth.
     """
     if not _struct_free(tp):

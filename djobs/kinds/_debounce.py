@@ -49,7 +49,7 @@ from typing_extensions import TypeVar
 
 from .._bodies import Done, Returns, check_body
 from .._clock import to_datetime
-from .._codec import check_storable, copier, decode, quick_codec
+from .._codec import check_storable, copier, decode, non_finite, quick_codec
 from .._context import BaseContext, D_co
 from .._durations import DurationLike, duration, to_ms
 from .._errors import (
@@ -661,7 +661,8 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
             if quick is not None and type(event) is self.job.event:
                 try:
                     raw = quick[0](event)
-                    if len(raw) <= self._limit:
+                    # A null may be a nan msgspec wrote so (`non_finite`): the copier refuses one.
+                    if len(raw) <= self._limit and (b"null" not in raw or non_finite(event) is None):
                         checked_event = quick[1](raw)
                 except Exception:  # refused (or user code msgspec calls raised): the copier words it
                     pass
@@ -990,7 +991,7 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
                         if quick is not None:
                             try:
                                 new_raw = quick[0](value)
-                                if len(new_raw) <= limit:
+                                if len(new_raw) <= limit and (b"null" not in new_raw or non_finite(value) is None):
                                     reduced = new_raw, quick[1](new_raw)
                             except Exception:  # refused (or user code msgspec calls raised): the copier words it
                                 pass
