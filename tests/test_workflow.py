@@ -1444,3 +1444,165 @@ async def test_a_step_never_awaited_warns_as_a_coroutine_never_awaited_does(
     assert [m.split("'")[1] for m in warned] == forgotten, warned
     for message in warned:
         assert "of workflow 'planner' instance 'p' was never awaited: the step did not run" in message
+
+
+# -- a refused call is refused the same way on every run ---------------------------------------------
+
+bad_results: list[str] = []
+
+
+def nan_charge() -> float:
+    bad_results.append("nan")
+    return float("nan")  # JSON has no NaN: stored as null, which is no float
+
+
+def text_count() -> int:
+    bad_results.append("text")
+    return "seven"  # type: ignore[return-value]
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("fn", [nan_charge, text_count])
+@pytest.mark.parametrize("retry", [None, djobs.Retry(3, delay="1 minute")])
+async def test_a_step_whose_result_cannot_be_stored_runs_once_and_every_replay_raises_its_validation_error(
+    autojump_clock: trio.testing.MockClock, fn: Callable[[], object], retry: djobs.Retry | None
+) -> None:
+    bad_results.clear()
+    caught: list[tuple[int, str]] = []
+
+    async def body(_: Nothing, ctx: djobs.WorkflowContext) -> str:
+        try:
+            await ctx.step("charge", fn, retry=retry)
+        except djobs.ValidationError as exc:
+            caught.append((ctx.run_count, exc.message))
+        await ctx.sleep("1 hour", name="nap")
+        await ctx.sleep("1 hour", name="nap2")
+        return "ok"
+
+    flow = djobs.Workflow.make("bad-result", input=Nothing, result=str, execute=body)
+    async with open_test_engine([flow], start=T0) as engine:
+        client = engine.client.workflow(flow)
+        await client.start(id="b", input=Nothing())
+        await until(engine, T0 + timedelta(hours=3))
+        assert success(await client.result("b")) == "ok"
+        status = success(await client.status("b"))
+    assert len(bad_results) == 1  # not retried (a bug, not a passing failure), not run again on replay
+    assert [run for run, _ in caught] == [1, 2, 3]
+    assert len({message for _, message in caught}) == 1 and "result of step 'charge'" in caught[0][1]
+    charge = status.steps[0]
+    assert (charge.kind, charge.name, charge.done, charge.attempts) == ("step", "charge", True, 1)
+    assert charge.error is not None and charge.error["tag"] == "validation"
+    assert status.steps_finished == 1
+
+
+class NotAWorkflow(msgspec.Struct):
+    ref: str
+
+
+def _unregistered(order: Order, ctx: djobs.JobContext) -> Label:
+    return Label("never")
+
+
+def unannotated():  # type: ignore[no-untyped-def]
+    return 1
+
+
+NOT_A_TYPE = object()
+
+
+class Opaque:
+    """A plain class: msgspec neither encodes nor decodes one without hooks."""
+
+    def __init__(self) -> None:
+        self.made = True
+
+
+def make_opaque() -> Opaque:
+    return Opaque()
+
+
+unregistered_job = djobs.Job.make("unregistered", params=Order, result=Label, execute=_unregistered)
+
+#: Each context call with a bad argument, and the error it raises at the call.
+BAD_CALLS: dict[str, tuple[Callable[[djobs.WorkflowContext], Any], type[djobs.JobError]]] = {
+    "sleep tomorrow": (lambda ctx: ctx.sleep("tomorrow"), djobs.ValidationError),
+    "sleep soon": (lambda ctx: ctx.sleep("soon"), djobs.ValidationError),
+    "sleep a bare number": (lambda ctx: ctx.sleep(30), djobs.ValidationError),
+    "sleep a naive datetime": (lambda ctx: ctx.sleep(datetime(2026, 1, 2)), djobs.ValidationError),
+    "sleep a negative delay": (lambda ctx: ctx.sleep(timedelta(seconds=-1)), djobs.ValidationError),
+    "sleep past 9999": (lambda ctx: ctx.sleep(timedelta(days=3_000_000)), djobs.ValidationError),
+    "sleep an empty name": (lambda ctx: ctx.sleep("1 second", name=""), djobs.ValidationError),
+    "wait timeout soon": (lambda ctx: ctx.wait_for_signal("s", str, timeout="soon"), djobs.ValidationError),
+    "wait a naive timeout": (
+        lambda ctx: ctx.wait_for_signal("s", str, timeout=datetime(2026, 1, 2)),
+        djobs.ValidationError,
+    ),
+    "wait an empty name": (lambda ctx: ctx.wait_for_signal("", str), djobs.ValidationError),
+    "wait a type no payload is": (lambda ctx: ctx.wait_for_signal("s", NOT_A_TYPE), djobs.ValidationError),
+    "wait a class msgspec cannot store": (lambda ctx: ctx.wait_for_signal("s", Opaque), djobs.ValidationError),
+    "wait a class it cannot resolve": (lambda ctx: ctx.wait_for_signal("s", trio.Lock), djobs.ValidationError),
+    "step unannotated": (lambda ctx: ctx.step("unannotated", unannotated), djobs.ValidationError),
+    "step a type no result is": (lambda ctx: ctx.step("step", plain_str, result=NOT_A_TYPE), djobs.ValidationError),
+    "step a class msgspec cannot store": (lambda ctx: ctx.step("opaque", make_opaque), djobs.ValidationError),
+    "step a class it cannot resolve": (
+        lambda ctx: ctx.step("lock", plain_str, result=trio.Lock),
+        djobs.ValidationError,
+    ),
+    "step a name that is no str": (lambda ctx: ctx.step(42, plain_str), djobs.ValidationError),
+    "step a long name": (lambda ctx: ctx.step("x" * 201, plain_str), djobs.ValidationError),
+    "step a bad retry": (lambda ctx: ctx.step("retry", plain_str, retry=3), djobs.ValidationError),
+    "step not callable": (lambda ctx: ctx.step("call", "plain_str"), djobs.ValidationError),
+    "child an empty id": (lambda ctx: ctx.child(delivery, "", Parcel("p")), djobs.ValidationError),
+    "child an id of 513": (lambda ctx: ctx.child(delivery, "p" * 513, Parcel("p")), djobs.ValidationError),
+    "child an id too long to name": (lambda ctx: ctx.child(delivery, "p" * 190, Parcel("p")), djobs.ValidationError),
+    "child a NUL id": (lambda ctx: ctx.child(delivery, "p\x00", Parcel("p")), djobs.ValidationError),
+    "child the wrong input": (lambda ctx: ctx.child(delivery, "p", NotAWorkflow("p")), djobs.ValidationError),
+    "child input over the limit": (lambda ctx: ctx.child(delivery, "p", Parcel("p" * 5000)), djobs.ValidationError),
+    "child a job": (lambda ctx: ctx.child(label_job, "p", Parcel("p")), djobs.ValidationError),
+    "child not registered": (lambda ctx: ctx.child(order_flow, "p", Order("o", 1)), djobs.JobNotFoundError),
+    "job the wrong params": (lambda ctx: ctx.job(label_job, Parcel("p")), djobs.ValidationError),
+    "job params over the limit": (lambda ctx: ctx.job(label_job, Order("o" * 5000, 1)), djobs.ValidationError),
+    "job a workflow": (lambda ctx: ctx.job(delivery, Parcel("p")), djobs.ValidationError),
+    "job not registered": (lambda ctx: ctx.job(unregistered_job, Order("o", 1)), djobs.JobNotFoundError),
+    "job a short poll": (lambda ctx: ctx.job(label_job, Order("o", 1), poll="1 ms"), djobs.ValidationError),
+}
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("call", list(BAD_CALLS))
+async def test_a_call_with_a_bad_argument_raises_at_the_call_on_the_first_run_and_every_replay(
+    autojump_clock: trio.testing.MockClock, call: str
+) -> None:
+    # The arguments are checked before the log is consulted: a replay raises what the first run
+    # raised, where it raised it, and the refused call takes no place in the log.
+    make, error_type = BAD_CALLS[call]
+    caught: list[tuple[int, djobs.JobError]] = []
+
+    async def body(_: Nothing, ctx: djobs.WorkflowContext) -> str:
+        try:
+            await make(ctx)
+        except djobs.JobError as exc:
+            caught.append((ctx.run_count, exc))
+            await ctx.step("warn", plain_str)
+        await ctx.sleep("1 second", name="nap")
+        await ctx.sleep("1 hour", name="nap2")
+        return "ok"
+
+    flow = djobs.Workflow.make("bad-call", input=Nothing, result=str, execute=body)
+    async with open_test_engine([flow, delivery, label_job], start=T0, max_payload_bytes=4096) as engine:
+        client = engine.client.workflow(flow)
+        await client.start(id="b", input=Nothing())
+        await until(engine, T0 + timedelta(hours=2))
+        assert success(await client.result("b")) == "ok"
+        status = success(await client.status("b"))
+        assert success(await engine.client.workflow(delivery).list()) == []  # no child was started
+    assert [run for run, _ in caught] == [1, 2, 3]
+    assert all(type(exc) is error_type for _, exc in caught), caught
+    assert len({exc.message for _, exc in caught}) == 1, caught
+    assert [(s.kind, s.name, s.done) for s in status.steps] == [
+        ("step", "warn", True),
+        ("sleep", "nap", True),
+        ("sleep", "nap2", True),
+    ]
+    # The nap took its second, not a slot of another sleep's.
+    assert status.steps[1].until == T0 + timedelta(seconds=1)

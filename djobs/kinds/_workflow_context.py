@@ -39,7 +39,7 @@ from returns.unsafe import unsafe_perform_io
 
 from .._bodies import is_plain
 from .._clock import to_datetime
-from .._codec import check_storable, decode, decoder, encoded_copy
+from .._codec import decode, decoder, encoded, encoded_copy, storable_problem, type_name
 from .._context import BaseContext, D_co
 from .._durations import DurationLike, parse_duration, to_ms
 from .._errors import (
@@ -47,6 +47,7 @@ from .._errors import (
     JobNotFoundError,
     StorageError,
     ValidationError,
+    describe,
 )
 from .._execution import Env, Pending, RunSignal, begun, body_failure, finish_body
 from .._logging import JobLog
@@ -60,13 +61,14 @@ from ..storage import (
     SetAlarm,
 )
 from ..tracking import TrackedEvent
-from ._common import instance_key
+from ._common import check_id, instance_key
 from ._task import When
 from ._workflow_log import (
     FIRST_JOB_LOOK_MS,
     JOB_FINAL,
     JOB_LOOK,
     KIND,
+    MAX_CALL_NAME_LENGTH,
     NULL,
     RETRY,
     TIMEOUT,
@@ -111,8 +113,13 @@ Ts = TypeVarTuple("Ts")
 # -- step result types -----------------------------------------------------------------
 
 _UNSET: Any = object()
+#: The name of the step that starts a child workflow is this, then ``name:id``.
+_CHILD_STEP = "start child "
 _WRAPPERS = (Result, FutureResult, IOResult, RequiresContextFutureResult, Awaitable, Coroutine)
 _step_types: dict[Any, Any] = {}
+#: Result types found storable (`storable_problem`), so a step's ``result=`` is walked once.
+_storable_types: set[Any] = set()
+_STORABLE_TYPES_LIMIT = 4096
 
 
 def _result_type(fn: Callable[..., object], explicit: Any, step: str) -> Any:
@@ -129,9 +136,20 @@ def _result_type(fn: Callable[..., object], explicit: Any, step: str) -> Any:
             return cached  # checked when it was cached
         tp = _annotated_type(fn, step)
     try:
-        decoder(tp)
-    except TypeError as exc:
-        raise ValidationError(f"step {step!r}: its result type {tp!r} cannot be stored: {exc}") from None
+        known = tp in _storable_types
+    except TypeError:  # an unhashable type is checked each time
+        known = False
+    if not known:
+        try:
+            decoder(tp)
+            problem = storable_problem(tp)
+        except Exception as exc:  # msgspec's TypeError, or a NameError of an annotation it cannot resolve
+            problem = describe(exc)
+        if problem is not None:
+            raise ValidationError(f"step {step!r}: its result type {tp!r} cannot be stored: {problem}")
+        if len(_storable_types) < _STORABLE_TYPES_LIMIT:
+            with contextlib.suppress(TypeError):
+                _storable_types.add(tp)
     if explicit is _UNSET:
         with contextlib.suppress(TypeError):
             _step_types[fn] = tp
@@ -160,6 +178,14 @@ def _annotated_type(fn: Callable[..., object], step: str) -> Any:
             continue
         break
     return tp
+
+
+def _not_a(call: str, given: object, wanted: str, instead: str) -> ValidationError:
+    """The error of `call` given `given`, which is not a `wanted` definition (`instead` says what to use)."""
+    kind, name = getattr(given, "kind", None), getattr(given, "name", None)
+    if isinstance(kind, str) and isinstance(name, str):
+        return ValidationError(f"{call}: {name!r} is a {kind} definition, not a {wanted} (use {instead})")
+    return ValidationError(f"{call}: {short.repr(given)} is not a {wanted}")
 
 
 # -- the result of one awaited call ----------------------------------------------------
@@ -405,8 +431,12 @@ class Run:
         self.stepped += 1  # awaited: `warn_unawaited` counts it, whether the guard lets it run or not
         if self.in_call:
             self.guard("ctx.step", name)
-        entry = self.next_entry("step", name)
+        # Every argument is checked before the log is consulted, so a replay refuses what the
+        # first run refused, at the same call, and a refused call takes no position in the log.
+        if type(name) is not str or name not in good_names:
+            check_call_name(name, "step")
         result_type = _result_type(fn, tp, name)
+        entry = self.next_entry("step", name)
         if entry is not None and entry.done:
             return self.replayed_step(entry, result_type)
         if entry is None:
@@ -462,8 +492,12 @@ class Run:
                     return self.replayed_step(entry, result_type)
             copied = encoded_copy(result_type, produced, what=f"result of step {name!r}", limit=env.max_payload_bytes)
             if isinstance(copied, ValidationError):
-                # A result that cannot be stored is a bug in the step or its type, not a failure to retry.
-                raise copied
+                # A result that cannot be stored is a bug in the step or its type, not a failure to
+                # retry: the step's outcome, recorded as such, so a replay raises the same error
+                # without running the step again (`replayed_step`).
+                entry.invalid_result = True
+                await self.step_failed(entry, copied, None)
+                return self.replayed_step(entry, result_type)
             raw, result = copied
             entry.done, entry.until, entry.error = True, None, None
             entry.value = msgspec.Raw(raw)
@@ -517,17 +551,19 @@ class Run:
 
     def replayed_step(self, entry: Entry, tp: Any) -> Any:
         if entry.error is not None:
+            if entry.invalid_result:
+                raise ValidationError(entry.error.message)
             raise StepFailedError(entry.name, entry.attempts, entry.error.tag, entry.error.message)
         return unwrap_or_raise(decode(tp, bytes(entry.value), what=f"result of step {entry.name!r}"))
 
     async def sleep(self, when: object, name: str) -> None:
         self.guard("ctx.sleep", name)
+        now = self.env.now_ms()
+        wake = resolved_when(when, now, "ctx.sleep()")  # before the log: a replay refuses it too
         entry = self.next_entry("sleep", name)
         if entry is not None and entry.done:
             return
-        now = self.env.now_ms()
         if entry is None:
-            wake = resolved_when(when, now, "ctx.sleep()")
             entry = self.append(Entry(kind="sleep", name=name, done=False, until=wake, at=now))
         if self.cancel_pending():
             self.deliver_cancel(entry)
@@ -540,11 +576,12 @@ class Run:
 
     async def wait_for_signal(self, name: str, tp: Any, give_up: object) -> Any:
         self.guard("ctx.wait_for_signal", name)
+        now = self.env.now_ms()
+        # Before the log: a replay refuses a bad timeout too.
+        deadline = None if give_up is None else resolved_when(give_up, now, "ctx.wait_for_signal(timeout=)")
         entry = self.next_entry("signal", name)
         if entry is None or not entry.done:
-            now = self.env.now_ms()
             if entry is None:
-                deadline = None if give_up is None else resolved_when(give_up, now, "ctx.wait_for_signal(timeout=)")
                 entry = self.append(
                     Entry(kind="signal", name=name, done=False, until=deadline, at=now, payload_type=type_ref(tp))
                 )
@@ -799,8 +836,12 @@ class WorkflowContext(BaseContext[D_co]):
         Returns:
             A `Step`: await it for the result. Awaiting raises
             `StepFailedError` when the step failed for good (the body may
-            catch it and compensate), `ValidationError` when the result cannot
-            be stored as its type or the type is unknown, and
+            catch it and compensate), `ValidationError` when the name is
+            malformed or the result type is unknown or cannot be stored
+            (checked before the log is consulted: the step does not run and
+            takes no place in the log) or when the result does not fit its
+            type (recorded as the step's outcome and not retried: a replay
+            raises it again without running `fn`), and
             `WorkflowCancelledError` where a cancel reaches the body.
         """
         if retry is not None and not isinstance(retry, Retry):
@@ -824,7 +865,9 @@ class WorkflowContext(BaseContext[D_co]):
             name: Recorded with the sleep (a replay checks it).
 
         Raises:
-            ValidationError: `when` is not one of those forms.
+            ValidationError: `when` is not one of those forms, or `name` is
+                malformed: checked before the log is consulted, so a replay
+                raises it at the same call (and the call takes no place in the log).
         """
         await self._run.sleep(when, name)
 
@@ -849,13 +892,19 @@ class WorkflowContext(BaseContext[D_co]):
             The payload, or `TimedOut` if the timeout passed first.
 
         Raises:
-            ValidationError: The payload does not match `type`, or `timeout` is malformed.
+            ValidationError: The payload does not match `type`; or `type` cannot
+                be stored, `timeout` or `name` is malformed (checked before the
+                log is consulted, so a replay raises it at the same call).
         """
         try:
             msgspec.json.Decoder(type)
-        except TypeError as exc:
-            raise ValidationError(f"signal {name!r}: payload type {type!r} cannot be decoded: {exc}") from None
-        check_storable(type, f"signal {name!r}: payload type")
+            problem = storable_problem(type)
+        except Exception as exc:  # msgspec's TypeError, or a NameError of an annotation it cannot resolve
+            raise ValidationError(
+                f"signal {name!r}: payload type {type!r} cannot be decoded: {describe(exc)}"
+            ) from None
+        if problem is not None:
+            raise ValidationError(f"signal {name!r}: payload type {type_name(type)!r} cannot be stored: {problem}")
         value: T | TimedOut = await self._run.wait_for_signal(name, type, timeout)
         return value
 
@@ -867,28 +916,55 @@ class WorkflowContext(BaseContext[D_co]):
         (``child <name>:<id>``), which is kept if it comes first. The child
         runs on its own, like any workflow (its own steps, sleeps, signals).
 
+        The arguments are checked at the call, before the log is consulted,
+        on the first run and on every replay alike: a bad one raises there
+        and records nothing.
+
         Returns:
             The child's result.
 
         Raises:
             ChildWorkflowError: The child failed or was cancelled.
             JobNotFoundError: `workflow` is not registered with this engine.
-            StepFailedError: The child could not be started (the id is
-                another workflow's, or the input does not match).
+            ValidationError: `workflow` is not a `Workflow`, `id` is not a
+                valid id (or, with the workflow's name, longer than a recorded
+                call's name may be: 200 characters), or `input` does not match
+                the workflow's ``input`` type.
+            StepFailedError: The child could not be started: the id is
+                another workflow's (not this parent's child), or the storage
+                failed (after the workflow's retries).
         """
+        if getattr(workflow, "kind", None) != KIND:
+            raise _not_a("ctx.child", workflow, "djobs.Workflow", "ctx.job for a one-off job")
         run = self._run
         target = run.handler.runtime.target_for(instance_key(KIND, workflow.name, "x"))
         if getattr(target, "job", None) is not workflow:  # only `workflow`'s own handler holds it
             raise JobNotFoundError(workflow.name)
+        call = f"ctx.child({workflow.name!r})"
+        checked = check_id(id)
+        if not isinstance(checked, Success):
+            raise ValidationError(f"{call}: {checked.failure().message}")
+        label = f"{workflow.name}:{id}"
+        if len(label) + len(_CHILD_STEP) > MAX_CALL_NAME_LENGTH:
+            raise ValidationError(
+                f"{call}: the id is {len(id)} characters long, too long for a child's: the parent's log "
+                f"names the call '{_CHILD_STEP}{workflow.name}:<id>', in at most {MAX_CALL_NAME_LENGTH} "
+                f"characters, so this workflow's child ids may be at most "
+                f"{MAX_CALL_NAME_LENGTH - len(_CHILD_STEP) - len(workflow.name) - 1} characters long"
+            )
+        bad_input = encoded(
+            workflow.input, input, what=f"input of workflow {workflow.name!r}", limit=self._env.max_payload_bytes
+        )
+        if isinstance(bad_input, ValidationError):
+            raise bad_input
         # The parent's tenant, whichever handler runs it.
         handler = cast("WorkflowHandler[CI, CR, Any]", target).scoped(run.record.tenant_id)
         parent = run.record.key
-        label = f"{workflow.name}:{id}"
 
         async def start() -> Result[bool, JobError]:
             return await handler.start_child(id, input, parent)
 
-        await self.step(f"start child {label}", start, result=bool)
+        await self.step(f"{_CHILD_STEP}{label}", start, result=bool)
         outcome = await self.wait_for_signal(f"child {label}", Outcome)
         assert not isinstance(outcome, TimedOut)  # no timeout
         result: CR = outcome.value(workflow.result, ChildWorkflowError, label)
@@ -915,15 +991,24 @@ class WorkflowContext(BaseContext[D_co]):
                 duration; default 10 seconds): the most the workflow may lag
                 behind the job's end.
 
+        The arguments are checked at the call, before the log is consulted,
+        on the first run and on every replay alike: a bad one raises there
+        and records nothing.
+
         Returns:
             The job's result, as its ``result`` type.
 
         Raises:
             ChildJobError: The job failed (its retries spent) or was cancelled.
-            StepFailedError: The job could not be enqueued (not registered with
-                this engine, params that do not match, storage).
-            ValidationError: `poll` is not a duration of at least 100 ms.
+            JobNotFoundError: `job` is not registered with this engine.
+            ValidationError: `job` is not a `Job`, `params` do not match its
+                ``params`` type, or `poll` is not a duration of at least 100 ms.
+            StepFailedError: The job could not be enqueued: the storage
+                failed, or the workflow's tenant is refused (after the
+                workflow's retries).
         """
+        if getattr(job, "kind", None) != "job":
+            raise _not_a("ctx.job", job, "djobs.Job", "ctx.child for a workflow")
         poll_ms = parse_duration(poll, what="poll").map(to_ms).value_or(0)
         if poll_ms < FIRST_JOB_LOOK_MS:
             raise ValidationError(
@@ -931,11 +1016,17 @@ class WorkflowContext(BaseContext[D_co]):
             )
         run = self._run
         client = self.client
+        jobs = client.job(job)
+        if jobs._handler is None:  # as its enqueue would say, but at the call, not as a failed step
+            raise JobNotFoundError(job.name, jobs._missing)
+        bad_params = encoded(job.params, params, what=f"params of job {job.name!r}", limit=self._env.max_payload_bytes)
+        if isinstance(bad_params, ValidationError):
+            raise bad_params
         # Per job name and tenant, as idempotency keys are; the position makes each call its own.
         idempotency_key = f"workflow:{self.job_name}:{self.instance_id}:{run.position}"
 
         def enqueue() -> FutureResult[str, JobError]:
-            return client.job(job).later(params, idempotency_key=idempotency_key)
+            return jobs.later(params, idempotency_key=idempotency_key)
 
         job_id: str = await self.step(f"enqueue job {job.name}", enqueue, result=str)
         label = f"{job.name}:{job_id}"

@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Literal, Self, TypeVar, cast
 import msgspec
 from returns.result import Failure, Result, Success
 
-from .._clock import to_datetime
+from .._clock import LATEST_MS, to_datetime
 from .._codec import decode, decoder, type_name
 from .._errors import (
     InstanceNotFoundError,
@@ -290,6 +290,9 @@ class Entry(msgspec.Struct, kw_only=True, omit_defaults=True):
     #: A signal wait's payload type, ``module.qualname`` (see `type_ref`), so a sender can be
     #: refused at ``signal`` time; absent for a type that has no such name (``list[int]``).
     payload_type: str | None = None
+    #: A step whose result could not be stored as its type: `error` is the `ValidationError` the
+    #: body got at the step, which a replay raises again (the step is not run again).
+    invalid_result: bool = False
 
 
 class Signal(msgspec.Struct, frozen=True):
@@ -379,26 +382,42 @@ def signal_payload(tp: Any, raw: bytes, signal: str) -> Result[Any, ValidationEr
         return Failure(ValidationError(f"the payload of signal {signal!r} is not a {type_name(tp)}: {exc}"))
 
 
+#: The longest name of a recorded call (a step's, a sleep's, a signal's), in characters.
+MAX_CALL_NAME_LENGTH = 200
+
 #: Call names already checked (a body names its calls with the same few literals, run after run).
 good_names: set[str] = set()
 _GOOD_NAMES_LIMIT = 4096
 
 
 def check_call_name(name: object, what: str) -> str:
-    """A step's, sleep's or signal's name: a non-empty str of at most 200 characters."""
+    """A step's, sleep's or signal's name: a non-empty str of at most `MAX_CALL_NAME_LENGTH` characters."""
     if type(name) is str and name in good_names:
         return name
-    checked = unwrap_or_raise(check_text(name, f"{what} name", max_length=200))
+    checked = unwrap_or_raise(check_text(name, f"{what} name", max_length=MAX_CALL_NAME_LENGTH))
     if type(name) is str and checked == name and len(good_names) < _GOOD_NAMES_LIMIT:
         good_names.add(name)
     return checked
 
 
+#: Duration strings a sleep or a wait was given and found good, as milliseconds: a replay checks
+#: its call's argument again (`Run.sleep`), and a body names its delays with the same few literals.
+_delays: dict[str, int] = {}
+_DELAYS_LIMIT = 4096
+
+
 def resolved_when(when: object, now: int, call: str) -> int:
     """`resolve_when` for the context call `call` (``"ctx.sleep()"``): the epoch ms `when`
     names, or its `ValidationError` raised, naming `call`."""
+    if type(when) is str:
+        delay = _delays.get(when)
+        if delay is not None and now + delay <= LATEST_MS:
+            return now + delay
     refused = resolve_when(when, now).alt(lambda e: ValidationError(e.message.replace("ctx.schedule()", call)))
-    return unwrap_or_raise(refused)
+    fire_at = unwrap_or_raise(refused)
+    if type(when) is str and len(_delays) < _DELAYS_LIMIT:
+        _delays[when] = fire_at - now
+    return fire_at
 
 
 def describe_call(kind: str, name: str) -> str:
