@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any, Generic, NoReturn, cast
 from typing_extensions import TypeVar
 
 from ._clock import to_datetime
-from ._codec import encode
-from ._errors import raise_error
+from ._codec import encode, encoded
+from ._errors import ValidationError, raise_error
 from ._execution import Checkout, Env
 from ._logging import JobLog
 
@@ -112,3 +112,19 @@ class StatefulContext(BaseContext[D_co], Generic[S, D_co]):
         The id can be used again afterwards. Nothing else this run changed is kept.
         """
         self._checkout.terminate(reason)
+
+
+def set_returned_state(ctx: StatefulContext[Any, Any], state: object) -> None:
+    """`ctx.set_state(state)` for the state a body returned, its encoding kept for the check-in
+    (`Checkout.returned`): validated and encoded once, where the check-in would encode it again.
+    No user code runs between a body's return and its check-in, so the bytes stay the state's.
+
+    Raises:
+        ValidationError: As `set_state`: `state` does not match the job's state type.
+    """
+    raw = encoded(ctx._state_type, state, what="state", limit=ctx._env.max_payload_bytes)
+    if isinstance(raw, ValidationError):
+        raise raw
+    checkout = ctx._checkout
+    checkout.set_state(state)
+    checkout.returned = (state, raw)

@@ -105,6 +105,9 @@ class Checkout(Generic[S]):
     schedule_touched: bool = False
     #: The scope the user's code runs in while it runs (`run_call`): the ``terminate`` verb cancels it.
     scope: trio.CancelScope | None = None
+    #: The state a body returned and its encoding, taken as it was validated (`set_returned_state`):
+    #: the check-in stores these bytes while `state` is still that object.
+    returned: tuple[object, bytes] | None = None
 
     def set_state(self, state: S) -> None:
         self.state = state

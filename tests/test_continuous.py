@@ -293,6 +293,35 @@ async def test_state_set_in_a_run_is_validated(autojump_clock: trio.testing.Mock
 
 
 @pytest.mark.trio
+async def test_a_state_returned_by_a_scheduled_run_is_validated_and_stored_as_returned(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    def returning(ctx: djobs.ContinuousContext[Health]) -> Health:
+        n = ctx.state.consecutive_failures
+        if ctx.run_count == 3:
+            return Health(consecutive_failures="many")  # type: ignore[arg-type]
+        if ctx.run_count == 4:
+            kept = Health(consecutive_failures=n + 1)
+            ctx.set_state(kept)
+            kept.consecutive_failures = 40  # changed after set_state, before the run ends: stored so
+            return None  # type: ignore[return-value]
+        return Health(consecutive_failures=n + 1)
+
+    job = djobs.Continuous.make("returning", state=Health, schedule=djobs.every("1 hour"), execute=returning)
+    async with open_test_engine([job]) as engine:
+        client = engine.client.continuous(job)
+        await client.start(id="x", input=Health(consecutive_failures=0))
+        await trio.sleep(3600 + 1)  # the second run, fired by its alarm
+        assert success(await client.get_state("x")).state.consecutive_failures == 2
+        await trio.sleep(3600)  # the third returns a state of the wrong shape: the run fails, nothing stored
+        [failed] = engine.tracker.of_type("job.failed")
+        assert failed.data["error"]["tag"] == "validation"
+        assert success(await client.get_state("x")).state.consecutive_failures == 2
+        await trio.sleep(3600)
+        assert success(await client.get_state("x")).state.consecutive_failures == 40
+
+
+@pytest.mark.trio
 async def test_two_jobs_with_one_name_fail_at_open() -> None:
     twin = djobs.Continuous.make("tokenRefresher", state=Health, schedule=djobs.every("1 hour"), execute=refresh)
     with pytest.raises(djobs.ValidationError, match="tokenRefresher"):
