@@ -71,6 +71,10 @@ class CronFire(msgspec.Struct, frozen=True):
     scheduled_at: datetime
 
 
+#: The encoder of a fire's `CronFire` params (msgspec's JSON, as `djobs._codec.encode` writes it).
+_fire_encoder = msgspec.json.Encoder()
+
+
 def _stored_schedule(schedule: Schedule) -> tuple[str, str]:
     if isinstance(schedule, Cron):
         return schedule.expression, schedule.tz
@@ -412,8 +416,9 @@ class CronScheduler:
             handler = queue.handlers[cron.job.name]
             params = cron.params
             if params is None:
-                # A CronFire always encodes: the one unwrap here is of a known success.
-                params = encode(CronFire, CronFire(cron.name, to_datetime(due)), what="cron fire").unwrap()
+                # A CronFire of a registered cron job's (checked) name and a UTC time always encodes
+                # and matches itself: encoded as `encode` would, without its validating decode.
+                params = _fire_encoder.encode(CronFire(cron.name, to_datetime(due)))
             match queue.row(
                 handler,
                 params,
