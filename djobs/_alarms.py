@@ -122,6 +122,8 @@ class AlarmSleeper:
         self._room = trio.Event()
         self._room.set()
         self._targets: dict[str, AlarmTarget] = {}
+        #: `_targets`' keys, sorted (`prefixes`), kept as they are registered: read per wake-up.
+        self._prefixes: list[str] = []
         #: The targets whose alarms run in batches (`AlarmBatchTarget`), by key prefix.
         self._batched: dict[str, AlarmBatchTarget] = {}
         #: The other targets that take their alarms' leases and rows from the claim (`AlarmClaimTarget`).
@@ -143,6 +145,7 @@ class AlarmSleeper:
     def register(self, prefix: str, target: AlarmTarget) -> None:
         """Route alarms whose key starts with `prefix` (``"continuous:name:"``) to `target`."""
         self._targets[prefix] = target
+        self._prefixes = sorted(self._targets)
         if isinstance(target, AlarmBatchTarget) and target.takes_batches:
             self._batched[prefix] = target
         elif isinstance(target, AlarmClaimTarget):
@@ -151,7 +154,7 @@ class AlarmSleeper:
     @property
     def prefixes(self) -> list[str]:
         """The key prefixes of the registered definitions, sorted: the alarms this sleeper claims."""
-        return sorted(self._targets)
+        return list(self._prefixes)
 
     def poke(self, fire_at: int) -> None:
         """A commit set an alarm at `fire_at`: wake the sleeper if that is earlier than its wait."""
@@ -307,7 +310,7 @@ class AlarmSleeper:
                 # Read first: a wake-up with nothing due costs one read, not a write transaction.
                 # Only the alarms of definitions registered here: a partial engine (a
                 # script, a rolling deploy) never holds alarms it cannot fire.
-                mine = self.prefixes
+                mine = self._prefixes  # not copied: only `register` replaces it
                 if reached:
                     # Slept until the earliest due alarm it read: it is due now (one that was
                     # cleared or moved since is not claimed, and the next pass reads again).

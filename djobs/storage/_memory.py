@@ -350,7 +350,8 @@ class MemoryStorage:
 
     def _transaction(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn` as one transaction: everything it wrote is undone if it (or the commit hook) raises."""
-        self._check_open()
+        if self._closed:  # `_check_open`, inlined: every write passes here
+            raise StorageError(CLOSED_MESSAGE)
         undo = self._undo = []
         try:
             out = fn(*args)
@@ -1346,7 +1347,14 @@ class MemoryStorage:
 
     async def due_cron_jobs(self, names: Sequence[str], now: int) -> list[CronRecord]:
         self._check_open()
-        due = {c.name: c for c in self._due_crons(names) if c.next_run_at is not None and c.next_run_at <= now}
+        # `_due_crons`, inlined: the alarm task asks this at every cron fire.
+        crons, due = self._crons, {}
+        for name in names:
+            cron = crons.get(name)
+            if cron is not None and cron.enabled and cron.next_run_at is not None and cron.next_run_at <= now:
+                due[name] = cron
+        if len(due) == 1:
+            return [_cron_copy(cron) for cron in due.values()]
         return [_cron_copy(c) for c in sorted(due.values(), key=lambda c: (c.next_run_at, c.name))]
 
     async def next_cron_at(self, names: Sequence[str]) -> int | None:
