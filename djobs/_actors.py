@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextvars
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
 import trio
@@ -236,9 +236,8 @@ class Actors:
         waits until `leave`; the caller takes the lease (or holds it already, `leased`).
         Returns whether `key` was taken. Unlike `enter`, marks no task as running `key`.
         """
-        if self._closing or key in self._actors or key in self._inline or self._leases.releasing(key):
+        if self._closing or key in self._actors or key in self._inline or not self._leases.keep(key):
             return False
-        self._leases.busy(key)
         self._inline[key] = None
         if self._idle.is_set():
             self._idle = trio.Event()
@@ -254,11 +253,10 @@ class Actors:
         queue.appendleft((handler, on_error))
         self.leave(key)
 
-    def leased(self, key: str, *, renew: bool = True) -> None:
-        """A write of this engine's took (or renewed) `key`'s lease while `hold` held it
+    def leased(self, keys: Iterable[str], *, renew: bool = True) -> None:
+        """A write of this engine's took (or renewed) the leases of `keys` while `hold` held them
         (`renew`: as `InstanceLeases.took`)."""
-        if self._leases.serial(key) is None:
-            self._leases.took(key, renew=renew)
+        self._leases.took_all(keys, renew=renew)
 
     def spawn(self, fn: Handler, key: str | None = None) -> None:
         """Run `fn` in a task of its own, as a handler runs: under the concurrency limit and
@@ -333,6 +331,22 @@ class Actors:
             return
         self._leases.went_idle(key)
         if not self._actors and not self._inline:
+            self._idle.set()
+
+    def leave_held(self, keys: Iterable[str]) -> None:
+        """`leave` for each of `keys`, all taken by `hold` (a batch of alarms is done)."""
+        inline, waiting = self._inline, self._waiting
+        idle: list[str] = []
+        for key in keys:
+            del inline[key]  # `hold` stored no context token
+            queue = waiting.pop(key, None)
+            if queue is None:
+                idle.append(key)
+            else:
+                self._start(key, queue)
+        if idle:
+            self._leases.went_idle_all(idle)
+        if not self._actors and not inline:
             self._idle.set()
 
     async def call(self, key: str, fn: Callable[[], Awaitable[T]]) -> T:

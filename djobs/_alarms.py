@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 import trio
@@ -59,8 +59,9 @@ class AlarmBatchTarget(AlarmTarget, Protocol):
         """Whether this definition's alarms go to `fire_batch` (else one by one to `on_alarm`)."""
         ...
 
-    async def fire_batch(self, runs: list[ClaimedAlarm], finish: Callable[[ClaimedAlarm], None]) -> None:
-        """Run `runs` (each leased, held by this engine) and tell `finish` of each exactly once when it is done.
+    async def fire_batch(self, runs: list[ClaimedAlarm], finish: Callable[[Sequence[ClaimedAlarm]], None]) -> None:
+        """Run `runs` (each leased, held by this engine) and tell `finish` of each exactly once
+        when it is done (of many at once where they end together: one call per batch, not per run).
 
         It awaits only the storage (its claim's write-back, a bug's commit) and hands anything
         else that would await to a task of its own: on a storage whose engine writes run
@@ -167,11 +168,15 @@ class AlarmSleeper:
 
     def done_with(self, alarm: Alarm) -> None:
         """The handler of a claimed alarm finished (committed or gave up)."""
+        self._done((alarm.id,))
+
+    def _done(self, ids: Sequence[int]) -> None:
+        """The handlers of the claimed alarms `ids` finished."""
         if self._keeping:
             # Cancelled by the close (or finished as it came): releasing an alarm is always
             # safe, it only makes the row's due time its fire time again.
-            self._cut_off.add(alarm.id)
-        self._claimed.discard(alarm.id)
+            self._cut_off.update(ids)
+        self._claimed.difference_update(ids)
         if len(self._claimed) <= self._in_flight // 2:
             self._room.set()
         if not self._claimed:
@@ -222,22 +227,20 @@ class AlarmSleeper:
         handed: dict[str, AlarmClaimTarget] = {}
         batched, to_hand = self._batched, self._handed
 
-        def runs_here(key: str) -> bool:
-            # In the claim's transaction, with no await: from here no actor starts for `key`.
-            # Its definition's batch target, by the key's ``kind:name:`` prefix (as `target_for`).
-            kind, _, rest = key.partition(":")
-            prefix = f"{kind}:{rest.partition(':')[0]}:"
-            target = batched.get(prefix)
-            if target is not None:
-                if actors.hold(key):
-                    held[key] = target
+        if len(batched) == 1 and not to_hand:
+            # One definition's alarms run in batches, none on claimed actors (the usual case):
+            # whether a key is that definition's is one prefix test.
+            [(only, only_target)] = batched.items()
+            hold = actors.hold
+
+            def runs_here(key: str) -> bool:
+                # In the claim's transaction, with no await: from here no actor starts for `key`.
+                if key.startswith(only) and hold(key):
+                    held[key] = only_target
                     return True
                 return False
-            other = to_hand.get(prefix)
-            if other is not None and actors.hold(key):
-                handed[key] = other
-                return True
-            return False
+        else:
+            runs_here = functools.partial(self._runs_here, held, handed)
 
         try:
             claimed = await runs.claim_alarm_runs(
@@ -247,25 +250,35 @@ class AlarmSleeper:
             for key in [*held, *handed]:
                 actors.leave(key)
             raise
-        batches: dict[int, tuple[AlarmBatchTarget, list[ClaimedAlarm]]] = {}
-        renew = not self._inline
-        for one in claimed:
-            key = one.alarm.key
-            if not one.leased:
-                self._dispatch(one.alarm)
-                if key in held or key in handed:
-                    actors.leave(key)  # its actor (posted to above) waits for the other engine's lease
-                continue
+        # The claim's bookkeeping once per batch: the leases it took, the alarms now in flight.
+        leased = [one for one in claimed if one.leased]
+        if leased:
+            renew = not self._inline
             if not renew and self._deferred_since is None:
                 self._deferred_since = trio.current_time()  # the claim's time: no checkpoint since
-            actors.leased(key, renew=renew)
-            self._claimed.add(one.alarm.id)
-            if key in handed:
-                # Told if the handler cannot run at all: as `_dispatch`'s.
-                actors.hand_over(key, functools.partial(self._run_claimed, handed[key], one), self._not_run(one.alarm))
-                continue
-            target = held[key]  # leased: runs_here held it
-            batches.setdefault(id(target), (target, []))[1].append(one)
+            actors.leased([one.alarm.key for one in leased], renew=renew)
+            self._claimed.update([one.alarm.id for one in leased])
+        batches: dict[int, tuple[AlarmBatchTarget, list[ClaimedAlarm]]] = {}
+        if len(batched) == 1 and not to_hand and len(leased) == len(claimed):
+            # Every alarm claimed was leased for the one batch target (the usual case).
+            if claimed:
+                [target] = batched.values()
+                batches[id(target)] = (target, claimed)
+        else:
+            for one in claimed:
+                key = one.alarm.key
+                if not one.leased:
+                    self._dispatch(one.alarm)
+                    if key in held or key in handed:
+                        actors.leave(key)  # its actor (posted to above) waits for the other engine's lease
+                    continue
+                if key in handed:
+                    # Told if the handler cannot run at all: as `_dispatch`'s.
+                    on_error = self._not_run(one.alarm)
+                    actors.hand_over(key, functools.partial(self._run_claimed, handed[key], one), on_error)
+                    continue
+                target = held[key]  # leased: runs_here held it
+                batches.setdefault(id(target), (target, []))[1].append(one)
         if len(batches) == 1 and len(claimed) < limit:
             [(target, batch)] = batches.values()
             return functools.partial(target.fire_batch, batch, self._finish)
@@ -291,9 +304,29 @@ class AlarmSleeper:
         finally:
             self.done_with(claimed.alarm)
 
-    def _finish(self, claimed: ClaimedAlarm) -> None:
-        self.done_with(claimed.alarm)
-        self._actors.leave(claimed.alarm.key)
+    def _runs_here(self, held: dict[str, AlarmBatchTarget], handed: dict[str, AlarmClaimTarget], key: str) -> bool:
+        """Whether claimed `key` runs in a batch (into `held`) or on a claimed actor (into
+        `handed`), held from now on; in the claim's transaction, with no await: from here
+        no actor starts for `key`."""
+        # Its definition's batch target, by the key's ``kind:name:`` prefix (as `target_for`).
+        kind, _, rest = key.partition(":")
+        prefix = f"{kind}:{rest.partition(':')[0]}:"
+        target = self._batched.get(prefix)
+        if target is not None:
+            if self._actors.hold(key):
+                held[key] = target
+                return True
+            return False
+        other = self._handed.get(prefix)
+        if other is not None and self._actors.hold(key):
+            handed[key] = other
+            return True
+        return False
+
+    def _finish(self, runs: Sequence[ClaimedAlarm]) -> None:
+        """The batch runs `runs` are done (written back, or given up): end their holds."""
+        self._done([claimed.alarm.id for claimed in runs])
+        self._actors.leave_held([claimed.alarm.key for claimed in runs])
 
     async def loop(
         self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED, *, timer: Timer | None = None

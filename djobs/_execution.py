@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Generic, Literal, NoReturn, Protocol, TypeVar, final
 
@@ -170,8 +170,8 @@ class LeaseFence(Protocol):
         """A check-in found `key`'s lease held by another engine."""
         ...
 
-    def gave_up(self, key: str) -> None:
-        """A check-in gave `key`'s lease up as it was written (`commit_many` with `release_leases`)."""
+    def gave_up(self, keys: Iterable[str]) -> None:
+        """Check-ins gave the leases of `keys` up as they were written (`commit_many` with `release_leases`)."""
         ...
 
 
@@ -375,14 +375,27 @@ class Env:
         errors = await (
             storage.commit_checkins(checkins, True) if release_leases else storage.commit_checkins(checkins)
         )
+        # Once for the batch: the leases given up, the earliest alarm set poked, then the events.
         leases = self.leases
+        written: list[str] = []
+        earliest: int | None = None
+        emitted: list[list[TrackedEvent]] = []
         for (checkin, events), error in zip(writes, errors, strict=True):
             if error is None:
-                if release_leases:
-                    leases.gave_up(checkin.key)
-                self._committed(checkin, events)
+                written.append(checkin.key)
+                alarm = checkin.alarm
+                if isinstance(alarm, SetAlarm) and (earliest is None or alarm.fire_at < earliest):
+                    earliest = alarm.fire_at
+                if events:
+                    emitted.append(events)
             elif isinstance(error, LeaseLostError):
-                self.leases.lost(checkin.key)  # take it afresh next time
+                leases.lost(checkin.key)  # take it afresh next time
+        if release_leases and written:
+            leases.gave_up(written)
+        if earliest is not None:
+            self.alarm_waker.poke(earliest)
+        for events in emitted:
+            self.emit(events)
         return errors
 
     def _committed(self, checkin: Checkin, events: list[TrackedEvent] | None) -> None:

@@ -19,6 +19,7 @@ import math
 import os
 import socket
 import sys
+from collections.abc import Iterable
 
 import trio
 
@@ -93,12 +94,14 @@ class InstanceLeases:
         """A check-in found `key`'s lease held by another engine: take it afresh next time."""
         self._held.pop(key, None)
 
-    def gave_up(self, key: str) -> None:
-        """A write of this engine's gave `key`'s lease up with it (a batch's write-back,
+    def gave_up(self, keys: Iterable[str]) -> None:
+        """A write of this engine's gave the leases of `keys` up with it (a batch's write-back,
         `AlarmRunStore.commit_checkins`): no longer held, nothing left to release or renew."""
-        self._held.pop(key, None)
-        self._idle.pop(key, None)
-        if not self._held:
+        held, idle = self._held, self._idle
+        for key in keys:
+            held.pop(key, None)
+            idle.pop(key, None)
+        if not held:
             self._none_held()
 
     def _none_held(self) -> None:
@@ -146,6 +149,28 @@ class InstanceLeases:
             if renewal is not None and renewal.deadline == math.inf:
                 renewal.deadline = since + self.lease_ms / 3000  # renew a third of a lease on
 
+    def took_all(self, keys: Iterable[str], *, renew: bool = True) -> None:
+        """A write of this engine's took the leases of `keys` (a batch's claim, each key held
+        by `Actors.hold`): hold each from now on, as `took` (`renew` too), unless held already."""
+        held, releasing = self._held, self._releasing
+        serials = self._serials
+        for key in keys:
+            if key in releasing or key not in held:  # `serial(key) is None`
+                serials += 1
+                held[key] = serials
+        if serials != self._serials:
+            self._serials = serials
+            if renew:
+                self.renew_from(trio.current_time())
+
+    def keep(self, key: str) -> bool:
+        """`key`'s lease is wanted for work held outside an actor (`Actors.hold`): keep it (as
+        `busy`) and return ``True``, unless this engine is giving it up now (``False``)."""
+        if key in self._releasing:
+            return False
+        self._idle.pop(key, None)
+        return True
+
     def busy(self, key: str) -> None:
         """`key`'s lease is in use again (a handler runs in its caller's task): keep it."""
         self._idle.pop(key, None)
@@ -156,6 +181,18 @@ class InstanceLeases:
             return  # given up already (`gave_up`, `lost`): nothing to release
         self._idle[key] = trio.current_time()
         self._leases_idle.set()
+
+    def went_idle_all(self, keys: Iterable[str]) -> None:
+        """`went_idle` for each of `keys` (the work a batch held is done)."""
+        held, idle = self._held, self._idle
+        now: float | None = None
+        for key in keys:
+            if key in held:
+                if now is None:
+                    now = trio.current_time()
+                idle[key] = now
+        if now is not None:
+            self._leases_idle.set()
 
     async def take(self, key: str) -> None:
         """Hold `key`'s lease, waiting while another engine holds it; raises `StorageError`."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal
@@ -427,9 +427,10 @@ class ContinuousHandler(TenantScoped, Generic[S]):
         """Whether due alarms may run in batches (`fire_batch`): a synchronous body without limits."""
         return self._inline
 
-    async def fire_batch(self, runs: list[ClaimedAlarm], finish: Callable[[ClaimedAlarm], None]) -> None:
+    async def fire_batch(self, runs: list[ClaimedAlarm], finish: Callable[[Sequence[ClaimedAlarm]], None]) -> None:
         """Run the claimed alarms' instances, whose leases and rows the claim took, and write
-        their outcomes back in one transaction; `finish` is told of each once it is done.
+        their outcomes back in one transaction; `finish` is told of each once it is done
+        (of those written back together in one call).
 
         Each instance runs as `on_alarm` runs it, in this task (the engine holds each
         instance for it: nothing else of the engine runs it meanwhile). A body that gives
@@ -485,11 +486,10 @@ class ContinuousHandler(TenantScoped, Generic[S]):
                                 "continuous %s: could not record a run: %s", claimed.alarm.key, error.message
                             )
         finally:
-            for claimed in left.values():
-                finish(claimed)
+            finish(list(left.values()))
 
     async def _finish_later(
-        self, claimed: ClaimedAlarm, run: _Run, pending: Pending, finish: Callable[[ClaimedAlarm], None]
+        self, claimed: ClaimedAlarm, run: _Run, pending: Pending, finish: Callable[[Sequence[ClaimedAlarm]], None]
     ) -> None:
         try:
             try:
@@ -500,15 +500,15 @@ class ContinuousHandler(TenantScoped, Generic[S]):
             except Exception as exc:
                 await self._bug(claimed.alarm, run.info.attempt, exc)
         finally:
-            finish(claimed)
+            finish((claimed,))
 
     async def _bug_later(
-        self, claimed: ClaimedAlarm, attempt: int, exc: Exception, finish: Callable[[ClaimedAlarm], None]
+        self, claimed: ClaimedAlarm, attempt: int, exc: Exception, finish: Callable[[Sequence[ClaimedAlarm]], None]
     ) -> None:
         try:
             await self._bug(claimed.alarm, attempt, exc)
         finally:
-            finish(claimed)
+            finish((claimed,))
 
     def _next_run(self, alarm: Alarm | None, now: int) -> int:
         # Keep the schedule's phase: the next run follows the one that was due,
