@@ -142,7 +142,7 @@ class Actors:
         """Start the task of `key`'s actor: in the shared nursery while it is open, else in the engine's."""
         shared = self._shared
         if shared is not None:
-            shared.start_soon(self._shared_actor, key, queue, slot)
+            shared.start_soon(self._actor, key, queue, slot, False)
         else:
             self._nursery.start_soon(self._actor, key, queue, slot, True)
 
@@ -398,67 +398,69 @@ class Actors:
             raise StorageError("the engine closed before the call completed; it may not have been applied")
         return box[0]
 
-    async def _shared_actor(self, key: str, queue: deque[Message], slot: object | None) -> None:
-        """`_actor` in the shared nursery: its handlers need no shielded scope of their own."""
-        try:
-            await self._actor(key, queue, slot, False)
-        except trio.Cancelled:
-            # `cancel_running` cancelled the shared scope: the running handler (if any) ended as
-            # its own scope's cancel ended it before, and the rest of the queue goes on as it did
-            # then, in a task of the engine's nursery, each handler under a scope of its own.
-            self._nursery.start_soon(self._actor, key, queue, None, True)
-
     async def _actor(self, key: str, queue: deque[Message], slot: object | None, scoped: bool) -> None:
         # `slot`: a concurrency slot `_start` took for the first handler, or None. `scoped`: each
-        # handler runs under a shielded scope of its own (outside the shared nursery).
+        # handler runs under a shielded scope of its own (outside the shared nursery); else the
+        # actor runs in the shared nursery, and its handlers need no scope of their own.
         # Only the holder of the instance's lease runs its handlers, so two
         # engine processes on one database never run one instance at once.
         try:
-            if slot is None or self._leases.serial(key) is None:  # else `_start` found it held, and kept it
-                await self._leases.take(key)
-        except trio.Cancelled:
-            if slot is not None:
-                self._release(slot)
-            raise
-        except Exception as exc:  # a storage failure, or a bug: the queued callers are told, the engine lives
-            if slot is not None:
-                self._release(slot)
-            error = (
-                exc
-                if isinstance(exc, StorageError)
-                else StorageError(f"could not take the lease: {describe(exc)}", exc)
-            )
-            self._fail_queued(key, queue, error)
-            return
-        while queue:
-            handler, _ = queue.popleft()
-            if slot is None:
-                slot = await self._acquire()
-            running = _RUNNING.set(frozenset((key,)))
-            # Shielded: a cancel of the scope around the engine does not kill a running
-            # handler; `close` lets it finish for the grace period, then cancels its scope
-            # (the shared nursery's, or its own).
             try:
-                if scoped:
-                    scope = trio.CancelScope(shield=True)
-                    self._handler_scopes.add(scope)
-                    try:
-                        with scope:
+                if slot is None or self._leases.serial(key) is None:  # else `_start` found it held, and kept it
+                    await self._leases.take(key)
+            except trio.Cancelled:
+                if slot is not None:
+                    self._release(slot)
+                raise
+            except Exception as exc:  # a storage failure, or a bug: the queued callers are told, the engine lives
+                if slot is not None:
+                    self._release(slot)
+                error = (
+                    exc
+                    if isinstance(exc, StorageError)
+                    else StorageError(f"could not take the lease: {describe(exc)}", exc)
+                )
+                self._fail_queued(key, queue, error)
+                return
+            while queue:
+                handler, _ = queue.popleft()
+                if slot is None:
+                    slot = await self._acquire()
+                running = _RUNNING.set(frozenset((key,)))
+                # Shielded: a cancel of the scope around the engine does not kill a running
+                # handler; `close` lets it finish for the grace period, then cancels its scope
+                # (the shared nursery's, or its own).
+                try:
+                    if scoped:
+                        scope = trio.CancelScope(shield=True)
+                        self._handler_scopes.add(scope)
+                        try:
+                            with scope:
+                                await handler()
+                        finally:
+                            self._handler_scopes.discard(scope)
+                    else:
+                        self._running += 1
+                        try:
                             await handler()
-                    finally:
-                        self._handler_scopes.discard(scope)
-                else:
-                    self._running += 1
-                    try:
-                        await handler()
-                    finally:
-                        self._running -= 1
-            except Exception:
-                _log.exception("bug: a handler for %s raised; the instance's actor continues", key)
-            finally:
-                _RUNNING.reset(running)
-                self._release(slot)
-                slot = None
+                        finally:
+                            self._running -= 1
+                except Exception:
+                    _log.exception("bug: a handler for %s raised; the instance's actor continues", key)
+                finally:
+                    _RUNNING.reset(running)
+                    self._release(slot)
+                    slot = None
+        except trio.Cancelled:
+            if scoped:
+                raise
+            # `cancel_running` cancelled the shared scope: the running handler (if any) ended as
+            # its own scope's cancel ended it before, and the rest of the queue goes on as it did
+            # then, in a task of the engine's nursery, each handler under a scope of its own.
+            # (In the actor's own frame, not a wrapper's: one coroutine fewer for each handler's
+            # awaits to pass through.)
+            self._nursery.start_soon(self._actor, key, queue, None, True)
+            return
         # Nothing queued: evict. No await lies between the check of the queue and the
         # delete, so a post cannot slip in and be lost. The lease is kept a moment, so a
         # busy instance does not pay for it per call; the lease releaser gives idle leases

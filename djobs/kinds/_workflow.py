@@ -46,6 +46,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar, cast
 
 import msgspec
@@ -64,7 +65,8 @@ from .._errors import (
     StorageError,
     ValidationError,
 )
-from .._execution import Pending, begin_body, finish_body
+from .._execution import Pending, begin_body, body_failure, finish_body
+from .._execution import begun as begun_with
 from .._input import check_text, clean_message, text_problem
 from .._logging import JobLog, LoggingOption, check_logging, threshold
 from .._retry import Retry, check_retry
@@ -614,20 +616,7 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
         if not self.runtime.fires_alarms:
             return
         self.fresh[key] = record
-
-        async def resume() -> None:
-            try:
-                fresh = self.fresh.pop(key, None)
-                if fresh is None:
-                    loaded = await self.env.storage.load(key)
-                    if loaded is None or loaded[1] is None or loaded[0].status in FINAL:
-                        return
-                    fresh = loaded[0]
-                await self._run(fresh)
-            except JobError as exc:  # the guard alarm runs it later
-                self.env.logger.error("workflow %s: could not record a run: %s", key, exc.message)
-
-        self.runtime.post(key, resume)
+        self.runtime.post(key, partial(self._run, key))
 
     async def on_alarm(self, alarm: Alarm) -> None:
         try:
@@ -639,71 +628,96 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
                 if loaded[1].purpose == TELL_PARENT:
                     await self._tell_parent(alarm.key)
                 return
-            await self._run(record)
         except JobError as exc:
             # A StorageError (or an unreadable log): the alarm stays claimed and fires
             # again after its lease; the steps recorded stand.
             self.env.logger.error("workflow %s: could not record a run: %s", alarm.key, exc.message)
+            return
+        await self._run(alarm.key, record)
 
-    async def _run(self, record: InstanceRecord) -> None:
-        job, env = self.job, self.env
-        record.run_count += 1
-        log = read_log(record)
-        run = Run(self, record, log, [])
-        run.cancel_requested, run.cancel_reason = log.cancel_requested, log.cancel_reason
-        if log.entries:
-            run.cancel_delivered = any(e.cancelled for e in log.entries)
-            run.steps_done = sum(1 for e in log.entries if e.kind == "step" and e.done and not e.cancelled)
-        identity = {"job": job.name, "instance": record.instance_id, "run": record.run_count}
-        jlog = JobLog(self.run_logger, self.run_log_level, identity)
-        the_input = decoded(job.input, record.state or b"null", what=f"input of workflow {job.name!r}")
-        if isinstance(the_input, ValidationError):
-            await self._end(run, "failed", error=the_input)
-            return
-        ctx: WorkflowContext[D] = WorkflowContext(env, job.name, record.instance_id, jlog, run, record.run_count)
-        self.live[record.key] = run
-        self.runs_live[0].set()
+    async def _run(self, key: str, record: InstanceRecord | None = None) -> None:
+        """Run workflow `key`'s body from the top, from `record` (an alarm's read), else from the
+        record the last verb committed (`fresh`), else from the row read now. A `JobError` (a
+        `StorageError`, an unreadable log) is logged: the guard alarm fires again after its
+        lease, and the steps recorded stand. One coroutine, from the actor to the body: each
+        step's write passes through every coroutine between them twice (in and back)."""
         try:
-            # No run scope of its own (no terminate verb): a cancel reaches the body at a step.
-            # `run_body`, inline (no timeout, no scope): one coroutine fewer in the chain each write resumes.
-            begun = begin_body(partial(job.execute, the_input, ctx))
-            body: Result[object, JobError] | None = (
-                await finish_body(begun, env.services, "the job body") if isinstance(begun, Pending) else begun
-            )
-        except trio.Cancelled:
-            raise
-        except BaseException as exc:
-            if run.stop is None or _holds_cancelled(exc):
+            if record is None:
+                record = self.fresh.pop(key, None)
+                if record is None:
+                    loaded = await self.env.storage.load(key)
+                    if loaded is None or loaded[1] is None or loaded[0].status in FINAL:
+                        return
+                    record = loaded[0]
+            job, env = self.job, self.env
+            record.run_count += 1
+            log = read_log(record)
+            run = Run(self, record, log, [])
+            run.cancel_requested, run.cancel_reason = log.cancel_requested, log.cancel_reason
+            if log.entries:
+                run.cancel_delivered = any(e.cancelled for e in log.entries)
+                run.steps_done = sum(1 for e in log.entries if e.kind == "step" and e.done and not e.cancelled)
+            identity = {"job": job.name, "instance": record.instance_id, "run": record.run_count}
+            jlog = JobLog(self.run_logger, self.run_log_level, identity)
+            the_input = decoded(job.input, record.state or b"null", what=f"input of workflow {job.name!r}")
+            if isinstance(the_input, ValidationError):
+                await self._end(run, "failed", error=the_input)
+                return
+            ctx: WorkflowContext[D] = WorkflowContext(env, job.name, record.instance_id, jlog, run, record.run_count)
+            self.live[record.key] = run
+            self.runs_live[0].set()
+            try:
+                # No run scope of its own (no terminate verb): a cancel reaches the body at a step.
+                # `run_body`, inline (no timeout, no scope): one coroutine fewer in the chain each write resumes.
+                begun = begin_body(partial(job.execute, the_input, ctx))
+                if isinstance(begun, Pending) and type(begun.value) is CoroutineType:
+                    # An `async def` body, awaited here rather than in `finish_body` and
+                    # `normalise`: two coroutines fewer between the actor and each step.
+                    try:
+                        returned = await begun.value
+                    except BaseException as exc:
+                        begun = Failure(body_failure(exc))
+                    else:
+                        begun = begun_with(returned)
+                body: Result[object, JobError] | None = (
+                    await finish_body(begun, env.services, "the job body") if isinstance(begun, Pending) else begun
+                )
+            except trio.Cancelled:
                 raise
-            body = None  # stopped at a ctx call: how is in `run.stop`
-        finally:
-            self.live.pop(record.key, None)
-        if run.stop == "storage":
-            assert run.stop_error is not None
-            raise run.stop_error  # on_alarm logs it; the alarm fires again after its lease
-        if run.stop == "suspend":
-            # A wait with no timeout has no alarm: the one that woke this run must not fire again.
-            await run.save(run.suspend_status, run.suspend_alarm or ClearAlarm())
-            return
-        if run.stop == "diverged":
-            assert run.stop_error is not None
-            jlog.error("%s", run.stop_error.message)
-            await self._end(run, "failed", error=run.stop_error)
-            return
-        assert body is not None
-        if run.made > run.stepped:  # a step the body made was never awaited
-            run.warn_unawaited()
-        match body:
-            case Success(value):
-                if run.cancel_delivered:
-                    await self._end(run, "cancelled")
-                else:
-                    await self._returned(run, jlog, value)
-            case Failure(error) if run.cancel_requested or run.cancel_delivered:
-                await self._end(run, "cancelled", error=error)
-            case Failure(error):
-                jlog.error("failed: %s", error.message)
-                await self._end(run, "failed", error=error)
+            except BaseException as exc:
+                if run.stop is None or _holds_cancelled(exc):
+                    raise
+                body = None  # stopped at a ctx call: how is in `run.stop`
+            finally:
+                self.live.pop(record.key, None)
+            if run.stop == "storage":
+                assert run.stop_error is not None
+                raise run.stop_error  # logged below; the alarm fires again after its lease
+            if run.stop == "suspend":
+                # A wait with no timeout has no alarm: the one that woke this run must not fire again.
+                await run.save(run.suspend_status, run.suspend_alarm or ClearAlarm())
+                return
+            if run.stop == "diverged":
+                assert run.stop_error is not None
+                jlog.error("%s", run.stop_error.message)
+                await self._end(run, "failed", error=run.stop_error)
+                return
+            assert body is not None
+            if run.made > run.stepped:  # a step the body made was never awaited
+                run.warn_unawaited()
+            match body:
+                case Success(value):
+                    if run.cancel_delivered:
+                        await self._end(run, "cancelled")
+                    else:
+                        await self._returned(run, jlog, value)
+                case Failure(error) if run.cancel_requested or run.cancel_delivered:
+                    await self._end(run, "cancelled", error=error)
+                case Failure(error):
+                    jlog.error("failed: %s", error.message)
+                    await self._end(run, "failed", error=error)
+        except JobError as exc:
+            self.env.logger.error("workflow %s: could not record a run: %s", key, exc.message)
 
     async def _returned(self, run: Run, jlog: JobLog, value: object) -> None:
         """End run `run`, whose body returned `value`: completed, or failed if it returned early or

@@ -336,18 +336,25 @@ class Run:
         if env.tracking:  # no tracker listens: no event is built
             self.events.append(env.event(type, self.record.key, KIND, self.handler.job.name, **data))
 
+    def stage(self, status: WorkflowStatusName, now: int | None = None) -> list[TrackedEvent]:
+        """Put the log, `status` and the count of finished steps on the record, stamped `now` (a
+        clock reading the caller took; default now), and hand over the events so far: what
+        `save` writes and emits after its commit."""
+        record = self.record
+        record.data = encoder.encode(self.log)
+        record.status = status
+        record.execute_count = self.steps_done
+        record.updated_at = self.handler.env.clock.now_ms() if now is None else now
+        events, self.events = self.events, []
+        return events
+
     async def save(
         self, status: WorkflowStatusName, alarm: SetAlarm | ClearAlarm | None, now: int | None = None
     ) -> None:
         """Commit the log with `status` and the events so far, stamped `now` (a clock reading the
         caller took; default now). Raises `StorageError`."""
+        events = self.stage(status, now)
         record, handler = self.record, self.handler
-        env = handler.env
-        record.data = encoder.encode(self.log)
-        record.status = status
-        record.execute_count = self.steps_done
-        record.updated_at = env.clock.now_ms() if now is None else now
-        events, self.events = self.events, []
         if alarm is not None and not isinstance(alarm, ClearAlarm):
             await handler.commit(Checkin(key=record.key, record=record, alarm=alarm), events)
             return
@@ -356,6 +363,7 @@ class Run:
             await handler.checkpoint(record, events, clear_alarm=alarm is not None)
             return
         # `WorkflowHandler.checkpoint`'s common case, one coroutine fewer per write.
+        env = handler.env
         handler.fresh.pop(record.key, None)
         try:
             await checkpointer.checkpoint_instance(record, env.leases.owner, alarm is not None)
@@ -515,9 +523,22 @@ class Run:
                         duration_ms=duration_ms,
                     )
                 )
-            try:  # `checkpoint`, inline: the result is committed before the step returns
-                await self.save("running", None, now)
+            # `checkpoint`, inline (one coroutine fewer for each write to pass through, twice):
+            # the result is committed before the step returns.
+            events = self.stage("running", now)
+            handler = self.handler
+            checkpointer = handler.checkpointer
+            try:
+                if checkpointer is None:
+                    await handler.checkpoint(self.record, events)
+                else:
+                    handler.fresh.pop(self.record.key, None)
+                    await checkpointer.checkpoint_instance(self.record, env.leases.owner)
+                    if events:
+                        env.emit(events)
             except StorageError as exc:
+                if checkpointer is not None and isinstance(exc, LeaseLostError):
+                    env.leases.lost(self.record.key)  # take it afresh next time
                 self.halt("storage", exc)
             return result
         finally:

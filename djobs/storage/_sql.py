@@ -71,6 +71,11 @@ INSERT_INSTANCE: Final = f"""
     INSERT INTO instances ({INSTANCE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
     ON CONFLICT (key) DO NOTHING RETURNING 1
 """
+#: `INSERT_INSTANCE` with nothing returned: the connection's count of changes says whether it stored.
+INSERT_INSTANCE_IF_ABSENT: Final = f"""
+    INSERT INTO instances ({INSTANCE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+    ON CONFLICT (key) DO NOTHING
+"""
 #: An instance and its alarm (``_rows.loaded`` reads the row).
 LOAD: Final = f"""
     SELECT {qualified(INSTANCE_COLUMNS, "i")}, a.id, a.fire_at, a.purpose

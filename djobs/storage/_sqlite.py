@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, Final, Literal, TypeVar, final, get_args
@@ -1127,36 +1127,56 @@ class SqliteStorage:
         record, alarm = checkin.record, checkin.alarm
         simple = record is not None and checkin.event_id is None and checkin.dead_letter is None
 
-        def run(db: apsw.Connection) -> None:
+        def run(db: apsw.Connection) -> bool:
             key = checkin.key
-            # The batch holds the file's write lock, so what this reads stays true until it
-            # commits: the key is looked up first (the row and its alarm are read only if it
-            # exists), and a stored instance is answered without taking its lease.
-            if _scalar_args(db, _INSTANCE_EXISTS, (key,)) is not None:
+            if not simple:
+                # The batch holds the file's write lock, so what this reads stays true until it
+                # commits: a stored instance is answered without taking its lease.
+                if _scalar_args(db, _INSTANCE_EXISTS, (key,)) is not None:
+                    for row in db.execute(_sql.LOAD, (key,)):
+                        raise InstanceExistsError(loaded(row))
+                if not _take_lease(db, key):
+                    raise LeaseLostError(key)  # nothing written: another engine holds the lease
+                _apply(db, checkin)
+                return True
+            # The row first, as an insert-if-absent: a stored key writes nothing (it is answered
+            # with its row, its lease untouched), a new one is looked up no more than that.
+            assert record is not None
+            db.execute(_sql.INSERT_INSTANCE_IF_ABSENT, instance_args(key, record))
+            if not db.changes():
                 for row in db.execute(_sql.LOAD, (key,)):
                     raise InstanceExistsError(loaded(row))
+            if not _take_lease(db, key):
+                # Another engine holds the lease (it is starting the key its own way): the row
+                # is taken back in the same transaction, so nothing of this start is written.
+                db.execute(_sql.DELETE_INSTANCE, (key,))
+                return False
+            # The alarm: a statement that refuses nothing (see `write`).
+            if isinstance(alarm, SetAlarm):
+                db.execute(_SET_ALARM, (key, alarm.fire_at, alarm.fire_at, alarm.purpose))
+            elif isinstance(alarm, ClearAlarm):
+                db.execute(_sql.DELETE_ALARM, (key,))
+            return True
+
+        def _take_lease(db: apsw.Connection, key: str) -> bool:
             lease_now = self.lease_now(now_ms)
-            if not list(db.execute(_ACQUIRE_LEASE, (key, owner, lease_now + lease_ms, lease_now))):
-                raise LeaseLostError(key)  # nothing written: another engine holds the lease
-            if simple:
-                # The row and its alarm: statements that refuse nothing (see `write`).
-                assert record is not None
-                db.execute(_sql.UPSERT_INSTANCE, instance_args(key, record))
-                if isinstance(alarm, SetAlarm):
-                    db.execute(_SET_ALARM, (key, alarm.fire_at, alarm.fire_at, alarm.purpose))
-                elif isinstance(alarm, ClearAlarm):
-                    db.execute(_sql.DELETE_ALARM, (key,))
-            else:
-                _apply(db, checkin)
+            return bool(list(db.execute(_ACQUIRE_LEASE, (key, owner, lease_now + lease_ms, lease_now))))
 
         try:
-            # Without an event id or a dead letter nothing after the lease can refuse: no savepoint.
-            await self.write(run, single=simple)
+            # Without an event id or a dead letter, the insert-if-absent is the one statement that
+            # can refuse: no savepoint (the lease refuses by writing nothing, not by raising).
+            leased = await self.write(run, single=simple)
         except InstanceExistsError as exists:
             return exists.stored
+        if not leased:
+            raise LeaseLostError(checkin.key)
         return None
 
-    async def checkpoint_instance(self, record: InstanceRecord, owner: str, clear_alarm: bool = False) -> None:
+    def checkpoint_instance(
+        self, record: InstanceRecord, owner: str, clear_alarm: bool = False
+    ) -> Coroutine[Any, Any, None]:
+        # A plain function giving `write`'s coroutine: one coroutine fewer for a workflow's
+        # checkpoints to pass through (each is awaited in and resumed out of them all).
         key = record.key
         args = (record.status, record.run_count, record.execute_count, record.data, record.updated_at, key, owner)
 
@@ -1172,7 +1192,7 @@ class SqliteStorage:
 
         # The fence refuses before anything is written, and the alarm's delete refuses
         # nothing: no savepoint, with or without it.
-        await self.write(run, single=True)
+        return self.write(run, single=True)
 
     async def has_event_id(self, key: str, event_id: str) -> bool:
         def run(db: apsw.Connection) -> bool:

@@ -594,16 +594,14 @@ def plant_mutant(name: str) -> None:
 
         sqlite_storage.acquire_instance_lease = always  # type: ignore[method-assign]
     elif name == "lazy_checkpoint":
-        from djobs.kinds._workflow_context import Run
+        checkpoint = sqlite_storage.checkpoint_instance
 
-        save = Run.save
-
-        async def later(self: Any, status: Any, alarm: Any, now: Any = None) -> None:
-            if status == "running" and alarm is None:
+        async def later(self: Any, record: Any, owner: str, clear_alarm: bool = False) -> None:
+            if record.status == "running" and not clear_alarm:
                 return  # a step's result is kept in memory until the workflow suspends
-            await save(self, status, alarm, now)
+            await checkpoint(self, record, owner, clear_alarm)
 
-        Run.save = later  # type: ignore[method-assign]
+        sqlite_storage.checkpoint_instance = later  # type: ignore[method-assign]
     elif name == "job_without_key":
         from djobs.kinds._job_client import JobClient
 
