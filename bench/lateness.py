@@ -3,12 +3,22 @@
 Each alarm's lateness is the wall time at which its ``execute`` starts minus
 the time it was scheduled for. Floor: one Trio task sleeping until each due
 time in turn (what any Trio program gets from the same clock).
+
+``--stalls 1`` takes one more djobs run (not counted in the figures) that
+records what held the engine's thread while the alarms fired: its task steps
+longer than a millisecond, in CPU time (``time.thread_time``: a step a busy
+host preempted is not counted long) and in wall time (a step waiting on a
+disk, an fsync, counts there only), and the garbage collector's passes with
+the CPU each took. Steady figures to compare code by on a shared machine,
+where the lateness itself is noise.
 """
 
 from __future__ import annotations
 
+import gc
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 import trio
@@ -47,20 +57,89 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
-async def djobs_run(path: str, alarms: int, span_s: float, lead_ms: int) -> list[float] | None:
-    """Each alarm's lateness in ms; None when sending them outlasted `lead_ms` (the first would be due already)."""
+async def djobs_run(
+    path: str, alarms: int, span_s: float, lead_ms: int, first_due: list[float] | None = None
+) -> list[float] | None:
+    """Each alarm's lateness in ms; None when sending them outlasted `lead_ms` (the first would be due
+    already). `first_due` is given the first alarm's due time (epoch seconds)."""
     global all_ran, expected
     late_ms.clear()
     all_ran, expected = trio.Event(), alarms
     async with djobs.open_engine([alarm], storage=djobs.sqlite(path)) as engine:  # default settings
         client = engine.client.task(alarm)
         base = int(time.time() * 1000) + lead_ms  # leave room for the sends
+        if first_due is not None:
+            first_due.append(base / 1000)
         for i in range(alarms):
             await client.send(id=f"a{i}", event=Due(base + int(i * span_s * 1000 / alarms)))
         if time.time() * 1000 > base:
             return None
         await all_ran.wait()
     return list(late_ms)
+
+
+class _Stalls(trio.abc.Instrument):
+    """The task steps over 1 ms (CPU or wall) and the collector's passes, each with when it began.
+
+    Only the long steps are kept (a list entry per step would itself feed the collector)."""
+
+    def __init__(self, first_due: list[float]) -> None:
+        #: The first alarm's due time, once the run knows it: steps are counted from then on.
+        self.first_due = first_due
+        self.long: list[tuple[float, float, float]] = []  # (wall start, CPU ms, wall ms)
+        self.collections: list[tuple[float, int, float]] = []  # (wall start, generation, CPU ms)
+        self.steps = 0
+        self._cpu = self._wall = 0
+        self._gc_cpu = 0
+        self._gc_wall = 0.0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self._cpu, self._wall = time.thread_time_ns(), time.perf_counter_ns()
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        if self.first_due and time.time() >= self.first_due[0]:
+            self.steps += 1
+        cpu, wall = time.thread_time_ns() - self._cpu, time.perf_counter_ns() - self._wall
+        if cpu > 1_000_000 or wall > 1_000_000:
+            self.long.append((time.time() - wall / 1e9, cpu / 1e6, wall / 1e6))
+
+    def on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_cpu, self._gc_wall = time.thread_time_ns(), time.time()
+        else:
+            self.collections.append((self._gc_wall, info["generation"], (time.thread_time_ns() - self._gc_cpu) / 1e6))
+
+    def report(self, first_s: float, last_s: float, alarms: int) -> dict[str, Any]:
+        """What happened between the first alarm's due time and the last execute."""
+        long = [one for one in self.long if first_s <= one[0] <= last_s]
+        passes = [one for one in self.collections if first_s <= one[0] <= last_s]
+
+        def over(values: list[float]) -> dict[str, int]:
+            return {f">{ms}": sum(1 for v in values if v > ms) for ms in (1, 2, 5, 10)}
+
+        return {
+            "task_steps_per_alarm": round(self.steps / alarms, 2),  # from the first due time on
+            "steps_cpu_ms": over([cpu for _, cpu, _ in long]),
+            "steps_wall_ms": over([wall for _, _, wall in long]),
+            "steps_waiting_ms": over([wall - cpu for _, cpu, wall in long]),
+            "gc_passes": {str(g): sum(1 for _, gen, _ in passes if gen == g) for g in (0, 1, 2)},
+            "gc_gen2_cpu_ms": [round(cpu, 1) for _, gen, cpu in passes if gen == 2],
+            "gc_max_young_cpu_ms": round(max((cpu for _, gen, cpu in passes if gen < 2), default=0.0), 2),
+        }
+
+
+def stalls_run(path: str, alarms: int, span_s: float, lead_ms: int) -> dict[str, Any] | None:
+    """One djobs run under `_Stalls`; ``None`` when sending outlasted `lead_ms`."""
+    started: list[float] = []
+    stalls = _Stalls(started)
+    gc.callbacks.append(stalls.on_gc)
+    try:
+        late = trio.run(djobs_run, path, alarms, span_s, lead_ms, started, instruments=[stalls])
+    finally:
+        gc.callbacks.remove(stalls.on_gc)
+    if late is None:
+        return None
+    return stalls.report(started[0], time.time(), alarms)
 
 
 async def floor_run(alarms: int, span_s: float) -> list[float]:
@@ -75,7 +154,7 @@ async def floor_run(alarms: int, span_s: float) -> list[float]:
 
 
 def main() -> None:
-    args = parse_args(__doc__ or "", quick={"alarms": 200, "span_s": 0.5}, alarms=10_000, span_s=10.0)
+    args = parse_args(__doc__ or "", quick={"alarms": 200, "span_s": 0.5}, alarms=10_000, span_s=10.0, stalls=0)
     p99s, p50s, maxes, early, floor_p99s = [], [], [], 0, []
     for _ in range(args.runs):
         # A loaded machine may send more slowly than the lead allows: such a run is discarded and
@@ -95,6 +174,15 @@ def main() -> None:
         early += sum(1 for x in late if x < 0)
         floor_p99s.append(percentile(trio.run(floor_run, args.alarms, args.span_s), 99))
     p99, floor = median(p99s), median(floor_p99s)
+    stalls: dict[str, Any] | None = None
+    if args.stalls:
+        lead_ms = 500 + int(args.alarms * 0.75)
+        for _ in range(6):
+            with temp_db() as path:
+                stalls = stalls_run(path, args.alarms, args.span_s, lead_ms)
+            if stalls is not None:
+                break
+            lead_ms *= 2
     report(
         "lateness",
         p50_ms=round(median(p50s), 3),
@@ -108,6 +196,7 @@ def main() -> None:
         span_s=args.span_s,
         runs=args.runs,
         peak_rss_mb=round(peak_rss_mb(), 1),
+        **({} if stalls is None else {"stalls": stalls}),
     )
 
 
