@@ -958,7 +958,9 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         new_alarm: SetAlarm | None = None
         started = False
         started_flush_at = now
-        flush_at_ms, flush_at = now, to_datetime(now)
+        # The datetime of the add's alarm, made when first needed and again only when the alarm moves.
+        flush_at_ms: int | None = None
+        flush_at: datetime | None = None
         full = False
         added = False  # some event of the round was reduced
         taken = 0
