@@ -325,6 +325,8 @@ class AlarmSleeper:
 
     def _finish(self, runs: Sequence[ClaimedAlarm]) -> None:
         """The batch runs `runs` are done (written back, or given up): end their holds."""
+        if not runs:
+            return  # every run of the batch went on in a task of its own, which tells its own end
         self._done([claimed.alarm.id for claimed in runs])
         self._actors.leave_held([claimed.alarm.key for claimed in runs])
 
