@@ -552,6 +552,152 @@ async def test_an_engine_closed_mid_step_leaves_that_step_to_run_again_and_no_fi
     assert slow_calls == ["first", "stuck", "stuck"]
 
 
+# -- a step whose value the body returns at once ends the workflow in its own write --------------
+
+marks: list[str] = []
+
+
+def mark(name: str) -> str:
+    marks.append(name)
+    return name
+
+
+async def returns_its_last_step(_: Nothing, ctx: djobs.WorkflowContext) -> str:
+    await ctx.step("a", mark, "a")
+    return await ctx.step("b", mark, "b")
+
+
+async def last_step_of(ctx: djobs.WorkflowContext) -> str:
+    return await ctx.step("b", mark, "b")
+
+
+async def returns_through_a_helper(_: Nothing, ctx: djobs.WorkflowContext) -> str:
+    await ctx.step("a", mark, "a")
+    return await last_step_of(ctx)
+
+
+async def works_on_after_its_last_step(_: Nothing, ctx: djobs.WorkflowContext) -> str:
+    await ctx.step("a", mark, "a")
+    b = await ctx.step("b", mark, "b")
+    return b + "!"
+
+
+async def fails_in_a_finally(_: Nothing, ctx: djobs.WorkflowContext) -> str:
+    await ctx.step("a", mark, "a")
+    try:
+        return await ctx.step("b", mark, "b")
+    finally:
+        raise RuntimeError("cleanup failed")
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize(
+    ("execute", "result", "outcome", "writes"),
+    [
+        # The end is in the last step's write: its checkpoint commits the completion too.
+        (returns_its_last_step, str, "b", ["running", "completed"]),
+        (returns_through_a_helper, str, "b", ["running", "completed"]),
+        # Code of the body's own after the step decides the end, in a write of its own.
+        (works_on_after_its_last_step, str, "b!", ["running", "running", "completed"]),
+        (fails_in_a_finally, str, "cleanup failed", ["running", "running", "failed"]),
+        (returns_its_last_step, int, "does not match int", ["running", "running", "failed"]),
+    ],
+)
+async def test_a_body_that_returns_a_steps_value_at_once_is_ended_by_that_steps_write(
+    autojump_clock: trio.testing.MockClock,
+    layer: StorageLayer,
+    monkeypatch: pytest.MonkeyPatch,
+    execute: Callable[..., Any],
+    result: type,
+    outcome: str,
+    writes: list[str],
+) -> None:
+    from djobs.kinds._workflow_context import Run
+
+    staged: list[str] = []
+    stage = Run.stage
+
+    def counted(self: Run, status: Any, now: int | None = None) -> list[djobs.TrackedEvent]:
+        staged.append(status)  # one per write of the run
+        return stage(self, status, now)
+
+    monkeypatch.setattr(Run, "stage", counted)
+    marks.clear()
+    flow = djobs.Workflow.make("ends", input=Nothing, result=result, execute=execute)
+    async with open_test_engine([flow], storage=layer, start=T0) as engine:
+        client = engine.client.workflow(flow)
+        await client.start(id="w", input=Nothing())
+        await settle(engine)
+        ended = await client.result("w")
+        status = success(await client.status("w"))
+        end = "workflow.completed" if outcome in ("b", "b!") else "workflow.failed"
+        assert types(engine) == ["workflow.started", *["workflow.step_completed"] * 2, end]
+    if end == "workflow.completed":
+        assert success(ended) == outcome and status.status == "completed"
+    else:
+        error = failure(ended)
+        assert isinstance(error, djobs.WorkflowFailedError) and outcome in error.error_message, error
+        assert status.status == "failed"
+    assert staged == writes
+    assert marks == ["a", "b"]
+
+
+async def async_mark(name: str) -> str:
+    await trio.lowlevel.checkpoint()
+    return mark(name)
+
+
+async def returns_its_last_step_after_a_sleep(_: Nothing, ctx: djobs.WorkflowContext) -> str:
+    await ctx.step("a", mark, "a")
+    await ctx.sleep("1 minute")
+    return await ctx.step("b", async_mark, "b")
+
+
+@pytest.mark.trio
+async def test_an_async_step_returned_at_once_after_a_replay_ends_the_workflow_in_its_write(
+    autojump_clock: trio.testing.MockClock, layer: StorageLayer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from djobs.kinds._workflow_context import Run
+
+    staged: list[str] = []
+    stage = Run.stage
+
+    def counted(self: Run, status: Any, now: int | None = None) -> list[djobs.TrackedEvent]:
+        staged.append(status)
+        return stage(self, status, now)
+
+    monkeypatch.setattr(Run, "stage", counted)
+    marks.clear()
+    flow = djobs.Workflow.make("ends", input=Nothing, result=str, execute=returns_its_last_step_after_a_sleep)
+    async with open_test_engine([flow], storage=layer, start=T0) as engine:
+        client = engine.client.workflow(flow)
+        await client.start(id="w", input=Nothing())
+        await until(engine, T0 + timedelta(minutes=2))
+        assert success(await client.result("w")) == "b"
+        assert types(engine)[-2:] == ["workflow.step_completed", "workflow.completed"]
+    # The step before the sleep, the sleep, then the step after it with the end (the run woken
+    # by the sleep's alarm replays the first two).
+    assert staged == ["running", "sleeping", "completed"]
+    assert marks == ["a", "b"]
+
+
+@pytest.mark.trio
+async def test_a_workflow_ended_by_its_last_steps_write_is_not_run_again_after_a_restart(
+    autojump_clock: trio.testing.MockClock, durable_layer: StorageLayer
+) -> None:
+    marks.clear()
+    flow = djobs.Workflow.make("ends", input=Nothing, result=str, execute=returns_its_last_step)
+    async with open_test_engine([flow], storage=durable_layer, start=T0) as engine:
+        await engine.client.workflow(flow).start(id="w", input=Nothing())
+        await settle(engine)
+    # Its alarm went with that write: a new engine a day later finds nothing to run.
+    async with open_test_engine([flow], storage=durable_layer, start=T0 + timedelta(days=1)) as engine:
+        await settle(engine)
+        assert success(await engine.client.workflow(flow).result("w")) == "b"
+        assert types(engine) == []
+    assert marks == ["a", "b"]
+
+
 # -- cancel, list, tenants, bad input ------------------------------------------------------------
 
 

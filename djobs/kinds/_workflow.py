@@ -672,7 +672,9 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
                 begun = begin_body(partial(job.execute, the_input, ctx))
                 if isinstance(begun, Pending) and type(begun.value) is CoroutineType:
                     # An `async def` body, awaited here rather than in `finish_body` and
-                    # `normalise`: two coroutines fewer between the actor and each step.
+                    # `normalise`: two coroutines fewer between the actor and each step, and
+                    # a step may see that the body returns its value to this frame at once.
+                    run.runner = _RUN_CODE
                     try:
                         returned = await begun.value
                     except BaseException as exc:
@@ -702,6 +704,8 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
                 jlog.error("%s", run.stop_error.message)
                 await self._end(run, "failed", error=run.stop_error)
                 return
+            if run.ended:
+                return  # its last step's write completed it (`Run.ends_with`)
             assert body is not None
             if run.made > run.stepped:  # a step the body made was never awaited
                 run.warn_unawaited()
@@ -729,18 +733,25 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
             jlog.error("%s", diverged.message)
             await self._end(run, "failed", error=diverged)
             return
-        raw = encoded(job.result, value, what=f"result of workflow {job.name!r}", limit=self.env.max_payload_bytes)
+        raw = self.result_of(value)
         if isinstance(raw, ValidationError):
             await self._end(run, "failed", error=raw)
         else:
             log.result = msgspec.Raw(raw)
             await self._end(run, "completed")
 
-    async def _end(
-        self, run: Run, status: Literal["completed", "failed", "cancelled"], error: JobError | None = None
+    def result_of(self, value: object) -> bytes | ValidationError:
+        """`value`, a body's return, encoded as the workflow's result (or why it cannot be)."""
+        job = self.job
+        return encoded(job.result, value, what=f"result of workflow {job.name!r}", limit=self.env.max_payload_bytes)
+
+    def ending(
+        self, run: Run, status: Literal["completed", "failed", "cancelled"], error: JobError | None, now: int
     ) -> None:
+        """Put the end of run `run` in its log (an error, none for a completion) and its event in
+        its events, stamped `now`; undelivered signals are dropped. What `_end` writes, and a
+        step ending its workflow in its own write (`Run.ends_with`)."""
         log = run.log
-        now = self.env.clock.now_ms()  # one reading for the end's event and its write
         if status == "cancelled":
             reason = log.cancel_reason
             because = error.message if error else f"cancelled: {reason or 'no reason given'}"
@@ -751,19 +762,25 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
             run.event("workflow.failed", error=error_data(error))
         elif self.env.tracking:
             duration_ms = round((time.perf_counter() - run.started) * 1000, 3)
-            record = run.record
             run.events.append(
                 self.env.event(
                     "workflow.completed",
-                    record.key,
+                    run.record.key,
                     KIND,
                     self.job.name,
                     now,
-                    steps=record.execute_count,
+                    steps=run.steps_done,
                     duration_ms=duration_ms,
                 )
             )
         log.inbox.clear()  # undelivered signals die with the workflow
+
+    async def _end(
+        self, run: Run, status: Literal["completed", "failed", "cancelled"], error: JobError | None = None
+    ) -> None:
+        log = run.log
+        now = self.env.clock.now_ms()  # one reading for the end's event and its write
+        self.ending(run, status, error, now)
         if log.parent is not None and not log.parent_told:
             # A child: the alarm stays until its parent has been told, so a crash cannot lose that.
             await run.save(status, self._wake_alarm(now, TELL_PARENT), now)
@@ -826,6 +843,10 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
             await self.commit(Checkin(key=key, record=record, alarm=ClearAlarm()))
         except JobError as exc:  # the alarm tells the parent again; its event id refuses the repeat
             env.logger.error("workflow %s: could not record that its parent was told: %s", key, exc.message)
+
+
+#: The code of `WorkflowHandler._run`: a step looks for its frame above the body's (`Run.ends_with`).
+_RUN_CODE = WorkflowHandler._run.__code__
 
 
 def _holds_cancelled(exc: BaseException) -> bool:

@@ -12,7 +12,10 @@ imports this one, which names the handler only for the type checker.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import dis
+import sys
 import time
 import typing
 import warnings
@@ -21,6 +24,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
+from types import CodeType, FrameType
 from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, TypeVar, TypeVarTuple, cast, overload
 
 import msgspec
@@ -109,6 +113,34 @@ CR = TypeVar("CR")
 JP = TypeVar("JP")
 JR = TypeVar("JR")
 Ts = TypeVarTuple("Ts")
+
+# -- a body that returns a step's value at once -----------------------------------------------
+
+#: Whether the frame of each code at each offset (an await in progress) returns the awaited
+#: value at once: read from the code once per place (`_returns_at_once`).
+_returning: dict[tuple[CodeType, int], bool] = {}
+#: How many coroutines may lie between a step and the run that awaits the body.
+_MAX_RETURNING_FRAMES = 8
+#: What may lie between an await's end and the ``RETURN_VALUE`` that returns its value:
+#: instructions that leave the value on top of the stack and run nothing.
+_PASSING = frozenset({"NOP", "END_SEND"})
+
+
+def _returns_at_once(code: CodeType, offset: int) -> bool:
+    """Whether the instruction at `offset` of `code` (or the one whose inline cache that is) is
+    an await (``SEND``) that, once it ends, returns the awaited value and runs nothing before
+    (no ``finally`` or ``with`` exit, no other statement): ``return await x``. Any other form,
+    or a Python whose bytecode reads otherwise, is ``False``."""
+    instructions = list(dis.get_instructions(code))
+    offsets = [instruction.offset for instruction in instructions]
+    at = bisect.bisect_right(offsets, offset) - 1
+    if at < 0 or instructions[at].opname != "SEND":
+        return False
+    after = bisect.bisect_left(offsets, instructions[at].argval)
+    while after < len(instructions) and instructions[after].opname in _PASSING:
+        after += 1
+    return after < len(instructions) and instructions[after].opname == "RETURN_VALUE"
+
 
 # -- step result types -----------------------------------------------------------------
 
@@ -295,6 +327,11 @@ class Run:
     #: How many of the log's entries are finished steps (the record's ``execute_count``), kept as
     #: steps finish: counted from the log once per run (`WorkflowHandler._run`), not per write.
     steps_done: int = 0
+    #: The code of the frame that awaits the body itself (`WorkflowHandler._run`, for an
+    #: ``async def`` body), or ``None``: no step then looks whether the body returns its value.
+    runner: CodeType | None = None
+    #: Whether a step's write ended the workflow (completed: `ends_with`); the body returned after it.
+    ended: bool = False
 
     # -- plumbing --
 
@@ -372,6 +409,52 @@ class Run:
             raise
         if events:
             env.emit(events)
+
+    def ends_with(self, result: object, now: int) -> bool:
+        """Whether the step that gives `result` (its checkpoint not written yet) also ends the
+        workflow: the body returns `result` as soon as the step gives it, nothing of its own run
+        in between (``return await ctx.step(...)``, through any coroutines that each return what
+        they await at once: their code says so, `_returns_at_once`), as its last call (no entry
+        after it to replay, no step made and not awaited), not cancelled, not a child (whose end
+        tells its parent), and `result` can be stored as the workflow's result. Then the
+        completion is put in the log and its event in the events (the caller writes both with the
+        step's checkpoint, the alarm cleared) and `ended` is set once that write is committed.
+        Anything else: ``False``, nothing changed, and the end is a write of its own as ever."""
+        log = self.log
+        if (
+            self.runner is None
+            or self.position != len(log.entries)
+            or self.made != self.stepped
+            or self.cancel_requested
+            or self.cancel_delivered
+            or log.parent is not None
+        ):
+            return False
+        # The frames from the body's up to the run's, each at its await of the next: this
+        # function's caller is `step`, whose caller awaits it.
+        frame: FrameType | None = sys._getframe(2)
+        for _ in range(_MAX_RETURNING_FRAMES):
+            if frame is None:
+                return False
+            code = frame.f_code
+            if code is self.runner:
+                break
+            at = (code, frame.f_lasti)
+            returns = _returning.get(at)
+            if returns is None:
+                returns = _returning[at] = _returns_at_once(code, frame.f_lasti)
+            if not returns:
+                return False
+            frame = frame.f_back
+        else:
+            return False
+        handler = self.handler
+        raw = handler.result_of(result)
+        if isinstance(raw, ValidationError):
+            return False  # the body's end fails it, in a write of its own
+        log.result = msgspec.Raw(raw)
+        handler.ending(self, "completed", None, now)
+        return True
 
     async def checkpoint(self) -> None:
         """`save` from inside the body: a failure stops the run (nothing after it may run)."""
@@ -524,22 +607,25 @@ class Run:
                     )
                 )
             # `checkpoint`, inline (one coroutine fewer for each write to pass through, twice):
-            # the result is committed before the step returns.
-            events = self.stage("running", now)
+            # the result is committed before the step returns. A body that returns it at once
+            # is completed by the same write (`ends_with`), its alarm cleared.
+            ends = self.runner is not None and self.ends_with(result, now)
+            events = self.stage("completed" if ends else "running", now)
             handler = self.handler
             checkpointer = handler.checkpointer
             try:
                 if checkpointer is None:
-                    await handler.checkpoint(self.record, events)
+                    await handler.checkpoint(self.record, events, clear_alarm=ends)
                 else:
                     handler.fresh.pop(self.record.key, None)
-                    await checkpointer.checkpoint_instance(self.record, env.leases.owner)
+                    await checkpointer.checkpoint_instance(self.record, env.leases.owner, ends)
                     if events:
                         env.emit(events)
             except StorageError as exc:
                 if checkpointer is not None and isinstance(exc, LeaseLostError):
                     env.leases.lost(self.record.key)  # take it afresh next time
                 self.halt("storage", exc)
+            self.ended = ends
             return result
         finally:
             self.in_call = False

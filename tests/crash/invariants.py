@@ -636,10 +636,19 @@ def _check_workflows(snap: Snapshot, history: History, problems: list[str], fina
             problems.append(f"{key}: the step log does not decode: {exc}")
             continue
         for entry in log.entries:
-            if entry.kind != "step" or not entry.done or entry.name not in ("a", "b", "c", "d"):
+            if entry.kind != "step" or not entry.done or entry.name not in ("a", "b", "c", "d", "e"):
                 continue  # (the step that starts the child journals nothing of its own)
             runs = history.wf_runs.get((wid, entry.name), [])
             token = msgspec.json.decode(bytes(entry.value)) if entry.error is None else None
+            if entry.name == "e" and isinstance(token, list) and token:
+                # The last step ends the workflow in its own write (its value is the result, the
+                # token last), so nothing is journaled after it returns: it is committed once
+                # recorded, and no run of it may start after the run whose token is recorded.
+                token = token[-1]
+                done = [r for r in runs if r["token"] == token]
+                again = [r for r in runs if done and r["t0"] > done[0]["t1"]]
+                if again:
+                    problems.append(f"{key}: step 'e' ran again (pid {again[0]['pid']}) after its checkpoint committed")
             if entry.error is None and not any(r["token"] == token and r["ok"] for r in runs):
                 problems.append(
                     f"{key}: step {entry.name!r} is recorded with {token!r}, which no journaled run returned"
