@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any, Generic, NoReturn, cast
 from typing_extensions import TypeVar
 
 from ._clock import to_datetime
-from ._codec import encode, encoded
-from ._errors import ValidationError, raise_error
+from ._codec import encoded
+from ._errors import ValidationError
 from ._execution import Checkout, Env
 from ._logging import JobLog
 
@@ -91,7 +91,9 @@ class StatefulContext(BaseContext[D_co], Generic[S, D_co]):
         return self._checkout.state
 
     def set_state(self, state: S) -> None:
-        """Replace the state. It is validated now and committed with the run's outcome.
+        """Replace the state. It is validated and encoded now, and that encoding is committed
+        with the run's outcome: a change made to `state` in place afterwards is not stored
+        unless ``set_state`` is called again.
 
         Raises:
             ValidationError: `state` does not match the job's state type; the
@@ -99,8 +101,11 @@ class StatefulContext(BaseContext[D_co], Generic[S, D_co]):
         """
         # Raising (rather than returning a Result) ends the run at the point
         # of the mistake; the execution service turns it into a failure value.
-        encode(self._state_type, state, what="state", limit=self._env.max_payload_bytes).alt(raise_error).unwrap()
-        self._checkout.set_state(state)
+        raw = encoded(self._state_type, state, what="state", limit=self._env.max_payload_bytes)
+        if isinstance(raw, ValidationError):
+            raise raw
+        checkout = self._checkout
+        checkout.state, checkout.encoded = state, raw
 
     def update_state(self, fn: Callable[[S], S]) -> None:
         """Replace the state with ``fn(state)``."""
@@ -112,19 +117,3 @@ class StatefulContext(BaseContext[D_co], Generic[S, D_co]):
         The id can be used again afterwards. Nothing else this run changed is kept.
         """
         self._checkout.terminate(reason)
-
-
-def set_returned_state(ctx: StatefulContext[Any, Any], state: object) -> None:
-    """`ctx.set_state(state)` for the state a body returned, its encoding kept for the check-in
-    (`Checkout.returned`): validated and encoded once, where the check-in would encode it again.
-    No user code runs between a body's return and its check-in, so the bytes stay the state's.
-
-    Raises:
-        ValidationError: As `set_state`: `state` does not match the job's state type.
-    """
-    raw = encoded(ctx._state_type, state, what="state", limit=ctx._env.max_payload_bytes)
-    if isinstance(raw, ValidationError):
-        raise raw
-    checkout = ctx._checkout
-    checkout.set_state(state)
-    checkout.returned = (state, raw)

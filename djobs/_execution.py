@@ -96,7 +96,6 @@ class Checkout(Generic[S]):
     """The working copy of an instance during one run; committed only with its outcome."""
 
     state: S
-    dirty: bool = False
     terminated: bool = False
     terminate_reason: str | None = None
     #: Set by a ``stop`` that ends only this run, not the instance (a Debounce ``clear``).
@@ -105,13 +104,10 @@ class Checkout(Generic[S]):
     schedule_touched: bool = False
     #: The scope the user's code runs in while it runs (`run_call`): the ``terminate`` verb cancels it.
     scope: trio.CancelScope | None = None
-    #: The state a body returned and its encoding, taken as it was validated (`set_returned_state`):
-    #: the check-in stores these bytes while `state` is still that object.
-    returned: tuple[object, bytes] | None = None
-
-    def set_state(self, state: S) -> None:
-        self.state = state
-        self.dirty = True
+    #: The state's encoding as its last ``set_state`` validated it: what a check-in stores. A
+    #: change made to the state object after that call is not stored (nor checked) unless
+    #: ``set_state`` is called again, so a check-in never encodes, and never fails to.
+    encoded: bytes | None = None
 
     def terminate(self, reason: str | None) -> NoReturn:
         self.terminated = True

@@ -267,3 +267,85 @@ def failure_of(result: Any) -> djobs.ValidationError:
     error = result.failure()
     assert isinstance(error, djobs.ValidationError), error
     return error
+
+
+class Series(msgspec.Struct):
+    xs: list[float] = []
+    y: float | None = 0.0
+
+
+def spoil(state: Series, how: str) -> None:
+    """Change `state` in place after it was set: a nan, a value of another type."""
+    if how == "nan":
+        state.xs.append(math.nan)
+        state.y = math.inf
+    else:
+        state.xs.append("oops")  # type: ignore[arg-type]
+
+
+def set_then_spoil(ctx: djobs.ContinuousContext[Series]) -> None:
+    ctx.set_state(Series(xs=[float(ctx.run_count)]))
+    spoil(ctx.state, ctx.instance_id.split("-")[0])
+
+
+async def set_then_spoil_async(ctx: djobs.ContinuousContext[Series]) -> None:
+    set_then_spoil(ctx)
+
+
+def task_set_then_spoil(event: Reading, ctx: djobs.TaskEventContext[Series]) -> None:
+    state = Series(xs=[1.0])
+    ctx.set_state(state)
+    spoil(state, event.label)
+    ctx.schedule("1 hour")
+
+
+def task_execute_set_then_spoil(ctx: djobs.TaskContext[Series]) -> None:
+    state = Series(xs=[2.0])
+    ctx.set_state(state)
+    spoil(state, ctx.instance_id)
+
+
+@pytest.mark.parametrize("kind", STORAGE_KINDS)
+def test_a_state_changed_after_set_state_is_stored_as_set_and_the_instance_stays_on_schedule(
+    kind: str, tmp_path: Any
+) -> None:
+    """Continuous (fired in a batch, fired alone, triggered) and Task (on_event, execute): the
+    state stored is the one `set_state` validated; a nan or a str put into it afterwards is not
+    stored, and the check-in does not fail (it once raised past the handler and paused the instance)."""
+    schema = new_schema_name() if kind == "postgres" else None
+    batched = djobs.Continuous.make("batched", state=Series, schedule=djobs.every("1 hour"), execute=set_then_spoil)
+    alone = djobs.Continuous.make("alone", state=Series, schedule=djobs.every("1 hour"), execute=set_then_spoil_async)
+    task = djobs.Task.make(
+        "spoiled", event=Reading, state=Series, on_event=task_set_then_spoil, execute=task_execute_set_then_spoil
+    )
+
+    async def scenario() -> None:
+        async with open_test_engine([batched, alone, task], storage=storage_layer(kind, str(tmp_path), schema)) as e:
+            for job in (batched, alone):
+                client = e.client.continuous(job)
+                for how in ("nan", "type"):
+                    assert success(await client.start(id=f"{how}-1", input=Series()))
+                await e.wait_idle()
+                for how in ("nan", "type"):
+                    status = success(await client.status(f"{how}-1"))
+                    assert (status.status, status.run_count) == ("running", 1), status
+                    assert status.next_run_at is not None
+                    assert success(await client.get_state(f"{how}-1")).state == Series(xs=[1.0])
+                    assert success(await client.trigger(f"{how}-1")).outcome == "succeeded"
+                    assert success(await client.get_state(f"{how}-1")).state == Series(xs=[2.0])
+                await trio.sleep(3601)  # the next run, fired by its alarm
+                assert success(await client.get_state("nan-1")).state == Series(xs=[3.0])
+            tasks = e.client.task(task)
+            for how in ("nan", "type"):
+                assert success(await tasks.send(id=how, event=Reading(how)))
+                assert success(await tasks.get_state(how)).state == Series(xs=[1.0])
+            await trio.sleep(3601)  # execute, fired by the alarm on_event set
+            for how in ("nan", "type"):
+                assert success(await tasks.get_state(how)).state == Series(xs=[2.0])
+            assert e.tracker.of_type("job.failed") == []
+
+    try:
+        trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
+    finally:
+        if schema is not None:
+            drop_schema(postgres_dsn() or "", schema)

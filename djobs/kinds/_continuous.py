@@ -29,7 +29,7 @@ from typing_extensions import TypeVar
 from .._bodies import Returns, check_body
 from .._clock import to_datetime
 from .._codec import check_storable, decode, encode
-from .._context import D_co, StatefulContext, set_returned_state
+from .._context import D_co, StatefulContext
 from .._durations import DurationLike
 from .._errors import (
     InstanceNotFoundError,
@@ -573,7 +573,7 @@ class ContinuousHandler(TenantScoped, Generic[S]):
         ctx = run.ctx
         if ctx is None:
             return None  # the state did not decode: the run failed without user code
-        ran = run_now(run.checkout, functools.partial(self._body, ctx), functools.partial(set_returned_state, ctx))
+        ran = run_now(run.checkout, functools.partial(self._body, ctx), ctx.set_state)
         if isinstance(ran, Pending):
             return ran
         # One clock reading for the run's end: its events and its check-in (`_close`).
@@ -612,12 +612,8 @@ class ContinuousHandler(TenantScoped, Generic[S]):
             return Checkin(key=record.key, record=record, alarm=SetAlarm(outcome.retry_at, "retry"))
         record.attempt = 1
         checkout = run.checkout
-        if outcome_kind == "succeeded" and checkout.dirty:
-            kept = checkout.returned
-            if kept is not None and kept[0] is checkout.state:  # the returned state, encoded as it was validated
-                record.state = kept[1]
-            else:
-                record.state = encode(job.state, checkout.state, what="state").unwrap()  # validated by set_state
+        if outcome_kind == "succeeded" and checkout.encoded is not None:
+            record.state = checkout.encoded  # as the last set_state validated it (no encoding here)
         keep = run.triggered and alarm is not None and alarm.purpose == "run"
         next_alarm = None if keep else SetAlarm(self._next_run(alarm, now), "run")
         return Checkin(key=record.key, record=record, alarm=next_alarm)

@@ -38,7 +38,7 @@ from typing_extensions import TypeVar
 
 from .._bodies import Returns, check_body
 from .._clock import LATEST_MS, to_datetime
-from .._codec import check_storable, decode, encode, validate
+from .._codec import check_storable, decode, encoded, validate
 from .._context import BaseContext, D_co
 from .._durations import DurationLike, negative_text, parse_duration, to_ms
 from .._errors import (
@@ -181,9 +181,7 @@ def _not_after_9999(when: object, fire_at: int) -> Result[int, ValidationError]:
 
 @dataclass(slots=True, eq=False)
 class _Draft(Checkout[S]):
-    """A handler's working copy; `encoded` is the state as validated by its last ``set_state``."""
-
-    encoded: bytes | None = None
+    """A handler's working copy; its `encoded` is the state as validated by its last ``set_state``."""
 
 
 class _TaskContextBase(BaseContext[D_co], Generic[S, D_co]):
@@ -215,17 +213,20 @@ class _TaskContextBase(BaseContext[D_co], Generic[S, D_co]):
         return self._draft.state
 
     def set_state(self, state: S) -> None:
-        """Replace the state. It is validated now and committed with the handler's outcome.
+        """Replace the state. It is validated and encoded now, and that encoding is committed
+        with the handler's outcome: a change made to `state` in place afterwards is not stored
+        unless ``set_state`` is called again.
 
         Raises:
             ValidationError: `state` does not match the job's state type; the
                 handler fails with this error and nothing is written.
         """
         # Raising ends the handler at the mistake; the execution service turns it into a failure value.
-        self._draft.encoded = (
-            encode(self._state_type, state, what="state", limit=self._env.max_payload_bytes).alt(raise_error).unwrap()
-        )
-        self._draft.set_state(state)
+        raw = encoded(self._state_type, state, what="state", limit=self._env.max_payload_bytes)
+        if isinstance(raw, ValidationError):
+            raise raw
+        draft = self._draft
+        draft.state, draft.encoded = state, raw
 
     def update_state(self, fn: Callable[[S], S]) -> None:
         """Replace the state with ``fn(state)``.
