@@ -496,7 +496,7 @@ def test_a_port_that_is_none_is_a_usage_error_at_parse(port: object, capsys: pyt
     from djobs.cli import main
 
     text = str(port)
-    if text.strip().lstrip("+-").isdigit() and 0 <= int(text) <= 65535:
+    if text.strip().lstrip("+-").isdecimal() and 0 <= int(text) <= 65535:
         return  # a text of digits in range is a port
     assert main(["dashboard", "--db", "unused.db", f"--port={text}"]) == 2
     err = capsys.readouterr().err
