@@ -89,8 +89,10 @@ def refused(what: str, value: object) -> ValidationError:
     return ValidationError(f"{what} returned {type(value).__name__}, which djobs cannot run; return {ACCEPTED_FORMS}")
 
 
-def check_body(fn: object, what: str) -> None:
-    """Refuse, at definition time, a body that can never run: not callable, a generator
+def check_body(fn: object, what: str, args: tuple[str, ...]) -> None:
+    """Refuse, at definition time, a body that can never run: not callable, one that
+    cannot be called with the positional arguments its kind passes (`args`, named as
+    the docs name them: ``("params", "ctx")``; see `check_arity`), a generator
     function, or one whose return annotation names a form `normalise` refuses (``Maybe``,
     ``IO``, another container of returns that is neither a result nor awaitable).
 
@@ -98,10 +100,9 @@ def check_body(fn: object, what: str) -> None:
     reference to a name not importable here), is checked when it runs instead.
 
     Raises:
-        ValidationError: naming the accepted forms.
+        ValidationError: naming the accepted forms, or the call the body cannot take.
     """
-    if not callable(fn):
-        raise ValidationError(f"{what} must be callable, got {fn!r}")
+    check_arity(fn, what, args)
     if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
         raise ValidationError(f"{what} is a generator function, which djobs cannot run; return {ACCEPTED_FORMS}")
     declared = _declared_return(fn)
@@ -109,6 +110,33 @@ def check_body(fn: object, what: str) -> None:
         raise ValidationError(
             f"{what} is annotated to return {declared.__name__}, which djobs cannot run; return {ACCEPTED_FORMS}"
         )
+
+
+def check_arity(fn: object, what: str, args: tuple[str, ...]) -> None:
+    """Refuse `fn` unless it is callable with ``len(args)`` positional arguments.
+
+    A function with the wrong number of parameters would fail each time it
+    is called, as a `TypeError` that a retry policy retries. Checked with
+    ``inspect.signature(fn).bind``: a callable whose signature cannot be read
+    (some builtins and C extensions) is accepted, and fails when called.
+
+    Raises:
+        ValidationError: `fn` is not callable, or cannot take those arguments.
+    """
+    if not callable(fn):
+        raise ValidationError(f"{what} must be callable, got {fn!r}")
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # no signature to read: checked when it is called
+        return
+    try:
+        signature.bind(*args)
+    except TypeError as exc:
+        called = f"({', '.join(args)})"
+        raise ValidationError(
+            f"{what} is called with {len(args)} positional argument{'s' if len(args) != 1 else ''} "
+            f"{called}, which its signature {signature} cannot take: {exc}"
+        ) from None
 
 
 #: The containers of returns a body may give (their subclasses, e.g. ``Success``, too).

@@ -19,7 +19,12 @@ from ._errors import ValidationError, raise_error
 
 __all__ = ["DurationLike", "duration", "format_duration", "parse_duration", "to_ms"]
 
-#: What a duration may be written as; an ``int`` counts milliseconds.
+#: What a duration option may be written as: a string (``"30 minutes"``,
+#: ``"1h30m"``), a `timedelta`, or an ``int`` that counts **milliseconds**
+#: (``every(5)`` runs every 5 ms; ``delay=5000`` is five seconds). A ``float``
+#: is refused. See Durations in the engine reference for the one exception:
+#: a time to wait until (``ctx.schedule``, ``ctx.sleep``, a signal wait's
+#: ``timeout``) takes no bare number at all.
 DurationLike: TypeAlias = str | timedelta | int
 
 _EXPECTED = (

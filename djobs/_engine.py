@@ -17,7 +17,7 @@ from ._client import Client
 from ._clock import Clock, WallClock
 from ._dead_letters import DeadLetters
 from ._durations import DurationLike, duration, to_ms
-from ._errors import StorageError, ValidationError
+from ._errors import InvalidStateError, StorageError, ValidationError
 from ._execution import Env, body_failure
 from ._ids import RandomIds
 from ._input import DEFAULT_MAX_PAYLOAD_BYTES, check_count, check_interval, check_payload_limit
@@ -81,26 +81,37 @@ class Engine(Generic[D_co]):
         Alarms count only for the definitions this engine registers: another
         definition's alarm (one removed from the code, or run by another process)
         is never claimed here, so waiting for it would never end.
+
+        An engine that is closing or has closed starts no work: this returns
+        once its handlers have ended (at once after the close), without
+        asking its storage, and raises nothing.
+
+        Raises:
+            StorageError: The storage failed while the engine was open.
         """
         spins = 0
         worker = self._worker if self._worker is not None and self._worker.claiming else None
+        runtime = self._runtime
         while True:
-            await self._runtime.wait_idle()
+            await runtime.wait_idle()
+            if runtime.actors.closing:
+                return  # nothing due will run, and its storage may be closed
             if worker is not None:
                 await worker.wait_idle()
             due = False
-            if self._runtime.fires_alarms:  # a client-only engine leaves due alarms to another process
-                next_at = await self.storage.next_alarm_at(self._runtime.alarms.prefixes)
-                due = next_at is not None and next_at <= self.clock.now_ms()
-            if not due and worker is not None:
-                due = await worker.has_due() or (self._crons is not None and await self._crons.has_due())
+            try:
+                if runtime.fires_alarms:  # a client-only engine leaves due alarms to another process
+                    next_at = await self.storage.next_alarm_at(runtime.alarms.prefixes)
+                    due = next_at is not None and next_at <= self.clock.now_ms()
+                if not due and worker is not None:
+                    due = await worker.has_due() or (self._crons is not None and await self._crons.has_due())
+            except StorageError:
+                if runtime.actors.closing:
+                    return  # closed while we looked
+                raise
             # Work may have been handed off while we waited for the worker (a job that
             # enqueued another, claimed in storage but not yet started): look again.
-            busy = (
-                self._runtime.env.handoffs.count > 0
-                or not self._runtime.idle
-                or (worker is not None and not worker.idle)
-            )
+            busy = runtime.env.handoffs.count > 0 or not runtime.idle or (worker is not None and not worker.idle)
             if not due and not busy:
                 return
             # A due alarm the sleeper has not claimed yet: let it run.
@@ -126,6 +137,36 @@ class Engine(Generic[D_co]):
 
 
 EngineT = TypeVar("EngineT", bound=Engine[Any])
+T = TypeVar("T")
+
+
+class EnterOnce(AbstractAsyncContextManager[T]):
+    """An engine's ``async with`` block, which opens one engine and can be entered once.
+
+    Entering it again (a second ``async with`` on the value one `open_engine`
+    call gave) raises `InvalidStateError`: contextlib's own context manager
+    raised a bare ``AttributeError`` from its internals there.
+    """
+
+    __slots__ = ("_entered", "_opened", "_what")
+
+    def __init__(self, opened: AbstractAsyncContextManager[T], what: str) -> None:
+        self._opened = opened
+        self._what = what
+        self._entered = False
+
+    async def __aenter__(self) -> T:
+        if self._entered:
+            raise InvalidStateError(
+                f"this {self._what}(...) was entered already: it opens one engine, for one `async with` block; "
+                f"call {self._what}(...) again for another"
+            )
+        self._entered = True
+        return await self._opened.__aenter__()
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        return await self._opened.__aexit__(*exc_info)
+
 
 #: The worker an engine runs unless told otherwise.
 DEFAULT_WORKER = WorkerOptions()
@@ -313,6 +354,8 @@ def open_engine(
     Raises:
         RuntimeError: Entered outside ``trio.run`` (under asyncio, say):
             djobs runs on Trio.
+        InvalidStateError: The value one call returned is entered a second
+            time (each ``async with`` block needs its own call).
         ValidationError: Two definitions share a name, an option is malformed,
             or `layers` is given with `storage`, `clock`, `tracker` or `seed`.
         StorageError: The storage cannot be opened (a file that is not a
@@ -324,7 +367,7 @@ def open_engine(
             await engine.client.continuous(token_refresher).start(id="user-123", input=Tokens("", "rt"))
         ```
     """
-    return open_engine_as(
+    opened = open_engine_as(
         Engine,
         definitions,
         layers=layers_from(layers, storage=storage, clock=clock, tracker=tracker, seed=seed),
@@ -340,6 +383,7 @@ def open_engine(
         instance_lease=instance_lease,
         retention=retention,
     )
+    return EnterOnce(opened, "open_engine")
 
 
 @asynccontextmanager

@@ -20,6 +20,7 @@ from typing import Any, Final, Generic, TypeVar
 
 from returns.result import Failure, Result, Success
 
+from ._bodies import check_arity
 from ._durations import DurationLike, duration, to_ms
 from ._errors import ValidationError, describe
 from ._input import MAX_LIMIT, check_text
@@ -152,8 +153,10 @@ def job_limits(
         raise ValidationError(
             f"{what}: rate_limit must be 'N/second|minute|hour|day' or a djobs.RateLimit, got {rate_limit!r:.80}"
         )
-    if limit_key is not None and not callable(limit_key):
-        raise ValidationError(f"{what}: limit_key must be a function of the params returning a str")
+    if limit_key is not None:
+        if not callable(limit_key):
+            raise ValidationError(f"{what}: limit_key must be a function of the params returning a str")
+        check_arity(limit_key, f"{what}: limit_key", ("params",))
     if concurrency is None and rate is None:
         if limit_key is not None:
             raise ValidationError(f"{what}: limit_key needs concurrency= or rate_limit= to key")

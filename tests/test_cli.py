@@ -736,6 +736,44 @@ def test_batch_in_your_own_engine_gets_your_services(capsys: pytest.CaptureFixtu
     assert [r["result"] for r in json.loads(out)] == [{"text": "Hello, Ada!"}]  # "Hello" is the factory's service
 
 
+def test_batch_of_a_job_that_needs_services_without_an_engine_is_refused(
+    capsys: pytest.CaptureFixture[str], app: Path
+) -> None:
+    """Without --engine the job would run with no services, and fail each attempt (AttributeError)."""
+    (app.parent / "people.jsonl").write_text('{"name": "Ada"}\n')
+    code, out, err = run(capsys, "batch", "jobs_app:send_greeting", "--params-file", "people.jsonl", "--db", str(app))
+    assert (code, out) == (ExitCode.USAGE, "")
+    assert "needs the application's services (its body takes JobContext[Services])" in err
+    assert "--engine MODULE:FACTORY" in err and len(err.strip().splitlines()) == 1
+
+
+class Mailer:
+    pass
+
+
+def _typed(params: Greet, ctx: djobs.JobContext[Mailer]) -> None:
+    pass
+
+
+def _plain(params: Greet, ctx: djobs.JobContext) -> None:  # type: ignore[type-arg]
+    pass
+
+
+def _anything(params: Greet, ctx: djobs.JobContext[Any]) -> None:
+    pass
+
+
+def test_what_services_a_job_needs_is_read_from_its_context_annotation() -> None:
+    from djobs.cli._run import services_needed
+
+    def make(fn: Any) -> Any:
+        return djobs.Job.make("j", params=Greet, execute=fn)
+
+    assert services_needed(make(_typed)) == "Mailer"
+    for fn in (_plain, _anything, lambda params, ctx: None):
+        assert services_needed(make(fn)) is None
+
+
 @pytest.mark.parametrize(
     ("target", "code", "message"),
     [

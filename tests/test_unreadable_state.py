@@ -107,7 +107,7 @@ async def test_a_debounce_flush_over_an_unreadable_batch_fails_without_running(
         "batcher",
         event=Counter,
         state=Counter,
-        on_event=lambda event, ctx: Counter(event.count),
+        on_event=lambda ctx: Counter(ctx.event.count),
         flush_after="1 minute",
         execute=lambda ctx: ran.append(ctx.state.count),
         retry=djobs.Retry(max_attempts=3),

@@ -12,11 +12,13 @@ the one continuous job (resume needs its schedule).
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import os
 import secrets
 import signal
 import sys
+import typing
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -31,7 +33,7 @@ from returns.unsafe import unsafe_perform_io
 from .._clock import Clock
 from .._engine import Engine, open_engine
 from .._errors import JobError
-from ..kinds._job import Job, JobRun
+from ..kinds._job import Job, JobContext, JobRun
 from ..storage._inspect import Inspector, inspector, open_existing, storage_layer
 from ._exit import CommandError, ExitCode, raise_command_error
 from ._output import ProgressBar, note, print_json, table
@@ -213,9 +215,41 @@ def _read_params_file(path: str, job: Job[Any, Any, Any]) -> list[Any]:
     return [_params(decoder, line, f"{path}, line {n},") for n, line in enumerate(lines, 1) if line.strip()]
 
 
+def services_needed(job: Job[Any, Any, Any]) -> str | None:
+    """The services `job`'s body declares it needs, as its annotation names them, or ``None``.
+
+    Read from the annotation of the body's context parameter:
+    ``JobContext[Mailer]`` needs a ``Mailer``; ``JobContext``,
+    ``JobContext[object]`` or ``JobContext[Any]`` (or no annotation, or one
+    that cannot be resolved) needs none that can be told.
+    """
+    try:
+        parameters = list(inspect.signature(job.execute).parameters.values())
+        hints = typing.get_type_hints(job.execute)
+    except Exception:  # no signature, or an annotation that names what cannot be imported here
+        return None
+    if len(parameters) < 2:
+        return None
+    annotation = hints.get(parameters[1].name)
+    origin = typing.get_origin(annotation)
+    if not (isinstance(origin, type) and issubclass(origin, JobContext)):
+        return None
+    services = typing.get_args(annotation)[0]
+    if services in (object, Any, type(None)):
+        return None
+    return getattr(services, "__name__", None) or repr(services).replace("typing.", "")
+
+
 async def batch(args: argparse.Namespace, clock: Clock) -> ExitCode:
     """``djobs batch module:job --params-file F``: run the job for each line, with a progress bar."""
     job = load_job(args.target)
+    needed = services_needed(job) if getattr(args, "engine", None) is None else None
+    if needed is not None:
+        raise CommandError(
+            f"job {job.name!r} needs the application's services (its body takes JobContext[{needed}]), "
+            "which only your engine gives: add --engine MODULE:FACTORY",
+            ExitCode.USAGE,
+        )
     params = _read_params_file(args.params_file, job)
     correlation = f"batch-{secrets.token_hex(6)}"
     async with _engine_for(args, job, clock) as (engine, inspect_):

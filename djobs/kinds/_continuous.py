@@ -194,7 +194,7 @@ class Continuous(Definition[D_contra], Generic[S, D_contra]):
         check_storable(state, f"Continuous {name!r}: state")
         if not hasattr(schedule, "next_after"):
             raise ValidationError(f"Continuous {name!r}: schedule must come from djobs.every() or djobs.cron()")
-        check_body(execute, f"Continuous {name!r}: execute")
+        check_body(execute, f"Continuous {name!r}: execute", ("ctx",))
         limits = definition_limits(timeout, blocking, {"execute": execute}, f"Continuous {name!r}")
         exhausted = check_on_exhausted(on_exhausted, f"Continuous {name!r}")
         if not isinstance(start_immediately, bool):

@@ -195,7 +195,7 @@ class CronJob(Definition[D_contra], Generic[D_contra]):
         check_retry(retry, what)
         check_logging(logging, what)
         # Job.make checks these again, naming a Job: checked first here, a bad one names the CronJob.
-        check_body(execute, f"{what}: execute")
+        check_body(execute, f"{what}: execute", ("fire", "ctx"))
         attempts = max_attempts if max_attempts is not None else (retry.max_attempts if retry is not None else 3)
         check_attempts(attempts, f"{what}: max_attempts")
         definition_limits(timeout, blocking, {"execute": execute}, what)

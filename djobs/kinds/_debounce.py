@@ -354,9 +354,9 @@ class Debounce(Definition[D_contra], Generic[E, S, D_contra]):
             raise ValidationError(
                 f"Debounce {name!r}: max_events must be None or an int from 1 to {MAX_LIMIT}, got {max_events!r:.40}"
             )
-        check_body(execute, f"Debounce {name!r}: execute")
+        check_body(execute, f"Debounce {name!r}: execute", ("ctx",))
         if on_event is not None:
-            check_body(on_event, f"Debounce {name!r}: on_event")
+            check_body(on_event, f"Debounce {name!r}: on_event", ("ctx",))
         limits = definition_limits(timeout, blocking, {"execute": execute, "on_event": on_event}, f"Debounce {name!r}")
         reducer = _keep_latest if on_event is None else on_event
         retry, logging = check_retry(retry, f"Debounce {name!r}"), check_logging(logging, f"Debounce {name!r}")

@@ -328,7 +328,7 @@ class Job(Definition[D_contra], Generic[P, R, D_contra]):
         check_storable(params, f"Job {name!r}: params")
         if result is not None:
             check_storable(result, f"Job {name!r}: result type")
-        check_body(execute, f"Job {name!r}: execute")
+        check_body(execute, f"Job {name!r}: execute", ("params", "ctx"))
         retry = check_retry(retry, f"Job {name!r}")
         logging = check_logging(logging, f"Job {name!r}")
         attempts = max_attempts if max_attempts is not None else (retry.max_attempts if retry is not None else 3)

@@ -150,7 +150,9 @@ def resolve_when(when: object, now_ms: int) -> Result[int, ValidationError]:
             _bad_when(
                 when,
                 "a bare number is ambiguous (seconds or milliseconds?); "
-                'write timedelta(seconds=...) or a string like "30 seconds"',
+                'write timedelta(seconds=...) or a string like "30 seconds" '
+                "(a duration option such as every() or delay= reads an int as milliseconds, but a time to "
+                "wait until takes no number: see Durations in the engine reference)",
             )
         )
     elif isinstance(when, timedelta):
@@ -464,9 +466,15 @@ class Task(Definition[D_contra], Generic[S, Ev, D_contra]):
                 f" made with tag=True, or another type msgspec stores such as int or list[Item] ({exc})"
             ) from None
         check_storable(event, f"Task {name!r}: event")
-        for what, fn in (("on_event", on_event), ("execute", execute), ("on_idle", on_idle), ("on_error", on_error)):
+        handlers: tuple[tuple[str, object, tuple[str, ...]], ...] = (
+            ("on_event", on_event, ("event", "ctx")),
+            ("execute", execute, ("ctx",)),
+            ("on_idle", on_idle, ("ctx",)),
+            ("on_error", on_error, ("error", "ctx")),
+        )
+        for what, fn, args in handlers:
             if fn is not None:
-                check_body(fn, f"Task {name!r}: {what}")
+                check_body(fn, f"Task {name!r}: {what}", args)
         limits = definition_limits(
             timeout,
             blocking,

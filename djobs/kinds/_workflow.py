@@ -54,7 +54,7 @@ import trio
 from returns.future import FutureResult
 from returns.result import Failure, Result, Success
 
-from .._bodies import Returns
+from .._bodies import Returns, check_arity
 from .._codec import check_storable, decode, decoded, encode, encoded
 from .._errors import (
     DuplicateEventError,
@@ -192,8 +192,7 @@ class Workflow(Definition[D_contra], Generic[I, R, D_contra]):
             raise ValidationError(f"Workflow {name!r}: input must be a msgspec.Struct type, got {input!r}")
         check_storable(input, f"Workflow {name!r}: input")
         check_storable(result, f"Workflow {name!r}: result type")
-        if not callable(execute):
-            raise ValidationError(f"Workflow {name!r}: execute must be callable, got {execute!r}")
+        check_arity(execute, f"Workflow {name!r}: execute", ("input", "ctx"))
         retry = check_retry(retry, f"Workflow {name!r}")
         logging = check_logging(logging, f"Workflow {name!r}")
         return cls(name, input, result, execute, retry, logging)
@@ -221,6 +220,9 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
         #: Set while runs are live here (`watch_cancels` then reads their cancel notes); in a
         #: list, so the tenant-scoped copies and the engine's handler share the current one.
         self.runs_live = [trio.Event()]
+        #: The reason of the cancel in flight in this process, by key: a second cancel meanwhile
+        #: is a repeat (`cancel`), and records this reason if it reaches the log first.
+        self.cancelling: dict[str, str | None] = {}
         #: Keys whose `start` is storing them in one write now (`InstanceCreator`): another
         #: start of one of them in this process goes through the actor instead.
         self.creating: set[str] = set()
@@ -482,57 +484,95 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
                 )
             )
         key = self.key(instance_id)
+        cancelling = self.cancelling
+        if key in cancelling:  # another cancel of this workflow is under way here: this one repeats it
+            return await self._cancel(instance_id, key, cancelling[key], False)
+        cancelling[key] = reason
+        try:
+            return await self._cancel(instance_id, key, reason, None)
+        finally:
+            del cancelling[key]
+
+    async def _cancel(
+        self, instance_id: str, key: str, reason: str | None, first: bool | None
+    ) -> Result[WorkflowCancelResult, ValidationError | StorageError]:
+        """`cancel` of workflow `key` with `reason` (the first cancel's, for a repeat).
+
+        `first` says whether this call is the one that asked first: ``False`` for a
+        repeat, ``None`` while unknown. A repeat changes nothing (the first reason
+        stands) and says so: ``cancelled=False, already_requested=True``.
+        """
         env = self.env
         live = self.live.get(key)
         requests = self.cancel_requests
         requested = False
         if live is not None:
             # A run in this process: cancel its running step now, or its next call.
-            self._cancel_live(live, reason)
-        elif requests is not None:
+            first = self._cancel_live(live, reason) and first is not False
+        elif requests is not None and first is not False:
             # Perhaps running in another process, which holds the lease until its run ends: a
             # note it reads while its steps run (`watch_cancels`) reaches it without the lease.
             loaded = await env.storage.load(key)
             if loaded is None or loaded[0].status in FINAL:
                 status = "not_found" if loaded is None else loaded[0].status
                 return Success(WorkflowCancelResult(instance_id, False, status))
-            await requests.request_cancel(key, reason, env.now_ms())
-            requested = True
+            if read_log(loaded[0]).cancel_requested:
+                first = False  # recorded before: a repeat
+            elif await requests.request_cancel(key, reason, env.now_ms()) is False:
+                # Noted before, by another process's cancel: a repeat. Should it reach the log
+                # first, it records that cancel's reason.
+                first = False
+                reason = (await requests.cancel_requests([key])).get(key, reason)
+            else:
+                requested = True
 
         async def run() -> Result[WorkflowCancelResult, StorageError]:
             stored = await self._stored(key)
             if stored is None:
                 return Success(WorkflowCancelResult(instance_id, False, "not_found"))
             record, log = stored
+            ours = first is not False
             if record.status in FINAL:
                 # Ended: by this cancel if it reached a run here or through its note, else before it.
-                by_us = (live is not None or requested) and record.status == "cancelled"
+                # Through a note, only if its reason is the one recorded: another process's cancel
+                # may have noted, recorded and cleared its own between this one's read and note.
+                by_us = (
+                    ours
+                    and record.status == "cancelled"
+                    and (live is not None or (requested and log.cancel_reason == reason))
+                )
                 if requests is not None and requested:
                     await requests.clear_cancel_request(key)
                 return Success(WorkflowCancelResult(instance_id, by_us, record.status))
             if not log.cancel_requested:
-                log.cancel_requested, log.cancel_reason = True, reason
+                # A repeat that gets here first records the first cancel's reason (the live run's).
+                kept = live.cancel_reason if live is not None and not ours else reason
+                log.cancel_requested, log.cancel_reason = True, kept
                 record.data, record.updated_at = encoder.encode(log), env.now_ms()
                 # Woken at once (so running, not sleeping or waiting): the body gets
                 # WorkflowCancelledError where it stands.
                 record.status = "running"
                 await self.commit(Checkin(key=key, record=record, alarm=self._wake_alarm(env.now_ms())))
                 self._run_next(key, record)
+            elif first is None and not requested:
+                ours = False  # recorded by an earlier cancel, whose run has not ended yet
             if requests is not None and requested:
                 await requests.clear_cancel_request(key)  # recorded in the log now
-            return Success(WorkflowCancelResult(instance_id, True, record.status))
+            return Success(WorkflowCancelResult(instance_id, ours, record.status, already_requested=not ours))
 
         return await self.runtime.call(key, run)
 
     @staticmethod
-    def _cancel_live(live: Run, reason: str | None) -> None:
-        """Cancel a run in this process: its running step's scope now, or its next call."""
+    def _cancel_live(live: Run, reason: str | None) -> bool:
+        """Cancel a run in this process: its running step's scope now, or its next call.
+        Whether this call did (``False``: it was cancelled before, with its own reason)."""
         if live.log.cancel_requested:
-            return
+            return False
         live.cancel_requested = live.log.cancel_requested = True
         live.cancel_reason = live.log.cancel_reason = reason
         if live.scope is not None:
             live.scope.cancel()
+        return True
 
     async def background(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The kind's background loop, which an engine that runs work starts: `watch_cancels`."""

@@ -535,11 +535,17 @@ class WorkflowCancelResult(msgspec.Struct, frozen=True):
     ``status`` is the workflow's status once the cancel was accepted:
     ``cancelled`` if the run it reached has ended, else ``running`` (woken to
     take it, out of a sleep or a wait; ``status(id)`` says the same).
+
+    ``already_requested`` is true when an earlier cancel had been accepted
+    and the workflow has not ended yet: this one changed nothing, and the
+    first cancel's reason stands (``cancelled`` is then false). Two cancels
+    at once, from one process or several, give one ``cancelled=True``.
     """
 
     instance_id: str
     cancelled: bool
     status: str
+    already_requested: bool = False
 
 
 def _step_info(entry: Entry) -> StepInfo:

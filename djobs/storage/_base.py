@@ -499,8 +499,13 @@ class CancelRequests(Protocol):
     them, and the verb that made the note clears it once the cancel is recorded.
     """
 
-    async def request_cancel(self, key: str, reason: str | None, now_ms: int) -> None:
-        """Note a cancel of instance `key` (a note already there is kept, with its reason)."""
+    async def request_cancel(self, key: str, reason: str | None, now_ms: int) -> bool | None:
+        """Note a cancel of instance `key` (a note already there is kept, with its reason).
+
+        Whether this call wrote the note (``False``: one was there; two
+        cancels at once in two processes tell which asked first by it).
+        ``None`` means unknown, taken as written.
+        """
         ...
 
     async def cancel_requests(self, keys: Sequence[str]) -> dict[str, str | None]:

@@ -749,12 +749,14 @@ class MemoryStorage:
 
     # -- cancel requests (CancelRequests) ---------------------------------------------
 
-    def _request_cancel(self, key: str, reason: str | None, now: int) -> None:
-        if key not in self._cancels:
-            self._put(self._cancels, key, (reason, now))
+    def _request_cancel(self, key: str, reason: str | None, now: int) -> bool:
+        if key in self._cancels:
+            return False
+        self._put(self._cancels, key, (reason, now))
+        return True
 
-    async def request_cancel(self, key: str, reason: str | None, now_ms: int) -> None:
-        await self._write(self._request_cancel, key, reason, now_ms)
+    async def request_cancel(self, key: str, reason: str | None, now_ms: int) -> bool:
+        return await self._write(self._request_cancel, key, reason, now_ms)
 
     async def cancel_requests(self, keys: Sequence[str]) -> dict[str, str | None]:
         self._check_open()

@@ -957,9 +957,9 @@ class PostgresStorage:
 
     # -- cancel requests (CancelRequests; workflows' ``cancel`` from another process) ----
 
-    async def request_cancel(self, key: str, reason: str | None, now_ms: int) -> None:
+    async def request_cancel(self, key: str, reason: str | None, now_ms: int) -> bool:
         sql = "INSERT INTO cancel_requests (key, reason, requested_at) VALUES (%s, %s, %s) ON CONFLICT (key) DO NOTHING"
-        await self._run(lambda conn: conn.execute(sql, (key, reason, now_ms)) and None, "request_cancel")
+        return await self._run(lambda conn: conn.execute(sql, (key, reason, now_ms)).rowcount > 0, "request_cancel")
 
     async def cancel_requests(self, keys: Sequence[str]) -> dict[str, str | None]:
         if not keys:

@@ -1400,14 +1400,15 @@ class SqliteStorage:
 
     # -- the job queue (QueueStorage) -------------------------------------------------
 
-    async def request_cancel(self, key: str, reason: str | None, now_ms: int) -> None:
-        def run(db: apsw.Connection) -> None:
+    async def request_cancel(self, key: str, reason: str | None, now_ms: int) -> bool:
+        def run(db: apsw.Connection) -> bool:
             db.execute(
                 "INSERT INTO cancel_requests (key, reason, requested_at) VALUES (?, ?, ?) ON CONFLICT(key) DO NOTHING",
                 (key, reason, now_ms),
             )
+            return db.changes() > 0
 
-        await self.write(run)
+        return await self.write(run)
 
     async def cancel_requests(self, keys: Sequence[str]) -> dict[str, str | None]:
         def run(db: apsw.Connection) -> dict[str, str | None]:

@@ -10,7 +10,7 @@ from returns.unsafe import unsafe_perform_io
 from typing_extensions import TypeVar as DefaultTypeVar
 
 from .._clock import Clock, VirtualClock
-from .._engine import Engine, open_engine_as, require_trio
+from .._engine import Engine, EnterOnce, open_engine_as, require_trio
 from .._errors import ValidationError
 from .._ids import Ids, RandomIds
 from .._layers import Layers
@@ -107,7 +107,7 @@ def open_test_engine(
         raise ValidationError(f"open_test_engine(layers=...) must be a djobs.Layers, got {type(layers).__name__}")
     base = layers if layers is not None else default_layers(start, seed=seed)
     chosen = base.replace(storage=storage, clock=clock, tracker=tracker, retries=retries, ids=ids)
-    return _open_test_engine(definitions, layers=chosen, services=services, **options)
+    return EnterOnce(_open_test_engine(definitions, layers=chosen, services=services, **options), "open_test_engine")
 
 
 @asynccontextmanager

@@ -1,0 +1,142 @@
+"""A workflow cancelled twice: one cancel is the one that cancelled it; the other says an earlier cancel
+was accepted, and the first reason stands (as Temporal answers a repeated cancel request).
+
+Before, two cancels at once both answered ``cancelled=True``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+import trio
+from postgres_support import DSN_VARIABLE, drop_schema, new_schema_name, postgres_dsn
+
+import djobs
+from djobs.testing import open_test_engine, success
+
+
+class Nothing(msgspec.Struct):
+    pass
+
+
+async def nap(params: Nothing, ctx: djobs.WorkflowContext) -> Nothing:
+    await ctx.sleep("1 hour")
+    return params
+
+
+napper = djobs.Workflow.make("napper", input=Nothing, result=Nothing, execute=nap)
+
+
+def storage_layer(kind: str, directory: str, schema: str | None) -> djobs.storage.StorageLayer:
+    if kind == "memory":
+        return djobs.storage.memory()
+    if kind == "sqlite":
+        return djobs.sqlite(f"{directory}/jobs.db")
+    assert schema is not None
+    return djobs.postgres(postgres_dsn() or "", schema=schema)
+
+
+STORAGE_KINDS = [
+    "memory",
+    "sqlite",
+    pytest.param("postgres", marks=pytest.mark.skipif(postgres_dsn() is None, reason=f"{DSN_VARIABLE} is not set")),
+]
+
+
+def run_on(kind: str, tmp_path: Any, scenario: Any) -> None:
+    schema = new_schema_name() if kind == "postgres" else None
+    try:
+        trio.run(
+            scenario, storage_layer(kind, str(tmp_path), schema), clock=trio.testing.MockClock(autojump_threshold=0)
+        )
+    finally:
+        if schema is not None:
+            drop_schema(postgres_dsn() or "", schema)
+
+
+def error_message(status: djobs.WorkflowStatus) -> str:
+    assert status.status == "cancelled" and status.error is not None, status
+    message = status.error["message"]
+    assert isinstance(message, str)
+    return message
+
+
+@pytest.mark.parametrize("kind", STORAGE_KINDS)
+@pytest.mark.parametrize("woken", [False, True], ids=["sleeping", "running"])
+def test_two_cancels_at_once_cancel_once_and_keep_the_first_reason(kind: str, woken: bool, tmp_path: Any) -> None:
+    async def scenario(layer: djobs.storage.StorageLayer) -> None:
+        async with open_test_engine([napper], storage=layer) as engine:
+            client = engine.client.workflow(napper)
+            assert success(await client.start(id="n", input=Nothing()))
+            if not woken:
+                await engine.wait_idle()  # asleep: the cancels go through the storage
+            answers: dict[str, djobs.WorkflowCancelResult] = {}
+
+            async def cancel(reason: str) -> None:
+                answers[reason] = success(await client.cancel("n", reason=reason))
+
+            async with trio.open_nursery() as nursery:
+                for reason in ("first", "second"):
+                    nursery.start_soon(cancel, reason)
+            winners = [r for r, a in answers.items() if a.cancelled]
+            assert len(winners) == 1, answers
+            [loser] = set(answers) - set(winners)
+            assert answers[loser].already_requested and not answers[loser].cancelled, answers
+            assert not answers[winners[0]].already_requested
+            await engine.wait_idle()
+            message = error_message(success(await client.status("n")))
+            assert message.endswith(f"was cancelled: {winners[0]}"), message
+            # After the end: neither cancelled nor a repeat of a request, just ended.
+            after = success(await client.cancel("n", reason="third"))
+            assert after == djobs.WorkflowCancelResult("n", False, "cancelled")
+            assert error_message(success(await client.status("n"))).endswith(winners[0])
+
+    run_on(kind, tmp_path, scenario)
+
+
+@pytest.mark.parametrize("kind", STORAGE_KINDS)
+def test_a_cancel_after_one_was_accepted_is_a_repeat(kind: str, tmp_path: Any) -> None:
+    """One after the other, before the run the first woke has ended."""
+
+    async def scenario(layer: djobs.storage.StorageLayer) -> None:
+        async with open_test_engine([napper], storage=layer) as engine:
+            client = engine.client.workflow(napper)
+            assert success(await client.start(id="n", input=Nothing()))
+            await engine.wait_idle()
+            first = success(await client.cancel("n", reason="first"))
+            assert first.cancelled and not first.already_requested
+            second = success(await client.cancel("n", reason="second"))
+            if second.status != "cancelled":  # the woken run had not ended yet
+                assert (second.cancelled, second.already_requested) == (False, True), second
+            else:
+                assert second == djobs.WorkflowCancelResult("n", False, "cancelled")
+            await engine.wait_idle()
+            assert error_message(success(await client.status("n"))).endswith("was cancelled: first")
+
+    run_on(kind, tmp_path, scenario)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", STORAGE_KINDS[2]])
+def test_cancels_from_two_engines_cancel_once(kind: str, tmp_path: Any) -> None:
+    async def scenario(layer: djobs.storage.StorageLayer) -> None:
+        async with open_test_engine([napper], storage=layer) as a, open_test_engine([napper], storage=layer) as b:
+            assert success(await a.client.workflow(napper).start(id="n", input=Nothing()))
+            await a.wait_idle()
+            answers: list[tuple[str, djobs.WorkflowCancelResult]] = []
+
+            async def cancel(engine: Any, reason: str) -> None:
+                answers.append((reason, success(await engine.client.workflow(napper).cancel("n", reason=reason))))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(cancel, a, "from a")
+                nursery.start_soon(cancel, b, "from b")
+            winners = [reason for reason, answer in answers if answer.cancelled]
+            assert len(winners) == 1, answers
+            await a.wait_idle()
+            await b.wait_idle()
+            message = error_message(success(await a.client.workflow(napper).status("n")))
+            assert message.endswith(winners[0]), (message, answers)
+
+    run_on(kind, tmp_path, scenario)
