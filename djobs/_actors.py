@@ -75,6 +75,10 @@ class Actors:
         self._closing = False
         #: The scopes of the handlers running now (shielded; `close` cancels them after the grace).
         self._handler_scopes: set[trio.CancelScope] = set()
+        #: The shielded scopes of work run in its callers' tasks outside `enter`'s bookkeeping (a
+        #: Debounce caller applying adds): `cancel_running` cancels them with the handlers. A dict
+        #: its owners fill and empty by subscript, without a call.
+        self.writer_scopes: dict[trio.CancelScope, None] = {}
         #: The instances whose handler runs in its caller's task now (`enter`); work
         #: posted to one of them waits, its actor started only at `leave`.
         self._inline: dict[str, contextvars.Token[frozenset[str]] | None] = {}
@@ -495,12 +499,12 @@ class Actors:
         """Cancel the handlers still running (past the grace) and wait up to `wait_seconds` for them to end.
 
         Also closes the shared nursery (`run`): actors started from now on run in the engine's."""
-        running = self._running or self._handler_scopes
+        running = self._running or self._handler_scopes or self.writer_scopes
         self.end_shared()
         if not running:
             return
         # They commit nothing; their alarms fire again after the lease, or at once after a restart.
-        for scope in list(self._handler_scopes):
+        for scope in [*self._handler_scopes, *self.writer_scopes]:
             scope.cancel()
         with trio.move_on_after(wait_seconds):
             await self._idle.wait()

@@ -53,6 +53,7 @@ from .._codec import check_storable, copier, decode, non_finite, quick_codec
 from .._context import BaseContext, D_co
 from .._durations import DurationLike, duration, to_ms
 from .._errors import (
+    CLOSED_MESSAGE,
     DuplicateEventError,
     ExecutionError,
     InstanceNotFoundError,
@@ -550,6 +551,9 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         self._live: dict[str, _Live[S]] = {}
         #: The adds waiting per instance while one caller (the writer) applies them in rounds.
         self._queues: dict[str, deque[_QueuedAdd[E]]] = {}
+        #: The shielded scopes of the callers applying adds now (the writers); the engine's close
+        #: cancels them past its grace, as it cancels the handlers on actors.
+        self._writer_scopes = runtime.actors.writer_scopes
         self._logger = self.env.logger.getChild(f"{KIND}.{job.name}")
         #: What `key` puts before an instance id when no tenant is set.
         self._key_prefix = instance_key(KIND, job.name, "")
@@ -646,6 +650,7 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
                 foreign = True
             if foreign:
                 return Failure(StorageError(FOREIGN_RUN_MESSAGE))
+        pending: _QueuedAdd[E] | None = None
         try:
             # Matches, not a Result.do: every add passes here, and a generator would cost more than the checks.
             the_event_id: str | None = None
@@ -682,32 +687,56 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
                 await trio.lowlevel.wait_task_rescheduled(pending.abort)
                 if pending.raised is not None:  # its event made the reducer raise a KeyboardInterrupt
                     raise pending.raised
+                if pending.result is not None:
+                    return pending.result
+                # Woken unanswered: the writer answered its own add and handed the queue over
+                # (`_write`); this caller writes now.
             else:
                 if queue is not None:  # a handler of this very instance adding to it: refused by `call`
                     return await self.runtime.call(key, _unreachable)
                 queue = self._queues[key] = deque((pending,))
-                try:
-                    # Shielded as a handler on an actor is: the adds queued behind this
-                    # caller are applied even if it is cancelled.
-                    with trio.CancelScope(shield=True):
-                        raised = await self._write(key, queue)
-                    if raised:
-                        # A reducer's KeyboardInterrupt for this caller's own add, or for an add whose
-                        # caller was cancelled while it waited: re-raised here, every other add answered.
-                        raise raised[0] if len(raised) == 1 else BaseExceptionGroup("reducers raised", raised)
-                finally:
-                    # No await since the queue was last seen empty (or the writer failed).
+            raised: list[BaseException] = []
+            stopped: JobError | None = None
+            handed = False
+            # Shielded as a handler on an actor is: the adds queued behind this caller are applied
+            # even if it is cancelled. Past the shutdown grace the engine's close cancels the scope
+            # (`Actors.cancel_running`): a reducer still running stops, nothing more is applied.
+            scope = trio.CancelScope(shield=True)
+            scopes = self._writer_scopes
+            scopes[scope] = None  # a subscript, not a call: every add passes here
+            try:
+                with scope:
+                    handed = await self._write(key, queue, raised, pending)
+            except JobError as exc:  # the engine closed (or a lease failed): the adds left were not applied
+                stopped = exc
+            finally:
+                del scopes[scope]
+                if not handed:
+                    # No await since the queue was last seen empty (or the writer stopped).
                     del self._queues[key]
                     if queue:
-                        gone = StorageError("the add was not applied: the engine failed while applying it")
+                        if isinstance(stopped, StorageError):
+                            gone = stopped
+                        elif scope.cancelled_caught:
+                            gone = StorageError(CLOSED_MESSAGE)
+                        else:
+                            gone = StorageError("the add was not applied: the engine failed while applying it")
+                        own: JobError = gone if stopped is None else stopped  # the writer's own add's answer
                         while queue:
-                            _finish(queue.popleft(), Failure(gone))
+                            left = queue.popleft()
+                            _finish(left, Failure(own if left is pending else gone))  # type: ignore[arg-type]
+            if raised:
+                # A reducer's KeyboardInterrupt for this caller's own add, or for an add whose
+                # caller was cancelled while it waited: re-raised here, every other add answered.
+                raise raised[0] if len(raised) == 1 else BaseExceptionGroup("reducers raised", raised)
             assert pending.result is not None
             return pending.result
         except JobError as exc:
             return Failure(exc)  # type: ignore[arg-type]
         except Exception as exc:  # a bug below: a typed failure for the caller, never an escape into its app
-            return bug_failure(exc)
+            bug = bug_failure(exc)
+            # An add already committed keeps its answer (a caller retrying a failure would add twice).
+            return pending.result if pending is not None and isinstance(pending.result, Success) else bug
 
     async def flush(self, instance_id: str) -> Result[FlushResult, InstanceNotFoundError | StorageError]:
         key = self.key(instance_id)
@@ -825,20 +854,41 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
             )
         return self._copy_state(returned)
 
-    async def _write(self, key: str, queue: deque[_QueuedAdd[E]]) -> list[BaseException]:
-        """Apply `queue`'s adds in rounds until it is empty: each round one reducer run per add, one commit.
+    async def _write(
+        self, key: str, queue: deque[_QueuedAdd[E]], raised: list[BaseException], mine: _QueuedAdd[E]
+    ) -> bool:
+        """Apply `queue`'s adds in rounds: each round one reducer run per add, one commit.
+
+        Once `mine` (this writer's own add) is answered, the writer goes on only until
+        the adds queued at that moment are answered (those that waited for it, mostly
+        one more round); then the first caller still waiting in `queue` is woken
+        unanswered to go on writing, and this returns ``True`` (the queue is that
+        caller's now): no caller goes on applying others' adds for as long as they keep
+        coming. With none waiting (only cancelled callers' adds are left) this writer
+        goes on; ``False`` once `queue` is empty.
 
         A round runs in this task when the instance is free and its lease held
         (`Runtime.enter`), on the instance's actor otherwise. An instance nothing
         of this engine works on has its lease taken here first (`_take_lease`).
-        Returns what the reducer raised past `run_body` (a ``KeyboardInterrupt``)
-        for an add whose caller is not waiting: the writer's own, or one whose
-        caller was cancelled; the writer re-raises them once the queue is empty.
+        What the reducer raised past `run_body` (a ``KeyboardInterrupt``) for an add
+        whose caller is not waiting (the writer's own, or one whose caller was
+        cancelled) is put in `raised`, for the writer to re-raise once it stops.
         """
         runtime = self.runtime
         lost = 0
-        raised: list[BaseException] = []
+        last: _QueuedAdd[E] | None = None  # the last add queued when `mine` was answered
         while queue:
+            if mine.result is not None or mine.raised is not None:
+                if last is None:
+                    last = queue[-1]
+                elif last.result is not None or last.raised is not None:
+                    for waiting in queue:
+                        task = waiting.waiter
+                        if task is not None:
+                            waiting.waiter = None
+                            trio.lowlevel.reschedule(task)
+                            return True
+                    last = queue[-1]  # none waiting: only cancelled callers' adds, applied here
             serial = runtime.enter(key)
             if serial is None and not lost and runtime.untouched(key):
                 serial = await self._take_lease(key)
@@ -854,6 +904,8 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
                     continue  # "actor": a flush of a full batch is posted; the next round queues behind it
 
             async def on_actor() -> _Stop | None:
+                if not queue:  # its writer stopped waiting (the engine's close cancelled it): all answered
+                    return None
                 held = runtime.lease_serial(key)
                 if held is None:  # lost by an earlier handler's check-in: take it afresh
                     return "lost"
@@ -867,7 +919,7 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
                 if lost > 3:
                     while queue:
                         _finish(queue.popleft(), Failure(LeaseLostError(key)))
-        return raised
+        return False
 
     async def _take_lease(self, key: str) -> int | None:
         """Take `key`'s lease in this task, one try, and enter it (`Runtime.enter`): its serial number.
@@ -1090,10 +1142,10 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
                 reschedule(waiter)
         if escaped is not None:
             pending = queue.popleft()
+            pending.raised = escaped  # answered: a writer's own add is done (`_write`)
             waiter = pending.waiter
             if waiter is not None:
                 pending.waiter = None
-                pending.raised = escaped
                 reschedule(waiter)
             else:
                 raised.append(escaped)

@@ -1,0 +1,164 @@
+"""Each Debounce ``add`` gets the answer for its own event, in bounded time, also while the
+engine closes: on memory, SQLite and PostgreSQL, under a virtual clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+import trio
+import trio.testing
+from returns.io import IOFailure
+from test_timeouts import layer  # noqa: F401  # the memory / SQLite / PostgreSQL fixture
+
+import djobs
+import djobs.storage
+from djobs.testing import failure, open_test_engine, success
+
+
+class N(msgspec.Struct):
+    n: int
+
+
+class Ns(msgspec.Struct):
+    ns: list[int] = []
+
+
+async def _slow_append(ctx: djobs.DebounceEventContext[N, Ns]) -> Ns:
+    await trio.sleep(0.01)  # each round takes (virtual) time: other adds queue behind it
+    return Ns([*(ctx.state.ns if ctx.state else []), ctx.event.n])
+
+
+flushed: list[int] = []
+
+
+def _keep(ctx: djobs.DebounceContext[Ns]) -> None:
+    flushed.extend(ctx.state.ns)
+
+
+def _job(name: str = "answers", **options: Any) -> djobs.Debounce[N, Ns]:
+    return djobs.Debounce.make(
+        name, event=N, state=Ns, flush_after="1 hour", on_event=_slow_append, execute=_keep, **options
+    )
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("with_event_id", [True, False], ids=["event_id", "no_event_id"])
+async def test_an_add_stored_as_the_engine_closes_is_answered_applied(
+    autojump_clock: trio.testing.MockClock,
+    layer: djobs.storage.StorageLayer,  # noqa: F811
+    with_event_id: bool,
+) -> None:
+    """Ten callers add to one instance without pause until the engine closes under them: an add
+    answered with a success is in the batch after a restart, and an add whose event is in the
+    batch was answered with a success (a caller that retries a failure adds nothing twice); the
+    others are answered with a StorageError, and none is left without an answer. Without event
+    ids, batches of three (a round ends at the add that fills one, so adds keep waiting)."""
+    job = _job(max_events=None if with_event_id else 3)
+    flushed.clear()
+    answers: dict[int, Any] = {}
+
+    async def adder(c: int, client: djobs.DebounceClient[N, Ns]) -> None:
+        for k in range(1000):
+            n = c * 10_000 + k
+            event_id = f"e{n}" if with_event_id else None
+            answers[n] = added = await client.add(id="same", event=N(n), event_id=event_id)
+            if isinstance(added, IOFailure):
+                return
+
+    async with trio.open_nursery() as outer, open_test_engine([job], storage=layer) as engine:
+        client = engine.client.debounce(job)
+        for c in range(10):
+            outer.start_soon(adder, c, client)
+        await trio.sleep(0.3)
+    async with open_test_engine([job], storage=layer) as engine:
+        await trio.sleep(1)  # a full batch's alarm, due now, fires
+        success(await engine.client.debounce(job).flush("same"))
+    stored = set(flushed)
+    assert len(stored) == len(flushed)
+    applied = {n for n, added in answers.items() if not isinstance(added, IOFailure)}
+    assert len(answers) > 20  # adds were applied before the close, and some were waiting at it
+    assert stored == applied
+    for n, added in answers.items():
+        if n not in applied:
+            assert isinstance(failure(added), djobs.StorageError), (n, added)
+
+
+@pytest.mark.trio
+async def test_a_caller_waits_only_for_the_rounds_before_its_own(
+    autojump_clock: trio.testing.MockClock,
+    layer: djobs.storage.StorageLayer,  # noqa: F811
+) -> None:
+    """Ten callers add to one instance for 3 s, each add with an event id (a round of its own):
+    no add waits much longer than the ten rounds of the callers ahead of it; the caller that
+    began the first round does not go on applying the others' adds until nobody adds."""
+    job = _job()
+    waits: list[float] = []
+    stop = False
+
+    async def adder(c: int, client: djobs.DebounceClient[N, Ns]) -> None:
+        k = 0
+        while not stop:
+            began = trio.current_time()
+            success(await client.add(id="same", event=N(c * 10_000 + k), event_id=f"{c}-{k}"))
+            waits.append(trio.current_time() - began)
+            k += 1
+
+    async with open_test_engine([job], storage=layer) as engine:
+        client = engine.client.debounce(job)
+        async with trio.open_nursery() as nursery:
+            for c in range(10):
+                nursery.start_soon(adder, c, client)
+            await trio.sleep(3)
+            stop = True
+        assert success(await client.status("same")).event_count == len(waits)
+    assert len(waits) > 100
+    assert max(waits) < 0.5  # one round takes 0.01 s of the reducer's; ten callers queue
+
+
+async def _stuck_append(ctx: djobs.DebounceEventContext[N, Ns]) -> Ns:
+    started.append(ctx.event.n)
+    await trio.sleep(20)
+    return Ns([*(ctx.state.ns if ctx.state else []), ctx.event.n])
+
+
+started: list[int] = []
+
+
+@pytest.mark.trio
+async def test_a_close_cancels_a_stuck_reducer_after_its_grace_and_starts_no_other(
+    autojump_clock: trio.testing.MockClock,
+    layer: djobs.storage.StorageLayer,  # noqa: F811
+) -> None:
+    """Three adds to one instance whose reducer takes 20 s, the engine closing with a grace of
+    1 s: after the grace the running reducer is cancelled and the adds queued behind it are
+    answered with a StorageError without their reducers starting; the close holds the
+    application's nursery no longer than the grace, and nothing was stored."""
+    job = djobs.Debounce.make(
+        "stuck", event=N, state=Ns, flush_after="1 hour", on_event=_stuck_append, execute=lambda c: None
+    )
+    started.clear()
+    answered: dict[int, tuple[Any, float]] = {}
+
+    async def adder(n: int, client: djobs.DebounceClient[N, Ns]) -> None:
+        added = await client.add(id="x", event=N(n))
+        answered[n] = added, trio.current_time()
+
+    began = trio.current_time()
+    async with trio.open_nursery() as outer:
+        async with open_test_engine([job], storage=layer, shutdown_grace="1 second") as engine:
+            client = engine.client.debounce(job)
+            for n in range(3):
+                outer.start_soon(adder, n, client)
+            await trio.sleep(0.5)
+        closed = trio.current_time()
+    assert closed - began < 3
+    assert trio.current_time() - began < 3  # the adders' nursery ended with the engine
+    assert len(started) == 1
+    assert sorted(answered) == [0, 1, 2]
+    for added, at in answered.values():
+        assert isinstance(failure(added), djobs.StorageError)
+        assert at <= closed
+    async with open_test_engine([job], storage=layer) as engine:
+        assert success(await engine.client.debounce(job).status("x")).status == "not_found"
