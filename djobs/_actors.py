@@ -49,6 +49,9 @@ _SLOT = object()
 #: through `Actors.call` (a handler that calls another instance's verb). A call
 #: to one of them would wait for itself: it fails at once instead.
 _RUNNING: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("djobs_running", default=frozenset())
+#: The same variable, for a caller that runs user code as a handler in a context it made itself
+#: (a batch-fired Continuous run: `context_for` without its two calls).
+RUNNING_KEYS = _RUNNING
 
 
 class Actors:

@@ -250,6 +250,14 @@ _FORMS: dict[type, str] = {type(None): _PLAIN, Success: _RESULT, Failure: _RESUL
 _FORMS_LIMIT = 1024
 
 
+def plain_type(tp: object) -> bool:
+    """Whether every value of exactly the class `tp` is a plain value (`is_plain`): no
+    container, generator or awaitable. ``False`` for what is not a class."""
+    if not isinstance(tp, type) or tp is types.GeneratorType or tp is types.AsyncGeneratorType:
+        return False
+    return not (tp is types.CoroutineType or issubclass(tp, BaseContainer) or hasattr(tp, "__await__"))
+
+
 def _remember(tp: type) -> bool:
     """Decide `tp`'s form for the fast path; whether it was (else the value takes the slow path)."""
     if len(_FORMS) >= _FORMS_LIMIT or tp is types.GeneratorType or tp is types.AsyncGeneratorType:

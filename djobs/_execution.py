@@ -313,10 +313,14 @@ class Env:
 
     def job_log(self, kind: str, name: str, option: LoggingOption, **extra: Any) -> JobLog:
         """The ``ctx.log`` for one run of the job `name`."""
+        return JobLog(self.job_logger(kind, name), threshold(option), {"job": name, **extra})
+
+    def job_logger(self, kind: str, name: str) -> logging.Logger:
+        """The stdlib logger of the job `name` of `kind` (made once) that its runs' `JobLog` wraps."""
         logger = self.job_loggers.get((kind, name))
         if logger is None:
             logger = self.job_loggers[kind, name] = self.logger.getChild(f"{kind}.{name}")
-        return JobLog(logger, threshold(option), {"job": name, **extra})
+        return logger
 
     async def commit(self, checkin: Checkin, events: list[TrackedEvent] | None = None) -> None:
         """Write `checkin` atomically, then wake the alarm sleeper and emit `events`.
@@ -556,25 +560,44 @@ def run_now(checkout: Checkout[Any], call: Callable[[], object], set_state: Call
     """
     started = time.perf_counter()
     try:
-        begun = begin_body(call)
+        value = call()
+    except BaseException as exc:
+        return ran_raised(checkout, exc, started)
+    return ran_gave(checkout, value, set_state, started)
+
+
+def ran_raised(checkout: Checkout[Any], exc: BaseException, started: float) -> Ran:
+    """`run_now`'s outcome for a body that raised `exc`, its call having begun at `started`
+    (``time.perf_counter()``): a failure (`body_failure`), or the run's end if it terminated.
+    Raises what `body_failure` lets through but a ``ctx.terminate``."""
+    try:
+        error = body_failure(exc)
     except TerminateSignal as signal:
-        return Ran(Success(None), terminated=True, reason=signal.reason, duration_ms=_since(started))
+        return Ran(Success(None), terminated=True, reason=signal.reason, duration_ms=since(started))
     except BaseExceptionGroup as group:
         terminated = _only_terminate(group)
         if terminated is None:
             raise
-        return Ran(Success(None), terminated=True, reason=terminated.reason, duration_ms=_since(started))
-    if isinstance(begun, Pending):
-        return begun
+        return Ran(Success(None), terminated=True, reason=terminated.reason, duration_ms=since(started))
     if checkout.terminated:  # a swallowed signal still ends the run
-        return Ran(Success(None), terminated=True, reason=checkout.terminate_reason, duration_ms=_since(started))
-    match begun:
+        return Ran(Success(None), terminated=True, reason=checkout.terminate_reason, duration_ms=since(started))
+    return Ran(Failure(error), duration_ms=since(started))
+
+
+def ran_gave(checkout: Checkout[Any], value: object, set_state: Callable[[Any], None], started: float) -> Ran | Pending:
+    """`run_now`'s outcome for a body that gave `value` (its call begun at `started`): as `run_now`."""
+    begun_ = begun(value)
+    if isinstance(begun_, Pending):
+        return begun_
+    if checkout.terminated:  # a swallowed signal still ends the run
+        return Ran(Success(None), terminated=True, reason=checkout.terminate_reason, duration_ms=since(started))
+    match begun_:
         case Success(value) if value is not None:
-            begun = _set_returned(set_state, value)
-    return Ran(begun, duration_ms=_since(started))
+            begun_ = _set_returned(set_state, value)
+    return Ran(begun_, duration_ms=since(started))
 
 
-def _since(started: float) -> float:
+def since(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
 
 

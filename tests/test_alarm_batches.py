@@ -5,6 +5,7 @@ interleave, and each run's context variables are its own."""
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import os
 import socket
@@ -180,3 +181,59 @@ async def test_a_batch_run_is_stamped_as_its_body_ends(
         assert executed.at == ended
         loaded = await engine.storage.load("continuous:counter:a")
         assert loaded is not None and loaded[0].updated_at == int(ended.timestamp() * 1000)
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize(
+    ("form", "stored_n", "outcome"),
+    [
+        ("none", 0, "job.executed"),
+        ("state", 5, "job.executed"),
+        ("success", 6, "job.executed"),
+        ("not_a_state", 0, "job.failed"),
+        ("raises", 0, "job.failed"),
+        ("swallowed_terminate", None, "job.terminated"),
+    ],
+)
+async def test_a_batch_run_judges_each_form_of_what_its_body_gives(
+    autojump_clock: trio.testing.MockClock,
+    layer: djobs.storage.StorageLayer,  # noqa: F811
+    form: str,
+    stored_n: int | None,
+    outcome: str,
+) -> None:
+    from returns.result import Success
+
+    def tick(ctx: djobs.ContinuousContext[Count]) -> object:
+        if ctx.run_count == 1:
+            return None  # the start's run
+        if form == "state":
+            return Count(5)
+        if form == "success":
+            return Success(Count(6))
+        if form == "not_a_state":
+            return "no"
+        if form == "raises":
+            raise RuntimeError("boom")
+        if form == "swallowed_terminate":
+            with contextlib.suppress(BaseException):  # the signal swallowed: the run ends all the same
+                ctx.terminate(reason="done")
+        return None
+
+    job = djobs.Continuous.make("forms", state=Count, schedule=djobs.every("1 hour"), execute=tick)  # type: ignore[arg-type]
+    async with open_test_engine([job], storage=layer) as engine:
+        client = engine.client.continuous(job)
+        success(await client.start(id="a", input=Count()))
+        await engine.wait_idle()
+        engine.tracker.clear()
+        await trio.sleep(HOUR + 1)  # the hourly run, fired in a batch
+        [event] = [e for e in engine.tracker.events if e.type.startswith("job.")]
+        assert event.type == outcome
+        assert event.data.get("run_count", 2) == 2
+        loaded = await engine.storage.load("continuous:forms:a")
+        if stored_n is None:
+            assert loaded is None
+        else:
+            assert loaded is not None and loaded[0].run_count == 2
+            assert msgspec.json.decode(loaded[0].state or b"", type=Count).n == stored_n
+            assert loaded[1] is not None and loaded[1].purpose == "run"  # on its schedule still

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
+import time
 from collections.abc import Callable, Sequence
+from contextvars import copy_context
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal
@@ -26,23 +29,39 @@ from returns.future import FutureResult
 from returns.result import Failure, Result, Success
 from typing_extensions import TypeVar
 
-from .._bodies import Returns, check_body
+from .._actors import RUNNING_KEYS
+from .._bodies import Returns, check_body, plain_type
 from .._clock import to_datetime
-from .._codec import check_storable, decode, encode
+from .._codec import check_storable, decode, decoder, encode
 from .._context import D_co, StatefulContext
 from .._durations import DurationLike
 from .._errors import (
     InstanceNotFoundError,
     InvalidStateError,
+    JobError,
     JobNotFoundError,
     StorageError,
     TenantError,
     ValidationError,
     safe_repr,
 )
-from .._execution import Checkout, Env, Outcome, Pending, RunInfo, execute, judge, run_now, run_returning_state
+from .._execution import (
+    Checkout,
+    Env,
+    Outcome,
+    Pending,
+    Ran,
+    RunInfo,
+    execute,
+    judge,
+    ran_gave,
+    ran_raised,
+    run_now,
+    run_returning_state,
+    since,
+)
 from .._limits import NO_LIMITS, RunLimits, definition_limits, offloaded
-from .._logging import JobLog, LoggingOption, check_logging
+from .._logging import JobLog, LoggingOption, check_logging, threshold
 from .._retry import Retry, check_retry
 from .._schedule import Schedule
 from ..storage import Alarm, Checkin, ClaimedAlarm, ClearAlarm, InstanceRecord, SetAlarm
@@ -102,7 +121,14 @@ class ContinuousContext(StatefulContext[S, D_co]):
         attempt: int,
         tenant_id: str | None = None,
     ) -> None:
-        super().__init__(env, job_name, instance_id, log, checkout, state_type, tenant_id)
+        # Every slot set here, not through the bases' ``__init__``: one call per run, not three.
+        self._env = env
+        self.job_name = job_name
+        self.instance_id = instance_id
+        self.log = log
+        self.tenant_id = tenant_id
+        self._checkout = checkout
+        self._state_type = state_type
         self.run_count = run_count
         self.attempt = attempt
 
@@ -271,6 +297,16 @@ class ContinuousHandler(TenantScoped, Generic[S]):
         # A body that gives its value at once, with nothing to bound it, runs where its
         # alarm was claimed: no actor, no cancel scope (`fire_batch`).
         self._inline = job.limits == NO_LIMITS and not inspect.iscoroutinefunction(job.execute)
+        # What each batch-fired run shares (`_fire`): the job's logger and level, the state's
+        # decoder (``None``: msgspec cannot make one; `_open` says why per run), whether a
+        # returned instance of the state's class is a plain value (`plain_type`).
+        self._logger = self.env.job_logger(KIND, job.name)
+        self._threshold = threshold(job.logging)
+        try:
+            self._decoder: msgspec.json.Decoder[Any] | None = decoder(job.state)
+        except TypeError:
+            self._decoder = None
+        self._plain_state = plain_type(job.state)
 
     def key(self, instance_id: str) -> str:
         return instance_key(KIND, self.job.name, instance_id, self.tenant)
@@ -441,24 +477,24 @@ class ContinuousHandler(TenantScoped, Generic[S]):
         #: The runs not yet finished nor handed to a task of their own (finished at the end,
         #: whatever happens: nothing of the engine would run their instances otherwise).
         left = {claimed.alarm.id: claimed for claimed in runs}
-        context_for = self.runtime.actors.context_for
         try:
             for claimed in runs:
                 alarm, stored = claimed.alarm, claimed.stored
                 if stored is None or stored[1] is None or stored[1] != alarm or stored[0].status == PAUSED:
                     continue  # terminated, paused or replaced since it was claimed (as `on_alarm`)
                 record, current = stored
+                assert current is not None
                 attempt = record.attempt if alarm.purpose == "retry" else 1
                 try:
-                    run = self._open(record, current, triggered=False)
                     # In a context of its own, as in an actor: what the body sets stays with its run.
-                    pending = context_for(alarm.key).run(self._run_now, run)
-                    if pending is not None:
-                        later = functools.partial(self._finish_later, claimed, run, pending, finish)
+                    run = copy_context().run(self._fire, record, current)
+                    checkin = run.checkin
+                    if checkin is None:
+                        assert run.pending is not None
+                        later = functools.partial(self._finish_later, claimed, run, run.pending, finish)
                         self.runtime.spawn(later, alarm.key)
                         del left[alarm.id]
                         continue
-                    checkin = self._close(run)
                 except Exception as exc:  # a bug past the body
                     self.runtime.spawn(functools.partial(self._bug_later, claimed, attempt, exc, finish), alarm.key)
                     del left[alarm.id]
@@ -509,6 +545,95 @@ class ContinuousHandler(TenantScoped, Generic[S]):
             await self._bug(claimed.alarm, attempt, exc)
         finally:
             finish((claimed,))
+
+    def _fire(self, record: InstanceRecord, alarm: Alarm) -> _Run:
+        """One batch-fired run of `record` for its due `alarm` (not a trigger), in the calling
+        context, which is the run's own: `_open`, `_run_now` and `_close` in one pass.
+
+        ``run.checkin`` is what to write back; ``None`` if the body gave an awaitable
+        (``run.pending``, for `_finish_later`). A run that returns ``None`` or an instance of
+        the state's class is judged here (a success, its events and debug line only if a
+        tracker or the job's log takes them); any other value, a raise and a
+        ``ctx.terminate`` go through `ran_gave`, `ran_raised` and `judge` as every run's do.
+        """
+        key = record.key
+        RUNNING_KEYS.set(frozenset((key,)))  # its user code runs as a handler of its instance
+        job, env = self.job, self.env
+        state_decoder = self._decoder
+        if state_decoder is None:
+            return self._fire_slowly(record, alarm)
+        assert record.state is not None
+        try:
+            state = state_decoder.decode(record.state)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return self._fire_slowly(record, alarm)  # `_open` fails the run, saying why
+        if alarm.purpose == "retry":
+            run_count, attempt = record.run_count, record.attempt
+        else:
+            run_count, attempt = record.run_count + 1, 1
+        name, instance_id = job.name, record.instance_id
+        log = JobLog(
+            self._logger, self._threshold, {"job": name, "instance": instance_id, "run": run_count, "attempt": attempt}
+        )
+        checkout: Checkout[Any] = Checkout(state)
+        ctx = ContinuousContext(env, name, instance_id, log, checkout, job.state, run_count, attempt, record.tenant_id)
+        run = _Run(record, alarm, False, RunInfo(key, KIND, name, run_count, attempt), log, [], checkout, ctx)
+        started = time.perf_counter()
+        ran: Ran | Pending | None = None  # None: it succeeded
+        try:
+            value = self._body(ctx)
+        except BaseException as exc:
+            ran = ran_raised(checkout, exc, started)
+        else:
+            if checkout.terminated:  # a swallowed ``ctx.terminate`` still ends the run
+                ran = ran_gave(checkout, value, ctx.set_state, started)
+            elif value is None:
+                pass
+            elif type(value) is job.state and self._plain_state:
+                try:
+                    ctx.set_state(value)
+                except JobError as exc:  # not a state (as `ran_gave`: the run's failure)
+                    ran = Ran(Failure(exc), duration_ms=since(started))
+            else:
+                ran = ran_gave(checkout, value, ctx.set_state, started)
+        if isinstance(ran, Pending):
+            run.pending = ran
+            return run
+        # One clock reading for the run's end: its events and its check-in (`_close`).
+        run.ended_ms = now = env.clock.now_ms()
+        if ran is None:
+            run.outcome_kind = "succeeded"
+            if env.tracking or self._threshold <= logging.DEBUG:  # `judge`'s debug line and event, as it makes them
+                duration_ms = since(started)
+                log.debug("executed in %.1f ms", duration_ms)
+                if env.tracking:
+                    run.events.append(
+                        env.event(
+                            "job.executed",
+                            key,
+                            KIND,
+                            name,
+                            now,
+                            run_count=run_count,
+                            duration_ms=duration_ms,
+                            attempt=attempt,
+                        )
+                    )
+        else:
+            run.outcome = judge(env, run.info, ran, job.retry, run.events, log, now)
+            run.outcome_kind = run.outcome.kind
+        run.checkin = self._close(run)
+        return run
+
+    def _fire_slowly(self, record: InstanceRecord, alarm: Alarm) -> _Run:
+        """`_fire` through `_open` and `_run_now` (a state the decoder refuses, or no decoder)."""
+        run = self._open(record, alarm, triggered=False)
+        pending = self._run_now(run)
+        if pending is not None:
+            run.pending = pending
+            return run
+        run.checkin = self._close(run)
+        return run
 
     def _next_run(self, alarm: Alarm | None, now: int) -> int:
         # Keep the schedule's phase: the next run follows the one that was due,
@@ -614,9 +739,16 @@ class ContinuousHandler(TenantScoped, Generic[S]):
         checkout = run.checkout
         if outcome_kind == "succeeded" and checkout.encoded is not None:
             record.state = checkout.encoded  # as the last set_state validated it (no encoding here)
-        keep = run.triggered and alarm is not None and alarm.purpose == "run"
-        next_alarm = None if keep else SetAlarm(self._next_run(alarm, now), "run")
-        return Checkin(key=record.key, record=record, alarm=next_alarm)
+        if run.triggered:
+            keep = alarm is not None and alarm.purpose == "run"
+            next_alarm = None if keep else SetAlarm(self._next_run(alarm, now), "run")
+            return Checkin(key=record.key, record=record, alarm=next_alarm)
+        # `_next_run`, inline: every scheduled run passes here.
+        schedule = job.schedule
+        nxt = schedule.next_after(alarm.fire_at if alarm is not None and alarm.purpose == "run" else now)
+        if nxt <= now:
+            nxt = schedule.next_after(now)
+        return Checkin(key=record.key, record=record, alarm=SetAlarm(nxt, "run"))
 
 
 @dataclass(slots=True, eq=False)  # not frozen: built per run, where frozen costs a setattr call per field
@@ -636,6 +768,9 @@ class _Run:
     outcome_kind: str = "failed"
     #: The clock's reading as the body ended, if taken (`_run_now`); `_close` reads it else.
     ended_ms: int | None = None
+    #: A batch-fired run's check-in (`_fire`), or the awaitable its body gave (`pending`).
+    checkin: Checkin | None = None
+    pending: Pending | None = None
 
 
 class ContinuousClient(InstanceClient[ContinuousHandler[S]], Generic[S]):

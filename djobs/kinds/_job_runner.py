@@ -240,10 +240,12 @@ class JobHandler(Generic[P, R]):
             lease,
             env.clock.now_ms() if now_ms is None else now_ms,
         )
-        if self._timed or definition.limits.timeout_ms is not None:
+        if definition.limits.timeout_ms is not None:
             run = self._run_of(job, log)
             body = self._body
             return self._begin(job, run, lambda: body(params, ctx))
+        timed = self._timed
+        started = time.perf_counter() if timed else 0.0  # the attempt's clock, read only if its duration is
         begun: Result[object, JobError] | Pending
         try:
             value = self._body(params, ctx)
@@ -251,14 +253,35 @@ class JobHandler(Generic[P, R]):
             begun = begin_body(_raising(exc))  # made a JobError there, as any body's exception is
         else:
             if value is None and self._null is not None:
+                if timed:
+                    return self._completed(job, log, self._null, started)
                 return AttemptEnd("completed", result=self._null)  # what judging a plain None comes to
             begun = begin_body(lambda: value)
         match begun:
             case Success(ok):
                 match encode(definition.result, ok, what=self._result_what, limit=env.max_payload_bytes):
                     case Success(raw):
+                        if timed:
+                            return self._completed(job, log, raw, started)
                         return AttemptEnd("completed", result=raw)
-        return self._finish(job, self._run_of(job, log), begun)
+        return self._finish(job, self._run_of(job, log, started if timed else None), begun)
+
+    def _completed(self, job: ClaimedJob, log: JobLog, raw: bytes, started: float) -> AttemptEnd:
+        """A started attempt whose body gave `raw` (its encoded result) at once, when its
+        duration is read: `_end`'s success, without building the judgement (`judge`'s debug
+        line and ``job.executed`` event, then ``job.completed``, stamped with one reading)."""
+        env = self.env
+        at = env.clock.now_ms()
+        duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        log.debug("executed in %.1f ms", duration_ms)
+        events: list[TrackedEvent] = []
+        if self.tracking:
+            job_id, name, attempt = job.id, job.name, job.attempt
+            events.append(
+                env.event("job.executed", job_id, KIND, name, at, run_count=1, duration_ms=duration_ms, attempt=attempt)
+            )
+            events.append(env.event("job.completed", job_id, KIND, name, at, attempt=attempt, duration_ms=duration_ms))
+        return AttemptEnd("completed", result=raw, events=events, at=at)
 
     def _start_slowly(
         self, job: ClaimedJob, lease: tuple[QueueStorage, str]
@@ -282,10 +305,17 @@ class JobHandler(Generic[P, R]):
         run, call = self._prepare(params, who, None, lease[0], self.env.clock.now_ms())
         return self._begin(job, run, call)
 
-    def _run_of(self, job: ClaimedJob, log: JobLog) -> _Run:
-        """The judgement state of the claimed attempt `job` (its clock starts now)."""
+    def _run_of(self, job: ClaimedJob, log: JobLog, started: float | None = None) -> _Run:
+        """The judgement state of the claimed attempt `job` (its clock started at `started`,
+        a ``time.perf_counter()`` reading; ``None``: it starts now)."""
         who = _Attempt(job.id, job.attempt, job.max_attempts, job.tenant_id, job.correlation_id, None)
-        return _Run(who, log, RunInfo(job.id, KIND, self.job.name, 1, job.attempt), [], time.perf_counter())
+        return _Run(
+            who,
+            log,
+            RunInfo(job.id, KIND, self.job.name, 1, job.attempt),
+            [],
+            time.perf_counter() if started is None else started,
+        )
 
     def _begin(
         self, job: ClaimedJob, run: _Run, call: Callable[[], object]
