@@ -82,6 +82,9 @@ class Actors:
         #: Debounce caller applying adds): `cancel_running` cancels them with the handlers. A dict
         #: its owners fill and empty by subscript, without a call.
         self.writer_scopes: dict[trio.CancelScope, None] = {}
+        #: Whether `cancel_running` ran: past the grace, the close cancelled what still ran. Work
+        #: queued behind it still runs; a handler may ask this to do nothing instead.
+        self.cut_off = False
         #: The instances whose handler runs in its caller's task now (`enter`); work
         #: posted to one of them waits, its actor started only at `leave`.
         self._inline: dict[str, contextvars.Token[frozenset[str]] | None] = {}
@@ -502,6 +505,7 @@ class Actors:
         """Cancel the handlers still running (past the grace) and wait up to `wait_seconds` for them to end.
 
         Also closes the shared nursery (`run`): actors started from now on run in the engine's."""
+        self.cut_off = True
         running = self._running or self._handler_scopes or self.writer_scopes
         self.end_shared()
         if not running:

@@ -3,6 +3,7 @@ engine closes: on memory, SQLite and PostgreSQL, under a virtual clock."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import msgspec
@@ -162,3 +163,95 @@ async def test_a_close_cancels_a_stuck_reducer_after_its_grace_and_starts_no_oth
         assert at <= closed
     async with open_test_engine([job], storage=layer) as engine:
         assert success(await engine.client.debounce(job).status("x")).status == "not_found"
+
+
+@pytest.mark.trio
+async def test_an_add_queued_behind_a_stuck_flush_is_answered_at_the_close(
+    autojump_clock: trio.testing.MockClock,
+    layer: djobs.storage.StorageLayer,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An add whose round waits on the instance's actor behind a manual flush that takes 20 s:
+    past the shutdown grace the flush is cancelled, and the add is answered with a StorageError
+    without its reducer starting (no bug logged); the close holds the application no longer
+    than the grace, and the batch keeps only the first add."""
+    caplog.set_level(logging.ERROR, logger="djobs")
+    reduced: list[int] = []
+
+    def keep(ctx: djobs.DebounceEventContext[N, Ns]) -> Ns:
+        reduced.append(ctx.event.n)
+        return Ns([*(ctx.state.ns if ctx.state else []), ctx.event.n])
+
+    async def stuck_flush(ctx: djobs.DebounceContext[Ns]) -> None:
+        await trio.sleep(20)
+
+    job = djobs.Debounce.make("held", event=N, state=Ns, flush_after="1 hour", on_event=keep, execute=stuck_flush)
+    answered: dict[str, Any] = {}
+
+    async def call(what: str, verb: Any) -> None:
+        answered[what] = await verb()
+
+    began = trio.current_time()
+    async with trio.open_nursery() as outer:
+        async with open_test_engine([job], storage=layer, shutdown_grace="1 second") as engine:
+            client = engine.client.debounce(job)
+            success(await client.add(id="x", event=N(1)))
+            outer.start_soon(call, "flush", lambda: client.flush("x"))
+            await trio.sleep(0.1)  # the flush runs on the actor
+            outer.start_soon(call, "add", lambda: client.add(id="x", event=N(2)))
+            await trio.sleep(0.1)  # the add's round is queued behind it
+        assert trio.current_time() - began < 3
+    assert trio.current_time() - began < 3
+    assert reduced == [1]
+    assert isinstance(failure(answered["flush"]), djobs.StorageError)
+    assert isinstance(failure(answered["add"]), djobs.StorageError)
+    assert not [r for r in caplog.records if "bug" in r.getMessage()]
+    async with open_test_engine([job], storage=layer) as engine:
+        assert success(await engine.client.debounce(job).get_state("x")).state == Ns([1])
+
+
+@pytest.mark.trio
+async def test_an_add_whose_round_commits_on_the_actor_past_the_grace_is_answered_as_stored(
+    autojump_clock: trio.testing.MockClock,
+    layer: djobs.storage.StorageLayer,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An add whose round runs on the instance's actor (behind a short flush) and whose commit,
+    which no cancel interrupts, is still in flight when the close's grace ends: the add waits
+    for that commit and is answered applied, as stored; no bug is logged."""
+    caplog.set_level(logging.ERROR, logger="djobs")
+
+    async def short_flush(ctx: djobs.DebounceContext[Ns]) -> None:
+        await trio.sleep(0.5)
+
+    job = djobs.Debounce.make(
+        "slowcommit", event=N, state=Ns, flush_after="1 hour", on_event=_slow_append, execute=short_flush
+    )
+    answered: dict[str, Any] = {}
+
+    async def call(what: str, verb: Any) -> None:
+        answered[what] = await verb()
+
+    engine_opened = open_test_engine([job], storage=layer, shutdown_grace="1 second")
+    async with trio.open_nursery() as outer, engine_opened as engine:
+        client = engine.client.debounce(job)
+        success(await client.add(id="x", event=N(1)))
+        real_commit = engine.storage.commit  # type: ignore[attr-defined]
+
+        async def slow_commit(checkin: djobs.storage.Checkin) -> None:
+            if checkin.record is not None and checkin.record.state is not None:
+                with trio.CancelScope(shield=True):  # like a database write that must finish
+                    await trio.sleep(3)
+            await real_commit(checkin)
+
+        engine.storage.commit = slow_commit  # type: ignore[attr-defined]
+        outer.start_soon(call, "flush", lambda: client.flush("x"))
+        await trio.sleep(0.1)  # the flush runs on the actor for 0.5 s
+        outer.start_soon(call, "add", lambda: client.add(id="x", event=N(2)))
+        await trio.sleep(0.1)  # the add's round is queued behind it; the close begins
+    assert success(answered["flush"]).flushed
+    assert not [r for r in caplog.records if "bug" in r.getMessage()]
+    async with open_test_engine([job], storage=layer) as engine:
+        state = success(await engine.client.debounce(job).get_state("x")).state
+    stored = state is not None and 2 in state.ns
+    assert stored == (not isinstance(answered["add"], IOFailure)), answered["add"]

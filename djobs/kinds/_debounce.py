@@ -904,7 +904,9 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
                     continue  # "actor": a flush of a full batch is posted; the next round queues behind it
 
             async def on_actor() -> _Stop | None:
-                if not queue:  # its writer stopped waiting (the engine's close cancelled it): all answered
+                if not queue or runtime.actors.cut_off:
+                    # Queued behind a handler the engine's close cut off past its grace: no reducer
+                    # starts; the writer's next round is refused (the engine is closed).
                     return None
                 held = runtime.lease_serial(key)
                 if held is None:  # lost by an earlier handler's check-in: take it afresh
@@ -912,7 +914,10 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
                 return await self._round(key, held, queue, raised, inline=False)
 
             if serial is None or stop == "lost":
-                stop = await runtime.call(key, on_actor)
+                # Shielded from the close's cancel of the writer's scope: the round on the actor
+                # (cancelled there with the actor's handlers) ends before its adds are answered here.
+                with trio.CancelScope(shield=True):
+                    stop = await runtime.call(key, on_actor)
             if stop == "lost":
                 # Nothing was written: the lease passed to another engine. Take it afresh and go on.
                 lost += 1
