@@ -13,9 +13,10 @@ from datetime import timedelta
 from fractions import Fraction
 from typing import TypeAlias
 
-from returns.result import Failure, Result, Success, safe
+from returns.result import Failure, Result, Success
 
 from ._errors import ValidationError, raise_error
+from ._input import LONGEST_INTERVAL
 
 __all__ = ["DurationLike", "duration", "format_duration", "parse_duration", "to_ms"]
 
@@ -58,6 +59,11 @@ _PART = r"(\d+(?:\.\d*)?|\.\d+)\s*(" + _UNIT_PATTERN + r")(?![a-z])"
 _PART_RE = re.compile(_PART, re.ASCII)
 _DURATION_RE = re.compile(r"(?:" + _PART + r"\s*)+", re.ASCII)
 
+_LONGEST_MS = LONGEST_INTERVAL // timedelta(milliseconds=1)
+
+#: Why a duration longer than `LONGEST_INTERVAL` is refused (a `ValidationError` holds it).
+TOO_LONG = f"longer than {LONGEST_INTERVAL.days} days (100 years), the longest duration djobs takes"
+
 # Reprs of arbitrary user text go into messages and logs; keep them readable.
 _MAX_REPR = 80
 
@@ -93,9 +99,10 @@ def _parse_text(value: str, what: str) -> Result[timedelta, ValidationError]:
             (Fraction(number) * _UNIT_US[_UNIT_OF[unit]] for number, unit in _PART_RE.findall(text)),
             Fraction(0),
         )
-        return Success(timedelta(microseconds=round(total)))
+        parsed = timedelta(microseconds=round(total))
     except (OverflowError, ValueError):  # ValueError: more digits than int() will read
-        return Failure(_invalid(value, what, "too large"))
+        return Failure(_invalid(value, what, f"too large: {TOO_LONG}"))
+    return Failure(_invalid(value, what, TOO_LONG)) if parsed > LONGEST_INTERVAL else Success(parsed)
 
 
 def parse_duration(value: object, *, what: str = "duration") -> Result[timedelta, ValidationError]:
@@ -108,7 +115,10 @@ def parse_duration(value: object, *, what: str = "duration") -> Result[timedelta
     ``s``/``sec(s)``/``second(s)``, ``m``/``min(s)``/``minute(s)``,
     ``h``/``hr(s)``/``hour(s)``, ``d``/``day(s)``, ``w``/``week(s)``. Parts
     add up (``"1h30m"``, ``"1 hour 30 minutes"``). Zero is allowed; negative
-    values, bare numbers in strings, unknown units, NaN and infinity are not.
+    values, bare numbers in strings, unknown units, NaN and infinity are not,
+    nor is a duration longer than 36,525 days (100 years): every duration
+    djobs takes (an option, a delay, a ``ctx.schedule`` or a workflow's
+    ``ctx.sleep``) is read here or bounded the same way.
 
     Args:
         value: The input to read.
@@ -131,20 +141,18 @@ def parse_duration(value: object, *, what: str = "duration") -> Result[timedelta
     if isinstance(value, timedelta):
         if value < timedelta(0):
             return Failure(_invalid(value, what, "must not be negative"))
-        return Success(value)
+        return Failure(_invalid(value, what, TOO_LONG)) if value > LONGEST_INTERVAL else Success(value)
     if isinstance(value, bool):
         return Failure(_invalid(value, what))
     if isinstance(value, int):
         if value < 0:
             return Failure(_invalid(value, what, "must not be negative"))
-        return safe(exceptions=(OverflowError,))(_milliseconds)(value).alt(lambda _: _invalid(value, what, "too large"))
+        if value > _LONGEST_MS:
+            return Failure(_invalid(value, what, TOO_LONG))
+        return Success(timedelta(milliseconds=value))
     if isinstance(value, str):
         return _parse_text(value, what)
     return Failure(_invalid(value, what))
-
-
-def _milliseconds(value: int) -> timedelta:
-    return timedelta(milliseconds=value)
 
 
 def duration(value: DurationLike, *, what: str = "duration") -> timedelta:

@@ -1131,7 +1131,7 @@ def test_backoff_is_capped_before_it_could_overflow() -> None:
     assert [backoff.delay(n) for n in (1, 42, 10**6)] == [timedelta(seconds=79), timedelta(hours=1), timedelta(hours=1)]
     huge = djobs.Backoff.exponential(base="1000 days", max="36500 days")
     assert huge.delay(10**6) == timedelta(days=36500)
-    linear = djobs.Backoff.linear(base="1000 days", increment="100000 days")
+    linear = djobs.Backoff.linear(base="1000 days", increment="36525 days")
     assert linear.delay(10**6) == timedelta(days=36_525)  # the longest interval djobs computes
     retry = djobs.Retry(max_attempts=50, delay=djobs.Backoff.exponential(base="79 seconds", max="10000 days"))
     assert retry.delay_before(42, random.Random(0)) == timedelta(days=10000)

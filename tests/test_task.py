@@ -247,7 +247,10 @@ async def test_a_time_in_the_past_fires_at_once(autojump_clock: trio.testing.Moc
         ("300", "not a duration"),
         ("-5 minutes", "a delay must not be negative"),
         (timedelta(seconds=-1), "must not be negative"),
-        (timedelta(days=3_000_000), "after the year 9999"),
+        (timedelta(days=3_000_000), "at most 36525 days"),
+        (timedelta(days=36_526), "at most 36525 days"),
+        ("36526 days", "at most 36525 days"),
+        (datetime(9999, 12, 31, 12, tzinfo=UTC), "after the year 9999"),
         (None, ""),
     ],
 )

@@ -40,7 +40,7 @@ from .._bodies import Returns, check_body
 from .._clock import LATEST_MS, to_datetime
 from .._codec import check_storable, decode, encoded, validate
 from .._context import BaseContext, D_co
-from .._durations import DurationLike, negative_text, parse_duration, to_ms
+from .._durations import TOO_LONG, DurationLike, negative_text, parse_duration, to_ms
 from .._errors import (
     DuplicateEventError,
     ExecutionError,
@@ -54,7 +54,7 @@ from .._errors import (
     raise_error,
 )
 from .._execution import Checkout, Env, RunInfo, execute, run_call, run_returning_state
-from .._input import epoch_ms, text_problem
+from .._input import LONGEST_INTERVAL, epoch_ms, text_problem
 from .._limits import NO_LIMITS, RunLimits, definition_limits, offloaded
 from .._logging import JobLog, LoggingOption, check_logging
 from .._retry import Retry, check_retry
@@ -155,24 +155,22 @@ def resolve_when(when: object, now_ms: int) -> Result[int, ValidationError]:
                 "wait until takes no number: see Durations in the engine reference)",
             )
         )
-    elif isinstance(when, timedelta):
-        if when < timedelta(0):
-            return Failure(_bad_when(when, "a delay must not be negative"))
-        fire_at = now_ms + to_ms(when)
-    elif isinstance(when, str):
+    elif isinstance(when, timedelta | str):
         return (
             parse_duration(when)
             .map(lambda delay: now_ms + to_ms(delay))
-            .alt(
-                lambda _: _bad_when(
-                    when, "a delay must not be negative" if negative_text(when) else "the string is not a duration"
-                )
-            )
+            .alt(lambda error: _bad_when(when, _why_not_a_delay(when, error)))
             .bind(lambda fire_at: _not_after_9999(when, fire_at))
         )
-    else:
-        return Failure(_bad_when(when))
-    return _not_after_9999(when, fire_at)
+    return Failure(_bad_when(when))
+
+
+def _why_not_a_delay(when: timedelta | str, error: ValidationError) -> str:
+    if TOO_LONG in error.message:
+        return f"a delay must be at most {LONGEST_INTERVAL.days} days (100 years)"
+    if isinstance(when, timedelta) or negative_text(when):
+        return "a delay must not be negative"
+    return "the string is not a duration"
 
 
 def _not_after_9999(when: object, fire_at: int) -> Result[int, ValidationError]:

@@ -1109,7 +1109,8 @@ class WorkflowContext(BaseContext[D_co]):
             ChildJobError: The job failed (its retries spent) or was cancelled.
             JobNotFoundError: `job` is not registered with this engine.
             ValidationError: `job` is not a `Job`, `params` do not match its
-                ``params`` type, or `poll` is not a duration of at least 100 ms.
+                ``params`` type, or `poll` is not a duration from 100 ms to
+                36,525 days.
             StepFailedError: The job could not be enqueued: the storage
                 failed, or the workflow's tenant is refused (after the
                 workflow's retries).
@@ -1119,7 +1120,8 @@ class WorkflowContext(BaseContext[D_co]):
         poll_ms = parse_duration(poll, what="poll").map(to_ms).value_or(0)
         if poll_ms < FIRST_JOB_LOOK_MS:
             raise ValidationError(
-                f"ctx.job({job.name!r}): poll must be a duration of at least 100 ms, got {short.repr(poll)}"
+                f"ctx.job({job.name!r}): poll must be a duration from 100 ms to 36525 days (100 years), "
+                f"got {short.repr(poll)}"
             )
         run = self._run
         client = self.client
