@@ -176,7 +176,9 @@ def _check(tp: Any, value: object, what: str, limit: int, strict: bool) -> tuple
         return ValidationError(f"{what} cannot be stored as {type_name(tp)}: {exc}")
     except Exception as exc:  # user code msgspec calls: a datetime's tzinfo.utcoffset, say
         return ValidationError(f"{what} cannot be stored as {type_name(tp)}: {describe(exc)}")
-    if b"null" in raw:  # msgspec writes nan and ±inf as null: only then can one hide in `value`
+    # msgspec writes a nan or ±inf value as null and such a key as text ("nan", "-inf"):
+    # only then can one hide in `value`.
+    if b"null" in raw or b'nan":' in raw or b'inf":' in raw:
         refused = non_finite(value)
         if refused is not None:
             return ValidationError(f"{what} cannot be stored as {type_name(tp)}: {refused}")
@@ -202,11 +204,12 @@ def non_finite(value: object) -> str | None:
 
     JSON has no form for them: msgspec's encoder writes each as ``null``, so
     a ``float | None`` field would be stored as ``None`` and a ``float`` field
-    refused as "got null" (a null the caller never passed). `_check` calls
-    this only when an encoding holds ``null``. The path is written as
-    msgspec writes one in its errors (``$.field[0]``); a dict's keys are not
-    looked at (msgspec writes a float key as text, ``"nan"``, which decodes
-    back as itself). Built for few calls (a hot path's payload with a
+    refused as "got null" (a null the caller never passed). A dict's float
+    key is looked at too: msgspec writes one as text (``"nan"``), which
+    JSON's other readers (PostgreSQL's jsonb among them) do not read as a
+    float. `_check` calls this only when an encoding holds ``null`` or a key
+    ending in ``nan`` or ``inf``. The path is written as msgspec writes one
+    in its errors (``$.field[0]``). Built for few calls (a hot path's payload with a
     ``None`` in it comes here): the common leaves cost none, a struct two.
     """
     # Each entry: a value, the container it is in (its own container, its key there, how the
@@ -224,6 +227,9 @@ def non_finite(value: object) -> str | None:
         if isinstance(item, msgspec.Struct):
             todo += zip(msgspec.structs.astuple(item), repeat((within, key, ".")), item.__struct_fields__)
         elif isinstance(item, dict):
+            for name in item:
+                if type(name) is float and name - name:  # a nan or ±inf key
+                    return _non_finite_message(name, within, key, " as a key")
             todo += zip(item.values(), repeat((within, key, "[]")), item.keys())
         elif isinstance(item, list | tuple | set | frozenset):
             todo += zip(item, repeat((within, key, "[]")), count())
@@ -238,7 +244,7 @@ def non_finite(value: object) -> str | None:
     return None
 
 
-def _non_finite_message(item: object, within: Any, key: Any) -> str:
+def _non_finite_message(item: object, within: Any, key: Any, role: str = "") -> str:
     parts: list[str] = []
     while within is not None:
         within, outer_key, style = within[0], within[1], within[2]
@@ -246,7 +252,7 @@ def _non_finite_message(item: object, within: Any, key: Any) -> str:
         key = outer_key
     path = "$" + "".join(reversed(parts))
     return (
-        f"{item!r} at `{path}` is not a finite float, and non-finite floats (nan, inf, -inf) cannot be stored "
+        f"{item!r}{role} at `{path}` is not a finite float, and non-finite floats (nan, inf, -inf) cannot be stored "
         "(JSON has no form for them; store None or a sentinel instead)"
     )
 
@@ -300,8 +306,11 @@ def copier(
         if quick and type(value) is tp:
             try:
                 raw = _encoder.encode(value)
-                # A null may be a nan msgspec wrote so (`non_finite`); one is refused, and worded, below.
-                if len(raw) <= limit and (b"null" not in raw or non_finite(value) is None):
+                # A null (or a "nan": key) may be a nan msgspec wrote so (`non_finite`); one is
+                # refused, and worded, below.
+                if len(raw) <= limit and (
+                    (b"null" not in raw and b'nan":' not in raw and b'inf":' not in raw) or non_finite(value) is None
+                ):
                     return raw, plain.decode(raw)
             except Exception:  # refused (or user code msgspec calls raised): worded below
                 pass

@@ -254,6 +254,8 @@ class Point:
         ({"points": (Point(0.0, 0.0), Point(math.inf, 0.0))}, "$['points'][1].x"),
         ([-math.inf], "$[0]"),
         ({"s": frozenset([math.nan])}, "$['s'][0]"),
+        ({math.nan: 1}, "$"),
+        ({"by": {1.0: 0, -math.inf: 1}}, "$['by']"),
     ],
 )
 def test_a_non_finite_float_is_found_in_whatever_msgspec_encodes(value: Any, path: str) -> None:
@@ -349,3 +351,33 @@ def test_a_state_changed_after_set_state_is_stored_as_set_and_the_instance_stays
     finally:
         if schema is not None:
             drop_schema(postgres_dsn() or "", schema)
+
+
+class Keyed(msgspec.Struct):
+    counts: dict[float, int] = {}
+
+
+def fold_keyed(ctx: djobs.DebounceEventContext[Keyed, Keyed]) -> Keyed:
+    return ctx.event
+
+
+@pytest.mark.parametrize("key", [math.nan, math.inf, -math.inf])
+def test_a_non_finite_dict_key_is_refused_too(key: float) -> None:
+    """msgspec writes a float key as text ("nan"), which read back as nan: refused like a value."""
+    keyed = djobs.Continuous.make("keyed", state=Keyed, schedule=djobs.every("1 hour"), execute=lambda ctx: None)
+    batch = djobs.Debounce.make("batch", event=Keyed, on_event=fold_keyed, execute=lambda ctx: None, flush_after="1h")
+    tasks = djobs.Task.make(
+        "keyed_task", event=Keyed, state=Keyed, on_event=lambda e, ctx: None, execute=lambda ctx: None
+    )
+
+    async def scenario() -> None:
+        async with open_test_engine([keyed, batch, tasks]) as engine:
+            value = Keyed({1.5: 1, key: 2})
+            refused(await engine.client.continuous(keyed).start(id="k", input=value), "$.counts")
+            refused(await engine.client.debounce(batch).add(id="d", event=value), "$.counts")
+            refused(await engine.client.task(tasks).send(id="t", event=value), "$.counts")
+            fine = Keyed({1.5: 1, -0.0: 2})
+            assert success(await engine.client.continuous(keyed).start(id="f", input=fine))
+            assert success(await engine.client.continuous(keyed).get_state("f")).state == fine
+
+    trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))

@@ -666,8 +666,12 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
             if quick is not None and type(event) is self.job.event:
                 try:
                     raw = quick[0](event)
-                    # A null may be a nan msgspec wrote so (`non_finite`): the copier refuses one.
-                    if len(raw) <= self._limit and (b"null" not in raw or non_finite(event) is None):
+                    # A null (or a "nan": key) may be a nan msgspec wrote so (`non_finite`): the
+                    # copier refuses one.
+                    if len(raw) <= self._limit and (
+                        (b"null" not in raw and b'nan":' not in raw and b'inf":' not in raw)
+                        or non_finite(event) is None
+                    ):
                         checked_event = quick[1](raw)
                 except Exception:  # refused (or user code msgspec calls raised): the copier words it
                     pass
@@ -1050,7 +1054,10 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
                         if quick is not None:
                             try:
                                 new_raw = quick[0](value)
-                                if len(new_raw) <= limit and (b"null" not in new_raw or non_finite(value) is None):
+                                if len(new_raw) <= limit and (
+                                    (b"null" not in new_raw and b'nan":' not in new_raw and b'inf":' not in new_raw)
+                                    or non_finite(value) is None
+                                ):
                                     reduced = new_raw, quick[1](new_raw)
                             except Exception:  # refused (or user code msgspec calls raised): the copier words it
                                 pass
