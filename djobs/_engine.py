@@ -508,6 +508,7 @@ async def open_engine_as(
             alarm_scope.cancel()
             for scope in queue_scopes:
                 scope.cancel()  # stop claiming and firing cron jobs before anything closes
+            env.clients.closing = True
             with trio.CancelScope(shield=True):
                 async with trio.open_nursery() as closing:
                     closing.start_soon(runtime.close, grace)

@@ -220,10 +220,13 @@ class ClientSlot:
     the engine fills it once, before it yields (so before any user code runs).
     """
 
-    __slots__ = ("_client",)
+    __slots__ = ("_client", "closing")
 
     def __init__(self) -> None:
         self._client: TenantClients | None = None
+        #: Whether the engine has begun to close: a verb awaited from another run then fails
+        #: as every verb of a closed engine does (`djobs.kinds._common.foreign_run`).
+        self.closing = False
 
     def fill(self, client: TenantClients) -> None:
         """Give the engine's client; a second fill is a bug (`RuntimeError`)."""

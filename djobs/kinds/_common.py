@@ -18,7 +18,16 @@ from returns.result import Failure, Result, Success
 from typing_extensions import TypeVar
 
 from .._clock import LATEST_MS
-from .._errors import ExecutionError, JobError, JobNotFoundError, StorageError, TenantError, ValidationError, describe
+from .._errors import (
+    CLOSED_MESSAGE,
+    ExecutionError,
+    JobError,
+    JobNotFoundError,
+    StorageError,
+    TenantError,
+    ValidationError,
+    describe,
+)
 from .._input import check_text, clean_message, clean_text, text_problem
 from ..storage import Checkin, ClearAlarm, InstanceRecord, SetAlarm
 from ..storage._base import DeadLetter, DeadLetterKind, DeadLetterStorage, InstanceRevival, Revival
@@ -256,7 +265,7 @@ def effect(
             except RuntimeError:  # awaited outside any Trio run
                 foreign = True
             if foreign:
-                return Failure(StorageError(FOREIGN_RUN_MESSAGE))
+                return foreign_run(home)
         try:
             return await fn()
         except JobError as exc:
@@ -272,9 +281,17 @@ def effect(
 
 #: Why a client verb awaited outside the engine's Trio run fails (`effect`).
 FOREIGN_RUN_MESSAGE = (
-    "this engine runs in another Trio run (trio.run) than the one awaiting this verb: await its client's "
-    "verbs in the engine's own run (from a thread, through trio.from_thread.run)"
+    "this verb is awaited outside the engine's Trio run (in another trio.run, under asyncio, or with no "
+    "event loop): await its client's verbs in the engine's own run (from another thread, through "
+    "trio.from_thread.run)"
 )
+
+
+def foreign_run(env: Env | None) -> Failure[StorageError]:
+    """What a verb awaited outside the engine's Trio run answers: the closed engine's error once
+    the engine has begun to close (as every verb of a closed engine does), else `FOREIGN_RUN_MESSAGE`."""
+    closing = env is not None and env.clients.closing
+    return Failure(StorageError(CLOSED_MESSAGE if closing else FOREIGN_RUN_MESSAGE))
 
 
 def bug_failure(exc: Exception) -> Failure[StorageError]:

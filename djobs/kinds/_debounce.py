@@ -74,7 +74,6 @@ from ..storage._base import InstanceLeaseLoader, Revival
 from ..tracking import TrackedEvent
 from ..tracking._base import CALLER_CONTEXT
 from ._common import (
-    FOREIGN_RUN_MESSAGE,
     MAX_ID_LENGTH,
     TENANT_SEPARATOR,
     D_contra,
@@ -86,6 +85,7 @@ from ._common import (
     check_id,
     check_name,
     count_failed_attempt,
+    foreign_run,
     instance_dead_letter,
     instance_key,
     revive_letter,
@@ -649,7 +649,7 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
             except RuntimeError:  # awaited outside any Trio run
                 foreign = True
             if foreign:
-                return Failure(StorageError(FOREIGN_RUN_MESSAGE))
+                return foreign_run(self.env)
         pending: _QueuedAdd[E] | None = None
         try:
             # Matches, not a Result.do: every add passes here, and a generator would cost more than the checks.

@@ -84,7 +84,6 @@ from ..storage import (
 )
 from ..tracking import TrackedEvent
 from ._common import (
-    FOREIGN_RUN_MESSAGE,
     D_contra,
     Definition,
     InstanceClient,
@@ -93,6 +92,7 @@ from ._common import (
     bug_failure,
     check_id,
     check_name,
+    foreign_run,
     instance_key,
 )
 from ._workflow_context import Run, WorkflowContext
@@ -980,7 +980,7 @@ async def _start(
         except RuntimeError:  # awaited outside any Trio run
             foreign = True
         if foreign:
-            return Failure(StorageError(FOREIGN_RUN_MESSAGE))
+            return foreign_run(handler.env)
     try:
         match check_id(instance_id):
             case Success(checked):
