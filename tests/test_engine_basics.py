@@ -176,3 +176,38 @@ def test_a_type_msgspec_cannot_store_fails_its_definition_when_made(where: str) 
     with pytest.raises(djobs.ValidationError, match=r"cannot be stored: _Opaque"):
         _definitions_with(_HoldsOpaque)[where]()
     _definitions_with(_Plain)[where]()  # the same definition with a storable type is made
+
+
+def beat(ctx: djobs.ContinuousContext[Beat]) -> Beat:
+    return Beat(ctx.state.n + 1)
+
+
+heartbeat = djobs.Continuous.make("heartbeat", state=Beat, schedule=djobs.every("1 hour"), execute=beat)
+
+
+def test_a_test_engine_reopened_on_one_memory_layer_goes_on_from_its_virtual_time() -> None:
+    """Its VirtualClock went back to 2026-01-01 at each reopen: an alarm stored at a later time
+    waited that long again, and `now()` went backwards. In one Trio run and in the next."""
+    layer = djobs.memory()
+    seen: list[int] = []
+
+    async def session(hours: int) -> None:
+        async with open_test_engine([heartbeat], storage=layer) as engine:
+            start = engine.clock.now_ms()
+            assert not seen or start >= seen[-1], (start, seen)
+            client = engine.client.continuous(heartbeat)
+            await client.start(id="h", input=Beat())
+            await trio.sleep(hours * 3600 + 1)
+            seen.append(engine.clock.now_ms())
+            status = success(await client.status("h"))
+            assert status.next_run_at is not None
+            assert status.next_run_at.timestamp() * 1000 - engine.clock.now_ms() <= 3_600_000
+
+    async def two_sessions() -> None:
+        await session(2)
+        await session(3)  # reopened in the same run
+
+    trio.run(two_sessions, clock=trio.testing.MockClock(autojump_threshold=0))
+    trio.run(session, 1, clock=trio.testing.MockClock(autojump_threshold=0))  # and in another run
+    assert seen[0] >= 1767225600000 + 2 * 3_600_000 and seen[1] >= seen[0] + 3 * 3_600_000
+    assert seen[2] >= seen[1] + 3_600_000

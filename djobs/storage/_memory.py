@@ -1684,6 +1684,9 @@ class MemoryLayer:
         self._opens = 0
         #: The Trio run the open stores are in (the tables are not safe across threads).
         self._run: trio.lowlevel.TrioToken | None = None
+        #: The virtual clock of the test engines opened on this layer with their default clock, and
+        #: the time it last read (`djobs.testing.open_test_engine`): a reopened one goes on from it.
+        self.test_clock: Any = None
 
     @asynccontextmanager
     async def open(self) -> AsyncIterator[MemoryStorage]:

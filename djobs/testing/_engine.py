@@ -2,14 +2,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar, overload
 
+import trio
 from returns.io import IOFailure, IOResult, IOSuccess
 from returns.unsafe import unsafe_perform_io
 from typing_extensions import TypeVar as DefaultTypeVar
 
-from .._clock import Clock, VirtualClock
+from .._clock import Clock, VirtualClock, to_datetime
 from .._engine import Engine, EnterOnce, open_engine_as, require_trio
 from .._errors import ValidationError
 from .._ids import Ids, RandomIds
@@ -18,6 +20,7 @@ from .._retry import JitteredRetries, RetryPolicy
 from .._worker import WorkerOptions
 from ..kinds._common import Definition
 from ..storage import StorageLayer, memory
+from ..storage._memory import MemoryLayer
 from ..tracking import InMemoryTracker, Tracker
 
 V = TypeVar("V")
@@ -107,7 +110,37 @@ def open_test_engine(
         raise ValidationError(f"open_test_engine(layers=...) must be a djobs.Layers, got {type(layers).__name__}")
     base = layers if layers is not None else default_layers(start, seed=seed)
     chosen = base.replace(storage=storage, clock=clock, tracker=tracker, retries=retries, ids=ids)
-    return EnterOnce(_open_test_engine(definitions, layers=chosen, services=services, **options), "open_test_engine")
+    # A memory layer given with the default clock keeps its virtual time from engine to engine.
+    shared = (
+        storage if isinstance(storage, MemoryLayer) and layers is None and clock is None and start is None else None
+    )
+    return EnterOnce(
+        _open_test_engine(definitions, layers=chosen, services=services, shared=shared, **options), "open_test_engine"
+    )
+
+
+@dataclass(slots=True)
+class _SharedClock:
+    """The virtual clock of the test engines on one `djobs.memory()` layer (its ``test_clock``)."""
+
+    clock: VirtualClock
+    #: The Trio run the clock follows; in another run a new clock starts from `last_ms`.
+    run: trio.lowlevel.TrioToken
+    last_ms: int
+
+
+def _layer_clock(layer: MemoryLayer, layers: Layers) -> Layers:
+    """`layers` with the clock the test engines on `layer` share: the one an engine opened on it
+    in this Trio run read, or one starting at the virtual time the last engine saw."""
+    run = trio.lowlevel.current_trio_token()
+    kept = layer.test_clock
+    if isinstance(kept, _SharedClock):
+        if kept.run is not run:
+            kept.clock, kept.run = VirtualClock(to_datetime(kept.last_ms)), run
+        return layers.replace(clock=kept.clock)
+    if isinstance(layers.clock, VirtualClock):
+        layer.test_clock = _SharedClock(layers.clock, run, layers.clock.start_ms)
+    return layers
 
 
 @asynccontextmanager
@@ -116,9 +149,12 @@ async def _open_test_engine(
     *,
     layers: Layers,
     services: object,
+    shared: MemoryLayer | None = None,
     **options: Any,
 ) -> AsyncIterator[TestEngine[Any]]:
     require_trio("open_test_engine")
+    if shared is not None:
+        layers = _layer_clock(shared, layers)
     settings: dict[str, Any] = {
         "max_concurrency": 100,
         "alarm_lease": "5 minutes",
@@ -130,7 +166,12 @@ async def _open_test_engine(
         **options,
     }
     async with open_engine_as(TestEngine, definitions, layers=layers, services=services, **settings) as engine:
-        yield engine
+        try:
+            yield engine
+        finally:
+            kept = None if shared is None else shared.test_clock
+            if isinstance(kept, _SharedClock):
+                kept.last_ms = kept.clock.now_ms()
 
 
 def default_layers(start: datetime | None = None, *, seed: int = 0) -> Layers:
