@@ -1005,6 +1005,13 @@ async def test_a_dict_of_the_fields_stays_accepted(autojump_clock: trio.testing.
         state = success(await engine.client.continuous(people).get_state("a")).state
         assert state == Person("Ada", Address("Paris"))
         assert success(await engine.client.job(hiring).later(value))
+        # The docs say so of an event too (a dict is accepted at run time; the type names the struct).
+        assert success(await engine.client.debounce(people_batches).add(id="b", event=value))  # type: ignore[arg-type]
+        assert success(await engine.client.debounce(people_batches).get_state("b")).state == Person(
+            "Ada", Address("Paris")
+        )
+        assert success(await engine.client.task(people_tasks).send(id="t", event=value))  # type: ignore[arg-type]
+        assert success(await engine.client.task(people_tasks).get_state("t")).state == Person("Ada", Address("Paris"))
 
 
 @pytest.mark.trio
