@@ -14,6 +14,8 @@ from contextlib import contextmanager
 
 import pytest
 
+import djobs
+
 DSN_VARIABLE = "DJOBS_TEST_POSTGRES_DSN"
 
 
@@ -77,3 +79,23 @@ def linguistic_database(dsn: str) -> Iterator[str | None]:
     finally:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE {database} WITH (FORCE)")
+
+
+def storage_layer(kind: str, directory: str, schema: str | None) -> djobs.storage.StorageLayer:
+    """The storage layer of `kind` (``memory``, ``sqlite`` or ``postgres``) for one test: a
+    SQLite file in `directory`, or the test server's `schema` (made with `new_schema_name`)."""
+    if kind == "memory":
+        return djobs.storage.memory()
+    if kind == "sqlite":
+        return djobs.sqlite(f"{directory}/jobs.db")
+    assert schema is not None
+    return djobs.postgres(postgres_dsn() or "", schema=schema)
+
+
+#: The storages a test runs on, for `pytest.mark.parametrize`: PostgreSQL is skipped, with the
+#: reason, where no server is configured.
+STORAGE_KINDS = [
+    "memory",
+    "sqlite",
+    pytest.param("postgres", marks=pytest.mark.skipif(postgres_dsn() is None, reason=f"{DSN_VARIABLE} is not set")),
+]

@@ -16,7 +16,7 @@ import pytest
 import trio
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
-from postgres_support import DSN_VARIABLE, drop_schema, new_schema_name, postgres_dsn
+from postgres_support import STORAGE_KINDS, drop_schema, new_schema_name, postgres_dsn, storage_layer
 from returns.future import FutureResult
 from returns.io import IOFailure, IOSuccess
 
@@ -734,22 +734,6 @@ hostile_text = st.one_of(
     st.text(st.characters(exclude_categories=[]), max_size=8),  # surrogates included
     st.text(min_size=1, max_size=8),
 )
-
-
-def storage_layer(kind: str, directory: str, schema: str | None) -> djobs.storage.StorageLayer:
-    if kind == "memory":
-        return djobs.storage.memory()
-    if kind == "sqlite":
-        return djobs.sqlite(f"{directory}/jobs.db")
-    assert schema is not None
-    return djobs.postgres(postgres_dsn() or "", schema=schema)
-
-
-STORAGE_KINDS = [
-    "memory",
-    "sqlite",
-    pytest.param("postgres", marks=pytest.mark.skipif(postgres_dsn() is None, reason=f"{DSN_VARIABLE} is not set")),
-]
 
 
 async def expect(verb: Any, refused: bool, *args: Any, **kwargs: Any) -> Any:

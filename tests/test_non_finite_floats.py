@@ -17,7 +17,7 @@ import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from postgres_support import DSN_VARIABLE, drop_schema, new_schema_name, postgres_dsn
+from postgres_support import STORAGE_KINDS, drop_schema, new_schema_name, postgres_dsn, storage_layer
 
 import djobs
 import djobs.storage
@@ -105,22 +105,6 @@ gatherer = djobs.Debounce.make(
 tasker = djobs.Task.make("tasker", state=Reading, event=Reading, on_event=on_reading, execute=run_task)
 observer = djobs.Workflow.make("observer", input=Reading, result=Reading, execute=observe)
 definitions: list[Any] = [measurer, wrapped_job, keeper, gatherer, tasker, observer]
-
-
-def storage_layer(kind: str, directory: str, schema: str | None) -> djobs.storage.StorageLayer:
-    if kind == "memory":
-        return djobs.storage.memory()
-    if kind == "sqlite":
-        return djobs.sqlite(f"{directory}/jobs.db")
-    assert schema is not None
-    return djobs.postgres(postgres_dsn() or "", schema=schema)
-
-
-STORAGE_KINDS = [
-    "memory",
-    "sqlite",
-    pytest.param("postgres", marks=pytest.mark.skipif(postgres_dsn() is None, reason=f"{DSN_VARIABLE} is not set")),
-]
 
 
 def refused(result: Any, path: str) -> None:

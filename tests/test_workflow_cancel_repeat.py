@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 import pytest
 import trio
-from postgres_support import DSN_VARIABLE, drop_schema, new_schema_name, postgres_dsn
+from postgres_support import STORAGE_KINDS, drop_schema, new_schema_name, postgres_dsn, storage_layer
 
 import djobs
 from djobs.testing import open_test_engine, success
@@ -27,22 +27,6 @@ async def nap(params: Nothing, ctx: djobs.WorkflowContext) -> Nothing:
 
 
 napper = djobs.Workflow.make("napper", input=Nothing, result=Nothing, execute=nap)
-
-
-def storage_layer(kind: str, directory: str, schema: str | None) -> djobs.storage.StorageLayer:
-    if kind == "memory":
-        return djobs.storage.memory()
-    if kind == "sqlite":
-        return djobs.sqlite(f"{directory}/jobs.db")
-    assert schema is not None
-    return djobs.postgres(postgres_dsn() or "", schema=schema)
-
-
-STORAGE_KINDS = [
-    "memory",
-    "sqlite",
-    pytest.param("postgres", marks=pytest.mark.skipif(postgres_dsn() is None, reason=f"{DSN_VARIABLE} is not set")),
-]
 
 
 def run_on(kind: str, tmp_path: Any, scenario: Any) -> None:
