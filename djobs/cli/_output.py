@@ -66,7 +66,10 @@ def when(ms: int | None) -> str | None:
     """
     if ms is None:
         return None
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    try:
+        return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    except (ValueError, OverflowError, OSError):
+        return _out_of_range(ms)
 
 
 def iso(ms: int | None) -> str | None:
@@ -78,7 +81,20 @@ def iso(ms: int | None) -> str | None:
     """
     if ms is None:
         return None
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    try:
+        return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    except (ValueError, OverflowError, OSError):
+        return _out_of_range(ms)
+
+
+def _out_of_range(ms: int) -> str:
+    """A stored time no `datetime` holds (past the year 9999; djobs no longer stores one), shown as its number.
+
+    Examples:
+        >>> when(300_000_000_000_000)
+        'epoch ms 300000000000000 (out of range)'
+    """
+    return f"epoch ms {ms} (out of range)"
 
 
 def span(ms: int) -> str:

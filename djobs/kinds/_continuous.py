@@ -31,7 +31,7 @@ from typing_extensions import TypeVar
 
 from .._actors import RUNNING_KEYS
 from .._bodies import Returns, check_body, plain_type
-from .._clock import to_datetime
+from .._clock import LATEST_MS, to_datetime
 from .._codec import check_storable, decode, decoder, encode
 from .._context import D_co, StatefulContext
 from .._durations import DurationLike
@@ -40,6 +40,7 @@ from .._errors import (
     InvalidStateError,
     JobError,
     JobNotFoundError,
+    SchedulerError,
     StorageError,
     TenantError,
     ValidationError,
@@ -280,6 +281,25 @@ def _status(record: InstanceRecord, alarm: Alarm | None) -> Literal["running", "
     return "stopped" if record.status == PAUSED or alarm is None else "running"
 
 
+#: Why an instance has no next run: its schedule has none before djobs's last time.
+_ENDED = "its schedule has no run before the year 9999 ends (djobs schedules nothing later)"
+
+
+def next_fire(schedule: Schedule, after_ms: int) -> int | None:
+    """`schedule`'s first run after `after_ms`, or ``None`` where there is none by `LATEST_MS`.
+
+    Examples:
+        >>> from djobs import every
+        >>> next_fire(every("1 day"), 0), next_fire(every("36525 days"), LATEST_MS - 1)
+        (86400000, None)
+    """
+    try:
+        nxt = schedule.next_after(after_ms)
+    except SchedulerError:  # a cron with no run left before datetime's last day
+        return None
+    return nxt if nxt <= LATEST_MS else None
+
+
 def _pause(record: InstanceRecord) -> None:
     """Take an instance off its schedule with its state kept (``resume`` puts it back)."""
     record.status = PAUSED
@@ -326,7 +346,14 @@ class ContinuousHandler(TenantScoped, Generic[S]):
             if existing is not None:
                 return Success(StartResult(False, instance_id, _status(existing[0], existing[1])))
             now = self.env.now_ms()
-            first = now if self.job.start_immediately else self.job.schedule.next_after(now)
+            first = now if self.job.start_immediately else next_fire(self.job.schedule, now)
+            if first is None:
+                return Failure(
+                    ValidationError(
+                        f"{self.job.name!r} instance {instance_id!r}: the first run would be "
+                        f"after the year 9999: {_ENDED}"
+                    )
+                )
             record = InstanceRecord(
                 key=key,
                 kind=KIND,
@@ -389,10 +416,12 @@ class ContinuousHandler(TenantScoped, Generic[S]):
 
         return await self.runtime.call(key, run)
 
-    async def resume(self, instance_id: str) -> Result[ContinuousStatus, InstanceNotFoundError | StorageError]:
+    async def resume(
+        self, instance_id: str
+    ) -> Result[ContinuousStatus, InstanceNotFoundError | ValidationError | StorageError]:
         key = self.key(instance_id)
 
-        async def run() -> Result[ContinuousStatus, InstanceNotFoundError | StorageError]:
+        async def run() -> Result[ContinuousStatus, InstanceNotFoundError | ValidationError | StorageError]:
             loaded = await self.env.storage.load(key)
             if loaded is None:
                 return Failure(InstanceNotFoundError(self.job.name, instance_id, "continuous job"))
@@ -402,7 +431,14 @@ class ContinuousHandler(TenantScoped, Generic[S]):
                 return Success(ContinuousStatus(_status(record, alarm), record.run_count, next_run))
             now = self.env.now_ms()
             # The next fire time after now: times that passed while paused are not run.
-            first = self.job.schedule.next_after(now)
+            first = next_fire(self.job.schedule, now)
+            if first is None:
+                return Failure(
+                    ValidationError(
+                        f"{self.job.name!r} instance {instance_id!r}: the next run would be "
+                        f"after the year 9999: {_ENDED}"
+                    )
+                )
             record.status, record.updated_at = "running", now
             resumed = self.env.event(
                 "job.resumed", key, KIND, self.job.name, next_run_at=to_datetime(first).isoformat()
@@ -635,12 +671,20 @@ class ContinuousHandler(TenantScoped, Generic[S]):
         run.checkin = self._close(run)
         return run
 
-    def _next_run(self, alarm: Alarm | None, now: int) -> int:
+    def _next_run(self, alarm: Alarm | None, now: int) -> int | None:
         # Keep the schedule's phase: the next run follows the one that was due,
         # unless that is already past (after downtime), then it follows now.
+        # ``None``: none by `LATEST_MS` (`next_fire`).
         base = alarm.fire_at if alarm is not None and alarm.purpose == "run" else now
-        nxt = self.job.schedule.next_after(base)
-        return nxt if nxt > now else self.job.schedule.next_after(now)
+        nxt = next_fire(self.job.schedule, base)
+        return nxt if nxt is None or nxt > now else next_fire(self.job.schedule, now)
+
+    def _ended(self, run: _Run) -> Checkin:
+        """The check-in of a run after which the schedule has no run left: the instance stays, with no alarm."""
+        self.env.logger.warning(
+            "continuous job %r instance %r has no next run: %s", self.job.name, run.record.instance_id, _ENDED
+        )
+        return Checkin(key=run.record.key, record=run.record, alarm=ClearAlarm())
 
     async def _run(self, record: InstanceRecord, alarm: Alarm | None, *, triggered: bool) -> tuple[int, str]:
         run = self._open(record, alarm, triggered=triggered)
@@ -740,14 +784,22 @@ class ContinuousHandler(TenantScoped, Generic[S]):
         if outcome_kind == "succeeded" and checkout.encoded is not None:
             record.state = checkout.encoded  # as the last set_state validated it (no encoding here)
         if run.triggered:
-            keep = alarm is not None and alarm.purpose == "run"
-            next_alarm = None if keep else SetAlarm(self._next_run(alarm, now), "run")
-            return Checkin(key=record.key, record=record, alarm=next_alarm)
+            if alarm is not None and alarm.purpose == "run":
+                return Checkin(key=record.key, record=record, alarm=None)  # the scheduled run stays
+            following = self._next_run(alarm, now)
+            if following is None:
+                return self._ended(run)
+            return Checkin(key=record.key, record=record, alarm=SetAlarm(following, "run"))
         # `_next_run`, inline: every scheduled run passes here.
         schedule = job.schedule
-        nxt = schedule.next_after(alarm.fire_at if alarm is not None and alarm.purpose == "run" else now)
-        if nxt <= now:
-            nxt = schedule.next_after(now)
+        try:
+            nxt = schedule.next_after(alarm.fire_at if alarm is not None and alarm.purpose == "run" else now)
+            if nxt <= now:
+                nxt = schedule.next_after(now)
+        except SchedulerError:  # a cron with no run left before datetime's last day
+            return self._ended(run)
+        if nxt > LATEST_MS:
+            return self._ended(run)
         return Checkin(key=record.key, record=record, alarm=SetAlarm(nxt, "run"))
 
 

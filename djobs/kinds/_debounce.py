@@ -48,7 +48,7 @@ from returns.result import Failure, Result, Success
 from typing_extensions import TypeVar
 
 from .._bodies import Done, Returns, check_body
-from .._clock import to_datetime
+from .._clock import LATEST_MS, to_datetime
 from .._codec import check_storable, copier, decode, non_finite, quick_codec
 from .._context import BaseContext, D_co
 from .._durations import DurationLike, duration, to_ms
@@ -99,6 +99,12 @@ E = TypeVar("E")
 S = TypeVar("S")
 
 KIND = "debounce"
+
+#: Why an add that would open a batch is refused when its flush would fall after `LATEST_MS`.
+_TOO_LATE = (
+    "Debounce {!r} instance {!r}: the batch would flush after the year 9999 (flush_after from now); "
+    "djobs schedules nothing later"
+)
 
 FlushReason = Literal["max_events", "flush_after", "manual"]
 
@@ -1015,6 +1021,11 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         raw = record.state if record is not None and state is not None else None
         count = record.event_count if raw is not None and record is not None else 0
         now = env.now_ms()
+        if state is None and now + job.flush_after_ms > LATEST_MS:
+            # The add would open a batch whose flush falls after djobs's last time: refused, nothing stored.
+            first = queue.popleft()
+            _finish(first, Failure(ValidationError(_TOO_LATE.format(job.name, first.instance_id))))
+            return None
         results: list[_Added] = []
         new_alarm: SetAlarm | None = None
         started = False

@@ -1,0 +1,117 @@
+"""Nothing is scheduled after the year 9999: a time djobs computes from a schedule or a
+duration past that limit is refused where the caller gave it (start, resume, add), and
+ends a schedule where it arises inside a run, on every storage."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import pytest
+import trio
+from postgres_support import STORAGE_KINDS, drop_schema, new_schema_name, postgres_dsn, storage_layer
+
+import djobs
+from djobs.testing import failure, open_test_engine, success
+
+
+class Count(msgspec.Struct):
+    n: int = 0
+
+
+def tick(ctx: djobs.ContinuousContext[Count]) -> None:
+    ctx.set_state(Count(ctx.state.n + 1))
+
+
+def flush(ctx: Any) -> None:
+    pass
+
+
+century = djobs.Continuous.make("century", state=Count, schedule=djobs.every("36525 days"), execute=tick)
+century_later = djobs.Continuous.make(
+    "century_later", state=Count, schedule=djobs.every("36525 days"), execute=tick, start_immediately=False
+)
+new_year = djobs.Continuous.make("new_year", state=Count, schedule=djobs.cron("0 0 1 1 *"), execute=tick)
+slow = djobs.Debounce.make("slow", event=Count, flush_after="36525 days", execute=flush)
+JOBS = [century, century_later, new_year, slow]
+
+
+def run_on(kind: str, tmp_path: Any, start: datetime, scenario: Any, caplog: pytest.LogCaptureFixture) -> None:
+    schema = new_schema_name() if kind == "postgres" else None
+
+    async def main() -> None:
+        async with open_test_engine(JOBS, storage=storage_layer(kind, str(tmp_path), schema), start=start) as engine:
+            await scenario(engine)
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="djobs"):
+            trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    finally:
+        if schema is not None:
+            drop_schema(postgres_dsn() or "", schema)
+    # Nothing escaped a handler: the engine logs no bug.
+    assert not [r for r in caplog.records if "bug" in r.getMessage()], caplog.text
+
+
+@pytest.mark.parametrize("kind", STORAGE_KINDS)
+def test_a_continuous_whose_next_run_is_after_9999_runs_once_and_has_no_next_run(
+    kind: str, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario(engine: Any) -> None:
+        client = engine.client.continuous(century)
+        assert success(await client.start(id="c", input=Count())).created
+        await trio.sleep(1)
+        status = success(await client.status("c"))
+        assert (status.status, status.run_count, status.next_run_at) == ("stopped", 1, None)
+        assert success(await client.get_state("c")).state == Count(1)
+        # Resumed after a pause, its next run would still be after 9999: refused, and it stays paused.
+        success(await client.pause("c"))
+        error = failure(await client.resume("c"))
+        assert isinstance(error, djobs.ValidationError) and "after the year 9999" in error.message
+        assert success(await client.status("c")).status == "stopped"
+
+    run_on(kind, tmp_path, datetime(9990, 1, 1, tzinfo=UTC), scenario, caplog)
+    assert "has no next run" in caplog.text
+
+
+@pytest.mark.parametrize("kind", STORAGE_KINDS)
+def test_a_start_whose_first_run_is_after_9999_is_refused_and_stores_nothing(
+    kind: str, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario(engine: Any) -> None:
+        client = engine.client.continuous(century_later)
+        error = failure(await client.start(id="c", input=Count()))
+        assert isinstance(error, djobs.ValidationError) and "after the year 9999" in error.message
+        assert success(await client.status("c")).status == "not_found"
+
+    run_on(kind, tmp_path, datetime(9990, 1, 1, tzinfo=UTC), scenario, caplog)
+
+
+@pytest.mark.parametrize("kind", STORAGE_KINDS)
+def test_a_cron_with_no_occurrence_left_before_9999_ends_after_its_run(
+    kind: str, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario(engine: Any) -> None:
+        client = engine.client.continuous(new_year)
+        assert success(await client.start(id="c", input=Count())).created
+        await trio.sleep(1)
+        status = success(await client.status("c"))
+        assert (status.status, status.run_count, status.next_run_at) == ("stopped", 1, None)
+
+    run_on(kind, tmp_path, datetime(9999, 6, 1, tzinfo=UTC), scenario, caplog)
+    assert "has no next run" in caplog.text
+
+
+@pytest.mark.parametrize("kind", STORAGE_KINDS)
+def test_a_debounce_add_whose_flush_is_after_9999_is_refused_and_stores_nothing(
+    kind: str, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario(engine: Any) -> None:
+        client = engine.client.debounce(slow)
+        error = failure(await client.add(id="d", event=Count()))
+        assert isinstance(error, djobs.ValidationError) and "after the year 9999" in error.message
+        assert success(await client.status("d")).status == "not_found"
+
+    run_on(kind, tmp_path, datetime(9990, 1, 1, tzinfo=UTC), scenario, caplog)
