@@ -115,3 +115,63 @@ def test_a_debounce_add_whose_flush_is_after_9999_is_refused_and_stores_nothing(
         assert success(await client.status("d")).status == "not_found"
 
     run_on(kind, tmp_path, datetime(9990, 1, 1, tzinfo=UTC), scenario, caplog)
+
+
+fired: list[datetime] = []
+
+
+def cron_body(fire: djobs.CronFire, ctx: djobs.JobContext) -> None:
+    fired.append(fire.scheduled_at)
+
+
+new_year_cron = djobs.CronJob.make("new_year_cron", schedule="0 0 1 1 *", execute=cron_body)
+noon = djobs.CronJob.make("noon", schedule="0 12 * * *", execute=cron_body)
+
+
+def run_crons_on(kind: str, tmp_path: Any, start: datetime, scenario: Any, caplog: pytest.LogCaptureFixture) -> None:
+    schema = new_schema_name() if kind == "postgres" else None
+    fired.clear()
+
+    async def main() -> None:
+        storage = storage_layer(kind, str(tmp_path), schema)
+        async with open_test_engine([new_year_cron, noon], storage=storage, start=start) as engine:
+            await scenario(engine)
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="djobs"):
+            trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    finally:
+        if schema is not None:
+            drop_schema(postgres_dsn() or "", schema)
+    assert not [r for r in caplog.records if "bug" in r.getMessage()], caplog.text
+
+
+@pytest.mark.parametrize("kind", STORAGE_KINDS)
+def test_a_cron_job_with_no_fire_left_before_9999_fires_what_is_due_then_has_no_next_fire(
+    kind: str, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario(engine: Any) -> None:
+        await trio.sleep(36 * 3600 + 60)  # past 9999-12-31 12:00, the next noon, which is after the limit
+        crons = {c.name: c for c in success(await engine.client.crons.list())}
+        assert crons["noon"].next_run_at is None and crons["new_year_cron"].next_run_at is None
+        assert success(await engine.client.crons.next_runs("noon", 3)) == []
+
+    run_crons_on(kind, tmp_path, datetime(9999, 12, 30, tzinfo=UTC), scenario, caplog)
+    # The one noon before the limit ran; the cron job that ends says so once, not every second.
+    assert fired == [datetime(9999, 12, 30, 12, tzinfo=UTC)]
+    assert caplog.text.count("cron noon has no next fire") == 1, caplog.text
+
+
+@pytest.mark.parametrize("kind", STORAGE_KINDS)
+def test_a_cron_job_whose_schedule_raises_for_no_fire_left_fires_once_then_has_no_next_fire(
+    kind: str, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario(engine: Any) -> None:
+        await trio.sleep(3600)  # past 9999-01-01 00:00, the last new year
+        crons = {c.name: c for c in success(await engine.client.crons.list())}
+        assert crons["new_year_cron"].next_run_at is None
+        assert success(await engine.client.crons.next_runs("new_year_cron", 3)) == []
+
+    run_crons_on(kind, tmp_path, datetime(9998, 12, 31, 23, 30, tzinfo=UTC), scenario, caplog)
+    assert datetime(9999, 1, 1, tzinfo=UTC) in fired
+    assert caplog.text.count("cron new_year_cron has no next fire") == 1, caplog.text

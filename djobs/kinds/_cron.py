@@ -35,7 +35,7 @@ from .._bodies import Returns, check_body
 from .._clock import LATEST_MS, to_datetime
 from .._codec import encode
 from .._durations import DurationLike
-from .._errors import JobNotFoundError, StorageError, TenantError, ValidationError, raise_error
+from .._errors import JobNotFoundError, SchedulerError, StorageError, TenantError, ValidationError, raise_error
 from .._execution import Env
 from .._input import check_attempts
 from .._limits import definition_limits
@@ -62,6 +62,9 @@ MissedFires = Literal["once", "all", "skip"]
 
 #: How late a fire may be and still count as on time (not missed).
 MISFIRE_GRACE_MS = 60_000
+
+#: Why a cron job has no next fire: its schedule has none before djobs's last time.
+_ENDED = "its schedule has no fire before the year 9999 ends (djobs schedules nothing later)"
 
 
 class CronFire(msgspec.Struct, frozen=True):
@@ -238,7 +241,8 @@ class CronInfo(msgspec.Struct, frozen=True, kw_only=True):
         schedule: The cron expression (or interval) as stored.
         tz: The time zone its expression is read in.
         enabled: Whether it fires.
-        next_run_at: The next fire time (kept while disabled, recomputed on enable).
+        next_run_at: The next fire time (kept while disabled, recomputed on enable);
+            ``None`` where the schedule has no fire left before the year 9999 ends.
         last_run_at: When it last fired.
         last_job_id: The job its last fire enqueued.
     """
@@ -318,7 +322,7 @@ class CronScheduler:
                     tz=tz,
                     params=params,
                     tenant_id=cron.tenant_id,
-                    first_run_at=cron.schedule.next_after(now),
+                    first_run_at=_next_fire(cron.schedule, now),
                     now=now,
                 )
             )
@@ -357,25 +361,27 @@ class CronScheduler:
         self._due = None  # a poke while this runs sets it (below: the earlier of the two counts)
         try:
             due = await storage.due_cron_jobs(self._names, now)
-            stored: dict[str, int] = {}  # the next run each fire here stored (0: another engine's)
+            # The next run each fire here stored (0: another engine's; None: none left).
+            stored: dict[str, int | None] = {}
             while due:
                 again = False
                 for record in due:
                     # Read again only when a fire leaves its job due (missed fires run one by
                     # one) or another engine fired it first (its next time unknown here).
                     following = stored[record.name] = await self._fire(record, now)
-                    if following <= now:
+                    if following is not None and following <= now:
                         again = True
                 if again:
                     await trio.lowlevel.checkpoint()  # a long run of missed fires lets the other tasks run
                     due = await storage.due_cron_jobs(self._names, now)
                 else:
                     due = []
-            if len(stored) == len(self._names) and min(stored.values()) > now:
+            following_runs = [t for t in stored.values() if t is not None]
+            if len(stored) == len(self._names) and (not following_runs or min(following_runs) > now):
                 # Every cron job of this engine fired here just now: its next run is the one
                 # it stored, so there is nothing to read (a change made elsewhere since
                 # shows at the next wake-up or poll, as it would after a read).
-                next_at: int | None = min(stored.values())
+                next_at: int | None = min(following_runs, default=None)
             else:
                 next_at = await storage.next_cron_at(self._names)
         except StorageError as exc:
@@ -394,22 +400,24 @@ class CronScheduler:
         poked = self._due
         self._due = next_at if poked is None or (next_at is not None and next_at < poked) else poked
 
-    async def _fire(self, record: CronRecord, now: int) -> int:
+    async def _fire(self, record: CronRecord, now: int) -> int | None:
         """Fire `record` (enqueue its job, or skip a missed time) and store its next run time.
 
-        Returns that next run time, or ``0`` when another engine fired this time first.
+        Returns that next run time (``None`` where its schedule has none before the year
+        9999 ends: it stays enabled with no next run), or ``0`` when another engine fired
+        this time first.
         """
         cron = self.crons[record.name]
         due = record.next_run_at
         assert due is not None
-        following = cron.schedule.next_after(due)
-        on_time = following > now and now - due <= MISFIRE_GRACE_MS
+        following = _next_fire(cron.schedule, due)
+        on_time = (following is None or following > now) and now - due <= MISFIRE_GRACE_MS
         if on_time or cron.missed == "all":
             run, next_run_at = True, following
         elif cron.missed == "once":
-            run, next_run_at = True, cron.schedule.next_after(now)
+            run, next_run_at = True, _next_fire(cron.schedule, now)
         else:
-            run, next_run_at = False, cron.schedule.next_after(now)
+            run, next_run_at = False, _next_fire(cron.schedule, now)
         queue = self.queue
         row = None
         if run:
@@ -455,6 +463,8 @@ class CronScheduler:
         if not fired:
             return 0  # another engine fired this time first
         fired_at = to_datetime(due).isoformat()
+        if next_run_at is None:
+            self._log.warning("cron %s has no next fire: %s", cron.name, _ENDED)
         if row is None:
             self._log.info("cron %s: skipped the missed fire time %s", cron.name, fired_at)
             worker.emit(
@@ -465,7 +475,7 @@ class CronScheduler:
                         KIND,
                         cron.name,
                         fire_at=fired_at,
-                        next_run_at=to_datetime(next_run_at).isoformat(),
+                        next_run_at=None if next_run_at is None else to_datetime(next_run_at).isoformat(),
                     )
                 ]
             )
@@ -528,7 +538,7 @@ class CronScheduler:
     async def _set_enabled(self, job: CronJob[Any], enabled: bool) -> Result[CronInfo, Any]:
         now = self.env.now_ms()
         # Enabling starts from now: fire times that passed while disabled are not "missed".
-        next_run_at = job.schedule.next_after(now) if enabled else None
+        next_run_at = _next_fire(job.schedule, now) if enabled else None
         record = await self.storage.set_cron_enabled(job.name, enabled, next_run_at, now)
         if record is None:
             raise StorageError(f"cron job {job.name!r} is missing from storage; reopen the engine to store it again")
@@ -544,16 +554,27 @@ class CronScheduler:
     async def _next_runs(self, job: CronJob[Any], n: int) -> Result[list[datetime], Any]:
         record = await self._record(job.name)
         if record.enabled and record.next_run_at is not None:
-            first = record.next_run_at
+            first: int | None = record.next_run_at
         else:
-            first = job.schedule.next_after(self.env.now_ms())
+            first = _next_fire(job.schedule, self.env.now_ms())
+        if first is None:
+            return Success([])
         times = [first]
         for _ in range(n - 1):
-            following = job.schedule.next_after(times[-1])
-            if following > LATEST_MS:
+            following = _next_fire(job.schedule, times[-1])
+            if following is None:
                 break  # the schedule runs past the year 9999: the runs there are not shown
             times.append(following)
         return Success([to_datetime(t) for t in times if t <= LATEST_MS])
+
+
+def _next_fire(schedule: Schedule, after_ms: int) -> int | None:
+    """`schedule`'s first fire after `after_ms`, or ``None`` where there is none by `LATEST_MS`."""
+    try:
+        nxt = schedule.next_after(after_ms)
+    except SchedulerError:  # no fire left before datetime's last day
+        return None
+    return nxt if nxt <= LATEST_MS else None
 
 
 class CronsClient:

@@ -703,7 +703,7 @@ class CronSpec(msgspec.Struct, frozen=True, kw_only=True):
     tz: str
     params: bytes
     tenant_id: str | None
-    first_run_at: int
+    first_run_at: int | None
     now: int
 
 
@@ -872,7 +872,7 @@ class QueueStorage(Protocol):
         self,
         name: str,
         expected_next_run_at: int,
-        next_run_at: int,
+        next_run_at: int | None,
         now: int,
         job: NewJob | None,
         worker_id: str | None = None,

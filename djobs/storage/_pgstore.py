@@ -1281,7 +1281,7 @@ class PostgresStorage:
         self,
         name: str,
         expected_next_run_at: int,
-        next_run_at: int,
+        next_run_at: int | None,
         now: int,
         job: NewJob | None,
         worker_id: str | None = None,

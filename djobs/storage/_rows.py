@@ -233,7 +233,7 @@ def cron_spec_args(spec: CronSpec) -> dict[str, Any]:
 
 
 def fire_cron_args(
-    name: str, expected_next_run_at: int, next_run_at: int, now: int, job: NewJob | None
+    name: str, expected_next_run_at: int, next_run_at: int | None, now: int, job: NewJob | None
 ) -> dict[str, Any]:
     """The named arguments of ``FIRE_CRON``."""
     return {

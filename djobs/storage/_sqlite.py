@@ -1615,7 +1615,7 @@ class SqliteStorage:
         self,
         name: str,
         expected_next_run_at: int,
-        next_run_at: int,
+        next_run_at: int | None,
         now: int,
         job: NewJob | None,
         worker_id: str | None = None,
