@@ -5,6 +5,7 @@ ends a schedule where it arises inside a run, on every storage."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,11 +39,18 @@ slow = djobs.Debounce.make("slow", event=Count, flush_after="36525 days", execut
 JOBS = [century, century_later, new_year, slow]
 
 
-def run_on(kind: str, tmp_path: Any, start: datetime, scenario: Any, caplog: pytest.LogCaptureFixture) -> None:
+def run_on(
+    kind: str,
+    tmp_path: Any,
+    start: datetime,
+    scenario: Any,
+    caplog: pytest.LogCaptureFixture,
+    jobs: Sequence[Any] = JOBS,
+) -> None:
     schema = new_schema_name() if kind == "postgres" else None
 
     async def main() -> None:
-        async with open_test_engine(JOBS, storage=storage_layer(kind, str(tmp_path), schema), start=start) as engine:
+        async with open_test_engine(jobs, storage=storage_layer(kind, str(tmp_path), schema), start=start) as engine:
             await scenario(engine)
 
     try:
@@ -129,21 +137,8 @@ noon = djobs.CronJob.make("noon", schedule="0 12 * * *", execute=cron_body)
 
 
 def run_crons_on(kind: str, tmp_path: Any, start: datetime, scenario: Any, caplog: pytest.LogCaptureFixture) -> None:
-    schema = new_schema_name() if kind == "postgres" else None
     fired.clear()
-
-    async def main() -> None:
-        storage = storage_layer(kind, str(tmp_path), schema)
-        async with open_test_engine([new_year_cron, noon], storage=storage, start=start) as engine:
-            await scenario(engine)
-
-    try:
-        with caplog.at_level(logging.WARNING, logger="djobs"):
-            trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
-    finally:
-        if schema is not None:
-            drop_schema(postgres_dsn() or "", schema)
-    assert not [r for r in caplog.records if "bug" in r.getMessage()], caplog.text
+    run_on(kind, tmp_path, start, scenario, caplog, jobs=[new_year_cron, noon])
 
 
 @pytest.mark.parametrize("kind", STORAGE_KINDS)
