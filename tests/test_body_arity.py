@@ -12,6 +12,8 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import djobs
 
@@ -140,3 +142,41 @@ def test_a_callable_whose_signature_cannot_be_read_is_accepted() -> None:
             pass
 
     djobs.Job.make("j", params=Item, execute=Opaque())
+
+
+@st.composite
+def bodies(draw: st.DrawFn) -> Callable[..., Any]:
+    """A function of any shape of parameters: required and defaulted positionals, ``*args``,
+    keyword-only ones with and without defaults, ``**kwargs``."""
+    required = [f"r{i}" for i in range(draw(st.integers(0, 4)))]
+    defaulted = [f"d{i}=None" for i in range(draw(st.integers(0, 2)))]
+    star = ["*args"] if draw(st.booleans()) else []
+    keywords = [f"k{i}" + ("=None" if draw(st.booleans()) else "") for i in range(draw(st.integers(0, 2)))]
+    if keywords and not star:
+        star = ["*"]
+    rest = ["**kwargs"] if draw(st.booleans()) else []
+    namespace: dict[str, Any] = {}
+    exec(f"def body({', '.join(required + defaulted + star + keywords + rest)}): pass", namespace)
+    return namespace["body"]  # type: ignore[no-any-return]
+
+
+def runs_with(fn: Callable[..., Any], count: int) -> bool:
+    """Whether `fn` can be called with `count` positional arguments (what its kind will do)."""
+    try:
+        fn(*[None] * count)
+    except TypeError:
+        return False
+    return True
+
+
+@given(option=st.sampled_from(OPTIONS), fn=bodies())
+@settings(max_examples=300, deadline=None)
+def test_a_body_is_refused_at_make_exactly_when_its_kind_could_never_call_it(
+    option: tuple[Callable[..., Any], str, tuple[str, ...]], fn: Callable[..., Any]
+) -> None:
+    make, name, args = option
+    if runs_with(fn, len(args)):
+        make(**{name: fn})
+    else:
+        with pytest.raises(djobs.ValidationError):
+            make(**{name: fn})

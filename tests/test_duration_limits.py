@@ -16,6 +16,8 @@ from typing import Any
 import msgspec
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from returns.io import IOResult
 from returns.pipeline import is_successful
 from returns.result import Result
@@ -253,3 +255,33 @@ def test_every_run_time_duration_refuses_more_than_36525_days(where: str, tmp_pa
             continue
         outcome = trio.run(scenario, value, clock=trio.testing.MockClock(autojump_threshold=0))
         assert refused(outcome), (where, value, outcome)
+
+
+LIMIT_MS = 36_525 * 86_400_000
+
+
+@st.composite
+def durations(draw: st.DrawFn, *, numbers: bool) -> tuple[object, int]:
+    """A duration of a day up to twice the limit, in one of the forms djobs takes, and its length in ms."""
+    ms = draw(st.one_of(st.integers(86_400_000, 2 * LIMIT_MS), st.integers(LIMIT_MS - 2, LIMIT_MS + 2)))
+    days, rest = divmod(ms, 86_400_000)
+    forms: list[object] = [timedelta(milliseconds=ms), f"{ms} ms", f"{days} days {rest} ms" if rest else f"{days} days"]
+    if numbers:
+        forms.append(ms)  # an int is milliseconds
+    return draw(st.sampled_from(forms)), ms
+
+
+@given(
+    option=st.sampled_from([o for o in definitions(None) if o not in BOUNDED_LOWER and o != "Every"]),
+    duration=durations(numbers=True),
+)
+@settings(max_examples=300, deadline=None)
+def test_a_definition_time_duration_is_refused_exactly_when_it_is_longer_than_36525_days(
+    option: str, duration: tuple[object, int]
+) -> None:
+    value, ms = duration
+    outcome = trio.run(run, definitions(value)[option])
+    if ms > LIMIT_MS:
+        assert refused(outcome), (option, value, outcome)
+    else:
+        assert not isinstance(outcome, djobs.ValidationError), (option, value, outcome)
