@@ -41,6 +41,7 @@ from zoneinfo import ZoneInfo
 from croniter import CroniterBadDateError, CroniterError, croniter
 from returns.result import Failure, Result, Success, safe
 
+from ._clock import LATEST_MS
 from ._durations import DurationLike, duration, format_duration, to_ms
 from ._errors import SchedulerError, ValidationError, raise_error
 from ._input import check_interval
@@ -146,6 +147,23 @@ def every(interval: DurationLike) -> Every:
         Every('30 minutes')
     """
     return Every(duration(interval, what="interval"))
+
+
+def next_fire(schedule: Schedule, after_ms: int) -> int | None:
+    """`schedule`'s first run after `after_ms` (epoch ms), or ``None`` where there is none by
+    `LATEST_MS`: a later time, or a cron's `SchedulerError` for no run left before datetime's
+    last day. A cron job's and a Continuous instance's next runs come from here (or, on a
+    Continuous run's hot path, from the same test inline), so neither stores one past it.
+
+    Examples:
+        >>> next_fire(every("1 day"), 0), next_fire(every("36525 days"), LATEST_MS - 1)
+        (86400000, None)
+    """
+    try:
+        nxt = schedule.next_after(after_ms)
+    except SchedulerError:
+        return None
+    return nxt if nxt <= LATEST_MS else None
 
 
 def _parse_zone(tz: object) -> Result[ZoneInfo, ValidationError]:

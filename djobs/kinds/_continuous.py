@@ -64,7 +64,7 @@ from .._execution import (
 from .._limits import NO_LIMITS, RunLimits, definition_limits, offloaded
 from .._logging import JobLog, LoggingOption, check_logging, threshold
 from .._retry import Retry, check_retry
-from .._schedule import Schedule
+from .._schedule import Schedule, next_fire
 from ..storage import Alarm, Checkin, ClaimedAlarm, ClearAlarm, InstanceRecord, SetAlarm
 from ..storage._base import Revival
 from ..tracking import TrackedEvent
@@ -283,21 +283,6 @@ def _status(record: InstanceRecord, alarm: Alarm | None) -> Literal["running", "
 
 #: Why an instance has no next run: its schedule has none before djobs's last time.
 _ENDED = "its schedule has no run before the year 9999 ends (djobs schedules nothing later)"
-
-
-def next_fire(schedule: Schedule, after_ms: int) -> int | None:
-    """`schedule`'s first run after `after_ms`, or ``None`` where there is none by `LATEST_MS`.
-
-    Examples:
-        >>> from djobs import every
-        >>> next_fire(every("1 day"), 0), next_fire(every("36525 days"), LATEST_MS - 1)
-        (86400000, None)
-    """
-    try:
-        nxt = schedule.next_after(after_ms)
-    except SchedulerError:  # a cron with no run left before datetime's last day
-        return None
-    return nxt if nxt <= LATEST_MS else None
 
 
 def _pause(record: InstanceRecord) -> None:

@@ -35,14 +35,14 @@ from .._bodies import Returns, check_body
 from .._clock import LATEST_MS, to_datetime
 from .._codec import encode
 from .._durations import DurationLike
-from .._errors import JobNotFoundError, SchedulerError, StorageError, TenantError, ValidationError, raise_error
+from .._errors import JobNotFoundError, StorageError, TenantError, ValidationError, raise_error
 from .._execution import Env
 from .._input import check_attempts
 from .._limits import definition_limits
 from .._logging import LoggingOption, check_logging
 from .._queue_limits import RateLimit, job_limits
 from .._retry import Retry, check_retry
-from .._schedule import Cron, Schedule, parse_cron
+from .._schedule import Cron, Schedule, next_fire, parse_cron
 from .._wakeup import Wakeup
 from ..storage import CronRecord, CronSpec, QueueStorage
 from ._common import D_contra, Definition, bind_async, check_name, effect
@@ -322,7 +322,7 @@ class CronScheduler:
                     tz=tz,
                     params=params,
                     tenant_id=cron.tenant_id,
-                    first_run_at=_next_fire(cron.schedule, now),
+                    first_run_at=next_fire(cron.schedule, now),
                     now=now,
                 )
             )
@@ -410,14 +410,14 @@ class CronScheduler:
         cron = self.crons[record.name]
         due = record.next_run_at
         assert due is not None
-        following = _next_fire(cron.schedule, due)
+        following = next_fire(cron.schedule, due)
         on_time = (following is None or following > now) and now - due <= MISFIRE_GRACE_MS
         if on_time or cron.missed == "all":
             run, next_run_at = True, following
         elif cron.missed == "once":
-            run, next_run_at = True, _next_fire(cron.schedule, now)
+            run, next_run_at = True, next_fire(cron.schedule, now)
         else:
-            run, next_run_at = False, _next_fire(cron.schedule, now)
+            run, next_run_at = False, next_fire(cron.schedule, now)
         queue = self.queue
         row = None
         if run:
@@ -538,7 +538,7 @@ class CronScheduler:
     async def _set_enabled(self, job: CronJob[Any], enabled: bool) -> Result[CronInfo, Any]:
         now = self.env.now_ms()
         # Enabling starts from now: fire times that passed while disabled are not "missed".
-        next_run_at = _next_fire(job.schedule, now) if enabled else None
+        next_run_at = next_fire(job.schedule, now) if enabled else None
         record = await self.storage.set_cron_enabled(job.name, enabled, next_run_at, now)
         if record is None:
             raise StorageError(f"cron job {job.name!r} is missing from storage; reopen the engine to store it again")
@@ -556,25 +556,16 @@ class CronScheduler:
         if record.enabled and record.next_run_at is not None:
             first: int | None = record.next_run_at
         else:
-            first = _next_fire(job.schedule, self.env.now_ms())
+            first = next_fire(job.schedule, self.env.now_ms())
         if first is None:
             return Success([])
         times = [first]
         for _ in range(n - 1):
-            following = _next_fire(job.schedule, times[-1])
+            following = next_fire(job.schedule, times[-1])
             if following is None:
                 break  # the schedule runs past the year 9999: the runs there are not shown
             times.append(following)
         return Success([to_datetime(t) for t in times if t <= LATEST_MS])
-
-
-def _next_fire(schedule: Schedule, after_ms: int) -> int | None:
-    """`schedule`'s first fire after `after_ms`, or ``None`` where there is none by `LATEST_MS`."""
-    try:
-        nxt = schedule.next_after(after_ms)
-    except SchedulerError:  # no fire left before datetime's last day
-        return None
-    return nxt if nxt <= LATEST_MS else None
 
 
 class CronsClient:
