@@ -253,22 +253,29 @@ _FORMS_LIMIT = 1024
 def plain_type(tp: object) -> bool:
     """Whether every value of exactly the class `tp` is a plain value (`is_plain`): no
     container, generator or awaitable. ``False`` for what is not a class."""
-    if not isinstance(tp, type) or tp is types.GeneratorType or tp is types.AsyncGeneratorType:
-        return False
-    return not (tp is types.CoroutineType or issubclass(tp, BaseContainer) or hasattr(tp, "__await__"))
+    return isinstance(tp, type) and _form_of(tp) is _PLAIN
+
+
+def _form_of(tp: type) -> str | None:
+    """`tp`'s form by its class alone; ``None`` for a generator's (its form is per value)."""
+    if tp is types.GeneratorType or tp is types.AsyncGeneratorType:
+        return None
+    if tp is types.CoroutineType:
+        return _AWAIT
+    if issubclass(tp, BaseContainer) or hasattr(tp, "__await__"):
+        return _OTHER  # containers and other awaitables: the isinstance chain below
+    return _PLAIN
 
 
 def _remember(tp: type) -> bool:
     """Decide `tp`'s form for the fast path; whether it was (else the value takes the slow path)."""
-    if len(_FORMS) >= _FORMS_LIMIT or tp is types.GeneratorType or tp is types.AsyncGeneratorType:
+    if len(_FORMS) >= _FORMS_LIMIT:
         return False
-    if tp is types.CoroutineType:
-        _FORMS[tp] = _AWAIT
-    elif issubclass(tp, BaseContainer) or hasattr(tp, "__await__"):
-        _FORMS[tp] = _OTHER  # containers and other awaitables: the isinstance chain below
-    else:
-        _FORMS[tp] = _PLAIN
-    return _FORMS[tp] != _OTHER
+    form = _form_of(tp)
+    if form is None:
+        return False
+    _FORMS[tp] = form
+    return form is not _OTHER
 
 
 def _from_io(value: IOResult[object, object]) -> Result[object, object]:
