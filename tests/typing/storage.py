@@ -14,7 +14,9 @@ import djobs
 import djobs.testing
 from djobs.storage import (
     Alarm,
+    CancelRequests,
     Checkin,
+    InstanceExistsError,
     InstanceLeaseLoader,
     InstanceRecord,
     MemoryStorage,
@@ -148,3 +150,34 @@ async def fire_cron_parameters(queue: QueueStorage, job: NewJob) -> None:
     await queue.fire_cron("nightly", 0, 86_400_000, 0, job, lease_ms=30_000)  # E: call-arg
     said: str = await queue.fire_cron("nightly", 0, 86_400_000, 0, job)  # E: assignment
     assert said
+
+
+# -- fire_cron's next_run_at: epoch ms, or None when the schedule has no fire left ---------
+
+
+async def fire_cron_without_a_next_fire(queue: QueueStorage, job: NewJob) -> None:
+    last: bool = await queue.fire_cron("nightly", 0, None, 0, job)
+    assert last
+    await queue.fire_cron("nightly", 0, "never", 0, job)  # E: arg-type
+    await queue.fire_cron("nightly", None, None, 0, job)  # E: arg-type
+
+
+# -- request_cancel: whether this call wrote the note (None: unknown, taken as written) ----
+
+
+async def request_cancel_answers(requests: CancelRequests) -> None:
+    wrote: bool | None = await requests.request_cancel("wf:checkout:o", "changed their mind", 0)
+    assert wrote is not False
+    first: bool = await requests.request_cancel("wf:checkout:o", None, 0)  # E: assignment
+    assert first
+
+
+# -- InstanceExistsError: the instance stored under the key, as `load` answers one ----------
+
+
+def the_stored_instance(error: InstanceExistsError) -> None:
+    stored: tuple[InstanceRecord, Alarm | None] = error.stored
+    key: str = stored[0].key
+    del key
+    record: InstanceRecord = error.stored  # E: assignment
+    del record

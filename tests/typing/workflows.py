@@ -59,6 +59,16 @@ async def use(engine: djobs.Engine) -> None:
     del receipt
     await client.signal("o", "shipped", Shipped("T"))
     await client.cancel("o", reason="changed their mind")
+    already: FutureResult[bool, djobs.JobError] = client.cancel("o").map(cancel_changed_nothing)
+    del already
+
+
+def cancel_changed_nothing(outcome: djobs.WorkflowCancelResult) -> bool:
+    """An earlier cancel was accepted and the workflow has not ended: its reason stands."""
+    cancelled: bool = outcome.cancelled
+    said: str = outcome.already_requested  # E: assignment
+    del said
+    return outcome.already_requested and not cancelled
 
 
 def tax(amount: int, rate: float) -> Result[int, str]:
