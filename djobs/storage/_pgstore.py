@@ -361,7 +361,7 @@ SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 # The statements both dialects share (``_sql``), in psycopg's placeholders.
 _UPSERT_INSTANCE = POSTGRES.text(_sql.UPSERT_INSTANCE)
-_INSERT_INSTANCE = POSTGRES.text(_sql.INSERT_INSTANCE)
+_INSERT_INSTANCE_IF_ABSENT = POSTGRES.text(_sql.INSERT_INSTANCE_IF_ABSENT)
 _LOAD = POSTGRES.text(_sql.LOAD)
 _DELETE_INSTANCE = POSTGRES.text(_sql.DELETE_INSTANCE)
 _DELETE_ALARM = POSTGRES.text(_sql.DELETE_ALARM)
@@ -731,7 +731,7 @@ def _apply(conn: Connection, checkin: Checkin) -> None:
     if (
         checkin.create
         and record is not None
-        and conn.execute(_INSERT_INSTANCE, instance_args(key, record)).fetchone() is None
+        and conn.execute(_INSERT_INSTANCE_IF_ABSENT, instance_args(key, record)).rowcount == 0
     ):
         # The key is stored (a concurrent insert of it is waited for until it commits): the
         # next statement's snapshot sees the row that won.

@@ -66,12 +66,8 @@ UPSERT_INSTANCE: Final = f"""
         execute_count = excluded.execute_count, started_at = excluded.started_at, data = excluded.data,
         updated_at = excluded.updated_at, version = excluded.version
 """
-#: A new instance, stored only if its key is free: returns a row only if it stored it.
-INSERT_INSTANCE: Final = f"""
-    INSERT INTO instances ({INSTANCE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
-    ON CONFLICT (key) DO NOTHING RETURNING 1
-"""
-#: `INSERT_INSTANCE` with nothing returned: the connection's count of changes says whether it stored.
+#: A new instance, stored only if its key is free: the count of rows it changed (SQLite's
+#: ``changes()``, a PostgreSQL cursor's ``rowcount``) says whether it stored it.
 INSERT_INSTANCE_IF_ABSENT: Final = f"""
     INSERT INTO instances ({INSTANCE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
     ON CONFLICT (key) DO NOTHING

@@ -779,9 +779,11 @@ def _apply(db: apsw.Connection, checkin: Checkin) -> None:
     """Write `checkin` (its lease already checked) in the caller's transaction."""
     key = checkin.key
     new = checkin.record if checkin.create else None
-    if new is not None and _scalar_args(db, _sql.INSERT_INSTANCE, instance_args(key, new)) is None:
-        for row in db.execute(_sql.LOAD, (key,)):
-            raise InstanceExistsError(loaded(row))
+    if new is not None:
+        db.execute(_sql.INSERT_INSTANCE_IF_ABSENT, instance_args(key, new))
+        if not db.changes():
+            for row in db.execute(_sql.LOAD, (key,)):
+                raise InstanceExistsError(loaded(row))
     if checkin.event_id is not None:
         created = checkin.record.updated_at if checkin.record else 0
         if _scalar_args(db, _sql.INSERT_EVENT_ID, (key, checkin.event_id, created)) is None:
