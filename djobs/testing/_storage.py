@@ -19,7 +19,7 @@ caller's times (``lease_clock="engine"``).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from typing import Any, Final, Protocol
 
@@ -475,19 +475,7 @@ async def _a_create_stores_once_and_never_writes_over_what_is_stored(storage: _F
     assert loaded is not None and loaded[0].state == b"1" and loaded[1] is not None and loaded[1].fire_at == 5
     assert not await storage.has_event_id(key, "e")  # nothing of the refused check-in was written
     # Many at once (a start of one id from many tasks): exactly one stores its record.
-    created: list[bytes] = []
-
-    async def create(n: int) -> None:
-        state = str(n).encode()
-        try:
-            await storage.commit(Checkin(key="workflow:w:b", record=_record("workflow:w:b", state=state), create=True))
-        except InstanceExistsError:
-            return
-        created.append(state)
-
-    async with trio.open_nursery() as nursery:
-        for n in range(10):
-            nursery.start_soon(create, n)
+    created = await _create_at_once("workflow:w:b", [storage])
     loaded = await storage.load("workflow:w:b")
     assert len(created) == 1 and loaded is not None and loaded[0].state == created[0], (created, loaded)
 
@@ -666,23 +654,28 @@ async def _two_processes_never_hold_one_instance_lease(shared_layer: StorageLaye
         assert await two.acquire_instance_lease("k", "late", now_ms=1000, ttl_ms=1000)
 
 
+async def _create_at_once(key: str, stores: Sequence[Storage]) -> list[bytes]:
+    """Ten create check-ins of `key` at once, taking turns over `stores`: the states stored
+    (each create's state is its number), the refused ones (`InstanceExistsError`) left out."""
+    created: list[bytes] = []
+
+    async def create(storage: Storage, n: int) -> None:
+        state = str(n).encode()
+        try:
+            await storage.commit(Checkin(key=key, record=_record(key, state=state), create=True))
+        except InstanceExistsError:
+            return
+        created.append(state)
+
+    async with trio.open_nursery() as nursery:
+        for n in range(10):
+            nursery.start_soon(create, stores[n % len(stores)], n)
+    return created
+
+
 async def _two_processes_never_both_create_one_instance(shared_layer: StorageLayer) -> None:
     async with shared_layer.open() as one, shared_layer.open() as two:
-        created: list[bytes] = []
-
-        async def create(storage: Storage, n: int) -> None:
-            state = str(n).encode()
-            try:
-                await storage.commit(
-                    Checkin(key="workflow:w:a", record=_record("workflow:w:a", state=state), create=True)
-                )
-            except InstanceExistsError:
-                return
-            created.append(state)
-
-        async with trio.open_nursery() as nursery:
-            for n in range(10):
-                nursery.start_soon(create, one if n % 2 else two, n)
+        created = await _create_at_once("workflow:w:a", [two, one])
         for storage in (one, two):
             loaded = await storage.load("workflow:w:a")
             assert len(created) == 1 and loaded is not None and loaded[0].state == created[0], (created, loaded)
