@@ -179,11 +179,6 @@ def _not_after_9999(when: object, fire_at: int) -> Result[int, ValidationError]:
     return Success(fire_at)
 
 
-@dataclass(slots=True, eq=False)
-class _Draft(Checkout[S]):
-    """A handler's working copy; its `encoded` is the state as validated by its last ``set_state``."""
-
-
 class _TaskContextBase(BaseContext[D_co], Generic[S, D_co]):
     """What every Task handler's context has: state, scheduling, terminate, ``event_count``."""
 
@@ -195,7 +190,7 @@ class _TaskContextBase(BaseContext[D_co], Generic[S, D_co]):
         job_name: str,
         instance_id: str,
         log: JobLog,
-        draft: _Draft[S | None],
+        draft: Checkout[S | None],
         state_type: type[S],
         scheduled_ms: int | None,
         event_count: int,
@@ -299,7 +294,7 @@ class TaskEventContext(_TaskContextBase[S, D_co]):
         job_name: str,
         instance_id: str,
         log: JobLog,
-        draft: _Draft[S | None],
+        draft: Checkout[S | None],
         state_type: type[S],
         scheduled_ms: int | None,
         event_count: int,
@@ -333,7 +328,7 @@ class TaskContext(_TaskContextBase[S, D_co]):
         job_name: str,
         instance_id: str,
         log: JobLog,
-        draft: _Draft[S | None],
+        draft: Checkout[S | None],
         state_type: type[S],
         scheduled_ms: int | None,
         event_count: int,
@@ -595,7 +590,7 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
         return self.env.event(type, record.key, KIND, self.job.name, **data)
 
     def _context(
-        self, record: InstanceRecord, draft: _Draft[S | None], log: JobLog, attempt: int
+        self, record: InstanceRecord, draft: Checkout[S | None], log: JobLog, attempt: int
     ) -> TaskContext[S, Any]:
         return TaskContext(
             self.env,
@@ -663,7 +658,7 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
             record, alarm = loaded
         match self._state(record):
             case Success(state):
-                draft: _Draft[S | None] = _Draft(state)
+                draft: Checkout[S | None] = Checkout(state)
             case Failure() as failed:
                 return failed
         count = record.event_count + 1
@@ -795,7 +790,7 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
                 record.attempt, record.status, record.updated_at = 1, "idle", env.now_ms()
                 await env.commit(Checkin(key=record.key, record=record, alarm=ClearAlarm()), events)
                 return execute_count, "failed", None
-        draft: _Draft[S | None] = _Draft(before)
+        draft: Checkout[S | None] = Checkout(before)
         ctx = self._context(record, draft, log, attempt)
         info = RunInfo(record.key, KIND, job.name, execute_count, attempt)
         outcome = await execute(
@@ -822,7 +817,7 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
         record.attempt = 1
         trigger: Trigger = "execute"
         if kind != "succeeded":
-            draft = _Draft(before)  # nothing the failed execute changed is kept
+            draft = Checkout(before)  # nothing the failed execute changed is kept
             on_error = job.on_error
             if on_error is not None:
                 assert outcome.error is not None
@@ -856,7 +851,7 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
                 match ran.result:
                     case Failure(failure):
                         self._handler_failed(record, "on_error", failure, events, err_log)
-                        draft = _Draft(before)
+                        draft = Checkout(before)
         alive, fire = await self._settle(
             record, draft, keep_ms=None, was_active=alarm is not None, trigger=trigger, events=events
         )
@@ -865,7 +860,7 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
     async def _settle(
         self,
         record: InstanceRecord,
-        draft: _Draft[S | None],
+        draft: Checkout[S | None],
         *,
         keep_ms: int | None,
         was_active: bool,
@@ -891,7 +886,7 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
         encoded = draft.encoded
         on_idle = job.on_idle
         if fire is None and was_active and on_idle is not None:
-            idle: _Draft[S | None] = _Draft(draft.state)
+            idle: Checkout[S | None] = Checkout(draft.state)
             log = self._log(record, handler="on_idle")
             ctx = self._context(record, idle, log, 1)
             ran = await run_call(
