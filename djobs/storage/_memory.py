@@ -294,7 +294,11 @@ class MemoryStorage:
     """
 
     lease_clock: Final = "engine"
-    #: The engine's loop writes (`_engine_write`) run to their end without a checkpoint (`writes_inline`).
+    #: The writes only the engine's own loops make (a claim of due alarms, their batch's
+    #: write-back, a cron fire, settles) are a bare `_transaction`, without `_write`'s
+    #: checkpoint (`writes_inline`): those loops never count on a write letting other tasks
+    #: run (each checkpoints where it goes round without sleeping). The writes user code
+    #: reaches (client verbs, a kind's commits) keep it.
     engine_writes_inline: Final = True
 
     def __init__(self, tables: _Tables | None = None) -> None:
@@ -377,14 +381,6 @@ class MemoryStorage:
             return self._transaction(fn, *args)
         finally:
             await trio.lowlevel.cancel_shielded_checkpoint()
-
-    async def _engine_write(self, fn: Callable[..., T], *args: Any) -> T:
-        """`fn` as one transaction, without `_write`'s checkpoint: for the writes only the
-        engine's own loops make (a claim of due alarms, their batch's write-back, a cron
-        fire, settles), which never count on a write letting other tasks run (each loop
-        checkpoints where it goes round without sleeping). The writes user code reaches
-        (client verbs, a kind's commits) keep it."""
-        return self._transaction(fn, *args)
 
     def _rollback(self, undo: list[tuple[Any, ...]]) -> None:
         for entry in reversed(undo):
@@ -631,7 +627,7 @@ class MemoryStorage:
         instance_lease_ms: int,
         runs_here: Callable[[str], bool],
     ) -> list[ClaimedAlarm]:
-        return await self._engine_write(
+        return self._transaction(
             self._claim_runs, now_ms, lease_ms, limit, prefixes, owner, instance_lease_ms, runs_here
         )
 
@@ -659,7 +655,7 @@ class MemoryStorage:
     async def commit_checkins(
         self, checkins: Sequence[Checkin], release_leases: bool = False
     ) -> list[Exception | None]:
-        return await self._engine_write(self._commit_many, checkins, release_leases)
+        return self._transaction(self._commit_many, checkins, release_leases)
 
     async def acquire_instance_lease(self, key: str, owner: str, now_ms: int, ttl_ms: int) -> bool:
         return await self._write(self._take_lease, key, owner, now_ms, ttl_ms)
@@ -1187,7 +1183,7 @@ class MemoryStorage:
         return [self._settle_one(s) for s in settlements]
 
     async def settle_jobs(self, settlements: Sequence[JobSettlement]) -> list[bool]:
-        return await self._engine_write(self._settle, settlements)
+        return self._transaction(self._settle, settlements)
 
     def _progress(
         self, job_id: str, worker_id: str, attempt: int, progress: int, message: str | None, now: int
@@ -1397,7 +1393,7 @@ class MemoryStorage:
         worker_id: str | None = None,
         lease_until: int | None = None,
     ) -> bool:
-        return await self._engine_write(
+        return self._transaction(
             self._fire_cron, name, expected_next_run_at, next_run_at, now, job, worker_id, lease_until
         )
 
