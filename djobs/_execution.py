@@ -78,6 +78,14 @@ def body_failure(exc: BaseException) -> JobError:
     return _as_job_error(exc)
 
 
+def holds_cancel(exc: BaseException) -> bool:
+    """Whether `exc` is a `trio.Cancelled` or a group that holds one: it belongs to a scope
+    around the task it reached, and propagates there."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(trio.Cancelled)[0] is not None
+    return isinstance(exc, trio.Cancelled)
+
+
 class TerminateSignal(RunSignal):
     """Raised by ``ctx.terminate()`` to end a run; caught by `execute`.
 

@@ -64,7 +64,7 @@ from .._errors import (
     TenantError,
     ValidationError,
 )
-from .._execution import Checkout, Env, OutcomeKind, RunInfo, execute, run_body
+from .._execution import Checkout, Env, OutcomeKind, RunInfo, execute, holds_cancel, run_body
 from .._input import MAX_LIMIT, check_interval, text_problem
 from .._limits import NO_LIMITS, RunLimits, definition_limits, offloaded
 from .._logging import JobLog, LoggingOption, check_logging, threshold
@@ -516,13 +516,6 @@ def _raise(exc: BaseException) -> NoReturn:
 
 def _same(value: object) -> object:
     return value
-
-
-def _holds_cancel(exc: BaseException) -> bool:
-    """Whether `exc` is a cancel or a group that holds one: it belongs to the task it reached."""
-    if isinstance(exc, BaseExceptionGroup):
-        return exc.split(trio.Cancelled)[0] is not None
-    return isinstance(exc, trio.Cancelled)
 
 
 async def _unreachable() -> NoReturn:
@@ -1080,7 +1073,7 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
                 try:
                     reduced = await cast("Coroutine[Any, Any, _Reduced[S]]", reduced)
                 except BaseException as exc:
-                    if _holds_cancel(exc):
+                    if holds_cancel(exc):
                         raise
                     escaped = exc  # this add's own: the adds before it are committed first
                     if raw is not None:  # the reducer may have changed the state it was given in place

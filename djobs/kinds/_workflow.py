@@ -65,7 +65,7 @@ from .._errors import (
     StorageError,
     ValidationError,
 )
-from .._execution import Pending, begin_body, body_failure, finish_body
+from .._execution import Pending, begin_body, body_failure, finish_body, holds_cancel
 from .._execution import begun as begun_with
 from .._input import check_text, clean_message, text_problem
 from .._logging import JobLog, LoggingOption, check_logging, threshold
@@ -727,7 +727,7 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
             except trio.Cancelled:
                 raise
             except BaseException as exc:
-                if run.stop is None or _holds_cancelled(exc):
+                if run.stop is None or holds_cancel(exc):
                     raise
                 body = None  # stopped at a ctx call: how is in `run.stop`
             finally:
@@ -887,14 +887,6 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
 
 #: The code of `WorkflowHandler._run`: a step looks for its frame above the body's (`Run.ends_with`).
 _RUN_CODE = WorkflowHandler._run.__code__
-
-
-def _holds_cancelled(exc: BaseException) -> bool:
-    if isinstance(exc, trio.Cancelled):
-        return True
-    if isinstance(exc, BaseExceptionGroup):
-        return exc.split(trio.Cancelled)[0] is not None
-    return False
 
 
 # -- the client --------------------------------------------------------------------------------
