@@ -809,39 +809,8 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
 
     # -- adding an event -----------------------------------------------------------------
 
-    def _reduce(
-        self, instance_id: str, event: E, state: S | None, count: int
-    ) -> tuple[bytes, S] | ValidationError | ExecutionError | Coroutine[Any, Any, _Reduced[S]]:
-        """Run ``on_event``; the new state's checked encoding, and the state freshly decoded
-        from it (or why the add fails); or, when what the reducer gave needs ``run_body``
-        (any form but a state, an exception, a timeout, ``blocking``), the coroutine that
-        finishes it, for the caller to await.
-
-        The decoded copy (not the object the reducer returned, which its code
-        may still hold or change) is what the next event's ``ctx.state`` is.
-        No `Result` and no coroutine is made on the way for a synchronous
-        reducer that returns a state: this runs once per ``add``.
-        """
-        job = self.job
-        ctx: DebounceEventContext[E, S, Any] = DebounceEventContext(
-            self.env, job.name, instance_id, self._logger, self._log_level, event, state, count, self.tenant
-        )
-        direct = self._direct_reducer
-        if direct is None:
-            reducer = self._reducer
-            return self._finish_reduce(lambda: reducer(ctx), ctx)
-        # A synchronous reducer that returns a state: taken as it is. Any other form, and
-        # an exception, goes through `run_body` with the value the reducer gave.
-        try:
-            value = direct(ctx)
-        except BaseException as exc:  # run_body makes it the add's failure, or lets a cancel through
-            return self._finish_reduce(functools.partial(_raise, exc), ctx)
-        if type(value) is job.state:
-            return self._copy_state(value)
-        return self._finish_reduce(lambda: value, ctx)
-
     async def _finish_reduce(self, call: Callable[[], object], ctx: DebounceEventContext[E, S, Any]) -> _Reduced[S]:
-        """`_reduce` for a reducer's outcome that `run_body` must finish."""
+        """The add's outcome (as a round's loop takes it) for a reducer's outcome that `run_body` must finish."""
         job = self.job
         match await run_body(call, self.env.services, self._reducer_what, job.limits):
             case Failure(error):
@@ -1040,15 +1009,21 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
             taken += 1
             created = state is None
             number = 1 if created else count + 1
+            # The new state's checked encoding and the state freshly decoded from it (the decoded
+            # copy, not the object the reducer returned, which its code may still hold or change,
+            # is the next event's ``ctx.state``), or why the add fails; or, when what the reducer
+            # gave needs `run_body` (any form but a state, an exception, a timeout, ``blocking``),
+            # the coroutine that finishes it. No `Result` and no coroutine is made on the way
+            # for a synchronous reducer that returns a state.
             reduced: _Reduced[S] | Coroutine[Any, Any, _Reduced[S]] | None = None
-            if direct is None:
-                reduced = self._reduce(pending.instance_id, pending.event, state, number)
+            ctx: DebounceEventContext[E, S, Any] = DebounceEventContext(
+                env, job.name, pending.instance_id, logger, log_level, pending.event, state, number, tenant
+            )
+            if direct is None:  # a timeout or `blocking`: `run_body` calls the reducer
+                reduced = self._finish_reduce(functools.partial(self._reducer, ctx), ctx)
             else:
-                # `_reduce` inline for a reducer called directly (no call of its own per add),
-                # with `copier`'s quick check of the state it returns (`quick_codec`).
-                ctx: DebounceEventContext[E, S, Any] = DebounceEventContext(
-                    env, job.name, pending.instance_id, logger, log_level, pending.event, state, number, tenant
-                )
+                # A reducer called directly (no call of its own per add), with `copier`'s quick
+                # check of the state it returns (`quick_codec`).
                 try:
                     value = direct(ctx)
                 except BaseException as exc:  # run_body makes it the add's failure, or lets a cancel through
