@@ -119,6 +119,7 @@ from ._workflow_log import (
     describe_workflow,
     encoder,
     error_data,
+    finished_steps,
     read_log,
     resolve_type_ref,
     short,
@@ -696,7 +697,7 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
             run.cancel_requested, run.cancel_reason = log.cancel_requested, log.cancel_reason
             if log.entries:
                 run.cancel_delivered = any(e.cancelled for e in log.entries)
-                run.steps_done = sum(1 for e in log.entries if e.kind == "step" and e.done and not e.cancelled)
+                run.steps_done = finished_steps(log)
             identity = {"job": job.name, "instance": record.instance_id, "run": record.run_count}
             jlog = JobLog(self.run_logger, self.run_log_level, identity)
             the_input = decoded(job.input, record.state or b"null", what=f"input of workflow {job.name!r}")

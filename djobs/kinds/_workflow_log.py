@@ -548,6 +548,12 @@ class WorkflowCancelResult(msgspec.Struct, frozen=True):
     already_requested: bool = False
 
 
+def finished_steps(log: StepLog) -> int:
+    """How many of `log`'s entries are finished steps (succeeded or failed for good; not a step a
+    cancel reached while it ran): the record's ``execute_count``, ``steps_finished``."""
+    return sum(1 for e in log.entries if e.kind == "step" and e.done and not e.cancelled)
+
+
 def _step_info(entry: Entry) -> StepInfo:
     return StepInfo(
         kind=entry.kind,
@@ -590,7 +596,7 @@ def describe_workflow(
     status = cast(WorkflowStatusName, record.status)
     if live is not None and status not in FINAL:
         log, status, alarm = live, "running", None
-        steps_finished = sum(1 for e in log.entries if e.kind == "step" and e.done and not e.cancelled)
+        steps_finished = finished_steps(log)
     else:
         log, steps_finished = read_log(record), record.execute_count
     pending = next((e for e in log.entries if not e.done), None)
