@@ -149,7 +149,7 @@ _UNSET: Any = object()
 _CHILD_STEP = "start child "
 _WRAPPERS = (Result, FutureResult, IOResult, RequiresContextFutureResult, Awaitable, Coroutine)
 _step_types: dict[Any, Any] = {}
-#: Result types found storable (`storable_problem`), so a step's ``result=`` is walked once.
+#: Types found storable (`_type_problem`), so a step's ``result=`` or a signal's payload type is walked once.
 _storable_types: set[Any] = set()
 _STORABLE_TYPES_LIMIT = 4096
 
@@ -168,24 +168,39 @@ def _result_type(fn: Callable[..., object], explicit: Any, step: str) -> Any:
             return cached  # checked when it was cached
         tp = _annotated_type(fn, step)
     try:
-        known = tp in _storable_types
+        known = tp in _storable_types  # `_type_problem`'s first look, inline: every step passes here
     except TypeError:  # an unhashable type is checked each time
         known = False
     if not known:
-        try:
-            decoder(tp)
-            problem = storable_problem(tp)
-        except Exception as exc:  # msgspec's TypeError, or a NameError of an annotation it cannot resolve
-            problem = describe(exc)
-        if problem is not None:
-            raise ValidationError(f"step {step!r}: its result type {tp!r} cannot be stored: {problem}")
-        if len(_storable_types) < _STORABLE_TYPES_LIMIT:
-            with contextlib.suppress(TypeError):
-                _storable_types.add(tp)
+        refused = _type_problem(tp)
+        if refused is not None:
+            raise ValidationError(f"step {step!r}: its result type {tp!r} cannot be stored: {refused[1]}")
     if explicit is _UNSET:
         with contextlib.suppress(TypeError):
             _step_types[fn] = tp
     return tp
+
+
+def _type_problem(tp: Any) -> tuple[bool, str] | None:
+    """Why values of `tp` cannot be stored and read back (a step's result, a signal's payload),
+    as ``(decodes, why)`` (``decodes`` false: msgspec cannot make a decoder for `tp`, or raised
+    reading it); ``None`` if they can, remembered in `_storable_types` so a type is walked once."""
+    try:
+        if tp in _storable_types:
+            return None
+    except TypeError:  # an unhashable type is checked each time
+        pass
+    try:
+        decoder(tp)
+        problem = storable_problem(tp)
+    except Exception as exc:  # msgspec's TypeError, or a NameError of an annotation it cannot resolve
+        return False, describe(exc)
+    if problem is not None:
+        return True, problem
+    if len(_storable_types) < _STORABLE_TYPES_LIMIT:
+        with contextlib.suppress(TypeError):
+            _storable_types.add(tp)
+    return None
 
 
 def _annotated_type(fn: Callable[..., object], step: str) -> Any:
@@ -1003,14 +1018,11 @@ class WorkflowContext(BaseContext[D_co]):
                 be stored, `timeout` or `name` is malformed (checked before the
                 log is consulted, so a replay raises it at the same call).
         """
-        try:
-            msgspec.json.Decoder(type)
-            problem = storable_problem(type)
-        except Exception as exc:  # msgspec's TypeError, or a NameError of an annotation it cannot resolve
-            raise ValidationError(
-                f"signal {name!r}: payload type {type!r} cannot be decoded: {describe(exc)}"
-            ) from None
-        if problem is not None:
+        refused = _type_problem(type)
+        if refused is not None:
+            decodes, problem = refused
+            if not decodes:
+                raise ValidationError(f"signal {name!r}: payload type {type!r} cannot be decoded: {problem}")
             raise ValidationError(f"signal {name!r}: payload type {type_name(type)!r} cannot be stored: {problem}")
         value: T | TimedOut = await self._run.wait_for_signal(name, type, timeout)
         return value
