@@ -929,6 +929,26 @@ def test_tenant_keys_print_readably_filter_and_show(capsys: pytest.CaptureFixtur
     assert run_json(capsys, "instances", "list", "--tenant", "other", *db.args) == []
 
 
+def test_cron_enable_and_next_runs_store_and_show_nothing_past_9999(
+    capsys: pytest.CaptureFixture[str], db: Built
+) -> None:
+    """Enabled from the command line on the last day djobs schedules (9999-12-30, 04:00), the
+    nightly 03:00 job has no fire left before the limit (9999-12-31 00:00): it is stored with no
+    next run, and the next runs the command line and the dashboard show stop at the limit."""
+    from djobs._clock import LATEST_MS
+    from djobs.cli import _actions
+
+    now = LATEST_MS - 20 * 60 * MINUTE  # 9999-12-30 04:00 UTC
+    assert run(capsys, "cron", "disable", "nightly", *db.args)[0] == 0
+    enabled = run_json(capsys, "cron", "enable", "nightly", *db.args, clock=FixedClock(now))
+    assert (enabled["enabled"], enabled["next_run_at"]) == (True, None)
+    record = djobs.storage.CronRecord(
+        name="nightly", job_name="greet", expression="0 3 * * *", tz="UTC", params=b"{}", enabled=False
+    )
+    assert _actions.next_runs(record, now) == []
+    assert _actions.next_runs(record, now - 24 * 60 * MINUTE) == [LATEST_MS - 21 * 60 * MINUTE]
+
+
 def test_cron_enable_disable_and_run_now(capsys: pytest.CaptureFixture[str], db: Built) -> None:
     code, out, _ = run(capsys, "cron", "disable", "nightly", *db.args)
     assert (code, out) == (0, "cron job nightly: disabled\n")

@@ -15,7 +15,7 @@ from typing import NoReturn
 
 from .._errors import StorageError, ValidationError
 from .._input import text_problem
-from .._schedule import Schedule, every, parse_cron
+from .._schedule import Schedule, every, next_fire, parse_cron
 from .._worker import CANCELLED_ERROR
 from ..storage import CronRecord, JobRecord, JobStatusName, QueueStorage
 from ..storage._base import FINAL_STATUSES, DeadLetter, DeadLetterStorage
@@ -74,12 +74,14 @@ def stored_schedule(record: CronRecord) -> Schedule:
 
 
 def next_runs(record: CronRecord, now: int, n: int = 5) -> list[int]:
-    """The next `n` fire times (epoch ms): from the stored next run if enabled, else from `now`."""
+    """The next `n` fire times (epoch ms): from the stored next run if enabled, else from `now`;
+    fewer where the schedule has none left by the year 9999's limit (`next_fire`)."""
     schedule = stored_schedule(record)
-    first = record.next_run_at if record.enabled and record.next_run_at is not None else schedule.next_after(now)
-    times = [first]
-    while len(times) < n:
-        times.append(schedule.next_after(times[-1]))
+    nxt = record.next_run_at if record.enabled and record.next_run_at is not None else next_fire(schedule, now)
+    times: list[int] = []
+    while nxt is not None and len(times) < n:
+        times.append(nxt)
+        nxt = next_fire(schedule, nxt)
     return times
 
 
@@ -133,7 +135,7 @@ async def get_cron(storage: QueueStorage, name: str) -> CronRecord:
 async def set_cron_enabled(storage: QueueStorage, name: str, enabled: bool, now: int) -> CronRecord:
     """Enable cron `name` from its next fire time after `now` (as ``client.crons.enable`` does), or disable it."""
     record = await get_cron(storage, name)
-    next_run_at = stored_schedule(record).next_after(now) if enabled else None
+    next_run_at = next_fire(stored_schedule(record), now) if enabled else None  # None: no fire left by 9999
     changed = await storage.set_cron_enabled(name, enabled, next_run_at, now)
     if changed is None:
         raise CommandError(f"cron job {name!r} was deleted meanwhile", ExitCode.NOT_FOUND)
