@@ -31,6 +31,8 @@ Handler = Callable[[], Awaitable[None]]
 OnError = Callable[[StorageError], None]
 Message = tuple[Handler, OnError | None]
 _log = logging.getLogger("djobs.engine")
+#: What a call queued on an actor behind a handler the close cut off is told (it never ran).
+NOT_STARTED_MESSAGE = "the engine closed before the call started: it was not applied"
 
 _STATE_ADVICE = "Return the new state or use ctx.set_state instead of the client, or call a different instance"
 #: What a handler that called a verb on its own instance should do instead, by kind (the context's own calls).
@@ -83,7 +85,7 @@ class Actors:
         #: its owners fill and empty by subscript, without a call.
         self.writer_scopes: dict[trio.CancelScope, None] = {}
         #: Whether `cancel_running` ran: past the grace, the close cancelled what still ran. Work
-        #: queued behind it still runs; a handler may ask this to do nothing instead.
+        #: queued behind it does not start (`_refuse_queued`): the close ends within its grace.
         self.cut_off = False
         #: The instances whose handler runs in its caller's task now (`enter`); work
         #: posted to one of them waits, its actor started only at `leave`.
@@ -433,9 +435,14 @@ class Actors:
                 self._fail_queued(key, queue, error)
                 return
             while queue:
-                handler, _ = queue.popleft()
                 if slot is None:
                     slot = await self._acquire()
+                if self.cut_off:
+                    # Past the grace nothing starts: what waited here is told it did not run.
+                    self._release(slot)
+                    self._refuse_queued(key, queue)
+                    return
+                handler, _ = queue.popleft()
                 running = _RUNNING.set(frozenset((key,)))
                 # Shielded: a cancel of the scope around the engine does not kill a running
                 # handler; `close` lets it finish for the grace period, then cancels its scope
@@ -480,13 +487,21 @@ class Actors:
         if not self._actors and not self._inline:
             self._idle.set()
 
-    def _fail_queued(self, key: str, queue: deque[Message], exc: StorageError) -> None:
+    def _refuse_queued(self, key: str, queue: deque[Message]) -> None:
+        """End `key`'s actor without running what is queued on it (the close cut off the
+        handlers past its grace): each is told, as for a lease that could not be taken, and
+        the lease, held but idle now, is given up with the others by the close."""
+        self._fail_queued(key, queue, StorageError(NOT_STARTED_MESSAGE), log=False)
+        self._leases.went_idle(key)
+
+    def _fail_queued(self, key: str, queue: deque[Message], exc: StorageError, *, log: bool = True) -> None:
         del self._actors[key]
         if not self._actors and not self._inline:
             self._idle.set()
         messages = list(queue)
         queue.clear()
-        _log.error("could not take the lease of %s: %s", key, exc.message)
+        if log:
+            _log.error("could not take the lease of %s: %s", key, exc.message)
         for _, on_error in messages:
             if on_error is not None:
                 on_error(exc)

@@ -86,33 +86,38 @@ async def test_handlers_running_past_the_grace_are_cancelled_and_nothing_of_them
 
 
 @pytest.mark.trio
-async def test_a_call_queued_behind_a_handler_the_close_cut_off_is_still_applied(
+async def test_a_call_queued_behind_a_handler_the_close_cut_off_does_not_start_and_says_so(
     autojump_clock: trio.testing.MockClock,
     layer: djobs.storage.StorageLayer,  # noqa: F811
 ) -> None:
     """Past the grace the running body is cancelled; a call its instance had queued behind it
-    still runs (under a shielded scope of its own) and is committed before the engine ends."""
+    does not start (the close ends within its grace): its caller gets a `StorageError` saying
+    it was not applied, and the instance is stored as it was."""
     done: list[str] = []
+    answers: list[object] = []
     counter = slow_counter(600, done)
-    with trio.CancelScope() as host:
-        async with open_test_engine([counter], storage=layer, shutdown_grace="10 seconds") as engine:
-            client = engine.client.continuous(counter)
-            await client.start(id="a", input=Count())
-            await trio.sleep(1)  # the 600 s body runs on the instance's actor
+    async with trio.open_nursery() as callers:  # outside the engine's scope: the caller waits for its answer
+        with trio.CancelScope() as host:
+            async with open_test_engine([counter], storage=layer, shutdown_grace="10 seconds") as engine:
+                client = engine.client.continuous(counter)
+                await client.start(id="a", input=Count())
+                await trio.sleep(1)  # the 600 s body runs on the instance's actor
 
-            async def pause() -> None:
-                await client.pause("a")
+                async def pause() -> None:
+                    answers.append(await client.pause("a"))
 
-            async with trio.open_nursery() as callers:
                 callers.start_soon(pause)
                 await trio.sleep(1)  # queued behind the body
+                closing = trio.current_time()
                 host.cancel()
                 await trio.sleep_forever()
     assert done == []
-    if repr(layer) == "memory()":
-        return  # a private memory store ends with its engine
+    assert trio.current_time() - closing < 15  # the grace and the cut-off, nothing after
+    [answer] = answers
+    error = djobs.testing.failure(answer)  # type: ignore[arg-type]
+    assert isinstance(error, djobs.StorageError) and "not applied" in error.message
     async with open_test_engine([counter], storage=layer, worker=None) as engine:
-        assert success(await engine.client.continuous(counter).status("a")).status == "stopped"
+        assert success(await engine.client.continuous(counter).status("a")).status == "running"
 
 
 @pytest.mark.trio
@@ -260,3 +265,47 @@ async def test_an_alarm_whose_handler_the_close_cut_off_fires_at_once_after_a_re
     async with open_test_engine([counter], storage=layer, shutdown_grace="1 second"):
         await trio.sleep(30)
     assert len(starts) == 2 and starts[1] - reopened < 5  # at once, not after the alarm's 5-minute lease
+
+
+class Event(msgspec.Struct):
+    n: int
+
+
+class Batch(msgspec.Struct):
+    events: list[int]
+
+
+@pytest.mark.trio
+async def test_a_flush_queued_behind_a_flush_the_close_cut_off_does_not_start_and_the_next_engine_runs_it(
+    autojump_clock: trio.testing.MockClock,
+    layer: djobs.storage.StorageLayer,  # noqa: F811
+) -> None:
+    """A full batch's flush runs on its instance's actor; its alarm (due at once) is claimed and
+    queued behind it. Past the grace the close cuts the running flush off: the flush queued behind
+    it does not start (it held the host for its whole execute), and the batch, still stored with
+    its alarm, is flushed by the next engine."""
+    flushes: list[list[int]] = []
+    finished: list[list[int]] = []
+
+    def add(ctx: djobs.DebounceEventContext[Event, Batch]) -> Batch:
+        return Batch([*(ctx.state.events if ctx.state else []), ctx.event.n])
+
+    async def send(ctx: djobs.DebounceContext[Batch]) -> None:
+        flushes.append(ctx.state.events)
+        await trio.sleep(20)
+        finished.append(ctx.state.events)
+
+    batcher = djobs.Debounce.make(
+        "batcher", event=Event, state=Batch, on_event=add, flush_after="1 hour", max_events=1, execute=send
+    )
+    async with open_test_engine([batcher], storage=layer, shutdown_grace="1 second") as engine:
+        success(await engine.client.debounce(batcher).add(id="a", event=Event(1)))
+        await trio.sleep(1)  # the posted flush runs; the alarm's flush waits behind it
+        closing = trio.current_time()
+    assert trio.current_time() - closing < 5  # the grace, the cut-off and no second execute
+    assert flushes == [[1]] and finished == []
+    async with open_test_engine([batcher], storage=layer, shutdown_grace="1 second") as engine:
+        await trio.sleep(30)
+        assert finished == [[1]]  # the batch was kept, with its alarm: flushed at once
+        status = success(await engine.client.debounce(batcher).status("a"))
+        assert status.status == "idle"
