@@ -28,6 +28,7 @@ from .._errors import (
     ValidationError,
     describe,
 )
+from .._future import VerbResult
 from .._input import check_text, clean_message, clean_text, text_problem
 from ..storage import Checkin, ClearAlarm, InstanceRecord, SetAlarm
 from ..storage._base import DeadLetter, DeadLetterKind, DeadLetterStorage, InstanceRevival, Revival
@@ -276,7 +277,7 @@ def effect(
     coroutine = run()
     if isinstance(coroutine, CoroutineType):  # always: `run` is an async def
         coroutine.__qualname__ = _verb_name(sys._getframe(1)) if verb is None else "djobs." + verb
-    return FutureResult(coroutine)
+    return VerbResult(coroutine)
 
 
 #: Why a client verb awaited outside the engine's Trio run fails (`effect`).

@@ -65,6 +65,7 @@ from .._errors import (
     ValidationError,
 )
 from .._execution import Checkout, Env, OutcomeKind, RunInfo, execute, holds_cancel, run_body
+from .._future import VerbResult
 from .._input import MAX_LIMIT, check_interval, text_problem
 from .._limits import NO_LIMITS, RunLimits, definition_limits, offloaded
 from .._logging import JobLog, LoggingOption, check_logging, threshold
@@ -1332,7 +1333,7 @@ class DebounceClient(InstanceClient[DebounceHandler[E, S]], Generic[E, S]):
                         return FutureResult.from_failure(error)
             coroutine = handler.add(instance_id, event, event_id)
             coroutine.__qualname__ = "djobs.DebounceClient.add"  # type: ignore[attr-defined]  # never awaited: named
-            return FutureResult(coroutine)
+            return VerbResult(coroutine)
         return self._verb(id, lambda h, i: h.add(i, event, event_id))
 
     def flush(
