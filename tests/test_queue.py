@@ -414,7 +414,8 @@ async def test_cancel_a_pending_job_and_retry_it(autojump_clock: trio.testing.Mo
         job_id = success(await engine.client.job(charge).later(Order("o"), delay="1 hour"))
         cancelled = success(await engine.client.jobs.cancel(job_id))
         assert cancelled == djobs.CancelResult(job_id, "cancelled")
-        assert success(await engine.client.jobs.cancel(job_id)) == djobs.CancelResult(job_id, "cancelled")
+        repeat = success(await engine.client.jobs.cancel(job_id))
+        assert repeat == djobs.CancelResult(job_id, "cancelled", already_requested=True)
         await trio.sleep(2 * 3600)
         assert rec.calls == []  # it never ran
         info = success(await engine.client.jobs.status(job_id))

@@ -441,10 +441,16 @@ class CancelResult(msgspec.Struct, frozen=True):
     runs in another process, whose worker cancels it at its next lease
     renewal), or ``completed`` / ``failed`` (it had already finished; nothing
     changed).
+
+    ``already_requested`` is true when the job was cancelled, or its cancel
+    requested, before this call: this one changed nothing (as a workflow's
+    repeated cancel says, `WorkflowCancelResult`). Two cancels at once from
+    one process give one ``already_requested=False``.
     """
 
     job_id: str
     status: Literal["cancelled", "cancel_requested", "completed", "failed"]
+    already_requested: bool = False
 
 
 class RetryResult(msgspec.Struct, frozen=True):

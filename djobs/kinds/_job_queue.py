@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
+import trio
 from returns.pipeline import is_successful
 from returns.result import Failure, Result, Success
 
@@ -123,6 +124,8 @@ class JobQueue:
         self.tenancy = tenancy
         self.handlers: dict[str, JobHandler[Any, Any]] = {}
         self.listeners: dict[str, list[JobHandler[Any, Any]]] = {}
+        #: The cancels under way in this process, by job id: a cancel of the same job waits for it (`cancel`).
+        self._cancelling: dict[str, trio.Event] = {}
 
     def add(self, handler: JobHandler[Any, Any]) -> None:
         """Register a job; two different jobs with one name raise `ValidationError`."""
@@ -372,28 +375,53 @@ class JobQueue:
         return job_info(record, self.handlers.get(record.name))
 
     async def cancel(self, scope: str | None, job_id: object) -> Result[CancelResult, Any]:
-        """Cancel a pending job, or the running attempt of one (here: at once; elsewhere: requested)."""
-        return await bind_async(await self.load(scope, job_id), self._cancel)
+        """Cancel a pending job, or the running attempt of one (here: at once; elsewhere: requested).
+
+        The cancels of one job in this process run one after another, each
+        reading the row once the one before has ended: of two at once, the
+        second finds the job cancelled (or its cancel requested) and says it
+        is a repeat (``already_requested``).
+        """
+        key = job_id if type(job_id) is str else None
+        if key is None:  # refused by `load`, which says why
+            return await bind_async(await self.load(scope, job_id), self._cancel)
+        cancelling = self._cancelling
+        while (under_way := cancelling.get(key)) is not None:
+            await under_way.wait()
+        done = cancelling[key] = trio.Event()
+        try:
+            return await bind_async(await self.load(scope, job_id), self._cancel)
+        finally:
+            del cancelling[key]
+            done.set()
 
     async def _cancel(self, record: JobRecord) -> Result[CancelResult, Any]:
         """`cancel` of the loaded row `record`."""
-        if record.status in ("completed", "failed", "cancelled"):
+        if record.status in ("completed", "failed"):
             return Success(CancelResult(record.id, record.status))
+        if record.status == "cancelled":
+            return Success(CancelResult(record.id, "cancelled", already_requested=True))
+        # Running with its cancel requested before (by another process, say): asked again, and
+        # interrupted here if it runs here, but this call is a repeat.
+        repeat = record.cancel_requested
         changed = await self.storage.cancel_job(record.id, self.env.now_ms(), CANCELLED_ERROR)
         if changed is None:
             return Failure(_job_not_found(record.id))
         if changed.status == "cancelled":
-            self.worker.emit([self.worker.event("job.cancelled", record.id, record.name, attempt=record.attempt_count)])
-            return Success(CancelResult(record.id, "cancelled"))
+            if not repeat:
+                event = self.worker.event("job.cancelled", record.id, record.name, attempt=record.attempt_count)
+                self.worker.emit([event])
+            return Success(CancelResult(record.id, "cancelled", already_requested=repeat))
         if changed.status != "running":
             return Success(CancelResult(record.id, changed.status))  # type: ignore[arg-type]  # finished meanwhile
         settled = self.worker.cancel_local(record.id)
         if settled is None:
-            return Success(CancelResult(record.id, "cancel_requested"))
+            return Success(CancelResult(record.id, "cancel_requested", already_requested=repeat))
         await settled.wait()
         after = await self.storage.get_job(record.id)
         status = after.status if after is not None else "cancelled"
-        return Success(CancelResult(record.id, status if status != "running" else "cancel_requested"))  # type: ignore[arg-type]
+        answer = status if status != "running" else "cancel_requested"
+        return Success(CancelResult(record.id, answer, already_requested=repeat))  # type: ignore[arg-type]
 
     async def retry(self, scope: str | None, job_id: object) -> Result[RetryResult, Any]:
         """Put a failed or cancelled job back to pending, due now, with a fresh attempt budget."""

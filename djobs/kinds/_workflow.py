@@ -515,8 +515,11 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
             # note it reads while its steps run (`watch_cancels`) reaches it without the lease.
             loaded = await env.storage.load(key)
             if loaded is None or loaded[0].status in FINAL:
-                status = "not_found" if loaded is None else loaded[0].status
-                return Success(WorkflowCancelResult(instance_id, False, status))
+                if loaded is None:
+                    return Success(WorkflowCancelResult(instance_id, False, "not_found"))
+                ended = loaded[0].status
+                repeat = ended == "cancelled" and read_log(loaded[0]).cancel_requested  # ended by an earlier cancel
+                return Success(WorkflowCancelResult(instance_id, False, ended, already_requested=repeat))
             if read_log(loaded[0]).cancel_requested:
                 first = False  # recorded before: a repeat
             elif await requests.request_cancel(key, reason, env.now_ms()) is False:
@@ -544,7 +547,9 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
                 )
                 if requests is not None and requested:
                     await requests.clear_cancel_request(key)
-                return Success(WorkflowCancelResult(instance_id, by_us, record.status))
+                # Ended cancelled by an earlier cancel: this one is its repeat, as before the end.
+                repeat = not by_us and record.status == "cancelled" and log.cancel_requested
+                return Success(WorkflowCancelResult(instance_id, by_us, record.status, already_requested=repeat))
             if not log.cancel_requested:
                 # A repeat that gets here first records the first cancel's reason (the live run's).
                 kept = live.cancel_reason if live is not None and not ours else reason

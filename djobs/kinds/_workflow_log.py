@@ -536,10 +536,12 @@ class WorkflowCancelResult(msgspec.Struct, frozen=True):
     ``cancelled`` if the run it reached has ended, else ``running`` (woken to
     take it, out of a sleep or a wait; ``status(id)`` says the same).
 
-    ``already_requested`` is true when an earlier cancel had been accepted
-    and the workflow has not ended yet: this one changed nothing, and the
-    first cancel's reason stands (``cancelled`` is then false). Two cancels
-    at once, from one process or several, give one ``cancelled=True``.
+    ``already_requested`` is true when an earlier cancel had been accepted,
+    whether or not the workflow has ended (``cancelled``) since: this one
+    changed nothing, and the first cancel's reason stands (``cancelled`` is
+    then false). Two cancels at once, from one process or several, give one
+    ``cancelled=True``. A queued job's cancel says the same
+    (`CancelResult.already_requested`).
     """
 
     instance_id: str

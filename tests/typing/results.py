@@ -60,3 +60,13 @@ async def count_now(client: djobs.Client) -> int | None:
 async def count_as_text(client: djobs.Client) -> str | None:
     run = djobs.unwrap_or_raise(await client.job(counter).now(Ping("x")))
     return run.result  # E: return-value
+
+
+# A cancel says whether an earlier one was accepted, as a workflow's cancel does.
+async def cancel_was_a_repeat(client: djobs.Client, job_id: str) -> bool:
+    answer = djobs.unwrap_or_raise(await client.jobs.cancel(job_id))
+    return answer.already_requested and answer.status == "cancelled"
+
+
+async def cancel_repeat_is_a_flag(client: djobs.Client, job_id: str) -> str:
+    return djobs.unwrap_or_raise(await client.jobs.cancel(job_id)).already_requested  # E: return-value

@@ -64,7 +64,7 @@ async def use(engine: djobs.Engine) -> None:
 
 
 def cancel_changed_nothing(outcome: djobs.WorkflowCancelResult) -> bool:
-    """An earlier cancel was accepted and the workflow has not ended: its reason stands."""
+    """An earlier cancel was accepted (the workflow may have ended since): its reason stands."""
     cancelled: bool = outcome.cancelled
     said: str = outcome.already_requested  # E: assignment
     del said
