@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from bisect import bisect_right
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -49,7 +50,9 @@ from ._input import check_interval
 __all__ = ["Cron", "Every", "Schedule", "cron", "every", "parse_cron"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_ORDINAL = _EPOCH.toordinal()
 _DAY = timedelta(days=1)
+_DAY_MS = 86_400_000
 _FIELDS = "minute hour day-of-month month day-of-week"
 # Candidates skipped on the way are at most the wall times of a day (1440 for a minutely
 # job), so this bound is only reached if the expression never matches, which the
@@ -413,6 +416,24 @@ def _plain_walls(fields: tuple[_Fields, ...], start: datetime) -> Iterator[datet
         day += _ONE_DAY
 
 
+def _later_that_day(fields: tuple[_Fields, ...], after_ms: int) -> int | None:
+    """The first wall time of `fields` later than `after_ms` on the same UTC day, in epoch ms,
+    or ``None`` if none is left that day (`_plain_walls` then walks the days after): an hourly
+    cron's next run, every hour but the last of a day, by arithmetic on the day's minutes."""
+    day_ms = after_ms - after_ms % _DAY_MS
+    # Wall times are whole minutes: those strictly later than `after_ms` are past its minute.
+    minute = (after_ms - day_ms) // 60_000
+    day = date.fromordinal(_EPOCH_ORDINAL + day_ms // _DAY_MS)
+    best: int | None = None
+    for one in fields:
+        if one.fires_on(day):
+            times = one.minutes_of_day
+            i = bisect_right(times, minute)
+            if i < len(times) and (best is None or times[i] < best):
+                best = times[i]
+    return None if best is None else day_ms + best * 60_000
+
+
 def _croniter_walls(plan: _Plan, start: datetime) -> Iterator[datetime]:
     """`_walls` by croniter, for fields it alone understands (``L``, ``#``, ...)."""
     walks = [croniter(walk, start, day_or=day_or) for walk, day_or in plan.walks]
@@ -496,6 +517,10 @@ class Cron:
         # Not cached on the instance, where msgspec would try to encode it; ZoneInfo keeps
         # its own cache of recently used zones, _plan its own of expressions.
         plan = _plan(self.expression).unwrap()  # the constructor checked it
+        if self.tz in _UTC_NAMES and plan.fields is not None and 0 <= after_ms < LATEST_MS:
+            same_day = _later_that_day(plan.fields, after_ms)
+            if same_day is not None:
+                return same_day
         after = _from_ms(after_ms)
         if self.tz in _UTC_NAMES:
             # No offset ever changes: the first matching wall time after `after` is the run.

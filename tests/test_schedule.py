@@ -276,6 +276,30 @@ def test_next_after_is_the_earliest_later_fire(
     assert cron(expression, tz=tz).next_after(after) == expected
 
 
+# In UTC, a run later the same day is found by arithmetic on the day's minutes, the others by
+# the calendar walk: across a year's end and a leap day, at any millisecond, on a fire time too.
+UTC_CASES = [(datetime(2026, 12, 30), datetime(2027, 1, 4)), (datetime(2028, 2, 27), datetime(2028, 3, 3))]
+UTC_EXPRESSIONS = [*MODEL_EXPRESSIONS, "0 * * * *", "59 23 * * *", "0 0 1 * *", "0 12 * * 1-5", "10 9 29 2 *"]
+
+
+@settings(deadline=None, max_examples=300)
+@given(
+    case=st.sampled_from(UTC_CASES),
+    expression=st.sampled_from(UTC_EXPRESSIONS),
+    offset_ms=st.integers(min_value=0, max_value=36 * HOUR),
+    on_a_minute=st.booleans(),
+)
+def test_next_after_in_utc_is_the_earliest_later_fire(
+    case: tuple[datetime, datetime], expression: str, offset_ms: int, on_a_minute: bool
+) -> None:
+    first, last = case
+    model = model_fires("UTC", expression, first, last)
+    after = ms(first.replace(tzinfo=UTC)) + 6 * HOUR + (offset_ms - offset_ms % MINUTE if on_a_minute else offset_ms)
+    later = model[bisect.bisect_right(model, after) :]
+    if later:  # "10 9 29 2 *" has no fire in a window without a leap day
+        assert cron(expression).next_after(after) == later[0]
+
+
 def test_lord_howe_half_hour_gap() -> None:
     lord_howe = ZoneInfo("Australia/Lord_Howe")
     schedule = cron("20,40 2 * * *", tz="Australia/Lord_Howe")
