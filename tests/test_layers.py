@@ -179,6 +179,23 @@ async def test_a_poke_while_the_loop_is_awake_ends_its_next_sleep(autojump_clock
 
 
 @pytest.mark.trio
+async def test_a_cancel_from_outside_at_the_due_time_ends_the_sleep(autojump_clock: trio.testing.MockClock) -> None:
+    # The sleep's own deadline wakes it without raising: a cancel of the caller's scope that
+    # comes at the same instant must still reach the caller (the engine's close).
+    from djobs._wakeup import Wakeup
+
+    clock = djobs.VirtualClock(datetime(2026, 1, 1, tzinfo=UTC))
+    wakeup = Wakeup(clock, poll_ms=None)
+    due = clock.now_ms() + 1000
+    reached = []
+    with trio.CancelScope(deadline=clock.trio_deadline(due)) as outer:
+        await wakeup.sleep_until(due)
+        reached.append(True)
+    assert outer.cancelled_caught
+    assert not reached
+
+
+@pytest.mark.trio
 @pytest.mark.parametrize("virtual", [True, False])
 async def test_a_sleep_says_whether_it_lasted_until_its_due_time(
     autojump_clock: trio.testing.MockClock, virtual: bool
