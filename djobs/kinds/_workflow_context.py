@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import dis
+import hashlib
 import sys
 import time
 import typing
@@ -66,6 +67,7 @@ from ..storage import (
 )
 from ..tracking import TrackedEvent
 from ._common import check_id, instance_key
+from ._job import MAX_TEXT
 from ._task import When
 from ._workflow_log import (
     FIRST_JOB_LOOK_MS,
@@ -147,6 +149,10 @@ def _returns_at_once(code: CodeType, offset: int) -> bool:
 _UNSET: Any = object()
 #: The name of the step that starts a child workflow is this, then ``name:id``.
 _CHILD_STEP = "start child "
+#: What the log names a ``ctx.job`` call's enqueue step before the job's name.
+_JOB_STEP = "enqueue job "
+#: The longest job name ``ctx.job`` takes: its enqueue step's name holds it (`MAX_CALL_NAME_LENGTH`).
+MAX_WAITED_JOB_NAME = MAX_CALL_NAME_LENGTH - len(_JOB_STEP)
 _WRAPPERS = (Result, FutureResult, IOResult, RequiresContextFutureResult, Awaitable, Coroutine)
 _step_types: dict[Any, Any] = {}
 #: Types found storable (`_type_problem`), so a step's ``result=`` or a signal's payload type is walked once.
@@ -225,6 +231,19 @@ def _annotated_type(fn: Callable[..., object], step: str) -> Any:
             continue
         break
     return tp
+
+
+def _waited_job_call(label: str, name: str, job_id: str) -> str:
+    """The log's name for a ``ctx.job`` call's wait: `label` (``<job name>:<job id>``), or, when
+    that is longer than a call's name may be, as much of the name as fits beside the id, marked
+    cut (a job's id is about 36 characters: a job name of up to 188, which its enqueue step's
+    name takes, is waited for too). Made from what a replay has again: the same on every run."""
+    if len(label) <= MAX_CALL_NAME_LENGTH:
+        return label  # as every log written before long names were waited for names it
+    keep = MAX_CALL_NAME_LENGTH - len(job_id) - 2
+    if keep > 0:
+        return f"{name[:keep]}\u2026:{job_id}"
+    return f"job {hashlib.sha256(job_id.encode()).hexdigest()}"  # an ids layer's very long job id
 
 
 def _not_a(call: str, given: object, wanted: str, instead: str) -> ValidationError:
@@ -1120,15 +1139,23 @@ class WorkflowContext(BaseContext[D_co]):
         Raises:
             ChildJobError: The job failed (its retries spent) or was cancelled.
             JobNotFoundError: `job` is not registered with this engine.
-            ValidationError: `job` is not a `Job`, `params` do not match its
-                ``params`` type, or `poll` is not a duration from 100 ms to
-                36,525 days.
+            ValidationError: `job` is not a `Job`, its name is longer than
+                188 characters (the log names the call ``enqueue job <name>``,
+                in at most 200), `params` do not match its ``params`` type,
+                or `poll` is not a duration from 100 ms to 36,525 days.
             StepFailedError: The job could not be enqueued: the storage
                 failed, or the workflow's tenant is refused (after the
                 workflow's retries).
         """
         if getattr(job, "kind", None) != "job":
             raise _not_a("ctx.job", job, "djobs.Job", "ctx.child for a workflow")
+        if len(job.name) > MAX_WAITED_JOB_NAME:
+            raise ValidationError(
+                f"ctx.job({short.repr(job.name)}): the job's name is {len(job.name)} characters long, too long for "
+                f"ctx.job: the workflow's log names the call '{_JOB_STEP}<job name>', in at most "
+                f"{MAX_CALL_NAME_LENGTH} characters, so a job a workflow waits for may have a name of at most "
+                f"{MAX_WAITED_JOB_NAME} characters"
+            )
         poll_ms = parse_duration(poll, what="poll").map(to_ms).value_or(0)
         if poll_ms < FIRST_JOB_LOOK_MS:
             raise ValidationError(
@@ -1145,13 +1172,18 @@ class WorkflowContext(BaseContext[D_co]):
             raise bad_params
         # Per job name and tenant, as idempotency keys are; the position makes each call its own.
         idempotency_key = f"workflow:{self.job_name}:{self.instance_id}:{run.position}"
+        if len(idempotency_key) > MAX_TEXT:
+            # A long instance id: the key's limit (512 characters) is not the id's. A digest of the
+            # workflow, under a prefix no key above has, stays the same on every replay.
+            digest = hashlib.sha256(f"{self.job_name}:{self.instance_id}".encode()).hexdigest()
+            idempotency_key = f"workflow-digest:{digest}:{run.position}"
 
         def enqueue() -> FutureResult[str, JobError]:
             return jobs.later(params, idempotency_key=idempotency_key)
 
-        job_id: str = await self.step(f"enqueue job {job.name}", enqueue, result=str)
+        job_id: str = await self.step(f"{_JOB_STEP}{job.name}", enqueue, result=str)
         label = f"{job.name}:{job_id}"
-        outcome = await run.await_job(label, job_id, client, poll_ms)
+        outcome = await run.await_job(_waited_job_call(label, job.name, job_id), job_id, client, poll_ms)
         return outcome.value(job.result, ChildJobError, label)
 
     def now(self) -> datetime:
