@@ -169,6 +169,41 @@ def next_fire(schedule: Schedule, after_ms: int) -> int | None:
     return nxt if nxt <= LATEST_MS else None
 
 
+def latest_fire(schedule: Schedule, first_ms: int, now_ms: int) -> int:
+    """The last of `schedule`'s runs from `first_ms` on (itself a run) that is not after `now_ms`.
+
+    A missed span coalesced into one run (a cron job's ``missed="once"``) runs for it. An
+    `Every` counts whole intervals from `first_ms`; a `Cron`, whose runs do not depend on
+    where the search starts, is looked back at from `now_ms` over a window that doubles
+    until it holds a run, then walked forward (a minute's cron missed for a year: a few
+    dozen `next_after` calls, not half a million); any other schedule is walked forward
+    from `first_ms`, at most `_MAX_STEPS` runs (the last one reached, if it stops there).
+
+    Examples:
+        >>> latest_fire(every("1 hour"), 1, 5 * 3_600_000), latest_fire(cron("0 * * * *"), 0, 5 * 3_600_000 + 1)
+        (14400001, 18000000)
+    """
+    if first_ms >= now_ms:
+        return first_ms
+    if isinstance(schedule, Every):
+        return first_ms + (now_ms - first_ms) // schedule._interval_ms * schedule._interval_ms
+    latest = first_ms
+    if isinstance(schedule, Cron):
+        window = 60_000
+        while (start := now_ms - window) > first_ms:
+            found = next_fire(schedule, start)
+            if found is not None and found <= now_ms:
+                latest = found
+                break
+            window *= 2
+    for _ in range(_MAX_STEPS):
+        following = next_fire(schedule, latest)
+        if following is None or following > now_ms:
+            break
+        latest = following
+    return latest
+
+
 def _parse_zone(tz: object) -> Result[ZoneInfo, ValidationError]:
     if not isinstance(tz, str):
         return Failure(ValidationError(f"time zone must be an IANA name such as 'Europe/Berlin', got {tz!r}"))

@@ -206,11 +206,46 @@ async def test_fire_times_missed_while_no_engine_ran(
         assert len(fires) == 1 + catch_up
         if missed == "all":
             assert sorted(fires[1:]) == [START + timedelta(hours=h) for h in range(2, 7)]  # run concurrently
+        if missed == "once":
+            assert fires[1] == START + timedelta(hours=6)  # the latest missed time, as APScheduler's coalesce
         await trio.sleep(30 * 60 + 1)
         assert fires[-1] == START + timedelta(hours=7)  # then on schedule
         assert len(fires) == 2 + catch_up
         skipped = engine.tracker.count("cron.skipped")
         assert skipped == (1 if missed == "skip" else 0)
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize(
+    ("schedule", "down_for", "latest"),
+    [
+        # Up at START + 1 s (the first fire is START + 7 min), then down for a year: 75,000 fires
+        # of a 7-minute interval missed; the one run is for the last of them, counted from the first.
+        (djobs.every("7 minutes"), timedelta(days=365), START + timedelta(minutes=7 * 75_085)),
+        # Every minute of 03:00 only, down until 10:00: the last of those minutes, not 03:00.
+        (djobs.cron("* 3 * * *"), timedelta(hours=10), START + timedelta(hours=3, minutes=59)),
+        # Every minute, down for a year: the minute before the engine came back.
+        (djobs.cron("* * * * *"), timedelta(days=365, seconds=30), START + timedelta(days=365)),
+    ],
+)
+async def test_once_runs_for_the_latest_missed_fire_time(
+    autojump_clock: trio.testing.MockClock,
+    tmp_path: Path,
+    schedule: djobs.Schedule,
+    down_for: timedelta,
+    latest: datetime,
+) -> None:
+    fires: list[datetime] = []
+    db = djobs.sqlite(tmp_path / "jobs.db")
+    job = own_body_cron("coalesced", schedule, fires, missed="once")
+    async with open_test_engine([job], storage=db):
+        await trio.sleep(1)
+    assert fires == []
+    async with open_test_engine([job], storage=db, start=START + down_for) as engine:
+        await engine.wait_idle()
+        assert fires == [latest]
+        [info] = success(await engine.client.crons.list())
+        assert info.next_run_at is not None and info.next_run_at > START + down_for
 
 
 @pytest.mark.trio

@@ -10,7 +10,9 @@ A fire time is *on time* when it is the only one that has passed and it is at
 most a minute late. Otherwise fire times were missed (no engine ran, or the
 cron was disabled), and the cron job's ``missed`` policy decides:
 
-- ``"once"`` (default): one run for the whole missed span, then on schedule;
+- ``"once"`` (default): one run for the whole missed span, for its latest fire time
+  (the last one not after now: its `CronFire.scheduled_at`, its job's scheduled time),
+  as APScheduler's ``coalesce=True`` runs; then on schedule;
 - ``"all"``: one run per missed fire time (beware long outages of frequent crons);
 - ``"skip"``: no run for the missed span; the next run is the next fire time after now.
 
@@ -42,7 +44,7 @@ from .._limits import definition_limits
 from .._logging import LoggingOption, check_logging
 from .._queue_limits import RateLimit, job_limits
 from .._retry import Retry, check_retry
-from .._schedule import Cron, Schedule, next_fire, parse_cron
+from .._schedule import Cron, Schedule, latest_fire, next_fire, parse_cron
 from .._wakeup import Wakeup
 from ..storage import CronRecord, CronSpec, QueueStorage
 from ._common import D_contra, Definition, bind_async, check_name, effect
@@ -68,7 +70,11 @@ _ENDED = "its schedule has no fire before the year 9999 ends (djobs schedules no
 
 
 class CronFire(msgspec.Struct, frozen=True):
-    """The params of a cron job's own body: which cron fired, for which fire time."""
+    """The params of a cron job's own body: which cron fired, for which fire time.
+
+    After an outage under ``missed="once"``, `scheduled_at` is the latest fire time
+    missed (the last one not after the engine's clock when it fired), not the first.
+    """
 
     cron: str
     scheduled_at: datetime
@@ -144,7 +150,9 @@ class CronJob(Definition[D_contra], Generic[D_contra]):
             execute: Instead of `job`: a body ``execute(fire, ctx)`` taking a
                 `CronFire`; it becomes a job named like the cron job.
             missed: What to do about fire times missed while no engine ran:
-                ``"once"``, ``"all"`` or ``"skip"`` (see the module notes).
+                ``"once"`` (one run, for the latest missed fire time, as
+                APScheduler's ``coalesce=True``), ``"all"`` or ``"skip"`` (see
+                the module notes).
             tenant_id: The tenant the enqueued jobs belong to.
             retry: With `execute`: the job's retry policy.
             max_attempts: With `execute`: the job's attempt budget.
@@ -412,10 +420,13 @@ class CronScheduler:
         assert due is not None
         following = next_fire(cron.schedule, due)
         on_time = (following is None or following > now) and now - due <= MISFIRE_GRACE_MS
+        fire_time = due
         if on_time or cron.missed == "all":
             run, next_run_at = True, following
         elif cron.missed == "once":
+            # One run for the span, for its latest fire time (APScheduler's coalesce does the same).
             run, next_run_at = True, next_fire(cron.schedule, now)
+            fire_time = latest_fire(cron.schedule, due, now)
         else:
             run, next_run_at = False, next_fire(cron.schedule, now)
         queue = self.queue
@@ -426,11 +437,11 @@ class CronScheduler:
             if params is None:
                 # A CronFire of a registered cron job's (checked) name and a UTC time always encodes
                 # and matches itself: encoded as `encode` would, without its validating decode.
-                params = _fire_encoder.encode(CronFire(cron.name, to_datetime(due)))
+                params = _fire_encoder.encode(CronFire(cron.name, to_datetime(fire_time)))
             match queue.row(
                 handler,
                 params,
-                scheduled_for=due,
+                scheduled_for=fire_time,
                 now=now,
                 correlation_id=f"cron:{cron.name}",
                 tenant_id=cron.tenant_id,
@@ -443,7 +454,7 @@ class CronScheduler:
                     self._log.error(
                         "cron %s: the fire due at %s enqueues nothing: %s",
                         cron.name,
-                        to_datetime(due).isoformat(),
+                        to_datetime(fire_time).isoformat(),
                         error.message,
                     )
         worker = queue.worker
@@ -462,7 +473,7 @@ class CronScheduler:
             queue.env.handoffs.end()
         if not fired:
             return 0  # another engine fired this time first
-        fired_at = to_datetime(due).isoformat()
+        fired_at = to_datetime(fire_time).isoformat()
         if next_run_at is None:
             self._log.warning("cron %s has no next fire: %s", cron.name, _ENDED)
         if row is None:
