@@ -80,6 +80,18 @@ class WallClock:
 #: Where a `VirtualClock` starts unless told.
 _DEFAULT_START = datetime(2026, 1, 1, tzinfo=UTC)
 
+#: How long, in Trio seconds, before the Trio time of an epoch time a `VirtualClock` wait for it
+#: ends. Trio wakes the tasks of one deadline in one batch in an order it draws at random, so a
+#: test's ``trio.sleep`` to the instant an alarm is due would see its run done or not by chance;
+#: a microsecond earlier, the run (which takes no Trio time) is done before the test wakes.
+_LEAD_S = 1e-6
+
+#: What a reading adds to the Trio time elapsed, in milliseconds: the lead, so a wait that ended
+#: a lead early reads the time it waited for, and as much again for float rounding (Trio's clock
+#: reads a deadline of 1.002 s as 1.0019999999999998, which whole milliseconds would floor to
+#: 1001, a millisecond early: enough for a rate limit's window to open before its time).
+_SLACK_MS = 2 * _LEAD_S * 1000
+
 
 @final
 class VirtualClock:
@@ -88,6 +100,12 @@ class VirtualClock:
     Under ``MockClock(autojump_threshold=0)`` Trio's clock jumps to the next
     deadline whenever every task is blocked, so waiting a virtual day costs
     nothing. Outside a mock clock it simply runs at real speed from `start`.
+
+    Its waits end a microsecond of Trio time before the instant they wait for
+    (which the clock then reads): work due at an instant that takes no Trio
+    time is done before a task that ``trio.sleep``-s to the same instant
+    wakes, so a test that sleeps exactly until a run is due sees it, in every
+    Trio run and test order.
 
     Args:
         start: The epoch time that the first reading maps to (aware datetime);
@@ -127,16 +145,13 @@ class VirtualClock:
         anchor = self._anchor
         if anchor is None:  # the first reading (`_trio_anchor`), inlined: this is read per wake-up
             anchor = self._anchor = now
-        elapsed = now - anchor
-        # A microsecond's slack first: Trio's float clock reads a deadline of 1.002 s as
-        # 1.0019999999999998, which whole milliseconds would floor to 1001, a millisecond
-        # early (enough for a rate limit's window to open before its time).
-        return self.start_ms + int(elapsed * 1000 + 0.001)
+        return self.start_ms + int((now - anchor) * 1000 + _SLACK_MS)
 
     def trio_deadline(self, epoch_ms: int) -> float:
-        """The Trio time at which this clock reads `epoch_ms` (give or take float rounding:
-        `sleep_until` re-checks on waking), for a cancel scope's deadline."""
-        return self._trio_anchor() + (epoch_ms - self.start_ms) / 1000
+        """The Trio time at which a wait for `epoch_ms` ends, for a cancel scope's deadline: a
+        microsecond before the Trio time of `epoch_ms`, where this clock reads it already (give
+        or take float rounding: `sleep_until` re-checks on waking)."""
+        return self._trio_anchor() + (epoch_ms - self.start_ms) / 1000 - _LEAD_S
 
     async def sleep_until(self, epoch_ms: int) -> None:
         target = self.trio_deadline(epoch_ms)

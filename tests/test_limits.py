@@ -11,7 +11,7 @@ import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +34,23 @@ class Work(msgspec.Struct):
     seconds: float = 1.0
 
 
+#: Where the test engine's virtual clock starts.
+START = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def clock_s(ctx: djobs.JobContext) -> float:
+    """Seconds since `START` on the engine's clock, which the limits are kept by (a virtual
+    clock reaches a due time a microsecond of Trio time before Trio's clock does)."""
+    return (ctx.now() - START).total_seconds()
+
+
 class Bodies:
     """What the bodies saw: who runs now, the most at once (per key), and each start's time."""
 
     def __init__(self) -> None:
         self.running: Counter[str] = Counter()
         self.most: Counter[str] = Counter()
-        self.starts: list[tuple[float, int, str, int]] = []  # (time, n, key, attempt)
+        self.starts: list[tuple[float, int, str, int]] = []  # (`clock_s`, n, key, attempt)
         self.done: list[int] = []
         self._watch: tuple[set[int], trio.Event] | None = None
 
@@ -55,7 +65,7 @@ class Bodies:
     ) -> djobs.Job[Work, None]:
         async def work(params: Work, ctx: djobs.JobContext) -> None:
             who = key(params) if key is not None else name
-            self.starts.append((trio.current_time(), params.n, who, ctx.attempt))
+            self.starts.append((clock_s(ctx), params.n, who, ctx.attempt))
             self.running[who] += 1
             self.running["*"] += 1
             self.most[who] = max(self.most[who], self.running[who])
@@ -271,7 +281,7 @@ async def test_waiting_jobs_start_as_a_slot_frees_without_polling(autojump_clock
             return await real_claim(*args, **kwargs)
 
         storage.claim_jobs = counted  # type: ignore[attr-defined]
-        begin = trio.current_time()
+        begin = (engine.clock.now_ms() - engine.clock.start_ms) / 1000
         success(await engine.client.job(job).later_many([Work(n, seconds=600) for n in range(4)]))
         await drain(engine)
     assert [round(t - begin, 3) for t, *_ in bodies.starts] == [0, 600, 1200, 1800]
@@ -292,7 +302,7 @@ async def test_a_rate_limit_holds_over_every_window(
     job = bodies.job(rate_limit="5/minute")
     worker = djobs.WorkerOptions(poll_interval=None)  # the window's end wakes the worker, not a poll
     async with storage_for(kind, tmp_path) as storage, open_test_engine([job], storage=storage, worker=worker) as e:
-        begin = trio.current_time()
+        begin = (e.clock.now_ms() - e.clock.start_ms) / 1000
         success(await e.client.job(job).later_many([Work(n, seconds=0.5) for n in range(12)]))
         await drain(e)
     assert sorted(bodies.done) == list(range(12))
@@ -400,7 +410,7 @@ async def _run_mix(storage: StorageLayer, specs: list[_Spec], jobs: list[tuple[i
             async def work(params: Work, ctx: djobs.JobContext) -> None:
                 who = f"{name}:{params.account}" if spec.keyed else name
                 starts[params.n, ctx.attempt] += 1
-                start_times.setdefault(who, []).append(trio.current_time())
+                start_times.setdefault(who, []).append(clock_s(ctx))
                 running[who] += 1
                 try:
                     assert spec.concurrency is None or running[who] <= spec.concurrency, (who, running[who])
