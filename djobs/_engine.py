@@ -17,10 +17,10 @@ from ._client import Client
 from ._clock import Clock, WallClock
 from ._dead_letters import DeadLetters
 from ._durations import DurationLike, duration, to_ms
-from ._errors import InvalidStateError, StorageError, ValidationError
+from ._errors import InvalidStateError, StorageError, ValidationError, safe_repr
 from ._execution import Env, body_failure
 from ._ids import RandomIds
-from ._input import DEFAULT_MAX_PAYLOAD_BYTES, check_count, check_interval, check_payload_limit
+from ._input import DEFAULT_MAX_PAYLOAD_BYTES, check_count, check_interval, check_payload_limit, check_seed
 from ._layers import Layers
 from ._leases import DEFAULT_INSTANCE_LEASE, InstanceLeases
 from ._retention import Retention, retention_loop
@@ -210,6 +210,34 @@ def check_definitions(definitions: Sequence[Definition[Any]]) -> None:
         seen[d.name] = d
 
 
+def check_option(value: object, cls: type, option: str, example: str) -> None:
+    """Refuse an option that is neither ``None`` nor a `cls` (the class itself too, a
+    forgotten call), naming the option and what it takes (`example`)."""
+    if value is None or isinstance(value, cls):
+        return
+    if isinstance(value, type) and issubclass(value, cls):
+        raise ValidationError(f"{option} must be a {example}, got the class itself: call it ({option}={example})")
+    raise ValidationError(f"{option} must be a {example} or None, got {type(value).__name__} {safe_repr(value):.80}")
+
+
+def check_logger(logger: object) -> logging.Logger | None:
+    """`logger` if it is a `logging.Logger` or ``None``; a logger's name given instead says how to make one."""
+    if logger is None or isinstance(logger, logging.Logger):
+        return logger
+    call = f"logging.getLogger({logger!r:.80})" if isinstance(logger, str) else "logging.getLogger(name)"
+    raise ValidationError(
+        f"logger must be a logging.Logger ({call}) or None, got {type(logger).__name__} {safe_repr(logger):.80}"
+    )
+
+
+def check_at_least(value: DurationLike, option: str, least_ms: int, least: str) -> int:
+    """The milliseconds of duration option `value`, refused if over 100 years or under `least_ms`."""
+    ms = to_ms(check_interval(duration(value, what=option), option))
+    if ms < least_ms:
+        raise ValidationError(f"{option} must be at least {least}, got {safe_repr(value):.80}")
+    return ms
+
+
 def layers_from(
     layers: Layers | None,
     *,
@@ -220,6 +248,7 @@ def layers_from(
 ) -> Layers:
     """`open_engine`'s layers: `layers` whole, or built from the single-layer arguments and their defaults."""
     if layers is None:
+        check_seed(seed)
         return Layers(
             storage=storage if storage is not None else sqlite("djobs.db"),
             clock=clock if clock is not None else WallClock(),
@@ -323,13 +352,16 @@ def open_engine(
         max_concurrency: How many instance handlers may run at once: an int
             from 1 to 2,147,483,647. Every duration here is at most 36,525 days.
         alarm_lease: How long a claimed alarm is hidden before it fires again
-            if its handler never finished (a crash).
+            if its handler never finished (a crash); at least 1 second.
         alarm_poll_interval: How often the alarm sleeper looks for alarms set
-            by other processes; ``None`` trusts this process alone.
+            by other processes (at least 1 millisecond); ``None`` trusts this
+            process alone.
         shutdown_grace: How long closing waits for running handlers.
-        seed: Seed for retry jitter and a workflow's ``ctx.random()`` (tests);
-            ``None`` is random.
-        logger: The parent logger (default ``logging.getLogger("djobs")``).
+        seed: Seed for retry jitter and a workflow's ``ctx.random()`` (tests):
+            an int; ``None`` is random.
+        logger: The parent logger, a `logging.Logger` (default
+            ``logging.getLogger("djobs")``; a name is refused: pass
+            ``logging.getLogger(name)``).
         worker: How this engine runs the job queue and cron jobs
             (`WorkerOptions`); ``None`` for a client-only process that
             enqueues and reads jobs but runs none (``now`` still runs in the
@@ -356,8 +388,12 @@ def open_engine(
             djobs runs on Trio.
         InvalidStateError: The value one call returned is entered a second
             time (each ``async with`` block needs its own call).
-        ValidationError: Two definitions share a name, an option is malformed,
-            or `layers` is given with `storage`, `clock`, `tracker` or `seed`.
+        ValidationError: Two definitions share a name, an option is malformed
+            or of the wrong kind (the message names it and what it takes; the
+            class ``djobs.WorkerOptions`` where an instance is taken, say), or
+            `layers` is given with `storage`, `clock`, `tracker` or `seed`.
+            Every option is checked when the block is entered, before
+            anything opens or runs.
         StorageError: The storage cannot be opened (a file that is not a
             djobs database, a newer schema, an unreachable server).
 
@@ -406,19 +442,24 @@ async def open_engine_as(
 ) -> AsyncIterator[EngineT]:
     """`open_engine`, yielding an `Engine` subclass (the test engine's typed attributes)."""
     require_trio("open_engine")
+    # Every option, before anything opens: a wrong one is a ValidationError naming it, not an
+    # AttributeError from deep inside, or a background task failing for as long as the engine runs.
     check_definitions(definitions)
     check_payload_limit(max_payload_bytes)
     check_count(max_concurrency, "max_concurrency")
-    lease_ms = to_ms(check_interval(duration(alarm_lease, what="alarm_lease"), "alarm_lease"))
+    lease_ms = check_at_least(alarm_lease, "alarm_lease", 1000, "1 second")
     poll_ms = (
         None
         if alarm_poll_interval is None
-        else to_ms(check_interval(duration(alarm_poll_interval, what="alarm_poll_interval"), "alarm_poll_interval"))
+        else check_at_least(alarm_poll_interval, "alarm_poll_interval", 1, "1 millisecond")
     )
     grace = check_interval(duration(shutdown_grace, what="shutdown_grace"), "shutdown_grace").total_seconds()
-    instance_lease_ms = to_ms(check_interval(duration(instance_lease, what="instance_lease"), "instance_lease"))
-    if instance_lease_ms < 1000:
-        raise ValidationError(f"instance_lease must be at least 1 second, got {instance_lease!r}")
+    instance_lease_ms = check_at_least(instance_lease, "instance_lease", 1000, "1 second")
+    logger = check_logger(logger)
+    check_option(worker, WorkerOptions, "worker", "djobs.WorkerOptions(...)")
+    check_option(retention, Retention, "retention", "djobs.Retention(...)")
+    if type(tenancy) is not str or tenancy not in ("optional", "required"):
+        raise ValidationError(f"tenancy must be 'optional' or 'required', got {safe_repr(tenancy):.80}")
     the_tracker = layers.tracker
     async with layers.storage.open() as store, trio.open_nursery() as nursery:
         # Built in dependency order, each with what it needs: the leases and the

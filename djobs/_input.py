@@ -251,12 +251,17 @@ def check_count(value: object, what: str) -> int:
 
 
 def seeded(seed: object, what: str = "seed") -> random.Random:
-    """A generator seeded with `seed` (``None``: from the OS); a seed `random.Random` cannot take
-    (a list, an object) is a `ValidationError` rather than its bare `TypeError`."""
-    try:
-        return random.Random(seed)  # type: ignore[arg-type]  # checked right here
-    except TypeError:
-        raise ValidationError(f"{what} must be an int or None, got {safe_repr(seed):.80}") from None
+    """A generator seeded with `seed` (``None``: from the OS); anything but an int or ``None`` is a
+    `ValidationError`: `random.Random` takes a float or a string too, but a NaN seeds it from the
+    NaN's identity, differently in every run, and a seed is there to make runs repeat."""
+    return random.Random(check_seed(seed, what))
+
+
+def check_seed(seed: object, what: str = "seed") -> int | None:
+    """`seed` if it is an int (not a bool) or ``None`` (raises: a definition-time literal)."""
+    if seed is not None and type(seed) is not int:
+        raise ValidationError(f"{what} must be an int or None, got {type(seed).__name__} {safe_repr(seed):.80}")
+    return seed
 
 
 def epoch_ms(moment: object, what: str) -> Result[int, ValidationError]:

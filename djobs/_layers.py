@@ -83,6 +83,11 @@ class Layers:
     def __post_init__(self) -> None:
         for name, methods in _LAYER_METHODS:
             layer = getattr(self, name)
+            if isinstance(layer, type):  # its methods are there, unbound: each call would fail later
+                raise ValidationError(
+                    f"{name} must be a {_LAYER_TYPES[name]}, got the class {layer.__name__} itself:"
+                    f" call it ({name}={layer.__name__}(...))"
+                )
             missing = [m for m in methods if not callable(getattr(layer, m, None))]
             if missing:
                 hint = ""

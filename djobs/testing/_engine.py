@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -12,9 +13,10 @@ from returns.unsafe import unsafe_perform_io
 from typing_extensions import TypeVar as DefaultTypeVar
 
 from .._clock import Clock, VirtualClock, to_datetime
-from .._engine import Engine, EnterOnce, open_engine_as, require_trio
+from .._engine import Engine, EnterOnce, open_engine, open_engine_as, require_trio
 from .._errors import ValidationError
 from .._ids import Ids, RandomIds
+from .._input import check_seed
 from .._layers import Layers
 from .._retry import JitteredRetries, RetryPolicy
 from .._worker import WorkerOptions
@@ -106,8 +108,15 @@ def open_test_engine(
         options: Passed on to `open_engine` (``worker=`` defaults to
             ``WorkerOptions(poll_interval=None)``: one process needs no polling).
     """
+    unknown = options.keys() - _ENGINE_OPTIONS
+    if unknown:  # named here: open_engine_as would name itself, at the `async with`
+        raise TypeError(
+            f"open_test_engine() got an unexpected keyword argument {min(unknown)!r}"
+            f" (it takes open_engine's: {', '.join(sorted(_ENGINE_OPTIONS))})"
+        )
     if layers is not None and not isinstance(layers, Layers):
         raise ValidationError(f"open_test_engine(layers=...) must be a djobs.Layers, got {type(layers).__name__}")
+    check_seed(seed, "open_test_engine(seed=...)")
     base = layers if layers is not None else default_layers(start, seed=seed)
     chosen = base.replace(storage=storage, clock=clock, tracker=tracker, retries=retries, ids=ids)
     # A memory layer given with the default clock keeps its virtual time from engine to engine.
@@ -117,6 +126,18 @@ def open_test_engine(
     return EnterOnce(
         _open_test_engine(definitions, layers=chosen, services=services, shared=shared, **options), "open_test_engine"
     )
+
+
+#: The options open_test_engine passes on to open_engine (those it does not take itself).
+_ENGINE_OPTIONS = frozenset(inspect.signature(open_engine).parameters) - {
+    "definitions",
+    "storage",
+    "clock",
+    "tracker",
+    "layers",
+    "services",
+    "seed",
+}
 
 
 @dataclass(slots=True)
