@@ -15,6 +15,7 @@ from typing import Protocol, final
 import trio
 from returns.result import Failure
 
+from ._errors import SchedulerError
 from ._input import epoch_ms
 
 
@@ -31,14 +32,34 @@ class Clock(Protocol):
 
 
 def to_datetime(epoch_ms: int) -> datetime:
-    """An aware UTC datetime for epoch milliseconds."""
+    """An aware UTC datetime for epoch milliseconds.
+
+    Raises:
+        SchedulerError: `epoch_ms` is after the last millisecond of the year 9999
+            (`LAST_MS`) or before the year 1: no `datetime` holds it (a clock read
+            past the end of 9999, such as a test's virtual clock slept too far).
+    """
     global _last_datetime
     last = _last_datetime
     if last[0] == epoch_ms:
         return last[1]  # asked for just before: every event of a busy millisecond is stamped with it
+    if not FIRST_MS <= epoch_ms <= LAST_MS:
+        raise SchedulerError(beyond_datetime(epoch_ms))
     moment = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
     _last_datetime = (epoch_ms, moment)
     return moment
+
+
+def beyond_datetime(epoch_ms: int, what: str = "the time") -> str:
+    """Why `epoch_ms`, a time no `datetime` holds (`to_datetime`'s `SchedulerError`), is not used:
+    `what` it is (``"the engine's clock reads"``) and what to do."""
+    if epoch_ms > LAST_MS:
+        return (
+            f"{what} {epoch_ms} ms since the epoch, after the year 9999, the last that djobs keeps "
+            "times in: nothing can be stamped with it (a test's virtual clock slept past "
+            "9999-12-31? sleep less, or start it earlier)"
+        )
+    return f"{what} {epoch_ms} ms since the epoch, before the year 1, the first that djobs keeps times in"
 
 
 #: The last `to_datetime`, as one tuple (a thread reads a whole pair, never half of two).
@@ -53,6 +74,13 @@ def to_epoch_ms(moment: datetime) -> int:
 #: The latest time djobs schedules anything for (the start of 9999-12-31 UTC): a
 #: later one could not be turned back into a `datetime`.
 LATEST_MS = 253_402_214_400_000
+
+#: The last millisecond a `datetime` holds (9999-12-31 23:59:59.999 UTC): a clock reading
+#: past it converts to none (`to_datetime` says so with a `SchedulerError`).
+LAST_MS = 253_402_300_799_999
+
+#: The first millisecond a `datetime` holds (0001-01-01 00:00 UTC).
+FIRST_MS = -62_135_596_800_000
 
 
 @final

@@ -42,7 +42,12 @@ class BaseContext(Generic[D_co]):
         self.tenant_id = tenant_id
 
     def now(self) -> datetime:
-        """The current time from the engine's clock layer, as an aware UTC datetime."""
+        """The current time from the engine's clock layer, as an aware UTC datetime.
+
+        Raises:
+            SchedulerError: The clock reads after the year 9999 (a test's virtual
+                clock slept past it): no datetime holds its time.
+        """
         return to_datetime(self._env.clock.now_ms())
 
     @property

@@ -28,8 +28,8 @@ import trio
 from returns.result import Failure, Result, Success
 
 from ._bodies import immediate, normalise
-from ._clock import LATEST_MS, Clock, to_datetime
-from ._errors import ExecutionError, JobError, JobTimeoutError, StorageError, describe, safe_repr
+from ._clock import FIRST_MS, LAST_MS, LATEST_MS, Clock, to_datetime
+from ._errors import ExecutionError, JobError, JobTimeoutError, SchedulerError, StorageError, describe, safe_repr
 from ._ids import Ids
 from ._input import DEFAULT_MAX_PAYLOAD_BYTES
 from ._limits import NO_LIMITS, RunLimits
@@ -312,15 +312,19 @@ class Env:
         return self.clock.now_ms()
 
     def event(self, type: str, key: str, kind: str, name: str, at_ms: int | None = None, **data: Any) -> TrackedEvent:
-        """A telemetry event stamped with the clock's time (or `at_ms`, a reading the caller took)."""
-        return TrackedEvent(
-            type=type,
-            instance_id=key,
-            job_type=kind,
-            job_name=name,
-            at=to_datetime(self.clock.now_ms() if at_ms is None else at_ms),
-            data=data,
-        )
+        """A telemetry event stamped with the clock's time (or `at_ms`, a reading the caller took).
+
+        A time past the year 9999 (a test's virtual clock slept past it while a run that began
+        before went on) is stamped with its last millisecond, `LAST_MS` (one before the year 1
+        with its first): an event is built where the work it tells of is done, where a
+        `SchedulerError` would have no caller to go to (every client verb is refused from
+        then on, `effect`)."""
+        at = self.clock.now_ms() if at_ms is None else at_ms
+        try:
+            stamp = to_datetime(at)
+        except SchedulerError:
+            stamp = to_datetime(LAST_MS if at > LAST_MS else FIRST_MS)
+        return TrackedEvent(type=type, instance_id=key, job_type=kind, job_name=name, at=stamp, data=data)
 
     def job_log(self, kind: str, name: str, option: LoggingOption, **extra: Any) -> JobLog:
         """The ``ctx.log`` for one run of the job `name`."""

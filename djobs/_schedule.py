@@ -42,7 +42,7 @@ from zoneinfo import ZoneInfo
 from croniter import CroniterBadDateError, CroniterError, croniter
 from returns.result import Failure, Result, Success, safe
 
-from ._clock import LATEST_MS
+from ._clock import LATEST_MS, beyond_datetime
 from ._durations import DurationLike, duration, format_duration, to_ms
 from ._errors import SchedulerError, ValidationError, raise_error
 from ._input import check_interval
@@ -162,6 +162,8 @@ def next_fire(schedule: Schedule, after_ms: int) -> int | None:
         >>> next_fire(every("1 day"), 0), next_fire(every("36525 days"), LATEST_MS - 1)
         (86400000, None)
     """
+    if after_ms >= LATEST_MS:  # a clock that went on past it: every later time is past it too
+        return None
     try:
         nxt = schedule.next_after(after_ms)
     except SchedulerError:
@@ -484,7 +486,12 @@ def _croniter_walls(plan: _Plan, start: datetime) -> Iterator[datetime]:
 
 
 def _from_ms(ms: int) -> datetime:
-    return _EPOCH + timedelta(milliseconds=ms)
+    """The UTC instant of epoch ms `ms`; `SchedulerError` past datetime's range (a clock read
+    after the year 9999, which the walk cannot start from), where datetime raised OverflowError."""
+    try:
+        return _EPOCH + timedelta(milliseconds=ms)
+    except OverflowError:
+        raise SchedulerError(beyond_datetime(ms)) from None
 
 
 def _moved(instant: datetime, by: timedelta) -> datetime:
@@ -544,6 +551,10 @@ class Cron:
 
         Returns:
             Epoch milliseconds, UTC.
+
+        Raises:
+            SchedulerError: No run time is left before datetime's last day, or
+                `after_ms` is past it (after the year 9999).
 
         Examples:
             >>> cron("30 1 * * *", tz="America/New_York").next_after(0)  # 1970-01-01 06:30 UTC

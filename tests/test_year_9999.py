@@ -15,6 +15,7 @@ import trio
 from postgres_support import STORAGE_KINDS, drop_schema, new_schema_name, postgres_dsn, storage_layer
 
 import djobs
+from djobs._schedule import next_fire
 from djobs.testing import failure, open_test_engine, success
 
 
@@ -170,3 +171,89 @@ def test_a_cron_job_whose_schedule_raises_for_no_fire_left_fires_once_then_has_n
     run_crons_on(kind, tmp_path, datetime(9998, 12, 31, 23, 30, tzinfo=UTC), scenario, caplog)
     assert datetime(9999, 1, 1, tzinfo=UTC) in fired
     assert caplog.text.count("cron new_year_cron has no next fire") == 1, caplog.text
+
+
+crossed: list[object] = []
+
+
+async def cross_the_limit(params: Count, ctx: djobs.JobContext) -> None:
+    await trio.sleep(2 * 86400)  # from 9999-12-30 to past the last instant a datetime holds
+    try:
+        crossed.append(ctx.now())
+    except djobs.SchedulerError as error:
+        crossed.append(error)
+
+
+crossing = djobs.Job.make("crossing", params=Count, execute=cross_the_limit)
+hourly = djobs.Continuous.make("hourly", state=Count, schedule=djobs.every("1 hour"), execute=tick)
+hourly_cron = djobs.Continuous.make("hourly_cron", state=Count, schedule=djobs.cron("0 * * * *"), execute=tick)
+
+
+def after_9999(outcome: Any) -> bool:
+    # A StorageError, which every verb's type allows (the engine cannot serve), saying why.
+    error = failure(outcome)
+    return (
+        isinstance(error, djobs.StorageError)
+        and "clock reads" in error.message
+        and "after the year 9999" in error.message
+    )
+
+
+@pytest.mark.parametrize("kind", STORAGE_KINDS)
+def test_a_clock_past_the_end_of_9999_refuses_verbs_and_stamps_nothing_without_a_bug(
+    kind: str, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    crossed.clear()
+
+    async def scenario(engine: Any) -> None:
+        for job in (hourly, hourly_cron):
+            assert success(await engine.client.continuous(job).start(id="c", input=Count())).created
+        success(await engine.client.job(crossing).later(Count()))
+        await trio.sleep(86400 + 1)
+        # The schedules stopped at the limit, 9999-12-31 00:00: runs from 9999-12-30 00:00 to it.
+        for job in (hourly, hourly_cron):
+            status = success(await engine.client.continuous(job).status("c"))
+            assert (status.status, status.run_count, status.next_run_at) == ("stopped", 25, None)
+        await trio.sleep(2 * 86400)  # 10000-01-02: no datetime holds the clock's time
+        # Every verb says why it is refused; none is a bug, and nothing is written.
+        assert after_9999(await engine.client.continuous(hourly).status("c"))
+        assert after_9999(await engine.client.continuous(hourly).start(id="d", input=Count()))
+        assert after_9999(await engine.client.job(crossing).later(Count()))
+        assert after_9999(await engine.client.job(crossing).now(Count()))
+        assert after_9999(await engine.client.crons.list())
+        await trio.sleep(3600)
+
+    run_on(kind, tmp_path, datetime(9999, 12, 30, tzinfo=UTC), scenario, caplog, jobs=[hourly, hourly_cron, crossing])
+    # The body that slept past it was told by ctx.now(), with the same error.
+    [error] = crossed
+    assert isinstance(error, djobs.SchedulerError) and "after the year 9999" in error.message
+
+
+def test_a_memory_layer_reopened_after_its_clock_passed_9999_refuses_verbs_without_a_bug(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    layer = djobs.memory()
+
+    async def past_the_end() -> None:
+        async with open_test_engine([hourly], storage=layer):
+            await trio.sleep(8000 * 366 * 86400)  # from 2026 to past the end of 9999
+
+    async def reopened() -> None:
+        # Its clock goes on from where the last engine on the layer left it.
+        async with open_test_engine([hourly], storage=layer) as engine:
+            assert after_9999(await engine.client.continuous(hourly).status("c"))
+
+    with caplog.at_level(logging.WARNING, logger="djobs"):
+        trio.run(past_the_end, clock=trio.testing.MockClock(autojump_threshold=0))
+        trio.run(reopened, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert not [r for r in caplog.records if "bug" in r.getMessage()], caplog.text
+
+
+def test_no_schedule_has_a_run_after_a_time_past_9999() -> None:
+    # A reading past the limit (a clock that went on) has no next run, where a cron's
+    # calendar walk raised OverflowError past datetime's last day.
+    past = 253_402_387_200_000  # 10000-01-02
+    for schedule in (djobs.every("1 hour"), djobs.cron("0 * * * *"), djobs.cron("30 1 * * *", tz="Europe/Paris")):
+        assert next_fire(schedule, past) is None
+    with pytest.raises(djobs.SchedulerError, match="after the year 9999"):
+        djobs.cron("0 * * * *").next_after(past)

@@ -17,7 +17,7 @@ from returns.future import FutureResult
 from returns.result import Failure, Result, Success
 from typing_extensions import TypeVar
 
-from .._clock import LATEST_MS
+from .._clock import LAST_MS, LATEST_MS, beyond_datetime
 from .._errors import (
     CLOSED_MESSAGE,
     ExecutionError,
@@ -241,7 +241,10 @@ def effect(
     in a thread, or no Trio run at all), `fn` does not run: the verb fails
     with `StorageError` (`FOREIGN_RUN_MESSAGE`), as its work would start
     tasks in the engine's nursery, and take its leases, from a run that is
-    not the engine's. The check is one call per verb.
+    not the engine's. The check is one call per verb. Nor does it run
+    once the engine's clock reads past the year 9999 (`LAST_MS`: a test's
+    virtual clock slept past it): the verb fails with `StorageError` saying
+    so, and nothing is written.
 
     A `JobError` raised below (storage, duplicate events) becomes a failure
     value here, at the client's edge. The coroutine is named after the verb,
@@ -258,6 +261,7 @@ def effect(
     """
 
     token = None if home is None else home.trio_token
+    clock = None if home is None else home.clock
 
     async def run() -> Result[T, Any]:
         if token is not None:
@@ -267,6 +271,10 @@ def effect(
                 foreign = True
             if foreign:
                 return foreign_run(home)
+        if clock is not None and (now := clock.now_ms()) > LAST_MS:
+            # Nothing a verb writes or reads back could be stamped with the time: refused before
+            # anything is written, as a StorageError (an engine that cannot serve) every verb may give.
+            return Failure(StorageError(beyond_datetime(now, "the engine's clock reads")))
         try:
             return await fn()
         except JobError as exc:

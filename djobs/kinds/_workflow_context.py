@@ -43,7 +43,7 @@ from returns.result import Failure, Result, Success
 from returns.unsafe import unsafe_perform_io
 
 from .._bodies import is_plain
-from .._clock import to_datetime
+from .._clock import LATEST_MS, to_datetime
 from .._codec import decode, decoder, encoded, encoded_copy, storable_problem, type_name
 from .._context import BaseContext, D_co
 from .._durations import DurationLike, parse_duration, to_ms
@@ -670,7 +670,9 @@ class Run:
         log = self.handler.step_log(self.record, name, attempt)
         if policy is not None and policy.should_retry(error) and attempt < policy.max_attempts:
             delay = env.retries.delay_before(policy, attempt + 1)
-            entry.until = env.now_ms() + max(0, round(delay.total_seconds() * 1000))
+            # Due at the latest at `LATEST_MS`, as every retry is (`_execution`): a later one has
+            # no datetime to be told in (its event, `to_datetime` past the year 9999).
+            entry.until = min(env.now_ms() + max(0, round(delay.total_seconds() * 1000)), LATEST_MS)
             entry.error = ErrorInfo.of(error)
             log.warning(
                 "step failed on attempt %d of %d, retrying in %s: %s",
@@ -1191,6 +1193,8 @@ class WorkflowContext(BaseContext[D_co]):
 
         Raises:
             ValidationError: Called while another call of this workflow is in flight.
+            SchedulerError: The clock read after the year 9999 (a test's virtual
+                clock slept past it): no datetime holds its time.
         """
         return to_datetime(self._run.recorded("now", self._env.now_ms, int))
 

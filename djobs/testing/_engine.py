@@ -12,7 +12,7 @@ from returns.io import IOFailure, IOResult, IOSuccess
 from returns.unsafe import unsafe_perform_io
 from typing_extensions import TypeVar as DefaultTypeVar
 
-from .._clock import Clock, VirtualClock, to_datetime
+from .._clock import Clock, VirtualClock
 from .._engine import Engine, EnterOnce, open_engine, open_engine_as, require_trio
 from .._errors import ValidationError
 from .._ids import Ids, RandomIds
@@ -157,7 +157,10 @@ def _layer_clock(layer: MemoryLayer, layers: Layers) -> Layers:
     kept = layer.test_clock
     if isinstance(kept, _SharedClock):
         if kept.run is not run:
-            kept.clock, kept.run = VirtualClock(to_datetime(kept.last_ms)), run
+            # From the reading itself, not a datetime of it: one past the year 9999 has none,
+            # and the new engine's verbs say so rather than its open raising.
+            kept.clock, kept.run = VirtualClock(), run
+            kept.clock.start_ms = kept.last_ms
         return layers.replace(clock=kept.clock)
     if isinstance(layers.clock, VirtualClock):
         layer.test_clock = _SharedClock(layers.clock, run, layers.clock.start_ms)
