@@ -257,3 +257,51 @@ def test_no_schedule_has_a_run_after_a_time_past_9999() -> None:
         assert next_fire(schedule, past) is None
     with pytest.raises(djobs.SchedulerError, match="after the year 9999"):
         djobs.cron("0 * * * *").next_after(past)
+
+
+async def late_sleeper(params: Count, ctx: djobs.WorkflowContext) -> str:
+    await ctx.sleep("20 hours")
+    return "woke"
+
+
+async def late_waiter(params: Count, ctx: djobs.WorkflowContext) -> str:
+    got = await ctx.wait_for_signal("go", Count, timeout="20 hours")
+    return "timed out" if isinstance(got, djobs.TimedOut) else "signalled"
+
+
+async def dated_sleeper(params: Count, ctx: djobs.WorkflowContext) -> str:
+    await ctx.sleep(datetime(9999, 12, 30, tzinfo=UTC))  # its start: over at once
+    await ctx.wait_for_signal("go", Count)
+    return "signalled"
+
+
+sleeper = djobs.Workflow.make("sleeper", input=Count, result=str, execute=late_sleeper)
+waiter = djobs.Workflow.make("waiter", input=Count, result=str, execute=late_waiter)
+dated = djobs.Workflow.make("dated", input=Count, result=str, execute=dated_sleeper)
+
+
+@pytest.mark.parametrize("kind", STORAGE_KINDS)
+def test_a_workflow_replays_a_sleep_and_a_wait_its_first_run_took_near_9999(
+    kind: str, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Started 9999-12-30 00:00, a 20-hour sleep and wait end by the limit (9999-12-31 00:00) and
+    # are taken; the replay that wakes at 20:00 (or takes the signal at 19:00) reads them again,
+    # judged from when they were first taken, not from its own time (where they would end past it).
+    async def scenario(engine: Any) -> None:
+        for workflow, id in ((sleeper, "s"), (waiter, "timed"), (waiter, "signalled")):
+            assert success(await engine.client.workflow(workflow).start(id=id, input=Count())).created
+        await trio.sleep(19 * 3600)
+        success(await engine.client.workflow(waiter).signal("signalled", "go", Count()))
+        await trio.sleep(3600 + 1)
+        assert success(await engine.client.workflow(sleeper).result("s")) == "woke"
+        assert success(await engine.client.workflow(waiter).result("timed")) == "timed out"
+        assert success(await engine.client.workflow(waiter).result("signalled")) == "signalled"
+        # A sleep until a time already past is over at once; replayed past the limit (a signal
+        # at 9999-12-31 06:00), it is the replay's time that is after it, not the sleep.
+        assert success(await engine.client.workflow(dated).start(id="d", input=Count())).created
+        await trio.sleep(6 * 3600)
+        success(await engine.client.workflow(dated).signal("d", "go", Count()))
+        await trio.sleep(1)
+        assert success(await engine.client.workflow(dated).result("d")) == "signalled"
+
+    run_on(kind, tmp_path, datetime(9999, 12, 30, tzinfo=UTC), scenario, caplog, jobs=[sleeper, waiter, dated])

@@ -111,13 +111,14 @@ def _bad_when(when: object, why: str | None = None) -> ValidationError:
     return ValidationError(f"ctx.schedule() got {_short.repr(when)}: {_ACCEPTED}{reason}")
 
 
-def resolve_when(when: object, now_ms: int) -> Result[int, ValidationError]:
+def resolve_when(when: object, now_ms: int, *, latest: int = LATEST_MS) -> Result[int, ValidationError]:
     """When ``ctx.schedule(when)`` is due, in epoch milliseconds (never before `now_ms`).
 
     Args:
         when: A `timedelta` or a duration string (a delay from now), or an
             aware `datetime`. A time in the past is due at once.
         now_ms: The current time, in epoch milliseconds.
+        latest: The latest due time accepted (`LATEST_MS`, the year 9999's limit).
 
     Returns:
         The due time, or a `ValidationError` naming the accepted forms. A
@@ -143,7 +144,7 @@ def resolve_when(when: object, now_ms: int) -> Result[int, ValidationError]:
             epoch_ms(when, "the datetime")
             .map(lambda moment: max(now_ms, moment))
             .alt(lambda error: _bad_when(when, error.message))
-            .bind(lambda fire_at: _not_after_9999(when, fire_at))
+            .bind(lambda fire_at: _not_after_9999(when, fire_at, latest))
         )
     elif isinstance(when, bool | int | float):
         return Failure(
@@ -160,7 +161,7 @@ def resolve_when(when: object, now_ms: int) -> Result[int, ValidationError]:
             parse_duration(when)
             .map(lambda delay: now_ms + to_ms(delay))
             .alt(lambda error: _bad_when(when, _why_not_a_delay(when, error)))
-            .bind(lambda fire_at: _not_after_9999(when, fire_at))
+            .bind(lambda fire_at: _not_after_9999(when, fire_at, latest))
         )
     return Failure(_bad_when(when))
 
@@ -173,8 +174,8 @@ def _why_not_a_delay(when: timedelta | str, error: ValidationError) -> str:
     return "the string is not a duration"
 
 
-def _not_after_9999(when: object, fire_at: int) -> Result[int, ValidationError]:
-    if fire_at > LATEST_MS:
+def _not_after_9999(when: object, fire_at: int, latest: int) -> Result[int, ValidationError]:
+    if fire_at > latest:
         return Failure(_bad_when(when, "that is after the year 9999"))
     return Success(fire_at)
 

@@ -497,6 +497,10 @@ class Run:
         except StorageError as exc:
             self.halt("storage", exc)
 
+    def in_log(self) -> bool:
+        """Whether the call at this position is in the log (this run replays it), before reading it."""
+        return self.position < len(self.log.entries)
+
     def next_entry(self, kind: EntryKind, name: str) -> Entry | None:
         """The recorded entry at this call's position (``None``: a new call); checks it matches."""
         if self.stop is not None:
@@ -702,7 +706,8 @@ class Run:
     async def sleep(self, when: object, name: str) -> None:
         self.guard("ctx.sleep", name)
         now = self.env.now_ms()
-        wake = resolved_when(when, now, "ctx.sleep()")  # before the log: a replay refuses it too
+        # Before the log: a replay refuses a bad `when` too (its limit was judged when first made).
+        wake = resolved_when(when, now, "ctx.sleep()", replay=self.in_log())
         entry = self.next_entry("sleep", name)
         if entry is not None and entry.done:
             return
@@ -720,8 +725,12 @@ class Run:
     async def wait_for_signal(self, name: str, tp: Any, give_up: object) -> Any:
         self.guard("ctx.wait_for_signal", name)
         now = self.env.now_ms()
-        # Before the log: a replay refuses a bad timeout too.
-        deadline = None if give_up is None else resolved_when(give_up, now, "ctx.wait_for_signal(timeout=)")
+        # Before the log: a replay refuses a bad timeout too (its limit was judged when first made).
+        deadline = (
+            None
+            if give_up is None
+            else resolved_when(give_up, now, "ctx.wait_for_signal(timeout=)", replay=self.in_log())
+        )
         entry = self.next_entry("signal", name)
         if entry is None or not entry.done:
             if entry is None:

@@ -400,20 +400,32 @@ def check_call_name(name: object, what: str) -> str:
     return checked
 
 
+#: A due time no call reaches (`resolved_when` on a replay): a delay is at most 100 years.
+_NO_LIMIT = 2**63 - 1
+
 #: Duration strings a sleep or a wait was given and found good, as milliseconds: a replay checks
 #: its call's argument again (`Run.sleep`), and a body names its delays with the same few literals.
 _delays: dict[str, int] = {}
 _DELAYS_LIMIT = 4096
 
 
-def resolved_when(when: object, now: int, call: str) -> int:
+def resolved_when(when: object, now: int, call: str, *, replay: bool = False) -> int:
     """`resolve_when` for the context call `call` (``"ctx.sleep()"``): the epoch ms `when`
-    names, or its `ValidationError` raised, naming `call`."""
+    names, or its `ValidationError` raised, naming `call`.
+
+    On a `replay` (the call is in the log) `when` is checked only for its form: whether it
+    ended after the year 9999 was judged when the call was first made, from that run's time,
+    and the log holds the time it gave. Judged again from the replay's later time, a delay
+    taken near the limit would be refused where the first run took it.
+    """
+    latest = _NO_LIMIT if replay else LATEST_MS
     if type(when) is str:
         delay = _delays.get(when)
-        if delay is not None and now + delay <= LATEST_MS:
+        if delay is not None and now + delay <= latest:
             return now + delay
-    refused = resolve_when(when, now).alt(lambda e: ValidationError(e.message.replace("ctx.schedule()", call)))
+    refused = resolve_when(when, now, latest=latest).alt(
+        lambda e: ValidationError(e.message.replace("ctx.schedule()", call))
+    )
     fire_at = unwrap_or_raise(refused)
     if type(when) is str and len(_delays) < _DELAYS_LIMIT:
         _delays[when] = fire_at - now
