@@ -3,12 +3,17 @@
 Every value is validated when it is written and when it is read back: a
 ``msgspec.Struct(...)`` call does not check its field types, so a value is
 round-tripped through its JSON form and `msgspec.json.Decoder(type)`, which
-does. Encoders and decoders are made once and reused.
+does. JSON writes many types as strings, which a ``str`` field reads back, so
+the decoded copy must also equal the value and each part be of its type
+(`inexact`): a UUID or a date given for a ``str`` field is refused, not
+stored as text. Encoders and decoders are made once and reused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import re
 from collections.abc import Callable
 from itertools import count, repeat
 from typing import Any, ForwardRef, Literal, TypeVar, cast, get_args, get_origin
@@ -17,7 +22,7 @@ import msgspec
 import msgspec.inspect
 from returns.result import Failure, Result, Success
 
-from ._errors import ValidationError, describe
+from ._errors import ValidationError, describe, safe_repr
 from ._input import DEFAULT_MAX_PAYLOAD_BYTES, strict_type, struct_mismatch
 
 T = TypeVar("T")
@@ -109,7 +114,8 @@ def encode(
 
     Accepts an instance of `tp` or a dict of its fields (anything
     ``msgspec.convert`` turns into one). Refused with a `ValidationError`: a
-    struct of another class, an unknown (misspelt) field at any depth, text a
+    struct of another class, an unknown (misspelt) field at any depth, a
+    value of another type than declared at any depth (`inexact`), text a
     storage cannot hold (a lone surrogate), and an encoding longer than
     `limit` bytes (see `djobs._input`). ``strict=False`` accepts unknown
     fields and structs of other classes whose fields fit (an event's
@@ -151,16 +157,7 @@ def encoded_copy(
 ) -> tuple[bytes, T] | ValidationError:
     """`encode_decoded` without the `Result`, for a hot path: the encoding and the fresh copy,
     or why `value` is refused."""
-    checked = _check(tp, value, what, limit, True)
-    if isinstance(checked, ValidationError):
-        return checked
-    raw, strict_value = checked
-    if type(strict_value) is tp:  # the strict copy of `tp` is `tp` itself: already the value
-        return raw, strict_value
-    try:
-        return raw, _decoder(tp).decode(raw)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        return ValidationError(f"{what} does not match {type_name(tp)}: {exc}")
+    return _check(tp, value, what, limit, True)
 
 
 def _check(tp: Any, value: object, what: str, limit: int, strict: bool) -> tuple[bytes, Any] | ValidationError:
@@ -187,16 +184,250 @@ def _check(tp: Any, value: object, what: str, limit: int, strict: bool) -> tuple
             f"{what} is {len(raw)} bytes encoded; at most {limit} are allowed "
             "(raise the engine's max_payload_bytes, or store large data elsewhere and pass a reference)"
         )
+    plan = _plans.get(tp) or _plan(tp)
     try:
-        # The validation step; also re-checks an instance built unchecked, and refuses unknown fields.
-        decoded = (_strict_decoders.get(tp) or _strict_decoder(tp) if strict else _decoder(tp)).decode(raw)
+        # The validation step; also re-checks an instance built unchecked, and refuses unknown fields
+        # (which only a dict or a struct of another class can hold: a struct-free `tp`'s own
+        # instance needs the plain decode alone).
+        if not strict or (plan.struct_free and type(value) is tp):
+            copy = plan.plain.decode(raw)
+        else:
+            copy = plan.strict.decode(raw)
+            if plan.strict_differs:
+                copy = plan.plain.decode(raw)
     except msgspec.ValidationError as exc:
-        return ValidationError(f"{what} does not match {type_name(tp)}: {exc}")
+        return ValidationError(f"{what} does not match {type_name(tp)}: {_as_passed(str(exc), value)}")
     except (msgspec.DecodeError, RecursionError, ValueError) as exc:
         return ValidationError(f"{what} cannot be stored as {type_name(tp)}: {exc}")
     except Exception as exc:  # user code msgspec calls: a struct's __post_init__, say
         return ValidationError(f"{what} does not match {type_name(tp)}: {describe(exc)}")
-    return raw, decoded
+    # Exactness: the decoded copy is what the body will receive. Equal to `value` (one C-level
+    # compare) means nothing was turned into something else, unless `tp` holds a type whose
+    # values compare equal across types (bytes and bytearray, set and frozenset, a str-valued
+    # enum and its str): then, as when they differ, `inexact` walks both and names the place.
+    try:
+        same = plan.anything or (not plan.walk and copy == value)
+    except Exception:  # a user struct's own __eq__: walk instead
+        same = False
+    if not same:
+        problem = inexact(copy, value)
+        if problem is not None:
+            return ValidationError(f"{what} does not match {type_name(tp)}: {problem}")
+    return raw, copy
+
+
+_GOT = re.compile(r"got `([^`]+)`")
+_AT = re.compile(r" - at `(\$[^`]*)`$")
+_STEP = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+#: msgspec's words for a string its type could not parse, and that type.
+_INVALID = {
+    "Invalid base64 encoded string": "bytes",
+    "Invalid RFC3339 encoded datetime": "datetime",
+    "Invalid RFC3339 encoded date": "date",
+    "Invalid RFC3339 encoded time": "time",
+    "Invalid ISO8601 duration": "timedelta",
+    "Invalid UUID": "UUID",
+    "Invalid decimal string": "Decimal",
+}
+
+
+def _as_passed(message: str, value: object) -> str:
+    """msgspec's decode error `message` naming the Python type of the value as passed, not
+    of its JSON form: ``got `str` `` for a Decimal (written as a JSON string) says
+    ``got `Decimal` ``, and "Invalid UUID" for a str passed where a UUID is declared says
+    ``Expected `UUID`, got `str` ``."""
+    at = _AT.search(message)
+    part: object = value
+    for step in _STEP.finditer(at.group(1)[1:] if at else ""):
+        name, index = step.groups()
+        try:
+            if index is not None:
+                part = part[int(index)]  # type: ignore[index]
+            elif isinstance(part, dict):
+                part = part[name]
+            elif isinstance(part, msgspec.Struct):
+                fields = {f.encode_name: f.name for f in msgspec.structs.fields(type(part))}
+                part = getattr(part, fields[name])
+            else:
+                part = getattr(part, name)
+        except Exception:  # a path this cannot follow (a dict key, `[...]`): msgspec's words
+            return message
+    actual = _kind_name(part)
+    got = _GOT.search(message)
+    if got is not None:
+        return message[: got.start(1)] + actual + message[got.end(1) :]
+    head = message[: at.start()] if at else message
+    expected = _INVALID.get(head)
+    if expected is not None or head.startswith("Invalid enum value"):
+        return f"Expected `{expected or 'a member of the enum'}`, got `{actual}` ({head})" + (
+            message[at.start() :] if at else ""
+        )
+    return message
+
+
+class _Plan:
+    """How `_check` validates values of one type, worked out once per type."""
+
+    __slots__ = ("anything", "plain", "strict", "strict_differs", "struct_free", "walk")
+
+    def __init__(self, tp: Any) -> None:
+        self.plain = _decoder(tp)
+        strict = strict_type(tp)
+        self.strict = self.plain if strict is tp else _strict_decoder(tp)
+        #: The strict decode gives the strict copy's instances: the plain decode gives the body's.
+        self.strict_differs = strict is not tp
+        #: A struct whose fields hold no struct: its own instance cannot hold an unknown field.
+        self.struct_free = _struct_free(tp)
+        #: Equality alone cannot tell a value of the wrong type here (`equal_across_types`).
+        self.walk = equal_across_types(tp)
+        #: `tp` is ``Any`` (a signal's payload, whose type only its receiver names): anything
+        #: JSON can hold is taken as its JSON form. (A field typed ``Any`` is checked: what it
+        #: holds must come back as itself.)
+        self.anything = tp is Any or tp is object
+
+
+_plans: dict[Any, _Plan] = {}
+
+
+def _plan(tp: Any) -> _Plan:
+    plan = _Plan(tp)
+    with contextlib.suppress(TypeError):  # an unhashable type is not cached
+        _plans[tp] = plan
+    return plan
+
+
+def equal_across_types(tp: Any) -> bool:
+    """Whether a value of `tp` may compare equal to a value of another type that msgspec decodes
+    as one (``bytearray(b"a") == b"a"``, ``{1} == frozenset({1})``, ``Decimal(1) == 1``, a
+    str-valued enum's member and its str, a named tuple and a tuple), so equality alone cannot
+    show that a value passed for `tp` is of its type."""
+    try:
+        info = msgspec.inspect.type_info(tp)
+    except Exception:  # a type msgspec cannot describe: check every value the long way
+        return True
+    seen: set[int] = set()
+    todo: list[object] = [info]
+    i = msgspec.inspect
+    while todo:
+        node = todo.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(
+            node,
+            i.BytesType
+            | i.ByteArrayType
+            | i.MemoryViewType
+            | i.SetType
+            | i.FrozenSetType
+            | i.DecimalType
+            | i.NamedTupleType,
+        ):
+            return True
+        if isinstance(node, i.EnumType) and getattr(node.cls, "_member_type_", object) is not object:
+            return True  # an IntEnum's, a StrEnum's member equals its value
+        if isinstance(node, i.Field):
+            todo.append(node.type)
+        elif isinstance(node, i.Type):
+            for field in node.__struct_fields__:
+                value = getattr(node, field)
+                if isinstance(value, tuple):
+                    todo.extend(value)
+                else:
+                    todo.append(value)
+    return False
+
+
+def inexact(copy: object, value: object) -> str | None:
+    """Where `value` differs from `copy`, its decoded copy as the declared type, worded as
+    msgspec words a mismatch (``Expected `str`, got `UUID` - at `$.name` ``), or ``None``.
+
+    A value is exact when it is an instance of the type its copy has (an int where a float is
+    declared, as msgspec's strict mode takes it, too) and equal to its copy; a struct (or a
+    dict of its fields, a dataclass) and a container are compared part by part.
+    """
+    todo: list[tuple[Any, Any, str]] = [(copy, value, "$")]
+    while todo:
+        c, v, path = todo.pop()
+        kind = type(c)
+        parts: list[tuple[Any, Any, str]] = []
+        if isinstance(c, msgspec.Struct):
+            fields = msgspec.structs.fields(kind)
+            if isinstance(v, dict):
+                given = [v.get(f.encode_name, _MISSING) for f in fields]
+            elif isinstance(v, list | tuple) and kind.__struct_config__.array_like:
+                given = [*v, *[_MISSING] * (len(fields) - len(v))]
+            elif isinstance(v, msgspec.Struct) or dataclasses.is_dataclass(v) or hasattr(type(v), "__attrs_attrs__"):
+                given = [getattr(v, f.name, _MISSING) for f in fields]
+            else:
+                return _expected(c, v, path)
+            parts = [
+                (getattr(c, f.name), g, f"{path}.{f.encode_name}")
+                for f, g in zip(fields, given, strict=False)
+                if g is not _MISSING
+            ]
+        elif kind is dict:
+            if not isinstance(v, dict):
+                return _expected(c, v, path)
+            if len(c) != len(v):  # two keys the declared key type makes one ({1: .., "1": ..})
+                return f"Two keys are one key as the declared key type - at `{path}`"
+            for (ck, cv), (vk, vv) in zip(c.items(), v.items(), strict=True):  # msgspec keeps their order
+                problem = _leaf(ck, vk, f"{path}[{vk!r:.40}] (a key)")
+                if problem is not None:
+                    return problem
+                parts.append((cv, vv, f"{path}[{vk!r:.40}]"))
+        elif kind is list or kind is tuple:
+            if not isinstance(v, kind) or len(c) != len(v):
+                return _expected(c, v, path)
+            parts = [(ci, vi, f"{path}[{n}]") for n, (ci, vi) in enumerate(zip(c, v, strict=True))]
+        elif kind is set or kind is frozenset:
+            if not isinstance(v, kind):
+                return _expected(c, v, path)
+            if c != v:
+                odd = next((item for item in v if item not in c), None)
+                return f"Expected the set's items as declared, got `{_kind_name(odd)}` - at `{path}[...]`"
+            copies = {ci: ci for ci in c}
+            for item in v:  # equal sets: each item's type
+                problem = _leaf(copies[item], item, f"{path}[...]")
+                if problem is not None:
+                    return problem
+        elif dataclasses.is_dataclass(c):
+            if type(v) is not kind and not isinstance(v, dict):
+                return _expected(c, v, path)
+            for name in (f.name for f in dataclasses.fields(c)):
+                g = v.get(name, _MISSING) if isinstance(v, dict) else getattr(v, name, _MISSING)
+                if g is not _MISSING:
+                    parts.append((getattr(c, name), g, f"{path}.{name}"))
+        else:
+            problem = _leaf(c, v, path)
+            if problem is not None:
+                return problem
+        todo.extend(reversed(parts))  # the first part is looked at first
+    return None
+
+
+_MISSING = object()
+
+
+def _leaf(c: object, v: object, path: str) -> str | None:
+    kind = type(c)
+    if isinstance(v, kind) or (kind is float and type(v) is not bool and isinstance(v, int)):
+        with contextlib.suppress(Exception):  # a value's own __eq__: worded below
+            if c == v:
+                return None
+        return (
+            f"{safe_repr(v):.60} does not keep its value as `{_kind_name(c)}` "
+            f"(it becomes {safe_repr(c):.60}) - at `{path}`"
+        )
+    return _expected(c, v, path)
+
+
+def _expected(c: object, v: object, path: str) -> str:
+    return f"Expected `{_kind_name(c)}`, got `{type(v).__name__}` - at `{path}`"
+
+
+def _kind_name(c: object) -> str:
+    return "None" if c is None else type(c).__name__
 
 
 def non_finite(value: object) -> str | None:
@@ -300,7 +531,7 @@ def copier(
     quick check refuses, goes through `encode_decoded`, which words the error.
     """
     plain = _decoder(tp)
-    quick = _struct_free(tp)
+    quick = _struct_free(tp) and not equal_across_types(tp)
 
     def copy(value: object) -> tuple[bytes, T] | ValidationError:
         if quick and type(value) is tp:
@@ -311,7 +542,9 @@ def copier(
                 if len(raw) <= limit and (
                     (b"null" not in raw and b'nan":' not in raw and b'inf":' not in raw) or non_finite(value) is None
                 ):
-                    return raw, plain.decode(raw)
+                    decoded = plain.decode(raw)
+                    if decoded == value:  # nothing was turned into another type (`_check`)
+                        return raw, decoded
             except Exception:  # refused (or user code msgspec calls raised): worded below
                 pass
         match encode_decoded(tp, value, what=what, limit=limit):
@@ -332,11 +565,13 @@ def quick_codec(tp: type[T]) -> tuple[Callable[[object], bytes], Callable[[bytes
     For a path that runs the check inline rather than through `copier`'s
     function (a Debounce ``add``, per event and per state): only for a value
     whose type is exactly `tp`, the encoding within the payload limit and, if
-    it holds ``null``, the value no nan or ±inf (`non_finite`); whatever it
-    refuses or raises goes to `copier`'s function, which words the error.
-    ``None`` unless `tp` is a struct whose fields hold no struct at any depth.
+    it holds ``null``, the value no nan or ±inf (`non_finite`), and the decoded
+    copy equal to the value (nothing turned into another type, as `_check`
+    demands); whatever it refuses or raises goes to `copier`'s function, which
+    words the error. ``None`` unless `tp` is a struct whose fields hold no
+    struct at any depth, nor a type equality cannot tell apart (`equal_across_types`).
     """
-    if not _struct_free(tp):
+    if not _struct_free(tp) or equal_across_types(tp):
         return None
     return _encoder.encode, cast("Callable[[bytes], T]", _decoder(tp).decode)
 

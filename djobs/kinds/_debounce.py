@@ -672,7 +672,9 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
                         (b"null" not in raw and b'nan":' not in raw and b'inf":' not in raw)
                         or non_finite(event) is None
                     ):
-                        checked_event = quick[1](raw)
+                        decoded = quick[1](raw)
+                        if decoded == event:  # nothing turned into another type (`quick_codec`)
+                            checked_event = decoded
                 except Exception:  # refused (or user code msgspec calls raised): the copier words it
                     pass
             if checked_event is None:
@@ -1038,7 +1040,9 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
                                     (b"null" not in new_raw and b'nan":' not in new_raw and b'inf":' not in new_raw)
                                     or non_finite(value) is None
                                 ):
-                                    reduced = new_raw, quick[1](new_raw)
+                                    decoded = quick[1](new_raw)
+                                    if decoded == value:  # nothing turned into another type (`quick_codec`)
+                                        reduced = new_raw, decoded
                             except Exception:  # refused (or user code msgspec calls raised): the copier words it
                                 pass
                         if reduced is None:
