@@ -137,6 +137,15 @@ class AlarmSleeper:
         self._inline = self._runs is not None and writes_inline(storage)
         #: The Trio time of the claim whose leases' renewal waits for `_renew_deferred`.
         self._deferred_since: float | None = None
+        #: The claimed alarms whose handlers have not finished, by id (back-pressure). An alarm
+        #: set again is rewritten in place, keeping its id, and one whose handler outlives its
+        #: alarm lease is claimed again meanwhile (queued behind it on the instance's actor): a
+        #: second claim of one id counts once here, and the first handler's end un-counts it,
+        #: so back-pressure admits one more alarm while it waits. That is all the id keying
+        #: changes: whether a claim fires is decided by its handler comparing the whole alarm
+        #: (id, fire_at, purpose) with the stored one (`Alarm`), never by this set, so a claim
+        #: of a rewritten alarm is neither skipped nor run twice; and a close releases rows by
+        #: id, which only makes a row due at its own fire time, always safe.
         self._claimed: set[int] = set()
         #: Set by `keep_claims` once the close starts cancelling handlers: from then on an
         #: alarm whose handler ends is remembered in `_cut_off`, to be released on close.
