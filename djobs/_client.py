@@ -11,7 +11,8 @@ from ._dead_letters import DeadLetters, DeadLettersClient
 from ._durations import DurationLike
 from ._errors import StorageError, TenantError, ValidationError
 from ._event import Event
-from .kinds._common import effect
+from ._execution import Env
+from .kinds._common import effect, refused
 from .kinds._continuous import Continuous, ContinuousClient, ContinuousHandler
 from .kinds._cron import CronScheduler, CronsClient
 from .kinds._debounce import Debounce, DebounceClient, DebounceHandler
@@ -59,8 +60,10 @@ class Client:
         crons: CronScheduler | None = None,
         dead_letters: DeadLetters | None = None,
         tenant_id: str | None = None,
+        home: Env | None = None,
     ) -> None:
         self._handlers = handlers
+        self._home = home  # the engine's env: a verb of a client without a handler fails as its verbs do
         self._queue = queue
         self._crons = crons
         self._dead_letters = dead_letters
@@ -85,7 +88,12 @@ class Client:
             ```
         """
         return Client(
-            self._handlers, queue=self._queue, crons=self._crons, dead_letters=self._dead_letters, tenant_id=tenant_id
+            self._handlers,
+            queue=self._queue,
+            crons=self._crons,
+            dead_letters=self._dead_letters,
+            tenant_id=tenant_id,
+            home=self._home,
         )
 
     def _job_queue(self) -> JobQueue:
@@ -101,10 +109,10 @@ class Client:
         """The verbs of a one-off job: now, later, batch."""
         if self._queue is None:
             name = job if isinstance(job, str) else job.name
-            return JobClient(name, None, None)
+            return JobClient(name, None, None, home=self._home)
         name, handler = self._queue.handler(job)
         missing = None if handler is not None else self._missing(job, name, "job")
-        return JobClient(name, handler, self._queue, self._tenant_id, missing=missing)
+        return JobClient(name, handler, self._queue, self._tenant_id, missing=missing, home=self._home)
 
     @property
     def jobs(self) -> JobsClient:
@@ -203,7 +211,7 @@ class Client:
         """
         queue, scope = self._queue, self._tenant_id
         if queue is None:
-            return FutureResult.from_failure(StorageError("this engine's storage layer does not hold a job queue"))
+            return refused(StorageError("this engine's storage layer does not hold a job queue"), self._home)
         return effect(
             lambda: queue.send_event(
                 scope,
@@ -236,7 +244,7 @@ class Client:
         if there is none, why (`_missing`)."""
         name, handler = self._handler(job, kind)
         missing = None if handler is not None else self._missing(job, name, wanted)
-        return {"name": name, "handler": handler, "missing": missing}
+        return {"name": name, "handler": handler, "missing": missing, "home": self._home}
 
     def _missing(self, job: object, name: str, wanted: str) -> str | None:
         """Why no `wanted` job is found for `job` (a definition or a name), when the engine knows

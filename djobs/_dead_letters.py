@@ -30,7 +30,7 @@ from ._clock import to_datetime
 from ._durations import DurationLike, parse_duration, to_ms
 from ._errors import InstanceNotFoundError, InvalidStateError, StorageError, ValidationError
 from ._input import check_text
-from .kinds._common import bind_async, check_id, effect
+from .kinds._common import bind_async, check_id, effect, refused
 from .kinds._job import JobErrorInfo
 from .kinds._job_queue import JobQueue
 from .storage._base import DeadLetter, DeadLetterFilter, DeadLetterKind, DeadLetterStorage, InstanceRevival, Revival
@@ -323,8 +323,9 @@ class DeadLettersClient:
         """
         box, scope = self._letters, self._tenant
         if scope is not None:
-            return FutureResult.from_failure(
-                ValidationError("purging dead letters is for every tenant at once; use a client without a tenant")
+            return refused(
+                ValidationError("purging dead letters is for every tenant at once; use a client without a tenant"),
+                box.env,
             )
         return effect(lambda: box.purge(older_than), box.env)
 

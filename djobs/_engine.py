@@ -513,7 +513,9 @@ async def open_engine_as(
                 env, store, nursery, handlers, worker, tenancy, runtime.owner, alarm_wakeup
             )
             # Before any body can run (an alarm due at startup, a claimed job): ctx.client is this.
-            client = Client(handlers, queue=queue, crons=crons, dead_letters=DeadLetters(runtime, handlers, queue))
+            client = Client(
+                handlers, queue=queue, crons=crons, dead_letters=DeadLetters(runtime, handlers, queue), home=env
+            )
             env.clients.fill(client)
             if runtime.fires_alarms:
                 if retention is not None:
@@ -555,6 +557,7 @@ async def open_engine_as(
                     closing.start_soon(runtime.close, grace)
                     if queue_worker is not None:
                         closing.start_soon(queue_worker.close, grace)
+                env.clients.closed = True  # nothing of the engine runs now: every verb is refused
                 try:
                     await the_tracker.aclose()
                 except BaseException as exc:  # a user's tracker: logged, never an escape (`body_failure`)

@@ -228,13 +228,16 @@ class ClientSlot:
     the engine fills it once, before it yields (so before any user code runs).
     """
 
-    __slots__ = ("_client", "closing")
+    __slots__ = ("_client", "closed", "closing")
 
     def __init__(self) -> None:
         self._client: TenantClients | None = None
         #: Whether the engine has begun to close: a verb awaited from another run then fails
         #: as every verb of a closed engine does (`djobs.kinds._common.foreign_run`).
         self.closing = False
+        #: Whether the engine has closed (its handlers ended): every verb then fails with the
+        #: closed engine's `StorageError`, whatever it would have done (`djobs.kinds._common.effect`).
+        self.closed = False
 
     def fill(self, client: TenantClients) -> None:
         """Give the engine's client; a second fill is a bug (`RuntimeError`)."""

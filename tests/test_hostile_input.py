@@ -25,7 +25,6 @@ import djobs.storage
 import djobs.testing
 import djobs.tracking
 from djobs._clock import to_datetime
-from djobs._errors import CLOSED_MESSAGE
 from djobs.storage._inspect import is_dsn
 from djobs.testing import failure, open_test_engine, success
 
@@ -1067,51 +1066,6 @@ async def test_the_payload_limit_is_an_engine_option(autojump_clock: trio.testin
         with pytest.raises(djobs.ValidationError, match="max_payload_bytes"):
             async with open_test_engine(typed_jobs, max_payload_bytes=bad):
                 pass  # pragma: no cover
-
-
-# -- after close ---------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("kind", STORAGE_KINDS)
-def test_every_verb_of_a_closed_engine_gives_the_same_storage_error(kind: str, tmp_path: Any) -> None:
-    schema = new_schema_name() if kind == "postgres" else None
-
-    async def scenario() -> None:
-        async with open_test_engine(text_jobs, storage=storage_layer(kind, str(tmp_path), schema)) as engine:
-            client = engine.client
-            job_id = await seed(engine, "before")
-        verbs = [
-            client.continuous(watcher).start(id="a", input=Named("x")),
-            client.continuous(watcher).status("w-before"),
-            client.continuous(watcher).get_state("w-before"),
-            client.continuous(watcher).terminate("w-before"),
-            client.debounce(gatherer).add(id="a", event=Named("x")),
-            client.debounce(gatherer).status("g-before"),
-            client.debounce(gatherer).flush("g-before"),
-            client.task(keeper).send(id="a", event=Named("x")),
-            client.task(keeper).get_state("k-before"),
-            client.job(greeter).later(Named("x")),
-            client.job(greeter).later_many([Named("x")]),
-            client.job(greeter).now(Named("x")),
-            client.job(greeter).batch([Named("x")]),
-            client.send_event("greet", Named("x")),
-            client.jobs.status(job_id),
-            client.jobs.cancel(job_id),
-            client.jobs.retry(job_id),
-            client.jobs.list(),
-            client.crons.list(),
-            client.crons.get("nightly-greeting"),
-            client.crons.disable("nightly-greeting"),
-        ]
-        for verb in verbs:
-            error = djobs.testing.failure(await verb)
-            assert error == djobs.StorageError(CLOSED_MESSAGE), error
-
-    try:
-        trio.run(scenario)
-    finally:
-        if schema is not None:
-            drop_schema(postgres_dsn() or "", schema)
 
 
 # -- unbounded arithmetic -----------------------------------------------------------------------

@@ -244,7 +244,10 @@ def effect(
     not the engine's. The check is one call per verb. Nor does it run
     once the engine's clock reads past the year 9999 (`LAST_MS`: a test's
     virtual clock slept past it): the verb fails with `StorageError` saying
-    so, and nothing is written.
+    so, and nothing is written. Awaited once `home`'s engine has closed, `fn`
+    does not run either: the verb fails with the closed engine's
+    `StorageError` (`CLOSED_MESSAGE`), even one that would have written
+    nothing, so no verb answers for an engine that is gone.
 
     A `JobError` raised below (storage, duplicate events) becomes a failure
     value here, at the client's edge. The coroutine is named after the verb,
@@ -262,6 +265,7 @@ def effect(
 
     token = None if home is None else home.trio_token
     clock = None if home is None else home.clock
+    slot = None if home is None else home.clients
 
     async def run() -> Result[T, Any]:
         if token is not None:
@@ -271,6 +275,8 @@ def effect(
                 foreign = True
             if foreign:
                 return foreign_run(home)
+        if slot is not None and slot.closed:  # whatever the verb would do: even one that writes nothing
+            return Failure(StorageError(CLOSED_MESSAGE))
         if clock is not None and (now := clock.now_ms()) > LAST_MS:
             # Nothing a verb writes or reads back could be stamped with the time: refused before
             # anything is written, as a StorageError (an engine that cannot serve) every verb may give.
@@ -344,8 +350,11 @@ class InstanceClient(Generic[H]):
         *,
         tenant_required: bool = False,
         missing: str | None = None,
+        home: Env | None = None,
     ) -> None:
         self._name = name
+        #: The engine's env, for the verbs of a client without a handler (`refused`).
+        self._home = home
         #: Why there is no handler, if the client knows better than "not registered" (`not_registered`).
         self._missing = missing
         self._handler = handler.scoped(tenant) if isinstance(handler, TenantScoped) else handler
@@ -355,13 +364,14 @@ class InstanceClient(Generic[H]):
     def _verb(self, instance_id: object, fn: Callable[[H, str], Awaitable[Result[T, Any]]]) -> FutureResult[T, Any]:
         handler = self._handler
         if handler is None:
-            return not_registered(self._name, self._missing)
+            return not_registered(self._name, self._missing, self._home)
         if self._tenant_missing:
-            return FutureResult.from_failure(
+            return refused(
                 TenantError(
                     "this engine requires a tenant (tenancy='required'): "
                     "use client.for_tenant(...) for the verbs of an instance"
-                )
+                ),
+                handler.env,
             )
         tenant = getattr(handler, "tenant", None)
         # The client's tenant id, then the instance id: the first bad one is the verb's failure.
@@ -376,18 +386,26 @@ class InstanceClient(Generic[H]):
         return effect(lambda: bind_async(checked, lambda i: fn(handler, i)), handler.env)
 
 
-def not_registered(name: str, message: str | None = None) -> FutureResult[Any, JobNotFoundError]:
-    """The result of every verb of a client for a job the engine does not know (`message`, if
-    given, says why: the name is another kind's, or another definition's)."""
+def not_registered(
+    name: str, message: str | None = None, home: Env | None = None
+) -> FutureResult[Any, JobNotFoundError | StorageError]:
+    """The result of every verb of a client for a job the engine (`home`'s) does not know
+    (`message`, if given, says why: the name is another kind's, or another definition's)."""
+    return refused(JobNotFoundError(name, message), home)
 
-    async def fail() -> Result[Any, JobNotFoundError]:
-        return Failure(JobNotFoundError(name, message))
 
-    return effect(fail, None)
+def refused(error: E, home: Env | None) -> FutureResult[Any, E | StorageError]:
+    """A verb that fails with `error` without doing anything, once awaited: through `effect`, so
+    it fails as every verb does outside the engine's run and once the engine (`home`'s) closed."""
+
+    async def fail() -> Result[Any, E]:
+        return Failure(error)
+
+    return effect(fail, home)
 
 
 #: What `effect` looks past to name the verb.
-_HELPERS = frozenset({InstanceClient._verb.__code__, not_registered.__code__})
+_HELPERS = frozenset({InstanceClient._verb.__code__, not_registered.__code__, refused.__code__})
 
 
 class StateResult(msgspec.Struct, Generic[S], frozen=True):

@@ -89,6 +89,7 @@ from ._common import (
     foreign_run,
     instance_dead_letter,
     instance_key,
+    refused,
     revive_letter,
     unreadable_state,
 )
@@ -642,14 +643,17 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         A `JobError` raised below is its failure and any other exception (a bug) a logged
         `StorageError`, as `effect` answers them: the client awaits this coroutine itself.
         """
-        token = self.env.trio_token
-        if token is not None:  # `effect`'s check: the client awaits this coroutine itself
+        env = self.env
+        token = env.trio_token
+        if token is not None:  # `effect`'s checks: the client awaits this coroutine itself
             try:
                 foreign = trio.lowlevel.current_trio_token() is not token
             except RuntimeError:  # awaited outside any Trio run
                 foreign = True
             if foreign:
-                return foreign_run(self.env)
+                return foreign_run(env)
+        if env.clients.closed:
+            return Failure(StorageError(CLOSED_MESSAGE))
         pending: _QueuedAdd[E] | None = None
         try:
             # Matches, not a Result.do: every add passes here, and a generator would cost more than the checks.
@@ -1334,7 +1338,7 @@ class DebounceClient(InstanceClient[DebounceHandler[E, S]], Generic[E, S]):
                     case Success(checked):
                         instance_id = checked
                     case Failure(error):
-                        return FutureResult.from_failure(error)
+                        return refused(error, handler.env)
             coroutine = handler.add(instance_id, event, event_id)
             coroutine.__qualname__ = "djobs.DebounceClient.add"  # type: ignore[attr-defined]  # never awaited: named
             return VerbResult(coroutine)

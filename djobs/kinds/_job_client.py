@@ -36,7 +36,7 @@ from ._job_queue import (
 from ._job_runner import JobHandler
 
 if TYPE_CHECKING:
-    pass
+    from .._execution import Env
 
 
 class JobClient(Generic[P, R]):
@@ -56,9 +56,11 @@ class JobClient(Generic[P, R]):
         tenant: str | None = None,
         *,
         missing: str | None = None,
+        home: Env | None = None,
     ) -> None:
         self._name = name
         self._missing = missing  # why there is no handler, if known better than "not registered"
+        self._home = home  # the engine's env, for the verbs of a client without a handler
         self._handler = handler
         self._queue = queue
         self._tenant = tenant
@@ -83,7 +85,7 @@ class JobClient(Generic[P, R]):
         """
         h, q = self._handler, self._queue
         if h is None or q is None:
-            return not_registered(self._name, self._missing)
+            return not_registered(self._name, self._missing, self._home)
 
         async def start(checked: tuple[bytes, str | None, str | None]) -> Result[JobRun[R], Any]:
             raw, tenant, correlation = checked
@@ -135,7 +137,7 @@ class JobClient(Generic[P, R]):
         """
         h, q = self._handler, self._queue
         if h is None or q is None:
-            return not_registered(self._name, self._missing)
+            return not_registered(self._name, self._missing, self._home)
 
         async def run() -> Result[str, Any]:
             # A match, not Result.do over the checks: this is the enqueue's hot path, and the
@@ -170,7 +172,7 @@ class JobClient(Generic[P, R]):
         """
         h, q = self._handler, self._queue
         if h is None or q is None:
-            return not_registered(self._name, self._missing)
+            return not_registered(self._name, self._missing, self._home)
 
         async def run() -> Result[list[str], Any]:
             if (refused := _not_a_sequence(params_list, "later_many")) is not None:
@@ -241,7 +243,7 @@ class JobClient(Generic[P, R]):
         """
         h, q = self._handler, self._queue
         if h is None or q is None:
-            return not_registered(self._name, self._missing)
+            return not_registered(self._name, self._missing, self._home)
 
         async def run() -> Result[list[JobRun[R]], Any]:
             if (refused := _not_a_sequence(params_list, "batch")) is not None:

@@ -57,6 +57,7 @@ from returns.result import Failure, Result, Success
 from .._bodies import Returns, check_arity
 from .._codec import check_storable, decode, decoded, encode, encoded
 from .._errors import (
+    CLOSED_MESSAGE,
     DuplicateEventError,
     InstanceNotFoundError,
     InvalidStateError,
@@ -979,6 +980,8 @@ async def _start(
             foreign = True
         if foreign:
             return foreign_run(handler.env)
+    if handler.env.clients.closed:  # `effect`'s check
+        return Failure(StorageError(CLOSED_MESSAGE))
     try:
         match check_id(instance_id):
             case Success(checked):
