@@ -49,7 +49,7 @@ from typing_extensions import TypeVar
 
 from .._bodies import Done, Returns, check_body
 from .._clock import LATEST_MS, to_datetime
-from .._codec import check_storable, copier, decode, non_finite, quick_codec
+from .._codec import check_storable, copier, decode, may_hide_non_finite, non_finite, quick_codec
 from .._context import BaseContext, D_co
 from .._durations import DurationLike, duration, to_ms
 from .._errors import (
@@ -672,10 +672,7 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
                     raw = quick[0](event)
                     # A null (or a "nan": key) may be a nan msgspec wrote so (`non_finite`): the
                     # copier refuses one.
-                    if len(raw) <= self._limit and (
-                        (b"null" not in raw and b'nan":' not in raw and b'inf":' not in raw)
-                        or non_finite(event) is None
-                    ):
+                    if len(raw) <= self._limit and (may_hide_non_finite(raw) is None or non_finite(event) is None):
                         decoded = quick[1](raw)
                         if decoded == event:  # nothing turned into another type (`quick_codec`)
                             checked_event = decoded
@@ -1041,8 +1038,7 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
                             try:
                                 new_raw = quick[0](value)
                                 if len(new_raw) <= limit and (
-                                    (b"null" not in new_raw and b'nan":' not in new_raw and b'inf":' not in new_raw)
-                                    or non_finite(value) is None
+                                    may_hide_non_finite(new_raw) is None or non_finite(value) is None
                                 ):
                                     decoded = quick[1](new_raw)
                                     if decoded == value:  # nothing turned into another type (`quick_codec`)
