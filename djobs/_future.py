@@ -49,28 +49,18 @@ _set = object.__setattr__  # the containers are immutable: returns sets their sl
 _INNER = BaseContainer.__dict__["_inner_value"]
 
 
-class _Running:
-    """The state of a `VerbResult` whose first await is running."""
-
-    __slots__ = ()
-
-
-_RUNNING = _Running()
-
-
 # returns marks FutureResult @final for type checkers only (it is an ordinary class at runtime);
 # this subclass is a FutureResult in every respect the type promises, so it stays private and is
 # typed as a FutureResult wherever it is returned.
 class VerbResult(FutureResult[V, E]):  # type: ignore[misc]
     """A ``FutureResult`` of `coroutine`, which returns a ``Result``: awaited, its ``IOResult``.
 
-    ``_state`` is the coroutine until the first await starts, `_RUNNING`
-    while it runs, then the answer (an ``IOResult``).
+    ``_state`` is the coroutine until its first await is answered, then the answer (an ``IOResult``).
     """
 
     __slots__ = ("_state",)
 
-    _state: Coroutine[Any, Any, Result[V, E]] | _Running | IOResult[V, E]
+    _state: Coroutine[Any, Any, Result[V, E]] | IOResult[V, E]
 
     def __init__(self, coroutine: Coroutine[Any, Any, Result[V, E]]) -> None:
         _set(self, "_state", coroutine)
@@ -78,17 +68,13 @@ class VerbResult(FutureResult[V, E]):  # type: ignore[misc]
     def __await__(self) -> Generator[Any, Any, IOResult[V, E]]:
         state = self._state
         if type(state) is not CoroutineType:  # not `isinstance(state, IOResult)`: an ABC's check costs calls
-            if state is _RUNNING:
-                raise RuntimeError(
-                    "this FutureResult is being awaited by another task already: await it again once that await is done"
-                )
             return state  # type: ignore[return-value]  # the answer
-        _set(self, "_state", _RUNNING)
-        try:
-            result = yield from state.__await__()
-        except BaseException:
-            _set(self, "_state", state)  # spent: awaiting it again raises, as returns' own does
-            raise
+        if state.cr_suspended:  # what a slot set and reset around the first await would say, without them
+            raise RuntimeError(
+                "this FutureResult is being awaited by another task already: await it again once that await is done"
+            )
+        # A coroutine spent by a first await that raised (a cancel) raises RuntimeError here, as returns' does.
+        result = yield from state.__await__()
         if type(result) is Success:
             # `IOResult.from_result`'s answer without its calls: an IOSuccess holding this Success.
             answer: IOResult[V, E] = _new(IOSuccess)
