@@ -522,3 +522,11 @@ async def test_a_fire_stamps_its_events_before_the_body_and_the_job_s_end_after_
         [run] = success(await engine.client.jobs.list(correlation_id="cron:hourly"))
         info = success(await engine.client.jobs.status(run.id))
         assert (info.status, info.completed_at) == ("completed", fire + timedelta(milliseconds=250))
+
+
+@pytest.mark.parametrize("tenant_id", ["", "t" * 513, "a\x00b"], ids=["empty", "513-characters", "nul"])
+def test_a_cron_jobs_tenant_id_is_checked_as_an_enqueues_is(tenant_id: str) -> None:
+    """Its fires' jobs are stored under it: one longer than 512 characters (or holding NUL) is
+    refused at definition, as ``later(tenant_id=...)`` refuses it, not at each fire's enqueue."""
+    with pytest.raises(djobs.ValidationError, match="CronJob 'nightly': tenant_id"):
+        own_body_cron("nightly", djobs.cron("0 3 * * *"), [], tenant_id=tenant_id)

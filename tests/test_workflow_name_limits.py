@@ -134,3 +134,56 @@ def test_ctx_job_at_the_limits_on_every_storage(kind: str, length: int, id_lengt
     finally:
         if schema is not None:
             drop_schema(postgres_dsn() or "", schema)
+
+
+#: A tenant id of 400 four-byte characters (1,600 UTF-8 bytes): its keys come near what a stored key may hold.
+WIDE_TENANT = "\U0001d11e" * 400
+
+
+@pytest.mark.parametrize("kind", STORAGE_KINDS)
+def test_a_child_whose_keys_are_too_long_to_store_is_refused_at_the_call(kind: str, tmp_path: Any) -> None:
+    """The child's key, and its parent's beside it (the event id of the child's outcome), are
+    at most 2,600 UTF-8 bytes: a longer pair is refused at ``ctx.child``, on every storage (it
+    failed on PostgreSQL only, past an index's limit, and ran elsewhere)."""
+    child = djobs.Workflow.make("child", input=Nothing, result=int, execute=child_body)
+    flow = parent_of(child, "\U0001d11e" * 150)
+    schema = new_schema_name() if kind == "postgres" else None
+
+    async def scenario() -> None:
+        async with open_test_engine([child, flow], storage=storage_layer(kind, str(tmp_path), schema)) as engine:
+            client = engine.client.for_tenant(WIDE_TENANT).workflow(flow)
+            success(await client.start(id="p", input=Nothing()))
+            await trio.sleep(60)
+            status = success(await client.status("p"))
+            assert status.status == "failed" and status.error is not None, status
+            assert status.error["tag"] == "validation", status.error
+            assert "UTF-8 bytes; at most 2600" in status.error["message"], status.error
+
+    try:
+        trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
+    finally:
+        if schema is not None:
+            drop_schema(postgres_dsn() or "", schema)
+
+
+@pytest.mark.parametrize("kind", STORAGE_KINDS)
+def test_ctx_job_of_a_workflow_whose_idempotency_key_is_too_long_to_store_enqueues_under_a_digest(
+    kind: str, tmp_path: Any
+) -> None:
+    job = djobs.Job.make("j", params=Nothing, result=int, execute=one)
+    flow = waiting_for(job)
+    schema = new_schema_name() if kind == "postgres" else None
+
+    async def scenario() -> None:
+        async with open_test_engine([job, flow], storage=storage_layer(kind, str(tmp_path), schema)) as engine:
+            client = engine.client.for_tenant(WIDE_TENANT).workflow(flow)
+            workflow_id = "\U0001d11e" * 200  # with the tenant id, its key is 2,418 bytes: storable
+            success(await client.start(id=workflow_id, input=Nothing()))
+            await trio.sleep(60)
+            assert success(await client.result(workflow_id)) == 2
+
+    try:
+        trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
+    finally:
+        if schema is not None:
+            drop_schema(postgres_dsn() or "", schema)

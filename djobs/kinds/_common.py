@@ -75,6 +75,34 @@ _log = logging.getLogger("djobs.client")
 #: Longest instance id accepted, in characters.
 MAX_ID_LENGTH = 512
 
+#: The most UTF-8 bytes of what one stored key is made of (an instance's key, with an event id
+#: beside it; a job's idempotency key with its name and tenant id). PostgreSQL's btree indexes
+#: take rows of at most 2,704 bytes: a longer key failed there as a lost connection. Every
+#: storage refuses it, so what runs on one runs on all. Only ids of many non-ASCII characters
+#: come near it: ASCII ones, at their longest, make about 1,800 bytes.
+MAX_KEY_BYTES = 2600
+
+
+#: What an instance's key is made of, for `key_problem`'s error (without a tenant, with one).
+KEY_FIELDS = "the job's name and the instance id"
+TENANT_KEY_FIELDS = "the job's name, the tenant id and the instance id"
+#: What an event id's stored key is made of: it is stored beside its instance's key, as one key.
+EVENT_KEY_FIELDS = "the job's name, the tenant id (if any), the instance id and the event id"
+
+
+def key_problem(parts: str, what: str) -> ValidationError | None:
+    """Why the key made of `parts` (its text, or all its parts joined) is too long to store, if
+    it is; `what` names the fields it is made of, for the error (``"instance id and tenant id"``)."""
+    if len(parts) <= MAX_KEY_BYTES // 4:  # four bytes a character at most: no encoding needed
+        return None
+    size = len(parts.encode("utf-8", "surrogatepass"))
+    if size <= MAX_KEY_BYTES:
+        return None
+    return ValidationError(
+        f"{what} make a stored key of {size} UTF-8 bytes; at most {MAX_KEY_BYTES} are allowed "
+        "(a PostgreSQL index's limit, kept by every storage): use a shorter id"
+    )
+
 
 #: What a Continuous or Task instance ended by exhausted retries becomes: deleted with its
 #: state (``terminate``, the seed's behaviour) or kept as a dead letter (``dead_letter``).
@@ -222,6 +250,10 @@ class TenantScoped:
 
     tenant: str | None = None
     env: Env
+
+    def key(self, instance_id: str) -> str:
+        """The storage key of instance `instance_id` in this handler's tenant (`instance_key`)."""
+        raise NotImplementedError
 
     def scoped(self, tenant: str | None) -> Self:
         """This handler, acting for `tenant` (itself when `tenant` is ``None``)."""
@@ -383,7 +415,20 @@ class InstanceClient(Generic[H]):
                 lambda _: check_id(instance_id)
             )
         )
+        if type(instance_id) is str and len(instance_id) + (len(tenant) if type(tenant) is str else 0) > _SHORT_KEY:
+            checked = checked.bind(lambda i: _storable_key(handler, i))
         return effect(lambda: bind_async(checked, lambda i: fn(handler, i)), handler.env)
+
+
+#: Ids (with the tenant id) of at most this many characters make a key that fits, whatever the
+#: definition's name (200 characters at most) and however wide the characters: no key is built.
+_SHORT_KEY = MAX_KEY_BYTES // 4 - 200 - len("continuous::\x1f")
+
+
+def _storable_key(handler: TenantScoped, instance_id: str) -> Result[str, ValidationError]:
+    """`instance_id` if the key it makes with `handler`'s name (and tenant) can be stored (`key_problem`)."""
+    problem = key_problem(handler.key(instance_id), KEY_FIELDS if handler.tenant is None else TENANT_KEY_FIELDS)
+    return Success(instance_id) if problem is None else Failure(problem)
 
 
 def not_registered(

@@ -49,7 +49,7 @@ from .._wakeup import Wakeup
 from ..storage import CronRecord, CronSpec, QueueStorage
 from ._common import D_contra, Definition, bind_async, check_name, effect
 from ._job import Job, JobContext
-from ._job_queue import JobQueue
+from ._job_queue import JobQueue, check_short_text
 
 if TYPE_CHECKING:
     from .._runtime import Runtime
@@ -178,8 +178,11 @@ class CronJob(Definition[D_contra], Generic[D_contra]):
             raise ValidationError(f"CronJob {name!r}: schedule must come from djobs.cron() or djobs.every()")
         if missed not in ("once", "all", "skip"):
             raise ValidationError(f"CronJob {name!r}: missed must be 'once', 'all' or 'skip', got {missed!r}")
-        if tenant_id is not None and (not isinstance(tenant_id, str) or not tenant_id):
-            raise ValidationError(f"CronJob {name!r}: tenant_id must be a non-empty string, got {tenant_id!r}")
+        if tenant_id is not None:
+            # As an enqueue's tenant id is checked: the fires' jobs are stored under it.
+            match check_short_text(tenant_id, "tenant_id"):
+                case Failure(error):
+                    raise ValidationError(f"CronJob {name!r}: {error.message}")
         if (job is None) == (execute is None):
             raise ValidationError(f"CronJob {name!r}: give either job= (with params=) or execute=, not both or neither")
         own_options = (retry, max_attempts, timeout, concurrency, rate_limit)

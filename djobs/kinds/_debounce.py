@@ -75,6 +75,7 @@ from ..storage._base import InstanceLeaseLoader, Revival
 from ..tracking import TrackedEvent
 from ..tracking._base import CALLER_CONTEXT
 from ._common import (
+    EVENT_KEY_FIELDS,
     MAX_ID_LENGTH,
     TENANT_SEPARATOR,
     D_contra,
@@ -89,6 +90,7 @@ from ._common import (
     foreign_run,
     instance_dead_letter,
     instance_key,
+    key_problem,
     refused,
     revive_letter,
     unreadable_state,
@@ -684,6 +686,8 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
                     return Failure(copied)
                 checked_event = copied[1]
             key = self._key_prefix + instance_id if self.tenant is None else self.key(instance_id)
+            if the_event_id is not None and (problem := key_problem(key + the_event_id, EVENT_KEY_FIELDS)):
+                return Failure(problem)  # stored beside the instance's key, as one key
             pending = _QueuedAdd(instance_id, checked_event, the_event_id)
             queue = self._queues.get(key)
             if queue is not None and key not in self._running():

@@ -23,7 +23,7 @@ from .._errors import (
     safe_repr,
 )
 from ..storage import JobRecord, JobStatusName, NewJob
-from ._common import bind_async, effect, not_registered
+from ._common import bind_async, effect, key_problem, not_registered
 from ._job import CancelResult, JobInfo, JobRun, P, R, RetryResult, UniqueWhile
 from ._job_queue import (
     JobQueue,
@@ -37,6 +37,10 @@ from ._job_runner import JobHandler
 
 if TYPE_CHECKING:
     from .._execution import Env
+
+#: What the keys an enqueue stores are made of, for `key_problem`'s error.
+_IDEMPOTENCY_FIELDS = "the job's name, the tenant id (if any) and the idempotency key"
+_UNIQUE_FIELDS = "the job's name and the unique key"
 
 
 class JobClient(Generic[P, R]):
@@ -357,12 +361,17 @@ class JobClient(Generic[P, R]):
                     pass
                 case Failure() as failed:
                     return failed
+            # Stored as one key with the job's name and tenant id.
+            if (problem := key_problem(f"{tenant or ''}{h.job.name}{key}", _IDEMPOTENCY_FIELDS)) is not None:
+                return Failure(problem)
         if unique is not False:
             match unique_key_of(unique, raw):
                 case Success(unique_key):
                     pass
                 case Failure() as failed:
                     return failed
+            if unique_key is not None and (problem := key_problem(h.job.name + unique_key, _UNIQUE_FIELDS)):
+                return Failure(problem)  # indexed with the job's name
         match unique_statuses(unique_while):
             case Success(statuses):
                 pass

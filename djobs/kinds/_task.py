@@ -62,6 +62,7 @@ from ..storage import Alarm, Checkin, ClaimedAlarm, ClearAlarm, InstanceRecord, 
 from ..storage._base import DeadLetter, Revival
 from ..tracking import TrackedEvent
 from ._common import (
+    EVENT_KEY_FIELDS,
     MAX_ID_LENGTH,
     D_contra,
     Definition,
@@ -76,6 +77,7 @@ from ._common import (
     count_failed_attempt,
     instance_dead_letter,
     instance_key,
+    key_problem,
     revive_letter,
     terminate_instance,
     unreadable_state,
@@ -628,6 +630,8 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
             )
         )
         key = self.key(instance_id)
+        if type(event_id) is str and (problem := key_problem(key + event_id, EVENT_KEY_FIELDS)) is not None:
+            return Failure(problem)  # stored beside the instance's key, as one key
         return await bind_async(
             checked, lambda valid: self.runtime.call(key, lambda: self._accept(key, instance_id, *valid))
         )

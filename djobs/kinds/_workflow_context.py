@@ -66,7 +66,7 @@ from ..storage import (
     SetAlarm,
 )
 from ..tracking import TrackedEvent
-from ._common import check_id, instance_key
+from ._common import check_id, instance_key, key_problem
 from ._job import MAX_TEXT
 from ._task import When
 from ._workflow_log import (
@@ -149,6 +149,8 @@ def _returns_at_once(code: CodeType, offset: int) -> bool:
 _UNSET: Any = object()
 #: The name of the step that starts a child workflow is this, then ``name:id``.
 _CHILD_STEP = "start child "
+#: What a child's stored keys are made of, for `key_problem`'s error.
+_FAMILY = "the parent's and the child's names and ids and their tenant id"
 #: What the log names a ``ctx.job`` call's enqueue step before the job's name.
 _JOB_STEP = "enqueue job "
 #: The longest job name ``ctx.job`` takes: its enqueue step's name holds it (`MAX_CALL_NAME_LENGTH`).
@@ -1094,6 +1096,10 @@ class WorkflowContext(BaseContext[D_co]):
         if not isinstance(checked, Success):
             raise ValidationError(f"{call}: {checked.failure().message}")
         label = f"{workflow.name}:{id}"
+        # The child's key, and beside it its parent's (the event id of the child's outcome, sent to the parent).
+        too_long = key_problem(run.record.key + instance_key(KIND, workflow.name, id, run.record.tenant_id), _FAMILY)
+        if too_long is not None:
+            raise ValidationError(f"{call}: {too_long.message}")
         if len(label) + len(_CHILD_STEP) > MAX_CALL_NAME_LENGTH:
             raise ValidationError(
                 f"{call}: the id is {len(id)} characters long, too long for a child's: the parent's log "
@@ -1183,9 +1189,11 @@ class WorkflowContext(BaseContext[D_co]):
             raise bad_params
         # Per job name and tenant, as idempotency keys are; the position makes each call its own.
         idempotency_key = f"workflow:{self.job_name}:{self.instance_id}:{run.position}"
-        if len(idempotency_key) > MAX_TEXT:
-            # A long instance id: the key's limit (512 characters) is not the id's. A digest of the
-            # workflow, under a prefix no key above has, stays the same on every replay.
+        tenant = run.record.tenant_id
+        if len(idempotency_key) > MAX_TEXT or key_problem(f"{tenant or ''}{job.name}{idempotency_key}", ""):
+            # A long instance id: the key's limits (512 characters, and the bytes of what it is
+            # stored with) are not the id's. A digest of the workflow, under a prefix no key
+            # above has, stays the same on every replay.
             digest = hashlib.sha256(f"{self.job_name}:{self.instance_id}".encode()).hexdigest()
             idempotency_key = f"workflow-digest:{digest}:{run.position}"
 
