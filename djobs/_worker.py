@@ -274,7 +274,9 @@ class Worker:
         #: Re-claimed rows waiting for an earlier attempt of theirs, still running here, to end.
         self._deferred: dict[str, ClaimedJob] = {}
         self._claimed_runs = 0  # rows in hand: started, waiting, or settling
-        self._limiter = trio.CapacityLimiter(options.max_concurrency)
+        #: Concurrency slots free now: a run in a task holds one (`_launch` to `_run_over`); a plain
+        #: count, read where a `CapacityLimiter`'s property cost three calls (a cron fire reads it thrice).
+        self._free_slots: int = options.max_concurrency
         # Rows in hand are decoupled from the slots: a claim tops up to `_max_held`
         # once in hand falls to `_low_water`, so a claim carries about half a batch.
         self._max_held = options.batch_size  # at least max_concurrency (WorkerOptions raises it)
@@ -336,7 +338,7 @@ class Worker:
             self.claiming
             and not self.closing
             and job.name in self._runners
-            and self._limiter.available_tokens > 0
+            and self._free_slots > 0
             and not self._ready
             and self._claimed_runs < self._max_held
             and job.limit_key is None
@@ -365,7 +367,7 @@ class Worker:
             correlation_id=job.correlation_id,
             tenant_id=job.tenant_id,
         )
-        if not self.closing and (self._limiter.available_tokens <= 0 or self._ready):
+        if not self.closing and (self._free_slots <= 0 or self._ready):
             # Its slot was taken while it was stored: handed back pending (the attempt does not
             # count), for whichever worker has room first, rather than waiting in this one's hand.
             self._claimed_runs += 1
@@ -467,7 +469,7 @@ class Worker:
 
     def _start_now(self, job: ClaimedJob) -> bool:
         """Start `job` if a slot is free (no await: the caller has just checked it may start)."""
-        if self._limiter.available_tokens <= 0:
+        if self._free_slots <= 0:
             return False
         if not self._launch(job):
             self._ended_at_once(1)
@@ -495,7 +497,7 @@ class Worker:
             # its lease renewed, until the settle task has written its end.
             self._record(job, started, None)
             return False
-        self._limiter.acquire_on_behalf_of_nowait((job.id, job.attempt))
+        self._free_slots -= 1
         self._nursery.start_soon(self._run, job, runner, started)
         return True
 
@@ -517,7 +519,7 @@ class Worker:
             return
         fresh.sort()
         ready = self._ready
-        free = int(self._limiter.available_tokens)  # only `_launch` takes slots meanwhile (no await)
+        free = self._free_slots  # only `_launch` takes slots meanwhile (no await)
         ended = started = 0
         for entry in fresh:
             if free <= 0 or (ready and ready[0] < entry):
@@ -547,7 +549,7 @@ class Worker:
         storage = self.storage
         task_status.started()
         while True:
-            free = int(self._limiter.available_tokens)
+            free = self._free_slots
             if not self._ready or free <= 0 or self.closing:
                 self._start_wanted = trio.Event()
                 await self._start_wanted.wait()
@@ -639,7 +641,7 @@ class Worker:
         """A started attempt is over (its end handed to the settle task, or dropped): free
         its slot (`slot`: it held one, as a run in a task does)."""
         if slot:
-            self._limiter.release_on_behalf_of(key)
+            self._free_slots += 1
         if key not in self._unsettled:  # else the row stays held (renewed) until its batch is written
             self._held.discard(key)
         self._claimed_runs -= 1
@@ -887,7 +889,7 @@ class Worker:
             held = self._claimed_runs
             free = self._max_held - held
             # Top up once half the rows in hand are gone, or at once when slots wait for rows.
-            wanted = held <= self._low_water or (not self._ready and self._limiter.available_tokens > 0)
+            wanted = held <= self._low_water or (not self._ready and self._free_slots > 0)
             if free <= 0 or not wanted:
                 self._capacity = trio.Event()
                 await self._capacity.wait()
@@ -910,7 +912,7 @@ class Worker:
                         self._names,
                         free,
                         limits=self._limits,
-                        slots=int(self._limiter.available_tokens),
+                        slots=self._free_slots,
                     )
             except StorageError as exc:
                 self.env.handoffs.end()
@@ -934,7 +936,7 @@ class Worker:
                 continue
             try:
                 # Limited rows start only into a free slot: with none free, the end of a run looks.
-                slots = self._limits and self._limiter.available_tokens > 0
+                slots = self._limits and self._free_slots > 0
                 self._slot_wanted = bool(self._limits) and not slots
                 next_at = await storage.next_job_wakeup(self._names, now, self._limits if slots else ())
             except StorageError as exc:
