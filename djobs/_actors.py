@@ -270,11 +270,17 @@ class Actors:
         (`renew`: as `InstanceLeases.took`)."""
         self._leases.took_all(keys, renew=renew)
 
-    def spawn(self, fn: Handler, key: str | None = None) -> None:
+    def spawn(self, fn: Handler, key: str | None = None, refused: Callable[[], None] | None = None) -> None:
         """Run `fn` in a task of its own, as a handler runs: under the concurrency limit and
         shielded (`close` cancels it after the grace); with `key`, as a handler of `key`
-        (its calls to `key` fail at once, as `call` says)."""
-        self._nursery.start_soon(self._shielded, fn, key)
+        (its calls to `key` fail at once, as `call` says). Past the grace (`cut_off`) `fn`
+        does not start, waiting for a slot or not: `refused` is called instead, for `fn`'s
+        own cleanup (the holds and claims it would have ended)."""
+        if self.cut_off:
+            if refused is not None:
+                refused()
+            return
+        self._nursery.start_soon(self._shielded, fn, key, refused)
 
     async def run_here(self, fn: Handler, *, checkpoints: bool = True) -> bool:
         """Run `fn` in the calling task as `spawn` would run it in a task of its own (shielded,
@@ -314,22 +320,29 @@ class Actors:
         context.run(_RUNNING.set, frozenset((key,)))
         return context
 
-    async def _shielded(self, fn: Handler, key: str | None) -> None:
+    async def _shielded(self, fn: Handler, key: str | None, refused: Callable[[], None] | None) -> None:
         if key is not None:
             _RUNNING.set(frozenset((key,)))  # this task's own context
         scope = trio.CancelScope(shield=True)
         self._handler_scopes.add(scope)
+        started = False
         try:
             with scope:
                 slot = await self._acquire()
-                try:
-                    await fn()
-                finally:
+                if self.cut_off:  # a slot given back by a handler the close cut off: too late
                     self._release(slot)
+                else:
+                    started = True
+                    try:
+                        await fn()
+                    finally:
+                        self._release(slot)
         except Exception:
             _log.exception("bug: work run outside an actor raised; the engine continues")
         finally:
             self._handler_scopes.discard(scope)
+            if not started and refused is not None:
+                refused()  # cut off while it waited for a slot: `fn` never ran
 
     def leave(self, key: str) -> None:
         """The handler `enter` let run in its caller's task (or the work `hold` took) is done:

@@ -220,13 +220,13 @@ class AlarmSleeper:
 
     async def _claim_runs(
         self, runs: AlarmRunStore, now: int, limit: int, mine: list[str]
-    ) -> Callable[[], Awaitable[None]] | None:
+    ) -> tuple[Callable[[], Awaitable[None]], list[ClaimedAlarm]] | None:
         """Claim due alarms with their instances' leases and rows, and run those in batches
         (or, for an `AlarmClaimTarget`, first on the instance's actor).
 
         An instance something of this engine works on already (an actor, a lease being
         given up), or one whose lease another engine holds, goes to its actor as before.
-        Returns the batch to run in the sleeper's own task, when the claim took every due
+        Returns the batch's run (with the batch) to run in the sleeper's own task, when the claim took every due
         alarm (fewer than `limit`) into one batch: no further claim waits for it to end, so
         no task of its own is started for it; ``None`` when every batch runs in a task.
         """
@@ -290,10 +290,15 @@ class AlarmSleeper:
                 batches.setdefault(id(target), (target, []))[1].append(one)
         if len(batches) == 1 and len(claimed) < limit:
             [(target, batch)] = batches.values()
-            return functools.partial(target.fire_batch, batch, self._finish)
+            return functools.partial(target.fire_batch, batch, self._finish), batch
         for target, batch in batches.values():
-            actors.spawn(functools.partial(target.fire_batch, batch, self._finish))
+            actors.spawn(functools.partial(target.fire_batch, batch, self._finish), refused=self._refused(batch))
         return None
+
+    def _refused(self, batch: list[ClaimedAlarm]) -> Callable[[], None]:
+        """What a batch that never ran (the close cut it off while it waited for a slot) ends:
+        its holds and claims, as its run would have (its alarms are released by the close)."""
+        return lambda: self._finish(batch)
 
     def _renew_deferred(self) -> None:
         """The leases the last claim took without scheduling their renewal (`_inline`): the
@@ -400,8 +405,10 @@ class AlarmSleeper:
                         try:
                             # A batch of synchronous bodies whose writes run inline never
                             # checkpoints but shielded (a bug's write): no shield to open for it.
-                            if not await self._actors.run_here(last, checkpoints=not self._inline):
-                                self._actors.spawn(last)  # no concurrency slot free now: it waits for one in a task
+                            run, batch = last
+                            if not await self._actors.run_here(run, checkpoints=not self._inline):
+                                # No concurrency slot free now: it waits for one in a task.
+                                self._actors.spawn(run, refused=self._refused(batch))
                         finally:
                             self._renew_deferred()
                         owed = True  # the next sleep is the checkpoint, or the next claim takes one

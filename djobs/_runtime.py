@@ -95,9 +95,10 @@ class Runtime:
         """Queue `handler` on instance `key`'s actor (`Actors.post`)."""
         self.actors.post(key, handler, on_error)
 
-    def spawn(self, fn: Handler, key: str | None = None) -> None:
-        """Run `fn` in a task of its own, as a handler (of `key`) runs (`Actors.spawn`)."""
-        self.actors.spawn(fn, key)
+    def spawn(self, fn: Handler, key: str | None = None, refused: Callable[[], None] | None = None) -> None:
+        """Run `fn` in a task of its own, as a handler (of `key`) runs; `refused` instead past
+        the grace (`Actors.spawn`)."""
+        self.actors.spawn(fn, key, refused)
 
     async def call(self, key: str, fn: Callable[[], Awaitable[T]]) -> T:
         """Run `fn` on instance `key`'s actor and return its value or raise its error (`Actors.call`)."""

@@ -3,9 +3,14 @@ cancelled, and closing never spins (it waits on events, so virtual time passes).
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import Any
+
 import msgspec
 import pytest
 import trio
+import trio.testing
+from postgres_support import storage_layer
 from test_timeouts import layer  # noqa: F401  # the memory / SQLite / PostgreSQL fixture
 
 import djobs
@@ -309,3 +314,45 @@ async def test_a_flush_queued_behind_a_flush_the_close_cut_off_does_not_start_an
         assert finished == [[1]]  # the batch was kept, with its alarm: flushed at once
         status = success(await engine.client.debounce(batcher).status("a"))
         assert status.status == "idle"
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])  # the stores whose due alarms fire in batches
+def test_a_batch_of_alarms_waiting_for_a_slot_at_the_cut_off_does_not_start_and_the_next_engine_runs_it(
+    kind: str, tmp_path: Any
+) -> None:
+    """A batch of due alarms waits for a concurrency slot that a long body holds. Past the grace
+    the close cuts the body off: the batch does not start, and it gives up the instances it held,
+    so the next engine runs them at once (it waited for their leases to run out, 30 seconds)."""
+    runs: list[tuple[str, float]] = []
+
+    async def slow(ctx: djobs.ContinuousContext[Count]) -> Count:
+        await trio.sleep(600)
+        return Count(ctx.state.n + 1)
+
+    def quick(ctx: djobs.ContinuousContext[Count]) -> Count:
+        runs.append((ctx.instance_id, trio.current_time()))
+        return Count(ctx.state.n + 1)
+
+    sleeper = djobs.Continuous.make("sleeper", state=Count, schedule=djobs.every("1 hour"), execute=slow)
+    ticker = djobs.Continuous.make("ticker", state=Count, schedule=djobs.every("1 minute"), execute=quick)
+    store = storage_layer(kind, str(tmp_path), None)
+
+    async def scenario() -> None:
+        async with open_test_engine(
+            [sleeper, ticker], storage=store, shutdown_grace="1 second", max_concurrency=1
+        ) as engine:
+            for id in ("a", "b"):
+                success(await engine.client.continuous(ticker).start(id=id, input=Count()))
+            await trio.sleep(1)
+            success(await engine.client.continuous(sleeper).start(id="s", input=Count()))
+            await trio.sleep(90)  # the tickers' next alarms came due at 61 s: their batch waits for the slot
+            ran = len(runs)
+            now = datetime.fromtimestamp(engine.clock.now_ms() / 1000, UTC)
+        assert len(runs) == ran  # the batch did not start after the cut-off
+        reopened = trio.current_time()
+        async with open_test_engine([sleeper, ticker], storage=store, shutdown_grace="1 second", start=now):
+            await trio.sleep(20)
+        late = sorted(at - reopened for id, at in runs[ran:])
+        assert len(late) >= 2 and late[1] < 5, late  # both tickers at once, not after their leases
+
+    trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))

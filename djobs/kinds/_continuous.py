@@ -290,6 +290,15 @@ def _pause(record: InstanceRecord) -> None:
     record.status = PAUSED
 
 
+def _refused(claimed: ClaimedAlarm, pending: Pending | None, finish: Callable[[Sequence[ClaimedAlarm]], None]) -> None:
+    """A batch-fired run whose rest never ran (the close cut it off while it waited for a slot):
+    its claim and hold end as its run's would (the close releases its alarm, which fires again),
+    and an awaitable its body gave is closed unawaited, without Python's warning."""
+    if pending is not None and inspect.iscoroutine(pending.value):
+        pending.value.close()
+    finish((claimed,))
+
+
 class ContinuousHandler(TenantScoped, Generic[S]):
     """Runs one continuous job's instances on an engine's runtime."""
 
@@ -513,11 +522,12 @@ class ContinuousHandler(TenantScoped, Generic[S]):
                     if checkin is None:
                         assert run.pending is not None
                         later = functools.partial(self._finish_later, claimed, run, run.pending, finish)
-                        self.runtime.spawn(later, alarm.key)
+                        self.runtime.spawn(later, alarm.key, functools.partial(_refused, claimed, run.pending, finish))
                         del left[alarm.id]
                         continue
                 except Exception as exc:  # a bug past the body
-                    self.runtime.spawn(functools.partial(self._bug_later, claimed, attempt, exc, finish), alarm.key)
+                    bug_later = functools.partial(self._bug_later, claimed, attempt, exc, finish)
+                    self.runtime.spawn(bug_later, alarm.key, functools.partial(_refused, claimed, None, finish))
                     del left[alarm.id]
                     continue
                 writes.append((claimed, checkin, run))
