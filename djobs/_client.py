@@ -12,7 +12,7 @@ from ._durations import DurationLike
 from ._errors import StorageError, TenantError, ValidationError
 from ._event import Event
 from ._execution import Env
-from .kinds._common import effect, refused
+from .kinds._common import effect, name_of, refused
 from .kinds._continuous import Continuous, ContinuousClient, ContinuousHandler
 from .kinds._cron import CronScheduler, CronsClient
 from .kinds._debounce import Debounce, DebounceClient, DebounceHandler
@@ -231,7 +231,7 @@ class Client:
         return self._queue is not None and self._queue.tenancy == "required"
 
     def _handler(self, job: object, kind: type[Any]) -> tuple[str, Any]:
-        name = job if isinstance(job, str) else getattr(job, "name", repr(job))
+        name = name_of(job)
         handler = self._handlers.get(name)
         if handler is None or not isinstance(handler, kind):
             return name, None

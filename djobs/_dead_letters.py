@@ -28,8 +28,8 @@ from returns.result import Failure, Result, Success
 
 from ._clock import to_datetime
 from ._durations import DurationLike, parse_duration, to_ms
-from ._errors import InstanceNotFoundError, InvalidStateError, StorageError, ValidationError
-from ._input import check_text
+from ._errors import InstanceNotFoundError, InvalidStateError, StorageError, ValidationError, safe_repr
+from ._input import check_text, plain_text
 from .kinds._common import bind_async, check_id, effect, refused
 from .kinds._job import JobErrorInfo
 from .kinds._job_queue import JobQueue
@@ -336,17 +336,18 @@ def _check_scope(scope: str | None) -> Result[str | None, ValidationError]:
 
 
 def _check_kind(kind: object) -> Result[DeadLetterKind | None, ValidationError]:
+    kind = plain_text(kind)
     for known in _KINDS:
-        if kind == known:
+        if isinstance(kind, str) and kind == known:
             return Success(known)
     if kind is None:
         return Success(None)
-    return Failure(ValidationError(f"kind must be job, debounce, continuous or task, got {kind!r:.80}"))
+    return Failure(ValidationError(f"kind must be job, debounce, continuous or task, got {safe_repr(kind):.80}"))
 
 
 def _check_limit(limit: object) -> Result[int, ValidationError]:
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
-        return Failure(ValidationError(f"limit must be an int from 1 to 10000, got {limit!r:.80}"))
+        return Failure(ValidationError(f"limit must be an int from 1 to 10000, got {safe_repr(limit):.80}"))
     return Success(limit)
 
 
@@ -360,5 +361,7 @@ def _tenant_in_scope(scope: str | None, tenant: str | None) -> Result[str | None
     if scope is None:
         return Success(tenant)
     if tenant is not None and tenant != scope:
-        return Failure(ValidationError(f"this client acts for tenant {scope!r}; it cannot list {tenant!r}'s"))
+        return Failure(
+            ValidationError(f"this client acts for tenant {safe_repr(scope)}; it cannot list {safe_repr(tenant)}'s")
+        )
     return Success(scope)

@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar, final
 import msgspec
 
 from ._codec import check_storable
-from ._errors import ValidationError
+from ._errors import ValidationError, safe_repr
 from ._input import text_problem
 
 __all__ = ["Event", "event_name"]
@@ -34,7 +34,7 @@ def name_problem(name: object) -> str | None:
     `MAX_NAME` characters, without a NUL or a lone surrogate (text no storage holds,
     `djobs._input.text_problem`), the same rule as every other name djobs takes."""
     if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME:
-        return f"an event name must be a non-empty string of at most {MAX_NAME} characters, got {name!r:.80}"
+        return f"an event name must be a non-empty string of at most {MAX_NAME} characters, got {safe_repr(name):.80}"
     problem = text_problem(name)
     return None if problem is None else f"event name {name!r:.80} {problem}"
 

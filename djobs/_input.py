@@ -64,8 +64,19 @@ def text_problem(value: str) -> str | None:
     return None
 
 
+def plain_text(value: object) -> object:
+    """A str subclass's value as an exact `str` (a `StrEnum` member's, say), anything else as it
+    is: the checks and the storage after them then run str's own ``==``, ``hash`` and ``len``,
+    never a subclass's, which may raise. The copy is made by str's own slicing, which calls none."""
+    if isinstance(value, str) and type(value) is not str:
+        return str.__getitem__(value, slice(None))
+    return value
+
+
 def check_text(value: object, what: str, *, max_length: int | None = None) -> Result[str, ValidationError]:
-    """`value` if it is a non-empty `str` every storage can hold (of at most `max_length` characters)."""
+    """`value` (as an exact `str`, `plain_text`) if it is a non-empty `str` every storage can hold
+    (of at most `max_length` characters)."""
+    value = plain_text(value)
     if not isinstance(value, str):
         return Failure(ValidationError(f"{what} must be a str, got {type(value).__name__}"))
     if not value:
@@ -222,7 +233,9 @@ def struct_mismatch(tp: Any, value: object) -> str | None:
 def check_payload_limit(value: object) -> int:
     """Validate a ``max_payload_bytes`` setting (raises: a bad setting is a bug in the program)."""
     if isinstance(value, bool) or not isinstance(value, int) or not 1024 <= value <= 1 << 30:
-        raise ValidationError(f"max_payload_bytes must be an int from 1024 to {1 << 30} (1 GiB), got {value!r}")
+        raise ValidationError(
+            f"max_payload_bytes must be an int from 1024 to {1 << 30} (1 GiB), got {safe_repr(value)}"
+        )
     return value
 
 
@@ -239,14 +252,14 @@ def check_interval(value: timedelta, what: str) -> timedelta:
 def check_attempts(value: object, what: str) -> int:
     """`value` if it is an int from 1 to `MAX_ATTEMPTS` (raises: a definition-time literal)."""
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ATTEMPTS:
-        raise ValidationError(f"{what} must be an int from 1 to {MAX_ATTEMPTS}, got {value!r:.40}")
+        raise ValidationError(f"{what} must be an int from 1 to {MAX_ATTEMPTS}, got {safe_repr(value):.40}")
     return value
 
 
 def check_count(value: object, what: str) -> int:
     """`value` if it is an int from 1 to `MAX_LIMIT` (raises: a definition-time literal)."""
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_LIMIT:
-        raise ValidationError(f"{what} must be an int from 1 to {MAX_LIMIT}, got {value!r:.40}")
+        raise ValidationError(f"{what} must be an int from 1 to {MAX_LIMIT}, got {safe_repr(value):.40}")
     return value
 
 

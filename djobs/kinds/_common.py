@@ -27,9 +27,10 @@ from .._errors import (
     TenantError,
     ValidationError,
     describe,
+    safe_repr,
 )
 from .._future import VerbResult
-from .._input import check_text, clean_message, clean_text, text_problem
+from .._input import check_text, clean_message, clean_text, plain_text, text_problem
 from ..storage import Checkin, ClearAlarm, InstanceRecord, SetAlarm
 from ..storage._base import DeadLetter, DeadLetterKind, DeadLetterStorage, InstanceRevival, Revival
 
@@ -192,7 +193,9 @@ def check_name(name: object, kind: str) -> str:
 
 
 def check_id(instance_id: object, what: str = "instance id") -> Result[str, ValidationError]:
-    """Validate a user-supplied id; `what` names it in the error (``"job id"``, ``"dead letter id"``)."""
+    """Validate a user-supplied id (giving it as an exact `str`, `plain_text`); `what` names it in
+    the error (``"job id"``, ``"dead letter id"``)."""
+    instance_id = plain_text(instance_id)
     if not isinstance(instance_id, str):
         return Failure(ValidationError(f"{what} must be a str, got {type(instance_id).__name__}"))
     if not instance_id:
@@ -209,6 +212,18 @@ def check_id(instance_id: object, what: str = "instance id") -> Result[str, Vali
     if problem is not None:
         return Failure(ValidationError(f"{what} {instance_id!r:.80} {problem}"))
     return Success(instance_id)
+
+
+def name_of(job: object) -> str:
+    """The name a client looks `job` up by: a name (as an exact `str`, `plain_text`), a
+    definition's ``name``, or, for anything else, its repr (which names no job) without raising."""
+    if isinstance(job, str):
+        return str(plain_text(job))
+    try:
+        name = plain_text(getattr(job, "name", None))
+    except Exception:  # a hostile object's attribute: it names no job
+        name = None
+    return name if isinstance(name, str) else safe_repr(job)
 
 
 U = TypeVar("U")
@@ -473,8 +488,8 @@ class TerminateResult(msgspec.Struct, frozen=True):
 
 
 async def terminate_instance(
-    runtime: Runtime, kind: str, name: str, key: str, instance_id: str, reason: str | None
-) -> Result[TerminateResult, StorageError]:
+    runtime: Runtime, kind: str, name: str, key: str, instance_id: str, reason: object
+) -> Result[TerminateResult, ValidationError | StorageError]:
     """The ``terminate`` verb of the stateful kinds: delete the instance with its alarm and event ids.
 
     A handler of the instance that is running user code now (in this engine)
@@ -483,7 +498,10 @@ async def terminate_instance(
     body's thread is abandoned), and the instance is deleted.
     """
     env = runtime.env
-    reason = None if reason is None else clean_text(str(reason))
+    reason = plain_text(reason)
+    if reason is not None and not isinstance(reason, str):  # str() of another object may raise, or lie
+        return Failure(ValidationError(f"reason must be None or a str, got {type(reason).__name__}"))
+    reason = None if reason is None else clean_text(reason)
     running = env.running.get(key)
     stopped = running is not None and running.stop(reason)
 

@@ -454,7 +454,9 @@ class ContinuousHandler(TenantScoped, Generic[S]):
             lambda state: StateResult(state, to_datetime(alarm.fire_at) if alarm else None)
         )
 
-    async def terminate(self, instance_id: str, reason: str | None) -> Result[TerminateResult, StorageError]:
+    async def terminate(
+        self, instance_id: str, reason: object
+    ) -> Result[TerminateResult, ValidationError | StorageError]:
         return await terminate_instance(self.runtime, KIND, self.job.name, self.key(instance_id), instance_id, reason)
 
     # -- alarms and runs ---------------------------------------------------------------

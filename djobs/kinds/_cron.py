@@ -37,7 +37,7 @@ from .._bodies import Returns, check_body
 from .._clock import LATEST_MS, to_datetime
 from .._codec import encode
 from .._durations import DurationLike
-from .._errors import JobNotFoundError, StorageError, TenantError, ValidationError, raise_error
+from .._errors import JobNotFoundError, StorageError, TenantError, ValidationError, raise_error, safe_repr
 from .._execution import Env
 from .._input import check_attempts
 from .._limits import definition_limits
@@ -47,7 +47,7 @@ from .._retry import Retry, check_retry
 from .._schedule import Cron, Schedule, latest_fire, next_fire, parse_cron
 from .._wakeup import Wakeup
 from ..storage import CronRecord, CronSpec, QueueStorage
-from ._common import D_contra, Definition, bind_async, check_name, effect
+from ._common import D_contra, Definition, bind_async, check_name, effect, name_of
 from ._job import Job, JobContext
 from ._job_queue import JobQueue, check_short_text
 
@@ -522,7 +522,7 @@ class CronScheduler:
     # -- client operations -------------------------------------------------------------
 
     def _cron(self, scope: str | None, cron: object) -> Result[CronJob[Any], JobNotFoundError | TenantError]:
-        name = cron if isinstance(cron, str) else getattr(cron, "name", repr(cron))
+        name = name_of(cron)
         found = self.crons.get(name)
         hidden = scope is not None and found is not None and found.tenant_id != scope
         if found is None or hidden or (not isinstance(cron, str) and found is not cron):
@@ -562,7 +562,7 @@ class CronScheduler:
 
     async def next_runs(self, scope: str | None, cron: object, n: object) -> Result[list[datetime], Any]:
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 1000:
-            return Failure(ValidationError(f"n must be an int from 1 to 1000, got {n!r}"))
+            return Failure(ValidationError(f"n must be an int from 1 to 1000, got {safe_repr(n)}"))
         return await bind_async(self._cron(scope, cron), lambda job: self._next_runs(job, n))
 
     async def _next_runs(self, job: CronJob[Any], n: int) -> Result[list[datetime], Any]:

@@ -63,10 +63,11 @@ from .._errors import (
     StorageError,
     TenantError,
     ValidationError,
+    safe_repr,
 )
 from .._execution import Checkout, Env, OutcomeKind, RunInfo, execute, holds_cancel, run_body
 from .._future import VerbResult
-from .._input import MAX_LIMIT, check_interval, text_problem
+from .._input import MAX_LIMIT, check_interval, plain_text, text_problem
 from .._limits import NO_LIMITS, RunLimits, definition_limits, offloaded
 from .._logging import JobLog, LoggingOption, check_logging, threshold
 from .._retry import Retry, check_retry
@@ -440,12 +441,14 @@ class _Pending(msgspec.Struct, frozen=True):
 
 
 def _check_event_id(event_id: object) -> Result[str | None, ValidationError]:
+    event_id = plain_text(event_id)
     if event_id is None:
         return Success(None)
     if not isinstance(event_id, str) or not event_id or len(event_id) > MAX_ID_LENGTH:
         return Failure(
             ValidationError(
-                f"event_id must be None or a non-empty str of at most {MAX_ID_LENGTH} characters, got {event_id!r:.80}"
+                f"event_id must be None or a non-empty str of at most {MAX_ID_LENGTH} characters,"
+                f" got {safe_repr(event_id):.80}"
             )
         )
     problem = text_problem(event_id)

@@ -20,6 +20,7 @@ from .._errors import (
     StorageError,
     TenantError,
     ValidationError,
+    describe,
     safe_repr,
 )
 from ..storage import JobRecord, JobStatusName, NewJob
@@ -179,8 +180,11 @@ class JobClient(Generic[P, R]):
             return not_registered(self._name, self._missing, self._home)
 
         async def run() -> Result[list[str], Any]:
-            if (refused := _not_a_sequence(params_list, "later_many")) is not None:
-                return refused
+            match _params_of(params_list, "later_many"):
+                case Failure() as refused:
+                    return refused
+                case Success(items):
+                    pass
             now = q.env.now_ms()
             shared = Result.do(
                 (tenant, correlation, rank, when)
@@ -189,16 +193,16 @@ class JobClient(Generic[P, R]):
                 for rank in check_priority(priority)
                 for when in due_at(at, delay, now)
             )
-            return await bind_async(shared, lambda given: enqueue(now, *given))
+            return await bind_async(shared, lambda given: enqueue(items, now, *given))
 
         async def enqueue(
-            now: int, tenant: str | None, correlation: str | None, rank: int, when: int
+            items: list[object], now: int, tenant: str | None, correlation: str | None, rank: int, when: int
         ) -> Result[list[str], Any]:
             tp, limit, name = h.job.params, q.env.max_payload_bytes, h.job.name
             rows = []
             # A loop that stops at the first params that fail (a batch may be large), so matches,
             # each testing `Success` first (one C type test for the common case).
-            for index, params in enumerate(params_list):
+            for index, params in enumerate(items):
                 what = f"params[{index}] of job {name!r}"
                 match encode(tp, params, what=what, limit=limit):
                     case Success(raw):
@@ -250,17 +254,22 @@ class JobClient(Generic[P, R]):
             return not_registered(self._name, self._missing, self._home)
 
         async def run() -> Result[list[JobRun[R]], Any]:
-            if (refused := _not_a_sequence(params_list, "batch")) is not None:
-                return refused
-            for flag, given in (("persist", persist), ("stop_on_error", stop_on_error)):
-                if (refused := _not_a_flag(given, flag)) is not None:
+            match _params_of(params_list, "batch"):
+                case Failure() as refused:
                     return refused
+                case Success(items):
+                    pass
+            for flag, given in (("persist", persist), ("stop_on_error", stop_on_error)):
+                if (not_a_flag := _not_a_flag(given, flag)) is not None:
+                    return not_a_flag
             if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-                return Failure(ValidationError(f"concurrency must be an int of at least 1, got {concurrency!r}"))
+                return Failure(
+                    ValidationError(f"concurrency must be an int of at least 1, got {safe_repr(concurrency)}")
+                )
             prepared: list[tuple[P, bytes]] = []
             tenant: str | None = None
             correlation: str | None = None
-            for index, params in enumerate(params_list):
+            for index, params in enumerate(items):
                 what = f"params[{index}] of job {h.job.name!r}"  # as later_many names them
                 match self._checked(h, q, params, tenant_id, correlation_id, what):
                     case Failure() as failed:
@@ -483,13 +492,21 @@ class JobsClient:
         return effect(lambda: q.purge(scope, older_than, status), q.env)
 
 
-def _not_a_sequence(params_list: object, verb: str) -> Failure[ValidationError] | None:
-    """The `ValidationError` of a `verb` given anything but a list or tuple-like sequence of params
-    (one params struct, ``None``, a str, a number, a set or a generator), or ``None``."""
+def _params_of(params_list: object, verb: str) -> Result[list[object], ValidationError]:
+    """The params of a list or tuple-like sequence, read once into a list; a `ValidationError`
+    for anything else (one params struct, ``None``, a str, a number, a set or a generator), or
+    for a sequence whose own iteration raises (a hostile subclass: the caller's mistake)."""
     if isinstance(params_list, str | bytes | bytearray) or not isinstance(params_list, Sequence):
         kind = type(params_list).__name__
         return Failure(ValidationError(f"{verb} takes a sequence of params (a list), got {kind}"))
-    return None
+    try:
+        return Success(list(params_list))
+    except Exception as exc:
+        return Failure(
+            ValidationError(
+                f"{verb} could not read its params: iterating the {type(params_list).__name__} raised {describe(exc)}"
+            )
+        )
 
 
 def _not_a_flag(value: object, option: str) -> Failure[ValidationError] | None:

@@ -30,12 +30,12 @@ from .._errors import (
 )
 from .._event import Event, name_problem
 from .._execution import Env
-from .._input import check_text, epoch_ms
+from .._input import check_text, epoch_ms, plain_text
 from .._queue_limits import limit_key_of
 from .._worker import CANCELLED_ERROR, Worker
 from ..storage import JobFilter, JobRecord, JobStatusName, NewJob, QueueStorage
 from ..storage._base import FINAL_STATUSES, QueueLimit
-from ._common import bind_async, check_id
+from ._common import bind_async, check_id, name_of
 from ._job import MAX_TEXT, CancelResult, EventResult, JobErrorInfo, JobInfo, RetryResult, Tenancy
 from ._job_runner import JobHandler
 
@@ -53,11 +53,14 @@ _UNIQUE_STATUSES: dict[str, Result[tuple[JobStatusName, ...], ValidationError]] 
 
 def check_short_text(value: object, what: str) -> Result[str | None, ValidationError]:
     """`value` if it is ``None`` or a storable non-empty string of at most `MAX_TEXT` characters."""
+    value = plain_text(value)
     if value is None:
         return Success(None)
     if not isinstance(value, str) or not value or len(value) > MAX_TEXT:
         return Failure(
-            ValidationError(f"{what} must be a non-empty string of at most {MAX_TEXT} characters, got {value!r:.80}")
+            ValidationError(
+                f"{what} must be a non-empty string of at most {MAX_TEXT} characters, got {safe_repr(value):.80}"
+            )
         )
     return check_text(value, what)
 
@@ -154,7 +157,7 @@ class JobQueue:
 
     def handler(self, job: object) -> tuple[str, JobHandler[Any, Any] | None]:
         """The handler of `job` (a definition or a name); ``None`` if this engine does not run it."""
-        name = job if isinstance(job, str) else getattr(job, "name", repr(job))
+        name = name_of(job)
         handler = self.handlers.get(name)
         if handler is not None and not isinstance(job, str) and handler.job is not job:
             return name, None  # same name, another definition: not this engine's job
@@ -175,7 +178,11 @@ class JobQueue:
         """The tenant an enqueue by a client scoped to `scope` for a checked `tenant` is for."""
         if scope is not None:
             if tenant is not None and tenant != scope:
-                return Failure(TenantError(f"this client acts for tenant {scope!r}; it cannot act for {tenant!r}"))
+                return Failure(
+                    TenantError(
+                        f"this client acts for tenant {safe_repr(scope)}; it cannot act for {safe_repr(tenant)}"
+                    )
+                )
             return Success(scope)
         if tenant is None and self.tenancy == "required":
             return Failure(
@@ -294,8 +301,9 @@ class JobQueue:
                 case Failure(error):
                     return Failure(error)
             event = event.name
+        event = plain_text(event)
         if (problem := name_problem(event)) is not None or not isinstance(event, str):
-            return Failure(ValidationError(problem or f"event name must be a string, got {event!r:.80}"))
+            return Failure(ValidationError(problem or f"event name must be a string, got {safe_repr(event):.80}"))
         now = self.env.now_ms()
         checked = Result.do(
             (tenant, correlation, key, due)
@@ -457,7 +465,11 @@ class JobQueue:
         """`list` after its checks."""
         if scope is not None:
             if tenant is not None and tenant != scope:
-                return Failure(TenantError(f"this client acts for tenant {scope!r}; it cannot list {tenant!r}'s jobs"))
+                return Failure(
+                    TenantError(
+                        f"this client acts for tenant {safe_repr(scope)}; it cannot list {safe_repr(tenant)}'s jobs"
+                    )
+                )
             tenant = scope
         where = JobFilter(
             status=status,
@@ -481,12 +493,16 @@ class JobQueue:
         after: object,
     ) -> Result[list[JobInfo], Any]:
         """The jobs matching every given filter, oldest first, at most `limit`."""
-        if status is not None and status not in ("pending", "running", "completed", "failed", "cancelled"):
+        status = plain_text(status)
+        statuses = ("pending", "running", "completed", "failed", "cancelled")
+        if status is not None and (not isinstance(status, str) or status not in statuses):
             return Failure(
-                ValidationError(f"status must be pending, running, completed, failed or cancelled, got {status!r}")
+                ValidationError(
+                    f"status must be pending, running, completed, failed or cancelled, got {safe_repr(status)}"
+                )
             )
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
-            return Failure(ValidationError(f"limit must be an int from 1 to 10000, got {limit!r}"))
+            return Failure(ValidationError(f"limit must be an int from 1 to 10000, got {safe_repr(limit)}"))
         filters = Result.do(
             (the_name, correlation, tenant, the_after)
             for the_name in check_short_text(name, "name")
@@ -505,15 +521,22 @@ class JobQueue:
 
     async def _purge(self, scope: str | None, age: Any, status: object) -> Result[int, Any]:
         """`purge` of rows older than the parsed `age`."""
-        statuses = [status] if isinstance(status, str) else status
+        statuses: object = plain_text(status)
+        if isinstance(statuses, str):
+            statuses = [statuses]
+        elif isinstance(statuses, list | tuple):
+            try:  # a copy, read once: a subclass's own iteration may raise
+                statuses = [plain_text(s) for s in statuses]
+            except Exception:
+                statuses = None
         if (
-            not isinstance(statuses, list | tuple)
+            not isinstance(statuses, list)
             or not statuses
             or not all(isinstance(s, str) and s in FINAL_STATUSES for s in statuses)
         ):
             return Failure(
                 ValidationError(
-                    f"status must be completed, failed or cancelled (or a list of them), got {status!r}; "
+                    f"status must be completed, failed or cancelled (or a list of them), got {safe_repr(status)}; "
                     "pending and running jobs are never purged"
                 )
             )
@@ -566,16 +589,19 @@ def unique_key_of(unique: object, raw: bytes) -> Result[str | None, ValidationEr
     if unique is True:
         return Success("params:" + hashlib.sha256(raw).hexdigest())
     if not isinstance(unique, str):
-        return Failure(ValidationError(f"unique must be True, False or a key (a string), got {unique!r:.80}"))
+        return Failure(ValidationError(f"unique must be True, False or a key (a string), got {safe_repr(unique):.80}"))
     return check_short_text(unique, "unique").map(lambda key: None if key is None else "key:" + key)
 
 
 def unique_statuses(unique_while: object) -> Result[tuple[JobStatusName, ...], ValidationError]:
     """The statuses in which a unique job holds its key, by `unique_while`."""
+    unique_while = plain_text(unique_while)
     statuses = _UNIQUE_STATUSES.get(unique_while) if isinstance(unique_while, str) else None
     if statuses is None:
         return Failure(
-            ValidationError(f"unique_while must be 'pending' or 'pending_or_running', got {unique_while!r:.80}")
+            ValidationError(
+                f"unique_while must be 'pending' or 'pending_or_running', got {safe_repr(unique_while):.80}"
+            )
         )
     return statuses
 
@@ -583,5 +609,5 @@ def unique_statuses(unique_while: object) -> Result[tuple[JobStatusName, ...], V
 def check_priority(priority: object) -> Result[int, ValidationError]:
     """`priority` if it is a 32-bit int (what both storages hold)."""
     if isinstance(priority, bool) or not isinstance(priority, int) or not -(2**31) <= priority < 2**31:
-        return Failure(ValidationError(f"priority must be a 32-bit int, got {priority!r}"))
+        return Failure(ValidationError(f"priority must be a 32-bit int, got {safe_repr(priority)}"))
     return Success(priority)

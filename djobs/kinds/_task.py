@@ -54,7 +54,7 @@ from .._errors import (
     raise_error,
 )
 from .._execution import Checkout, Env, RunInfo, execute, run_call, run_returning_state
-from .._input import LONGEST_INTERVAL, epoch_ms, text_problem
+from .._input import LONGEST_INTERVAL, epoch_ms, plain_text, text_problem
 from .._limits import NO_LIMITS, RunLimits, definition_limits, offloaded
 from .._logging import JobLog, LoggingOption, check_logging
 from .._retry import Retry, check_retry
@@ -540,6 +540,7 @@ def _rejection(error: JobError) -> ValidationError | InvalidStateError | Executi
 
 
 def _check_event_id(event_id: object) -> Result[str | None, ValidationError]:
+    event_id = plain_text(event_id)
     if event_id is None:
         return Success(None)
     if not isinstance(event_id, str) or not event_id or len(event_id) > MAX_ID_LENGTH:
@@ -737,7 +738,9 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
         record, alarm = loaded
         return self._state(record).map(lambda state: StateResult(state, _at(alarm.fire_at if alarm else None)))
 
-    async def terminate(self, instance_id: str, reason: str | None) -> Result[TerminateResult, StorageError]:
+    async def terminate(
+        self, instance_id: str, reason: object
+    ) -> Result[TerminateResult, ValidationError | StorageError]:
         return await terminate_instance(self.runtime, KIND, self.job.name, self.key(instance_id), instance_id, reason)
 
     # -- alarms, executes and the shared end of every step ---------------------------------

@@ -68,7 +68,7 @@ from .._errors import (
 )
 from .._execution import Pending, begin_body, body_failure, finish_body, holds_cancel
 from .._execution import begun as begun_with
-from .._input import check_text, clean_message, text_problem
+from .._input import check_text, clean_message, plain_text, text_problem
 from .._logging import JobLog, LoggingOption, check_logging, threshold
 from .._retry import Retry, check_retry
 from ..storage import (
@@ -617,14 +617,17 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
                     self._cancel_live(live, reason)
 
     async def list_instances(
-        self, status: str | None, after: str | None, limit: int
+        self, status: object, after: str | None, limit: int
     ) -> Result[builtins.list[WorkflowSummary], ValidationError | StorageError]:
         lister = getattr(self.env.storage, "list_instances", None)
         if lister is None:
             return Failure(StorageError(f"the storage {self.env.storage!r} cannot list instances"))
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 10_000:
             return Failure(ValidationError(f"limit must be an int from 1 to 10000, got {short.repr(limit)}"))
-        if status is not None and status not in ("running", "sleeping", "waiting", *FINAL):
+        status = plain_text(status)
+        if status is not None and (
+            not isinstance(status, str) or status not in ("running", "sleeping", "waiting", *FINAL)
+        ):
             return Failure(ValidationError(f"status {short.repr(status)} is not a workflow status"))
         after_key: Result[str | None, ValidationError] = (
             Success(None) if after is None else check_text(after, "after").map(self.key)
