@@ -187,3 +187,22 @@ def test_ctx_job_of_a_workflow_whose_idempotency_key_is_too_long_to_store_enqueu
     finally:
         if schema is not None:
             drop_schema(postgres_dsn() or "", schema)
+
+
+def test_ctx_job_whose_key_cannot_fit_beside_its_tenant_and_name_is_refused_at_the_call() -> None:
+    """A tenant id of 512 four-byte characters and a job name of 188 leave no room even for the
+    digest: the call is refused, as the enqueue would refuse it, not a step failing for good."""
+    job = djobs.Job.make("\U0001d11e" * 188, params=Nothing, result=int, execute=one)
+    flow = waiting_for(job)
+
+    async def scenario() -> None:
+        async with open_test_engine([job, flow]) as engine:
+            client = engine.client.for_tenant("\U0001d11e" * 512).workflow(flow)
+            success(await client.start(id="w", input=Nothing()))
+            await trio.sleep(60)
+            status = success(await client.status("w"))
+            assert status.status == "failed" and status.error is not None, status
+            assert status.error["tag"] == "validation" and status.steps == [], status
+            assert "UTF-8 bytes; at most 2600" in status.error["message"], status.error
+
+    trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))

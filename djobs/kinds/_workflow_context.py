@@ -151,6 +151,8 @@ _UNSET: Any = object()
 _CHILD_STEP = "start child "
 #: What a child's stored keys are made of, for `key_problem`'s error.
 _FAMILY = "the parent's and the child's names and ids and their tenant id"
+#: What a ``ctx.job`` enqueue's idempotency key is stored with, for `key_problem`'s error.
+_JOB_KEY_FIELDS = "the job's name, the workflow's tenant id and the call's idempotency key"
 #: What the log names a ``ctx.job`` call's enqueue step before the job's name.
 _JOB_STEP = "enqueue job "
 #: The longest job name ``ctx.job`` takes: its enqueue step's name holds it (`MAX_CALL_NAME_LENGTH`).
@@ -1196,6 +1198,11 @@ class WorkflowContext(BaseContext[D_co]):
             # above has, stays the same on every replay.
             digest = hashlib.sha256(f"{self.job_name}:{self.instance_id}".encode()).hexdigest()
             idempotency_key = f"workflow-digest:{digest}:{run.position}"
+            # Still too long with the job's name and the tenant id (both of wide characters):
+            # refused here, as the enqueue would refuse it.
+            too_long = key_problem(f"{tenant or ''}{job.name}{idempotency_key}", _JOB_KEY_FIELDS)
+            if too_long is not None:
+                raise ValidationError(f"ctx.job({short.repr(job.name)}): {too_long.message}")
 
         def enqueue() -> FutureResult[str, JobError]:
             return jobs.later(params, idempotency_key=idempotency_key)
