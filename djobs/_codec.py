@@ -495,6 +495,26 @@ def _non_finite_message(item: object, within: Any, key: Any, role: str = "") -> 
     )
 
 
+_canonical_encoder = msgspec.json.Encoder(order="deterministic")
+
+
+def canonical_json(tp: Any, raw: bytes) -> bytes:
+    """`raw`, the checked JSON of a `tp`, written so that equal values give equal bytes.
+
+    msgspec writes a dict's keys in insertion order and a set's items in iteration order (for
+    strings, an order that differs between processes: hash randomisation), so equal params
+    had different encodings. Decoded as `tp` (sets are sets again) and written with
+    ``order="deterministic"``, dict keys and set items are sorted, and a struct's fields stay
+    in their declared order, so the JSON of params holding no dict or set is `raw` itself (a
+    unique key stored before keeps matching). Params whose sets mix types that do not sort
+    are written as they came.
+    """
+    try:
+        return _canonical_encoder.encode(_decoder(tp).decode(raw))
+    except Exception:  # items that do not sort (a set[int | str]): the encoding as written
+        return raw
+
+
 def decode(tp: type[T], raw: bytes, *, what: str) -> Result[T, ValidationError]:
     """Decode and validate stored JSON as a `tp`."""
     try:

@@ -374,7 +374,7 @@ class JobClient(Generic[P, R]):
             if (problem := key_problem(f"{tenant or ''}{h.job.name}{key}", _IDEMPOTENCY_FIELDS)) is not None:
                 return Failure(problem)
         if unique is not False:
-            match unique_key_of(unique, raw):
+            match unique_key_of(unique, raw, h.job.params):
                 case Success(unique_key):
                     pass
                 case Failure() as failed:

@@ -18,7 +18,7 @@ from returns.pipeline import is_successful
 from returns.result import Failure, Result, Success
 
 from .._clock import LATEST_MS, to_datetime
-from .._codec import decode, encode
+from .._codec import canonical_json, decode, encode
 from .._durations import parse_duration, to_ms
 from .._errors import (
     InstanceNotFoundError,
@@ -582,12 +582,12 @@ def due_at(at: object, delay: object, now: int) -> Result[int, ValidationError]:
     return when
 
 
-def unique_key_of(unique: object, raw: bytes) -> Result[str | None, ValidationError]:
-    """The stored unique key: ``True`` keys by the params' JSON (its SHA-256), a string is the key."""
+def unique_key_of(unique: object, raw: bytes, params_type: Any) -> Result[str | None, ValidationError]:
+    """The stored unique key: ``True`` keys by the params (`canonical_json`'s SHA-256), a string is the key."""
     if unique is False or unique is None:
         return Success(None)
     if unique is True:
-        return Success("params:" + hashlib.sha256(raw).hexdigest())
+        return Success("params:" + hashlib.sha256(canonical_json(params_type, raw)).hexdigest())
     if not isinstance(unique, str):
         return Failure(ValidationError(f"unique must be True, False or a key (a string), got {safe_repr(unique):.80}"))
     return check_short_text(unique, "unique").map(lambda key: None if key is None else "key:" + key)
