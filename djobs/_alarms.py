@@ -219,7 +219,7 @@ class AlarmSleeper:
         self._actors.post(alarm.key, fire, lambda _error: self.done_with(alarm))
 
     async def _claim_runs(
-        self, runs: AlarmRunStore, now: int, limit: int, mine: list[str]
+        self, runs: AlarmRunStore, now: int, limit: int, mine: list[str], since: float | None = None
     ) -> tuple[Callable[[], Awaitable[None]], list[ClaimedAlarm]] | None:
         """Claim due alarms with their instances' leases and rows, and run those in batches
         (or, for an `AlarmClaimTarget`, first on the instance's actor).
@@ -229,6 +229,8 @@ class AlarmSleeper:
         Returns the batch's run (with the batch) to run in the sleeper's own task, when the claim took every due
         alarm (fewer than `limit`) into one batch: no further claim waits for it to end, so
         no task of its own is started for it; ``None`` when every batch runs in a task.
+        `since`: a Trio time no later than the claim's (the sleep's deadline it woke at), for
+        the leases' deferred renewal; ``None`` to read the clock.
         """
         actors, leases = self._actors, self._leases
         assert leases is not None
@@ -264,7 +266,8 @@ class AlarmSleeper:
         if leased:
             renew = not self._inline
             if not renew and self._deferred_since is None:
-                self._deferred_since = trio.current_time()  # the claim's time: no checkpoint since
+                # The claim's time, or just before it: a renewal a little early is harmless.
+                self._deferred_since = trio.current_time() if since is None else since
             actors.leased([one.alarm.key for one in leased], renew=renew)
             self._claimed.update([one.alarm.id for one in leased])
         batches: dict[int, tuple[AlarmBatchTarget, list[ClaimedAlarm]]] = {}
@@ -360,12 +363,13 @@ class AlarmSleeper:
                 # Only the alarms of definitions registered here: a partial engine (a
                 # script, a rolling deploy) never holds alarms it cannot fire.
                 mine = self._prefixes  # not copied: only `register` replaces it
+                woke_at = None
                 if reached:
                     # Slept until the earliest due alarm it read: it is due now (one that was
                     # cleared or moved since is not claimed, and the next pass reads again).
                     # The sleep's own reading, if it took one: no await since.
                     reached = False
-                    woke = self._wakeup.woke_ms
+                    woke, woke_at = self._wakeup.woke_ms, self._wakeup.woke_at
                     now = next_at = clock.now_ms() if woke is None else woke
                 else:
                     next_at = await storage.next_alarm_at(mine)
@@ -391,7 +395,7 @@ class AlarmSleeper:
                     last = None
                     try:
                         if self._runs is not None and (self._batched or self._handed):
-                            last = await self._claim_runs(self._runs, now, min(self._batch, free), mine)
+                            last = await self._claim_runs(self._runs, now, min(self._batch, free), mine, woke_at)
                         else:
                             alarms = await storage.claim_alarms(now, self.lease_ms, min(self._batch, free), mine)
                             for alarm in alarms:

@@ -26,7 +26,7 @@ class Wakeup:
             here); ``None`` trusts pokes alone.
     """
 
-    __slots__ = ("_clock", "_cut", "_missed", "_poll_ms", "_scope", "_until", "woke_ms")
+    __slots__ = ("_clock", "_cut", "_missed", "_poll_ms", "_scope", "_until", "woke_at", "woke_ms")
 
     def __init__(self, clock: Clock, poll_ms: int | None) -> None:
         self._clock = clock
@@ -41,6 +41,8 @@ class Wakeup:
         #: The clock's reading as the last sleep ended, if it took one (the virtual clock's
         #: due time reached): the caller's "now" until its next await. ``None`` otherwise.
         self.woke_ms: int | None = None
+        #: With `woke_ms`, the Trio time of the deadline that ended the sleep: no later than now.
+        self.woke_at: float | None = None
 
     async def sleep_until(self, at_ms: int | None) -> bool:
         """Sleep until `at_ms` (forever for ``None``), a poke for an earlier time, or the poll interval.
@@ -71,7 +73,7 @@ class Wakeup:
         scope = self._scope = trio.CancelScope(deadline=deadline)
         self._until = math.inf if at_ms is None else at_ms
         self._cut = False
-        self.woke_ms = None
+        self.woke_ms = self.woke_at = None
         with scope:
             if at_ms is None or virtual:
                 await _sleep_in(scope)
@@ -91,7 +93,7 @@ class Wakeup:
             if now < at_ms:
                 await clock.sleep_until(at_ms)  # woken a hair early (float rounding): never before `at_ms`
             else:
-                self.woke_ms = now
+                self.woke_ms, self.woke_at = now, deadline
             return at_ms == asked
         # Another clock's sleep returned (it reached `at_ms`), unless the poll interval ended it.
         return at_ms == asked and not scope.cancelled_caught
