@@ -22,7 +22,7 @@ from ._execution import Env, body_failure
 from ._ids import RandomIds
 from ._input import DEFAULT_MAX_PAYLOAD_BYTES, check_count, check_interval, check_payload_limit, check_seed
 from ._layers import Layers
-from ._leases import DEFAULT_INSTANCE_LEASE, InstanceLeases
+from ._leases import DEFAULT_INSTANCE_LEASE, InstanceLeases, free_exited
 from ._retention import Retention, retention_loop
 from ._retry import JitteredRetries
 from ._runtime import Runtime
@@ -352,7 +352,9 @@ def open_engine(
         max_concurrency: How many instance handlers may run at once: an int
             from 1 to 2,147,483,647. Every duration here is at most 36,525 days.
         alarm_lease: How long a claimed alarm is hidden before it fires again
-            if its handler never finished (a crash); at least 1 second.
+            if its handler never finished (a crash); at least 1 second. An
+            engine that opens on the host of a crashed process fires that
+            process's claims at once.
         alarm_poll_interval: How often the alarm sleeper looks for alarms set
             by other processes (at least 1 millisecond); ``None`` trusts this
             process alone.
@@ -465,8 +467,8 @@ async def open_engine_as(
         # Built in dependency order, each with what it needs: the leases and the
         # alarm sleeper's wake-up first, since the env fences check-ins with the
         # one and pokes the other; the client last (the env's slot takes it).
-        leases = InstanceLeases(store, layers.clock, layers.ids.engine_id(), instance_lease_ms)
         alarm_wakeup = Wakeup(layers.clock, poll_ms)
+        leases = InstanceLeases(store, layers.clock, layers.ids.engine_id(), instance_lease_ms, alarm_wakeup)
         env = Env(
             storage=store,
             clock=layers.clock,
@@ -499,6 +501,9 @@ async def open_engine_as(
             # process's engine fires the alarms its calls set (started below, once
             # the client that bodies reach as ctx.client exists).
             runtime.fires_alarms = True
+        # The leases a process of this host held when it died are freed before anything here
+        # claims or waits: its claimed alarms fire now, not one alarm lease later.
+        await free_exited(store, layers.clock)
         nursery.start_soon(_guarded, runtime.lease_keeper)
         nursery.start_soon(_guarded, runtime.lease_releaser)
         body_error: BaseException | None = None

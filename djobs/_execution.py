@@ -402,8 +402,10 @@ class Env:
             if error is None:
                 written.append(checkin.key)
                 alarm = checkin.alarm
-                if isinstance(alarm, SetAlarm) and (earliest is None or alarm.fire_at < earliest):
-                    earliest = alarm.fire_at
+                if isinstance(alarm, SetAlarm):
+                    due = alarm.fire_at if alarm.due_at is None else alarm.due_at
+                    if earliest is None or due < earliest:
+                        earliest = due
                 if events:
                     emitted.append(events)
             elif isinstance(error, LeaseLostError):
@@ -417,8 +419,9 @@ class Env:
         return errors
 
     def _committed(self, checkin: Checkin, events: list[TrackedEvent] | None) -> None:
-        if isinstance(checkin.alarm, SetAlarm):
-            self.alarm_waker.poke(checkin.alarm.fire_at)
+        alarm = checkin.alarm
+        if isinstance(alarm, SetAlarm):
+            self.alarm_waker.poke(alarm.fire_at if alarm.due_at is None else alarm.due_at)
         if events:
             self.emit(events)
 

@@ -8,6 +8,11 @@ ones up in batches. Two engine processes on one database therefore never run
 one instance at once; a lease whose owner died ends after its length, or at
 once when the owner was a process of this host.
 
+The same holds for every lease an engine holds under its id: `free_exited`
+frees those of this host's exited processes (instance leases, the claims on
+their instances' alarms, running jobs' leases), when an engine opens and on
+its worker's reclaim timer.
+
 Arrows: this module needs storage and the clock; the actors
 (`djobs._actors`) use it, never the other way.
 """
@@ -25,7 +30,8 @@ import trio
 
 from ._clock import Clock
 from ._errors import StorageError
-from .storage import InstanceStore
+from ._wakeup import Wakeup
+from .storage import InstanceStore, LeaseFreer
 
 _log = logging.getLogger("djobs.engine")
 
@@ -61,6 +67,35 @@ def dead_local_owner(owner: str) -> bool:
     return False
 
 
+async def free_exited(storage: object, clock: Clock) -> bool:
+    """Free at once every lease held by a process of this host that has exited (`dead_local_owner`).
+
+    The owners come from the storage (`LeaseFreer.lease_owners`: instance leases and
+    running jobs' leases named after this host); each one found dead has all its leases
+    freed in one transaction (`LeaseFreer.free_leases`): instance leases, the claims on
+    those instances' alarms (a due Debounce flush, a workflow's guard: due at once, not
+    one ``alarm_lease`` later), running jobs' leases (reclaimed at the worker's next look).
+    A storage that is not a `LeaseFreer` leaves them to end after their length. A
+    `StorageError` is logged (they end after their length, or are freed next time).
+
+    Returns:
+        Whether anything was freed (alarms may be due now: the caller wakes the sleeper).
+    """
+    if not isinstance(storage, LeaseFreer):
+        return False
+    try:
+        owners = [owner for owner in await storage.lease_owners(socket.gethostname()) if dead_local_owner(owner)]
+        if not owners:
+            return False
+        freed = await storage.free_leases(owners, clock.now_ms())
+    except StorageError as exc:
+        _log.warning("could not free the leases of exited processes of this host: %s", exc.message)
+        return False
+    if freed:
+        _log.warning("freed %d leases held by %s, processes of this host that have exited", freed, ", ".join(owners))
+    return freed > 0
+
+
 class InstanceLeases:
     """The instance leases one engine holds, takes, renews and gives up.
 
@@ -69,11 +104,16 @@ class InstanceLeases:
         clock: The clock lease ends are read on.
         owner: The engine's id (from the ids layer), the owner of every lease taken here.
         lease_ms: How long a lease lasts without renewal.
+        alarms: The alarm sleeper's wake-up, poked when freeing an exited owner's leases made
+            the alarms it had claimed due.
     """
 
-    def __init__(self, storage: InstanceStore, clock: Clock, owner: str, lease_ms: int) -> None:
+    def __init__(
+        self, storage: InstanceStore, clock: Clock, owner: str, lease_ms: int, alarms: Wakeup | None = None
+    ) -> None:
         self._storage = storage
         self._clock = clock
+        self._alarms = alarms
         self.owner = owner
         self.lease_ms = lease_ms
         #: The leases held, each with the serial number of its taking: a lease given up
@@ -226,7 +266,13 @@ class InstanceLeases:
             _log.warning(
                 "the lease of %s is held by %s, a process of this host that has exited; freeing it", key, owner
             )
-            await self._storage.release_instance_leases([key], owner)
+            storage = self._storage
+            if isinstance(storage, LeaseFreer):  # all of its leases (`free_exited`), not this one alone
+                now = self._clock.now_ms()
+                if await storage.free_leases([owner], now) and self._alarms is not None:
+                    self._alarms.poke(now)  # the alarms it had claimed are due
+            else:
+                await storage.release_instance_leases([key], owner)
             return True
         if not logged:
             wait = max(0, until - self._clock.now_ms()) / 1000

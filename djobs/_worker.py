@@ -48,6 +48,7 @@ from ._durations import DurationLike, duration, to_ms
 from ._errors import JobCancelledError, StorageError, ValidationError
 from ._execution import Env
 from ._input import check_count, check_interval, clean_message
+from ._leases import free_exited
 from ._wakeup import Wakeup
 from .storage import ClaimedJob, ExpiredLease, HeldStarts, JobSettlement, NewJob, QueueStorage
 from .storage._base import QueueLimit, writes_inline
@@ -64,6 +65,10 @@ def error_json(tag: str, message: str) -> bytes:
 
 
 #: What a cancelled row stores as its error.
+#: How often, at most, the reclaim looks for the leases of this host's exited processes
+#: (`djobs._leases.free_exited`), in engine ms: one read of the leases held, no more often
+#: than this, since an engine that opens looks at once (a restart is the usual case).
+FREE_EXITED_EVERY_MS = 60_000
 CANCELLED_ERROR = error_json("job_cancelled", "the job was cancelled")
 _LEASE_ERROR = error_json(
     "execution", "the worker running the job's last attempt stopped renewing its lease (it crashed or hung)"
@@ -284,6 +289,9 @@ class Worker:
         # Reclaims run on a timer (and after every sleep), not before every claim.
         self._reclaim_every_ms = max(1, min(self.lease_ms // 3, 1000))
         self._reclaim_at = 0
+        #: When the reclaim next looks for leases of this host's exited processes (`free_exited`;
+        #: the engine looked as it opened): at most once a `FREE_EXITED_EVERY_MS`.
+        self._free_exited_at = env.clock.now_ms() + FREE_EXITED_EVERY_MS
         self._capacity = trio.Event()
         self._idle = trio.Event()
         self._idle.set()
@@ -903,6 +911,10 @@ class Worker:
                 with trio.CancelScope(shield=True):
                     expired: Sequence[ExpiredLease] = ()
                     if reclaim:
+                        if now >= self._free_exited_at:
+                            self._free_exited_at = now + FREE_EXITED_EVERY_MS
+                            if await free_exited(storage, self.env.clock):
+                                self.env.alarm_waker.poke(now)  # the alarms they had claimed are due
                         expired = await storage.reclaim_expired(now, CANCELLED_ERROR, _LEASE_ERROR, batch)
                         self._reclaim_at = now + self._reclaim_every_ms
                     claimed = await storage.claim_jobs(

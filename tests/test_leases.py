@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 import pytest
@@ -17,6 +18,8 @@ from test_timeouts import layer  # noqa: F401  # the memory / SQLite / PostgreSQ
 import djobs
 import djobs.storage
 from djobs._leases import dead_local_owner
+from djobs._worker import FREE_EXITED_EVERY_MS
+from djobs.storage import NewJob
 from djobs.testing import open_test_engine, success
 
 
@@ -69,6 +72,73 @@ async def test_a_lease_held_by_a_dead_process_of_this_host_is_freed_at_once(
         assert trio.current_time() - started < 1  # not the 30 s of the dead owner's lease
         assert any("exited; freeing it" in r.getMessage() and dead in r.getMessage() for r in caplog.records)
         assert success(await client.get_state("a")).state == Count(2)
+
+
+START = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def epoch_ms(at: datetime) -> int:
+    return (at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+
+
+runs: list[int] = []
+
+
+def record(params: Count, ctx: djobs.JobContext) -> None:
+    runs.append(params.n)
+
+
+work = djobs.Job.make("work", params=Count, execute=record)
+
+
+@pytest.mark.trio
+async def test_what_an_exited_process_of_this_host_held_is_freed_when_an_engine_opens(
+    autojump_clock: trio.testing.MockClock,
+    layer: djobs.storage.StorageLayer,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    runs.clear()
+    dead = f"{socket.gethostname()}:{exited_pid()}:0badc0de"
+    async with open_test_engine([counter, work], storage=layer, start=START) as engine:
+        assert success(await engine.client.continuous(counter).start(id="a", input=Count()))  # runs now, then hourly
+        assert success(await engine.client.job(work).later(Count(7), at=START + timedelta(hours=1)))
+        await engine.wait_idle()
+    # An hour on, a process of this host claimed the due run and the due job, took the
+    # instance's lease, and was SIGKILLed: the alarm is hidden and the job leased for 5 minutes.
+    now = epoch_ms(START + timedelta(hours=1))
+    async with layer.open() as store:
+        assert await store.acquire_instance_lease(KEY, dead, now, 30_000)
+        assert [a.key for a in await store.claim_alarms(now, 300_000, 10)] == [KEY]
+        assert [j.name for j in await store.claim_jobs(now, now + 300_000, dead, ["work"], 10)] == ["work"]  # type: ignore[attr-defined]
+    opened = START + timedelta(hours=1, seconds=1)
+    with caplog.at_level(logging.WARNING, logger="djobs.engine"):
+        async with open_test_engine([counter, work], storage=layer, start=opened) as engine:
+            await trio.sleep(1)
+            # Both ran at once, not 5 minutes later.
+            assert success(await engine.client.continuous(counter).get_state("a")).state == Count(2)
+            assert runs == [7]
+    assert any(
+        "processes of this host that have exited" in r.getMessage() and dead in r.getMessage() for r in caplog.records
+    )
+
+
+@pytest.mark.trio
+async def test_a_job_an_exited_process_of_this_host_held_is_reclaimed_by_a_running_engine(
+    autojump_clock: trio.testing.MockClock,
+    layer: djobs.storage.StorageLayer,  # noqa: F811
+) -> None:
+    runs.clear()
+    dead = f"{socket.gethostname()}:{exited_pid()}:0badc0de"
+    # Polling each second, as a worker among processes does (the test engine's does not).
+    async with open_test_engine([work], storage=layer, start=START, worker=djobs.WorkerOptions()) as engine:
+        await trio.sleep(1)
+        # Another process of this host started a job (its lease 5 minutes) and was SIGKILLed.
+        now = engine.clock.now_ms()
+        row = NewJob(id="killed", name="work", params=b'{"n":3}', max_attempts=3, scheduled_for=now, created_at=now)
+        await engine.storage.start_job(row, dead, now + 300_000)  # type: ignore[attr-defined]
+        # Reclaimed on the worker's reclaim timer (at most a minute on), not after the 5 minutes.
+        await trio.sleep(FREE_EXITED_EVERY_MS / 1000 + 2)
+        assert runs == [3]
 
 
 @pytest.mark.trio

@@ -648,12 +648,13 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
 
         An engine that fires alarms runs it itself at once, on the actor that
         holds its lease (`_run_next`), so the alarm is only the guard against
-        this process dying first: due when a claim of it would have run out.
-        An engine that fires none (client-only) leaves it due now, for a
-        worker process to take.
+        this process dying first: set at now as if claimed at once, due when
+        that claim would have run out, or at once when the process is found
+        dead (its leases freed: `djobs._leases.free_exited`). An engine that
+        fires none (client-only) leaves it due now, for a worker process to take.
         """
         if self.runtime.fires_alarms:
-            return SetAlarm(now + self.runtime.alarm_lease_ms, purpose)
+            return SetAlarm(now, purpose, now + self.runtime.alarm_lease_ms)
         return SetAlarm(now, purpose)
 
     def _run_next(self, key: str, record: InstanceRecord) -> None:

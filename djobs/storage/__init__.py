@@ -33,6 +33,7 @@ from ._base import JobFilter as JobFilter
 from ._base import JobRecord as JobRecord
 from ._base import JobSettlement as JobSettlement
 from ._base import JobStatusName as JobStatusName
+from ._base import LeaseFreer as LeaseFreer
 from ._base import LeaseLostError as LeaseLostError
 from ._base import NewJob as NewJob
 from ._base import QueueStorage as QueueStorage
@@ -68,6 +69,7 @@ __all__ = [
     "InstanceLister",
     "InstanceRecord",
     "InstanceStore",
+    "LeaseFreer",
     "LeaseLostError",
     "MemoryStorage",
     "PostgresLayer",

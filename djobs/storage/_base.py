@@ -54,10 +54,17 @@ class Alarm(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class SetAlarm(msgspec.Struct, frozen=True):
-    """Replace the instance's alarm with one at `fire_at`."""
+    """Replace the instance's alarm with one at `fire_at`.
+
+    With `due_at` (later than `fire_at`), the alarm is stored as if claimed at once, its
+    claim running out at `due_at`: a guard for a run that the engine setting it starts
+    itself (a workflow's verb). It fires at `due_at` unless that run replaces it first, or
+    at once when its claim is freed (`LeaseFreer.free_leases`: the engine died).
+    """
 
     fire_at: int
     purpose: str
+    due_at: int | None = None
 
 
 class ClearAlarm(msgspec.Struct, frozen=True):
@@ -393,6 +400,30 @@ class InstanceLeaseLoader(Protocol):
 
         Raises:
             StorageError: The storage failed (the lease is not taken).
+        """
+        ...
+
+
+@runtime_checkable
+class LeaseFreer(Protocol):
+    """The leases of an engine that has exited, freed at once rather than left to run out.
+    Optional: without it, a dead engine's instance leases, alarm claims and job leases end
+    after their length (an actor waiting for an instance lease still frees that one)."""
+
+    async def lease_owners(self, host: str) -> list[str]:
+        """The owners (engine ids, ``host:pid:random``) named after host `host` that hold an
+        instance lease (stored, expired or not) or a running job's lease, sorted."""
+        ...
+
+    async def free_leases(self, owners: Sequence[str], now_ms: int) -> int:
+        """Free every lease `owners` hold, in one transaction: their instance leases are
+        deleted; the alarms of those instances that are claimed (due later than their fire
+        time: a claim's lease, or a `SetAlarm` guard) are made due at their fire time, as
+        `AlarmStore.release_alarms` does; their running jobs' leases end at `now_ms`, so the
+        next `QueueStorage.reclaim_expired` takes those rows back.
+
+        Returns how many leases of each kind were freed, in all. Raises `StorageError`
+        (nothing is freed).
         """
         ...
 

@@ -498,7 +498,7 @@ class MemoryStorage:
         self._store_instance(key, record)
         alarm = checkin.alarm
         if isinstance(alarm, SetAlarm):
-            self._set_alarm(key, alarm.fire_at, alarm.fire_at, alarm.purpose)
+            self._set_alarm(key, alarm.fire_at, alarm.fire_at if alarm.due_at is None else alarm.due_at, alarm.purpose)
         elif isinstance(alarm, ClearAlarm):
             self._clear_alarm(key)
 
@@ -696,6 +696,39 @@ class MemoryStorage:
     async def release_instance_leases(self, keys: list[str], owner: str) -> None:
         if keys:
             await self._write(self._release_instances, keys, owner)
+
+    async def lease_owners(self, host: str) -> list[str]:
+        self._check_open()
+        prefix = f"{host}:"
+        owners = {lease[0] for lease in self._leases.values() if lease[0].startswith(prefix)}
+        owners.update(worker for worker, running in self._by_worker.items() if running and worker.startswith(prefix))
+        return sorted(owners)
+
+    def _free_leases(self, owners: Sequence[str], now: int) -> int:
+        theirs = set(owners)
+        freed = 0
+        for key, lease in list(self._leases.items()):
+            if lease[0] not in theirs:
+                continue
+            alarm = self._alarms.get(key)
+            if alarm is not None and alarm[2] > alarm[1]:  # claimed: due again at its fire time
+                self._hide_alarm(key, alarm, alarm[1])
+                heapq.heappush(self._alarm_heap, (alarm[1], alarm[0], key))
+                freed += 1
+            self._drop(self._leases, key)
+            freed += 1
+        for worker in theirs:
+            for job_id in self._by_worker.get(worker, ()):
+                job = self._jobs[job_id]
+                if job.worker_expires_at is not None and job.worker_expires_at > now:
+                    self._touch(job)
+                    job.worker_expires_at = now
+                    heapq.heappush(self._expiry, (now, job.rowid, job_id))
+                    freed += 1
+        return freed
+
+    async def free_leases(self, owners: Sequence[str], now_ms: int) -> int:
+        return await self._write(self._free_leases, owners, now_ms) if owners else 0
 
     def _release_alarms(self, ids: list[int]) -> None:
         for alarm_id in ids:

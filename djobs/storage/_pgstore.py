@@ -438,6 +438,29 @@ _RELEASE_INSTANCE_LEASES = """
     )
     DELETE FROM instance_leases WHERE key = ANY(ARRAY(SELECT key FROM mine)) AND owner = %(owner)s
 """
+#: The owners named after a host (``host:`` starts the id) holding an instance lease or a
+#: running job's (`LeaseFreer.lease_owners`).
+_HOST_LEASE_OWNERS = """
+    SELECT owner FROM instance_leases WHERE starts_with(owner, %(host)s)
+    UNION SELECT worker_id FROM jobs WHERE status = 'running' AND starts_with(worker_id, %(host)s)
+    ORDER BY 1
+"""
+# Freeing the leases of exited owners: the claims on their instances' alarms (read through
+# the lease rows, locked in key order as every lease statement locks them), then the lease
+# rows, then their running jobs' leases (ended now, on the clock that judges them).
+_FREE_ALARM_CLAIMS = """
+    WITH theirs AS MATERIALIZED (
+        SELECT key FROM instance_leases WHERE owner = ANY(%(owners)s) ORDER BY key FOR UPDATE
+    ), picked AS MATERIALIZED (
+        SELECT id FROM alarms WHERE key IN (SELECT key FROM theirs) AND due_at > fire_at ORDER BY id FOR UPDATE
+    )
+    UPDATE alarms SET due_at = fire_at WHERE id = ANY(ARRAY(SELECT id FROM picked))
+"""
+_FREE_INSTANCE_LEASES = "DELETE FROM instance_leases WHERE owner = ANY(%(owners)s)"
+_FREE_JOB_LEASES = """
+    UPDATE jobs SET worker_expires_at = {clock}
+    WHERE status = 'running' AND worker_id = ANY(%(owners)s) AND worker_expires_at > {clock}
+"""
 _RELEASE_ALARMS = """
     WITH picked AS MATERIALIZED (SELECT id FROM alarms WHERE id = ANY(%s) ORDER BY id FOR UPDATE)
     UPDATE alarms SET due_at = fire_at WHERE id = ANY(ARRAY(SELECT id FROM picked))
@@ -651,6 +674,7 @@ def _lease_statements(clock: Judge) -> dict[str, str]:
         "claim": _CLAIM_JOBS.replace("{clock}", now).replace("{only}", ""),
         "claim_unlimited": _CLAIM_JOBS.replace("{clock}", now).replace("{only}", "AND limit_key IS NULL"),
         "reclaim": _RECLAIM.replace("{clock}", now),
+        "free_jobs": _FREE_JOB_LEASES.replace("{clock}", now),
         "start_held": _START_HELD.replace("{clock}", now),
         "renew": _RENEW.replace("{clock}", now),
         "next_wakeup": _NEXT_WAKEUP.replace("{clock}", now).replace("{only}", ""),
@@ -755,7 +779,9 @@ def _apply(conn: Connection, checkin: Checkin) -> None:
         conn.execute(_UPSERT_INSTANCE, instance_args(key, record))
     alarm = checkin.alarm
     if isinstance(alarm, SetAlarm):
-        conn.execute(_SET_ALARM, (key, alarm.fire_at, alarm.fire_at, alarm.purpose))
+        conn.execute(
+            _SET_ALARM, (key, alarm.fire_at, alarm.fire_at if alarm.due_at is None else alarm.due_at, alarm.purpose)
+        )
     elif isinstance(alarm, ClearAlarm):
         conn.execute(_DELETE_ALARM, (key,))
 
@@ -933,6 +959,25 @@ class PostgresStorage:
             conn.execute(_RELEASE_INSTANCE_LEASES, {"keys": list(keys), "owner": owner})
 
         await self._run(run, "release_instance_leases")
+
+    async def lease_owners(self, host: str) -> list[str]:
+        def run(conn: Connection) -> list[str]:
+            return [str(r[0]) for r in conn.execute(_HOST_LEASE_OWNERS, {"host": f"{host}:"}).fetchall()]
+
+        return await self._run(run, "lease_owners")
+
+    async def free_leases(self, owners: Sequence[str], now_ms: int) -> int:
+        if not owners:
+            return 0
+        args = {"owners": list(owners), "now": now_ms}
+        free_jobs = self._leases["free_jobs"]
+
+        def run(conn: Connection) -> int:
+            freed = conn.execute(_FREE_ALARM_CLAIMS, args).rowcount
+            freed += conn.execute(_FREE_INSTANCE_LEASES, args).rowcount
+            return freed + conn.execute(free_jobs, args).rowcount
+
+        return await self._write(run, "free_leases")
 
     async def release_alarms(self, ids: list[int]) -> None:
         def run(conn: Connection) -> None:

@@ -420,6 +420,24 @@ _ACQUIRE_LEASES = """
 #: is the one the claim just took, in the same transaction (``alarms.key`` is unique).
 _LOAD_MANY = f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE key IN (SELECT value FROM json_each(?))"
 _RELEASE_LEASES = "DELETE FROM instance_leases WHERE owner = ? AND key IN (SELECT value FROM json_each(?))"
+#: The owners named after a host (``host:`` starts the id) holding an instance lease or a
+#: running job's: the few rows of leases held, and the running rows' partial index.
+_HOST_LEASE_OWNERS = """
+    SELECT owner FROM instance_leases WHERE substr(owner, 1, length(?1)) = ?1
+    UNION SELECT worker_id FROM jobs WHERE status = 'running' AND substr(worker_id, 1, length(?1)) = ?1
+    ORDER BY 1
+"""
+# Freeing the leases of exited owners (a JSON array): the claims on their instances' alarms
+# first (read through the lease rows), then the lease rows, then their running jobs' leases.
+_FREE_ALARM_CLAIMS = """
+    UPDATE alarms SET due_at = fire_at WHERE due_at > fire_at
+    AND key IN (SELECT key FROM instance_leases WHERE owner IN (SELECT value FROM json_each(?)))
+"""
+_FREE_INSTANCE_LEASES = "DELETE FROM instance_leases WHERE owner IN (SELECT value FROM json_each(?))"
+_FREE_JOB_LEASES = """
+    UPDATE jobs SET worker_expires_at = ?2
+    WHERE status = 'running' AND worker_id IN (SELECT value FROM json_each(?1)) AND worker_expires_at > ?2
+"""
 #: An instance's alarm, set: a new row, or the stored one rewritten in place (same row id, so
 #: the key's index entry stays; `Alarm` tells a claim from the alarm set after it by fire time
 #: and purpose as well as id). ``INSERT OR REPLACE`` gave every set alarm a new row id, and at a
@@ -800,7 +818,9 @@ def _apply(db: apsw.Connection, checkin: Checkin) -> None:
         db.execute(_sql.UPSERT_INSTANCE, instance_args(key, record))
     alarm = checkin.alarm
     if isinstance(alarm, SetAlarm):
-        db.execute(_SET_ALARM, (key, alarm.fire_at, alarm.fire_at, alarm.purpose))
+        db.execute(
+            _SET_ALARM, (key, alarm.fire_at, alarm.fire_at if alarm.due_at is None else alarm.due_at, alarm.purpose)
+        )
     elif isinstance(alarm, ClearAlarm):
         db.execute(_sql.DELETE_ALARM, (key,))
 
@@ -1155,7 +1175,10 @@ class SqliteStorage:
                 return False
             # The alarm: a statement that refuses nothing (see `write`).
             if isinstance(alarm, SetAlarm):
-                db.execute(_SET_ALARM, (key, alarm.fire_at, alarm.fire_at, alarm.purpose))
+                db.execute(
+                    _SET_ALARM,
+                    (key, alarm.fire_at, alarm.fire_at if alarm.due_at is None else alarm.due_at, alarm.purpose),
+                )
             elif isinstance(alarm, ClearAlarm):
                 db.execute(_sql.DELETE_ALARM, (key,))
             return True
@@ -1281,7 +1304,9 @@ class SqliteStorage:
                 if plain and simple and record is not None and (alarm is None or isinstance(alarm, SetAlarm)):
                     rows.append(instance_args(key, record))
                     if alarm is not None:
-                        alarms.append((key, alarm.fire_at, alarm.fire_at, alarm.purpose))
+                        alarms.append(
+                            (key, alarm.fire_at, alarm.fire_at if alarm.due_at is None else alarm.due_at, alarm.purpose)
+                        )
                     errors.append(None)
                     continue
                 try:
@@ -1362,6 +1387,24 @@ class SqliteStorage:
             db.execute(_RELEASE_LEASES, (owner, given_up))
 
         await self.write(run, single=True)
+
+    async def lease_owners(self, host: str) -> list[str]:
+        return await self.read(lambda db: [str(r[0]) for r in db.execute(_HOST_LEASE_OWNERS, (f"{host}:",))])
+
+    async def free_leases(self, owners: Sequence[str], now_ms: int) -> int:
+        if not owners:
+            return 0
+        names = _names_encoder.encode(list(owners))
+
+        def run(db: apsw.Connection) -> int:
+            db.execute(_FREE_ALARM_CLAIMS, (names,))
+            freed = db.changes()
+            db.execute(_FREE_INSTANCE_LEASES, (names,))
+            freed += db.changes()
+            db.execute(_FREE_JOB_LEASES, (names, self.lease_now(now_ms)))
+            return freed + db.changes()
+
+        return await self.write(run)
 
     async def release_alarms(self, ids: list[int]) -> None:
         def run(db: apsw.Connection) -> None:

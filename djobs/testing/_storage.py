@@ -38,6 +38,7 @@ from ..storage import (
     InstanceLeaseLoader,
     InstanceLister,
     InstanceRecord,
+    LeaseFreer,
     LeaseLostError,
     QueueStorage,
     SetAlarm,
@@ -113,6 +114,7 @@ async def check_storage(new_database: NewDatabase, *, queue: bool = True, shared
     checks.append(("an InstanceLeaseLoader takes a lease and reads the row in one", _lease_loaded))
     checks.append(("an AlarmRunStore claims with leases and rows, writes back in one", _alarm_runs))
     checks.append(("DeadLetterStorage keeps dead letters", _dead_letters(queue)))
+    checks.append(("a LeaseFreer frees every lease of an exited owner", _leases_freed(queue)))
     if shared:
         checks += [(c.__name__, c) for c in _SHARED_CHECKS + (_SHARED_QUEUE_CHECKS if queue else ())]
     for name, run in checks:
@@ -337,6 +339,51 @@ async def _check_ins_written_back_together_fail_one_by_one_before_they_write(sto
     assert (await storage.instance_lease_holder(z) or ("",))[0] == "engine-a"
     loaded = await storage.load(x)
     assert loaded is not None and loaded[1] is not None and loaded[1].fire_at == 600
+
+
+def _leases_freed(queue: bool) -> Callable[[StorageLayer], Awaitable[None]]:
+    async def run(layer: StorageLayer) -> None:
+        async with layer.open() as storage:
+            if isinstance(storage, LeaseFreer):  # optional: an exited engine's leases end at once with it
+                await _an_exited_owners_leases_are_freed_and_no_one_elses(storage, queue)
+
+    return run
+
+
+async def _an_exited_owners_leases_are_freed_and_no_one_elses(storage: Any, queue: bool) -> None:
+    exited, alive, foreign = "host-1:7:a", "host-1:8:b", "host-2:7:a"
+    for key in ("k1", "k4"):
+        await storage.commit(Checkin(key=key, record=_record(key), alarm=SetAlarm(100, "run")))
+    # k2: a guard, set at 150 as if claimed until 60,150 (a workflow's verb); k3: an alarm set for later.
+    await storage.commit(Checkin(key="k2", record=_record("k2"), alarm=SetAlarm(150, "run", 60_150)))
+    await storage.commit(Checkin(key="k3", record=_record("k3"), alarm=SetAlarm(5_000, "run")))
+    assert sorted(a.key for a in await storage.claim_alarms(now_ms=200, lease_ms=60_000, limit=10)) == ["k1", "k4"]
+    for key, owner in (("k1", exited), ("k2", exited), ("k3", exited), ("k4", alive), ("k5", foreign)):
+        assert await storage.acquire_instance_lease(key, owner, now_ms=200, ttl_ms=30_000)
+    jobs = 0
+    if queue:
+        await storage.enqueue_jobs([_job(1), _job(2)])
+        assert [j.id for j in await storage.claim_jobs(10, 100_000, exited, ["send"], 1)] == ["job-0001"]
+        assert [j.id for j in await storage.claim_jobs(10, 100_000, alive, ["send"], 1)] == ["job-0002"]
+        jobs = 1
+    assert await storage.lease_owners("host-1") == [exited, alive]
+    assert await storage.lease_owners("host") == []  # a host is the whole part before the pid
+    # Two alarm claims (k1's, k2's guard), three instance leases, and the job's lease.
+    assert await storage.free_leases([exited], 300) == 5 + jobs
+    assert await storage.free_leases([], 300) == 0
+    assert await storage.free_leases([exited], 300) == 0  # nothing left to free
+    again = await storage.claim_alarms(now_ms=300, lease_ms=60_000, limit=10)
+    assert sorted((a.key, a.fire_at) for a in again) == [("k1", 100), ("k2", 150)]  # due at their fire times
+    loaded = await storage.load("k3")
+    assert loaded is not None and loaded[1] is not None and loaded[1].fire_at == 5_000, loaded  # not claimed: as set
+    assert [await storage.instance_lease_holder(k) for k in ("k1", "k2", "k3")] == [None, None, None]
+    for key, owner in (("k4", alive), ("k5", foreign)):
+        holder = await storage.instance_lease_holder(key)
+        assert holder is not None and holder[0] == owner, holder
+    if queue:
+        reclaimed = await storage.reclaim_expired(300, _CANCELLED, _LEASE_LOST, 10)
+        assert [(r.id, r.worker_id) for r in reclaimed] == [("job-0001", exited)]
+    assert await storage.lease_owners("host-1") == [alive]  # its job's row reclaimed: nothing of it left
 
 
 def _dead_letters(queue: bool) -> Callable[[StorageLayer], Awaitable[None]]:
