@@ -19,7 +19,7 @@ import msgspec
 
 from ._codec import check_storable
 from ._errors import ValidationError, safe_repr
-from ._input import text_problem
+from ._input import SEPARATOR, text_problem
 
 __all__ = ["Event", "event_name"]
 
@@ -35,6 +35,8 @@ def name_problem(name: object) -> str | None:
     `djobs._input.text_problem`), the same rule as every other name djobs takes."""
     if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME:
         return f"an event name must be a non-empty string of at most {MAX_NAME} characters, got {safe_repr(name):.80}"
+    if SEPARATOR in name:
+        return f"event name {name!r:.80} contains the unit separator (\\x1f), which djobs keeps to separate keys"
     problem = text_problem(name)
     return None if problem is None else f"event name {name!r:.80} {problem}"
 

@@ -73,19 +73,52 @@ def plain_text(value: object) -> object:
     return value
 
 
-def check_text(value: object, what: str, *, max_length: int | None = None) -> Result[str, ValidationError]:
-    """`value` (as an exact `str`, `plain_text`) if it is a non-empty `str` every storage can hold
-    (of at most `max_length` characters)."""
+#: The longest text argument (an id, a key, a tenant id, a filter), in characters; a name's is 200.
+MAX_TEXT_LENGTH = 512
+
+#: The unit separator: djobs joins a tenant id and an instance id with it in a stored key
+#: (``task:name:tenant\x1fid``), and a limit's name and key, so no text argument may hold it.
+SEPARATOR = "\x1f"
+
+
+def check_text(value: object, what: str, *, max_length: int = MAX_TEXT_LENGTH) -> Result[str, ValidationError]:
+    """`value` (as an exact `str`, `plain_text`) if it is a non-empty `str` of at most
+    `max_length` characters that every storage can hold (`text_problem`) and that holds no
+    `SEPARATOR`: the one rule of every text argument of every verb (ids, tenant ids, keys,
+    names, filters, reasons)."""
     value = plain_text(value)
     if not isinstance(value, str):
         return Failure(ValidationError(f"{what} must be a str, got {type(value).__name__}"))
     if not value:
         return Failure(ValidationError(f"{what} must not be empty"))
-    if max_length is not None and len(value) > max_length:
+    if len(value) > max_length:
         return Failure(ValidationError(f"{what} is {len(value)} characters long; at most {max_length} are allowed"))
+    if SEPARATOR in value:
+        return Failure(
+            ValidationError(
+                f"{what} {value!r:.80} contains the unit separator (\\x1f), which djobs keeps to separate "
+                "a tenant id from an id in its keys"
+            )
+        )
     problem = text_problem(value)
     if problem is not None:
         return Failure(ValidationError(f"{what} {value!r:.80} {problem}"))
+    return Success(value)
+
+
+def check_optional_text(
+    value: object, what: str, *, max_length: int = MAX_TEXT_LENGTH
+) -> Result[str | None, ValidationError]:
+    """``None``, or `value` checked by `check_text`: a text argument that may be left out."""
+    if value is None:
+        return Success(None)
+    return check_text(value, what, max_length=max_length)
+
+
+def check_whole(value: object, what: str, low: int, high: int) -> Result[int, ValidationError]:
+    """`value` if it is an int (not a bool) from `low` to `high`: the one rule of every count argument."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        return Failure(ValidationError(f"{what} must be an int from {low} to {high}, got {safe_repr(value):.40}"))
     return Success(value)
 
 

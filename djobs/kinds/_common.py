@@ -30,7 +30,7 @@ from .._errors import (
     safe_repr,
 )
 from .._future import VerbResult
-from .._input import check_text, clean_message, clean_text, plain_text, text_problem
+from .._input import SEPARATOR, check_optional_text, check_text, clean_message, clean_text, plain_text, text_problem
 from ..storage import Checkin, ClearAlarm, InstanceRecord, SetAlarm
 from ..storage._base import DeadLetter, DeadLetterKind, DeadLetterStorage, InstanceRevival, Revival
 
@@ -75,6 +75,9 @@ _log = logging.getLogger("djobs.client")
 
 #: Longest instance id accepted, in characters.
 MAX_ID_LENGTH = 512
+
+#: The longest reason a caller gives `terminate` or a workflow's `cancel`, in characters.
+MAX_REASON_LENGTH = 1000
 
 #: The most UTF-8 bytes of what one stored key is made of (an instance's key, with an event id
 #: beside it; a job's idempotency key with its name and tenant id). PostgreSQL's btree indexes
@@ -184,10 +187,17 @@ async def revive_letter(
 
 def check_name(name: object, kind: str) -> str:
     """Validate a job name at definition time (raises: a bad name is a bug in the program)."""
-    if not isinstance(name, str) or not name or ":" in name or len(name) > 200 or text_problem(name):
+    if (
+        not isinstance(name, str)
+        or not name
+        or ":" in name
+        or SEPARATOR in name
+        or len(name) > 200
+        or text_problem(name)
+    ):
         raise ValidationError(
             f"{kind} job name {name!r} is not valid: use a non-empty string of at most 200 characters "
-            "without ':', NUL or lone surrogates"
+            "without ':', NUL, the unit separator (\\x1f) or lone surrogates"
         )
     return name
 
@@ -498,18 +508,19 @@ async def terminate_instance(
     body's thread is abandoned), and the instance is deleted.
     """
     env = runtime.env
-    reason = plain_text(reason)
-    if reason is not None and not isinstance(reason, str):  # str() of another object may raise, or lie
-        return Failure(ValidationError(f"reason must be None or a str, got {type(reason).__name__}"))
-    reason = None if reason is None else clean_text(reason)
+    match check_optional_text(reason, "reason", max_length=MAX_REASON_LENGTH):
+        case Success(given):
+            pass
+        case Failure() as refused:
+            return refused
     running = env.running.get(key)
-    stopped = running is not None and running.stop(reason)
+    stopped = running is not None and running.stop(given)
 
     async def run() -> Result[TerminateResult, StorageError]:
         if await env.storage.load(key) is None:
             # Deleted by the stopped run itself (it ended as a terminate does).
             return Success(TerminateResult(stopped, instance_id))
-        event = env.event("job.terminated", key, kind, name, reason=reason)
+        event = env.event("job.terminated", key, kind, name, reason=given)
         await env.commit(Checkin(key=key, record=None), [event])
         return Success(TerminateResult(True, instance_id))
 

@@ -67,7 +67,7 @@ from .._errors import (
 )
 from .._execution import Checkout, Env, OutcomeKind, RunInfo, execute, holds_cancel, run_body
 from .._future import VerbResult
-from .._input import MAX_LIMIT, check_interval, plain_text, text_problem
+from .._input import MAX_LIMIT, check_interval, check_text, plain_text
 from .._limits import NO_LIMITS, RunLimits, definition_limits, offloaded
 from .._logging import JobLog, LoggingOption, check_logging, threshold
 from .._retry import Retry, check_retry
@@ -451,10 +451,7 @@ def _check_event_id(event_id: object) -> Result[str | None, ValidationError]:
                 f" got {safe_repr(event_id):.80}"
             )
         )
-    problem = text_problem(event_id)
-    if problem is not None:
-        return Failure(ValidationError(f"event_id {event_id!r:.80} {problem}"))
-    return Success(event_id)
+    return check_text(event_id, "event_id", max_length=MAX_ID_LENGTH)
 
 
 def _make_idle(record: InstanceRecord, now: int) -> None:

@@ -23,6 +23,7 @@ from .._errors import (
     describe,
     safe_repr,
 )
+from .._input import MAX_LIMIT, check_whole
 from ..storage import JobRecord, JobStatusName, NewJob
 from ._common import bind_async, effect, key_problem, not_registered
 from ._job import CancelResult, JobInfo, JobRun, P, R, RetryResult, UniqueWhile
@@ -262,10 +263,9 @@ class JobClient(Generic[P, R]):
             for flag, given in (("persist", persist), ("stop_on_error", stop_on_error)):
                 if (not_a_flag := _not_a_flag(given, flag)) is not None:
                     return not_a_flag
-            if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-                return Failure(
-                    ValidationError(f"concurrency must be an int of at least 1, got {safe_repr(concurrency)}")
-                )
+            match check_whole(concurrency, "concurrency", 1, MAX_LIMIT):
+                case Failure() as bad_count:
+                    return bad_count
             prepared: list[tuple[P, bytes]] = []
             tenant: str | None = None
             correlation: str | None = None

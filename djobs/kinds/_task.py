@@ -54,7 +54,7 @@ from .._errors import (
     raise_error,
 )
 from .._execution import Checkout, Env, RunInfo, execute, run_call, run_returning_state
-from .._input import LONGEST_INTERVAL, epoch_ms, plain_text, text_problem
+from .._input import LONGEST_INTERVAL, check_text, epoch_ms, plain_text
 from .._limits import NO_LIMITS, RunLimits, definition_limits, offloaded
 from .._logging import JobLog, LoggingOption, check_logging
 from .._retry import Retry, check_retry
@@ -549,10 +549,7 @@ def _check_event_id(event_id: object) -> Result[str | None, ValidationError]:
                 f"event_id must be a non-empty str of at most {MAX_ID_LENGTH} characters, got {_short.repr(event_id)}"
             )
         )
-    problem = text_problem(event_id)
-    if problem is not None:
-        return Failure(ValidationError(f"event_id {event_id!r:.80} {problem}"))
-    return Success(event_id)
+    return check_text(event_id, "event_id", max_length=MAX_ID_LENGTH)
 
 
 def _at(ms: int | None) -> datetime | None:

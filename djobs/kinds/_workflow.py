@@ -68,7 +68,7 @@ from .._errors import (
 )
 from .._execution import Pending, begin_body, body_failure, finish_body, holds_cancel
 from .._execution import begun as begun_with
-from .._input import check_text, clean_message, plain_text, text_problem
+from .._input import check_optional_text, check_text, clean_message, plain_text
 from .._logging import JobLog, LoggingOption, check_logging, threshold
 from .._retry import Retry, check_retry
 from ..storage import (
@@ -85,6 +85,7 @@ from ..storage import (
 )
 from ..tracking import TrackedEvent
 from ._common import (
+    MAX_REASON_LENGTH,
     D_contra,
     Definition,
     InstanceClient,
@@ -478,20 +479,18 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
     async def cancel(
         self, instance_id: str, reason: object
     ) -> Result[WorkflowCancelResult, ValidationError | StorageError]:
-        if reason is not None and (not isinstance(reason, str) or len(reason) > 1000 or text_problem(reason)):
-            return Failure(
-                ValidationError(
-                    f"reason must be None or a str of at most 1000 characters every storage can hold "
-                    f"(no NUL, no lone surrogate), got {short.repr(reason)}"
-                )
-            )
+        match check_optional_text(reason, "reason", max_length=MAX_REASON_LENGTH):
+            case Success(given):
+                pass
+            case Failure() as refused:
+                return refused
         key = self.key(instance_id)
         cancelling = self.cancelling
         if key in cancelling:  # another cancel of this workflow is under way here: this one repeats it
             return await self._cancel(instance_id, key, cancelling[key], False)
-        cancelling[key] = reason
+        cancelling[key] = given
         try:
-            return await self._cancel(instance_id, key, reason, None)
+            return await self._cancel(instance_id, key, given, None)
         finally:
             del cancelling[key]
 
