@@ -468,7 +468,12 @@ async def test_open_engine_refuses_what_is_not_a_list_of_definitions(definitions
 
 
 def test_djobs_reads_no_private_attribute_of_returns() -> None:
-    """Results are opened with returns' public verbs (unwrap, failure, unsafe_perform_io), never its internals."""
+    """Results are opened with returns' public verbs (unwrap, failure, unsafe_perform_io), never its internals.
+
+    One module is the exception, by design: ``_future.py`` builds the ``FutureResult`` every client
+    verb returns in fewer calls and relies on returns' container layout; returns is pinned to the
+    minor version it is tested with, and ``tests/test_future.py`` checks it against returns' own.
+    """
     package = Path(djobs.__file__).parent
     readers = [str(p.relative_to(package)) for p in package.rglob("*.py") if "_inner_value" in p.read_text()]
-    assert readers == []
+    assert readers == ["_future.py"]
