@@ -23,7 +23,7 @@ from returns.io import IO, IOFailure, IOSuccess
 from returns.result import Failure, Result, Success
 
 import djobs
-from djobs._future import VerbResult
+from djobs._future import VerbResult, success
 from djobs.testing import open_test_engine
 
 
@@ -210,3 +210,16 @@ def test_client_verbs_return_future_results_that_compose() -> None:
             assert (await status.map(lambda s: s.status)) == IOSuccess("debouncing")
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+@settings(max_examples=50)
+@given(value=st.integers() | st.text() | st.none())
+def test_success_is_returns_success(value: object) -> None:
+    made = success(value)
+    assert type(made) is Success
+    assert made == Success(value)
+    assert hash(made) == hash(Success(value))
+    assert repr(made) == repr(Success(value))
+    assert made.map(str) == Success(str(value))
+    assert made.unwrap() == value
+    assert made.value_or(0) == value
