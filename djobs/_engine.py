@@ -36,15 +36,16 @@ from .kinds._job_runner import JobHandler
 from .storage import QueueStorage, Storage, StorageLayer, sqlite
 from .tracking import BackgroundTracker, NoopTracker, Tracker
 
-#: The application's services an engine holds (``Engine[D]``).
-D = DefaultTypeVar("D", default=object)
+#: The application's services an engine holds (``Engine[Services]``). Named for what it is: mypy
+#: names it when services fit no definition ("Cannot infer value of type parameter "Services"").
+Services = DefaultTypeVar("Services", default=object)
 D_co = DefaultTypeVar("D_co", covariant=True, default=object)
 
 
 class Engine(Generic[D_co]):
     """A running engine. Use `client` to talk to jobs.
 
-    ``Engine[D]`` holds services of type `D`, as ``open_engine(services=...)`` was given.
+    ``Engine[S]`` holds services of type `S`, as ``open_engine(services=...)`` was given.
 
     Attributes:
         client: The typed client verbs.
@@ -68,7 +69,7 @@ class Engine(Generic[D_co]):
     @property
     def services(self) -> D_co:
         """The application's services, given to every job context as ``ctx.services``."""
-        return self._runtime.env.services  # type: ignore[return-value]  # open_engine's types made it a D
+        return self._runtime.env.services  # type: ignore[return-value]  # open_engine's types made it a Services
 
     async def healthcheck(self) -> bool:
         """Whether storage answers."""
@@ -294,13 +295,13 @@ def open_engine(
 ) -> AbstractAsyncContextManager[Engine[None]]: ...
 @overload
 def open_engine(
-    definitions: Sequence[Definition[D]],
+    definitions: Sequence[Definition[Services]],
     *,
     storage: StorageLayer | None = None,
     clock: Clock | None = None,
     tracker: Tracker | None = None,
     layers: Layers | None = None,
-    services: D,
+    services: Services,
     max_concurrency: int = 100,
     alarm_lease: DurationLike = "5 minutes",
     alarm_poll_interval: DurationLike | None = "1 second",
@@ -312,7 +313,7 @@ def open_engine(
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     instance_lease: DurationLike = DEFAULT_INSTANCE_LEASE,
     retention: Retention | None = None,
-) -> AbstractAsyncContextManager[Engine[D]]: ...
+) -> AbstractAsyncContextManager[Engine[Services]]: ...
 def open_engine(
     definitions: Sequence[Definition[Any]],
     *,

@@ -251,9 +251,22 @@ def _struct_members(tp: Any) -> tuple[type[msgspec.Struct], ...] | None:
 
 
 def struct_mismatch(tp: Any, value: object) -> str | None:
-    """Why `value`, a struct, is not a `tp` (a struct of another class), or ``None``."""
-    if type(value) is tp or not isinstance(value, msgspec.Struct):
-        return None  # (first) an instance of the very struct `tp`: the common case
+    """Why `value`, a struct, is not a `tp` (a struct of another class), or why `value`, neither a
+    struct nor a dict, is no struct `tp` at all; ``None`` if neither (msgspec's check follows)."""
+    if type(value) is tp:
+        return None  # an instance of the very struct `tp`: the common case
+    if not isinstance(value, msgspec.Struct):
+        if isinstance(value, dict) or not (isinstance(tp, type) and issubclass(tp, msgspec.Struct)):
+            return None
+        if tp.__struct_config__.array_like and isinstance(value, list | tuple):
+            return None  # an array-like struct's fields, in order
+        # msgspec would say "Expected `object`" (JSON's word for a struct) of the value's JSON form.
+        got = (
+            f"the class {value.__name__} itself (make one: {value.__name__}(...))"
+            if isinstance(value, type)
+            else ("None" if value is None else type(value).__name__)
+        )
+        return f"expected the struct {tp.__name__} (or a dict of its fields), got {got}"
     members = _struct_members(tp)
     if members is None:
         return f"got a {type(value).__name__} struct where no struct is expected"

@@ -549,6 +549,8 @@ def test_enqueue_validates_and_prints_the_id(capsys: pytest.CaptureFixture[str],
         (["--params", '{"name": 3}'], "--params of job 'greet' does not match Greet: Expected `str`, got `int`"),
         (["--params", "{name"], "--params of job 'greet' does not match Greet: JSON is malformed"),
         (["--params", "{}"], "Object missing required field `name`"),
+        # msgspec calls a lone surrogate escape "Input data was truncated"
+        (["--params", '{"name": "\\ud800"}'], "is not storable: a string holds a lone surrogate ('\\ud800'"),
         (["--at", "2026-02-01T09:00"], "--at needs a UTC offset"),
         (["--delay", "soon"], "invalid delay 'soon'"),
     ],
@@ -1063,6 +1065,35 @@ def test_an_argument_no_storage_holds_is_a_usage_error(
     code, out, err = run(capsys, *argv, *db.args)
     assert code == ExitCode.USAGE, err
     assert "lone surrogate" in err and "Traceback" not in err and out == ""
+
+
+#: Every command that takes an id, and what the client verbs call that id.
+ID_COMMANDS = [
+    (("jobs", "show"), "job id"),
+    (("jobs", "cancel"), "job id"),
+    (("jobs", "retry"), "job id"),
+    (("dead-letters", "show"), "dead letter id"),
+    (("dead-letters", "retry"), "dead letter id"),
+    (("dead-letters", "discard"), "dead letter id"),
+    (("workflows", "show", "shipping"), "instance id"),
+    (("instances", "pause", HERE + "refresher"), "instance id"),
+    (("instances", "resume", HERE + "refresher"), "instance id"),
+]
+
+
+@pytest.mark.parametrize(("command", "what"), ID_COMMANDS, ids=[" ".join(c[:2]) for c, _ in ID_COMMANDS])
+def test_an_id_the_api_refuses_is_a_usage_error_in_its_words(
+    capsys: pytest.CaptureFixture[str], sqlite_db: Built, command: tuple[str, ...], what: str
+) -> None:
+    """An empty id, or one holding the unit separator, is what the client verbs answer with a
+    ValidationError: a usage error (exit 2) in the same words, not a lookup that finds nothing."""
+    for bad, says in (
+        ("", f"{what} must not be empty"),
+        ("a\x1fb", f"{what} 'a\\x1fb' contains a NUL or unit-separator"),
+    ):
+        code, out, err = run(capsys, *command, bad, *sqlite_db.args)
+        assert (code, out) == (ExitCode.USAGE, ""), err
+        assert err.startswith(f"djobs: {says}"), err
 
 
 def test_a_key_whose_picture_reads_back_as_nul_is_not_found(capsys: pytest.CaptureFixture[str], db: Built) -> None:

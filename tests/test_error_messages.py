@@ -214,3 +214,52 @@ async def test_a_workflow_that_is_its_own_child_is_told_what_a_workflow_can_do(
         message = status.error["message"]
         assert "a handler of workflow 'flow' instance 'self'" in message, message
         assert "give ctx.child another id" in message and "ctx.set_state" not in message, message
+
+
+@pytest.mark.trio
+async def test_a_whole_input_of_another_type_names_the_struct_and_the_type_given(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Where a struct is taken and something else is given whole (a datetime, bytes, a huge int),
+    the message names the struct and the type given, on every verb that takes one; msgspec's own
+    words were "Expected `object`, got `str`" (of the value's JSON form: a datetime is a JSON
+    string, 10**30 a float)."""
+    from datetime import UTC, datetime
+
+    def body(params: Item, ctx: djobs.JobContext) -> None:
+        pass
+
+    async def visit(item: Item, ctx: djobs.WorkflowContext) -> Item:
+        return item
+
+    def on_item(item: Item, ctx: djobs.TaskEventContext[Item]) -> None:
+        pass
+
+    job = djobs.Job.make("job", params=Item, execute=body)
+    cont = djobs.Continuous.make("cont", state=Item, schedule=djobs.every("1 hour"), execute=lambda ctx: None)
+    deb = djobs.Debounce.make("deb", event=Item, state=Item, execute=lambda ctx: None, flush_after="1 hour")
+    task = djobs.Task.make("task", state=Item, event=Item, on_event=on_item, execute=lambda ctx: None)
+    flow = djobs.Workflow.make("flow", input=Item, result=Item, execute=visit)
+    async with open_test_engine([job, cont, deb, task, flow]) as engine:
+        c = engine.client
+        verbs = {
+            "params of job 'job'": lambda x: c.job(job).later(x),
+            "input of 'cont'": lambda x: c.continuous(cont).start(id="a", input=x),
+            "event of 'deb'": lambda x: c.debounce(deb).add(id="a", event=x),
+            "event for task 'task'": lambda x: c.task(task).send(id="a", event=x),
+            "input of workflow 'flow'": lambda x: c.workflow(flow).start(id="a", input=x),
+        }
+        given: list[tuple[object, str]] = [
+            (datetime(2026, 1, 1, tzinfo=UTC), "datetime"),
+            (b"ab", "bytes"),
+            (timedelta(days=1), "timedelta"),
+            (10**30, "int"),
+            ("x", "str"),
+            (Item, "the class Item itself (make one: Item(...))"),
+        ]
+        for what, verb in verbs.items():
+            for value, kind in given:
+                error = failure(await verb(value))
+                assert error == djobs.ValidationError(
+                    f"{what} does not match Item: expected the struct Item (or a dict of its fields), got {kind}"
+                ), error

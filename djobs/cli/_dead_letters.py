@@ -51,6 +51,7 @@ def add_commands(
         p = sub.add_parser(name, help=help, description=help, parents=common)
         p.set_defaults(run=run)
         p.add_argument("id", metavar="ID", help="the letter's id (a job's letter has the job's id)")
+        p.set_defaults(id_what="dead letter id")
 
 
 def _store(db: Opened) -> DeadLetterStorage:

@@ -11,10 +11,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 
 import trio
+from returns.result import Failure
 
 from .._clock import Clock, WallClock
 from .._errors import JobError, describe
 from .._input import text_problem
+from ..kinds._common import check_id
 from ..storage._inspect import JOB_STATUSES
 from . import _dead_letters, _read, _run, _workflows
 from ._actions import printable
@@ -56,6 +58,18 @@ def _unstorable_argument(args: argparse.Namespace) -> str | None:
             if problem is not None:
                 return f"{name.replace('_', '-')} {printable(item)!r:.80} {problem}"
     return None
+
+
+def _bad_id(args: argparse.Namespace) -> str | None:
+    """Why a command's ID argument is no id, in the words the client verbs answer it with
+    (`djobs.kinds._common.check_id`: empty, too long, a NUL, a unit separator, a lone surrogate),
+    or ``None``: refused as a usage error, as the API refuses it with a `ValidationError`, rather
+    than looked up and "not found"."""
+    given, what = getattr(args, "id", None), getattr(args, "id_what", None)
+    if not isinstance(given, str) or what is None:
+        return None
+    checked = check_id(given, what)
+    return checked.failure().message if isinstance(checked, Failure) else None
 
 
 def _whole(low: int, high: int, what: str, between: str) -> Callable[[str], int]:
@@ -161,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = command(name, run, help, common, sub)
         p.add_argument("target", metavar="MODULE:JOB", help="the djobs.Continuous, e.g. jobs_app:token_refresher")
         p.add_argument("id", metavar="ID", help="the instance id")
+        p.set_defaults(id_what="instance id")
         p.add_argument("--tenant", help="the tenant the instance belongs to")
 
     jobs = command("jobs", None, "list, show, cancel, retry or purge queued jobs")
@@ -177,7 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("cancel", _read.jobs_cancel, "cancel a pending job, or ask the worker running it to stop it"),
         ("retry", _read.jobs_retry, "run a failed or cancelled job again, with a fresh attempt budget"),
     ):
-        command(name, run, help, common, sub).add_argument("id", metavar="ID")
+        p = command(name, run, help, common, sub)
+        p.add_argument("id", metavar="ID")
+        p.set_defaults(id_what="job id")
     p = command(
         "purge", _read.jobs_purge, "delete jobs that finished long ago (never pending or running ones)", common, sub
     )
@@ -318,7 +335,7 @@ def main(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> in
     if run is None:  # pragma: no cover - every group requires a subcommand
         parser.print_help()
         return ExitCode.USAGE
-    refused = _unstorable_argument(args)
+    refused = _bad_id(args) or _unstorable_argument(args)
     if refused is not None:
         print(f"djobs: {refused}", file=sys.stderr)
         return ExitCode.USAGE

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import json
 import logging
 import os
 import secrets
@@ -122,7 +123,26 @@ def _params(decoder: msgspec.json.Decoder[Any], raw: bytes, what: str) -> Any:
     try:
         return decoder.decode(raw)
     except msgspec.DecodeError as exc:  # ValidationError is a DecodeError: both are bad input
+        problem = _lone_surrogate(raw) if not isinstance(exc, msgspec.ValidationError) else None
+        if problem is not None:
+            raise CommandError(f"{what} is not storable: {problem}", ExitCode.USAGE) from None
         raise CommandError(f"{what} does not match {decoder.type.__name__}: {exc}", ExitCode.USAGE) from None
+
+
+def _lone_surrogate(raw: bytes) -> str | None:
+    """What is wrong with JSON `raw` that msgspec refused, if it is a lone surrogate escape
+    (``"\\ud800"``, which msgspec calls "Input data was truncated"): the standard library's
+    decoder reads one, and UTF-8 then cannot encode it. ``None`` for anything else."""
+    try:
+        json.dumps(json.loads(raw), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (
+            f"a string holds a lone surrogate ({exc.object[exc.start]!r}: half of a UTF-16 pair),"
+            " which UTF-8 cannot encode and no storage can hold"
+        )
+    except (ValueError, RecursionError):  # not JSON at all: msgspec's own words say why
+        return None
+    return None
 
 
 # -- enqueue -----------------------------------------------------------------------------

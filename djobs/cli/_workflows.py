@@ -43,6 +43,7 @@ def add_commands(
     p.set_defaults(run=workflows_show)
     p.add_argument("name", metavar="NAME", help="the workflow's name")
     p.add_argument("id", metavar="ID", help="the workflow's id")
+    p.set_defaults(id_what="instance id")
     p.add_argument("--tenant", help="the tenant the workflow belongs to")
 
 

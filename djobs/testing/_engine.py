@@ -27,7 +27,7 @@ from ..tracking import InMemoryTracker, Tracker
 
 V = TypeVar("V")
 E = TypeVar("E")
-D = TypeVar("D")
+Services = TypeVar("Services")  # named in mypy's message when services fit no definition
 D_co = DefaultTypeVar("D_co", covariant=True, default=object)
 
 
@@ -56,10 +56,10 @@ def open_test_engine(
 ) -> AbstractAsyncContextManager[TestEngine[None]]: ...
 @overload
 def open_test_engine(
-    definitions: Sequence[Definition[D]],
+    definitions: Sequence[Definition[Services]],
     *,
     start: datetime | None = None,
-    services: D,
+    services: Services,
     storage: StorageLayer | None = None,
     seed: int = 0,
     tracker: Tracker | None = None,
@@ -68,7 +68,7 @@ def open_test_engine(
     retries: RetryPolicy | None = None,
     ids: Ids | None = None,
     **options: Any,
-) -> AbstractAsyncContextManager[TestEngine[D]]: ...
+) -> AbstractAsyncContextManager[TestEngine[Services]]: ...
 def open_test_engine(
     definitions: Sequence[Definition[Any]],
     *,

@@ -4,7 +4,7 @@ Lines ending in ``# E: <code>`` must fail mypy with that error code; every other
 Services that some definition cannot use are reported either as the list item
 that needs more (``list-item``: "expected Definition[OnlyTokens]") or, when the
 services are no candidate at all, as mypy's "Cannot infer value of type
-parameter D" (``misc``).
+parameter "Services" of "open_engine"" (``misc``).
 """
 
 from typing import Protocol
@@ -145,7 +145,7 @@ def no_such_method(ctx: djobs.ContinuousContext[Tokens, HasTokenApi]) -> None:
 
 
 async def a_token_job_with_services_that_are_not_a_token_api() -> None:
-    async with djobs.open_engine([refresher], services=object()):  # E: misc
+    async with djobs.open_engine([refresher], services=object()):  # E: misc "Services"
         pass
 
 
@@ -175,7 +175,7 @@ async def the_test_engine_checks_its_fakes_too() -> None:
 
     async with open_test_engine([refresher], services=OnlyTokens()) as engine:
         assert engine.services.tokens is not None
-    async with open_test_engine([refresher], services=OnlyMail()):  # E: misc
+    async with open_test_engine([refresher], services=OnlyMail()):  # E: misc "Services"
         pass
 
 
