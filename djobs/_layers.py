@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import final
 
 from ._clock import Clock, WallClock
-from ._errors import ValidationError
+from ._errors import ValidationError, safe_repr
 from ._ids import Ids, RandomIds
 from ._retry import JitteredRetries, RetryPolicy
 from .storage import StorageLayer, sqlite
@@ -99,7 +99,7 @@ class Layers:
                     )
                 raise ValidationError(
                     f"{name} must be a {_LAYER_TYPES[name]} (with {', '.join(methods)}),"
-                    f" got {type(layer).__name__} {layer!r:.80}{hint}"
+                    f" got {type(layer).__name__} {safe_repr(layer):.80}{hint}"
                 )
 
     def replace(

@@ -6,6 +6,7 @@ the engine's nursery, or a background task that fails ("bug: ...") for as long a
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from datetime import UTC, datetime, timedelta
@@ -20,10 +21,27 @@ from hypothesis import strategies as st
 
 import djobs
 from djobs.testing import open_test_engine
+from djobs.tracking import HttpBatchTracker
 
 
 class S(msgspec.Struct):
     n: int = 0
+
+
+class Hostile:
+    """A value whose repr, ==, hash and bool raise: refused like any other, in words of its own."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("repr")
+
+    def __eq__(self, other: object) -> bool:
+        raise RuntimeError("eq")
+
+    def __hash__(self) -> int:
+        raise RuntimeError("hash")
+
+    def __bool__(self) -> bool:
+        raise RuntimeError("bool")
 
 
 ticker = djobs.Continuous.make("ticker", state=S, schedule=djobs.every("1 hour"), execute=lambda ctx: None)
@@ -41,6 +59,7 @@ anything = st.one_of(
     st.timedeltas(),
     st.datetimes(),
     st.builds(object),
+    st.builds(Hostile),
     st.sampled_from(
         [
             *(djobs.WorkerOptions, djobs.Retention, djobs.Layers, logging.Logger, str),
@@ -70,6 +89,10 @@ def _count(low: int, high: int) -> Any:
     return anything.filter(lambda v: not (type(v) is int and low <= v <= high))
 
 
+def _not_one_of(*accepted: str) -> Any:
+    return anything.filter(lambda v: type(v) is not str or v not in accepted)
+
+
 def _instance(cls: type, *, optional: bool = True) -> Any:
     return anything.filter(lambda v: not (isinstance(v, cls) or (optional and v is None)))
 
@@ -87,7 +110,7 @@ ENGINE_OPTIONS: dict[str, Any] = {
     "seed": anything.filter(lambda v: not (v is None or type(v) is int)),
     "logger": _instance(logging.Logger),
     "worker": _instance(djobs.WorkerOptions),
-    "tenancy": anything.filter(lambda v: v not in ("optional", "required")),
+    "tenancy": _not_one_of("optional", "required"),
     "max_payload_bytes": _count(1024, 1 << 30),
     "instance_lease": _duration(),
     "retention": _instance(djobs.Retention),
@@ -191,6 +214,36 @@ def test_open_test_engine_names_itself_for_an_unknown_keyword() -> None:
         (djobs.Retention, {"every": _duration()}),
         (djobs.Layers, {name: anything for name in ("storage", "clock", "tracker", "retries", "ids")}),
         (djobs.JitteredRetries, {"seed": anything.filter(lambda v: not (v is None or type(v) is int))}),
+        (
+            functools.partial(djobs.sqlite, ":memory:"),
+            {
+                "synchronous": _not_one_of("NORMAL", "FULL", "OFF", "EXTRA"),
+                "busy_timeout": _count(0, 600_000),
+                "lease_clock": _not_one_of("auto", "host", "engine"),
+            },
+        ),
+        (djobs.sqlite, {"path": anything.filter(lambda v: type(v) is not str)}),
+        (
+            functools.partial(djobs.postgres, "postgresql://app@db.invalid/app"),
+            {
+                "schema": anything,
+                "pool_size": _count(1, MAX),
+                "connect_timeout": _duration(zero=True),
+                "lease_clock": _not_one_of("auto", "database", "engine"),
+            },
+        ),
+        (
+            functools.partial(HttpBatchTracker, "http://127.0.0.1:1/events", "test", "key"),
+            {
+                "batch_size": _count(1, MAX),
+                "max_buffer": _count(1, MAX),
+                "max_retries": anything.filter(lambda v: not (v is None or (type(v) is int and 0 <= v <= MAX))),
+                "flush_interval": _duration(zero=True),
+                "timeout": _duration(zero=True),
+                "close_timeout": _duration(zero=True),
+                "backoff": _instance(djobs.Backoff),
+            },
+        ),
         (djobs.RandomIds, {"seed": anything.filter(lambda v: not (v is None or type(v) is int))}),
     ],
 )

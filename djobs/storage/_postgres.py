@@ -13,8 +13,8 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Literal, final
 
 from .._durations import DurationLike, duration
-from .._errors import StorageError, ValidationError
-from .._input import os_text_problem
+from .._errors import StorageError, ValidationError, safe_repr
+from .._input import MAX_LIMIT, os_text_problem
 
 if TYPE_CHECKING:
     from ._pgstore import PostgresStorage
@@ -133,11 +133,14 @@ def postgres(
         raise ValidationError(f"postgres(dsn=...): {problem}")
     if not isinstance(schema, str) or not _SCHEMA_RE.fullmatch(schema) or schema.startswith("pg_"):
         raise ValidationError(
-            f"postgres(schema={schema!r}): expected a lower-case identifier (letters, digits, _), not starting with pg_"
+            f"postgres(schema={safe_repr(schema):.80}): expected a lower-case identifier"
+            " (letters, digits, _), not starting with pg_"
         )
-    if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
-        raise ValidationError(f"postgres(pool_size={pool_size!r}): expected an int of at least 1")
+    if isinstance(pool_size, bool) or not isinstance(pool_size, int) or not 1 <= pool_size <= MAX_LIMIT:
+        raise ValidationError(f"postgres(pool_size={safe_repr(pool_size):.40}): expected an int from 1 to {MAX_LIMIT}")
     timeout_s = max(1, round(duration(connect_timeout, what="connect_timeout").total_seconds()))
-    if lease_clock not in ("auto", "database", "engine"):
-        raise ValidationError(f"postgres(lease_clock={lease_clock!r}): expected 'auto', 'database' or 'engine'")
+    if type(lease_clock) is not str or lease_clock not in ("auto", "database", "engine"):
+        raise ValidationError(
+            f"postgres(lease_clock={safe_repr(lease_clock)}): expected 'auto', 'database' or 'engine'"
+        )
     return PostgresLayer(dsn, schema, pool_size, timeout_s, lease_clock)

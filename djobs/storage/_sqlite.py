@@ -24,7 +24,7 @@ import msgspec
 import trio
 import trio.testing
 
-from .._errors import CLOSED_MESSAGE, DuplicateEventError, StorageError, ValidationError
+from .._errors import CLOSED_MESSAGE, DuplicateEventError, StorageError, ValidationError, safe_repr
 from .._input import os_text_problem
 from .._queue_limits import MAX_PERIOD_MS
 from . import _sql
@@ -2056,22 +2056,27 @@ def sqlite(
         >>> layer
         sqlite('jobs.db')
     """
-    if synchronous not in get_args(Synchronous):
-        raise ValidationError(f"synchronous must be one of {', '.join(get_args(Synchronous))}, got {synchronous!r:.80}")
+    # `type(...) is str` first: `in` would call a hostile object's own __eq__.
+    if type(synchronous) is not str or synchronous not in get_args(Synchronous):
+        raise ValidationError(
+            f"synchronous must be one of {', '.join(get_args(Synchronous))}, got {safe_repr(synchronous):.80}"
+        )
     if isinstance(busy_timeout, bool) or not isinstance(busy_timeout, int) or not 0 <= busy_timeout <= 600_000:
-        raise ValidationError(f"busy_timeout must be an int of milliseconds from 0 to 600000, got {busy_timeout!r:.80}")
-    if lease_clock not in get_args(LeaseClock):
-        raise ValidationError(f"lease_clock must be 'auto', 'host' or 'engine', got {lease_clock!r:.80}")
+        raise ValidationError(
+            f"busy_timeout must be an int of milliseconds from 0 to 600000, got {safe_repr(busy_timeout):.80}"
+        )
+    if type(lease_clock) is not str or lease_clock not in get_args(LeaseClock):
+        raise ValidationError(f"lease_clock must be 'auto', 'host' or 'engine', got {safe_repr(lease_clock):.80}")
     if not isinstance(path, str | os.PathLike):
-        raise ValidationError(f"path must be a str or a path, got {path!r:.80}")
+        raise ValidationError(f"path must be a str or a path, got {safe_repr(path):.80}")
     where = os.fspath(path)
     if not isinstance(where, str):
-        raise ValidationError(f"path must be a text path, got {where!r:.80}")
+        raise ValidationError(f"path must be a text path, got {safe_repr(where):.80}")
     if not where:
         raise ValidationError("path is empty; give the database file's path, e.g. djobs.sqlite('jobs.db')")
     problem = os_text_problem(where)
     if problem is not None:
-        raise ValidationError(f"sqlite(path={where!r:.80}): {problem}")
+        raise ValidationError(f"sqlite(path={safe_repr(where):.80}): {problem}")
     if "://" in where:
         raise ValidationError(
             f"{where!r:.80} is a URL, not a file path; for PostgreSQL use djobs.postgres(dsn), "

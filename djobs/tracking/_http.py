@@ -22,8 +22,8 @@ import msgspec
 import trio
 
 from .._durations import DurationLike, duration
-from .._errors import ValidationError, describe
-from .._input import os_text_problem
+from .._errors import ValidationError, describe, safe_repr
+from .._input import MAX_LIMIT, os_text_problem
 from .._retry import Backoff
 from ._base import TrackedEvent
 
@@ -82,8 +82,8 @@ def _header_value(value: object, what: str) -> str:
 
 
 def _positive_int(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValidationError(f"HttpBatchTracker({what}={value!r}): expected an int of at least 1")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_LIMIT:
+        raise ValidationError(f"HttpBatchTracker({what}={safe_repr(value):.40}): expected an int from 1 to {MAX_LIMIT}")
     return value
 
 
@@ -153,10 +153,10 @@ class HttpBatchTracker:
     ) -> None:
         _require_httpx()
         if not isinstance(endpoint, str) or not endpoint:
-            raise ValidationError(f"HttpBatchTracker(endpoint={endpoint!r}): expected a URL")
+            raise ValidationError(f"HttpBatchTracker(endpoint={safe_repr(endpoint)}): expected a URL")
         problem = os_text_problem(endpoint)
         if problem is not None:
-            raise ValidationError(f"HttpBatchTracker(endpoint={endpoint!r:.80}): {problem}")
+            raise ValidationError(f"HttpBatchTracker(endpoint={safe_repr(endpoint):.80}): {problem}")
         self.endpoint = endpoint
         if not isinstance(env, str):
             raise ValidationError(f"HttpBatchTracker(env=...): expected a str, got {type(env).__name__}")
@@ -171,19 +171,26 @@ class HttpBatchTracker:
         self._batch_size = _positive_int(batch_size, "batch_size")
         self._max_buffer = _positive_int(max_buffer, "max_buffer")
         if max_retries is not None and (
-            isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0
+            isinstance(max_retries, bool) or not isinstance(max_retries, int) or not 0 <= max_retries <= MAX_LIMIT
         ):
-            raise ValidationError(f"HttpBatchTracker(max_retries={max_retries!r}): expected None or an int >= 0")
+            raise ValidationError(
+                f"HttpBatchTracker(max_retries={safe_repr(max_retries):.40}):"
+                f" expected None or an int from 0 to {MAX_LIMIT}"
+            )
         self._max_retries = max_retries
         self._flush_interval = duration(flush_interval, what="flush_interval").total_seconds()
         self._timeout = duration(timeout, what="timeout").total_seconds()
         self._close_timeout = duration(close_timeout, what="close_timeout").total_seconds()
         if backoff is not None and not isinstance(backoff, Backoff):
-            raise ValidationError(f"HttpBatchTracker(backoff={backoff!r:.80}): expected None or a djobs.Backoff")
+            raise ValidationError(
+                f"HttpBatchTracker(backoff={safe_repr(backoff):.80}): expected None or a djobs.Backoff"
+            )
         import httpx  # here: the module imports without the http extra
 
         if client is not None and not isinstance(client, httpx.AsyncClient):
-            raise ValidationError(f"HttpBatchTracker(client={client!r:.80}): expected None or an httpx.AsyncClient")
+            raise ValidationError(
+                f"HttpBatchTracker(client={safe_repr(client):.80}): expected None or an httpx.AsyncClient"
+            )
         self._backoff = backoff or Backoff.exponential(base="500 ms", max="30 seconds")
         self._client = client
         self._own_client: httpx.AsyncClient | None = None
