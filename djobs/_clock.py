@@ -71,9 +71,17 @@ def to_epoch_ms(moment: datetime) -> int:
     return round(moment.timestamp() * 1000)
 
 
-#: The latest time djobs schedules anything for (the start of 9999-12-31 UTC): a
-#: later one could not be turned back into a `datetime`.
+#: The latest time djobs schedules anything for: 9999-12-31 00:00 UTC (`LATEST_TEXT`). A day
+#: short of the last a `datetime` holds (`LAST_MS`) on purpose: every time djobs stores is
+#: then a `datetime` in every time zone (offsets reach 14 hours: 9999-12-31 12:00 UTC is no
+#: datetime in Pacific/Kiritimati), and a cron in a zone may look a day past it.
 LATEST_MS = 253_402_214_400_000
+
+#: `LATEST_MS` as refusals and warnings write it.
+LATEST_TEXT = "9999-12-31T00:00:00Z"
+
+#: What every refusal of a time past `LATEST_MS` says of it (``"the batch would flush ..."``).
+AFTER_LATEST = f"after {LATEST_TEXT}, the latest time djobs schedules anything for"
 
 #: The last millisecond a `datetime` holds (9999-12-31 23:59:59.999 UTC): a clock reading
 #: past it converts to none (`to_datetime` says so with a `SchedulerError`).

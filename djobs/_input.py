@@ -36,7 +36,7 @@ from ._errors import ValidationError, capped_message, describe, safe_repr
 
 #: The longest interval, delay or backoff djobs takes or computes: 100 years. Longer ones are
 #: refused at definition time (``every``, ``flush_after``) and backoff arithmetic is capped here,
-#: so no schedule ever reaches past the year 9999 (where `datetime` ends).
+#: so no schedule ever reaches past `LATEST_MS` (9999-12-31T00:00:00Z, a day before `datetime` ends).
 LONGEST_INTERVAL = timedelta(days=36_525)
 
 #: The most attempts a retry policy may allow (an attempt counter is a 32-bit int in PostgreSQL).

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -78,7 +78,7 @@ def test_a_continuous_whose_next_run_is_after_9999_runs_once_and_has_no_next_run
         # Resumed after a pause, its next run would still be after 9999: refused, and it stays paused.
         success(await client.pause("c"))
         error = failure(await client.resume("c"))
-        assert isinstance(error, djobs.ValidationError) and "after the year 9999" in error.message
+        assert isinstance(error, djobs.ValidationError) and LIMIT in error.message
         assert success(await client.status("c")).status == "stopped"
 
     run_on(kind, tmp_path, datetime(9990, 1, 1, tzinfo=UTC), scenario, caplog)
@@ -92,7 +92,7 @@ def test_a_start_whose_first_run_is_after_9999_is_refused_and_stores_nothing(
     async def scenario(engine: Any) -> None:
         client = engine.client.continuous(century_later)
         error = failure(await client.start(id="c", input=Count()))
-        assert isinstance(error, djobs.ValidationError) and "after the year 9999" in error.message
+        assert isinstance(error, djobs.ValidationError) and LIMIT in error.message
         assert success(await client.status("c")).status == "not_found"
 
     run_on(kind, tmp_path, datetime(9990, 1, 1, tzinfo=UTC), scenario, caplog)
@@ -120,7 +120,7 @@ def test_a_debounce_add_whose_flush_is_after_9999_is_refused_and_stores_nothing(
     async def scenario(engine: Any) -> None:
         client = engine.client.debounce(slow)
         error = failure(await client.add(id="d", event=Count()))
-        assert isinstance(error, djobs.ValidationError) and "after the year 9999" in error.message
+        assert isinstance(error, djobs.ValidationError) and LIMIT in error.message
         assert success(await client.status("d")).status == "not_found"
 
     run_on(kind, tmp_path, datetime(9990, 1, 1, tzinfo=UTC), scenario, caplog)
@@ -305,3 +305,65 @@ def test_a_workflow_replays_a_sleep_and_a_wait_its_first_run_took_near_9999(
         assert success(await engine.client.workflow(dated).result("d")) == "signalled"
 
     run_on(kind, tmp_path, datetime(9999, 12, 30, tzinfo=UTC), scenario, caplog, jobs=[sleeper, waiter, dated])
+
+
+#: What every refusal of a time past djobs's limit says: the limit instant itself, exactly.
+LIMIT = "after 9999-12-31T00:00:00Z, the latest time djobs schedules anything for"
+AT_LIMIT = datetime(9999, 12, 31, tzinfo=UTC)
+
+
+class Note(msgspec.Struct):
+    when: datetime
+
+
+def plan(event: Note, ctx: djobs.TaskEventContext[Count]) -> None:
+    ctx.schedule(event.when)
+
+
+async def sleep_past(params: Count, ctx: djobs.WorkflowContext) -> int:
+    await ctx.sleep(timedelta(days=1, milliseconds=1))
+    return 1
+
+
+planned = djobs.Task.make("planned", state=Count, event=Note, on_event=plan, execute=flush)
+
+
+def nothing(params: Any, ctx: Any) -> None:
+    pass
+
+
+job = djobs.Job.make("later", params=Count, execute=nothing)
+sleeps_past = djobs.Workflow.make("sleeps_past", input=Count, result=int, execute=sleep_past)
+daily = djobs.CronJob.make("daily", schedule=djobs.every("1 day"), execute=nothing)
+flush_in_a_day = djobs.Debounce.make("day", event=Count, flush_after="1 day 1 ms", execute=flush)
+
+
+@pytest.mark.trio
+async def test_every_refusal_and_warning_states_the_limit_instant(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    definitions = [planned, job, sleeps_past, daily, flush_in_a_day, century_later]
+    with caplog.at_level(logging.WARNING, logger="djobs"):
+        async with open_test_engine(definitions, start=datetime(9999, 12, 30, tzinfo=UTC)) as engine:
+            jobs, tasks = engine.client.job(job), engine.client.task(planned)
+            # The limit itself is taken; a millisecond past it is refused, saying where it is.
+            assert success(await jobs.later(Count(), at=AT_LIMIT))
+            assert success(await tasks.send(id="at", event=Note(AT_LIMIT)))
+            refusals = [
+                failure(await jobs.later(Count(), at=AT_LIMIT + timedelta(milliseconds=1))),
+                failure(await jobs.later(Count(), at=datetime(9999, 12, 31, 23, 59, tzinfo=UTC))),
+                failure(await jobs.later(Count(), delay=timedelta(days=1, milliseconds=1))),
+                failure(await tasks.send(id="past", event=Note(datetime(9999, 12, 31, 23, 59, tzinfo=UTC)))),
+                failure(await engine.client.debounce(flush_in_a_day).add(id="d", event=Count())),
+                failure(await engine.client.continuous(century_later).start(id="c", input=Count())),
+            ]
+            for error in refusals:
+                assert isinstance(error, djobs.ValidationError) and LIMIT in error.message, error
+            assert success(await engine.client.workflow(sleeps_past).start(id="w", input=Count()))
+            await engine.wait_idle()
+            status = success(await engine.client.workflow(sleeps_past).status("w"))
+            assert status.error is not None and LIMIT in status.error["message"], status
+            await trio.sleep(86_400 + 1)  # the daily cron job fires at the limit, 9999-12-31 00:00
+    # The daily cron job's next fire (9999-12-31 00:00 plus a day) is past the limit: it has none.
+    [ended] = [r.getMessage() for r in caplog.records if "daily" in r.getMessage()]
+    assert "no fire by 9999-12-31T00:00:00Z, the latest time djobs schedules anything for" in ended, ended

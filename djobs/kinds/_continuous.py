@@ -31,7 +31,7 @@ from typing_extensions import TypeVar
 
 from .._actors import RUNNING_KEYS
 from .._bodies import Returns, check_body, plain_type
-from .._clock import LATEST_MS, to_datetime
+from .._clock import AFTER_LATEST, LATEST_MS, LATEST_TEXT, to_datetime
 from .._codec import check_storable, decode, decoder, encode
 from .._context import D_co, StatefulContext
 from .._durations import DurationLike
@@ -282,7 +282,7 @@ def _status(record: InstanceRecord, alarm: Alarm | None) -> Literal["running", "
 
 
 #: Why an instance has no next run: its schedule has none before djobs's last time.
-_ENDED = "its schedule has no run before the year 9999 ends (djobs schedules nothing later)"
+_ENDED = f"its schedule has no run by {LATEST_TEXT}, the latest time djobs schedules anything for"
 
 
 def _pause(record: InstanceRecord) -> None:
@@ -345,7 +345,7 @@ class ContinuousHandler(TenantScoped, Generic[S]):
                 return Failure(
                     ValidationError(
                         f"{self.job.name!r} instance {instance_id!r}: the first run would be "
-                        f"after the year 9999: {_ENDED}"
+                        f"{AFTER_LATEST}: its schedule has no run by then"
                     )
                 )
             record = InstanceRecord(
@@ -430,7 +430,7 @@ class ContinuousHandler(TenantScoped, Generic[S]):
                 return Failure(
                     ValidationError(
                         f"{self.job.name!r} instance {instance_id!r}: the next run would be "
-                        f"after the year 9999: {_ENDED}"
+                        f"{AFTER_LATEST}: its schedule has no run by then"
                     )
                 )
             record.status, record.updated_at = "running", now

@@ -34,7 +34,7 @@ from returns.future import FutureResult
 from returns.result import Failure, Result, Success
 
 from .._bodies import Returns, check_body
-from .._clock import LATEST_MS, to_datetime
+from .._clock import LATEST_MS, LATEST_TEXT, to_datetime
 from .._codec import encode
 from .._durations import DurationLike
 from .._errors import JobNotFoundError, StorageError, TenantError, ValidationError, raise_error, safe_repr
@@ -66,7 +66,7 @@ MissedFires = Literal["once", "all", "skip"]
 MISFIRE_GRACE_MS = 60_000
 
 #: Why a cron job has no next fire: its schedule has none before djobs's last time.
-_ENDED = "its schedule has no fire before the year 9999 ends (djobs schedules nothing later)"
+_ENDED = f"its schedule has no fire by {LATEST_TEXT}, the latest time djobs schedules anything for"
 
 
 class CronFire(msgspec.Struct, frozen=True):

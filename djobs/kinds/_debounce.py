@@ -48,7 +48,7 @@ from returns.result import Failure, Result, Success
 from typing_extensions import TypeVar
 
 from .._bodies import Done, Returns, check_body
-from .._clock import LATEST_MS, to_datetime
+from .._clock import AFTER_LATEST, LATEST_MS, to_datetime
 from .._codec import check_storable, copier, decode, may_hide_non_finite, non_finite, quick_codec
 from .._context import BaseContext, D_co
 from .._durations import DurationLike, duration, to_ms
@@ -106,10 +106,7 @@ S = TypeVar("S")
 KIND = "debounce"
 
 #: Why an add that would open a batch is refused when its flush would fall after `LATEST_MS`.
-_TOO_LATE = (
-    "Debounce {!r} instance {!r}: the batch would flush after the year 9999 (flush_after from now); "
-    "djobs schedules nothing later"
-)
+_TOO_LATE = "Debounce {!r} instance {!r}: the batch would flush (flush_after from now) " + AFTER_LATEST
 
 FlushReason = Literal["max_events", "flush_after", "manual"]
 

@@ -17,7 +17,7 @@ import trio
 from returns.pipeline import is_successful
 from returns.result import Failure, Result, Success
 
-from .._clock import LATEST_MS, to_datetime
+from .._clock import AFTER_LATEST, LATEST_MS, to_datetime
 from .._codec import canonical_json, decode, encode
 from .._durations import parse_duration, to_ms
 from .._errors import (
@@ -576,7 +576,7 @@ def due_at(at: object, delay: object, now: int) -> Result[int, ValidationError]:
         case Success(ms) if ms > LATEST_MS:
             return Failure(
                 ValidationError(
-                    f"a job cannot be scheduled after 9999-12-30 (got at={safe_repr(at)}, delay={safe_repr(delay)})"
+                    f"a job cannot be scheduled {AFTER_LATEST} (got at={safe_repr(at)}, delay={safe_repr(delay)})"
                 )
             )
     return when

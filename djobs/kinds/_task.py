@@ -37,7 +37,7 @@ from returns.result import Failure, Result, Success
 from typing_extensions import TypeVar
 
 from .._bodies import Returns, check_body
-from .._clock import LATEST_MS, to_datetime
+from .._clock import AFTER_LATEST, LATEST_MS, to_datetime
 from .._codec import check_storable, decode, encoded, validate
 from .._context import BaseContext, D_co
 from .._durations import TOO_LONG, DurationLike, negative_text, parse_duration, to_ms
@@ -178,7 +178,7 @@ def _why_not_a_delay(when: timedelta | str, error: ValidationError) -> str:
 
 def _not_after_9999(when: object, fire_at: int, latest: int) -> Result[int, ValidationError]:
     if fire_at > latest:
-        return Failure(_bad_when(when, "that is after the year 9999"))
+        return Failure(_bad_when(when, f"that is {AFTER_LATEST}"))
     return Success(fire_at)
 
 
