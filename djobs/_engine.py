@@ -17,7 +17,7 @@ from ._client import Client
 from ._clock import Clock, WallClock
 from ._dead_letters import DeadLetters
 from ._durations import DurationLike, duration, to_ms
-from ._errors import InvalidStateError, StorageError, ValidationError, safe_repr
+from ._errors import InvalidStateError, StorageError, ValidationError, describe, safe_repr
 from ._execution import Env, body_failure
 from ._ids import RandomIds
 from ._input import DEFAULT_MAX_PAYLOAD_BYTES, check_count, check_interval, check_payload_limit, check_seed
@@ -199,10 +199,18 @@ def check_definitions(definitions: Sequence[Definition[Any]]) -> None:
     """Reject two definitions with one name, or something that is not a definition (at open, not at the first run)."""
     if isinstance(definitions, str | bytes) or not isinstance(definitions, Sequence):
         raise ValidationError(f"definitions must be a list of job definitions, got {type(definitions).__name__}")
+    try:  # read once: a sequence's own iteration may raise (the caller's mistake, not djobs')
+        given = list(definitions)
+    except Exception as exc:
+        raise ValidationError(
+            f"definitions could not be read: iterating the {type(definitions).__name__} raised {describe(exc)}"
+        ) from None
     seen: dict[str, Definition[Any]] = {}
-    for d in definitions:
+    for d in given:
         if not isinstance(d, Definition):
-            raise ValidationError(f"{d!r} is not a job definition (make one with Continuous.make, Job.make, ...)")
+            raise ValidationError(
+                f"{safe_repr(d):.80} is not a job definition (make one with Continuous.make, Job.make, ...)"
+            )
         other = seen.get(d.name)
         if other is not None:
             raise ValidationError(

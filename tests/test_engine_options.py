@@ -264,3 +264,28 @@ def test_a_naive_or_non_datetime_start_is_refused_by_name() -> None:
         with pytest.raises(djobs.ValidationError, match="start"):
             open_test_engine([ticker], start=start)  # type: ignore[arg-type]
     assert open_test_engine([ticker], start=datetime(2026, 1, 1, tzinfo=UTC)) is not None
+
+
+class Unreadable(list[Any]):
+    def __iter__(self) -> Any:
+        raise RuntimeError("iter")
+
+
+@pytest.mark.parametrize(
+    ("definitions", "says"),
+    [
+        (Unreadable([ticker]), "definitions could not be read: iterating the Unreadable raised RuntimeError: iter"),
+        ([ticker, Hostile()], "<unprintable Hostile object: repr() raised RuntimeError> is not a job definition"),
+        ("ticker", "definitions must be a list of job definitions, got str"),
+    ],
+)
+def test_definitions_that_cannot_be_read_are_refused_by_name(definitions: Any, says: str) -> None:
+    async def scenario() -> None:
+        for opener in (djobs.open_engine, open_test_engine):
+            kw: dict[str, Any] = {"storage": djobs.memory()} if opener is djobs.open_engine else {}
+            with pytest.raises(djobs.ValidationError) as raised:
+                async with opener(definitions, **kw):
+                    pass
+            assert says in raised.value.message
+
+    run(scenario)
