@@ -75,7 +75,7 @@ def stored_schedule(record: CronRecord) -> Schedule:
 
 def next_runs(record: CronRecord, now: int, n: int = 5) -> list[int]:
     """The next `n` fire times (epoch ms): from the stored next run if enabled, else from `now`;
-    fewer where the schedule has none left by the year 9999's limit (`next_fire`)."""
+    fewer where the schedule has none left by `LATEST_MS` (`next_fire`)."""
     schedule = stored_schedule(record)
     nxt = record.next_run_at if record.enabled and record.next_run_at is not None else next_fire(schedule, now)
     times: list[int] = []

@@ -253,7 +253,8 @@ class CronInfo(msgspec.Struct, frozen=True, kw_only=True):
         tz: The time zone its expression is read in.
         enabled: Whether it fires.
         next_run_at: The next fire time (kept while disabled, recomputed on enable);
-            ``None`` where the schedule has no fire left before the year 9999 ends.
+            ``None`` where the schedule has no fire left by 9999-12-31T00:00:00Z,
+            the latest time djobs schedules anything for.
         last_run_at: When it last fired.
         last_job_id: The job its last fire enqueued.
     """
@@ -414,8 +415,8 @@ class CronScheduler:
     async def _fire(self, record: CronRecord, now: int) -> int | None:
         """Fire `record` (enqueue its job, or skip a missed time) and store its next run time.
 
-        Returns that next run time (``None`` where its schedule has none before the year
-        9999 ends: it stays enabled with no next run), or ``0`` when another engine fired
+        Returns that next run time (``None`` where its schedule has none by `LATEST_MS`:
+        it stays enabled with no next run), or ``0`` when another engine fired
         this time first.
         """
         cron = self.crons[record.name]
@@ -577,7 +578,7 @@ class CronScheduler:
         for _ in range(n - 1):
             following = next_fire(job.schedule, times[-1])
             if following is None:
-                break  # the schedule runs past the year 9999: the runs there are not shown
+                break  # the schedule runs past `LATEST_MS`: the runs there are not shown
             times.append(following)
         return Success([to_datetime(t) for t in times if t <= LATEST_MS])
 
