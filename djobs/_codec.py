@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from itertools import count, repeat
 from typing import Any, ForwardRef, Literal, TypeVar, cast, get_args, get_origin
 
@@ -72,6 +72,15 @@ def storable_problem(tp: Any) -> str | None:
         info = msgspec.inspect.type_info(tp)
     except (TypeError, ValueError) as exc:
         return str(exc)
+    for node in _parts(info):
+        if isinstance(node, msgspec.inspect.CustomType):
+            return f"{type_name(node.cls)} is not a type msgspec can store (use a msgspec.Struct)"
+    return None
+
+
+def _parts(info: msgspec.inspect.Type) -> Iterator[object]:
+    """Every node of a type's description (``msgspec.inspect.type_info``), each once: the types
+    and fields it is made of, all the way down (a recursive struct's own type is not walked again)."""
     seen: set[int] = set()
     todo: list[object] = [info]
     while todo:
@@ -79,8 +88,7 @@ def storable_problem(tp: Any) -> str | None:
         if id(node) in seen:
             continue  # a recursive struct refers back to itself
         seen.add(id(node))
-        if isinstance(node, msgspec.inspect.CustomType):
-            return f"{type_name(node.cls)} is not a type msgspec can store (use a msgspec.Struct)"
+        yield node
         if isinstance(node, msgspec.inspect.Field):
             todo.append(node.type)
         elif isinstance(node, msgspec.inspect.Type):
@@ -90,7 +98,6 @@ def storable_problem(tp: Any) -> str | None:
                     todo.extend(value)
                 else:
                     todo.append(value)
-    return None
 
 
 def check_storable(tp: Any, what: str) -> None:
@@ -305,14 +312,8 @@ def equal_across_types(tp: Any) -> bool:
         info = msgspec.inspect.type_info(tp)
     except Exception:  # a type msgspec cannot describe: check every value the long way
         return True
-    seen: set[int] = set()
-    todo: list[object] = [info]
     i = msgspec.inspect
-    while todo:
-        node = todo.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
+    for node in _parts(info):
         if isinstance(
             node,
             i.BytesType
@@ -326,15 +327,6 @@ def equal_across_types(tp: Any) -> bool:
             return True
         if isinstance(node, i.EnumType) and getattr(node.cls, "_member_type_", object) is not object:
             return True  # an IntEnum's, a StrEnum's member equals its value
-        if isinstance(node, i.Field):
-            todo.append(node.type)
-        elif isinstance(node, i.Type):
-            for field in node.__struct_fields__:
-                value = getattr(node, field)
-                if isinstance(value, tuple):
-                    todo.extend(value)
-                else:
-                    todo.append(value)
     return False
 
 
