@@ -367,3 +367,47 @@ async def test_every_refusal_and_warning_states_the_limit_instant(
     # The daily cron job's next fire (9999-12-31 00:00 plus a day) is past the limit: it has none.
     [ended] = [r.getMessage() for r in caplog.records if "daily" in r.getMessage()]
     assert "no fire by 9999-12-31T00:00:00Z, the latest time djobs schedules anything for" in ended, ended
+
+
+listener = djobs.Job.make("listener", params=Count, execute=nothing, on="counted")
+
+
+async def wait_for_go(params: Count, ctx: djobs.WorkflowContext) -> int:
+    return (await ctx.wait_for_signal("go", Count)).n
+
+
+waits = djobs.Workflow.make("waits", input=Count, result=int, execute=wait_for_go)
+
+
+@pytest.mark.trio
+async def test_every_verb_that_starts_work_now_is_taken_after_the_limit_instant(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Between the limit instant and the end of 9999, work due now is not "scheduled after"
+    # it: every verb that starts work now takes it, as `later()` with no time does.
+    definitions = [job, listener, planned, waits]
+    async with open_test_engine(definitions, start=datetime(9999, 12, 31, 1, tzinfo=UTC)) as engine:
+        jobs = engine.client.job(job)
+        assert success(await jobs.later(Count()))
+        assert success(await jobs.later(Count(), delay=timedelta(0)))
+        assert success(await jobs.later(Count(), at=AT_LIMIT))  # a past time means now
+        assert success(await jobs.now(Count())).status == "completed"
+        assert len(success(await jobs.later_many([Count(), Count()]))) == 2
+        assert [run.status for run in success(await jobs.batch([Count()]))] == ["completed"]
+        assert success(await engine.client.send_event("counted", Count(1))).job_names == ["listener"]
+        assert success(await engine.client.send_event("nobody", {})).job_ids == []
+        assert success(await engine.client.task(planned).send(id="t", event=Note(AT_LIMIT))).created
+        assert success(await engine.client.workflow(waits).start(id="w", input=Count())).created
+        assert success(await engine.client.workflow(waits).signal("w", "go", Count(7))).waiting
+        await engine.wait_idle()
+        assert success(await engine.client.workflow(waits).result("w")) == 7
+        # A time after the limit is still refused, and the refusal cites only what was given.
+        later = failure(await jobs.later(Count(), delay="1 ms"))
+        assert isinstance(later, djobs.ValidationError) and LIMIT in later.message
+        assert "got delay='1 ms'" in later.message and "at=" not in later.message, later
+        many = failure(await jobs.later_many([Count()], at=datetime(9999, 12, 31, 2, tzinfo=UTC)))
+        assert isinstance(many, djobs.ValidationError) and LIMIT in many.message
+        assert "got at=" in many.message and "delay=" not in many.message, many
+        event = failure(await engine.client.send_event("nobody", {}, delay="1 hour"))
+        assert isinstance(event, djobs.ValidationError) and LIMIT in event.message, event
+        assert event.message.startswith("an event cannot"), event  # no listener: no job to blame

@@ -310,7 +310,7 @@ class JobQueue:
             for tenant in self.tenant_for(scope, tenant_id)
             for correlation in check_short_text(correlation_id, "correlation_id")
             for key in check_short_text(idempotency_key, "idempotency_key")
-            for due in due_at(at, delay, now)
+            for due in due_at(at, delay, now, what="an event")
         )
         return await bind_async(checked, lambda checks: self._send(event, payload, now, *checks))
 
@@ -561,24 +561,24 @@ def _job_not_found(job_id: str) -> InstanceNotFoundError:
 # -- what an enqueue accepts ---------------------------------------------------------
 
 
-def due_at(at: object, delay: object, now: int) -> Result[int, ValidationError]:
-    """When a job enqueued at `now` is due: at `at` (a past one means now), after `delay`, or now."""
+def due_at(at: object, delay: object, now: int, what: str = "a job") -> Result[int, ValidationError]:
+    """When a job enqueued at `now` is due: at `at` (a past one means now), after `delay`, or now.
+
+    A time after `LATEST_MS` is refused, naming `what` and the argument given; work due
+    now is not, even on a clock between `LATEST_MS` and the end of 9999 (as ``now()``).
+    """
     when: Result[int, ValidationError]
     if at is not None and delay is not None:
         return Failure(ValidationError("give at= or delay=, not both"))
     if at is not None:
-        when = epoch_ms(at, "at").map(lambda moment: max(moment, now))
+        when, given = epoch_ms(at, "at").map(lambda moment: max(moment, now)), f"at={safe_repr(at)}"
     elif delay is not None:
-        when = parse_duration(delay, what="delay").map(lambda d: now + to_ms(d))
+        when, given = parse_duration(delay, what="delay").map(lambda d: now + to_ms(d)), f"delay={safe_repr(delay)}"
     else:
-        when = Success(now)
+        return Success(now)
     match when:
-        case Success(ms) if ms > LATEST_MS:
-            return Failure(
-                ValidationError(
-                    f"a job cannot be scheduled {AFTER_LATEST} (got at={safe_repr(at)}, delay={safe_repr(delay)})"
-                )
-            )
+        case Success(ms) if ms > LATEST_MS and ms > now:
+            return Failure(ValidationError(f"{what} cannot be scheduled {AFTER_LATEST} (got {given})"))
     return when
 
 

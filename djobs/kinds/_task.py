@@ -120,7 +120,8 @@ def resolve_when(when: object, now_ms: int, *, latest: int = LATEST_MS) -> Resul
         when: A `timedelta` or a duration string (a delay from now), or an
             aware `datetime`. A time in the past is due at once.
         now_ms: The current time, in epoch milliseconds.
-        latest: The latest due time accepted (`LATEST_MS`, the year 9999's limit).
+        latest: The latest due time accepted (`LATEST_MS`, the year 9999's limit); a time
+            due now is taken even on a clock past it.
 
     Returns:
         The due time, or a `ValidationError` naming the accepted forms. A
@@ -146,7 +147,7 @@ def resolve_when(when: object, now_ms: int, *, latest: int = LATEST_MS) -> Resul
             epoch_ms(when, "the datetime")
             .map(lambda moment: max(now_ms, moment))
             .alt(lambda error: _bad_when(when, error.message))
-            .bind(lambda fire_at: _not_after_9999(when, fire_at, latest))
+            .bind(lambda fire_at: _not_after_9999(when, fire_at, now_ms, latest))
         )
     elif isinstance(when, bool | int | float):
         return Failure(
@@ -163,7 +164,7 @@ def resolve_when(when: object, now_ms: int, *, latest: int = LATEST_MS) -> Resul
             parse_duration(when)
             .map(lambda delay: now_ms + to_ms(delay))
             .alt(lambda error: _bad_when(when, _why_not_a_delay(when, error)))
-            .bind(lambda fire_at: _not_after_9999(when, fire_at, latest))
+            .bind(lambda fire_at: _not_after_9999(when, fire_at, now_ms, latest))
         )
     return Failure(_bad_when(when))
 
@@ -176,8 +177,9 @@ def _why_not_a_delay(when: timedelta | str, error: ValidationError) -> str:
     return "the string is not a duration"
 
 
-def _not_after_9999(when: object, fire_at: int, latest: int) -> Result[int, ValidationError]:
-    if fire_at > latest:
+def _not_after_9999(when: object, fire_at: int, now_ms: int, latest: int) -> Result[int, ValidationError]:
+    # Due now is taken even on a clock past `latest` (before 9999 ends), as a job's ``now()`` is.
+    if fire_at > latest and fire_at > now_ms:
         return Failure(_bad_when(when, f"that is {AFTER_LATEST}"))
     return Success(fire_at)
 
