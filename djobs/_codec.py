@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
 import re
 from collections.abc import Callable, Iterator
 from itertools import count, repeat
@@ -177,6 +178,9 @@ def _check(tp: Any, value: object, what: str, limit: int, strict: bool) -> tuple
         raw = _encoder.encode(value)
     except (TypeError, msgspec.EncodeError, OverflowError, RecursionError, ValueError) as exc:
         # ValueError covers UnicodeEncodeError: a lone surrogate in a string.
+        subclassed = _subclass_problem(tp, value, exc) if type(exc) is TypeError else None
+        if subclassed is not None:
+            return ValidationError(f"{what} does not match {type_name(tp)}: {subclassed}")
         return ValidationError(f"{what} cannot be stored as {type_name(tp)}: {exc}")
     except Exception as exc:  # user code msgspec calls: a datetime's tzinfo.utcoffset, say
         return ValidationError(f"{what} cannot be stored as {type_name(tp)}: {describe(exc)}")
@@ -203,7 +207,7 @@ def _check(tp: Any, value: object, what: str, limit: int, strict: bool) -> tuple
             if plan.strict_differs:
                 copy = plan.plain.decode(raw)
     except msgspec.ValidationError as exc:
-        return ValidationError(f"{what} does not match {type_name(tp)}: {_as_passed(str(exc), value)}")
+        return ValidationError(f"{what} does not match {type_name(tp)}: {_as_passed(str(exc), value, tp)}")
     except (msgspec.DecodeError, RecursionError, ValueError) as exc:
         return ValidationError(f"{what} cannot be stored as {type_name(tp)}: {exc}")
     except Exception as exc:  # user code msgspec calls: a struct's __post_init__, say
@@ -238,11 +242,13 @@ _INVALID = {
 }
 
 
-def _as_passed(message: str, value: object) -> str:
+def _as_passed(message: str, value: object, tp: Any) -> str:
     """msgspec's decode error `message` naming the Python type of the value as passed, not
     of its JSON form: ``got `str` `` for a Decimal (written as a JSON string) says
-    ``got `Decimal` ``, and "Invalid UUID" for a str passed where a UUID is declared says
-    ``Expected `UUID`, got `str` ``."""
+    ``got `Decimal` ``, "Invalid UUID" for a str passed where a UUID is declared says
+    ``Expected `UUID`, got `str` `` (msgspec's words of the JSON form are dropped), a str
+    subclass is named so (``got `H` (a str subclass)``), and a value outside the Literal or
+    enum `tp` declares at the path names its values or the enum (`_not_a_member`)."""
     at = _AT.search(message)
     part: object = value
     for step in _STEP.finditer(at.group(1)[1:] if at else ""):
@@ -262,14 +268,144 @@ def _as_passed(message: str, value: object) -> str:
     actual = _kind_name(part)
     got = _GOT.search(message)
     if got is not None:
-        return message[: got.start(1)] + actual + message[got.end(1) :]
+        return message[: got.start(1)] + actual + "`" + _subclass_note(part) + message[got.end(1) + 1 :]
     head = message[: at.start()] if at else message
+    where = message[at.start() :] if at else ""
     expected = _INVALID.get(head)
-    if expected is not None or head.startswith("Invalid enum value"):
-        return f"Expected `{expected or 'a member of the enum'}`, got `{actual}` ({head})" + (
-            message[at.start() :] if at else ""
-        )
+    if expected is not None:  # msgspec's words are of the JSON form ("Invalid RFC3339 encoded date")
+        return f"Expected `{expected}`, got `{actual}`{_subclass_note(part)}{where}"
+    if head.startswith("Invalid enum value"):
+        return _not_a_member(tp, at.group(1) if at else "$", part, actual) + where
     return message
+
+
+def _not_a_member(tp: Any, path: str, part: object, actual: str) -> str:
+    """A value outside the declared Literal's values or enum at `path` of `tp`, in the caller's
+    terms: ``Expected one of 'a', 'b', got 'c'``, or ``Expected `Mood`, got `str` ``."""
+    literals: list[object] = []
+    enums: list[str] = []
+    for node in _declared_at(tp, path):
+        if isinstance(node, msgspec.inspect.LiteralType):
+            literals.extend(node.values)
+        elif isinstance(node, msgspec.inspect.EnumType):
+            enums.append(node.cls.__name__)
+        elif isinstance(node, msgspec.inspect.NoneType):
+            literals.append(None)
+    if enums:  # a member is passed, not its value: the value is of the wrong type
+        return f"Expected `{'` or `'.join(enums)}`, got `{actual}`"
+    if len(literals) > (None in literals):
+        return f"Expected one of {', '.join(f'{safe_repr(v):.60}' for v in literals)}, got {safe_repr(part):.60}"
+    return f"Expected one of the declared values, got {safe_repr(part):.60}"
+
+
+def _declared_at(tp: Any, path: str) -> list[msgspec.inspect.Type]:
+    """The types `tp` declares at `path` (msgspec's ``$.field[0]``), a union's each; none where
+    the path cannot be followed."""
+    i = msgspec.inspect
+    try:
+        nodes = _flat([i.type_info(tp)])
+    except Exception:  # a type msgspec cannot describe
+        return []
+    for step in _STEP.finditer(path[1:]):
+        name, index = step.groups()
+        found: list[i.Type] = []
+        for node in nodes:
+            if isinstance(node, i.StructType | i.DataclassType | i.TypedDictType):
+                fields = node.fields
+                if name is not None:
+                    found += [f.type for f in fields if f.encode_name == name]
+                elif isinstance(node, i.StructType) and node.array_like and int(index) < len(fields):
+                    found.append(fields[int(index)].type)
+            elif isinstance(node, i.DictType) and name is not None:
+                found.append(node.value_type)
+            elif index is not None and isinstance(node, i.ListType | i.VarTupleType | i.SetType | i.FrozenSetType):
+                found.append(node.item_type)
+            elif index is not None and isinstance(node, i.TupleType | i.NamedTupleType):
+                types = node.item_types if isinstance(node, i.TupleType) else [f.type for f in node.fields]
+                if int(index) < len(types):
+                    found.append(types[int(index)])
+        nodes = _flat(found)
+    return nodes
+
+
+def _flat(nodes: list[msgspec.inspect.Type]) -> list[msgspec.inspect.Type]:
+    """`nodes` with each union replaced by its types and each ``Annotated`` by its type."""
+    flat: list[msgspec.inspect.Type] = []
+    todo = list(reversed(nodes))
+    while todo:
+        node = todo.pop()
+        if isinstance(node, msgspec.inspect.UnionType):
+            todo.extend(reversed(node.types))
+        elif isinstance(node, msgspec.inspect.Metadata):
+            todo.append(node.type)
+        else:
+            flat.append(node)
+    return flat
+
+
+def _subclass_note(part: object) -> str:
+    """`` (a str subclass)`` for a value of a subclass of str, int or float (not a bool nor an
+    enum's member, which msgspec takes as they are), or nothing."""
+    kind = type(part)
+    if kind in _SCALARS or isinstance(part, bool | enum.Enum):
+        return ""
+    for base in _SCALARS:
+        if isinstance(part, base):
+            return f" (a{'n' if base is int else ''} {base.__name__} subclass)"
+    return ""
+
+
+_SCALARS = (str, int, float)
+_UNSUPPORTED = re.compile(r"Encoding objects of type .+ is unsupported")
+
+
+def _as_base(obj: Any) -> Any:
+    """`_check`'s encode hook for a value msgspec cannot encode: a str, int or float subclass
+    as its base type's value, so that the decode names the field's type at the value's path."""
+    for base in _SCALARS:
+        if isinstance(obj, base):
+            return base(obj)
+    raise TypeError(f"Encoding objects of type {type(obj).__name__} is unsupported")
+
+
+_base_encoder = msgspec.json.Encoder(enc_hook=_as_base)
+
+
+def _subclass_problem(tp: Any, value: object, exc: TypeError) -> str | None:
+    """Where `value` holds a subclass of str, int or float, which msgspec cannot encode (`exc`),
+    worded as every other wrong type is, at its path: ``Expected `int`, got `H` (a str
+    subclass) - at `$.n` ``; ``None`` for another unsupported type (msgspec's words then)."""
+    if not _UNSUPPORTED.fullmatch(str(exc)):
+        return None
+    try:
+        raw = _base_encoder.encode(value)
+        (_plans.get(tp) or _plan(tp)).strict.decode(raw)
+    except msgspec.ValidationError as refused:
+        return _as_passed(str(refused), value, tp)
+    except Exception:  # another unsupported part, or user code: msgspec's words
+        return None
+    # The declared type takes the base's value (a str field given a str subclass): the value
+    # as passed is still not of it.
+    todo: list[tuple[object, str]] = [(value, "$")]
+    while todo:
+        part, path = todo.pop()
+        note = _subclass_note(part)
+        if note:
+            declared = " or ".join(
+                f"`{type(node).__name__.removesuffix('Type').lower()}`"
+                for node in _declared_at(tp, path)
+                if isinstance(node, msgspec.inspect.StrType | msgspec.inspect.IntType | msgspec.inspect.FloatType)
+            )
+            return f"Expected {declared or 'another type'}, got `{type(part).__name__}`{note} - at `{path}`"
+        parts: list[tuple[object, str]] = []
+        if isinstance(part, dict):
+            parts = [(v, f"{path}.{k}" if isinstance(k, str) else f"{path}[...]") for k, v in part.items()]
+        elif isinstance(part, list | tuple):
+            parts = [(v, f"{path}[{n}]") for n, v in enumerate(part)]
+        elif isinstance(part, msgspec.Struct):
+            parts = [(getattr(part, f.name), f"{path}.{f.encode_name}") for f in msgspec.structs.fields(part)]
+        todo.extend(reversed(parts))
+    return None
 
 
 class _Plan:

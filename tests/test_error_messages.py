@@ -8,8 +8,9 @@ verb uses; a workflow that calls a verb on itself is not told to use calls it do
 
 from __future__ import annotations
 
-from datetime import timedelta
-from typing import Any
+import enum
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Literal
 
 import msgspec
 import pytest
@@ -224,7 +225,6 @@ async def test_a_whole_input_of_another_type_names_the_struct_and_the_type_given
     the message names the struct and the type given, on every verb that takes one; msgspec's own
     words were "Expected `object`, got `str`" (of the value's JSON form: a datetime is a JSON
     string, 10**30 a float)."""
-    from datetime import UTC, datetime
 
     def body(params: Item, ctx: djobs.JobContext) -> None:
         pass
@@ -263,3 +263,75 @@ async def test_a_whole_input_of_another_type_names_the_struct_and_the_type_given
                 assert error == djobs.ValidationError(
                     f"{what} does not match Item: expected the struct Item (or a dict of its fields), got {kind}"
                 ), error
+
+
+class Mood(enum.Enum):
+    CALM = "calm"
+    CROSS = "cross"
+
+
+class Subclassed(str):
+    pass
+
+
+class Whole(int):
+    pass
+
+
+class Fields(msgspec.Struct):
+    n: int = 0
+    s: str = ""
+    x: float = 0.0
+    kind: Literal["a", "b"] = "a"
+    rank: Literal[1, 2] | None = None
+    mood: Mood = Mood.CALM
+    day: date = date(2026, 1, 1)
+    ns: list[int] = []
+
+
+_WRONG: list[tuple[str, object, str]] = [
+    ("n", Subclassed("1"), "Expected `int`, got `Subclassed` (a str subclass) - at `$.n`"),
+    ("s", Subclassed("a"), "Expected `str`, got `Subclassed` (a str subclass) - at `$.s`"),
+    ("x", Whole(1), "Expected `float`, got `Whole` (an int subclass) - at `$.x`"),
+    ("ns", [1, Subclassed("2")], "Expected `int`, got `Subclassed` (a str subclass) - at `$.ns[1]`"),
+    ("kind", "c", "Expected one of 'a', 'b', got 'c' - at `$.kind`"),
+    ("rank", 3, "Expected one of 1, 2, None, got 3 - at `$.rank`"),
+    ("mood", "happy", "Expected `Mood`, got `str` - at `$.mood`"),
+    ("day", datetime(2026, 1, 1, tzinfo=UTC), "Expected `date`, got `datetime` - at `$.day`"),
+    ("day", "someday", "Expected `date`, got `str` - at `$.day`"),
+]
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize(("field", "value", "expected"), _WRONG)
+async def test_a_field_of_the_wrong_type_or_value_is_named_as_passed_at_its_path(
+    autojump_clock: trio.testing.MockClock, field: str, value: object, expected: str
+) -> None:
+    """A value of the wrong type names the declared type and the type given, at its path, in
+    the caller's terms: a str subclass msgspec cannot encode (it said "Encoding objects of
+    type Subclassed is unsupported", with no path), a value outside a Literal or an enum (it
+    said "Expected `a member of the enum`, got `str`"), a datetime for a date (it added
+    "Invalid RFC3339 encoded date", the JSON form's words)."""
+
+    def body(params: Fields, ctx: djobs.JobContext) -> None:
+        pass
+
+    async def visit(fields: Fields, ctx: djobs.WorkflowContext) -> int:
+        return 1
+
+    job = djobs.Job.make("job", params=Fields, execute=body)
+    flow = djobs.Workflow.make("flow", input=Fields, result=int, execute=visit)
+    async with open_test_engine([job, flow]) as engine:
+        refusals = {
+            "params of job 'job'": [
+                failure(await engine.client.job(job).later(Fields(**{field: value}))),
+                failure(await engine.client.job(job).later({field: value})),
+            ],
+            "input of workflow 'flow'": [
+                failure(await engine.client.workflow(flow).start(id="f", input=Fields(**{field: value}))),
+            ],
+        }
+        for what, errors in refusals.items():
+            for error in errors:
+                assert error == djobs.ValidationError(f"{what} does not match Fields: {expected}"), error
+        assert success(await engine.client.jobs.list()) == []
