@@ -74,6 +74,16 @@ class EqStr(str):
         raise Boom("hash")
 
 
+class FormatStr(str):
+    __slots__ = ()
+
+    def __format__(self, spec: str) -> str:
+        raise Boom("format")
+
+    def __len__(self) -> int:
+        raise Boom("len")
+
+
 HOSTILE: dict[str, Any] = {
     "repr raises": ReprBoom(),
     "str raises": StrBoom(),
@@ -83,6 +93,7 @@ HOSTILE: dict[str, Any] = {
     "len raises": LenList([1]),
     "a tuple whose iter raises": IterTuple((1,)),
     "a str whose eq and hash raise": EqStr("x"),
+    "a str whose format and len raise": FormatStr("x"),
 }
 
 
@@ -147,6 +158,7 @@ def calls(c: djobs.Client) -> dict[str, Any]:
         "client.workflow": lambda x: c.workflow(x).status("a"),
         "client.job": lambda x: c.job(x).later(P()),
         "client.for_tenant": lambda x: c.for_tenant(x).jobs.list(),
+        "client.for_tenant an instance": lambda x: c.for_tenant(x).continuous(cont).status("a"),
         "continuous.start id": lambda x: cc.start(id=x, input=P()),
         "continuous.start input": lambda x: cc.start(id="a", input=x),
         **{f"continuous.{v}": verb(cc, v) for v in _ID_VERBS["continuous"]},

@@ -144,3 +144,23 @@ def test_job_keys(layer: djobs.storage.StorageLayer) -> None:
         run(layer, scenario)
 
     check()
+
+
+class Id(str):
+    """Text of a str subclass (a StrEnum's member, say)."""
+
+    __slots__ = ()
+
+
+def test_a_str_subclass_is_sized_as_its_text(layer: djobs.storage.StorageLayer) -> None:
+    """An id or tenant id of a str subclass makes the key its text makes: refused past the limit
+    too (a subclass's id was not sized, and PostgreSQL failed the verb as a lost connection)."""
+    wide = "\U0001d11e" * 300  # 1,200 bytes: an id and a tenant id of it are too long together
+
+    async def scenario(engine: djobs.Engine) -> None:
+        for tenant, id in ((wide, Id(wide)), (Id(wide), wide), (Id(wide), Id(wide))):
+            client = engine.client.for_tenant(tenant)
+            expect(await client.continuous(counter).start(id=id, input=Count()), True)
+            expect(await client.task(task).send(id=id, event=Nothing()), True)
+
+    run(layer, scenario)

@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from types import CodeType, CoroutineType, FrameType
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Self, cast
 
 import msgspec
 import trio
@@ -414,6 +414,9 @@ class InstanceClient(Generic[H]):
         self._home = home
         #: Why there is no handler, if the client knows better than "not registered" (`not_registered`).
         self._missing = missing
+        # The tenant id as an exact str (`plain_text`): the handler builds keys with it, and a
+        # str subclass's own __format__ or __len__ may raise, or, in `_verb`, skip the key's size check.
+        tenant = cast("str | None", plain_text(tenant))
         self._handler = handler.scoped(tenant) if isinstance(handler, TenantScoped) else handler
         # An engine opened with tenancy="required": an unscoped client's verbs fail with TenantError.
         self._tenant_missing = tenant_required and tenant is None
@@ -440,7 +443,11 @@ class InstanceClient(Generic[H]):
                 lambda _: check_id(instance_id)
             )
         )
-        if type(instance_id) is str and len(instance_id) + (len(tenant) if type(tenant) is str else 0) > _SHORT_KEY:
+        # str.__len__: an id of a str subclass is sized too (`check_id` gives it as an exact str).
+        long = isinstance(instance_id, str) and str.__len__(instance_id) > _SHORT_KEY - (
+            len(tenant) if type(tenant) is str else 0
+        )
+        if long:
             checked = checked.bind(lambda i: _storable_key(handler, i))
         return effect(lambda: bind_async(checked, lambda i: fn(handler, i)), handler.env)
 
