@@ -335,3 +335,35 @@ async def test_a_field_of_the_wrong_type_or_value_is_named_as_passed_at_its_path
             for error in errors:
                 assert error == djobs.ValidationError(f"{what} does not match Fields: {expected}"), error
         assert success(await engine.client.jobs.list()) == []
+
+
+class UnreadableList(list[str]):
+    def __iter__(self) -> Any:
+        raise RuntimeError("no reading me")
+
+
+@pytest.mark.trio
+async def test_a_status_list_that_cannot_be_read_says_so_and_names_its_type(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A list of statuses whose own iteration raises is refused as unreadable, naming its type,
+    where the message showed its contents as if they were a wrong status ("got ['completed']")."""
+
+    def body(params: Item, ctx: djobs.JobContext) -> None:
+        pass
+
+    job = djobs.Job.make("job", params=Item, execute=body)
+    async with open_test_engine([job]) as engine:
+        assert success(await engine.client.jobs.purge(older_than="1 day", status=["completed"])) == 0
+        purge = failure(await engine.client.jobs.purge(older_than="1 day", status=UnreadableList(["completed"])))
+        assert purge == djobs.ValidationError(
+            "status must be completed, failed or cancelled (or a list of them): reading the given "
+            "UnreadableList raised RuntimeError: no reading me"
+        ), purge
+        # list takes one status: a list of them (readable or not) is refused as one, not read.
+        for given in (["completed"], UnreadableList(["completed"])):
+            listed = failure(await engine.client.jobs.list(status=given))  # type: ignore[arg-type]
+            assert listed == djobs.ValidationError(
+                "status must be one of pending, running, completed, failed or cancelled "
+                f"(one status, not a list of them), got a {type(given).__name__}"
+            ), listed

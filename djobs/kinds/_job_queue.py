@@ -26,6 +26,7 @@ from .._errors import (
     StorageError,
     TenantError,
     ValidationError,
+    describe,
     safe_repr,
 )
 from .._event import Event, name_problem
@@ -495,6 +496,13 @@ class JobQueue:
         """The jobs matching every given filter, oldest first, at most `limit`."""
         status = plain_text(status)
         statuses = ("pending", "running", "completed", "failed", "cancelled")
+        if isinstance(status, list | tuple):  # not read: a subclass's own iteration may raise
+            return Failure(
+                ValidationError(
+                    "status must be one of pending, running, completed, failed or cancelled "
+                    f"(one status, not a list of them), got a {type(status).__name__}"
+                )
+            )
         if status is not None and (not isinstance(status, str) or status not in statuses):
             return Failure(
                 ValidationError(
@@ -527,8 +535,13 @@ class JobQueue:
         elif isinstance(statuses, list | tuple):
             try:  # a copy, read once: a subclass's own iteration may raise
                 statuses = [plain_text(s) for s in statuses]
-            except Exception:
-                statuses = None
+            except Exception as exc:
+                return Failure(
+                    ValidationError(
+                        "status must be completed, failed or cancelled (or a list of them): "
+                        f"reading the given {type(status).__name__} raised {describe(exc)}"
+                    )
+                )
         if (
             not isinstance(statuses, list)
             or not statuses
