@@ -881,9 +881,9 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
                     continue  # "actor": a flush of a full batch is posted; the next round queues behind it
 
             async def on_actor() -> _Stop | None:
-                if not queue or runtime.actors.cut_off:
-                    # Queued behind a handler the engine's close cut off past its grace: no reducer
-                    # starts; the writer's next round is refused (the engine is closed).
+                # Queued behind a handler the engine's close cut off past its grace, this never
+                # starts: the actor refuses it (`Actors.cut_off`), and `call` raises a StorageError.
+                if not queue:
                     return None
                 held = runtime.lease_serial(key)
                 if held is None:  # lost by an earlier handler's check-in: take it afresh
