@@ -164,3 +164,36 @@ def test_a_str_subclass_is_sized_as_its_text(layer: djobs.storage.StorageLayer) 
             expect(await client.task(task).send(id=id, event=Nothing()), True)
 
     run(layer, scenario)
+
+
+WIDE = "\U0001d11e" * 199  # with a letter, the longest name, of four-byte characters: 797 bytes
+
+
+async def flow(input: Nothing, ctx: djobs.WorkflowContext) -> None:
+    pass
+
+
+@pytest.mark.parametrize("kind", STORAGE_KINDS)
+def test_the_untenanted_paths_of_add_and_start_refuse_a_key_too_long(kind: str, tmp_path: Any) -> None:
+    """Debounce add and workflow start, without a tenant, check ids apart from the other verbs:
+    an id of wide characters beside the longest wide name is refused there too (both took it)."""
+    wide_batcher = djobs.Debounce.make(
+        WIDE + "d", event=Nothing, state=Count, on_event=added, flush_after="1 hour", execute=flushed
+    )
+    wide_flow = djobs.Workflow.make(WIDE + "w", input=Nothing, result=type(None), execute=flow)
+    schema = new_schema_name() if kind == "postgres" else None
+
+    async def main() -> None:
+        layer = storage_layer(kind, str(tmp_path), schema)
+        async with open_test_engine([wide_batcher, wide_flow], storage=layer) as engine:
+            for id in ("é" * 512, "\U0001d11e" * 448, "\U0001d11e" * 449):
+                key = size("debounce:", wide_batcher.name, ":", id)
+                expect(await engine.client.debounce(wide_batcher).add(id=id, event=Nothing()), key > LIMIT)
+                key = size("workflow:", wide_flow.name, ":", id)
+                expect(await engine.client.workflow(wide_flow).start(id=id, input=Nothing()), key > LIMIT)
+
+    try:
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    finally:
+        if schema is not None:
+            drop_schema(postgres_dsn() or "", schema)

@@ -189,6 +189,13 @@ hourly = djobs.Continuous.make("hourly", state=Count, schedule=djobs.every("1 ho
 hourly_cron = djobs.Continuous.make("hourly_cron", state=Count, schedule=djobs.cron("0 * * * *"), execute=tick)
 
 
+async def echo(input: Count, ctx: djobs.WorkflowContext) -> Count:
+    return input
+
+
+echoing = djobs.Workflow.make("echoing", input=Count, result=Count, execute=echo)
+
+
 def after_9999(outcome: Any) -> bool:
     # A StorageError, which every verb's type allows (the engine cannot serve), saying why.
     error = failure(outcome)
@@ -221,9 +228,12 @@ def test_a_clock_past_the_end_of_9999_refuses_verbs_and_stamps_nothing_without_a
         assert after_9999(await engine.client.job(crossing).later(Count()))
         assert after_9999(await engine.client.job(crossing).now(Count()))
         assert after_9999(await engine.client.crons.list())
+        # A workflow's start (its own path past `effect`) too: it stored the workflow before.
+        assert after_9999(await engine.client.workflow(echoing).start(id="w", input=Count()))
         await trio.sleep(3600)
 
-    run_on(kind, tmp_path, datetime(9999, 12, 30, tzinfo=UTC), scenario, caplog, jobs=[hourly, hourly_cron, crossing])
+    jobs = [hourly, hourly_cron, crossing, echoing]
+    run_on(kind, tmp_path, datetime(9999, 12, 30, tzinfo=UTC), scenario, caplog, jobs=jobs)
     # The body that slept past it was told by ctx.now(), with the same error.
     [error] = crossed
     assert isinstance(error, djobs.SchedulerError) and "after the year 9999" in error.message

@@ -448,7 +448,7 @@ class InstanceClient(Generic[H]):
             len(tenant) if type(tenant) is str else 0
         )
         if long:
-            checked = checked.bind(lambda i: _storable_key(handler, i))
+            checked = checked.bind(lambda i: storable_id(handler, i))
         return effect(lambda: bind_async(checked, lambda i: fn(handler, i)), handler.env)
 
 
@@ -457,9 +457,13 @@ class InstanceClient(Generic[H]):
 _SHORT_KEY = MAX_KEY_BYTES // 4 - 200 - len("continuous::\x1f")
 
 
-def _storable_key(handler: TenantScoped, instance_id: str) -> Result[str, ValidationError]:
-    """`instance_id` if the key it makes with `handler`'s name (and tenant) can be stored (`key_problem`)."""
-    problem = key_problem(handler.key(instance_id), KEY_FIELDS if handler.tenant is None else TENANT_KEY_FIELDS)
+def storable_id(handler: TenantScoped, instance_id: str) -> Result[str, ValidationError]:
+    """`instance_id` if the key it makes with `handler`'s name (and tenant) can be stored
+    (`key_problem`). An id of at most `_SHORT_KEY` characters with the tenant id always fits."""
+    tenant = handler.tenant
+    if len(instance_id) + (0 if tenant is None else str.__len__(tenant)) <= _SHORT_KEY:
+        return Success(instance_id)
+    problem = key_problem(handler.key(instance_id), KEY_FIELDS if tenant is None else TENANT_KEY_FIELDS)
     return Success(instance_id) if problem is None else Failure(problem)
 
 

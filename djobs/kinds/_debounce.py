@@ -94,6 +94,7 @@ from ._common import (
     key_problem,
     refused,
     revive_letter,
+    storable_id,
     unreadable_state,
 )
 
@@ -1331,7 +1332,8 @@ class DebounceClient(InstanceClient[DebounceHandler[E, S]], Generic[E, S]):
             ):
                 instance_id: str = id
             else:
-                match check_id(id):
+                # An id of wide characters may make a key too long to store (`_verb` checks it too).
+                match check_id(id).bind(lambda checked: storable_id(handler, checked)):
                     case Success(checked):
                         instance_id = checked
                     case Failure(error):

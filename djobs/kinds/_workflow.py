@@ -55,6 +55,7 @@ from returns.future import FutureResult
 from returns.result import Failure, Result, Success
 
 from .._bodies import Returns, check_arity
+from .._clock import LAST_MS, beyond_datetime
 from .._codec import check_storable, decode, decoded, encode, encoded
 from .._errors import (
     CLOSED_MESSAGE,
@@ -96,6 +97,7 @@ from ._common import (
     check_name,
     foreign_run,
     instance_key,
+    storable_id,
 )
 from ._workflow_context import Run, WorkflowContext
 from ._workflow_log import (
@@ -983,10 +985,14 @@ async def _start(
             foreign = True
         if foreign:
             return foreign_run(handler.env)
-    if handler.env.clients.closed:  # `effect`'s check
+    env = handler.env
+    if env.clients.closed:  # `effect`'s checks
         return Failure(StorageError(CLOSED_MESSAGE))
+    if (now := env.clock.now_ms()) > LAST_MS:
+        return Failure(StorageError(beyond_datetime(now, "the engine's clock reads")))
     try:
-        match check_id(instance_id):
+        # An id of wide characters may make a key too long to store (`_verb` checks it too).
+        match check_id(instance_id).bind(lambda checked: storable_id(handler, checked)):
             case Success(checked):
                 return await handler.start(checked, input)
             case Failure(refused):
