@@ -64,11 +64,11 @@ def error_json(tag: str, message: str) -> bytes:
     return _error_encoder.encode({"tag": tag, "message": clean_message(message)})
 
 
-#: What a cancelled row stores as its error.
 #: How often, at most, the reclaim looks for the leases of this host's exited processes
 #: (`djobs._leases.free_exited`), in engine ms: one read of the leases held, no more often
 #: than this, since an engine that opens looks at once (a restart is the usual case).
 FREE_EXITED_EVERY_MS = 60_000
+#: What a cancelled row stores as its error.
 CANCELLED_ERROR = error_json("job_cancelled", "the job was cancelled")
 _LEASE_ERROR = error_json(
     "execution", "the worker running the job's last attempt stopped renewing its lease (it crashed or hung)"
