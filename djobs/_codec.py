@@ -343,6 +343,17 @@ def _flat(nodes: list[msgspec.inspect.Type]) -> list[msgspec.inspect.Type]:
     return flat
 
 
+def _declared_name(node: msgspec.inspect.Type) -> str:
+    """A declared type as an error names it: ``one of 'a', 'b'`` for a Literal, `` `int` ``."""
+    if isinstance(node, msgspec.inspect.LiteralType):
+        return f"one of {', '.join(f'{safe_repr(v):.60}' for v in node.values)}"
+    if isinstance(node, msgspec.inspect.EnumType):
+        return f"`{node.cls.__name__}`"
+    if isinstance(node, msgspec.inspect.NoneType):
+        return "`None`"
+    return f"`{type(node).__name__.removesuffix('Type').lower()}`"
+
+
 def _subclass_note(part: object) -> str:
     """`` (a str subclass)`` for a value of a subclass of str, int or float (not a bool nor an
     enum's member, which msgspec takes as they are), or nothing."""
@@ -391,12 +402,12 @@ def _subclass_problem(tp: Any, value: object, exc: TypeError) -> str | None:
         part, path = todo.pop()
         note = _subclass_note(part)
         if note:
+            # An ``Any`` field takes the base's value: the base is what it can store.
+            base = next(f"`{b.__name__}`" for b in _SCALARS if isinstance(part, b))
             declared = " or ".join(
-                f"`{type(node).__name__.removesuffix('Type').lower()}`"
-                for node in _declared_at(tp, path)
-                if isinstance(node, msgspec.inspect.StrType | msgspec.inspect.IntType | msgspec.inspect.FloatType)
+                _declared_name(node) for node in _declared_at(tp, path) if not isinstance(node, msgspec.inspect.AnyType)
             )
-            return f"Expected {declared or 'another type'}, got `{type(part).__name__}`{note} - at `{path}`"
+            return f"Expected {declared or base}, got `{type(part).__name__}`{note} - at `{path}`"
         parts: list[tuple[object, str]] = []
         if isinstance(part, dict):
             parts = [(v, f"{path}.{k}" if isinstance(k, str) else f"{path}[...]") for k, v in part.items()]

@@ -293,6 +293,7 @@ _WRONG: list[tuple[str, object, str]] = [
     ("n", Subclassed("1"), "Expected `int`, got `Subclassed` (a str subclass) - at `$.n`"),
     ("s", Subclassed("a"), "Expected `str`, got `Subclassed` (a str subclass) - at `$.s`"),
     ("x", Whole(1), "Expected `float`, got `Whole` (an int subclass) - at `$.x`"),
+    ("kind", Subclassed("a"), "Expected one of 'a', 'b', got `Subclassed` (a str subclass) - at `$.kind`"),
     ("ns", [1, Subclassed("2")], "Expected `int`, got `Subclassed` (a str subclass) - at `$.ns[1]`"),
     ("kind", "c", "Expected one of 'a', 'b', got 'c' - at `$.kind`"),
     ("rank", 3, "Expected one of 1, 2, None, got 3 - at `$.rank`"),
