@@ -249,6 +249,8 @@ def _as_passed(message: str, value: object, tp: Any) -> str:
     ``Expected `UUID`, got `str` `` (msgspec's words of the JSON form are dropped), a str
     subclass is named so (``got `H` (a str subclass)``), and a value outside the Literal or
     enum `tp` declares at the path names its values or the enum (`_not_a_member`)."""
+    if " - at `key` in `" in message:  # a dict key's: the path is its dict's, not the key's
+        return message
     at = _AT.search(message)
     part: object = value
     for step in _STEP.finditer(at.group(1)[1:] if at else ""):

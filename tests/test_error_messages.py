@@ -287,6 +287,7 @@ class Fields(msgspec.Struct):
     mood: Mood = Mood.CALM
     day: date = date(2026, 1, 1)
     ns: list[int] = []
+    counts: dict[int, int] = {}
 
 
 _WRONG: list[tuple[str, object, str]] = [
@@ -300,6 +301,7 @@ _WRONG: list[tuple[str, object, str]] = [
     ("mood", "happy", "Expected `Mood`, got `str` - at `$.mood`"),
     ("day", datetime(2026, 1, 1, tzinfo=UTC), "Expected `date`, got `datetime` - at `$.day`"),
     ("day", "someday", "Expected `date`, got `str` - at `$.day`"),
+    ("counts", {"a": 1}, "Expected `int`, got `str` - at `key` in `$.counts`"),  # the key, not its dict
 ]
 
 
