@@ -129,7 +129,7 @@ class Engine(Generic[D_co]):
 
     @property
     def worker_id(self) -> str | None:
-        """The id this engine's worker leases queued jobs under (``host:pid:random``), if it has a queue.
+        """The id this engine's worker leases queued jobs under (``host:pid:token:random``), if it has a queue.
 
         The engine's instance leases are held under the same id, so ``djobs
         status`` shows one lease holder per engine.

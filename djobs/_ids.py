@@ -6,17 +6,19 @@ records with ``ctx.uuid()`` and ``ctx.random()``. They all come from one
 `Ids` layer, so a test can swap in one that gives deterministic ids
 (``djobs.testing.open_test_engine(..., ids=...)``).
 
-`RandomIds` is the default: readable engine ids (``host:pid:random``),
+`RandomIds` is the default: readable engine ids (``host:pid:token:random``),
 UUIDv7 job ids, random UUIDs, and random draws from a generator seeded with
 ``open_engine(seed=...)``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import secrets
 import socket
+import sys
 import uuid
 from typing import Protocol, final
 
@@ -48,12 +50,100 @@ class Ids(Protocol):
 
 
 def engine_id() -> str:
-    """A new engine's id, ``host:pid:random`` (8 hex digits): the owner of every lease it holds.
+    """A new engine's id, ``host:pid:token:random``: the owner of every lease it holds.
 
     Readable, so ``djobs status`` and the lease columns say which machine and
-    process hold a lease; the random part tells apart engines of one process.
+    process hold a lease; the random part (8 hex digits) tells apart engines of
+    one process. The token (`process_token`, Linux) names the boot, PID and time
+    namespaces and the process's start time, so that another process can tell
+    that the holder shares its process table and whether it has exited
+    (`djobs._leases.dead_local_owner`); where it cannot be read the id is
+    ``host:pid:random`` (no process judges such an owner dead on Linux).
     """
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+    token = process_token()
+    head = f"{socket.gethostname()}:{os.getpid()}"
+    return f"{head}:{token}:{secrets.token_hex(4)}" if token else f"{head}:{secrets.token_hex(4)}"
+
+
+def process_token() -> str | None:
+    """This process's ``<namespaces>-<start>`` token, or ``None`` where it cannot be read (not Linux, no /proc).
+
+    ``<namespaces>`` is 12 hex digits of a hash of the boot id
+    (``/proc/sys/kernel/random/boot_id``) and the PID and time namespaces
+    (``/proc/self/ns/pid``, ``/proc/self/ns/time``: device and inode); ``<start>``
+    is the process's start time in clock ticks since boot (field 22 of
+    ``/proc/self/stat``). ``None`` too when /proc is not of this process's PID
+    namespace (``/proc/self`` is not our pid).
+    """
+    namespaces = namespaces_token()
+    if namespaces is None:
+        return None
+    start = start_time(os.getpid())
+    return None if start is None else f"{namespaces}-{start}"
+
+
+_namespaces: tuple[int, str | None] | None = None
+
+
+def namespaces_token() -> str | None:
+    """The ``<namespaces>`` part of `process_token` (read once per process), or ``None``."""
+    global _namespaces
+    pid = os.getpid()
+    if _namespaces is None or _namespaces[0] != pid:  # a forked child reads its own
+        _namespaces = (pid, _read_namespaces(pid))
+    return _namespaces[1]
+
+
+def _read_namespaces(pid: int) -> str | None:
+    if sys.platform != "linux":
+        return None
+    try:
+        if os.readlink("/proc/self") != str(pid):
+            return None  # a /proc of another PID namespace: its pids are not ours
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            boot = f.read().strip()
+        pid_ns = os.stat("/proc/self/ns/pid")
+        try:
+            time_ns = os.stat("/proc/self/ns/time")
+            time_part = f"{time_ns.st_dev}:{time_ns.st_ino}"
+        except FileNotFoundError:
+            time_part = ""  # a kernel without time namespaces (before 5.6): one clock for all
+    except (OSError, UnicodeError):
+        return None
+    if not boot:
+        return None
+    seen = f"{boot}|{pid_ns.st_dev}:{pid_ns.st_ino}|{time_part}".encode()
+    return hashlib.sha256(seen).hexdigest()[:12]
+
+
+def proc_stat(pid: int) -> tuple[str, int] | None:
+    """The state letter (``R``, ``S``, ``Z``...) and start time (clock ticks since boot) of
+    process `pid` from ``/proc/<pid>/stat`` (fields 3 and 22), or ``None`` when unreadable.
+
+    Raises:
+        FileNotFoundError: No such entry in /proc (the process is gone, or hidden from us).
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces and parentheses.
+    fields = text[text.rfind(b")") + 1 :].split()
+    if len(fields) < 20 or not fields[19].isdigit():
+        return None
+    return fields[0].decode("ascii", "replace"), int(fields[19])
+
+
+def start_time(pid: int) -> int | None:
+    """Process `pid`'s start time (clock ticks since boot), or ``None`` when unreadable."""
+    try:
+        stat = proc_stat(pid)
+    except FileNotFoundError:
+        return None
+    return None if stat is None else stat[1]
 
 
 @final
@@ -109,7 +199,7 @@ class Uuid7:
 class RandomIds:
     """The default `Ids` layer.
 
-    Engine ids are `engine_id`'s ``host:pid:random``; job ids are UUIDv7
+    Engine ids are `engine_id`'s ``host:pid:token:random``; job ids are UUIDv7
     (`Uuid7`, from OS randomness, so engines seeded alike never mint the same
     id); ``uuid()`` is a random UUID (version 4); ``random()`` draws from a
     generator seeded with `seed` (``None``: from the OS), so a workflow's

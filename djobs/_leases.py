@@ -6,7 +6,8 @@ actor has work and for a moment after (so a busy instance does not pay for
 it per call), renews the leases of long handlers in one task, and gives idle
 ones up in batches. Two engine processes on one database therefore never run
 one instance at once; a lease whose owner died ends after its length, or at
-once when the owner was a process of this host.
+once when the owner was a process sharing this process table that has exited
+(`dead_local_owner`).
 
 The same holds for every lease an engine holds under its id: `free_exited`
 frees those of this host's exited processes (instance leases, the claims on
@@ -30,6 +31,7 @@ import trio
 
 from ._clock import Clock
 from ._errors import StorageError
+from ._ids import namespaces_token, proc_stat
 from ._wakeup import Wakeup
 from .storage import InstanceStore, LeaseFreer
 
@@ -40,31 +42,75 @@ DEFAULT_INSTANCE_LEASE = "30 seconds"
 
 
 def dead_local_owner(owner: str) -> bool:
-    """Whether lease owner `owner` (``host:pid:random``) is a process of this host that no longer exists.
+    """Whether lease owner `owner` (an engine id, ``host:pid:token:random``) is a process that shares
+    this process's process table and has exited, so that its leases may be freed at once.
 
-    Asked with ``os.kill(pid, 0)``, which sends nothing: ``ProcessLookupError``
-    means no such process. Any doubt (another host, this very process, a pid
-    we may not signal, an id of another form, Windows, where signal 0 is not
-    a probe) answers ``False``: the lease is then left to expire. It assumes
-    processes that share a host name share a process table (containers each
-    get their own host name by default).
+    ``True`` only when all of these hold (Linux): the host name is ours; the token
+    (`djobs._ids.process_token`) names our boot and our PID and time namespaces;
+    and the pid is gone (``os.kill(pid, 0)`` finds no such process), or is a zombie
+    (killed, not yet reaped: ``Z`` in ``/proc/<pid>/stat``, no thread of it left), or
+    started at another time than the token says (the pid was reused). Processes that
+    share a host name but not the process table (containers with ``--network host``
+    or ``--uts=host``, Kubernetes ``hostNetwork``, any other PID namespace) have
+    another token, so their leases are never freed by a process that cannot see them.
+
+    Any doubt answers ``False`` and the lease is left to end after its length: an id
+    of another form (one without a token, from an older djobs or a process without
+    /proc), another host, boot or namespace, an unreadable /proc, Windows. On macOS
+    (no /proc, no PID namespaces) an id without a token is judged by host name and
+    ``os.kill`` alone, as before: a zombie or reused pid then looks alive (the lease
+    ends after its length), and two Macs sharing a host name and a database would
+    mislead it.
     """
-    parts = owner.rsplit(":", 2)
-    if len(parts) != 3 or sys.platform == "win32":
+    host = socket.gethostname()
+    if not owner.startswith(host + ":") or sys.platform == "win32":
         return False
-    host, pid_text, _ = parts
-    if host != socket.gethostname() or not pid_text.isdigit():
+    parts = owner[len(host) + 1 :].split(":")
+    pid_text = parts[0]
+    if not pid_text.isdigit() or not 0 < int(pid_text) < 1 << 31:
         return False
     pid = int(pid_text)
-    if pid == os.getpid() or pid <= 0:
+    if len(parts) == 2:  # ``host:pid:random``: no token
+        return sys.platform == "darwin" and pid != os.getpid() and _gone(pid)
+    if len(parts) != 3:
         return False
+    namespaces, _, start_text = parts[1].partition("-")
+    ours = namespaces_token()
+    if ours is None or namespaces != ours or not start_text.isdigit():
+        return False  # another boot or PID namespace, or no /proc of ours: cannot tell
+    if _gone(pid):
+        return True
+    try:
+        stat = proc_stat(pid)
+    except FileNotFoundError:  # exited since (or hidden from us: ask again)
+        return _gone(pid)
+    if stat is None:
+        return False
+    state, start = stat
+    if start != int(start_text):
+        return True  # the pid now names another process: the holder has exited
+    return state in ("Z", "X") and _no_threads_left(pid)
+
+
+def _gone(pid: int) -> bool:
+    """Whether no process `pid` exists (``os.kill(pid, 0)``, which sends nothing)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
     except OSError:
-        return False
+        return False  # it exists (a pid we may not signal), or we cannot tell
     return False
+
+
+def _no_threads_left(pid: int) -> bool:
+    """Whether zombie `pid` has no thread still running (a main thread that exited alone shows ``Z``)."""
+    try:
+        return os.listdir(f"/proc/{pid}/task") in ([], [str(pid)])
+    except FileNotFoundError:
+        return _gone(pid)
+    except OSError:
+        return False
 
 
 async def free_exited(storage: object, clock: Clock) -> bool:

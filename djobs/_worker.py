@@ -242,7 +242,7 @@ class Worker:
         self.storage = storage
         self.options = options
         self.claiming = claiming
-        #: The engine's id (``host:pid:random``), the owner of the job leases it holds.
+        #: The engine's id (``host:pid:token:random``), the owner of the job leases it holds.
         self.id = worker_id
         self._lease = (storage, worker_id)
         #: Its settles run to their end without a checkpoint (`writes_inline`): no shield around them.

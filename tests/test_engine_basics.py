@@ -7,6 +7,7 @@ import gc
 import os
 import re
 import socket
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -83,9 +84,11 @@ async def test_an_engine_holds_instance_and_job_leases_under_one_readable_id(
         await trio.sleep(1)  # both bodies are now running, each under its lease
         owner = engine.worker_id
         assert owner is not None
-        host, pid, random_part = owner.split(":")
+        host, pid, *token, random_part = owner.split(":")
         assert (host, pid) == (socket.gethostname(), str(os.getpid()))
         assert re.fullmatch(r"[0-9a-f]{8}", random_part)
+        if sys.platform == "linux":  # the boot, namespaces and start time (`dead_local_owner`)
+            assert len(token) == 1 and re.fullmatch(r"[0-9a-f]{12}-[0-9]+", token[0])
         async with djobs.sqlite(path).open() as reader:
             summary = await inspector(reader).summary(engine.clock.now_ms())
         assert summary.leases == [LeaseHolder(owner=owner, instances=1, jobs=1, expired=0)]

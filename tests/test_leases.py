@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 
 import msgspec
@@ -16,7 +17,9 @@ import trio
 from test_timeouts import layer  # noqa: F401  # the memory / SQLite / PostgreSQL fixture
 
 import djobs
+import djobs._leases
 import djobs.storage
+from djobs._ids import engine_id, namespaces_token, proc_stat, start_time
 from djobs._leases import dead_local_owner
 from djobs._worker import FREE_EXITED_EVERY_MS
 from djobs.storage import NewJob
@@ -42,14 +45,91 @@ def exited_pid() -> int:
     return child.pid
 
 
+def owner_of(pid: int, start: int | None = None) -> str:
+    """The engine id a process `pid` of this process table would have (its start time read
+    from /proc, or `start`)."""
+    namespaces = namespaces_token()
+    if namespaces is None:  # no /proc (macOS): ids have no token
+        return f"{socket.gethostname()}:{pid}:0badc0de"
+    if start is None:
+        start = start_time(pid)
+    return f"{socket.gethostname()}:{pid}:{namespaces}-{start if start is not None else 1}:0badc0de"
+
+
+linux = pytest.mark.skipif(sys.platform != "linux", reason="the process token is read from Linux's /proc")
+
+
+@linux
 def test_a_dead_owner_is_told_from_a_live_or_foreign_one() -> None:
     host = socket.gethostname()
-    assert dead_local_owner(f"{host}:{exited_pid()}:0badc0de")
-    assert not dead_local_owner(f"{host}:{os.getppid()}:0badc0de")  # alive
-    assert not dead_local_owner(f"{host}:{os.getpid()}:0badc0de")  # this process: another engine of it
-    assert not dead_local_owner(f"another-{host}:{exited_pid()}:0badc0de")  # another host: cannot tell
+    assert dead_local_owner(owner_of(exited_pid()))
+    assert not dead_local_owner(owner_of(os.getppid()))  # alive
+    assert not dead_local_owner(engine_id())  # this process: another engine of it
+    assert not dead_local_owner(f"another-{host}:{exited_pid()}:{namespaces_token()}-1:0badc0de")  # cannot tell
     assert not dead_local_owner("not-an-engine-id")
-    assert not dead_local_owner(f"{host}:pid:0badc0de")
+    for malformed in (
+        "pid:{ns}-1:r",
+        "0:{ns}-1:r",
+        "-5:{ns}-1:r",
+        "{pid}:{ns}-x:r",
+        "{pid}:{ns}:r",
+        "{pid}:a:b:c",
+        "{pid}",
+    ):
+        text = malformed.format(pid=exited_pid(), ns=namespaces_token())
+        assert not dead_local_owner(f"{host}:{text}"), text
+
+
+@linux
+def test_an_owner_of_another_pid_namespace_or_boot_or_an_older_id_is_never_judged_dead() -> None:
+    host, pid = socket.gethostname(), exited_pid()
+    # Same host name, another PID namespace (a container sharing the host's name): its pid
+    # means nothing in our process table.
+    assert not dead_local_owner(f"{host}:{pid}:0123456789ab-1:0badc0de")
+    # An id of djobs before the token (``host:pid:random``): it may be such a container's.
+    assert not dead_local_owner(f"{host}:{pid}:0badc0de")
+
+
+@linux
+def test_a_reused_pid_is_told_from_its_first_process() -> None:
+    start = start_time(os.getppid())
+    assert start is not None
+    assert dead_local_owner(owner_of(os.getppid(), start + 1))  # the pid now names another process
+    assert not dead_local_owner(owner_of(os.getppid(), start))
+    assert dead_local_owner(owner_of(os.getpid(), start_time(os.getpid()) + 1))  # type: ignore[operator]
+
+
+@linux
+def test_a_killed_holder_not_yet_reaped_is_dead() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        owner = owner_of(child.pid)
+        assert not dead_local_owner(owner)
+        child.kill()
+        while (proc_stat(child.pid) or ("?", 0))[0] != "Z":
+            time.sleep(0.01)
+        assert dead_local_owner(owner)  # a zombie: os.kill(pid, 0) still succeeds on it
+    finally:
+        child.kill()
+        child.wait()
+    assert dead_local_owner(owner)
+
+
+def test_without_a_proc_of_our_pid_namespace_no_owner_is_judged_dead(monkeypatch: pytest.MonkeyPatch) -> None:
+    dead = f"{socket.gethostname()}:{exited_pid()}:0123456789ab-1:0badc0de"
+    monkeypatch.setattr(djobs._leases, "namespaces_token", lambda: None)
+    assert not dead_local_owner(dead)
+    assert not dead_local_owner(dead.replace("0123456789ab-1:", ""))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no signal 0 probe on Windows")
+def test_on_macos_an_id_without_a_token_is_judged_by_host_and_pid(monkeypatch: pytest.MonkeyPatch) -> None:
+    host = socket.gethostname()
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert dead_local_owner(f"{host}:{exited_pid()}:0badc0de")
+    assert not dead_local_owner(f"{host}:{os.getppid()}:0badc0de")
+    assert not dead_local_owner(f"{host}:{os.getpid()}:0badc0de")
+    assert not dead_local_owner(f"another-{host}:{exited_pid()}:0badc0de")
 
 
 @pytest.mark.trio
@@ -58,7 +138,7 @@ async def test_a_lease_held_by_a_dead_process_of_this_host_is_freed_at_once(
     layer: djobs.storage.StorageLayer,  # noqa: F811
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    dead = f"{socket.gethostname()}:{exited_pid()}:0badc0de"
+    dead = owner_of(exited_pid())
     async with open_test_engine([counter], storage=layer) as engine:
         client = engine.client.continuous(counter)
         assert success(await client.start(id="a", input=Count()))
@@ -98,7 +178,7 @@ async def test_what_an_exited_process_of_this_host_held_is_freed_when_an_engine_
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     runs.clear()
-    dead = f"{socket.gethostname()}:{exited_pid()}:0badc0de"
+    dead = owner_of(exited_pid())
     async with open_test_engine([counter, work], storage=layer, start=START) as engine:
         assert success(await engine.client.continuous(counter).start(id="a", input=Count()))  # runs now, then hourly
         assert success(await engine.client.job(work).later(Count(7), at=START + timedelta(hours=1)))
@@ -128,7 +208,7 @@ async def test_a_job_an_exited_process_of_this_host_held_is_reclaimed_by_a_runni
     layer: djobs.storage.StorageLayer,  # noqa: F811
 ) -> None:
     runs.clear()
-    dead = f"{socket.gethostname()}:{exited_pid()}:0badc0de"
+    dead = owner_of(exited_pid())
     # Polling each second, as a worker among processes does (the test engine's does not).
     async with open_test_engine([work], storage=layer, start=START, worker=djobs.WorkerOptions()) as engine:
         await trio.sleep(1)
@@ -147,7 +227,7 @@ async def test_a_wait_on_a_live_owner_is_logged_and_ends_with_its_lease(
     layer: djobs.storage.StorageLayer,  # noqa: F811
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    alive = f"{socket.gethostname()}:{os.getppid()}:0badc0de"
+    alive = owner_of(os.getppid())
     async with open_test_engine([counter], storage=layer) as engine:
         client = engine.client.continuous(counter)
         assert success(await client.start(id="a", input=Count()))

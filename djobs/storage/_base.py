@@ -411,7 +411,7 @@ class LeaseFreer(Protocol):
     after their length (an actor waiting for an instance lease still frees that one)."""
 
     async def lease_owners(self, host: str) -> list[str]:
-        """The owners (engine ids, ``host:pid:random``) named after host `host` that hold an
+        """The owners (engine ids, ``host:pid:token:random``) named after host `host` that hold an
         instance lease (stored, expired or not) or a running job's lease, sorted."""
         ...
 

@@ -77,7 +77,7 @@ class PendingJob(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class LeaseHolder(msgspec.Struct, frozen=True, kw_only=True):
-    """The leases one owner (an engine's ``host:pid:random`` id) holds.
+    """The leases one owner (an engine's ``host:pid:token:random`` id) holds.
 
     Attributes:
         owner: The engine's id.
