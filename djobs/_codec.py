@@ -11,13 +11,14 @@ stored as text. Encoders and decoders are made once and reused.
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import dataclasses
 import enum
 import re
 from collections.abc import Callable, Iterator
 from itertools import count, repeat
-from typing import Any, ForwardRef, Literal, TypeVar, cast, get_args, get_origin
+from typing import Any, ForwardRef, Literal, TypeVar, cast, get_args, get_origin, get_type_hints, is_typeddict
 
 import msgspec
 import msgspec.inspect
@@ -221,7 +222,7 @@ def _check(tp: Any, value: object, what: str, limit: int, strict: bool) -> tuple
     except Exception:  # a user struct's own __eq__: walk instead
         same = False
     if not same:
-        problem = inexact(copy, value)
+        problem = inexact(copy, value, abstract=plan.abstract)
         if problem is not None:
             return ValidationError(f"{what} does not match {type_name(tp)}: {problem}")
     return raw, copy
@@ -424,7 +425,7 @@ def _subclass_problem(tp: Any, value: object, exc: TypeError) -> str | None:
 class _Plan:
     """How `_check` validates values of one type, worked out once per type."""
 
-    __slots__ = ("anything", "plain", "strict", "strict_differs", "struct_free", "walk")
+    __slots__ = ("abstract", "anything", "plain", "strict", "strict_differs", "struct_free", "walk")
 
     def __init__(self, tp: Any) -> None:
         self.plain = _decoder(tp)
@@ -440,6 +441,46 @@ class _Plan:
         #: JSON can hold is taken as its JSON form. (A field typed ``Any`` is checked: what it
         #: holds must come back as itself.)
         self.anything = tp is Any or tp is object
+        #: `tp` declares an abstract collection somewhere (``Sequence[int]``, ``AbstractSet[str]``),
+        #: which a tuple or a frozenset is as much as a list or a set (`inexact`'s `abstract`).
+        self.abstract = _declares_abstract(tp)
+
+
+#: The abstract collections msgspec takes (decoded as a list or a set): the declared type of a
+#: value that may be a list or a tuple, a set or a frozenset.
+_ABSTRACT = frozenset(
+    {
+        collections.abc.Collection,
+        collections.abc.Sequence,
+        collections.abc.MutableSequence,
+        collections.abc.Set,
+        collections.abc.MutableSet,
+    }
+)
+
+
+def _declares_abstract(tp: Any) -> bool:
+    """Whether `tp`, or a type it is made of (a union's member, a container's item, a struct's
+    or dataclass's field), is one of `_ABSTRACT`."""
+    seen: set[int] = set()
+    todo: list[Any] = [tp]
+    while todo:
+        node = todo.pop()
+        if id(node) in seen:
+            continue  # a recursive struct refers back to itself
+        seen.add(id(node))
+        origin = get_origin(node) or node
+        if origin in _ABSTRACT:
+            return True
+        todo.extend(get_args(node))
+        try:
+            if isinstance(origin, type) and issubclass(origin, msgspec.Struct):
+                todo.extend(f.type for f in msgspec.structs.fields(node))
+            elif dataclasses.is_dataclass(origin) or is_typeddict(origin) or hasattr(origin, "_fields"):
+                todo.extend(get_type_hints(origin).values())  # a dataclass's, TypedDict's or NamedTuple's fields
+        except Exception:  # annotations that do not resolve: msgspec refused such a type already
+            continue
+    return False
 
 
 _plans: dict[Any, _Plan] = {}
@@ -479,13 +520,15 @@ def equal_across_types(tp: Any) -> bool:
     return False
 
 
-def inexact(copy: object, value: object) -> str | None:
+def inexact(copy: object, value: object, *, abstract: bool = False) -> str | None:
     """Where `value` differs from `copy`, its decoded copy as the declared type, worded as
     msgspec words a mismatch (``Expected `str`, got `UUID` - at `$.name` ``), or ``None``.
 
     A value is exact when it is an instance of the type its copy has (an int where a float is
     declared, as msgspec's strict mode takes it, too) and equal to its copy; a struct (or a
-    dict of its fields, a dataclass) and a container are compared part by part.
+    dict of its fields, a dataclass) and a container are compared part by part. With
+    `abstract` (the declared type holds a ``Sequence`` or an ``AbstractSet``, `_Plan`), a
+    tuple is taken for a list and a frozenset for a set, and the other way round.
     """
     todo: list[tuple[Any, Any, str]] = [(copy, value, "$")]
     while todo:
@@ -518,11 +561,11 @@ def inexact(copy: object, value: object) -> str | None:
                     return problem
                 parts.append((cv, vv, f"{path}[{vk!r:.40}]"))
         elif kind is list or kind is tuple:
-            if not isinstance(v, kind) or len(c) != len(v):
+            if not isinstance(v, list | tuple if abstract else kind) or len(c) != len(v):
                 return _expected(c, v, path)
             parts = [(ci, vi, f"{path}[{n}]") for n, (ci, vi) in enumerate(zip(c, v, strict=True))]
         elif kind is set or kind is frozenset:
-            if not isinstance(v, kind):
+            if not isinstance(v, set | frozenset if abstract else kind):
                 return _expected(c, v, path)
             if c != v:
                 odd = next((item for item in v if item not in c), None)
