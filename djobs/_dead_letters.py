@@ -29,7 +29,7 @@ from returns.result import Failure, Result, Success
 from ._clock import to_datetime
 from ._durations import DurationLike, parse_duration, to_ms
 from ._errors import InstanceNotFoundError, InvalidStateError, StorageError, ValidationError, safe_repr
-from ._input import check_text, plain_text
+from ._input import check_optional_text, check_whole, plain_text
 from .kinds._common import bind_async, check_id, effect, refused
 from .kinds._job import JobErrorInfo
 from .kinds._job_queue import JobQueue
@@ -151,7 +151,7 @@ class DeadLetters:
 
     async def load(self, scope: str | None, letter_id: object) -> Result[DeadLetter, Any]:
         """The letter `letter_id`, if it exists and the scope may see it."""
-        checked = _check_scope(scope).bind(lambda _: check_id(letter_id, "dead letter id"))
+        checked = check_optional_text(scope, "tenant_id").bind(lambda _: check_id(letter_id, "dead letter id"))
 
         async def stored(the_id: str) -> Result[DeadLetter, Any]:
             letter = await self.storage().get_dead_letter(the_id)
@@ -167,12 +167,12 @@ class DeadLetters:
         """The letters matching every given filter, newest first."""
         where = Result.do(
             DeadLetterFilter(kind=the_kind, name=the_name, tenant_id=tenant, after=the_after, limit=the_limit)
-            for _ in _check_scope(scope)
+            for _ in check_optional_text(scope, "tenant_id")
             for the_kind in _check_kind(kind)
-            for the_limit in _check_limit(limit)
-            for the_name in _optional_text(name, "name")
-            for given in _optional_text(tenant_id, "tenant_id")
-            for the_after in _optional_text(after, "after")
+            for the_limit in check_whole(limit, "limit", 1, 10_000)
+            for the_name in check_optional_text(name, "name")
+            for given in check_optional_text(tenant_id, "tenant_id")
+            for the_after in check_optional_text(after, "after")
             for tenant in _tenant_in_scope(scope, given)
         )
 
@@ -330,11 +330,6 @@ class DeadLettersClient:
         return effect(lambda: box.purge(older_than), box.env)
 
 
-def _check_scope(scope: str | None) -> Result[str | None, ValidationError]:
-    """A tenant-scoped client's tenant, checked as storable text like every other tenant id."""
-    return Success(None) if scope is None else check_text(scope, "tenant_id")
-
-
 def _check_kind(kind: object) -> Result[DeadLetterKind | None, ValidationError]:
     kind = plain_text(kind)
     for known in _KINDS:
@@ -343,17 +338,6 @@ def _check_kind(kind: object) -> Result[DeadLetterKind | None, ValidationError]:
     if kind is None:
         return Success(None)
     return Failure(ValidationError(f"kind must be job, debounce, continuous or task, got {safe_repr(kind):.80}"))
-
-
-def _check_limit(limit: object) -> Result[int, ValidationError]:
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
-        return Failure(ValidationError(f"limit must be an int from 1 to 10000, got {safe_repr(limit):.80}"))
-    return Success(limit)
-
-
-def _optional_text(value: object, what: str) -> Result[str | None, ValidationError]:
-    """A filter given as storable text, or ``None`` when not given."""
-    return Success(None) if value is None else check_text(value, what)
 
 
 def _tenant_in_scope(scope: str | None, tenant: str | None) -> Result[str | None, ValidationError]:
