@@ -233,7 +233,7 @@ def check_logger(logger: object) -> logging.Logger | None:
     """`logger` if it is a `logging.Logger` or ``None``; a logger's name given instead says how to make one."""
     if logger is None or isinstance(logger, logging.Logger):
         return logger
-    call = f"logging.getLogger({logger!r:.80})" if isinstance(logger, str) else "logging.getLogger(name)"
+    call = f"logging.getLogger({safe_repr(logger):.80})" if isinstance(logger, str) else "logging.getLogger(name)"
     raise ValidationError(
         f"logger must be a logging.Logger ({call}) or None, got {type(logger).__name__} {safe_repr(logger):.80}"
     )

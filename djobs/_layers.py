@@ -95,7 +95,7 @@ class Layers:
                     hint = (
                         "; did you mean djobs.postgres(dsn)?"
                         if "://" in layer
-                        else f"; did you mean djobs.sqlite({layer!r:.80}) (or djobs.postgres(dsn))?"
+                        else f"; did you mean djobs.sqlite({safe_repr(layer):.80}) (or djobs.postgres(dsn))?"
                     )
                 raise ValidationError(
                     f"{name} must be a {_LAYER_TYPES[name]} (with {', '.join(methods)}),"

@@ -44,6 +44,15 @@ class Hostile:
         raise RuntimeError("bool")
 
 
+class HostileText(str):
+    """A name whose repr raises (a str subclass's own)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        raise RuntimeError("repr")
+
+
 ticker = djobs.Continuous.make("ticker", state=S, schedule=djobs.every("1 hour"), execute=lambda ctx: None)
 
 #: Values of every kind: for each option, those it accepts are filtered out below.
@@ -287,5 +296,44 @@ def test_definitions_that_cannot_be_read_are_refused_by_name(definitions: Any, s
                 async with opener(definitions, **kw):
                     pass
             assert says in raised.value.message
+
+    run(scenario)
+
+
+class EqBoom:
+    """A value whose == raises."""
+
+    def __eq__(self, other: object) -> bool:
+        raise RuntimeError("eq")
+
+    __hash__ = object.__hash__
+
+
+def test_a_name_or_option_whose_own_methods_raise_is_refused_in_words_of_its_own() -> None:
+    """A job name, a definition's on_exhausted, a logger, a storage or a tracker's env whose repr
+    or == raises is a ValidationError, never the object's own exception (each raised it before)."""
+
+    def body(ctx: djobs.ContinuousContext[S]) -> None:
+        pass
+
+    refusals: list[Any] = [
+        lambda: djobs.Continuous.make(HostileText("a:b"), state=S, schedule=djobs.every("1 hour"), execute=body),
+        lambda: djobs.Continuous.make(
+            "c", state=S, schedule=djobs.every("1 hour"), execute=body, on_exhausted=EqBoom()
+        ),
+        lambda: djobs.Continuous.make(
+            "c", state=S, schedule=djobs.every("1 hour"), execute=body, on_exhausted=HostileText("x")
+        ),
+        lambda: djobs.Layers(storage=HostileText("jobs.db")),
+        lambda: HttpBatchTracker("https://example.test/events", HostileText("\ud800"), "key"),
+    ]
+    for refused in refusals:
+        with pytest.raises(djobs.ValidationError, match=r"unprintable HostileText|on_exhausted"):
+            refused()
+
+    async def scenario() -> None:
+        with pytest.raises(djobs.ValidationError, match=r"logging\.getLogger\(<unprintable HostileText"):
+            async with djobs.open_engine([ticker], storage=djobs.memory(), logger=HostileText("jobs")):
+                pass
 
     run(scenario)

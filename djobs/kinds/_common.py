@@ -115,9 +115,12 @@ OnExhausted = Literal["terminate", "dead_letter"]
 
 def check_on_exhausted(on_exhausted: object, what: str) -> OnExhausted:
     """Validate a definition's `on_exhausted` (raises: a bad literal is a bug in the program)."""
-    if on_exhausted == "terminate" or on_exhausted == "dead_letter":
-        return on_exhausted
-    raise ValidationError(f"{what}: on_exhausted must be 'terminate' or 'dead_letter', got {on_exhausted!r:.80}")
+    given = plain_text(on_exhausted)  # an exact str, whose == is str's own (a subclass's may raise)
+    if isinstance(given, str) and given in ("terminate", "dead_letter"):
+        return cast("OnExhausted", given)
+    raise ValidationError(
+        f"{what}: on_exhausted must be 'terminate' or 'dead_letter', got {safe_repr(on_exhausted):.80}"
+    )
 
 
 _letter_error = msgspec.json.Encoder()
@@ -196,7 +199,7 @@ def check_name(name: object, kind: str) -> str:
         or text_problem(name)
     ):
         raise ValidationError(
-            f"{kind} job name {name!r} is not valid: use a non-empty string of at most 200 characters "
+            f"{kind} job name {safe_repr(name)} is not valid: use a non-empty string of at most 200 characters "
             "without ':', NUL, the unit separator (\\x1f) or lone surrogates"
         )
     return name

@@ -164,7 +164,8 @@ class HttpBatchTracker:
             env.encode("utf-8")
         except UnicodeEncodeError as exc:  # no JSON body can carry it: every batch would be dropped
             raise ValidationError(
-                f"HttpBatchTracker(env={env!r:.80}): not valid UTF-8 (a lone surrogate at position {exc.start})"
+                f"HttpBatchTracker(env={safe_repr(env):.80}):"
+                f" not valid UTF-8 (a lone surrogate at position {exc.start})"
             ) from None
         self.env = env
         self._service_key = _header_value(service_key, "service_key")
