@@ -23,7 +23,7 @@ from returns.result import Failure, Result, Success
 from ._bodies import check_arity
 from ._durations import DurationLike, duration, to_ms
 from ._errors import ValidationError, describe
-from ._input import MAX_LIMIT, check_text
+from ._input import MAX_LIMIT, SEPARATOR, check_text
 
 __all__ = ["JobLimits", "RateLimit", "job_limits", "limit_key_of"]
 
@@ -33,8 +33,6 @@ P = TypeVar("P")
 MAX_PERIOD_MS: Final = 86_400_000
 #: The longest key a `limit_key` function may return.
 MAX_KEY: Final = 512
-#: Joins a job's name and its key in the stored limit key.
-KEY_SEPARATOR: Final = "\x1f"
 
 _PERIODS: Final = {"second": 1_000, "minute": 60_000, "hour": 3_600_000, "day": 86_400_000}
 _PERIOD_ALIASES: Final = {
@@ -187,5 +185,5 @@ def limit_key_of(
             raise
         return Failure(ValidationError(f"{what}: its limit_key function raised {describe(exc)}"))
     return check_text(key, f"{what}: the key its limit_key function returned", max_length=MAX_KEY).map(
-        lambda text: name + KEY_SEPARATOR + text
+        lambda text: name + SEPARATOR + text
     )

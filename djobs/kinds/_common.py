@@ -217,7 +217,7 @@ def check_id(instance_id: object, what: str = "instance id") -> Result[str, Vali
         return Failure(
             ValidationError(f"{what} is {len(instance_id)} characters long; at most {MAX_ID_LENGTH} are allowed")
         )
-    if "\x00" in instance_id or TENANT_SEPARATOR in instance_id:
+    if "\x00" in instance_id or SEPARATOR in instance_id:
         return Failure(
             ValidationError(f"{what} {instance_id!r:.80} contains a NUL or unit-separator (\\x1f) character")
         )
@@ -256,17 +256,13 @@ async def bind_async(result: Result[U, Any], fn: Callable[[U], Awaitable[Result[
     raise AssertionError(f"neither a Success nor a Failure: {result!r}")
 
 
-#: Separates a tenant from an instance id in a storage key. Ids may not contain
-#: it, so no plain id can reach into a tenant's namespace.
-TENANT_SEPARATOR = "\x1f"
-
-
 def instance_key(kind: str, name: str, instance_id: str, tenant: str | None = None) -> str:
     """The storage key of an instance: ``{kind}:{name}:{id}``, or, for a tenant's
     instance, ``{kind}:{name}:{tenant}\x1f{id}``."""
     if tenant is None:
         return f"{kind}:{name}:{instance_id}"
-    return f"{kind}:{name}:{tenant}{TENANT_SEPARATOR}{instance_id}"
+    # SEPARATOR: no id holds it, so no plain id can reach into a tenant's namespace.
+    return f"{kind}:{name}:{tenant}{SEPARATOR}{instance_id}"
 
 
 class TenantScoped:

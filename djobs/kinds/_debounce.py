@@ -67,7 +67,7 @@ from .._errors import (
 )
 from .._execution import Checkout, Env, OutcomeKind, RunInfo, execute, holds_cancel, run_body
 from .._future import VerbResult, success
-from .._input import MAX_LIMIT, check_interval, check_text, plain_text
+from .._input import MAX_LIMIT, SEPARATOR, check_interval, check_text, plain_text
 from .._limits import NO_LIMITS, RunLimits, definition_limits, offloaded
 from .._logging import JobLog, LoggingOption, check_logging, threshold
 from .._retry import Retry, check_retry
@@ -78,7 +78,6 @@ from ..tracking._base import CALLER_CONTEXT
 from ._common import (
     EVENT_KEY_FIELDS,
     MAX_ID_LENGTH,
-    TENANT_SEPARATOR,
     D_contra,
     Definition,
     InstanceClient,
@@ -1328,7 +1327,7 @@ class DebounceClient(InstanceClient[DebounceHandler[E, S]], Generic[E, S]):
                 and 0 < len(id) <= MAX_ID_LENGTH
                 and id.isascii()  # no lone surrogate: what `check_id` checks, without its calls
                 and "\x00" not in id
-                and TENANT_SEPARATOR not in id
+                and SEPARATOR not in id
             ):
                 instance_id: str = id
             else:
