@@ -18,7 +18,18 @@ import enum
 import re
 from collections.abc import Callable, Iterator
 from itertools import count, repeat
-from typing import Any, ForwardRef, Literal, TypeVar, cast, get_args, get_origin, get_type_hints, is_typeddict
+from typing import (
+    Annotated,
+    Any,
+    ForwardRef,
+    Literal,
+    TypeVar,
+    cast,
+    get_args,
+    get_origin,
+    get_type_hints,
+    is_typeddict,
+)
 
 import msgspec
 import msgspec.inspect
@@ -470,7 +481,10 @@ def _declares_abstract(tp: Any) -> bool:
             continue  # a recursive struct refers back to itself
         seen.add(id(node))
         origin = get_origin(node) or node
-        if origin in _ABSTRACT:
+        if origin is Annotated:  # the type, not its metadata (which may be any object)
+            todo.append(get_args(node)[0])
+            continue
+        if any(origin is abstract for abstract in _ABSTRACT):  # `is`: an object's own == or hash may raise
             return True
         todo.extend(get_args(node))
         try:

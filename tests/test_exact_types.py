@@ -325,3 +325,16 @@ def test_every_verb_takes_a_typed_value_exactly_when_it_is_of_its_type(kind: str
     finally:
         if schema is not None:
             drop_schema(postgres_dsn() or "", schema)
+
+
+class Annotations(msgspec.Struct):
+    n: typing.Annotated[int, ["any", "metadata"]] = 0
+    seq: typing.Annotated[collections.abc.Sequence[int], {"unhashable": True}] = ()
+
+
+def test_a_type_annotated_with_any_metadata_is_checked() -> None:
+    """A field's Annotated metadata, which msgspec ignores unless it is a Meta, may be any object
+    (an unhashable list or dict too): the check reads past it, as msgspec does."""
+    assert encode(Annotations, Annotations(n=1, seq=(1, 2)), what="payload").unwrap() == b'{"n":1,"seq":[1,2]}'
+    error = encode(Annotations, {"n": "1"}, what="payload").failure()
+    assert "Expected `int`, got `str` - at `$.n`" in error.message, error
