@@ -227,6 +227,22 @@ def check_id(instance_id: object, what: str = "instance id") -> Result[str, Vali
     return Success(instance_id)
 
 
+def check_event_id(event_id: object) -> Result[str | None, ValidationError]:
+    """A Debounce add's or a Task send's `event_id`: ``None``, or an id (as an exact `str`,
+    `plain_text`) of at most `MAX_ID_LENGTH` characters that `check_text` takes."""
+    event_id = plain_text(event_id)
+    if event_id is None:
+        return Success(None)
+    if not isinstance(event_id, str) or not event_id or len(event_id) > MAX_ID_LENGTH:
+        return Failure(
+            ValidationError(
+                f"event_id must be None or a non-empty str of at most {MAX_ID_LENGTH} characters,"
+                f" got {safe_repr(event_id):.80}"
+            )
+        )
+    return check_text(event_id, "event_id", max_length=MAX_ID_LENGTH)
+
+
 def name_of(job: object) -> str:
     """The name a client looks `job` up by: a name (as an exact `str`, `plain_text`), a
     definition's ``name``, or, for anything else, its repr (which names no job) without raising."""

@@ -63,11 +63,10 @@ from .._errors import (
     StorageError,
     TenantError,
     ValidationError,
-    safe_repr,
 )
 from .._execution import Checkout, Env, OutcomeKind, RunInfo, execute, holds_cancel, run_body
 from .._future import VerbResult, success
-from .._input import MAX_LIMIT, SEPARATOR, check_interval, check_text, plain_text
+from .._input import MAX_LIMIT, SEPARATOR, check_interval
 from .._limits import NO_LIMITS, RunLimits, definition_limits, offloaded
 from .._logging import JobLog, LoggingOption, check_logging, threshold
 from .._retry import Retry, check_retry
@@ -84,6 +83,7 @@ from ._common import (
     StateResult,
     TenantScoped,
     bug_failure,
+    check_event_id,
     check_id,
     check_name,
     count_failed_attempt,
@@ -437,20 +437,6 @@ class _Pending(msgspec.Struct, frozen=True):
     flush_reason: str
 
 
-def _check_event_id(event_id: object) -> Result[str | None, ValidationError]:
-    event_id = plain_text(event_id)
-    if event_id is None:
-        return Success(None)
-    if not isinstance(event_id, str) or not event_id or len(event_id) > MAX_ID_LENGTH:
-        return Failure(
-            ValidationError(
-                f"event_id must be None or a non-empty str of at most {MAX_ID_LENGTH} characters,"
-                f" got {safe_repr(event_id):.80}"
-            )
-        )
-    return check_text(event_id, "event_id", max_length=MAX_ID_LENGTH)
-
-
 def _make_idle(record: InstanceRecord, now: int) -> None:
     """Empty the batch; the row stays, so its event ids stay remembered."""
     record.status, record.state, record.event_count, record.started_at = "idle", None, 0, None
@@ -658,7 +644,7 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
             # Matches, not a Result.do: every add passes here, and a generator would cost more than the checks.
             the_event_id: str | None = None
             if event_id is not None:
-                match _check_event_id(event_id):
+                match check_event_id(event_id):
                     case Success(checked_id):
                         the_event_id = checked_id
                     case Failure(error):

@@ -54,7 +54,7 @@ from .._errors import (
     raise_error,
 )
 from .._execution import Checkout, Env, RunInfo, execute, run_call, run_returning_state
-from .._input import LONGEST_INTERVAL, check_text, epoch_ms, plain_text
+from .._input import LONGEST_INTERVAL, epoch_ms
 from .._limits import NO_LIMITS, RunLimits, definition_limits, offloaded
 from .._logging import JobLog, LoggingOption, check_logging
 from .._retry import Retry, check_retry
@@ -63,7 +63,6 @@ from ..storage._base import DeadLetter, Revival
 from ..tracking import TrackedEvent
 from ._common import (
     EVENT_KEY_FIELDS,
-    MAX_ID_LENGTH,
     D_contra,
     Definition,
     InstanceClient,
@@ -72,6 +71,7 @@ from ._common import (
     TenantScoped,
     TerminateResult,
     bind_async,
+    check_event_id,
     check_name,
     check_on_exhausted,
     count_failed_attempt,
@@ -541,19 +541,6 @@ def _rejection(error: JobError) -> ValidationError | InvalidStateError | Executi
     return ExecutionError(f"on_event failed: {error.message}", error)
 
 
-def _check_event_id(event_id: object) -> Result[str | None, ValidationError]:
-    event_id = plain_text(event_id)
-    if event_id is None:
-        return Success(None)
-    if not isinstance(event_id, str) or not event_id or len(event_id) > MAX_ID_LENGTH:
-        return Failure(
-            ValidationError(
-                f"event_id must be a non-empty str of at most {MAX_ID_LENGTH} characters, got {_short.repr(event_id)}"
-            )
-        )
-    return check_text(event_id, "event_id", max_length=MAX_ID_LENGTH)
-
-
 def _at(ms: int | None) -> datetime | None:
     return None if ms is None else to_datetime(ms)
 
@@ -624,7 +611,7 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
         job, env = self.job, self.env
         checked = Result.do(
             (eid, the_event)
-            for eid in _check_event_id(event_id)
+            for eid in check_event_id(event_id)
             for the_event in validate(
                 job.event, event, what=f"event for task {job.name!r}", limit=env.max_payload_bytes
             )
