@@ -228,11 +228,13 @@ def test_a_clock_past_the_end_of_9999_refuses_verbs_and_stamps_nothing_without_a
         assert after_9999(await engine.client.job(crossing).later(Count()))
         assert after_9999(await engine.client.job(crossing).now(Count()))
         assert after_9999(await engine.client.crons.list())
-        # A workflow's start (its own path past `effect`) too: it stored the workflow before.
+        # A workflow's start and a Debounce add (their own paths past `effect`) too: the start
+        # stored the workflow before, and the add said its batch would flush too late.
         assert after_9999(await engine.client.workflow(echoing).start(id="w", input=Count()))
+        assert after_9999(await engine.client.debounce(slow).add(id="d", event=Count()))
         await trio.sleep(3600)
 
-    jobs = [hourly, hourly_cron, crossing, echoing]
+    jobs = [hourly, hourly_cron, crossing, echoing, slow]
     run_on(kind, tmp_path, datetime(9999, 12, 30, tzinfo=UTC), scenario, caplog, jobs=jobs)
     # The body that slept past it was told by ctx.now(), with the same error.
     [error] = crossed

@@ -48,7 +48,7 @@ from returns.result import Failure, Result, Success
 from typing_extensions import TypeVar
 
 from .._bodies import Done, Returns, check_body
-from .._clock import AFTER_LATEST, LATEST_MS, to_datetime
+from .._clock import AFTER_LATEST, LAST_MS, LATEST_MS, beyond_datetime, to_datetime
 from .._codec import check_storable, copier, decode, may_hide_non_finite, non_finite, quick_codec
 from .._context import BaseContext, D_co
 from .._durations import DurationLike, duration, to_ms
@@ -977,7 +977,10 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         if state is None and now + job.flush_after_ms > LATEST_MS:
             # The add would open a batch whose flush falls after djobs's last time: refused, nothing stored.
             first = queue.popleft()
-            _finish(first, Failure(ValidationError(_TOO_LATE.format(job.name, first.instance_id))))
+            if now > LAST_MS:  # the clock itself is past what a datetime holds: as `effect` refuses every verb
+                _finish(first, Failure(StorageError(beyond_datetime(now, "the engine's clock reads"))))
+            else:
+                _finish(first, Failure(ValidationError(_TOO_LATE.format(job.name, first.instance_id))))
             return None
         results: list[_Added] = []
         new_alarm: SetAlarm | None = None
