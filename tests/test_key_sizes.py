@@ -197,3 +197,16 @@ def test_the_untenanted_paths_of_add_and_start_refuse_a_key_too_long(kind: str, 
     finally:
         if schema is not None:
             drop_schema(postgres_dsn() or "", schema)
+
+
+def test_an_event_id_of_a_str_subclass_is_sized_as_its_text(layer: djobs.storage.StorageLayer) -> None:
+    """A Task send's event id of a str subclass makes the key its text makes: refused past the
+    limit (it was not sized, and PostgreSQL failed the send as a lost connection)."""
+    wide, id = "\U0001d11e" * 512, "\u00e9" * 200  # 2,048 and 400 bytes: too long beside the name
+
+    async def scenario(engine: djobs.Engine) -> None:
+        assert size("task:", task.name, ":", id, wide) > LIMIT
+        expect(await engine.client.task(task).send(id=id, event=Nothing(), event_id=Id(wide)), True)
+        expect(await engine.client.debounce(batcher).add(id=id, event=Nothing(), event_id=Id(wide)), True)
+
+    run(layer, scenario)

@@ -617,8 +617,9 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
             )
         )
         key = self.key(instance_id)
-        if type(event_id) is str and (problem := key_problem(key + event_id, EVENT_KEY_FIELDS)) is not None:
-            return Failure(problem)  # stored beside the instance's key, as one key
+        match checked:  # the checked id: a str subclass's is its text (`plain_text`)
+            case Success((str() as eid, _)) if (problem := key_problem(key + eid, EVENT_KEY_FIELDS)) is not None:
+                return Failure(problem)  # stored beside the instance's key, as one key
         return await bind_async(
             checked, lambda valid: self.runtime.call(key, lambda: self._accept(key, instance_id, *valid))
         )
