@@ -54,19 +54,26 @@ def test_a_pending_job_cancelled_again_says_the_first_cancel_was_accepted(kind: 
     run_on(kind, tmp_path, scenario)
 
 
+class Id(str):
+    """An id of a str subclass (a StrEnum's member, say): the same job as its text."""
+
+    __slots__ = ()
+
+
 @pytest.mark.parametrize("kind", STORAGE_KINDS)
-def test_two_cancels_at_once_cancel_once(kind: str, tmp_path: Any) -> None:
+@pytest.mark.parametrize("subclass", [False, True])
+def test_two_cancels_at_once_cancel_once(kind: str, tmp_path: Any, subclass: bool) -> None:
     async def scenario(layer: djobs.storage.StorageLayer) -> None:
         async with open_test_engine([job], storage=layer) as engine:
             job_id = success(await engine.client.job(job).later(Nothing(), delay="1 hour"))
             answers: list[djobs.CancelResult] = []
 
-            async def cancel() -> None:
-                answers.append(success(await engine.client.jobs.cancel(job_id)))
+            async def cancel(given: str) -> None:
+                answers.append(success(await engine.client.jobs.cancel(given)))
 
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(cancel)
-                nursery.start_soon(cancel)
+                nursery.start_soon(cancel, job_id)
+                nursery.start_soon(cancel, Id(job_id) if subclass else job_id)
             assert sorted(a.already_requested for a in answers) == [False, True], answers
             assert {a.status for a in answers} == {"cancelled"}
 

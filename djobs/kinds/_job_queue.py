@@ -391,8 +391,8 @@ class JobQueue:
         second finds the job cancelled (or its cancel requested) and says it
         is a repeat (``already_requested``).
         """
-        key = job_id if type(job_id) is str else None
-        if key is None:  # refused by `load`, which says why
+        key = plain_text(job_id)  # a str subclass's id is its text, as `load` reads it
+        if not isinstance(key, str):  # refused by `load`, which says why
             return await bind_async(await self.load(scope, job_id), self._cancel)
         cancelling = self._cancelling
         while (under_way := cancelling.get(key)) is not None:
