@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import hypothesis
 import pytest
 
 import djobs
@@ -90,6 +91,19 @@ def storage_layer(kind: str, directory: str, schema: str | None) -> djobs.storag
         return djobs.sqlite(f"{directory}/jobs.db")
     assert schema is not None
     return djobs.postgres(postgres_dsn() or "", schema=schema)
+
+
+def storage_settings(kind: str, *, examples: int, postgres_examples: int) -> hypothesis.settings:
+    """Hypothesis's settings for a property run once per storage `kind`: `postgres_examples`
+    on PostgreSQL (each example makes round trips to the server), `examples` elsewhere; no
+    deadline (a storage's first open is slow), no example database, and a function-scoped
+    fixture (``tmp_path``, shared by the examples of one kind) allowed."""
+    return hypothesis.settings(
+        max_examples=postgres_examples if kind == "postgres" else examples,
+        deadline=None,
+        database=None,
+        suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],
+    )
 
 
 #: The storages a test runs on, for `pytest.mark.parametrize`: PostgreSQL is skipped, with the

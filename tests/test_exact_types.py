@@ -24,9 +24,9 @@ import msgspec
 import pytest
 import trio
 import trio.testing
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
-from postgres_support import STORAGE_KINDS, drop_schema, new_schema_name, postgres_dsn, storage_layer
+from postgres_support import STORAGE_KINDS, drop_schema, new_schema_name, postgres_dsn, storage_layer, storage_settings
 
 import djobs
 from djobs._codec import encode
@@ -301,12 +301,7 @@ async def every_verb(engine: Any, tp: Any, i: int) -> None:
 def test_every_verb_takes_a_typed_value_exactly_when_it_is_of_its_type(kind: str, tmp_path: Any) -> None:
     schema = new_schema_name() if kind == "postgres" else None
 
-    @settings(
-        max_examples=10 if kind == "postgres" else 30,
-        deadline=None,
-        database=None,
-        suppress_health_check=[HealthCheck.function_scoped_fixture],
-    )
+    @storage_settings(kind, examples=30, postgres_examples=10)
     @given(
         tp=st.sampled_from(TYPES),
         indexes=st.lists(st.sampled_from(range(len(VALUES))), min_size=1, max_size=8, unique=True),

@@ -15,9 +15,9 @@ from typing import Any
 import msgspec
 import pytest
 import trio
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
-from postgres_support import STORAGE_KINDS, drop_schema, new_schema_name, postgres_dsn, storage_layer
+from postgres_support import STORAGE_KINDS, drop_schema, new_schema_name, postgres_dsn, storage_layer, storage_settings
 
 import djobs
 import djobs.storage
@@ -143,12 +143,7 @@ async def every_verb_with(engine: Any, value: Any, path: str) -> None:
 def test_a_non_finite_float_is_refused_by_every_verb_on_every_storage(kind: str, tmp_path: Any) -> None:
     schema = new_schema_name() if kind == "postgres" else None
 
-    @settings(
-        max_examples=10 if kind == "postgres" else 25,
-        deadline=None,
-        database=None,
-        suppress_health_check=[HealthCheck.function_scoped_fixture],
-    )
+    @storage_settings(kind, examples=25, postgres_examples=10)
     @given(payloads=st.lists(readings(), min_size=1, max_size=3))
     def property(payloads: list[tuple[Any, str]]) -> None:
         async def scenario() -> None:

@@ -17,9 +17,9 @@ import msgspec
 import pytest
 import trio
 import trio.testing
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
-from postgres_support import STORAGE_KINDS, drop_schema, new_schema_name, postgres_dsn, storage_layer
+from postgres_support import STORAGE_KINDS, drop_schema, new_schema_name, postgres_dsn, storage_layer, storage_settings
 from returns.pipeline import is_successful
 
 import djobs
@@ -106,12 +106,7 @@ BAD_COUNT: dict[str, Callable[[int], object]] = {
 def test_every_text_and_count_argument_is_refused_the_same_way(kind: str, tmp_path: Any) -> None:
     schema = new_schema_name() if kind == "postgres" else None
 
-    @settings(
-        max_examples=15 if kind == "postgres" else 40,
-        deadline=None,
-        database=None,
-        suppress_health_check=[HealthCheck.function_scoped_fixture],
-    )
+    @storage_settings(kind, examples=40, postgres_examples=15)
     @given(
         texts=st.lists(st.tuples(st.sampled_from(sorted(TEXT_VERBS)), st.sampled_from(sorted(BAD_TEXT))), max_size=12),
         counts=st.lists(

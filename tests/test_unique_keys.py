@@ -19,9 +19,9 @@ import msgspec
 import pytest
 import trio
 import trio.testing
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
-from postgres_support import STORAGE_KINDS, drop_schema, new_schema_name, postgres_dsn, storage_layer
+from postgres_support import STORAGE_KINDS, drop_schema, new_schema_name, postgres_dsn, storage_layer, storage_settings
 
 import djobs
 from djobs.testing import open_test_engine, success
@@ -74,12 +74,7 @@ params_strategy = st.builds(
 def test_equal_params_built_in_any_order_are_one_unique_key(kind: str, tmp_path: Any) -> None:
     schema = new_schema_name() if kind == "postgres" else None
 
-    @settings(
-        max_examples=10 if kind == "postgres" else 40,
-        deadline=None,
-        database=None,
-        suppress_health_check=[HealthCheck.function_scoped_fixture],
-    )
+    @storage_settings(kind, examples=40, postgres_examples=10)
     @given(params=params_strategy, seeds=st.lists(st.integers(), min_size=1, max_size=3))
     def property(params: Params, seeds: list[int]) -> None:
         async def scenario() -> None:
