@@ -9,7 +9,7 @@ included, runs in milliseconds of real time.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol, final
 
 import trio
@@ -45,7 +45,9 @@ def to_datetime(epoch_ms: int) -> datetime:
         return last[1]  # asked for just before: every event of a busy millisecond is stamped with it
     if not FIRST_MS <= epoch_ms <= LAST_MS:
         raise SchedulerError(beyond_datetime(epoch_ms))
-    moment = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
+    # Whole milliseconds added to the epoch, exactly: `fromtimestamp(epoch_ms / 1000)` goes through a
+    # float, off by microseconds outside about 1900-2100 (9999-12-31 23:59:59.999 read .998993).
+    moment = _EPOCH + timedelta(milliseconds=epoch_ms)
     _last_datetime = (epoch_ms, moment)
     return moment
 
@@ -62,8 +64,9 @@ def beyond_datetime(epoch_ms: int, what: str = "the time") -> str:
     return f"{what} {epoch_ms} ms since the epoch, before the year 1, the first that djobs keeps times in"
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: The last `to_datetime`, as one tuple (a thread reads a whole pair, never half of two).
-_last_datetime: tuple[int, datetime] = (0, datetime.fromtimestamp(0, tz=UTC))
+_last_datetime: tuple[int, datetime] = (0, _EPOCH)
 
 
 def to_epoch_ms(moment: datetime) -> int:

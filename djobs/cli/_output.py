@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 import msgspec
@@ -57,6 +57,11 @@ def fields(pairs: Sequence[tuple[str, object]]) -> str:
     return "\n".join(f"{label.ljust(width)}  {'-' if value is None else value}".rstrip() for label, value in pairs)
 
 
+#: Times are whole milliseconds added to this, exactly (``fromtimestamp(ms / 1000)`` goes through a
+#: float, off by microseconds far from now, which can show the second before).
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def when(ms: int | None) -> str | None:
     """An epoch-ms time as ``2026-01-01 00:30:00Z`` (UTC, to the second), or ``None``.
 
@@ -67,7 +72,7 @@ def when(ms: int | None) -> str | None:
     if ms is None:
         return None
     try:
-        return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+        return (_EPOCH + timedelta(milliseconds=ms)).strftime("%Y-%m-%d %H:%M:%SZ")
     except (ValueError, OverflowError, OSError):
         return _out_of_range(ms)
 
@@ -82,7 +87,7 @@ def iso(ms: int | None) -> str | None:
     if ms is None:
         return None
     try:
-        return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return (_EPOCH + timedelta(milliseconds=ms)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     except (ValueError, OverflowError, OSError):
         return _out_of_range(ms)
 
