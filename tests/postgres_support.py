@@ -82,6 +82,17 @@ def linguistic_database(dsn: str) -> Iterator[str | None]:
             conn.execute(f"DROP DATABASE {database} WITH (FORCE)")
 
 
+@contextmanager
+def dropped_after(schema: str | None) -> Iterator[None]:
+    """Drop `schema` (made with `new_schema_name`) from the test server once the block ends, however
+    it ends; ``None`` (a storage kind that is not PostgreSQL) drops nothing."""
+    try:
+        yield
+    finally:
+        if schema is not None:
+            drop_schema(postgres_dsn() or "", schema)
+
+
 def storage_layer(kind: str, directory: str, schema: str | None) -> djobs.storage.StorageLayer:
     """The storage layer of `kind` (``memory``, ``sqlite`` or ``postgres``) for one test: a
     SQLite file in `directory`, or the test server's `schema` (made with `new_schema_name`)."""

@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 import pytest
 import trio
-from postgres_support import drop_schema, new_schema_name, postgres_dsn
+from postgres_support import dropped_after, new_schema_name, postgres_dsn
 
 import djobs
 from djobs._errors import CLOSED_MESSAGE
@@ -181,8 +181,5 @@ def test_every_verb_of_a_closed_engine_fails_with_the_closed_engines_error(
                 assert error == djobs.StorageError(CLOSED_MESSAGE), (name, error)
         assert not caplog.records
 
-    try:
+    with dropped_after(schema):
         trio.run(scenario)
-    finally:
-        if schema is not None:
-            drop_schema(postgres_dsn() or "", schema)

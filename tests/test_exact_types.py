@@ -26,7 +26,13 @@ import trio
 import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
-from postgres_support import STORAGE_KINDS, drop_schema, new_schema_name, postgres_dsn, storage_layer, storage_settings
+from postgres_support import (
+    STORAGE_KINDS,
+    dropped_after,
+    new_schema_name,
+    storage_layer,
+    storage_settings,
+)
 
 import djobs
 from djobs._codec import encode
@@ -315,11 +321,8 @@ def test_every_verb_takes_a_typed_value_exactly_when_it_is_of_its_type(kind: str
 
         trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
 
-    try:
+    with dropped_after(schema):
         property()
-    finally:
-        if schema is not None:
-            drop_schema(postgres_dsn() or "", schema)
 
 
 class Annotations(msgspec.Struct):

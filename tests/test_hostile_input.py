@@ -16,7 +16,7 @@ import pytest
 import trio
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
-from postgres_support import STORAGE_KINDS, drop_schema, new_schema_name, postgres_dsn, storage_layer
+from postgres_support import STORAGE_KINDS, drop_schema, dropped_after, new_schema_name, postgres_dsn, storage_layer
 from returns.future import FutureResult
 from returns.io import IOFailure, IOSuccess
 
@@ -854,11 +854,8 @@ def test_unstorable_text_is_a_validation_error_on_every_verb_and_storage(kind: s
 
         trio.run(scenario)
 
-    try:
+    with dropped_after(schema):
         property()
-    finally:
-        if schema is not None:
-            drop_schema(postgres_dsn() or "", schema)
 
 
 @pytest.mark.parametrize("kind", STORAGE_KINDS)
@@ -1262,11 +1259,8 @@ def test_a_listing_that_shows_no_payloads_does_not_read_them(kind: str, tmp_path
                 full.scheduled_for,
             )
 
-    try:
+    with dropped_after(schema):
         trio.run(scenario)
-    finally:
-        if schema is not None:
-            drop_schema(postgres_dsn() or "", schema)
 
 
 # -- secrets and isolation ----------------------------------------------------------------------

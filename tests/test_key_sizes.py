@@ -20,7 +20,7 @@ import trio
 import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from postgres_support import STORAGE_KINDS, drop_schema, new_schema_name, postgres_dsn, storage_layer
+from postgres_support import STORAGE_KINDS, dropped_after, new_schema_name, storage_layer
 from returns.pipeline import is_successful
 
 import djobs
@@ -75,12 +75,8 @@ def layer(request: pytest.FixtureRequest) -> Iterator[djobs.storage.StorageLayer
     """One database for the whole property test (its examples add instances side by side)."""
     kind = request.param
     schema = new_schema_name() if kind == "postgres" else None
-    with tempfile.TemporaryDirectory() as directory:
-        try:
-            yield storage_layer(kind, directory, schema)
-        finally:
-            if schema is not None:
-                drop_schema(postgres_dsn() or "", schema)
+    with tempfile.TemporaryDirectory() as directory, dropped_after(schema):
+        yield storage_layer(kind, directory, schema)
 
 
 #: Text of every length up to 512 characters (what an id may have), of one- to four-byte characters.
@@ -192,11 +188,8 @@ def test_the_untenanted_paths_of_add_and_start_refuse_a_key_too_long(kind: str, 
                 key = size("workflow:", wide_flow.name, ":", id)
                 expect(await engine.client.workflow(wide_flow).start(id=id, input=Nothing()), key > LIMIT)
 
-    try:
+    with dropped_after(schema):
         trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
-    finally:
-        if schema is not None:
-            drop_schema(postgres_dsn() or "", schema)
 
 
 def test_an_event_id_of_a_str_subclass_is_sized_as_its_text(layer: djobs.storage.StorageLayer) -> None:

@@ -17,7 +17,13 @@ import pytest
 import trio
 from hypothesis import given
 from hypothesis import strategies as st
-from postgres_support import STORAGE_KINDS, drop_schema, new_schema_name, postgres_dsn, storage_layer, storage_settings
+from postgres_support import (
+    STORAGE_KINDS,
+    dropped_after,
+    new_schema_name,
+    storage_layer,
+    storage_settings,
+)
 
 import djobs
 import djobs.storage
@@ -157,11 +163,8 @@ def test_a_non_finite_float_is_refused_by_every_verb_on_every_storage(kind: str,
 
         trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
 
-    try:
+    with dropped_after(schema):
         property()
-    finally:
-        if schema is not None:
-            drop_schema(postgres_dsn() or "", schema)
 
 
 @pytest.mark.parametrize("kind", STORAGE_KINDS)
@@ -198,11 +201,8 @@ def test_a_non_finite_float_a_body_produces_fails_its_run_and_keeps_what_was_sto
                 assert status.status == "failed", status
                 assert status.error is not None and "non-finite" in status.error["message"], status.error
 
-    try:
+    with dropped_after(schema):
         trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
-    finally:
-        if schema is not None:
-            drop_schema(postgres_dsn() or "", schema)
 
 
 def test_a_cron_job_with_non_finite_params_is_refused_at_make() -> None:
@@ -325,11 +325,8 @@ def test_a_state_changed_after_set_state_is_stored_as_set_and_the_instance_stays
                 assert success(await tasks.get_state(how)).state == Series(xs=[2.0])
             assert e.tracker.of_type("job.failed") == []
 
-    try:
+    with dropped_after(schema):
         trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
-    finally:
-        if schema is not None:
-            drop_schema(postgres_dsn() or "", schema)
 
 
 class Keyed(msgspec.Struct):

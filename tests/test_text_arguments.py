@@ -19,7 +19,13 @@ import trio
 import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
-from postgres_support import STORAGE_KINDS, drop_schema, new_schema_name, postgres_dsn, storage_layer, storage_settings
+from postgres_support import (
+    STORAGE_KINDS,
+    dropped_after,
+    new_schema_name,
+    storage_layer,
+    storage_settings,
+)
 from returns.pipeline import is_successful
 
 import djobs
@@ -131,11 +137,8 @@ def test_every_text_and_count_argument_is_refused_the_same_way(kind: str, tmp_pa
 
         trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
 
-    try:
+    with dropped_after(schema):
         property()
-    finally:
-        if schema is not None:
-            drop_schema(postgres_dsn() or "", schema)
 
 
 def test_each_argument_takes_its_longest_text_and_its_counts_edges() -> None:

@@ -21,7 +21,13 @@ import trio
 import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
-from postgres_support import STORAGE_KINDS, drop_schema, new_schema_name, postgres_dsn, storage_layer, storage_settings
+from postgres_support import (
+    STORAGE_KINDS,
+    dropped_after,
+    new_schema_name,
+    storage_layer,
+    storage_settings,
+)
 
 import djobs
 from djobs.testing import open_test_engine, success
@@ -98,11 +104,8 @@ def test_equal_params_built_in_any_order_are_one_unique_key(kind: str, tmp_path:
 
         trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
 
-    try:
+    with dropped_after(schema):
         property()
-    finally:
-        if schema is not None:
-            drop_schema(postgres_dsn() or "", schema)
 
 
 ENQUEUE = textwrap.dedent(

@@ -20,7 +20,7 @@ import trio
 import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from postgres_support import STORAGE_KINDS, drop_schema, new_schema_name, postgres_dsn, storage_layer
+from postgres_support import STORAGE_KINDS, dropped_after, new_schema_name, storage_layer
 
 import djobs
 from djobs.testing import open_test_engine, success
@@ -129,11 +129,8 @@ def test_ctx_child_takes_every_name_and_id_it_can_log_and_refuses_longer_ones_at
 )
 def test_ctx_job_at_the_limits_on_every_storage(kind: str, length: int, id_length: int, tmp_path: Any) -> None:
     schema = new_schema_name() if kind == "postgres" else None
-    try:
+    with dropped_after(schema):
         check_job_wait(storage_layer(kind, str(tmp_path), schema), "j" * length, "w" * id_length)
-    finally:
-        if schema is not None:
-            drop_schema(postgres_dsn() or "", schema)
 
 
 #: A tenant id of 400 four-byte characters (1,600 UTF-8 bytes): its keys come near what a stored key may hold.
@@ -159,11 +156,8 @@ def test_a_child_whose_keys_are_too_long_to_store_is_refused_at_the_call(kind: s
             assert status.error["tag"] == "validation", status.error
             assert "UTF-8 bytes; at most 2600" in status.error["message"], status.error
 
-    try:
+    with dropped_after(schema):
         trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
-    finally:
-        if schema is not None:
-            drop_schema(postgres_dsn() or "", schema)
 
 
 @pytest.mark.parametrize("kind", STORAGE_KINDS)
@@ -182,11 +176,8 @@ def test_ctx_job_of_a_workflow_whose_idempotency_key_is_too_long_to_store_enqueu
             await trio.sleep(60)
             assert success(await client.result(workflow_id)) == 2
 
-    try:
+    with dropped_after(schema):
         trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
-    finally:
-        if schema is not None:
-            drop_schema(postgres_dsn() or "", schema)
 
 
 def test_ctx_job_whose_key_cannot_fit_beside_its_tenant_and_name_is_refused_at_the_call() -> None:
