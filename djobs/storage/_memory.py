@@ -3,9 +3,9 @@
 For tests (`memory`): one database per layer, shared by every engine opened on it and
 living as long as the layer (`_Tables`; each open is a `MemoryStorage` on them, closed on
 its own), and times (leases included) are the engines' (``lease_clock="engine"``).
-Rows are kept as SQLite keeps them: an instance as a tuple of its columns, a job as
-a private row object that no caller ever holds, so an object a caller keeps cannot
-change what was stored, and every read builds a new record.
+An instance is kept as an `InstanceRecord` that no caller ever holds (a read hands
+out a copy, a write stores one), a job as a private row object, so an object a caller
+keeps cannot change what was stored, and every read builds a new record.
 
 Every operation is one transaction. It runs without an ``await`` (no other task sees
 it half done), and every change it makes to a table goes through an undo log: if it
@@ -70,7 +70,6 @@ from ._inspect import (
     PendingJob,
     StorageSummary,
 )
-from ._rows import instance_args, instance_record
 
 T = TypeVar("T")
 
@@ -198,19 +197,15 @@ _JOB_SLOTS: Final = _Job.__slots__
 _snapshot: Final = operator.attrgetter(*_JOB_SLOTS)
 
 
-def _merge_instance(old: tuple[Any, ...] | None, new: tuple[Any, ...]) -> tuple[Any, ...]:
-    """The row an upsert of `new` leaves: identity (kind, name, instance id) and birth kept from `old`."""
-    if old is None:
-        return new
-    return old[:4] + new[4:13] + (old[13],) + new[14:]
+#: A copy of a stored instance: what a read hands out and a write stores (a C-level copy of
+#: the struct's fields, which are all immutable values).
+_copy_instance: Final[Callable[[InstanceRecord], InstanceRecord]] = getattr(  # noqa: B009  # msgspec's C __copy__
+    InstanceRecord, "__copy__"
+)
 
 
 def _cron_copy(cron: CronRecord) -> CronRecord:
     return msgspec.structs.replace(cron)
-
-
-def _matches(key: str, prefixes: tuple[str, ...] | None) -> bool:
-    return prefixes is None or key.startswith(prefixes)
 
 
 @final
@@ -247,7 +242,8 @@ class _Tables:
 
     def __init__(self) -> None:
         # instances, alarms, idempotency keys, leases, cancel notes
-        self.instances: dict[str, tuple[Any, ...]] = {}
+        #: key -> the stored instance, a record no caller holds (`_copy_instance` in and out)
+        self.instances: dict[str, InstanceRecord] = {}
         self.by_definition: dict[tuple[str, str], dict[str, None]] = {}
         #: key -> (id, fire_at, due_at, purpose)
         self.alarms: dict[str, tuple[int, int, int, str]] = {}
@@ -430,7 +426,7 @@ class MemoryStorage:
             return None
         alarm = self._alarms.get(key)
         found = None if alarm is None else Alarm(id=alarm[0], key=key, fire_at=alarm[1], purpose=alarm[3])
-        return instance_record(row), found
+        return _copy_instance(row), found
 
     async def load(self, key: str) -> tuple[InstanceRecord, Alarm | None] | None:
         self._check_open()
@@ -461,16 +457,29 @@ class MemoryStorage:
         self._alarms[key] = (alarm[0], alarm[1], due_at, alarm[3])
 
     def _store_instance(self, key: str, record: InstanceRecord) -> None:
-        new = instance_args(key, record)
+        """Upsert a copy of `record` under `key`: identity (kind, name, instance id) and birth
+        (``created_at``) kept from the stored row, as SQLite's upsert keeps them."""
+        new = _copy_instance(record)
         old = self._instances.get(key)
-        self._put(self._instances, key, _merge_instance(old, new))
         if old is None:
-            self._put(self._inner(self._by_definition, (new[1], new[2])), key, None)
+            new.key = key
+            self._put(self._instances, key, new)
+            self._put(self._inner(self._by_definition, (new.kind, new.name)), key, None)
+            return
+        new.key, new.kind, new.name, new.instance_id, new.created_at = (
+            old.key,
+            old.kind,
+            old.name,
+            old.instance_id,
+            old.created_at,
+        )
+        self._undo.append((_restore, self._instances, key, old))
+        self._instances[key] = new
 
     def _delete_instance(self, key: str) -> None:
         old = self._drop(self._instances, key)
         if old is not _MISSING:
-            keys = self._by_definition.get((old[1], old[2]))
+            keys = self._by_definition.get((old.kind, old.name))
             if keys is not None:
                 self._drop(keys, key)
 
@@ -545,15 +554,15 @@ class MemoryStorage:
         if old is None:
             self._store_instance(key, record)
         else:
-            row = list(old)
-            row[5], row[7], row[10], row[12], row[14] = (
+            row = _copy_instance(old)
+            row.status, row.run_count, row.execute_count, row.data, row.updated_at = (
                 record.status,
                 record.run_count,
                 record.execute_count,
                 record.data,
                 record.updated_at,
             )
-            self._put(self._instances, key, tuple(row))
+            self._put(self._instances, key, row)
         if clear_alarm:
             self._clear_alarm(key)
 
@@ -565,32 +574,33 @@ class MemoryStorage:
         seen = self._event_ids.get(key)
         return seen is not None and event_id in seen
 
-    def _valid_alarm(self, entry: tuple[int, int, str]) -> bool:
-        alarm = self._alarms.get(entry[2])
-        return alarm is not None and alarm[0] == entry[1] and alarm[2] == entry[0]
-
     def _claim_alarms(self, now: int, lease_ms: int, limit: int, prefixes: Sequence[str] | None) -> list[Alarm]:
         mine = None if prefixes is None else tuple(prefixes)
-        heap = self._alarm_heap
+        heap, alarms, undo = self._alarm_heap, self._alarms, self._undo
+        until = now + lease_ms
         aside: list[tuple[int, int, str]] = []
         taken: list[Alarm] = []
         seen: set[int] = set()
         while heap and len(taken) < limit and heap[0][0] <= now:
-            entry = heapq.heappop(heap)
-            if entry[1] in seen or not self._valid_alarm(entry):
+            due_at, alarm_id, key = entry = heapq.heappop(heap)
+            if alarm_id in seen:
                 continue
-            if not _matches(entry[2], mine):
+            # An entry is current while its alarm's id and due time are the entry's (a later write
+            # leaves it stale); the write-back below is `_hide_alarm`'s, inlined.
+            alarm = alarms.get(key)
+            if alarm is None or alarm[0] != alarm_id or alarm[2] != due_at:
+                continue
+            if mine is not None and not key.startswith(mine):
                 aside.append(entry)
                 continue
-            seen.add(entry[1])
-            key = entry[2]
-            alarm = self._alarms[key]
-            self._hide_alarm(key, alarm, now + lease_ms)
-            taken.append(Alarm(id=alarm[0], key=key, fire_at=alarm[1], purpose=alarm[3]))
+            seen.add(alarm_id)
+            undo.append((self._restore_alarm, key, alarm))
+            alarms[key] = (alarm_id, alarm[1], until, alarm[3])
+            taken.append(Alarm(id=alarm_id, key=key, fire_at=alarm[1], purpose=alarm[3]))
         for entry in aside:
             heapq.heappush(heap, entry)
         for alarm_ in taken:
-            heapq.heappush(heap, (now + lease_ms, alarm_.id, alarm_.key))
+            heapq.heappush(heap, (until, alarm_.id, alarm_.key))
         return taken
 
     async def claim_alarms(
@@ -609,12 +619,19 @@ class MemoryStorage:
         runs_here: Callable[[str], bool],
     ) -> list[ClaimedAlarm]:
         out: list[ClaimedAlarm] = []
+        leases, instances = self._leases, self._instances
         for alarm in self._claim_alarms(now, lease_ms, limit, prefixes):
-            if runs_here(alarm.key) and self._take_lease(alarm.key, owner, now, instance_lease_ms):
-                row = self._instances.get(alarm.key)
-                out.append(ClaimedAlarm(alarm, True, None if row is None else (instance_record(row), alarm)))
-            else:
-                out.append(ClaimedAlarm(alarm))
+            key = alarm.key
+            if runs_here(key):
+                # `_take_lease`, inlined: every claimed run passes here.
+                lease = leases.get(key)
+                if lease is None or lease[0] == owner or lease[1] <= now:
+                    self._undo.append((_restore, leases, key, _MISSING if lease is None else lease))
+                    leases[key] = (owner, now + instance_lease_ms)
+                    row = instances.get(key)
+                    out.append(ClaimedAlarm(alarm, True, None if row is None else (_copy_instance(row), alarm)))
+                    continue
+            out.append(ClaimedAlarm(alarm))
         return out
 
     async def claim_alarm_runs(
@@ -632,14 +649,19 @@ class MemoryStorage:
         )
 
     def _commit_many(self, checkins: Sequence[Checkin], release_leases: bool) -> list[Exception | None]:
-        # The fences are read before anything is written, as SQLite reads the owners first.
-        owners = {c.key: self._leases.get(c.key) for c in checkins if c.lease_owner is not None}
+        leases = self._leases
+        # The fences are read before anything is written, as SQLite reads the owners first
+        # (a lone check-in's is read as it is written: nothing is written before it).
+        owners = (
+            None if len(checkins) == 1 else {c.key: leases.get(c.key) for c in checkins if c.lease_owner is not None}
+        )
         errors: list[Exception | None] = []
         for checkin in checkins:
-            if checkin.lease_owner is not None:
-                lease = owners[checkin.key]
-                if lease is None or lease[0] != checkin.lease_owner:
-                    errors.append(LeaseLostError(checkin.key))
+            key, owner = checkin.key, checkin.lease_owner
+            if owner is not None:
+                lease = leases.get(key) if owners is None else owners[key]
+                if lease is None or lease[0] != owner:
+                    errors.append(LeaseLostError(key))
                     continue
             try:
                 # A repeated event id raises before its check-in writes anything.
@@ -648,8 +670,13 @@ class MemoryStorage:
                 errors.append(exc)
                 continue
             errors.append(None)
-            if release_leases and checkin.lease_owner is not None:
-                self._release_instances([checkin.key], checkin.lease_owner)
+            if release_leases and owner is not None:
+                # `_release_instances`, inlined: the lease as it is now (a check-in before
+                # this one in the batch, of the same key, may have given it up).
+                lease = leases.get(key)
+                if lease is not None and lease[0] == owner:
+                    self._undo.append((_restore, leases, key, lease))
+                    del leases[key]
         return errors
 
     async def commit_checkins(
@@ -742,19 +769,24 @@ class MemoryStorage:
         await self._write(self._release_alarms, ids)
 
     async def next_alarm_at(self, prefixes: Sequence[str] | None = None) -> int | None:
-        self._check_open()
-        heap = self._alarm_heap
-        while heap and not self._valid_alarm(heap[0]):
+        if self._closed:  # `_check_open`, inlined: every wake-up with nothing due reads here
+            raise StorageError(CLOSED_MESSAGE)
+        heap, alarms = self._alarm_heap, self._alarms
+        while heap:
+            due_at, alarm_id, key = heap[0]
+            alarm = alarms.get(key)  # current, as `_claim_alarms` tells
+            if alarm is not None and alarm[0] == alarm_id and alarm[2] == due_at:
+                break
             heapq.heappop(heap)
-        if len(heap) > 64 and len(heap) > 4 * len(self._alarms):  # mostly stale: rebuild
-            heap[:] = [(a[2], a[0], key) for key, a in self._alarms.items()]
+        if len(heap) > 64 and len(heap) > 4 * len(alarms):  # mostly stale: rebuild
+            heap[:] = [(a[2], a[0], key) for key, a in alarms.items()]
             heapq.heapify(heap)
         if not heap:
             return None
-        mine = None if prefixes is None else tuple(prefixes)
-        if _matches(heap[0][2], mine):
+        if prefixes is None or heap[0][2].startswith(tuple(prefixes)):
             return heap[0][0]
-        return min((a[2] for key, a in self._alarms.items() if _matches(key, mine)), default=None)
+        mine = tuple(prefixes)
+        return min((a[2] for key, a in alarms.items() if key.startswith(mine)), default=None)
 
     async def healthcheck(self) -> bool:
         return not self._closed
@@ -772,8 +804,8 @@ class MemoryStorage:
             if after is not None and key <= after:
                 continue
             row = self._instances[key]
-            if (tenant_id is None or row[4] == tenant_id) and (status is None or row[5] == status):
-                out.append(instance_record(row))
+            if (tenant_id is None or row.tenant_id == tenant_id) and (status is None or row.status == status):
+                out.append(_copy_instance(row))
         return out
 
     # -- cancel requests (CancelRequests) ---------------------------------------------
@@ -1541,7 +1573,7 @@ class MemoryStorage:
             lease = self._leases.get(revival.key)
             held = lease is not None and lease[1] > now and lease[0] != lease_owner
             stored = self._instances.get(revival.key)
-            if held or (stored is not None and stored[5] != revival.over):
+            if held or (stored is not None and stored.status != revival.over):
                 return "occupied"
             self._store_instance(revival.key, msgspec.structs.replace(revival.record, updated_at=now))
             self._set_alarm(revival.key, now, now, revival.purpose)
@@ -1595,7 +1627,7 @@ class MemoryStorage:
         self._check_open()
         counts: dict[tuple[str, str, str], int] = {}
         for row in self._instances.values():
-            group = (row[1], row[2], row[5])
+            group = (row.kind, row.name, row.status)
             counts[group] = counts.get(group, 0) + 1
         instances = [InstanceCount(kind=k, name=n, status=s, count=c) for (k, n, s), c in sorted(counts.items())]
         due = claimed = later = 0
@@ -1650,14 +1682,14 @@ class MemoryStorage:
             row = self._instances[key]
             if (
                 (where.after is not None and key <= where.after)
-                or (where.kind is not None and row[1] != where.kind)
-                or (where.name is not None and row[2] != where.name)
+                or (where.kind is not None and row.kind != where.kind)
+                or (where.name is not None and row.name != where.name)
                 or (where.key is not None and key != where.key)
-                or (where.tenant_id is not None and row[4] != where.tenant_id)
-                or (where.status is not None and row[5] != where.status)
+                or (where.tenant_id is not None and row.tenant_id != where.tenant_id)
+                or (where.status is not None and row.status != where.status)
             ):
                 continue
-            record = instance_record(row)
+            record = _copy_instance(row)
             if not where.payloads:
                 record.state = record.data = None
             alarm = self._alarms.get(key)
