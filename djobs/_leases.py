@@ -369,13 +369,21 @@ class InstanceLeases:
                     _log.warning("could not renew instance leases: %s", exc.message)
 
     async def releaser(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Give up the leases of instances that went idle, in batches, a moment after."""
+        """Give up the leases of instances that went idle, in batches, a moment after.
+
+        Each lease is given up between `linger` and twice `linger` after it went idle: a
+        release gives up every lease idle for `linger` by then, and the next comes no sooner
+        than `linger` after it. Instances going idle one after another (an alarm due every
+        millisecond, each on its own instance) cost a write per `linger`, not one each.
+        """
         task_status.started()
+        last = -math.inf
         while True:
             await self._leases_idle.wait()
             if not self._idle:  # taken back into use meanwhile
                 self._leases_idle = trio.Event()
                 continue
-            # Until the first idle lease has lingered its time: one wake-up gives it up.
-            await trio.sleep_until(min(self._idle.values()) + self.linger)
+            # Until the first idle lease has lingered its time, and a `linger` past the last release.
+            last = max(min(self._idle.values()), last) + self.linger
+            await trio.sleep_until(last)
             await self.release_idle(self.linger)

@@ -264,3 +264,48 @@ async def test_a_lease_shorter_than_a_second_is_refused(autojump_clock: trio.tes
     with pytest.raises(djobs.ValidationError, match="instance_lease must be at least 1 second"):
         async with open_test_engine([counter], instance_lease="500 ms"):
             pass
+
+
+class Due(msgspec.Struct):
+    at_ms: int
+
+
+def schedule_at(event: Due, ctx: djobs.TaskEventContext[Due]) -> None:
+    ctx.schedule(datetime.fromtimestamp(event.at_ms / 1000, tz=UTC))
+
+
+def nothing(ctx: djobs.TaskContext[Due]) -> None:
+    return None
+
+
+@pytest.mark.trio
+async def test_instances_going_idle_one_after_another_give_their_leases_up_in_few_writes(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Forty instances whose alarms fire a millisecond apart: each lease is given up between
+    # the linger (50 ms) and twice it after its instance went idle, in one write per linger,
+    # not one write per instance.
+    job = djobs.Task.make("tick", state=Due, event=Due, on_event=schedule_at, execute=nothing)
+    async with open_test_engine([job], storage=djobs.memory()) as engine:
+        releases: list[tuple[float, int]] = []
+        release = engine.storage.release_instance_leases
+
+        async def counted(keys: list[str], owner: str) -> None:
+            releases.append((trio.current_time(), len(keys)))
+            await release(keys, owner)
+
+        monkeypatch.setattr(engine.storage, "release_instance_leases", counted)
+        client = engine.client.task(job)
+        t0, start = trio.current_time(), engine.clock.now_ms() + 1000
+        for i in range(40):
+            success(await client.send(id=f"t{i}", event=Due(start + i)))
+        await trio.sleep(0.9)  # the sends' leases are given up
+        releases.clear()
+        await trio.sleep(0.3)  # the alarms run from 1.0 s to 1.039 s
+        assert sum(n for _, n in releases) == 40
+        assert len(releases) <= 2
+        # None before the first idle instance lingered (a virtual wait ends a microsecond early),
+        # and the last within twice the linger.
+        assert t0 + 1.049 <= releases[0][0] and releases[-1][0] <= t0 + 1.039 + 0.1 + 0.001
+        for i in range(40):
+            assert await engine.storage.instance_lease_holder(f"task:tick:t{i}") is None

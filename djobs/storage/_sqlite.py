@@ -1238,7 +1238,8 @@ class SqliteStorage:
                 rows = list(db.execute(_CLAIM_MY_ALARMS, (now_ms + lease_ms, now_ms, mine, limit)))
             return [alarm_record(r) for r in rows]
 
-        return await self.write(run)
+        # One statement, its RETURNING read to the end: no savepoint (see `write`).
+        return await self.write(run, single=True)
 
     async def claim_alarm_runs(
         self,
@@ -1276,7 +1277,9 @@ class SqliteStorage:
                 for alarm in alarms
             ]
 
-        return await self.write(run)
+        # The claim is the first statement that writes; the leases' upsert after it refuses
+        # nothing (a taken lease is skipped, not refused): no savepoint (see `write`).
+        return await self.write(run, single=True)
 
     async def commit_checkins(
         self, checkins: Sequence[Checkin], release_leases: bool = False
