@@ -15,8 +15,8 @@ from typing import TypeAlias
 
 from returns.result import Failure, Result, Success
 
-from ._errors import ValidationError, raise_error
-from ._input import LONGEST_INTERVAL
+from ._errors import ValidationError, raise_error, safe_repr
+from ._input import LONGEST_INTERVAL, check_interval
 
 __all__ = ["DurationLike", "duration", "format_duration", "parse_duration", "to_ms"]
 
@@ -225,3 +225,18 @@ def format_duration(value: timedelta) -> str:
         ms = f"{us // 1_000}.{us % 1_000:03d}".rstrip("0").rstrip(".")
         parts.append(f"{ms} millisecond" + ("" if ms == "1" else "s"))
     return " ".join(parts)
+
+
+def check_at_least(value: DurationLike, option: str, least_ms: int, least: str) -> int:
+    """The milliseconds of duration option `value`, refused if over 100 years or under `least_ms`.
+
+    For settings where zero would mean a busy loop or no wait at all (a poll
+    interval, a connect timeout): `least` names the floor in words.
+
+    Raises:
+        ValidationError: `value` is malformed, over 100 years, or under `least_ms`.
+    """
+    ms = to_ms(check_interval(duration(value, what=option), option))
+    if ms < least_ms:
+        raise ValidationError(f"{option} must be at least {least}, got {safe_repr(value):.80}")
+    return ms

@@ -16,7 +16,7 @@ from ._alarms import Timer
 from ._client import Client
 from ._clock import Clock, WallClock
 from ._dead_letters import DeadLetters
-from ._durations import DurationLike, duration, to_ms
+from ._durations import DurationLike, check_at_least, duration
 from ._errors import InvalidStateError, StorageError, ValidationError, describe, safe_repr
 from ._execution import Env, body_failure
 from ._ids import RandomIds
@@ -237,14 +237,6 @@ def check_logger(logger: object) -> logging.Logger | None:
     raise ValidationError(
         f"logger must be a logging.Logger ({call}) or None, got {type(logger).__name__} {safe_repr(logger):.80}"
     )
-
-
-def check_at_least(value: DurationLike, option: str, least_ms: int, least: str) -> int:
-    """The milliseconds of duration option `value`, refused if over 100 years or under `least_ms`."""
-    ms = to_ms(check_interval(duration(value, what=option), option))
-    if ms < least_ms:
-        raise ValidationError(f"{option} must be at least {least}, got {safe_repr(value):.80}")
-    return ms
 
 
 def layers_from(

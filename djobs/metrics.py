@@ -39,7 +39,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ._clock import Clock, WallClock
-from ._durations import DurationLike, duration, to_ms
+from ._durations import DurationLike, check_at_least
 from ._errors import StorageError
 from .storage import Storage
 from .storage._inspect import Inspector, StorageSummary, inspector
@@ -91,8 +91,12 @@ class StorageCollector(Collector):
         self._summary, self._by_name, self.failed = summary, by_name, False
 
     async def run(self, every: DurationLike = "15 seconds") -> None:
-        """Refresh every `every` until cancelled (a storage error is kept for the next try)."""
-        interval = to_ms(duration(every, what="every")) / 1000
+        """Refresh every `every` until cancelled (a storage error is kept for the next try).
+
+        Raises:
+            ValidationError: `every` is not a duration from 1 millisecond to 100 years.
+        """
+        interval = check_at_least(every, "every", 1, "1 millisecond") / 1000
         while True:
             # On a storage error self.failed says so; the next scrape sees the last good snapshot.
             with contextlib.suppress(StorageError):

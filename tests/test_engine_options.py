@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import djobs
+import djobs.metrics
 from djobs.testing import open_test_engine
 from djobs.tracking import HttpBatchTracker
 
@@ -337,3 +339,56 @@ def test_a_name_or_option_whose_own_methods_raise_is_refused_in_words_of_its_own
                 pass
 
     run(scenario)
+
+
+def _collector_run(every: object) -> None:
+    """`StorageCollector.run(every=...)` up to its first check; a collector that spins fails at its third refresh."""
+
+    async def scenario() -> None:
+        async with open_test_engine([ticker]) as engine:
+            collector = djobs.metrics.StorageCollector(engine.storage)
+            refreshes = 0
+
+            async def counted() -> None:
+                nonlocal refreshes
+                refreshes += 1
+                assert refreshes < 3, "the collector refreshed again without waiting"
+
+            collector.refresh = counted  # type: ignore[method-assign]
+            await collector.run(every=every)  # type: ignore[arg-type]
+
+    run(scenario)
+
+
+ZERO_MEANS_SPIN: dict[str, tuple[Callable[[object], object], str]] = {
+    # libpq reads connect_timeout=0 as "wait forever"; the sender and the collector would spin.
+    "postgres connect_timeout": (
+        lambda v: djobs.postgres("postgresql://nobody@127.0.0.1/none", connect_timeout=v),  # type: ignore[arg-type]
+        "postgres(connect_timeout=...) must be at least 1 second",
+    ),
+    "HttpBatchTracker flush_interval": (
+        lambda v: djobs.tracking.HttpBatchTracker("http://collector.invalid/e", "t", "k", flush_interval=v),  # type: ignore[arg-type]
+        "HttpBatchTracker flush_interval must be at least 1 millisecond",
+    ),
+    "HttpBatchTracker timeout": (
+        lambda v: djobs.tracking.HttpBatchTracker("http://collector.invalid/e", "t", "k", timeout=v),  # type: ignore[arg-type]
+        "HttpBatchTracker timeout must be at least 1 millisecond",
+    ),
+    "StorageCollector.run every": (_collector_run, "every must be at least 1 millisecond"),
+}
+
+
+@pytest.mark.parametrize("setting", sorted(ZERO_MEANS_SPIN))
+@pytest.mark.parametrize("value", [0, "0 s", timedelta(0)])
+def test_a_setting_where_zero_would_spin_or_wait_forever_refuses_zero(setting: str, value: object) -> None:
+    make, says = ZERO_MEANS_SPIN[setting]
+    with pytest.raises(djobs.ValidationError) as raised:
+        make(value)
+    assert says in raised.value.message
+
+
+def test_a_connect_timeout_is_whole_seconds_rounded_up() -> None:
+    with pytest.raises(djobs.ValidationError, match="at least 1 second"):
+        djobs.postgres("postgresql://nobody@127.0.0.1/none", connect_timeout="999 ms")
+    layer = djobs.postgres("postgresql://nobody@127.0.0.1/none", connect_timeout="1500 ms")
+    assert layer.connect_timeout_s == 2  # type: ignore[attr-defined]

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Literal, final
 
-from .._durations import DurationLike, duration
+from .._durations import DurationLike, check_at_least
 from .._errors import StorageError, ValidationError, safe_repr
 from .._input import MAX_LIMIT, os_text_problem
 
@@ -99,7 +99,9 @@ def postgres(
         pool_size: How many connections (and worker threads) one engine uses
             at most, besides the one that listens.
         connect_timeout: How long to wait for the server when connecting
-            (unless the DSN sets ``connect_timeout``).
+            (unless the DSN sets ``connect_timeout``): at least 1 second, and
+            whole seconds, rounded up (libpq's unit, where 0 would mean
+            waiting forever).
         lease_clock: Which clock judges job and instance leases.
             ``"database"``: the server's ``clock_timestamp()``, so engines
             whose clocks disagree (by more than a lease, even) still agree on
@@ -138,7 +140,7 @@ def postgres(
         )
     if isinstance(pool_size, bool) or not isinstance(pool_size, int) or not 1 <= pool_size <= MAX_LIMIT:
         raise ValidationError(f"postgres(pool_size={safe_repr(pool_size):.40}): expected an int from 1 to {MAX_LIMIT}")
-    timeout_s = max(1, round(duration(connect_timeout, what="connect_timeout").total_seconds()))
+    timeout_s = -(-check_at_least(connect_timeout, "postgres(connect_timeout=...)", 1000, "1 second") // 1000)
     if type(lease_clock) is not str or lease_clock not in ("auto", "database", "engine"):
         raise ValidationError(
             f"postgres(lease_clock={safe_repr(lease_clock)}): expected 'auto', 'database' or 'engine'"

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Final, final
 import msgspec
 import trio
 
-from .._durations import DurationLike, duration
+from .._durations import DurationLike, check_at_least
 from .._errors import ValidationError, describe, safe_repr
 from .._input import MAX_LIMIT, os_text_problem
 from .._retry import Backoff
@@ -107,9 +107,11 @@ class HttpBatchTracker:
         service_key: The key identifying this service to the collector; sent
             as the ``x-service-key`` header of every request.
         batch_size: The most events in one request; a full batch is sent at once.
-        flush_interval: How long an event may wait for its batch to fill.
+        flush_interval: How long an event may wait for its batch to fill (at
+            least 1 millisecond: 0 would make the sender spin).
         max_buffer: The most events held (waiting or being retried); more are dropped.
-        timeout: The limit of one request (connect, send, wait for the answer).
+        timeout: The limit of one request (connect, send, wait for the
+            answer); at least 1 millisecond.
         max_retries: How many times a failing batch is retried before it is
             dropped; ``None`` (the default) retries for as long as it takes,
             the buffer being the bound.
@@ -179,9 +181,10 @@ class HttpBatchTracker:
                 f" expected None or an int from 0 to {MAX_LIMIT}"
             )
         self._max_retries = max_retries
-        self._flush_interval = duration(flush_interval, what="flush_interval").total_seconds()
-        self._timeout = duration(timeout, what="timeout").total_seconds()
-        self._close_timeout = duration(close_timeout, what="close_timeout").total_seconds()
+        least = "HttpBatchTracker flush_interval", "HttpBatchTracker timeout", "HttpBatchTracker close_timeout"
+        self._flush_interval = check_at_least(flush_interval, least[0], 1, "1 millisecond") / 1000
+        self._timeout = check_at_least(timeout, least[1], 1, "1 millisecond") / 1000
+        self._close_timeout = check_at_least(close_timeout, least[2], 0, "0") / 1000
         if backoff is not None and not isinstance(backoff, Backoff):
             raise ValidationError(
                 f"HttpBatchTracker(backoff={safe_repr(backoff):.80}): expected None or a djobs.Backoff"
