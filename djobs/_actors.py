@@ -75,8 +75,9 @@ class Actors:
         #: identity, and a count asks no property of the limiter per take and per give-back.
         self._free = max_concurrency
         self._slot_waiters = trio.lowlevel.ParkingLot()
-        self._idle = trio.Event()
-        self._idle.set()
+        #: What `wait_idle` waits on, made only when a task waits: no actor and no held instance
+        #: (`idle`) is read off the two dicts, so taking and leaving an instance touches no event.
+        self._idle_waiter: trio.Event | None = None
         self._closing = False
         #: The scopes of the handlers running now (shielded; `close` cancels them after the grace).
         self._handler_scopes: set[trio.CancelScope] = set()
@@ -111,11 +112,25 @@ class Actors:
     @property
     def idle(self) -> bool:
         """Whether no actor has work queued or running."""
-        return self._idle.is_set()
+        return not self._actors and not self._inline
 
     async def wait_idle(self) -> None:
-        """Return once no actor has work queued or running."""
-        await self._idle.wait()
+        """Return once no actor has work queued or running (a checkpoint if none has now)."""
+        if not self._actors and not self._inline:
+            await trio.lowlevel.checkpoint()
+            return
+        waiter = self._idle_waiter
+        if waiter is None:
+            waiter = self._idle_waiter = trio.Event()
+        await waiter.wait()
+
+    def _went_idle(self) -> None:
+        """No actor has work nor is any instance held any longer: wake the tasks in `wait_idle`
+        (called only while one waits)."""
+        waiter = self._idle_waiter
+        assert waiter is not None
+        self._idle_waiter = None
+        waiter.set()
 
     def post(self, key: str, handler: Handler, on_error: OnError | None = None) -> None:
         """Queue `handler` on the actor of instance `key`, starting the actor if needed.
@@ -126,8 +141,6 @@ class Actors:
         queue = self._actors.get(key)
         if queue is None:
             queue = self._actors[key] = deque()
-            if self._idle.is_set():
-                self._idle = trio.Event()
             if key in self._inline:
                 self._waiting[key] = queue  # after the handler running in its caller's task (`leave`)
             else:
@@ -237,8 +250,6 @@ class Actors:
             return None  # a handler of `key` calling its own instance: `call` refuses it
         self._leases.busy(key)
         self._inline[key] = _RUNNING.set(running | {key})
-        if self._idle.is_set():
-            self._idle = trio.Event()
         return serial
 
     def hold(self, key: str) -> bool:
@@ -251,8 +262,6 @@ class Actors:
         if self._closing or key in self._actors or key in self._inline or not self._leases.keep(key):
             return False
         self._inline[key] = None
-        if self._idle.is_set():
-            self._idle = trio.Event()
         return True
 
     def hand_over(self, key: str, handler: Handler, on_error: OnError | None = None) -> None:
@@ -355,8 +364,8 @@ class Actors:
             self._start(key, queue)
             return
         self._leases.went_idle(key)
-        if not self._actors and not self._inline:
-            self._idle.set()
+        if self._idle_waiter is not None and not self._actors and not self._inline:
+            self._went_idle()
 
     def leave_held(self, keys: Iterable[str]) -> None:
         """`leave` for each of `keys`, all taken by `hold` (a batch of alarms is done)."""
@@ -371,8 +380,8 @@ class Actors:
                 self._start(key, queue)
         if idle:
             self._leases.went_idle_all(idle)
-        if not self._actors and not inline:
-            self._idle.set()
+        if self._idle_waiter is not None and not self._actors and not inline:
+            self._went_idle()
 
     async def call(self, key: str, fn: Callable[[], Awaitable[T]]) -> T:
         """Run `fn` on instance `key`'s actor and return its value (or raise its error).
@@ -497,8 +506,8 @@ class Actors:
         # up in batches.
         del self._actors[key]
         self._leases.went_idle(key)
-        if not self._actors and not self._inline:
-            self._idle.set()
+        if self._idle_waiter is not None and not self._actors and not self._inline:
+            self._went_idle()
 
     def _refuse_queued(self, key: str, queue: deque[Message]) -> None:
         """End `key`'s actor without running what is queued on it (the close cut off the
@@ -509,8 +518,8 @@ class Actors:
 
     def _fail_queued(self, key: str, queue: deque[Message], exc: StorageError, *, log: bool = True) -> None:
         del self._actors[key]
-        if not self._actors and not self._inline:
-            self._idle.set()
+        if self._idle_waiter is not None and not self._actors and not self._inline:
+            self._went_idle()
         messages = list(queue)
         queue.clear()
         if log:
@@ -542,4 +551,4 @@ class Actors:
         for scope in [*self._handler_scopes, *self.writer_scopes]:
             scope.cancel()
         with trio.move_on_after(wait_seconds):
-            await self._idle.wait()
+            await self.wait_idle()

@@ -262,16 +262,21 @@ class AlarmSleeper:
                 actors.leave(key)
             raise
         # The claim's bookkeeping once per batch: the leases it took, the alarms now in flight.
-        leased = [one for one in claimed if one.leased]
-        if leased:
+        keys: list[str] = []
+        in_flight = self._claimed
+        for one in claimed:
+            if one.leased:
+                alarm = one.alarm
+                keys.append(alarm.key)
+                in_flight.add(alarm.id)
+        if keys:
             renew = not self._inline
             if not renew and self._deferred_since is None:
                 # The claim's time, or just before it: a renewal a little early is harmless.
                 self._deferred_since = trio.current_time() if since is None else since
-            actors.leased([one.alarm.key for one in leased], renew=renew)
-            self._claimed.update([one.alarm.id for one in leased])
+            actors.leased(keys, renew=renew)
         batches: dict[int, tuple[AlarmBatchTarget, list[ClaimedAlarm]]] = {}
-        if len(batched) == 1 and not to_hand and len(leased) == len(claimed):
+        if len(batched) == 1 and not to_hand and len(keys) == len(claimed):
             # Every alarm claimed was leased for the one batch target (the usual case).
             if claimed:
                 [target] = batched.values()
@@ -344,8 +349,14 @@ class AlarmSleeper:
         """The batch runs `runs` are done (written back, or given up): end their holds."""
         if not runs:
             return  # every run of the batch went on in a task of its own, which tells its own end
-        self._done([claimed.alarm.id for claimed in runs])
-        self._actors.leave_held([claimed.alarm.key for claimed in runs])
+        ids: list[int] = []
+        keys: list[str] = []
+        for claimed in runs:
+            alarm = claimed.alarm
+            ids.append(alarm.id)
+            keys.append(alarm.key)
+        self._done(ids)
+        self._actors.leave_held(keys)
 
     async def loop(
         self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED, *, timer: Timer | None = None

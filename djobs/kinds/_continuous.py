@@ -506,9 +506,11 @@ class ContinuousHandler(TenantScoped, Generic[S]):
         """
         env = self.env
         writes: list[tuple[ClaimedAlarm, Checkin, _Run]] = []
-        #: The runs not yet finished nor handed to a task of their own (finished at the end,
-        #: whatever happens: nothing of the engine would run their instances otherwise).
-        left = {claimed.alarm.id: claimed for claimed in runs}
+        #: What each write-back writes, in the order of `writes`: (check-in, events).
+        pairs: list[tuple[Checkin, list[TrackedEvent]]] = []
+        #: The runs handed to a task of their own, which finishes them; the rest are finished
+        #: at the end, whatever happens (nothing of the engine would run their instances otherwise).
+        handed: set[int] = set()
         try:
             for claimed in runs:
                 alarm, stored = claimed.alarm, claimed.stored
@@ -525,21 +527,20 @@ class ContinuousHandler(TenantScoped, Generic[S]):
                         assert run.pending is not None
                         later = functools.partial(self._finish_later, claimed, run, run.pending, finish)
                         self.runtime.spawn(later, alarm.key, functools.partial(_refused, claimed, run.pending, finish))
-                        del left[alarm.id]
+                        handed.add(alarm.id)
                         continue
                 except Exception as exc:  # a bug past the body
                     bug_later = functools.partial(self._bug_later, claimed, attempt, exc, finish)
                     self.runtime.spawn(bug_later, alarm.key, functools.partial(_refused, claimed, None, finish))
-                    del left[alarm.id]
+                    handed.add(alarm.id)
                     continue
                 writes.append((claimed, checkin, run))
+                pairs.append((checkin, run.events))
             if writes:
                 try:
                     # The leases the claim took end with the write-back: a batch-fired instance
                     # is rarely called again at once, so no lingering lease to give up later.
-                    errors = await env.commit_many(
-                        [(checkin, run.events) for _, checkin, run in writes], release_leases=True
-                    )
+                    errors = await env.commit_many(pairs, release_leases=True)
                 except StorageError as exc:
                     # The alarms stay claimed and fire again after their lease.
                     env.logger.error(
@@ -555,7 +556,7 @@ class ContinuousHandler(TenantScoped, Generic[S]):
                                 "continuous %s: could not record a run: %s", claimed.alarm.key, error.message
                             )
         finally:
-            finish(list(left.values()))
+            finish([claimed for claimed in runs if claimed.alarm.id not in handed] if handed else runs)
 
     async def _finish_later(
         self, claimed: ClaimedAlarm, run: _Run, pending: Pending, finish: Callable[[Sequence[ClaimedAlarm]], None]
@@ -638,7 +639,8 @@ class ContinuousHandler(TenantScoped, Generic[S]):
             run.outcome_kind = "succeeded"
             if env.tracking or self._threshold <= logging.DEBUG:  # `judge`'s debug line and event, as it makes them
                 duration_ms = since(started)
-                log.debug("executed in %.1f ms", duration_ms)
+                if self._threshold <= logging.DEBUG:
+                    log.debug("executed in %.1f ms", duration_ms)
                 if env.tracking:
                     run.events.append(
                         env.event(
