@@ -256,7 +256,8 @@ class Actors:
         """Take instance `key` for work run outside its actor (a batch of alarms), if nothing of
         this engine works on it now: no actor has work for it, no other task holds it, the
         engine is not closing and its lease is not being given up. Then work posted to `key`
-        waits until `leave`; the caller takes the lease (or holds it already, `leased`).
+        waits until `leave`; the caller takes the lease (or holds it already) and records it
+        (`InstanceLeases.took_all`).
         Returns whether `key` was taken. Unlike `enter`, marks no task as running `key`.
         """
         if self._closing or key in self._actors or key in self._inline or not self._leases.keep(key):
@@ -267,17 +268,12 @@ class Actors:
     def hand_over(self, key: str, handler: Handler, on_error: OnError | None = None) -> None:
         """End what `hold` began by running `handler` on `key`'s actor before anything posted
         to `key` meanwhile: it sees the instance as the holder left it. The lease must be held
-        (`leased`), so the actor does not take it; `on_error` as for `post`."""
+        (`InstanceLeases.took_all`), so the actor does not take it; `on_error` as for `post`."""
         queue = self._waiting.get(key)
         if queue is None:
             queue = self._actors[key] = self._waiting[key] = deque()
         queue.appendleft((handler, on_error))
         self.leave(key)
-
-    def leased(self, keys: Iterable[str], *, renew: bool = True) -> None:
-        """A write of this engine's took (or renewed) the leases of `keys` while `hold` held them
-        (`renew`: as `InstanceLeases.took`)."""
-        self._leases.took_all(keys, renew=renew)
 
     def spawn(self, fn: Handler, key: str | None = None, refused: Callable[[], None] | None = None) -> None:
         """Run `fn` in a task of its own, as a handler runs: under the concurrency limit and

@@ -274,7 +274,7 @@ class AlarmSleeper:
             if not renew and self._deferred_since is None:
                 # The claim's time, or just before it: a renewal a little early is harmless.
                 self._deferred_since = trio.current_time() if since is None else since
-            actors.leased(keys, renew=renew)
+            leases.took_all(keys, renew=renew)  # taken while `Actors.hold` held them
         batches: dict[int, tuple[AlarmBatchTarget, list[ClaimedAlarm]]] = {}
         if len(batched) == 1 and not to_hand and len(keys) == len(claimed):
             # Every alarm claimed was leased for the one batch target (the usual case).
@@ -368,6 +368,9 @@ class AlarmSleeper:
         reached = False  # the last sleep lasted until the alarm due time it was given
         owed = False  # no checkpoint since the last claim (a storage write need not be one)
         next_at: int | None = None
+        #: After a batch ran in this task, the reading it was claimed at: the next pass reads
+        #: the clock only if something was due by then (see below).
+        ran_at: int | None = None
         while True:
             try:
                 # Read first: a wake-up with nothing due costs one read, not a write transaction.
@@ -384,7 +387,18 @@ class AlarmSleeper:
                     now = next_at = clock.now_ms() if woke is None else woke
                 else:
                     next_at = await storage.next_alarm_at(mine)
-                    now = clock.now_ms()
+                    if (
+                        ran_at is not None
+                        and (next_at is None or next_at > ran_at)
+                        and (timer is None or (due := timer.due_at()) is None or due > ran_at)
+                    ):
+                        # Nothing due by the last claim's reading: this pass sleeps, on absolute
+                        # due times, so it needs no reading (what fell due since ends the sleep
+                        # at once, and is claimed at the reading taken as it ends).
+                        now = ran_at
+                    else:
+                        now = clock.now_ms()
+                ran_at = None
                 if timer is not None and (due := timer.due_at()) is not None and due <= now:
                     await timer.run_due(now)  # raises nothing but a cancel
                     now = clock.now_ms()
@@ -427,6 +441,7 @@ class AlarmSleeper:
                         finally:
                             self._renew_deferred()
                         owed = True  # the next sleep is the checkpoint, or the next claim takes one
+                        ran_at = now
                     continue
             except StorageError as exc:
                 _log.error("alarm sleeper: %s; trying again in 1 s", exc.message)
