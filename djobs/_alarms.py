@@ -147,6 +147,9 @@ class AlarmSleeper:
         #: of a rewritten alarm is neither skipped nor run twice; and a close releases rows by
         #: id, which only makes a row due at its own fire time, always safe.
         self._claimed: set[int] = set()
+        #: The earliest lease end (epoch ms) of the claims made since `_claimed` was last empty:
+        #: the sleeper can sleep until a claimed alarm's lease end only at that time or later.
+        self._leases_end_from = 0
         #: Set by `keep_claims` once the close starts cancelling handlers: from then on an
         #: alarm whose handler ends is remembered in `_cut_off`, to be released on close.
         self._keeping = False
@@ -191,7 +194,8 @@ class AlarmSleeper:
         if not self._claimed:
             # The sleeper may sleep until a claimed alarm's lease ends, which its commit
             # has moved since: it reads its next due time again now, not at that lease's end.
-            self._wakeup.recheck()
+            # A sleep that ends before any of those ends is for a due alarm: left alone.
+            self._wakeup.recheck(self._leases_end_from)
 
     def target_for(self, key: str) -> AlarmTarget | None:
         """The handler that instance `key`'s alarms go to (its definition's), if registered."""
@@ -415,6 +419,8 @@ class AlarmSleeper:
                         # alarms never starves the other tasks (the spawned ones start).
                         owed = False
                         await trio.lowlevel.checkpoint()
+                    if not self._claimed:
+                        self._leases_end_from = now + self.lease_ms  # where this claim hides its alarms
                     # Busy until dispatched: the claim hides the alarms before their actors exist.
                     handoffs.begin()
                     last = None
@@ -429,7 +435,9 @@ class AlarmSleeper:
                         handoffs.end()
                     if last is None:
                         self._renew_deferred()
-                        await trio.lowlevel.checkpoint()  # the spawned tasks start
+                        # The actors and tasks just started run at the next sleep, which is a
+                        # checkpoint, or at the next claim's: not at a pass of their own first.
+                        owed = True
                     else:
                         try:
                             # A batch of synchronous bodies whose writes run inline never

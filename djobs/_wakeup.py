@@ -107,13 +107,14 @@ class Wakeup:
             self._cut = True
             self._scope.cancel()
 
-    def recheck(self) -> bool:
+    def recheck(self, from_ms: float = -math.inf) -> bool:
         """What the sleeper sleeps for may have moved later (a lease it would wake for
-        ended early): end its sleep now so it reads its due time again.
+        ended early): end its sleep now so it reads its due time again, if it sleeps until
+        `from_ms` (epoch ms) or later; a sleep that ends sooner is not for such a time.
 
         Returns whether a sleep was ended; an awake loop reads its due time anyway.
         """
-        if self._scope is None or self._until == math.inf:
+        if self._scope is None or self._until == math.inf or self._until < from_ms:
             return False
         self._cut = True
         self._scope.cancel()

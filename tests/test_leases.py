@@ -309,3 +309,56 @@ async def test_instances_going_idle_one_after_another_give_their_leases_up_in_fe
         assert t0 + 1.049 <= releases[0][0] and releases[-1][0] <= t0 + 1.039 + 0.1 + 0.001
         for i in range(40):
             assert await engine.storage.instance_lease_holder(f"task:tick:t{i}") is None
+
+
+@pytest.mark.trio
+async def test_the_alarm_sleeper_reads_its_due_time_once_per_claim_of_alarms_a_millisecond_apart(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A handler's end rechecks the sleeper's due time only if it may sleep until a claimed
+    # alarm's lease end: asleep until the next due alarm, it sleeps on (it was woken, and read
+    # its due time again, once per alarm as well).
+    job = djobs.Task.make("tick", state=Due, event=Due, on_event=schedule_at, execute=nothing)
+    async with open_test_engine([job], storage=djobs.memory()) as engine:
+        client = engine.client.task(job)
+        start = engine.clock.now_ms() + 1000
+        for i in range(20):
+            success(await client.send(id=f"t{i}", event=Due(start + i)))
+        reads: list[int] = []
+        next_alarm_at = engine.storage.next_alarm_at
+
+        async def counted(prefixes: list[str] | None = None) -> int | None:
+            reads.append(engine.clock.now_ms())
+            return await next_alarm_at(prefixes)
+
+        monkeypatch.setattr(engine.storage, "next_alarm_at", counted)
+        await trio.sleep(1.1)
+        for i in range(20):  # each alarm ran (consumed: the task is idle)
+            assert success(await client.status(f"t{i}")).status == "idle"
+        assert len(reads) <= 21
+
+
+@pytest.mark.trio
+async def test_the_alarm_sleeper_does_not_wake_at_the_lease_end_of_an_alarm_whose_handler_is_done(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # While a long handler runs, the sleeper's next due time is its claimed alarm's lease end
+    # (5 minutes on); the handler's end consumed the alarm, so the sleeper reads again then,
+    # not at that lease's end.
+    async def slowly(ctx: djobs.TaskContext[Due]) -> None:
+        await trio.sleep(10)
+
+    job = djobs.Task.make("slow", state=Due, event=Due, on_event=schedule_at, execute=slowly)
+    async with open_test_engine([job], storage=djobs.memory()) as engine:
+        reads: list[float] = []
+        next_alarm_at = engine.storage.next_alarm_at
+
+        async def counted(prefixes: list[str] | None = None) -> int | None:
+            reads.append(trio.current_time())
+            return await next_alarm_at(prefixes)
+
+        monkeypatch.setattr(engine.storage, "next_alarm_at", counted)
+        t0 = trio.current_time()
+        success(await engine.client.task(job).send(id="s", event=Due(engine.clock.now_ms() + 1000)))
+        await trio.sleep(600)
+        assert reads and all(at <= t0 + 11.001 for at in reads)  # the last at the handler's end
