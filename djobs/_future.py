@@ -38,14 +38,16 @@ from returns.io import IOResult, IOSuccess
 from returns.primitives.container import BaseContainer
 from returns.result import Result, Success
 
-__all__ = ["VerbResult", "success"]
+__all__ = ["AWAITED_TWICE", "VerbResult", "io_success", "new", "result_of", "set_slot", "success"]
 
 T = TypeVar("T")
 V = TypeVar("V", covariant=True)
 E = TypeVar("E", covariant=True)
 
-_new = object.__new__
-_set = object.__setattr__  # the containers are immutable: returns sets their slots so too
+_new = new = object.__new__
+_set = set_slot = object.__setattr__  # the containers are immutable: returns sets their slots so too
+#: What a second await raises while the first still runs (from another task).
+AWAITED_TWICE = "this FutureResult is being awaited by another task already: await it again once that await is done"
 #: `BaseContainer`'s slot, which `VerbResult._inner_value` stands in front of.
 _INNER = BaseContainer.__dict__["_inner_value"]
 
@@ -73,9 +75,7 @@ class VerbResult(FutureResult[V, E]):  # type: ignore[misc]
         if type(state) is not CoroutineType:  # not `isinstance(state, IOResult)`: an ABC's check costs calls
             return state  # type: ignore[return-value]  # the answer
         if state.cr_suspended:  # what a slot set and reset around the first await would say, without them
-            raise RuntimeError(
-                "this FutureResult is being awaited by another task already: await it again once that await is done"
-            )
+            raise RuntimeError(AWAITED_TWICE)
         # A coroutine spent by a first await that raised (a cancel) raises RuntimeError here, as returns' does.
         result = yield from state.__await__()
         if type(result) is Success:
@@ -126,3 +126,19 @@ def success(value: T) -> Success[T]:
     made: Success[T] = _new(Success)
     _set(made, "_inner_value", value)
     return made
+
+
+def io_success(value: T) -> IOSuccess[T]:
+    """``IOSuccess(value)`` as a verb's answer (an ``IOSuccess`` holding a ``Success``), in one
+    Python call where returns' constructors take four: made per event by a Debounce round, whose
+    add answers with it as it is (`VerbResult`'s answer for a ``Success``)."""
+    made: Success[T] = _new(Success)
+    _set(made, "_inner_value", value)
+    answer: IOSuccess[T] = _new(IOSuccess)
+    _set(answer, "_inner_value", made)
+    return answer
+
+
+def result_of(answer: IOResult[V, E]) -> Result[V, E]:
+    """The ``Result`` an ``IOResult`` holds (what ``unsafe_perform_io`` reads from an ``IO``)."""
+    return answer._inner_value

@@ -35,15 +35,17 @@ import contextvars
 import functools
 import logging
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import islice
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, NoReturn, cast, overload
 
 import msgspec
 import trio
 from returns.future import FutureResult
+from returns.io import IOResult, IOSuccess
 from returns.result import Failure, Result, Success
 from typing_extensions import TypeVar
 
@@ -65,11 +67,14 @@ from .._errors import (
     ValidationError,
 )
 from .._execution import Checkout, Env, OutcomeKind, RunInfo, execute, holds_cancel, run_body
-from .._future import VerbResult, success
+from .._future import AWAITED_TWICE, VerbResult, io_success, result_of
+from .._future import new as _new
+from .._future import set_slot as _set
 from .._input import MAX_LIMIT, SEPARATOR, check_interval
 from .._limits import NO_LIMITS, RunLimits, definition_limits, offloaded
 from .._logging import JobLog, LoggingOption, check_logging, threshold
 from .._retry import Retry, check_retry
+from .._trap import RUN_CONTEXT, WOKEN, WaitTaskRescheduled
 from ..storage import Alarm, Checkin, ClearAlarm, InstanceRecord, LeaseLostError, SetAlarm
 from ..storage._base import InstanceLeaseLoader, Revival
 from ..tracking import TrackedEvent
@@ -118,6 +123,9 @@ class DebounceEventContext(BaseContext[D_co], Generic[E, S, D_co]):
 
     ``DebounceEventContext[E, S, D]``: event `E`, state `S`, services `D`
     (``object``, the default, for a reducer that needs none).
+
+    A context is valid during its call only: the adds of an instance applied
+    together (one commit) are given the same object, its fields set anew for each.
 
     Attributes:
         event: The event being added, validated against the job's event type.
@@ -459,7 +467,8 @@ class _Live(Generic[S]):
     state: S | None
 
 
-_Added = Result[AddResult, ValidationError | ExecutionError | DuplicateEventError | StorageError]
+#: An add's outcome: a round's success is its very answer (`io_success`), any other a `Result`.
+_Added = IOSuccess[AddResult] | Result[AddResult, ValidationError | ExecutionError | DuplicateEventError | StorageError]
 #: What a reducer's run gives: the new state's encoding and fresh copy, or why the add fails.
 _Reduced = tuple[bytes, S] | ValidationError | ExecutionError
 _Stop = Literal["lost", "actor"]
@@ -623,114 +632,47 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
     async def add(
         self, instance_id: str, event: object, event_id: object
     ) -> Result[AddResult, ValidationError | ExecutionError | DuplicateEventError | StorageError]:
-        """Add `event` to instance `instance_id`'s batch (the client's ``add``, its id checked).
+        """Add `event` to instance `instance_id`'s batch (the client's ``add`` through ``_verb``, its id checked)."""
+        return result_of(await _add_verb(self, instance_id, event, event_id))
 
-        A `JobError` raised below is its failure and any other exception (a bug) a logged
-        `StorageError`, as `effect` answers them: the client awaits this coroutine itself.
-        """
-        env = self.env
-        token = env.trio_token
-        if token is not None:  # `effect`'s checks: the client awaits this coroutine itself
-            try:
-                foreign = trio.lowlevel.current_trio_token() is not token
-            except RuntimeError:  # awaited outside any Trio run
-                foreign = True
-            if foreign:
-                return foreign_run(env)
-        if env.clients.closed:
-            return Failure(StorageError(CLOSED_MESSAGE))
-        pending: _QueuedAdd[E] | None = None
+    async def _write_own(self, key: str, queue: deque[_QueuedAdd[E]], pending: _QueuedAdd[E]) -> _Added:
+        """Apply `queue`'s adds as their writer (`_write`) until `pending`, this caller's own, is answered."""
+        raised: list[BaseException] = []
+        stopped: JobError | None = None
+        handed = False
+        # Shielded as a handler on an actor is: the adds queued behind this caller are applied
+        # even if it is cancelled. Past the shutdown grace the engine's close cancels the scope
+        # (`Actors.cancel_running`): a reducer still running stops, nothing more is applied.
+        scope = trio.CancelScope(shield=True)
+        scopes = self._writer_scopes
+        scopes[scope] = None  # a subscript, not a call
         try:
-            # Matches, not a Result.do: every add passes here, and a generator would cost more than the checks.
-            the_event_id: str | None = None
-            if event_id is not None:
-                match check_event_id(event_id):
-                    case Success(checked_id):
-                        the_event_id = checked_id
-                    case Failure(error):
-                        return Failure(error)
-            # The event's checked copy: `copier`'s quick check inline (no call of its own), else the copier.
-            checked_event: E | None = None
-            quick = self._quick_event
-            if quick is not None and type(event) is self.job.event:
-                try:
-                    raw = quick[0](event)
-                    # A null (or a "nan": key) may be a nan msgspec wrote so (`non_finite`): the
-                    # copier refuses one.
-                    if len(raw) <= self._limit and (may_hide_non_finite(raw) is None or non_finite(event) is None):
-                        decoded = quick[1](raw)
-                        if decoded == event:  # nothing turned into another type (`quick_codec`)
-                            checked_event = decoded
-                except Exception:  # refused (or user code msgspec calls raised): the copier words it
-                    pass
-            if checked_event is None:
-                copied = self._copy_event(event)
-                if isinstance(copied, ValidationError):
-                    return Failure(copied)
-                checked_event = copied[1]
-            key = self._key_prefix + instance_id if self.tenant is None else self.key(instance_id)
-            if the_event_id is not None and (problem := key_problem(key + the_event_id, EVENT_KEY_FIELDS)):
-                return Failure(problem)  # stored beside the instance's key, as one key
-            pending = _QueuedAdd(instance_id, checked_event, the_event_id)
-            queue = self._queues.get(key)
-            if queue is not None and key not in self._running():
-                # A writer is applying this instance's adds: join its queue and wait for its commit,
-                # parked until `_finish` reschedules this task (a cancel ends the wait, not the add).
-                queue.append(pending)
-                pending.waiter = trio.lowlevel.current_task()
-                await trio.lowlevel.wait_task_rescheduled(pending.abort)
-                if pending.raised is not None:  # its event made the reducer raise a KeyboardInterrupt
-                    raise pending.raised
-                if pending.result is not None:
-                    return pending.result
-                # Woken unanswered: the writer answered its own add and handed the queue over
-                # (`_write`); this caller writes now.
-            else:
-                if queue is not None:  # a handler of this very instance adding to it: refused by `call`
-                    return await self.runtime.call(key, _unreachable)
-                queue = self._queues[key] = deque((pending,))
-            raised: list[BaseException] = []
-            stopped: JobError | None = None
-            handed = False
-            # Shielded as a handler on an actor is: the adds queued behind this caller are applied
-            # even if it is cancelled. Past the shutdown grace the engine's close cancels the scope
-            # (`Actors.cancel_running`): a reducer still running stops, nothing more is applied.
-            scope = trio.CancelScope(shield=True)
-            scopes = self._writer_scopes
-            scopes[scope] = None  # a subscript, not a call: every add passes here
-            try:
-                with scope:
-                    handed = await self._write(key, queue, raised, pending)
-            except JobError as exc:  # the engine closed (or a lease failed): the adds left were not applied
-                stopped = exc
-            finally:
-                del scopes[scope]
-                if not handed:
-                    # No await since the queue was last seen empty (or the writer stopped).
-                    del self._queues[key]
-                    if queue:
-                        if isinstance(stopped, StorageError):
-                            gone = stopped
-                        elif scope.cancelled_caught:
-                            gone = StorageError(CLOSED_MESSAGE)
-                        else:
-                            gone = StorageError("the add was not applied: the engine failed while applying it")
-                        own: JobError = gone if stopped is None else stopped  # the writer's own add's answer
-                        while queue:
-                            left = queue.popleft()
-                            _finish(left, Failure(own if left is pending else gone))  # type: ignore[arg-type]
-            if raised:
-                # A reducer's KeyboardInterrupt for this caller's own add, or for an add whose
-                # caller was cancelled while it waited: re-raised here, every other add answered.
-                raise raised[0] if len(raised) == 1 else BaseExceptionGroup("reducers raised", raised)
-            assert pending.result is not None
-            return pending.result
-        except JobError as exc:
-            return Failure(exc)  # type: ignore[arg-type]
-        except Exception as exc:  # a bug below: a typed failure for the caller, never an escape into its app
-            bug = bug_failure(exc)
-            # An add already committed keeps its answer (a caller retrying a failure would add twice).
-            return pending.result if pending is not None and isinstance(pending.result, Success) else bug
+            with scope:
+                handed = await self._write(key, queue, raised, pending)
+        except JobError as exc:  # the engine closed (or a lease failed): the adds left were not applied
+            stopped = exc
+        finally:
+            del scopes[scope]
+            if not handed:
+                # No await since the queue was last seen empty (or the writer stopped).
+                del self._queues[key]
+                if queue:
+                    if isinstance(stopped, StorageError):
+                        gone = stopped
+                    elif scope.cancelled_caught:
+                        gone = StorageError(CLOSED_MESSAGE)
+                    else:
+                        gone = StorageError("the add was not applied: the engine failed while applying it")
+                    own: JobError = gone if stopped is None else stopped  # the writer's own add's answer
+                    while queue:
+                        left = queue.popleft()
+                        _finish(left, Failure(own if left is pending else gone))  # type: ignore[arg-type]
+        if raised:
+            # A reducer's KeyboardInterrupt for this caller's own add, or for an add whose
+            # caller was cancelled while it waited: re-raised here, every other add answered.
+            raise raised[0] if len(raised) == 1 else BaseExceptionGroup("reducers raised", raised)
+        assert pending.result is not None
+        return pending.result
 
     async def flush(self, instance_id: str) -> Result[FlushResult, InstanceNotFoundError | StorageError]:
         key = self.key(instance_id)
@@ -995,6 +937,9 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         escaped: BaseException | None = None  # what a reducer raised past run_body, ending the round
         direct, quick, limit, state_type = self._direct_reducer, self._quick_state, self._limit, job.state
         logger, log_level, tenant = self._logger, self._log_level, self.tenant
+        # One reducer context per round, made at its first add and set anew for each (an `__init__`
+        # of ten stores per add otherwise): a context serves its `on_event` call only.
+        ctx: DebounceEventContext[E, S, Any] | None = None
         # The round's adds are the queue's front as it is now: a reducer that awaits lets
         # more adds join the queue meanwhile, and they wait for the next round.
         for pending in list(islice(queue, ROUND_LIMIT)):
@@ -1010,9 +955,12 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
             # the coroutine that finishes it. No `Result` and no coroutine is made on the way
             # for a synchronous reducer that returns a state.
             reduced: _Reduced[S] | Coroutine[Any, Any, _Reduced[S]] | None = None
-            ctx: DebounceEventContext[E, S, Any] = DebounceEventContext(
-                env, job.name, pending.instance_id, logger, log_level, pending.event, state, number, tenant
-            )
+            if ctx is None:
+                ctx = DebounceEventContext(
+                    env, job.name, pending.instance_id, logger, log_level, pending.event, state, number, tenant
+                )
+            else:  # the round's one context, for this add (the round's adds are of one instance)
+                ctx.event, ctx.state, ctx.event_count, ctx._log = pending.event, state, number, None
             if direct is None:  # a timeout or `blocking`: `run_body` calls the reducer
                 reduced = self._finish_reduce(functools.partial(self._reducer, ctx), ctx)
             else:
@@ -1076,7 +1024,7 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
                 started_flush_at = alarm[0]
             if alarm[0] != flush_at_ms:  # one datetime per round, mostly
                 flush_at_ms, flush_at = alarm[0], to_datetime(alarm[0])
-            results.append(success(AddResult(created, count, flush_at)))  # `Success` in fewer calls
+            results.append(io_success(AddResult(created, count, flush_at)))  # the add's very answer
             added = True
             if full or event_id is not None:
                 break
@@ -1118,14 +1066,14 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
                     self._keep(key, _Live(serial, record, alarm, state))
                 if full:
                     self.runtime.post(key, lambda: self._flush_posted(key))
-        reschedule = trio.lowlevel.reschedule
-        for result in results:  # `_finish` of each, without a call
+        reschedule = RUN_CONTEXT.runner.reschedule  # `_finish` of each, without its calls (`djobs._trap`)
+        for result in results:
             pending = queue.popleft()
             pending.result = result
             waiter = pending.waiter
             if waiter is not None:
                 pending.waiter = None
-                reschedule(waiter)
+                reschedule(waiter, WOKEN)
         if escaped is not None:
             pending = queue.popleft()
             pending.raised = escaped  # answered: a writer's own add is done (`_write`)
@@ -1280,6 +1228,147 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         return outcome_kind
 
 
+_AddError = ValidationError | ExecutionError | DuplicateEventError | StorageError
+
+
+async def _never_awaited() -> None:
+    """Made per add and closed at its first await: what Python's warning names for an add never awaited."""
+
+
+_never_awaited.__qualname__ = "djobs.DebounceClient.add"
+
+#: `_AddVerb`'s state while its first await runs, and after that await ended by an exception.
+_AWAITING: Any = object()
+_SPENT: Any = object()
+
+
+class _AddVerb(VerbResult[AddResult, _AddError]):  # type: ignore[misc]  # FutureResult is final to type checkers
+    """The `FutureResult` of one ``add``: awaited, it is the add itself, one generator.
+
+    No coroutine of its own and no `trio.lowlevel.wait_task_rescheduled`: an add that
+    joins the queue of an instance's writer (most adds, under load) parks its caller
+    by yielding Trio's trap here (`djobs._trap`), once, until its round's commit, and
+    its answer is the ``IOSuccess`` the round made. ``_cell`` is ``[state, handler,
+    instance id (checked), event, event id]``; the state is a coroutine never started
+    (`_never_awaited`, for Python's warning should the add never be awaited) until the
+    first await, `_AWAITING` while it runs, `_SPENT` once it ended by an exception
+    (a cancel), then the answer. Awaited again, it answers as `VerbResult` does.
+    """
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, Any, IOResult[AddResult, _AddError]]:
+        cell: list[Any] = self._cell  # see the class's docstring
+        state = cell[0]
+        if type(state) is CoroutineType:
+            state.close()  # awaited: no warning
+        elif state is _AWAITING:
+            raise RuntimeError(AWAITED_TWICE)
+        elif state is _SPENT:
+            raise RuntimeError("cannot reuse already awaited coroutine")
+        else:
+            return state  # type: ignore[no-any-return]  # the answer
+        cell[0] = _AWAITING
+        handler: DebounceHandler[Any, Any] = cell[1]
+        env = handler.env
+        result: _Added | None = None
+        pending: _QueuedAdd[Any] | None = None
+        try:
+            token = env.trio_token
+            if token is not None:  # `effect`'s checks: the caller awaits this add itself
+                try:
+                    foreign = RUN_CONTEXT.runner.trio_token is not token
+                except AttributeError:  # awaited outside any Trio run
+                    foreign = True
+                if foreign:
+                    result = foreign_run(env)
+            if result is None and env.clients.closed:
+                result = Failure(StorageError(CLOSED_MESSAGE))
+            if result is None:
+                # Matches, not a Result.do: every add passes here, and a generator would cost more than the checks.
+                event, event_id = cell[3], cell[4]
+                the_event_id: str | None = None
+                if event_id is not None:
+                    match check_event_id(event_id):
+                        case Success(checked_id):
+                            the_event_id = checked_id
+                        case Failure(error):
+                            result = Failure(error)
+                # The event's checked copy: `copier`'s quick check inline (no call of its own), else the copier.
+                checked_event: object = None
+                quick = handler._quick_event
+                if quick is not None and type(event) is handler.job.event:
+                    try:
+                        raw = quick[0](event)
+                        # A null (or a "nan": key) may be a nan msgspec wrote so (`non_finite`): the
+                        # copier refuses one.
+                        if len(raw) <= handler._limit and (
+                            may_hide_non_finite(raw) is None or non_finite(event) is None
+                        ):
+                            decoded = quick[1](raw)
+                            if decoded == event:  # nothing turned into another type (`quick_codec`)
+                                checked_event = decoded
+                    except Exception:  # refused (or user code msgspec calls raised): the copier words it
+                        pass
+                if checked_event is None:
+                    copied = handler._copy_event(event)
+                    if isinstance(copied, ValidationError):
+                        result = Failure(copied)
+                    else:
+                        checked_event = copied[1]
+                instance_id: str = cell[2]
+                key = handler._key_prefix + instance_id if handler.tenant is None else handler.key(instance_id)
+                if the_event_id is not None and (problem := key_problem(key + the_event_id, EVENT_KEY_FIELDS)):
+                    result = Failure(problem)  # stored beside the instance's key, as one key
+            if result is None:
+                # `_QueuedAdd(instance_id, checked_event, the_event_id)` without its `__init__`'s frame.
+                pending = _new(_QueuedAdd)
+                pending.instance_id, pending.event, pending.event_id = instance_id, checked_event, the_event_id
+                pending.result = pending.waiter = pending.raised = None
+                queue = handler._queues.get(key)
+                if queue is None:
+                    queue = handler._queues[key] = deque((pending,))
+                    result = yield from handler._write_own(key, queue, pending).__await__()
+                elif key in handler._running():  # a handler of this very instance adding to it: refused by `call`
+                    result = yield from handler.runtime.call(key, _unreachable).__await__()
+                else:
+                    # A writer is applying this instance's adds: join its queue and wait for its commit,
+                    # parked until the round reschedules this task (a cancel ends the wait, not the add).
+                    queue.append(pending)
+                    pending.waiter = RUN_CONTEXT.task
+                    trap = _new(WaitTaskRescheduled)  # its attrs `__init__` without its frame
+                    _set(trap, "abort_func", pending.abort)
+                    woken = yield trap
+                    if woken is not WOKEN:
+                        woken.unwrap()
+                    if pending.raised is not None:  # its event made the reducer raise a KeyboardInterrupt
+                        raise pending.raised
+                    result = pending.result
+                    if result is None:
+                        # Woken unanswered: the writer answered its own add and handed the queue over
+                        # (`_write`); this caller writes now.
+                        result = yield from handler._write_own(key, queue, pending).__await__()
+        except JobError as exc:
+            result = Failure(exc)  # type: ignore[arg-type]
+        except Exception as exc:  # a bug below: a typed failure for the caller, never an escape into its app
+            # An add already committed keeps its answer (a caller retrying a failure would add twice).
+            done = None if pending is None else pending.result
+            result = done if type(done) is IOSuccess else bug_failure(exc)
+        except BaseException:
+            cell[0] = _SPENT
+            raise
+        answer: IOResult[AddResult, _AddError] = result if type(result) is IOSuccess else IOResult.from_result(result)
+        cell[0] = answer
+        return answer
+
+
+def _add_verb(handler: DebounceHandler[Any, Any], instance_id: str, event: object, event_id: object) -> _AddVerb:
+    """The `_AddVerb` of an add of `event` to instance `instance_id` (its id checked)."""
+    verb: _AddVerb = _new(_AddVerb)
+    _set(verb, "_cell", [_never_awaited(), handler, instance_id, event, event_id])
+    return verb
+
+
 class DebounceClient(InstanceClient[DebounceHandler[E, S]], Generic[E, S]):
     """The client verbs of one debounce job; get one with ``engine.client.debounce(job)``.
 
@@ -1326,9 +1415,7 @@ class DebounceClient(InstanceClient[DebounceHandler[E, S]], Generic[E, S]):
                         instance_id = checked
                     case Failure(error):
                         return refused(error, handler.env)
-            coroutine = handler.add(instance_id, event, event_id)
-            coroutine.__qualname__ = "djobs.DebounceClient.add"  # type: ignore[attr-defined]  # never awaited: named
-            return VerbResult(coroutine)
+            return _add_verb(handler, instance_id, event, event_id)
         return self._verb(id, lambda h, i: h.add(i, event, event_id))
 
     def flush(
