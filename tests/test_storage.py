@@ -173,6 +173,27 @@ async def test_a_read_is_not_starved_by_writers_that_never_pause(tmp_path: Path)
         assert reads_done and writes - started_at < 50 * 20 * 3
 
 
+@pytest.mark.trio
+async def test_an_alarm_claim_commits_before_the_ready_tasks_run(tmp_path: Path) -> None:
+    # The alarm sleeper's claim commits in the task step that makes it: the handlers of the
+    # alarms it claims wait for that commit, not for every ready task's turn first (the
+    # sleeper checkpoints right after). Other writes let the ready tasks join their batch.
+    async with djobs.sqlite(tmp_path / "claims.db").open() as storage:
+        assert isinstance(storage, SqliteStorage)
+        ran: list[str] = []
+
+        async def ready() -> None:
+            ran.append("ready")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ready)
+            assert await storage.claim_alarms(0, 1000, 10) == []
+            assert await storage.claim_alarm_runs(0, 1000, 10, ["task:t:"], "me", 1000, lambda _: True) == []
+            assert ran == [] and not storage.connection.in_transaction
+            await storage.release_alarms([])  # a write of another kind: the ready task ran meanwhile
+            assert ran == ["ready"]
+
+
 @pytest.mark.parametrize("dialect", ["sqlite", "postgres"])
 def test_the_per_minute_counts_read_finished_jobs_through_their_index(dialect: str, tmp_path: Path) -> None:
     """The overview's chart reads the last hour of finished jobs by ``completed_at``, never every row."""

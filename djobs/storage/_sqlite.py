@@ -956,7 +956,7 @@ class SqliteStorage:
         """The APSW connection, for storage extensions within djobs."""
         return self._db
 
-    async def write(self, fn: Callable[[apsw.Connection], T], *, single: bool = False) -> T:
+    async def write(self, fn: Callable[[apsw.Connection], T], *, single: bool = False, at_once: bool = False) -> T:
         """Run `fn` in a write transaction shared with concurrent writers (group commit).
 
         The first writer opens the transaction and leads a batch; each writer's
@@ -975,7 +975,11 @@ class SqliteStorage:
         ready run once, so their writes join the batch, then commits. Every
         caller returns (or raises `StorageError`) only after the commit that
         holds its writes: durability is per call, the cost of a commit is
-        shared. `fn` must not ``await``.
+        shared. `fn` must not ``await``. With `at_once`, a writer that opens
+        the batch commits it at once, with no checkpoint (the ready tasks'
+        writes open the next): for a caller that waits on nothing else and
+        checkpoints soon after (the alarm sleeper's claim, whose alarms' handlers
+        wait for its commit).
         """
         if self._closed:
             raise StorageError(CLOSED_MESSAGE)
@@ -1009,7 +1013,8 @@ class SqliteStorage:
         # Shielded (no cancel ends these waits): the writes are in the batch, and the caller
         # must learn whether they committed.
         if leader:
-            await trio.lowlevel.cancel_shielded_checkpoint()  # let the ready tasks add their writes
+            if not at_once:
+                await trio.lowlevel.cancel_shielded_checkpoint()  # let the ready tasks add their writes
             self._batch = None
             try:
                 self._check_file()
@@ -1238,8 +1243,9 @@ class SqliteStorage:
                 rows = list(db.execute(_CLAIM_MY_ALARMS, (now_ms + lease_ms, now_ms, mine, limit)))
             return [alarm_record(r) for r in rows]
 
-        # One statement, its RETURNING read to the end: no savepoint (see `write`).
-        return await self.write(run, single=True)
+        # One statement, its RETURNING read to the end: no savepoint (see `write`). Committed
+        # at once: the sleeper checkpoints after it, and the alarms' handlers wait for it.
+        return await self.write(run, single=True, at_once=True)
 
     async def claim_alarm_runs(
         self,
@@ -1278,8 +1284,9 @@ class SqliteStorage:
             ]
 
         # The claim is the first statement that writes; the leases' upsert after it refuses
-        # nothing (a taken lease is skipped, not refused): no savepoint (see `write`).
-        return await self.write(run, single=True)
+        # nothing (a taken lease is skipped, not refused): no savepoint (see `write`). Committed
+        # at once: the sleeper checkpoints after it, and the alarms' handlers wait for it.
+        return await self.write(run, single=True, at_once=True)
 
     async def commit_checkins(
         self, checkins: Sequence[Checkin], release_leases: bool = False
