@@ -45,7 +45,8 @@ class Timer(Protocol):
         ...
 
     async def run_due(self, now: int) -> None:
-        """Do the work due at `now` (then `due_at` is later); raises nothing but a cancel."""
+        """Do the work due at `now` (the clock's reading, with no checkpoint since; then
+        `due_at` is later); raises nothing but a cancel."""
         ...
 
 
@@ -382,6 +383,10 @@ class AlarmSleeper:
                 # script, a rolling deploy) never holds alarms it cannot fire.
                 mine = self._prefixes  # not copied: only `register` replaces it
                 woke_at = None
+                if not reached:
+                    next_at = await storage.next_alarm_at(mine)
+                # Once per pass, after its read: no await from here to the sleep but the work's.
+                due = None if timer is None else timer.due_at()
                 if reached:
                     # Slept until the earliest due alarm it read: it is due now (one that was
                     # cleared or moved since is not claimed, and the next pass reads again).
@@ -389,23 +394,22 @@ class AlarmSleeper:
                     reached = False
                     woke, woke_at = self._wakeup.woke_ms, self._wakeup.woke_at
                     now = next_at = clock.now_ms() if woke is None else woke
+                elif ran_at is not None and (next_at is None or next_at > ran_at) and (due is None or due > ran_at):
+                    # Nothing due by the last claim's reading: this pass sleeps, on absolute
+                    # due times, so it needs no reading (what fell due since ends the sleep
+                    # at once, and is claimed at the reading taken as it ends).
+                    now = ran_at
                 else:
-                    next_at = await storage.next_alarm_at(mine)
-                    if (
-                        ran_at is not None
-                        and (next_at is None or next_at > ran_at)
-                        and (timer is None or (due := timer.due_at()) is None or due > ran_at)
-                    ):
-                        # Nothing due by the last claim's reading: this pass sleeps, on absolute
-                        # due times, so it needs no reading (what fell due since ends the sleep
-                        # at once, and is claimed at the reading taken as it ends).
-                        now = ran_at
-                    else:
-                        now = clock.now_ms()
-                ran_at = None
-                if timer is not None and (due := timer.due_at()) is not None and due <= now:
-                    await timer.run_due(now)  # raises nothing but a cancel
                     now = clock.now_ms()
+                ran_at = None
+                ran = due is not None and due <= now
+                if ran:
+                    assert timer is not None
+                    await timer.run_due(now)  # raises nothing but a cancel
+                    if not self._inline:
+                        # Its writes let time pass. (With inline ones, the reading taken before
+                        # still serves the claim below: an alarm due since waits a pass, no more.)
+                        now = clock.now_ms()
                 if next_at is not None and next_at <= now:
                     free = self._in_flight - len(self._claimed)
                     if free <= 0:
@@ -421,18 +425,23 @@ class AlarmSleeper:
                         await trio.lowlevel.checkpoint()
                     if not self._claimed:
                         self._leases_end_from = now + self.lease_ms  # where this claim hides its alarms
-                    # Busy until dispatched: the claim hides the alarms before their actors exist.
-                    handoffs.begin()
+                    # Busy until dispatched: the claim hides the alarms before their actors exist
+                    # (unless it runs inline, never letting another task see it half done).
+                    runs = self._runs if self._batched or self._handed else None
+                    counted = runs is None or not self._inline
+                    if counted:
+                        handoffs.begin()
                     last = None
                     try:
-                        if self._runs is not None and (self._batched or self._handed):
-                            last = await self._claim_runs(self._runs, now, min(self._batch, free), mine, woke_at)
+                        if runs is not None:
+                            last = await self._claim_runs(runs, now, min(self._batch, free), mine, woke_at)
                         else:
                             alarms = await storage.claim_alarms(now, self.lease_ms, min(self._batch, free), mine)
                             for alarm in alarms:
                                 self._dispatch(alarm)
                     finally:
-                        handoffs.end()
+                        if counted:
+                            handoffs.end()
                     if last is None:
                         self._renew_deferred()
                         # The actors and tasks just started run at the next sleep, which is a
@@ -456,10 +465,10 @@ class AlarmSleeper:
                 await trio.sleep(1)
                 continue
             wake_at = next_at
-            if timer is not None:
-                due = timer.due_at()
-                if due is not None and (wake_at is None or due < wake_at):
-                    wake_at = due
+            if ran and timer is not None:
+                due = timer.due_at()  # moved on by the work done (else as read, with no await since)
+            if due is not None and (wake_at is None or due < wake_at):
+                wake_at = due
             reached = await self._wakeup.sleep_until(wake_at) and wake_at == next_at
             owed = False
 

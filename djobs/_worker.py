@@ -354,7 +354,9 @@ class Worker:
             and job.idempotency_key is None
         )
 
-    async def start_stored(self, job: NewJob, at_ms: int | None = None) -> None:
+    async def start_stored(
+        self, job: NewJob, at_ms: int | None = None, events: list[TrackedEvent] | None = None
+    ) -> None:
         """Run `job`, which the caller's transaction stored ``running`` (attempt 1) under this
         worker's lease (its end a lock timeout from `job`'s creation), as if the claim loop had
         claimed it: started now if a slot is free; if its slot was taken while it was stored,
@@ -363,7 +365,8 @@ class Worker:
         If its attempt ended at once (a synchronous body), how it ended is written here, in
         the caller's task, before this returns (the settle task is not woken for it).
         `at_ms`: the clock's reading the caller took since it stored the row (its events'
-        time and the attempt's start), ``None`` to read it here."""
+        time and the attempt's start), ``None`` to read it here. `events`: the caller's own
+        events about the row (emitted first, with ``job.claimed``, in one hand-over)."""
         claimed = ClaimedJob(
             id=job.id,
             name=job.name,
@@ -375,7 +378,13 @@ class Worker:
             correlation_id=job.correlation_id,
             tenant_id=job.tenant_id,
         )
-        if not self.closing and (self._free_slots <= 0 or self._ready):
+        emitted = [] if events is None else events
+        if self.closing or self._free_slots <= 0 or self._ready:
+            if events:
+                self.emit(emitted)
+            if self.closing:
+                self._accept([claimed], at_ms=at_ms)  # claimed while closing: handed back at once
+                return
             # Its slot was taken while it was stored: handed back pending (the attempt does not
             # count), for whichever worker has room first, rather than waiting in this one's hand.
             self._claimed_runs += 1
@@ -384,21 +393,50 @@ class Worker:
                 self._idle = trio.Event()
             self._nursery.start_soon(self._hand_back, [claimed])
             return
+        # The claim loop's `_accept` and `_start_fresh` for one fresh row that starts at once:
+        # a new id (no earlier attempt runs here), no limit key, nothing in hand to go first.
+        key = (claimed.id, 1)
+        self._claimed_runs += 1
+        self._held.add(key)
+        if self.tracking:
+            emitted.append(
+                self.env.event("job.claimed", claimed.id, "job", claimed.name, at_ms, attempt=1, worker_id=self.id)
+            )
+        if emitted:
+            self.env.emit(emitted)
         waking = self._settle_wanted.is_set()  # the settle task takes what waits, ours too
         inline = self._inline
+        if not inline:
+            # Its end is written across an await: held (renewed) and in hand until then.
+            self._renew_soon()
+            self._busy()
+        self._settle_here = True
         try:
-            self._settle_here = True
-            try:
-                # With writes that never checkpoint, no time passes until the flush below is
-                # done: a renewal is scheduled only if something is still held after it.
-                self._accept([claimed], renew=not inline, at_ms=at_ms)
-            finally:
-                self._settle_here = False
-            if self._settling and not waking:
-                await self.flush()
+            launched = self._launch(claimed, at_ms)
         finally:
-            if inline and self._held:
+            self._settle_here = False
+        if launched:
+            if inline:
+                self._busy()
                 self._renew_soon()
+            return  # its task settles it
+        # Ended at once, holding no slot: its count goes (no await since the +1 above: nothing
+        # waited on a capacity or a slot it never took); its row stays held until its end is
+        # written, here or (`waking`) by the settle task.
+        self._claimed_runs -= 1
+        if waking:
+            self._busy()  # a settlement waits for the settle task
+        else:
+            # With writes that never checkpoint, nothing runs until this is written: the engine
+            # never looks idle meanwhile, and a renewal is needed only if something is still held.
+            await self.flush()
+        if inline and self._held:
+            self._renew_soon()
+
+    def _busy(self) -> None:
+        """Something is in hand or settling: not idle (`wait_idle` waits) until `_check_idle`."""
+        if self._idle.is_set():
+            self._idle = trio.Event()
 
     def emit(self, events: list[TrackedEvent]) -> None:
         """Hand events to the tracker (after the commit they describe)."""
@@ -824,7 +862,8 @@ class Worker:
                     settlement.job_id,
                     settlement.attempt,
                 )
-        self.emit(events)
+        if events:
+            self.env.emit(events)
         if not self._held:
             self._none_held()
         self._check_idle()

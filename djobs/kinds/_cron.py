@@ -47,6 +47,7 @@ from .._retry import Retry, check_retry
 from .._schedule import Cron, Schedule, latest_fire, next_fire, parse_cron
 from .._wakeup import Wakeup
 from ..storage import CronRecord, CronSpec, QueueStorage
+from ..storage._base import writes_inline
 from ._common import D_contra, Definition, bind_async, check_name, effect, name_of
 from ._job import Job, JobContext
 from ._job_queue import JobQueue, check_short_text
@@ -307,6 +308,9 @@ class CronScheduler:
         self._poll_ms = poll_ms
         #: What the task that fires the cron jobs sleeps on (the alarm sleeper's): a poke wakes it.
         self._wakeup = wakeup
+        #: Its writes run to their end without a checkpoint (`writes_inline`): a fire needs no
+        #: hand-off count around its write, and the caller's reading serves its events.
+        self._inline = writes_inline(storage)
         #: When to look next: at once on opening, then the earliest stored next run (or the
         #: poll interval, or a second after a storage error); ``None`` when no cron job is enabled.
         self._due: int | None = 0 if self._names else None
@@ -368,9 +372,14 @@ class CronScheduler:
         earlier of its next alarm and `due_at`: one task and one wake-up where an hourly
         cron and an hourly schedule fire together. Never raises but for a cancel: a storage
         error (or a bug) is logged and the cron jobs are looked at again a second later.
+        `now`: the engine clock's reading, taken with no checkpoint since.
         """
         storage = self.storage
         self._due = None  # a poke while this runs sets it (below: the earlier of the two counts)
+        # With writes that never checkpoint (`writes_inline`), nothing but this task runs from
+        # the caller's reading `now` until the checkpoint below: it stamps the fires' events and
+        # starts, where another storage's write lets time pass (a reading is taken after it).
+        stamp = now if self._inline else None
         try:
             due = await storage.due_cron_jobs(self._names, now)
             # The next run each fire here stored (0: another engine's; None: none left).
@@ -380,21 +389,23 @@ class CronScheduler:
                 for record in due:
                     # Read again only when a fire leaves its job due (missed fires run one by
                     # one) or another engine fired it first (its next time unknown here).
-                    following = stored[record.name] = await self._fire(record, now)
+                    following = stored[record.name] = await self._fire(record, now, stamp)
                     if following is not None and following <= now:
                         again = True
                 if again:
                     await trio.lowlevel.checkpoint()  # a long run of missed fires lets the other tasks run
+                    stamp = None
                     due = await storage.due_cron_jobs(self._names, now)
                 else:
                     due = []
-            following_runs = [t for t in stored.values() if t is not None]
-            if len(stored) == len(self._names) and (not following_runs or min(following_runs) > now):
-                # Every cron job of this engine fired here just now: its next run is the one
-                # it stored, so there is nothing to read (a change made elsewhere since
-                # shows at the next wake-up or poll, as it would after a read).
-                next_at: int | None = min(following_runs, default=None)
-            else:
+            next_at: int | None = None  # the earliest next run stored here
+            for following in stored.values():
+                if following is not None and (next_at is None or following < next_at):
+                    next_at = following
+            if len(stored) != len(self._names) or (next_at is not None and next_at <= now):
+                # Unless every cron job of this engine fired here just now: then its next run
+                # is the one it stored, so there is nothing to read (a change made elsewhere
+                # since shows at the next wake-up or poll, as it would after a read).
                 next_at = await storage.next_cron_at(self._names)
         except StorageError as exc:
             self._log.error("cron task: %s; trying again in 1 s", exc.message)
@@ -402,18 +413,20 @@ class CronScheduler:
         except Exception:
             self._log.exception("bug: firing the cron jobs raised; trying again in 1 s")
             next_at = now + 1000
-        if next_at is not None:
+        if next_at is not None and next_at <= now:
             # A job due now was left (another process fired it meanwhile): look again in a
             # millisecond rather than spin without letting time pass.
-            next_at = max(next_at, now + 1)
+            next_at = now + 1
         if self._poll_ms is not None:
             polled = now + self._poll_ms
             next_at = polled if next_at is None else min(next_at, polled)
         poked = self._due
         self._due = next_at if poked is None or (next_at is not None and next_at < poked) else poked
 
-    async def _fire(self, record: CronRecord, now: int) -> int | None:
+    async def _fire(self, record: CronRecord, now: int, stamp: int | None) -> int | None:
         """Fire `record` (enqueue its job, or skip a missed time) and store its next run time.
+        `stamp`: a clock reading still current after the write (``None``: read one then), the
+        time of the fire's events and of its job's start.
 
         Returns that next run time (``None`` where its schedule has none by `LATEST_MS`:
         it stays enabled with no next run), or ``0`` when another engine fired
@@ -433,6 +446,7 @@ class CronScheduler:
             fire_time = latest_fire(cron.schedule, due, now)
         else:
             run, next_run_at = False, next_fire(cron.schedule, now)
+        fire_moment = to_datetime(fire_time)
         queue = self.queue
         row = None
         if run:
@@ -441,7 +455,7 @@ class CronScheduler:
             if params is None:
                 # A CronFire of a registered cron job's (checked) name and a UTC time always encodes
                 # and matches itself: encoded as `encode` would, without its validating decode.
-                params = _fire_encoder.encode(CronFire(cron.name, to_datetime(fire_time)))
+                params = _fire_encoder.encode(CronFire(cron.name, fire_moment))
             match queue.row(
                 handler,
                 params,
@@ -458,14 +472,17 @@ class CronScheduler:
                     self._log.error(
                         "cron %s: the fire due at %s enqueues nothing: %s",
                         cron.name,
-                        to_datetime(fire_time).isoformat(),
+                        fire_moment.isoformat(),
                         error.message,
                     )
         worker = queue.worker
         # Stored running under this engine's worker and handed to it, where it can be: no
         # claim, no wake-up of the claim loop (else stored pending, and the loop is poked).
         at_once = row is not None and worker.takes_at_once(row)
-        queue.env.handoffs.begin()  # the job row exists before the worker is poked to run it
+        inline = self._inline
+        handoffs = queue.env.handoffs
+        if not inline:  # (a write that never checkpoints lets no one see it half done)
+            handoffs.begin()  # the job row exists before the worker is poked to run it
         try:
             if at_once:
                 fired = await self.storage.fire_cron(
@@ -474,10 +491,11 @@ class CronScheduler:
             else:
                 fired = await self.storage.fire_cron(cron.name, due, next_run_at, now, row)
         finally:
-            queue.env.handoffs.end()
+            if not inline:
+                handoffs.end()
         if not fired:
             return 0  # another engine fired this time first
-        fired_at = to_datetime(fire_time).isoformat()
+        fired_at = fire_moment.isoformat()
         if next_run_at is None:
             self._log.warning("cron %s has no next fire: %s", cron.name, _ENDED)
         if row is None:
@@ -498,26 +516,29 @@ class CronScheduler:
         if not at_once:
             worker.poke(now)
         # One clock reading for the fire's events and its job's start: nothing runs between them.
-        at = self.env.clock.now_ms() if worker.tracking or at_once else None
+        at = stamp if stamp is not None else self.env.clock.now_ms() if worker.tracking or at_once else None
+        events = None
         if worker.tracking:
-            worker.emit(
-                [
-                    self.env.event(
-                        "cron.fired", cron.name, KIND, cron.name, at, job_id=row.id, fire_at=fired_at, on_time=on_time
-                    ),
-                    worker.event(
-                        "job.enqueued",
-                        row.id,
-                        row.name,
-                        at,
-                        scheduled_for=fired_at,
-                        tenant_id=row.tenant_id,
-                        correlation_id=row.correlation_id,
-                    ),
-                ]
-            )
+            events = [
+                self.env.event(
+                    "cron.fired", cron.name, KIND, cron.name, at, job_id=row.id, fire_at=fired_at, on_time=on_time
+                ),
+                self.env.event(
+                    "job.enqueued",
+                    row.id,
+                    "job",
+                    row.name,
+                    at,
+                    scheduled_for=fired_at,
+                    tenant_id=row.tenant_id,
+                    correlation_id=row.correlation_id,
+                ),
+            ]
         if at_once:
-            await worker.start_stored(row, at)  # no await since the commit: the engine never looked idle
+            # No await since the commit: the engine never looked idle. The events go with the start's.
+            await worker.start_stored(row, at, events)
+        elif events:
+            worker.emit(events)
         return next_run_at
 
     # -- client operations -------------------------------------------------------------

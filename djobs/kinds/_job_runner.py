@@ -273,7 +273,8 @@ class JobHandler(Generic[P, R]):
         env = self.env
         at = env.clock.now_ms()
         duration_ms = round((time.perf_counter() - started) * 1000, 3)
-        log.debug("executed in %.1f ms", duration_ms)
+        if self._threshold <= logging.DEBUG:  # `log.debug`'s own test: no call for most jobs
+            log.debug("executed in %.1f ms", duration_ms)
         events: list[TrackedEvent] = []
         if self.tracking:
             job_id, name, attempt = job.id, job.name, job.attempt
