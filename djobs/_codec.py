@@ -634,6 +634,59 @@ def _kind_name(c: object) -> str:
 #: operand of ``in`` as an int and raises and clears a TypeError, about 1.9k instructions each.
 may_hide_non_finite = re.compile(rb'null|nan":|inf":').search
 
+_mi = msgspec.inspect
+#: Types whose values hold no float, nor anything else.
+_NO_FLOAT_LEAVES = (
+    _mi.NoneType,
+    _mi.BoolType,
+    _mi.IntType,
+    _mi.StrType,
+    _mi.BytesType,
+    _mi.ByteArrayType,
+    _mi.DateTimeType,
+    _mi.DateType,
+    _mi.TimeType,
+    _mi.UUIDType,
+    _mi.LiteralType,
+)
+
+
+def holds_no_float(tp: Any) -> bool:
+    """Whether no value of `tp` can hold a float anywhere (a field, an item, a dict's key), so no
+    nan or infinity can hide in its encoding and `may_hide_non_finite` need not search it.
+
+    ``False`` when unsure: a float, ``Any``, a decimal, a custom type, an enum whose values are
+    not all ints and strings, or a type msgspec cannot describe. Made once per type.
+    """
+    try:
+        root = _mi.type_info(tp)
+    except Exception:  # not a type msgspec describes: unsure
+        return False
+    seen: set[int] = set()  # structs and the like already looked at (a type may hold itself)
+    stack: list[_mi.Type] = [root]
+    while stack:
+        t = stack.pop()
+        if isinstance(t, _NO_FLOAT_LEAVES):
+            continue
+        if isinstance(t, _mi.EnumType):
+            if not all(type(member.value) in (int, str) for member in t.cls):
+                return False
+        elif isinstance(t, _mi.UnionType):
+            stack.extend(t.types)
+        elif isinstance(t, _mi.ListType | _mi.SetType | _mi.FrozenSetType | _mi.VarTupleType):
+            stack.append(t.item_type)
+        elif isinstance(t, _mi.TupleType):
+            stack.extend(t.item_types)
+        elif isinstance(t, _mi.DictType | _mi.FrozenDictType):
+            stack += (t.key_type, t.value_type)
+        elif isinstance(t, _mi.StructType | _mi.TypedDictType | _mi.NamedTupleType | _mi.DataclassType):
+            if id(t) not in seen:
+                seen.add(id(t))
+                stack.extend(f.type for f in t.fields)
+        else:
+            return False
+    return True
+
 
 def non_finite(value: object) -> str | None:
     """Where `value` holds a nan or ±inf float, worded for an error, or ``None`` if it holds none.

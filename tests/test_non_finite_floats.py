@@ -27,6 +27,7 @@ from postgres_support import (
 
 import djobs
 import djobs.storage
+from djobs._codec import holds_no_float
 from djobs.testing import failure, open_test_engine, success
 
 
@@ -357,3 +358,54 @@ def test_a_non_finite_dict_key_is_refused_too(key: float) -> None:
             assert success(await engine.client.continuous(keyed).get_state("f")).state == fine
 
     trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+class _Plain(msgspec.Struct):
+    n: int
+    name: str = ""
+    tags: list[str] = []
+    when: dict[int, tuple[bool, bytes | None]] = {}
+
+
+class _Tree(msgspec.Struct):
+    label: str
+    children: list[_Tree] = []
+
+
+class _Nested(msgspec.Struct):
+    inner: _Plain
+    maybe: Reading | None = None
+
+
+@pytest.mark.parametrize(
+    ("tp", "holds_none"),
+    [
+        (_Plain, True),
+        (_Tree, True),  # a type that holds itself
+        (int | str | None, True),
+        (Reading, False),  # float fields, and Any
+        (_Nested, False),  # a float two structs down
+        (dict[float, int], False),  # a float key ("nan": in JSON)
+        (list[Any], False),
+        (float | None, False),
+    ],
+)
+def test_a_type_holds_no_float_only_when_none_can_hide_anywhere_in_it(tp: Any, holds_none: bool) -> None:
+    """Where no float can be, an encoding needs no search for a hidden nan (the Debounce add's quick checks)."""
+    assert holds_no_float(tp) is holds_none
+
+
+@pytest.mark.trio
+async def test_a_debounce_with_a_float_in_its_state_still_refuses_a_nan_its_reducer_returns() -> None:
+    class Tick(msgspec.Struct):
+        n: int
+
+    def fold(ctx: djobs.DebounceEventContext[Tick, Reading]) -> Reading:
+        return Reading(exact=math.nan if ctx.event.n else 1.0)
+
+    job = djobs.Debounce.make("ticks", event=Tick, state=Reading, on_event=fold, execute=lambda ctx: None)
+    async with open_test_engine([job]) as engine:
+        client = engine.client.debounce(job)
+        assert success(await client.add(id="a", event=Tick(0))).event_count == 1
+        refused = failure(await client.add(id="a", event=Tick(1)))
+        assert isinstance(refused, djobs.ValidationError) and "nan" in refused.message, refused

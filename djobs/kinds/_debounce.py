@@ -51,7 +51,15 @@ from typing_extensions import TypeVar
 
 from .._bodies import Done, Returns, check_body
 from .._clock import AFTER_LATEST, LAST_MS, LATEST_MS, beyond_datetime, to_datetime
-from .._codec import check_storable, copier, decode, may_hide_non_finite, non_finite, quick_codec
+from .._codec import (
+    check_storable,
+    copier,
+    decode,
+    holds_no_float,
+    may_hide_non_finite,
+    non_finite,
+    quick_codec,
+)
 from .._context import BaseContext, D_co
 from .._durations import DurationLike, duration, to_ms
 from .._errors import (
@@ -568,6 +576,10 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         self._limit = limit
         self._quick_event = quick_codec(job.event)
         self._quick_state = quick_codec(job.state)
+        #: Whether the event's and the state's types hold no float: then no nan hides in their
+        #: encodings, and the quick checks skip `may_hide_non_finite`'s search.
+        self._event_floatless = holds_no_float(job.event)
+        self._state_floatless = holds_no_float(job.state)
 
     def _forget(self, key: str) -> None:
         """Drop `key`'s copy in memory: a handler other than ``add`` is about to change the row."""
@@ -936,6 +948,7 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         taken = 0
         escaped: BaseException | None = None  # what a reducer raised past run_body, ending the round
         direct, quick, limit, state_type = self._direct_reducer, self._quick_state, self._limit, job.state
+        floatless = self._state_floatless
         logger, log_level, tenant = self._logger, self._log_level, self.tenant
         # One reducer context per round, made at its first add and set anew for each (an `__init__`
         # of ten stores per add otherwise): a context serves its `on_event` call only.
@@ -976,7 +989,7 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
                             try:
                                 new_raw = quick[0](value)
                                 if len(new_raw) <= limit and (
-                                    may_hide_non_finite(new_raw) is None or non_finite(value) is None
+                                    floatless or may_hide_non_finite(new_raw) is None or non_finite(value) is None
                                 ):
                                     decoded = quick[1](new_raw)
                                     if decoded == value:  # nothing turned into another type (`quick_codec`)
@@ -1303,7 +1316,7 @@ class _AddVerb(VerbResult[AddResult, _AddError]):  # type: ignore[misc]  # Futur
                         # A null (or a "nan": key) may be a nan msgspec wrote so (`non_finite`): the
                         # copier refuses one.
                         if len(raw) <= handler._limit and (
-                            may_hide_non_finite(raw) is None or non_finite(event) is None
+                            handler._event_floatless or may_hide_non_finite(raw) is None or non_finite(event) is None
                         ):
                             decoded = quick[1](raw)
                             if decoded == event:  # nothing turned into another type (`quick_codec`)
