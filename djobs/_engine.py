@@ -35,6 +35,7 @@ from .kinds._job_queue import JobQueue
 from .kinds._job_runner import JobHandler
 from .storage import QueueStorage, Storage, StorageLayer, sqlite
 from .tracking import BackgroundTracker, NoopTracker, Tracker
+from .tracking._base import TRACKER_CLOSE_LIMIT_S
 
 #: The application's services an engine holds (``Engine[Services]``). Named for what it is: mypy
 #: names it when services fit no definition ("Cannot infer value of type parameter "Services"").
@@ -565,7 +566,12 @@ async def open_engine_as(
                         closing.start_soon(queue_worker.close, grace)
                 env.clients.closed = True  # nothing of the engine runs now: every verb is refused
                 try:
-                    await the_tracker.aclose()
+                    with trio.move_on_after(TRACKER_CLOSE_LIMIT_S) as bounded:
+                        await the_tracker.aclose()
+                    if bounded.cancelled_caught:  # a user's tracker that hangs must not hang the host's exit
+                        _log.error(
+                            "tracker %r did not close within %d seconds; cancelled", the_tracker, TRACKER_CLOSE_LIMIT_S
+                        )
                 except BaseException as exc:  # a user's tracker: logged, never an escape (`body_failure`)
                     _log.error("tracker %r failed to close: %s", the_tracker, body_failure(exc).message)
             nursery.cancel_scope.cancel()

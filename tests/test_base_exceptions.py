@@ -13,6 +13,7 @@ failure, named after the exception. A cancel of djobs's own scopes and a real
 from __future__ import annotations
 
 import asyncio
+import logging
 import tempfile
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -576,3 +577,32 @@ def test_a_failure_value_that_cannot_be_printed_is_described() -> None:
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert djobs.non_retryable(BadStr()).message == UNPRINTABLE["BadStr"]
     assert "unprintable Opaque" in djobs.non_retryable(Opaque()).message
+
+
+class HangingTracker:
+    """A user's tracker whose ``aclose`` never returns."""
+
+    def emit(self, event: djobs.TrackedEvent) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        await trio.sleep_forever()
+
+
+@pytest.mark.trio
+async def test_a_tracker_whose_close_hangs_does_not_hang_the_host_exit(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The engine cancels a tracker's close after 30 seconds and logs it; the host's block then ends."""
+
+    async def body(params: Nothing, ctx: djobs.JobContext) -> None:
+        return None
+
+    job = djobs.Job.make("fine", params=Nothing, execute=body)
+    layers = djobs.Layers(storage=djobs.memory(), tracker=HangingTracker())
+    with caplog.at_level(logging.ERROR, logger="djobs"):
+        async with djobs.open_engine([job], layers=layers, shutdown_grace="1 second") as engine:
+            assert success(await engine.client.job(job).now(Nothing())).status == "completed"
+            closing_from = trio.current_time()
+    assert trio.current_time() - closing_from == pytest.approx(30, abs=0.01)
+    assert "did not close within 30 seconds; cancelled" in caplog.text

@@ -392,3 +392,9 @@ def test_a_connect_timeout_is_whole_seconds_rounded_up() -> None:
         djobs.postgres("postgresql://nobody@127.0.0.1/none", connect_timeout="999 ms")
     layer = djobs.postgres("postgresql://nobody@127.0.0.1/none", connect_timeout="1500 ms")
     assert layer.connect_timeout_s == 2  # type: ignore[attr-defined]
+
+
+def test_an_http_tracker_close_timeout_fits_the_engines_bound_on_a_tracker_close() -> None:
+    with pytest.raises(djobs.ValidationError, match="close_timeout must be at most 30 seconds"):
+        HttpBatchTracker("http://collector.invalid/e", "t", "k", close_timeout="31 seconds")
+    HttpBatchTracker("http://collector.invalid/e", "t", "k", close_timeout="30 seconds")

@@ -28,6 +28,11 @@ class TrackedEvent(msgspec.Struct, frozen=True, kw_only=True):
     data: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
+TRACKER_CLOSE_LIMIT_S = 30
+"""Seconds the engine's close waits for `Tracker.aclose` before it cancels it (OpenTelemetry's
+batch processor gives its export the same 30 seconds by default)."""
+
+
 class Tracker(Protocol):
     """Where telemetry goes. `emit` is called after the commit it describes.
 
@@ -42,7 +47,11 @@ class Tracker(Protocol):
         ...
 
     async def aclose(self) -> None:
-        """Deliver what is buffered and release resources; called when the engine closes."""
+        """Deliver what is buffered and release resources; called when the engine closes.
+
+        The engine waits at most 30 seconds (``TRACKER_CLOSE_LIMIT_S``), then cancels
+        the call and logs an error, so a tracker that hangs cannot hang the host's exit.
+        """
         ...
 
 

@@ -25,7 +25,7 @@ from .._durations import DurationLike, check_at_least
 from .._errors import ValidationError, describe, safe_repr
 from .._input import MAX_LIMIT, os_text_problem
 from .._retry import Backoff
-from ._base import TrackedEvent
+from ._base import TRACKER_CLOSE_LIMIT_S, TrackedEvent
 
 if TYPE_CHECKING:
     import httpx
@@ -117,7 +117,8 @@ class HttpBatchTracker:
             the buffer being the bound.
         backoff: The wait between failed tries of a batch (default:
             exponential from 0.5 seconds up to 30 seconds).
-        close_timeout: How long `aclose` may take to deliver what is left.
+        close_timeout: How long `aclose` may take to deliver what is left
+            (at most 30 seconds, the engine's bound on a tracker's close).
         client: An ``httpx.AsyncClient`` to send with (for proxies, TLS
             settings or a mock transport); by default the tracker makes one
             and closes it in `aclose`. A client you pass stays yours to close.
@@ -185,6 +186,11 @@ class HttpBatchTracker:
         self._flush_interval = check_at_least(flush_interval, least[0], 1, "1 millisecond") / 1000
         self._timeout = check_at_least(timeout, least[1], 1, "1 millisecond") / 1000
         self._close_timeout = check_at_least(close_timeout, least[2], 0, "0") / 1000
+        if self._close_timeout > TRACKER_CLOSE_LIMIT_S:
+            raise ValidationError(
+                f"HttpBatchTracker close_timeout must be at most {TRACKER_CLOSE_LIMIT_S} seconds (the engine"
+                f" cancels a tracker's close after that), got {safe_repr(close_timeout):.80}"
+            )
         if backoff is not None and not isinstance(backoff, Backoff):
             raise ValidationError(
                 f"HttpBatchTracker(backoff={safe_repr(backoff):.80}): expected None or a djobs.Backoff"
