@@ -20,7 +20,9 @@ calendar), chosen to match what cronie (Vixie cron) users expect:
   daily job still runs that day. An *interval* expression (a ``*`` or a
   ``/`` step in the minute or hour field: ``0 * * * *``, ``*/5 * * * *``,
   ``@hourly``) keeps firing in elapsed time: through a repeated hour it fires
-  in both passes, so an hourly job has no two-hour gap. This is Vixie
+  in both passes, so an hourly job has no two-hour gap, and a wall time
+  skipped when the clocks go forward does not fire, whatever the size of the
+  jump (on a 30-minute change, ``*/20`` fires at 01:40 and then 02:40). This is Vixie
   cron's rule (cronie's ``cron.c``: "wildcard" and "fixed-time" jobs).
 
 croniter's own time-zone handling differs, so it only ever sees naive
@@ -582,7 +584,8 @@ class Cron:
         return (best - _EPOCH) // timedelta(milliseconds=1)
 
     def _first_pass(self, plan: _Plan, zone: ZoneInfo, after: datetime) -> datetime:
-        """The earliest matching wall time later than `after`, each wall time read with fold=0."""
+        """The earliest matching wall time later than `after`, each wall time read with fold=0;
+        for an interval expression, the earliest that exists (a gap's wall times are skipped)."""
         # A wall time inside a spring-forward gap maps (fold=0, the pre-change offset) to an
         # instant up to one shift after its face value, so just after a gap the search starts
         # that much earlier on the wall clock to still see it.
@@ -595,11 +598,14 @@ class Cron:
             instant = wall.replace(tzinfo=zone).astimezone(UTC)
             if instant <= after or (best is not None and instant >= best):
                 continue
+            shown = instant.astimezone(zone).replace(tzinfo=None)
+            if plan.elapsed and shown != wall:
+                continue  # an interval's wall time in a gap does not exist, so it does not fire
             best = instant
             # Wall times that exist map to instants in order, so only a gap wall time (moved
             # forward) can be beaten, and only by a later wall time read before the clock
             # shows `best`; an existing wall time is its own horizon and ends the search.
-            horizon = instant.astimezone(zone).replace(tzinfo=None)
+            horizon = shown
             if wall >= horizon:
                 break
         else:

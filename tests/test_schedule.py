@@ -248,16 +248,25 @@ def is_interval(expression: str) -> bool:
 @cache
 def model_fires(tz: str, expression: str, first: datetime, last: datetime) -> list[int]:
     """Every matching wall time in the window mapped with fold=0, deduplicated; an interval
-    expression also fires at the second reading (fold=1) of each repeated wall time."""
+    expression fires only at wall times that exist (none in a gap), and also at the second
+    reading (fold=1) of each repeated wall time."""
     zone = ZoneInfo(tz)
     walls = croniter(expression, first - timedelta(minutes=1))
     instants: set[int] = set()
     while (wall := walls.get_next(datetime)) < last:
-        instants.add(ms(wall.replace(tzinfo=zone)))
-        second = wall.replace(tzinfo=zone, fold=1)
-        if is_interval(expression) and second.astimezone(UTC).astimezone(zone).replace(tzinfo=None) == wall:
-            instants.add(ms(second))
+        if not is_interval(expression):
+            instants.add(ms(wall.replace(tzinfo=zone)))
+            continue
+        for fold in (0, 1):
+            if exists(reading := wall.replace(tzinfo=zone, fold=fold), wall):
+                instants.add(ms(reading))
     return sorted(instants)
+
+
+def exists(reading: datetime, wall: datetime) -> bool:
+    """Whether the aware `reading` of the naive `wall` is a time the zone's clock shows (not in a gap)."""
+    assert reading.tzinfo is not None
+    return reading.astimezone(UTC).astimezone(reading.tzinfo).replace(tzinfo=None) == wall
 
 
 @settings(deadline=None, max_examples=300)
@@ -583,3 +592,103 @@ def test_a_range_is_refused_exactly_when_it_runs_backwards(field: int, data: st.
         assert f"the {what} field's range '{first}-{last}' runs backwards" in message, message
     else:
         assert isinstance(result, Success), result
+
+
+# --- cron: daylight saving, any size of jump ------------------------------------------------------
+
+# Zones whose clocks jump by 30 minutes (Lord Howe), one hour (New York, Berlin, Santiago, whose
+# midnight is skipped) and two hours (Troll), and a zone with a 45-minute offset (Chatham).
+DST_ZONES = ["Australia/Lord_Howe", "America/New_York", "Europe/Berlin", "America/Santiago", "Antarctica/Troll"]
+DST_ZONES += ["Pacific/Chatham"]
+
+
+@cache
+def transitions(tz: str, year: int = 2026) -> list[datetime]:
+    """The instants (UTC, to the minute) at which `tz`'s offset changes in `year`: both directions."""
+    zone = ZoneInfo(tz)
+    found: list[datetime] = []
+    hour = datetime(year, 1, 1, tzinfo=UTC)
+    while hour.year == year:
+        following = hour + timedelta(hours=1)
+        if hour.astimezone(zone).utcoffset() != following.astimezone(zone).utcoffset():
+            minute = hour
+            while minute.astimezone(zone).utcoffset() == hour.astimezone(zone).utcoffset():
+                minute += timedelta(minutes=1)
+            found.append(minute)
+        hour = following
+    return found
+
+
+def field_part(draw: st.DrawFn, low: int, high: int, interval: bool) -> str:
+    """A minute or hour field: a step (``*``, ``*/n``, ``a-b/n``) when `interval`, else numbers and ranges."""
+    if interval:
+        step = draw(st.integers(min_value=1, max_value=(high - low + 1) // 2))
+        first = draw(st.integers(min_value=low, max_value=high - 1))
+        return draw(st.sampled_from(["*", f"*/{step}", f"{first}-{high}/{step}"]))
+    values = draw(st.lists(st.integers(min_value=low, max_value=high), min_size=1, max_size=4, unique=True))
+    return ",".join(map(str, sorted(values)))
+
+
+@st.composite
+def minute_hour_expressions(draw: st.DrawFn) -> str:
+    interval_minute, interval_hour = draw(st.booleans()), draw(st.booleans())
+    minute = field_part(draw, 0, 59, interval_minute)
+    hour = field_part(draw, 0, 23, interval_hour)
+    return f"{minute} {hour} * * *"
+
+
+def documented_fires(expression: str, tz: str, start: datetime, end: datetime) -> list[int]:
+    """cron.md's daylight-saving table, by brute force over the window's minutes: an interval
+    expression fires at every instant whose wall-clock reading matches (so in both passes of a
+    repeated hour, never at a skipped wall time); a fixed-time one at each matching wall time
+    read with the offset before the change (the first of a repeated time; a skipped time at
+    the instant it would have had before the change)."""
+    zone = ZoneInfo(tz)
+    minutes, hours = (set(values) for values in croniter.expand(expression)[0][:2])
+    minutes = set(range(60)) if minutes == {"*"} else minutes
+    hours = set(range(24)) if hours == {"*"} else hours
+    instants: set[int] = set()
+    if is_interval(expression):
+        t = start
+        while t < end:
+            wall = t.astimezone(zone)
+            if wall.minute in minutes and wall.hour in hours:
+                instants.add(ms(t))
+            t += timedelta(minutes=1)
+        return sorted(instants)
+    wall = (start - timedelta(hours=4)).astimezone(zone).replace(tzinfo=None, second=0, microsecond=0)
+    last = (end + timedelta(hours=4)).astimezone(zone).replace(tzinfo=None)
+    while wall < last:
+        if wall.minute in minutes and wall.hour in hours:
+            instant = wall.replace(tzinfo=zone)
+            if start <= instant < end:
+                instants.add(ms(instant))
+        wall += timedelta(minutes=1)
+    return sorted(instants)
+
+
+@settings(deadline=None, max_examples=150)
+@given(tz=st.sampled_from(DST_ZONES), which=st.integers(min_value=0, max_value=1), expression=minute_hour_expressions())
+def test_across_a_clock_change_of_any_size_a_cron_fires_as_documented(tz: str, which: int, expression: str) -> None:
+    """Both changes of the year, in zones whose clocks jump 30 minutes, one hour or two."""
+    change = transitions(tz)[which]
+    start, end = change - timedelta(hours=5), change + timedelta(hours=5)
+    assert fires(cron(expression, tz=tz), start, end) == documented_fires(expression, tz, start, end)
+
+
+@pytest.mark.parametrize(
+    ("expression", "after", "walls"),
+    [
+        # 02:00-02:30 does not exist on 4 October 2026: neither 02:00 nor 02:20 fires, 02:40 does.
+        (
+            "*/20 * * * *",
+            utc(2026, 10, 3, 14, 45),
+            ["01:20+1030", "01:40+1030", "02:40+1100", "03:00+1100", "03:20+1100"],
+        ),
+        ("0 * * * *", utc(2026, 10, 3, 13, 10), ["00:00+1030", "01:00+1030", "03:00+1100", "04:00+1100", "05:00+1100"]),
+    ],
+)
+def test_lord_howe_an_interval_skips_the_half_hour_gap(expression: str, after: int, walls: list[str]) -> None:
+    lord_howe = ZoneInfo("Australia/Lord_Howe")
+    runs = cron(expression, tz="Australia/Lord_Howe").next_runs(after, 5)
+    assert [local(t, lord_howe).strftime("%H:%M%z") for t in runs] == walls
