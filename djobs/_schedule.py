@@ -119,6 +119,18 @@ class Every:
         """
         return after_ms + self._interval_ms
 
+    def next_runs(self, after_ms: int, n: int) -> list[int]:
+        """The next ``n`` run times after ``after_ms`` (epoch ms, UTC), as `Cron.next_runs` gives them.
+
+        Raises:
+            ValidationError: `after_ms` is not an int, or `n` not an int from 0 to 1000.
+
+        Examples:
+            >>> every("30 minutes").next_runs(0, 3)
+            [1800000, 3600000, 5400000]
+        """
+        return _next_runs(self, after_ms, n)
+
     def describe(self) -> str:
         """The schedule in words.
 
@@ -173,6 +185,34 @@ def next_fire(schedule: Schedule, after_ms: int) -> int | None:
     return nxt if nxt <= LATEST_MS else None
 
 
+def runs_from(schedule: Schedule, first_ms: int | None, n: int) -> list[int]:
+    """`first_ms` (a run of `schedule`, or ``None`` for none) and the runs after it: at most `n`,
+    fewer where `next_fire` finds none left by `LATEST_MS`.
+
+    Examples:
+        >>> runs_from(every("1 day"), 0, 2), runs_from(every("1 day"), None, 2)
+        ([0, 86400000], [])
+    """
+    runs: list[int] = []
+    while first_ms is not None and len(runs) < n:
+        runs.append(first_ms)
+        first_ms = next_fire(schedule, first_ms)
+    return runs
+
+
+#: The most run times `next_runs` gives in one call (as ``client.crons.next_runs``).
+MAX_NEXT_RUNS = 1000
+
+
+def _next_runs(schedule: Schedule, after_ms: object, n: object) -> list[int]:
+    """`Cron.next_runs` and `Every.next_runs`: their arguments checked, then `runs_from`."""
+    if isinstance(after_ms, bool) or not isinstance(after_ms, int):
+        raise ValidationError(f"after_ms must be an int of epoch milliseconds, got {after_ms!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_NEXT_RUNS:
+        raise ValidationError(f"n must be an int from 0 to {MAX_NEXT_RUNS}, got {n!r}")
+    return runs_from(schedule, next_fire(schedule, after_ms) if n else None, n)
+
+
 def latest_fire(schedule: Schedule, first_ms: int, now_ms: int) -> int:
     """The last of `schedule`'s runs from `first_ms` on (itself a run) that is not after `now_ms`.
 
@@ -206,6 +246,24 @@ def latest_fire(schedule: Schedule, first_ms: int, now_ms: int) -> int:
             break
         latest = following
     return latest
+
+
+def resume_fire(schedule: Schedule, first_ms: int, now_ms: int) -> tuple[int, int | None]:
+    """After fire times from `first_ms` to `now_ms` were missed: the latest of them (`latest_fire`)
+    and the first run after `now_ms` (`next_fire`, ``None`` for none), both on the times the
+    schedule gives from `first_ms` on, so an `Every` keeps its grid through an outage, as
+    APScheduler's ``IntervalTrigger`` keeps its start-anchored one (a cron's runs never depend
+    on where the search starts).
+
+    Examples:
+        >>> resume_fire(every("1 hour"), 1, 5 * 3_600_000 + 7)
+        (18000001, 21600001)
+    """
+    latest = latest_fire(schedule, first_ms, now_ms)
+    following = next_fire(schedule, latest)
+    if following is not None and following <= now_ms:  # a walk `latest_fire` cut short
+        following = next_fire(schedule, now_ms)
+    return latest, following
 
 
 def _parse_zone(tz: object) -> Result[ZoneInfo, ValidationError]:
@@ -633,17 +691,18 @@ class Cron:
         return None
 
     def next_runs(self, after_ms: int, n: int) -> list[int]:
-        """The next ``n`` run times after ``after_ms``, in order.
+        """The next ``n`` run times after ``after_ms`` (epoch ms, UTC), in order; fewer where
+        none is left by 9999-12-31T00:00:00Z, the latest time djobs schedules anything for.
+
+        Raises:
+            ValidationError: `after_ms` is not an int, or `n` not an int from 0 to 1000
+                (``client.crons.next_runs``'s limit).
 
         Examples:
             >>> cron("0 * * * *").next_runs(0, 3)
             [3600000, 7200000, 10800000]
         """
-        runs: list[int] = []
-        for _ in range(n):
-            after_ms = self.next_after(after_ms)
-            runs.append(after_ms)
-        return runs
+        return _next_runs(self, after_ms, n)
 
     def describe(self) -> str:
         """The schedule in words.

@@ -216,6 +216,34 @@ async def test_fire_times_missed_while_no_engine_ran(
 
 
 @pytest.mark.trio
+@pytest.mark.parametrize(("missed", "catch_up"), [("once", [5]), ("all", [2, 3, 4, 5]), ("skip", [])])
+@pytest.mark.parametrize("schedule", [djobs.every("1 hour"), djobs.cron("37 * * * *")])
+async def test_after_an_outage_every_mode_keeps_the_schedule_s_fire_times(
+    autojump_clock: trio.testing.MockClock,
+    tmp_path: Path,
+    missed: str,
+    catch_up: list[int],
+    schedule: djobs.Schedule,
+) -> None:
+    """An ``every`` counts its intervals from its first fire time through an outage in every
+    ``missed`` mode (APScheduler's IntervalTrigger keeps its start-anchored grid), as a cron does."""
+    fires: list[datetime] = []
+    db = djobs.sqlite(tmp_path / "jobs.db")
+    job = own_body_cron("hourly", schedule, fires, missed=missed)
+    at_37 = [START + timedelta(hours=h, minutes=37) for h in range(12)]
+    async with open_test_engine([job], storage=db, start=START + timedelta(minutes=37)):
+        await trio.sleep(3600 + 1)
+        assert fires == [at_37[1]]
+    # Down from 01:37:01 to 06:10: the fires of 02:37 to 05:37 were missed.
+    async with open_test_engine([job], storage=db, start=START + timedelta(hours=6, minutes=10)) as engine:
+        await engine.wait_idle()
+        assert sorted(fires) == [at_37[1], *(at_37[h] for h in catch_up)]
+        assert success(await engine.client.crons.get(job)).next_run_at == at_37[6]
+        await trio.sleep(2 * 3600)
+        assert sorted(fires)[-2:] == at_37[6:8]
+
+
+@pytest.mark.trio
 @pytest.mark.parametrize(
     ("schedule", "down_for", "latest"),
     [

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from returns.result import Failure, Success
 
+from djobs._clock import LATEST_MS
 from djobs._errors import ValidationError
 from djobs._schedule import Cron, Every, Schedule, cron, every, parse_cron
 
@@ -335,6 +336,42 @@ def test_next_runs() -> None:
         "2026-01-07 09:00",
     ]
     assert schedule.next_runs(0, 0) == []
+
+
+BOTH_SCHEDULES = [every("90 minutes"), cron("0 9 * * 1-5", tz="Europe/Berlin")]
+
+
+@pytest.mark.parametrize("schedule", BOTH_SCHEDULES, ids=repr)
+@given(after=st.integers(min_value=0, max_value=LATEST_MS), n=st.integers(min_value=0, max_value=20))
+@settings(deadline=None, max_examples=50)
+def test_next_runs_of_either_schedule_are_its_next_afters(schedule: Cron | Every, after: int, n: int) -> None:
+    """Both schedules have next_runs: the chain of next_after, cut at the latest time djobs schedules for."""
+    expected: list[int] = []
+    t = after
+    while len(expected) < n and (t := schedule.next_after(t)) <= LATEST_MS:
+        expected.append(t)
+    assert schedule.next_runs(after, n) == expected
+
+
+@pytest.mark.parametrize("schedule", BOTH_SCHEDULES, ids=repr)
+@pytest.mark.parametrize(
+    ("after", "n", "message"),
+    [
+        (0, -1, "n must be an int from 0 to 1000"),
+        (0, 1001, "n must be an int from 0 to 1000"),
+        (0, True, "n must be an int"),
+        (0, 2.0, "n must be an int"),
+        (0, "3", "n must be an int"),
+        ("0", 3, "after_ms must be an int"),
+        (1.5, 3, "after_ms must be an int"),
+        (False, 3, "after_ms must be an int"),
+    ],
+)
+def test_next_runs_refuses_what_is_not_a_count_or_an_instant(
+    schedule: Cron | Every, after: object, n: object, message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message):
+        schedule.next_runs(after, n)  # type: ignore[arg-type]
 
 
 def test_cron_value_semantics() -> None:

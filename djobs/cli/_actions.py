@@ -15,7 +15,7 @@ from typing import NoReturn
 
 from .._errors import StorageError, ValidationError
 from .._input import text_problem
-from .._schedule import Schedule, every, next_fire, parse_cron
+from .._schedule import Schedule, every, next_fire, parse_cron, runs_from
 from .._worker import CANCELLED_ERROR
 from ..storage import CronRecord, JobRecord, JobStatusName, QueueStorage
 from ..storage._base import FINAL_STATUSES, DeadLetter, DeadLetterStorage
@@ -78,11 +78,7 @@ def next_runs(record: CronRecord, now: int, n: int = 5) -> list[int]:
     fewer where the schedule has none left by `LATEST_MS` (`next_fire`)."""
     schedule = stored_schedule(record)
     nxt = record.next_run_at if record.enabled and record.next_run_at is not None else next_fire(schedule, now)
-    times: list[int] = []
-    while nxt is not None and len(times) < n:
-        times.append(nxt)
-        nxt = next_fire(schedule, nxt)
-    return times
+    return runs_from(schedule, nxt, n)
 
 
 async def get_job(storage: QueueStorage, job_id: str) -> JobRecord:

@@ -16,6 +16,10 @@ cron was disabled), and the cron job's ``missed`` policy decides:
 - ``"all"``: one run per missed fire time (beware long outages of frequent crons);
 - ``"skip"``: no run for the missed span; the next run is the next fire time after now.
 
+In every mode the fire times stay those of the schedule: a ``djobs.every(...)`` one keeps
+counting its intervals from its first fire time through an outage (APScheduler's
+``IntervalTrigger`` keeps its start-anchored grid through coalescing and misfires alike).
+
 Daylight-saving changes are handled by the schedule (`djobs.cron`): a
 fixed-time expression fires once per wall time, an interval one (``*/5``,
 ``@hourly``) in elapsed time through a repeated hour.
@@ -44,7 +48,7 @@ from .._limits import definition_limits
 from .._logging import LoggingOption, check_logging
 from .._queue_limits import RateLimit, job_limits
 from .._retry import Retry, check_retry
-from .._schedule import Cron, Schedule, latest_fire, next_fire, parse_cron
+from .._schedule import Cron, Schedule, next_fire, parse_cron, resume_fire, runs_from
 from .._wakeup import Wakeup
 from ..storage import CronRecord, CronSpec, QueueStorage
 from ..storage._base import writes_inline
@@ -440,12 +444,13 @@ class CronScheduler:
         fire_time = due
         if on_time or cron.missed == "all":
             run, next_run_at = True, following
-        elif cron.missed == "once":
-            # One run for the span, for its latest fire time (APScheduler's coalesce does the same).
-            run, next_run_at = True, next_fire(cron.schedule, now)
-            fire_time = latest_fire(cron.schedule, due, now)
         else:
-            run, next_run_at = False, next_fire(cron.schedule, now)
+            # One run for the span, for its latest fire time (APScheduler's coalesce does the same),
+            # or none; either way the schedule goes on from that time: an `every` keeps its grid.
+            latest, next_run_at = resume_fire(cron.schedule, due, now)
+            run = cron.missed == "once"
+            if run:
+                fire_time = latest
         fire_moment = to_datetime(fire_time)
         queue = self.queue
         row = None
@@ -593,15 +598,8 @@ class CronScheduler:
             first: int | None = record.next_run_at
         else:
             first = next_fire(job.schedule, self.env.now_ms())
-        if first is None:
-            return Success([])
-        times = [first]
-        for _ in range(n - 1):
-            following = next_fire(job.schedule, times[-1])
-            if following is None:
-                break  # the schedule runs past `LATEST_MS`: the runs there are not shown
-            times.append(following)
-        return Success([to_datetime(t) for t in times if t <= LATEST_MS])
+        # The runs past `LATEST_MS` are not shown.
+        return Success([to_datetime(t) for t in runs_from(job.schedule, first, n) if t <= LATEST_MS])
 
 
 class CronsClient:
