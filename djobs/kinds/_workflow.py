@@ -69,6 +69,7 @@ from .._errors import (
 )
 from .._execution import Pending, begin_body, body_failure, finish_body, holds_cancel
 from .._execution import begun as begun_with
+from .._future import VerbResult, success
 from .._input import check_optional_text, check_text, clean_message, plain_text
 from .._logging import JobLog, LoggingOption, check_logging, threshold
 from .._retry import Retry, check_retry
@@ -332,28 +333,29 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
                 pass  # another engine holds the key's lease: the actor waits for it
             else:
                 if stored is not None:
-                    return Success(WorkflowStartResult(False, instance_id, cast(WorkflowStatusName, stored[0].status)))
+                    return success(WorkflowStartResult(False, instance_id, cast(WorkflowStatusName, stored[0].status)))
                 runtime.took_lease(key)
                 self._run_next(key, record)
-                return Success(WorkflowStartResult(True, instance_id, "running"))
+                return success(WorkflowStartResult(True, instance_id, "running"))
             finally:
                 self.creating.discard(key)
+        return await runtime.call(key, partial(self._start_on_actor, key, instance_id, state, parent))
 
-        async def run() -> Result[WorkflowStartResult, ValidationError | StorageError]:
-            loaded = await env.storage.load(key)
-            if loaded is not None:
-                return Success(WorkflowStartResult(False, instance_id, cast(WorkflowStatusName, loaded[0].status)))
-            record, checkin, events = self._new(key, instance_id, state, parent)
-            try:
-                await self.commit(checkin, events)
-            except InstanceExistsError as exists:  # stored meanwhile by another start's one write
-                return Success(
-                    WorkflowStartResult(False, instance_id, cast(WorkflowStatusName, exists.stored[0].status))
-                )
-            self._run_next(key, record)
-            return Success(WorkflowStartResult(True, instance_id, "running"))
-
-        return await runtime.call(key, run)
+    async def _start_on_actor(
+        self, key: str, instance_id: str, state: bytes, parent: str | None
+    ) -> Result[WorkflowStartResult, ValidationError | StorageError]:
+        """`start`'s way through the key's actor (its lease taken there): read the key, then commit.
+        A method, not a closure in `start`: the common one-write way makes no cells."""
+        loaded = await self.env.storage.load(key)
+        if loaded is not None:
+            return Success(WorkflowStartResult(False, instance_id, cast(WorkflowStatusName, loaded[0].status)))
+        record, checkin, events = self._new(key, instance_id, state, parent)
+        try:
+            await self.commit(checkin, events)
+        except InstanceExistsError as exists:  # stored meanwhile by another start's one write
+            return Success(WorkflowStartResult(False, instance_id, cast(WorkflowStatusName, exists.stored[0].status)))
+        self._run_next(key, record)
+        return Success(WorkflowStartResult(True, instance_id, "running"))
 
     def _new(
         self, key: str, instance_id: str, state: bytes, parent: str | None
@@ -922,7 +924,7 @@ class WorkflowClient(InstanceClient[WorkflowHandler[I, R, Any]], Generic[I, R]):
             return self._verb(id, lambda h, i: h.start(i, input))
         # The common case (a registered workflow, no tenant), without `_verb`'s layers: one
         # coroutine, named after this verb for a never-awaited warning, as `effect` names it.
-        return FutureResult(_start(handler, id, input))
+        return VerbResult(_start(handler, id, input))
 
     def status(self, id: str) -> FutureResult[WorkflowStatus, JobNotFoundError | ValidationError | StorageError]:
         """Where workflow `id` is: its status, steps finished, current step, ``wake_at`` and log."""

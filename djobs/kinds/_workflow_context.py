@@ -24,7 +24,6 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import partial
 from types import CodeType, FrameType
 from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, TypeVar, TypeVarTuple, cast, overload
 
@@ -278,9 +277,13 @@ class Step(Generic[T]):
     def __await__(self) -> Generator[Any, None, T]:
         return self._start().__await__()
 
+    def _begin(self) -> Coroutine[Any, Any, T]:
+        """The step's run, a coroutine not awaited yet (what `map`, `bind` and `result` run)."""
+        return self._start()
+
     def map(self, fn: Callable[[T], U]) -> Step[U]:
         """A step whose result is ``fn(result)`` (``fn`` is not recorded: keep it pure)."""
-        start = self._start
+        start = self._begin
 
         async def run() -> U:
             return fn(await start())
@@ -289,7 +292,7 @@ class Step(Generic[T]):
 
     def bind(self, fn: Callable[[T], Step[U]]) -> Step[U]:
         """A step that runs this one, then the step ``fn(result)`` returns."""
-        start = self._start
+        start = self._begin
 
         async def run() -> U:
             return await fn(await start())
@@ -298,7 +301,7 @@ class Step(Generic[T]):
 
     def result(self) -> FutureResult[T, StepFailedError]:
         """This step as a ``FutureResult``: a failed step is an ``IOFailure(StepFailedError)``."""
-        start = self._start
+        start = self._begin
 
         async def run() -> Result[T, StepFailedError]:
             try:
@@ -307,6 +310,26 @@ class Step(Generic[T]):
                 return Failure(exc)
 
         return FutureResult(run())
+
+
+class _CallStep(Step[T]):
+    """The `Step` ``ctx.step`` makes: its call's arguments in slots, run by `Run.step` when
+    awaited, where a `Step` of a ``partial`` built a bound method, the partial and its tuple
+    per step and called through both."""
+
+    __slots__ = ("_args", "_fn", "_name", "_result", "_retry", "_run")
+
+    def __init__(
+        self, run: Run, name: str, fn: Callable[..., object], args: tuple[Any, ...], retry: Retry | None, result: Any
+    ) -> None:
+        self._run, self._name, self._fn, self._args, self._retry, self._result = run, name, fn, args, retry, result
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self._begin().__await__()
+
+    def _begin(self) -> Coroutine[Any, Any, T]:
+        coroutine: Coroutine[Any, Any, T] = self._run.step(self._name, self._fn, self._args, self._retry, self._result)
+        return coroutine
 
 
 class TimedOut(msgspec.Struct, frozen=True):
@@ -568,13 +591,29 @@ class Run:
         # first run refused, at the same call, and a refused call takes no position in the log.
         if type(name) is not str or name not in good_names:
             check_call_name(name, "step")
-        result_type = _result_type(fn, tp, name)
-        entry = self.next_entry("step", name)
-        if entry is not None and entry.done:
-            return self.replayed_step(entry, result_type)
-        if entry is None:
+        if tp is _UNSET:  # `_result_type`'s cache, inline: every step passes here
+            try:
+                result_type = _step_types.get(fn, _UNSET)
+            except TypeError:  # an unhashable callable is never cached
+                result_type = _UNSET
+        else:
+            result_type = _UNSET
+        if result_type is _UNSET:
+            result_type = _result_type(fn, tp, name)
+        entries = self.log.entries
+        if self.stop is None and self.position == len(entries):
+            # `next_entry`'s new call, inline (the name is checked above): the log's next entry.
+            self.position += 1
             entry = Entry(kind="step", name=name, done=False)
-            self.log.entries.append(entry)
+            entries.append(entry)
+        else:
+            found = self.next_entry("step", name)
+            if found is not None and found.done:
+                return self.replayed_step(found, result_type)
+            if found is None:
+                found = Entry(kind="step", name=name, done=False)
+                entries.append(found)
+            entry = found
         if self.cancel_requested and not self.cancel_delivered:
             self.deliver_cancel(entry)
         env = self.handler.env
@@ -1009,7 +1048,7 @@ class WorkflowContext(BaseContext[D_co]):
             run.hold()
         run.made += 1
         run.last_made = name
-        return Step(partial(run.step, name, fn, args, retry, result))
+        return _CallStep(run, name, fn, args, retry, result)
 
     async def sleep(self, when: When, *, name: str = "sleep") -> None:
         """Suspend the workflow until `when`, durably: no task, lease or memory is held.

@@ -396,12 +396,15 @@ LeaseClock = Literal["auto", "host", "engine"]
 _BOOT_ID_PATH: Final = "/proc/sys/kernel/random/boot_id"
 T = TypeVar("T")
 
-_ACQUIRE_LEASE = """
+_TAKE_LEASE = """
     INSERT INTO instance_leases (key, owner, expires_at) VALUES (?1, ?2, ?3)
     ON CONFLICT(key) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
     WHERE instance_leases.owner = excluded.owner OR instance_leases.expires_at <= ?4
-    RETURNING owner
 """
+#: `_TAKE_LEASE` giving the owner's row if it took the lease. Where the caller can ask
+#: ``changes()`` instead, `_TAKE_LEASE` spares the ``RETURNING``: about 17k instructions
+#: (callgrind), half the statement's cost.
+_ACQUIRE_LEASE = _TAKE_LEASE + "    RETURNING owner\n"
 #: status, run_count, execute_count, data, updated_at, key, owner: a workflow's checkpoint,
 #: fenced by the lease in the statement itself (no row changed: not ours, or not stored).
 _CHECKPOINT_INSTANCE = """
@@ -825,6 +828,65 @@ def _apply(db: apsw.Connection, checkin: Checkin) -> None:
         db.execute(_sql.DELETE_ALARM, (key,))
 
 
+def _create(
+    storage: SqliteStorage, checkin: Checkin, owner: str, now_ms: int, lease_ms: int, simple: bool, db: apsw.Connection
+) -> bool:
+    """`SqliteStorage.create_instance`'s write, in the caller's transaction: whether it took the
+    lease (``False``: another engine holds it, nothing written). Raises `InstanceExistsError`."""
+    key, record, alarm = checkin.key, checkin.record, checkin.alarm
+    lease_now = storage.lease_now(now_ms)
+    lease = (key, owner, lease_now + lease_ms, lease_now)
+    if not simple:
+        # The batch holds the file's write lock, so what this reads stays true until it
+        # commits: a stored instance is answered without taking its lease.
+        if _scalar_args(db, _INSTANCE_EXISTS, (key,)) is not None:
+            for row in db.execute(_sql.LOAD, (key,)):
+                raise InstanceExistsError(loaded(row))
+        db.execute(_TAKE_LEASE, lease)
+        if not db.changes():
+            raise LeaseLostError(key)  # nothing written: another engine holds the lease
+        _apply(db, checkin)
+        return True
+    # The row first, as an insert-if-absent: a stored key writes nothing (it is answered
+    # with its row, its lease untouched), a new one is looked up no more than that.
+    assert record is not None
+    db.execute(_sql.INSERT_INSTANCE_IF_ABSENT, instance_args(key, record))
+    if not db.changes():
+        for row in db.execute(_sql.LOAD, (key,)):
+            raise InstanceExistsError(loaded(row))
+    # The lease: taken where the upsert changed its row (inserted, or renewed ours or an
+    # expired one), refused where it changed none.
+    db.execute(_TAKE_LEASE, lease)
+    if not db.changes():
+        # Another engine holds the lease (it is starting the key its own way): the row
+        # is taken back in the same transaction, so nothing of this start is written.
+        db.execute(_sql.DELETE_INSTANCE, (key,))
+        return False
+    # The alarm: a statement that refuses nothing (see `write`).
+    if isinstance(alarm, SetAlarm):
+        db.execute(
+            _SET_ALARM,
+            (key, alarm.fire_at, alarm.fire_at if alarm.due_at is None else alarm.due_at, alarm.purpose),
+        )
+    elif isinstance(alarm, ClearAlarm):
+        db.execute(_sql.DELETE_ALARM, (key,))
+    return True
+
+
+def _checkpoint(record: InstanceRecord, owner: str, clear_alarm: bool, db: apsw.Connection) -> None:
+    """`SqliteStorage.checkpoint_instance`'s write, in the caller's transaction."""
+    key = record.key
+    args = (record.status, record.run_count, record.execute_count, record.data, record.updated_at, key, owner)
+    db.execute(_CHECKPOINT_INSTANCE, args)
+    if not db.changes():
+        # Nothing changed: the lease is another's (nothing written), or no row is stored.
+        if _scalar_args(db, _sql.LEASE_OWNER, (key,)) != owner:
+            raise LeaseLostError(key)
+        db.execute(_sql.UPSERT_INSTANCE, instance_args(key, record))
+    if clear_alarm:
+        db.execute(_sql.DELETE_ALARM, (key,))  # refuses nothing (see `write`)
+
+
 @final
 @final
 class _Checkpointer:
@@ -1151,51 +1213,11 @@ class SqliteStorage:
     async def create_instance(
         self, checkin: Checkin, owner: str, now_ms: int, lease_ms: int
     ) -> tuple[InstanceRecord, Alarm | None] | None:
-        record, alarm = checkin.record, checkin.alarm
-        simple = record is not None and checkin.event_id is None and checkin.dead_letter is None
-
-        def run(db: apsw.Connection) -> bool:
-            key = checkin.key
-            if not simple:
-                # The batch holds the file's write lock, so what this reads stays true until it
-                # commits: a stored instance is answered without taking its lease.
-                if _scalar_args(db, _INSTANCE_EXISTS, (key,)) is not None:
-                    for row in db.execute(_sql.LOAD, (key,)):
-                        raise InstanceExistsError(loaded(row))
-                if not _take_lease(db, key):
-                    raise LeaseLostError(key)  # nothing written: another engine holds the lease
-                _apply(db, checkin)
-                return True
-            # The row first, as an insert-if-absent: a stored key writes nothing (it is answered
-            # with its row, its lease untouched), a new one is looked up no more than that.
-            assert record is not None
-            db.execute(_sql.INSERT_INSTANCE_IF_ABSENT, instance_args(key, record))
-            if not db.changes():
-                for row in db.execute(_sql.LOAD, (key,)):
-                    raise InstanceExistsError(loaded(row))
-            if not _take_lease(db, key):
-                # Another engine holds the lease (it is starting the key its own way): the row
-                # is taken back in the same transaction, so nothing of this start is written.
-                db.execute(_sql.DELETE_INSTANCE, (key,))
-                return False
-            # The alarm: a statement that refuses nothing (see `write`).
-            if isinstance(alarm, SetAlarm):
-                db.execute(
-                    _SET_ALARM,
-                    (key, alarm.fire_at, alarm.fire_at if alarm.due_at is None else alarm.due_at, alarm.purpose),
-                )
-            elif isinstance(alarm, ClearAlarm):
-                db.execute(_sql.DELETE_ALARM, (key,))
-            return True
-
-        def _take_lease(db: apsw.Connection, key: str) -> bool:
-            lease_now = self.lease_now(now_ms)
-            return bool(list(db.execute(_ACQUIRE_LEASE, (key, owner, lease_now + lease_ms, lease_now))))
-
+        simple = checkin.record is not None and checkin.event_id is None and checkin.dead_letter is None
         try:
             # Without an event id or a dead letter, the insert-if-absent is the one statement that
             # can refuse: no savepoint (the lease refuses by writing nothing, not by raising).
-            leased = await self.write(run, single=simple)
+            leased = await self.write(partial(_create, self, checkin, owner, now_ms, lease_ms, simple), single=simple)
         except InstanceExistsError as exists:
             return exists.stored
         if not leased:
@@ -1207,22 +1229,9 @@ class SqliteStorage:
     ) -> Coroutine[Any, Any, None]:
         # A plain function giving `write`'s coroutine: one coroutine fewer for a workflow's
         # checkpoints to pass through (each is awaited in and resumed out of them all).
-        key = record.key
-        args = (record.status, record.run_count, record.execute_count, record.data, record.updated_at, key, owner)
-
-        def run(db: apsw.Connection) -> None:
-            db.execute(_CHECKPOINT_INSTANCE, args)
-            if not db.changes():
-                # Nothing changed: the lease is another's (nothing written), or no row is stored.
-                if _scalar_args(db, _sql.LEASE_OWNER, (key,)) != owner:
-                    raise LeaseLostError(key)
-                db.execute(_sql.UPSERT_INSTANCE, instance_args(key, record))
-            if clear_alarm:
-                db.execute(_sql.DELETE_ALARM, (key,))  # refuses nothing (see `write`)
-
         # The fence refuses before anything is written, and the alarm's delete refuses
-        # nothing: no savepoint, with or without it.
-        return self.write(run, single=True)
+        # nothing: no savepoint, with or without it. A partial, not a closure: no cells.
+        return self.write(partial(_checkpoint, record, owner, clear_alarm), single=True)
 
     async def has_event_id(self, key: str, event_id: str) -> bool:
         def run(db: apsw.Connection) -> bool:
