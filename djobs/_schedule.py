@@ -411,6 +411,157 @@ def _number(end: str, names: dict[str, int]) -> int | None:
     return names.get(end)
 
 
+#: croniter's random (``R``) and hashed (``H``) values, with its optional range and step: ``R``, ``H(0-29)/5``.
+_CRONITER_VALUE = re.compile(r"([hr])(?:\(\d+-\d+\))?(?:/\d+)?")
+_VALUE = r"(?:[0-9]+|[a-z]+)"
+#: What every field reads: ``*``, ``*/n``, a value, ``a-b`` and ``a-b/n`` (the checks below refuse the rest).
+_PLAIN_PART = re.compile(
+    rf"\*(?:/(?P<star_step>[0-9]+))?|(?P<first>{_VALUE})(?:-(?P<last>{_VALUE})(?:/(?P<step>[0-9]+))?)?"
+)
+#: The day fields' own forms: ``L`` and ``15W`` (day-of-month), ``FRI#2``, ``1#2`` and ``L5`` (day-of-week).
+_DAY_PART = {"day-of-month": re.compile(r"l|[0-9]+w"), "day-of-week": re.compile(rf"{_VALUE}#[0-9]+|l[0-9]+")}
+_SYNTAX = (
+    "a field takes *, a number, a range a-b, a step */n or a-b/n, and lists of them (a,b); names JAN-DEC"
+    " and SUN-SAT; L and 15W in the day of the month; 1#2 and L5 in the day of the week"
+)
+
+
+def _unsupported(part: str, what: str) -> str | None:
+    """Why one comma-separated `part` of the `what` field is refused, or ``None`` if djobs reads it.
+
+    croniter reads more than djobs documents; what it alone reads is refused here with what
+    to write instead, never passed on to be read as croniter reads it: its random ``R`` and
+    hashed ``H`` values, ``W15``, ranges ending at ``L`` and ranges of ``#`` days; Quartz's
+    (and croniter's) ``a/n`` start with a step, ``LW`` and ``L-3``. A number out of its
+    field's range is named with the range.
+    """
+    low = part.lower()
+    high = _cased(_NAMED_BOUNDS[what][1], part) if what in _NAMED_BOUNDS and part[:1].isalpha() else _BOUNDS[what][1]
+    number = "12" if what == "day-of-month" else "3" if what in ("month", "day-of-week") else "17"
+    if (random := _CRONITER_VALUE.fullmatch(low)) is not None:
+        kind = (
+            "croniter's random value, which each process (and each restart) picks anew, so engines"
+            " sharing a database would disagree"
+            if random.group(1) == "r"
+            else "a hashed value (croniter, Jenkins), which moves with the id it hashes"
+        )
+        return (
+            f"{part!r} in the {what} field is {kind}; djobs does not support it: write the {what} you mean,"
+            f" such as {number} (or a step such as {number}-{_BOUNDS[what][1]}/5)"
+        )
+    if what == "day-of-month":
+        if low in ("lw", "wl"):
+            return (
+                f"{part!r} (Quartz's last weekday of the month) is not supported: fire on the last days"
+                " (0 0 26-31 * *) and let the body check for the month's last weekday"
+            )
+        if low.startswith("l-"):
+            return (
+                f"{part!r} (Quartz's day counted back from the last) is not supported: use L for the last"
+                " day of the month, or list the days you mean"
+            )
+        if re.fullmatch(r"w[0-9]+", low):
+            return f"{part!r}: the weekday nearest a day is written {part[1:]}W (croniter alone reads W{part[1:]})"
+        if re.fullmatch(r"[0-9]+-l(?:/[0-9]+)?", low):
+            first = low.split("-")[0]
+            return f"{part!r}: a range ending at L is not supported; write {first}-31 (days a month lacks never match)"
+    if what == "day-of-week":
+        if low == "l":
+            return (
+                "'L' alone in the day-of-week field is not supported:"
+                " write Ld for the last weekday d of the month (L5 = last Friday)"
+            )
+        if re.fullmatch(rf"{_VALUE}-{_VALUE}(?:/[0-9]+)?#[0-9]+", low):
+            return f"{part!r}: a range of n-th weekdays is not supported; list them (1#2,2#2,...)"
+    names = _NAMES.get(what, {})
+    if what in _DAY_PART and _DAY_PART[what].fullmatch(low) is not None:
+        if low == "l":
+            return None
+        if low.endswith("w"):
+            return _out_of_range(part, low[:-1], "the day of the month")
+        if low.startswith("l"):
+            return _out_of_range(part, low[1:], what)
+        weekday, nth = low.split("#")
+        if not weekday.isdigit() and weekday not in names:
+            return _unknown_name(part, what)
+        if not 1 <= int(nth) <= 5:
+            return f"{part!r}: n in d#n (the n-th weekday d of the month) runs from 1 to 5"
+        return _out_of_range(part, weekday, what)
+    if (plain := _PLAIN_PART.fullmatch(low)) is not None:
+        step = plain["star_step"] or plain["step"]
+        if step is not None and int(step) == 0:
+            return f"{part!r}: a step must be at least 1"
+        for value in (plain["first"], plain["last"]):
+            if value is not None and not value.isdigit() and value not in names:
+                return _unknown_name(part, what)
+            if value is not None and (why := _out_of_range(part, value, what)) is not None:
+                return why
+        return None
+    start = re.fullmatch(rf"({_VALUE})/([0-9]+)", low)
+    if start is not None and (start.group(1).isdigit() or start.group(1) in names):
+        first, step = part.split("/")
+        instead = first if first.lower() in (high.lower(), _BOUNDS[what][1]) else f"{first}-{high}/{step}"
+        return f"{part!r}: a step from a start (Quartz's and croniter's a/n) is not supported; write {instead}"
+    return f"{part!r} is not cron syntax djobs reads in the {what} field: {_SYNTAX}"
+
+
+#: The values each field takes (cronie's; day-of-week 7 is Sunday, as 0).
+_LIMITS = {"minute": (0, 59), "hour": (0, 23), "day-of-month": (1, 31), "month": (1, 12), "day-of-week": (0, 7)}
+_LIMITS["the day of the month"] = _LIMITS["day-of-month"]
+
+
+def _out_of_range(part: str, value: str, what: str) -> str | None:
+    """Why the number `value` of `part` is out of the `what` field's range, or ``None`` (a name is in range)."""
+    low, high = _LIMITS[what]
+    if not value.isdigit() or low <= int(value) <= high:
+        return None
+    field = what if what.startswith("the ") else f"the {what} field"
+    return f"{part!r} is out of range: {field} runs from {low} to {high}"
+
+
+def _unknown_name(part: str, what: str) -> str:
+    bounds = _NAMED_BOUNDS.get(what)
+    known = f" (names: {'-'.join(_cased(n, part) for n in bounds)})" if bounds else ""
+    return f"{part!r} is not a {what} djobs reads{known}"
+
+
+def _read_fields(fields: list[str]) -> Result[list[str], str]:
+    """`fields` as croniter is to read them, or why one is refused (`_unsupported`).
+
+    An equal range ``a-a`` (``a-a/n`` too) is rewritten as ``a``, cronie's reading, where croniter
+    reads it as the whole field (``5-5`` in the minute field would fire every minute).
+    """
+    read: list[str] = []
+    for field, what in zip(fields, _FIELDS.split(), strict=True):
+        if field == "?" and what in _DAY_PART:
+            read.append(field)
+            continue
+        parts = field.split(",")
+        for part in parts:
+            why = _unsupported(part, what)
+            if why is not None:
+                return Failure(why)
+        if what == "day-of-month" and len(parts) > 1 and any(p.lower().endswith("w") for p in parts):
+            return Failure(f"{field!r}: the nearest weekday (15W) must be the whole day-of-month field, a single day")
+        if what == "day-of-week":
+            nth = [p for p in parts if "#" in p or p.lower().startswith("l")]
+            if nth and len(nth) < len(parts):
+                return Failure(
+                    f"the day-of-week field {field!r} mixes plain days with n-th or last weekdays (1#2, L5),"
+                    " which is not supported: make a cron job for each"
+                )
+        read.append(",".join(_one_value(part) for part in parts))
+    return Success(read)
+
+
+def _one_value(part: str) -> str:
+    """``a-a`` and ``a-a/n`` as ``a``; any other part as it is."""
+    matched = _RANGE.fullmatch(part.lower())
+    if matched is not None and matched.group(1) == matched.group(2):
+        return part.split("-")[0]
+    return part
+
+
 @lru_cache(maxsize=512)
 def _plan(normal: str) -> Result[_Plan, str]:
     """The walks of a normalised expression, or why it is refused (a message tail)."""
@@ -444,6 +595,11 @@ def _plan(normal: str) -> Result[_Plan, str]:
             return Failure(f"'?' must be the whole {what} field")
     if dow.upper().endswith("L") and dow.upper() != "L":
         return Failure(f"{dow!r}: the last weekday of the month is written L5 (last Friday), not 5L (Quartz)")
+    match _read_fields(fields):
+        case Failure(why):
+            return Failure(why)
+        case Success(read):
+            minute, hour, dom, month, dow = read
     dom_star, dow_star = _unrestricted(dom), _unrestricted(dow)
     dom, dow = ("*" if dom == "?" else dom), ("*" if dow == "?" else dow)
     if dom_star or dow_star:
@@ -728,8 +884,11 @@ def cron(expression: str, tz: str = "UTC") -> Cron:
             steps, lists, names, ``L`` and ``15W`` (day-of-month), ``1#2`` and
             ``L5`` (day-of-week), ``?`` for a whole day field, or a nickname
             (``@hourly``, ``@daily``, ``@weekly``, ``@monthly``, ``@yearly``).
-            Seconds and year fields, ``@reboot``, ``LW``, ``L-3`` and Quartz's
-            ``5L`` are refused.
+            ``a-a`` is the one value ``a`` (cronie's reading). Seconds and year
+            fields, ``@reboot``, ``LW``, ``L-3``, Quartz's ``5L`` and ``a/n``, and
+            croniter's own ``R`` (random) and ``H`` (hashed) values, ``W15``,
+            ranges to ``L`` and ranges of ``d#n`` are refused, each saying what
+            to write instead.
         tz: An IANA zone name such as ``"America/New_York"``.
 
     Returns:
@@ -760,6 +919,6 @@ def parse_cron(expression: object, tz: object = "UTC") -> Result[Cron, Validatio
         >>> parse_cron("0 9 * * 1-5", "Europe/Berlin")
         <Success: Cron('0 9 * * 1-5', tz='Europe/Berlin')>
         >>> parse_cron("61 * * * *")
-        <Failure: invalid cron expression '61 * * * *': [61 * * * *] is not acceptable, out of range>
+        <Failure: invalid cron expression '61 * * * *': '61' is out of range: the minute field runs from 0 to 59>
     """
     return Result.do(Cron(normal, str(tz)) for normal in _parse_expression(expression) for _ in _parse_zone(tz))

@@ -417,9 +417,9 @@ def test_cron_survives_msgspec() -> None:
         ("0 0 * * 5L", "written L5"),
         ("0 ? * * *", "only allowed as the whole day"),
         ("0 0 1? * *", "must be the whole day-of-month"),
-        ("0 0 LW * *", "not acceptable"),
-        ("0 0 L-2 * *", "not acceptable"),
-        ("0 0 * * 1#6", "day_of_week"),
+        ("0 0 LW * *", "'LW' .Quartz's last weekday of the month. is not supported: fire on the last days"),
+        ("0 0 L-2 * *", "'L-2' .Quartz's day counted back from the last. is not supported: use L"),
+        ("0 0 * * 1#6", "'1#6': n in d#n .the n-th weekday d of the month. runs from 1 to 5"),
         ("0 0 30 2 ?", "never matches"),
         ("*/0 * * * *", "step"),
         ("0 0 30 2 *", "never matches"),
@@ -729,3 +729,117 @@ def test_lord_howe_an_interval_skips_the_half_hour_gap(expression: str, after: i
     lord_howe = ZoneInfo("Australia/Lord_Howe")
     runs = cron(expression, tz="Australia/Lord_Howe").next_runs(after, 5)
     assert [local(t, lord_howe).strftime("%H:%M%z") for t in runs] == walls
+
+
+# --- cron: croniter's own syntax is refused, cronie's is read as cronie reads it ------------------
+
+#: Phrases of croniter's own messages, which say nothing a person can act on.
+CRONITER_TEXT = ("hash_id", "is not acceptable", "bands", "field 0", "field 2", "[")
+
+
+@pytest.mark.parametrize(
+    ("expression", "part", "instead"),
+    [
+        ("R * * * *", "R", "croniter's random value.*write the minute you mean, such as 17"),
+        ("0 R * * *", "R", "picks anew.*write the hour you mean"),
+        ("R(0-29)/5 * * * *", "R(0-29)/5", "random value"),
+        ("H(0-29) * * * *", "H(0-29)", "hashed value.*write the minute you mean"),
+        ("0 0 h * *", "h", "hashed value.*write the day-of-month you mean"),
+        ("0 0 * * H/2", "H/2", "hashed value"),
+        ("10/5 * * * *", "10/5", "a step from a start .* not supported; write 10-59/5"),
+        ("0 0 * FEB/3 *", "FEB/3", "write FEB-DEC/3"),
+        ("59/15 * * * *", "59/15", "write 59$"),
+        ("0 0 W15 * *", "W15", "written 15W"),
+        ("0 0 10-L * *", "10-L", "a range ending at L is not supported; write 10-31"),
+        ("0 0 1,15W * *", "1,15W", "must be the whole day-of-month field"),
+        ("0 0 * * L", "L", "write Ld for the last weekday d"),
+        ("0 0 * * mon-fri#2", "mon-fri#2", "list them"),
+        ("0 0 * * 1,2#1", "1,2#1", "mixes plain days with n-th or last weekdays"),
+        ("0 0 * * 1,L5", "1,L5", "mixes plain days"),
+        ("0 0 * * jan#2", "jan#2", "not a day-of-week djobs reads .names: sun-sat."),
+        ("0 0 * foo *", "foo", "not a month djobs reads .names: jan-dec."),
+        ("0 0 */L * *", "*/L", "not cron syntax djobs reads in the day-of-month field"),
+        ("*/0 * * * *", "*/0", "a step must be at least 1"),
+        ("% * * * *", "%", "not cron syntax djobs reads in the minute field"),
+        ("0 24 * * *", "24", "out of range: the hour field runs from 0 to 23"),
+        ("0 0 0-5 * *", "0-5", "out of range: the day-of-month field runs from 1 to 31"),
+        ("0 0 32W * *", "32W", "out of range: the day of the month runs from 1 to 31"),
+        ("0 0 * * 8#2", "8#2", "out of range: the day-of-week field runs from 0 to 7"),
+        ("0 0 * * L8", "L8", "out of range: the day-of-week field runs from 0 to 7"),
+    ],
+)
+def test_croniter_only_syntax_is_refused_saying_what_to_write(expression: str, part: str, instead: str) -> None:
+    with pytest.raises(ValidationError, match=instead) as caught:
+        cron(expression)
+    message = caught.value.message
+    assert repr(part) in message, message
+    assert not any(text in message for text in CRONITER_TEXT), message
+
+
+_FIELD_RANGES = {0: (0, 59), 1: (0, 23), 2: (1, 28), 3: (1, 12), 4: (0, 6)}
+
+
+@st.composite
+def croniter_only_parts(draw: st.DrawFn) -> tuple[int, str]:
+    """A field and a part in it that croniter reads and djobs does not: R and H values (with a
+    range and a step, any case), a start with a step, W15, a range to L, a range of n-th weekdays."""
+    field = draw(st.integers(min_value=0, max_value=4))
+    low, high = _FIELD_RANGES[field]
+    a, b = sorted(draw(st.lists(st.integers(min_value=low, max_value=high), min_size=2, max_size=2)))
+    step = draw(st.integers(min_value=1, max_value=9))
+    letter = draw(st.sampled_from("RrHh"))
+    forms = [letter, f"{letter}({a}-{b})", f"{letter}/{step}", f"{letter}({a}-{b})/{step}", f"{a}/{step}"]
+    if field == 2:
+        forms += [f"W{a}", f"w{a}", f"{a}-L", f"{a}-l/{step}", "LW", f"L-{a}"]
+    if field == 4:
+        forms += [f"{a}-{b}#{step % 5 + 1}", "L", f"{a},{b}#2"]
+    return field, draw(st.sampled_from(forms))
+
+
+@given(croniter_only_parts())
+def test_no_croniter_only_part_is_accepted(case: tuple[int, str]) -> None:
+    """croniter reads each of these (R and H differently in each process); djobs refuses them all by name."""
+    field, part = case
+    fields = ["0", "0", "*", "*", "*"]
+    fields[field] = part
+    result = parse_cron(" ".join(fields))
+    assert isinstance(result, Failure), result
+    message = result.failure().message
+    assert repr(part) in message, message
+    assert not any(text in message for text in CRONITER_TEXT), message
+
+
+@st.composite
+def cronie_minute_fields(draw: st.DrawFn) -> tuple[str, frozenset[int]]:
+    """A minute field in cronie's syntax (values, ranges ``a-b`` with a <= b, steps, lists) and the
+    minutes cronie reads in it (src/entry.c: ``a-a`` is the one minute ``a``)."""
+    parts: list[str] = []
+    minutes: set[int] = set()
+    for _ in range(draw(st.integers(min_value=1, max_value=3))):
+        a = draw(st.integers(min_value=0, max_value=59))
+        b = draw(st.integers(min_value=a, max_value=min(59, a + draw(st.sampled_from([0, 0, 5, 59])))))
+        step = draw(st.integers(min_value=1, max_value=20))
+        kind = draw(st.sampled_from(["value", "range", "stepped", "star"]))
+        if kind == "value":
+            parts.append(str(a))
+            minutes.add(a)
+        elif kind == "range":
+            parts.append(f"{a}-{b}")
+            minutes.update(range(a, b + 1))
+        elif kind == "stepped":
+            parts.append(f"{a}-{b}/{step}")
+            minutes.update(range(a, b + 1, step))
+        else:
+            parts.append(f"*/{step}")
+            minutes.update(range(0, 60, step))
+    return ",".join(parts), frozenset(minutes)
+
+
+@settings(deadline=None)
+@given(cronie_minute_fields())
+def test_a_cronie_minute_field_fires_at_the_minutes_cronie_reads(case: tuple[str, frozenset[int]]) -> None:
+    """Equal ranges included: croniter reads ``5-5`` (and ``1-1/3``) as the whole field."""
+    field, minutes = case
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    times = fires(cron(f"{field} 3 * * *"), start, start + timedelta(days=1))
+    assert [local(t, ZoneInfo("UTC")).minute for t in times] == sorted(minutes)
