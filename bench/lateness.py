@@ -11,6 +11,13 @@ host preempted is not counted long) and in wall time (a step waiting on a
 disk, an fsync, counts there only), and the garbage collector's passes with
 the CPU each took. Steady figures to compare code by on a shared machine,
 where the lateness itself is noise.
+
+``--stages 1`` takes one more djobs run (not counted in the figures either)
+that stamps each alarm on its way from its due time to its ``execute``: the
+alarm task's wake-up (for an alarm claimed right after a sleep), the claim's
+start and end, the instance handler's start and the body's start; it reports
+each stage's p50 and p99, their means among the slowest 1% of alarms, and
+the engine's task steps and SQL statements per alarm.
 """
 
 from __future__ import annotations
@@ -128,6 +135,148 @@ class _Stalls(trio.abc.Instrument):
         }
 
 
+class _Stages(trio.abc.Instrument):
+    """Stamps (``time.time()``, seconds) on each alarm's way from its due time to its body,
+    taken by wrapping the alarm task's sleep, the SQLite claim and the Task handler while
+    installed; and the run's task steps and SQL statements."""
+
+    def __init__(self) -> None:
+        self.wakes: list[float] = []
+        self.claims: dict[str, tuple[float, float]] = {}  # key: (claim start, claim end)
+        self.handlers: dict[str, float] = {}
+        self.bodies: dict[str, float] = {}
+        self.steps = 0
+        self.statements = 0
+        self.counting = False
+        self._undo: list[tuple[object, str, object]] = []
+
+    def _wrap(self, owner: object, name: str, make: Any) -> None:
+        original = getattr(owner, name)
+        self._undo.append((owner, name, original))
+        setattr(owner, name, make(original))
+
+    def install(self) -> None:
+        from djobs._wakeup import Wakeup
+        from djobs.kinds._task import TaskHandler
+        from djobs.storage._sqlite import SqliteStorage
+
+        wakes, claims, handlers = self.wakes, self.claims, self.handlers
+
+        def sleep(original: Any) -> Any:
+            async def sleep_until(wakeup: Any, at_ms: int | None) -> bool:
+                reached = await original(wakeup, at_ms)
+                wakes.append(time.time())
+                return bool(reached)
+
+            return sleep_until
+
+        def claim(original: Any) -> Any:
+            async def claim_alarm_runs(storage: Any, *args: Any) -> Any:
+                started = time.time()
+                claimed = await original(storage, *args)
+                ended = time.time()
+                for one in claimed:
+                    claims[one.alarm.key] = (started, ended)
+                return claimed
+
+            return claim_alarm_runs
+
+        def handler(original: Any) -> Any:
+            async def on_claimed(task: Any, claimed: Any) -> None:
+                handlers[claimed.alarm.key] = time.time()
+                await original(task, claimed)
+
+            return on_claimed
+
+        self._wrap(Wakeup, "sleep_until", sleep)
+        self._wrap(SqliteStorage, "claim_alarm_runs", claim)
+        self._wrap(TaskHandler, "on_claimed", handler)
+
+    def uninstall(self) -> None:
+        for owner, name, original in reversed(self._undo):
+            setattr(owner, name, original)
+        self._undo.clear()
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        if self.counting:
+            self.steps += 1
+
+    def trace(self, cursor: Any, sql: str, bindings: Any) -> bool:
+        if self.counting:
+            self.statements += 1
+        return True
+
+    def report(self, due_ms: dict[str, int]) -> dict[str, Any]:
+        """Each stage's p50 and p99 (ms) and their means among the slowest 1% of alarms; `due_ms`:
+        each alarm's instance id and due time."""
+        import bisect
+
+        stages: dict[str, list[float]] = {"to_claim": [], "claim": [], "to_handler": [], "to_body": []}
+        woke_late: list[float] = []
+        late: list[float] = []
+        keys = {key.rpartition(":")[2].rpartition("\x1f")[2]: key for key in self.claims}
+        for instance, due in due_ms.items():
+            key = keys[instance]
+            started, ended = self.claims[key]
+            due_s = due / 1000
+            at = bisect.bisect_right(self.wakes, started) - 1
+            if at >= 0 and self.wakes[at] >= due_s:  # claimed at the wake-up that followed its due time
+                woke_late.append((self.wakes[at] - due_s) * 1000)
+            body = self.bodies[instance]
+            for name, value in zip(
+                stages,
+                (started - due_s, ended - started, self.handlers[key] - ended, body - self.handlers[key]),
+                strict=True,
+            ):
+                stages[name].append(value * 1000)
+            late.append((body - due_s) * 1000)
+        worst = sorted(range(len(late)), key=late.__getitem__)[-max(1, len(late) // 100) :]
+        alarms = len(late)
+        return {
+            "ms": {
+                name: {"p50": round(percentile(v, 50), 3), "p99": round(percentile(v, 99), 3)}
+                for name, v in stages.items()
+            },
+            "wake_late_ms": {"p50": round(percentile(woke_late, 50), 3), "p99": round(percentile(woke_late, 99), 3)}
+            if woke_late
+            else None,
+            "slowest_1pct_mean_ms": {
+                name: round(sum(v[i] for i in worst) / len(worst), 3) for name, v in stages.items()
+            },
+            "task_steps_per_alarm": round(self.steps / alarms, 2),
+            "sql_statements_per_alarm": round(self.statements / alarms, 2),
+        }
+
+
+async def stages_run(path: str, alarms: int, span_s: float, lead_ms: int, stages: _Stages) -> dict[str, int] | None:
+    """One djobs run stamped by `stages` (installed); each alarm's instance id and due time,
+    ``None`` when sending outlasted `lead_ms`."""
+    global all_ran, expected
+    late_ms.clear()
+    all_ran, expected = trio.Event(), alarms
+    bodies = stages.bodies
+
+    def stamped(ctx: djobs.TaskContext[Due]) -> None:
+        bodies[ctx.instance_id] = time.time()
+        execute(ctx)
+
+    job = djobs.Task.make("alarm", state=Due, event=Due, on_event=on_event, execute=stamped)
+    due_ms: dict[str, int] = {}
+    async with djobs.open_engine([job], storage=djobs.sqlite(path)) as engine:
+        client = engine.client.task(job)
+        base = int(time.time() * 1000) + lead_ms
+        for i in range(alarms):
+            due_ms[f"a{i}"] = base + int(i * span_s * 1000 / alarms)
+            await client.send(id=f"a{i}", event=Due(due_ms[f"a{i}"]))
+        if time.time() * 1000 > base:
+            return None
+        engine.storage.connection.exec_trace = stages.trace  # type: ignore[attr-defined]
+        stages.counting = True
+        await all_ran.wait()
+        stages.counting = False
+    return due_ms
+
+
 def stalls_run(path: str, alarms: int, span_s: float, lead_ms: int) -> dict[str, Any] | None:
     """One djobs run under `_Stalls`; ``None`` when sending outlasted `lead_ms`."""
     started: list[float] = []
@@ -154,7 +303,9 @@ async def floor_run(alarms: int, span_s: float) -> list[float]:
 
 
 def main() -> None:
-    args = parse_args(__doc__ or "", quick={"alarms": 200, "span_s": 0.5}, alarms=10_000, span_s=10.0, stalls=0)
+    args = parse_args(
+        __doc__ or "", quick={"alarms": 200, "span_s": 0.5}, alarms=10_000, span_s=10.0, stalls=0, stages=0
+    )
     p99s, p50s, maxes, early, floor_p99s = [], [], [], 0, []
     for _ in range(args.runs):
         # A loaded machine may send more slowly than the lead allows: such a run is discarded and
@@ -183,6 +334,21 @@ def main() -> None:
             if stalls is not None:
                 break
             lead_ms *= 2
+    stages: dict[str, Any] | None = None
+    if args.stages:
+        lead_ms = 500 + int(args.alarms * 0.75)
+        for _ in range(6):
+            stamps = _Stages()
+            stamps.install()
+            try:
+                with temp_db() as path:
+                    due = trio.run(stages_run, path, args.alarms, args.span_s, lead_ms, stamps, instruments=[stamps])
+            finally:
+                stamps.uninstall()
+            if due is not None:
+                stages = stamps.report(due)
+                break
+            lead_ms *= 2
     report(
         "lateness",
         p50_ms=round(median(p50s), 3),
@@ -197,6 +363,7 @@ def main() -> None:
         runs=args.runs,
         peak_rss_mb=round(peak_rss_mb(), 1),
         **({} if stalls is None else {"stalls": stalls}),
+        **({} if stages is None else {"stages": stages}),
     )
 
 

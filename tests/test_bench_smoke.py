@@ -58,7 +58,11 @@ SCRIPTS: dict[str, tuple[list[str], set[str], set[str]]] = {
         {"events_per_s", "floor_events_per_s", "ratio_to_floor", "spread_events_per_s", "cpu_ms_per_1000"},
         set(),
     ),
-    "lateness": (["--alarms", "50", "--span-s", "0.2"], {"p50_ms", "p99_ms", "early", "floor_p99_ms"}, set()),
+    "lateness": (
+        ["--alarms", "50", "--span-s", "0.2", "--stages", "1"],
+        {"p50_ms", "p99_ms", "early", "floor_p99_ms", "stages"},
+        set(),
+    ),
     "instances": (
         ["--instances", "300", "--due", "100"],
         {"open_to_first_alarm_s", "alarms_fired_per_s", "floor_alarms_per_s", "peak_rss_mb", "cpu_ms_per_1000"},
