@@ -471,8 +471,17 @@ def _unsupported(part: str, what: str) -> str | None:
                 "'L' alone in the day-of-week field is not supported:"
                 " write Ld for the last weekday d of the month (L5 = last Friday)"
             )
-        if re.fullmatch(rf"{_VALUE}-{_VALUE}(?:/[0-9]+)?#[0-9]+", low):
-            return f"{part!r}: a range of n-th weekdays is not supported; list them (1#2,2#2,...)"
+        if (days := re.fullmatch(rf"({_VALUE})-({_VALUE})(?:/([0-9]+))?#([0-9]+)", low)) is not None:
+            start, end = (_number(value, _NAMES[what]) for value in days.group(1, 2))
+            every_nth = int(days.group(3) or 1)
+            listed = "1#2,2#2,..."
+            if start is not None and end is not None and start <= end and every_nth:
+                named = not days.group(1).isdigit()
+                listed = ",".join(
+                    f"{_cased(_WEEKDAYS[d % 7], part) if named else d}#{days.group(4)}"
+                    for d in range(start, end + 1, every_nth)
+                )
+            return f"{part!r}: a range of n-th weekdays is not supported; list them: {listed}"
     names = _NAMES.get(what, {})
     if what in _DAY_PART and _DAY_PART[what].fullmatch(low) is not None:
         if low == "l":
@@ -497,8 +506,8 @@ def _unsupported(part: str, what: str) -> str | None:
             if value is not None and (why := _out_of_range(part, value, what)) is not None:
                 return why
         return None
-    start = re.fullmatch(rf"({_VALUE})/([0-9]+)", low)
-    if start is not None and (start.group(1).isdigit() or start.group(1) in names):
+    started = re.fullmatch(rf"({_VALUE})/([0-9]+)", low)
+    if started is not None and (started.group(1).isdigit() or started.group(1) in names):
         first, step = part.split("/")
         instead = first if first.lower() in (high.lower(), _BOUNDS[what][1]) else f"{first}-{high}/{step}"
         return f"{part!r}: a step from a start (Quartz's and croniter's a/n) is not supported; write {instead}"
