@@ -120,5 +120,11 @@ class StatefulContext(BaseContext[D_co], Generic[S, D_co]):
         """End this run now and delete the instance with its state and alarm.
 
         The id can be used again afterwards. Nothing else this run changed is kept.
+
+        `reason` is kept as text a job produces (escaped where no storage holds it, cut to 1,000
+        characters).
+
+        Raises:
+            ValidationError: `reason` is neither a str nor ``None``; the run fails with it instead.
         """
         self._checkout.terminate(reason)

@@ -31,7 +31,7 @@ from ._bodies import immediate, normalise
 from ._clock import FIRST_MS, LAST_MS, LATEST_MS, Clock, to_datetime
 from ._errors import ExecutionError, JobError, JobTimeoutError, SchedulerError, StorageError, describe, safe_repr
 from ._ids import Ids
-from ._input import DEFAULT_MAX_PAYLOAD_BYTES
+from ._input import DEFAULT_MAX_PAYLOAD_BYTES, MAX_REASON_LENGTH, check_produced_text
 from ._limits import NO_LIMITS, RunLimits
 from ._logging import JobLog, LoggingOption, threshold
 from ._retry import Retry, RetryPolicy
@@ -117,10 +117,15 @@ class Checkout(Generic[S]):
     #: ``set_state`` is called again, so a check-in never encodes, and never fails to.
     encoded: bytes | None = None
 
-    def terminate(self, reason: str | None) -> NoReturn:
+    def terminate(self, reason: object) -> NoReturn:
+        """A body's ``ctx.terminate(reason)``: `reason` as `check_produced_text` keeps it, or the
+        `ValidationError` that refuses it raised in the body (which then fails with it)."""
+        checked = check_produced_text(reason, "ctx.terminate(): reason", MAX_REASON_LENGTH)
+        if not isinstance(checked, Success):
+            raise checked.failure()
         self.terminated = True
-        self.terminate_reason = reason
-        raise TerminateSignal(reason)
+        self.terminate_reason = text = checked.unwrap()
+        raise TerminateSignal(text)
 
     def stop(self, reason: str | None, *, keep_instance: bool = False) -> bool:
         """End the run from outside (the ``terminate`` verb): cancel the user's code now.

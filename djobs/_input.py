@@ -21,6 +21,8 @@ so every verb and every storage answers a bad input the same way, with a
 from __future__ import annotations
 
 import functools
+import math
+import numbers
 import operator
 import random
 import sys
@@ -76,6 +78,10 @@ def plain_text(value: object) -> object:
 #: The longest text argument (an id, a key, a tenant id, a filter), in characters; a name's is 200.
 MAX_TEXT_LENGTH = 512
 
+#: The longest reason a caller gives `terminate` or a workflow's `cancel`, in characters; a
+#: longer reason a body gives ``ctx.terminate`` is cut to it.
+MAX_REASON_LENGTH = 1000
+
 #: The unit separator: djobs joins a tenant id and an instance id with it in a stored key
 #: (``task:name:tenant\x1fid``), and a limit's name and key, so no text argument may hold it.
 SEPARATOR = "\x1f"
@@ -120,6 +126,43 @@ def check_whole(value: object, what: str, low: int, high: int) -> Result[int, Va
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         return Failure(ValidationError(f"{what} must be an int from {low} to {high}, got {safe_repr(value):.40}"))
     return Success(value)
+
+
+def check_produced_text(value: object, what: str, max_length: int) -> Result[str | None, ValidationError]:
+    """``None``, or `value` made storable if it is a `str`: text a job *produces* at run time (a
+    progress message, the reason a body gives ``ctx.terminate``), kept rather than refused, as
+    `clean_text` escaped and cut to `max_length` characters. Anything but a `str` or ``None`` (an
+    int, bytes, an object whose ``str()`` is not what the job meant) is a `ValidationError`, as a
+    verb's text argument is."""
+    value = plain_text(value)
+    if value is None:
+        return Success(None)
+    if not isinstance(value, str):
+        return Failure(
+            ValidationError(f"{what} must be a str or None, got {type(value).__name__} {safe_repr(value):.40}")
+        )
+    return Success(clean_text(value)[:max_length])
+
+
+def check_finite(value: object, what: str) -> Result[int | float, ValidationError]:
+    """`value` if it is a finite real number: an int (not a bool) as it is, a float or another
+    `numbers.Real` (numpy's, a `Fraction`) as a float. nan, inf and -inf have no place on a scale,
+    and JSON has no form for them: a `ValidationError`, as anything else is."""
+    if isinstance(value, bool):
+        pass  # a Real and an int, but a flag, not a number
+    elif isinstance(value, int):
+        return Success(value)
+    elif isinstance(value, numbers.Real):
+        try:
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
+            pass
+        else:
+            if math.isfinite(number):
+                return Success(number)
+    return Failure(
+        ValidationError(f"{what} must be a finite number (an int or a float, not a bool), got {safe_repr(value):.40}")
+    )
 
 
 def os_text_problem(text: str) -> str | None:

@@ -30,6 +30,7 @@ from .._errors import (
     safe_repr,
 )
 from .._future import VerbResult
+from .._input import MAX_REASON_LENGTH as MAX_REASON_LENGTH
 from .._input import SEPARATOR, check_optional_text, check_text, clean_message, clean_text, plain_text, text_problem
 from ..storage import Checkin, ClearAlarm, InstanceRecord, SetAlarm
 from ..storage._base import DeadLetter, DeadLetterKind, DeadLetterStorage, InstanceRevival, Revival
@@ -75,9 +76,6 @@ _log = logging.getLogger("djobs.client")
 
 #: Longest instance id accepted, in characters.
 MAX_ID_LENGTH = 512
-
-#: The longest reason a caller gives `terminate` or a workflow's `cancel`, in characters.
-MAX_REASON_LENGTH = 1000
 
 #: The most UTF-8 bytes of what one stored key is made of (an instance's key, with an event id
 #: beside it; a job's idempotency key with its name and tenant id). PostgreSQL's btree indexes

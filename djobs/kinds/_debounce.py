@@ -237,6 +237,12 @@ class DebounceContext(BaseContext[D_co], Generic[S, D_co]):
         """End this flush now and delete the instance: its batch, alarm and remembered event ids.
 
         The next ``add`` for the id starts a new instance.
+
+        `reason` is kept as text a job produces (escaped where no storage holds it, cut to 1,000
+        characters).
+
+        Raises:
+            ValidationError: `reason` is neither a str nor ``None``; the flush fails with it instead.
         """
         self._checkout.terminate(reason)
 

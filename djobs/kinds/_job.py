@@ -33,6 +33,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, overload
 
 import msgspec
+from returns.result import Success
 from typing_extensions import TypeVar
 
 from .._bodies import Returns, check_body
@@ -46,7 +47,7 @@ from .._errors import (
 )
 from .._event import Event, name_problem
 from .._execution import Env
-from .._input import check_attempts, clean_text
+from .._input import check_attempts, check_finite, check_produced_text
 from .._limits import NO_LIMITS, RunLimits, definition_limits
 from .._logging import JobLog, LoggingOption, check_logging
 from .._queue_limits import JobLimits, RateLimit, job_limits
@@ -140,23 +141,36 @@ class JobContext(BaseContext[D_co]):
         return self.attempt > 1
 
     async def update_progress(self, percent: float, message: str | None = None) -> None:
-        """Record how far the job is, 0-100 (clamped), with an optional message.
+        """Record how far the job is, 0-100, with an optional message.
 
-        Persisted at once, so ``client.jobs.status`` shows it while the job
-        runs. For a job that is not persisted (``now(persist=False)``) it does
-        nothing but log at debug level. A storage failure is logged, not
-        raised: progress is advice, not the job's outcome.
+        `percent` is rounded to a whole number and clamped to 0-100 (150 is
+        stored as 100, -3 as 0). `message` is kept as text a job produces:
+        escaped where no storage holds it (a NUL as ``\\x00``) and cut to 512
+        characters. Persisted at once, so ``client.jobs.status`` shows it
+        while the job runs. For a job that is not persisted
+        (``now(persist=False)``) it does nothing but log at debug level. A
+        storage failure is logged, not raised: progress is advice, not the
+        job's outcome.
+
+        Raises:
+            ValidationError: `percent` is not a finite number (nan, inf, a
+                bool, a str such as ``"50"``), or `message` is neither a str
+                nor ``None``; checked on every job, persisted or not. Like
+                ``ctx.set_state``, it ends the run at the mistake: the attempt
+                fails with it (and is retried as any failure is).
         """
-        try:
-            value = 0 if percent != percent else max(0, min(100, round(percent)))  # NaN counts as 0
-        except (TypeError, OverflowError):
-            value = 100 if isinstance(percent, float) and percent > 0 else 0
+        number = check_finite(percent, "ctx.update_progress(): percent")
+        text = check_produced_text(message, "ctx.update_progress(): message", MAX_TEXT)
+        if not isinstance(number, Success):
+            raise number.failure()
+        if not isinstance(text, Success):
+            raise text.failure()
+        value = max(0, min(100, round(number.unwrap())))
+        message = text.unwrap()
         if self._lease is None or self.job_id is None:
             self.log.debug("progress %d%% (%s) not stored: the job is not persisted", value, message or "")
             return
         storage, worker_id = self._lease
-        if message is not None:
-            message = clean_text(str(message))[:MAX_TEXT]  # storable on every storage, never refused
         try:
             held = await storage.set_progress(self.job_id, worker_id, self.attempt, value, message, self._env.now_ms())
         except StorageError as exc:

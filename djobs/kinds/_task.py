@@ -279,6 +279,12 @@ class _TaskContextBase(BaseContext[D_co], Generic[S, D_co]):
         """End this handler now and delete the task with its state, alarm and event ids.
 
         The id can be used again afterwards. Nothing else this handler changed is kept.
+
+        `reason` is kept as text a job produces (escaped where no storage holds it, cut to 1,000
+        characters).
+
+        Raises:
+            ValidationError: `reason` is neither a str nor ``None``; the handler fails with it instead.
         """
         self._draft.terminate(reason)
 
