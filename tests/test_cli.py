@@ -243,6 +243,11 @@ def test_status_table_for_people(capsys: pytest.CaptureFixture[str], db: Built) 
     assert "pending 2 (1 due), running 1, completed 1, failed 1, cancelled 1" in out
     assert f"{db.due} (greet), due 2026-01-01 00:00:00Z, waiting 5m" in out
     assert re.search(rf"{OTHER_WORKER}\s+1\s+1\s+0\n", out)
+    # The guide's sample is this output: its schema version is the one this djobs writes.
+    sample = re.search(r"\$ djobs status --db jobs.db\n(.*?)```", GUIDE.read_text(), re.S)
+    assert sample is not None, "the CLI guide lost its status sample"
+    [printed] = re.findall(r"djobs schema (\d+)\n", out)
+    assert re.findall(r"djobs schema (\d+)\n", sample.group(1)) == [printed]
 
 
 # -- databases that must not be used (or created) -----------------------------------------------

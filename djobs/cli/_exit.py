@@ -34,8 +34,12 @@ class ExitCode(IntEnum):
             never create one), not a djobs database, a schema of another
             version, locked or unreadable.
         NOT_FOUND: No instance or job with the given key or id.
-        INTERRUPTED: Stopped by Ctrl-C before it finished (not used by
-            ``djobs worker``, for which Ctrl-C is the normal way to stop).
+        INTERRUPTED: Stopped by Ctrl-C before it finished; for ``djobs
+            worker``, whose normal stop is a Ctrl-C (exit 0), a second Ctrl-C
+            during its graceful stop.
+        TERMINATED: ``djobs worker`` stopped by a second SIGTERM during its
+            graceful stop (128 + 15, the status a shell gives a process
+            SIGTERM killed, as 130 is 128 + SIGINT's 2).
     """
 
     OK = 0
@@ -44,6 +48,7 @@ class ExitCode(IntEnum):
     DATABASE = 3
     NOT_FOUND = 4
     INTERRUPTED = 130
+    TERMINATED = 143
 
 
 class CommandError(Exception):

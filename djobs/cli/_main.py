@@ -33,7 +33,8 @@ Run and inspect djobs: durable background jobs for Trio applications.
 """
 
 _EPILOG = """\
-exit codes: 0 ok, 1 failed, 2 usage, 3 database unusable or missing, 4 not found, 130 interrupted.
+exit codes: 0 ok, 1 failed, 2 usage, 3 database unusable or missing, 4 not found, 130 interrupted,
+143 worker stopped by a second SIGTERM.
 --db is a SQLite file or a PostgreSQL DSN (with --schema); it defaults to $DJOBS_DB, else djobs.db.
 Commands other than `worker` never create a database."""
 
