@@ -23,7 +23,7 @@ from returns.io import IO, IOFailure, IOSuccess
 from returns.result import Failure, Result, Success
 
 import djobs
-from djobs._future import VerbResult, success
+from djobs._future import AWAITED_TWICE, VerbResult, success
 from djobs.testing import open_test_engine
 
 
@@ -223,3 +223,51 @@ def test_success_is_returns_success(value: object) -> None:
     assert made.map(str) == Success(str(value))
     assert made.unwrap() == value
     assert made.value_or(0) == value
+
+
+def test_an_add_parked_behind_another_answers_once_and_is_spent_by_a_cancel() -> None:
+    """A Debounce add is its own awaitable (no coroutine under it): awaited again while it waits
+    for its round, it raises; a cancel while it waits leaves it spent, and the add applied."""
+    gate = trio.Event()
+
+    async def held(ctx: djobs.DebounceEventContext[Hit, Hits]) -> Hits:
+        if ctx.event.n == 1:
+            await gate.wait()  # the writer's round waits here: the adds after it queue and park
+        return Hits((ctx.state.count if ctx.state else 0) + 1)
+
+    slow = djobs.Debounce.make("slow", event=Hit, state=Hits, on_event=held, execute=lambda ctx: None)
+
+    async def main() -> None:
+        async with open_test_engine([slow]) as engine:
+            client = engine.client.debounce(slow)
+            got: dict[str, object] = {}
+            first, second, third = (client.add(id="a", event=Hit(n)) for n in (1, 2, 3))
+            scope = trio.CancelScope()
+
+            async def await_into(name: str, verb: FutureResult[object, object]) -> None:
+                got[name] = await _outcome(verb)
+
+            async def cancelled() -> None:
+                with scope:
+                    await third
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(await_into, "first", first)
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(await_into, "second", second)
+                nursery.start_soon(cancelled)
+                await trio.testing.wait_all_tasks_blocked()  # both parked in the first one's queue
+                got["again"] = await _outcome(second)
+                scope.cancel()
+                await trio.testing.wait_all_tasks_blocked()
+                gate.set()
+            assert got["again"] == (RuntimeError, AWAITED_TWICE)
+            assert scope.cancelled_caught
+            assert await second == got["second"]
+            assert djobs.unwrap_or_raise(await second).event_count in (2, 3)  # Trio runs the two in either order
+            with pytest.raises(RuntimeError, match="cannot reuse already awaited coroutine"):
+                await third
+            status = djobs.unwrap_or_raise(await client.status("a"))
+            assert status.event_count == 3  # the cancelled caller's add was applied all the same
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
