@@ -67,7 +67,7 @@ from .._errors import (
     StorageError,
     ValidationError,
 )
-from .._execution import Pending, begin_body, body_failure, finish_body, holds_cancel
+from .._execution import Pending, body_failure, finish_body, holds_cancel
 from .._execution import begun as begun_with
 from .._future import VerbResult, success
 from .._input import check_optional_text, check_text, clean_message, plain_text
@@ -722,19 +722,28 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
             self.runs_live[0].set()
             try:
                 # No run scope of its own (no terminate verb): a cancel reaches the body at a step.
-                # `run_body`, inline (no timeout, no scope): one coroutine fewer in the chain each write resumes.
-                begun = begin_body(partial(job.execute, the_input, ctx))
-                if isinstance(begun, Pending) and type(begun.value) is CoroutineType:
-                    # An `async def` body, awaited here rather than in `finish_body` and
-                    # `normalise`: two coroutines fewer between the actor and each step, and
-                    # a step may see that the body returns its value to this frame at once.
-                    run.runner = _RUN_CODE
-                    try:
-                        returned = await begun.value
-                    except BaseException as exc:
-                        begun = Failure(body_failure(exc))
+                # `run_body`, inline (no timeout, no scope): one coroutine fewer in the chain each
+                # write resumes; and `begin_body`, inline: no partial, one call fewer.
+                begun: Result[object, JobError] | Pending
+                try:
+                    value = job.execute(the_input, ctx)
+                except BaseException as exc:
+                    begun = Failure(body_failure(exc))
+                else:
+                    if type(value) is CoroutineType:
+                        # An `async def` body, awaited here rather than in `finish_body` and
+                        # `normalise`: two coroutines fewer between the actor and each step, and
+                        # a step may see that the body returns its value to this frame at once.
+                        run.runner = _RUN_CODE
+                        try:
+                            returned = await value
+                        except BaseException as exc:
+                            begun = Failure(body_failure(exc))
+                        else:
+                            # Completed by its last step's write (`Run.ends_with`): its value is stored.
+                            begun = _ENDED if run.ended else begun_with(returned)
                     else:
-                        begun = begun_with(returned)
+                        begun = begun_with(value)
                 body: Result[object, JobError] | None = (
                     await finish_body(begun, env.services, "the job body") if isinstance(begun, Pending) else begun
                 )
@@ -901,6 +910,9 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
 
 #: The code of `WorkflowHandler._run`: a step looks for its frame above the body's (`Run.ends_with`).
 _RUN_CODE = WorkflowHandler._run.__code__
+#: What `WorkflowHandler._run` takes for the value of a body its last step's write completed (not
+#: looked at: that write stored it), rather than a ``Success`` built for it each time.
+_ENDED: Result[object, JobError] = Success(None)
 
 
 # -- the client --------------------------------------------------------------------------------

@@ -325,7 +325,9 @@ class _CallStep(Step[T]):
         self._run, self._name, self._fn, self._args, self._retry, self._result = run, name, fn, args, retry, result
 
     def __await__(self) -> Generator[Any, None, T]:
-        return self._begin().__await__()
+        # `_begin`'s coroutine, made here: one call fewer per step.
+        coroutine: Coroutine[Any, Any, T] = self._run.step(self._name, self._fn, self._args, self._retry, self._result)
+        return coroutine.__await__()
 
     def _begin(self) -> Coroutine[Any, Any, T]:
         coroutine: Coroutine[Any, Any, T] = self._run.step(self._name, self._fn, self._args, self._retry, self._result)
