@@ -465,7 +465,8 @@ async def open_engine_as(
     if type(tenancy) is not str or tenancy not in ("optional", "required"):
         raise ValidationError(f"tenancy must be 'optional' or 'required', got {safe_repr(tenancy):.80}")
     the_tracker = layers.tracker
-    async with layers.storage.open() as store, trio.open_nursery() as nursery:
+    interrupted: list[KeyboardInterrupt] = []  # a Ctrl-C the close kept, to raise once it is done
+    async with _raised_as_itself(interrupted), layers.storage.open() as store, trio.open_nursery() as nursery:
         # Built in dependency order, each with what it needs: the leases and the
         # alarm sleeper's wake-up first, since the env fences check-ins with the
         # one and pokes the other; the client last (the env's slot takes it).
@@ -559,11 +560,21 @@ async def open_engine_as(
             for scope in queue_scopes:
                 scope.cancel()  # stop claiming and firing cron jobs before anything closes
             env.clients.closing = True
+            # A Ctrl-C reaches this task wherever it waits below (Trio delivers it at the main
+            # task's next wait, shielded or not). It must not cut the close short, which would
+            # leave the shielded actors running and the nursery's exit waiting for them for ever:
+            # it is kept and raised once the engine is closed, as Trio raises it after a nursery.
+            interrupt: KeyboardInterrupt | None = None
             with trio.CancelScope(shield=True):
-                async with trio.open_nursery() as closing:
-                    closing.start_soon(runtime.close, grace)
-                    if queue_worker is not None:
-                        closing.start_soon(queue_worker.close, grace)
+                try:
+                    async with trio.open_nursery() as closing:
+                        closing.start_soon(_to_the_end, runtime.close, grace)
+                        if queue_worker is not None:
+                            closing.start_soon(_to_the_end, queue_worker.close, grace)
+                except BaseException as exc:
+                    interrupt = _only_interrupt(exc)
+                    if interrupt is None:
+                        raise
                 env.clients.closed = True  # nothing of the engine runs now: every verb is refused
                 try:
                     with trio.move_on_after(TRACKER_CLOSE_LIMIT_S) as bounded:
@@ -572,11 +583,50 @@ async def open_engine_as(
                         _log.error(
                             "tracker %r did not close within %d seconds; cancelled", the_tracker, TRACKER_CLOSE_LIMIT_S
                         )
+                except KeyboardInterrupt as exc:  # delivered to this task while the tracker closed
+                    interrupt = interrupt or exc
                 except BaseException as exc:  # a user's tracker: logged, never an escape (`body_failure`)
                     _log.error("tracker %r failed to close: %s", the_tracker, body_failure(exc).message)
             nursery.cancel_scope.cancel()
+            if interrupt is not None:
+                interrupted.append(interrupt)
     if body_error is not None:
         raise body_error
+
+
+@asynccontextmanager
+async def _raised_as_itself(interrupted: list[KeyboardInterrupt]) -> AsyncIterator[None]:
+    """Raise the Ctrl-C the engine's close kept (`interrupted`) once the storage has closed: as
+    itself, as Trio raises one, over what the nursery raised with it (its tasks' cancels)."""
+    try:
+        yield
+    except BaseException:
+        if not interrupted:
+            raise
+        raise interrupted[0] from None
+    if interrupted:
+        raise interrupted[0]
+
+
+async def _to_the_end(close: Callable[[float], Awaitable[None]], grace: float) -> None:
+    """Run one part of the engine's close to its end: shielded from the cancel of the nursery that
+    runs it, which a Ctrl-C delivered to the task waiting for that nursery triggers."""
+    with trio.CancelScope(shield=True):
+        await close(grace)
+
+
+def _only_interrupt(exc: BaseException) -> KeyboardInterrupt | None:
+    """The `KeyboardInterrupt` that `exc` is, or that a group of nothing else holds; else ``None``."""
+    if isinstance(exc, KeyboardInterrupt):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        matched, rest = exc.split(KeyboardInterrupt)
+        if rest is None and matched is not None:
+            first: BaseException = matched
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            return first if isinstance(first, KeyboardInterrupt) else None
+    return None
 
 
 _log = logging.getLogger("djobs.engine")
