@@ -127,8 +127,9 @@ def definitions(value: Any) -> dict[str, Callable[[], object]]:
     }
 
 
-#: Not a 100-year limit of their own: a rate limit's window is at most a day.
-BOUNDED_LOWER = {"RateLimit per"}
+#: Not a 100-year limit of their own: a rate limit's window is at most a day, a tracker's close
+#: at most the engine's 30 seconds.
+BOUNDED_LOWER = {"RateLimit per", "HttpBatchTracker close_timeout"}
 
 
 @pytest.mark.parametrize("option", list(definitions(None)))
