@@ -177,7 +177,9 @@ async def test_a_read_is_not_starved_by_writers_that_never_pause(tmp_path: Path)
 async def test_an_alarm_claim_commits_before_the_ready_tasks_run(tmp_path: Path) -> None:
     # The alarm sleeper's claim commits in the task step that makes it: the handlers of the
     # alarms it claims wait for that commit, not for every ready task's turn first (the
-    # sleeper checkpoints right after). Other writes let the ready tasks join their batch.
+    # sleeper checkpoints right after). Other writes checkpoint before they commit, but
+    # whether a ready task then runs first is Trio's choice (it shuffles each batch of ready
+    # tasks), so nothing here counts on it.
     async with djobs.sqlite(tmp_path / "claims.db").open() as storage:
         assert isinstance(storage, SqliteStorage)
         ran: list[str] = []
@@ -190,8 +192,6 @@ async def test_an_alarm_claim_commits_before_the_ready_tasks_run(tmp_path: Path)
             assert await storage.claim_alarms(0, 1000, 10) == []
             assert await storage.claim_alarm_runs(0, 1000, 10, ["task:t:"], "me", 1000, lambda _: True) == []
             assert ran == [] and not storage.connection.in_transaction
-            await storage.release_alarms([])  # a write of another kind: the ready task ran meanwhile
-            assert ran == ["ready"]
 
 
 @pytest.mark.parametrize("dialect", ["sqlite", "postgres"])
