@@ -101,13 +101,35 @@ def a_name(value: object) -> bool:
     return not any("\ud800" <= c <= "\udfff" for c in value)
 
 
-def a_delay(value: object, *, optional: bool = False) -> bool | None:
+def an_id(value: object) -> bool | None:
+    """Whether `value` is an instance id (a text argument of at most 512 characters): ``None`` for
+    one beyond ASCII, whose limit with its workflow's key is in UTF-8 bytes (their own tests')."""
+    if not isinstance(value, str) or not 0 < len(value) <= 512 or "\x00" in value or "\x1f" in value:
+        return False
+    if any("\ud800" <= c <= "\udfff" for c in value):
+        return False
+    return True if value.isascii() else None
+
+
+def a_poll(value: object) -> bool | None:
+    """Whether `value` is a ``poll=`` (a duration option: an int is milliseconds) from 100 ms to 36,525 days."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return 100 <= value <= 36_525 * 86_400_000
+    if isinstance(value, float):
+        return None if math.isfinite(value) else False
+    return a_delay(value, shortest=timedelta(milliseconds=100))
+
+
+def a_delay(value: object, *, optional: bool = False, shortest: timedelta = timedelta(0)) -> bool | None:
     """Whether `value` is a delay a context call takes (``None`` too if `optional`): ``True`` or
     ``False``, or ``None`` for a string (read by the duration parser, whose own tests hold its grammar)."""
     if value is None:
         return optional
     if isinstance(value, timedelta):
-        return timedelta(0) <= value <= timedelta(days=36_525)
+        longest, ms = timedelta(days=36_525), timedelta(milliseconds=1)
+        if abs(value - shortest) < ms or abs(value - longest) < ms:
+            return None  # durations are read in whole milliseconds: within one of a bound, either
+        return shortest <= value <= longest
     if isinstance(value, str):
         return None
     return False
@@ -117,6 +139,7 @@ def a_delay(value: object, *, optional: bool = False) -> bool | None:
 
 current: dict[str, Any] = {}
 ids = itertools.count()
+child_ids: set[str] = set()
 calls: list[Called] = []
 
 
@@ -179,16 +202,39 @@ async def workflow_body(input: P, ctx: djobs.WorkflowContext) -> None:
             await record_async(lambda: ctx.wait_for_signal(value, P))
         case "WorkflowContext.wait_for_signal(timeout=)":
             await record_async(lambda: ctx.wait_for_signal("go", P, timeout=value))
+        case "WorkflowContext.job(poll=)":
+            await record_async(lambda: ctx.job(plain_job, P(), poll=value))
+        case "WorkflowContext.child(id)":
+            await record_async(lambda: ctx.child(child_workflow, value, P()))
+
+
+async def child_body(input: P, ctx: djobs.WorkflowContext) -> None:
+    pass
 
 
 job_percent = djobs.Job.make("percent", params=P, execute=progress_percent, max_attempts=1)
 job_text = djobs.Job.make("text", params=P, execute=progress_text, max_attempts=1)
 continuous = djobs.Continuous.make("cont", state=P, schedule=djobs.every("1 hour"), execute=continuous_terminate)
 task_t = djobs.Task.make("taskT", state=P, event=P, on_event=task_terminate, execute=lambda ctx: None)
-task_s = djobs.Task.make("taskS", state=P, event=P, on_event=task_schedule, execute=lambda ctx: None)
+executed: set[str] = set()
+task_s = djobs.Task.make(
+    "taskS", state=P, event=P, on_event=task_schedule, execute=lambda ctx: executed.add(ctx.instance_id)
+)
 debounce = djobs.Debounce.make("deb", event=P, execute=debounce_terminate, flush_after="1 hour")
 workflow = djobs.Workflow.make("wf", input=P, result=type(None), execute=workflow_body)
-DEFINITIONS: list[Any] = [job_percent, job_text, continuous, task_t, task_s, debounce, workflow]
+plain_job = djobs.Job.make("plain", params=P, execute=lambda params, ctx: None)
+child_workflow = djobs.Workflow.make("child", input=P, result=type(None), execute=child_body)
+DEFINITIONS: list[Any] = [
+    job_percent,
+    job_text,
+    continuous,
+    task_t,
+    task_s,
+    debounce,
+    workflow,
+    plain_job,
+    child_workflow,
+]
 
 
 # -- each method: make the call with `value`, then check what it came to -------------------------
@@ -250,15 +296,27 @@ async def check(engine: Any, method: str, value: object) -> None:
         if called.error is None:
             assert a_delay(value) is not False, (method, value)
             status = success(await c.task(task_s).status(id))
-            assert status.scheduled_at is not None, (method, value, status)
+            assert status.scheduled_at is not None or id in executed, (method, value, status)  # due now: ran
             return
         assert a_delay(value) is not True, (method, value, called.error)
     else:
+        if "child" in method:
+            if value in child_ids:  # a child of an earlier example on this file or schema
+                return
+            if isinstance(value, str):
+                child_ids.add(value)
         success(await c.workflow(workflow).start(id=id, input=P()))
         await engine.wait_idle()
         [called, *_] = calls  # a call that went on is made again when the workflow wakes
         status = success(await c.workflow(workflow).status(id))
-        accepts = a_name(value) if "name" in method else a_delay(value, optional="timeout" in method)
+        if "child" in method:
+            accepts = an_id(value)
+        elif "name" in method:
+            accepts = a_name(value)
+        elif "poll" in method:
+            accepts = a_poll(value)
+        else:
+            accepts = a_delay(value, optional="timeout" in method)
         if called.error is None:
             assert accepts is not False, (method, value, status)
             assert status.status in ("sleeping", "waiting", "completed"), (method, value, status)
@@ -280,6 +338,8 @@ METHODS = [
     "WorkflowContext.step(name)",
     "WorkflowContext.wait_for_signal(name)",
     "WorkflowContext.wait_for_signal(timeout=)",
+    "WorkflowContext.job(poll=)",
+    "WorkflowContext.child(id)",
 ]
 
 
