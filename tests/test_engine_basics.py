@@ -214,3 +214,22 @@ def test_a_test_engine_reopened_on_one_memory_layer_goes_on_from_its_virtual_tim
     trio.run(session, 1, clock=trio.testing.MockClock(autojump_threshold=0))  # and in another run
     assert seen[0] >= 1767225600000 + 2 * 3_600_000 and seen[1] >= seen[0] + 3 * 3_600_000
     assert seen[2] >= seen[1] + 3_600_000
+
+
+# -- recorded events -----------------------------------------------------------------------------
+
+
+@pytest.mark.trio
+async def test_recorded_events_add_no_work_for_the_cycle_collector(autojump_clock: trio.testing.MockClock) -> None:
+    # A test engine keeps every event it records (about six a virtual hour here): a long virtual
+    # span would otherwise fill Python's cycle collector with them and make its full passes slow.
+    beat = djobs.Continuous.make(
+        "beat", state=Beat, schedule=djobs.every("1 hour"), execute=lambda ctx: Beat(ctx.state.n + 1)
+    )
+    async with open_test_engine([beat]) as engine:
+        success(await engine.client.continuous(beat).start(id="one", input=Beat()))
+        await trio.sleep(3 * 3600 + 60)
+        events = engine.tracker.events
+    assert [e.type for e in events].count("job.executed") == 4  # at the start, then hourly
+    assert not any(gc.is_tracked(e) for e in events)
+    assert events[-1].data["run_count"] == 4

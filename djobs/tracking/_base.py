@@ -8,7 +8,7 @@ import msgspec
 import trio
 
 
-class TrackedEvent(msgspec.Struct, frozen=True, kw_only=True):
+class TrackedEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One telemetry event, e.g. ``job.executed``.
 
     Attributes:
@@ -18,6 +18,12 @@ class TrackedEvent(msgspec.Struct, frozen=True, kw_only=True):
         job_name: The registered job name.
         at: When it happened (aware UTC, from the clock layer).
         data: The event's own fields (``run_count``, ``duration_ms``, ...).
+
+    Not tracked by Python's cycle collector (msgspec's ``gc=False``): an event is a leaf
+    record, which the engine builds from strings, numbers and a time, so it holds no
+    cycle; a tracker that keeps every event (`InMemoryTracker`) adds none of them to the
+    collector's passes. Put no container that refers back to the event in `data`: such
+    a cycle would never be freed.
     """
 
     type: str
