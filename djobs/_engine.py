@@ -577,7 +577,8 @@ async def open_engine_as(
                         raise
                 env.clients.closed = True  # nothing of the engine runs now: every verb is refused
                 try:
-                    with trio.move_on_after(TRACKER_CLOSE_LIMIT_S) as bounded:
+                    # A second past the tracker's own limit: one that keeps to it is never cut off.
+                    with trio.move_on_after(TRACKER_CLOSE_LIMIT_S + 1) as bounded:
                         await the_tracker.aclose()
                     if bounded.cancelled_caught:  # a user's tracker that hangs must not hang the host's exit
                         _log.error(

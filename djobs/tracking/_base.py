@@ -35,8 +35,8 @@ class TrackedEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
 
 TRACKER_CLOSE_LIMIT_S = 30
-"""Seconds the engine's close waits for `Tracker.aclose` before it cancels it (OpenTelemetry's
-batch processor gives its export the same 30 seconds by default)."""
+"""Seconds `Tracker.aclose` may take (OpenTelemetry's batch processor gives its export the same
+30 seconds by default); the engine's close cancels it a second after that."""
 
 
 class Tracker(Protocol):
@@ -55,8 +55,8 @@ class Tracker(Protocol):
     async def aclose(self) -> None:
         """Deliver what is buffered and release resources; called when the engine closes.
 
-        The engine waits at most 30 seconds (``TRACKER_CLOSE_LIMIT_S``), then cancels
-        the call and logs an error, so a tracker that hangs cannot hang the host's exit.
+        It may take 30 seconds (``TRACKER_CLOSE_LIMIT_S``): the engine cancels the call a
+        second after that and logs an error, so a tracker that hangs cannot hang the host's exit.
         """
         ...
 
