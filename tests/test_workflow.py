@@ -1753,3 +1753,46 @@ async def test_a_call_with_a_bad_argument_raises_at_the_call_on_the_first_run_an
     ]
     # The nap took its second, not a slot of another sleep's.
     assert status.steps[1].until == T0 + timedelta(seconds=1)
+
+
+class _Captured:
+    """Stands for what a step function defined in a workflow body closes over."""
+
+
+class _N(msgspec.Struct):
+    n: int
+
+
+@pytest.mark.trio
+async def test_step_functions_defined_in_a_body_are_not_kept_for_ever(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step function made afresh in each run is a new object each time: the cache of step result
+    types keeps a bounded number of them (here 8), not one per run with what it closes over."""
+    import gc
+    import weakref
+
+    from djobs.kinds import _workflow_context
+
+    monkeypatch.setattr(_workflow_context, "_step_types", {})
+    monkeypatch.setattr(_workflow_context, "_STORABLE_TYPES_LIMIT", 8)
+    captured: list[weakref.ref[_Captured]] = []
+
+    async def body(params: _N, ctx: djobs.WorkflowContext) -> int:
+        n, held = params.n, _Captured()
+        captured.append(weakref.ref(held))
+
+        def step() -> int:
+            return n if held is not None else 0
+
+        return await ctx.step("s", step)
+
+    flow = djobs.Workflow.make("fresh-steps", input=_N, result=int, execute=body)
+    async with open_test_engine([flow]) as engine:
+        client = engine.client.workflow(flow)
+        for i in range(40):
+            success(await client.start(id=f"w{i}", input=_N(i)))
+        await engine.wait_idle()
+        assert success(await client.result("w39")) == 39
+    gc.collect()
+    assert sum(ref() is not None for ref in captured) <= 8

@@ -157,6 +157,7 @@ _JOB_STEP = "enqueue job "
 #: The longest job name ``ctx.job`` takes: its enqueue step's name holds it (`MAX_CALL_NAME_LENGTH`).
 MAX_WAITED_JOB_NAME = MAX_CALL_NAME_LENGTH - len(_JOB_STEP)
 _WRAPPERS = (Result, FutureResult, IOResult, RequiresContextFutureResult, Awaitable, Coroutine)
+#: A step function's result type (`_result_type`), for at most `_STORABLE_TYPES_LIMIT` functions.
 _step_types: dict[Any, Any] = {}
 #: Types found storable (`_type_problem`), so a step's ``result=`` or a signal's payload type is walked once.
 _storable_types: set[Any] = set()
@@ -184,7 +185,9 @@ def _result_type(fn: Callable[..., object], explicit: Any, step: str) -> Any:
         refused = _type_problem(tp)
         if refused is not None:
             raise ValidationError(f"step {step!r}: its result type {tp!r} cannot be stored: {refused[1]}")
-    if explicit is _UNSET:
+    if explicit is _UNSET and len(_step_types) < _STORABLE_TYPES_LIMIT:
+        # Bounded: a function defined inside a workflow body is a new object each run, and
+        # each entry keeps its function (and what it closes over) alive.
         with contextlib.suppress(TypeError):
             _step_types[fn] = tp
     return tp
