@@ -4,6 +4,7 @@ engine closes: on memory, SQLite and PostgreSQL, under a virtual clock."""
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import msgspec
@@ -255,3 +256,67 @@ async def test_an_add_whose_round_commits_on_the_actor_past_the_grace_is_answere
         state = success(await engine.client.debounce(job).get_state("x")).state
     stored = state is not None and 2 in state.ns
     assert stored == (not isinstance(answered["add"], IOFailure)), answered["add"]
+
+
+@pytest.mark.trio
+async def test_a_blocking_reducer_abandoned_past_its_timeout_sees_only_its_own_event(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """A `blocking` reducer past its `timeout` runs on in its thread: it reads and changes only its own add's context.
+
+    Adds 2 and 3 queue behind add 1 and are applied in one round: add 2's reducer times out and
+    its thread goes on while add 3's runs; what it then reads is event 2, and what it appends to
+    its state is not in the batch stored (only 1 and 3 are).
+    """
+    go: dict[int, threading.Event] = {n: threading.Event() for n in (1, 2)}
+    started_2, done_2 = threading.Event(), threading.Event()
+    seen_late: list[int] = []
+
+    def reduce(ctx: djobs.DebounceEventContext[N, Ns]) -> Ns:
+        n = ctx.event.n
+        if n == 2:  # blocks past its timeout; its thread is abandoned and ends during add 3's reducer
+            started_2.set()
+            go[2].wait(10)
+            seen_late.append(ctx.event.n)
+            if ctx.state is not None:
+                ctx.state.ns.append(ctx.event.n)
+            done_2.set()
+            return ctx.state or Ns()
+        if n == 1:
+            go[1].wait(10)
+        else:
+            go[2].set()  # add 2's abandoned thread goes on now
+            done_2.wait(10)
+        return Ns([*(ctx.state.ns if ctx.state else []), n])
+
+    job = djobs.Debounce.make(
+        "abandoned",
+        event=N,
+        state=Ns,
+        flush_after="1 hour",
+        on_event=reduce,
+        execute=_keep,
+        blocking=True,
+        timeout="300 ms",
+    )
+    answered: dict[int, Any] = {}
+    async with open_test_engine([job]) as engine:
+        client = engine.client.debounce(job)
+
+        async def add(n: int) -> None:
+            answered[n] = await client.add(id="x", event=N(n))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(add, 1)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(add, 2)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(add, 3)
+            await trio.testing.wait_all_tasks_blocked()  # both queued behind add 1, in this order
+            go[1].set()
+            await trio.to_thread.run_sync(started_2.wait)  # the next round runs add 2's reducer
+            mock_clock.jump(1)  # past its timeout (the clock moves only here)
+        assert isinstance(failure(answered[2]), djobs.ExecutionError)
+        assert success(answered[3]).event_count == 2
+        assert seen_late == [2]
+        assert success(await client.get_state("x")).state == Ns([1, 3])

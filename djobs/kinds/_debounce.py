@@ -956,8 +956,11 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         direct, quick, limit, state_type = self._direct_reducer, self._quick_state, self._limit, job.state
         floatless = self._state_floatless
         logger, log_level, tenant = self._logger, self._log_level, self.tenant
-        # One reducer context per round, made at its first add and set anew for each (an `__init__`
-        # of ten stores per add otherwise): a context serves its `on_event` call only.
+        # A reducer called directly shares one context per round, made at its first add and set
+        # anew for each (an `__init__` of ten stores per add otherwise): its call is over before
+        # the next add's. Under a timeout or `blocking`, each add has a context of its own: a
+        # `blocking` reducer past its timeout runs on in its abandoned thread, and must not see
+        # (nor write into) the next add's event and state.
         ctx: DebounceEventContext[E, S, Any] | None = None
         # The round's adds are the queue's front as it is now: a reducer that awaits lets
         # more adds join the queue meanwhile, and they wait for the next round.
@@ -974,7 +977,7 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
             # the coroutine that finishes it. No `Result` and no coroutine is made on the way
             # for a synchronous reducer that returns a state.
             reduced: _Reduced[S] | Coroutine[Any, Any, _Reduced[S]] | None = None
-            if ctx is None:
+            if ctx is None or direct is None:
                 ctx = DebounceEventContext(
                     env, job.name, pending.instance_id, logger, log_level, pending.event, state, number, tenant
                 )
