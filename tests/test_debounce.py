@@ -609,6 +609,16 @@ async def test_bad_input_changes_nothing(autojump_clock: trio.testing.MockClock)
         for bad_event_id in ["", 7, "e" * 10_000]:
             err = failure(await client.add(id="c", event=hook(0), event_id=bad_event_id))  # type: ignore[arg-type]
             assert isinstance(err, djobs.ValidationError) and "event_id" in err.message
+        # With more than one problem, the first checked is the answer: the event id's, then the event's.
+        bad_event = Webhook(type=5, contact_id="c")  # type: ignore[arg-type]
+        for bad_event_id in ["nul\x00byte", 7]:
+            err = failure(await client.add(id="c", event=bad_event, event_id=bad_event_id))  # type: ignore[arg-type]
+            assert isinstance(err, djobs.ValidationError) and "event_id" in err.message, err
+        long_id = "\u20ac" * 500  # 1,500 UTF-8 bytes: with the event id, a stored key too long
+        err = failure(await client.add(id=long_id, event=hook(0), event_id=long_id))
+        assert isinstance(err, djobs.ValidationError) and "stored key" in err.message, err
+        err = failure(await client.add(id=long_id, event=bad_event, event_id=long_id))
+        assert isinstance(err, djobs.ValidationError) and "Webhook" in err.message, err
         state = success(await client.get_state("c")).state
         assert state is not None and state.count == 1
 

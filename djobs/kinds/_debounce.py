@@ -1320,31 +1320,39 @@ class _AddVerb(VerbResult[AddResult, _AddError]):  # type: ignore[misc]  # Futur
                             the_event_id = checked_id
                         case Failure(error):
                             result = Failure(error)
-                # The event's checked copy: `copier`'s quick check inline (no call of its own), else the copier.
+                # The first problem found is the answer: the event id's, the event's, then the key's.
                 checked_event: object = None
-                quick = handler._quick_event
-                if quick is not None and type(event) is handler.job.event:
-                    try:
-                        raw = quick[0](event)
-                        # A null (or a "nan": key) may be a nan msgspec wrote so (`non_finite`): the
-                        # copier refuses one.
-                        if len(raw) <= handler._limit and (
-                            handler._event_floatless or may_hide_non_finite(raw) is None or non_finite(event) is None
-                        ):
-                            decoded = quick[1](raw)
-                            if decoded == event:  # nothing turned into another type (`quick_codec`)
-                                checked_event = decoded
-                    except Exception:  # refused (or user code msgspec calls raised): the copier words it
-                        pass
-                if checked_event is None:
-                    copied = handler._copy_event(event)
-                    if isinstance(copied, ValidationError):
-                        result = Failure(copied)
-                    else:
-                        checked_event = copied[1]
+                if result is None:
+                    # The event's checked copy: `copier`'s quick check inline (no call of its own), else the copier.
+                    quick = handler._quick_event
+                    if quick is not None and type(event) is handler.job.event:
+                        try:
+                            raw = quick[0](event)
+                            # A null (or a "nan": key) may be a nan msgspec wrote so (`non_finite`): the
+                            # copier refuses one.
+                            if len(raw) <= handler._limit and (
+                                handler._event_floatless
+                                or may_hide_non_finite(raw) is None
+                                or non_finite(event) is None
+                            ):
+                                decoded = quick[1](raw)
+                                if decoded == event:  # nothing turned into another type (`quick_codec`)
+                                    checked_event = decoded
+                        except Exception:  # refused (or user code msgspec calls raised): the copier words it
+                            pass
+                    if checked_event is None:
+                        copied = handler._copy_event(event)
+                        if isinstance(copied, ValidationError):
+                            result = Failure(copied)
+                        else:
+                            checked_event = copied[1]
                 instance_id: str = cell[2]
                 key = handler._key_prefix + instance_id if handler.tenant is None else handler.key(instance_id)
-                if the_event_id is not None and (problem := key_problem(key + the_event_id, EVENT_KEY_FIELDS)):
+                if (
+                    the_event_id is not None
+                    and result is None
+                    and (problem := key_problem(key + the_event_id, EVENT_KEY_FIELDS))
+                ):
                     result = Failure(problem)  # stored beside the instance's key, as one key
             if result is None:
                 # `_QueuedAdd(instance_id, checked_event, the_event_id)` without its `__init__`'s frame.
