@@ -650,13 +650,22 @@ _NO_FLOAT_LEAVES = (
     _mi.LiteralType,
 )
 
+#: The ``__eq__`` of a struct, a named tuple and a dict (a typed dict's values) as msgspec and
+#: Python define them: each compares every field or item.
+_FIELDWISE_EQ = (msgspec.Struct.__eq__, tuple.__eq__, dict.__eq__)
+
 
 def holds_no_float(tp: Any) -> bool:
     """Whether no value of `tp` can hold a float anywhere (a field, an item, a dict's key), so no
     nan or infinity can hide in its encoding and `may_hide_non_finite` need not search it.
 
-    ``False`` when unsure: a float, ``Any``, a decimal, a custom type, an enum whose values are
-    not all ints and strings, or a type msgspec cannot describe. Made once per type.
+    A quick check that skips the search counts on its decode and ``==`` to refuse a nan put
+    where no float belongs (written as ``null``, it reads back as ``None`` in an ``int | None``
+    field): so every class in `tp` must compare as msgspec's structs and Python's tuples do,
+    field by field. ``False`` when unsure: a float, ``Any``, a decimal, a custom type, an enum
+    whose values are not all ints and strings, a dataclass or an attrs class (whose ``__eq__``
+    may be the user's, comparing an id only), a struct or a named tuple with an ``__eq__`` of
+    its own, or a type msgspec cannot describe. Made once per type.
     """
     try:
         root = _mi.type_info(tp)
@@ -679,11 +688,13 @@ def holds_no_float(tp: Any) -> bool:
             stack.extend(t.item_types)
         elif isinstance(t, _mi.DictType | _mi.FrozenDictType):
             stack += (t.key_type, t.value_type)
-        elif isinstance(t, _mi.StructType | _mi.TypedDictType | _mi.NamedTupleType | _mi.DataclassType):
+        elif isinstance(t, _mi.StructType | _mi.TypedDictType | _mi.NamedTupleType):
+            if getattr(t, "cls", dict).__eq__ not in _FIELDWISE_EQ:
+                return False
             if id(t) not in seen:
                 seen.add(id(t))
                 stack.extend(f.type for f in t.fields)
-        else:
+        else:  # a dataclass or an attrs class among them
             return False
     return True
 

@@ -377,10 +377,37 @@ class _Nested(msgspec.Struct):
     maybe: Reading | None = None
 
 
+@dataclasses.dataclass(eq=False)
+class _Entity:
+    """An entity compared by its id alone, as ORMs' entities are: its other fields do not count."""
+
+    id: int
+    score: int | None = None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Entity) and other.id == self.id
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class _PlainEq(msgspec.Struct):
+    n: int | None = None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _PlainEq)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class _Holder(msgspec.Struct):
+    who: _Entity
+
+
 @pytest.mark.parametrize(
     ("tp", "holds_none"),
     [
         (_Plain, True),
+        (list[_Plain], True),
         (_Tree, True),  # a type that holds itself
         (int | str | None, True),
         (Reading, False),  # float fields, and Any
@@ -388,6 +415,12 @@ class _Nested(msgspec.Struct):
         (dict[float, int], False),  # a float key ("nan": in JSON)
         (list[Any], False),
         (float | None, False),
+        # A class whose `__eq__` may not compare every field: a quick check's `==` would not see
+        # a nan read back as None, so a search is needed.
+        (_Holder, False),
+        (_Entity, False),
+        (_PlainEq, False),
+        (list[_PlainEq], False),
     ],
 )
 def test_a_type_holds_no_float_only_when_none_can_hide_anywhere_in_it(tp: Any, holds_none: bool) -> None:
@@ -409,3 +442,22 @@ async def test_a_debounce_with_a_float_in_its_state_still_refuses_a_nan_its_redu
         assert success(await client.add(id="a", event=Tick(0))).event_count == 1
         refused = failure(await client.add(id="a", event=Tick(1)))
         assert isinstance(refused, djobs.ValidationError) and "nan" in refused.message, refused
+
+
+@pytest.mark.trio
+async def test_a_debounce_refuses_a_nan_in_a_floatless_type_whose_equality_is_the_users() -> None:
+    """An entity compared by its id holds a nan where an `int | None` belongs: refused, not stored as None."""
+
+    def fold(ctx: djobs.DebounceEventContext[_Holder, _Holder]) -> _Holder:
+        return _Holder(_Entity(1, math.nan if ctx.event.who.id == 2 else 3))  # type: ignore[arg-type]
+
+    job = djobs.Debounce.make("entities", event=_Holder, state=_Holder, on_event=fold, execute=lambda ctx: None)
+    async with open_test_engine([job]) as engine:
+        client = engine.client.debounce(job)
+        spoilt = _Holder(_Entity(1, math.nan))  # type: ignore[arg-type]
+        refused(await client.add(id="a", event=spoilt), "$.who.score")  # the event
+        assert success(await client.status("a")).status == "not_found"
+        assert success(await client.add(id="a", event=_Holder(_Entity(1)))).event_count == 1
+        refused(await client.add(id="a", event=_Holder(_Entity(2))), "$.who.score")  # the state it makes
+        state = success(await client.get_state("a")).state
+        assert state is not None and state.who.score == 3
