@@ -396,15 +396,14 @@ LeaseClock = Literal["auto", "host", "engine"]
 _BOOT_ID_PATH: Final = "/proc/sys/kernel/random/boot_id"
 T = TypeVar("T")
 
+#: key, owner, lease end, now: an instance's lease, taken if it is free, expired or the owner's
+#: already. Whether it was taken is ``changes()`` (1: inserted or updated; 0: another's), not a
+#: ``RETURNING``, which costs about 17k instructions (callgrind), half the statement's cost.
 _TAKE_LEASE = """
     INSERT INTO instance_leases (key, owner, expires_at) VALUES (?1, ?2, ?3)
     ON CONFLICT(key) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
     WHERE instance_leases.owner = excluded.owner OR instance_leases.expires_at <= ?4
 """
-#: `_TAKE_LEASE` giving the owner's row if it took the lease. Where the caller can ask
-#: ``changes()`` instead, `_TAKE_LEASE` spares the ``RETURNING``: about 17k instructions
-#: (callgrind), half the statement's cost.
-_ACQUIRE_LEASE = _TAKE_LEASE + "    RETURNING owner\n"
 #: status, run_count, execute_count, data, updated_at, key, owner: a workflow's checkpoint,
 #: fenced by the lease in the statement itself (no row changed: not ours, or not stored).
 _CHECKPOINT_INSTANCE = """
@@ -412,7 +411,7 @@ _CHECKPOINT_INSTANCE = """
     WHERE key = ?6 AND EXISTS (SELECT 1 FROM instance_leases AS l WHERE l.key = ?6 AND l.owner = ?7)
 """
 _INSTANCE_EXISTS = "SELECT 1 FROM instances WHERE key = ?"
-# The leases of many keys (a JSON array) at once, as `_ACQUIRE_LEASE` takes one: the keys taken.
+# The leases of many keys (a JSON array) at once, as `_TAKE_LEASE` takes one: the keys taken.
 _ACQUIRE_LEASES = """
     INSERT INTO instance_leases (key, owner, expires_at) SELECT value, ?2, ?3 FROM json_each(?1) WHERE true
     ON CONFLICT(key) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
@@ -794,6 +793,30 @@ class _Batch:
 
 def _cannot_abort(_: Callable[[], BaseException]) -> trio.lowlevel.Abort:
     return trio.lowlevel.Abort.FAILED
+
+
+def _commit(checkin: Checkin, db: apsw.Connection) -> None:
+    """`SqliteStorage.commit`'s write, in the caller's transaction: the lease's fence, then `_apply`."""
+    owner = checkin.lease_owner
+    # Fenced by the lease: in this transaction no other engine can take it over.
+    if owner is not None and _scalar_args(db, _sql.LEASE_OWNER, (checkin.key,)) != owner:
+        raise LeaseLostError(checkin.key)
+    _apply(db, checkin)
+
+
+def _lease_and_load(
+    storage: SqliteStorage, key: str, owner: str, now_ms: int, ttl_ms: int, db: apsw.Connection
+) -> tuple[bool, tuple[InstanceRecord, Alarm | None] | None]:
+    """`SqliteStorage.lease_and_load`'s write, in the caller's transaction."""
+    lease_now = storage.lease_now(now_ms)
+    # Taken (inserted, or updated where free, expired or ours already) if it changed a row.
+    db.execute(_TAKE_LEASE, (key, owner, lease_now + ttl_ms, lease_now))
+    if not db.changes():
+        return False, None
+    # Read in the write's transaction: should it fail to commit, the lease goes with it.
+    for row in db.execute(_sql.LOAD, (key,)):
+        return True, loaded(row)
+    return True, None
 
 
 def _apply(db: apsw.Connection, checkin: Checkin) -> None:
@@ -1193,22 +1216,15 @@ class SqliteStorage:
 
         return await self.read(run)
 
-    async def commit(self, checkin: Checkin) -> None:
-        def run(db: apsw.Connection) -> None:
-            key = checkin.key
-            if checkin.lease_owner is not None:
-                # Fenced by the lease: in this transaction no other engine can take it over.
-                holder = _scalar_args(db, _sql.LEASE_OWNER, (key,))
-                if holder != checkin.lease_owner:
-                    raise LeaseLostError(key)
-            _apply(db, checkin)
-
+    def commit(self, checkin: Checkin) -> Coroutine[Any, Any, None]:
+        # A plain function giving `write`'s coroutine, as `checkpoint_instance`: a Debounce
+        # round's commit and each run's are resumed through one coroutine fewer.
         # A row, with or without its alarm (a workflow's checkpoint, a Debounce round, most runs'
         # commits), is one statement that can refuse, after a fence that raises before anything
         # is written: the alarm's REPLACE or DELETE that may follow has no constraint to refuse
         # it, so no savepoint (should it fail all the same, the whole batch is rolled back).
         one = checkin.event_id is None and checkin.dead_letter is None and not checkin.create
-        await self.write(run, single=one and checkin.record is not None)
+        return self.write(partial(_commit, checkin), single=one and checkin.record is not None)
 
     async def create_instance(
         self, checkin: Checkin, owner: str, now_ms: int, lease_ms: int
@@ -1351,29 +1367,20 @@ class SqliteStorage:
 
     async def acquire_instance_lease(self, key: str, owner: str, now_ms: int, ttl_ms: int) -> bool:
         def run(db: apsw.Connection) -> bool:
-            # Take the lease if it is free, expired, or already ours; RETURNING tells whether we did.
+            # Take the lease if it is free, expired, or already ours; changes() tells whether we did.
             lease_now = self.lease_now(now_ms)
-            rows = list(db.execute(_ACQUIRE_LEASE, (key, owner, lease_now + ttl_ms, lease_now)))
-            return bool(rows)
+            db.execute(_TAKE_LEASE, (key, owner, lease_now + ttl_ms, lease_now))
+            return bool(db.changes())
 
-        # One statement that writes, its RETURNING read to the end: no savepoint (see `write`).
+        # One statement that writes: no savepoint (see `write`).
         return await self.write(run, single=True)
 
-    async def lease_and_load(
+    def lease_and_load(
         self, key: str, owner: str, now_ms: int, ttl_ms: int
-    ) -> tuple[bool, tuple[InstanceRecord, Alarm | None] | None]:
-        def run(db: apsw.Connection) -> tuple[bool, tuple[InstanceRecord, Alarm | None] | None]:
-            lease_now = self.lease_now(now_ms)
-            if not list(db.execute(_ACQUIRE_LEASE, (key, owner, lease_now + ttl_ms, lease_now))):
-                return False, None
-            # Read in the write's transaction: should it fail to commit, the lease goes with it.
-            for row in db.execute(_sql.LOAD, (key,)):
-                return True, loaded(row)
-            return True, None
-
+    ) -> Coroutine[Any, Any, tuple[bool, tuple[InstanceRecord, Alarm | None] | None]]:
         # The lease's upsert is the one statement that writes, the read after it refuses
-        # nothing: no savepoint (see `write`).
-        return await self.write(run, single=True)
+        # nothing: no savepoint (see `write`). A plain function giving `write`'s coroutine.
+        return self.write(partial(_lease_and_load, self, key, owner, now_ms, ttl_ms), single=True)
 
     async def instance_lease_holder(self, key: str, now_ms: int | None = None) -> tuple[str, int] | None:
         shift = 0 if now_ms is None else now_ms - self.lease_now(now_ms)

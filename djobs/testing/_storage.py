@@ -210,8 +210,18 @@ async def _a_lease_is_taken_with_the_row_or_nothing_is(storage: Any) -> None:
     await storage.release_instance_leases([key], "engine-a")
     taken, stored = await storage.lease_and_load(key, "engine-b", 600, 1000)
     assert taken and stored is not None and stored[0] == record, stored
+    # A's check-in after b took the lease, and one on a key nobody leased, write nothing: no row, no alarm.
+    stale = _record(key, state=b"2")
     with _raises(LeaseLostError):
-        await storage.commit(Checkin(key=key, record=record, lease_owner="engine-a"))
+        await storage.commit(Checkin(key=key, record=stale, alarm=SetAlarm(900, "flush_after"), lease_owner="engine-a"))
+    stored = await storage.load(key)
+    assert stored is not None and stored[0] == record and stored[1] is not None and stored[1].fire_at == 500, stored
+    unleased = Checkin(
+        key="debounce:d:b", record=_record("debounce:d:b"), alarm=SetAlarm(9, "run"), lease_owner="engine-a"
+    )
+    with _raises(LeaseLostError):
+        await storage.commit(unleased)
+    assert await storage.load("debounce:d:b") is None
 
 
 async def _checkpointed(layer: StorageLayer) -> None:
