@@ -8,7 +8,10 @@ wrapper, the ``Value(None)`` it sends, its ``unwrap``), and two more frames
 resumed at the wake-up. A Debounce ``add`` parks once per event, so its
 generator yields the trap itself, and its round wakes each caller with the
 runner's own ``reschedule`` and one shared `WOKEN` (which the woken generator
-does not unwrap: any other outcome, a cancel's ``Error``, it unwraps).
+does not unwrap: any other outcome, a cancel's ``Error``, it unwraps). The
+runner's ``reschedule`` has no ``KeyboardInterrupt`` protection of its own (the
+public wrapper gives it): its caller must be protected
+(``trio.lowlevel.enable_ki_protection``), as the Debounce round's ``_answer`` is.
 
 These are Trio's own objects, which its public functions are made of (Trio
 0.27 to 0.35, the range ``pyproject.toml`` allows); ``tests/test_trap.py``

@@ -19,8 +19,10 @@ from hypothesis import strategies as st
 from returns.future import FutureResult
 from returns.io import IOFailure
 from returns.result import Failure, Result, Success
+from trio._core._run import Runner  # whose reschedule a round calls (`djobs._trap`)
 
 import djobs
+from djobs._trap import WOKEN
 from djobs.storage import Checkin, InstanceRecord, SetAlarm
 from djobs.testing import failure, open_test_engine, success
 
@@ -1050,3 +1052,50 @@ async def test_a_keyboard_interrupt_for_a_cancelled_callers_add_reaches_the_writ
         assert 1 not in answers
         assert success(answers[2]).event_count == 2
         assert success(await client.get_state("x")).state == Seen([0, 2])
+
+
+@pytest.mark.trio
+async def test_a_round_wakes_its_waiting_callers_protected_from_keyboard_interrupt(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The round puts each waiting caller's task back on Trio's run queue with KeyboardInterrupt
+    protection on, as ``trio.lowlevel.reschedule`` does: a Ctrl-C delivered there would leave the
+    caller parked for good, neither woken nor cancellable. Trio checks the protection where the
+    signal lands, so it is checked at each reschedule of an add's caller (Trio's own are all
+    protected); both wake-ups are covered: with an answer, and with the KeyboardInterrupt that
+    the caller's own event made the reducer raise."""
+    real_reschedule = Runner.reschedule
+    protected: list[bool] = []  # at each wake-up of a caller of `add`
+    answered: list[bool] = []  # at each wake-up with the round's answer
+
+    def reschedule(runner: Runner, task: trio.lowlevel.Task, *next_send: Any) -> None:
+        if next_send != (None,) and task.name.endswith("<locals>.add"):  # (None,): a new task's first run
+            protected.append(trio.lowlevel.currently_ki_protected())
+            if next_send == (WOKEN,):
+                answered.append(protected[-1])
+        real_reschedule(runner, task, *next_send)
+
+    job = djobs.Debounce.make(
+        "woken", event=Raising, state=Seen, flush_after="1 hour", on_event=_async_reduce, execute=lambda c: None
+    )
+    answers: dict[int, Any] = {}
+    async with open_test_engine([job]) as engine:
+        client = engine.client.debounce(job)
+
+        async def add(n: int, raises: str = "") -> None:
+            try:
+                answers[n] = await client.add(id="x", event=Raising(n, raises))
+            except KeyboardInterrupt as exc:
+                answers[n] = exc
+
+        monkeypatch.setattr(Runner, "reschedule", reschedule)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(add, 0)  # its reducer awaits while the others join its queue
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(add, 1)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(add, 2, "ki")
+        monkeypatch.undo()
+        assert success(answers[1]).event_count == 2
+        assert isinstance(answers[2], KeyboardInterrupt)
+        assert answered and all(protected), protected

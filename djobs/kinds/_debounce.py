@@ -520,6 +520,39 @@ def _finish(pending: _QueuedAdd[Any], result: _Added) -> None:
         trio.lowlevel.reschedule(waiter)
 
 
+@trio.lowlevel.enable_ki_protection
+def _answer(
+    queue: deque[_QueuedAdd[Any]], results: list[_Added], escaped: BaseException | None, raised: list[BaseException]
+) -> None:
+    """Answer a round's adds, the front of `queue`: `results` in order, then `escaped` (what a
+    reducer raised past `run_body`, for the add after them), and wake their parked callers.
+
+    `_finish` of each without its calls: the runner's own ``reschedule`` and one shared `WOKEN`
+    (`djobs._trap`). Protected from a ``KeyboardInterrupt`` as ``trio.lowlevel.reschedule`` is
+    (Trio then delivers it to the main task): one raised between taking a caller's task and
+    putting it on the run queue would leave that caller parked for good, neither woken nor
+    cancellable. One call a round that wakes a caller, where ``trio.lowlevel.reschedule`` would
+    be one a woken caller.
+    """
+    reschedule = RUN_CONTEXT.runner.reschedule
+    for result in results:
+        pending = queue.popleft()
+        pending.result = result
+        waiter = pending.waiter
+        if waiter is not None:
+            pending.waiter = None
+            reschedule(waiter, WOKEN)
+    if escaped is not None:
+        pending = queue.popleft()
+        pending.raised = escaped  # answered: a writer's own add is done (`_write`)
+        waiter = pending.waiter
+        if waiter is not None:
+            pending.waiter = None
+            reschedule(waiter)
+        else:
+            raised.append(escaped)
+
+
 def _raise(exc: BaseException) -> NoReturn:
     raise exc
 
@@ -1094,23 +1127,10 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
                     self._keep(key, _Live(serial, record, alarm, state))
                 if full:
                     self.runtime.post(key, lambda: self._flush_posted(key))
-        reschedule = RUN_CONTEXT.runner.reschedule  # `_finish` of each, without its calls (`djobs._trap`)
-        for result in results:
-            pending = queue.popleft()
-            pending.result = result
-            waiter = pending.waiter
-            if waiter is not None:
-                pending.waiter = None
-                reschedule(waiter, WOKEN)
-        if escaped is not None:
-            pending = queue.popleft()
-            pending.raised = escaped  # answered: a writer's own add is done (`_write`)
-            waiter = pending.waiter
-            if waiter is not None:
-                pending.waiter = None
-                reschedule(waiter)
-            else:
-                raised.append(escaped)
+        if escaped is None and len(results) == 1 and queue[0].waiter is None:
+            queue.popleft().result = results[0]  # one add whose caller is not parked (the writer): no wake-up
+        else:
+            _answer(queue, results, escaped, raised)
         return None
 
     async def _flush_posted(self, key: str) -> None:
