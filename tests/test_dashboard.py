@@ -401,6 +401,7 @@ def screenshots(tmp_path: Path) -> Path:
 def test_in_a_real_browser_filter_open_and_retry_a_failed_job(
     browser: Any, server: tuple[str, Path], screenshots: Path
 ) -> None:
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.select import Select
@@ -413,7 +414,10 @@ def test_in_a_real_browser_filter_open_and_retry_a_failed_job(
             return [r.id for r in await opened.storage.list_jobs(JobFilter(status="failed"))]
 
     [failed_id] = trio.run(failed_ids)
-    wait = WebDriverWait(browser, 10)
+    # A page the browser is leaving mid-read answers "Node with given id does not belong to the
+    # document" (a WebDriverException, not the StaleElementReferenceException waits ignore by
+    # default): a wait reads again until its condition holds or its 10 seconds end.
+    wait = WebDriverWait(browser, 10, ignored_exceptions=(WebDriverException,))
     browser.get(url + "/")
     assert browser.find_element(By.ID, "chart").tag_name == "svg"
     browser.save_screenshot(str(screenshots / "dashboard-overview.png"))
