@@ -650,6 +650,19 @@ _NO_FLOAT_LEAVES = (
     _mi.LiteralType,
 )
 
+#: Types that hold only what their items, members or keys and values hold.
+_NO_FLOAT_CONTAINERS = (
+    _mi.UnionType,
+    _mi.ListType,
+    _mi.SetType,
+    _mi.FrozenSetType,
+    _mi.VarTupleType,
+    _mi.TupleType,
+    _mi.DictType,
+    _mi.FrozenDictType,
+)
+_NO_FLOAT_NODES = _NO_FLOAT_LEAVES + _NO_FLOAT_CONTAINERS
+
 #: The ``__eq__`` of a struct, a named tuple and a dict (a typed dict's values) as msgspec and
 #: Python define them: each compares every field or item.
 _FIELDWISE_EQ = (msgspec.Struct.__eq__, tuple.__eq__, dict.__eq__)
@@ -671,30 +684,16 @@ def holds_no_float(tp: Any) -> bool:
         root = _mi.type_info(tp)
     except Exception:  # not a type msgspec describes: unsure
         return False
-    seen: set[int] = set()  # structs and the like already looked at (a type may hold itself)
-    stack: list[_mi.Type] = [root]
-    while stack:
-        t = stack.pop()
-        if isinstance(t, _NO_FLOAT_LEAVES):
-            continue
+    for t in _parts(root):  # every node once, a recursive struct's too
+        if not isinstance(t, _mi.Type) or isinstance(t, _NO_FLOAT_NODES):
+            continue  # a container's items are nodes of their own
         if isinstance(t, _mi.EnumType):
             if not all(type(member.value) in (int, str) for member in t.cls):
                 return False
-        elif isinstance(t, _mi.UnionType):
-            stack.extend(t.types)
-        elif isinstance(t, _mi.ListType | _mi.SetType | _mi.FrozenSetType | _mi.VarTupleType):
-            stack.append(t.item_type)
-        elif isinstance(t, _mi.TupleType):
-            stack.extend(t.item_types)
-        elif isinstance(t, _mi.DictType | _mi.FrozenDictType):
-            stack += (t.key_type, t.value_type)
         elif isinstance(t, _mi.StructType | _mi.TypedDictType | _mi.NamedTupleType):
             if getattr(t, "cls", dict).__eq__ not in _FIELDWISE_EQ:
                 return False
-            if id(t) not in seen:
-                seen.add(id(t))
-                stack.extend(f.type for f in t.fields)
-        else:  # a dataclass or an attrs class among them
+        else:  # a float, a decimal, Any, a custom type, a dataclass or an attrs class among them
             return False
     return True
 
