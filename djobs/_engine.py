@@ -6,7 +6,7 @@ import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, NoReturn, TypeVar, overload
 
 import sniffio
 import trio
@@ -465,7 +465,8 @@ async def open_engine_as(
     if type(tenancy) is not str or tenancy not in ("optional", "required"):
         raise ValidationError(f"tenancy must be 'optional' or 'required', got {safe_repr(tenancy):.80}")
     the_tracker = layers.tracker
-    interrupted: list[KeyboardInterrupt] = []  # a Ctrl-C the close kept, to raise once it is done
+    # A Ctrl-C the close kept, to raise once it is done, with the block's error (if any) to chain it to.
+    interrupted: list[tuple[KeyboardInterrupt, BaseException | None]] = []
     async with _raised_as_itself(interrupted), layers.storage.open() as store, trio.open_nursery() as nursery:
         # Built in dependency order, each with what it needs: the leases and the
         # alarm sleeper's wake-up first, since the env fences check-ins with the
@@ -577,43 +578,85 @@ async def open_engine_as(
                         raise
                 env.clients.closed = True  # nothing of the engine runs now: every verb is refused
                 try:
-                    # A second past the tracker's own limit: one that keeps to it is never cut off.
-                    with trio.move_on_after(TRACKER_CLOSE_LIMIT_S + 1) as bounded:
-                        await the_tracker.aclose()
-                    if bounded.cancelled_caught:  # a user's tracker that hangs must not hang the host's exit
-                        _log.error(
-                            "tracker %r did not close within %d seconds; cancelled", the_tracker, TRACKER_CLOSE_LIMIT_S
-                        )
-                except KeyboardInterrupt as exc:  # delivered to this task while the tracker closed
-                    interrupt = interrupt or exc
-                except BaseException as exc:  # a user's tracker: logged, never an escape (`body_failure`)
-                    _log.error("tracker %r failed to close: %s", the_tracker, body_failure(exc).message)
+                    # In a task of its own, as the parts above: a Ctrl-C delivered to this task
+                    # while the tracker closes cancels the nursery, not the tracker's bounded close.
+                    async with trio.open_nursery() as closing:
+                        closing.start_soon(_to_the_end, _close_tracker, the_tracker)
+                except BaseException as exc:
+                    more = _only_interrupt(exc)
+                    if more is None:
+                        raise
+                    interrupt = interrupt or more
             nursery.cancel_scope.cancel()
             if interrupt is not None:
-                interrupted.append(interrupt)
+                # The block's own error goes with it, to be chained (`_raised_as_itself`).
+                interrupted.append((interrupt, body_error))
     if body_error is not None:
         raise body_error
 
 
 @asynccontextmanager
-async def _raised_as_itself(interrupted: list[KeyboardInterrupt]) -> AsyncIterator[None]:
-    """Raise the Ctrl-C the engine's close kept (`interrupted`) once the storage has closed: as
-    itself, as Trio raises one, over what the nursery raised with it (its tasks' cancels)."""
+async def _raised_as_itself(
+    interrupted: list[tuple[KeyboardInterrupt, BaseException | None]],
+) -> AsyncIterator[None]:
+    """Raise the Ctrl-C the engine's close kept (`interrupted`: it and the error the caller's
+    block raised, if any) once the storage has closed: as itself, as Trio raises one, over what
+    the nursery raised with it (its tasks' cancels), chained to the block's error (`_chained`)."""
     try:
         yield
     except BaseException:
         if not interrupted:
             raise
-        raise interrupted[0] from None
+        _chained(*interrupted[0])
     if interrupted:
-        raise interrupted[0]
+        _chained(*interrupted[0])
 
 
-async def _to_the_end(close: Callable[[float], Awaitable[None]], grace: float) -> None:
-    """Run one part of the engine's close to its end: shielded from the cancel of the nursery that
-    runs it, which a Ctrl-C delivered to the task waiting for that nursery triggers."""
+def _chained(interrupt: KeyboardInterrupt, block_error: BaseException | None) -> NoReturn:
+    """Raise `interrupt` with `block_error` (what the caller's block raised before the close began)
+    as its ``__context__``, as Python chains an exception raised in a ``finally`` that runs for
+    another: the traceback shows the block's error, then "During handling of the above exception,
+    another exception occurred", then the interrupt. It stays a `KeyboardInterrupt` (not a group
+    of the two), so the host's ``except KeyboardInterrupt`` and Trio's own handling still stop
+    the program. Without a block error, raised with no context: the nursery's cancels are noise.
+
+    Python sets the context of a raised exception to the one being handled, overwriting any set
+    before: so the block's error is raised (and handled) here first, its traceback and context
+    put back as they were."""
+    if block_error is None or block_error is interrupt:
+        raise interrupt from None
+    if isinstance(block_error, KeyboardInterrupt):  # a Ctrl-C in the block, and one in the close: the first
+        raise block_error
+    traceback, context = block_error.__traceback__, block_error.__context__
+    interrupt.__cause__ = None
+    interrupt.__suppress_context__ = False
+    try:
+        raise block_error
+    except BaseException:
+        block_error.__traceback__, block_error.__context__ = traceback, context
+        raise interrupt  # noqa: B904  # chained to the block's error as its context, on purpose
+
+
+async def _to_the_end(close: Callable[[Any], Awaitable[None]], arg: Any) -> None:
+    """Run one part of the engine's close (``close(arg)``) to its end: shielded from the cancel of
+    the nursery that runs it, which a Ctrl-C delivered to the task waiting for that nursery triggers."""
     with trio.CancelScope(shield=True):
-        await close(grace)
+        await close(arg)
+
+
+async def _close_tracker(tracker: Tracker) -> None:
+    """Close `tracker` within its limit, a second past `TRACKER_CLOSE_LIMIT_S` (one that keeps to
+    it is never cut off); a hang is cancelled and logged, an error logged, never an escape (a
+    user's tracker: `body_failure`), so neither hangs nor fails the host's exit."""
+    try:
+        with trio.move_on_after(TRACKER_CLOSE_LIMIT_S + 1) as bounded:
+            await tracker.aclose()
+        if bounded.cancelled_caught:
+            _log.error("tracker %r did not close within %d seconds; cancelled", tracker, TRACKER_CLOSE_LIMIT_S)
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            raise  # raised into the tracker's own code: the close's nursery keeps it (`_only_interrupt`)
+        _log.error("tracker %r failed to close: %s", tracker, body_failure(exc).message)
 
 
 def _only_interrupt(exc: BaseException) -> KeyboardInterrupt | None:

@@ -93,3 +93,73 @@ def test_a_ctrl_c_during_the_close_still_hands_the_running_job_back() -> None:
             assert (info.status, info.attempts) == ("pending", 0), info
 
     trio.run(look, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+@pytest.mark.parametrize("signals", [1, 2, 3])
+@pytest.mark.parametrize("in_handler", [False, True])
+def test_a_ctrl_c_during_the_close_keeps_the_error_the_block_raised(in_handler: bool, signals: int) -> None:
+    """The interrupt is raised (a host's ``except KeyboardInterrupt`` still stops it), with the
+    block's own error as its context, as Python chains an interrupt that lands in a ``finally``:
+    the traceback shows both. Also when the host opened the engine while handling an error of its own."""
+
+    async def block() -> None:
+        for n in range(signals):  # the last one lands as the grace runs out, as the job is handed back
+            trio.lowlevel.spawn_system_task(ctrl_c_at, trio.current_time() + 3 + 3 * n)
+        async with open_test_engine([napper], shutdown_grace="8 seconds") as engine:
+            success(await engine.client.job(napper).later(Nap(60)))
+            await trio.sleep(1)
+            raise LookupError("the block's own error")
+
+    async def main() -> None:
+        trio.lowlevel.spawn_system_task(fail_if_hung)
+        if not in_handler:
+            await block()
+            return
+        try:
+            raise OSError("the host's error")
+        except OSError:
+            await block()
+
+    with pytest.raises(KeyboardInterrupt) as caught:
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    kept = caught.value.__context__
+    assert isinstance(kept, LookupError) and str(kept) == "the block's own error", repr(kept)
+    assert not caught.value.__suppress_context__
+    if in_handler:
+        assert isinstance(kept.__context__, OSError)
+
+
+class SlowTracker:
+    """A tracker whose close takes 5 seconds (within its 30), and says whether it ran to its end."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def emit(self, event: djobs.TrackedEvent) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        await trio.sleep(5)
+        self.closed = True
+
+
+def test_a_ctrl_c_during_the_trackers_close_lets_it_run_to_its_end() -> None:
+    tracker = SlowTracker()
+    seen: dict[str, float] = {}
+
+    async def main() -> None:
+        trio.lowlevel.spawn_system_task(fail_if_hung)
+        layers = djobs.Layers(storage=djobs.storage.memory(), tracker=tracker)
+        start = trio.current_time()
+        trio.lowlevel.spawn_system_task(ctrl_c_at, start + 3)
+        try:
+            with trio.move_on_after(1):
+                async with djobs.open_engine([napper], layers=layers, shutdown_grace="1 second"):
+                    await trio.sleep(10)
+        finally:
+            seen["closed_after"] = trio.current_time() - start
+
+    with pytest.raises(KeyboardInterrupt):
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert tracker.closed
+    assert seen["closed_after"] == pytest.approx(6, abs=0.5)  # the block's 1 s, then the tracker's 5
