@@ -102,3 +102,42 @@ def test_a_running_job_cancelled_again_says_so_here_and_elsewhere(kind: str, tmp
             assert repeat == djobs.CancelResult(elsewhere, "cancel_requested", already_requested=True)
 
     run_on(kind, tmp_path, scenario)
+
+
+@pytest.mark.parametrize("kind", STORAGE_KINDS)
+@pytest.mark.parametrize("running", [False, True])
+def test_two_cancels_at_once_from_two_processes_cancel_once(kind: str, tmp_path: Any, running: bool) -> None:
+    """Two engines on one database (as two processes): each reads the job before either writes,
+    and only the cancel whose write changed the row says it was the first
+    (``already_requested=False``); the other is a repeat. The job pending, or running in a third
+    worker (both cancels then requests)."""
+
+    async def scenario(layer: djobs.storage.StorageLayer) -> None:
+        async with (
+            open_test_engine([job], storage=layer, worker=None) as one,
+            open_test_engine([job], storage=layer, worker=None) as other,
+        ):
+            for round in range(5):
+                job_id = success(await one.client.job(job).later(Nothing(), delay="1 hour"))
+                if running:
+                    storage = one.storage
+                    assert isinstance(storage, QueueStorage)
+                    now = one.clock.now_ms() + 3_600_000
+                    assert [c.id for c in await storage.claim_jobs(now, now + 60_000, "third", ["forever"], 1)] == [
+                        job_id
+                    ]
+                answers: list[djobs.CancelResult] = []
+
+                async def cancel(engine: Any, job_id: str = job_id, answers: list[Any] = answers) -> None:
+                    answers.append(success(await engine.client.jobs.cancel(job_id)))
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(cancel, one)
+                    nursery.start_soon(cancel, other)
+                assert sorted(a.already_requested for a in answers) == [False, True], (round, answers)
+                assert {a.status for a in answers} == {"cancel_requested" if running else "cancelled"}
+                assert (one.tracker.count("job.cancelled") + other.tracker.count("job.cancelled")) == (
+                    0 if running else round + 1
+                )
+
+    run_on(kind, tmp_path, scenario)

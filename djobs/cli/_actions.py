@@ -89,14 +89,16 @@ async def get_job(storage: QueueStorage, job_id: str) -> JobRecord:
     return record
 
 
-async def cancel_job(storage: QueueStorage, job_id: str, now: int) -> tuple[JobRecord, JobRecord]:
-    """Cancel a pending job, or ask the worker of a running one to stop it; the row before and after."""
+async def cancel_job(storage: QueueStorage, job_id: str, now: int) -> tuple[JobRecord, bool]:
+    """Cancel a pending job, or ask the worker of a running one to stop it: the row afterwards,
+    and whether this call changed it (``False``: it was cancelled, its cancel requested, or it
+    finished before, by this process or another; `QueueStorage.cancel_job`)."""
     before = await get_job(storage, job_id)
-    after = before
     if before.status in ("pending", "running"):
-        changed = await storage.cancel_job(before.id, now, CANCELLED_ERROR)
-        after = changed if changed is not None else before
-    return before, after
+        outcome = await storage.cancel_job(before.id, now, CANCELLED_ERROR)
+        if outcome is not None:
+            return outcome
+    return before, False
 
 
 async def retry_job(storage: QueueStorage, job_id: str, now: int) -> JobRecord:

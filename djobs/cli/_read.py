@@ -391,9 +391,9 @@ async def jobs_show(args: argparse.Namespace, clock: Clock) -> ExitCode:
 async def jobs_cancel(args: argparse.Namespace, clock: Clock) -> ExitCode:
     """``djobs jobs cancel ID``: a pending job never runs; a running one is stopped by its worker."""
     async with _open(args, write=True) as db:
-        before, after = await _actions.cancel_job(db.storage, args.id, clock.now_ms())
+        after, changed = await _actions.cancel_job(db.storage, args.id, clock.now_ms())
     if after.status == "cancelled":
-        outcome, code = ("cancelled" if before.status != "cancelled" else "already cancelled"), ExitCode.OK
+        outcome, code = ("cancelled" if changed else "already cancelled"), ExitCode.OK
     elif after.status == "running" and after.cancel_requested:
         outcome, code = "cancel requested: its worker stops it at its next lease renewal", ExitCode.OK
     else:

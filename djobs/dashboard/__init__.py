@@ -588,7 +588,7 @@ async def job_action(d: Dashboard, request: Request) -> Response:
             await _actions.retry_job(db.storage, job_id, now)
             return "retried: pending again, due now"
         if verb == "cancel":
-            _, after = await _actions.cancel_job(db.storage, job_id, now)
+            after, _ = await _actions.cancel_job(db.storage, job_id, now)
             return "cancelled" if after.status == "cancelled" else f"cancel: {after.status}"
         raise CommandError(f"no action {verb!r} on jobs", ExitCode.USAGE)
 

@@ -458,8 +458,9 @@ class CancelResult(msgspec.Struct, frozen=True):
 
     ``already_requested`` is true when the job was cancelled, or its cancel
     requested, before this call: this one changed nothing (as a workflow's
-    repeated cancel says, `WorkflowCancelResult`). Two cancels at once from
-    one process give one ``already_requested=False``.
+    repeated cancel says, `WorkflowCancelResult`). Two cancels at once, from
+    one process or two, give one ``already_requested=False``: the one whose write
+    changed the row.
     """
 
     job_id: str

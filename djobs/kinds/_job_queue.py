@@ -410,12 +410,13 @@ class JobQueue:
             return Success(CancelResult(record.id, record.status))
         if record.status == "cancelled":
             return Success(CancelResult(record.id, "cancelled", already_requested=True))
-        # Running with its cancel requested before (by another process, say): asked again, and
-        # interrupted here if it runs here, but this call is a repeat.
-        repeat = record.cancel_requested
-        changed = await self.storage.cancel_job(record.id, self.env.now_ms(), CANCELLED_ERROR)
-        if changed is None:
+        # A repeat unless this call's write changed the row (`cancel_job`'s flag, not `record`, read
+        # before: another process may have cancelled it since). Running with its cancel requested
+        # before: interrupted here if it runs here, but this call is a repeat.
+        outcome = await self.storage.cancel_job(record.id, self.env.now_ms(), CANCELLED_ERROR)
+        if outcome is None:
             return Failure(_job_not_found(record.id))
+        changed, repeat = outcome[0], not outcome[1]
         if changed.status == "cancelled":
             if not repeat:
                 event = self.worker.event("job.cancelled", record.id, record.name, attempt=record.attempt_count)

@@ -860,9 +860,15 @@ class QueueStorage(Protocol):
         """The jobs `where` selects, in id order."""
         ...
 
-    async def cancel_job(self, job_id: str, now: int, error: bytes) -> JobRecord | None:
+    async def cancel_job(self, job_id: str, now: int, error: bytes) -> tuple[JobRecord, bool] | None:
         """Cancel a ``pending`` row (it never runs) or mark a ``running`` one
-        cancel-requested (its worker cancels it); the row afterwards, or ``None``."""
+        cancel-requested (its worker cancels it): the row afterwards and whether this call's
+        write changed it, or ``None`` if there is no such row.
+
+        The flag is the write's own (a row it updated), not a comparison with an earlier read:
+        of two cancels at once, from two processes, exactly one gets ``True``; a row already
+        cancelled, finished, or running with its cancel requested is left as it is (``False``).
+        """
         ...
 
     async def retry_job(self, job_id: str, now: int) -> JobRecord | None:

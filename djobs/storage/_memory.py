@@ -1290,7 +1290,7 @@ class MemoryStorage:
                 out.append(job.record(where.payloads))
         return out
 
-    def _cancel(self, job_id: str, now: int, error: bytes) -> JobRecord | None:
+    def _cancel(self, job_id: str, now: int, error: bytes) -> tuple[JobRecord, bool] | None:
         job = self._jobs.get(job_id)
         if job is None:
             return None
@@ -1298,12 +1298,14 @@ class MemoryStorage:
             self._touch(job)
             job.error, job.completed_at, job.updated_at = error, now, now
             self._status(job, "cancelled")
-        elif job.status == "running":
+        elif job.status == "running" and not job.cancel_requested:
             self._touch(job)
             job.cancel_requested, job.updated_at = True, now
-        return job.record()
+        else:
+            return job.record(), False
+        return job.record(), True
 
-    async def cancel_job(self, job_id: str, now: int, error: bytes) -> JobRecord | None:
+    async def cancel_job(self, job_id: str, now: int, error: bytes) -> tuple[JobRecord, bool] | None:
         return await self._write(self._cancel, job_id, now, error)
 
     def _retry_row(self, job: _Job, now: int) -> None:

@@ -1263,10 +1263,13 @@ class PostgresStorage:
         query, args = _sql.list_jobs(where, POSTGRES)
         return await self._run(lambda conn: [job_record(r) for r in conn.execute(query.encode(), args)], "list_jobs")
 
-    async def cancel_job(self, job_id: str, now: int, error: bytes) -> JobRecord | None:
-        def run(conn: Connection) -> JobRecord | None:
-            conn.execute(_CANCEL_JOB, {"id": job_id, "now": now, "error": error})
-            return self._get_job(conn, job_id)
+    async def cancel_job(self, job_id: str, now: int, error: bytes) -> tuple[JobRecord, bool] | None:
+        def run(conn: Connection) -> tuple[JobRecord, bool] | None:
+            # Under READ COMMITTED a second cancel's UPDATE waits for the first's commit, then
+            # checks its WHERE on the row as committed: it matches no row, and says so.
+            changed = conn.execute(_CANCEL_JOB, {"id": job_id, "now": now, "error": error}).rowcount > 0
+            row = self._get_job(conn, job_id)
+            return None if row is None else (row, changed)
 
         return await self._write(run, "cancel_job")
 

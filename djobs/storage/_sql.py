@@ -157,7 +157,7 @@ CANCEL_JOB: Final = """
         completed_at = CASE WHEN status = 'pending' THEN :now ELSE completed_at END,
         cancel_requested = CASE WHEN status = 'running' THEN TRUE ELSE cancel_requested END,
         updated_at = :now
-    WHERE id = :id AND status IN ('pending', 'running')
+    WHERE id = :id AND (status = 'pending' OR (status = 'running' AND NOT cancel_requested))
 """
 RETRY_JOB: Final = """
     UPDATE jobs SET status = 'pending', attempt_count = 0, result = NULL, error = NULL, progress = 0,

@@ -1638,10 +1638,12 @@ class SqliteStorage:
         sql, args = _sql.list_jobs(where, _sql.SQLITE)
         return await self.read(lambda db: [job_record(r) for r in db.execute(sql, args)])
 
-    async def cancel_job(self, job_id: str, now: int, error: bytes) -> JobRecord | None:
-        def run(db: apsw.Connection) -> JobRecord | None:
+    async def cancel_job(self, job_id: str, now: int, error: bytes) -> tuple[JobRecord, bool] | None:
+        def run(db: apsw.Connection) -> tuple[JobRecord, bool] | None:
             db.execute(_sql.CANCEL_JOB, {"id": job_id, "now": now, "error": error})
-            return self._get_job(db, job_id)
+            changed = db.changes() > 0
+            row = self._get_job(db, job_id)
+            return None if row is None else (row, changed)
 
         return await self.write(run)
 

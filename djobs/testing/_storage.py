@@ -988,8 +988,12 @@ async def _a_requested_cancel_wins_over_a_retry_or_a_hand_back(storage: _Full) -
     await storage.enqueue_jobs([_job(1), _job(2)])
     await storage.claim_jobs(0, 1000, "w", ["send"], 10)
     for job_id in ("job-0001", "job-0002"):
-        running = await storage.cancel_job(job_id, 10, _CANCELLED)
-        assert running is not None and running.status == "running" and running.cancel_requested
+        outcome = await storage.cancel_job(job_id, 10, _CANCELLED)
+        assert outcome is not None
+        running, changed = outcome
+        assert running.status == "running" and running.cancel_requested and changed
+        # Asked again: the row stays as the first request left it, and the call says it changed nothing.
+        assert await storage.cancel_job(job_id, 20, _CANCELLED) == (running, False)
     assert sorted(await storage.renew_leases("w", 2000)) == [("job-0001", True), ("job-0002", True)]
     assert await storage.settle_jobs(
         [
@@ -1006,8 +1010,9 @@ async def _a_requested_cancel_wins_over_a_retry_or_a_hand_back(storage: _Full) -
 
 async def _cancel_and_retry(storage: _Full) -> None:
     await storage.enqueue_jobs([_job(1), _job(2)])
-    cancelled = await storage.cancel_job("job-0001", 10, _CANCELLED)
-    assert cancelled is not None
+    outcome = await storage.cancel_job("job-0001", 10, _CANCELLED)
+    assert outcome is not None and outcome[1]  # this call's write cancelled it
+    cancelled = outcome[0]
     assert (cancelled.status, cancelled.error, cancelled.completed_at, cancelled.cancel_requested) == (
         "cancelled",
         _CANCELLED,
@@ -1016,7 +1021,7 @@ async def _cancel_and_retry(storage: _Full) -> None:
     )
     assert await storage.claim_jobs(20, 1000, "w", ["send"], 10) != []  # job 2 only
     again = await storage.cancel_job("job-0001", 30, b"other")  # already final: unchanged
-    assert again == cancelled
+    assert again == (cancelled, False)
     assert await storage.cancel_job("job-9999", 30, _CANCELLED) is None
     retried = await storage.retry_job("job-0001", 40)
     assert retried is not None
