@@ -706,7 +706,11 @@ def non_finite(value: object) -> str | None:
     refused as "got null" (a null the caller never passed). A dict's float
     key is looked at too: msgspec writes one as text (``"nan"``), which
     JSON's other readers (PostgreSQL's jsonb among them) do not read as a
-    float. `_check` calls this only when an encoding holds ``null`` or a key
+    float. A float's subclass counts, and so does an enum member whose value
+    holds one (a float enum's, or a plain enum's: msgspec writes a member as its
+    value, so an ``Any`` field took ``Mode.NAN`` as ``null``). A `Decimal` nan is
+    none of these: msgspec writes it as the text ``"NaN"``, read back as it was.
+    `_check` calls this only when an encoding holds ``null`` or a key
     ending in ``nan`` or ``inf``. The path is written as msgspec writes one
     in its errors (``$.field[0]``). Built for few calls (a hot path's payload with a
     ``None`` in it comes here): the common leaves cost none, a struct two.
@@ -727,11 +731,18 @@ def non_finite(value: object) -> str | None:
             todo += zip(msgspec.structs.astuple(item), repeat((within, key, ".")), item.__struct_fields__)
         elif isinstance(item, dict):
             for name in item:
-                if type(name) is float and name - name:  # a nan or ±inf key
+                if type(name) is not str and _non_finite_key(name):  # written as text: "nan", "-inf"
                     return _non_finite_message(name, within, key, " as a key")
             todo += zip(item.values(), repeat((within, key, "[]")), item.keys())
         elif isinstance(item, list | tuple | set | frozenset):
             todo += zip(item, repeat((within, key, "[]")), count())
+        elif isinstance(item, enum.Enum):  # msgspec writes a member as its value (a float enum's too)
+            if isinstance(item, float) and item - item:
+                return _non_finite_message(item, within, key)
+            todo.append((item.value, within, key))
+        elif isinstance(item, float):  # a subclass: refused by the encoder, unless a hook makes it a float
+            if item - item:
+                return _non_finite_message(item, within, key)
         elif dataclasses.is_dataclass(item) and not isinstance(item, type):
             names = [f.name for f in dataclasses.fields(item)]
             todo += zip([getattr(item, n, None) for n in names], repeat((within, key, ".")), names)
@@ -741,6 +752,14 @@ def non_finite(value: object) -> str | None:
                 names = [a.name for a in attributes]
                 todo += zip([getattr(item, n, None) for n in names], repeat((within, key, ".")), names)
     return None
+
+
+def _non_finite_key(name: object) -> bool:
+    """Whether a dict key is a nan or ±inf float (a subclass's, a float enum's member, or the
+    value of another enum's member, as msgspec writes a member): a key written as text."""
+    if isinstance(name, enum.Enum) and not isinstance(name, float):
+        name = name.value
+    return isinstance(name, float) and bool(name - name)
 
 
 def _non_finite_message(item: object, within: Any, key: Any, role: str = "") -> str:

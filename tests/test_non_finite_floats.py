@@ -8,6 +8,7 @@ field refused as "Expected `float`, got `null`", a null the caller never passed.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 import struct
 from typing import Any
@@ -50,11 +51,36 @@ non_finite = st.one_of(
 )
 
 
+class FloatMember(float, enum.Enum):
+    """A float enum's members: msgspec writes each as its value, a nan or ±inf one as ``null``."""
+
+    NAN = math.nan
+    INF = math.inf
+    NEG_INF = -math.inf
+
+
+class PlainMember(enum.Enum):
+    """A plain enum's members with float values: written as their values too."""
+
+    NAN = math.nan
+    INF = math.inf
+    NESTED = (1.0, -math.inf)
+
+
 @st.composite
 def readings(draw: st.DrawFn) -> tuple[Any, str]:
     """A payload holding one non-finite float somewhere, and the path the error must name."""
     x = draw(non_finite)
-    where = draw(st.sampled_from(["value", "exact", "values", "extra", "dict", "nested"]))
+    where = draw(
+        st.sampled_from(["value", "exact", "values", "extra", "dict", "nested", "member", "member_key", "plain"])
+    )
+    if where == "member":  # only an ``Any`` field takes one: msgspec cannot decode a float enum
+        return Reading(extra={"deep": [draw(st.sampled_from(FloatMember))]}), "$.extra['deep'][0]"
+    if where == "member_key":  # written as the text "nan", "inf" or "-inf", as a float key is
+        return Reading(extra={"deep": {draw(st.sampled_from(FloatMember)): 1}}), "$.extra['deep']"
+    if where == "plain":
+        member = draw(st.sampled_from(PlainMember))
+        return Reading(extra={"m": member}), "$.extra['m']" + ("[1]" if member is PlainMember.NESTED else "")
     if where == "value":
         return Reading(value=x), "$.value"
     if where == "exact":
@@ -236,6 +262,11 @@ class Point:
         ({"s": frozenset([math.nan])}, "$['s'][0]"),
         ({math.nan: 1}, "$"),
         ({"by": {1.0: 0, -math.inf: 1}}, "$['by']"),
+        # Enum members are written as their values: an ``Any`` took these as null, silently.
+        ([FloatMember.NAN], "$[0]"),
+        ({"m": PlainMember.NESTED}, "$['m'][1]"),
+        ({"by": {FloatMember.INF: 1}}, "$['by']"),
+        ({"by": {PlainMember.NAN: 1}}, "$['by']"),
     ],
 )
 def test_a_non_finite_float_is_found_in_whatever_msgspec_encodes(value: Any, path: str) -> None:
