@@ -74,6 +74,9 @@ from ._inspect import (
 T = TypeVar("T")
 
 _MISSING: Final = object()
+#: Pushes on the pending and expiry heaps between two sweeps of them, at least (`_sweep_heaps`).
+_SWEEP_FLOOR: Final = 1024
+
 #: A heap entry of a pending job: (scheduled_for, rowid, stamp, id).
 _Entry = tuple[int, int, int, str]
 #: Pending jobs of one kind, by priority: each priority's heap of entries.
@@ -237,6 +240,7 @@ class _Tables:
         "running_keys",
         "stamps",
         "starts",
+        "sweep",
         "unique",
     )
 
@@ -270,6 +274,9 @@ class _Tables:
         self.by_key: dict[str, _Lane] = {}
         #: (worker_expires_at, rowid, id) of running rows, lazily checked
         self.expiry: list[tuple[int, int, str]] = []
+        #: [entries pushed on the pending and expiry heaps since their last sweep, the count that
+        #: sweeps them next] (`_sweep_heaps`)
+        self.sweep: list[int] = [0, _SWEEP_FLOOR]
         self.by_worker: dict[str, dict[str, None]] = {}
         self.running_keys: dict[str, int] = {}
         #: limit key -> start times (ascending) of its rate-limited claims
@@ -324,6 +331,7 @@ class MemoryStorage:
         self._keyed = t.keyed
         self._by_key = t.by_key
         self._expiry = t.expiry
+        self._sweep = t.sweep
         self._by_worker = t.by_worker
         self._running_keys = t.running_keys
         self._starts = t.starts
@@ -411,7 +419,7 @@ class MemoryStorage:
         if job.status == "pending":
             self._index_pending(job)
         elif job.status == "running" and job.worker_expires_at is not None:
-            heapq.heappush(self._expiry, (job.worker_expires_at, job.rowid, job.id))
+            self._push_expiry((job.worker_expires_at, job.rowid, job.id))
 
     def _restore_alarm(self, key: str, old: object) -> None:
         _restore(self._alarms, key, old)
@@ -750,7 +758,7 @@ class MemoryStorage:
                 if job.worker_expires_at is not None and job.worker_expires_at > now:
                     self._touch(job)
                     job.worker_expires_at = now
-                    heapq.heappush(self._expiry, (now, job.rowid, job_id))
+                    self._push_expiry((now, job.rowid, job_id))
                     freed += 1
         return freed
 
@@ -836,6 +844,56 @@ class MemoryStorage:
         else:
             heapq.heappush(self._keyed.setdefault(job.name, {}).setdefault(job.priority, []), entry)
             heapq.heappush(self._by_key.setdefault(job.limit_key, {}).setdefault(job.priority, []), entry)
+        sweep = self._sweep  # `_sweep_heaps`, counted inline: one of the queue's hottest paths
+        sweep[0] += 1
+        if sweep[0] > sweep[1]:
+            self._sweep_heaps()
+
+    def _push_expiry(self, entry: tuple[int, int, str]) -> None:
+        """Push a running row's entry (its lease's end) on the expiry heap."""
+        heapq.heappush(self._expiry, entry)
+        sweep = self._sweep
+        sweep[0] += 1
+        if sweep[0] > sweep[1]:
+            self._sweep_heaps()
+
+    def _sweep_heaps(self) -> None:
+        """Keep only the live entries (each once) of the pending and expiry heaps; called once
+        there were as many pushes on them as entries were left by the last sweep (`_SWEEP_FLOOR`
+        at least), counted in `_index_pending` and `_push_expiry`.
+
+        Their entries are checked lazily, dropped when they come to the top: one whose row
+        left its place (a job that finished before its lease ran out, a pending job
+        cancelled, a renewed lease's old end) stayed until then, for ever if it never came
+        to the top while the engine ran (an hourly cron job's runs left 8,760 a virtual year).
+        A sweep costs the entries it looks at, at most twice the pushes since the last:
+        amortised, a few steps a push; the heaps hold at most the live entries plus as many
+        again (plus the floor). Safe within an operation, and within a rollback: a rollback
+        pushes back the entries of the rows it restores (`_restore_job`)."""
+        jobs = self._jobs
+        kept = 0
+        for table in (self._free, self._keyed, self._by_key):
+            for lane in table.values():
+                for heap in lane.values():
+                    live = {e for e in heap if (job := jobs.get(e[3])) is not None and job.stamp == e[2]}
+                    if len(live) < len(heap):
+                        heap[:] = live
+                        heapq.heapify(heap)
+                    kept += len(heap)
+        expiry = self._expiry
+        running = {
+            e
+            for e in expiry
+            if (job := jobs.get(e[2])) is not None
+            and job.rowid == e[1]
+            and job.status == "running"
+            and job.worker_expires_at == e[0]
+        }
+        if len(running) < len(expiry):
+            expiry[:] = running
+            heapq.heapify(expiry)
+        kept += len(expiry)
+        self._sweep[:] = [0, max(_SWEEP_FLOOR, kept)]
 
     def _status(self, job: _Job, status: JobStatusName) -> None:
         """Move `job` (touched already, its other columns written) to `status`, keeping the
@@ -863,7 +921,7 @@ class MemoryStorage:
             if job.limit_key is not None:
                 self._put(self._running_keys, job.limit_key, self._running_keys.get(job.limit_key, 0) + 1)
             if job.worker_expires_at is not None:
-                heapq.heappush(self._expiry, (job.worker_expires_at, job.rowid, job.id))
+                self._push_expiry((job.worker_expires_at, job.rowid, job.id))
         elif status == "failed" and old != "failed":
             self._put(self._letters, job.id, self._job_letter(job))
 
@@ -1136,7 +1194,7 @@ class MemoryStorage:
                 job.completed_at = None
                 job.worker_expires_at = until
                 job.worker_started_at = now
-                heapq.heappush(self._expiry, (until, job.rowid, job.id))
+                self._push_expiry((until, job.rowid, job.id))
                 started.append(job_id)
         urgent = self._claim(now, until, worker_id, self._free_lanes(names), len(held), above) if held else []
         return HeldStarts(started=started, cancelled=cancelled, urgent=urgent)
@@ -1200,7 +1258,7 @@ class MemoryStorage:
             job = self._jobs[job_id]
             self._touch(job)
             job.worker_expires_at = until
-            heapq.heappush(self._expiry, (until, job.rowid, job_id))
+            self._push_expiry((until, job.rowid, job_id))
             out.append((job_id, job.cancel_requested))
         return out
 
@@ -1236,7 +1294,7 @@ class MemoryStorage:
             job.attempt_count += 1
             job.error = s.error
             job.worker_expires_at = s.lease_until
-            heapq.heappush(self._expiry, (s.lease_until, job.rowid, job.id))
+            self._push_expiry((s.lease_until, job.rowid, job.id))
         elif s.status in FINAL_STATUSES:
             job.error, job.completed_at, job.worker_expires_at = s.error, at, None
             self._status(job, s.status)
