@@ -16,7 +16,7 @@ import trio
 from returns.result import Failure
 
 from ._errors import SchedulerError
-from ._input import epoch_ms
+from ._input import epoch_ms, nearest_ms
 
 
 class Clock(Protocol):
@@ -70,8 +70,8 @@ _last_datetime: tuple[int, datetime] = (0, _EPOCH)
 
 
 def to_epoch_ms(moment: datetime) -> int:
-    """Epoch milliseconds for an aware datetime."""
-    return round(moment.timestamp() * 1000)
+    """Epoch milliseconds for an aware datetime, to the nearest (a half up), exactly (`nearest_ms`)."""
+    return nearest_ms(moment - _EPOCH)
 
 
 #: The latest time djobs schedules anything for: 9999-12-31 00:00 UTC (`LATEST_TEXT`). A day

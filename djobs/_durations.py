@@ -16,7 +16,7 @@ from typing import TypeAlias
 from returns.result import Failure, Result, Success
 
 from ._errors import ValidationError, raise_error, safe_repr
-from ._input import LONGEST_INTERVAL, check_interval
+from ._input import LONGEST_INTERVAL, check_interval, nearest_ms
 
 __all__ = ["DurationLike", "duration", "format_duration", "parse_duration", "to_ms"]
 
@@ -194,8 +194,7 @@ def to_ms(value: timedelta) -> int:
         >>> to_ms(timedelta(seconds=1, microseconds=1500))
         1002
     """
-    whole, rest = divmod(value // timedelta(microseconds=1), 1_000)
-    return whole + (rest >= 500)
+    return nearest_ms(value)
 
 
 def format_duration(value: timedelta) -> str:

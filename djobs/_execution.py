@@ -31,7 +31,7 @@ from ._bodies import immediate, normalise
 from ._clock import FIRST_MS, LAST_MS, LATEST_MS, Clock, to_datetime
 from ._errors import ExecutionError, JobError, JobTimeoutError, SchedulerError, StorageError, describe, safe_repr
 from ._ids import Ids
-from ._input import DEFAULT_MAX_PAYLOAD_BYTES, MAX_REASON_LENGTH, check_produced_text
+from ._input import DEFAULT_MAX_PAYLOAD_BYTES, MAX_REASON_LENGTH, check_produced_text, nearest_ms
 from ._limits import NO_LIMITS, RunLimits
 from ._logging import JobLog, LoggingOption, threshold
 from ._retry import Retry, RetryPolicy
@@ -825,7 +825,7 @@ def judge(
         return Outcome("exhausted", error=error, duration_ms=duration_ms)
     delay = env.retries.delay_before(retry, info.attempt + 1)
     now = env.now_ms() if at_ms is None else at_ms
-    retry_at = min(now + max(0, round(delay.total_seconds() * 1000)), LATEST_MS)
+    retry_at = min(now + max(0, nearest_ms(delay)), LATEST_MS)
     log.warning(
         "failed on attempt %d of %d, retrying in %s: %s", info.attempt, retry.max_attempts, delay, error.message
     )

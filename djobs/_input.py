@@ -28,7 +28,7 @@ import random
 import sys
 import types
 import typing
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Union, get_args, get_origin
 
 import msgspec
@@ -366,6 +366,18 @@ def check_seed(seed: object, what: str = "seed") -> int | None:
     return seed
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def nearest_ms(span: timedelta) -> int:
+    """`span` in whole milliseconds, to the nearest (a half up), in integers throughout: through
+    a float (``round(span.total_seconds() * 1000)``) a span of centuries, or one ending on a half
+    millisecond, came out a millisecond off (the float's step past the year 4000 is 30 µs)."""
+    whole, rest = divmod(span // _MICROSECOND, 1_000)
+    return whole + (rest >= 500)
+
+
 def epoch_ms(moment: object, what: str) -> Result[int, ValidationError]:
     """Epoch milliseconds of an aware `datetime`; a naive one, a broken time zone (an offset of
     a day or more) or a moment `datetime` cannot represent in UTC is a `ValidationError`."""
@@ -376,7 +388,7 @@ def epoch_ms(moment: object, what: str) -> Result[int, ValidationError]:
             return Failure(
                 ValidationError(f"{what} must be a timezone-aware datetime, got naive {safe_repr(moment):.80}")
             )
-        return Success(round(moment.timestamp() * 1000))
+        return Success(nearest_ms(moment - _EPOCH))
     except Exception as exc:  # the tzinfo is user code: its utcoffset may raise anything
         shown = moment.replace(tzinfo=None).isoformat()
         zone = safe_repr(moment.tzinfo)

@@ -31,7 +31,16 @@ from .._errors import (
 )
 from .._future import VerbResult
 from .._input import MAX_REASON_LENGTH as MAX_REASON_LENGTH
-from .._input import SEPARATOR, check_optional_text, check_text, clean_message, clean_text, plain_text, text_problem
+from .._input import (
+    SEPARATOR,
+    check_optional_text,
+    check_text,
+    clean_message,
+    clean_text,
+    nearest_ms,
+    plain_text,
+    text_problem,
+)
 from ..storage import Checkin, ClearAlarm, InstanceRecord, SetAlarm
 from ..storage._base import DeadLetter, DeadLetterKind, DeadLetterStorage, InstanceRevival, Revival
 
@@ -621,7 +630,7 @@ async def count_failed_attempt(
             if before_retry is not None:
                 before_retry(record)
             delay = env.retries.delay_before(retry, attempt + 1)
-            alarm = SetAlarm(min(now + max(0, round(delay.total_seconds() * 1000)), LATEST_MS), retry_purpose)
+            alarm = SetAlarm(min(now + max(0, nearest_ms(delay)), LATEST_MS), retry_purpose)
         else:
             record.attempt = 1
             give_up(record)

@@ -724,7 +724,7 @@ class Run:
             delay = env.retries.delay_before(policy, attempt + 1)
             # Due at the latest at `LATEST_MS`, as every retry is (`_execution`): a later one has
             # no datetime to be told in (its event, `to_datetime` past the year 9999).
-            entry.until = min(env.now_ms() + max(0, round(delay.total_seconds() * 1000)), LATEST_MS)
+            entry.until = min(env.now_ms() + max(0, to_ms(delay)), LATEST_MS)
             entry.error = ErrorInfo.of(error)
             log.warning(
                 "step failed on attempt %d of %d, retrying in %s: %s",
