@@ -23,6 +23,7 @@ import trio
 
 from ._errors import CLOSED_MESSAGE, InvalidStateError, StorageError, describe
 from ._leases import InstanceLeases
+from ._shield import Shields
 from .tracking._base import CALLER_CONTEXT
 
 T = TypeVar("T")
@@ -82,9 +83,9 @@ class Actors:
         #: The scopes of the handlers running now (shielded; `close` cancels them after the grace).
         self._handler_scopes: set[trio.CancelScope] = set()
         #: The shielded scopes of work run in its callers' tasks outside `enter`'s bookkeeping (a
-        #: Debounce caller applying adds): `cancel_running` cancels them with the handlers. A dict
-        #: its owners fill and empty by subscript, without a call.
-        self.writer_scopes: dict[trio.CancelScope, None] = {}
+        #: Debounce caller applying adds, `djobs._shield`): `cancel_running` cancels them with the
+        #: handlers, and waits for the marked tasks at work as for a running handler.
+        self.shields = Shields()
         #: Whether `cancel_running` ran: past the grace, the close cancelled what still ran. Work
         #: queued behind it does not start (`_refuse_queued`): the close ends within its grace.
         self.cut_off = False
@@ -539,12 +540,13 @@ class Actors:
 
         Also closes the shared nursery (`run`): actors started from now on run in the engine's."""
         self.cut_off = True
-        running = self._running or self._handler_scopes or self.writer_scopes
+        running = self._running or self._handler_scopes or self.shields
         self.end_shared()
+        self.shields.cancel()  # and every shielded wait a writer begins from now on
         if not running:
             return
         # They commit nothing; their alarms fire again after the lease, or at once after a restart.
-        for scope in [*self._handler_scopes, *self.writer_scopes]:
+        for scope in list(self._handler_scopes):
             scope.cancel()
         with trio.move_on_after(wait_seconds):
             await self.wait_idle()

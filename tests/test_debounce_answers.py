@@ -320,3 +320,114 @@ async def test_a_blocking_reducer_abandoned_past_its_timeout_sees_only_its_own_e
         assert success(answered[3]).event_count == 2
         assert seen_late == [2]
         assert success(await client.get_state("x")).state == Ns([1, 3])
+
+
+@pytest.mark.trio
+async def test_a_writer_cancelled_while_its_reducer_awaits_applies_its_round_and_the_adds_behind_it(
+    autojump_clock: trio.testing.MockClock,
+    layer: djobs.storage.StorageLayer,  # noqa: F811
+) -> None:
+    """The first add of an instance (its writer) is cancelled while its reducer awaits, and two adds
+    queue behind it meanwhile: no cancel of the writer's caller stops its work, so all three
+    events are applied (the writer's first) and the two queued adds are answered with a success."""
+    job = _job("cancelledwriter")
+    answered: dict[int, Any] = {}
+    async with open_test_engine([job], storage=layer) as engine:
+        client = engine.client.debounce(job)
+
+        async def add(n: int, cancel_after: float = float("inf")) -> None:
+            with trio.move_on_after(cancel_after):
+                answered[n] = await client.add(id="x", event=N(n))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(add, 1, 0.005)  # its reducer sleeps 0.01 s: cancelled in there
+            await trio.sleep(0.001)
+            nursery.start_soon(add, 2)
+            nursery.start_soon(add, 3)
+        assert sorted(success(answered[n]).event_count for n in (2, 3)) == [2, 3]
+        state = success(await client.get_state("x")).state
+        assert state is not None
+        assert state.ns[0] == 1
+        assert sorted(state.ns) == [1, 2, 3]
+
+
+def _lock_holder(path: str) -> Any:
+    """Another connection to the SQLite file at `path`, holding its write lock until it commits."""
+    import apsw
+
+    other = apsw.Connection(path)
+    other.execute("BEGIN IMMEDIATE")
+    return other
+
+
+@pytest.mark.trio
+async def test_a_writer_cancelled_while_another_connection_holds_the_write_lock_still_applies_its_queue(
+    autojump_clock: trio.testing.MockClock, tmp_path: Any
+) -> None:
+    """SQLite: the first add of an instance waits for the file's write lock, which another connection
+    holds for 0.2 s; its caller is cancelled meanwhile and two adds queue behind it. The wait is
+    shielded for the writer: once the lock is free, all three events are applied and the queued
+    adds are answered with a success."""
+    path = str(tmp_path / "jobs.db")
+    job = djobs.Debounce.make("locked", event=N, state=Ns, flush_after="1 hour", on_event=_append, execute=_keep)
+    answered: dict[int, Any] = {}
+    async with open_test_engine([job], storage=djobs.sqlite(path)) as engine:
+        client = engine.client.debounce(job)
+        other = _lock_holder(path)
+
+        async def add(n: int, cancel_after: float = float("inf")) -> None:
+            with trio.move_on_after(cancel_after):
+                answered[n] = await client.add(id="x", event=N(n))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(add, 1, 0.05)
+            await trio.sleep(0.01)
+            nursery.start_soon(add, 2)
+            nursery.start_soon(add, 3)
+            await trio.sleep(0.2)
+            other.execute("COMMIT")
+        other.close()
+        assert sorted(success(answered[n]).event_count for n in (2, 3)) == [2, 3]
+        state = success(await client.get_state("x")).state
+        assert state is not None
+        assert state.ns[0] == 1
+        assert sorted(state.ns) == [1, 2, 3]
+
+
+@pytest.mark.trio
+async def test_the_close_stops_a_writer_waiting_for_another_connections_write_lock(
+    autojump_clock: trio.testing.MockClock, tmp_path: Any
+) -> None:
+    """SQLite: the first add of an instance waits for the file's write lock (to take the instance's
+    lease), which another connection holds past the engine's close (for up to the 5 s busy
+    timeout): the close, its grace of 1 s over at once (no round runs), stops the wait, and the
+    add is answered with the closed StorageError within that grace; nothing is stored."""
+    path = str(tmp_path / "jobs.db")
+    job = djobs.Debounce.make("stuckwrite", event=N, state=Ns, flush_after="1 hour", on_event=_append, execute=_keep)
+    answered: dict[str, Any] = {}
+    began = trio.current_time()
+    async with trio.open_nursery() as outer:
+        async with open_test_engine([job], storage=djobs.sqlite(path), shutdown_grace="1 second") as engine:
+            client = engine.client.debounce(job)
+            other = _lock_holder(path)
+
+            async def add() -> None:
+                answered["add"] = await client.add(id="x", event=N(1))
+                answered["at"] = trio.current_time()
+
+            outer.start_soon(add)
+            await trio.sleep(0.1)
+        closed = trio.current_time()
+    other.execute("COMMIT")
+    other.close()
+    assert closed - began < 2.5
+    error = failure(answered["add"])
+    assert isinstance(error, djobs.StorageError)
+    assert "closed" in error.message and "unexpectedly" not in error.message, error.message
+    assert answered["at"] - began < 2.5
+    async with open_test_engine([job], storage=djobs.sqlite(path)) as engine:
+        assert success(await engine.client.debounce(job).status("x")).status == "not_found"
+
+
+def _append(ctx: djobs.DebounceEventContext[N, Ns]) -> Ns:
+    return Ns([*(ctx.state.ns if ctx.state else []), ctx.event.n])

@@ -82,9 +82,10 @@ from .._input import MAX_LIMIT, SEPARATOR, check_interval
 from .._limits import NO_LIMITS, RunLimits, definition_limits, offloaded
 from .._logging import JobLog, LoggingOption, check_logging, threshold
 from .._retry import Retry, check_retry
+from .._shield import SHIELDED, Shields, shielded_wait
 from .._trap import RUN_CONTEXT, WOKEN, WaitTaskRescheduled
 from ..storage import Alarm, Checkin, ClearAlarm, InstanceRecord, LeaseLostError, SetAlarm
-from ..storage._base import InstanceLeaseLoader, Revival
+from ..storage._base import InstanceLeaseLoader, Revival, shields_marked_waits
 from ..tracking import TrackedEvent
 from ..tracking._base import CALLER_CONTEXT
 from ._common import (
@@ -593,9 +594,12 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         self._live: dict[str, _Live[S]] = {}
         #: The adds waiting per instance while one caller (the writer) applies them in rounds.
         self._queues: dict[str, deque[_QueuedAdd[E]]] = {}
-        #: The shielded scopes of the callers applying adds now (the writers); the engine's close
-        #: cancels them past its grace, as it cancels the handlers on actors.
-        self._writer_scopes = runtime.actors.writer_scopes
+        #: Where the callers applying adds now (the writers) list their shielded scopes; the
+        #: engine's close cancels them past its grace, as it cancels the handlers on actors.
+        self._shields = runtime.actors.shields
+        #: Whether no cancel can end a storage wait of a writer's marked task (`SHIELDED`): then
+        #: a writer opens a shielded scope only where it awaits the reducer (`_write_own`).
+        self._marks = shields_marked_waits(self.env.storage)
         self._logger = self.env.logger.getChild(f"{KIND}.{job.name}")
         #: What `key` puts before an instance id when no tenant is set.
         self._key_prefix = instance_key(KIND, job.name, "")
@@ -692,25 +696,47 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         stopped: JobError | None = None
         handed = False
         # Shielded as a handler on an actor is: the adds queued behind this caller are applied
-        # even if it is cancelled. Past the shutdown grace the engine's close cancels the scope
-        # (`Actors.cancel_running`): a reducer still running stops, nothing more is applied.
-        scope = trio.CancelScope(shield=True)
-        scopes = self._writer_scopes
-        scopes[scope] = None  # a subscript, not a call
+        # even if it is cancelled. Past the shutdown grace the engine's close cancels the
+        # shields (`Actors.cancel_running`): a reducer still running stops, nothing more is
+        # applied. With a storage no cancel interrupts but where it shields a marked task's
+        # waits itself (`shields_marked_waits`), the task is marked (`djobs._shield`) and only
+        # an awaited reducer opens a scope (`_round`); else one scope covers all of it.
+        shields = self._shields
+        scope: trio.CancelScope | None = None
+        task: trio.lowlevel.Task | None = None
+        marked: Shields | None = None
+        if self._marks:
+            task = RUN_CONTEXT.task
+            marked = SHIELDED.get(task)  # a writer of another instance, whose reducer adds here
+            SHIELDED[task] = shields
+            shields.writers += 1
+        else:
+            scope = trio.CancelScope(shield=True)
+            shields.scopes[scope] = None  # a subscript, not a call
         try:
-            with scope:
+            if scope is None:
                 handed = await self._write(key, queue, raised, pending)
+            else:
+                with scope:
+                    handed = await self._write(key, queue, raised, pending)
         except JobError as exc:  # the engine closed (or a lease failed): the adds left were not applied
             stopped = exc
         finally:
-            del scopes[scope]
+            if task is not None:
+                shields.writers -= 1
+                if marked is None:
+                    del SHIELDED[task]
+                else:
+                    SHIELDED[task] = marked
+            elif scope is not None:
+                del shields.scopes[scope]
             if not handed:
                 # No await since the queue was last seen empty (or the writer stopped).
                 del self._queues[key]
                 if queue:
                     if isinstance(stopped, StorageError):
                         gone = stopped
-                    elif scope.cancelled_caught:
+                    elif scope is not None and scope.cancelled_caught:
                         gone = StorageError(CLOSED_MESSAGE)
                     else:
                         gone = StorageError("the add was not applied: the engine failed while applying it")
@@ -1043,10 +1069,14 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
                     else:  # any other form goes through `run_body` with the value the reducer gave
                         reduced = self._finish_reduce(functools.partial(_same, value), ctx)
             if type(reduced) is not tuple and not isinstance(reduced, JobError):
+                finishing = cast("Coroutine[Any, Any, _Reduced[S]]", reduced)
                 try:
-                    reduced = await cast("Coroutine[Any, Any, _Reduced[S]]", reduced)
+                    if inline and self._marks:  # a marked writer's task: shielded here (`_write_own`)
+                        reduced = await shielded_wait(self._shields, finishing)
+                    else:
+                        reduced = await finishing
                 except BaseException as exc:
-                    if holds_cancel(exc):
+                    if holds_cancel(exc) or isinstance(exc, StorageError):  # the close's stop: nothing applied
                         raise
                     escaped = exc  # this add's own: the adds before it are committed first
                     if raw is not None:  # the reducer may have changed the state it was given in place

@@ -334,6 +334,18 @@ def writes_inline(storage: object) -> bool:
     return getattr(storage, "engine_writes_inline", False) is True
 
 
+def shields_marked_waits(storage: object) -> bool:
+    """Whether no cancel can end a wait of `storage`'s for a task marked in `djobs._shield.SHIELDED`
+    (a Debounce writer): it waits uninterruptibly (a write parked until its commit ends, a
+    shielded checkpoint), except where it opens a shielded scope for a marked task itself
+    (`djobs._shield.shielded_wait`). Its class says so with ``shields_marked_waits = True``
+    (SQLite, memory); the writer then marks its task rather than entering a shielded scope
+    of its own. A storage that does not say so (PostgreSQL, whose reads and writes wait on
+    the network; a wrapper) is awaited under the writer's own scope, as before.
+    """
+    return getattr(storage, "shields_marked_waits", False) is True
+
+
 class StorageLayer(Protocol):
     """A storage constructor: opened when the engine opens, closed when it closes."""
 

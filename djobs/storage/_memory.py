@@ -303,6 +303,9 @@ class MemoryStorage:
     #: run (each checkpoints where it goes round without sleeping). The writes user code
     #: reaches (client verbs, a kind's commits) keep it.
     engine_writes_inline: Final = True
+    #: No cancel ends a wait of this store's: each write ends with a shielded checkpoint and a
+    #: read does not wait (`shields_marked_waits`).
+    shields_marked_waits: Final = True
 
     def __init__(self, tables: _Tables | None = None) -> None:
         # Not documented on its own: the reference page would show the private `_Tables`.

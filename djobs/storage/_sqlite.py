@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, Final, Literal, TypeVar, final, get_args
@@ -27,6 +27,7 @@ import trio.testing
 from .._errors import CLOSED_MESSAGE, DuplicateEventError, StorageError, ValidationError, safe_repr
 from .._input import os_text_problem
 from .._queue_limits import MAX_PERIOD_MS
+from .._shield import SHIELDED, shielded_wait
 from . import _sql
 from ._base import (
     FINAL_STATUSES,
@@ -991,6 +992,11 @@ class _Checkpointer:
 class SqliteStorage:
     """The `Storage` protocol on one APSW connection. Open it with `sqlite()` or `memory()`."""
 
+    #: A write parks its caller uninterruptibly until its group commit ends; the waits a cancel
+    #: could end (another connection's write lock, a read behind the open commit) are shielded
+    #: for a task marked in `djobs._shield.SHIELDED` (`_wait`, `shields_marked_waits`).
+    shields_marked_waits: Final = True
+
     def __init__(
         self, connection: apsw.Connection, path: str, busy_timeout_ms: int = 5000, anchor_ms: int | None = None
     ) -> None:
@@ -1043,6 +1049,16 @@ class SqliteStorage:
                 f"the database file {self.path} was deleted or replaced while the engine had it open; "
                 "nothing more is written to the old file: restart the engine on the file now at that path"
             )
+
+    @staticmethod
+    async def _wait(wait: Callable[..., Awaitable[object]], *args: object) -> None:
+        """Await ``wait(*args)``, a wait a cancel could end: shielded for a task marked in `SHIELDED`
+        (`djobs._shield.shielded_wait`, which raises `StorageError` if the close cancels it)."""
+        shields = SHIELDED.get(trio.lowlevel.current_task()) if SHIELDED else None
+        if shields is None:
+            await wait(*args)
+        else:
+            await shielded_wait(shields, wait(*args))
 
     @property
     def connection(self) -> apsw.Connection:
@@ -1168,7 +1184,7 @@ class SqliteStorage:
         # Reads waiting for the last batch to end go first: with writers always
         # ready, a new batch would otherwise open before they run, again and again.
         while self._readers:
-            await self._readers_gone.wait()
+            await self._wait(self._readers_gone.wait)
         deadline = trio.current_time() + self._busy_timeout_ms / 1000
         delay = 0.001
         while True:
@@ -1184,7 +1200,7 @@ class SqliteStorage:
                     raise StorageError(error, exc) from exc
             finally:
                 db.setbusytimeout(self._busy_timeout_ms)
-            await trio.sleep(delay)
+            await self._wait(trio.sleep, delay)
             delay = min(delay * 2, 0.05)
 
     async def read(self, fn: Callable[[apsw.Connection], T]) -> T:
@@ -1201,7 +1217,7 @@ class SqliteStorage:
                 self._readers_gone = trio.Event()
             try:
                 while self._batch is not None:
-                    await self._batch.done.wait()
+                    await self._wait(self._batch.done.wait)
             finally:
                 self._readers -= 1
                 if not self._readers:
