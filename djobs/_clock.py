@@ -8,15 +8,37 @@ included, runs in milliseconds of real time.
 
 from __future__ import annotations
 
+import sys
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Protocol, final
+from typing import TYPE_CHECKING, Protocol, final
 
 import trio
 from returns.result import Failure
 
 from ._errors import SchedulerError
 from ._input import epoch_ms, nearest_ms
+
+if TYPE_CHECKING:
+    import trio.testing
+
+
+def current_mock_clock() -> trio.testing.MockClock | None:
+    """The running Trio clock when it is a `trio.testing.MockClock`, else None (outside `trio.run` too).
+
+    ``trio.testing`` is looked up, never imported: it imports pytest when pytest is
+    installed, which a production process (or a CLI call) should not pay for, and a
+    MockClock can only be running once a test imported ``trio.testing`` to make it.
+    """
+    testing = sys.modules.get("trio.testing")
+    if testing is None:
+        return None
+    try:
+        clock = trio.lowlevel.current_clock()
+    except RuntimeError:  # outside trio.run
+        return None
+    mock: type[trio.testing.MockClock] = testing.MockClock
+    return clock if isinstance(clock, mock) else None
 
 
 class Clock(Protocol):

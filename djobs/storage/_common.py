@@ -11,9 +11,8 @@ from collections.abc import Sequence
 from typing import Final
 
 import apsw
-import trio
-import trio.testing
 
+from .._clock import current_mock_clock
 from .._errors import describe
 from ._base import QueueLimit
 
@@ -39,11 +38,7 @@ def resolve(lease_clock: str) -> str:
     time, which no other clock follows), else the storage's own (``"host"``/``"database"``)."""
     if lease_clock != "auto":
         return lease_clock
-    try:
-        virtual = isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
-    except RuntimeError:  # outside trio.run
-        virtual = False
-    return "engine" if virtual else "own"
+    return "engine" if current_mock_clock() is not None else "own"
 
 
 def describe_error(exc: BaseException) -> str:

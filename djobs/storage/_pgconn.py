@@ -27,17 +27,20 @@ import urllib.parse
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Final, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 
 import outcome
 import psycopg
 import psycopg.errors
 import psycopg_pool
 import trio
-import trio.testing
 from psycopg import conninfo, sql
 
+from .._clock import current_mock_clock
 from .._errors import CLOSED_MESSAGE, StorageError
+
+if TYPE_CHECKING:
+    import trio.testing
 
 T = TypeVar("T")
 Connection = psycopg.Connection[tuple[Any, ...]]
@@ -174,8 +177,8 @@ def database_time() -> Iterator[None]:
     the Trio thread a transaction takes no virtual time; this keeps that true
     here. On any other clock it does nothing.
     """
-    clock = trio.lowlevel.current_clock()
-    if not isinstance(clock, trio.testing.MockClock):
+    clock = current_mock_clock()
+    if clock is None:
         yield
         return
     entry = _held.get(clock)

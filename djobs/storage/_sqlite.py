@@ -22,7 +22,6 @@ from typing import Any, Final, Literal, TypeVar, final, get_args
 import apsw
 import msgspec
 import trio
-import trio.testing
 
 from .._errors import CLOSED_MESSAGE, DuplicateEventError, StorageError, ValidationError, safe_repr
 from .._input import os_text_problem
