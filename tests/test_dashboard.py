@@ -751,6 +751,55 @@ def test_a_workflow_is_cancelled_from_the_dashboard_and_an_engine_ends_it(db: Bu
     assert trio.run(engine_runs_it, clock=trio.testing.MockClock(autojump_threshold=0)) == "cancelled"
 
 
+#: Every action route on something not stored, and what its 404 page says (as its page's GET,
+#: and as the CLI's exit code 4): a client tells "gone" from "not allowed now" (a 409).
+MISSING_ACTIONS = {
+    "/jobs/nope/retry": "no job with id 'nope' is stored",
+    "/jobs/nope/cancel": "no job with id 'nope' is stored",
+    "/cron/nope/enable": "no cron job named 'nope' is stored",
+    "/cron/nope/disable": "no cron job named 'nope' is stored",
+    "/cron/nope/run-now": "no cron job named 'nope' is stored",
+    "/dead-letters/nope/retry": "no dead letter with id 'nope' is stored",
+    "/dead-letters/nope/discard": "no dead letter with id 'nope' is stored",
+    "/workflows/cancel?key=workflow:visit:nope": "no workflow is stored under the key 'workflow:visit:nope'",
+    # A key stored for another kind names no workflow either.
+    "/workflows/cancel?key=continuous:refresher:user-1": "no workflow is stored under the key",
+    "/jobs/nope/bogus": "no action 'bogus' on jobs",
+    "/cron/nightly/bogus": "no action 'bogus' on cron jobs",
+    "/dead-letters/nope/bogus": "no action 'bogus' on dead letters",
+}
+
+
+def test_an_action_on_what_is_not_stored_is_a_404_and_one_its_state_refuses_a_409(db: Built) -> None:
+    origin = {"origin": "http://dash.test"}
+
+    async def scenario() -> tuple[list[httpx.Response], list[httpx.Response]]:
+        application = app(**where(db), token=TOKEN, clock=AT_5M)
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://dash.test") as c:
+            assert (await c.post("/login", data={"token": TOKEN}, headers=origin)).status_code == 303
+            csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', (await c.get("/cron")).text)
+            assert csrf is not None
+            form = {"headers": origin, "data": {"csrf": csrf.group(1)}}
+            missing = [await c.post(url, **form) for url in MISSING_ACTIONS]
+            refused = [
+                await c.post(f"/jobs/{db.completed}/retry", **form),  # only a failed or cancelled job is retried
+                await c.post(f"/jobs/{db.completed}/cancel", **form),  # ended: nothing to cancel, done
+            ]
+        await application.state.dashboard.aclose()
+        return missing, refused
+
+    missing, refused = trio.run(scenario)
+    for (url, message), page in zip(MISSING_ACTIONS.items(), missing, strict=True):
+        assert page.status_code == 404, (url, page.status_code, page.text[-400:])
+        assert message in page.text.replace("&#39;", "'"), (url, page.text[-400:])
+    retried, cancelled = refused
+    assert retried.status_code == 409 and "only a failed or cancelled job can be retried" in retried.text
+    assert cancelled.status_code == 303  # a cancel of an ended job changes nothing, and says so
+    gets = get(app(**where(db), clock=AT_5M), "/jobs/nope", "/dead-letters/nope", "/workflow?key=workflow:visit:nope")
+    assert [page.status_code for page in gets] == [404, 404, 404]  # the pages of what the actions named
+
+
 def test_a_filter_given_a_value_it_does_not_take_is_a_400_naming_what_it_takes(db: Built) -> None:
     cases = {
         "/jobs?status=bogus": "status 'bogus' is not one of: pending, running, completed, failed, cancelled",
@@ -843,7 +892,7 @@ def test_dead_letter_actions_need_the_token_and_change_storage(db: Built, verb: 
             assert done.status_code == 303 and done.headers["location"].startswith("/dead-letters?done=")
             assert "no dead letters match" in (await c.get(done.headers["location"])).text
             again = await c.post(action, headers=origin, data={"csrf": csrf.group(1)})
-            assert again.status_code == 409 and "no dead letter with id" in again.text
+            assert again.status_code == 404 and "no dead letter with id" in again.text  # gone, as its GET says
         await application.state.dashboard.aclose()
         letter, status = await letter_and_job()
         assert letter is None

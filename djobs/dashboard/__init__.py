@@ -33,7 +33,7 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, cast, get_args
+from typing import Any, Final, cast, get_args
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import jinja2
@@ -568,6 +568,16 @@ def _back(request: Request, path: str, done: str) -> Response:
     return RedirectResponse(f"{base}{path}{joint}{urlencode({'done': done})}", status_code=303)
 
 
+#: An action's failure as an HTTP answer, by the exit code ``djobs`` gives the same failure:
+#: nothing stored under the id or name is a 404, as the GET of its page is; bad input a 400;
+#: anything else (retrying a job that did not fail, running a disabled cron job now) a 409.
+_ANSWERS: Final[dict[ExitCode, tuple[int, str]]] = {
+    ExitCode.NOT_FOUND: (404, "Not found"),
+    ExitCode.USAGE: (400, "Bad request"),
+    ExitCode.DATABASE: (503, "Database unavailable"),
+}
+
+
 async def _act(d: Dashboard, request: Request, path: str, act: Callable[[Opened, int], Awaitable[str]]) -> Response:
     refused = await d.check_post(request)
     if refused is not None:
@@ -576,7 +586,8 @@ async def _act(d: Dashboard, request: Request, path: str, act: Callable[[Opened,
     try:
         done = await act(db, d.clock.now_ms())
     except CommandError as exc:
-        return d.render(request, "message", "Not done", 409, message=exc.message)
+        status, title = _ANSWERS.get(exc.code, (409, "Not done"))
+        return d.render(request, "message", title, status, message=exc.message)
     return _back(request, path, done)
 
 
@@ -590,7 +601,7 @@ async def job_action(d: Dashboard, request: Request) -> Response:
         if verb == "cancel":
             after, _ = await _actions.cancel_job(db.storage, job_id, now)
             return "cancelled" if after.status == "cancelled" else f"cancel: {after.status}"
-        raise CommandError(f"no action {verb!r} on jobs", ExitCode.USAGE)
+        raise CommandError(f"no action {verb!r} on jobs", ExitCode.NOT_FOUND)
 
     return await _act(d, request, f"/jobs/{job_id}", act)
 
@@ -605,7 +616,7 @@ async def cron_action(d: Dashboard, request: Request) -> Response:
         if verb == "run-now":
             await _actions.run_cron_now(db.storage, name, now)
             return f"{name}: due now; a running engine enqueues it at its next poll"
-        raise CommandError(f"no action {verb!r} on cron jobs", ExitCode.USAGE)
+        raise CommandError(f"no action {verb!r} on cron jobs", ExitCode.NOT_FOUND)
 
     return await _act(d, request, "/cron", act)
 
@@ -622,7 +633,7 @@ async def dead_letter_action(d: Dashboard, request: Request) -> Response:
         if verb == "discard":
             letter = await _actions.discard_dead_letter(store, letter_id)
             return f"dead letter {letter.id} ({letter.kind} {letter.name}) discarded"
-        raise CommandError(f"no action {verb!r} on dead letters", ExitCode.USAGE)
+        raise CommandError(f"no action {verb!r} on dead letters", ExitCode.NOT_FOUND)
 
     # Either way the letter is gone: back to the list.
     return await _act(d, request, "/dead-letters", act)
@@ -636,7 +647,9 @@ async def workflow_cancel(d: Dashboard, request: Request) -> Response:
         storage = cast(Storage, db.storage)  # both storages are a Storage as well as a QueueStorage
         try:
             return await cancel_stored(storage, key, "cancelled from the dashboard", now, d.owner)
-        except (InstanceNotFoundError, InvalidStateError) as exc:
+        except InstanceNotFoundError as exc:
+            raise CommandError(printable(exc.message), ExitCode.NOT_FOUND) from None
+        except InvalidStateError as exc:
             raise CommandError(printable(exc.message), ExitCode.FAILED) from None
 
     return await _act(d, request, back, act)
