@@ -25,7 +25,9 @@ import trio
 
 import djobs
 import djobs.storage._sqlite as sqlite_module
+from djobs.cli import ExitCode, main
 from djobs.storage import SCHEMA_VERSION, Checkin, InstanceRecord
+from djobs.storage._inspect import open_existing
 
 
 def fingerprint(path: Path) -> tuple[str, list[str]]:
@@ -270,6 +272,47 @@ def test_a_file_being_created_by_another_process_is_not_taken_for_a_foreign_one(
 def test_a_path_that_names_no_file_is_refused_when_the_layer_is_made(path: object, says: str) -> None:
     with pytest.raises(djobs.ValidationError, match=says):
         djobs.sqlite(path)  # type: ignore[arg-type]
+
+
+SQLITE_URIS = ["file::memory:?cache=shared", "file:jobs.db?mode=ro", "file:jobs.db", "file:///tmp/jobs.db"]
+
+
+@pytest.mark.parametrize("uri", SQLITE_URIS)
+def test_a_sqlite_uri_is_refused_saying_what_to_give_and_creates_no_file(
+    uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Taken as a path, it was a file of that literal name in the working directory, its parameters ignored.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(djobs.ValidationError) as made:
+        djobs.sqlite(uri)
+    assert made.value.message.startswith(f"{uri!r} is a SQLite URI; djobs takes a database file's path")
+    assert "give the path (e.g. 'jobs.db'), or ':memory:'" in made.value.message
+    assert made.value.message.endswith("djobs.memory() is a store in memory for tests")
+
+    async def inspect() -> None:
+        async with open_existing(uri):
+            pass  # pragma: no cover
+
+    # The command line and the dashboard open a database through open_existing: the same refusal.
+    with pytest.raises(djobs.ValidationError, match="is a SQLite URI"):
+        trio.run(inspect)
+    assert main(["status", "--db", uri]) == ExitCode.USAGE
+    assert "is a SQLite URI" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_file_whose_name_starts_with_file_colon_is_named_as_a_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    async def open_both() -> None:
+        for layer in (djobs.sqlite("./file:a.db"), djobs.sqlite(Path("file:b.db"))):
+            async with layer.open() as storage:
+                assert await storage.healthcheck()
+
+    trio.run(open_both)
+    assert {"file:a.db", "file:b.db"} <= set(os.listdir(tmp_path))
 
 
 @pytest.mark.trio

@@ -31,7 +31,7 @@ from ._base import Alarm, InstanceRecord, JobStatusName, QueueStorage, Storage, 
 from ._common import describe_error
 from ._rows import INSTANCE_COLUMNS, instance_record, qualified
 from ._sql import POSTGRES, SQLITE, Dialect
-from ._sqlite import APPLICATION_ID, SCHEMA_VERSION, SqliteStorage, _boot_id, _inspect, sqlite
+from ._sqlite import APPLICATION_ID, SCHEMA_VERSION, SqliteStorage, _boot_id, _inspect, sqlite, uri_problem
 
 if TYPE_CHECKING:
     from ._pgconn import Connection
@@ -555,13 +555,17 @@ async def open_existing(
     Raises:
         StorageError: Missing, unreachable, unreadable, foreign, or of another schema version.
         ValidationError: A path or DSN that holds a NUL or a lone surrogate (no file name or
-            connection string can), or a DSN `djobs.postgres` refuses.
+            connection string can), a SQLite URI (``file:...``, `djobs.sqlite` refuses it too),
+            or a DSN `djobs.postgres` refuses.
     """
     text = os.fspath(where)
     if is_dsn(text):
         async with _open_existing_postgres(text, schema, write) as opened:
             yield opened
         return
+    uri = uri_problem(where)
+    if uri is not None:
+        raise ValidationError(uri)
     storage = _open_existing_sqlite(text, write)
     try:
         yield Opened(storage=storage, inspect=SqliteInspector(storage), where=text, schema_version=SCHEMA_VERSION)

@@ -2071,6 +2071,26 @@ class _SqliteLayer:
         return f"sqlite({self.path!r})"
 
 
+def uri_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why `path` reads as a SQLite URI (``file:...``) where a file's path is taken, or ``None``.
+
+    djobs opens SQLite files without URI filenames, as Python's ``sqlite3.connect`` does
+    unless given ``uri=True``: ``file::memory:?cache=shared`` would name a file of that
+    literal name in the working directory, its parameters never applied. A URI's
+    options do not suit an engine's database either (``mode=ro`` and ``immutable``
+    cannot take writes; a shared in-memory database lives only as long as the process).
+    A `os.PathLike` is a path, whatever its name; a file whose name starts with
+    ``file:`` is named ``./file:...`` as a string.
+    """
+    if not isinstance(path, str) or not path.startswith("file:"):
+        return None
+    return (
+        f"{path!r:.80} is a SQLite URI; djobs takes a database file's path and reads no URI parameters: "
+        "give the path (e.g. 'jobs.db'), or ':memory:' for a database in memory "
+        "(a file whose name starts with 'file:' is given as './file:...')"
+    )
+
+
 def sqlite(
     path: str | os.PathLike[str] = "djobs.db",
     *,
@@ -2081,7 +2101,12 @@ def sqlite(
     """A storage layer on one SQLite file (created if missing), in WAL mode.
 
     Args:
-        path: The database file.
+        path: The database file's path, or ``":memory:"`` for a database in
+            this engine's memory. A SQLite URI (``"file:jobs.db?mode=ro"``) is
+            refused, as is a URL: djobs reads no URI parameters, and Python's
+            ``sqlite3`` would take one as a file name too unless told
+            ``uri=True`` (a file whose name starts with ``file:`` is given as
+            ``"./file:..."``, or as a `pathlib.Path`).
         synchronous: ``"NORMAL"`` (default: durable across process crashes) or
             ``"FULL"`` (also across power loss, slower); ``"EXTRA"`` and
             ``"OFF"`` are SQLite's other levels. Nothing else is accepted.
@@ -2098,9 +2123,9 @@ def sqlite(
             clock.
 
     Raises:
-        ValidationError: `synchronous` is not one of those four names,
-            `busy_timeout` is not an int in range, or `lease_clock` is not
-            one of its three names.
+        ValidationError: `path` is empty, not text, a URL or a SQLite URI;
+            `synchronous` is not one of those four names, `busy_timeout` is
+            not an int in range, or `lease_clock` is not one of its three names.
 
     Examples:
         >>> layer = sqlite("jobs.db")
@@ -2128,6 +2153,9 @@ def sqlite(
     problem = os_text_problem(where)
     if problem is not None:
         raise ValidationError(f"sqlite(path={safe_repr(where):.80}): {problem}")
+    uri = uri_problem(path)
+    if uri is not None:
+        raise ValidationError(f"{uri}; djobs.memory() is a store in memory for tests")
     if "://" in where:
         raise ValidationError(
             f"{where!r:.80} is a URL, not a file path; for PostgreSQL use djobs.postgres(dsn), "
