@@ -154,11 +154,19 @@ class Uuid7:
     the wall clock steps back (the 74 random bits then count up from the last
     id), so ordering by id is ordering by creation within a process.
 
+    A UUIDv7 holds no time before 1970: a clock before the epoch (a test's
+    ``VirtualClock(datetime(1960, ...))``; djobs keeps times back to the year 1)
+    mints ids of the epoch's first millisecond, counting up from a random start
+    as within any millisecond, so they stay unique across engines and increase
+    within one.
+
     Examples:
         >>> ids = Uuid7()
         >>> a, b = ids(1_767_225_600_000), ids(1_767_225_600_000)
         >>> a < b and a[:15] == "019b76da-a800-7"
         True
+        >>> Uuid7()(-315_619_200_000)[:15]  # 1960: the epoch's first millisecond
+        '00000000-0000-7'
     """
 
     __slots__ = ("_last_ms", "_prefix", "_random", "_seq")
@@ -169,7 +177,7 @@ class Uuid7:
         # Seeded from the OS, not the engine's seed: two test engines on one
         # file, seeded alike, must not mint the same ids.
         self._random = random.Random()
-        self._last_ms = -1
+        self._last_ms = -(2**63)  # below any time: the first id starts a millisecond, even before 1970
         self._seq = 0
         self._prefix = ""
 
@@ -188,7 +196,9 @@ class Uuid7:
         return self._prefix + low[1:4] + "-" + low[4:8] + "-" + low[8:]
 
     def _new_ms(self, ms: int) -> None:
-        self._last_ms = ms
+        # Before 1970: the epoch's first millisecond (a UUIDv7's 48 time bits are unsigned), counted
+        # up from here on until the clock passes it, so the ids still increase.
+        ms = self._last_ms = max(ms, 0)
         # Start in the lower half so a millisecond has room to count up.
         self._seq = self._random.getrandbits(self._SEQ_BITS - 1)
         high = f"{ms & 0xFFFFFFFFFFFF:012x}"
