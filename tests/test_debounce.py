@@ -6,6 +6,7 @@ import gc
 import logging
 import random
 import warnings
+from collections import deque
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,9 @@ from hypothesis import strategies as st
 from returns.future import FutureResult
 from returns.io import IOFailure
 from returns.result import Failure, Result, Success
-from trio._core._run import Runner  # whose reschedule a round calls (`djobs._trap`)
 
 import djobs
-from djobs._trap import WOKEN
+from djobs._trap import RUN_CONTEXT, WOKEN
 from djobs.storage import Checkin, InstanceRecord, SetAlarm
 from djobs.testing import failure, open_test_engine, success
 
@@ -1054,26 +1054,61 @@ async def test_a_keyboard_interrupt_for_a_cancelled_callers_add_reaches_the_writ
         assert success(await client.get_state("x")).state == Seen([0, 2])
 
 
+class _HearsAddsScheduled(trio.abc.Instrument):
+    def __init__(self) -> None:
+        self.woken: list[str] = []
+
+    def task_scheduled(self, task: trio.lowlevel.Task) -> None:
+        if task.name.endswith("<locals>.add") and task._next_send is WOKEN:  # woken with a round's answer
+            self.woken.append(task.name)
+
+
+@pytest.mark.trio
+async def test_an_instrument_hears_each_waiting_caller_of_add_woken(autojump_clock: trio.testing.MockClock) -> None:
+    """A round wakes its callers with the steps of Trio's own ``reschedule``, but through it
+    while an instrument hears each task scheduled: the instrument misses none of them."""
+    job = djobs.Debounce.make(
+        "heard", event=Counted, state=Seen, flush_after="1 hour", on_event=_slow_append, execute=lambda c: None
+    )
+    instrument = _HearsAddsScheduled()
+    async with open_test_engine([job]) as engine:
+        client = engine.client.debounce(job)
+        answers: dict[int, int] = {}
+
+        async def add(n: int) -> None:
+            answers[n] = success(await client.add(id="x", event=Counted(n))).event_count
+
+        trio.lowlevel.add_instrument(instrument)
+        try:
+            async with trio.open_nursery() as nursery:
+                for n in range(6):  # the first writes; the others wait in its queue for its rounds
+                    nursery.start_soon(add, n)
+        finally:
+            trio.lowlevel.remove_instrument(instrument)
+    assert sorted(answers.values()) == [1, 2, 3, 4, 5, 6]
+    assert len(instrument.woken) == 5
+
+
 @pytest.mark.trio
 async def test_a_round_wakes_its_waiting_callers_protected_from_keyboard_interrupt(
-    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+    autojump_clock: trio.testing.MockClock,
 ) -> None:
     """The round puts each waiting caller's task back on Trio's run queue with KeyboardInterrupt
     protection on, as ``trio.lowlevel.reschedule`` does: a Ctrl-C delivered there would leave the
     caller parked for good, neither woken nor cancellable. Trio checks the protection where the
-    signal lands, so it is checked at each reschedule of an add's caller (Trio's own are all
-    protected); both wake-ups are covered: with an answer, and with the KeyboardInterrupt that
-    the caller's own event made the reducer raise."""
-    real_reschedule = Runner.reschedule
+    signal lands, so it is checked where each caller of `add` joins the run queue (Trio's own
+    wake-ups are all protected); both wake-ups are covered: with an answer, and with the
+    KeyboardInterrupt that the caller's own event made the reducer raise."""
     protected: list[bool] = []  # at each wake-up of a caller of `add`
     answered: list[bool] = []  # at each wake-up with the round's answer
 
-    def reschedule(runner: Runner, task: trio.lowlevel.Task, *next_send: Any) -> None:
-        if next_send != (None,) and task.name.endswith("<locals>.add"):  # (None,): a new task's first run
-            protected.append(trio.lowlevel.currently_ki_protected())
-            if next_send == (WOKEN,):
-                answered.append(protected[-1])
-        real_reschedule(runner, task, *next_send)
+    class WatchedRunQueue(deque[trio.lowlevel.Task]):
+        def append(self, task: trio.lowlevel.Task) -> None:
+            if task.name.endswith("<locals>.add") and task._next_send is not None:  # None: a new task's start
+                protected.append(trio.lowlevel.currently_ki_protected())
+                if task._next_send is WOKEN:
+                    answered.append(protected[-1])
+            super().append(task)
 
     job = djobs.Debounce.make(
         "woken", event=Raising, state=Seen, flush_after="1 hour", on_event=_async_reduce, execute=lambda c: None
@@ -1088,14 +1123,17 @@ async def test_a_round_wakes_its_waiting_callers_protected_from_keyboard_interru
             except KeyboardInterrupt as exc:
                 answers[n] = exc
 
-        monkeypatch.setattr(Runner, "reschedule", reschedule)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(add, 0)  # its reducer awaits while the others join its queue
-            await trio.testing.wait_all_tasks_blocked()
-            nursery.start_soon(add, 1)
-            await trio.testing.wait_all_tasks_blocked()
-            nursery.start_soon(add, 2, "ki")
-        monkeypatch.undo()
+        runner = RUN_CONTEXT.runner
+        runner.runq = WatchedRunQueue(runner.runq)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(add, 0)  # its reducer awaits while the others join its queue
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(add, 1)
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(add, 2, "ki")
+        finally:
+            runner.runq = deque(runner.runq)
         assert success(answers[1]).event_count == 2
         assert isinstance(answers[2], KeyboardInterrupt)
         assert answered and all(protected), protected

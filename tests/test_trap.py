@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio.testing
 
-from djobs._trap import RUN_CONTEXT, WOKEN, WaitTaskRescheduled
+from djobs._trap import RUN_CONTEXT, WOKEN, WaitTaskRescheduled, shared_trap, wakes_inline
 
 
 class _Park:
@@ -73,3 +73,70 @@ async def test_a_cancel_ends_the_park_through_its_abort() -> None:
     with trio.move_on_after(1) as scope:
         await park
     assert scope.cancelled_caught and park.aborted
+
+
+class _SharedPark:
+    """Awaited, parks its task on one trap shared by every `_SharedPark` of `fields`' trap."""
+
+    def __init__(self, trap: WaitTaskRescheduled, fields: dict[str, Any]) -> None:
+        self.trap, self.fields = trap, fields
+        self.task: trio.lowlevel.Task | None = None
+        self.aborted = False
+
+    def abort(self, _: object) -> trio.lowlevel.Abort:
+        self.aborted = True
+        self.task = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    def __await__(self) -> Generator[Any, Any, str]:
+        self.task = RUN_CONTEXT.task
+        self.fields["abort_func"] = self.abort  # read by Trio in the step that yields the trap
+        woken = yield self.trap
+        if woken is not WOKEN:
+            woken.unwrap()
+        return "woken"
+
+
+@pytest.mark.trio
+async def test_tasks_park_on_one_shared_trap_each_with_its_own_abort() -> None:
+    trap, fields = shared_trap()
+    parks = [_SharedPark(trap, fields) for _ in range(3)]
+    got: dict[int, str] = {}
+    async with trio.open_nursery() as nursery:
+        scopes = []
+        for i, park in enumerate(parks):
+            scope = trio.CancelScope()
+            scopes.append(scope)
+
+            async def parked(i: int = i, park: _SharedPark = park, scope: trio.CancelScope = scope) -> None:
+                with scope:
+                    got[i] = await park
+
+            nursery.start_soon(parked)
+            await trio.testing.wait_all_tasks_blocked()
+        scopes[0].cancel()  # the first park's abort runs, though the trap names the last's now
+        await trio.testing.wait_all_tasks_blocked()
+        assert [p.aborted for p in parks] == [True, False, False]
+        for park in parks[1:]:
+            assert park.task is not None
+            RUN_CONTEXT.runner.reschedule(park.task, WOKEN)
+    assert got == {1: "woken", 2: "woken"}
+
+
+class _HearsScheduled(trio.abc.Instrument):
+    def task_scheduled(self, task: trio.lowlevel.Task) -> None:
+        pass
+
+
+def test_wake_ups_are_inline_unless_an_instrument_hears_each_task_scheduled() -> None:
+    async def main() -> list[bool]:
+        runner = RUN_CONTEXT.runner
+        inline = [wakes_inline(runner)]
+        instrument = _HearsScheduled()
+        trio.lowlevel.add_instrument(instrument)
+        inline.append(wakes_inline(runner))
+        trio.lowlevel.remove_instrument(instrument)
+        inline.append(wakes_inline(runner))
+        return inline
+
+    assert trio.run(main) == [True, False, True]

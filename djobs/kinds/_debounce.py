@@ -77,13 +77,12 @@ from .._errors import (
 from .._execution import Checkout, Env, OutcomeKind, RunInfo, execute, holds_cancel, run_body
 from .._future import AWAITED_TWICE, VerbResult, result_of, set_cell, set_inner
 from .._future import new as _new
-from .._future import set_slot as _set
 from .._input import MAX_LIMIT, SEPARATOR, check_interval
 from .._limits import NO_LIMITS, RunLimits, definition_limits, offloaded
 from .._logging import JobLog, LoggingOption, check_logging, threshold
 from .._retry import Retry, check_retry
 from .._shield import SHIELDED, Shields, shielded_wait
-from .._trap import RUN_CONTEXT, WOKEN, WaitTaskRescheduled
+from .._trap import RUN_CONTEXT, WOKEN, shared_trap, wakes_inline
 from ..storage import Alarm, Checkin, ClearAlarm, InstanceRecord, LeaseLostError, SetAlarm
 from ..storage._base import InstanceLeaseLoader, Revival, shields_marked_waits
 from ..tracking import TrackedEvent
@@ -492,64 +491,68 @@ _Stop = Literal["lost", "actor"]
 ROUND_LIMIT = 1000
 
 
-@dataclass(slots=True, eq=False)
-class _QueuedAdd(Generic[E]):
-    """One ``add`` waiting in its instance's queue; `result` is set after its round, and
-    `waiter`, the caller's task parked until then (with `abort`), is rescheduled."""
-
-    instance_id: str
-    event: E
-    event_id: str | None
-    result: _Added | None = None
-    waiter: trio.lowlevel.Task | None = None
-    #: What the reducer raised past `run_body` for this add (a ``KeyboardInterrupt``), for its caller to re-raise.
-    raised: BaseException | None = None
-
-    def abort(self, _: Callable[[], BaseException]) -> trio.lowlevel.Abort:
-        """The abort function of the caller's park (one park and one reschedule per add: a
-        `trio.Event` costs an object, a set and more calls)."""
-        # Cancelled while queued: the add is still applied; nobody is woken for it.
-        self.waiter = None
-        return trio.lowlevel.Abort.SUCCEEDED
+#: One ``add``, as its `_AddVerb` keeps it and as it waits in its instance's queue: the verb's
+#: cell itself, a list (made in one step, where an object of its own cost about 2k instructions
+#: more an add), read and written by index:
+#:
+#: - ``[0]`` the verb's state (`_AddVerb`), then its answer;
+#: - ``[1]`` the handler; ``[2]`` the instance id (checked);
+#: - ``[3]`` the event, the checked copy once queued; ``[4]`` the event id, checked once queued;
+#: - ``[5]`` the round's outcome for it (an `_Added`), ``None`` until its round answers it;
+#: - ``[6]`` the caller's task while it is parked until then (``None``: not parked, or
+#:   cancelled while queued: the add is still applied, nobody is woken for it);
+#: - ``[7]`` what the reducer raised past `run_body` for it (a ``KeyboardInterrupt``), for its
+#:   caller to re-raise.
+_Queued = list[Any]
 
 
-def _finish(pending: _QueuedAdd[Any], result: _Added) -> None:
-    pending.result = result
-    waiter = pending.waiter
+def _finish(pending: _Queued, result: _Added) -> None:
+    pending[5] = result
+    waiter = pending[6]
     if waiter is not None:
-        pending.waiter = None
+        pending[6] = None
         trio.lowlevel.reschedule(waiter)
 
 
 @trio.lowlevel.enable_ki_protection
 def _answer(
-    queue: deque[_QueuedAdd[Any]], results: list[_Added], escaped: BaseException | None, raised: list[BaseException]
+    queue: deque[_Queued], results: list[_Added], escaped: BaseException | None, raised: list[BaseException]
 ) -> None:
     """Answer a round's adds, the front of `queue`: `results` in order, then `escaped` (what a
     reducer raised past `run_body`, for the add after them), and wake their parked callers.
 
-    `_finish` of each without its calls: the runner's own ``reschedule`` and one shared `WOKEN`
-    (`djobs._trap`). Protected from a ``KeyboardInterrupt`` as ``trio.lowlevel.reschedule`` is
-    (Trio then delivers it to the main task): one raised between taking a caller's task and
+    `_finish` of each without its calls: each caller is woken with one shared `WOKEN` as the
+    runner's own ``reschedule`` wakes a task, inline (`djobs._trap.wakes_inline`), or through
+    that ``reschedule`` when the run needs its extra steps (an instrument hears each task
+    scheduled; guest mode). Protected from a ``KeyboardInterrupt`` as ``trio.lowlevel.reschedule``
+    is (Trio then delivers it to the main task): one raised between taking a caller's task and
     putting it on the run queue would leave that caller parked for good, neither woken nor
     cancellable. One call a round that wakes a caller, where ``trio.lowlevel.reschedule`` would
-    be one a woken caller.
+    be one a woken caller, and about 1.5k instructions more.
     """
-    reschedule = RUN_CONTEXT.runner.reschedule
+    runner = RUN_CONTEXT.runner
+    runq = runner.runq if wakes_inline(runner) else None
     for result in results:
         pending = queue.popleft()
-        pending.result = result
-        waiter = pending.waiter
-        if waiter is not None:
-            pending.waiter = None
-            reschedule(waiter, WOKEN)
+        pending[5] = result
+        task = pending[6]
+        if task is not None:
+            pending[6] = None
+            if runq is not None:  # `Runner.reschedule(task, WOKEN)`'s steps (`djobs._trap`)
+                task._next_send_fn = task.coro.send
+                task._next_send = WOKEN
+                task._abort_func = None
+                task.custom_sleep_data = None
+                runq.append(task)
+            else:
+                runner.reschedule(task, WOKEN)
     if escaped is not None:
         pending = queue.popleft()
-        pending.raised = escaped  # answered: a writer's own add is done (`_write`)
-        waiter = pending.waiter
-        if waiter is not None:
-            pending.waiter = None
-            reschedule(waiter)
+        pending[7] = escaped  # answered: a writer's own add is done (`_write`)
+        task = pending[6]
+        if task is not None:
+            pending[6] = None
+            runner.reschedule(task)
         else:
             raised.append(escaped)
 
@@ -593,7 +596,7 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         # Shared by the tenant-scoped copies (`scoped` copies the handler shallowly): keys are distinct.
         self._live: dict[str, _Live[S]] = {}
         #: The adds waiting per instance while one caller (the writer) applies them in rounds.
-        self._queues: dict[str, deque[_QueuedAdd[E]]] = {}
+        self._queues: dict[str, deque[_Queued]] = {}
         #: Where the callers applying adds now (the writers) list their shielded scopes; the
         #: engine's close cancels them past its grace, as it cancels the handlers on actors.
         self._shields = runtime.actors.shields
@@ -623,6 +626,8 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         #: encodings, and the quick checks skip `may_hide_non_finite`'s search.
         self._event_floatless = holds_no_float(job.event)
         self._state_floatless = holds_no_float(job.state)
+        #: The one trap its queued adds park on (`djobs._trap.shared_trap`), and its fields.
+        self._trap, self._trap_fields = shared_trap()
 
     def _forget(self, key: str) -> None:
         """Drop `key`'s copy in memory: a handler other than ``add`` is about to change the row."""
@@ -638,7 +643,7 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
             while len(live_map) > LIVE_LIMIT:
                 del live_map[next(iter(live_map))]
 
-    async def _live_or_fail(self, key: str, serial: int, queue: deque[_QueuedAdd[E]]) -> _Live[S] | None:
+    async def _live_or_fail(self, key: str, serial: int, queue: deque[_Queued]) -> _Live[S] | None:
         """`_checkout_live`'s batch, or ``None`` once every add in `queue` is answered with its failure."""
         checked = await self._checkout_live(key, serial)
         match checked:
@@ -690,7 +695,7 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         """Add `event` to instance `instance_id`'s batch (the client's ``add`` through ``_verb``, its id checked)."""
         return result_of(await _add_verb(self, instance_id, event, event_id))
 
-    async def _write_own(self, key: str, queue: deque[_QueuedAdd[E]], pending: _QueuedAdd[E]) -> _Added:
+    async def _write_own(self, key: str, queue: deque[_Queued], pending: _Queued) -> _Added:
         """Apply `queue`'s adds as their writer (`_write`) until `pending`, this caller's own, is answered."""
         raised: list[BaseException] = []
         stopped: JobError | None = None
@@ -748,8 +753,9 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
             # A reducer's KeyboardInterrupt for this caller's own add, or for an add whose
             # caller was cancelled while it waited: re-raised here, every other add answered.
             raise raised[0] if len(raised) == 1 else BaseExceptionGroup("reducers raised", raised)
-        assert pending.result is not None
-        return pending.result
+        answered: _Added | None = pending[5]
+        assert answered is not None
+        return answered
 
     async def flush(self, instance_id: str) -> Result[FlushResult, InstanceNotFoundError | StorageError]:
         key = self.key(instance_id)
@@ -836,9 +842,7 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
             )
         return self._copy_state(returned)
 
-    async def _write(
-        self, key: str, queue: deque[_QueuedAdd[E]], raised: list[BaseException], mine: _QueuedAdd[E]
-    ) -> bool:
+    async def _write(self, key: str, queue: deque[_Queued], raised: list[BaseException], mine: _Queued) -> bool:
         """Apply `queue`'s adds in rounds: each round one reducer run per add, one commit.
 
         Once `mine` (this writer's own add) is answered, the writer goes on only until
@@ -858,16 +862,16 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         """
         runtime = self.runtime
         lost = 0
-        last: _QueuedAdd[E] | None = None  # the last add queued when `mine` was answered
+        last: _Queued | None = None  # the last add queued when `mine` was answered
         while queue:
-            if mine.result is not None or mine.raised is not None:
+            if mine[5] is not None or mine[7] is not None:
                 if last is None:
                     last = queue[-1]
-                elif last.result is not None or last.raised is not None:
+                elif last[5] is not None or last[7] is not None:
                     for waiting in queue:
-                        task = waiting.waiter
+                        task = waiting[6]
                         if task is not None:
-                            waiting.waiter = None
+                            waiting[6] = None
                             trio.lowlevel.reschedule(task)
                             return True
                     last = queue[-1]  # none waiting: only cancelled callers' adds, applied here
@@ -943,7 +947,7 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         return serial
 
     async def _round(
-        self, key: str, serial: int, queue: deque[_QueuedAdd[E]], raised: list[BaseException], *, inline: bool
+        self, key: str, serial: int, queue: deque[_Queued], raised: list[BaseException], *, inline: bool
     ) -> _Stop | None:
         """Apply the adds at the front of `queue` under the lease numbered `serial` and commit them as one write.
 
@@ -981,10 +985,10 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
             live = await self._live_or_fail(key, serial, queue)
             if live is None:
                 return None
-        event_id = queue[0].event_id
+        event_id = queue[0][4]
         if event_id is not None and await env.storage.has_event_id(key, event_id):
             first = queue.popleft()
-            _finish(first, Failure(DuplicateEventError(first.instance_id, event_id)))
+            _finish(first, Failure(DuplicateEventError(first[2], event_id)))
             return None
         # Until the round commits, the copy may differ from the row (a reducer may
         # change the state it was given in place): it is dropped, and kept again after.
@@ -999,7 +1003,7 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
             if now > LAST_MS:  # the clock itself is past what a datetime holds: as `effect` refuses every verb
                 _finish(first, Failure(StorageError(beyond_datetime(now, "the engine's clock reads"))))
             else:
-                _finish(first, Failure(ValidationError(_TOO_LATE.format(job.name, first.instance_id))))
+                _finish(first, Failure(ValidationError(_TOO_LATE.format(job.name, first[2]))))
             return None
         results: list[_Added] = []
         new_alarm: SetAlarm | None = None
@@ -1024,7 +1028,7 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         # The round's adds are the queue's front as it is now: a reducer that awaits lets
         # more adds join the queue meanwhile, and they wait for the next round.
         for pending in list(islice(queue, ROUND_LIMIT)):
-            if taken and pending.event_id is not None:
+            if taken and pending[4] is not None:
                 break
             taken += 1
             created = state is None
@@ -1038,10 +1042,10 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
             reduced: _Reduced[S] | Coroutine[Any, Any, _Reduced[S]] | None = None
             if ctx is None or direct is None:
                 ctx = DebounceEventContext(
-                    env, job.name, pending.instance_id, logger, log_level, pending.event, state, number, tenant
+                    env, job.name, pending[2], logger, log_level, pending[3], state, number, tenant
                 )
             else:  # the round's one context, for this add (the round's adds are of one instance)
-                ctx.event, ctx.state, ctx.event_count, ctx._log = pending.event, state, number, None
+                ctx.event, ctx.state, ctx.event_count, ctx._log = pending[3], state, number, None
             if direct is None:  # a timeout or `blocking`: `run_body` calls the reducer
                 reduced = self._finish_reduce(functools.partial(self._reducer, ctx), ctx)
             else:
@@ -1127,7 +1131,7 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
                     key=key,
                     kind=KIND,
                     name=job.name,
-                    instance_id=queue[0].instance_id,
+                    instance_id=queue[0][2],
                     tenant_id=self.tenant,
                     status="idle",
                     created_at=now,
@@ -1147,7 +1151,7 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
             except DuplicateEventError:  # another process accepted the id since the check above
                 assert event_id is not None
                 first = queue.popleft()
-                _finish(first, Failure(DuplicateEventError(first.instance_id, event_id)))
+                _finish(first, Failure(DuplicateEventError(first[2], event_id)))
                 return None
             except StorageError as exc:
                 results = [Failure(exc)] * len(results)
@@ -1157,8 +1161,8 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
                     self._keep(key, _Live(serial, record, alarm, state))
                 if full:
                     self.runtime.post(key, lambda: self._flush_posted(key))
-        if escaped is None and len(results) == 1 and queue[0].waiter is None:
-            queue.popleft().result = results[0]  # one add whose caller is not parked (the writer): no wake-up
+        if escaped is None and len(results) == 1 and queue[0][6] is None:
+            queue.popleft()[5] = results[0]  # one add whose caller is not parked (the writer): no wake-up
         else:
             _answer(queue, results, escaped, raised)
         return None
@@ -1324,13 +1328,14 @@ class _AddVerb(VerbResult[AddResult, _AddError]):  # type: ignore[misc]  # Futur
 
     No coroutine of its own and no `trio.lowlevel.wait_task_rescheduled`: an add that
     joins the queue of an instance's writer (most adds, under load) parks its caller
-    by yielding Trio's trap here (`djobs._trap`), once, until its round's commit, and
-    its answer is the ``IOSuccess`` the round made. ``_cell`` is ``[state, handler,
-    instance id (checked), event, event id]``; the state is `_NEW` until the first
-    await, `_AWAITING` while it runs, `_SPENT` once it ended by an exception (a cancel),
-    then the answer. Awaited again, it answers as `VerbResult` does. An add dropped
-    never awaited warns as Python warns of a coroutine never awaited (`__del__`: a
-    call per add, where a coroutine made per add to warn cost about ten times more).
+    by yielding Trio's trap here (`djobs._trap`: its handler's one trap, its abort
+    function set each time), once, until its round's commit, and its answer is the
+    ``IOSuccess`` the round made. ``_cell`` is the add as it waits in the queue (see
+    `_Queued`); its state is `_NEW` until the first await, `_AWAITING` while it runs,
+    `_SPENT` once it ended by an exception (a cancel), then the answer. Awaited again,
+    it answers as `VerbResult` does. An add dropped never awaited warns as Python warns
+    of a coroutine never awaited (`__del__`: a call per add, where a coroutine made per
+    add to warn cost about ten times more).
     """
 
     __slots__ = ()
@@ -1348,7 +1353,6 @@ class _AddVerb(VerbResult[AddResult, _AddError]):  # type: ignore[misc]  # Futur
         handler: DebounceHandler[Any, Any] = cell[1]
         env = handler.env
         result: _Added | None = None
-        pending: _QueuedAdd[Any] | None = None
         try:
             token = env.trio_token
             if token is not None:  # `effect`'s checks: the caller awaits this add itself
@@ -1405,38 +1409,35 @@ class _AddVerb(VerbResult[AddResult, _AddError]):  # type: ignore[misc]  # Futur
                 ):
                     result = Failure(problem)  # stored beside the instance's key, as one key
             if result is None:
-                # `_QueuedAdd(instance_id, checked_event, the_event_id)` without its `__init__`'s frame.
-                pending = _new(_QueuedAdd)
-                pending.instance_id, pending.event, pending.event_id = instance_id, checked_event, the_event_id
-                pending.result = pending.waiter = pending.raised = None
+                cell[3], cell[4] = checked_event, the_event_id  # the cell is the add in the queue (`_Queued`)
                 queue = handler._queues.get(key)
                 if queue is None:
-                    queue = handler._queues[key] = deque((pending,))
-                    result = yield from handler._write_own(key, queue, pending).__await__()
+                    queue = handler._queues[key] = deque((cell,))
+                    result = yield from handler._write_own(key, queue, cell).__await__()
                 elif key in handler._running():  # a handler of this very instance adding to it: refused by `call`
                     result = yield from handler.runtime.call(key, _unreachable).__await__()
                 else:
                     # A writer is applying this instance's adds: join its queue and wait for its commit,
                     # parked until the round reschedules this task (a cancel ends the wait, not the add).
-                    queue.append(pending)
-                    pending.waiter = RUN_CONTEXT.task
-                    trap = _new(WaitTaskRescheduled)  # its attrs `__init__` without its frame
-                    _set(trap, "abort_func", pending.abort)
-                    woken = yield trap
+                    queue.append(cell)
+                    cell[6] = RUN_CONTEXT.task
+                    # The handler's one trap, read by Trio as soon as it is yielded (`djobs._trap`).
+                    handler._trap_fields["abort_func"] = self._abort
+                    woken = yield handler._trap
                     if woken is not WOKEN:
                         woken.unwrap()
-                    if pending.raised is not None:  # its event made the reducer raise a KeyboardInterrupt
-                        raise pending.raised
-                    result = pending.result
+                    if cell[7] is not None:  # its event made the reducer raise a KeyboardInterrupt
+                        raise cell[7]
+                    result = cell[5]
                     if result is None:
                         # Woken unanswered: the writer answered its own add and handed the queue over
                         # (`_write`); this caller writes now.
-                        result = yield from handler._write_own(key, queue, pending).__await__()
+                        result = yield from handler._write_own(key, queue, cell).__await__()
         except JobError as exc:
             result = Failure(exc)  # type: ignore[arg-type]
         except Exception as exc:  # a bug below: a typed failure for the caller, never an escape into its app
             # An add already committed keeps its answer (a caller retrying a failure would add twice).
-            done = None if pending is None else pending.result
+            done = cell[5]  # ``None`` unless its round answered it
             result = done if type(done) is IOSuccess else bug_failure(exc)
         except BaseException:
             cell[0] = _SPENT
@@ -1444,6 +1445,14 @@ class _AddVerb(VerbResult[AddResult, _AddError]):  # type: ignore[misc]  # Futur
         answer: IOResult[AddResult, _AddError] = result if type(result) is IOSuccess else IOResult.from_result(result)
         cell[0] = answer
         return answer
+
+    def _abort(self, _: Callable[[], BaseException]) -> trio.lowlevel.Abort:
+        """The abort function of the caller's park (one park and one wake-up per add: a
+        `trio.Event` costs an object, a set and more calls)."""
+        # Cancelled while queued: the add is still applied; nobody is woken for it.
+        cell: _Queued = self._cell
+        cell[6] = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
     def __del__(self) -> None:
         if self._cell[0] is _NEW:
@@ -1453,7 +1462,7 @@ class _AddVerb(VerbResult[AddResult, _AddError]):  # type: ignore[misc]  # Futur
 def _add_verb(handler: DebounceHandler[Any, Any], instance_id: str, event: object, event_id: object) -> _AddVerb:
     """The `_AddVerb` of an add of `event` to instance `instance_id` (its id checked)."""
     verb: _AddVerb = _new(_AddVerb)
-    set_cell(verb, [_NEW, handler, instance_id, event, event_id])
+    set_cell(verb, [_NEW, handler, instance_id, event, event_id, None, None, None])  # `_Queued`
     return verb
 
 
@@ -1504,7 +1513,7 @@ class DebounceClient(InstanceClient[DebounceHandler[E, S]], Generic[E, S]):
                     case Failure(error):
                         return refused(error, handler.env)
             verb: _AddVerb = _new(_AddVerb)  # `_add_verb` inline: a call fewer per add
-            set_cell(verb, [_NEW, handler, instance_id, event, event_id])
+            set_cell(verb, [_NEW, handler, instance_id, event, event_id, None, None, None])  # `_Queued`
             return verb
         return self._verb(id, lambda h, i: h.add(i, event, event_id))
 
