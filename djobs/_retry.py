@@ -139,7 +139,9 @@ class Retry:
         retry_on: Retry only failures whose error, or the error's ``cause``,
             is an instance of one of these types: an exception type or a
             tuple of them, as ``isinstance`` takes. ``None`` retries every
-            retryable error.
+            retryable error; an empty tuple ``()`` retries none (as
+            ``isinstance(x, ())`` is always false): each run gets one
+            attempt, whatever `max_attempts` says.
 
     Raises:
         ValidationError: A bad `max_attempts`, duration or backoff name; both
@@ -154,6 +156,8 @@ class Retry:
         >>> linear = Retry(backoff="linear", initial_delay="1 second", max_delay="3 seconds").delay
         >>> [linear.delay(n).seconds for n in (1, 2, 3, 4)]
         [1, 2, 3, 3]
+        >>> Retry(max_attempts=2, delay="1 second", retry_on=KeyError)
+        Retry(max_attempts=2, delay=Backoff.fixed(datetime.timedelta(seconds=1)), jitter=False, retry_on=(KeyError,))
     """
 
     __slots__ = ("delay", "jitter", "max_attempts", "retry_on")
@@ -205,7 +209,17 @@ class Retry:
         return timedelta(microseconds=rng.uniform(0, base / timedelta(microseconds=1)))
 
     def __repr__(self) -> str:
-        return f"Retry(max_attempts={self.max_attempts}, delay={self.delay!r}, jitter={self.jitter})"
+        if self.retry_on is None:
+            on = "None"
+        else:  # the types by name, as a tuple is written: (KeyError,), (KeyError, app.Busy), ()
+            names = [_type_name(tp) for tp in self.retry_on]
+            on = f"({names[0]},)" if len(names) == 1 else f"({', '.join(names)})"
+        return f"Retry(max_attempts={self.max_attempts}, delay={self.delay!r}, jitter={self.jitter}, retry_on={on})"
+
+
+def _type_name(tp: type) -> str:
+    """A class as code names it: ``KeyError`` for a builtin, ``module.Qualified`` otherwise."""
+    return tp.__qualname__ if tp.__module__ == "builtins" else f"{tp.__module__}.{tp.__qualname__}"
 
 
 def _check_retry_on(retry_on: object) -> tuple[type[BaseException], ...] | None:

@@ -58,6 +58,44 @@ def test_retry_policy_decides_by_error_type() -> None:
     assert not only_timeouts.should_retry(ExecutionError("k", cause=KeyError("x")))
 
 
+class Busy(Exception):
+    pass
+
+
+def test_a_retry_policys_repr_shows_which_errors_it_retries() -> None:
+    # retry_on decides whether a failure is retried; the repr left it out, so these four printed alike.
+    shown = [
+        repr(Retry(max_attempts=3, delay="2 seconds", retry_on=retry_on))
+        for retry_on in (None, (), KeyError, (KeyError, Busy))
+    ]
+    head = "Retry(max_attempts=3, delay=Backoff.fixed(datetime.timedelta(seconds=2)), jitter=False, retry_on="
+    assert shown == [f"{head}None)", f"{head}())", f"{head}(KeyError,))", f"{head}(KeyError, test_layers.Busy))"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        Retry(max_attempts=2, retry_on=KeyError),
+        djobs.Retention(),
+        djobs.WorkerOptions(),
+        djobs.RateLimit(3, "1 second"),
+        djobs.Layers(),
+    ],
+    ids=lambda v: type(v).__name__,
+)
+def test_an_options_repr_names_every_field(value: object) -> None:
+    fields = [name for name in getattr(type(value), "__slots__", ()) if not name.startswith("_")]
+    fields = [name for name in fields if not name.endswith("_ms")]  # a field's milliseconds, shown as its duration
+    assert fields and all(f"{name}=" in repr(value) for name in fields), (fields, repr(value))
+
+
+def test_a_retry_on_of_no_types_retries_nothing() -> None:
+    # As isinstance(x, ()) is False: an empty tuple is "retry no error", whatever max_attempts says.
+    never = Retry(max_attempts=5, retry_on=())
+    assert not never.should_retry(ExecutionError("flaky"))
+    assert not never.should_retry(ExecutionError("t", cause=TimeoutError()))
+
+
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "3"])
 def test_retry_rejects_bad_max_attempts(bad: Any) -> None:
     with pytest.raises(ValidationError, match="max_attempts"):
