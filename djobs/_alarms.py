@@ -408,9 +408,14 @@ class AlarmSleeper:
                     await timer.run_due(now)  # raises nothing but a cancel
                     if not self._inline:
                         # Its writes let time pass. (With inline ones, the reading taken before
-                        # still serves the claim below: an alarm due since waits a pass, no more.)
+                        # still tells what is due below: an alarm due since waits a pass, no more.)
                         now = clock.now_ms()
                 if next_at is not None and next_at <= now:
+                    if ran and self._inline:
+                        # The timer's work ran in this task (a synchronous cron body, for as
+                        # long as it took): the claim's leases start now, not at the reading
+                        # taken before it, or they would end early by the body's run time.
+                        now = clock.now_ms()
                     free = self._in_flight - len(self._claimed)
                     if free <= 0:
                         # Back-pressure: as many handlers in flight as allowed; claim more

@@ -376,7 +376,8 @@ class CronScheduler:
         earlier of its next alarm and `due_at`: one task and one wake-up where an hourly
         cron and an hourly schedule fire together. Never raises but for a cancel: a storage
         error (or a bug) is logged and the cron jobs are looked at again a second later.
-        `now`: the engine clock's reading, taken with no checkpoint since.
+        `now`: the engine clock's reading, taken with no checkpoint since; read again before
+        each further fire of the pass (a fire may have run a synchronous body in this task).
         """
         storage = self.storage
         self._due = None  # a poke while this runs sets it (below: the earlier of the two counts)
@@ -388,9 +389,17 @@ class CronScheduler:
             due = await storage.due_cron_jobs(self._names, now)
             # The next run each fire here stored (0: another engine's; None: none left).
             stored: dict[str, int | None] = {}
+            fired = False
             while due:
                 again = False
                 for record in due:
+                    if fired:
+                        # The fire before may have run its job's synchronous body in this task,
+                        # for as long as it took: this fire's job's lease and events start now.
+                        now = self.env.clock.now_ms()
+                        if stamp is not None:
+                            stamp = now
+                    fired = True
                     # Read again only when a fire leaves its job due (missed fires run one by
                     # one) or another engine fired it first (its next time unknown here).
                     following = stored[record.name] = await self._fire(record, now, stamp)
