@@ -9,7 +9,7 @@ from returns.future import FutureResult
 
 from ._dead_letters import DeadLetters, DeadLettersClient
 from ._durations import DurationLike
-from ._errors import StorageError, TenantError, ValidationError
+from ._errors import StorageError, TenantError, ValidationError, safe_repr
 from ._event import Event
 from ._execution import Env
 from .kinds._common import effect, name_of, refused
@@ -39,6 +39,20 @@ _KIND_NAMES = {
     "workflow": "workflow",
 }
 _CLIENTS = {"cron": "crons.get"}
+
+
+class _BadTenant:
+    """The scope of a client made by `Client.for_tenant` with a tenant id it refuses: not
+    ``None`` (every tenant) and not a string, so every verb's tenant check fails with a
+    `ValidationError` that shows `shown` as the value given."""
+
+    __slots__ = ("_shown",)
+
+    def __init__(self, shown: str) -> None:
+        self._shown = shown
+
+    def __repr__(self) -> str:
+        return self._shown
 
 
 class Client:
@@ -78,8 +92,16 @@ class Client:
         """A client that acts for one tenant only.
 
         What it enqueues belongs to `tenant_id`; it reads and changes only
-        that tenant's queued jobs and cron jobs (another tenant's gives
-        `TenantError`).
+        that tenant's queued jobs, cron jobs and instances: another tenant's
+        is answered as an unknown one is (`InstanceNotFoundError` for a job
+        or an instance, `JobNotFoundError` for a cron job), and naming
+        another tenant in a verb's ``tenant_id`` gives `TenantError`.
+
+        A bad `tenant_id` (``None``, not a string, empty, too long) gives a
+        client whose every verb fails with `ValidationError`, never the
+        unscoped client; so does, on a client already scoped to a tenant
+        (``ctx.client`` in a tenant's job), another tenant: a scoped client
+        cannot widen or move its scope.
 
         Example:
             ```python
@@ -87,12 +109,18 @@ class Client:
             job_id = (await acme.job(send_email).later(Email("a@acme.test"))).unwrap()
             ```
         """
+        scope: Any = tenant_id
+        if tenant_id is None:
+            # None means "every tenant" below: a missing id must not widen the client's reach.
+            scope = _BadTenant("None")
+        elif self._tenant_id is not None and not (type(tenant_id) is str and tenant_id == self._tenant_id):
+            scope = _BadTenant(f"{safe_repr(tenant_id)} (this client acts for tenant {self._tenant_id!r} only)")
         return Client(
             self._handlers,
             queue=self._queue,
             crons=self._crons,
             dead_letters=self._dead_letters,
-            tenant_id=tenant_id,
+            tenant_id=scope,
             home=self._home,
         )
 

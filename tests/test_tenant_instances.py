@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 import trio
+import trio.testing
 
 import djobs
 from djobs.testing import failure, open_test_engine, success
@@ -80,3 +81,55 @@ async def test_a_plain_id_cannot_reach_into_a_tenant(autojump_clock: trio.testin
         await engine.client.for_tenant("t1").continuous(counter).start(id="u", input=Count())
         sneaky = "t1\x1fu"
         assert isinstance(failure(await engine.client.continuous(counter).status(sneaky)), djobs.ValidationError)
+
+
+class Ref(msgspec.Struct):
+    n: int = 0
+
+
+def noop(params: Ref, ctx: djobs.JobContext) -> None:
+    pass
+
+
+queued = djobs.Job.make("queued", params=Ref, execute=noop)
+flow = djobs.Workflow.make("flow", input=Ref, result=Ref, execute=lambda i, ctx: i)
+
+
+@pytest.mark.trio
+async def test_a_client_for_no_tenant_or_another_tenant_reaches_no_tenant(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """for_tenant(None) (an id missing from an untyped request) and a scoped client re-scoped to
+    another tenant are refused at every verb with ValidationError: neither is the unscoped client."""
+    async with open_test_engine([counter, adder, keeper, queued, flow], tenancy="required") as engine:
+        acme = engine.client.for_tenant("acme")
+        job_id = success(await acme.job(queued).later(Ref(1), delay="1 hour"))
+        success(await acme.continuous(counter).start(id="u", input=Count()))
+        missing: str | None = None
+        for client in (
+            engine.client.for_tenant(missing),  # type: ignore[arg-type]
+            acme.for_tenant(missing),  # type: ignore[arg-type]
+            acme.for_tenant("globex"),
+            engine.client.for_tenant("globex").for_tenant("acme"),
+        ):
+            verbs = [
+                client.jobs.list(),
+                client.jobs.status(job_id),
+                client.jobs.cancel(job_id),
+                client.job(queued).later(Ref(2)),
+                client.send_event("ev", {}),
+                client.crons.list(),
+                client.dead_letters.list(),
+                client.continuous(counter).status("u"),
+                client.continuous(counter).terminate("u"),
+                client.debounce(adder).add(id="b", event=Count(1)),
+                client.task(keeper).send(id="k", event=Count(1)),
+                client.workflow(flow).list(),
+            ]
+            for verb in verbs:
+                error = failure(await verb)
+                assert isinstance(error, djobs.ValidationError), error
+                assert "the client's tenant id" in error.message or "tenant_id" in error.message
+        # Nothing was changed: acme's job is pending, its instance running; its own scope still works.
+        assert success(await acme.for_tenant("acme").jobs.status(job_id)).status == "pending"
+        assert success(await acme.continuous(counter).status("u")).status == "running"

@@ -557,7 +557,12 @@ class CronScheduler:
 
     # -- client operations -------------------------------------------------------------
 
-    def _cron(self, scope: str | None, cron: object) -> Result[CronJob[Any], JobNotFoundError | TenantError]:
+    def _cron(
+        self, scope: str | None, cron: object
+    ) -> Result[CronJob[Any], JobNotFoundError | TenantError | ValidationError]:
+        match check_short_text(scope, "the client's tenant id"):
+            case Failure(bad):
+                return Failure(bad)
         name = name_of(cron)
         found = self.crons.get(name)
         hidden = scope is not None and found is not None and found.tenant_id != scope
@@ -572,7 +577,10 @@ class CronScheduler:
                 return record
         raise StorageError(f"cron job {name!r} is missing from storage; reopen the engine to store it again")
 
-    async def list_crons(self, scope: str | None) -> Result[list[CronInfo], StorageError]:
+    async def list_crons(self, scope: str | None) -> Result[list[CronInfo], StorageError | ValidationError]:
+        match check_short_text(scope, "the client's tenant id"):
+            case Failure(bad):
+                return Failure(bad)
         records = await self.storage.list_cron_jobs()
         return Success([_info(r) for r in records if r.name in self.crons and (scope is None or r.tenant_id == scope)])
 
@@ -623,19 +631,23 @@ class CronsClient:
         self._scheduler = scheduler
         self._tenant = tenant
 
-    def get(self, cron: CronJob[Any] | str) -> FutureResult[CronInfo, JobNotFoundError | TenantError | StorageError]:
+    def get(
+        self, cron: CronJob[Any] | str
+    ) -> FutureResult[CronInfo, JobNotFoundError | TenantError | ValidationError | StorageError]:
         """One cron job: schedule, enabled, next and last run."""
         s, scope = self._scheduler, self._tenant
         return effect(lambda: s.get(scope, cron), s.env)
 
-    def enable(self, cron: CronJob[Any] | str) -> FutureResult[CronInfo, JobNotFoundError | TenantError | StorageError]:
+    def enable(
+        self, cron: CronJob[Any] | str
+    ) -> FutureResult[CronInfo, JobNotFoundError | TenantError | ValidationError | StorageError]:
         """Fire again, from the next fire time after now (times missed while disabled are not run)."""
         s, scope = self._scheduler, self._tenant
         return effect(lambda: s.set_enabled(scope, cron, True), s.env)
 
     def disable(
         self, cron: CronJob[Any] | str
-    ) -> FutureResult[CronInfo, JobNotFoundError | TenantError | StorageError]:
+    ) -> FutureResult[CronInfo, JobNotFoundError | TenantError | ValidationError | StorageError]:
         """Stop firing (in every engine on this database) until enabled again."""
         s, scope = self._scheduler, self._tenant
         return effect(lambda: s.set_enabled(scope, cron, False), s.env)
@@ -647,7 +659,7 @@ class CronsClient:
         s, scope = self._scheduler, self._tenant
         return effect(lambda: s.next_runs(scope, cron, n), s.env)
 
-    def list(self) -> FutureResult[list[CronInfo], StorageError]:
+    def list(self) -> FutureResult[list[CronInfo], StorageError | ValidationError]:
         """Every cron job of this engine, by name."""
         s, scope = self._scheduler, self._tenant
         return effect(lambda: s.list_crons(scope), s.env)
