@@ -3,7 +3,10 @@ and when the fault clears everything continues."""
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import itertools
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -12,6 +15,7 @@ import trio
 
 import djobs
 from djobs.storage import FaultyLayer, faulty
+from djobs.storage._faults import OPERATIONS
 from djobs.testing import failure, open_test_engine, success
 
 
@@ -139,3 +143,88 @@ async def test_a_jumping_wall_clock_neither_repeats_nor_loses_a_daily_run(
     assert len(fired) == expected
     assert len(set(fired)) == expected
     assert all(b - a == 24 * 3600 for a, b in itertools.pairwise(fired))
+
+
+#: Rules that could never fire as written (a test with one would pass without its fault), and what
+#: the refusal says.
+BAD_RULES: list[tuple[tuple[Any, ...], dict[str, Any], str]] = [
+    (("comit",), {"kind": "full"}, "no storage operation 'comit' (did you mean 'commit'?)"),
+    (("Commit",), {}, "no storage operation 'Commit'"),
+    (("call",), {}, "no storage operation 'call'"),  # at='s word, not an operation
+    ((5,), {}, "no storage operation 5"),
+    (("commit",), {"kind": "fuul"}, "kind must be one of busy, io, full, readonly, bug, got 'fuul'"),
+    (("commit",), {"at": "comit"}, "at must be 'call' or 'commit', got 'comit'"),
+    (("commit",), {"times": 0}, "times must be a whole number of calls, at least 1"),
+    (("commit",), {"times": -1}, "times must be a whole number of calls, at least 1"),
+    (("commit",), {"times": True}, "times must be a whole number of calls, at least 1"),
+    (("commit",), {"times": 1.5}, "times must be a whole number of calls, at least 1"),
+    (("commit",), {"kind": "bug", "at": "commit"}, "an injected bug is raised at the call"),
+]
+
+
+@pytest.mark.parametrize(("args", "kwargs", "says"), BAD_RULES)
+def test_a_rule_that_could_never_fire_is_refused_before_and_after_the_layer_opens(
+    args: tuple[Any, ...], kwargs: dict[str, Any], says: str
+) -> None:
+    layer = faulty(djobs.memory())
+    with pytest.raises(djobs.ValidationError, match=r"^faulty: ") as before:
+        layer.fail(*args, **kwargs)
+    assert says in before.value.message
+
+    async def opened() -> None:
+        async with layer.open():
+            with pytest.raises(djobs.ValidationError) as after:
+                layer.fail(*args, **kwargs)
+            assert says in after.value.message
+            assert layer.storage is not None
+            with pytest.raises(djobs.ValidationError):
+                layer.storage.fail(*args, **kwargs)
+
+    trio.run(opened)
+    assert layer.injected == 0
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_every_storage_operation_a_rule_names_fails_when_called(kind: str, tmp_path: Path) -> None:
+    # SQLite's commit, checkpoint_instance and lease_and_load hand back a coroutine without being
+    # coroutine functions: the wrapper passed them through, and a fault on "commit" never fired.
+    layer = faulty(djobs.memory() if kind == "memory" else djobs.sqlite(tmp_path / "jobs.db"))
+
+    async def check() -> list[str]:
+        missed = []
+        async with layer.open() as storage:
+            assert layer.storage is not None
+            inner = layer.storage.inner
+            for name in sorted(OPERATIONS):
+                if not hasattr(inner, name):
+                    continue
+                layer.heal()
+                layer.fail(name, kind="busy", times=1)
+                before = layer.injected
+                with contextlib.suppress(djobs.StorageError):
+                    await getattr(storage, name)(*([None] * _arity(storage, name)))
+                if layer.injected != before + 1:
+                    missed.append(name)
+        return missed
+
+    assert trio.run(check) == []
+
+
+def _arity(storage: Any, name: str) -> int:
+    params = inspect.signature(getattr(storage.inner, name)).parameters.values()
+    return sum(1 for p in params if p.default is inspect.Parameter.empty and p.kind is p.POSITIONAL_OR_KEYWORD)
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_a_fault_on_commit_fails_a_start_on_every_store(
+    autojump_clock: trio.testing.MockClock, kind: str, tmp_path: Path
+) -> None:
+    storage = faulty(djobs.memory() if kind == "memory" else djobs.sqlite(tmp_path / "jobs.db"))
+    async with open_test_engine([ticker], storage=storage) as engine:
+        client = engine.client.continuous(ticker)
+        for at in ("call", "commit"):
+            storage.fail("commit", kind="full", at=at, times=1)  # type: ignore[arg-type]
+            assert isinstance(failure(await client.start(id="a", input=Count())), djobs.StorageError), at
+            assert storage.injected == (1 if at == "call" else 2)
+            assert success(await client.status("a")).status == "not_found"  # nothing was written

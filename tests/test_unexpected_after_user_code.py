@@ -170,7 +170,7 @@ async def test_a_task_execute_whose_commit_raises_counts_its_attempt(autojump_cl
 async def test_an_injected_bug_is_raised_at_the_call() -> None:
     layer = faulty(djobs.memory())
     async with layer.open():
-        with pytest.raises(ValueError, match="at the call"):
+        with pytest.raises(djobs.ValidationError, match="at the call"):
             layer.fail("commit", kind="bug", at="commit")
 
 

@@ -22,15 +22,17 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Literal, final
+from typing import Any, Final, Literal, final, get_args
 
 import apsw
 
-from .._errors import StorageError
+from .._errors import StorageError, ValidationError, safe_repr
+from . import _base
 from ._base import Storage, StorageLayer
 from ._memory import MemoryStorage
 from ._sqlite import SqliteStorage
@@ -62,6 +64,49 @@ _BATCHED: dict[str, tuple[str, ...]] = {
     "claim_alarm_runs": ("claim_alarms",),
     "lease_and_load": ("acquire_instance_lease", "load"),
 }
+
+
+def _operations(*classes: type) -> frozenset[str]:
+    """The public async methods of `classes`, and of every storage protocol: what a rule may name.
+
+    A method that hands back a coroutine without being one (SQLite's ``commit``) is a
+    protocol's async method, so it is named here and wrapped all the same.
+    """
+    protocols = [c for c in vars(_base).values() if isinstance(c, type) and getattr(c, "_is_protocol", False)]
+    return frozenset(
+        name
+        for cls in (*protocols, *classes)
+        for name, value in inspect.getmembers(cls)
+        if not name.startswith("_") and inspect.iscoroutinefunction(value)
+    )
+
+
+#: Every storage operation a rule may name: the protocols' and the built-in stores'.
+OPERATIONS: Final = _operations(MemoryStorage, SqliteStorage)
+
+
+def _check_rule(operation: object, kind: object, at: object, times: object) -> None:
+    """Refuse a rule that would never fire or fire wrongly, so a typo cannot pass a test unnoticed."""
+    if operation is not None and (type(operation) is not str or operation not in OPERATIONS):
+        close = difflib.get_close_matches(operation, OPERATIONS, n=1) if type(operation) is str else []
+        guess = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValidationError(
+            f"faulty: no storage operation {safe_repr(operation):.80}{guess}; name one of the storage's "
+            f"methods ({', '.join(sorted(OPERATIONS))}), or None for every one"
+        )
+    if type(kind) is not str or kind not in get_args(FaultKind):
+        raise ValidationError(
+            f"faulty: kind must be one of {', '.join(get_args(FaultKind))}, got {safe_repr(kind):.80}"
+        )
+    if type(at) is not str or at not in get_args(FaultPoint):
+        raise ValidationError(f"faulty: at must be 'call' or 'commit', got {safe_repr(at):.80}")
+    if times is not None and (type(times) is not int or times < 1):
+        raise ValidationError(
+            f"faulty: times must be a whole number of calls, at least 1 (None: until heal()), "
+            f"got {safe_repr(times):.80}"
+        )
+    if kind == "bug" and at != "call":
+        raise ValidationError('faulty: an injected bug is raised at the call (at="call")')
 
 
 @final
@@ -101,14 +146,31 @@ class FaultyStorage:
                 runs the call's statements and fails its commit (SQLite
                 storages and the memory store only; a call that commits
                 nothing, a read, is not affected).
-            times: Fail this many matching calls, then pass again; ``None``
-                until `heal`.
+            times: Fail this many matching calls, then pass again (at least 1);
+                ``None`` until `heal`.
+
+        Raises:
+            ValidationError: An `operation` that is no storage method (a typo:
+                ``"comit"``), or one this storage does not have; a `kind` or
+                `at` not among those named above; `times` not a whole number
+                from 1; ``kind="bug"`` at commit; ``at="commit"`` on a storage
+                other than SQLite's or the memory store. A rule that could
+                never fire would let a test pass without its fault.
         """
+        _check_rule(operation, kind, at, times)
+        if operation is not None and not self._has(operation):
+            raise ValidationError(
+                f"faulty: {type(self._inner).__name__} has no operation {operation!r}, so the rule would never fire"
+            )
         if at == "commit" and not isinstance(self._inner, SqliteStorage | MemoryStorage):
-            raise ValueError("faults at commit need a SQLite storage or the memory store")
-        if kind == "bug" and at != "call":
-            raise ValueError('an injected bug is raised at the call (at="call")')
+            raise ValidationError("faulty: faults at commit need a SQLite storage or the memory store")
         self._rules.append(_Rule(operation, kind, at, times))
+
+    def _has(self, operation: str) -> bool:
+        """Whether a call of the inner storage can match `operation`: its own method, or a batched form."""
+        if callable(getattr(self._inner, operation, None)):
+            return True
+        return any(operation in same and hasattr(self._inner, name) for name, same in _BATCHED.items())
 
     def heal(self) -> None:
         """Remove every rule: calls pass through again."""
@@ -127,9 +189,11 @@ class FaultyStorage:
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._inner, name)
-        if not inspect.iscoroutinefunction(attr):
-            return attr
-        return self._wrap(name, attr)
+        # By name as well: SQLite's commit, checkpoint_instance and lease_and_load hand back
+        # their write's coroutine without being coroutine functions, and were passed unwrapped.
+        if (name in OPERATIONS and callable(attr)) or inspect.iscoroutinefunction(attr):
+            return self._wrap(name, attr)
+        return attr
 
     def _wrap(self, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
         async def call(*args: Any, **kwargs: Any) -> Any:
@@ -192,8 +256,19 @@ class FaultyLayer:
     def open(self) -> AbstractAsyncContextManager[Storage]:
         return self._open()
 
-    def fail(self, *args: Any, **kwargs: Any) -> None:
-        """Like `FaultyStorage.fail`; remembered until the layer is opened if it is not yet."""
+    def fail(
+        self, operation: str | None = None, *, kind: FaultKind = "io", at: FaultPoint = "call", times: int | None = None
+    ) -> None:
+        """Like `FaultyStorage.fail`; remembered until the layer is opened if it is not yet.
+
+        Raises:
+            ValidationError: As `FaultyStorage.fail`; before the layer is opened, what
+                needs the storage itself (a method it lacks, a fault at commit on
+                PostgreSQL) is refused when it opens.
+        """
+        _check_rule(operation, kind, at, times)
+        args: tuple[Any, ...] = (operation,)
+        kwargs: dict[str, Any] = {"kind": kind, "at": at, "times": times}
         if self.storage is None:
             self._pending.append((args, kwargs))
         else:
