@@ -380,6 +380,23 @@ class Actors:
         if self._idle_waiter is not None and not self._actors and not inline:
             self._went_idle()
 
+    def refuse_self_call(self, key: str) -> None:
+        """Raise what `call` raises for a verb on instance `key` from a handler of it, or from one
+        it waits for; a verb checks this before anything it does ahead of `call` (a terminate's
+        stop of the running handler), so the refused call changes nothing.
+
+        Raises:
+            InvalidStateError: The calling task is running a handler of `key`, or one it waits for.
+        """
+        if key in _RUNNING.get():
+            kind, name, instance = key.split(":", 2)
+            instance = instance.rpartition("\x1f")[2]
+            raise InvalidStateError(
+                f"a verb on {_SELF_NAMES.get(kind, kind + ' job')} {name!r} instance {instance!r} was called from "
+                "a handler of that instance, or from one it is waiting for; it would wait for itself forever. "
+                f"{_SELF_ADVICE.get(kind, _STATE_ADVICE)}"
+            )
+
     async def call(self, key: str, fn: Callable[[], Awaitable[T]]) -> T:
         """Run `fn` on instance `key`'s actor and return its value (or raise its error).
 
@@ -389,14 +406,8 @@ class Actors:
                 own instance): the call could only wait for itself.
             StorageError: The engine is closing, or the instance's lease could not be taken.
         """
+        self.refuse_self_call(key)
         waiting_for = _RUNNING.get()
-        if key in waiting_for:
-            kind, name, instance = key.split(":", 2)
-            instance = instance.rpartition("\x1f")[2]
-            raise InvalidStateError(
-                f"a handler of {_SELF_NAMES.get(kind, kind + ' job')} {name!r} instance {instance!r} called a verb "
-                f"on that same instance; it would wait for itself forever. {_SELF_ADVICE.get(kind, _STATE_ADVICE)}"
-            )
         if self._closing:
             raise StorageError(CLOSED_MESSAGE)
         done = trio.Event()

@@ -104,6 +104,11 @@ class Runtime:
         """Run `fn` on instance `key`'s actor and return its value or raise its error (`Actors.call`)."""
         return await self.actors.call(key, fn)
 
+    def refuse_self_call(self, key: str) -> None:
+        """Raise `InvalidStateError` if the calling task runs (or waits for) a handler of `key`
+        (`Actors.refuse_self_call`)."""
+        self.actors.refuse_self_call(key)
+
     def enter(self, key: str) -> int | None:
         """Run one handler of `key` in the calling task if the instance is free (`Actors.enter`)."""
         return self.actors.enter(key)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 import trio
+import trio.lowlevel
 from returns.future import FutureResult
 
 import djobs
@@ -105,7 +106,7 @@ class Count(msgspec.Struct):
 async def trigger_myself(ctx: djobs.ContinuousContext[Count]) -> None:
     error = failure(await ctx.client.continuous("selfish").trigger(ctx.instance_id))
     assert isinstance(error, djobs.InvalidStateError)
-    assert "same instance" in error.message
+    assert "called from a handler of that instance" in error.message
     ctx.set_state(Count(ctx.state.n + 1))
 
 
@@ -148,3 +149,65 @@ async def test_a_cycle_of_two_instances_fails_at_once_instead_of_waiting(
         with trio.fail_after(5):
             success(await engine.client.task(ping_pong).send(id="a", event=Ping()))
     assert len(errors) == 1 and isinstance(errors[0], djobs.InvalidStateError)
+
+
+@pytest.mark.trio
+async def test_a_refused_terminate_or_clear_of_a_handlers_own_instance_changes_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """terminate (Continuous, Task's execute and on_event), a debounce flush's clear, and B's
+    terminate of A while A waits for B are refused with InvalidStateError and stop, delete and
+    drop nothing: the run's state is committed, the flush's batch is sent, the event is kept."""
+    errors: list[djobs.JobError] = []
+    sent: list[list[int]] = []
+
+    async def self_terminate(ctx: djobs.ContinuousContext[Count]) -> Count:
+        if ctx.instance_id == "A":
+            success(await ctx.client.continuous(cont).trigger("B"))
+        elif ctx.instance_id == "me" or ctx.state.n > 0:  # B: not in its first run, before A exists
+            target = "A" if ctx.instance_id == "B" else ctx.instance_id
+            errors.append(failure(await ctx.client.continuous(cont).terminate(target)))
+        await trio.lowlevel.checkpoint()  # a stopped run would be cancelled here
+        return Count(ctx.state.n + 1)
+
+    cont = djobs.Continuous.make("cont", state=Count, schedule=djobs.every("1 hour"), execute=self_terminate)
+
+    async def on_event(event: Count, ctx: djobs.TaskEventContext[Count]) -> Count:
+        errors.append(failure(await ctx.client.task(task).terminate(ctx.instance_id)))
+        await trio.lowlevel.checkpoint()
+        return Count((ctx.state or Count()).n + event.n)
+
+    async def execute(ctx: djobs.TaskContext[Count]) -> None:
+        errors.append(failure(await ctx.client.task(task).terminate(ctx.instance_id)))
+        await trio.lowlevel.checkpoint()
+        ctx.set_state(Count((ctx.state or Count()).n + 100))
+
+    task = djobs.Task.make("task", state=Count, event=Count, on_event=on_event, execute=execute)
+
+    async def flush(ctx: djobs.DebounceContext[Count]) -> None:
+        errors.append(failure(await ctx.client.debounce(deb).clear(ctx.instance_id)))
+        await trio.lowlevel.checkpoint()
+        sent.append([ctx.state.n])
+
+    deb = djobs.Debounce.make(
+        "deb", event=Count, state=Count, on_event=lambda ctx: ctx.event, execute=flush, flush_after="1 second"
+    )
+    async with open_test_engine([cont, task, deb]) as engine:
+        with trio.fail_after(60):
+            client = engine.client
+            success(await client.continuous(cont).start(id="me", input=Count(41)))
+            success(await client.continuous(cont).start(id="B", input=Count()))
+            await engine.wait_idle()
+            success(await client.continuous(cont).start(id="A", input=Count()))
+            assert success(await client.task(task).send(id="k", event=Count(1))).created
+            success(await client.task(task).trigger("k"))
+            success(await client.debounce(deb).add(id="d", event=Count(7)))
+            await trio.sleep(2)
+            await engine.wait_idle()
+        assert len(errors) == 5 and all(isinstance(e, djobs.InvalidStateError) for e in errors), errors
+        assert success(await client.continuous(cont).get_state("me")).state == Count(42)
+        assert success(await client.continuous(cont).get_state("A")).state == Count(1)
+        assert success(await client.continuous(cont).get_state("B")).state == Count(2)
+        assert success(await client.task(task).get_state("k")).state == Count(101)
+        assert sent == [[7]]
+        assert not engine.tracker.of_type("job.terminated")

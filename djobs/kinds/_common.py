@@ -546,6 +546,9 @@ async def terminate_instance(
             pass
         case Failure() as refused:
             return refused
+    # A handler of this instance (or one it waits for) calling terminate is refused before the
+    # stop below: the refusal must leave the instance and its run as they were.
+    runtime.refuse_self_call(key)
     running = env.running.get(key)
     stopped = running is not None and running.stop(given)
 

@@ -776,7 +776,9 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
 
     async def clear(self, instance_id: str) -> Result[ClearResult, StorageError]:
         key = self.key(instance_id)
-        # A flush running now (a stuck one) is cancelled: its batch is dropped with it.
+        # A flush running now (a stuck one) is cancelled: its batch is dropped with it. A clear from
+        # that flush itself (or one it waits for) is refused first, and so cancels nothing.
+        self.runtime.refuse_self_call(key)
         running = self.env.running.get(key)
         stuck = None
         if running is not None:
