@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import random
+import re
 import time
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from itertools import pairwise
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -18,6 +20,7 @@ import djobs.testing
 from djobs import Backoff, Retry
 from djobs._errors import ExecutionError, ValidationError
 from djobs.testing import open_test_engine
+from djobs.tracking._base import EVENT_TYPES
 
 
 def test_backoff_delays() -> None:
@@ -450,3 +453,33 @@ def test_every_public_name_has_a_docstring() -> None:
         obj = getattr(djobs, name)
         if callable(obj) and not isinstance(obj, type(int | str)):
             assert (obj.__doc__ or "").strip(), f"djobs.{name} has no docstring"
+
+
+def test_the_in_memory_trackers_lookups_refuse_an_event_type_no_engine_emits() -> None:
+    # A misspelt type counted 0: `assert tracker.count("job.excuted") == 0` held whatever the engine did.
+    tracker = djobs.testing.InMemoryTracker()
+    for wrong, says in (
+        ("job.excuted", "no event type 'job.excuted' (did you mean 'job.executed'?)"),
+        ("job_executed", "no event type 'job_executed' (did you mean 'job.executed'?)"),
+        ("", "no event type ''"),
+        (None, "no event type None"),
+        (5, "no event type 5"),
+    ):
+        for lookup in (tracker.count, tracker.of_type):
+            with pytest.raises(ValidationError) as refused:
+                lookup(wrong)
+            assert refused.value.message.startswith(says) and "job.executed, job.failed" in refused.value.message
+    assert [tracker.count(t) for t in sorted(EVENT_TYPES)] == [0] * len(EVENT_TYPES)
+    # A type a test emitted itself is one it may look up.
+    mine = djobs.TrackedEvent(type="app.audit", instance_id="x", job_type="job", job_name="x", at=datetime.now(UTC))
+    tracker.emit(mine)
+    assert tracker.count("app.audit") == 1 and tracker.of_type("app.audit") == [mine]
+
+
+def test_the_known_event_types_are_every_one_the_engine_emits_and_the_guide_lists() -> None:
+    root = Path(__file__).resolve().parent.parent
+    pattern = re.compile(r"\"((?:job|debounce|task|cron|workflow)\.[a-z_]+)\"")
+    emitted = {m for path in (root / "djobs").rglob("*.py") for m in pattern.findall(path.read_text())}
+    assert emitted == EVENT_TYPES
+    guide = (root / "docs" / "guides" / "telemetry.md").read_text()
+    assert [t for t in sorted(EVENT_TYPES) if f"`{t}`" not in guide] == []

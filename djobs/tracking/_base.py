@@ -34,6 +34,39 @@ class TrackedEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     data: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
+#: Every event type the engine emits (the telemetry guide's "The events" lists them with their fields).
+EVENT_TYPES: frozenset[str] = frozenset(
+    {
+        "job.started",
+        "job.executed",
+        "job.failed",
+        "job.retry_exhausted",
+        "job.terminated",
+        "job.paused",
+        "job.resumed",
+        "debounce.started",
+        "debounce.flushed",
+        "task.scheduled",
+        "job.enqueued",
+        "job.claimed",
+        "job.completed",
+        "job.cancelled",
+        "job.lease_expired",
+        "cron.fired",
+        "cron.skipped",
+        "workflow.started",
+        "workflow.step_completed",
+        "workflow.step_failed",
+        "workflow.sleeping",
+        "workflow.waiting",
+        "workflow.signal_received",
+        "workflow.signal_rejected",
+        "workflow.completed",
+        "workflow.failed",
+        "workflow.cancelled",
+    }
+)
+
 TRACKER_CLOSE_LIMIT_S = 30
 """Seconds `Tracker.aclose` may take (OpenTelemetry's batch processor gives its export the same
 30 seconds by default); the engine's close cancels it a second after that."""
