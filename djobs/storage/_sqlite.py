@@ -451,6 +451,15 @@ _SET_ALARM = """
     ON CONFLICT(key) DO UPDATE SET fire_at = excluded.fire_at, due_at = excluded.due_at, purpose = excluded.purpose
 """
 _LEASE_OWNERS = "SELECT key, owner FROM instance_leases WHERE key IN (SELECT value FROM json_each(?))"
+#: An instance's 16 values (`instance_args`), then the owner whose lease fences it: `UPSERT_INSTANCE`
+#: with the fence in the statement itself, where a ``SELECT owner`` ran before it (a statement
+#: fewer per check-in, about 15k instructions). It changed no row (``changes()``) exactly when the
+#: lease is another's or not held (else it inserts or updates the row): then it wrote nothing.
+_FENCED_UPSERT_INSTANCE = f"""
+    INSERT INTO instances ({INSTANCE_COLUMNS})
+    SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16
+    WHERE EXISTS (SELECT 1 FROM instance_leases WHERE key = ?1 AND owner = ?17)
+    ON CONFLICT {_sql.UPSERT_INSTANCE.split("ON CONFLICT", 1)[1]}"""
 _CLAIM_ALARMS = """
     UPDATE alarms SET due_at = ?
     WHERE id IN (SELECT id FROM alarms WHERE due_at <= ? ORDER BY due_at LIMIT ?)
@@ -800,9 +809,25 @@ def _cannot_abort(_: Callable[[], BaseException]) -> trio.lowlevel.Abort:
 def _commit(storage: SqliteStorage, checkin: Checkin, db: apsw.Connection) -> None:
     """`SqliteStorage.commit`'s write, in the caller's transaction: the lease's fence, then `_apply`."""
     owner = checkin.lease_owner
+    record = checkin.record
+    key = checkin.key
+    if (
+        owner is not None
+        and record is not None
+        and checkin.event_id is None
+        and checkin.dead_letter is None
+        and not checkin.create
+    ):
+        # A row (and its alarm): fenced in the upsert itself, the first statement that writes.
+        no_rows = storage._no_rows
+        no_rows(_FENCED_UPSERT_INSTANCE, (*instance_args(key, record), owner))
+        if not db.changes():
+            raise LeaseLostError(key)  # nothing written: the lease is another's, or not held
+        _write_alarm(no_rows, key, checkin.alarm)
+        return
     # Fenced by the lease: in this transaction no other engine can take it over.
-    if owner is not None and _scalar_args(db, _sql.LEASE_OWNER, (checkin.key,)) != owner:
-        raise LeaseLostError(checkin.key)
+    if owner is not None and _scalar_args(db, _sql.LEASE_OWNER, (key,)) != owner:
+        raise LeaseLostError(key)
     _apply(db, checkin, storage._no_rows)
 
 
@@ -845,7 +870,11 @@ def _apply(db: apsw.Connection, checkin: Checkin, no_rows: _NoRows) -> None:
         return
     if not checkin.create:
         no_rows(_sql.UPSERT_INSTANCE, instance_args(key, record))
-    alarm = checkin.alarm
+    _write_alarm(no_rows, key, checkin.alarm)
+
+
+def _write_alarm(no_rows: _NoRows, key: str, alarm: SetAlarm | ClearAlarm | None) -> None:
+    """Set or clear `key`'s alarm as a check-in says (``None``: leave it), in the caller's transaction."""
     if isinstance(alarm, SetAlarm):
         no_rows(
             _SET_ALARM, (key, alarm.fire_at, alarm.fire_at if alarm.due_at is None else alarm.due_at, alarm.purpose)
