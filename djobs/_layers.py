@@ -19,6 +19,7 @@ share a connection, so they are opened together.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import final
 
@@ -34,7 +35,7 @@ from .tracking import NoopTracker, Tracker
 _LAYER_METHODS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("storage", ("open",)),
     ("clock", ("now_ms", "sleep_until")),
-    ("tracker", ("emit",)),
+    ("tracker", ("emit",)),  # and an async aclose, checked below
     ("retries", ("delay_before",)),
     ("ids", ("engine_id", "job_id")),
 )
@@ -101,6 +102,12 @@ class Layers:
                     f"{name} must be a {_LAYER_TYPES[name]} (with {', '.join(methods)}),"
                     f" got {type(layer).__name__} {safe_repr(layer):.80}{hint}"
                 )
+        if not inspect.iscoroutinefunction(getattr(self.tracker, "aclose", None)):
+            # The engine awaits it when it closes: a plain function would fail there, at every close.
+            raise ValidationError(
+                f"tracker must be a Tracker (with emit() and an async aclose()), got {type(self.tracker).__name__}"
+                f" {safe_repr(self.tracker):.80} whose aclose is missing or not an async def"
+            )
 
     def replace(
         self,

@@ -398,3 +398,34 @@ def test_an_http_tracker_close_timeout_fits_the_engines_bound_on_a_tracker_close
     with pytest.raises(djobs.ValidationError, match="close_timeout must be at most 30 seconds"):
         HttpBatchTracker("http://collector.invalid/e", "t", "k", close_timeout="31 seconds")
     HttpBatchTracker("http://collector.invalid/e", "t", "k", close_timeout="30 seconds")
+
+
+class _EmitOnly:
+    def emit(self, event: object) -> None:
+        pass
+
+
+class _SyncClose(_EmitOnly):
+    def aclose(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("tracker", [_EmitOnly(), _SyncClose()], ids=["no aclose", "sync aclose"])
+def test_a_tracker_without_an_async_aclose_is_refused_at_open(tracker: object) -> None:
+    """The engine awaits tracker.aclose() at close: one without it failed (and logged an error) at every close."""
+
+    async def scenario() -> None:
+        with pytest.raises(djobs.ValidationError, match=r"tracker must be a Tracker \(with emit\(\) and an async"):
+            async with djobs.open_engine([], storage=djobs.memory(), tracker=tracker, worker=None):  # type: ignore[call-overload]
+                pass
+
+    trio.run(scenario)
+    with pytest.raises(djobs.ValidationError, match=r"^tracker must be a Tracker"):
+        djobs.Layers(tracker=tracker)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("endpoint", ["not a url", "ftp://collector.test/e", "collector.test/events", "file:///x"])
+def test_an_http_tracker_needs_an_http_url(endpoint: str) -> None:
+    with pytest.raises(djobs.ValidationError, match=r"expected an http:// or https:// URL"):
+        HttpBatchTracker(endpoint, "test", "key")
+    assert HttpBatchTracker("HTTPS://collector.test/e", "test", "key").endpoint == "HTTPS://collector.test/e"

@@ -102,7 +102,7 @@ class HttpBatchTracker:
     the telemetry guide.
 
     Args:
-        endpoint: The URL batches are posted to.
+        endpoint: The http:// or https:// URL batches are posted to.
         env: The environment name sent with every event (``"production"``).
         service_key: The key identifying this service to the collector; sent
             as the ``x-service-key`` header of every request.
@@ -125,7 +125,7 @@ class HttpBatchTracker:
 
     Raises:
         ImportError: httpx is not installed (``pip install 'djobs-trio[http]'``).
-        ValidationError: A size or duration is not valid; `endpoint` is empty or holds a
+        ValidationError: A size or duration is not valid; `endpoint` is not an http(s) URL or holds a
             NUL or a lone surrogate (no URL can); `env` is not a str, or holds a lone
             surrogate (no JSON body can); `service_key` is not a valid header value; a `backoff` that is
             no `Backoff`, a `client` that is no ``httpx.AsyncClient``.
@@ -160,6 +160,10 @@ class HttpBatchTracker:
         problem = os_text_problem(endpoint)
         if problem is not None:
             raise ValidationError(f"HttpBatchTracker(endpoint={safe_repr(endpoint):.80}): {problem}")
+        if not endpoint.lower().startswith(("http://", "https://")):
+            raise ValidationError(
+                f"HttpBatchTracker(endpoint={safe_repr(endpoint):.80}): expected an http:// or https:// URL"
+            )
         self.endpoint = endpoint
         if not isinstance(env, str):
             raise ValidationError(f"HttpBatchTracker(env=...): expected a str, got {type(env).__name__}")
