@@ -340,3 +340,19 @@ def test_the_api_reference_names_every_public_name() -> None:
             if f"{module.__name__}.{name}" not in documented and not (same and f"djobs.{name}" in documented):
                 missing.append(f"{module.__name__}.{name}")
     assert not missing, f"add these to a page of docs/reference/: {missing}"
+
+
+def test_an_option_table_of_a_make_lists_every_option_it_takes() -> None:
+    # continuous.md's table, presented as what Continuous.make takes, left out timeout, blocking
+    # and on_exhausted: the two options that guard against a hung body among them.
+    guides = Path(__file__).resolve().parent.parent / "docs" / "guides"
+    tables = 0
+    for page in sorted(guides.glob("*.md")):
+        text = page.read_text(encoding="utf-8")
+        for match in re.finditer(r"`(\w+)\.make` takes:\n\n((?:\|.*\n)+)", text):
+            kind = getattr(djobs, match.group(1))
+            listed = set(re.findall(r"^\| `(\w+)` \|", match.group(2), re.M))
+            taken = set(inspect.signature(kind.make).parameters)
+            assert taken - listed == set(), (page.name, match.group(1))
+            tables += 1
+    assert tables >= 1  # the check found the table it guards
