@@ -33,6 +33,7 @@ stored, logged or tracked error is bounded as payloads are.
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar, NoReturn
 
 #: The most characters of an error's message djobs keeps, stores and logs (the marker included).
@@ -44,12 +45,21 @@ def capped_message(message: str) -> str:
     than `MAX_MESSAGE_LENGTH`; the result is never longer than that."""
     if len(message) <= MAX_MESSAGE_LENGTH:
         return message
+    # A message built around one already cut (a wrapper's "gave up after 1 attempt(s): ...")
+    # ends with that cut's marker: its count joins this cut's, so N is every character cut.
+    earlier = _CUT_MARKER.search(message)
+    cut_before = 0
+    if earlier is not None:
+        message, cut_before = message[: earlier.start()], int(earlier.group(1).replace(",", ""))
     keep = MAX_MESSAGE_LENGTH
     while True:  # the marker's own length decides how much is cut: at most twice round
-        marker = f"… [{len(message) - keep:,} more characters cut]"
+        marker = f"… [{len(message) - min(keep, len(message)) + cut_before:,} more characters cut]"
         if keep + len(marker) <= MAX_MESSAGE_LENGTH:
             return message[:keep] + marker
         keep = MAX_MESSAGE_LENGTH - len(marker)
+
+
+_CUT_MARKER = re.compile(r"… \[([0-9,]+) more characters cut\]\Z")
 
 
 class JobError(Exception):

@@ -177,3 +177,17 @@ async def test_a_message_whose_escapes_lengthen_it_is_stored_within_the_limit(
         assert info.error is not None
         assert len(info.error.message) <= MAX_MESSAGE_LENGTH
         assert "\\x00\\x00" in info.error.message  # the NULs, escaped
+
+
+def test_a_wrapped_cut_message_counts_every_character_cut() -> None:
+    """RetryExhaustedError around a cut message: N is the characters cut from the whole
+    ("gave up after 1 attempt(s): " + 100,000), not only the few the wrapper cut again."""
+    from djobs._errors import RetryExhaustedError
+
+    inner = djobs.JobError("y" * 100_000)
+    outer = RetryExhaustedError(1, inner)
+    for error, whole in ((inner, 100_000), (outer, len("gave up after 1 attempt(s): ") + 100_000)):
+        head, _, tail = error.message.rpartition("… [")
+        assert len(error.message) <= MAX_MESSAGE_LENGTH
+        assert tail.endswith(" more characters cut]")
+        assert len(head) + int(tail.split(" ")[0].replace(",", "")) == whole
