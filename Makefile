@@ -18,12 +18,17 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m examples.demo
 
+# pytest runs one worker process per core; each test file runs whole on one worker (loadfile), in its
+# own order, so a file's module- and session-scoped fixtures are set up once. `make test PYTEST_PARALLEL=`
+# runs it in one process.
+PYTEST_PARALLEL ?= -n auto --dist loadfile
+
 # mkdocs runs without --quiet: --quiet hides the warnings that --strict turns into a failure.
 test: $(STAMP)
 	$(BIN)/ruff check djobs tests examples bench scripts
 	$(BIN)/ruff format --check djobs tests examples bench scripts
 	$(BIN)/mypy djobs
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q $(PYTEST_PARALLEL)
 	$(BIN)/mkdocs build --strict --site-dir .site
 
 lint: $(STAMP)
@@ -38,7 +43,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy djobs
 
 pytest: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q $(PYTEST_PARALLEL)
 
 # The crash harness, as long as asked: `make soak CYCLES=1000 [SEED=42] [PROCESSES=3] [STORAGE=postgres]`
 # ends a workload process CYCLES times (SIGKILL at random moments and at kill points, or a close),
