@@ -213,7 +213,9 @@ async def test_a_workflow_that_is_its_own_child_is_told_what_a_workflow_can_do(
         status = success(await engine.client.workflow(flow).status("self"))
         assert status.error is not None
         message = status.error["message"]
-        assert "a verb on workflow 'flow' instance 'self' was called from a handler of that instance" in message, message
+        assert "a verb on workflow 'flow' instance 'self' was called from a handler of that instance" in message, (
+            message
+        )
         assert "give ctx.child another id" in message and "ctx.set_state" not in message, message
 
 
