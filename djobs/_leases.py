@@ -32,6 +32,7 @@ import trio
 from ._clock import Clock
 from ._errors import StorageError
 from ._ids import namespaces_token, proc_stat
+from ._trap import RUN_CONTEXT
 from ._wakeup import Wakeup
 from .storage import InstanceStore, LeaseFreer
 
@@ -224,7 +225,10 @@ class InstanceLeases:
         self._serials += 1
         self._held[key] = self._serials
         if renew:
-            self.renew_from(trio.current_time())
+            renewal = self._renewal
+            # `renew_from(now)`, reading the clock only when the keeper has no renewal due yet.
+            if renewal is not None and renewal.deadline == math.inf:
+                renewal.deadline = RUN_CONTEXT.runner.current_time() + self.lease_ms / 3000
 
     def renew_from(self, since: float) -> None:
         """Leases were taken at Trio time `since`: if any is held, the keeper renews a third of
@@ -265,7 +269,7 @@ class InstanceLeases:
         """The actor of `key` has no more work: give its lease up after `linger`, unless work comes back."""
         if key not in self._held:
             return  # given up already (`gave_up`, `lost`): nothing to release
-        self._idle[key] = trio.current_time()
+        self._idle[key] = RUN_CONTEXT.runner.current_time()  # `trio.current_time()`, a call fewer
         self._leases_idle.set()
 
     def went_idle_all(self, keys: Iterable[str]) -> None:

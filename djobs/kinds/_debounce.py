@@ -936,8 +936,8 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
             return None
         ours = leases.free(key)  # else an actor took the lease meanwhile and holds it
         if ours:
-            runtime.took_lease(key)
-        serial = runtime.enter(key)
+            leases.took(key)  # `runtime.took_lease`, a call fewer
+        serial = runtime.actors.enter(key)  # `runtime.enter`, a call fewer
         if ours and serial is not None and loader is not None:
             # The row as this taking of the lease found it: the first round loads nothing.
             live = self._live_of(serial, loaded)

@@ -21,7 +21,7 @@ import re
 from typing import Final, final
 
 from ._base import JobFilter
-from ._rows import CRON_COLUMNS, INSTANCE_COLUMNS, JOB_COLUMNS, qualified
+from ._rows import CRON_COLUMNS, INSTANCE_COLUMNS, JOB_COLUMNS
 
 _NAMED = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
 
@@ -76,10 +76,13 @@ INSERT_INSTANCE_IF_ABSENT: Final = f"""
 #: that a LIMIT keeps apart from the join: SQLite re-prepared the join written with ``WHERE i.key
 #: = ?`` at every run (a ``sqlite3Reprepare`` each time, about 145k instructions under callgrind:
 #: 7k of a Debounce add's in ``bench/debounce.py``, whose every instance is loaded once).
-LOAD: Final = f"""
-    SELECT {qualified(INSTANCE_COLUMNS, "i")}, a.id, a.fire_at, a.purpose
-    FROM (SELECT {INSTANCE_COLUMNS} FROM instances WHERE key = ? LIMIT 1) AS i LEFT JOIN alarms AS a ON a.key = i.key
-"""
+#: ``i.*`` is the subquery's columns, `INSTANCE_COLUMNS` in their order: SQLite hashes a statement's
+#: whole text at each run to find it prepared (about 8 instructions a byte, callgrind), and the
+#: list written out again was 190 bytes of it.
+LOAD: Final = (
+    f"SELECT i.*, a.id, a.fire_at, a.purpose FROM (SELECT {INSTANCE_COLUMNS} FROM instances WHERE key = ? LIMIT 1)"
+    " AS i LEFT JOIN alarms AS a ON a.key = i.key"
+)
 DELETE_INSTANCE: Final = "DELETE FROM instances WHERE key = ?"
 DELETE_ALARM: Final = "DELETE FROM alarms WHERE key = ?"
 DELETE_EVENT_IDS: Final = "DELETE FROM event_ids WHERE key = ?"
