@@ -75,18 +75,12 @@ async def test_a_cancel_ends_the_park_through_its_abort() -> None:
     assert scope.cancelled_caught and park.aborted
 
 
-class _SharedPark:
+class _SharedPark(_Park):
     """Awaited, parks its task on one trap shared by every `_SharedPark` of `fields`' trap."""
 
     def __init__(self, trap: WaitTaskRescheduled, fields: dict[str, Any]) -> None:
+        super().__init__()
         self.trap, self.fields = trap, fields
-        self.task: trio.lowlevel.Task | None = None
-        self.aborted = False
-
-    def abort(self, _: object) -> trio.lowlevel.Abort:
-        self.aborted = True
-        self.task = None
-        return trio.lowlevel.Abort.SUCCEEDED
 
     def __await__(self) -> Generator[Any, Any, str]:
         self.task = RUN_CONTEXT.task
