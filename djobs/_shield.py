@@ -11,7 +11,9 @@ with a storage that says so (``shields_marked_waits = True``, read by
 `djobs.storage._base.shields_marked_waits`), the writer marks its task in `SHIELDED`
 instead, and only a wait a cancel could end (another connection's write lock, a read
 waiting for the open commit, an ``async`` reducer) opens a shielded scope, then and
-there (`shielded_wait`), listed in the engine's `Shields` for the close to cancel.
+there (`shielded_wait`), listed in the engine's `Shields` for the close to cancel. While
+an awaited reducer runs the task is unmarked: the reducer's own scopes (its code's, the
+job's ``timeout``) must still end its storage waits.
 
 Arrows: this module needs Trio and the errors only; the actors, the storages and the
 kinds use it.

@@ -431,3 +431,74 @@ async def test_the_close_stops_a_writer_waiting_for_another_connections_write_lo
 
 def _append(ctx: djobs.DebounceEventContext[N, Ns]) -> Ns:
     return Ns([*(ctx.state.ns if ctx.state else []), ctx.event.n])
+
+
+class _P(msgspec.Struct):
+    x: int
+
+
+def _ignore(ctx: djobs.JobContext[None], params: _P) -> None:
+    return None
+
+
+_side = djobs.Job.make("side", params=_P, execute=_ignore)
+
+
+async def _reducer_enqueueing_under_lock(path: str, own_scope: bool, **options: Any) -> tuple[Any, dict[str, Any]]:
+    """A writer's own reducer (the instance's first add, so its caller's task is the marked
+    writer) enqueues a job while another connection holds the SQLite write lock for 2 s; with
+    `own_scope`, under the reducer's ``move_on_after(0.1)``. The add's answer and what the
+    reducer saw."""
+    seen: dict[str, Any] = {}
+
+    async def reducer(ctx: djobs.DebounceEventContext[N, Ns]) -> Ns:
+        began = trio.current_time()
+        other = _lock_holder(path)
+        seen["nursery"].start_soon(release, other)
+        with trio.move_on_after(0.1 if own_scope else float("inf")) as scope:
+            await seen["client"].job(_side).later(_P(1))
+        seen["waited"] = trio.current_time() - began
+        seen["cancelled_caught"] = scope.cancelled_caught
+        return Ns([ctx.event.n])
+
+    async def release(other: Any) -> None:
+        await trio.sleep(2)
+        other.execute("COMMIT")
+        other.close()
+
+    job = djobs.Debounce.make(
+        "scoped", event=N, state=Ns, flush_after="1 hour", on_event=reducer, execute=_keep, **options
+    )
+    async with trio.open_nursery() as nursery:
+        seen["nursery"] = nursery
+        async with open_test_engine([job, _side], storage=djobs.sqlite(path)) as engine:
+            seen["client"] = engine.client
+            answer = await engine.client.debounce(job).add(id="x", event=N(1))
+    return answer, seen
+
+
+@pytest.mark.trio
+async def test_a_writers_own_reducer_scope_ends_its_wait_for_another_connections_write_lock(
+    autojump_clock: trio.testing.MockClock, tmp_path: Any
+) -> None:
+    """SQLite: the reducer of an instance's first add (run in the writer's own task) waits under its
+    own ``move_on_after(0.1)`` for the write lock another connection holds for 2 s: its scope ends
+    the wait at 0.1 s (the writer's shield covers the reducer as a whole, not the reducer's scopes),
+    and the add is applied."""
+    answer, seen = await _reducer_enqueueing_under_lock(str(tmp_path / "jobs.db"), own_scope=True)
+    assert seen["cancelled_caught"] is True
+    assert seen["waited"] == pytest.approx(0.1)
+    assert success(answer).event_count == 1
+
+
+@pytest.mark.trio
+async def test_a_writers_own_reducer_is_cut_off_at_the_jobs_timeout_while_waiting_for_the_write_lock(
+    autojump_clock: trio.testing.MockClock, tmp_path: Any
+) -> None:
+    """SQLite: as above with no scope of the reducer's but the job's ``timeout="100 ms"``: the
+    reducer is cancelled at 0.1 s and the add fails with the timeout's ExecutionError."""
+    answer, seen = await _reducer_enqueueing_under_lock(str(tmp_path / "jobs.db"), own_scope=False, timeout="100 ms")
+    assert "waited" not in seen
+    error = failure(answer)
+    assert isinstance(error, djobs.ExecutionError)
+    assert "did not finish within its timeout of 0.1 s" in error.message, error.message

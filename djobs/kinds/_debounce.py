@@ -1078,7 +1078,15 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
                 finishing = cast("Coroutine[Any, Any, _Reduced[S]]", reduced)
                 try:
                     if inline and self._marks:  # a marked writer's task: shielded here (`_write_own`)
-                        reduced = await shielded_wait(self._shields, finishing)
+                        # Unmarked while the reducer runs: its storage waits stay cancellable by
+                        # its own scopes (a ``move_on_after``, the job's ``timeout``); the scope
+                        # `shielded_wait` opens keeps the writer's caller's cancel out.
+                        task = RUN_CONTEXT.task
+                        mark = SHIELDED.pop(task)
+                        try:
+                            reduced = await shielded_wait(self._shields, finishing)
+                        finally:
+                            SHIELDED[task] = mark
                     else:
                         reduced = await finishing
                 except BaseException as exc:
