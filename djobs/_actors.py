@@ -84,7 +84,8 @@ class Actors:
         self._handler_scopes: set[trio.CancelScope] = set()
         #: The shielded scopes of work run in its callers' tasks outside `enter`'s bookkeeping (a
         #: Debounce caller applying adds, `djobs._shield`): `cancel_running` cancels them with the
-        #: handlers, and waits for the marked tasks at work as for a running handler.
+        #: handlers. A marked task is waited for (`wait_idle`) only while it runs a round of an
+        #: instance it entered (`enter`), not while it takes a lease or waits for a write lock.
         self.shields = Shields()
         #: Whether `cancel_running` ran: past the grace, the close cancelled what still ran. Work
         #: queued behind it does not start (`_refuse_queued`): the close ends within its grace.

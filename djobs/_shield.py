@@ -37,9 +37,11 @@ class Shields:
     """The shielded scopes one engine's close cancels past its grace, beside its actors' handlers.
 
     `scopes`: those open now, filled and emptied by subscript (no call); `writers`: how many
-    tasks work marked in `SHIELDED` now (the close waits for them as for a running handler);
-    `cut_off`: the close cancelled them (`cancel`), and every shielded wait that begins from
-    then on is cancelled at once.
+    tasks work marked in `SHIELDED` now (the close's grace waits for a marked writer only
+    while it runs a round of an entered instance, `Actors.enter`, as for a handler; not
+    while it takes the lease or waits for another connection's write lock); `cut_off`: the
+    close cancelled them (`cancel`), and every shielded wait that begins from then on is
+    cancelled at once.
     """
 
     __slots__ = ("cut_off", "scopes", "writers")
