@@ -86,6 +86,14 @@ def holds_cancel(exc: BaseException) -> bool:
     return isinstance(exc, trio.Cancelled)
 
 
+def holds_interrupt(exc: BaseException) -> bool:
+    """Whether `exc` is a `KeyboardInterrupt` or a group that holds one: raised inside a body,
+    it stopped the run as a crash would (its row or lease is left as a crash leaves it)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(KeyboardInterrupt)[0] is not None
+    return isinstance(exc, KeyboardInterrupt)
+
+
 class TerminateSignal(RunSignal):
     """Raised by ``ctx.terminate()`` to end a run; caught by `execute`.
 

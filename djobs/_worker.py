@@ -46,7 +46,7 @@ import trio
 
 from ._durations import DurationLike, duration, to_ms
 from ._errors import JobCancelledError, StorageError, ValidationError
-from ._execution import Env
+from ._execution import Env, holds_interrupt
 from ._input import check_count, check_interval, clean_message
 from ._leases import free_exited
 from ._wakeup import Wakeup
@@ -715,11 +715,17 @@ class Worker:
                 "bug: attempt %d of job %s raised past its runner; it counts as failed", job.attempt, job.id
             )
             end = runner.counted_failure(job, exc)
-        except BaseException:
-            # Cancelled from outside (the engine is being torn down): hand the row
-            # back; its attempt does not count.
-            with trio.CancelScope(shield=True):
-                await self._release(job)
+        except BaseException as exc:
+            if not holds_interrupt(exc):
+                # Cancelled from outside (the engine is being torn down): hand the row
+                # back; its attempt does not count.
+                with trio.CancelScope(shield=True):
+                    await self._release(job)
+            # A KeyboardInterrupt raised inside the body (by the body itself, or a Ctrl-C that
+            # Trio raised in its code) stopped this run as a crash would: the row is left
+            # leased, and the next worker to take it counts this attempt as expired
+            # (reliability.md, "Exceptions past a body"). A Ctrl-C delivered to the host's
+            # task instead reaches a run as the close's cancel, and is handed back above.
             raise
         else:
             if run.scope.cancelled_caught:

@@ -13,9 +13,10 @@ failure, named after the exception. A cancel of djobs's own scopes and a real
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import msgspec
@@ -24,10 +25,12 @@ import trio
 import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from postgres_support import DSN_VARIABLE, drop_schema, new_schema_name, postgres_dsn
 from returns.result import Failure
 
 import djobs
-from djobs.testing import TestEngine, failure, open_test_engine, success
+import djobs.storage
+from djobs.testing import TestEngine, VirtualClock, failure, open_test_engine, success
 
 
 class Boom(BaseException):
@@ -606,3 +609,113 @@ async def test_a_tracker_whose_close_hangs_does_not_hang_the_host_exit(
             closing_from = trio.current_time()
     assert trio.current_time() - closing_from == pytest.approx(31, abs=0.01)
     assert "did not close within 30 seconds; cancelled" in caplog.text
+
+
+# -- a KeyboardInterrupt a body raises itself: a crash, its attempt counted --------------------
+
+
+def _storage_kinds() -> list[Any]:
+    return [
+        "memory",
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.skipif(postgres_dsn() is None, reason=f"{DSN_VARIABLE} is not set")),
+    ]
+
+
+@pytest.fixture(params=_storage_kinds())
+def layer(request: pytest.FixtureRequest) -> Iterator[djobs.storage.StorageLayer]:
+    """One storage that outlives the engines opened on it (a restart of the process)."""
+    if request.param == "memory":
+        yield djobs.storage.memory()
+    elif request.param == "sqlite":
+        with tempfile.TemporaryDirectory() as directory:
+            yield djobs.sqlite(f"{directory}/jobs.db")
+    else:
+        dsn, schema = postgres_dsn() or "", new_schema_name()
+        try:
+            yield djobs.postgres(dsn, schema=schema)
+        finally:
+            drop_schema(dsn, schema)
+
+
+async def _stopped_by_its_body(engine_block: Callable[[], Any]) -> None:
+    """Run `engine_block` (an engine's whole life) and check a body's KeyboardInterrupt stopped it."""
+    with pytest.raises(BaseException) as raised:
+        await engine_block()
+    caught = raised.value
+    if isinstance(caught, BaseExceptionGroup):
+        assert caught.split(KeyboardInterrupt)[0] is not None, caught
+    else:
+        assert isinstance(caught, KeyboardInterrupt), caught
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("synchronous", [False, True], ids=["async", "sync"])
+async def test_a_job_whose_body_raises_keyboard_interrupt_counts_the_attempt_across_restarts(
+    autojump_clock: trio.testing.MockClock, layer: djobs.storage.StorageLayer, synchronous: bool
+) -> None:
+    """reliability.md: the run it stopped is a crash; with max_attempts=2, two processes stopped
+    this way leave the job failed. An awaited body's row used to be handed back uncounted:
+    attempt 1 at every restart. (A synchronous body ends where it starts, in another path.)"""
+    runs: list[int] = []
+
+    async def body(params: Nothing, ctx: djobs.JobContext) -> None:
+        runs.append(ctx.attempt)
+        raise KeyboardInterrupt
+
+    def sync_body(params: Nothing, ctx: djobs.JobContext) -> None:
+        runs.append(ctx.attempt)
+        raise KeyboardInterrupt
+
+    retry = djobs.Retry(max_attempts=2, delay="1 second")
+    job = djobs.Job.make("ctrl-c", params=Nothing, execute=sync_body if synchronous else body, retry=retry)
+    job_ids: list[str] = []
+    clock = VirtualClock()  # one for every engine: each restart goes on from the last one's time
+
+    async def first() -> None:
+        async with open_test_engine([job], storage=layer, clock=clock) as engine:
+            job_ids.append(success(await engine.client.job(job).later(Nothing())))
+            await trio.sleep(3600)
+
+    async def again() -> None:
+        async with open_test_engine([job], storage=layer, clock=clock):
+            await trio.sleep(3600)
+
+    await _stopped_by_its_body(first)
+    await _stopped_by_its_body(again)
+    async with open_test_engine([job], storage=layer, clock=clock) as engine:
+        await trio.sleep(3600)
+        info = success(await engine.client.jobs.status(job_ids[0]))
+    assert runs == [1, 2]
+    assert info.status == "failed" and info.attempts == 2, info
+    assert info.error is not None and "stopped renewing its lease" in info.error.message, info.error
+
+
+@pytest.mark.trio
+async def test_a_cron_jobs_run_stopped_by_its_bodys_keyboard_interrupt_counts_the_attempt(
+    autojump_clock: trio.testing.MockClock, layer: djobs.storage.StorageLayer
+) -> None:
+    """A cron job's own body runs as a queued row: the same crash, its attempt counted."""
+    runs: list[int] = []
+
+    async def body(fire: djobs.CronFire, ctx: djobs.JobContext) -> None:
+        runs.append(ctx.attempt)
+        raise KeyboardInterrupt
+
+    cron = djobs.CronJob.make(
+        "ctrl-c", schedule=djobs.every("1000 days"), execute=body, retry=djobs.Retry(max_attempts=2, delay="1 second")
+    )
+
+    clock = VirtualClock()  # one for every engine: each restart goes on from the last one's time
+
+    async def life(seconds: float) -> None:
+        async with open_test_engine([cron], storage=layer, clock=clock):
+            await trio.sleep(seconds)
+
+    await _stopped_by_its_body(functools.partial(life, 1001 * 86400))
+    await _stopped_by_its_body(functools.partial(life, 3600))
+    async with open_test_engine([cron], storage=layer, clock=clock) as engine:
+        await trio.sleep(3600)
+        jobs = success(await engine.client.jobs.list())
+    assert runs == [1, 2]
+    assert [(info.status, info.attempts) for info in jobs] == [("failed", 2)], jobs

@@ -163,3 +163,28 @@ def test_a_ctrl_c_during_the_trackers_close_lets_it_run_to_its_end() -> None:
         trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert tracker.closed
     assert seen["closed_after"] == pytest.approx(6, abs=0.5)  # the block's 1 s, then the tracker's 5
+
+
+def test_a_ctrl_c_while_a_job_runs_hands_it_back_uncounted() -> None:
+    """A real Ctrl-C (Trio's delivery to the main task) while a job's body waits stops the host's
+    block; the close cuts the run off and hands the row back, its attempt not counted: unlike a
+    KeyboardInterrupt the body raises itself, a crash whose attempt counts (test_base_exceptions.py)."""
+    storage = djobs.storage.memory()
+    seen: dict[str, str] = {}
+
+    async def main() -> None:
+        trio.lowlevel.spawn_system_task(fail_if_hung)
+        trio.lowlevel.spawn_system_task(ctrl_c_at, trio.current_time() + 3)
+        async with open_test_engine([napper], storage=storage, shutdown_grace="8 seconds") as engine:
+            seen["job"] = success(await engine.client.job(napper).later(Nap(60)))
+            await trio.sleep(30)
+
+    with pytest.raises(KeyboardInterrupt):
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+    async def look() -> None:
+        async with open_test_engine([napper], storage=storage, worker=None) as engine:
+            info = success(await engine.client.jobs.status(seen["job"]))
+            assert (info.status, info.attempts) == ("pending", 0), info
+
+    trio.run(look, clock=trio.testing.MockClock(autojump_threshold=0))
