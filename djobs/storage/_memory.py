@@ -220,6 +220,7 @@ class _Tables:
         "alarm_heap",
         "alarm_ids",
         "alarm_keys",
+        "alarm_sweep",
         "alarms",
         "by_definition",
         "by_key",
@@ -254,6 +255,9 @@ class _Tables:
         self.alarm_keys: dict[int, str] = {}
         #: (due_at, id, key), lazily checked against `alarms`
         self.alarm_heap: list[tuple[int, int, str]] = []
+        #: [entries pushed on `alarm_heap` since its last sweep, the count that sweeps it next]
+        #: (`_push_alarm`)
+        self.alarm_sweep: list[int] = [0, _SWEEP_FLOOR]
         self.alarm_ids = itertools.count(1)
         self.event_ids: dict[str, dict[str, int]] = {}
         #: key -> (owner, expires_at)
@@ -320,6 +324,7 @@ class MemoryStorage:
         self._alarms = t.alarms
         self._alarm_keys = t.alarm_keys
         self._alarm_heap = t.alarm_heap
+        self._alarm_sweep = t.alarm_sweep
         self._alarm_ids = t.alarm_ids
         self._event_ids = t.event_ids
         self._leases = t.leases
@@ -427,7 +432,7 @@ class MemoryStorage:
     def _restore_alarm(self, key: str, old: object) -> None:
         _restore(self._alarms, key, old)
         if isinstance(old, tuple):
-            heapq.heappush(self._alarm_heap, (old[2], old[0], key))
+            self._push_alarm((old[2], old[0], key))
 
     # -- instances and alarms -----------------------------------------------------
 
@@ -455,7 +460,27 @@ class MemoryStorage:
             alarm_id = old[0]
             self._undo.append((self._restore_alarm, key, old))
         self._alarms[key] = (alarm_id, fire_at, due_at, purpose)
-        heapq.heappush(self._alarm_heap, (due_at, alarm_id, key))
+        self._push_alarm((due_at, alarm_id, key))
+
+    def _push_alarm(self, entry: tuple[int, int, str]) -> None:
+        """Push an alarm's current entry on the alarm heap; once there were as many pushes as
+        the last sweep left (`_SWEEP_FLOOR` at least), sweep it: rebuilt from the alarms, one
+        entry each, as `_sweep_heaps` sweeps the job heaps.
+
+        An alarm set again, moved or cleared leaves its old entry, dropped only when it comes
+        to the top: for the length of its old delay (a Task pushing a 30-day timeout back on
+        every event left one per event). A claim pops the entry it replaces, so its pushes are
+        not counted. Safe within an operation and within a rollback: the rebuilt heap holds
+        every alarm's current entry, and a rollback pushes the entries of the alarms it
+        restores (`_restore_alarm`)."""
+        heap = self._alarm_heap
+        heapq.heappush(heap, entry)
+        sweep = self._alarm_sweep
+        sweep[0] += 1
+        if sweep[0] > sweep[1]:
+            heap[:] = [(a[2], a[0], key) for key, a in self._alarms.items()]
+            heapq.heapify(heap)
+            sweep[:] = [0, max(_SWEEP_FLOOR, len(heap))]
 
     def _clear_alarm(self, key: str) -> None:
         old = self._alarms.pop(key, None)
@@ -751,7 +776,7 @@ class MemoryStorage:
             alarm = self._alarms.get(key)
             if alarm is not None and alarm[2] > alarm[1]:  # claimed: due again at its fire time
                 self._hide_alarm(key, alarm, alarm[1])
-                heapq.heappush(self._alarm_heap, (alarm[1], alarm[0], key))
+                self._push_alarm((alarm[1], alarm[0], key))
                 freed += 1
             self._drop(self._leases, key)
             freed += 1
@@ -774,7 +799,7 @@ class MemoryStorage:
             if key is not None:
                 alarm = self._alarms[key]
                 self._hide_alarm(key, alarm, alarm[1])
-                heapq.heappush(self._alarm_heap, (alarm[1], alarm[0], key))
+                self._push_alarm((alarm[1], alarm[0], key))
 
     async def release_alarms(self, ids: list[int]) -> None:
         await self._write(self._release_alarms, ids)
