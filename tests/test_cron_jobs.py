@@ -509,6 +509,35 @@ async def test_a_fire_whose_body_runs_past_the_job_lease_runs_once(
         assert engine.tracker.of_type("job.lease_expired") == []
 
 
+@pytest.mark.trio
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+@pytest.mark.parametrize("missed", ["skip", "once"])
+async def test_a_fire_due_with_a_slow_sibling_is_on_time_not_missed(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, kind: str, missed: str
+) -> None:
+    # Two cron jobs due together, fired in name order; the first one's synchronous body takes
+    # 90 s (past the misfire grace). The engine ran all along: the second's fire is on time,
+    # neither skipped nor a catch-up (`missed` is about fire times missed while no engine ran).
+    fires: dict[str, list[datetime]] = {"first": [], "second": []}
+
+    def tick(fire: djobs.CronFire, ctx: djobs.JobContext) -> None:
+        fires[fire.cron].append(fire.scheduled_at)
+        if fire.cron == "first":
+            autojump_clock.jump(90)  # a synchronous body of 90 seconds
+
+    hourly = djobs.cron("0 * * * *")
+    first = djobs.CronJob.make("first", schedule=hourly, execute=tick)
+    second = djobs.CronJob.make("second", schedule=hourly, execute=tick, missed=missed)  # type: ignore[arg-type]
+    layer = djobs.memory() if kind == "memory" else djobs.sqlite(tmp_path / "jobs.db")
+    async with open_test_engine([first, second], storage=layer) as engine:
+        await trio.sleep(3 * 3600 + 10 * 60)
+        hours = [START + timedelta(hours=h) for h in (1, 2, 3)]
+        assert fires == {"first": hours, "second": hours}
+        assert engine.tracker.count("cron.skipped") == 0
+        on_time = {(e.job_name, e.data["on_time"]) for e in engine.tracker.of_type("cron.fired")}
+        assert on_time == {("first", True), ("second", True)}
+
+
 class _SteppedClock:
     """The virtual clock, plus time a synchronous body says it took (`spent_ms`): Trio's clock
     cannot move while a body runs without awaiting, a wall clock would."""

@@ -377,7 +377,10 @@ class CronScheduler:
         cron and an hourly schedule fire together. Never raises but for a cancel: a storage
         error (or a bug) is logged and the cron jobs are looked at again a second later.
         `now`: the engine clock's reading, taken with no checkpoint since; read again before
-        each further fire of the pass (a fire may have run a synchronous body in this task).
+        each further fire of the pass (a fire may have run a synchronous body in this task),
+        for its job's lease and events; whether a fire was missed is judged against `now` as
+        given: the engine ran all through the pass, and `missed` is about fire times missed
+        while no engine ran (a sibling's long body makes no fire due with it a missed one).
         """
         storage = self.storage
         self._due = None  # a poke while this runs sets it (below: the earlier of the two counts)
@@ -385,6 +388,7 @@ class CronScheduler:
         # the caller's reading `now` until the checkpoint below: it stamps the fires' events and
         # starts, where another storage's write lets time pass (a reading is taken after it).
         stamp = now if self._inline else None
+        judged = now  # the pass's reading: what a fire's lateness is judged against
         try:
             due = await storage.due_cron_jobs(self._names, now)
             # The next run each fire here stored (0: another engine's; None: none left).
@@ -402,7 +406,7 @@ class CronScheduler:
                     fired = True
                     # Read again only when a fire leaves its job due (missed fires run one by
                     # one) or another engine fired it first (its next time unknown here).
-                    following = stored[record.name] = await self._fire(record, now, stamp)
+                    following = stored[record.name] = await self._fire(record, now, stamp, judged)
                     if following is not None and following <= now:
                         again = True
                 if again:
@@ -436,10 +440,12 @@ class CronScheduler:
         poked = self._due
         self._due = next_at if poked is None or (next_at is not None and next_at < poked) else poked
 
-    async def _fire(self, record: CronRecord, now: int, stamp: int | None) -> int | None:
+    async def _fire(self, record: CronRecord, now: int, stamp: int | None, judged: int) -> int | None:
         """Fire `record` (enqueue its job, or skip a missed time) and store its next run time.
-        `stamp`: a clock reading still current after the write (``None``: read one then), the
-        time of the fire's events and of its job's start.
+        `now`: a clock reading, the job's enqueue time and lease start. `stamp`: a clock reading
+        still current after the write (``None``: read one then), the time of the fire's events
+        and of its job's start. `judged`: the reading the fire's pass began with, against which
+        its lateness is judged (`missed`): a fire due then is on time, whatever ran before it.
 
         Returns that next run time (``None`` where its schedule has none by `LATEST_MS`:
         it stays enabled with no next run), or ``0`` when another engine fired
@@ -449,14 +455,14 @@ class CronScheduler:
         due = record.next_run_at
         assert due is not None
         following = next_fire(cron.schedule, due)
-        on_time = (following is None or following > now) and now - due <= MISFIRE_GRACE_MS
+        on_time = (following is None or following > judged) and judged - due <= MISFIRE_GRACE_MS
         fire_time = due
         if on_time or cron.missed == "all":
             run, next_run_at = True, following
         else:
             # One run for the span, for its latest fire time (APScheduler's coalesce does the same),
             # or none; either way the schedule goes on from that time: an `every` keeps its grid.
-            latest, next_run_at = resume_fire(cron.schedule, due, now)
+            latest, next_run_at = resume_fire(cron.schedule, due, judged)
             run = cron.missed == "once"
             if run:
                 fire_time = latest
