@@ -431,3 +431,31 @@ async def test_a_request_the_transport_refuses_is_dropped_not_retried_forever_an
     assert tracker.dropped == 2 and tracker.pending == 0  # given up at once: retrying cannot fix it
     assert "LocalProtocolError" in caplog.text
     assert secret not in caplog.text and KEY not in caplog.text
+
+
+@pytest.mark.trio
+async def test_a_relative_endpoint_goes_to_the_base_url_of_the_client_passed() -> None:
+    import httpx
+
+    posted: list[str] = []
+
+    def collect(request: httpx.Request) -> httpx.Response:
+        posted.append(str(request.url))
+        return httpx.Response(200)
+
+    transport = httpx.MockTransport(collect)
+    async with httpx.AsyncClient(base_url="https://collector.test/api", transport=transport) as client:
+        tracker = HttpBatchTracker("/v1/events", env="test", service_key=KEY, client=client)
+        tracker.emit(event(0))
+        with trio.fail_after(10):
+            await tracker.aclose()
+    assert posted == ["https://collector.test/api/v1/events"]
+    # With no client, or one with no http(s) base_url, a relative endpoint names nowhere.
+    async with httpx.AsyncClient(transport=transport) as bare:
+        for client_or_none in (None, bare):
+            with pytest.raises(djobs.ValidationError, match=r"expected an http:// or https:// URL"):
+                HttpBatchTracker("/v1/events", env="test", service_key=KEY, client=client_or_none)
+    async with httpx.AsyncClient(base_url="https://collector.test", transport=transport) as based:
+        for other_scheme in ("ftp://collector.test/e", "mailto:ops@collector.test"):
+            with pytest.raises(djobs.ValidationError, match=r"expected an http:// or https:// URL"):
+                HttpBatchTracker(other_scheme, env="test", service_key=KEY, client=based)

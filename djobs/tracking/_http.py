@@ -67,6 +67,19 @@ def _transient(exc: Exception) -> bool:
     return isinstance(exc, retried)
 
 
+def _relative_to_base(endpoint: str, client: httpx.AsyncClient | None) -> bool:
+    """Whether `endpoint` is a relative URL that `client` resolves against its http(s) ``base_url``."""
+    import httpx
+
+    if client is None or client.base_url.scheme not in ("http", "https"):
+        return False
+    try:
+        url = httpx.URL(endpoint)
+    except httpx.InvalidURL:
+        return False
+    return url.is_relative_url and not url.scheme  # ("mailto:x" parses as relative, with a scheme)
+
+
 def _header_value(value: object, what: str) -> str:
     """`value` if an HTTP header can carry it: visible ASCII, single spaces inside. The value is
     never part of the message (it is a credential): a trailing newline read from a file is the usual culprit."""
@@ -102,7 +115,8 @@ class HttpBatchTracker:
     the telemetry guide.
 
     Args:
-        endpoint: The http:// or https:// URL batches are posted to.
+        endpoint: The http:// or https:// URL batches are posted to; with a `client` whose
+            ``base_url`` is such a URL, a relative one (``"/v1/events"``) resolved against it, as httpx does.
         env: The environment name sent with every event (``"production"``).
         service_key: The key identifying this service to the collector; sent
             as the ``x-service-key`` header of every request.
@@ -125,7 +139,8 @@ class HttpBatchTracker:
 
     Raises:
         ImportError: httpx is not installed (``pip install 'djobs-trio[http]'``).
-        ValidationError: A size or duration is not valid; `endpoint` is not an http(s) URL or holds a
+        ValidationError: A size or duration is not valid; `endpoint` is not an http(s) URL (nor,
+            with a `client` whose ``base_url`` is one, a relative URL httpx resolves against it) or holds a
             NUL or a lone surrogate (no URL can); `env` is not a str, or holds a lone
             surrogate (no JSON body can); `service_key` is not a valid header value; a `backoff` that is
             no `Backoff`, a `client` that is no ``httpx.AsyncClient``.
@@ -160,9 +175,16 @@ class HttpBatchTracker:
         problem = os_text_problem(endpoint)
         if problem is not None:
             raise ValidationError(f"HttpBatchTracker(endpoint={safe_repr(endpoint):.80}): {problem}")
-        if not endpoint.lower().startswith(("http://", "https://")):
+        import httpx  # here: the module imports without the http extra
+
+        if client is not None and not isinstance(client, httpx.AsyncClient):
+            raise ValidationError(
+                f"HttpBatchTracker(client={safe_repr(client):.80}): expected None or an httpx.AsyncClient"
+            )
+        if not endpoint.lower().startswith(("http://", "https://")) and not _relative_to_base(endpoint, client):
             raise ValidationError(
                 f"HttpBatchTracker(endpoint={safe_repr(endpoint):.80}): expected an http:// or https:// URL"
+                " (or a path relative to the http(s) base_url of the client passed)"
             )
         self.endpoint = endpoint
         if not isinstance(env, str):
@@ -198,12 +220,6 @@ class HttpBatchTracker:
         if backoff is not None and not isinstance(backoff, Backoff):
             raise ValidationError(
                 f"HttpBatchTracker(backoff={safe_repr(backoff):.80}): expected None or a djobs.Backoff"
-            )
-        import httpx  # here: the module imports without the http extra
-
-        if client is not None and not isinstance(client, httpx.AsyncClient):
-            raise ValidationError(
-                f"HttpBatchTracker(client={safe_repr(client):.80}): expected None or an httpx.AsyncClient"
             )
         self._backoff = backoff or Backoff.exponential(base="500 ms", max="30 seconds")
         self._client = client
