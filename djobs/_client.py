@@ -12,6 +12,7 @@ from ._durations import DurationLike
 from ._errors import StorageError, TenantError, ValidationError, safe_repr
 from ._event import Event
 from ._execution import Env
+from ._input import RefusedText, plain_text
 from .kinds._common import effect, name_of, refused
 from .kinds._continuous import Continuous, ContinuousClient, ContinuousHandler
 from .kinds._cron import CronScheduler, CronsClient
@@ -39,20 +40,6 @@ _KIND_NAMES = {
     "workflow": "workflow",
 }
 _CLIENTS = {"cron": "crons.get"}
-
-
-class _BadTenant:
-    """The scope of a client made by `Client.for_tenant` with a tenant id it refuses: not
-    ``None`` (every tenant) and not a string, so every verb's tenant check fails with a
-    `ValidationError` that shows `shown` as the value given."""
-
-    __slots__ = ("_shown",)
-
-    def __init__(self, shown: str) -> None:
-        self._shown = shown
-
-    def __repr__(self) -> str:
-        return self._shown
 
 
 class Client:
@@ -85,8 +72,17 @@ class Client:
 
     @property
     def tenant_id(self) -> str | None:
-        """The tenant this client acts for (see `for_tenant`), or ``None`` for every tenant."""
-        return self._tenant_id
+        """The tenant this client acts for (see `for_tenant`), or ``None`` for every tenant.
+
+        Raises:
+            ValidationError: The client was made by `for_tenant` with a tenant id it refused
+                (``None``, another tenant's on a scoped client): it acts for no tenant, and
+                every verb of it fails with the same error.
+        """
+        scope = self._tenant_id
+        if isinstance(scope, RefusedText):
+            raise ValidationError(f"the client's tenant id {scope.reason}")
+        return scope
 
     def for_tenant(self, tenant_id: str) -> Client:
         """A client that acts for one tenant only.
@@ -110,11 +106,18 @@ class Client:
             ```
         """
         scope: Any = tenant_id
-        if tenant_id is None:
+        mine = self._tenant_id
+        if isinstance(mine, RefusedText):
+            scope = mine  # a client for no tenant makes only clients for no tenant
+        elif tenant_id is None:
             # None means "every tenant" below: a missing id must not widen the client's reach.
-            scope = _BadTenant("None")
-        elif self._tenant_id is not None and not (type(tenant_id) is str and tenant_id == self._tenant_id):
-            scope = _BadTenant(f"{safe_repr(tenant_id)} (this client acts for tenant {self._tenant_id!r} only)")
+            scope = RefusedText("must be a non-empty string, got None (given to for_tenant)")
+        elif mine is not None and not (isinstance(tenant_id, str) and plain_text(tenant_id) == plain_text(mine)):
+            # (a str subclass, a StrEnum member, names its tenant as the verbs take it: by its str value)
+            scope = RefusedText(
+                f"is refused: for_tenant({safe_repr(tenant_id):.80}) on a client that acts for tenant"
+                f" {safe_repr(mine):.80} only (a scoped client cannot widen or move its scope)"
+            )
         return Client(
             self._handlers,
             queue=self._queue,

@@ -151,7 +151,9 @@ class DeadLetters:
 
     async def load(self, scope: str | None, letter_id: object) -> Result[DeadLetter, Any]:
         """The letter `letter_id`, if it exists and the scope may see it."""
-        checked = check_optional_text(scope, "tenant_id").bind(lambda _: check_id(letter_id, "dead letter id"))
+        checked = check_optional_text(scope, "the client's tenant id").bind(
+            lambda _: check_id(letter_id, "dead letter id")
+        )
 
         async def stored(the_id: str) -> Result[DeadLetter, Any]:
             letter = await self.storage().get_dead_letter(the_id)
@@ -167,7 +169,7 @@ class DeadLetters:
         """The letters matching every given filter, newest first."""
         where = Result.do(
             DeadLetterFilter(kind=the_kind, name=the_name, tenant_id=tenant, after=the_after, limit=the_limit)
-            for _ in check_optional_text(scope, "tenant_id")
+            for _ in check_optional_text(scope, "the client's tenant id")
             for the_kind in _check_kind(kind)
             for the_limit in check_whole(limit, "limit", 1, 10_000)
             for the_name in check_optional_text(name, "name")

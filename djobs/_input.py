@@ -75,6 +75,20 @@ def plain_text(value: object) -> object:
     return value
 
 
+class RefusedText:
+    """What a constructor holds in place of a text argument it refused (`Client.for_tenant`'s
+    tenant id): neither a str nor ``None``, so every check of it (`check_text`) fails, with
+    `reason`, which says what was given and why it was refused."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"<refused: {self.reason}>"
+
+
 #: The longest text argument (an id, a key, a tenant id, a filter), in characters; a name's is 200.
 MAX_TEXT_LENGTH = 512
 
@@ -93,6 +107,8 @@ def check_text(value: object, what: str, *, max_length: int = MAX_TEXT_LENGTH) -
     `SEPARATOR`: the one rule of every text argument of every verb (ids, tenant ids, keys,
     names, filters, reasons)."""
     value = plain_text(value)
+    if isinstance(value, RefusedText):
+        return Failure(ValidationError(f"{what} {value.reason}"))
     if not isinstance(value, str):
         return Failure(ValidationError(f"{what} must be a str, got {type(value).__name__}"))
     if not value:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import enum
+
 import msgspec
 import pytest
 import trio
@@ -126,10 +128,41 @@ async def test_a_client_for_no_tenant_or_another_tenant_reaches_no_tenant(
                 client.task(keeper).send(id="k", event=Count(1)),
                 client.workflow(flow).list(),
             ]
+            # Every verb's message names the value given (never a private stand-in's class), and
+            # the client's tenant_id says it acts for no tenant rather than pass for None (every tenant).
+            with pytest.raises(djobs.ValidationError) as caught:
+                _ = client.tenant_id
+            given = caught.value.message
+            assert given.startswith("the client's tenant id ") and ("None" in given or "'globex'" in given)
+            assert "Refused" not in given and "_Bad" not in given
             for verb in verbs:
                 error = failure(await verb)
                 assert isinstance(error, djobs.ValidationError), error
-                assert "the client's tenant id" in error.message or "tenant_id" in error.message
+                assert error.message == given, error.message
+        assert (engine.client.tenant_id, acme.tenant_id) == (None, "acme")
         # Nothing was changed: acme's job is pending, its instance running; its own scope still works.
         assert success(await acme.for_tenant("acme").jobs.status(job_id)).status == "pending"
         assert success(await acme.continuous(counter).status("u")).status == "running"
+
+
+class _Tenant(enum.StrEnum):
+    ACME = "acme"
+
+
+@pytest.mark.trio
+async def test_a_scoped_client_rescoped_to_its_own_tenant_as_a_str_subclass_works(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # An application's tenant enum: the verbs take a str subclass by its value, so for_tenant does.
+    async with open_test_engine([queued, counter], tenancy="required") as engine:
+        acme = engine.client.for_tenant(_Tenant.ACME)
+        job_id = success(await acme.job(queued).later(Ref(1), delay="1 hour"))
+        success(await acme.continuous(counter).start(id="u", input=Count()))
+        for again in (
+            acme.for_tenant(_Tenant.ACME),
+            acme.for_tenant("acme"),
+            engine.client.for_tenant("acme").for_tenant(_Tenant.ACME),
+        ):
+            assert again.tenant_id == "acme"
+            assert success(await again.jobs.status(job_id)).status == "pending"
+            assert success(await again.continuous(counter).status("u")).status == "running"

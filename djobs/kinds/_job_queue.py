@@ -31,7 +31,7 @@ from .._errors import (
 )
 from .._event import Event, name_problem
 from .._execution import Env
-from .._input import check_text, epoch_ms, plain_text
+from .._input import RefusedText, check_text, epoch_ms, plain_text
 from .._queue_limits import limit_key_of
 from .._worker import CANCELLED_ERROR, Worker
 from ..storage import JobFilter, JobRecord, JobStatusName, NewJob, QueueStorage
@@ -57,6 +57,8 @@ def check_short_text(value: object, what: str) -> Result[str | None, ValidationE
     value = plain_text(value)
     if value is None:
         return Success(None)
+    if isinstance(value, RefusedText):
+        return check_text(value, what)
     if not isinstance(value, str) or not value or len(value) > MAX_TEXT:
         return Failure(
             ValidationError(
