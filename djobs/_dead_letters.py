@@ -28,7 +28,7 @@ from returns.result import Failure, Result, Success
 
 from ._clock import to_datetime
 from ._durations import DurationLike, parse_duration, to_ms
-from ._errors import InstanceNotFoundError, InvalidStateError, StorageError, ValidationError, safe_repr
+from ._errors import InstanceNotFoundError, InvalidStateError, StorageError, TenantError, ValidationError, safe_repr
 from ._input import check_optional_text, check_whole, plain_text
 from .kinds._common import bind_async, check_id, effect, refused
 from .kinds._job import JobErrorInfo
@@ -276,8 +276,11 @@ class DeadLettersClient:
         tenant_id: str | None = None,
         limit: int = 100,
         after: str | None = None,
-    ) -> FutureResult[list[DeadLetterInfo], ValidationError | StorageError]:
-        """Letters matching every given filter, newest first; page with ``after=<last id>``."""
+    ) -> FutureResult[list[DeadLetterInfo], TenantError | ValidationError | StorageError]:
+        """Letters matching every given filter, newest first; page with ``after=<last id>``.
+
+        On a tenant's client (`Client.for_tenant`) a `tenant_id` filter naming another tenant
+        gives `TenantError`, as ``jobs.list``'s does."""
         box, scope = self._letters, self._tenant
         return effect(lambda: box.list(scope, kind, name, tenant_id, after, limit), box.env)
 
@@ -342,12 +345,12 @@ def _check_kind(kind: object) -> Result[DeadLetterKind | None, ValidationError]:
     return Failure(ValidationError(f"kind must be job, debounce, continuous or task, got {safe_repr(kind):.80}"))
 
 
-def _tenant_in_scope(scope: str | None, tenant: str | None) -> Result[str | None, ValidationError]:
+def _tenant_in_scope(scope: str | None, tenant: str | None) -> Result[str | None, TenantError]:
     """The tenant a listing filters by: a scoped client's own, which a filter may only repeat."""
     if scope is None:
         return Success(tenant)
     if tenant is not None and tenant != scope:
         return Failure(
-            ValidationError(f"this client acts for tenant {safe_repr(scope)}; it cannot list {safe_repr(tenant)}'s")
+            TenantError(f"this client acts for tenant {safe_repr(scope)}; it cannot list {safe_repr(tenant)}'s")
         )
     return Success(scope)

@@ -159,6 +159,9 @@ async def test_a_tenant_client_sees_and_changes_only_its_own_jobs(autojump_clock
             )
             assert type(failure(await verb(unknown_id))) is type(error)
         assert isinstance(failure(await acme.jobs.list(tenant_id="globex")), djobs.TenantError)
+        # Naming another tenant in a listing's filter is a TenantError for dead letters too (for_tenant's rule).
+        assert isinstance(failure(await acme.dead_letters.list(tenant_id="globex")), djobs.TenantError)
+        assert success(await acme.dead_letters.list(tenant_id="acme")) == []
         assert isinstance(failure(await acme.job(stock).later(OrderRef("x"), tenant_id="globex")), djobs.TenantError)
         assert success(await acme.job(stock).later(OrderRef("x"), tenant_id="acme"))  # naming itself is fine
         assert success(await globex.jobs.status(globex_id)).status == "pending"  # untouched
