@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 import pytest
 import trio
+from postgres_support import require_postgres, throwaway_schema
 
 import djobs
 from djobs.storage import FaultyLayer, faulty
@@ -184,11 +185,32 @@ def test_a_rule_that_could_never_fire_is_refused_before_and_after_the_layer_open
     assert layer.injected == 0
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "postgres"])
 def test_every_storage_operation_a_rule_names_fails_when_called(kind: str, tmp_path: Path) -> None:
     # SQLite's commit, checkpoint_instance and lease_and_load hand back a coroutine without being
     # coroutine functions: the wrapper passed them through, and a fault on "commit" never fired.
-    layer = faulty(djobs.memory() if kind == "memory" else djobs.sqlite(tmp_path / "jobs.db"))
+    # PostgreSQL's own operations (watch_enqueues) were refused as no storage operation.
+    with contextlib.ExitStack() as stack:
+        if kind == "postgres":
+            dsn = require_postgres()
+            inner = djobs.postgres(dsn, schema=stack.enter_context(throwaway_schema(dsn)))
+        else:
+            inner = djobs.memory() if kind == "memory" else djobs.sqlite(tmp_path / "jobs.db")
+        _every_operation_fails(faulty(inner))
+
+
+def test_a_rule_may_name_every_operation_of_postgres_storage_before_it_opens() -> None:
+    pytest.importorskip("psycopg")
+    from djobs.storage._faults import _operations
+    from djobs.storage._pgstore import PostgresStorage
+
+    assert _operations(PostgresStorage) <= OPERATIONS
+    layer = faulty(djobs.postgres("postgresql://nobody@127.0.0.1:1/none"))  # not opened: connects to nothing
+    for name in sorted(_operations(PostgresStorage)):
+        layer.fail(name, times=1)  # a ValidationError before: watch_enqueues, aclose
+
+
+def _every_operation_fails(layer: FaultyLayer) -> None:
 
     async def check() -> list[str]:
         missed = []
@@ -196,7 +218,7 @@ def test_every_storage_operation_a_rule_names_fails_when_called(kind: str, tmp_p
             assert layer.storage is not None
             inner = layer.storage.inner
             for name in sorted(OPERATIONS):
-                if not hasattr(inner, name):
+                if not hasattr(inner, name) or name == "aclose":  # (the layer closes it)
                     continue
                 layer.heal()
                 layer.fail(name, kind="busy", times=1)

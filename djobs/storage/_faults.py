@@ -35,6 +35,7 @@ from .._errors import StorageError, ValidationError, safe_repr
 from . import _base
 from ._base import Storage, StorageLayer
 from ._memory import MemoryStorage
+from ._postgres import POSTGRES_OPERATIONS
 from ._sqlite import SqliteStorage
 
 FaultKind = Literal["busy", "io", "full", "readonly", "bug"]
@@ -81,8 +82,9 @@ def _operations(*classes: type) -> frozenset[str]:
     )
 
 
-#: Every storage operation a rule may name: the protocols' and the built-in stores'.
-OPERATIONS: Final = _operations(MemoryStorage, SqliteStorage)
+#: Every storage operation a rule may name: the protocols' and the built-in stores' (PostgreSQL's
+#: by their names, `POSTGRES_OPERATIONS`: its class imports psycopg, which a test may not have).
+OPERATIONS: Final = _operations(MemoryStorage, SqliteStorage) | POSTGRES_OPERATIONS
 
 
 def _check_rule(operation: object, kind: object, at: object, times: object) -> None:

@@ -10,7 +10,7 @@ import importlib.util
 import re
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, Literal, final
+from typing import TYPE_CHECKING, Final, Literal, final
 
 from .._durations import DurationLike, check_at_least
 from .._errors import StorageError, ValidationError, safe_repr
@@ -18,6 +18,11 @@ from .._input import MAX_LIMIT, os_text_problem
 
 if TYPE_CHECKING:
     from ._pgstore import PostgresStorage
+
+#: `PostgresStorage`'s own async operations, beyond the storage protocols' (what a `faulty` rule
+#: may name besides those): kept here, where psycopg is not imported, and checked against the
+#: class by the tests.
+POSTGRES_OPERATIONS: Final = frozenset({"watch_enqueues", "aclose"})
 
 #: Which clock judges leases on PostgreSQL (see `postgres`).
 LeaseClock = Literal["auto", "database", "engine"]
