@@ -8,6 +8,7 @@ The tests find the server through ``DJOBS_TEST_POSTGRES_DSN`` (CI sets it in
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -124,3 +125,12 @@ STORAGE_KINDS = [
     "sqlite",
     pytest.param("postgres", marks=pytest.mark.skipif(postgres_dsn() is None, reason=f"{DSN_VARIABLE} is not set")),
 ]
+
+
+@contextmanager
+def fresh_storage_layer(kind: str) -> Iterator[djobs.storage.StorageLayer]:
+    """`storage_layer` of `kind` (one of `STORAGE_KINDS`) in a temporary directory or a new schema,
+    both removed when the block ends: a storage that outlives the engines opened on it (a restart)."""
+    schema = new_schema_name() if kind == "postgres" else None
+    with tempfile.TemporaryDirectory() as directory, dropped_after(schema):
+        yield storage_layer(kind, directory, schema)

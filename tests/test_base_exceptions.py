@@ -25,7 +25,7 @@ import trio
 import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from postgres_support import DSN_VARIABLE, drop_schema, new_schema_name, postgres_dsn
+from postgres_support import STORAGE_KINDS, fresh_storage_layer
 from returns.result import Failure
 
 import djobs
@@ -614,28 +614,11 @@ async def test_a_tracker_whose_close_hangs_does_not_hang_the_host_exit(
 # -- a KeyboardInterrupt a body raises itself: a crash, its attempt counted --------------------
 
 
-def _storage_kinds() -> list[Any]:
-    return [
-        "memory",
-        "sqlite",
-        pytest.param("postgres", marks=pytest.mark.skipif(postgres_dsn() is None, reason=f"{DSN_VARIABLE} is not set")),
-    ]
-
-
-@pytest.fixture(params=_storage_kinds())
+@pytest.fixture(params=STORAGE_KINDS)
 def layer(request: pytest.FixtureRequest) -> Iterator[djobs.storage.StorageLayer]:
     """One storage that outlives the engines opened on it (a restart of the process)."""
-    if request.param == "memory":
-        yield djobs.storage.memory()
-    elif request.param == "sqlite":
-        with tempfile.TemporaryDirectory() as directory:
-            yield djobs.sqlite(f"{directory}/jobs.db")
-    else:
-        dsn, schema = postgres_dsn() or "", new_schema_name()
-        try:
-            yield djobs.postgres(dsn, schema=schema)
-        finally:
-            drop_schema(dsn, schema)
+    with fresh_storage_layer(request.param) as made:
+        yield made
 
 
 async def _stopped_by_its_body(engine_block: Callable[[], Any]) -> None:

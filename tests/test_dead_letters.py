@@ -12,7 +12,7 @@ import msgspec
 import pytest
 import trio
 import trio.testing
-from postgres_support import DSN_VARIABLE, drop_schema, new_schema_name, postgres_dsn
+from postgres_support import STORAGE_KINDS, drop_schema, fresh_storage_layer, new_schema_name, postgres_dsn
 
 import djobs
 import djobs.storage
@@ -36,28 +36,10 @@ class Ping(msgspec.Struct, tag=True):
     pass
 
 
-def storage_kinds() -> list[Any]:
-    return [
-        "memory",
-        "sqlite",
-        pytest.param("postgres", marks=pytest.mark.skipif(postgres_dsn() is None, reason=f"{DSN_VARIABLE} is not set")),
-    ]
-
-
-@pytest.fixture(params=storage_kinds())
+@pytest.fixture(params=STORAGE_KINDS)
 def layer(request: pytest.FixtureRequest) -> Iterator[djobs.storage.StorageLayer]:
-    kind = request.param
-    if kind == "memory":
-        yield djobs.storage.memory()
-    elif kind == "sqlite":
-        with tempfile.TemporaryDirectory() as directory:
-            yield djobs.sqlite(f"{directory}/jobs.db")
-    else:
-        dsn, schema = postgres_dsn() or "", new_schema_name()
-        try:
-            yield djobs.postgres(dsn, schema=schema)
-        finally:
-            drop_schema(dsn, schema)
+    with fresh_storage_layer(request.param) as made:
+        yield made
 
 
 class Outage:
@@ -477,7 +459,7 @@ def test_on_exhausted_is_checked_when_the_job_is_defined() -> None:
 # -- the command line ------------------------------------------------------------------------
 
 
-@pytest.fixture(params=storage_kinds()[1:])
+@pytest.fixture(params=STORAGE_KINDS[1:])
 def database(request: pytest.FixtureRequest) -> Iterator[tuple[djobs.storage.StorageLayer, list[str]]]:
     """A storage layer and the ``--db`` (and ``--schema``) arguments naming it."""
     if request.param == "sqlite":

@@ -3,7 +3,6 @@ letters past their ages, in the background, in virtual time; on every storage.""
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,7 +10,7 @@ import msgspec
 import pytest
 import trio
 import trio.testing
-from postgres_support import DSN_VARIABLE, drop_schema, new_schema_name, postgres_dsn
+from postgres_support import STORAGE_KINDS, fresh_storage_layer
 
 import djobs
 import djobs.storage
@@ -39,27 +38,10 @@ class Ping(msgspec.Struct):
 debounce = djobs.Debounce.make("pings", event=Ping, flush_after="1 minute", execute=lambda ctx: None)
 
 
-def storage_kinds() -> list[Any]:
-    return [
-        "memory",
-        "sqlite",
-        pytest.param("postgres", marks=pytest.mark.skipif(postgres_dsn() is None, reason=f"{DSN_VARIABLE} is not set")),
-    ]
-
-
-@pytest.fixture(params=storage_kinds())
+@pytest.fixture(params=STORAGE_KINDS)
 def layer(request: pytest.FixtureRequest) -> Iterator[djobs.storage.StorageLayer]:
-    if request.param == "memory":
-        yield djobs.storage.memory()
-    elif request.param == "sqlite":
-        with tempfile.TemporaryDirectory() as directory:
-            yield djobs.sqlite(f"{directory}/jobs.db")
-    else:
-        dsn, schema = postgres_dsn() or "", new_schema_name()
-        try:
-            yield djobs.postgres(dsn, schema=schema)
-        finally:
-            drop_schema(dsn, schema)
+    with fresh_storage_layer(request.param) as made:
+        yield made
 
 
 async def statuses(engine: Any) -> dict[str, str]:

@@ -3,7 +3,6 @@ and `blocking=True` bodies run off the Trio thread with their leases renewed."""
 
 from __future__ import annotations
 
-import tempfile
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 import msgspec
 import pytest
 import trio
-from postgres_support import DSN_VARIABLE, drop_schema, new_schema_name, postgres_dsn
+from postgres_support import STORAGE_KINDS, fresh_storage_layer
 
 import djobs
 import djobs.storage
@@ -59,28 +58,10 @@ debounce_hung = djobs.Debounce.make(
 job_hung = djobs.Job.make("hung-job", params=Nothing, execute=hang, max_attempts=2, timeout="1 minute")
 
 
-def storage_kinds() -> list[Any]:
-    return [
-        "memory",
-        "sqlite",
-        pytest.param("postgres", marks=pytest.mark.skipif(postgres_dsn() is None, reason=f"{DSN_VARIABLE} is not set")),
-    ]
-
-
-@pytest.fixture(params=storage_kinds())
+@pytest.fixture(params=STORAGE_KINDS)
 def layer(request: pytest.FixtureRequest) -> Iterator[djobs.storage.StorageLayer]:
-    kind = request.param
-    if kind == "memory":
-        yield djobs.storage.memory()
-    elif kind == "sqlite":
-        with tempfile.TemporaryDirectory() as directory:
-            yield djobs.sqlite(f"{directory}/jobs.db")
-    else:
-        dsn, schema = postgres_dsn() or "", new_schema_name()
-        try:
-            yield djobs.postgres(dsn, schema=schema)
-        finally:
-            drop_schema(dsn, schema)
+    with fresh_storage_layer(request.param) as made:
+        yield made
 
 
 def timeouts(engine: Any) -> list[Any]:
