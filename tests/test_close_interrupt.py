@@ -11,6 +11,7 @@ that arrived while a nursery waited for its tasks.
 
 from __future__ import annotations
 
+import math
 import signal
 
 import msgspec
@@ -71,28 +72,34 @@ def test_a_ctrl_c_during_the_close_is_raised_after_the_close_has_run_to_its_end(
     assert seen["closed_after"] == pytest.approx(9, abs=0.5)
 
 
-def test_a_ctrl_c_during_the_close_still_hands_the_running_job_back() -> None:
-    """What the close does after the grace (hand a cut-off job back) still happens."""
+def _job_after_a_ctrl_c(*, host_leaves_at: float) -> djobs.JobInfo:
+    """Queue a job whose body naps 60 s, send a Ctrl-C at 3 s while the host's block leaves at
+    `host_leaves_at` (``math.inf``: it waits on), and the job as the next engine finds it."""
     storage = djobs.storage.memory()
     seen: dict[str, str] = {}
 
     async def main() -> None:
         trio.lowlevel.spawn_system_task(fail_if_hung)
         trio.lowlevel.spawn_system_task(ctrl_c_at, trio.current_time() + 3)
-        with trio.move_on_after(1):
+        with trio.move_on_after(host_leaves_at):
             async with open_test_engine([napper], storage=storage, shutdown_grace="8 seconds") as engine:
                 seen["job"] = success(await engine.client.job(napper).later(Nap(60)))
-                await trio.sleep(10)
+                await trio.sleep(30)
 
     with pytest.raises(KeyboardInterrupt):
         trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
-    async def look() -> None:
+    async def look() -> djobs.JobInfo:
         async with open_test_engine([napper], storage=storage, worker=None) as engine:
-            info = success(await engine.client.jobs.status(seen["job"]))
-            assert (info.status, info.attempts) == ("pending", 0), info
+            return success(await engine.client.jobs.status(seen["job"]))
 
-    trio.run(look, clock=trio.testing.MockClock(autojump_threshold=0))
+    return trio.run(look, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_a_ctrl_c_during_the_close_still_hands_the_running_job_back() -> None:
+    """What the close does after the grace (hand a cut-off job back) still happens."""
+    info = _job_after_a_ctrl_c(host_leaves_at=1)  # the close begins at 1 s, the Ctrl-C comes during it
+    assert (info.status, info.attempts) == ("pending", 0), info
 
 
 @pytest.mark.parametrize("signals", [1, 2, 3])
@@ -169,22 +176,5 @@ def test_a_ctrl_c_while_a_job_runs_hands_it_back_uncounted() -> None:
     """A real Ctrl-C (Trio's delivery to the main task) while a job's body waits stops the host's
     block; the close cuts the run off and hands the row back, its attempt not counted: unlike a
     KeyboardInterrupt the body raises itself, a crash whose attempt counts (test_base_exceptions.py)."""
-    storage = djobs.storage.memory()
-    seen: dict[str, str] = {}
-
-    async def main() -> None:
-        trio.lowlevel.spawn_system_task(fail_if_hung)
-        trio.lowlevel.spawn_system_task(ctrl_c_at, trio.current_time() + 3)
-        async with open_test_engine([napper], storage=storage, shutdown_grace="8 seconds") as engine:
-            seen["job"] = success(await engine.client.job(napper).later(Nap(60)))
-            await trio.sleep(30)
-
-    with pytest.raises(KeyboardInterrupt):
-        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
-
-    async def look() -> None:
-        async with open_test_engine([napper], storage=storage, worker=None) as engine:
-            info = success(await engine.client.jobs.status(seen["job"]))
-            assert (info.status, info.attempts) == ("pending", 0), info
-
-    trio.run(look, clock=trio.testing.MockClock(autojump_threshold=0))
+    info = _job_after_a_ctrl_c(host_leaves_at=math.inf)
+    assert (info.status, info.attempts) == ("pending", 0), info
