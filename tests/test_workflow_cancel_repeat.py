@@ -125,3 +125,47 @@ def test_cancels_from_two_engines_cancel_once(kind: str, tmp_path: Any) -> None:
             assert message.endswith(winners[0]), (message, answers)
 
     run_on(kind, tmp_path, scenario)
+
+
+@pytest.mark.parametrize("kind", STORAGE_KINDS)
+def test_a_second_cancel_while_the_first_reads_the_row_is_its_repeat(kind: str, tmp_path: Any) -> None:
+    """The first cancel is still reading the row when the second arrives.
+
+    Before, the second (known as a repeat) went on and recorded the cancel itself, with the
+    first's reason, while the first was reading; the first then read that cancel back. Both
+    answered that an earlier cancel had been accepted, and neither was the one that cancelled
+    (seen in CI on PostgreSQL, whose reads are slow enough, with a run waking meanwhile).
+    """
+
+    async def scenario(layer: djobs.storage.StorageLayer) -> None:
+        async with open_test_engine([napper], storage=layer) as engine:
+            client = engine.client.workflow(napper)
+            storage: Any = engine.storage
+            real_load = storage.load
+            slowed = [True]
+
+            async def slow_load(key: str) -> Any:
+                if slowed[0]:  # the first read: slow, so the second cancel arrives meanwhile
+                    slowed[0] = False
+                    await trio.sleep(1)
+                return await real_load(key)
+
+            assert success(await client.start(id="n", input=Nothing()))
+            await engine.wait_idle()
+            storage.load = slow_load
+            answers: dict[str, djobs.WorkflowCancelResult] = {}
+
+            async def cancel(reason: str, after: float) -> None:
+                await trio.sleep(after)
+                answers[reason] = success(await client.cancel("n", reason=reason))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(cancel, "first", 0)
+                nursery.start_soon(cancel, "second", 0.5)
+            storage.load = real_load
+            assert answers["first"].cancelled and not answers["first"].already_requested, answers
+            assert not answers["second"].cancelled and answers["second"].already_requested, answers
+            await engine.wait_idle()
+            assert error_message(success(await client.status("n"))).endswith("was cancelled: first")
+
+    run_on(kind, tmp_path, scenario)

@@ -226,9 +226,9 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
         #: Set while runs are live here (`watch_cancels` then reads their cancel notes); in a
         #: list, so the tenant-scoped copies and the engine's handler share the current one.
         self.runs_live = [trio.Event()]
-        #: The reason of the cancel in flight in this process, by key: a second cancel meanwhile
-        #: is a repeat (`cancel`), and records this reason if it reaches the log first.
-        self.cancelling: dict[str, str | None] = {}
+        #: Set when the cancel in flight in this process ends, by key: a second cancel of the
+        #: workflow meanwhile waits for it, then reads the first's cancel (`cancel`).
+        self.cancelling: dict[str, trio.Event] = {}
         #: Keys whose `start` is storing them in one write now (`InstanceCreator`): another
         #: start of one of them in this process goes through the actor instead.
         self.creating: set[str] = set()
@@ -489,32 +489,38 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
             case Failure() as refused:
                 return refused
         key = self.key(instance_id)
+        # The cancels of one workflow in this process run one after another, each reading
+        # the run and the row once the one before has ended (as a job's `cancel`): of two
+        # at once, the second finds the first's cancel and answers as its repeat.
         cancelling = self.cancelling
-        if key in cancelling:  # another cancel of this workflow is under way here: this one repeats it
-            return await self._cancel(instance_id, key, cancelling[key], False)
-        cancelling[key] = given
+        while (under_way := cancelling.get(key)) is not None:
+            await under_way.wait()
+        done = cancelling[key] = trio.Event()
         try:
-            return await self._cancel(instance_id, key, given, None)
+            return await self._cancel(instance_id, key, given)
         finally:
             del cancelling[key]
+            done.set()
 
     async def _cancel(
-        self, instance_id: str, key: str, reason: str | None, first: bool | None
+        self, instance_id: str, key: str, reason: str | None
     ) -> Result[WorkflowCancelResult, ValidationError | StorageError]:
-        """`cancel` of workflow `key` with `reason` (the first cancel's, for a repeat).
+        """`cancel` of workflow `key` with `reason`, no other cancel of it in flight here.
 
-        `first` says whether this call is the one that asked first: ``False`` for a
-        repeat, ``None`` while unknown. A repeat changes nothing (the first reason
-        stands) and says so: ``cancelled=False, already_requested=True``.
+        `first` says whether this call asked first: ``False`` when the run or its
+        row shows an earlier cancel (a repeat), ``None`` while unknown. A repeat
+        changes nothing (the first reason stands) and says so:
+        ``cancelled=False, already_requested=True``.
         """
         env = self.env
+        first: bool | None = None
         live = self.live.get(key)
         requests = self.cancel_requests
         requested = False
         if live is not None:
             # A run in this process: cancel its running step now, or its next call.
-            first = self._cancel_live(live, reason) and first is not False
-        elif requests is not None and first is not False:
+            first = self._cancel_live(live, reason)
+        elif requests is not None:
             # Perhaps running in another process, which holds the lease until its run ends: a
             # note it reads while its steps run (`watch_cancels`) reaches it without the lease.
             loaded = await env.storage.load(key)
