@@ -88,6 +88,12 @@ from ._rows import (
 #: the next commit starts the WAL over, so a larger mark means fewer of them (at 256 pages,
 #: about ten a second while 1,000 Task alarms a second fired).
 WAL_AUTOCHECKPOINT_PAGES: Final = 1024
+#: WAL pages committed since the checkpoint thread's last checkpoint before it is woken again.
+#: Woken at every commit past the mark, it chased the writer: a checkpoint of the few pages
+#: committed during the one before, each with its two fsyncs (about 160 for 20,000 Debounce
+#: events, beside the mark's 10), while the WAL could not start over and the writer
+#: checkpointed it itself at `WAL_WRITER_CHECKPOINT_PAGES` all the same.
+WAL_CHECKPOINT_STEP_PAGES: Final = WAL_AUTOCHECKPOINT_PAGES // 2
 #: The WAL size, in pages, past which the writer checkpoints itself after its commit (one large
 #: transaction, or commits that outran the checkpoint thread), so the WAL stays bounded.
 WAL_WRITER_CHECKPOINT_PAGES: Final = 2 * WAL_AUTOCHECKPOINT_PAGES
@@ -957,10 +963,12 @@ class _Checkpointer:
     as ``synchronous`` says) before it returns; a checkpoint only moves committed pages.
     """
 
-    __slots__ = ("_path", "_stopping", "_thread", "_wanted")
+    __slots__ = ("_asked_at", "_path", "_stopping", "_thread", "_wanted")
 
     def __init__(self, path: str) -> None:
         self._path = path
+        #: The WAL's size (pages) at the last checkpoint asked for: the next waits for a step past it.
+        self._asked_at = 0
         self._wanted = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -973,11 +981,16 @@ class _Checkpointer:
         would: its space comes back at the next commit, whatever the thread is doing, so the WAL
         stays bounded.
         """
+        if pages < self._asked_at:  # the WAL started over since the last checkpoint asked for
+            self._asked_at = 0
         if pages >= WAL_WRITER_CHECKPOINT_PAGES:
             with contextlib.suppress(apsw.Error):  # busy: the thread checkpoints now
                 db.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
             return apsw.SQLITE_OK
         if pages >= WAL_AUTOCHECKPOINT_PAGES and not self._stopping:
+            if pages - self._asked_at < WAL_CHECKPOINT_STEP_PAGES:
+                return apsw.SQLITE_OK  # most of it checkpointed already (a wake per commit chased the writer)
+            self._asked_at = pages  # asked for: no second wake before the next step
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="djobs-sqlite-checkpoint", daemon=True)
                 self._thread.start()
