@@ -2,19 +2,25 @@
 
 Every file in ``tests/typing/`` is a program mypy checks with the project's
 settings (``--strict`` and the returns plugin): a line ending in
-``# E: <code>`` must fail with that error code (``# E: <code> "<text>"``: with
-a message containing the text), every other line must pass. The cases cover
+``# E: <code>`` must fail with that error code (``# E: <code> "<text>"``, or
+``'<text>'`` for a text holding double quotes: with a message containing the
+text), every other line must pass. The cases cover
 job bodies, pipelines, results, services, storage layers, typed events and workflows.
 The python blocks of the pages in `TYPED_PAGES` are checked the same way (no
 line may fail), so the "Jobs as pipelines" guide is type-checked as well as run.
 
-One mypy run covers every case (with mypy's cache, a few seconds once warm).
+One mypy run covers every case (with mypy's cache, a few seconds once warm). Its
+cache is its own (``.mypy_cache/typing``, not the one ``mypy djobs`` writes), and a
+lock on it makes a second run wait (another xdist worker, another pytest session
+in the same tree): mypy's cache is not made for two processes writing it at once.
 """
 
 from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -26,7 +32,7 @@ CASES = sorted((ROOT / "tests" / "typing").glob("*.py"))
 #: Doc pages whose python blocks must type-check, as one module per page.
 TYPED_PAGES = [ROOT / "README.md", ROOT / "docs" / "guides" / "pipelines.md"]
 
-_EXPECTED = re.compile(r'#\s*E:\s*(?P<code>[a-z-]+)(?:\s+"(?P<text>[^"]+)")?')
+_EXPECTED = re.compile(r"""#\s*E:\s*(?P<code>[a-z-]+)(?:\s+(?:"(?P<text>[^"]+)"|'(?P<quoted>[^']+)'))?""")
 _REPORTED = re.compile(r"^(?P<file>[^:]+):(?P<line>\d+): error: (?P<message>.*)  \[(?P<code>[a-z-]+)\]$")
 
 Errors = dict[tuple[str, int], set[str]]
@@ -47,8 +53,8 @@ def _expected_texts(path: Path) -> dict[int, list[tuple[str, str]]]:
     texts: dict[int, list[tuple[str, str]]] = defaultdict(list)
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         for match in _EXPECTED.finditer(line):
-            if match["text"]:
-                texts[number].append((match["code"], match["text"]))
+            if text := match["text"] or match["quoted"]:
+                texts[number].append((match["code"], text))
     return texts
 
 
@@ -67,23 +73,45 @@ def _page_module(page: Path, into: Path) -> tuple[Path, list[int]]:
     return module, where
 
 
+#: The cases' own mypy cache.
+CACHE = ROOT / ".mypy_cache" / "typing"
+
+
+@contextmanager
+def _cache_held() -> Iterator[None]:
+    """Hold `CACHE` for one mypy run: a run elsewhere waits for this one (POSIX; elsewhere, no lock)."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(CACHE / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="module")
 def reported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Errors, dict[str, tuple[Path, list[int]]], Messages]:
     pages_dir = tmp_path_factory.mktemp("typed_pages")
     pages = {str(module): (page, where) for page in TYPED_PAGES for module, where in [_page_module(page, pages_dir)]}
-    stdout, stderr, _ = api.run(
-        [
-            "--config-file",
-            str(ROOT / "pyproject.toml"),
-            "--cache-dir",
-            str(ROOT / ".mypy_cache"),
-            "--no-error-summary",
-            "--hide-error-context",
-            "--no-pretty",
-            *[str(path) for path in CASES],
-            *pages,
-        ]
-    )
+    with _cache_held():
+        stdout, stderr, _ = api.run(
+            [
+                "--config-file",
+                str(ROOT / "pyproject.toml"),
+                "--cache-dir",
+                str(CACHE),
+                "--no-error-summary",
+                "--hide-error-context",
+                "--no-pretty",
+                *[str(path) for path in CASES],
+                *pages,
+            ]
+        )
     assert not stderr, stderr
     errors: Errors = defaultdict(set)
     messages: Messages = defaultdict(lambda: defaultdict(list))

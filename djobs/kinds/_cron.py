@@ -563,9 +563,7 @@ class CronScheduler:
 
     # -- client operations -------------------------------------------------------------
 
-    def _cron(
-        self, scope: str | None, cron: object
-    ) -> Result[CronJob[Any], JobNotFoundError | TenantError | ValidationError]:
+    def _cron(self, scope: str | None, cron: object) -> Result[CronJob[Any], JobNotFoundError | ValidationError]:
         match check_short_text(scope, "the client's tenant id"):
             case Failure(bad):
                 return Failure(bad)
@@ -639,28 +637,28 @@ class CronsClient:
 
     def get(
         self, cron: CronJob[Any] | str
-    ) -> FutureResult[CronInfo, JobNotFoundError | TenantError | ValidationError | StorageError]:
+    ) -> FutureResult[CronInfo, JobNotFoundError | ValidationError | StorageError]:
         """One cron job: schedule, enabled, next and last run."""
         s, scope = self._scheduler, self._tenant
         return effect(lambda: s.get(scope, cron), s.env)
 
     def enable(
         self, cron: CronJob[Any] | str
-    ) -> FutureResult[CronInfo, JobNotFoundError | TenantError | ValidationError | StorageError]:
+    ) -> FutureResult[CronInfo, JobNotFoundError | ValidationError | StorageError]:
         """Fire again, from the next fire time after now (times missed while disabled are not run)."""
         s, scope = self._scheduler, self._tenant
         return effect(lambda: s.set_enabled(scope, cron, True), s.env)
 
     def disable(
         self, cron: CronJob[Any] | str
-    ) -> FutureResult[CronInfo, JobNotFoundError | TenantError | ValidationError | StorageError]:
+    ) -> FutureResult[CronInfo, JobNotFoundError | ValidationError | StorageError]:
         """Stop firing (in every engine on this database) until enabled again."""
         s, scope = self._scheduler, self._tenant
         return effect(lambda: s.set_enabled(scope, cron, False), s.env)
 
     def next_runs(
         self, cron: CronJob[Any] | str, n: int = 5
-    ) -> FutureResult[list[datetime], JobNotFoundError | TenantError | ValidationError | StorageError]:
+    ) -> FutureResult[list[datetime], JobNotFoundError | ValidationError | StorageError]:
         """The next `n` fire times (from the stored next run; from now if disabled)."""
         s, scope = self._scheduler, self._tenant
         return effect(lambda: s.next_runs(scope, cron, n), s.env)

@@ -429,16 +429,12 @@ class JobsClient:
         self._queue = queue
         self._tenant = tenant
 
-    def status(
-        self, job_id: str
-    ) -> FutureResult[JobInfo, InstanceNotFoundError | TenantError | ValidationError | StorageError]:
+    def status(self, job_id: str) -> FutureResult[JobInfo, InstanceNotFoundError | ValidationError | StorageError]:
         """The stored job: status, progress, attempts, result or error."""
         q, scope = self._queue, self._tenant
         return effect(lambda: _map(q.load(scope, job_id), q.info), q.env)
 
-    def cancel(
-        self, job_id: str
-    ) -> FutureResult[CancelResult, InstanceNotFoundError | TenantError | ValidationError | StorageError]:
+    def cancel(self, job_id: str) -> FutureResult[CancelResult, InstanceNotFoundError | ValidationError | StorageError]:
         """Cancel the job: a pending one never runs; a running one is interrupted through its
         Trio cancel scope (here at once, in another process at its next lease renewal)."""
         q, scope = self._queue, self._tenant
@@ -446,9 +442,7 @@ class JobsClient:
 
     def retry(
         self, job_id: str
-    ) -> FutureResult[
-        RetryResult, InstanceNotFoundError | InvalidStateError | TenantError | ValidationError | StorageError
-    ]:
+    ) -> FutureResult[RetryResult, InstanceNotFoundError | InvalidStateError | ValidationError | StorageError]:
         """Put a failed or cancelled job back to pending, due now, with a fresh attempt budget."""
         q, scope = self._queue, self._tenant
         return effect(lambda: q.retry(scope, job_id), q.env)

@@ -65,6 +65,7 @@ from .._errors import (
     JobError,
     JobNotFoundError,
     StorageError,
+    TenantError,
     ValidationError,
 )
 from .._execution import Pending, body_failure, finish_body, holds_cancel
@@ -931,11 +932,13 @@ class WorkflowClient(InstanceClient[WorkflowHandler[I, R, Any]], Generic[I, R]):
     gives an ``IOSuccess`` or an ``IOFailure`` with one of the errors its
     type names. A verb returns once what it changed is committed; the body
     itself runs on the engine (woken by an alarm), not in the caller's task.
+    On an engine opened with ``tenancy="required"``, every verb of a client
+    not scoped by ``client.for_tenant(...)`` fails with `TenantError`.
     """
 
     def start(
         self, *, id: str, input: I
-    ) -> FutureResult[WorkflowStartResult, JobNotFoundError | ValidationError | StorageError]:
+    ) -> FutureResult[WorkflowStartResult, JobNotFoundError | TenantError | ValidationError | StorageError]:
         """Start workflow `id` with `input`; an id already used is left as it is (``created=False``)."""
         handler = self._handler
         if handler is None or self._tenant_missing or handler.tenant is not None:
@@ -944,7 +947,9 @@ class WorkflowClient(InstanceClient[WorkflowHandler[I, R, Any]], Generic[I, R]):
         # coroutine, named after this verb for a never-awaited warning, as `effect` names it.
         return VerbResult(_start(handler, id, input))
 
-    def status(self, id: str) -> FutureResult[WorkflowStatus, JobNotFoundError | ValidationError | StorageError]:
+    def status(
+        self, id: str
+    ) -> FutureResult[WorkflowStatus, JobNotFoundError | TenantError | ValidationError | StorageError]:
         """Where workflow `id` is: its status, steps finished, current step, ``wake_at`` and log."""
         return self._verb(id, lambda h, i: h.status(i))
 
@@ -953,6 +958,7 @@ class WorkflowClient(InstanceClient[WorkflowHandler[I, R, Any]], Generic[I, R]):
     ) -> FutureResult[
         R,
         JobNotFoundError
+        | TenantError
         | InstanceNotFoundError
         | InvalidStateError
         | WorkflowFailedError
@@ -966,7 +972,8 @@ class WorkflowClient(InstanceClient[WorkflowHandler[I, R, Any]], Generic[I, R]):
     def signal(
         self, id: str, name: str, payload: object = None
     ) -> FutureResult[
-        SignalResult, JobNotFoundError | InstanceNotFoundError | InvalidStateError | ValidationError | StorageError
+        SignalResult,
+        JobNotFoundError | TenantError | InstanceNotFoundError | InvalidStateError | ValidationError | StorageError,
     ]:
         """Send the signal `name` with `payload` (anything msgspec encodes) to workflow `id`.
 
@@ -978,13 +985,13 @@ class WorkflowClient(InstanceClient[WorkflowHandler[I, R, Any]], Generic[I, R]):
 
     def cancel(
         self, id: str, *, reason: str | None = None
-    ) -> FutureResult[WorkflowCancelResult, JobNotFoundError | ValidationError | StorageError]:
+    ) -> FutureResult[WorkflowCancelResult, JobNotFoundError | TenantError | ValidationError | StorageError]:
         """Cancel workflow `id`: the body gets `WorkflowCancelledError` at its current call."""
         return self._verb(id, lambda h, i: h.cancel(i, reason))
 
     def list(
         self, *, status: WorkflowStatusName | None = None, after: str | None = None, limit: int = 100
-    ) -> FutureResult[builtins.list[WorkflowSummary], JobNotFoundError | ValidationError | StorageError]:
+    ) -> FutureResult[builtins.list[WorkflowSummary], JobNotFoundError | TenantError | ValidationError | StorageError]:
         """This workflow's instances (this client's tenant's only, if it has one), by id,
         starting after the id `after`, at most `limit`, only those in `status` if given."""
         # The checks of every instance verb (unknown job, required tenancy, the tenant's text);
