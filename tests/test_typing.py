@@ -5,7 +5,9 @@ settings (``--strict`` and the returns plugin): a line ending in
 ``# E: <code>`` must fail with that error code (``# E: <code> "<text>"``, or
 ``'<text>'`` for a text holding double quotes: with a message containing the
 text), every other line must pass. The cases cover
-job bodies, pipelines, results, services, storage layers, typed events and workflows.
+job bodies, pipelines, results, services (of every kind), storage layers, typed events,
+workflows, each client verb's exact error union (``verbs_*.py``) and the guides' typing
+claims that no other case holds (``doc_claims.py``).
 The python blocks of the pages in `TYPED_PAGES` are checked the same way (no
 line may fail), so the "Jobs as pipelines" guide is type-checked as well as run.
 

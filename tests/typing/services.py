@@ -137,7 +137,7 @@ async def a_list_built_apart_is_annotated_with_its_services() -> None:
 
 
 def no_such_service(ctx: djobs.ContinuousContext[Tokens]) -> None:
-    ctx.services.no_such_thing()  # E: attr-defined
+    ctx.services.no_such_thing()  # E: attr-defined '"object" has no attribute "no_such_thing"'
 
 
 def no_such_method(ctx: djobs.ContinuousContext[Tokens, HasTokenApi]) -> None:
@@ -155,7 +155,8 @@ async def a_token_job_without_services() -> None:
 
 
 async def a_and_b_with_services_that_are_only_a() -> None:
-    async with djobs.open_engine([refresher, mailer], services=OnlyTokens()):  # E: list-item
+    only_a = OnlyTokens()
+    async with djobs.open_engine([refresher, mailer], services=only_a):  # E: list-item '"Definition[OnlyTokens]"'
         pass
 
 
