@@ -19,6 +19,7 @@ from djobs.storage import (
     InstanceExistsError,
     InstanceLeaseLoader,
     InstanceRecord,
+    JobRecord,
     MemoryStorage,
     NewJob,
     QueueStorage,
@@ -181,3 +182,18 @@ def the_stored_instance(error: InstanceExistsError) -> None:
     del key
     record: InstanceRecord = error.stored  # E: assignment
     del record
+
+
+# -- cancel_job: the row afterwards and whether this call's write changed it, or None ------
+
+
+async def cancel_job_answers(queue: QueueStorage) -> None:
+    answer = await queue.cancel_job("j-1", 0, b"cancelled")
+    if answer is not None:
+        row, changed = answer
+        status: str = row.status
+        wrote: bool = changed
+        assert status or wrote
+    unpacked, at_once = await queue.cancel_job("j-1", 0, b"cancelled")  # E: misc '"None" object is not iterable'
+    the_row_alone: JobRecord | None = await queue.cancel_job("j-1", 0, b"cancelled")  # E: assignment
+    print(unpacked, at_once, the_row_alone)
