@@ -75,8 +75,10 @@ from ._common import (
     check_name,
     check_on_exhausted,
     count_failed_attempt,
+    crashed_runs,
     instance_dead_letter,
     instance_key,
+    judge_crash,
     key_problem,
     revive_letter,
     terminate_instance,
@@ -753,7 +755,7 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
                 return  # terminated, or the alarm was replaced after it was claimed
             record, current = loaded
             attempt = record.attempt if alarm.purpose == _RETRY else 1
-            await self._execute(record, current, triggered=False)
+            await self._execute(record, current, triggered=False, crashed=crashed_runs(alarm.claims))
         except StorageError as exc:
             # The alarm stays claimed and fires again after its lease.
             self.env.logger.error("task %s: could not record an execute: %s", alarm.key, exc.message)
@@ -771,13 +773,20 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
             )
 
     async def _execute(
-        self, record: InstanceRecord, alarm: Alarm | None, *, triggered: bool
+        self, record: InstanceRecord, alarm: Alarm | None, *, triggered: bool, crashed: int = 0
     ) -> tuple[int, Outcome, int | None]:
-        """Run ``execute`` (then ``on_error`` if it failed for good) and commit; the alarm is consumed."""
+        """Run ``execute`` (then ``on_error`` if it failed for good) and commit; the alarm is consumed.
+
+        With `crashed` (the runs of `alarm` before this claim that never ended: a crash, or a
+        handler's `KeyboardInterrupt`), the last of their attempts is judged failed instead
+        (`crash_failure`), without running ``execute``: retried, or past the policy handed
+        to ``on_error`` as any failed execute is. When even that judging run never ended
+        (two such runs), ``on_error`` and ``on_idle`` are not run again: the failure is
+        logged and stored, and the task rests."""
         job, env = self.job, self.env
         retrying = not triggered and alarm is not None and alarm.purpose == _RETRY
         execute_count = record.execute_count if retrying else record.execute_count + 1
-        attempt = record.attempt if retrying else 1
+        attempt = (record.attempt if retrying else 1) + max(0, crashed - 1)
         record.execute_count = execute_count
         log = self._log(record, execute=execute_count, attempt=attempt)
         events: list[TrackedEvent] = []
@@ -792,19 +801,22 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
                 await env.commit(Checkin(key=record.key, record=record, alarm=ClearAlarm()), events)
                 return execute_count, "failed", None
         draft: Checkout[S | None] = Checkout(before)
-        ctx = self._context(record, draft, log, attempt)
         info = RunInfo(record.key, KIND, job.name, execute_count, attempt)
-        outcome = await execute(
-            env,
-            info,
-            draft,
-            self._returning(lambda: job.execute(ctx), ctx, "execute"),
-            job.retry,
-            events,
-            log,
-            job.limits,
-            f"the execute of task {job.name!r}",
-        )
+        if crashed:
+            outcome = judge_crash(env, info, job.retry, events, log)
+        else:
+            ctx = self._context(record, draft, log, attempt)
+            outcome = await execute(
+                env,
+                info,
+                draft,
+                self._returning(lambda: job.execute(ctx), ctx, "execute"),
+                job.retry,
+                events,
+                log,
+                job.limits,
+                f"the execute of task {job.name!r}",
+            )
         kind: Outcome = outcome.kind
         if kind == "terminated":
             await env.commit(Checkin(key=record.key, record=None), events)
@@ -819,7 +831,7 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
         trigger: Trigger = "execute"
         if kind != "succeeded":
             draft = Checkout(before)  # nothing the failed execute changed is kept
-            on_error = job.on_error
+            on_error = job.on_error if crashed < 2 else None
             if on_error is not None:
                 assert outcome.error is not None
                 error = outcome.error
@@ -854,7 +866,7 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
                         self._handler_failed(record, "on_error", failure, events, err_log)
                         draft = Checkout(before)
         alive, fire = await self._settle(
-            record, draft, keep_ms=None, was_active=alarm is not None, trigger=trigger, events=events
+            record, draft, keep_ms=None, was_active=alarm is not None and crashed < 2, trigger=trigger, events=events
         )
         return execute_count, kind if alive else "terminated", fire
 
