@@ -320,3 +320,97 @@ async def test_a_run_stopped_by_keyboard_interrupt_counts_no_attempt_of_the_runs
     # (at least once): always as attempt 1.
     assert others in ([(1, 1)], [(1, 1), (1, 1)]) and other == Count(1), others
     assert stopper.status == "not_found", stopper  # its attempts used up: deleted, as exhausted retries end it
+
+
+# -- Workflow -------------------------------------------------------------------------------
+
+
+class Order(msgspec.Struct):
+    n: int = 0
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("compensates", [False, True], ids=["fails", "compensates"])
+async def test_a_workflow_step_stopped_by_keyboard_interrupt_counts_its_attempts(
+    autojump_clock: trio.testing.MockClock, layer: djobs.storage.StorageLayer, compensates: bool
+) -> None:
+    """A step whose call raises KeyboardInterrupt every time: each stop is one of its attempts,
+    charged when the workflow's alarm is claimed again; once they are spent the body gets
+    `StepFailedError` at the step, as from any step whose retries are spent, and may compensate.
+
+    The run `start` began is not claimed: its stop is counted from the claim of its guard
+    alarm, so the first attempt stops two engines."""
+    calls: list[str] = []
+
+    def charge() -> int:
+        calls.append("charge")
+        raise KeyboardInterrupt
+
+    def refund() -> int:
+        calls.append("refund")
+        return 0
+
+    async def body(order: Order, ctx: djobs.WorkflowContext) -> int:
+        try:
+            return await ctx.step("charge", charge, result=int)
+        except djobs.StepFailedError as failed:
+            if not compensates:
+                raise
+            assert STOPPED in failed.error_message, failed
+            return await ctx.step("refund", refund, result=int)
+
+    workflow = djobs.Workflow.make(
+        "ctrl-c", input=Order, result=int, execute=body, retry=djobs.Retry(max_attempts=2, delay="1 second")
+    )
+    clock = VirtualClock()
+    life = lives([workflow], layer, clock)
+
+    async def start(engine: djobs.Engine) -> None:
+        success(await engine.client.workflow(workflow).start(id="w", input=Order()))
+
+    await stopped_by_its_body(lambda: life(3600, start))
+    for _ in range(2):
+        await stopped_by_its_body(lambda: life(3600, None))
+    async with open_test_engine([workflow], storage=layer, clock=clock) as engine:
+        await trio.sleep(3600)
+        status = success(await engine.client.workflow(workflow).status("w"))
+    assert calls == ["charge"] * 3 + (["refund"] if compensates else [])
+    [step, *_] = status.steps
+    assert (step.name, step.attempts) == ("charge", 2), status.steps
+    if compensates:
+        assert status.status == "completed", status
+    else:
+        assert status.status == "failed" and status.error is not None, status
+        assert STOPPED in status.error["message"], status.error
+
+
+@pytest.mark.trio
+async def test_a_workflow_whose_body_raises_keyboard_interrupt_at_every_run_fails(
+    autojump_clock: trio.testing.MockClock, layer: djobs.storage.StorageLayer
+) -> None:
+    """A body that stops before any step, at every run: once more runs in a row have stopped
+    than the workflow's retry allows attempts (one here), the workflow fails without running
+    the body again. (The run `start` began is not claimed, and the first claimed run carries
+    the charge for a step it never reaches: three engines stop.)"""
+    runs: list[int] = []
+
+    async def body(order: Order, ctx: djobs.WorkflowContext) -> int:
+        runs.append(ctx.run_count)
+        raise KeyboardInterrupt
+
+    workflow = djobs.Workflow.make("ctrl-c", input=Order, result=int, execute=body)
+    clock = VirtualClock()
+    life = lives([workflow], layer, clock)
+
+    async def start(engine: djobs.Engine) -> None:
+        success(await engine.client.workflow(workflow).start(id="w", input=Order()))
+
+    await stopped_by_its_body(lambda: life(3600, start))
+    for _ in range(2):
+        await stopped_by_its_body(lambda: life(3600, None))
+    async with open_test_engine([workflow], storage=layer, clock=clock) as engine:
+        await trio.sleep(3600)
+        status = success(await engine.client.workflow(workflow).status("w"))
+    assert len(runs) == 3, runs
+    assert status.status == "failed" and status.error is not None, status
+    assert STOPPED in status.error["message"], status.error
