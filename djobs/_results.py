@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import NoReturn, TypeVar
 
+from returns.future import FutureResult
 from returns.io import IOResult
 from returns.result import Result
 from returns.unsafe import unsafe_perform_io
@@ -36,7 +38,9 @@ def unwrap_or_raise(result: IOResult[V, E] | Result[V, E]) -> V:
         JobError: The failure's own error (``InstanceNotFoundError``,
             ``ValidationError``, ``StorageError``, ...), with its ``tag`` and
             ``message``, so ``except djobs.ValidationError`` works.
-        TypeError: The failure is not an exception (only from untyped code).
+        TypeError: `result` is not a result: a verb not awaited (a
+            ``FutureResult``; the message says to await it), or the failure
+            is not an exception (only from untyped code).
 
     Examples:
         >>> from returns.io import IOFailure, IOSuccess
@@ -49,11 +53,26 @@ def unwrap_or_raise(result: IOResult[V, E] | Result[V, E]) -> V:
         ...     print(f"{error.tag}: {error}")
         validation: instance id must not be empty
     """
+    check_result(result, "unwrap_or_raise")
     if isinstance(result, IOResult):
         # An IOResult's value is an IO container, which unsafe_perform_io
         # opens (this is the program's edge, where effects end).
         return unsafe_perform_io(result.alt(_raise).unwrap())
     return result.alt(_raise).unwrap()
+
+
+def check_result(result: object, helper: str) -> None:
+    """Raise `TypeError` if `result`, given to `helper`, is not a result: a verb's ``FutureResult``
+    (or any awaitable) not yet awaited gets a message saying to await it, not an ``AttributeError``
+    about a method the caller never called."""
+    if isinstance(result, IOResult | Result):
+        return
+    if isinstance(result, FutureResult | Awaitable):
+        what = "a FutureResult" if isinstance(result, FutureResult) else f"an awaitable ({type(result).__name__})"
+        raise TypeError(
+            f"{helper} got {what}, not its answer: await the verb first, as in {helper}(await client.jobs.list())"
+        )
+    raise TypeError(f"{helper} needs an IOResult (an awaited verb's answer) or a Result, got {type(result).__name__}")
 
 
 def _raise(error: object) -> NoReturn:

@@ -59,3 +59,21 @@ async def test_unwrap_or_raise_on_real_verbs(autojump_clock: trio.testing.MockCl
             djobs.unwrap_or_raise(await engine.client.jobs.status("0190a000-0000-7000-8000-000000000000"))
         with pytest.raises(djobs.JobNotFoundError):
             djobs.unwrap_or_raise(await engine.client.job("nope").later({}))
+
+
+@pytest.mark.trio
+async def test_a_verb_not_awaited_is_a_type_error_that_says_to_await_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The quick start's idiom minus its `await`: the message says what to write, for each
+    # helper that reads a result, instead of an AttributeError about a method never called.
+    from djobs.testing import failure, success
+
+    async with open_test_engine([ping]) as engine:
+        for helper in (djobs.unwrap_or_raise, success, failure):
+            verb = engine.client.jobs.list()
+            with pytest.raises(TypeError, match=rf"{helper.__name__} got a FutureResult.*await the verb first"):
+                helper(verb)  # type: ignore[arg-type]  # what untyped code and tests can do
+            await verb  # the verb itself is untouched: awaited now, it runs
+        with pytest.raises(TypeError, match="needs an IOResult"):
+            success(3)  # type: ignore[arg-type]

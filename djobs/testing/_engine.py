@@ -18,6 +18,7 @@ from .._errors import ValidationError
 from .._ids import Ids, RandomIds
 from .._input import check_seed
 from .._layers import Layers
+from .._results import check_result
 from .._retry import JitteredRetries, RetryPolicy
 from .._worker import WorkerOptions
 from ..kinds._common import Definition
@@ -231,7 +232,13 @@ def success(result: IOResult[V, E]) -> V:
         >>> from returns.io import IOSuccess
         >>> success(IOSuccess(3))
         3
+
+    Raises:
+        AssertionError: `result` is an ``IOFailure``.
+        TypeError: `result` is not an ``IOResult``: a verb not awaited (a
+            ``FutureResult``) gets a message saying to await it.
     """
+    check_result(result, "success")
     if isinstance(result, IOFailure):
         raise AssertionError(f"expected IOSuccess, got {result!r}")
     return unsafe_perform_io(result.unwrap())
@@ -244,7 +251,13 @@ def failure(result: IOResult[V, E]) -> E:
         >>> from returns.io import IOFailure
         >>> failure(IOFailure("boom"))
         'boom'
+
+    Raises:
+        AssertionError: `result` is an ``IOSuccess``.
+        TypeError: `result` is not an ``IOResult``: a verb not awaited (a
+            ``FutureResult``) gets a message saying to await it.
     """
+    check_result(result, "failure")
     if isinstance(result, IOSuccess):
         raise AssertionError(f"expected IOFailure, got {result!r}")
     return unsafe_perform_io(result.failure())
