@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -91,6 +92,28 @@ async def test_a_directory_is_refused(tmp_path: Path) -> None:
     with pytest.raises(djobs.StorageError, match="directory"):
         async with djobs.sqlite(tmp_path).open():
             pass  # pragma: no cover
+
+
+@pytest.mark.trio
+async def test_a_path_that_is_not_a_regular_file_is_refused_at_open_saying_so(tmp_path: Path) -> None:
+    # /dev/null opened, and failed only at the first read with "a disk I/O error occurred"; a FIFO
+    # is the same class (and may block). The engine's open and the CLI's/dashboard's both refuse it.
+    from djobs.storage._inspect import open_existing
+
+    fifo = tmp_path / "pipe.db"
+    os.mkfifo(fifo)
+    for path, kind in (("/dev/null", "a character device"), (str(fifo), "a FIFO")):
+        with pytest.raises(djobs.StorageError, match=f"cannot open '{path}': it is {kind}, not a regular file"):
+            async with djobs.sqlite(path).open():
+                pass  # pragma: no cover
+        with pytest.raises(djobs.StorageError, match=f"it is {kind}, not a regular file"):
+            async with open_existing(path):
+                pass  # pragma: no cover
+    # A symlink to a regular file is a regular file.
+    (tmp_path / "link.db").symlink_to(tmp_path / "real.db")
+    async with djobs.sqlite(tmp_path / "link.db").open():
+        pass
+    assert (tmp_path / "real.db").is_file()
 
 
 @pytest.mark.trio

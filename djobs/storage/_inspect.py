@@ -31,7 +31,16 @@ from ._base import Alarm, InstanceRecord, JobStatusName, QueueStorage, Storage, 
 from ._common import describe_error
 from ._rows import INSTANCE_COLUMNS, instance_record, qualified
 from ._sql import POSTGRES, SQLITE, Dialect
-from ._sqlite import APPLICATION_ID, SCHEMA_VERSION, SqliteStorage, _boot_id, _inspect, sqlite, uri_problem
+from ._sqlite import (
+    APPLICATION_ID,
+    SCHEMA_VERSION,
+    SqliteStorage,
+    _boot_id,
+    _inspect,
+    not_a_file_problem,
+    sqlite,
+    uri_problem,
+)
 
 if TYPE_CHECKING:
     from ._pgconn import Connection
@@ -584,8 +593,8 @@ def _open_existing_sqlite(where: str, write: bool) -> SqliteStorage:
             f"no database at {where!r}; djobs creates one only when an engine opens it "
             "(check --db, or start your worker first)"
         )
-    if os.path.isdir(where):
-        raise StorageError(f"{where!r} is a directory, not a database file")
+    if (not_a_file := not_a_file_problem(where)) is not None:
+        raise StorageError(f"cannot open {where!r}: {not_a_file}")
     try:
         # READWRITE without CREATE: a file that vanished meanwhile is an error,
         # not a new empty database; query_only then forbids writes. (A

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
@@ -1950,6 +1951,24 @@ def host_anchor(db: apsw.Connection) -> int:
     return int(anchor)
 
 
+def not_a_file_problem(path: str) -> str | None:
+    """Why `path` names something that cannot be a database file, or ``None``: it does not exist
+    (SQLite creates it) or is a regular file (through any symlinks). A directory, a device such as
+    ``/dev/null``, a FIFO or a socket is refused at open with this, instead of SQLite's "disk I/O
+    error" at the first read or write."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None  # missing (or unreadable): SQLite's own error, with `_open_hint`, says why
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "it is a directory, not a database file"
+    kinds = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"))
+    kind = next((name for test, name in (*kinds, (stat.S_ISSOCK, "a socket")) if test(mode)), "something else")
+    return f"it is {kind}, not a regular file; djobs keeps its database in a regular file (or creates one)"
+
+
 def _open_hint(path: str) -> str:
     """Why SQLite may have refused to open or create `path`, for its error message."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -1964,8 +1983,8 @@ def _open_connection(
     path: str, synchronous: Synchronous, busy_timeout_ms: int, lease_clock: LeaseClock = "engine"
 ) -> SqliteStorage:
     where = "an in-memory database" if path == ":memory:" else repr(path)
-    if path != ":memory:" and os.path.isdir(path):
-        raise StorageError(f"cannot open {where}: it is a directory, not a database file")
+    if path != ":memory:" and (problem := not_a_file_problem(path)) is not None:
+        raise StorageError(f"cannot open {where}: {problem}")
     try:
         db = apsw.Connection(path)
     except apsw.Error as exc:
