@@ -776,6 +776,7 @@ def _non_finite_message(item: object, within: Any, key: Any, role: str = "") -> 
 
 
 _canonical_encoder = msgspec.json.Encoder(order="deterministic")
+_plain_encoder = msgspec.json.Encoder()
 
 
 def canonical_json(tp: Any, raw: bytes) -> bytes:
@@ -788,11 +789,32 @@ def canonical_json(tp: Any, raw: bytes) -> bytes:
     in their declared order, so the JSON of params holding no dict or set is `raw` itself (a
     unique key stored before keeps matching). Params whose sets mix types that do not sort
     are written as they came.
+
+    A float ``-0.0`` is written as ``0.0``: the two are equal in Python (``-0.0 == 0.0``), so
+    params holding one or the other are equal params, where their JSON differs. A ``float``
+    field writes ``1`` and ``1.0`` alike (decoded as a float, both are ``1.0``); in a field
+    typed ``int | float`` or ``Any`` they stay two values, as their JSON differs.
     """
     try:
-        return _canonical_encoder.encode(_decoder(tp).decode(raw))
+        written = _canonical_encoder.encode(_decoder(tp).decode(raw))
     except Exception:  # items that do not sort (a set[int | str]): the encoding as written
-        return raw
+        written = raw
+    if b"-0" not in written:  # no negative zero anywhere (nearly every params): as written
+        return written
+    # Read back as plain values (objects keep the order written) and written again with each
+    # -0.0 as 0.0; text, integers and every other float come back byte for byte.
+    return _plain_encoder.encode(_positive_zeros(msgspec.json.decode(written)))
+
+
+def _positive_zeros(value: Any) -> Any:
+    """`value` (plain JSON values) with each float ``-0.0`` written as ``0.0``."""
+    if isinstance(value, float):
+        return 0.0 if value == 0 else value
+    if isinstance(value, list):
+        return [_positive_zeros(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _positive_zeros(item) for key, item in value.items()}
+    return value
 
 
 def decode(tp: type[T], raw: bytes, *, what: str) -> Result[T, ValidationError]:

@@ -166,3 +166,49 @@ def test_params_without_dicts_or_sets_keep_the_key_stored_before() -> None:
     assert unique_key_of(True, swapped, Plain) == unique_key_of(
         True, msgspec.json.encode(Plain("c", meta={"a": 1, "b": 2})), Plain
     )
+
+
+class Balance(msgspec.Struct):
+    account: str
+    balance: float
+    history: list[float] = []
+    by_day: dict[str, float] = {}
+    seen: set[float] = set()
+    extra: Any = None
+
+
+@pytest.mark.parametrize("kind", STORAGE_KINDS)
+def test_params_equal_but_for_the_sign_of_a_zero_or_an_int_in_a_float_field_are_one_key(
+    kind: str, tmp_path: Any
+) -> None:
+    """``-0.0 == 0.0`` (a computed balance rounds to -0.0): equal params, one key, wherever the
+    zero is; a ``float`` field given ``1`` holds ``1.0``. Params that differ stay two keys."""
+    schema = new_schema_name() if kind == "postgres" else None
+    balance = djobs.Job.make("balance", params=Balance, execute=lambda params, ctx: None)
+
+    async def scenario() -> None:
+        async with open_test_engine([balance], storage=storage_layer(kind, str(tmp_path), schema)) as engine:
+            jobs = engine.client.job(balance)
+            pairs = [
+                (Balance("a", 0.0), Balance("a", -0.0)),
+                (Balance("b", 1.0, [0.0, 2.5]), Balance("b", 1, [-0.0, 2.5])),
+                (
+                    Balance("c", 0, by_day={"mon": 0.0}, seen={0.0, 3.0}),
+                    Balance("c", 0, by_day={"mon": -0.0}, seen={-0.0, 3.0}),
+                ),
+                (Balance("d", 0, extra=[{"x": 0.0}]), Balance("d", 0, extra=[{"x": -0.0}])),
+                (Balance("-0.0", 0), Balance("-0.0", -0.0)),  # a "-0.0" in text is kept as written
+            ]
+            firsts = []
+            for first, second in pairs:
+                assert first == second
+                firsts.append(success(await jobs.later(first, delay="1 hour", unique=True)))
+                assert success(await jobs.later(second, delay="1 hour", unique=True)) == firsts[-1], second
+            different = [Balance("a", 0.5), Balance("0.0", 0), Balance("d", 0, extra=[{"x": 1}])]
+            for params in different:
+                assert success(await jobs.later(params, delay="1 hour", unique=True)) not in firsts, params
+            pending = success(await engine.client.jobs.list(name="balance", status="pending"))
+            assert len(pending) == len(pairs) + len(different)
+
+    with dropped_after(schema):
+        trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
