@@ -17,7 +17,10 @@ calendar), chosen to match what cronie (Vixie cron) users expect:
   that happens twice when the clocks go back fires at its first occurrence,
   and a time skipped when they go forward fires at the same instant it would
   have had before the change (02:30 in a one-hour gap fires at 03:30), so a
-  daily job still runs that day. An *interval* expression (a ``*`` or a
+  daily job still runs that day; a moved time that lands on a time the
+  expression also names is one run, not two (``30 1-3 * * *`` in
+  Europe/Berlin runs at 01:30 CET and 03:30 CEST on 2026-03-29, where cronie
+  would also run the skipped 02:30 at 03:00). An *interval* expression (a ``*`` or a
   ``/`` step in the minute or hour field: ``0 * * * *``, ``*/5 * * * *``,
   ``@hourly``) keeps firing in elapsed time: through a repeated hour it fires
   in both passes, so an hourly job has no two-hour gap, and a wall time

@@ -212,6 +212,36 @@ def test_berlin_no_fixed_wall_time_fires_twice(
         assert times == expected
 
 
+@pytest.mark.parametrize(
+    ("tz", "expression", "day", "usual", "on_the_day"),
+    [
+        # 02:30 CET is 03:30 CEST, the day's own 03:30: one run for both, as cron.md's table says.
+        ("Europe/Berlin", "30 1-3 * * *", date(2026, 3, 29), 3, ["01:30 CET", "03:30 CEST"]),
+        ("Europe/Berlin", "0 2,3 * * *", date(2026, 3, 29), 2, ["03:00 CEST"]),
+        ("America/New_York", "0 1-5 * * *", date(2026, 3, 8), 5, ["01:00 EST", "03:00 EDT", "04:00 EDT", "05:00 EDT"]),
+    ],
+)
+def test_spring_forward_a_moved_fixed_time_on_a_named_time_is_one_run(
+    tz: str, expression: str, day: date, usual: int, on_the_day: list[str]
+) -> None:
+    zone = ZoneInfo(tz)
+    schedule = cron(expression, tz=tz)
+    start = datetime(day.year, day.month, day.day, tzinfo=zone)
+    before = fires(schedule, start - timedelta(days=1), start)
+    times = fires(schedule, start, start + timedelta(days=1))
+    assert len(before) == usual
+    assert [local(t, zone).strftime("%H:%M %Z") for t in times] == on_the_day
+
+
+def test_apia_skipped_day_moves_onto_the_next_days_run() -> None:
+    # Samoa skipped 30 December 2011 (23:59:59 on the 29th, -10, was followed by 00:00 on the 31st, +14).
+    apia = ZoneInfo("Pacific/Apia")
+    times = fires(
+        cron("0 9 * * *", tz="Pacific/Apia"), datetime(2011, 12, 29, tzinfo=apia), datetime(2012, 1, 2, tzinfo=apia)
+    )
+    assert wall_strings(times, apia) == ["2011-12-29 09:00", "2011-12-31 09:00", "2012-01-01 09:00"]
+
+
 def test_berlin_fall_back_a_fixed_time_skips_the_second_pass_of_the_hour() -> None:
     schedule = cron("0,30 0-23 * * *", tz="Europe/Berlin")
     start = datetime(2026, 10, 25, tzinfo=BERLIN)
