@@ -25,6 +25,7 @@ import math
 import numbers
 import operator
 import random
+import re
 import sys
 import types
 import typing
@@ -53,6 +54,22 @@ DEFAULT_MAX_PAYLOAD_BYTES = 1 << 20
 
 
 # -- text -----------------------------------------------------------------------------------
+
+_WHOLE = re.compile(r"[ \t]*[+-]?[0-9]+[ \t]*", re.ASCII)
+
+
+def whole_number(text: str) -> int | None:
+    """`text` read as a whole number (ASCII digits, an optional sign, spaces or tabs around
+    them), or ``None``: a command-line count or port, a dashboard's ``limit``.
+
+    Narrower than ``int(text)``, which also takes ``"1_0"`` (10), other scripts' digits
+    (``"\u0663"``, 3) and more whitespace: what a person typed as a number is one.
+
+    Examples:
+        >>> whole_number(" 8080"), whole_number("1_0"), whole_number("0\x1f")
+        (8080, None, None)
+    """
+    return int(text) if _WHOLE.fullmatch(text) else None
 
 
 def text_problem(value: str) -> str | None:

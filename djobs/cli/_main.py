@@ -15,7 +15,7 @@ from returns.result import Failure
 
 from .._clock import Clock, WallClock
 from .._errors import JobError, describe
-from .._input import text_problem
+from .._input import text_problem, whole_number
 from ..kinds._common import check_id
 from ..storage._inspect import JOB_STATUSES
 from . import _dead_letters, _read, _run, _workflows
@@ -77,10 +77,9 @@ def _whole(low: int, high: int, what: str, between: str) -> Callable[[str], int]
     """An argparse type: a whole number from `low` to `high`, its refusals in the words given."""
 
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        value = whole_number(text)
+        if value is None:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         if not low <= value <= high:
             raise argparse.ArgumentTypeError(f"expected {between} from {low} to {high}, got {value}")
         return value

@@ -48,7 +48,7 @@ from starlette.routing import Route
 from .._clock import Clock, WallClock
 from .._errors import InstanceNotFoundError, InvalidStateError, JobError, StorageError, ValidationError
 from .._ids import engine_id
-from .._input import clean_text, text_problem
+from .._input import clean_text, text_problem, whole_number
 from ..cli import _actions
 from ..cli._actions import printable
 from ..cli._exit import CommandError, ExitCode
@@ -121,11 +121,8 @@ def _limit(request: Request, default: int = 50) -> int:
     text = request.query_params.get("limit") or None
     if text is None:
         return default
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= 500:
+    value = whole_number(text)
+    if value is None or not 1 <= value <= 500:
         raise BadQuery(f"limit {printable(text)!r:.40} is not a number of rows from 1 to 500")
     return value
 
