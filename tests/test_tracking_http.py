@@ -459,3 +459,43 @@ async def test_a_relative_endpoint_goes_to_the_base_url_of_the_client_passed() -
         for other_scheme in ("ftp://collector.test/e", "mailto:ops@collector.test"):
             with pytest.raises(djobs.ValidationError, match=r"expected an http:// or https:// URL"):
                 HttpBatchTracker(other_scheme, env="test", service_key=KEY, client=based)
+
+
+def test_an_endpoint_no_request_can_reach_is_refused_when_the_tracker_is_built() -> None:
+    # Each was accepted, then every batch was dropped ("UnsupportedProtocol", "InvalidURL") for the
+    # life of the application.
+    for endpoint, problem in (
+        ("http://", "names no host"),
+        ("https://:443/v1/events", "names no host"),
+        ("http://[::1/x", "not a URL httpx can send to"),
+        ("https://collector.test/v1/events\n", r"whitespace or a control character \('\\n' at index 32\)"),
+        ("https://collector.test/v1/events ", "whitespace"),
+        ("https://collector test/v1/events", "whitespace"),
+        ("https://collector.test/v1\x7fevents", "control character"),
+        ("http://127.0.0.1:99999/x", "port 99999 is not a TCP port"),
+        ("http://127.0.0.1:0/x", "port 0 is not a TCP port"),
+    ):
+        with pytest.raises(djobs.ValidationError, match=problem):
+            HttpBatchTracker(endpoint, env="test", service_key=KEY)
+    for fine in ("https://collector.test/v1/events?env=a#x", "http://[::1]:8080/e", "http://127.0.0.1:65535/"):
+        assert HttpBatchTracker(fine, env="test", service_key=KEY).endpoint == fine
+
+
+@pytest.mark.trio
+async def test_a_short_service_key_is_redacted_where_it_is_quoted_not_inside_words(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import httpx
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError(f"[Errno -2] Name or service not known (key k, sent b'{'k'}')")
+
+    caplog.set_level(logging.DEBUG, logger="djobs")
+    async with httpx.AsyncClient(transport=httpx.MockTransport(refuse)) as client:
+        tracker = HttpBatchTracker(
+            "https://collector.test/e", env="test", service_key="k", client=client, max_retries=0
+        )
+        tracker.emit(event(0))
+        with trio.fail_after(10):
+            await tracker.aclose()
+    assert "Name or service not known (key ***, sent b'***')" in caplog.text, caplog.text

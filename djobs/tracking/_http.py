@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import logging
 import re
+import unicodedata
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final, final
 
@@ -80,6 +81,31 @@ def _relative_to_base(endpoint: str, client: httpx.AsyncClient | None) -> bool:
     return url.is_relative_url and not url.scheme  # ("mailto:x" parses as relative, with a scheme)
 
 
+def _unreachable(endpoint: str, client: httpx.AsyncClient | None) -> str | None:
+    """Why no request can be posted to `endpoint` (an http(s) URL, or one relative to `client`'s
+    ``base_url``), or ``None``. Each of these was accepted and then dropped every batch for the
+    life of the application; httpx's own parsing decides, as it will for every request."""
+    import httpx
+
+    at = next((i for i, c in enumerate(endpoint) if c.isspace() or unicodedata.category(c) == "Cc"), None)
+    if at is not None:
+        return (
+            f"holds whitespace or a control character ({endpoint[at]!r} at index {at}), which no URL"
+            " can carry; strip it (a URL read from a file often ends in a newline), write a space as %20"
+        )
+    try:
+        url = httpx.URL(endpoint)
+        if client is not None and url.is_relative_url:
+            url = client.base_url.join(url)
+    except httpx.InvalidURL as exc:
+        return f"not a URL httpx can send to ({exc})"
+    if not url.host:
+        return "the URL names no host (expected http://host/path or https://host/path)"
+    if url.port is not None and not 1 <= url.port <= 65535:
+        return f"port {url.port} is not a TCP port (1 to 65535)"
+    return None
+
+
 def _header_value(value: object, what: str) -> str:
     """`value` if an HTTP header can carry it: visible ASCII, single spaces inside. The value is
     never part of the message (it is a credential): a trailing newline read from a file is the usual culprit."""
@@ -140,8 +166,10 @@ class HttpBatchTracker:
     Raises:
         ImportError: httpx is not installed (``pip install 'djobs-trio[http]'``).
         ValidationError: A size or duration is not valid; `endpoint` is not an http(s) URL (nor,
-            with a `client` whose ``base_url`` is one, a relative URL httpx resolves against it) or holds a
-            NUL or a lone surrogate (no URL can); `env` is not a str, or holds a lone
+            with a `client` whose ``base_url`` is one, a relative URL httpx resolves against it), holds a
+            NUL or a lone surrogate, whitespace (a trailing newline) or a control character (no URL can),
+            is not a URL httpx parses (``"http://[::1/x"``), names no host (``"http://"``) or a port
+            outside 1 to 65535; `env` is not a str, or holds a lone
             surrogate (no JSON body can); `service_key` is not a valid header value; a `backoff` that is
             no `Backoff`, a `client` that is no ``httpx.AsyncClient``.
 
@@ -186,6 +214,9 @@ class HttpBatchTracker:
                 f"HttpBatchTracker(endpoint={safe_repr(endpoint):.80}): expected an http:// or https:// URL"
                 " (or a path relative to the http(s) base_url of the client passed)"
             )
+        unreachable = _unreachable(endpoint, client)
+        if unreachable is not None:
+            raise ValidationError(f"HttpBatchTracker(endpoint={safe_repr(endpoint):.80}): {unreachable}")
         self.endpoint = endpoint
         if not isinstance(env, str):
             raise ValidationError(f"HttpBatchTracker(env=...): expected a str, got {type(env).__name__}")
@@ -197,7 +228,9 @@ class HttpBatchTracker:
                 f" not valid UTF-8 (a lone surrogate at position {exc.start})"
             ) from None
         self.env = env
-        self._service_key = _header_value(service_key, "service_key")
+        service_key = _header_value(service_key, "service_key")
+        forms = sorted({service_key, repr(service_key)[1:-1], repr(service_key.encode())[2:-1]}, key=len, reverse=True)
+        self._key_forms = re.compile(rf"(?<![A-Za-z0-9])(?:{'|'.join(map(re.escape, forms))})(?![A-Za-z0-9])")
         self._batch_size = _positive_int(batch_size, "batch_size")
         self._max_buffer = _positive_int(max_buffer, "max_buffer")
         if max_retries is not None and (
@@ -406,12 +439,13 @@ class HttpBatchTracker:
         return self._failed(len(batch), f"HTTP {status} {response.reason_phrase}")
 
     def _scrub(self, text: str) -> str:
-        """`text` without the service key, in any of the forms an error message may quote it."""
-        key = self._service_key
-        for form in (key, repr(key)[1:-1], repr(key.encode())[2:-1]):
-            if form:
-                text = text.replace(form, "***")
-        return text
+        """`text` without the service key, in any of the forms an error message may quote it.
+
+        Only whole occurrences, not inside a longer run of letters and digits: a message quotes
+        a key delimited (a header, a repr), and a short key ("k") replaced inside words made
+        "Name or service not known" read "not ***nown" while hiding nothing.
+        """
+        return self._key_forms.sub("***", text)
 
     def _failed(self, count: int, reason: str) -> bool:
         self._failing += 1
