@@ -2,7 +2,8 @@
 
 One rule (`djobs._input.check_text`): a non-empty `str` of at most 512 characters (a name: 200,
 a reason: 1000) without NUL, a lone surrogate or the unit separator ``\\x1f`` (which djobs keeps
-to separate a tenant id from an id in its keys). Before, ``\\x1f`` passed in tenant ids,
+to separate a tenant id from an id in its keys; a workflow list's ``after=`` takes a cursor, one
+tenant id and one id joined by it). Before, ``\\x1f`` passed in tenant ids,
 correlation ids, idempotency and unique keys, event names and list filters; a workflow list's
 ``after=`` took two million characters; ``terminate(reason=)`` took any object, a NUL and a lone
 surrogate; ``batch(concurrency=10**30)`` was taken though every count is at most 2**31 - 1.
@@ -88,7 +89,8 @@ BAD_TEXT: dict[str, Callable[[int], object]] = {
     "far too long": lambda longest: "x" * 2_000_000,
     "NUL": lambda longest: "a\x00b",
     "lone surrogate": lambda longest: "a\ud800b",
-    "unit separator": lambda longest: "acme\x1fb",
+    # Two: a workflow list's `after=` takes one, between a tenant id and an id (a cursor).
+    "unit separator": lambda longest: "acme\x1fb\x1fc",
 }
 
 COUNT_VERBS: dict[str, tuple[int, Callable[[Any, object], Awaitable[Any]]]] = {

@@ -71,7 +71,7 @@ from .._errors import (
 from .._execution import Pending, body_failure, finish_body, holds_cancel
 from .._execution import begun as begun_with
 from .._future import VerbResult, success
-from .._input import check_optional_text, check_text, clean_message, plain_text
+from .._input import SEPARATOR, check_optional_text, check_text, clean_message, plain_text
 from .._logging import JobLog, LoggingOption, check_logging, threshold
 from .._retry import Retry, check_retry
 from ..storage import (
@@ -641,8 +641,8 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
             not isinstance(status, str) or status not in ("running", "sleeping", "waiting", *FINAL)
         ):
             return Failure(ValidationError(f"status {short.repr(status)} is not a workflow status"))
-        after_key: Result[str | None, ValidationError] = (
-            Success(None) if after is None else check_text(after, "after").map(self.key)
+        after_key: Result[str | None, ValidationError | TenantError] = (
+            Success(None) if after is None else self._after_key(after)
         )
 
         async def listed(start: str | None) -> Result[builtins.list[WorkflowSummary], JobError]:
@@ -652,6 +652,26 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
             return Success([summarise(r) for r in records])
 
         return await bind_async(after_key, listed)
+
+    def _after_key(self, after: object) -> Result[str | None, ValidationError | TenantError]:
+        """The storage key a listing's `after` stands for: a `WorkflowSummary.cursor`, or an
+        id (the cursor of that id's workflow in this client's tenant, or with no tenant)."""
+        after = plain_text(after)
+        if not isinstance(after, str) or SEPARATOR not in after:
+            return check_text(after, "after").map(self.key)
+        tenant, _, instance_id = after.partition(SEPARATOR)
+        if self.tenant is not None and tenant != self.tenant:
+            return Failure(
+                TenantError(
+                    f"after {after!r:.80} is the cursor of a workflow of another tenant; "
+                    f"this client lists tenant {self.tenant!r:.80}'s"
+                )
+            )
+        return Result.do(
+            instance_key(KIND, self.job.name, the_id, the_tenant)
+            for the_tenant in check_text(tenant, "after's tenant id")
+            for the_id in check_id(instance_id, "after's instance id")
+        )
 
     # -- alarms and runs --
 
@@ -1007,8 +1027,20 @@ class WorkflowClient(InstanceClient[WorkflowHandler[I, R, Any]], Generic[I, R]):
     def list(
         self, *, status: WorkflowStatusName | None = None, after: str | None = None, limit: int = 100
     ) -> FutureResult[builtins.list[WorkflowSummary], JobNotFoundError | TenantError | ValidationError | StorageError]:
-        """This workflow's instances (this client's tenant's only, if it has one), by id,
-        starting after the id `after`, at most `limit`, only those in `status` if given."""
+        """This workflow's instances (this client's tenant's only, if it has one), at most
+        `limit`, only those in `status` if given, after the one `after` names.
+
+        Page with ``after=page[-1].cursor`` until a page comes back shorter than `limit`
+        (`WorkflowSummary.cursor`): each workflow is listed once, in the code-point order of
+        the cursors, which on a tenant's client is the order of the ids. An id is taken
+        as `after` too, naming the workflow of that id in this client's tenant (with no
+        tenant, on a client for every tenant): on a client for every tenant, where tenants
+        may reuse an id, page with the cursor.
+
+        Errors: `ValidationError` for a bad `status`, `limit` (1 to 10,000) or `after`;
+        `TenantError` for an `after` that is the cursor of another tenant's workflow on a
+        tenant's client.
+        """
         # The checks of every instance verb (unknown job, required tenancy, the tenant's text);
         # the id they validate is a placeholder: list takes none.
         return self._verb("-", lambda h, _: h.list_instances(status, after, limit))

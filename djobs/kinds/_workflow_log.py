@@ -31,7 +31,7 @@ from .._errors import (
     StorageError,
     ValidationError,
 )
-from .._input import check_text, clean_message
+from .._input import SEPARATOR, check_text, clean_message
 from .._results import unwrap_or_raise
 from ..storage import (
     Alarm,
@@ -519,7 +519,16 @@ class WorkflowStatus(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class WorkflowSummary(msgspec.Struct, frozen=True, kw_only=True):
-    """One workflow, as ``list`` gives it."""
+    """One workflow, as ``list`` gives it.
+
+    Attributes:
+        cursor: Where this workflow stands in a listing: ``list(after=page[-1].cursor)``
+            gives the workflows after it. One workflow has one cursor, whichever client
+            listed it: its id, or for a tenant's workflow the tenant id and the id joined
+            by the unit separator ``"\x1f"`` (which no id or tenant id holds), so it names
+            one workflow even where tenants reuse ids. Listings come in the code-point
+            order of their cursors (on a tenant's client: by id).
+    """
 
     instance_id: str
     status: str
@@ -527,6 +536,7 @@ class WorkflowSummary(msgspec.Struct, frozen=True, kw_only=True):
     tenant_id: str | None
     created_at: datetime
     updated_at: datetime
+    cursor: str
 
 
 class SignalResult(msgspec.Struct, frozen=True):
@@ -591,7 +601,14 @@ def summarise(record: InstanceRecord) -> WorkflowSummary:
         tenant_id=record.tenant_id,
         created_at=to_datetime(record.created_at),
         updated_at=to_datetime(record.updated_at),
+        cursor=listing_cursor(record.tenant_id, record.instance_id),
     )
+
+
+def listing_cursor(tenant: str | None, instance_id: str) -> str:
+    """The cursor of a workflow in a listing (`WorkflowSummary.cursor`): its storage key
+    without the ``workflow:{name}:`` prefix, so cursors sort as the keys they stand for."""
+    return instance_id if tenant is None else f"{tenant}{SEPARATOR}{instance_id}"
 
 
 def _error_dict(info: ErrorInfo | None) -> dict[str, str] | None:
