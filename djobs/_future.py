@@ -22,9 +22,16 @@ returns' own ``FutureResult``.
 
 Awaited from two tasks at once, the second await raises ``RuntimeError``
 (returns' own raises one too: its coroutine "is being awaited already");
-once the first is answered, every await gives the answer. A first await
-ended by an exception (a cancel) leaves the coroutine spent: awaiting it
-again raises ``RuntimeError``, as returns' does.
+once the first is answered, every await gives the answer.
+
+A verb is a checkpoint where its first await begins, as a Trio function is:
+awaited in a cancelled scope, it raises ``trio.Cancelled`` there, on every
+storage, before its coroutine starts (nothing is read or written), and the
+verb stays unspent: awaited again, it runs. A first await ended by an
+exception once the verb had begun (a cancel while it waited) leaves it spent:
+awaiting it again raises ``RuntimeError`` with `AWAITED_AFTER_CANCEL`, which
+says to call the verb again (returns' own raises Python's bare "cannot reuse
+already awaited coroutine").
 """
 
 from __future__ import annotations
@@ -37,8 +44,12 @@ from returns.future import FutureResult
 from returns.io import IOResult, IOSuccess
 from returns.primitives.container import BaseContainer
 from returns.result import Result, Success
+from trio.lowlevel import checkpoint
+
+from ._trap import checkpoint_due
 
 __all__ = [
+    "AWAITED_AFTER_CANCEL",
     "AWAITED_TWICE",
     "VerbResult",
     "new",
@@ -57,6 +68,13 @@ _new = new = object.__new__
 _set = set_slot = object.__setattr__  # the containers are immutable: returns sets their slots so too
 #: What a second await raises while the first still runs (from another task).
 AWAITED_TWICE = "this FutureResult is being awaited by another task already: await it again once that await is done"
+#: What an await raises after a first await that was cancelled (or interrupted) once the verb had begun.
+AWAITED_AFTER_CANCEL = (
+    "the first await of this call was cancelled (or interrupted) before it answered, so this FutureResult "
+    "has no answer to give: call the verb again for a new attempt. What the first had begun may have taken "
+    "effect (a write is committed whole or not at all): look (status, list) before repeating one that must "
+    "happen once"
+)
 #: `BaseContainer`'s slot, which `VerbResult._inner_value` stands in front of.
 _INNER = BaseContainer.__dict__["_inner_value"]
 #: Its setter, called directly: ``object.__setattr__`` on a container first walks the class's long
@@ -88,7 +106,13 @@ class VerbResult(FutureResult[V, E]):  # type: ignore[misc]
             return state  # type: ignore[return-value]  # the answer
         if state.cr_suspended:  # what a slot set and reset around the first await would say, without them
             raise RuntimeError(AWAITED_TWICE)
-        # A coroutine spent by a first await that raised (a cancel) raises RuntimeError here, as returns' does.
+        if state.cr_frame is None:  # spent by a first await that raised (a cancel) after it began
+            raise RuntimeError(AWAITED_AFTER_CANCEL)
+        if checkpoint_due():
+            # Trio's rule: a cancelled scope raises at the first checkpoint. Raised before the
+            # coroutine starts, so on every storage nothing is done and the verb stays unspent.
+            yield from checkpoint().__await__()  # noqa: ASYNC105  # awaited: a generator awaits by yield from
+            return (yield from self.__await__())  # not cancelled after all: look again (another task may have begun)
         result = yield from state.__await__()
         if type(result) is Success:
             # `IOResult.from_result`'s answer without its calls: an IOSuccess holding this Success.

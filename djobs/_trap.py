@@ -36,7 +36,7 @@ from outcome import Value
 from trio._core._run import GLOBAL_RUN_CONTEXT, Runner
 from trio._core._traps import WaitTaskRescheduled
 
-__all__ = ["RUN_CONTEXT", "WOKEN", "WaitTaskRescheduled", "shared_trap", "wakes_inline"]
+__all__ = ["RUN_CONTEXT", "WOKEN", "WaitTaskRescheduled", "checkpoint_due", "shared_trap", "wakes_inline"]
 
 #: Trio's per-thread run context: ``.runner`` (its ``trio_token``, its ``reschedule``) and
 #: ``.task`` (``trio.lowlevel.current_task()``) inside a run; reading either outside one raises
@@ -66,3 +66,15 @@ def wakes_inline(runner: Runner) -> bool:
     Not when the run has more to do at each: an instrument that hears each task scheduled, or a
     guest run (``trio.lowlevel.start_guest_run``), whose host must be asked for a tick."""
     return not runner.is_guest and "task_scheduled" not in runner.instruments
+
+
+def checkpoint_due() -> bool:
+    """Whether a checkpoint of the calling task would raise now: its cancel scope is cancelled
+    (or, in the run's main task, a Ctrl-C is pending). ``trio.lowlevel.checkpoint_if_cancelled``'s
+    test, without its coroutine and its ``current_task`` call: a client verb asks it at the start
+    of every first await. False outside a Trio run (the verb itself says what is wrong there)."""
+    try:
+        task = RUN_CONTEXT.task
+    except AttributeError:
+        return False
+    return task._cancel_status.effectively_cancelled or (task is task._runner.main_task and task._runner.ki_pending)

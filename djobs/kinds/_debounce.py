@@ -75,14 +75,14 @@ from .._errors import (
     ValidationError,
 )
 from .._execution import Checkout, Env, OutcomeKind, RunInfo, execute, holds_cancel, run_body
-from .._future import AWAITED_TWICE, VerbResult, result_of, set_cell, set_inner
+from .._future import AWAITED_AFTER_CANCEL, AWAITED_TWICE, VerbResult, result_of, set_cell, set_inner
 from .._future import new as _new
 from .._input import MAX_LIMIT, SEPARATOR, check_interval
 from .._limits import NO_LIMITS, RunLimits, definition_limits, offloaded
 from .._logging import JobLog, LoggingOption, check_logging, threshold
 from .._retry import Retry, check_retry
 from .._shield import SHIELDED, Shields, shielded_wait
-from .._trap import RUN_CONTEXT, WOKEN, shared_trap, wakes_inline
+from .._trap import RUN_CONTEXT, WOKEN, checkpoint_due, shared_trap, wakes_inline
 from ..storage import Alarm, Checkin, ClearAlarm, InstanceRecord, LeaseLostError, SetAlarm
 from ..storage._base import InstanceLeaseLoader, Revival, shields_marked_waits
 from ..tracking import TrackedEvent
@@ -1370,8 +1370,11 @@ class _AddVerb(VerbResult[AddResult, _AddError]):  # type: ignore[misc]  # Futur
             if state is _AWAITING:
                 raise RuntimeError(AWAITED_TWICE)
             if state is _SPENT:
-                raise RuntimeError("cannot reuse already awaited coroutine")
+                raise RuntimeError(AWAITED_AFTER_CANCEL)
             return state  # type: ignore[no-any-return]  # the answer
+        if checkpoint_due():  # in a cancelled scope: Cancelled before anything is done, as `VerbResult` does
+            yield from trio.lowlevel.checkpoint().__await__()  # noqa: ASYNC105  # awaited, by yield from
+            return (yield from self.__await__())
         cell[0] = _AWAITING
         handler: DebounceHandler[Any, Any] = cell[1]
         env = handler.env
