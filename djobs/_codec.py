@@ -134,7 +134,9 @@ def encode(
 
     Accepts an instance of `tp` or a dict of its fields (anything
     ``msgspec.convert`` turns into one). Refused with a `ValidationError`: a
-    struct of another class, an unknown (misspelt) field at any depth, a
+    struct of another class (a subclass of `tp`'s struct is taken if it adds no
+    field; one that adds fields is refused naming them: `_added_fields`), an
+    unknown (misspelt) field at any depth, a
     value of another type than declared at any depth (`inexact`), text a
     storage cannot hold (a lone surrogate), and an encoding longer than
     `limit` bytes (see `djobs._input`). ``strict=False`` accepts unknown
@@ -279,11 +281,15 @@ def _as_passed(message: str, value: object, tp: Any) -> str:
                 part = getattr(part, name)
         except Exception:  # a path this cannot follow (a dict key, `[...]`): msgspec's words
             return message
+    head = message[: at.start()] if at else message
+    if head.startswith("Object contains unknown field") and isinstance(part, msgspec.Struct):
+        added = _added_fields(tp, at.group(1) if at else "$", part)
+        if added is not None:
+            return added + (message[at.start() :] if at else "")
     actual = _kind_name(part)
     got = _GOT.search(message)
     if got is not None:
         return message[: got.start(1)] + actual + "`" + _subclass_note(part) + message[got.end(1) + 1 :]
-    head = message[: at.start()] if at else message
     where = message[at.start() :] if at else ""
     expected = _INVALID.get(head)
     if expected is not None:  # msgspec's words are of the JSON form ("Invalid RFC3339 encoded date")
@@ -291,6 +297,27 @@ def _as_passed(message: str, value: object, tp: Any) -> str:
     if head.startswith("Invalid enum value"):
         return _not_a_member(tp, at.group(1) if at else "$", part, actual) + where
     return message
+
+
+def _added_fields(tp: Any, path: str, part: msgspec.Struct) -> str | None:
+    """Why `part`, at `path` of `tp`, is refused when its class subclasses the struct declared
+    there and adds fields to it: mypy takes the subclass (it is one), but the declared struct
+    cannot store those fields and dropping them would lose what the caller passed. ``None``
+    if `part` is no such subclass (msgspec's words then)."""
+    for node in _declared_at(tp, path):
+        if not isinstance(node, msgspec.inspect.StructType):
+            continue
+        base = node.cls
+        if type(part) is not base and isinstance(part, base):
+            kept = {f.name for f in msgspec.structs.fields(base)}
+            added = [f.name for f in msgspec.structs.fields(part) if f.name not in kept]
+            sub, declared = type(part).__name__, base.__name__
+            return (
+                f"`{sub}` is a subclass of `{declared}` that adds the field{'s' * (len(added) > 1)} "
+                f"{', '.join(f'`{name}`' for name in added)}, which `{declared}` cannot store (a subclass "
+                f"is taken only if it adds no field); pass `{declared}(...)`, or declare the type as `{sub}`"
+            )
+    return None
 
 
 def _not_a_member(tp: Any, path: str, part: object, actual: str) -> str:
