@@ -23,6 +23,7 @@ import trio
 
 from ._errors import CLOSED_MESSAGE, InvalidStateError, StorageError, describe
 from ._leases import InstanceLeases
+from ._printable import printable
 from ._shield import Shields
 from .tracking._base import CALLER_CONTEXT
 
@@ -494,7 +495,7 @@ class Actors:
                         finally:
                             self._running -= 1
                 except Exception:
-                    _log.exception("bug: a handler for %s raised; the instance's actor continues", key)
+                    _log.exception("bug: a handler for %s raised; the instance's actor continues", printable(key))
                 finally:
                     _RUNNING.reset(running)
                     self._release(slot)
@@ -532,7 +533,7 @@ class Actors:
         messages = list(queue)
         queue.clear()
         if log:
-            _log.error("could not take the lease of %s: %s", key, exc.message)
+            _log.error("could not take the lease of %s: %s", printable(key), printable(exc.message))
         for _, on_error in messages:
             if on_error is not None:
                 on_error(exc)

@@ -23,6 +23,7 @@ from ._clock import Clock
 from ._errors import StorageError
 from ._execution import Handoffs
 from ._leases import InstanceLeases
+from ._printable import printable
 from ._wakeup import Wakeup
 from .storage import Alarm, AlarmRunStore, AlarmStore, ClaimedAlarm
 from .storage._base import writes_inline
@@ -209,7 +210,7 @@ class AlarmSleeper:
         if target is None:
             # A job removed from the code: leave the alarm leased; it is looked
             # at again after the lease, when the job may be back.
-            _log.warning("alarm for %s has no registered job; it will be retried after its lease", alarm.key)
+            _log.warning("alarm for %s has no registered job; it will be retried after its lease", printable(alarm.key))
             return
         self._claimed.add(alarm.id)
 
@@ -487,7 +488,7 @@ class AlarmSleeper:
                         ran_at = now
                     continue
             except StorageError as exc:
-                _log.error("alarm sleeper: %s; trying again in 1 s", exc.message)
+                _log.error("alarm sleeper: %s; trying again in 1 s", printable(exc.message))
                 await trio.sleep(1)
                 continue
             wake_at = next_at
@@ -516,4 +517,4 @@ class AlarmSleeper:
             try:
                 await self._storage.release_alarms(sorted(claimed))
             except StorageError as exc:
-                _log.warning("could not release claimed alarms on close: %s", exc.message)
+                _log.warning("could not release claimed alarms on close: %s", printable(exc.message))

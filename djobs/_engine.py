@@ -23,6 +23,7 @@ from ._ids import RandomIds
 from ._input import DEFAULT_MAX_PAYLOAD_BYTES, check_count, check_interval, check_payload_limit, check_seed
 from ._layers import Layers
 from ._leases import DEFAULT_INSTANCE_LEASE, InstanceLeases, free_exited
+from ._printable import printable
 from ._retention import Retention, retention_loop
 from ._retry import JitteredRetries
 from ._runtime import Runtime
@@ -656,7 +657,7 @@ async def _close_tracker(tracker: Tracker) -> None:
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):
             raise  # raised into the tracker's own code: the close's nursery keeps it (`_only_interrupt`)
-        _log.error("tracker %r failed to close: %s", tracker, body_failure(exc).message)
+        _log.error("tracker %r failed to close: %s", tracker, printable(body_failure(exc).message))
 
 
 def _only_interrupt(exc: BaseException) -> KeyboardInterrupt | None:
@@ -711,7 +712,9 @@ async def _tracker_task(tracker: BackgroundTracker, task_status: trio.TaskStatus
     try:
         await tracker.run(task_status=status)
     except BaseException as exc:
-        _log.error("tracker %r stopped: %s; its events are no longer sent", tracker, body_failure(exc).message)
+        _log.error(
+            "tracker %r stopped: %s; its events are no longer sent", tracker, printable(body_failure(exc).message)
+        )
         status.started()
 
 

@@ -34,6 +34,7 @@ from ._ids import Ids
 from ._input import DEFAULT_MAX_PAYLOAD_BYTES, MAX_REASON_LENGTH, check_produced_text, nearest_ms
 from ._limits import NO_LIMITS, RunLimits
 from ._logging import JobLog, LoggingOption, threshold
+from ._printable import printable
 from ._retry import Retry, RetryPolicy
 from .storage import Alarm, AlarmRunStore, Checkin, InstanceCreator, InstanceRecord, LeaseLostError, SetAlarm, Storage
 from .tracking import InMemoryTracker, NoopTracker, TrackedEvent, Tracker
@@ -793,7 +794,7 @@ def judge(
 
     if ran.terminated:
         reason = ran.reason
-        log.info("terminated: %s", reason or "no reason given")
+        log.info("terminated: %s", printable(reason or "no reason given"))
         ev("job.terminated", reason=reason, run_count=info.run_count, attempt=info.attempt, duration_ms=duration_ms)
         return Outcome("terminated", reason=reason, duration_ms=duration_ms)
 
@@ -823,11 +824,13 @@ def judge(
                 "duration_ms": duration_ms,
             }
     if retry is None or not retry.should_retry(error):
-        log.error("failed (no retry): %s", error.message)
+        log.error("failed (no retry): %s", printable(error.message))
         ev("job.failed", **failed, will_retry=False)
         return Outcome("failed", error=error, duration_ms=duration_ms)
     if info.attempt >= retry.max_attempts:
-        log.error("failed on attempt %d of %d, giving up: %s", info.attempt, retry.max_attempts, error.message)
+        log.error(
+            "failed on attempt %d of %d, giving up: %s", info.attempt, retry.max_attempts, printable(error.message)
+        )
         ev("job.failed", **failed, will_retry=False)
         ev("job.retry_exhausted", attempts=info.attempt, reason=error.message)
         return Outcome("exhausted", error=error, duration_ms=duration_ms)
@@ -835,7 +838,11 @@ def judge(
     now = env.now_ms() if at_ms is None else at_ms
     retry_at = min(now + max(0, nearest_ms(delay)), LATEST_MS)
     log.warning(
-        "failed on attempt %d of %d, retrying in %s: %s", info.attempt, retry.max_attempts, delay, error.message
+        "failed on attempt %d of %d, retrying in %s: %s",
+        info.attempt,
+        retry.max_attempts,
+        delay,
+        printable(error.message),
     )
     ev("job.failed", **failed, will_retry=True, retry_at=to_datetime(retry_at).isoformat())
     return Outcome("retrying", error=error, retry_at=retry_at, duration_ms=duration_ms)

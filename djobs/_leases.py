@@ -32,6 +32,7 @@ import trio
 from ._clock import Clock
 from ._errors import StorageError
 from ._ids import namespaces_token, proc_stat
+from ._printable import printable
 from ._trap import RUN_CONTEXT
 from ._wakeup import Wakeup
 from .storage import InstanceStore, LeaseFreer
@@ -136,7 +137,7 @@ async def free_exited(storage: object, clock: Clock) -> bool:
             return False
         freed = await storage.free_leases(owners, clock.now_ms())
     except StorageError as exc:
-        _log.warning("could not free the leases of exited processes of this host: %s", exc.message)
+        _log.warning("could not free the leases of exited processes of this host: %s", printable(exc.message))
         return False
     if freed:
         _log.warning("freed %d leases held by %s, processes of this host that have exited", freed, ", ".join(owners))
@@ -303,7 +304,7 @@ class InstanceLeases:
             await trio.sleep(delay)  # even after freeing a dead owner's lease: never a spin
             delay = min(delay * 2, 0.25)
         if tries:
-            _log.info("took the lease of %s after waiting for another engine's", key)
+            _log.info("took the lease of %s after waiting for another engine's", printable(key))
         self.took(key)
 
     async def _free_if_dead(self, key: str, *, logged: bool) -> bool:
@@ -314,7 +315,9 @@ class InstanceLeases:
         owner, until = holder
         if dead_local_owner(owner):
             _log.warning(
-                "the lease of %s is held by %s, a process of this host that has exited; freeing it", key, owner
+                "the lease of %s is held by %s, a process of this host that has exited; freeing it",
+                printable(key),
+                printable(owner),
             )
             storage = self._storage
             if isinstance(storage, LeaseFreer):  # all of its leases (`free_exited`), not this one alone
@@ -326,7 +329,9 @@ class InstanceLeases:
             return True
         if not logged:
             wait = max(0, until - self._clock.now_ms()) / 1000
-            _log.info("waiting for the lease of %s, held by %s for up to %.1f s more", key, owner, wait)
+            _log.info(
+                "waiting for the lease of %s, held by %s for up to %.1f s more", printable(key), printable(owner), wait
+            )
         return False
 
     async def release_idle(self, older_than: float) -> None:
@@ -344,7 +349,7 @@ class InstanceLeases:
         try:
             await self._storage.release_instance_leases(keys, self.owner)
         except StorageError as exc:  # they expire by themselves
-            _log.warning("could not release %d instance leases: %s", len(keys), exc.message)
+            _log.warning("could not release %d instance leases: %s", len(keys), printable(exc.message))
         finally:
             for k in keys:
                 del self._releasing[k]
@@ -370,7 +375,7 @@ class InstanceLeases:
                 try:
                     await self._storage.renew_instance_leases(sorted(self._held), self.owner, now + self.lease_ms, now)
                 except StorageError as exc:
-                    _log.warning("could not renew instance leases: %s", exc.message)
+                    _log.warning("could not renew instance leases: %s", printable(exc.message))
 
     async def releaser(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Give up the leases of instances that went idle, in batches, a moment after.

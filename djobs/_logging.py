@@ -5,7 +5,10 @@ A job's ``logging=`` option sets its threshold: ``True`` logs everything
 ``None`` silences the job (anything else is refused at ``make`` with a
 `ValidationError`: a level name such as ``"DEBUG"`` is spelled
 ``logging.DEBUG``). Loggers are named ``djobs.<kind>.<job name>``; each
-line carries the instance id, job name, run count and attempt in its `extra`.
+line carries the instance id, job name, run count and attempt in its `extra`
+(as given) and in its ``[job=... instance=...]`` prefix (through `printable`:
+an id holding a newline or a bidirectional override cannot forge or reverse
+a line).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import logging
 from typing import Any, final
 
 from ._errors import ValidationError, safe_repr
+from ._printable import printable
 
 LoggingOption = bool | int | None
 
@@ -58,19 +62,26 @@ class JobLog:
     logger, so two jobs with different settings never affect each other.
     """
 
-    __slots__ = ("_extra", "_logger", "_threshold")
+    __slots__ = ("_extra", "_logger", "_prefix", "_threshold")
 
     def __init__(self, logger: logging.Logger, level: int, extra: dict[str, Any]) -> None:
         self._logger = logger
         self._threshold = level
         self._extra = extra
+        self._prefix: str | None = None  # made at the first line logged: most runs log none
+
+    def _line_prefix(self) -> str:
+        """``[job=... instance=... run=... attempt=...]``, each value through `printable`: an id
+        is caller's text, and a newline in it would start a forged line of its own (CWE-117)."""
+        if self._prefix is None:
+            self._prefix = "[" + " ".join(f"{k}={printable(str(v))}" for k, v in self._extra.items()) + "]"
+        return self._prefix
 
     def _log(self, level: int, message: str, args: tuple[object, ...], fields: dict[str, Any]) -> None:
         if level < self._threshold or not self._logger.isEnabledFor(level):
             return
-        prefix = " ".join(f"{k}={v}" for k, v in self._extra.items())
         extra = {**self._extra, **fields}
-        self._logger.log(level, f"[{prefix}] {message}", *args, extra={"djobs": extra}, stacklevel=3)
+        self._logger.log(level, f"{self._line_prefix()} {message}", *args, extra={"djobs": extra}, stacklevel=3)
 
     def debug(self, message: str, *args: object, **fields: Any) -> None:
         """Log at DEBUG; shown only for jobs with ``logging=True`` or a DEBUG level."""

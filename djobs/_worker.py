@@ -49,6 +49,7 @@ from ._errors import JobCancelledError, StorageError, ValidationError
 from ._execution import Env, holds_interrupt
 from ._input import check_count, check_interval, clean_message
 from ._leases import free_exited
+from ._printable import printable
 from ._wakeup import Wakeup
 from .storage import ClaimedJob, ExpiredLease, HeldStarts, JobSettlement, NewJob, QueueStorage
 from .storage._base import QueueLimit, writes_inline
@@ -619,7 +620,7 @@ class Worker:
                 for job in taken:
                     self._push_ready(job)
                 self._end_starting()
-                self._log.error("start task: %s; trying again in 1 s", exc.message)
+                self._log.error("start task: %s; trying again in 1 s", printable(exc.message))
                 await trio.sleep(1)
                 continue
             self._apply_starts(taken, starts)
@@ -784,7 +785,9 @@ class Worker:
             await self.storage.settle_jobs([settlement])
         except StorageError as exc:
             self._log.warning(
-                "job %s: could not hand back an interrupted attempt; it runs after its lease: %s", job.id, exc.message
+                "job %s: could not hand back an interrupted attempt; it runs after its lease: %s",
+                job.id,
+                printable(exc.message),
             )
 
     def _check_idle(self) -> None:
@@ -842,7 +845,7 @@ class Worker:
             self._log.error(
                 "could not record how %d job attempt(s) ended; they run again after their lease: %s",
                 len(batch),
-                exc.message,
+                printable(exc.message),
             )
             applied = [None] * len(batch)
         except Exception:
@@ -912,7 +915,9 @@ class Worker:
                 )
         except StorageError as exc:
             self._log.warning(
-                "could not hand back %d claimed job(s); they run after their lease: %s", len(jobs), exc.message
+                "could not hand back %d claimed job(s); they run after their lease: %s",
+                len(jobs),
+                printable(exc.message),
             )
         finally:
             for j in jobs:
@@ -973,7 +978,7 @@ class Worker:
                     )
             except StorageError as exc:
                 self.env.handoffs.end()
-                self._log.error("claim loop: %s; trying again in 1 s", exc.message)
+                self._log.error("claim loop: %s; trying again in 1 s", printable(exc.message))
                 await trio.sleep(1)
                 continue
             except BaseException:
@@ -997,7 +1002,7 @@ class Worker:
                 self._slot_wanted = bool(self._limits) and not slots
                 next_at = await storage.next_job_wakeup(self._names, now, self._limits if slots else ())
             except StorageError as exc:
-                self._log.error("claim loop: %s; trying again in 1 s", exc.message)
+                self._log.error("claim loop: %s; trying again in 1 s", printable(exc.message))
                 await trio.sleep(1)
                 continue
             if next_at is not None:
@@ -1122,7 +1127,7 @@ class Worker:
             now = self.env.now_ms()
             rows = await self.storage.renew_leases(self.id, now + self.lease_ms, now)
         except StorageError as exc:
-            self._log.error("could not renew %d lease(s): %s", len(before), exc.message)
+            self._log.error("could not renew %d lease(s): %s", len(before), printable(exc.message))
             return
         seen: set[str] = set()
         for job_id, cancel_requested in rows:

@@ -15,31 +15,16 @@ from typing import NoReturn
 
 from .._errors import StorageError, ValidationError
 from .._input import text_problem
+from .._printable import from_printable, printable
 from .._schedule import Schedule, every, next_fire, parse_cron, runs_from
 from .._worker import CANCELLED_ERROR
 from ..storage import CronRecord, JobRecord, JobStatusName, QueueStorage
 from ..storage._base import FINAL_STATUSES, DeadLetter, DeadLetterStorage
 from ._exit import CommandError, ExitCode
 
-# Control characters have printable stand-ins in Unicode's Control Pictures block
-# (U+2400 + code; U+2421 for DEL): a tenant's key ``kind:name:tenant\x1fid`` shows as
-# ``kind:name:tenant␟id``, which a person can read, copy and paste back.
-_PICTURES = {code: chr(0x2400 + code) for code in range(0x20)} | {0x7F: "\u2421"}
-_CONTROLS = {ord(picture): chr(code) for code, picture in _PICTURES.items()}
-
-
-def printable(text: str) -> str:
-    """`text` with every control character replaced by its Control Pictures symbol.
-
-    Examples:
-        >>> printable("continuous:refresher:acme\\x1fuser-1")
-        'continuous:refresher:acme␟user-1'
-    """
-    return text.translate(_PICTURES)
-
 
 def key_candidates(text: str) -> list[str]:
-    """The stored keys `text` may name: itself, and with Control Pictures read back as controls.
+    """The stored keys `text` may name: itself, and with `printable`'s stand-ins read back.
 
     A candidate no storage can hold (a NUL, as ``␀`` reads back, or a lone
     surrogate) names nothing and is left out, so such a key is "not found" on
@@ -51,7 +36,7 @@ def key_candidates(text: str) -> list[str]:
         >>> key_candidates("task:t:a␀1")
         ['task:t:a␀1']
     """
-    raw = text.translate(_CONTROLS)
+    raw = from_printable(text)
     return [k for k in dict.fromkeys((text, raw)) if text_problem(k) is None]
 
 

@@ -16,10 +16,10 @@ import argparse
 from typing import Any
 
 from .._clock import Clock
+from .._printable import printable
 from ..storage._base import DeadLetter, DeadLetterFilter, DeadLetterStorage
 from ..storage._inspect import Opened
 from . import _actions
-from ._actions import printable
 from ._exit import ExitCode
 from ._output import fields, iso, note, print_json, table, when
 from ._read import _clip, _compact, _json_value, _open

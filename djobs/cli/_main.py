@@ -16,10 +16,10 @@ from returns.result import Failure
 from .._clock import Clock, WallClock
 from .._errors import JobError, describe
 from .._input import text_problem, whole_number
+from .._printable import printable
 from ..kinds._common import check_id
 from ..storage._inspect import JOB_STATUSES
 from . import _dead_letters, _read, _run, _workflows
-from ._actions import printable
 from ._exit import CommandError, ExitCode, exit_code
 
 Command = Callable[[argparse.Namespace, Clock], Awaitable[ExitCode]]

@@ -14,6 +14,8 @@ from typing import Any, TextIO
 
 import msgspec
 
+from .._printable import printable
+
 _json = msgspec.json.Encoder()
 
 
@@ -36,7 +38,9 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]], *, right: Se
         a      1
         long  22
     """
-    cells = [[str(h) for h in headers], *[["-" if c is None else str(c) for c in row] for row in rows]]
+    # Every cell through `printable`: an id or a message holding a newline or U+202E would break
+    # its row or show the rest of the line reversed.
+    cells = [[str(h) for h in headers], *[["-" if c is None else printable(str(c)) for c in row] for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = []
     for row in cells:
@@ -54,7 +58,8 @@ def fields(pairs: Sequence[tuple[str, object]]) -> str:
         status  -
     """
     width = max(len(label) for label, _ in pairs)
-    return "\n".join(f"{label.ljust(width)}  {'-' if value is None else value}".rstrip() for label, value in pairs)
+    shown = ("-" if value is None else printable(str(value)) for _, value in pairs)  # as `table`'s cells
+    return "\n".join(f"{label.ljust(width)}  {value}".rstrip() for (label, _), value in zip(pairs, shown, strict=True))
 
 
 #: Times are whole milliseconds added to this, exactly (``fromtimestamp(ms / 1000)`` goes through a

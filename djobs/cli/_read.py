@@ -18,12 +18,12 @@ import msgspec
 
 from .._clock import Clock
 from .._durations import parse_duration, to_ms
+from .._printable import printable
 from ..kinds._cron import _info as cron_info
 from ..kinds._job_queue import job_info
 from ..storage import JobFilter, JobRecord
 from ..storage._inspect import Inspector, InstanceFilter, InstanceView, Opened, open_existing
 from . import _actions
-from ._actions import printable
 from ._exit import CommandError, ExitCode, raise_usage_error
 from ._output import fields, iso, note, print_json, relative, span, table, when, when_relative
 
@@ -52,7 +52,9 @@ def _pretty(value: Any) -> str:
 
 
 def _indented(text: str) -> str:
-    return "\n".join("  " + line for line in text.splitlines())
+    # Lines kept, every other control and U+202E shown as `printable` shows them (before the split:
+    # str.splitlines also splits at U+2028 and \x1c-\x1e, which JSON leaves inside its strings).
+    return "\n".join("  " + line for line in printable(text, keep_lines=True).splitlines())
 
 
 def _open(args: argparse.Namespace, *, write: bool = False) -> AbstractAsyncContextManager[Opened]:

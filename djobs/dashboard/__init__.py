@@ -49,8 +49,8 @@ from .._clock import Clock, WallClock
 from .._errors import InstanceNotFoundError, InvalidStateError, JobError, StorageError, ValidationError
 from .._ids import engine_id
 from .._input import clean_text, text_problem, whole_number
+from .._printable import printable
 from ..cli import _actions
-from ..cli._actions import printable
 from ..cli._exit import CommandError, ExitCode
 from ..cli._output import span, when
 from ..kinds._workflow_log import KIND as WORKFLOW
@@ -94,6 +94,16 @@ def _pretty(raw: bytes | None) -> str | None:
         return msgspec.json.format(msgspec.json.encode(_any_json.decode(raw)), indent=2).decode()
     except msgspec.DecodeError:
         return raw.decode("utf-8", "replace")
+
+
+def _shown(value: object) -> object:
+    """Every value a template writes, with controls and bidirectional formatting characters
+    shown as `printable` shows them (lines and tabs kept: HTML shows them as spaces, and a
+    ``<pre>`` of JSON as lines): a tenant id, an error or a payload holding U+202E cannot show
+    the rest of its cell reversed. Markup (the chart) is the page's own and passes as it is."""
+    if isinstance(value, str) and not hasattr(value, "__html__"):
+        return printable(value, keep_lines=True)
+    return value
 
 
 def _error_text(record: JobRecord | DeadLetter) -> str | None:
@@ -189,7 +199,7 @@ class Dashboard:
         self._lock = trio.Lock()
         self.registry = CollectorRegistry(auto_describe=True)
         self.collector: StorageCollector | None = None
-        self.env = jinja2.Environment(loader=jinja2.DictLoader(TEMPLATES), autoescape=True)
+        self.env = jinja2.Environment(loader=jinja2.DictLoader(TEMPLATES), autoescape=True, finalize=_shown)
         self.env.globals.update(when=when, printable=printable, error_text=_error_text)
 
     async def database(self) -> Opened:

@@ -42,6 +42,7 @@ from .._input import (
     plain_text,
     text_problem,
 )
+from .._printable import printable
 from ..storage import Checkin, ClearAlarm, InstanceRecord, SetAlarm
 from ..storage._base import DeadLetter, DeadLetterKind, DeadLetterStorage, InstanceRevival, Revival
 
@@ -392,7 +393,7 @@ def foreign_run(env: Env | None) -> Failure[StorageError]:
 def bug_failure(exc: Exception) -> Failure[StorageError]:
     """What a client verb answers for `exc`, a bug below it (logged): a `StorageError` that says
     the call may not have applied. Never an escape into the caller's app."""
-    _log.exception("bug: a client verb raised %s; the caller gets a StorageError", describe(exc))
+    _log.exception("bug: a client verb raised %s; the caller gets a StorageError", printable(describe(exc)))
     return Failure(StorageError(f"djobs failed unexpectedly ({describe(exc)}); the call may not have applied", exc))
 
 
@@ -579,7 +580,7 @@ def unreadable_state(
     """A run whose stored state does not decode as the definition's struct (changed since it
     was written) fails without running user code and is not retried: log `error` and add its
     ``job.failed`` event to `events`. The kind commits what the failure means for it."""
-    log.error("%s", error.message)
+    log.error("%s", printable(error.message))
     events.append(
         env.event(
             "job.failed",
@@ -648,7 +649,11 @@ async def count_failed_attempt(
     alarm claimed: it fires again after its lease, as any failed commit does.
     """
     env.logger.error(
-        "bug: %s %s raised past its handler on attempt %d; the attempt counts as failed: %r", kind, key, attempt, exc
+        "bug: %s %s raised past its handler on attempt %d; the attempt counts as failed: %r",
+        kind,
+        printable(key),
+        attempt,
+        exc,
     )
     try:
         loaded = await env.storage.load(key)
@@ -676,4 +681,4 @@ async def count_failed_attempt(
             events.append(env.event("job.failed", key, kind, name, attempt=attempt, error=data, will_retry=will_retry))
         await env.commit(Checkin(key=key, record=record, alarm=alarm), events)
     except Exception as again:  # a storage failure or the same bug: the alarm fires again after its lease
-        env.logger.error("%s %s: could not record the failed attempt: %r", kind, key, again)
+        env.logger.error("%s %s: could not record the failed attempt: %r", kind, printable(key), again)

@@ -64,6 +64,7 @@ from .._execution import (
 )
 from .._limits import NO_LIMITS, RunLimits, definition_limits, offloaded
 from .._logging import JobLog, LoggingOption, check_logging, threshold
+from .._printable import printable
 from .._retry import Retry, check_retry
 from .._schedule import Schedule, next_fire
 from ..storage import Alarm, Checkin, ClaimedAlarm, ClearAlarm, InstanceRecord, SetAlarm
@@ -481,7 +482,9 @@ class ContinuousHandler(TenantScoped, Generic[S]):
                 await self._run(record, current, triggered=False)
         except StorageError as exc:
             # The alarm stays claimed and fires again after its lease.
-            self.env.logger.error("continuous %s: could not record a run: %s", alarm.key, exc.message)
+            self.env.logger.error(
+                "continuous %s: could not record a run: %s", printable(alarm.key), printable(exc.message)
+            )
         except Exception as exc:  # a bug past the body: the attempt counts (no endless re-run of it)
             await self._bug(alarm, attempt, exc)
 
@@ -567,7 +570,10 @@ class ContinuousHandler(TenantScoped, Generic[S]):
                 except StorageError as exc:
                     # The alarms stay claimed and fire again after their lease.
                     env.logger.error(
-                        "continuous %s: could not record %d runs: %s", self.job.name, len(writes), exc.message
+                        "continuous %s: could not record %d runs: %s",
+                        self.job.name,
+                        len(writes),
+                        printable(exc.message),
                     )
                 except Exception as exc:  # a bug past the bodies: each run's attempt counts, as in `on_alarm`
                     for claimed, _, run in writes:
@@ -576,7 +582,9 @@ class ContinuousHandler(TenantScoped, Generic[S]):
                     for (claimed, _, _), error in zip(writes, errors, strict=True):
                         if isinstance(error, StorageError):
                             env.logger.error(
-                                "continuous %s: could not record a run: %s", claimed.alarm.key, error.message
+                                "continuous %s: could not record a run: %s",
+                                printable(claimed.alarm.key),
+                                printable(error.message),
                             )
             if stopped is not None:
                 await self._stopped_at(not_started)
@@ -606,7 +614,9 @@ class ContinuousHandler(TenantScoped, Generic[S]):
                 await self._await_body(run, lambda: pending.value)
                 await self.env.commit(self._close(run), run.events)
             except StorageError as exc:
-                self.env.logger.error("continuous %s: could not record a run: %s", claimed.alarm.key, exc.message)
+                self.env.logger.error(
+                    "continuous %s: could not record a run: %s", printable(claimed.alarm.key), printable(exc.message)
+                )
             except Exception as exc:
                 await self._bug(claimed.alarm, run.info.attempt, exc)
         finally:
@@ -738,7 +748,10 @@ class ContinuousHandler(TenantScoped, Generic[S]):
     def _ended(self, run: _Run) -> Checkin:
         """The check-in of a run after which the schedule has no run left: the instance stays, with no alarm."""
         self.env.logger.warning(
-            "continuous job %r instance %r has no next run: %s", self.job.name, run.record.instance_id, _ENDED
+            "continuous job %r instance %r has no next run: %s",
+            self.job.name,
+            printable(run.record.instance_id),
+            _ENDED,
         )
         return Checkin(key=run.record.key, record=run.record, alarm=ClearAlarm())
 

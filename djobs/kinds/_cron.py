@@ -46,6 +46,7 @@ from .._execution import Env
 from .._input import check_attempts
 from .._limits import definition_limits
 from .._logging import LoggingOption, check_logging
+from .._printable import printable
 from .._queue_limits import RateLimit, job_limits
 from .._retry import Retry, check_retry
 from .._schedule import Cron, Schedule, next_fire, parse_cron, resume_fire, runs_from
@@ -425,7 +426,7 @@ class CronScheduler:
                 # since shows at the next wake-up or poll, as it would after a read).
                 next_at = await storage.next_cron_at(self._names)
         except StorageError as exc:
-            self._log.error("cron task: %s; trying again in 1 s", exc.message)
+            self._log.error("cron task: %s; trying again in 1 s", printable(exc.message))
             next_at = now + 1000
         except Exception:
             self._log.exception("bug: firing the cron jobs raised; trying again in 1 s")
@@ -493,7 +494,7 @@ class CronScheduler:
                         "cron %s: the fire due at %s enqueues nothing: %s",
                         cron.name,
                         fire_moment.isoformat(),
-                        error.message,
+                        printable(error.message),
                     )
         worker = queue.worker
         # Stored running under this engine's worker and handed to it, where it can be: no

@@ -80,6 +80,7 @@ from .._future import new as _new
 from .._input import MAX_LIMIT, SEPARATOR, check_interval
 from .._limits import NO_LIMITS, RunLimits, definition_limits, offloaded
 from .._logging import JobLog, LoggingOption, check_logging, threshold
+from .._printable import printable
 from .._retry import Retry, check_retry
 from .._shield import SHIELDED, Shields, shielded_wait
 from .._trap import RUN_CONTEXT, WOKEN, checkpoint_due, shared_trap, wakes_inline
@@ -835,7 +836,7 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         job = self.job
         match await run_body(call, self.env.services, self._reducer_what, job.limits):
             case Failure(error):
-                ctx.log.error("on_event failed: %s", error.message)
+                ctx.log.error("on_event failed: %s", printable(error.message))
                 if isinstance(error, ValidationError | ExecutionError):
                     return error
                 return ExecutionError(f"on_event failed: {error.message}", error)
@@ -1189,7 +1190,9 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
             await self._flush(loaded[0], "max_events")
         except StorageError as exc:
             # The max_events alarm is still set: it fires and flushes later.
-            self.env.logger.error("debounce %s: could not flush a full batch: %s", key, exc.message)
+            self.env.logger.error(
+                "debounce %s: could not flush a full batch: %s", printable(key), printable(exc.message)
+            )
 
     # -- alarms and flushes --------------------------------------------------------------
 
@@ -1214,7 +1217,9 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
             await self._flush(record, reason, crashed)
         except StorageError as exc:
             # The alarm stays claimed and fires again after its lease.
-            self.env.logger.error("debounce %s: could not record a flush: %s", alarm.key, exc.message)
+            self.env.logger.error(
+                "debounce %s: could not record a flush: %s", printable(alarm.key), printable(exc.message)
+            )
         except Exception as exc:  # a bug past the body: the attempt counts (no endless re-run of it)
 
             def keep_reason(pending: InstanceRecord) -> None:

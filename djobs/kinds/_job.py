@@ -50,6 +50,7 @@ from .._execution import Env
 from .._input import check_attempts, check_finite, check_produced_text
 from .._limits import NO_LIMITS, RunLimits, definition_limits
 from .._logging import JobLog, LoggingOption, check_logging
+from .._printable import printable
 from .._queue_limits import JobLimits, RateLimit, job_limits
 from .._retry import Retry, check_retry
 from ..storage import JobStatusName, QueueStorage
@@ -168,13 +169,13 @@ class JobContext(BaseContext[D_co]):
         value = max(0, min(100, round(number.unwrap())))
         message = text.unwrap()
         if self._lease is None or self.job_id is None:
-            self.log.debug("progress %d%% (%s) not stored: the job is not persisted", value, message or "")
+            self.log.debug("progress %d%% (%s) not stored: the job is not persisted", value, printable(message or ""))
             return
         storage, worker_id = self._lease
         try:
             held = await storage.set_progress(self.job_id, worker_id, self.attempt, value, message, self._env.now_ms())
         except StorageError as exc:
-            self.log.warning("could not store progress: %s", exc.message)
+            self.log.warning("could not store progress: %s", printable(exc.message))
             return
         if not held:
             self.log.warning("progress not stored: this attempt no longer holds the job's lease")

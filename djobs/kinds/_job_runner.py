@@ -37,6 +37,7 @@ from .._execution import Env, Outcome, Pending, Ran, RunInfo, begin_body, finish
 from .._input import clean_text
 from .._limits import offloaded
 from .._logging import JobLog, threshold
+from .._printable import printable
 from .._retry import Retry
 from .._worker import AttemptEnd, RunHandle, Worker, error_json
 from ..storage import ClaimedJob, JobSettlement, JobStatusName, NewJob, QueueStorage
@@ -392,7 +393,9 @@ class JobHandler(Generic[P, R]):
             [applied] = await worker.storage.settle_jobs([settlement])
         except StorageError as exc:
             # The row stays leased; once the lease runs out it is reclaimed and runs again.
-            self._logger.error("job %s: could not record how attempt %d ended: %s", job_id, attempt, exc.message)
+            self._logger.error(
+                "job %s: could not record how attempt %d ended: %s", job_id, attempt, printable(exc.message)
+            )
             return StorageError(
                 f"job {job_id}: how attempt {attempt} ended could not be recorded ({exc.message}); "
                 "the row stays running and runs again once its lease ends",

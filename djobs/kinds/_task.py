@@ -57,6 +57,7 @@ from .._execution import Checkout, Env, RunInfo, execute, run_call, run_returnin
 from .._input import LONGEST_INTERVAL, epoch_ms
 from .._limits import NO_LIMITS, RunLimits, definition_limits, offloaded
 from .._logging import JobLog, LoggingOption, check_logging
+from .._printable import printable
 from .._retry import Retry, check_retry
 from ..storage import Alarm, Checkin, ClaimedAlarm, ClearAlarm, InstanceRecord, SetAlarm
 from ..storage._base import DeadLetter, Revival
@@ -679,7 +680,7 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
         match ran.result:
             case Failure(failure):
                 error = _rejection(failure)
-                log.info("event rejected: %s", error.message)
+                log.info("event rejected: %s", printable(error.message))
                 return Failure(error)
         record.event_count = count
         events = [self._event(record, "job.started")] if created else []
@@ -758,7 +759,9 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
             await self._execute(record, current, triggered=False, crashed=crashed_runs(alarm.claims))
         except StorageError as exc:
             # The alarm stays claimed and fires again after its lease.
-            self.env.logger.error("task %s: could not record an execute: %s", alarm.key, exc.message)
+            self.env.logger.error(
+                "task %s: could not record an execute: %s", printable(alarm.key), printable(exc.message)
+            )
         except Exception as exc:  # a bug past the body: the attempt counts (no endless re-run of it)
             await count_failed_attempt(
                 self.env,
@@ -936,7 +939,7 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
     def _handler_failed(
         self, record: InstanceRecord, handler: str, error: JobError, events: list[TrackedEvent], log: JobLog
     ) -> None:
-        log.error("%s failed: %s", handler, error.message)
+        log.error("%s failed: %s", handler, printable(error.message))
         events.append(
             self._event(
                 record,
@@ -957,7 +960,7 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
         log: JobLog,
         letter: DeadLetter | None = None,
     ) -> None:
-        log.info("terminated: %s", reason or "no reason given")
+        log.info("terminated: %s", printable(reason or "no reason given"))
         events.append(self._event(record, "job.terminated", reason=reason))
         await self.env.commit(Checkin(key=record.key, record=None, dead_letter=letter), events)
 

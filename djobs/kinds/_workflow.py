@@ -73,6 +73,7 @@ from .._execution import begun as begun_with
 from .._future import VerbResult, success
 from .._input import SEPARATOR, check_optional_text, check_text, clean_message, plain_text
 from .._logging import JobLog, LoggingOption, check_logging, threshold
+from .._printable import printable
 from .._retry import Retry, check_retry
 from ..storage import (
     Alarm,
@@ -621,7 +622,9 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
             try:
                 noted = await requests.cancel_requests(keys)
             except StorageError as exc:
-                self.env.logger.warning("workflows %s: could not read cancel requests: %s", self.job.name, exc.message)
+                self.env.logger.warning(
+                    "workflows %s: could not read cancel requests: %s", self.job.name, printable(exc.message)
+                )
                 continue
             for key, reason in noted.items():
                 live = self.live.get(key)
@@ -714,7 +717,9 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
         except JobError as exc:
             # A StorageError (or an unreadable log): the alarm stays claimed and fires
             # again after its lease; the steps recorded stand.
-            self.env.logger.error("workflow %s: could not record a run: %s", alarm.key, exc.message)
+            self.env.logger.error(
+                "workflow %s: could not record a run: %s", printable(alarm.key), printable(exc.message)
+            )
             return
         await self._run(alarm.key, record, crashed_runs(alarm.claims))
 
@@ -751,7 +756,9 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
             if crashed:
                 if crashed > (1 if job.retry is None else job.retry.max_attempts):
                     stopped = crash_failure(crashed)
-                    jlog.error("failed: %d runs in a row stopped before they ended: %s", crashed, stopped.message)
+                    jlog.error(
+                        "failed: %d runs in a row stopped before they ended: %s", crashed, printable(stopped.message)
+                    )
                     await self._end(run, "failed", error=stopped)
                     return
                 run.crashed = crashed
@@ -806,7 +813,7 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
                 return
             if run.stop == "diverged":
                 assert run.stop_error is not None
-                jlog.error("%s", run.stop_error.message)
+                jlog.error("%s", printable(run.stop_error.message))
                 await self._end(run, "failed", error=run.stop_error)
                 return
             if run.ended:
@@ -823,10 +830,10 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
                 case Failure(error) if run.cancel_requested or run.cancel_delivered:
                     await self._end(run, "cancelled", error=error)
                 case Failure(error):
-                    jlog.error("failed: %s", error.message)
+                    jlog.error("failed: %s", printable(error.message))
                     await self._end(run, "failed", error=error)
         except JobError as exc:
-            self.env.logger.error("workflow %s: could not record a run: %s", key, exc.message)
+            self.env.logger.error("workflow %s: could not record a run: %s", printable(key), printable(exc.message))
 
     async def _returned(self, run: Run, jlog: JobLog, value: object) -> None:
         """End run `run`, whose body returned `value`: completed, or failed if it returned early or
@@ -835,7 +842,7 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
         if run.position < len(log.entries):
             entry = log.entries[run.position]
             diverged = NonDeterminismError(job.name, run.position, describe_call(entry.kind, entry.name), None)
-            jlog.error("%s", diverged.message)
+            jlog.error("%s", printable(diverged.message))
             await self._end(run, "failed", error=diverged)
             return
         raw = self.result_of(value)
@@ -908,7 +915,9 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
         try:
             stored = await self._stored(key)
         except JobError as exc:
-            env.logger.error("workflow %s: could not read it to tell its parent: %s", key, exc.message)
+            env.logger.error(
+                "workflow %s: could not read it to tell its parent: %s", printable(key), printable(exc.message)
+            )
             return
         if stored is None:
             return
@@ -918,7 +927,9 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
             return
         target = self.runtime.target_for(parent)
         if not isinstance(target, WorkflowHandler):
-            env.logger.warning("workflow %s: its parent %s is not registered here; told later", key, parent)
+            env.logger.warning(
+                "workflow %s: its parent %s is not registered here; told later", printable(key), printable(parent)
+            )
             return
         raw = encoder.encode(Outcome(record.status, log.result, log.error))
         name = f"child {self.job.name}:{record.instance_id}"
@@ -929,7 +940,12 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
             except DuplicateEventError:
                 pass  # told before
             except JobError as exc:  # the alarm tells it again later
-                env.logger.error("workflow %s: could not tell its parent %s: %s", key, parent, exc.message)
+                env.logger.error(
+                    "workflow %s: could not tell its parent %s: %s",
+                    printable(key),
+                    printable(parent),
+                    printable(exc.message),
+                )
                 return
             # Told (or the parent is gone or ended, and there is no one to tell).
             self.runtime.post(key, lambda: self._told_parent(key))
@@ -947,7 +963,9 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
             record.data = encoder.encode(log)
             await self.commit(Checkin(key=key, record=record, alarm=ClearAlarm()))
         except JobError as exc:  # the alarm tells the parent again; its event id refuses the repeat
-            env.logger.error("workflow %s: could not record that its parent was told: %s", key, exc.message)
+            env.logger.error(
+                "workflow %s: could not record that its parent was told: %s", printable(key), printable(exc.message)
+            )
 
 
 #: The code of `WorkflowHandler._run`: a step looks for its frame above the body's (`Run.ends_with`).

@@ -56,6 +56,7 @@ from .._errors import (
 )
 from .._execution import Env, Pending, RunSignal, begun, body_failure, finish_body
 from .._logging import JobLog
+from .._printable import printable
 from .._results import unwrap_or_raise
 from .._retry import Retry
 from ..storage import (
@@ -758,7 +759,7 @@ class Run:
                 attempt,
                 policy.max_attempts,
                 delay,
-                error.message,
+                printable(error.message),
             )
             retry_at = to_datetime(entry.until).isoformat()
             self.event(
@@ -767,7 +768,7 @@ class Run:
             self.suspend("running", SetAlarm(entry.until, RETRY))
         entry.done, entry.until, entry.error = True, None, ErrorInfo.of(error)
         self.steps_done += 1
-        log.error("step failed for good: %s", error.message)
+        log.error("step failed for good: %s", printable(error.message))
         self.event("workflow.step_failed", **failed_step_data(name, attempt, error, will_retry=False))
         await self.checkpoint()
 
@@ -851,7 +852,9 @@ class Run:
                     return signal.payload, value
                 case Failure(refused):
                     self.env.logger.warning(
-                        "workflow %s: dropped a signal its wait cannot take: %s", self.record.key, refused.message
+                        "workflow %s: dropped a signal its wait cannot take: %s",
+                        printable(self.record.key),
+                        printable(refused.message),
                     )
                     self.event("workflow.signal_rejected", signal=name, error=error_data(refused))
         return None
@@ -871,7 +874,9 @@ class Run:
                     # The job is cancelled with the workflow (pending: it never runs; running: its scope).
                     cancelled = await client.jobs.cancel(job_id)
                     if not is_successful(cancelled):  # it ends as it may; the body is cancelled
-                        env.logger.warning("workflow %s: could not cancel its job %s", self.record.key, job_id)
+                        env.logger.warning(
+                            "workflow %s: could not cancel its job %s", printable(self.record.key), job_id
+                        )
                 looked = await client.jobs.status(job_id)
             finally:
                 self.in_call, self.current = False, None
@@ -887,7 +892,7 @@ class Run:
                 if info is None:
                     env.logger.warning(
                         "workflow %s: could not look at its job %s (%s); looking again later",
-                        self.record.key,
+                        printable(self.record.key),
                         job_id,
                         looked,
                     )

@@ -38,6 +38,7 @@ from psycopg import conninfo, sql
 
 from .._clock import current_mock_clock
 from .._errors import CLOSED_MESSAGE, StorageError
+from .._printable import printable
 
 if TYPE_CHECKING:
     import trio.testing
@@ -366,7 +367,9 @@ async def listen(
                 conn = await trio.to_thread.run_sync(_connect_listening, connect, channel)
         except psycopg.Error as exc:
             error = connect_error(exc, where)
-            _log.warning("cannot LISTEN for enqueued jobs (%s); trying again in %.1f s", error.message, delay)
+            _log.warning(
+                "cannot LISTEN for enqueued jobs (%s); trying again in %.1f s", printable(error.message), delay
+            )
             if not started:
                 started = True
                 task_status.started()

@@ -25,6 +25,7 @@ import trio
 from .._durations import DurationLike, check_at_least
 from .._errors import ValidationError, describe, safe_repr
 from .._input import MAX_LIMIT, os_text_problem
+from .._printable import printable
 from .._retry import Backoff
 from ._base import TRACKER_CLOSE_LIMIT_S, TrackedEvent
 
@@ -413,7 +414,10 @@ class HttpBatchTracker:
             # the error's class is logged: its message may quote a header value (a credential).
             reason = type(exc).__name__
             _log.error(
-                "could not send %d telemetry event(s) to %s (%s); they are dropped", len(batch), self.endpoint, reason
+                "could not send %d telemetry event(s) to %s (%s); they are dropped",
+                len(batch),
+                self.endpoint,
+                printable(reason),
             )
             self._discard(len(batch))
             return True
@@ -455,7 +459,7 @@ class HttpBatchTracker:
                 count,
                 self._failing,
                 self.endpoint,
-                reason,
+                printable(reason),
             )
             self._discard(count)
             return True
@@ -466,7 +470,7 @@ class HttpBatchTracker:
             "could not deliver %d telemetry event(s) to %s (%s); retrying with backoff, %d event(s) buffered",
             count,
             self.endpoint,
-            reason,
+            printable(reason),
             len(self._buffer),
         )
         return False
