@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextvars
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TypeVar
 
 import trio
@@ -46,6 +46,30 @@ _SELF_ADVICE = {
     ),
 }
 _SELF_NAMES = {"workflow": "workflow", "task": "task"}
+#: What the handlers of a wait cycle (`Actors.cycle`) should do instead.
+_CYCLE_ADVICE = (
+    "Nothing was changed by this call, and the other handlers go on. Make the call without waiting "
+    "for it (from a one-off job the handler enqueues: ctx.client.job(...).now(...)), or let calls "
+    "between these instances go one way only"
+)
+
+
+def describe_instance(key: str) -> str:
+    """Instance `key` (``kind:name:id``, a tenant's id after ``\x1f``) as a person reads it."""
+    kind, name, instance = key.split(":", 2)
+    instance = instance.rpartition("\x1f")[2]
+    return f"{_SELF_NAMES.get(kind, kind + ' job')} {name!r} instance {instance!r}"
+
+
+def _own_refusal(key: str) -> InvalidStateError:
+    """What a verb on instance `key` gets from a handler of `key` or from one `key` waits for."""
+    return InvalidStateError(
+        f"a verb on {describe_instance(key)} was called from "
+        "a handler of that instance, or from one it is waiting for; it would wait for itself forever. "
+        f"{_SELF_ADVICE.get(key.partition(':')[0], _STATE_ADVICE)}"
+    )
+
+
 #: A concurrency slot (`Actors._free_slot`): slots are counted, so one object stands for each.
 _SLOT = object()
 
@@ -56,6 +80,10 @@ _RUNNING: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("djobs
 #: The same variable, for a caller that runs user code as a handler in a context it made itself
 #: (a batch-fired Continuous run: `context_for` without its two calls).
 RUNNING_KEYS = _RUNNING
+#: Of `_RUNNING`'s instances, those whose handlers wait for the current task through `call`
+#: (set only while `call`'s handler runs): the others are the instances the current task
+#: runs itself, which its own waits hold up (`Actors.waiting`).
+_CALLERS: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("djobs_callers", default=frozenset())
 
 
 class Actors:
@@ -106,6 +134,13 @@ class Actors:
         #: Actors of instances whose lease is held here, waiting for a concurrency slot without a
         #: task yet (`_start`); a slot given back (`_release`) starts the first of them.
         self._backlog: deque[tuple[str, deque[Message]]] = deque()
+        #: The wait-for graph of this engine's instances: for each instance whose handler (or
+        #: the task running it) waits now for other instances' actors, those instances, once
+        #: per wait (`waiting`). A call that would close a cycle is refused (`cycle`). Empty
+        #: while no handler waits for another instance: a call then costs one lookup.
+        self._waits: dict[str, list[str]] = {}
+        #: The same graph, read-only for the kinds (a Debounce ``add`` from a handler looks a key up).
+        self.waits: Mapping[str, list[str]] = self._waits
 
     @property
     def active(self) -> int:
@@ -383,33 +418,117 @@ class Actors:
             self._went_idle()
 
     def refuse_self_call(self, key: str) -> None:
-        """Raise what `call` raises for a verb on instance `key` from a handler of it, or from one
-        it waits for; a verb checks this before anything it does ahead of `call` (a terminate's
-        stop of the running handler), so the refused call changes nothing.
+        """Raise what `call` raises for a verb on instance `key` that could only wait for the
+        calling task (`refusal`); a verb checks this before anything it does ahead of `call` (a
+        terminate's stop of the running handler), so the refused call changes nothing.
 
         Raises:
-            InvalidStateError: The calling task is running a handler of `key`, or one it waits for.
+            InvalidStateError: The calling task is running a handler of `key`, or one it waits
+                for, or `key` waits (through other instances' handlers) for the calling task.
         """
-        if key in _RUNNING.get():
-            kind, name, instance = key.split(":", 2)
-            instance = instance.rpartition("\x1f")[2]
-            raise InvalidStateError(
-                f"a verb on {_SELF_NAMES.get(kind, kind + ' job')} {name!r} instance {instance!r} was called from "
-                "a handler of that instance, or from one it is waiting for; it would wait for itself forever. "
-                f"{_SELF_ADVICE.get(kind, _STATE_ADVICE)}"
-            )
+        refused = self.refusal(key)
+        if refused is not None:
+            raise refused
 
-    async def call(self, key: str, fn: Callable[[], Awaitable[T]]) -> T:
+    def refusal(self, key: str) -> InvalidStateError | None:
+        """Why a wait of the calling task for instance `key`'s actor would never end, or ``None``:
+        the task runs a handler of `key` or waits for one that does, or its wait would close a
+        cycle of waits (`cycle`). One lookup when the task runs no handler, or `key` waits for
+        no other instance."""
+        running = _RUNNING.get()
+        if key in running:
+            return _own_refusal(key)
+        if not running or key not in self._waits:
+            return None
+        path = self.cycle(key, running)
+        if path is None:
+            return None
+        chain = " waits for ".join(describe_instance(k) for k in path)
+        return InvalidStateError(
+            f"a verb on {describe_instance(key)} was called from a handler that instance is waiting for "
+            f"({chain}, whose handler made this call): they would wait for each other forever. {_CYCLE_ADVICE}"
+        )
+
+    @staticmethod
+    def _refuse_own(key: str, running: frozenset[str]) -> None:
+        if key in running:
+            raise _own_refusal(key)
+
+    def cycle(self, key: str, running: frozenset[str]) -> list[str] | None:
+        """The instances from `key` to one of `running` along the wait-for graph, if a wait for
+        `key` by a task that runs (or waits for) the instances in `running` would close a cycle:
+        `key`'s handler waits for another instance's, ..., which waits for one in `running`.
+        ``None`` when it would not. A search through the waits of now, none of whom moves
+        meanwhile (no await)."""
+        waits = self._waits
+        came_from: dict[str, str | None] = {key: None}
+        todo = [key]
+        while todo:
+            at = todo.pop()
+            for target in waits.get(at, ()):
+                if target in came_from:
+                    continue
+                came_from[target] = at
+                if target in running:
+                    path = [target]
+                    step = came_from[target]
+                    while step is not None:
+                        path.append(step)
+                        step = came_from[step]
+                    path.reverse()
+                    return path
+                todo.append(target)
+        return None
+
+    def waiting(self, key: str) -> list[str] | None:
+        """Record that the calling task's handler waits now for instance `key`'s actor (after
+        `refuse_self_call` let it): the instances the calling task runs itself wait for `key`
+        in the wait-for graph. Returns what to give `done_waiting` once the wait ends (done or
+        cancelled), ``None`` for a task that runs no handler (nothing waits on it)."""
+        running = _RUNNING.get()
+        if not running:
+            return None
+        own = running - _CALLERS.get() or running
+        waits = self._waits
+        for k in own:
+            targets = waits.get(k)
+            if targets is None:
+                waits[k] = [key]
+            else:
+                targets.append(key)
+        return [key, *own]
+
+    def done_waiting(self, edges: list[str]) -> None:
+        """End a wait `waiting` recorded (`edges`, as it returned them)."""
+        waits = self._waits
+        key = edges[0]
+        for k in edges[1:]:
+            targets = waits[k]
+            targets.remove(key)
+            if not targets:
+                del waits[k]
+
+    async def call(self, key: str, fn: Callable[[], Awaitable[T]], *, breaks_cycles: bool = False) -> T:
         """Run `fn` on instance `key`'s actor and return its value (or raise its error).
 
         Raises:
             InvalidStateError: The calling task is running a handler of `key`,
                 or waiting for one that is (a job body calling a verb on its
-                own instance): the call could only wait for itself.
+                own instance), or `key`'s handler waits, through other
+                instances' handlers, for the calling task (a cycle of waits,
+                `cycle`; not with `breaks_cycles`, for a verb that stops
+                `key`'s running handler first, ending its wait): the call
+                could only wait for itself.
             StorageError: The engine is closing, or the instance's lease could not be taken.
         """
-        self.refuse_self_call(key)
         waiting_for = _RUNNING.get()
+        if waiting_for:  # a handler calls: refused if it could only wait for itself (`refusal`)
+            if breaks_cycles:
+                self._refuse_own(key, waiting_for)
+            else:
+                refused = self.refusal(key)
+                if refused is not None:
+                    raise refused
         if self._closing:
             raise StorageError(CLOSED_MESSAGE)
         done = trio.Event()
@@ -421,11 +540,14 @@ class Actors:
         async def handler() -> None:
             token = CALLER_CONTEXT.set(caller)
             running = _RUNNING.set(waiting_for | {key})
+            callers = _CALLERS.set(waiting_for) if waiting_for else None
             try:
                 box.append(await fn())
             except Exception as exc:
                 failure.append(exc)
             finally:
+                if callers is not None:
+                    _CALLERS.reset(callers)
                 _RUNNING.reset(running)
                 CALLER_CONTEXT.reset(token)
                 done.set()
@@ -435,7 +557,15 @@ class Actors:
             done.set()
 
         self.post(key, handler, cannot_run)
-        await done.wait()
+        if waiting_for:  # a handler waits for `key`: a call to its instances now waits for `key`
+            edges = self.waiting(key)
+            assert edges is not None
+            try:
+                await done.wait()
+            finally:
+                self.done_waiting(edges)
+        else:
+            await done.wait()
         if failure:
             raise failure[0]
         if not box:
@@ -448,6 +578,8 @@ class Actors:
         # actor runs in the shared nursery, and its handlers need no scope of their own.
         # Only the holder of the instance's lease runs its handlers, so two
         # engine processes on one database never run one instance at once.
+        if _CALLERS.get():  # inherited from the task that posted (`start_soon` copies its context)
+            _CALLERS.set(frozenset())
         try:
             try:
                 if slot is None or self._leases.serial(key) is None:  # else `_start` found it held, and kept it

@@ -100,13 +100,13 @@ class Runtime:
         the grace (`Actors.spawn`)."""
         self.actors.spawn(fn, key, refused)
 
-    async def call(self, key: str, fn: Callable[[], Awaitable[T]]) -> T:
+    async def call(self, key: str, fn: Callable[[], Awaitable[T]], *, breaks_cycles: bool = False) -> T:
         """Run `fn` on instance `key`'s actor and return its value or raise its error (`Actors.call`)."""
-        return await self.actors.call(key, fn)
+        return await self.actors.call(key, fn, breaks_cycles=breaks_cycles)
 
     def refuse_self_call(self, key: str) -> None:
-        """Raise `InvalidStateError` if the calling task runs (or waits for) a handler of `key`
-        (`Actors.refuse_self_call`)."""
+        """Raise `InvalidStateError` if the calling task runs (or waits for) a handler of `key`, or
+        its wait for `key` would close a cycle of waits (`Actors.refuse_self_call`)."""
         self.actors.refuse_self_call(key)
 
     def enter(self, key: str) -> int | None:

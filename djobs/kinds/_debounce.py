@@ -486,7 +486,10 @@ class _Live(Generic[S]):
 
 
 #: An add's outcome: a round's success is its very answer (an ``IOSuccess``), any other a `Result`.
-_Added = IOSuccess[AddResult] | Result[AddResult, ValidationError | ExecutionError | DuplicateEventError | StorageError]
+_Added = (
+    IOSuccess[AddResult]
+    | Result[AddResult, ValidationError | ExecutionError | DuplicateEventError | InvalidStateError | StorageError]
+)
 #: What a reducer's run gives: the new state's encoding and fresh copy, or why the add fails.
 _Reduced = tuple[bytes, S] | ValidationError | ExecutionError
 _Stop = Literal["lost", "actor"]
@@ -516,6 +519,30 @@ def _finish(pending: _Queued, result: _Added) -> None:
     if waiter is not None:
         pending[6] = None
         trio.lowlevel.reschedule(waiter)
+
+
+def _step_aside(queue: deque[_Queued], mine: _Queued, refused: InvalidStateError) -> bool:
+    """A writer that may not wait for its instance's actor (`Actors.refusal`: it runs a handler
+    that actor waits for) stops writing: its own add, if not answered yet, is taken out of
+    `queue` unapplied and answered with `refused`, and the first caller still waiting in
+    `queue` is woken unanswered to go on writing (`_write`'s hand-over): ``True``. ``False``
+    when `queue` is empty. With only cancelled callers' adds left, `refused` is raised: the
+    writer fails them (nobody waits for them, and nothing may wait here for the actor)."""
+    if mine[5] is None and mine[7] is None:
+        for index, pending in enumerate(queue):
+            if pending is mine:
+                del queue[index]
+                break
+        _finish(mine, Failure(refused))
+    for waiting in queue:
+        task = waiting[6]
+        if task is not None:
+            waiting[6] = None
+            trio.lowlevel.reschedule(task)
+            return True
+    if queue:
+        raise refused
+    return False
 
 
 @trio.lowlevel.enable_ki_protection
@@ -611,6 +638,8 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         #: What `key` puts before an instance id when no tenant is set.
         self._key_prefix = instance_key(KIND, job.name, "")
         self._running = runtime.actors.running_keys
+        #: The engine's wait-for graph (`Actors.waits`): an add from a handler checks it for a cycle.
+        self._waits = runtime.actors.waits
         self._log_level = threshold(job.logging)
         self._reducer_what = f"the on_event of debounce job {job.name!r}"
         self._reducer = offloaded(job.on_event, job.limits, self._reducer_what)
@@ -695,7 +724,7 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
 
     async def add(
         self, instance_id: str, event: object, event_id: object
-    ) -> Result[AddResult, ValidationError | ExecutionError | DuplicateEventError | StorageError]:
+    ) -> Result[AddResult, ValidationError | ExecutionError | DuplicateEventError | InvalidStateError | StorageError]:
         """Add `event` to instance `instance_id`'s batch (the client's ``add`` through ``_verb``, its id checked)."""
         return result_of(await _add_verb(self, instance_id, event, event_id))
 
@@ -909,7 +938,10 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
                 # Shielded from the close's cancel of the writer's scope: the round on the actor
                 # (cancelled there with the actor's handlers) ends before its adds are answered here.
                 with trio.CancelScope(shield=True):
-                    stop = await runtime.call(key, on_actor)
+                    try:
+                        stop = await runtime.call(key, on_actor)
+                    except InvalidStateError as refused:  # the writer is a handler the actor waits for
+                        return _step_aside(queue, mine, refused)
             if stop == "lost":
                 # Nothing was written: the lease passed to another engine. Take it afresh and go on.
                 lost += 1
@@ -1338,7 +1370,7 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
         return outcome_kind
 
 
-_AddError = ValidationError | ExecutionError | DuplicateEventError | StorageError
+_AddError = ValidationError | ExecutionError | DuplicateEventError | InvalidStateError | StorageError
 
 
 #: What an add never awaited warns (`_AddVerb.__del__`), in the words Python uses for a coroutine.
@@ -1445,8 +1477,14 @@ class _AddVerb(VerbResult[AddResult, _AddError]):  # type: ignore[misc]  # Futur
                 if queue is None:
                     queue = handler._queues[key] = deque((cell,))
                     result = yield from handler._write_own(key, queue, cell).__await__()
-                elif key in handler._running():  # a handler of this very instance adding to it: refused by `call`
-                    result = yield from handler.runtime.call(key, _unreachable).__await__()
+                elif (
+                    (running := handler._running())
+                    and (key in running or key in handler._waits)
+                    and (refused := handler.runtime.actors.refusal(key)) is not None
+                ):
+                    # A handler of this very instance adding to it, or of one it waits for, or a wait
+                    # that would close a cycle (`Actors.cycle`): refused as `call` refuses it, not queued.
+                    result = Failure(refused)
                 else:
                     # A writer is applying this instance's adds: join its queue and wait for its commit,
                     # parked until the round reschedules this task (a cancel ends the wait, not the add).
@@ -1454,7 +1492,15 @@ class _AddVerb(VerbResult[AddResult, _AddError]):  # type: ignore[misc]  # Futur
                     cell[6] = RUN_CONTEXT.task
                     # The handler's one trap, read by Trio as soon as it is yielded (`djobs._trap`).
                     handler._trap_fields["abort_func"] = self._abort
-                    woken = yield handler._trap
+                    if running:  # a handler waits for this instance (its writer): in the wait-for graph
+                        edges = handler.runtime.actors.waiting(key)
+                        assert edges is not None
+                        try:
+                            woken = yield handler._trap
+                        finally:
+                            handler.runtime.actors.done_waiting(edges)
+                    else:
+                        woken = yield handler._trap
                     if woken is not WOKEN:
                         woken.unwrap()
                     if cell[7] is not None:  # its event made the reducer raise a KeyboardInterrupt

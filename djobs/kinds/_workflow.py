@@ -580,7 +580,8 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
                 await requests.clear_cancel_request(key)  # recorded in the log now
             return Success(WorkflowCancelResult(instance_id, ours, record.status, already_requested=not ours))
 
-        return await self.runtime.call(key, run)
+        # The live run's step was cancelled above: a cycle of waits through it ends with it.
+        return await self.runtime.call(key, run, breaks_cycles=True)
 
     @staticmethod
     def _cancel_live(live: Run, reason: str | None) -> bool:
