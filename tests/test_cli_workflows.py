@@ -88,3 +88,38 @@ def test_workflows_show_lists_every_step(capsys: pytest.CaptureFixture[str], db:
     capsys.readouterr()
     assert main(["workflows", "show", "shipping", "nope", "--db", str(db)]) == ExitCode.NOT_FOUND
     assert "no workflow 'shipping' with id 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [("workflows", "list"), ("instances", "list")])
+def test_paging_by_the_printed_after_lists_each_workflow_once(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """The next-page hint, typed back into a shell, goes on from the last row shown, tenants'
+    rows too: ``workflows list`` printed a key's \\x1f as Python's ``'\\x1f'`` escape, which a
+    shell passes as four characters, so the next page started past the rest of that tenant's
+    rows and never showed them."""
+    import shlex
+
+    path = tmp_path / "tenants.db"
+    started = {(tenant, i) for tenant in (None, "acme", "acme b") for i in ("a", "b", "c")}
+
+    async def build() -> None:
+        async with open_test_engine([shipping], storage=djobs.sqlite(path), start=T0) as engine:
+            for tenant, instance_id in started:
+                client = engine.client if tenant is None else engine.client.for_tenant(tenant)
+                await client.workflow(shipping).start(id=instance_id, input=Parcel(instance_id))
+            await engine.wait_idle()
+
+    trio.run(build, clock=trio.testing.MockClock(autojump_threshold=0))
+    seen: list[tuple[str | None, str]] = []
+    after: list[str] = []
+    for _ in range(len(started) + 1):
+        assert main([*command, "--db", str(path), "--limit", "2", *after]) == ExitCode.OK
+        err = capsys.readouterr().err
+        assert main([*command, "--db", str(path), "--limit", "2", *after, "--json"]) == ExitCode.OK
+        rows = json.loads(capsys.readouterr().out)
+        seen += [(row["tenant_id"], row.get("id") or row["instance_id"]) for row in rows]
+        if "see more with" not in err:
+            break
+        after = shlex.split(err.split("see more with ", 1)[1])  # as a shell would pass it
+    assert sorted(seen, key=str) == sorted(started, key=str)

@@ -18,6 +18,7 @@ from .._clock import Clock, to_epoch_ms
 from ..kinds._common import instance_key
 from ..kinds._workflow_log import KIND, describe_workflow
 from ..storage._inspect import InstanceFilter
+from ._actions import key_candidates, printable
 from ._exit import CommandError, ExitCode
 from ._output import fields, note, print_json, table, when, when_relative
 from ._read import _open
@@ -49,7 +50,9 @@ def add_commands(
 
 async def workflows_list(args: argparse.Namespace, clock: Clock) -> ExitCode:
     """``djobs workflows list``: stored workflows in key order."""
-    where = InstanceFilter(kind=KIND, name=args.name, after=args.after, limit=args.limit)
+    # A key as the next-page hint prints it (a control as its Control Picture), as instances list reads it.
+    after = None if args.after is None else key_candidates(args.after)[-1]
+    where = InstanceFilter(kind=KIND, name=args.name, after=after, limit=args.limit)
     async with _open(args) as db:
         views = await db.inspect.instances(where)
     described = [(v.record, describe_workflow(v.record, v.alarm)) for v in views]
@@ -79,7 +82,7 @@ async def workflows_list(args: argparse.Namespace, clock: Clock) -> ExitCode:
     ]
     print(table(["NAME", "ID", "TENANT", "STATUS", "STEPS", "CURRENT", "WAKE", "UPDATED"], rows, right=[4]))
     if len(views) == args.limit:
-        note(f"showing the first {args.limit}; see more with --after {views[-1].record.key!r}")
+        note(f"showing the first {args.limit}; see more with --after {printable(views[-1].record.key)!r}")
     return ExitCode.OK
 
 
