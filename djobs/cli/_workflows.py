@@ -15,10 +15,11 @@ from typing import Any
 import msgspec
 
 from .._clock import Clock, to_epoch_ms
+from .._printable import printable
 from ..kinds._common import instance_key
 from ..kinds._workflow_log import KIND, describe_workflow
 from ..storage._inspect import InstanceFilter
-from ._actions import key_candidates, printable
+from ._actions import key_candidates
 from ._exit import CommandError, ExitCode
 from ._output import fields, note, print_json, table, when, when_relative
 from ._read import _open
