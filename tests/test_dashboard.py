@@ -923,3 +923,21 @@ def test_what_a_dead_letter_holds_is_escaped(db: Built) -> None:
         assert "<script>alert" not in text and "<b>acme" not in text and "&lt;b&gt;acme&lt;/b&gt;" in text
     assert "cannot shout &lt;script&gt;alert(1)&lt;/script&gt;" in page.text
     assert "&#34;&lt;script&gt;alert(1)&lt;/script&gt;&#34;" in page.text
+
+
+def test_bidirectional_controls_in_ids_tenants_and_errors_show_as_stand_ins(tmp_path: Path) -> None:
+    # U+202E showed the rest of its cell reversed (an id "invoice-\u202egpj.exe" read "invoice-exe.jpg");
+    # every value a page writes now shows it, and the other controls, as the CLI and the log lines do.
+    path = tmp_path / "jobs.db"
+
+    async def fill() -> str:
+        async with djobs.open_engine([shouter], storage=djobs.sqlite(path), worker=None) as engine:
+            run = success(await engine.client.job(shouter).now(Greet("\u202egpj.exe"), tenant_id="acme\u2066"))
+            return run.job_id
+
+    job_id = trio.run(fill)
+    listing, page = get(app(str(path)), "/jobs?status=failed", f"/jobs/{job_id}")
+    for shown in (listing, page):
+        assert shown.status_code == 200 and "\u202e" not in shown.text and "\u2066" not in shown.text
+        assert "cannot shout &lt;U+202E&gt;gpj.exe" in shown.text  # the error message
+        assert "acme&lt;U+2066&gt;" in shown.text  # the tenant id
