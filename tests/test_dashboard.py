@@ -933,6 +933,7 @@ def test_bidirectional_controls_in_ids_tenants_and_errors_show_as_stand_ins(tmp_
     async def fill() -> str:
         async with djobs.open_engine([shouter], storage=djobs.sqlite(path), worker=None) as engine:
             run = success(await engine.client.job(shouter).now(Greet("\u202egpj.exe"), tenant_id="acme\u2066"))
+            assert run.job_id is not None  # persisted
             return run.job_id
 
     job_id = trio.run(fill)
