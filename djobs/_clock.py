@@ -69,9 +69,36 @@ def to_datetime(epoch_ms: int) -> datetime:
         raise SchedulerError(beyond_datetime(epoch_ms))
     # Whole milliseconds added to the epoch, exactly: `fromtimestamp(epoch_ms / 1000)` goes through a
     # float, off by microseconds outside about 1900-2100 (9999-12-31 23:59:59.999 read .998993).
-    moment = _EPOCH + timedelta(milliseconds=epoch_ms)
+    moment = _EPOCH + timedelta(0, 0, 0, epoch_ms)  # (milliseconds given by position: no keyword parsing)
     _last_datetime = (epoch_ms, moment)
     return moment
+
+
+def utc_isoformat(epoch_ms: int) -> str:
+    """``to_datetime(epoch_ms).isoformat()`` (``2026-01-01T09:00:00+00:00``), what events write a time
+    as, without formatting a whole-second time afresh: its day's text is kept from the call before
+    (a cron's fires of one day share it), its time of day comes from tables.
+
+    Raises:
+        SchedulerError: As `to_datetime`: no `datetime` holds `epoch_ms`.
+    """
+    global _last_day_text
+    day, ms = divmod(epoch_ms, _DAY_MS)
+    if ms % 1000:
+        return to_datetime(epoch_ms).isoformat()
+    last = _last_day_text
+    if last[0] != day:
+        last = _last_day_text = (day, to_datetime(epoch_ms).date().isoformat() + "T")
+    seconds = ms // 1000
+    return last[1] + _MINUTE_TEXTS[seconds // 60] + _SECOND_TEXTS[seconds % 60]
+
+
+_DAY_MS = 86_400_000
+#: ``HH:MM:`` for each minute of a day, and ``SS+00:00`` for each second of a minute.
+_MINUTE_TEXTS = tuple(f"{m // 60:02}:{m % 60:02}:" for m in range(1440))
+_SECOND_TEXTS = tuple(f"{s:02}+00:00" for s in range(60))
+#: The last day `utc_isoformat` wrote (days since the epoch) and its ``YYYY-MM-DDT``, as one tuple.
+_last_day_text: tuple[int, str] = (0, "1970-01-01T")
 
 
 def beyond_datetime(epoch_ms: int, what: str = "the time") -> str:

@@ -28,7 +28,7 @@ import trio
 from returns.result import Failure, Result, Success
 
 from ._bodies import immediate, normalise
-from ._clock import FIRST_MS, LAST_MS, LATEST_MS, Clock, to_datetime
+from ._clock import FIRST_MS, LAST_MS, LATEST_MS, Clock, to_datetime, utc_isoformat
 from ._errors import ExecutionError, JobError, JobTimeoutError, SchedulerError, StorageError, describe, safe_repr
 from ._ids import Ids
 from ._input import DEFAULT_MAX_PAYLOAD_BYTES, MAX_REASON_LENGTH, check_produced_text, nearest_ms
@@ -844,5 +844,5 @@ def judge(
         delay,
         printable(error.message),
     )
-    ev("job.failed", **failed, will_retry=True, retry_at=to_datetime(retry_at).isoformat())
+    ev("job.failed", **failed, will_retry=True, retry_at=utc_isoformat(retry_at))
     return Outcome("retrying", error=error, retry_at=retry_at, duration_ms=duration_ms)

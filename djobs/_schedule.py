@@ -717,7 +717,7 @@ def _from_ms(ms: int) -> datetime:
     """The UTC instant of epoch ms `ms`; `SchedulerError` past datetime's range (a clock read
     after the year 9999, which the walk cannot start from), where datetime raised OverflowError."""
     try:
-        return _EPOCH + timedelta(milliseconds=ms)
+        return _EPOCH + timedelta(0, 0, 0, ms)  # milliseconds, by position (no keyword parsing)
     except OverflowError:
         raise SchedulerError(beyond_datetime(ms)) from None
 

@@ -32,7 +32,7 @@ from typing_extensions import TypeVar
 
 from .._actors import RUNNING_KEYS
 from .._bodies import Returns, check_body, plain_type
-from .._clock import AFTER_LATEST, LATEST_MS, LATEST_TEXT, to_datetime
+from .._clock import AFTER_LATEST, LATEST_MS, LATEST_TEXT, to_datetime, utc_isoformat
 from .._codec import check_storable, decode, decoder, encode
 from .._context import D_co, StatefulContext
 from .._durations import DurationLike
@@ -363,7 +363,7 @@ class ContinuousHandler(TenantScoped, Generic[S]):
                 created_at=now,
                 updated_at=now,
             )
-            next_run_at = to_datetime(first).isoformat()
+            next_run_at = utc_isoformat(first)
             started = self.env.event("job.started", key, KIND, self.job.name, next_run_at=next_run_at)
             await self.env.commit(Checkin(key=key, record=record, alarm=SetAlarm(first, "run")), [started])
             return Success(StartResult(True, instance_id, "running"))
@@ -438,9 +438,7 @@ class ContinuousHandler(TenantScoped, Generic[S]):
                     )
                 )
             record.status, record.updated_at = "running", now
-            resumed = self.env.event(
-                "job.resumed", key, KIND, self.job.name, next_run_at=to_datetime(first).isoformat()
-            )
+            resumed = self.env.event("job.resumed", key, KIND, self.job.name, next_run_at=utc_isoformat(first))
             await self.env.commit(Checkin(key=key, record=record, alarm=SetAlarm(first, "run")), [resumed])
             return Success(ContinuousStatus("running", record.run_count, to_datetime(first)))
 

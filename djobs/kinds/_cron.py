@@ -38,7 +38,7 @@ from returns.future import FutureResult
 from returns.result import Failure, Result, Success
 
 from .._bodies import Returns, check_body
-from .._clock import LATEST_MS, LATEST_TEXT, to_datetime
+from .._clock import LATEST_MS, LATEST_TEXT, to_datetime, utc_isoformat
 from .._codec import encode
 from .._durations import DurationLike
 from .._errors import JobNotFoundError, StorageError, TenantError, ValidationError, raise_error, safe_repr
@@ -477,25 +477,25 @@ class CronScheduler:
                 # A CronFire of a registered cron job's (checked) name and a UTC time always encodes
                 # and matches itself: encoded as `encode` would, without its validating decode.
                 params = _fire_encoder.encode(CronFire(cron.name, fire_moment))
-            match queue.row(
+            made = queue.new_row(
                 handler,
                 params,
                 scheduled_for=fire_time,
                 now=now,
                 correlation_id=f"cron:{cron.name}",
                 tenant_id=cron.tenant_id,
-            ):
-                case Success(made):
-                    row = made
-                case Failure(error):
-                    # The job's limit_key refused these params: this fire enqueues nothing (logged);
-                    # the schedule goes on.
-                    self._log.error(
-                        "cron %s: the fire due at %s enqueues nothing: %s",
-                        cron.name,
-                        fire_moment.isoformat(),
-                        printable(error.message),
-                    )
+            )
+            if isinstance(made, ValidationError):
+                # The job's limit_key refused these params: this fire enqueues nothing (logged);
+                # the schedule goes on.
+                self._log.error(
+                    "cron %s: the fire due at %s enqueues nothing: %s",
+                    cron.name,
+                    fire_moment.isoformat(),
+                    printable(made.message),
+                )
+            else:
+                row = made
         worker = queue.worker
         # Stored running under this engine's worker and handed to it, where it can be: no
         # claim, no wake-up of the claim loop (else stored pending, and the loop is poked).
@@ -516,7 +516,7 @@ class CronScheduler:
                 handoffs.end()
         if not fired:
             return 0  # another engine fired this time first
-        fired_at = fire_moment.isoformat()
+        fired_at = utc_isoformat(fire_time)
         if next_run_at is None:
             self._log.warning("cron %s has no next fire: %s", cron.name, _ENDED)
         if row is None:
@@ -529,7 +529,7 @@ class CronScheduler:
                         KIND,
                         cron.name,
                         fire_at=fired_at,
-                        next_run_at=None if next_run_at is None else to_datetime(next_run_at).isoformat(),
+                        next_run_at=None if next_run_at is None else utc_isoformat(next_run_at),
                     )
                 ]
             )

@@ -50,7 +50,7 @@ from returns.result import Failure, Result, Success
 from typing_extensions import TypeVar
 
 from .._bodies import Done, Returns, check_body
-from .._clock import AFTER_LATEST, LAST_MS, LATEST_MS, beyond_datetime, to_datetime
+from .._clock import AFTER_LATEST, LAST_MS, LATEST_MS, beyond_datetime, to_datetime, utc_isoformat
 from .._codec import (
     check_storable,
     copier,
@@ -1187,7 +1187,7 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
             if started:
                 record.started_at, record.attempt, record.data = now, 1, None
                 if events is not None:
-                    when = to_datetime(started_flush_at).isoformat()
+                    when = utc_isoformat(started_flush_at)
                     events.append(env.event("debounce.started", key, KIND, job.name, flush_at=when))
             record.status, record.state, record.event_count, record.updated_at = "debouncing", raw, count, now
             try:

@@ -17,7 +17,7 @@ import trio
 from returns.pipeline import is_successful
 from returns.result import Failure, Result, Success
 
-from .._clock import AFTER_LATEST, LATEST_MS, to_datetime
+from .._clock import AFTER_LATEST, LATEST_MS, to_datetime, utc_isoformat
 from .._codec import canonical_json, decode, encode
 from .._durations import parse_duration, to_ms
 from .._errors import (
@@ -223,7 +223,7 @@ class JobQueue:
                             "job.enqueued",
                             row.id,
                             row.name,
-                            scheduled_for=to_datetime(row.scheduled_for).isoformat(),
+                            scheduled_for=utc_isoformat(row.scheduled_for),
                             tenant_id=row.tenant_id,
                             correlation_id=row.correlation_id,
                         )
@@ -251,31 +251,61 @@ class JobQueue:
         """A new pending row for `handler`'s job, with the limit key its definition gives
         `raw` (a key function that fails is this row's `ValidationError`, its message
         starting with `what`, by default ``job 'name'``)."""
+        made = self.new_row(
+            handler,
+            raw,
+            scheduled_for=scheduled_for,
+            now=now,
+            priority=priority,
+            correlation_id=correlation_id,
+            tenant_id=tenant_id,
+            idempotency_key=idempotency_key,
+            unique_key=unique_key,
+            unique_statuses=unique_statuses,
+            what=what,
+        )
+        return Failure(made) if isinstance(made, ValidationError) else Success(made)
+
+    def new_row(
+        self,
+        handler: JobHandler[Any, Any],
+        raw: bytes,
+        *,
+        scheduled_for: int,
+        now: int,
+        priority: int = 0,
+        correlation_id: str | None = None,
+        tenant_id: str | None = None,
+        idempotency_key: str | None = None,
+        unique_key: str | None = None,
+        unique_statuses: tuple[JobStatusName, ...] = ("pending",),
+        what: str | None = None,
+    ) -> NewJob | ValidationError:
+        """`row` without the `Result` (whose making costs more than the row's), for a cron
+        fire: the row, or the `ValidationError` that refuses it."""
         job = handler.job
         limit_key = None
         if job.queue_limits is not None:
             # A match, not .map: this runs once per row of a batch, and a lambda would be one more call each.
-            match limit_key_of(job.name, job.queue_limits, lambda: msgspec.json.decode(raw, type=job.params), what):
-                case Failure() as failed:
-                    return failed
-                case Success(limit_key):
-                    pass
-        return Success(
-            NewJob(
-                id=self.env.ids.job_id(now),
-                name=job.name,
-                params=raw,
-                max_attempts=job.max_attempts,
-                scheduled_for=scheduled_for,
-                created_at=now,
-                priority=priority,
-                correlation_id=correlation_id,
-                tenant_id=tenant_id,
-                idempotency_key=idempotency_key,
-                unique_key=unique_key,
-                unique_statuses=unique_statuses,
-                limit_key=limit_key,
-            )
+            keyed = limit_key_of(job.name, job.queue_limits, lambda: msgspec.json.decode(raw, type=job.params), what)
+            if isinstance(keyed, Failure):
+                refused: ValidationError = keyed.failure()
+                return refused
+            limit_key = keyed.unwrap()
+        return NewJob(
+            id=self.env.ids.job_id(now),
+            name=job.name,
+            params=raw,
+            max_attempts=job.max_attempts,
+            scheduled_for=scheduled_for,
+            created_at=now,
+            priority=priority,
+            correlation_id=correlation_id,
+            tenant_id=tenant_id,
+            idempotency_key=idempotency_key,
+            unique_key=unique_key,
+            unique_statuses=unique_statuses,
+            limit_key=limit_key,
         )
 
     async def send_event(

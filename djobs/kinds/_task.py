@@ -37,7 +37,7 @@ from returns.result import Failure, Result, Success
 from typing_extensions import TypeVar
 
 from .._bodies import Returns, check_body
-from .._clock import AFTER_LATEST, LATEST_MS, to_datetime
+from .._clock import AFTER_LATEST, LATEST_MS, to_datetime, utc_isoformat
 from .._codec import check_storable, decode, encoded, validate
 from .._context import BaseContext, D_co
 from .._durations import TOO_LONG, DurationLike, negative_text, parse_duration, to_ms
@@ -934,7 +934,7 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
         return True, fire
 
     def _scheduled(self, record: InstanceRecord, fire_at: int, trigger: Trigger) -> TrackedEvent:
-        return self._event(record, "task.scheduled", scheduled_at=to_datetime(fire_at).isoformat(), trigger=trigger)
+        return self._event(record, "task.scheduled", scheduled_at=utc_isoformat(fire_at), trigger=trigger)
 
     def _handler_failed(
         self, record: InstanceRecord, handler: str, error: JobError, events: list[TrackedEvent], log: JobLog

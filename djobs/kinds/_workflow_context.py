@@ -43,7 +43,7 @@ from returns.result import Failure, Result, Success
 from returns.unsafe import unsafe_perform_io
 
 from .._bodies import is_plain
-from .._clock import LATEST_MS, to_datetime
+from .._clock import LATEST_MS, to_datetime, utc_isoformat
 from .._codec import decode, decoder, encoded, encoded_copy, storable_problem, type_name
 from .._context import BaseContext, D_co
 from .._durations import DurationLike, parse_duration, to_ms
@@ -761,7 +761,7 @@ class Run:
                 delay,
                 printable(error.message),
             )
-            retry_at = to_datetime(entry.until).isoformat()
+            retry_at = utc_isoformat(entry.until)
             self.event(
                 "workflow.step_failed", **failed_step_data(name, attempt, error, will_retry=True), retry_at=retry_at
             )
@@ -795,7 +795,7 @@ class Run:
         if entry.until <= now:
             entry.done = True
             return
-        self.event("workflow.sleeping", step=name, wake_at=to_datetime(entry.until).isoformat())
+        self.event("workflow.sleeping", step=name, wake_at=utc_isoformat(entry.until))
         self.suspend("sleeping", SetAlarm(entry.until, WAKE))
 
     async def wait_for_signal(self, name: str, tp: Any, give_up: object) -> Any:
@@ -825,7 +825,7 @@ class Run:
                 self.event(
                     "workflow.waiting",
                     signal=name,
-                    timeout_at=None if entry.until is None else to_datetime(entry.until).isoformat(),
+                    timeout_at=None if entry.until is None else utc_isoformat(entry.until),
                 )
                 alarm = None if entry.until is None else SetAlarm(entry.until, TIMEOUT)
                 self.suspend("waiting", alarm)

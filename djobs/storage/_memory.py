@@ -207,8 +207,8 @@ _copy_instance: Final[Callable[[InstanceRecord], InstanceRecord]] = getattr(  # 
 )
 
 
-def _cron_copy(cron: CronRecord) -> CronRecord:
-    return msgspec.structs.replace(cron)
+#: A copy of a stored cron job (as `_copy_instance`: its fields are all immutable values).
+_cron_copy: Final[Callable[[CronRecord], CronRecord]] = getattr(CronRecord, "__copy__")  # noqa: B009
 
 
 @final
@@ -1501,7 +1501,8 @@ class MemoryStorage:
                 yield cron
 
     async def due_cron_jobs(self, names: Sequence[str], now: int) -> list[CronRecord]:
-        self._check_open()
+        if self._closed:  # `_check_open`, inlined: the alarm task asks this at every cron fire
+            raise StorageError(CLOSED_MESSAGE)
         # `_due_crons`, inlined: the alarm task asks this at every cron fire.
         crons, due = self._crons, {}
         for name in names:
