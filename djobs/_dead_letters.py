@@ -29,11 +29,20 @@ from returns.result import Failure, Result, Success
 from ._clock import to_datetime
 from ._durations import DurationLike, parse_duration, to_ms
 from ._errors import InstanceNotFoundError, InvalidStateError, StorageError, TenantError, ValidationError, safe_repr
-from ._input import check_optional_text, check_whole, plain_text
+from ._input import check_optional_text, check_text, check_whole, plain_text
 from .kinds._common import bind_async, check_id, effect, refused
 from .kinds._job import JobErrorInfo
 from .kinds._job_queue import JobQueue
-from .storage._base import DeadLetter, DeadLetterFilter, DeadLetterKind, DeadLetterStorage, InstanceRevival, Revival
+from .storage._base import (
+    DeadLetter,
+    DeadLetterFilter,
+    DeadLetterKind,
+    DeadLetterStorage,
+    InstanceRevival,
+    Revival,
+    dead_letter_cursor,
+    split_dead_letter_cursor,
+)
 
 if TYPE_CHECKING:
     from ._runtime import Runtime
@@ -61,6 +70,9 @@ class DeadLetterInfo(msgspec.Struct, frozen=True, kw_only=True):
         attempts: The attempts made.
         event_count: The events in a Debounce batch (0 for the other kinds).
         failed_at: When the work failed for good (UTC).
+        cursor: Where this letter stands in a listing: ``list(after=page[-1].cursor)``
+            gives the letters after it, whether or not this one is still stored then
+            (retried or discarded meanwhile). Its time and id joined by ``"\x1f"``.
     """
 
     id: str
@@ -73,6 +85,7 @@ class DeadLetterInfo(msgspec.Struct, frozen=True, kw_only=True):
     attempts: int = 0
     event_count: int = 0
     failed_at: datetime
+    cursor: str
 
 
 class DeadLetterRetryResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -126,6 +139,7 @@ class DeadLetters:
             attempts=letter.attempts,
             event_count=letter.event_count,
             failed_at=to_datetime(letter.created_at),
+            cursor=dead_letter_cursor(letter),
         )
 
     def _payload(self, letter: DeadLetter) -> Any:
@@ -168,13 +182,20 @@ class DeadLetters:
     ) -> Result[list[DeadLetterInfo], Any]:
         """The letters matching every given filter, newest first."""
         where = Result.do(
-            DeadLetterFilter(kind=the_kind, name=the_name, tenant_id=tenant, after=the_after, limit=the_limit)
+            DeadLetterFilter(
+                kind=the_kind,
+                name=the_name,
+                tenant_id=tenant,
+                after=the_after[0],
+                after_created_at=the_after[1],
+                limit=the_limit,
+            )
             for _ in check_optional_text(scope, "the client's tenant id")
             for the_kind in _check_kind(kind)
             for the_limit in check_whole(limit, "limit", 1, 10_000)
             for the_name in check_optional_text(name, "name")
             for given in check_optional_text(tenant_id, "tenant_id")
-            for the_after in check_optional_text(after, "after")
+            for the_after in _check_after(after)
             for tenant in _tenant_in_scope(scope, given)
         )
 
@@ -277,7 +298,12 @@ class DeadLettersClient:
         limit: int = 100,
         after: str | None = None,
     ) -> FutureResult[list[DeadLetterInfo], TenantError | ValidationError | StorageError]:
-        """Letters matching every given filter, newest first; page with ``after=<last id>``.
+        """Letters matching every given filter, newest first, at most `limit` (1 to 10,000).
+
+        Page with ``after=page[-1].cursor`` (`DeadLetterInfo.cursor`) until a page is shorter
+        than `limit`: each letter is listed once, even if the page's last letter is retried
+        or discarded before the next page is asked for. A letter id is taken as `after` too
+        (the listing goes on after that letter, and ends if it is no longer stored).
 
         On a tenant's client (`Client.for_tenant`) a `tenant_id` filter naming another tenant
         gives `TenantError`, as ``jobs.list``'s does."""
@@ -343,6 +369,22 @@ def _check_kind(kind: object) -> Result[DeadLetterKind | None, ValidationError]:
     if kind is None:
         return Success(None)
     return Failure(ValidationError(f"kind must be job, debounce, continuous or task, got {safe_repr(kind):.80}"))
+
+
+def _check_after(after: object) -> Result[tuple[str | None, int | None], ValidationError]:
+    """A listing's `after`: a `DeadLetterInfo.cursor` (the letter's time and id), or a letter
+    id (looked up: a letter no longer stored ends the listing); ``None`` lists from the newest."""
+    after = plain_text(after)
+    if after is None:
+        return Success((None, None))
+    if not isinstance(after, str) or "\x1f" not in after:
+        return check_text(after, "after").map(lambda letter_id: (letter_id, None))
+    split = split_dead_letter_cursor(after)
+    if split is None or split[1] is None:
+        return Failure(
+            ValidationError(f"after {after!r:.80} is neither a letter id nor a cursor (DeadLetterInfo.cursor)")
+        )
+    return check_id(split[0], "after's letter id").map(lambda letter_id: (letter_id, split[1]))
 
 
 def _tenant_in_scope(scope: str | None, tenant: str | None) -> Result[str | None, TenantError]:

@@ -469,6 +469,11 @@ def test_dead_letters_list_show_discard(capsys: pytest.CaptureFixture[str], db: 
     assert run_json(capsys, "dead-letters", "list", "--kind", "debounce", *path) == []
     code, out, _ = run(capsys, "dead-letters", "list", *path)
     assert code == 0 and db.failed in out and "retry_exhausted: gave up after 1 attempt(s)" in out
+    # A full page ends with the next page's --after: the letter's cursor, which the JSON holds too.
+    code, _, err = run(capsys, "dead-letters", "list", "--limit", "1", *path)
+    [hint] = shlex.split(err.split("see more with --after ", 1)[1])
+    assert hint == letter["cursor"].replace("\x1f", "\u241f") and hint.endswith(f"\u241f{db.failed}")
+    assert run(capsys, "dead-letters", "list", "--after", "x\u241fy", *path)[0] == ExitCode.USAGE
     code, out, _ = run(capsys, "dead-letters", "show", db.failed, *path)
     assert code == 0 and '{"name":"fail"}' in out and "job id" in out
     assert run(capsys, "dead-letters", "show", "nope", *path)[0] == ExitCode.NOT_FOUND
@@ -477,6 +482,8 @@ def test_dead_letters_list_show_discard(capsys: pytest.CaptureFixture[str], db: 
     assert run_json(capsys, "dead-letters", "list", *path) == []
     assert job_row(db, db.failed)["status"] == "failed"  # the job's own row stays
     assert run(capsys, "dead-letters", "discard", db.failed, *path)[0] == ExitCode.NOT_FOUND
+    # The cursor of a letter discarded since still says where the next page starts (here: none left).
+    assert run(capsys, "dead-letters", "list", "--after", hint, *path) == (0, "", "no dead letters match\n")
 
 
 def test_dead_letters_retry(capsys: pytest.CaptureFixture[str], db: Built) -> None:

@@ -855,7 +855,9 @@ def test_the_dead_letters_page_lists_filters_pages_and_shows_one(db: Built) -> N
     assert re.findall(r'class="letter" href="/dead-letters/([^"]+)"', by_kind_and_name.text) == [db.failed]
     for page in (debounce, nobody, after):
         assert "no dead letters match" in page.text and db.failed not in page.text
-    assert f"after={db.failed}" in first.text and "limit=1" in first.text  # the next page's link
+    # The next page's link: the letter's cursor (its time, the separator, its id), so the next
+    # page goes on from it even once the letter is retried or discarded.
+    assert re.search(rf"after=\d+%1F{re.escape(db.failed)}", first.text) and "limit=1" in first.text
     assert "no greeting for fail" in one.text and f'href="/jobs/{db.failed}"' in one.text
     assert '<pre id="payload">{\n  &#34;name&#34;: &#34;fail&#34;\n}</pre>' in one.text  # formatted JSON, escaped
     assert "2026-01-01" in one.text  # when it failed
@@ -863,6 +865,8 @@ def test_the_dead_letters_page_lists_filters_pages_and_shows_one(db: Built) -> N
     assert missing.status_code == 404 and "no dead letter with id" in missing.text
     for page in (listing, one):
         assert 'method="post"' not in page.text  # read-only without a token
+    [bad_after] = get(app(**where(db), clock=AT_5M), "/dead-letters?after=x%1Fy")
+    assert bad_after.status_code == 400 and "neither a letter id nor a page" in bad_after.text
 
 
 @pytest.mark.parametrize("verb", ["retry", "discard"])

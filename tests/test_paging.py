@@ -113,3 +113,78 @@ async def test_a_workflow_listing_refuses_an_after_that_names_no_workflow_place(
         workflows = engine.client.workflow(flow)
         for bad in ("\x1fa", "acme\x1f", "acme\x1fa\x1fb", "ac\x00me\x1fa", "x" * 513 + "\x1fa"):
             assert isinstance(failure(await workflows.list(after=bad)), djobs.ValidationError), bad
+
+
+class Mail(msgspec.Struct):
+    to: str
+
+
+def bounce(params: Mail, ctx: djobs.JobContext) -> None:
+    raise ConnectionError(f"{params.to}: mailbox unavailable")
+
+
+@pytest.mark.parametrize("kind", STORAGE_KINDS)
+def test_dead_letters_paged_by_cursor_list_each_once_while_each_page_is_worked_off(kind: str, tmp_path: Any) -> None:
+    """A dead-letter listing paged by id ended at the first page whose last letter was retried
+    or discarded meanwhile (its place was looked up, and a letter gone ends the listing), so
+    an operator's loop that works each page off never reached the rest. The cursor carries
+    the letter's place; letters failing at one time (ties) and at others are paged alike."""
+    schema = new_schema_name() if kind == "postgres" else None
+    examples = itertools.count()
+
+    @storage_settings(kind, examples=25, postgres_examples=6)
+    @given(
+        delays=st.lists(st.sampled_from([0, 0, 1, 5]), min_size=1, max_size=12),
+        limits=st.lists(st.integers(1, 4), min_size=1, max_size=3),
+        tenants=st.lists(st.sampled_from([None, "acme", "globex"]), min_size=12, max_size=12),
+        work_off=st.sampled_from(["retry", "discard", "keep"]),
+    )
+    def property(delays: list[int], limits: list[int], tenants: list[str | None], work_off: str) -> None:
+        mail = djobs.Job.make(f"mail{next(examples)}", params=Mail, execute=bounce, max_attempts=1)
+
+        async def scenario() -> None:
+            async with open_test_engine([mail], storage=storage_layer(kind, str(tmp_path), schema)) as engine:
+                for n, delay in enumerate(delays):
+                    tenant = tenants[n]
+                    client = engine.client if tenant is None else engine.client.for_tenant(tenant)
+                    success(await client.job(mail).later(Mail(f"{n}@x.test"), delay=f"{delay} seconds"))
+                await trio.sleep(10)
+                await engine.wait_idle()
+                letters = engine.client.dead_letters
+                stored = success(await letters.list(name=mail.name, limit=1000))
+                assert len(stored) == len(delays)
+
+                async def worked_off(last: Any) -> str:
+                    if work_off == "retry":
+                        success(await letters.retry(last.id))
+                    elif work_off == "discard":
+                        success(await letters.discard(last.id))
+                    return str(last.cursor)
+
+                seen: list[Any] = []
+                after = None
+                for turn, limit in enumerate(itertools.cycle(limits)):
+                    assert turn <= len(delays) + 1, "still paging"
+                    page = success(await letters.list(name=mail.name, after=after, limit=limit))
+                    seen += page
+                    if len(page) < limit:
+                        break
+                    after = await worked_off(page[-1])
+                assert [le.id for le in seen] == [le.id for le in stored]  # each once, newest first
+
+        trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
+
+    with dropped_after(schema):
+        property()
+
+
+@pytest.mark.trio
+async def test_a_dead_letter_listing_refuses_an_after_that_is_no_id_or_cursor(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_engine([]) as engine:
+        for bad in ("\x1fa", "12\x1f", "x\x1fa", "1\x1fa\x1fb", "1.5\x1fa", "", "a\x00"):
+            error = failure(await engine.client.dead_letters.list(after=bad))
+            assert isinstance(error, djobs.ValidationError), (bad, error)
+        assert success(await engine.client.dead_letters.list(after="no-such-letter")) == []
+        assert success(await engine.client.dead_letters.list(after="0\x1fno-such-letter")) == []

@@ -17,10 +17,16 @@ from typing import Any
 
 from .._clock import Clock
 from .._printable import printable
-from ..storage._base import DeadLetter, DeadLetterFilter, DeadLetterStorage
+from ..storage._base import (
+    DeadLetter,
+    DeadLetterFilter,
+    DeadLetterStorage,
+    dead_letter_cursor,
+    split_dead_letter_cursor,
+)
 from ..storage._inspect import Opened
 from . import _actions
-from ._exit import ExitCode
+from ._exit import CommandError, ExitCode
 from ._output import fields, iso, note, print_json, table, when
 from ._read import _clip, _compact, _json_value, _open
 
@@ -41,7 +47,9 @@ def add_commands(
     p.add_argument("--kind", choices=KINDS)
     p.add_argument("--name", help="only this definition's letters")
     p.add_argument("--tenant", help="only this tenant's letters")
-    p.add_argument("--after", metavar="ID", help="start after this letter (the next page)")
+    p.add_argument(
+        "--after", metavar="CURSOR", help="start after this letter (the next page: the cursor a full page ends with)"
+    )
     p.add_argument("--limit", type=limit, default=50, help="at most this many (default 50)")
     for name, run, help in (
         ("show", letters_show, "one letter: what failed, its payload and error"),
@@ -77,12 +85,21 @@ def _letter_json(letter: DeadLetter) -> dict[str, Any]:
         "attempts": letter.attempts,
         "event_count": letter.event_count,
         "failed_at": iso(letter.created_at),
+        "cursor": dead_letter_cursor(letter),  # a page's next --after
     }
 
 
 async def letters_list(args: argparse.Namespace, clock: Clock) -> ExitCode:
     """``djobs dead-letters list``: letters, newest first."""
-    where = DeadLetterFilter(kind=args.kind, name=args.name, tenant_id=args.tenant, after=args.after, limit=args.limit)
+    after, after_created_at = _after(args.after)
+    where = DeadLetterFilter(
+        kind=args.kind,
+        name=args.name,
+        tenant_id=args.tenant,
+        after=after,
+        after_created_at=after_created_at,
+        limit=args.limit,
+    )
     async with _open(args) as db:
         letters = await _store(db).list_dead_letters(where)
     if args.json:
@@ -97,8 +114,21 @@ async def letters_list(args: argparse.Namespace, clock: Clock) -> ExitCode:
     ]
     print(table(["ID", "KIND", "NAME", "REF", "ATTEMPTS", "FAILED", "ERROR"], rows, right=[4]))
     if len(letters) == args.limit:
-        note(f"showing the first {args.limit}; see more with --after {letters[-1].id}")
+        note(f"showing the first {args.limit}; see more with --after {printable(dead_letter_cursor(letters[-1]))!r}")
     return ExitCode.OK
+
+
+def _after(text: str | None) -> tuple[str | None, int | None]:
+    """``--after``: the cursor a page's hint prints (a letter's time and id, `dead_letter_cursor`,
+    its separator shown as a Control Picture), or a letter id (looked up)."""
+    if text is None:
+        return None, None
+    split = split_dead_letter_cursor(_actions.key_candidates(text)[-1])
+    if split is None:
+        raise CommandError(
+            f"--after {printable(text)!r:.80} is neither a letter id nor a page's cursor", ExitCode.USAGE
+        )
+    return split
 
 
 async def letters_show(args: argparse.Namespace, clock: Clock) -> ExitCode:

@@ -57,7 +57,7 @@ from ..kinds._workflow_log import KIND as WORKFLOW
 from ..kinds._workflow_log import WorkflowStatus, WorkflowStatusName, cancel_stored, describe_workflow
 from ..metrics import StorageCollector, render
 from ..storage import JobFilter, JobRecord, JobStatusName, Storage
-from ..storage._base import DeadLetter, DeadLetterFilter, DeadLetterKind
+from ..storage._base import DeadLetter, DeadLetterFilter, DeadLetterKind, dead_letter_cursor, split_dead_letter_cursor
 from ..storage._inspect import JOB_STATUSES, InstanceFilter, InstanceView, Opened, describe, open_existing
 from ._templates import TEMPLATES
 
@@ -431,11 +431,20 @@ async def dead_letters(d: Dashboard, request: Request) -> Response:
         "tenant": q.get("tenant") or None,
         "limit": limit,
     }
+    # A letter's cursor (its time and id: the next page goes on whether or not it is still
+    # stored), or a letter id (looked up).
+    after: tuple[str | None, int | None] = (None, None)
+    if q.get("after"):
+        split = split_dead_letter_cursor(q["after"])
+        if split is None:
+            raise BadQuery(f"after {printable(q['after'])!r:.80} is neither a letter id nor a page's cursor")
+        after = split
     where = DeadLetterFilter(
         kind=cast(DeadLetterKind | None, f["kind"]),  # one of _LETTER_KINDS (checked above)
         name=f["name"],  # type: ignore[arg-type]
         tenant_id=f["tenant"],  # type: ignore[arg-type]
-        after=q.get("after") or None,
+        after=after[0],
+        after_created_at=after[1],
         limit=limit,
     )
     try:
@@ -444,7 +453,9 @@ async def dead_letters(d: Dashboard, request: Request) -> Response:
         return d.render(request, "message", "No dead letters", 404, message=exc.message)
     next_page = None
     if len(letters) == limit:
-        next_page = urlencode({k: v for k, v in f.items() if v is not None} | {"after": letters[-1].id})
+        next_page = urlencode(
+            {k: v for k, v in f.items() if v is not None} | {"after": dead_letter_cursor(letters[-1])}
+        )
     return d.render(
         request, "dead_letters", "Dead letters", letters=letters, f=f, kinds=_LETTER_KINDS, next_page=next_page
     )

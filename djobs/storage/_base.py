@@ -182,13 +182,39 @@ class DeadLetter(msgspec.Struct, kw_only=True):
 class DeadLetterFilter(msgspec.Struct, frozen=True, kw_only=True):
     """What ``list_dead_letters`` selects: every given field must match; letters come
     newest first (by `created_at`, then by id descending in code-point order, whatever a
-    database's collation), starting after the letter `after`."""
+    database's collation), starting after the letter `after`.
+
+    With `after_created_at` (the `created_at` of the letter `after` when it was listed), the
+    listing goes on from (`after_created_at`, `after`) whether or not that letter is still
+    stored: a page's last letter retried or discarded meanwhile neither ends the listing nor
+    skips a letter. Without it, `after` is looked up, and a letter no longer stored ends the
+    listing."""
 
     kind: DeadLetterKind | None = None
     name: str | None = None
     tenant_id: str | None = None
     after: str | None = None
+    after_created_at: int | None = None
     limit: int = 100
+
+
+def dead_letter_cursor(letter: DeadLetter) -> str:
+    """Where `letter` stands in a listing, as text: its `created_at` and id joined by the unit
+    separator ``"\x1f"`` (which no id holds). `split_dead_letter_cursor` reads it back into a
+    `DeadLetterFilter`'s `after` and `after_created_at`."""
+    return f"{letter.created_at}\x1f{letter.id}"
+
+
+def split_dead_letter_cursor(after: str) -> tuple[str, int | None] | None:
+    """`after` as a `DeadLetterFilter`'s (`after`, `after_created_at`): a `dead_letter_cursor`
+    gives both, a plain letter id the id alone (looked up); ``None`` for text that is neither
+    (a separator with no whole number of milliseconds before it)."""
+    at, separator, letter_id = after.rpartition("\x1f")
+    if not separator:
+        return after, None
+    if not letter_id or not (at.isascii() and at.lstrip("-").isdigit() and len(at) <= 20):
+        return None
+    return letter_id, int(at)
 
 
 #: What ``revive_dead_letter`` did: ``revived`` (the letter is gone, its work is due now),

@@ -102,7 +102,10 @@ def dead_letter_query(where: DeadLetterFilter, mark: str) -> tuple[str, list[obj
         if value is not None:
             clauses.append(f"{column} = {mark}")
             args.append(value)
-    if where.after is not None:
+    if where.after is not None and where.after_created_at is not None:
+        clauses.append(f"(created_at, id) < ({mark}, {mark})")
+        args += [where.after_created_at, where.after]
+    elif where.after is not None:
         # An id no longer stored (discarded meanwhile) ends the listing.
         clauses.append(f"(created_at, id) < (SELECT created_at, id FROM dead_letters WHERE id = {mark})")
         args.append(where.after)

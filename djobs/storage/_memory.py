@@ -1617,10 +1617,15 @@ class MemoryStorage:
             and (where.tenant_id is None or row[4] == where.tenant_id)
         ]
         if where.after is not None:
-            after = self._letters.get(where.after)
-            if after is None:
-                return []  # a letter no longer stored ends the listing
-            rows = [row for row in rows if (row[10], row[0]) < (after[10], after[0])]
+            start: tuple[int, str]
+            if where.after_created_at is not None:
+                start = (where.after_created_at, where.after)
+            else:
+                after = self._letters.get(where.after)
+                if after is None:
+                    return []  # a letter no longer stored ends the listing
+                start = (after[10], after[0])
+            rows = [row for row in rows if (row[10], row[0]) < start]
         rows.sort(key=lambda row: (row[10], row[0]), reverse=True)
         return [dead_letter(row) for row in rows[: where.limit]]
 

@@ -1461,6 +1461,17 @@ async def _letters_list_newest_first_then_by_id_in_code_point_order(storage: Any
             break
         after = page[-1].id
     assert pages == expected
+    # Paged by a letter's time and id, each page's last letter discarded before the next page
+    # is asked for: the listing goes on from where that letter stood, ties included.
+    pages, where = [], DeadLetterFilter(name="o", limit=2)
+    while True:
+        page = await storage.list_dead_letters(where)
+        pages += [d.id for d in page]
+        if len(page) < 2:
+            break
+        assert await storage.discard_dead_letter(page[-1].id)
+        where = msgspec.structs.replace(where, after=page[-1].id, after_created_at=page[-1].created_at)
+    assert pages == expected
 
 
 async def _an_instance_letter_is_revived_only_over_nothing_or_its_status_and_no_others_lease(storage: Any) -> None:
