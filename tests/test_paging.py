@@ -4,7 +4,8 @@ A workflow listing paged with ``after=page[-1].instance_id`` on a client for eve
 round for ever where tenants reuse ids: rows come in storage-key order (the tenant inside the
 key) and an id alone named the workflow without a tenant, so the next page started behind the
 last one, and some tenants' workflows were never listed. A `WorkflowSummary` now carries its
-``cursor``, which names one workflow whichever tenant it belongs to.
+``cursor``, which names one workflow whichever tenant it belongs to. Dead letters page by a
+cursor that holds a letter's place once it is gone; jobs by their id (a primary key).
 """
 
 from __future__ import annotations
@@ -188,3 +189,43 @@ async def test_a_dead_letter_listing_refuses_an_after_that_is_no_id_or_cursor(
             assert isinstance(error, djobs.ValidationError), (bad, error)
         assert success(await engine.client.dead_letters.list(after="no-such-letter")) == []
         assert success(await engine.client.dead_letters.list(after="0\x1fno-such-letter")) == []
+
+
+@pytest.mark.parametrize("kind", STORAGE_KINDS)
+def test_job_listings_paged_by_the_last_id_list_each_job_once(kind: str, tmp_path: Any) -> None:
+    """``jobs.list(after=<last id>)``: a job's id is its primary key, so the id alone is a
+    place in the listing, for every tenant's client and every filter."""
+    schema = new_schema_name() if kind == "postgres" else None
+    examples = itertools.count()
+
+    @storage_settings(kind, examples=25, postgres_examples=6)
+    @given(
+        tenants=st.lists(tenants, min_size=1, max_size=14),
+        limits=st.lists(st.integers(1, 5), min_size=1, max_size=4),
+        status=st.sampled_from([None, "pending"]),
+    )
+    def property(tenants: list[str | None], limits: list[int], status: Any) -> None:
+        mail = djobs.Job.make(f"mail{next(examples)}", params=Mail, execute=bounce)
+
+        async def scenario() -> None:
+            async with open_test_engine([mail], storage=storage_layer(kind, str(tmp_path), schema)) as engine:
+                made: dict[str, str | None] = {}
+                for n, tenant in enumerate(tenants):
+                    client = engine.client if tenant is None else engine.client.for_tenant(tenant)
+                    made[success(await client.job(mail).later(Mail(f"{n}"), delay="1 hour"))] = tenant
+
+                def lister(client: djobs.Client) -> Any:
+                    return lambda after, limit: client.jobs.list(
+                        name=mail.name, status=status, after=after, limit=limit
+                    )
+
+                everything = await pages(lister(engine.client), limits, lambda j: j.id, len(made) + 2)
+                assert [j.id for j in everything] == sorted(made)
+                for tenant in {t for t in tenants if t is not None}:
+                    mine = await pages(lister(engine.client.for_tenant(tenant)), limits, lambda j: j.id, len(made) + 2)
+                    assert [j.id for j in mine] == sorted(i for i, t in made.items() if t == tenant)
+
+        trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
+
+    with dropped_after(schema):
+        property()
