@@ -176,30 +176,32 @@ async def test_a_debounce_flush_and_a_continuous_run_calling_each_other(
     cont = djobs.Continuous.make("cont", state=Count, schedule=djobs.every("1 day"), execute=run)
     # The callers' tasks outlive the engine: an add from outside waits, shielded, for its round,
     # so a deadlock ends only when the engine's close cancels its handlers past the grace.
-    async with trio.open_nursery() as callers:
-        async with open_test_engine([deb, cont], storage=layer, shutdown_grace="1 second") as engine:
-            client = engine.client
-            with trio.fail_after(60):
-                success(await client.continuous(cont).start(id="c", input=Count()))
-                success(await client.debounce(deb).add(id="d", event=Hit(1)))
-                await engine.wait_idle()
-                callers.start_soon(_await, lambda: client.debounce(deb).flush("d"))
-                callers.start_soon(_await, lambda: client.continuous(cont).trigger("c"))
-                if first == "joined":  # an add from outside, waiting for the flush, before the run's
-                    await trio.sleep(0.005)
-                    callers.start_soon(_await, lambda: client.debounce(deb).add(id="d", event=Hit(5)))
-                await trio.sleep(1)
-                await engine.wait_idle()
-                refused, passed = ("add", "trigger") if first == "flush" else ("trigger", "add")
-                error = failure(seen[refused])
-                assert isinstance(error, djobs.InvalidStateError), error
-                assert "would wait for each other forever" in error.message
-                success(seen[passed])
-                # The refused call changed nothing: a refused add left no batch; a refused trigger ran nothing.
-                state = success(await client.debounce(deb).get_state("d")).state
-                assert state == {"flush": None, "run": Count(10), "joined": Count(15)}[first]
-                runs = success(await client.continuous(cont).get_state("c")).state.n
-                assert runs == (3 if first == "flush" else 2)
+    async with (
+        trio.open_nursery() as callers,
+        open_test_engine([deb, cont], storage=layer, shutdown_grace="1 second") as engine,
+    ):
+        client = engine.client
+        with trio.fail_after(60):
+            success(await client.continuous(cont).start(id="c", input=Count()))
+            success(await client.debounce(deb).add(id="d", event=Hit(1)))
+            await engine.wait_idle()
+            callers.start_soon(_await, lambda: client.debounce(deb).flush("d"))
+            callers.start_soon(_await, lambda: client.continuous(cont).trigger("c"))
+            if first == "joined":  # an add from outside, waiting for the flush, before the run's
+                await trio.sleep(0.005)
+                callers.start_soon(_await, lambda: client.debounce(deb).add(id="d", event=Hit(5)))
+            await trio.sleep(1)
+            await engine.wait_idle()
+            refused, passed = ("add", "trigger") if first == "flush" else ("trigger", "add")
+            error = failure(seen[refused])
+            assert isinstance(error, djobs.InvalidStateError), error
+            assert "would wait for each other forever" in error.message
+            success(seen[passed])
+            # The refused call changed nothing: a refused add left no batch; a refused trigger ran nothing.
+            state = success(await client.debounce(deb).get_state("d")).state
+            assert state == {"flush": None, "run": Count(10), "joined": Count(15)}[first]
+            runs = success(await client.continuous(cont).get_state("c")).state.n
+            assert runs == (3 if first == "flush" else 2)
 
 
 @pytest.mark.trio
