@@ -89,12 +89,15 @@ from ._rows import (
 #: the next commit starts the WAL over, so a larger mark means fewer of them (at 256 pages,
 #: about ten a second while 1,000 Task alarms a second fired).
 WAL_AUTOCHECKPOINT_PAGES: Final = 1024
-#: WAL pages committed since the checkpoint thread's last checkpoint before it is woken again.
-#: Woken at every commit past the mark, it chased the writer: a checkpoint of the few pages
-#: committed during the one before, each with its two fsyncs (about 160 for 20,000 Debounce
-#: events, beside the mark's 10), while the WAL could not start over and the writer
-#: checkpointed it itself at `WAL_WRITER_CHECKPOINT_PAGES` all the same.
-WAL_CHECKPOINT_STEP_PAGES: Final = WAL_AUTOCHECKPOINT_PAGES // 2
+#: Seconds the checkpoint thread rests after a checkpoint before it takes the next wake. Woken
+#: at every commit past the mark and never resting, it chased a fast writer: a checkpoint of
+#: the few pages committed during the one before, each with its two fsyncs (about 160 for
+#: 20,000 Debounce events, beside the mark's 10). Woken only after a step of more pages, it
+#: left a tail at every checkpoint, so the WAL never started over and the writer checkpointed
+#: it itself, on the Trio thread, every cycle. Resting a moment, it still catches up with an
+#: ordinary writer within a few checkpoints (the WAL starts over), and costs a fast one a
+#: checkpoint per rest rather than one per commit.
+WAL_CHECKPOINT_REST_S: Final = 0.01
 #: The WAL size, in pages, past which the writer checkpoints itself after its commit (one large
 #: transaction, or commits that outran the checkpoint thread), so the WAL stays bounded.
 WAL_WRITER_CHECKPOINT_PAGES: Final = 2 * WAL_AUTOCHECKPOINT_PAGES
@@ -977,13 +980,13 @@ class _Checkpointer:
     as ``synchronous`` says) before it returns; a checkpoint only moves committed pages.
     """
 
-    __slots__ = ("_asked_at", "_path", "_stopping", "_thread", "_wanted")
+    __slots__ = ("_path", "_stop", "_stopping", "_thread", "_wanted")
 
     def __init__(self, path: str) -> None:
         self._path = path
-        #: The WAL's size (pages) at the last checkpoint asked for: the next waits for a step past it.
-        self._asked_at = 0
         self._wanted = threading.Event()
+        #: Set by `close`: ends the thread's rest at once.
+        self._stop = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
 
@@ -995,16 +998,11 @@ class _Checkpointer:
         would: its space comes back at the next commit, whatever the thread is doing, so the WAL
         stays bounded.
         """
-        if pages < self._asked_at:  # the WAL started over since the last checkpoint asked for
-            self._asked_at = 0
         if pages >= WAL_WRITER_CHECKPOINT_PAGES:
             with contextlib.suppress(apsw.Error):  # busy: the thread checkpoints now
                 db.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
             return apsw.SQLITE_OK
         if pages >= WAL_AUTOCHECKPOINT_PAGES and not self._stopping:
-            if pages - self._asked_at < WAL_CHECKPOINT_STEP_PAGES:
-                return apsw.SQLITE_OK  # most of it checkpointed already (a wake per commit chased the writer)
-            self._asked_at = pages  # asked for: no second wake before the next step
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="djobs-sqlite-checkpoint", daemon=True)
                 self._thread.start()
@@ -1032,12 +1030,15 @@ class _Checkpointer:
                     db.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
                 except apsw.Error as exc:  # busy (another process checkpoints): the next commit asks again
                     _log.debug("checkpoint of %s: %s", self._path, exc)
+                if self._stop.wait(WAL_CHECKPOINT_REST_S):  # the commits meanwhile wake it once after
+                    return
         finally:
             db.close()
 
     def close(self) -> None:
         """Stop the thread, after the checkpoint it runs now (if any)."""
         self._stopping = True
+        self._stop.set()
         thread = self._thread
         if thread is not None:
             self._wanted.set()
