@@ -560,10 +560,16 @@ class Actors:
         if waiting_for:  # a handler waits for `key`: a call to its instances now waits for `key`
             edges = self.waiting(key)
             assert edges is not None
+            # And it lends its concurrency slot while it waits (it runs nothing meanwhile): else
+            # as many handlers waiting at once as there are slots would wait for ever for
+            # instances whose actors need a slot to start.
+            self._release(_SLOT)
             try:
                 await done.wait()
             finally:
                 self.done_waiting(edges)
+                with trio.CancelScope(shield=True):
+                    await self._acquire()
         else:
             await done.wait()
         if failure:

@@ -353,7 +353,8 @@ def open_engine(
             accepts any), else mypy reports the call. Without `services`,
             only definitions that need none are accepted.
         max_concurrency: How many instance handlers may run at once: an int
-            from 1 to 2,147,483,647. Every duration here is at most 36,525 days.
+            from 1 to 2,147,483,647. A handler waiting for another instance
+            through ``ctx.client`` does not count while it waits. Every duration here is at most 36,525 days.
         alarm_lease: How long a claimed alarm is hidden before it fires again
             if its handler never finished (a crash); at least 1 second. An
             engine that opens on the host of a crashed process fires that

@@ -290,3 +290,42 @@ async def test_a_workflow_cancel_from_a_handler_its_step_waits_for_is_not_refuse
             await engine.wait_idle()
         assert success(seen["cancel"]).cancelled
         assert success(await client.workflow(flow).status("o1")).status == "cancelled"
+
+
+@pytest.mark.trio
+async def test_handlers_waiting_for_other_instances_lend_their_concurrency_slots(
+    autojump_clock: trio.testing.MockClock, layer: djobs.storage.StorageLayer
+) -> None:
+    """With ``max_concurrency=2``, four handlers each send to another instance (no cycle): the
+    two running wait for instances whose actors need a slot to run, which they lend meanwhile;
+    every send succeeds, and no more than two handlers run at once."""
+    answers: dict[str, Any] = {}
+    running = [0, 0]  # now, most
+
+    async def on_event(event: Hop, ctx: djobs.TaskEventContext[Count]) -> Count:
+        running[0] += 1
+        running[1] = max(running)
+        try:
+            await trio.sleep(0.05)
+            if event.to:
+                running[0] -= 1  # waiting, not running
+                try:
+                    answers[ctx.instance_id] = await ctx.client.task(task).send(id=event.to, event=Hop(""))
+                finally:
+                    running[0] += 1
+        finally:
+            running[0] -= 1
+        return Count((ctx.state or Count()).n + 1)
+
+    task: djobs.Task[Any, Any] = djobs.Task.make(
+        "lenders", state=Count, event=Hop, on_event=on_event, execute=lambda ctx: None
+    )
+    async with open_test_engine([task], storage=layer, max_concurrency=2, shutdown_grace="1 second") as engine:
+        client = engine.client.task(task)
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                for i in range(4):
+                    nursery.start_soon(_await, lambda i=i: client.send(id=f"a{i}", event=Hop(f"b{i}")))
+            await engine.wait_idle()
+        assert len(answers) == 4 and all(isinstance(a, IOSuccess) for a in answers.values()), answers
+        assert running[1] <= 2
