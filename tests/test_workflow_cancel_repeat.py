@@ -15,7 +15,7 @@ import trio
 from postgres_support import STORAGE_KINDS, drop_schema, new_schema_name, postgres_dsn, storage_layer
 
 import djobs
-from djobs.testing import open_test_engine, success
+from djobs.testing import failure, open_test_engine, success
 
 
 class Nothing(msgspec.Struct):
@@ -167,5 +167,42 @@ def test_a_second_cancel_while_the_first_reads_the_row_is_its_repeat(kind: str, 
             assert not answers["second"].cancelled and answers["second"].already_requested, answers
             await engine.wait_idle()
             assert error_message(success(await client.status("n"))).endswith("was cancelled: first")
+
+    run_on(kind, tmp_path, scenario)
+
+
+def one() -> int:
+    return 1
+
+
+async def cancels_itself(params: Nothing, ctx: djobs.WorkflowContext) -> Nothing:
+    await ctx.step("a", one)
+    await trio.sleep(1)  # the outside cancel arrives meanwhile, between steps
+    own[ctx.instance_id] = await ctx.client.workflow(self_canceller).cancel(ctx.instance_id, reason="own")
+    await ctx.step("b", one)
+    return params
+
+
+self_canceller = djobs.Workflow.make("selfcanceller", input=Nothing, result=Nothing, execute=cancels_itself)
+own: dict[str, Any] = {}
+
+
+@pytest.mark.parametrize("kind", STORAGE_KINDS)
+def test_a_workflow_cancelling_itself_while_another_cancel_waits_is_refused(kind: str, tmp_path: Any) -> None:
+    """Before, the body's own cancel waited behind the outside one, which waited for the body's
+    run: both for ever. The body's cancel is refused at once, and the outside one cancels."""
+
+    async def scenario(layer: djobs.storage.StorageLayer) -> None:
+        own.clear()
+        async with open_test_engine([self_canceller], storage=layer) as engine:
+            client = engine.client.workflow(self_canceller)
+            assert success(await client.start(id="w", input=Nothing()))
+            await trio.sleep(0.5)
+            with trio.fail_after(60):
+                outside = success(await client.cancel("w", reason="outside"))
+            assert outside.cancelled and not outside.already_requested, outside
+            assert isinstance(failure(own["w"]), djobs.InvalidStateError), own
+            await engine.wait_idle()
+            assert error_message(success(await client.status("w"))).endswith("was cancelled: outside")
 
     run_on(kind, tmp_path, scenario)

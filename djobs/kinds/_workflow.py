@@ -493,6 +493,11 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
             case Failure() as refused:
                 return refused
         key = self.key(instance_id)
+        if self.runtime.within(key):
+            # From the workflow's own run (or a handler it waits for): refused at once, as `call`
+            # refuses it, before touching the run or waiting behind another cancel, which waits
+            # for this run.
+            self.runtime.refuse_self_call(key)
         # The cancels of one workflow in this process run one after another, each reading
         # the run and the row once the one before has ended (as a job's `cancel`): of two
         # at once, the second finds the first's cancel and answers as its repeat.
