@@ -498,6 +498,15 @@ class Actors:
                 targets.append(key)
         return [key, *own]
 
+    def lend_slot(self) -> None:
+        """Give the calling handler's concurrency slot back while it waits for another instance
+        (it runs nothing meanwhile); it takes one again (`take_slot`, shielded) once the wait ends."""
+        self._release(_SLOT)
+
+    async def take_slot(self) -> None:
+        """Take a concurrency slot again after `lend_slot`, waiting for one if none is free."""
+        await self._acquire()
+
     def done_waiting(self, edges: list[str]) -> None:
         """End a wait `waiting` recorded (`edges`, as it returned them)."""
         waits = self._waits
@@ -563,7 +572,7 @@ class Actors:
             # And it lends its concurrency slot while it waits (it runs nothing meanwhile): else
             # as many handlers waiting at once as there are slots would wait for ever for
             # instances whose actors need a slot to start.
-            self._release(_SLOT)
+            self.lend_slot()
             try:
                 await done.wait()
             finally:

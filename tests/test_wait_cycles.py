@@ -329,3 +329,53 @@ async def test_handlers_waiting_for_other_instances_lend_their_concurrency_slots
             await engine.wait_idle()
         assert len(answers) == 4 and all(isinstance(a, IOSuccess) for a in answers.values()), answers
         assert running[1] <= 2
+
+
+@pytest.mark.trio
+async def test_a_handlers_add_parked_in_another_callers_round_lends_its_slot(
+    autojump_clock: trio.testing.MockClock, layer: djobs.storage.StorageLayer
+) -> None:
+    """``max_concurrency=1``: a Task's handler adds to a Debounce instance whose round (another
+    caller's add) waits for the instance's actor, which needs the one slot to run a flush first.
+    The handler's parked add lends the slot, so the flush, the round and the handler all end."""
+    answers: dict[str, Any] = {}
+
+    async def on_event(event: Hop, ctx: djobs.TaskEventContext[Count]) -> Count:
+        await trio.sleep(0.05)
+        answers["add"] = await ctx.client.debounce(deb).add(id="d", event=Hit(10))
+        return Count((ctx.state or Count()).n + 1)
+
+    task: djobs.Task[Any, Any] = djobs.Task.make(
+        "adder", state=Count, event=Hop, on_event=on_event, execute=lambda ctx: None
+    )
+    flushed: list[int] = []
+
+    def keep(ctx: djobs.DebounceContext[Count]) -> None:
+        flushed.append(ctx.state.n)
+
+    deb = djobs.Debounce.make(
+        "deb",
+        event=Hit,
+        state=Count,
+        on_event=lambda ctx: Count((ctx.state or Count()).n + ctx.event.n),
+        execute=keep,
+        flush_after="1 hour",
+    )
+    async with (
+        trio.open_nursery() as callers,
+        open_test_engine([task, deb], storage=layer, max_concurrency=1, shutdown_grace="1 second") as engine,
+    ):
+        client = engine.client
+        with trio.fail_after(60):
+            success(await client.debounce(deb).add(id="d", event=Hit(1)))
+            await engine.wait_idle()
+            callers.start_soon(_await, lambda: client.task(task).send(id="t", event=Hop("")))
+            await trio.sleep(0.01)  # the handler holds the one slot: the flush waits for it
+            callers.start_soon(_await, lambda: client.debounce(deb).flush("d"))
+            await trio.sleep(0.01)  # an add whose round waits for the flush, on the actor
+            callers.start_soon(_await, lambda: client.debounce(deb).add(id="d", event=Hit(5)))
+            await trio.sleep(1)
+            await engine.wait_idle()
+            assert isinstance(answers.get("add"), IOSuccess), answers
+            assert flushed == [1]
+            assert success(await client.debounce(deb).get_state("d")).state == Count(15)

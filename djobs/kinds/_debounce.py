@@ -1492,13 +1492,19 @@ class _AddVerb(VerbResult[AddResult, _AddError]):  # type: ignore[misc]  # Futur
                     cell[6] = RUN_CONTEXT.task
                     # The handler's one trap, read by Trio as soon as it is yielded (`djobs._trap`).
                     handler._trap_fields["abort_func"] = self._abort
-                    if running:  # a handler waits for this instance (its writer): in the wait-for graph
-                        edges = handler.runtime.actors.waiting(key)
+                    if running:
+                        # A handler waits for this instance (its writer): in the wait-for graph, and
+                        # its concurrency slot lent meanwhile, as `Actors.call` lends it.
+                        actors = handler.runtime.actors
+                        edges = actors.waiting(key)
                         assert edges is not None
+                        actors.lend_slot()
                         try:
                             woken = yield handler._trap
                         finally:
-                            handler.runtime.actors.done_waiting(edges)
+                            actors.done_waiting(edges)
+                            with trio.CancelScope(shield=True):  # noqa: ASYNC100  # `yield from` is its await
+                                yield from actors.take_slot().__await__()
                     else:
                         woken = yield handler._trap
                     if woken is not WOKEN:
