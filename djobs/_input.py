@@ -55,19 +55,22 @@ DEFAULT_MAX_PAYLOAD_BYTES = 1 << 20
 
 # -- text -----------------------------------------------------------------------------------
 
-_WHOLE = re.compile(r"[ \t]*[+-]?[0-9]+[ \t]*", re.ASCII)
+# At most 18 digits: every such number fits a 64-bit int (a database's bigint) and is far
+# past the range any caller then checks; ``int()`` refuses more than 4,300 with a ValueError.
+_WHOLE = re.compile(r"[ \t]*[+-]?[0-9]{1,18}[ \t]*", re.ASCII)
 
 
 def whole_number(text: str) -> int | None:
-    """`text` read as a whole number (ASCII digits, an optional sign, spaces or tabs around
-    them), or ``None``: a command-line count or port, a dashboard's ``limit``.
+    """`text` read as a whole number (1 to 18 ASCII digits, an optional sign, spaces or tabs
+    around them), or ``None``: a command-line count or port, a dashboard's ``limit``. Never
+    raises: a longer run of digits is ``None`` too (``int()`` raises ValueError past 4,300).
 
     Narrower than ``int(text)``, which also takes ``"1_0"`` (10), other scripts' digits
     (``"\u0663"``, 3) and more whitespace: what a person typed as a number is one.
 
     Examples:
-        >>> whole_number(" 8080"), whole_number("1_0"), whole_number("0\x1f")
-        (8080, None, None)
+        >>> whole_number(" 8080"), whole_number("1_0"), whole_number("0\x1f"), whole_number("9" * 19)
+        (8080, None, None, None)
     """
     return int(text) if _WHOLE.fullmatch(text) else None
 

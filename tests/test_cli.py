@@ -474,6 +474,11 @@ def test_dead_letters_list_show_discard(capsys: pytest.CaptureFixture[str], db: 
     [hint] = shlex.split(err.split("see more with --after ", 1)[1])
     assert hint == letter["cursor"].replace("\x1f", "\u241f") and hint.endswith(f"\u241f{db.failed}")
     assert run(capsys, "dead-letters", "list", "--after", "x\u241fy", *path)[0] == ExitCode.USAGE
+    # Two minus signs (int() refuses them) or more milliseconds than a 64-bit integer holds (the
+    # driver refuses them) before the separator: a usage error, never "failed: ValueError".
+    for bad in ("--5", "9" * 19, "9" * 20):
+        code, _, err = run(capsys, "dead-letters", "list", f"--after={bad}\u241f{db.failed}", *path)
+        assert (code, "neither a letter id nor a page's cursor" in err) == (ExitCode.USAGE, True), err
     code, out, _ = run(capsys, "dead-letters", "show", db.failed, *path)
     assert code == 0 and '{"name":"fail"}' in out and "job id" in out
     assert run(capsys, "dead-letters", "show", "nope", *path)[0] == ExitCode.NOT_FOUND
@@ -866,6 +871,14 @@ def test_usage_errors_and_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(capsys, "jobs")[0] == ExitCode.USAGE
     code, _, err = run(capsys, "jobs", "list", "--limit", "0")
     assert code == ExitCode.USAGE and "expected a number from 1 to 10000" in err
+    # More digits than int() reads (4,300) are a usage error in the option's own words too.
+    for argv in (["jobs", "list", "--limit"], ["dead-letters", "list", "--limit"], ["workflows", "list", "--limit"]):
+        code, _, err = run(capsys, *argv, "1" * 5000)
+        assert code == ExitCode.USAGE and "argument --limit: expected a whole number, got '111" in err, err
+        assert len(err) < 1000  # the refused text is cut short
+    for priority in ("1" * 5000, "1_0", "2147483648", "\u0663"):
+        code, _, err = run(capsys, "enqueue", HERE + "greeter", "--db", "unused.db", f"--priority={priority}")
+        assert code == ExitCode.USAGE and "argument --priority: expected a" in err, err
     assert run(capsys, "status", "--bogus")[0] == ExitCode.USAGE
     code, out, _ = run(capsys, "--help")
     assert code == 0 and "exit codes: 0 ok" in out

@@ -79,7 +79,7 @@ def _whole(low: int, high: int, what: str, between: str) -> Callable[[str], int]
     def parse(text: str) -> int:
         value = whole_number(text)
         if value is None:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r:.80}")
         if not low <= value <= high:
             raise argparse.ArgumentTypeError(f"expected {between} from {low} to {high}, got {value}")
         return value
@@ -89,6 +89,8 @@ def _whole(low: int, high: int, what: str, between: str) -> Callable[[str], int]
 
 _port = _whole(0, 65535, "a port number", "a port")
 _positive = _whole(1, 10_000, "a whole number", "a number")
+_seconds = _whole(1, 2**31 - 1, "a whole number of seconds", "a number of seconds")
+_priority = _whole(-(2**31), 2**31 - 1, "a whole number", "a priority")
 
 
 def _schema_option(parser: argparse.ArgumentParser) -> None:
@@ -229,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--refresh",
-        type=int,
+        type=_seconds,
         default=2,
         metavar="SECONDS",
         help="seconds between reloads of a pending or running job's page (default 2)",
@@ -267,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     when = p.add_mutually_exclusive_group()
     when.add_argument("--delay", metavar="DURATION", help='run after this long, e.g. "10 minutes"')
     when.add_argument("--at", metavar="TIME", help="run at this ISO 8601 time with an offset, e.g. 2026-05-01T09:00Z")
-    p.add_argument("--priority", type=int, default=0, help="among due jobs, higher runs first (default 0)")
+    p.add_argument("--priority", type=_priority, default=0, help="among due jobs, higher runs first (default 0)")
     p.add_argument("--correlation-id")
     p.add_argument("--idempotency-key", help="a repeat of the key enqueues nothing and prints the first job's id")
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Literal, Protocol, runtime_checkable
@@ -205,14 +206,18 @@ def dead_letter_cursor(letter: DeadLetter) -> str:
     return f"{letter.created_at}\x1f{letter.id}"
 
 
+_CURSOR_MS = re.compile(r"-?[0-9]{1,18}", re.ASCII)
+
+
 def split_dead_letter_cursor(after: str) -> tuple[str, int | None] | None:
     """`after` as a `DeadLetterFilter`'s (`after`, `after_created_at`): a `dead_letter_cursor`
     gives both, a plain letter id the id alone (looked up); ``None`` for text that is neither
-    (a separator with no whole number of milliseconds before it)."""
+    (a separator with no whole number of milliseconds before it: an optional minus sign and 1
+    to 18 ASCII digits, which every storage's 64-bit integer holds). Never raises."""
     at, separator, letter_id = after.rpartition("\x1f")
     if not separator:
         return after, None
-    if not letter_id or not (at.isascii() and at.lstrip("-").isdigit() and len(at) <= 20):
+    if not letter_id or _CURSOR_MS.fullmatch(at) is None:
         return None
     return letter_id, int(at)
 
