@@ -344,7 +344,7 @@ def test_instances_list_filters_and_pages(capsys: pytest.CaptureFixture[str], db
     assert only[0]["event_count"] == 1 and only[0]["alarm"]["fire_at"] == "2026-01-01T00:10:00.000Z"
     code, out, err = run(capsys, "instances", "list", "--limit", "1", *db.args)
     assert len(out.splitlines()) == 2
-    assert "--after 'continuous:refresher:user-1'" in err
+    assert "see more with --after=continuous:refresher:user-1\n" in err  # one shell word, quoted only if needed
     page = run_json(
         capsys,
         "instances",
@@ -471,7 +471,7 @@ def test_dead_letters_list_show_discard(capsys: pytest.CaptureFixture[str], db: 
     assert code == 0 and db.failed in out and "retry_exhausted: gave up after 1 attempt(s)" in out
     # A full page ends with the next page's --after: the letter's cursor, which the JSON holds too.
     code, _, err = run(capsys, "dead-letters", "list", "--limit", "1", *path)
-    [hint] = shlex.split(err.split("see more with --after ", 1)[1])
+    [hint] = shlex.split(err.split("see more with --after=", 1)[1])
     assert hint == letter["cursor"].replace("\x1f", "\u241f") and hint.endswith(f"\u241f{db.failed}")
     assert run(capsys, "dead-letters", "list", "--after", "x\u241fy", *path)[0] == ExitCode.USAGE
     # Two minus signs (int() refuses them) or more milliseconds than a 64-bit integer holds (the

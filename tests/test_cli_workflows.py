@@ -90,18 +90,22 @@ def test_workflows_show_lists_every_step(capsys: pytest.CaptureFixture[str], db:
     assert "no workflow 'shipping' with id 'nope'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("limit", ["1", "2"])
 @pytest.mark.parametrize("command", [("workflows", "list"), ("instances", "list")])
 def test_paging_by_the_printed_after_lists_each_workflow_once(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, command: tuple[str, ...]
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, command: tuple[str, ...], limit: str
 ) -> None:
     """The next-page hint, typed back into a shell, goes on from the last row shown, tenants'
     rows too: ``workflows list`` printed a key's \\x1f as Python's ``'\\x1f'`` escape, which a
     shell passes as four characters, so the next page started past the rest of that tenant's
-    rows and never showed them."""
+    rows and never showed them. Python's repr also doubled a backslash (which a shell's quotes
+    keep: the next page began with the same workflow again, for ever with ``--limit 1``) and
+    escaped a quote when an id held both kinds."""
     import shlex
 
     path = tmp_path / "tenants.db"
-    started = {(tenant, i) for tenant in (None, "acme", "acme b") for i in ("a", "b", "c")}
+    ids = ("a", "b", "c", "C:\\a", "C:\\b", 'it\'s "q"')
+    started = {(tenant, i) for tenant in (None, "acme", "acme b") for i in ids}
 
     async def build() -> None:
         async with open_test_engine([shipping], storage=djobs.sqlite(path), start=T0) as engine:
@@ -114,9 +118,9 @@ def test_paging_by_the_printed_after_lists_each_workflow_once(
     seen: list[tuple[str | None, str]] = []
     after: list[str] = []
     for _ in range(len(started) + 1):
-        assert main([*command, "--db", str(path), "--limit", "2", *after]) == ExitCode.OK
+        assert main([*command, "--db", str(path), "--limit", limit, *after]) == ExitCode.OK
         err = capsys.readouterr().err
-        assert main([*command, "--db", str(path), "--limit", "2", *after, "--json"]) == ExitCode.OK
+        assert main([*command, "--db", str(path), "--limit", limit, *after, "--json"]) == ExitCode.OK
         rows = json.loads(capsys.readouterr().out)
         seen += [(row["tenant_id"], row.get("id") or row["instance_id"]) for row in rows]
         if "see more with" not in err:

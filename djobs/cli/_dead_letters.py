@@ -27,7 +27,7 @@ from ..storage._base import (
 from ..storage._inspect import Opened
 from . import _actions
 from ._exit import CommandError, ExitCode
-from ._output import fields, iso, note, print_json, table, when
+from ._output import fields, iso, next_page_hint, note, print_json, table, when
 from ._read import _clip, _compact, _json_value, _open
 
 KINDS = ("job", "debounce", "continuous", "task")
@@ -114,7 +114,7 @@ async def letters_list(args: argparse.Namespace, clock: Clock) -> ExitCode:
     ]
     print(table(["ID", "KIND", "NAME", "REF", "ATTEMPTS", "FAILED", "ERROR"], rows, right=[4]))
     if len(letters) == args.limit:
-        note(f"showing the first {args.limit}; see more with --after {printable(dead_letter_cursor(letters[-1]))!r}")
+        note(next_page_hint(args.limit, dead_letter_cursor(letters[-1])))
     return ExitCode.OK
 
 

@@ -7,6 +7,7 @@ script can pipe it to ``jq`` without filtering anything out.
 
 from __future__ import annotations
 
+import shlex
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -27,6 +28,21 @@ def print_json(value: Any) -> None:
 def note(message: str) -> None:
     """A line for the person at the terminal, on stderr (never mixed into stdout's results)."""
     print(message, file=sys.stderr)
+
+
+def next_page_hint(limit: int, after: str) -> str:
+    """The note under a full page of `limit` rows: the option that shows the next page, with
+    `after` (the last row's key, id or cursor) as one word to paste into a POSIX shell:
+    `printable` (controls as visible stand-ins, which ``--after`` reads back), then quoted by
+    ``shlex.quote``, after ``=`` so a value starting with ``-`` is never read as an option.
+    (Python's repr doubles a backslash, which a shell's quotes keep: the next page started
+    before the row it meant.)
+
+    Examples:
+        >>> print(next_page_hint(2, "workflow:flow:acme\\x1fC:\\\\it's"))
+        showing the first 2; see more with --after='workflow:flow:acme␟C:\\it'"'"'s'
+    """
+    return f"showing the first {limit}; see more with --after={shlex.quote(printable(after))}"
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]], *, right: Sequence[int] = ()) -> str:

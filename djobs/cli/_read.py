@@ -25,7 +25,7 @@ from ..storage import JobFilter, JobRecord
 from ..storage._inspect import Inspector, InstanceFilter, InstanceView, Opened, open_existing
 from . import _actions
 from ._exit import CommandError, ExitCode, raise_usage_error
-from ._output import fields, iso, note, print_json, relative, span, table, when, when_relative
+from ._output import fields, iso, next_page_hint, note, print_json, relative, span, table, when, when_relative
 
 #: The stateful kinds whose instances ``djobs instances`` lists.
 INSTANCE_KINDS = ("continuous", "debounce", "task")
@@ -212,7 +212,7 @@ async def instances_list(args: argparse.Namespace, clock: Clock) -> ExitCode:
     ]
     print(table(["KEY", "STATUS", "RUNS", "EVENTS", "ALARM", "UPDATED"], rows, right=[2, 3]))
     if len(views) == args.limit:
-        note(f"showing the first {args.limit}; see more with --after {printable(views[-1].record.key)!r}")
+        note(next_page_hint(args.limit, views[-1].record.key))
     return ExitCode.OK
 
 
@@ -347,7 +347,7 @@ async def jobs_list(args: argparse.Namespace, clock: Clock) -> ExitCode:
     ]
     print(table(["ID", "NAME", "STATUS", "ATTEMPTS", "PROGRESS", "SCHEDULED", "UPDATED", "ERROR"], rows, right=[3, 4]))
     if len(records) == args.limit:
-        note(f"showing the first {args.limit}; see more with --after {records[-1].id}")
+        note(next_page_hint(args.limit, records[-1].id))
     return ExitCode.OK
 
 

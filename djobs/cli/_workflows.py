@@ -15,13 +15,12 @@ from typing import Any
 import msgspec
 
 from .._clock import Clock, to_epoch_ms
-from .._printable import printable
 from ..kinds._common import instance_key
 from ..kinds._workflow_log import KIND, describe_workflow
 from ..storage._inspect import InstanceFilter
 from ._actions import key_candidates
 from ._exit import CommandError, ExitCode
-from ._output import fields, note, print_json, table, when, when_relative
+from ._output import fields, next_page_hint, note, print_json, table, when, when_relative
 from ._read import _open
 
 
@@ -83,7 +82,7 @@ async def workflows_list(args: argparse.Namespace, clock: Clock) -> ExitCode:
     ]
     print(table(["NAME", "ID", "TENANT", "STATUS", "STEPS", "CURRENT", "WAKE", "UPDATED"], rows, right=[4]))
     if len(views) == args.limit:
-        note(f"showing the first {args.limit}; see more with --after {printable(views[-1].record.key)!r}")
+        note(next_page_hint(args.limit, views[-1].record.key))
     return ExitCode.OK
 
 
