@@ -468,10 +468,14 @@ def test_an_endpoint_no_request_can_reach_is_refused_when_the_tracker_is_built()
         ("http://", "names no host"),
         ("https://:443/v1/events", "names no host"),
         ("http://[::1/x", "not a URL httpx can send to"),
-        ("https://collector.test/v1/events\n", r"whitespace or a control character \('\\n' at index 32\)"),
-        ("https://collector.test/v1/events ", "whitespace"),
-        ("https://collector test/v1/events", "whitespace"),
+        ("https://collector.test/v1/events\n", r"holds a control character \('\\n' at index 32\)"),
+        ("https://collector.test/v1/\nevents", "holds a control character"),
         ("https://collector.test/v1\x7fevents", "control character"),
+        ("https://collector.test/v1\x85events", "control character"),  # C1: mojibake, sent as %C2%85
+        ("https://collector.test/v1/events ", r"ends with whitespace \(' '\)"),  # sent to /v1/events%20
+        ("https://collector.test/v1/events\xa0", "ends with whitespace"),
+        (" https://collector.test/v1/events", "begins or ends with whitespace"),
+        ("https://collector test/v1/events", "the host 'collector test' holds whitespace"),
         ("http://127.0.0.1:99999/x", "port 99999 is not a TCP port"),
         ("http://127.0.0.1:0/x", "port 0 is not a TCP port"),
     ):
@@ -479,6 +483,32 @@ def test_an_endpoint_no_request_can_reach_is_refused_when_the_tracker_is_built()
             HttpBatchTracker(endpoint, env="test", service_key=KEY)
     for fine in ("https://collector.test/v1/events?env=a#x", "http://[::1]:8080/e", "http://127.0.0.1:65535/"):
         assert HttpBatchTracker(fine, env="test", service_key=KEY).endpoint == fine
+
+
+@pytest.mark.trio
+async def test_an_endpoint_with_whitespace_inside_its_path_or_query_is_taken_and_posted_to() -> None:
+    """httpx percent-encodes a space (an NBSP, a U+2028) inside the path or query, and the batch
+    reaches the collector: such an endpoint worked and is not refused as unreachable."""
+    import httpx
+
+    posted: list[bytes] = []
+
+    def collect(request: httpx.Request) -> httpx.Response:
+        posted.append(bytes(request.url.raw_path))
+        return httpx.Response(200)
+
+    endpoints = {
+        "https://collector.test/ingest v2": b"/ingest%20v2",
+        "https://collector.test/ingest?env=a b": b"/ingest?env=a%20b",
+        "https://collector.test/a\xa0b\u2028c": b"/a%C2%A0b%E2%80%A8c",
+    }
+    async with httpx.AsyncClient(transport=httpx.MockTransport(collect)) as client:
+        for endpoint in endpoints:
+            tracker = HttpBatchTracker(endpoint, env="test", service_key=KEY, client=client)
+            tracker.emit(event(0))
+            with trio.fail_after(10):
+                await tracker.aclose()
+    assert posted == list(endpoints.values())
 
 
 @pytest.mark.trio

@@ -16,6 +16,7 @@ import itertools
 import logging
 import re
 import unicodedata
+import urllib.parse
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final, final
 
@@ -82,18 +83,31 @@ def _relative_to_base(endpoint: str, client: httpx.AsyncClient | None) -> bool:
     return url.is_relative_url and not url.scheme  # ("mailto:x" parses as relative, with a scheme)
 
 
-def _unreachable(endpoint: str, client: httpx.AsyncClient | None) -> str | None:
-    """Why no request can be posted to `endpoint` (an http(s) URL, or one relative to `client`'s
-    ``base_url``), or ``None``. Each of these was accepted and then dropped every batch for the
-    life of the application; httpx's own parsing decides, as it will for every request."""
-    import httpx
-
-    at = next((i for i, c in enumerate(endpoint) if c.isspace() or unicodedata.category(c) == "Cc"), None)
+def _stray_characters(endpoint: str) -> str | None:
+    """Why `endpoint` holds characters no working URL does, or ``None``: a control character
+    anywhere (httpx refuses the ASCII ones at every request; a C1 control is mojibake) or
+    whitespace at either end (a line read from a file: a trailing space or NBSP is sent
+    percent-encoded, to a path the collector does not serve). Whitespace inside the path or
+    query is taken: httpx sends it percent-encoded (``/ingest v2`` as ``/ingest%20v2``)."""
+    at = next((i for i, c in enumerate(endpoint) if unicodedata.category(c) == "Cc"), None)
     if at is not None:
         return (
-            f"holds whitespace or a control character ({endpoint[at]!r} at index {at}), which no URL"
-            " can carry; strip it (a URL read from a file often ends in a newline), write a space as %20"
+            f"holds a control character ({endpoint[at]!r} at index {at}), which no request can carry;"
+            " strip it (a URL read from a file often ends in a newline)"
         )
+    if endpoint != endpoint.strip():
+        end = endpoint[0] if endpoint[:1].isspace() else endpoint[-1]
+        return f"begins or ends with whitespace ({end!r}); strip it (a URL read from a file often ends in one)"
+    return None
+
+
+def _unreachable(endpoint: str, client: httpx.AsyncClient | None) -> str | None:
+    """Why no request can be posted to `endpoint` (an http(s) URL, or one relative to `client`'s
+    ``base_url``), or ``None``: what httpx cannot parse (httpx's own parsing decides, as it will
+    for every request), no host, a host that holds whitespace (no name server resolves it), no
+    TCP port. Each was accepted and then dropped every batch for the life of the application."""
+    import httpx
+
     try:
         url = httpx.URL(endpoint)
         if client is not None and url.is_relative_url:
@@ -102,6 +116,8 @@ def _unreachable(endpoint: str, client: httpx.AsyncClient | None) -> str | None:
         return f"not a URL httpx can send to ({exc})"
     if not url.host:
         return "the URL names no host (expected http://host/path or https://host/path)"
+    if any(c.isspace() for c in urllib.parse.unquote(url.host)):
+        return f"the host {urllib.parse.unquote(url.host)!r:.80} holds whitespace, which no host name can"
     if url.port is not None and not 1 <= url.port <= 65535:
         return f"port {url.port} is not a TCP port (1 to 65535)"
     return None
@@ -168,9 +184,10 @@ class HttpBatchTracker:
         ImportError: httpx is not installed (``pip install 'djobs-trio[http]'``).
         ValidationError: A size or duration is not valid; `endpoint` is not an http(s) URL (nor,
             with a `client` whose ``base_url`` is one, a relative URL httpx resolves against it), holds a
-            NUL or a lone surrogate, whitespace (a trailing newline) or a control character (no URL can),
-            is not a URL httpx parses (``"http://[::1/x"``), names no host (``"http://"``) or a port
-            outside 1 to 65535; `env` is not a str, or holds a lone
+            NUL or a lone surrogate, a control character anywhere (a trailing newline), whitespace at
+            either end or in the host, is not a URL httpx parses (``"http://[::1/x"``), names no host
+            (``"http://"``) or a port outside 1 to 65535 (whitespace inside the path or query is
+            taken: httpx sends it percent-encoded); `env` is not a str, or holds a lone
             surrogate (no JSON body can); `service_key` is not a valid header value; a `backoff` that is
             no `Backoff`, a `client` that is no ``httpx.AsyncClient``.
 
@@ -204,6 +221,9 @@ class HttpBatchTracker:
         problem = os_text_problem(endpoint)
         if problem is not None:
             raise ValidationError(f"HttpBatchTracker(endpoint={safe_repr(endpoint):.80}): {problem}")
+        stray = _stray_characters(endpoint)
+        if stray is not None:
+            raise ValidationError(f"HttpBatchTracker(endpoint={safe_repr(endpoint):.80}): {stray}")
         import httpx  # here: the module imports without the http extra
 
         if client is not None and not isinstance(client, httpx.AsyncClient):
