@@ -217,9 +217,6 @@ class AlarmSleeper:
         async def fire() -> None:
             try:
                 await target.on_alarm(alarm)
-            except trio.Cancelled:
-                self.cut_off((alarm.id,))
-                raise
             finally:
                 self.done_with(alarm)
 
@@ -307,9 +304,9 @@ class AlarmSleeper:
                 batches.setdefault(id(target), (target, []))[1].append(one)
         if len(batches) == 1 and len(claimed) < limit:
             [(target, batch)] = batches.values()
-            return functools.partial(self._fire_batch, target, batch), batch
+            return functools.partial(target.fire_batch, batch, self._finish), batch
         for target, batch in batches.values():
-            actors.spawn(functools.partial(self._fire_batch, target, batch), refused=self._refused(batch))
+            actors.spawn(functools.partial(target.fire_batch, batch, self._finish), refused=self._refused(batch))
         return None
 
     def _refused(self, batch: list[ClaimedAlarm]) -> Callable[[], None]:
@@ -332,26 +329,8 @@ class AlarmSleeper:
     async def _run_claimed(self, target: AlarmClaimTarget, claimed: ClaimedAlarm) -> None:
         try:
             await target.on_claimed(claimed)
-        except trio.Cancelled:
-            self.cut_off((claimed.alarm.id,))
-            raise
         finally:
             self.done_with(claimed.alarm)
-
-    async def _fire_batch(self, target: AlarmBatchTarget, batch: list[ClaimedAlarm]) -> None:
-        try:
-            await target.fire_batch(batch, self._finish)
-        except trio.Cancelled:
-            self.cut_off([claimed.alarm.id for claimed in batch])
-            raise
-
-    def cut_off(self, ids: Sequence[int]) -> None:
-        """The handlers of the claimed alarms `ids` were cancelled: the close cut them off, or a
-        sibling's exception (a body's `KeyboardInterrupt`) cancelled the actors. Their claims
-        are released on close, taken back (`Alarm.claims`): the runs are handed back uncounted,
-        where the run that raised keeps its claim and counts as stopped. (A run written back
-        before the cancel had its alarm set again: releasing it changes nothing.)"""
-        self._cut_off.update(ids)
 
     def _runs_here(self, held: dict[str, AlarmBatchTarget], handed: dict[str, AlarmClaimTarget], key: str) -> bool:
         """Whether claimed `key` runs in a batch (into `held`) or on a claimed actor (into

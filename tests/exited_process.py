@@ -52,8 +52,6 @@ def definitions(
         on_event=add,
         execute=flush,
         flush_after="200 ms",  # type: ignore[arg-type]
-        # The flush the kill stopped counts as a failed attempt: the next engine's is attempt 2.
-        retry=djobs.Retry(max_attempts=2, delay="1 second"),
     )
     return workflow, debounce
 

@@ -29,7 +29,6 @@ from .._errors import (
     describe,
     safe_repr,
 )
-from .._execution import Ran, judge
 from .._future import VerbResult
 from .._input import MAX_REASON_LENGTH as MAX_REASON_LENGTH
 from .._input import (
@@ -47,7 +46,7 @@ from ..storage import Checkin, ClearAlarm, InstanceRecord, SetAlarm
 from ..storage._base import DeadLetter, DeadLetterKind, DeadLetterStorage, InstanceRevival, Revival
 
 if TYPE_CHECKING:
-    from .._execution import Env, Outcome, RunInfo
+    from .._execution import Env
     from .._logging import JobLog
     from .._retry import Retry
     from .._runtime import AlarmTarget, Runtime
@@ -593,35 +592,6 @@ def unreadable_state(
             will_retry=False,
         )
     )
-
-
-def crashed_runs(claims: int) -> int:
-    """How many runs of an alarm before this claim of it never ended (`Alarm.claims`, the
-    count this claim returned, less this claim): the process running each died, or a body's
-    `KeyboardInterrupt` stopped it, before its check-in. Each is a failed attempt."""
-    return claims - 1 if claims > 1 else 0
-
-
-def crash_failure(attempt: int) -> ExecutionError:
-    """The failure a run's attempt `attempt` is counted with when the process running it
-    stopped before its outcome was stored (`crashed_runs`)."""
-    return ExecutionError(
-        f"the engine running attempt {attempt} stopped before the run ended "
-        "(it crashed or was killed, or the run raised KeyboardInterrupt)"
-    )
-
-
-def judge_crash(
-    env: Env, info: RunInfo, retry: Retry | None, events: list[TrackedEvent], log: JobLog, at_ms: int | None = None
-) -> Outcome:
-    """Judge attempt ``info.attempt``, whose run never ended (`crashed_runs`), failed with
-    `crash_failure`, as `judge` judges a body's failure: retried while `retry` has attempts
-    left, whatever its ``retry_on`` (which sorts the errors a body gives, and a crash is none
-    of them: a queued job's lost attempt is retried the same way), else the kind's failure path."""
-    if retry is not None and retry.retry_on is not None:
-        retry = copy.copy(retry)
-        retry.retry_on = None
-    return judge(env, info, Ran(Failure(crash_failure(info.attempt))), retry, events, log, at_ms)
 
 
 async def count_failed_attempt(

@@ -25,7 +25,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal
 
 import msgspec
-import trio
 from returns.future import FutureResult
 from returns.result import Failure, Result, Success
 from typing_extensions import TypeVar
@@ -82,10 +81,8 @@ from ._common import (
     check_name,
     check_on_exhausted,
     count_failed_attempt,
-    crashed_runs,
     instance_dead_letter,
     instance_key,
-    judge_crash,
     revive_letter,
     terminate_instance,
     unreadable_state,
@@ -472,12 +469,7 @@ class ContinuousHandler(TenantScoped, Generic[S]):
             return  # paused after this alarm was claimed (the pause cleared it)
         attempt = record.attempt if alarm.purpose == "retry" else 1
         try:
-            crashed = crashed_runs(alarm.claims)
-            if crashed:  # its runs before this claim never ended: counted, the body not run again now
-                run = self._crashed(record, alarm, crashed)
-                await self.env.commit(self._close(run), run.events)
-            else:
-                await self._run(record, current, triggered=False)
+            await self._run(record, current, triggered=False)
         except StorageError as exc:
             # The alarm stays claimed and fires again after its lease.
             self.env.logger.error(
@@ -520,13 +512,8 @@ class ContinuousHandler(TenantScoped, Generic[S]):
         #: The runs handed to a task of their own, which finishes them; the rest are finished
         #: at the end, whatever happens (nothing of the engine would run their instances otherwise).
         handed: set[int] = set()
-        #: What stopped the batch at a run whose body raised it (a `KeyboardInterrupt`: a
-        #: crash of that run, its alarm left claimed to count its attempt), with the runs not
-        #: started after it, whose claims go back (`_stopped_at`).
-        stopped: BaseException | None = None
-        not_started: list[ClaimedAlarm] = []
         try:
-            for index, claimed in enumerate(runs):
+            for claimed in runs:
                 alarm, stored = claimed.alarm, claimed.stored
                 if stored is None or stored[1] is None or stored[1] != alarm or stored[0].status == PAUSED:
                     continue  # terminated, paused or replaced since it was claimed (as `on_alarm`)
@@ -534,18 +521,8 @@ class ContinuousHandler(TenantScoped, Generic[S]):
                 assert current is not None
                 attempt = record.attempt if alarm.purpose == "retry" else 1
                 try:
-                    if alarm.claims > 1:  # runs before this claim never ended: counted (`on_alarm`)
-                        run = self._crashed(record, current, crashed_runs(alarm.claims))
-                        run.checkin = self._close(run)
-                    else:
-                        # In a context of its own, as in an actor: what the body sets stays with its run.
-                        try:
-                            run = copy_context().run(self._fire, record, current)
-                        except (Exception, trio.Cancelled):
-                            raise
-                        except BaseException as exc:  # what `run_body` lets through but a cancel
-                            stopped, not_started = exc, runs[index + 1 :]
-                            break
+                    # In a context of its own, as in an actor: what the body sets stays with its run.
+                    run = copy_context().run(self._fire, record, current)
                     checkin = run.checkin
                     if checkin is None:
                         assert run.pending is not None
@@ -584,25 +561,8 @@ class ContinuousHandler(TenantScoped, Generic[S]):
                                 printable(claimed.alarm.key),
                                 printable(error.message),
                             )
-            if stopped is not None:
-                await self._stopped_at(not_started)
-                raise stopped
         finally:
             finish([claimed for claimed in runs if claimed.alarm.id not in handed] if handed else runs)
-
-    async def _stopped_at(self, not_started: list[ClaimedAlarm]) -> None:
-        """A body of a batch raised what stops the engine (its `KeyboardInterrupt`): the runs
-        before it are written back (as a close lets running handlers finish), and the claims
-        of those after it, whose bodies never started, are given back uncounted (as the close
-        releases the alarms of handlers it cut off); the stopped run's alarm stays claimed, so
-        the next claim counts its attempt (`crashed_runs`)."""
-        if not not_started:
-            return
-        try:
-            await self.env.storage.release_alarms([claimed.alarm.id for claimed in not_started])
-        except Exception as exc:  # they fire again after their lease, counted as stopped runs
-            count = len(not_started)
-            self.env.logger.error("continuous %s: could not hand back %d runs: %r", self.job.name, count, exc)
 
     async def _finish_later(
         self, claimed: ClaimedAlarm, run: _Run, pending: Pending, finish: Callable[[Sequence[ClaimedAlarm]], None]
@@ -706,23 +666,6 @@ class ContinuousHandler(TenantScoped, Generic[S]):
             run.outcome = judge(env, run.info, ran, job.retry, run.events, log, now)
             run.outcome_kind = run.outcome.kind
         run.checkin = self._close(run)
-        return run
-
-    def _crashed(self, record: InstanceRecord, alarm: Alarm, crashed: int) -> _Run:
-        """The run `alarm` woke `record` for, whose last `crashed` claims never ended (the
-        process died, or the body raised `KeyboardInterrupt`): the last of those attempts is
-        judged failed (`crash_failure`) without running the body, so the run takes its retry
-        or, past the retry policy, its failure path as a run that raised would."""
-        job, env = self.job, self.env
-        retrying = alarm.purpose == "retry"
-        run_count = record.run_count if retrying else record.run_count + 1
-        attempt = (record.attempt if retrying else 1) + crashed - 1
-        log = env.job_log(KIND, job.name, job.logging, instance=record.instance_id, run=run_count, attempt=attempt)
-        info = RunInfo(record.key, KIND, job.name, run_count, attempt)
-        run = _Run(record, alarm, False, info, log, [], Checkout(None))
-        run.ended_ms = now = env.clock.now_ms()
-        run.outcome = judge_crash(env, info, job.retry, run.events, log, now)
-        run.outcome_kind = run.outcome.kind
         return run
 
     def _fire_slowly(self, record: InstanceRecord, alarm: Alarm) -> _Run:

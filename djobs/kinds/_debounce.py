@@ -101,12 +101,9 @@ from ._common import (
     check_id,
     check_name,
     count_failed_attempt,
-    crash_failure,
-    crashed_runs,
     foreign_run,
     instance_dead_letter,
     instance_key,
-    judge_crash,
     key_problem,
     refused,
     revive_letter,
@@ -1243,10 +1240,9 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
             except msgspec.DecodeError:
                 stored = "flush_after"
             reason = next((r for r in _REASONS if r == stored), "flush_after")
-        crashed = crashed_runs(alarm.claims)
-        attempt = record.attempt + max(0, crashed - 1)
+        attempt = record.attempt
         try:
-            await self._flush(record, reason, crashed)
+            await self._flush(record, reason)
         except StorageError as exc:
             # The alarm stays claimed and fires again after its lease.
             self.env.logger.error(
@@ -1270,32 +1266,23 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
                 before_retry=keep_reason,
             )
 
-    async def _flush(self, record: InstanceRecord, reason: FlushReason, crashed: int = 0) -> OutcomeKind:
-        """Run ``execute`` on the batch in `record` and commit what came of it.
-
-        With `crashed` (the flushes its alarm woke before this claim that never ended: a
-        crash, or the flush's `KeyboardInterrupt`), the last of their attempts is judged
-        failed instead (`crash_failure`), without running ``execute``: the batch is retried,
-        or past the policy kept as a dead letter, as after any failed flush."""
+    async def _flush(self, record: InstanceRecord, reason: FlushReason) -> OutcomeKind:
+        """Run ``execute`` on the batch in `record` and commit what came of it."""
         job, env = self.job, self.env
         # attempt > 1 means a failed flush of this batch is waiting for its retry;
         # any flush of the batch (the retry alarm or a manual one) is the next try.
-        attempt = record.attempt + max(0, crashed - 1)
+        attempt = record.attempt
         run_count = record.run_count if attempt > 1 else record.run_count + 1
         count = record.event_count
         log = env.job_log(KIND, job.name, job.logging, instance=record.instance_id, run=run_count, attempt=attempt)
         info = RunInfo(record.key, KIND, job.name, run_count, attempt)
         events: list[TrackedEvent] = []
         assert record.state is not None
-        # A judged crash runs no user code: the state is not decoded.
-        state = Failure(crash_failure(attempt)) if crashed else decode(job.state, record.state, what="state")
+        state = decode(job.state, record.state, what="state")
         outcome_kind: OutcomeKind
         error: JobError | None = None
         kept = False  # a clear stopped the flush: the batch goes, the instance and its event ids stay
         match state:
-            case Failure(_) if crashed:
-                outcome = judge_crash(env, info, job.retry, events, log)
-                outcome_kind, retry_at, duration_ms, error = outcome.kind, outcome.retry_at, 0.0, outcome.error
             case Failure(failure):
                 outcome_kind, error = "failed", failure
                 unreadable_state(env, log, events, record, KIND, job.name, error, run_count=run_count, attempt=attempt)

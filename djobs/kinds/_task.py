@@ -76,10 +76,8 @@ from ._common import (
     check_name,
     check_on_exhausted,
     count_failed_attempt,
-    crashed_runs,
     instance_dead_letter,
     instance_key,
-    judge_crash,
     key_problem,
     revive_letter,
     terminate_instance,
@@ -756,7 +754,7 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
                 return  # terminated, or the alarm was replaced after it was claimed
             record, current = loaded
             attempt = record.attempt if alarm.purpose == _RETRY else 1
-            await self._execute(record, current, triggered=False, crashed=crashed_runs(alarm.claims))
+            await self._execute(record, current, triggered=False)
         except StorageError as exc:
             # The alarm stays claimed and fires again after its lease.
             self.env.logger.error(
@@ -776,20 +774,13 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
             )
 
     async def _execute(
-        self, record: InstanceRecord, alarm: Alarm | None, *, triggered: bool, crashed: int = 0
+        self, record: InstanceRecord, alarm: Alarm | None, *, triggered: bool
     ) -> tuple[int, Outcome, int | None]:
-        """Run ``execute`` (then ``on_error`` if it failed for good) and commit; the alarm is consumed.
-
-        With `crashed` (the runs of `alarm` before this claim that never ended: a crash, or a
-        handler's `KeyboardInterrupt`), the last of their attempts is judged failed instead
-        (`crash_failure`), without running ``execute``: retried, or past the policy handed
-        to ``on_error`` as any failed execute is. When even that judging run never ended
-        (two such runs), ``on_error`` and ``on_idle`` are not run again: the failure is
-        logged and stored, and the task rests."""
+        """Run ``execute`` (then ``on_error`` if it failed for good) and commit; the alarm is consumed."""
         job, env = self.job, self.env
         retrying = not triggered and alarm is not None and alarm.purpose == _RETRY
         execute_count = record.execute_count if retrying else record.execute_count + 1
-        attempt = (record.attempt if retrying else 1) + max(0, crashed - 1)
+        attempt = record.attempt if retrying else 1
         record.execute_count = execute_count
         log = self._log(record, execute=execute_count, attempt=attempt)
         events: list[TrackedEvent] = []
@@ -804,22 +795,19 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
                 await env.commit(Checkin(key=record.key, record=record, alarm=ClearAlarm()), events)
                 return execute_count, "failed", None
         draft: Checkout[S | None] = Checkout(before)
+        ctx = self._context(record, draft, log, attempt)
         info = RunInfo(record.key, KIND, job.name, execute_count, attempt)
-        if crashed:
-            outcome = judge_crash(env, info, job.retry, events, log)
-        else:
-            ctx = self._context(record, draft, log, attempt)
-            outcome = await execute(
-                env,
-                info,
-                draft,
-                self._returning(lambda: job.execute(ctx), ctx, "execute"),
-                job.retry,
-                events,
-                log,
-                job.limits,
-                f"the execute of task {job.name!r}",
-            )
+        outcome = await execute(
+            env,
+            info,
+            draft,
+            self._returning(lambda: job.execute(ctx), ctx, "execute"),
+            job.retry,
+            events,
+            log,
+            job.limits,
+            f"the execute of task {job.name!r}",
+        )
         kind: Outcome = outcome.kind
         if kind == "terminated":
             await env.commit(Checkin(key=record.key, record=None), events)
@@ -834,7 +822,7 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
         trigger: Trigger = "execute"
         if kind != "succeeded":
             draft = Checkout(before)  # nothing the failed execute changed is kept
-            on_error = job.on_error if crashed < 2 else None
+            on_error = job.on_error
             if on_error is not None:
                 assert outcome.error is not None
                 error = outcome.error
@@ -869,7 +857,7 @@ class TaskHandler(TenantScoped, Generic[S, Ev]):
                         self._handler_failed(record, "on_error", failure, events, err_log)
                         draft = Checkout(before)
         alive, fire = await self._settle(
-            record, draft, keep_ms=None, was_active=alarm is not None and crashed < 2, trigger=trigger, events=events
+            record, draft, keep_ms=None, was_active=alarm is not None, trigger=trigger, events=events
         )
         return execute_count, kind if alive else "terminated", fire
 

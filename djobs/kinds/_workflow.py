@@ -98,8 +98,6 @@ from ._common import (
     bug_failure,
     check_id,
     check_name,
-    crash_failure,
-    crashed_runs,
     foreign_run,
     instance_key,
     storable_id,
@@ -727,20 +725,14 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
                 "workflow %s: could not record a run: %s", printable(alarm.key), printable(exc.message)
             )
             return
-        await self._run(alarm.key, record, crashed_runs(alarm.claims))
+        await self._run(alarm.key, record)
 
-    async def _run(self, key: str, record: InstanceRecord | None = None, crashed: int = 0) -> None:
+    async def _run(self, key: str, record: InstanceRecord | None = None) -> None:
         """Run workflow `key`'s body from the top, from `record` (an alarm's read), else from the
         record the last verb committed (`fresh`), else from the row read now. A `JobError` (a
         `StorageError`, an unreadable log) is logged: the guard alarm fires again after its
         lease, and the steps recorded stand. One coroutine, from the actor to the body: each
-        step's write passes through every coroutine between them twice (in and back).
-
-        `crashed`: the runs before this one (woken by the same alarm) that never ended, a
-        crash or a `KeyboardInterrupt` of the body: charged to the first step the run starts
-        anew (`Run.charge_crash`). More of them in a row than the workflow's `retry` allows
-        attempts (one without a policy) stopped before any step took the charge: the
-        workflow fails (`crash_failure`) without running its body again."""
+        step's write passes through every coroutine between them twice (in and back)."""
         try:
             if record is None:
                 record = self.fresh.pop(key, None)
@@ -759,15 +751,6 @@ class WorkflowHandler(TenantScoped, Generic[I, R, D]):
                 run.steps_done = finished_steps(log)
             identity = {"job": job.name, "instance": record.instance_id, "run": record.run_count}
             jlog = JobLog(self.run_logger, self.run_log_level, identity)
-            if crashed:
-                if crashed > (1 if job.retry is None else job.retry.max_attempts):
-                    stopped = crash_failure(crashed)
-                    jlog.error(
-                        "failed: %d runs in a row stopped before they ended: %s", crashed, printable(stopped.message)
-                    )
-                    await self._end(run, "failed", error=stopped)
-                    return
-                run.crashed = crashed
             the_input = decoded(job.input, record.state or b"null", what=f"input of workflow {job.name!r}")
             if isinstance(the_input, ValidationError):
                 await self._end(run, "failed", error=the_input)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import copy
 import dis
 import hashlib
 import sys
@@ -67,7 +66,7 @@ from ..storage import (
     SetAlarm,
 )
 from ..tracking import TrackedEvent
-from ._common import check_id, crash_failure, instance_key, key_problem
+from ._common import check_id, instance_key, key_problem
 from ._job import MAX_TEXT
 from ._task import When
 from ._workflow_log import (
@@ -400,10 +399,6 @@ class Run:
     runner: CodeType | None = None
     #: Whether a step's write ended the workflow (completed: `ends_with`); the body returned after it.
     ended: bool = False
-    #: The runs before this one that never ended (`crashed_runs` of the alarm that woke it: the
-    #: process died, or a body's `KeyboardInterrupt` stopped it), charged to the first step this
-    #: run starts anew (`charge_crash`); 0 once charged, or for a run no claim started.
-    crashed: int = 0
 
     # -- plumbing --
 
@@ -632,8 +627,6 @@ class Run:
             # Woken early (a signal or a restart) before this step's retry is due.
             self.suspend("running", SetAlarm(entry.until, RETRY))
         attempt = entry.attempts + 1
-        if self.crashed:
-            return await self.charge_crash(entry, attempt, retry, result_type)
         # In flight until its result (or failure) is committed: the checkpoint awaits too, so a
         # synchronous step, which runs with no await of its own, is still refused a second call
         # made meanwhile (`guard`).
@@ -723,26 +716,6 @@ class Run:
             return result
         finally:
             self.in_call = False
-
-    async def charge_crash(self, entry: Entry, attempt: int, retry: Retry | None, result_type: Any) -> Any:
-        """Step `entry`, the first this run starts anew, is where the runs before it that never
-        ended (`crashed`) stopped: each was an attempt of it, failed (`crash_failure`), without
-        running it now. Retried while its policy has attempts left, whatever its ``retry_on``
-        (a crash is none of the errors it sorts), as a queued job's lost attempt is: the
-        workflow suspends until the retry; else the step fails for good, and the body gets
-        `StepFailedError` here, as from any step whose retries are spent."""
-        crashed, self.crashed = self.crashed, 0
-        entry.attempts, entry.at, entry.duration_ms = attempt + crashed - 1, self.env.clock.now_ms(), 0.0
-        policy = retry if retry is not None else self.handler.job.retry
-        if policy is not None and policy.retry_on is not None:
-            policy = copy.copy(policy)
-            policy.retry_on = None
-        self.in_call, self.current = True, entry.name
-        try:
-            await self.step_failed(entry, crash_failure(entry.attempts), policy)
-        finally:
-            self.in_call, self.current = False, None
-        return self.replayed_step(entry, result_type)
 
     async def step_failed(self, entry: Entry, error: JobError, policy: Retry | None) -> None:
         """Record the failed attempt of step `entry`: suspend until its retry, or checkpoint it failed for good."""

@@ -46,33 +46,12 @@ class Alarm(msgspec.Struct, frozen=True, kw_only=True):
     write-back touches no index of the key). An alarm set again at the same
     time for the same purpose compares equal, and firing it for the older
     claim is firing it when it is due.
-
-    `claims` counts the claims of the alarm as it is set: a claim adds one, a
-    set (the check-in of the run it woke) starts it again at 0, and a clean
-    close's release takes its claim back. A claim that finds ``claims > 1``
-    follows ``claims - 1`` claims whose runs never ended (the process died, or
-    a body's `KeyboardInterrupt` stopped it): each counts as a failed attempt.
-    It is not part of the alarm's identity (equality and hash ignore it).
     """
 
     id: int
     key: str
     fire_at: int
     purpose: str
-    claims: int = 0
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not Alarm:
-            return NotImplemented
-        return (
-            self.id == other.id
-            and self.fire_at == other.fire_at
-            and self.purpose == other.purpose
-            and self.key == other.key
-        )
-
-    def __hash__(self) -> int:
-        return hash((self.id, self.key, self.fire_at, self.purpose))
 
 
 class SetAlarm(msgspec.Struct, frozen=True):

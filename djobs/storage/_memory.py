@@ -251,8 +251,7 @@ class _Tables:
         self.instances: dict[str, InstanceRecord] = {}
         self.by_definition: dict[tuple[str, str], dict[str, None]] = {}
         #: key -> (id, fire_at, due_at, purpose)
-        #: key -> (id, fire_at, due_at, purpose, claims since it was set: `Alarm.claims`)
-        self.alarms: dict[str, tuple[int, int, int, str, int]] = {}
+        self.alarms: dict[str, tuple[int, int, int, str]] = {}
         self.alarm_keys: dict[int, str] = {}
         #: (due_at, id, key), lazily checked against `alarms`
         self.alarm_heap: list[tuple[int, int, str]] = []
@@ -460,7 +459,7 @@ class MemoryStorage:
         else:
             alarm_id = old[0]
             self._undo.append((self._restore_alarm, key, old))
-        self._alarms[key] = (alarm_id, fire_at, due_at, purpose, 0)
+        self._alarms[key] = (alarm_id, fire_at, due_at, purpose)
         self._push_alarm((due_at, alarm_id, key))
 
     def _push_alarm(self, entry: tuple[int, int, str]) -> None:
@@ -489,9 +488,9 @@ class MemoryStorage:
             self._undo.append((self._restore_alarm, key, old))
             self._drop(self._alarm_keys, old[0])
 
-    def _hide_alarm(self, key: str, alarm: tuple[int, int, int, str, int], due_at: int, claims: int) -> None:
+    def _hide_alarm(self, key: str, alarm: tuple[int, int, int, str], due_at: int) -> None:
         self._undo.append((self._restore_alarm, key, alarm))
-        self._alarms[key] = (alarm[0], alarm[1], due_at, alarm[3], claims)
+        self._alarms[key] = (alarm[0], alarm[1], due_at, alarm[3])
 
     def _store_instance(self, key: str, record: InstanceRecord) -> None:
         """Upsert a copy of `record` under `key`: identity (kind, name, instance id) and birth
@@ -632,9 +631,8 @@ class MemoryStorage:
                 continue
             seen.add(alarm_id)
             undo.append((self._restore_alarm, key, alarm))
-            claims = alarm[4] + 1
-            alarms[key] = (alarm_id, alarm[1], until, alarm[3], claims)
-            taken.append(Alarm(id=alarm_id, key=key, fire_at=alarm[1], purpose=alarm[3], claims=claims))
+            alarms[key] = (alarm_id, alarm[1], until, alarm[3])
+            taken.append(Alarm(id=alarm_id, key=key, fire_at=alarm[1], purpose=alarm[3]))
         for entry in aside:
             heapq.heappush(heap, entry)
         for alarm_ in taken:
@@ -776,8 +774,8 @@ class MemoryStorage:
             if lease[0] not in theirs:
                 continue
             alarm = self._alarms.get(key)
-            if alarm is not None and alarm[2] > alarm[1]:  # claimed: due again at its fire time, its claims kept
-                self._hide_alarm(key, alarm, alarm[1], alarm[4])
+            if alarm is not None and alarm[2] > alarm[1]:  # claimed: due again at its fire time
+                self._hide_alarm(key, alarm, alarm[1])
                 self._push_alarm((alarm[1], alarm[0], key))
                 freed += 1
             self._drop(self._leases, key)
@@ -800,9 +798,7 @@ class MemoryStorage:
             key = self._alarm_keys.get(alarm_id)
             if key is not None:
                 alarm = self._alarms[key]
-                # Its claim taken back (a clean close: the run was cut off, or never started).
-                claims = alarm[4] - 1 if alarm[2] > alarm[1] and alarm[4] > 0 else alarm[4]
-                self._hide_alarm(key, alarm, alarm[1], claims)
+                self._hide_alarm(key, alarm, alarm[1])
                 self._push_alarm((alarm[1], alarm[0], key))
 
     async def release_alarms(self, ids: list[int]) -> None:
@@ -1730,7 +1726,7 @@ class MemoryStorage:
         instances = [InstanceCount(kind=k, name=n, status=s, count=c) for (k, n, s), c in sorted(counts.items())]
         due = claimed = later = 0
         next_at: int | None = None
-        for _, fire_at, due_at, _, _ in self._alarms.values():
+        for _, fire_at, due_at, _ in self._alarms.values():
             if fire_at > now:
                 later += 1
                 next_at = fire_at if next_at is None else min(next_at, fire_at)

@@ -353,8 +353,6 @@ MIGRATIONS: list[str] = [
     # 13: a set alarm keeps its id (see SQLite's version 13); the tables stay as they are,
     # and the version keeps an older djobs, which compared the alarm id alone, away.
     "SELECT 1",
-    # 14: an alarm counts its claims since it was last set (see SQLite's version 14).
-    "ALTER TABLE alarms ADD COLUMN claims integer NOT NULL DEFAULT 0",
 ]
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -396,8 +394,7 @@ _LIST_CRONS = POSTGRES.text(_sql.LIST_CRONS)
 # id. (Version 1's comment, kept as released, describes the earlier fresh id per set.)
 _SET_ALARM = """
     INSERT INTO alarms (key, fire_at, due_at, purpose) VALUES (%s, %s, %s, %s)
-    ON CONFLICT (key) DO UPDATE SET fire_at = excluded.fire_at, due_at = excluded.due_at, purpose = excluded.purpose,
-        claims = 0
+    ON CONFLICT (key) DO UPDATE SET fire_at = excluded.fire_at, due_at = excluded.due_at, purpose = excluded.purpose
 """
 # With ``mine`` (``kind:name:`` prefixes, or NULL for every alarm), an engine
 # that registered some definitions only claims the alarms of those.
@@ -407,8 +404,8 @@ _CLAIM_ALARMS = f"""
         SELECT id FROM alarms WHERE due_at <= %(now)s AND {_MINE}
         ORDER BY due_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED
     )
-    UPDATE alarms SET due_at = %(until)s, claims = alarms.claims + 1 FROM picked WHERE alarms.id = picked.id
-    RETURNING alarms.id, alarms.key, alarms.fire_at, alarms.purpose, alarms.claims
+    UPDATE alarms SET due_at = %(until)s FROM picked WHERE alarms.id = picked.id
+    RETURNING alarms.id, alarms.key, alarms.fire_at, alarms.purpose
 """
 # Lease statements are templates over {clock}, the clock that judges leases: the
 # caller's ``%(now)s``, or the database's own (see ``lease_clock``). A lease ends
@@ -464,13 +461,9 @@ _FREE_JOB_LEASES = """
     UPDATE jobs SET worker_expires_at = {clock}
     WHERE status = 'running' AND worker_id = ANY(%(owners)s) AND worker_expires_at > {clock}
 """
-#: A clean close's release of claimed alarms: due again at their fire time, each claim taken
-#: back (the run it was claimed for was cut off by the close, or never started: not an attempt).
 _RELEASE_ALARMS = """
     WITH picked AS MATERIALIZED (SELECT id FROM alarms WHERE id = ANY(%s) ORDER BY id FOR UPDATE)
-    UPDATE alarms SET due_at = fire_at,
-        claims = CASE WHEN due_at > fire_at AND claims > 0 THEN claims - 1 ELSE claims END
-    WHERE id = ANY(ARRAY(SELECT id FROM picked))
+    UPDATE alarms SET due_at = fire_at WHERE id = ANY(ARRAY(SELECT id FROM picked))
 """
 
 # -- the queue ---------------------------------------------------------------------------

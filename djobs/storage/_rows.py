@@ -39,7 +39,7 @@ CRON_COLUMNS: Final = (
     " created_at, updated_at"
 )
 #: What an alarm claim returns, for `alarm_record`.
-ALARM_COLUMNS: Final = "id, key, fire_at, purpose, claims"
+ALARM_COLUMNS: Final = "id, key, fire_at, purpose"
 
 
 def qualified(columns: str, table: str) -> str:
@@ -100,11 +100,11 @@ def instance_args(key: str, record: InstanceRecord) -> tuple[Any, ...]:
 
 
 def alarm_record(r: Sequence[Any], offset: int = 0, key: str | None = None) -> Alarm:
-    """An `Alarm` from `r` in `ALARM_COLUMNS` order starting at `offset` (a claim's row); with
-    `key`, from ``id, fire_at, purpose`` (the key is known: a load, whose alarm's claims are 0)."""
+    """An `Alarm` from `r` in `ALARM_COLUMNS` order starting at `offset`; with `key`, from
+    ``id, fire_at, purpose`` (the key is known)."""
     if key is not None:
         return Alarm(id=r[offset], key=key, fire_at=r[offset + 1], purpose=r[offset + 2])
-    return Alarm(id=r[offset], key=r[offset + 1], fire_at=r[offset + 2], purpose=r[offset + 3], claims=r[offset + 4])
+    return Alarm(id=r[offset], key=r[offset + 1], fire_at=r[offset + 2], purpose=r[offset + 3])
 
 
 def loaded(r: Sequence[Any]) -> tuple[InstanceRecord, Alarm | None]:

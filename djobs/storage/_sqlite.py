@@ -395,11 +395,6 @@ MIGRATIONS: list[str] = [
     # are; the version keeps an older djobs, which compared the id alone (and would fire an
     # alarm moved later at its old time), from opening the file.
     "SELECT 1",
-    # 14: an alarm counts its claims since it was last set (`Alarm.claims`): a claim adds
-    # one, a set starts again at 0, a clean close's release takes one back. A claim that
-    # finds more than one follows runs that never ended (a crash, a body's Ctrl-C): their
-    # attempts count.
-    "ALTER TABLE alarms ADD COLUMN claims INTEGER NOT NULL DEFAULT 0",
 ]
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -463,8 +458,7 @@ _FREE_JOB_LEASES = """
 #: million stored alarms rewrote a random leaf of the key's index on every fire.
 _SET_ALARM = """
     INSERT INTO alarms (key, fire_at, due_at, purpose) VALUES (?, ?, ?, ?)
-    ON CONFLICT(key) DO UPDATE SET fire_at = excluded.fire_at, due_at = excluded.due_at, purpose = excluded.purpose,
-        claims = 0
+    ON CONFLICT(key) DO UPDATE SET fire_at = excluded.fire_at, due_at = excluded.due_at, purpose = excluded.purpose
 """
 _LEASE_OWNERS = "SELECT key, owner FROM instance_leases WHERE key IN (SELECT value FROM json_each(?))"
 #: An instance's 16 values (`instance_args`), then the owner whose lease fences it: `UPSERT_INSTANCE`
@@ -477,24 +471,17 @@ _FENCED_UPSERT_INSTANCE = f"""
     WHERE EXISTS (SELECT 1 FROM instance_leases WHERE key = ?1 AND owner = ?17)
     ON CONFLICT {_sql.UPSERT_INSTANCE.split("ON CONFLICT", 1)[1]}"""
 _CLAIM_ALARMS = """
-    UPDATE alarms SET due_at = ?, claims = claims + 1
+    UPDATE alarms SET due_at = ?
     WHERE id IN (SELECT id FROM alarms WHERE due_at <= ? ORDER BY due_at LIMIT ?)
-    RETURNING id, key, fire_at, purpose, claims
+    RETURNING id, key, fire_at, purpose
 """
 # An engine that registered some definitions only: the alarms of those, walked
 # in due order (a key's ``kind:name:`` prefix is one of the JSON array's values).
 _MINE = "EXISTS (SELECT 1 FROM json_each(?) WHERE substr(alarms.key, 1, length(value)) = value)"
 _CLAIM_MY_ALARMS = f"""
-    UPDATE alarms SET due_at = ?, claims = claims + 1
+    UPDATE alarms SET due_at = ?
     WHERE id IN (SELECT id FROM alarms WHERE due_at <= ? AND {_MINE} ORDER BY due_at LIMIT ?)
-    RETURNING id, key, fire_at, purpose, claims
-"""
-#: A clean close's release of a claimed alarm: due again at its fire time, its claim taken
-#: back (the run it was claimed for was cut off by the close, or never started: not an attempt).
-_RELEASE_ALARM = """
-    UPDATE alarms SET due_at = fire_at,
-        claims = CASE WHEN due_at > fire_at AND claims > 0 THEN claims - 1 ELSE claims END
-    WHERE id = ?
+    RETURNING id, key, fire_at, purpose
 """
 _NEXT_MY_ALARM = f"SELECT due_at FROM alarms WHERE {_MINE} ORDER BY due_at LIMIT 1"
 
@@ -1514,7 +1501,7 @@ class SqliteStorage:
 
     async def release_alarms(self, ids: list[int]) -> None:
         def run(db: apsw.Connection) -> None:
-            db.executemany(_RELEASE_ALARM, [(i,) for i in ids])
+            db.executemany("UPDATE alarms SET due_at = fire_at WHERE id = ?", [(i,) for i in ids])
 
         await self.write(run)
 
