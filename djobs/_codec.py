@@ -817,13 +817,19 @@ def canonical_json(tp: Any, raw: bytes) -> bytes:
     unique key stored before keeps matching). Params whose sets mix types that do not sort
     are written as they came.
 
-    A float ``-0.0`` is written as ``0.0``: the two are equal in Python (``-0.0 == 0.0``), so
-    params holding one or the other are equal params, where their JSON differs. A ``float``
+    A float ``-0.0`` is written as ``0.0``, as a value or as a dict's key (``dict[float, ...]``,
+    written as the text ``"-0.0"``): the two are equal in Python (``-0.0 == 0.0``, one dict key),
+    so params holding one or the other are equal params, where their JSON differs. A ``float``
     field writes ``1`` and ``1.0`` alike (decoded as a float, both are ``1.0``); in a field
     typed ``int | float`` or ``Any`` they stay two values, as their JSON differs.
     """
     try:
-        written = _canonical_encoder.encode(_decoder(tp).decode(raw))
+        value = _decoder(tp).decode(raw)
+        try:
+            written = _canonical_encoder.encode(value)
+        except TypeError:  # the encoder sorts str keys only: a dict[int, ...] or dict[float, ...]
+            _text_keys(value)
+            written = _canonical_encoder.encode(value)
     except Exception:  # items that do not sort (a set[int | str]): the encoding as written
         written = raw
     if b"-0" not in written:  # no negative zero anywhere (nearly every params): as written
@@ -831,6 +837,44 @@ def canonical_json(tp: Any, raw: bytes) -> bytes:
     # Read back as plain values (objects keep the order written) and written again with each
     # -0.0 as 0.0; text, integers and every other float come back byte for byte.
     return _plain_encoder.encode(_positive_zeros(msgspec.json.decode(written)))
+
+
+def _text_keys(value: object) -> None:
+    """Each dict in `value` (a freshly decoded value, changed in place) whose keys are not all
+    `str` (``dict[int, ...]``, ``dict[float, ...]``, enum keys) keyed by each key's JSON text
+    instead, as msgspec writes it, so a deterministic encoder can sort them; a float key ``-0.0``
+    as ``0.0``'s text (one key in Python). Two keys of one text (``1`` and ``"1"`` in a
+    ``dict[int | str, ...]``) would make unequal params one: a `ValueError` then."""
+    todo: list[object] = [value]
+    while todo:
+        item = todo.pop()
+        kind = type(item)
+        if kind is str or kind is int or kind is float or kind is bool or item is None:
+            continue
+        if isinstance(item, msgspec.Struct):
+            todo += msgspec.structs.astuple(item)
+        elif isinstance(item, dict):
+            todo += item.values()
+            if all(type(key) is str for key in item):
+                continue
+            texted = {_key_text(0.0 if type(key) is float and key == 0 else key): v for key, v in item.items()}
+            if len(texted) != len(item):
+                raise ValueError("two dict keys of one JSON text")
+            item.clear()
+            item.update(texted)
+        elif isinstance(item, list | tuple | set | frozenset):
+            todo += item
+        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
+            todo += [getattr(item, f.name, None) for f in dataclasses.fields(item)]
+        else:
+            attributes = getattr(kind, "__attrs_attrs__", None)  # an attrs class, which msgspec decodes too
+            if attributes is not None:
+                todo += [getattr(item, a.name, None) for a in attributes]
+
+
+def _key_text(key: object) -> str:
+    """`key` as msgspec writes a dict key (``1.5`` as ``"1.5"``, an enum member as its value)."""
+    return cast(str, next(iter(msgspec.json.decode(_plain_encoder.encode({key: None})))))
 
 
 def _positive_zeros(value: Any) -> Any:

@@ -42,6 +42,8 @@ class Params(msgspec.Struct):
     names: set[str] = set()
     nested: list[dict[str, Any]] = []
     inner: Inner = Inner()
+    by_number: dict[int, str] = {}  # keys that are not str: written as text, sorted all the same
+    by_price: dict[float, int] = {}
 
 
 refresh = djobs.Job.make("refresh", params=Params, execute=lambda params, ctx: None)
@@ -63,6 +65,8 @@ def reordered(params: Params, seed: int) -> Params:
         names=set(shuffled(sorted(params.names))),
         nested=[dict(shuffled(list(d.items()))) for d in params.nested],
         inner=Inner(frozenset(shuffled(sorted(params.inner.tags)))),
+        by_number=dict(shuffled(list(params.by_number.items()))),
+        by_price=dict(shuffled(list(params.by_price.items()))),
     )
 
 
@@ -73,6 +77,8 @@ params_strategy = st.builds(
     names=st.sets(texts, max_size=6),
     nested=st.lists(st.dictionaries(texts, st.integers() | texts | st.none(), max_size=4), max_size=3),
     inner=st.builds(Inner, tags=st.frozensets(texts, max_size=5)),
+    by_number=st.dictionaries(st.integers(), texts, max_size=5),
+    by_price=st.dictionaries(st.floats(allow_nan=False, allow_infinity=False), st.integers(), max_size=5),
 )
 
 
@@ -91,11 +97,13 @@ def test_equal_params_built_in_any_order_are_one_unique_key(kind: str, tmp_path:
                     again = reordered(params, seed)
                     assert again == params
                     assert success(await jobs.later(again, delay="1 hour", unique=True)) == first
-                    as_dict = {
+                    as_dict: Any = {
                         "counts": again.counts,
                         "names": again.names,
                         "nested": again.nested,
                         "inner": again.inner,
+                        "by_number": again.by_number,
+                        "by_price": again.by_price,
                     }
                     assert success(await jobs.later(as_dict, unique=True)) == first  # a dict of its fields
                 pending = success(await engine.client.jobs.list(name="refresh", status="pending"))
@@ -175,6 +183,7 @@ class Balance(msgspec.Struct):
     by_day: dict[str, float] = {}
     seen: set[float] = set()
     extra: Any = None
+    prices: dict[float, int] = {}
 
 
 @pytest.mark.parametrize("kind", STORAGE_KINDS)
@@ -198,13 +207,21 @@ def test_params_equal_but_for_the_sign_of_a_zero_or_an_int_in_a_float_field_are_
                 ),
                 (Balance("d", 0, extra=[{"x": 0.0}]), Balance("d", 0, extra=[{"x": -0.0}])),
                 (Balance("-0.0", 0), Balance("-0.0", -0.0)),  # a "-0.0" in text is kept as written
+                # A float key -0.0 is one key with 0.0 in Python: written "-0.0", it made two jobs.
+                (Balance("e", 0, prices={0.0: 1, 2.5: 2}), Balance("e", 0, prices={2.5: 2, -0.0: 1})),
             ]
             firsts = []
             for first, second in pairs:
                 assert first == second
                 firsts.append(success(await jobs.later(first, delay="1 hour", unique=True)))
                 assert success(await jobs.later(second, delay="1 hour", unique=True)) == firsts[-1], second
-            different = [Balance("a", 0.5), Balance("0.0", 0), Balance("d", 0, extra=[{"x": 1}])]
+            different = [
+                Balance("a", 0.5),
+                Balance("0.0", 0),
+                Balance("d", 0, extra=[{"x": 1}]),
+                Balance("c", 0, by_day={"-0.0": 0.0}),  # a str key "-0.0" is text: kept
+                Balance("c", 0, by_day={"0.0": 0.0}),
+            ]
             for params in different:
                 assert success(await jobs.later(params, delay="1 hour", unique=True)) not in firsts, params
             pending = success(await engine.client.jobs.list(name="balance", status="pending"))
