@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import apsw
+import msgspec
 import pytest
 import trio
 
@@ -28,6 +29,7 @@ import djobs.storage._sqlite as sqlite_module
 from djobs.cli import ExitCode, main
 from djobs.storage import SCHEMA_VERSION, Checkin, InstanceRecord
 from djobs.storage._inspect import open_existing
+from djobs.testing import success
 
 
 def fingerprint(path: Path) -> tuple[str, list[str]]:
@@ -337,3 +339,30 @@ async def test_a_layer_of_the_wrong_kind_is_refused_with_its_name(tmp_path: Path
             djobs.Layers(storage="postgresql://postgres@127.0.0.1/test")  # type: ignore[arg-type]
     with pytest.raises(djobs.ValidationError, match=f"{layer} must be a"):
         djobs.Layers(**{layer: 42})  # type: ignore[arg-type]
+
+
+class Ping(msgspec.Struct):
+    n: int
+
+
+@pytest.mark.trio
+async def test_a_relative_path_names_the_same_file_after_the_application_changes_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``djobs.sqlite("jobs.db")`` names the file in the working directory at open, as SQLite
+    reads it. The replaced-file check re-read the relative path in the new working directory
+    (a daemon's ``chdir("/")``), found no file there and failed every write ("deleted or
+    replaced"); the checkpoint thread would have opened the path there too."""
+    first, later = tmp_path / "first", tmp_path / "later"
+    first.mkdir()
+    later.mkdir()
+    ping = djobs.Job.make("ping", params=Ping, execute=lambda params, ctx: None)
+    monkeypatch.chdir(first)
+    async with djobs.open_engine([ping], storage=djobs.sqlite("jobs.db"), worker=None) as engine:
+        monkeypatch.chdir(later)
+        ids = [success(await engine.client.job(ping).later(Ping(n), delay="1 hour")) for n in range(3)]
+        listed = success(await engine.client.jobs.list(name="ping"))
+        assert sorted(job.id for job in listed) == sorted(ids)
+    assert os.listdir(later) == []  # nothing opened or made in the new working directory
+    async with djobs.sqlite(first / "jobs.db").open() as storage:
+        assert all([await storage.get_job(job_id) for job_id in ids])

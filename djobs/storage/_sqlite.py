@@ -1060,13 +1060,17 @@ class SqliteStorage:
         self._readers_gone = trio.Event()
         self._busy_timeout_ms = busy_timeout_ms
         self._closed = False
+        #: The file as SQLite opened it: an absolute path (SQLite resolves a relative one once, at
+        #: open), so the checks below and the checkpoint thread name the same file after the
+        #: application changes its working directory. `path` stays as given, for messages.
+        self._file = (connection.filename or os.path.abspath(path)) if path != ":memory:" else path
         # The file this connection opened (device, inode): a file deleted or replaced
         # under a running engine must not take acknowledgements it never stores.
-        self._identity = _file_identity(path)
+        self._identity = _file_identity(self._file)
         #: Checkpoints the WAL off the Trio thread (none for an in-memory database, which has no WAL).
         self._checkpointer: _Checkpointer | None = None
         if path != ":memory:":
-            self._checkpointer = _Checkpointer(path)
+            self._checkpointer = _Checkpointer(self._file)
             connection.set_wal_hook(self._checkpointer.wal_hook)
 
     # -- plumbing -----------------------------------------------------------------
@@ -1087,7 +1091,7 @@ class SqliteStorage:
         """Raise `StorageError` if the file at `path` is no longer the one this connection writes."""
         if self._identity is None:
             return
-        if _file_identity(self.path) != self._identity:
+        if _file_identity(self._file) != self._identity:
             raise StorageError(
                 f"the database file {self.path} was deleted or replaced while the engine had it open; "
                 "nothing more is written to the old file: restart the engine on the file now at that path"
