@@ -183,7 +183,8 @@ def require_trio(what: str) -> None:
     running library is named by ``sniffio``, as Trio and AnyIO detect it.
     """
     try:
-        trio.lowlevel.current_trio_token()
+        # A task, not just a run: a Trio guest run's host thread (asyncio) has the run, no task.
+        trio.lowlevel.current_task()
     except RuntimeError:
         try:
             library: str | None = sniffio.current_async_library()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -221,3 +222,61 @@ async def test_every_verb_of_a_closed_engine_awaited_from_another_run_says_the_e
             error = failure(await trio.to_thread.run_sync(elsewhere))
             assert isinstance(error, djobs.StorageError), (name, error)
             assert error.message.startswith("the engine is closed"), (name, error.message)
+
+
+def test_every_verb_awaited_from_the_host_loop_of_a_guest_run_is_refused_and_reaches_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the engine in a Trio guest run on asyncio (``trio.lowlevel.start_guest_run``), the host
+    thread has the guest's run (its token) but no Trio task: a verb awaited from an asyncio task
+    passed the run's check, wrote, then failed on its first Trio trap ("djobs failed
+    unexpectedly ... bad yield") with the job stored. It is refused first, as in any other loop;
+    so is an engine opened there."""
+    monkeypatch.chdir(tmp_path)  # open_engine's default database would be made here
+    outcomes: dict[str, Any] = {}
+
+    async def guest(ready: asyncio.Event, asked: trio.Event, loop: asyncio.AbstractEventLoop) -> None:
+        async with open_test_engine(definitions) as engine:
+            outcomes["engine"], outcomes["token"] = engine, trio.lowlevel.current_trio_token()
+            loop.call_soon_threadsafe(ready.set)
+            await asked.wait()
+            await assert_nothing_stored(engine)
+            outcomes["checked"] = True
+
+    async def host() -> None:
+        loop = asyncio.get_running_loop()
+        ready, done, asked = asyncio.Event(), asyncio.Event(), trio.Event()
+
+        def ended(result: Any) -> None:
+            outcomes["guest"] = result
+            done.set()
+
+        trio.lowlevel.start_guest_run(
+            guest,
+            ready,
+            asked,
+            loop,
+            run_sync_soon_threadsafe=loop.call_soon_threadsafe,
+            done_callback=ended,
+        )
+        await asyncio.wait_for(ready.wait(), 10)
+        verbs = every_verb(outcomes["engine"].client)
+        for name, verb in verbs.items():
+            outcomes[name] = await asyncio.wait_for(verb().awaitable(), 10)
+        try:
+            async with djobs.open_engine([]):
+                pass  # pragma: no cover
+        except RuntimeError as exc:
+            outcomes["open_engine"] = str(exc)
+        outcomes["token"].run_sync_soon(asked.set)  # the guest's own run sets it
+        await asyncio.wait_for(done.wait(), 10)
+
+    asyncio.run(host())
+    outcomes["guest"].unwrap()  # the guest run ended without an error
+    assert outcomes["checked"]
+    names = [name for name in outcomes if "." in name]
+    assert len(names) == len(every_verb(outcomes["engine"].client))
+    for name in names:
+        refused(outcomes[name], name)
+    assert "under asyncio" in outcomes["open_engine"]
+    assert list(tmp_path.iterdir()) == []  # refused before its database file was made

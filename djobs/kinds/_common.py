@@ -12,7 +12,6 @@ from types import CodeType, CoroutineType, FrameType
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Self, cast
 
 import msgspec
-import trio
 from returns.future import FutureResult
 from returns.result import Failure, Result, Success
 from typing_extensions import TypeVar
@@ -42,6 +41,7 @@ from .._input import (
     text_problem,
 )
 from .._printable import printable
+from .._trap import RUN_CONTEXT
 from ..storage import Checkin, ClearAlarm, InstanceRecord, SetAlarm
 from ..storage._base import DeadLetter, DeadLetterKind, DeadLetterStorage, InstanceRevival, Revival
 
@@ -350,8 +350,10 @@ def effect(
     async def run() -> Result[T, Any]:
         if token is not None:
             try:  # inline, not `running_trio_token`: one call fewer on every verb
-                foreign = trio.lowlevel.current_trio_token() is not token
-            except RuntimeError:  # awaited outside any Trio run
+                # `.task` too: a Trio guest run's host (asyncio) thread has the run's token, but no
+                # Trio task steps there; such a verb wrote, then failed on its first Trio trap.
+                foreign = RUN_CONTEXT.runner.trio_token is not token or RUN_CONTEXT.task is None
+            except AttributeError:  # awaited outside any Trio run, or outside its tasks
                 foreign = True
             if foreign:
                 return foreign_run(home)

@@ -1407,8 +1407,8 @@ class _AddVerb(VerbResult[AddResult, _AddError]):  # type: ignore[misc]  # Futur
             token = env.trio_token
             if token is not None:  # `effect`'s checks: the caller awaits this add itself
                 try:
-                    foreign = RUN_CONTEXT.runner.trio_token is not token
-                except AttributeError:  # awaited outside any Trio run
+                    foreign = RUN_CONTEXT.runner.trio_token is not token or RUN_CONTEXT.task is None
+                except AttributeError:  # awaited outside any Trio run, or outside its tasks (a guest run's host)
                     foreign = True
                 if foreign:
                     result = foreign_run(env)

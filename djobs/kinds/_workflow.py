@@ -75,6 +75,7 @@ from .._input import SEPARATOR, check_optional_text, check_text, clean_message, 
 from .._logging import JobLog, LoggingOption, check_logging, threshold
 from .._printable import printable
 from .._retry import Retry, check_retry
+from .._trap import RUN_CONTEXT
 from ..storage import (
     Alarm,
     CancelRequests,
@@ -1060,9 +1061,9 @@ async def _start(
     and `effect`'s edge, in one coroutine."""
     token = handler.env.trio_token
     if token is not None:
-        try:
-            foreign = trio.lowlevel.current_trio_token() is not token
-        except RuntimeError:  # awaited outside any Trio run
+        try:  # `effect`'s test: the engine's run, and one of its tasks (not a guest run's host)
+            foreign = RUN_CONTEXT.runner.trio_token is not token or RUN_CONTEXT.task is None
+        except AttributeError:  # awaited outside any Trio run, or outside its tasks
             foreign = True
         if foreign:
             return foreign_run(handler.env)
