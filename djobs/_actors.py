@@ -73,6 +73,12 @@ def _own_refusal(key: str) -> InvalidStateError:
 #: A concurrency slot (`Actors._free_slot`): slots are counted, so one object stands for each.
 _SLOT = object()
 
+#: The concurrency slot of the handler the current task runs (or a child task of it): ``[held,
+#: waiting, retaking, ended]``, one cell its child tasks share, so a handler that waits for many
+#: instances at once (a nursery of sends) lends its one slot once (`Actors.lend_slot`). ``None``
+#: where the running work holds no slot (a handler `enter` lets run in its caller's task).
+_SLOT_CELL: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("djobs_slot_cell", default=None)
+
 #: The instances whose handlers the current task is running, or waiting for
 #: through `Actors.call` (a handler that calls another instance's verb). A call
 #: to one of them would wait for itself: it fails at once instead.
@@ -337,12 +343,14 @@ class Actors:
         slot = self._free_slot()
         if slot is None:
             return False
+        cell, held = self.holding_slot()
         if not checkpoints:
             try:
                 await fn()
             except Exception:
                 _log.exception("bug: work run outside an actor raised; the engine continues")
             finally:
+                self.slot_released(cell, held)
                 self._release(slot)
             return True
         scope = trio.CancelScope(shield=True)
@@ -354,6 +362,7 @@ class Actors:
             _log.exception("bug: work run outside an actor raised; the engine continues")
         finally:
             self._handler_scopes.discard(scope)
+            self.slot_released(cell, held)
             self._release(slot)
         return True
 
@@ -376,9 +385,11 @@ class Actors:
                     self._release(slot)
                 else:
                     started = True
+                    cell, held = self.holding_slot()
                     try:
                         await fn()
                     finally:
+                        self.slot_released(cell, held)
                         self._release(slot)
         except Exception:
             _log.exception("bug: work run outside an actor raised; the engine continues")
@@ -498,14 +509,49 @@ class Actors:
                 targets.append(key)
         return [key, *own]
 
-    def lend_slot(self) -> None:
+    def lend_slot(self) -> list[int] | None:
         """Give the calling handler's concurrency slot back while it waits for another instance
-        (it runs nothing meanwhile); it takes one again (`take_slot`, shielded) once the wait ends."""
-        self._release(_SLOT)
+        (it runs nothing meanwhile); it takes one again (`take_slot`, shielded) once the wait ends.
+        Once per handler, however many of its tasks wait at once; nothing where the running work
+        holds no slot. Returns what `take_slot` is given."""
+        cell = _SLOT_CELL.get()
+        if cell is None or cell[3]:
+            return None
+        cell[1] += 1
+        if cell[0]:
+            cell[0] = 0
+            self._release(_SLOT)
+        return cell
 
-    async def take_slot(self) -> None:
-        """Take a concurrency slot again after `lend_slot`, waiting for one if none is free."""
-        await self._acquire()
+    async def take_slot(self, cell: list[int] | None) -> None:
+        """End a wait `lend_slot` lent for (`cell`, as it returned it): the last of a handler's
+        waits takes a slot again, waiting for one if none is free (call it shielded)."""
+        if cell is None:
+            return
+        cell[1] -= 1
+        if cell[1] or cell[0] or cell[2]:
+            return  # other waits go on, or the slot is held or being taken again
+        cell[2] = 1
+        try:
+            await self._acquire()
+        finally:
+            cell[2] = 0
+        cell[0] = 1
+        if cell[1]:  # a wait began meanwhile: lent again at once
+            cell[0] = 0
+            self._release(_SLOT)
+
+    @staticmethod
+    def holding_slot() -> tuple[list[int], contextvars.Token[list[int] | None]]:
+        """Mark the calling task as running a handler that holds a slot (`_SLOT_CELL`)."""
+        cell = [1, 0, 0, 0]
+        return cell, _SLOT_CELL.set(cell)
+
+    @staticmethod
+    def slot_released(cell: list[int], token: contextvars.Token[list[int] | None]) -> None:
+        """The handler `holding_slot` marked has ended: its cell lends nothing more."""
+        cell[3] = 1
+        _SLOT_CELL.reset(token)
 
     def done_waiting(self, edges: list[str]) -> None:
         """End a wait `waiting` recorded (`edges`, as it returned them)."""
@@ -572,13 +618,13 @@ class Actors:
             # And it lends its concurrency slot while it waits (it runs nothing meanwhile): else
             # as many handlers waiting at once as there are slots would wait for ever for
             # instances whose actors need a slot to start.
-            self.lend_slot()
+            lent = self.lend_slot()
             try:
                 await done.wait()
             finally:
                 self.done_waiting(edges)
                 with trio.CancelScope(shield=True):
-                    await self._acquire()
+                    await self.take_slot(lent)
         else:
             await done.wait()
         if failure:
@@ -623,6 +669,7 @@ class Actors:
                     return
                 handler, _ = queue.popleft()
                 running = _RUNNING.set(frozenset((key,)))
+                cell, held = self.holding_slot()
                 # Shielded: a cancel of the scope around the engine does not kill a running
                 # handler; `close` lets it finish for the grace period, then cancels its scope
                 # (the shared nursery's, or its own).
@@ -644,6 +691,7 @@ class Actors:
                 except Exception:
                     _log.exception("bug: a handler for %s raised; the instance's actor continues", printable(key))
                 finally:
+                    self.slot_released(cell, held)
                     _RUNNING.reset(running)
                     self._release(slot)
                     slot = None

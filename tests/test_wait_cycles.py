@@ -379,3 +379,40 @@ async def test_a_handlers_add_parked_in_another_callers_round_lends_its_slot(
             assert isinstance(answers.get("add"), IOSuccess), answers
             assert flushed == [1]
             assert success(await client.debounce(deb).get_state("d")).state == Count(15)
+
+
+@pytest.mark.trio
+async def test_a_handler_fanning_out_to_many_instances_lends_its_one_slot_once(
+    autojump_clock: trio.testing.MockClock, layer: djobs.storage.StorageLayer
+) -> None:
+    """A handler holds one slot, however many of its tasks wait at once: with
+    ``max_concurrency=1``, one that sends to three instances from a nursery lent a slot per
+    send, and the three ran together. They run one at a time, and every send succeeds."""
+    answers: list[Any] = []
+    running = [0, 0]  # now, most
+
+    async def on_event(event: Hop, ctx: djobs.TaskEventContext[Count]) -> Count:
+        if event.to:
+            async with trio.open_nursery() as nursery:
+                for to in event.to.split(","):
+
+                    async def send(to: str = to) -> None:
+                        answers.append(await ctx.client.task(task).send(id=to, event=Hop("")))
+
+                    nursery.start_soon(send)
+        else:
+            running[0] += 1
+            running[1] = max(running)
+            await trio.sleep(1)
+            running[0] -= 1
+        return Count((ctx.state or Count()).n + 1)
+
+    task: djobs.Task[Any, Any] = djobs.Task.make(
+        "fan", state=Count, event=Hop, on_event=on_event, execute=lambda ctx: None
+    )
+    async with open_test_engine([task], storage=layer, max_concurrency=1, shutdown_grace="1 second") as engine:
+        with trio.fail_after(60):
+            assert success(await engine.client.task(task).send(id="p", event=Hop("x,y,z")))
+            await engine.wait_idle()
+    assert len(answers) == 3 and all(isinstance(a, IOSuccess) for a in answers), answers
+    assert running[1] == 1

@@ -1485,13 +1485,13 @@ class _AddVerb(VerbResult[AddResult, _AddError]):  # type: ignore[misc]  # Futur
                         actors = handler.runtime.actors
                         edges = actors.waiting(key)
                         assert edges is not None
-                        actors.lend_slot()
+                        lent = actors.lend_slot()
                         try:
                             woken = yield handler._trap
                         finally:
                             actors.done_waiting(edges)
                             with trio.CancelScope(shield=True):  # noqa: ASYNC100  # `yield from` is its await
-                                yield from actors.take_slot().__await__()
+                                yield from actors.take_slot(lent).__await__()
                     else:
                         woken = yield handler._trap
                     if woken is not WOKEN:
