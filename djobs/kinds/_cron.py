@@ -477,7 +477,7 @@ class CronScheduler:
                 # A CronFire of a registered cron job's (checked) name and a UTC time always encodes
                 # and matches itself: encoded as `encode` would, without its validating decode.
                 params = _fire_encoder.encode(CronFire(cron.name, fire_moment))
-            made = queue.new_row(
+            made = queue.row(
                 handler,
                 params,
                 scheduled_for=fire_time,

@@ -531,14 +531,22 @@ def _step_aside(queue: deque[_Queued], mine: _Queued, refused: InvalidStateError
                 del queue[index]
                 break
         _finish(mine, Failure(refused))
+    if _hand_over(queue):
+        return True
+    if queue:
+        raise refused
+    return False
+
+
+def _hand_over(queue: deque[_Queued]) -> bool:
+    """Wake the first caller still waiting in `queue`, unanswered, to go on writing (`_write`'s
+    hand-over): ``True``; ``False`` when only cancelled callers' adds (or none) are left."""
     for waiting in queue:
         task = waiting[6]
         if task is not None:
             waiting[6] = None
             trio.lowlevel.reschedule(task)
             return True
-    if queue:
-        raise refused
     return False
 
 
@@ -900,12 +908,8 @@ class DebounceHandler(TenantScoped, Generic[E, S]):
                 if last is None:
                     last = queue[-1]
                 elif last[5] is not None or last[7] is not None:
-                    for waiting in queue:
-                        task = waiting[6]
-                        if task is not None:
-                            waiting[6] = None
-                            trio.lowlevel.reschedule(task)
-                            return True
+                    if _hand_over(queue):
+                        return True
                     last = queue[-1]  # none waiting: only cancelled callers' adds, applied here
             serial = runtime.enter(key)
             if serial is None and not lost and runtime.untouched(key):

@@ -210,7 +210,7 @@ class JobClient(Generic[P, R]):
                         pass
                     case Failure() as failed:
                         return failed
-                match q.row(
+                made = q.row(
                     h,
                     raw,
                     scheduled_for=when,
@@ -219,11 +219,10 @@ class JobClient(Generic[P, R]):
                     correlation_id=correlation,
                     tenant_id=tenant,
                     what=what,
-                ):
-                    case Success(new):
-                        rows.append(new)
-                    case Failure() as failed:
-                        return failed
+                )
+                if isinstance(made, ValidationError):
+                    return Failure(made)
+                rows.append(made)
             if not rows:
                 return Success([])
             return Success([job_id for job_id, _ in await q.enqueue(rows)])
@@ -386,7 +385,7 @@ class JobClient(Generic[P, R]):
                 pass
             case Failure() as failed:
                 return failed
-        return q.row(
+        made = q.row(
             h,
             raw,
             scheduled_for=when,
@@ -398,6 +397,7 @@ class JobClient(Generic[P, R]):
             unique_key=unique_key,
             unique_statuses=statuses,
         )
+        return Failure(made) if isinstance(made, ValidationError) else Success(made)
 
     def _checked(
         self,

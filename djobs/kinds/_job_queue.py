@@ -247,42 +247,11 @@ class JobQueue:
         unique_key: str | None = None,
         unique_statuses: tuple[JobStatusName, ...] = ("pending",),
         what: str | None = None,
-    ) -> Result[NewJob, ValidationError]:
-        """A new pending row for `handler`'s job, with the limit key its definition gives
-        `raw` (a key function that fails is this row's `ValidationError`, its message
-        starting with `what`, by default ``job 'name'``)."""
-        made = self.new_row(
-            handler,
-            raw,
-            scheduled_for=scheduled_for,
-            now=now,
-            priority=priority,
-            correlation_id=correlation_id,
-            tenant_id=tenant_id,
-            idempotency_key=idempotency_key,
-            unique_key=unique_key,
-            unique_statuses=unique_statuses,
-            what=what,
-        )
-        return Failure(made) if isinstance(made, ValidationError) else Success(made)
-
-    def new_row(
-        self,
-        handler: JobHandler[Any, Any],
-        raw: bytes,
-        *,
-        scheduled_for: int,
-        now: int,
-        priority: int = 0,
-        correlation_id: str | None = None,
-        tenant_id: str | None = None,
-        idempotency_key: str | None = None,
-        unique_key: str | None = None,
-        unique_statuses: tuple[JobStatusName, ...] = ("pending",),
-        what: str | None = None,
     ) -> NewJob | ValidationError:
-        """`row` without the `Result` (whose making costs more than the row's), for a cron
-        fire: the row, or the `ValidationError` that refuses it."""
+        """A new pending row for `handler`'s job, with the limit key its definition gives
+        `raw`, or the `ValidationError` that refuses it (a key function that fails: its message
+        starts with `what`, by default ``job 'name'``). Not a `Result`: making one costs more
+        than the row (a cron fire makes a row each)."""
         job = handler.job
         limit_key = None
         if job.queue_limits is not None:
@@ -387,11 +356,9 @@ class JobQueue:
             row = self.row(
                 h, params, scheduled_for=due, now=now, correlation_id=correlation, tenant_id=tenant, idempotency_key=key
             )
-            match row:
-                case Success(new):
-                    rows.append(new)
-                case Failure(error):
-                    return Failure(error)
+            if isinstance(row, ValidationError):
+                return Failure(row)
+            rows.append(row)
         ids = [job_id for job_id, _ in await self.enqueue(rows)]
         return Success(EventResult(event=event, job_ids=ids, job_names=[h.job.name for h in listeners], delivered=True))
 
